@@ -1,0 +1,46 @@
+"""What every attention activation receives: scores, the key padding mask and, for grid-aware maps, the key grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class KeyGrid:
+    """Layout of the keys when they are a flattened (row-major) padded feature map.
+
+    ``padded_hw`` is the padded grid (H, W), so the key count is H * W; ``valid_hw`` is a (B, 2) long tensor with
+    each image's unpadded grid height and width (its valid region is the top-left ``h x w`` block).
+    """
+
+    padded_hw: tuple[int, int]
+    valid_hw: Tensor
+
+    @staticmethod
+    def from_mask(mask: Tensor) -> KeyGrid:
+        """Build from a (B, H, W) padding mask (True = padding) whose valid region is a top-left block."""
+        valid = ~mask
+        valid_h = valid.any(dim=2).sum(dim=1)
+        valid_w = valid.any(dim=1).sum(dim=1)
+        return KeyGrid((mask.shape[1], mask.shape[2]), torch.stack([valid_h, valid_w], dim=1))
+
+
+class AttentionActivation(nn.Module):
+    """Maps attention scores to attention weights over the last dimension (the keys).
+
+    ``scores``: (B, H, Lq, Lk) scaled dot products. ``key_padding_mask``: (B, Lk) bool, True = padded key, or None.
+    ``key_grid``: the key layout, for maps that need the 2-D structure (TVMax); the others ignore it.
+    Returns weights of the same shape and dtype; each row sums to 1 over valid keys, padded keys get exactly 0,
+    a fully padded row is all zeros.
+    """
+
+    #: Softmax maps let the attention module use the fused ``scaled_dot_product_attention``.
+    is_softmax: bool = False
+
+    def forward(
+        self, scores: Tensor, key_padding_mask: Tensor | None = None, key_grid: KeyGrid | None = None
+    ) -> Tensor:
+        raise NotImplementedError

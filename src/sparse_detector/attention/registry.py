@@ -1,0 +1,57 @@
+"""Attention activations by name: ``get_activation("sparsemax")``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .base import AttentionActivation, KeyGrid
+
+
+def masked_scores(scores: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    """Scores with ``-inf`` at padded keys; ``key_padding_mask`` is (B, Lk) and scores (B, H, Lq, Lk)."""
+    if key_padding_mask is None:
+        return scores
+    return scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+
+
+class Softmax(AttentionActivation):
+    """The dense baseline (official DETR). A fully padded row gives zeros instead of NaN."""
+
+    is_softmax = True
+
+    def forward(
+        self, scores: Tensor, key_padding_mask: Tensor | None = None, key_grid: KeyGrid | None = None
+    ) -> Tensor:
+        weights = torch.softmax(masked_scores(scores, key_padding_mask), dim=-1)
+        if key_padding_mask is not None:
+            weights = weights.nan_to_num(0.0)
+        return weights
+
+
+_REGISTRY: dict[str, Callable[..., AttentionActivation]] = {"softmax": Softmax}
+
+
+def register_activation(name: str) -> Callable[[type[AttentionActivation]], type[AttentionActivation]]:
+    """Class decorator adding an activation to the registry under ``name``."""
+
+    def add(cls: type[AttentionActivation]) -> type[AttentionActivation]:
+        _REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def available_activations() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_activation(name: str, **kwargs) -> AttentionActivation:
+    """Instantiate an activation by name; ``kwargs`` go to its constructor (e.g. ``num_heads``, ``lam``)."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown attention activation {name!r}; choose one of {available_activations()}") from None
+    return factory(**kwargs)

@@ -1,0 +1,227 @@
+"""Typed configuration: dataclasses, a YAML loader with ``_base_`` inheritance and dotted overrides.
+
+Every key in a YAML file or override must exist in these dataclasses and have the right type; anything else is an
+error naming the key. Presets live in ``sparse_detector/configs/*.yaml`` and can be named without a path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
+    dilation: bool = False  # DC5: dilate the last stage instead of striding
+    pretrained: bool = False  # ImageNet weights through torchvision's weights API (needs the internet once)
+    lr: float = 1e-5  # 0 freezes the whole backbone (official semantics)
+    norm: str = "frozen_bn"  # frozen_bn (official) | batch_norm (trainable, for from-scratch presets)
+    trainable_layers: list[str] = field(default_factory=lambda: ["layer2", "layer3", "layer4"])  # of stem, layer1-4
+    return_layer: str = "layer4"  # stage whose features feed the transformer (layer3 = stride 16)
+
+
+@dataclass
+class TransformerConfig:
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    pre_norm: bool = False
+
+
+@dataclass
+class AttentionSiteConfig:
+    activation: str = "softmax"  # softmax | sparsemax | entmax15 | alpha_entmax | tvmax
+    alpha_init: float = 1.5  # alpha_entmax: initial alpha of every head
+    tvmax_lambda: float = 0.1  # tvmax: weight of the total-variation term
+
+
+@dataclass
+class AttentionConfig:
+    encoder_self: AttentionSiteConfig = field(default_factory=AttentionSiteConfig)
+    decoder_self: AttentionSiteConfig = field(default_factory=AttentionSiteConfig)
+    decoder_cross: AttentionSiteConfig = field(default_factory=AttentionSiteConfig)
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = 91  # class_embed has num_classes + 1 outputs (the last is "no object")
+    num_queries: int = 100
+    aux_loss: bool = True
+    position_embedding: str = "sine"  # sine | learned
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+
+
+@dataclass
+class LossConfig:
+    set_cost_class: float = 1.0
+    set_cost_bbox: float = 5.0
+    set_cost_giou: float = 2.0
+    ce_loss_coef: float = 1.0
+    bbox_loss_coef: float = 5.0
+    giou_loss_coef: float = 2.0
+    eos_coef: float = 0.1  # weight of the "no object" class in the cross-entropy
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp`` (recursing into dataclasses and lists); return the converted value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build_dataclass(tp, value, key)
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_convert(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _build_dataclass(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key {where}{unknown[0]}; valid keys here: {sorted(names)}")
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, update: Mapping) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def resolve_config_path(path: str | Path, relative_to: Path | None = None) -> Path:
+    """A file path, a path relative to ``relative_to``, or a preset name (``detr_r50`` or ``detr_r50.yaml``)."""
+    candidates = [Path(path)]
+    if relative_to is not None:
+        candidates.append(relative_to / path)
+    name = str(path) if str(path).endswith(".yaml") else f"{path}.yaml"
+    candidates.append(PRESET_DIR / name)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise ConfigError(f"config {str(path)!r} is neither a file nor a preset; presets: {presets}")
+
+
+def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML file and merge it over its ``_base_`` file(s)."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"circular _base_ chain: {' -> '.join(str(p) for p in (*seen, path))}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    bases = data.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    merged: dict = {}
+    for base in bases:
+        merged = _deep_merge(merged, _read_yaml_tree(resolve_config_path(base, path.parent), (*seen, path)))
+    return _deep_merge(merged, data)
+
+
+def _apply_override(tree: dict, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key.sub=value")
+    dotted, raw = override.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    *parents, leaf = dotted.strip().split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+    node[leaf] = value
+
+
+def config_from_dict(tree: Mapping[str, Any]) -> Config:
+    """Validate a nested mapping against the schema (unknown keys and wrong types are errors)."""
+    return _build_dataclass(Config, tree)
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Load a YAML config (file path or preset name; ``None`` = defaults) and apply ``key.sub=value`` overrides."""
+    tree = _read_yaml_tree(resolve_config_path(path)) if path is not None else {}
+    for override in overrides:
+        _apply_override(tree, override)
+    return config_from_dict(tree)
+
+
+def config_to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)

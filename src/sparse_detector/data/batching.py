@@ -1,0 +1,63 @@
+"""Padded batching of images of different sizes (the official DETR ``NestedTensor``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class PaddedBatch:
+    """Images zero-padded to a common size, with a mask that is ``True`` on padding pixels."""
+
+    tensors: Tensor  # (B, C, H, W)
+    mask: Tensor  # (B, H, W), bool, True = padding
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PaddedBatch:
+        return PaddedBatch(
+            self.tensors.to(device, non_blocking=non_blocking),
+            self.mask.to(device, non_blocking=non_blocking),
+        )
+
+    def __len__(self) -> int:
+        return self.tensors.shape[0]
+
+
+def pad_images(images: Sequence[Tensor]) -> PaddedBatch:
+    """Pad CHW images at the bottom/right to the largest height and width in the list."""
+    if len(images) == 0:
+        raise ValueError("pad_images needs at least one image")
+    channels = {img.shape[0] for img in images}
+    if any(img.dim() != 3 for img in images) or len(channels) != 1:
+        shapes = [tuple(img.shape) for img in images]
+        raise ValueError(f"expected CHW images with the same number of channels, got shapes {shapes}")
+    height = max(img.shape[1] for img in images)
+    width = max(img.shape[2] for img in images)
+    first = images[0]
+    tensors = first.new_zeros((len(images), first.shape[0], height, width))
+    mask = torch.ones((len(images), height, width), dtype=torch.bool, device=first.device)
+    for img, padded, m in zip(images, tensors, mask, strict=True):
+        padded[:, : img.shape[1], : img.shape[2]].copy_(img)
+        m[: img.shape[1], : img.shape[2]] = False
+    return PaddedBatch(tensors, mask)
+
+
+def as_padded_batch(images: PaddedBatch | Tensor | Sequence[Tensor]) -> PaddedBatch:
+    """Accept a ``PaddedBatch``, a 4-D tensor (no padding) or a list of CHW tensors."""
+    if isinstance(images, PaddedBatch):
+        return images
+    if isinstance(images, Tensor):
+        if images.dim() != 4:
+            raise ValueError(f"expected a 4-D (B, C, H, W) image tensor, got shape {tuple(images.shape)}")
+        b, _, h, w = images.shape
+        return PaddedBatch(images, torch.zeros((b, h, w), dtype=torch.bool, device=images.device))
+    return pad_images(list(images))
+
+
+def collate_detection(batch: Sequence[tuple[Tensor, dict]]) -> tuple[PaddedBatch, list[dict]]:
+    """DataLoader ``collate_fn``: pad the images, keep targets as a list of dicts."""
+    images, targets = zip(*batch, strict=True)
+    return pad_images(images), list(targets)

@@ -1,0 +1,107 @@
+"""DETR set loss: Hungarian matching, then cross-entropy, L1 and GIoU on matched pairs (plus auxiliary layers)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import box_convert, generalized_box_iou
+
+from .matcher import HungarianMatcher, MatchIndices
+
+
+def _matched_query_index(indices: MatchIndices) -> tuple[Tensor, Tensor]:
+    batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+    query_idx = torch.cat([src for src, _ in indices])
+    return batch_idx, query_idx
+
+
+class SetCriterion(nn.Module):
+    """Losses ``loss_ce``, ``loss_bbox``, ``loss_giou`` and the logged ``class_error``, ``cardinality_error``.
+
+    For auxiliary outputs the same keys get a ``_{layer}`` suffix (no ``class_error``). ``weight_dict`` gives the
+    coefficient of every loss key that enters the total (see :meth:`total_loss`).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        eos_coef: float = 0.1,
+        ce_loss_coef: float = 1.0,
+        bbox_loss_coef: float = 5.0,
+        giou_loss_coef: float = 2.0,
+        num_aux_layers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.eos_coef = eos_coef
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        self.register_buffer("empty_weight", empty_weight)
+        base = {"loss_ce": ce_loss_coef, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
+        self.weight_dict = dict(base)
+        for i in range(num_aux_layers):
+            self.weight_dict.update({f"{k}_{i}": v for k, v in base.items()})
+
+    def _label_losses(self, outputs: dict, targets: Sequence[dict], indices: MatchIndices) -> dict[str, Tensor]:
+        logits = outputs["pred_logits"]
+        idx = _matched_query_index(indices)
+        matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices, strict=True)])
+        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        target_classes[idx] = matched_labels
+        loss_ce = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight)
+        with torch.no_grad():
+            if matched_labels.numel() == 0:
+                accuracy = logits.new_zeros(())
+            else:
+                accuracy = (logits[idx].argmax(-1) == matched_labels).float().mean() * 100
+            # Cardinality error: how many queries predict an object, versus how many objects there are.
+            num_predicted = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1)
+            num_targets = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device)
+            cardinality_error = F.l1_loss(num_predicted.float(), num_targets.float())
+        return {"loss_ce": loss_ce, "class_error": 100 - accuracy, "cardinality_error": cardinality_error}
+
+    def _box_losses(
+        self, outputs: dict, targets: Sequence[dict], indices: MatchIndices, num_boxes: float
+    ) -> dict[str, Tensor]:
+        src_boxes = outputs["pred_boxes"][_matched_query_index(indices)].float()
+        target_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices, strict=True)]).float()
+        loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="none").sum() / num_boxes
+        giou = generalized_box_iou(
+            box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
+        )
+        loss_giou = (1 - torch.diag(giou)).sum() / num_boxes
+        return {"loss_bbox": loss_bbox, "loss_giou": loss_giou}
+
+    def _num_boxes(self, targets: Sequence[dict], device: torch.device) -> float:
+        """Average number of target boxes per process (at least 1), for normalising the box losses."""
+        num_boxes = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+        world_size = 1
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(num_boxes)
+            world_size = dist.get_world_size()
+        return torch.clamp(num_boxes / world_size, min=1).item()
+
+    def forward(self, outputs: dict, targets: Sequence[dict], indices: MatchIndices | None = None) -> dict[str, Tensor]:
+        """``targets``: per image ``labels`` (N,) int64 and ``boxes`` (N, 4) normalised cxcywh."""
+        if indices is None:
+            indices = self.matcher(outputs, targets)
+        num_boxes = self._num_boxes(targets, outputs["pred_logits"].device)
+        losses = self._label_losses(outputs, targets, indices)
+        losses.update(self._box_losses(outputs, targets, indices, num_boxes))
+        for i, aux in enumerate(outputs.get("aux_outputs", [])):
+            aux_indices = self.matcher(aux, targets)
+            aux_losses = self._label_losses(aux, targets, aux_indices)
+            del aux_losses["class_error"]
+            aux_losses.update(self._box_losses(aux, targets, aux_indices, num_boxes))
+            losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+        return losses
+
+    def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        """The weighted sum that is optimised."""
+        return sum(losses[k] * w for k, w in self.weight_dict.items() if k in losses)

@@ -1,0 +1,69 @@
+"""DETR: backbone -> transformer -> class and box heads (facebookresearch/detr semantics and names)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.batching import PaddedBatch, as_padded_batch
+from .backbone import Joiner
+from .transformer import Transformer
+
+DetrOutput = dict  # {"pred_logits": (B, Q, C+1), "pred_boxes": (B, Q, 4) cxcywh in [0, 1], "aux_outputs": [...]}
+
+
+class MLP(nn.Module):
+    """A plain multi-layer perceptron with ReLU between layers (the box head)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(
+            nn.Linear(n, k) for n, k in zip([input_dim, *dims], [*dims, output_dim], strict=True)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = F.relu(layer(x)) if i < len(self.layers) - 1 else layer(x)
+        return x
+
+
+class DETR(nn.Module):
+    """End-to-end set prediction: ``num_queries`` boxes with ``num_classes + 1`` class logits (last = no object)."""
+
+    def __init__(
+        self,
+        backbone: Joiner,
+        transformer: Transformer,
+        num_classes: int,
+        num_queries: int,
+        aux_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        hidden_dim = transformer.d_model
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.aux_loss = aux_loss
+        self.transformer = transformer
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1)
+        self.backbone = backbone
+
+    def forward(self, images: PaddedBatch | Tensor | Sequence[Tensor], mask: Tensor | None = None) -> DetrOutput:
+        """``images``: a ``PaddedBatch``, a list of CHW tensors of any sizes, or a (B, 3, H, W) tensor with an
+        optional (B, H, W) padding ``mask`` (True = padding)."""
+        batch = PaddedBatch(images, mask) if mask is not None else as_padded_batch(images)
+        features, pos = self.backbone(batch)
+        hs = self.transformer(self.input_proj(features.tensors), features.mask, self.query_embed.weight, pos)[0]
+        logits = self.class_embed(hs)
+        boxes = self.bbox_embed(hs).sigmoid()
+        out: DetrOutput = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.aux_loss:
+            out["aux_outputs"] = [
+                {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1], strict=True)
+            ]
+        return out

@@ -1,0 +1,23 @@
+"""Model outputs -> per-image scores, labels and absolute (x0, y0, x1, y1) boxes in original-image pixels."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import box_convert
+
+
+class PostProcess(nn.Module):
+    """Best non-"no object" class per query, boxes scaled to each image's ``(height, width)``."""
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, target_sizes: Tensor) -> list[dict[str, Tensor]]:
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        if len(logits) != len(target_sizes) or target_sizes.shape[1] != 2:
+            raise ValueError(f"target_sizes must be (batch={len(logits)}, 2), got {tuple(target_sizes.shape)}")
+        scores, labels = F.softmax(logits, -1)[..., :-1].max(-1)
+        img_h, img_w = target_sizes.unbind(1)
+        scale = torch.stack([img_w, img_h, img_w, img_h], dim=1).to(boxes.dtype)
+        boxes = box_convert(boxes, "cxcywh", "xyxy") * scale[:, None, :]
+        return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, boxes, strict=True)]

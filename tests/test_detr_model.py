@@ -1,0 +1,195 @@
+"""DETR model behaviour beyond the official fixture: inputs, training, checkpoints, export, backbone options."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from sparse_detector import build_criterion, build_model, detr_from_official, load_config
+from sparse_detector.data.batching import pad_images
+from sparse_detector.models.weights import CheckpointMismatchError, load_state_dict_checked
+
+TINY = [
+    "model.backbone.name=resnet18",
+    "model.transformer.hidden_dim=32",
+    "model.transformer.nheads=4",
+    "model.transformer.dim_feedforward=64",
+    "model.transformer.enc_layers=1",
+    "model.transformer.dec_layers=2",
+    "model.transformer.dropout=0.0",
+    "model.num_queries=6",
+    "model.num_classes=3",
+]
+
+
+def tiny_config(*extra: str):
+    return load_config(None, [*TINY, *extra])
+
+
+def test_accepts_list_padded_batch_and_tensor():
+    model = build_model(tiny_config()).eval()
+    images = [torch.rand(3, 64, 96), torch.rand(3, 80, 48)]
+    with torch.no_grad():
+        from_list = model(images)
+        from_batch = model(pad_images(images))
+        padded = pad_images(images)
+        from_tensor_and_mask = model(padded.tensors, padded.mask)
+        single = model(torch.rand(2, 3, 64, 64))
+    torch.testing.assert_close(from_list["pred_logits"], from_batch["pred_logits"])
+    torch.testing.assert_close(from_list["pred_boxes"], from_tensor_and_mask["pred_boxes"])
+    assert single["pred_logits"].shape == (2, 6, 4)
+    assert single["pred_boxes"].shape == (2, 6, 4)
+    assert len(single["aux_outputs"]) == 1
+    assert ((single["pred_boxes"] >= 0) & (single["pred_boxes"] <= 1)).all()
+
+
+def _targets():
+    return [
+        {"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.4]])},
+        {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)},  # an image with no objects
+    ]
+
+
+def test_one_step_reduces_loss_and_empty_image_trains():
+    config = tiny_config()
+    model = build_model(config).train()
+    criterion = build_criterion(config)
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    targets = _targets()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+
+    def loss_value() -> torch.Tensor:
+        return criterion.total_loss(criterion(model(images), targets))
+
+    first = loss_value()
+    assert torch.isfinite(first)
+    optimizer.zero_grad()
+    first.backward()
+    grads = [p.grad for p in params]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.query_embed.weight.grad.abs().sum() > 0
+    assert model.backbone[0].body.layer4[0].conv1.weight.grad.abs().sum() > 0
+    optimizer.step()
+    with torch.no_grad():
+        assert loss_value() < first
+
+
+def test_all_images_empty_trains():
+    config = tiny_config()
+    model = build_model(config).train()
+    criterion = build_criterion(config)
+    targets = [_targets()[1], _targets()[1]]
+    losses = criterion(model(torch.rand(2, 3, 64, 64)), targets)
+    assert losses["loss_bbox"] == 0 and losses["loss_giou"] == 0
+    criterion.total_loss(losses).backward()
+
+
+def test_frozen_stages_follow_config():
+    model = build_model(tiny_config())
+    body = model.backbone[0].body
+    assert not body.conv1.weight.requires_grad and not body.layer1[0].conv1.weight.requires_grad
+    assert body.layer2[0].conv1.weight.requires_grad
+    frozen = build_model(tiny_config("model.backbone.lr=0"))
+    assert not any(p.requires_grad for p in frozen.backbone.parameters())
+    scratch = build_model(
+        tiny_config(
+            "model.backbone.norm=batch_norm",
+            "model.backbone.return_layer=layer3",
+            "model.backbone.trainable_layers=[stem,layer1,layer2,layer3]",
+        )
+    )
+    assert all(p.requires_grad for p in scratch.backbone.parameters())
+    assert scratch.input_proj.in_channels == 256
+    assert not hasattr(scratch.backbone[0].body, "layer4")
+    out = scratch(torch.rand(1, 3, 64, 64))
+    assert out["pred_boxes"].shape == (1, 6, 4)
+
+
+def test_backbone_config_errors():
+    with pytest.raises(ValueError, match="dilation"):
+        build_model(tiny_config("model.backbone.dilation=true"))
+    with pytest.raises(ValueError, match="resnet"):
+        build_model(tiny_config("model.backbone.name=vgg16"))
+    with pytest.raises(ValueError, match="trainable_layers"):
+        build_model(tiny_config("model.backbone.trainable_layers=[layer9]"))
+
+
+def test_dc5_dilation_halves_stride():
+    config = tiny_config("model.backbone.name=resnet50", "model.backbone.dilation=true")
+    model = build_model(config).eval()
+    features, _ = model.backbone(pad_images([torch.rand(3, 64, 64)]))
+    assert features.tensors.shape[-2:] == (4, 4)  # stride 16 instead of 32
+
+
+def test_learned_position_embedding_round_trips_through_official_loader():
+    model = build_model(tiny_config("model.position_embedding=learned"))
+    assert "backbone.1.row_embed.weight" in model.state_dict()
+    reloaded = detr_from_official(model.state_dict(), nheads=4)
+    assert reloaded.backbone[1].row_embed.weight.shape == model.backbone[1].row_embed.weight.shape
+    assert not reloaded.training
+
+
+def test_official_loader_reads_checkpoint_files(tmp_path: Path):
+    model = build_model(tiny_config("model.transformer.pre_norm=true"))
+    path = tmp_path / "detr.pth"
+    torch.save({"model": model.state_dict(), "args": {"lr": 1e-4}}, path)
+    reloaded = detr_from_official(path, nheads=4)
+    assert reloaded.transformer.encoder.norm is not None  # pre-norm recognised from the weights
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(images)["pred_boxes"], model.eval()(images)["pred_boxes"])
+    torch.save(model.state_dict(), tmp_path / "bare.pth")
+    detr_from_official(tmp_path / "bare.pth", nheads=4)
+
+
+def test_mismatched_checkpoint_names_keys_and_shapes():
+    model = build_model(tiny_config())
+    state = build_model(tiny_config("model.num_classes=5")).state_dict()
+    state["extra.weight"] = torch.zeros(1)
+    del state["query_embed.weight"]
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_state_dict_checked(model, state, "my.pth")
+    message = str(err.value)
+    assert "my.pth" in message and "query_embed.weight" in message and "extra.weight" in message
+    assert "class_embed.weight: checkpoint (6, 32), model (4, 32)" in message
+
+
+def test_pretrained_backbone_loads_through_torchvision_weights_api(tmp_path: Path, monkeypatch):
+    """A weights file placed in the torch hub cache is what torchvision loads (no download is attempted)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    reference = torchvision.models.resnet18()
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(reference.state_dict(), cache / url.rsplit("/", 1)[1])
+    model = build_model(tiny_config("model.backbone.pretrained=true"))
+    torch.testing.assert_close(model.backbone[0].body.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
+    torch.testing.assert_close(model.backbone[0].body.bn1.running_var, reference.bn1.running_var)
+
+
+def test_pretrained_backbone_offline_gives_clear_error(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(RuntimeError, match="pretrained=false"):
+        build_model(tiny_config("model.backbone.pretrained=true"))
+
+
+def test_torch_export():
+    """The model exports with torch.export (image tensor + padding mask in, output dict out)."""
+    model = build_model(tiny_config()).eval()
+    padded = pad_images([torch.rand(3, 64, 64), torch.rand(3, 48, 64)])
+    exported = torch.export.export(model, (padded.tensors, padded.mask))
+    with torch.no_grad():
+        expected = model(padded.tensors, padded.mask)
+        got = exported.module()(padded.tensors, padded.mask)
+    torch.testing.assert_close(got["pred_logits"], expected["pred_logits"])
+    torch.testing.assert_close(got["pred_boxes"], expected["pred_boxes"])

@@ -1,0 +1,127 @@
+"""Our DETR reproduces the official facebookresearch/detr model, loss, matcher and post-processing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparse_detector import build_criterion, build_model, detr_from_official, load_config
+from sparse_detector.models import PostProcess
+from sparse_detector.models.weights import infer_official_config
+
+from .conftest import shared_path
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def fixture() -> dict:
+    return torch.load(shared_path("fixtures/detr_official_r18_small.pt"), weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def official_model(fixture):
+    return detr_from_official(fixture["model"], nheads=fixture["config"]["nheads"])
+
+
+def _config_for(fixture):
+    c = fixture["config"]
+    overrides = [
+        f"model.backbone.name={c['backbone']}",
+        f"model.backbone.dilation={c['dilation']}",
+        f"model.transformer.hidden_dim={c['hidden_dim']}",
+        f"model.transformer.nheads={c['nheads']}",
+        f"model.transformer.dim_feedforward={c['dim_feedforward']}",
+        f"model.transformer.enc_layers={c['enc_layers']}",
+        f"model.transformer.dec_layers={c['dec_layers']}",
+        f"model.transformer.pre_norm={c['pre_norm']}",
+        f"model.num_queries={c['num_queries']}",
+        f"model.num_classes={c['num_classes']}",
+        f"model.aux_loss={c['aux_loss']}",
+        f"loss.eos_coef={c['eos_coef']}",
+        f"loss.set_cost_class={c['set_cost_class']}",
+        f"loss.set_cost_bbox={c['set_cost_bbox']}",
+        f"loss.set_cost_giou={c['set_cost_giou']}",
+        f"loss.bbox_loss_coef={c['bbox_loss_coef']}",
+        f"loss.giou_loss_coef={c['giou_loss_coef']}",
+    ]
+    return load_config(None, overrides)
+
+
+def test_config_built_model_has_official_key_set(fixture):
+    model = build_model(_config_for(fixture))
+    assert set(model.state_dict()) == set(fixture["model"])
+    for key, value in model.state_dict().items():
+        assert value.shape == fixture["model"][key].shape, key
+
+
+def test_inferred_config_matches_fixture(fixture):
+    c = fixture["config"]
+    t = infer_official_config(fixture["model"], nheads=c["nheads"]).model
+    assert t.backbone.name == c["backbone"]
+    assert (t.num_queries, t.num_classes) == (c["num_queries"], c["num_classes"])
+    assert (t.transformer.hidden_dim, t.transformer.dim_feedforward) == (
+        c["hidden_dim"],
+        c["dim_feedforward"],
+    )
+    assert (t.transformer.enc_layers, t.transformer.dec_layers) == (c["enc_layers"], c["dec_layers"])
+    assert t.transformer.pre_norm == c["pre_norm"]
+
+
+def test_outputs_match_official(fixture, official_model):
+    with torch.no_grad():
+        out = official_model(list(fixture["images"]))
+    expected = fixture["outputs"]
+    torch.testing.assert_close(out["pred_logits"], expected["pred_logits"], atol=TOL, rtol=0)
+    torch.testing.assert_close(out["pred_boxes"], expected["pred_boxes"], atol=TOL, rtol=0)
+    assert len(out["aux_outputs"]) == len(fixture["aux_outputs"])
+    for ours, theirs in zip(out["aux_outputs"], fixture["aux_outputs"], strict=True):
+        for key in ("pred_logits", "pred_boxes"):
+            torch.testing.assert_close(ours[key], theirs[key], atol=TOL, rtol=0)
+
+
+def _stored_head_average(attention_modules) -> list[torch.Tensor]:
+    return [m.stored_weights.mean(dim=1) for m in attention_modules]
+
+
+def test_attention_weights_match_official(fixture, official_model):
+    transformer = official_model.transformer
+    cross = [layer.multihead_attn for layer in transformer.decoder.layers]
+    encoder = [layer.self_attn for layer in transformer.encoder.layers]
+    for module in cross + encoder:
+        module.store_weights = True
+    try:
+        with torch.no_grad():
+            official_model(list(fixture["images"]))
+        for ours, theirs in zip(_stored_head_average(cross), fixture["decoder_cross_attn_head_avg"], strict=True):
+            torch.testing.assert_close(ours, theirs, atol=TOL, rtol=0)
+        for ours, theirs in zip(_stored_head_average(encoder), fixture["encoder_self_attn_head_avg"], strict=True):
+            torch.testing.assert_close(ours, theirs, atol=TOL, rtol=0)
+        heads = cross[0].stored_weights
+        assert heads.shape[1] == fixture["config"]["nheads"]  # per-head weights, not only the average
+    finally:
+        for module in cross + encoder:
+            module.store_weights = False
+            module.stored_weights = None
+
+
+def test_postprocess_matches_official(fixture, official_model):
+    with torch.no_grad():
+        results = PostProcess()(official_model(list(fixture["images"])), fixture["orig_sizes"])
+    for ours, theirs in zip(results, fixture["postprocessed"], strict=True):
+        torch.testing.assert_close(ours["scores"], theirs["scores"], atol=TOL, rtol=0)
+        assert torch.equal(ours["labels"], theirs["labels"])
+        torch.testing.assert_close(ours["boxes"], theirs["boxes"], atol=1e-4, rtol=1e-6)
+
+
+def test_matcher_and_losses_match_official(fixture, official_model):
+    criterion = build_criterion(_config_for(fixture))
+    with torch.no_grad():
+        outputs = official_model(list(fixture["images"]))
+        indices = criterion.matcher(outputs, fixture["targets"])
+        losses = criterion(outputs, fixture["targets"])
+    for (i, j), (ei, ej) in zip(indices, fixture["matcher_indices"], strict=True):
+        assert torch.equal(i, ei) and torch.equal(j, ej)
+    assert set(losses) == set(fixture["losses"])
+    for key, value in fixture["losses"].items():
+        torch.testing.assert_close(losses[key], value, atol=TOL, rtol=0, msg=key)
