@@ -1,0 +1,301 @@
+"""COCO evaluation: parity with pycocotools on real data, accumulation invariances, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import multiprocessing as mp
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import Tensor
+
+from sparse_detector.engine.coco_eval import STAT_NAMES, CocoEvaluator, format_table
+
+TINY_COCO = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
+    / "tiny_coco"
+    / "annotations"
+    / "instances_train2017.json"
+)
+BACKENDS = ["faster_coco_eval", "pycocotools"]
+
+Predictions = dict[int, dict[str, Tensor]]
+
+# Three images, categories 3 and 7 (non-contiguous ids); image 3 has no objects.
+SMALL_GT: dict[str, Any] = {
+    "images": [
+        {"id": 1, "width": 100, "height": 100},
+        {"id": 2, "width": 200, "height": 100},
+        {"id": 3, "width": 50, "height": 50},
+    ],
+    "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}],
+    "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 7, "bbox": [50, 20, 40, 60], "area": 2400, "iscrowd": 0},
+        {"id": 3, "image_id": 2, "category_id": 7, "bbox": [0, 0, 150, 100], "area": 15000, "iscrowd": 0},
+    ],
+}
+
+
+def _prediction(boxes_xyxy: list[list[float]], labels: list[int], scores: list[float]) -> dict[str, Tensor]:
+    return {
+        "boxes": torch.tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "scores": torch.tensor(scores, dtype=torch.float32),
+    }
+
+
+def _perfect_small_predictions() -> Predictions:
+    """The ground truth of SMALL_GT as xyxy detections with raw category ids."""
+    predictions: Predictions = {}
+    for image in SMALL_GT["images"]:
+        anns = [a for a in SMALL_GT["annotations"] if a["image_id"] == image["id"]]
+        boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+        predictions[image["id"]] = _prediction(boxes, [a["category_id"] for a in anns], [0.9] * len(anns))
+    return predictions
+
+
+@pytest.fixture(scope="module")
+def tiny_coco() -> dict[str, Any]:
+    if not TINY_COCO.exists():
+        pytest.skip(f"tiny_coco ground truth not found at {TINY_COCO}")
+    with open(TINY_COCO) as f:
+        return json.load(f)
+
+
+def _synthetic_predictions(dataset: dict[str, Any], seed: int = 0) -> tuple[Predictions, list[int]]:
+    """Jittered GT boxes (some with wrong labels, some duplicated), false positives and random scores.
+
+    Returns the predictions (raw category ids as labels) and the images deliberately left out of them.
+    Some images get zero boxes.
+    """
+    rng = np.random.default_rng(seed)
+    cat_ids = sorted(c["id"] for c in dataset["categories"])
+    anns_by_image: dict[int, list[dict[str, Any]]] = {}
+    for ann in dataset["annotations"]:
+        anns_by_image.setdefault(ann["image_id"], []).append(ann)
+    predictions: Predictions = {}
+    omitted = []
+    for image in dataset["images"]:
+        kind = rng.random()
+        if kind < 0.1:
+            omitted.append(image["id"])
+            continue
+        boxes, labels = [], []
+        if kind >= 0.2:  # otherwise: given with zero boxes
+            for ann in anns_by_image.get(image["id"], []):
+                x, y, w, h = ann["bbox"]
+                for _ in range(rng.choice([0, 1, 1, 1, 2])):
+                    dx, dy, dw, dh = rng.normal(0.0, 0.08, size=4) * [w, h, w, h]
+                    boxes.append([x + dx, y + dy, x + dx + max(w + dw, 1.0), y + dy + max(h + dh, 1.0)])
+                    wrong = rng.random() < 0.15
+                    labels.append(int(rng.choice(cat_ids)) if wrong else ann["category_id"])
+            for _ in range(rng.integers(0, 5)):  # false positives
+                x1, y1 = rng.uniform(0, [image["width"] - 2, image["height"] - 2])
+                x2, y2 = rng.uniform([x1 + 1, y1 + 1], [image["width"], image["height"]])
+                boxes.append([x1, y1, x2, y2])
+                labels.append(int(rng.choice(cat_ids)))
+        predictions[image["id"]] = _prediction(boxes, labels, rng.uniform(0.05, 1.0, len(labels)).tolist())
+    return predictions, omitted
+
+
+def _reference_stats(dataset: dict[str, Any], predictions: Predictions, img_ids: list[int]) -> np.ndarray:
+    """pycocotools' own COCOeval on the same detections, converted here independently."""
+    results = [
+        {"image_id": image_id, "category_id": label, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+        for image_id, p in predictions.items()
+        for (x1, y1, x2, y2), label, score in zip(
+            p["boxes"].tolist(), p["labels"].tolist(), p["scores"].tolist(), strict=True
+        )
+    ]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = copy.deepcopy(dataset)
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(results), iouType="bbox")
+        evaluator.params.imgIds = img_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator.stats
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("all_images", [False, True], ids=["updated-images", "all-gt-images"])
+def test_matches_pycocotools_on_tiny_coco(tiny_coco: dict[str, Any], backend: str, all_images: bool) -> None:
+    predictions, omitted = _synthetic_predictions(tiny_coco)
+    assert omitted and any(len(p["scores"]) == 0 for p in predictions.values())
+    all_ids = [image["id"] for image in tiny_coco["images"]]
+    evaluator = CocoEvaluator(TINY_COCO, backend=backend)
+    evaluator.update(predictions)
+    stats = evaluator.summarize(img_ids=all_ids if all_images else None)
+    expected = _reference_stats(tiny_coco, predictions, all_ids if all_images else sorted(predictions))
+    assert list(stats) == list(STAT_NAMES)
+    np.testing.assert_allclose(list(stats.values()), expected, rtol=0, atol=1e-4)
+    assert 0.2 < stats["AP"] < 0.9  # the synthetic detections are neither useless nor perfect
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_independent_of_batching_and_order(tiny_coco: dict[str, Any], backend: str) -> None:
+    predictions, _ = _synthetic_predictions(tiny_coco, seed=1)
+    at_once = CocoEvaluator(tiny_coco, backend=backend)
+    at_once.update(predictions)
+    per_image = CocoEvaluator(tiny_coco, backend=backend)
+    for image_id in reversed(list(predictions)):
+        per_image.update({image_id: predictions[image_id]})
+    assert at_once.summarize() == per_image.summarize()
+
+
+def test_contiguous_label_mapping_round_trip(tiny_coco: dict[str, Any]) -> None:
+    predictions, _ = _synthetic_predictions(tiny_coco, seed=2)
+    label_to_category_id = dict(enumerate(sorted(c["id"] for c in tiny_coco["categories"])))
+    category_to_label = {c: label for label, c in label_to_category_id.items()}
+    contiguous = {
+        image_id: {**p, "labels": torch.tensor([category_to_label[c] for c in p["labels"].tolist()])}
+        for image_id, p in predictions.items()
+    }
+    raw = CocoEvaluator(tiny_coco)
+    raw.update(predictions)
+    mapped = CocoEvaluator(tiny_coco, label_to_category_id=label_to_category_id)
+    mapped.update(contiguous)
+    assert max(label_to_category_id) == 79 and max(label_to_category_id.values()) == 90
+    assert raw.summarize() == mapped.summarize()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_perfect_predictions_and_gt_input_kinds(tmp_path: Path, backend: str) -> None:
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(SMALL_GT))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(path))
+    dataset = copy.deepcopy(SMALL_GT)
+    for coco_gt in (path, str(path), dataset, coco):
+        evaluator = CocoEvaluator(coco_gt, label_to_category_id={0: 3, 1: 7}, backend=backend)
+        perfect = _perfect_small_predictions()
+        to_label = {3: 0, 7: 1}
+        evaluator.update(
+            {i: {**p, "labels": torch.tensor([to_label[c] for c in p["labels"].tolist()])} for i, p in perfect.items()}
+        )
+        stats = evaluator.summarize()
+        for name in ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR100"):
+            assert stats[name] == pytest.approx(1.0), name
+    assert dataset == SMALL_GT  # the caller's ground truth is left untouched
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_predictions_give_zeros(backend: str) -> None:
+    assert CocoEvaluator(SMALL_GT, backend=backend).summarize() == dict.fromkeys(STAT_NAMES, 0.0)
+    evaluator = CocoEvaluator(SMALL_GT, backend=backend)
+    evaluator.update({i: _prediction([], [], []) for i in (1, 2, 3)})
+    assert evaluator.summarize(img_ids=[1, 2, 3]) == dict.fromkeys(STAT_NAMES, 0.0)
+
+
+def test_quiet_unless_verbose(capsys: pytest.CaptureFixture[str]) -> None:
+    for backend in BACKENDS:
+        evaluator = CocoEvaluator(SMALL_GT, backend=backend)
+        evaluator.update(_perfect_small_predictions())
+        evaluator.summarize()
+    assert capsys.readouterr().out == ""
+    evaluator = CocoEvaluator(SMALL_GT, backend="pycocotools", verbose=True)
+    evaluator.update(_perfect_small_predictions())
+    evaluator.summarize()
+    assert "Average Precision" in capsys.readouterr().out
+
+
+def test_duplicate_image_is_an_error() -> None:
+    evaluator = CocoEvaluator(SMALL_GT)
+    evaluator.update({2: _prediction([[0, 0, 10, 10]], [7], [0.5])})
+    with pytest.raises(ValueError, match="image id 2 were given twice"):
+        evaluator.update({1: _prediction([], [], []), 2: _prediction([], [], [])})
+    assert list(evaluator.state()) == [2]  # a failed update adds nothing
+
+
+def test_unmapped_label_is_an_error() -> None:
+    evaluator = CocoEvaluator(SMALL_GT, label_to_category_id={0: 3, 1: 7})
+    with pytest.raises(ValueError, match=r"labels \[2\] have no category id.*label_map"):
+        evaluator.update({1: _prediction([[0, 0, 10, 10], [5, 5, 9, 9]], [1, 2], [0.5, 0.4])})
+
+
+def test_invalid_inputs_are_errors() -> None:
+    with pytest.raises(ValueError, match=r"category ids \[5\]"):
+        CocoEvaluator(SMALL_GT, label_to_category_id={0: 3, 1: 5})
+    with pytest.raises(TypeError, match="coco_gt must be a path"):
+        CocoEvaluator(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown COCO evaluation backend"):
+        CocoEvaluator(SMALL_GT, backend="detectron")
+    evaluator = CocoEvaluator(SMALL_GT)
+    with pytest.raises(ValueError, match="image id 42 is not in the ground-truth"):
+        evaluator.update({42: _prediction([], [], [])})
+    with pytest.raises(ValueError, match=r"image id 1: expected .* boxes \(N, 4\)"):
+        evaluator.update({1: {**_prediction([[0, 0, 1, 1]], [3], [0.5]), "boxes": torch.zeros(1, 5)}})
+    with pytest.raises(ValueError, match=r"img_ids \[9\]"):
+        evaluator.summarize(img_ids=[1, 9])
+
+
+def test_merge_keeps_first_occurrence() -> None:
+    perfect = _perfect_small_predictions()
+    whole = CocoEvaluator(SMALL_GT)
+    whole.update(perfect)
+    first, second = CocoEvaluator(SMALL_GT), CocoEvaluator(SMALL_GT)
+    first.update({1: perfect[1], 2: perfect[2]})
+    second.update({2: _prediction([], [], []), 3: perfect[3]})  # image 2 repeated, as DistributedSampler pads
+    first.merge(second.state())
+    assert first.summarize() == whole.summarize()
+
+
+def test_format_table() -> None:
+    stats = dict(zip(STAT_NAMES, [0.4567, *[0.1] * 10, -1.0], strict=True))
+    table = format_table(stats)
+    lines = table.splitlines()
+    assert len(lines) == 2 + len(STAT_NAMES)
+    assert len({len(line) for line in lines}) == 1  # aligned
+    assert lines[0].startswith("| metric") and set(lines[1]) <= set("|-:")
+    assert "| AP " in lines[2] and lines[2].endswith("0.457 |")
+    assert lines[-1].startswith("| AR_large") and lines[-1].endswith("n/a |")
+
+
+def _rank_shards() -> list[Predictions]:
+    """Two ranks' predictions: image 2 on both (DistributedSampler padding), a false positive on image 3."""
+    perfect = _perfect_small_predictions()
+    false_positive = _prediction([[0, 0, 40, 40]], [7], [0.95])
+    return [{1: perfect[1], 2: perfect[2]}, {2: perfect[2], 3: false_positive}]
+
+
+def _distributed_worker(rank: int, store: str, queue: Any) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    evaluator = CocoEvaluator(SMALL_GT)
+    evaluator.update(_rank_shards()[rank])
+    queue.put((rank, evaluator.summarize()))
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
+def test_summarize_gathers_across_ranks(tmp_path: Path) -> None:
+    ctx = mp.get_context("fork")
+    queue = ctx.SimpleQueue()
+    workers = [ctx.Process(target=_distributed_worker, args=(rank, str(tmp_path / "store"), queue)) for rank in (0, 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        if worker.is_alive():
+            worker.terminate()
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    results = dict(queue.get() for _ in workers)
+    whole = CocoEvaluator(SMALL_GT)
+    shards = _rank_shards()
+    whole.update({**shards[1], **shards[0]})
+    rank0_alone = CocoEvaluator(SMALL_GT)
+    rank0_alone.update(shards[0])
+    assert results[0] == results[1] == whole.summarize() != rank0_alone.summarize()
