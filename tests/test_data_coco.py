@@ -1,0 +1,206 @@
+"""CocoDetection: real tiny_coco loading, label modes, and every bad-input case with a named error."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from sparse_detector.data import CocoDetection, DatasetError, collate_detection, make_transforms
+
+TINY_COCO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tiny_coco"
+
+
+@pytest.fixture(scope="module")
+def tiny_coco() -> tuple[Path, Path]:
+    annotation_file = TINY_COCO / "annotations" / "instances_train2017.json"
+    if not annotation_file.is_file():
+        pytest.skip(f"shared tiny_coco data not found at {TINY_COCO}")
+    return TINY_COCO / "train2017", annotation_file
+
+
+def test_tiny_coco_contiguous(tiny_coco: tuple[Path, Path]) -> None:
+    ds = CocoDetection(*tiny_coco)
+    raw = json.loads(tiny_coco[1].read_text())
+    assert len(ds) == 50 and ds.num_classes == 80 and len(ds.category_names) == 80
+    assert ds.num_crowd == 5 and ds.num_boxes == 470 - 5 and not ds.skipped
+    assert len(ds.coco.getAnnIds()) == 470
+    # labels map back to the original category ids, in sorted order
+    assert list(ds.label_to_category_id.values()) == sorted(c["id"] for c in raw["categories"])
+    index = next(i for i in range(len(ds)) if len(ds.raw_target(i)["labels"]) > 0)
+    target = ds.raw_target(index)
+    image_id = int(target["image_id"])
+    expected = sorted(a["category_id"] for a in raw["annotations"] if a["image_id"] == image_id and not a["iscrowd"])
+    assert sorted(ds.category_ids(target["labels"]).tolist()) == expected
+    assert ds.label_map["label_to_category_id"] == ds.label_to_category_id
+
+
+def test_tiny_coco_targets_and_empty_image(tiny_coco: tuple[Path, Path]) -> None:
+    ds = CocoDetection(*tiny_coco)
+    empty = [i for i in range(len(ds)) if len(ds.raw_target(i)["labels"]) == 0]
+    assert len(empty) == 1
+    image, target = ds[empty[0]]
+    assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
+    image, target = ds[0]
+    assert image.dtype == torch.float32 and image.min() >= 0 and image.max() <= 1
+    assert target["boxes"].dtype == torch.float32 and target["labels"].dtype == torch.int64
+    assert target["image_id"].dtype == torch.int64 and target["image_id"].dim() == 0
+    assert target["orig_size"].tolist() == list(image.shape[-2:]) == target["size"].tolist()
+    raw = ds.raw_target(0)
+    h, w = raw["orig_size"].tolist()
+    xyxy = raw["boxes"]
+    cxcywh = torch.stack([(xyxy[:, 0] + xyxy[:, 2]) / 2 / w, (xyxy[:, 1] + xyxy[:, 3]) / 2 / h], dim=1)
+    assert torch.allclose(target["boxes"][:, :2], cxcywh)
+    batch, targets = collate_detection([ds[0], ds[empty[0]]])
+    assert batch.tensors.shape[0] == 2 and len(targets) == 2
+
+
+def test_tiny_coco_coco_ids_mode(tiny_coco: tuple[Path, Path]) -> None:
+    torch.manual_seed(0)
+    ds = CocoDetection(*tiny_coco, transforms=make_transforms(False, val_size=256, max_size=400), label_mode="coco_ids")
+    assert ds.num_classes == 91 and len(ds.category_names) == 91 and ds.category_names[0] == "N/A"
+    raw = ds.raw_target(0)
+    assert torch.equal(ds.category_ids(raw["labels"]), raw["labels"])
+    image, target = ds[0]
+    assert min(image.shape[-2:]) == 256 or max(image.shape[-2:]) == 400
+    assert ((target["boxes"] >= 0) & (target["boxes"] <= 1)).all()
+
+
+# ---- bad input, on a two-image dataset written to tmp_path --------------------------------------------------
+
+
+def _dataset_dict() -> dict[str, Any]:
+    return {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+            {"id": 2, "file_name": "b.png", "width": 40, "height": 30},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 3, "bbox": [5, 5, 10, 10], "area": 100, "iscrowd": 0},
+            {"id": 11, "image_id": 1, "category_id": 7, "bbox": [30, 20, 20, 20], "area": 400, "iscrowd": 0},
+            {"id": 12, "image_id": 2, "category_id": 7, "bbox": [0, 0, 40, 30], "area": 1200, "iscrowd": 1},
+        ],
+        "categories": [{"id": 7, "name": "seven"}, {"id": 3, "name": "three"}],
+    }
+
+
+def _write(tmp_path: Path, data: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (40, 30), (90, 120, 30)).save(images / name)
+    annotation_file = tmp_path / "instances.json"
+    annotation_file.write_text(json.dumps(_dataset_dict() if data is None else data))
+    return images, annotation_file
+
+
+def test_small_dataset_labels_and_clipping(tmp_path: Path) -> None:
+    ds = CocoDetection(*_write(tmp_path))
+    assert ds.category_names == ["three", "seven"] and ds.label_to_category_id == {0: 3, 1: 7}
+    assert ds.num_crowd == 1
+    target = ds.raw_target(0)
+    assert target["labels"].tolist() == [0, 1]
+    # annotation 11 reaches past the image (x 30..50, y 20..40 on a 40x30 image): clipped
+    assert target["boxes"].tolist() == [[5, 5, 15, 15], [30, 20, 40, 30]]
+    assert ds.raw_target(1)["boxes"].shape == (0, 4)  # crowd-only image
+
+
+def _mutate(path: list[str | int], value: Any) -> dict[str, Any]:
+    data = _dataset_dict()
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    if value is KeyError:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (["categories"], KeyError, ["categories"]),
+        (["annotations", 0, "bbox"], KeyError, ["annotation 10", "bbox"]),
+        (["annotations", 1, "category_id"], KeyError, ["annotation 11", "category_id"]),
+        (["annotations", 0, "image_id"], KeyError, ["annotation 10", "image_id"]),
+        (["images", 0, "file_name"], KeyError, ["image entry 1", "file_name"]),
+        (["annotations", 0, "bbox"], [5, 5, 0, 10], ["annotation id 10", "[5, 5, 0, 10]", "width and height"]),
+        (["annotations", 0, "bbox"], [5, 5, 10, -2], ["annotation id 10", "[5, 5, 10, -2]"]),
+        (["annotations", 0, "bbox"], [50, 5, 10, 10], ["annotation id 10", "[50, 5, 10, 10]", "outside"]),
+        (["annotations", 0, "bbox"], [5, 5, 10], ["annotation id 10", "4 finite numbers"]),
+        (["annotations", 1, "category_id"], 99, ["annotation id 11", "category_id 99", "not in 'categories'"]),
+        (["annotations", 1, "image_id"], 42, ["annotation id 11", "image_id 42", "not in 'images'"]),
+        (["images", 1, "id"], 1, ["image id 1", "twice"]),
+    ],
+)
+def test_bad_annotations_raise_named_errors(tmp_path: Path, path: list, value: Any, expected: list[str]) -> None:
+    images, annotation_file = _write(tmp_path, _mutate(path, value))
+    with pytest.raises(DatasetError) as info:
+        CocoDetection(images, annotation_file)
+    message = str(info.value)
+    assert str(annotation_file) in message
+    for text in expected:
+        assert text in message
+
+
+def test_missing_paths(tmp_path: Path) -> None:
+    images, annotation_file = _write(tmp_path)
+    with pytest.raises(DatasetError, match="images directory .*nowhere.* does not exist"):
+        CocoDetection(tmp_path / "nowhere", annotation_file)
+    with pytest.raises(DatasetError, match="annotation file .*missing.json does not exist"):
+        CocoDetection(images, tmp_path / "missing.json")
+    (images / "b.png").unlink()
+    with pytest.raises(DatasetError, match=r"missing from .*images.*b\.png"):
+        CocoDetection(images, annotation_file)
+
+
+def test_unparsable_json_names_position(tmp_path: Path) -> None:
+    images, annotation_file = _write(tmp_path)
+    annotation_file.write_text('{"images": [],\n  "annotations": [,]}')
+    with pytest.raises(DatasetError, match=r"instances\.json: not valid JSON at line 2, column 19"):
+        CocoDetection(images, annotation_file)
+    annotation_file.write_text("[1, 2]")
+    with pytest.raises(DatasetError, match="JSON object"):
+        CocoDetection(images, annotation_file)
+
+
+def test_corrupt_and_mismatched_images_fail_at_load(tmp_path: Path) -> None:
+    images, annotation_file = _write(tmp_path)
+    (images / "a.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    Image.new("RGB", (41, 30)).save(images / "b.png")
+    ds = CocoDetection(images, annotation_file)  # construction does not decode images
+    with pytest.raises(DatasetError, match=r"cannot read image .*a\.png \(image id 1\)"):
+        ds[0]
+    with pytest.raises(DatasetError, match=r"b\.png \(image id 2\) is 41x30 but .* says 40x30"):
+        ds[1]
+
+
+def test_skip_mode_counts_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = _dataset_dict()
+    data["annotations"] += [
+        {"id": 20, "image_id": 2, "category_id": 3, "bbox": [1, 1, 0, 5]},
+        {"id": 21, "image_id": 2, "category_id": 3, "bbox": [100, 100, 5, 5]},
+        {"id": 22, "image_id": 2, "category_id": 5, "bbox": [1, 1, 5, 5]},
+        {"id": 23, "image_id": 2, "category_id": 3, "bbox": [1, 1, 5, 5]},
+    ]
+    images, annotation_file = _write(tmp_path, data)
+    with caplog.at_level(logging.WARNING, logger="sparse_detector.data.coco"):
+        ds = CocoDetection(images, annotation_file, on_invalid="skip")
+    assert ds.skipped == {"non_positive_size": 1, "outside_image": 1, "unknown_category": 1}
+    assert ds.num_boxes == 3 and ds.raw_target(1)["boxes"].tolist() == [[1, 1, 6, 6]]
+    assert len(caplog.records) == 1
+    assert "skipped 3 invalid annotation(s)" in caplog.text and "annotation id 21" in caplog.text
+    assert sorted(ds.coco.getAnnIds()) == [10, 11, 12, 23]
+
+
+def test_invalid_options(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="label_mode"):
+        CocoDetection(*_write(tmp_path), label_mode="raw")
+    with pytest.raises(ValueError, match="on_invalid"):
+        CocoDetection(*_write(tmp_path), on_invalid="ignore")

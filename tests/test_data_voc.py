@@ -1,0 +1,119 @@
+"""VOC -> COCO conversion: real BCCD splits, zero-area boxes, difficult flags, malformed XML."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from sparse_detector.data import CocoDetection, DatasetError, voc_to_coco
+
+BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd"
+
+
+@pytest.fixture(scope="module")
+def bccd() -> Path:
+    if not (BCCD / "ImageSets" / "Main" / "trainval.txt").is_file():
+        pytest.skip(f"shared BCCD data not found at {BCCD}")
+    return BCCD
+
+
+def test_bccd_splits_and_zero_area(bccd: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    counts = {}
+    with caplog.at_level(logging.WARNING, logger="sparse_detector.data.voc"):
+        for split in ("train", "val", "trainval"):
+            coco = voc_to_coco(bccd, split, out_file=tmp_path / f"{split}.json")
+            counts[split] = coco["info"]["stats"]
+            assert [c["name"] for c in coco["categories"]] == ["Platelets", "RBC", "WBC"]
+    assert {s: c["images"] for s, c in counts.items()} == {"train": 205, "val": 87, "trainval": 292}
+    trainval = counts["trainval"]
+    # the two point-like boxes (xmin == xmax, ymin == ymax) are dropped and reported, never silently
+    assert trainval["dropped"] == {"zero_area": 2} and len(trainval["dropped_examples"]) == 2
+    assert "BloodImage_00338.xml" in caplog.text and "BloodImage_00343.xml" in caplog.text
+    assert trainval["annotations"] == counts["train"]["annotations"] + counts["val"]["annotations"]
+    assert trainval["per_class"] == {"Platelets": 292, "RBC": 3348, "WBC": 301}
+    assert trainval["annotations"] == sum(trainval["per_class"].values()) == 3941
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_api = COCO(str(tmp_path / "trainval.json"))
+    assert len(coco_api.getImgIds()) == 292 and len(coco_api.getAnnIds()) == 3941
+    ds = CocoDetection(bccd / "JPEGImages", tmp_path / "val.json")
+    assert len(ds) == 87 and ds.num_classes == 3 and ds.num_boxes == 1137 and not ds.skipped
+    image, target = ds[0]
+    assert image.shape[-2:] == (480, 640) and ((target["boxes"] > 0) & (target["boxes"] <= 1)).all()
+
+
+def test_bccd_box_convention(bccd: Path) -> None:
+    coco = voc_to_coco(bccd, "trainval")
+    first = next(i for i in coco["images"] if i["file_name"] == "BloodImage_00000.jpg")
+    boxes = [a["bbox"] for a in coco["annotations"] if a["image_id"] == first["id"]]
+    # <xmin>260</xmin><ymin>177</ymin><xmax>491</xmax><ymax>376</ymax>, 1-based inclusive
+    assert boxes[0] == [259, 176, 232, 200]
+    # <xmax>640</xmax> on a 640 px wide image ends exactly at the border
+    assert max(b[0] + b[2] for b in boxes) == 640
+
+
+def _write_voc(root: Path, objects_xml: str, difficult_second: bool = False) -> Path:
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (50, 40)).save(root / "JPEGImages" / "img1.jpg")
+    (root / "ImageSets" / "Main" / "trainval.txt").write_text("img1\n")
+    xml = f"<annotation><filename>img1.jpg</filename><size><width>50</width><height>40</height></size>{objects_xml}"
+    (root / "Annotations" / "img1.xml").write_text(xml + "</annotation>")
+    return root
+
+
+def _object(name: str, box: tuple[int, int, int, int], difficult: int = 0) -> str:
+    coords = "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True))
+    return f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>{coords}</bndbox></object>"
+
+
+def test_difficult_and_class_names(tmp_path: Path) -> None:
+    root = _write_voc(tmp_path / "voc", _object("dog", (1, 1, 10, 10)) + _object("cat", (5, 5, 20, 30), 1))
+    kept = voc_to_coco(root)
+    assert [c["name"] for c in kept["categories"]] == ["cat", "dog"]
+    assert [(a["difficult"], a["iscrowd"]) for a in kept["annotations"]] == [(0, 0), (1, 0)]
+    ignored = voc_to_coco(
+        root, include_difficult=False, class_names=["dog", "cat", "bird"], out_file=tmp_path / "a.json"
+    )
+    assert [(a["category_id"], a["iscrowd"], a["ignore"]) for a in ignored["annotations"]] == [(1, 0, 0), (2, 1, 1)]
+    assert ignored["info"]["stats"]["per_class"] == {"dog": 1, "cat": 1, "bird": 0}
+    assert json.loads((tmp_path / "a.json").read_text()) == ignored
+    ds = CocoDetection(root / "JPEGImages", tmp_path / "a.json")
+    assert ds.num_crowd == 1 and ds.num_boxes == 1 and ds.category_names == ["dog", "cat", "bird"]
+    with pytest.raises(DatasetError, match=r"img1\.xml: object 1 has class 'cat', not in class_names"):
+        voc_to_coco(root, class_names=["dog"])
+
+
+@pytest.mark.parametrize(
+    ("objects_xml", "expected"),
+    [
+        ("<object><name>dog</name", r"img1\.xml: malformed XML at line 1"),
+        ("<object><name>dog</name></object>", r"img1\.xml: object 0 \(dog\) has no <bndbox>"),
+        ("<object><bndbox/></object>", r"img1\.xml: object 0 has no <name>"),
+        (
+            "<object><name>dog</name><bndbox><xmin>1</xmin></bndbox></object>",
+            r"img1\.xml: object 0 \(dog\) has no <ymin>",
+        ),
+        (_object("dog", (1, 1, 10, 10)).replace(">10<", ">ten<", 1), r"img1\.xml: object 0 \(dog\) has a non-numeric"),
+    ],
+)
+def test_malformed_xml_names_file(tmp_path: Path, objects_xml: str, expected: str) -> None:
+    root = _write_voc(tmp_path / "voc", objects_xml)
+    with pytest.raises(DatasetError, match=expected):
+        voc_to_coco(root)
+
+
+def test_missing_split_and_image(tmp_path: Path) -> None:
+    root = _write_voc(tmp_path / "voc", _object("dog", (1, 1, 10, 10)))
+    with pytest.raises(DatasetError, match=r"ImageSets/Main/test\.txt does not exist"):
+        voc_to_coco(root, split="test")
+    (root / "JPEGImages" / "img1.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"img1\.xml: image .*img1\.jpg does not exist"):
+        voc_to_coco(root)

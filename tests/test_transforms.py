@@ -1,0 +1,146 @@
+"""Joint image/target transforms: box geometry, consistency of per-box fields, empty targets, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from sparse_detector.data.transforms import (
+    Compose,
+    Normalize,
+    RandomHorizontalFlip,
+    RandomResize,
+    RandomSizeCrop,
+    ToModelTarget,
+    ToTensor,
+    crop,
+    hflip,
+    make_transforms,
+    resize,
+    resized_shape,
+)
+
+
+def _target(boxes: list[list[float]], width: int = 200, height: int = 100) -> dict[str, torch.Tensor]:
+    b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    return {
+        "boxes": b,
+        "labels": torch.arange(len(b), dtype=torch.int64),
+        "area": (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]),
+        "iscrowd": torch.zeros(len(b), dtype=torch.int64),
+        "image_id": torch.tensor(7),
+        "orig_size": torch.tensor([height, width]),
+        "size": torch.tensor([height, width]),
+    }
+
+
+def _image(width: int = 200, height: int = 100) -> Image.Image:
+    """Black image with a white block at x 10..49, y 20..59 (the box [10, 20, 50, 60])."""
+    image = Image.new("RGB", (width, height))
+    image.paste((255, 255, 255), (10, 20, 50, 60))
+    return image
+
+
+def test_hflip_maps_boxes_and_pixels() -> None:
+    image, target = hflip(_image(), _target([[10, 20, 50, 60]]))
+    assert torch.equal(target["boxes"], torch.tensor([[150.0, 20.0, 190.0, 60.0]]))
+    assert image.getbbox() == (150, 20, 190, 60)
+    torch.manual_seed(0)
+    _, always = RandomHorizontalFlip(p=1.0)(_image(), _target([[10, 20, 50, 60]]))
+    _, never = RandomHorizontalFlip(p=0.0)(_image(), _target([[10, 20, 50, 60]]))
+    assert torch.equal(always["boxes"], target["boxes"])
+    assert torch.equal(never["boxes"], torch.tensor([[10.0, 20.0, 50.0, 60.0]]))
+
+
+def test_resize_scales_boxes_area_and_size() -> None:
+    image, target = resize(_image(), _target([[10, 20, 50, 60]]), size=50)
+    assert image.size == (100, 50)
+    assert torch.allclose(target["boxes"], torch.tensor([[5.0, 10.0, 25.0, 30.0]]))
+    assert torch.allclose(target["area"], torch.tensor([400.0]))
+    assert target["size"].tolist() == [50, 100]
+    assert target["orig_size"].tolist() == [100, 200]
+
+
+def test_resized_shape_caps_longer_side() -> None:
+    assert resized_shape(200, 100, 800, max_size=1333) == (666, 1332)  # official rounding
+    assert resized_shape(100, 200, 100) == (200, 100)  # already the requested size
+    assert resized_shape(640, 480, 800, max_size=1333) == (800, 1066)
+
+
+def test_crop_keeps_fields_consistent_and_drops_empty_boxes() -> None:
+    target = _target([[10, 20, 50, 60], [120, 10, 190, 90], [60, 5, 100, 95]])
+    image, out = crop(_image(), target, (0, 40, 100, 80))  # x in [40, 120)
+    assert image.size == (80, 100)
+    assert out["labels"].tolist() == [0, 2]  # box 1 (x >= 120) is gone
+    assert torch.equal(out["boxes"], torch.tensor([[0.0, 20.0, 10.0, 60.0], [20.0, 5.0, 60.0, 95.0]]))
+    assert torch.allclose(out["area"], torch.tensor([400.0, 3600.0]))
+    assert len(out["iscrowd"]) == 2
+    assert out["size"].tolist() == [100, 80]
+
+
+def test_random_size_crop_within_bounds_and_small_images() -> None:
+    torch.manual_seed(0)
+    for _ in range(20):
+        image, target = RandomSizeCrop(30, 60)(_image(), _target([[10, 20, 50, 60]]))
+        assert 30 <= image.width <= 60 and 30 <= image.height <= 60
+        assert target["size"].tolist() == [image.height, image.width]
+        boxes = target["boxes"]
+        assert (boxes[:, 2] <= image.width).all() and (boxes[:, 3] <= image.height).all() and (boxes >= 0).all()
+        assert len(boxes) == len(target["labels"]) == len(target["area"]) == len(target["iscrowd"])
+    image, _ = RandomSizeCrop(384, 600)(_image(64, 48), _target([], 64, 48))
+    assert image.size == (64, 48)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_pipeline_outputs_normalised_cxcywh(train: bool) -> None:
+    torch.manual_seed(1)
+    transforms = make_transforms(
+        train, scales=(64, 96), max_size=160, crop_sizes=(40, 80), crop_resize_scales=(90,), val_size=64
+    )
+    for _ in range(10):
+        image, target = transforms(_image(), _target([[10, 20, 50, 60], [0, 0, 200, 100]]))
+        assert image.dtype == torch.float32 and image.shape[0] == 3
+        assert list(image.shape[-2:]) == target["size"].tolist()
+        boxes = target["boxes"]
+        assert boxes.dtype == torch.float32 and ((boxes >= 0) & (boxes <= 1)).all()
+        assert len(boxes) == len(target["labels"])
+    if not train:
+        assert image.shape[-2:] == (64, 128)
+        assert torch.allclose(target["boxes"][1], torch.tensor([0.5, 0.5, 1.0, 1.0]))
+
+
+def test_to_model_target_values() -> None:
+    image, target = Compose([ToTensor(), ToModelTarget()])(_image(), _target([[10, 20, 50, 60]]))
+    assert torch.allclose(target["boxes"], torch.tensor([[0.15, 0.4, 0.2, 0.4]]))
+    assert image.min() >= 0 and image.max() <= 1
+    normalised, same = Normalize()(image, _target([[10, 20, 50, 60]]))
+    assert torch.allclose(same["boxes"], target["boxes"])
+    assert normalised.min() < 0
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_empty_targets_survive(train: bool) -> None:
+    torch.manual_seed(2)
+    transforms = make_transforms(train, scales=(64, 96), max_size=160, crop_sizes=(40, 80), crop_resize_scales=(90,))
+    steps = [RandomHorizontalFlip(1.0), RandomResize([50]), RandomSizeCrop(20, 40), transforms]
+    for step in steps:
+        _, target = step(_image(), _target([]))
+        assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,) and target["area"].shape == (0,)
+
+
+def test_seeded_augmentation_is_reproducible() -> None:
+    transforms = make_transforms(True, scales=(64, 80, 96), max_size=160, crop_sizes=(40, 80), crop_resize_scales=(90,))
+
+    def run() -> list[torch.Tensor]:
+        torch.manual_seed(123)
+        return [transforms(_image(), _target([[10, 20, 50, 60]]))[1]["boxes"] for _ in range(8)]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(), run(), strict=True))
+
+
+def test_small_image_preset_without_crop() -> None:
+    transforms = make_transforms(True, scales=range(96, 161, 16), max_size=256, crop_sizes=None)
+    assert not any(isinstance(t, RandomSizeCrop) for t in transforms.transforms)
+    image, _ = transforms(_image(128, 128), _target([[10, 20, 50, 60]], 128, 128))
+    assert image.shape[-1] in range(96, 161, 16)
