@@ -28,6 +28,7 @@ def test_base_inheritance_and_overrides(tmp_path: Path):
 
 def test_int_is_accepted_for_float_but_not_the_reverse():
     assert load_config(None, ["loss.eos_coef=1"]).loss.eos_coef == 1.0
+    assert load_config(None, ["optim.lr=5e-4"]).optim.lr == 5e-4  # YAML 1.1 reads "5e-4" as a string
     with pytest.raises(ConfigError, match="model.num_queries"):
         load_config(None, ["model.num_queries=1.5"])
 

@@ -1,66 +1,258 @@
-"""The ``sparse-detector`` command line."""
+"""The ``sparse-detector`` command line: train, evaluate, predict, data, quickstart."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+from PIL import Image
 
-from .config import load_config
-from .models import build_criterion, build_model
+from .config import Config, dump_config, load_config
+from .data import generate_shapes, generate_shapes_splits, make_transforms, voc_to_coco
+from .data.build import build_dataset, build_loader
+from .engine.coco_eval import format_table
+from .engine.device import resolve_device
+from .engine.evaluate import evaluate
+from .engine.inference import category_id, category_name, load_trained_model
+from .engine.trainer import Trainer
+from .models.postprocess import PostProcess
+from .viz.boxes import draw_boxes
+
+log = logging.getLogger("sparse_detector")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+# The main job's data: 128 px images, 1-3 shapes of 24-56 px, classes = colours (see configs/shapes_tiny.yaml).
+QUICKSTART_TRAIN_IMAGES = 1200
+QUICKSTART_VAL_IMAGES = 200
+
+
+def _print_config(config: Config) -> None:
+    print("# resolved config\n" + dump_config(config))
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.resume:
+        run_dir = Path(args.resume)
+        config = load_config(run_dir / "config.yaml", args.set)
+    else:
+        config = load_config(args.config, args.set)
+        run_dir = Path(args.output_dir or config.train.output_dir)
+    if args.device:
+        config.train.device = args.device
+    _print_config(config)
+    Trainer(config, run_dir, resume=bool(args.resume), progress=not args.no_progress).fit()
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    loaded = load_trained_model(args.checkpoint, official=args.official, nheads=args.nheads, dilation=args.dilation)
+    config = loaded.config
+    if args.images or args.annotations:
+        config.data.val.images, config.data.val.annotations = args.images or "", args.annotations or ""
+    config.train.eval_batch_size = args.batch_size or config.train.eval_batch_size
+    config.data.num_workers = args.workers if args.workers is not None else config.data.num_workers
+    device = resolve_device(args.device)
+    dataset = build_dataset(config, "val")
+    stats = evaluate(
+        loaded.model.to(device), None, build_loader(dataset, config, train=False), device, loaded.label_map, True
+    )
+    print(f"{loaded.source} on {dataset.annotation_file} ({len(dataset)} images)")
+    print(format_table(stats))
+    output = Path(args.output) if args.output else loaded.source.parent / "eval.json"
+    output.write_text(
+        json.dumps({"checkpoint": str(loaded.source), "data": str(dataset.annotation_file), **stats}, indent=2)
+    )
+    print(f"written: {output}")
+    return 0
+
+
+def _image_files(inputs: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"input {item} is neither an image file nor a folder")
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {list(inputs)}")
+    return files
+
+
+@torch.no_grad()
+def _predict(args: argparse.Namespace) -> int:
+    loaded = load_trained_model(args.checkpoint, official=args.official, nheads=args.nheads, dilation=args.dilation)
+    data = loaded.config.data
+    transforms = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
+    device = resolve_device(args.device)
+    model = loaded.model.to(device)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for path in _image_files(args.inputs):
+        try:
+            image = Image.open(path).convert("RGB")
+        except OSError as err:
+            raise OSError(f"cannot read image {path}: {err}") from None
+        empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+        tensor, _ = transforms(image, empty)
+        outputs = model([tensor.to(device)])
+        result = PostProcess()(outputs, torch.tensor([[image.height, image.width]], device=device))[0]
+        keep = result["scores"] >= args.threshold
+        boxes, labels, scores = (result[k][keep].cpu() for k in ("boxes", "labels", "scores"))
+        names = [category_name(loaded.label_map, int(label)) for label in labels]
+        detections = [
+            {
+                "label": int(label),
+                "category_id": category_id(loaded.label_map, int(label)),
+                "category": name,
+                "score": round(float(score), 4),
+                "box_xyxy": [round(float(v), 2) for v in box],
+            }
+            for box, label, score, name in zip(boxes, labels, scores, names, strict=True)
+        ]
+        picture = out_dir / f"{path.stem}_pred.png"
+        draw_boxes(image, boxes.tolist(), labels.tolist(), names, scores.tolist()).save(picture)
+        records.append({"image": str(path), "width": image.width, "height": image.height, "detections": detections})
+        print(f"{path}: {len(detections)} detections -> {picture}")
+    (out_dir / "predictions.json").write_text(json.dumps(records, indent=2))
+    print(f"written: {out_dir / 'predictions.json'}")
+    return 0
+
+
+def _data_shapes(args: argparse.Namespace) -> int:
+    options = {"image_size": args.image_size, "classes": args.classes}
+    if args.num_val:
+        paths = generate_shapes_splits(args.out, args.num_images, args.num_val, seed=args.seed, **options)
+    else:
+        paths = {"train": generate_shapes(args.out, args.num_images, seed=args.seed, **options)}
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    print(f"images: {Path(args.out) / 'images'}")
+    return 0
+
+
+def _data_voc2coco(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(args.voc_root) / f"{args.split}_coco.json"
+    coco = voc_to_coco(args.voc_root, split=args.split, out_file=out, include_difficult=not args.exclude_difficult)
+    stats = coco["info"]["stats"]
+    print(f"{out}: {stats['images']} images, {stats['annotations']} boxes {stats['per_class']}")
+    print(f"dropped: {stats['dropped']}")
+    return 0
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    """Forward pass, losses and a few optimisation steps of a small DETR on random images."""
-    torch.manual_seed(args.seed)
-    config = load_config(
-        None,
-        [
-            "model.backbone.name=resnet18",
-            "model.transformer.hidden_dim=64",
-            "model.transformer.nheads=4",
-            "model.transformer.enc_layers=2",
-            "model.transformer.dec_layers=2",
-            "model.transformer.dim_feedforward=128",
-            "model.num_queries=10",
-            "model.num_classes=3",
-        ],
-    )
-    model = build_model(config).train()
-    criterion = build_criterion(config)
-    images = [torch.rand(3, 128, 160), torch.rand(3, 96, 128)]
-    targets = [
-        {"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.4]])},
-        {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3]])},
-    ]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    """Generate the shapes data, train the tiny preset, evaluate on held-out images, print the AP table."""
     start = time.perf_counter()
-    for step in range(args.steps):
-        losses = criterion(model(images), targets)
-        total = criterion.total_loss(losses)
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        print(f"step {step}: loss {total.item():.4f}  loss_ce {losses['loss_ce'].item():.4f}")
-    print(f"{args.steps} steps in {time.perf_counter() - start:.1f}s")
+    run_dir = Path(args.output_dir or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
+    data_dir = run_dir / "data"
+    print(f"generating {args.num_train} training + {args.num_val} held-out shapes images in {data_dir}")
+    paths = generate_shapes_splits(data_dir, args.num_train, args.num_val, seed=args.seed)
+    images = data_dir / "images"
+    overrides = [
+        f"data.train.images={images}",
+        f"data.train.annotations={paths['train']}",
+        f"data.val.images={images}",
+        f"data.val.annotations={paths['val']}",
+        *args.set,
+    ]
+    config = load_config("shapes_tiny", overrides)
+    if args.device:
+        config.train.device = args.device
+    _print_config(config)
+    stats = Trainer(config, run_dir / "train", progress=not args.no_progress).fit()
+    minutes = (time.perf_counter() - start) / 60
+    print(f"quickstart finished in {minutes:.1f} min: AP50 {stats['AP50']:.3f}, AP {stats['AP']:.3f}")
+    print(f"(evaluated on {args.num_val} held-out generated images)")
+    print(f"run directory: {run_dir}")
     return 0
+
+
+def _add_model_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    parser.add_argument("--official", action="store_true", help="the checkpoint is an official DETR one (COCO ids)")
+    parser.add_argument("--nheads", type=int, default=8, help="attention heads of an official checkpoint")
+    parser.add_argument("--dilation", action="store_true", help="an official DC5 checkpoint")
+    parser.add_argument("--device", default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparse-detector", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
-    quickstart = commands.add_parser("quickstart", help="a short end-to-end demo")
-    quickstart.add_argument("--steps", type=int, default=5)
-    quickstart.add_argument("--seed", type=int, default=0)
-    quickstart.set_defaults(func=_quickstart)
+
+    train = commands.add_parser("train", help="train a model from a YAML config or preset")
+    train.add_argument("--config", default="shapes_tiny", help="YAML file or preset name (detr_r50, shapes_tiny, ...)")
+    train.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.epochs=5")
+    train.add_argument("--output-dir", help="run directory (default: train.output_dir)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: train.device)")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=_train)
+
+    ev = commands.add_parser("evaluate", help="COCO AP of a checkpoint (ours or official) on a COCO-format dataset")
+    _add_model_source(ev)
+    ev.add_argument("--images", help="image folder (default: the config's data.val)")
+    ev.add_argument("--annotations", help="COCO instances JSON (default: the config's data.val)")
+    ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--workers", type=int)
+    ev.add_argument("--output", help="where to write the metrics JSON (default: beside the checkpoint)")
+    ev.set_defaults(func=_evaluate)
+
+    pr = commands.add_parser("predict", help="detect objects in images: JSON + pictures with boxes")
+    _add_model_source(pr)
+    pr.add_argument("inputs", nargs="+", help="image files or folders")
+    pr.add_argument("--output", default="predictions", help="output folder")
+    pr.add_argument("--threshold", type=float, default=0.5, help="minimum score of a kept detection")
+    pr.set_defaults(func=_predict)
+
+    data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    shapes = data.add_parser("shapes", help="generate the synthetic shapes dataset (images + COCO JSON)")
+    shapes.add_argument("out")
+    shapes.add_argument("--num-images", type=int, default=1000)
+    shapes.add_argument("--num-val", type=int, default=0, help="also write a held-out val split of this size")
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--image-size", type=int, default=128)
+    shapes.add_argument("--classes", choices=["color", "shape", "shape_color"], default="color")
+    shapes.set_defaults(func=_data_shapes)
+    voc = data.add_parser("voc2coco", help="convert a Pascal VOC folder to COCO JSON")
+    voc.add_argument("voc_root")
+    voc.add_argument("--split", default="trainval", help="ImageSets/Main/<split>.txt")
+    voc.add_argument("--out", help="output JSON (default: <voc_root>/<split>_coco.json)")
+    voc.add_argument("--exclude-difficult", action="store_true", help="mark difficult objects as ignored")
+    voc.set_defaults(func=_data_voc2coco)
+
+    quick = commands.add_parser("quickstart", help="the main job: shapes data -> train tiny DETR -> AP table")
+    quick.add_argument("--output-dir", help="run directory (default: runs/quickstart-<time>)")
+    quick.add_argument("--num-train", type=int, default=QUICKSTART_TRAIN_IMAGES)
+    quick.add_argument("--num-val", type=int, default=QUICKSTART_VAL_IMAGES)
+    quick.add_argument("--seed", type=int, default=0)
+    quick.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    quick.add_argument("--device", help="auto | cpu | cuda | mps")
+    quick.add_argument("--no-progress", action="store_true")
+    quick.set_defaults(func=_quickstart)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.debug:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, RuntimeError) as err:  # our errors name the file / key / value at fault
+        print(f"error: {err}\n(run with --debug for the full traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

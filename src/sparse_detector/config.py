@@ -82,9 +82,63 @@ class LossConfig:
 
 
 @dataclass
+class SplitConfig:
+    images: str = ""  # folder of image files
+    annotations: str = ""  # COCO instances JSON
+
+
+@dataclass
+class DataConfig:
+    train: SplitConfig = field(default_factory=SplitConfig)
+    val: SplitConfig = field(default_factory=SplitConfig)
+    label_mode: str = "contiguous"  # contiguous (0..C-1, category map in checkpoints) | coco_ids (official, 91)
+    on_invalid: str = "error"  # error | skip (invalid annotations dropped, counted and logged)
+    train_scales: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))  # shorter side choices
+    max_size: int = 1333  # longer side cap
+    random_crop: bool = True  # official resize -> random crop -> resize branch (taken half of the time)
+    crop_resize_scales: list[int] = field(default_factory=lambda: [400, 500, 600])
+    crop_min: int = 384
+    crop_max: int = 600
+    val_size: int = 800
+    hflip_prob: float = 0.5
+    normalize: bool = True  # ImageNet mean/std
+    num_workers: int = 2
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4  # transformer and heads (the backbone uses model.backbone.lr)
+    weight_decay: float = 1e-4
+    lr_drop: int = 200  # epochs between learning-rate drops (StepLR)
+    lr_gamma: float = 0.1
+    clip_max_norm: float = 0.1  # 0 disables gradient clipping
+    alpha_lr_mult: float = 10.0  # learning-rate multiplier of learnable entmax alphas (no weight decay)
+    alpha_lr_drop: bool = True  # false keeps the alphas' learning rate constant through lr drops
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 300
+    batch_size: int = 2
+    eval_batch_size: int = 2
+    seed: int = 42
+    device: str = "auto"  # auto (cuda -> mps -> cpu) | cpu | cuda | cuda:N | mps
+    output_dir: str = "runs/detr"
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    log_every: int = 20  # steps between training log lines in metrics.jsonl
+    max_steps_per_epoch: int = 0  # 0 = the whole training set every epoch
+    deterministic: bool = False  # torch.use_deterministic_algorithms, for exactly repeatable runs
+    on_nonfinite_loss: str = "error"  # error | skip (the step is skipped, counted and logged)
+    tensorboard: bool = False  # also write TensorBoard event files to the run directory
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -126,6 +180,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return dict(value)
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads exponent forms without a dot ("1e-4") as strings
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, str, bool) and type(value) is tp:
         return value
     if tp is Any:

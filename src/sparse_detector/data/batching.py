@@ -18,8 +18,7 @@ class PaddedBatch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> PaddedBatch:
         return PaddedBatch(
-            self.tensors.to(device, non_blocking=non_blocking),
-            self.mask.to(device, non_blocking=non_blocking),
+            self.tensors.to(device, non_blocking=non_blocking), self.mask.to(device, non_blocking=non_blocking)
         )
 
     def __len__(self) -> int:

@@ -1,0 +1,1 @@
+"""Pictures: detections, attention maps, curves."""

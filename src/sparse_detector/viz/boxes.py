@@ -1,0 +1,37 @@
+"""Drawing boxes with labels and scores on images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from matplotlib import colormaps
+from PIL import Image, ImageDraw
+
+
+def label_color(label: int) -> tuple[int, int, int]:
+    """A stable, distinct colour per label (matplotlib's tab20 palette)."""
+    r, g, b, _ = colormaps["tab20"](label % 20)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_boxes(
+    image: Image.Image,
+    boxes: Sequence[Sequence[float]],
+    labels: Sequence[int],
+    names: Sequence[str],
+    scores: Sequence[float] | None = None,
+    width: int = 2,
+) -> Image.Image:
+    """A copy of ``image`` with absolute (x0, y0, x1, y1) boxes, each captioned ``name score``."""
+    canvas = image.convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    for i, (box, label, name) in enumerate(zip(boxes, labels, names, strict=True)):
+        color = label_color(label)
+        x0, y0, x1, y1 = (float(v) for v in box)
+        draw.rectangle([x0, y0, x1, y1], outline=color, width=width)
+        caption = name if scores is None else f"{name} {scores[i]:.2f}"
+        left, top, right, bottom = draw.textbbox((x0, y0), caption)
+        text_y = y0 - (bottom - top) - 2 if y0 >= bottom - top + 2 else y0
+        draw.rectangle([x0, text_y, x0 + right - left + 2, text_y + bottom - top + 2], fill=color)
+        draw.text((x0 + 1, text_y), caption, fill=(255, 255, 255))
+    return canvas

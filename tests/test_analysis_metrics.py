@@ -1,0 +1,204 @@
+"""Sparsity metrics against brute-force references, and the streaming aggregation of metrics."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from sparse_detector.analysis import (
+    METRICS,
+    AttentionMaps,
+    MetricAggregator,
+    RunningStats,
+    entropy,
+    gini,
+    result_rows,
+    site_metrics,
+    support_90,
+    zeros_ratio,
+)
+
+
+def pairwise_gini(c: list[float]) -> float:
+    """Gini as the mean absolute difference: sum_i sum_j |c_i - c_j| / (2 N sum c)."""
+    n = len(c)
+    return sum(abs(a - b) for a in c for b in c) / (2 * n * sum(c))
+
+
+def brute_support(c: list[float], mass: float) -> int:
+    """Smallest number of entries whose sum reaches ``mass`` of the total, over all subsets."""
+    total = sum(c)
+    for size in range(1, len(c) + 1):
+        if any(sum(subset) >= mass * total for subset in itertools.combinations(c, size)):
+            return size
+    raise AssertionError("unreachable")
+
+
+def padded_rows(lengths: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random rows (float64) whose first ``length`` entries are valid; padded entries hold garbage to be ignored."""
+    p = torch.rand(len(lengths), width, dtype=torch.float64) * 5
+    valid = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+    p = torch.where(valid, torch.rand_like(p).pow(3), p)
+    p[:, 1] = 0.0  # exact zeros occur in sparse maps
+    return p / (p * valid).sum(-1, keepdim=True), valid
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 50])
+def test_gini_uniform_and_one_hot(n: int):
+    uniform = torch.full((1, n), 1.0 / n)
+    one_hot = torch.zeros(1, n)
+    one_hot[0, n // 2] = 1.0
+    assert gini(uniform).item() == pytest.approx(0.0, abs=1e-6)
+    assert gini(one_hot).item() == pytest.approx(1 - 1 / n, abs=1e-6)
+
+
+def test_gini_equals_pairwise_form_on_random_vectors():
+    p = torch.rand(20, 9, dtype=torch.float64).pow(2)
+    p[::3, :4] = 0.0
+    reference = torch.tensor([pairwise_gini(row) for row in p.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(gini(p), reference, rtol=0, atol=1e-12)
+
+
+def test_metrics_with_padding_equal_unpadded_rows():
+    lengths = [1, 3, 6, 10]
+    p, valid = padded_rows(lengths, 10)
+    threshold = 0.05
+    for row, n in enumerate(lengths):
+        alone = p[row : row + 1, :n]
+        assert gini(p, valid)[row].item() == pytest.approx(gini(alone).item(), abs=1e-12)
+        assert gini(p, valid)[row].item() == pytest.approx(pairwise_gini(alone[0].tolist()), abs=1e-12)
+        assert zeros_ratio(p, valid, threshold)[row].item() == pytest.approx(zeros_ratio(alone, None, threshold).item())
+        assert entropy(p, valid)[row].item() == pytest.approx(entropy(alone).item(), abs=1e-12)
+        assert support_90(p, valid)[row].item() == support_90(alone).item()
+
+
+def test_mask_broadcasts_over_heads_and_queries():
+    p, valid = padded_rows([4, 7], 7)
+    maps = p[:, None, None, :].expand(2, 3, 5, 7)
+    for metric in (gini, entropy, support_90):
+        values = metric(maps, valid)
+        assert values.shape == (2, 3, 5)
+        torch.testing.assert_close(values, metric(p, valid)[:, None, None].expand(2, 3, 5))
+    with pytest.raises(ValueError, match="valid_mask"):
+        gini(maps, valid[:, :5])
+
+
+def test_zeros_ratio_hand_cases():
+    p = torch.tensor([[0.0, 0.5, 0.0, 0.5], [1e-7, 0.5, 0.5 - 1e-7, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    valid = torch.tensor([[True] * 4, [True] * 4, [True, True, False, False]])
+    torch.testing.assert_close(zeros_ratio(p, valid, 0.0), torch.tensor([0.5, 0.25, 0.5]))
+    torch.testing.assert_close(zeros_ratio(p, valid, 1e-6), torch.tensor([0.5, 0.5, 0.5]))
+
+
+def test_entropy_hand_cases():
+    p = torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.0, 1.0, 0.0, 0.0], [0.5, 0.25, 0.25, 0.0], [0.5, 0.5, 0.0, 0.0]])
+    valid = torch.tensor([[True] * 4, [True] * 4, [True] * 4, [True, True, False, False]])
+    expected = torch.tensor([math.log(4), 0.0, 1.5 * math.log(2), math.log(2)])
+    torch.testing.assert_close(entropy(p, valid), expected)
+
+
+@pytest.mark.parametrize("mass", [0.5, 0.9, 1.0])
+def test_support_matches_subset_search(mass: float):
+    p, valid = padded_rows([1, 2, 5, 8, 8, 8], 8)
+    expected = [brute_support(row[:n], mass) for row, n in zip(p.tolist(), valid.sum(-1).tolist(), strict=True)]
+    assert support_90(p, valid, mass).tolist() == expected
+    with pytest.raises(ValueError, match="mass"):
+        support_90(p, valid, 0.0)
+
+
+def test_site_metrics_stacks_layers():
+    weights = [torch.softmax(torch.randn(2, 3, 4, 6), -1) for _ in range(2)]
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    values = site_metrics(AttentionMaps(weights, mask, torch.tensor([[2, 3], [2, 3]]), (2, 3)), 1e-6)
+    assert list(values) == list(METRICS)
+    assert all(v.shape == (2, 2, 3, 4) for v in values.values())
+    torch.testing.assert_close(values["gini"][1], gini(weights[1], ~mask))
+
+
+def test_running_stats_merge_and_reduce_match_direct():
+    data = torch.randn(3, 50, 4, dtype=torch.float64) * 0.01 + 0.9
+    parts = [RunningStats.of(chunk, (1,)) for chunk in data.split([7, 30, 13], dim=1)]
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    torch.testing.assert_close(merged.mean, data.mean(1))
+    torch.testing.assert_close(merged.m2 / merged.count, data.var(1, unbiased=False))
+    pooled = merged.reduce(1)  # over the last dim
+    torch.testing.assert_close(pooled.mean, data.mean((1, 2)))
+    torch.testing.assert_close(pooled.m2 / pooled.count, data.var((1, 2), unbiased=False))
+    mask = torch.rand(3, 50, 4) > 0.5
+    masked = RunningStats.of(data, (1,), mask)
+    for i, j in itertools.product(range(3), range(4)):
+        selected = data[i, :, j][mask[i, :, j]]
+        assert masked.count[i, j] == len(selected)
+        assert masked.mean[i, j].item() == pytest.approx(selected.mean().item(), abs=1e-12)
+
+
+def _normalised(x: torch.Tensor) -> torch.Tensor:
+    return x / x.sum(-1, keepdim=True)
+
+
+def _random_maps(batch: int, sizes: list[tuple[int, int]], padded: tuple[int, int]) -> dict[str, AttentionMaps]:
+    """A sparse decoder self site and a dense padded decoder cross site (2 layers, 3 heads, 5 queries)."""
+    mask = torch.ones(batch, *padded, dtype=torch.bool)
+    for b, (h, w) in enumerate(sizes):
+        mask[b, :h, :w] = False
+    mask = mask.flatten(1)
+    keys = mask.shape[1]
+    cross = [_normalised(torch.rand(batch, 3, 5, keys).masked_fill(mask[:, None, None], 0.0)) for _ in range(2)]
+    self_maps = [_normalised(torch.relu(torch.randn(batch, 3, 5, 5)) + torch.eye(5)) for _ in range(2)]
+    return {
+        "decoder_self": AttentionMaps(self_maps),
+        "decoder_cross": AttentionMaps(cross, mask, torch.tensor(sizes), padded, dense=True),
+    }
+
+
+def test_aggregator_result_is_json_and_merge_equals_single_stream():
+    first, second = _random_maps(2, [(2, 3), (3, 4)], (3, 4)), _random_maps(1, [(3, 2)], (3, 2))
+    one = MetricAggregator(keep_per_image=True)
+    one.update(first)
+    one.update(second)
+    split_a, split_b = MetricAggregator(keep_per_image=True), MetricAggregator(keep_per_image=True)
+    split_a.update(first)
+    split_b.update(second)
+    split_a.merge(split_b)
+    result = one.result()
+    assert json.loads(json.dumps(result, allow_nan=False)) == result
+    merged = split_a.result()
+    assert merged["per_image"] == result["per_image"]
+    assert [r["index"] for r in merged["per_image"]] == [0, 1, 2]
+    for row, other in zip(result_rows(result), result_rows(merged), strict=True):
+        assert row.keys() == other.keys()
+        assert row["count"] == other["count"]
+        assert row["mean"] == pytest.approx(other["mean"], abs=1e-12)
+        assert row["std"] == pytest.approx(other["std"], abs=1e-12)
+    assert result["num_images"] == 3
+    assert result["paibb"] is None
+    assert result["sites"]["decoder_self"]["zero_threshold"] == 0.0  # sparse site: exact zeros
+    assert result["sites"]["decoder_cross"]["zero_threshold"] == 1e-6  # dense site
+    cross = result["sites"]["decoder_cross"]
+    assert (cross["num_layers"], cross["num_heads"]) == (2, 3)
+    assert cross["metrics"]["gini"]["per_head"]["count"] == [[15, 15, 15], [15, 15, 15]]
+    assert cross["metrics"]["gini"]["per_layer"]["count"] == [45, 45]
+
+
+def test_aggregator_pools_heads_exactly():
+    maps = _random_maps(2, [(2, 3), (3, 4)], (3, 4))
+    aggregator = MetricAggregator(zero_threshold=0.01)
+    aggregator.update(maps)
+    result = aggregator.result()
+    values = site_metrics(maps["decoder_cross"], 0.01)["entropy"].double()  # (layers, B, heads, Lq)
+    per_layer = result["sites"]["decoder_cross"]["metrics"]["entropy"]["per_layer"]
+    per_head = result["sites"]["decoder_cross"]["metrics"]["entropy"]["per_head"]
+    assert per_layer["mean"] == pytest.approx(values.mean((1, 2, 3)).tolist(), abs=1e-9)
+    assert per_layer["std"] == pytest.approx(values.std((1, 2, 3), unbiased=False).tolist(), abs=1e-9)
+    assert per_head["std"][1] == pytest.approx(values[1].std((0, 2), unbiased=False).tolist(), abs=1e-9)
+    assert result["sites"]["decoder_cross"]["zero_threshold"] == 0.01
+    rows = aggregator.to_rows()
+    assert len(rows) == 2 * len(METRICS) * 2 * (3 + 1)  # sites x metrics x layers x (heads + mean)
+    assert {r["head"] for r in rows} == {0, 1, 2, "mean"}
+    table = aggregator.to_markdown()
+    assert table.count("| decoder_cross |") == 2
+    assert "paibb" not in table.splitlines()[0]
