@@ -138,11 +138,14 @@ class Trainer:
                 break
             batch = batch.to(self.device)
             targets = targets_to(targets, self.device)
-            losses = self.criterion(self.model(batch), targets)
-            loss = self.criterion.total_loss(losses)
-            if not torch.isfinite(loss):
+            try:
+                losses = self.criterion(self.model(batch), targets)
+                loss = self.criterion.total_loss(losses)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(str({k: round(v.item(), 4) for k, v in losses.items() if k[-1].isalpha()}))
+            except FloatingPointError as err:
                 skipped += 1
-                self._nonfinite(losses, targets)
+                self._nonfinite(str(err), targets)
                 bar.update()
                 continue
             self.optimizer.zero_grad(set_to_none=True)
@@ -175,10 +178,9 @@ class Trainer:
         averages.update(train_steps=steps, train_skipped_nonfinite=skipped, train_seconds=time.perf_counter() - start)
         return averages
 
-    def _nonfinite(self, losses: dict[str, torch.Tensor], targets: list[dict]) -> None:
-        values = {k: round(v.item(), 4) for k, v in losses.items() if not k[-1].isdigit()}
+    def _nonfinite(self, detail: str, targets: list[dict]) -> None:
         image_ids = [int(t["image_id"]) for t in targets]
-        where = f"epoch {self.epoch + 1}, step {self.step + 1}, image ids {image_ids}: {values}"
+        where = f"epoch {self.epoch + 1}, step {self.step + 1}, image ids {image_ids}: {detail}"
         if self.config.train.on_nonfinite_loss == "error":
             raise NonFiniteLossError(
                 f"non-finite loss at {where}. Lower optim.lr / optim.clip_max_norm, check these images' boxes, "

@@ -37,6 +37,8 @@ class HungarianMatcher(nn.Module):
             * generalized_box_iou(box_convert(out_bbox, "cxcywh", "xyxy"), box_convert(tgt_bbox, "cxcywh", "xyxy"))
         )
         cost = cost.view(batch, num_queries, -1).cpu()
+        if not torch.isfinite(cost).all():
+            raise FloatingPointError("non-finite matching cost: the model outputs contain NaN or inf")
         sizes = [len(t["boxes"]) for t in targets]
         indices = [linear_sum_assignment(c[i]) for i, c in enumerate(cost.split(sizes, -1))]
         return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in indices]

@@ -1,0 +1,183 @@
+"""Training engine: exact resume, checkpoints, bad input, the CLI end to end, VOC data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparse_detector import load_config
+from sparse_detector.cli import main
+from sparse_detector.config import Config
+from sparse_detector.data import generate_shapes_splits
+from sparse_detector.engine.checkpoint import load_checkpoint, save_checkpoint
+from sparse_detector.engine.logger import read_metrics
+from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
+
+from .conftest import shared_path
+
+SMALL_MODEL = [
+    "model.transformer.hidden_dim=32",
+    "model.transformer.nheads=4",
+    "model.transformer.enc_layers=1",
+    "model.transformer.dec_layers=2",
+    "model.transformer.dim_feedforward=64",
+    "model.num_queries=6",
+    "train.batch_size=4",
+    "train.eval_batch_size=8",
+    "train.log_every=1",
+]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("shapes")
+    paths = generate_shapes_splits(root, 12, 6, seed=3, image_size=96, min_size=20, max_size=40)
+    return {"images": root / "images", **paths}
+
+
+def shapes_config(shapes: dict[str, Path], *extra: str) -> Config:
+    data = [
+        f"data.train.images={shapes['images']}",
+        f"data.train.annotations={shapes['train']}",
+        f"data.val.images={shapes['images']}",
+        f"data.val.annotations={shapes['val']}",
+        "data.train_scales=[96]",
+        "data.val_size=96",
+    ]
+    return load_config("shapes_tiny", [*data, *SMALL_MODEL, *extra])
+
+
+def epoch_records(run_dir: Path) -> dict[int, dict]:
+    return {r["epoch"]: r for r in read_metrics(run_dir) if r["type"] == "epoch"}
+
+
+def test_resume_reproduces_the_uninterrupted_run(shapes, tmp_path: Path):
+    settings = ("train.max_steps_per_epoch=2", "train.deterministic=true")
+    Trainer(shapes_config(shapes, "train.epochs=2", *settings), tmp_path / "straight", progress=False).fit()
+    Trainer(shapes_config(shapes, "train.epochs=1", *settings), tmp_path / "stopped", progress=False).fit()
+    stopped = load_checkpoint(tmp_path / "stopped" / "checkpoint_last.pt")
+    assert (stopped["epoch"], stopped["step"]) == (1, 2)
+    resumed_config = load_config(tmp_path / "stopped" / "config.yaml", ["train.epochs=2"])
+    Trainer(resumed_config, tmp_path / "stopped", resume=True, progress=False).fit()
+
+    straight, resumed = epoch_records(tmp_path / "straight"), epoch_records(tmp_path / "stopped")
+    assert sorted(resumed) == [1, 2]
+    for key in ("train_loss", "train_loss_ce", "train_loss_bbox", "AP", "AP50", "val_loss"):
+        assert resumed[2][key] == straight[2][key], key
+    final_a = load_checkpoint(tmp_path / "straight" / "checkpoint_last.pt")["model"]
+    final_b = load_checkpoint(tmp_path / "stopped" / "checkpoint_last.pt")["model"]
+    for key, value in final_a.items():
+        assert torch.equal(value, final_b[key]), key
+
+
+def test_run_directory_contents_and_checkpoint_keys(shapes, tmp_path: Path):
+    run = tmp_path / "run"
+    Trainer(shapes_config(shapes, "train.epochs=1", "train.max_steps_per_epoch=1"), run, progress=False).fit()
+    assert {"config.yaml", "metrics.jsonl", "checkpoint_last.pt", "checkpoint_best.pt", "eval.json"} <= {
+        p.name for p in run.iterdir()
+    }
+    state = load_checkpoint(run / "checkpoint_last.pt")
+    for key in ("model", "optimizer", "lr_scheduler", "epoch", "step", "config", "rng", "label_map"):
+        assert key in state
+    assert state["label_map"]["category_names"] == ["red", "green", "blue", "yellow"]
+    assert load_config(run / "config.yaml").model.num_queries == 6
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(shapes_config(shapes, "train.epochs=1"), run, progress=False)
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"epoch": 1})
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": 2})
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_too_few_classes_is_a_clear_error(shapes, tmp_path: Path):
+    with pytest.raises(ValueError, match=r"model.num_classes is 2 .* needs 4 classes"):
+        Trainer(shapes_config(shapes, "model.num_classes=2"), tmp_path / "run", progress=False)
+
+
+def test_nonfinite_loss_errors_or_is_skipped_and_counted(shapes, tmp_path: Path):
+    trainer = Trainer(shapes_config(shapes, "train.epochs=1", "train.max_steps_per_epoch=2"), tmp_path / "a", False)
+    with torch.no_grad():
+        trainer.model.class_embed.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="image ids"):
+        trainer.fit()
+    config = shapes_config(shapes, "train.epochs=1", "train.max_steps_per_epoch=3", "train.on_nonfinite_loss=skip")
+    trainer = Trainer(config, tmp_path / "b", progress=False)
+    total_loss = trainer.criterion.total_loss
+    calls = []
+
+    def nan_on_second_step(losses):
+        calls.append(1)
+        return total_loss(losses) * (float("nan") if len(calls) == 2 else 1.0)
+
+    trainer.criterion.total_loss = nan_on_second_step
+    trainer.fit()
+    record = epoch_records(tmp_path / "b")[1]
+    assert record["train_skipped_nonfinite"] == 1 and record["train_steps"] == 2
+
+
+def test_cli_end_to_end(tmp_path: Path, capsys):
+    data = tmp_path / "data"
+    assert main(["data", "shapes", str(data), "--num-images", "8", "--num-val", "4", "--image-size", "96"]) == 0
+    overrides = [
+        f"data.train.images={data / 'images'}",
+        f"data.train.annotations={data / 'annotations' / 'train.json'}",
+        f"data.val.images={data / 'images'}",
+        f"data.val.annotations={data / 'annotations' / 'val.json'}",
+        "data.train_scales=[96]",
+        "data.val_size=96",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        *SMALL_MODEL,
+    ]
+    run = tmp_path / "run"
+    assert main(["train", "--no-progress", "--output-dir", str(run), "--set", *overrides]) == 0
+    assert main(["evaluate", "--checkpoint", str(run), "--output", str(tmp_path / "eval.json")]) == 0
+    assert "AP50" in json.loads((tmp_path / "eval.json").read_text())
+    out = tmp_path / "pred"
+    images = sorted((data / "images").glob("val_*.png"))[:2]
+    argv = ["predict", "--checkpoint", str(run), *map(str, images), "--output", str(out), "--threshold", "0"]
+    assert main(argv) == 0
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert len(predictions) == 2 and len(predictions[0]["detections"]) == 6
+    assert predictions[0]["detections"][0]["category"] in {"blue", "green", "red", "yellow"}
+    assert (out / f"{images[0].stem}_pred.png").is_file()
+    # Bad input ends with a message, not a traceback.
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bccd_voc_converts_and_trains(tmp_path: Path):
+    voc = shared_path("data/bccd")
+    for split in ("train", "val"):
+        assert main(["data", "voc2coco", str(voc), "--split", split, "--out", str(tmp_path / f"{split}.json")]) == 0
+    overrides = [
+        f"data.train.images={voc / 'JPEGImages'}",
+        f"data.train.annotations={tmp_path / 'train.json'}",
+        f"data.val.images={voc / 'JPEGImages'}",
+        f"data.val.annotations={tmp_path / 'val.json'}",
+        "model.num_classes=3",
+        "model.num_queries=20",
+        "data.train_scales=[192]",
+        "data.val_size=192",
+        "data.max_size=256",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        "train.batch_size=2",
+        *SMALL_MODEL[:5],
+    ]
+    stats = Trainer(load_config("shapes_tiny", overrides), tmp_path / "run", progress=False).fit()
+    assert 0.0 <= stats["AP"] <= 1.0
+    assert epoch_records(tmp_path / "run")[1]["train_steps"] == 2
