@@ -1,0 +1,85 @@
+"""Training-step throughput (images/s): DETR-R50 paper config at 512x512 and the tiny shapes preset.
+
+    python benchmarks/train_step.py --device cpu --threads 2 --repeats 10
+
+One step = forward, Hungarian matching + losses, backward, gradient clipping, AdamW step, on random images with
+three random boxes each. Median over ``--repeats`` steps after ``--warmup`` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from sparse_detector import build_criterion, build_model, load_config
+from sparse_detector.engine.device import resolve_device
+from sparse_detector.engine.optim import build_optimizer
+
+CASES = {
+    # name: (preset, overrides, batch size, image side)
+    "detr_r50 512x512": ("detr_r50", ["model.backbone.pretrained=false"], 2, 512),
+    "shapes_tiny 128x128": ("shapes_tiny", [], 16, 128),
+}
+
+
+def random_targets(batch: int, num_classes: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    targets = []
+    for _ in range(batch):
+        centers = torch.rand(3, 2, generator=generator) * 0.6 + 0.2
+        sizes = torch.rand(3, 2, generator=generator) * 0.2 + 0.1
+        labels = torch.randint(num_classes, (3,), generator=generator)
+        targets.append({"labels": labels.to(device), "boxes": torch.cat([centers, sizes], 1).to(device)})
+    return targets
+
+
+def time_steps(preset: str, overrides: list[str], batch: int, side: int, device: torch.device, args) -> float:
+    """Median seconds of one training step."""
+    config = load_config(preset, [*overrides, *args.set])
+    model = build_model(config).to(device).train()
+    criterion = build_criterion(config).to(device)
+    optimizer = build_optimizer(model, config)
+    images = torch.randn(batch, 3, side, side, device=device)
+    targets = random_targets(batch, config.model.num_classes, device)
+    times = []
+    for i in range(args.warmup + args.repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = criterion.total_loss(criterion(model(images), targets))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_max_norm)
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--set", nargs="*", default=[], help="extra config overrides for every case")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"device: {device} ({name}), threads {args.threads}, torch {torch.__version__}\n")
+    print("| case | batch | s/step | images/s |\n|---|---:|---:|---:|")
+    for case, (preset, overrides, batch, side) in CASES.items():
+        seconds = time_steps(preset, overrides, batch, side, device, args)
+        print(f"| {case} | {batch} | {seconds:.3f} | {batch / seconds:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
