@@ -1,9 +1,12 @@
 """Training-step throughput (images/s): DETR-R50 paper config at 512x512 and the tiny shapes preset.
 
     python benchmarks/train_step.py --device cpu --threads 2 --repeats 10
+    python benchmarks/train_step.py --cases detr_r50 --cross-attention softmax sparsemax alpha_entmax
 
 One step = forward, Hungarian matching + losses, backward, gradient clipping, AdamW step, on random images with
-three random boxes each. Median over ``--repeats`` steps after ``--warmup`` steps.
+three random boxes each. Median over ``--repeats`` steps after ``--warmup`` steps. With several
+``--cross-attention`` maps, each case is also reported as a ratio to the first map (the decoder cross-attention
+site changes; everything else stays softmax).
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from sparse_detector.engine.optim import build_optimizer
 
 CASES = {
     # name: (preset, overrides, batch size, image side)
-    "detr_r50 512x512": ("detr_r50", ["model.backbone.pretrained=false"], 2, 512),
-    "shapes_tiny 128x128": ("shapes_tiny", [], 16, 128),
+    "detr_r50": ("detr_r50", ["model.backbone.pretrained=false"], 2, 512),
+    "shapes_tiny": ("shapes_tiny", [], 16, 128),
 }
 
 
@@ -37,7 +40,9 @@ def random_targets(batch: int, num_classes: int, device: torch.device) -> list[d
     return targets
 
 
-def time_steps(preset: str, overrides: list[str], batch: int, side: int, device: torch.device, args) -> float:
+def time_steps(
+    preset: str, overrides: list[str], batch: int, side: int, device: torch.device, args: argparse.Namespace
+) -> float:
     """Median seconds of one training step."""
     config = load_config(preset, [*overrides, *args.set])
     model = build_model(config).to(device).train()
@@ -69,16 +74,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides for every case")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--cross-attention", nargs="+", default=["softmax"], help="decoder cross-attention maps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device: {device} ({name}), threads {args.threads}, torch {torch.__version__}\n")
-    print("| case | batch | s/step | images/s |\n|---|---:|---:|---:|")
-    for case, (preset, overrides, batch, side) in CASES.items():
-        seconds = time_steps(preset, overrides, batch, side, device, args)
-        print(f"| {case} | {batch} | {seconds:.3f} | {batch / seconds:.1f} |")
+    print("| case | image | batch | cross-attention | s/step | images/s | ratio |\n|---|---|---:|---|---:|---:|---:|")
+    for case in args.cases:
+        preset, overrides, batch, side = CASES[case]
+        reference = None
+        for activation in args.cross_attention:
+            site = [f"model.attention.decoder_cross.activation={activation}"]
+            seconds = time_steps(preset, [*overrides, *site], batch, side, device, args)
+            reference = reference or seconds
+            row = f"| {case} | {side}x{side} | {batch} | {activation} | {seconds:.3f} | {batch / seconds:.1f} |"
+            print(f"{row} {seconds / reference:.2f} |")
 
 
 if __name__ == "__main__":

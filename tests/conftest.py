@@ -7,6 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from sparse_detector import load_config
+from sparse_detector.config import Config
+from sparse_detector.data import generate_shapes_splits
+from sparse_detector.engine.logger import read_metrics
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
@@ -21,3 +26,41 @@ def shared_path(relative: str) -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+SMALL_MODEL = [
+    "model.transformer.hidden_dim=32",
+    "model.transformer.nheads=4",
+    "model.transformer.enc_layers=1",
+    "model.transformer.dec_layers=2",
+    "model.transformer.dim_feedforward=64",
+    "model.num_queries=6",
+    "train.batch_size=4",
+    "train.eval_batch_size=8",
+    "train.log_every=1",
+]
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory) -> dict[str, Path]:
+    """A small shapes data set (12 train + 6 val images of 96 px), made once per test session."""
+    root = tmp_path_factory.mktemp("shapes")
+    paths = generate_shapes_splits(root, 12, 6, seed=3, image_size=96, min_size=20, max_size=40)
+    return {"images": root / "images", **paths}
+
+
+def shapes_config(shapes: dict[str, Path], *extra: str) -> Config:
+    """The tiny preset, made smaller still, on the ``shapes`` data."""
+    data = [
+        f"data.train.images={shapes['images']}",
+        f"data.train.annotations={shapes['train']}",
+        f"data.val.images={shapes['images']}",
+        f"data.val.annotations={shapes['val']}",
+        "data.train_scales=[96]",
+        "data.val_size=96",
+    ]
+    return load_config("shapes_tiny", [*data, *SMALL_MODEL, *extra])
+
+
+def epoch_records(run_dir: Path) -> dict[int, dict]:
+    return {r["epoch"]: r for r in read_metrics(run_dir) if r["type"] == "epoch"}

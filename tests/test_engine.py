@@ -10,48 +10,10 @@ import torch
 
 from sparse_detector import load_config
 from sparse_detector.cli import main
-from sparse_detector.config import Config
-from sparse_detector.data import generate_shapes_splits
 from sparse_detector.engine.checkpoint import load_checkpoint, save_checkpoint
-from sparse_detector.engine.logger import read_metrics
 from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
 
-from .conftest import shared_path
-
-SMALL_MODEL = [
-    "model.transformer.hidden_dim=32",
-    "model.transformer.nheads=4",
-    "model.transformer.enc_layers=1",
-    "model.transformer.dec_layers=2",
-    "model.transformer.dim_feedforward=64",
-    "model.num_queries=6",
-    "train.batch_size=4",
-    "train.eval_batch_size=8",
-    "train.log_every=1",
-]
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("shapes")
-    paths = generate_shapes_splits(root, 12, 6, seed=3, image_size=96, min_size=20, max_size=40)
-    return {"images": root / "images", **paths}
-
-
-def shapes_config(shapes: dict[str, Path], *extra: str) -> Config:
-    data = [
-        f"data.train.images={shapes['images']}",
-        f"data.train.annotations={shapes['train']}",
-        f"data.val.images={shapes['images']}",
-        f"data.val.annotations={shapes['val']}",
-        "data.train_scales=[96]",
-        "data.val_size=96",
-    ]
-    return load_config("shapes_tiny", [*data, *SMALL_MODEL, *extra])
-
-
-def epoch_records(run_dir: Path) -> dict[int, dict]:
-    return {r["epoch"]: r for r in read_metrics(run_dir) if r["type"] == "epoch"}
+from .conftest import SMALL_MODEL, epoch_records, shapes_config, shared_path
 
 
 def test_resume_reproduces_the_uninterrupted_run(shapes, tmp_path: Path):
