@@ -1,4 +1,4 @@
-"""The ``sparse-detector`` command line: train, evaluate, predict, data, quickstart."""
+"""The ``sparse-detector`` command line: train, evaluate, predict, analyze, compare, data, quickstart."""
 
 from __future__ import annotations
 
@@ -16,11 +16,23 @@ from PIL import Image
 from .config import Config, dump_config, load_config
 from .data import generate_shapes, generate_shapes_splits, make_transforms, voc_to_coco
 from .data.build import build_dataset, build_loader
+from .engine.analyze import (
+    COMPARE_METRICS,
+    DEFAULT_COMPARE_METRICS,
+    analysis_markdown,
+    analyze,
+    compare_markdown,
+    default_output_dir,
+    find_analyses,
+    load_analysis_model,
+    write_analysis,
+)
 from .engine.coco_eval import format_table
 from .engine.device import resolve_device
 from .engine.evaluate import evaluate
 from .engine.inference import category_id, category_name, load_trained_model
 from .engine.trainer import Trainer
+from .models.build import ATTENTION_SITES, build_criterion
 from .models.postprocess import PostProcess
 from .viz.boxes import draw_boxes
 
@@ -71,6 +83,55 @@ def _evaluate(args: argparse.Namespace) -> int:
         json.dumps({"checkpoint": str(loaded.source), "data": str(dataset.annotation_file), **stats}, indent=2)
     )
     print(f"written: {output}")
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    loaded = load_analysis_model(
+        args.checkpoint, args.official, args.nheads, args.dilation, random_init=args.random_init, seed=args.seed
+    )
+    config = loaded.config
+    val = config.data.val
+    val.images, val.annotations = args.images or val.images, args.annotations or val.annotations
+    config.train.eval_batch_size = args.batch_size or config.train.eval_batch_size
+    config.data.num_workers = args.workers if args.workers is not None else config.data.num_workers
+    device = resolve_device(args.device)
+    dataset = build_dataset(config, "val")
+    sites = list(dict.fromkeys(args.sites))
+    stats, aggregator = analyze(
+        loaded.model.to(device),
+        build_criterion(config).matcher,
+        build_loader(dataset, config, train=False),
+        device,
+        loaded.label_map,
+        sites,
+        zero_threshold=args.zero_threshold,
+        keep_per_image=args.per_image,
+        progress=True,
+    )
+    record = {
+        "checkpoint": str(loaded.source),
+        "data": str(dataset.annotation_file),
+        "random_init": args.random_init,
+        "seed": args.seed if args.random_init else None,
+        "sites": sites,
+        "ap": stats,
+        "attention": aggregator.result(),
+    }
+    output = Path(args.output) if args.output else default_output_dir(loaded.source, args.random_init)
+    print(analysis_markdown(record))
+    for path in write_analysis(record, output):
+        print(f"written: {path}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    records = [json.loads(path.read_text()) for path in find_analyses(args.inputs)]
+    table = compare_markdown(records, args.metrics)
+    print(table)
+    if args.output:
+        Path(args.output).write_text(table)
+        print(f"written: {args.output}")
     return 0
 
 
@@ -207,6 +268,52 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workers", type=int)
     ev.add_argument("--output", help="where to write the metrics JSON (default: beside the checkpoint)")
     ev.set_defaults(func=_evaluate)
+
+    an = commands.add_parser(
+        "analyze",
+        help="COCO AP and attention metrics (Gini, zeros ratio, entropy, support, PAIBB) in one evaluation pass",
+        description="Writes analysis.json, analysis.csv and analysis.md. The data set is a COCO instances JSON "
+        "(--annotations, alias --data) with its image folder (--images); each defaults to the checkpoint "
+        "config's data.val.",
+    )
+    _add_model_source(an)
+    an.add_argument("--images", help="image folder (default: the config's data.val.images)")
+    an.add_argument(
+        "--annotations", "--data", dest="annotations", help="COCO instances JSON (default: the config's data.val)"
+    )
+    an.add_argument(
+        "--sites",
+        nargs="+",
+        choices=ATTENTION_SITES,
+        default=list(ATTENTION_SITES),
+        help="attention sites to record (default: all; PAIBB needs decoder_cross)",
+    )
+    an.add_argument(
+        "--random-init", action="store_true", help="same architecture with fresh weights (untrained baseline)"
+    )
+    an.add_argument("--seed", type=int, default=0, help="seed of the --random-init weights")
+    an.add_argument(
+        "--zero-threshold", type=float, help="zeros-ratio threshold (default: 1e-6 for softmax sites, 0 for sparse)"
+    )
+    an.add_argument("--per-image", action="store_true", help="also keep per-image records in analysis.json")
+    an.add_argument("--batch-size", type=int)
+    an.add_argument("--workers", type=int)
+    an.add_argument("--output", help="output folder (default: <run dir>/analysis or <run dir>/analysis-random-init)")
+    an.set_defaults(func=_analyze)
+
+    cmp = commands.add_parser("compare", help="side-by-side Markdown table of several analyses")
+    cmp.add_argument(
+        "inputs", nargs="+", metavar="RUN_OR_ANALYSIS_JSON", help="analysis.json files, analysis folders or run dirs"
+    )
+    cmp.add_argument(
+        "--metrics",
+        nargs="+",
+        choices=COMPARE_METRICS,
+        default=list(DEFAULT_COMPARE_METRICS),
+        help="metrics to show (default: %(default)s)",
+    )
+    cmp.add_argument("--output", help="also write the Markdown table to this file")
+    cmp.set_defaults(func=_compare)
 
     pr = commands.add_parser("predict", help="detect objects in images: JSON + pictures with boxes")
     _add_model_source(pr)

@@ -147,8 +147,10 @@ class MetricAggregator:
             query_mask = site_maps.query_padding_mask
             include = None if query_mask is None else ~query_mask[None, :, None, :]
             store = self._metrics.setdefault(site, {})
-            for name, values in site_metrics(site_maps, threshold, self.support_mass).items():
-                _merge_into(store, name, RunningStats.of(values, (1, 3), include))
+            readings = site_metrics(site_maps, threshold, self.support_mass)
+            stats = RunningStats.of(torch.stack(list(readings.values())), (2, 4), include)  # one pass, all metrics
+            for index, (name, values) in enumerate(readings.items()):
+                _merge_into(store, name, stats[index])
                 if records:
                     image_means = RunningStats.of(values, (2, 3), include).mean  # (layers, B)
                     for record, layer_means in zip(records, image_means.T.tolist(), strict=True):
@@ -257,7 +259,7 @@ def _stats_rows(site: str, metric: str, block: Mapping[str, Any]) -> list[dict[s
     return rows
 
 
-def _paibb_blocks(paibb: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+def paibb_blocks(paibb: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
     """PAIBB statistics by metric name: ``paibb`` (all pairs) and ``paibb_<size>``."""
     if paibb is None:
         return {}
@@ -271,12 +273,12 @@ def result_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     for site, info in result["sites"].items():
         for metric, block in info["metrics"].items():
             rows.extend(_stats_rows(site, metric, block))
-    for metric, block in _paibb_blocks(result["paibb"]).items():
+    for metric, block in paibb_blocks(result["paibb"]).items():
         rows.extend(_stats_rows(PAIBB_SITE, metric, block))
     return rows
 
 
-def _mean_std(block: Mapping[str, Any], layer: int) -> str:
+def format_mean_std(block: Mapping[str, Any], layer: int) -> str:
     mean, std = block["per_layer"]["mean"][layer], block["per_layer"]["std"][layer]
     return "–" if mean is None else f"{mean:.3f} ± {std:.3f}"
 
@@ -284,14 +286,14 @@ def _mean_std(block: Mapping[str, Any], layer: int) -> str:
 def result_markdown(result: Mapping[str, Any]) -> str:
     """Markdown table of a ``result()``: one row per site and layer, head-averaged mean ± std of every metric."""
     metrics = list(dict.fromkeys(m for info in result["sites"].values() for m in info["metrics"]))
-    paibb = _paibb_blocks(result["paibb"])
+    paibb = paibb_blocks(result["paibb"])
     header = ["site", "layer", *metrics, *paibb]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for site, info in result["sites"].items():
         for layer in range(info["num_layers"]):
             cells = [site, str(layer)]
-            cells += [_mean_std(info["metrics"][m], layer) if m in info["metrics"] else "–" for m in metrics]
-            cells += [_mean_std(block, layer) if site == PAIBB_SITE else "–" for block in paibb.values()]
+            cells += [format_mean_std(info["metrics"][m], layer) if m in info["metrics"] else "–" for m in metrics]
+            cells += [format_mean_std(block, layer) if site == PAIBB_SITE else "–" for block in paibb.values()]
             lines.append("| " + " | ".join(cells) + " |")
     thresholds = ", ".join(f"{site} {info['zero_threshold']:g}" for site, info in result["sites"].items())
     lines += [

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..analysis import METRICS, SIZE_BUCKETS, AttentionRecorder, MetricAggregator, result_markdown, result_rows
-from ..analysis.aggregate import PAIBB_SITE, _mean_std, _paibb_blocks
+from ..analysis.aggregate import PAIBB_SITE, format_mean_std, paibb_blocks
 from ..models.build import ATTENTION_SITES, build_model
 from ..models.matcher import HungarianMatcher
 from .coco_eval import CocoEvaluator, format_table
@@ -143,20 +143,22 @@ def run_label(record: Mapping[str, Any]) -> str:
 def _cell(result: Mapping[str, Any], site: str, layer: int, metric: str) -> str:
     """Head-averaged mean ± std of ``metric`` at (site, layer) of one ``result()``; ``–`` where not measured."""
     if metric.startswith("paibb"):
-        block = _paibb_blocks(result["paibb"]).get(metric) if site == PAIBB_SITE else None
+        block = paibb_blocks(result["paibb"]).get(metric) if site == PAIBB_SITE else None
     else:
         block = result["sites"].get(site, {}).get("metrics", {}).get(metric)
     if block is None or layer >= len(block["per_layer"]["mean"]):
         return "–"
-    return _mean_std(block, layer)
+    return format_mean_std(block, layer)
 
 
 def compare_markdown(records: Sequence[Mapping[str, Any]], metrics: Sequence[str] = DEFAULT_COMPARE_METRICS) -> str:
     """One Markdown table of several analysis records: rows = (site, layer), columns = metric × run (head-averaged
     mean ± std), then a COCO AP row (in the first metric's columns)."""
     unknown = sorted(set(metrics) - set(COMPARE_METRICS))
-    if unknown or not records:
-        raise ValueError(f"need at least one analysis and metrics among {list(COMPARE_METRICS)}; got {unknown}")
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose among {list(COMPARE_METRICS)}")
+    if not records:
+        raise ValueError("nothing to compare: no analysis records")
     labels = [run_label(record) for record in records]
     results = [record["attention"] for record in records]
     header = ["site", "layer", *(f"{metric}: {label}" for metric in metrics for label in labels)]

@@ -1,0 +1,140 @@
+"""The ``analyze`` and ``compare`` commands end to end on a tiny DETR and a few generated shapes images."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparse_detector import build_model, load_config
+from sparse_detector.cli import main
+from sparse_detector.config import Config, config_to_dict
+from sparse_detector.data import generate_shapes
+from sparse_detector.data.build import build_dataset, build_loader
+from sparse_detector.engine.analyze import compare_markdown, load_analysis_model
+from sparse_detector.engine.checkpoint import save_checkpoint
+from sparse_detector.engine.coco_eval import STAT_NAMES
+from sparse_detector.engine.evaluate import evaluate
+from sparse_detector.models.build import ATTENTION_SITES
+
+TINY = [
+    "model.transformer.hidden_dim=32",
+    "model.transformer.nheads=4",
+    "model.transformer.enc_layers=1",
+    "model.transformer.dec_layers=2",
+    "model.transformer.dim_feedforward=64",
+    "data.val_size=64",
+    "data.max_size=64",
+    "train.eval_batch_size=2",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
+    """A run directory holding a checkpoint as the Trainer writes it, and its config (5 images of 64 px)."""
+    root = tmp_path_factory.mktemp("analyze")
+    annotations = generate_shapes(root / "data", 5, seed=3, image_size=64, min_size=16, max_size=40, split_name="val")
+    paths = [f"data.{split}.{key}={value}" for split in ("train", "val") for key, value in
+             (("images", root / "data" / "images"), ("annotations", annotations))]  # fmt: skip
+    config = load_config("shapes_tiny", [*paths, *TINY])
+    torch.manual_seed(123)  # differs from the --random-init seed
+    model = build_model(config)
+    state = {"model": model.state_dict(), "config": config_to_dict(config), "epoch": 1, "step": 1}
+    state["label_map"] = build_dataset(config, "val").label_map
+    save_checkpoint(root / "run" / "checkpoint_last.pt", state)
+    return root / "run", config
+
+
+def read_record(folder: Path) -> dict:
+    return json.loads((folder / "analysis.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def analysis(run: tuple[Path, Config]) -> dict:
+    run_dir, _ = run
+    assert main(["analyze", "--checkpoint", str(run_dir), "--device", "cpu", "--per-image"]) == 0
+    return read_record(run_dir / "analysis")
+
+
+def test_writes_json_csv_markdown_with_all_sites(run: tuple[Path, Config], analysis: dict):
+    run_dir, _ = run
+    assert {"analysis.json", "analysis.csv", "analysis.md"} <= {p.name for p in (run_dir / "analysis").iterdir()}
+    assert analysis["random_init"] is False and analysis["sites"] == list(ATTENTION_SITES)
+    assert set(analysis["attention"]["sites"]) == set(ATTENTION_SITES)
+    assert analysis["attention"]["num_images"] == 5 and len(analysis["attention"]["per_image"]) == 5
+    assert list(analysis["ap"]) == list(STAT_NAMES)
+    with (run_dir / "analysis" / "analysis.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["metric"] for r in rows if r["site"] == "coco"} == set(STAT_NAMES)
+    assert {r["metric"] for r in rows} >= {"gini", "zeros_ratio", "entropy", "support_90", "paibb"}
+    markdown = (run_dir / "analysis" / "analysis.md").read_text()
+    assert "| AP " in markdown and "| decoder_cross | 1 |" in markdown
+
+
+def test_ap_equals_evaluate_on_the_same_data(run: tuple[Path, Config], analysis: dict):
+    run_dir, _ = run
+    loaded = load_analysis_model(run_dir)
+    loader = build_loader(build_dataset(loaded.config, "val"), loaded.config, train=False)
+    stats = evaluate(loaded.model, None, loader, torch.device("cpu"), loaded.label_map)
+    assert analysis["ap"] == stats
+    assert stats["AR100"] > 0  # the checkpoint's seed gives some hits, so the comparison is not of zeros
+
+
+def values(block: dict) -> list[float]:
+    return [v for row in block["per_head"]["mean"] for v in row if v is not None]
+
+
+def test_metrics_in_valid_ranges(analysis: dict):
+    attention = analysis["attention"]
+    for site, info in attention["sites"].items():
+        assert info["num_heads"] == 4 and info["num_layers"] == (1 if site == "encoder_self" else 2)
+        assert all(0.0 <= v < 1.0 for v in values(info["metrics"]["gini"]))
+        assert all(0.0 <= v <= 1.0 for v in values(info["metrics"]["zeros_ratio"]))
+    paibb = attention["paibb"]["overall"]
+    assert sum(paibb["per_layer"]["count"]) > 0
+    assert all(0.0 <= v <= 1.0 for v in values(paibb))
+
+
+def test_random_init_same_structure_other_weights(run: tuple[Path, Config], analysis: dict):
+    run_dir, _ = run
+    trained = load_analysis_model(run_dir).model.state_dict()
+    fresh = load_analysis_model(run_dir, random_init=True, seed=0).model.state_dict()
+    assert {k: v.shape for k, v in trained.items()} == {k: v.shape for k, v in fresh.items()}
+    assert not all(torch.equal(trained[k], fresh[k]) for k in trained)
+
+    assert main(["analyze", "--checkpoint", str(run_dir), "--device", "cpu", "--random-init", "--seed", "0"]) == 0
+    baseline = read_record(run_dir / "analysis-random-init")
+    assert baseline["random_init"] is True and baseline["seed"] == 0
+    for site, info in analysis["attention"]["sites"].items():
+        other = baseline["attention"]["sites"][site]
+        assert (other["num_layers"], other["num_heads"]) == (info["num_layers"], info["num_heads"])
+    assert baseline["attention"]["sites"] != analysis["attention"]["sites"]
+
+    table_file = run_dir / "compare.md"
+    assert main(["compare", str(run_dir), "--output", str(table_file)]) == 0
+    table = table_file.read_text()
+    assert "gini: run |" in table and "gini: run (random init) |" in table and "| COCO AP |" in table
+
+
+def test_sites_subset_records_only_that_site(run: tuple[Path, Config], tmp_path: Path):
+    run_dir, config = run
+    out = tmp_path / "cross"
+    args = ["analyze", "--checkpoint", str(run_dir), "--device", "cpu", "--sites", "decoder_cross"]
+    assert main([*args, "--data", config.data.val.annotations, "--output", str(out)]) == 0
+    record = read_record(out)
+    assert record["sites"] == ["decoder_cross"] and list(record["attention"]["sites"]) == ["decoder_cross"]
+    assert record["attention"]["paibb"] is not None
+
+
+def test_compare_marks_sites_a_run_did_not_record(analysis: dict):
+    cross_only = {**analysis, "attention": {**analysis["attention"], "sites": {}, "paibb": None}}
+    cross_only["checkpoint"] = "runs/sparsemax/checkpoint_best.pt"
+    table = compare_markdown([analysis, cross_only], ["gini", "paibb"])
+    header, _, first, *_ = table.splitlines()
+    assert header.startswith("| site | layer | gini: run | gini: sparsemax | paibb: run | paibb: sparsemax |")
+    assert first.startswith("| encoder_self | 0 |") and first.count("–") == 3
+    with pytest.raises(ValueError, match="unknown metrics"):
+        compare_markdown([analysis], ["nonsense"])
