@@ -14,6 +14,19 @@ from sparse_detector.engine.logger import read_metrics
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
+# A DETR small enough for unit tests (built with load_config(None, TINY_MODEL)).
+TINY_MODEL = [
+    "model.backbone.name=resnet18",
+    "model.transformer.hidden_dim=32",
+    "model.transformer.nheads=4",
+    "model.transformer.dim_feedforward=64",
+    "model.transformer.enc_layers=1",
+    "model.transformer.dec_layers=2",
+    "model.transformer.dropout=0.0",
+    "model.num_queries=6",
+    "model.num_classes=3",
+]
+
 
 def shared_path(relative: str) -> Path:
     """A path under ../shared, or skip the test with the reason when it is not there."""

@@ -13,21 +13,11 @@ from sparse_detector import build_criterion, build_model, detr_from_official, lo
 from sparse_detector.data.batching import pad_images
 from sparse_detector.models.weights import CheckpointMismatchError, load_state_dict_checked
 
-TINY = [
-    "model.backbone.name=resnet18",
-    "model.transformer.hidden_dim=32",
-    "model.transformer.nheads=4",
-    "model.transformer.dim_feedforward=64",
-    "model.transformer.enc_layers=1",
-    "model.transformer.dec_layers=2",
-    "model.transformer.dropout=0.0",
-    "model.num_queries=6",
-    "model.num_classes=3",
-]
+from .conftest import TINY_MODEL
 
 
 def tiny_config(*extra: str):
-    return load_config(None, [*TINY, *extra])
+    return load_config(None, [*TINY_MODEL, *extra])
 
 
 def test_accepts_list_padded_batch_and_tensor():

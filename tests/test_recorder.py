@@ -12,22 +12,13 @@ from sparse_detector.attention.registry import available_activations
 from sparse_detector.data.batching import pad_images
 from sparse_detector.models.build import ATTENTION_SITES
 
-TINY = [
-    "model.backbone.name=resnet18",
-    "model.transformer.hidden_dim=32",
-    "model.transformer.nheads=4",
-    "model.transformer.dim_feedforward=64",
-    "model.transformer.enc_layers=1",
-    "model.transformer.dec_layers=2",
-    "model.transformer.dropout=0.0",
-    "model.num_queries=6",
-    "model.num_classes=3",
-]
+from .conftest import TINY_MODEL
+
 IMAGES = [torch.rand(3, 64, 96), torch.rand(3, 128, 160)]  # feature grids 2 x 3 and 4 x 5
 
 
 def tiny_model(*extra: str) -> torch.nn.Module:
-    return build_model(load_config(None, [*TINY, *extra])).eval()
+    return build_model(load_config(None, [*TINY_MODEL, *extra])).eval()
 
 
 def all_modules(model: torch.nn.Module) -> list:
@@ -114,7 +105,7 @@ def test_metrics_of_real_maps_identical_alone_and_in_padded_batch():
     # are read once with the batch mask, and once with the padding cropped out (the image's own valid keys and
     # queries only, as if it had been run alone). Both must agree; test_analysis_paibb.py checks the same with
     # maps constructed directly.
-    config = load_config(None, TINY)
+    config = load_config(None, TINY_MODEL)
     model = build_model(config).eval()
     with AttentionRecorder(model) as recorder:
         outputs = model(IMAGES)
