@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .config import Config, dump_config, load_config
+from .config import Config, dump_config, load_config, override_config
 from .data import generate_shapes, generate_shapes_splits, make_transforms, voc_to_coco
 from .data.build import build_dataset, build_loader
 from .engine.analyze import (
@@ -64,13 +64,23 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_config(config: Config, args: argparse.Namespace) -> Config:
+    """The checkpoint's config with the command's data options (each falls back to the config's data.val)."""
+    overrides = list(args.set)
+    if args.images:
+        overrides.append(f"data.val.images={args.images}")
+    if args.annotations:
+        overrides.append(f"data.val.annotations={args.annotations}")
+    if args.batch_size:
+        overrides.append(f"train.eval_batch_size={args.batch_size}")
+    if args.workers is not None:
+        overrides.append(f"data.num_workers={args.workers}")
+    return override_config(config, overrides)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     loaded = load_trained_model(args.checkpoint, official=args.official, nheads=args.nheads, dilation=args.dilation)
-    config = loaded.config
-    if args.images or args.annotations:
-        config.data.val.images, config.data.val.annotations = args.images or "", args.annotations or ""
-    config.train.eval_batch_size = args.batch_size or config.train.eval_batch_size
-    config.data.num_workers = args.workers if args.workers is not None else config.data.num_workers
+    config = _evaluation_config(loaded.config, args)
     device = resolve_device(args.device)
     dataset = build_dataset(config, "val")
     stats = evaluate(
@@ -90,11 +100,7 @@ def _analyze(args: argparse.Namespace) -> int:
     loaded = load_analysis_model(
         args.checkpoint, args.official, args.nheads, args.dilation, random_init=args.random_init, seed=args.seed
     )
-    config = loaded.config
-    val = config.data.val
-    val.images, val.annotations = args.images or val.images, args.annotations or val.annotations
-    config.train.eval_batch_size = args.batch_size or config.train.eval_batch_size
-    config.data.num_workers = args.workers if args.workers is not None else config.data.num_workers
+    config = _evaluation_config(loaded.config, args)
     device = resolve_device(args.device)
     dataset = build_dataset(config, "val")
     sites = list(dict.fromkeys(args.sites))
@@ -246,6 +252,18 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
 
 
+def _add_evaluation_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", help="image folder (default: the checkpoint config's data.val.images)")
+    parser.add_argument(
+        "--annotations", "--data", dest="annotations", help="COCO instances JSON (default: data.val.annotations)"
+    )
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--workers", type=int)
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. data.val_size=512"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparse-detector", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -262,10 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("evaluate", help="COCO AP of a checkpoint (ours or official) on a COCO-format dataset")
     _add_model_source(ev)
-    ev.add_argument("--images", help="image folder (default: the config's data.val)")
-    ev.add_argument("--annotations", help="COCO instances JSON (default: the config's data.val)")
-    ev.add_argument("--batch-size", type=int)
-    ev.add_argument("--workers", type=int)
+    _add_evaluation_data(ev)
     ev.add_argument("--output", help="where to write the metrics JSON (default: beside the checkpoint)")
     ev.set_defaults(func=_evaluate)
 
@@ -277,10 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         "config's data.val.",
     )
     _add_model_source(an)
-    an.add_argument("--images", help="image folder (default: the config's data.val.images)")
-    an.add_argument(
-        "--annotations", "--data", dest="annotations", help="COCO instances JSON (default: the config's data.val)"
-    )
+    _add_evaluation_data(an)
     an.add_argument(
         "--sites",
         nargs="+",
@@ -296,8 +308,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--zero-threshold", type=float, help="zeros-ratio threshold (default: 1e-6 for softmax sites, 0 for sparse)"
     )
     an.add_argument("--per-image", action="store_true", help="also keep per-image records in analysis.json")
-    an.add_argument("--batch-size", type=int)
-    an.add_argument("--workers", type=int)
     an.add_argument("--output", help="output folder (default: <run dir>/analysis or <run dir>/analysis-random-init)")
     an.set_defaults(func=_analyze)
 

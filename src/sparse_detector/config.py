@@ -278,6 +278,14 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return config_from_dict(tree)
 
 
+def override_config(config: Config, overrides: Iterable[str]) -> Config:
+    """A copy of ``config`` with ``key.sub=value`` overrides applied (and validated)."""
+    tree = config_to_dict(config)
+    for override in overrides:
+        _apply_override(tree, override)
+    return config_from_dict(tree)
+
+
 def config_to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 

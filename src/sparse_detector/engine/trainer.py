@@ -198,9 +198,12 @@ class Trainer:
             self.scheduler.step()
             self.epoch += 1
             if self.epoch % train.eval_every == 0 or self.epoch == train.epochs:
-                last_eval = evaluate(
-                    self.model, self.criterion, self.val_loader, self.device, self.label_map, self.progress
-                )
+                # Evaluating must not change the training random stream (its transforms and loader draw from it),
+                # so a run resumed after an evaluated epoch continues exactly as one that never stopped.
+                with torch.random.fork_rng(devices=None if self.device.type == "cuda" else []):
+                    last_eval = evaluate(
+                        self.model, self.criterion, self.val_loader, self.device, self.label_map, self.progress
+                    )
                 record.update(last_eval)
             record["alpha"] = alpha_values(self.model)
             self.logger.log("epoch", self.step, epoch=self.epoch, **record)
