@@ -1,0 +1,143 @@
+"""Time the attention activations against softmax and the ``entmax`` library, in one process, on the same inputs.
+
+Shapes: decoder cross-attention (batch 2 × 8 heads, 100 queries, 850 keys) and encoder self-attention
+(2 × 8, 850 × 850 keys); TVMax lays the 850 keys out as a 25 × 34 grid. Forward and forward+backward (with the α
+gradient for the learnable α-entmax) are timed round-robin over the maps, so that load changes on a shared machine
+hit all of them alike; the table reports medians after warm-up, as ratios to softmax and to the library.
+
+    python benchmarks/activations.py --threads 2 --repeats 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import entmax
+import torch
+from torch import Tensor
+
+from sparse_detector.attention import AlphaEntmax, entmax15, sparsemax, tvmax
+
+SHAPES = {"decoder": (2, 8, 100, 850), "encoder": (2, 8, 850, 850)}
+GRID = (25, 34)
+TV_LAMBDA = 0.1
+ALPHA = 1.5
+
+
+def _maps(heads: int) -> dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor] | None]]:
+    """name -> (ours, the entmax library's counterpart or None)."""
+    learnable = AlphaEntmax(num_heads=heads, alpha_init=ALPHA)
+    library_alpha = torch.full((1, heads, 1, 1), ALPHA, requires_grad=True)
+    return {
+        "softmax": (lambda x: torch.softmax(x, dim=-1), None),
+        "sparsemax": (sparsemax, lambda x: entmax.sparsemax(x, dim=-1)),
+        "entmax15": (entmax15, lambda x: entmax.entmax15(x, dim=-1)),
+        "alpha_entmax (learnable α)": (
+            learnable,
+            lambda x: entmax.entmax_bisect(x, library_alpha.expand(*x.shape[:-1], 1), dim=-1),
+        ),
+        "tvmax (λ=0.1, 25×34)": (lambda x: tvmax(x, GRID, TV_LAMBDA), None),
+    }
+
+
+def _time(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _cases(shape: tuple[int, ...], names: list[str]) -> dict[tuple[str, str, str], Callable[[], object]]:
+    """(map, implementation, pass) -> a call, for pass ∈ {fwd, fwd+bwd} and implementation ∈ {ours, library}."""
+    x = torch.randn(shape)
+    x_grad = x.clone().requires_grad_()
+    grad = torch.randn(shape)
+
+    def forward(f: Callable[[Tensor], Tensor]) -> Callable[[], object]:
+        return lambda: f(x)
+
+    def forward_backward(f: Callable[[Tensor], Tensor]) -> Callable[[], object]:
+        return lambda: f(x_grad).backward(grad)
+
+    cases = {}
+    for name, (ours, library) in _maps(shape[1]).items():
+        if name.split()[0] not in names:
+            continue
+        for impl, f in (("ours", ours), ("library", library)):
+            if f is not None:
+                cases[(name, impl, "fwd")] = forward(f)
+                cases[(name, impl, "fwd+bwd")] = forward_backward(f)
+    return cases
+
+
+def run(shape: tuple[int, ...], names: list[str], repeats: int, warmup: int) -> dict[tuple[str, str, str], float]:
+    """Median seconds per case, timed round-robin."""
+    cases = _cases(shape, names)
+    for _ in range(warmup):
+        for call in cases.values():
+            call()
+    times: dict[tuple[str, str, str], list[float]] = {key: [] for key in cases}
+    for _ in range(repeats):
+        for key, call in cases.items():
+            times[key].append(_time(call))
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
+def table(results: dict[str, dict[tuple[str, str, str], float]]) -> str:
+    lines = [
+        "| shape | map | fwd ms | fwd+bwd ms | fwd / softmax | fwd+bwd / softmax | library fwd+bwd ms | "
+        "library / ours fwd | library / ours fwd+bwd |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for shape_name, medians in results.items():
+        soft = {p: medians[("softmax", "ours", p)] for p in ("fwd", "fwd+bwd")}
+        for name in dict.fromkeys(key[0] for key in medians):
+            ours = {p: medians[(name, "ours", p)] for p in ("fwd", "fwd+bwd")}
+            library = {p: medians.get((name, "library", p)) for p in ("fwd", "fwd+bwd")}
+            cells = [
+                shape_name,
+                name,
+                f"{1e3 * ours['fwd']:.2f}",
+                f"{1e3 * ours['fwd+bwd']:.2f}",
+                f"{ours['fwd'] / soft['fwd']:.2f}×",
+                f"{ours['fwd+bwd'] / soft['fwd+bwd']:.2f}×",
+                "–" if library["fwd+bwd"] is None else f"{1e3 * library['fwd+bwd']:.1f}",
+                "–" if library["fwd"] is None else f"{library['fwd'] / ours['fwd']:.1f}×",
+                "–" if library["fwd+bwd"] is None else f"{library['fwd+bwd'] / ours['fwd+bwd']:.1f}×",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per case, median reported (>= 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs per case first")
+    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["decoder", "encoder"])
+    parser.add_argument(
+        "--maps",
+        nargs="+",
+        choices=["sparsemax", "entmax15", "alpha_entmax", "tvmax"],
+        default=["sparsemax", "entmax15", "alpha_entmax", "tvmax"],
+        help="maps to time (softmax always is)",
+    )
+    args = parser.parse_args()
+    if args.repeats < 10:
+        parser.error("--repeats must be at least 10")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(
+        f"torch {torch.__version__}, entmax {entmax.__version__}, {args.threads} threads, "
+        f"{platform.processor() or platform.machine()}, median of {args.repeats} after {args.warmup} warm-up"
+    )
+    names = ["softmax", *args.maps]
+    results = {f"{name} {SHAPES[name]}": run(SHAPES[name], names, args.repeats, args.warmup) for name in args.shapes}
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""Shared machinery of the attention maps: input preparation, masked softmax and the exact α-entmax family.
+
+sparsemax (α = 2), entmax15 (α = 1.5) and α-entmax are p = [(α−1)z − τ]₊^{1/(α−1)} with the threshold τ chosen
+so that p sums to 1. They are hand-written rather than taken from the ``entmax`` library (which is the reference
+in the tests, not the implementation) because the library sorts every full row, or bisects 50 times over full
+rows, which makes it 10–100× slower than softmax on CPU. Here every support entry has p ≤ 1, i.e. lies within
+1/(α−1) of its row maximum, so one pass over the scores (row max and candidate mask, plus for α ≥ 1.5 one Newton
+step of the entmax15 equation, which is a lower bound of τ there) leaves a small (rows × K) candidate matrix, K the
+largest candidate count of a row. τ is solved on it by Newton iterations from below and the result scattered back:
+
+* α ∈ {1.5, 2} (floats): until the support stops changing; the closed form of τ on that support is then exact if
+  it is consistent with it (the sort/threshold result, without a sort);
+* any other α (float, or a tensor such as one α per head): Newton on h(τ) = ‖[X − τ]₊‖_q − 1, q = 1/(α−1), which is
+  convex and decreasing, so the iterates rise monotonically to τ and converge quadratically; iterated until a step
+  is below √eps, p is evaluated after one more step (error ~eps) and renormalised.
+
+Backward passes are closed form: s = p^{2−α} on the support, dz = s⊙g − (⟨s,g⟩/Σs)·s, and for α (Correia et al.
+2019) ∂p/∂α = q·(w − s·Σw/Σs) with w = s⊙z − p⊙log p; the shift invariance of that expression lets z be replaced
+on the support by p^{α−1}/(α−1), so w = p⊙(q − log p) and dL/dα = q·Σ w⊙(g − ⟨s,g⟩/Σs).
+
+Everything runs in fp32 (fp64 inputs stay fp64) and is returned in the input dtype. Under autocast nothing here
+is downcast: autocast only changes matmul/convolution-like ops, and inputs are cast explicitly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+NEG_INF = float("-inf")
+# Newton iterations are capped; in practice the exact path needs 2–6 and the general path 4–10.
+MAX_THRESHOLD_ITERS = 50
+# The candidate matrix is repacked to the shrinking support only when at least this tall (see _repack).
+REPACK_HEIGHT = 32
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the maps are computed in: float64 stays float64, everything else runs in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def as_rows(x: Tensor, dim: int, mask: Tensor | None) -> tuple[Tensor, torch.Size]:
+    """``x`` as contiguous (rows, n) in the compute dtype with masked entries at −inf, and the shape to restore."""
+    z = x.to(compute_dtype(x.dtype))
+    if mask is not None:
+        z = z.masked_fill(mask, NEG_INF)
+    z = z.movedim(dim, -1)
+    return z.reshape(-1, z.shape[-1]).contiguous(), z.shape
+
+
+def from_rows(rows: Tensor, shape: torch.Size, dim: int, dtype: torch.dtype) -> Tensor:
+    """Inverse of :func:`as_rows`: back to the original layout and dtype."""
+    return rows.view(shape).movedim(-1, dim).to(dtype)
+
+
+def key_mask(key_padding_mask: Tensor | None) -> Tensor | None:
+    """A (B, Lk) key padding mask as a mask broadcastable to (B, H, Lq, Lk) scores."""
+    return None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+
+
+def softmax(x: Tensor, dim: int = -1, mask: Tensor | None = None) -> Tensor:
+    """Softmax in fp32 with masked entries (True = padding, broadcastable to ``x``) at 0; a fully masked row is 0."""
+    z = x.to(compute_dtype(x.dtype))
+    if mask is None:
+        return torch.softmax(z, dim).to(x.dtype)
+    # A fully masked row is NaN after the softmax; every one of its entries is masked, so the fill clears it
+    # (and its gradient, which the masked_fill backward zeroes).
+    p = torch.softmax(z.masked_fill(mask, NEG_INF), dim).masked_fill(mask, 0.0)
+    return p.to(x.dtype)
+
+
+def check_alpha(alpha: float | Tensor) -> None:
+    """α-entmax is solved for 1 < α ≤ 2 (where the threshold equation is convex); raise otherwise."""
+    low, high = (alpha, alpha) if isinstance(alpha, float) else (alpha.min().item(), alpha.max().item())
+    if not 1.0 < low <= high <= 2.0:
+        raise ValueError(f"alpha must lie in (1, 2], got values in [{low}, {high}]")
+
+
+def _positive_positions(keep: Tensor) -> Tensor:
+    """Row-major flat positions of the positive entries of the float ``keep`` (≥ 0), in order.
+
+    nonzero costs ~1 ns per entry scanned. A sparse mask is scanned as 8-byte words first, and then only the bytes
+    of the nonzero words: about 3× faster when under ~3% of the words are nonzero, slower otherwise.
+    """
+    size = keep.numel()
+    mask = torch.empty(-(-size // 8) * 8, dtype=torch.bool, device=keep.device)
+    mask[size:] = False
+    mask[:size].view(keep.shape).copy_(keep)  # positive → True (faster than a comparison kernel on CPU)
+    words = mask.view(torch.int64)
+    if 32 * int(torch.count_nonzero(words)) > size:
+        return mask.nonzero().squeeze(1)
+    hit = words.nonzero().squeeze(1)
+    byte = mask.view(-1, 8).index_select(0, hit).view(-1).nonzero().squeeze(1)
+    return hit.index_select(0, byte >> 3).mul_(8).add_(byte & 7)
+
+
+@dataclass
+class _Packing:
+    """Selected entries of each row of a (rows, n) tensor, packed column-wise into a (K, rows) matrix.
+
+    Row r's selected entries fill column r from the top, K being the largest count; the column layout makes the
+    per-row reductions of the threshold solve run across rows (vectorised) instead of along short rows.
+    """
+
+    index: Tensor  # (M,) flat memory positions of the entries in the source
+    slot: Tensor  # (M,) flat positions in the (K * rows) matrix
+    shape: tuple[int, int]  # (K, rows)
+
+    @staticmethod
+    def select(keep: Tensor) -> _Packing:
+        """Pack the entries where the (rows, n) float ``keep`` (a view of the source) is positive."""
+        rows, n = keep.shape
+        flat = _positive_positions(keep)
+        row = flat.div(n, rounding_mode="floor")
+        index = row * keep.stride(0) + (flat - row * n) * keep.stride(1)
+        counts = torch.bincount(row, minlength=rows)
+        width = max(1, int(counts.max()) if index.numel() else 0)
+        position = torch.arange(index.numel(), device=keep.device) - (counts.cumsum(0) - counts).index_select(0, row)
+        return _Packing(index, position * rows + row, (width, rows))
+
+    def pack(self, source: Tensor, fill: float) -> Tensor:
+        """The selected entries of the contiguous ``source`` as a (K, rows) matrix, ``fill`` in unused slots."""
+        packed = source.new_full((self.shape[0] * self.shape[1],), fill)
+        return packed.scatter_(0, self.slot, source.view(-1).index_select(0, self.index)).view(self.shape)
+
+    def unpack(self, packed: Tensor, out: Tensor) -> Tensor:
+        """Scatter a (K, rows) matrix into ``out`` (contiguous, the source's shape), zero elsewhere."""
+        out.zero_().view(-1).scatter_(0, self.index, packed.view(-1).index_select(0, self.slot))
+        return out
+
+    def then(self, inner: _Packing) -> _Packing:
+        """The packing of ``inner`` (a selection within this packed matrix) in terms of the original source."""
+        origin = self.index.new_zeros(self.shape[0] * self.shape[1]).scatter_(0, self.slot, self.index)
+        return _Packing(origin.index_select(0, inner.index), inner.slot, inner.shape)
+
+
+def _is_exact(alpha: float | Tensor) -> bool:
+    """Whether α has a closed form on a given support (sparsemax, entmax15)."""
+    return isinstance(alpha, float) and alpha in (1.5, 2.0)
+
+
+def _powers(d: Tensor, exponent: float | Tensor) -> Tensor:
+    """d^exponent for d ≥ 0 and exponent ≥ 0, exactly 0 where d = 0 (also for exponent 0).
+
+    exp/log with the argument kept above −60: the CPU exp kernel is ~10× slower on underflowing arguments, and
+    the entries it changes are below 1e-26, far under the precision of a probability that sums to 1.
+    """
+    log_d = d.clamp(min=torch.finfo(d.dtype).tiny).log_()
+    return log_d.mul_(exponent).clamp_(min=-60.0).exp_().mul_(d.sign())
+
+
+def _support_weights(p: Tensor, alpha: float | Tensor) -> Tensor:
+    """s = p^{2−α} on the support of p, 0 elsewhere: the weights of the α-entmax Jacobian."""
+    if _is_exact(alpha):
+        return p.sign() if alpha == 2.0 else p.sqrt()
+    return _powers(p, 2 - alpha)
+
+
+Packed = tuple[Tensor, Tensor, _Packing]  # (τ or p, the packed scores, their packing)
+
+
+def _repack(scores: Tensor, d: Tensor, packing: _Packing, support: Tensor) -> tuple[Tensor, Tensor, _Packing]:
+    """Drop the entries at or below τ (d = 0) once every column's ``support`` fits in half of the matrix.
+
+    Newton iterates from below only rise, so such entries never return to the support. Repacking costs about two
+    passes over the matrix, so it is only worth it on a matrix at least ``REPACK_HEIGHT`` tall.
+    """
+    if scores.shape[0] < REPACK_HEIGHT or 2 * int(support.max()) > scores.shape[0]:
+        return scores, d, packing
+    inner = _Packing.select(d.t())
+    return inner.pack(scores, NEG_INF), inner.pack(d, 0.0), packing.then(inner)
+
+
+def _closed_form_threshold(
+    scores: Tensor, packing: _Packing, tau: Tensor, sparse: bool, frozen: Tensor | None = None
+) -> Packed:
+    """Exact τ with Σ [X − τ]₊^q = 1 for q = 1 (``sparse``, sparsemax) or q = 2 (entmax15), from a lower bound.
+
+    Newton steps from below until the support stops changing; the closed form of τ on it is then exact if
+    consistent (no support entry below the new τ). For q = 1 the Newton step is that closed form (Michelot).
+    Columns in ``frozen`` keep their τ.
+    """
+    tiny = torch.finfo(scores.dtype).tiny
+    slack = 8 * torch.finfo(scores.dtype).eps
+    previous = None
+    for _ in range(MAX_THRESHOLD_ITERS):
+        d = (scores - tau).clamp_(min=0)
+        support = d.sign().sum(0, keepdim=True)
+        scores, d, packing = _repack(scores, d, packing, support)
+        stable = previous is not None and torch.equal(support, previous)
+        previous = support
+        k = support.clamp(min=1)  # columns without candidates (fully masked rows) stay finite
+        s1 = d.sum(0, keepdim=True)
+        if sparse:
+            if stable:
+                break
+            tau += (s1 - 1) / k
+            continue
+        s2 = torch.linalg.vecdot(d, d, dim=0).unsqueeze(0)
+        norm = s2.sqrt()
+        step = (norm - 1) * norm / s1.clamp(min=tiny)  # Newton on ‖d‖₂ − 1
+        if stable:
+            # the smaller root of Σ_S (X − τ)² = 1, i.e. τ + mean − √δ, δ = (1 − Σ_S (d − mean)²) / k
+            mean = s1 / k
+            delta = (1 - s2 + s1 * mean) / k
+            closed = mean - delta.clamp(min=0).sqrt()
+            kept = (d - (closed - slack).clamp_(min=0)).clamp_(min=0).sign_().sum(0, keepdim=True)
+            consistent = (delta >= 0) & (kept == support)
+            step = torch.where(consistent, closed, step)
+            if frozen is not None:
+                consistent |= frozen
+        if frozen is not None:
+            step = step.masked_fill_(frozen, 0.0)
+        tau += step
+        if stable and bool(consistent.all()):
+            break
+    return tau, scores, packing
+
+
+def _newton(scores: Tensor, packing: _Packing, alpha: float | Tensor, tau: Tensor) -> Packed:
+    """p for any 1 < α ≤ 2 by Newton on h(τ) = ‖[X − τ]₊‖_q − 1, q = 1/(α−1), from a lower bound ``tau``.
+
+    h is convex and decreasing, so the iterates rise to τ and converge quadratically: once a step is below √eps,
+    p is evaluated after one more step (error ~eps) and renormalised.
+    """
+    q = 1 / (alpha - 1)
+    tiny = torch.finfo(scores.dtype).tiny
+    settle = math.sqrt(torch.finfo(scores.dtype).eps)
+    settled = False
+    for _ in range(MAX_THRESHOLD_ITERS):
+        d = (scores - tau).clamp_(min=0)
+        if scores.shape[0] >= REPACK_HEIGHT:
+            scores, d, packing = _repack(scores, d, packing, d.sign().sum(0))
+        powers = _powers(d, q - 1)
+        slope = powers.sum(0, keepdim=True)  # −h'(τ) = Σ (d / ‖d‖_q)^{q−1}, times ‖d‖_q^{q−1}
+        norm_q = powers.mul_(d).sum(0, keepdim=True)  # powers is now d^q
+        if settled:
+            break
+        log_norm = norm_q.clamp_(min=tiny).log_().div_(q)
+        slope = slope.mul_(torch.exp((1 - q) * log_norm)).clamp_(min=tiny)
+        # τ ≥ −1 always (p ≤ 1); the clamp keeps columns without candidates at −1
+        new_tau = (tau + torch.expm1(log_norm).div_(slope)).clamp_(min=-1.0)
+        settled = bool((new_tau - tau).abs().max() <= settle)
+        tau = new_tau
+    return powers.div_(norm_q.clamp_(min=tiny)), scores, packing
+
+
+def _solve(scores: Tensor, packing: _Packing, alpha: float | Tensor, tau: Tensor) -> tuple[Tensor, _Packing]:
+    """p = [X − τ]₊^{1/(α−1)} summing to 1 in each column of the packed X = (α−1)(z − row max), with its packing.
+
+    ``tau`` (1, rows) is a lower bound of τ and ``alpha`` a float or (1, rows). α ∈ {1.5, 2} is solved exactly;
+    any other α by Newton, started where α ≥ 1.5 from the exact entmax15 threshold of the same X, which is a lower
+    bound there (d^{1/(α−1)} ≥ d² on [0, 1]) and equal to τ at α = 1.5.
+    """
+    if _is_exact(alpha):
+        tau, scores, packing = _closed_form_threshold(scores, packing, tau, sparse=alpha == 2.0)
+        p = (scores - tau).clamp_(min=0)
+        return (p if alpha == 2.0 else p.square_()), packing
+    below = alpha < 1.5
+    if not (below is True or (isinstance(below, Tensor) and bool(below.all()))):
+        frozen = below if isinstance(below, Tensor) and bool(below.any()) else None
+        tau, scores, packing = _closed_form_threshold(scores, packing, tau, sparse=False, frozen=frozen)
+    p, _, packing = _newton(scores, packing, alpha, tau)
+    return p, packing
+
+
+def _entmax_packed(z: Tensor, alpha: float | Tensor) -> tuple[Tensor, _Packing, Tensor]:
+    """α-entmax of the contiguous (rows, n) scores ``z`` as packed probabilities and their packing.
+
+    Also returns a spare (rows, n) buffer (the candidate mask) to scatter the output into: reusing it spares a
+    fresh allocation, whose page faults cost as much as a pass over the scores.
+    """
+    zmax = z.amax(dim=1, keepdim=True)
+    shift = zmax.nan_to_num(neginf=0.0)  # fully masked rows: no shift
+    # Support entries have p ≤ 1: X = (α−1)(z − zmax) > τ ≥ −1, i.e. z > zmax − 1/(α−1). The slack only absorbs
+    # rounding and starts from τ0 = −1 − (α−1)·slack instead. Fully masked rows get a threshold of +inf.
+    slack = 1e-3 / (alpha - 1) + 1e-5 * shift.abs()
+    above = (z - (zmax - 1 / (alpha - 1) - slack).nan_to_num_(neginf=math.inf)).clamp_(min=0)
+    tau = -1 - (alpha - 1) * slack  # above = [X − τ0]₊ / (α−1)
+    if not (isinstance(alpha, float) and (alpha == 2.0 or alpha < 1.5)):
+        # One Newton step of ‖[X − τ]₊‖₂ − 1 on the full rows. For α ≥ 1.5, d^{1/(α−1)} ≥ d² on [0, 1], so it
+        # stays a lower bound of τ and narrows the candidates about threefold for entmax15.
+        norm = torch.linalg.vector_norm(above, dim=1, keepdim=True)
+        step = ((alpha - 1) * norm - 1) * norm / above.sum(1, keepdim=True).clamp_(min=torch.finfo(z.dtype).tiny)
+        if isinstance(alpha, Tensor):
+            step *= alpha >= 1.5
+        tau = tau + step
+        above = (above - step / (alpha - 1)).clamp_(min=0)
+    packing = _Packing.select(above)
+    alpha_t = alpha.t() if isinstance(alpha, Tensor) else alpha
+    scores = packing.pack(z, NEG_INF).sub_(shift.t()).mul_(alpha_t - 1)
+    return *_solve(scores, packing, alpha_t, tau.t()), above
+
+
+class EntmaxFunction(torch.autograd.Function):
+    """α-entmax over the last dim of contiguous (rows, n) scores; ``alpha`` is a float or a (rows, 1) tensor."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, z: Tensor, alpha: float | Tensor) -> Tensor:
+        with torch.autocast(z.device.type, enabled=False):  # e.g. CPU autocast would run linalg ops in bf16
+            p, packing, buffer = _entmax_packed(z, alpha)
+        ctx.save_for_backward(p, packing.index, packing.slot, alpha if isinstance(alpha, Tensor) else None)
+        ctx.alpha = alpha
+        ctx.packing_shape = packing.shape
+        return packing.unpack(p, buffer)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor | None]:
+        p, index, slot, alpha_rows = ctx.saved_tensors
+        packing = _Packing(index, slot, ctx.packing_shape)
+        alpha = ctx.alpha if alpha_rows is None else alpha_rows.t()
+        g = packing.pack(grad.contiguous(), 0.0)
+        s = _support_weights(p, alpha)
+        s_sum = s.sum(0, keepdim=True).clamp_(min=torch.finfo(p.dtype).tiny)
+        centred = g - torch.linalg.vecdot(s, g, dim=0).unsqueeze(0) / s_sum
+        d_alpha = None
+        if alpha_rows is not None and ctx.needs_input_grad[1]:
+            q = 1 / (alpha - 1)
+            log_p = p.clamp(min=torch.finfo(p.dtype).tiny).log_()
+            d_alpha = (q * ((q - log_p).mul_(p).mul_(centred)).sum(0, keepdim=True)).t()
+        return packing.unpack(centred.mul_(s), torch.empty_like(grad)), d_alpha
+
+
+def entmax_rows(x: Tensor, alpha: float | Tensor, dim: int, mask: Tensor | None) -> Tensor:
+    """α-entmax of ``x`` along ``dim`` (α float, or a tensor broadcastable to ``x`` with size 1 along ``dim``)."""
+    if x.numel() == 0:
+        return x.clone()
+    z, shape = as_rows(x, dim, mask)
+    if isinstance(alpha, Tensor):
+        batch_shape = list(x.shape)
+        batch_shape[dim] = 1
+        alpha = alpha.to(z.dtype).expand(batch_shape).movedim(dim, -1).reshape(-1, 1)
+    return from_rows(EntmaxFunction.apply(z, alpha), shape, dim, x.dtype)

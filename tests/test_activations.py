@@ -1,0 +1,242 @@
+"""Sparse attention maps: agreement with the ``entmax`` library (float64 reference), exactness, gradients, padding."""
+
+from __future__ import annotations
+
+import entmax
+import pytest
+import torch
+from torch import Tensor
+from torch.autograd import gradcheck
+
+from sparse_detector.attention import (
+    AlphaEntmax,
+    Entmax15,
+    KeyGrid,
+    Sparsemax,
+    TVMax,
+    entmax15,
+    entmax_alpha,
+    get_activation,
+    softmax,
+    sparsemax,
+    tvmax,
+)
+
+F64 = torch.float64
+SHAPES = [(1,), (3, 1), (4, 7), (2, 3, 33), (2, 5, 850)]
+
+
+def _reference(name: str, x: Tensor, alpha: float = 1.5) -> Tensor:
+    if name == "sparsemax":
+        return entmax.sparsemax(x, dim=-1)
+    if name == "entmax15":
+        return entmax.entmax15(x, dim=-1)
+    return entmax.entmax_bisect(x, alpha, dim=-1, n_iter=100)
+
+
+def _ours(name: str, x: Tensor, alpha: float = 1.5, mask: Tensor | None = None) -> Tensor:
+    if name == "sparsemax":
+        return sparsemax(x, mask=mask)
+    if name == "entmax15":
+        return entmax15(x, mask=mask)
+    return entmax_alpha(x, alpha, mask=mask)
+
+
+MAPS = ["sparsemax", "entmax15", "alpha"]
+
+
+def _inputs(shape: tuple[int, ...], scale: float, ties: bool) -> Tensor:
+    x = torch.randn(shape, dtype=F64)
+    if ties:  # many exact ties, including at the top of the row
+        x = x.mul(2).round()
+    return x * scale
+
+
+@pytest.mark.parametrize("name", MAPS)
+@pytest.mark.parametrize("scale", [1.0, 1e3, 1e-3])
+@pytest.mark.parametrize("ties", [False, True])
+def test_matches_entmax_library(name: str, scale: float, ties: bool) -> None:
+    for shape in SHAPES:
+        x = _inputs(shape, scale, ties)
+        for alpha in (1.25, 1.5, 1.8) if name == "alpha" else (1.5,):
+            ours = _ours(name, x, alpha)
+            assert (ours - _reference(name, x, alpha)).abs().max() <= 1e-6, (shape, alpha)
+            assert torch.allclose(ours.sum(-1), torch.ones((), dtype=F64), atol=1e-12)
+            assert (ours >= 0).all()
+
+
+def test_alpha_tensor_per_head_matches_library() -> None:
+    x = torch.randn(2, 4, 5, 40, dtype=F64)
+    alpha = torch.tensor([1.1, 1.4, 1.7, 2.0], dtype=F64).view(1, 4, 1, 1)
+    ours = entmax_alpha(x, alpha)
+    ref = entmax.entmax_bisect(x, alpha.expand(2, 4, 5, 1), dim=-1, n_iter=100)
+    assert (ours - ref).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("name", MAPS)
+def test_masked_rows_match_cropped_rows(name: str) -> None:
+    """−inf masking: a masked row equals the map of its valid entries alone; masked entries are exactly 0."""
+    x = torch.randn(6, 30, dtype=F64)
+    mask = torch.rand(6, 30) < 0.4
+    mask[0] = True  # fully padded row
+    mask[1] = False
+    mask[2, 1:] = True  # a single valid key
+    out = _ours(name, x, mask=mask)
+    assert not out.isnan().any()
+    assert (out[mask] == 0).all()
+    assert (out[0] == 0).all()
+    assert out[2, 0] == 1
+    for row in range(1, 6):
+        valid = ~mask[row]
+        expected = _reference(name, x[row, valid])
+        assert (out[row, valid] - expected).abs().max() <= 1e-6
+
+
+def test_relations_between_maps() -> None:
+    x = _inputs((3, 4, 60), 1.0, ties=False)
+    two, three_halves = torch.tensor(2.0, dtype=F64), torch.tensor(1.5, dtype=F64)
+    # tensor α takes the general Newton path, float α ∈ {1.5, 2} the closed-form one
+    assert (entmax_alpha(x, two) - sparsemax(x)).abs().max() <= 1e-12
+    assert (entmax_alpha(x, three_halves) - entmax15(x)).abs().max() <= 1e-12
+    assert (entmax_alpha(x, 1.001) - torch.softmax(x, -1)).abs().max() <= 5e-3
+
+
+def test_exact_zeros_and_sparsity() -> None:
+    x = torch.randn(50, 100)
+    for out in (sparsemax(x), entmax15(x), entmax_alpha(x, 1.3)):
+        assert (out == 0).any(dim=-1).all()  # sparse rows, exact zeros
+        assert torch.allclose(out.sum(-1), torch.ones(()), atol=1e-5)
+
+
+def test_dim_argument() -> None:
+    x = torch.randn(3, 9, 4, dtype=F64)
+    for f in (softmax, sparsemax, entmax15, lambda v, dim: entmax_alpha(v, 1.3, dim=dim)):
+        assert torch.allclose(f(x, dim=1), f(x.transpose(1, 2).contiguous(), dim=-1).transpose(1, 2), atol=1e-12)
+
+
+def test_empty_inputs() -> None:
+    maps = [softmax, sparsemax, entmax15, lambda v: entmax_alpha(v, 1.3)]
+    for x in (torch.randn(3, 0, requires_grad=True), torch.randn(0, 12, requires_grad=True)):
+        for f in maps if x.shape[-1] == 0 else [*maps, lambda v: tvmax(v, (3, 4), 0.1)]:
+            out = f(x)
+            assert out.shape == x.shape
+            out.sum().backward()
+
+
+def test_gradcheck() -> None:
+    x = torch.randn(2, 3, 7, dtype=F64, requires_grad=True)
+    mask = torch.zeros(2, 3, 7, dtype=torch.bool)
+    mask[0, 1, :4] = True
+    mask[1, 2] = True  # fully padded row: zero gradient
+    alpha = (1.1 + 0.8 * torch.rand(1, 3, 1, dtype=F64)).requires_grad_()  # one α per "head"
+    assert gradcheck(lambda v: sparsemax(v, mask=mask), (x,))
+    assert gradcheck(lambda v: entmax15(v, mask=mask), (x,))
+    assert gradcheck(lambda v, a: entmax_alpha(v, a, mask=mask), (x, alpha))
+    assert gradcheck(lambda v: entmax_alpha(v, 1.3), (x,))
+
+
+def test_gradients_match_entmax_library() -> None:
+    """The closed-form backward, including ∂/∂α, equals the library's EntmaxBisectFunction backward."""
+    x = torch.randn(2, 3, 4, 15, dtype=F64)
+    grad = torch.randn_like(x)
+    ours_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours_alpha = torch.tensor([1.2, 1.5, 1.8], dtype=F64).view(1, 3, 1, 1).requires_grad_()
+    ref_alpha = ours_alpha.detach().clone().requires_grad_()
+    entmax_alpha(ours_x, ours_alpha).backward(grad)
+    entmax.entmax_bisect(ref_x, ref_alpha.expand(2, 3, 4, 1), dim=-1, n_iter=100).backward(grad)
+    assert (ours_x.grad - ref_x.grad).abs().max() <= 1e-9
+    assert (ours_alpha.grad - ref_alpha.grad).abs().max() <= 1e-9
+
+
+def test_fully_padded_rows_have_zero_output_and_gradient() -> None:
+    scores = torch.randn(2, 2, 3, 12, requires_grad=True)
+    key_padding_mask = torch.zeros(2, 12, dtype=torch.bool)
+    key_padding_mask[1] = True
+    grid = KeyGrid((3, 4), torch.tensor([[3, 4], [0, 0]]))
+    modules = [Sparsemax(), Entmax15(), AlphaEntmax(num_heads=2), TVMax(0.1), get_activation("softmax")]
+    for module in modules:
+        out = module(scores, key_padding_mask, grid)
+        assert not out.isnan().any()
+        assert (out[1] == 0).all()
+        assert torch.allclose(out[0].sum(-1), torch.ones(()), atol=1e-5)
+        out.mul(torch.randn_like(out)).sum().backward()
+        assert not scores.grad.isnan().any()
+        assert (scores.grad[1] == 0).all()
+        scores.grad = None
+
+
+def test_low_precision_computes_in_fp32() -> None:
+    x = torch.randn(2, 4, 10, 50)
+    grid = (5, 10)
+    functions = [
+        softmax,
+        sparsemax,
+        entmax15,
+        lambda v: entmax_alpha(v, 1.3),
+        lambda v: tvmax(v, grid, 0.1),
+    ]
+    for f in functions:
+        low = x.bfloat16()
+        out = f(low)
+        assert out.dtype == torch.bfloat16
+        assert torch.equal(out, f(low.float()).bfloat16())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = f(x)
+        assert auto.dtype == torch.float32
+        assert torch.equal(auto, f(x))
+        assert f(x.double()).dtype == F64
+
+
+def test_alpha_entmax_module() -> None:
+    module = AlphaEntmax(num_heads=3, alpha_init=1.3)
+    assert module.pre_alpha.shape == (3,)
+    assert torch.allclose(module.alpha, torch.full((3,), 1.3), atol=1e-6)
+    assert not module.alpha.requires_grad
+    scores = torch.randn(2, 3, 4, 20, dtype=F64)
+    expected = entmax_alpha(scores, module.alpha.to(F64).view(1, 3, 1, 1))
+    assert torch.allclose(module(scores), expected, atol=1e-6)
+    for bad in (1.0, 1.01, 2.0, 2.5):
+        with pytest.raises(ValueError, match="alpha_init"):
+            AlphaEntmax(num_heads=2, alpha_init=bad)
+    with pytest.raises(ValueError, match="heads"):
+        module(torch.randn(1, 2, 3, 4))
+
+
+def test_learnable_alpha_moves() -> None:
+    """A toy loss that prefers sparser maps in head 0 and denser maps in head 1 moves α apart."""
+    module = get_activation("alpha_entmax", num_heads=2, alpha_init=1.5)
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.1)
+    scores = torch.randn(4, 2, 8, 30)
+    for _ in range(5):
+        p = module(scores)
+        loss = -(p[:, 0] ** 2).sum() + (p[:, 1] ** 2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    alpha = module.alpha
+    assert alpha[0] > 1.6 and alpha[1] < 1.4
+
+
+def test_registry_and_modules() -> None:
+    scores = torch.randn(2, 4, 3, 20)
+    key_padding_mask = torch.zeros(2, 20, dtype=torch.bool)
+    key_padding_mask[1, 15:] = True
+    expected = {
+        "sparsemax": sparsemax(scores, mask=key_padding_mask[:, None, None]),
+        "entmax15": entmax15(scores, mask=key_padding_mask[:, None, None]),
+        "alpha_entmax": entmax_alpha(scores, 1.5, mask=key_padding_mask[:, None, None]),
+    }
+    for name, target in expected.items():
+        module = get_activation(name, num_heads=4) if name == "alpha_entmax" else get_activation(name)
+        assert not module.is_softmax
+        assert torch.allclose(module(scores, key_padding_mask), target, atol=1e-6)
+    assert isinstance(get_activation("tvmax", lam=0.2), TVMax)
+
+
+def test_invalid_alpha() -> None:
+    x = torch.randn(3, 5)
+    for bad in (1.0, 0.5, 2.5):
+        with pytest.raises(ValueError, match="alpha"):
+            entmax_alpha(x, bad)
+    with pytest.raises(ValueError, match="alpha"):
+        entmax_alpha(x, torch.tensor([1.5, 1.0, 1.2]).view(3, 1))

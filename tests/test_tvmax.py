@@ -1,0 +1,127 @@
+"""TVMax: a direct constrained solve on small grids, λ = 0, gradients, padding and batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+from torch import Tensor
+from torch.autograd import gradcheck
+
+from sparse_detector.attention import KeyGrid, TVMax, sparsemax, tvmax
+
+F64 = torch.float64
+
+
+def _grid_difference(height: int, width: int) -> np.ndarray:
+    """The (edges, cells) difference matrix D of the 4-neighbour grid."""
+    edges = [(r * width + c, r * width + c + 1) for r in range(height) for c in range(width - 1)]
+    edges += [(r * width + c, (r + 1) * width + c) for r in range(height - 1) for c in range(width)]
+    diff = np.zeros((len(edges), height * width))
+    for e, (i, j) in enumerate(edges):
+        diff[e, i], diff[e, j] = 1.0, -1.0
+    return diff
+
+
+def _direct_tvmax(z: np.ndarray, height: int, width: int, lam: float) -> np.ndarray:
+    """argmin_{p∈Δ} ½‖p − z‖² + λ‖Dp‖₁ as a smooth QP: Dp = a − b with a, b ≥ 0 (SLSQP)."""
+    diff = _grid_difference(height, width)
+    cells, edges = diff.shape[1], diff.shape[0]
+
+    def objective(v: np.ndarray) -> float:
+        return 0.5 * float(((v[:cells] - z) ** 2).sum()) + lam * float(v[cells:].sum())
+
+    def gradient(v: np.ndarray) -> np.ndarray:
+        return np.concatenate([v[:cells] - z, np.full(2 * edges, lam)])
+
+    constraints = [
+        {
+            "type": "eq",
+            "fun": lambda v: np.array([v[:cells].sum() - 1.0]),
+            "jac": lambda v: np.concatenate([np.ones(cells), np.zeros(2 * edges)])[None],
+        },
+        {
+            "type": "eq",
+            "fun": lambda v: diff @ v[:cells] - v[cells : cells + edges] + v[cells + edges :],
+            "jac": lambda v: np.hstack([diff, -np.eye(edges), np.eye(edges)]),
+        },
+    ]
+    start = np.concatenate([np.full(cells, 1.0 / cells), np.zeros(2 * edges)])
+    result = minimize(
+        objective,
+        start,
+        jac=gradient,
+        constraints=constraints,
+        bounds=[(0.0, None)] * (cells + 2 * edges),
+        method="SLSQP",
+        options={"ftol": 1e-12, "maxiter": 1000},
+    )
+    assert result.success, result.message
+    return result.x[:cells]
+
+
+@pytest.mark.parametrize(("height", "width"), [(3, 4), (4, 4), (2, 5)])
+@pytest.mark.parametrize("lam", [0.05, 0.2, 0.6])
+def test_matches_direct_constrained_solve(height: int, width: int, lam: float) -> None:
+    z = torch.randn(height * width, dtype=F64)
+    ours = tvmax(z, (height, width), lam).numpy()
+    assert np.abs(ours - _direct_tvmax(z.numpy(), height, width, lam)).max() <= 1e-4
+
+
+def test_fp32_matches_fp64() -> None:
+    z = torch.randn(2, 3, 20, 5 * 7, dtype=F64)
+    ours = tvmax(z.float(), (5, 7), 0.2)
+    assert (ours.double() - tvmax(z, (5, 7), 0.2)).abs().max() <= 1e-5
+
+
+def test_lambda_zero_is_sparsemax() -> None:
+    z = torch.randn(2, 4, 6, 20, dtype=F64)
+    assert (tvmax(z, (4, 5), 0.0) - sparsemax(z)).abs().max() <= 1e-12
+
+
+def test_gradcheck_with_fused_groups() -> None:
+    """Away from ties: the prox fuses neighbours into groups (equal output values) and gradients average over them."""
+    x = torch.randn(2, 12, dtype=F64, requires_grad=True)
+    out = tvmax(x, (3, 4), 0.3).detach().view(2, 3, 4)
+    pairs = ((out[..., :-1], out[..., 1:]), (out[..., :-1, :], out[..., 1:, :]))
+    equal_neighbours = [((a - b).abs() < 1e-9) & (a > 0) for a, b in pairs]
+    assert sum(int(e.sum()) for e in equal_neighbours) > 0
+    assert gradcheck(lambda v: tvmax(v, (3, 4), 0.3), (x,))
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[1, 8:] = True
+    assert gradcheck(lambda v: tvmax(v, (3, 4), 0.3, mask=mask), (x,))
+
+
+def _padded(z: Tensor, valid_hw: tuple[int, int], padded_hw: tuple[int, int]) -> Tensor:
+    """Place (..., h*w) scores into the top-left of a (..., H*W) grid filled with garbage."""
+    (h, w), (height, width) = valid_hw, padded_hw
+    grid = torch.randn(*z.shape[:-1], height, width, dtype=z.dtype) * 100
+    grid[..., :h, :w] = z.view(*z.shape[:-1], h, w)
+    return grid.flatten(-2)
+
+
+def test_padded_grid_equals_cropped_grid() -> None:
+    """A batch of images with different valid sizes on one padded grid equals each image on its cropped grid."""
+    valid = [(3, 4), (5, 2), (0, 0)]
+    heads, queries, padded_hw = 2, 3, (5, 6)
+    crops = [torch.randn(heads, queries, h * w) for h, w in valid]
+    scores = torch.stack([_padded(c, hw, padded_hw) for c, hw in zip(crops, valid, strict=True)])
+    grid = KeyGrid(padded_hw, torch.tensor(valid))
+    out = TVMax(lam=0.2)(scores, None, grid).view(len(valid), heads, queries, *padded_hw)
+    for b, (h, w) in enumerate(valid):
+        inside = out[b, ..., :h, :w].reshape(heads, queries, h * w)
+        assert out[b].sum() == inside.sum()  # nothing outside the valid block
+        if h * w:
+            assert (inside - tvmax(crops[b], (h, w), 0.2)).abs().max() <= 1e-6
+        else:
+            assert (out[b] == 0).all()
+
+
+def test_requires_key_grid_and_valid_arguments() -> None:
+    with pytest.raises(ValueError, match="key_grid"):
+        TVMax()(torch.randn(1, 1, 2, 6))
+    with pytest.raises(ValueError, match="grid"):
+        tvmax(torch.randn(2, 7), (2, 3), 0.1)
+    with pytest.raises(ValueError, match="lam"):
+        TVMax(lam=-1.0)
