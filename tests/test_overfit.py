@@ -31,6 +31,7 @@ def test_tiny_preset_overfits_a_handful_of_images(tmp_path: Path):
             f"train.batch_size={NUM_IMAGES}",
             f"train.epochs={STEPS}",  # one step per epoch
             f"train.eval_every={STEPS}",
+            f"optim.lr_drop={STEPS}",  # epochs are single steps here: no learning-rate drop
             "optim.lr=5e-4",
             "model.backbone.lr=5e-4",
         ],
