@@ -12,7 +12,8 @@ largest candidate count of a row. τ is solved on it by Newton iterations from b
   it is consistent with it (the sort/threshold result, without a sort);
 * any other α (float, or a tensor such as one α per head): Newton on h(τ) = ‖[X − τ]₊‖_q − 1, q = 1/(α−1), which is
   convex and decreasing, so the iterates rise monotonically to τ and converge quadratically; iterated until a step
-  is below √eps, p is evaluated after one more step (error ~eps) and renormalised.
+  is below √eps, p is evaluated after one more step (error ~eps) and renormalised. Where α ≥ 1.5 it starts from
+  the exact entmax15 threshold of the same scores, a lower bound there and τ itself at α = 1.5.
 
 Backward passes are closed form: s = p^{2−α} on the support, dz = s⊙g − (⟨s,g⟩/Σs)·s, and for α (Correia et al.
 2019) ∂p/∂α = q·(w − s·Σw/Σs) with w = s⊙z − p⊙log p; the shift invariance of that expression lets z be replaced
@@ -32,10 +33,12 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 NEG_INF = float("-inf")
-# Newton iterations are capped; in practice the exact path needs 2–6 and the general path 4–10.
+# Newton iterations are capped; on attention-like scores the exact paths take 4–8 and the general one 2–6.
 MAX_THRESHOLD_ITERS = 50
-# The candidate matrix is repacked to the shrinking support only when at least this tall (see _repack).
-REPACK_HEIGHT = 32
+# The candidate matrix is repacked to the shrinking support only when at least this tall (see _repack): lower
+# for the general α, whose Newton steps take a log and an exp per entry.
+REPACK_HEIGHT = 128
+REPACK_HEIGHT_POWERS = 32
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -160,72 +163,88 @@ def _support_weights(p: Tensor, alpha: float | Tensor) -> Tensor:
     return _powers(p, 2 - alpha)
 
 
-Packed = tuple[Tensor, Tensor, _Packing]  # (τ or p, the packed scores, their packing)
-
-
-def _repack(scores: Tensor, d: Tensor, packing: _Packing, support: Tensor) -> tuple[Tensor, Tensor, _Packing]:
+def _repack(
+    scores: Tensor, d: Tensor, packing: _Packing, support: Tensor, height: int
+) -> tuple[Tensor, Tensor, _Packing]:
     """Drop the entries at or below τ (d = 0) once every column's ``support`` fits in half of the matrix.
 
     Newton iterates from below only rise, so such entries never return to the support. Repacking costs about two
-    passes over the matrix, so it is only worth it on a matrix at least ``REPACK_HEIGHT`` tall.
+    passes over the matrix: it is only done on a matrix at least ``height`` tall.
     """
-    if scores.shape[0] < REPACK_HEIGHT or 2 * int(support.max()) > scores.shape[0]:
+    if scores.shape[0] < height or 2 * int(support.max()) > scores.shape[0]:
         return scores, d, packing
     inner = _Packing.select(d.t())
     return inner.pack(scores, NEG_INF), inner.pack(d, 0.0), packing.then(inner)
 
 
-def _closed_form_threshold(
-    scores: Tensor, packing: _Packing, tau: Tensor, sparse: bool, frozen: Tensor | None = None
-) -> Packed:
-    """Exact τ with Σ [X − τ]₊^q = 1 for q = 1 (``sparse``, sparsemax) or q = 2 (entmax15), from a lower bound.
+def _l2_step(d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A Newton step of ‖d‖₂ − 1 along dim 1 (d = [X − τ]₊, τ a lower bound), with the norm and sum it used.
 
-    Newton steps from below until the support stops changing; the closed form of τ on it is then exact if
-    consistent (no support entry below the new τ). For q = 1 the Newton step is that closed form (Michelot).
-    Columns in ``frozen`` keep their τ.
+    The step keeps τ a lower bound of the root of ‖[X − τ]₊‖₂ = 1 (convexity), hence of τ for every α ≥ 1.5, where
+    d^{1/(α−1)} ≥ d² on [0, 1]. It needs reductions only, no full-size temporaries.
     """
-    tiny = torch.finfo(scores.dtype).tiny
-    slack = 8 * torch.finfo(scores.dtype).eps
+    norm = torch.linalg.vector_norm(d, dim=1, keepdim=True)
+    total = d.sum(1, keepdim=True)
+    step = (norm - 1).mul_(norm).div_(total.clamp(min=torch.finfo(d.dtype).tiny))
+    return step.clamp_(min=0), norm, total  # ≥ 0 but for rounding; below 0 every entry would turn positive
+
+
+def _entmax15_threshold(d: Tensor, tau: Tensor, frozen: Tensor | None = None) -> Tensor:
+    """Exact τ of Σ [X − τ]₊² = 1 on each row of the dense d = [X − τ]₊, from a lower bound ``tau``.
+
+    Newton steps on ‖d‖₂ − 1 from below until one is under √eps, then the closed form on the support (the smaller
+    root of Σ_S (X − τ)² = 1), exact when consistent with that support (no entry falls below it), else one more
+    Newton step (error ~eps). ``d`` is updated in place; rows in ``frozen`` keep their τ.
+    """
+    settle = math.sqrt(torch.finfo(d.dtype).eps)
+    for _ in range(MAX_THRESHOLD_ITERS):
+        step, norm, total = _l2_step(d)
+        if frozen is not None:
+            step.masked_fill_(frozen, 0.0)
+        if float(step.max()) <= settle:
+            break
+        d.sub_(step).clamp_(min=0)
+        tau = tau + step
+    support = d.sign().sum(1, keepdim=True)
+    k = support.clamp(min=1)
+    mean = total / k
+    delta = (1 - norm.square() + total * mean) / k  # (1 − Σ_S (d − mean)²) / k
+    closed = mean - delta.clamp(min=0).sqrt()
+    slack = 8 * torch.finfo(d.dtype).eps
+    kept = (d - (closed - slack).clamp_(min=0)).clamp_(min=0).sign_().sum(1, keepdim=True)
+    shift = torch.where((delta >= 0) & (kept == support) & (support > 0), closed, step).clamp_(min=0)
+    if frozen is not None:
+        shift.masked_fill_(frozen, 0.0)
+    d.sub_(shift).clamp_(min=0)
+    return tau + shift
+
+
+def _michelot_threshold(scores: Tensor, packing: _Packing, tau: Tensor) -> tuple[Tensor, Tensor, _Packing]:
+    """Exact sparsemax τ (Σ [X − τ]₊ = 1) of each column of the packed X, from a lower bound ``tau`` (1, rows).
+
+    Michelot's iteration τ ← (Σ_S X − 1)/|S| on the support S = {X > τ} is Newton's method from below; once the
+    support stops changing τ is that closed form on it, i.e. exact. Returns τ and the (repacked) scores and packing.
+    """
     previous = None
     for _ in range(MAX_THRESHOLD_ITERS):
         d = (scores - tau).clamp_(min=0)
         support = d.sign().sum(0, keepdim=True)
-        scores, d, packing = _repack(scores, d, packing, support)
-        stable = previous is not None and torch.equal(support, previous)
-        previous = support
-        k = support.clamp(min=1)  # columns without candidates (fully masked rows) stay finite
-        s1 = d.sum(0, keepdim=True)
-        if sparse:
-            if stable:
-                break
-            tau += (s1 - 1) / k
-            continue
-        s2 = torch.linalg.vecdot(d, d, dim=0).unsqueeze(0)
-        norm = s2.sqrt()
-        step = (norm - 1) * norm / s1.clamp(min=tiny)  # Newton on ‖d‖₂ − 1
-        if stable:
-            # the smaller root of Σ_S (X − τ)² = 1, i.e. τ + mean − √δ, δ = (1 − Σ_S (d − mean)²) / k
-            mean = s1 / k
-            delta = (1 - s2 + s1 * mean) / k
-            closed = mean - delta.clamp(min=0).sqrt()
-            kept = (d - (closed - slack).clamp_(min=0)).clamp_(min=0).sign_().sum(0, keepdim=True)
-            consistent = (delta >= 0) & (kept == support)
-            step = torch.where(consistent, closed, step)
-            if frozen is not None:
-                consistent |= frozen
-        if frozen is not None:
-            step = step.masked_fill_(frozen, 0.0)
-        tau += step
-        if stable and bool(consistent.all()):
+        if previous is not None and torch.equal(support, previous):
             break
+        previous = support
+        scores, d, packing = _repack(scores, d, packing, support, REPACK_HEIGHT)
+        # columns without candidates (fully masked rows) stay finite; the step is ≥ 0 but for rounding
+        tau += ((d.sum(0, keepdim=True) - 1) / support.clamp(min=1)).clamp_(min=0)
     return tau, scores, packing
 
 
-def _newton(scores: Tensor, packing: _Packing, alpha: float | Tensor, tau: Tensor) -> Packed:
-    """p for any 1 < α ≤ 2 by Newton on h(τ) = ‖[X − τ]₊‖_q − 1, q = 1/(α−1), from a lower bound ``tau``.
+def _newton_probabilities(
+    scores: Tensor, packing: _Packing, alpha: float | Tensor, tau: Tensor
+) -> tuple[Tensor, _Packing]:
+    """p for any 1 < α ≤ 2 by Newton on h(τ) = ‖[X − τ]₊‖_q − 1, q = 1/(α−1), from a lower bound ``tau`` (1, rows).
 
     h is convex and decreasing, so the iterates rise to τ and converge quadratically: once a step is below √eps,
-    p is evaluated after one more step (error ~eps) and renormalised.
+    p is evaluated after one more step (error ~eps) and renormalised. Returns p and its (repacked) packing.
     """
     q = 1 / (alpha - 1)
     tiny = torch.finfo(scores.dtype).tiny
@@ -233,8 +252,8 @@ def _newton(scores: Tensor, packing: _Packing, alpha: float | Tensor, tau: Tenso
     settled = False
     for _ in range(MAX_THRESHOLD_ITERS):
         d = (scores - tau).clamp_(min=0)
-        if scores.shape[0] >= REPACK_HEIGHT:
-            scores, d, packing = _repack(scores, d, packing, d.sign().sum(0))
+        if scores.shape[0] >= REPACK_HEIGHT_POWERS:
+            scores, d, packing = _repack(scores, d, packing, d.sign().sum(0), REPACK_HEIGHT_POWERS)
         powers = _powers(d, q - 1)
         slope = powers.sum(0, keepdim=True)  # −h'(τ) = Σ (d / ‖d‖_q)^{q−1}, times ‖d‖_q^{q−1}
         norm_q = powers.mul_(d).sum(0, keepdim=True)  # powers is now d^q
@@ -246,54 +265,57 @@ def _newton(scores: Tensor, packing: _Packing, alpha: float | Tensor, tau: Tenso
         new_tau = (tau + torch.expm1(log_norm).div_(slope)).clamp_(min=-1.0)
         settled = bool((new_tau - tau).abs().max() <= settle)
         tau = new_tau
-    return powers.div_(norm_q.clamp_(min=tiny)), scores, packing
+    return powers.div_(norm_q.clamp_(min=tiny)), packing
 
 
-def _solve(scores: Tensor, packing: _Packing, alpha: float | Tensor, tau: Tensor) -> tuple[Tensor, _Packing]:
-    """p = [X − τ]₊^{1/(α−1)} summing to 1 in each column of the packed X = (α−1)(z − row max), with its packing.
+def _entmax_forward(z: Tensor, alpha: float | Tensor) -> tuple[Tensor, _Packing | None, Tensor]:
+    """α-entmax of the contiguous (rows, n) scores ``z``: the output, and the packing and packed p behind it.
 
-    ``tau`` (1, rows) is a lower bound of τ and ``alpha`` a float or (1, rows). α ∈ {1.5, 2} is solved exactly;
-    any other α by Newton, started where α ≥ 1.5 from the exact entmax15 threshold of the same X, which is a lower
-    bound there (d^{1/(α−1)} ≥ d² on [0, 1]) and equal to τ at α = 1.5.
-    """
-    if _is_exact(alpha):
-        tau, scores, packing = _closed_form_threshold(scores, packing, tau, sparse=alpha == 2.0)
-        p = (scores - tau).clamp_(min=0)
-        return (p if alpha == 2.0 else p.square_()), packing
-    below = alpha < 1.5
-    if not (below is True or (isinstance(below, Tensor) and bool(below.all()))):
-        frozen = below if isinstance(below, Tensor) and bool(below.any()) else None
-        tau, scores, packing = _closed_form_threshold(scores, packing, tau, sparse=False, frozen=frozen)
-    p, _, packing = _newton(scores, packing, alpha, tau)
-    return p, packing
-
-
-def _entmax_packed(z: Tensor, alpha: float | Tensor) -> tuple[Tensor, _Packing, Tensor]:
-    """α-entmax of the contiguous (rows, n) scores ``z`` as packed probabilities and their packing.
-
-    Also returns a spare (rows, n) buffer (the candidate mask) to scatter the output into: reusing it spares a
-    fresh allocation, whose page faults cost as much as a pass over the scores.
+    entmax15 is solved exactly on the dense rows (no packing: cheaper there, as its iterations need no counts);
+    sparsemax and the general α pack the candidates left by a first narrowing on the dense rows.
     """
     zmax = z.amax(dim=1, keepdim=True)
     shift = zmax.nan_to_num(neginf=0.0)  # fully masked rows: no shift
     # Support entries have p ≤ 1: X = (α−1)(z − zmax) > τ ≥ −1, i.e. z > zmax − 1/(α−1). The slack only absorbs
     # rounding and starts from τ0 = −1 − (α−1)·slack instead. Fully masked rows get a threshold of +inf.
     slack = 1e-3 / (alpha - 1) + 1e-5 * shift.abs()
-    above = (z - (zmax - 1 / (alpha - 1) - slack).nan_to_num_(neginf=math.inf)).clamp_(min=0)
-    tau = -1 - (alpha - 1) * slack  # above = [X − τ0]₊ / (α−1)
-    if not (isinstance(alpha, float) and (alpha == 2.0 or alpha < 1.5)):
-        # One Newton step of ‖[X − τ]₊‖₂ − 1 on the full rows. For α ≥ 1.5, d^{1/(α−1)} ≥ d² on [0, 1], so it
-        # stays a lower bound of τ and narrows the candidates about threefold for entmax15.
-        norm = torch.linalg.vector_norm(above, dim=1, keepdim=True)
-        step = ((alpha - 1) * norm - 1) * norm / above.sum(1, keepdim=True).clamp_(min=torch.finfo(z.dtype).tiny)
-        if isinstance(alpha, Tensor):
-            step *= alpha >= 1.5
+    d = (z - (zmax - 1 / (alpha - 1) - slack).nan_to_num_(neginf=math.inf)).clamp_(min=0).mul_(alpha - 1)
+    tau = -1 - (alpha - 1) * slack  # d = [X − τ]₊, the working rows, and the output buffer below
+    if _is_exact(alpha) and alpha == 1.5:  # exact on the dense rows: cheaper than packing for entmax15
+        _entmax15_threshold(d, tau)
+        p = d.square_()
+        return p, None, p
+    if isinstance(alpha, float) and alpha == 2.0:
+        step = _l2_step(d)[0]  # one step narrows the candidates about twofold
+        d.sub_(step).clamp_(min=0)
         tau = tau + step
-        above = (above - step / (alpha - 1)).clamp_(min=0)
-    packing = _Packing.select(above)
+    elif alpha >= 1.5 if isinstance(alpha, float) else bool((alpha >= 1.5).any()):
+        below = alpha < 1.5 if isinstance(alpha, Tensor) else None
+        tau = _entmax15_threshold(d, tau, frozen=below if below is not None and bool(below.any()) else None)
+    packing = _Packing.select(d)
     alpha_t = alpha.t() if isinstance(alpha, Tensor) else alpha
     scores = packing.pack(z, NEG_INF).sub_(shift.t()).mul_(alpha_t - 1)
-    return *_solve(scores, packing, alpha_t, tau.t()), above
+    if isinstance(alpha, float) and alpha == 2.0:
+        tau, scores, packing = _michelot_threshold(scores, packing, tau.t())
+        p = (scores - tau).clamp_(min=0)
+    else:
+        p, packing = _newton_probabilities(scores, packing, alpha_t, tau.t())
+    return packing.unpack(p, d), packing, p
+
+
+def _entmax_grad(
+    p: Tensor, grad: Tensor, alpha: float | Tensor, dim: int, with_alpha: bool
+) -> tuple[Tensor, Tensor | None]:
+    """dz = s⊙g − (⟨s,g⟩/Σs)·s with s = p^{2−α}, reducing along ``dim``, and dL/dα per row if ``with_alpha``."""
+    s = _support_weights(p, alpha)
+    s_sum = s.sum(dim, keepdim=True).clamp_(min=torch.finfo(p.dtype).tiny)
+    centred = grad - torch.linalg.vecdot(s, grad, dim=dim).unsqueeze(dim) / s_sum
+    d_alpha = None
+    if with_alpha:
+        q = 1 / (alpha - 1)
+        log_p = p.clamp(min=torch.finfo(p.dtype).tiny).log_()
+        d_alpha = q * ((q - log_p).mul_(p).mul_(centred)).sum(dim, keepdim=True)
+    return centred.mul_(s), d_alpha
 
 
 class EntmaxFunction(torch.autograd.Function):
@@ -302,28 +324,26 @@ class EntmaxFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, z: Tensor, alpha: float | Tensor) -> Tensor:
         with torch.autocast(z.device.type, enabled=False):  # e.g. CPU autocast would run linalg ops in bf16
-            p, packing, buffer = _entmax_packed(z, alpha)
-        ctx.save_for_backward(p, packing.index, packing.slot, alpha if isinstance(alpha, Tensor) else None)
-        ctx.alpha = alpha
-        ctx.packing_shape = packing.shape
-        return packing.unpack(p, buffer)
+            out, packing, p = _entmax_forward(z, alpha)
+        ctx.alpha = alpha if isinstance(alpha, float) else None
+        ctx.packing = None if packing is None else (packing.shape,)
+        if packing is None:
+            ctx.save_for_backward(out)
+        else:
+            ctx.save_for_backward(p, packing.index, packing.slot, alpha if isinstance(alpha, Tensor) else None)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor | None]:
+        if ctx.packing is None:  # dense p (entmax15)
+            return _entmax_grad(ctx.saved_tensors[0], grad, ctx.alpha, 1, with_alpha=False)[0], None
         p, index, slot, alpha_rows = ctx.saved_tensors
-        packing = _Packing(index, slot, ctx.packing_shape)
+        packing = _Packing(index, slot, ctx.packing[0])
         alpha = ctx.alpha if alpha_rows is None else alpha_rows.t()
-        g = packing.pack(grad.contiguous(), 0.0)
-        s = _support_weights(p, alpha)
-        s_sum = s.sum(0, keepdim=True).clamp_(min=torch.finfo(p.dtype).tiny)
-        centred = g - torch.linalg.vecdot(s, g, dim=0).unsqueeze(0) / s_sum
-        d_alpha = None
-        if alpha_rows is not None and ctx.needs_input_grad[1]:
-            q = 1 / (alpha - 1)
-            log_p = p.clamp(min=torch.finfo(p.dtype).tiny).log_()
-            d_alpha = (q * ((q - log_p).mul_(p).mul_(centred)).sum(0, keepdim=True)).t()
-        return packing.unpack(centred.mul_(s), torch.empty_like(grad)), d_alpha
+        with_alpha = alpha_rows is not None and ctx.needs_input_grad[1]
+        dz, d_alpha = _entmax_grad(p, packing.pack(grad.contiguous(), 0.0), alpha, 0, with_alpha)
+        return packing.unpack(dz, torch.empty_like(grad)), None if d_alpha is None else d_alpha.t()
 
 
 def entmax_rows(x: Tensor, alpha: float | Tensor, dim: int, mask: Tensor | None) -> Tensor:
