@@ -1,9 +1,10 @@
 """Time the attention activations against softmax and the ``entmax`` library, in one process, on the same inputs.
 
 Shapes: decoder cross-attention (batch 2 × 8 heads, 100 queries, 850 keys) and encoder self-attention
-(2 × 8, 850 × 850 keys); TVMax lays the 850 keys out as a 25 × 34 grid. Forward and forward+backward (with the α
-gradient for the learnable α-entmax) are timed round-robin over the maps, so that load changes on a shared machine
-hit all of them alike; the table reports medians after warm-up, as ratios to softmax and to the library.
+(2 × 8, 850 × 850 keys); TVMax lays the 850 keys out as a 25 × 34 grid, at the decoder shape only unless
+``--tvmax-encoder`` (about a minute per call there). Forward and forward+backward (with the α gradient for the
+learnable α-entmax) are timed round-robin over the maps, so that load changes on a shared machine hit all of them
+alike; the table reports medians after warm-up, as ratios to softmax and to the library.
 
     python benchmarks/activations.py --threads 2 --repeats 20
 """
@@ -11,6 +12,7 @@ hit all of them alike; the table reports medians after warm-up, as ratios to sof
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -42,6 +44,18 @@ def _maps(heads: int) -> dict[str, tuple[Callable[[Tensor], Tensor], Callable[[T
         ),
         "tvmax (λ=0.1, 25×34)": (lambda x: tvmax(x, GRID, TV_LAMBDA), None),
     }
+
+
+def _cpu_name() -> str:
+    """The CPU model name (as ``lscpu`` shows it) where /proc/cpuinfo exists, else the platform's processor."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _time(fn: Callable[[], object]) -> float:
@@ -118,6 +132,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per case, median reported (>= 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs per case first")
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["decoder", "encoder"])
+    parser.add_argument("--tvmax-encoder", action="store_true", help="also time TVMax at the encoder shape")
     parser.add_argument(
         "--maps",
         nargs="+",
@@ -132,10 +147,13 @@ def main() -> None:
     torch.manual_seed(0)
     print(
         f"torch {torch.__version__}, entmax {entmax.__version__}, {args.threads} threads, "
-        f"{platform.processor() or platform.machine()}, median of {args.repeats} after {args.warmup} warm-up"
+        f"{_cpu_name()} ({os.cpu_count()} CPUs), median of {args.repeats} after {args.warmup} warm-up"
     )
     names = ["softmax", *args.maps]
-    results = {f"{name} {SHAPES[name]}": run(SHAPES[name], names, args.repeats, args.warmup) for name in args.shapes}
+    results = {}
+    for shape in args.shapes:
+        maps = [m for m in names if m != "tvmax" or shape == "decoder" or args.tvmax_encoder]
+        results[f"{shape} {SHAPES[shape]}"] = run(SHAPES[shape], maps, args.repeats, args.warmup)
     print(table(results))
 
 

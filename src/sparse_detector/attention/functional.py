@@ -3,24 +3,25 @@
 sparsemax (α = 2), entmax15 (α = 1.5) and α-entmax are p = [(α−1)z − τ]₊^{1/(α−1)} with the threshold τ chosen
 so that p sums to 1. They are hand-written rather than taken from the ``entmax`` library (which is the reference
 in the tests, not the implementation) because the library sorts every full row, or bisects 50 times over full
-rows, which makes it 10–100× slower than softmax on CPU. Here every support entry has p ≤ 1, i.e. lies within
-1/(α−1) of its row maximum, so one pass over the scores (row max and candidate mask, plus for α ≥ 1.5 one Newton
-step of the entmax15 equation, which is a lower bound of τ there) leaves a small (rows × K) candidate matrix, K the
-largest candidate count of a row. τ is solved on it by Newton iterations from below and the result scattered back:
+rows, which makes it 10–100× slower than softmax on CPU. Here τ is found by Newton iterations from a lower bound
+(every support entry has p ≤ 1, so τ ≥ max − 1 in X = (α−1)z), which rise monotonically to τ, without any sort:
 
-* α ∈ {1.5, 2} (floats): until the support stops changing; the closed form of τ on that support is then exact if
-  it is consistent with it (the sort/threshold result, without a sort);
-* any other α (float, or a tensor such as one α per head): Newton on h(τ) = ‖[X − τ]₊‖_q − 1, q = 1/(α−1), which is
-  convex and decreasing, so the iterates rise monotonically to τ and converge quadratically; iterated until a step
-  is below √eps, p is evaluated after one more step (error ~eps) and renormalised. Where α ≥ 1.5 it starts from
-  the exact entmax15 threshold of the same scores, a lower bound there and τ itself at α = 1.5.
+* entmax15: Newton on ‖[X − τ]₊‖₂ − 1 on the dense rows (reductions only) until a step is below √eps; the closed
+  form of τ on the support found is then exact when consistent with it (the sort/threshold result);
+* sparsemax: one such step on the dense rows narrows the candidates, which are packed into a small (K × rows)
+  matrix (K the largest candidate count of a row); Michelot's iteration (Newton for Σ [X − τ]₊ = 1) runs on it
+  until the support stops changing, which makes τ exact;
+* any other α (float, or a tensor such as one α per head): where α ≥ 1.5, a few such steps on the dense rows (still
+  lower bounds there, as d^{1/(α−1)} ≥ d² on [0, 1]) narrow the candidates, which are packed; Newton then runs on
+  h(τ) = ‖[X − τ]₊‖_q − 1, q = 1/(α−1), which is convex and decreasing, so the iterates converge quadratically
+  from below; once a step is below √eps, p is evaluated after one more step (error ~eps) and renormalised.
 
 Backward passes are closed form: s = p^{2−α} on the support, dz = s⊙g − (⟨s,g⟩/Σs)·s, and for α (Correia et al.
 2019) ∂p/∂α = q·(w − s·Σw/Σs) with w = s⊙z − p⊙log p; the shift invariance of that expression lets z be replaced
 on the support by p^{α−1}/(α−1), so w = p⊙(q − log p) and dL/dα = q·Σ w⊙(g − ⟨s,g⟩/Σs).
 
-Everything runs in fp32 (fp64 inputs stay fp64) and is returned in the input dtype. Under autocast nothing here
-is downcast: autocast only changes matmul/convolution-like ops, and inputs are cast explicitly.
+Everything runs in fp32 (fp64 inputs stay fp64) and is returned in the input dtype; inputs are cast explicitly and
+the forward passes run with autocast disabled (CPU autocast would run linalg reductions in bf16).
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 NEG_INF = float("-inf")
-# Newton iterations are capped; on attention-like scores the exact paths take 4–8 and the general one 2–6.
+# Newton iterations are capped; on attention-like scores they take 2–8.
 MAX_THRESHOLD_ITERS = 50
 # The candidate matrix is repacked to the shrinking support only when at least this tall (see _repack): lower
 # for the general α, whose Newton steps take a log and an exp per entry.
 REPACK_HEIGHT = 128
 REPACK_HEIGHT_POWERS = 32
+# Newton steps of the entmax15 equation taken on the dense rows before packing, for α ≥ 1.5 (measured on 850 keys).
+DENSE_STEPS = 3
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -141,11 +144,6 @@ class _Packing:
         return _Packing(origin.index_select(0, inner.index), inner.slot, inner.shape)
 
 
-def _is_exact(alpha: float | Tensor) -> bool:
-    """Whether α has a closed form on a given support (sparsemax, entmax15)."""
-    return isinstance(alpha, float) and alpha in (1.5, 2.0)
-
-
 def _powers(d: Tensor, exponent: float | Tensor) -> Tensor:
     """d^exponent for d ≥ 0 and exponent ≥ 0, exactly 0 where d = 0 (also for exponent 0).
 
@@ -157,10 +155,8 @@ def _powers(d: Tensor, exponent: float | Tensor) -> Tensor:
 
 
 def _support_weights(p: Tensor, alpha: float | Tensor) -> Tensor:
-    """s = p^{2−α} on the support of p, 0 elsewhere: the weights of the α-entmax Jacobian."""
-    if _is_exact(alpha):
-        return p.sign() if alpha == 2.0 else p.sqrt()
-    return _powers(p, 2 - alpha)
+    """s = p^{2−α} on the support of the packed p, 0 elsewhere: the weights of the α-entmax Jacobian."""
+    return p.sign() if isinstance(alpha, float) and alpha == 2.0 else _powers(p, 2 - alpha)
 
 
 def _repack(
@@ -189,34 +185,29 @@ def _l2_step(d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return step.clamp_(min=0), norm, total  # ≥ 0 but for rounding; below 0 every entry would turn positive
 
 
-def _entmax15_threshold(d: Tensor, tau: Tensor, frozen: Tensor | None = None) -> Tensor:
-    """Exact τ of Σ [X − τ]₊² = 1 on each row of the dense d = [X − τ]₊, from a lower bound ``tau``.
+def _entmax15_threshold(d: Tensor, scratch: Tensor) -> None:
+    """Make the dense d = [X − τ]₊ (τ a lower bound) exact for Σ [X − τ]₊² = 1 on each row, in place.
 
     Newton steps on ‖d‖₂ − 1 from below until one is under √eps, then the closed form on the support (the smaller
     root of Σ_S (X − τ)² = 1), exact when consistent with that support (no entry falls below it), else one more
-    Newton step (error ~eps). ``d`` is updated in place; rows in ``frozen`` keep their τ.
+    Newton step (error ~eps). ``scratch`` (like d) spares full-size temporaries, whose fresh pages cost more than
+    the arithmetic.
     """
     settle = math.sqrt(torch.finfo(d.dtype).eps)
     for _ in range(MAX_THRESHOLD_ITERS):
         step, norm, total = _l2_step(d)
-        if frozen is not None:
-            step.masked_fill_(frozen, 0.0)
         if float(step.max()) <= settle:
             break
         d.sub_(step).clamp_(min=0)
-        tau = tau + step
-    support = d.sign().sum(1, keepdim=True)
+    support = torch.sign(d, out=scratch).sum(1, keepdim=True)
     k = support.clamp(min=1)
     mean = total / k
     delta = (1 - norm.square() + total * mean) / k  # (1 − Σ_S (d − mean)²) / k
     closed = mean - delta.clamp(min=0).sqrt()
     slack = 8 * torch.finfo(d.dtype).eps
-    kept = (d - (closed - slack).clamp_(min=0)).clamp_(min=0).sign_().sum(1, keepdim=True)
-    shift = torch.where((delta >= 0) & (kept == support) & (support > 0), closed, step).clamp_(min=0)
-    if frozen is not None:
-        shift.masked_fill_(frozen, 0.0)
-    d.sub_(shift).clamp_(min=0)
-    return tau + shift
+    kept = torch.sub(d, (closed - slack).clamp_(min=0), out=scratch).clamp_(min=0).sign_().sum(1, keepdim=True)
+    shift = torch.where((delta >= 0) & (kept == support) & (support > 0), closed, step)
+    d.sub_(shift.clamp_(min=0)).clamp_(min=0)
 
 
 def _michelot_threshold(scores: Tensor, packing: _Packing, tau: Tensor) -> tuple[Tensor, Tensor, _Packing]:
@@ -281,17 +272,23 @@ def _entmax_forward(z: Tensor, alpha: float | Tensor) -> tuple[Tensor, _Packing 
     slack = 1e-3 / (alpha - 1) + 1e-5 * shift.abs()
     d = (z - (zmax - 1 / (alpha - 1) - slack).nan_to_num_(neginf=math.inf)).clamp_(min=0).mul_(alpha - 1)
     tau = -1 - (alpha - 1) * slack  # d = [X − τ]₊, the working rows, and the output buffer below
-    if _is_exact(alpha) and alpha == 1.5:  # exact on the dense rows: cheaper than packing for entmax15
-        _entmax15_threshold(d, tau)
-        p = d.square_()
-        return p, None, p
-    if isinstance(alpha, float) and alpha == 2.0:
-        step = _l2_step(d)[0]  # one step narrows the candidates about twofold
+    if isinstance(alpha, float) and alpha == 1.5:
+        p = torch.empty_like(d)
+        _entmax15_threshold(d, p)
+        return torch.mul(d, d, out=p), None, d  # p, and d = p^{1/2}: the Jacobian weights
+    # Newton steps of ‖d‖₂ − 1 on the dense rows narrow the candidates before packing (a lower bound for α ≥ 1.5;
+    # rows below keep τ0); one suffices for sparsemax, whose candidates are few.
+    below = alpha < 1.5 if isinstance(alpha, Tensor) else None
+    if isinstance(alpha, float):
+        dense_steps = 1 if alpha == 2.0 else DENSE_STEPS if alpha >= 1.5 else 0
+    else:
+        dense_steps = 0 if bool(below.all()) else DENSE_STEPS
+    for _ in range(dense_steps):
+        step = _l2_step(d)[0]
+        if below is not None:
+            step.masked_fill_(below, 0.0)
         d.sub_(step).clamp_(min=0)
         tau = tau + step
-    elif alpha >= 1.5 if isinstance(alpha, float) else bool((alpha >= 1.5).any()):
-        below = alpha < 1.5 if isinstance(alpha, Tensor) else None
-        tau = _entmax15_threshold(d, tau, frozen=below if below is not None and bool(below.any()) else None)
     packing = _Packing.select(d)
     alpha_t = alpha.t() if isinstance(alpha, Tensor) else alpha
     scores = packing.pack(z, NEG_INF).sub_(shift.t()).mul_(alpha_t - 1)
@@ -303,19 +300,14 @@ def _entmax_forward(z: Tensor, alpha: float | Tensor) -> tuple[Tensor, _Packing 
     return packing.unpack(p, d), packing, p
 
 
-def _entmax_grad(
-    p: Tensor, grad: Tensor, alpha: float | Tensor, dim: int, with_alpha: bool
-) -> tuple[Tensor, Tensor | None]:
-    """dz = s⊙g − (⟨s,g⟩/Σs)·s with s = p^{2−α}, reducing along ``dim``, and dL/dα per row if ``with_alpha``."""
-    s = _support_weights(p, alpha)
-    s_sum = s.sum(dim, keepdim=True).clamp_(min=torch.finfo(p.dtype).tiny)
-    centred = grad - torch.linalg.vecdot(s, grad, dim=dim).unsqueeze(dim) / s_sum
-    d_alpha = None
-    if with_alpha:
-        q = 1 / (alpha - 1)
-        log_p = p.clamp(min=torch.finfo(p.dtype).tiny).log_()
-        d_alpha = q * ((q - log_p).mul_(p).mul_(centred)).sum(dim, keepdim=True)
-    return centred.mul_(s), d_alpha
+def _jacobian_product(s: Tensor, grad: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """dz = s⊙(g − v), v = ⟨s,g⟩/Σs along ``dim``, for the Jacobian weights s = p^{2−α}; returns dz and v.
+
+    Computed as s⊙g − s·v in the one output buffer: full-size temporaries cost more than the arithmetic.
+    """
+    dz = torch.mul(s, grad)
+    v = dz.sum(dim, keepdim=True) / s.sum(dim, keepdim=True).clamp_(min=torch.finfo(s.dtype).tiny)
+    return dz.addcmul_(s, v, value=-1), v
 
 
 class EntmaxFunction(torch.autograd.Function):
@@ -327,8 +319,8 @@ class EntmaxFunction(torch.autograd.Function):
             out, packing, p = _entmax_forward(z, alpha)
         ctx.alpha = alpha if isinstance(alpha, float) else None
         ctx.packing = None if packing is None else (packing.shape,)
-        if packing is None:
-            ctx.save_for_backward(out)
+        if packing is None:  # dense entmax15: p holds the Jacobian weights p^{1/2}
+            ctx.save_for_backward(p)
         else:
             ctx.save_for_backward(p, packing.index, packing.slot, alpha if isinstance(alpha, Tensor) else None)
         return out
@@ -336,14 +328,19 @@ class EntmaxFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor | None]:
-        if ctx.packing is None:  # dense p (entmax15)
-            return _entmax_grad(ctx.saved_tensors[0], grad, ctx.alpha, 1, with_alpha=False)[0], None
+        if ctx.packing is None:
+            return _jacobian_product(ctx.saved_tensors[0], grad, dim=1)[0], None
         p, index, slot, alpha_rows = ctx.saved_tensors
         packing = _Packing(index, slot, ctx.packing[0])
         alpha = ctx.alpha if alpha_rows is None else alpha_rows.t()
-        with_alpha = alpha_rows is not None and ctx.needs_input_grad[1]
-        dz, d_alpha = _entmax_grad(p, packing.pack(grad.contiguous(), 0.0), alpha, 0, with_alpha)
-        return packing.unpack(dz, torch.empty_like(grad)), None if d_alpha is None else d_alpha.t()
+        g = packing.pack(grad.contiguous(), 0.0)
+        dz, v = _jacobian_product(_support_weights(p, alpha), g, dim=0)
+        d_alpha = None
+        if alpha_rows is not None and ctx.needs_input_grad[1]:
+            q = 1 / (alpha - 1)
+            log_p = p.clamp(min=torch.finfo(p.dtype).tiny).log_()
+            d_alpha = (q * ((q - log_p).mul_(p).mul_(g - v)).sum(0, keepdim=True)).t()
+        return packing.unpack(dz, torch.empty_like(grad)), d_alpha
 
 
 def entmax_rows(x: Tensor, alpha: float | Tensor, dim: int, mask: Tensor | None) -> Tensor:
