@@ -16,6 +16,7 @@ from sparse_detector.attention import (
     TVMax,
     entmax15,
     entmax_alpha,
+    functional,
     get_activation,
     softmax,
     sparsemax,
@@ -23,6 +24,15 @@ from sparse_detector.attention import (
 )
 
 F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, params=["cpu-kernels", "tensor-ops"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both implementations: the compiled CPU loops and the tensor operations used on GPUs."""
+    monkeypatch.setattr(functional, "CPU_KERNELS", request.param == "cpu-kernels")
+    return request.param
+
+
 SHAPES = [(1,), (3, 1), (4, 7), (2, 3, 33), (2, 5, 850)]
 
 
@@ -163,6 +173,16 @@ def test_fully_padded_rows_have_zero_output_and_gradient() -> None:
         assert not scores.grad.isnan().any()
         assert (scores.grad[1] == 0).all()
         scores.grad = None
+
+
+def test_nan_scores_give_nan_rows() -> None:
+    """A NaN score is not dropped silently: its row comes out NaN, so a non-finite loss is caught."""
+    x = torch.randn(3, 40)
+    x[1, 5] = float("nan")
+    for f in (sparsemax, entmax15, lambda v: entmax_alpha(v, 1.3)):
+        out = f(x)
+        assert out[1].isnan().all()
+        assert not out[[0, 2]].isnan().any()
 
 
 def test_low_precision_computes_in_fp32() -> None:

@@ -1,0 +1,309 @@
+"""α-entmax forward and backward on the CPU: one compiled loop per row (numba), exact, in float64 arithmetic.
+
+Written by hand because no maintained library has a fast exact entmax: the ``entmax`` library sorts full rows or
+bisects, and PyTorch on the CPU pays a pass over memory and an op dispatch per elementary step, so that the
+threshold search of :mod:`.entmax_tensor` costs several softmaxes. Here each row is read once for its maximum (by
+torch) and once for its candidates (entries with p ≤ 1 possible: X = (α−1)(z − max z) > −1), and the threshold τ of
+p = [X − τ]₊^{1/(α−1)} is found on those candidates alone, which shrink to the support as τ rises:
+
+* sparsemax (α = 2): Michelot's iteration (Newton's method for Σ [X − τ]₊ = 1 from below) until the support
+  stops changing; τ is then the closed form on that support, i.e. exact;
+* entmax15 (α = 1.5): Newton on ‖[X − τ]₊‖₂ = 1 from below until a step is below 1e-9, then the closed form on
+  the support found (the smaller root of Σ_S (X − τ)² = 1) when consistent with it, else one more step;
+* any other α: for α ≥ 1.5 the entmax15 root is a lower bound of τ (d^{1/(α−1)} ≥ d² on [0, 1]) and prunes the
+  candidates without powers; then Newton on ‖[X − τ]₊‖_q = 1, q = 1/(α−1), until a step is below 1e-9, one more
+  step, and p renormalised.
+
+Newton iterates from below only rise (the equations are convex and decreasing in τ), so entries at or below an
+iterate never return to the support and are dropped from the candidates as they fall out.
+
+The backward pass is closed form, per row: s = p^{2−α} on the support, dz = s⊙(g − v) with v = ⟨s,g⟩/Σs, and
+dL/dα = q·Σ p(q − log p)(g − v) (see :mod:`.functional`).
+
+Rows are split over ``torch.get_num_threads()`` threads. A row with a NaN score gives NaN (so that a non-finite
+loss is caught upstream); a row of −inf (fully padded) gives zeros.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+SPARSEMAX, ENTMAX15, GENERAL = 1, 2, 0
+# Newton stops once a step is below this (the next step's error is ~its square), iterations are capped.
+SETTLE = 1e-9
+MAX_ITERS = 100
+# Row chunks per thread: small enough to even out rows of different cost.
+CHUNKS_PER_THREAD = 8
+
+
+def mode_of(alpha: float | Tensor) -> int:
+    """The specialised solve for a float α (2 or 1.5), else the general one."""
+    if isinstance(alpha, float) and alpha == 2.0:
+        return SPARSEMAX
+    if isinstance(alpha, float) and alpha == 1.5:
+        return ENTMAX15
+    return GENERAL
+
+
+@numba.njit(cache=True, nogil=True)
+def _newton_l2(idx: np.ndarray, val: np.ndarray, k: int, tau: float, steps: int) -> tuple[int, float, float]:
+    """Newton steps of ‖[X − τ]₊‖₂ = 1 on the k candidates, dropping those at or below τ; returns (k, τ, last step)."""
+    step = 0.0
+    for _ in range(steps):
+        s1 = 0.0
+        s2 = 0.0
+        kept = 0
+        for j in range(k):  # branch-free compaction: every entry is copied, the kept ones advance
+            d = max(val[j] - tau, 0.0)
+            s1 += d
+            s2 += d * d
+            idx[kept] = idx[j]
+            val[kept] = val[j]
+            kept += d > 0.0
+        k = kept
+        norm = math.sqrt(s2)
+        step = max((norm - 1.0) * norm / s1, 0.0)
+        tau += step
+        if step <= SETTLE:
+            break
+    return k, tau, step
+
+
+@numba.njit(cache=True, nogil=True)
+def _sparsemax_threshold(idx: np.ndarray, val: np.ndarray, k: int) -> tuple[int, float]:
+    """Michelot's iteration: τ = (Σ_C X − 1)/|C| on the candidates C, dropping those at or below it, until none
+    drops; τ is then the closed form on a support consistent with it, i.e. exact. Returns (support size, τ)."""
+    tau = 0.0
+    for _ in range(MAX_ITERS):
+        total = 0.0
+        for j in range(k):
+            total += val[j]
+        tau = (total - 1.0) / k
+        kept = 0
+        for j in range(k):
+            idx[kept] = idx[j]
+            val[kept] = val[j]
+            kept += val[j] > tau
+        if kept == k:
+            break
+        k = kept
+    return k, tau
+
+
+@numba.njit(cache=True, nogil=True)
+def _entmax15_threshold(idx: np.ndarray, val: np.ndarray, k: int) -> tuple[int, float]:
+    """Newton from τ = −1, then the closed form on the support when consistent with it: (candidates, τ)."""
+    k, tau, step = _newton_l2(idx, val, k, -1.0, MAX_ITERS)
+    count = 0
+    total = 0.0
+    lowest = math.inf
+    for j in range(k):
+        if val[j] > tau:
+            count += 1
+            total += val[j]
+            lowest = min(lowest, val[j])
+    mean = total / count
+    spread = 0.0
+    for j in range(k):
+        if val[j] > tau:
+            spread += (val[j] - mean) * (val[j] - mean)
+    delta = (1.0 - spread) / count
+    if delta >= 0.0:
+        closed = mean - math.sqrt(delta)
+        if lowest > closed:
+            return k, closed
+    return k, tau + step
+
+
+@numba.njit(cache=True, nogil=True)
+def _general_probabilities(idx: np.ndarray, val: np.ndarray, k: int, alpha: float) -> int:
+    """p of the k candidates for any 1 < α ≤ 2 (written over ``val``); returns the candidate count kept."""
+    q = 1.0 / (alpha - 1.0)
+    tau = -1.0
+    if alpha >= 1.5:  # the entmax15 root bounds τ from below: prune without powers
+        k, tau, _ = _newton_l2(idx, val, k, tau, MAX_ITERS)
+    for _ in range(MAX_ITERS + 1):
+        slope = 0.0
+        norm_q = 0.0
+        kept = 0
+        for j in range(k):
+            d = val[j] - tau
+            if d > 0.0:
+                power = math.exp((q - 1.0) * math.log(d))
+                slope += power
+                norm_q += power * d
+                idx[kept] = idx[j]
+                val[kept] = val[j]
+                kept += 1
+        k = kept
+        log_norm = math.log(norm_q) / q
+        step = max(math.expm1(log_norm) / (math.exp((1.0 - q) * log_norm) * slope), 0.0)
+        tau += step
+        if step <= SETTLE:
+            break
+    total = 0.0
+    for j in range(k):
+        d = val[j] - tau
+        p = math.exp(q * math.log(d)) if d > 0.0 else 0.0
+        val[j] = p
+        total += p
+    for j in range(k):
+        val[j] /= total
+    return k
+
+
+@numba.njit(cache=True, nogil=True)
+def _forward_row(
+    z: np.ndarray, top: float, alpha: float, mode: int, out: np.ndarray, idx: np.ndarray, val: np.ndarray
+) -> None:
+    """p of one row with maximum ``top`` into ``out``; ``idx`` and ``val`` are scratch of the row's length."""
+    n = z.shape[0]
+    nan = top != top
+    fill = math.nan if nan else 0.0
+    for i in range(n):
+        out[i] = fill
+    if nan or top == -math.inf:
+        return
+    scale = alpha - 1.0
+    floor = top - 1.0 / scale
+    k = 0
+    for i in range(n):  # branch-free: every entry is written, the candidates advance
+        idx[k] = i
+        val[k] = scale * (z[i] - top)
+        k += z[i] > floor
+    if mode == SPARSEMAX:
+        k, tau = _sparsemax_threshold(idx, val, k)
+        for j in range(k):
+            out[idx[j]] = val[j] - tau
+    elif mode == ENTMAX15:
+        k, tau = _entmax15_threshold(idx, val, k)
+        for j in range(k):
+            d = val[j] - tau
+            if d > 0.0:
+                out[idx[j]] = d * d
+    else:
+        k = _general_probabilities(idx, val, k, alpha)
+        for j in range(k):
+            out[idx[j]] = val[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def _backward_row(
+    p: np.ndarray,
+    g: np.ndarray,
+    alpha: float,
+    mode: int,
+    with_alpha: bool,
+    dz: np.ndarray,
+    idx: np.ndarray,
+    weight: np.ndarray,
+) -> float:
+    """dz of one row (written into ``dz``); returns dL/dα when ``with_alpha``, else 0."""
+    n = p.shape[0]
+    k = 0
+    sg = 0.0
+    s_total = 0.0
+    for i in range(n):
+        dz[i] = 0.0
+        if p[i] > 0.0:
+            if mode == SPARSEMAX:
+                s = 1.0
+            elif mode == ENTMAX15:
+                s = math.sqrt(p[i])
+            else:
+                s = math.exp((2.0 - alpha) * math.log(p[i]))
+            idx[k] = i
+            weight[k] = s
+            sg += s * g[i]
+            s_total += s
+            k += 1
+    if k == 0:
+        return 0.0
+    v = sg / s_total
+    d_alpha = 0.0
+    q = 1.0 / (alpha - 1.0)
+    for j in range(k):
+        i = idx[j]
+        dz[i] = weight[j] * (g[i] - v)
+        if with_alpha:
+            d_alpha += p[i] * (q - math.log(p[i])) * (g[i] - v)
+    return q * d_alpha
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _forward(z: np.ndarray, top: np.ndarray, alpha: np.ndarray, mode: int, out: np.ndarray, chunks: int) -> None:
+    rows, n = z.shape
+    for c in numba.prange(chunks):
+        idx = np.empty(n, np.int64)
+        val = np.empty(n, np.float64)
+        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+            _forward_row(z[r], top[r], alpha[r if alpha.shape[0] > 1 else 0], mode, out[r], idx, val)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _backward(
+    p: np.ndarray,
+    g: np.ndarray,
+    alpha: np.ndarray,
+    mode: int,
+    with_alpha: bool,
+    dz: np.ndarray,
+    d_alpha: np.ndarray,
+    chunks: int,
+) -> None:
+    rows, n = p.shape
+    for c in numba.prange(chunks):
+        idx = np.empty(n, np.int64)
+        weight = np.empty(n, np.float64)
+        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+            a = alpha[r if alpha.shape[0] > 1 else 0]
+            d_alpha[r] = _backward_row(p[r], g[r], a, mode, with_alpha, dz[r], idx, weight)
+
+
+def _threads_and_chunks(rows: int) -> int:
+    """Use torch's intra-op thread count (within numba's limit); returns the number of row chunks."""
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    return max(1, min(rows, threads * CHUNKS_PER_THREAD))
+
+
+def _alpha_array(alpha: float | Tensor) -> np.ndarray:
+    """α as a float64 array: one value, or one per row from a (rows, 1) tensor."""
+    if isinstance(alpha, float):
+        return np.array([alpha])
+    return alpha.detach().reshape(-1).to(torch.float64).numpy()
+
+
+def forward(z: Tensor, alpha: float | Tensor) -> Tensor:
+    """α-entmax of the contiguous (rows, n) CPU scores ``z`` (float32 or float64) along the last dim."""
+    out = torch.empty_like(z)
+    if z.numel():
+        top = z.amax(1).numpy()  # vectorised (and NaN-propagating), unlike a loop
+        _forward(z.numpy(), top, _alpha_array(alpha), mode_of(alpha), out.numpy(), _threads_and_chunks(z.shape[0]))
+    return out
+
+
+def backward(p: Tensor, grad: Tensor, alpha: float | Tensor, with_alpha: bool) -> tuple[Tensor, Tensor]:
+    """dz, and dL/dα per row as (rows, 1) float64 (zeros unless ``with_alpha``), for the output ``p`` of
+    :func:`forward` and its gradient ``grad``."""
+    grad = grad.to(p.dtype).contiguous()
+    dz = torch.empty_like(p)
+    d_alpha = torch.zeros(p.shape[0], 1, dtype=torch.float64)
+    if p.numel():
+        chunks = _threads_and_chunks(p.shape[0])
+        _backward(
+            p.numpy(),
+            grad.numpy(),
+            _alpha_array(alpha),
+            mode_of(alpha),
+            with_alpha,
+            dz.numpy(),
+            d_alpha.numpy(),
+            chunks,
+        )
+    return dz, d_alpha
