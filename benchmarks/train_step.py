@@ -5,8 +5,9 @@
 
 One step = forward, Hungarian matching + losses, backward, gradient clipping, AdamW step, on random images with
 three random boxes each. Median over ``--repeats`` steps after ``--warmup`` steps. With several
-``--cross-attention`` maps, each case is also reported as a ratio to the first map (the decoder cross-attention
-site changes; everything else stays softmax).
+``--cross-attention`` maps, one model per map is built and their steps are taken in turn (so that load changes hit
+all alike), and each is reported as a ratio to the first map (the decoder cross-attention site changes; everything
+else stays softmax).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -40,18 +42,18 @@ def random_targets(batch: int, num_classes: int, device: torch.device) -> list[d
     return targets
 
 
-def time_steps(
+def make_step(
     preset: str, overrides: list[str], batch: int, side: int, device: torch.device, args: argparse.Namespace
-) -> float:
-    """Median seconds of one training step."""
+) -> Callable[[], float]:
+    """A model, criterion and optimiser for the config; returns a function that runs one step and times it."""
     config = load_config(preset, [*overrides, *args.set])
     model = build_model(config).to(device).train()
     criterion = build_criterion(config).to(device)
     optimizer = build_optimizer(model, config)
     images = torch.randn(batch, 3, side, side, device=device)
     targets = random_targets(batch, config.model.num_classes, device)
-    times = []
-    for i in range(args.warmup + args.repeats):
+
+    def step() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -62,9 +64,21 @@ def time_steps(
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return time.perf_counter() - start
+
+    return step
+
+
+def time_steps(steps: dict[str, Callable[[], float]], args: argparse.Namespace) -> dict[str, float]:
+    """Median seconds of one training step per map, the maps' steps taken in turn so that drift hits all alike."""
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            times[name].append(step())
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -85,13 +99,16 @@ def main() -> None:
     print("| case | image | batch | cross-attention | s/step | images/s | ratio |\n|---|---|---:|---|---:|---:|---:|")
     for case in args.cases:
         preset, overrides, batch, side = CASES[case]
-        reference = None
-        for activation in args.cross_attention:
-            site = [f"model.attention.decoder_cross.activation={activation}"]
-            seconds = time_steps(preset, [*overrides, *site], batch, side, device, args)
-            reference = reference or seconds
-            row = f"| {case} | {side}x{side} | {batch} | {activation} | {seconds:.3f} | {batch / seconds:.1f} |"
-            print(f"{row} {seconds / reference:.2f} |")
+        site = "model.attention.decoder_cross.activation"
+        steps = {
+            activation: make_step(preset, [*overrides, f"{site}={activation}"], batch, side, device, args)
+            for activation in args.cross_attention
+        }
+        seconds = time_steps(steps, args)
+        reference = seconds[args.cross_attention[0]]
+        for activation, value in seconds.items():
+            row = f"| {case} | {side}x{side} | {batch} | {activation} | {value:.3f} | {batch / value:.1f} |"
+            print(f"{row} {value / reference:.2f} |")
 
 
 if __name__ == "__main__":
