@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,15 @@ from scipy.optimize import minimize
 from torch import Tensor
 from torch.autograd import gradcheck
 
-from sparse_detector.attention import KeyGrid, TVMax, sparsemax, tvmax
+from sparse_detector.attention import KeyGrid, TVMax, functional, sparsemax, tvmax, tvmax_cpu
+
+
+@pytest.fixture(autouse=True, params=["cpu-kernels", "tensor-ops"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both implementations: the compiled CPU loops and the tensor operations used on GPUs."""
+    monkeypatch.setattr(functional, "CPU_KERNELS", request.param == "cpu-kernels")
+    return request.param
+
 
 F64 = torch.float64
 
@@ -91,6 +101,18 @@ def test_gradcheck_with_fused_groups() -> None:
     mask = torch.zeros(2, 12, dtype=torch.bool)
     mask[1, 8:] = True
     assert gradcheck(lambda v: tvmax(v, (3, 4), 0.3, mask=mask), (x,))
+
+
+def test_group_means_agree_on_large_groups() -> None:
+    """The union–find of the CPU kernels and the label propagation of the tensor path find the same groups."""
+    tensor_path = importlib.import_module("sparse_detector.attention.tvmax")  # the package's `tvmax` is the function
+    height, width = 9, 13
+    values = torch.randn(40, height * width, dtype=F64)
+    edges = (height * width - 1, height * width - width)
+    for density in (0.3, 0.6, 0.9):  # from many small groups to a few spanning ones
+        fused = tuple(torch.rand(40, count) < density for count in edges)
+        expected = tensor_path._group_mean(values, fused, (1, width))
+        assert (tvmax_cpu.group_mean(values, fused, width) - expected).abs().max() <= 1e-12
 
 
 def _padded(z: Tensor, valid_hw: tuple[int, int], padded_hw: tuple[int, int]) -> Tensor:

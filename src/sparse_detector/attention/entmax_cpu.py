@@ -265,7 +265,7 @@ def _backward(
             d_alpha[r] = _backward_row(p[r], g[r], a, mode, with_alpha, dz[r], idx, weight)
 
 
-def _threads_and_chunks(rows: int) -> int:
+def threads_and_chunks(rows: int) -> int:
     """Use torch's intra-op thread count (within numba's limit); returns the number of row chunks."""
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(threads)
@@ -284,7 +284,7 @@ def forward(z: Tensor, alpha: float | Tensor) -> Tensor:
     out = torch.empty_like(z)
     if z.numel():
         top = z.amax(1).numpy()  # vectorised (and NaN-propagating), unlike a loop
-        _forward(z.numpy(), top, _alpha_array(alpha), mode_of(alpha), out.numpy(), _threads_and_chunks(z.shape[0]))
+        _forward(z.numpy(), top, _alpha_array(alpha), mode_of(alpha), out.numpy(), threads_and_chunks(z.shape[0]))
     return out
 
 
@@ -295,7 +295,7 @@ def backward(p: Tensor, grad: Tensor, alpha: float | Tensor, with_alpha: bool) -
     dz = torch.empty_like(p)
     d_alpha = torch.zeros(p.shape[0], 1, dtype=torch.float64)
     if p.numel():
-        chunks = _threads_and_chunks(p.shape[0])
+        chunks = threads_and_chunks(p.shape[0])
         _backward(
             p.numpy(),
             grad.numpy(),
