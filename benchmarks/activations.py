@@ -2,7 +2,7 @@
 
 Shapes: decoder cross-attention (batch 2 × 8 heads, 100 queries, 850 keys) and encoder self-attention
 (2 × 8, 850 × 850 keys); TVMax lays the 850 keys out as a 25 × 34 grid, at the decoder shape only unless
-``--tvmax-encoder`` (about a minute per call there). Forward and forward+backward (with the α gradient for the
+``--tvmax-encoder`` (about 2 s per call there on 2 CPU cores). Forward and forward+backward (with the α gradient for the
 learnable α-entmax) of each map are timed round-robin with softmax, so that load changes on a shared machine hit
 both alike, and the library's counterpart apart; the table reports medians after warm-up, as ratios to softmax and
 to the library.
