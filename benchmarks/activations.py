@@ -28,18 +28,17 @@ from sparse_detector.attention import AlphaEntmax, entmax15, sparsemax, tvmax
 SHAPES = {"decoder": (2, 8, 100, 850), "encoder": (2, 8, 850, 850)}
 GRID = (25, 34)
 TV_LAMBDA = 0.1
-ALPHA = 1.5
 
 
-def _maps(heads: int) -> dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor] | None]]:
-    """name -> (ours, the entmax library's counterpart or None)."""
-    learnable = AlphaEntmax(num_heads=heads, alpha_init=ALPHA)
-    library_alpha = torch.full((1, heads, 1, 1), ALPHA, requires_grad=True)
+def _maps(heads: int, alpha: float) -> dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor] | None]]:
+    """name -> (ours, the entmax library's counterpart or None); ``alpha`` is the learnable α's initial value."""
+    learnable = AlphaEntmax(num_heads=heads, alpha_init=alpha)
+    library_alpha = torch.full((1, heads, 1, 1), alpha, requires_grad=True)
     return {
         "softmax": (lambda x: torch.softmax(x, dim=-1), None),
         "sparsemax": (sparsemax, lambda x: entmax.sparsemax(x, dim=-1)),
         "entmax15": (entmax15, lambda x: entmax.entmax15(x, dim=-1)),
-        "alpha_entmax (learnable α)": (
+        f"alpha_entmax (learnable α = {alpha})": (
             learnable,
             lambda x: entmax.entmax_bisect(x, library_alpha.expand(*x.shape[:-1], 1), dim=-1),
         ),
@@ -80,7 +79,7 @@ def _round_robin(calls: dict[tuple[str, str], Callable[[], object]], repeats: in
     return {key: statistics.median(values) for key, values in times.items()}
 
 
-def run(shape: tuple[int, ...], names: list[str], repeats: int, warmup: int) -> dict[str, Medians]:
+def run(shape: tuple[int, ...], names: list[str], alpha: float, repeats: int, warmup: int) -> dict[str, Medians]:
     """Per map: ours timed round-robin with softmax (the ratio's reference), then the library's counterpart alone.
 
     The library is timed apart because its full-row sorts churn memory, which would disturb the other timings.
@@ -92,9 +91,10 @@ def run(shape: tuple[int, ...], names: list[str], repeats: int, warmup: int) -> 
     def passes(impl: str, f: Callable[[Tensor], Tensor]) -> dict[tuple[str, str], Callable[[], object]]:
         return {(impl, "fwd"): lambda: f(x), (impl, "fwd+bwd"): lambda: f(x_grad).backward(grad)}
 
-    softmax = _maps(shape[1])["softmax"][0]
+    maps = _maps(shape[1], alpha)
+    softmax = maps["softmax"][0]
     results = {}
-    for name, (ours, library) in _maps(shape[1]).items():
+    for name, (ours, library) in maps.items():
         if name == "softmax" or name.split()[0] not in names:
             continue
         results[name] = _round_robin({**passes("softmax", softmax), **passes("ours", ours)}, repeats, warmup)
@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per case, median reported (>= 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs per case first")
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["decoder", "encoder"])
+    parser.add_argument("--alpha", type=float, default=1.5, help="initial value of the learnable α (default 1.5)")
     parser.add_argument("--tvmax-encoder", action="store_true", help="also time TVMax at the encoder shape")
     parser.add_argument(
         "--maps",
@@ -156,7 +157,7 @@ def main() -> None:
     results = {}
     for shape in args.shapes:
         maps = [m for m in args.maps if m != "tvmax" or shape == "decoder" or args.tvmax_encoder]
-        results[f"{shape} {SHAPES[shape]}"] = run(SHAPES[shape], maps, args.repeats, args.warmup)
+        results[f"{shape} {SHAPES[shape]}"] = run(SHAPES[shape], maps, args.alpha, args.repeats, args.warmup)
     print(table(results))
 
 

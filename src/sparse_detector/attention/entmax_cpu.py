@@ -10,9 +10,9 @@ p = [X − τ]₊^{1/(α−1)} is found on those candidates alone, which shrink 
   stops changing; τ is then the closed form on that support, i.e. exact;
 * entmax15 (α = 1.5): Newton on ‖[X − τ]₊‖₂ = 1 from below until a step is below 1e-9, then the closed form on
   the support found (the smaller root of Σ_S (X − τ)² = 1) when consistent with it, else one more step;
-* any other α: for α ≥ 1.5 the entmax15 root is a lower bound of τ (d^{1/(α−1)} ≥ d² on [0, 1]) and prunes the
-  candidates without powers; then Newton on ‖[X − τ]₊‖_q = 1, q = 1/(α−1), until a step is below 1e-9, one more
-  step, and p renormalised.
+* any other α: the root of ‖[X − τ]₊‖_m = 1 for the integer m = max(2, ⌈q⌉) ≥ q, q = 1/(α−1), bounds τ from
+  below (d^m ≤ d^q on [0, 1]: fewer mass, a lower threshold) and prunes the candidates without exp/log per entry;
+  then Newton on ‖[X − τ]₊‖_q = 1 until a step is below 1e-9, one more step, and p renormalised.
 
 Newton iterates from below only rise (the equations are convex and decreasing in τ), so entries at or below an
 iterate never return to the support and are dropped from the candidates as they fall out.
@@ -51,23 +51,39 @@ def mode_of(alpha: float | Tensor) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _newton_l2(idx: np.ndarray, val: np.ndarray, k: int, tau: float, steps: int) -> tuple[int, float, float]:
-    """Newton steps of ‖[X − τ]₊‖₂ = 1 on the k candidates, dropping those at or below τ; returns (k, τ, last step)."""
+def _integer_power(d: float, m: int) -> float:
+    """d^m for an integer m ≥ 0 by repeated squaring (no exp/log)."""
+    result = 1.0
+    while m:
+        if m & 1:
+            result *= d
+        d *= d
+        m >>= 1
+    return result
+
+
+@numba.njit(cache=True, nogil=True)
+def _newton_norm(idx: np.ndarray, val: np.ndarray, k: int, tau: float, m: int, steps: int) -> tuple[int, float, float]:
+    """Newton steps of ‖[X − τ]₊‖_m = 1 (integer m ≥ 2) on the k candidates, dropping those at or below τ.
+
+    Returns (k, τ, last step). Powers of an integer order need no exp/log per entry, only one root per row.
+    """
     step = 0.0
     for _ in range(steps):
-        s1 = 0.0
-        s2 = 0.0
+        low = 0.0  # Σ d^{m−1}
+        high = 0.0  # Σ d^m
         kept = 0
         for j in range(k):  # branch-free compaction: every entry is copied, the kept ones advance
             d = max(val[j] - tau, 0.0)
-            s1 += d
-            s2 += d * d
+            power = d if m == 2 else _integer_power(d, m - 1)
+            low += power
+            high += power * d
             idx[kept] = idx[j]
             val[kept] = val[j]
             kept += d > 0.0
         k = kept
-        norm = math.sqrt(s2)
-        step = max((norm - 1.0) * norm / s1, 0.0)
+        norm = math.sqrt(high) if m == 2 else high ** (1.0 / m)
+        step = max((norm - 1.0) * _integer_power(norm, m - 1) / low, 0.0)
         tau += step
         if step <= SETTLE:
             break
@@ -98,7 +114,7 @@ def _sparsemax_threshold(idx: np.ndarray, val: np.ndarray, k: int) -> tuple[int,
 @numba.njit(cache=True, nogil=True)
 def _entmax15_threshold(idx: np.ndarray, val: np.ndarray, k: int) -> tuple[int, float]:
     """Newton from τ = −1, then the closed form on the support when consistent with it: (candidates, τ)."""
-    k, tau, step = _newton_l2(idx, val, k, -1.0, MAX_ITERS)
+    k, tau, step = _newton_norm(idx, val, k, -1.0, 2, MAX_ITERS)
     count = 0
     total = 0.0
     lowest = math.inf
@@ -125,8 +141,9 @@ def _general_probabilities(idx: np.ndarray, val: np.ndarray, k: int, alpha: floa
     """p of the k candidates for any 1 < α ≤ 2 (written over ``val``); returns the candidate count kept."""
     q = 1.0 / (alpha - 1.0)
     tau = -1.0
-    if alpha >= 1.5:  # the entmax15 root bounds τ from below: prune without powers
-        k, tau, _ = _newton_l2(idx, val, k, tau, MAX_ITERS)
+    # The root for an integer order m ≥ q bounds τ from below (d^m ≤ d^q on [0, 1]) and prunes the candidates
+    # without exp/log per entry; q within 1e-9 of an integer counts as that integer (α = 1.2 gives 5.000000000000001).
+    k, tau, _ = _newton_norm(idx, val, k, tau, max(2, math.ceil(q - 1e-9)), MAX_ITERS)
     for _ in range(MAX_ITERS + 1):
         slope = 0.0
         norm_q = 0.0
