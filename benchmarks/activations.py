@@ -8,6 +8,7 @@ both alike, and the library's counterpart apart; the table reports medians after
 to the library.
 
     python benchmarks/activations.py --threads 2 --repeats 20
+    python benchmarks/activations.py --device cuda --repeats 50     # on a GPU: the tensor-operation path
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ GRID = (25, 34)
 TV_LAMBDA = 0.1
 
 
-def _maps(heads: int, alpha: float) -> dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor] | None]]:
+def _maps(
+    heads: int, alpha: float, device: torch.device
+) -> dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor] | None]]:
     """name -> (ours, the entmax library's counterpart or None); ``alpha`` is the learnable α's initial value."""
-    learnable = AlphaEntmax(num_heads=heads, alpha_init=alpha)
-    library_alpha = torch.full((1, heads, 1, 1), alpha, requires_grad=True)
+    learnable = AlphaEntmax(num_heads=heads, alpha_init=alpha).to(device)
+    library_alpha = torch.full((1, heads, 1, 1), alpha, device=device, requires_grad=True)
     return {
         "softmax": (lambda x: torch.softmax(x, dim=-1), None),
         "sparsemax": (sparsemax, lambda x: entmax.sparsemax(x, dim=-1)),
@@ -59,8 +62,11 @@ def _cpu_name() -> str:
 
 
 def _time(fn: Callable[[], object]) -> float:
+    synchronize = torch.cuda.synchronize if torch.cuda.is_initialized() else lambda: None
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
 
 
@@ -79,19 +85,21 @@ def _round_robin(calls: dict[tuple[str, str], Callable[[], object]], repeats: in
     return {key: statistics.median(values) for key, values in times.items()}
 
 
-def run(shape: tuple[int, ...], names: list[str], alpha: float, repeats: int, warmup: int) -> dict[str, Medians]:
+def run(
+    shape: tuple[int, ...], names: list[str], alpha: float, device: torch.device, repeats: int, warmup: int
+) -> dict[str, Medians]:
     """Per map: ours timed round-robin with softmax (the ratio's reference), then the library's counterpart alone.
 
     The library is timed apart because its full-row sorts churn memory, which would disturb the other timings.
     """
-    x = torch.randn(shape)
+    x = torch.randn(shape, device=device)
     x_grad = x.clone().requires_grad_()
-    grad = torch.randn(shape)
+    grad = torch.randn(shape, device=device)
 
     def passes(impl: str, f: Callable[[Tensor], Tensor]) -> dict[tuple[str, str], Callable[[], object]]:
         return {(impl, "fwd"): lambda: f(x), (impl, "fwd+bwd"): lambda: f(x_grad).backward(grad)}
 
-    maps = _maps(shape[1], alpha)
+    maps = _maps(shape[1], alpha, device)
     softmax = maps["softmax"][0]
     results = {}
     for name, (ours, library) in maps.items():
@@ -132,6 +140,7 @@ def table(results: dict[str, dict[str, Medians]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per case, median reported (>= 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs per case first")
@@ -150,14 +159,16 @@ def main() -> None:
         parser.error("--repeats must be at least 10")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"
     print(
-        f"torch {torch.__version__}, entmax {entmax.__version__}, {args.threads} threads, "
+        f"torch {torch.__version__}, entmax {entmax.__version__}, {where}, "
         f"{_cpu_name()} ({os.cpu_count()} CPUs), median of {args.repeats} after {args.warmup} warm-up"
     )
     results = {}
     for shape in args.shapes:
         maps = [m for m in args.maps if m != "tvmax" or shape == "decoder" or args.tvmax_encoder]
-        results[f"{shape} {SHAPES[shape]}"] = run(SHAPES[shape], maps, args.alpha, args.repeats, args.warmup)
+        results[f"{shape} {SHAPES[shape]}"] = run(SHAPES[shape], maps, args.alpha, device, args.repeats, args.warmup)
     print(table(results))
 
 
