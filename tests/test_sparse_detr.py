@@ -9,6 +9,7 @@ import torch
 
 from sparse_detector import build_model, load_config
 from sparse_detector.attention import AlphaEntmax, Softmax, Sparsemax, TVMax
+from sparse_detector.config import ConfigError
 from sparse_detector.engine.optim import build_optimizer, build_scheduler
 from sparse_detector.engine.trainer import Trainer, alpha_values
 
@@ -41,6 +42,12 @@ def test_each_site_gets_its_own_map():
         build_model(load_config("shapes_tiny", SMALL_MODEL)).transformer.decoder.layers[0].multihead_attn.activation,
         Softmax,
     )
+
+
+def test_tvmax_only_where_keys_form_the_feature_grid():
+    config = load_config("shapes_tiny", [*SMALL_MODEL, "model.attention.decoder_self.activation=tvmax"])
+    with pytest.raises(ConfigError, match=r"model\.attention\.decoder_self\.activation: tvmax needs keys on"):
+        build_model(config)
 
 
 def test_alpha_parameters_have_their_own_optimizer_group():

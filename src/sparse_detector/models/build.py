@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..attention.base import AttentionActivation
 from ..attention.registry import get_activation
-from ..config import AttentionSiteConfig, Config, ModelConfig
+from ..config import AttentionSiteConfig, Config, ConfigError, ModelConfig
 from .backbone import Backbone, Joiner
 from .criterion import SetCriterion
 from .detr import DETR
@@ -13,6 +13,8 @@ from .position_encoding import build_position_encoding
 from .transformer import Transformer
 
 ATTENTION_SITES = ("encoder_self", "decoder_self", "decoder_cross")
+#: Sites whose keys are the image's feature grid: the only ones where TVMax (a penalty over grid neighbours) applies.
+GRID_SITES = ("encoder_self", "decoder_cross")
 
 
 def build_activation(site: AttentionSiteConfig, num_heads: int) -> AttentionActivation:
@@ -27,6 +29,12 @@ def build_activation(site: AttentionSiteConfig, num_heads: int) -> AttentionActi
 def build_transformer(cfg: ModelConfig) -> Transformer:
     t = cfg.transformer
     sites = {name: getattr(cfg.attention, name) for name in ATTENTION_SITES}
+    for name, site in sites.items():
+        if site.activation == "tvmax" and name not in GRID_SITES:
+            raise ConfigError(
+                f"model.attention.{name}.activation: tvmax needs keys on the image's feature grid, which the "
+                f"{name} site does not have (its keys are the object queries); use tvmax at {' or '.join(GRID_SITES)}"
+            )
     return Transformer(
         d_model=t.hidden_dim,
         nhead=t.nheads,
