@@ -11,8 +11,9 @@ p = [X − τ]₊^{1/(α−1)} is found on those candidates alone, which shrink 
 * entmax15 (α = 1.5): Newton on ‖[X − τ]₊‖₂ = 1 from below until a step is below 1e-9, then the closed form on
   the support found (the smaller root of Σ_S (X − τ)² = 1) when consistent with it, else one more step;
 * any other α: the root of ‖[X − τ]₊‖_m = 1 for the integer m = max(2, ⌈q⌉) ≥ q, q = 1/(α−1), bounds τ from
-  below (d^m ≤ d^q on [0, 1]: fewer mass, a lower threshold) and prunes the candidates without exp/log per entry;
-  then Newton on ‖[X − τ]₊‖_q = 1 until a step is below 1e-9, one more step, and p renormalised.
+  below (d^m ≤ d^q on [0, 1]: less mass, a lower threshold) and prunes the candidates without exp/log per entry;
+  then Newton on ‖[X − τ]₊‖_q = 1 until a step is below 1e-9, that last step applied to p to first order, and p
+  renormalised.
 
 Newton iterates from below only rise (the equations are convex and decreasing in τ), so entries at or below an
 iterate never return to the support and are dropped from the candidates as they fall out.
