@@ -267,6 +267,18 @@ def _backward_row(
     return q * d_alpha
 
 
+@numba.njit(cache=True, nogil=True)
+def chunk(c: int, rows: int, chunks: int) -> tuple[int, int]:
+    """[start, stop) of the rows of chunk c when ``rows`` are split into ``chunks`` near-equal chunks."""
+    return c * rows // chunks, (c + 1) * rows // chunks
+
+
+@numba.njit(cache=True, nogil=True)
+def row_of(array: np.ndarray, r: int) -> np.ndarray | float:
+    """``array[r]``, or ``array[0]`` when ``array`` holds one value (or row) shared by all rows."""
+    return array[r if array.shape[0] > 1 else 0]
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _forward(z: np.ndarray, top: np.ndarray, alpha: np.ndarray, mode: int, out: np.ndarray, chunks: int) -> None:
     rows, n = z.shape
@@ -274,8 +286,9 @@ def _forward(z: np.ndarray, top: np.ndarray, alpha: np.ndarray, mode: int, out: 
         idx = np.empty(n, np.int64)
         val = np.empty(n, np.float64)
         work = np.empty(n, np.float64)
-        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            _forward_row(z[r], top[r], alpha[r if alpha.shape[0] > 1 else 0], mode, out[r], idx, val, work)
+        start, stop = chunk(c, rows, chunks)
+        for r in range(start, stop):
+            _forward_row(z[r], top[r], row_of(alpha, r), mode, out[r], idx, val, work)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -294,9 +307,9 @@ def _backward(
         idx = np.empty(n, np.int64)
         weight = np.empty(n, np.float64)
         log_p = np.empty(n, np.float64)
-        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            a = alpha[r if alpha.shape[0] > 1 else 0]
-            d_alpha[r] = _backward_row(p[r], g[r], a, mode, with_alpha, dz[r], idx, weight, log_p)
+        start, stop = chunk(c, rows, chunks)
+        for r in range(start, stop):
+            d_alpha[r] = _backward_row(p[r], g[r], row_of(alpha, r), mode, with_alpha, dz[r], idx, weight, log_p)
 
 
 def threads_and_chunks(rows: int) -> int:

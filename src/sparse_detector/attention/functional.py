@@ -28,6 +28,11 @@ NEG_INF = float("-inf")
 CPU_KERNELS = True
 
 
+def uses_cpu_kernels(x: Tensor) -> bool:
+    """Whether maps of ``x`` run in the compiled CPU loops (:mod:`.entmax_cpu`, :mod:`.tvmax_cpu`)."""
+    return x.device.type == "cpu" and CPU_KERNELS
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the maps are computed in: float64 stays float64, everything else runs in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -77,7 +82,7 @@ class EntmaxFunction(torch.autograd.Function):
     def forward(ctx: FunctionCtx, z: Tensor, alpha: float | Tensor) -> Tensor:
         ctx.alpha = alpha if isinstance(alpha, float) else None
         alpha_rows = alpha if isinstance(alpha, Tensor) else None
-        ctx.cpu = z.device.type == "cpu" and CPU_KERNELS
+        ctx.cpu = uses_cpu_kernels(z)
         with torch.autocast(z.device.type, enabled=False):  # e.g. CPU autocast would run linalg ops in bf16
             if ctx.cpu:
                 out = entmax_cpu.forward(z, alpha)

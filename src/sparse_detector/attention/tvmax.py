@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from . import functional, tvmax_cpu
+from . import tvmax_cpu
 from .base import AttentionActivation, KeyGrid
-from .functional import NEG_INF, EntmaxFunction, compute_dtype
+from .functional import NEG_INF, EntmaxFunction, compute_dtype, uses_cpu_kernels
 from .registry import register_activation
 
 MAX_PROX_ITERS = 1000
@@ -135,7 +135,7 @@ class TVProxFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, z: Tensor, bound_h: Tensor, bound_v: Tensor, width: int) -> Tensor:
         with torch.autocast(z.device.type, enabled=False):  # e.g. CPU autocast would run vecdot in bf16
-            if z.device.type == "cpu" and functional.CPU_KERNELS:
+            if uses_cpu_kernels(z):
                 x = tvmax_cpu.prox(z, (bound_h, bound_v), width, MAX_PROX_ITERS, CHECK_EVERY)
             else:
                 x = _tv_prox(z, (bound_h, bound_v), width)
@@ -152,7 +152,7 @@ class TVProxFunction(torch.autograd.Function):
         fused = tuple((_diff(x, s).abs() <= ctx.tol) & (b > 0) for s, b in zip(steps, bounds, strict=True))
         if not any(bool(f.any()) for f in fused):
             return grad, None, None, None
-        if grad.device.type == "cpu" and functional.CPU_KERNELS:
+        if uses_cpu_kernels(grad):
             return tvmax_cpu.group_mean(grad, fused, ctx.width), None, None, None
         return _group_mean(grad.contiguous(), fused, steps), None, None, None
 

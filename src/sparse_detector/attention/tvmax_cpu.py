@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .entmax_cpu import threads_and_chunks
+from .entmax_cpu import chunk, row_of, threads_and_chunks
 
 
 @numba.njit(cache=True, nogil=True)
@@ -127,10 +127,9 @@ def _prox(
     maps, n = z.shape
     for c in numba.prange(chunks):
         scratch = np.empty((7, n), np.float64)
-        for m in range(c * maps // chunks, (c + 1) * maps // chunks):
-            b_h = bound_h[m if bound_h.shape[0] > 1 else 0]
-            b_v = bound_v[m if bound_v.shape[0] > 1 else 0]
-            _prox_map(z[m], b_h, b_v, width, eps, max_iters, check_every, out[m], scratch)
+        start, stop = chunk(c, maps, chunks)
+        for m in range(start, stop):
+            _prox_map(z[m], row_of(bound_h, m), row_of(bound_v, m), width, eps, max_iters, check_every, out[m], scratch)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -182,7 +181,8 @@ def _group_mean(
         parent = np.empty(n, np.int64)
         sums = np.empty(n, np.float64)
         counts = np.empty(n, np.int64)
-        for m in range(c * maps // chunks, (c + 1) * maps // chunks):
+        start, stop = chunk(c, maps, chunks)
+        for m in range(start, stop):
             _group_mean_map(values[m], fused_h[m], fused_v[m], width, out[m], parent, sums, counts)
 
 
