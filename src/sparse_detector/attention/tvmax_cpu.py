@@ -40,7 +40,8 @@ def _tv1d(y: np.ndarray, n: int, lam: float, x: np.ndarray) -> None:
     """x[:n] = argmin ½‖x − y‖² + λ Σ_k |x_{k+1} − x_k|, exactly, by Condat's direct algorithm (2013).
 
     It runs along the line keeping the range [vmin, vmax] of values the current segment can still take, and
-    fixes the segment at vmin or vmax once the running sums show a jump down or up; a few passes in the worst case.
+    fixes the segment at vmin or vmax once the running sums show a jump down or up, then restarts after it:
+    linear time in practice, quadratic at worst.
     """
     if n == 1:
         x[0] = y[0]
