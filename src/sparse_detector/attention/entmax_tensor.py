@@ -13,7 +13,7 @@ The threshold τ of p = [X − τ]₊^{1/(α−1)}, X = (α−1)(z − max z), i
 * Newton steps on ‖[X − τ]₊‖_q = 1, q = 1/(α−1), from below (convex and decreasing in τ: the iterates rise to
   τ quadratically) until one is below √eps; then sparsemax goes on with Michelot's iteration until the support
   stops changing (τ is then the closed form on it, exact), entmax15 takes the closed form on the support found
-  when consistent with it, and any other α takes one more step and renormalises p.
+  when consistent with it (else one more step), and any other α takes one more step; p is then renormalised.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def _solve(x: Tensor, alpha: float | Tensor, tau: Tensor) -> Tensor:
     * sparsemax: Michelot's iteration goes on until the support stops changing, when τ is the closed form on
       that support and consistent with it, i.e. exact (the sort/threshold result);
     * entmax15: the closed form on the support found (the smaller root of Σ_S (X − τ)² = 1) when consistent
-      with that support (no entry falls below it), else one more step;
+      with that support (no entry falls below it), else one more step and p renormalised;
     * any other α: one more step (error ~eps), and p renormalised.
     """
     q = 1 / (alpha - 1)
