@@ -1,13 +1,15 @@
-"""Time the attention activations against softmax and the ``entmax`` library, in one process, on the same inputs.
+"""Time the attention maps against softmax in one process, on the score distributions a DETR produces.
 
 Shapes: decoder cross-attention (batch 2 × 8 heads, 100 queries, 850 keys) and encoder self-attention
-(2 × 8, 850 × 850 keys); TVMax lays the 850 keys out as a 25 × 34 grid, at the decoder shape only unless
-``--tvmax-encoder`` (about 2 s per call there on 2 CPU cores). Forward and forward+backward (with the α gradient for the
-learnable α-entmax) of each map are timed round-robin with softmax, so that load changes on a shared machine hit
-both alike, and the library's counterpart apart; the table reports medians after warm-up, as ratios to softmax and
-to the library.
+(2 × 8, 850 × 850 keys); TVMax lays the 850 keys out as a 25 × 34 grid. Scores are N(0, σ²) with σ = 0.1
+(``uniform``: near-uniform, an untrained model), 1 (``normal``) or 3 (``peaked``: a trained model); α-entmax is
+timed for each α of ``--alphas`` as one α tensor per head with its gradient (the learnable α's path). Forward and
+forward+backward of each map are timed in turn with softmax's (so that load changes on a shared machine hit both
+alike), inputs and upstream gradients made before the timed region; medians after warm-up, as ratios to softmax.
+``--library`` also times the ``entmax`` library's counterpart, apart (its full-row sorts churn memory).
 
-    python benchmarks/activations.py --threads 2 --repeats 20
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/activations.py --threads 2 --repeats 10 --shapes decoder
+    python benchmarks/activations.py --maps alpha_entmax --alphas 1.01 1.1 1.5 --scores uniform
     python benchmarks/activations.py --device cuda --repeats 50     # on a GPU: the tensor-operation path
 """
 
@@ -24,29 +26,33 @@ import entmax
 import torch
 from torch import Tensor
 
-from sparse_detector.attention import AlphaEntmax, entmax15, sparsemax, tvmax
+from sparse_detector.attention import entmax15, entmax_alpha, sparsemax, tvmax
 
 SHAPES = {"decoder": (2, 8, 100, 850), "encoder": (2, 8, 850, 850)}
+SCORES = {"uniform": 0.1, "normal": 1.0, "peaked": 3.0}  # σ of N(0, σ²) scores
 GRID = (25, 34)
 TV_LAMBDA = 0.1
+MAPS = ["sparsemax", "entmax15", "alpha_entmax", "tvmax"]
+
+Map = Callable[[Tensor], Tensor]
 
 
-def _maps(
-    heads: int, alpha: float, device: torch.device
-) -> dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor] | None]]:
-    """name -> (ours, the entmax library's counterpart or None); ``alpha`` is the learnable α's initial value."""
-    learnable = AlphaEntmax(num_heads=heads, alpha_init=alpha).to(device)
-    library_alpha = torch.full((1, heads, 1, 1), alpha, device=device, requires_grad=True)
-    return {
-        "softmax": (lambda x: torch.softmax(x, dim=-1), None),
-        "sparsemax": (sparsemax, lambda x: entmax.sparsemax(x, dim=-1)),
-        "entmax15": (entmax15, lambda x: entmax.entmax15(x, dim=-1)),
-        f"alpha_entmax (learnable α = {alpha})": (
-            learnable,
-            lambda x: entmax.entmax_bisect(x, library_alpha.expand(*x.shape[:-1], 1), dim=-1),
-        ),
-        "tvmax (λ=0.1, 25×34)": (lambda x: tvmax(x, GRID, TV_LAMBDA), None),
-    }
+def _maps(names: list[str], alphas: list[float], heads: int, device: torch.device) -> dict[str, tuple[Map, Map]]:
+    """Row label -> (ours, the entmax library's counterpart) for the requested maps."""
+    maps: dict[str, tuple[Map, Map]] = {}
+    if "sparsemax" in names:
+        maps["sparsemax"] = (sparsemax, lambda x: entmax.sparsemax(x, dim=-1))
+    if "entmax15" in names:
+        maps["entmax15"] = (entmax15, lambda x: entmax.entmax15(x, dim=-1))
+    for alpha in alphas if "alpha_entmax" in names else []:
+        per_head = torch.full((1, heads, 1, 1), alpha, device=device, requires_grad=True)
+        maps[f"α-entmax, α = {alpha} (per-head tensor)"] = (
+            lambda x, a=per_head: entmax_alpha(x, a),
+            lambda x, a=per_head: entmax.entmax_bisect(x, a.expand(*x.shape[:-1], 1), dim=-1),
+        )
+    if "tvmax" in names:
+        maps[f"TVMax (λ = {TV_LAMBDA}, {GRID[0]} × {GRID[1]} grid)"] = (lambda x: tvmax(x, GRID, TV_LAMBDA), None)
+    return maps
 
 
 def _cpu_name() -> str:
@@ -86,55 +92,58 @@ def _round_robin(calls: dict[tuple[str, str], Callable[[], object]], repeats: in
 
 
 def run(
-    shape: tuple[int, ...], names: list[str], alpha: float, device: torch.device, repeats: int, warmup: int
+    shape: tuple[int, ...], scale: float, maps: dict[str, tuple[Map, Map]], args: argparse.Namespace
 ) -> dict[str, Medians]:
-    """Per map: ours timed round-robin with softmax (the ratio's reference), then the library's counterpart alone.
-
-    The library is timed apart because its full-row sorts churn memory, which would disturb the other timings.
-    """
-    x = torch.randn(shape, device=device)
+    """Per map: ours timed round-robin with softmax (the ratio's reference), then the library's counterpart alone."""
+    x = torch.randn(shape, device=args.device) * scale
     x_grad = x.clone().requires_grad_()
-    grad = torch.randn(shape, device=device)
+    grad = torch.randn(shape, device=args.device)
 
-    def passes(impl: str, f: Callable[[Tensor], Tensor]) -> dict[tuple[str, str], Callable[[], object]]:
+    def passes(impl: str, f: Map) -> dict[tuple[str, str], Callable[[], object]]:
         return {(impl, "fwd"): lambda: f(x), (impl, "fwd+bwd"): lambda: f(x_grad).backward(grad)}
 
-    maps = _maps(shape[1], alpha, device)
-    softmax = maps["softmax"][0]
+    softmax = lambda z: torch.softmax(z, dim=-1)  # noqa: E731
     results = {}
     for name, (ours, library) in maps.items():
-        if name == "softmax" or name.split()[0] not in names:
-            continue
-        results[name] = _round_robin({**passes("softmax", softmax), **passes("ours", ours)}, repeats, warmup)
-        if library is not None:
-            results[name].update(_round_robin(passes("library", library), repeats, warmup))
+        results[name] = _round_robin({**passes("softmax", softmax), **passes("ours", ours)}, args.repeats, args.warmup)
+        if args.library and library is not None:
+            results[name].update(_round_robin(passes("library", library), args.repeats, args.warmup))
     return results
 
 
-def table(results: dict[str, dict[str, Medians]]) -> str:
-    lines = [
-        "| shape | map | fwd ms | fwd+bwd ms | softmax fwd / fwd+bwd ms | fwd / softmax | fwd+bwd / softmax | "
-        "library fwd+bwd ms | library / ours fwd | library / ours fwd+bwd |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+def tables(results: dict[str, dict[str, dict[str, Medians]]], scores: list[str]) -> str:
+    """The forward+backward ratio to softmax per map and score distribution, then every median in ms."""
+    head = "| shape | map | " + " | ".join(f"N(0, {SCORES[s]}²) ({s})" for s in scores) + " |"
+    lines = ["forward+backward / softmax's:", "", head, "|---|---|" + "---:|" * len(scores)]
+    for shape, per_map in results.items():
+        for name in next(iter(per_map.values())):
+            cells = []
+            for s in scores:
+                medians = per_map[s][name]
+                cells.append(f"{medians[('ours', 'fwd+bwd')] / medians[('softmax', 'fwd+bwd')]:.2f}×")
+            lines.append(f"| {shape} | {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "medians in ms (fwd / fwd+bwd), and the entmax library's time over ours when timed:",
+        "",
+        "| shape | scores | map | softmax | ours | fwd / softmax | library / ours fwd+bwd |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
-    for shape_name, per_map in results.items():
-        for name, medians in per_map.items():
-            ours = {p: medians[("ours", p)] for p in ("fwd", "fwd+bwd")}
-            soft = {p: medians[("softmax", p)] for p in ("fwd", "fwd+bwd")}
-            library = {p: medians.get(("library", p)) for p in ("fwd", "fwd+bwd")}
-            cells = [
-                shape_name,
-                name,
-                f"{1e3 * ours['fwd']:.2f}",
-                f"{1e3 * ours['fwd+bwd']:.2f}",
-                f"{1e3 * soft['fwd']:.2f} / {1e3 * soft['fwd+bwd']:.2f}",
-                f"{ours['fwd'] / soft['fwd']:.2f}×",
-                f"{ours['fwd+bwd'] / soft['fwd+bwd']:.2f}×",
-                "–" if library["fwd+bwd"] is None else f"{1e3 * library['fwd+bwd']:.1f}",
-                "–" if library["fwd"] is None else f"{library['fwd'] / ours['fwd']:.1f}×",
-                "–" if library["fwd+bwd"] is None else f"{library['fwd+bwd'] / ours['fwd+bwd']:.1f}×",
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
+    for shape, per_map in results.items():
+        for s, per_name in per_map.items():
+            for name, m in per_name.items():
+                soft, ours = ((m[(impl, "fwd")], m[(impl, "fwd+bwd")]) for impl in ("softmax", "ours"))
+                library = m.get(("library", "fwd+bwd"))
+                cells = [
+                    shape,
+                    s,
+                    name,
+                    f"{1e3 * soft[0]:.2f} / {1e3 * soft[1]:.2f}",
+                    f"{1e3 * ours[0]:.2f} / {1e3 * ours[1]:.2f}",
+                    f"{ours[0] / soft[0]:.2f}×",
+                    "–" if library is None else f"{library / ours[1]:.1f}×",
+                ]
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -142,34 +151,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed runs per case, median reported (>= 10)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed runs per case first")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per case, median reported (>= 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per case first")
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["decoder", "encoder"])
-    parser.add_argument("--alpha", type=float, default=1.5, help="initial value of the learnable α (default 1.5)")
-    parser.add_argument("--tvmax-encoder", action="store_true", help="also time TVMax at the encoder shape")
-    parser.add_argument(
-        "--maps",
-        nargs="+",
-        choices=["sparsemax", "entmax15", "alpha_entmax", "tvmax"],
-        default=["sparsemax", "entmax15", "alpha_entmax", "tvmax"],
-        help="maps to time, each against softmax",
-    )
+    parser.add_argument("--scores", nargs="+", choices=list(SCORES), default=list(SCORES), help="score distributions")
+    parser.add_argument("--alphas", nargs="+", type=float, default=[1.1, 1.3, 1.5], help="α-entmax's α, in (1, 2]")
+    parser.add_argument("--maps", nargs="+", choices=MAPS, default=MAPS, help="maps to time, each against softmax")
+    parser.add_argument("--library", action="store_true", help="also time the entmax library's counterparts")
     args = parser.parse_args()
     if args.repeats < 10:
         parser.error("--repeats must be at least 10")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"
+    args.device = torch.device(args.device)
+    where = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else f"{args.threads} threads"
     print(
-        f"torch {torch.__version__}, entmax {entmax.__version__}, {where}, "
-        f"{_cpu_name()} ({os.cpu_count()} CPUs), median of {args.repeats} after {args.warmup} warm-up"
+        f"torch {torch.__version__}, entmax {entmax.__version__}, {where}, {_cpu_name()} ({os.cpu_count()} CPUs), "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+        f"median of {args.repeats} after {args.warmup} warm-up"
     )
     results = {}
     for shape in args.shapes:
-        maps = [m for m in args.maps if m != "tvmax" or shape == "decoder" or args.tvmax_encoder]
-        results[f"{shape} {SHAPES[shape]}"] = run(SHAPES[shape], maps, args.alpha, device, args.repeats, args.warmup)
-    print(table(results))
+        maps = _maps(args.maps, args.alphas, SHAPES[shape][1], args.device)
+        results[f"{shape} {SHAPES[shape]}"] = {s: run(SHAPES[shape], SCORES[s], maps, args) for s in args.scores}
+    print(tables(results, args.scores))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
-"""Training-step throughput (images/s): DETR-R50 paper config at 512x512 and the tiny shapes preset.
+"""Training-step throughput (images/s): DETR-R50 paper config at 512x512 or the COCO size, and the tiny preset.
 
     python benchmarks/train_step.py --device cpu --threads 2 --repeats 10
     python benchmarks/train_step.py --cases detr_r50 --cross-attention softmax sparsemax alpha_entmax
+    python benchmarks/train_step.py --cases detr_r50_coco --variants softmax encoder_self=alpha_entmax \
+        decoder_cross=tvmax --set model.attention.encoder_self.alpha_init=1.1
 
 One step = forward, Hungarian matching + losses, backward, gradient clipping, AdamW step, on random images with
-three random boxes each. Median over ``--repeats`` steps after ``--warmup`` steps. With several
-``--cross-attention`` maps, one model per map is built and their steps are taken in turn (so that load changes hit
-all alike), and each is reported as a ratio to the first map (the decoder cross-attention site changes; everything
-else stays softmax).
+three random boxes each. Median over ``--repeats`` steps after ``--warmup`` steps. One model per variant is built
+and their steps are taken in turn (so that load changes hit all alike), each reported as a ratio to the first.
+A variant is ``softmax`` (every site softmax) or ``site=map[+site=map...]``; ``--cross-attention M ...`` is short
+for the variants ``decoder_cross=M``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from sparse_detector.engine.device import resolve_device
 from sparse_detector.engine.optim import build_optimizer
 
 CASES = {
-    # name: (preset, overrides, batch size, image side)
-    "detr_r50": ("detr_r50", ["model.backbone.pretrained=false"], 2, 512),
-    "shapes_tiny": ("shapes_tiny", [], 16, 128),
+    # name: (preset, overrides, batch size, image (height, width))
+    "detr_r50": ("detr_r50", ["model.backbone.pretrained=false"], 2, (512, 512)),
+    "detr_r50_coco": ("detr_r50", ["model.backbone.pretrained=false"], 1, (800, 1066)),
+    "shapes_tiny": ("shapes_tiny", [], 16, (128, 128)),
 }
 
 
@@ -42,15 +45,27 @@ def random_targets(batch: int, num_classes: int, device: torch.device) -> list[d
     return targets
 
 
+def variant_overrides(variant: str) -> list[str]:
+    """``softmax`` -> no change; ``site=map[+site=map...]`` -> the activation overrides of those sites."""
+    if variant == "softmax":
+        return []
+    return [f"model.attention.{site}.activation={name}" for site, name in (p.split("=") for p in variant.split("+"))]
+
+
 def make_step(
-    preset: str, overrides: list[str], batch: int, side: int, device: torch.device, args: argparse.Namespace
+    preset: str,
+    overrides: list[str],
+    batch: int,
+    size: tuple[int, int],
+    device: torch.device,
+    args: argparse.Namespace,
 ) -> Callable[[], float]:
     """A model, criterion and optimiser for the config; returns a function that runs one step and times it."""
     config = load_config(preset, [*overrides, *args.set])
     model = build_model(config).to(device).train()
     criterion = build_criterion(config).to(device)
     optimizer = build_optimizer(model, config)
-    images = torch.randn(batch, 3, side, side, device=device)
+    images = torch.randn(batch, 3, *size, device=device)
     targets = random_targets(batch, config.model.num_classes, device)
 
     def step() -> float:
@@ -89,25 +104,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides for every case")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--cross-attention", nargs="+", default=["softmax"], help="decoder cross-attention maps")
+    parser.add_argument("--cross-attention", nargs="+", help="decoder cross-attention maps (see --variants)")
+    parser.add_argument("--variants", nargs="+", default=["softmax"], help="softmax or site=map[+site=map...]")
     args = parser.parse_args()
+    variants = [f"decoder_cross={m}" for m in args.cross_attention] if args.cross_attention else args.variants
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device: {device} ({name}), threads {args.threads}, torch {torch.__version__}\n")
-    print("| case | image | batch | cross-attention | s/step | images/s | ratio |\n|---|---|---:|---|---:|---:|---:|")
+    print("| case | image | batch | maps | s/step | images/s | ratio |\n|---|---|---:|---|---:|---:|---:|")
     for case in args.cases:
-        preset, overrides, batch, side = CASES[case]
-        site = "model.attention.decoder_cross.activation"
+        preset, overrides, batch, size = CASES[case]
         steps = {
-            activation: make_step(preset, [*overrides, f"{site}={activation}"], batch, side, device, args)
-            for activation in args.cross_attention
+            variant: make_step(preset, [*overrides, *variant_overrides(variant)], batch, size, device, args)
+            for variant in variants
         }
         seconds = time_steps(steps, args)
-        reference = seconds[args.cross_attention[0]]
-        for activation, value in seconds.items():
-            row = f"| {case} | {side}x{side} | {batch} | {activation} | {value:.3f} | {batch / value:.1f} |"
+        reference = seconds[variants[0]]
+        for variant, value in seconds.items():
+            row = f"| {case} | {size[0]}x{size[1]} | {batch} | {variant} | {value:.3f} | {batch / value:.2f} |"
             print(f"{row} {value / reference:.2f} |")
 
 

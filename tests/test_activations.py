@@ -75,6 +75,40 @@ def test_matches_entmax_library(name: str, scale: float, ties: bool) -> None:
             assert (ours >= 0).all()
 
 
+SCORE_SCALES = {"near-uniform": 0.1, "normal": 1.0, "peaked": 3.0}  # N(0, σ²) scores of DETR's attention
+ALPHAS = [1.01, 1.05, 1.1, 1.3, 1.5, 1.7, 2.0]
+
+
+@pytest.mark.parametrize("scores", list(SCORE_SCALES))
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_every_alpha_matches_library_on_attention_scores(scores: str, dtype: torch.dtype) -> None:
+    """α from the softmax limit to sparsemax, as a float and as a tensor per head (the learnable α's general path),
+    on rows of 850 keys as DETR's cross-attention sees them, against the library in float64 (p and its gradients)."""
+    x = torch.randn(len(ALPHAS), 6, 850, dtype=F64) * SCORE_SCALES[scores]
+    grad = torch.randn_like(x)
+    alphas = torch.tensor(ALPHAS, dtype=F64).view(-1, 1, 1)
+    ref_x, ref_alpha = x.clone().requires_grad_(), alphas.clone().requires_grad_()
+    reference = entmax.entmax_bisect(ref_x, ref_alpha.expand(-1, 6, 1), dim=-1, n_iter=100)
+    reference.backward(grad)
+    ours_x, ours_alpha = x.to(dtype).requires_grad_(), alphas.to(dtype).requires_grad_()
+    ours = entmax_alpha(ours_x, ours_alpha)
+    ours.backward(grad.to(dtype))
+    tolerance = 1e-6 if dtype == F64 else 2e-6  # float32 inputs: the rounding of the scores themselves
+    assert (ours.double() - reference).abs().max() <= tolerance
+    assert (ours.sum(-1) - 1).abs().max() <= (1e-12 if dtype == F64 else 1e-6)
+    if dtype == F64:
+        assert (ours_x.grad - ref_x.grad).abs().max() <= 1e-8
+        assert ((ours_alpha.grad - ref_alpha.grad) / ref_alpha.grad.abs().clamp(min=1)).abs().max() <= 1e-8
+    for row, alpha in enumerate(ALPHAS):  # the float-α solves (closed forms at 1.5 and 2)
+        assert (entmax_alpha(x[row].to(dtype), alpha).double() - reference[row]).abs().max() <= tolerance, alpha
+
+
+def test_entmax15_rows_sum_to_one_on_long_flat_rows() -> None:
+    """fp32, n = 5000, near-constant scores: the closed form may be rejected, and the rows still sum to 1."""
+    x = torch.randn(64, 5000) * 0.01
+    assert (entmax15(x).double().sum(-1) - 1).abs().max() <= 1e-6
+
+
 def test_alpha_tensor_per_head_matches_library() -> None:
     x = torch.randn(2, 4, 5, 40, dtype=F64)
     alpha = torch.tensor([1.1, 1.4, 1.7, 2.0], dtype=F64).view(1, 4, 1, 1)
@@ -175,13 +209,15 @@ def test_fully_padded_rows_have_zero_output_and_gradient() -> None:
         scores.grad = None
 
 
-def test_nan_scores_give_nan_rows() -> None:
-    """A NaN score is not dropped silently: its row comes out NaN, so a non-finite loss is caught."""
-    x = torch.randn(3, 40)
+def test_nan_and_posinf_scores_give_nan_rows() -> None:
+    """A NaN or +inf score is not dropped silently: its row comes out NaN, so a non-finite loss is caught."""
+    x = torch.randn(5, 40)
     x[1, 5] = float("nan")
-    for f in (sparsemax, entmax15, lambda v: entmax_alpha(v, 1.3)):
+    x[3, 7] = float("inf")
+    x[4, 2:9] = float("inf")
+    for f in (sparsemax, entmax15, lambda v: entmax_alpha(v, 1.3), lambda v: tvmax(v, (5, 8), 0.1)):
         out = f(x)
-        assert out[1].isnan().all()
+        assert out[[1, 3, 4]].isnan().all()
         assert not out[[0, 2]].isnan().any()
 
 

@@ -113,6 +113,15 @@ def test_support_matches_subset_search(mass: float):
         support_90(p, padding, 0.0)
 
 
+def test_support_at_exact_mass_boundaries_and_rows_without_mass():
+    """In float64 1 - 0.9 rounds below 0.1: the mass held is compared as defined, so [0.1, 0.9] needs one key."""
+    p = torch.tensor([[0.1, 0.9], [0.5, 0.5], [0.0, 0.0]], dtype=torch.float64)
+    assert support_90(p).tolist() == [1, 2, 0]
+    assert support_90(p, mass=0.5).tolist() == [1, 1, 0]
+    assert zeros_ratio(p, None, 0.0)[2].item() == 1.0  # a row without mass: every key is zero
+    assert gini(p)[2].isnan()
+
+
 def test_site_metrics_stacks_layers():
     weights = [torch.softmax(torch.randn(2, 3, 4, 6), -1) for _ in range(2)]
     mask = torch.zeros(2, 6, dtype=torch.bool)

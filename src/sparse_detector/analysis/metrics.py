@@ -4,7 +4,8 @@ Every function takes ``p`` (B, ..., Lk), non-negative weights over the last dime
 ``key_padding_mask`` (B, Lk), True = padding (as the attention maps and their records), or None (no padding); it
 returns a tensor of shape ``p.shape[:-1]``. Plain tensors in, plain tensors out: nothing here knows about models.
 N is the number of valid keys of the map's row, so images of different sizes in one padded batch are read as if
-alone. A row with no valid key or no mass has no defined Gini or zeros ratio (NaN).
+alone. A row with no valid key has no defined Gini or zeros ratio (NaN); a row with valid keys but no mass has NaN
+Gini, zeros ratio 1 (every key is zero) and support_90 0.
 
 All readings come from the keys sorted ascending with the padding zeroed (``site_metrics`` sorts each map once,
 on CPU with NumPy's sort, which is much faster than torch's for rows this short).
@@ -79,12 +80,13 @@ def _zeros_of_sorted(c: Tensor, n: Tensor, threshold: float) -> Tensor:
 
 
 def _support_of_sorted(c: Tensor, mass: float) -> Tensor:
-    """``support_90`` of rows ``c`` from ``_sorted_keys``. With A_i the sum of the i smallest weights and T = A_Lk,
-    the j largest hold T - A_(Lk-j) >= mass T exactly when A_(Lk-j) <= (1 - mass) T; A is non-decreasing, so a
-    binary search finds the largest such Lk - j."""
-    cumulative = c.cumsum(-1)
-    bound = ((1.0 - mass) * cumulative[..., -1:]).contiguous()
-    return c.shape[-1] - torch.searchsorted(cumulative, bound, right=True).squeeze(-1)
+    """``support_90`` of rows ``c`` from ``_sorted_keys``: the smallest j whose j largest weights, summed from the
+    largest down (B_j, non-decreasing in j), reach ``mass`` · B_Lk; a binary search finds it. Summing from the top
+    compares the mass held with ``mass`` · total as defined (no ``1 - mass`` rounding at exact boundaries)."""
+    top = c.flip(-1).cumsum(-1)
+    total = top[..., -1:]
+    count = torch.searchsorted(top, (mass * total).contiguous(), right=False).squeeze(-1) + 1
+    return torch.where(total.squeeze(-1) > 0, count, 0)
 
 
 def _check_mass(mass: float) -> None:

@@ -21,8 +21,8 @@ iterate never return to the support and are dropped from the candidates as they 
 The backward pass is closed form, per row: s = p^{2−α} on the support, dz = s⊙(g − v) with v = ⟨s,g⟩/Σs, and
 dL/dα = q·Σ p(q − log p)(g − v) (see :mod:`.functional`).
 
-Rows are split over ``torch.get_num_threads()`` threads. A row with a NaN score gives NaN (so that a non-finite
-loss is caught upstream); a row of −inf (fully padded) gives zeros.
+Rows are split over ``torch.get_num_threads()`` threads. A row with a NaN or +inf score gives NaN (so that a
+non-finite loss is caught upstream); a row of −inf (fully padded) gives zeros.
 """
 
 from __future__ import annotations
@@ -193,11 +193,11 @@ def _forward_row(
 ) -> None:
     """p of one row with maximum ``top`` into ``out``; ``idx``, ``val`` and ``work`` are scratch of its length."""
     n = z.shape[0]
-    nan = top != top
-    fill = math.nan if nan else 0.0
+    not_finite = not top < math.inf  # a NaN (the maximum propagates it) or +inf score
+    fill = math.nan if not_finite else 0.0
     for i in range(n):
         out[i] = fill
-    if nan or top == -math.inf:
+    if not_finite or top == -math.inf:
         return
     scale = alpha - 1.0
     floor = top - 1.0 / scale

@@ -13,7 +13,7 @@ The threshold τ of p = [X − τ]₊^{1/(α−1)}, X = (α−1)(z − max z), i
 * Newton steps on ‖[X − τ]₊‖_q = 1, q = 1/(α−1), from below (convex and decreasing in τ: the iterates rise to
   τ quadratically) until one is below √eps; then sparsemax goes on with Michelot's iteration until the support
   stops changing (τ is then the closed form on it, exact), entmax15 takes the closed form on the support found
-  when consistent with it, and any other α takes one more step and renormalises p.
+  when consistent with it (else one more step), and any other α takes one more step; p is then renormalised.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def _solve(x: Tensor, alpha: float | Tensor, tau: Tensor) -> Tensor:
     * sparsemax: Michelot's iteration goes on until the support stops changing, when τ is the closed form on
       that support and consistent with it, i.e. exact (the sort/threshold result);
     * entmax15: the closed form on the support found (the smaller root of Σ_S (X − τ)² = 1) when consistent
-      with that support (no entry falls below it), else one more step;
+      with that support (no entry falls below it), else one more step and p renormalised;
     * any other α: one more step (error ~eps), and p renormalised.
     """
     q = 1 / (alpha - 1)
@@ -179,7 +179,9 @@ def _entmax15_finish(x: Tensor, d: Tensor, tau: Tensor, step: Tensor) -> Tensor:
     slack = 8 * torch.finfo(d.dtype).eps
     kept = (d - (closed - slack).clamp(min=0)).clamp_(min=0).sign_().sum(0, keepdim=True)
     shift = torch.where((delta >= 0) & (kept == support) & (support > 0), closed, step).clamp_(min=0)
-    return (x - tau - shift).clamp_(min=0).square_()
+    p = (x - tau - shift).clamp_(min=0).square_()
+    # exact sum on the closed form; after the extra step, fp32 rounding of a long support can leave ~1e-4
+    return p.div_(p.sum(0, keepdim=True).clamp_(min=torch.finfo(p.dtype).tiny))
 
 
 def _support_weights(p: Tensor, alpha: float | Tensor) -> Tensor:
@@ -201,12 +203,14 @@ def _jacobian_product(s: Tensor, grad: Tensor, dim: int) -> tuple[Tensor, Tensor
 def forward(z: Tensor, alpha: float | Tensor) -> tuple[Tensor, Packing, Tensor]:
     """α-entmax of the contiguous (rows, n) scores ``z``: the output, and the packing and packed p behind it.
 
-    A row with a NaN score gives NaN (so that a non-finite loss is caught upstream); a row of −inf gives zeros.
+    A row with a NaN or +inf score gives NaN (so that a non-finite loss is caught upstream); a row of −inf gives
+    zeros.
     """
     x, packing, tau = _candidates(z, alpha)
     p = _solve(x, alpha.t() if isinstance(alpha, Tensor) else alpha, tau)
     out = packing.unpack(p, *z.shape)
-    return out.masked_fill_(z.isnan().any(1, keepdim=True), math.nan), packing, p
+    not_finite = ~(z.amax(1, keepdim=True) < math.inf)  # NaN (amax propagates it) or +inf
+    return out.masked_fill_(not_finite, math.nan), packing, p
 
 
 def backward(

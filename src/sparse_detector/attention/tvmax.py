@@ -4,12 +4,14 @@ TVMax(z) = argmin_{p∈Δ} ½‖p − z‖² + λ Σ_{4-neighbours} |p_i − p_j
 row laid out as the (H, W) feature grid. Masked keys (padding) are removed from the grid graph: their edges are
 dropped, so a padded grid gives the same map as the cropped one, and they get 0.
 
-The anisotropic TV prox is solved for all maps at once (batch × heads × queries) by FISTA with adaptive (gradient)
-restart on the edge duals u ∈ [−λ, λ]^E of min ½‖z − Dᵀu‖², x = z − Dᵀu, step 1/8 (‖D‖² ≤ 8 on a 4-neighbour
-grid). A map stops once its duality gap Σ_e (λ|(Dx)_e| − u_e(Dx)_e) ≤ eps·(1 + max|z|)², which certifies
-‖x − x*‖₂ ≤ √(2·gap); measured, that leaves ~2e-6·max|z| of error in fp32 and ~1e-15 in fp64. Finished maps leave
-the working set, and at most ``MAX_PROX_ITERS`` iterations run. On the CPU the same iteration runs per map in
-compiled loops (:mod:`.tvmax_cpu`), which keep each map in cache.
+The anisotropic TV prox is iterative: FISTA with adaptive (gradient) restart on the edge duals u ∈ [−λ, λ]^E of
+min ½‖z − Dᵀu‖², x = z − Dᵀu, step 1/8 (‖D‖² ≤ 8 on a 4-neighbour grid), for all maps at once
+(batch × heads × queries). A map stops at its stated tolerance: a duality gap
+Σ_e (λ|(Dx)_e| − u_e(Dx)_e) ≤ eps·(1 + max|z|)², eps of the dtype, which certifies ‖x − x*‖₂ ≤ √(2·gap), i.e.
+≤ 4.9e-4·(1 + max|z|) in float32 (measured 5e-7 to 9e-5 on 25 × 34 grids) and ≤ 2.1e-8·(1 + max|z|) in float64
+(tested within 1e-6 of a certified exact prox); finished maps leave the working set, and at most
+``MAX_PROX_ITERS`` iterations run. On the CPU the same iteration runs per map in compiled loops
+(:mod:`.tvmax_cpu`), which keep each map in cache.
 
 Backward: sparsemax backward, then the prox Jacobian, which averages the gradient over the connected groups of
 4-neighbours with equal prox values (equal within 256·eps·(1 + max|z|)).
