@@ -244,6 +244,66 @@ def _quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pixel(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel as X,Y (e.g. 40,60), got {text!r}") from None
+    return x, y
+
+
+def _visualize(args: argparse.Namespace) -> int:
+    from .viz.kinds import VisualizeRequest, visualize
+
+    run = Path(args.run)
+    extra = [Path(p) for p in args.inputs]
+    runs = [run, *(p for p in extra if p.is_dir() or p.suffix in (".pt", ".pth"))]
+    images = [p for p in extra if p not in runs]
+    output = Path(args.output) if args.output else (run if run.is_dir() else run.parent) / "figures"
+    request = VisualizeRequest(
+        runs=runs,
+        output=output,
+        images=_image_files([str(p) for p in images]) if images else [],
+        fmt=args.format,
+        num_images=args.num_images,
+        queries=args.queries,
+        threshold=args.threshold,
+        pixels=args.pixels,
+        site=args.site,
+        official=args.official,
+        device=args.device,
+    )
+    for path in visualize(args.kind, request):
+        print(f"written: {path}")
+    return 0
+
+
+def _add_visualize_parser(commands: argparse._SubParsersAction) -> None:
+    from .viz.figure import FORMATS
+    from .viz.kinds import FIGURE_KINDS
+
+    vis = commands.add_parser(
+        "visualize",
+        help="figures: attention maps, data, matching, training curves, alpha, diagnostics, sparsity",
+        description="RUN is a run directory or checkpoint (for `data`, also a config). INPUTS are images to draw on "
+        "(default: the first --num-images of the run's validation data) and, for curves / sparsity / alpha / "
+        "diagnostics / compare, more runs.",
+    )
+    vis.add_argument("kind", choices=sorted(FIGURE_KINDS), metavar="KIND", help=", ".join(sorted(FIGURE_KINDS)))
+    vis.add_argument("run", metavar="RUN")
+    vis.add_argument("inputs", nargs="*", metavar="INPUT", help="images (files or folders) or more runs")
+    vis.add_argument("--output", help="output folder (default: RUN/figures)")
+    vis.add_argument("--format", choices=FORMATS, default="png")
+    vis.add_argument("--num-images", type=int, default=3, help="validation images drawn when none are given")
+    vis.add_argument("--queries", type=int, nargs="+", help="attention: these queries (default: score >= threshold)")
+    vis.add_argument("--threshold", type=float, default=0.5, help="attention: minimum score of a drawn query")
+    vis.add_argument("--pixels", type=_pixel, nargs="+", metavar="X,Y", help="encoder: query pixels (image coords)")
+    vis.add_argument("--site", help="attention site to draw (default: the model's site for the kind)")
+    vis.add_argument("--official", action="store_true", help="RUN is an official DETR checkpoint")
+    vis.add_argument("--device", default="auto")
+    vis.set_defaults(func=_visualize)
+
+
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
     parser.add_argument("--official", action="store_true", help="the checkpoint is an official DETR one (COCO ids)")
@@ -357,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--device", help="auto | cpu | cuda | mps")
     quick.add_argument("--no-progress", action="store_true")
     quick.set_defaults(func=_quickstart)
+    _add_visualize_parser(commands)
     return parser
 
 
