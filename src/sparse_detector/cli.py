@@ -304,6 +304,29 @@ def _add_visualize_parser(commands: argparse._SubParsersAction) -> None:
     vis.set_defaults(func=_visualize)
 
 
+def _study(args: argparse.Namespace) -> int:
+    from .study import load_study, run_study
+
+    study = load_study(args.config, args.set)
+    run_study(study, args.output_dir, device=args.device or "", progress=not args.no_progress)
+    return 0
+
+
+def _add_study_parser(commands: argparse._SubParsersAction) -> None:
+    study = commands.add_parser(
+        "study",
+        help="a matrix of attention maps x seeds: train, evaluate, analyze, figures, report.md + report.html",
+        description="CONFIG is a study YAML or an embedded study (shapes_maps). A finished run is never redone; "
+        "an unfinished one resumes; a failed one is reported and the others still run.",
+    )
+    study.add_argument("config", metavar="CONFIG")
+    study.add_argument("--output-dir", help="study directory (default: the study's output_dir)")
+    study.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
+    study.add_argument("--device", help="auto | cpu | cuda | mps (default: the preset's train.device)")
+    study.add_argument("--no-progress", action="store_true")
+    study.set_defaults(func=_study)
+
+
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
     parser.add_argument("--official", action="store_true", help="the checkpoint is an official DETR one (COCO ids)")
@@ -418,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--no-progress", action="store_true")
     quick.set_defaults(func=_quickstart)
     _add_visualize_parser(commands)
+    _add_study_parser(commands)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Reports: tables (Markdown / HTML) and the study report."""
