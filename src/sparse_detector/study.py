@@ -34,12 +34,14 @@ import yaml
 from .config import PRESET_DIR, Config, ConfigError, load_config
 from .data import generate_shapes_splits
 from .data.build import build_dataset, build_loader
-from .engine.analyze import analyze, load_analysis_model, write_analysis
+from .engine.analyze import analyze, load_analysis_model
 from .engine.checkpoint import load_checkpoint
 from .engine.device import resolve_device
-from .engine.trainer import LAST, Trainer
-from .models.build import ATTENTION_SITES, build_criterion
+from .engine.trainer import Trainer
+from .models import build_criterion
+from .report import write_analysis
 from .report.study import write_study_report
+from .runs import ANALYSIS_DIRS, LAST_CHECKPOINT
 from .viz.kinds import VisualizeRequest, visualize
 
 log = logging.getLogger(__name__)
@@ -128,7 +130,7 @@ def run_config(study: StudyConfig, map_name: str, seed: int, data_overrides: lis
 
 def _train(config: Config, run_dir: Path, progress: bool) -> None:
     """Train, resuming a run that has a checkpoint; a run without one starts over in an emptied directory."""
-    last = run_dir / LAST
+    last = run_dir / LAST_CHECKPOINT
     if last.is_file():
         if load_checkpoint(last)["epoch"] < config.train.epochs:
             Trainer(config, run_dir, resume=True, progress=progress).fit()
@@ -149,18 +151,18 @@ def analyze_run(run_dir: Path, device: str) -> dict[str, Any]:
         build_loader(dataset, loaded.config, train=False),
         target,
         loaded.label_map,
-        ATTENTION_SITES,
     )
+    result = aggregator.result()
     record = {
         "checkpoint": str(loaded.source),
         "data": str(dataset.annotation_file),
         "random_init": False,
         "seed": None,
-        "sites": list(ATTENTION_SITES),
+        "sites": list(result["sites"]),
         "ap": stats,
-        "attention": aggregator.result(),
+        "attention": result,
     }
-    write_analysis(record, run_dir / "analysis")
+    write_analysis(record, run_dir / ANALYSIS_DIRS[False])
     return record
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..analysis.recorder import AttentionRecorder
+from ..analysis import AttentionRecorder
 from ..data.batching import collate_detection
 from ..data.coco import CocoDetection
 

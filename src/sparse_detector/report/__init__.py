@@ -1,1 +1,27 @@
-"""Reports: tables (Markdown / HTML) and the study report."""
+"""Reports: tables of results (Markdown and CSV of analyses, runs side by side) and the study report."""
+
+from .tables import (
+    COMPARE_METRICS,
+    DEFAULT_COMPARE_METRICS,
+    analysis_markdown,
+    analysis_rows,
+    compare_markdown,
+    markdown_table,
+    result_markdown,
+    result_rows,
+    write_analysis,
+    write_csv,
+)
+
+__all__ = [
+    "COMPARE_METRICS",
+    "DEFAULT_COMPARE_METRICS",
+    "analysis_markdown",
+    "analysis_rows",
+    "compare_markdown",
+    "markdown_table",
+    "result_markdown",
+    "result_rows",
+    "write_analysis",
+    "write_csv",
+]

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..engine.analyze import ANALYSIS_FILE, OUTPUT_DIRS
+from ..runs import ANALYSIS_DIRS, ANALYSIS_FILE
+from .tables import markdown_table
 
 if TYPE_CHECKING:  # the study imports this module; only the types flow back
     from ..study import RunOutcome, StudyConfig
@@ -38,11 +39,14 @@ def mean_std(values: Sequence[float]) -> str:
 
 
 def _analysis(outcome: RunOutcome) -> dict[str, Any] | None:
-    path = outcome.run_dir / OUTPUT_DIRS[False] / ANALYSIS_FILE
+    path = outcome.run_dir / ANALYSIS_DIRS[False] / ANALYSIS_FILE
     return json.loads(path.read_text()) if outcome.status == "done" and path.is_file() else None
 
 
-def _last_layer(block: dict | None) -> float | None:
+def _site_reading(result: dict[str, Any], site: str, metric: str) -> float | None:
+    """The last layer's mean of ``metric`` (or ``paibb``: of the head-averaged maps of matched queries) at ``site``."""
+    entry = result["sites"].get(site, {})
+    block = (entry.get("paibb") or {}).get("overall") if metric == "paibb" else entry.get("metrics", {}).get(metric)
     return block["per_layer"]["mean"][-1] if block else None
 
 
@@ -61,19 +65,15 @@ def study_tables(outcomes: Sequence[RunOutcome]) -> dict[str, Table]:
             for name, records in by_map.items()
         ],
     )
-    sites = list(dict.fromkeys(s for records in by_map.values() for r in records for s in r["attention"]["sites"]))
-    header = ["map", *(f"{site} {label}" for site in sites for label in ATTENTION_METRICS.values()), "PAIBB"]
-    rows = []
-    for name, records in by_map.items():
-        cells = [
-            mean_std(
-                [_last_layer(r["attention"]["sites"].get(site, {}).get("metrics", {}).get(metric)) for r in records]
-            )
-            for site in sites
-            for metric in ATTENTION_METRICS
-        ]
-        paibb = mean_std([_last_layer((r["attention"]["paibb"] or {}).get("overall")) for r in records])
-        rows.append([name, *cells, paibb])
+    results = [r["attention"] for records in by_map.values() for r in records]
+    sites = list(dict.fromkeys(site for result in results for site in result["sites"]))
+    columns = [(site, metric) for site in sites for metric in ATTENTION_METRICS]
+    columns += [(site, "paibb") for site in sites if any(r["sites"].get(site, {}).get("paibb") for r in results)]
+    header = ["map", *(f"{site} {ATTENTION_METRICS.get(metric, 'PAIBB')}" for site, metric in columns)]
+    rows = [
+        [name, *(mean_std([_site_reading(r["attention"], site, metric) for r in records]) for site, metric in columns)]
+        for name, records in by_map.items()
+    ]
     runs = (
         ["run", "status", "minutes", "failed stage", "error"],
         [[o.name, o.status, f"{o.seconds / 60:.1f}", o.stage, o.error] for o in outcomes],
@@ -83,13 +83,6 @@ def study_tables(outcomes: Sequence[RunOutcome]) -> dict[str, Table]:
         "Attention, last layer of each site (all queries; PAIBB: matched queries, head average)": (header, rows),
         "Runs": runs,
     }
-
-
-def _markdown_table(table: Table) -> str:
-    header, rows = table
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _html_table(table: Table) -> str:
@@ -130,7 +123,9 @@ def write_study_report(
 
     md = [f"# {title}", intro, warning]
     for heading, table in tables.items():
-        md += [f"## {heading}", _markdown_table(table)]
+        header, rows = table
+        escaped = [[cell.replace("|", "\\|") for cell in row] for row in rows]
+        md += [f"## {heading}", "\n".join(markdown_table(header, escaped))]
     md.append("## Figures")
     for heading, paths in groups:
         md.append(f"### {heading}")

@@ -7,8 +7,7 @@ a new model family adds its own kinds the same way. The figure functions themsel
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,18 +16,19 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..analysis.recorder import AttentionMaps, AttentionRecorder
+from ..analysis import AttentionMaps, record_attention
+from ..attention.sites import QueryKind, model_sites, select_sites
 from ..config import Config, load_config
 from ..data.batching import collate_detection
 from ..data.build import build_dataset
 from ..data.coco import CocoDetection
 from ..data.transforms import make_transforms
-from ..engine.analyze import find_analyses
 from ..engine.device import resolve_device, seed_everything
 from ..engine.diagnostics import read_diagnostics
 from ..engine.inference import LoadedModel, category_name, load_trained_model
-from ..engine.logger import read_metrics
-from ..models.build import build_criterion
+from ..models import build_criterion
+from ..runs import read_analyses, read_metrics
+from ..runs import run_label as analysis_label
 from .alpha import alpha_figure
 from .attention import AttentionPanel, attention_figure, attention_panels_figure
 from .curves import curves_figure
@@ -37,11 +37,6 @@ from .diagnostics import diagnostics_figure
 from .figure import LabelledBox, cxcywh_to_pixels, display_image, save_figure
 from .matching import matching_figure
 from .sparsity import sparsity_figure
-
-#: The site drawn by ``attention`` / ``compare`` (object queries over the feature grid) and by ``encoder``
-#: (feature-grid queries over the feature grid), unless ``--site`` says otherwise.
-QUERY_GRID_SITE = "decoder_cross"
-GRID_GRID_SITE = "encoder_self"
 
 
 @dataclass
@@ -57,7 +52,7 @@ class VisualizeRequest:
     queries: list[int] | None = None  # attention: these queries (default: score >= threshold, at least the best)
     threshold: float = 0.5
     pixels: list[tuple[float, float]] | None = None  # encoder: (x, y) in original-image pixels (default: most attended)
-    site: str | None = None
+    site: str | None = None  # default: the model's first site over the feature grid with the kind's queries
     official: bool = False
     device: str = "cpu"
 
@@ -153,22 +148,33 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
     return items
 
 
+def grid_site(loaded: LoadedModel, queries: QueryKind, requested: str | None) -> str:
+    """The site to draw over the image: ``requested`` (checked against the model's sites), else the model's first
+    site whose keys are the feature grid and whose queries are ``queries`` (object queries or grid cells)."""
+    if requested is not None:
+        site = select_sites(loaded.model, [requested])[0]
+        if site.keys != "grid":
+            raise ValueError(f"site {site.name} has {site.keys} keys; these figures draw sites whose keys are the grid")
+        return site.name
+    sites = model_sites(loaded.model)
+    for site in sites.values():
+        if site.keys == "grid" and site.queries == queries:
+            return site.name
+    raise ValueError(f"the model has no site of {queries} over the feature grid to draw; its sites: {list(sites)}")
+
+
 @torch.no_grad()
-def recorded_forward(loaded: LoadedModel, item: ImageItem, sites: Sequence[str], device: torch.device) -> tuple:
-    """The model's outputs for one image and, per site, its maps as an array (layers, heads, queries, keys...)."""
-    model = loaded.model.to(device).eval()
-    with AttentionRecorder(model, sites) as recorder:
-        outputs = model([item.tensor.to(device)])
-    return outputs, {site: grid_array(maps) for site, maps in recorder.maps.items()}
+def recorded_forward(loaded: LoadedModel, item: ImageItem, site: str, device: torch.device) -> tuple:
+    """The model's outputs for one image and the maps of ``site`` as an array (layers, heads, queries, h, w) on the
+    image's valid feature grid."""
+    outputs, maps = record_attention(loaded.model.to(device).eval(), [item.tensor.to(device)], sites=[site])
+    return outputs, grid_array(maps[site])
 
 
 def grid_array(maps: AttentionMaps) -> np.ndarray:
-    """One image's maps as (layers, heads, queries, h, w) on its valid grid (keys on a grid), else
-    (layers, heads, queries, keys)."""
+    """One image's grid-keyed maps as (layers, heads, queries, h, w) on its valid grid."""
     maps = maps.image(0)
     weights = torch.stack([w[0] for w in maps.weights]).float().cpu().numpy()
-    if maps.padded_hw is None:
-        return weights
     return weights.reshape(*weights.shape[:3], *maps.padded_hw)
 
 
@@ -209,11 +215,11 @@ def _layer_labels(site: str, layers: int) -> list[str]:
 @figure_kind("attention")
 def attention_kind(request: VisualizeRequest) -> list[Path]:
     """Per image and chosen query: the site's maps per layer × head and head-averaged, with boxes."""
-    site = request.site or QUERY_GRID_SITE
     loaded, device = _load(request.runs[0], request), resolve_device(request.device)
+    site = grid_site(loaded, "queries", request.site)
     written = []
     for item in load_images(loaded.config, request):
-        outputs, maps = recorded_forward(loaded, item, [site], device)
+        outputs, maps = recorded_forward(loaded, item, site, device)
         scores, _ = _scores_labels(outputs)
         queries = request.queries or (scores >= request.threshold).nonzero().flatten().tolist()
         queries = queries or [int(scores.argmax())]  # always at least the best-scoring query
@@ -223,8 +229,8 @@ def attention_kind(request: VisualizeRequest) -> list[Path]:
                 raise ValueError(f"query {q} does not exist: the model has {len(predictions)} queries")
             figure = attention_figure(
                 item.picture,
-                maps[site][:, :, q],
-                _layer_labels(site, maps[site].shape[0]),
+                maps[:, :, q],
+                _layer_labels(site, maps.shape[0]),
                 [predictions[q]],
                 truth,
                 title=f"{run_label(request.runs[0])}: {site}, {item.name}, query {q}",
@@ -242,24 +248,24 @@ def _most_attended_cells(maps: np.ndarray, count: int = 2) -> list[int]:
 @figure_kind("encoder")
 def encoder_kind(request: VisualizeRequest) -> list[Path]:
     """Per image and chosen pixel (or the most attended cells): what that grid cell attends to, per layer × head."""
-    site = request.site or GRID_GRID_SITE
     loaded, device = _load(request.runs[0], request), resolve_device(request.device)
+    site = grid_site(loaded, "grid", request.site)
     written = []
     for item in load_images(loaded.config, request):
-        _, maps = recorded_forward(loaded, item, [site], device)
-        layers, heads, _, h, w = maps[site].shape
+        _, maps = recorded_forward(loaded, item, site, device)
+        layers, heads, _, h, w = maps.shape
         if request.pixels:
             orig_h, orig_w = item.target["orig_size"].tolist() if item.target is not None else (item.height, item.width)
             cells = [min(int(y / orig_h * h), h - 1) * w + min(int(x / orig_w * w), w - 1) for x, y in request.pixels]
         else:
-            cells = _most_attended_cells(maps[site])
+            cells = _most_attended_cells(maps)
         truth = _truth_boxes(item, loaded.label_map)
         for cell in cells:
             row, column = divmod(cell, w)
             centre = ((column + 0.5) * item.width / w, (row + 0.5) * item.height / h)
             figure = attention_figure(
                 item.picture,
-                maps[site][:, :, cell],
+                maps[:, :, cell],
                 _layer_labels(site, layers),
                 ground_truth=truth,
                 points=[centre],
@@ -284,9 +290,9 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
     each run's matcher assigned to that object."""
     if len(request.runs) < 2:
         raise ValueError("visualize compare needs two or more runs (run directories or checkpoints)")
-    site = request.site or QUERY_GRID_SITE
     device = resolve_device(request.device)
     models = [_load(run, request) for run in request.runs]
+    site = grid_site(models[0], "queries", request.site)
     written = []
     for item in load_images(models[0].config, request):
         if item.target is None or not len(item.target["boxes"]):
@@ -294,10 +300,10 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
         truth = _truth_boxes(item, models[0].label_map)
         panels: list[list[AttentionPanel | None]] = [[] for _ in truth]
         for loaded in models:
-            outputs, maps = recorded_forward(loaded, item, [site], device)
+            outputs, maps = recorded_forward(loaded, item, site, device)
             predictions = _prediction_boxes(outputs, item, loaded.label_map)
             for t, q in sorted(_matched_queries(loaded, outputs, item.target).items()):
-                weights = maps[site][-1, :, q].mean(axis=0)
+                weights = maps[-1, :, q].mean(axis=0)
                 panels[t].append(AttentionPanel(weights, [predictions[q]], [truth[t]]))
         figure = attention_panels_figure(
             item.picture,
@@ -403,7 +409,6 @@ def diagnostics_kind(request: VisualizeRequest) -> list[Path]:
 @figure_kind("sparsity")
 def sparsity_kind(request: VisualizeRequest) -> list[Path]:
     """Gini, zeros ratio and PAIBB per layer across runs, from their ``analyze`` output."""
-    records = [json.loads(path.read_text()) for path in find_analyses(request.runs)]
-    labels = [Path(r["checkpoint"]).parent.name + (" (random init)" if r["random_init"] else "") for r in records]
-    figure = sparsity_figure(dict(zip(labels, (r["attention"] for r in records), strict=True)))
+    records = read_analyses(request.runs)
+    figure = sparsity_figure({analysis_label(r): r["attention"] for r in records})
     return [save_figure(figure, request.output / "sparsity", request.fmt)]
