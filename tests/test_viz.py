@@ -145,3 +145,13 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert "train.diagnostics_every" in capsys.readouterr().err
     assert main(["visualize", "compare", run, "--output", str(tmp_path)]) == 2
     assert "two or more runs" in capsys.readouterr().err
+
+
+def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, capsys):
+    run = str(runs["run"])
+    assert main(["analyze", "--checkpoint", run, "--paibb-upsampled", "--output", str(tmp_path / "a")]) == 0
+    assert "Thesis-compatible PAIBB at decoder_cross" in capsys.readouterr().out
+    paibb = json.loads((tmp_path / "a" / "analysis.json").read_text())["attention"]["sites"]["decoder_cross"]["paibb"]
+    assert 0 <= paibb["upsampled_last_layer"]["overall"]["mean"] <= 1
+    default = json.loads((runs["run"] / "analysis" / "analysis.json").read_text())["attention"]["sites"]
+    assert "upsampled_last_layer" not in default["decoder_cross"]["paibb"], "the exact grid coverage stays the default"

@@ -111,6 +111,7 @@ def _analyze(args: argparse.Namespace) -> int:
         sites,
         zero_threshold=args.zero_threshold,
         keep_per_image=args.per_image,
+        paibb_upsampled=args.paibb_upsampled,
         progress=True,
     )
     record = {
@@ -389,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--zero-threshold", type=float, help="zeros-ratio threshold (default: 1e-6 for softmax sites, 0 for sparse)"
     )
     an.add_argument("--per-image", action="store_true", help="also keep per-image records in analysis.json")
+    an.add_argument(
+        "--paibb-upsampled",
+        action="store_true",
+        help="also the prior thesis's PAIBB: last layer, head average, bilinearly upsampled to the image size",
+    )
     an.add_argument("--output", help="output folder (default: <run dir>/analysis or <run dir>/analysis-random-init)")
     an.set_defaults(func=_analyze)
 
