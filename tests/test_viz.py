@@ -155,3 +155,12 @@ def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, ca
     assert 0 <= paibb["upsampled_last_layer"]["overall"]["mean"] <= 1
     default = json.loads((runs["run"] / "analysis" / "analysis.json").read_text())["attention"]["sites"]
     assert "upsampled_last_layer" not in default["decoder_cross"]["paibb"], "the exact grid coverage stays the default"
+
+
+def test_predict_draws_each_detections_attention(runs, tmp_path: Path, capsys):
+    image = runs["images"] / "val_000001.png"
+    argv = ["predict", "--checkpoint", str(runs["run"]), str(image), "--output", str(tmp_path), "--threshold", "0"]
+    assert main([*argv, "--attention"]) == 0
+    assert "attention of each detection" in capsys.readouterr().out
+    # one panel per detection: all 6 queries pass threshold 0 -> 6 panels of 1.5 in + 1.2 in for the colour bar
+    check_image(tmp_path / "val_000001_attention.png", (round((1.5 * 6 + 1.2) * DPI), round((1.5 + 0.9) * DPI)))

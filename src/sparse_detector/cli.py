@@ -190,6 +190,12 @@ def _predict(args: argparse.Namespace) -> int:
         draw_boxes(image, boxes.tolist(), labels.tolist(), names, scores.tolist()).save(picture)
         records.append({"image": str(path), "width": image.width, "height": image.height, "detections": detections})
         print(f"{path}: {len(detections)} detections -> {picture}")
+        if args.attention:
+            from .viz.kinds import detection_attention
+
+            queries = keep.nonzero().flatten().tolist()
+            if figure := detection_attention(loaded, tensor, queries, out_dir / f"{path.stem}_attention", device):
+                print(f"  attention of each detection -> {figure}")
     (out_dir / "predictions.json").write_text(json.dumps(records, indent=2))
     print(f"written: {out_dir / 'predictions.json'}")
     return 0
@@ -239,8 +245,21 @@ def _quickstart(args: argparse.Namespace) -> int:
     minutes = (time.perf_counter() - start) / 60
     print(f"quickstart finished in {minutes:.1f} min: AP50 {stats['AP50']:.3f}, AP {stats['AP']:.3f}")
     print(f"(evaluated on {args.num_val} held-out generated images)")
+    _quickstart_figures(run_dir, config.train.device)
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _quickstart_figures(run_dir: Path, device: str) -> None:
+    """The quickstart's last step: its model's attention drawn on a few held-out images."""
+    from .viz.kinds import VisualizeRequest, visualize
+
+    request = VisualizeRequest(runs=[run_dir / "train"], output=run_dir / "figures", num_images=3, device=device)
+    files = visualize("attention", request)
+    print(
+        f"attention of 3 held-out images (each query scoring >= {request.threshold}, else the best one): "
+        f"{len(files)} figures in {request.output}/"
+    )
 
 
 def _pixel(text: str) -> tuple[float, float]:
@@ -417,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--output", default="predictions", help="output folder")
     pr.add_argument("--threshold", type=float, default=0.5, help="minimum score of a kept detection")
+    pr.add_argument("--attention", action="store_true", help="also draw each detection's head-averaged attention")
     pr.set_defaults(func=_predict)
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)

@@ -7,7 +7,7 @@ a new model family adds its own kinds the same way. The figure functions themsel
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,6 +237,23 @@ def attention_kind(request: VisualizeRequest) -> list[Path]:
             )
             written.append(save_figure(figure, request.output / f"attention_{site}_{item.name}_q{q}", request.fmt))
     return written
+
+
+def detection_attention(
+    loaded: LoadedModel, image: Tensor, queries: Sequence[int], path: Path, device: torch.device, fmt: str = "png"
+) -> Path | None:
+    """``predict --attention``: one panel per detection (``queries``) with its head-averaged map of the last layer
+    of the model's object-query site over the grid; ``image`` is the model input. None when nothing was detected."""
+    if not queries:
+        return None
+    item = ImageItem(path.stem, image, None, display_image(image, loaded.config.data.normalize))
+    site = grid_site(loaded, "queries", None)
+    outputs, maps = recorded_forward(loaded, item, site, device)
+    predictions = _prediction_boxes(outputs, item, loaded.label_map)
+    panels = [[AttentionPanel(maps[-1, :, q].mean(axis=0), [predictions[q]]) for q in queries]]
+    title = f"{site}, last layer, head average, per detection"
+    figure = attention_panels_figure(item.picture, panels, [site], [predictions[q].text for q in queries], title)
+    return save_figure(figure, path, fmt)
 
 
 def _most_attended_cells(maps: np.ndarray, count: int = 2) -> list[int]:
