@@ -1,12 +1,15 @@
-"""Pieces every model builder shares: an attention map from its site's config, and the set loss."""
+"""Pieces model builders share: an attention map from its site's config, and the loss of the configured arch."""
 
 from __future__ import annotations
+
+from torch import nn
 
 from ..attention.base import AttentionActivation
 from ..attention.registry import get_activation
 from ..config import AttentionSiteConfig, Config
 from .criterion import SetCriterion
 from .matcher import HungarianMatcher
+from .registry import model_entry
 
 
 def build_activation(site: AttentionSiteConfig | None, num_heads: int) -> AttentionActivation:
@@ -19,7 +22,13 @@ def build_activation(site: AttentionSiteConfig | None, num_heads: int) -> Attent
     return get_activation(site.activation, **options.get(site.activation, {}))
 
 
-def build_criterion(config: Config) -> SetCriterion:
+def build_criterion(config: Config) -> nn.Module:
+    """The loss of ``config.model.arch``: its registered criterion, else DETR's set criterion."""
+    custom = model_entry(config.model.arch).criterion
+    return custom(config) if custom is not None else build_set_criterion(config)
+
+
+def build_set_criterion(config: Config) -> SetCriterion:
     """Matcher + set loss with the configured costs and coefficients."""
     loss = config.loss
     matcher = HungarianMatcher(loss.set_cost_class, loss.set_cost_bbox, loss.set_cost_giou)

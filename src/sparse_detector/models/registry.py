@@ -7,7 +7,9 @@ A builder takes the whole :class:`~sparse_detector.config.Config` and returns a 
 
 ``build_model(config)`` builds it, sets ``model.arch`` and checks ``model.attention.<site>`` against the model's
 sites (unknown site, or a map the site's keys cannot take, e.g. TVMax where the keys are not the feature grid).
-An arch may also register how to read an official checkpoint (``official_config``: state dict -> Config).
+An arch may also register how to read an official checkpoint (``official_config``: state dict -> Config) and its
+own loss (``criterion``: Config -> module with a ``matcher`` attribute, which PAIBB uses to pair queries with boxes;
+default: DETR's set criterion, see ``build.build_criterion``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..attention.sites import AttentionSite, model_sites
 from ..config import AttentionSiteConfig, Config, ConfigError
 
 ModelBuilder = Callable[[Config], nn.Module]
+CriterionBuilder = Callable[[Config], nn.Module]
 OfficialConfig = Callable[..., Config]
 """``(state_dict, **options) -> Config`` of an official checkpoint of the arch (options: e.g. ``nheads``)."""
 
@@ -31,18 +34,22 @@ class ModelEntry:
     name: str
     builder: ModelBuilder
     official_config: OfficialConfig | None = None
+    criterion: CriterionBuilder | None = None
 
 
 _MODELS: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str | None = None, official_config: OfficialConfig | None = None
+    name: str | None = None,
+    official_config: OfficialConfig | None = None,
+    criterion: CriterionBuilder | None = None,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator adding a builder under ``name`` (default: the function's name)."""
 
     def add(builder: ModelBuilder) -> ModelBuilder:
-        _MODELS[name or builder.__name__] = ModelEntry(name or builder.__name__, builder, official_config)
+        arch = name or builder.__name__
+        _MODELS[arch] = ModelEntry(arch, builder, official_config, criterion)
         return builder
 
     return add
