@@ -286,6 +286,7 @@ def _visualize(args: argparse.Namespace) -> int:
         num_images=args.num_images,
         queries=args.queries,
         threshold=args.threshold,
+        max_queries=args.max_queries,
         pixels=args.pixels,
         site=args.site,
         official=args.official,
@@ -315,6 +316,7 @@ def _add_visualize_parser(commands: argparse._SubParsersAction) -> None:
     vis.add_argument("--num-images", type=int, default=3, help="validation images drawn when none are given")
     vis.add_argument("--queries", type=int, nargs="+", help="attention: these queries (default: score >= threshold)")
     vis.add_argument("--threshold", type=float, default=0.5, help="attention: minimum score of a drawn query")
+    vis.add_argument("--max-queries", type=int, default=0, help="attention: at most this many, best first (0: all)")
     vis.add_argument("--pixels", type=_pixel, nargs="+", metavar="X,Y", help="encoder: query pixels (image coords)")
     vis.add_argument("--site", help="attention site to draw (default: the model's site for the kind)")
     vis.add_argument("--official", action="store_true", help="RUN is an official DETR checkpoint")

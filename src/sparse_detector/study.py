@@ -170,7 +170,11 @@ def _run_figures(run_dir: Path, study: StudyConfig, device: str) -> list[Path]:
     """The per-run figures that apply: alpha only with learnable α, diagnostics only when recorded."""
     written = []
     request = VisualizeRequest(
-        runs=[run_dir], output=run_dir / "figures", num_images=study.figure_images, device=device, threshold=0.5
+        runs=[run_dir],
+        output=run_dir / "figures",
+        num_images=study.figure_images,
+        device=device,
+        max_queries=2,
     )
     for kind in RUN_FIGURES:
         try:

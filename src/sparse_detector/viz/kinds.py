@@ -52,6 +52,7 @@ class VisualizeRequest:
     num_images: int = 3
     queries: list[int] | None = None  # attention: these queries (default: score >= threshold, at least the best)
     threshold: float = 0.5
+    max_queries: int = 0  # attention: at most this many of the queries passing the threshold, best first (0: all)
     pixels: list[tuple[float, float]] | None = None  # encoder: (x, y) in original-image pixels (default: most attended)
     site: str | None = None  # default: the model's first site over the feature grid with the kind's queries
     official: bool = False
@@ -225,8 +226,8 @@ def attention_kind(request: VisualizeRequest) -> list[Path]:
     for item in load_images(loaded.config, request):
         outputs, maps = recorded_forward(loaded, item, site, device)
         scores, _ = _scores_labels(outputs)
-        queries = request.queries or (scores >= request.threshold).nonzero().flatten().tolist()
-        queries = queries or [int(scores.argmax())]  # always at least the best-scoring query
+        passing = [q for q in scores.argsort(descending=True).tolist() if scores[q] >= request.threshold]
+        queries = request.queries or passing[: request.max_queries or None] or [int(scores.argmax())]  # at least one
         predictions, truth = _prediction_boxes(outputs, item, loaded.label_map), _truth_boxes(item, loaded.label_map)
         for q in queries:
             if not 0 <= q < len(predictions):
