@@ -36,13 +36,14 @@ def alpha_figure(records: Sequence[Mapping], title: str = "") -> Figure:
     for row, module in enumerate(modules):
         last[row, : history[module].shape[1]] = history[module][-1]
     figure = Figure(figsize=(12, 1.1 * len(modules) + 2.0), layout="constrained")
-    left, right = figure.subfigures(1, 2, width_ratios=[1, 1.3])
+    left, right = figure.subfigures(1, 2, width_ratios=[1.2, 1])
     heat = left.subplots()
     image = heat.imshow(last, cmap="magma", aspect="auto")
     for (row, head), value in np.ndenumerate(last):
         if np.isfinite(value):
             color = "black" if value > np.nanmean(last) else "white"
-            heat.text(head, row, f"{value:.3f}", ha="center", va="center", fontsize=7, color=color)
+            rotation = 90 if heads > 4 else 0  # upright numbers would overlap in narrow cells
+            heat.text(head, row, f"{value:.3f}", ha="center", va="center", fontsize=7, color=color, rotation=rotation)
     heat.set_xticks(range(heads), [str(h) for h in range(heads)])
     heat.set_yticks(range(len(modules)), [_module_label(m) for m in modules], fontsize=7)
     heat.set_xlabel("head")
@@ -55,7 +56,7 @@ def alpha_figure(records: Sequence[Mapping], title: str = "") -> Figure:
             axes.plot(steps, history[module][:, head], color=colors[str(head)], linewidth=1, label=f"head {head}")
         axes.set_title(_module_label(module), fontsize=8)
         axes.set_ylabel("α", fontsize=8)
-    lines[0].legend(fontsize=6, ncols=min(heads, 8))
+    lines[-1].legend(fontsize=6, ncols=min(heads, 4))
     lines[-1].set_xlabel("step")
     if title:
         figure.suptitle(title, fontsize=10)
