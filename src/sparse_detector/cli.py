@@ -254,10 +254,12 @@ def _quickstart_figures(run_dir: Path, device: str) -> None:
     """The quickstart's last step: its model's attention drawn on a few held-out images."""
     from .viz.kinds import VisualizeRequest, visualize
 
-    request = VisualizeRequest(runs=[run_dir / "train"], output=run_dir / "figures", num_images=3, device=device)
+    request = VisualizeRequest(
+        runs=[run_dir / "train"], output=run_dir / "figures", num_images=3, max_queries=3, device=device
+    )
     files = visualize("attention", request)
     print(
-        f"attention of 3 held-out images (each query scoring >= {request.threshold}, else the best one): "
+        f"attention of 3 held-out images (up to 3 queries scoring >= {request.threshold} each, else the best one): "
         f"{len(files)} figures in {request.output}/"
     )
 
