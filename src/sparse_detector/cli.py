@@ -33,7 +33,7 @@ from .engine.evaluate import evaluate
 from .engine.inference import category_id, category_name, load_trained_model
 from .engine.trainer import Trainer
 from .models.build import ATTENTION_SITES, build_criterion
-from .models.postprocess import PostProcess
+from .models.postprocess import postprocessor_for
 from .viz.boxes import draw_boxes
 
 log = logging.getLogger("sparse_detector")
@@ -173,7 +173,7 @@ def _predict(args: argparse.Namespace) -> int:
         empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
         tensor, _ = transforms(image, empty)
         outputs = model([tensor.to(device)])
-        result = PostProcess()(outputs, torch.tensor([[image.height, image.width]], device=device))[0]
+        result = postprocessor_for(model)(outputs, torch.tensor([[image.height, image.width]], device=device))[0]
         keep = result["scores"] >= args.threshold
         boxes, labels, scores = (result[k][keep].cpu() for k in ("boxes", "labels", "scores"))
         names = [category_name(loaded.label_map, int(label)) for label in labels]

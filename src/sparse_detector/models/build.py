@@ -7,14 +7,16 @@ from ..attention.registry import get_activation
 from ..config import AttentionSiteConfig, Config, ConfigError, ModelConfig
 from .backbone import Backbone, Joiner
 from .criterion import SetCriterion
+from .deformable_detr import DeformableDETR, build_deformable_criterion, build_deformable_detr
 from .detr import DETR
 from .matcher import HungarianMatcher
 from .position_encoding import build_position_encoding
 from .transformer import Transformer
 
 ATTENTION_SITES = ("encoder_self", "decoder_self", "decoder_cross")
-#: Sites whose keys are the image's feature grid: the only ones where TVMax (a penalty over grid neighbours) applies.
-GRID_SITES = ("encoder_self", "decoder_cross")
+#: Per ``model.arch``: sites whose keys are the image's feature grid, the only ones where TVMax (a penalty over grid
+#: neighbours) applies. Deformable DETR has none: its encoder and cross-attention keys are sampling points.
+GRID_SITES = {"detr": ("encoder_self", "decoder_cross"), "deformable_detr": ()}
 
 
 def build_activation(site: AttentionSiteConfig, num_heads: int) -> AttentionActivation:
@@ -26,15 +28,25 @@ def build_activation(site: AttentionSiteConfig, num_heads: int) -> AttentionActi
     return get_activation(site.activation, **options.get(site.activation, {}))
 
 
-def build_transformer(cfg: ModelConfig) -> Transformer:
-    t = cfg.transformer
+def site_activations(cfg: ModelConfig) -> dict[str, AttentionSiteConfig]:
+    """The configured attention map of every site, checked against the architecture."""
+    if cfg.arch not in GRID_SITES:
+        raise ConfigError(f"unknown model.arch {cfg.arch!r}; choose one of {sorted(GRID_SITES)}")
+    grid_sites = GRID_SITES[cfg.arch]
     sites = {name: getattr(cfg.attention, name) for name in ATTENTION_SITES}
     for name, site in sites.items():
-        if site.activation == "tvmax" and name not in GRID_SITES:
+        if site.activation == "tvmax" and name not in grid_sites:
+            where = f"use tvmax at {' or '.join(grid_sites)}" if grid_sites else f"{cfg.arch} has no such site"
             raise ConfigError(
                 f"model.attention.{name}.activation: tvmax needs keys on the image's feature grid, which the "
-                f"{name} site does not have (its keys are the object queries); use tvmax at {' or '.join(GRID_SITES)}"
+                f"{name} site of {cfg.arch} does not have; {where}"
             )
+    return sites
+
+
+def build_transformer(cfg: ModelConfig) -> Transformer:
+    t = cfg.transformer
+    sites = site_activations(cfg)
     return Transformer(
         d_model=t.hidden_dim,
         nhead=t.nheads,
@@ -47,9 +59,12 @@ def build_transformer(cfg: ModelConfig) -> Transformer:
     )
 
 
-def build_model(config: Config) -> DETR:
-    """A DETR with the configured backbone, transformer and attention maps."""
+def build_model(config: Config) -> DETR | DeformableDETR:
+    """The configured ``model.arch`` with its backbone, transformer and attention maps."""
     cfg = config.model
+    if cfg.arch == "deformable_detr":
+        sites = site_activations(cfg)
+        return build_deformable_detr(config, lambda site: build_activation(sites[site], cfg.transformer.nheads))
     backbone = Joiner(
         Backbone(cfg.backbone), build_position_encoding(cfg.position_embedding, cfg.transformer.hidden_dim)
     )
@@ -58,6 +73,8 @@ def build_model(config: Config) -> DETR:
 
 def build_criterion(config: Config) -> SetCriterion:
     """Matcher + set loss with the configured costs and coefficients."""
+    if config.model.arch == "deformable_detr":
+        return build_deformable_criterion(config)
     loss = config.loss
     matcher = HungarianMatcher(loss.set_cost_class, loss.set_cost_bbox, loss.set_cost_giou)
     num_aux = config.model.transformer.dec_layers - 1 if config.model.aux_loss else 0

@@ -1,0 +1,58 @@
+"""Multi-scale ResNet features for Deformable DETR: C3-C5 (strides 8, 16, 32) with their padding masks.
+
+Module names follow the official model (``backbone.0.body.layer2...``, ``backbone.1`` the position encoding).
+The extra coarser levels (stride-2 convolutions on C5) belong to the model's ``input_proj``, as officially.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models._utils import IntermediateLayerGetter
+
+from ...config import BackboneConfig
+from ...data.batching import PaddedBatch
+from ..backbone import STAGES, _load_resnet, _stage_channels, _stage_of
+
+#: The stages Deformable DETR reads, finest first (C3, C4, C5).
+FEATURE_STAGES = ("layer2", "layer3", "layer4")
+
+
+class MultiScaleBackbone(nn.Module):
+    """A torchvision ResNet returning the last ``num_outputs`` of C3-C5; frozen outside ``trainable_layers``."""
+
+    def __init__(self, cfg: BackboneConfig, num_outputs: int) -> None:
+        super().__init__()
+        unknown = sorted(set(cfg.trainable_layers) - set(STAGES))
+        if unknown:
+            raise ValueError(f"model.backbone.trainable_layers has unknown stage {unknown[0]!r}; use {list(STAGES)}")
+        resnet = _load_resnet(cfg)
+        trainable = set(cfg.trainable_layers) if cfg.lr > 0 else set()
+        for name, param in resnet.named_parameters():
+            param.requires_grad_(_stage_of(name) in trainable)
+        stages = FEATURE_STAGES[-num_outputs:]
+        self.body = IntermediateLayerGetter(resnet, return_layers={stage: str(i) for i, stage in enumerate(stages)})
+        self.num_channels = [_stage_channels(getattr(resnet, stage)) for stage in stages]
+        self.strides = [2 ** (STAGES.index(stage) + 1) for stage in stages]
+        if cfg.dilation:
+            self.strides[-1] //= 2
+
+    def forward(self, batch: PaddedBatch) -> list[PaddedBatch]:
+        features = []
+        for x in self.body(batch.tensors).values():
+            mask = F.interpolate(batch.mask[None].float(), size=x.shape[-2:]).to(batch.mask.dtype)[0]
+            features.append(PaddedBatch(x, mask))
+        return features
+
+
+class MultiScaleJoiner(nn.Sequential):
+    """``[backbone, position_encoding]``: each level's features with its mask, and its positional encoding."""
+
+    def __init__(self, backbone: MultiScaleBackbone, position_encoding: nn.Module) -> None:
+        super().__init__(backbone, position_encoding)
+        self.num_channels = backbone.num_channels
+        self.strides = backbone.strides
+
+    def forward(self, batch: PaddedBatch) -> tuple[list[PaddedBatch], list[Tensor]]:
+        features = self[0](batch)
+        return features, [self[1](f.mask).to(f.tensors.dtype) for f in features]
