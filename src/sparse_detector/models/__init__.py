@@ -5,7 +5,7 @@ from .criterion import SetCriterion
 from .detr import DETR
 from .matcher import HungarianMatcher
 from .postprocess import PostProcess
-from .weights import detr_from_official, load_state_dict_checked
+from .weights import deformable_detr_from_official, detr_from_official, load_state_dict_checked
 
 __all__ = [
     "DETR",
@@ -15,6 +15,7 @@ __all__ = [
     "build_activation",
     "build_criterion",
     "build_model",
+    "deformable_detr_from_official",
     "detr_from_official",
     "load_state_dict_checked",
 ]

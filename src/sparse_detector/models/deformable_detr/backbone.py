@@ -1,5 +1,8 @@
 """Multi-scale ResNet features for Deformable DETR: C3-C5 (strides 8, 16, 32) with their padding masks.
 
+``model.backbone.return_layer`` is the last stage read (official: layer4 = C5); layer3 stops at C4, which saves
+the largest stage of a from-scratch tiny model (the extra levels then start from C4).
+
 Module names follow the official model (``backbone.0.body.layer2...``, ``backbone.1`` the position encoding).
 The extra coarser levels (stride-2 convolutions on C5) belong to the model's ``input_proj``, as officially.
 """
@@ -19,10 +22,16 @@ FEATURE_STAGES = ("layer2", "layer3", "layer4")
 
 
 class MultiScaleBackbone(nn.Module):
-    """A torchvision ResNet returning the last ``num_outputs`` of C3-C5; frozen outside ``trainable_layers``."""
+    """A torchvision ResNet returning up to ``num_outputs`` of C3-C5 (the coarsest ones, ending at
+    ``cfg.return_layer``); stages outside ``trainable_layers`` are frozen."""
 
     def __init__(self, cfg: BackboneConfig, num_outputs: int) -> None:
         super().__init__()
+        if cfg.return_layer not in FEATURE_STAGES:
+            raise ValueError(
+                f"model.backbone.return_layer must be one of {list(FEATURE_STAGES)} for Deformable DETR, "
+                f"got {cfg.return_layer!r}"
+            )
         unknown = sorted(set(cfg.trainable_layers) - set(STAGES))
         if unknown:
             raise ValueError(f"model.backbone.trainable_layers has unknown stage {unknown[0]!r}; use {list(STAGES)}")
@@ -30,7 +39,8 @@ class MultiScaleBackbone(nn.Module):
         trainable = set(cfg.trainable_layers) if cfg.lr > 0 else set()
         for name, param in resnet.named_parameters():
             param.requires_grad_(_stage_of(name) in trainable)
-        stages = FEATURE_STAGES[-num_outputs:]
+        readable = FEATURE_STAGES[: FEATURE_STAGES.index(cfg.return_layer) + 1]
+        stages = readable[-num_outputs:]
         self.body = IntermediateLayerGetter(resnet, return_layers={stage: str(i) for i, stage in enumerate(stages)})
         self.num_channels = [_stage_channels(getattr(resnet, stage)) for stage in stages]
         self.strides = [2 ** (STAGES.index(stage) + 1) for stage in stages]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ...config import Config
 from ..position_encoding import build_position_encoding
-from .backbone import FEATURE_STAGES, MultiScaleBackbone, MultiScaleJoiner
+from .backbone import MultiScaleBackbone, MultiScaleJoiner
 from .criterion import FocalHungarianMatcher, FocalSetCriterion
 from .model import DeformableDETR
 from .transformer import DeformableTransformer, MakeActivation
@@ -21,7 +21,7 @@ def build_deformable_detr(config: Config, make_activation: MakeActivation) -> De
     if d.num_feature_levels < 1:
         raise ValueError(f"model.deformable.num_feature_levels must be at least 1, got {d.num_feature_levels}")
     backbone = MultiScaleJoiner(
-        MultiScaleBackbone(cfg.backbone, min(d.num_feature_levels, len(FEATURE_STAGES))),
+        MultiScaleBackbone(cfg.backbone, d.num_feature_levels),
         build_position_encoding(cfg.position_embedding, t.hidden_dim, offset=POSITION_OFFSET),
     )
     transformer = DeformableTransformer(
