@@ -177,8 +177,8 @@ def test_tiny_model_trains_on_shapes(shapes, activation):
     model, criterion = build_model(config), build_criterion(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)  # high, so that weights leave the uniform start
     loader = build_loader(build_dataset(config, "train"), config, train=True)
-    attn = model.transformer.decoder.layers[-1].cross_attn
-    attn.store_weights = True
+    records = []
+    model.transformer.decoder.layers[-1].cross_attn.record_to(records.append)
     for _ in range(3):
         for batch, targets in loader:
             loss = criterion.total_loss(criterion(model(batch), targets))
@@ -187,7 +187,7 @@ def test_tiny_model_trains_on_shapes(shapes, activation):
             optimizer.step()
             assert torch.isfinite(loss)
             assert all(torch.isfinite(p).all() for p in model.parameters())
-    weights = attn.stored_sampling["weights"]
+    weights = records[-1].weights
     assert torch.isfinite(weights).all()
     assert ((weights == 0).sum() > 0) == (activation == "sparsemax")
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .base import AttentionActivation
 from .registry import Softmax
+from .sites import PointsRecord, RecordingModule
 
 
 def level_shapes(spatial_shapes: Tensor | Sequence[Sequence[int]]) -> list[tuple[int, int]]:
@@ -96,11 +97,12 @@ def ms_deform_attn_sample(
     return out.view(batch, heads * dim, num_queries).transpose(1, 2).contiguous()
 
 
-class MSDeformAttn(nn.Module):
+class MSDeformAttn(RecordingModule):
     """Multi-scale deformable attention; ``activation`` maps the (levels × points) logits of each head to weights.
 
-    Set ``store_weights = True`` to keep the last call's sampling in ``stored_sampling``: ``weights``
-    (B, Lq, H, L, P) and ``sampling_locations`` (B, Lq, H, L, P, 2) in [0, 1] of the padded map.
+    While a recorder listens (:class:`~.sites.RecordingModule`) every call emits a :class:`~.sites.PointsRecord`:
+    the weights, sampling locations and reference points in [0, 1] of each image's valid area, the level shapes
+    and valid ratios.
     """
 
     def __init__(
@@ -123,8 +125,6 @@ class MSDeformAttn(nn.Module):
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
         self.activation = activation if activation is not None else Softmax()
-        self.store_weights = False
-        self.stored_sampling: dict[str, Tensor] | None = None
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -160,11 +160,15 @@ class MSDeformAttn(nn.Module):
         input_spatial_shapes: Tensor,
         input_level_start_index: Tensor | None = None,
         input_padding_mask: Tensor | None = None,
+        valid_ratios: Tensor | None = None,
+        query_padding_mask: Tensor | None = None,
     ) -> Tensor:
         """``query`` (B, Lq, C); ``reference_points`` (B, Lq, L, 2) as (x, y) in [0, 1] of the padded map, or
         (B, Lq, L, 4) reference boxes (cx, cy, w, h); ``input_flatten`` (B, S, C) the levels' maps flattened and
         concatenated; ``input_spatial_shapes`` (L, 2) each level's (h, w); ``input_padding_mask`` (B, S) True =
-        padding. ``input_level_start_index`` is accepted for signature parity with the official module."""
+        padding. ``input_level_start_index`` is accepted for signature parity with the official module.
+        ``valid_ratios`` (B, L, 2) each image's valid share (w, h) of each level (default: no padding) and
+        ``query_padding_mask`` (B, Lq) (queries that are padded grid cells) only describe the records."""
         batch, num_queries, _ = query.shape
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
@@ -182,9 +186,36 @@ class MSDeformAttn(nn.Module):
             locations = centre + offsets / self.n_points * size * 0.5
         else:
             raise ValueError(f"reference_points must end in 2 or 4 coordinates, got {reference_points.shape[-1]}")
-        if self.store_weights:
-            self.stored_sampling = {"weights": weights.detach(), "sampling_locations": locations.detach()}
+        if self.recording:
+            self.emit(
+                self._record(
+                    weights, locations, reference_points, input_spatial_shapes, valid_ratios, query_padding_mask
+                )
+            )
         output = ms_deform_attn_sample(
             value, input_spatial_shapes, locations, weights, skip_zero_weights=not self.activation.is_softmax
         )
         return self.output_proj(output)
+
+    def _record(
+        self,
+        weights: Tensor,
+        locations: Tensor,
+        reference_points: Tensor,
+        spatial_shapes: Tensor,
+        valid_ratios: Tensor | None,
+        query_padding_mask: Tensor | None,
+    ) -> PointsRecord:
+        """The call's record, locations moved from the padded map to each image's valid area."""
+        if valid_ratios is None:
+            valid_ratios = weights.new_ones(weights.shape[0], self.n_levels, 2)
+        ratios = valid_ratios if reference_points.shape[-1] == 2 else valid_ratios.repeat(1, 1, 2)
+        return PointsRecord(
+            weights=weights.detach(),
+            sampling_locations=locations.detach() / valid_ratios[:, None, None, :, None, :],
+            reference_points=reference_points.detach() / ratios[:, None],
+            level_shapes=spatial_shapes,
+            valid_ratios=valid_ratios,
+            query_padding_mask=query_padding_mask,
+            dense=self.activation.is_softmax,
+        )

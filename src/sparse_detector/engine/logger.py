@@ -1,4 +1,7 @@
-"""Run logging: one JSON object per line in ``metrics.jsonl``, optionally mirrored to TensorBoard."""
+"""Run logging: one JSON object per line in ``metrics.jsonl``, optionally mirrored to TensorBoard.
+
+Reading the log back is ``sparse_detector.runs.read_metrics``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import math
 import time
 from pathlib import Path
 from typing import Any
+
+from ..runs import METRICS_FILE
 
 
 def _plain(value: Any) -> Any:
@@ -25,7 +30,7 @@ class MetricsLogger:
     """Appends records to ``run_dir/metrics.jsonl`` (flushed at once, so a killed run keeps its log)."""
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = False) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = None
         if tensorboard:
@@ -62,8 +67,3 @@ def _flatten(values: dict, prefix: str = "") -> dict[str, float]:
         elif isinstance(value, int | float) and not isinstance(value, bool):
             flat[name] = float(value)
     return flat
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

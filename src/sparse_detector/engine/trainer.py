@@ -15,17 +15,18 @@ from tqdm import tqdm
 from ..config import Config, config_to_dict, dump_config
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection
-from ..models.build import build_criterion, build_model
+from ..models import build_criterion, build_model
+from ..runs import BEST_CHECKPOINT as BEST
+from ..runs import LAST_CHECKPOINT as LAST
+from ..runs import read_metrics
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .coco_eval import format_table
 from .device import resolve_device, seed_everything
 from .evaluate import evaluate, targets_to
-from .logger import MetricsLogger, read_metrics
+from .logger import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
-
-LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 
 
 class NonFiniteLossError(FloatingPointError):

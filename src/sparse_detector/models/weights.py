@@ -1,4 +1,9 @@
-"""Loading weights: strict state-dict loading with readable errors, and official (Deformable) DETR checkpoints."""
+"""Loading weights: strict state-dict loading with readable errors, and official (Deformable) DETR checkpoints.
+
+``infer_official_config`` / ``infer_official_deformable_config`` are the official-checkpoint readers registered
+with the ``detr`` / ``deformable_detr`` archs;
+``load_official`` dispatches through the model registry by arch.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config
-from .build import build_model
-from .deformable_detr import DeformableDETR
-from .detr import DETR
+from .registry import build_model, official_config
 
 # Blocks per stage and block type of the torchvision ResNets, to recognise a backbone from its weights.
 _RESNET_LAYOUTS = {
@@ -115,13 +118,14 @@ def infer_official_config(state_dict: Mapping[str, Tensor], nheads: int = 8, dil
 
 
 def infer_official_deformable_config(
-    state_dict: Mapping[str, Tensor], nheads: int = 8, dilation: bool = False, two_stage_num_queries: int = 300
+    state_dict: Mapping[str, Tensor], nheads: int = 8, dilation: bool = False
 ) -> Config:
     """The :class:`Config` of an official Deformable DETR checkpoint, read from its keys and tensor shapes.
 
     Box refinement is recognised by the decoder's own box heads, two-stage by the proposal layers. The number of
-    heads (which with the points makes the sampling layers' width), the DC5 dilation and a two-stage model's query
-    count cannot be seen in the weights and are given (official defaults 8, False, 300).
+    heads (which with the points makes the sampling layers' width) and the DC5 dilation cannot be seen in the
+    weights and are given (official defaults 8, False); so is a two-stage model's query count (``num_queries``
+    override; official default 300).
     """
     config = Config()
     _infer_backbone(state_dict, config)
@@ -132,75 +136,62 @@ def infer_official_deformable_config(
     d.two_stage = "transformer.enc_output.weight" in state_dict
     d.with_box_refine = any(k.startswith("transformer.decoder.bbox_embed.") for k in state_dict)
     d.num_feature_levels, hidden_dim = state_dict["transformer.level_embed"].shape
-    model.num_queries = two_stage_num_queries if d.two_stage else state_dict["query_embed.weight"].shape[0]
+    model.num_queries = 300 if d.two_stage else state_dict["query_embed.weight"].shape[0]
     model.num_classes = state_dict["class_embed.0.weight"].shape[0]
     t = model.transformer
     t.hidden_dim, t.nheads = hidden_dim, nheads
     t.enc_layers = _count_indices(state_dict, "transformer.encoder.layers.")
     t.dec_layers = _count_indices(state_dict, "transformer.decoder.layers.")
     t.dim_feedforward = state_dict["transformer.encoder.layers.0.linear1.weight"].shape[0]
-    for attention, field in (
-        ("encoder.layers.0.self_attn", "enc_n_points"),
-        ("decoder.layers.0.cross_attn", "dec_n_points"),
-    ):
+    sampling = {"enc_n_points": "encoder.layers.0.self_attn", "dec_n_points": "decoder.layers.0.cross_attn"}
+    for points, attention in sampling.items():
         width = state_dict[f"transformer.{attention}.attention_weights.weight"].shape[0]
         if width % (nheads * d.num_feature_levels):
             raise CheckpointMismatchError(
                 f"transformer.{attention}.attention_weights has {width} outputs, not a multiple of nheads={nheads} "
                 f"x {d.num_feature_levels} levels; pass the number of heads the model was trained with (nheads=...)"
             )
-        setattr(d, field, width // (nheads * d.num_feature_levels))
+        setattr(d, points, width // (nheads * d.num_feature_levels))
     return config
 
 
-def _apply_overrides(config: Config, overrides: Mapping[str, object], caller: str) -> None:
-    """Set model fields by name on the inferred config (top-level, transformer or deformable fields)."""
+def load_official(
+    path_or_state_dict: str | Path | Mapping[str, Tensor], arch: str = "detr", **overrides
+) -> tuple[nn.Module, Config]:
+    """An official checkpoint of ``arch`` in a model built to fit it (eval mode), and that model's config.
+
+    ``overrides`` first go to the arch's official reader when it takes them (DETR: ``nheads``, ``dilation``), the
+    others set model fields (e.g. ``pre_norm=True``, ``aux_loss=False``) on the inferred config: top-level
+    :class:`ModelConfig`, :class:`TransformerConfig` or :class:`DeformableConfig` fields.
+    """
+    state_dict, source = read_state_dict(path_or_state_dict)
+    reader_options = {key: overrides.pop(key) for key in ("nheads", "dilation") if key in overrides}
+    config = official_config(arch, state_dict, **reader_options)
     for key, value in overrides.items():
         for section in (config.model, config.model.transformer, config.model.deformable):
             if hasattr(section, key):
                 setattr(section, key, value)
                 break
         else:
-            raise TypeError(f"{caller} got unknown override {key!r}")
+            raise TypeError(f"load_official got unknown override {key!r}")
+    model = build_model(config)
+    load_state_dict_checked(model, state_dict, source)
+    return model.eval(), config
 
 
 def detr_from_official(
-    path_or_state_dict: str | Path | Mapping[str, Tensor],
-    *,
-    nheads: int = 8,
-    dilation: bool = False,
-    **overrides,
-) -> DETR:
-    """Load an official facebookresearch/detr checkpoint into a model built to fit it; returned in eval mode.
-
-    ``overrides`` set other model fields (e.g. ``pre_norm=True``, ``aux_loss=False``, ``num_queries=...``) on
-    the inferred config: top-level :class:`ModelConfig` fields or :class:`TransformerConfig` fields.
-    """
-    state_dict, source = read_state_dict(path_or_state_dict)
-    config = infer_official_config(state_dict, nheads=nheads, dilation=dilation)
-    _apply_overrides(config, overrides, "detr_from_official")
-    model = build_model(config)
-    load_state_dict_checked(model, state_dict, source)
-    return model.eval()
+    path_or_state_dict: str | Path | Mapping[str, Tensor], *, nheads: int = 8, dilation: bool = False, **overrides
+) -> nn.Module:
+    """Load an official facebookresearch/detr checkpoint into a model built to fit it; returned in eval mode
+    (``load_official`` with ``arch="detr"``)."""
+    return load_official(path_or_state_dict, "detr", nheads=nheads, dilation=dilation, **overrides)[0]
 
 
 def deformable_detr_from_official(
-    path_or_state_dict: str | Path | Mapping[str, Tensor],
-    *,
-    nheads: int = 8,
-    dilation: bool = False,
-    **overrides,
-) -> DeformableDETR:
-    """Load an official fundamentalvision/Deformable-DETR checkpoint (plain, box refinement or two-stage, told
-    apart by its keys; sizes read from its tensors) into a model built to fit it; returned in eval mode.
-
-    ``overrides`` set other model fields on the inferred config (e.g. ``num_queries=...`` for a two-stage model,
-    ``aux_loss=False``): top-level :class:`ModelConfig`, :class:`TransformerConfig` or :class:`DeformableConfig`
-    fields. The model is called like the DETR model and returns the same outputs.
-    """
-    state_dict, source = read_state_dict(path_or_state_dict)
-    config = infer_official_deformable_config(state_dict, nheads=nheads, dilation=dilation)
-    _apply_overrides(config, overrides, "deformable_detr_from_official")
-    model = build_model(config)
-    load_state_dict_checked(model, state_dict, source)
-    return model.eval()
+    path_or_state_dict: str | Path | Mapping[str, Tensor], *, nheads: int = 8, dilation: bool = False, **overrides
+) -> nn.Module:
+    """Load an official fundamentalvision/Deformable-DETR checkpoint — plain, box refinement or two-stage, told
+    apart by its keys, sizes read from its tensors — into a model built to fit it; returned in eval mode and called
+    like the DETR model (``load_official`` with ``arch="deformable_detr"``; e.g. ``num_queries=...`` for a
+    two-stage model trained with other than 300)."""
+    return load_official(path_or_state_dict, "deformable_detr", nheads=nheads, dilation=dilation, **overrides)[0]

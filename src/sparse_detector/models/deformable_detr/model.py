@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...attention.sites import AttentionSite
 from ...data.batching import PaddedBatch, as_padded_batch
-from ..detr import MLP, DetrOutput
+from ..detr import MLP
+from ..outputs import DetectionOutput
 from .backbone import MultiScaleJoiner
 from .transformer import DeformableTransformer, clones, inverse_sigmoid
 
@@ -97,6 +99,9 @@ class DeformableDETR(nn.Module):
             for head in self.bbox_embed:
                 nn.init.zeros_(head.layers[-1].bias[2:])
 
+    def attention_sites(self) -> tuple[AttentionSite, ...]:
+        return self.transformer.attention_sites()
+
     def levels(self, batch: PaddedBatch) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Projected feature maps, padding masks and position encodings of every level, finest first."""
         features, pos = self.backbone(batch)
@@ -111,7 +116,7 @@ class DeformableDETR(nn.Module):
             pos.append(self.backbone[1](mask).to(src.dtype))
         return srcs, masks, pos
 
-    def forward(self, images: PaddedBatch | Tensor | Sequence[Tensor], mask: Tensor | None = None) -> DetrOutput:
+    def forward(self, images: PaddedBatch | Tensor | Sequence[Tensor], mask: Tensor | None = None) -> DetectionOutput:
         """``images``: a ``PaddedBatch``, a list of CHW tensors of any sizes, or a (B, 3, H, W) tensor with an
         optional (B, H, W) padding ``mask`` (True = padding)."""
         batch = PaddedBatch(images, mask) if mask is not None else as_padded_batch(images)
@@ -128,11 +133,8 @@ class DeformableDETR(nn.Module):
                 delta = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
             logits.append(self.class_embed[layer](hs[layer]))
             boxes.append(delta.sigmoid())
-        out: DetrOutput = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        aux = None
         if self.aux_loss:
-            out["aux_outputs"] = [
-                {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1], strict=True)
-            ]
-        if self.two_stage:
-            out["enc_outputs"] = {"pred_logits": enc_class, "pred_boxes": enc_coord.sigmoid()}
-        return out
+            aux = [DetectionOutput(a, b) for a, b in zip(logits[:-1], boxes[:-1], strict=True)]
+        enc = DetectionOutput(enc_class, enc_coord.sigmoid()) if self.two_stage else None
+        return DetectionOutput(logits[-1], boxes[-1], aux, enc_outputs=enc)

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from ...attention.base import AttentionActivation
 from ...attention.deformable import MSDeformAttn
 from ...attention.multihead import MultiheadAttention
+from ...attention.sites import AttentionSite
+from ..transformer import DECODER_CROSS, DECODER_SELF, ENCODER_SELF
 
 MakeActivation = Callable[[str], AttentionActivation]  # site name -> attention map of one layer
 
@@ -69,8 +71,18 @@ class DeformableTransformerEncoderLayer(nn.Module):
         spatial_shapes: Tensor,
         level_start_index: Tensor,
         padding_mask: Tensor | None = None,
+        valid_ratios: Tensor | None = None,
     ) -> Tensor:
-        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
+        attended = self.self_attn(
+            src + pos,
+            reference_points,
+            src,
+            spatial_shapes,
+            level_start_index,
+            padding_mask,
+            valid_ratios=valid_ratios,
+            query_padding_mask=padding_mask,
+        )
         src = self.norm1(src + self.dropout1(attended))
         ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
@@ -108,7 +120,7 @@ class DeformableTransformerEncoder(nn.Module):
     ) -> Tensor:
         reference_points = self.get_reference_points(spatial_shapes, valid_ratios, src.device)
         for layer in self.layers:
-            src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+            src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask, valid_ratios)
         return src
 
 
@@ -127,10 +139,10 @@ class DeformableTransformerDecoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         site = make_activation or (lambda _: None)
-        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, site("decoder_cross"))
+        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, site(DECODER_CROSS))
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.self_attn = MultiheadAttention(d_model, n_heads, dropout, site("decoder_self"))
+        self.self_attn = MultiheadAttention(d_model, n_heads, dropout, site(DECODER_SELF))
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ffn)
@@ -148,11 +160,18 @@ class DeformableTransformerDecoderLayer(nn.Module):
         src_spatial_shapes: Tensor,
         level_start_index: Tensor,
         src_padding_mask: Tensor | None = None,
+        src_valid_ratios: Tensor | None = None,
     ) -> Tensor:
         q = k = tgt + query_pos
         tgt = self.norm2(tgt + self.dropout2(self.self_attn(q, k, tgt)[0]))
         attended = self.cross_attn(
-            tgt + query_pos, reference_points, src, src_spatial_shapes, level_start_index, src_padding_mask
+            tgt + query_pos,
+            reference_points,
+            src,
+            src_spatial_shapes,
+            level_start_index,
+            src_padding_mask,
+            valid_ratios=src_valid_ratios,
         )
         tgt = self.norm1(tgt + self.dropout1(attended))
         ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt))))
@@ -190,7 +209,14 @@ class DeformableTransformerDecoder(nn.Module):
             ratios = src_valid_ratios if reference_points.shape[-1] == 2 else src_valid_ratios.repeat(1, 1, 2)
             reference_input = reference_points[:, :, None] * ratios[:, None]
             output = layer(
-                output, query_pos, reference_input, src, src_spatial_shapes, src_level_start_index, src_padding_mask
+                output,
+                query_pos,
+                reference_input,
+                src,
+                src_spatial_shapes,
+                src_level_start_index,
+                src_padding_mask,
+                src_valid_ratios,
             )
             if self.bbox_embed is not None:
                 delta = self.bbox_embed[index](output)
@@ -235,7 +261,7 @@ class DeformableTransformer(nn.Module):
         self.encoder = DeformableTransformerEncoder(
             [
                 DeformableTransformerEncoderLayer(
-                    d_model, dim_feedforward, dropout, num_feature_levels, nhead, enc_n_points, site("encoder_self")
+                    d_model, dim_feedforward, dropout, num_feature_levels, nhead, enc_n_points, site(ENCODER_SELF)
                 )
                 for _ in range(num_encoder_layers)
             ]
@@ -257,6 +283,16 @@ class DeformableTransformer(nn.Module):
         else:
             self.reference_points = nn.Linear(d_model, 2)
         self._reset_parameters()
+
+    def attention_sites(self) -> tuple[AttentionSite, ...]:
+        """Encoder self-attention (grid-cell queries) and decoder cross-attention sample multi-scale points; the
+        decoder's self-attention is over the object queries."""
+        encoder, decoder = self.encoder.layers, self.decoder.layers
+        return (
+            AttentionSite(ENCODER_SELF, "points", "grid", tuple(layer.self_attn for layer in encoder)),
+            AttentionSite(DECODER_SELF, "queries", "queries", tuple(layer.self_attn for layer in decoder)),
+            AttentionSite(DECODER_CROSS, "points", "queries", tuple(layer.cross_attn for layer in decoder)),
+        )
 
     def _reset_parameters(self) -> None:
         for p in self.parameters():
