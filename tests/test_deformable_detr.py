@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from sparse_detector import build_model, deformable_detr_from_official, load_config
+from sparse_detector.analysis import record_attention
+from sparse_detector.analysis.paibb import points_in_box, sampling_spread
 from sparse_detector.attention import Sparsemax
 from sparse_detector.attention.deformable import MSDeformAttn, ms_deform_attn_sample
+from sparse_detector.attention.sites import PointsRecord
+from sparse_detector.config import ConfigError
 from sparse_detector.data.build import build_dataset, build_loader
 from sparse_detector.engine.optim import parameter_groups
 from sparse_detector.models.build import build_criterion
@@ -215,3 +219,50 @@ def test_official_loader_names_a_wrong_head_count():
     state_dict = build_model(load_config("shapes_tiny", TINY_DEFORMABLE)).state_dict()
     with pytest.raises(CheckpointMismatchError, match="nheads"):
         deformable_detr_from_official(state_dict, nheads=5)
+
+
+def test_sites_and_point_records():
+    model = build_model(load_config("shapes_tiny", TINY_DEFORMABLE)).eval()
+    sites = {s.name: (s.keys, s.queries, s.num_layers) for s in model.attention_sites()}
+    assert sites == {
+        "encoder_self": ("points", "grid", 1),
+        "decoder_self": ("queries", "queries", 2),
+        "decoder_cross": ("points", "queries", 2),
+    }
+    images = [torch.randn(3, 64, 64), torch.randn(3, 32, 64)]  # the second image is half padding
+    outputs, maps = record_attention(model, images)
+    cross = outputs.attention["decoder_cross"][0]
+    assert isinstance(cross, PointsRecord) and cross.dense
+    assert cross.weights.shape == (2, 6, 4, 3, 2) and cross.sampling_locations.shape == (2, 6, 4, 3, 2, 2)
+    torch.testing.assert_close(cross.valid_ratios[1, :, 1], torch.full((3,), 0.5))
+    encoder = outputs.attention["encoder_self"][0]
+    assert encoder.query_padding_mask.shape == (2, encoder.weights.shape[1]) and encoder.query_padding_mask[1].any()
+    assert maps["decoder_cross"].weights[0].shape == (2, 4, 6, 6)  # (B, heads, queries, L * P)
+
+
+def test_point_paibb_and_spread_match_brute_force():
+    weights = torch.rand(1, 2, 1, 2, 3)
+    weights /= weights.sum((-2, -1), keepdim=True)
+    locations = torch.rand(1, 2, 1, 2, 3, 2)
+    reference = torch.rand(1, 2, 2, 2)
+    record = PointsRecord(weights, locations, reference, torch.tensor([[4, 4], [2, 2]]), torch.ones(1, 2, 2))
+    box = torch.tensor([[0.5, 0.4, 0.6, 0.3]])
+    image, query = torch.tensor([0]), torch.tensor([1])
+    inside, spread = 0.0, 0.0
+    for level in range(2):
+        for point in range(3):
+            x, y = locations[0, 1, 0, level, point].tolist()
+            w = weights[0, 1, 0, level, point].item()
+            inside += w * (abs(x - 0.5) <= 0.3 and abs(y - 0.4) <= 0.15)
+            rx, ry = reference[0, 1, level].tolist()
+            spread += w * (((x - rx) / 0.6) ** 2 + ((y - ry) / 0.3) ** 2) ** 0.5
+    assert points_in_box([record], image, query, box).item() == pytest.approx(inside, abs=1e-6)
+    assert sampling_spread([record], image, query, box).item() == pytest.approx(spread, abs=1e-6)
+
+
+def test_tvmax_is_refused_at_sampling_point_sites():
+    config = load_config("shapes_tiny", [*TINY_DEFORMABLE, "model.attention.decoder_cross.activation=tvmax"])
+    with pytest.raises(ConfigError, match=r"model\.attention\.decoder_cross\.activation: tvmax needs keys"):
+        build_model(config)
+    config = load_config("shapes_tiny", [*TINY_DEFORMABLE, "model.attention.decoder_cross.activation=alpha_entmax"])
+    assert build_model(config).transformer.decoder.layers[0].cross_attn.activation.alpha.shape == (4,)
