@@ -2,12 +2,14 @@
 
     python benchmarks/train_step.py --device cpu --threads 2 --repeats 10
     python benchmarks/train_step.py --cases detr_r50 --cross-attention softmax sparsemax alpha_entmax
+    python benchmarks/train_step.py --cases shapes_tiny_deformable --sites encoder_self decoder_cross \
+        --cross-attention softmax sparsemax
 
 One step = forward, Hungarian matching + losses, backward, gradient clipping, AdamW step, on random images with
 three random boxes each. Median over ``--repeats`` steps after ``--warmup`` steps. With several
 ``--cross-attention`` maps, one model per map is built and their steps are taken in turn (so that load changes hit
-all alike), and each is reported as a ratio to the first map (the decoder cross-attention site changes; everything
-else stays softmax).
+all alike), and each is reported as a ratio to the first map (the ``--sites`` change, by default the decoder
+cross-attention; everything else stays softmax).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ CASES = {
     # name: (preset, overrides, batch size, image side)
     "detr_r50": ("detr_r50", ["model.backbone.pretrained=false"], 2, 512),
     "shapes_tiny": ("shapes_tiny", [], 16, 128),
+    "shapes_tiny_deformable": ("shapes_tiny_deformable", [], 16, 128),
 }
 
 
@@ -89,7 +92,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides for every case")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--cross-attention", nargs="+", default=["softmax"], help="decoder cross-attention maps")
+    parser.add_argument("--cross-attention", nargs="+", default=["softmax"], help="maps put at --sites")
+    parser.add_argument("--sites", nargs="+", default=["decoder_cross"], help="attention sites that get the maps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -99,11 +103,10 @@ def main() -> None:
     print("| case | image | batch | cross-attention | s/step | images/s | ratio |\n|---|---|---:|---|---:|---:|---:|")
     for case in args.cases:
         preset, overrides, batch, side = CASES[case]
-        site = "model.attention.decoder_cross.activation"
-        steps = {
-            activation: make_step(preset, [*overrides, f"{site}={activation}"], batch, side, device, args)
-            for activation in args.cross_attention
-        }
+        steps = {}
+        for activation in args.cross_attention:
+            maps = [f"model.attention.{site}.activation={activation}" for site in args.sites]
+            steps[activation] = make_step(preset, [*overrides, *maps], batch, side, device, args)
         seconds = time_steps(steps, args)
         reference = seconds[args.cross_attention[0]]
         for activation, value in seconds.items():

@@ -230,7 +230,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         f"data.val.annotations={paths['val']}",
         *args.set,
     ]
-    config = load_config("shapes_tiny", overrides)
+    config = load_config(args.config, overrides)
     if args.device:
         config.train.device = args.device
     _print_config(config)
@@ -351,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--num-train", type=int, default=QUICKSTART_TRAIN_IMAGES)
     quick.add_argument("--num-val", type=int, default=QUICKSTART_VAL_IMAGES)
     quick.add_argument("--seed", type=int, default=0)
+    quick.add_argument(
+        "--config", default="shapes_tiny", help="preset for the shapes data (shapes_tiny, shapes_tiny_deformable)"
+    )
     quick.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     quick.add_argument("--device", help="auto | cpu | cuda | mps")
     quick.add_argument("--no-progress", action="store_true")
