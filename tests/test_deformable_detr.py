@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from sparse_detector.models.build import build_criterion
 from sparse_detector.models.deformable_detr import DeformableTransformer
 from sparse_detector.models.postprocess import TopKPostProcess, postprocessor_for
 from sparse_detector.models.weights import CheckpointMismatchError
+from sparse_detector.viz.deformable import sampling_figure
 
 from .conftest import shapes_config, shared_path
 
@@ -266,3 +268,14 @@ def test_tvmax_is_refused_at_sampling_point_sites():
         build_model(config)
     config = load_config("shapes_tiny", [*TINY_DEFORMABLE, "model.attention.decoder_cross.activation=alpha_entmax"])
     assert build_model(config).transformer.decoder.layers[0].cross_attn.activation.alpha.shape == (4,)
+
+
+def test_sampling_figure_draws_zero_weight_points_hollow():
+    weights = torch.rand(1, 2, 3, 2, 2)
+    weights[0, 1, :, 1] = 0.0  # level 1 of query 1 is switched off in every head
+    record = PointsRecord(weights, torch.rand(1, 2, 3, 2, 2, 2), torch.rand(1, 2, 2, 2), torch.ones(2, 2), None)
+    figure = sampling_figure(np.zeros((40, 60, 3)), record, 0, 1, boxes=[((5, 5, 30, 20), "cyan")])
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert titles == ["all heads (6 zero)", "head 0 (2 zero)", "head 1 (2 zero)", "head 2 (2 zero)"]
+    hollow = [c for ax in figure.axes for c in ax.collections if len(c.get_facecolors()) == 0]
+    assert sum(len(c.get_offsets()) for c in hollow) == 12  # 6 in the all-heads panel, 2 in each head's
