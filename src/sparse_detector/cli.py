@@ -23,7 +23,7 @@ from .engine.device import resolve_device
 from .engine.evaluate import evaluate
 from .engine.inference import category_id, category_name, load_trained_model
 from .engine.trainer import Trainer
-from .models import available_models, build_criterion
+from .models import available_models, build_criterion, build_model
 from .models.postprocess import postprocessor_for
 from .report import COMPARE_METRICS, DEFAULT_COMPARE_METRICS, analysis_markdown, compare_markdown, write_analysis
 from .runs import EVAL_FILE, analysis_dir, read_analyses
@@ -111,6 +111,7 @@ def _analyze(args: argparse.Namespace) -> int:
         sites,
         zero_threshold=args.zero_threshold,
         keep_per_image=args.per_image,
+        paibb_upsampled=args.paibb_upsampled,
         progress=True,
     )
     record = {
@@ -189,6 +190,12 @@ def _predict(args: argparse.Namespace) -> int:
         draw_boxes(image, boxes.tolist(), labels.tolist(), names, scores.tolist()).save(picture)
         records.append({"image": str(path), "width": image.width, "height": image.height, "detections": detections})
         print(f"{path}: {len(detections)} detections -> {picture}")
+        if args.attention:
+            from .viz.kinds import detection_attention
+
+            queries = keep.nonzero().flatten().tolist()
+            if figure := detection_attention(loaded, tensor, queries, out_dir / f"{path.stem}_attention", device):
+                print(f"  attention of each detection -> {figure}")
     (out_dir / "predictions.json").write_text(json.dumps(records, indent=2))
     print(f"written: {out_dir / 'predictions.json'}")
     return 0
@@ -238,8 +245,106 @@ def _quickstart(args: argparse.Namespace) -> int:
     minutes = (time.perf_counter() - start) / 60
     print(f"quickstart finished in {minutes:.1f} min: AP50 {stats['AP50']:.3f}, AP {stats['AP']:.3f}")
     print(f"(evaluated on {args.num_val} held-out generated images)")
+    _quickstart_figures(run_dir, config)
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _quickstart_figures(run_dir: Path, config: Config) -> None:
+    """The quickstart's last step: its model's attention (or sampling points) drawn on a few held-out images."""
+    from .viz.kinds import VisualizeRequest, object_query_kind, visualize
+
+    request = VisualizeRequest(
+        runs=[run_dir / "train"], output=run_dir / "figures", num_images=3, device=config.train.device
+    )
+    files = visualize(object_query_kind(build_model(config)), request)
+    print(
+        f"attention of 3 held-out images (each query scoring >= {request.threshold}, else the best one): "
+        f"{len(files)} figures in {request.output}/"
+    )
+
+
+def _pixel(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel as X,Y (e.g. 40,60), got {text!r}") from None
+    return x, y
+
+
+def _visualize(args: argparse.Namespace) -> int:
+    from .viz.kinds import VisualizeRequest, visualize
+
+    run = Path(args.run)
+    extra = [Path(p) for p in args.inputs]
+    runs = [run, *(p for p in extra if p.is_dir() or p.suffix in (".pt", ".pth"))]
+    images = [p for p in extra if p not in runs]
+    output = Path(args.output) if args.output else (run if run.is_dir() else run.parent) / "figures"
+    request = VisualizeRequest(
+        runs=runs,
+        output=output,
+        images=_image_files([str(p) for p in images]) if images else [],
+        fmt=args.format,
+        num_images=args.num_images,
+        queries=args.queries,
+        threshold=args.threshold,
+        pixels=args.pixels,
+        site=args.site,
+        official=args.official,
+        device=args.device,
+    )
+    for path in visualize(args.kind, request):
+        print(f"written: {path}")
+    return 0
+
+
+def _add_visualize_parser(commands: argparse._SubParsersAction) -> None:
+    from .viz.figure import FORMATS
+    from .viz.kinds import FIGURE_KINDS
+
+    vis = commands.add_parser(
+        "visualize",
+        help="figures: attention maps, data, matching, training curves, alpha, diagnostics, sparsity",
+        description="RUN is a run directory or checkpoint (for `data`, also a config). INPUTS are images to draw on "
+        "(default: the first --num-images of the run's validation data) and, for curves / sparsity / alpha / "
+        "diagnostics / compare, more runs.",
+    )
+    vis.add_argument("kind", choices=sorted(FIGURE_KINDS), metavar="KIND", help=", ".join(sorted(FIGURE_KINDS)))
+    vis.add_argument("run", metavar="RUN")
+    vis.add_argument("inputs", nargs="*", metavar="INPUT", help="images (files or folders) or more runs")
+    vis.add_argument("--output", help="output folder (default: RUN/figures)")
+    vis.add_argument("--format", choices=FORMATS, default="png")
+    vis.add_argument("--num-images", type=int, default=3, help="validation images drawn when none are given")
+    vis.add_argument("--queries", type=int, nargs="+", help="attention: these queries (default: score >= threshold)")
+    vis.add_argument("--threshold", type=float, default=0.5, help="attention: minimum score of a drawn query")
+    vis.add_argument("--pixels", type=_pixel, nargs="+", metavar="X,Y", help="encoder: query pixels (image coords)")
+    vis.add_argument("--site", help="attention site to draw (default: the model's site for the kind)")
+    vis.add_argument("--official", action="store_true", help="RUN is an official DETR checkpoint")
+    vis.add_argument("--device", default="auto")
+    vis.set_defaults(func=_visualize)
+
+
+def _study(args: argparse.Namespace) -> int:
+    from .study import load_study, run_study
+
+    study = load_study(args.config, args.set)
+    run_study(study, args.output_dir, device=args.device or "", progress=not args.no_progress)
+    return 0
+
+
+def _add_study_parser(commands: argparse._SubParsersAction) -> None:
+    study = commands.add_parser(
+        "study",
+        help="a matrix of attention maps x seeds: train, evaluate, analyze, figures, report.md + report.html",
+        description="CONFIG is a study YAML or an embedded study (shapes_maps). A finished run is never redone; "
+        "an unfinished one resumes; a failed one is reported and the others still run.",
+    )
+    study.add_argument("config", metavar="CONFIG")
+    study.add_argument("--output-dir", help="study directory (default: the study's output_dir)")
+    study.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
+    study.add_argument("--device", help="auto | cpu | cuda | mps (default: the preset's train.device)")
+    study.add_argument("--no-progress", action="store_true")
+    study.set_defaults(func=_study)
 
 
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
@@ -306,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--zero-threshold", type=float, help="zeros-ratio threshold (default: 1e-6 for softmax sites, 0 for sparse)"
     )
     an.add_argument("--per-image", action="store_true", help="also keep per-image records in analysis.json")
+    an.add_argument(
+        "--paibb-upsampled",
+        action="store_true",
+        help="also the prior thesis's PAIBB: last layer, head average, bilinearly upsampled to the image size",
+    )
     an.add_argument("--output", help="output folder (default: <run dir>/analysis or <run dir>/analysis-random-init)")
     an.set_defaults(func=_analyze)
 
@@ -328,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--output", default="predictions", help="output folder")
     pr.add_argument("--threshold", type=float, default=0.5, help="minimum score of a kept detection")
+    pr.add_argument("--attention", action="store_true", help="also draw each detection's head-averaged attention")
     pr.set_defaults(func=_predict)
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
@@ -358,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--device", help="auto | cpu | cuda | mps")
     quick.add_argument("--no-progress", action="store_true")
     quick.set_defaults(func=_quickstart)
+    _add_visualize_parser(commands)
+    _add_study_parser(commands)
     return parser
 
 

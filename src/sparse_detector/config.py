@@ -140,6 +140,7 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms, for exactly repeatable runs
     on_nonfinite_loss: str = "error"  # error | skip (the step is skipped, counted and logged)
     tensorboard: bool = False  # also write TensorBoard event files to the run directory
+    diagnostics_every: int = 0  # steps between training diagnostics (weights, gradients, entropy); 0 = off
 
 
 @dataclass

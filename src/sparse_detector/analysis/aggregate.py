@@ -14,9 +14,9 @@
           "paibb": None | {                         # sites of object queries over the grid, matched pairs
               "overall": {"per_head": STATS(L, H), "per_layer": STATS(L)},
               "by_size": {"small" | "medium" | "large": {"per_head": ..., "per_layer": ...}},
+              "upsampled_last_layer": {"overall": STATS(), "by_size": {...}},   # only with paibb_upsampled=True
           },
           "sampling_spread": None | {"overall": ..., "by_size": ...},  # sampling-point sites, as "paibb"
-      }},
       }},
       "per_image": [RECORD, ...],                   # only with keep_per_image=True
     }
@@ -42,7 +42,7 @@ from torch import Tensor
 
 from .maps import AttentionMaps
 from .metrics import DENSE_ZERO_THRESHOLD, site_metrics
-from .paibb import SIZE_BUCKETS, MatchIndices, compute_paibb, takes_paibb
+from .paibb import SIZE_BUCKETS, MatchIndices, compute_paibb, takes_paibb, upsampled_paibb
 
 
 @dataclass
@@ -112,13 +112,19 @@ class MetricAggregator:
 
     ``zero_threshold``: the zeros-ratio threshold of every site; None picks ``DENSE_ZERO_THRESHOLD`` for softmax
     sites and 0 (exact zeros) for sparse ones. ``support_mass``: the mass fraction of ``support_90``.
-    ``keep_per_image``: also keep one record per image (see the module docstring).
+    ``keep_per_image``: also keep one record per image (see the module docstring). ``paibb_upsampled``: also read
+    the prior thesis's PAIBB (``paibb.upsampled_paibb``; ``paibb.upsampled_last_layer`` in the result).
     """
 
     def __init__(
-        self, zero_threshold: float | None = None, support_mass: float = 0.9, keep_per_image: bool = False
+        self,
+        zero_threshold: float | None = None,
+        support_mass: float = 0.9,
+        keep_per_image: bool = False,
+        paibb_upsampled: bool = False,
     ) -> None:
         self.zero_threshold = zero_threshold
+        self.paibb_upsampled = paibb_upsampled
         self.support_mass = support_mass
         self.keep_per_image = keep_per_image
         self.num_images = 0
@@ -195,6 +201,9 @@ class MetricAggregator:
             store = target.setdefault(site, {})
             _merge_into(store, "per_head", RunningStats.of(values[None], (2,), in_bucket[:, None, :, None]))
             _merge_into(store, "per_layer", RunningStats.of(values.mean(-1)[None], (2,), in_bucket[:, None, :]))
+        if self.paibb_upsampled and maps.keys == "grid":
+            upsampled = upsampled_paibb(maps, targets, indices).to(in_bucket.device)
+            _merge_into(self._paibb[site], "upsampled", RunningStats.of(upsampled[None], (1,), in_bucket))
         if records:
             columns = zip(
                 matched.image_index.tolist(),
@@ -248,10 +257,17 @@ class MetricAggregator:
 
 def _paibb_result(stats: Mapping[str, RunningStats]) -> dict[str, Any]:
     per_head, per_layer = stats["per_head"], stats["per_layer"]
-    return {
+    result = {
         "overall": {"per_head": per_head.reduce(0).to_dict(), "per_layer": per_layer.reduce(0).to_dict()},
         "by_size": {
             bucket: {"per_head": per_head[i].to_dict(), "per_layer": per_layer[i].to_dict()}
             for i, bucket in enumerate(SIZE_BUCKETS)
         },
     }
+    if "upsampled" in stats:
+        upsampled = stats["upsampled"]
+        result["upsampled_last_layer"] = {
+            "overall": upsampled.reduce(0).to_dict(),
+            "by_size": {bucket: upsampled[i].to_dict() for i, bucket in enumerate(SIZE_BUCKETS)},
+        }
+    return result

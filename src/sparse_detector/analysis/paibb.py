@@ -13,6 +13,10 @@ box: sampling locations and boxes are both normalised to the image's valid regio
 inside. There the matched pairs also get the sampling spread: the weighted distance of the points from the query's
 reference point (box centre for reference boxes), x measured in box widths and y in box heights (each at least
 ``MIN_BOX_SIDE`` of the image, so zero-area boxes give finite values).
+
+``upsampled_paibb`` is the prior thesis's reading, to set its numbers beside ours (an option, never the default): the
+head-averaged map of the last layer, bilinearly upsampled to the original image size, and the share of its mass on
+the pixels inside the box (box edges rounded to whole pixels).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .maps import AttentionMaps
@@ -139,3 +144,23 @@ def compute_paibb(maps: AttentionMaps, targets: Sequence[Mapping[str, Tensor]], 
         [(w[image_index, :, query_index].to(coverage.dtype) * coverage[:, None, :]).sum(-1) for w in maps.weights]
     )
     return MatchedPaibb(values, image_index, query_index, target_index, buckets)
+
+
+def upsampled_paibb(maps: AttentionMaps, targets: Sequence[Mapping[str, Tensor]], indices: MatchIndices) -> Tensor:
+    """(M,) thesis-compatible PAIBB of every matched pair: the last layer's head-averaged map on the image's valid
+    grid, bilinearly upsampled to its original size (h, w), mass on the pixels inside the box over the total."""
+    values = []
+    last = maps.weights[-1]
+    for image, (target, (queries, truths)) in enumerate(zip(targets, indices, strict=True)):
+        grid_h, grid_w = (int(v) for v in maps.grid_hw[image])
+        height, width = (int(v) for v in target["orig_size"])
+        valid = (~maps.key_padding_mask[image]).nonzero().squeeze(1)
+        for query, truth in zip(queries.tolist(), truths.tolist(), strict=True):
+            grid = last[image, :, query].index_select(-1, valid).mean(0).reshape(1, 1, grid_h, grid_w).double()
+            upsampled = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+            cx, cy, bw, bh = target["boxes"][truth].tolist()
+            x0, x1 = round((cx - bw / 2) * width), round((cx + bw / 2) * width)
+            y0, y1 = round((cy - bh / 2) * height), round((cy + bh / 2) * height)
+            inside = upsampled[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)].sum()
+            values.append(inside / upsampled.sum().clamp_min(torch.finfo(upsampled.dtype).tiny))
+    return torch.stack(values) if values else torch.zeros(0, dtype=torch.float64)

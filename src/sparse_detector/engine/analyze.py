@@ -46,6 +46,7 @@ def analyze(
     sites: Iterable[str] | None = None,
     zero_threshold: float | None = None,
     keep_per_image: bool = False,
+    paibb_upsampled: bool = False,
     progress: bool = False,
 ) -> tuple[dict[str, float], MetricAggregator]:
     """COCO AP / AR and attention metrics of ``model`` on ``loader``, from one forward pass per batch.
@@ -56,7 +57,7 @@ def analyze(
     """
     model.eval()
     evaluator = CocoEvaluator(loader.dataset.coco, label_to_category_map(label_map))
-    aggregator = MetricAggregator(zero_threshold, keep_per_image=keep_per_image)
+    aggregator = MetricAggregator(zero_threshold, keep_per_image=keep_per_image, paibb_upsampled=paibb_upsampled)
     with AttentionRecorder(model, sites) as recorder:
         for outputs, targets in evaluation_batches(model, loader, device, evaluator, progress):
             maps = recorder.maps

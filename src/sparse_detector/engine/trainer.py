@@ -22,6 +22,7 @@ from ..runs import read_metrics
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .coco_eval import format_table
 from .device import resolve_device, seed_everything
+from .diagnostics import TrainingDiagnostics
 from .evaluate import evaluate, targets_to
 from .logger import MetricsLogger
 from .optim import build_optimizer, build_scheduler
@@ -94,6 +95,9 @@ class Trainer:
             self._resume()
         (self.run_dir / "config.yaml").write_text(dump_config(config))
         self.logger = MetricsLogger(self.run_dir, tensorboard=train.tensorboard)
+        self.diagnostics = TrainingDiagnostics(
+            self.model, self.run_dir, train.diagnostics_every, self.val_set, self.step
+        )
 
     def _resume(self) -> None:
         state = load_checkpoint(self.run_dir / LAST)
@@ -151,6 +155,7 @@ class Trainer:
                 continue
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.diagnostics.after_backward(self.step + 1)
             if self.config.optim.clip_max_norm > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_max_norm)
             self.optimizer.step()

@@ -46,6 +46,14 @@ class TopKPostProcess(nn.Module):
         return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, boxes, strict=True)]
 
 
+def query_scores(model: nn.Module, logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Each query's best class and its score from (..., Q, classes) ``logits``: sigmoid scores for models that
+    declare ``sigmoid_scores`` (Deformable DETR), else softmax without the last ("no object") class."""
+    if getattr(model, "sigmoid_scores", False):
+        return logits.float().sigmoid().max(-1)
+    return logits.float().softmax(-1)[..., :-1].max(-1)
+
+
 def postprocessor_for(model: nn.Module) -> nn.Module:
     """The post-processing that fits ``model``'s class scores: top-k over sigmoid scores for models that declare
     ``sigmoid_scores`` (Deformable DETR), the best softmax class per query otherwise (DETR)."""

@@ -1,4 +1,4 @@
-"""Tables of results: Markdown and CSV of analyses, and the side-by-side comparison of runs."""
+"""Reports: tables of results (Markdown and CSV of analyses, runs side by side) and the study report."""
 
 from .tables import (
     COMPARE_METRICS,

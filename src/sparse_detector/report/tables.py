@@ -136,7 +136,22 @@ def analysis_markdown(record: Mapping[str, Any]) -> str:
     """The COCO table, then the attention table (one row per site and layer)."""
     kind = "random-init weights" if record["random_init"] else "trained weights"
     title = f"# Attention analysis: {record['checkpoint']} ({kind}) on {record['data']}"
-    return "\n\n".join([title, format_table(record["ap"]), result_markdown(record["attention"])]) + "\n"
+    parts = [title, format_table(record["ap"]), result_markdown(record["attention"])]
+    return "\n\n".join(parts + upsampled_paibb_lines(record["attention"])) + "\n"
+
+
+def upsampled_paibb_lines(result: Mapping[str, Any]) -> list[str]:
+    """A line per site with the thesis-compatible PAIBB (``analyze --paibb-upsampled``), if it was read."""
+    lines = []
+    for site, info in result["sites"].items():
+        block = (info.get("paibb") or {}).get("upsampled_last_layer")
+        if block and block["overall"]["mean"] is not None:
+            stats = block["overall"]
+            lines.append(
+                f"Thesis-compatible PAIBB at {site} (last layer, head average, bilinearly upsampled to the image "
+                f"size): {stats['mean']:.3f} ± {stats['std']:.3f} over {stats['count']:.0f} matched pairs."
+            )
+    return lines
 
 
 def write_analysis(record: Mapping[str, Any], output_dir: Path) -> list[Path]:

@@ -1,0 +1,156 @@
+"""The study report: ``report.md`` (figures linked) and a self-contained ``report.html`` (figures embedded).
+
+Tables give the mean ± sample standard deviation over the seeds of each attention map (one seed: the value alone),
+of COCO AP on the held-out data and of the attention readings of each site's last layer.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..runs import ANALYSIS_DIRS, ANALYSIS_FILE
+from .tables import markdown_table
+
+if TYPE_CHECKING:  # the study imports this module; only the types flow back
+    from ..study import RunOutcome, StudyConfig
+
+AP_COLUMNS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AP_small": "APs", "AP_medium": "APm", "AP_large": "APl"}
+ATTENTION_METRICS = {"gini": "Gini", "zeros_ratio": "zeros ratio"}
+EMBEDDED_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}
+
+Table = tuple[list[str], list[list[str]]]  # header, rows
+
+
+def mean_std(values: Sequence[float]) -> str:
+    """``mean ± std`` (sample std over seeds), the value alone for one seed, ``–`` for none."""
+    values = [v for v in values if v is not None and v >= 0]  # COCO writes -1 where a size has no objects
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _analysis(outcome: RunOutcome) -> dict[str, Any] | None:
+    path = outcome.run_dir / ANALYSIS_DIRS[False] / ANALYSIS_FILE
+    return json.loads(path.read_text()) if outcome.status == "done" and path.is_file() else None
+
+
+def _site_reading(result: dict[str, Any], site: str, metric: str) -> float | None:
+    """The last layer's mean of ``metric`` (or ``paibb``: of the head-averaged maps of matched queries) at ``site``."""
+    entry = result["sites"].get(site, {})
+    block = (entry.get("paibb") or {}).get("overall") if metric == "paibb" else entry.get("metrics", {}).get(metric)
+    return block["per_layer"]["mean"][-1] if block else None
+
+
+def study_tables(outcomes: Sequence[RunOutcome]) -> dict[str, Table]:
+    """The report's tables: detection AP, attention readings (last layer per site) and the runs."""
+    by_map: dict[str, list[dict]] = {}
+    for outcome in outcomes:
+        record = _analysis(outcome)
+        by_map.setdefault(outcome.map, [])
+        if record is not None:
+            by_map[outcome.map].append(record)
+    detection = (
+        ["map", "runs", *AP_COLUMNS.values()],
+        [
+            [name, str(len(records)), *(mean_std([r["ap"][k] for r in records]) for k in AP_COLUMNS)]
+            for name, records in by_map.items()
+        ],
+    )
+    results = [r["attention"] for records in by_map.values() for r in records]
+    sites = list(dict.fromkeys(site for result in results for site in result["sites"]))
+    columns = [(site, metric) for site in sites for metric in ATTENTION_METRICS]
+    columns += [(site, "paibb") for site in sites if any(r["sites"].get(site, {}).get("paibb") for r in results)]
+    header = ["map", *(f"{site} {ATTENTION_METRICS.get(metric, 'PAIBB')}" for site, metric in columns)]
+    rows = [
+        [name, *(mean_std([_site_reading(r["attention"], site, metric) for r in records]) for site, metric in columns)]
+        for name, records in by_map.items()
+    ]
+    runs = (
+        ["run", "status", "minutes", "failed stage", "error"],
+        [[o.name, o.status, f"{o.seconds / 60:.1f}", o.stage, o.error] for o in outcomes],
+    )
+    return {
+        "Detection (COCO on the held-out data, best checkpoint)": detection,
+        "Attention, last layer of each site (all queries; PAIBB: matched queries, head average)": (header, rows),
+        "Runs": runs,
+    }
+
+
+def _html_table(table: Table) -> str:
+    header, rows = table
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _embedded(path: Path) -> str:
+    kind = EMBEDDED_TYPES.get(path.suffix)
+    if kind is None:  # PDF: linked, not embedded
+        return f'<p><a href="{html.escape(path.name)}">{html.escape(path.name)}</a></p>'
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(path.name)}" src="data:{kind};base64,{data}">'
+
+
+def _figure_groups(outcomes: Sequence[RunOutcome], study_figures: Sequence[Path]) -> list[tuple[str, list[Path]]]:
+    groups = [("All runs", list(study_figures))]
+    groups += [(f"Run {o.name}", list(o.figures)) for o in outcomes if o.figures]
+    return groups
+
+
+def write_study_report(
+    study_dir: Path, study: StudyConfig, outcomes: Sequence[RunOutcome], figures: Sequence[Path], minutes: float
+) -> list[Path]:
+    """Write ``report.md`` and ``report.html`` into ``study_dir``; returns their paths."""
+    tables = study_tables(outcomes)
+    title = f"Study {Path(study.source).stem}: {', '.join(study.maps)} × seeds {study.seeds}"
+    intro = (
+        f"Preset `{study.preset}`, overrides `{' '.join(study.set) or '(none)'}`; "
+        f"{len(outcomes)} runs, this invocation took {minutes:.1f} min "
+        f"(written {time.strftime('%Y-%m-%d %H:%M')}). Mean ± sample std over seeds; one seed: the value."
+    )
+    failed = [o for o in outcomes if o.status == "failed"]
+    warning = f"**{len(failed)} run(s) failed**: {', '.join(o.name for o in failed)} (see Runs)." if failed else ""
+    groups = _figure_groups(outcomes, figures)
+
+    md = [f"# {title}", intro, warning]
+    for heading, table in tables.items():
+        header, rows = table
+        escaped = [[cell.replace("|", "\\|") for cell in row] for row in rows]
+        md += [f"## {heading}", "\n".join(markdown_table(header, escaped))]
+    md.append("## Figures")
+    for heading, paths in groups:
+        md.append(f"### {heading}")
+        md += [f"![{p.name}]({p.relative_to(study_dir).as_posix()})" for p in paths]
+    md_path = study_dir / "report.md"
+    md_path.write_text("\n\n".join(part for part in md if part) + "\n")
+
+    style = (
+        "body{font-family:sans-serif;max-width:1400px;margin:auto}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #bbb;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
+        "img{max-width:100%;display:block;margin:1em 0}.warning{color:#b00}"
+    )
+    page = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>",
+    ]
+    if warning:
+        page.append(f"<p class='warning'>{html.escape(warning.replace('**', ''))}</p>")
+    for heading, table in tables.items():
+        page += [f"<h2>{html.escape(heading)}</h2>", _html_table(table)]
+    page.append("<h2>Figures</h2>")
+    for heading, paths in groups:
+        page.append(f"<h3>{html.escape(heading)}</h3>")
+        page += [f"<h4>{html.escape(p.name)}</h4>{_embedded(p)}" for p in paths]
+    page.append("</body></html>")
+    html_path = study_dir / "report.html"
+    html_path.write_text("\n".join(page))
+    return [md_path, html_path]

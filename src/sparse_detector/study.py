@@ -1,0 +1,266 @@
+"""The study runner: a matrix of attention maps × seeds over one preset, each run trained → evaluated and analysed
+(COCO AP and attention metrics in one pass) → drawn, then one report comparing them.
+
+A study config (YAML; embedded ones in ``configs/studies/`` are named without a path)::
+
+    preset: shapes_tiny              # the training config every run starts from
+    output_dir: runs/study           # the study directory
+    shapes: {train: 1000, val: 100, seed: 0}   # optional: generate the shapes data set into <study>/data
+    set: [train.epochs=8]            # overrides for every run
+    maps:                            # run name -> its overrides
+      softmax: [model.attention.decoder_cross.activation=softmax]
+      sparsemax: [model.attention.decoder_cross.activation=sparsemax]
+    seeds: [0]
+    figure_images: 2                 # validation images drawn per run
+
+Runs live in ``<study>/runs/<map>-seed<seed>/`` (ordinary run directories). A run whose ``study_status.json`` says
+``done`` is never redone; an unfinished one resumes from its last checkpoint, or restarts when it has none. A run
+that fails is recorded as failed (stage and error) and the others still run; the report lists it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import PRESET_DIR, Config, ConfigError, load_config
+from .data import generate_shapes_splits
+from .data.build import build_dataset, build_loader
+from .engine.analyze import analyze, load_analysis_model
+from .engine.checkpoint import load_checkpoint
+from .engine.device import resolve_device
+from .engine.trainer import Trainer
+from .models import build_criterion
+from .report import write_analysis
+from .report.study import write_study_report
+from .runs import ANALYSIS_DIRS, LAST_CHECKPOINT
+from .viz.kinds import VisualizeRequest, visualize
+
+log = logging.getLogger(__name__)
+
+STUDY_PRESET_DIR = PRESET_DIR / "studies"
+STATUS_FILE = "study_status.json"
+RUN_FIGURES = ("attention", "matching", "alpha", "diagnostics")  # per run, when the run has what they draw
+STUDY_FIGURES = ("curves", "sparsity", "compare")  # over all finished runs
+
+
+@dataclass
+class StudyConfig:
+    preset: str
+    maps: dict[str, list[str]]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    set: list[str] = field(default_factory=list)
+    shapes: dict[str, int] | None = None
+    output_dir: str = "runs/study"
+    figure_images: int = 2
+    source: str = ""
+
+
+def load_study(source: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    """A study config from a YAML file or an embedded study's name; ``overrides`` are added to its ``set``."""
+    path = Path(source)
+    if not path.is_file():
+        path = STUDY_PRESET_DIR / f"{Path(source).stem}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in STUDY_PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"study config {str(source)!r} is neither a file nor an embedded study; embedded: {names}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    known = {name for name in StudyConfig.__dataclass_fields__ if name != "source"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown study keys {unknown}; valid keys: {sorted(known)}")
+    for key in ("preset", "maps"):
+        if key not in data:
+            raise ConfigError(f"{path}: the study needs {key!r}")
+    if not isinstance(data["maps"], dict) or not data["maps"]:
+        raise ConfigError(f"{path}: 'maps' must map run names to lists of overrides")
+    study = StudyConfig(**data, source=str(path))
+    study.maps = {str(name): list(values or []) for name, values in study.maps.items()}
+    study.set = [*study.set, *(overrides or [])]
+    return study
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one run of the matrix."""
+
+    name: str  # <map>-seed<seed>
+    map: str
+    seed: int
+    run_dir: Path
+    status: str  # done | failed
+    stage: str = ""  # the stage that failed
+    error: str = ""
+    seconds: float = 0.0
+    figures: list[Path] = field(default_factory=list)
+
+
+def _data_overrides(study: StudyConfig, study_dir: Path) -> list[str]:
+    """Generate the shapes data once (when the study asks for it) and point every run at it."""
+    if not study.shapes:
+        return []
+    options = dict(study.shapes)
+    num_train, num_val, seed = options.pop("train"), options.pop("val"), options.pop("seed", 0)
+    data_dir = study_dir / "data"
+    annotations = {split: data_dir / "annotations" / f"{split}.json" for split in ("train", "val")}
+    if not all(path.is_file() for path in annotations.values()):
+        annotations = generate_shapes_splits(data_dir, num_train, num_val, seed=seed, **options)
+    images = data_dir / "images"
+    return [
+        f"data.{split}.{key}={value}"
+        for split in ("train", "val")
+        for key, value in (("images", images), ("annotations", annotations[split]))
+    ]
+
+
+def run_config(study: StudyConfig, map_name: str, seed: int, data_overrides: list[str]) -> Config:
+    return load_config(study.preset, [*data_overrides, *study.set, *study.maps[map_name], f"train.seed={seed}"])
+
+
+def _train(config: Config, run_dir: Path, progress: bool) -> None:
+    """Train, resuming a run that has a checkpoint; a run without one starts over in an emptied directory."""
+    last = run_dir / LAST_CHECKPOINT
+    if last.is_file():
+        if load_checkpoint(last)["epoch"] < config.train.epochs:
+            Trainer(config, run_dir, resume=True, progress=progress).fit()
+        return
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    Trainer(config, run_dir, progress=progress).fit()
+
+
+def analyze_run(run_dir: Path, device: str) -> dict[str, Any]:
+    """COCO AP and attention metrics of the run's best checkpoint on its validation data -> ``<run>/analysis``."""
+    loaded = load_analysis_model(run_dir)
+    dataset = build_dataset(loaded.config, "val")
+    target = resolve_device(device)
+    stats, aggregator = analyze(
+        loaded.model.to(target),
+        build_criterion(loaded.config).matcher,
+        build_loader(dataset, loaded.config, train=False),
+        target,
+        loaded.label_map,
+    )
+    result = aggregator.result()
+    record = {
+        "checkpoint": str(loaded.source),
+        "data": str(dataset.annotation_file),
+        "random_init": False,
+        "seed": None,
+        "sites": list(result["sites"]),
+        "ap": stats,
+        "attention": result,
+    }
+    write_analysis(record, run_dir / ANALYSIS_DIRS[False])
+    return record
+
+
+def _run_figures(run_dir: Path, study: StudyConfig, device: str) -> list[Path]:
+    """The per-run figures that apply: alpha only with learnable α, diagnostics only when recorded."""
+    written = []
+    request = VisualizeRequest(
+        runs=[run_dir], output=run_dir / "figures", num_images=study.figure_images, device=device, threshold=0.5
+    )
+    for kind in RUN_FIGURES:
+        try:
+            written += visualize(kind, request)
+        except (ValueError, FileNotFoundError) as err:
+            log.info("no %s figure for %s: %s", kind, run_dir.name, err)
+    return written
+
+
+def _run_one(
+    study: StudyConfig, map_name: str, seed: int, study_dir: Path, data: list[str], device: str, progress: bool
+) -> RunOutcome:
+    name = f"{map_name}-seed{seed}"
+    run_dir = study_dir / "runs" / name
+    status_file = run_dir / STATUS_FILE
+    if status_file.is_file() and json.loads(status_file.read_text())["status"] == "done":
+        saved = json.loads(status_file.read_text())
+        print(f"[study] {name}: done before, kept")
+        return RunOutcome(
+            name, map_name, seed, run_dir, "done", seconds=saved["seconds"], figures=[Path(p) for p in saved["figures"]]
+        )
+    start, stage = time.perf_counter(), "config"
+    outcome = RunOutcome(name, map_name, seed, run_dir, "done")
+    try:
+        config = run_config(study, map_name, seed, data)
+        if device:
+            config.train.device = device
+        print(f"[study] {name}: training in {run_dir}")
+        stage = "train"
+        _train(config, run_dir, progress)
+        stage = "analyze"
+        analyze_run(run_dir, config.train.device)
+        stage = "figures"
+        outcome.figures = _run_figures(run_dir, study, config.train.device)
+    except Exception as err:  # one failed run must not stop the study: it is recorded and reported
+        outcome.status, outcome.stage = "failed", stage
+        outcome.error = f"{type(err).__name__}: {err}"
+        log.error("study run %s failed in %s:\n%s", name, stage, traceback.format_exc())
+        print(f"[study] {name}: FAILED in {stage}: {outcome.error}")
+    outcome.seconds = round(time.perf_counter() - start, 1)
+    if run_dir.is_dir():
+        status = {
+            "status": outcome.status,
+            "stage": outcome.stage,
+            "error": outcome.error,
+            "seconds": outcome.seconds,
+            "figures": [str(p) for p in outcome.figures],
+        }
+        status_file.write_text(json.dumps(status, indent=2))
+    return outcome
+
+
+def _study_figures(outcomes: list[RunOutcome], study: StudyConfig, figures_dir: Path, device: str) -> list[Path]:
+    """Figures over every finished run: curves, sparsity and (first seed of each map) attention compared."""
+    done = [o for o in outcomes if o.status == "done"]
+    written: list[Path] = []
+    if not done:
+        return written
+    first_seed = list({o.map: o.run_dir for o in reversed(done)}.values())[::-1]
+    for kind in STUDY_FIGURES:
+        runs = first_seed if kind == "compare" else [o.run_dir for o in done]
+        if kind == "compare" and len(runs) < 2:
+            continue
+        request = VisualizeRequest(runs=runs, output=figures_dir, num_images=study.figure_images, device=device)
+        written += visualize(kind, request)
+    return written
+
+
+def run_study(
+    study: StudyConfig, output_dir: str | Path | None = None, device: str = "", progress: bool = False
+) -> Path:
+    """Run (or finish) every run of the matrix, draw the figures and write ``report.md`` and ``report.html``;
+    returns the study directory."""
+    study_dir = Path(output_dir or study.output_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    data = _data_overrides(study, study_dir)
+    outcomes = [
+        _run_one(study, map_name, seed, study_dir, data, device, progress)
+        for map_name in study.maps
+        for seed in study.seeds
+    ]
+    figures = _study_figures(outcomes, study, study_dir / "figures", device or "auto")
+    minutes = (time.perf_counter() - start) / 60
+    paths = write_study_report(study_dir, study, outcomes, figures, minutes)
+    failed = [o.name for o in outcomes if o.status == "failed"]
+    print(
+        f"[study] {len(outcomes) - len(failed)} of {len(outcomes)} runs done in {minutes:.1f} min"
+        + (f"; failed: {failed}" if failed else "")
+    )
+    for path in paths:
+        print(f"written: {path}")
+    return study_dir

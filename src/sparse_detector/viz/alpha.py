@@ -1,0 +1,62 @@
+"""Learned α of α-entmax attention: the last values as a layer × head heat map, and every head's α over steps.
+
+Input: the ``alpha`` entry of ``metrics.jsonl`` records, ``{attention module name: [α per head]}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .curves import run_colors
+
+
+def _module_label(name: str) -> str:
+    return name.removesuffix(".activation")
+
+
+def alpha_history(records: Sequence[Mapping]) -> tuple[list[int], dict[str, np.ndarray]]:
+    """Steps of the ``train`` records that log α, and per module an array (steps, heads) of α."""
+    logged = [r for r in records if r.get("type") == "train" and r.get("alpha")]
+    modules = list(logged[0]["alpha"]) if logged else []
+    return [r["step"] for r in logged], {m: np.array([r["alpha"][m] for r in logged]) for m in modules}
+
+
+def alpha_figure(records: Sequence[Mapping], title: str = "") -> Figure:
+    """Heat map of the last logged α (rows: attention modules in the model's order, columns: heads) beside one plot
+    per module of its heads' α over training steps."""
+    steps, history = alpha_history(records)
+    if not history:
+        raise ValueError("no learnable α in these records: the run has no alpha_entmax attention")
+    modules = list(history)
+    heads = max(values.shape[1] for values in history.values())
+    last = np.full((len(modules), heads), np.nan)
+    for row, module in enumerate(modules):
+        last[row, : history[module].shape[1]] = history[module][-1]
+    figure = Figure(figsize=(12, 1.1 * len(modules) + 2.0), layout="constrained")
+    left, right = figure.subfigures(1, 2, width_ratios=[1, 1.3])
+    heat = left.subplots()
+    image = heat.imshow(last, cmap="magma", aspect="auto")
+    for (row, head), value in np.ndenumerate(last):
+        if np.isfinite(value):
+            color = "black" if value > np.nanmean(last) else "white"
+            heat.text(head, row, f"{value:.3f}", ha="center", va="center", fontsize=7, color=color)
+    heat.set_xticks(range(heads), [str(h) for h in range(heads)])
+    heat.set_yticks(range(len(modules)), [_module_label(m) for m in modules], fontsize=7)
+    heat.set_xlabel("head")
+    heat.set_title(f"α at step {steps[-1]} (1 = softmax, 2 = sparsemax)", fontsize=9)
+    left.colorbar(image, ax=heat, label="α")
+    colors = run_colors([str(h) for h in range(heads)])
+    lines = right.subplots(len(modules), 1, sharex=True, squeeze=False)[:, 0]
+    for axes, module in zip(lines, modules, strict=True):
+        for head in range(history[module].shape[1]):
+            axes.plot(steps, history[module][:, head], color=colors[str(head)], linewidth=1, label=f"head {head}")
+        axes.set_title(_module_label(module), fontsize=8)
+        axes.set_ylabel("α", fontsize=8)
+    lines[0].legend(fontsize=6, ncols=min(heads, 8))
+    lines[-1].set_xlabel("step")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure

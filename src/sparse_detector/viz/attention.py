@@ -1,0 +1,121 @@
+"""Attention maps drawn over the image: per layer (rows) × head (columns) plus the head average, or any grid of panels.
+
+A map lives on the image's valid (unpadded) feature grid of h × w cells; cell (i, j) covers the image area
+[j/w, (j+1)/w] × [i/h, (i+1)/h] of the valid region — the geometry PAIBB uses — so the map is stretched over the
+valid image, never over padding. The image is shown in grey and the weights in colour on top; exact zeros are left
+uncoloured (sparse maps are the point), so the smallest positive weight is always distinguishable from 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from .figure import BOX_LEGEND, PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, draw_labelled_boxes, hide_ticks
+
+COLORMAP = "viridis"
+OVERLAY_ALPHA = 0.75
+PANEL_INCHES = 1.5
+ZERO_LEGEND = "uncoloured cells: weight exactly 0"
+
+
+@dataclass
+class AttentionPanel:
+    """One map on the valid grid (h, w), with the boxes and points drawn on its panel."""
+
+    weights: np.ndarray
+    predictions: Sequence[LabelledBox] = ()
+    ground_truth: Sequence[LabelledBox] = ()
+    points: Sequence[tuple[float, float]] = field(default_factory=tuple)  # (x, y) in image pixels, e.g. a query cell
+
+
+def grey(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) in [0, 1] -> (H, W) luminance, lightened so that coloured weights stand out."""
+    return 0.35 + 0.55 * (image[..., :3] @ np.array([0.299, 0.587, 0.114]))
+
+
+def draw_attention(axes: Axes, image: np.ndarray, weights: np.ndarray, norm: Normalize) -> None:
+    """``image`` (H, W, 3) of the valid area in grey, ``weights`` (h, w) stretched over it; zeros uncoloured."""
+    height, width = image.shape[:2]
+    extent = (0, width, height, 0)
+    axes.imshow(grey(image), cmap="gray", vmin=0, vmax=1, extent=extent, interpolation="nearest")
+    cmap = colormaps[COLORMAP].with_extremes(bad=(0, 0, 0, 0))
+    masked = np.ma.masked_equal(np.asarray(weights, dtype=np.float64), 0.0)
+    axes.imshow(masked, cmap=cmap, norm=norm, alpha=OVERLAY_ALPHA, extent=extent, interpolation="nearest")
+    axes.set_xlim(0, width)
+    axes.set_ylim(height, 0)
+
+
+def attention_panels_figure(
+    image: np.ndarray,
+    panels: Sequence[Sequence[AttentionPanel | None]],
+    row_labels: Sequence[str],
+    column_labels: Sequence[str],
+    title: str = "",
+) -> Figure:
+    """A grid of attention panels over the same ``image`` (H, W, 3 in [0, 1], the valid area) with one colour bar
+    (0 to the largest weight shown). ``None`` leaves a panel empty (e.g. a run where no query matched)."""
+    rows, columns = len(panels), max(len(row) for row in panels)
+    width = max(PANEL_INCHES * columns + 1.2, 6.0)  # room for the title
+    figure = Figure(figsize=(width, PANEL_INCHES * rows + 0.9), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False)
+    largest = max((float(np.max(p.weights)) for row in panels for p in row if p is not None), default=1.0)
+    norm = Normalize(vmin=0.0, vmax=largest if largest > 0 else 1.0)
+    for r, row in enumerate(panels):
+        for c in range(columns):
+            axes = grid[r][c]
+            hide_ticks(axes)
+            panel = row[c] if c < len(row) else None
+            if panel is None:
+                axes.set_axis_off()
+                continue
+            draw_attention(axes, image, panel.weights, norm)
+            draw_labelled_boxes(axes, panel.ground_truth, TRUTH_COLOR, text_below=True)
+            draw_labelled_boxes(axes, panel.predictions, PREDICTION_COLOR)
+            for x, y in panel.points:
+                axes.plot([x], [y], marker="x", color=PREDICTION_COLOR, markersize=7, markeredgewidth=2)
+            if r == 0:
+                axes.set_title(column_labels[c], fontsize=8)
+            if c == 0:
+                axes.set_ylabel(row_labels[r], fontsize=8)
+    colorbar = figure.colorbar(ScalarMappable(norm, colormaps[COLORMAP]), ax=grid, shrink=0.8, pad=0.01)
+    colorbar.set_label("attention weight", fontsize=8)
+    legend = f"{BOX_LEGEND}; {ZERO_LEGEND}"
+    figure.suptitle(f"{title}\n{legend}" if title else legend, fontsize=9)
+    return figure
+
+
+def attention_figure(
+    image: np.ndarray,
+    maps: np.ndarray,
+    layer_labels: Sequence[str] | None = None,
+    predictions: Sequence[LabelledBox] = (),
+    ground_truth: Sequence[LabelledBox] = (),
+    points: Sequence[tuple[float, float]] = (),
+    title: str = "",
+) -> Figure:
+    """One query's maps: ``maps`` (layers, heads, h, w) drawn as layer rows × head columns, plus the head average.
+
+    ``image`` (H, W, 3) in [0, 1] is the valid (unpadded) area the grid covers; boxes are in its pixels.
+    """
+    maps = np.asarray(maps)
+    if maps.ndim != 4:
+        raise ValueError(f"expected maps of shape (layers, heads, h, w), got {maps.shape}")
+    layers, heads = maps.shape[:2]
+    labels = list(layer_labels) if layer_labels is not None else [f"layer {i}" for i in range(layers)]
+    panels = [
+        [
+            AttentionPanel(weights, predictions, ground_truth, points)
+            for weights in [*maps[layer], maps[layer].mean(axis=0)]
+        ]
+        for layer in range(layers)
+    ]
+    columns = [f"head {h}" for h in range(heads)] + ["mean of heads"]
+    return attention_panels_figure(image, panels, labels, columns, title)

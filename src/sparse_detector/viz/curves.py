@@ -1,0 +1,137 @@
+"""Training curves of one or several runs from their ``metrics.jsonl`` records.
+
+Panels: each loss term over training steps (the last decoder layer solid, the auxiliary layers ``_0``, ``_1``, ...
+thin and faded in the same colour), class error (training steps, and validation at each evaluated epoch), and COCO AP,
+AP50, AP75 and AP by object size over epochs. AP50 is called AP50 (the official DETR plot script calls it "mAP").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+LOSS_TERMS = ("loss", "loss_ce", "loss_bbox", "loss_giou")
+LOSS_TITLES = {
+    "loss": "total loss (weighted sum)",
+    "loss_ce": "classification loss",
+    "loss_bbox": "box L1 loss",
+    "loss_giou": "box GIoU loss",
+}
+AP_OVERALL = {"AP": ("AP", "-"), "AP50": ("AP50", "--"), "AP75": ("AP75", ":")}  # key -> (name, line style)
+AP_BY_SIZE = {"AP_small": ("APs", "-"), "AP_medium": ("APm", "--"), "AP_large": ("APl", ":")}
+
+
+def run_colors(labels: Sequence[str]) -> dict[str, tuple]:
+    """A distinct colour per run (tab10), stable in the order given."""
+    palette = colormaps["tab10"]
+    return {label: palette(i % 10) for i, label in enumerate(labels)}
+
+
+def _series(records: Sequence[Mapping], kind: str, key: str, x: str = "") -> tuple[list[float], list[float]]:
+    """(x, y) of ``key`` over the records of ``kind``; x is ``x`` or, by default, the step for ``train`` records and
+    the epoch for ``epoch`` records. Missing or negative (COCO's -1 = no such objects) values are left out."""
+    x = x or ("step" if kind == "train" else "epoch")
+    xs, ys = [], []
+    for record in records:
+        value = record.get(key)
+        if record.get("type") != kind or not isinstance(value, int | float) or value < 0 or not math.isfinite(value):
+            continue
+        xs.append(record[x])
+        ys.append(float(value))
+    return xs, ys
+
+
+def _aux_keys(records: Sequence[Mapping], term: str) -> list[str]:
+    """The auxiliary-layer keys ``term_0``, ``term_1``, ... present in the training records, in layer order."""
+    pattern = re.compile(rf"^{term}_(\d+)$")
+    found = {key for record in records if record.get("type") == "train" for key in record if pattern.match(key)}
+    return sorted(found, key=lambda key: int(key.rsplit("_", 1)[1]))
+
+
+def _plot_loss(axes: Axes, runs: Mapping[str, Sequence[Mapping]], term: str, colors: Mapping[str, tuple]) -> None:
+    for label, records in runs.items():
+        axes.plot(*_series(records, "train", term), color=colors[label], linewidth=1.2, label=label)
+        for key in _aux_keys(records, term) if term != "loss" else []:
+            axes.plot(*_series(records, "train", key), color=colors[label], linewidth=0.6, alpha=0.35)
+    axes.set_title(LOSS_TITLES[term] + ("" if term == "loss" else "\n(thin: auxiliary decoder layers)"), fontsize=9)
+    axes.set_xlabel("step")
+
+
+def _plot_epochs(
+    axes: Axes,
+    runs: Mapping[str, Sequence[Mapping]],
+    styles: Mapping[str, tuple[str, str]],
+    colors: Mapping[str, tuple],
+) -> None:
+    for label, records in runs.items():
+        for key, (name, style) in styles.items():
+            xs, ys = _series(records, "epoch", key)
+            axes.plot(xs, ys, linestyle=style, marker="o", markersize=3, color=colors[label], label=f"{label} {name}")
+    _epoch_axis(axes)
+    axes.set_ylim(bottom=0)
+    axes.legend(fontsize=6)
+
+
+def _epoch_axis(axes: Axes) -> None:
+    axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def curves_figure(runs: Mapping[str, Sequence[Mapping]], title: str = "") -> Figure:
+    """Loss terms, class error and AP of every run in ``runs`` (label -> its ``metrics.jsonl`` records)."""
+    if not runs:
+        raise ValueError("no runs to plot")
+    colors = run_colors(list(runs))
+    figure = Figure(figsize=(14, 6.5), layout="constrained")
+    grid = figure.subplots(2, 4)
+    for axes, term in zip(grid[0], LOSS_TERMS, strict=True):
+        _plot_loss(axes, runs, term, colors)
+    grid[0][0].legend(fontsize=7)
+
+    error = grid[1][0]
+    for label, records in runs.items():
+        error.plot(
+            *_series(records, "train", "class_error"), color=colors[label], linewidth=0.8, label=f"{label} train"
+        )
+        xs, ys = _series(records, "epoch", "val_class_error", x="step")
+        error.plot(xs, ys, marker="s", linestyle="none", color=colors[label], label=f"{label} val (evaluations)")
+    error.set_title("class error (%) of matched queries", fontsize=9)
+    error.set_xlabel("step")
+    error.legend(fontsize=6)
+
+    _plot_epochs(grid[1][1], runs, AP_OVERALL, colors)
+    grid[1][1].set_title("AP (solid), AP50 (dashed), AP75 (dotted)", fontsize=9)
+    _plot_epochs(grid[1][2], runs, AP_BY_SIZE, colors)
+    grid[1][2].set_title("AP of small (solid), medium (dashed),\nlarge (dotted) objects", fontsize=9)
+    _plot_val_loss(grid[1][3], runs, colors)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def _plot_val_loss(axes: Axes, runs: Mapping[str, Sequence[Mapping]], colors: Mapping[str, tuple]) -> None:
+    for label, records in runs.items():
+        axes.plot(
+            *_series(records, "epoch", "train_loss"),
+            color=colors[label],
+            marker="o",
+            markersize=3,
+            label=f"{label} train (epoch mean)",
+        )
+        axes.plot(
+            *_series(records, "epoch", "val_loss"),
+            color=colors[label],
+            marker="s",
+            markersize=3,
+            linestyle="--",
+            label=f"{label} val",
+        )
+    axes.set_title("total loss per epoch: train (solid), val (dashed)", fontsize=9)
+    _epoch_axis(axes)
+    axes.legend(fontsize=6)

@@ -1,0 +1,50 @@
+"""Training samples as the model sees them: after the transforms, with boxes, labels and the padding shown."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .figure import TRUTH_COLOR, LabelledBox, draw_labelled_boxes, hide_ticks
+
+PADDING_RGBA = (1.0, 0.0, 1.0, 0.45)  # translucent magenta over padded pixels
+
+
+@dataclass
+class Sample:
+    """One transformed image (H, W, 3) in [0, 1] of the padded batch, its padding mask (H, W; True = padding) and
+    its target boxes in pixels."""
+
+    image: np.ndarray
+    padding: np.ndarray
+    boxes: Sequence[LabelledBox]
+    title: str = ""
+
+
+def data_figure(samples: Sequence[Sample], title: str = "", columns: int = 4) -> Figure:
+    """A grid of samples: boxes and class names in the ground-truth colour, padding tinted magenta."""
+    if not samples:
+        raise ValueError("no samples to draw")
+    columns = min(columns, len(samples))
+    rows = math.ceil(len(samples) / columns)
+    figure = Figure(figsize=(3.0 * columns, 3.0 * rows + 0.5), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for axes in grid.flat[len(samples) :]:
+        axes.set_axis_off()
+    for axes, sample in zip(grid.flat, samples, strict=False):
+        axes.imshow(sample.image, interpolation="nearest")
+        overlay = np.zeros((*sample.padding.shape, 4))
+        overlay[sample.padding] = PADDING_RGBA
+        axes.imshow(overlay, interpolation="nearest")
+        draw_labelled_boxes(axes, sample.boxes, TRUTH_COLOR)
+        height, width = sample.padding.shape
+        valid = int((~sample.padding).sum())
+        axes.set_title(f"{sample.title}\n{width}×{height} px, {height * width - valid} padded", fontsize=8)
+        hide_ticks(axes)
+    legend = f"after the training transforms: boxes and labels ({TRUTH_COLOR}), padding (magenta)"
+    figure.suptitle(f"{title}\n{legend}" if title else legend, fontsize=9)
+    return figure

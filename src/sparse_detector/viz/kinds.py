@@ -1,0 +1,472 @@
+"""The figure kinds of ``sparse-detector visualize KIND RUN [INPUT ...]``: from runs and images to files.
+
+Each kind is a function ``(VisualizeRequest) -> list of files written``, registered by name with ``@figure_kind``;
+a new model family adds its own kinds the same way. The figure functions themselves (``viz.attention``,
+``viz.curves``, ...) take plain arrays and records; this module reads runs, runs models and names the files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..analysis import AttentionMaps, record_attention
+from ..attention.sites import QueryKind, model_sites, select_sites
+from ..config import Config, load_config
+from ..data.batching import collate_detection
+from ..data.build import build_dataset
+from ..data.coco import CocoDetection
+from ..data.transforms import make_transforms
+from ..engine.device import resolve_device, seed_everything
+from ..engine.diagnostics import read_diagnostics
+from ..engine.inference import LoadedModel, category_name, load_trained_model
+from ..models import build_criterion
+from ..models.postprocess import query_scores
+from ..runs import read_analyses, read_metrics
+from ..runs import run_label as analysis_label
+from .alpha import alpha_figure
+from .attention import AttentionPanel, attention_figure, attention_panels_figure
+from .curves import curves_figure
+from .data import Sample, data_figure
+from .deformable import sampling_figure
+from .diagnostics import diagnostics_figure
+from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, cxcywh_to_pixels, display_image, save_figure
+from .matching import matching_figure
+from .sparsity import sparsity_figure
+
+
+@dataclass
+class VisualizeRequest:
+    """What a ``visualize`` call draws: ``runs`` (run directories or checkpoints; for ``data`` also configs),
+    ``images`` to draw on (default: the first ``num_images`` of the first run's validation data)."""
+
+    runs: list[Path]
+    output: Path
+    images: list[Path] = field(default_factory=list)
+    fmt: str = "png"
+    num_images: int = 3
+    queries: list[int] | None = None  # attention: these queries (default: score >= threshold, at least the best)
+    threshold: float = 0.5
+    pixels: list[tuple[float, float]] | None = None  # encoder: (x, y) in original-image pixels (default: most attended)
+    site: str | None = None  # default: the model's first site over the feature grid with the kind's queries
+    official: bool = False
+    device: str = "cpu"
+
+
+FigureKind = Callable[[VisualizeRequest], list[Path]]
+FIGURE_KINDS: dict[str, FigureKind] = {}
+
+
+def figure_kind(name: str) -> Callable[[FigureKind], FigureKind]:
+    """Register a figure kind under ``name`` (``sparse-detector visualize NAME``)."""
+
+    def register(function: FigureKind) -> FigureKind:
+        FIGURE_KINDS[name] = function
+        return function
+
+    return register
+
+
+def visualize(kind: str, request: VisualizeRequest) -> list[Path]:
+    """Draw the figures of ``kind``; returns the files written."""
+    if kind not in FIGURE_KINDS:
+        raise ValueError(f"unknown figure kind {kind!r}; choose from {sorted(FIGURE_KINDS)}")
+    request.output.mkdir(parents=True, exist_ok=True)
+    return FIGURE_KINDS[kind](request)
+
+
+def run_label(run: Path) -> str:
+    """A run's name in legends: its directory (a checkpoint file's folder)."""
+    return run.name if run.is_dir() else run.parent.name
+
+
+def _run_dir(run: Path) -> Path:
+    return run if run.is_dir() else run.parent
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images and recorded maps
+
+
+@dataclass
+class ImageItem:
+    """One image as the model sees it, with its ground truth when it belongs to the validation data."""
+
+    name: str
+    tensor: Tensor  # (3, H, W) normalised model input
+    target: dict[str, Tensor] | None  # boxes normalised cxcywh, labels, orig_size; None for an unannotated image
+    picture: np.ndarray  # (H, W, 3) in [0, 1], the model input un-normalised
+
+    @property
+    def height(self) -> int:
+        return self.picture.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.picture.shape[1]
+
+
+def _val_index_by_name(dataset: CocoDetection) -> dict[str, int]:
+    names = {image["id"]: image["file_name"] for image in dataset.coco.dataset["images"]}
+    return {Path(names[int(dataset.raw_target(i)["image_id"])]).name: i for i in range(len(dataset))}
+
+
+def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
+    """The request's images (with ground truth when the validation data holds them), or the first
+    ``num_images`` validation images."""
+    data = config.data
+    try:
+        dataset = build_dataset(config, "val")
+    except (ValueError, OSError):
+        dataset = None
+        if not request.images:
+            raise
+    items = []
+    if not request.images:
+        for index in range(min(request.num_images, len(dataset))):
+            tensor, target = dataset[index]
+            name = f"image{int(target['image_id'])}"
+            items.append(ImageItem(name, tensor, target, display_image(tensor, data.normalize)))
+        return items
+    by_name = _val_index_by_name(dataset) if dataset is not None else {}
+    transforms = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
+    for path in request.images:
+        if path.name in by_name:
+            tensor, target = dataset[by_name[path.name]]
+        else:
+            try:
+                image = Image.open(path).convert("RGB")
+            except OSError as err:
+                raise OSError(f"cannot read image {path}: {err}") from None
+            empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+            tensor, target = transforms(image, empty)[0], None
+        items.append(ImageItem(path.stem, tensor, target, display_image(tensor, data.normalize)))
+    return items
+
+
+def grid_site(loaded: LoadedModel, queries: QueryKind, requested: str | None) -> str:
+    """The site to draw over the image: ``requested`` (checked against the model's sites), else the model's first
+    site whose keys are the feature grid and whose queries are ``queries`` (object queries or grid cells)."""
+    if requested is not None:
+        site = select_sites(loaded.model, [requested])[0]
+        if site.keys != "grid":
+            raise ValueError(f"site {site.name} has {site.keys} keys; these figures draw sites whose keys are the grid")
+        return site.name
+    sites = model_sites(loaded.model)
+    for site in sites.values():
+        if site.keys == "grid" and site.queries == queries:
+            return site.name
+    raise ValueError(f"the model has no site of {queries} over the feature grid to draw; its sites: {list(sites)}")
+
+
+@torch.no_grad()
+def recorded_forward(loaded: LoadedModel, item: ImageItem, site: str, device: torch.device) -> tuple:
+    """The model's outputs for one image and the maps of ``site`` as an array (layers, heads, queries, h, w) on the
+    image's valid feature grid."""
+    outputs, maps = record_attention(loaded.model.to(device).eval(), [item.tensor.to(device)], sites=[site])
+    return outputs, grid_array(maps[site])
+
+
+def grid_array(maps: AttentionMaps) -> np.ndarray:
+    """One image's grid-keyed maps as (layers, heads, queries, h, w) on its valid grid."""
+    maps = maps.image(0)
+    weights = torch.stack([w[0] for w in maps.weights]).float().cpu().numpy()
+    return weights.reshape(*weights.shape[:3], *maps.padded_hw)
+
+
+def _scores_labels(outputs: dict, model: torch.nn.Module) -> tuple[Tensor, Tensor]:
+    return query_scores(model, outputs["pred_logits"][0])
+
+
+def _truth_boxes(item: ImageItem, label_map: dict) -> list[LabelledBox]:
+    if item.target is None:
+        return []
+    boxes = cxcywh_to_pixels(item.target["boxes"], item.height, item.width)
+    names = [category_name(label_map, int(label)) for label in item.target["labels"]]
+    return [LabelledBox(box, name) for box, name in zip(boxes, names, strict=True)]
+
+
+def _prediction_boxes(outputs: dict, item: ImageItem, loaded: LoadedModel) -> list[LabelledBox]:
+    """Every query's box, captioned ``q<index> <class> <score>``."""
+    scores, labels = _scores_labels(outputs, loaded.model)
+    boxes = cxcywh_to_pixels(outputs["pred_boxes"][0], item.height, item.width)
+    return [
+        LabelledBox(box, f"q{q} {category_name(loaded.label_map, int(label))} {float(score):.2f}")
+        for q, (box, label, score) in enumerate(zip(boxes, labels, scores, strict=True))
+    ]
+
+
+def _load(run: Path, request: VisualizeRequest) -> LoadedModel:
+    return load_trained_model(run, official=request.official)
+
+
+def _layer_labels(site: str, layers: int) -> list[str]:
+    return [f"{site} layer {i}" for i in range(layers)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kinds drawn on images
+
+
+@figure_kind("attention")
+def attention_kind(request: VisualizeRequest) -> list[Path]:
+    """Per image and chosen query: the site's maps per layer × head and head-averaged, with boxes."""
+    loaded, device = _load(request.runs[0], request), resolve_device(request.device)
+    site = grid_site(loaded, "queries", request.site)
+    written = []
+    for item in load_images(loaded.config, request):
+        outputs, maps = recorded_forward(loaded, item, site, device)
+        scores, _ = _scores_labels(outputs, loaded.model)
+        predictions, truth = _prediction_boxes(outputs, item, loaded), _truth_boxes(item, loaded.label_map)
+        for q in _chosen_queries(request, scores):
+            figure = attention_figure(
+                item.picture,
+                maps[:, :, q],
+                _layer_labels(site, maps.shape[0]),
+                [predictions[q]],
+                truth,
+                title=f"{run_label(request.runs[0])}: {site}, {item.name}, query {q}",
+            )
+            written.append(save_figure(figure, request.output / f"attention_{site}_{item.name}_q{q}", request.fmt))
+    return written
+
+
+def detection_attention(
+    loaded: LoadedModel, image: Tensor, queries: Sequence[int], path: Path, device: torch.device, fmt: str = "png"
+) -> Path | None:
+    """``predict --attention``: one panel per detection (``queries``) with its head-averaged map of the last layer
+    of the model's object-query site over the grid; ``image`` is the model input. None when nothing was detected."""
+    if not queries:
+        return None
+    item = ImageItem(path.stem, image, None, display_image(image, loaded.config.data.normalize))
+    site = grid_site(loaded, "queries", None)
+    outputs, maps = recorded_forward(loaded, item, site, device)
+    predictions = _prediction_boxes(outputs, item, loaded)
+    panels = [[AttentionPanel(maps[-1, :, q].mean(axis=0), [predictions[q]]) for q in queries]]
+    title = f"{site}, last layer, head average, per detection"
+    figure = attention_panels_figure(item.picture, panels, [site], [predictions[q].text for q in queries], title)
+    return save_figure(figure, path, fmt)
+
+
+def object_query_kind(model: torch.nn.Module) -> str:
+    """The figure kind that draws a model's object queries over the image: ``attention`` where a site of object
+    queries has grid keys, ``deformable`` where it samples points."""
+    keys = {site.keys for site in model_sites(model).values() if site.queries == "queries"}
+    return "attention" if "grid" in keys else "deformable"
+
+
+def _chosen_queries(request: VisualizeRequest, scores: Tensor) -> list[int]:
+    """The request's queries, else those scoring at least its threshold, at least the best-scoring one."""
+    queries = request.queries or (scores >= request.threshold).nonzero().flatten().tolist()
+    queries = queries or [int(scores.argmax())]
+    for q in queries:
+        if not 0 <= q < len(scores):
+            raise ValueError(f"query {q} does not exist: the model has {len(scores)} queries")
+    return queries
+
+
+@figure_kind("deformable")
+def deformable_kind(request: VisualizeRequest) -> list[Path]:
+    """Per image, chosen query and layer: the query's sampling points at a site of object queries over sampling
+    points (default: the model's first), per head, with the query's box and the ground truth."""
+    loaded, device = _load(request.runs[0], request), resolve_device(request.device)
+    sites = model_sites(loaded.model)
+    candidates = [s.name for s in sites.values() if s.keys == "points" and s.queries == "queries"]
+    site = request.site or (candidates[0] if candidates else None)
+    if site not in candidates:
+        raise ValueError(f"deformable figures draw sites of object queries over sampling points: {candidates}")
+    written = []
+    for item in load_images(loaded.config, request):
+        with torch.no_grad():
+            outputs, _ = record_attention(loaded.model.to(device).eval(), [item.tensor.to(device)], sites=[site])
+        scores, _ = _scores_labels(outputs, loaded.model)
+        predictions, truth = _prediction_boxes(outputs, item, loaded), _truth_boxes(item, loaded.label_map)
+        for q in _chosen_queries(request, scores):
+            boxes = [(b.box, TRUTH_COLOR) for b in truth] + [(predictions[q].box, PREDICTION_COLOR)]
+            for layer, record in enumerate(outputs.attention[site]):
+                title = f"{run_label(request.runs[0])}: {site} layer {layer}, {item.name}, {predictions[q].text}"
+                figure = sampling_figure(item.picture, record, 0, q, boxes, title)
+                name = f"deformable_{site}_{item.name}_q{q}_layer{layer}"
+                written.append(save_figure(figure, request.output / name, request.fmt))
+    return written
+
+
+def _most_attended_cells(maps: np.ndarray, count: int = 2) -> list[int]:
+    """Flat indices of the grid cells that receive the most attention (last layer, summed over heads and queries)."""
+    received = maps[-1].sum(axis=(0, 1)).flatten()
+    return [int(i) for i in np.argsort(-received)[:count]]
+
+
+@figure_kind("encoder")
+def encoder_kind(request: VisualizeRequest) -> list[Path]:
+    """Per image and chosen pixel (or the most attended cells): what that grid cell attends to, per layer × head."""
+    loaded, device = _load(request.runs[0], request), resolve_device(request.device)
+    site = grid_site(loaded, "grid", request.site)
+    written = []
+    for item in load_images(loaded.config, request):
+        _, maps = recorded_forward(loaded, item, site, device)
+        layers, heads, _, h, w = maps.shape
+        if request.pixels:
+            orig_h, orig_w = item.target["orig_size"].tolist() if item.target is not None else (item.height, item.width)
+            cells = [min(int(y / orig_h * h), h - 1) * w + min(int(x / orig_w * w), w - 1) for x, y in request.pixels]
+        else:
+            cells = _most_attended_cells(maps)
+        truth = _truth_boxes(item, loaded.label_map)
+        for cell in cells:
+            row, column = divmod(cell, w)
+            centre = ((column + 0.5) * item.width / w, (row + 0.5) * item.height / h)
+            figure = attention_figure(
+                item.picture,
+                maps[:, :, cell],
+                _layer_labels(site, layers),
+                ground_truth=truth,
+                points=[centre],
+                title=f"{run_label(request.runs[0])}: {site}, {item.name}, query cell (row {row}, "
+                f"column {column}) marked ×",
+            )
+            written.append(save_figure(figure, request.output / f"encoder_{item.name}_r{row}c{column}", request.fmt))
+    return written
+
+
+def _matched_queries(loaded: LoadedModel, outputs: dict, target: dict) -> dict[int, int]:
+    """Ground-truth index -> the query the model's Hungarian matcher assigns to it."""
+    matcher = build_criterion(loaded.config).matcher
+    device = outputs["pred_logits"].device
+    queries, truths = matcher(outputs, [{k: v.to(device) for k, v in target.items()}])[0]
+    return {int(t): int(q) for q, t in zip(queries, truths, strict=True)}
+
+
+@figure_kind("compare")
+def compare_kind(request: VisualizeRequest) -> list[Path]:
+    """Per image: rows = ground-truth objects, columns = runs, the head-averaged map of the last layer of the query
+    each run's matcher assigned to that object."""
+    if len(request.runs) < 2:
+        raise ValueError("visualize compare needs two or more runs (run directories or checkpoints)")
+    device = resolve_device(request.device)
+    models = [_load(run, request) for run in request.runs]
+    site = grid_site(models[0], "queries", request.site)
+    written = []
+    for item in load_images(models[0].config, request):
+        if item.target is None or not len(item.target["boxes"]):
+            raise ValueError(f"visualize compare matches queries to ground truth: {item.name} has no annotated boxes")
+        truth = _truth_boxes(item, models[0].label_map)
+        panels: list[list[AttentionPanel | None]] = [[] for _ in truth]
+        for loaded in models:
+            outputs, maps = recorded_forward(loaded, item, site, device)
+            predictions = _prediction_boxes(outputs, item, loaded)
+            for t, q in sorted(_matched_queries(loaded, outputs, item.target).items()):
+                weights = maps[-1, :, q].mean(axis=0)
+                panels[t].append(AttentionPanel(weights, [predictions[q]], [truth[t]]))
+        figure = attention_panels_figure(
+            item.picture,
+            panels,
+            [f"object {t}: {box.text}" for t, box in enumerate(truth)],
+            [run_label(run) for run in request.runs],
+            title=f"{item.name}: {site}, last layer, head average,\nof the query matched to each object",
+        )
+        written.append(save_figure(figure, request.output / f"compare_{site}_{item.name}", request.fmt))
+    return written
+
+
+@figure_kind("matching")
+def matching_kind(request: VisualizeRequest) -> list[Path]:
+    """Per annotated image: the Hungarian assignment of the model's queries to the ground truth."""
+    loaded, device = _load(request.runs[0], request), resolve_device(request.device)
+    model = loaded.model.to(device).eval()
+    written = []
+    for item in load_images(loaded.config, request):
+        if item.target is None:
+            continue
+        with torch.no_grad():
+            outputs = model([item.tensor.to(device)])
+        pairs = sorted((q, t) for t, q in _matched_queries(loaded, outputs, item.target).items())
+        figure = matching_figure(
+            item.picture,
+            _prediction_boxes(outputs, item, loaded),
+            _truth_boxes(item, loaded.label_map),
+            pairs,
+            title=f"{run_label(request.runs[0])}: {item.name}",
+        )
+        written.append(save_figure(figure, request.output / f"matching_{item.name}", request.fmt))
+    if not written:
+        raise ValueError("visualize matching needs annotated images: give images of the validation data, or none")
+    return written
+
+
+def _config_of(source: Path, request: VisualizeRequest) -> Config:
+    """A run's config (run directory or checkpoint) or a YAML config / preset name."""
+    if source.is_dir() and (source / "config.yaml").is_file():
+        return load_config(source / "config.yaml")
+    if source.suffix in (".yaml", ".yml") or not source.exists():
+        return load_config(str(source))
+    return _load(source, request).config
+
+
+@figure_kind("data")
+def data_kind(request: VisualizeRequest) -> list[Path]:
+    """The first ``num_images`` training samples after the training transforms, padded as one batch."""
+    config = _config_of(request.runs[0], request)
+    seed_everything(config.train.seed)
+    dataset = build_dataset(config, "train")
+    samples = [dataset[i] for i in range(min(max(request.num_images, 1), len(dataset)))]
+    batch, targets = collate_detection(samples)
+    drawn = []
+    for tensor, mask, target in zip(batch.tensors, batch.mask, targets, strict=True):
+        valid_h, valid_w = (int(v) for v in (~mask).nonzero().max(0).values + 1)
+        boxes = cxcywh_to_pixels(target["boxes"], valid_h, valid_w)  # normalised to the valid (unpadded) area
+        names = [category_name(dataset.label_map, int(label)) for label in target["labels"]]
+        drawn.append(
+            Sample(
+                display_image(tensor, config.data.normalize),
+                mask.numpy(),
+                [LabelledBox(box, name) for box, name in zip(boxes, names, strict=True)],
+                f"image id {int(target['image_id'])}",
+            )
+        )
+    figure = data_figure(drawn, title=f"{dataset.annotation_file}: {len(dataset)} images")
+    return [save_figure(figure, request.output / "data_train", request.fmt)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kinds drawn from run records
+
+
+@figure_kind("curves")
+def curves_kind(request: VisualizeRequest) -> list[Path]:
+    """Losses, class error and AP of every run in one figure."""
+    runs = {run_label(run): read_metrics(_run_dir(run)) for run in request.runs}
+    return [save_figure(curves_figure(runs), request.output / "curves", request.fmt)]
+
+
+@figure_kind("alpha")
+def alpha_kind(request: VisualizeRequest) -> list[Path]:
+    """Per run with learnable α: the α heat map and α over steps."""
+    written = []
+    for run in request.runs:
+        figure = alpha_figure(read_metrics(_run_dir(run)), title=run_label(run))
+        written.append(save_figure(figure, request.output / f"alpha_{run_label(run)}", request.fmt))
+    return written
+
+
+@figure_kind("diagnostics")
+def diagnostics_kind(request: VisualizeRequest) -> list[Path]:
+    """Per run trained with ``train.diagnostics_every``: gradients, weight histograms and attention entropy."""
+    written = []
+    for run in request.runs:
+        figure = diagnostics_figure(read_diagnostics(_run_dir(run)), title=run_label(run))
+        written.append(save_figure(figure, request.output / f"diagnostics_{run_label(run)}", request.fmt))
+    return written
+
+
+@figure_kind("sparsity")
+def sparsity_kind(request: VisualizeRequest) -> list[Path]:
+    """Gini, zeros ratio and PAIBB per layer across runs, from their ``analyze`` output."""
+    records = read_analyses(request.runs)
+    figure = sparsity_figure({analysis_label(r): r["attention"] for r in records})
+    return [save_figure(figure, request.output / "sparsity", request.fmt)]

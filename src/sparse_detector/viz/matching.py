@@ -1,0 +1,51 @@
+"""The Hungarian assignment of queries to ground-truth boxes on one image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .figure import BOX_LEGEND, PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, draw_labelled_boxes, hide_ticks
+
+UNMATCHED_COLOR = "0.6"
+
+
+def _centre(box: LabelledBox) -> tuple[float, float]:
+    x0, y0, x1, y1 = box.box
+    return (x0 + x1) / 2, (y0 + y1) / 2
+
+
+def matching_figure(
+    image: np.ndarray,
+    predictions: Sequence[LabelledBox],
+    ground_truth: Sequence[LabelledBox],
+    pairs: Sequence[tuple[int, int]],
+    title: str = "",
+) -> Figure:
+    """Left: every query's predicted box (unmatched ones grey) and the ground truth. Right: the matched pairs only,
+    each query joined to its ground-truth box by a line. ``pairs``: (query index, ground-truth index)."""
+    figure = Figure(figsize=(10, 5.4), layout="constrained")
+    every, matched = figure.subplots(1, 2)
+    matched_queries = {q for q, _ in pairs}
+    for axes in (every, matched):
+        axes.imshow(image, interpolation="nearest")
+        draw_labelled_boxes(axes, ground_truth, TRUTH_COLOR, text_below=True)
+        hide_ticks(axes)
+    unmatched = [box for q, box in enumerate(predictions) if q not in matched_queries]
+    draw_labelled_boxes(every, unmatched, UNMATCHED_COLOR, linewidth=0.8)
+    draw_labelled_boxes(every, [predictions[q] for q in sorted(matched_queries)], PREDICTION_COLOR)
+    every.set_title(f"all {len(predictions)} queries (grey: not matched)", fontsize=9)
+    draw_labelled_boxes(matched, [predictions[q] for q, _ in pairs], PREDICTION_COLOR)
+    for q, t in pairs:
+        (px, py), (tx, ty) = _centre(predictions[q]), _centre(ground_truth[t])
+        matched.plot([px, tx], [py, ty], color="yellow", linewidth=1.5)
+        matched.plot([tx], [ty], marker="o", color=TRUTH_COLOR, markersize=4)
+    matched.set_title(f"{len(pairs)} matched pairs (query → ground truth)", fontsize=9)
+    height, width = image.shape[:2]
+    for axes in (every, matched):
+        axes.set_xlim(0, width)
+        axes.set_ylim(height, 0)
+    figure.suptitle(f"{title}\n{BOX_LEGEND}" if title else BOX_LEGEND, fontsize=9)
+    return figure

@@ -1,0 +1,98 @@
+"""Sparsity and PAIBB across runs, per layer, from ``analyze`` results (``analysis.json``'s ``attention`` entry).
+
+Bars are the mean over all query maps (heads pooled; PAIBB: head-averaged maps of matched queries), error bars their
+standard deviation; one colour per run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from ..analysis.paibb import SIZE_BUCKETS
+from .curves import run_colors
+
+SPARSITY_METRICS = {"gini": "Gini (0 uniform, 1 one-hot)", "zeros_ratio": "zeros ratio"}
+
+
+def _grouped_bars(
+    axes: Axes, blocks: Mapping[str, Mapping | None], colors: Mapping[str, tuple], groups: Sequence[str]
+) -> None:
+    """One bar group per entry of ``groups``, one bar per run: ``blocks[run]`` is ``{"mean": [...], "std": [...]}``
+    (None where the run lacks it)."""
+    width = 0.8 / max(len(blocks), 1)
+    for i, (label, block) in enumerate(blocks.items()):
+        if block is None:
+            continue
+        mean = np.array([np.nan if v is None else v for v in block["mean"]], dtype=float)
+        std = np.array([np.nan if v is None else v for v in block["std"]], dtype=float)
+        x = np.arange(len(mean)) + (i - (len(blocks) - 1) / 2) * width
+        axes.bar(x, mean, width, yerr=std, color=colors[label], label=label, capsize=2, error_kw={"linewidth": 0.8})
+    axes.set_xticks(range(len(groups)), groups, fontsize=7)
+    axes.set_ylim(0, 1.05)  # every reading here is a fraction in [0, 1]
+
+
+def _site_paibb(result: Mapping, site: str) -> Mapping | None:
+    return (result["sites"].get(site) or {}).get("paibb")
+
+
+def sparsity_figure(results: Mapping[str, Mapping], title: str = "") -> Figure:
+    """Per site (columns): Gini and zeros ratio per layer; at sites with PAIBB (object queries over the feature
+    grid), PAIBB per layer and, for the last layer, by COCO object size. ``results``: run label ->
+    ``MetricAggregator.result()``."""
+    if not results:
+        raise ValueError("no analyses to plot")
+    colors = run_colors(list(results))
+    sites = list(dict.fromkeys(site for result in results.values() for site in result["sites"]))
+    with_paibb = any(_site_paibb(result, site) for result in results.values() for site in sites)
+    rows = len(SPARSITY_METRICS) + 2 * int(with_paibb)
+    figure = Figure(figsize=(4.2 * max(len(sites), 2), 2.8 * rows), layout="constrained")
+    grid = figure.subplots(rows, max(len(sites), 2), squeeze=False)
+    for axes in grid[:, len(sites) :].flat:
+        axes.set_axis_off()
+    for c, site in enumerate(sites):
+        for r, (metric, name) in enumerate(SPARSITY_METRICS.items()):
+            blocks = {
+                label: result["sites"][site]["metrics"][metric]["per_layer"] if site in result["sites"] else None
+                for label, result in results.items()
+            }
+            if metric == "zeros_ratio":
+                thresholds = {
+                    result["sites"][site]["zero_threshold"] for result in results.values() if site in result["sites"]
+                }
+                name += f" (p ≤ {', '.join(f'{t:g}' for t in sorted(thresholds))})"
+            _grouped_bars(grid[r][c], blocks, colors, _layer_names(blocks))
+            grid[r][c].set_title(f"{site}: {name}", fontsize=9)
+        if with_paibb:
+            _paibb_axes(grid[-2][c], grid[-1][c], site, results, colors)
+    grid[0][0].legend(fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def _layer_names(blocks: Mapping[str, Mapping | None]) -> list[str]:
+    return [f"layer {i}" for i in range(max(len(b["mean"]) for b in blocks.values() if b is not None))]
+
+
+def _paibb_axes(
+    per_layer: Axes, by_size: Axes, site: str, results: Mapping[str, Mapping], colors: Mapping[str, tuple]
+) -> None:
+    """PAIBB of ``site`` per layer, and by object size for the last layer (axes left empty without PAIBB)."""
+    paibb = {label: _site_paibb(result, site) for label, result in results.items()}
+    if not any(paibb.values()):
+        per_layer.set_axis_off()
+        by_size.set_axis_off()
+        return
+    overall = {label: p["overall"]["per_layer"] if p else None for label, p in paibb.items()}
+    _grouped_bars(per_layer, overall, colors, _layer_names(overall))
+    per_layer.set_title(f"{site}: PAIBB (mass inside the matched box)", fontsize=9)
+    last_layer = {}
+    for label, p in paibb.items():
+        stats = [p["by_size"].get(bucket, {}).get("per_layer") if p else None for bucket in SIZE_BUCKETS]
+        last_layer[label] = {key: [s[key][-1] if s and s[key] else None for s in stats] for key in ("mean", "std")}
+    _grouped_bars(by_size, last_layer, colors, list(SIZE_BUCKETS))
+    by_size.set_title(f"{site}: PAIBB of the last layer by object size", fontsize=9)

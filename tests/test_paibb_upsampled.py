@@ -1,0 +1,54 @@
+"""The thesis-compatible PAIBB (last layer, head average, bilinearly upsampled to the image size) vs brute force."""
+
+from __future__ import annotations
+
+import torch
+
+from sparse_detector.analysis import AttentionMaps
+from sparse_detector.analysis.paibb import upsampled_paibb
+
+
+def test_uniform_map_gives_the_box_pixel_share_and_padding_is_cropped():
+    # Two images padded to a 4 x 6 grid; image 1's valid grid is 3 x 4. Uniform maps on the valid cells.
+    padded, valid = (4, 6), [(4, 6), (3, 4)]
+    mask = torch.ones(2, *padded, dtype=torch.bool)
+    for b, (h, w) in enumerate(valid):
+        mask[b, :h, :w] = False
+    weights = (~mask).flatten(1).double() / (~mask).flatten(1).sum(1, keepdim=True)
+    weights = weights[:, None, None, :].expand(2, 2, 3, -1)  # 2 heads, 3 queries
+    maps = AttentionMaps(
+        [weights.clone(), weights.clone()], mask.flatten(1), torch.tensor(valid), padded, keys="grid", queries="queries"
+    )
+    targets = [
+        {"boxes": torch.tensor([[0.5, 0.5, 0.5, 0.5]]), "orig_size": torch.tensor([40, 60])},
+        {"boxes": torch.tensor([[0.25, 0.5, 0.5, 1.0], [0.9, 0.1, 0.2, 0.2]]), "orig_size": torch.tensor([30, 41])},
+    ]
+    indices = [(torch.tensor([2]), torch.tensor([0])), (torch.tensor([0, 1]), torch.tensor([0, 1]))]
+    values = upsampled_paibb(maps, targets, indices)
+
+    def pixel_share(box: list[float], height: int, width: int) -> float:
+        cx, cy, w, h = box
+        x0, x1 = max(round((cx - w / 2) * width), 0), min(round((cx + w / 2) * width), width)
+        y0, y1 = max(round((cy - h / 2) * height), 0), min(round((cy + h / 2) * height), height)
+        return (x1 - x0) * (y1 - y0) / (height * width)
+
+    expected = [
+        pixel_share([0.5, 0.5, 0.5, 0.5], 40, 60),
+        pixel_share([0.25, 0.5, 0.5, 1.0], 30, 41),
+        pixel_share([0.9, 0.1, 0.2, 0.2], 30, 41),
+    ]
+    torch.testing.assert_close(values, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_mass_in_one_cell_stays_mostly_in_that_cell_box():
+    weights = torch.zeros(1, 1, 1, 16, dtype=torch.float64)
+    weights[..., 5] = 1.0  # row 1, column 1 of a 4 x 4 grid
+    maps = AttentionMaps(
+        [weights], torch.zeros(1, 16, dtype=torch.bool), torch.tensor([[4, 4]]), (4, 4), keys="grid", queries="queries"
+    )
+    cell_box = {"boxes": torch.tensor([[0.375, 0.375, 0.25, 0.25]]), "orig_size": torch.tensor([64, 64])}
+    far_box = {"boxes": torch.tensor([[0.875, 0.875, 0.25, 0.25]]), "orig_size": torch.tensor([64, 64])}
+    match = [(torch.tensor([0]), torch.tensor([0]))]
+    inside = upsampled_paibb(maps, [cell_box], match)[0]
+    assert 0.4 < inside < 1.0, "bilinear upsampling spreads the cell's mass beyond it (unlike the exact reading)"
+    assert upsampled_paibb(maps, [far_box], match)[0] == 0

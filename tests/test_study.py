@@ -1,0 +1,83 @@
+"""The study runner end to end on a minimal matrix: runs, resume without redoing, failures reported, report links."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sparse_detector.cli import main
+from sparse_detector.config import ConfigError
+from sparse_detector.study import STATUS_FILE, load_study
+
+from .conftest import SMALL_MODEL
+
+MINIMAL_STUDY = {
+    "preset": "shapes_tiny",
+    "shapes": {"train": 8, "val": 3, "seed": 0, "image_size": 96, "min_size": 20, "max_size": 40},
+    "set": [
+        *SMALL_MODEL,
+        "train.epochs=1",
+        "train.max_steps_per_epoch=1",
+        "data.train_scales=[96]",
+        "data.val_size=96",
+    ],
+    "maps": {
+        "softmax": [],
+        "sparsemax": ["model.attention.decoder_cross.activation=sparsemax"],
+        "broken": ["model.attention.decoder_cross.activation=no_such_map"],
+    },
+    "seeds": [0],
+    "figure_images": 1,
+}
+
+
+def figure_files(study_dir: Path) -> set[str]:
+    return {p.relative_to(study_dir).as_posix() for p in study_dir.rglob("figures/*.png")}
+
+
+def test_study_runs_resumes_and_reports(tmp_path: Path, capsys):
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(MINIMAL_STUDY))
+    study_dir = tmp_path / "study"
+    assert main(["study", str(config), "--output-dir", str(study_dir), "--no-progress"]) == 0
+    first, second = study_dir / "runs" / "softmax-seed0", study_dir / "runs" / "sparsemax-seed0"
+    assert "2 of 3 runs done" in capsys.readouterr().out
+
+    report = (study_dir / "report.md").read_text()
+    figures = figure_files(study_dir)
+    assert {"figures/curves.png", "figures/sparsity.png"} <= figures
+    assert any(name.startswith("runs/sparsemax-seed0/figures/attention_") for name in figures)
+    linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report))
+    assert linked == figures, "the report links every figure, and only existing ones"
+    html = (study_dir / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == len(figures), "report.html embeds every figure"
+    assert "broken-seed0" in report and "no_such_map" in report, "the failed run is reported with its error"
+    assert "| softmax | 1 |" in report and "| sparsemax | 1 |" in report
+
+    # Delete the first run half-way (its analysis, figures and status), then run the study again.
+    shutil.rmtree(first / "analysis")
+    shutil.rmtree(first / "figures")
+    (first / STATUS_FILE).unlink()
+    kept = {path: path.stat().st_mtime_ns for path in (second / "checkpoint_last.pt", second / STATUS_FILE)}
+    trained = (first / "checkpoint_last.pt").stat().st_mtime_ns
+    assert main(["study", str(config), "--output-dir", str(study_dir), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "sparsemax-seed0: done before, kept" in out
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in kept.items()), "a finished run is not redone"
+    assert (first / "checkpoint_last.pt").stat().st_mtime_ns == trained, "finished training is not redone"
+    assert (first / "analysis" / "analysis.json").is_file() and (first / "figures").is_dir()
+    assert set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (study_dir / "report.md").read_text())) == figure_files(study_dir)
+
+
+def test_study_config_errors_name_the_problem(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"preset": "shapes_tiny", "maps": {"a": []}, "seedz": [0]}))
+    with pytest.raises(ConfigError, match="unknown study keys \\['seedz'\\]"):
+        load_study(bad)
+    with pytest.raises(ConfigError, match="embedded: \\['shapes_maps'\\]"):
+        load_study("no_such_study")
+    assert load_study("shapes_maps").maps.keys() == {"softmax", "sparsemax", "entmax15", "alpha_entmax"}

@@ -1,0 +1,181 @@
+"""Figures: every ``visualize`` kind from a tiny run trained here, the attention overlay geometry, diagnostics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from PIL import Image
+
+from sparse_detector.cli import main
+from sparse_detector.engine.diagnostics import read_diagnostics
+from sparse_detector.engine.trainer import Trainer
+from sparse_detector.study import analyze_run
+from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, attention_figure, grey
+from sparse_detector.viz.figure import DPI
+from sparse_detector.viz.kinds import FIGURE_KINDS
+
+from .conftest import shapes_config
+
+# shapes_config's model: 1 encoder layer, 2 decoder layers, 4 heads, 6 queries; 96 px images -> a 6 x 6 grid.
+LAYERS, HEADS = 2, 4
+
+
+@pytest.fixture(scope="module")
+def runs(shapes, tmp_path_factory) -> dict[str, Path]:
+    """An α-entmax run (2 steps, diagnostics every step, analysed) and a copy of it, for the multi-run kinds."""
+    root = tmp_path_factory.mktemp("viz")
+    run = root / "alpha"
+    config = shapes_config(
+        shapes,
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        "train.diagnostics_every=1",
+        "model.attention.decoder_cross.activation=alpha_entmax",
+    )
+    Trainer(config, run, progress=False).fit()
+    analyze_run(run, "cpu")
+    other = root / "alpha_copy"
+    shutil.copytree(run, other)
+    record = json.loads((other / "analysis" / "analysis.json").read_text())
+    record["checkpoint"] = str(other / "checkpoint_best.pt")
+    (other / "analysis" / "analysis.json").write_text(json.dumps(record))
+    deformable = root / "deformable"  # for the deformable kind: sparse sampling weights in the cross-attention
+    config = shapes_config(
+        shapes,
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        "model.arch=deformable_detr",
+        "model.deformable.num_feature_levels=2",
+        "model.deformable.enc_n_points=2",
+        "model.deformable.dec_n_points=2",
+        "model.attention.decoder_cross.activation=sparsemax",
+    )
+    Trainer(config, deformable, progress=False).fit()
+    return {"run": run, "other": other, "images": shapes["images"], "deformable": deformable}
+
+
+def check_image(path: Path, size: tuple[int, int] | None = None) -> None:
+    """A readable image of ``size`` (width, height) whose pixels are not all alike."""
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        if size is not None:
+            assert image.size == size, path
+        pixels = np.asarray(image.convert("RGB"), dtype=float)
+    assert pixels.std() > 10, f"{path} looks blank"
+
+
+def kind_arguments(kind: str, runs: dict[str, Path]) -> list[str]:
+    run, other = str(runs["run"]), str(runs["other"])
+    return {
+        "compare": [run, other],
+        "curves": [run, other],
+        "sparsity": [run, other],
+        "encoder": [run, "--pixels", "40,50"],
+        "attention": [run, str(runs["images"] / "val_000000.png"), "--queries", "0", "3"],
+        "deformable": [str(runs["deformable"]), "--queries", "1"],
+    }.get(kind, [run])
+
+
+def test_every_kind_renders_from_a_trained_run(runs, tmp_path: Path, capsys):
+    # attention: (heads + mean) columns x layers rows of 1.5 in panels, +1.2 in for the colour bar, +0.9 in titles.
+    attention_size = (round((1.5 * (HEADS + 1) + 1.2) * DPI), round((1.5 * LAYERS + 0.9) * DPI))
+    expected = {"attention": attention_size, "curves": (14 * DPI, round(6.5 * DPI)), "matching": (10 * DPI, 540)}
+    for kind in FIGURE_KINDS:
+        out = tmp_path / kind
+        assert main(["visualize", kind, *kind_arguments(kind, runs), "--output", str(out), "--num-images", "1"]) == 0
+        files = sorted(out.iterdir())
+        assert files, kind
+        for path in files:
+            check_image(path, expected.get(kind))
+    names = {p.name for p in (tmp_path / "attention").iterdir()}
+    assert names == {"attention_decoder_cross_val_000000_q0.png", "attention_decoder_cross_val_000000_q3.png"}
+    deformable = sorted(p.name for p in (tmp_path / "deformable").iterdir())
+    assert [name.split("_q1_")[1] for name in deformable] == ["layer0.png", "layer1.png"]  # one per decoder layer
+    assert "written:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt, magic", [("pdf", b"%PDF"), ("svg", b"<?xml")])
+def test_vector_formats(runs, tmp_path: Path, fmt: str, magic: bytes):
+    assert main(["visualize", "curves", str(runs["run"]), "--output", str(tmp_path), "--format", fmt]) == 0
+    assert (tmp_path / f"curves.{fmt}").read_bytes().startswith(magic)
+
+
+def test_overlay_lights_the_cell_that_holds_the_mass():
+    h, w, cell = 4, 5, (2, 3)
+    image = np.full((80, 100, 3), 0.5)
+    maps = np.zeros((1, 2, h, w))
+    maps[0, :, cell[0], cell[1]] = 1.0
+    maps[0, 1, 0, 0], maps[0, 1, cell[0], cell[1]] = 1e-4, 1 - 1e-4  # a tiny positive weight must still show
+    figure = attention_figure(image, maps)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(float)
+    axes = figure.axes[0]  # head 0
+    cell_w, cell_h = 100 / w, 80 / h
+
+    def colour_at(row: int, column: int, panel=axes) -> np.ndarray:
+        x, y = panel.transData.transform(((column + 0.5) * cell_w, (row + 0.5) * cell_h))
+        return pixels[round(pixels.shape[0] - y), round(x)]
+
+    lit = colour_at(*cell)
+    assert lit.max() - lit.min() > 80, "the cell holding the mass is coloured"
+    top = np.array(colormaps[COLORMAP](1.0)[:3]) * 255
+    under = grey(image)[0, 0] * 255
+    expected = OVERLAY_ALPHA * top + (1 - OVERLAY_ALPHA) * under
+    assert np.abs(lit - expected).max() < 3, f"it has the top colour of {COLORMAP} over the grey image"
+    for row in range(h):
+        for column in range(w):
+            if (row, column) != cell:
+                other = colour_at(row, column)
+                assert other.max() - other.min() < 3, f"exact zero at {(row, column)} is left uncoloured"
+    tiny = colour_at(0, 0, figure.axes[1])
+    assert tiny.max() - tiny.min() > 20, "a small positive weight is coloured, unlike an exact zero"
+
+
+def test_diagnostics_record_weights_gradients_and_entropy(runs):
+    records = read_diagnostics(runs["run"])
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert "gradients" not in records[0] and records[0]["weights"]
+    layers = list(records[0]["weights"])
+    backbone = [layer for layer in layers if layer.startswith("backbone")]
+    assert backbone, "the backbone's layers are recorded"
+    assert all(records[1]["gradients"][layer]["norm"] > 0 for layer in backbone), "gradients reach the backbone"
+    for record in records:
+        for stats in record["weights"].values():
+            assert len(stats["histogram"]) == 41
+        assert {len(v) for v in record["entropy"].values()} <= {1, 2}
+
+
+def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
+    run = str(runs["other"])
+    (runs["other"] / "diagnostics.jsonl").unlink()
+    assert main(["visualize", "diagnostics", run, "--output", str(tmp_path)]) == 2
+    assert "train.diagnostics_every" in capsys.readouterr().err
+    assert main(["visualize", "compare", run, "--output", str(tmp_path)]) == 2
+    assert "two or more runs" in capsys.readouterr().err
+
+
+def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, capsys):
+    run = str(runs["run"])
+    assert main(["analyze", "--checkpoint", run, "--paibb-upsampled", "--output", str(tmp_path / "a")]) == 0
+    assert "Thesis-compatible PAIBB at decoder_cross" in capsys.readouterr().out
+    paibb = json.loads((tmp_path / "a" / "analysis.json").read_text())["attention"]["sites"]["decoder_cross"]["paibb"]
+    assert 0 <= paibb["upsampled_last_layer"]["overall"]["mean"] <= 1
+    default = json.loads((runs["run"] / "analysis" / "analysis.json").read_text())["attention"]["sites"]
+    assert "upsampled_last_layer" not in default["decoder_cross"]["paibb"], "the exact grid coverage stays the default"
+
+
+def test_predict_draws_each_detections_attention(runs, tmp_path: Path, capsys):
+    image = runs["images"] / "val_000001.png"
+    argv = ["predict", "--checkpoint", str(runs["run"]), str(image), "--output", str(tmp_path), "--threshold", "0"]
+    assert main([*argv, "--attention"]) == 0
+    assert "attention of each detection" in capsys.readouterr().out
+    # one panel per detection: all 6 queries pass threshold 0 -> 6 panels of 1.5 in + 1.2 in for the colour bar
+    check_image(tmp_path / "val_000001_attention.png", (round((1.5 * 6 + 1.2) * DPI), round((1.5 + 0.9) * DPI)))
