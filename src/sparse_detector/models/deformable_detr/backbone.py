@@ -15,7 +15,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from ...config import BackboneConfig
 from ...data.batching import PaddedBatch
-from ..backbone import STAGES, _load_resnet, _stage_channels, _stage_of
+from ..backbone import STAGES, _stage_channels, trainable_resnet
 
 #: The stages Deformable DETR reads, finest first (C3, C4, C5).
 FEATURE_STAGES = ("layer2", "layer3", "layer4")
@@ -32,13 +32,7 @@ class MultiScaleBackbone(nn.Module):
                 f"model.backbone.return_layer must be one of {list(FEATURE_STAGES)} for Deformable DETR, "
                 f"got {cfg.return_layer!r}"
             )
-        unknown = sorted(set(cfg.trainable_layers) - set(STAGES))
-        if unknown:
-            raise ValueError(f"model.backbone.trainable_layers has unknown stage {unknown[0]!r}; use {list(STAGES)}")
-        resnet = _load_resnet(cfg)
-        trainable = set(cfg.trainable_layers) if cfg.lr > 0 else set()
-        for name, param in resnet.named_parameters():
-            param.requires_grad_(_stage_of(name) in trainable)
+        resnet = trainable_resnet(cfg)
         readable = FEATURE_STAGES[: FEATURE_STAGES.index(cfg.return_layer) + 1]
         stages = readable[-num_outputs:]
         self.body = IntermediateLayerGetter(resnet, return_layers={stage: str(i) for i, stage in enumerate(stages)})
