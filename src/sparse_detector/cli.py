@@ -157,6 +157,14 @@ def _image_files(inputs: Sequence[str]) -> list[Path]:
 @torch.no_grad()
 def _predict(args: argparse.Namespace) -> int:
     loaded = load_trained_model(args.checkpoint, official=args.official, **_official_options(args))
+    if args.attention:
+        from .viz.kinds import object_query_kind
+
+        if (kind := object_query_kind(loaded.model)) != "attention":
+            raise ValueError(
+                f"predict --attention draws attention over the feature grid, which this model's object queries do "
+                f"not have; draw them with: sparse-detector visualize {kind} {args.checkpoint} IMAGE ..."
+            )
     data = loaded.config.data
     transforms = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
     device = resolve_device(args.device)
