@@ -23,10 +23,10 @@ from .engine.device import resolve_device
 from .engine.evaluate import evaluate
 from .engine.inference import category_id, category_name, load_trained_model
 from .engine.trainer import Trainer
-from .models import available_models, build_criterion, build_model
+from .models import build_criterion, build_model
 from .models.postprocess import postprocessor_for
 from .report import COMPARE_METRICS, DEFAULT_COMPARE_METRICS, analysis_markdown, compare_markdown, write_analysis
-from .runs import EVAL_FILE, analysis_dir, read_analyses
+from .runs import CONFIG_FILE, EVAL_FILE, analysis_dir, read_analyses
 from .viz.boxes import draw_boxes
 
 log = logging.getLogger("sparse_detector")
@@ -45,7 +45,7 @@ def _print_config(config: Config) -> None:
 def _train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
-        config = load_config(run_dir / "config.yaml", args.set)
+        config = load_config(run_dir / CONFIG_FILE, args.set)
     else:
         config = load_config(args.config, args.set)
         run_dir = Path(args.output_dir or config.train.output_dir)
@@ -358,7 +358,7 @@ def _add_study_parser(commands: argparse._SubParsersAction) -> None:
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
     parser.add_argument("--official", action="store_true", help="the checkpoint is an official one (COCO ids)")
-    parser.add_argument("--arch", default="detr", choices=available_models(), help="model of an --official checkpoint")
+    parser.add_argument("--arch", default="detr", help="registered model (model.arch) of an --official checkpoint")
     parser.add_argument("--nheads", type=int, default=8, help="attention heads of an official checkpoint")
     parser.add_argument("--dilation", action="store_true", help="an official DC5 checkpoint")
     parser.add_argument("--device", default="auto")

@@ -14,6 +14,7 @@ A run directory holds::
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
 ANALYSIS_FILE = "analysis.json"
 ANALYSIS_DIRS = {False: "analysis", True: "analysis-random-init"}  # by random_init
+
+log = logging.getLogger(__name__)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -74,9 +77,15 @@ def read_analyses(inputs: Iterable[str | Path]) -> list[dict[str, Any]]:
     records = []
     for path in find_analyses(inputs):
         try:
-            records.append(json.loads(path.read_text()))
+            record = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
+        if "paibb" in record.get("attention", {}):
+            log.warning(
+                "%s has the older layout (one PAIBB block, not per site): its PAIBB is not shown; run analyze again",
+                path,
+            )
+        records.append(record)
     return records
 
 

@@ -18,8 +18,7 @@ from ..config import Config, config_from_dict, override_config
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset
 from ..models import DetectionOutput, build_model
-from ..models.registry import official_config
-from ..models.weights import load_state_dict_checked, read_state_dict
+from ..models.weights import load_official, load_state_dict_checked
 from ..runs import resolve_checkpoint
 from .checkpoint import load_checkpoint
 from .evaluate import targets_to
@@ -48,20 +47,17 @@ def load_trained_model(path: str | Path, official: bool = False, arch: str = "de
     """
     source = resolve_checkpoint(path)
     if official:
-        state_dict, _ = read_state_dict(source)
-        config = official_config(arch, state_dict, **official_options)
+        model, config = load_official(source, arch, official_options)
         config.data.label_mode = "coco_ids"
-        label_map = dict(COCO_OFFICIAL_LABEL_MAP, num_classes=config.model.num_classes)
-    else:
-        checkpoint = load_checkpoint(source)
-        if "config" not in checkpoint:
-            raise ValueError(f"{source} has no 'config': for an official checkpoint pass --official")
-        config = config_from_dict(checkpoint["config"])
-        config.model.backbone.pretrained = False  # the checkpoint holds the weights
-        state_dict, label_map = checkpoint["model"], checkpoint["label_map"]
+        return LoadedModel(model, config, dict(COCO_OFFICIAL_LABEL_MAP, num_classes=config.model.num_classes), source)
+    checkpoint = load_checkpoint(source)
+    if "config" not in checkpoint:
+        raise ValueError(f"{source} has no 'config': for an official checkpoint pass --official")
+    config = config_from_dict(checkpoint["config"])
+    config.model.backbone.pretrained = False  # the checkpoint holds the weights
     model = build_model(config)
-    load_state_dict_checked(model, state_dict, str(source))
-    return LoadedModel(model.eval(), config, label_map, source)
+    load_state_dict_checked(model, checkpoint["model"], str(source))
+    return LoadedModel(model.eval(), config, checkpoint["label_map"], source)
 
 
 @dataclass

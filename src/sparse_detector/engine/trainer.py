@@ -17,8 +17,8 @@ from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection
 from ..models import build_criterion, build_model
 from ..runs import BEST_CHECKPOINT as BEST
+from ..runs import CONFIG_FILE, EVAL_FILE, METRICS_FILE, read_metrics
 from ..runs import LAST_CHECKPOINT as LAST
-from ..runs import read_metrics
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .coco_eval import format_table
 from .device import resolve_device, seed_everything
@@ -93,7 +93,7 @@ class Trainer:
         self.best_ap = float("-inf")
         if resume:
             self._resume()
-        (self.run_dir / "config.yaml").write_text(dump_config(config))
+        (self.run_dir / CONFIG_FILE).write_text(dump_config(config))
         self.logger = MetricsLogger(self.run_dir, tensorboard=train.tensorboard)
         self.diagnostics = TrainingDiagnostics(
             self.model, self.run_dir, train.diagnostics_every, self.val_set, self.step
@@ -108,7 +108,7 @@ class Trainer:
         self.best_ap = state.get("best_ap", float("-inf"))
         set_rng_state(state["rng"])
         # Records written after the checkpoint (a run killed mid-epoch) are dropped: that work is redone.
-        metrics = self.run_dir / "metrics.jsonl"
+        metrics = self.run_dir / METRICS_FILE
         if metrics.exists():
             kept = [r for r in read_metrics(self.run_dir) if r.get("epoch", 0) <= self.epoch]
             metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -225,6 +225,6 @@ class Trainer:
                 print(f"epoch {self.epoch}: {summary}")
         self.logger.close()
         if last_eval:
-            (self.run_dir / "eval.json").write_text(json.dumps(last_eval, indent=2))
+            (self.run_dir / EVAL_FILE).write_text(json.dumps(last_eval, indent=2))
             print(format_table(last_eval))
         return last_eval

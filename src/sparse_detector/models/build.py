@@ -1,6 +1,8 @@
-"""Pieces every model builder shares: an attention map from its site's config, and the set loss."""
+"""Pieces model builders share: an attention map from its site's config, and the loss of the configured arch."""
 
 from __future__ import annotations
+
+from torch import nn
 
 from ..attention.base import AttentionActivation
 from ..attention.registry import get_activation
@@ -20,12 +22,14 @@ def build_activation(site: AttentionSiteConfig | None, num_heads: int) -> Attent
     return get_activation(site.activation, **options.get(site.activation, {}))
 
 
-def build_criterion(config: Config) -> SetCriterion:
-    """The set loss of ``model.arch`` (its registered ``criterion``; default: DETR's matcher + set loss with the
-    configured costs and coefficients)."""
-    entry = model_entry(config.model.arch)
-    if entry.criterion is not None:
-        return entry.criterion(config)
+def build_criterion(config: Config) -> nn.Module:
+    """The loss of ``config.model.arch``: its registered criterion, else DETR's set criterion."""
+    custom = model_entry(config.model.arch).criterion
+    return custom(config) if custom is not None else build_set_criterion(config)
+
+
+def build_set_criterion(config: Config) -> SetCriterion:
+    """Matcher + set loss with the configured costs and coefficients."""
     loss = config.loss
     matcher = HungarianMatcher(loss.set_cost_class, loss.set_cost_bbox, loss.set_cost_giou)
     num_aux = config.model.transformer.dec_layers - 1 if config.model.aux_loss else 0

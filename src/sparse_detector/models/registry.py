@@ -8,7 +8,8 @@ A builder takes the whole :class:`~sparse_detector.config.Config` and returns a 
 ``build_model(config)`` builds it, sets ``model.arch`` and checks ``model.attention.<site>`` against the model's
 sites (unknown site, or a map the site's keys cannot take, e.g. TVMax where the keys are not the feature grid).
 An arch may also register how to read an official checkpoint (``official_config``: state dict -> Config) and its
-own set loss (``criterion``: Config -> criterion; default: DETR's, see ``build.build_criterion``).
+own loss (``criterion``: Config -> module with a ``matcher`` attribute, which PAIBB uses to pair queries with boxes;
+default: DETR's set criterion, see ``build.build_criterion``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def register_model(
     """Decorator adding a builder under ``name`` (default: the function's name)."""
 
     def add(builder: ModelBuilder) -> ModelBuilder:
-        _MODELS[name or builder.__name__] = ModelEntry(name or builder.__name__, builder, official_config, criterion)
+        arch = name or builder.__name__
+        _MODELS[arch] = ModelEntry(arch, builder, official_config, criterion)
         return builder
 
     return add

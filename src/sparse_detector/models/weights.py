@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -156,17 +157,19 @@ def infer_official_deformable_config(
 
 
 def load_official(
-    path_or_state_dict: str | Path | Mapping[str, Tensor], arch: str = "detr", **overrides
+    path_or_state_dict: str | Path | Mapping[str, Tensor],
+    arch: str = "detr",
+    reader_options: Mapping[str, Any] | None = None,
+    **overrides,
 ) -> tuple[nn.Module, Config]:
     """An official checkpoint of ``arch`` in a model built to fit it (eval mode), and that model's config.
 
-    ``overrides`` first go to the arch's official reader when it takes them (DETR: ``nheads``, ``dilation``), the
-    others set model fields (e.g. ``pre_norm=True``, ``aux_loss=False``) on the inferred config: top-level
-    :class:`ModelConfig`, :class:`TransformerConfig` or :class:`DeformableConfig` fields.
+    ``reader_options`` go to the arch's official reader (DETR: ``nheads``, ``dilation``, which the weights do not
+    show); ``overrides`` set other model fields (e.g. ``pre_norm=True``, ``aux_loss=False``) on the inferred
+    config: top-level :class:`ModelConfig`, :class:`TransformerConfig` or :class:`DeformableConfig` fields.
     """
     state_dict, source = read_state_dict(path_or_state_dict)
-    reader_options = {key: overrides.pop(key) for key in ("nheads", "dilation") if key in overrides}
-    config = official_config(arch, state_dict, **reader_options)
+    config = official_config(arch, state_dict, **(reader_options or {}))
     for key, value in overrides.items():
         for section in (config.model, config.model.transformer, config.model.deformable):
             if hasattr(section, key):
@@ -184,7 +187,7 @@ def detr_from_official(
 ) -> nn.Module:
     """Load an official facebookresearch/detr checkpoint into a model built to fit it; returned in eval mode
     (``load_official`` with ``arch="detr"``)."""
-    return load_official(path_or_state_dict, "detr", nheads=nheads, dilation=dilation, **overrides)[0]
+    return load_official(path_or_state_dict, "detr", {"nheads": nheads, "dilation": dilation}, **overrides)[0]
 
 
 def deformable_detr_from_official(
@@ -194,4 +197,5 @@ def deformable_detr_from_official(
     apart by its keys, sizes read from its tensors — into a model built to fit it; returned in eval mode and called
     like the DETR model (``load_official`` with ``arch="deformable_detr"``; e.g. ``num_queries=...`` for a
     two-stage model trained with other than 300)."""
-    return load_official(path_or_state_dict, "deformable_detr", nheads=nheads, dilation=dilation, **overrides)[0]
+    options = {"nheads": nheads, "dilation": dilation}
+    return load_official(path_or_state_dict, "deformable_detr", options, **overrides)[0]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
@@ -102,6 +103,7 @@ class ImageItem:
     tensor: Tensor  # (3, H, W) normalised model input
     target: dict[str, Tensor] | None  # boxes normalised cxcywh, labels, orig_size; None for an unannotated image
     picture: np.ndarray  # (H, W, 3) in [0, 1], the model input un-normalised
+    orig_size: tuple[int, int]  # (h, w) of the image file, before the transforms
 
     @property
     def height(self) -> int:
@@ -132,21 +134,23 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
         for index in range(min(request.num_images, len(dataset))):
             tensor, target = dataset[index]
             name = f"image{int(target['image_id'])}"
-            items.append(ImageItem(name, tensor, target, display_image(tensor, data.normalize)))
+            size = tuple(target["orig_size"].tolist())
+            items.append(ImageItem(name, tensor, target, display_image(tensor, data.normalize), size))
         return items
     by_name = _val_index_by_name(dataset) if dataset is not None else {}
     transforms = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
     for path in request.images:
         if path.name in by_name:
             tensor, target = dataset[by_name[path.name]]
+            size = tuple(target["orig_size"].tolist())
         else:
             try:
                 image = Image.open(path).convert("RGB")
             except OSError as err:
                 raise OSError(f"cannot read image {path}: {err}") from None
             empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-            tensor, target = transforms(image, empty)[0], None
-        items.append(ImageItem(path.stem, tensor, target, display_image(tensor, data.normalize)))
+            tensor, target, size = transforms(image, empty)[0], None, (image.height, image.width)
+        items.append(ImageItem(path.stem, tensor, target, display_image(tensor, data.normalize), size))
     return items
 
 
@@ -244,7 +248,8 @@ def detection_attention(
     of the model's object-query site over the grid; ``image`` is the model input. None when nothing was detected."""
     if not queries:
         return None
-    item = ImageItem(path.stem, image, None, display_image(image, loaded.config.data.normalize))
+    picture = display_image(image, loaded.config.data.normalize)
+    item = ImageItem(path.stem, image, None, picture, picture.shape[:2])
     site = grid_site(loaded, "queries", None)
     outputs, maps = recorded_forward(loaded, item, site, device)
     predictions = _prediction_boxes(outputs, item, loaded)
@@ -313,7 +318,7 @@ def encoder_kind(request: VisualizeRequest) -> list[Path]:
         _, maps = recorded_forward(loaded, item, site, device)
         layers, heads, _, h, w = maps.shape
         if request.pixels:
-            orig_h, orig_w = item.target["orig_size"].tolist() if item.target is not None else (item.height, item.width)
+            orig_h, orig_w = item.orig_size
             cells = [min(int(y / orig_h * h), h - 1) * w + min(int(x / orig_w * w), w - 1) for x, y in request.pixels]
         else:
             cells = _most_attended_cells(maps)
@@ -444,24 +449,24 @@ def curves_kind(request: VisualizeRequest) -> list[Path]:
     return [save_figure(curves_figure(runs), request.output / "curves", request.fmt)]
 
 
+def _per_run(request: VisualizeRequest, name: str, draw: Callable[[Path], Figure]) -> list[Path]:
+    """One figure per run, ``<name>_<run>``, drawn from its run directory."""
+    return [
+        save_figure(draw(_run_dir(run)), request.output / f"{name}_{run_label(run)}", request.fmt)
+        for run in request.runs
+    ]
+
+
 @figure_kind("alpha")
 def alpha_kind(request: VisualizeRequest) -> list[Path]:
     """Per run with learnable α: the α heat map and α over steps."""
-    written = []
-    for run in request.runs:
-        figure = alpha_figure(read_metrics(_run_dir(run)), title=run_label(run))
-        written.append(save_figure(figure, request.output / f"alpha_{run_label(run)}", request.fmt))
-    return written
+    return _per_run(request, "alpha", lambda run: alpha_figure(read_metrics(run), title=run.name))
 
 
 @figure_kind("diagnostics")
 def diagnostics_kind(request: VisualizeRequest) -> list[Path]:
     """Per run trained with ``train.diagnostics_every``: gradients, weight histograms and attention entropy."""
-    written = []
-    for run in request.runs:
-        figure = diagnostics_figure(read_diagnostics(_run_dir(run)), title=run_label(run))
-        written.append(save_figure(figure, request.output / f"diagnostics_{run_label(run)}", request.fmt))
-    return written
+    return _per_run(request, "diagnostics", lambda run: diagnostics_figure(read_diagnostics(run), title=run.name))
 
 
 @figure_kind("sparsity")

@@ -30,8 +30,17 @@ def _grouped_bars(
         mean = np.array([np.nan if v is None else v for v in block["mean"]], dtype=float)
         std = np.array([np.nan if v is None else v for v in block["std"]], dtype=float)
         x = np.arange(len(mean)) + (i - (len(blocks) - 1) / 2) * width
-        axes.bar(x, mean, width, yerr=std, color=colors[label], label=label, capsize=2, error_kw={"linewidth": 0.8})
-    axes.set_xticks(range(len(groups)), groups, fontsize=7)
+        bars = axes.bar(
+            x, mean, width, yerr=std, color=colors[label], label=label, capsize=2, error_kw={"linewidth": 0.8}
+        )
+        # the value on every bar, so a reading of 0 is not mistaken for a missing one ("n/a": nothing measured)
+        axes.bar_label(bars, [f"{v:.2f}" if np.isfinite(v) else "n/a" for v in mean], fontsize=6, padding=1)
+    measured = [
+        any(block and i < len(block["mean"]) and block["mean"][i] is not None for block in blocks.values())
+        for i in range(len(groups))
+    ]
+    names = [name if ok else f"{name}\n(nothing measured)" for name, ok in zip(groups, measured, strict=True)]
+    axes.set_xticks(range(len(groups)), names, fontsize=7)
     axes.set_ylim(0, 1.05)  # every reading here is a fraction in [0, 1]
 
 
