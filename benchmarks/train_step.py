@@ -4,6 +4,8 @@
     python benchmarks/train_step.py --cases detr_r50 --cross-attention softmax sparsemax alpha_entmax
     python benchmarks/train_step.py --cases detr_r50_coco --variants softmax encoder_self=alpha_entmax \
         decoder_cross=tvmax --set model.attention.encoder_self.alpha_init=1.1
+    python benchmarks/train_step.py --cases shapes_tiny_deformable --variants softmax \
+        encoder_self=sparsemax+decoder_cross=sparsemax
 
 One step = forward, Hungarian matching + losses, backward, gradient clipping, AdamW step, on random images with
 three random boxes each. Median over ``--repeats`` steps after ``--warmup`` steps. One model per variant is built
@@ -31,6 +33,7 @@ CASES = {
     "detr_r50": ("detr_r50", ["model.backbone.pretrained=false"], 2, (512, 512)),
     "detr_r50_coco": ("detr_r50", ["model.backbone.pretrained=false"], 1, (800, 1066)),
     "shapes_tiny": ("shapes_tiny", [], 16, (128, 128)),
+    "shapes_tiny_deformable": ("shapes_tiny_deformable", [], 16, (128, 128)),
 }
 
 

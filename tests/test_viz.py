@@ -45,7 +45,19 @@ def runs(shapes, tmp_path_factory) -> dict[str, Path]:
     record = json.loads((other / "analysis" / "analysis.json").read_text())
     record["checkpoint"] = str(other / "checkpoint_best.pt")
     (other / "analysis" / "analysis.json").write_text(json.dumps(record))
-    return {"run": run, "other": other, "images": shapes["images"]}
+    deformable = root / "deformable"  # for the deformable kind: sparse sampling weights in the cross-attention
+    config = shapes_config(
+        shapes,
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        "model.arch=deformable_detr",
+        "model.deformable.num_feature_levels=2",
+        "model.deformable.enc_n_points=2",
+        "model.deformable.dec_n_points=2",
+        "model.attention.decoder_cross.activation=sparsemax",
+    )
+    Trainer(config, deformable, progress=False).fit()
+    return {"run": run, "other": other, "images": shapes["images"], "deformable": deformable}
 
 
 def check_image(path: Path, size: tuple[int, int] | None = None) -> None:
@@ -67,6 +79,7 @@ def kind_arguments(kind: str, runs: dict[str, Path]) -> list[str]:
         "sparsity": [run, other],
         "encoder": [run, "--pixels", "40,50"],
         "attention": [run, str(runs["images"] / "val_000000.png"), "--queries", "0", "3"],
+        "deformable": [str(runs["deformable"]), "--queries", "1"],
     }.get(kind, [run])
 
 
@@ -83,6 +96,8 @@ def test_every_kind_renders_from_a_trained_run(runs, tmp_path: Path, capsys):
             check_image(path, expected.get(kind))
     names = {p.name for p in (tmp_path / "attention").iterdir()}
     assert names == {"attention_decoder_cross_val_000000_q0.png", "attention_decoder_cross_val_000000_q3.png"}
+    deformable = sorted(p.name for p in (tmp_path / "deformable").iterdir())
+    assert [name.split("_q1_")[1] for name in deformable] == ["layer0.png", "layer1.png"]  # one per decoder layer
     assert "written:" in capsys.readouterr().out
 
 

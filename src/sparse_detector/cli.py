@@ -23,8 +23,8 @@ from .engine.device import resolve_device
 from .engine.evaluate import evaluate
 from .engine.inference import category_id, category_name, load_trained_model
 from .engine.trainer import Trainer
-from .models import build_criterion
-from .models.postprocess import PostProcess
+from .models import build_criterion, build_model
+from .models.postprocess import postprocessor_for
 from .report import COMPARE_METRICS, DEFAULT_COMPARE_METRICS, analysis_markdown, compare_markdown, write_analysis
 from .runs import CONFIG_FILE, EVAL_FILE, analysis_dir, read_analyses
 from .viz.boxes import draw_boxes
@@ -157,6 +157,14 @@ def _image_files(inputs: Sequence[str]) -> list[Path]:
 @torch.no_grad()
 def _predict(args: argparse.Namespace) -> int:
     loaded = load_trained_model(args.checkpoint, official=args.official, **_official_options(args))
+    if args.attention:
+        from .viz.kinds import object_query_kind
+
+        if (kind := object_query_kind(loaded.model)) != "attention":
+            raise ValueError(
+                f"predict --attention draws attention over the feature grid, which this model's object queries do "
+                f"not have; draw them with: sparse-detector visualize {kind} {args.checkpoint} IMAGE ..."
+            )
     data = loaded.config.data
     transforms = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
     device = resolve_device(args.device)
@@ -172,7 +180,7 @@ def _predict(args: argparse.Namespace) -> int:
         empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
         tensor, _ = transforms(image, empty)
         outputs = model([tensor.to(device)])
-        result = PostProcess()(outputs, torch.tensor([[image.height, image.width]], device=device))[0]
+        result = postprocessor_for(model)(outputs, torch.tensor([[image.height, image.width]], device=device))[0]
         keep = result["scores"] >= args.threshold
         boxes, labels, scores = (result[k][keep].cpu() for k in ("boxes", "labels", "scores"))
         names = [category_name(loaded.label_map, int(label)) for label in labels]
@@ -237,7 +245,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         f"data.val.annotations={paths['val']}",
         *args.set,
     ]
-    config = load_config("shapes_tiny", overrides)
+    config = load_config(args.config, overrides)
     if args.device:
         config.train.device = args.device
     _print_config(config)
@@ -245,19 +253,19 @@ def _quickstart(args: argparse.Namespace) -> int:
     minutes = (time.perf_counter() - start) / 60
     print(f"quickstart finished in {minutes:.1f} min: AP50 {stats['AP50']:.3f}, AP {stats['AP']:.3f}")
     print(f"(evaluated on {args.num_val} held-out generated images)")
-    _quickstart_figures(run_dir, config.train.device)
+    _quickstart_figures(run_dir, config)
     print(f"run directory: {run_dir}")
     return 0
 
 
-def _quickstart_figures(run_dir: Path, device: str) -> None:
-    """The quickstart's last step: its model's attention drawn on a few held-out images."""
-    from .viz.kinds import VisualizeRequest, visualize
+def _quickstart_figures(run_dir: Path, config: Config) -> None:
+    """The quickstart's last step: its model's attention (or sampling points) drawn on a few held-out images."""
+    from .viz.kinds import VisualizeRequest, object_query_kind, visualize
 
     request = VisualizeRequest(
-        runs=[run_dir / "train"], output=run_dir / "figures", num_images=3, max_queries=3, device=device
+        runs=[run_dir / "train"], output=run_dir / "figures", num_images=3, max_queries=3, device=config.train.device
     )
-    files = visualize("attention", request)
+    files = visualize(object_query_kind(build_model(config)), request)
     print(
         f"attention of 3 held-out images (up to 3 queries scoring >= {request.threshold} each, else the best one): "
         f"{len(files)} figures in {request.output}/"
@@ -464,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--num-train", type=int, default=QUICKSTART_TRAIN_IMAGES)
     quick.add_argument("--num-val", type=int, default=QUICKSTART_VAL_IMAGES)
     quick.add_argument("--seed", type=int, default=0)
+    quick.add_argument(
+        "--config", default="shapes_tiny", help="preset for the shapes data (shapes_tiny, shapes_tiny_deformable)"
+    )
     quick.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     quick.add_argument("--device", help="auto | cpu | cuda | mps")
     quick.add_argument("--no-progress", action="store_true")

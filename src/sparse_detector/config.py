@@ -53,9 +53,20 @@ class AttentionSiteConfig:
 
 
 @dataclass
+class DeformableConfig:
+    """Deformable DETR only (``model.arch: deformable_detr``), official names and defaults."""
+
+    num_feature_levels: int = 4  # C3-C5 plus extra stride-2 levels on top (1 = C5 only)
+    enc_n_points: int = 4  # sampling points per head per level in the encoder
+    dec_n_points: int = 4  # ... and in the decoder's cross-attention
+    with_box_refine: bool = False  # iterative box refinement: each decoder layer refines the previous boxes
+    two_stage: bool = False  # encoder proposals pick the decoder's initial boxes (needs with_box_refine)
+
+
+@dataclass
 class ModelConfig:
     arch: str = "detr"  # the registered model builder (sparse_detector.models.available_models())
-    num_classes: int = 91  # class_embed has num_classes + 1 outputs (the last is "no object")
+    num_classes: int = 91  # DETR: class_embed has num_classes + 1 outputs (the last is "no object")
     num_queries: int = 100
     aux_loss: bool = True
     position_embedding: str = "sine"  # sine | learned
@@ -64,6 +75,7 @@ class ModelConfig:
     # One entry per attention site of the model, by the site's name (e.g. encoder_self, decoder_self,
     # decoder_cross for DETR); sites not named use the defaults (softmax). Checked against the built model's sites.
     attention: dict[str, AttentionSiteConfig] = field(default_factory=dict)
+    deformable: DeformableConfig = field(default_factory=DeformableConfig)
 
 
 @dataclass
@@ -75,6 +87,7 @@ class LossConfig:
     bbox_loss_coef: float = 5.0
     giou_loss_coef: float = 2.0
     eos_coef: float = 0.1  # weight of the "no object" class in the cross-entropy
+    focal_alpha: float = 0.25  # Deformable DETR: alpha of the sigmoid focal loss (ce_loss_coef weighs it)
 
 
 @dataclass
@@ -110,6 +123,7 @@ class OptimConfig:
     clip_max_norm: float = 0.1  # 0 disables gradient clipping
     alpha_lr_mult: float = 10.0  # learning-rate multiplier of learnable entmax alphas (no weight decay)
     alpha_lr_drop: bool = True  # false keeps the alphas' learning rate constant through lr drops
+    lr_linear_proj_mult: float = 0.1  # Deformable DETR: lr multiplier of sampling offsets and reference points
 
 
 @dataclass

@@ -16,6 +16,7 @@
               "by_size": {"small" | "medium" | "large": {"per_head": ..., "per_layer": ...}},
               "upsampled_last_layer": {"overall": STATS(), "by_size": {...}},   # only with paibb_upsampled=True
           },
+          "sampling_spread": None | {"overall": ..., "by_size": ...},  # sampling-point sites, as "paibb"
       }},
       "per_image": [RECORD, ...],                   # only with keep_per_image=True
     }
@@ -133,6 +134,7 @@ class MetricAggregator:
         self._metrics: dict[str, dict[str, RunningStats]] = {}  # site -> metric -> (layers, heads)
         # site -> per_head: (buckets, layers, heads); per_layer: (buckets, layers)
         self._paibb: dict[str, dict[str, RunningStats]] = {}
+        self._spread: dict[str, dict[str, RunningStats]] = {}  # same layout, sampling-point sites only
 
     def _threshold(self, maps: AttentionMaps) -> float:
         if self.zero_threshold is not None:
@@ -192,12 +194,16 @@ class MetricAggregator:
         matched = compute_paibb(maps, targets, indices)
         buckets = torch.arange(len(SIZE_BUCKETS), device=matched.size_bucket.device)
         in_bucket = matched.size_bucket[None, :] == buckets[:, None]  # (buckets, M)
-        store = self._paibb.setdefault(site, {})
-        _merge_into(store, "per_head", RunningStats.of(matched.values[None], (2,), in_bucket[:, None, :, None]))
-        _merge_into(store, "per_layer", RunningStats.of(matched.head_mean[None], (2,), in_bucket[:, None, :]))
-        if self.paibb_upsampled:
+        readings = [(self._paibb, matched.values)]
+        if matched.spread is not None:
+            readings.append((self._spread, matched.spread))
+        for target, values in readings:
+            store = target.setdefault(site, {})
+            _merge_into(store, "per_head", RunningStats.of(values[None], (2,), in_bucket[:, None, :, None]))
+            _merge_into(store, "per_layer", RunningStats.of(values.mean(-1)[None], (2,), in_bucket[:, None, :]))
+        if self.paibb_upsampled and maps.keys == "grid":
             upsampled = upsampled_paibb(maps, targets, indices).to(in_bucket.device)
-            _merge_into(store, "upsampled", RunningStats.of(upsampled[None], (1,), in_bucket))
+            _merge_into(self._paibb[site], "upsampled", RunningStats.of(upsampled[None], (1,), in_bucket))
         if records:
             columns = zip(
                 matched.image_index.tolist(),
@@ -217,9 +223,10 @@ class MetricAggregator:
         for site, metrics in other._metrics.items():
             for name, stats in metrics.items():
                 _merge_into(self._metrics.setdefault(site, {}), name, stats)
-        for site, paibb in other._paibb.items():
-            for name, stats in paibb.items():
-                _merge_into(self._paibb.setdefault(site, {}), name, stats)
+        for mine, theirs in ((self._paibb, other._paibb), (self._spread, other._spread)):
+            for site, paibb in theirs.items():
+                for name, stats in paibb.items():
+                    _merge_into(mine.setdefault(site, {}), name, stats)
         self.zero_thresholds.update(other.zero_thresholds)
         self.kinds.update(other.kinds)
         self.per_image.extend({**record, "index": record["index"] + self.num_images} for record in other.per_image)
@@ -240,6 +247,7 @@ class MetricAggregator:
                     for name, stats in metrics.items()
                 },
                 "paibb": _paibb_result(self._paibb[site]) if site in self._paibb else None,
+                "sampling_spread": _paibb_result(self._spread[site]) if site in self._spread else None,
             }
         out: dict[str, Any] = {"num_images": self.num_images, "support_mass": self.support_mass, "sites": sites}
         if self.keep_per_image:

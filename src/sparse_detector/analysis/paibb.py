@@ -1,12 +1,18 @@
 """PAIBB: the proportion of a matched object query's attention that falls inside its ground-truth box.
 
-It is read at every site whose queries are the object queries and whose keys are the feature grid
-(``takes_paibb``).
+It is read at every site whose queries are the object queries and whose keys are the feature grid or multi-scale
+sampling points (``takes_paibb``).
 
 The attention map lives on the feature grid. A box, normalised (cx, cy, w, h) relative to the image's valid
 (unpadded) region, is laid on the image's valid h x w grid, where cell (i, j) covers [j/w, (j+1)/w] x [i/h, (i+1)/h];
 each cell counts with the exact fraction of its area inside the box (no rounding, no resizing), so
 PAIBB = sum over cells of p(cell) * coverage(cell).
+
+At sampling-point sites (Deformable DETR's cross-attention) PAIBB is the weight of the points that lie inside the
+box: sampling locations and boxes are both normalised to the image's valid region, a point on the border counts as
+inside. There the matched pairs also get the sampling spread: the weighted distance of the points from the query's
+reference point (box centre for reference boxes), x measured in box widths and y in box heights (each at least
+``MIN_BOX_SIDE`` of the image, so zero-area boxes give finite values).
 
 ``upsampled_paibb`` is the prior thesis's reading, to set its numbers beside ours (an option, never the default): the
 head-averaged map of the last layer, bilinearly upsampled to the original image size, and the share of its mass on
@@ -28,6 +34,7 @@ MatchIndices = Sequence[tuple[Tensor, Tensor]]
 """A matcher's output: per image, the matched query indices and target indices."""
 
 SIZE_BUCKETS = ("small", "medium", "large")
+MIN_BOX_SIDE = 0.01  # sampling spread: box sides below this fraction of the image count as this
 SMALL_MAX_AREA = 32**2  # COCO: small < 32^2 <= medium < 96^2 <= large (pixels of the original image)
 MEDIUM_MAX_AREA = 96**2
 
@@ -73,6 +80,7 @@ class MatchedPaibb:
     query_index: Tensor  # (M,)
     target_index: Tensor  # (M,) box index in that image's target
     size_bucket: Tensor  # (M,) index into SIZE_BUCKETS
+    spread: Tensor | None = None  # (layers, M, heads) sampling spread, at sampling-point sites
 
     @property
     def head_mean(self) -> Tensor:
@@ -81,14 +89,39 @@ class MatchedPaibb:
 
 
 def takes_paibb(maps: AttentionMaps) -> bool:
-    """Whether PAIBB is read at a site: object queries attending over the feature grid."""
-    return maps.queries == "queries" and maps.keys == "grid"
+    """Whether PAIBB is read at a site: object queries attending over the feature grid or sampling points."""
+    return maps.queries == "queries" and (maps.keys == "grid" or (maps.keys == "points" and maps.records is not None))
+
+
+def points_in_box(records: Sequence, image_index: Tensor, query_index: Tensor, boxes: Tensor) -> Tensor:
+    """(layers, M, heads): weight of each matched query's sampling points inside its box (cxcywh, valid region)."""
+    cx, cy, bw, bh = (boxes[:, i, None, None, None] for i in range(4))
+    values = []
+    for record in records:
+        locations = record.sampling_locations[image_index, query_index]  # (M, heads, L, P, 2)
+        inside = ((locations[..., 0] - cx).abs() <= bw / 2) & ((locations[..., 1] - cy).abs() <= bh / 2)
+        values.append((record.weights[image_index, query_index] * inside).sum((-2, -1)))
+    return torch.stack(values)
+
+
+def sampling_spread(records: Sequence, image_index: Tensor, query_index: Tensor, boxes: Tensor) -> Tensor:
+    """(layers, M, heads): weighted distance of each matched query's sampling points from its reference point,
+    in units of its box's width (x) and height (y)."""
+    size = boxes[:, None, None, None, 2:].clamp_min(MIN_BOX_SIDE)
+    values = []
+    for record in records:
+        locations = record.sampling_locations[image_index, query_index]  # (M, heads, L, P, 2)
+        centre = record.reference_points[image_index, query_index][..., :2]  # (M, L, 2)
+        distance = ((locations - centre[:, None, :, None, :]) / size).norm(dim=-1)
+        values.append((record.weights[image_index, query_index] * distance).sum((-2, -1)))
+    return torch.stack(values)
 
 
 def compute_paibb(maps: AttentionMaps, targets: Sequence[Mapping[str, Tensor]], indices: MatchIndices) -> MatchedPaibb:
-    """PAIBB of ``maps`` (object queries over the feature grid) for the Hungarian matching ``indices`` (the
-    model's matcher output). ``targets`` need ``boxes`` and ``orig_size`` (h, w)."""
-    if not takes_paibb(maps) or maps.grid_hw is None or maps.padded_hw is None:
+    """PAIBB of ``maps`` (object queries over the feature grid, or sampling points with their records) for the
+    Hungarian matching ``indices`` (the model's matcher output). ``targets`` need ``boxes`` and ``orig_size``
+    (h, w)."""
+    if not takes_paibb(maps) or (maps.keys == "grid" and (maps.grid_hw is None or maps.padded_hw is None)):
         raise ValueError(
             f"PAIBB needs maps of object queries over the feature grid; these have {maps.queries} queries over "
             f"{maps.keys} keys"
@@ -100,11 +133,17 @@ def compute_paibb(maps: AttentionMaps, targets: Sequence[Mapping[str, Tensor]], 
     boxes = torch.cat([t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in zip(targets, indices, strict=True)])
     orig_size = torch.cat([t["orig_size"].expand(len(j), 2) for t, (_, j) in zip(targets, indices, strict=True)])
     boxes, orig_size = boxes.to(device), orig_size.to(device)
+    buckets = size_buckets(boxes, orig_size)
+    if maps.keys == "points":
+        boxes = boxes.to(maps.weights[0].dtype)
+        values = points_in_box(maps.records, image_index, query_index, boxes)
+        spread = sampling_spread(maps.records, image_index, query_index, boxes)
+        return MatchedPaibb(values, image_index, query_index, target_index, buckets, spread)
     coverage = box_coverage(boxes, maps.grid_hw[image_index], maps.padded_hw)
     values = torch.stack(
         [(w[image_index, :, query_index].to(coverage.dtype) * coverage[:, None, :]).sum(-1) for w in maps.weights]
     )
-    return MatchedPaibb(values, image_index, query_index, target_index, size_buckets(boxes, orig_size))
+    return MatchedPaibb(values, image_index, query_index, target_index, buckets)
 
 
 def upsampled_paibb(maps: AttentionMaps, targets: Sequence[Mapping[str, Tensor]], indices: MatchIndices) -> Tensor:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from ..data.batching import PaddedBatch
 from ..models.criterion import SetCriterion
 from ..models.outputs import DetectionOutput
-from ..models.postprocess import PostProcess
+from ..models.postprocess import postprocessor_for
 from .coco_eval import CocoEvaluator
 
 
@@ -34,7 +34,7 @@ def evaluation_batches(
 ) -> Iterator[tuple[DetectionOutput, list[dict[str, Tensor]]]]:
     """Run ``model`` on every batch of ``loader`` and feed its post-processed predictions to ``evaluator``;
     yields each batch's raw outputs and its targets (on ``device``) for further per-batch readings."""
-    postprocess = PostProcess()
+    postprocess = postprocessor_for(model)
     batch: PaddedBatch
     for batch, targets in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         batch = batch.to(device)

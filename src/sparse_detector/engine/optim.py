@@ -8,12 +8,15 @@ from torch import nn
 from ..config import Config
 
 ALPHA_PARAM_SUFFIX = "pre_alpha"  # learnable alpha-entmax parameters (one per head per attention layer)
+#: Deformable DETR's layers that place sampling points, trained at ``optim.lr_linear_proj_mult`` × lr (official).
+LINEAR_PROJ_NAMES = ("reference_points", "sampling_offsets")
 
 
 def parameter_groups(model: nn.Module, config: Config) -> list[dict]:
-    """AdamW groups: transformer/heads, backbone (``model.backbone.lr``), alphas (lr multiplier, no decay)."""
+    """AdamW groups: transformer/heads, backbone (``model.backbone.lr``), alphas (lr multiplier, no decay) and
+    Deformable DETR's sampling-point layers (``optim.lr_linear_proj_mult``)."""
     optim = config.optim
-    groups: dict[str, list[nn.Parameter]] = {"default": [], "backbone": [], "alpha": []}
+    groups: dict[str, list[nn.Parameter]] = {"default": [], "backbone": [], "alpha": [], "linear_proj": []}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -21,12 +24,15 @@ def parameter_groups(model: nn.Module, config: Config) -> list[dict]:
             groups["alpha"].append(param)
         elif name.startswith("backbone."):
             groups["backbone"].append(param)
+        elif any(part in name for part in LINEAR_PROJ_NAMES):
+            groups["linear_proj"].append(param)
         else:
             groups["default"].append(param)
     settings = {
         "default": {"lr": optim.lr, "weight_decay": optim.weight_decay},
         "backbone": {"lr": config.model.backbone.lr, "weight_decay": optim.weight_decay},
         "alpha": {"lr": optim.lr * optim.alpha_lr_mult, "weight_decay": 0.0},
+        "linear_proj": {"lr": optim.lr * optim.lr_linear_proj_mult, "weight_decay": optim.weight_decay},
     }
     return [{"name": name, "params": params, **settings[name]} for name, params in groups.items() if params]
 

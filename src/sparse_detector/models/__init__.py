@@ -1,19 +1,22 @@
 """Detectors by name (``model.arch``), their typed outputs, matcher, losses, post-processing and weight loading.
 
-Importing this package registers the built-in models (``detr``); see ``registry.py`` for adding one.
+Importing this package registers the built-in models (``detr``, ``deformable_detr``); see ``registry.py`` for
+adding one.
 """
 
 from .build import build_activation, build_criterion
 from .criterion import SetCriterion
+from .deformable_detr import DeformableDETR, build_deformable_detr
 from .detr import DETR, build_detr
 from .matcher import HungarianMatcher
 from .outputs import DetectionOutput
 from .postprocess import PostProcess
 from .registry import available_models, build_model, register_model
-from .weights import detr_from_official, load_official, load_state_dict_checked
+from .weights import deformable_detr_from_official, detr_from_official, load_official, load_state_dict_checked
 
 __all__ = [
     "DETR",
+    "DeformableDETR",
     "DetectionOutput",
     "HungarianMatcher",
     "PostProcess",
@@ -21,8 +24,10 @@ __all__ = [
     "available_models",
     "build_activation",
     "build_criterion",
+    "build_deformable_detr",
     "build_detr",
     "build_model",
+    "deformable_detr_from_official",
     "detr_from_official",
     "load_official",
     "load_state_dict_checked",

@@ -55,6 +55,18 @@ def _stage_channels(stage: nn.Module) -> int:
     return convs[-1].out_channels
 
 
+def trainable_resnet(cfg: BackboneConfig) -> nn.Module:
+    """The configured ResNet with every stage outside ``trainable_layers`` frozen (all of it when ``lr`` is 0)."""
+    unknown = sorted(set(cfg.trainable_layers) - set(STAGES))
+    if unknown:
+        raise ValueError(f"model.backbone.trainable_layers has unknown stage {unknown[0]!r}; use {list(STAGES)}")
+    resnet = _load_resnet(cfg)
+    trainable = set(cfg.trainable_layers) if cfg.lr > 0 else set()
+    for name, param in resnet.named_parameters():
+        param.requires_grad_(_stage_of(name) in trainable)
+    return resnet
+
+
 class Backbone(nn.Module):
     """A torchvision ResNet cut after ``return_layer``; stages outside ``trainable_layers`` are frozen."""
 
@@ -62,13 +74,7 @@ class Backbone(nn.Module):
         super().__init__()
         if cfg.return_layer not in STAGES[1:]:
             raise ValueError(f"model.backbone.return_layer must be one of {list(STAGES[1:])}, got {cfg.return_layer!r}")
-        unknown = sorted(set(cfg.trainable_layers) - set(STAGES))
-        if unknown:
-            raise ValueError(f"model.backbone.trainable_layers has unknown stage {unknown[0]!r}; use {list(STAGES)}")
-        resnet = _load_resnet(cfg)
-        trainable = set(cfg.trainable_layers) if cfg.lr > 0 else set()
-        for name, param in resnet.named_parameters():
-            param.requires_grad_(_stage_of(name) in trainable)
+        resnet = trainable_resnet(cfg)
         self.body = IntermediateLayerGetter(resnet, return_layers={cfg.return_layer: "0"})
         self.num_channels = _stage_channels(getattr(resnet, cfg.return_layer))
 

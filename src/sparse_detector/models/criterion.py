@@ -48,7 +48,9 @@ class SetCriterion(nn.Module):
         for i in range(num_aux_layers):
             self.weight_dict.update({f"{k}_{i}": v for k, v in base.items()})
 
-    def _label_losses(self, outputs: dict, targets: Sequence[dict], indices: MatchIndices) -> dict[str, Tensor]:
+    def _label_losses(
+        self, outputs: dict, targets: Sequence[dict], indices: MatchIndices, num_boxes: float
+    ) -> dict[str, Tensor]:
         logits = outputs["pred_logits"]
         idx = _matched_query_index(indices)
         matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices, strict=True)])
@@ -92,11 +94,11 @@ class SetCriterion(nn.Module):
         if indices is None:
             indices = self.matcher(outputs, targets)
         num_boxes = self._num_boxes(targets, outputs["pred_logits"].device)
-        losses = self._label_losses(outputs, targets, indices)
+        losses = self._label_losses(outputs, targets, indices, num_boxes)
         losses.update(self._box_losses(outputs, targets, indices, num_boxes))
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             aux_indices = self.matcher(aux, targets)
-            aux_losses = self._label_losses(aux, targets, aux_indices)
+            aux_losses = self._label_losses(aux, targets, aux_indices, num_boxes)
             del aux_losses["class_error"]
             aux_losses.update(self._box_losses(aux, targets, aux_indices, num_boxes))
             losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})

@@ -23,16 +23,20 @@ class HungarianMatcher(nn.Module):
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
 
+    def class_cost(self, logits: Tensor, target_labels: Tensor) -> Tensor:
+        """(N, T) cost of giving each of N predictions (logits (N, C+1)) each target's class: -p(class)."""
+        return -logits.softmax(-1)[:, target_labels]
+
     @torch.no_grad()
     def forward(self, outputs: dict, targets: Sequence[dict]) -> MatchIndices:
         batch, num_queries = outputs["pred_logits"].shape[:2]
-        out_prob = outputs["pred_logits"].flatten(0, 1).float().softmax(-1)
+        out_logits = outputs["pred_logits"].flatten(0, 1).float()
         out_bbox = outputs["pred_boxes"].flatten(0, 1).float()
         tgt_ids = torch.cat([t["labels"] for t in targets])
         tgt_bbox = torch.cat([t["boxes"] for t in targets]).float()
         cost = (
             self.cost_bbox * torch.cdist(out_bbox, tgt_bbox, p=1)
-            - self.cost_class * out_prob[:, tgt_ids]
+            + self.cost_class * self.class_cost(out_logits, tgt_ids)
             - self.cost_giou
             * generalized_box_iou(box_convert(out_bbox, "cxcywh", "xyxy"), box_convert(tgt_bbox, "cxcywh", "xyxy"))
         )

@@ -16,10 +16,12 @@ from ..attention.sites import AttentionRecord
 class DetectionOutput(Mapping[str, Any]):
     """What every detector returns for a batch.
 
-    ``pred_logits`` (B, Q, C + 1), the last class being "no object"; ``pred_boxes`` (B, Q, 4) normalised
+    ``pred_logits`` (B, Q, C + 1), the last class being "no object" — or (B, Q, C) independent sigmoid logits for
+    models with ``sigmoid_scores`` (Deformable DETR); ``pred_boxes`` (B, Q, 4) normalised
     (cx, cy, w, h) in [0, 1] of each image's valid area; ``aux_outputs`` one ``DetectionOutput`` per intermediate
     decoder layer (None when the model has no auxiliary losses); ``attention`` the recorded attention records by
-    site, one per layer, when recording was asked for (see ``sparse_detector.analysis.record_attention``).
+    site, one per layer, when recording was asked for (see ``sparse_detector.analysis.record_attention``);
+    ``enc_outputs`` the encoder's class-agnostic proposals of a two-stage model (trained with their own loss).
 
     As a read-only mapping it holds the fields that are not None, so official-style code keeps working:
     ``outputs["aux_outputs"][i]["pred_boxes"]``, ``"aux_outputs" in outputs``, ``outputs.get("aux_outputs", [])``.
@@ -29,6 +31,7 @@ class DetectionOutput(Mapping[str, Any]):
     pred_boxes: Tensor
     aux_outputs: list[DetectionOutput] | None = None
     attention: dict[str, list[AttentionRecord]] | None = None
+    enc_outputs: DetectionOutput | None = None
 
     def __getitem__(self, key: str) -> Any:
         value = getattr(self, key, None) if key in _FIELDS else None

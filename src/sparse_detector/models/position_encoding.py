@@ -17,12 +17,14 @@ class PositionEmbeddingSine(nn.Module):
         temperature: float = 10000.0,
         normalize: bool = True,
         scale: float = 2 * math.pi,
+        offset: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_pos_feats = num_pos_feats
         self.temperature = temperature
         self.normalize = normalize
         self.scale = scale
+        self.offset = offset  # added to the cumulative indices before normalising (Deformable DETR: -0.5)
 
     def forward(self, mask: Tensor) -> Tensor:
         """``mask`` (B, H, W) True = padding -> encoding (B, 2 * num_pos_feats, H, W)."""
@@ -31,8 +33,8 @@ class PositionEmbeddingSine(nn.Module):
         x_embed = not_mask.cumsum(2, dtype=torch.float32)
         if self.normalize:
             eps = 1e-6
-            y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+            y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + eps) * self.scale
+            x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + eps) * self.scale
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
         dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
         pos_x = x_embed[:, :, :, None] / dim_t
@@ -65,9 +67,10 @@ class PositionEmbeddingLearned(nn.Module):
         return pos.permute(2, 0, 1).unsqueeze(0).expand(batch, -1, -1, -1)
 
 
-def build_position_encoding(kind: str, hidden_dim: int) -> nn.Module:
+def build_position_encoding(kind: str, hidden_dim: int, offset: float = 0.0) -> nn.Module:
+    """``offset``: of the sine encoding's indices (official DETR 0, Deformable DETR -0.5)."""
     if kind == "sine":
-        return PositionEmbeddingSine(hidden_dim // 2, normalize=True)
+        return PositionEmbeddingSine(hidden_dim // 2, normalize=True, offset=offset)
     if kind == "learned":
         return PositionEmbeddingLearned(hidden_dim // 2)
     raise ValueError(f"unknown model.position_embedding {kind!r}; use 'sine' or 'learned'")

@@ -1,6 +1,7 @@
-"""Loading weights: strict state-dict loading with readable errors, and official DETR checkpoints.
+"""Loading weights: strict state-dict loading with readable errors, and official (Deformable) DETR checkpoints.
 
-``infer_official_config`` is DETR's official-checkpoint reader, registered with the ``detr`` arch;
+``infer_official_config`` / ``infer_official_deformable_config`` are the official-checkpoint readers registered
+with the ``detr`` / ``deformable_detr`` archs;
 ``load_official`` dispatches through the model registry by arch.
 """
 
@@ -79,12 +80,8 @@ def _count_indices(state_dict: Mapping[str, Tensor], prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def infer_official_config(state_dict: Mapping[str, Tensor], nheads: int = 8, dilation: bool = False) -> Config:
-    """The :class:`Config` of an official DETR checkpoint, read from its tensor shapes.
-
-    The number of heads and the DC5 dilation cannot be seen in the weights and are given (official defaults 8,
-    False). Pre-norm is recognised by the encoder's final LayerNorm, which only pre-norm models have.
-    """
+def _infer_backbone(state_dict: Mapping[str, Tensor], config: Config) -> None:
+    """Set ``config.model.backbone`` (ResNet depth, last stage) and the position encoding from the weights."""
     body = "backbone.0.body."
     block = "bottleneck" if f"{body}layer1.0.conv3.weight" in state_dict else "basic"
     layout = (
@@ -94,20 +91,68 @@ def infer_official_config(state_dict: Mapping[str, Tensor], nheads: int = 8, dil
     )
     if layout not in _RESNET_LAYOUTS:
         raise CheckpointMismatchError(f"backbone with blocks {layout} is not a torchvision ResNet-18/34/50/101")
-    config = Config()
     model = config.model
     model.backbone.name = _RESNET_LAYOUTS[layout]
-    model.backbone.dilation = dilation
     model.backbone.return_layer = "layer4" if _count_indices(state_dict, f"{body}layer4.") else "layer3"
+    model.position_embedding = "learned" if "backbone.1.row_embed.weight" in state_dict else "sine"
+
+
+def infer_official_config(state_dict: Mapping[str, Tensor], nheads: int = 8, dilation: bool = False) -> Config:
+    """The :class:`Config` of an official DETR checkpoint, read from its tensor shapes.
+
+    The number of heads and the DC5 dilation cannot be seen in the weights and are given (official defaults 8,
+    False). Pre-norm is recognised by the encoder's final LayerNorm, which only pre-norm models have.
+    """
+    config = Config()
+    _infer_backbone(state_dict, config)
+    model = config.model
+    model.backbone.dilation = dilation
     model.num_queries, hidden_dim = state_dict["query_embed.weight"].shape
     model.num_classes = state_dict["class_embed.weight"].shape[0] - 1
-    model.position_embedding = "learned" if "backbone.1.row_embed.weight" in state_dict else "sine"
     t = model.transformer
     t.hidden_dim, t.nheads = hidden_dim, nheads
     t.enc_layers = _count_indices(state_dict, "transformer.encoder.layers.")
     t.dec_layers = _count_indices(state_dict, "transformer.decoder.layers.")
     t.dim_feedforward = state_dict["transformer.encoder.layers.0.linear1.weight"].shape[0]
     t.pre_norm = "transformer.encoder.norm.weight" in state_dict
+    return config
+
+
+def infer_official_deformable_config(
+    state_dict: Mapping[str, Tensor], nheads: int = 8, dilation: bool = False
+) -> Config:
+    """The :class:`Config` of an official Deformable DETR checkpoint, read from its keys and tensor shapes.
+
+    Box refinement is recognised by the decoder's own box heads, two-stage by the proposal layers. The number of
+    heads (which with the points makes the sampling layers' width) and the DC5 dilation cannot be seen in the
+    weights and are given (official defaults 8, False); so is a two-stage model's query count (``num_queries``
+    override; official default 300).
+    """
+    config = Config()
+    _infer_backbone(state_dict, config)
+    model = config.model
+    model.arch = "deformable_detr"
+    model.backbone.dilation = dilation
+    d = model.deformable
+    d.two_stage = "transformer.enc_output.weight" in state_dict
+    d.with_box_refine = any(k.startswith("transformer.decoder.bbox_embed.") for k in state_dict)
+    d.num_feature_levels, hidden_dim = state_dict["transformer.level_embed"].shape
+    model.num_queries = 300 if d.two_stage else state_dict["query_embed.weight"].shape[0]
+    model.num_classes = state_dict["class_embed.0.weight"].shape[0]
+    t = model.transformer
+    t.hidden_dim, t.nheads = hidden_dim, nheads
+    t.enc_layers = _count_indices(state_dict, "transformer.encoder.layers.")
+    t.dec_layers = _count_indices(state_dict, "transformer.decoder.layers.")
+    t.dim_feedforward = state_dict["transformer.encoder.layers.0.linear1.weight"].shape[0]
+    sampling = {"enc_n_points": "encoder.layers.0.self_attn", "dec_n_points": "decoder.layers.0.cross_attn"}
+    for points, attention in sampling.items():
+        width = state_dict[f"transformer.{attention}.attention_weights.weight"].shape[0]
+        if width % (nheads * d.num_feature_levels):
+            raise CheckpointMismatchError(
+                f"transformer.{attention}.attention_weights has {width} outputs, not a multiple of nheads={nheads} "
+                f"x {d.num_feature_levels} levels; pass the number of heads the model was trained with (nheads=...)"
+            )
+        setattr(d, points, width // (nheads * d.num_feature_levels))
     return config
 
 
@@ -121,12 +166,12 @@ def load_official(
 
     ``reader_options`` go to the arch's official reader (DETR: ``nheads``, ``dilation``, which the weights do not
     show); ``overrides`` set other model fields (e.g. ``pre_norm=True``, ``aux_loss=False``) on the inferred
-    config: top-level :class:`ModelConfig` fields or :class:`TransformerConfig` fields.
+    config: top-level :class:`ModelConfig`, :class:`TransformerConfig` or :class:`DeformableConfig` fields.
     """
     state_dict, source = read_state_dict(path_or_state_dict)
     config = official_config(arch, state_dict, **(reader_options or {}))
     for key, value in overrides.items():
-        for section in (config.model, config.model.transformer):
+        for section in (config.model, config.model.transformer, config.model.deformable):
             if hasattr(section, key):
                 setattr(section, key, value)
                 break
@@ -143,3 +188,14 @@ def detr_from_official(
     """Load an official facebookresearch/detr checkpoint into a model built to fit it; returned in eval mode
     (``load_official`` with ``arch="detr"``)."""
     return load_official(path_or_state_dict, "detr", {"nheads": nheads, "dilation": dilation}, **overrides)[0]
+
+
+def deformable_detr_from_official(
+    path_or_state_dict: str | Path | Mapping[str, Tensor], *, nheads: int = 8, dilation: bool = False, **overrides
+) -> nn.Module:
+    """Load an official fundamentalvision/Deformable-DETR checkpoint — plain, box refinement or two-stage, told
+    apart by its keys, sizes read from its tensors — into a model built to fit it; returned in eval mode and called
+    like the DETR model (``load_official`` with ``arch="deformable_detr"``; e.g. ``num_queries=...`` for a
+    two-stage model trained with other than 300)."""
+    options = {"nheads": nheads, "dilation": dilation}
+    return load_official(path_or_state_dict, "deformable_detr", options, **overrides)[0]

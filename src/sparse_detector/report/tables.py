@@ -20,7 +20,7 @@ from ..analysis import METRICS, SIZE_BUCKETS
 from ..engine.coco_eval import format_table
 from ..runs import ANALYSIS_FILE, run_label
 
-COMPARE_METRICS = (*METRICS, "paibb", *(f"paibb_{size}" for size in SIZE_BUCKETS))
+COMPARE_METRICS = (*METRICS, "paibb", *(f"paibb_{size}" for size in SIZE_BUCKETS), "sampling_spread")
 DEFAULT_COMPARE_METRICS = ("gini", "zeros_ratio", "paibb")
 MISSING = "–"
 
@@ -39,11 +39,15 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 
 
 def paibb_blocks(site_info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """A site's PAIBB statistics by metric name: ``paibb`` (all pairs) and ``paibb_<size>``; empty without PAIBB."""
+    """A site's matched-pair statistics by metric name: ``paibb`` (all pairs) and ``paibb_<size>``, and at
+    sampling-point sites ``sampling_spread``; empty without PAIBB."""
     paibb = site_info.get("paibb")
     if paibb is None:
         return {}
-    return {"paibb": paibb["overall"], **{f"paibb_{size}": block for size, block in paibb["by_size"].items()}}
+    blocks = {"paibb": paibb["overall"], **{f"paibb_{size}": block for size, block in paibb["by_size"].items()}}
+    if site_info.get("sampling_spread") is not None:
+        blocks["sampling_spread"] = site_info["sampling_spread"]["overall"]
+    return blocks
 
 
 def _metric_blocks(site_info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -100,13 +104,19 @@ def result_markdown(result: Mapping[str, Any]) -> str:
         for layer in range(info["num_layers"]):
             rows.append([site, str(layer), *(format_mean_std(blocks.get(metric), layer) for metric in columns)])
     thresholds = ", ".join(f"{site} {info['zero_threshold']:g}" for site, info in sites.items())
+    points_note = ""
+    if any(info.get("sampling_spread") for info in sites.values()):
+        points_note = (
+            " At sampling-point sites PAIBB is the weight of the points inside the box, and sampling_spread the "
+            "weighted distance of the points from the reference point in box widths / heights."
+        )
     return "\n".join(
         [
             *markdown_table(["site", "layer", *columns], rows),
             "",
             f"Mean ± std (population) over all query maps of {result['num_images']} images, heads pooled; zeros "
             f"ratio threshold: {thresholds}; support_90 at mass {result['support_mass']:g}. PAIBB: head-averaged "
-            "maps of Hungarian-matched queries (COCO size buckets by box area).",
+            "maps of Hungarian-matched queries (COCO size buckets by box area)." + points_note,
         ]
     )
 

@@ -28,14 +28,16 @@ from ..engine.device import resolve_device, seed_everything
 from ..engine.diagnostics import read_diagnostics
 from ..engine.inference import LoadedModel, category_name, load_trained_model
 from ..models import build_criterion
+from ..models.postprocess import query_scores
 from ..runs import read_analyses, read_metrics
 from ..runs import run_label as analysis_label
 from .alpha import alpha_figure
 from .attention import AttentionPanel, attention_figure, attention_panels_figure
 from .curves import curves_figure
 from .data import Sample, data_figure
+from .deformable import sampling_figure
 from .diagnostics import diagnostics_figure
-from .figure import LabelledBox, cxcywh_to_pixels, display_image, save_figure
+from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, cxcywh_to_pixels, display_image, save_figure
 from .matching import matching_figure
 from .sparsity import sparsity_figure
 
@@ -183,8 +185,8 @@ def grid_array(maps: AttentionMaps) -> np.ndarray:
     return weights.reshape(*weights.shape[:3], *maps.padded_hw)
 
 
-def _scores_labels(outputs: dict) -> tuple[Tensor, Tensor]:
-    return outputs["pred_logits"][0].float().softmax(-1)[:, :-1].max(-1)
+def _scores_labels(outputs: dict, model: torch.nn.Module) -> tuple[Tensor, Tensor]:
+    return query_scores(model, outputs["pred_logits"][0])
 
 
 def _truth_boxes(item: ImageItem, label_map: dict) -> list[LabelledBox]:
@@ -195,12 +197,12 @@ def _truth_boxes(item: ImageItem, label_map: dict) -> list[LabelledBox]:
     return [LabelledBox(box, name) for box, name in zip(boxes, names, strict=True)]
 
 
-def _prediction_boxes(outputs: dict, item: ImageItem, label_map: dict) -> list[LabelledBox]:
+def _prediction_boxes(outputs: dict, item: ImageItem, loaded: LoadedModel) -> list[LabelledBox]:
     """Every query's box, captioned ``q<index> <class> <score>``."""
-    scores, labels = _scores_labels(outputs)
+    scores, labels = _scores_labels(outputs, loaded.model)
     boxes = cxcywh_to_pixels(outputs["pred_boxes"][0], item.height, item.width)
     return [
-        LabelledBox(box, f"q{q} {category_name(label_map, int(label))} {float(score):.2f}")
+        LabelledBox(box, f"q{q} {category_name(loaded.label_map, int(label))} {float(score):.2f}")
         for q, (box, label, score) in enumerate(zip(boxes, labels, scores, strict=True))
     ]
 
@@ -225,13 +227,9 @@ def attention_kind(request: VisualizeRequest) -> list[Path]:
     written = []
     for item in load_images(loaded.config, request):
         outputs, maps = recorded_forward(loaded, item, site, device)
-        scores, _ = _scores_labels(outputs)
-        passing = [q for q in scores.argsort(descending=True).tolist() if scores[q] >= request.threshold]
-        queries = request.queries or passing[: request.max_queries or None] or [int(scores.argmax())]  # at least one
-        predictions, truth = _prediction_boxes(outputs, item, loaded.label_map), _truth_boxes(item, loaded.label_map)
-        for q in queries:
-            if not 0 <= q < len(predictions):
-                raise ValueError(f"query {q} does not exist: the model has {len(predictions)} queries")
+        scores, _ = _scores_labels(outputs, loaded.model)
+        predictions, truth = _prediction_boxes(outputs, item, loaded), _truth_boxes(item, loaded.label_map)
+        for q in _chosen_queries(request, scores):
             figure = attention_figure(
                 item.picture,
                 maps[:, :, q],
@@ -255,11 +253,55 @@ def detection_attention(
     item = ImageItem(path.stem, image, None, picture, picture.shape[:2])
     site = grid_site(loaded, "queries", None)
     outputs, maps = recorded_forward(loaded, item, site, device)
-    predictions = _prediction_boxes(outputs, item, loaded.label_map)
+    predictions = _prediction_boxes(outputs, item, loaded)
     panels = [[AttentionPanel(maps[-1, :, q].mean(axis=0), [predictions[q]]) for q in queries]]
     title = f"{site}, last layer, head average, per detection"
     figure = attention_panels_figure(item.picture, panels, [site], [predictions[q].text for q in queries], title)
     return save_figure(figure, path, fmt)
+
+
+def object_query_kind(model: torch.nn.Module) -> str:
+    """The figure kind that draws a model's object queries over the image: ``attention`` where a site of object
+    queries has grid keys, ``deformable`` where it samples points."""
+    keys = {site.keys for site in model_sites(model).values() if site.queries == "queries"}
+    return "attention" if "grid" in keys else "deformable"
+
+
+def _chosen_queries(request: VisualizeRequest, scores: Tensor) -> list[int]:
+    """The request's queries, else those scoring at least its threshold (best first, at most ``max_queries``),
+    at least the best-scoring one."""
+    passing = [q for q in scores.argsort(descending=True).tolist() if scores[q] >= request.threshold]
+    queries = request.queries or passing[: request.max_queries or None] or [int(scores.argmax())]
+    for q in queries:
+        if not 0 <= q < len(scores):
+            raise ValueError(f"query {q} does not exist: the model has {len(scores)} queries")
+    return queries
+
+
+@figure_kind("deformable")
+def deformable_kind(request: VisualizeRequest) -> list[Path]:
+    """Per image, chosen query and layer: the query's sampling points at a site of object queries over sampling
+    points (default: the model's first), per head, with the query's box and the ground truth."""
+    loaded, device = _load(request.runs[0], request), resolve_device(request.device)
+    sites = model_sites(loaded.model)
+    candidates = [s.name for s in sites.values() if s.keys == "points" and s.queries == "queries"]
+    site = request.site or (candidates[0] if candidates else None)
+    if site not in candidates:
+        raise ValueError(f"deformable figures draw sites of object queries over sampling points: {candidates}")
+    written = []
+    for item in load_images(loaded.config, request):
+        with torch.no_grad():
+            outputs, _ = record_attention(loaded.model.to(device).eval(), [item.tensor.to(device)], sites=[site])
+        scores, _ = _scores_labels(outputs, loaded.model)
+        predictions, truth = _prediction_boxes(outputs, item, loaded), _truth_boxes(item, loaded.label_map)
+        for q in _chosen_queries(request, scores):
+            boxes = [(b.box, TRUTH_COLOR) for b in truth] + [(predictions[q].box, PREDICTION_COLOR)]
+            for layer, record in enumerate(outputs.attention[site]):
+                title = f"{run_label(request.runs[0])}: {site} layer {layer}, {item.name}, {predictions[q].text}"
+                figure = sampling_figure(item.picture, record, 0, q, boxes, title)
+                name = f"deformable_{site}_{item.name}_q{q}_layer{layer}"
+                written.append(save_figure(figure, request.output / name, request.fmt))
+    return written
 
 
 def _most_attended_cells(maps: np.ndarray, count: int = 2) -> list[int]:
@@ -324,7 +366,7 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
         panels: list[list[AttentionPanel | None]] = [[] for _ in truth]
         for loaded in models:
             outputs, maps = recorded_forward(loaded, item, site, device)
-            predictions = _prediction_boxes(outputs, item, loaded.label_map)
+            predictions = _prediction_boxes(outputs, item, loaded)
             for t, q in sorted(_matched_queries(loaded, outputs, item.target).items()):
                 weights = maps[-1, :, q].mean(axis=0)
                 panels[t].append(AttentionPanel(weights, [predictions[q]], [truth[t]]))
@@ -353,7 +395,7 @@ def matching_kind(request: VisualizeRequest) -> list[Path]:
         pairs = sorted((q, t) for t, q in _matched_queries(loaded, outputs, item.target).items())
         figure = matching_figure(
             item.picture,
-            _prediction_boxes(outputs, item, loaded.label_map),
+            _prediction_boxes(outputs, item, loaded),
             _truth_boxes(item, loaded.label_map),
             pairs,
             title=f"{run_label(request.runs[0])}: {item.name}",

@@ -1,0 +1,88 @@
+"""Where Deformable DETR samples: a query's reference point and sampling points over the image.
+
+Points are coloured by feature level and sized by weight; points of exactly zero weight (sparse maps) are drawn
+hollow, so what a sparse map switched off stays visible. One panel with every head, then one per head. Inputs are
+the :class:`~sparse_detector.attention.sites.PointsRecord` of one layer, whose locations are normalised to the
+image's valid area, so they map straight onto the (unpadded) image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+
+from ..attention.sites import PointsRecord
+
+#: Marker area (points²) of a weight-1 sampling point; a point's area grows linearly with its weight.
+FULL_WEIGHT_AREA = 400.0
+MIN_AREA = 20.0
+LEVEL_COLORS = ("tab:blue", "magenta", "lime", "white", "orange", "cyan")
+
+
+def _draw_points(ax, locations: np.ndarray, weights: np.ndarray, width: int, height: int) -> None:
+    """``locations`` (L, P, 2) in [0, 1] of the image, ``weights`` (L, P): coloured by level, sized by weight."""
+    for level in range(locations.shape[0]):
+        color = LEVEL_COLORS[level % len(LEVEL_COLORS)]
+        x, y = locations[level, :, 0] * width, locations[level, :, 1] * height
+        w = weights[level]
+        sizes = MIN_AREA + FULL_WEIGHT_AREA * w
+        zero = w == 0
+        ax.scatter(x[~zero], y[~zero], s=sizes[~zero], c=color, alpha=0.8, edgecolors="white", linewidths=0.5)
+        ax.scatter(x[zero], y[zero], s=sizes[zero], facecolors="none", edgecolors=color, linewidths=1.3)
+
+
+def sampling_figure(
+    image: np.ndarray,
+    record: PointsRecord,
+    image_index: int,
+    query_index: int,
+    boxes: Sequence[tuple[tuple[float, float, float, float], str]] = (),
+    title: str = "",
+) -> Figure:
+    """The sampling of query ``query_index`` of image ``image_index`` in one layer's ``record``.
+
+    ``image`` (h, w, 3) in [0, 1]: the image's valid area as the model saw it (any size: locations are relative).
+    ``boxes``: (x0, y0, x1, y1) in that image's pixels with their colour (e.g. ground truth and prediction).
+    Returns a figure with one panel for all heads, then one per head.
+    """
+    height, width = image.shape[:2]
+    weights = record.weights[image_index, query_index].detach().cpu().double().numpy()  # (heads, L, P)
+    locations = record.sampling_locations[image_index, query_index].detach().cpu().double().numpy()
+    reference = record.reference_points[image_index, query_index, 0].detach().cpu().double().numpy()
+    heads, levels = weights.shape[:2]
+    columns = min(heads + 1, 5)
+    rows = -(-(heads + 1) // columns)
+    figure = Figure(figsize=(3 * columns, 3 * rows + 0.6), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    panels = [("all heads", range(heads))] + [(f"head {h}", [h]) for h in range(heads)]
+    for ax, (name, selected) in zip(axes, panels, strict=False):
+        ax.imshow(image, extent=(0, width, height, 0))
+        for head in selected:
+            _draw_points(ax, locations[head], weights[head], width, height)
+        for (x0, y0, x1, y1), color in boxes:
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.5))
+        ax.plot(reference[0] * width, reference[1] * height, marker="x", color="black", markersize=9, mew=2.5)
+        ax.plot(reference[0] * width, reference[1] * height, marker="x", color="white", markersize=7, mew=1.2)
+        zeros = int((weights[list(selected)] == 0).sum())
+        ax.set_title(f"{name}" + (f" ({zeros} zero)" if zeros else ""), fontsize=9)
+        ax.set_xlim(0, width)
+        ax.set_ylim(height, 0)
+        ax.set_axis_off()
+    for ax in axes[len(panels) :]:
+        ax.set_axis_off()
+    legend = [
+        Line2D([], [], marker="o", linestyle="", color=LEVEL_COLORS[level % len(LEVEL_COLORS)], label=f"level {level}")
+        for level in range(levels)
+    ]
+    legend += [
+        Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="gray", label="zero weight"),
+        Line2D([], [], marker="x", linestyle="", color="black", label="reference point"),
+    ]
+    figure.legend(handles=legend, loc="outside lower center", ncols=len(legend), fontsize=8, frameon=False)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure

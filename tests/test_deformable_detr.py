@@ -1,0 +1,281 @@
+"""Deformable DETR: the sampling function and transformer against the official code, the model, loss and training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_detector import build_model, deformable_detr_from_official, load_config
+from sparse_detector.analysis import record_attention
+from sparse_detector.analysis.paibb import points_in_box, sampling_spread
+from sparse_detector.attention import Sparsemax
+from sparse_detector.attention.deformable import MSDeformAttn, ms_deform_attn_sample
+from sparse_detector.attention.sites import PointsRecord
+from sparse_detector.config import ConfigError
+from sparse_detector.data.build import build_dataset, build_loader
+from sparse_detector.engine.optim import parameter_groups
+from sparse_detector.models.build import build_criterion
+from sparse_detector.models.deformable_detr import DeformableTransformer
+from sparse_detector.models.postprocess import TopKPostProcess, postprocessor_for
+from sparse_detector.models.weights import CheckpointMismatchError
+from sparse_detector.viz.deformable import sampling_figure
+
+from .conftest import shapes_config, shared_path
+
+FIXTURE = "fixtures/ddetr_official_transformer_small.pt"
+
+#: A Deformable DETR small enough for unit tests, on top of the shapes preset.
+TINY_DEFORMABLE = [
+    "model.arch=deformable_detr",
+    "model.transformer.hidden_dim=32",
+    "model.transformer.nheads=4",
+    "model.transformer.enc_layers=1",
+    "model.transformer.dec_layers=2",
+    "model.transformer.dim_feedforward=64",
+    "model.num_queries=6",
+    "model.deformable.num_feature_levels=3",
+    "model.deformable.enc_n_points=2",
+    "model.deformable.dec_n_points=2",
+    "train.batch_size=4",
+]
+VARIANTS = {
+    "plain": [],
+    "box_refine": ["model.deformable.with_box_refine=true"],
+    "two_stage": ["model.deformable.with_box_refine=true", "model.deformable.two_stage=true"],
+}
+
+
+def sampling_case(dtype: torch.dtype = torch.float64) -> dict:
+    """Random inputs of the sampling function: 2 images, 3 queries, 2 heads, 2 levels, 3 points."""
+    shapes = torch.tensor([[4, 5], [2, 3]])
+    value = torch.randn(2, int(shapes.prod(1).sum()), 2, 3, dtype=dtype)
+    locations = torch.rand(2, 3, 2, 2, 3, 2, dtype=dtype) * 1.2 - 0.1  # some points fall outside the map
+    weights = torch.rand(2, 3, 2, 2, 3, dtype=dtype)
+    return {"value": value, "spatial_shapes": shapes, "sampling_locations": locations, "attention_weights": weights}
+
+
+def test_sampling_matches_the_official_function_in_float64():
+    core = torch.load(shared_path(FIXTURE), weights_only=True)["core"]
+    out = ms_deform_attn_sample(
+        core["value"], core["spatial_shapes"], core["sampling_locations"], core["attention_weights"]
+    )
+    torch.testing.assert_close(out, core["output"], rtol=0, atol=1e-10)
+
+
+def test_sampling_gradients_are_exact():
+    case = sampling_case()
+    inputs = (case["value"], case["sampling_locations"], case["attention_weights"])
+    for x in inputs:
+        x.requires_grad_(True)
+
+    def sample(value, locations, weights):
+        return ms_deform_attn_sample(value, case["spatial_shapes"], locations, weights)
+
+    assert torch.autograd.gradcheck(sample, inputs)
+
+
+def test_skipping_zero_weight_points_changes_nothing_else():
+    case = sampling_case()
+    weights = case["attention_weights"]
+    weights[weights < 0.7] = 0.0  # most points drop out, so the packed path runs
+    grads = []
+    for skip in (False, True):
+        value = case["value"].clone().requires_grad_(True)
+        locations = case["sampling_locations"].clone().requires_grad_(True)
+        w = weights.clone().requires_grad_(True)
+        out = ms_deform_attn_sample(value, case["spatial_shapes"], locations, w, skip_zero_weights=skip)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
+        grads.append((out.detach(), value.grad, locations.grad, w.grad * (weights != 0)))
+    for dense, packed in zip(*grads, strict=True):
+        torch.testing.assert_close(packed, dense, rtol=0, atol=1e-12)
+
+
+def test_softmax_sampling_weights_equal_the_official_op():
+    attn = MSDeformAttn(d_model=32, n_levels=3, n_heads=4, n_points=2)
+    torch.nn.init.normal_(attn.attention_weights.weight)
+    query = torch.randn(2, 5, 32)
+    official = torch.softmax(attn.attention_weights(query).view(2, 5, 4, 6), -1).view(2, 5, 4, 3, 2)
+    torch.testing.assert_close(attn.sampling_weights(query), official, rtol=0, atol=0)
+
+
+def test_sparsemax_sampling_weights_are_sparse_per_head():
+    attn = MSDeformAttn(d_model=32, n_levels=3, n_heads=4, n_points=2, activation=Sparsemax())
+    torch.nn.init.normal_(attn.attention_weights.weight)
+    weights = attn.sampling_weights(torch.randn(2, 5, 32))
+    torch.testing.assert_close(weights.sum((-2, -1)), torch.ones(2, 5, 4))
+    assert (weights == 0).any()
+
+
+def test_transformer_matches_the_official_one():
+    fixture = torch.load(shared_path(FIXTURE), weights_only=True)
+    c = fixture["config"]
+    transformer = DeformableTransformer(
+        d_model=c["d_model"],
+        nhead=c["nhead"],
+        num_encoder_layers=c["num_encoder_layers"],
+        num_decoder_layers=c["num_decoder_layers"],
+        dim_feedforward=c["dim_feedforward"],
+        dropout=0.0,
+        num_feature_levels=c["num_feature_levels"],
+        dec_n_points=c["dec_n_points"],
+        enc_n_points=c["enc_n_points"],
+    )
+    transformer.load_state_dict(fixture["state_dict"])
+    with torch.no_grad():
+        hs, init_reference, inter_references, _, _ = transformer.eval()(
+            fixture["srcs"], fixture["masks"], fixture["pos_embeds"], fixture["query_embed"]
+        )
+    torch.testing.assert_close(hs, fixture["hs"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(init_reference, fixture["init_reference"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(inter_references, fixture["inter_references"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variants_give_losses_for_every_layer(variant):
+    config = load_config("shapes_tiny", [*TINY_DEFORMABLE, *VARIANTS[variant]])
+    model, criterion = build_model(config), build_criterion(config)
+    outputs = model([torch.randn(3, 64, 64), torch.randn(3, 48, 64)])
+    assert outputs["pred_logits"].shape == (2, 6, 4) and outputs["pred_boxes"].shape == (2, 6, 4)
+    assert len(outputs["aux_outputs"]) == 1
+    targets = [
+        {"labels": torch.tensor([0, 3]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2]])},
+        {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)},
+    ]
+    losses = criterion(outputs, targets)
+    expected = {"loss_ce", "loss_bbox", "loss_giou", "loss_ce_0"} | (
+        {"loss_ce_enc"} if variant == "two_stage" else set()
+    )
+    assert expected <= set(losses) and set(criterion.weight_dict) >= expected
+    total = criterion.total_loss(losses)
+    total.backward()
+    assert torch.isfinite(total)
+    assert ("enc_outputs" in outputs) == (variant == "two_stage")
+    shared = model.class_embed[0] is model.class_embed[1]
+    assert shared == (variant == "plain")
+
+
+def test_parameter_groups_follow_the_official_recipe():
+    config = load_config("shapes_tiny", [*TINY_DEFORMABLE, "optim.lr=1e-3", "model.backbone.lr=1e-4"])
+    model = build_model(config)
+    groups = {g["name"]: g for g in parameter_groups(model, config)}
+    assert groups["linear_proj"]["lr"] == pytest.approx(1e-4) and groups["backbone"]["lr"] == pytest.approx(1e-4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    proj = {names[id(p)] for p in groups["linear_proj"]["params"]}
+    assert proj and all("sampling_offsets" in n or "reference_points" in n for n in proj)
+
+
+def test_top_k_post_processing_ranks_query_class_pairs():
+    logits = torch.tensor([[[0.0, 3.0], [2.0, -1.0]]])
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.25, 0.5, 0.5]]])
+    result = TopKPostProcess(k=3)({"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([[100, 200]]))[0]
+    torch.testing.assert_close(result["scores"], torch.sigmoid(torch.tensor([3.0, 2.0, 0.0])))
+    assert result["labels"].tolist() == [1, 0, 0]
+    torch.testing.assert_close(result["boxes"][1], torch.tensor([0.0, 0.0, 100.0, 50.0]))
+    model = build_model(load_config("shapes_tiny", TINY_DEFORMABLE))
+    assert isinstance(postprocessor_for(model), TopKPostProcess)
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sparsemax"])
+def test_tiny_model_trains_on_shapes(shapes, activation):
+    sites = [f"model.attention.{site}.activation={activation}" for site in ("encoder_self", "decoder_cross")]
+    config = shapes_config(shapes, *TINY_DEFORMABLE, *sites)
+    model, criterion = build_model(config), build_criterion(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)  # high, so that weights leave the uniform start
+    loader = build_loader(build_dataset(config, "train"), config, train=True)
+    records = []
+    model.transformer.decoder.layers[-1].cross_attn.record_to(records.append)
+    for _ in range(3):
+        for batch, targets in loader:
+            loss = criterion.total_loss(criterion(model(batch), targets))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            assert torch.isfinite(loss)
+            assert all(torch.isfinite(p).all() for p in model.parameters())
+    weights = records[-1].weights
+    assert torch.isfinite(weights).all()
+    assert ((weights == 0).sum() > 0) == (activation == "sparsemax")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_official_loader_recognises_each_variant(tmp_path, variant):
+    official = ["model.backbone.norm=frozen_bn", "model.deformable.enc_n_points=3"]  # official: frozen BN
+    config = load_config("shapes_tiny", [*TINY_DEFORMABLE, *official, *VARIANTS[variant]])
+    model = build_model(config).eval()
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": model.state_dict(), "epoch": 49}, path)  # the official checkpoint layout
+    loaded = deformable_detr_from_official(path, nheads=4, num_queries=6)
+    d = loaded.transformer
+    assert (loaded.with_box_refine, loaded.two_stage) == (variant != "plain", variant == "two_stage")
+    assert (d.encoder.layers[0].self_attn.n_points, d.decoder.layers[0].cross_attn.n_points) == (3, 2)
+    assert not loaded.training
+    images = [torch.randn(3, 64, 64), torch.randn(3, 48, 64)]
+    with torch.no_grad():
+        expected, got = model(images), loaded(images)
+    torch.testing.assert_close(got["pred_logits"], expected["pred_logits"], rtol=0, atol=0)
+    torch.testing.assert_close(got["pred_boxes"], expected["pred_boxes"], rtol=0, atol=0)
+
+
+def test_official_loader_names_a_wrong_head_count():
+    state_dict = build_model(load_config("shapes_tiny", TINY_DEFORMABLE)).state_dict()
+    with pytest.raises(CheckpointMismatchError, match="nheads"):
+        deformable_detr_from_official(state_dict, nheads=5)
+
+
+def test_sites_and_point_records():
+    model = build_model(load_config("shapes_tiny", TINY_DEFORMABLE)).eval()
+    sites = {s.name: (s.keys, s.queries, s.num_layers) for s in model.attention_sites()}
+    assert sites == {
+        "encoder_self": ("points", "grid", 1),
+        "decoder_self": ("queries", "queries", 2),
+        "decoder_cross": ("points", "queries", 2),
+    }
+    images = [torch.randn(3, 64, 64), torch.randn(3, 32, 64)]  # the second image is half padding
+    outputs, maps = record_attention(model, images)
+    cross = outputs.attention["decoder_cross"][0]
+    assert isinstance(cross, PointsRecord) and cross.dense
+    assert cross.weights.shape == (2, 6, 4, 3, 2) and cross.sampling_locations.shape == (2, 6, 4, 3, 2, 2)
+    torch.testing.assert_close(cross.valid_ratios[1, :, 1], torch.full((3,), 0.5))
+    encoder = outputs.attention["encoder_self"][0]
+    assert encoder.query_padding_mask.shape == (2, encoder.weights.shape[1]) and encoder.query_padding_mask[1].any()
+    assert maps["decoder_cross"].weights[0].shape == (2, 4, 6, 6)  # (B, heads, queries, L * P)
+
+
+def test_point_paibb_and_spread_match_brute_force():
+    weights = torch.rand(1, 2, 1, 2, 3)
+    weights /= weights.sum((-2, -1), keepdim=True)
+    locations = torch.rand(1, 2, 1, 2, 3, 2)
+    reference = torch.rand(1, 2, 2, 2)
+    record = PointsRecord(weights, locations, reference, torch.tensor([[4, 4], [2, 2]]), torch.ones(1, 2, 2))
+    box = torch.tensor([[0.5, 0.4, 0.6, 0.3]])
+    image, query = torch.tensor([0]), torch.tensor([1])
+    inside, spread = 0.0, 0.0
+    for level in range(2):
+        for point in range(3):
+            x, y = locations[0, 1, 0, level, point].tolist()
+            w = weights[0, 1, 0, level, point].item()
+            inside += w * (abs(x - 0.5) <= 0.3 and abs(y - 0.4) <= 0.15)
+            rx, ry = reference[0, 1, level].tolist()
+            spread += w * (((x - rx) / 0.6) ** 2 + ((y - ry) / 0.3) ** 2) ** 0.5
+    assert points_in_box([record], image, query, box).item() == pytest.approx(inside, abs=1e-6)
+    assert sampling_spread([record], image, query, box).item() == pytest.approx(spread, abs=1e-6)
+
+
+def test_tvmax_is_refused_at_sampling_point_sites():
+    config = load_config("shapes_tiny", [*TINY_DEFORMABLE, "model.attention.decoder_cross.activation=tvmax"])
+    with pytest.raises(ConfigError, match=r"model\.attention\.decoder_cross\.activation: tvmax needs keys"):
+        build_model(config)
+    config = load_config("shapes_tiny", [*TINY_DEFORMABLE, "model.attention.decoder_cross.activation=alpha_entmax"])
+    assert build_model(config).transformer.decoder.layers[0].cross_attn.activation.alpha.shape == (4,)
+
+
+def test_sampling_figure_draws_zero_weight_points_hollow():
+    weights = torch.rand(1, 2, 3, 2, 2)
+    weights[0, 1, :, 1] = 0.0  # level 1 of query 1 is switched off in every head
+    record = PointsRecord(weights, torch.rand(1, 2, 3, 2, 2, 2), torch.rand(1, 2, 2, 2), torch.ones(2, 2), None)
+    figure = sampling_figure(np.zeros((40, 60, 3)), record, 0, 1, boxes=[((5, 5, 30, 20), "cyan")])
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert titles == ["all heads (6 zero)", "head 0 (2 zero)", "head 1 (2 zero)", "head 2 (2 zero)"]
+    hollow = [c for ax in figure.axes for c in ax.collections if len(c.get_facecolors()) == 0]
+    assert sum(len(c.get_offsets()) for c in hollow) == 12  # 6 in the all-heads panel, 2 in each head's
