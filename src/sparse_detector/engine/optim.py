@@ -52,3 +52,32 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Config) -> torch.o
         for group in optimizer.param_groups
     ]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def group_settings(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """Each parameter group's hyper-parameters (everything but the parameters)."""
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def apply_configured_settings(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, configured: list[dict]
+) -> list[str]:
+    """After a checkpoint's optimiser and schedule state is loaded: make the configured hyper-parameters (learning
+    rates, weight decay, schedule) win over the saved ones, as a resumed run with new settings asks; returns one line
+    per change. The schedule's functions always come from the config; the rate is recomputed at the saved epoch."""
+    changes = []
+    for index, (group, fresh) in enumerate(zip(optimizer.param_groups, configured, strict=True)):
+        name = group.get("name", index)
+        for key, value in fresh.items():
+            if key not in ("lr", "initial_lr") and group.get(key) != value:
+                changes.append(f"group {name}: {key} {group.get(key)} -> {value}")
+                group[key] = value
+        base = fresh["initial_lr"]
+        lr = base * scheduler.lr_lambdas[index](scheduler.last_epoch)
+        if lr != group["lr"]:
+            old = f"{group['lr']:.6g} (base {group['initial_lr']:.6g})"
+            changes.append(f"group {name}: lr {old} -> {lr:.6g} (base {base:.6g})")
+        group["initial_lr"], group["lr"] = base, lr
+        scheduler.base_lrs[index] = base
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    return changes
