@@ -112,7 +112,8 @@ def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
     fit. Returns the names of the re-initialised parameters."""
     state_dict, source = read_state_dict(Path(path))
     expected = model.state_dict()
-    heads = tuple(f"{head}." for head in getattr(model, "class_heads", ()))
+    names = list(getattr(model, "class_heads", ()))
+    heads = tuple(f"{head}." for head in names)
     reinitialised = [
         key
         for key, value in expected.items()
@@ -126,7 +127,7 @@ def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
         found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": mismatched}
         problems = [f"{len(keys)} {what} (first: {keys[:3]})" for what, keys in found.items() if keys]
         raise CheckpointMismatchError(
-            f"--init-from {source} does not fit the model apart from its class heads {list(heads)}: "
+            f"--init-from {source} does not fit the model apart from its class heads {names}: "
             + "; ".join(problems)
             + ". Use the config (backbone, layers, queries, attention) the checkpoint was trained with."
         )
