@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ def _start_wandb(run_dir: Path, project: str, mode: str, config: dict) -> Any:
     # The run id is kept in the run directory, so a resumed run continues the same W&B run.
     id_file = run_dir / "wandb-run-id.txt"
     if not id_file.is_file():
-        id_file.write_text(wandb.util.generate_id())
+        id_file.write_text(uuid.uuid4().hex[:16])
     return wandb.init(
         project=project,
         name=run_dir.name,

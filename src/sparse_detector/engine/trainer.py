@@ -91,12 +91,12 @@ def alpha_values(model: nn.Module) -> dict[str, list[float]]:
 
 def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
     """Trainable and frozen parameter counts per top-level module, and their ``total``."""
-    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"trainable": 0, "frozen": 0})
+    counts: dict[str, dict[str, int]] = {}
     for name, param in model.named_parameters():
-        kind = "trainable" if param.requires_grad else "frozen"
-        counts[name.split(".", 1)[0]][kind] += param.numel()
-        counts["total"][kind] += param.numel()
-    return dict(counts)
+        module = counts.setdefault(name.split(".", 1)[0], {"trainable": 0, "frozen": 0})
+        module["trainable" if param.requires_grad else "frozen"] += param.numel()
+    counts["total"] = {kind: sum(c[kind] for c in counts.values()) for kind in ("trainable", "frozen")}
+    return counts
 
 
 def format_parameter_counts(counts: dict[str, dict[str, int]]) -> str:
