@@ -265,6 +265,8 @@ def _apply_override(tree: dict, override: str) -> None:
         value = raw
     node = tree
     *parents, leaf = dotted.strip().split(".")
+    if not all([*parents, leaf]):
+        raise ConfigError(f"override {override!r}: the key {dotted.strip()!r} has an empty part; e.g. train.epochs=5")
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
