@@ -139,3 +139,20 @@ def test_mixed_precision_trains_with_fp32_losses(shapes, tmp_path: Path, precisi
     assert seen[0][0] == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]  # the model ran in autocast
     assert seen[0][1] == {torch.float32}
     assert ("scaler" in torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)) == (precision == "fp16")
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(shapes, tmp_path: Path, monkeypatch, caplog):
+    class Broken(torch.nn.Module):
+        def forward(self, *args):
+            raise RuntimeError("InductorError: no C++ compiler found\nmore detail")
+
+    def broken_compile(model):
+        return Broken()
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    config = shapes_config(shapes, *TRACKED, "train.compile=true", "train.max_steps_per_epoch=1")
+    with caplog.at_level("WARNING"):
+        trainer = Trainer(config, tmp_path / "run", progress=False)
+        trainer.fit()
+    assert "torch.compile does not work here (InductorError: no C++ compiler found)" in caplog.text
+    assert trainer.step == 1 and trainer.forward_model is trainer.model

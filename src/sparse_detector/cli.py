@@ -31,6 +31,7 @@ from .engine.analyze import (
 from .engine.checkpoint import run_checkpoints
 from .engine.coco_eval import format_table
 from .engine.device import resolve_device
+from .engine.distributed import context_from_environment
 from .engine.evaluate import evaluate
 from .engine.inference import category_id, category_name, load_trained_model
 from .engine.trainer import StoppedAtOnce, Trainer
@@ -67,11 +68,15 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = Path(output_dir or config.train.output_dir)
     if args.device:
         config.train.device = args.device
-    _print_config(config)
+    main_process = context_from_environment().is_main  # under torchrun / srun only rank 0 prints
+    if main_process:
+        _print_config(config)
     trainer = Trainer(
         config, run_dir, resume=resume_dir is not None, progress=not args.no_progress, init_from=args.init_from
     )
     trainer.fit()
+    if not main_process:
+        return 0
     if trainer.stop_signal is not None:
         name = signal.Signals(trainer.stop_signal).name
         print(

@@ -185,7 +185,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
-        self.forward_model = self._wrap(self.model)
+        self.forward_model = self._wrap(self.model, compile=train.compile)
+        self.compile_pending = train.compile  # the first compiled step is watched for compiler failures
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps taken (the global step of every logger)
         self.best_ap = float("-inf")
@@ -214,14 +215,26 @@ class Trainer:
             if self.reinitialised:
                 print(f"re-initialised for {config.model.num_classes} classes: {', '.join(self.reinitialised)}")
 
-    def _wrap(self, model: nn.Module) -> nn.Module:
+    def _wrap(self, model: nn.Module, compile: bool) -> nn.Module:
         """The module the training step calls: DDP across processes, ``torch.compile``-d when asked."""
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=device_ids)
-        if self.config.train.compile:
-            model = torch.compile(model)
-        return model
+        return torch.compile(model) if compile else model
+
+    def _call_model(self, batch: Any) -> Any:
+        """The forward pass; a ``torch.compile``-d model that fails on its first step is replaced by the eager one,
+        with a warning saying why."""
+        if not self.compile_pending:
+            return self.forward_model(batch)
+        self.compile_pending = False
+        try:
+            return self.forward_model(batch)
+        except Exception as err:  # any compiler failure (missing C++ compiler, unsupported operation, ...)
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            log.warning("train.compile: torch.compile does not work here (%s); training continues uncompiled", reason)
+            self.forward_model = self._wrap(self.model, compile=False)
+            return self.forward_model(batch)
 
     # ------------------------------------------------------------------------------------------------------------
     # Checkpoints
@@ -422,7 +435,7 @@ class Trainer:
         finite (``None`` when all is well)."""
         try:
             with self._autocast():
-                outputs = self.forward_model(batch)
+                outputs = self._call_model(batch)
             losses = self.criterion(outputs, targets)
             loss = self.criterion.total_loss(losses)
         except FloatingPointError as err:  # the matcher's check of the outputs
