@@ -31,7 +31,7 @@ from .engine.analyze import (
 from .engine.checkpoint import run_checkpoints
 from .engine.coco_eval import format_table
 from .engine.device import resolve_device
-from .engine.distributed import context_from_environment
+from .engine.distributed import context_from_environment, shutdown_distributed
 from .engine.evaluate import evaluate
 from .engine.inference import category_id, category_name, load_trained_model
 from .engine.trainer import StoppedAtOnce, Trainer
@@ -75,6 +75,7 @@ def _train(args: argparse.Namespace) -> int:
         config, run_dir, resume=resume_dir is not None, progress=not args.no_progress, init_from=args.init_from
     )
     trainer.fit()
+    shutdown_distributed()
     if not main_process:
         return 0
     if trainer.stop_signal is not None:

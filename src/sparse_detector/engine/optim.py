@@ -8,6 +8,8 @@ from torch import nn
 from ..config import Config
 
 ALPHA_PARAM_SUFFIX = "pre_alpha"  # learnable alpha-entmax parameters (one per head per attention layer)
+#: Parameter-group entries that choose how the optimiser computes, not what: not reported as changes on resume.
+IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable", "maximize", "decoupled_weight_decay")
 
 
 def parameter_groups(model: nn.Module, config: Config) -> list[dict]:
@@ -70,7 +72,8 @@ def apply_configured_settings(
         name = group.get("name", index)
         for key, value in fresh.items():
             if key not in ("lr", "initial_lr") and group.get(key) != value:
-                changes.append(f"group {name}: {key} {group.get(key)} -> {value}")
+                if key not in IMPLEMENTATION_FLAGS:
+                    changes.append(f"group {name}: {key} {group.get(key)} -> {value}")
                 group[key] = value
         base = fresh["initial_lr"]
         lr = base * scheduler.lr_lambdas[index](scheduler.last_epoch)
