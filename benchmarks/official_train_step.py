@@ -64,11 +64,15 @@ def official_step(args: argparse.Namespace, images: torch.Tensor, targets: list[
     return step, model.state_dict()
 
 
-def our_step(args: argparse.Namespace, images: torch.Tensor, targets: list[dict], weights: dict) -> Callable:
+def our_step(
+    args: argparse.Namespace, images: torch.Tensor, targets: list[dict], weights: dict, channels_last: bool = False
+) -> Callable:
     config = load_config("detr_r50", ["model.backbone.pretrained=false", f"model.transformer.dropout={args.dropout}"])
     model = build_model(config)
     model.load_state_dict(weights)
     model.train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     criterion = build_criterion(config).train()
     optimizer = build_optimizer(model, config)
 
@@ -91,6 +95,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--channels-last", action="store_true", help="also time ours with channels-last weights")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -98,8 +103,9 @@ def main() -> None:
     images = torch.randn(2, 3, 512, 512)
     targets = random_targets(2, 91, torch.device("cpu"))
     official, weights = official_step(args, images, targets)
-    ours = our_step(args, images, targets, weights)
-    steps = {"official": official, "ours": ours}
+    steps = {"official": official, "ours": our_step(args, images, targets, weights)}
+    if args.channels_last:
+        steps["ours, channels-last"] = our_step(args, images, targets, weights, channels_last=True)
     for name, step in steps.items():
         torch.manual_seed(1)
         step()
