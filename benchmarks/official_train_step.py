@@ -65,7 +65,12 @@ def official_step(args: argparse.Namespace, images: torch.Tensor, targets: list[
 
 
 def our_step(
-    args: argparse.Namespace, images: torch.Tensor, targets: list[dict], weights: dict, channels_last: bool = False
+    args: argparse.Namespace,
+    images: torch.Tensor,
+    targets: list[dict],
+    weights: dict,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> Callable:
     config = load_config("detr_r50", ["model.backbone.pretrained=false", f"model.transformer.dropout={args.dropout}"])
     model = build_model(config)
@@ -75,10 +80,11 @@ def our_step(
         model.to(memory_format=torch.channels_last)
     criterion = build_criterion(config).train()
     optimizer = build_optimizer(model, config)
+    forward = torch.compile(model) if compile else model  # as train.compile=true does
 
     def step() -> float:
         start = time.perf_counter()
-        loss = criterion.total_loss(criterion(model(images), targets))
+        loss = criterion.total_loss(criterion(forward(images), targets))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_max_norm)
@@ -96,6 +102,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--channels-last", action="store_true", help="also time ours with channels-last weights")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time ours with train.compile (compiled in warm-up)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -106,6 +115,8 @@ def main() -> None:
     steps = {"official": official, "ours": our_step(args, images, targets, weights)}
     if args.channels_last:
         steps["ours, channels-last"] = our_step(args, images, targets, weights, channels_last=True)
+    if args.compile:
+        steps["ours, torch.compile"] = our_step(args, images, targets, weights, compile=True)
     for name, step in steps.items():
         torch.manual_seed(1)
         step()
