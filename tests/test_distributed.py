@@ -15,8 +15,7 @@ from sparse_detector.engine.distributed import DistributedContext, context_from_
 from sparse_detector.engine.logger import read_metrics
 from sparse_detector.engine.trainer import Trainer
 
-from .conftest import epoch_records, shapes_config
-from .test_resilience import _cli_overrides
+from .conftest import epoch_records, shapes_config, shapes_overrides
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Frozen BatchNorm (per-process batch statistics would differ) and no random flips (each process draws its own).
@@ -36,7 +35,7 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(shapes,
     run = tmp_path / "two"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     argv = ["-m", "sparse_detector", "train", "--no-progress", "--output-dir", str(run), "--device", "cpu"]
-    argv += ["--set", *_cli_overrides(shapes), *SAME_MATH, "train.batch_size=2"]
+    argv += ["--set", *shapes_overrides(shapes), *SAME_MATH, "train.batch_size=2"]
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([*launcher, *argv], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

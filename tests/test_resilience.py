@@ -21,23 +21,10 @@ from sparse_detector.engine.logger import read_metrics
 from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
 from sparse_detector.models.weights import CheckpointMismatchError
 
-from .conftest import SMALL_MODEL, epoch_records, shapes_config
+from .conftest import epoch_records, shapes_config, shapes_overrides
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FAST = ("train.max_steps_per_epoch=1", "train.eval_every=100")
-
-
-def _cli_overrides(shapes: dict[str, Path]) -> list[str]:
-    """The settings of :func:`shapes_config` as ``--set`` arguments."""
-    data = [
-        f"data.train.images={shapes['images']}",
-        f"data.train.annotations={shapes['train']}",
-        f"data.val.images={shapes['images']}",
-        f"data.val.annotations={shapes['val']}",
-        "data.train_scales=[96]",
-        "data.val_size=96",
-    ]
-    return [*data, *SMALL_MODEL]
 
 
 def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(shapes, tmp_path: Path):
@@ -54,8 +41,8 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(shapes, tmp_path: Pat
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     run = tmp_path / "run"
-    straight = train(tmp_path / "straight", "--set", *_cli_overrides(shapes), *settings)
-    process = train(run, "--set", *_cli_overrides(shapes), *settings)
+    straight = train(tmp_path / "straight", "--set", *shapes_overrides(shapes), *settings)
+    process = train(run, "--set", *shapes_overrides(shapes), *settings)
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and '"type": "train"' in metrics.read_text()):
@@ -96,7 +83,7 @@ def test_second_signal_stops_at_once(shapes, tmp_path: Path):
 def test_resume_auto_falls_back_from_a_corrupt_checkpoint(shapes, tmp_path: Path, caplog):
     run = tmp_path / "run"
     args = ["train", "--no-progress", "--resume", "auto", "--output-dir", str(run), "--set"]
-    overrides = [*_cli_overrides(shapes), *FAST, "train.keep_last=1"]
+    overrides = [*shapes_overrides(shapes), *FAST, "train.keep_last=1"]
     assert main([*args, *overrides, "train.epochs=2"]) == 0  # no checkpoint yet: starts the run
     assert [r.epoch for r in run_checkpoints(run)] == [2, 1]
     last = run / "checkpoint_last.pt"
