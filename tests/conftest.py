@@ -10,7 +10,7 @@ import torch
 from sparse_detector import load_config
 from sparse_detector.config import Config
 from sparse_detector.data import generate_shapes_splits
-from sparse_detector.engine.logger import read_metrics
+from sparse_detector.runs import read_metrics
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

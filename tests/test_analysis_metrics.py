@@ -16,11 +16,11 @@ from sparse_detector.analysis import (
     RunningStats,
     entropy,
     gini,
-    result_rows,
     site_metrics,
     support_90,
     zeros_ratio,
 )
+from sparse_detector.report import result_markdown, result_rows
 
 
 def pairwise_gini(c: list[float]) -> float:
@@ -39,12 +39,13 @@ def brute_support(c: list[float], mass: float) -> int:
 
 
 def padded_rows(lengths: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random rows (float64) whose first ``length`` entries are valid; padded entries hold garbage to be ignored."""
+    """Random rows (float64) whose first ``length`` entries are valid, and the key padding mask (True = padding);
+    padded entries hold garbage to be ignored."""
     p = torch.rand(len(lengths), width, dtype=torch.float64) * 5
     valid = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
     p = torch.where(valid, torch.rand_like(p).pow(3), p)
     p[:, 1] = 0.0  # exact zeros occur in sparse maps
-    return p / (p * valid).sum(-1, keepdim=True), valid
+    return p / (p * valid).sum(-1, keepdim=True), ~valid
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 50])
@@ -65,49 +66,51 @@ def test_gini_equals_pairwise_form_on_random_vectors():
 
 def test_metrics_with_padding_equal_unpadded_rows():
     lengths = [1, 3, 6, 10]
-    p, valid = padded_rows(lengths, 10)
+    p, padding = padded_rows(lengths, 10)
     threshold = 0.05
     for row, n in enumerate(lengths):
         alone = p[row : row + 1, :n]
-        assert gini(p, valid)[row].item() == pytest.approx(gini(alone).item(), abs=1e-12)
-        assert gini(p, valid)[row].item() == pytest.approx(pairwise_gini(alone[0].tolist()), abs=1e-12)
-        assert zeros_ratio(p, valid, threshold)[row].item() == pytest.approx(zeros_ratio(alone, None, threshold).item())
-        assert entropy(p, valid)[row].item() == pytest.approx(entropy(alone).item(), abs=1e-12)
-        assert support_90(p, valid)[row].item() == support_90(alone).item()
+        assert gini(p, padding)[row].item() == pytest.approx(gini(alone).item(), abs=1e-12)
+        assert gini(p, padding)[row].item() == pytest.approx(pairwise_gini(alone[0].tolist()), abs=1e-12)
+        assert zeros_ratio(p, padding, threshold)[row].item() == pytest.approx(
+            zeros_ratio(alone, None, threshold).item()
+        )
+        assert entropy(p, padding)[row].item() == pytest.approx(entropy(alone).item(), abs=1e-12)
+        assert support_90(p, padding)[row].item() == support_90(alone).item()
 
 
 def test_mask_broadcasts_over_heads_and_queries():
-    p, valid = padded_rows([4, 7], 7)
+    p, padding = padded_rows([4, 7], 7)
     maps = p[:, None, None, :].expand(2, 3, 5, 7)
     for metric in (gini, entropy, support_90):
-        values = metric(maps, valid)
+        values = metric(maps, padding)
         assert values.shape == (2, 3, 5)
-        torch.testing.assert_close(values, metric(p, valid)[:, None, None].expand(2, 3, 5))
-    with pytest.raises(ValueError, match="valid_mask"):
-        gini(maps, valid[:, :5])
+        torch.testing.assert_close(values, metric(p, padding)[:, None, None].expand(2, 3, 5))
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        gini(maps, padding[:, :5])
 
 
 def test_zeros_ratio_hand_cases():
     p = torch.tensor([[0.0, 0.5, 0.0, 0.5], [1e-7, 0.5, 0.5 - 1e-7, 0.0], [0.0, 1.0, 0.0, 0.0]])
-    valid = torch.tensor([[True] * 4, [True] * 4, [True, True, False, False]])
-    torch.testing.assert_close(zeros_ratio(p, valid, 0.0), torch.tensor([0.5, 0.25, 0.5]))
-    torch.testing.assert_close(zeros_ratio(p, valid, 1e-6), torch.tensor([0.5, 0.5, 0.5]))
+    padding = torch.tensor([[False] * 4, [False] * 4, [False, False, True, True]])
+    torch.testing.assert_close(zeros_ratio(p, padding, 0.0), torch.tensor([0.5, 0.25, 0.5]))
+    torch.testing.assert_close(zeros_ratio(p, padding, 1e-6), torch.tensor([0.5, 0.5, 0.5]))
 
 
 def test_entropy_hand_cases():
     p = torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.0, 1.0, 0.0, 0.0], [0.5, 0.25, 0.25, 0.0], [0.5, 0.5, 0.0, 0.0]])
-    valid = torch.tensor([[True] * 4, [True] * 4, [True] * 4, [True, True, False, False]])
+    padding = torch.tensor([[False] * 4, [False] * 4, [False] * 4, [False, False, True, True]])
     expected = torch.tensor([math.log(4), 0.0, 1.5 * math.log(2), math.log(2)])
-    torch.testing.assert_close(entropy(p, valid), expected)
+    torch.testing.assert_close(entropy(p, padding), expected)
 
 
 @pytest.mark.parametrize("mass", [0.5, 0.9, 1.0])
 def test_support_matches_subset_search(mass: float):
-    p, valid = padded_rows([1, 2, 5, 8, 8, 8], 8)
-    expected = [brute_support(row[:n], mass) for row, n in zip(p.tolist(), valid.sum(-1).tolist(), strict=True)]
-    assert support_90(p, valid, mass).tolist() == expected
+    p, padding = padded_rows([1, 2, 5, 8, 8, 8], 8)
+    expected = [brute_support(row[:n], mass) for row, n in zip(p.tolist(), (~padding).sum(-1).tolist(), strict=True)]
+    assert support_90(p, padding, mass).tolist() == expected
     with pytest.raises(ValueError, match="mass"):
-        support_90(p, valid, 0.0)
+        support_90(p, padding, 0.0)
 
 
 def test_site_metrics_stacks_layers():
@@ -116,7 +119,7 @@ def test_site_metrics_stacks_layers():
     values = site_metrics(AttentionMaps(weights, mask, torch.tensor([[2, 3], [2, 3]]), (2, 3)), 1e-6)
     assert list(values) == list(METRICS)
     assert all(v.shape == (2, 2, 3, 4) for v in values.values())
-    torch.testing.assert_close(values["gini"][1], gini(weights[1], ~mask))
+    torch.testing.assert_close(values["gini"][1], gini(weights[1], mask))
 
 
 def test_running_stats_merge_and_reduce_match_direct():
@@ -175,7 +178,7 @@ def test_aggregator_result_is_json_and_merge_equals_single_stream():
         assert row["mean"] == pytest.approx(other["mean"], abs=1e-12)
         assert row["std"] == pytest.approx(other["std"], abs=1e-12)
     assert result["num_images"] == 3
-    assert result["paibb"] is None
+    assert all(info["paibb"] is None for info in result["sites"].values())
     assert result["sites"]["decoder_self"]["zero_threshold"] == 0.0  # sparse site: exact zeros
     assert result["sites"]["decoder_cross"]["zero_threshold"] == 1e-6  # dense site
     cross = result["sites"]["decoder_cross"]
@@ -196,9 +199,9 @@ def test_aggregator_pools_heads_exactly():
     assert per_layer["std"] == pytest.approx(values.std((1, 2, 3), unbiased=False).tolist(), abs=1e-9)
     assert per_head["std"][1] == pytest.approx(values[1].std((0, 2), unbiased=False).tolist(), abs=1e-9)
     assert result["sites"]["decoder_cross"]["zero_threshold"] == 0.01
-    rows = aggregator.to_rows()
+    rows = result_rows(aggregator.result())
     assert len(rows) == 2 * len(METRICS) * 2 * (3 + 1)  # sites x metrics x layers x (heads + mean)
     assert {r["head"] for r in rows} == {0, 1, 2, "mean"}
-    table = aggregator.to_markdown()
+    table = result_markdown(aggregator.result())
     assert table.count("| decoder_cross |") == 2
     assert "paibb" not in table.splitlines()[0]

@@ -14,6 +14,7 @@ from sparse_detector.analysis import (
     site_metrics,
     size_buckets,
 )
+from sparse_detector.report import result_markdown, result_rows
 
 
 def coverage_of(box: list[float], grid: tuple[int, int], padded: tuple[int, int]) -> torch.Tensor:
@@ -132,18 +133,18 @@ def test_aggregator_paibb_overall_and_by_size():
     aggregator = MetricAggregator(keep_per_image=True)
     aggregator.update({"decoder_cross": maps}, [target], indices)
     result = aggregator.result()
-    paibb = result["paibb"]
+    paibb = result["sites"]["decoder_cross"]["paibb"]
     assert paibb["overall"]["per_layer"]["mean"] == pytest.approx([0.625, 0.625])  # (1 + 0.25) / 2
     assert paibb["overall"]["per_head"]["count"] == [[2, 2], [2, 2]]
     assert paibb["by_size"]["medium"]["per_layer"]["mean"] == pytest.approx([1.0, 1.0])  # 60 x 40 px
     assert paibb["by_size"]["small"]["per_layer"]["mean"] == pytest.approx([0.25, 0.25])  # 30 x 20 px
     assert paibb["by_size"]["large"]["per_layer"] == {"mean": [None, None], "std": [None, None], "count": [0, 0]}
     record = result["per_image"][0]["paibb"]
-    assert [(r["query_index"], r["size"]) for r in record] == [(0, "medium"), (2, "small")]
-    metrics = {row["metric"] for row in aggregator.to_rows()}
+    assert [(r["query_index"], r["size"]) for r in record["decoder_cross"]] == [(0, "medium"), (2, "small")]
+    metrics = {row["metric"] for row in result_rows(result)}
     assert {"paibb", "paibb_small", "paibb_medium", "paibb_large"} <= metrics
-    assert "paibb_small" in aggregator.to_markdown().splitlines()[0]
-    with pytest.raises(ValueError, match="decoder_cross"):
+    assert "paibb_small" in result_markdown(result).splitlines()[0]
+    with pytest.raises(ValueError, match="object queries over the feature grid"):
         aggregator.update({"decoder_self": AttentionMaps([torch.rand(1, 2, 3, 3)])}, [target], indices)
 
 
@@ -210,7 +211,7 @@ def test_metrics_and_paibb_identical_alone_and_in_padded_batch():
     together.update(batch)
     separate.update(alone)
     separate.update({site: maps_.image(1) for site, maps_ in batch.items()})
-    for row, reference in zip(together.to_rows(), separate.to_rows(), strict=True):
+    for row, reference in zip(result_rows(together.result()), result_rows(separate.result()), strict=True):
         assert row["count"] == reference["count"]
         assert row["mean"] == pytest.approx(reference["mean"], abs=1e-6)
         assert row["std"] == pytest.approx(reference["std"], abs=1e-6)

@@ -14,11 +14,13 @@ from sparse_detector.cli import main
 from sparse_detector.config import Config, config_to_dict
 from sparse_detector.data import generate_shapes
 from sparse_detector.data.build import build_dataset, build_loader
-from sparse_detector.engine.analyze import compare_markdown, load_analysis_model
+from sparse_detector.engine.analyze import load_analysis_model
 from sparse_detector.engine.checkpoint import save_checkpoint
 from sparse_detector.engine.coco_eval import STAT_NAMES
 from sparse_detector.engine.evaluate import evaluate
-from sparse_detector.models.build import ATTENTION_SITES
+from sparse_detector.report import compare_markdown
+
+DETR_SITES = ["encoder_self", "decoder_self", "decoder_cross"]
 
 TINY = [
     "model.transformer.hidden_dim=32",
@@ -62,8 +64,8 @@ def analysis(run: tuple[Path, Config]) -> dict:
 def test_writes_json_csv_markdown_with_all_sites(run: tuple[Path, Config], analysis: dict):
     run_dir, _ = run
     assert {"analysis.json", "analysis.csv", "analysis.md"} <= {p.name for p in (run_dir / "analysis").iterdir()}
-    assert analysis["random_init"] is False and analysis["sites"] == list(ATTENTION_SITES)
-    assert set(analysis["attention"]["sites"]) == set(ATTENTION_SITES)
+    assert analysis["random_init"] is False and analysis["sites"] == DETR_SITES
+    assert list(analysis["attention"]["sites"]) == DETR_SITES
     assert analysis["attention"]["num_images"] == 5 and len(analysis["attention"]["per_image"]) == 5
     assert list(analysis["ap"]) == list(STAT_NAMES)
     with (run_dir / "analysis" / "analysis.csv").open() as f:
@@ -93,7 +95,8 @@ def test_metrics_in_valid_ranges(analysis: dict):
         assert info["num_heads"] == 4 and info["num_layers"] == (1 if site == "encoder_self" else 2)
         assert all(0.0 <= v < 1.0 for v in values(info["metrics"]["gini"]))
         assert all(0.0 <= v <= 1.0 for v in values(info["metrics"]["zeros_ratio"]))
-    paibb = attention["paibb"]["overall"]
+    assert [site for site, info in attention["sites"].items() if info["paibb"]] == ["decoder_cross"]
+    paibb = attention["sites"]["decoder_cross"]["paibb"]["overall"]
     assert sum(paibb["per_layer"]["count"]) > 0
     assert all(0.0 <= v <= 1.0 for v in values(paibb))
 
@@ -126,11 +129,13 @@ def test_sites_subset_records_only_that_site(run: tuple[Path, Config], tmp_path:
     assert main([*args, "--data", config.data.val.annotations, "--output", str(out)]) == 0
     record = read_record(out)
     assert record["sites"] == ["decoder_cross"] and list(record["attention"]["sites"]) == ["decoder_cross"]
-    assert record["attention"]["paibb"] is not None
+    assert record["attention"]["sites"]["decoder_cross"]["paibb"] is not None
+    bad = main([*args[:-2], "--sites", "decoder_nowhere", "--output", str(out)])
+    assert bad == 2  # an error naming the model's sites, no traceback
 
 
 def test_compare_marks_sites_a_run_did_not_record(analysis: dict):
-    cross_only = {**analysis, "attention": {**analysis["attention"], "sites": {}, "paibb": None}}
+    cross_only = {**analysis, "attention": {**analysis["attention"], "sites": {}}}
     cross_only["checkpoint"] = "runs/sparsemax/checkpoint_best.pt"
     table = compare_markdown([analysis, cross_only], ["gini", "paibb"])
     header, _, first, *_ = table.splitlines()

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from sparse_detector.config import ConfigError, dump_config, load_config
+from sparse_detector.models.registry import check_attention_config
+from sparse_detector.models.transformer import Transformer
 
 
 def test_defaults_are_official_detr():
@@ -58,3 +60,24 @@ def test_bad_files(tmp_path: Path):
         load_config(tmp_path / "loop.yaml")
     with pytest.raises(ConfigError, match="key.sub=value"):
         load_config(None, ["model.num_queries"])
+
+
+def test_attention_sites_are_a_mapping_checked_against_the_model():
+    config = load_config(None, ["model.attention.decoder_cross.activation=sparsemax"])
+    assert config.model.arch == "detr" and config.model.attention["decoder_cross"].activation == "sparsemax"
+    assert "decoder_cross:\n      activation: sparsemax" in dump_config(config)
+    with pytest.raises(ConfigError, match=r"model\.attention\.decoder_cross\.activaton"):
+        load_config(None, ["model.attention.decoder_cross.activaton=sparsemax"])
+    sites = {site.name: site for site in Transformer(d_model=8, nhead=2, dim_feedforward=8).attention_sites()}
+    site_error = r"model\.attention\.decoder_crosss: .*\['encoder_self', 'decoder_self', 'decoder_cross'\]"
+    map_error = (
+        r"decoder_self\.activation: tvmax .* keys of decoder_self are queries; .*'encoder_self', 'decoder_cross'"
+    )
+    cases = {
+        "decoder_crosss.activation=tvmax": site_error,
+        "decoder_self.activation=tvmax": map_error,
+        "decoder_self.activation=soft": r"model\.attention\.decoder_self\.activation: unknown map 'soft'",
+    }
+    for override, error in cases.items():
+        with pytest.raises(ConfigError, match=error):
+            check_attention_config(load_config(None, [f"model.attention.{override}"]).model.attention, sites)

@@ -12,8 +12,8 @@ import torch
 
 from sparse_detector.engine.checkpoint import load_checkpoint
 from sparse_detector.engine.distributed import DistributedContext, context_from_environment, first_slurm_host
-from sparse_detector.engine.logger import read_metrics
 from sparse_detector.engine.trainer import Trainer
+from sparse_detector.runs import read_metrics
 
 from .conftest import epoch_records, shapes_config, shapes_overrides
 

@@ -1,4 +1,5 @@
-"""The attention recorder on a small real DETR, and padding invariance of the metrics of its maps."""
+"""The attention recorder on a small real DETR (asking the model for its sites), and padding invariance of the
+metrics of its maps."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import pytest
 import torch
 
 from sparse_detector import build_criterion, build_model, load_config
-from sparse_detector.analysis import AttentionRecorder, MetricAggregator, compute_paibb, site_metrics, site_modules
+from sparse_detector.analysis import AttentionRecorder, MetricAggregator, compute_paibb, record_attention, site_metrics
 from sparse_detector.attention.base import KeyGrid
 from sparse_detector.attention.registry import available_activations
+from sparse_detector.attention.sites import GridRecord, QueriesRecord, model_sites
 from sparse_detector.data.batching import pad_images
-from sparse_detector.models.build import ATTENTION_SITES
+from sparse_detector.report import result_rows
 
 from .conftest import TINY_MODEL
 
@@ -21,26 +23,28 @@ def tiny_model(*extra: str) -> torch.nn.Module:
     return build_model(load_config(None, [*TINY_MODEL, *extra])).eval()
 
 
+def site_modules(model: torch.nn.Module, site: str) -> tuple:
+    return model_sites(model)[site].modules
+
+
 def all_modules(model: torch.nn.Module) -> list:
-    return [m for site in ATTENTION_SITES for m in site_modules(model, site)]
+    return [m for site in model.attention_sites() for m in site.modules]
 
 
 def assert_restored(model: torch.nn.Module) -> None:
-    assert not any(m.store_weights or m.stored_weights is not None for m in all_modules(model))
-    assert not model.transformer._forward_hooks
+    assert not any(m.recording for m in all_modules(model))
 
 
 @torch.no_grad()
 def test_records_only_requested_sites_with_right_shapes():
     model = tiny_model()
     with AttentionRecorder(model, sites=["decoder_cross"]) as recorder:
-        assert not any(
-            m.store_weights for m in site_modules(model, "encoder_self") + site_modules(model, "decoder_self")
-        )
+        assert not any(m.recording for m in site_modules(model, "encoder_self") + site_modules(model, "decoder_self"))
+        assert all(m.recording for m in site_modules(model, "decoder_cross"))
         model(IMAGES)
-        assert all(m.stored_weights is None for m in site_modules(model, "encoder_self"))
     assert_restored(model)
     assert set(recorder.maps) == {"decoder_cross"}
+    assert all(isinstance(record, GridRecord) for record in recorder.records["decoder_cross"])
     maps = recorder.maps["decoder_cross"]
     mask = pad_images(IMAGES).mask[:, ::32, ::32]  # the backbone's nearest downsampling at stride 32
     assert maps.padded_hw == (4, 5)
@@ -58,7 +62,8 @@ def test_all_sites_and_nothing_recorded_after_exit():
     with AttentionRecorder(model) as recorder:
         recorded = model(IMAGES)
     torch.testing.assert_close(recorded["pred_boxes"], plain["pred_boxes"])  # recording changes no output
-    assert set(recorder.maps) == set(ATTENTION_SITES)
+    assert list(recorder.maps) == [site.name for site in model.attention_sites()]
+    assert all(isinstance(record, QueriesRecord) for record in recorder.records["decoder_self"])
     encoder, decoder_self = recorder.maps["encoder_self"], recorder.maps["decoder_self"]
     assert [tuple(w.shape) for w in encoder.weights] == [(2, 4, 20, 20)]
     assert torch.equal(encoder.query_padding_mask, encoder.key_padding_mask)
@@ -77,8 +82,21 @@ def test_restores_on_exception():
             model(IMAGES)
         raise RuntimeError("boom")
     assert_restored(model)
-    with pytest.raises(ValueError, match="unknown attention site"):
+    with pytest.raises(ValueError, match=r"unknown attention site 'decoder_everything'.*encoder_self"):
         AttentionRecorder(model, sites=["decoder_everything"])
+
+
+@torch.no_grad()
+def test_record_attention_fills_the_typed_output_and_keeps_the_fused_path_off_otherwise(monkeypatch):
+    model = tiny_model()
+    outputs, maps = record_attention(model, IMAGES, sites=["decoder_self"])
+    assert list(outputs.attention) == ["decoder_self"] == list(maps)
+    assert len(outputs.attention["decoder_self"]) == 2 and "attention" in outputs
+    assert "attention" not in model(IMAGES)  # not asked for: not there
+    calls = []
+    monkeypatch.setattr(model.transformer.encoder.layers[0].self_attn.activation, "forward", calls.append)
+    model(IMAGES)  # softmax without recording takes the fused kernel, never the activation module
+    assert calls == []
 
 
 @pytest.mark.parametrize("activation", available_activations())
@@ -131,7 +149,7 @@ def test_metrics_of_real_maps_identical_alone_and_in_padded_batch():
     together.update(recorder.maps, targets, indices)
     separate.update(small, targets[:1], indices[:1])
     separate.update({site: maps.image(1) for site, maps in recorder.maps.items()}, targets[1:], indices[1:])
-    for row, reference in zip(together.to_rows(), separate.to_rows(), strict=True):
+    for row, reference in zip(result_rows(together.result()), result_rows(separate.result()), strict=True):
         assert (row["site"], row["metric"], row["count"]) == (
             reference["site"],
             reference["metric"],

@@ -17,9 +17,9 @@ import torch
 from sparse_detector import load_config
 from sparse_detector.cli import main
 from sparse_detector.engine.checkpoint import CheckpointError, load_checkpoint, run_checkpoints, verify_checkpoint
-from sparse_detector.engine.logger import read_metrics
 from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
 from sparse_detector.models.weights import CheckpointMismatchError
+from sparse_detector.runs import read_metrics
 
 from .conftest import epoch_records, shapes_config, shapes_overrides
 

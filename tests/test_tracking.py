@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from sparse_detector.engine.coco_eval import STAT_NAMES
-from sparse_detector.engine.logger import grouped_scalars, read_metrics
+from sparse_detector.engine.logger import grouped_scalars
 from sparse_detector.engine.trainer import Trainer, parameter_counts
-from sparse_detector.models.build import build_model
+from sparse_detector.models import build_model
+from sparse_detector.runs import read_metrics
 
 from .conftest import shapes_config
 

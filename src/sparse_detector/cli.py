@@ -14,20 +14,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .attention.sites import select_sites
 from .config import Config, dump_config, load_config, override_config
 from .data import generate_shapes, generate_shapes_splits, make_transforms, voc_to_coco
 from .data.build import build_dataset, build_loader
-from .engine.analyze import (
-    COMPARE_METRICS,
-    DEFAULT_COMPARE_METRICS,
-    analysis_markdown,
-    analyze,
-    compare_markdown,
-    default_output_dir,
-    find_analyses,
-    load_analysis_model,
-    write_analysis,
-)
+from .engine.analyze import analyze, load_analysis_model
 from .engine.checkpoint import run_checkpoints
 from .engine.coco_eval import format_table
 from .engine.device import resolve_device
@@ -35,8 +26,10 @@ from .engine.distributed import context_from_environment, shutdown_distributed
 from .engine.evaluate import evaluate
 from .engine.inference import category_id, category_name, load_trained_model
 from .engine.trainer import StoppedAtOnce, Trainer
-from .models.build import ATTENTION_SITES, build_criterion
+from .models import build_criterion
 from .models.postprocess import PostProcess
+from .report import COMPARE_METRICS, DEFAULT_COMPARE_METRICS, analysis_markdown, compare_markdown, write_analysis
+from .runs import CONFIG_FILE, EVAL_FILE, analysis_dir, read_analyses
 from .viz.boxes import draw_boxes
 
 log = logging.getLogger("sparse_detector")
@@ -62,7 +55,7 @@ def _train(args: argparse.Namespace) -> int:
         resume_dir = Path(args.resume) if args.resume else None
     if resume_dir is not None:
         run_dir = resume_dir
-        config = load_config(run_dir / "config.yaml", args.set)
+        config = load_config(run_dir / CONFIG_FILE, args.set)
     else:
         config = load_config(args.config, args.set)
         run_dir = Path(output_dir or config.train.output_dir)
@@ -102,8 +95,13 @@ def _evaluation_config(config: Config, args: argparse.Namespace) -> Config:
     return override_config(config, overrides)
 
 
+def _official_options(args: argparse.Namespace) -> dict:
+    """How to read an --official checkpoint (through the model registry)."""
+    return {"arch": args.arch, "nheads": args.nheads, "dilation": args.dilation} if args.official else {}
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    loaded = load_trained_model(args.checkpoint, official=args.official, nheads=args.nheads, dilation=args.dilation)
+    loaded = load_trained_model(args.checkpoint, official=args.official, **_official_options(args))
     config = _evaluation_config(loaded.config, args)
     device = resolve_device(args.device)
     dataset = build_dataset(config, "val")
@@ -112,7 +110,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print(f"{loaded.source} on {dataset.annotation_file} ({len(dataset)} images)")
     print(format_table(stats))
-    output = Path(args.output) if args.output else loaded.source.parent / "eval.json"
+    output = Path(args.output) if args.output else loaded.source.parent / EVAL_FILE
     output.write_text(
         json.dumps({"checkpoint": str(loaded.source), "data": str(dataset.annotation_file), **stats}, indent=2)
     )
@@ -122,12 +120,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     loaded = load_analysis_model(
-        args.checkpoint, args.official, args.nheads, args.dilation, random_init=args.random_init, seed=args.seed
+        args.checkpoint, args.official, random_init=args.random_init, seed=args.seed, **_official_options(args)
     )
     config = _evaluation_config(loaded.config, args)
     device = resolve_device(args.device)
     dataset = build_dataset(config, "val")
-    sites = list(dict.fromkeys(args.sites))
+    sites = [site.name for site in select_sites(loaded.model, args.sites)]  # an unknown name lists the model's
     stats, aggregator = analyze(
         loaded.model.to(device),
         build_criterion(config).matcher,
@@ -148,7 +146,7 @@ def _analyze(args: argparse.Namespace) -> int:
         "ap": stats,
         "attention": aggregator.result(),
     }
-    output = Path(args.output) if args.output else default_output_dir(loaded.source, args.random_init)
+    output = Path(args.output) if args.output else analysis_dir(loaded.source, args.random_init)
     print(analysis_markdown(record))
     for path in write_analysis(record, output):
         print(f"written: {path}")
@@ -156,7 +154,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    records = [json.loads(path.read_text()) for path in find_analyses(args.inputs)]
+    records = read_analyses(args.inputs)
     table = compare_markdown(records, args.metrics)
     print(table)
     if args.output:
@@ -181,7 +179,7 @@ def _image_files(inputs: Sequence[str]) -> list[Path]:
 
 @torch.no_grad()
 def _predict(args: argparse.Namespace) -> int:
-    loaded = load_trained_model(args.checkpoint, official=args.official, nheads=args.nheads, dilation=args.dilation)
+    loaded = load_trained_model(args.checkpoint, official=args.official, **_official_options(args))
     data = loaded.config.data
     transforms = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
     device = resolve_device(args.device)
@@ -270,7 +268,8 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
-    parser.add_argument("--official", action="store_true", help="the checkpoint is an official DETR one (COCO ids)")
+    parser.add_argument("--official", action="store_true", help="the checkpoint is an official one (COCO ids)")
+    parser.add_argument("--arch", default="detr", help="registered model (model.arch) of an --official checkpoint")
     parser.add_argument("--nheads", type=int, default=8, help="attention heads of an official checkpoint")
     parser.add_argument("--dilation", action="store_true", help="an official DC5 checkpoint")
     parser.add_argument("--device", default="auto")
@@ -331,9 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument(
         "--sites",
         nargs="+",
-        choices=ATTENTION_SITES,
-        default=list(ATTENTION_SITES),
-        help="attention sites to record (default: all; PAIBB needs decoder_cross)",
+        help="attention sites to record (default: all the model's sites; PAIBB needs a site of object queries over "
+        "the feature grid)",
     )
     an.add_argument(
         "--random-init", action="store_true", help="same architecture with fresh weights (untrained baseline)"

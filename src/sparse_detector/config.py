@@ -53,21 +53,17 @@ class AttentionSiteConfig:
 
 
 @dataclass
-class AttentionConfig:
-    encoder_self: AttentionSiteConfig = field(default_factory=AttentionSiteConfig)
-    decoder_self: AttentionSiteConfig = field(default_factory=AttentionSiteConfig)
-    decoder_cross: AttentionSiteConfig = field(default_factory=AttentionSiteConfig)
-
-
-@dataclass
 class ModelConfig:
+    arch: str = "detr"  # the registered model builder (sparse_detector.models.available_models())
     num_classes: int = 91  # class_embed has num_classes + 1 outputs (the last is "no object")
     num_queries: int = 100
     aux_loss: bool = True
     position_embedding: str = "sine"  # sine | learned
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
-    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    # One entry per attention site of the model, by the site's name (e.g. encoder_self, decoder_self,
+    # decoder_cross for DETR); sites not named use the defaults (softmax). Checked against the built model's sites.
+    attention: dict[str, AttentionSiteConfig] = field(default_factory=dict)
 
 
 @dataclass
@@ -184,7 +180,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
+        key_type, value_type = typing.get_args(tp) or (Any, Any)
+        return {_convert(k, key_type, key): _convert(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):

@@ -6,24 +6,27 @@
       "num_images": int,
       "support_mass": float,                        # mass fraction of support_90
       "sites": {site: {
+          "keys": "grid" | "queries" | "points",    # what the site's keys and queries are (the model's declaration)
+          "queries": "grid" | "queries",
           "num_layers": L, "num_heads": H,
           "zero_threshold": float,                  # zeros ratio counts keys with p <= this
           "metrics": {metric: {"per_head": STATS(L, H), "per_layer": STATS(L)}},
+          "paibb": None | {                         # sites of object queries over the grid, matched pairs
+              "overall": {"per_head": STATS(L, H), "per_layer": STATS(L)},
+              "by_size": {"small" | "medium" | "large": {"per_head": ..., "per_layer": ...}},
+          },
       }},
-      "paibb": None | {                             # decoder cross attention, Hungarian-matched pairs
-          "overall": {"per_head": STATS(L, H), "per_layer": STATS(L)},
-          "by_size": {"small" | "medium" | "large": {"per_head": ..., "per_layer": ...}},
-      },
       "per_image": [RECORD, ...],                   # only with keep_per_image=True
     }
 
 ``STATS(shape)`` is ``{"mean": nested list, "std": nested list, "count": nested list}`` with ``None`` for mean and
 std where the count is 0; std is the population standard deviation. Layers are numbered from 0. For the sparsity
 metrics ``per_layer`` pools the maps of all heads; for PAIBB it is the PAIBB of the head-averaged map (same mean,
-std over matched pairs). Sites are ``encoder_self``, ``decoder_self``, ``decoder_cross``; metrics are ``METRICS``.
+std over matched pairs). Sites are the model's; metrics are ``METRICS``.
 
 ``RECORD`` is ``{"index": n-th image seen, "image_id": int | None, "metrics": {site: {metric: [per layer mean over
-heads and queries]}}, "paibb": [{"query_index", "target_index", "size", "per_layer": [head-averaged PAIBB]}]}``.
+heads and queries]}}, "paibb": {site: [{"query_index", "target_index", "size", "per_layer": [head-averaged
+PAIBB]}]}}``. Tables of a result are made by :mod:`sparse_detector.report`.
 """
 
 from __future__ import annotations
@@ -35,12 +38,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..models.matcher import MatchIndices
+from .maps import AttentionMaps
 from .metrics import DENSE_ZERO_THRESHOLD, site_metrics
-from .paibb import SIZE_BUCKETS, compute_paibb
-from .recorder import AttentionMaps
-
-PAIBB_SITE = "decoder_cross"
+from .paibb import SIZE_BUCKETS, MatchIndices, compute_paibb, takes_paibb
 
 
 @dataclass
@@ -122,8 +122,10 @@ class MetricAggregator:
         self.num_images = 0
         self.zero_thresholds: dict[str, float] = {}
         self.per_image: list[dict[str, Any]] = []
+        self.kinds: dict[str, dict[str, str]] = {}  # site -> {"keys": ..., "queries": ...}
         self._metrics: dict[str, dict[str, RunningStats]] = {}  # site -> metric -> (layers, heads)
-        self._paibb: dict[str, RunningStats] = {}  # per_head: (buckets, layers, heads); per_layer: (buckets, layers)
+        # site -> per_head: (buckets, layers, heads); per_layer: (buckets, layers)
+        self._paibb: dict[str, dict[str, RunningStats]] = {}
 
     def _threshold(self, maps: AttentionMaps) -> float:
         if self.zero_threshold is not None:
@@ -136,7 +138,8 @@ class MetricAggregator:
         targets: Sequence[Mapping[str, Tensor]] | None = None,
         indices: MatchIndices | None = None,
     ) -> None:
-        """Add one batch: the recorder's ``maps`` and, for PAIBB, the targets with their matching ``indices``."""
+        """Add one batch: the recorder's ``maps`` and, for PAIBB (at every site that takes it), the targets with
+        their matching ``indices``."""
         if (targets is None) != (indices is None):
             raise ValueError("PAIBB needs both targets and the matcher's indices")
         batch = next(iter(maps.values())).weights[0].shape[0]
@@ -144,6 +147,7 @@ class MetricAggregator:
         for site, site_maps in maps.items():
             threshold = self._threshold(site_maps)
             self.zero_thresholds[site] = threshold
+            self.kinds[site] = {"keys": str(site_maps.keys), "queries": str(site_maps.queries)}
             query_mask = site_maps.query_padding_mask
             include = None if query_mask is None else ~query_mask[None, :, None, :]
             store = self._metrics.setdefault(site, {})
@@ -156,18 +160,23 @@ class MetricAggregator:
                     for record, layer_means in zip(records, image_means.T.tolist(), strict=True):
                         record["metrics"].setdefault(site, {})[name] = layer_means
         if targets is not None and indices is not None:
-            if PAIBB_SITE not in maps:
-                raise ValueError(f"PAIBB needs the {PAIBB_SITE} maps; record that site")
-            self._add_paibb(maps[PAIBB_SITE], targets, indices, records)
+            paibb_sites = [site for site, site_maps in maps.items() if takes_paibb(site_maps)]
+            if not paibb_sites:
+                raise ValueError(
+                    f"PAIBB needs the maps of a site of object queries over the feature grid; got only {list(maps)}"
+                )
+            for site in paibb_sites:
+                self._add_paibb(site, maps[site], targets, indices, records)
         self.per_image.extend(records)
         self.num_images += batch
 
     def _new_record(self, index: int, targets: Sequence[Mapping[str, Tensor]] | None) -> dict[str, Any]:
         image_id = int(targets[index]["image_id"]) if targets is not None and "image_id" in targets[index] else None
-        return {"index": self.num_images + index, "image_id": image_id, "metrics": {}, "paibb": []}
+        return {"index": self.num_images + index, "image_id": image_id, "metrics": {}, "paibb": {}}
 
     def _add_paibb(
         self,
+        site: str,
         maps: AttentionMaps,
         targets: Sequence[Mapping[str, Tensor]],
         indices: MatchIndices,
@@ -176,8 +185,9 @@ class MetricAggregator:
         matched = compute_paibb(maps, targets, indices)
         buckets = torch.arange(len(SIZE_BUCKETS), device=matched.size_bucket.device)
         in_bucket = matched.size_bucket[None, :] == buckets[:, None]  # (buckets, M)
-        _merge_into(self._paibb, "per_head", RunningStats.of(matched.values[None], (2,), in_bucket[:, None, :, None]))
-        _merge_into(self._paibb, "per_layer", RunningStats.of(matched.head_mean[None], (2,), in_bucket[:, None, :]))
+        store = self._paibb.setdefault(site, {})
+        _merge_into(store, "per_head", RunningStats.of(matched.values[None], (2,), in_bucket[:, None, :, None]))
+        _merge_into(store, "per_layer", RunningStats.of(matched.head_mean[None], (2,), in_bucket[:, None, :]))
         if records:
             columns = zip(
                 matched.image_index.tolist(),
@@ -188,7 +198,7 @@ class MetricAggregator:
                 strict=True,
             )
             for image, query, target, bucket, per_layer in columns:
-                records[image]["paibb"].append(
+                records[image]["paibb"].setdefault(site, []).append(
                     {"query_index": query, "target_index": target, "size": SIZE_BUCKETS[bucket], "per_layer": per_layer}
                 )
 
@@ -197,9 +207,11 @@ class MetricAggregator:
         for site, metrics in other._metrics.items():
             for name, stats in metrics.items():
                 _merge_into(self._metrics.setdefault(site, {}), name, stats)
-        for name, stats in other._paibb.items():
-            _merge_into(self._paibb, name, stats)
+        for site, paibb in other._paibb.items():
+            for name, stats in paibb.items():
+                _merge_into(self._paibb.setdefault(site, {}), name, stats)
         self.zero_thresholds.update(other.zero_thresholds)
+        self.kinds.update(other.kinds)
         self.per_image.extend({**record, "index": record["index"] + self.num_images} for record in other.per_image)
         self.num_images += other.num_images
 
@@ -209,6 +221,7 @@ class MetricAggregator:
         for site, metrics in self._metrics.items():
             num_layers, num_heads = next(iter(metrics.values())).count.shape
             sites[site] = {
+                **self.kinds[site],
                 "num_layers": num_layers,
                 "num_heads": num_heads,
                 "zero_threshold": self.zero_thresholds[site],
@@ -216,90 +229,20 @@ class MetricAggregator:
                     name: {"per_head": stats.to_dict(), "per_layer": stats.reduce(1).to_dict()}
                     for name, stats in metrics.items()
                 },
+                "paibb": _paibb_result(self._paibb[site]) if site in self._paibb else None,
             }
-        paibb = None
-        if self._paibb:
-            per_head, per_layer = self._paibb["per_head"], self._paibb["per_layer"]
-            paibb = {
-                "overall": {"per_head": per_head.reduce(0).to_dict(), "per_layer": per_layer.reduce(0).to_dict()},
-                "by_size": {
-                    bucket: {
-                        "per_head": per_head[i].to_dict(),
-                        "per_layer": per_layer[i].to_dict(),
-                    }
-                    for i, bucket in enumerate(SIZE_BUCKETS)
-                },
-            }
-        out: dict[str, Any] = {
-            "num_images": self.num_images,
-            "support_mass": self.support_mass,
-            "sites": sites,
-            "paibb": paibb,
-        }
+        out: dict[str, Any] = {"num_images": self.num_images, "support_mass": self.support_mass, "sites": sites}
         if self.keep_per_image:
             out["per_image"] = self.per_image
         return out
 
-    def to_rows(self) -> list[dict[str, Any]]:
-        return result_rows(self.result())
 
-    def to_markdown(self) -> str:
-        return result_markdown(self.result())
-
-
-def _stats_rows(site: str, metric: str, block: Mapping[str, Any]) -> list[dict[str, Any]]:
-    per_head, per_layer = block["per_head"], block["per_layer"]
-    rows = []
-    for layer, heads in enumerate(per_head["mean"]):
-        for head in range(len(heads)):
-            stats = {key: per_head[key][layer][head] for key in ("mean", "std", "count")}
-            rows.append({"site": site, "layer": layer, "head": head, "metric": metric, **stats})
-        stats = {key: per_layer[key][layer] for key in ("mean", "std", "count")}
-        rows.append({"site": site, "layer": layer, "head": "mean", "metric": metric, **stats})
-    return rows
-
-
-def paibb_blocks(paibb: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
-    """PAIBB statistics by metric name: ``paibb`` (all pairs) and ``paibb_<size>``."""
-    if paibb is None:
-        return {}
-    return {"paibb": paibb["overall"], **{f"paibb_{size}": block for size, block in paibb["by_size"].items()}}
-
-
-def result_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Flat rows (site, layer, head, metric, mean, std, count) of a ``result()``, for CSV; head is ``"mean"`` for
-    the head-pooled (sparsity metrics) or head-averaged (PAIBB) reading of a layer."""
-    rows = []
-    for site, info in result["sites"].items():
-        for metric, block in info["metrics"].items():
-            rows.extend(_stats_rows(site, metric, block))
-    for metric, block in paibb_blocks(result["paibb"]).items():
-        rows.extend(_stats_rows(PAIBB_SITE, metric, block))
-    return rows
-
-
-def format_mean_std(block: Mapping[str, Any], layer: int) -> str:
-    mean, std = block["per_layer"]["mean"][layer], block["per_layer"]["std"][layer]
-    return "–" if mean is None else f"{mean:.3f} ± {std:.3f}"
-
-
-def result_markdown(result: Mapping[str, Any]) -> str:
-    """Markdown table of a ``result()``: one row per site and layer, head-averaged mean ± std of every metric."""
-    metrics = list(dict.fromkeys(m for info in result["sites"].values() for m in info["metrics"]))
-    paibb = paibb_blocks(result["paibb"])
-    header = ["site", "layer", *metrics, *paibb]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for site, info in result["sites"].items():
-        for layer in range(info["num_layers"]):
-            cells = [site, str(layer)]
-            cells += [format_mean_std(info["metrics"][m], layer) if m in info["metrics"] else "–" for m in metrics]
-            cells += [format_mean_std(block, layer) if site == PAIBB_SITE else "–" for block in paibb.values()]
-            lines.append("| " + " | ".join(cells) + " |")
-    thresholds = ", ".join(f"{site} {info['zero_threshold']:g}" for site, info in result["sites"].items())
-    lines += [
-        "",
-        f"Mean ± std (population) over all query maps of {result['num_images']} images, heads pooled; zeros ratio "
-        f"threshold: {thresholds}; support_90 at mass {result['support_mass']:g}. PAIBB: head-averaged maps of "
-        "Hungarian-matched queries (COCO size buckets by box area).",
-    ]
-    return "\n".join(lines)
+def _paibb_result(stats: Mapping[str, RunningStats]) -> dict[str, Any]:
+    per_head, per_layer = stats["per_head"], stats["per_layer"]
+    return {
+        "overall": {"per_head": per_head.reduce(0).to_dict(), "per_layer": per_layer.reduce(0).to_dict()},
+        "by_size": {
+            bucket: {"per_head": per_head[i].to_dict(), "per_layer": per_layer[i].to_dict()}
+            for i, bucket in enumerate(SIZE_BUCKETS)
+        },
+    }

@@ -1,4 +1,7 @@
-"""PAIBB: the proportion of a matched query's decoder cross-attention that falls inside its ground-truth box.
+"""PAIBB: the proportion of a matched object query's attention that falls inside its ground-truth box.
+
+It is read at every site whose queries are the object queries and whose keys are the feature grid
+(``takes_paibb``).
 
 The attention map lives on the feature grid. A box, normalised (cx, cy, w, h) relative to the image's valid
 (unpadded) region, is laid on the image's valid h x w grid, where cell (i, j) covers [j/w, (j+1)/w] x [i/h, (i+1)/h];
@@ -14,8 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..models.matcher import MatchIndices
-from .recorder import AttentionMaps
+from .maps import AttentionMaps
+
+MatchIndices = Sequence[tuple[Tensor, Tensor]]
+"""A matcher's output: per image, the matched query indices and target indices."""
 
 SIZE_BUCKETS = ("small", "medium", "large")
 SMALL_MAX_AREA = 32**2  # COCO: small < 32^2 <= medium < 96^2 <= large (pixels of the original image)
@@ -70,11 +75,19 @@ class MatchedPaibb:
         return self.values.mean(-1)
 
 
+def takes_paibb(maps: AttentionMaps) -> bool:
+    """Whether PAIBB is read at a site: object queries attending over the feature grid."""
+    return maps.queries == "queries" and maps.keys == "grid"
+
+
 def compute_paibb(maps: AttentionMaps, targets: Sequence[Mapping[str, Tensor]], indices: MatchIndices) -> MatchedPaibb:
-    """PAIBB of decoder cross-attention ``maps`` for the Hungarian matching ``indices`` (the model's matcher output:
-    per image, query indices and target indices). ``targets`` need ``boxes`` and ``orig_size`` (h, w)."""
-    if maps.grid_hw is None or maps.padded_hw is None:
-        raise ValueError("PAIBB needs maps whose keys are the feature grid (decoder_cross)")
+    """PAIBB of ``maps`` (object queries over the feature grid) for the Hungarian matching ``indices`` (the
+    model's matcher output). ``targets`` need ``boxes`` and ``orig_size`` (h, w)."""
+    if not takes_paibb(maps) or maps.grid_hw is None or maps.padded_hw is None:
+        raise ValueError(
+            f"PAIBB needs maps of object queries over the feature grid; these have {maps.queries} queries over "
+            f"{maps.keys} keys"
+        )
     device = maps.weights[0].device
     image_index = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)]).to(device)
     query_index = torch.cat([q for q, _ in indices]).to(device)

@@ -39,6 +39,8 @@ class AttentionActivation(nn.Module):
 
     #: Softmax maps let the attention module use the fused ``scaled_dot_product_attention``.
     is_softmax: bool = False
+    #: Maps that need the keys' 2-D layout (``key_grid``): only sites whose keys are the feature grid take them.
+    needs_key_grid: bool = False
 
     def forward(
         self, scores: Tensor, key_padding_mask: Tensor | None = None, key_grid: KeyGrid | None = None

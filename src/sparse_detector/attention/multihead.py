@@ -2,6 +2,10 @@
 
 Parameter names equal ``torch.nn.MultiheadAttention`` (``in_proj_weight``, ``in_proj_bias``, ``out_proj``) so
 official DETR checkpoints load unchanged. Tensors are batch-first: (B, L, E).
+
+The module is a :class:`~sparse_detector.attention.sites.RecordingModule`: while a recorder listens it emits a
+:class:`GridRecord` (keys on the feature grid, ``key_grid`` given) or a :class:`QueriesRecord` per call. Softmax
+without recording and without ``need_weights`` runs through the fused ``scaled_dot_product_attention``.
 """
 
 from __future__ import annotations
@@ -14,14 +18,14 @@ from torch import Tensor, nn
 
 from .base import AttentionActivation, KeyGrid
 from .registry import Softmax
+from .sites import AttentionRecord, GridRecord, QueriesRecord, RecordingModule
 
 
-class MultiheadAttention(nn.Module):
+class MultiheadAttention(RecordingModule):
     """Scaled dot-product attention whose score-to-weight map is ``activation``.
 
-    Per-head weights (B, H, Lq, Lk) are returned with ``need_weights=True``; setting ``store_weights = True``
-    keeps the last ones in ``stored_weights`` (used by the attention recorder). Softmax without weights runs
-    through the fused ``scaled_dot_product_attention``.
+    Per-head weights (B, H, Lq, Lk) are returned with ``need_weights=True``. ``store_weights = True`` is the
+    simplest recorder: it keeps the weights of the last call in ``stored_weights``.
     """
 
     def __init__(
@@ -42,9 +46,19 @@ class MultiheadAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim))
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         self.activation = activation if activation is not None else Softmax()
-        self.store_weights = False
         self.stored_weights: Tensor | None = None
         self._reset_parameters()
+
+    @property
+    def store_weights(self) -> bool:
+        return self._sink == self._store
+
+    @store_weights.setter
+    def store_weights(self, on: bool) -> None:
+        self.record_to(self._store if on else None)
+
+    def _store(self, record: AttentionRecord) -> None:
+        self.stored_weights = record.key_weights()
 
     def _reset_parameters(self) -> None:
         # Same initialisation as torch.nn.MultiheadAttention.
@@ -67,22 +81,40 @@ class MultiheadAttention(nn.Module):
         key_padding_mask: Tensor | None = None,
         key_grid: KeyGrid | None = None,
         need_weights: bool = False,
+        query_padding_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """``query`` (B, Lq, E), ``key``/``value`` (B, Lk, E), ``key_padding_mask`` (B, Lk) True = padding."""
+        """``query`` (B, Lq, E), ``key``/``value`` (B, Lk, E), ``key_padding_mask`` (B, Lk) True = padding.
+
+        ``key_grid``: the keys' layout when they are the feature grid; ``query_padding_mask`` (B, Lq): padded
+        queries when the queries are grid cells too — both only describe the record (TVMax reads the grid)."""
         q = self._split_heads(query, 0)
         k = self._split_heads(key, 1)
         v = self._split_heads(value, 2)
         dropout_p = self.dropout if self.training else 0.0
         weights = None
-        if self.activation.is_softmax and not (need_weights or self.store_weights):
+        if self.activation.is_softmax and not (need_weights or self.recording):
             attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
         else:
             scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
             weights = self.activation(scores, key_padding_mask, key_grid)
             out = F.dropout(weights, dropout_p, self.training) @ v
-        if self.store_weights:
-            self.stored_weights = weights.detach()
+        if self.recording:
+            self.emit(self._record(weights.detach(), key_padding_mask, key_grid, query_padding_mask))
         batch, length = query.shape[:2]
         out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
         return out, weights if need_weights else None
+
+    def _record(
+        self,
+        weights: Tensor,
+        key_padding_mask: Tensor | None,
+        key_grid: KeyGrid | None,
+        query_padding_mask: Tensor | None,
+    ) -> AttentionRecord:
+        dense = self.activation.is_softmax
+        if key_grid is None:
+            return QueriesRecord(weights, dense=dense, key_padding_mask=key_padding_mask)
+        if key_padding_mask is None:
+            key_padding_mask = weights.new_zeros(weights.shape[0], weights.shape[-1], dtype=torch.bool)
+        return GridRecord(weights, key_padding_mask, key_grid, query_padding_mask, dense)

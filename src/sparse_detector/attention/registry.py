@@ -48,6 +48,11 @@ def available_activations() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def needs_key_grid(name: str) -> bool:
+    """Whether the activation ``name`` needs keys laid out on the feature grid (TVMax)."""
+    return bool(getattr(_REGISTRY.get(name), "needs_key_grid", False))
+
+
 def get_activation(name: str, **kwargs) -> AttentionActivation:
     """Instantiate an activation by name; ``kwargs`` go to its constructor (e.g. ``num_heads``, ``lam``)."""
     try:

@@ -189,6 +189,8 @@ def tvmax(x: Tensor, grid_hw: tuple[int, int], lam: float, dim: int = -1, mask: 
 class TVMax(AttentionActivation):
     """TVMax over the keys laid out on the feature grid given by ``key_grid`` (required)."""
 
+    needs_key_grid = True
+
     def __init__(self, lam: float = 0.1) -> None:
         super().__init__()
         if lam < 0:

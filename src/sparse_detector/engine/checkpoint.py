@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
+from ..runs import LAST_CHECKPOINT
+
 RECORD_SUFFIX = ".meta.json"  # beside each checkpoint: size, sha256, epoch, step, whether the epoch was complete
 _EPOCH_FILE = re.compile(r"checkpoint_epoch(\d+)\.pt$")
 
@@ -131,7 +132,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def run_checkpoints(run_dir: Path) -> list[CheckpointRecord]:
     """The run's resumable checkpoints (last and numbered; not best), newest first by (epoch, step)."""
-    paths = [run_dir / LAST, *run_dir.glob("checkpoint_epoch*.pt")]
+    paths = [run_dir / LAST_CHECKPOINT, *run_dir.glob("checkpoint_epoch*.pt")]
     records = []
     for path in paths:
         if not path.is_file():
@@ -158,7 +159,7 @@ def newest_valid_checkpoint(run_dir: str | Path, warn: Any = print) -> Path | No
 def rotate_last(run_dir: Path) -> None:
     """Before a new ``checkpoint_last.pt`` is written: keep the current one as a numbered checkpoint when it closed
     an epoch (a mid-epoch one is superseded by the new one)."""
-    last = run_dir / LAST
+    last = run_dir / LAST_CHECKPOINT
     record = read_record(last)
     if record is None or not record.epoch_complete or verify_checkpoint(last) is not None:
         return

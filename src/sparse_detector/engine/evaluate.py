@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from ..data.batching import PaddedBatch
 from ..models.criterion import SetCriterion
-from ..models.detr import DetrOutput
+from ..models.outputs import DetectionOutput
 from ..models.postprocess import PostProcess
 from .coco_eval import CocoEvaluator
 
@@ -31,7 +31,7 @@ def label_to_category_map(label_map: Mapping) -> dict[int, int] | None:
 @torch.no_grad()
 def evaluation_batches(
     model: nn.Module, loader: DataLoader, device: torch.device, evaluator: CocoEvaluator, progress: bool = False
-) -> Iterator[tuple[DetrOutput, list[dict[str, Tensor]]]]:
+) -> Iterator[tuple[DetectionOutput, list[dict[str, Tensor]]]]:
     """Run ``model`` on every batch of ``loader`` and feed its post-processed predictions to ``evaluator``;
     yields each batch's raw outputs and its targets (on ``device``) for further per-batch readings."""
     postprocess = PostProcess()

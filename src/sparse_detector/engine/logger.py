@@ -1,5 +1,8 @@
 """Run logging: one JSON object per line in ``metrics.jsonl`` (always), mirrored to TensorBoard and Weights & Biases
-under grouped names, all with the same global step (optimiser steps taken)."""
+under grouped names, all with the same global step (optimiser steps taken).
+
+Reading the log back is ``sparse_detector.runs.read_metrics``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..runs import METRICS_FILE
 from .coco_eval import STAT_NAMES
 
 #: Scalars of a training step shown first (``train-main-metrics/``); the other losses go to ``train-metrics/``.
@@ -84,7 +88,7 @@ class MetricsLogger:
         enabled: bool = True,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / "metrics.jsonl"
+        self.path = self.run_dir / METRICS_FILE
         self.enabled = enabled
         self._tensorboard = self._wandb = None
         if not enabled:
@@ -144,8 +148,3 @@ def _start_wandb(run_dir: Path, project: str, mode: str, config: dict) -> Any:
         config=config,
         settings=wandb.Settings(console="off", x_disable_stats=True),
     )
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

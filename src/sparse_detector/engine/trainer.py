@@ -23,11 +23,10 @@ from tqdm import tqdm
 from ..config import Config, config_to_dict, dump_config
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection
-from ..models.build import build_criterion, build_model
+from ..models import build_criterion, build_model
 from ..models.weights import CheckpointMismatchError, read_state_dict
+from ..runs import BEST_CHECKPOINT, CONFIG_FILE, EVAL_FILE, LAST_CHECKPOINT, METRICS_FILE, read_metrics
 from .checkpoint import (
-    BEST,
-    LAST,
     load_checkpoint,
     newest_valid_checkpoint,
     prune_checkpoints,
@@ -47,7 +46,7 @@ from .distributed import (
     mean_across_ranks,
 )
 from .evaluate import evaluate, targets_to
-from .logger import MAIN_TRAIN_METRICS, MetricsLogger, read_metrics
+from .logger import MAIN_TRAIN_METRICS, MetricsLogger
 from .optim import apply_configured_settings, build_optimizer, build_scheduler, group_settings
 
 log = logging.getLogger(__name__)
@@ -152,7 +151,7 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         train = config.train
-        if not resume and (self.run_dir / LAST).exists():
+        if not resume and (self.run_dir / LAST_CHECKPOINT).exists():
             raise FileExistsError(
                 f"run directory {self.run_dir} already holds a checkpoint; continue it with --resume {self.run_dir} "
                 "(or --resume auto) or choose another --output-dir"
@@ -195,7 +194,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         resume_changes = self._resume() if resume else []
         if self.dist.is_main:
-            (self.run_dir / "config.yaml").write_text(dump_config(config))
+            (self.run_dir / CONFIG_FILE).write_text(dump_config(config))
         barrier()
         self.logger = MetricsLogger(
             self.run_dir,
@@ -267,7 +266,7 @@ class Trainer:
         set_rng_state(ranks[self.dist.rank] if len(ranks) == self.dist.world_size else state["rng"])
         self.last_checkpoint = path
         # Records written after the checkpoint (a run killed before its next one) are dropped: that work is redone.
-        metrics = self.run_dir / "metrics.jsonl"
+        metrics = self.run_dir / METRICS_FILE
         if metrics.exists() and self.dist.is_main:
             kept = [
                 r
@@ -309,7 +308,7 @@ class Trainer:
         state = self._state()
         if self.dist.is_main:
             rotate_last(self.run_dir)
-            save_checkpoint(self.run_dir / LAST, state, epoch_complete=not self.epoch_progress)
+            save_checkpoint(self.run_dir / LAST_CHECKPOINT, state, epoch_complete=not self.epoch_progress)
             train, optim = self.config.train, self.config.optim
             keep = [
                 e
@@ -318,8 +317,8 @@ class Trainer:
             ]
             prune_checkpoints(self.run_dir, train.keep_last, keep)
             if best:
-                save_checkpoint(self.run_dir / BEST, state)
-        self.last_checkpoint = self.run_dir / LAST
+                save_checkpoint(self.run_dir / BEST_CHECKPOINT, state)
+        self.last_checkpoint = self.run_dir / LAST_CHECKPOINT
         barrier()
 
     # ------------------------------------------------------------------------------------------------------------
@@ -527,6 +526,6 @@ class Trainer:
                     break
         self.logger.close()
         if last_eval and self.dist.is_main:
-            (self.run_dir / "eval.json").write_text(json.dumps(last_eval, indent=2))
+            (self.run_dir / EVAL_FILE).write_text(json.dumps(last_eval, indent=2))
             print(format_table(last_eval))
         return last_eval

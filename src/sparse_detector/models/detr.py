@@ -1,4 +1,7 @@
-"""DETR: backbone -> transformer -> class and box heads (facebookresearch/detr semantics and names)."""
+"""DETR: backbone -> transformer -> class and box heads (facebookresearch/detr semantics and names).
+
+Registered as ``model.arch: detr``; its attention sites are the transformer's (see ``transformer.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,16 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attention.sites import AttentionSite
+from ..config import Config
 from ..data.batching import PaddedBatch, as_padded_batch
-from .backbone import Joiner
+from .backbone import Backbone, Joiner
+from .build import build_activation
+from .outputs import DetectionOutput
+from .position_encoding import build_position_encoding
+from .registry import register_model
 from .transformer import Transformer
-
-DetrOutput = dict  # {"pred_logits": (B, Q, C+1), "pred_boxes": (B, Q, 4) cxcywh in [0, 1], "aux_outputs": [...]}
+from .weights import infer_official_config
 
 
 class MLP(nn.Module):
@@ -57,7 +65,10 @@ class DETR(nn.Module):
         self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1)
         self.backbone = backbone
 
-    def forward(self, images: PaddedBatch | Tensor | Sequence[Tensor], mask: Tensor | None = None) -> DetrOutput:
+    def attention_sites(self) -> tuple[AttentionSite, ...]:
+        return self.transformer.attention_sites()
+
+    def forward(self, images: PaddedBatch | Tensor | Sequence[Tensor], mask: Tensor | None = None) -> DetectionOutput:
         """``images``: a ``PaddedBatch``, a list of CHW tensors of any sizes, or a (B, 3, H, W) tensor with an
         optional (B, H, W) padding ``mask`` (True = padding)."""
         batch = PaddedBatch(images, mask) if mask is not None else as_padded_batch(images)
@@ -65,9 +76,26 @@ class DETR(nn.Module):
         hs = self.transformer(self.input_proj(features.tensors), features.mask, self.query_embed.weight, pos)[0]
         logits = self.class_embed(hs)
         boxes = self.bbox_embed(hs).sigmoid()
-        out: DetrOutput = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        aux = None
         if self.aux_loss:
-            out["aux_outputs"] = [
-                {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1], strict=True)
-            ]
-        return out
+            aux = [DetectionOutput(a, b) for a, b in zip(logits[:-1], boxes[:-1], strict=True)]
+        return DetectionOutput(logits[-1], boxes[-1], aux)
+
+
+@register_model("detr", official_config=infer_official_config)
+def build_detr(config: Config) -> DETR:
+    """A DETR with the configured backbone, transformer and attention maps."""
+    cfg = config.model
+    t = cfg.transformer
+    backbone = Joiner(Backbone(cfg.backbone), build_position_encoding(cfg.position_embedding, t.hidden_dim))
+    transformer = Transformer(
+        d_model=t.hidden_dim,
+        nhead=t.nheads,
+        num_encoder_layers=t.enc_layers,
+        num_decoder_layers=t.dec_layers,
+        dim_feedforward=t.dim_feedforward,
+        dropout=t.dropout,
+        normalize_before=t.pre_norm,
+        make_activation=lambda site: build_activation(cfg.attention.get(site), t.nheads),
+    )
+    return DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss)

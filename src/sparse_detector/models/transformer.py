@@ -2,6 +2,10 @@
 
 Positional embeddings are added to queries and keys only, never to values. Post-norm by default, pre-norm as an
 option. The decoder returns the normalised output of every layer (for the auxiliary losses).
+
+The transformer declares DETR's three attention sites (``attention_sites()``): encoder self attention (queries and
+keys on the feature grid), decoder self attention (object queries over object queries) and decoder cross attention
+(object queries over the feature grid).
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ from torch import Tensor, nn
 from ..attention.base import AttentionActivation, KeyGrid
 from ..attention.multihead import MultiheadAttention
 from ..attention.registry import Softmax
+from ..attention.sites import AttentionSite
+
+ENCODER_SELF, DECODER_SELF, DECODER_CROSS = "encoder_self", "decoder_self", "decoder_cross"
+"""DETR's attention sites (roles shared with other models: ``model.attention.<site>`` in the config)."""
 
 ActivationFactory = Callable[[str], AttentionActivation]
-"""Makes the attention activation of one layer for a site: ``encoder_self``, ``decoder_self``, ``decoder_cross``."""
+"""Makes the attention activation of one layer of the site it is given (one of the names above)."""
 
 
 def softmax_everywhere(site: str) -> AttentionActivation:
@@ -60,10 +68,12 @@ class TransformerEncoderLayer(_LayerWithFeedForward):
         if self.normalize_before:
             src2 = self.norm1(src)
             q = k = src2 + pos
-            src = src + self.dropout1(self.self_attn(q, k, src2, padding_mask, key_grid)[0])
+            attended = self.self_attn(q, k, src2, padding_mask, key_grid, query_padding_mask=padding_mask)[0]
+            src = src + self.dropout1(attended)
             return src + self.dropout2(self._feed_forward(self.norm2(src)))
         q = k = src + pos
-        src = self.norm1(src + self.dropout1(self.self_attn(q, k, src, padding_mask, key_grid)[0]))
+        attended = self.self_attn(q, k, src, padding_mask, key_grid, query_padding_mask=padding_mask)[0]
+        src = self.norm1(src + self.dropout1(attended))
         return self.norm2(src + self.dropout2(self._feed_forward(src)))
 
 
@@ -168,7 +178,7 @@ class Transformer(nn.Module):
         super().__init__()
         encoder_layers = [
             TransformerEncoderLayer(
-                d_model, nhead, dim_feedforward, dropout, normalize_before, make_activation("encoder_self")
+                d_model, nhead, dim_feedforward, dropout, normalize_before, make_activation(ENCODER_SELF)
             )
             for _ in range(num_encoder_layers)
         ]
@@ -179,8 +189,8 @@ class Transformer(nn.Module):
                 dim_feedforward,
                 dropout,
                 normalize_before,
-                make_activation("decoder_self"),
-                make_activation("decoder_cross"),
+                make_activation(DECODER_SELF),
+                make_activation(DECODER_CROSS),
             )
             for _ in range(num_decoder_layers)
         ]
@@ -189,6 +199,14 @@ class Transformer(nn.Module):
         self.d_model = d_model
         self.nhead = nhead
         self._reset_parameters()
+
+    def attention_sites(self) -> tuple[AttentionSite, ...]:
+        encoder, decoder = self.encoder.layers, self.decoder.layers
+        return (
+            AttentionSite(ENCODER_SELF, "grid", "grid", tuple(layer.self_attn for layer in encoder)),
+            AttentionSite(DECODER_SELF, "queries", "queries", tuple(layer.self_attn for layer in decoder)),
+            AttentionSite(DECODER_CROSS, "grid", "queries", tuple(layer.multihead_attn for layer in decoder)),
+        )
 
     def _reset_parameters(self) -> None:
         for param in self.parameters():

@@ -1,17 +1,21 @@
-"""Loading weights: strict state-dict loading with readable errors, and official DETR checkpoints."""
+"""Loading weights: strict state-dict loading with readable errors, and official DETR checkpoints.
+
+``infer_official_config`` is DETR's official-checkpoint reader, registered with the ``detr`` arch;
+``load_official`` dispatches through the model registry by arch.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..config import Config
-from .build import build_model
-from .detr import DETR
+from .registry import build_model, official_config
 
 # Blocks per stage and block type of the torchvision ResNets, to recognise a backbone from its weights.
 _RESNET_LAYOUTS = {
@@ -107,27 +111,35 @@ def infer_official_config(state_dict: Mapping[str, Tensor], nheads: int = 8, dil
     return config
 
 
-def detr_from_official(
+def load_official(
     path_or_state_dict: str | Path | Mapping[str, Tensor],
-    *,
-    nheads: int = 8,
-    dilation: bool = False,
+    arch: str = "detr",
+    reader_options: Mapping[str, Any] | None = None,
     **overrides,
-) -> DETR:
-    """Load an official facebookresearch/detr checkpoint into a model built to fit it; returned in eval mode.
+) -> tuple[nn.Module, Config]:
+    """An official checkpoint of ``arch`` in a model built to fit it (eval mode), and that model's config.
 
-    ``overrides`` set other model fields (e.g. ``pre_norm=True``, ``aux_loss=False``, ``num_queries=...``) on
-    the inferred config: top-level :class:`ModelConfig` fields or :class:`TransformerConfig` fields.
+    ``reader_options`` go to the arch's official reader (DETR: ``nheads``, ``dilation``, which the weights do not
+    show); ``overrides`` set other model fields (e.g. ``pre_norm=True``, ``aux_loss=False``) on the inferred
+    config: top-level :class:`ModelConfig` fields or :class:`TransformerConfig` fields.
     """
     state_dict, source = read_state_dict(path_or_state_dict)
-    config = infer_official_config(state_dict, nheads=nheads, dilation=dilation)
+    config = official_config(arch, state_dict, **(reader_options or {}))
     for key, value in overrides.items():
         for section in (config.model, config.model.transformer):
             if hasattr(section, key):
                 setattr(section, key, value)
                 break
         else:
-            raise TypeError(f"detr_from_official got unknown override {key!r}")
+            raise TypeError(f"load_official got unknown override {key!r}")
     model = build_model(config)
     load_state_dict_checked(model, state_dict, source)
-    return model.eval()
+    return model.eval(), config
+
+
+def detr_from_official(
+    path_or_state_dict: str | Path | Mapping[str, Tensor], *, nheads: int = 8, dilation: bool = False, **overrides
+) -> nn.Module:
+    """Load an official facebookresearch/detr checkpoint into a model built to fit it; returned in eval mode
+    (``load_official`` with ``arch="detr"``)."""
+    return load_official(path_or_state_dict, "detr", {"nheads": nheads, "dilation": dilation}, **overrides)[0]

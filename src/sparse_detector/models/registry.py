@@ -1,0 +1,104 @@
+"""Models by name, in the style of timm's ``register_model``: ``model.arch`` in the config picks the builder.
+
+A builder takes the whole :class:`~sparse_detector.config.Config` and returns a detector module that
+
+- declares its attention sites (``attention_sites()``, see :mod:`sparse_detector.attention.sites`),
+- takes a ``PaddedBatch`` (or a list of CHW images) and returns a :class:`~.outputs.DetectionOutput`.
+
+``build_model(config)`` builds it, sets ``model.arch`` and checks ``model.attention.<site>`` against the model's
+sites (unknown site, or a map the site's keys cannot take, e.g. TVMax where the keys are not the feature grid).
+An arch may also register how to read an official checkpoint (``official_config``: state dict -> Config) and its
+own loss (``criterion``: Config -> module with a ``matcher`` attribute, which PAIBB uses to pair queries with boxes;
+default: DETR's set criterion, see ``build.build_criterion``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from ..attention.registry import available_activations, needs_key_grid
+from ..attention.sites import AttentionSite, model_sites
+from ..config import AttentionSiteConfig, Config, ConfigError
+
+ModelBuilder = Callable[[Config], nn.Module]
+CriterionBuilder = Callable[[Config], nn.Module]
+OfficialConfig = Callable[..., Config]
+"""``(state_dict, **options) -> Config`` of an official checkpoint of the arch (options: e.g. ``nheads``)."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: ModelBuilder
+    official_config: OfficialConfig | None = None
+    criterion: CriterionBuilder | None = None
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str | None = None,
+    official_config: OfficialConfig | None = None,
+    criterion: CriterionBuilder | None = None,
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator adding a builder under ``name`` (default: the function's name)."""
+
+    def add(builder: ModelBuilder) -> ModelBuilder:
+        arch = name or builder.__name__
+        _MODELS[arch] = ModelEntry(arch, builder, official_config, criterion)
+        return builder
+
+    return add
+
+
+def available_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def model_entry(arch: str) -> ModelEntry:
+    try:
+        return _MODELS[arch]
+    except KeyError:
+        raise ConfigError(f"model.arch: unknown model {arch!r}; choose one of {available_models()}") from None
+
+
+def check_attention_config(attention: Mapping[str, AttentionSiteConfig], sites: Mapping[str, AttentionSite]) -> None:
+    """Every ``model.attention.<site>`` names a site of the model and a map its keys can take."""
+    for name, site_config in attention.items():
+        if name not in sites:
+            raise ConfigError(
+                f"model.attention.{name}: this model has no such attention site; its sites: {list(sites)}"
+            )
+        activation, choices = site_config.activation, available_activations()
+        if activation not in choices:
+            raise ConfigError(f"model.attention.{name}.activation: unknown map {activation!r}; choose one of {choices}")
+        if needs_key_grid(activation) and sites[name].keys != "grid":
+            grid_sites = [s for s, site in sites.items() if site.keys == "grid"]
+            takes = [a for a in available_activations() if not needs_key_grid(a)]
+            raise ConfigError(
+                f"model.attention.{name}.activation: {activation} needs keys on the image's feature grid, but the keys "
+                f"of {name} are {sites[name].keys}; use {activation} at {grid_sites} or a map of {takes} here"
+            )
+
+
+def build_model(config: Config) -> nn.Module:
+    """The model of ``config.model.arch`` with the configured attention maps (checked against its sites)."""
+    entry = model_entry(config.model.arch)
+    model = entry.builder(config)
+    check_attention_config(config.model.attention, model_sites(model))
+    model.arch = entry.name
+    return model
+
+
+def official_config(arch: str, state_dict: Mapping[str, Tensor], **options) -> Config:
+    """The config of an official checkpoint of ``arch``, read from its weights."""
+    entry = model_entry(arch)
+    if entry.official_config is None:
+        raise ValueError(f"model {arch!r} has no loader for official checkpoints")
+    config = entry.official_config(state_dict, **options)
+    config.model.arch = arch
+    return config

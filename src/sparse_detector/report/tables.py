@@ -1,0 +1,173 @@
+"""Markdown and CSV tables of attention analyses (``MetricAggregator.result()`` and ``analysis.json`` records).
+
+An analysis record is plain data::
+
+    {"checkpoint": str, "data": str, "random_init": bool, "seed": int | None, "sites": [site, ...],
+     "ap": {COCO stat: value}, "attention": MetricAggregator.result()}
+
+Rows, columns and sites come from the records themselves (the sites the model declared), never from a list here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..analysis import METRICS, SIZE_BUCKETS
+from ..engine.coco_eval import format_table
+from ..runs import ANALYSIS_FILE, run_label
+
+COMPARE_METRICS = (*METRICS, "paibb", *(f"paibb_{size}" for size in SIZE_BUCKETS))
+DEFAULT_COMPARE_METRICS = ("gini", "zeros_ratio", "paibb")
+MISSING = "–"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Rows of equal keys as CSV with a header line."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def paibb_blocks(site_info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """A site's PAIBB statistics by metric name: ``paibb`` (all pairs) and ``paibb_<size>``; empty without PAIBB."""
+    paibb = site_info.get("paibb")
+    if paibb is None:
+        return {}
+    return {"paibb": paibb["overall"], **{f"paibb_{size}": block for size, block in paibb["by_size"].items()}}
+
+
+def _metric_blocks(site_info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Every statistic of a site by metric name: the sparsity metrics, then PAIBB."""
+    return {**site_info["metrics"], **paibb_blocks(site_info)}
+
+
+def _stats_rows(site: str, metric: str, block: Mapping[str, Any]) -> list[dict[str, Any]]:
+    per_head, per_layer = block["per_head"], block["per_layer"]
+    rows = []
+    for layer, heads in enumerate(per_head["mean"]):
+        for head in range(len(heads)):
+            stats = {key: per_head[key][layer][head] for key in ("mean", "std", "count")}
+            rows.append({"site": site, "layer": layer, "head": head, "metric": metric, **stats})
+        stats = {key: per_layer[key][layer] for key in ("mean", "std", "count")}
+        rows.append({"site": site, "layer": layer, "head": "mean", "metric": metric, **stats})
+    return rows
+
+
+def result_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Flat rows (site, layer, head, metric, mean, std, count) of a ``result()``, for CSV; head is ``"mean"`` for
+    the head-pooled (sparsity metrics) or head-averaged (PAIBB) reading of a layer."""
+    sites = result["sites"].items()
+    rows = [
+        row
+        for site, info in sites
+        for metric, block in info["metrics"].items()
+        for row in _stats_rows(site, metric, block)
+    ]
+    rows += [
+        row
+        for site, info in sites
+        for metric, block in paibb_blocks(info).items()
+        for row in _stats_rows(site, metric, block)
+    ]
+    return rows
+
+
+def format_mean_std(block: Mapping[str, Any] | None, layer: int) -> str:
+    """Head-averaged ``mean ± std`` of one layer; ``–`` where not measured."""
+    if block is None or layer >= len(block["per_layer"]["mean"]):
+        return MISSING
+    mean, std = block["per_layer"]["mean"][layer], block["per_layer"]["std"][layer]
+    return MISSING if mean is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def result_markdown(result: Mapping[str, Any]) -> str:
+    """Markdown table of a ``result()``: one row per site and layer, head-averaged mean ± std of every metric."""
+    sites = result["sites"]
+    columns = list(dict.fromkeys(metric for info in sites.values() for metric in _metric_blocks(info)))
+    rows = []
+    for site, info in sites.items():
+        blocks = _metric_blocks(info)
+        for layer in range(info["num_layers"]):
+            rows.append([site, str(layer), *(format_mean_std(blocks.get(metric), layer) for metric in columns)])
+    thresholds = ", ".join(f"{site} {info['zero_threshold']:g}" for site, info in sites.items())
+    return "\n".join(
+        [
+            *markdown_table(["site", "layer", *columns], rows),
+            "",
+            f"Mean ± std (population) over all query maps of {result['num_images']} images, heads pooled; zeros "
+            f"ratio threshold: {thresholds}; support_90 at mass {result['support_mass']:g}. PAIBB: head-averaged "
+            "maps of Hungarian-matched queries (COCO size buckets by box area).",
+        ]
+    )
+
+
+def analysis_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """CSV rows (site, layer, head, metric, mean, std, count): the COCO stats (site ``coco``, count = images),
+    then ``result_rows`` of the attention metrics."""
+    images = record["attention"]["num_images"]
+    coco = [
+        {"site": "coco", "layer": "", "head": "", "metric": name, "mean": value, "std": "", "count": images}
+        for name, value in record["ap"].items()
+    ]
+    return coco + result_rows(record["attention"])
+
+
+def analysis_markdown(record: Mapping[str, Any]) -> str:
+    """The COCO table, then the attention table (one row per site and layer)."""
+    kind = "random-init weights" if record["random_init"] else "trained weights"
+    title = f"# Attention analysis: {record['checkpoint']} ({kind}) on {record['data']}"
+    return "\n\n".join([title, format_table(record["ap"]), result_markdown(record["attention"])]) + "\n"
+
+
+def write_analysis(record: Mapping[str, Any], output_dir: Path) -> list[Path]:
+    """Write ``analysis.json``, ``analysis.csv`` and ``analysis.md`` into ``output_dir``; returns their paths."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = output_dir / ANALYSIS_FILE
+    csv_path, md_path = json_path.with_suffix(".csv"), json_path.with_suffix(".md")
+    json_path.write_text(json.dumps(record, indent=2))
+    write_csv(analysis_rows(record), csv_path)
+    md_path.write_text(analysis_markdown(record))
+    return [json_path, csv_path, md_path]
+
+
+def compare_markdown(records: Sequence[Mapping[str, Any]], metrics: Sequence[str] = DEFAULT_COMPARE_METRICS) -> str:
+    """One Markdown table of several analysis records: rows = (site, layer) of every site any run recorded,
+    columns = metric × run (head-averaged mean ± std), then a COCO AP row (in the first metric's columns)."""
+    unknown = sorted(set(metrics) - set(COMPARE_METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose among {list(COMPARE_METRICS)}")
+    if not records:
+        raise ValueError("nothing to compare: no analysis records")
+    labels = [run_label(record) for record in records]
+    results = [record["attention"] for record in records]
+    header = ["site", "layer", *(f"{metric}: {label}" for metric in metrics for label in labels)]
+    rows = []
+    for site in dict.fromkeys(site for result in results for site in result["sites"]):
+        infos = [result["sites"].get(site) for result in results]
+        blocks = [{} if info is None else _metric_blocks(info) for info in infos]
+        num_layers = max(info["num_layers"] for info in infos if info is not None)
+        for layer in range(num_layers):
+            cells = [format_mean_std(run.get(metric), layer) for metric in metrics for run in blocks]
+            rows.append([site, str(layer), *cells])
+    ap_cells = [f"{record['ap']['AP']:.3f}" for record in records] + [""] * (len(header) - 2 - len(records))
+    rows.append(["COCO AP", "", *ap_cells])
+    sources = "; ".join(
+        f"{label}: {record['checkpoint']} on {record['data']} ({record['attention']['num_images']} images)"
+        for label, record in zip(labels, records, strict=True)
+    )
+    lines = [
+        *markdown_table(header, rows),
+        "",
+        f"Mean ± std over all query maps, heads pooled (PAIBB: head-averaged maps). Runs — {sources}.",
+    ]
+    return "\n".join(lines) + "\n"

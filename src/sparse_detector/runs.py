@@ -1,0 +1,97 @@
+"""The run directory, one home for its layout: file names, ``metrics.jsonl``, checkpoints and analyses.
+
+A run directory holds::
+
+    config.yaml                 the resolved config of the run
+    metrics.jsonl               one JSON object per logged step / epoch (MetricsLogger)
+    checkpoint_last.pt          written every epoch and on SIGTERM / SIGINT (atomic; engine/checkpoint.py)
+    checkpoint_epochNNNN.pt     earlier end-of-epoch checkpoints kept by train.keep_last / keep_every / lr drops
+    checkpoint_best.pt          the best validation AP so far
+    <checkpoint>.meta.json      size and SHA-256 of each checkpoint, recorded when it was written
+    eval.json                   the last evaluation
+    analysis/analysis.{json,csv,md}                  `sparse-detector analyze`
+    analysis-random-init/analysis.{json,csv,md}      the same with --random-init
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.json"
+LAST_CHECKPOINT = "checkpoint_last.pt"
+BEST_CHECKPOINT = "checkpoint_best.pt"
+ANALYSIS_FILE = "analysis.json"
+ANALYSIS_DIRS = {False: "analysis", True: "analysis-random-init"}  # by random_init
+
+log = logging.getLogger(__name__)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Every record of the run's ``metrics.jsonl``, in order."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory (its best checkpoint, else its last)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (BEST_CHECKPOINT, LAST_CHECKPOINT):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"run directory {path} holds no {BEST_CHECKPOINT} or {LAST_CHECKPOINT}")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
+def analysis_dir(checkpoint: Path, random_init: bool) -> Path:
+    """Where ``analyze`` writes by default: ``analysis`` (or ``analysis-random-init``) beside the checkpoint."""
+    return checkpoint.parent / ANALYSIS_DIRS[random_init]
+
+
+def find_analyses(inputs: Iterable[str | Path]) -> list[Path]:
+    """``analysis.json`` files: given directly, or found in an analysis folder or in a run directory's
+    ``analysis/`` and ``analysis-random-init/``."""
+    found: list[Path] = []
+    for path in map(Path, inputs):
+        if path.is_file():
+            found.append(path)
+            continue
+        candidates = [path / ANALYSIS_FILE, *(path / name / ANALYSIS_FILE for name in ANALYSIS_DIRS.values())]
+        hits = [candidate for candidate in candidates if candidate.is_file()]
+        if not hits:
+            raise FileNotFoundError(f"{path} is not an {ANALYSIS_FILE} nor a folder holding one (run analyze first)")
+        found += hits
+    return found
+
+
+def read_analyses(inputs: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """The analysis records of ``find_analyses(inputs)``."""
+    records = []
+    for path in find_analyses(inputs):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        if "paibb" in record.get("attention", {}):
+            log.warning(
+                "%s has the older layout (one PAIBB block, not per site): its PAIBB is not shown; run analyze again",
+                path,
+            )
+        records.append(record)
+    return records
+
+
+def run_label(record: Mapping[str, Any]) -> str:
+    """An analysis record's run: the checkpoint's folder name, plus `` (random init)`` for a random-init baseline."""
+    name = Path(record["checkpoint"]).parent.name
+    return f"{name} (random init)" if record["random_init"] else name
