@@ -62,8 +62,8 @@ def shapes(tmp_path_factory) -> dict[str, Path]:
     return {"images": root / "images", **paths}
 
 
-def shapes_config(shapes: dict[str, Path], *extra: str) -> Config:
-    """The tiny preset, made smaller still, on the ``shapes`` data."""
+def shapes_overrides(shapes: dict[str, Path]) -> list[str]:
+    """The overrides that make the tiny preset smaller still and point it at the ``shapes`` data."""
     data = [
         f"data.train.images={shapes['images']}",
         f"data.train.annotations={shapes['train']}",
@@ -72,7 +72,12 @@ def shapes_config(shapes: dict[str, Path], *extra: str) -> Config:
         "data.train_scales=[96]",
         "data.val_size=96",
     ]
-    return load_config("shapes_tiny", [*data, *SMALL_MODEL, *extra])
+    return [*data, *SMALL_MODEL]
+
+
+def shapes_config(shapes: dict[str, Path], *extra: str) -> Config:
+    """The tiny preset, made smaller still, on the ``shapes`` data."""
+    return load_config("shapes_tiny", [*shapes_overrides(shapes), *extra])
 
 
 def epoch_records(run_dir: Path) -> dict[int, dict]:

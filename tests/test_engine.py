@@ -10,7 +10,7 @@ import torch
 
 from sparse_detector import load_config
 from sparse_detector.cli import main
-from sparse_detector.engine.checkpoint import load_checkpoint, save_checkpoint
+from sparse_detector.engine.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
 from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
 
 from .conftest import SMALL_MODEL, epoch_records, shapes_config, shared_path
@@ -61,7 +61,8 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, {"epoch": 2})
     assert load_checkpoint(path)["epoch"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "ckpt.pt.meta.json"]
+    assert verify_checkpoint(path) is None
 
 
 def test_too_few_classes_is_a_clear_error(shapes, tmp_path: Path):

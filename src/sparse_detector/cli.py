@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -18,11 +19,13 @@ from .config import Config, dump_config, load_config, override_config
 from .data import generate_shapes, generate_shapes_splits, make_transforms, voc_to_coco
 from .data.build import build_dataset, build_loader
 from .engine.analyze import analyze, load_analysis_model
+from .engine.checkpoint import run_checkpoints
 from .engine.coco_eval import format_table
 from .engine.device import resolve_device
+from .engine.distributed import context_from_environment, shutdown_distributed
 from .engine.evaluate import evaluate
 from .engine.inference import category_id, category_name, load_trained_model
-from .engine.trainer import Trainer
+from .engine.trainer import StoppedAtOnce, Trainer
 from .models import build_criterion, build_model
 from .models.postprocess import postprocessor_for
 from .report import COMPARE_METRICS, DEFAULT_COMPARE_METRICS, analysis_markdown, compare_markdown, write_analysis
@@ -43,16 +46,37 @@ def _print_config(config: Config) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    if args.resume:
-        run_dir = Path(args.resume)
+    output_dir = args.output_dir
+    if args.resume == "auto":  # resume the run in --output-dir when it has a checkpoint, else start it
+        config = load_config(args.config, args.set)
+        output_dir = output_dir or config.train.output_dir
+        resume_dir = Path(output_dir) if run_checkpoints(Path(output_dir)) else None
+    else:
+        resume_dir = Path(args.resume) if args.resume else None
+    if resume_dir is not None:
+        run_dir = resume_dir
         config = load_config(run_dir / CONFIG_FILE, args.set)
     else:
         config = load_config(args.config, args.set)
-        run_dir = Path(args.output_dir or config.train.output_dir)
+        run_dir = Path(output_dir or config.train.output_dir)
     if args.device:
         config.train.device = args.device
-    _print_config(config)
-    Trainer(config, run_dir, resume=bool(args.resume), progress=not args.no_progress).fit()
+    main_process = context_from_environment().is_main  # under torchrun / srun only rank 0 prints
+    if main_process:
+        _print_config(config)
+    trainer = Trainer(
+        config, run_dir, resume=resume_dir is not None, progress=not args.no_progress, init_from=args.init_from
+    )
+    trainer.fit()
+    shutdown_distributed()
+    if not main_process:
+        return 0
+    if trainer.stop_signal is not None:
+        name = signal.Signals(trainer.stop_signal).name
+        print(
+            f"stopped by {name} at epoch {trainer.epoch + 1}, step {trainer.step}; checkpoint written: "
+            f"{trainer.last_checkpoint}\nresume with: sparse-detector train --resume {run_dir}"
+        )
     print(f"run directory: {run_dir}")
     return 0
 
@@ -387,7 +411,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", default="shapes_tiny", help="YAML file or preset name (detr_r50, shapes_tiny, ...)")
     train.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.epochs=5")
     train.add_argument("--output-dir", help="run directory (default: train.output_dir)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        help="continue a run from its newest valid checkpoint; 'auto' continues --output-dir if it holds one "
+        "(else starts it): the same command line serves every restart of a preempted job",
+    )
+    train.add_argument(
+        "--init-from",
+        metavar="CKPT",
+        help="fine-tune: start from these weights (ours or official); class heads "
+        "are re-initialised when the class count differs",
+    )
     train.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: train.device)")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_train)
@@ -491,9 +526,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     try:
         return args.func(args)
-    except (ValueError, OSError, RuntimeError) as err:  # our errors name the file / key / value at fault
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # ours name the file / key / value at fault
         print(f"error: {err}\n(run with --debug for the full traceback)", file=sys.stderr)
         return 2
+    except StoppedAtOnce as stop:
+        print(f"stopped at once by a second {stop}; the last complete checkpoint is kept", file=sys.stderr)
+        return 128 + stop.signum
 
 
 if __name__ == "__main__":

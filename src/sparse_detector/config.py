@@ -139,8 +139,15 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0 = the whole training set every epoch
     deterministic: bool = False  # torch.use_deterministic_algorithms, for exactly repeatable runs
     on_nonfinite_loss: str = "error"  # error | skip (the step is skipped, counted and logged)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler); losses stay in fp32
+    compile: bool = False  # torch.compile the model (falls back to eager, with a warning, where it fails)
+    keep_last: int = 1  # numbered end-of-epoch checkpoints kept beside checkpoint_last.pt (for a corrupt last one)
+    keep_every: int = 0  # keep every N-th epoch's checkpoint for good (0 = none); those before lr drops are kept
     tensorboard: bool = False  # also write TensorBoard event files to the run directory
     diagnostics_every: int = 0  # steps between training diagnostics (weights, gradients, entropy); 0 = off
+    wandb: bool = False  # also log to Weights & Biases (pip install 'sparse-detector[wandb]')
+    wandb_project: str = "sparse-detector"
+    wandb_mode: str = "offline"  # offline (files in the run directory, sync later with `wandb sync`) | online
 
 
 @dataclass
@@ -270,6 +277,8 @@ def _apply_override(tree: dict, override: str) -> None:
         value = raw
     node = tree
     *parents, leaf = dotted.strip().split(".")
+    if not all([*parents, leaf]):
+        raise ConfigError(f"override {override!r}: the key {dotted.strip()!r} has an empty part; e.g. train.epochs=5")
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):

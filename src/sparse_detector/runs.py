@@ -4,8 +4,10 @@ A run directory holds::
 
     config.yaml                 the resolved config of the run
     metrics.jsonl               one JSON object per logged step / epoch (MetricsLogger)
-    checkpoint_last.pt          written every epoch (atomic)
+    checkpoint_last.pt          written every epoch and on SIGTERM / SIGINT (atomic; engine/checkpoint.py)
+    checkpoint_epochNNNN.pt     earlier end-of-epoch checkpoints kept by train.keep_last / keep_every / lr drops
     checkpoint_best.pt          the best validation AP so far
+    <checkpoint>.meta.json      size and SHA-256 of each checkpoint, recorded when it was written
     eval.json                   the last evaluation
     analysis/analysis.{json,csv,md}                  `sparse-detector analyze`
     analysis-random-init/analysis.{json,csv,md}      the same with --random-init

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch.utils.data import DataLoader
 
@@ -35,20 +37,26 @@ def build_dataset(config: Config, split: str) -> CocoDetection:
 
 
 def build_loader(
-    dataset: CocoDetection, config: Config, train: bool, generator: torch.Generator | None = None
+    dataset: CocoDetection,
+    config: Config,
+    train: bool,
+    generator: torch.Generator | None = None,
+    batch_sampler: Iterable[list[int]] | None = None,
 ) -> DataLoader:
     """Shuffled, last-partial-batch-dropped loader for training; ordered loader for evaluation.
 
     ``generator`` drives the shuffling and the worker seeds, so a loader made with a generator seeded per epoch
-    yields the same batches and augmentations whether or not the run was resumed.
+    yields the same batches and augmentations whether or not the run was resumed. ``batch_sampler`` (the batches of
+    indices, e.g. this rank's share in distributed training) replaces the loader's own batching.
     """
     batch_size = config.train.batch_size if train else config.train.eval_batch_size
     workers = config.data.num_workers
+    batching = {"batch_sampler": batch_sampler}
+    if batch_sampler is None:
+        batching = {"batch_size": batch_size, "shuffle": train, "drop_last": train and len(dataset) >= batch_size}
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=train,
-        drop_last=train and len(dataset) >= batch_size,
+        **batching,
         collate_fn=collate_detection,
         num_workers=workers,
         persistent_workers=False,

@@ -1,27 +1,67 @@
-"""Checkpoints: atomic writes, ``weights_only`` reads, and the random-number-generator state for exact resumes."""
+"""Checkpoints: atomic writes with a size/hash record, ``weights_only`` reads, rotation, finding the newest valid one,
+and the random-number-generator state for exact resumes."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import pickle
 import random
+import re
 import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-CHECKPOINT_KEYS = ("model", "optimizer", "lr_scheduler", "epoch", "step", "config", "rng", "label_map")
+from ..runs import LAST_CHECKPOINT
+
+RECORD_SUFFIX = ".meta.json"  # beside each checkpoint: size, sha256, epoch, step, whether the epoch was complete
+_EPOCH_FILE = re.compile(r"checkpoint_epoch(\d+)\.pt$")
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write to a temporary file in the same folder, then rename: a kill never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: truncated, corrupt, or not loadable as plain tensors and containers."""
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """What :func:`save_checkpoint` wrote: read from the record file, never from the checkpoint itself."""
+
+    path: Path
+    size: int
+    sha256: str
+    epoch: int
+    step: int
+    epoch_complete: bool
+
+
+def epoch_checkpoint_name(epoch: int) -> str:
+    return f"checkpoint_epoch{epoch:04d}.pt"
+
+
+def record_path(path: Path) -> Path:
+    return path.with_name(path.name + RECORD_SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """Write through ``write(file)`` to a temporary file in the same folder, then rename over ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -30,12 +70,117 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         raise
 
 
+def save_checkpoint(path: str | Path, state: dict[str, Any], epoch_complete: bool = True) -> CheckpointRecord:
+    """Write atomically (a kill never leaves a half-written file), then record its size and SHA-256 beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, lambda f: torch.save(state, f))
+    record = CheckpointRecord(
+        path, path.stat().st_size, _sha256(path), int(state.get("epoch", 0)), int(state.get("step", 0)), epoch_complete
+    )
+    fields = {"size": record.size, "sha256": record.sha256, "epoch": record.epoch, "step": record.step}
+    text = json.dumps({**fields, "epoch_complete": epoch_complete}).encode()
+    _write_atomic(record_path(path), lambda f: f.write(text))
+    return record
+
+
+def read_record(path: Path) -> CheckpointRecord | None:
+    """The record written with ``path``; ``None`` when there is none (a checkpoint from elsewhere)."""
+    try:
+        data = json.loads(record_path(path).read_text())
+        return CheckpointRecord(
+            path, int(data["size"]), str(data["sha256"]), int(data["epoch"]), int(data["step"]), data["epoch_complete"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """Why ``path`` cannot be trusted (missing, truncated, hash differs from the one recorded at write time), or
+    ``None`` when it matches its record. A checkpoint without a record is only checked to exist."""
+    path = Path(path)
+    if not path.is_file():
+        return f"{path} does not exist"
+    record = read_record(path)
+    if record is None:
+        return None
+    size = path.stat().st_size
+    if size != record.size:
+        return f"{path} is {size} bytes but {record.size} were written (truncated or overwritten)"
+    if _sha256(path) != record.sha256:
+        return f"{path} does not match the SHA-256 recorded when it was written (corrupt)"
+    return None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (no arbitrary code runs)."""
+    """Read a checkpoint with ``weights_only=True``: no code runs, and a file carrying anything other than tensors
+    and plain containers (a pickle payload) is refused with :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refused to load {path}: it holds Python objects other than tensors and plain containers, which "
+            f"could run code when loaded ({str(err).splitlines()[0]}). Only load checkpoints you trust; "
+            "re-save the state dict alone (torch.save(model.state_dict(), ...)) from a trusted environment"
+        ) from None
+    except (RuntimeError, EOFError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupt?): {err}") from None
+
+
+def run_checkpoints(run_dir: Path) -> list[CheckpointRecord]:
+    """The run's resumable checkpoints (last and numbered; not best), newest first by (epoch, step)."""
+    paths = [run_dir / LAST_CHECKPOINT, *run_dir.glob("checkpoint_epoch*.pt")]
+    records = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        record = read_record(path)
+        if record is None:  # no record (written by an older version): order by the epoch in its name, else first
+            match = _EPOCH_FILE.search(path.name)
+            epoch = int(match.group(1)) if match else 1 << 30
+            record = CheckpointRecord(path, -1, "", epoch, 1 << 62 if match is None else 0, True)
+        records.append(record)
+    return sorted(records, key=lambda r: (r.epoch, r.step), reverse=True)
+
+
+def newest_valid_checkpoint(run_dir: str | Path, warn: Any = print) -> Path | None:
+    """The newest checkpoint of ``run_dir`` that matches its record; each one skipped is reported with ``warn``."""
+    for record in run_checkpoints(Path(run_dir)):
+        problem = verify_checkpoint(record.path)
+        if problem is None:
+            return record.path
+        warn(f"skipping checkpoint: {problem}; trying the previous one")
+    return None
+
+
+def rotate_last(run_dir: Path) -> None:
+    """Before a new ``checkpoint_last.pt`` is written: keep the current one as a numbered checkpoint when it closed
+    an epoch (a mid-epoch one is superseded by the new one)."""
+    last = run_dir / LAST_CHECKPOINT
+    record = read_record(last)
+    if record is None or not record.epoch_complete or verify_checkpoint(last) is not None:
+        return
+    target = run_dir / epoch_checkpoint_name(record.epoch)
+    os.replace(last, target)
+    os.replace(record_path(last), record_path(target))
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int, keep: Iterable[int]) -> list[Path]:
+    """Delete numbered checkpoints beyond the newest ``keep_last``, except the epochs in ``keep``; returns them."""
+    numbered = sorted(
+        (int(m.group(1)), path) for path in run_dir.glob("checkpoint_epoch*.pt") if (m := _EPOCH_FILE.search(path.name))
+    )
+    kept = set(keep)
+    deleted = []
+    for epoch, path in numbered[: max(len(numbered) - keep_last, 0)]:
+        if epoch not in kept:
+            path.unlink()
+            record_path(path).unlink(missing_ok=True)
+            deleted.append(path)
+    return deleted
 
 
 def rng_state() -> dict[str, Any]:

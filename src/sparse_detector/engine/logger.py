@@ -1,4 +1,5 @@
-"""Run logging: one JSON object per line in ``metrics.jsonl``, optionally mirrored to TensorBoard.
+"""Run logging: one JSON object per line in ``metrics.jsonl`` (always), mirrored to TensorBoard and Weights & Biases
+under grouped names, all with the same global step (optimiser steps taken).
 
 Reading the log back is ``sparse_detector.runs.read_metrics``.
 """
@@ -8,10 +9,17 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from ..runs import METRICS_FILE
+from .coco_eval import STAT_NAMES
+
+#: Scalars of a training step shown first (``train-main-metrics/``); the other losses go to ``train-metrics/``.
+MAIN_TRAIN_METRICS = ("loss", "loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
+#: Speed and memory readings of a training step (``train-extra-metrics/``).
+EXTRA_TRAIN_METRICS = ("iteration_s", "data_s", "images_per_s", "peak_memory_mb")
 
 
 def _plain(value: Any) -> Any:
@@ -26,35 +34,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class MetricsLogger:
-    """Appends records to ``run_dir/metrics.jsonl`` (flushed at once, so a killed run keeps its log)."""
-
-    def __init__(self, run_dir: str | Path, tensorboard: bool = False) -> None:
-        self.path = Path(run_dir) / METRICS_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as err:
-                raise RuntimeError(
-                    "train.tensorboard=true needs the tensorboard package: pip install 'sparse-detector[logging]'"
-                ) from err
-            self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-
-    def log(self, kind: str, step: int, **values: Any) -> None:
-        record = {"type": kind, "step": step, "time": round(time.time(), 3), **_plain(values)}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self._writer is not None:
-            for key, value in _flatten(values).items():
-                self._writer.add_scalar(f"{kind}/{key}", value, step)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-
-
 def _flatten(values: dict, prefix: str = "") -> dict[str, float]:
     flat: dict[str, float] = {}
     for key, value in values.items():
@@ -63,7 +42,109 @@ def _flatten(values: dict, prefix: str = "") -> dict[str, float]:
         if isinstance(value, dict):
             flat.update(_flatten(value, f"{name}/"))
         elif isinstance(value, list):
-            flat.update({f"{name}/{i}": v for i, v in enumerate(value) if isinstance(v, int | float)})
+            flat.update({f"{name}/head{i}": v for i, v in enumerate(value) if isinstance(v, int | float)})
         elif isinstance(value, int | float) and not isinstance(value, bool):
             flat[name] = float(value)
     return flat
+
+
+def _group(kind: str, key: str) -> str:
+    """The grouped name of one scalar of a ``train`` / ``epoch`` / ``params`` record."""
+    top = key.split("/", 1)[0]
+    if top == "alpha":
+        return key  # alpha/<module>/head<i>
+    if kind == "train":
+        if key in MAIN_TRAIN_METRICS:
+            return f"train-main-metrics/{key}"
+        if key in EXTRA_TRAIN_METRICS:
+            return f"train-extra-metrics/{key}"
+        return f"train-metrics/{key}"  # auxiliary losses, lr/<group name>
+    if kind == "epoch":
+        if key in STAT_NAMES:
+            return f"val-AP/{key}"
+        if key.startswith("val_"):
+            return f"val-epoch-metrics/{key[4:]}"
+        return f"train-epoch-metrics/{key.removeprefix('train_')}"
+    return f"{kind}/{key}"
+
+
+def grouped_scalars(kind: str, values: dict[str, Any]) -> dict[str, float]:
+    """Every number in ``values`` under its grouped name (``train-main-metrics/loss``, ``val-AP/AP50``, ...)."""
+    return {_group(kind, key): value for key, value in _flatten(values).items() if key != "epoch"}
+
+
+class MetricsLogger:
+    """Appends records to ``run_dir/metrics.jsonl`` (flushed at once, so a killed run keeps its log) and mirrors
+    their numbers to the optional backends. ``enabled=False`` (ranks other than 0) makes every call a no-op."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        tensorboard: bool = False,
+        wandb: bool = False,
+        wandb_project: str = "sparse-detector",
+        wandb_mode: str = "offline",
+        config: dict | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS_FILE
+        self.enabled = enabled
+        self._tensorboard = self._wandb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise RuntimeError(
+                    "train.tensorboard=true needs the tensorboard package: pip install 'sparse-detector[logging]'"
+                ) from err
+            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+        if wandb:
+            self._wandb = _start_wandb(self.run_dir, wandb_project, wandb_mode, config or {})
+
+    def log(self, kind: str, step: int, **values: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"type": kind, "step": step, "time": round(time.time(), 3), **_plain(values)}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        scalars = grouped_scalars(kind, values)
+        if self._tensorboard is not None:
+            for name, value in scalars.items():
+                self._tensorboard.add_scalar(name, value, step)
+            self._tensorboard.flush()
+        if self._wandb is not None and scalars:
+            self._wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+        self._tensorboard = self._wandb = None
+
+
+def _start_wandb(run_dir: Path, project: str, mode: str, config: dict) -> Any:
+    if mode not in ("offline", "online"):
+        raise ValueError(f"train.wandb_mode must be 'offline' or 'online', got {mode!r}")
+    try:
+        import wandb
+    except ImportError as err:
+        raise RuntimeError("train.wandb=true needs the wandb package: pip install 'sparse-detector[wandb]'") from err
+    # The run id is kept in the run directory, so a resumed run continues the same W&B run.
+    id_file = run_dir / "wandb-run-id.txt"
+    if not id_file.is_file():
+        id_file.write_text(uuid.uuid4().hex[:16])
+    return wandb.init(
+        project=project,
+        name=run_dir.name,
+        id=id_file.read_text().strip(),
+        resume="allow",
+        dir=str(run_dir),
+        mode=mode,
+        config=config,
+        settings=wandb.Settings(console="off", x_disable_stats=True),
+    )

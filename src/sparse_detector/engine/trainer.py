@@ -1,37 +1,70 @@
-"""The training loop of the official DETR recipe, with run directories, checkpoints and exact resume."""
+"""The training loop of the official DETR recipe: run directories, verified checkpoints, exact resume (also from the
+middle of an epoch after SIGTERM / SIGINT), data-parallel training, mixed precision and fine-tuning."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
+import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DistributedSampler
 from tqdm import tqdm
 
 from ..config import Config, config_to_dict, dump_config
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection
 from ..models import build_criterion, build_model
-from ..runs import BEST_CHECKPOINT as BEST
-from ..runs import CONFIG_FILE, EVAL_FILE, METRICS_FILE, read_metrics
-from ..runs import LAST_CHECKPOINT as LAST
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..models.weights import CheckpointMismatchError, read_state_dict
+from ..runs import BEST_CHECKPOINT, CONFIG_FILE, EVAL_FILE, LAST_CHECKPOINT, METRICS_FILE, read_metrics
+from .checkpoint import (
+    load_checkpoint,
+    newest_valid_checkpoint,
+    prune_checkpoints,
+    rng_state,
+    rotate_last,
+    save_checkpoint,
+    set_rng_state,
+)
 from .coco_eval import format_table
 from .device import resolve_device, seed_everything
 from .diagnostics import TrainingDiagnostics
+from .distributed import (
+    DistributedContext,
+    any_across_ranks,
+    barrier,
+    init_distributed,
+    is_distributed,
+    mean_across_ranks,
+)
 from .evaluate import evaluate, targets_to
-from .logger import MetricsLogger
-from .optim import build_optimizer, build_scheduler
+from .logger import MAIN_TRAIN_METRICS, MetricsLogger
+from .optim import apply_configured_settings, build_optimizer, build_scheduler, group_settings
 
 log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second SIGTERM / SIGINT arrived while the first one's checkpoint was being made: stop without it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def check_num_classes(config: Config, dataset: CocoDetection) -> None:
@@ -56,26 +89,86 @@ def alpha_values(model: nn.Module) -> dict[str, list[float]]:
     }
 
 
-class Trainer:
-    """Trains ``config`` into ``run_dir``: ``config.yaml``, ``metrics.jsonl``, ``checkpoint_{last,best}.pt``."""
+def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Trainable and frozen parameter counts per top-level module, and their ``total``."""
+    counts: dict[str, dict[str, int]] = {}
+    for name, param in model.named_parameters():
+        module = counts.setdefault(name.split(".", 1)[0], {"trainable": 0, "frozen": 0})
+        module["trainable" if param.requires_grad else "frozen"] += param.numel()
+    counts["total"] = {kind: sum(c[kind] for c in counts.values()) for kind in ("trainable", "frozen")}
+    return counts
 
-    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
+
+def format_parameter_counts(counts: dict[str, dict[str, int]]) -> str:
+    width = max(len(name) for name in counts)
+    lines = [f"{'parameters':<{width}}  {'trainable':>12}  {'frozen':>12}"]
+    lines += [f"{name:<{width}}  {c['trainable']:>12,}  {c['frozen']:>12,}" for name, c in counts.items()]
+    return "\n".join(lines)
+
+
+def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
+    """Load the weights of a checkpoint (ours or official) for fine-tuning: the model's class heads
+    (``model.class_heads``) are left freshly initialised when the class count differs; every other weight must
+    fit. Returns the names of the re-initialised parameters."""
+    state_dict, source = read_state_dict(Path(path))
+    expected = model.state_dict()
+    names = list(getattr(model, "class_heads", ()))
+    heads = tuple(f"{head}." for head in names)
+    reinitialised = [
+        key
+        for key, value in expected.items()
+        if key.startswith(heads) and key in state_dict and state_dict[key].shape != value.shape
+    ]
+    kept = {k: v for k, v in state_dict.items() if k not in reinitialised}
+    missing = sorted(set(expected) - set(kept) - set(reinitialised))
+    unexpected = sorted(set(kept) - set(expected))
+    mismatched = [k for k in expected if k in kept and kept[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": mismatched}
+        problems = [f"{len(keys)} {what} (first: {keys[:3]})" for what, keys in found.items() if keys]
+        raise CheckpointMismatchError(
+            f"--init-from {source} does not fit the model apart from its class heads {names}: "
+            + "; ".join(problems)
+            + ". Use the config (backbone, layers, queries, attention) the checkpoint was trained with."
+        )
+    model.load_state_dict({**expected, **kept})
+    return reinitialised
+
+
+class Trainer:
+    """Trains ``config`` into ``run_dir``: ``config.yaml``, ``metrics.jsonl``, checkpoints (``checkpoint_last.pt``,
+    numbered ``checkpoint_epochNNNN.pt``, ``checkpoint_best.pt``), ``eval.json``.
+
+    Run it alone or under ``torchrun`` / ``srun`` (one process per device; ``train.batch_size`` is per process)."""
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | Path,
+        resume: bool = False,
+        progress: bool = True,
+        init_from: str | Path | None = None,
+    ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
-        self.progress = progress
-        if not resume and (self.run_dir / LAST).exists():
+        train = config.train
+        if not resume and (self.run_dir / LAST_CHECKPOINT).exists():
             raise FileExistsError(
                 f"run directory {self.run_dir} already holds a checkpoint; continue it with --resume {self.run_dir} "
-                "or choose another --output-dir"
+                "(or --resume auto) or choose another --output-dir"
             )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        train = config.train
-        if train.deterministic:
-            torch.use_deterministic_algorithms(True)
         if train.on_nonfinite_loss not in ("error", "skip"):
             raise ValueError(f"train.on_nonfinite_loss must be 'error' or 'skip', got {train.on_nonfinite_loss!r}")
+        if train.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {train.precision!r}")
+        self.dist: DistributedContext
+        self.dist, self.device = init_distributed(resolve_device(train.device))
+        self.progress = progress and self.dist.is_main
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if train.deterministic:
+            torch.use_deterministic_algorithms(True)
         seed_everything(train.seed)
-        self.device = resolve_device(train.device)
         if self.device.type == "cpu":
             # Denormal numbers in gradients and Adam states make CPU arithmetic many times slower.
             torch.set_flush_denormal(True)
@@ -83,148 +176,361 @@ class Trainer:
         self.val_set = build_dataset(config, "val")
         check_num_classes(config, self.train_set)
         self.label_map = self.train_set.label_map
-        self.model = build_model(config).to(self.device)
+        self.model = build_model(config)
+        self.reinitialised = initialise_from(self.model, init_from) if init_from else []
+        self.model.to(self.device)
+        if self.dist.enabled:  # every rank built the same weights; now each draws its own augmentations
+            seed_everything(train.seed + self.dist.rank)
         self.criterion = build_criterion(config).to(self.device)
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, config)
-        self.val_loader = build_loader(self.val_set, config, train=False)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
+        self.forward_model = self._wrap(self.model, compile=train.compile)
+        self.compile_pending = train.compile  # the first compiled step is watched for compiler failures
         self.epoch = 0  # epochs completed
-        self.step = 0
+        self.step = 0  # optimiser steps taken (the global step of every logger)
         self.best_ap = float("-inf")
-        if resume:
-            self._resume()
-        (self.run_dir / CONFIG_FILE).write_text(dump_config(config))
-        self.logger = MetricsLogger(self.run_dir, tensorboard=train.tensorboard)
+        self.epoch_progress: dict[str, Any] = {}  # a mid-epoch checkpoint's position and running sums
+        self.stop_signal: int | None = None  # the first SIGTERM / SIGINT received
+        self.last_checkpoint: Path | None = None
+        resume_changes = self._resume() if resume else []
+        if self.dist.is_main:
+            (self.run_dir / CONFIG_FILE).write_text(dump_config(config))
+        barrier()
+        self.logger = MetricsLogger(
+            self.run_dir,
+            tensorboard=train.tensorboard,
+            wandb=train.wandb,
+            wandb_project=train.wandb_project,
+            wandb_mode=train.wandb_mode,
+            config=config_to_dict(config),
+            enabled=self.dist.is_main,
+        )
+        counts = parameter_counts(self.model)
+        self.logger.log("params", self.step, **counts)
+        if resume_changes:
+            self.logger.log("resume", self.step, epoch=self.epoch, changes=resume_changes)
+        if self.dist.is_main:
+            print(format_parameter_counts(counts))
+            if self.reinitialised:
+                print(f"re-initialised for {config.model.num_classes} classes: {', '.join(self.reinitialised)}")
         self.diagnostics = TrainingDiagnostics(
-            self.model, self.run_dir, train.diagnostics_every, self.val_set, self.step
+            self.model, self.run_dir, train.diagnostics_every if self.dist.is_main else 0, self.val_set, self.step
         )
 
-    def _resume(self) -> None:
-        state = load_checkpoint(self.run_dir / LAST)
+    def _wrap(self, model: nn.Module, compile: bool) -> nn.Module:
+        """The module the training step calls: DDP across processes, ``torch.compile``-d when asked."""
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=device_ids)
+        return torch.compile(model) if compile else model
+
+    def _call_model(self, batch: Any) -> Any:
+        """The forward pass; a ``torch.compile``-d model that fails on its first step is replaced by the eager one,
+        with a warning saying why."""
+        if not self.compile_pending:
+            return self.forward_model(batch)
+        self.compile_pending = False
+        try:
+            return self.forward_model(batch)
+        except Exception as err:  # any compiler failure (missing C++ compiler, unsupported operation, ...)
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            log.warning("train.compile: torch.compile does not work here (%s); training continues uncompiled", reason)
+            self.forward_model = self._wrap(self.model, compile=False)
+            return self.forward_model(batch)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def _resume(self) -> list[str]:
+        """Restore the newest valid checkpoint; returns the optimiser settings the config changed."""
+        path = newest_valid_checkpoint(self.run_dir, warn=log.warning)
+        if path is None:
+            raise FileNotFoundError(f"run directory {self.run_dir} holds no valid checkpoint to resume from")
+        state = load_checkpoint(path)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        configured = group_settings(self.optimizer)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:
+            raise ValueError(
+                f"{path}: the optimiser state does not fit this config's parameter groups ({err}); the trainable "
+                "parameters (backbone freezing, learnable alphas) must stay as they were"
+            ) from None
         self.scheduler.load_state_dict(state["lr_scheduler"])
+        changes = apply_configured_settings(self.optimizer, self.scheduler, configured)
+        for change in changes:
+            log.warning("resume: the config changes %s", change)
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.best_ap = state.get("best_ap", float("-inf"))
-        set_rng_state(state["rng"])
-        # Records written after the checkpoint (a run killed mid-epoch) are dropped: that work is redone.
+        self.epoch_progress = state.get("epoch_progress", {})
+        ranks = state.get("rng_ranks", [])
+        set_rng_state(ranks[self.dist.rank] if len(ranks) == self.dist.world_size else state["rng"])
+        self.last_checkpoint = path
+        # Records written after the checkpoint (a run killed before its next one) are dropped: that work is redone.
         metrics = self.run_dir / METRICS_FILE
-        if metrics.exists():
-            kept = [r for r in read_metrics(self.run_dir) if r.get("epoch", 0) <= self.epoch]
+        if metrics.exists() and self.dist.is_main:
+            kept = [
+                r
+                for r in read_metrics(self.run_dir)
+                if r["step"] <= self.step and (r["type"] != "epoch" or r["epoch"] <= self.epoch)
+            ]
             metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        log.info("resumed %s at epoch %d, step %d", self.run_dir, self.epoch, self.step)
+        where = f"epoch {self.epoch + 1}, step {self.step}" if self.epoch_progress else f"epoch {self.epoch}"
+        log.info("resumed %s from %s (%s)", self.run_dir, path.name, where)
+        return changes
 
-    def _checkpoint(self) -> dict:
-        return {
+    def _state(self) -> dict:
+        """The checkpoint (a collective under torch.distributed: every rank's generator state is gathered)."""
+        ranks = [rng_state()]
+        if is_distributed():
+            ranks = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(ranks, rng_state())
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
             "config": config_to_dict(self.config),
-            "rng": rng_state(),
+            "rng": ranks[0],
+            "rng_ranks": ranks,
             "label_map": self.label_map,
             "best_ap": self.best_ap,
         }
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        if self.epoch_progress:
+            state["epoch_progress"] = self.epoch_progress
+        return state
+
+    def _save(self, best: bool = False) -> None:
+        """Write ``checkpoint_last.pt`` (the previous one, when it closed an epoch, becomes numbered), prune the
+        numbered ones, and copy to ``checkpoint_best.pt`` when ``best``."""
+        state = self._state()
+        if self.dist.is_main:
+            rotate_last(self.run_dir)
+            save_checkpoint(self.run_dir / LAST_CHECKPOINT, state, epoch_complete=not self.epoch_progress)
+            train, optim = self.config.train, self.config.optim
+            keep = [
+                e
+                for e in range(1, self.epoch + 1)
+                if e % optim.lr_drop == 0 or (train.keep_every > 0 and e % train.keep_every == 0)
+            ]
+            prune_checkpoints(self.run_dir, train.keep_last, keep)
+            if best:
+                save_checkpoint(self.run_dir / BEST_CHECKPOINT, state)
+        self.last_checkpoint = self.run_dir / LAST_CHECKPOINT
+        barrier()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Signals
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGTERM / SIGINT: finish the step, checkpoint, stop; a second one stops at once (:class:`StoppedAtOnce`)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop_signal is not None:
+                raise StoppedAtOnce(signum)
+            self.stop_signal = signum
+            log.warning("%s received: finishing this step, then writing a checkpoint", signal.Signals(signum).name)
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Training
+
+    def _batches(self, dataset: CocoDetection, train: bool, skip: int = 0) -> Any:
+        """This rank's loader: its share of the (per-epoch shuffled) images, without the first ``skip`` batches."""
+        seed = self.config.train.seed
+        sampler = DistributedSampler(
+            dataset, self.dist.world_size, self.dist.rank, shuffle=train, seed=seed, drop_last=False
+        )
+        sampler.set_epoch(self.epoch)
+        size = self.config.train.batch_size if train else self.config.train.eval_batch_size
+        batches = list(BatchSampler(sampler, size, drop_last=train and len(sampler) >= size))[skip:]
+        generator = torch.Generator().manual_seed(seed + self.epoch)  # worker seeds: same when resumed
+        return build_loader(dataset, self.config, train=train, generator=generator, batch_sampler=batches)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.config.train.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _peak_memory_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:
+            import resource
+        except ImportError:  # not on Windows
+            return float("nan")
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
     def _train_one_epoch(self) -> dict[str, float]:
+        """One epoch (or its rest after a mid-epoch resume); stops after the step during which a signal came."""
         config = self.config.train
-        generator = torch.Generator().manual_seed(config.seed + self.epoch)  # same batches when resumed
-        loader = build_loader(self.train_set, self.config, train=True, generator=generator)
-        self.model.train()
+        progress = self.epoch_progress or {"steps": 0, "skipped": 0, "images": 0, "seconds": 0.0, "sums": {}}
+        self.epoch_progress = {}
+        sums: dict[str, float] = defaultdict(float, progress["sums"])
+        steps, skipped, images_seen = progress["steps"], progress["skipped"], progress["images"]
+        loader = self._batches(self.train_set, train=True, skip=steps + skipped)
+        self.forward_model.train()
         self.criterion.train()
-        sums: dict[str, float] = defaultdict(float)
-        steps = skipped = images_seen = 0
-        limit = config.max_steps_per_epoch or len(loader)
-        bar = tqdm(total=min(limit, len(loader)), desc=f"epoch {self.epoch + 1}", disable=not self.progress)
-        start = time.perf_counter()
+        limit = min(config.max_steps_per_epoch or len(loader) + steps + skipped, len(loader) + steps + skipped)
+        bar = tqdm(total=limit, initial=steps + skipped, desc=f"epoch {self.epoch + 1}", disable=not self.progress)
+        start = time.perf_counter() - progress["seconds"]
+        tick = time.perf_counter()
         for batch, targets in loader:
             if steps + skipped >= limit:
                 break
+            data_s = time.perf_counter() - tick
             batch = batch.to(self.device)
             targets = targets_to(targets, self.device)
-            try:
-                losses = self.criterion(self.model(batch), targets)
-                loss = self.criterion.total_loss(losses)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(str({k: round(v.item(), 4) for k, v in losses.items() if k[-1].isalpha()}))
-            except FloatingPointError as err:
+            losses, loss, problem = self._forward(batch, targets)
+            nonfinite = any_across_ranks(problem is not None, self.device)
+            if nonfinite:
                 skipped += 1
-                self._nonfinite(str(err), targets)
-                bar.update()
-                continue
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.diagnostics.after_backward(self.step + 1)
-            if self.config.optim.clip_max_norm > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_max_norm)
-            self.optimizer.step()
-            self.step += 1
-            steps += 1
-            images_seen += len(batch)
-            sums["loss"] += loss.item()
-            for key in ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error"):
-                sums[key] += losses[key].item()
-            speed = images_seen / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{speed:.1f}")
+                self._nonfinite(problem or "on another process", targets)
+            else:
+                self._backward(loss)
+                self.step += 1
+                steps += 1
+                images_seen += len(batch) * self.dist.world_size
+                values = {"loss": loss.item(), **{k: losses[k].item() for k in MAIN_TRAIN_METRICS[1:]}}
+                for key, value in values.items():
+                    sums[key] += value
+                speed = images_seen / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{speed:.1f}")
+                if self.step % config.log_every == 0:
+                    self._log_step(loss, losses, speed, data_s, time.perf_counter() - tick)
             bar.update()
-            if self.step % config.log_every == 0:
-                self.logger.log(
-                    "train",
-                    self.step,
-                    epoch=self.epoch + 1,
-                    loss=loss.item(),
-                    **{k: v.item() for k, v in losses.items()},
-                    lr={g["name"]: g["lr"] for g in self.optimizer.param_groups},
-                    alpha=alpha_values(self.model),
-                    images_per_s=speed,
-                )
+            tick = time.perf_counter()
+            if any_across_ranks(self.stop_signal is not None, self.device) and steps + skipped < limit:
+                self.stop_signal = self.stop_signal or signal.SIGTERM  # another rank was signalled
+                seconds = time.perf_counter() - start
+                self.epoch_progress = {
+                    "steps": steps,
+                    "skipped": skipped,
+                    "images": images_seen,
+                    "seconds": seconds,
+                    "sums": dict(sums),
+                }
+                break
         bar.close()
-        averages = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
+        averages = mean_across_ranks({f"train_{k}": v / max(steps, 1) for k, v in sums.items()}, self.device)
         averages.update(train_steps=steps, train_skipped_nonfinite=skipped, train_seconds=time.perf_counter() - start)
         return averages
+
+    def _forward(self, batch: Any, targets: list[dict]) -> tuple[dict, torch.Tensor | None, str | None]:
+        """Losses (in fp32 whatever the precision: the criterion casts the outputs), their total, and what was not
+        finite (``None`` when all is well)."""
+        try:
+            with self._autocast():
+                outputs = self._call_model(batch)
+            losses = self.criterion(outputs, targets)
+            loss = self.criterion.total_loss(losses)
+        except FloatingPointError as err:  # the matcher's check of the outputs
+            return {}, None, str(err)
+        if not torch.isfinite(loss):
+            terms = {k: round(v.item(), 4) for k, v in losses.items() if k[-1].isalpha() and "error" not in k}
+            return losses, loss, f"loss {loss.item()} with terms {terms}"
+        return losses, loss, None
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # true gradients for the diagnostics and clipping (a no-op without fp16)
+        self.diagnostics.after_backward(self.step + 1)
+        if self.config.optim.clip_max_norm > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def _log_step(self, loss: torch.Tensor, losses: dict, speed: float, data_s: float, iteration_s: float) -> None:
+        """A ``train`` record: every loss term averaged over processes, learning rates, alphas, speed, memory."""
+        reduced = mean_across_ranks({"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}, self.device)
+        self.logger.log(
+            "train",
+            self.step,
+            epoch=self.epoch + 1,
+            **reduced,
+            lr={g["name"]: g["lr"] for g in self.optimizer.param_groups},
+            alpha=alpha_values(self.model),
+            iteration_s=iteration_s,
+            data_s=data_s,
+            images_per_s=speed,
+            peak_memory_mb=self._peak_memory_mb(),
+        )
 
     def _nonfinite(self, detail: str, targets: list[dict]) -> None:
         image_ids = [int(t["image_id"]) for t in targets]
         where = f"epoch {self.epoch + 1}, step {self.step + 1}, image ids {image_ids}: {detail}"
         if self.config.train.on_nonfinite_loss == "error":
+            last = self.last_checkpoint or "none written yet"
             raise NonFiniteLossError(
-                f"non-finite loss at {where}. Lower optim.lr / optim.clip_max_norm, check these images' boxes, "
-                "or set train.on_nonfinite_loss=skip to skip such steps (they are counted in metrics.jsonl)"
+                f"non-finite loss at {where}. Last good checkpoint: {last}. Lower optim.lr / optim.clip_max_norm, "
+                "check these images' boxes, or set train.on_nonfinite_loss=skip to skip such steps (they are "
+                "counted in metrics.jsonl)"
             )
         log.warning("skipped a step with a non-finite loss at %s", where)
 
+    def _evaluate(self) -> dict[str, float]:
+        # Evaluating must not change the training random stream (its transforms and loader draw from it),
+        # so a run resumed after an evaluated epoch continues exactly as one that never stopped.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            stats = evaluate(
+                self.model,
+                self.criterion,
+                self._batches(self.val_set, train=False),
+                self.device,
+                self.label_map,
+                self.progress,
+            )
+        losses = mean_across_ranks({k: v for k, v in stats.items() if k.startswith("val_")}, self.device)
+        return {**stats, **losses}
+
     def fit(self) -> dict[str, float]:
-        """Train the remaining epochs; returns the last evaluation's metrics."""
+        """Train the remaining epochs; returns the last evaluation's metrics. After a SIGTERM / SIGINT it returns
+        early with a checkpoint written and :attr:`stop_signal` set."""
         train = self.config.train
         last_eval: dict[str, float] = {}
-        log.info("training in %s on %s", self.run_dir, self.device)
-        while self.epoch < train.epochs:
-            record = self._train_one_epoch()
-            self.scheduler.step()
-            self.epoch += 1
-            if self.epoch % train.eval_every == 0 or self.epoch == train.epochs:
-                # Evaluating must not change the training random stream (its transforms and loader draw from it),
-                # so a run resumed after an evaluated epoch continues exactly as one that never stopped.
-                with torch.random.fork_rng(devices=None if self.device.type == "cuda" else []):
-                    last_eval = evaluate(
-                        self.model, self.criterion, self.val_loader, self.device, self.label_map, self.progress
-                    )
-                record.update(last_eval)
-            record["alpha"] = alpha_values(self.model)
-            self.logger.log("epoch", self.step, epoch=self.epoch, **record)
-            improved = "AP" in record and record["AP"] > self.best_ap
-            if improved:
-                self.best_ap = record["AP"]
-            state = self._checkpoint()
-            save_checkpoint(self.run_dir / LAST, state)
-            if improved:
-                save_checkpoint(self.run_dir / BEST, state)
-            if "AP" in record:
-                summary = f"loss {record['train_loss']:.3f}  AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
-                print(f"epoch {self.epoch}: {summary}")
+        log.info("training in %s on %s (%d process(es))", self.run_dir, self.device, self.dist.world_size)
+        with self._stop_on_signals():
+            while self.epoch < train.epochs:
+                record = self._train_one_epoch()
+                if self.epoch_progress:  # stopped by a signal in the middle of the epoch
+                    self._save()
+                    break
+                self.scheduler.step()
+                self.epoch += 1
+                if self.epoch % train.eval_every == 0 or self.epoch == train.epochs:
+                    last_eval = self._evaluate()
+                    record.update(last_eval)
+                record["alpha"] = alpha_values(self.model)
+                self.logger.log("epoch", self.step, epoch=self.epoch, **record)
+                improved = "AP" in record and record["AP"] > self.best_ap
+                if improved:
+                    self.best_ap = record["AP"]
+                self._save(best=improved)
+                if "AP" in record and self.dist.is_main:
+                    summary = f"loss {record['train_loss']:.3f}  AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
+                    print(f"epoch {self.epoch}: {summary}")
+                if self.stop_signal is not None:
+                    break
         self.logger.close()
-        if last_eval:
+        if last_eval and self.dist.is_main:
             (self.run_dir / EVAL_FILE).write_text(json.dumps(last_eval, indent=2))
             print(format_table(last_eval))
         return last_eval

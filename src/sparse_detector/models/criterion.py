@@ -19,6 +19,15 @@ def _matched_query_index(indices: MatchIndices) -> tuple[Tensor, Tensor]:
     return batch_idx, query_idx
 
 
+def _mean_over_processes(value: Tensor) -> Tensor:
+    """The mean of a scalar over the processes of a distributed run (``value`` itself in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value
+
+
 class SetCriterion(nn.Module):
     """Losses ``loss_ce``, ``loss_bbox``, ``loss_giou`` and the logged ``class_error``, ``cardinality_error``.
 
@@ -56,7 +65,10 @@ class SetCriterion(nn.Module):
         matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices, strict=True)])
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         target_classes[idx] = matched_labels
-        loss_ce = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight)
+        # The weighted mean of the cross-entropy, normalised by the weight total averaged over processes (as the box
+        # losses are by the number of boxes), so data-parallel training optimises the same loss as one process.
+        weighted = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight, reduction="none")
+        loss_ce = weighted.sum() / _mean_over_processes(self.empty_weight[target_classes].sum())
         with torch.no_grad():
             if matched_labels.numel() == 0:
                 accuracy = logits.new_zeros(())
@@ -82,12 +94,8 @@ class SetCriterion(nn.Module):
 
     def _num_boxes(self, targets: Sequence[dict], device: torch.device) -> float:
         """Average number of target boxes per process (at least 1), for normalising the box losses."""
-        num_boxes = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
-        world_size = 1
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(num_boxes)
-            world_size = dist.get_world_size()
-        return torch.clamp(num_boxes / world_size, min=1).item()
+        num_boxes = torch.as_tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
+        return torch.clamp(_mean_over_processes(num_boxes), min=1).item()
 
     def forward(self, outputs: dict, targets: Sequence[dict], indices: MatchIndices | None = None) -> dict[str, Tensor]:
         """``targets``: per image ``labels`` (N,) int64 and ``boxes`` (N, 4) normalised cxcywh."""

@@ -41,6 +41,10 @@ class MLP(nn.Module):
 class DETR(nn.Module):
     """End-to-end set prediction: ``num_queries`` boxes with ``num_classes + 1`` class logits (last = no object)."""
 
+    #: Modules whose shape depends on the class count (one head, shared by the auxiliary decoder outputs): the ones a
+    #: fine-tuning run on data with other classes re-initialises.
+    class_heads: tuple[str, ...] = ("class_embed",)
+
     def __init__(
         self,
         backbone: Joiner,

@@ -1,0 +1,110 @@
+"""torch.distributed set-up from the launcher's environment: torchrun (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``) or
+SLURM's ``srun`` alone (``SLURM_PROCID`` / ``SLURM_NTASKS`` / ``SLURM_LOCALID``); a plain process runs alone.
+
+NCCL on CUDA, gloo on the CPU. Rank 0 writes logs and checkpoints; the others compute."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_MASTER_PORT = "29500"
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list (``node[03-05,9],gpu1`` -> ``node03``).
+
+    Hand-written because ``scontrol show hostnames`` is often missing inside containers."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if match is None:
+        raise ValueError(f"cannot read the SLURM node list {nodelist!r}; set MASTER_ADDR")
+    prefix, ranges = match.groups()
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def context_from_environment(env: Mapping[str, str] | None = None) -> DistributedContext:
+    """Rank and world size from torchrun's variables, else from SLURM's (several tasks of one ``srun``)."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistributedContext(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return DistributedContext(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
+    return DistributedContext()
+
+
+def init_distributed(device: torch.device) -> tuple[DistributedContext, torch.device]:
+    """Join the process group the environment describes (no-op for a single process); returns the context and
+    this process's device (``cuda:LOCAL_RANK`` on CUDA)."""
+    context = context_from_environment()
+    if not context.enabled or (dist.is_available() and dist.is_initialized()):
+        return context, device
+    if not dist.is_available():
+        raise RuntimeError("this PyTorch build has no torch.distributed; run a single process")
+    if "MASTER_ADDR" not in os.environ:  # srun without torchrun: rendezvous on the job's first node
+        os.environ["MASTER_ADDR"] = first_slurm_host(os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1"))
+    os.environ.setdefault("MASTER_PORT", DEFAULT_MASTER_PORT)
+    if device.type == "cuda":
+        device = torch.device("cuda", context.local_rank)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(
+        backend, rank=context.rank, world_size=context.world_size, timeout=datetime.timedelta(minutes=30)
+    )
+    return context, device
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def mean_across_ranks(values: Mapping[str, float], device: torch.device) -> dict[str, float]:
+    """The mean over ranks of each value (the values themselves for one process)."""
+    if not is_distributed() or not values:
+        return dict(values)
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    tensor /= dist.get_world_size()
+    return dict(zip(keys, tensor.tolist(), strict=True))
+
+
+def any_across_ranks(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any rank (a collective: every rank must call it at the same point)."""
+    if not is_distributed():
+        return flag
+    tensor = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

@@ -1,0 +1,193 @@
+"""Property-based hardening (hypothesis): the COCO and VOC loaders, the training transforms and the config loader
+either work with valid results or fail with a clear error — never a stray exception or a silently lost box."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from sparse_detector.config import Config, ConfigError, config_to_dict, load_config
+from sparse_detector.data.coco import CocoDetection, DatasetError
+from sparse_detector.data.transforms import make_transforms
+from sparse_detector.data.voc import voc_to_coco
+
+# No subnormal floats: a Trainer earlier in the session may have set torch.set_flush_denormal(True) process-wide.
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+WIDTH, HEIGHT = 40, 30
+
+numbers = st.one_of(
+    st.floats(-60, 100, allow_nan=False, allow_subnormal=False),
+    st.integers(-60, 100),
+    st.sampled_from([math.nan, math.inf, -math.inf, 0.0]),
+)
+coco_annotations = st.lists(
+    st.fixed_dictionaries(
+        {
+            "bbox": st.one_of(st.lists(numbers, min_size=4, max_size=4), st.lists(numbers, max_size=6)),
+            "category_id": st.sampled_from([1, 2, 7]),
+            "image_id": st.sampled_from([1, 1, 1, 9]),
+            "iscrowd": st.sampled_from([0, 0, 0, 1]),
+        }
+    ),
+    max_size=8,
+)
+
+
+def _images_dir(root: Path) -> Path:
+    images = root / "images"
+    images.mkdir(exist_ok=True)
+    Image.new("RGB", (WIDTH, HEIGHT), (120, 30, 200)).save(images / "a.png")
+    return images
+
+
+@SETTINGS
+@given(annotations=coco_annotations, skip=st.booleans())
+def test_coco_loader_keeps_valid_boxes_counts_the_rest_or_names_the_problem(annotations: list[dict], skip: bool):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data = {
+            "images": [{"id": 1, "file_name": "a.png", "width": WIDTH, "height": HEIGHT}],
+            "annotations": [{"id": i + 1, **a} for i, a in enumerate(annotations)],
+            "categories": [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}],
+        }
+        path = root / "ann.json"
+        path.write_text(json.dumps(data))
+        try:
+            dataset = CocoDetection(_images_dir(root), path, on_invalid="skip" if skip else "error")
+        except DatasetError as err:
+            assert not skip and str(path) in str(err) and "annotation id" in str(err)
+            return
+        image, target = dataset[0]
+        boxes = target["boxes"]  # normalised cxcywh
+        assert image.shape == (3, HEIGHT, WIDTH)
+        assert len(boxes) == len(target["labels"]) and bool(torch.isfinite(boxes).all())
+        assert bool((boxes[:, 2:] > 0).all()) and bool((boxes[:, :2] - boxes[:, 2:] / 2 >= -1e-6).all())
+        assert bool((boxes[:, :2] + boxes[:, 2:] / 2 <= 1 + 1e-6).all())
+        # Nothing lost silently: every annotation is a target box, a crowd box, or counted as skipped.
+        assert len(boxes) + dataset.num_crowd + sum(dataset.skipped.values()) == len(annotations)
+
+
+def _voc_xml(objects: list[tuple[str, tuple[float, float, float, float]]]) -> str:
+    parts = [f"<annotation><filename>a.jpg</filename><size><width>{WIDTH}</width><height>{HEIGHT}</height></size>"]
+    for name, (x0, y0, x1, y1) in objects:
+        box = f"<xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax>"
+        parts.append(f"<object><name>{name}</name><bndbox>{box}</bndbox></object>")
+    return "".join(parts) + "</annotation>"
+
+
+voc_objects = st.lists(
+    st.tuples(st.sampled_from(["cell", "rbc"]), st.tuples(*[st.integers(-5, 50)] * 4)),
+    max_size=6,
+)
+
+
+@SETTINGS
+@given(objects=voc_objects, truncate=st.integers(0, 40))
+def test_voc_import_keeps_or_counts_every_box_and_names_bad_files(objects: list, truncate: int):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+            (root / folder).mkdir(parents=True)
+        Image.new("RGB", (WIDTH, HEIGHT)).save(root / "JPEGImages" / "a.jpg")
+        xml = _voc_xml(objects)
+        if truncate:  # a damaged file
+            xml = xml[: len(xml) - truncate]
+        (root / "Annotations" / "a.xml").write_text(xml)
+        (root / "ImageSets/Main/train.txt").write_text("a\n")
+        try:
+            coco = voc_to_coco(root, split="train")
+        except DatasetError as err:
+            assert truncate and "a.xml" in str(err)
+            return
+        stats = coco["info"]["stats"]
+        assert stats["annotations"] + sum(stats["dropped"].values()) == len(objects)
+        for annotation in coco["annotations"]:
+            assert annotation["bbox"][2] > 0 and annotation["bbox"][3] > 0
+
+
+image_sizes = st.tuples(st.integers(8, 90), st.integers(8, 90))
+
+
+@st.composite
+def image_and_boxes(draw) -> tuple[Image.Image, dict]:
+    width, height = draw(image_sizes)
+    count = draw(st.integers(0, 5))
+    boxes = []
+    for _ in range(count):
+        x0, x1 = sorted(
+            draw(st.tuples(st.floats(0, width, allow_subnormal=False), st.floats(0, width, allow_subnormal=False)))
+        )
+        y0, y1 = sorted(
+            draw(st.tuples(st.floats(0, height, allow_subnormal=False), st.floats(0, height, allow_subnormal=False)))
+        )
+        boxes.append([x0, y0, max(x1, x0 + 0.5), max(y1, y0 + 0.5)])
+    target = {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4).clamp(max=torch.tensor([width, height] * 2)),
+        "labels": torch.arange(count, dtype=torch.int64),
+        "iscrowd": torch.zeros(count, dtype=torch.int64),
+        "size": torch.tensor([height, width]),
+        "orig_size": torch.tensor([height, width]),
+    }
+    return Image.new("RGB", (width, height)), target
+
+
+@SETTINGS
+@given(sample=image_and_boxes(), seed=st.integers(0, 2**16), crop=st.booleans())
+def test_training_transforms_keep_boxes_valid_and_inside_the_image(sample: tuple, seed: int, crop: bool):
+    image, target = sample
+    transforms = make_transforms(
+        True, scales=[24, 40, 56], max_size=80, crop_sizes=(8, 30) if crop else None, crop_resize_scales=[32, 48]
+    )
+    torch.manual_seed(seed)
+    tensor, out = transforms(image, target)
+    boxes = out["boxes"]
+    assert tensor.shape[1:] == tuple(out["size"].tolist())
+    assert len(boxes) == len(out["labels"]) <= len(target["labels"])
+    assert set(out["labels"].tolist()) <= set(target["labels"].tolist())
+    assert bool(torch.isfinite(boxes).all()) and bool((boxes[:, 2:] >= 0).all())
+    assert bool((boxes[:, :2] - boxes[:, 2:] / 2 >= -1e-5).all()) and bool(
+        (boxes[:, :2] + boxes[:, 2:] / 2 <= 1 + 1e-5).all()
+    )
+
+
+def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        keys.append(prefix + key)
+        if isinstance(value, dict):
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+VALID_KEYS = _dotted_keys(config_to_dict(Config()))
+segments = st.text("abcdefghijklmnopqrstuvwxyz_0123456789", min_size=0, max_size=8)
+keys = st.one_of(
+    st.sampled_from(VALID_KEYS),
+    st.builds(lambda k, extra: f"{k}.{extra}", st.sampled_from(VALID_KEYS), segments),
+    st.lists(segments, min_size=1, max_size=4).map(".".join),
+)
+values = st.one_of(
+    st.sampled_from(["1", "0.5", "-3", "true", "null", "[]", "[1, 2]", "{a: 1}", "abc", "", "1e-4", "[", "{", ":"]),
+    st.text(max_size=12),
+)
+
+
+@SETTINGS
+@given(base=st.sampled_from([None, "shapes_tiny"]), key=keys, value=values)
+def test_any_dotted_override_is_accepted_or_refused_naming_the_key(base: str | None, key: str, value: str):
+    override = f"{key}={value}"
+    try:
+        config = load_config(base, [override])
+    except ConfigError as err:
+        message = str(err)
+        parts = [p for p in key.split(".") if p]
+        assert override in message or any(part in message for part in parts) or key in message, message
+        return
+    assert isinstance(config, Config)

@@ -1,0 +1,181 @@
+"""Preemptible training: signals, --resume auto, verified checkpoints and their rotation, new settings on resume,
+non-finite losses, pickle payloads, fine-tuning with another class count."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparse_detector import load_config
+from sparse_detector.cli import main
+from sparse_detector.engine.checkpoint import CheckpointError, load_checkpoint, run_checkpoints, verify_checkpoint
+from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
+from sparse_detector.models.weights import CheckpointMismatchError
+from sparse_detector.runs import read_metrics
+
+from .conftest import epoch_records, shapes_config, shapes_overrides
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+FAST = ("train.max_steps_per_epoch=1", "train.eval_every=100")
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(shapes, tmp_path: Path):
+    """A CLI training subprocess gets SIGTERM mid-epoch: it finishes the step, writes a checkpoint, exits 0 saying
+    how to resume; the resumed run's epochs equal an uninterrupted run's."""
+    settings = ["train.epochs=2", "train.batch_size=1", "train.deterministic=true", "train.eval_every=1"]
+    # All three runs in fresh processes alike: this test process's state (thread pools, kernel caches left by other
+    # tests) may change the last bits of a float sum.
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+
+    def train(output_dir: Path, *extra: str) -> subprocess.Popen:
+        argv = ["train", "--no-progress", "--output-dir", str(output_dir), *extra]
+        command = [sys.executable, "-m", "sparse_detector", *argv]
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    run = tmp_path / "run"
+    straight = train(tmp_path / "straight", "--set", *shapes_overrides(shapes), *settings)
+    process = train(run, "--set", *shapes_overrides(shapes), *settings)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and '"type": "train"' in metrics.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0].decode()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 0, output
+    assert "stopped by SIGTERM" in output and f"resume with: sparse-detector train --resume {run}" in output
+    state = load_checkpoint(run / "checkpoint_last.pt")
+    assert verify_checkpoint(run / "checkpoint_last.pt") is None
+    assert state["epoch"] == 0 and 1 <= state["epoch_progress"]["steps"] == state["step"] < 12  # mid-epoch
+
+    resumed = train(run, "--resume", str(run))
+    assert resumed.wait(timeout=300) == 0 and straight.wait(timeout=300) == 0
+    resumed, reference = epoch_records(run), epoch_records(tmp_path / "straight")
+    assert sorted(resumed) == [1, 2]
+    for epoch in (1, 2):
+        for key in ("train_loss", "train_loss_ce", "train_loss_giou", "AP", "AP50", "val_loss"):
+            assert resumed[epoch][key] == reference[epoch][key], (epoch, key)
+    steps = [r["step"] for r in read_metrics(run) if r["type"] == "train"]
+    assert steps == list(range(1, 25))  # the interrupted epoch's step records are neither lost nor repeated
+
+
+def test_second_signal_stops_at_once(shapes, tmp_path: Path):
+    trainer = Trainer(shapes_config(shapes, "train.epochs=1", *FAST), tmp_path / "run", progress=False)
+
+    def two_signals(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    trainer._backward = two_signals
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+        trainer.fit()
+    assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
+
+
+def test_resume_auto_falls_back_from_a_corrupt_checkpoint(shapes, tmp_path: Path, caplog):
+    run = tmp_path / "run"
+    args = ["train", "--no-progress", "--resume", "auto", "--output-dir", str(run), "--set"]
+    overrides = [*shapes_overrides(shapes), *FAST, "train.keep_last=1"]
+    assert main([*args, *overrides, "train.epochs=2"]) == 0  # no checkpoint yet: starts the run
+    assert [r.epoch for r in run_checkpoints(run)] == [2, 1]
+    last = run / "checkpoint_last.pt"
+    last.write_bytes(last.read_bytes()[:-100])  # truncated
+    assert "truncated" in verify_checkpoint(last)
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(load_config(run / "config.yaml", ["train.epochs=3"]), run, resume=True, progress=False)
+    assert trainer.epoch == 1 and trainer.last_checkpoint.name == "checkpoint_epoch0001.pt"
+    assert "skipping checkpoint" in caplog.text and "truncated" in caplog.text
+    data = bytearray((run / "checkpoint_epoch0001.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (run / "checkpoint_epoch0001.pt").write_bytes(bytes(data))
+    assert "SHA-256" in verify_checkpoint(run / "checkpoint_epoch0001.pt")
+    assert main([*args, *overrides, "train.epochs=3"]) == 2  # nothing valid left: a clear error
+
+
+def test_numbered_checkpoints_are_kept_and_pruned(shapes, tmp_path: Path):
+    config = shapes_config(shapes, "train.epochs=5", *FAST, "optim.lr_drop=2", "train.keep_last=1")
+    Trainer(config, tmp_path / "run", progress=False).fit()
+    names = sorted(p.name for p in (tmp_path / "run").glob("checkpoint_*.pt"))
+    # last = epoch 5; the newest numbered (4); the ones just before each lr drop (2, 4)
+    assert names == ["checkpoint_best.pt", "checkpoint_epoch0002.pt", "checkpoint_epoch0004.pt", "checkpoint_last.pt"]
+    config = shapes_config(
+        shapes, "train.epochs=4", *FAST, "optim.lr_drop=100", "train.keep_last=0", "train.keep_every=3"
+    )
+    Trainer(config, tmp_path / "every", progress=False).fit()
+    assert sorted(p.name for p in (tmp_path / "every").glob("checkpoint_epoch*.pt")) == ["checkpoint_epoch0003.pt"]
+
+
+def test_resume_applies_a_new_learning_rate_and_schedule(shapes, tmp_path: Path):
+    run = tmp_path / "run"
+    Trainer(shapes_config(shapes, "train.epochs=1", *FAST), run, progress=False).fit()
+    config = load_config(run / "config.yaml", ["train.epochs=2", "optim.lr=5e-5", "optim.lr_drop=1"])
+    trainer = Trainer(config, run, resume=True, progress=False)
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs["default"] == pytest.approx(5e-6)  # the new base lr, dropped once by the new schedule at epoch 1
+    assert lrs["backbone"] == pytest.approx(2e-5)
+    trainer.fit()
+    (record,) = [r for r in read_metrics(run) if r["type"] == "resume"]
+    assert any("group default: lr 0.0002" in change and "-> 5e-06" in change for change in record["changes"])
+    assert load_checkpoint(run / "checkpoint_last.pt")["lr_scheduler"]["base_lrs"][0] == pytest.approx(5e-5)
+
+
+def test_nonfinite_loss_names_step_terms_and_last_checkpoint(shapes, tmp_path: Path):
+    run = tmp_path / "run"
+    Trainer(shapes_config(shapes, "train.epochs=1", *FAST), run, progress=False).fit()
+    trainer = Trainer(load_config(run / "config.yaml", ["train.epochs=2"]), run, resume=True, progress=False)
+    total_loss = trainer.criterion.total_loss
+    trainer.criterion.total_loss = lambda losses: total_loss(losses) * float("nan")
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.fit()
+    message = str(err.value)
+    assert "epoch 2, step 2" in message and "loss_ce" in message and "loss_giou" in message
+    assert f"Last good checkpoint: {run / 'checkpoint_last.pt'}" in message
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_checkpoint_with_a_pickle_payload_is_refused(tmp_path: Path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "config": _Payload()}, path)
+    with pytest.raises(CheckpointError, match="refused to load .*evil.pt"):
+        load_checkpoint(path)
+    assert main(["evaluate", "--checkpoint", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "refused to load" in captured.err and "this must never run" not in captured.out
+
+
+def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_path: Path, capsys):
+    source = tmp_path / "source"
+    Trainer(
+        shapes_config(shapes, "train.epochs=1", *FAST, "model.num_classes=7", "data.label_mode=coco_ids"),
+        source,
+        progress=False,
+    ).fit()
+    weights = load_checkpoint(source / "checkpoint_last.pt")["model"]
+    config = shapes_config(shapes, "train.epochs=1", *FAST, "model.backbone.lr=0")  # frozen backbone
+    trainer = Trainer(config, tmp_path / "tuned", progress=False, init_from=source / "checkpoint_last.pt")
+    assert trainer.reinitialised == ["class_embed.weight", "class_embed.bias"]
+    assert "re-initialised for 4 classes: class_embed.weight, class_embed.bias" in capsys.readouterr().out
+    state = trainer.model.state_dict()
+    assert state["class_embed.weight"].shape[0] == 5
+    for key, value in weights.items():
+        if not key.startswith("class_embed."):
+            assert torch.equal(state[key], value), key
+    assert not any(p.requires_grad for p in trainer.model.backbone.parameters())
+    trainer.fit()
+    other = shapes_config(shapes, "model.transformer.dec_layers=3")
+    with pytest.raises(
+        CheckpointMismatchError, match=r"does not fit the model apart from its class heads \['class_embed'\]"
+    ):
+        Trainer(other, tmp_path / "bad", progress=False, init_from=source / "checkpoint_last.pt")

@@ -1,0 +1,159 @@
+"""Experiment tracking: JSONL, TensorBoard and W&B (offline) read back, grouped names, one global step; precision."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparse_detector.engine.coco_eval import STAT_NAMES
+from sparse_detector.engine.logger import grouped_scalars
+from sparse_detector.engine.trainer import Trainer, parameter_counts
+from sparse_detector.models import build_model
+from sparse_detector.runs import read_metrics
+
+from .conftest import shapes_config
+
+TRACKED = ("train.epochs=1", "train.max_steps_per_epoch=2", "train.log_every=1")
+ALPHA = ("model.attention.decoder_cross.activation=alpha_entmax",)
+
+
+def _tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def _wandb_history(run_dir: Path) -> list[dict[str, float]]:
+    """The ``history`` rows of the offline W&B run in ``run_dir/wandb``.
+
+    The .wandb file is a LevelDB-style log of protobuf records (a 7-byte header, then 32 KiB blocks of chunks with a
+    7-byte header: CRC, length, type); wandb no longer ships a Python reader for it, hence these lines."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    rows, pending, offset, block = [], b"", 7, 32768
+    while offset + 7 <= len(data):
+        if block - offset % block < 7:  # block trailer too short for a chunk header
+            offset += block - offset % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
+        pending += data[offset + 7 : offset + 7 + length]
+        offset += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append(
+                    {
+                        item.key or "/".join(item.nested_key): float(item.value_json)
+                        for item in record.history.item
+                        if item.value_json.replace(".", "").replace("-", "").replace("e", "").isdigit()
+                    }
+                )
+    return rows
+
+
+def test_tensorboard_and_wandb_get_grouped_names_at_one_global_step(shapes, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = tmp_path / "run"
+    config = shapes_config(shapes, *TRACKED, *ALPHA, "train.tensorboard=true", "train.wandb=true")
+    Trainer(config, run, progress=False).fit()
+
+    records = read_metrics(run)
+    assert [r["type"] for r in records] == ["params", "train", "train", "epoch"]
+    scalars = _tensorboard_scalars(run / "tensorboard")
+    for name in ("loss", "loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error"):
+        assert [step for step, _ in scalars[f"train-main-metrics/{name}"]] == [1, 2]
+    assert scalars["train-main-metrics/loss"][0][1] == pytest.approx(records[1]["loss"])
+    assert {"train-metrics/loss_ce_0", "train-metrics/lr/default", "train-metrics/lr/backbone"} <= set(scalars)
+    assert {f"train-extra-metrics/{k}" for k in ("iteration_s", "data_s", "images_per_s", "peak_memory_mb")} <= set(
+        scalars
+    )
+    assert {f"val-AP/{name}" for name in STAT_NAMES} <= set(scalars)
+    assert scalars["val-AP/AP"] == [(2, pytest.approx(records[-1]["AP"]))]
+    assert "val-epoch-metrics/loss" in scalars and "train-epoch-metrics/loss" in scalars
+    heads = [tag for tag in scalars if tag.startswith("alpha/transformer.decoder.layers.0.multihead_attn")]
+    assert len(heads) == 4  # one per head
+    assert scalars["params/total/trainable"] == [(0, parameter_counts(build_model(config))["total"]["trainable"])]
+
+    history = _wandb_history(run)
+    by_step = {}
+    for row in history:
+        by_step.setdefault(int(row["_step"]), {}).update(row)
+    assert by_step[1]["train-main-metrics/loss"] == pytest.approx(records[1]["loss"])
+    assert by_step[2]["val-AP/AP50"] == pytest.approx(records[-1]["AP50"])
+
+
+def test_grouping_of_record_names():
+    scalars = grouped_scalars(
+        "train", {"epoch": 1, "loss": 1.0, "loss_bbox_1": 2.0, "lr": {"alpha": 0.1}, "alpha": {"m": [1.5, 1.6]}}
+    )
+    assert scalars == {
+        "train-main-metrics/loss": 1.0,
+        "train-metrics/loss_bbox_1": 2.0,
+        "train-metrics/lr/alpha": 0.1,
+        "alpha/m/head0": 1.5,
+        "alpha/m/head1": 1.6,
+    }
+    assert grouped_scalars("epoch", {"AP75": 0.5, "val_loss": 3.0, "train_loss": 4.0}) == {
+        "val-AP/AP75": 0.5,
+        "val-epoch-metrics/loss": 3.0,
+        "train-epoch-metrics/loss": 4.0,
+    }
+
+
+def test_parameter_counts_are_printed_and_split_trainable_frozen(shapes, tmp_path: Path, capsys):
+    config = shapes_config(shapes, "model.backbone.lr=0")
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    counts = parameter_counts(trainer.model)
+    assert counts["backbone"]["trainable"] == 0 and counts["backbone"]["frozen"] > 0
+    assert counts["total"]["trainable"] == sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    out = capsys.readouterr().out
+    assert "parameters" in out and f"{counts['transformer']['trainable']:,}" in out
+    (record,) = [r for r in read_metrics(tmp_path / "run") if r["type"] == "params"]
+    assert record["total"] == counts["total"]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_with_fp32_losses(shapes, tmp_path: Path, precision: str):
+    config = shapes_config(shapes, *TRACKED, f"train.precision={precision}", "train.max_steps_per_epoch=1")
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    seen = []
+    criterion = trainer.criterion.forward
+
+    def record_dtypes(outputs, targets):
+        losses = criterion(outputs, targets)
+        seen.append((outputs["pred_logits"].dtype, {v.dtype for v in losses.values()}))
+        return losses
+
+    trainer.criterion.forward = record_dtypes
+    trainer.fit()
+    assert seen[0][0] == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]  # the model ran in autocast
+    assert seen[0][1] == {torch.float32}
+    assert ("scaler" in torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)) == (precision == "fp16")
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(shapes, tmp_path: Path, monkeypatch, caplog):
+    class Broken(torch.nn.Module):
+        def forward(self, *args):
+            raise RuntimeError("InductorError: no C++ compiler found\nmore detail")
+
+    def broken_compile(model):
+        return Broken()
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    config = shapes_config(shapes, *TRACKED, "train.compile=true", "train.max_steps_per_epoch=1")
+    with caplog.at_level("WARNING"):
+        trainer = Trainer(config, tmp_path / "run", progress=False)
+        trainer.fit()
+    assert "torch.compile does not work here (InductorError: no C++ compiler found)" in caplog.text
+    assert trainer.step == 1 and trainer.forward_model is trainer.model
