@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import entmax
 import pytest
 import torch
@@ -26,10 +28,13 @@ from sparse_detector.attention import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, params=["cpu-kernels", "tensor-ops"])
+@pytest.fixture(autouse=True, params=["cpu-kernels", "cpu-dense", "tensor-ops"])
 def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs on both implementations: the compiled CPU loops and the tensor operations used on GPUs."""
-    monkeypatch.setattr(functional, "CPU_KERNELS", request.param == "cpu-kernels")
+    """Every test runs on each implementation: the compiled CPU loops, the whole-row tensor operations the CPU uses
+    for α-entmax when the support is most of the row (here for every α but 1.5 and 2), and the tensor operations
+    used on GPUs."""
+    monkeypatch.setattr(functional, "CPU_KERNELS", request.param != "tensor-ops")
+    monkeypatch.setattr(functional, "DENSE_SUPPORT_SHARE", 0.0 if request.param == "cpu-dense" else math.inf)
     return request.param
 
 
