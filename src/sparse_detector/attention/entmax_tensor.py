@@ -55,7 +55,15 @@ def _powers(d: Tensor, exponent: float | Tensor) -> Tensor:
     exp/log with the argument kept above −60: the CPU exp kernel is ~10× slower on underflowing arguments, and
     the entries it changes are below 1e-26, far under the precision of a probability that sums to 1.
     """
-    log_d = d.clamp(min=torch.finfo(d.dtype).tiny).log_()
+    return _powers_from_log(d.clamp(min=torch.finfo(d.dtype).tiny).log_(), exponent, d)
+
+
+def _powers_from_log(log_d: Tensor, exponent: float | Tensor, d: Tensor) -> Tensor:
+    """:func:`_powers` given log(max(d, tiny)) (overwritten). Arguments below −60 give exactly 0: with an exponent
+    ≥ 60/|log tiny| that zeroes d = 0 too, with no pass for sign(d) (slow on the CPU)."""
+    floor = float(exponent if isinstance(exponent, float) else exponent.min()) * math.log(torch.finfo(d.dtype).tiny)
+    if floor <= -60.0:
+        return F.threshold_(log_d.mul_(exponent), -60.0, NEG_INF).exp_()
     return log_d.mul_(exponent).clamp_(min=-60.0).exp_().mul_(d.sign())
 
 
@@ -278,11 +286,13 @@ def dense_backward(p: Tensor, grad: Tensor, alpha: float | Tensor, with_alpha: b
     dL/dα = q·Σ p(q − log p)(g − v) is expanded into q·(q(⟨p,g⟩ − v) − ⟨p log p, g⟩ + v·Σ p log p) (Σp = 1), three
     reductions without temporaries of the row length.
     """
-    dz, v = _jacobian_product(_support_weights(p, alpha), grad, dim=1)
+    log_p = p.clamp(min=torch.finfo(p.dtype).tiny).log_()
+    weights = _powers_from_log(log_p.clone() if with_alpha else log_p, 2 - alpha, p)
+    dz, v = _jacobian_product(weights, grad, dim=1)
     d_alpha = None
     if with_alpha:
         q = 1 / (alpha - 1)
-        p_log_p = p.clamp(min=torch.finfo(p.dtype).tiny).log_().mul_(p)
+        p_log_p = log_p.mul_(p)
         linear = torch.linalg.vecdot(p, grad).unsqueeze(1) - v
         entropic = torch.linalg.vecdot(p_log_p, grad).unsqueeze(1) - v * p_log_p.sum(1, keepdim=True)
         d_alpha = q * (q * linear - entropic)
