@@ -33,6 +33,8 @@ MAX_THRESHOLD_ITERS = 50
 # Keys per block, and Newton steps on the block maxima, of the lower bound that selects the candidates.
 BLOCK = 8
 BOUND_STEPS = 3
+# Rows per block of the whole-row CPU path (:func:`dense_forward`): its temporaries stay in the cache.
+DENSE_ROWS = 256
 
 
 def _block_maxima(z: Tensor) -> Tensor:
@@ -274,6 +276,19 @@ def dense_forward(z: Tensor, alpha: float | Tensor) -> Tensor:
     capped at −n^{−(α−1)} (the root of n equal entries, above the row's root) so that the support is not empty;
     the first step may go down (it lands below the root, by convexity), the others rise (see :func:`_solve`).
     """
+    out = torch.empty_like(z)
+    for rows in _row_blocks(z.shape[0]):
+        out[rows] = _dense_block(z[rows], alpha[rows] if isinstance(alpha, Tensor) else alpha)
+    return out
+
+
+def _row_blocks(rows: int) -> list[slice]:
+    """Blocks of DENSE_ROWS rows: the whole-row passes then reuse cache-sized temporaries."""
+    return [slice(start, start + DENSE_ROWS) for start in range(0, rows, DENSE_ROWS)]
+
+
+def _dense_block(z: Tensor, alpha: float | Tensor) -> Tensor:
+    """:func:`dense_forward` of one block of rows."""
     top, x, tau = _softmax_start(z, alpha)
     p = _solve(x.t(), alpha.t() if isinstance(alpha, Tensor) else alpha, tau.t(), start_above=True).t().contiguous()
     not_finite = ~(top < math.inf)  # NaN (amax propagates it) or +inf
@@ -281,7 +296,22 @@ def dense_forward(z: Tensor, alpha: float | Tensor) -> Tensor:
 
 
 def dense_backward(p: Tensor, grad: Tensor, alpha: float | Tensor, with_alpha: bool) -> tuple[Tensor, Tensor | None]:
-    """:func:`backward` for the (rows, n) output of :func:`dense_forward`: whole-row tensor operations.
+    """:func:`backward` for the (rows, n) output of :func:`dense_forward`: whole-row tensor operations."""
+    dz = torch.empty_like(p)
+    d_alpha = torch.empty(p.shape[0], 1, dtype=p.dtype) if with_alpha else None
+    for rows in _row_blocks(p.shape[0]):
+        dz[rows], block_alpha = _dense_backward_block(
+            p[rows], grad[rows], alpha[rows] if isinstance(alpha, Tensor) else alpha, with_alpha
+        )
+        if with_alpha:
+            d_alpha[rows] = block_alpha
+    return dz, d_alpha
+
+
+def _dense_backward_block(
+    p: Tensor, grad: Tensor, alpha: float | Tensor, with_alpha: bool
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`dense_backward` of one block of rows.
 
     dL/dα = q·Σ p(q − log p)(g − v) is expanded into q·(q(⟨p,g⟩ − v) − ⟨p log p, g⟩ + v·Σ p log p) (Σp = 1), three
     reductions without temporaries of the row length.
