@@ -261,11 +261,10 @@ def _softmax_start(z: Tensor, alpha: float | Tensor) -> tuple[Tensor, Tensor, Te
 
 
 def support_share(z: Tensor, alpha: float | Tensor, sample_rows: int = 64) -> float:
-    """An estimate of the share of entries in the support, from about ``sample_rows`` evenly spaced rows: the share
-    above the start τ0 of :func:`dense_forward` (close to the root when the support is most of the row)."""
+    """The share of entries in the support of about ``sample_rows`` evenly spaced rows of ``z`` (solved exactly)."""
     stride = max(1, z.shape[0] // sample_rows)
-    _, x, tau = _softmax_start(z[::stride], alpha[::stride] if isinstance(alpha, Tensor) else alpha)
-    return float((x > tau).float().mean())
+    sample = _dense_block(z[::stride], alpha[::stride] if isinstance(alpha, Tensor) else alpha)
+    return float((sample > 0).float().mean())
 
 
 def dense_forward(z: Tensor, alpha: float | Tensor) -> Tensor:
