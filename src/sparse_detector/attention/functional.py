@@ -26,7 +26,7 @@ from . import entmax_cpu, entmax_tensor
 NEG_INF = float("-inf")
 #: Use the compiled per-row loops of :mod:`.entmax_cpu` for CPU tensors (tests switch it off to check the other path).
 CPU_KERNELS = True
-#: On the CPU, α-entmax for α other than 1.5 and 2 runs on whole rows with tensor operations
+#: On the CPU, α-entmax (an α tensor, or a float α but 1.5 and 2) runs on whole rows with tensor operations
 #: (:func:`.entmax_tensor.dense_forward`) when about this share of the entries or more is in the support (as for α
 #: near 1): there each per-row loop pays a scalar exp and log per entry, the tensor operations SIMD ones.
 DENSE_SUPPORT_SHARE = 0.5
