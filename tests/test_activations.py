@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import entmax
 import pytest
 import torch
@@ -16,6 +18,7 @@ from sparse_detector.attention import (
     TVMax,
     entmax15,
     entmax_alpha,
+    entmax_tensor,
     functional,
     get_activation,
     softmax,
@@ -26,10 +29,13 @@ from sparse_detector.attention import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, params=["cpu-kernels", "tensor-ops"])
+@pytest.fixture(autouse=True, params=["cpu-kernels", "cpu-dense", "tensor-ops"])
 def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs on both implementations: the compiled CPU loops and the tensor operations used on GPUs."""
-    monkeypatch.setattr(functional, "CPU_KERNELS", request.param == "cpu-kernels")
+    """Every test runs on each implementation: the compiled CPU loops, the whole-row tensor operations the CPU uses
+    for α-entmax when the support is most of the row (here for every α but 1.5 and 2), and the tensor operations
+    used on GPUs."""
+    monkeypatch.setattr(functional, "CPU_KERNELS", request.param != "tensor-ops")
+    monkeypatch.setattr(functional, "DENSE_SUPPORT_SHARE", 0.0 if request.param == "cpu-dense" else math.inf)
     return request.param
 
 
@@ -190,6 +196,23 @@ def test_gradients_match_entmax_library() -> None:
     entmax.entmax_bisect(ref_x, ref_alpha.expand(2, 3, 4, 1), dim=-1, n_iter=100).backward(grad)
     assert (ours_x.grad - ref_x.grad).abs().max() <= 1e-9
     assert (ours_alpha.grad - ref_alpha.grad).abs().max() <= 1e-9
+
+
+def test_alpha_near_one_in_row_blocks_matches_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """α near 1 (the support is the whole row), rows split over several blocks of the whole-row CPU path."""
+    monkeypatch.setattr(entmax_tensor, "DENSE_ROWS", 4)
+    x = torch.randn(2, 3, 3, 60, dtype=F64) * 3
+    grad = torch.randn_like(x)
+    ours_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours_alpha = torch.tensor([1.01, 1.05, 1.1], dtype=F64).view(1, 3, 1, 1).requires_grad_()
+    ref_alpha = ours_alpha.detach().clone().requires_grad_()
+    ours = entmax_alpha(ours_x, ours_alpha)
+    ref = entmax.entmax_bisect(ref_x, ref_alpha.expand(2, 3, 3, 1), dim=-1, n_iter=100)
+    assert (ours - ref).abs().max() <= 1e-9
+    ours.backward(grad)
+    ref.backward(grad)
+    assert (ours_x.grad - ref_x.grad).abs().max() <= 1e-9
+    assert ((ours_alpha.grad - ref_alpha.grad).abs() / ref_alpha.grad.abs()).max() <= 1e-6
 
 
 def test_fully_padded_rows_have_zero_output_and_gradient() -> None:
