@@ -1,67 +1,187 @@
-"""The ``sparse-detector`` command line: train, evaluate, predict, analyze, compare, data, quickstart."""
+"""The ``sparse-detector`` command line: train, evaluate, predict, analyze, compare, data, quickstart.
+
+Layout: one ``add_<command>_command(commands)`` function per subcommand registers its parser (arguments, an
+example, its handler); one ``_<command>(args)`` handler per subcommand runs it. Handlers import torch and the
+rest of the package when they run, so ``sparse-detector --help`` and every ``<command> --help`` stay instant.
+A new subcommand is one more pair of functions and one line in :data:`COMMANDS`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from PIL import Image
+from .config import AttentionConfig, Config, load_config, override_config
 
-from .config import Config, dump_config, load_config, override_config
-from .data import generate_shapes, generate_shapes_splits, make_transforms, voc_to_coco
-from .data.build import build_dataset, build_loader
-from .engine.analyze import (
-    COMPARE_METRICS,
-    DEFAULT_COMPARE_METRICS,
-    analysis_markdown,
-    analyze,
-    compare_markdown,
-    default_output_dir,
-    find_analyses,
-    load_analysis_model,
-    write_analysis,
-)
-from .engine.coco_eval import format_table
-from .engine.device import resolve_device
-from .engine.evaluate import evaluate
-from .engine.inference import category_id, category_name, load_trained_model
-from .engine.trainer import Trainer
-from .models.build import ATTENTION_SITES, build_criterion
-from .models.postprocess import PostProcess
-from .viz.boxes import draw_boxes
+if TYPE_CHECKING:
+    from .engine.inference import LoadedModel
 
 log = logging.getLogger("sparse_detector")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+Subparsers = argparse._SubParsersAction  # what add_subparsers() returns; add_parser() makes a subcommand
 
-# The main job's data: 128 px images, 1-3 shapes of 24-56 px, classes = colours (see configs/shapes_tiny.yaml).
+# The quickstart's data: 128 px images, 1-3 shapes of 24-56 px, classes = colours (see configs/shapes_tiny.yaml).
 QUICKSTART_TRAIN_IMAGES = 1200
 QUICKSTART_VAL_IMAGES = 200
 
+# Presets whose data the package can generate: what to run when it is missing.
+PRESET_DATA_HINTS = {
+    "shapes_tiny": "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200   "
+    "(or `sparse-detector quickstart`, which generates the data and trains in one go)",
+}
 
-def _print_config(config: Config) -> None:
-    print("# resolved config\n" + dump_config(config))
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default where it has one worth showing; descriptions and examples keep their lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help = action.help or ""
+        if "default" in help or action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+            return help
+        return f"{help} (default: %(default)s)"
+
+
+def _add_command(commands: Subparsers, name: str, help: str, example: str, func: Callable) -> argparse.ArgumentParser:
+    """A subcommand parser with the shared formatter, an ``example:`` epilog and its handler."""
+    parser = commands.add_parser(
+        name, help=help, description=help, epilog=f"example:\n  {example}\n", formatter_class=_HelpFormatter
+    )
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _add_overrides(parser: argparse.ArgumentParser, example: str = "data.val_size=512") -> None:
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
+
+
+def _add_model_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    parser.add_argument("--official", action="store_true", help="the checkpoint is an official DETR one (COCO ids)")
+    parser.add_argument("--nheads", type=int, default=8, help="attention heads of an official checkpoint")
+    parser.add_argument("--dilation", action="store_true", help="an official DC5 checkpoint")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+
+
+def _add_evaluation_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", help="image folder (default: the checkpoint config's data.val.images)")
+    parser.add_argument(
+        "--annotations", "--data", dest="annotations", help="COCO instances JSON (default: data.val.annotations)"
+    )
+    parser.add_argument("--batch-size", type=int, help="images per batch (default: train.eval_batch_size)")
+    parser.add_argument("--workers", type=int, help="data-loading processes (default: data.num_workers)")
+    _add_overrides(parser)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# train
+
+
+def add_train_command(commands: Subparsers) -> None:
+    parser = _add_command(
+        commands,
+        "train",
+        "train a model from a YAML config or preset",
+        "sparse-detector train --config shapes_tiny --set train.epochs=30 --output-dir runs/mine",
+        _train,
+    )
+    parser.add_argument("--config", default="shapes_tiny", help="YAML file or preset name (detr_r50, shapes_tiny, ...)")
+    _add_overrides(parser, "train.epochs=5")
+    parser.add_argument("--output-dir", help="run directory (default: train.output_dir)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: train.device)")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars: one plain line every train.log_every steps"
+    )
+
+
+def _missing_data_hint(config_name: str, config: Config) -> str:
+    """What to run when a preset's data is not there yet ('' when the data exists or nothing can generate it)."""
+    hint = PRESET_DATA_HINTS.get(Path(config_name).stem)
+    missing = [p for p in (config.data.train.annotations, config.data.val.annotations) if p and not Path(p).is_file()]
+    if hint is None or not missing:
+        return ""
+    return (
+        f"the data of preset {config_name!r} is not there yet ({', '.join(missing)}, relative to {Path.cwd()}); "
+        f"generate it first:\n  {hint}"
+    )
+
+
+def _finished_run_message(run_dir: Path, config: Config) -> str:
+    """'' if the run has epochs left, else how to extend it."""
+    from .engine.checkpoint import load_checkpoint
+    from .engine.trainer import LAST
+
+    last = run_dir / LAST
+    if not last.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {LAST} to resume from; start the run with --output-dir {run_dir}")
+    done = int(load_checkpoint(last)["epoch"])
+    if done < config.train.epochs:
+        return ""
+    return (
+        f"run {run_dir} already finished: {done} of train.epochs={config.train.epochs} epochs done. To train it "
+        f"longer: sparse-detector train --resume {run_dir} --set train.epochs={done + max(done // 2, 1)}"
+    )
+
+
+def _train_summary(trainer: object) -> str:
+    """A few lines on what is about to happen (the whole resolved config is in the run directory's config.yaml)."""
+    config: Config = trainer.config  # type: ignore[attr-defined]
+    model = config.model
+    sites = ", ".join(
+        f"{f.name}={getattr(model.attention, f.name).activation}" for f in dataclasses.fields(AttentionConfig)
+    )
+    parameters = sum(p.numel() for p in trainer.model.parameters())  # type: ignore[attr-defined]
+    train_set, val_set = trainer.train_set, trainer.val_set  # type: ignore[attr-defined]
+    return "\n".join(
+        [
+            f"data:   train {len(train_set)} images / {train_set.num_boxes} boxes ({train_set.annotation_file}), "
+            f"val {len(val_set)} images ({val_set.annotation_file}), {train_set.num_classes} classes",
+            f"model:  DETR {model.backbone.name}, {model.transformer.enc_layers}+{model.transformer.dec_layers} "
+            f"layers, {model.num_queries} queries, {parameters / 1e6:.2f} M parameters; attention {sites}",
+            f"train:  {config.train.epochs} epochs, batch {config.train.batch_size}, lr {config.optim.lr:g}, "
+            f"device {trainer.device}",  # type: ignore[attr-defined]
+            f"run:    {trainer.run_dir} (config.yaml, metrics.jsonl, checkpoints)",  # type: ignore[attr-defined]
+        ]
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .data.build import absolute_data_paths
+    from .engine.trainer import Trainer
+
     if args.resume:
         run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); check the --resume path")
         config = load_config(run_dir / "config.yaml", args.set)
+        message = _finished_run_message(run_dir, config)
+        if message:
+            print(message)
+            return 1
     else:
         config = load_config(args.config, args.set)
+        hint = _missing_data_hint(args.config, config)
+        if hint:
+            raise FileNotFoundError(hint)
         run_dir = Path(args.output_dir or config.train.output_dir)
     if args.device:
         config.train.device = args.device
-    _print_config(config)
-    Trainer(config, run_dir, resume=bool(args.resume), progress=not args.no_progress).fit()
+    trainer = Trainer(absolute_data_paths(config), run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    print(_train_summary(trainer))
+    trainer.fit()
     print(f"run directory: {run_dir}")
     return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluate / analyze / compare / predict
 
 
 def _evaluation_config(config: Config, args: argparse.Namespace) -> Config:
@@ -78,8 +198,32 @@ def _evaluation_config(config: Config, args: argparse.Namespace) -> Config:
     return override_config(config, overrides)
 
 
+def _load_model(args: argparse.Namespace) -> LoadedModel:
+    from .engine.inference import load_trained_model
+
+    return load_trained_model(args.checkpoint, official=args.official, nheads=args.nheads, dilation=args.dilation)
+
+
+def add_evaluate_command(commands: Subparsers) -> None:
+    parser = _add_command(
+        commands,
+        "evaluate",
+        "COCO AP of a checkpoint (ours or official) on a COCO-format dataset",
+        "sparse-detector evaluate --checkpoint runs/mine --annotations data/val.json",
+        _evaluate,
+    )
+    _add_model_source(parser)
+    _add_evaluation_data(parser)
+    parser.add_argument("--output", help="where to write the metrics JSON (default: <run dir>/eval.json)")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    loaded = load_trained_model(args.checkpoint, official=args.official, nheads=args.nheads, dilation=args.dilation)
+    from .data.build import build_dataset, build_loader
+    from .engine.coco_eval import format_table
+    from .engine.device import resolve_device
+    from .engine.evaluate import evaluate
+
+    loaded = _load_model(args)
     config = _evaluation_config(loaded.config, args)
     device = resolve_device(args.device)
     dataset = build_dataset(config, "val")
@@ -96,7 +240,44 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_analyze_command(commands: Subparsers) -> None:
+    parser = _add_command(
+        commands,
+        "analyze",
+        "COCO AP and attention metrics (Gini, zeros ratio, entropy, support, PAIBB) in one evaluation pass",
+        "sparse-detector analyze --checkpoint runs/mine --sites decoder_cross",
+        _analyze,
+    )
+    parser.description = (
+        f"{parser.description}.\nWrites analysis.json, analysis.csv and analysis.md. The data set is a COCO "
+        "instances JSON (--annotations, alias --data) with its image folder (--images); each defaults to the "
+        "checkpoint config's data.val."
+    )
+    _add_model_source(parser)
+    _add_evaluation_data(parser)
+    sites = [f.name for f in dataclasses.fields(AttentionConfig)]
+    parser.add_argument(
+        "--sites", nargs="+", choices=sites, default=sites, help="attention sites to record (PAIBB needs decoder_cross)"
+    )
+    parser.add_argument(
+        "--random-init", action="store_true", help="same architecture with fresh weights (untrained baseline)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --random-init weights")
+    parser.add_argument(
+        "--zero-threshold", type=float, help="zeros-ratio threshold (default: 1e-6 for softmax sites, 0 for sparse)"
+    )
+    parser.add_argument("--per-image", action="store_true", help="also keep per-image records in analysis.json")
+    parser.add_argument(
+        "--output", help="output folder (default: <run dir>/analysis or <run dir>/analysis-random-init)"
+    )
+
+
 def _analyze(args: argparse.Namespace) -> int:
+    from .data.build import build_dataset, build_loader
+    from .engine.analyze import analysis_markdown, analyze, default_output_dir, load_analysis_model, write_analysis
+    from .engine.device import resolve_device
+    from .models.build import build_criterion
+
     loaded = load_analysis_model(
         args.checkpoint, args.official, args.nheads, args.dilation, random_init=args.random_init, seed=args.seed
     )
@@ -131,7 +312,32 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_compare_command(commands: Subparsers) -> None:
+    parser = _add_command(
+        commands,
+        "compare",
+        "side-by-side Markdown table of several analyses",
+        "sparse-detector compare runs/softmax runs/sparsemax --metrics gini paibb",
+        _compare,
+    )
+    parser.add_argument(
+        "inputs", nargs="+", metavar="RUN_OR_ANALYSIS_JSON", help="analysis.json files, analysis folders or run dirs"
+    )
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["gini", "zeros_ratio", "paibb"],
+        help="metrics to show: gini, zeros_ratio, entropy, support, paibb, paibb_small, paibb_medium, paibb_large",
+    )
+    parser.add_argument("--output", help="also write the Markdown table to this file")
+
+
 def _compare(args: argparse.Namespace) -> int:
+    from .engine.analyze import COMPARE_METRICS, compare_markdown, find_analyses
+
+    unknown = [m for m in args.metrics if m not in COMPARE_METRICS]
+    if unknown:
+        raise ValueError(f"unknown --metrics {unknown}; choose from {list(COMPARE_METRICS)}")
     records = [json.loads(path.read_text()) for path in find_analyses(args.inputs)]
     table = compare_markdown(records, args.metrics)
     print(table)
@@ -141,62 +347,74 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_files(inputs: Sequence[str]) -> list[Path]:
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"input {item} is neither an image file nor a folder")
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {list(inputs)}")
-    return files
+def add_predict_command(commands: Subparsers) -> None:
+    parser = _add_command(
+        commands,
+        "predict",
+        "detect objects in images: JSON + pictures with boxes",
+        "sparse-detector predict --checkpoint runs/mine photos/ --output preds --threshold 0.5",
+        _predict,
+    )
+    _add_model_source(parser)
+    parser.add_argument("inputs", nargs="+", help="image files or folders")
+    parser.add_argument("--output", default="predictions", help="output folder")
+    parser.add_argument("--threshold", type=float, default=0.5, help="minimum score of a kept detection")
+    parser.add_argument(
+        "--format",
+        choices=["json", "coco"],
+        default="json",
+        help="json: predictions.json per image; coco: detections_coco.json in the COCO results format",
+    )
 
 
-@torch.no_grad()
 def _predict(args: argparse.Namespace) -> int:
-    loaded = load_trained_model(args.checkpoint, official=args.official, nheads=args.nheads, dilation=args.dilation)
-    data = loaded.config.data
-    transforms = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
-    device = resolve_device(args.device)
-    model = loaded.model.to(device)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    for path in _image_files(args.inputs):
-        try:
-            image = Image.open(path).convert("RGB")
-        except OSError as err:
-            raise OSError(f"cannot read image {path}: {err}") from None
-        empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-        tensor, _ = transforms(image, empty)
-        outputs = model([tensor.to(device)])
-        result = PostProcess()(outputs, torch.tensor([[image.height, image.width]], device=device))[0]
-        keep = result["scores"] >= args.threshold
-        boxes, labels, scores = (result[k][keep].cpu() for k in ("boxes", "labels", "scores"))
-        names = [category_name(loaded.label_map, int(label)) for label in labels]
-        detections = [
-            {
-                "label": int(label),
-                "category_id": category_id(loaded.label_map, int(label)),
-                "category": name,
-                "score": round(float(score), 4),
-                "box_xyxy": [round(float(v), 2) for v in box],
-            }
-            for box, label, score, name in zip(boxes, labels, scores, names, strict=True)
-        ]
-        picture = out_dir / f"{path.stem}_pred.png"
-        draw_boxes(image, boxes.tolist(), labels.tolist(), names, scores.tolist()).save(picture)
-        records.append({"image": str(path), "width": image.width, "height": image.height, "detections": detections})
-        print(f"{path}: {len(detections)} detections -> {picture}")
-    (out_dir / "predictions.json").write_text(json.dumps(records, indent=2))
-    print(f"written: {out_dir / 'predictions.json'}")
+    from .engine.inference import predict_images
+
+    result = predict_images(
+        _load_model(args), args.inputs, args.output, args.threshold, args.device, output_format=args.format
+    )
+    for record in result.records:
+        print(f"{record['image']}: {len(record['detections'])} detections -> {record.get('picture', '')}")
+    for path in result.written:
+        print(f"written: {path}")
+    if result.failed:
+        print(f"error: {len(result.failed)} image(s) could not be read:", file=sys.stderr)
+        for path, why in result.failed.items():
+            print(f"  {path}: {why}", file=sys.stderr)
+        return 1
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# data
+
+
+def add_data_command(commands: Subparsers) -> None:
+    data = commands.add_parser("data", help="dataset tools", formatter_class=_HelpFormatter)
+    tools = data.add_subparsers(dest="data_command", required=True)
+    for add in DATA_COMMANDS:
+        add(tools)
+
+
+def add_data_shapes_command(tools: Subparsers) -> None:
+    parser = _add_command(
+        tools,
+        "shapes",
+        "generate the synthetic shapes dataset (images + COCO JSON)",
+        "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200",
+        _data_shapes,
+    )
+    parser.add_argument("out", help="output folder (images/ and annotations/ inside)")
+    parser.add_argument("--num-images", type=int, default=1000, help="training images")
+    parser.add_argument("--num-val", type=int, default=0, help="also write a held-out val split of this size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--classes", choices=["color", "shape", "shape_color"], default="color")
+
+
 def _data_shapes(args: argparse.Namespace) -> int:
+    from .data.shapes import generate_shapes, generate_shapes_splits
+
     options = {"image_size": args.image_size, "classes": args.classes}
     if args.num_val:
         paths = generate_shapes_splits(args.out, args.num_images, args.num_val, seed=args.seed, **options)
@@ -208,7 +426,23 @@ def _data_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_data_voc2coco_command(tools: Subparsers) -> None:
+    parser = _add_command(
+        tools,
+        "voc2coco",
+        "convert a Pascal VOC folder to COCO JSON",
+        "sparse-detector data voc2coco VOCdevkit/VOC2012 --split trainval --out voc_trainval.json",
+        _data_voc2coco,
+    )
+    parser.add_argument("voc_root")
+    parser.add_argument("--split", default="trainval", help="ImageSets/Main/<split>.txt")
+    parser.add_argument("--out", help="output JSON (default: <voc_root>/<split>_coco.json)")
+    parser.add_argument("--exclude-difficult", action="store_true", help="mark difficult objects as ignored")
+
+
 def _data_voc2coco(args: argparse.Namespace) -> int:
+    from .data.voc import voc_to_coco
+
     out = Path(args.out) if args.out else Path(args.voc_root) / f"{args.split}_coco.json"
     coco = voc_to_coco(args.voc_root, split=args.split, out_file=out, include_difficult=not args.exclude_difficult)
     stats = coco["info"]["stats"]
@@ -217,8 +451,35 @@ def _data_voc2coco(args: argparse.Namespace) -> int:
     return 0
 
 
+DATA_COMMANDS: list[Callable[[Subparsers], None]] = [add_data_shapes_command, add_data_voc2coco_command]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# quickstart
+
+
+def add_quickstart_command(commands: Subparsers) -> None:
+    parser = _add_command(
+        commands,
+        "quickstart",
+        "the main job: shapes data -> train tiny DETR -> AP table",
+        "sparse-detector quickstart --output-dir runs/quick",
+        _quickstart,
+    )
+    parser.add_argument("--output-dir", help="run directory (default: runs/quickstart-<time>)")
+    parser.add_argument("--num-train", type=int, default=QUICKSTART_TRAIN_IMAGES, help="generated training images")
+    parser.add_argument("--num-val", type=int, default=QUICKSTART_VAL_IMAGES, help="generated held-out images")
+    parser.add_argument("--seed", type=int, default=0)
+    _add_overrides(parser, "train.epochs=4")
+    parser.add_argument("--device", help="auto | cpu | cuda | mps")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def _quickstart(args: argparse.Namespace) -> int:
     """Generate the shapes data, train the tiny preset, evaluate on held-out images, print the AP table."""
+    from .data.shapes import generate_shapes_splits
+    from .engine.trainer import Trainer
+
     start = time.perf_counter()
     run_dir = Path(args.output_dir or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
     data_dir = run_dir / "data"
@@ -235,8 +496,9 @@ def _quickstart(args: argparse.Namespace) -> int:
     config = load_config("shapes_tiny", overrides)
     if args.device:
         config.train.device = args.device
-    _print_config(config)
-    stats = Trainer(config, run_dir / "train", progress=not args.no_progress).fit()
+    trainer = Trainer(config, run_dir / "train", progress=not args.no_progress)
+    print(_train_summary(trainer))
+    stats = trainer.fit()
     minutes = (time.perf_counter() - start) / 60
     print(f"quickstart finished in {minutes:.1f} min: AP50 {stats['AP50']:.3f}, AP {stats['AP']:.3f}")
     print(f"(evaluated on {args.num_val} held-out generated images)")
@@ -244,120 +506,39 @@ def _quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_model_source(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
-    parser.add_argument("--official", action="store_true", help="the checkpoint is an official DETR one (COCO ids)")
-    parser.add_argument("--nheads", type=int, default=8, help="attention heads of an official checkpoint")
-    parser.add_argument("--dilation", action="store_true", help="an official DC5 checkpoint")
-    parser.add_argument("--device", default="auto")
+# ----------------------------------------------------------------------------------------------------------------
+# entry point
 
-
-def _add_evaluation_data(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", help="image folder (default: the checkpoint config's data.val.images)")
-    parser.add_argument(
-        "--annotations", "--data", dest="annotations", help="COCO instances JSON (default: data.val.annotations)"
-    )
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--workers", type=int)
-    parser.add_argument(
-        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. data.val_size=512"
-    )
+COMMANDS: list[Callable[[Subparsers], None]] = [
+    add_train_command,
+    add_evaluate_command,
+    add_analyze_command,
+    add_compare_command,
+    add_predict_command,
+    add_data_command,
+    add_quickstart_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparse-detector", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="sparse-detector",
+        description="DETR-family detectors with sparse attention: train, evaluate, predict, analyze attention.",
+        epilog="run `sparse-detector COMMAND --help` for a command's options and an example",
+    )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser("train", help="train a model from a YAML config or preset")
-    train.add_argument("--config", default="shapes_tiny", help="YAML file or preset name (detr_r50, shapes_tiny, ...)")
-    train.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.epochs=5")
-    train.add_argument("--output-dir", help="run directory (default: train.output_dir)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    train.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: train.device)")
-    train.add_argument("--no-progress", action="store_true")
-    train.set_defaults(func=_train)
-
-    ev = commands.add_parser("evaluate", help="COCO AP of a checkpoint (ours or official) on a COCO-format dataset")
-    _add_model_source(ev)
-    _add_evaluation_data(ev)
-    ev.add_argument("--output", help="where to write the metrics JSON (default: beside the checkpoint)")
-    ev.set_defaults(func=_evaluate)
-
-    an = commands.add_parser(
-        "analyze",
-        help="COCO AP and attention metrics (Gini, zeros ratio, entropy, support, PAIBB) in one evaluation pass",
-        description="Writes analysis.json, analysis.csv and analysis.md. The data set is a COCO instances JSON "
-        "(--annotations, alias --data) with its image folder (--images); each defaults to the checkpoint "
-        "config's data.val.",
-    )
-    _add_model_source(an)
-    _add_evaluation_data(an)
-    an.add_argument(
-        "--sites",
-        nargs="+",
-        choices=ATTENTION_SITES,
-        default=list(ATTENTION_SITES),
-        help="attention sites to record (default: all; PAIBB needs decoder_cross)",
-    )
-    an.add_argument(
-        "--random-init", action="store_true", help="same architecture with fresh weights (untrained baseline)"
-    )
-    an.add_argument("--seed", type=int, default=0, help="seed of the --random-init weights")
-    an.add_argument(
-        "--zero-threshold", type=float, help="zeros-ratio threshold (default: 1e-6 for softmax sites, 0 for sparse)"
-    )
-    an.add_argument("--per-image", action="store_true", help="also keep per-image records in analysis.json")
-    an.add_argument("--output", help="output folder (default: <run dir>/analysis or <run dir>/analysis-random-init)")
-    an.set_defaults(func=_analyze)
-
-    cmp = commands.add_parser("compare", help="side-by-side Markdown table of several analyses")
-    cmp.add_argument(
-        "inputs", nargs="+", metavar="RUN_OR_ANALYSIS_JSON", help="analysis.json files, analysis folders or run dirs"
-    )
-    cmp.add_argument(
-        "--metrics",
-        nargs="+",
-        choices=COMPARE_METRICS,
-        default=list(DEFAULT_COMPARE_METRICS),
-        help="metrics to show (default: %(default)s)",
-    )
-    cmp.add_argument("--output", help="also write the Markdown table to this file")
-    cmp.set_defaults(func=_compare)
-
-    pr = commands.add_parser("predict", help="detect objects in images: JSON + pictures with boxes")
-    _add_model_source(pr)
-    pr.add_argument("inputs", nargs="+", help="image files or folders")
-    pr.add_argument("--output", default="predictions", help="output folder")
-    pr.add_argument("--threshold", type=float, default=0.5, help="minimum score of a kept detection")
-    pr.set_defaults(func=_predict)
-
-    data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    shapes = data.add_parser("shapes", help="generate the synthetic shapes dataset (images + COCO JSON)")
-    shapes.add_argument("out")
-    shapes.add_argument("--num-images", type=int, default=1000)
-    shapes.add_argument("--num-val", type=int, default=0, help="also write a held-out val split of this size")
-    shapes.add_argument("--seed", type=int, default=0)
-    shapes.add_argument("--image-size", type=int, default=128)
-    shapes.add_argument("--classes", choices=["color", "shape", "shape_color"], default="color")
-    shapes.set_defaults(func=_data_shapes)
-    voc = data.add_parser("voc2coco", help="convert a Pascal VOC folder to COCO JSON")
-    voc.add_argument("voc_root")
-    voc.add_argument("--split", default="trainval", help="ImageSets/Main/<split>.txt")
-    voc.add_argument("--out", help="output JSON (default: <voc_root>/<split>_coco.json)")
-    voc.add_argument("--exclude-difficult", action="store_true", help="mark difficult objects as ignored")
-    voc.set_defaults(func=_data_voc2coco)
-
-    quick = commands.add_parser("quickstart", help="the main job: shapes data -> train tiny DETR -> AP table")
-    quick.add_argument("--output-dir", help="run directory (default: runs/quickstart-<time>)")
-    quick.add_argument("--num-train", type=int, default=QUICKSTART_TRAIN_IMAGES)
-    quick.add_argument("--num-val", type=int, default=QUICKSTART_VAL_IMAGES)
-    quick.add_argument("--seed", type=int, default=0)
-    quick.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-    quick.add_argument("--device", help="auto | cpu | cuda | mps")
-    quick.add_argument("--no-progress", action="store_true")
-    quick.set_defaults(func=_quickstart)
+    for add in COMMANDS:
+        add(commands)
     return parser
+
+
+def _close_progress_bars() -> None:
+    """End any open tqdm bar's line so an error message starts on a line of its own."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is not None:
+        for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+            bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -368,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as err:  # our errors name the file / key / value at fault
+        _close_progress_bars()
         print(f"error: {err}\n(run with --debug for the full traceback)", file=sys.stderr)
         return 2
 

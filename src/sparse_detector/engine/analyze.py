@@ -23,9 +23,9 @@ from ..analysis import METRICS, SIZE_BUCKETS, AttentionRecorder, MetricAggregato
 from ..analysis.aggregate import PAIBB_SITE, format_mean_std, paibb_blocks
 from ..models.build import ATTENTION_SITES, build_model
 from ..models.matcher import HungarianMatcher
-from .coco_eval import CocoEvaluator, format_table
+from .coco_eval import format_table
 from .device import seed_everything
-from .evaluate import evaluation_batches, label_to_category_map
+from .evaluate import evaluation_batches, evaluator_for
 from .inference import LoadedModel, load_trained_model
 
 ANALYSIS_FILE = "analysis.json"
@@ -69,7 +69,7 @@ def analyze(
     PAIBB is read for the Hungarian-matched (query, box) pairs. Returns the COCO stats and the aggregator.
     """
     model.eval()
-    evaluator = CocoEvaluator(loader.dataset.coco, label_to_category_map(label_map))
+    evaluator = evaluator_for(loader, label_map)
     aggregator = MetricAggregator(zero_threshold, keep_per_image=keep_per_image)
     with AttentionRecorder(model, sites) as recorder:
         with_paibb = matcher is not None and PAIBB_SITE in recorder.sites

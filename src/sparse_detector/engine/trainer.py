@@ -136,6 +136,8 @@ class Trainer:
         for batch, targets in loader:
             if steps + skipped >= limit:
                 break
+            if batch is None:  # every image of the batch was unreadable and skipped (data.on_invalid=skip)
+                continue
             batch = batch.to(self.device)
             targets = targets_to(targets, self.device)
             try:
@@ -163,6 +165,8 @@ class Trainer:
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{speed:.1f}")
             bar.update()
             if self.step % config.log_every == 0:
+                if not self.progress:
+                    print(f"epoch {self.epoch + 1} step {steps}/{bar.total}: loss {loss.item():.3f}, {speed:.1f} img/s")
                 self.logger.log(
                     "train",
                     self.step,
