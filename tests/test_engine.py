@@ -124,11 +124,11 @@ def test_cli_end_to_end(tmp_path: Path, capsys):
 def test_bccd_voc_converts_and_trains(tmp_path: Path):
     voc = shared_path("data/bccd")
     for split in ("train", "val"):
-        assert main(["data", "voc2coco", str(voc), "--split", split, "--out", str(tmp_path / f"{split}.json")]) == 0
+        assert (
+            main(["data", "import", "voc", str(voc), "--split", split, "--out", str(tmp_path / f"{split}.json")]) == 0
+        )
     overrides = [
-        f"data.train.images={voc / 'JPEGImages'}",
         f"data.train.annotations={tmp_path / 'train.json'}",
-        f"data.val.images={voc / 'JPEGImages'}",
         f"data.val.annotations={tmp_path / 'val.json'}",
         "model.num_classes=3",
         "model.num_queries=20",

@@ -214,29 +214,43 @@ def add_evaluate_command(commands: Subparsers) -> None:
     )
     _add_model_source(parser)
     _add_evaluation_data(parser)
-    parser.add_argument("--output", help="where to write the metrics JSON (default: <run dir>/eval.json)")
+    parser.add_argument(
+        "--output",
+        help="metrics JSON, with the precision arrays beside it as <name>_pr.npz (default: <run dir>/eval.json)",
+    )
+    parser.add_argument(
+        "--save-detections", metavar="FILE", help="also write every detection in the COCO results format"
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .data.build import build_dataset, build_loader
-    from .engine.coco_eval import format_table
+    from .engine.coco_eval import format_per_class_table, format_table
     from .engine.device import resolve_device
-    from .engine.evaluate import evaluate
+    from .engine.evaluate import run_evaluation
 
     loaded = _load_model(args)
     config = _evaluation_config(loaded.config, args)
     device = resolve_device(args.device)
     dataset = build_dataset(config, "val")
-    stats = evaluate(
-        loaded.model.to(device), None, build_loader(dataset, config, train=False), device, loaded.label_map, True
-    )
+    loader = build_loader(dataset, config, train=False)
+    evaluation = run_evaluation(loaded.model.to(device), None, loader, device, loaded.label_map, True)
     print(f"{loaded.source} on {dataset.annotation_file} ({len(dataset)} images)")
-    print(format_table(stats))
+    print(format_table(evaluation.stats))
+    if evaluation.coco.per_class:
+        print(format_per_class_table(evaluation.coco.per_class))
     output = Path(args.output) if args.output else loaded.source.parent / "eval.json"
-    output.write_text(
-        json.dumps({"checkpoint": str(loaded.source), "data": str(dataset.annotation_file), **stats}, indent=2)
-    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    record = {"checkpoint": str(loaded.source), "data": str(dataset.annotation_file), **evaluation.stats}
+    output.write_text(json.dumps({**record, "per_class": evaluation.coco.per_class}, indent=2))
     print(f"written: {output}")
+    if evaluation.coco.precision is not None:
+        curves = output.with_name(f"{output.stem}_pr.npz")
+        evaluation.coco.precision.save(curves)
+        print(f"written: {curves} (precision by IoU threshold x recall x class)")
+    if args.save_detections:
+        Path(args.save_detections).write_text(json.dumps(evaluation.detections))
+        print(f"written: {args.save_detections} ({len(evaluation.detections)} detections, COCO results format)")
     return 0
 
 
@@ -426,32 +440,135 @@ def _data_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_data_voc2coco_command(tools: Subparsers) -> None:
+def add_data_import_command(tools: Subparsers) -> None:
     parser = _add_command(
         tools,
-        "voc2coco",
-        "convert a Pascal VOC folder to COCO JSON",
-        "sparse-detector data voc2coco VOCdevkit/VOC2012 --split trainval --out voc_trainval.json",
-        _data_voc2coco,
+        "import",
+        "convert VOC, YOLO, CSV or COCO annotations to one COCO JSON (checked, paths usable from anywhere)",
+        "sparse-detector data import voc --images my/images --annotations my/xml --out data/all.json",
+        _data_import,
     )
-    parser.add_argument("voc_root")
-    parser.add_argument("--split", default="trainval", help="ImageSets/Main/<split>.txt")
-    parser.add_argument("--out", help="output JSON (default: <voc_root>/<split>_coco.json)")
-    parser.add_argument("--exclude-difficult", action="store_true", help="mark difficult objects as ignored")
+    parser.description = (
+        f"{parser.description}.\n\nformats:\n"
+        "  voc   standard: VOC_ROOT --split trainval; any layout: --annotations XML_DIR [--images DIR] [--list FILE]\n"
+        "        (XML matched to images by <filename>, else by file name)\n"
+        "  yolo  --images DIR --classes classes.txt|data.yaml [--labels DIR] (one <stem>.txt per image)\n"
+        "  csv   CSV_FILE [--images DIR]: rows file,x1,y1,x2,y2,label in pixels\n"
+        "  coco  JSON_FILE [--images DIR]: ids renumbered where needed, image paths rewritten\n"
+        "The output is written only where --out says; image paths in it are absolute or relative to it."
+    )
+    parser.add_argument("format", choices=["voc", "yolo", "csv", "coco"], help="annotation format")
+    parser.add_argument("source", nargs="?", help="VOC root (standard layout), CSV file or COCO JSON")
+    parser.add_argument("--out", required=True, help="output COCO JSON")
+    parser.add_argument("--images", help="images folder")
+    parser.add_argument("--annotations", help="voc: folder of XML files (any layout)")
+    parser.add_argument("--list", help="voc: file listing the image names (stems) to import")
+    parser.add_argument("--split", default="trainval", help="voc standard layout: ImageSets/Main/<split>.txt")
+    parser.add_argument("--classes", help="yolo: classes.txt or data.yaml; voc: file fixing the class order")
+    parser.add_argument("--labels", help="yolo: folder of label .txt files (default: found next to the images)")
+    parser.add_argument("--exclude-difficult", action="store_true", help="voc: mark difficult objects as ignored")
+    parser.add_argument("--no-decode", action="store_true", help="skip decoding every image in the check after import")
 
 
-def _data_voc2coco(args: argparse.Namespace) -> int:
-    from .data.voc import voc_to_coco
+def _import_to_coco(args: argparse.Namespace) -> dict:
+    """Run the importer of ``args.format``; the written COCO dict."""
+    from .data import importers
+    from .data.coco import DatasetError
 
-    out = Path(args.out) if args.out else Path(args.voc_root) / f"{args.split}_coco.json"
-    coco = voc_to_coco(args.voc_root, split=args.split, out_file=out, include_difficult=not args.exclude_difficult)
-    stats = coco["info"]["stats"]
-    print(f"{out}: {stats['images']} images, {stats['annotations']} boxes {stats['per_class']}")
-    print(f"dropped: {stats['dropped']}")
+    def need(value: str | None, what: str) -> str:
+        if not value:
+            raise DatasetError(f"data import {args.format} needs {what}; see `sparse-detector data import --help`")
+        return value
+
+    if args.format == "voc":
+        classes = importers.read_class_names(args.classes) if args.classes else None
+        include = not args.exclude_difficult
+        if args.annotations:
+            return importers.import_voc(args.annotations, args.out, args.images, args.list, classes, include)
+        root = need(args.source, "a VOC root (standard layout) or --annotations XML_DIR (any layout)")
+        return importers.import_voc_root(root, args.out, args.split, classes, include)
+    if args.format == "yolo":
+        images = need(args.images, "--images DIR")
+        return importers.import_yolo(
+            images, args.out, need(args.classes, "--classes classes.txt|data.yaml"), args.labels
+        )
+    if args.format == "csv":
+        return importers.import_csv(need(args.source, "the CSV file"), args.out, args.images)
+    return importers.import_coco(need(args.source, "the COCO JSON file"), args.out, args.images)
+
+
+def _data_import(args: argparse.Namespace) -> int:
+    from .data.check import check_dataset
+
+    stats = _import_to_coco(args)["info"]["stats"]
+    print(f"written: {args.out} ({stats['images']} images, {stats['annotations']} boxes)")
+    if stats.get("dropped"):
+        print(f"dropped: {stats['dropped']} (boxes with no extent; listed in the warning above)")
+    report = check_dataset(args.out, decode=not args.no_decode)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def add_data_check_command(tools: Subparsers) -> None:
+    parser = _add_command(
+        tools,
+        "check",
+        "read a COCO JSON as training would: every image decoded, every box and id checked, a summary",
+        "sparse-detector data check data/all.json",
+        _data_check,
+    )
+    parser.description = (
+        f"{parser.description}.\nExit status 0: training would not fail on this data; 1: problems (listed)."
+    )
+    parser.add_argument("annotations", help="COCO instances JSON")
+    parser.add_argument("--images", help="folder its file names are relative to (default: the JSON's folder)")
+    parser.add_argument("--no-decode", action="store_true", help="check the JSON only, do not decode the images")
+    parser.add_argument(
+        "--label-mode", choices=["contiguous", "coco_ids"], default="contiguous", help="data.label_mode"
+    )
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from .data.check import check_dataset
+
+    report = check_dataset(args.annotations, args.images, decode=not args.no_decode, label_mode=args.label_mode)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def add_data_split_command(tools: Subparsers) -> None:
+    parser = _add_command(
+        tools,
+        "split",
+        "split one COCO JSON into train / val (/ test) files, seeded, stratified by class",
+        "sparse-detector data split data/all.json --val 0.2 --out-dir data/splits",
+        _data_split,
+    )
+    parser.add_argument("annotations", help="COCO instances JSON")
+    parser.add_argument("--out-dir", required=True, help="folder for train.json, val.json (, test.json)")
+    parser.add_argument("--val", type=float, default=0.2, help="fraction of images for val")
+    parser.add_argument("--test", type=float, default=0.0, help="fraction of images for test (0: no test split)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", help="folder its file names are relative to (default: the JSON's folder)")
+
+
+def _data_split(args: argparse.Namespace) -> int:
+    from .data.coco import load_json
+    from .data.split import split_coco
+
+    paths = split_coco(args.annotations, args.out_dir, args.val, args.test, args.seed, args.images)
+    for split, path in paths.items():
+        data = load_json(path)
+        print(f"{split}: {path} ({len(data['images'])} images, {len(data['annotations'])} boxes)")
     return 0
 
 
-DATA_COMMANDS: list[Callable[[Subparsers], None]] = [add_data_shapes_command, add_data_voc2coco_command]
+DATA_COMMANDS: list[Callable[[Subparsers], None]] = [
+    add_data_import_command,
+    add_data_check_command,
+    add_data_split_command,
+    add_data_shapes_command,
+]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ class CocoDetection(Dataset):
     in ``num_clipped`` (one warning). Invalid annotations (malformed / zero-size / fully outside boxes, unknown
     category or image) raise ``DatasetError``, or with ``on_invalid="skip"`` are dropped and counted in
     ``skipped`` (reason -> count). With ``check_images`` every image is decoded up front; an unreadable one is an
-    error, or with ``on_invalid="skip"`` is left out (counted in ``skipped["unreadable_image"]``). Without it, an
+    error, or with ``on_invalid="skip"`` is left out (counted in ``skipped["bad_image"]``). Without it, an
     image that fails to decode while loading raises, or under ``skip`` yields ``None`` (logged), which
     :func:`~sparse_detector.data.batching.collate_detection` drops from its batch.
 
@@ -162,6 +162,7 @@ class CocoDetection(Dataset):
         self.skipped: Counter[str] = Counter()
         self.num_crowd = 0
         self.num_clipped = 0
+        self.problems: list[str] = []  # every skipped annotation / image, described with its ids
         self._skipped_positions: set[int] = set()
         self._clipped_bboxes: dict[int, list[float]] = {}  # annotation position -> clipped COCO [x, y, w, h]
         data = load_json(self.annotation_file)
@@ -195,7 +196,6 @@ class CocoDetection(Dataset):
         path = self.annotation_file
         category_to_label = self.labels.category_to_label
         per_image: dict[int, list[_Box]] = {i: [] for i in images}
-        examples: list[str] = []
         for position, ann in enumerate(annotations):
             _require(ann, ("bbox", "category_id", "image_id"), f"annotation {ann.get('id', '?')}", path)
             img = images.get(int(ann["image_id"]))
@@ -215,8 +215,7 @@ class CocoDetection(Dataset):
                     )
                 self.skipped[reason] += 1
                 self._skipped_positions.add(position)
-                if len(examples) < MAX_EXAMPLES:
-                    examples.append(detail)
+                self.problems.append(detail)
                 continue
             xywh = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
             if not np.allclose(xywh, [float(v) for v in ann["bbox"]]):
@@ -233,7 +232,7 @@ class CocoDetection(Dataset):
                 path,
                 sum(self.skipped.values()),
                 dict(self.skipped),
-                "; ".join(examples),
+                "; ".join(self.problems[:MAX_EXAMPLES]),
             )
         if self.num_clipped:
             logger.warning(
@@ -254,9 +253,10 @@ class CocoDetection(Dataset):
                 if self.on_invalid == "error":
                     raise DatasetError(f"{err}, or set data.on_invalid=skip to leave such images out") from err
                 bad.append(record.file_name)
+                self.problems.append(str(err))
         if bad:
-            self.skipped["unreadable_image"] += len(bad)
-            logger.warning("%s: left out %d unreadable image(s): %s", self.annotation_file, len(bad), bad)
+            self.skipped["bad_image"] += len(bad)
+            logger.warning("%s: left out %d unreadable or mis-sized image(s): %s", self.annotation_file, len(bad), bad)
         self._records = good
 
     @property
