@@ -108,6 +108,9 @@ def test_small_dataset_labels_and_clipping(tmp_path: Path) -> None:
     # annotation 11 reaches past the image (x 30..50, y 20..40 on a 40x30 image): clipped
     assert target["boxes"].tolist() == [[5, 5, 15, 15], [30, 20, 40, 30]]
     assert ds.raw_target(1)["boxes"].shape == (0, 4)  # crowd-only image
+    # ... the same way in the evaluation ground truth, and counted
+    assert ds.coco.anns[11]["bbox"] == [30, 20, 10, 10] and ds.coco.anns[10]["bbox"] == [5, 5, 10, 10]
+    assert ds.num_clipped == 1
 
 
 def _mutate(path: list[str | int], value: Any) -> dict[str, Any]:

@@ -106,6 +106,10 @@ def test_cli_end_to_end(tmp_path: Path, capsys):
     ]
     run = tmp_path / "run"
     assert main(["train", "--no-progress", "--output-dir", str(run), "--set", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "model:  DETR resnet18" in out and "epoch 1 step 1/2: loss" in out  # a summary, not the whole config
+    assert main(["train", "--resume", str(run)]) == 1
+    assert f"--resume {run} --set train.epochs=2" in capsys.readouterr().out
     assert main(["evaluate", "--checkpoint", str(run), "--output", str(tmp_path / "eval.json")]) == 0
     assert "AP50" in json.loads((tmp_path / "eval.json").read_text())
     out = tmp_path / "pred"
