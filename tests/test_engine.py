@@ -132,7 +132,9 @@ def test_bccd_voc_converts_and_trains(tmp_path: Path):
             main(["data", "import", "voc", str(voc), "--split", split, "--out", str(tmp_path / f"{split}.json")]) == 0
         )
     overrides = [
+        "data.train.images=''",  # the imported JSON names its images (absolute paths)
         f"data.train.annotations={tmp_path / 'train.json'}",
+        "data.val.images=''",
         f"data.val.annotations={tmp_path / 'val.json'}",
         "model.num_classes=3",
         "model.num_queries=20",

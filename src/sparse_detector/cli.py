@@ -594,6 +594,7 @@ def add_quickstart_command(commands: Subparsers) -> None:
 
 def _quickstart(args: argparse.Namespace) -> int:
     """Generate the shapes data, train the tiny preset, evaluate on held-out images, print the AP table."""
+    from .data.build import absolute_data_paths
     from .data.shapes import generate_shapes_splits
     from .engine.trainer import Trainer
 
@@ -613,7 +614,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     config = load_config("shapes_tiny", overrides)
     if args.device:
         config.train.device = args.device
-    trainer = Trainer(config, run_dir / "train", progress=not args.no_progress)
+    trainer = Trainer(absolute_data_paths(config), run_dir / "train", progress=not args.no_progress)
     print(_train_summary(trainer))
     stats = trainer.fit()
     minutes = (time.perf_counter() - start) / 60
@@ -661,14 +662,17 @@ def _close_progress_bars() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.debug:
-        return args.func(args)
-    try:
-        return args.func(args)
-    except (ValueError, OSError, RuntimeError) as err:  # our errors name the file / key / value at fault
-        _close_progress_bars()
-        print(f"error: {err}\n(run with --debug for the full traceback)", file=sys.stderr)
-        return 2
+    from tqdm.contrib.logging import logging_redirect_tqdm  # log lines print above progress bars, not into them
+
+    with logging_redirect_tqdm():
+        if args.debug:
+            return args.func(args)
+        try:
+            return args.func(args)
+        except (ValueError, OSError, RuntimeError) as err:  # our errors name the file / key / value at fault
+            _close_progress_bars()
+            print(f"error: {err}\n(run with --debug for the full traceback)", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":
