@@ -48,7 +48,10 @@ class _ImageRecord:
 
 
 def load_json(path: Path) -> dict[str, Any]:
-    """Parse a JSON object file, raising ``DatasetError`` with the error position on malformed input."""
+    """Parse a JSON object file, raising ``DatasetError`` naming it when it is absent or (with the error position)
+    malformed."""
+    if not Path(path).is_file():
+        raise DatasetError(f"annotation file {path} does not exist; check the path")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
