@@ -185,6 +185,9 @@ def broken_set(tmp_path: Path, bad_box: bool = True) -> Path:
         {"id": 2, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5]},
         {"id": 3, "image_id": 1, "category_id": 1, "bbox": [1, 1, 0, 5]},  # no width: invalid
     ][: 3 if bad_box else 2]
+    if bad_box:  # and a listed image whose file is missing, with a box
+        images.append({"id": 4, "file_name": "gone.jpg", "width": 40, "height": 30})
+        annotations.append({"id": 4, "image_id": 4, "category_id": 1, "bbox": [1, 1, 5, 5]})
     path = tmp_path / "broken.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "x"}]}))
     return path
@@ -199,14 +202,20 @@ def test_data_check_on_clean_and_broken_sets(tmp_path: Path, capsys: pytest.Capt
 
     report = check_dataset(broken_set(tmp_path))
     assert not report.ok and report.images == 1 and report.clipped == 1
-    assert report.problem_counts == {"non_positive_size": 1, "bad_image": 2}
+    assert report.problem_counts == {"missing_image": 1, "non_positive_size": 1, "bad_image": 2}
+    assert any("image id 4: file" in p and "gone.jpg is missing" in p for p in report.problems)
     assert any("annotation id 3" in p for p in report.problems)
     assert any("cut.jpg (image id 2)" in p for p in report.problems)
     assert any("sized.jpg (image id 3) is 40x30" in p for p in report.problems)
     assert main(["data", "check", str(tmp_path / "broken.json")]) == 1
     out = capsys.readouterr().out
-    assert "PROBLEMS: 3" in out and "data.on_invalid=skip" in out and "clipped: 1 box(es)" in out
-    assert check_dataset(tmp_path / "broken.json", decode=False).problem_counts == {"non_positive_size": 1}
+    assert "PROBLEMS: 4" in out and "data.on_invalid=skip" in out and "clipped: 1 box(es)" in out
+    assert check_dataset(tmp_path / "broken.json", decode=False).problem_counts == {
+        "missing_image": 1,
+        "non_positive_size": 1,
+    }
+    with pytest.raises(DatasetError, match=r"1 image file\(s\) listed .* missing .*data.on_invalid=skip"):
+        CocoDetection(None, tmp_path / "broken.json")
     (tmp_path / "not.json").write_text("{")
     assert "not valid JSON" in check_dataset(tmp_path / "not.json").fatal
 

@@ -186,16 +186,25 @@ class CocoDetection(Dataset):
             if int(img["id"]) in images:
                 raise DatasetError(f"{path}: image id {img['id']} appears twice in 'images'")
             images[int(img["id"])] = img
-        missing = [img["file_name"] for img in images.values() if not (self.images_dir / img["file_name"]).is_file()]
-        if missing:
+        missing = {i: img for i, img in images.items() if not (self.images_dir / img["file_name"]).is_file()}
+        if missing and self.on_invalid == "error":
             raise DatasetError(
-                f"{len(missing)} image file(s) listed in {path} are missing from {self.images_dir}, "
-                f"e.g. {missing[:MAX_EXAMPLES]}; check images_dir or remove them from the JSON"
+                f"{len(missing)} image file(s) listed in {path} are missing from {self.images_dir}, e.g. "
+                f"{[img['file_name'] for img in missing.values()][:MAX_EXAMPLES]}; check data.<split>.images (the "
+                "folder file names are relative to), or set data.on_invalid=skip to leave them out"
             )
-        return images
+        self._missing_images = set(missing)
+        if missing:
+            self.skipped["missing_image"] += len(missing)
+            self.problems += [
+                f"image id {i}: file {self.images_dir / img['file_name']} is missing" for i, img in missing.items()
+            ]
+            logger.warning("%s: left out %d missing image file(s)", path, len(missing))
+        return {i: img for i, img in images.items() if i not in missing}
 
     def _read_annotations(self, annotations: list[dict], images: dict[int, dict]) -> dict[int, list[_Box]]:
-        """Image id -> its valid non-crowd boxes; invalid ones raise or are skipped (``on_invalid``)."""
+        """Image id -> its valid non-crowd boxes; invalid ones raise or are skipped (``on_invalid``). The boxes of
+        images left out as missing go with them (counted with the image)."""
         path = self.annotation_file
         category_to_label = self.labels.category_to_label
         per_image: dict[int, list[_Box]] = {i: [] for i in images}
@@ -203,6 +212,8 @@ class CocoDetection(Dataset):
             _require(ann, ("bbox", "category_id", "image_id"), f"annotation {ann.get('id', '?')}", path)
             img = images.get(int(ann["image_id"]))
             reason = ""
+            if int(ann["image_id"]) in self._missing_images:
+                continue  # its image was left out as missing; the evaluation ground truth drops both
             if img is None:
                 reason = "unknown_image"
             elif int(ann["category_id"]) not in category_to_label:
