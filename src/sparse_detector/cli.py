@@ -57,6 +57,11 @@ def _add_command(commands: Subparsers, name: str, help: str, example: str, func:
     return parser
 
 
+def _show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal (a log file gets plain lines) and not with ``--no-progress``."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
 def _add_overrides(parser: argparse.ArgumentParser, example: str = "data.val_size=512") -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
 
@@ -97,7 +102,9 @@ def add_train_command(commands: Subparsers) -> None:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: train.device)")
     parser.add_argument(
-        "--no-progress", action="store_true", help="no progress bars: one plain line every train.log_every steps"
+        "--no-progress",
+        action="store_true",
+        help="no progress bars: one plain line every train.log_every steps (always so when not on a terminal)",
     )
 
 
@@ -173,7 +180,7 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = Path(args.output_dir or config.train.output_dir)
     if args.device:
         config.train.device = args.device
-    trainer = Trainer(absolute_data_paths(config), run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    trainer = Trainer(absolute_data_paths(config), run_dir, resume=bool(args.resume), progress=_show_progress(args))
     print(_train_summary(trainer))
     trainer.fit()
     print(f"run directory: {run_dir}")
@@ -234,7 +241,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dataset = build_dataset(config, "val")
     loader = build_loader(dataset, config, train=False)
-    evaluation = run_evaluation(loaded.model.to(device), None, loader, device, loaded.label_map, True)
+    evaluation = run_evaluation(loaded.model.to(device), None, loader, device, loaded.label_map, _show_progress(args))
     print(f"{loaded.source} on {dataset.annotation_file} ({len(dataset)} images)")
     print(format_table(evaluation.stats))
     if evaluation.coco.per_class:
@@ -308,7 +315,7 @@ def _analyze(args: argparse.Namespace) -> int:
         sites,
         zero_threshold=args.zero_threshold,
         keep_per_image=args.per_image,
-        progress=True,
+        progress=_show_progress(args),
     )
     record = {
         "checkpoint": str(loaded.source),
@@ -614,7 +621,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     config = load_config("shapes_tiny", overrides)
     if args.device:
         config.train.device = args.device
-    trainer = Trainer(absolute_data_paths(config), run_dir / "train", progress=not args.no_progress)
+    trainer = Trainer(absolute_data_paths(config), run_dir / "train", progress=_show_progress(args))
     print(_train_summary(trainer))
     stats = trainer.fit()
     minutes = (time.perf_counter() - start) / 60
