@@ -219,7 +219,7 @@ def _train(args: argparse.Namespace) -> int:
         if message:
             if main_process:
                 print(message)
-            return 1
+            return 0 if args.resume == "auto" else 1  # a restart of a job that already finished has nothing to do
     else:
         config = load_config(args.config, args.set)
         hint = _missing_data_hint(args.config, config)
