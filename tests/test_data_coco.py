@@ -31,13 +31,13 @@ def test_tiny_coco_contiguous(tiny_coco: tuple[Path, Path]) -> None:
     assert ds.num_crowd == 5 and ds.num_boxes == 470 - 5 and not ds.skipped
     assert len(ds.coco.getAnnIds()) == 470
     # labels map back to the original category ids, in sorted order
-    assert list(ds.label_to_category_id.values()) == sorted(c["id"] for c in raw["categories"])
+    assert list(ds.labels.label_to_category_id.values()) == sorted(c["id"] for c in raw["categories"])
     index = next(i for i in range(len(ds)) if len(ds.raw_target(i)["labels"]) > 0)
     target = ds.raw_target(index)
     image_id = int(target["image_id"])
     expected = sorted(a["category_id"] for a in raw["annotations"] if a["image_id"] == image_id and not a["iscrowd"])
-    assert sorted(ds.category_ids(target["labels"]).tolist()) == expected
-    assert ds.label_map["label_to_category_id"] == ds.label_to_category_id
+    assert sorted(ds.labels.category_ids(target["labels"].tolist())) == expected
+    assert ds.label_map["label_to_category_id"] == ds.labels.label_to_category_id
 
 
 def test_tiny_coco_targets_and_empty_image(tiny_coco: tuple[Path, Path]) -> None:
@@ -65,7 +65,7 @@ def test_tiny_coco_coco_ids_mode(tiny_coco: tuple[Path, Path]) -> None:
     ds = CocoDetection(*tiny_coco, transforms=make_transforms(False, val_size=256, max_size=400), label_mode="coco_ids")
     assert ds.num_classes == 91 and len(ds.category_names) == 91 and ds.category_names[0] == "N/A"
     raw = ds.raw_target(0)
-    assert torch.equal(ds.category_ids(raw["labels"]), raw["labels"])
+    assert ds.labels.category_ids(raw["labels"].tolist()) == raw["labels"].tolist()
     image, target = ds[0]
     assert min(image.shape[-2:]) == 256 or max(image.shape[-2:]) == 400
     assert ((target["boxes"] >= 0) & (target["boxes"] <= 1)).all()
@@ -101,13 +101,16 @@ def _write(tmp_path: Path, data: dict[str, Any] | None = None) -> tuple[Path, Pa
 
 def test_small_dataset_labels_and_clipping(tmp_path: Path) -> None:
     ds = CocoDetection(*_write(tmp_path))
-    assert ds.category_names == ["three", "seven"] and ds.label_to_category_id == {0: 3, 1: 7}
+    assert ds.category_names == ["three", "seven"] and ds.labels.label_to_category_id == {0: 3, 1: 7}
     assert ds.num_crowd == 1
     target = ds.raw_target(0)
     assert target["labels"].tolist() == [0, 1]
     # annotation 11 reaches past the image (x 30..50, y 20..40 on a 40x30 image): clipped
     assert target["boxes"].tolist() == [[5, 5, 15, 15], [30, 20, 40, 30]]
     assert ds.raw_target(1)["boxes"].shape == (0, 4)  # crowd-only image
+    # ... the same way in the evaluation ground truth, and counted
+    assert ds.coco.anns[11]["bbox"] == [30, 20, 10, 10] and ds.coco.anns[10]["bbox"] == [5, 5, 10, 10]
+    assert ds.num_clipped == 1
 
 
 def _mutate(path: list[str | int], value: Any) -> dict[str, Any]:
@@ -194,7 +197,8 @@ def test_skip_mode_counts_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFixt
         ds = CocoDetection(images, annotation_file, on_invalid="skip")
     assert ds.skipped == {"non_positive_size": 1, "outside_image": 1, "unknown_category": 1}
     assert ds.num_boxes == 3 and ds.raw_target(1)["boxes"].tolist() == [[1, 1, 6, 6]]
-    assert len(caplog.records) == 1
+    assert len(caplog.records) == 2  # the skips, and annotation 11 clipped to its image
+    assert "1 box(es) reach past their image border" in caplog.text
     assert "skipped 3 invalid annotation(s)" in caplog.text and "annotation id 21" in caplog.text
     assert sorted(ds.coco.getAnnIds()) == [10, 11, 12, 23]
 

@@ -1,4 +1,4 @@
-"""VOC -> COCO conversion: real BCCD splits, zero-area boxes, difficult flags, malformed XML."""
+"""VOC -> COCO import (standard layout): real BCCD splits, zero-area boxes, difficult flags, malformed XML."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from sparse_detector.data import CocoDetection, DatasetError, voc_to_coco
+from sparse_detector.data import CocoDetection, DatasetError
+from sparse_detector.data.importers import import_voc_root
 
 BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd"
 
@@ -26,9 +27,9 @@ def bccd() -> Path:
 
 def test_bccd_splits_and_zero_area(bccd: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     counts = {}
-    with caplog.at_level(logging.WARNING, logger="sparse_detector.data.voc"):
+    with caplog.at_level(logging.WARNING, logger="sparse_detector.data.importers.common"):
         for split in ("train", "val", "trainval"):
-            coco = voc_to_coco(bccd, split, out_file=tmp_path / f"{split}.json")
+            coco = import_voc_root(bccd, tmp_path / f"{split}.json", split)
             counts[split] = coco["info"]["stats"]
             assert [c["name"] for c in coco["categories"]] == ["Platelets", "RBC", "WBC"]
     assert {s: c["images"] for s, c in counts.items()} == {"train": 205, "val": 87, "trainval": 292}
@@ -49,9 +50,9 @@ def test_bccd_splits_and_zero_area(bccd: Path, tmp_path: Path, caplog: pytest.Lo
     assert image.shape[-2:] == (480, 640) and ((target["boxes"] > 0) & (target["boxes"] <= 1)).all()
 
 
-def test_bccd_box_convention(bccd: Path) -> None:
-    coco = voc_to_coco(bccd, "trainval")
-    first = next(i for i in coco["images"] if i["file_name"] == "BloodImage_00000.jpg")
+def test_bccd_box_convention(bccd: Path, tmp_path: Path) -> None:
+    coco = import_voc_root(bccd, tmp_path / "trainval.json")
+    first = next(i for i in coco["images"] if i["file_name"].endswith("/BloodImage_00000.jpg"))
     boxes = [a["bbox"] for a in coco["annotations"] if a["image_id"] == first["id"]]
     # <xmin>260</xmin><ymin>177</ymin><xmax>491</xmax><ymax>376</ymax>, 1-based inclusive
     assert boxes[0] == [259, 176, 232, 200]
@@ -76,19 +77,17 @@ def _object(name: str, box: tuple[int, int, int, int], difficult: int = 0) -> st
 
 def test_difficult_and_class_names(tmp_path: Path) -> None:
     root = _write_voc(tmp_path / "voc", _object("dog", (1, 1, 10, 10)) + _object("cat", (5, 5, 20, 30), 1))
-    kept = voc_to_coco(root)
+    kept = import_voc_root(root, tmp_path / "kept.json")
     assert [c["name"] for c in kept["categories"]] == ["cat", "dog"]
     assert [(a["difficult"], a["iscrowd"]) for a in kept["annotations"]] == [(0, 0), (1, 0)]
-    ignored = voc_to_coco(
-        root, include_difficult=False, class_names=["dog", "cat", "bird"], out_file=tmp_path / "a.json"
-    )
+    ignored = import_voc_root(root, tmp_path / "a.json", include_difficult=False, class_names=["dog", "cat", "bird"])
     assert [(a["category_id"], a["iscrowd"], a["ignore"]) for a in ignored["annotations"]] == [(1, 0, 0), (2, 1, 1)]
     assert ignored["info"]["stats"]["per_class"] == {"dog": 1, "cat": 1, "bird": 0}
     assert json.loads((tmp_path / "a.json").read_text()) == ignored
-    ds = CocoDetection(root / "JPEGImages", tmp_path / "a.json")
+    ds = CocoDetection(None, tmp_path / "a.json")
     assert ds.num_crowd == 1 and ds.num_boxes == 1 and ds.category_names == ["dog", "cat", "bird"]
-    with pytest.raises(DatasetError, match=r"img1\.xml: object 1 has class 'cat', not in class_names"):
-        voc_to_coco(root, class_names=["dog"])
+    with pytest.raises(DatasetError, match=r"img1\.xml object 1 \(cat\): class 'cat' is not among the given classes"):
+        import_voc_root(root, tmp_path / "b.json", class_names=["dog"])
 
 
 @pytest.mark.parametrize(
@@ -107,13 +106,13 @@ def test_difficult_and_class_names(tmp_path: Path) -> None:
 def test_malformed_xml_names_file(tmp_path: Path, objects_xml: str, expected: str) -> None:
     root = _write_voc(tmp_path / "voc", objects_xml)
     with pytest.raises(DatasetError, match=expected):
-        voc_to_coco(root)
+        import_voc_root(root, tmp_path / "out.json")
 
 
 def test_missing_split_and_image(tmp_path: Path) -> None:
     root = _write_voc(tmp_path / "voc", _object("dog", (1, 1, 10, 10)))
     with pytest.raises(DatasetError, match=r"ImageSets/Main/test\.txt does not exist"):
-        voc_to_coco(root, split="test")
+        import_voc_root(root, tmp_path / "out.json", split="test")
     (root / "JPEGImages" / "img1.jpg").unlink()
-    with pytest.raises(DatasetError, match=r"img1\.xml: image .*img1\.jpg does not exist"):
-        voc_to_coco(root)
+    with pytest.raises(DatasetError, match=r"img1\.xml: no image for it in .*JPEGImages"):
+        import_voc_root(root, tmp_path / "out.json")

@@ -107,6 +107,10 @@ def test_cli_end_to_end(tmp_path: Path, capsys):
     ]
     run = tmp_path / "run"
     assert main(["train", "--no-progress", "--output-dir", str(run), "--set", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "model:  detr resnet18" in out and "epoch 1 step 1/2: loss" in out  # a summary, not the whole config
+    assert main(["train", "--resume", str(run)]) == 1
+    assert f"--resume {run} --set train.epochs=2" in capsys.readouterr().out
     assert main(["evaluate", "--checkpoint", str(run), "--output", str(tmp_path / "eval.json")]) == 0
     assert "AP50" in json.loads((tmp_path / "eval.json").read_text())
     out = tmp_path / "pred"
@@ -125,11 +129,13 @@ def test_cli_end_to_end(tmp_path: Path, capsys):
 def test_bccd_voc_converts_and_trains(tmp_path: Path):
     voc = shared_path("data/bccd")
     for split in ("train", "val"):
-        assert main(["data", "voc2coco", str(voc), "--split", split, "--out", str(tmp_path / f"{split}.json")]) == 0
+        assert (
+            main(["data", "import", "voc", str(voc), "--split", split, "--out", str(tmp_path / f"{split}.json")]) == 0
+        )
     overrides = [
-        f"data.train.images={voc / 'JPEGImages'}",
+        "data.train.images=''",  # the imported JSON names its images (absolute paths)
         f"data.train.annotations={tmp_path / 'train.json'}",
-        f"data.val.images={voc / 'JPEGImages'}",
+        "data.val.images=''",
         f"data.val.annotations={tmp_path / 'val.json'}",
         "model.num_classes=3",
         "model.num_queries=20",

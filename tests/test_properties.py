@@ -15,8 +15,8 @@ from PIL import Image
 
 from sparse_detector.config import Config, ConfigError, config_to_dict, load_config
 from sparse_detector.data.coco import CocoDetection, DatasetError
+from sparse_detector.data.importers import import_voc_root
 from sparse_detector.data.transforms import make_transforms
-from sparse_detector.data.voc import voc_to_coco
 
 # No subnormal floats: a Trainer earlier in the session may have set torch.set_flush_denormal(True) process-wide.
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -102,7 +102,7 @@ def test_voc_import_keeps_or_counts_every_box_and_names_bad_files(objects: list,
         (root / "Annotations" / "a.xml").write_text(xml)
         (root / "ImageSets/Main/train.txt").write_text("a\n")
         try:
-            coco = voc_to_coco(root, split="train")
+            coco = import_voc_root(root, root / "train.json", split="train")
         except DatasetError as err:
             assert truncate and "a.xml" in str(err)
             return

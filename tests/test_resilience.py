@@ -86,6 +86,7 @@ def test_resume_auto_falls_back_from_a_corrupt_checkpoint(shapes, tmp_path: Path
     overrides = [*shapes_overrides(shapes), *FAST, "train.keep_last=1"]
     assert main([*args, *overrides, "train.epochs=2"]) == 0  # no checkpoint yet: starts the run
     assert [r.epoch for r in run_checkpoints(run)] == [2, 1]
+    assert main([*args, *overrides, "train.epochs=2"]) == 0  # the job restarted after it finished: nothing to do
     last = run / "checkpoint_last.pt"
     last.write_bytes(last.read_bytes()[:-100])  # truncated
     assert "truncated" in verify_checkpoint(last)

@@ -1,4 +1,11 @@
-"""The ``sparse-detector`` command line: train, evaluate, predict, analyze, compare, data, quickstart."""
+"""The ``sparse-detector`` command line: train, evaluate, analyze, compare, predict, data, quickstart, visualize,
+study.
+
+Layout: one ``add_<command>_command(commands)`` function per subcommand registers its parser (arguments, an
+example, its handler); one ``_<command>(args)`` handler per subcommand runs it. Handlers import torch and the
+rest of the package when they run, so ``sparse-detector --help`` and every ``<command> --help`` stay instant.
+A new subcommand is one more pair of functions and one line in :data:`COMMANDS`.
+"""
 
 from __future__ import annotations
 
@@ -8,44 +15,193 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from PIL import Image
+from .config import Config, load_config, override_config
+from .runs import CONFIG_FILE, EVAL_FILE
 
-from .attention.sites import select_sites
-from .config import Config, dump_config, load_config, override_config
-from .data import generate_shapes, generate_shapes_splits, make_transforms, voc_to_coco
-from .data.build import build_dataset, build_loader
-from .engine.analyze import analyze, load_analysis_model
-from .engine.checkpoint import run_checkpoints
-from .engine.coco_eval import format_table
-from .engine.device import resolve_device
-from .engine.distributed import context_from_environment, shutdown_distributed
-from .engine.evaluate import evaluate
-from .engine.inference import category_id, category_name, load_trained_model
-from .engine.trainer import StoppedAtOnce, Trainer
-from .models import build_criterion, build_model
-from .models.postprocess import postprocessor_for
-from .report import COMPARE_METRICS, DEFAULT_COMPARE_METRICS, analysis_markdown, compare_markdown, write_analysis
-from .runs import CONFIG_FILE, EVAL_FILE, analysis_dir, read_analyses
-from .viz.boxes import draw_boxes
+if TYPE_CHECKING:
+    from .engine.inference import LoadedModel
 
 log = logging.getLogger("sparse_detector")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+Subparsers = argparse._SubParsersAction  # what add_subparsers() returns; add_parser() makes a subcommand
 
-# The main job's data: 128 px images, 1-3 shapes of 24-56 px, classes = colours (see configs/shapes_tiny.yaml).
+# The quickstart's data: 128 px images, 1-3 shapes of 24-56 px, classes = colours (see configs/shapes_tiny.yaml).
 QUICKSTART_TRAIN_IMAGES = 1200
 QUICKSTART_VAL_IMAGES = 200
 
+# Presets whose data the package can generate: what to run when it is missing.
+_SHAPES_DATA_HINT = (
+    "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200   "
+    "(or `sparse-detector quickstart`, which generates the data and trains in one go)"
+)
+PRESET_DATA_HINTS = {"shapes_tiny": _SHAPES_DATA_HINT, "shapes_tiny_deformable": _SHAPES_DATA_HINT}
 
-def _print_config(config: Config) -> None:
-    print("# resolved config\n" + dump_config(config))
+# The kinds of `visualize` (the registry of sparse_detector.viz.kinds, which imports torch; a test keeps them equal)
+# and its file formats (sparse_detector.viz.figure.FORMATS), named here so `--help` stays instant.
+FIGURE_KIND_NAMES = (
+    "alpha",
+    "attention",
+    "compare",
+    "curves",
+    "data",
+    "deformable",
+    "diagnostics",
+    "encoder",
+    "matching",
+    "sparsity",
+)
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default where it has one worth showing; descriptions and examples keep their lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help = action.help or ""
+        if "default" in help or action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+            return help
+        return f"{help} (default: %(default)s)"
+
+
+def _add_command(commands: Subparsers, name: str, help: str, example: str, func: Callable) -> argparse.ArgumentParser:
+    """A subcommand parser with the shared formatter, an ``example:`` epilog and its handler."""
+    parser = commands.add_parser(
+        name, help=help, description=help, epilog=f"example:\n  {example}\n", formatter_class=_HelpFormatter
+    )
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal (a log file gets plain lines) and not with ``--no-progress``."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+def _add_overrides(parser: argparse.ArgumentParser, example: str = "data.val_size=512") -> None:
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
+
+
+def _add_model_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    parser.add_argument("--official", action="store_true", help="the checkpoint is an official one (COCO ids)")
+    parser.add_argument("--arch", default="detr", help="registered model (model.arch) of an --official checkpoint")
+    parser.add_argument("--nheads", type=int, default=8, help="attention heads of an official checkpoint")
+    parser.add_argument("--dilation", action="store_true", help="an official DC5 checkpoint")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+
+
+def _add_evaluation_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", help="image folder (default: the checkpoint config's data.val.images)")
+    parser.add_argument(
+        "--annotations", "--data", dest="annotations", help="COCO instances JSON (default: data.val.annotations)"
+    )
+    parser.add_argument("--batch-size", type=int, help="images per batch (default: train.eval_batch_size)")
+    parser.add_argument("--workers", type=int, help="data-loading processes (default: data.num_workers)")
+    _add_overrides(parser)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# train
+
+
+def add_train_command(commands: Subparsers) -> None:
+    parser = _add_command(
+        commands,
+        "train",
+        "train a model from a YAML config or preset",
+        "sparse-detector train --config shapes_tiny --set train.epochs=30 --output-dir runs/mine",
+        _train,
+    )
+    parser.add_argument("--config", default="shapes_tiny", help="YAML file or preset name (detr_r50, shapes_tiny, ...)")
+    _add_overrides(parser, "train.epochs=5")
+    parser.add_argument("--output-dir", help="run directory (default: train.output_dir)")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        help="continue a run from its newest valid checkpoint; 'auto' continues --output-dir if it holds one "
+        "(else starts it): the same command line serves every restart of a preempted job",
+    )
+    parser.add_argument(
+        "--init-from",
+        metavar="CKPT",
+        help="fine-tune: start from these weights (ours or official); class heads are re-initialised when the "
+        "class count differs",
+    )
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: train.device)")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars: one plain line every train.log_every steps (always so when not on a terminal)",
+    )
+
+
+def _missing_data_hint(config_name: str, config: Config) -> str:
+    """What to run when a preset's data is not there yet ('' when the data exists or nothing can generate it)."""
+    hint = PRESET_DATA_HINTS.get(Path(config_name).stem)
+    missing = [p for p in (config.data.train.annotations, config.data.val.annotations) if p and not Path(p).is_file()]
+    if hint is None or not missing:
+        return ""
+    return (
+        f"the data of preset {config_name!r} is not there yet ({', '.join(missing)}, relative to {Path.cwd()}); "
+        f"generate it first:\n  {hint}"
+    )
+
+
+def _finished_run_message(run_dir: Path, config: Config) -> str:
+    """'' if the run has epochs left, else how to extend it."""
+    from .engine.checkpoint import run_checkpoints
+
+    checkpoints = run_checkpoints(run_dir)
+    if not checkpoints:
+        raise FileNotFoundError(
+            f"{run_dir} has no checkpoint to resume from; start the run with --output-dir {run_dir}"
+        )
+    done = checkpoints[0].epoch  # the newest one's completed epochs
+    if done < config.train.epochs:
+        return ""
+    return (
+        f"run {run_dir} already finished: {done} of train.epochs={config.train.epochs} epochs done. To train it "
+        f"longer: sparse-detector train --resume {run_dir} --set train.epochs={done + max(done // 2, 1)}"
+    )
+
+
+def _train_summary(trainer: object) -> str:
+    """A few lines on what is about to happen (the whole resolved config is in the run directory's config.yaml)."""
+    from .attention.sites import model_sites
+    from .config import AttentionSiteConfig
+
+    config: Config = trainer.config  # type: ignore[attr-defined]
+    model = config.model
+    sites = ", ".join(
+        f"{name}={model.attention.get(name, AttentionSiteConfig()).activation}"
+        for name in model_sites(trainer.model)  # type: ignore[attr-defined]
+    )
+    parameters = sum(p.numel() for p in trainer.model.parameters())  # type: ignore[attr-defined]
+    train_set, val_set = trainer.train_set, trainer.val_set  # type: ignore[attr-defined]
+    return "\n".join(
+        [
+            f"data:   train {len(train_set)} images / {train_set.num_boxes} boxes ({train_set.annotation_file}), "
+            f"val {len(val_set)} images ({val_set.annotation_file}), {train_set.num_classes} classes",
+            f"model:  {model.arch} {model.backbone.name}, "
+            f"{model.transformer.enc_layers}+{model.transformer.dec_layers} layers, {model.num_queries} queries, "
+            f"{parameters / 1e6:.2f} M parameters; attention {sites}",
+            f"train:  {config.train.epochs} epochs, batch {config.train.batch_size}, lr {config.optim.lr:g}, "
+            f"device {trainer.device}",  # type: ignore[attr-defined]
+            f"run:    {trainer.run_dir} (config.yaml, metrics.jsonl, checkpoints)",  # type: ignore[attr-defined]
+        ]
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .data.build import absolute_data_paths
+    from .engine.checkpoint import run_checkpoints
+    from .engine.distributed import context_from_environment, shutdown_distributed
+    from .engine.trainer import Trainer
+
     output_dir = args.output_dir
     if args.resume == "auto":  # resume the run in --output-dir when it has a checkpoint, else start it
         config = load_config(args.config, args.set)
@@ -53,20 +209,34 @@ def _train(args: argparse.Namespace) -> int:
         resume_dir = Path(output_dir) if run_checkpoints(Path(output_dir)) else None
     else:
         resume_dir = Path(args.resume) if args.resume else None
+    main_process = context_from_environment().is_main  # under torchrun / srun only rank 0 prints
     if resume_dir is not None:
         run_dir = resume_dir
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); check the --resume path")
         config = load_config(run_dir / CONFIG_FILE, args.set)
+        message = _finished_run_message(run_dir, config)
+        if message:
+            if main_process:
+                print(message)
+            return 0 if args.resume == "auto" else 1  # a restart of a job that already finished has nothing to do
     else:
         config = load_config(args.config, args.set)
+        hint = _missing_data_hint(args.config, config)
+        if hint:
+            raise FileNotFoundError(hint)
         run_dir = Path(output_dir or config.train.output_dir)
     if args.device:
         config.train.device = args.device
-    main_process = context_from_environment().is_main  # under torchrun / srun only rank 0 prints
-    if main_process:
-        _print_config(config)
     trainer = Trainer(
-        config, run_dir, resume=resume_dir is not None, progress=not args.no_progress, init_from=args.init_from
+        absolute_data_paths(config),
+        run_dir,
+        resume=resume_dir is not None,
+        progress=_show_progress(args),
+        init_from=args.init_from,
     )
+    if main_process:
+        print(_train_summary(trainer))
     trainer.fit()
     shutdown_distributed()
     if not main_process:
@@ -79,6 +249,10 @@ def _train(args: argparse.Namespace) -> int:
         )
     print(f"run directory: {run_dir}")
     return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluate / analyze / compare / predict
 
 
 def _evaluation_config(config: Config, args: argparse.Namespace) -> Config:
@@ -100,25 +274,110 @@ def _official_options(args: argparse.Namespace) -> dict:
     return {"arch": args.arch, "nheads": args.nheads, "dilation": args.dilation} if args.official else {}
 
 
+def _load_model(args: argparse.Namespace) -> LoadedModel:
+    from .engine.inference import load_trained_model
+
+    return load_trained_model(args.checkpoint, official=args.official, **_official_options(args))
+
+
+def add_evaluate_command(commands: Subparsers) -> None:
+    parser = _add_command(
+        commands,
+        "evaluate",
+        "COCO AP of a checkpoint (ours or official) on a COCO-format dataset",
+        "sparse-detector evaluate --checkpoint runs/mine --annotations data/val.json",
+        _evaluate,
+    )
+    _add_model_source(parser)
+    _add_evaluation_data(parser)
+    parser.add_argument(
+        "--output",
+        help="metrics JSON, with the precision arrays beside it as <name>_pr.npz (default: <run dir>/eval.json)",
+    )
+    parser.add_argument(
+        "--save-detections", metavar="FILE", help="also write every detection in the COCO results format"
+    )
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    loaded = load_trained_model(args.checkpoint, official=args.official, **_official_options(args))
+    from .data.build import build_dataset, build_loader
+    from .engine.coco_eval import format_per_class_table, format_table
+    from .engine.device import resolve_device
+    from .engine.evaluate import run_evaluation
+
+    loaded = _load_model(args)
     config = _evaluation_config(loaded.config, args)
     device = resolve_device(args.device)
     dataset = build_dataset(config, "val")
-    stats = evaluate(
-        loaded.model.to(device), None, build_loader(dataset, config, train=False), device, loaded.label_map, True
-    )
+    loader = build_loader(dataset, config, train=False)
+    evaluation = run_evaluation(loaded.model.to(device), None, loader, device, loaded.label_map, _show_progress(args))
     print(f"{loaded.source} on {dataset.annotation_file} ({len(dataset)} images)")
-    print(format_table(stats))
+    print(format_table(evaluation.stats))
+    if evaluation.coco.per_class:
+        print(format_per_class_table(evaluation.coco.per_class))
     output = Path(args.output) if args.output else loaded.source.parent / EVAL_FILE
-    output.write_text(
-        json.dumps({"checkpoint": str(loaded.source), "data": str(dataset.annotation_file), **stats}, indent=2)
-    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    record = {"checkpoint": str(loaded.source), "data": str(dataset.annotation_file), **evaluation.stats}
+    output.write_text(json.dumps({**record, "per_class": evaluation.coco.per_class}, indent=2))
     print(f"written: {output}")
+    if evaluation.coco.precision is not None:
+        curves = output.with_name(f"{output.stem}_pr.npz")
+        evaluation.coco.precision.save(curves)
+        print(f"written: {curves} (precision by IoU threshold x recall x class)")
+    if args.save_detections:
+        Path(args.save_detections).write_text(json.dumps(evaluation.detections))
+        print(f"written: {args.save_detections} ({len(evaluation.detections)} detections, COCO results format)")
     return 0
 
 
+def add_analyze_command(commands: Subparsers) -> None:
+    parser = _add_command(
+        commands,
+        "analyze",
+        "COCO AP and attention metrics (Gini, zeros ratio, entropy, support, PAIBB) in one evaluation pass",
+        "sparse-detector analyze --checkpoint runs/mine --sites decoder_cross",
+        _analyze,
+    )
+    parser.description = (
+        f"{parser.description}.\nWrites analysis.json, analysis.csv and analysis.md. The data set is a COCO "
+        "instances JSON (--annotations, alias --data) with its image folder (--images); each defaults to the "
+        "checkpoint config's data.val."
+    )
+    _add_model_source(parser)
+    _add_evaluation_data(parser)
+    parser.add_argument(
+        "--sites",
+        nargs="+",
+        help="attention sites to record (default: all the model's sites; PAIBB needs a site of object queries over "
+        "the feature grid)",
+    )
+    parser.add_argument(
+        "--random-init", action="store_true", help="same architecture with fresh weights (untrained baseline)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --random-init weights")
+    parser.add_argument(
+        "--zero-threshold", type=float, help="zeros-ratio threshold (default: 1e-6 for softmax sites, 0 for sparse)"
+    )
+    parser.add_argument("--per-image", action="store_true", help="also keep per-image records in analysis.json")
+    parser.add_argument(
+        "--paibb-upsampled",
+        action="store_true",
+        help="also the prior thesis's PAIBB: last layer, head average, bilinearly upsampled to the image size",
+    )
+    parser.add_argument(
+        "--output", help="output folder (default: <run dir>/analysis or <run dir>/analysis-random-init)"
+    )
+
+
 def _analyze(args: argparse.Namespace) -> int:
+    from .attention.sites import select_sites
+    from .data.build import build_dataset, build_loader
+    from .engine.analyze import analyze, load_analysis_model
+    from .engine.device import resolve_device
+    from .models import build_criterion
+    from .report import analysis_markdown, write_analysis
+    from .runs import analysis_dir
+
     loaded = load_analysis_model(
         args.checkpoint, args.official, random_init=args.random_init, seed=args.seed, **_official_options(args)
     )
@@ -136,7 +395,7 @@ def _analyze(args: argparse.Namespace) -> int:
         zero_threshold=args.zero_threshold,
         keep_per_image=args.per_image,
         paibb_upsampled=args.paibb_upsampled,
-        progress=True,
+        progress=_show_progress(args),
     )
     record = {
         "checkpoint": str(loaded.source),
@@ -154,7 +413,33 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_compare_command(commands: Subparsers) -> None:
+    parser = _add_command(
+        commands,
+        "compare",
+        "side-by-side Markdown table of several analyses",
+        "sparse-detector compare runs/softmax runs/sparsemax --metrics gini paibb",
+        _compare,
+    )
+    parser.add_argument(
+        "inputs", nargs="+", metavar="RUN_OR_ANALYSIS_JSON", help="analysis.json files, analysis folders or run dirs"
+    )
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["gini", "zeros_ratio", "paibb"],
+        help="metrics to show: gini, zeros_ratio, entropy, support, paibb, paibb_small, paibb_medium, paibb_large",
+    )
+    parser.add_argument("--output", help="also write the Markdown table to this file")
+
+
 def _compare(args: argparse.Namespace) -> int:
+    from .report import COMPARE_METRICS, compare_markdown
+    from .runs import read_analyses
+
+    unknown = [m for m in args.metrics if m not in COMPARE_METRICS]
+    if unknown:
+        raise ValueError(f"unknown --metrics {unknown}; choose from {list(COMPARE_METRICS)}")
     records = read_analyses(args.inputs)
     table = compare_markdown(records, args.metrics)
     print(table)
@@ -164,76 +449,99 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_files(inputs: Sequence[str]) -> list[Path]:
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"input {item} is neither an image file nor a folder")
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {list(inputs)}")
-    return files
+def add_predict_command(commands: Subparsers) -> None:
+    parser = _add_command(
+        commands,
+        "predict",
+        "detect objects in images: JSON + pictures with boxes",
+        "sparse-detector predict --checkpoint runs/mine photos/ --output preds --threshold 0.5",
+        _predict,
+    )
+    _add_model_source(parser)
+    parser.add_argument("inputs", nargs="+", help="image files or folders")
+    parser.add_argument("--output", default="predictions", help="output folder")
+    parser.add_argument("--threshold", type=float, default=0.5, help="minimum score of a kept detection")
+    parser.add_argument(
+        "--format",
+        choices=["json", "coco"],
+        default="json",
+        help="json: predictions.json per image; coco: detections_coco.json in the COCO results format",
+    )
+    parser.add_argument("--attention", action="store_true", help="also draw each detection's head-averaged attention")
 
 
-@torch.no_grad()
 def _predict(args: argparse.Namespace) -> int:
-    loaded = load_trained_model(args.checkpoint, official=args.official, **_official_options(args))
+    from .engine.inference import predict_images
+
+    loaded = _load_model(args)
+    draw_attention = None
     if args.attention:
-        from .viz.kinds import object_query_kind
+        from .engine.device import resolve_device
+        from .viz.kinds import detection_attention, object_query_kind
 
         if (kind := object_query_kind(loaded.model)) != "attention":
             raise ValueError(
                 f"predict --attention draws attention over the feature grid, which this model's object queries do "
                 f"not have; draw them with: sparse-detector visualize {kind} {args.checkpoint} IMAGE ..."
             )
-    data = loaded.config.data
-    transforms = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
-    device = resolve_device(args.device)
-    model = loaded.model.to(device)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    for path in _image_files(args.inputs):
-        try:
-            image = Image.open(path).convert("RGB")
-        except OSError as err:
-            raise OSError(f"cannot read image {path}: {err}") from None
-        empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-        tensor, _ = transforms(image, empty)
-        outputs = model([tensor.to(device)])
-        result = postprocessor_for(model)(outputs, torch.tensor([[image.height, image.width]], device=device))[0]
-        keep = result["scores"] >= args.threshold
-        boxes, labels, scores = (result[k][keep].cpu() for k in ("boxes", "labels", "scores"))
-        names = [category_name(loaded.label_map, int(label)) for label in labels]
-        detections = [
-            {
-                "label": int(label),
-                "category_id": category_id(loaded.label_map, int(label)),
-                "category": name,
-                "score": round(float(score), 4),
-                "box_xyxy": [round(float(v), 2) for v in box],
-            }
-            for box, label, score, name in zip(boxes, labels, scores, names, strict=True)
-        ]
-        picture = out_dir / f"{path.stem}_pred.png"
-        draw_boxes(image, boxes.tolist(), labels.tolist(), names, scores.tolist()).save(picture)
-        records.append({"image": str(path), "width": image.width, "height": image.height, "detections": detections})
-        print(f"{path}: {len(detections)} detections -> {picture}")
-        if args.attention:
-            from .viz.kinds import detection_attention
+        device = resolve_device(args.device)
 
-            queries = keep.nonzero().flatten().tolist()
-            if figure := detection_attention(loaded, tensor, queries, out_dir / f"{path.stem}_attention", device):
-                print(f"  attention of each detection -> {figure}")
-    (out_dir / "predictions.json").write_text(json.dumps(records, indent=2))
-    print(f"written: {out_dir / 'predictions.json'}")
+        def draw_attention(path: Path, image: object, queries: list[int]) -> Path | None:
+            return detection_attention(loaded, image, queries, Path(args.output) / f"{path.stem}_attention", device)
+
+    result = predict_images(
+        loaded,
+        args.inputs,
+        args.output,
+        args.threshold,
+        args.device,
+        output_format=args.format,
+        after_image=draw_attention,
+    )
+    for record in result.records:
+        print(f"{record['image']}: {len(record['detections'])} detections -> {record.get('picture', '')}")
+        if "attention" in record:
+            print(f"  attention of each detection -> {record['attention']}")
+    for path in result.written:
+        print(f"written: {path}")
+    if result.failed:
+        print(f"error: {len(result.failed)} image(s) could not be read:", file=sys.stderr)
+        for path, why in result.failed.items():
+            print(f"  {path}: {why}", file=sys.stderr)
+        return 1
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# data
+
+
+def add_data_command(commands: Subparsers) -> None:
+    data = commands.add_parser("data", help="dataset tools", formatter_class=_HelpFormatter)
+    tools = data.add_subparsers(dest="data_command", required=True)
+    for add in DATA_COMMANDS:
+        add(tools)
+
+
+def add_data_shapes_command(tools: Subparsers) -> None:
+    parser = _add_command(
+        tools,
+        "shapes",
+        "generate the synthetic shapes dataset (images + COCO JSON)",
+        "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200",
+        _data_shapes,
+    )
+    parser.add_argument("out", help="output folder (images/ and annotations/ inside)")
+    parser.add_argument("--num-images", type=int, default=1000, help="training images")
+    parser.add_argument("--num-val", type=int, default=0, help="also write a held-out val split of this size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--classes", choices=["color", "shape", "shape_color"], default="color")
+
+
 def _data_shapes(args: argparse.Namespace) -> int:
+    from .data.shapes import generate_shapes, generate_shapes_splits
+
     options = {"image_size": args.image_size, "classes": args.classes}
     if args.num_val:
         paths = generate_shapes_splits(args.out, args.num_images, args.num_val, seed=args.seed, **options)
@@ -245,17 +553,167 @@ def _data_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_voc2coco(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else Path(args.voc_root) / f"{args.split}_coco.json"
-    coco = voc_to_coco(args.voc_root, split=args.split, out_file=out, include_difficult=not args.exclude_difficult)
-    stats = coco["info"]["stats"]
-    print(f"{out}: {stats['images']} images, {stats['annotations']} boxes {stats['per_class']}")
-    print(f"dropped: {stats['dropped']}")
+def add_data_import_command(tools: Subparsers) -> None:
+    parser = _add_command(
+        tools,
+        "import",
+        "convert VOC, YOLO, CSV or COCO annotations to one COCO JSON (checked, paths usable from anywhere)",
+        "sparse-detector data import voc --images my/images --annotations my/xml --out data/all.json",
+        _data_import,
+    )
+    parser.description = (
+        f"{parser.description}.\n\nformats:\n"
+        "  voc   standard: VOC_ROOT --split trainval; any layout: --annotations XML_DIR [--images DIR] [--list FILE]\n"
+        "        (XML matched to images by <filename>, else by file name)\n"
+        "  yolo  --images DIR --classes classes.txt|data.yaml [--labels DIR] (one <stem>.txt per image)\n"
+        "  csv   CSV_FILE [--images DIR]: rows file,x1,y1,x2,y2,label in pixels\n"
+        "  coco  JSON_FILE [--images DIR]: ids renumbered where needed, image paths rewritten\n"
+        "The output is written only where --out says; image paths in it are absolute or relative to it."
+    )
+    parser.add_argument("format", choices=["voc", "yolo", "csv", "coco"], help="annotation format")
+    parser.add_argument("source", nargs="?", help="VOC root (standard layout), CSV file or COCO JSON")
+    parser.add_argument("--out", required=True, help="output COCO JSON")
+    parser.add_argument("--images", help="images folder")
+    parser.add_argument("--annotations", help="voc: folder of XML files (any layout)")
+    parser.add_argument("--list", help="voc: file listing the image names (stems) to import")
+    parser.add_argument("--split", default="trainval", help="voc standard layout: ImageSets/Main/<split>.txt")
+    parser.add_argument("--classes", help="yolo: classes.txt or data.yaml; voc: file fixing the class order")
+    parser.add_argument("--labels", help="yolo: folder of label .txt files (default: found next to the images)")
+    parser.add_argument("--exclude-difficult", action="store_true", help="voc: mark difficult objects as ignored")
+    parser.add_argument("--no-decode", action="store_true", help="skip decoding every image in the check after import")
+
+
+def _import_to_coco(args: argparse.Namespace) -> dict:
+    """Run the importer of ``args.format``; the written COCO dict."""
+    from .data import importers
+    from .data.coco import DatasetError
+
+    def need(value: str | None, what: str) -> str:
+        if not value:
+            raise DatasetError(f"data import {args.format} needs {what}; see `sparse-detector data import --help`")
+        return value
+
+    if args.format == "voc":
+        classes = importers.read_class_names(args.classes) if args.classes else None
+        include = not args.exclude_difficult
+        if args.annotations:
+            return importers.import_voc(args.annotations, args.out, args.images, args.list, classes, include)
+        root = need(args.source, "a VOC root (standard layout) or --annotations XML_DIR (any layout)")
+        return importers.import_voc_root(root, args.out, args.split, classes, include)
+    if args.format == "yolo":
+        images = need(args.images, "--images DIR")
+        return importers.import_yolo(
+            images, args.out, need(args.classes, "--classes classes.txt|data.yaml"), args.labels
+        )
+    if args.format == "csv":
+        return importers.import_csv(need(args.source, "the CSV file"), args.out, args.images)
+    return importers.import_coco(need(args.source, "the COCO JSON file"), args.out, args.images)
+
+
+def _data_import(args: argparse.Namespace) -> int:
+    from .data.check import check_dataset
+
+    stats = _import_to_coco(args)["info"]["stats"]
+    print(f"written: {args.out} ({stats['images']} images, {stats['annotations']} boxes)")
+    if stats.get("dropped"):
+        print(f"dropped: {stats['dropped']} (boxes with no extent; listed in the warning above)")
+    report = check_dataset(args.out, decode=not args.no_decode)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def add_data_check_command(tools: Subparsers) -> None:
+    parser = _add_command(
+        tools,
+        "check",
+        "read a COCO JSON as training would: every image decoded, every box and id checked, a summary",
+        "sparse-detector data check data/all.json",
+        _data_check,
+    )
+    parser.description = (
+        f"{parser.description}.\nExit status 0: training would not fail on this data; 1: problems (listed)."
+    )
+    parser.add_argument("annotations", help="COCO instances JSON")
+    parser.add_argument("--images", help="folder its file names are relative to (default: the JSON's folder)")
+    parser.add_argument("--no-decode", action="store_true", help="check the JSON only, do not decode the images")
+    parser.add_argument(
+        "--label-mode", choices=["contiguous", "coco_ids"], default="contiguous", help="data.label_mode"
+    )
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from .data.check import check_dataset
+
+    report = check_dataset(args.annotations, args.images, decode=not args.no_decode, label_mode=args.label_mode)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def add_data_split_command(tools: Subparsers) -> None:
+    parser = _add_command(
+        tools,
+        "split",
+        "split one COCO JSON into train / val (/ test) files, seeded, stratified by class",
+        "sparse-detector data split data/all.json --val 0.2 --out-dir data/splits",
+        _data_split,
+    )
+    parser.add_argument("annotations", help="COCO instances JSON")
+    parser.add_argument("--out-dir", required=True, help="folder for train.json, val.json (, test.json)")
+    parser.add_argument("--val", type=float, default=0.2, help="fraction of images for val")
+    parser.add_argument("--test", type=float, default=0.0, help="fraction of images for test (0: no test split)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", help="folder its file names are relative to (default: the JSON's folder)")
+
+
+def _data_split(args: argparse.Namespace) -> int:
+    from .data.coco import load_json
+    from .data.split import split_coco
+
+    paths = split_coco(args.annotations, args.out_dir, args.val, args.test, args.seed, args.images)
+    for split, path in paths.items():
+        data = load_json(path)
+        print(f"{split}: {path} ({len(data['images'])} images, {len(data['annotations'])} boxes)")
     return 0
+
+
+DATA_COMMANDS: list[Callable[[Subparsers], None]] = [
+    add_data_import_command,
+    add_data_check_command,
+    add_data_split_command,
+    add_data_shapes_command,
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# quickstart
+
+
+def add_quickstart_command(commands: Subparsers) -> None:
+    parser = _add_command(
+        commands,
+        "quickstart",
+        "the main job: shapes data -> train tiny DETR -> AP table -> attention figures",
+        "sparse-detector quickstart --output-dir runs/quick",
+        _quickstart,
+    )
+    parser.add_argument("--output-dir", help="run directory (default: runs/quickstart-<time>)")
+    parser.add_argument("--num-train", type=int, default=QUICKSTART_TRAIN_IMAGES, help="generated training images")
+    parser.add_argument("--num-val", type=int, default=QUICKSTART_VAL_IMAGES, help="generated held-out images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--config", default="shapes_tiny", help="preset for the shapes data (shapes_tiny, shapes_tiny_deformable)"
+    )
+    _add_overrides(parser, "train.epochs=4")
+    parser.add_argument("--device", help="auto | cpu | cuda | mps")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _quickstart(args: argparse.Namespace) -> int:
     """Generate the shapes data, train the tiny preset, evaluate on held-out images, print the AP table."""
+    from .data.build import absolute_data_paths
+    from .data.shapes import generate_shapes_splits
+    from .engine.trainer import Trainer
+
     start = time.perf_counter()
     run_dir = Path(args.output_dir or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
     data_dir = run_dir / "data"
@@ -272,8 +730,9 @@ def _quickstart(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     if args.device:
         config.train.device = args.device
-    _print_config(config)
-    stats = Trainer(config, run_dir / "train", progress=not args.no_progress).fit()
+    trainer = Trainer(absolute_data_paths(config), run_dir / "train", progress=_show_progress(args))
+    print(_train_summary(trainer))
+    stats = trainer.fit()
     minutes = (time.perf_counter() - start) / 60
     print(f"quickstart finished in {minutes:.1f} min: AP50 {stats['AP50']:.3f}, AP {stats['AP']:.3f}")
     print(f"(evaluated on {args.num_val} held-out generated images)")
@@ -284,6 +743,7 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 def _quickstart_figures(run_dir: Path, config: Config) -> None:
     """The quickstart's last step: its model's attention (or sampling points) drawn on a few held-out images."""
+    from .models import build_model
     from .viz.kinds import VisualizeRequest, object_query_kind, visualize
 
     request = VisualizeRequest(
@@ -296,6 +756,40 @@ def _quickstart_figures(run_dir: Path, config: Config) -> None:
     )
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# visualize / study
+
+
+def add_visualize_command(commands: Subparsers) -> None:
+    parser = _add_command(
+        commands,
+        "visualize",
+        "figures: attention maps, data, matching, training curves, alpha, diagnostics, sparsity",
+        "sparse-detector visualize attention runs/mine --num-images 2 --max-queries 3",
+        _visualize,
+    )
+    parser.description = (
+        f"{parser.description}.\nRUN is a run directory or checkpoint (for `data`, also a config). INPUTS are "
+        "images to draw on (default: the first --num-images of the run's validation data) and, for curves / "
+        "sparsity / alpha / diagnostics / compare, more runs."
+    )
+    parser.add_argument("kind", choices=FIGURE_KIND_NAMES, metavar="KIND", help=", ".join(FIGURE_KIND_NAMES))
+    parser.add_argument("run", metavar="RUN", help="run directory or checkpoint (data: also a config)")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="images (files or folders) or more runs")
+    parser.add_argument("--output", help="output folder (default: RUN/figures)")
+    parser.add_argument("--format", choices=FIGURE_FORMATS, default="png", help="file format")
+    parser.add_argument("--num-images", type=int, default=3, help="validation images drawn when none are given")
+    parser.add_argument("--queries", type=int, nargs="+", help="attention: these queries (default: score >= threshold)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="attention: minimum score of a drawn query")
+    parser.add_argument("--max-queries", type=int, default=0, help="attention: at most this many, best first (0: all)")
+    parser.add_argument(
+        "--pixels", type=_pixel, nargs="+", metavar="X,Y", help="encoder: query pixels (image coordinates)"
+    )
+    parser.add_argument("--site", help="attention site to draw (default: the model's site for the kind)")
+    parser.add_argument("--official", action="store_true", help="RUN is an official DETR checkpoint")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+
+
 def _pixel(text: str) -> tuple[float, float]:
     try:
         x, y = (float(v) for v in text.split(","))
@@ -305,6 +799,7 @@ def _pixel(text: str) -> tuple[float, float]:
 
 
 def _visualize(args: argparse.Namespace) -> int:
+    from .engine.inference import image_files
     from .viz.kinds import VisualizeRequest, visualize
 
     run = Path(args.run)
@@ -315,7 +810,7 @@ def _visualize(args: argparse.Namespace) -> int:
     request = VisualizeRequest(
         runs=runs,
         output=output,
-        images=_image_files([str(p) for p in images]) if images else [],
+        images=image_files(images) if images else [],
         fmt=args.format,
         num_images=args.num_images,
         queries=args.queries,
@@ -331,207 +826,93 @@ def _visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_visualize_parser(commands: argparse._SubParsersAction) -> None:
-    from .viz.figure import FORMATS
-    from .viz.kinds import FIGURE_KINDS
-
-    vis = commands.add_parser(
-        "visualize",
-        help="figures: attention maps, data, matching, training curves, alpha, diagnostics, sparsity",
-        description="RUN is a run directory or checkpoint (for `data`, also a config). INPUTS are images to draw on "
-        "(default: the first --num-images of the run's validation data) and, for curves / sparsity / alpha / "
-        "diagnostics / compare, more runs.",
+def add_study_command(commands: Subparsers) -> None:
+    parser = _add_command(
+        commands,
+        "study",
+        "a matrix of attention maps x seeds: train, evaluate, analyze, figures, report.md + report.html",
+        "sparse-detector study shapes_maps --output-dir runs/study --set train.epochs=10",
+        _study,
     )
-    vis.add_argument("kind", choices=sorted(FIGURE_KINDS), metavar="KIND", help=", ".join(sorted(FIGURE_KINDS)))
-    vis.add_argument("run", metavar="RUN")
-    vis.add_argument("inputs", nargs="*", metavar="INPUT", help="images (files or folders) or more runs")
-    vis.add_argument("--output", help="output folder (default: RUN/figures)")
-    vis.add_argument("--format", choices=FORMATS, default="png")
-    vis.add_argument("--num-images", type=int, default=3, help="validation images drawn when none are given")
-    vis.add_argument("--queries", type=int, nargs="+", help="attention: these queries (default: score >= threshold)")
-    vis.add_argument("--threshold", type=float, default=0.5, help="attention: minimum score of a drawn query")
-    vis.add_argument("--max-queries", type=int, default=0, help="attention: at most this many, best first (0: all)")
-    vis.add_argument("--pixels", type=_pixel, nargs="+", metavar="X,Y", help="encoder: query pixels (image coords)")
-    vis.add_argument("--site", help="attention site to draw (default: the model's site for the kind)")
-    vis.add_argument("--official", action="store_true", help="RUN is an official DETR checkpoint")
-    vis.add_argument("--device", default="auto")
-    vis.set_defaults(func=_visualize)
+    parser.description = (
+        f"{parser.description}.\nCONFIG is a study YAML or an embedded study (shapes_maps). A finished run is never "
+        "redone; an unfinished one resumes; a failed one is reported and the others still run."
+    )
+    parser.add_argument("config", metavar="CONFIG", help="study YAML or embedded study name")
+    parser.add_argument("--output-dir", help="study directory (default: the study's output_dir)")
+    _add_overrides(parser, "train.epochs=10 (applied to every run)")
+    parser.add_argument("--device", help="auto | cpu | cuda | mps (default: the preset's train.device)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _study(args: argparse.Namespace) -> int:
     from .study import load_study, run_study
 
     study = load_study(args.config, args.set)
-    run_study(study, args.output_dir, device=args.device or "", progress=not args.no_progress)
+    run_study(study, args.output_dir, device=args.device or "", progress=_show_progress(args))
     return 0
 
 
-def _add_study_parser(commands: argparse._SubParsersAction) -> None:
-    study = commands.add_parser(
-        "study",
-        help="a matrix of attention maps x seeds: train, evaluate, analyze, figures, report.md + report.html",
-        description="CONFIG is a study YAML or an embedded study (shapes_maps). A finished run is never redone; "
-        "an unfinished one resumes; a failed one is reported and the others still run.",
-    )
-    study.add_argument("config", metavar="CONFIG")
-    study.add_argument("--output-dir", help="study directory (default: the study's output_dir)")
-    study.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
-    study.add_argument("--device", help="auto | cpu | cuda | mps (default: the preset's train.device)")
-    study.add_argument("--no-progress", action="store_true")
-    study.set_defaults(func=_study)
+# ----------------------------------------------------------------------------------------------------------------
+# entry point
 
-
-def _add_model_source(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
-    parser.add_argument("--official", action="store_true", help="the checkpoint is an official one (COCO ids)")
-    parser.add_argument("--arch", default="detr", help="registered model (model.arch) of an --official checkpoint")
-    parser.add_argument("--nheads", type=int, default=8, help="attention heads of an official checkpoint")
-    parser.add_argument("--dilation", action="store_true", help="an official DC5 checkpoint")
-    parser.add_argument("--device", default="auto")
-
-
-def _add_evaluation_data(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", help="image folder (default: the checkpoint config's data.val.images)")
-    parser.add_argument(
-        "--annotations", "--data", dest="annotations", help="COCO instances JSON (default: data.val.annotations)"
-    )
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--workers", type=int)
-    parser.add_argument(
-        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. data.val_size=512"
-    )
+COMMANDS: list[Callable[[Subparsers], None]] = [
+    add_train_command,
+    add_evaluate_command,
+    add_analyze_command,
+    add_compare_command,
+    add_predict_command,
+    add_data_command,
+    add_quickstart_command,
+    add_visualize_command,
+    add_study_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparse-detector", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="sparse-detector",
+        description="DETR-family detectors with sparse attention: train, evaluate, predict, analyze and draw "
+        "attention.",
+        epilog="run `sparse-detector COMMAND --help` for a command's options and an example",
+    )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser("train", help="train a model from a YAML config or preset")
-    train.add_argument("--config", default="shapes_tiny", help="YAML file or preset name (detr_r50, shapes_tiny, ...)")
-    train.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.epochs=5")
-    train.add_argument("--output-dir", help="run directory (default: train.output_dir)")
-    train.add_argument(
-        "--resume",
-        metavar="RUN_DIR|auto",
-        help="continue a run from its newest valid checkpoint; 'auto' continues --output-dir if it holds one "
-        "(else starts it): the same command line serves every restart of a preempted job",
-    )
-    train.add_argument(
-        "--init-from",
-        metavar="CKPT",
-        help="fine-tune: start from these weights (ours or official); class heads "
-        "are re-initialised when the class count differs",
-    )
-    train.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: train.device)")
-    train.add_argument("--no-progress", action="store_true")
-    train.set_defaults(func=_train)
-
-    ev = commands.add_parser("evaluate", help="COCO AP of a checkpoint (ours or official) on a COCO-format dataset")
-    _add_model_source(ev)
-    _add_evaluation_data(ev)
-    ev.add_argument("--output", help="where to write the metrics JSON (default: beside the checkpoint)")
-    ev.set_defaults(func=_evaluate)
-
-    an = commands.add_parser(
-        "analyze",
-        help="COCO AP and attention metrics (Gini, zeros ratio, entropy, support, PAIBB) in one evaluation pass",
-        description="Writes analysis.json, analysis.csv and analysis.md. The data set is a COCO instances JSON "
-        "(--annotations, alias --data) with its image folder (--images); each defaults to the checkpoint "
-        "config's data.val.",
-    )
-    _add_model_source(an)
-    _add_evaluation_data(an)
-    an.add_argument(
-        "--sites",
-        nargs="+",
-        help="attention sites to record (default: all the model's sites; PAIBB needs a site of object queries over "
-        "the feature grid)",
-    )
-    an.add_argument(
-        "--random-init", action="store_true", help="same architecture with fresh weights (untrained baseline)"
-    )
-    an.add_argument("--seed", type=int, default=0, help="seed of the --random-init weights")
-    an.add_argument(
-        "--zero-threshold", type=float, help="zeros-ratio threshold (default: 1e-6 for softmax sites, 0 for sparse)"
-    )
-    an.add_argument("--per-image", action="store_true", help="also keep per-image records in analysis.json")
-    an.add_argument(
-        "--paibb-upsampled",
-        action="store_true",
-        help="also the prior thesis's PAIBB: last layer, head average, bilinearly upsampled to the image size",
-    )
-    an.add_argument("--output", help="output folder (default: <run dir>/analysis or <run dir>/analysis-random-init)")
-    an.set_defaults(func=_analyze)
-
-    cmp = commands.add_parser("compare", help="side-by-side Markdown table of several analyses")
-    cmp.add_argument(
-        "inputs", nargs="+", metavar="RUN_OR_ANALYSIS_JSON", help="analysis.json files, analysis folders or run dirs"
-    )
-    cmp.add_argument(
-        "--metrics",
-        nargs="+",
-        choices=COMPARE_METRICS,
-        default=list(DEFAULT_COMPARE_METRICS),
-        help="metrics to show (default: %(default)s)",
-    )
-    cmp.add_argument("--output", help="also write the Markdown table to this file")
-    cmp.set_defaults(func=_compare)
-
-    pr = commands.add_parser("predict", help="detect objects in images: JSON + pictures with boxes")
-    _add_model_source(pr)
-    pr.add_argument("inputs", nargs="+", help="image files or folders")
-    pr.add_argument("--output", default="predictions", help="output folder")
-    pr.add_argument("--threshold", type=float, default=0.5, help="minimum score of a kept detection")
-    pr.add_argument("--attention", action="store_true", help="also draw each detection's head-averaged attention")
-    pr.set_defaults(func=_predict)
-
-    data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    shapes = data.add_parser("shapes", help="generate the synthetic shapes dataset (images + COCO JSON)")
-    shapes.add_argument("out")
-    shapes.add_argument("--num-images", type=int, default=1000)
-    shapes.add_argument("--num-val", type=int, default=0, help="also write a held-out val split of this size")
-    shapes.add_argument("--seed", type=int, default=0)
-    shapes.add_argument("--image-size", type=int, default=128)
-    shapes.add_argument("--classes", choices=["color", "shape", "shape_color"], default="color")
-    shapes.set_defaults(func=_data_shapes)
-    voc = data.add_parser("voc2coco", help="convert a Pascal VOC folder to COCO JSON")
-    voc.add_argument("voc_root")
-    voc.add_argument("--split", default="trainval", help="ImageSets/Main/<split>.txt")
-    voc.add_argument("--out", help="output JSON (default: <voc_root>/<split>_coco.json)")
-    voc.add_argument("--exclude-difficult", action="store_true", help="mark difficult objects as ignored")
-    voc.set_defaults(func=_data_voc2coco)
-
-    quick = commands.add_parser("quickstart", help="the main job: shapes data -> train tiny DETR -> AP table")
-    quick.add_argument("--output-dir", help="run directory (default: runs/quickstart-<time>)")
-    quick.add_argument("--num-train", type=int, default=QUICKSTART_TRAIN_IMAGES)
-    quick.add_argument("--num-val", type=int, default=QUICKSTART_VAL_IMAGES)
-    quick.add_argument("--seed", type=int, default=0)
-    quick.add_argument(
-        "--config", default="shapes_tiny", help="preset for the shapes data (shapes_tiny, shapes_tiny_deformable)"
-    )
-    quick.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-    quick.add_argument("--device", help="auto | cpu | cuda | mps")
-    quick.add_argument("--no-progress", action="store_true")
-    quick.set_defaults(func=_quickstart)
-    _add_visualize_parser(commands)
-    _add_study_parser(commands)
+    for add in COMMANDS:
+        add(commands)
     return parser
+
+
+def _close_progress_bars() -> None:
+    """End any open tqdm bar's line so an error message starts on a line of its own."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is not None:
+        for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+            bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.debug:
-        return args.func(args)
-    try:
-        return args.func(args)
-    except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # ours name the file / key / value at fault
-        print(f"error: {err}\n(run with --debug for the full traceback)", file=sys.stderr)
-        return 2
-    except StoppedAtOnce as stop:
-        print(f"stopped at once by a second {stop}; the last complete checkpoint is kept", file=sys.stderr)
-        return 128 + stop.signum
+    from tqdm.contrib.logging import logging_redirect_tqdm  # log lines print above progress bars, not into them
+
+    with logging_redirect_tqdm():
+        if args.debug:
+            return args.func(args)
+        try:
+            return args.func(args)
+        except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # ours name the file / key / value
+            _close_progress_bars()
+            print(f"error: {err}\n(run with --debug for the full traceback)", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as stop:
+            from .engine.trainer import StoppedAtOnce  # already imported when training raised it
+
+            if not isinstance(stop, StoppedAtOnce):
+                raise
+            _close_progress_bars()
+            print(f"stopped at once by a second {stop}; the last complete checkpoint is kept", file=sys.stderr)
+            return 128 + stop.signum
 
 
 if __name__ == "__main__":

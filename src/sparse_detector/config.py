@@ -92,7 +92,7 @@ class LossConfig:
 
 @dataclass
 class SplitConfig:
-    images: str = ""  # folder of image files
+    images: str = ""  # folder the JSON's file_name entries are relative to ("" = the JSON's own folder)
     annotations: str = ""  # COCO instances JSON
 
 
@@ -101,7 +101,8 @@ class DataConfig:
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
     label_mode: str = "contiguous"  # contiguous (0..C-1, category map in checkpoints) | coco_ids (official, 91)
-    on_invalid: str = "error"  # error | skip (invalid annotations dropped, counted and logged)
+    on_invalid: str = "error"  # error | skip (invalid annotations and unreadable images dropped, counted, logged)
+    check_images: bool = False  # decode every image before training / evaluation starts (finds unreadable ones)
     train_scales: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))  # shorter side choices
     max_size: int = 1333  # longer side cap
     random_crop: bool = True  # official resize -> random crop -> resize branch (taken half of the time)

@@ -1,7 +1,9 @@
-"""Datasets (COCO JSON, VOC import, synthetic shapes), DETR transforms and padded batching."""
+"""Datasets (COCO JSON; importers for VOC, YOLO, CSV, COCO; checks and splits; synthetic shapes), DETR transforms
+and padded batching."""
 
 from sparse_detector.data.batching import PaddedBatch, as_padded_batch, collate_detection, pad_images
 from sparse_detector.data.coco import CocoDetection, DatasetError
+from sparse_detector.data.labels import LabelMap
 from sparse_detector.data.shapes import generate_shapes, generate_shapes_splits
 from sparse_detector.data.transforms import (
     IMAGENET_MEAN,
@@ -16,7 +18,6 @@ from sparse_detector.data.transforms import (
     ToTensor,
     make_transforms,
 )
-from sparse_detector.data.voc import voc_to_coco
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -24,6 +25,7 @@ __all__ = [
     "CocoDetection",
     "Compose",
     "DatasetError",
+    "LabelMap",
     "Normalize",
     "PaddedBatch",
     "RandomHorizontalFlip",
@@ -38,5 +40,4 @@ __all__ = [
     "generate_shapes_splits",
     "make_transforms",
     "pad_images",
-    "voc_to_coco",
 ]

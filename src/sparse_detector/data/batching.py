@@ -56,7 +56,33 @@ def as_padded_batch(images: PaddedBatch | Tensor | Sequence[Tensor]) -> PaddedBa
     return pad_images(list(images))
 
 
-def collate_detection(batch: Sequence[tuple[Tensor, dict]]) -> tuple[PaddedBatch, list[dict]]:
-    """DataLoader ``collate_fn``: pad the images, keep targets as a list of dicts."""
-    images, targets = zip(*batch, strict=True)
+def collate_detection(batch: Sequence[tuple[Tensor, dict] | None]) -> tuple[PaddedBatch | None, list[dict]]:
+    """DataLoader ``collate_fn``: pad the images, keep targets as a list of dicts.
+
+    ``None`` items (images a dataset skipped as unreadable) are dropped; a batch of nothing but skipped images
+    becomes ``(None, [])``.
+    """
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return None, []
+    images, targets = zip(*kept, strict=True)
     return pad_images(images), list(targets)
+
+
+def size_grouped_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Index batches of at most ``batch_size`` in which every image has the same size (so none is padded).
+
+    The conv backbone sees padding as image content, so a padded image gets slightly different features than
+    the same image alone; evaluating only unpadded batches makes every result independent of the batch size.
+    Deterministic: images are taken in index order, each batch is emitted when full, partial ones at the end.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batches: list[list[int]] = []
+    open_batches: dict[tuple[int, int], list[int]] = {}
+    for index, size in enumerate(sizes):
+        batch = open_batches.setdefault(tuple(size), [])
+        batch.append(index)
+        if len(batch) == batch_size:
+            batches.append(open_batches.pop(tuple(size)))
+    return batches + [batch for batch in open_batches.values()]

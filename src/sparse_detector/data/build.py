@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..config import Config
-from .batching import collate_detection
+from .batching import collate_detection, size_grouped_batches
 from .coco import CocoDetection, DatasetError
 from .transforms import make_transforms
+
+SPLITS = ("train", "val")
 
 
 def build_dataset(config: Config, split: str) -> CocoDetection:
     """The ``train`` or ``val`` split, with the training or evaluation transforms of the config."""
     data = config.data
     paths = getattr(data, split)
-    if not paths.images or not paths.annotations:
+    if not paths.annotations:
         raise DatasetError(
-            f"data.{split}.images and data.{split}.annotations must be set (a folder of images and a COCO JSON); "
-            f"e.g. --set data.{split}.images=DIR data.{split}.annotations=FILE.json"
+            f"data.{split}.annotations must be set (a COCO JSON, e.g. from `sparse-detector data import`); "
+            f"e.g. --set data.{split}.annotations=FILE.json (data.{split}.images=DIR if its file names are "
+            "relative to another folder than the JSON's)"
         )
     train = split == "train"
     transforms = make_transforms(
@@ -33,7 +38,32 @@ def build_dataset(config: Config, split: str) -> CocoDetection:
         normalize=data.normalize,
         hflip_prob=data.hflip_prob,
     )
-    return CocoDetection(paths.images, paths.annotations, transforms, data.label_mode, data.on_invalid)
+    return CocoDetection(
+        paths.images or None,
+        paths.annotations,
+        transforms,
+        data.label_mode,
+        data.on_invalid,
+        check_images=data.check_images,
+    )
+
+
+def absolute_data_paths(config: Config) -> Config:
+    """A copy of ``config`` whose data paths are absolute (resolved against the current directory), so the
+    ``config.yaml`` saved in a run directory works from any directory."""
+    data = config.data
+    splits = {
+        split: dataclasses.replace(
+            getattr(data, split),
+            **{
+                key: str(Path(value).resolve())
+                for key, value in dataclasses.asdict(getattr(data, split)).items()
+                if value
+            },
+        )
+        for split in SPLITS
+    }
+    return dataclasses.replace(config, data=dataclasses.replace(data, **splits))
 
 
 def build_loader(
@@ -43,23 +73,30 @@ def build_loader(
     generator: torch.Generator | None = None,
     batch_sampler: Iterable[list[int]] | None = None,
 ) -> DataLoader:
-    """Shuffled, last-partial-batch-dropped loader for training; ordered loader for evaluation.
+    """Shuffled, last-partial-batch-dropped loader for training; loader for evaluation whose batches each hold
+    images of one size, so no image is padded and the results do not depend on the batch size.
 
     ``generator`` drives the shuffling and the worker seeds, so a loader made with a generator seeded per epoch
     yields the same batches and augmentations whether or not the run was resumed. ``batch_sampler`` (the batches of
     indices, e.g. this rank's share in distributed training) replaces the loader's own batching.
     """
-    batch_size = config.train.batch_size if train else config.train.eval_batch_size
     workers = config.data.num_workers
-    batching = {"batch_sampler": batch_sampler}
-    if batch_sampler is None:
-        batching = {"batch_size": batch_size, "shuffle": train, "drop_last": train and len(dataset) >= batch_size}
+    common = {
+        "collate_fn": collate_detection,
+        "num_workers": workers,
+        "persistent_workers": False,
+        "pin_memory": torch.cuda.is_available(),
+    }
+    if batch_sampler is None and not train:
+        batch_sampler = size_grouped_batches(dataset.image_sizes(), config.train.eval_batch_size)
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, generator=generator, **common)
+    batch_size = config.train.batch_size
     return DataLoader(
         dataset,
-        **batching,
-        collate_fn=collate_detection,
-        num_workers=workers,
-        persistent_workers=False,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=len(dataset) >= batch_size,
         generator=generator,
-        pin_memory=torch.cuda.is_available(),
+        **common,
     )

@@ -21,11 +21,11 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from sparse_detector.data.labels import LabelMap, LabelMode
 from sparse_detector.data.transforms import Compose, ToModelTarget, ToTensor, Transform
 
 logger = logging.getLogger(__name__)
 
-LabelMode = Literal["contiguous", "coco_ids"]
 OnInvalid = Literal["error", "skip"]
 MAX_EXAMPLES = 5
 
@@ -48,7 +48,10 @@ class _ImageRecord:
 
 
 def load_json(path: Path) -> dict[str, Any]:
-    """Parse a JSON object file, raising ``DatasetError`` with the error position on malformed input."""
+    """Parse a JSON object file, raising ``DatasetError`` naming it when it is absent or (with the error position)
+    malformed."""
+    if not Path(path).is_file():
+        raise DatasetError(f"annotation file {path} does not exist; check the path")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -87,6 +90,30 @@ def _clip_box(bbox: Any, width: int, height: int) -> tuple[list[float] | None, s
     return [x0, y0, x1, y1], ""
 
 
+def _read_categories(categories: list[dict], path: Path) -> dict[int, str]:
+    """Category id -> name; ids must be unique and there must be at least one."""
+    for cat in categories:
+        _require(cat, ("id", "name"), f"category {cat}", path)
+    names = {int(c["id"]): str(c["name"]) for c in categories}
+    if len(names) != len(categories):
+        raise DatasetError(f"{path}: duplicate category ids in 'categories'")
+    if not names:
+        raise DatasetError(f"{path}: 'categories' is empty; add at least one category")
+    if min(names) < 0:
+        raise DatasetError(f"{path}: category id {min(names)} is negative; category ids must be >= 0")
+    return names
+
+
+def _annotation_problem(ann: dict, reason: str) -> str:
+    return (
+        f"annotation id {ann.get('id', '?')} (image_id {ann['image_id']}, category_id {ann['category_id']}, "
+        f"bbox {ann['bbox']}): {_REASON_HELP[reason]}"
+    )
+
+
+_Box = tuple[list[float], int, float]  # clipped xyxy, label, area
+
+
 _REASON_HELP = {
     "malformed_bbox": "bbox must be a list of 4 finite numbers [x, y, width, height]",
     "non_positive_size": "bbox width and height must be > 0",
@@ -99,12 +126,17 @@ _REASON_HELP = {
 class CocoDetection(Dataset):
     """Images + COCO instances JSON -> ``(image, target)`` pairs for DETR training.
 
-    ``label_mode="contiguous"``: labels 0..C-1 follow sorted category ids. ``label_mode="coco_ids"``
-    (official-compat): label = raw category id and ``num_classes = max id + 1`` (91 for COCO).
-    Crowd annotations (``iscrowd=1``) are left out of the targets (``num_crowd`` counts them); images without
-    annotations are kept with empty targets. Boxes reaching past the image border are clipped to it.
-    Invalid annotations (malformed / zero-size / fully outside boxes, unknown category or image) raise
-    ``DatasetError``, or with ``on_invalid="skip"`` are dropped and counted in ``skipped`` (reason -> count).
+    ``images_dir`` is the folder ``file_name`` entries are relative to (default: the JSON's folder; absolute
+    ``file_name`` entries, as ``data import`` writes for images outside it, ignore it). Labels follow
+    ``label_mode`` (see :mod:`sparse_detector.data.labels`). Crowd annotations (``iscrowd=1``) are left out of the
+    targets (``num_crowd`` counts them); images without annotations are kept with empty targets. Boxes reaching
+    past the image border are clipped to it, here and in the evaluation ground truth (:attr:`coco`), and counted
+    in ``num_clipped`` (one warning). Invalid annotations (malformed / zero-size / fully outside boxes, unknown
+    category or image) raise ``DatasetError``, or with ``on_invalid="skip"`` are dropped and counted in
+    ``skipped`` (reason -> count). With ``check_images`` every image is decoded up front; an unreadable one is an
+    error, or with ``on_invalid="skip"`` is left out (counted in ``skipped["bad_image"]``). Without it, an
+    image that fails to decode while loading raises, or under ``skip`` yields ``None`` (logged), which
+    :func:`~sparse_detector.data.batching.collate_detection` drops from its batch.
 
     The target holds ``boxes`` (absolute xyxy pixels before ``transforms``; the transforms end by converting
     them to normalised cxcywh), ``labels``, ``image_id``, ``area``, ``iscrowd``, ``orig_size``, ``size`` (h, w).
@@ -113,74 +145,75 @@ class CocoDetection(Dataset):
 
     def __init__(
         self,
-        images_dir: str | Path,
+        images_dir: str | Path | None,
         annotation_file: str | Path,
         transforms: Transform | None = None,
         label_mode: LabelMode = "contiguous",
         on_invalid: OnInvalid = "error",
+        check_images: bool = False,
     ) -> None:
-        if label_mode not in ("contiguous", "coco_ids"):
-            raise ValueError(f"label_mode must be 'contiguous' or 'coco_ids', got {label_mode!r}")
         if on_invalid not in ("error", "skip"):
             raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
-        self.images_dir = Path(images_dir)
         self.annotation_file = Path(annotation_file)
-        if not self.images_dir.is_dir():
-            raise DatasetError(f"images directory {self.images_dir} does not exist; check the dataset path")
         if not self.annotation_file.is_file():
             raise DatasetError(f"annotation file {self.annotation_file} does not exist; check the dataset path")
+        self.images_dir = Path(images_dir) if images_dir else self.annotation_file.parent
+        if not self.images_dir.is_dir():
+            raise DatasetError(f"images directory {self.images_dir} does not exist; check the dataset path")
         self.transforms = transforms if transforms is not None else Compose([ToTensor(), ToModelTarget()])
-        self.label_mode = label_mode
         self.on_invalid = on_invalid
         self.skipped: Counter[str] = Counter()
         self.num_crowd = 0
+        self.num_clipped = 0
+        self.problems: list[str] = []  # every skipped annotation / image, described with its ids
         self._skipped_positions: set[int] = set()
-        self._build(load_json(self.annotation_file))
+        self._clipped_bboxes: dict[int, list[float]] = {}  # annotation position -> clipped COCO [x, y, w, h]
+        data = load_json(self.annotation_file)
+        _require(data, ("images", "annotations", "categories"), "the file", self.annotation_file)
+        self.labels = LabelMap.from_categories(_read_categories(data["categories"], self.annotation_file), label_mode)
+        images = self._read_images(data["images"])
+        per_image = self._read_annotations(data["annotations"], images)
+        self._records = [_record(img, per_image[image_id]) for image_id, img in images.items()]
+        if check_images:
+            self._check_images()
 
-    def _build(self, data: dict[str, Any]) -> None:
+    def _read_images(self, entries: list[dict]) -> dict[int, dict]:
+        """Image id -> entry; every listed file must exist."""
         path = self.annotation_file
-        _require(data, ("images", "annotations", "categories"), "the file", path)
-        categories = data["categories"]
-        for cat in categories:
-            _require(cat, ("id", "name"), f"category {cat}", path)
-        names = {int(c["id"]): str(c["name"]) for c in categories}
-        if len(names) != len(categories):
-            raise DatasetError(f"{path}: duplicate category ids in 'categories'")
-        if not names:
-            raise DatasetError(f"{path}: 'categories' is empty; add at least one category")
-        cat_ids = sorted(names)
-        if self.label_mode == "contiguous":
-            self.label_to_category_id = dict(enumerate(cat_ids))
-            self.category_names = [names[c] for c in cat_ids]
-        else:
-            if cat_ids[0] < 0:
-                raise DatasetError(
-                    f"{path}: category id {cat_ids[0]} is negative; label_mode='coco_ids' needs ids >= 0"
-                )
-            self.label_to_category_id = {c: c for c in cat_ids}
-            self.category_names = [names.get(i, "N/A") for i in range(cat_ids[-1] + 1)]
-        self.num_classes = len(self.category_names)
-        category_to_label = {c: lbl for lbl, c in self.label_to_category_id.items()}
-
         images: dict[int, dict] = {}
-        for img in data["images"]:
+        for img in entries:
             _require(img, ("id", "file_name", "width", "height"), f"image entry {img.get('id', img)}", path)
             if int(img["id"]) in images:
                 raise DatasetError(f"{path}: image id {img['id']} appears twice in 'images'")
             images[int(img["id"])] = img
-        missing = [img["file_name"] for img in images.values() if not (self.images_dir / img["file_name"]).is_file()]
-        if missing:
+        missing = {i: img for i, img in images.items() if not (self.images_dir / img["file_name"]).is_file()}
+        if missing and self.on_invalid == "error":
             raise DatasetError(
-                f"{len(missing)} image file(s) listed in {path} are missing from {self.images_dir}, "
-                f"e.g. {missing[:MAX_EXAMPLES]}; check images_dir or remove them from the JSON"
+                f"{len(missing)} image file(s) listed in {path} are missing from {self.images_dir}, e.g. "
+                f"{[img['file_name'] for img in missing.values()][:MAX_EXAMPLES]}; check data.<split>.images (the "
+                "folder file names are relative to), or set data.on_invalid=skip to leave them out"
             )
+        self._missing_images = set(missing)
+        if missing:
+            self.skipped["missing_image"] += len(missing)
+            self.problems += [
+                f"image id {i}: file {self.images_dir / img['file_name']} is missing" for i, img in missing.items()
+            ]
+            logger.warning("%s: left out %d missing image file(s)", path, len(missing))
+        return {i: img for i, img in images.items() if i not in missing}
 
-        per_image: dict[int, list[tuple[list[float], int, float]]] = {i: [] for i in images}
-        examples: list[str] = []
-        for position, ann in enumerate(data["annotations"]):
+    def _read_annotations(self, annotations: list[dict], images: dict[int, dict]) -> dict[int, list[_Box]]:
+        """Image id -> its valid non-crowd boxes; invalid ones raise or are skipped (``on_invalid``). The boxes of
+        images left out as missing go with them (counted with the image)."""
+        path = self.annotation_file
+        category_to_label = self.labels.category_to_label
+        per_image: dict[int, list[_Box]] = {i: [] for i in images}
+        for position, ann in enumerate(annotations):
             _require(ann, ("bbox", "category_id", "image_id"), f"annotation {ann.get('id', '?')}", path)
             img = images.get(int(ann["image_id"]))
             reason = ""
+            if int(ann["image_id"]) in self._missing_images:
+                continue  # its image was left out as missing; the evaluation ground truth drops both
             if img is None:
                 reason = "unknown_image"
             elif int(ann["category_id"]) not in category_to_label:
@@ -188,24 +221,24 @@ class CocoDetection(Dataset):
             else:
                 box, reason = _clip_box(ann["bbox"], int(img["width"]), int(img["height"]))
             if reason:
-                detail = (
-                    f"annotation id {ann.get('id', '?')} (image_id {ann['image_id']}, category_id "
-                    f"{ann['category_id']}, bbox {ann['bbox']}): {_REASON_HELP[reason]}"
-                )
+                detail = _annotation_problem(ann, reason)
                 if self.on_invalid == "error":
                     raise DatasetError(
-                        f"{path}: {detail}. Fix or remove the annotation, or pass on_invalid='skip' to drop "
+                        f"{path}: {detail}. Fix or remove the annotation, or set data.on_invalid=skip to drop "
                         "invalid annotations"
                     )
                 self.skipped[reason] += 1
                 self._skipped_positions.add(position)
-                if len(examples) < MAX_EXAMPLES:
-                    examples.append(detail)
+                self.problems.append(detail)
                 continue
+            xywh = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+            if not np.allclose(xywh, [float(v) for v in ann["bbox"]]):
+                self.num_clipped += 1
+                self._clipped_bboxes[position] = xywh
             if ann.get("iscrowd", 0):
                 self.num_crowd += 1
                 continue
-            area = float(ann.get("area", (box[2] - box[0]) * (box[3] - box[1])))
+            area = float(ann.get("area", xywh[2] * xywh[3]))
             per_image[int(ann["image_id"])].append((box, category_to_label[int(ann["category_id"])], area))
         if self.skipped:
             logger.warning(
@@ -213,47 +246,66 @@ class CocoDetection(Dataset):
                 path,
                 sum(self.skipped.values()),
                 dict(self.skipped),
-                "; ".join(examples),
+                "; ".join(self.problems[:MAX_EXAMPLES]),
             )
+        if self.num_clipped:
+            logger.warning(
+                "%s: %d box(es) reach past their image border; clipped to it in training and evaluation",
+                path,
+                self.num_clipped,
+            )
+        return per_image
 
-        self._records = [_record(img, per_image[image_id]) for image_id, img in images.items()]
+    def _check_images(self) -> None:
+        """Decode every image; unreadable ones raise or (``on_invalid="skip"``) are left out, counted and logged."""
+        good, bad = [], []
+        for index, record in enumerate(self._records):
+            try:
+                self.load_image(index)
+                good.append(record)
+            except DatasetError as err:
+                if self.on_invalid == "error":
+                    raise DatasetError(f"{err}, or set data.on_invalid=skip to leave such images out") from err
+                bad.append(record.file_name)
+                self.problems.append(str(err))
+        if bad:
+            self.skipped["bad_image"] += len(bad)
+            logger.warning("%s: left out %d unreadable or mis-sized image(s): %s", self.annotation_file, len(bad), bad)
+        self._records = good
+
+    @property
+    def num_classes(self) -> int:
+        return self.labels.num_classes
+
+    @property
+    def category_names(self) -> list[str]:
+        return self.labels.category_names
 
     @property
     def label_map(self) -> dict[str, Any]:
         """Plain-data description of the labels, for checkpoints (``torch.load(weights_only=True)``-safe)."""
-        return {
-            "label_mode": self.label_mode,
-            "num_classes": self.num_classes,
-            "label_to_category_id": dict(self.label_to_category_id),
-            "category_names": list(self.category_names),
-        }
-
-    def category_ids(self, labels: Tensor) -> Tensor:
-        """Map predicted labels (int tensor) to COCO category ids, for evaluation."""
-        lookup = torch.zeros(self.num_classes, dtype=torch.int64)
-        for label, cat_id in self.label_to_category_id.items():
-            lookup[label] = cat_id
-        return lookup.to(labels.device)[labels]
+        return self.labels.to_dict()
 
     @cached_property
     def coco(self) -> COCO:
-        """pycocotools ``COCO`` index of the annotation file (skipped annotations removed), for ``COCOeval``.
+        """pycocotools ``COCO`` index of the annotation file for ``COCOeval``: skipped annotations and images
+        removed, boxes clipped to their image exactly as in the training targets.
 
         Built on first use by re-reading the file, so the dataset stays small in ``DataLoader`` workers.
         """
         data = load_json(self.annotation_file)
-        annotations = data["annotations"]
-        data["annotations"] = [a for i, a in enumerate(annotations) if i not in self._skipped_positions]
+        image_ids = {r.image_id for r in self._records}
+        data["images"] = [img for img in data["images"] if int(img["id"]) in image_ids]
+        data["annotations"] = [
+            {**ann, "bbox": self._clipped_bboxes.get(position, ann["bbox"])}
+            for position, ann in enumerate(data["annotations"])
+            if position not in self._skipped_positions and int(ann["image_id"]) in image_ids
+        ]
         coco = COCO()
         coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
         return coco
-
-    @property
-    def image_ids(self) -> list[int]:
-        """Image ids in dataset index order."""
-        return [r.image_id for r in self._records]
 
     @property
     def num_boxes(self) -> int:
@@ -295,8 +347,22 @@ class CocoDetection(Dataset):
             "size": hw.clone(),
         }
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        image, target = self.transforms(self.load_image(index), self.raw_target(index))
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every image, in index order, from the JSON (no decoding)."""
+        return [(r.height, r.width) for r in self._records]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]] | None:
+        try:
+            image = self.load_image(index)
+        except DatasetError as err:
+            if self.on_invalid == "error":
+                raise DatasetError(
+                    f"{err}; or set data.on_invalid=skip to skip unreadable images (data.check_images=true finds "
+                    "them all before training starts)"
+                ) from err
+            logger.warning("skipped an unreadable image: %s", err)
+            return None
+        image, target = self.transforms(image, self.raw_target(index))
         if not isinstance(image, Tensor):
             raise TypeError(
                 f"transforms returned a {type(image).__name__}; they must end with ToTensor and Normalize "
@@ -311,7 +377,7 @@ class CocoDetection(Dataset):
         )
 
 
-def _record(img: dict, annotations: list[tuple[list[float], int, float]]) -> _ImageRecord:
+def _record(img: dict, annotations: list[_Box]) -> _ImageRecord:
     boxes = np.array([a[0] for a in annotations], dtype=np.float32).reshape(-1, 4)
     return _ImageRecord(
         image_id=int(img["id"]),

@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader
 
 from ..analysis import AttentionRecorder, MetricAggregator
 from ..analysis.paibb import takes_paibb
+from ..data.labels import LabelMap
 from ..models import HungarianMatcher, build_model
-from .coco_eval import CocoEvaluator
 from .device import seed_everything
-from .evaluate import evaluation_batches, label_to_category_map
+from .evaluate import evaluation_batches, evaluator_for
 from .inference import LoadedModel, load_trained_model
 
 
@@ -42,7 +42,7 @@ def analyze(
     matcher: HungarianMatcher | None,
     loader: DataLoader,
     device: torch.device,
-    label_map: Mapping,
+    label_map: LabelMap | Mapping,
     sites: Iterable[str] | None = None,
     zero_threshold: float | None = None,
     keep_per_image: bool = False,
@@ -56,7 +56,7 @@ def analyze(
     aggregator.
     """
     model.eval()
-    evaluator = CocoEvaluator(loader.dataset.coco, label_to_category_map(label_map))
+    evaluator = evaluator_for(loader, label_map)
     aggregator = MetricAggregator(zero_threshold, keep_per_image=keep_per_image, paibb_upsampled=paibb_upsampled)
     with AttentionRecorder(model, sites) as recorder:
         for outputs, targets in evaluation_batches(model, loader, device, evaluator, progress):

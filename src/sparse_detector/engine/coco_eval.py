@@ -18,11 +18,13 @@ Conventions:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import json
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -197,8 +199,26 @@ class CocoEvaluator:
         for state in states:
             self.merge(state or {})
 
+    def results(self) -> list[dict[str, Any]]:
+        """The accumulated detections in the COCO results format (``image_id``, ``category_id``, ``bbox`` as
+        [x, y, w, h] in original-image pixels, ``score``), ordered by image id: what ``COCO.loadRes`` reads."""
+        return [
+            {
+                "image_id": image_id,
+                "category_id": int(row[5]),
+                "bbox": [float(v) for v in row[:4]],
+                "score": float(row[4]),
+            }
+            for image_id, rows in sorted(self._detections.items())
+            for row in rows
+        ]
+
     def summarize(self, img_ids: Iterable[int] | None = None) -> dict[str, float]:
-        """Evaluate every accumulated detection at once; returns :data:`STAT_NAMES` -> value.
+        """Evaluate every accumulated detection at once; returns :data:`STAT_NAMES` -> value (see :meth:`evaluate`)."""
+        return self.evaluate(img_ids).stats
+
+    def evaluate(self, img_ids: Iterable[int] | None = None) -> CocoResult:
+        """Evaluate every accumulated detection at once: the 12 numbers, per-class AP and precision arrays.
 
         Args:
             img_ids: images to evaluate (default: those passed to :meth:`update`); ground-truth images
@@ -216,7 +236,7 @@ class CocoEvaluator:
         ]
         results = np.concatenate([np.zeros((0, 7)), *rows])
         if not eval_ids or len(results) == 0:
-            return dict.fromkeys(STAT_NAMES, 0.0)
+            return CocoResult(dict.fromkeys(STAT_NAMES, 0.0), {}, None)
         with self._quiet():
             coco_dt = self.coco_gt.loadRes(results)
             evaluator = self._eval_cls(self.coco_gt, coco_dt, iouType="bbox", **self._library_kwargs)
@@ -224,7 +244,68 @@ class CocoEvaluator:
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-        return {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats[:12], strict=True)}
+        stats = {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats[:12], strict=True)}
+        return CocoResult(stats, self._per_class(evaluator, eval_ids), PrecisionArrays.of(evaluator))
+
+    def _per_class(self, evaluator: Any, eval_ids: list[int]) -> dict[str, dict[str, float]]:
+        """Category name -> AP, AP50, AP75 (all areas, 100 detections) and ground-truth box count."""
+        precision = np.asarray(evaluator.eval["precision"])  # (IoU, recall, category, area, max dets)
+        iou_thresholds = np.asarray(evaluator.params.iouThrs)
+        per_class = {}
+        for k, category_id in enumerate(evaluator.params.catIds):
+            name = self.coco_gt.cats[category_id].get("name", str(category_id))
+            curve = precision[:, :, k, 0, -1]
+            gt = self.coco_gt.getAnnIds(imgIds=eval_ids, catIds=[category_id], iscrowd=False)
+            per_class[name] = {
+                "category_id": int(category_id),
+                "AP": _mean_valid(curve),
+                "AP50": _mean_valid(curve[np.isclose(iou_thresholds, 0.5)]),
+                "AP75": _mean_valid(curve[np.isclose(iou_thresholds, 0.75)]),
+                "boxes": len(gt),
+            }
+        return per_class
+
+
+def _mean_valid(precision: np.ndarray) -> float:
+    """COCOeval's average over the entries that are not -1 (-1 where the category has no ground truth)."""
+    valid = precision[precision > -1]
+    return float(valid.mean()) if valid.size else -1.0
+
+
+@dataclass
+class PrecisionArrays:
+    """COCOeval's interpolated precision at each (IoU threshold, recall threshold, category), all areas,
+    100 detections per image; -1 where a category has no ground truth."""
+
+    precision: np.ndarray  # (T, R, K)
+    scores: np.ndarray  # (T, R, K): the score threshold reaching each recall
+    iou_thresholds: np.ndarray  # (T,)
+    recall_thresholds: np.ndarray  # (R,)
+    category_ids: np.ndarray  # (K,)
+
+    @classmethod
+    def of(cls, evaluator: Any) -> PrecisionArrays:
+        params, accumulated = evaluator.params, evaluator.eval
+        return cls(
+            np.asarray(accumulated["precision"])[:, :, :, 0, -1],
+            np.asarray(accumulated["scores"])[:, :, :, 0, -1],
+            np.asarray(params.iouThrs),
+            np.asarray(params.recThrs),
+            np.asarray(params.catIds),
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the arrays to an ``.npz`` file (``numpy.load`` reads them back by these field names)."""
+        np.savez_compressed(path, **dataclasses.asdict(self))
+
+
+@dataclass
+class CocoResult:
+    """One COCO evaluation: the 12 numbers, per-class AP, and the precision arrays (``None`` without detections)."""
+
+    stats: dict[str, float]
+    per_class: dict[str, dict[str, float]]
+    precision: PrecisionArrays | None
 
 
 def format_table(stats: Mapping[str, float]) -> str:
@@ -242,3 +323,21 @@ def format_table(stats: Mapping[str, float]) -> str:
 
     rule = "|" + "".join("-" * (width + 2) + "|" for width in widths[:-1]) + "-" * (widths[-1] + 1) + ":|"
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def format_per_class_table(per_class: Mapping[str, Mapping[str, float]]) -> str:
+    """Markdown table of per-class AP (all areas, 100 detections); -1 (no ground truth) shows as n/a."""
+    header = ("class", "boxes", "AP", "AP50", "AP75")
+    rows = [
+        (name, str(int(values["boxes"])), *("n/a" if values[k] < 0 else f"{values[k]:.3f}" for k in header[2:]))
+        for name, values in per_class.items()
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "| "
+        + " | ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+        + " |"
+        for row in [header, *rows]
+    ]
+    rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+    return "\n".join([lines[0], rule, *lines[1:]])

@@ -1,9 +1,15 @@
-"""Evaluation: losses and COCO AP over a whole data loader."""
+"""Evaluation: losses and COCO AP over a whole data loader.
+
+The loader of :func:`~sparse_detector.data.build.build_loader` batches only images of one size, so no image is
+padded and the numbers do not depend on the batch size.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -11,21 +17,20 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.batching import PaddedBatch
+from ..data.labels import LabelMap
 from ..models.criterion import SetCriterion
 from ..models.outputs import DetectionOutput
 from ..models.postprocess import postprocessor_for
-from .coco_eval import CocoEvaluator
+from .coco_eval import CocoEvaluator, CocoResult
 
 
 def targets_to(targets: list[dict[str, Tensor]], device: torch.device) -> list[dict[str, Tensor]]:
     return [{k: v.to(device) for k, v in t.items()} for t in targets]
 
 
-def label_to_category_map(label_map: Mapping) -> dict[int, int] | None:
-    """The evaluator's label -> category id map; ``None`` in official-compat mode (labels are category ids)."""
-    if label_map.get("label_mode") == "coco_ids":
-        return None
-    return {int(k): int(v) for k, v in label_map["label_to_category_id"].items()}
+def evaluator_for(loader: DataLoader, label_map: LabelMap | Mapping) -> CocoEvaluator:
+    """A COCO evaluator over the ground truth of ``loader``'s dataset, mapping labels with ``label_map``."""
+    return CocoEvaluator(loader.dataset.coco, LabelMap.coerce(label_map).evaluator_map)
 
 
 @torch.no_grad()
@@ -37,6 +42,8 @@ def evaluation_batches(
     postprocess = postprocessor_for(model)
     batch: PaddedBatch
     for batch, targets in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        if batch is None:  # every image of the batch was skipped as unreadable (data.on_invalid=skip)
+            continue
         batch = batch.to(device)
         targets = targets_to(targets, device)
         outputs = model(batch)
@@ -47,18 +54,33 @@ def evaluation_batches(
         yield outputs, targets
 
 
+@dataclass
+class Evaluation:
+    """The COCO result of a pass over a loader, its mean losses (with a criterion) and the detections."""
+
+    coco: CocoResult
+    losses: dict[str, float]
+    detections: list[dict[str, Any]]  # the COCO results format
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """The 12 COCO numbers and the ``val_*`` losses, as logged in ``metrics.jsonl``."""
+        return {**self.coco.stats, **self.losses}
+
+
 @torch.no_grad()
-def evaluate(
+def run_evaluation(
     model: nn.Module,
     criterion: SetCriterion | None,
     loader: DataLoader,
     device: torch.device,
-    label_map: Mapping,
+    label_map: LabelMap | Mapping,
     progress: bool = False,
-) -> dict[str, float]:
-    """COCO AP / AR of all predictions (one COCOeval run at the end) and, with a criterion, the mean losses."""
+) -> Evaluation:
+    """COCO AP / AR of all predictions (one COCOeval run at the end), per-class AP, and with a criterion the
+    mean losses."""
     model.eval()
-    evaluator = CocoEvaluator(loader.dataset.coco, label_to_category_map(label_map))
+    evaluator = evaluator_for(loader, label_map)
     loss_sums: dict[str, float] = defaultdict(float)
     batches = 0
     for outputs, targets in evaluation_batches(model, loader, device, evaluator, progress):
@@ -68,6 +90,17 @@ def evaluate(
             for key in ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error"):
                 loss_sums[key] += losses[key].item()
             batches += 1
-    stats = evaluator.summarize()
-    stats.update({f"val_{k}": v / max(batches, 1) for k, v in loss_sums.items()})
-    return stats
+    losses = {f"val_{k}": v / max(batches, 1) for k, v in loss_sums.items()}
+    return Evaluation(evaluator.evaluate(), losses, evaluator.results())
+
+
+def evaluate(
+    model: nn.Module,
+    criterion: SetCriterion | None,
+    loader: DataLoader,
+    device: torch.device,
+    label_map: LabelMap | Mapping,
+    progress: bool = False,
+) -> dict[str, float]:
+    """The COCO numbers and mean losses of :func:`run_evaluation`, as one flat dict."""
+    return run_evaluation(model, criterion, loader, device, label_map, progress).stats

@@ -1,4 +1,5 @@
-"""Loading trained or official models for evaluation and prediction, and recording the attention of one batch.
+"""Loading trained or official models for evaluation and prediction, prediction on image files, and recording
+the attention of one batch.
 
 ``record_run_batch("runs/mine")`` is "load a run -> model -> one batch -> recorded maps" as one library call (what
 figures and notebooks start from).
@@ -6,36 +7,42 @@ figures and notebooks start from).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from ..analysis import AttentionMaps, record_attention
 from ..config import Config, config_from_dict, override_config
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset
+from ..data.labels import LabelMap
+from ..data.transforms import make_transforms
 from ..models import DetectionOutput, build_model
+from ..models.postprocess import postprocessor_for
 from ..models.weights import load_official, load_state_dict_checked
 from ..runs import resolve_checkpoint
 from .checkpoint import load_checkpoint
+from .device import resolve_device
 from .evaluate import targets_to
 
-COCO_OFFICIAL_LABEL_MAP = {
-    "label_mode": "coco_ids",
-    "num_classes": 91,
-    "label_to_category_id": {},
-    "category_names": [],
-}
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+PREDICT_FORMATS = ("json", "coco")
 
 
 @dataclass
 class LoadedModel:
     model: nn.Module
     config: Config
-    label_map: dict
+    label_map: LabelMap
     source: Path
 
 
@@ -49,7 +56,7 @@ def load_trained_model(path: str | Path, official: bool = False, arch: str = "de
     if official:
         model, config = load_official(source, arch, official_options)
         config.data.label_mode = "coco_ids"
-        return LoadedModel(model, config, dict(COCO_OFFICIAL_LABEL_MAP, num_classes=config.model.num_classes), source)
+        return LoadedModel(model, config, LabelMap.official_coco(config.model.num_classes), source)
     checkpoint = load_checkpoint(source)
     if "config" not in checkpoint:
         raise ValueError(f"{source} has no 'config': for an official checkpoint pass --official")
@@ -57,7 +64,7 @@ def load_trained_model(path: str | Path, official: bool = False, arch: str = "de
     config.model.backbone.pretrained = False  # the checkpoint holds the weights
     model = build_model(config)
     load_state_dict_checked(model, checkpoint["model"], str(source))
-    return LoadedModel(model.eval(), config, checkpoint["label_map"], source)
+    return LoadedModel(model.eval(), config, LabelMap.coerce(checkpoint["label_map"]), source)
 
 
 @dataclass
@@ -92,12 +99,112 @@ def record_run_batch(
     return RecordedBatch(loaded, images, targets, outputs, maps)
 
 
-def category_name(label_map: dict, label: int) -> str:
-    names = label_map.get("category_names") or []
-    return names[label] if 0 <= label < len(names) else str(label)
+def image_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files named in ``inputs`` (files, or folders whose images are taken in name order)."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"input {item} is neither an image file nor a folder")
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {[str(i) for i in inputs]}")
+    return files
 
 
-def category_id(label_map: dict, label: int) -> int:
-    if label_map.get("label_mode") == "coco_ids":
-        return label
-    return int(label_map["label_to_category_id"][label])
+@dataclass
+class Predictions:
+    """What :func:`predict_images` wrote: one record per readable image, and the files it could not read."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # path -> why
+    written: list[Path] = field(default_factory=list)
+
+
+@torch.no_grad()
+def predict_images(
+    loaded: LoadedModel,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    threshold: float = 0.5,
+    device: str = "auto",
+    output_format: str = "json",
+    pictures: bool = True,
+    after_image: Callable[[Path, Tensor, list[int]], Path | None] | None = None,
+) -> Predictions:
+    """Detect objects in image files; write ``<stem>_pred.png`` pictures and the detections of every readable
+    image, even when some cannot be read (those are listed in ``failed``).
+
+    ``output_format="json"``: ``predictions.json``, one record per image (file, size, detections with label,
+    category id and name, score, absolute xyxy box). ``"coco"``: ``detections_coco.json`` in the COCO results
+    format (``image_id`` = position of the image in the input list, from 1; ``file_name`` added), which
+    ``COCO.loadRes`` reads. ``after_image(path, model_input, kept_queries)``, if given, runs after each image (e.g.
+    to draw the kept queries' attention); the file it returns is recorded as the image's ``"attention"``.
+    """
+    from ..viz.boxes import draw_boxes
+
+    if output_format not in PREDICT_FORMATS:
+        raise ValueError(f"unknown prediction format {output_format!r}; choose from {PREDICT_FORMATS}")
+    data = loaded.config.data
+    transforms = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
+    torch_device = resolve_device(device)
+    model = loaded.model.to(torch_device).eval()
+    postprocess = postprocessor_for(model)
+    labels_map = loaded.label_map
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = Predictions()
+    coco_results: list[dict[str, Any]] = []
+    for image_id, path in enumerate(image_files(inputs), start=1):
+        try:
+            with Image.open(path) as file:
+                image = file.convert("RGB")
+        except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+            result.failed[str(path)] = str(err)
+            log.warning("cannot read image %s (%s); skipped", path, err)
+            continue
+        empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+        tensor, _ = transforms(image, empty)
+        outputs = model([tensor.to(torch_device)])
+        detected = postprocess(outputs, torch.tensor([[image.height, image.width]], device=torch_device))[0]
+        keep = detected["scores"] >= threshold
+        boxes, labels, scores = (detected[k][keep].cpu() for k in ("boxes", "labels", "scores"))
+        detections = [
+            {
+                "label": int(label),
+                "category_id": labels_map.category_id(int(label)),
+                "category": labels_map.name(int(label)),
+                "score": round(float(score), 4),
+                "box_xyxy": [round(float(v), 2) for v in box],
+            }
+            for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist(), strict=True)
+        ]
+        coco_results += [
+            {
+                "image_id": image_id,
+                "file_name": str(path),
+                "category_id": d["category_id"],
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "score": d["score"],
+            }
+            for d in detections
+            for x0, y0, x1, y1 in [d["box_xyxy"]]
+        ]
+        record = {"image": str(path), "width": image.width, "height": image.height, "detections": detections}
+        if pictures:
+            picture = out / f"{path.stem}_pred.png"
+            names = [d["category"] for d in detections]
+            draw_boxes(image, boxes.tolist(), labels.tolist(), names, scores.tolist()).save(picture)
+            record["picture"] = str(picture)
+        if after_image is not None and (extra := after_image(path, tensor, keep.nonzero().flatten().tolist())):
+            record["attention"] = str(extra)
+        result.records.append(record)
+    if output_format == "coco":
+        target, content = out / "detections_coco.json", coco_results
+    else:
+        target, content = out / "predictions.json", result.records
+    target.write_text(json.dumps(content, indent=2))
+    result.written.append(target)
+    return result

@@ -21,6 +21,7 @@ from torch.utils.data import BatchSampler, DistributedSampler
 from tqdm import tqdm
 
 from ..config import Config, config_to_dict, dump_config
+from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection
 from ..models import build_criterion, build_model
@@ -358,8 +359,14 @@ class Trainer:
             dataset, self.dist.world_size, self.dist.rank, shuffle=train, seed=seed, drop_last=False
         )
         sampler.set_epoch(self.epoch)
-        size = self.config.train.batch_size if train else self.config.train.eval_batch_size
-        batches = list(BatchSampler(sampler, size, drop_last=train and len(sampler) >= size))[skip:]
+        if train:
+            size = self.config.train.batch_size
+            batches = list(BatchSampler(sampler, size, drop_last=len(sampler) >= size))[skip:]
+        else:  # batches of one image size each, so the results do not depend on the batch size
+            indices = list(sampler)
+            sizes = dataset.image_sizes()
+            grouped = size_grouped_batches([sizes[i] for i in indices], self.config.train.eval_batch_size)
+            batches = [[indices[i] for i in batch] for batch in grouped]
         generator = torch.Generator().manual_seed(seed + self.epoch)  # worker seeds: same when resumed
         return build_loader(dataset, self.config, train=train, generator=generator, batch_sampler=batches)
 
@@ -396,6 +403,9 @@ class Trainer:
             if steps + skipped >= limit:
                 break
             data_s = time.perf_counter() - tick
+            # every image of the batch was unreadable and skipped (data.on_invalid=skip); all ranks skip together
+            if any_across_ranks(batch is None, self.device):
+                continue
             batch = batch.to(self.device)
             targets = targets_to(targets, self.device)
             losses, loss, problem = self._forward(batch, targets)
@@ -415,6 +425,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{speed:.1f}")
                 if self.step % config.log_every == 0:
                     self._log_step(loss, losses, speed, data_s, time.perf_counter() - tick)
+                    if self.dist.is_main and not self.progress:  # no progress bar (not a terminal): plain lines
+                        where = f"epoch {self.epoch + 1} step {steps}/{bar.total}"
+                        print(f"{where}: loss {values['loss']:.3f}, {speed:.1f} img/s")
             bar.update()
             tick = time.perf_counter()
             if any_across_ranks(self.stop_signal is not None, self.device) and steps + skipped < limit:

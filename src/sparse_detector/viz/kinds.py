@@ -23,10 +23,11 @@ from ..config import Config, load_config
 from ..data.batching import collate_detection
 from ..data.build import build_dataset
 from ..data.coco import CocoDetection
+from ..data.labels import LabelMap
 from ..data.transforms import make_transforms
 from ..engine.device import resolve_device, seed_everything
 from ..engine.diagnostics import read_diagnostics
-from ..engine.inference import LoadedModel, category_name, load_trained_model
+from ..engine.inference import LoadedModel, load_trained_model
 from ..models import build_criterion
 from ..models.postprocess import query_scores
 from ..runs import read_analyses, read_metrics
@@ -189,11 +190,11 @@ def _scores_labels(outputs: dict, model: torch.nn.Module) -> tuple[Tensor, Tenso
     return query_scores(model, outputs["pred_logits"][0])
 
 
-def _truth_boxes(item: ImageItem, label_map: dict) -> list[LabelledBox]:
+def _truth_boxes(item: ImageItem, label_map: LabelMap) -> list[LabelledBox]:
     if item.target is None:
         return []
     boxes = cxcywh_to_pixels(item.target["boxes"], item.height, item.width)
-    names = [category_name(label_map, int(label)) for label in item.target["labels"]]
+    names = [label_map.name(int(label)) for label in item.target["labels"]]
     return [LabelledBox(box, name) for box, name in zip(boxes, names, strict=True)]
 
 
@@ -202,7 +203,7 @@ def _prediction_boxes(outputs: dict, item: ImageItem, loaded: LoadedModel) -> li
     scores, labels = _scores_labels(outputs, loaded.model)
     boxes = cxcywh_to_pixels(outputs["pred_boxes"][0], item.height, item.width)
     return [
-        LabelledBox(box, f"q{q} {category_name(loaded.label_map, int(label))} {float(score):.2f}")
+        LabelledBox(box, f"q{q} {loaded.label_map.name(int(label))} {float(score):.2f}")
         for q, (box, label, score) in enumerate(zip(boxes, labels, scores, strict=True))
     ]
 
@@ -427,7 +428,7 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
     for tensor, mask, target in zip(batch.tensors, batch.mask, targets, strict=True):
         valid_h, valid_w = (int(v) for v in (~mask).nonzero().max(0).values + 1)
         boxes = cxcywh_to_pixels(target["boxes"], valid_h, valid_w)  # normalised to the valid (unpadded) area
-        names = [category_name(dataset.label_map, int(label)) for label in target["labels"]]
+        names = [dataset.labels.name(int(label)) for label in target["labels"]]
         drawn.append(
             Sample(
                 display_image(tensor, config.data.normalize),

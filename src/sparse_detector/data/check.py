@@ -1,0 +1,92 @@
+"""``data check``: everything training would trip over, found up front and listed with ids.
+
+The JSON part (structure, ids, every box against its image) is cheap; decoding every image (``decode=True``)
+finds truncated or mis-sized files. Boxes partly outside their image are not problems (they are clipped, the
+same way in training and evaluation) but are counted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .coco import CocoDetection, DatasetError
+from .labels import LabelMode
+
+# COCO's area ranges (pixels²) of the small / medium / large AP numbers.
+AREA_BUCKETS = (("small", 32**2), ("medium", 96**2), ("large", float("inf")))
+MAX_LISTED = 20
+
+
+@dataclass
+class CheckReport:
+    """The outcome of :func:`check_dataset`; ``ok`` when training with ``data.on_invalid=error`` would not fail."""
+
+    annotation_file: Path
+    images: int = 0
+    boxes_per_class: dict[str, int] = field(default_factory=dict)
+    boxes_by_area: dict[str, int] = field(default_factory=dict)
+    crowd: int = 0
+    clipped: int = 0
+    images_decoded: bool = False
+    problems: list[str] = field(default_factory=list)  # each names the file / ids at fault
+    problem_counts: dict[str, int] = field(default_factory=dict)  # reason -> count
+    fatal: str = ""  # a problem that stops reading the file at all
+
+    @property
+    def ok(self) -> bool:
+        return not self.fatal and not self.problems
+
+    def format(self) -> str:
+        """A plain-text summary for the terminal."""
+        lines = [f"{self.annotation_file}"]
+        if self.fatal:
+            return "\n".join([*lines, f"FAILED: {self.fatal}"])
+        decoded = "all decoded" if self.images_decoded else "not decoded (--no-decode)"
+        lines.append(f"images: {self.images} ({decoded})")
+        lines.append(f"boxes:  {sum(self.boxes_per_class.values())} ({self.crowd} crowd/ignored, not counted)")
+        width = max((len(name) for name in self.boxes_per_class), default=0)
+        lines += [f"  {name.ljust(width)}  {count}" for name, count in self.boxes_per_class.items()]
+        sizes = ", ".join(f"{name} {count}" for name, count in self.boxes_by_area.items())
+        lines.append(f"box sizes (COCO area: small < 32², medium < 96², large): {sizes}")
+        if self.clipped:
+            lines.append(f"clipped: {self.clipped} box(es) reach past their image and are clipped to it")
+        if self.ok:
+            lines.append("OK: no problems found")
+            return "\n".join(lines)
+        lines.append(f"PROBLEMS: {len(self.problems)} {self.problem_counts}")
+        lines += [f"  {problem}" for problem in self.problems[:MAX_LISTED]]
+        if len(self.problems) > MAX_LISTED:
+            lines.append(f"  ... and {len(self.problems) - MAX_LISTED} more")
+        lines.append(
+            "training with data.on_invalid=error (the default) would stop at the first of them; fix them, or "
+            "train with data.on_invalid=skip data.check_images=true to leave them out (counted and logged)"
+        )
+        return "\n".join(lines)
+
+
+def check_dataset(
+    annotation_file: str | Path,
+    images_dir: str | Path | None = None,
+    decode: bool = True,
+    label_mode: LabelMode = "contiguous",
+) -> CheckReport:
+    """Read a COCO JSON as training would, collecting every problem instead of stopping at the first."""
+    report = CheckReport(Path(annotation_file), images_decoded=decode)
+    try:
+        dataset = CocoDetection(images_dir, annotation_file, None, label_mode, "skip", check_images=decode)
+    except DatasetError as err:
+        report.fatal = str(err)
+        return report
+    report.images = len(dataset)
+    report.crowd, report.clipped = dataset.num_crowd, dataset.num_clipped
+    report.problems, report.problem_counts = list(dataset.problems), dict(dataset.skipped)
+    per_class: Counter[str] = Counter({name: 0 for name in dataset.category_names})
+    by_area: Counter[str] = Counter({name: 0 for name, _ in AREA_BUCKETS})
+    for index in range(len(dataset)):
+        target = dataset.raw_target(index)
+        per_class.update(dataset.labels.name(int(label)) for label in target["labels"])
+        by_area.update(next(name for name, top in AREA_BUCKETS if area < top) for area in target["area"].tolist())
+    report.boxes_per_class, report.boxes_by_area = dict(per_class), dict(by_area)
+    return report

@@ -1,0 +1,157 @@
+"""What every importer shares: a COCO JSON builder that reports what it kept and dropped."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..coco import MAX_EXAMPLES, DatasetError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header, without decoding the pixels (``data check`` decodes)."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError) as err:
+        raise DatasetError(f"cannot read the header of image {path}: {err}; replace or remove the file") from err
+
+
+def find_image(images_dir: Path, stem: str) -> Path | None:
+    """The image ``<stem>.<suffix>`` in ``images_dir`` for any usual image suffix (either case), if there is one."""
+    for suffix in IMAGE_SUFFIXES:
+        for candidate in (images_dir / f"{stem}{suffix}", images_dir / f"{stem}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def read_list_file(path: Path) -> list[str]:
+    """Non-empty lines of a list file, first whitespace-separated field each (VOC ``ImageSets`` style)."""
+    if not path.is_file():
+        raise DatasetError(f"list file {path} does not exist")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def json_image_path(image: Path, out_file: Path) -> str:
+    """How the JSON names an image: relative to the JSON's folder when the image is inside it, else absolute,
+    so the JSON works from any working directory."""
+    image, folder = image.resolve(), out_file.resolve().parent
+    return str(image.relative_to(folder)) if image.is_relative_to(folder) else str(image)
+
+
+class CocoBuilder:
+    """Collects images and boxes (absolute x0, y0, x1, y1 pixels) and writes a COCO instances JSON.
+
+    Categories get ids 1..C in ``class_names`` order when given (an unknown class is then an error), else sorted
+    by name over everything added. Boxes with no extent (x1 <= x0 or y1 <= y0) are dropped, counted in
+    ``dropped`` and logged; boxes reaching past the image are kept as they are (training and evaluation clip
+    them, ``data check`` counts them). Image ids are 1..N in the order images are added.
+    """
+
+    def __init__(self, source: str, class_names: Sequence[str] | None = None) -> None:
+        self.source = source
+        self.class_names = list(class_names) if class_names is not None else None
+        self._images: list[tuple[Path, int, int]] = []
+        self._boxes: list[dict[str, Any]] = []
+        self.dropped: Counter[str] = Counter()
+        self.examples: list[str] = []
+
+    def add_image(self, path: Path, width: int | None = None, height: int | None = None) -> int:
+        """Register an image (its size read from the header when not given); returns its id."""
+        if not width or not height:
+            width, height = image_size(path)
+        self._images.append((path, int(width), int(height)))
+        return len(self._images)
+
+    def image(self, image_id: int) -> tuple[Path, int, int]:
+        """(path, width, height) of an added image."""
+        return self._images[image_id - 1]
+
+    def add_box(self, image_id: int, name: str, box: Sequence[float], where: str, **extra: Any) -> None:
+        """Add a box of class ``name``; ``where`` names its origin (file, line or object) in messages."""
+        if self.class_names is not None and name not in self.class_names:
+            raise DatasetError(f"{where}: class {name!r} is not among the given classes {self.class_names}")
+        x0, y0, x1, y1 = (float(v) for v in box)
+        if x1 <= x0 or y1 <= y0:
+            self.drop("zero_area", f"{where}: box {[x0, y0, x1, y1]}")
+            return
+        self._boxes.append({"image_id": image_id, "name": name, "bbox": [x0, y0, x1 - x0, y1 - y0], **extra})
+
+    def drop(self, reason: str, detail: str) -> None:
+        """Count a box left out (``reason``), keeping the first few ``detail`` lines as examples."""
+        self.dropped[reason] += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(detail)
+
+    def build(self, out_file: str | Path) -> dict[str, Any]:
+        """The COCO dict, with image paths as :func:`json_image_path` writes them for ``out_file``."""
+        out = Path(out_file)
+        names = self.class_names if self.class_names is not None else sorted({b["name"] for b in self._boxes})
+        category_ids = {name: i + 1 for i, name in enumerate(names)}
+        if self.dropped:
+            logger.warning(
+                "%s: dropped %d box(es) with zero or negative extent, e.g. %s",
+                self.source,
+                self.dropped.total(),
+                self.examples,
+            )
+        per_class = Counter({name: 0 for name in names})
+        annotations = []
+        for box in self._boxes:
+            name = box.pop("name")
+            per_class[name] += 1
+            w, h = box["bbox"][2:]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "category_id": category_ids[name],
+                    "area": w * h,
+                    "iscrowd": 0,
+                    **box,
+                }
+            )
+        return {
+            "info": {
+                "description": f"imported from {self.source}",
+                "stats": {
+                    "images": len(self._images),
+                    "annotations": len(annotations),
+                    "per_class": dict(per_class),
+                    "dropped": dict(self.dropped),
+                    "dropped_examples": self.examples,
+                },
+            },
+            "licenses": [],
+            "images": [
+                {"id": i + 1, "file_name": json_image_path(path, out), "width": w, "height": h}
+                for i, (path, w, h) in enumerate(self._images)
+            ],
+            "annotations": annotations,
+            "categories": [{"id": i, "name": name, "supercategory": "none"} for name, i in category_ids.items()],
+        }
+
+    def write(self, out_file: str | Path) -> dict[str, Any]:
+        """Build and write the JSON (folders created, written to a temporary file then renamed)."""
+        return write_coco(self.build(out_file), out_file)
+
+
+def write_coco(coco: dict[str, Any], out_file: str | Path) -> dict[str, Any]:
+    """Write a COCO dict as JSON atomically; returns it."""
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    partial.write_text(json.dumps(coco))
+    os.replace(partial, out)
+    return coco

@@ -1,0 +1,168 @@
+"""Pascal VOC XML (one file per image) -> COCO JSON, in the standard layout or any other.
+
+Standard: ``VOC_ROOT/Annotations/*.xml``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``. Any other: an
+annotations folder and an images folder (the same one is fine), matched by the XML's ``<filename>`` or else by
+file name stem, optionally restricted to the stems of a list file.
+
+VOC boxes are 1-based inclusive pixel indices, so the COCO box is ``[xmin - 1, ymin - 1, xmax - xmin + 1,
+ymax - ymin + 1]``. Every annotation carries ``difficult`` (0/1); with ``include_difficult=False`` difficult
+objects get ``iscrowd = ignore = 1`` (out of the training targets, ignored by COCO evaluation, as in VOC eval).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..coco import DatasetError
+from .common import CocoBuilder, find_image, read_list_file
+
+
+@dataclass(frozen=True)
+class VocObject:
+    name: str
+    box: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax: 1-based, inclusive
+    difficult: bool
+
+
+@dataclass(frozen=True)
+class VocAnnotation:
+    xml_file: Path
+    file_name: str  # <filename>, "" when absent
+    width: int  # 0 when <size> is absent
+    height: int
+    objects: tuple[VocObject, ...]
+
+
+def _text(element: ET.Element, tag: str, where: str) -> str:
+    child = element.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        raise DatasetError(f"{where} has no <{tag}>; every VOC object needs <name> and <bndbox>")
+    return child.text.strip()
+
+
+def _parse_object(obj: ET.Element, where: str) -> VocObject:
+    name = _text(obj, "name", where)
+    bndbox = obj.find("bndbox")
+    if bndbox is None:
+        raise DatasetError(f"{where} ({name}) has no <bndbox>")
+    try:
+        box = tuple(float(_text(bndbox, k, f"{where} ({name})")) for k in ("xmin", "ymin", "xmax", "ymax"))
+    except ValueError as err:
+        raise DatasetError(f"{where} ({name}) has a non-numeric box coordinate: {err}") from err
+    return VocObject(name, box, obj.findtext("difficult", default="0").strip() == "1")
+
+
+def parse_voc_xml(xml_file: Path) -> VocAnnotation:
+    """Read one VOC XML file; errors name the file and the offending element."""
+    try:
+        root = ET.parse(xml_file).getroot()
+    except ET.ParseError as err:
+        line, column = err.position
+        raise DatasetError(f"{xml_file}: malformed XML at line {line}, column {column}: {err}") from err
+    try:
+        width, height = int(root.findtext("size/width", "0")), int(root.findtext("size/height", "0"))
+    except ValueError as err:
+        raise DatasetError(f"{xml_file}: <size> width/height are not integers: {err}") from err
+    objects = tuple(_parse_object(obj, f"{xml_file}: object {i}") for i, obj in enumerate(root.iter("object")))
+    return VocAnnotation(xml_file, root.findtext("filename", default="").strip(), width, height, objects)
+
+
+def _image_of(annotation: VocAnnotation, images_dir: Path) -> Path:
+    """The image an XML file describes: its <filename> in ``images_dir``, else the image named like the XML."""
+    if annotation.file_name and (images_dir / annotation.file_name).is_file():
+        return images_dir / annotation.file_name
+    found = find_image(images_dir, annotation.xml_file.stem)
+    if found is None:
+        named = f"<filename> {annotation.file_name!r} nor " if annotation.file_name else ""
+        raise DatasetError(
+            f"{annotation.xml_file}: no image for it in {images_dir} (neither {named}an image named "
+            f"{annotation.xml_file.stem}.*); pass the images folder with --images"
+        )
+    return found
+
+
+def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
+    if not annotations_dir.is_dir():
+        raise DatasetError(f"annotations folder {annotations_dir} does not exist")
+    if list_file is None:
+        files = sorted(annotations_dir.glob("*.xml"))
+        if not files:
+            raise DatasetError(f"no .xml files in {annotations_dir}")
+        return files
+    files = [annotations_dir / f"{Path(stem).stem}.xml" for stem in read_list_file(list_file)]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise DatasetError(
+            f"{list_file}: {len(missing)} listed image(s) have no XML in {annotations_dir}, e.g. {missing[:5]}"
+        )
+    return files
+
+
+def import_voc(
+    annotations_dir: str | Path,
+    out_file: str | Path,
+    images_dir: str | Path | None = None,
+    list_file: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+    include_difficult: bool = True,
+) -> dict[str, Any]:
+    """VOC XML files of ``annotations_dir`` (all, or the stems of ``list_file``) -> COCO JSON at ``out_file``.
+
+    ``images_dir`` defaults to ``annotations_dir``. Classes: ``class_names`` (ids 1..C in that order), else
+    sorted by name. Boxes with ``xmax <= xmin`` or ``ymax <= ymin`` (e.g. a single click) are dropped, counted
+    in ``info["stats"]["dropped"]`` and logged. Returns the written COCO dict.
+    """
+    annotations_dir = Path(annotations_dir)
+    images_dir = Path(images_dir) if images_dir else annotations_dir
+    if not images_dir.is_dir():
+        raise DatasetError(f"images folder {images_dir} does not exist")
+    parsed = [parse_voc_xml(f) for f in _xml_files(annotations_dir, Path(list_file) if list_file else None)]
+    builder = CocoBuilder(str(annotations_dir), class_names)
+    for annotation in parsed:
+        image_id = builder.add_image(_image_of(annotation, images_dir), annotation.width, annotation.height)
+        for index, obj in enumerate(annotation.objects):
+            xmin, ymin, xmax, ymax = obj.box
+            where = f"{annotation.xml_file} object {index} ({obj.name})"
+            if xmax <= xmin or ymax <= ymin:  # e.g. BCCD's point-like boxes: a single click, not an object
+                builder.drop("zero_area", f"{where}: box {list(obj.box)}")
+                continue
+            ignore = int(obj.difficult and not include_difficult)
+            builder.add_box(
+                image_id,
+                obj.name,
+                (xmin - 1, ymin - 1, xmax, ymax),
+                where,
+                difficult=int(obj.difficult),
+                iscrowd=ignore,
+                ignore=ignore,
+            )
+    return builder.write(out_file)
+
+
+def import_voc_root(
+    voc_root: str | Path,
+    out_file: str | Path,
+    split: str = "trainval",
+    class_names: Sequence[str] | None = None,
+    include_difficult: bool = True,
+) -> dict[str, Any]:
+    """A standard VOC folder's ``ImageSets/Main/<split>.txt`` -> COCO JSON.
+
+    Without ``class_names`` the classes are those of every XML in ``Annotations/`` (not only the split's), so
+    every split of one data set gets the same category ids.
+    """
+    root = Path(voc_root)
+    annotations_dir, split_file = root / "Annotations", root / "ImageSets" / "Main" / f"{split}.txt"
+    for required in (annotations_dir, root / "JPEGImages", split_file):
+        if not required.exists():
+            raise DatasetError(
+                f"{required} does not exist; a standard VOC root holds Annotations/, JPEGImages/ and "
+                f"ImageSets/Main/{split}.txt (for another layout use --images DIR --annotations DIR)"
+            )
+    if class_names is None:
+        class_names = sorted({o.name for f in annotations_dir.glob("*.xml") for o in parse_voc_xml(f).objects})
+    return import_voc(annotations_dir, out_file, root / "JPEGImages", split_file, class_names, include_difficult)

@@ -1,0 +1,76 @@
+"""The command line's shape: instant help with an example per command, and messages a new user can act on."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tqdm import tqdm
+
+from sparse_detector.cli import _close_progress_bars, build_parser, main
+from sparse_detector.config import load_config
+from sparse_detector.data.build import absolute_data_paths
+
+
+def subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every leaf command path, e.g. ("train",), ("data", "import")."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += subcommands(sub, (*prefix, name)) or [(*prefix, name)]
+    return found
+
+
+@pytest.mark.parametrize("command", subcommands(build_parser()))
+def test_every_command_has_help_with_an_example(command: tuple[str, ...], capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:\n  sparse-detector " + " ".join(command) in out
+
+
+def test_help_does_not_import_torch() -> None:
+    """`--help` stays instant because nothing heavy is imported to build the parser (timed in benchmarks/)."""
+    code = (
+        "import sys; from sparse_detector.cli import build_parser; build_parser().parse_args(['train']); "
+        "print(sorted(m for m in ('torch', 'torchvision', 'numpy', 'PIL', 'pycocotools') if m in sys.modules))"
+    )
+    src = Path(__file__).resolve().parents[1] / "src"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(src)})
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_preset_without_its_data_says_how_to_make_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", "shapes_tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "data of preset 'shapes_tiny' is not there yet" in err
+    assert "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200" in err
+
+
+def test_run_config_paths_are_absolute(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = absolute_data_paths(load_config("small_data"))
+    assert config.data.train.annotations == str(tmp_path / "data" / "splits" / "train.json")
+    assert config.data.train.images == ""  # unset stays unset: the JSON's own folder
+
+
+def test_errors_start_on_their_own_line() -> None:
+    bar = tqdm(total=3, file=sys.stderr)
+    bar.update()
+    _close_progress_bars()
+    assert bar not in getattr(tqdm, "_instances", set())
+
+
+def test_visualize_kinds_and_formats_named_in_the_cli_match_the_registry():
+    from sparse_detector.cli import FIGURE_FORMATS, FIGURE_KIND_NAMES
+    from sparse_detector.viz.figure import FORMATS
+    from sparse_detector.viz.kinds import FIGURE_KINDS
+
+    assert sorted(FIGURE_KIND_NAMES) == sorted(FIGURE_KINDS)
+    assert tuple(FIGURE_FORMATS) == tuple(FORMATS)

@@ -1,0 +1,271 @@
+"""Importers (VOC any layout, YOLO, CSV, COCO), `data check`, `data split` and unreadable-image handling, on small
+fixtures written here."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sparse_detector.cli import main
+from sparse_detector.data import CocoDetection, DatasetError
+from sparse_detector.data.batching import collate_detection
+from sparse_detector.data.check import check_dataset
+from sparse_detector.data.importers import import_coco, import_csv, import_voc, import_voc_root, import_yolo
+from sparse_detector.data.split import split_coco
+
+
+def write_image(path: Path, width: int = 40, height: int = 30, truncated: bool = False) -> Path:
+    """A small noisy JPEG/PNG; ``truncated`` cuts a JPEG in half (the header still reads, decoding fails)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.effect_noise((width, height), 60).convert("RGB")
+    image.save(path)
+    if truncated:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def voc_xml(objects: list[tuple[str, tuple[int, int, int, int], int]], file_name: str = "", size=(40, 30)) -> str:
+    parts = [f"<filename>{file_name}</filename>" if file_name else ""]
+    parts.append(f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>")
+    for name, (x0, y0, x1, y1), difficult in objects:
+        parts.append(
+            f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x0}</xmin>"
+            f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+        )
+    return f"<annotation>{''.join(parts)}</annotation>"
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def boxes_by_image(coco: dict) -> dict[str, list[tuple[str, list[float]]]]:
+    """file name (last part) -> [(category name, bbox)], for comparing imports."""
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    files = {i["id"]: Path(i["file_name"]).name for i in coco["images"]}
+    out: dict[str, list] = {name: [] for name in files.values()}
+    for ann in coco["annotations"]:
+        out[files[ann["image_id"]]].append((names[ann["category_id"]], [round(v, 6) for v in ann["bbox"]]))
+    return out
+
+
+def test_voc_standard_layout(tmp_path: Path) -> None:
+    root = tmp_path / "VOC"
+    for stem, objects in {
+        "a": [("dog", (1, 1, 10, 20), 0), ("cat", (5, 5, 5, 9), 0)],  # the cat box has no width: dropped
+        "b": [("cat", (11, 2, 40, 30), 1)],
+        "c": [("bird", (2, 2, 8, 8), 0)],  # not in the split, but its class is known to every split
+    }.items():
+        write_image(root / "JPEGImages" / f"{stem}.jpg")
+        write_text(root / "Annotations" / f"{stem}.xml", voc_xml(objects, f"{stem}.jpg"))
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "train.txt").write_text("a\nb\n")
+    out = tmp_path / "out" / "train.json"
+    coco = import_voc_root(root, out, split="train", include_difficult=False)
+    assert [c["name"] for c in coco["categories"]] == ["bird", "cat", "dog"]
+    assert boxes_by_image(load(out)) == {
+        "a.jpg": [("dog", [0.0, 0.0, 10.0, 20.0])],
+        "b.jpg": [("cat", [10.0, 1.0, 30.0, 29.0])],
+    }
+    assert coco["info"]["stats"]["dropped"] == {"zero_area": 1}
+    difficult = next(a for a in coco["annotations"] if a["difficult"])
+    assert difficult["iscrowd"] == difficult["ignore"] == 1  # ignored in evaluation, out of the targets
+    assert Path(coco["images"][0]["file_name"]).is_absolute()  # images outside the output folder
+    dataset = CocoDetection(None, out)  # image folder defaults to the JSON's; absolute paths work from anywhere
+    assert len(dataset) == 2 and dataset.num_boxes == 1 and dataset.num_crowd == 1
+
+
+def test_voc_any_layout_matched_by_file_name(tmp_path: Path) -> None:
+    """Images and XML in unrelated folders, no ImageSets, XML without <filename>, mixed suffixes; a list file."""
+    write_image(tmp_path / "photos" / "one.png")
+    write_image(tmp_path / "photos" / "two.JPG", 50, 40)
+    write_text(tmp_path / "labels" / "one.xml", voc_xml([("rbc", (3, 4, 13, 14), 0)]))
+    (tmp_path / "labels" / "two.xml").write_text(voc_xml([("wbc", (1, 1, 50, 40), 0)], size=(0, 0)))
+    out = tmp_path / "data" / "all.json"
+    coco = import_voc(tmp_path / "labels", out, images_dir=tmp_path / "photos")
+    assert boxes_by_image(coco) == {
+        "one.png": [("rbc", [2.0, 3.0, 11.0, 11.0])],
+        "two.JPG": [("wbc", [0.0, 0.0, 50.0, 40.0])],
+    }
+    assert [(i["width"], i["height"]) for i in coco["images"]] == [(40, 30), (50, 40)]  # size read from the file
+    (tmp_path / "list.txt").write_text("two\n")
+    only = import_voc(tmp_path / "labels", tmp_path / "two.json", tmp_path / "photos", list_file=tmp_path / "list.txt")
+    assert len(only["images"]) == 1
+    with pytest.raises(DatasetError, match=r"one.xml: no image for it in .*labels.*--images"):
+        import_voc(tmp_path / "labels", tmp_path / "x.json")
+    # through the CLI, from another working directory: the JSON still finds its images
+    assert (
+        main(
+            [
+                "data",
+                "import",
+                "voc",
+                "--annotations",
+                str(tmp_path / "labels"),
+                "--images",
+                str(tmp_path / "photos"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert len(CocoDetection(None, out)) == 2
+
+
+def test_yolo_with_classes_txt_and_data_yaml(tmp_path: Path) -> None:
+    write_image(tmp_path / "images" / "train" / "p.jpg", 100, 50)
+    write_image(tmp_path / "images" / "train" / "q.jpg", 100, 50)  # no label file: an image without boxes
+    (tmp_path / "labels" / "train").mkdir(parents=True)
+    (tmp_path / "labels" / "train" / "p.txt").write_text("1 0.5 0.5 0.2 0.4\n0 0.1 0.1 0.2 0.2\n")
+    (tmp_path / "classes.txt").write_text("car\nperson\n")
+    (tmp_path / "data.yaml").write_text("names:\n  0: car\n  1: person\n")
+    expected = {"p.jpg": [("person", [40.0, 15.0, 20.0, 20.0]), ("car", [0.0, 0.0, 20.0, 10.0])], "q.jpg": []}
+    for classes in ("classes.txt", "data.yaml"):
+        coco = import_yolo(tmp_path / "images" / "train", tmp_path / f"{classes}.json", tmp_path / classes)
+        assert boxes_by_image(coco) == expected
+        assert [c["name"] for c in coco["categories"]] == ["car", "person"]
+    (tmp_path / "labels" / "train" / "q.txt").write_text("7 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DatasetError, match=r"q.txt:1: class index 7 is outside the 2 class names"):
+        import_yolo(tmp_path / "images" / "train", tmp_path / "bad.json", tmp_path / "classes.txt")
+
+
+def test_csv(tmp_path: Path) -> None:
+    write_image(tmp_path / "img" / "a.jpg")
+    write_image(tmp_path / "img" / "b.jpg")
+    table = tmp_path / "boxes.csv"
+    table.write_text("file,x1,y1,x2,y2,label\nimg/a.jpg,1,2,11,22,cell\nimg/a.jpg,0,0,5,5,dirt\nimg/b.jpg,,,,,\n")
+    coco = import_csv(table, tmp_path / "out.json")
+    assert boxes_by_image(coco) == {
+        "a.jpg": [("cell", [1.0, 2.0, 10.0, 20.0]), ("dirt", [0.0, 0.0, 5.0, 5.0])],
+        "b.jpg": [],
+    }
+    assert load(tmp_path / "out.json")["images"][0]["file_name"] == "img/a.jpg"  # inside the output's folder
+    table.write_text("img/a.jpg,1,2,x,22,cell\n")
+    with pytest.raises(DatasetError, match=r"boxes.csv:1: x1,y1,x2,y2 must be numbers"):
+        import_csv(table, tmp_path / "out.json")
+
+
+def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
+    write_image(tmp_path / "src" / "pics" / "a.jpg")
+    source = {
+        "images": [{"id": "img-a", "file_name": "pics/a.jpg", "width": 40, "height": 30}],
+        "annotations": [{"id": 5, "image_id": "img-a", "category_id": 0, "bbox": [1, 1, 5, 5]},
+                        {"id": 5, "image_id": "img-a", "category_id": 0, "bbox": [2, 2, 5, 5]}],
+        "categories": [{"id": 0, "name": "thing"}],
+    }  # fmt: skip
+    (tmp_path / "src" / "coco.json").write_text(json.dumps(source))
+    coco = import_coco(tmp_path / "src" / "coco.json", tmp_path / "out" / "coco.json")
+    assert coco["info"]["stats"]["remapped_ids"] == ["images", "categories", "annotations"]
+    assert [(a["id"], a["image_id"], a["category_id"]) for a in coco["annotations"]] == [(1, 1, 1), (2, 1, 1)]
+    assert len(CocoDetection(None, tmp_path / "out" / "coco.json")) == 1
+
+
+def broken_set(tmp_path: Path, bad_box: bool = True) -> Path:
+    """Three images: one fine, one truncated JPEG, one whose size disagrees with the JSON; one bad box."""
+    for name in ("good", "cut", "sized"):
+        write_image(tmp_path / f"{name}.jpg", truncated=name == "cut")
+    images = [
+        {"id": i + 1, "file_name": f"{name}.jpg", "width": 40, "height": 30 if name != "sized" else 31}
+        for i, name in enumerate(("good", "cut", "sized"))
+    ]
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [30, 20, 20, 20]},  # reaches past the image: clipped
+        {"id": 2, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5]},
+        {"id": 3, "image_id": 1, "category_id": 1, "bbox": [1, 1, 0, 5]},  # no width: invalid
+    ][: 3 if bad_box else 2]
+    if bad_box:  # and a listed image whose file is missing, with a box
+        images.append({"id": 4, "file_name": "gone.jpg", "width": 40, "height": 30})
+        annotations.append({"id": 4, "image_id": 4, "category_id": 1, "bbox": [1, 1, 5, 5]})
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "x"}]}))
+    return path
+
+
+def test_data_check_on_clean_and_broken_sets(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_image(tmp_path / "clean" / "a.jpg")
+    write_text(tmp_path / "clean" / "a.xml", voc_xml([("x", (1, 1, 10, 10), 0)]))
+    import_voc(tmp_path / "clean", tmp_path / "clean.json")
+    assert main(["data", "check", str(tmp_path / "clean.json")]) == 0
+    assert "OK: no problems found" in capsys.readouterr().out
+
+    report = check_dataset(broken_set(tmp_path))
+    assert not report.ok and report.images == 1 and report.clipped == 1
+    assert report.problem_counts == {"missing_image": 1, "non_positive_size": 1, "bad_image": 2}
+    assert any("image id 4: file" in p and "gone.jpg is missing" in p for p in report.problems)
+    assert any("annotation id 3" in p for p in report.problems)
+    assert any("cut.jpg (image id 2)" in p for p in report.problems)
+    assert any("sized.jpg (image id 3) is 40x30" in p for p in report.problems)
+    assert main(["data", "check", str(tmp_path / "broken.json")]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEMS: 4" in out and "data.on_invalid=skip" in out and "clipped: 1 box(es)" in out
+    assert check_dataset(tmp_path / "broken.json", decode=False).problem_counts == {
+        "missing_image": 1,
+        "non_positive_size": 1,
+    }
+    with pytest.raises(DatasetError, match=r"1 image file\(s\) listed .* missing .*data.on_invalid=skip"):
+        CocoDetection(None, tmp_path / "broken.json")
+    (tmp_path / "not.json").write_text("{")
+    assert "not valid JSON" in check_dataset(tmp_path / "not.json").fatal
+
+
+def test_unreadable_image_error_or_counted_skip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = broken_set(tmp_path, bad_box=False)
+    with pytest.raises(DatasetError, match=r"cannot read image .*cut.jpg \(image id 2\).*data.on_invalid=skip"):
+        CocoDetection(None, path, check_images=True)
+    # up front (data.check_images=true): left out, counted, logged; the evaluation ground truth follows
+    with caplog.at_level(logging.WARNING, logger="sparse_detector.data.coco"):
+        checked = CocoDetection(None, path, on_invalid="skip", check_images=True)
+        assert len(checked) == 1 and checked.skipped["bad_image"] == 2
+        assert "left out 2 unreadable or mis-sized image(s)" in caplog.text
+        assert checked.coco.getImgIds() == [1]
+        # while loading (no check up front): a logged skip that the collate drops ...
+        lazy = CocoDetection(None, path, on_invalid="skip")
+        assert lazy[1] is None and "skipped an unreadable image" in caplog.text
+    batch, targets = collate_detection([lazy[0], lazy[1]])
+    assert len(batch) == 1 and [int(t["image_id"]) for t in targets] == [1]
+    assert collate_detection([lazy[1]]) == (None, [])
+    # ... or by default an error naming the file and both options
+    with pytest.raises(DatasetError, match=r"cut.jpg .*data.on_invalid=skip .*data.check_images=true"):
+        CocoDetection(None, path)[1]
+
+
+def test_split_is_seeded_stratified_and_complete(tmp_path: Path) -> None:
+    images = [{"id": i, "file_name": f"im/{i}.jpg", "width": 10, "height": 10} for i in range(1, 41)]
+    # class 2 is rare (4 images): stratification puts some in every split
+    annotations = [
+        {"id": i, "image_id": i, "category_id": 2 if i % 10 == 0 else 1, "bbox": [0, 0, 5, 5]} for i in range(1, 41)
+    ]
+    source = tmp_path / "all.json"
+    source.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": annotations,
+                "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+            }
+        )
+    )
+    paths = split_coco(source, tmp_path / "splits", val=0.25, test=0.25, seed=1)
+    splits = {name: load(p) for name, p in paths.items()}
+    ids = {name: {i["id"] for i in s["images"]} for name, s in splits.items()}
+    assert [len(ids[s]) for s in ("train", "val", "test")] == [20, 10, 10]
+    assert set().union(*ids.values()) == set(range(1, 41)) and sum(map(len, ids.values())) == 40
+    for data in splits.values():
+        assert {a["category_id"] for a in data["annotations"]} == {1, 2}
+        assert all(a["image_id"] in {i["id"] for i in data["images"]} for a in data["annotations"])
+        assert data["images"][0]["file_name"] == str((tmp_path / "im" / f"{data['images'][0]['id']}.jpg").resolve())
+    again = split_coco(source, tmp_path / "again", val=0.25, test=0.25, seed=1)
+    assert load(again["val"])["images"] == splits["val"]["images"]
+    assert load(split_coco(source, tmp_path / "other", val=0.25, seed=2)["val"])["images"] != splits["val"]["images"]

@@ -1,0 +1,144 @@
+"""`evaluate` gives the same AP at every batch size, its COCO-results file scores the same in pycocotools, and
+`predict` keeps going past an unreadable image."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from sparse_detector import build_model, load_config
+from sparse_detector.cli import main
+from sparse_detector.config import config_from_dict, config_to_dict, override_config
+from sparse_detector.data import generate_shapes
+from sparse_detector.data.build import build_dataset, build_loader
+from sparse_detector.engine.checkpoint import save_checkpoint
+from sparse_detector.engine.evaluate import run_evaluation
+
+TINY = [
+    "model.transformer.hidden_dim=32",
+    "model.transformer.nheads=4",
+    "model.transformer.enc_layers=1",
+    "model.transformer.dec_layers=1",
+    "model.transformer.dim_feedforward=64",
+    "model.num_queries=10",
+    "data.val_size=64",
+    "data.max_size=96",
+    "data.num_workers=0",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory with an untrained tiny model, on 7 shapes images of two sizes (96x96 and 96x64), so a
+    batch that mixes them pads the smaller ones."""
+    root = tmp_path_factory.mktemp("consistency")
+    annotations = generate_shapes(root / "data", 7, seed=5, image_size=96, min_size=16, max_size=30, split_name="val")
+    data = json.loads(annotations.read_text())
+    for image in data["images"][::2]:  # crop every other image to 96x64
+        path = root / "data" / "images" / image["file_name"]
+        Image.open(path).crop((0, 0, 96, 64)).save(path)
+        image["height"] = 64
+    data["annotations"] = []
+    annotations.write_text(json.dumps(data))
+    paths = [f"data.{split}.annotations={annotations}" for split in ("train", "val")]
+    paths += [f"data.{split}.images={root / 'data' / 'images'}" for split in ("train", "val")]
+    config = load_config("shapes_tiny", [*paths, *TINY])
+    torch.manual_seed(7)
+    model = build_model(config)
+    label_map = build_dataset(config, "val").label_map
+    # Ground truth the untrained model partly finds: two of its own top boxes per image, shifted by 1-3 px, so
+    # AP is well above 0 and the ranking of detections matters.
+    detections = run_evaluation(
+        model, None, build_loader(build_dataset(config, "val"), config, False), "cpu", label_map
+    )
+    rng = np.random.default_rng(0)
+    data["annotations"] = []
+    for image in data["images"]:
+        mine = sorted((d for d in detections.detections if d["image_id"] == image["id"]), key=lambda d: -d["score"])
+        for d in mine[:2]:
+            x, y, w, h = (v + rng.uniform(-3, 3) for v in d["bbox"])
+            data["annotations"].append(
+                {"id": len(data["annotations"]) + 1, "image_id": image["id"], "category_id": d["category_id"],
+                 "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
+            )  # fmt: skip
+    annotations.write_text(json.dumps(data))
+    state = {"model": model.state_dict(), "config": config_to_dict(config), "epoch": 1, "step": 1}
+    state["label_map"] = label_map
+    save_checkpoint(root / "run" / "checkpoint_last.pt", state)
+    return root / "run"
+
+
+def evaluate_at(run: Path, batch_size: int, tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / f"eval_b{batch_size}.json"
+    argv = ["evaluate", "--checkpoint", str(run), "--device", "cpu", "--batch-size", str(batch_size)]
+    assert main([*argv, "--output", str(out), *extra]) == 0
+    return json.loads(out.read_text())
+
+
+def test_eval_batches_are_never_padded(run: Path) -> None:
+    state = torch.load(run / "checkpoint_last.pt", weights_only=True)
+    config = override_config(config_from_dict(state["config"]), ["train.eval_batch_size=4"])
+    batches = list(build_loader(build_dataset(config, "val"), config, train=False))
+    assert sum(len(targets) for _, targets in batches) == 7
+    assert all(not batch.mask.any() for batch, _ in batches)  # no padding anywhere
+    assert sorted({tuple(batch.tensors.shape[-2:]) for batch, _ in batches}) == [(64, 64), (64, 96)]
+
+
+def test_ap_does_not_depend_on_batch_size(run: Path, tmp_path: Path) -> None:
+    one, four = evaluate_at(run, 1, tmp_path), evaluate_at(run, 4, tmp_path)
+    assert one["AP"] > 0  # a real ranking is being compared
+    for key in ("AP", "AP50", "AP75", "AR100"):
+        assert one[key] == pytest.approx(four[key], abs=1e-9), key
+    for name, values in one["per_class"].items():
+        assert values == pytest.approx(four["per_class"][name]), name
+
+
+def test_saved_detections_score_the_same_in_pycocotools(run: Path, tmp_path: Path, capsys) -> None:
+    detections = tmp_path / "detections.json"
+    stats = evaluate_at(run, 3, tmp_path, "--save-detections", str(detections))
+    printed = capsys.readouterr().out
+    assert "| class" in printed and "AP50" in printed  # per-class table printed after the summary table
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(stats["data"])
+        coco_eval = COCOeval(gt, gt.loadRes(str(detections)), iouType="bbox")
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    assert coco_eval.stats[0] == pytest.approx(stats["AP"], abs=1e-12)
+    assert coco_eval.stats[1] == pytest.approx(stats["AP50"], abs=1e-12)
+    assert set(stats["per_class"]) == {"red", "green", "blue", "yellow"}
+    curves = np.load(tmp_path / "eval_b3_pr.npz")
+    assert curves["precision"].shape == (10, 101, 4) and list(curves["category_ids"]) == [1, 2, 3, 4]
+
+
+def test_predict_writes_every_good_image_then_fails(run: Path, tmp_path: Path, capsys) -> None:
+    images = sorted((run.parent / "data" / "images").glob("*.png"))[:2]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    argv = ["predict", "--checkpoint", str(run), "--device", "cpu", "--threshold", "0"]
+    assert main([*argv, str(images[0]), str(broken), str(images[1]), "--output", str(tmp_path / "p")]) == 1
+    records = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert [Path(r["image"]).name for r in records] == [images[0].name, images[1].name]
+    assert "broken.jpg" in capsys.readouterr().err
+    assert main([*argv, *map(str, images), "--format", "coco", "--output", str(tmp_path / "c")]) == 0
+    results = json.loads((tmp_path / "c" / "detections_coco.json").read_text())
+    gt = {
+        "images": [{"id": i, "width": 96, "height": 96} for i in (1, 2)],
+        "annotations": [],
+        "categories": [{"id": i} for i in (1, 2, 3, 4)],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = gt
+        coco.createIndex()
+        loaded = coco.loadRes(results)
+    assert len(loaded.getAnnIds()) == len(results) == 20 and {r["image_id"] for r in results} == {1, 2}
