@@ -8,15 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
+from sparse_detector.attention.sites import PointsRecord
 from sparse_detector.cli import main
 from sparse_detector.engine.diagnostics import read_diagnostics
 from sparse_detector.engine.trainer import Trainer
 from sparse_detector.study import analyze_run
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, attention_figure, grey
+from sparse_detector.viz.deformable import references_figure
 from sparse_detector.viz.figure import DPI
 from sparse_detector.viz.kinds import FIGURE_KINDS
 
@@ -96,8 +99,10 @@ def test_every_kind_renders_from_a_trained_run(runs, tmp_path: Path, capsys):
             check_image(path, expected.get(kind))
     names = {p.name for p in (tmp_path / "attention").iterdir()}
     assert names == {"attention_decoder_cross_val_000000_q0.png", "attention_decoder_cross_val_000000_q3.png"}
-    deformable = sorted(p.name for p in (tmp_path / "deformable").iterdir())
+    deformable = sorted(p.name for p in (tmp_path / "deformable").iterdir() if "_references_" not in p.name)
     assert [name.split("_q1_")[1] for name in deformable] == ["layer0.png", "layer1.png"]  # one per decoder layer
+    references = [p.name for p in (tmp_path / "deformable").iterdir() if "_references_" in p.name]
+    assert len(references) == 1 and references[0].endswith("_q1.png")  # one per query, all layers in it
     assert "written:" in capsys.readouterr().out
 
 
@@ -179,3 +184,19 @@ def test_predict_draws_each_detections_attention(runs, tmp_path: Path, capsys):
     assert "attention of each detection" in capsys.readouterr().out
     # one panel per detection: all 6 queries pass threshold 0 -> 6 panels of 1.5 in + 1.2 in for the colour bar
     check_image(tmp_path / "val_000001_attention.png", (round((1.5 * 6 + 1.2) * DPI), round((1.5 + 0.9) * DPI)))
+
+
+def test_references_figure_labels_every_decoder_layer():
+    """One reference point per layer, in layer order, joined by arrows; layers at the same point share a label."""
+
+    def record(x: float, y: float) -> PointsRecord:
+        reference = torch.tensor([x, y]).expand(1, 1, 1, 2)  # (B, Lq, L, 2)
+        weights, locations = torch.ones(1, 1, 1, 1, 1), torch.zeros(1, 1, 1, 1, 1, 2)
+        return PointsRecord(weights, locations, reference, torch.tensor([[4, 4]]), torch.ones(1, 1, 2))
+
+    image = np.random.default_rng(0).random((40, 80, 3))
+    figure = references_figure(image, [record(0.5, 0.5), record(0.5, 0.5), record(0.25, 0.75)], 0, 0)
+    ax = figure.axes[0]
+    labels = [text.get_text() for text in ax.texts]
+    assert labels == ["", "", "0,1", "2"]  # two arrows, then the labels
+    assert [line.get_xydata().tolist() for line in ax.lines] == [[[40.0, 20.0]], [[20.0, 30.0]]]

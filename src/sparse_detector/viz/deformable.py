@@ -35,6 +35,19 @@ def _draw_points(ax, locations: np.ndarray, weights: np.ndarray, width: int, hei
         ax.scatter(x[zero], y[zero], s=sizes[zero], facecolors="none", edgecolors=color, linewidths=1.3)
 
 
+def _reference_pixels(
+    record: PointsRecord, image_index: int, query_index: int, width: int, height: int
+) -> tuple[float, float]:
+    """The query's reference point (first level; its centre for box references) in pixels of the valid image."""
+    x, y = record.reference_points[image_index, query_index, 0, :2].detach().cpu().double().tolist()
+    return x * width, y * height
+
+
+def _draw_boxes(ax, boxes: Sequence[tuple[tuple[float, float, float, float], str]]) -> None:
+    for (x0, y0, x1, y1), color in boxes:
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.5))
+
+
 def sampling_figure(
     image: np.ndarray,
     record: PointsRecord,
@@ -52,7 +65,7 @@ def sampling_figure(
     height, width = image.shape[:2]
     weights = record.weights[image_index, query_index].detach().cpu().double().numpy()  # (heads, L, P)
     locations = record.sampling_locations[image_index, query_index].detach().cpu().double().numpy()
-    reference = record.reference_points[image_index, query_index, 0].detach().cpu().double().numpy()
+    reference = _reference_pixels(record, image_index, query_index, width, height)
     heads, levels = weights.shape[:2]
     columns = min(heads + 1, 5)
     rows = -(-(heads + 1) // columns)
@@ -63,10 +76,9 @@ def sampling_figure(
         ax.imshow(image, extent=(0, width, height, 0))
         for head in selected:
             _draw_points(ax, locations[head], weights[head], width, height)
-        for (x0, y0, x1, y1), color in boxes:
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.5))
-        ax.plot(reference[0] * width, reference[1] * height, marker="x", color="black", markersize=9, mew=2.5)
-        ax.plot(reference[0] * width, reference[1] * height, marker="x", color="white", markersize=7, mew=1.2)
+        _draw_boxes(ax, boxes)
+        ax.plot(*reference, marker="x", color="black", markersize=9, mew=2.5)
+        ax.plot(*reference, marker="x", color="white", markersize=7, mew=1.2)
         zeros = int((weights[list(selected)] == 0).sum())
         ax.set_title(f"{name}" + (f" ({zeros} zero)" if zeros else ""), fontsize=9)
         ax.set_xlim(0, width)
@@ -83,6 +95,48 @@ def sampling_figure(
         Line2D([], [], marker="x", linestyle="", color="black", label="reference point"),
     ]
     figure.legend(handles=legend, loc="outside lower center", ncols=len(legend), fontsize=8, frameon=False)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def references_figure(
+    image: np.ndarray,
+    records: Sequence[PointsRecord],
+    image_index: int,
+    query_index: int,
+    boxes: Sequence[tuple[tuple[float, float, float, float], str]] = (),
+    title: str = "",
+) -> Figure:
+    """The reference point of query ``query_index`` in every decoder layer (``records`` in layer order), joined by
+    arrows from each layer to the next and labelled by layer, over ``image`` with ``boxes`` as in
+    :func:`sampling_figure`."""
+    height, width = image.shape[:2]
+    points = [_reference_pixels(record, image_index, query_index, width, height) for record in records]
+    figure = Figure(figsize=(5, 5 * height / width + 0.6), layout="constrained")
+    ax = figure.subplots()
+    ax.imshow(image, extent=(0, width, height, 0))
+    _draw_boxes(ax, boxes)
+    for start, end in zip(points[:-1], points[1:], strict=True):
+        ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "color": "yellow", "lw": 1.5})
+    labels: dict[tuple[float, float], list[str]] = {}  # layers whose points coincide (no box refinement) share one
+    for layer, point in enumerate(points):
+        labels.setdefault((round(point[0], 1), round(point[1], 1)), []).append(str(layer))
+    for (x, y), layers in labels.items():
+        ax.plot(x, y, marker="o", color="black", markersize=7, markeredgecolor="white")
+        ax.annotate(
+            ",".join(layers),
+            (x, y),
+            xytext=(5, 5),
+            textcoords="offset points",
+            color="white",
+            fontsize=9,
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": "black", "alpha": 0.6, "linewidth": 0},
+        )
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_axis_off()
+    ax.set_title("reference point per decoder layer (layer number beside it)", fontsize=9)
     if title:
         figure.suptitle(title, fontsize=10)
     return figure

@@ -36,7 +36,7 @@ from .alpha import alpha_figure
 from .attention import AttentionPanel, attention_figure, attention_panels_figure
 from .curves import curves_figure
 from .data import Sample, data_figure
-from .deformable import sampling_figure
+from .deformable import references_figure, sampling_figure
 from .diagnostics import diagnostics_figure
 from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, cxcywh_to_pixels, display_image, save_figure
 from .matching import matching_figure
@@ -302,6 +302,10 @@ def deformable_kind(request: VisualizeRequest) -> list[Path]:
                 figure = sampling_figure(item.picture, record, 0, q, boxes, title)
                 name = f"deformable_{site}_{item.name}_q{q}_layer{layer}"
                 written.append(save_figure(figure, request.output / name, request.fmt))
+            title = f"{run_label(request.runs[0])}: {site}, {item.name}, {predictions[q].text}"
+            figure = references_figure(item.picture, outputs.attention[site], 0, q, boxes, title)
+            name = f"deformable_references_{site}_{item.name}_q{q}"
+            written.append(save_figure(figure, request.output / name, request.fmt))
     return written
 
 
