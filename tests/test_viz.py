@@ -200,3 +200,15 @@ def test_references_figure_labels_every_decoder_layer():
     labels = [text.get_text() for text in ax.texts]
     assert labels == ["", "", "0,1", "2"]  # two arrows, then the labels
     assert [line.get_xydata().tolist() for line in ax.lines] == [[[40.0, 20.0]], [[20.0, 30.0]]]
+
+
+def test_deformable_pixels_draw_the_encoder_sampling(runs, tmp_path: Path):
+    """``--pixels``: per pixel and encoder layer, the sampling points of the grid cell containing the pixel."""
+    args = [str(runs["deformable"]), "--queries", "1", "--pixels", "40,50", "1,1", "--num-images", "1"]
+    assert main(["visualize", "deformable", *args, "--output", str(tmp_path)]) == 0
+    encoder = sorted(p for p in tmp_path.iterdir() if "_encoder_" in p.name)
+    for path in encoder:
+        check_image(path)
+    names = [p.name.split("_", 3)[3] for p in encoder]  # <image>_r<row>c<column>_layer<layer>.png
+    assert len(names) == 2 and all(n.endswith("_layer0.png") for n in names)  # two pixels x one encoder layer
+    assert any("_r0c0_" in n for n in names), names  # the top-left pixel is in the top-left cell

@@ -783,7 +783,7 @@ def add_visualize_command(commands: Subparsers) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="attention: minimum score of a drawn query")
     parser.add_argument("--max-queries", type=int, default=0, help="attention: at most this many, best first (0: all)")
     parser.add_argument(
-        "--pixels", type=_pixel, nargs="+", metavar="X,Y", help="encoder: query pixels (image coordinates)"
+        "--pixels", type=_pixel, nargs="+", metavar="X,Y", help="encoder, deformable: query pixels (image coordinates)"
     )
     parser.add_argument("--site", help="attention site to draw (default: the model's site for the kind)")
     parser.add_argument("--official", action="store_true", help="RUN is an official DETR checkpoint")

@@ -289,10 +289,12 @@ def deformable_kind(request: VisualizeRequest) -> list[Path]:
     site = request.site or (candidates[0] if candidates else None)
     if site not in candidates:
         raise ValueError(f"deformable figures draw sites of object queries over sampling points: {candidates}")
+    encoder = _encoder_points_site(sites) if request.pixels else None
     written = []
     for item in load_images(loaded.config, request):
+        recorded = [site] + ([encoder] if encoder else [])
         with torch.no_grad():
-            outputs, _ = record_attention(loaded.model.to(device).eval(), [item.tensor.to(device)], sites=[site])
+            outputs, _ = record_attention(loaded.model.to(device).eval(), [item.tensor.to(device)], sites=recorded)
         scores, _ = _scores_labels(outputs, loaded.model)
         predictions, truth = _prediction_boxes(outputs, item, loaded), _truth_boxes(item, loaded.label_map)
         for q in _chosen_queries(request, scores):
@@ -305,6 +307,37 @@ def deformable_kind(request: VisualizeRequest) -> list[Path]:
             title = f"{run_label(request.runs[0])}: {site}, {item.name}, {predictions[q].text}"
             figure = references_figure(item.picture, outputs.attention[site], 0, q, boxes, title)
             name = f"deformable_references_{site}_{item.name}_q{q}"
+            written.append(save_figure(figure, request.output / name, request.fmt))
+        if encoder:
+            written += _encoder_sampling(request, encoder, outputs.attention[encoder], item, truth)
+    return written
+
+
+def _encoder_points_site(sites: dict) -> str:
+    """The model's site whose queries are grid cells and whose keys are sampling points (the encoder's)."""
+    candidates = [s.name for s in sites.values() if s.keys == "points" and s.queries == "grid"]
+    if not candidates:
+        raise ValueError(f"--pixels draws a site of grid cells over sampling points; the model's sites: {list(sites)}")
+    return candidates[0]
+
+
+def _encoder_sampling(
+    request: VisualizeRequest, site: str, records: Sequence, item: ImageItem, truth: list[LabelledBox]
+) -> list[Path]:
+    """Per requested pixel and layer: the sampling points of the first feature level's grid cell containing it."""
+    (height, width), (ratio_w, ratio_h) = records[0].level_shapes[0].tolist(), records[0].valid_ratios[0, 0].tolist()
+    valid_h, valid_w = max(round(ratio_h * height), 1), max(round(ratio_w * width), 1)
+    orig_h, orig_w = item.orig_size
+    boxes = [(b.box, TRUTH_COLOR) for b in truth]
+    written = []
+    for x, y in request.pixels:
+        row, column = min(int(y / orig_h * valid_h), valid_h - 1), min(int(x / orig_w * valid_w), valid_w - 1)
+        for layer, record in enumerate(records):
+            title = (
+                f"{run_label(request.runs[0])}: {site} layer {layer}, {item.name}, cell (row {row}, column {column})"
+            )
+            figure = sampling_figure(item.picture, record, 0, row * width + column, boxes, title)
+            name = f"deformable_{site}_{item.name}_r{row}c{column}_layer{layer}"
             written.append(save_figure(figure, request.output / name, request.fmt))
     return written
 
