@@ -142,3 +142,42 @@ def test_predict_writes_every_good_image_then_fails(run: Path, tmp_path: Path, c
         coco.createIndex()
         loaded = coco.loadRes(results)
     assert len(loaded.getAnnIds()) == len(results) == 20 and {r["image_id"] for r in results} == {1, 2}
+
+
+def test_predict_with_image_ids_scores_like_evaluate(run: Path, tmp_path: Path, capsys) -> None:
+    stats = evaluate_at(run, 2, tmp_path)
+    gt_file = Path(stats["data"])
+    images = sorted((run.parent / "data" / "images").glob("*.png"))
+    argv = ["predict", "--checkpoint", str(run), "--device", "cpu", "--threshold", "0", "--format", "coco"]
+    out = tmp_path / "ids"
+    assert main([*argv, *map(str, images), "--image-ids", str(gt_file), "--output", str(out)]) == 0
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_file))
+        coco_eval = COCOeval(gt, gt.loadRes(str(out / "detections_coco.json")), iouType="bbox")
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    assert coco_eval.stats[0] == pytest.approx(stats["AP"], abs=1e-6)
+    assert coco_eval.stats[1] == pytest.approx(stats["AP50"], abs=1e-6)
+    stray = tmp_path / "stray.png"
+    Image.new("RGB", (32, 32)).save(stray)
+    assert main([*argv, str(images[0]), str(stray), "--image-ids", str(gt_file), "--output", str(out)]) == 2
+    assert "stray.png (no entry)" in capsys.readouterr().err
+
+
+def test_image_ids_match_by_path_then_unique_name(tmp_path: Path) -> None:
+    from sparse_detector.data.coco import DatasetError
+    from sparse_detector.engine.inference import coco_image_ids
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    gt = tmp_path / "gt.json"
+    entries = [{"id": 7, "file_name": "a/x.jpg"}, {"id": 9, "file_name": "b/x.jpg"}, {"id": 3, "file_name": "b/y.jpg"}]
+    gt.write_text(json.dumps({"images": entries}))
+    assert coco_image_ids(gt, [tmp_path / "b" / "x.jpg", tmp_path / "a" / "x.jpg"]) == {
+        tmp_path / "b" / "x.jpg": 9,
+        tmp_path / "a" / "x.jpg": 7,
+    }
+    assert coco_image_ids(gt, [Path("elsewhere/y.jpg")]) == {Path("elsewhere/y.jpg"): 3}
+    with pytest.raises(DatasetError, match="several entries share its name"):
+        coco_image_ids(gt, [Path("elsewhere/x.jpg")])

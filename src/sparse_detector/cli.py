@@ -467,6 +467,12 @@ def add_predict_command(commands: Subparsers) -> None:
         default="json",
         help="json: predictions.json per image; coco: detections_coco.json in the COCO results format",
     )
+    parser.add_argument(
+        "--image-ids",
+        metavar="COCO.json",
+        help="with --format coco: take each image's id from this COCO file (matched by file), so the results "
+        "score against its ground truth; default: the position in the input list",
+    )
     parser.add_argument("--attention", action="store_true", help="also draw each detection's head-averaged attention")
 
 
@@ -497,6 +503,7 @@ def _predict(args: argparse.Namespace) -> int:
         args.device,
         output_format=args.format,
         after_image=draw_attention,
+        image_ids=args.image_ids,
     )
     for record in result.records:
         print(f"{record['image']}: {len(record['detections'])} detections -> {record.get('picture', '')}")

@@ -22,6 +22,7 @@ from ..analysis import AttentionMaps, record_attention
 from ..config import Config, config_from_dict, override_config
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset
+from ..data.coco import DatasetError, load_json
 from ..data.labels import LabelMap
 from ..data.transforms import make_transforms
 from ..models import DetectionOutput, build_model
@@ -114,6 +115,39 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def coco_image_ids(annotation_file: str | Path, files: Sequence[Path]) -> dict[Path, int]:
+    """The id each of ``files`` has in a COCO JSON, so that predictions score against that file's ground truth.
+
+    A file matches the image entry whose ``file_name`` (relative to the JSON's folder, or absolute) is the same
+    file, or else the one entry with the same file name; an input with no match is an error naming it.
+    """
+    annotation_file = Path(annotation_file)
+    entries = load_json(annotation_file).get("images", [])
+    by_path: dict[Path, int] = {}
+    by_name: dict[str, list[int]] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or "id" not in entry or "file_name" not in entry:
+            raise DatasetError(f"{annotation_file}: image entry {entry!r} lacks an id or a file_name")
+        path = annotation_file.parent / str(entry["file_name"])
+        by_path[path.resolve()] = entry["id"]
+        by_name.setdefault(path.name, []).append(entry["id"])
+    ids: dict[Path, int] = {}
+    unmatched: list[str] = []
+    for file in files:
+        if (image_id := by_path.get(file.resolve())) is not None:
+            ids[file] = image_id
+        elif len(candidates := by_name.get(file.name, [])) == 1:
+            ids[file] = candidates[0]
+        else:
+            unmatched.append(f"{file} ({'several entries share its name' if candidates else 'no entry'})")
+    if unmatched:
+        raise DatasetError(
+            f"{len(unmatched)} input image(s) have no single image entry in {annotation_file}: {unmatched[:5]}; "
+            "predict only images the file lists, or leave out --image-ids to number them by position"
+        )
+    return ids
+
+
 @dataclass
 class Predictions:
     """What :func:`predict_images` wrote: one record per readable image, and the files it could not read."""
@@ -133,15 +167,17 @@ def predict_images(
     output_format: str = "json",
     pictures: bool = True,
     after_image: Callable[[Path, Tensor, list[int]], Path | None] | None = None,
+    image_ids: str | Path | None = None,
 ) -> Predictions:
     """Detect objects in image files; write ``<stem>_pred.png`` pictures and the detections of every readable
     image, even when some cannot be read (those are listed in ``failed``).
 
     ``output_format="json"``: ``predictions.json``, one record per image (file, size, detections with label,
     category id and name, score, absolute xyxy box). ``"coco"``: ``detections_coco.json`` in the COCO results
-    format (``image_id`` = position of the image in the input list, from 1; ``file_name`` added), which
-    ``COCO.loadRes`` reads. ``after_image(path, model_input, kept_queries)``, if given, runs after each image (e.g.
-    to draw the kept queries' attention); the file it returns is recorded as the image's ``"attention"``.
+    format (``file_name`` added), which ``COCO.loadRes`` reads; ``image_id`` is the image's id in the COCO JSON
+    ``image_ids`` names (see :func:`coco_image_ids`), or else its position in the input list, from 1.
+    ``after_image(path, model_input, kept_queries)``, if given, runs after each image (e.g. to draw the kept
+    queries' attention); the file it returns is recorded as the image's ``"attention"``.
     """
     from ..viz.boxes import draw_boxes
 
@@ -155,9 +191,11 @@ def predict_images(
     labels_map = loaded.label_map
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    files = image_files(inputs)
+    ids = coco_image_ids(image_ids, files) if image_ids is not None else {f: i for i, f in enumerate(files, 1)}
     result = Predictions()
     coco_results: list[dict[str, Any]] = []
-    for image_id, path in enumerate(image_files(inputs), start=1):
+    for path in files:
         try:
             with Image.open(path) as file:
                 image = file.convert("RGB")
@@ -183,7 +221,7 @@ def predict_images(
         ]
         coco_results += [
             {
-                "image_id": image_id,
+                "image_id": ids[path],
                 "file_name": str(path),
                 "category_id": d["category_id"],
                 "bbox": [x0, y0, x1 - x0, y1 - y0],
