@@ -67,6 +67,27 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(shapes, tmp_path: Pat
     assert steps == list(range(1, 25))  # the interrupted epoch's step records are neither lost nor repeated
 
 
+def test_sigterm_to_the_process_group_spares_the_loader_workers(shapes, tmp_path: Path):
+    """A scheduler signals every process of the job: with DataLoader workers the run still finishes its step,
+    writes a checkpoint and exits 0 (a worker killed by the signal used to end it with an error instead)."""
+    settings = ["train.epochs=1", "train.batch_size=1", "data.num_workers=1", "train.eval_every=100"]
+    argv = ["train", "--no-progress", "--output-dir", str(tmp_path / "run"), "--set", *shapes_overrides(shapes)]
+    command = [sys.executable, "-m", "sparse_detector", *argv, *settings]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and '"type": "train"' in metrics.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0].decode()
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGTERM)
+    output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 0 and "stopped by SIGTERM" in output, output
+    assert verify_checkpoint(tmp_path / "run" / "checkpoint_last.pt") is None
+
+
 def test_second_signal_stops_at_once(shapes, tmp_path: Path):
     trainer = Trainer(shapes_config(shapes, "train.epochs=1", *FAST), tmp_path / "run", progress=False)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -66,6 +67,14 @@ def absolute_data_paths(config: Config) -> Config:
     return dataclasses.replace(config, data=dataclasses.replace(data, **splits))
 
 
+def _leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM / SIGINT: a scheduler (``scancel``, a preemption) or Ctrl-C signals the
+    whole process group, and a worker killed by it would end the run before the main process has finished its step
+    and written the checkpoint; the main process shuts its workers down itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_loader(
     dataset: CocoDetection,
     config: Config,
@@ -85,6 +94,7 @@ def build_loader(
         "collate_fn": collate_detection,
         "num_workers": workers,
         "persistent_workers": False,
+        "worker_init_fn": _leave_stop_signals_to_the_main_process if workers else None,
         "pin_memory": torch.cuda.is_available(),
     }
     if batch_sampler is None and not train:
