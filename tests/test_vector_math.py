@@ -63,3 +63,28 @@ def test_log_within_two_ulps_over_its_range() -> None:
     assert ours[reference == 0.0].tolist() == [0.0] * int((reference == 0.0).sum())
     below = _log(np.array([0.0, 5e-324, 1e-310]))  # zero and subnormals give the log of the smallest normal
     assert (below == vector_math.LOG_MIN).all()
+
+
+def _f32_ulps(ours: np.ndarray, reference: np.ndarray) -> float:
+    """Error in float32 ulps of the float64 ``reference``."""
+    return float((np.abs(ours - reference) / np.spacing(np.abs(reference).astype(np.float32))).max())
+
+
+def test_float32_exp_and_log_within_two_ulps() -> None:
+    rng = np.random.default_rng(2)
+    x = np.concatenate(
+        [rng.uniform(-87.0, 88.0, 200_000), rng.uniform(-1.0, 1.0, 100_000), np.arange(-87.0, 89.0)]
+    ).astype(np.float32)
+    assert _exp(x).dtype == np.float32
+    assert _f32_ulps(_exp(x), np.exp(x.astype(np.float64))) <= 2.0
+    special = _exp(np.array([-np.inf, -88.0, 89.0, np.inf, np.nan], dtype=np.float32))
+    assert special[:2].tolist() == [0.0, 0.0] and special[2:4].tolist() == [np.inf, np.inf] and np.isnan(special[4])
+    y = np.concatenate(
+        [np.exp(rng.uniform(-87.0, 88.0, 200_000)), rng.uniform(0.5, 2.0, 100_000), 1.0 + rng.uniform(-1e-6, 1e-6, 100)]
+    ).astype(np.float32)
+    reference = np.log(y.astype(np.float64))
+    ours = _log(y)
+    assert ours.dtype == np.float32
+    nonzero = reference != 0.0
+    assert _f32_ulps(ours[nonzero], reference[nonzero]) <= 2.0
+    assert (ours[~nonzero] == 0.0).all()

@@ -1,4 +1,4 @@
-"""α-entmax forward and backward on the CPU: compiled loops per row (numba), exact, in float64 arithmetic.
+"""α-entmax forward and backward on the CPU: compiled loops per row (numba), exact to the precision of the input.
 
 Written by hand because no maintained library has a fast exact entmax: the ``entmax`` library sorts full rows or
 bisects, and PyTorch on the CPU pays a pass over memory and an op dispatch per elementary step, so that the
@@ -18,6 +18,11 @@ per row by its α (a float, or one value per row of an α tensor):
 
 The equations are convex and decreasing in τ, so lower bounds of the root only rise: entries at or below one
 never return to the support, and once fewer than half of the candidates are left above it they are compacted.
+
+The arithmetic per entry runs in the input's dtype (float32: 16 SIMD lanes, its exp/log to ~1 ulp; float64: 8),
+the per-row scalars (τ, its bounds, the steps) in float64; the stopping rules are the dtype's (TOLERANCES). float32
+outputs are within ~6e-7 of the exact map, float64 ones within ~1e-12 (1e-9 for α > 1.5): both are tested against
+the ``entmax`` library in float64.
 
 The backward pass is closed form, per row, in two passes: s = p^{2−α} on the support with v = ⟨s,g⟩/Σs and the
 sums of dL/dα = q·Σ p(q − log p)(g − v) (see :mod:`.functional`), then dz = s⊙(g − v).
@@ -40,15 +45,18 @@ from . import vector_math
 
 # Newton stops once a step is below this (the next step's error is ~its square), iterations are capped.
 SETTLE = 1e-9
-# α-entmax with q = 1/(α−1) ≥ 2 stops once q·step is below FINISH, or below HALLEY_FINISH after a Halley step with
-# q ≥ 3 (see _general_solve).
-FINISH = 1e-6
-HALLEY_FINISH = 1e-4
+# The general α's stopping rules per dtype (see _general_solve): (step below which it stops for q < 2, q·step below
+# which it stops for q ≥ 2, q·step below which it stops after a Halley step for q ≥ 3). float32's are what its
+# arithmetic resolves (τ to ~1e-7), with errors in p below 1e-6; float64's below 1e-12 (1e-9 for q < 2).
+TOLERANCES = {torch.float64: (SETTLE, 1e-6, 1e-4), torch.float32: (5e-7, 1e-4, 2e-3)}
 MAX_ITERS = 100
 # α from which the general solve starts at τ = −1 rather than at softmax's normaliser.
 SOFTMAX_START_BELOW = 1.25
-# A log far below any float64's, for 0: every positive power of it is 0.
-NEVER = -1e300
+# A log far below any float's, for 0 (e^{e·NEVER} = 0 for e ≥ 1e-6), and a floor of the logs of positive floats.
+LOG_FLOOR = vector_math.LOG_MIN
+# Softmax's start clamps z − max z at this (e^SOFTMAX_FLOOR is negligible; −inf would give NaN moments).
+SOFTMAX_FLOOR = -80.0
+NEVER = -1e30
 # Row chunks per thread: small enough to even out rows of different cost.
 CHUNKS_PER_THREAD = 8
 
@@ -60,8 +68,8 @@ kernel = functools.partial(
 
 @kernel
 def _log_or_never(d: float) -> float:
-    """ln d for d > 0, else NEVER: exp(e·NEVER) = 0 = 0^e for any exponent e > 0 (also for tiny ones)."""
-    return vector_math.log(d) if d > 0.0 else NEVER
+    """ln d for d > 0, else NEVER (in d's dtype): exp(e·NEVER) = 0 = 0^e for any exponent e ≥ 1e-6."""
+    return vector_math.log(d) if d > 0.0 else vector_math.cast_like(NEVER, d)
 
 
 # The loops below load each entry once and use max/min and masks rather than conditional expressions over array
@@ -71,6 +79,7 @@ def _log_or_never(d: float) -> float:
 @kernel
 def _load(z: np.ndarray, top: float, scale: float, idx: np.ndarray, val: np.ndarray) -> int:
     """val = X = scale·(z − top) and idx = position, for the whole row; returns the count of candidates X > −1."""
+    scale = vector_math.cast_like(scale, top)
     count = 0.0
     for i in range(z.shape[0]):
         x = scale * (z[i] - top)
@@ -193,19 +202,21 @@ def _softmax_start(val: np.ndarray, k: int, alpha: float) -> float:
 
     (From Σ (1 + ε(y − t'))^{1/ε} = Σ e^{(y − t') − ε(y − t')²/2 + O(ε²)} = 1.)
     """
-    q = 1.0 / (alpha - 1.0)
-    total = 0.0
-    first = 0.0
-    second = 0.0
+    like = val[0]  # the dtype of the per-entry arithmetic and its sums
+    q = vector_math.cast_like(1.0 / (alpha - 1.0), like)
+    floor = vector_math.cast_like(SOFTMAX_FLOOR, like)
+    total = vector_math.cast_like(0.0, like)
+    first = vector_math.cast_like(0.0, like)
+    second = vector_math.cast_like(0.0, like)
     for j in range(k):
-        y = max(q * val[j], vector_math.EXP_LOW)  # no −inf (a padded key): its weight is 0 anyway
+        y = max(q * val[j], floor)  # no −inf (a padded key): its weight is ~0 anyway
         weight = vector_math.exp(y)
         total += weight
         first += weight * y
         second += weight * y * y
     t = math.log(total)
-    mean = first / total
-    variance = max(second / total - 2.0 * t * mean + t * t, 0.0)
+    mean = first / numba.float64(total)
+    variance = max(second / numba.float64(total) - 2.0 * t * mean + t * t, 0.0)
     return -1.0 + (alpha - 1.0) * (t - 0.5 * (alpha - 1.0) * variance)
 
 
@@ -213,19 +224,20 @@ def _softmax_start(val: np.ndarray, k: int, alpha: float) -> float:
 def _powers(val: np.ndarray, work: np.ndarray, k: int, tau: float, exponent: float) -> tuple[int, float, float, float]:
     """work = P = d^exponent for d = [X − τ]₊ over val[:k] (0 where d = 0), in one pass with its sums:
     (count of d > 0, Σ P, Σ P·d, Σ P·d²)."""
-    count = 0.0
-    total = 0.0
-    moment = 0.0
-    second = 0.0
+    like = val[0]  # the dtype of the per-entry arithmetic and its sums
+    tau = vector_math.cast_like(tau, like)
+    exponent = vector_math.cast_like(exponent, like)
+    zero = vector_math.cast_like(0.0, like)
+    count, total, moment, second = zero, zero, zero, zero
     for j in range(k):
-        d = max(val[j] - tau, 0.0)  # also for X = −inf (a padded key)
+        d = max(val[j] - tau, zero)  # also for X = −inf (a padded key)
         power = vector_math.exp(exponent * _log_or_never(d))
         work[j] = power
         count += d > 0.0
         total += power
         moment += power * d
         second += power * d * d
-    return int(count), total, moment, second
+    return int(count), numba.float64(total), numba.float64(moment), numba.float64(second)
 
 
 @kernel
@@ -243,7 +255,9 @@ def _taylor(val: np.ndarray, work: np.ndarray, k: int, tau: float, step: float, 
 
 
 @kernel
-def _general_solve(idx: np.ndarray, val: np.ndarray, work: np.ndarray, k: int, alpha: float) -> int:
+def _general_solve(
+    idx: np.ndarray, val: np.ndarray, work: np.ndarray, k: int, alpha: float, tolerance: tuple[float, float, float]
+) -> int:
     """p of the k candidates for any 1 < α < 2 but 1.5 (into ``work``); returns the count of candidates kept.
 
     The start: for α < SOFTMAX_START_BELOW the root to second order in α − 1 from softmax's moments (see
@@ -254,13 +268,13 @@ def _general_solve(idx: np.ndarray, val: np.ndarray, work: np.ndarray, k: int, a
     between the best lower and upper bounds of the root found so far, else Newton's on ‖d‖_q = 1, whose iterate
     is a lower bound from any τ (the norm is convex and decreasing in τ). Once a step is small enough it is applied
     to p from the powers of the last pass: after a Halley step (error ~step³) with q ≥ 3 and q·step ≤
-    HALLEY_FINISH, to second order, P·(d² − q·step·d + q(q−1)/2·step²), error ≲ (q·step)³/6 ≤ 2e-13; else to
-    first order, error ≲ (q·step)²/2 ≤ 5e-13 with q·step ≤ FINISH (q ≥ 2), or the step below SETTLE (q < 2).
-    p is then renormalised.
+    ``tolerance[2]``, to second order, P·(d² − q·step·d + q(q−1)/2·step²), error ≲ (q·step)³/6; else to first
+    order, error ≲ (q·step)²/2 with q·step ≤ ``tolerance[1]`` (q ≥ 2), or |step| ≤ ``tolerance[0]`` (q < 2): see
+    TOLERANCES. p is then renormalised. The passes run in the dtype of ``val``, their sums too.
     """
     q = 1.0 / (alpha - 1.0)
     order = 2 if q >= 2.0 else 1
-    settle = FINISH / q if q >= 2.0 else SETTLE
+    settle = tolerance[1] / q if q >= 2.0 else tolerance[0]
     cap = -math.exp(-(alpha - 1.0) * math.log(k))  # the root of k equal entries, above the row's
     lower = -1.0  # p ≤ 1 on the support, and max X = 0
     upper = cap
@@ -287,7 +301,7 @@ def _general_solve(idx: np.ndarray, val: np.ndarray, work: np.ndarray, k: int, a
             halley = -2.0 * g * slope / (2.0 * slope * slope - g * curvature)
             if lower < tau + halley < upper:
                 step = halley
-                finish = HALLEY_FINISH / q if q >= 3.0 else settle
+                finish = tolerance[2] / q if q >= 3.0 else settle
         if abs(step) <= finish:
             break
         tau += step
@@ -308,8 +322,10 @@ def _forward_row(
     idx: np.ndarray,
     val: np.ndarray,
     work: np.ndarray,
+    tolerance: tuple[float, float, float],
 ) -> None:
-    """p of one row with maximum ``top`` into ``out``; ``idx``, ``val`` and ``work`` are scratch of its length."""
+    """p of one row with maximum ``top`` into ``out``; ``idx``, ``val`` and ``work`` are scratch of its length (in
+    the dtype of ``z``, that of the arithmetic per entry); ``tolerance`` is that dtype's (see TOLERANCES)."""
     n = z.shape[0]
     not_finite = not top < math.inf  # a NaN (the maximum propagates it) or +inf score
     if not_finite or top == -math.inf:
@@ -326,7 +342,7 @@ def _forward_row(
     elif alpha == 1.5:
         k = _entmax15_solve(idx, val, work, k)
     else:
-        k = _general_solve(idx, val, work, k, alpha)
+        k = _general_solve(idx, val, work, k, alpha, tolerance)
     if k == n:  # never compacted: idx is the identity
         for i in range(n):
             out[i] = work[i]
@@ -357,19 +373,23 @@ def _support_weights(p: np.ndarray, g: np.ndarray, alpha: float, s: np.ndarray) 
             sg += weight * g[i]
             s_total += weight
     else:
-        exponent = 2.0 - alpha
-        q = 1.0 / (alpha - 1.0)
+        like = p[0]  # the dtype of the per-entry arithmetic and its sums
+        exponent = vector_math.cast_like(2.0 - alpha, like)
+        q = vector_math.cast_like(1.0 / (alpha - 1.0), like)
+        log_min = vector_math.cast_like(LOG_FLOOR, like)
+        zero = vector_math.cast_like(0.0, like)
+        sg, s_total, wg, w_total = zero, zero, zero, zero
         for i in range(p.shape[0]):
-            pi = numba.float64(p[i])
+            pi = p[i]
             log_p = _log_or_never(pi)
             weight = vector_math.exp(exponent * log_p)
-            w = pi * (q - max(log_p, vector_math.LOG_MIN))  # 0 for p = 0
+            w = pi * (q - max(log_p, log_min))  # 0 for p = 0
             s[i] = weight
             sg += weight * g[i]
             s_total += weight
             wg += w * g[i]
             w_total += w
-    return sg, s_total, wg, w_total
+    return numba.float64(sg), numba.float64(s_total), numba.float64(wg), numba.float64(w_total)
 
 
 @kernel
@@ -379,7 +399,7 @@ def _entropic_sums(p: np.ndarray, g: np.ndarray, q: float) -> tuple[float, float
     w_total = 0.0
     for i in range(p.shape[0]):
         pi = numba.float64(p[i])
-        w = pi * (q - vector_math.log(pi))  # 0 for p = 0 (the log of 0 is finite)
+        w = pi * (q - vector_math.log(pi))  # 0 for p = 0 (the log of 0 is finite: LOG_FLOOR)
         wg += w * g[i]
         w_total += w
     return wg, w_total
@@ -416,15 +436,22 @@ def row_of(array: np.ndarray, r: int) -> np.ndarray | float:
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _forward(z: np.ndarray, top: np.ndarray, alpha: np.ndarray, out: np.ndarray, chunks: int) -> None:
+def _forward(
+    z: np.ndarray,
+    top: np.ndarray,
+    alpha: np.ndarray,
+    out: np.ndarray,
+    chunks: int,
+    tolerance: tuple[float, float, float],
+) -> None:
     rows, n = z.shape
     for c in numba.prange(chunks):
         idx = np.empty(n, np.int64)
-        val = np.empty(n, np.float64)
-        work = np.empty(n, np.float64)
+        val = np.empty(n, z.dtype)
+        work = np.empty(n, z.dtype)
         start, stop = chunk(c, rows, chunks)
         for r in range(start, stop):
-            _forward_row(z[r], top[r], row_of(alpha, r), out[r], idx, val, work)
+            _forward_row(z[r], top[r], row_of(alpha, r), out[r], idx, val, work, tolerance)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -439,7 +466,7 @@ def _backward(
 ) -> None:
     rows, n = p.shape
     for c in numba.prange(chunks):
-        s = np.empty(n, np.float64)
+        s = np.empty(n, p.dtype)
         start, stop = chunk(c, rows, chunks)
         for r in range(start, stop):
             d_alpha[r] = _backward_row(p[r], g[r], row_of(alpha, r), with_alpha, dz[r], s)
@@ -464,7 +491,8 @@ def forward(z: Tensor, alpha: float | Tensor) -> Tensor:
     out = torch.empty_like(z)
     if z.numel():
         top = z.amax(1).numpy()  # vectorised (and NaN-propagating), unlike a loop
-        _forward(z.numpy(), top, _alpha_array(alpha), out.numpy(), threads_and_chunks(z.shape[0]))
+        chunks = threads_and_chunks(z.shape[0])
+        _forward(z.numpy(), top, _alpha_array(alpha), out.numpy(), chunks, TOLERANCES[z.dtype])
     return out
 
 
