@@ -114,13 +114,12 @@ def _linear(val: np.ndarray, k: int, tau: float) -> tuple[int, float]:
 
 
 @kernel
-def _sparsemax_threshold(idx: np.ndarray, val: np.ndarray, k: int) -> tuple[int, float]:
-    """Michelot's iteration from τ = −1: τ ← τ + (Σ_S (X − τ) − 1)/|S| = (Σ_S X − 1)/|S| on the entries S above τ,
-    until S stops changing; τ is then the closed form on a support consistent with it, i.e. exact.
+def _sparsemax_threshold(idx: np.ndarray, val: np.ndarray, k: int, tau: float, compact: bool) -> tuple[int, float]:
+    """Michelot's iteration from a lower bound τ: τ ← τ + (Σ_S (X − τ) − 1)/|S| = (Σ_S X − 1)/|S| on the entries S
+    above τ, until S stops changing; τ is then the closed form on a support consistent with it, i.e. exact.
 
-    Returns (candidates kept, τ).
+    Returns (candidates kept, τ); with ``compact``, candidates at or below the iterates are dropped on the way.
     """
-    tau = -1.0
     count = -1
     for _ in range(MAX_ITERS):
         new_count, total = _linear(val, k, tau)
@@ -128,7 +127,7 @@ def _sparsemax_threshold(idx: np.ndarray, val: np.ndarray, k: int) -> tuple[int,
             break
         count = new_count
         tau += (total - 1.0) / count
-        if 2 * count < k:
+        if compact and 2 * count < k:
             k = _compact(idx, val, k, tau)
     return k, tau
 
@@ -162,13 +161,10 @@ def _entmax15_probabilities(val: np.ndarray, p: np.ndarray, k: int, tau: float, 
 
 
 @kernel
-def _entmax15_solve(idx: np.ndarray, val: np.ndarray, p: np.ndarray, k: int) -> int:
-    """p of the k candidates for α = 1.5 (into ``p``); returns the count of candidates kept.
+def _entmax15_threshold(idx: np.ndarray, val: np.ndarray, k: int) -> tuple[int, float, float, int, float, float]:
+    """Newton on ‖[X − τ]₊‖₂ = 1 from τ = −1 until a step is below SETTLE, dropping candidates at or below τ.
 
-    Newton on ‖[X − τ]₊‖₂ = 1 from τ = −1 until a step is below SETTLE, then the closed form on the support S
-    found: the smaller root t of Σ_S (d − t)² = 1 for d = X − τ, t = mean − √((1 − Σ d² + (Σ d)²/|S|)/|S|) (near
-    the root Σ d² ≈ 1: no cancellation), kept when consistent with S (no entry of S at or below t); else τ + step,
-    and p renormalised.
+    Returns (candidates kept, τ, the last step, and the count, Σ d and Σ d² at τ).
     """
     tau = -1.0
     step = 0.0
@@ -182,6 +178,19 @@ def _entmax15_solve(idx: np.ndarray, val: np.ndarray, p: np.ndarray, k: int) -> 
         tau += step
         if 2 * count < k:
             k = _compact(idx, val, k, tau)
+    return k, tau, step, count, linear, square
+
+
+@kernel
+def _entmax15_solve(idx: np.ndarray, val: np.ndarray, p: np.ndarray, k: int) -> int:
+    """p of the k candidates for α = 1.5 (into ``p``); returns the count of candidates kept.
+
+    Newton on ‖[X − τ]₊‖₂ = 1 from τ = −1 until a step is below SETTLE, then the closed form on the support S
+    found: the smaller root t of Σ_S (d − t)² = 1 for d = X − τ, t = mean − √((1 − Σ d² + (Σ d)²/|S|)/|S|) (near
+    the root Σ d² ≈ 1: no cancellation), kept when consistent with S (no entry of S at or below t); else τ + step,
+    and p renormalised.
+    """
+    k, tau, step, count, linear, square = _entmax15_threshold(idx, val, k)
     mean = linear / count
     delta = (1.0 - square + linear * mean) / count
     if delta >= 0.0:
@@ -262,7 +271,9 @@ def _general_solve(
 
     The start: for α < SOFTMAX_START_BELOW the root to second order in α − 1 from softmax's moments (see
     :func:`_softmax_start`), capped at −k^{−(α−1)} (the root of k equal entries, above the row's) so that the
-    support is not empty; else τ = −1 (a lower bound: p ≤ 1 and max X = 0). Each pass computes
+    support is not empty; for q < 2 (α > 1.5) the roots τ₂ ≤ τ_q ≤ τ₁ of the integer orders 2 and 1 (d² ≤ d^q ≤ d
+    on [0, 1]; exact, cheap passes without exp/log) bracket the root, and τ₁ + (τ₂ − τ₁)(q − 1) starts; else
+    τ = −1 (a lower bound: p ≤ 1 and max X = 0). Each pass computes
     P = d^{q−2} (q ≥ 2) or d^{q−1} (q < 2), d = [X − τ]₊, with F = Σ d^q and its first two derivatives in τ.
     The step is Halley's on log F = 0 (cubic; q ≥ 2 only, where d^{q−2} is bounded) when it lands strictly
     between the best lower and upper bounds of the root found so far, else Newton's on ‖d‖_q = 1, whose iterate
@@ -278,8 +289,14 @@ def _general_solve(
     cap = -math.exp(-(alpha - 1.0) * math.log(k))  # the root of k equal entries, above the row's
     lower = -1.0  # p ≤ 1 on the support, and max X = 0
     upper = cap
-    # from softmax's moments (the α → 1 limit), capped so that the support is not empty; or from below
-    tau = min(_softmax_start(val, k, alpha), cap) if alpha < SOFTMAX_START_BELOW else lower
+    if alpha < SOFTMAX_START_BELOW:  # from softmax's moments (the α → 1 limit), capped: the support is not empty
+        tau = min(_softmax_start(val, k, alpha), cap)
+    elif q < 2.0:  # between the roots for the integer orders 2 ≥ q and 1 ≤ q, interpolated in q
+        k, lower, _, _, _, _ = _entmax15_threshold(idx, val, k)
+        _, upper = _sparsemax_threshold(idx, val, k, lower, False)
+        tau = upper + (lower - upper) * (q - 1.0)
+    else:
+        tau = lower
     step = 0.0
     for _ in range(MAX_ITERS):
         count, low, middle, high = _powers(val, work, k, tau, q - order)
@@ -336,7 +353,7 @@ def _forward_row(
     if 2 * candidates < n:  # entries with X ≤ −1 have p = 0
         k = _compact(idx, val, k, -1.0)
     if alpha == 2.0:
-        k, tau = _sparsemax_threshold(idx, val, k)
+        k, tau = _sparsemax_threshold(idx, val, k, -1.0, True)
         for j in range(k):
             work[j] = max(val[j] - tau, 0.0)
     elif alpha == 1.5:
