@@ -12,6 +12,7 @@ per row by its α (a float, or one value per row of an α tensor):
   stops changing; τ is then the closed form on that support, i.e. exact;
 * α = 1.5 (entmax15): Newton on ‖[X − τ]₊‖₂ = 1 from below until a step is below SETTLE, then the closed form
   on the support found (the smaller root of Σ_S (X − τ)² = 1) when consistent with it, else one more step;
+  both start from the exact threshold of the row's block maxima (:func:`_block_bound`), a close lower bound;
 * any other α: Halley/Newton steps on Σ [X − τ]₊^q = 1, q = 1/(α−1), one pass of exp/log per step, from a start
   near the root (softmax's moments for α near 1), the last step applied to p by Taylor expansion
   (see :func:`_general_solve`).
@@ -57,6 +58,8 @@ LOG_FLOOR = vector_math.LOG_MIN
 # Softmax's start clamps z − max z at this (e^SOFTMAX_FLOOR is negligible; −inf would give NaN moments).
 SOFTMAX_FLOOR = -80.0
 NEVER = -1e30
+# Entries per block of the block maxima that bound the thresholds of sparsemax and entmax15 from below.
+BLOCK = 8
 # Row chunks per thread: small enough to even out rows of different cost.
 CHUNKS_PER_THREAD = 8
 
@@ -133,6 +136,35 @@ def _sparsemax_threshold(idx: np.ndarray, val: np.ndarray, k: int, tau: float, c
 
 
 @kernel
+def _block_maxima(val: np.ndarray, k: int, maxima: np.ndarray) -> int:
+    """maxima[b] = the maximum of val[BLOCK·b : BLOCK·(b + 1)] over val[:k]; returns the number of blocks."""
+    full = k // BLOCK
+    for b in range(full):
+        top = val[b * BLOCK]
+        for j in range(1, BLOCK):
+            top = max(top, val[b * BLOCK + j])
+        maxima[b] = top
+    if full * BLOCK == k:
+        return full
+    top = val[full * BLOCK]
+    for j in range(full * BLOCK + 1, k):
+        top = max(top, val[j])
+    maxima[full] = top
+    return full + 1
+
+
+@kernel
+def _block_bound(idx: np.ndarray, val: np.ndarray, scratch: np.ndarray, k: int, order: int) -> float:
+    """A lower bound of the threshold of val[:k] for the integer order 1 (sparsemax) or 2 (entmax15): the exact
+    threshold of the maxima of its blocks of BLOCK entries, a subset (fewer positive terms need a lower τ to sum
+    to 1). On near-uniform rows it is close to the row's, from a pass over a BLOCK-th of the entries per step."""
+    blocks = _block_maxima(val, k, scratch)
+    if order == 1:
+        return _sparsemax_threshold(idx, scratch, blocks, -1.0, False)[1]  # (idx untouched: no compaction)
+    return _entmax15_threshold(idx, scratch, blocks, -1.0, False)[1]
+
+
+@kernel
 def _squares(val: np.ndarray, k: int, tau: float) -> tuple[int, float, float]:
     """For d = [X − τ]₊ over val[:k]: (count of d > 0, Σ d, Σ d²)."""
     count = 0.0
@@ -161,12 +193,12 @@ def _entmax15_probabilities(val: np.ndarray, p: np.ndarray, k: int, tau: float, 
 
 
 @kernel
-def _entmax15_threshold(idx: np.ndarray, val: np.ndarray, k: int) -> tuple[int, float, float, int, float, float]:
-    """Newton on ‖[X − τ]₊‖₂ = 1 from τ = −1 until a step is below SETTLE, dropping candidates at or below τ.
-
-    Returns (candidates kept, τ, the last step, and the count, Σ d and Σ d² at τ).
-    """
-    tau = -1.0
+def _entmax15_threshold(
+    idx: np.ndarray, val: np.ndarray, k: int, tau: float, compact: bool
+) -> tuple[int, float, float, int, float, float]:
+    """Newton on ‖[X − τ]₊‖₂ = 1 from a lower bound τ until a step is below SETTLE (with ``compact``, dropping
+    candidates at or below τ on the way). Returns (candidates kept, τ, the last step, and the count, Σ d and Σ d²
+    at τ)."""
     step = 0.0
     count, linear, square = 0, 0.0, 0.0
     for _ in range(MAX_ITERS):
@@ -176,7 +208,7 @@ def _entmax15_threshold(idx: np.ndarray, val: np.ndarray, k: int) -> tuple[int, 
         if step <= SETTLE:
             break
         tau += step
-        if 2 * count < k:
+        if compact and 2 * count < k:
             k = _compact(idx, val, k, tau)
     return k, tau, step, count, linear, square
 
@@ -190,7 +222,7 @@ def _entmax15_solve(idx: np.ndarray, val: np.ndarray, p: np.ndarray, k: int) -> 
     the root Σ d² ≈ 1: no cancellation), kept when consistent with S (no entry of S at or below t); else τ + step,
     and p renormalised.
     """
-    k, tau, step, count, linear, square = _entmax15_threshold(idx, val, k)
+    k, tau, step, count, linear, square = _entmax15_threshold(idx, val, k, _block_bound(idx, val, p, k, 2), False)
     mean = linear / count
     delta = (1.0 - square + linear * mean) / count
     if delta >= 0.0:
@@ -292,7 +324,7 @@ def _general_solve(
     if alpha < SOFTMAX_START_BELOW:  # from softmax's moments (the α → 1 limit), capped: the support is not empty
         tau = min(_softmax_start(val, k, alpha), cap)
     elif q < 2.0:  # between the roots for the integer orders 2 ≥ q and 1 ≤ q, interpolated in q
-        k, lower, _, _, _, _ = _entmax15_threshold(idx, val, k)
+        k, lower, _, _, _, _ = _entmax15_threshold(idx, val, k, _block_bound(idx, val, work, k, 2), True)
         _, upper = _sparsemax_threshold(idx, val, k, lower, False)
         tau = upper + (lower - upper) * (q - 1.0)
     else:
@@ -353,7 +385,7 @@ def _forward_row(
     if 2 * candidates < n:  # entries with X ≤ −1 have p = 0
         k = _compact(idx, val, k, -1.0)
     if alpha == 2.0:
-        k, tau = _sparsemax_threshold(idx, val, k, -1.0, True)
+        k, tau = _sparsemax_threshold(idx, val, k, _block_bound(idx, val, work, k, 1), False)
         for j in range(k):
             work[j] = max(val[j] - tau, 0.0)
     elif alpha == 1.5:
