@@ -51,13 +51,14 @@ SETTLE = 1e-9
 # arithmetic resolves (τ to ~1e-7), with errors in p below 1e-6; float64's below 1e-12 (1e-9 for q < 2).
 TOLERANCES = {torch.float64: (SETTLE, 1e-6, 1e-4), torch.float32: (5e-7, 1e-4, 2e-3)}
 MAX_ITERS = 100
-# α from which the general solve starts at τ = −1 rather than at softmax's normaliser.
+# α below which the general solve starts from softmax's moments (see _general_solve).
 SOFTMAX_START_BELOW = 1.25
-# A log far below any float's, for 0 (e^{e·NEVER} = 0 for e ≥ 1e-6), and a floor of the logs of positive floats.
-LOG_FLOOR = vector_math.LOG_MIN
 # Softmax's start clamps z − max z at this (e^SOFTMAX_FLOOR is negligible; −inf would give NaN moments).
 SOFTMAX_FLOOR = -80.0
+# A log far below any float's, taken for 0: e^{e·NEVER} = 0 for every exponent e ≥ 1e-6.
 NEVER = -1e30
+# The smallest log of a positive float64 (vector_math's floor): p·(q − log p) clamps log p there, 0 for p = 0.
+LOG_FLOOR = vector_math.LOG_MIN
 # Entries per block of the block maxima that bound the thresholds of sparsemax and entmax15 from below.
 BLOCK = 8
 # Row chunks per thread: small enough to even out rows of different cost.

@@ -199,22 +199,20 @@ def cast_like(x: float, like: float) -> float:
     raise NotImplementedError("vector_math.cast_like is for numba-compiled code")
 
 
-@overload(exp, jit_options={"nogil": True})
-def _exp(x):  # noqa: ANN001, ANN202
-    if x == types.float32:
-        return lambda x: exp32(x)
-    if x == types.float64:
-        return lambda x: exp64(x)
-    return None
+def _overload_by_dtype(stub: object, single: object, double: object) -> None:
+    """Compile calls of ``stub(x)`` in numba code to ``single(x)`` for a float32 x, ``double(x)`` for a float64."""
+
+    @overload(stub, jit_options={"nogil": True})
+    def _typed(x):  # noqa: ANN001, ANN202
+        if x == types.float32:
+            return lambda x: single(x)
+        if x == types.float64:
+            return lambda x: double(x)
+        return None
 
 
-@overload(log, jit_options={"nogil": True})
-def _log(x):  # noqa: ANN001, ANN202
-    if x == types.float32:
-        return lambda x: log32(x)
-    if x == types.float64:
-        return lambda x: log64(x)
-    return None
+_overload_by_dtype(exp, exp32, exp64)
+_overload_by_dtype(log, log32, log64)
 
 
 @overload(cast_like, jit_options={"nogil": True})
