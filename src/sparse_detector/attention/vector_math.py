@@ -24,7 +24,6 @@ import math
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic, overload
 
@@ -60,29 +59,22 @@ ATANH_SERIES_32 = tuple(np.float32(1 / (2 * i + 1)) for i in range(1, 5))  # 1/3
 
 
 @intrinsic
-def float_bits(typingctx, x):  # noqa: ANN001, ANN201 (numba's intrinsic signature)
-    """The bits of a float64 (float32) as an int64 (int32): a bit cast, which numba has no scalar operation for."""
-    if x not in (types.float64, types.float32):
+def bitcast(typingctx, x):  # noqa: ANN001, ANN201 (numba's intrinsic signature)
+    """The bits of x as the other type of its width: float64 ↔ int64, float32 ↔ int32 (numba has no scalar bit
+    cast)."""
+    target = {
+        types.float64: types.int64,
+        types.int64: types.float64,
+        types.float32: types.int32,
+        types.int32: types.float32,
+    }.get(x)
+    if target is None:
         return None
-    integer = types.int64 if x == types.float64 else types.int32
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-        return builder.bitcast(args[0], ir.IntType(integer.bitwidth))
+        return builder.bitcast(args[0], context.get_value_type(target))
 
-    return integer(x), codegen
-
-
-@intrinsic
-def bits_float(typingctx, x):  # noqa: ANN001, ANN201 (numba's intrinsic signature)
-    """The float64 (float32) with the bits of an int64 (int32): inverse of :func:`float_bits`."""
-    if x not in (types.int64, types.int32):
-        return None
-    real = types.float64 if x == types.int64 else types.float32
-
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-        return builder.bitcast(args[0], ir.DoubleType() if real == types.float64 else ir.FloatType())
-
-    return real(x), codegen
+    return target(x), codegen
 
 
 @helper
@@ -106,7 +98,7 @@ def exp64(x: float) -> float:
     poly = poly * r + 0.5
     poly = poly * r + 1.0
     poly = poly * r + 1.0
-    result = poly * bits_float((numba.int64(k) + EXPONENT_BIAS) << MANTISSA_BITS)  # · 2^k, −1021 ≤ k ≤ 1023
+    result = poly * bitcast((numba.int64(k) + EXPONENT_BIAS) << MANTISSA_BITS)  # · 2^k, −1021 ≤ k ≤ 1023
     result = 0.0 if x < EXP_LOW else result
     return math.inf if x > EXP_HIGH else (x if x != x else result)
 
@@ -117,9 +109,9 @@ def log64(x: float) -> float:
 
     +inf and NaN are not handled (the kernels never pass them).
     """
-    bits = float_bits(max(x, LOG_LOW))
+    bits = bitcast(max(x, LOG_LOW))
     exponent = (bits >> MANTISSA_BITS) - EXPONENT_BIAS
-    mantissa = bits_float((bits & MANTISSA_MASK) | ONE_BITS)  # in [1, 2)
+    mantissa = bitcast((bits & MANTISSA_MASK) | ONE_BITS)  # in [1, 2)
     high = mantissa > 2.0 * SQRT_HALF
     mantissa = mantissa * 0.5 if high else mantissa  # in [√½, √2)
     exponent = exponent + 1 if high else exponent
@@ -157,7 +149,7 @@ def exp32(x: np.float32) -> np.float32:
     poly = poly * r + EXP_TAYLOR_32[2]
     poly = poly * r + EXP_TAYLOR_32[1]
     poly = poly * r + EXP_TAYLOR_32[0]
-    result = poly * bits_float(np.int32((np.int32(k) + 127) << 23))  # · 2^k, −126 ≤ k ≤ 127
+    result = poly * bitcast(np.int32((np.int32(k) + 127) << 23))  # · 2^k, −126 ≤ k ≤ 127
     result = np.float32(0.0) if x < EXP_LOW_32 else result
     return np.float32(math.inf) if x > EXP_HIGH_32 else (x if x != x else result)
 
@@ -165,9 +157,9 @@ def exp32(x: np.float32) -> np.float32:
 @helper
 def log32(x: np.float32) -> np.float32:
     """ln x for float32 x > 0, about one ulp; arguments below the smallest normal float32 give its log."""
-    bits = float_bits(max(x, LOG_LOW_32))
+    bits = bitcast(max(x, LOG_LOW_32))
     exponent = (bits >> 23) - 127
-    mantissa = bits_float(np.int32((bits & 0x7FFFFF) | 0x3F800000))  # in [1, 2)
+    mantissa = bitcast(np.int32((bits & 0x7FFFFF) | 0x3F800000))  # in [1, 2)
     high = mantissa > SQRT_TWO_32
     mantissa = mantissa * HALF_32 if high else mantissa  # in [√½, √2)
     exponent = exponent + 1 if high else exponent
