@@ -10,14 +10,12 @@ alike), inputs and upstream gradients made before the timed region; medians afte
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/activations.py --threads 2 --repeats 10 --shapes decoder
     python benchmarks/activations.py --maps alpha_entmax --alphas 1.01 1.1 1.5 --scores uniform
-    python benchmarks/activations.py --maps alpha_entmax --row-loops   # also the CPU's per-row loops alone (A/B)
     python benchmarks/activations.py --device cuda --repeats 50     # on a GPU: the tensor-operation path
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import statistics
@@ -28,7 +26,7 @@ import entmax
 import torch
 from torch import Tensor
 
-from sparse_detector.attention import entmax15, entmax_alpha, functional, sparsemax, tvmax
+from sparse_detector.attention import entmax15, entmax_alpha, sparsemax, tvmax
 
 SHAPES = {"decoder": (2, 8, 100, 850), "encoder": (2, 8, 850, 850)}
 SCORES = {"uniform": 0.1, "normal": 1.0, "peaked": 3.0}  # σ of N(0, σ²) scores
@@ -39,19 +37,7 @@ MAPS = ["sparsemax", "entmax15", "alpha_entmax", "tvmax"]
 Map = Callable[[Tensor], Tensor]
 
 
-def _row_loops_only(x: Tensor, alpha: Tensor) -> Tensor:
-    """α-entmax with the CPU's whole-row tensor path switched off: the per-row loops alone (main's before it)."""
-    saved = functional.DENSE_SUPPORT_SHARE
-    functional.DENSE_SUPPORT_SHARE = math.inf
-    try:
-        return entmax_alpha(x, alpha)
-    finally:
-        functional.DENSE_SUPPORT_SHARE = saved
-
-
-def _maps(
-    names: list[str], alphas: list[float], heads: int, device: torch.device, row_loops: bool = False
-) -> dict[str, tuple[Map, Map]]:
+def _maps(names: list[str], alphas: list[float], heads: int, device: torch.device) -> dict[str, tuple[Map, Map]]:
     """Row label -> (ours, the entmax library's counterpart) for the requested maps."""
     maps: dict[str, tuple[Map, Map]] = {}
     if "sparsemax" in names:
@@ -64,11 +50,6 @@ def _maps(
             lambda x, a=per_head: entmax_alpha(x, a),
             lambda x, a=per_head: entmax.entmax_bisect(x, a.expand(*x.shape[:-1], 1), dim=-1),
         )
-        if row_loops:
-            maps[f"α-entmax, α = {alpha} (per-head tensor, per-row loops only)"] = (
-                lambda x, a=per_head: _row_loops_only(x, a),
-                None,
-            )
     if "tvmax" in names:
         maps[f"TVMax (λ = {TV_LAMBDA}, {GRID[0]} × {GRID[1]} grid)"] = (lambda x: tvmax(x, GRID, TV_LAMBDA), None)
     return maps
@@ -177,9 +158,6 @@ def main() -> None:
     parser.add_argument("--alphas", nargs="+", type=float, default=[1.1, 1.3, 1.5], help="α-entmax's α, in (1, 2]")
     parser.add_argument("--maps", nargs="+", choices=MAPS, default=MAPS, help="maps to time, each against softmax")
     parser.add_argument("--library", action="store_true", help="also time the entmax library's counterparts")
-    parser.add_argument(
-        "--row-loops", action="store_true", help="also time α-entmax on the CPU's per-row loops alone (A/B)"
-    )
     args = parser.parse_args()
     if args.repeats < 10:
         parser.error("--repeats must be at least 10")
@@ -194,7 +172,7 @@ def main() -> None:
     )
     results = {}
     for shape in args.shapes:
-        maps = _maps(args.maps, args.alphas, SHAPES[shape][1], args.device, args.row_loops)
+        maps = _maps(args.maps, args.alphas, SHAPES[shape][1], args.device)
         results[f"{shape} {SHAPES[shape]}"] = {s: run(SHAPES[shape], SCORES[s], maps, args) for s in args.scores}
     print(tables(results, args.scores))
 

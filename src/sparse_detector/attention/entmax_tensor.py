@@ -1,9 +1,7 @@
 """α-entmax forward and backward with tensor operations only: the path for GPUs (and any non-CPU device).
 
 Every step is a whole-tensor operation, so it runs wherever PyTorch does; on the CPU :mod:`.entmax_cpu` is used
-instead (see :data:`.functional.CPU_KERNELS`), which does the same per row in compiled loops, faster there, except
-for α-entmax with most of the row in the support (α near 1): there :func:`dense_forward` and :func:`dense_backward`
-run on whole rows, since their exp/log are SIMD and the loops' scalar (see :data:`.functional.DENSE_SUPPORT_SHARE`).
+instead (see :data:`.functional.CPU_KERNELS`), which does the same per row in compiled loops, faster there.
 
 The threshold τ of p = [X − τ]₊^{1/(α−1)}, X = (α−1)(z − max z), is found without sorting:
 
@@ -33,8 +31,6 @@ MAX_THRESHOLD_ITERS = 50
 # Keys per block, and Newton steps on the block maxima, of the lower bound that selects the candidates.
 BLOCK = 8
 BOUND_STEPS = 3
-# Rows per block of the whole-row CPU path (:func:`dense_forward`): its temporaries stay in the cache.
-DENSE_ROWS = 256
 
 
 def _block_maxima(z: Tensor) -> Tensor:
@@ -55,41 +51,35 @@ def _powers(d: Tensor, exponent: float | Tensor) -> Tensor:
     """d^exponent for d ≥ 0 and exponent ≥ 0, exactly 0 where d = 0 (also for exponent 0).
 
     exp/log with the argument kept above −60: the CPU exp kernel is ~10× slower on underflowing arguments, and
-    the entries it changes are below 1e-26, far under the precision of a probability that sums to 1.
+    the entries it changes are below 1e-26, far under the precision of a probability that sums to 1. Arguments
+    below −60 give exactly 0: with an exponent ≥ 60/|log tiny| that zeroes d = 0 too, with no pass for sign(d).
     """
-    return _powers_from_log(d.clamp(min=torch.finfo(d.dtype).tiny).log_(), exponent, d)
-
-
-def _powers_from_log(log_d: Tensor, exponent: float | Tensor, d: Tensor) -> Tensor:
-    """:func:`_powers` given log(max(d, tiny)) (overwritten). Arguments below −60 give exactly 0: with an exponent
-    ≥ 60/|log tiny| that zeroes d = 0 too, with no pass for sign(d) (slow on the CPU)."""
+    log_d = d.clamp(min=torch.finfo(d.dtype).tiny).log_()
     floor = float(exponent if isinstance(exponent, float) else exponent.min()) * math.log(torch.finfo(d.dtype).tiny)
     if floor <= -60.0:
         return F.threshold_(log_d.mul_(exponent), -60.0, NEG_INF).exp_()
     return log_d.mul_(exponent).clamp_(min=-60.0).exp_().mul_(d.sign())
 
 
-def _newton_step(d: Tensor, q: float | Tensor, dim: int, from_below: bool = True) -> Tensor:
+def _newton_step(d: Tensor, q: float | Tensor, dim: int) -> Tensor:
     """The Newton step in τ for ‖[X − τ]₊‖_q = 1 along ``dim``, given d = [X − τ]₊ with τ below the root.
 
     h(τ) = ‖d‖_q − 1 is convex and decreasing for q ≥ 1, so the step (≥ 0 but for rounding, clamped) keeps τ a
     lower bound and the iterates rise to the root quadratically. q = 1 (sparsemax) is Michelot's step and q = 2
-    (entmax15) needs no powers; a row without entries (fully masked) gets a zero step. With ``from_below`` False
-    (τ may lie above the root, the support not empty) the step is not clamped: by convexity it lands below the root.
+    (entmax15) needs no powers; a row without entries (fully masked) gets a zero step.
     """
-    low = 0.0 if from_below else -math.inf
     tiny = torch.finfo(d.dtype).tiny
     if isinstance(q, float) and q == 1.0:
         count = d.sign().sum(dim, keepdim=True).clamp_(min=1)
-        return (d.sum(dim, keepdim=True) - 1).div_(count).clamp_(min=low)
+        return (d.sum(dim, keepdim=True) - 1).div_(count).clamp_(min=0)
     if isinstance(q, float) and q == 2.0:
         norm = torch.linalg.vector_norm(d, dim=dim, keepdim=True)
-        return (norm - 1).mul_(norm).div_(d.sum(dim, keepdim=True).clamp_(min=tiny)).clamp_(min=low)
+        return (norm - 1).mul_(norm).div_(d.sum(dim, keepdim=True).clamp_(min=tiny)).clamp_(min=0)
     powers = _powers(d, q - 1)
     slope = powers.sum(dim, keepdim=True)  # Σ d^{q−1} = −h'(τ) · ‖d‖_q^{q−1}
     log_norm = powers.mul_(d).sum(dim, keepdim=True).clamp_(min=tiny).log_().div_(q)
     slope = slope.mul_(torch.exp((1 - q) * log_norm)).clamp_(min=tiny)
-    return torch.expm1(log_norm).div_(slope).clamp_(min=low)
+    return torch.expm1(log_norm).div_(slope).clamp_(min=0)
 
 
 @dataclass
@@ -149,9 +139,8 @@ def _candidates(z: Tensor, alpha: float | Tensor) -> tuple[Tensor, Packing, Tens
     return packed.view(height, rows), packing, tau.t()
 
 
-def _solve(x: Tensor, alpha: float | Tensor, tau: Tensor, start_above: bool = False) -> Tensor:
-    """p = [X − τ]₊^{1/(α−1)} for each column of the packed X (K, rows), τ found from the lower bound ``tau``
-    (or, with ``start_above``, from any ``tau`` leaving a non-empty support: the first step then lands below).
+def _solve(x: Tensor, alpha: float | Tensor, tau: Tensor) -> Tensor:
+    """p = [X − τ]₊^{1/(α−1)} for each column of the packed X (K, rows), τ found from the lower bound ``tau``.
 
     Newton steps (see :func:`_newton_step`) until one is below √eps, then:
     * sparsemax: Michelot's iteration goes on until the support stops changing, when τ is the closed form on
@@ -164,15 +153,15 @@ def _solve(x: Tensor, alpha: float | Tensor, tau: Tensor, start_above: bool = Fa
     settle = math.sqrt(torch.finfo(x.dtype).eps)
     sparsemax = isinstance(q, float) and q == 1.0
     previous = None
-    for iteration in range(MAX_THRESHOLD_ITERS):
+    for _ in range(MAX_THRESHOLD_ITERS):
         d = (x - tau).clamp_(min=0)
         if sparsemax:
             support = d.sign().sum(0, keepdim=True)
             if previous is not None and torch.equal(support, previous):
                 return d
             previous = support
-        step = _newton_step(d, q, dim=0, from_below=iteration > 0 or not start_above)
-        if not sparsemax and float(step.abs().nan_to_num_(nan=0.0).max()) <= settle:  # NaN rows: NaN out
+        step = _newton_step(d, q, dim=0)
+        if not sparsemax and float(step.nan_to_num(nan=0.0).max()) <= settle:  # NaN rows: NaN out
             break
         tau = tau + step
     if isinstance(q, float) and q == 2.0:
@@ -241,88 +230,3 @@ def backward(
         log_p = p.clamp(min=torch.finfo(p.dtype).tiny).log_()
         d_alpha = (q * ((q - log_p).mul_(p).mul_(g - v)).sum(0, keepdim=True)).t()
     return packing.unpack(dz, *grad.shape), d_alpha
-
-
-def _softmax_start(z: Tensor, alpha: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Row maxima (rows, 1), X = (α−1)(z − max z) and the start τ0 of :func:`dense_forward` (rows, 1)."""
-    top = z.amax(1, keepdim=True)
-    shift = top.nan_to_num(neginf=0.0)  # a fully masked row stays −inf, unshifted
-    scale = alpha - 1
-    x = (z - shift).mul_(scale)
-    cap = torch.exp(torch.as_tensor(scale, dtype=z.dtype) * -math.log(z.shape[1])).neg_()
-    tau = (
-        (torch.logsumexp(z, 1, keepdim=True) - shift)
-        .mul_(scale)
-        .sub_(1)
-        .clamp_(max=cap)
-        .nan_to_num_(nan=-1.0, neginf=-1.0)
-    )
-    return top, x, tau
-
-
-def support_share(z: Tensor, alpha: float | Tensor, sample_rows: int = 64) -> float:
-    """The share of entries in the support of about ``sample_rows`` evenly spaced rows of ``z`` (solved exactly)."""
-    stride = max(1, z.shape[0] // sample_rows)
-    sample = _dense_block(z[::stride], alpha[::stride] if isinstance(alpha, Tensor) else alpha)
-    return float((sample > 0).float().mean())
-
-
-def dense_forward(z: Tensor, alpha: float | Tensor) -> Tensor:
-    """α-entmax of the contiguous (rows, n) scores by Newton steps on whole rows, with no candidate packing.
-
-    For rows whose support is most of the row (α near 1), where every step is a few SIMD passes over the scores.
-    The start is softmax's normaliser, τ0 = (α−1)(logsumexp z − max z) − 1 (the α → 1 limit of the root),
-    capped at −n^{−(α−1)} (the root of n equal entries, above the row's root) so that the support is not empty;
-    the first step may go down (it lands below the root, by convexity), the others rise (see :func:`_solve`).
-    """
-    out = torch.empty_like(z)
-    for rows in _row_blocks(z.shape[0]):
-        out[rows] = _dense_block(z[rows], alpha[rows] if isinstance(alpha, Tensor) else alpha)
-    return out
-
-
-def _row_blocks(rows: int) -> list[slice]:
-    """Blocks of DENSE_ROWS rows: the whole-row passes then reuse cache-sized temporaries."""
-    return [slice(start, start + DENSE_ROWS) for start in range(0, rows, DENSE_ROWS)]
-
-
-def _dense_block(z: Tensor, alpha: float | Tensor) -> Tensor:
-    """:func:`dense_forward` of one block of rows."""
-    top, x, tau = _softmax_start(z, alpha)
-    p = _solve(x.t(), alpha.t() if isinstance(alpha, Tensor) else alpha, tau.t(), start_above=True).t().contiguous()
-    not_finite = ~(top < math.inf)  # NaN (amax propagates it) or +inf
-    return p.masked_fill_(not_finite, math.nan)
-
-
-def dense_backward(p: Tensor, grad: Tensor, alpha: float | Tensor, with_alpha: bool) -> tuple[Tensor, Tensor | None]:
-    """:func:`backward` for the (rows, n) output of :func:`dense_forward`: whole-row tensor operations."""
-    dz = torch.empty_like(p)
-    d_alpha = torch.empty(p.shape[0], 1, dtype=p.dtype) if with_alpha else None
-    for rows in _row_blocks(p.shape[0]):
-        dz[rows], block_alpha = _dense_backward_block(
-            p[rows], grad[rows], alpha[rows] if isinstance(alpha, Tensor) else alpha, with_alpha
-        )
-        if with_alpha:
-            d_alpha[rows] = block_alpha
-    return dz, d_alpha
-
-
-def _dense_backward_block(
-    p: Tensor, grad: Tensor, alpha: float | Tensor, with_alpha: bool
-) -> tuple[Tensor, Tensor | None]:
-    """:func:`dense_backward` of one block of rows.
-
-    dL/dα = q·Σ p(q − log p)(g − v) is expanded into q·(q(⟨p,g⟩ − v) − ⟨p log p, g⟩ + v·Σ p log p) (Σp = 1), three
-    reductions without temporaries of the row length.
-    """
-    log_p = p.clamp(min=torch.finfo(p.dtype).tiny).log_()
-    weights = _powers_from_log(log_p.clone() if with_alpha else log_p, 2 - alpha, p)
-    dz, v = _jacobian_product(weights, grad, dim=1)
-    d_alpha = None
-    if with_alpha:
-        q = 1 / (alpha - 1)
-        p_log_p = log_p.mul_(p)
-        linear = torch.linalg.vecdot(p, grad).unsqueeze(1) - v
-        entropic = torch.linalg.vecdot(p_log_p, grad).unsqueeze(1) - v * p_log_p.sum(1, keepdim=True)
-        d_alpha = q * (q * linear - entropic)
-    return dz, d_alpha

@@ -26,10 +26,6 @@ from . import entmax_cpu, entmax_tensor
 NEG_INF = float("-inf")
 #: Use the compiled per-row loops of :mod:`.entmax_cpu` for CPU tensors (tests switch it off to check the other path).
 CPU_KERNELS = True
-#: On the CPU, α-entmax (an α tensor, or a float α but 1.5 and 2) runs on whole rows with tensor operations
-#: (:func:`.entmax_tensor.dense_forward`) when about this share of the entries or more is in the support (as for α
-#: near 1): there each per-row loop pays a scalar exp and log per entry, the tensor operations SIMD ones.
-DENSE_SUPPORT_SHARE = 0.5
 
 
 def uses_cpu_kernels(x: Tensor) -> bool:
@@ -88,10 +84,8 @@ class EntmaxFunction(torch.autograd.Function):
         alpha_rows = alpha if isinstance(alpha, Tensor) else None
         ctx.cpu = uses_cpu_kernels(z)
         with torch.autocast(z.device.type, enabled=False):  # e.g. CPU autocast would run linalg ops in bf16
-            ctx.dense = ctx.cpu and z.numel() > 0 and entmax_cpu.mode_of(alpha) == entmax_cpu.GENERAL
-            ctx.dense = ctx.dense and entmax_tensor.support_share(z, alpha) >= DENSE_SUPPORT_SHARE
             if ctx.cpu:
-                out = entmax_tensor.dense_forward(z, alpha) if ctx.dense else entmax_cpu.forward(z, alpha)
+                out = entmax_cpu.forward(z, alpha)
                 ctx.save_for_backward(out, alpha_rows)
                 return out
             out, packing, p = entmax_tensor.forward(z, alpha)
@@ -106,8 +100,7 @@ class EntmaxFunction(torch.autograd.Function):
         alpha = ctx.alpha if alpha_rows is None else alpha_rows
         with_alpha = alpha_rows is not None and ctx.needs_input_grad[1]
         if ctx.cpu:
-            backward = entmax_tensor.dense_backward if ctx.dense else entmax_cpu.backward
-            dz, d_alpha = backward(p, grad.contiguous(), alpha, with_alpha)
+            dz, d_alpha = entmax_cpu.backward(p, grad.contiguous(), alpha, with_alpha)
             return dz, d_alpha.to(alpha_rows.dtype) if with_alpha else None
         packing = entmax_tensor.Packing(*packing, ctx.packed_shape)
         return entmax_tensor.backward(p, packing, grad, alpha, with_alpha)
