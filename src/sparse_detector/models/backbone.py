@@ -19,9 +19,10 @@ from ..data.batching import PaddedBatch
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 NORM_LAYERS = {"frozen_bn": FrozenBatchNorm2d, "batch_norm": nn.BatchNorm2d}
-IMAGE_MEMORY_FORMAT = torch.channels_last
-"""The layout the ResNet reads images in. oneDNN's channels-last convolutions (and max pooling) are faster on the
-CPU than NCHW ones; the layout carries through every stage and makes the flattened feature map contiguous."""
+MEMORY_FORMAT = torch.channels_last
+"""The layout of the ResNet's convolution weights and of the images it reads. oneDNN's channels-last convolutions
+(and max pooling) are faster on the CPU than NCHW ones; with the weights in the same layout no convolution
+reorders them, and the flattened feature map comes out contiguous."""
 
 
 def _stage_of(param_name: str) -> str:
@@ -144,10 +145,11 @@ class Backbone(nn.Module):
             raise ValueError(f"model.backbone.return_layer must be one of {list(STAGES[1:])}, got {cfg.return_layer!r}")
         resnet = trainable_resnet(cfg)
         self.body = IntermediateLayerGetter(resnet, return_layers={cfg.return_layer: "0"})
+        self.body.to(memory_format=MEMORY_FORMAT)
         self.num_channels = _stage_channels(getattr(resnet, cfg.return_layer))
 
     def forward(self, batch: PaddedBatch) -> PaddedBatch:
-        features = self.body(batch.tensors.contiguous(memory_format=IMAGE_MEMORY_FORMAT))["0"]
+        features = self.body(batch.tensors.contiguous(memory_format=MEMORY_FORMAT))["0"]
         mask = F.interpolate(batch.mask[None].float(), size=features.shape[-2:]).to(batch.mask.dtype)[0]
         return PaddedBatch(features, mask)
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention.base import AttentionActivation, KeyGrid
+from ..attention.linear import Linear
 from ..attention.multihead import MultiheadAttention
 from ..attention.registry import Softmax
 from ..attention.sites import AttentionSite
@@ -35,8 +36,8 @@ def softmax_everywhere(site: str) -> AttentionActivation:
 class _LayerWithFeedForward(nn.Module):
     """The two-layer ReLU block, with the official parameter names ``linear1``/``linear2``."""
 
-    linear1: nn.Linear
-    linear2: nn.Linear
+    linear1: Linear
+    linear2: Linear
     dropout: nn.Dropout
 
     def _feed_forward(self, x: Tensor) -> Tensor:
@@ -55,8 +56,8 @@ class TransformerEncoderLayer(_LayerWithFeedForward):
     ) -> None:
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead, dropout, self_attn_activation)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.linear1 = Linear(d_model, dim_feedforward)
+        self.linear2 = Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
@@ -91,8 +92,8 @@ class TransformerDecoderLayer(_LayerWithFeedForward):
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead, dropout, self_attn_activation)
         self.multihead_attn = MultiheadAttention(d_model, nhead, dropout, cross_attn_activation)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.linear1 = Linear(d_model, dim_feedforward)
+        self.linear2 = Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
