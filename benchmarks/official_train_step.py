@@ -25,7 +25,7 @@ from unittest import mock
 import torch
 
 from sparse_detector import build_criterion, build_model, load_config
-from sparse_detector.attention import linear
+from sparse_detector.attention import fast_layers
 from sparse_detector.engine.optim import build_optimizer
 from sparse_detector.models import backbone
 from train_step import random_targets  # benchmarks/train_step.py, beside this script
@@ -73,7 +73,8 @@ ABLATIONS = {
     # name: what "ours without it" patches while the model is built and stepped
     "fold": lambda: mock.patch.object(backbone, "fold_frozen_batch_norms", lambda resnet: None),
     "channels-last": lambda: mock.patch.object(backbone, "MEMORY_FORMAT", torch.contiguous_format),
-    "onednn-linear": lambda: mock.patch.object(linear, "ONEDNN_ON_CPU", False),
+    "onednn-linear": lambda: mock.patch.object(fast_layers, "ONEDNN_ON_CPU", False),
+    "fast-dropout": lambda: mock.patch.object(fast_layers, "FAST_CPU_DROPOUT", False),
 }
 """Changes of ours that ``--without`` switches off, one at a time, for an A/B in the same process."""
 

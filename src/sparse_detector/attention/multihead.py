@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import AttentionActivation, KeyGrid
-from .linear import Linear, linear
+from .fast_layers import Linear, linear
 from .registry import Softmax
 from .sites import AttentionRecord, GridRecord, QueriesRecord, RecordingModule
 

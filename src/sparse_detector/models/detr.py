@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention.linear import Linear
+from ..attention.fast_layers import Linear
 from ..attention.sites import AttentionSite
 from ..config import Config
 from ..data.batching import PaddedBatch, as_padded_batch

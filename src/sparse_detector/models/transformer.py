@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention.base import AttentionActivation, KeyGrid
-from ..attention.linear import Linear
+from ..attention.fast_layers import Dropout, Linear
 from ..attention.multihead import MultiheadAttention
 from ..attention.registry import Softmax
 from ..attention.sites import AttentionSite
@@ -38,7 +38,7 @@ class _LayerWithFeedForward(nn.Module):
 
     linear1: Linear
     linear2: Linear
-    dropout: nn.Dropout
+    dropout: Dropout
 
     def _feed_forward(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
@@ -60,9 +60,9 @@ class TransformerEncoderLayer(_LayerWithFeedForward):
         self.linear2 = Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
         self.normalize_before = normalize_before
 
     def forward(self, src: Tensor, pos: Tensor, padding_mask: Tensor | None, key_grid: KeyGrid | None) -> Tensor:
@@ -97,10 +97,10 @@ class TransformerDecoderLayer(_LayerWithFeedForward):
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+        self.dropout3 = Dropout(dropout)
         self.normalize_before = normalize_before
 
     def forward(
