@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from sparse_detector.attention.fast_layers import Dropout, Linear, linear
 
 
-@pytest.mark.parametrize("shape", [(7, 16), (2, 5, 16), (3, 2, 4, 16)])
+@pytest.mark.parametrize("shape", [(16,), (7, 16), (2, 5, 16), (3, 2, 4, 16), (0, 5, 16)])
 def test_linear_equals_f_linear_with_gradients(shape):
     torch.manual_seed(0)
     x = torch.randn(shape, requires_grad=True)
     weight = torch.randn(24, 16, requires_grad=True)
     bias = torch.randn(24, requires_grad=True)
-    upstream = torch.randn(*shape[:-1], 24)
+    upstream = torch.randn(*shape[:-1], 24)  # (also no rows at all, which a convolution refuses)
     got = linear(x, weight, bias)
     grads = torch.autograd.grad(got, (x, weight, bias), upstream)
     expected = F.linear(x, weight, bias)

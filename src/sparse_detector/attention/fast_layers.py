@@ -29,7 +29,8 @@ FAST_CPU_DROPOUT = True
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``; on the CPU in fp32, computed as a oneDNN 1×1 convolution."""
-    if not ONEDNN_ON_CPU or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+    on_cpu_fp32 = x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+    if not (ONEDNN_ON_CPU and on_cpu_fp32) or x.numel() == 0:  # (a convolution needs at least one row)
         return F.linear(x, weight, bias)
     in_features, out_features = weight.shape[1], weight.shape[0]
     rows = x.reshape(1, -1, 1, in_features).permute(0, 3, 1, 2)  # (1, in, rows, 1) in channels-last memory
