@@ -11,6 +11,7 @@ import torchvision
 
 from sparse_detector import build_criterion, build_model, detr_from_official, load_config
 from sparse_detector.data.batching import pad_images
+from sparse_detector.models.backbone import fold_frozen_batch_norms
 from sparse_detector.models.weights import CheckpointMismatchError, load_state_dict_checked
 
 from .conftest import TINY_MODEL
@@ -98,6 +99,30 @@ def test_frozen_stages_follow_config():
     assert not hasattr(scratch.backbone[0].body, "layer4")
     out = scratch(torch.rand(1, 3, 64, 64))
     assert out["pred_boxes"].shape == (1, 6, 4)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_frozen_batch_norm_folded_into_convolutions_is_the_unfolded_network(name: str):
+    """Same state-dict keys, outputs and weight gradients (up to fp32 rounding, relative to the largest) as
+    convolution then BatchNorm."""
+    torch.manual_seed(0)
+    reference = torchvision.models.get_model(name, norm_layer=torchvision.ops.misc.FrozenBatchNorm2d)
+    for norm in (m for m in reference.modules() if isinstance(m, torchvision.ops.misc.FrozenBatchNorm2d)):
+        norm.weight.normal_(1, 0.3), norm.bias.normal_(0, 0.3), norm.running_mean.normal_(0, 0.3)
+        norm.running_var.uniform_(0.5, 2)
+    folded = torchvision.models.get_model(name, norm_layer=torchvision.ops.misc.FrozenBatchNorm2d)
+    fold_frozen_batch_norms(folded)
+    folded.load_state_dict(reference.state_dict())
+    assert list(folded.state_dict()) == list(reference.state_dict())
+    assert type(folded.layer1[0].conv1).__name__ == "ConvWithFrozenBatchNorm"
+    images = torch.randn(2, 3, 64, 64)
+    expected, got = reference(images), folded(images)
+    torch.testing.assert_close(got / expected.abs().max(), expected / expected.abs().max(), rtol=0, atol=1e-6)
+    expected.square().sum().backward()
+    got.square().sum().backward()
+    for (param_name, want), have in zip(reference.named_parameters(), folded.parameters(), strict=True):
+        scale = want.grad.abs().max()
+        torch.testing.assert_close(have.grad / scale, want.grad / scale, rtol=0, atol=2e-6, msg=param_name)
 
 
 def test_backbone_config_errors():

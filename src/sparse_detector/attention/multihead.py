@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import AttentionActivation, KeyGrid
+from .fast_layers import Linear, linear
 from .registry import Softmax
 from .sites import AttentionRecord, GridRecord, QueriesRecord, RecordingModule
 
@@ -44,7 +45,7 @@ class MultiheadAttention(RecordingModule):
         self.dropout = dropout
         self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim))
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = Linear(embed_dim, embed_dim)
         self.activation = activation if activation is not None else Softmax()
         self.stored_weights: Tensor | None = None
         self._reset_parameters()
@@ -66,12 +67,15 @@ class MultiheadAttention(RecordingModule):
         nn.init.zeros_(self.in_proj_bias)
         nn.init.zeros_(self.out_proj.bias)
 
-    def _split_heads(self, x: Tensor, index: int) -> Tensor:
-        size = self.embed_dim
-        weight = self.in_proj_weight[index * size : (index + 1) * size]
-        bias = self.in_proj_bias[index * size : (index + 1) * size]
+    def _split_heads(self, x: Tensor) -> Tensor:
         batch, length, _ = x.shape
-        return F.linear(x, weight, bias).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _project(self, x: Tensor, first: int, count: int = 1) -> list[Tensor]:
+        """``x`` through ``count`` consecutive in-projections (0: query, 1: key, 2: value) in one product."""
+        rows = slice(first * self.embed_dim, (first + count) * self.embed_dim)
+        projected = linear(x, self.in_proj_weight[rows], self.in_proj_bias[rows])
+        return [self._split_heads(part) for part in projected.split(self.embed_dim, dim=-1)]
 
     def forward(
         self,
@@ -87,9 +91,11 @@ class MultiheadAttention(RecordingModule):
 
         ``key_grid``: the keys' layout when they are the feature grid; ``query_padding_mask`` (B, Lq): padded
         queries when the queries are grid cells too — both only describe the record (TVMax reads the grid)."""
-        q = self._split_heads(query, 0)
-        k = self._split_heads(key, 1)
-        v = self._split_heads(value, 2)
+        if query is key:  # self attention: queries and keys in one product
+            q, k = self._project(query, 0, count=2)
+        else:
+            (q,), (k,) = self._project(query, 0), self._project(key, 1)
+        (v,) = self._project(value, 2)
         dropout_p = self.dropout if self.training else 0.0
         weights = None
         if self.activation.is_softmax and not (need_weights or self.recording):

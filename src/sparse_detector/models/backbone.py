@@ -6,6 +6,7 @@ position encoding), so official checkpoints load without a key map.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
@@ -18,6 +19,10 @@ from ..data.batching import PaddedBatch
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 NORM_LAYERS = {"frozen_bn": FrozenBatchNorm2d, "batch_norm": nn.BatchNorm2d}
+MEMORY_FORMAT = torch.channels_last
+"""The layout of the ResNet's convolution weights and of the images it reads. oneDNN's channels-last convolutions
+(and max pooling) are faster on the CPU than NCHW ones; with the weights in the same layout no convolution
+reorders them, and the flattened feature map comes out contiguous."""
 
 
 def _stage_of(param_name: str) -> str:
@@ -55,12 +60,76 @@ def _stage_channels(stage: nn.Module) -> int:
     return convs[-1].out_channels
 
 
+def frozen_bn_affine(norm: FrozenBatchNorm2d) -> tuple[Tensor, Tensor]:
+    """The per-channel ``(scale, shift)`` with which a frozen BatchNorm maps ``x`` to ``x * scale + shift``."""
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+    return scale, norm.bias - norm.running_mean * scale
+
+
+class ConvWithFrozenBatchNorm(nn.Conv2d):
+    """A convolution that applies the frozen BatchNorm after it too: ``conv(x, w * scale) + shift``.
+
+    One convolution with a bias instead of a convolution and two passes over its output (forward and backward).
+    The fold happens at every call, so the stored weight and the BatchNorm's buffers keep their names and
+    meaning (official checkpoints load unchanged) and the weight's gradient is the unfolded one.
+    """
+
+    norm: tuple[FrozenBatchNorm2d]  # in a tuple, not a submodule: its buffers stay under the BatchNorm's own name
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = frozen_bn_affine(self.norm[0])
+        return self._conv_forward(x, self.weight * scale[:, None, None, None], shift)
+
+
+class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
+    """A frozen BatchNorm applied by the convolution before it (a ``ConvWithFrozenBatchNorm``): the identity here."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def fold_frozen_batch_norms(resnet: nn.Module) -> None:
+    """Let each convolution of a torchvision ResNet apply the frozen BatchNorm that follows it (in place).
+
+    The pairs are torchvision's: ``convN``/``bnN`` in the stem and the blocks, ``0``/``1`` in a downsample.
+    """
+    for module in list(resnet.modules()):
+        children = dict(module.named_children())
+        for conv_name, norm_name in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("0", "1")):
+            conv, norm = children.get(conv_name), children.get(norm_name)
+            if type(conv) is not nn.Conv2d or type(norm) is not FrozenBatchNorm2d or conv.bias is not None:
+                continue
+            folded_norm = FoldedFrozenBatchNorm2d(norm.weight.numel(), norm.eps)
+            folded_norm.load_state_dict(norm.state_dict())
+            folded_conv = ConvWithFrozenBatchNorm(
+                conv.in_channels,
+                conv.out_channels,
+                conv.kernel_size,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                conv.groups,
+                bias=False,
+                padding_mode=conv.padding_mode,
+                device="meta",
+            )
+            folded_conv.weight = conv.weight
+            folded_conv.norm = (folded_norm,)
+            setattr(module, conv_name, folded_conv)
+            setattr(module, norm_name, folded_norm)
+
+
 def trainable_resnet(cfg: BackboneConfig) -> nn.Module:
-    """The configured ResNet with every stage outside ``trainable_layers`` frozen (all of it when ``lr`` is 0)."""
+    """The configured ResNet with every stage outside ``trainable_layers`` frozen (all of it when ``lr`` is 0).
+
+    With ``norm: frozen_bn`` each convolution applies the BatchNorm after it (``fold_frozen_batch_norms``).
+    """
     unknown = sorted(set(cfg.trainable_layers) - set(STAGES))
     if unknown:
         raise ValueError(f"model.backbone.trainable_layers has unknown stage {unknown[0]!r}; use {list(STAGES)}")
     resnet = _load_resnet(cfg)
+    if cfg.norm == "frozen_bn":
+        fold_frozen_batch_norms(resnet)
     trainable = set(cfg.trainable_layers) if cfg.lr > 0 else set()
     for name, param in resnet.named_parameters():
         param.requires_grad_(_stage_of(name) in trainable)
@@ -76,10 +145,11 @@ class Backbone(nn.Module):
             raise ValueError(f"model.backbone.return_layer must be one of {list(STAGES[1:])}, got {cfg.return_layer!r}")
         resnet = trainable_resnet(cfg)
         self.body = IntermediateLayerGetter(resnet, return_layers={cfg.return_layer: "0"})
+        self.body.to(memory_format=MEMORY_FORMAT)
         self.num_channels = _stage_channels(getattr(resnet, cfg.return_layer))
 
     def forward(self, batch: PaddedBatch) -> PaddedBatch:
-        features = self.body(batch.tensors)["0"]
+        features = self.body(batch.tensors.contiguous(memory_format=MEMORY_FORMAT))["0"]
         mask = F.interpolate(batch.mask[None].float(), size=features.shape[-2:]).to(batch.mask.dtype)[0]
         return PaddedBatch(features, mask)
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attention.fast_layers import Linear
 from ..attention.sites import AttentionSite
 from ..config import Config
 from ..data.batching import PaddedBatch, as_padded_batch
@@ -28,9 +29,7 @@ class MLP(nn.Module):
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
         super().__init__()
         dims = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(
-            nn.Linear(n, k) for n, k in zip([input_dim, *dims], [*dims, output_dim], strict=True)
-        )
+        self.layers = nn.ModuleList(Linear(n, k) for n, k in zip([input_dim, *dims], [*dims, output_dim], strict=True))
 
     def forward(self, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):
@@ -59,7 +58,7 @@ class DETR(nn.Module):
         self.num_queries = num_queries
         self.aux_loss = aux_loss
         self.transformer = transformer
-        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.class_embed = Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention.base import AttentionActivation, KeyGrid
+from ..attention.fast_layers import Dropout, Linear
 from ..attention.multihead import MultiheadAttention
 from ..attention.registry import Softmax
 from ..attention.sites import AttentionSite
@@ -35,9 +36,9 @@ def softmax_everywhere(site: str) -> AttentionActivation:
 class _LayerWithFeedForward(nn.Module):
     """The two-layer ReLU block, with the official parameter names ``linear1``/``linear2``."""
 
-    linear1: nn.Linear
-    linear2: nn.Linear
-    dropout: nn.Dropout
+    linear1: Linear
+    linear2: Linear
+    dropout: Dropout
 
     def _feed_forward(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
@@ -55,13 +56,13 @@ class TransformerEncoderLayer(_LayerWithFeedForward):
     ) -> None:
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead, dropout, self_attn_activation)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.linear1 = Linear(d_model, dim_feedforward)
+        self.linear2 = Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
         self.normalize_before = normalize_before
 
     def forward(self, src: Tensor, pos: Tensor, padding_mask: Tensor | None, key_grid: KeyGrid | None) -> Tensor:
@@ -91,15 +92,15 @@ class TransformerDecoderLayer(_LayerWithFeedForward):
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead, dropout, self_attn_activation)
         self.multihead_attn = MultiheadAttention(d_model, nhead, dropout, cross_attn_activation)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.linear1 = Linear(d_model, dim_feedforward)
+        self.linear2 = Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+        self.dropout3 = Dropout(dropout)
         self.normalize_before = normalize_before
 
     def forward(
