@@ -10,14 +10,16 @@ Layout: a map's cells are row-major, c = row·W + col; the dual of the edge (c �
 (c − W, c) is ``v[c]``, so every edge belongs to the cell it enters, and a bound of 0 marks the edges that do not
 exist (first column, first row, masked cells). Dual arrays have W zero entries past the last cell and x is stored
 W entries in, so that every loop over the cells is one branch-free loop of fixed offsets that LLVM vectorises;
-each loop touches few arrays, because a loop over more than ~8 pairs of possibly-aliasing arrays is left scalar.
+each loop touches few arrays (a loop over more than ~8 pairs of possibly-aliasing arrays is left scalar) and indexes
+slices with the loop counter alone (an offset index compiles to gathers, for negative-index wrap-around).
 
 Finish: FISTA identifies the groups of equal prox values long before its iterate meets the tolerance (edges whose
 dual is strictly inside [−λ, λ] join their cells). Given the groups, the prox is exact in closed form (each group's
 mean of z − Dᵀu over the jump edges' duals ±λ), and a dual that certifies it is found along a spanning tree of each
 group: the other edges keep FISTA's duals, the tree edges carry the rest of each group's residual (leaves first).
 When every tree dual is within its bound, its duality gap (computed as in the FISTA test) is rounding-level; the map
-stops if that gap is within the tolerance, otherwise FISTA goes on. Attempts are spaced out geometrically.
+stops if that gap is within the tolerance, otherwise FISTA goes on. It is tried at iteration 10 and then at each gap
+check where as many edges are at their bound as at the previous one (the groups have likely settled).
 """
 
 from __future__ import annotations
@@ -33,21 +35,25 @@ from .entmax_cpu import chunk, row_of, threads_and_chunks
 
 # Sums may be reordered (so that the reductions vectorise); NaN and infinity keep their meaning.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
-FIRST_FINISH = 10  # iteration of the first attempt at the exact finish; later ones after half as many again
+FIRST_FINISH = 10  # the first attempt at the exact finish; later ones when the groups look settled
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _primal(z: np.ndarray, h: np.ndarray, v: np.ndarray, width: int, x: np.ndarray) -> None:
     """x = z − Dᵀu (x stored ``width`` entries in)."""
-    for c in range(z.shape[0]):
-        x[width + c] = z[c] + h[c] - h[c + 1] + v[c] - v[c + width]
+    n = z.shape[0]
+    x_c, h_right, v_down = x[width : width + n], h[1 : n + 1], v[width : width + n]  # slices: no gathers
+    for c in range(n):
+        x_c[c] = z[c] + h[c] - h_right[c] + v[c] - v_down[c]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _dual_step(x: np.ndarray, v: np.ndarray, bound: np.ndarray, offset: int, width: int, new: np.ndarray) -> None:
     """new = clip(v + Dx / 8, −bound, bound) on one direction's edges; ``offset`` = width − step."""
-    for c in range(bound.shape[0]):
-        new[c] = min(max(v[c] + (x[offset + c] - x[width + c]) * 0.125, -bound[c]), bound[c])
+    n = bound.shape[0]
+    x_from, x_to = x[offset : offset + n], x[width : width + n]
+    for c in range(n):
+        new[c] = min(max(v[c] + (x_from[c] - x_to[c]) * 0.125, -bound[c]), bound[c])
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -69,9 +75,11 @@ def _extrapolate(u: np.ndarray, new: np.ndarray, beta: float, cells: int, v: np.
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _gap_part(x: np.ndarray, u: np.ndarray, bound: np.ndarray, offset: int, width: int) -> float:
     """Σ_e (bound_e |(Dx)_e| − u_e (Dx)_e) over one direction's edges: its part of the duality gap."""
+    n = bound.shape[0]
+    x_from, x_to = x[offset : offset + n], x[width : width + n]
     total = 0.0
-    for c in range(bound.shape[0]):
-        d = x[offset + c] - x[width + c]
+    for c in range(n):
+        d = x_from[c] - x_to[c]
         total += bound[c] * abs(d) - u[c] * d
     return total
 
@@ -85,12 +93,22 @@ def _gap(
     return _gap_part(x, h, b_h, width - 1, width) + _gap_part(x, v, b_v, 0, width)
 
 
-@numba.njit(cache=True, nogil=True)
-def _other_end(edge: int, cell: int, width: int) -> int:
-    """The other cell of the tree edge ``edge`` (coded 2·c for h[c], 2·c + 1 for v[c])."""
-    c = edge // 2
-    first = c - 1 if edge % 2 == 0 else c - width
-    return c if cell == first else first
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _saturated(u: np.ndarray, bound: np.ndarray) -> int:
+    """How many edges have their dual at a bound > 0."""
+    count = 0
+    for c in range(bound.shape[0]):
+        count += abs(u[c]) >= bound[c] and bound[c] > 0.0
+    return count
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _reach(m: int, c: int, code: int, parent: np.ndarray, tree_edge: np.ndarray, order: np.ndarray, tail: int) -> int:
+    """Add cell m, reached from c by the edge ``code``, to the breadth-first order; returns the new tail."""
+    parent[m] = c
+    tree_edge[m] = code
+    order[tail] = m
+    return tail + 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -100,37 +118,32 @@ def _groups(
     b_h: np.ndarray,
     b_v: np.ndarray,
     width: int,
+    parent: np.ndarray,
     tree_edge: np.ndarray,
     order: np.ndarray,
-    size: np.ndarray,
 ) -> None:
-    """Breadth-first spanning trees of the groups joined by edges with |u| < bound: ``order`` lists the cells, each
-    after the cell its ``tree_edge`` reaches it from (−1 for a group's first cell)."""
-    n = tree_edge.shape[0]
-    size[:] = 0  # 0: not reached yet
+    """Breadth-first spanning trees of the groups of cells joined by edges with |u| < bound. ``order`` lists the
+    cells, each after its ``parent`` (−1 for a group's first cell); ``tree_edge`` codes the edge to the parent as
+    4·e + k: k = 0 / 1 for h[e] with the cell as its first / second end, 2 / 3 for v[e]."""
+    n = parent.shape[0]
+    parent[:] = -2  # not reached yet
     head = tail = 0
     for start in range(n):
-        if size[start]:
+        if parent[start] != -2:
             continue
-        size[start] = 1
-        tree_edge[start] = -1
-        order[tail] = start
-        tail += 1
+        tail = _reach(start, -1, -1, parent, tree_edge, order, tail)
         while head < tail:
             c = order[head]
             head += 1
-            right, down = min(c + 1, n - 1), min(c + width, n - 1)  # their bounds are 0 past the last cell
-            for m, edge, u, b in (
-                (c - 1, 2 * c, u_h[c], b_h[c]),
-                (right, 2 * right, u_h[c + 1], b_h[right] if c + 1 < n else 0.0),
-                (c - width, 2 * c + 1, u_v[c], b_v[c]),
-                (down, 2 * down + 1, u_v[c + width], b_v[down] if c + width < n else 0.0),
-            ):
-                if abs(u) < b and size[m] == 0:
-                    size[m] = 1
-                    tree_edge[m] = edge
-                    order[tail] = m
-                    tail += 1
+            # a bound > 0 means the neighbour exists (first column and row have none)
+            if abs(u_h[c]) < b_h[c] and parent[c - 1] == -2:
+                tail = _reach(c - 1, c, 4 * c, parent, tree_edge, order, tail)
+            if c + 1 < n and abs(u_h[c + 1]) < b_h[c + 1] and parent[c + 1] == -2:
+                tail = _reach(c + 1, c, 4 * (c + 1) + 1, parent, tree_edge, order, tail)
+            if abs(u_v[c]) < b_v[c] and parent[c - width] == -2:
+                tail = _reach(c - width, c, 4 * c + 2, parent, tree_edge, order, tail)
+            if c + width < n and abs(u_v[c + width]) < b_v[c + width] and parent[c + width] == -2:
+                tail = _reach(c + width, c, 4 * (c + width) + 3, parent, tree_edge, order, tail)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -145,51 +158,49 @@ def _exact_dual(
     w_v: np.ndarray,
     need: np.ndarray,
     mean: np.ndarray,
+    size: np.ndarray,
+    parent: np.ndarray,
     tree_edge: np.ndarray,
     order: np.ndarray,
-    size: np.ndarray,
 ) -> bool:
     """Duals w with z − Dᵀw constant on each group of u (see the module's docstring); False when a tree edge would
     need more than its bound."""
     n = z.shape[0]
-    _groups(u_h, u_v, b_h, b_v, width, tree_edge, order, size)
+    _groups(u_h, u_v, b_h, b_v, width, parent, tree_edge, order)
     w_h[:] = u_h
     w_v[:] = u_v
     for c in range(n):
-        edge = tree_edge[c]
-        if edge >= 0:
-            (w_h if edge % 2 == 0 else w_v)[edge // 2] = 0.0
-    _primal(z, w_h, w_v, width, need)  # need[width + c] = z − Dᵀw without the tree edges
-    for k in range(n):  # group sums and sizes gather at each group's first cell, children before parents
+        code = tree_edge[c]
+        if code >= 0:
+            (w_h if code % 4 < 2 else w_v)[code // 4] = 0.0
+    _primal(z, w_h, w_v, width, need)  # z − Dᵀw without the tree edges (stored ``width`` in)
+    need = need[width : width + n]
+    for c in range(n):
+        size[c] = 1.0
+        mean[c] = need[c]
+    for k in range(n - 1, 0, -1):  # group sums and sizes gather at each group's first cell
         c = order[k]
-        size[c] = 1
-        mean[c] = need[width + c]
-    for k in range(n - 1, 0, -1):
-        c = order[k]
-        if tree_edge[c] >= 0:
-            parent = _other_end(tree_edge[c], c, width)
-            mean[parent] += mean[c]
-            size[parent] += size[c]
+        if parent[c] >= 0:
+            mean[parent[c]] += mean[c]
+            size[parent[c]] += size[c]
     for k in range(n):
         c = order[k]
-        mean[c] = mean[c] / size[c] if tree_edge[c] < 0 else mean[_other_end(tree_edge[c], c, width)]
+        mean[c] = mean[c] / size[c] if parent[c] < 0 else mean[parent[c]]
     # each tree edge carries what its subtree still needs: (Dᵀw)_c = need_c − mean_c on every cell
     for c in range(n):
-        need[width + c] -= mean[c]
+        need[c] -= mean[c]
     for k in range(n - 1, 0, -1):
         c = order[k]
-        edge = tree_edge[c]
-        if edge < 0:
+        code = tree_edge[c]
+        if code < 0:
             continue
-        e = edge // 2
-        horizontal = edge % 2 == 0
-        first = c == (e - 1 if horizontal else e - width)  # (Dx)_e = x_first − x_second
-        flow = need[width + c] if first else -need[width + c]
-        if abs(flow) > (b_h[e] if horizontal else b_v[e]):
+        e, kind = code // 4, code % 4
+        flow = need[c] if kind % 2 == 0 else -need[c]  # (Dx)_e = x_first − x_second: (Dᵀw)_first gets +w_e
+        bounds, duals = (b_h, w_h) if kind < 2 else (b_v, w_v)
+        if abs(flow) > bounds[e]:
             return False
-        (w_h if horizontal else w_v)[e] = flow
-        parent = _other_end(edge, c, width)
-        need[width + parent] += flow if first else -flow
+        duals[e] = flow
+        need[parent[c]] += need[c]
     return True
 
 
@@ -204,14 +215,14 @@ def _prox_map(
     check_every: int,
     out: np.ndarray,
     work: np.ndarray,
+    parent: np.ndarray,
     tree_edge: np.ndarray,
     order: np.ndarray,
-    size: np.ndarray,
 ) -> None:
-    """One map's prox into ``out``; ``work`` is (13, H·W + W) float64, the others (H·W,) int64."""
+    """One map's prox into ``out``; ``work`` is (14, H·W + W) float64, the others (H·W,) int64."""
     n = z_in.shape[0]
     work[:] = 0.0
-    z, x, x_u, need, mean = work[0, :n], work[1], work[2], work[3], work[4, :n]
+    z, x, x_u, need, mean, size = work[0, :n], work[1], work[2], work[3], work[4, :n], work[13, :n]
     u_h, u_v, v_h, v_v, new_h, new_v, w_h, w_v = (
         work[5],
         work[6],
@@ -229,18 +240,17 @@ def _prox_map(
     _primal(z, v_h, v_v, width, x)
     tol = eps * (1.0 + largest) * (1.0 + largest)
     t = 1.0
-    next_finish = FIRST_FINISH
+    saturated = -1  # edges at their bound at the last check
     for it in range(max_iters + 1):
         if it % check_every == 0 or it == max_iters:
             if _gap(z, u_h, u_v, b_h, b_v, width, x_u) <= tol or it == max_iters:
                 break
-            if it >= next_finish:
-                next_finish = it + max(check_every, it // 2)
-                if (
-                    _exact_dual(z, u_h, u_v, b_h, b_v, width, w_h, w_v, need, mean, tree_edge, order, size)
-                    and _gap(z, w_h, w_v, b_h, b_v, width, x_u) <= tol
-                ):
-                    break
+            last, saturated = saturated, _saturated(u_h, b_h) + _saturated(u_v, b_v)
+            if (it == FIRST_FINISH or saturated == last) and (
+                _exact_dual(z, u_h, u_v, b_h, b_v, width, w_h, w_v, need, mean, size, parent, tree_edge, order)
+                and _gap(z, w_h, w_v, b_h, b_v, width, x_u) <= tol
+            ):
+                break
         _dual_step(x, v_h, b_h, width - 1, width, new_h)
         _dual_step(x, v_v, b_v, 0, width, new_v)
         if _against(u_h, v_h, new_h, n) + _against(u_v, v_v, new_v, n) > 0.0:
@@ -271,10 +281,10 @@ def _prox(
 ) -> None:
     maps, n = z.shape
     for c in numba.prange(chunks):
-        work = np.empty((13, n + width), np.float64)
+        work = np.empty((14, n + width), np.float64)
+        parent = np.empty(n, np.int64)
         tree_edge = np.empty(n, np.int64)
         order = np.empty(n, np.int64)
-        size = np.empty(n, np.int64)
         start, stop = chunk(c, maps, chunks)
         for m in range(start, stop):
             _prox_map(
@@ -287,9 +297,9 @@ def _prox(
                 check_every,
                 out[m],
                 work,
+                parent,
                 tree_edge,
                 order,
-                size,
             )
 
 
