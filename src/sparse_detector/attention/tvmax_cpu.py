@@ -124,6 +124,20 @@ def _reach(m: int, c: int, code: int, parent: np.ndarray, tree_edge: np.ndarray,
     return tail + 1
 
 
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _mark_joined(u_h: np.ndarray, u_v: np.ndarray, b_h: np.ndarray, b_v: np.ndarray, width: int, mark: np.ndarray):
+    """mark[c] = 1 where cell c has an edge with |u| < bound (is not alone in its group), else 0."""
+    n = mark.shape[0]
+    for c in range(n):  # the edges entering c ...
+        mark[c] = 1.0 if abs(u_h[c]) < b_h[c] or abs(u_v[c]) < b_v[c] else 0.0
+    left, u_right, b_right = mark[: n - 1], u_h[1:n], b_h[1:n]  # ... and those leaving it
+    for c in range(n - 1):
+        left[c] = 1.0 if abs(u_right[c]) < b_right[c] else left[c]
+    up, u_down, b_down = mark[: n - width], u_v[width:n], b_v[width:n]
+    for c in range(n - width):
+        up[c] = 1.0 if abs(u_down[c]) < b_down[c] else up[c]
+
+
 @numba.njit(cache=True, nogil=True)
 def _groups(
     u_h: np.ndarray,
@@ -131,18 +145,21 @@ def _groups(
     b_h: np.ndarray,
     b_v: np.ndarray,
     width: int,
+    mark: np.ndarray,
     parent: np.ndarray,
     tree_edge: np.ndarray,
     order: np.ndarray,
-) -> None:
-    """Breadth-first spanning trees of the groups of cells joined by edges with |u| < bound. ``order`` lists the
-    cells, each after its ``parent`` (−1 for a group's first cell); ``tree_edge`` codes the edge to the parent as
-    4·e + k: k = 0 / 1 for h[e] with the cell as its first / second end, 2 / 3 for v[e]."""
+) -> int:
+    """Breadth-first spanning trees of the groups of two or more cells joined by edges with |u| < bound; returns how
+    many cells they hold. ``order`` lists those cells, each after its ``parent`` (−1 for a group's first cell);
+    ``tree_edge`` codes the edge to the parent as 4·e + k: k = 0 / 1 for h[e] with the cell as its first / second
+    end, 2 / 3 for v[e]. Cells alone in their group (most of them at peaked scores) are skipped."""
     n = parent.shape[0]
+    _mark_joined(u_h, u_v, b_h, b_v, width, mark)
     parent[:] = -2  # not reached yet
     head = tail = 0
     for start in range(n):
-        if parent[start] != -2:
+        if mark[start] == 0.0 or parent[start] != -2:
             continue
         tail = _reach(start, -1, -1, parent, tree_edge, order, tail)
         while head < tail:
@@ -157,6 +174,7 @@ def _groups(
                 tail = _reach(c - width, c, 4 * c + 2, parent, tree_edge, order, tail)
             if c + width < n and abs(u_v[c + width]) < b_v[c + width] and parent[c + width] == -2:
                 tail = _reach(c + width, c, 4 * (c + width) + 3, parent, tree_edge, order, tail)
+    return tail
 
 
 @numba.njit(cache=True, nogil=True)
@@ -176,44 +194,43 @@ def _exact_dual(
     tree_edge: np.ndarray,
     order: np.ndarray,
 ) -> bool:
-    """Duals w with z − Dᵀw constant on each group of u (see the module's docstring); False when a tree edge would
-    need more than its bound."""
+    """Duals w with z − Dᵀw constant on each group of u, that constant in ``mean`` (see the module's docstring);
+    False when a tree edge would need more than its bound."""
     n = z.shape[0]
-    _groups(u_h, u_v, b_h, b_v, width, parent, tree_edge, order)
+    grouped = _groups(u_h, u_v, b_h, b_v, width, size, parent, tree_edge, order)
     w_h[:] = u_h
     w_v[:] = u_v
-    for c in range(n):
-        code = tree_edge[c]
+    for k in range(grouped):
+        code = tree_edge[order[k]]
         if code >= 0:
             (w_h if code % 4 < 2 else w_v)[code // 4] = 0.0
     _primal(z, w_h, w_v, width, need)  # z − Dᵀw without the tree edges (stored ``width`` in)
     need = need[width : width + n]
-    for c in range(n):
-        size[c] = 1.0
-        mean[c] = need[c]
-    for k in range(n - 1, 0, -1):  # group sums and sizes gather at each group's first cell
+    mean[:] = need  # a cell alone in its group is its own mean
+    for k in range(grouped):
+        size[order[k]] = 1.0
+    for k in range(grouped - 1, -1, -1):  # group sums and sizes gather at each group's first cell
         c = order[k]
         if parent[c] >= 0:
             mean[parent[c]] += mean[c]
             size[parent[c]] += size[c]
-    for k in range(n):
+    for k in range(grouped):
         c = order[k]
         mean[c] = mean[c] / size[c] if parent[c] < 0 else mean[parent[c]]
-    # each tree edge carries what its subtree still needs: (Dᵀw)_c = need_c − mean_c on every cell
-    for c in range(n):
-        need[c] -= mean[c]
-    for k in range(n - 1, 0, -1):
+    # each tree edge carries what its subtree still needs: (Dᵀw)_c = need_c − mean_c on every cell of a group
+    for k in range(grouped - 1, -1, -1):
         c = order[k]
         code = tree_edge[c]
         if code < 0:
             continue
         e, kind = code // 4, code % 4
-        flow = need[c] if kind % 2 == 0 else -need[c]  # (Dx)_e = x_first − x_second: (Dᵀw)_first gets +w_e
+        excess = need[c] - mean[c]
+        flow = excess if kind % 2 == 0 else -excess  # (Dx)_e = x_first − x_second: (Dᵀw)_first gets +w_e
         bounds, duals = (b_h, w_h) if kind < 2 else (b_v, w_v)
         if abs(flow) > bounds[e]:
             return False
         duals[e] = flow
-        need[parent[c]] += need[c]
+        need[parent[c]] += excess
     return True
 
 
