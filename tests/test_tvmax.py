@@ -172,7 +172,7 @@ def test_gradcheck_with_fused_groups() -> None:
 
 
 def test_group_means_agree_on_large_groups() -> None:
-    """The union–find of the CPU kernels and the label propagation of the tensor path find the same groups."""
+    """The breadth-first fill of the CPU kernels and the label propagation of the tensor path find the same groups."""
     tensor_path = importlib.import_module("sparse_detector.attention.tvmax")  # the package's `tvmax` is the function
     height, width = 9, 13
     values = torch.randn(40, height * width, dtype=F64)

@@ -428,13 +428,14 @@ def _prox(
             )
 
 
-@numba.njit(cache=True, nogil=True)
-def _root(parent: np.ndarray, i: int) -> int:
-    """The root of i's set, halving the path on the way."""
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
+@numba.njit(cache=True, nogil=True, inline="always")
+def _visit(m: int, seen: np.ndarray, queue: np.ndarray, tail: int) -> int:
+    """Queue cell m unless seen; returns the new tail."""
+    if seen[m]:
+        return tail
+    seen[m] = True
+    queue[tail] = m
+    return tail + 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -444,28 +445,35 @@ def _group_mean_map(
     fused_v: np.ndarray,
     width: int,
     out: np.ndarray,
-    parent: np.ndarray,
-    sums: np.ndarray,
-    counts: np.ndarray,
+    queue: np.ndarray,
+    seen: np.ndarray,
 ) -> None:
-    """One map's values averaged over the groups of cells joined by fused edges (union–find), into ``out``."""
+    """One map's values averaged over the groups of cells joined by fused edges, into ``out``. Each group holding a
+    nonzero value is filled breadth-first from it; the others average zeros (a sparsemax gradient is zero off its
+    few support cells, so at peaked scores most of the grid is never visited)."""
     n = values.shape[0]
-    for i in range(n):
-        parent[i] = i
-        sums[i] = 0.0
-        counts[i] = 0
-    for fused, step in ((fused_h, 1), (fused_v, width)):
-        for e in range(fused.shape[0]):
-            if fused[e]:
-                a, b = _root(parent, e), _root(parent, e + step)
-                parent[max(a, b)] = min(a, b)
-    for i in range(n):
-        root = _root(parent, i)
-        parent[i] = root
-        sums[root] += values[i]
-        counts[root] += 1
-    for i in range(n):
-        out[i] = sums[parent[i]] / counts[parent[i]]
+    out[:] = 0.0
+    seen[:] = False
+    for start in range(n):
+        if values[start] == 0.0 or seen[start]:
+            continue
+        seen[start] = True
+        queue[0] = start
+        head, tail, total = 0, 1, 0.0
+        while head < tail:
+            c = queue[head]
+            head += 1
+            total += values[c]
+            if c > 0 and fused_h[c - 1]:
+                tail = _visit(c - 1, seen, queue, tail)
+            if c + 1 < n and fused_h[c]:
+                tail = _visit(c + 1, seen, queue, tail)
+            if c >= width and fused_v[c - width]:
+                tail = _visit(c - width, seen, queue, tail)
+            if c + width < n and fused_v[c]:
+                tail = _visit(c + width, seen, queue, tail)
+        for k in range(tail):
+            out[queue[k]] = total / tail
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -474,12 +482,11 @@ def _group_mean(
 ) -> None:
     maps, n = values.shape
     for c in numba.prange(chunks):
-        parent = np.empty(n, np.int64)
-        sums = np.empty(n, np.float64)
-        counts = np.empty(n, np.int64)
+        queue = np.empty(n, np.int64)
+        seen = np.empty(n, np.bool_)
         start, stop = chunk(c, maps, chunks)
         for m in range(start, stop):
-            _group_mean_map(values[m], fused_h[m], fused_v[m], width, out[m], parent, sums, counts)
+            _group_mean_map(values[m], fused_h[m], fused_v[m], width, out[m], queue, seen)
 
 
 def group_mean(values: Tensor, fused: tuple[Tensor, Tensor], width: int) -> Tensor:
