@@ -25,8 +25,9 @@ group: the other edges keep FISTA's duals, the tree edges carry the rest of each
 If every tree dual is within its bound, the duality gap of the group means x̂ and w (:func:`_finish_gap`, exactly 0
 on the edges inside groups) is evaluated; the map returns x̂ if that gap is within the tolerance, otherwise FISTA goes
 on. The finish is tried at iteration 10 and then at each gap check where as many edges are at their bound as at the
-previous one (the groups have likely settled). Measured on 25 × 34 grids, λ = 0.1: ~15, ~35 and ~350 iterations at
-scores N(0, 3²), N(0, 1), N(0, 0.1²), against ~35, ~70 and ~500 for FISTA's own gap test (benchmarks/RESULTS.md).
+previous one (the groups have likely settled). Measured on 25 × 34 grids, λ = 0.1, float32 scores: ~18, ~34 and
+~370 iterations at N(0, 3²), N(0, 1), N(0, 0.1²), against ~31, ~57 and ~490 for FISTA's own gap test
+(benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
