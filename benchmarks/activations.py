@@ -11,6 +11,7 @@ alike), inputs and upstream gradients made before the timed region; medians afte
     OMP_WAIT_POLICY=PASSIVE python benchmarks/activations.py --threads 2 --repeats 10 --shapes decoder
     python benchmarks/activations.py --maps alpha_entmax --alphas 1.01 1.1 1.5 --scores uniform
     python benchmarks/activations.py --device cuda --repeats 50     # on a GPU: the tensor-operation path
+    python benchmarks/activations.py --maps tvmax --clock cpu       # CPU time instead of wall time (shared machine)
 """
 
 from __future__ import annotations
@@ -67,19 +68,27 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _time(fn: Callable[[], object]) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # cpu: the process's CPU time, all threads
+
+
+def _time(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
     synchronize = torch.cuda.synchronize if torch.cuda.is_initialized() else lambda: None
     synchronize()
-    start = time.perf_counter()
+    start = clock()
     fn()
     synchronize()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 Medians = dict[tuple[str, str], float]  # (implementation, pass) -> median seconds
 
 
-def _round_robin(calls: dict[tuple[str, str], Callable[[], object]], repeats: int, warmup: int) -> Medians:
+def _round_robin(
+    calls: dict[tuple[str, str], Callable[[], object]],
+    repeats: int,
+    warmup: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Medians:
     """Median seconds per call, the calls timed in turn so that load changes hit all of them alike."""
     for _ in range(warmup):
         for call in calls.values():
@@ -87,7 +96,7 @@ def _round_robin(calls: dict[tuple[str, str], Callable[[], object]], repeats: in
     times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
     for _ in range(repeats):
         for key, call in calls.items():
-            times[key].append(_time(call))
+            times[key].append(_time(call, clock))
     return {key: statistics.median(values) for key, values in times.items()}
 
 
@@ -105,9 +114,12 @@ def run(
     softmax = lambda z: torch.softmax(z, dim=-1)  # noqa: E731
     results = {}
     for name, (ours, library) in maps.items():
-        results[name] = _round_robin({**passes("softmax", softmax), **passes("ours", ours)}, args.repeats, args.warmup)
+        clock = CLOCKS[args.clock]
+        results[name] = _round_robin(
+            {**passes("softmax", softmax), **passes("ours", ours)}, args.repeats, args.warmup, clock
+        )
         if args.library and library is not None:
-            results[name].update(_round_robin(passes("library", library), args.repeats, args.warmup))
+            results[name].update(_round_robin(passes("library", library), args.repeats, args.warmup, clock))
     return results
 
 
@@ -158,7 +170,15 @@ def main() -> None:
     parser.add_argument("--alphas", nargs="+", type=float, default=[1.1, 1.3, 1.5], help="α-entmax's α, in (1, 2]")
     parser.add_argument("--maps", nargs="+", choices=MAPS, default=MAPS, help="maps to time, each against softmax")
     parser.add_argument("--library", action="store_true", help="also time the entmax library's counterparts")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall (default) or cpu: the process's CPU time over all threads, steadier on a shared machine",
+    )
     args = parser.parse_args()
+    if args.clock == "cpu" and args.device.startswith("cuda"):
+        parser.error("--clock cpu times the CPU only; use the wall clock on a GPU")
     if args.repeats < 10:
         parser.error("--repeats must be at least 10")
     torch.set_num_threads(args.threads)
@@ -168,7 +188,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, entmax {entmax.__version__}, {where}, {_cpu_name()} ({os.cpu_count()} CPUs), "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-        f"median of {args.repeats} after {args.warmup} warm-up"
+        f"{args.clock} clock, median of {args.repeats} after {args.warmup} warm-up"
     )
     results = {}
     for shape in args.shapes:

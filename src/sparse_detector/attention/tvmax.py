@@ -11,7 +11,9 @@ min ½‖z − Dᵀu‖², x = z − Dᵀu, step 1/8 (‖D‖² ≤ 8 on a 4-nei
 ≤ 4.9e-4·(1 + max|z|) in float32 (measured 5e-7 to 9e-5 on 25 × 34 grids) and ≤ 2.1e-8·(1 + max|z|) in float64
 (tested within 1e-6 of a certified exact prox); finished maps leave the working set, and at most
 ``MAX_PROX_ITERS`` iterations run. On the CPU the same iteration runs per map in compiled loops
-(:mod:`.tvmax_cpu`), which keep each map in cache.
+(:mod:`.tvmax_cpu`), which keep each map in cache and finish it exactly, under the same gap test, from the groups of
+equal values FISTA has found (measured on 25 × 34 grids: after 20–75 % of the iterations the gap test alone
+needs).
 
 Backward: sparsemax backward, then the prox Jacobian, which averages the gradient over the connected groups of
 4-neighbours with equal prox values (equal within 256·eps·(1 + max|z|)).
