@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import numba
 import numpy as np
@@ -43,6 +44,13 @@ import torch
 from torch import Tensor
 
 from . import vector_math
+
+# numba runs its parallel loops on its own OpenMP runtime (GNU libgomp, not the copy bundled with torch), whose idle
+# threads by default spin after each loop and take the cores from torch's next operations (benchmarks/RESULTS.md,
+# "numba's idle threads": torch's products up to 40x slower right after a kernel, 2 cores). Passive waiting costs a
+# kernel call microseconds. libgomp reads the variable when numba loads it (at its first parallel loop, after torch
+# has started its own runtime, which keeps its setting); a value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Newton stops once a step is below this (the next step's error is ~its square), iterations are capped.
 SETTLE = 1e-9
