@@ -6,6 +6,7 @@
         decoder_cross=tvmax --set model.attention.encoder_self.alpha_init=1.1
     python benchmarks/train_step.py --cases shapes_tiny_deformable --variants softmax \
         encoder_self=sparsemax+decoder_cross=sparsemax
+    python benchmarks/train_step.py --cases deformable_detr_r50 shapes_tiny_deformable --plain-layers-ab
 
 One step = forward, Hungarian matching + losses, backward, gradient clipping, AdamW step, on random images with
 three random boxes each. Median over ``--repeats`` steps after ``--warmup`` steps. One model per variant is built
@@ -25,6 +26,7 @@ from collections.abc import Callable
 import torch
 
 from sparse_detector import build_criterion, build_model, load_config
+from sparse_detector.attention import fast_layers
 from sparse_detector.engine.device import resolve_device
 from sparse_detector.engine.optim import build_optimizer
 
@@ -34,6 +36,7 @@ CASES = {
     "detr_r50_coco": ("detr_r50", ["model.backbone.pretrained=false"], 1, (800, 1066)),
     "shapes_tiny": ("shapes_tiny", [], 16, (128, 128)),
     "shapes_tiny_deformable": ("shapes_tiny_deformable", [], 16, (128, 128)),
+    "deformable_detr_r50": ("deformable_detr_r50", ["model.backbone.pretrained=false"], 2, (512, 512)),
 }
 
 
@@ -87,6 +90,16 @@ def make_step(
     return step
 
 
+def with_fast_layers(step: Callable[[], float], fast: bool) -> Callable[[], float]:
+    """``step`` with :mod:`sparse_detector.attention.fast_layers` switched on or off (for A/B in one process)."""
+
+    def switched() -> float:
+        fast_layers.ONEDNN_ON_CPU = fast_layers.FAST_CPU_DROPOUT = fast
+        return step()
+
+    return switched
+
+
 def time_steps(steps: dict[str, Callable[[], float]], args: argparse.Namespace) -> dict[str, float]:
     """Median seconds of one training step per map, the maps' steps taken in turn so that drift hits all alike."""
     for step in steps.values():
@@ -109,6 +122,11 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--cross-attention", nargs="+", help="decoder cross-attention maps (see --variants)")
     parser.add_argument("--variants", nargs="+", default=["softmax"], help="softmax or site=map[+site=map...]")
+    parser.add_argument(
+        "--plain-layers-ab",
+        action="store_true",
+        help="per variant, also time the same model with fast_layers switched off (F.linear, nn.Dropout), interleaved",
+    )
     args = parser.parse_args()
     variants = [f"decoder_cross={m}" for m in args.cross_attention] if args.cross_attention else args.variants
     torch.set_num_threads(args.threads)
@@ -123,6 +141,12 @@ def main() -> None:
             variant: make_step(preset, [*overrides, *variant_overrides(variant)], batch, size, device, args)
             for variant in variants
         }
+        if args.plain_layers_ab:
+            steps = {
+                f"{variant}{label}": with_fast_layers(step, fast)
+                for variant, step in steps.items()
+                for label, fast in (("", True), (" (plain layers)", False))
+            }
         seconds = time_steps(steps, args)
         reference = seconds[variants[0]]
         for variant, value in seconds.items():

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...attention.fast_layers import Linear
 from ...attention.sites import AttentionSite
 from ...data.batching import PaddedBatch, as_padded_batch
 from ..detr import MLP
@@ -78,7 +79,7 @@ class DeformableDETR(nn.Module):
             in_channels = hidden_dim
         self.input_proj = nn.ModuleList(projections)
 
-        class_embed = nn.Linear(hidden_dim, num_classes)
+        class_embed = Linear(hidden_dim, num_classes)
         bias = -math.log((1 - 0.01) / 0.01)  # prior probability 0.01 for every class
         nn.init.constant_(class_embed.bias, bias)
         bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ...attention.base import AttentionActivation
 from ...attention.deformable import MSDeformAttn
+from ...attention.fast_layers import Dropout, Linear
 from ...attention.multihead import MultiheadAttention
 from ...attention.sites import AttentionSite
 from ..transformer import DECODER_CROSS, DECODER_SELF, ENCODER_SELF
@@ -55,12 +56,12 @@ class DeformableTransformerEncoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, activation)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout3 = nn.Dropout(dropout)
+        self.linear1 = Linear(d_model, d_ffn)
+        self.dropout2 = Dropout(dropout)
+        self.linear2 = Linear(d_ffn, d_model)
+        self.dropout3 = Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
     def forward(
@@ -140,15 +141,15 @@ class DeformableTransformerDecoderLayer(nn.Module):
         super().__init__()
         site = make_activation or (lambda _: None)
         self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, site(DECODER_CROSS))
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.self_attn = MultiheadAttention(d_model, n_heads, dropout, site(DECODER_SELF))
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout4 = nn.Dropout(dropout)
+        self.linear1 = Linear(d_model, d_ffn)
+        self.dropout3 = Dropout(dropout)
+        self.linear2 = Linear(d_ffn, d_model)
+        self.dropout4 = Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
 
     def forward(
@@ -276,12 +277,12 @@ class DeformableTransformer(nn.Module):
         )
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         if two_stage:
-            self.enc_output = nn.Linear(d_model, d_model)
+            self.enc_output = Linear(d_model, d_model)
             self.enc_output_norm = nn.LayerNorm(d_model)
-            self.pos_trans = nn.Linear(d_model * 2, d_model * 2)
+            self.pos_trans = Linear(d_model * 2, d_model * 2)
             self.pos_trans_norm = nn.LayerNorm(d_model * 2)
         else:
-            self.reference_points = nn.Linear(d_model, 2)
+            self.reference_points = Linear(d_model, 2)
         self._reset_parameters()
 
     def attention_sites(self) -> tuple[AttentionSite, ...]:
