@@ -163,6 +163,8 @@ def test_predict_with_image_ids_scores_like_evaluate(run: Path, tmp_path: Path, 
     Image.new("RGB", (32, 32)).save(stray)
     assert main([*argv, str(images[0]), str(stray), "--image-ids", str(gt_file), "--output", str(out)]) == 2
     assert "stray.png (no entry)" in capsys.readouterr().err
+    json_argv = [*argv[:-2], str(images[0]), "--image-ids", str(gt_file), "--output", str(out)]
+    assert main(json_argv) == 2 and "add --format coco" in capsys.readouterr().err
 
 
 def test_image_ids_match_by_path_then_unique_name(tmp_path: Path) -> None:

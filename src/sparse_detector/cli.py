@@ -479,6 +479,8 @@ def add_predict_command(commands: Subparsers) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from .engine.inference import predict_images
 
+    if args.image_ids and args.format != "coco":
+        raise ValueError("--image-ids numbers the COCO results; add --format coco")
     loaded = _load_model(args)
     draw_attention = None
     if args.attention:
