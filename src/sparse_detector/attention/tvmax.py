@@ -137,10 +137,12 @@ class TVProxFunction(torch.autograd.Function):
     """prox_{λTV} on (N, H·W) maps; the backward averages the gradient over the groups of equal prox values."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, z: Tensor, bound_h: Tensor, bound_v: Tensor, width: int) -> Tensor:
+    def forward(
+        ctx: FunctionCtx, z: Tensor, bound_h: Tensor, bound_v: Tensor, width: int, valid: Tensor | None = None
+    ) -> Tensor:
         with torch.autocast(z.device.type, enabled=False):  # e.g. CPU autocast would run vecdot in bf16
             if uses_cpu_kernels(z):
-                x = tvmax_cpu.prox(z, (bound_h, bound_v), width, MAX_PROX_ITERS, CHECK_EVERY)
+                x = tvmax_cpu.prox(z, (bound_h, bound_v), width, MAX_PROX_ITERS, CHECK_EVERY, valid)
             else:
                 x = _tv_prox(z, (bound_h, bound_v), width)
         ctx.save_for_backward(x, bound_h, bound_v)
@@ -150,15 +152,15 @@ class TVProxFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None, None]:
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
         x, *bounds = ctx.saved_tensors
         steps = (1, ctx.width)
         fused = tuple((_diff(x, s).abs() <= ctx.tol) & (b > 0) for s, b in zip(steps, bounds, strict=True))
         if not any(bool(f.any()) for f in fused):
-            return grad, None, None, None
+            return grad, None, None, None, None
         if uses_cpu_kernels(grad):
-            return tvmax_cpu.group_mean(grad, fused, ctx.width), None, None, None
-        return _group_mean(grad.contiguous(), fused, steps), None, None, None
+            return tvmax_cpu.group_mean(grad, fused, ctx.width), None, None, None, None
+        return _group_mean(grad.contiguous(), fused, steps), None, None, None, None
 
 
 def tvmax(x: Tensor, grid_hw: tuple[int, int], lam: float, dim: int = -1, mask: Tensor | None = None) -> Tensor:
@@ -182,7 +184,8 @@ def tvmax(x: Tensor, grid_hw: tuple[int, int], lam: float, dim: int = -1, mask: 
         z = z.masked_fill(mask, 0.0)  # keeps the prox finite; these cells have no edges and are masked below
         valid = ~mask.reshape(-1, height * width)
     bound_h, bound_v = _edge_bounds(valid, width, lam, z.dtype)
-    prox = TVProxFunction.apply(z.reshape(-1, height * width), bound_h, bound_v, width).view(shape)
+    # valid: on the CPU only the cells that can reach sparsemax's support are solved (the rest come back −inf)
+    prox = TVProxFunction.apply(z.reshape(-1, height * width), bound_h, bound_v, width, valid).view(shape)
     if mask is not None:
         prox = prox.masked_fill(mask, NEG_INF)
     p = EntmaxFunction.apply(prox.reshape(-1, shape[-1]), 2.0)

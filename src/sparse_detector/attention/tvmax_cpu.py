@@ -39,10 +39,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import tvmax_support
 from .entmax_cpu import chunk, row_of, threads_and_chunks
 
 # Sums may be reordered (so that the reductions vectorise); NaN and infinity keep their meaning.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+SPARSE_GROUPS = 0.93
 FIRST_FINISH = 10  # the first attempt at the exact finish; later ones when the groups look settled
 F32_EPS = float(np.finfo(np.float32).eps)
 SWITCH_GAP = 16  # FISTA goes on in float64 below this many float32 tolerances eps32·(1 + max|z|)² (float32's
@@ -324,9 +326,14 @@ def _prox_map(
     parent: np.ndarray,
     tree_edge: np.ndarray,
     order: np.ndarray,
-) -> None:
+    valid: np.ndarray,
+    index: np.ndarray,
+    stamp: int,
+) -> int:
     """One map's prox into ``out``; ``work`` is (18, H·W + W) float64, ``work32`` (9, H·W + W) float32, the others
-    (H·W,) int64."""
+    (H·W,) int64. With ``valid`` (H·W,) not empty, only what TVMax needs: the prox above a level t0 below
+    sparsemax's threshold and −inf elsewhere, by :mod:`.tvmax_support` from FISTA's duals at iteration
+    ``FIRST_FINISH`` (``index``: its (10, H·W) int64 scratch; returns its next search stamp)."""
     n = z_in.shape[0]
     z, x_u, need, mean, size = work[0, :n], work[1], work[2], work[3, :n], work[4, :n]
     w_h, w_v, c_h, c_v, x_hat = work[5], work[6], work[7], work[8], work[16]  # clipped duals, the finish's
@@ -347,6 +354,7 @@ def _prox_map(
     t = 1.0
     single = True  # iterating in float32
     saturated = -1  # edges at their bound at the last check
+    edges = _saturated(b_h, b_h) + _saturated(b_v, b_v)
     best, stalled = math.inf, 0
     it = 0
     while True:
@@ -359,8 +367,20 @@ def _prox_map(
         gap = _gap(z, w_h, w_v, b_h, b_v, width, x_u)
         if gap <= tol or it >= max_iters:
             break
+        if it == FIRST_FINISH and valid.shape[0]:
+            solved, stamp = tvmax_support.prox_map(
+                z, valid, b_h, b_v, width, w_h[:n], w_v[:n], out, work[1:3, :n], index, stamp
+            )
+            if solved:
+                return stamp
+            if single:  # (the cuts moved the duals)
+                _clip(u32_h, b_h, w_h)
+                _clip(u32_v, b_v, w_v)
+            else:
+                _clip(u_h, b_h, w_h)
+                _clip(u_v, b_v, w_v)
         last, saturated = saturated, _saturated(w_h, b_h) + _saturated(w_v, b_v)
-        if (it == FIRST_FINISH or saturated == last) and (
+        if (saturated == last or (it == FIRST_FINISH and saturated >= SPARSE_GROUPS * edges)) and (
             _exact_dual(z, w_h, w_v, b_h, b_v, width, c_h, c_v, need, mean, size, parent, tree_edge, order)
             and _finish_gap(z, c_h, c_v, b_h, b_v, width, mean, x_hat, need) <= tol
         ):
@@ -386,6 +406,7 @@ def _prox_map(
         it += count
     for c in range(n):
         out[c] = x_u[width + c]
+    return stamp
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -399,6 +420,7 @@ def _prox(
     check_every: int,
     out: np.ndarray,
     chunks: int,
+    valid: np.ndarray,
 ) -> None:
     maps, n = z.shape
     b32_h, b32_v = b_h.astype(np.float32), b_v.astype(np.float32)
@@ -408,9 +430,11 @@ def _prox(
         parent = np.empty(n, np.int64)
         tree_edge = np.empty(n, np.int64)
         order = np.empty(n, np.int64)
+        index = np.zeros((10, n), np.int64)
+        stamp = 1
         start, stop = chunk(c, maps, chunks)
         for m in range(start, stop):
-            _prox_map(
+            stamp = _prox_map(
                 z[m],
                 row_of(b_h, m),
                 row_of(b_v, m),
@@ -426,6 +450,9 @@ def _prox(
                 parent,
                 tree_edge,
                 order,
+                row_of(valid, m) if valid.shape[0] else valid.reshape(-1),
+                index,
+                stamp,
             )
 
 
@@ -500,17 +527,29 @@ def group_mean(values: Tensor, fused: tuple[Tensor, Tensor], width: int) -> Tens
     return out
 
 
-def prox(z: Tensor, bounds: tuple[Tensor, Tensor], width: int, max_iters: int, check_every: int) -> Tensor:
-    """prox of Σ_e bound_e |(Dx)_e| for each row of the CPU z (N, H·W); bounds are (N or 1, edges) per direction."""
+def cell_bounds(bounds: tuple[Tensor, Tensor], cells: int, width: int) -> tuple[Tensor, Tensor]:
+    """The (N or 1, edges) bounds per direction in the per-cell float64 layout: edge (c − 1, c) at c, (c − W, c)
+    at c."""
+    bound_h, bound_v = bounds
+    cell_h = bound_h.new_zeros(bound_h.shape[0], cells, dtype=torch.float64)
+    cell_v = bound_v.new_zeros(bound_v.shape[0], cells, dtype=torch.float64)
+    cell_h[:, 1:] = bound_h
+    cell_v[:, width:] = bound_v
+    return cell_h, cell_v
+
+
+def prox(
+    z: Tensor, bounds: tuple[Tensor, Tensor], width: int, max_iters: int, check_every: int, valid: Tensor | None = None
+) -> Tensor:
+    """prox of Σ_e bound_e |(Dx)_e| for each row of the CPU z (N, H·W); bounds are (N or 1, edges) per direction.
+    With ``valid`` (N or 1, H·W: the cells on the grid, False at masked keys), only what TVMax needs: the prox on
+    the cells above a level below sparsemax's threshold and −inf elsewhere (:mod:`.tvmax_support`)."""
     out = torch.empty_like(z)
     if z.numel():
         z = z.contiguous()
-        bound_h, bound_v = bounds
-        cell_h = bound_h.new_zeros(bound_h.shape[0], z.shape[1], dtype=torch.float64)  # edge (c − 1, c) at c
-        cell_v = bound_v.new_zeros(bound_v.shape[0], z.shape[1], dtype=torch.float64)  # edge (c − W, c) at c
-        cell_h[:, 1:] = bound_h
-        cell_v[:, width:] = bound_v
+        cell_h, cell_v = cell_bounds(bounds, z.shape[1], width)
         eps = torch.finfo(z.dtype).eps
         chunks = threads_and_chunks(z.shape[0])
-        _prox(z.numpy(), cell_h.numpy(), cell_v.numpy(), width, eps, max_iters, check_every, out.numpy(), chunks)
+        cells = np.zeros((0, 0), np.bool_) if valid is None else valid.contiguous().numpy()
+        _prox(z.numpy(), cell_h.numpy(), cell_v.numpy(), width, eps, max_iters, check_every, out.numpy(), chunks, cells)
     return out
