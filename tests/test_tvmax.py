@@ -8,7 +8,9 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from scipy import sparse
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage, sparse
 from scipy.optimize import linprog, lsq_linear, minimize
 from scipy.sparse.csgraph import connected_components
 from torch import Tensor
@@ -82,14 +84,26 @@ def test_matches_direct_constrained_solve(height: int, width: int, lam: float) -
     assert np.abs(ours - _direct_tvmax(z.numpy(), height, width, lam)).max() <= 1e-4
 
 
+def _scores(height: int, width: int, scale: float, seed: int, smooth: bool) -> np.ndarray:
+    """N(0, scale²) scores on a height × width grid; ``smooth``: spatially correlated like an untrained DETR's
+    cross-attention (white noise blurred over ~2 cells, then scaled to a standard deviation of ``scale``)."""
+    noise = np.random.default_rng(seed).standard_normal(height * width)
+    if not smooth:
+        return noise * scale
+    blurred = ndimage.gaussian_filter(noise.reshape(height, width), 2.0).ravel()
+    return blurred / blurred.std() * scale
+
+
 @functools.cache
-def _exact_prox(height: int, width: int, lam: float, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scores N(0, scale²) on a height × width grid and their prox_{λTV}, exact to rounding (≤ 1e-9), by a route
-    independent of the implementation: an interior-point solve of the dual box-constrained least squares
+def _exact_prox(
+    height: int, width: int, lam: float, scale: float, seed: int, smooth: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (:func:`_scores`) on a height × width grid and their prox_{λTV}, exact to rounding (≤ 1e-9), by a
+    route independent of the implementation: an interior-point solve of the dual box-constrained least squares
     min ½‖z − Dᵀu‖², |u| ≤ λ (scipy's lsq_linear) gives the groups of equal values; on those groups the prox is
     closed form (each group's mean of z − Dᵀu with u = λ·sign(Dx) on the edges between groups); and a dual point
     on the edges inside the groups, found by linear programming (HiGHS) with |u| ≤ λ, certifies it optimal."""
-    z = np.random.default_rng(seed).standard_normal(height * width) * scale
+    z = _scores(height, width, scale, seed, smooth)
     diff = sparse.csr_matrix(_grid_difference(height, width))
     guess = z - diff.T @ lsq_linear(diff.T, z, bounds=(-lam, lam), method="trf", tol=1e-13, lsmr_tol=1e-14).x
     jumps = diff @ guess
@@ -134,6 +148,59 @@ def test_prox_matches_certified_exact_prox(
     assert (ours - sparsemax(torch.from_numpy(exact))).abs().max() <= 1e-6
     if implementation == "cpu-kernels":  # finished from FISTA's groups: the exact prox up to rounding
         assert np.abs(prox - exact).max() <= 1e-12
+
+
+@pytest.mark.parametrize(
+    ("scale", "smooth", "cut"),
+    [(0.1, False, False), (1.0, False, True), (3.0, False, True), (0.3, True, True), (0.5, True, True)],
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tvmax_prox_is_exact_where_sparsemax_needs_it(scale: float, smooth: bool, cut: bool, seed: int) -> None:
+    """What TVMax asks of the CPU prox (the cells that can reach sparsemax's support, found by minimum cuts; −inf
+    elsewhere) is the exact prox there, and TVMax equals sparsemax of the exact prox, to rounding. Near-uniform
+    scores (half the grid above the level) are left to FISTA: then the whole prox comes back."""
+    height, width, lam = 25, 34, 0.1
+    z, exact = _exact_prox(height, width, lam, scale, seed=seed, smooth=smooth)
+    tensor_path = importlib.import_module("sparse_detector.attention.tvmax")
+    bounds = tensor_path._edge_bounds(torch.ones(1, height * width, dtype=torch.bool), width, lam, F64)
+    valid = torch.ones(1, height * width, dtype=torch.bool)
+    x = tvmax_cpu.prox(torch.from_numpy(z)[None], bounds, width, 1000, 10, valid)[0].numpy()
+    kept = np.isfinite(x)
+    assert kept.all() != cut  # the cuts answered (or, near-uniform, FISTA did)
+    assert np.abs(x[kept] - exact[kept]).max() <= 1e-12
+    expected = sparsemax(torch.from_numpy(exact))
+    assert (expected[torch.from_numpy(~kept)] == 0).all()
+    assert (sparsemax(torch.from_numpy(x)) - expected).abs().max() <= 1e-12
+    assert (tvmax(torch.from_numpy(z), (height, width), lam) - expected).abs().max() <= 1e-12
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    height=st.integers(1, 7),
+    width=st.integers(1, 7),
+    lam=st.sampled_from([0.02, 0.1, 0.4, 1.5]),
+    scale=st.sampled_from([0.05, 0.5, 2.0, 8.0]),
+    seed=st.integers(0, 2**16),
+    masked=st.booleans(),
+)
+def test_tvmax_cut_path_matches_the_iterative_prox(
+    height: int, width: int, lam: float, scale: float, seed: int, masked: bool
+) -> None:
+    """Small grids, ties of many kinds, masked keys: TVMax from the cuts (CPU) equals sparsemax of the tensor
+    path's full prox (float64, within its stated tolerance)."""
+    if not functional.CPU_KERNELS:
+        return  # (compares the two implementations: runs once)
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(4, height * width, generator=generator, dtype=F64) * scale
+    z[1] = torch.round(z[1])  # ties
+    mask = (torch.rand(4, height * width, generator=generator) < 0.3) if masked else None
+    ours = tvmax(z, (height, width), lam, mask=mask)
+    functional.CPU_KERNELS = False
+    try:
+        reference = tvmax(z, (height, width), lam, mask=mask)
+    finally:
+        functional.CPU_KERNELS = True
+    assert (ours - reference).abs().max() <= 1e-6
 
 
 @pytest.mark.parametrize("scale", [0.1, 1.0, 3.0])

@@ -41,14 +41,14 @@ REACH = 64  # ... and so is one whose cuts take more than REACH·(cells above t0
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _room(c: int, j: int, f_h: np.ndarray, f_v: np.ndarray, b_h: np.ndarray, b_v: np.ndarray, width: int) -> float:
-    """How much more can flow from cell c to its neighbour j."""
-    if j == c - 1:
-        return b_h[c] + f_h[c]
-    if j == c + 1:
-        return b_h[j] - f_h[j]
+    """How much more can flow from cell c to its neighbour j (vertical first: on a one-column grid c ± 1 is one)."""
     if j == c - width:
         return b_v[c] + f_v[c]
-    return b_v[j] - f_v[j]
+    if j == c + width:
+        return b_v[j] - f_v[j]
+    if j == c - 1:
+        return b_h[c] + f_h[c]
+    return b_h[j] - f_h[j]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -56,14 +56,14 @@ def _send(
     c: int, j: int, amount: float, f_h: np.ndarray, f_v: np.ndarray, b_h: np.ndarray, b_v: np.ndarray, width: int
 ):
     """Add ``amount`` to the flow from c to its neighbour j (kept within the edge's bounds against rounding)."""
-    if j == c - 1:
-        f_h[c] = max(f_h[c] - amount, -b_h[c])
-    elif j == c + 1:
-        f_h[j] = min(f_h[j] + amount, b_h[j])
-    elif j == c - width:
+    if j == c - width:
         f_v[c] = max(f_v[c] - amount, -b_v[c])
-    else:
+    elif j == c + width:
         f_v[j] = min(f_v[j] + amount, b_v[j])
+    elif j == c - 1:
+        f_h[c] = max(f_h[c] - amount, -b_h[c])
+    else:
+        f_h[j] = min(f_h[j] + amount, b_h[j])
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -203,14 +203,15 @@ def _cut(
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _bound(c: int, j: int, b_h: np.ndarray, b_v: np.ndarray, width: int) -> float:
-    """The bound λ_e of the edge between c and its neighbour j (0 when there is none)."""
-    if j == c - 1:
-        return b_h[c]
-    if j == c + 1:
-        return b_h[j]
+    """The bound λ_e of the edge between c and its neighbour j (0 when there is none; vertical first, as in
+    :func:`_room`)."""
     if j == c - width:
         return b_v[c]
-    return b_v[j]
+    if j == c + width:
+        return b_v[j]
+    if j == c - 1:
+        return b_h[c]
+    return b_h[j]
 
 
 @numba.njit(cache=True, nogil=True)
