@@ -147,7 +147,8 @@ class TVProxFunction(torch.autograd.Function):
                 x = _tv_prox(z, (bound_h, bound_v), width)
         ctx.save_for_backward(x, bound_h, bound_v)
         ctx.width = width
-        ctx.tol = 256 * torch.finfo(x.dtype).eps * (1 + z.abs().amax(1, keepdim=True))
+        low, high = z.aminmax(dim=1, keepdim=True)
+        ctx.tol = 256 * torch.finfo(x.dtype).eps * (1 + torch.maximum(-low, high))
         return x
 
     @staticmethod

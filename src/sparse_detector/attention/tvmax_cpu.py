@@ -45,6 +45,7 @@ from .entmax_cpu import chunk, row_of, threads_and_chunks
 # Sums may be reordered (so that the reductions vectorise); NaN and infinity keep their meaning.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 SPARSE_GROUPS = 0.93
+CUTS_AT = 10  # TVMax's cuts (tvmax_support) start from FISTA's duals after this many iterations
 FIRST_FINISH = 10  # the first attempt at the exact finish; later ones when the groups look settled
 F32_EPS = float(np.finfo(np.float32).eps)
 SWITCH_GAP = 16  # FISTA goes on in float64 below this many float32 tolerances eps32·(1 + max|z|)² (float32's
@@ -357,6 +358,18 @@ def _prox_map(
     edges = _saturated(b_h, b_h) + _saturated(b_v, b_v)
     best, stalled = math.inf, 0
     it = 0
+    if valid.shape[0]:  # TVMax: the cuts of tvmax_support from FISTA's duals after a few iterations
+        t = _iterate(
+            z32, b32_h, b32_v, width, x32, u32_h, u32_v, v32_h, v32_v, new32_h, new32_v, t, CUTS_AT, work32[8, :1]
+        )
+        it = CUTS_AT
+        _clip(u32_h, b_h, w_h)
+        _clip(u32_v, b_v, w_v)
+        solved, stamp = tvmax_support.prox_map(
+            z, valid, b_h, b_v, width, w_h[:n], w_v[:n], out, work[1:3, :n], index, stamp
+        )
+        if solved:
+            return stamp
     while True:
         if single:
             _clip(u32_h, b_h, w_h)
@@ -367,18 +380,6 @@ def _prox_map(
         gap = _gap(z, w_h, w_v, b_h, b_v, width, x_u)
         if gap <= tol or it >= max_iters:
             break
-        if it == FIRST_FINISH and valid.shape[0]:
-            solved, stamp = tvmax_support.prox_map(
-                z, valid, b_h, b_v, width, w_h[:n], w_v[:n], out, work[1:3, :n], index, stamp
-            )
-            if solved:
-                return stamp
-            if single:  # (the cuts moved the duals)
-                _clip(u32_h, b_h, w_h)
-                _clip(u32_v, b_v, w_v)
-            else:
-                _clip(u_h, b_h, w_h)
-                _clip(u_v, b_v, w_v)
         last, saturated = saturated, _saturated(w_h, b_h) + _saturated(w_v, b_v)
         if (saturated == last or (it == FIRST_FINISH and saturated >= SPARSE_GROUPS * edges)) and (
             _exact_dual(z, w_h, w_v, b_h, b_v, width, c_h, c_v, need, mean, size, parent, tree_edge, order)
