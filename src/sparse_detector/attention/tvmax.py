@@ -155,12 +155,12 @@ class TVProxFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
         x, *bounds = ctx.saved_tensors
+        if uses_cpu_kernels(grad):  # groups found around the gradient's nonzeros only
+            return tvmax_cpu.group_mean(grad, x, ctx.tol, tuple(bounds), ctx.width), None, None, None, None
         steps = (1, ctx.width)
         fused = tuple((_diff(x, s).abs() <= ctx.tol) & (b > 0) for s, b in zip(steps, bounds, strict=True))
         if not any(bool(f.any()) for f in fused):
             return grad, None, None, None, None
-        if uses_cpu_kernels(grad):
-            return tvmax_cpu.group_mean(grad, fused, ctx.width), None, None, None, None
         return _group_mean(grad.contiguous(), fused, steps), None, None, None, None
 
 

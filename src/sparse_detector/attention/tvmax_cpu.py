@@ -467,19 +467,27 @@ def _visit(m: int, seen: np.ndarray, queue: np.ndarray, tail: int) -> int:
     return tail + 1
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _joined(x: np.ndarray, c: int, j: int, bound: float, tol: float) -> bool:
+    """Whether the grid edge (of ``bound``) between cells c and j joins them: equal prox values within ``tol``."""
+    return bound > 0.0 and abs(x[c] - x[j]) <= tol
+
+
 @numba.njit(cache=True, nogil=True)
 def _group_mean_map(
     values: np.ndarray,
-    fused_h: np.ndarray,
-    fused_v: np.ndarray,
+    x: np.ndarray,
+    tol: float,
+    b_h: np.ndarray,
+    b_v: np.ndarray,
     width: int,
     out: np.ndarray,
     queue: np.ndarray,
     seen: np.ndarray,
 ) -> None:
-    """One map's values averaged over the groups of cells joined by fused edges, into ``out``. Each group holding a
-    nonzero value is filled breadth-first from it; the others average zeros (a sparsemax gradient is zero off its
-    few support cells, so at peaked scores most of the grid is never visited)."""
+    """One map's values averaged over the groups of 4-neighbours with equal prox values x, into ``out``. Each group
+    holding a nonzero value is filled breadth-first from it; the others average zeros (a sparsemax gradient is
+    zero off its few support cells, so most of the grid is never visited; TVMax's −inf cells never join)."""
     n = values.shape[0]
     out[:] = 0.0
     seen[:] = False
@@ -493,13 +501,13 @@ def _group_mean_map(
             c = queue[head]
             head += 1
             total += values[c]
-            if c > 0 and fused_h[c - 1]:
+            if c > 0 and _joined(x, c, c - 1, b_h[c], tol):
                 tail = _visit(c - 1, seen, queue, tail)
-            if c + 1 < n and fused_h[c]:
+            if c + 1 < n and _joined(x, c, c + 1, b_h[c + 1], tol):
                 tail = _visit(c + 1, seen, queue, tail)
-            if c >= width and fused_v[c - width]:
+            if c >= width and _joined(x, c, c - width, b_v[c], tol):
                 tail = _visit(c - width, seen, queue, tail)
-            if c + width < n and fused_v[c]:
+            if c + width < n and _joined(x, c, c + width, b_v[c + width], tol):
                 tail = _visit(c + width, seen, queue, tail)
         for k in range(tail):
             out[queue[k]] = total / tail
@@ -507,7 +515,14 @@ def _group_mean_map(
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _group_mean(
-    values: np.ndarray, fused_h: np.ndarray, fused_v: np.ndarray, width: int, out: np.ndarray, chunks: int
+    values: np.ndarray,
+    x: np.ndarray,
+    tol: np.ndarray,
+    b_h: np.ndarray,
+    b_v: np.ndarray,
+    width: int,
+    out: np.ndarray,
+    chunks: int,
 ) -> None:
     maps, n = values.shape
     for c in numba.prange(chunks):
@@ -515,16 +530,26 @@ def _group_mean(
         seen = np.empty(n, np.bool_)
         start, stop = chunk(c, maps, chunks)
         for m in range(start, stop):
-            _group_mean_map(values[m], fused_h[m], fused_v[m], width, out[m], queue, seen)
+            _group_mean_map(values[m], x[m], tol[m], row_of(b_h, m), row_of(b_v, m), width, out[m], queue, seen)
 
 
-def group_mean(values: Tensor, fused: tuple[Tensor, Tensor], width: int) -> Tensor:
-    """Average each row of the CPU ``values`` (N, H·W) over its groups of cells joined by the (N, edges) ``fused``."""
+def group_mean(values: Tensor, x: Tensor, tol: Tensor, bounds: tuple[Tensor, Tensor], width: int) -> Tensor:
+    """Average each row of the CPU ``values`` (N, H·W) over its groups: 4-neighbours joined by an edge of bound > 0
+    (``bounds``: (N or 1, edges) per direction) whose values of x (N, H·W) differ by at most ``tol`` (N, 1)."""
     out = torch.empty_like(values)
     if values.numel():
-        fused_h, fused_v = (f.expand(values.shape[0], -1).contiguous().numpy() for f in fused)
+        cell_h, cell_v = cell_bounds(bounds, values.shape[1], width)
         chunks = threads_and_chunks(values.shape[0])
-        _group_mean(values.contiguous().numpy(), fused_h, fused_v, width, out.numpy(), chunks)
+        _group_mean(
+            values.contiguous().numpy(),
+            x.contiguous().numpy(),
+            tol.reshape(-1).to(torch.float64).contiguous().numpy(),
+            cell_h.numpy(),
+            cell_v.numpy(),
+            width,
+            out.numpy(),
+            chunks,
+        )
     return out
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 NOT_ON_GRID = -1  # the piece of cells outside the grid graph (masked keys: their score is −inf)
 CROWDED = 0.25  # a map with more of its cells above t0 than this share is left to the iterative prox, ...
+TRIED_SETS = 64  # t0 is the best t_S over the sets of the top 1 … max(this, 2·|sparsemax(guess)'s support|) cells
 REACH = 64  # ... and so is one whose cuts take more than REACH·(cells above t0) + 64 steps
 
 
@@ -215,49 +216,66 @@ def _bound(c: int, j: int, b_h: np.ndarray, b_v: np.ndarray, width: int) -> floa
 
 
 @numba.njit(cache=True, nogil=True)
-def _sparsemax_level(
-    z: np.ndarray, guess: np.ndarray, piece, b_h: np.ndarray, b_v: np.ndarray, width: int, mark
-) -> float:
+def _sparsemax_level(z, guess, piece, b_h, b_v, width: int, cells, values, seen, stamp: int) -> float:
     """A level t0 at or below the threshold τ of sparsemax(x*): for any set S of cells,
     t_S = (Σ_S z_i − Σ_{e∈∂S} λ_e − 1) / |S| ≤ τ (see the module's docstring). Returns the best t_S over the sets
-    of the top k cells of ``guess`` (z, or an approximate prox), down to λ/2 below sparsemax(guess)'s threshold
-    (−inf when those are crowded).
-    ``mark`` is (n,) int64 scratch."""
+    of the top k cells of ``guess`` (z, or an approximate prox), down to λ/2 below sparsemax(guess)'s threshold,
+    or −inf when those are crowded. ``cells`` (int64), ``values`` (float64) are (n,) scratch; ``seen`` marks the
+    cells taken with ``stamp``."""
     n = z.shape[0]
     top, steepest = -math.inf, 0.0
     for c in range(n):
         if piece[c] != NOT_ON_GRID:
             top = max(top, guess[c])
             steepest = max(steepest, b_h[c], b_v[c])
-    tau = top - 1.0  # sparsemax(guess)'s threshold: τ ← (Σ_{g > τ} g − 1) / #{g > τ} rises to it (Michelot 1986)
+    count = 0  # sparsemax(guess)'s support lies within 1 of the top; the sets tried, within λ/2 below its threshold
+    for c in range(n):
+        if piece[c] != NOT_ON_GRID and guess[c] > top - 1.0 - 0.5 * steepest:
+            cells[count] = c
+            values[count] = guess[c]
+            count += 1
+    tau, above = top - 1.0, count  # τ ← (Σ_{g > τ} g − 1) / #{g > τ} rises to the threshold (Michelot 1986)
     while True:
-        total, count = 0.0, 0
-        for c in range(n):
-            if piece[c] != NOT_ON_GRID and guess[c] > tau:
-                total += guess[c]
-                count += 1
-        new = (total - 1.0) / count
+        total, kept = 0.0, 0
+        for k in range(above):
+            if values[k] > tau:
+                total += values[k]
+                values[kept] = values[k]
+                kept += 1
+        new = (total - 1.0) / kept
+        above = kept
         if new <= tau:
             break
         tau = new
-    count = 0
-    for c in range(n):
-        if piece[c] != NOT_ON_GRID and guess[c] > tau - 0.5 * steepest:
-            mark[count] = c
-            count += 1
-    if count > n * CROWDED:  # near-uniform scores (see prox_map)
-        return -math.inf
-    cells = mark[:count][np.argsort(-guess[mark[:count]])]
-    mark[:] = 0
-    total, boundary, best = 0.0, 0.0, -math.inf
+    band = 0
     for k in range(count):
-        c = cells[k]
-        mark[c] = 1
+        if guess[cells[k]] > tau - 0.5 * steepest:
+            cells[band] = cells[k]
+            band += 1
+    if band > n * CROWDED:  # near-uniform scores (see prox_map)
+        return -math.inf
+    tried = min(band, max(TRIED_SETS, 2 * above))  # the sets of up to this many cells (a partial sort)
+    for k in range(band):
+        values[k] = -guess[cells[k]]
+    if tried < band:
+        cutoff = np.partition(values[:band], tried - 1)[tried - 1]
+        kept = 0
+        for k in range(band):
+            if values[k] <= cutoff and kept < tried:
+                cells[kept] = cells[k]
+                values[kept] = values[k]
+                kept += 1
+        band = kept
+    order = cells[:band][np.argsort(values[:band])]
+    total, boundary, best = 0.0, 0.0, -math.inf
+    for k in range(band):
+        c = order[k]
+        seen[c] = stamp
         total += z[c]
         for m in range(4):
             j = _neighbour(c, m, n, width)
             if j >= 0:
-                boundary += -_bound(c, j, b_h, b_v, width) if mark[j] else _bound(c, j, b_h, b_v, width)
+                boundary += -_bound(c, j, b_h, b_v, width) if seen[j] == stamp else _bound(c, j, b_h, b_v, width)
         best = max(best, (total - boundary - 1.0) / (k + 1))
     return best
 
@@ -342,7 +360,8 @@ def prox_map(
         excess[c] = (
             z[c] + f_h[c] + f_v[c] - (f_h[c + 1] if c + 1 < n else 0.0) - (f_v[c + width] if c + width < n else 0.0)
         )
-    t0 = _sparsemax_level(z, excess, piece, b_h, b_v, width, sources)
+    t0 = _sparsemax_level(z, excess, piece, b_h, b_v, width, sources, shifted, seen, stamp)
+    stamp += 1
     if t0 == -math.inf:
         return False, stamp
     count = 0
