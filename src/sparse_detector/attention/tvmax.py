@@ -147,8 +147,6 @@ class TVProxFunction(torch.autograd.Function):
                 x = _tv_prox(z, (bound_h, bound_v), width)
         ctx.save_for_backward(x, bound_h, bound_v)
         ctx.width = width
-        low, high = z.aminmax(dim=1, keepdim=True)
-        ctx.tol = 256 * torch.finfo(x.dtype).eps * (1 + torch.maximum(-low, high))
         return x
 
     @staticmethod
@@ -156,9 +154,10 @@ class TVProxFunction(torch.autograd.Function):
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
         x, *bounds = ctx.saved_tensors
         if uses_cpu_kernels(grad):  # groups found around the gradient's nonzeros only
-            return tvmax_cpu.group_mean(grad, x, ctx.tol, tuple(bounds), ctx.width), None, None, None, None
+            return tvmax_cpu.group_mean(grad, x, tuple(bounds), ctx.width), None, None, None, None
         steps = (1, ctx.width)
-        fused = tuple((_diff(x, s).abs() <= ctx.tol) & (b > 0) for s, b in zip(steps, bounds, strict=True))
+        tol = tvmax_cpu.TIES * torch.finfo(x.dtype).eps * (1 + x.abs().amax(1, keepdim=True))
+        fused = tuple((_diff(x, s).abs() <= tol) & (b > 0) for s, b in zip(steps, bounds, strict=True))
         if not any(bool(f.any()) for f in fused):
             return grad, None, None, None, None
         return _group_mean(grad.contiguous(), fused, steps), None, None, None, None
@@ -218,7 +217,8 @@ class TVMax(AttentionActivation):
         padding = padding.reshape(-1, height * width)
         if key_padding_mask is not None:
             padding = padding | key_padding_mask
-        return tvmax(scores, key_grid.padded_hw, self.lam, dim=-1, mask=padding[:, None, None, :])
+        mask = padding[:, None, None, :] if bool(padding.any()) else None  # no padding: one grid for all maps
+        return tvmax(scores, key_grid.padded_hw, self.lam, dim=-1, mask=mask)
 
     def extra_repr(self) -> str:
         return f"lam={self.lam}"

@@ -46,6 +46,7 @@ from .entmax_cpu import chunk, row_of, threads_and_chunks
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 SPARSE_GROUPS = 0.93
 CUTS_AT = 10  # TVMax's cuts (tvmax_support) start from FISTA's duals after this many iterations
+TIES = 256  # prox values within TIES·eps·(1 + max|x|) of each other are one group's (the backward's groups)
 FIRST_FINISH = 10  # the first attempt at the exact finish; later ones when the groups look settled
 F32_EPS = float(np.finfo(np.float32).eps)
 SWITCH_GAP = 16  # FISTA goes on in float64 below this many float32 tolerances eps32·(1 + max|z|)² (float32's
@@ -477,7 +478,7 @@ def _joined(x: np.ndarray, c: int, j: int, bound: float, tol: float) -> bool:
 def _group_mean_map(
     values: np.ndarray,
     x: np.ndarray,
-    tol: float,
+    eps: float,
     b_h: np.ndarray,
     b_v: np.ndarray,
     width: int,
@@ -485,10 +486,16 @@ def _group_mean_map(
     queue: np.ndarray,
     seen: np.ndarray,
 ) -> None:
-    """One map's values averaged over the groups of 4-neighbours with equal prox values x, into ``out``. Each group
-    holding a nonzero value is filled breadth-first from it; the others average zeros (a sparsemax gradient is
-    zero off its few support cells, so most of the grid is never visited; TVMax's −inf cells never join)."""
+    """One map's values averaged over the groups of 4-neighbours with equal prox values x (within
+    ``TIES``·eps·(1 + max|x|)), into ``out``. Each group holding a nonzero value is filled breadth-first from it;
+    the others average zeros (a sparsemax gradient is zero off its few support cells, so most of the grid is never
+    visited; TVMax's −inf cells never join)."""
     n = values.shape[0]
+    largest = 0.0
+    for c in range(n):
+        if abs(x[c]) < math.inf:
+            largest = max(largest, abs(x[c]))
+    tol = TIES * eps * (1.0 + largest)
     out[:] = 0.0
     seen[:] = False
     for start in range(n):
@@ -517,7 +524,7 @@ def _group_mean_map(
 def _group_mean(
     values: np.ndarray,
     x: np.ndarray,
-    tol: np.ndarray,
+    eps: float,
     b_h: np.ndarray,
     b_v: np.ndarray,
     width: int,
@@ -530,12 +537,13 @@ def _group_mean(
         seen = np.empty(n, np.bool_)
         start, stop = chunk(c, maps, chunks)
         for m in range(start, stop):
-            _group_mean_map(values[m], x[m], tol[m], row_of(b_h, m), row_of(b_v, m), width, out[m], queue, seen)
+            _group_mean_map(values[m], x[m], eps, row_of(b_h, m), row_of(b_v, m), width, out[m], queue, seen)
 
 
-def group_mean(values: Tensor, x: Tensor, tol: Tensor, bounds: tuple[Tensor, Tensor], width: int) -> Tensor:
+def group_mean(values: Tensor, x: Tensor, bounds: tuple[Tensor, Tensor], width: int) -> Tensor:
     """Average each row of the CPU ``values`` (N, H·W) over its groups: 4-neighbours joined by an edge of bound > 0
-    (``bounds``: (N or 1, edges) per direction) whose values of x (N, H·W) differ by at most ``tol`` (N, 1)."""
+    (``bounds``: (N or 1, edges) per direction) whose prox values x (N, H·W) are equal to rounding (see
+    :func:`_group_mean_map`)."""
     out = torch.empty_like(values)
     if values.numel():
         cell_h, cell_v = cell_bounds(bounds, values.shape[1], width)
@@ -543,7 +551,7 @@ def group_mean(values: Tensor, x: Tensor, tol: Tensor, bounds: tuple[Tensor, Ten
         _group_mean(
             values.contiguous().numpy(),
             x.contiguous().numpy(),
-            tol.reshape(-1).to(torch.float64).contiguous().numpy(),
+            torch.finfo(x.dtype).eps,
             cell_h.numpy(),
             cell_v.numpy(),
             width,
