@@ -229,19 +229,20 @@ def _sparsemax_level(z, guess, piece, b_h, b_v, width: int, cells, values, seen,
             top = max(top, guess[c])
             steepest = max(steepest, b_h[c], b_v[c])
     count = 0  # sparsemax(guess)'s support lies within 1 of the top; the sets tried, within λ/2 below its threshold
-    for c in range(n):
-        if piece[c] != NOT_ON_GRID and guess[c] > top - 1.0 - 0.5 * steepest:
-            cells[count] = c
-            values[count] = guess[c]
-            count += 1
+    lowest = top - 1.0 - 0.5 * steepest
+    for c in range(n):  # (branch-free: the scores' order is random)
+        cells[count] = c
+        values[count] = guess[c]
+        count += piece[c] != NOT_ON_GRID and guess[c] > lowest
     tau, above = top - 1.0, count  # τ ← (Σ_{g > τ} g − 1) / #{g > τ} rises to the threshold (Michelot 1986)
     while True:
         total, kept = 0.0, 0
         for k in range(above):
-            if values[k] > tau:
-                total += values[k]
-                values[kept] = values[k]
-                kept += 1
+            value = values[k]
+            values[kept] = value
+            inside = value > tau
+            total += value if inside else 0.0
+            kept += inside
         new = (total - 1.0) / kept
         above = kept
         if new <= tau:
@@ -249,9 +250,8 @@ def _sparsemax_level(z, guess, piece, b_h, b_v, width: int, cells, values, seen,
         tau = new
     band = 0
     for k in range(count):
-        if guess[cells[k]] > tau - 0.5 * steepest:
-            cells[band] = cells[k]
-            band += 1
+        cells[band] = cells[k]
+        band += guess[cells[k]] > tau - 0.5 * steepest
     if band > n * CROWDED:  # near-uniform scores (see prox_map)
         return -math.inf
     tried = min(band, max(TRIED_SETS, 2 * above))  # the sets of up to this many cells (a partial sort)
@@ -365,12 +365,10 @@ def prox_map(
     if t0 == -math.inf:
         return False, stamp
     count = 0
-    for c in range(n):
-        if piece[c] == 0:
-            excess[c] -= t0
-            if excess[c] > tiny:
-                sources[count] = c
-                count += 1
+    for c in range(n):  # (branch-free)
+        excess[c] -= t0
+        sources[count] = c
+        count += piece[c] == 0 and excess[c] > tiny
     if count > n * CROWDED:  # near-uniform scores: the cuts would reach across the grid
         return False, stamp
     budget = REACH * count + 64
