@@ -45,7 +45,9 @@ from .entmax_cpu import chunk, row_of, threads_and_chunks
 # Sums may be reordered (so that the reductions vectorise); NaN and infinity keep their meaning.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 SPARSE_GROUPS = 0.93
-CUTS_AT = 10  # TVMax's cuts (tvmax_support) start from FISTA's duals after this many iterations
+COLD_NEAR, COLD_CUTS = 32, 32  # TVMax's cuts (tvmax_support) start from zero duals when at most COLD_NEAR
+# scores are within 1 of the top and COLD_CUTS above t0,
+CUTS_AT = 10  # else from FISTA's duals after this many iterations
 TIES = 256  # prox values within TIES·eps·(1 + max|x|) of each other are one group's (the backward's groups)
 FIRST_FINISH = 10  # the first attempt at the exact finish; later ones when the groups look settled
 F32_EPS = float(np.finfo(np.float32).eps)
@@ -334,8 +336,8 @@ def _prox_map(
 ) -> int:
     """One map's prox into ``out``; ``work`` is (18, H·W + W) float64, ``work32`` (9, H·W + W) float32, the others
     (H·W,) int64. With ``valid`` (H·W,) not empty, only what TVMax needs: the prox above a level t0 below
-    sparsemax's threshold and −inf elsewhere, by :mod:`.tvmax_support` from FISTA's duals at iteration
-    ``FIRST_FINISH`` (``index``: its (10, H·W) int64 scratch; returns its next search stamp)."""
+    sparsemax's threshold and −inf elsewhere, by :mod:`.tvmax_support` (from zero duals or FISTA's after
+    ``CUTS_AT`` iterations; ``index``: its (10, H·W) int64 scratch; returns its next search stamp)."""
     n = z_in.shape[0]
     z, x_u, need, mean, size = work[0, :n], work[1], work[2], work[3, :n], work[4, :n]
     w_h, w_v, c_h, c_v, x_hat = work[5], work[6], work[7], work[8], work[16]  # clipped duals, the finish's
@@ -359,7 +361,16 @@ def _prox_map(
     edges = _saturated(b_h, b_h) + _saturated(b_v, b_v)
     best, stalled = math.inf, 0
     it = 0
-    if valid.shape[0]:  # TVMax: the cuts of tvmax_support from FISTA's duals after a few iterations
+    if valid.shape[0] and tvmax_support.near_top(z, valid) <= COLD_NEAR:  # TVMax: the cuts of tvmax_support,
+        w_h[:] = 0.0  # from zero duals at peaked scores ...
+        w_v[:] = 0.0
+        solved, stamp = tvmax_support.prox_map(
+            z, valid, b_h, b_v, width, w_h[:n], w_v[:n], out, work[1:3, :n], index, stamp, n, COLD_CUTS
+        )
+        if solved:
+            return stamp
+    if valid.shape[0]:
+        # ... else from FISTA's duals after a few iterations
         t = _iterate(
             z32, b32_h, b32_v, width, x32, u32_h, u32_v, v32_h, v32_v, new32_h, new32_v, t, CUTS_AT, work32[8, :1]
         )
@@ -367,7 +378,7 @@ def _prox_map(
         _clip(u32_h, b_h, w_h)
         _clip(u32_v, b_v, w_v)
         solved, stamp = tvmax_support.prox_map(
-            z, valid, b_h, b_v, width, w_h[:n], w_v[:n], out, work[1:3, :n], index, stamp
+            z, valid, b_h, b_v, width, w_h[:n], w_v[:n], out, work[1:3, :n], index, stamp, n, n // 4
         )
         if solved:
             return stamp

@@ -216,12 +216,12 @@ def _bound(c: int, j: int, b_h: np.ndarray, b_v: np.ndarray, width: int) -> floa
 
 
 @numba.njit(cache=True, nogil=True)
-def _sparsemax_level(z, guess, piece, b_h, b_v, width: int, cells, values, seen, stamp: int) -> float:
+def _sparsemax_level(z, guess, piece, b_h, b_v, width: int, cells, values, seen, stamp: int, near: int) -> float:
     """A level t0 at or below the threshold τ of sparsemax(x*): for any set S of cells,
     t_S = (Σ_S z_i − Σ_{e∈∂S} λ_e − 1) / |S| ≤ τ (see the module's docstring). Returns the best t_S over the sets
-    of the top k cells of ``guess`` (z, or an approximate prox), down to λ/2 below sparsemax(guess)'s threshold,
-    or −inf when those are crowded. ``cells`` (int64), ``values`` (float64) are (n,) scratch; ``seen`` marks the
-    cells taken with ``stamp``."""
+    of the top k cells of ``guess`` (z, or an approximate prox), down to λ/2 below sparsemax(guess)'s threshold;
+    −inf when those are crowded or more than ``near`` cells are within 1 of the top. ``cells`` (int64), ``values``
+    (float64) are (n,) scratch; ``seen`` marks the cells taken with ``stamp``."""
     n = z.shape[0]
     top, steepest = -math.inf, 0.0
     for c in range(n):
@@ -234,6 +234,8 @@ def _sparsemax_level(z, guess, piece, b_h, b_v, width: int, cells, values, seen,
         cells[count] = c
         values[count] = guess[c]
         count += piece[c] != NOT_ON_GRID and guess[c] > lowest
+    if count > near:  # more than ``near`` cells within 1 of the top: declined
+        return -math.inf
     tau, above = top - 1.0, count  # τ ← (Σ_{g > τ} g − 1) / #{g > τ} rises to the threshold (Michelot 1986)
     while True:
         total, kept = 0.0, 0
@@ -312,6 +314,19 @@ def _components(cells, piece, p, side, stamp, first_id, order, seg_start, seg_en
     return next_id, top
 
 
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def near_top(z: np.ndarray, valid: np.ndarray) -> int:
+    """How many valid scores lie within 1 of the top one (sparsemax(z)'s support is among them): few at peaked
+    scores, where the cuts need no start."""
+    top = -math.inf
+    for c in range(z.shape[0]):
+        top = max(top, z[c] if valid[c] else -math.inf)
+    count = 0
+    for c in range(z.shape[0]):
+        count += valid[c] and z[c] > top - 1.0
+    return count
+
+
 @numba.njit(cache=True, nogil=True)
 def prox_map(
     z: np.ndarray,
@@ -325,12 +340,16 @@ def prox_map(
     work: np.ndarray,
     index: np.ndarray,
     stamp: int,
+    near: int,
+    most: int,
 ) -> tuple[bool, int]:
     """x* on the cells above t0 into ``out`` (−inf elsewhere) for one map whose ``valid`` cells form the grid (the
     others, masked keys, have no edges and stay −inf). f_h, f_v (n,) are edge duals to start from, within their
     bounds (zero, or a few FISTA iterations' duals: the closer to the prox's, the less flow is left to move), and
     are overwritten; ``work`` is (2, n) float64 scratch, ``index`` (10, n) int64 scratch whose row 0 (search stamps)
-    must hold values below ``stamp`` on entry. Returns (whether the map was solved here, the next unused stamp)."""
+    must hold values below ``stamp`` on entry. Maps with more than ``near`` cells of the start within 1 of its top or
+    more than ``most`` above t0 are declined. Returns (whether the map was solved here, the
+    next unused stamp)."""
     n = z.shape[0]
     excess, shifted = work[0], work[1]
     seen, level, queue, order, piece, sources, seg_start, seg_end, arc, path = (
@@ -360,8 +379,10 @@ def prox_map(
         excess[c] = (
             z[c] + f_h[c] + f_v[c] - (f_h[c + 1] if c + 1 < n else 0.0) - (f_v[c + width] if c + width < n else 0.0)
         )
-    t0 = _sparsemax_level(z, excess, piece, b_h, b_v, width, sources, shifted, seen, stamp)
+    t0 = _sparsemax_level(z, excess, piece, b_h, b_v, width, sources, shifted, seen, stamp, near)
     stamp += 1
+    if t0 == -math.inf:
+        return False, stamp
     if t0 == -math.inf:
         return False, stamp
     count = 0
@@ -369,7 +390,7 @@ def prox_map(
         excess[c] -= t0
         sources[count] = c
         count += piece[c] == 0 and excess[c] > tiny
-    if count > n * CROWDED:  # near-uniform scores: the cuts would reach across the grid
+    if count > most:  # e.g. near-uniform scores: the cuts would reach across the grid
         return False, stamp
     budget = REACH * count + 64
     above, stamp, budget = _cut(
