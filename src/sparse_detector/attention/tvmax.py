@@ -13,10 +13,13 @@ min ½‖z − Dᵀu‖², x = z − Dᵀu, step 1/8 (‖D‖² ≤ 8 on a 4-nei
 ``MAX_PROX_ITERS`` iterations run. On the CPU the same iteration runs per map in compiled loops
 (:mod:`.tvmax_cpu`), which keep each map in cache and finish it exactly, under the same gap test, from the groups of
 equal values FISTA has found (measured on 25 × 34 grids: after 20–75 % of the iterations the gap test alone
-needs).
+needs). For TVMax itself the CPU computes only what sparsemax needs, exactly, by minimum cuts
+(:mod:`.tvmax_support`): the prox on the cells above a level that sparsemax's threshold cannot go below (few cells
+unless the scores are near-uniform; those maps take the FISTA route), −inf elsewhere; TVMax is exact there to
+rounding (tested within 1e-12 of a certified exact prox).
 
 Backward: sparsemax backward, then the prox Jacobian, which averages the gradient over the connected groups of
-4-neighbours with equal prox values (equal within 256·eps·(1 + max|z|)).
+4-neighbours with equal prox values (equal within ``tvmax_cpu.TIES``·eps·(1 + max|x|)).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The 2-D TV prox of TVMax on the CPU: the FISTA of :mod:`.tvmax` run per map in compiled loops (numba), finished
-exactly from the groups of equal values it has found.
+exactly from the groups of equal values it has found; for TVMax, the exact minimum cuts of :mod:`.tvmax_support`
+(from zero duals at peaked scores, else from FISTA's after ``CUTS_AT`` iterations), FISTA going on for the maps
+they decline (near-uniform scores).
 
 Written by hand for the same reason as :mod:`.entmax_cpu` (no maintained library solves a batch of small 2-D TV
 proxes on CPU tensors): the batched tensor version streams every iterate of all maps through memory, while one map's
@@ -24,8 +26,9 @@ mean of z − Dᵀu over the jump edges' duals ±λ), and a dual w that certifie
 group: the other edges keep FISTA's duals, the tree edges carry the rest of each group's residual (leaves first).
 If every tree dual is within its bound, the duality gap of the group means x̂ and w (:func:`_finish_gap`, exactly 0
 on the edges inside groups) is evaluated; the map returns x̂ if that gap is within the tolerance, otherwise FISTA goes
-on. The finish is tried at iteration 10 and then at each gap check where as many edges are at their bound as at the
-previous one (the groups have likely settled). Measured on 25 × 34 grids, λ = 0.1, float32 scores: ~18, ~34 and
+on. The finish is tried at iteration 10 if ``SPARSE_GROUPS`` of the edges are at their bound (mostly lone cells:
+a cheap try) and then at each gap check where as many edges are at their bound as at the previous one (the groups
+have likely settled). Measured on 25 × 34 grids, λ = 0.1, float32 scores: ~18, ~34 and
 ~370 iterations at N(0, 3²), N(0, 1), N(0, 0.1²), against ~31, ~57 and ~490 for FISTA's own gap test
 (benchmarks/RESULTS.md).
 """
@@ -44,7 +47,7 @@ from .entmax_cpu import chunk, row_of, threads_and_chunks
 
 # Sums may be reordered (so that the reductions vectorise); NaN and infinity keep their meaning.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
-SPARSE_GROUPS = 0.93
+SPARSE_GROUPS = 0.93  # the finish is tried at iteration 10 only when this share of the edges is at its bound
 COLD_NEAR, COLD_CUTS = 32, 32  # TVMax's cuts (tvmax_support) start from zero duals when at most COLD_NEAR
 # scores are within 1 of the top and COLD_CUTS above t0,
 CUTS_AT = 10  # else from FISTA's duals after this many iterations
