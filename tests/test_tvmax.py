@@ -164,13 +164,14 @@ def test_tvmax_prox_is_exact_where_sparsemax_needs_it(scale: float, smooth: bool
     tensor_path = importlib.import_module("sparse_detector.attention.tvmax")
     bounds = tensor_path._edge_bounds(torch.ones(1, height * width, dtype=torch.bool), width, lam, F64)
     valid = torch.ones(1, height * width, dtype=torch.bool)
-    x = tvmax_cpu.prox(torch.from_numpy(z)[None], bounds, width, 1000, 10, valid)[0].numpy()
+    weights, x = (t[0].numpy() for t in tvmax_cpu.tvmax(torch.from_numpy(z)[None], bounds, valid, width, 1000, 10))
     kept = np.isfinite(x)
     assert kept.all() != cut  # the cuts answered (or, near-uniform, FISTA did)
     assert np.abs(x[kept] - exact[kept]).max() <= 1e-12
     expected = sparsemax(torch.from_numpy(exact))
     assert (expected[torch.from_numpy(~kept)] == 0).all()
     assert (sparsemax(torch.from_numpy(x)) - expected).abs().max() <= 1e-12
+    assert np.abs(weights - expected.numpy()).max() <= 1e-12
     assert (tvmax(torch.from_numpy(z), (height, width), lam) - expected).abs().max() <= 1e-12
 
 

@@ -140,12 +140,10 @@ class TVProxFunction(torch.autograd.Function):
     """prox_{λTV} on (N, H·W) maps; the backward averages the gradient over the groups of equal prox values."""
 
     @staticmethod
-    def forward(
-        ctx: FunctionCtx, z: Tensor, bound_h: Tensor, bound_v: Tensor, width: int, valid: Tensor | None = None
-    ) -> Tensor:
+    def forward(ctx: FunctionCtx, z: Tensor, bound_h: Tensor, bound_v: Tensor, width: int) -> Tensor:
         with torch.autocast(z.device.type, enabled=False):  # e.g. CPU autocast would run vecdot in bf16
             if uses_cpu_kernels(z):
-                x = tvmax_cpu.prox(z, (bound_h, bound_v), width, MAX_PROX_ITERS, CHECK_EVERY, valid)
+                x = tvmax_cpu.prox(z, (bound_h, bound_v), width, MAX_PROX_ITERS, CHECK_EVERY)
             else:
                 x = _tv_prox(z, (bound_h, bound_v), width)
         ctx.save_for_backward(x, bound_h, bound_v)
@@ -154,16 +152,35 @@ class TVProxFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None, None]:
         x, *bounds = ctx.saved_tensors
         if uses_cpu_kernels(grad):  # groups found around the gradient's nonzeros only
-            return tvmax_cpu.group_mean(grad, x, tuple(bounds), ctx.width), None, None, None, None
+            return tvmax_cpu.group_mean(grad, x, tuple(bounds), ctx.width), None, None, None
         steps = (1, ctx.width)
         tol = tvmax_cpu.TIES * torch.finfo(x.dtype).eps * (1 + x.abs().amax(1, keepdim=True))
         fused = tuple((_diff(x, s).abs() <= tol) & (b > 0) for s, b in zip(steps, bounds, strict=True))
         if not any(bool(f.any()) for f in fused):
-            return grad, None, None, None, None
-        return _group_mean(grad.contiguous(), fused, steps), None, None, None, None
+            return grad, None, None, None
+        return _group_mean(grad.contiguous(), fused, steps), None, None, None
+
+
+class TVMaxCPUFunction(torch.autograd.Function):
+    """TVMax on (N, H·W) CPU maps in one pass of compiled loops (:func:`.tvmax_cpu.tvmax`): the prox only where
+    sparsemax needs it, and sparsemax; the backward is sparsemax's, then the average over the groups."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, z: Tensor, bound_h: Tensor, bound_v: Tensor, valid: Tensor, width: int) -> Tensor:
+        with torch.autocast(z.device.type, enabled=False):
+            weights, x = tvmax_cpu.tvmax(z, (bound_h, bound_v), valid, width, MAX_PROX_ITERS, CHECK_EVERY)
+        ctx.save_for_backward(weights, x, bound_h, bound_v)
+        ctx.width = width
+        return weights
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
+        weights, x, *bounds = ctx.saved_tensors
+        return tvmax_cpu.tvmax_backward(grad, weights, x, tuple(bounds), ctx.width), None, None, None, None
 
 
 def tvmax(x: Tensor, grid_hw: tuple[int, int], lam: float, dim: int = -1, mask: Tensor | None = None) -> Tensor:
@@ -187,11 +204,13 @@ def tvmax(x: Tensor, grid_hw: tuple[int, int], lam: float, dim: int = -1, mask: 
         z = z.masked_fill(mask, 0.0)  # keeps the prox finite; these cells have no edges and are masked below
         valid = ~mask.reshape(-1, height * width)
     bound_h, bound_v = _edge_bounds(valid, width, lam, z.dtype)
-    # valid: on the CPU only the cells that can reach sparsemax's support are solved (the rest come back −inf)
-    prox = TVProxFunction.apply(z.reshape(-1, height * width), bound_h, bound_v, width, valid).view(shape)
-    if mask is not None:
-        prox = prox.masked_fill(mask, NEG_INF)
-    p = EntmaxFunction.apply(prox.reshape(-1, shape[-1]), 2.0)
+    if uses_cpu_kernels(z):
+        p = TVMaxCPUFunction.apply(z.reshape(-1, height * width), bound_h, bound_v, valid, width)
+    else:
+        prox = TVProxFunction.apply(z.reshape(-1, height * width), bound_h, bound_v, width).view(shape)
+        if mask is not None:
+            prox = prox.masked_fill(mask, NEG_INF)
+        p = EntmaxFunction.apply(prox.reshape(-1, shape[-1]), 2.0)
     return p.view(shape).movedim(-1, dim).to(x.dtype)
 
 

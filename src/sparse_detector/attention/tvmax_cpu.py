@@ -347,14 +347,21 @@ def _prox_map(
     x, u_h, u_v, v_h, v_v, new_h, new_v = work[9], work[10], work[11], work[12], work[13], work[14], work[15]
     z32, x32, u32_h, u32_v, v32_h, v32_v = work32[0, :n], work32[1], work32[2], work32[3], work32[4], work32[5]
     new32_h, new32_v = work32[6], work32[7]
-    work32[1:8] = 0.0
-    w_h[n:] = 0.0
-    w_v[n:] = 0.0
+    w_h[:] = 0.0
+    w_v[:] = 0.0
     largest = 0.0
     for c in range(n):
         z[c] = z_in[c]
-        z32[c] = z_in[c]
         largest = max(largest, abs(z[c]))
+    if valid.shape[0] and tvmax_support.near_top(z, valid) <= COLD_NEAR:  # TVMax: the cuts of tvmax_support,
+        solved, stamp = tvmax_support.prox_map(  # from zero duals at peaked scores ...
+            z, valid, b_h, b_v, width, w_h[:n], w_v[:n], out, work[1:3, :n], index, stamp, n, COLD_CUTS
+        )
+        if solved:
+            return stamp
+    work32[1:8] = 0.0
+    for c in range(n):
+        z32[c] = z_in[c]
     tol = eps * (1.0 + largest) * (1.0 + largest)
     switch = SWITCH_GAP * F32_EPS * (1.0 + largest) * (1.0 + largest)
     _primal(z32, v32_h, v32_v, width, x32)
@@ -364,14 +371,6 @@ def _prox_map(
     edges = _saturated(b_h, b_h) + _saturated(b_v, b_v)
     best, stalled = math.inf, 0
     it = 0
-    if valid.shape[0] and tvmax_support.near_top(z, valid) <= COLD_NEAR:  # TVMax: the cuts of tvmax_support,
-        w_h[:] = 0.0  # from zero duals at peaked scores ...
-        w_v[:] = 0.0
-        solved, stamp = tvmax_support.prox_map(
-            z, valid, b_h, b_v, width, w_h[:n], w_v[:n], out, work[1:3, :n], index, stamp, n, COLD_CUTS
-        )
-        if solved:
-            return stamp
     if valid.shape[0]:
         # ... else from FISTA's duals after a few iterations
         t = _iterate(
@@ -437,7 +436,10 @@ def _prox(
     out: np.ndarray,
     chunks: int,
     valid: np.ndarray,
+    weights: np.ndarray,
 ) -> None:
+    """The prox of each map into ``out``; with ``valid`` (N or 1, n) not empty, TVMax's: the prox where sparsemax
+    needs it (−inf elsewhere and on invalid cells) into ``out`` and its sparsemax into ``weights``."""
     maps, n = z.shape
     b32_h, b32_v = b_h.astype(np.float32), b_v.astype(np.float32)
     for c in numba.prange(chunks):
@@ -470,6 +472,8 @@ def _prox(
                 index,
                 stamp,
             )
+            if valid.shape[0]:
+                _sparsemax_row(out[m], row_of(valid, m), weights[m], work[0, :n])
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -486,6 +490,29 @@ def _visit(m: int, seen: np.ndarray, queue: np.ndarray, tail: int) -> int:
 def _joined(x: np.ndarray, c: int, j: int, bound: float, tol: float) -> bool:
     """Whether the grid edge (of ``bound``) between cells c and j joins them: equal prox values within ``tol``."""
     return bound > 0.0 and abs(x[c] - x[j]) <= tol
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def _largest_finite(x: np.ndarray) -> float:
+    """max |x_c| over the finite entries (0 if none)."""
+    largest = 0.0
+    for c in range(x.shape[0]):
+        size = abs(x[c])
+        largest = max(largest, size if size < math.inf else 0.0)
+    return largest
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def _centre_on_support(grad: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
+    """Sparsemax's backward: out = grad minus its mean over the support (weights > 0) there, 0 elsewhere."""
+    total, count = 0.0, 0.0
+    for c in range(grad.shape[0]):
+        inside = weights[c] > 0.0
+        total += grad[c] if inside else 0.0
+        count += 1.0 if inside else 0.0
+    mean = total / max(count, 1.0)
+    for c in range(grad.shape[0]):
+        out[c] = grad[c] - mean if weights[c] > 0.0 else 0.0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -505,11 +532,7 @@ def _group_mean_map(
     the others average zeros (a sparsemax gradient is zero off its few support cells, so most of the grid is never
     visited; TVMax's −inf cells never join)."""
     n = values.shape[0]
-    largest = 0.0
-    for c in range(n):
-        if abs(x[c]) < math.inf:
-            largest = max(largest, abs(x[c]))
-    tol = TIES * eps * (1.0 + largest)
+    tol = TIES * eps * (1.0 + _largest_finite(x))
     out[:] = 0.0
     seen[:] = False
     for start in range(n):
@@ -575,6 +598,60 @@ def group_mean(values: Tensor, x: Tensor, bounds: tuple[Tensor, Tensor], width: 
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _sparsemax_row(x: np.ndarray, valid: np.ndarray, weights: np.ndarray, values: np.ndarray) -> None:
+    """weights = sparsemax(x) over the valid cells (x = −inf on the others, which FISTA's full prox may not have);
+    the threshold τ ← (Σ_{x > τ} x − 1) / #{x > τ} rises to it from max − 1 (Michelot 1986)."""
+    n = x.shape[0]
+    top = -math.inf
+    for c in range(n):
+        x[c] = x[c] if valid[c] else -math.inf
+        top = max(top, x[c])
+    count = 0
+    for c in range(n):  # (branch-free compaction)
+        values[count] = x[c]
+        count += x[c] > top - 1.0
+    tau = top - 1.0
+    while True:
+        total, kept = 0.0, 0
+        for k in range(count):
+            value = values[k]
+            values[kept] = value
+            inside = value > tau
+            total += value if inside else 0.0
+            kept += inside
+        count = kept
+        new = (total - 1.0) / kept if kept else tau
+        if not new > tau:
+            break
+        tau = new
+    for c in range(n):
+        weights[c] = x[c] - tau if x[c] > tau else 0.0  # (0 on a row without valid cells)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _tvmax_backward(
+    grad: np.ndarray,
+    weights: np.ndarray,
+    x: np.ndarray,
+    eps: float,
+    b_h: np.ndarray,
+    b_v: np.ndarray,
+    width: int,
+    out: np.ndarray,
+    chunks: int,
+) -> None:
+    maps, n = grad.shape
+    for c in numba.prange(chunks):
+        queue = np.empty(n, np.int64)
+        seen = np.empty(n, np.bool_)
+        centred = np.empty(n, grad.dtype)
+        start, stop = chunk(c, maps, chunks)
+        for m in range(start, stop):
+            _centre_on_support(grad[m], weights[m], centred)
+            _group_mean_map(centred, x[m], eps, row_of(b_h, m), row_of(b_v, m), width, out[m], queue, seen)
+
+
 def cell_bounds(bounds: tuple[Tensor, Tensor], cells: int, width: int) -> tuple[Tensor, Tensor]:
     """The (N or 1, edges) bounds per direction in the per-cell float64 layout: edge (c − 1, c) at c, (c − W, c)
     at c."""
@@ -586,18 +663,57 @@ def cell_bounds(bounds: tuple[Tensor, Tensor], cells: int, width: int) -> tuple[
     return cell_h, cell_v
 
 
-def prox(
-    z: Tensor, bounds: tuple[Tensor, Tensor], width: int, max_iters: int, check_every: int, valid: Tensor | None = None
-) -> Tensor:
-    """prox of Σ_e bound_e |(Dx)_e| for each row of the CPU z (N, H·W); bounds are (N or 1, edges) per direction.
-    With ``valid`` (N or 1, H·W: the cells on the grid, False at masked keys), only what TVMax needs: the prox on
-    the cells above a level below sparsemax's threshold and −inf elsewhere (:mod:`.tvmax_support`)."""
+def _run(
+    z: Tensor, bounds: tuple[Tensor, Tensor], width: int, max_iters: int, check_every: int, valid: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """The prox (and with ``valid``, TVMax's prox and weights: see :func:`_prox`) of each row of the CPU z."""
     out = torch.empty_like(z)
+    weights = torch.empty_like(z) if valid is not None else z.new_empty(0, 0)
     if z.numel():
         z = z.contiguous()
         cell_h, cell_v = cell_bounds(bounds, z.shape[1], width)
         eps = torch.finfo(z.dtype).eps
         chunks = threads_and_chunks(z.shape[0])
         cells = np.zeros((0, 0), np.bool_) if valid is None else valid.contiguous().numpy()
-        _prox(z.numpy(), cell_h.numpy(), cell_v.numpy(), width, eps, max_iters, check_every, out.numpy(), chunks, cells)
+        _prox(
+            z.numpy(),
+            cell_h.numpy(),
+            cell_v.numpy(),
+            width,
+            eps,
+            max_iters,
+            check_every,
+            out.numpy(),
+            chunks,
+            cells,
+            weights.numpy(),
+        )
+    return out, weights
+
+
+def prox(z: Tensor, bounds: tuple[Tensor, Tensor], width: int, max_iters: int, check_every: int) -> Tensor:
+    """prox of Σ_e bound_e |(Dx)_e| for each row of the CPU z (N, H·W); bounds are (N or 1, edges) per direction."""
+    return _run(z, bounds, width, max_iters, check_every, None)[0]
+
+
+def tvmax(
+    z: Tensor, bounds: tuple[Tensor, Tensor], valid: Tensor, width: int, max_iters: int, check_every: int
+) -> tuple[Tensor, Tensor]:
+    """TVMax of each row of the CPU z (N, H·W) over its ``valid`` (N or 1, H·W) cells, and the prox where it
+    matters (the cells that can reach sparsemax's support; −inf elsewhere and on invalid cells):
+    (weights, prox)."""
+    x, weights = _run(z, bounds, width, max_iters, check_every, valid)
+    return weights, x
+
+
+def tvmax_backward(grad: Tensor, weights: Tensor, x: Tensor, bounds: tuple[Tensor, Tensor], width: int) -> Tensor:
+    """The gradient of TVMax's scores from that of its ``weights``: sparsemax's backward, then the average over the
+    groups of equal prox values x (see :func:`_group_mean_map`)."""
+    out = torch.empty_like(grad)
+    if grad.numel():
+        cell_h, cell_v = cell_bounds(bounds, grad.shape[1], width)
+        chunks = threads_and_chunks(grad.shape[0])
+        eps = torch.finfo(x.dtype).eps
+        args = (grad.contiguous().numpy(), weights.numpy(), x.numpy(), eps, cell_h.numpy(), cell_v.numpy(), width)
+        _tvmax_backward(*args, out.numpy(), chunks)
     return out
