@@ -180,7 +180,7 @@ class TVMaxCPUFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
         weights, x, *bounds = ctx.saved_tensors
-        return tvmax_cpu.tvmax_backward(grad, weights, x, tuple(bounds), ctx.width), None, None, None, None
+        return tvmax_cpu.group_mean(grad, x, tuple(bounds), ctx.width, weights), None, None, None, None
 
 
 def tvmax(x: Tensor, grid_hw: tuple[int, int], lam: float, dim: int = -1, mask: Tensor | None = None) -> Tensor:

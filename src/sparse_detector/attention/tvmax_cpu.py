@@ -560,6 +560,7 @@ def _group_mean_map(
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _group_mean(
     values: np.ndarray,
+    weights: np.ndarray,
     x: np.ndarray,
     eps: float,
     b_h: np.ndarray,
@@ -568,25 +569,37 @@ def _group_mean(
     out: np.ndarray,
     chunks: int,
 ) -> None:
+    """Each map's values averaged over its groups of equal x; with ``weights`` (sparsemax's output) not empty, the
+    values are first centred on their support (sparsemax's backward)."""
     maps, n = values.shape
     for c in numba.prange(chunks):
         queue = np.empty(n, np.int64)
         seen = np.empty(n, np.bool_)
+        centred = np.empty(n, values.dtype)
         start, stop = chunk(c, maps, chunks)
         for m in range(start, stop):
-            _group_mean_map(values[m], x[m], eps, row_of(b_h, m), row_of(b_v, m), width, out[m], queue, seen)
+            row = values[m]
+            if weights.shape[0]:
+                _centre_on_support(row, weights[m], centred)
+                row = centred
+            _group_mean_map(row, x[m], eps, row_of(b_h, m), row_of(b_v, m), width, out[m], queue, seen)
 
 
-def group_mean(values: Tensor, x: Tensor, bounds: tuple[Tensor, Tensor], width: int) -> Tensor:
+def group_mean(
+    values: Tensor, x: Tensor, bounds: tuple[Tensor, Tensor], width: int, weights: Tensor | None = None
+) -> Tensor:
     """Average each row of the CPU ``values`` (N, H·W) over its groups: 4-neighbours joined by an edge of bound > 0
     (``bounds``: (N or 1, edges) per direction) whose prox values x (N, H·W) are equal to rounding (see
-    :func:`_group_mean_map`)."""
+    :func:`_group_mean_map`). With TVMax's ``weights``, its backward: the values (the gradient of the weights) are
+    first centred on the weights' support (sparsemax's backward)."""
     out = torch.empty_like(values)
     if values.numel():
         cell_h, cell_v = cell_bounds(bounds, values.shape[1], width)
         chunks = threads_and_chunks(values.shape[0])
+        centre_on = np.zeros((0, 0), np.float64) if weights is None else weights.numpy()
         _group_mean(
             values.contiguous().numpy(),
+            centre_on,
             x.contiguous().numpy(),
             torch.finfo(x.dtype).eps,
             cell_h.numpy(),
@@ -600,8 +613,8 @@ def group_mean(values: Tensor, x: Tensor, bounds: tuple[Tensor, Tensor], width: 
 
 @numba.njit(cache=True, nogil=True)
 def _sparsemax_row(x: np.ndarray, valid: np.ndarray, weights: np.ndarray, values: np.ndarray) -> None:
-    """weights = sparsemax(x) over the valid cells (x = −inf on the others, which FISTA's full prox may not have);
-    the threshold τ ← (Σ_{x > τ} x − 1) / #{x > τ} rises to it from max − 1 (Michelot 1986)."""
+    """weights = sparsemax(x) over the valid cells (x is set to −inf on the others, which FISTA's full prox may not
+    have); ``values`` is (n,) float64 scratch."""
     n = x.shape[0]
     top = -math.inf
     for c in range(n):
@@ -611,45 +624,9 @@ def _sparsemax_row(x: np.ndarray, valid: np.ndarray, weights: np.ndarray, values
     for c in range(n):  # (branch-free compaction)
         values[count] = x[c]
         count += x[c] > top - 1.0
-    tau = top - 1.0
-    while True:
-        total, kept = 0.0, 0
-        for k in range(count):
-            value = values[k]
-            values[kept] = value
-            inside = value > tau
-            total += value if inside else 0.0
-            kept += inside
-        count = kept
-        new = (total - 1.0) / kept if kept else tau
-        if not new > tau:
-            break
-        tau = new
+    tau = tvmax_support.sparsemax_threshold(values, count, top - 1.0)[0]
     for c in range(n):
         weights[c] = x[c] - tau if x[c] > tau else 0.0  # (0 on a row without valid cells)
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _tvmax_backward(
-    grad: np.ndarray,
-    weights: np.ndarray,
-    x: np.ndarray,
-    eps: float,
-    b_h: np.ndarray,
-    b_v: np.ndarray,
-    width: int,
-    out: np.ndarray,
-    chunks: int,
-) -> None:
-    maps, n = grad.shape
-    for c in numba.prange(chunks):
-        queue = np.empty(n, np.int64)
-        seen = np.empty(n, np.bool_)
-        centred = np.empty(n, grad.dtype)
-        start, stop = chunk(c, maps, chunks)
-        for m in range(start, stop):
-            _centre_on_support(grad[m], weights[m], centred)
-            _group_mean_map(centred, x[m], eps, row_of(b_h, m), row_of(b_v, m), width, out[m], queue, seen)
 
 
 def cell_bounds(bounds: tuple[Tensor, Tensor], cells: int, width: int) -> tuple[Tensor, Tensor]:
@@ -704,16 +681,3 @@ def tvmax(
     (weights, prox)."""
     x, weights = _run(z, bounds, width, max_iters, check_every, valid)
     return weights, x
-
-
-def tvmax_backward(grad: Tensor, weights: Tensor, x: Tensor, bounds: tuple[Tensor, Tensor], width: int) -> Tensor:
-    """The gradient of TVMax's scores from that of its ``weights``: sparsemax's backward, then the average over the
-    groups of equal prox values x (see :func:`_group_mean_map`)."""
-    out = torch.empty_like(grad)
-    if grad.numel():
-        cell_h, cell_v = cell_bounds(bounds, grad.shape[1], width)
-        chunks = threads_and_chunks(grad.shape[0])
-        eps = torch.finfo(x.dtype).eps
-        args = (grad.contiguous().numpy(), weights.numpy(), x.numpy(), eps, cell_h.numpy(), cell_v.numpy(), width)
-        _tvmax_backward(*args, out.numpy(), chunks)
-    return out

@@ -216,6 +216,26 @@ def _bound(c: int, j: int, b_h: np.ndarray, b_v: np.ndarray, width: int) -> floa
 
 
 @numba.njit(cache=True, nogil=True)
+def sparsemax_threshold(values: np.ndarray, count: int, tau: float) -> tuple[float, int]:
+    """Sparsemax's threshold over ``values[:count]`` (all the values above ``tau`` ≤ it, e.g. max − 1), and how
+    many lie above it (left first in ``values``): τ ← (Σ_{v > τ} v − 1) / #{v > τ} rises to it (Michelot 1986).
+    Branch-free compaction: the values' order is random."""
+    while True:
+        total, kept = 0.0, 0
+        for k in range(count):
+            value = values[k]
+            values[kept] = value
+            inside = value > tau
+            total += value if inside else 0.0
+            kept += inside
+        count = kept
+        new = (total - 1.0) / kept if kept else tau
+        if not new > tau:
+            return tau, count
+        tau = new
+
+
+@numba.njit(cache=True, nogil=True)
 def _sparsemax_level(z, guess, piece, b_h, b_v, width: int, cells, values, seen, stamp: int, near: int) -> float:
     """A level t0 at or below the threshold τ of sparsemax(x*): for any set S of cells,
     t_S = (Σ_S z_i − Σ_{e∈∂S} λ_e − 1) / |S| ≤ τ (see the module's docstring). Returns the best t_S over the sets
@@ -236,20 +256,7 @@ def _sparsemax_level(z, guess, piece, b_h, b_v, width: int, cells, values, seen,
         count += piece[c] != NOT_ON_GRID and guess[c] > lowest
     if count > near:  # more than ``near`` cells within 1 of the top: declined
         return -math.inf
-    tau, above = top - 1.0, count  # τ ← (Σ_{g > τ} g − 1) / #{g > τ} rises to the threshold (Michelot 1986)
-    while True:
-        total, kept = 0.0, 0
-        for k in range(above):
-            value = values[k]
-            values[kept] = value
-            inside = value > tau
-            total += value if inside else 0.0
-            kept += inside
-        new = (total - 1.0) / kept
-        above = kept
-        if new <= tau:
-            break
-        tau = new
+    tau, above = sparsemax_threshold(values, count, top - 1.0)
     band = 0
     for k in range(count):
         cells[band] = cells[k]
