@@ -616,10 +616,14 @@ def _sparsemax_row(x: np.ndarray, valid: np.ndarray, weights: np.ndarray, values
     """weights = sparsemax(x) over the valid cells (x is set to −inf on the others, which FISTA's full prox may not
     have); ``values`` is (n,) float64 scratch."""
     n = x.shape[0]
-    top = -math.inf
+    top, undefined = -math.inf, False
     for c in range(n):
         x[c] = x[c] if valid[c] else -math.inf
         top = max(top, x[c])
+        undefined |= x[c] != x[c] or x[c] == math.inf
+    if undefined:  # a NaN or +inf score: the row is NaN, as every map's (not silently dropped)
+        weights[:] = math.nan
+        return
     count = 0
     for c in range(n):  # (branch-free compaction)
         values[count] = x[c]
