@@ -355,7 +355,7 @@ def _prox_map(
         largest = max(largest, abs(z[c]))
     if valid.shape[0] and tvmax_support.near_top(z, valid) <= COLD_NEAR:  # TVMax: the cuts of tvmax_support,
         solved, stamp = tvmax_support.prox_map(  # from zero duals at peaked scores ...
-            z, valid, b_h, b_v, width, w_h[:n], w_v[:n], out, work[1:3, :n], index, stamp, n, COLD_CUTS
+            z, valid, b_h, b_v, width, w_h[:n], w_v[:n], out, work[1:3, :n], index, stamp, COLD_CUTS
         )
         if solved:
             return stamp
@@ -380,7 +380,18 @@ def _prox_map(
         _clip(u32_h, b_h, w_h)
         _clip(u32_v, b_v, w_v)
         solved, stamp = tvmax_support.prox_map(
-            z, valid, b_h, b_v, width, w_h[:n], w_v[:n], out, work[1:3, :n], index, stamp, n, n // 4
+            z,
+            valid,
+            b_h,
+            b_v,
+            width,
+            w_h[:n],
+            w_v[:n],
+            out,
+            work[1:3, :n],
+            index,
+            stamp,
+            int(n * tvmax_support.CROWDED),
         )
         if solved:
             return stamp

@@ -8,8 +8,9 @@ scores). Three facts about the prox make them cheap to find exactly:
 1. For any level t, the cells with x*_i > t are the smallest set S minimising Σ_{i∈S} (t − z_i) + Σ_{e∈∂S} λ_e, a
    minimum s–t cut in which cells with z_i > t hold the excess z_i − t, the others a deficit t − z_i, and each grid
    edge carries up to λ_e either way (Hochbaum 2001; Chambolle & Darbon 2009).
-2. A level t0 ≤ τ is known before solving anything: with S_z, τ_z the support and threshold of sparsemax(z), set
-   t0 = τ_z − Σ_{e∈∂S_z} λ_e / |S_z|. Then S_z's cut value shows Σ_i (x*_i − t0)_+ ≥ 1, so τ ≥ t0.
+2. A level t0 ≤ τ is known before solving anything: Σ_i (x*_i − t)_+ = max_S Σ_{i∈S} (z_i − t) − Σ_{e∈∂S} λ_e, so
+   any set S gives t_S = (Σ_S z_i − Σ_{e∈∂S} λ_e − 1) / |S| ≤ τ; t0 is the best t_S over the top cells of the
+   start (z, or FISTA's iterate).
 3. On S = {x* > t0} the prox is the prox of its own subgraph, with every edge leaving S taken out at its bound
    (z_i − λ_e for each such edge of i), because x* is above t0 inside and at most t0 outside. That prox is solved
    by divide and conquer over the same cuts: at a piece's mean value t the cut either splits the piece into
@@ -18,8 +19,8 @@ scores). Three facts about the prox make them cheap to find exactly:
 
 The output is x* on S and −inf elsewhere (the cells at or below t0 ≤ τ, which sparsemax sets to 0 either way), so
 that sparsemax and the backward pass (which averages over groups of equal values inside the support) are those of
-the full prox. Each cut is a maximum flow by shortest augmenting paths from the cells in excess; near the top of a
-map it stays among few cells. A map whose cut would reach too far (near-uniform scores: half the grid lies above
+the full prox. Each cut is a maximum flow by Dinic's blocking flows from the cells in excess; near the top of a map
+it stays among few cells. A map whose cut would reach too far (near-uniform scores: half the grid lies above
 t0), or whose scores are not finite, is left to the iterative prox of :mod:`.tvmax_cpu` (the caller is told).
 
 Layout as in :mod:`.tvmax_cpu`: cells row-major, the edge (c − 1, c) is ``h[c]``, (c − W, c) is ``v[c]``; a flow
@@ -34,8 +35,8 @@ import math
 import numba
 import numpy as np
 
-NOT_ON_GRID = -1  # the piece of cells outside the grid graph (masked keys: their score is −inf)
-CROWDED = 0.25  # a map with more of its cells above t0 than this share is left to the iterative prox, ...
+NOT_ON_GRID = -1  # the piece of the cells outside the grid graph (masked keys)
+CROWDED = 0.25  # a map with more of its cells near or above t0 than this share is left to the iterative prox, ...
 TRIED_SETS = 64  # t0 is the best t_S over the sets of the top 1 … max(this, 2·|sparsemax(guess)'s support|) cells
 REACH = 64  # ... and so is one whose cuts take more than REACH·(cells above t0) + 64 steps
 
@@ -236,12 +237,12 @@ def sparsemax_threshold(values: np.ndarray, count: int, tau: float) -> tuple[flo
 
 
 @numba.njit(cache=True, nogil=True)
-def _sparsemax_level(z, guess, piece, b_h, b_v, width: int, cells, values, seen, stamp: int, near: int) -> float:
+def _sparsemax_level(z, guess, piece, b_h, b_v, width: int, cells, values, seen, stamp: int) -> float:
     """A level t0 at or below the threshold τ of sparsemax(x*): for any set S of cells,
     t_S = (Σ_S z_i − Σ_{e∈∂S} λ_e − 1) / |S| ≤ τ (see the module's docstring). Returns the best t_S over the sets
     of the top k cells of ``guess`` (z, or an approximate prox), down to λ/2 below sparsemax(guess)'s threshold;
-    −inf when those are crowded or more than ``near`` cells are within 1 of the top. ``cells`` (int64), ``values``
-    (float64) are (n,) scratch; ``seen`` marks the cells taken with ``stamp``."""
+    −inf when those are crowded. ``cells`` (int64), ``values`` (float64) are (n,) scratch; ``seen`` marks the
+    cells taken with ``stamp``."""
     n = z.shape[0]
     top, steepest = -math.inf, 0.0
     for c in range(n):
@@ -254,8 +255,6 @@ def _sparsemax_level(z, guess, piece, b_h, b_v, width: int, cells, values, seen,
         cells[count] = c
         values[count] = guess[c]
         count += piece[c] != NOT_ON_GRID and guess[c] > lowest
-    if count > near:  # more than ``near`` cells within 1 of the top: declined
-        return -math.inf
     tau, above = sparsemax_threshold(values, count, top - 1.0)
     band = 0
     for k in range(count):
@@ -347,16 +346,14 @@ def prox_map(
     work: np.ndarray,
     index: np.ndarray,
     stamp: int,
-    near: int,
     most: int,
 ) -> tuple[bool, int]:
     """x* on the cells above t0 into ``out`` (−inf elsewhere) for one map whose ``valid`` cells form the grid (the
     others, masked keys, have no edges and stay −inf). f_h, f_v (n,) are edge duals to start from, within their
     bounds (zero, or a few FISTA iterations' duals: the closer to the prox's, the less flow is left to move), and
     are overwritten; ``work`` is (2, n) float64 scratch, ``index`` (10, n) int64 scratch whose row 0 (search stamps)
-    must hold values below ``stamp`` on entry. Maps with more than ``near`` cells of the start within 1 of its top or
-    more than ``most`` above t0 are declined. Returns (whether the map was solved here, the
-    next unused stamp)."""
+    must hold values below ``stamp`` on entry. Maps with more than ``most`` cells above t0 are declined. Returns
+    (whether the map was solved here, the next unused stamp)."""
     n = z.shape[0]
     excess, shifted = work[0], work[1]
     seen, level, queue, order, piece, sources, seg_start, seg_end, arc, path = (
@@ -386,10 +383,8 @@ def prox_map(
         excess[c] = (
             z[c] + f_h[c] + f_v[c] - (f_h[c + 1] if c + 1 < n else 0.0) - (f_v[c + width] if c + width < n else 0.0)
         )
-    t0 = _sparsemax_level(z, excess, piece, b_h, b_v, width, sources, shifted, seen, stamp, near)
+    t0 = _sparsemax_level(z, excess, piece, b_h, b_v, width, sources, shifted, seen, stamp)
     stamp += 1
-    if t0 == -math.inf:
-        return False, stamp
     if t0 == -math.inf:
         return False, stamp
     count = 0
