@@ -319,10 +319,8 @@ def _iterate(
 @numba.njit(cache=True, nogil=True)
 def _prox_map(
     z_in: np.ndarray,
-    b_h: np.ndarray,
-    b_v: np.ndarray,
-    b32_h: np.ndarray,
-    b32_v: np.ndarray,
+    bound: np.ndarray,
+    bound32: np.ndarray,
     width: int,
     eps: float,
     max_iters: int,
@@ -337,11 +335,13 @@ def _prox_map(
     index: np.ndarray,
     stamp: int,
 ) -> int:
-    """One map's prox into ``out``; ``work`` is (18, H·W + W) float64, ``work32`` (9, H·W + W) float32, the others
-    (H·W,) int64. With ``valid`` (H·W,) not empty, only what TVMax needs: the prox above a level t0 below
-    sparsemax's threshold and −inf elsewhere, by :mod:`.tvmax_support` (from zero duals or FISTA's after
-    ``CUTS_AT`` iterations; ``index``: its (10, H·W) int64 scratch; returns its next search stamp)."""
+    """One map's prox into ``out``; ``bound`` (2, H·W) holds the edges' λ (``bound32`` in float32), ``work`` is
+    (18, H·W + W) float64, ``work32`` (9, H·W + W) float32, the others (H·W,) int64. With ``valid`` (H·W,) not
+    empty, only what TVMax needs: the prox above a level t0 below sparsemax's threshold and −inf elsewhere, by
+    :mod:`.tvmax_support` (from zero duals or FISTA's after ``CUTS_AT`` iterations; ``index``: its (10, H·W) int64
+    scratch; returns its next search stamp)."""
     n = z_in.shape[0]
+    b_h, b_v, b32_h, b32_v = bound[0], bound[1], bound32[0], bound32[1]
     z, x_u, need, mean, size = work[0, :n], work[1], work[2], work[3, :n], work[4, :n]
     w_h, w_v, c_h, c_v, x_hat = work[5], work[6], work[7], work[8], work[16]  # clipped duals, the finish's
     x, u_h, u_v, v_h, v_v, new_h, new_v = work[9], work[10], work[11], work[12], work[13], work[14], work[15]
@@ -349,16 +349,17 @@ def _prox_map(
     new32_h, new32_v = work32[6], work32[7]
     w_h[:] = 0.0
     w_v[:] = 0.0
-    largest = 0.0
     for c in range(n):
         z[c] = z_in[c]
-        largest = max(largest, abs(z[c]))
-    if valid.shape[0] and tvmax_support.near_top(z, valid) <= COLD_NEAR:  # TVMax: the cuts of tvmax_support,
-        solved, stamp = tvmax_support.prox_map(  # from zero duals at peaked scores ...
-            z, valid, b_h, b_v, width, w_h[:n], w_v[:n], out, work[1:3, :n], index, stamp, COLD_CUTS
+    if valid.shape[0] and tvmax_support.near_top(z, valid) <= COLD_NEAR:  # TVMax: the cuts of
+        solved, stamp = tvmax_support.prox_map(  # tvmax_support, from zero duals at peaked scores ...
+            z, valid, bound, width, work[5:7, :n], out, work[1:3, :n], index, stamp, COLD_CUTS
         )
         if solved:
             return stamp
+    largest = 0.0
+    for c in range(n):
+        largest = max(largest, abs(z[c]))
     work32[1:8] = 0.0
     for c in range(n):
         z32[c] = z_in[c]
@@ -382,11 +383,9 @@ def _prox_map(
         solved, stamp = tvmax_support.prox_map(
             z,
             valid,
-            b_h,
-            b_v,
+            bound,
             width,
-            w_h[:n],
-            w_v[:n],
+            work[5:7, :n],
             out,
             work[1:3, :n],
             index,
@@ -438,8 +437,7 @@ def _prox_map(
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _prox(
     z: np.ndarray,
-    b_h: np.ndarray,
-    b_v: np.ndarray,
+    bounds: np.ndarray,
     width: int,
     eps: float,
     max_iters: int,
@@ -449,10 +447,11 @@ def _prox(
     valid: np.ndarray,
     weights: np.ndarray,
 ) -> None:
-    """The prox of each map into ``out``; with ``valid`` (N or 1, n) not empty, TVMax's: the prox where sparsemax
-    needs it (−inf elsewhere and on invalid cells) into ``out`` and its sparsemax into ``weights``."""
+    """The prox of each map into ``out`` (``bounds``: (N or 1, 2, n), see :func:`cell_bounds`); with ``valid``
+    (N or 1, n) not empty, TVMax's: the prox where sparsemax needs it (−inf elsewhere and on invalid cells) into
+    ``out`` and its sparsemax into ``weights``."""
     maps, n = z.shape
-    b32_h, b32_v = b_h.astype(np.float32), b_v.astype(np.float32)
+    bounds32 = bounds.astype(np.float32)
     for c in numba.prange(chunks):
         work = np.zeros((18, n + width), np.float64)
         work32 = np.zeros((9, n + width), np.float32)
@@ -465,10 +464,8 @@ def _prox(
         for m in range(start, stop):
             stamp = _prox_map(
                 z[m],
-                row_of(b_h, m),
-                row_of(b_v, m),
-                row_of(b32_h, m),
-                row_of(b32_v, m),
+                row_of(bounds, m),
+                row_of(bounds32, m),
                 width,
                 eps,
                 max_iters,
@@ -484,7 +481,7 @@ def _prox(
                 stamp,
             )
             if valid.shape[0]:
-                _sparsemax_row(out[m], row_of(valid, m), weights[m], work[0, :n])
+                _sparsemax_row(out[m], row_of(valid, m), weights[m], work[0, :n], order)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -574,14 +571,13 @@ def _group_mean(
     weights: np.ndarray,
     x: np.ndarray,
     eps: float,
-    b_h: np.ndarray,
-    b_v: np.ndarray,
+    bounds: np.ndarray,
     width: int,
     out: np.ndarray,
     chunks: int,
 ) -> None:
-    """Each map's values averaged over its groups of equal x; with ``weights`` (sparsemax's output) not empty, the
-    values are first centred on their support (sparsemax's backward)."""
+    """Each map's values averaged over its groups of equal x (``bounds``: see :func:`cell_bounds`); with ``weights``
+    (sparsemax's output) not empty, the values are first centred on their support (sparsemax's backward)."""
     maps, n = values.shape
     for c in numba.prange(chunks):
         queue = np.empty(n, np.int64)
@@ -593,7 +589,8 @@ def _group_mean(
             if weights.shape[0]:
                 _centre_on_support(row, weights[m], centred)
                 row = centred
-            _group_mean_map(row, x[m], eps, row_of(b_h, m), row_of(b_v, m), width, out[m], queue, seen)
+            bound = row_of(bounds, m)
+            _group_mean_map(row, x[m], eps, bound[0], bound[1], width, out[m], queue, seen)
 
 
 def group_mean(
@@ -605,7 +602,7 @@ def group_mean(
     first centred on the weights' support (sparsemax's backward)."""
     out = torch.empty_like(values)
     if values.numel():
-        cell_h, cell_v = cell_bounds(bounds, values.shape[1], width)
+        cell = cell_bounds(bounds, values.shape[1], width)
         chunks = threads_and_chunks(values.shape[0])
         centre_on = np.zeros((0, 0), np.float64) if weights is None else weights.numpy()
         _group_mean(
@@ -613,8 +610,7 @@ def group_mean(
             centre_on,
             x.contiguous().numpy(),
             torch.finfo(x.dtype).eps,
-            cell_h.numpy(),
-            cell_v.numpy(),
+            cell.numpy(),
             width,
             out.numpy(),
             chunks,
@@ -623,36 +619,32 @@ def group_mean(
 
 
 @numba.njit(cache=True, nogil=True)
-def _sparsemax_row(x: np.ndarray, valid: np.ndarray, weights: np.ndarray, values: np.ndarray) -> None:
+def _sparsemax_row(x: np.ndarray, valid: np.ndarray, weights: np.ndarray, values: np.ndarray, cells: np.ndarray):
     """weights = sparsemax(x) over the valid cells (x is set to −inf on the others, which FISTA's full prox may not
-    have); ``values`` is (n,) float64 scratch."""
+    have); ``values`` (float64), ``cells`` (int64) are (n,) scratch."""
     n = x.shape[0]
-    top, undefined = -math.inf, False
+    undefined = False
     for c in range(n):
         x[c] = x[c] if valid[c] else -math.inf
-        top = max(top, x[c])
         undefined |= x[c] != x[c] or x[c] == math.inf
     if undefined:  # a NaN or +inf score: the row is NaN, as every map's (not silently dropped)
         weights[:] = math.nan
         return
-    count = 0
-    for c in range(n):  # (branch-free compaction)
-        values[count] = x[c]
-        count += x[c] > top - 1.0
+    top = tvmax_support.top_of(x, valid)
+    count = tvmax_support.gather_above(x, valid, top - 1.0, cells, values)
     tau = tvmax_support.sparsemax_threshold(values, count, top - 1.0)[0]
     for c in range(n):
         weights[c] = x[c] - tau if x[c] > tau else 0.0  # (0 on a row without valid cells)
 
 
-def cell_bounds(bounds: tuple[Tensor, Tensor], cells: int, width: int) -> tuple[Tensor, Tensor]:
-    """The (N or 1, edges) bounds per direction in the per-cell float64 layout: edge (c − 1, c) at c, (c − W, c)
-    at c."""
+def cell_bounds(bounds: tuple[Tensor, Tensor], cells: int, width: int) -> Tensor:
+    """The (N or 1, edges) bounds per direction as one (N or 1, 2, cells) float64 tensor in the per-cell layout:
+    edge (c − 1, c) at [:, 0, c], (c − W, c) at [:, 1, c]."""
     bound_h, bound_v = bounds
-    cell_h = bound_h.new_zeros(bound_h.shape[0], cells, dtype=torch.float64)
-    cell_v = bound_v.new_zeros(bound_v.shape[0], cells, dtype=torch.float64)
-    cell_h[:, 1:] = bound_h
-    cell_v[:, width:] = bound_v
-    return cell_h, cell_v
+    cell = bound_h.new_zeros(max(bound_h.shape[0], bound_v.shape[0]), 2, cells, dtype=torch.float64)
+    cell[:, 0, 1:] = bound_h
+    cell[:, 1, width:] = bound_v
+    return cell
 
 
 def _run(
@@ -663,14 +655,13 @@ def _run(
     weights = torch.empty_like(z) if valid is not None else z.new_empty(0, 0)
     if z.numel():
         z = z.contiguous()
-        cell_h, cell_v = cell_bounds(bounds, z.shape[1], width)
+        cell = cell_bounds(bounds, z.shape[1], width)
         eps = torch.finfo(z.dtype).eps
         chunks = threads_and_chunks(z.shape[0])
         cells = np.zeros((0, 0), np.bool_) if valid is None else valid.contiguous().numpy()
         _prox(
             z.numpy(),
-            cell_h.numpy(),
-            cell_v.numpy(),
+            cell.numpy(),
             width,
             eps,
             max_iters,

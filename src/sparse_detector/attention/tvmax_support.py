@@ -23,9 +23,9 @@ the full prox. Each cut is a maximum flow by Dinic's blocking flows from the cel
 it stays among few cells. A map whose cut would reach too far (near-uniform scores: half the grid lies above
 t0), or whose scores are not finite, is left to the iterative prox of :mod:`.tvmax_cpu` (the caller is told).
 
-Layout as in :mod:`.tvmax_cpu`: cells row-major, the edge (c − 1, c) is ``h[c]``, (c − W, c) is ``v[c]``; a flow
-f on an edge goes from its first cell to its second. Written by hand: no library computes small real-valued
-parametric cuts inside a compiled per-map loop.
+Layout as in :mod:`.tvmax_cpu`: cells row-major; an edge's bound and flow are ``[0, c]`` for the edge (c − 1, c),
+``[1, c]`` for (c − W, c); a flow goes from the edge's first cell to its second. Written by hand: no library
+computes small real-valued parametric cuts inside a compiled per-map loop.
 """
 
 from __future__ import annotations
@@ -35,37 +35,18 @@ import math
 import numba
 import numpy as np
 
+from .vector_math import bitcast
+
 NOT_ON_GRID = -1  # the piece of the cells outside the grid graph (masked keys)
 CROWDED = 0.25  # a map with more of its cells near or above t0 than this share is left to the iterative prox, ...
 TRIED_SETS = 64  # t0 is the best t_S over the sets of the top 1 … max(this, 2·|sparsemax(guess)'s support|) cells
 REACH = 64  # ... and so is one whose cuts take more than REACH·(cells above t0) + 64 steps
+MAGNITUDE_BITS = 2**63 - 1
 
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _room(c: int, j: int, f_h: np.ndarray, f_v: np.ndarray, b_h: np.ndarray, b_v: np.ndarray, width: int) -> float:
-    """How much more can flow from cell c to its neighbour j (vertical first: on a one-column grid c ± 1 is one)."""
-    if j == c - width:
-        return b_v[c] + f_v[c]
-    if j == c + width:
-        return b_v[j] - f_v[j]
-    if j == c - 1:
-        return b_h[c] + f_h[c]
-    return b_h[j] - f_h[j]
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _send(
-    c: int, j: int, amount: float, f_h: np.ndarray, f_v: np.ndarray, b_h: np.ndarray, b_v: np.ndarray, width: int
-):
-    """Add ``amount`` to the flow from c to its neighbour j (kept within the edge's bounds against rounding)."""
-    if j == c - width:
-        f_v[c] = max(f_v[c] - amount, -b_v[c])
-    elif j == c + width:
-        f_v[j] = min(f_v[j] + amount, b_v[j])
-    elif j == c - 1:
-        f_h[c] = max(f_h[c] - amount, -b_h[c])
-    else:
-        f_h[j] = min(f_h[j] + amount, b_h[j])
+# The per-map loops allocate nothing and compile without reference counting (numba's `_nrt=False`, which numba's own
+# allocation-free helpers use): with it, every array passed to a call or sliced costs two atomic operations — a third
+# of a peaked map's time, measured.
+no_refcounts = numba.njit(cache=True, nogil=True, _nrt=False)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -80,8 +61,91 @@ def _neighbour(c: int, k: int, n: int, width: int) -> int:
     return c + width if c + width < n else -1
 
 
-@numba.njit(cache=True, nogil=True)
-def _levels(sources, piece, p, excess, tiny, f_h, f_v, b_h, b_v, width, seen, stamp, level, arc, queue) -> tuple:
+@numba.njit(cache=True, nogil=True, inline="always")
+def _edge(c: int, j: int, width: int) -> tuple[int, int, float]:
+    """The edge between cell c and its neighbour j as (direction: 0 across, 1 down; its cell; +1 if c is its first
+    cell, else −1): the flow from c to j is sign·flow[direction, cell], its room bound − sign·flow. Vertical
+    first: on a one-column grid c ± 1 is one. (Scalars only: array arguments of helpers called per cell cost
+    atomic reference counts in numba.)"""
+    if j == c - width:
+        return 1, c, -1.0
+    if j == c + width:
+        return 1, j, 1.0
+    if j == c - 1:
+        return 0, c, -1.0
+    return 0, j, 1.0
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _order_key(x: float) -> int:
+    """An int64 that orders as the float64 x does (NaNs aside): numba leaves a float max reduction scalar (~1 cycle
+    per cell) but vectorises an integer one."""
+    bits = bitcast(x)
+    return bits ^ ((bits >> 63) & MAGNITUDE_BITS)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _from_order_key(key: int) -> float:
+    """The float64 of :func:`_order_key`'s ``key``."""
+    return bitcast(key ^ ((key >> 63) & MAGNITUDE_BITS))
+
+
+@no_refcounts
+def top_of(values: np.ndarray, valid: np.ndarray) -> float:
+    """The largest of ``values`` over the valid cells (−inf when none)."""
+    lowest = _order_key(-math.inf)
+    top = lowest
+    for c in range(values.shape[0]):
+        key = _order_key(values[c])
+        top = max(top, key if valid[c] else lowest)
+    return _from_order_key(top)
+
+
+@no_refcounts
+def count_above(values: np.ndarray, valid: np.ndarray, low: float) -> int:
+    """How many valid cells have a value above ``low``."""
+    count = 0
+    for c in range(values.shape[0]):
+        count += valid[c] and values[c] > low
+    return count
+
+
+@no_refcounts
+def gather_above(values: np.ndarray, valid: np.ndarray, low: float, cells: np.ndarray, kept: np.ndarray) -> int:
+    """The valid cells whose value is above ``low`` into ``cells[:count]`` (in order) and their values into
+    ``kept[:count]``; returns count. Few (a map's top): by branches, which then mostly go one way; many: by a
+    branch-free compaction."""
+    count = count_above(values, valid, low)
+    if count * 16 > values.shape[0]:
+        count = 0
+        for c in range(values.shape[0]):
+            cells[count] = c
+            kept[count] = values[c]
+            count += valid[c] and values[c] > low
+        return count
+    found = 0
+    for c in range(values.shape[0]):
+        if found == count:
+            break
+        if values[c] > low and valid[c]:
+            cells[found] = c
+            kept[found] = values[c]
+            found += 1
+    return count
+
+
+@no_refcounts
+def largest_magnitude(values: np.ndarray, valid: np.ndarray) -> float:
+    """max |value| over the valid cells: +inf or NaN when one of them is not finite, −1 when no cell is valid
+    (vectorised on the bits: a non-negative float orders as its bits do)."""
+    largest = -1
+    for c in range(values.shape[0]):
+        largest = max(largest, bitcast(values[c]) & MAGNITUDE_BITS if valid[c] else -1)
+    return bitcast(largest) if largest >= 0 else -1.0
+
+
+@no_refcounts
+def _levels(sources, piece, p, excess, tiny, flow, bound, width, seen, stamp, level, arc, queue) -> tuple:
     """Breadth-first levels over piece p's edges with room, from the ``sources`` still in excess, up to the first
     level holding a cell short of flow. Returns (that level, or −1 when no such cell is reachable, and then
     ``queue[:count]`` is every cell reachable from an excess; count)."""
@@ -104,7 +168,10 @@ def _levels(sources, piece, p, excess, tiny, f_h, f_v, b_h, b_v, width, seen, st
             continue
         for k in range(4):
             j = _neighbour(c, k, n, width)
-            if j < 0 or seen[j] == stamp or piece[j] != p or _room(c, j, f_h, f_v, b_h, b_v, width) <= 0.0:
+            if j < 0 or seen[j] == stamp or piece[j] != p:
+                continue
+            d, e, sign = _edge(c, j, width)
+            if bound[d, e] - sign * flow[d, e] <= 0.0:
                 continue
             seen[j] = stamp
             level[j] = level[c] + 1
@@ -116,8 +183,8 @@ def _levels(sources, piece, p, excess, tiny, f_h, f_v, b_h, b_v, width, seen, st
     return found, tail
 
 
-@numba.njit(cache=True, nogil=True)
-def _blocking_flow(sources, piece, p, excess, tiny, f_h, f_v, b_h, b_v, width, seen, stamp, level, arc, found, path):
+@no_refcounts
+def _blocking_flow(sources, piece, p, excess, tiny, flow, bound, width, seen, stamp, level, arc, found, path):
     """Send flow from the sources along paths whose level rises by one per edge to cells short of flow at level
     ``found``, until no such path is left (Dinic's blocking flow, depth first with current arcs). Returns the
     number of steps taken."""
@@ -134,9 +201,11 @@ def _blocking_flow(sources, piece, p, excess, tiny, f_h, f_v, b_h, b_v, width, s
             if depth > 0 and excess[c] < -tiny:  # reached a shortfall: augment along the path
                 amount = min(excess[s], -excess[c])
                 for k in range(depth):
-                    amount = min(amount, _room(path[k], path[k + 1], f_h, f_v, b_h, b_v, width))
+                    d, e, sign = _edge(path[k], path[k + 1], width)
+                    amount = min(amount, bound[d, e] - sign * flow[d, e])
                 for k in range(depth):
-                    _send(path[k], path[k + 1], amount, f_h, f_v, b_h, b_v, width)
+                    d, e, sign = _edge(path[k], path[k + 1], width)
+                    flow[d, e] = min(max(flow[d, e] + sign * amount, -bound[d, e]), bound[d, e])
                 excess[s] -= amount
                 excess[c] += amount
                 depth = 0
@@ -150,12 +219,13 @@ def _blocking_flow(sources, piece, p, excess, tiny, f_h, f_v, b_h, b_v, width, s
                     and level[j] == level[c] + 1
                     and piece[j] == p
                     and (level[j] < found or excess[j] < -tiny)
-                    and _room(c, j, f_h, f_v, b_h, b_v, width) > 0.0
                 ):
-                    depth += 1
-                    path[depth] = j
-                    advanced = True
-                    break
+                    d, e, sign = _edge(c, j, width)
+                    if bound[d, e] - sign * flow[d, e] > 0.0:
+                        depth += 1
+                        path[depth] = j
+                        advanced = True
+                        break
                 arc[c] += 1
             if advanced:
                 continue
@@ -167,17 +237,35 @@ def _blocking_flow(sources, piece, p, excess, tiny, f_h, f_v, b_h, b_v, width, s
     return steps
 
 
-@numba.njit(cache=True, nogil=True)
+@no_refcounts
+def _push_to_neighbours(sources, piece, p, excess, tiny, flow, bound, width) -> int:
+    """Send each source's excess straight to its neighbours short of flow: the paths of one edge, which carry most
+    of the flow near a map's top (a cell above t0 mostly borders cells far below it), without the levels.
+    Returns the steps taken."""
+    n = piece.shape[0]
+    for s in sources:
+        for k in range(4):
+            j = _neighbour(s, k, n, width)
+            if j < 0 or piece[j] != p or not excess[j] < -tiny:
+                continue
+            d, e, sign = _edge(s, j, width)
+            amount = min(excess[s], -excess[j], bound[d, e] - sign * flow[d, e])
+            if amount > 0.0:
+                flow[d, e] = min(max(flow[d, e] + sign * amount, -bound[d, e]), bound[d, e])
+                excess[s] -= amount
+                excess[j] += amount
+    return 4 * sources.shape[0]
+
+
+@no_refcounts
 def _cut(
     sources: np.ndarray,
     piece: np.ndarray,
     p: int,
     excess: np.ndarray,
     tiny: float,
-    f_h: np.ndarray,
-    f_v: np.ndarray,
-    b_h: np.ndarray,
-    b_v: np.ndarray,
+    flow: np.ndarray,
+    bound: np.ndarray,
     width: int,
     seen: np.ndarray,
     stamp: int,
@@ -188,35 +276,22 @@ def _cut(
     budget: int,
 ) -> tuple[int, int, int]:
     """Maximum flow in piece p from the cells in excess (``sources``) to those short of it (Dinic 1970: shortest
-    paths by phases); then the minimum cut's source side, the cells reachable from an excess left over, is
-    ``queue[:size]``. Returns (size, the next unused stamp, the budget of steps left: < 0 when it ran out)."""
+    paths by phases, after the one-edge paths); then the minimum cut's source side, the cells reachable from an
+    excess left over, is ``queue[:size]``. Returns (size, the next unused stamp, the budget of steps left: < 0
+    when it ran out)."""
+    budget -= _push_to_neighbours(sources, piece, p, excess, tiny, flow, bound, width)
     while True:
-        found, visited = _levels(
-            sources, piece, p, excess, tiny, f_h, f_v, b_h, b_v, width, seen, stamp, level, arc, queue
-        )
+        found, visited = _levels(sources, piece, p, excess, tiny, flow, bound, width, seen, stamp, level, arc, queue)
         budget -= visited
         if found < 0 or budget < 0:
             return visited, stamp + 1, budget
         budget -= _blocking_flow(
-            sources, piece, p, excess, tiny, f_h, f_v, b_h, b_v, width, seen, stamp, level, arc, found, path
+            sources, piece, p, excess, tiny, flow, bound, width, seen, stamp, level, arc, found, path
         )
         stamp += 1
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _bound(c: int, j: int, b_h: np.ndarray, b_v: np.ndarray, width: int) -> float:
-    """The bound λ_e of the edge between c and its neighbour j (0 when there is none; vertical first, as in
-    :func:`_room`)."""
-    if j == c - width:
-        return b_v[c]
-    if j == c + width:
-        return b_v[j]
-    if j == c - 1:
-        return b_h[c]
-    return b_h[j]
-
-
-@numba.njit(cache=True, nogil=True)
+@no_refcounts
 def sparsemax_threshold(values: np.ndarray, count: int, tau: float) -> tuple[float, int]:
     """Sparsemax's threshold over ``values[:count]`` (all the values above ``tau`` ≤ it, e.g. max − 1), and how
     many lie above it (left first in ``values``): τ ← (Σ_{v > τ} v − 1) / #{v > τ} rises to it (Michelot 1986).
@@ -236,25 +311,37 @@ def sparsemax_threshold(values: np.ndarray, count: int, tau: float) -> tuple[flo
         tau = new
 
 
-@numba.njit(cache=True, nogil=True)
-def _sparsemax_level(z, guess, piece, b_h, b_v, width: int, cells, values, seen, stamp: int) -> float:
+@no_refcounts
+def _sift_down(heap: np.ndarray, size: int, root: int, values: np.ndarray) -> None:
+    """Restore the max-heap ``heap[:size]`` of cells (ordered by ``values``) below ``root`` (heapsort's step, by
+    hand: numba's sorts allocate, which these loops do not, so that they run without reference counting)."""
+    while True:
+        child = 2 * root + 1
+        if child >= size:
+            return
+        if child + 1 < size and values[heap[child + 1]] > values[heap[child]]:
+            child += 1
+        if not values[heap[child]] > values[heap[root]]:
+            return
+        heap[root], heap[child] = heap[child], heap[root]
+        root = child
+
+
+@no_refcounts
+def _sparsemax_level(z, guess, valid, bound, width: int, cells, values, seen, stamp: int) -> float:
     """A level t0 at or below the threshold τ of sparsemax(x*): for any set S of cells,
     t_S = (Σ_S z_i − Σ_{e∈∂S} λ_e − 1) / |S| ≤ τ (see the module's docstring). Returns the best t_S over the sets
     of the top k cells of ``guess`` (z, or an approximate prox), down to λ/2 below sparsemax(guess)'s threshold;
     −inf when those are crowded. ``cells`` (int64), ``values`` (float64) are (n,) scratch; ``seen`` marks the
     cells taken with ``stamp``."""
     n = z.shape[0]
-    top, steepest = -math.inf, 0.0
+    top = top_of(guess, valid)
+    steepest = 0  # the largest bound, by its bits (as in largest_magnitude)
     for c in range(n):
-        if piece[c] != NOT_ON_GRID:
-            top = max(top, guess[c])
-            steepest = max(steepest, b_h[c], b_v[c])
-    count = 0  # sparsemax(guess)'s support lies within 1 of the top; the sets tried, within λ/2 below its threshold
-    lowest = top - 1.0 - 0.5 * steepest
-    for c in range(n):  # (branch-free: the scores' order is random)
-        cells[count] = c
-        values[count] = guess[c]
-        count += piece[c] != NOT_ON_GRID and guess[c] > lowest
+        steepest = max(steepest, bitcast(bound[0, c]), bitcast(bound[1, c]))
+    steepest = bitcast(steepest)
+    # sparsemax(guess)'s support lies within 1 of the top; the sets tried, within λ/2 below its threshold
+    count = gather_above(guess, valid, top - 1.0 - 0.5 * steepest, cells, values)
     tau, above = sparsemax_threshold(values, count, top - 1.0)
     band = 0
     for k in range(count):
@@ -262,33 +349,27 @@ def _sparsemax_level(z, guess, piece, b_h, b_v, width: int, cells, values, seen,
         band += guess[cells[k]] > tau - 0.5 * steepest
     if band > n * CROWDED:  # near-uniform scores (see prox_map)
         return -math.inf
-    tried = min(band, max(TRIED_SETS, 2 * above))  # the sets of up to this many cells (a partial sort)
-    for k in range(band):
-        values[k] = -guess[cells[k]]
-    if tried < band:
-        cutoff = np.partition(values[:band], tried - 1)[tried - 1]
-        kept = 0
-        for k in range(band):
-            if values[k] <= cutoff and kept < tried:
-                cells[kept] = cells[k]
-                values[kept] = values[k]
-                kept += 1
-        band = kept
-    order = cells[:band][np.argsort(values[:band])]
+    tried = min(band, max(TRIED_SETS, 2 * above))  # the sets of up to this many cells, taken from a heap
+    for k in range(band // 2 - 1, -1, -1):
+        _sift_down(cells, band, k, guess)
     total, boundary, best = 0.0, 0.0, -math.inf
-    for k in range(band):
-        c = order[k]
+    for k in range(tried):
+        c = cells[0]  # the k-th largest
+        band -= 1
+        cells[0] = cells[band]
+        _sift_down(cells, band, 0, guess)
         seen[c] = stamp
         total += z[c]
         for m in range(4):
             j = _neighbour(c, m, n, width)
             if j >= 0:
-                boundary += -_bound(c, j, b_h, b_v, width) if seen[j] == stamp else _bound(c, j, b_h, b_v, width)
+                d, e, _ = _edge(c, j, width)
+                boundary += -bound[d, e] if seen[j] == stamp else bound[d, e]
         best = max(best, (total - boundary - 1.0) / (k + 1))
     return best
 
 
-@numba.njit(cache=True, nogil=True)
+@no_refcounts
 def _components(cells, piece, p, side, stamp, first_id, order, seg_start, seg_end, top, offset, width) -> tuple:
     """Give each connected part of piece p's ``cells`` that is all on one side (``side[c] == stamp`` or not) a new
     piece id from ``first_id`` on, write the cells part by part into ``order`` from ``offset`` and push the parts
@@ -320,28 +401,20 @@ def _components(cells, piece, p, side, stamp, first_id, order, seg_start, seg_en
     return next_id, top
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+@no_refcounts
 def near_top(z: np.ndarray, valid: np.ndarray) -> int:
     """How many valid scores lie within 1 of the top one (sparsemax(z)'s support is among them): few at peaked
     scores, where the cuts need no start."""
-    top = -math.inf
-    for c in range(z.shape[0]):
-        top = max(top, z[c] if valid[c] else -math.inf)
-    count = 0
-    for c in range(z.shape[0]):
-        count += valid[c] and z[c] > top - 1.0
-    return count
+    return count_above(z, valid, top_of(z, valid) - 1.0)
 
 
-@numba.njit(cache=True, nogil=True)
+@no_refcounts
 def prox_map(
     z: np.ndarray,
     valid: np.ndarray,
-    b_h: np.ndarray,
-    b_v: np.ndarray,
+    bound: np.ndarray,
     width: int,
-    f_h: np.ndarray,
-    f_v: np.ndarray,
+    flow: np.ndarray,
     out: np.ndarray,
     work: np.ndarray,
     index: np.ndarray,
@@ -349,11 +422,12 @@ def prox_map(
     most: int,
 ) -> tuple[bool, int]:
     """x* on the cells above t0 into ``out`` (−inf elsewhere) for one map whose ``valid`` cells form the grid (the
-    others, masked keys, have no edges and stay −inf). f_h, f_v (n,) are edge duals to start from, within their
-    bounds (zero, or a few FISTA iterations' duals: the closer to the prox's, the less flow is left to move), and
-    are overwritten; ``work`` is (2, n) float64 scratch, ``index`` (10, n) int64 scratch whose row 0 (search stamps)
-    must hold values below ``stamp`` on entry. Maps with more than ``most`` cells above t0 are declined. Returns
-    (whether the map was solved here, the next unused stamp)."""
+    others, masked keys, have no edges and stay −inf). ``bound`` (2, n) holds the edges' λ and ``flow`` (2, n) the
+    edge duals to start from, within their bounds (zero, or a few FISTA iterations' duals: the closer to the
+    prox's, the less flow is left to move), in the layout of :func:`_edge`; ``flow`` is overwritten. ``work`` is
+    (2, n) float64 scratch, ``index`` (10, n) int64 scratch whose row 0 (search stamps) must hold values below
+    ``stamp`` on entry. Maps with more than ``most`` cells above t0 are declined. Returns (whether the map was
+    solved here, the next unused stamp)."""
     n = z.shape[0]
     excess, shifted = work[0], work[1]
     seen, level, queue, order, piece, sources, seg_start, seg_end, arc, path = (
@@ -368,35 +442,33 @@ def prox_map(
         index[8],
         index[9],
     )
-    largest = -1.0
-    for c in range(n):
-        piece[c] = 0 if valid[c] else NOT_ON_GRID
-        out[c] = -math.inf
-        if valid[c]:
-            if not abs(z[c]) < math.inf:  # NaN or infinite scores: left to the iterative prox
-                return False, stamp
-            largest = max(largest, abs(z[c]))
+    largest = largest_magnitude(z, valid)
+    if not largest < math.inf:  # NaN or infinite scores: left to the iterative prox
+        return False, stamp
     if largest < 0.0:  # no cell on the grid
         return False, stamp
     tiny = 64.0 * np.finfo(np.float64).eps * (1.0 + largest)
+    right, below = flow[0, 1:], flow[1, width:]
     for c in range(n):  # the start: x = z − Dᵀf
-        excess[c] = (
-            z[c] + f_h[c] + f_v[c] - (f_h[c + 1] if c + 1 < n else 0.0) - (f_v[c + width] if c + width < n else 0.0)
-        )
-    t0 = _sparsemax_level(z, excess, piece, b_h, b_v, width, sources, shifted, seen, stamp)
+        piece[c] = 0 if valid[c] else NOT_ON_GRID
+        out[c] = -math.inf
+        excess[c] = z[c] + flow[0, c] + flow[1, c]
+    for c in range(n - 1):
+        excess[c] -= right[c]
+    for c in range(n - width):
+        excess[c] -= below[c]
+    t0 = _sparsemax_level(z, excess, valid, bound, width, sources, shifted, seen, stamp)
     stamp += 1
     if t0 == -math.inf:
         return False, stamp
-    count = 0
-    for c in range(n):  # (branch-free)
+    for c in range(n):
         excess[c] -= t0
-        sources[count] = c
-        count += piece[c] == 0 and excess[c] > tiny
+    count = gather_above(excess, valid, tiny, sources, shifted)
     if count > most:  # e.g. near-uniform scores: the cuts would reach across the grid
         return False, stamp
     budget = REACH * count + 64
     above, stamp, budget = _cut(
-        sources[:count], piece, 0, excess, tiny, f_h, f_v, b_h, b_v, width, seen, stamp, level, arc, queue, path, budget
+        sources[:count], piece, 0, excess, tiny, flow, bound, width, seen, stamp, level, arc, queue, path, budget
     )
     if budget < 0:
         return False, stamp
@@ -405,16 +477,16 @@ def prox_map(
     stamp += 1
     for k in range(above):
         seen[queue[k]] = marked
-        order[k] = queue[k]
     for k in range(above):
-        c = order[k]
+        c = queue[k]
         shifted[c] = z[c]
         for m in range(4):
             j = _neighbour(c, m, n, width)
             if j >= 0 and seen[j] != marked:
-                shifted[c] -= _bound(c, j, b_h, b_v, width)
+                d, e, _ = _edge(c, j, width)
+                shifted[c] -= bound[d, e]
         piece[c] = -2
-    next_id, top = _components(order[:above].copy(), piece, -2, seen, marked, 1, order, seg_start, seg_end, 0, 0, width)
+    next_id, top = _components(queue[:above], piece, -2, seen, marked, 1, order, seg_start, seg_end, 0, 0, width)
     while top > 0:
         top -= 1
         start, stop = seg_start[top], seg_end[top]
@@ -433,22 +505,20 @@ def prox_map(
             if excess[c] > tiny:
                 sources[count] = c
                 count += 1
-            f_h[c] = 0.0
-            f_v[c] = 0.0
+            flow[0, c] = 0.0
+            flow[1, c] = 0.0
             if c + 1 < n:
-                f_h[c + 1] = 0.0
+                flow[0, c + 1] = 0.0
             if c + width < n:
-                f_v[c + width] = 0.0
+                flow[1, c + width] = 0.0
         size, stamp, budget = _cut(
             sources[:count],
             piece,
             p,
             excess,
             tiny,
-            f_h,
-            f_v,
-            b_h,
-            b_v,
+            flow,
+            bound,
             width,
             seen,
             stamp,
@@ -473,10 +543,13 @@ def prox_map(
             for m in range(4):
                 j = _neighbour(c, m, n, width)
                 if j >= 0 and piece[j] == p and seen[j] != upper:
-                    lam = _bound(c, j, b_h, b_v, width)
+                    d, e, _ = _edge(c, j, width)
+                    lam = bound[d, e]
                     shifted[c] -= lam
                     shifted[j] += lam
+        for k in range(stop - start):  # (_components rewrites order, where cells lie)
+            path[k] = cells[k]
         next_id, top = _components(
-            cells.copy(), piece, p, seen, upper, next_id, order, seg_start, seg_end, top, start, width
+            path[: stop - start], piece, p, seen, upper, next_id, order, seg_start, seg_end, top, start, width
         )
     return True, stamp
