@@ -44,9 +44,11 @@ from torch import Tensor
 
 from . import tvmax_support
 from .entmax_cpu import chunk, row_of, threads_and_chunks
+from .tvmax_support import no_refcounts
 
 # Sums may be reordered (so that the reductions vectorise); NaN and infinity keep their meaning.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+no_refcounts_fastmath = numba.njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)  # see tvmax_support
 SPARSE_GROUPS = 0.93  # the finish is tried at iteration 10 only when this share of the edges is at its bound
 COLD_NEAR, COLD_CUTS = 32, 32  # TVMax's cuts (tvmax_support) start from zero duals when at most COLD_NEAR
 # scores are within 1 of the top and COLD_CUTS above t0,
@@ -59,7 +61,14 @@ SWITCH_GAP = 16  # FISTA goes on in float64 below this many float32 tolerances e
 STALLED_CHECKS = 50  # ... or after this many gap checks without halving the gap (a safety net)
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+@no_refcounts_fastmath
+def _copy(source: np.ndarray, target: np.ndarray) -> None:
+    """target[:] = source, as a loop (a slice assignment needs reference counting)."""
+    for c in range(source.shape[0]):
+        target[c] = source[c]
+
+
+@no_refcounts_fastmath
 def _primal(z: np.ndarray, h: np.ndarray, v: np.ndarray, width: int, x: np.ndarray) -> None:
     """x = z − Dᵀu (x stored ``width`` entries in)."""
     n = z.shape[0]
@@ -68,7 +77,7 @@ def _primal(z: np.ndarray, h: np.ndarray, v: np.ndarray, width: int, x: np.ndarr
         x_c[c] = z[c] + h[c] - h_right[c] + v[c] - v_down[c]
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+@no_refcounts_fastmath
 def _dual_step(
     x: np.ndarray, v: np.ndarray, bound: np.ndarray, offset: int, width: int, eighth: float, new: np.ndarray
 ) -> None:
@@ -79,7 +88,7 @@ def _dual_step(
         new[c] = min(max(v[c] + (x_from[c] - x_to[c]) * eighth, -bound[c]), bound[c])
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+@no_refcounts_fastmath
 def _against(u: np.ndarray, v: np.ndarray, new: np.ndarray, cells: int) -> float:
     """⟨v − new, new − u⟩: positive when the step goes against the last move (restart the momentum)."""
     total = 0.0
@@ -88,14 +97,14 @@ def _against(u: np.ndarray, v: np.ndarray, new: np.ndarray, cells: int) -> float
     return total
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+@no_refcounts_fastmath
 def _extrapolate(u: np.ndarray, new: np.ndarray, beta: float, cells: int, v: np.ndarray) -> None:
     """v = new + β(new − u)."""
     for c in range(cells):
         v[c] = new[c] + beta * (new[c] - u[c])
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+@no_refcounts_fastmath
 def _gap_part(x: np.ndarray, u: np.ndarray, bound: np.ndarray, offset: int, width: int) -> float:
     """Σ_e (bound_e |(Dx)_e| − u_e (Dx)_e) over one direction's edges: its part of the duality gap."""
     n = bound.shape[0]
@@ -107,7 +116,7 @@ def _gap_part(x: np.ndarray, u: np.ndarray, bound: np.ndarray, offset: int, widt
     return total
 
 
-@numba.njit(cache=True, nogil=True)
+@no_refcounts
 def _gap(
     z: np.ndarray, h: np.ndarray, v: np.ndarray, b_h: np.ndarray, b_v: np.ndarray, width: int, x: np.ndarray
 ) -> float:
@@ -116,7 +125,7 @@ def _gap(
     return _gap_part(x, h, b_h, width - 1, width) + _gap_part(x, v, b_v, 0, width)
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+@no_refcounts_fastmath
 def _saturated(u: np.ndarray, bound: np.ndarray) -> int:
     """How many edges have their dual at a bound > 0."""
     count = 0
@@ -134,7 +143,7 @@ def _reach(m: int, c: int, code: int, parent: np.ndarray, tree_edge: np.ndarray,
     return tail + 1
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+@no_refcounts_fastmath
 def _mark_joined(u_h: np.ndarray, u_v: np.ndarray, b_h: np.ndarray, b_v: np.ndarray, width: int, mark: np.ndarray):
     """mark[c] = 1 where cell c has an edge with |u| < bound (is not alone in its group), else 0."""
     n = mark.shape[0]
@@ -148,7 +157,7 @@ def _mark_joined(u_h: np.ndarray, u_v: np.ndarray, b_h: np.ndarray, b_v: np.ndar
         up[c] = 1.0 if abs(u_down[c]) < b_down[c] else up[c]
 
 
-@numba.njit(cache=True, nogil=True)
+@no_refcounts
 def _groups(
     u_h: np.ndarray,
     u_v: np.ndarray,
@@ -187,7 +196,7 @@ def _groups(
     return tail
 
 
-@numba.njit(cache=True, nogil=True)
+@no_refcounts
 def _exact_dual(
     z: np.ndarray,
     u_h: np.ndarray,
@@ -208,15 +217,15 @@ def _exact_dual(
     False when a tree edge would need more than its bound."""
     n = z.shape[0]
     grouped = _groups(u_h, u_v, b_h, b_v, width, size, parent, tree_edge, order)
-    w_h[:] = u_h
-    w_v[:] = u_v
+    _copy(u_h, w_h)
+    _copy(u_v, w_v)
     for k in range(grouped):
         code = tree_edge[order[k]]
         if code >= 0:
             (w_h if code % 4 < 2 else w_v)[code // 4] = 0.0
     _primal(z, w_h, w_v, width, need)  # z − Dᵀw without the tree edges (stored ``width`` in)
     need = need[width : width + n]
-    mean[:] = need  # a cell alone in its group is its own mean
+    _copy(need, mean)  # a cell alone in its group is its own mean
     for k in range(grouped):
         size[order[k]] = 1.0
     for k in range(grouped - 1, -1, -1):  # group sums and sizes gather at each group's first cell
@@ -244,7 +253,7 @@ def _exact_dual(
     return True
 
 
-@numba.njit(cache=True, nogil=True)
+@no_refcounts
 def _finish_gap(
     z: np.ndarray,
     w_h: np.ndarray,
@@ -260,7 +269,7 @@ def _finish_gap(
     P(x̂) − D(w) = Σ_e (bound_e |(Dx̂)_e| − w_e (Dx̂)_e) + ½‖z − Dᵀw − x̂‖², which bounds ½‖x̂ − x*‖² for any x̂.
     With x̂ exactly constant on the groups, the edges inside them add exactly 0 (no rounding noise)."""
     n = z.shape[0]
-    x_hat[width : width + n] = mean
+    _copy(mean, x_hat[width : width + n])
     _primal(z, w_h, w_v, width, x_w)
     residual = 0.0
     for c in range(n):
@@ -268,14 +277,14 @@ def _finish_gap(
     return _gap_part(x_hat, w_h, b_h, width - 1, width) + _gap_part(x_hat, w_v, b_v, 0, width) + 0.5 * residual
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+@no_refcounts_fastmath
 def _clip(u: np.ndarray, bound: np.ndarray, out: np.ndarray) -> None:
     """out = clip(u, −bound, bound) in float64: a feasible dual, as the duality gap needs."""
     for c in range(bound.shape[0]):
         out[c] = min(max(u[c], -bound[c]), bound[c])
 
 
-@numba.njit(cache=True, nogil=True)
+@no_refcounts
 def _iterate(
     z: np.ndarray,
     b_h: np.ndarray,
@@ -311,12 +320,12 @@ def _iterate(
         u_v, new_v = new_v, u_v
         _primal(z, v_h, v_v, width, x)
     if count % 2:  # the duals are in the caller's new arrays
-        new_h[:] = u_h
-        new_v[:] = u_v
+        _copy(u_h, new_h)
+        _copy(u_v, new_v)
     return t
 
 
-@numba.njit(cache=True, nogil=True)
+@no_refcounts
 def _prox_map(
     z_in: np.ndarray,
     bound: np.ndarray,
@@ -415,8 +424,8 @@ def _prox_map(
         best = min(best, gap)
         if single and (gap <= switch or stalled >= STALLED_CHECKS):
             single = False
-            u_h[:] = w_h
-            u_v[:] = w_v
+            _copy(w_h, u_h)
+            _copy(w_v, u_v)
             for c in range(n + width):
                 v_h[c] = v32_h[c]
                 v_v[c] = v32_v[c]
@@ -500,7 +509,7 @@ def _joined(x: np.ndarray, c: int, j: int, bound: float, tol: float) -> bool:
     return bound > 0.0 and abs(x[c] - x[j]) <= tol
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"}, _nrt=False)
 def _largest_finite(x: np.ndarray) -> float:
     """max |x_c| over the finite entries (0 if none)."""
     largest = 0.0
@@ -510,7 +519,7 @@ def _largest_finite(x: np.ndarray) -> float:
     return largest
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"}, _nrt=False)
 def _centre_on_support(grad: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
     """Sparsemax's backward: out = grad minus its mean over the support (weights > 0) there, 0 elsewhere."""
     total, count = 0.0, 0.0
@@ -523,7 +532,7 @@ def _centre_on_support(grad: np.ndarray, weights: np.ndarray, out: np.ndarray) -
         out[c] = grad[c] - mean if weights[c] > 0.0 else 0.0
 
 
-@numba.njit(cache=True, nogil=True)
+@no_refcounts
 def _group_mean_map(
     values: np.ndarray,
     x: np.ndarray,
@@ -618,7 +627,7 @@ def group_mean(
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@no_refcounts
 def _sparsemax_row(x: np.ndarray, valid: np.ndarray, weights: np.ndarray, values: np.ndarray, cells: np.ndarray):
     """weights = sparsemax(x) over the valid cells (x is set to −inf on the others, which FISTA's full prox may not
     have); ``values`` (float64), ``cells`` (int64) are (n,) scratch."""
