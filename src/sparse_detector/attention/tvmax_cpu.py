@@ -45,6 +45,7 @@ from torch import Tensor
 from . import tvmax_support
 from .entmax_cpu import chunk, row_of, threads_and_chunks
 from .tvmax_support import no_refcounts
+from .vector_math import bitcast
 
 # Sums may be reordered (so that the reductions vectorise); NaN and infinity keep their meaning.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -509,27 +510,37 @@ def _joined(x: np.ndarray, c: int, j: int, bound: float, tol: float) -> bool:
     return bound > 0.0 and abs(x[c] - x[j]) <= tol
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"}, _nrt=False)
+@no_refcounts
 def _largest_finite(x: np.ndarray) -> float:
-    """max |x_c| over the finite entries (0 if none)."""
-    largest = 0.0
+    """max |x_c| over the finite entries (0 if none), on the bits (see tvmax_support.largest_magnitude)."""
+    infinite = bitcast(math.inf)
+    largest = 0
     for c in range(x.shape[0]):
-        size = abs(x[c])
-        largest = max(largest, size if size < math.inf else 0.0)
-    return largest
+        size = bitcast(x[c]) & tvmax_support.MAGNITUDE_BITS
+        largest = max(largest, size if size < infinite else 0)
+    return bitcast(largest)
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"}, _nrt=False)
-def _centre_on_support(grad: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
-    """Sparsemax's backward: out = grad minus its mean over the support (weights > 0) there, 0 elsewhere."""
-    total, count = 0.0, 0.0
-    for c in range(grad.shape[0]):
-        inside = weights[c] > 0.0
-        total += grad[c] if inside else 0.0
-        count += 1.0 if inside else 0.0
-    mean = total / max(count, 1.0)
-    for c in range(grad.shape[0]):
-        out[c] = grad[c] - mean if weights[c] > 0.0 else 0.0
+@no_refcounts
+def _centre_on_support(
+    grad: np.ndarray,
+    weights: np.ndarray,
+    everywhere: np.ndarray,
+    out: np.ndarray,
+    support: np.ndarray,
+    kept: np.ndarray,
+) -> int:
+    """Sparsemax's backward: out = grad minus its mean over the support (weights > 0) there, 0 elsewhere. The
+    support's cells go to ``support[:count]``; returns count (``everywhere``: all True, ``kept``: scratch)."""
+    count = tvmax_support.gather_above(weights, everywhere, 0.0, support, kept)
+    total = 0.0
+    for k in range(count):
+        total += grad[support[k]]
+    mean = total / max(count, 1)
+    out[:] = 0.0
+    for k in range(count):
+        out[support[k]] = grad[support[k]] - mean
+    return count
 
 
 @no_refcounts
@@ -543,16 +554,17 @@ def _group_mean_map(
     out: np.ndarray,
     queue: np.ndarray,
     seen: np.ndarray,
+    starts: np.ndarray,
 ) -> None:
     """One map's values averaged over the groups of 4-neighbours with equal prox values x (within
-    ``TIES``·eps·(1 + max|x|)), into ``out``. Each group holding a nonzero value is filled breadth-first from it;
-    the others average zeros (a sparsemax gradient is zero off its few support cells, so most of the grid is never
-    visited; TVMax's −inf cells never join)."""
+    ``TIES``·eps·(1 + max|x|)), into ``out``. Each group holding a nonzero value is filled breadth-first from it
+    (``starts``: the cells that may hold one); the others average zeros (a sparsemax gradient is zero off its few
+    support cells, so most of the grid is never visited; TVMax's −inf cells never join)."""
     n = values.shape[0]
     tol = TIES * eps * (1.0 + _largest_finite(x))
     out[:] = 0.0
     seen[:] = False
-    for start in range(n):
+    for start in starts:
         if values[start] == 0.0 or seen[start]:
             continue
         seen[start] = True
@@ -592,14 +604,18 @@ def _group_mean(
         queue = np.empty(n, np.int64)
         seen = np.empty(n, np.bool_)
         centred = np.empty(n, values.dtype)
+        every_cell = np.arange(n)
+        everywhere = np.ones(n, np.bool_)
+        support = np.empty(n, np.int64)
+        kept = np.empty(n, weights.dtype)
         start, stop = chunk(c, maps, chunks)
         for m in range(start, stop):
-            row = values[m]
-            if weights.shape[0]:
-                _centre_on_support(row, weights[m], centred)
-                row = centred
             bound = row_of(bounds, m)
-            _group_mean_map(row, x[m], eps, bound[0], bound[1], width, out[m], queue, seen)
+            if weights.shape[0]:
+                count = _centre_on_support(values[m], weights[m], everywhere, centred, support, kept)
+                _group_mean_map(centred, x[m], eps, bound[0], bound[1], width, out[m], queue, seen, support[:count])
+            else:
+                _group_mean_map(values[m], x[m], eps, bound[0], bound[1], width, out[m], queue, seen, every_cell)
 
 
 def group_mean(

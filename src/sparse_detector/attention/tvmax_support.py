@@ -42,6 +42,7 @@ CROWDED = 0.25  # a map with more of its cells near or above t0 than this share 
 TRIED_SETS = 64  # t0 is the best t_S over the sets of the top 1 … max(this, 2·|sparsemax(guess)'s support|) cells
 REACH = 64  # ... and so is one whose cuts take more than REACH·(cells above t0) + 64 steps
 MAGNITUDE_BITS = 2**63 - 1
+GATHER_RUN = 64  # cells per run of gather_above
 
 # The per-map loops allocate nothing and compile without reference counting (numba's `_nrt=False`, which numba's own
 # allocation-free helpers use): with it, every array passed to a call or sliced costs two atomic operations — a third
@@ -113,24 +114,23 @@ def count_above(values: np.ndarray, valid: np.ndarray, low: float) -> int:
 @no_refcounts
 def gather_above(values: np.ndarray, valid: np.ndarray, low: float, cells: np.ndarray, kept: np.ndarray) -> int:
     """The valid cells whose value is above ``low`` into ``cells[:count]`` (in order) and their values into
-    ``kept[:count]``; returns count. Few (a map's top): by branches, which then mostly go one way; many: by a
-    branch-free compaction."""
-    count = count_above(values, valid, low)
-    if count * 16 > values.shape[0]:
-        count = 0
-        for c in range(values.shape[0]):
-            cells[count] = c
-            kept[count] = values[c]
-            count += valid[c] and values[c] > low
-        return count
-    found = 0
-    for c in range(values.shape[0]):
-        if found == count:
-            break
-        if values[c] > low and valid[c]:
-            cells[found] = c
-            kept[found] = values[c]
-            found += 1
+    ``kept[:count]``; returns count. By runs of GATHER_RUN cells: a vectorised count skips the runs without one
+    (most of a map, where the cells above are its few top ones), branches take the others' cells (measured faster
+    than a branch-free compaction from 3 to 500 cells above, of 850)."""
+    n = values.shape[0]
+    count = 0
+    for start in range(0, n, GATHER_RUN):
+        run, inside = values[start : start + GATHER_RUN], valid[start : start + GATHER_RUN]
+        hits = 0
+        for k in range(run.shape[0]):
+            hits += inside[k] and run[k] > low
+        if hits == 0:
+            continue
+        for k in range(run.shape[0]):
+            if inside[k] and run[k] > low:
+                cells[count] = start + k
+                kept[count] = run[k]
+                count += 1
     return count
 
 
