@@ -22,7 +22,7 @@ from sparse_detector.attention.base import KeyGrid
 from sparse_detector.attention.multihead import MultiheadAttention
 from sparse_detector.attention.sites import AttentionSite, GridRecord
 from sparse_detector.cli import main
-from sparse_detector.config import Config, ConfigError
+from sparse_detector.config import Config, ConfigError, config_from_dict
 from sparse_detector.data.batching import PaddedBatch, as_padded_batch
 from sparse_detector.data.build import build_dataset, build_loader
 from sparse_detector.engine.analyze import analyze
@@ -63,7 +63,7 @@ class CellDetector(nn.Module):
 def build_cell_detector(config: Config) -> CellDetector:
     model = config.model
     heads = model.transformer.nheads
-    site_map = build_activation(model.attention.get(SITE), heads)
+    site_map = build_activation(model.attention, SITE, heads)
     return CellDetector(model.num_classes, model.num_queries, model.transformer.hidden_dim, heads, site_map)
 
 
@@ -129,3 +129,16 @@ def test_analyze_engine_and_command(run_dir: Path, capsys: pytest.CaptureFixture
     assert f"| {SITE} | 0 |" in (out / "analysis.md").read_text()
     assert main(["analyze", "--checkpoint", str(run_dir), "--device", "cpu", "--sites", "decoder_cross"]) == 2
     assert f"unknown attention site 'decoder_cross' for this model; its sites are ['{SITE}']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("site", "key", "value", "message"),
+    [
+        ({"activation": "tvmax", "tvmax_lambda": -1.0}, "tvmax_lambda", -1.0, "lam must be >= 0"),
+        ({"activation": "alpha_entmax", "alpha_init": 2.5}, "alpha_init", 2.5, "alpha_init must lie in"),
+    ],
+)
+def test_an_attention_option_out_of_range_names_its_config_key(site, key, value, message):
+    config = config_from_dict({"model": {"attention": {"decoder_cross": site}}})
+    with pytest.raises(ConfigError, match=rf"model\.attention\.decoder_cross\.{key}: .*{message}"):
+        build_activation(config.model.attention, "decoder_cross", 8)

@@ -6,20 +6,26 @@ from torch import nn
 
 from ..attention.base import AttentionActivation
 from ..attention.registry import get_activation
-from ..config import AttentionSiteConfig, Config
+from ..config import AttentionSiteConfig, Config, ConfigError
 from .criterion import SetCriterion
 from .matcher import HungarianMatcher
 from .registry import model_entry
 
 
-def build_activation(site: AttentionSiteConfig | None, num_heads: int) -> AttentionActivation:
-    """The attention map of one site (None: the default, softmax), with the options that map takes."""
-    site = site if site is not None else AttentionSiteConfig()
+def build_activation(sites: dict[str, AttentionSiteConfig], name: str, num_heads: int) -> AttentionActivation:
+    """The attention map of site ``name`` (softmax when ``sites`` has no entry for it), with the options that map
+    takes; an option out of its range is a :class:`ConfigError` naming its key."""
+    site = sites.get(name, AttentionSiteConfig())
     options = {
         "alpha_entmax": {"num_heads": num_heads, "alpha_init": site.alpha_init},
         "tvmax": {"lam": site.tvmax_lambda},
     }
-    return get_activation(site.activation, **options.get(site.activation, {}))
+    keys = {"alpha_entmax": "alpha_init", "tvmax": "tvmax_lambda"}  # the config keys of those options
+    try:
+        return get_activation(site.activation, **options.get(site.activation, {}))
+    except ValueError as err:
+        where = f"model.attention.{name}" + (f".{keys[site.activation]}" if site.activation in keys else "")
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def build_criterion(config: Config) -> nn.Module:

@@ -95,6 +95,6 @@ def build_detr(config: Config) -> DETR:
         dim_feedforward=t.dim_feedforward,
         dropout=t.dropout,
         normalize_before=t.pre_norm,
-        make_activation=lambda site: build_activation(cfg.attention.get(site), t.nheads),
+        make_activation=lambda site: build_activation(cfg.attention, site, t.nheads),
     )
     return DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss)

@@ -58,7 +58,7 @@ def build_deformable_detr(config: Config) -> DeformableDETR:
         enc_n_points=d.enc_n_points,
         two_stage=d.two_stage,
         two_stage_num_proposals=cfg.num_queries,
-        make_activation=lambda site: build_activation(cfg.attention.get(site), t.nheads),
+        make_activation=lambda site: build_activation(cfg.attention, site, t.nheads),
     )
     return DeformableDETR(
         backbone,
