@@ -84,7 +84,14 @@ def _tv_prox(z: Tensor, bounds: Edges, width: int) -> Tensor:
             )
             done = (gap <= gap_tol).view(-1) if it < MAX_PROX_ITERS else torch.ones_like(maps, dtype=torch.bool)
             if bool(done.any()):
-                out[maps[done]] = x[done]
+                out[maps[done]] = _snap_to_groups(
+                    z[done],
+                    x[done],
+                    tuple(a[done] for a in u),
+                    tuple(b[done] if b.shape[0] > 1 else b for b in bounds),
+                    steps,
+                    gap[done],
+                )
                 keep = ~done
                 if not bool(keep.any()):
                     break
@@ -111,6 +118,24 @@ def _tv_prox(z: Tensor, bounds: Edges, width: int) -> Tensor:
         v = tuple(torch.addcmul(ni, beta, m) for ni, m in zip(new, moves, strict=True))
         u, t = new, t_next
     return out
+
+
+def _snap_to_groups(z: Tensor, x: Tensor, u: Edges, bounds: Edges, steps: tuple[int, int], limit: Tensor) -> Tensor:
+    """FISTA's x = z − Dᵀu, or the prox of the groups its duals u have found where that is certified as well:
+    the cells joined by edges with |u| < bound take their group's mean of z − Dᵀu_jump (u on the other edges), the
+    CPU path's finish without its spanning-tree dual. x̂ replaces x in the maps whose duality gap
+    P(x̂) − D(u) = Σ_e (bound_e |(Dx̂)_e| − u_e (Dx̂)_e) + ½‖x − x̂‖² is at most ``limit`` (N, 1: x's own gap), so
+    that the stated tolerance holds. x̂ is exactly constant on its groups and the backward's ties find them; x
+    differs inside a group by FISTA's error, which can split it there and give a wrong gradient."""
+    free = tuple(ui.abs() < b for ui, b in zip(u, bounds, strict=True))
+    jumps = tuple(torch.where(f, 0.0, ui) for f, ui in zip(free, u, strict=True))
+    snapped = _group_mean(_primal(z, jumps, steps), free, steps)
+    gap = sum(
+        (b * g.abs() - ui * g).sum(1, keepdim=True)
+        for ui, b, g in zip(u, bounds, (_diff(snapped, s) for s in steps), strict=True)
+    )
+    gap = gap + 0.5 * (x - snapped).square().sum(1, keepdim=True)
+    return torch.where(gap <= limit, snapped, x)
 
 
 def _group_mean(values: Tensor, fused: Edges, steps: tuple[int, int]) -> Tensor:

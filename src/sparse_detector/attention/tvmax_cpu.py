@@ -215,7 +215,7 @@ def _exact_dual(
     order: np.ndarray,
 ) -> bool:
     """Duals w with z − Dᵀw constant on each group of u, that constant in ``mean`` (see the module's docstring);
-    False when a tree edge would need more than its bound."""
+    False when a tree edge would need more than its bound (``mean`` holds the group means either way)."""
     n = z.shape[0]
     grouped = _groups(u_h, u_v, b_h, b_v, width, size, parent, tree_edge, order)
     _copy(u_h, w_h)
@@ -413,6 +413,11 @@ def _prox_map(
             _clip(u_v, b_v, w_v)
         gap = _gap(z, w_h, w_v, b_h, b_v, width, x_u)
         if gap <= tol or it >= max_iters:
+            # the means of FISTA's groups where they are certified as well (a gap within FISTA's): exactly
+            # constant on each group, so that the backward's ties find the groups that x splits by FISTA's error
+            _exact_dual(z, w_h, w_v, b_h, b_v, width, c_h, c_v, need, mean, size, parent, tree_edge, order)
+            if _finish_gap(z, w_h, w_v, b_h, b_v, width, mean, x_hat, need) <= gap:
+                x_u = x_hat
             break
         last, saturated = saturated, _saturated(w_h, b_h) + _saturated(w_v, b_v)
         if (saturated == last or (it == FIRST_FINISH and saturated >= SPARSE_GROUPS * edges)) and (
