@@ -64,6 +64,19 @@ def _edge_bounds(valid: Tensor, width: int, lam: float, dtype: torch.dtype) -> E
     return horizontal.to(dtype) * lam, vertical.to(dtype) * lam
 
 
+def _edge_gap(x: Tensor, u: Edges, bounds: Edges, steps: tuple[int, int]) -> Tensor:
+    """Σ_e (bound_e |(Dx)_e| − u_e (Dx)_e) per map (N, 1): the duality gap of (x, u) when x = z − Dᵀu."""
+    return sum(
+        (b * g.abs() - ui * g).sum(1, keepdim=True)
+        for ui, b, g in zip(u, bounds, (_diff(x, s) for s in steps), strict=True)
+    )
+
+
+def _maps_of(bounds: Edges, which: Tensor) -> Edges:
+    """The bounds of the maps ``which`` selects (bounds of one row are shared by all maps)."""
+    return tuple(b[which] if b.shape[0] > 1 else b for b in bounds)
+
+
 def _tv_prox(z: Tensor, bounds: Edges, width: int) -> Tensor:
     """prox of Σ_e bound_e |(Dx)_e| for each row of z (N, H·W); bounds are (N or 1, edges) per direction."""
     n = z.shape[0]
@@ -78,17 +91,14 @@ def _tv_prox(z: Tensor, bounds: Edges, width: int) -> Tensor:
     for it in range(MAX_PROX_ITERS + 1):
         if it % CHECK_EVERY == 0 or it == MAX_PROX_ITERS:
             x = _primal(z, u, steps)
-            gap = sum(
-                (b * g.abs() - ui * g).sum(1, keepdim=True)
-                for ui, b, g in zip(u, bounds, (_diff(x, s) for s in steps), strict=True)
-            )
+            gap = _edge_gap(x, u, bounds, steps)
             done = (gap <= gap_tol).view(-1) if it < MAX_PROX_ITERS else torch.ones_like(maps, dtype=torch.bool)
             if bool(done.any()):
                 out[maps[done]] = _snap_to_groups(
                     z[done],
                     x[done],
                     tuple(a[done] for a in u),
-                    tuple(b[done] if b.shape[0] > 1 else b for b in bounds),
+                    _maps_of(bounds, done),
                     steps,
                     gap[done],
                 )
@@ -97,7 +107,7 @@ def _tv_prox(z: Tensor, bounds: Edges, width: int) -> Tensor:
                     break
                 maps, z, t, gap_tol = maps[keep], z[keep], t[keep], gap_tol[keep]
                 u, v = tuple(a[keep] for a in u), tuple(a[keep] for a in v)
-                bounds = tuple(b[keep] if b.shape[0] > 1 else b for b in bounds)
+                bounds = _maps_of(bounds, keep)
         x = _primal(z, v, steps)
         new = tuple(
             torch.add(vi, _diff(x, s), alpha=1 / 8).clamp_(min=-b, max=b)
@@ -130,11 +140,7 @@ def _snap_to_groups(z: Tensor, x: Tensor, u: Edges, bounds: Edges, steps: tuple[
     free = tuple(ui.abs() < b for ui, b in zip(u, bounds, strict=True))
     jumps = tuple(torch.where(f, 0.0, ui) for f, ui in zip(free, u, strict=True))
     snapped = _group_mean(_primal(z, jumps, steps), free, steps)
-    gap = sum(
-        (b * g.abs() - ui * g).sum(1, keepdim=True)
-        for ui, b, g in zip(u, bounds, (_diff(snapped, s) for s in steps), strict=True)
-    )
-    gap = gap + 0.5 * (x - snapped).square().sum(1, keepdim=True)
+    gap = _edge_gap(snapped, u, bounds, steps) + 0.5 * (x - snapped).square().sum(1, keepdim=True)
     return torch.where(gap <= limit, snapped, x)
 
 

@@ -45,7 +45,6 @@ from torch import Tensor
 from . import tvmax_support
 from .entmax_cpu import chunk, row_of, threads_and_chunks
 from .tvmax_support import no_refcounts
-from .vector_math import bitcast
 
 # Sums may be reordered (so that the reductions vectorise); NaN and infinity keep their meaning.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -516,17 +515,6 @@ def _joined(x: np.ndarray, c: int, j: int, bound: float, tol: float) -> bool:
 
 
 @no_refcounts
-def _largest_finite(x: np.ndarray) -> float:
-    """max |x_c| over the finite entries (0 if none), on the bits (see tvmax_support.largest_magnitude)."""
-    infinite = bitcast(math.inf)
-    largest = 0
-    for c in range(x.shape[0]):
-        size = bitcast(x[c]) & tvmax_support.MAGNITUDE_BITS
-        largest = max(largest, size if size < infinite else 0)
-    return bitcast(largest)
-
-
-@no_refcounts
 def _centre_on_support(
     grad: np.ndarray,
     weights: np.ndarray,
@@ -566,7 +554,7 @@ def _group_mean_map(
     (``starts``: the cells that may hold one); the others average zeros (a sparsemax gradient is zero off its few
     support cells, so most of the grid is never visited; TVMax's −inf cells never join)."""
     n = values.shape[0]
-    tol = TIES * eps * (1.0 + _largest_finite(x))
+    tol = TIES * eps * (1.0 + tvmax_support.largest_finite(x))
     out[:] = 0.0
     seen[:] = False
     for start in starts:

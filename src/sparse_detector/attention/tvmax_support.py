@@ -135,6 +135,17 @@ def gather_above(values: np.ndarray, valid: np.ndarray, low: float, cells: np.nd
 
 
 @no_refcounts
+def largest_finite(values: np.ndarray) -> float:
+    """max |value| over the finite values (0 if none), on the bits as :func:`largest_magnitude`."""
+    infinite = bitcast(math.inf)
+    largest = 0
+    for c in range(values.shape[0]):
+        size = bitcast(values[c]) & MAGNITUDE_BITS
+        largest = max(largest, size if size < infinite else 0)
+    return bitcast(largest)
+
+
+@no_refcounts
 def largest_magnitude(values: np.ndarray, valid: np.ndarray) -> float:
     """max |value| over the valid cells: +inf or NaN when one of them is not finite, −1 when no cell is valid
     (vectorised on the bits: a non-negative float orders as its bits do)."""

@@ -16,16 +16,15 @@ def build_activation(sites: dict[str, AttentionSiteConfig], name: str, num_heads
     """The attention map of site ``name`` (softmax when ``sites`` has no entry for it), with the options that map
     takes; an option out of its range is a :class:`ConfigError` naming its key."""
     site = sites.get(name, AttentionSiteConfig())
-    options = {
-        "alpha_entmax": {"num_heads": num_heads, "alpha_init": site.alpha_init},
-        "tvmax": {"lam": site.tvmax_lambda},
+    options = {  # the config key of each map's option, and the map's arguments
+        "alpha_entmax": (".alpha_init", {"num_heads": num_heads, "alpha_init": site.alpha_init}),
+        "tvmax": (".tvmax_lambda", {"lam": site.tvmax_lambda}),
     }
-    keys = {"alpha_entmax": "alpha_init", "tvmax": "tvmax_lambda"}  # the config keys of those options
+    key, arguments = options.get(site.activation, ("", {}))
     try:
-        return get_activation(site.activation, **options.get(site.activation, {}))
+        return get_activation(site.activation, **arguments)
     except ValueError as err:
-        where = f"model.attention.{name}" + (f".{keys[site.activation]}" if site.activation in keys else "")
-        raise ConfigError(f"{where}: {err}") from None
+        raise ConfigError(f"model.attention.{name}{key}: {err}") from None
 
 
 def build_criterion(config: Config) -> nn.Module:
