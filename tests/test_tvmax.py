@@ -215,6 +215,58 @@ def test_float32_prox_within_its_stated_tolerance(scale: float) -> None:
     assert np.linalg.norm(prox - exact) <= (2 * torch.finfo(torch.float32).eps) ** 0.5 * (1 + np.abs(z).max())
 
 
+def _finish_cpu(z: np.ndarray, duals: np.ndarray, width: int, lam: float) -> tuple[np.ndarray, list[float]]:
+    """The CPU kernels' finish for duals in the order of :func:`_grid_difference`'s edges (moved to the kernels'
+    per-cell layout): the means x̂ of the duals' groups, and the gaps that certify them, with the duals themselves
+    (FISTA's exit) and, where its duals are within their bounds, with the spanning-tree dual."""
+    n = z.shape[0]
+    height = n // width
+    duals_per_cell = np.zeros((2, n + width))
+    duals_per_cell[0, :n].reshape(height, width)[:, 1:] = duals[: height * (width - 1)].reshape(height, width - 1)
+    duals_per_cell[1, width:n] = duals[height * (width - 1) :]
+    edge_bounds = importlib.import_module("sparse_detector.attention.tvmax")._edge_bounds
+    bounds = tvmax_cpu.cell_bounds(edge_bounds(torch.ones(1, n, dtype=torch.bool), width, lam, F64), n, width)[0]
+    w_h, w_v, b_h, b_v = *duals_per_cell, *bounds.numpy()
+    tree_h, tree_v, need, x_hat, mean, size = np.zeros((6, n + width))
+    parent, tree_edge, order = np.zeros((3, n), np.int64)
+    mean, size = mean[:n], size[:n]
+    tree = tvmax_cpu._exact_dual(
+        z, w_h, w_v, b_h, b_v, width, tree_h, tree_v, need, mean, size, parent, tree_edge, order
+    )
+    gaps = [tvmax_cpu._finish_gap(z, w_h, w_v, b_h, b_v, width, mean, x_hat, need)]
+    if tree:
+        gaps.append(tvmax_cpu._finish_gap(z, tree_h, tree_v, b_h, b_v, width, mean, x_hat, need))
+    return x_hat[width : width + n], gaps
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0])
+@pytest.mark.parametrize("iterations", [10, 40, 120, 400])
+def test_finish_gap_bounds_the_error_of_any_grouping(scale: float, iterations: int, implementation: str) -> None:
+    """The finish (the means x̂ of the groups of a dual u's free edges) is accepted on its duality gap, which must
+    bound ½‖x̂ − x*‖² whatever the groups: here the duals of projected gradient steps on the dual, whose groups are
+    wrong early on (a gap without its ½‖z − Dᵀu − x̂‖² term accepts wrong merges and fails here)."""
+    height, width, lam = 9, 13, 0.1
+    z, exact = _exact_prox(height, width, lam, scale, seed=7)
+    diff = _grid_difference(height, width)
+    duals = np.zeros(diff.shape[0])
+    for _ in range(iterations):
+        duals = np.clip(duals + diff @ (z - diff.T @ duals) / 8, -lam, lam)
+    if implementation == "cpu-kernels":
+        snapped, gaps = _finish_cpu(z, duals, width, lam)
+    else:
+        tensor_path = importlib.import_module("sparse_detector.attention.tvmax")
+        bounds = tensor_path._edge_bounds(torch.ones(1, height * width, dtype=torch.bool), width, lam, F64)
+        horizontal = torch.zeros(1, height * width - 1, dtype=F64)  # the tensor path's edges (c, c + 1) …
+        horizontal[bounds[0] > 0] = torch.from_numpy(duals[: height * (width - 1)])  # … not across row ends
+        u = (horizontal, torch.from_numpy(duals[height * (width - 1) :])[None])
+        x = z - diff.T @ duals
+        snapped, gap = tensor_path._snap_to_groups(
+            torch.from_numpy(z)[None], torch.from_numpy(x)[None], u, bounds, (1, width)
+        )
+        snapped, gaps = snapped[0].numpy(), [float(gap)]
+    assert all(0.5 * np.square(snapped - exact).sum() <= gap + 1e-15 for gap in gaps)
+
+
 def test_fp32_matches_fp64() -> None:
     z = torch.randn(2, 3, 20, 5 * 7, dtype=F64)
     ours = tvmax(z.float(), (5, 7), 0.2)
