@@ -11,6 +11,7 @@ import torch
 from sparse_detector import load_config
 from sparse_detector.cli import main
 from sparse_detector.engine.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
+from sparse_detector.engine.device import subnormals_flushed
 from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
 
 from .conftest import SMALL_MODEL, epoch_records, shapes_config, shared_path
@@ -35,9 +36,19 @@ def test_resume_reproduces_the_uninterrupted_run(shapes, tmp_path: Path):
         assert torch.equal(value, final_b[key]), key
 
 
+SUBNORMAL = 1e-40  # below float32's smallest normal number, 1.2e-38
+
+
+def test_subnormals_flushed_only_while_training():
+    with subnormals_flushed(torch.device("cpu")):
+        assert (torch.tensor([SUBNORMAL]) * 1.0).item() == 0.0
+    assert (torch.tensor([SUBNORMAL]) * 1.0).item() > 0.0
+
+
 def test_run_directory_contents_and_checkpoint_keys(shapes, tmp_path: Path):
     run = tmp_path / "run"
     Trainer(shapes_config(shapes, "train.epochs=1", "train.max_steps_per_epoch=1"), run, progress=False).fit()
+    assert (torch.tensor([SUBNORMAL]) * 1.0).item() > 0.0, "training left subnormals flushed in the process"
     assert {"config.yaml", "metrics.jsonl", "checkpoint_last.pt", "checkpoint_best.pt", "eval.json"} <= {
         p.name for p in run.iterdir()
     }

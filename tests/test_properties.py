@@ -18,7 +18,6 @@ from sparse_detector.data.coco import CocoDetection, DatasetError
 from sparse_detector.data.importers import import_voc_root
 from sparse_detector.data.transforms import make_transforms
 
-# No subnormal floats: a Trainer earlier in the session may have set torch.set_flush_denormal(True) process-wide.
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 WIDTH, HEIGHT = 40, 30
 

@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-import pytest
-import torch
 
 from sparse_detector.attention import vector_math
-
-
-@pytest.fixture(autouse=True)
-def _subnormals_kept() -> None:
-    """These tests compare down to the smallest normal numbers, where flushing subnormals changes both sides (and
-    ``np.spacing`` returns 0): a Trainer earlier in the session may have set ``torch.set_flush_denormal(True)``."""
-    torch.set_flush_denormal(False)
 
 
 @numba.njit(fastmath={"reassoc", "contract", "nsz"}, error_model="numpy")  # as the kernels call them

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -28,3 +30,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def subnormals_flushed(device: torch.device) -> Iterator[None]:
+    """Subnormal floats flushed to zero on the CPU while the block runs (in gradients and Adam's states they make CPU
+    arithmetic many times slower), then kept again, torch's default: the setting is process-wide, so it must not
+    outlive training in a user's process."""
+    if device.type != "cpu":
+        yield
+        return
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)

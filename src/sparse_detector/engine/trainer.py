@@ -37,7 +37,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .coco_eval import format_table
-from .device import resolve_device, seed_everything
+from .device import resolve_device, seed_everything, subnormals_flushed
 from .diagnostics import TrainingDiagnostics
 from .distributed import (
     DistributedContext,
@@ -170,9 +170,6 @@ class Trainer:
         if train.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_everything(train.seed)
-        if self.device.type == "cpu":
-            # Denormal numbers in gradients and Adam states make CPU arithmetic many times slower.
-            torch.set_flush_denormal(True)
         self.train_set = build_dataset(config, "train")
         self.val_set = build_dataset(config, "val")
         check_num_classes(config, self.train_set)
@@ -520,7 +517,7 @@ class Trainer:
         train = self.config.train
         last_eval: dict[str, float] = {}
         log.info("training in %s on %s (%d process(es))", self.run_dir, self.device, self.dist.world_size)
-        with self._stop_on_signals():
+        with self._stop_on_signals(), subnormals_flushed(self.device):
             while self.epoch < train.epochs:
                 record = self._train_one_epoch()
                 if self.epoch_progress:  # stopped by a signal in the middle of the epoch
