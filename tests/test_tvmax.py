@@ -229,9 +229,10 @@ def _finish_cpu(z: np.ndarray, duals: np.ndarray, width: int, lam: float) -> tup
     w_h, w_v, b_h, b_v = *duals_per_cell, *bounds.numpy()
     tree_h, tree_v, need, x_hat, mean, size = np.zeros((6, n + width))
     parent, tree_edge, order = np.zeros((3, n), np.int64)
+    links = np.zeros((2, 4 * n + tvmax_cpu.ROOM_CLASSES), np.int64)
     mean, size = mean[:n], size[:n]
     tree = tvmax_cpu._exact_dual(
-        z, w_h, w_v, b_h, b_v, width, tree_h, tree_v, need, mean, size, parent, tree_edge, order
+        z, w_h, w_v, b_h, b_v, width, tree_h, tree_v, need, mean, size, parent, tree_edge, order, links
     )
     gaps = [tvmax_cpu._finish_gap(z, w_h, w_v, b_h, b_v, width, mean, x_hat, need)]
     if tree:
@@ -265,6 +266,55 @@ def test_finish_gap_bounds_the_error_of_any_grouping(scale: float, iterations: i
         )
         snapped, gaps = snapped[0].numpy(), [float(gap)]
     assert all(0.5 * np.square(snapped - exact).sum() <= gap + 1e-15 for gap in gaps)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_finish_trees_span_the_groups_with_the_most_room(seed: int, implementation: str) -> None:
+    """The CPU finish's spanning trees: one per group of cells joined by edges with |u| < bound, each cell after its
+    parent along such an edge, and a maximum spanning tree of the edges' room classes (every other joining edge
+    has no more room than each tree edge on the tree path between its ends), so that the tree duals rarely
+    overflow."""
+    if implementation != "cpu-kernels":
+        pytest.skip("the spanning trees are the CPU kernels' own")
+    height, width, lam = 9, 13, 0.1
+    n = height * width
+    rng = np.random.default_rng(seed)
+    edge_bounds = importlib.import_module("sparse_detector.attention.tvmax")._edge_bounds
+    bounds = tvmax_cpu.cell_bounds(edge_bounds(torch.ones(1, n, dtype=torch.bool), width, lam, F64), n, width)
+    b_h, b_v = bounds[0].numpy()
+    duals = np.zeros((2, n + width))
+    duals[:, :n] = np.where(rng.random((2, n)) < 0.4, lam, rng.uniform(-lam, lam, (2, n))) * np.sign(
+        rng.random((2, n)) - 0.5
+    )
+    mark, (parent, tree_edge, order) = np.zeros(n), np.zeros((3, n), np.int64)
+    links = np.zeros((2, 4 * n + tvmax_cpu.ROOM_CLASSES), np.int64)
+    reached = tvmax_cpu._groups(duals[0], duals[1], b_h, b_v, width, mark, parent, tree_edge, order, links)
+    joined = {}  # (cell, cell) → room class, for the edges with |u| < bound
+    for c in range(n):
+        for u, bound, other in ((duals[0, c], b_h[c], c - 1), (duals[1, c], b_v[c], c - width)):
+            if abs(u) < bound:
+                joined[min(c, other), max(c, other)] = tvmax_cpu._room_class(u, bound)
+    graph = sparse.coo_matrix((np.ones(len(joined)), tuple(np.array(list(joined)).T)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    grouped = {c for edge in joined for c in edge}
+    assert sorted(order[:reached]) == sorted(grouped)
+    position = {c: k for k, c in enumerate(order[:reached])}
+    tree = {}
+    for c in order[:reached]:
+        if parent[c] >= 0:
+            assert position[parent[c]] < position[c]
+            assert tvmax_cpu._ends(tree_edge[c], width) == (c, parent[c])
+            tree[c] = joined[min(c, parent[c]), max(c, parent[c])]
+    assert sum(parent[c] < 0 for c in order[:reached]) == len({labels[c] for c in grouped})
+
+    def path_to_root(c: int) -> list[int]:
+        return [c] + (path_to_root(parent[c]) if parent[c] >= 0 else [])
+
+    for (a, b), room in joined.items():
+        up_a, up_b = path_to_root(a), path_to_root(b)
+        meet = next(c for c in up_a if c in set(up_b))
+        on_path = up_a[: up_a.index(meet)] + up_b[: up_b.index(meet)]
+        assert all(tree[c] <= room for c in on_path), (a, b)
 
 
 def test_fp32_matches_fp64() -> None:

@@ -24,13 +24,15 @@ Finish: FISTA identifies the groups of equal prox values long before its iterate
 dual is strictly inside [−λ, λ] join their cells). Given the groups, the prox is exact in closed form (each group's
 mean of z − Dᵀu over the jump edges' duals ±λ), and a dual w that certifies it is found along a spanning tree of each
 group: the other edges keep FISTA's duals, the tree edges carry the rest of each group's residual (leaves first).
-If every tree dual is within its bound, the duality gap of the group means x̂ and w (:func:`_finish_gap`, exactly 0
-on the edges inside groups) is evaluated; the map returns x̂ if that gap is within the tolerance, otherwise FISTA goes
-on. The finish is tried at iteration 10 if ``SPARSE_GROUPS`` of the edges are at their bound (mostly lone cells:
-a cheap try) and then at each gap check where as many edges are at their bound as at the previous one (the groups
-have likely settled). Measured on 25 × 34 grids, λ = 0.1, float32 scores: ~18, ~34 and
-~370 iterations at N(0, 3²), N(0, 1), N(0, 0.1²), against ~31, ~57 and ~490 for FISTA's own gap test
-(benchmarks/RESULTS.md).
+The trees are made of the edges with the most room to their bound (Prim's algorithm over classes of room), so that
+their duals rarely overflow. If every tree dual is within its bound, the duality gap of the group means x̂ and w
+(:func:`_finish_gap`, exactly 0 on the edges inside groups) is evaluated; the map returns x̂ if that gap is within
+the tolerance, otherwise FISTA goes on. The finish is tried at iteration 10 if ``SPARSE_GROUPS`` of the edges are at
+their bound (mostly lone cells: a cheap try) and then at each gap check within ``FINISH_GAP`` tolerances. Measured
+on 25 × 34 grids, λ = 0.1, float32 scores: ~18, ~34 and ~210 iterations at N(0, 3²), N(0, 1), N(0, 0.1²) (~370 at
+N(0, 0.1²) with breadth-first trees), against ~31, ~57 and ~490 for FISTA's own gap test (benchmarks/RESULTS.md).
+A gap of x̂ with FISTA's own duals (no tree) would certify near-uniform maps sooner still, but it also passes groups
+that FISTA has wrongly merged, off by up to 2e-4 in float32; it is used only at FISTA's exit (see there).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from torch import Tensor
 from . import tvmax_support
 from .entmax_cpu import chunk, row_of, threads_and_chunks
 from .tvmax_support import no_refcounts
+from .vector_math import bitcast
 
 # Sums may be reordered (so that the reductions vectorise); NaN and infinity keep their meaning.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -54,7 +57,9 @@ COLD_NEAR, COLD_CUTS = 32, 32  # TVMax's cuts (tvmax_support) start from zero du
 # scores are within 1 of the top and COLD_CUTS above t0,
 CUTS_AT = 10  # else from FISTA's duals after this many iterations
 TIES = 256  # prox values within TIES·eps·(1 + max|x|) of each other are one group's (the backward's groups)
-FIRST_FINISH = 10  # the first attempt at the exact finish; later ones when the groups look settled
+ROOM_CLASSES = 8  # the finish's spanning trees prefer edges with room to their bound, in these classes (halvings)
+FIRST_FINISH = 10  # an early attempt at the exact finish, when SPARSE_GROUPS of the edges are at their bound ...
+FINISH_GAP = 512  # ... later ones at each gap check within this many tolerances (of 512 … 32768, measured best)
 F32_EPS = float(np.finfo(np.float32).eps)
 SWITCH_GAP = 16  # FISTA goes on in float64 below this many float32 tolerances eps32·(1 + max|z|)² (float32's
 # rounding floor is near: measured ~1e-6, i.e. 4 tolerances, at N(0, 0.1²) scores on 25 × 34) ...
@@ -135,12 +140,31 @@ def _saturated(u: np.ndarray, bound: np.ndarray) -> int:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _reach(m: int, c: int, code: int, parent: np.ndarray, tree_edge: np.ndarray, order: np.ndarray, tail: int) -> int:
-    """Add cell m, reached from c by the edge ``code``, to the breadth-first order; returns the new tail."""
-    parent[m] = c
-    tree_edge[m] = code
-    order[tail] = m
-    return tail + 1
+def _room_class(u: float, bound: float) -> int:
+    """About log2(bound / (bound − |u|)), an edge's room to its bound in halvings (from the float64 exponents, no
+    division): 0 for the most room, at most ``ROOM_CLASSES`` − 1."""
+    halvings = (bitcast(bound) >> 52) - (bitcast(bound - abs(u)) >> 52)  # both > 0: no sign bit
+    return min(max(halvings, 0), ROOM_CLASSES - 1)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _offer(code: int, u: float, bound: float, links: np.ndarray, count: int, lowest: int) -> tuple[int, int]:
+    """Put the edge ``code`` (see :func:`_groups`) on the list of its room class; returns the new count and the
+    lowest class that may hold an edge."""
+    room = _room_class(u, bound)
+    head = links.shape[1] - ROOM_CLASSES + room
+    links[0, count] = code
+    links[1, count] = links[0, head]
+    links[0, head] = count
+    return count + 1, min(lowest, room)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _ends(code: int, width: int) -> tuple[int, int]:
+    """(the cell an edge ``code`` reaches, the cell it comes from): see :func:`_groups`."""
+    e, kind = code >> 2, code & 3  # code ≥ 0: the shifts of // 4 and % 4 without their sign branches
+    step = 1 if kind < 2 else width
+    return (e - step, e) if kind & 1 == 0 else (e, e - step)
 
 
 @no_refcounts_fastmath
@@ -168,31 +192,54 @@ def _groups(
     parent: np.ndarray,
     tree_edge: np.ndarray,
     order: np.ndarray,
+    links: np.ndarray,
 ) -> int:
-    """Breadth-first spanning trees of the groups of two or more cells joined by edges with |u| < bound; returns how
-    many cells they hold. ``order`` lists those cells, each after its ``parent`` (−1 for a group's first cell);
-    ``tree_edge`` codes the edge to the parent as 4·e + k: k = 0 / 1 for h[e] with the cell as its first / second
-    end, 2 / 3 for v[e]. Cells alone in their group (most of them at peaked scores) are skipped."""
+    """Spanning trees of the groups of two or more cells joined by edges with |u| < bound, made of the edges with
+    the most room to their bound (Prim's algorithm on the edges' room classes, :func:`_room_class`): the trees'
+    duals then rarely overflow (near-uniform scores: certified after ~200 FISTA iterations instead of ~370 with
+    breadth-first trees). Returns how many cells they hold. ``order`` lists those cells, each after its ``parent``
+    (−1 for a group's first cell); ``tree_edge`` codes the edge to the parent as 4·e + k: k = 0 / 1 for h[e] with
+    the cell as its first / second end, 2 / 3 for v[e]. Cells alone in their group (most of them at peaked scores)
+    are skipped. ``links`` (2, 4·n + ``ROOM_CLASSES``) holds the lists of offered edges per class."""
     n = parent.shape[0]
     _mark_joined(u_h, u_v, b_h, b_v, width, mark)
     parent[:] = -2  # not reached yet
-    head = tail = 0
+    heads = links.shape[1] - ROOM_CLASSES
+    tail = 0
     for start in range(n):
         if mark[start] == 0.0 or parent[start] != -2:
             continue
-        tail = _reach(start, -1, -1, parent, tree_edge, order, tail)
-        while head < tail:
-            c = order[head]
-            head += 1
-            # a bound > 0 means the neighbour exists (first column and row have none)
+        links[0, heads:] = -1
+        count, lowest = 0, ROOM_CLASSES
+        c, code = start, -1
+        while True:
+            parent[c] = -1 if code < 0 else _ends(code, width)[1]
+            tree_edge[c] = code
+            order[tail] = c
+            tail += 1
+            # offer c's edges with |u| < bound to cells not reached yet (a bound > 0: the neighbour exists)
             if abs(u_h[c]) < b_h[c] and parent[c - 1] == -2:
-                tail = _reach(c - 1, c, 4 * c, parent, tree_edge, order, tail)
+                count, lowest = _offer(4 * c, u_h[c], b_h[c], links, count, lowest)
             if c + 1 < n and abs(u_h[c + 1]) < b_h[c + 1] and parent[c + 1] == -2:
-                tail = _reach(c + 1, c, 4 * (c + 1) + 1, parent, tree_edge, order, tail)
+                count, lowest = _offer(4 * (c + 1) + 1, u_h[c + 1], b_h[c + 1], links, count, lowest)
             if abs(u_v[c]) < b_v[c] and parent[c - width] == -2:
-                tail = _reach(c - width, c, 4 * c + 2, parent, tree_edge, order, tail)
+                count, lowest = _offer(4 * c + 2, u_v[c], b_v[c], links, count, lowest)
             if c + width < n and abs(u_v[c + width]) < b_v[c + width] and parent[c + width] == -2:
-                tail = _reach(c + width, c, 4 * (c + width) + 3, parent, tree_edge, order, tail)
+                count, lowest = _offer(4 * (c + width) + 3, u_v[c + width], b_v[c + width], links, count, lowest)
+            c = -1  # the next cell: the target of the offered edge with the most room that reaches a new cell
+            while lowest < ROOM_CLASSES:
+                entry = links[0, heads + lowest]
+                if entry < 0:
+                    lowest += 1
+                    continue
+                links[0, heads + lowest] = links[1, entry]
+                code = links[0, entry]
+                c = _ends(code, width)[0]
+                if parent[c] == -2:
+                    break
+                c = -1
+            if c < 0:
+                break
     return tail
 
 
@@ -212,11 +259,12 @@ def _exact_dual(
     parent: np.ndarray,
     tree_edge: np.ndarray,
     order: np.ndarray,
+    links: np.ndarray,
 ) -> bool:
     """Duals w with z − Dᵀw constant on each group of u, that constant in ``mean`` (see the module's docstring);
     False when a tree edge would need more than its bound (``mean`` holds the group means either way)."""
     n = z.shape[0]
-    grouped = _groups(u_h, u_v, b_h, b_v, width, size, parent, tree_edge, order)
+    grouped = _groups(u_h, u_v, b_h, b_v, width, size, parent, tree_edge, order, links)
     _copy(u_h, w_h)
     _copy(u_v, w_v)
     for k in range(grouped):
@@ -343,12 +391,13 @@ def _prox_map(
     valid: np.ndarray,
     index: np.ndarray,
     stamp: int,
+    links: np.ndarray,
 ) -> int:
     """One map's prox into ``out``; ``bound`` (2, H·W) holds the edges' λ (``bound32`` in float32), ``work`` is
     (18, H·W + W) float64, ``work32`` (9, H·W + W) float32, the others (H·W,) int64. With ``valid`` (H·W,) not
     empty, only what TVMax needs: the prox above a level t0 below sparsemax's threshold and −inf elsewhere, by
     :mod:`.tvmax_support` (from zero duals or FISTA's after ``CUTS_AT`` iterations; ``index``: its (10, H·W) int64
-    scratch; returns its next search stamp)."""
+    scratch; returns its next search stamp); ``links``: the finish's (2, 4·H·W + ``ROOM_CLASSES``) int64 scratch."""
     n = z_in.shape[0]
     b_h, b_v, b32_h, b32_v = bound[0], bound[1], bound32[0], bound32[1]
     z, x_u, need, mean, size = work[0, :n], work[1], work[2], work[3, :n], work[4, :n]
@@ -377,7 +426,6 @@ def _prox_map(
     _primal(z32, v32_h, v32_v, width, x32)
     t = 1.0
     single = True  # iterating in float32
-    saturated = -1  # edges at their bound at the last check
     edges = _saturated(b_h, b_h) + _saturated(b_v, b_v)
     best, stalled = math.inf, 0
     it = 0
@@ -414,13 +462,13 @@ def _prox_map(
         if gap <= tol or it >= max_iters:
             # the means of FISTA's groups where they are certified as well (a gap within FISTA's): exactly
             # constant on each group, so that the backward's ties find the groups that x splits by FISTA's error
-            _exact_dual(z, w_h, w_v, b_h, b_v, width, c_h, c_v, need, mean, size, parent, tree_edge, order)
+            _exact_dual(z, w_h, w_v, b_h, b_v, width, c_h, c_v, need, mean, size, parent, tree_edge, order, links)
             if _finish_gap(z, w_h, w_v, b_h, b_v, width, mean, x_hat, need) <= gap:
                 x_u = x_hat
             break
-        last, saturated = saturated, _saturated(w_h, b_h) + _saturated(w_v, b_v)
-        if (saturated == last or (it == FIRST_FINISH and saturated >= SPARSE_GROUPS * edges)) and (
-            _exact_dual(z, w_h, w_v, b_h, b_v, width, c_h, c_v, need, mean, size, parent, tree_edge, order)
+        lone = it == FIRST_FINISH and _saturated(w_h, b_h) + _saturated(w_v, b_v) >= SPARSE_GROUPS * edges
+        if (lone or gap <= FINISH_GAP * tol) and (
+            _exact_dual(z, w_h, w_v, b_h, b_v, width, c_h, c_v, need, mean, size, parent, tree_edge, order, links)
             and _finish_gap(z, c_h, c_v, b_h, b_v, width, mean, x_hat, need) <= tol
         ):
             x_u = x_hat
@@ -473,6 +521,7 @@ def _prox(
         tree_edge = np.empty(n, np.int64)
         order = np.empty(n, np.int64)
         index = np.zeros((10, n), np.int64)
+        links = np.empty((2, 4 * n + ROOM_CLASSES), np.int64)
         stamp = 1
         start, stop = chunk(c, maps, chunks)
         for m in range(start, stop):
@@ -493,6 +542,7 @@ def _prox(
                 row_of(valid, m) if valid.shape[0] else valid.reshape(-1),
                 index,
                 stamp,
+                links,
             )
             if valid.shape[0]:
                 _sparsemax_row(out[m], row_of(valid, m), weights[m], work[0, :n], order)
