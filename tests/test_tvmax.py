@@ -215,6 +215,13 @@ def test_float32_prox_within_its_stated_tolerance(scale: float) -> None:
     assert np.linalg.norm(prox - exact) <= (2 * torch.finfo(torch.float32).eps) ** 0.5 * (1 + np.abs(z).max())
 
 
+def _cpu_bounds(cells: int, width: int, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """λ on every edge of a full grid in the CPU kernels' per-cell layout: (horizontal, vertical) bounds."""
+    edge_bounds = importlib.import_module("sparse_detector.attention.tvmax")._edge_bounds
+    bounds = tvmax_cpu.cell_bounds(edge_bounds(torch.ones(1, cells, dtype=torch.bool), width, lam, F64), cells, width)
+    return bounds[0, 0].numpy(), bounds[0, 1].numpy()
+
+
 def _finish_cpu(z: np.ndarray, duals: np.ndarray, width: int, lam: float) -> tuple[np.ndarray, list[float]]:
     """The CPU kernels' finish for duals in the order of :func:`_grid_difference`'s edges (moved to the kernels'
     per-cell layout): the means x̂ of the duals' groups, and the gaps that certify them, with the duals themselves
@@ -224,9 +231,8 @@ def _finish_cpu(z: np.ndarray, duals: np.ndarray, width: int, lam: float) -> tup
     duals_per_cell = np.zeros((2, n + width))
     duals_per_cell[0, :n].reshape(height, width)[:, 1:] = duals[: height * (width - 1)].reshape(height, width - 1)
     duals_per_cell[1, width:n] = duals[height * (width - 1) :]
-    edge_bounds = importlib.import_module("sparse_detector.attention.tvmax")._edge_bounds
-    bounds = tvmax_cpu.cell_bounds(edge_bounds(torch.ones(1, n, dtype=torch.bool), width, lam, F64), n, width)[0]
-    w_h, w_v, b_h, b_v = *duals_per_cell, *bounds.numpy()
+    w_h, w_v = duals_per_cell
+    b_h, b_v = _cpu_bounds(n, width, lam)
     tree_h, tree_v, need, x_hat, mean, size = np.zeros((6, n + width))
     parent, tree_edge, order = np.zeros((3, n), np.int64)
     links = np.zeros((2, 4 * n + tvmax_cpu.ROOM_CLASSES), np.int64)
@@ -279,9 +285,7 @@ def test_finish_trees_span_the_groups_with_the_most_room(seed: int, implementati
     height, width, lam = 9, 13, 0.1
     n = height * width
     rng = np.random.default_rng(seed)
-    edge_bounds = importlib.import_module("sparse_detector.attention.tvmax")._edge_bounds
-    bounds = tvmax_cpu.cell_bounds(edge_bounds(torch.ones(1, n, dtype=torch.bool), width, lam, F64), n, width)
-    b_h, b_v = bounds[0].numpy()
+    b_h, b_v = _cpu_bounds(n, width, lam)
     duals = np.zeros((2, n + width))
     duals[:, :n] = np.where(rng.random((2, n)) < 0.4, lam, rng.uniform(-lam, lam, (2, n))) * np.sign(
         rng.random((2, n)) - 0.5
