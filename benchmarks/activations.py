@@ -3,7 +3,8 @@
 Shapes: decoder cross-attention (batch 2 × 8 heads, 100 queries, 850 keys) and encoder self-attention
 (2 × 8, 850 × 850 keys); TVMax lays the 850 keys out as a 25 × 34 grid. Scores are N(0, σ²) with σ = 0.1
 (``uniform``: near-uniform, an untrained model), 1 (``normal``) or 3 (``peaked``: a trained model); α-entmax is
-timed for each α of ``--alphas`` as one α tensor per head with its gradient (the learnable α's path). Forward and
+timed for each α of ``--alphas`` as one α tensor per head with its gradient (the learnable α's path), TVMax for
+each λ of ``--tv-lambdas`` (the prox fuses more of the grid as λ/σ grows). Forward and
 forward+backward of each map are timed in turn with softmax's (so that load changes on a shared machine hit both
 alike), inputs and upstream gradients made before the timed region; medians after warm-up, as ratios to softmax.
 ``--library`` also times the ``entmax`` library's counterpart, apart (its full-row sorts churn memory).
@@ -12,6 +13,7 @@ alike), inputs and upstream gradients made before the timed region; medians afte
     python benchmarks/activations.py --maps alpha_entmax --alphas 1.01 1.1 1.5 --scores uniform
     python benchmarks/activations.py --device cuda --repeats 50     # on a GPU: the tensor-operation path
     python benchmarks/activations.py --maps tvmax --clock cpu       # CPU time instead of wall time (shared machine)
+    python benchmarks/activations.py --maps tvmax --tv-lambdas 0.1 1 --scores uniform
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ from sparse_detector.attention import entmax15, entmax_alpha, sparsemax, tvmax
 SHAPES = {"decoder": (2, 8, 100, 850), "encoder": (2, 8, 850, 850)}
 SCORES = {"uniform": 0.1, "normal": 1.0, "peaked": 3.0}  # σ of N(0, σ²) scores
 GRID = (25, 34)
-TV_LAMBDA = 0.1
 MAPS = ["sparsemax", "entmax15", "alpha_entmax", "tvmax"]
 
 Map = Callable[[Tensor], Tensor]
 
 
-def _maps(names: list[str], alphas: list[float], heads: int, device: torch.device) -> dict[str, tuple[Map, Map]]:
+def _maps(
+    names: list[str], alphas: list[float], tv_lambdas: list[float], heads: int, device: torch.device
+) -> dict[str, tuple[Map, Map]]:
     """Row label -> (ours, the entmax library's counterpart) for the requested maps."""
     maps: dict[str, tuple[Map, Map]] = {}
     if "sparsemax" in names:
@@ -51,8 +54,8 @@ def _maps(names: list[str], alphas: list[float], heads: int, device: torch.devic
             lambda x, a=per_head: entmax_alpha(x, a),
             lambda x, a=per_head: entmax.entmax_bisect(x, a.expand(*x.shape[:-1], 1), dim=-1),
         )
-    if "tvmax" in names:
-        maps[f"TVMax (λ = {TV_LAMBDA}, {GRID[0]} × {GRID[1]} grid)"] = (lambda x: tvmax(x, GRID, TV_LAMBDA), None)
+    for lam in tv_lambdas if "tvmax" in names else []:
+        maps[f"TVMax (λ = {lam}, {GRID[0]} × {GRID[1]} grid)"] = (lambda x, lam=lam: tvmax(x, GRID, lam), None)
     return maps
 
 
@@ -168,6 +171,7 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["decoder", "encoder"])
     parser.add_argument("--scores", nargs="+", choices=list(SCORES), default=list(SCORES), help="score distributions")
     parser.add_argument("--alphas", nargs="+", type=float, default=[1.1, 1.3, 1.5], help="α-entmax's α, in (1, 2]")
+    parser.add_argument("--tv-lambdas", nargs="+", type=float, default=[0.1], help="TVMax's λ (default 0.1)")
     parser.add_argument("--maps", nargs="+", choices=MAPS, default=MAPS, help="maps to time, each against softmax")
     parser.add_argument("--library", action="store_true", help="also time the entmax library's counterparts")
     parser.add_argument(
@@ -192,7 +196,7 @@ def main() -> None:
     )
     results = {}
     for shape in args.shapes:
-        maps = _maps(args.maps, args.alphas, SHAPES[shape][1], args.device)
+        maps = _maps(args.maps, args.alphas, args.tv_lambdas, SHAPES[shape][1], args.device)
         results[f"{shape} {SHAPES[shape]}"] = {s: run(SHAPES[shape], SCORES[s], maps, args) for s in args.scores}
     print(tables(results, args.scores))
 

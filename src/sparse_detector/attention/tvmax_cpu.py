@@ -28,9 +28,13 @@ The trees are made of the edges with the most room to their bound (Prim's algori
 their duals rarely overflow. If every tree dual is within its bound, the duality gap of the group means x̂ and w
 (:func:`_finish_gap`, exactly 0 on the edges inside groups) is evaluated; the map returns x̂ if that gap is within
 the tolerance, otherwise FISTA goes on. The finish is tried at iteration 10 if ``SPARSE_GROUPS`` of the edges are at
-their bound (mostly lone cells: a cheap try) and then at each gap check within ``FINISH_GAP`` tolerances. Measured
-on 25 × 34 grids, λ = 0.1, float32 scores: ~18, ~34 and ~210 iterations at N(0, 3²), N(0, 1), N(0, 0.1²) (~370 at
-N(0, 0.1²) with breadth-first trees), against ~31, ~57 and ~490 for FISTA's own gap test (benchmarks/RESULTS.md).
+their bound (mostly lone cells: a cheap try), at each gap check within ``FINISH_GAP`` tolerances, and at a check
+whose saturated edges (and signs) are those of the last one while the attempts stay within the iterations' cost
+(``FINISH_COST``): where λ is large against the scores' spread, the few large groups settle long before FISTA's gap
+nears the tolerance. Measured on 25 × 34 grids, λ = 0.1, float32 scores: ~18, ~34 and ~210 iterations at
+N(0, 3²), N(0, 1), N(0, 0.1²) (~370 at N(0, 0.1²) with breadth-first trees), against ~31, ~57 and ~490 for FISTA's
+own gap test; at N(0, 0.1²) with λ = 0.3, 1, 3: ~100, ~60, 40 iterations (~450–500 at the gap tests alone;
+benchmarks/RESULTS.md).
 A gap of x̂ with FISTA's own duals (no tree) would certify near-uniform maps sooner still, but it also passes groups
 that FISTA has wrongly merged, off by up to 2e-4 in float32; it is used only at FISTA's exit (see there).
 """
@@ -59,7 +63,9 @@ CUTS_AT = 10  # else from FISTA's duals after this many iterations
 TIES = 256  # prox values within TIES·eps·(1 + max|x|) of each other are one group's (the backward's groups)
 ROOM_CLASSES = 8  # the finish's spanning trees prefer edges with room to their bound, in these classes (halvings)
 FIRST_FINISH = 10  # an early attempt at the exact finish, when SPARSE_GROUPS of the edges are at their bound ...
-FINISH_GAP = 512  # ... later ones at each gap check within this many tolerances (of 512 … 32768, measured best)
+FINISH_GAP = 512  # ... later ones at each gap check within this many tolerances (of 512 … 32768, measured best),
+FINISH_COST = 37  # and when the saturated edges are unchanged since the last check, while the attempts so far cost
+# at most as much as the iterations (an attempt ≈ this many iterations on a near-uniform 25 × 34 map: 16.5 / 0.45 µs)
 F32_EPS = float(np.finfo(np.float32).eps)
 SWITCH_GAP = 16  # FISTA goes on in float64 below this many float32 tolerances eps32·(1 + max|z|)² (float32's
 # rounding floor is near: measured ~1e-6, i.e. 4 tolerances, at N(0, 0.1²) scores on 25 × 34) ...
@@ -137,6 +143,17 @@ def _saturated(u: np.ndarray, bound: np.ndarray) -> int:
     for c in range(bound.shape[0]):
         count += abs(u[c]) >= bound[c] and bound[c] > 0.0
     return count
+
+
+@no_refcounts_fastmath
+def _saturation_key(u: np.ndarray, bound: np.ndarray) -> float:
+    """Σ (c + 1)·sign(u_c) over the edges at their bound: equal for equal sets of saturated edges and signs (and
+    rarely otherwise)."""
+    key = 0.0
+    for c in range(bound.shape[0]):
+        at = abs(u[c]) >= bound[c] and bound[c] > 0.0
+        key += (c + 1.0) * (1.0 if u[c] > 0.0 else -1.0) if at else 0.0
+    return key
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -392,12 +409,13 @@ def _prox_map(
     index: np.ndarray,
     stamp: int,
     links: np.ndarray,
-) -> int:
-    """One map's prox into ``out``; ``bound`` (2, H·W) holds the edges' λ (``bound32`` in float32), ``work`` is
-    (18, H·W + W) float64, ``work32`` (9, H·W + W) float32, the others (H·W,) int64. With ``valid`` (H·W,) not
-    empty, only what TVMax needs: the prox above a level t0 below sparsemax's threshold and −inf elsewhere, by
-    :mod:`.tvmax_support` (from zero duals or FISTA's after ``CUTS_AT`` iterations; ``index``: its (10, H·W) int64
-    scratch; returns its next search stamp); ``links``: the finish's (2, 4·H·W + ``ROOM_CLASSES``) int64 scratch."""
+) -> tuple[int, int]:
+    """One map's prox into ``out``; returns (the next search stamp, see below; its FISTA iterations). ``bound``
+    (2, H·W) holds the edges' λ (``bound32`` in float32), ``work`` is (18, H·W + W) float64, ``work32``
+    (9, H·W + W) float32, the others (H·W,) int64. With ``valid`` (H·W,) not empty, only what TVMax needs: the prox
+    above a level t0 below sparsemax's threshold and −inf elsewhere, by :mod:`.tvmax_support` (from zero duals or
+    FISTA's after ``CUTS_AT`` iterations; ``index``: its (10, H·W) int64 scratch, searched with ``stamp``);
+    ``links``: the finish's (2, 4·H·W + ``ROOM_CLASSES``) int64 scratch."""
     n = z_in.shape[0]
     b_h, b_v, b32_h, b32_v = bound[0], bound[1], bound32[0], bound32[1]
     z, x_u, need, mean, size = work[0, :n], work[1], work[2], work[3, :n], work[4, :n]
@@ -414,7 +432,7 @@ def _prox_map(
             z, valid, bound, width, work[5:7, :n], out, work[1:3, :n], index, stamp, COLD_CUTS
         )
         if solved:
-            return stamp
+            return stamp, 0
     largest = 0.0
     for c in range(n):
         largest = max(largest, abs(z[c]))
@@ -428,7 +446,8 @@ def _prox_map(
     single = True  # iterating in float32
     edges = _saturated(b_h, b_h) + _saturated(b_v, b_v)
     best, stalled = math.inf, 0
-    it = 0
+    it = attempts = 0
+    last_saturated = math.nan
     if valid.shape[0]:
         # ... else from FISTA's duals after a few iterations
         t = _iterate(
@@ -450,7 +469,7 @@ def _prox_map(
             int(n * tvmax_support.CROWDED),
         )
         if solved:
-            return stamp
+            return stamp, it
     while True:
         if single:
             _clip(u32_h, b_h, w_h)
@@ -467,12 +486,17 @@ def _prox_map(
                 x_u = x_hat
             break
         lone = it == FIRST_FINISH and _saturated(w_h, b_h) + _saturated(w_v, b_v) >= SPARSE_GROUPS * edges
-        if (lone or gap <= FINISH_GAP * tol) and (
-            _exact_dual(z, w_h, w_v, b_h, b_v, width, c_h, c_v, need, mean, size, parent, tree_edge, order, links)
-            and _finish_gap(z, c_h, c_v, b_h, b_v, width, mean, x_hat, need) <= tol
-        ):
-            x_u = x_hat
-            break
+        saturated = _saturation_key(w_h, b_h) + 1e6 * _saturation_key(w_v, b_v)  # (a collision costs a try)
+        settled = saturated == last_saturated and FINISH_COST * (attempts + 1) <= it
+        last_saturated = saturated
+        if lone or settled or gap <= FINISH_GAP * tol:
+            attempts += 1
+            if (
+                _exact_dual(z, w_h, w_v, b_h, b_v, width, c_h, c_v, need, mean, size, parent, tree_edge, order, links)
+                and _finish_gap(z, c_h, c_v, b_h, b_v, width, mean, x_hat, need) <= tol
+            ):
+                x_u = x_hat
+                break
         stalled = 0 if gap < 0.5 * best else stalled + 1
         best = min(best, gap)
         if single and (gap <= switch or stalled >= STALLED_CHECKS):
@@ -493,7 +517,7 @@ def _prox_map(
         it += count
     for c in range(n):
         out[c] = x_u[width + c]
-    return stamp
+    return stamp, it
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -508,10 +532,11 @@ def _prox(
     chunks: int,
     valid: np.ndarray,
     weights: np.ndarray,
+    iterations: np.ndarray,
 ) -> None:
-    """The prox of each map into ``out`` (``bounds``: (N or 1, 2, n), see :func:`cell_bounds`); with ``valid``
-    (N or 1, n) not empty, TVMax's: the prox where sparsemax needs it (−inf elsewhere and on invalid cells) into
-    ``out`` and its sparsemax into ``weights``."""
+    """The prox of each map into ``out`` (``bounds``: (N or 1, 2, n), see :func:`cell_bounds`) and its FISTA
+    iterations into ``iterations``; with ``valid`` (N or 1, n) not empty, TVMax's: the prox where sparsemax needs it
+    (−inf elsewhere and on invalid cells) into ``out`` and its sparsemax into ``weights``."""
     maps, n = z.shape
     bounds32 = bounds.astype(np.float32)
     for c in numba.prange(chunks):
@@ -525,7 +550,7 @@ def _prox(
         stamp = 1
         start, stop = chunk(c, maps, chunks)
         for m in range(start, stop):
-            stamp = _prox_map(
+            stamp, iterations[m] = _prox_map(
                 z[m],
                 row_of(bounds, m),
                 row_of(bounds32, m),
@@ -717,10 +742,12 @@ def cell_bounds(bounds: tuple[Tensor, Tensor], cells: int, width: int) -> Tensor
 
 def _run(
     z: Tensor, bounds: tuple[Tensor, Tensor], width: int, max_iters: int, check_every: int, valid: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """The prox (and with ``valid``, TVMax's prox and weights: see :func:`_prox`) of each row of the CPU z."""
+) -> tuple[Tensor, Tensor, np.ndarray]:
+    """The prox (and with ``valid``, TVMax's prox and weights: see :func:`_prox`) of each row of the CPU z, and
+    the FISTA iterations each took (0 where the cuts solved it from zero duals)."""
     out = torch.empty_like(z)
     weights = torch.empty_like(z) if valid is not None else z.new_empty(0, 0)
+    iterations = np.zeros(z.shape[0], np.int64)
     if z.numel():
         z = z.contiguous()
         cell = cell_bounds(bounds, z.shape[1], width)
@@ -738,8 +765,9 @@ def _run(
             chunks,
             cells,
             weights.numpy(),
+            iterations,
         )
-    return out, weights
+    return out, weights, iterations
 
 
 def prox(z: Tensor, bounds: tuple[Tensor, Tensor], width: int, max_iters: int, check_every: int) -> Tensor:
@@ -753,5 +781,5 @@ def tvmax(
     """TVMax of each row of the CPU z (N, H·W) over its ``valid`` (N or 1, H·W) cells, and the prox where it
     matters (the cells that can reach sparsemax's support; −inf elsewhere and on invalid cells):
     (weights, prox)."""
-    x, weights = _run(z, bounds, width, max_iters, check_every, valid)
+    x, weights, _ = _run(z, bounds, width, max_iters, check_every, valid)
     return weights, x
