@@ -9,8 +9,9 @@ min ½‖z − Dᵀu‖², x = z − Dᵀu, step 1/8 (‖D‖² ≤ 8 on a 4-nei
 (batch × heads × queries). A map stops at its stated tolerance: a duality gap
 Σ_e (λ|(Dx)_e| − u_e(Dx)_e) ≤ eps·(1 + max|z|)², eps of the dtype, which certifies ‖x − x*‖₂ ≤ √(2·gap), i.e.
 ≤ 4.9e-4·(1 + max|z|) in float32 (measured 5e-7 to 9e-5 on 25 × 34 grids) and ≤ 2.1e-8·(1 + max|z|) in float64
-(tested within 1e-6 of a certified exact prox); finished maps leave the working set, and at most
-``MAX_PROX_ITERS`` iterations run. On the CPU the same iteration runs per map in compiled loops
+(tested within 1e-6 of a certified exact prox); finished maps leave the working set. At most
+:func:`max_prox_iters` iterations run (more on larger grids, where FISTA needs more); a map stopped there above
+the tolerance is reported in a ``RuntimeWarning``. On the CPU the same iteration runs per map in compiled loops
 (:mod:`.tvmax_cpu`), which keep each map in cache and finish it exactly, under the same gap test, from the groups of
 equal values FISTA has found (measured on 25 × 34 grids: after 20–75 % of the iterations the gap test alone
 needs). For TVMax itself the CPU computes only what sparsemax needs, exactly, by minimum cuts
@@ -24,6 +25,8 @@ Backward: sparsemax backward, then the prox Jacobian, which averages the gradien
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
@@ -33,13 +36,32 @@ from .base import AttentionActivation, KeyGrid
 from .functional import NEG_INF, EntmaxFunction, compute_dtype, uses_cpu_kernels
 from .registry import register_activation
 
-MAX_PROX_ITERS = 1000
+MAX_PROX_ITERS = 1000  # iterations before a map stops above the tolerance: at least this many, ...
+PROX_ITERS_PER_SIDE = 30  # ... and this many per cell of the grid's longer side (FISTA's count grows with it: up to
+# ~610 on 25 × 34 and ~1300 on 50 × 68, DETR-DC5's grid, at near-uniform scores in float64; benchmarks/RESULTS.md)
 CHECK_EVERY = 10  # iterations between duality-gap checks
 
 # Maps are flattened row-major to (N, H·W) rows: the horizontal edges join entries 1 apart, the vertical ones
 # entries W apart, so both difference operators are contiguous slices; edges that would wrap around a row end,
 # or touch a masked cell, get a bound of 0.
 Edges = tuple[Tensor, Tensor]  # (horizontal, vertical)
+
+
+def max_prox_iters(height: int, width: int) -> int:
+    """The iteration cap of the prox on a height × width grid."""
+    return max(MAX_PROX_ITERS, PROX_ITERS_PER_SIDE * max(height, width))
+
+
+def _report_uncertified(count: int, maps: int, cap: int) -> None:
+    """Warn that ``count`` of ``maps`` proxes stopped at the iteration cap above the stated tolerance."""
+    if count:
+        warnings.warn(
+            f"TVMax: {count} of {maps} maps stopped at the prox's iteration cap ({cap} iterations) above its stated "
+            "tolerance (a duality gap <= eps*(1 + max|score|)^2), so their prox is less exact than stated; please "
+            "report the grid size, lambda and dtype",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _diff(x: Tensor, step: int) -> Tensor:
@@ -85,20 +107,24 @@ def _tv_prox(z: Tensor, bounds: Edges, width: int) -> Tensor:
     out = torch.empty_like(z)
     maps = torch.arange(n, device=z.device)  # maps still iterating
     gap_tol = eps * (1 + z.abs().amax(1, keepdim=True)).square()
+    cap = max_prox_iters(z.shape[1] // width, width)
     u = tuple(z.new_zeros(n, b.shape[1]) for b in bounds)
     v = u  # the extrapolated (momentum) point
     t = z.new_ones(n, 1)
-    for it in range(MAX_PROX_ITERS + 1):
-        if it % CHECK_EVERY == 0 or it == MAX_PROX_ITERS:
+    for it in range(cap + 1):
+        if it % CHECK_EVERY == 0 or it == cap:
             x = _primal(z, u, steps)
             gap = _edge_gap(x, u, bounds, steps)
-            done = (gap <= gap_tol).view(-1) if it < MAX_PROX_ITERS else torch.ones_like(maps, dtype=torch.bool)
+            done = (gap <= gap_tol).view(-1) if it < cap else torch.ones_like(maps, dtype=torch.bool)
             if bool(done.any()):
                 snapped, snap_gap = _snap_to_groups(
                     z[done], x[done], tuple(a[done] for a in u), _maps_of(bounds, done), steps
                 )
                 # the group means where certified as well (a gap within x's own; see _snap_to_groups)
                 out[maps[done]] = torch.where(snap_gap <= gap[done], snapped, x[done])
+                if it == cap:
+                    uncertified = torch.minimum(snap_gap, gap[done]) > gap_tol[done]
+                    _report_uncertified(int(uncertified.sum()), n, cap)
                 keep = ~done
                 if not bool(keep.any()):
                     break
@@ -171,7 +197,9 @@ class TVProxFunction(torch.autograd.Function):
     def forward(ctx: FunctionCtx, z: Tensor, bound_h: Tensor, bound_v: Tensor, width: int) -> Tensor:
         with torch.autocast(z.device.type, enabled=False):  # e.g. CPU autocast would run vecdot in bf16
             if uses_cpu_kernels(z):
-                x = tvmax_cpu.prox(z, (bound_h, bound_v), width, MAX_PROX_ITERS, CHECK_EVERY)
+                cap = max_prox_iters(z.shape[1] // width, width)
+                x, uncertified = tvmax_cpu.prox(z, (bound_h, bound_v), width, cap, CHECK_EVERY)
+                _report_uncertified(uncertified, z.shape[0], cap)
             else:
                 x = _tv_prox(z, (bound_h, bound_v), width)
         ctx.save_for_backward(x, bound_h, bound_v)
@@ -199,7 +227,9 @@ class TVMaxCPUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, z: Tensor, bound_h: Tensor, bound_v: Tensor, valid: Tensor, width: int) -> Tensor:
         with torch.autocast(z.device.type, enabled=False):
-            weights, x = tvmax_cpu.tvmax(z, (bound_h, bound_v), valid, width, MAX_PROX_ITERS, CHECK_EVERY)
+            cap = max_prox_iters(z.shape[1] // width, width)
+            weights, x, uncertified = tvmax_cpu.tvmax(z, (bound_h, bound_v), valid, width, cap, CHECK_EVERY)
+            _report_uncertified(uncertified, z.shape[0], cap)
         ctx.save_for_backward(weights, x, bound_h, bound_v)
         ctx.width = width
         return weights

@@ -410,7 +410,8 @@ def _prox_map(
     stamp: int,
     links: np.ndarray,
 ) -> tuple[int, int]:
-    """One map's prox into ``out``; returns (the next search stamp, see below; its FISTA iterations). ``bound``
+    """One map's prox into ``out``; returns (the next search stamp, see below; its FISTA iterations, or −1 if it
+    stopped at ``max_iters`` above the tolerance). ``bound``
     (2, H·W) holds the edges' λ (``bound32`` in float32), ``work`` is (18, H·W + W) float64, ``work32``
     (9, H·W + W) float32, the others (H·W,) int64. With ``valid`` (H·W,) not empty, only what TVMax needs: the prox
     above a level t0 below sparsemax's threshold and −inf elsewhere, by :mod:`.tvmax_support` (from zero duals or
@@ -482,8 +483,11 @@ def _prox_map(
             # the means of FISTA's groups where they are certified as well (a gap within FISTA's): exactly
             # constant on each group, so that the backward's ties find the groups that x splits by FISTA's error
             _exact_dual(z, w_h, w_v, b_h, b_v, width, c_h, c_v, need, mean, size, parent, tree_edge, order, links)
-            if _finish_gap(z, w_h, w_v, b_h, b_v, width, mean, x_hat, need) <= gap:
+            snap_gap = _finish_gap(z, w_h, w_v, b_h, b_v, width, mean, x_hat, need)
+            if snap_gap <= gap:
                 x_u = x_hat
+            if min(gap, snap_gap) > tol:
+                it = -1  # stopped at the cap above the tolerance
             break
         lone = it == FIRST_FINISH and _saturated(w_h, b_h) + _saturated(w_v, b_v) >= SPARSE_GROUPS * edges
         saturated = _saturation_key(w_h, b_h) + 1e6 * _saturation_key(w_v, b_v)  # (a collision costs a try)
@@ -535,8 +539,9 @@ def _prox(
     iterations: np.ndarray,
 ) -> None:
     """The prox of each map into ``out`` (``bounds``: (N or 1, 2, n), see :func:`cell_bounds`) and its FISTA
-    iterations into ``iterations``; with ``valid`` (N or 1, n) not empty, TVMax's: the prox where sparsemax needs it
-    (−inf elsewhere and on invalid cells) into ``out`` and its sparsemax into ``weights``."""
+    iterations into ``iterations`` (−1: stopped at ``max_iters`` above the tolerance); with ``valid`` (N or 1, n)
+    not empty, TVMax's: the prox where sparsemax needs it (−inf elsewhere and on invalid cells) into ``out`` and its
+    sparsemax into ``weights``."""
     maps, n = z.shape
     bounds32 = bounds.astype(np.float32)
     for c in numba.prange(chunks):
@@ -744,7 +749,8 @@ def _run(
     z: Tensor, bounds: tuple[Tensor, Tensor], width: int, max_iters: int, check_every: int, valid: Tensor | None
 ) -> tuple[Tensor, Tensor, np.ndarray]:
     """The prox (and with ``valid``, TVMax's prox and weights: see :func:`_prox`) of each row of the CPU z, and
-    the FISTA iterations each took (0 where the cuts solved it from zero duals)."""
+    the FISTA iterations each took (0 where the cuts solved it from zero duals, −1 where it stopped at ``max_iters``
+    above the tolerance)."""
     out = torch.empty_like(z)
     weights = torch.empty_like(z) if valid is not None else z.new_empty(0, 0)
     iterations = np.zeros(z.shape[0], np.int64)
@@ -770,16 +776,18 @@ def _run(
     return out, weights, iterations
 
 
-def prox(z: Tensor, bounds: tuple[Tensor, Tensor], width: int, max_iters: int, check_every: int) -> Tensor:
-    """prox of Σ_e bound_e |(Dx)_e| for each row of the CPU z (N, H·W); bounds are (N or 1, edges) per direction."""
-    return _run(z, bounds, width, max_iters, check_every, None)[0]
+def prox(z: Tensor, bounds: tuple[Tensor, Tensor], width: int, max_iters: int, check_every: int) -> tuple[Tensor, int]:
+    """prox of Σ_e bound_e |(Dx)_e| for each row of the CPU z (N, H·W); bounds are (N or 1, edges) per direction.
+    Also returns how many maps stopped at ``max_iters`` above the tolerance."""
+    x, _, iterations = _run(z, bounds, width, max_iters, check_every, None)
+    return x, int((iterations < 0).sum())
 
 
 def tvmax(
     z: Tensor, bounds: tuple[Tensor, Tensor], valid: Tensor, width: int, max_iters: int, check_every: int
-) -> tuple[Tensor, Tensor]:
-    """TVMax of each row of the CPU z (N, H·W) over its ``valid`` (N or 1, H·W) cells, and the prox where it
-    matters (the cells that can reach sparsemax's support; −inf elsewhere and on invalid cells):
-    (weights, prox)."""
-    x, weights, _ = _run(z, bounds, width, max_iters, check_every, valid)
-    return weights, x
+) -> tuple[Tensor, Tensor, int]:
+    """TVMax of each row of the CPU z (N, H·W) over its ``valid`` (N or 1, H·W) cells, the prox where it matters
+    (the cells that can reach sparsemax's support; −inf elsewhere and on invalid cells), and how many maps stopped
+    at ``max_iters`` above the tolerance: (weights, prox, count)."""
+    x, weights, iterations = _run(z, bounds, width, max_iters, check_every, valid)
+    return weights, x, int((iterations < 0).sum())
