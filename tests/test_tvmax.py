@@ -352,7 +352,8 @@ def test_prox_stopped_at_its_cap_is_reported(monkeypatch: pytest.MonkeyPatch) ->
     height, width, lam = 9, 13, 0.1
     z = torch.from_numpy(_scores(height, width, 0.1, seed=1, smooth=False))[None].repeat(3, 1)
     bounds = tensor_path._edge_bounds(torch.ones(1, height * width, dtype=torch.bool), width, lam, F64)
-    with pytest.warns(RuntimeWarning, match=r"3 of 3 maps stopped at the prox's iteration cap \(20 iterations\)"):
+    message = r"3 of 3 maps on a 9 x 13 grid \(torch.float64\) stopped at the prox's iteration cap \(20 iterations\)"
+    with pytest.warns(RuntimeWarning, match=message):
         prox = tensor_path.TVProxFunction.apply(z, *bounds, width)
     assert torch.isfinite(prox).all()
     with pytest.warns(RuntimeWarning, match="iteration cap"):

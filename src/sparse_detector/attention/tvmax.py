@@ -52,13 +52,14 @@ def max_prox_iters(height: int, width: int) -> int:
     return max(MAX_PROX_ITERS, PROX_ITERS_PER_SIDE * max(height, width))
 
 
-def _report_uncertified(count: int, maps: int, cap: int) -> None:
-    """Warn that ``count`` of ``maps`` proxes stopped at the iteration cap above the stated tolerance."""
+def _report_uncertified(count: int, maps: int, z: Tensor, width: int, cap: int) -> None:
+    """Warn that ``count`` of ``maps`` proxes of z's kind stopped at the iteration cap above the stated tolerance."""
     if count:
         warnings.warn(
-            f"TVMax: {count} of {maps} maps stopped at the prox's iteration cap ({cap} iterations) above its stated "
-            "tolerance (a duality gap <= eps*(1 + max|score|)^2), so their prox is less exact than stated; please "
-            "report the grid size, lambda and dtype",
+            f"TVMax: {count} of {maps} maps on a {z.shape[1] // width} x {width} grid ({z.dtype}) stopped at the "
+            f"prox's iteration cap ({cap} iterations) above its stated tolerance (a duality gap <= "
+            "eps*(1 + max|score|)^2), so their prox is less exact than stated; please report this with the grid, "
+            "dtype and lambda",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -124,7 +125,7 @@ def _tv_prox(z: Tensor, bounds: Edges, width: int) -> Tensor:
                 out[maps[done]] = torch.where(snap_gap <= gap[done], snapped, x[done])
                 if it == cap:
                     uncertified = torch.minimum(snap_gap, gap[done]) > gap_tol[done]
-                    _report_uncertified(int(uncertified.sum()), n, cap)
+                    _report_uncertified(int(uncertified.sum()), n, z, width, cap)
                 keep = ~done
                 if not bool(keep.any()):
                     break
@@ -199,7 +200,7 @@ class TVProxFunction(torch.autograd.Function):
             if uses_cpu_kernels(z):
                 cap = max_prox_iters(z.shape[1] // width, width)
                 x, uncertified = tvmax_cpu.prox(z, (bound_h, bound_v), width, cap, CHECK_EVERY)
-                _report_uncertified(uncertified, z.shape[0], cap)
+                _report_uncertified(uncertified, z.shape[0], z, width, cap)
             else:
                 x = _tv_prox(z, (bound_h, bound_v), width)
         ctx.save_for_backward(x, bound_h, bound_v)
@@ -229,7 +230,7 @@ class TVMaxCPUFunction(torch.autograd.Function):
         with torch.autocast(z.device.type, enabled=False):
             cap = max_prox_iters(z.shape[1] // width, width)
             weights, x, uncertified = tvmax_cpu.tvmax(z, (bound_h, bound_v), valid, width, cap, CHECK_EVERY)
-            _report_uncertified(uncertified, z.shape[0], cap)
+            _report_uncertified(uncertified, z.shape[0], z, width, cap)
         ctx.save_for_backward(weights, x, bound_h, bound_v)
         ctx.width = width
         return weights
