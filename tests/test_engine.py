@@ -61,6 +61,14 @@ def test_run_directory_contents_and_checkpoint_keys(shapes, tmp_path: Path):
         Trainer(shapes_config(shapes, "train.epochs=1"), run, progress=False)
 
 
+def test_failed_start_leaves_no_run_directory(shapes, tmp_path: Path):
+    """A run whose model cannot be built (here an unknown attention map) stops before it makes its directory."""
+    run = tmp_path / "runs" / "bad"
+    with pytest.raises(ValueError, match="unknown attention activation 'nope'"):
+        Trainer(shapes_config(shapes, "model.attention.decoder_cross.activation=nope"), run, progress=False)
+    assert not run.parent.exists()
+
+
 def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch):
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, {"epoch": 1})

@@ -165,8 +165,6 @@ class Trainer:
         self.dist: DistributedContext
         self.dist, self.device = init_distributed(resolve_device(train.device))
         self.progress = progress and self.dist.is_main
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
         if train.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_everything(train.seed)
@@ -192,7 +190,8 @@ class Trainer:
         self.stop_signal: int | None = None  # the first SIGTERM / SIGINT received
         self.last_checkpoint: Path | None = None
         resume_changes = self._resume() if resume else []
-        if self.dist.is_main:
+        if self.dist.is_main:  # only now: a config, data set or checkpoint that fails above leaves no run directory
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / CONFIG_FILE).write_text(dump_config(config))
         barrier()
         self.logger = MetricsLogger(
