@@ -53,7 +53,8 @@ def max_prox_iters(height: int, width: int) -> int:
 
 
 def _report_uncertified(count: int, maps: int, z: Tensor, width: int, cap: int) -> None:
-    """Warn that ``count`` of ``maps`` proxes of z's kind stopped at the iteration cap above the stated tolerance."""
+    """Warn that ``count`` of ``maps`` proxes stopped at the iteration cap above the stated tolerance (z: maps of
+    that call, for their grid and dtype)."""
     if count:
         warnings.warn(
             f"TVMax: {count} of {maps} maps on a {z.shape[1] // width} x {width} grid ({z.dtype}) stopped at the "
