@@ -5,7 +5,7 @@ row laid out as the (H, W) feature grid. Masked keys (padding) are removed from 
 dropped, so a padded grid gives the same map as the cropped one, and they get 0.
 
 The anisotropic TV prox is iterative: FISTA with adaptive (gradient) restart on the edge duals u ∈ [−λ, λ]^E of
-min ½‖z − Dᵀu‖², x = z − Dᵀu, step 1/8 (‖D‖² ≤ 8 on a 4-neighbour grid), for all maps at once
+min ½‖z − Dᵀu‖², x = z − Dᵀu, step ``tvmax_cpu.STEP`` = 1.3/8 (‖D‖² ≤ 8 on a 4-neighbour grid), for all maps at once
 (batch × heads × queries). A map stops at its stated tolerance: a duality gap
 Σ_e (λ|(Dx)_e| − u_e(Dx)_e) ≤ eps·(1 + max|z|)², eps of the dtype, which certifies ‖x − x*‖₂ ≤ √(2·gap), i.e.
 ≤ 4.9e-4·(1 + max|z|) in float32 (measured 5e-7 to 9e-5 on 25 × 34 grids) and ≤ 2.1e-8·(1 + max|z|) in float64
@@ -37,8 +37,8 @@ from .functional import NEG_INF, EntmaxFunction, compute_dtype, uses_cpu_kernels
 from .registry import register_activation
 
 MAX_PROX_ITERS = 1000  # iterations before a map stops above the tolerance: at least this many, ...
-PROX_ITERS_PER_SIDE = 30  # ... and this many per cell of the grid's longer side (FISTA's count grows with it: up to
-# ~610 on 25 × 34 and ~1300 on 50 × 68, DETR-DC5's grid, at near-uniform scores in float64; benchmarks/RESULTS.md)
+PROX_ITERS_PER_SIDE = 50  # ... and this many per cell of the grid's longer side (FISTA's count grows with it: up to
+# ~610 on 25 × 34, ~1500 on 50 × 67, DETR-DC5's grid, and ~30 per cell in random tests; benchmarks/RESULTS.md)
 CHECK_EVERY = 10  # iterations between duality-gap checks
 
 # Maps are flattened row-major to (N, H·W) rows: the horizontal edges join entries 1 apart, the vertical ones
@@ -135,7 +135,7 @@ def _tv_prox(z: Tensor, bounds: Edges, width: int) -> Tensor:
                 bounds = _maps_of(bounds, keep)
         x = _primal(z, v, steps)
         new = tuple(
-            torch.add(vi, _diff(x, s), alpha=1 / 8).clamp_(min=-b, max=b)
+            torch.add(vi, _diff(x, s), alpha=tvmax_cpu.STEP).clamp_(min=-b, max=b)
             for vi, s, b in zip(v, steps, bounds, strict=True)
         )
         moves = tuple(ni - ui for ni, ui in zip(new, u, strict=True))
