@@ -31,9 +31,9 @@ the tolerance, otherwise FISTA goes on. The finish is tried at iteration 10 if `
 their bound (mostly lone cells: a cheap try), at each gap check within ``FINISH_GAP`` tolerances, and at a check
 whose saturated edges (and signs) are those of the last one while the attempts stay within the iterations' cost
 (``FINISH_COST``): where λ is large against the scores' spread, the few large groups settle long before FISTA's gap
-nears the tolerance. Measured on 25 × 34 grids, λ = 0.1, float32 scores: ~18, ~34 and ~210 iterations at
-N(0, 3²), N(0, 1), N(0, 0.1²) (~370 at N(0, 0.1²) with breadth-first trees), against ~31, ~57 and ~490 for FISTA's
-own gap test; at N(0, 0.1²) with λ = 0.3, 1, 3: ~100, ~60, 40 iterations (~450–500 at the gap tests alone;
+nears the tolerance. Mean iterations per map on 25 × 34 grids, float32 scores (the plain prox, step 1.3/8):
+λ = 0.1: ~13, ~29 and ~227 at N(0, 3²), N(0, 1), N(0, 0.1²) (~31, ~57 and ~490 with FISTA's own gap test alone
+and step 1/8); N(0, 0.1²) at λ = 0.3, 1, 3: ~100, ~55, 40 (~450–500 before the settled-edges tries;
 benchmarks/RESULTS.md).
 A gap of x̂ with FISTA's own duals (no tree) would certify near-uniform maps sooner still, but it also passes groups
 that FISTA has wrongly merged, off by up to 2e-4 in float32; it is used only at FISTA's exit (see there).
