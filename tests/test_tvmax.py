@@ -28,6 +28,12 @@ def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
 
 
 F64 = torch.float64
+tensor_path = importlib.import_module("sparse_detector.attention.tvmax")  # the package's `tvmax` is the function
+
+
+def _full_grid_bounds(height: int, width: int, lam: float, dtype: torch.dtype = F64) -> tuple[Tensor, Tensor]:
+    """λ on every edge of a full height × width grid: the tensor path's (horizontal, vertical) edge bounds."""
+    return tensor_path._edge_bounds(torch.ones(1, height * width, dtype=torch.bool), width, lam, dtype)
 
 
 def _grid_difference(height: int, width: int) -> np.ndarray:
@@ -139,8 +145,7 @@ def test_prox_matches_certified_exact_prox(
     """The TV prox and TVMax in float64 within 1e-6 of the exact prox, up to DETR's 25 × 34 feature grid: a prox
     stopped before the stated tolerance fails here (so does, on the CPU, a finish taken without its gap test)."""
     z, exact = _exact_prox(height, width, lam, scale, seed=height * width)
-    tensor_path = importlib.import_module("sparse_detector.attention.tvmax")
-    bounds = tensor_path._edge_bounds(torch.ones(1, height * width, dtype=torch.bool), width, lam, F64)
+    bounds = _full_grid_bounds(height, width, lam)
     prox = tensor_path.TVProxFunction.apply(torch.from_numpy(z)[None], *bounds, width)[0].numpy()
     assert np.abs(prox - exact).max() <= 1e-6
     # the stated stopping tolerance: a duality gap ≤ eps·(1 + max|z|)², which certifies ‖x − x*‖₂ ≤ √(2·gap)
@@ -162,8 +167,7 @@ def test_tvmax_prox_is_exact_where_sparsemax_needs_it(scale: float, smooth: bool
     scores (half the grid above the level) are left to FISTA: then the whole prox comes back."""
     height, width, lam = 25, 34, 0.1
     z, exact = _exact_prox(height, width, lam, scale, seed=seed, smooth=smooth)
-    tensor_path = importlib.import_module("sparse_detector.attention.tvmax")
-    bounds = tensor_path._edge_bounds(torch.ones(1, height * width, dtype=torch.bool), width, lam, F64)
+    bounds = _full_grid_bounds(height, width, lam)
     valid = torch.ones(1, height * width, dtype=torch.bool)
     weights, x, uncertified = tvmax_cpu.tvmax(torch.from_numpy(z)[None], bounds, valid, width, 1000, 10)
     weights, x = weights[0].numpy(), x[0].numpy()
@@ -212,16 +216,14 @@ def test_float32_prox_within_its_stated_tolerance(scale: float) -> None:
     """float32 scores on DETR's 25 × 34 grid: the prox within the ℓ2 bound its stopping test states,
     √(2·eps32)·(1 + max|z|), of the exact prox (the CPU kernels iterate in float32, then certify in float64)."""
     z, exact = _exact_prox(25, 34, 0.1, scale, seed=25 * 34)
-    tensor_path = importlib.import_module("sparse_detector.attention.tvmax")
-    bounds = tensor_path._edge_bounds(torch.ones(1, 25 * 34, dtype=torch.bool), 34, 0.1, torch.float32)
+    bounds = _full_grid_bounds(25, 34, 0.1, torch.float32)
     prox = tensor_path.TVProxFunction.apply(torch.from_numpy(z).float()[None], *bounds, 34)[0].double().numpy()
     assert np.linalg.norm(prox - exact) <= (2 * torch.finfo(torch.float32).eps) ** 0.5 * (1 + np.abs(z).max())
 
 
 def _cpu_bounds(cells: int, width: int, lam: float) -> tuple[np.ndarray, np.ndarray]:
     """λ on every edge of a full grid in the CPU kernels' per-cell layout: (horizontal, vertical) bounds."""
-    edge_bounds = importlib.import_module("sparse_detector.attention.tvmax")._edge_bounds
-    bounds = tvmax_cpu.cell_bounds(edge_bounds(torch.ones(1, cells, dtype=torch.bool), width, lam, F64), cells, width)
+    bounds = tvmax_cpu.cell_bounds(_full_grid_bounds(cells // width, width, lam), cells, width)
     return bounds[0, 0].numpy(), bounds[0, 1].numpy()
 
 
@@ -264,8 +266,7 @@ def test_finish_gap_bounds_the_error_of_any_grouping(scale: float, iterations: i
     if implementation == "cpu-kernels":
         snapped, gaps = _finish_cpu(z, duals, width, lam)
     else:
-        tensor_path = importlib.import_module("sparse_detector.attention.tvmax")
-        bounds = tensor_path._edge_bounds(torch.ones(1, height * width, dtype=torch.bool), width, lam, F64)
+        bounds = _full_grid_bounds(height, width, lam)
         horizontal = torch.zeros(1, height * width - 1, dtype=F64)  # the tensor path's edges (c, c + 1) …
         horizontal[bounds[0] > 0] = torch.from_numpy(duals[: height * (width - 1)])  # … not across row ends
         u = (horizontal, torch.from_numpy(duals[height * (width - 1) :])[None])
@@ -335,9 +336,7 @@ def test_finish_is_tried_once_the_saturated_edges_settle(lam: float, mean_iterat
     height, width = 25, 34
     z, exact = _exact_prox(height, width, lam, 0.1, seed=3)
     scores = np.concatenate([z[None], np.random.default_rng(3).standard_normal((15, height * width)) * 0.1])
-    bounds = importlib.import_module("sparse_detector.attention.tvmax")._edge_bounds(
-        torch.ones(1, height * width, dtype=torch.bool), width, lam, F64
-    )
+    bounds = _full_grid_bounds(height, width, lam)
     prox, _, iterations = tvmax_cpu._run(torch.from_numpy(scores), bounds, width, 1000, 10, None)
     assert np.abs(prox[0].numpy() - exact).max() <= 1e-12
     assert iterations.mean() <= mean_iterations, iterations
@@ -346,12 +345,11 @@ def test_finish_is_tried_once_the_saturated_edges_settle(lam: float, mean_iterat
 def test_prox_stopped_at_its_cap_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     """A map that reaches the iteration cap above the stated tolerance is named in a warning (with a cap of 20
     iterations, near-uniform scores), and its prox and TVMax still come back."""
-    tensor_path = importlib.import_module("sparse_detector.attention.tvmax")
     monkeypatch.setattr(tensor_path, "MAX_PROX_ITERS", 20)
     monkeypatch.setattr(tensor_path, "PROX_ITERS_PER_SIDE", 0)
     height, width, lam = 9, 13, 0.1
     z = torch.from_numpy(_scores(height, width, 0.1, seed=1, smooth=False))[None].repeat(3, 1)
-    bounds = tensor_path._edge_bounds(torch.ones(1, height * width, dtype=torch.bool), width, lam, F64)
+    bounds = _full_grid_bounds(height, width, lam)
     message = r"3 of 3 maps on a 9 x 13 grid \(torch.float64\) stopped at the prox's iteration cap \(20 iterations\)"
     with pytest.warns(RuntimeWarning, match=message):
         prox = tensor_path.TVProxFunction.apply(z, *bounds, width)
@@ -365,10 +363,9 @@ def test_prox_iteration_cap_grows_with_the_grid(implementation: str) -> None:
     """DETR-DC5's 50 × 67 grid at COCO size, near-uniform for its λ (N(0, 1) scores, λ = 1), float64: every map
     meets the stated tolerance within the default cap, no warning (FISTA takes up to ~1100 iterations on these
     48 maps, so a cap of 1000, as on 25 × 34, fails here)."""
-    tensor_path = importlib.import_module("sparse_detector.attention.tvmax")
     height, width = 50, 67
     z = torch.from_numpy(np.random.default_rng(0).standard_normal((48, height * width)))
-    bounds = tensor_path._edge_bounds(torch.ones(1, height * width, dtype=torch.bool), width, 1.0, F64)
+    bounds = _full_grid_bounds(height, width, 1.0)
     assert tensor_path.max_prox_iters(height, width) == 3350
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -432,7 +429,6 @@ def test_gradient_averages_over_the_exact_groups(
 def test_group_means_agree_on_large_groups() -> None:
     """The breadth-first fill of the CPU kernels and the label propagation of the tensor path find the same groups
     of equal prox values."""
-    tensor_path = importlib.import_module("sparse_detector.attention.tvmax")  # the package's `tvmax` is the function
     height, width = 9, 13
     values = torch.randn(40, height * width, dtype=F64)
     bounds = tensor_path._edge_bounds(torch.rand(40, height * width) < 0.9, width, 0.1, F64)  # a few masked cells
