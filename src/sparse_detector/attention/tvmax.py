@@ -26,6 +26,7 @@ Backward: sparsemax backward, then the prox Jacobian, which averages the gradien
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -64,6 +65,15 @@ def _report_uncertified(count: int, maps: int, z: Tensor, width: int, cap: int) 
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def _cpu_kernel(kernel: Callable[..., tuple], z: Tensor, width: int, *inputs: object) -> tuple[Tensor, ...]:
+    """:func:`.tvmax_cpu.prox` or :func:`.tvmax_cpu.tvmax` of z under the grid's iteration cap; the maps it
+    stopped there above the tolerance are reported."""
+    cap = max_prox_iters(z.shape[1] // width, width)
+    *results, uncertified = kernel(z, *inputs, width, cap, CHECK_EVERY)
+    _report_uncertified(uncertified, z.shape[0], z, width, cap)
+    return tuple(results)
 
 
 def _diff(x: Tensor, step: int) -> Tensor:
@@ -199,9 +209,7 @@ class TVProxFunction(torch.autograd.Function):
     def forward(ctx: FunctionCtx, z: Tensor, bound_h: Tensor, bound_v: Tensor, width: int) -> Tensor:
         with torch.autocast(z.device.type, enabled=False):  # e.g. CPU autocast would run vecdot in bf16
             if uses_cpu_kernels(z):
-                cap = max_prox_iters(z.shape[1] // width, width)
-                x, uncertified = tvmax_cpu.prox(z, (bound_h, bound_v), width, cap, CHECK_EVERY)
-                _report_uncertified(uncertified, z.shape[0], z, width, cap)
+                (x,) = _cpu_kernel(tvmax_cpu.prox, z, width, (bound_h, bound_v))
             else:
                 x = _tv_prox(z, (bound_h, bound_v), width)
         ctx.save_for_backward(x, bound_h, bound_v)
@@ -229,9 +237,7 @@ class TVMaxCPUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, z: Tensor, bound_h: Tensor, bound_v: Tensor, valid: Tensor, width: int) -> Tensor:
         with torch.autocast(z.device.type, enabled=False):
-            cap = max_prox_iters(z.shape[1] // width, width)
-            weights, x, uncertified = tvmax_cpu.tvmax(z, (bound_h, bound_v), valid, width, cap, CHECK_EVERY)
-            _report_uncertified(uncertified, z.shape[0], z, width, cap)
+            weights, x = _cpu_kernel(tvmax_cpu.tvmax, z, width, (bound_h, bound_v), valid)
         ctx.save_for_backward(weights, x, bound_h, bound_v)
         ctx.width = width
         return weights
