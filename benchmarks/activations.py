@@ -185,6 +185,8 @@ def main() -> None:
         parser.error("--clock cpu times the CPU only; use the wall clock on a GPU")
     if args.repeats < 10:
         parser.error("--repeats must be at least 10")
+    if any(lam < 0 for lam in args.tv_lambdas):
+        parser.error(f"--tv-lambdas must be >= 0, got {args.tv_lambdas}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     args.device = torch.device(args.device)
