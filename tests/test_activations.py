@@ -103,6 +103,15 @@ def test_every_alpha_matches_library_on_attention_scores(scores: str, dtype: tor
         assert (entmax_alpha(x[row].to(dtype), alpha).double() - reference[row]).abs().max() <= tolerance, alpha
 
 
+def test_learnable_alpha_at_two_is_sparsemax_on_many_near_uniform_rows() -> None:
+    """A per-head α tensor of 2 (a learnable α at its upper end), float32, DETR's 1600 decoder rows of near-uniform
+    scores: sparsemax within the rounding of float32 scores. (Its threshold steps are Michelot's, which do not
+    converge quadratically: a solve stopped on the step's size alone was off by 7e-6 in one row.)"""
+    x = torch.randn(2, 8, 100, 850, generator=torch.Generator().manual_seed(2)) * 0.1
+    ours = entmax_alpha(x, torch.full((1, 8, 1, 1), 2.0))
+    assert (ours.double() - entmax.sparsemax(x.double(), dim=-1)).abs().max() <= 2e-6
+
+
 def test_entmax15_rows_sum_to_one_on_long_flat_rows() -> None:
     """fp32, n = 5000, near-constant scores: the closed form may be rejected, and the rows still sum to 1."""
     x = torch.randn(64, 5000) * 0.01

@@ -11,9 +11,10 @@ The threshold τ of p = [X − τ]₊^{1/(α−1)}, X = (α−1)(z − max z), i
   pass over the scores and keeps about as many candidates as the support has entries; they are packed
   column-wise into a small (K × rows) matrix (K the largest candidate count of a row);
 * Newton steps on ‖[X − τ]₊‖_q = 1, q = 1/(α−1), from below (convex and decreasing in τ: the iterates rise to
-  τ quadratically) until one is below √eps; then sparsemax goes on with Michelot's iteration until the support
-  stops changing (τ is then the closed form on it, exact), entmax15 takes the closed form on the support found
-  when consistent with it (else one more step), and any other α takes one more step; p is then renormalised.
+  τ quadratically) until one is below √eps (and, where q = 1, the support is unchanged since the last); then
+  sparsemax goes on with Michelot's iteration until the support stops changing (τ is then the closed form on it,
+  exact), entmax15 takes the closed form on the support found when consistent with it (else one more step), and
+  any other α takes one more step; p is then renormalised.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def _candidates(z: Tensor, alpha: float | Tensor) -> tuple[Tensor, Packing, Tens
 def _solve(x: Tensor, alpha: float | Tensor, tau: Tensor) -> Tensor:
     """p = [X − τ]₊^{1/(α−1)} for each column of the packed X (K, rows), τ found from the lower bound ``tau``.
 
-    Newton steps (see :func:`_newton_step`) until one is below √eps, then:
+    Newton steps (see :func:`_newton_step`) until one is below √eps (where q = 1 with the support settled), then:
     * sparsemax: Michelot's iteration goes on until the support stops changing, when τ is the closed form on
       that support and consistent with it, i.e. exact (the sort/threshold result);
     * entmax15: the closed form on the support found (the smaller root of Σ_S (X − τ)² = 1) when consistent
@@ -152,16 +153,21 @@ def _solve(x: Tensor, alpha: float | Tensor, tau: Tensor) -> Tensor:
     q = 1 / (alpha - 1)
     settle = math.sqrt(torch.finfo(x.dtype).eps)
     sparsemax = isinstance(q, float) and q == 1.0
+    # Michelot's steps (q = 1: sparsemax, or a tensor α of 2 in some row) do not converge quadratically: there a
+    # small step ends the solve only once the support has settled too (then τ is exact on it)
+    michelot = sparsemax or (isinstance(q, Tensor) and bool((q == 1).any()))
     previous = None
     for _ in range(MAX_THRESHOLD_ITERS):
         d = (x - tau).clamp_(min=0)
-        if sparsemax:
-            support = d.sign().sum(0, keepdim=True)
-            if previous is not None and torch.equal(support, previous):
-                return d
+        settled = True
+        if michelot:
+            support = (d > 0).sum(0, keepdim=True)  # NaN rows count 0 and settle: NaN out
+            settled = previous is not None and torch.equal(support, previous)
             previous = support
+            if sparsemax and settled:
+                return d
         step = _newton_step(d, q, dim=0)
-        if not sparsemax and float(step.nan_to_num(nan=0.0).max()) <= settle:  # NaN rows: NaN out
+        if not sparsemax and settled and float(step.nan_to_num(nan=0.0).max()) <= settle:  # NaN rows: NaN out
             break
         tau = tau + step
     if isinstance(q, float) and q == 2.0:
