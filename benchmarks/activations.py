@@ -4,9 +4,10 @@ Shapes: decoder cross-attention (batch 2 × 8 heads, 100 queries, 850 keys) and 
 (2 × 8, 850 × 850 keys); TVMax lays the 850 keys out as a 25 × 34 grid. Scores are N(0, σ²) with σ = 0.1
 (``uniform``: near-uniform, an untrained model), 1 (``normal``) or 3 (``peaked``: a trained model); α-entmax is
 timed for each α of ``--alphas`` as one α tensor per head with its gradient (the learnable α's path), TVMax for
-each λ of ``--tv-lambdas`` (the prox fuses more of the grid as λ/σ grows). Forward and
-forward+backward of each map are timed in turn with softmax's (so that load changes on a shared machine hit both
-alike), inputs and upstream gradients made before the timed region; medians after warm-up, as ratios to softmax.
+each λ of ``--tv-lambdas`` (the prox fuses more of the grid as λ/σ grows; on a GPU also with the prox's iterations
+as tensor operations instead of its Triton kernel). Forward and forward+backward of each map are timed in turn with
+softmax's (so that load changes on a shared machine hit both alike), inputs and upstream gradients made before the
+timed region; medians after warm-up, as ratios to softmax.
 ``--library`` also times the ``entmax`` library's counterpart, apart (its full-row sorts churn memory);
 ``--adasplash`` (a GPU only) times AdaSplash's Triton entmax (``pip install adasplash``; one α per call, no ∂/∂α,
 a fixed number of threshold iterations) apart and prints its largest error and ours against a float64 solve.
@@ -30,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
+from unittest import mock
 
 import entmax
 import torch
@@ -87,8 +89,17 @@ def _maps(
             case.others["adasplash"] = lambda x, a=alpha: triton.triton_entmax(x, alpha=a)
         maps[f"α-entmax, α = {alpha} (per-head tensor)"] = case
     for lam in tv_lambdas if "tvmax" in names else []:
-        maps[f"TVMax (λ = {lam}, {GRID[0]} × {GRID[1]} grid)"] = Case(lambda x, lam=lam: tvmax(x, GRID, lam))
+        case = Case(lambda x, lam=lam: tvmax(x, GRID, lam))
+        if device.type == "cuda":  # the prox's iterations as tensor operations, without the Triton kernel
+            case.others["tensor ops"] = lambda x, lam=lam: _without_triton(lambda: tvmax(x, GRID, lam))
+        maps[f"TVMax (λ = {lam}, {GRID[0]} × {GRID[1]} grid)"] = case
     return maps
+
+
+def _without_triton(call: Callable[[], Tensor]) -> Tensor:
+    """call() with TVMax's FISTA iterations as tensor operations (see ``sparse_detector.attention.tvmax``)."""
+    with mock.patch.object(importlib.import_module("sparse_detector.attention.tvmax"), "_uses_triton", lambda z: False):
+        return call()
 
 
 def _cpu_name() -> str:

@@ -4,6 +4,8 @@ on the CPU, and a tiny DETR step under bf16 autocast with a sparse map at every 
 
 from __future__ import annotations
 
+import importlib
+
 import entmax
 import numpy as np
 import pytest
@@ -11,11 +13,13 @@ import torch
 from torch import Tensor
 
 from sparse_detector import build_criterion, build_model, load_config
-from sparse_detector.attention import entmax15, entmax_alpha, sparsemax, tvmax
+from sparse_detector.attention import entmax15, entmax_alpha, sparsemax, tvmax, tvmax_cpu
 
 from .test_tvmax import _exact_prox
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+tvmax_module = importlib.import_module("sparse_detector.attention.tvmax")  # the package's `tvmax` is the function
 
 F64 = torch.float64
 DECODER_SHAPE = (2, 8, 100, 850)  # batch × heads × queries × keys of DETR-R50's decoder cross-attention
@@ -85,6 +89,24 @@ def test_tvmax_matches_the_exact_prox(scale: float) -> None:
     assert (tvmax(scores, (25, 34), 0.1).cpu() - expected).abs().max() <= 1e-6
     bound = (2 * torch.finfo(torch.float32).eps) ** 0.5 * (1 + np.abs(z).max())
     assert (tvmax(scores.float(), (25, 34), 0.1).cpu().double() - expected).norm() <= bound
+
+
+@pytest.mark.parametrize(("height", "width"), [(25, 34), (50, 67)])  # DETR's grid and DETR-DC5's
+def test_tvmax_kernel_iterates_equal_the_tensor_operations(height: int, width: int) -> None:
+    """The compiled Triton kernel (FISTA's iterations between gap checks) gives the tensor operations' iterates in
+    float64, on full and on masked grids, from a cold and a warm start: no race between its store and load rounds."""
+    tvmax_triton = pytest.importorskip("sparse_detector.attention.tvmax_triton", reason="Triton is not installed")
+    generator = torch.Generator().manual_seed(height)
+    z = torch.randn(64, height * width, dtype=F64, generator=generator).cuda()
+    for valid in (torch.ones(1, height * width, dtype=torch.bool), torch.rand(64, height * width) > 0.2):
+        bounds = tvmax_module._edge_bounds(valid.cuda(), width, 0.3, F64)
+        cold = (tuple(z.new_zeros(64, b.shape[1]) for b in bounds),) * 2 + (z.new_ones(64, 1),)
+        warm = tvmax_module._fista_steps(z, *cold, bounds, width, tvmax_cpu.STEP, 25)
+        for state in (cold, warm):
+            ours = tvmax_triton.fista_steps(z, *state, bounds, width, tvmax_cpu.STEP, 10)
+            reference = tvmax_module._fista_steps(z, *state, bounds, width, tvmax_cpu.STEP, 10)
+            for a, b in zip((*ours[0], *ours[1], ours[2]), (*reference[0], *reference[1], reference[2]), strict=True):
+                assert (a - b).abs().max() <= 1e-12
 
 
 def test_nonfinite_scores_give_nan_rows() -> None:
