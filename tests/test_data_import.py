@@ -141,6 +141,25 @@ def test_yolo_with_classes_txt_and_data_yaml(tmp_path: Path) -> None:
         import_yolo(tmp_path / "images" / "train", tmp_path / "bad.json", tmp_path / "classes.txt")
 
 
+def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Images in subfolders are imported with their labels; a polygon line is its bounding box; a line of another
+    format (6 fields, pixels) is an error naming file and line; a label file without an image is counted."""
+    write_image(tmp_path / "images" / "train" / "a" / "p.jpg", 100, 50)
+    write_image(tmp_path / "images" / "train" / "q.jpg", 100, 50)
+    write_text(tmp_path / "labels" / "train" / "a" / "p.txt", "0 0.1 0.2 0.3 0.2 0.2 0.6\n")
+    write_text(tmp_path / "labels" / "train" / "q.txt", "")  # an empty label file: an image without boxes
+    write_text(tmp_path / "labels" / "train" / "gone.txt", "0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "classes.txt").write_text("car\n")
+    with caplog.at_level(logging.WARNING):
+        coco = import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt")
+    assert boxes_by_image(coco) == {"p.jpg": [("car", [10.0, 10.0, 20.0, 20.0])], "q.jpg": []}
+    assert coco["info"]["stats"]["label_files_without_image"] == 1 and "gone.txt" in caplog.text
+    for line, error in (("0 0.5 0.5 0.2 0.2 0.9", "got 6 fields"), ("0 50 20 10 10", r"not all in \[0, 1\]")):
+        write_text(tmp_path / "labels" / "train" / "q.txt", f"0 0.5 0.5 0.2 0.2\n{line}\n")
+        with pytest.raises(DatasetError, match=rf"q.txt:2: .*{error}"):
+            import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt")
+
+
 def test_csv(tmp_path: Path) -> None:
     write_image(tmp_path / "img" / "a.jpg")
     write_image(tmp_path / "img" / "b.jpg")
