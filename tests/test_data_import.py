@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -258,6 +259,18 @@ def test_unreadable_image_error_or_counted_skip(tmp_path: Path, caplog: pytest.L
     # ... or by default an error naming the file and both options
     with pytest.raises(DatasetError, match=r"cut.jpg .*data.on_invalid=skip .*data.check_images=true"):
         CocoDetection(None, path)[1]
+
+
+def test_16_bit_grayscale_png_keeps_its_contrast(tmp_path: Path) -> None:
+    """A 16-bit PNG (mode I;16) is scaled to 8 bits, not clipped all white by PIL's RGB conversion."""
+    ramp = np.tile(np.linspace(0, 65535, 40).astype(np.uint16), (30, 1))
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    write_text(tmp_path / "boxes.csv", "deep.png,1,1,20,20,cell\n")
+    import_csv(tmp_path / "boxes.csv", tmp_path / "out.json")
+    pixels = np.asarray(CocoDetection(None, tmp_path / "out.json").load_image(0))
+    assert pixels.shape == (30, 40, 3) and pixels[0, 0].tolist() == [0, 0, 0] and pixels[0, -1].tolist() == [255] * 3
+    assert abs(pixels.mean() - 127.5) < 2
 
 
 def test_split_is_seeded_stratified_and_complete(tmp_path: Path) -> None:

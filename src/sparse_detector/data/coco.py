@@ -30,6 +30,17 @@ OnInvalid = Literal["error", "skip"]
 MAX_EXAMPLES = 5
 
 
+# 16-bit (and 32-bit integer) grayscale, as 16-bit PNG and TIFF files open; PIL's own RGB conversion clips them.
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An image as 8-bit RGB; 16-bit grayscale is scaled to 8 bits (``Image.convert`` would turn it all white)."""
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+        image = Image.fromarray(np.clip(np.asarray(image) / 257.0, 0, 255).round().astype(np.uint8))
+    return image.convert("RGB")
+
+
 class DatasetError(ValueError):
     """A dataset file or annotation is missing or invalid; the message names it and says what to do."""
 
@@ -321,7 +332,7 @@ class CocoDetection(Dataset):
         path = self.images_dir / record.file_name
         try:
             with Image.open(path) as img:
-                image = img.convert("RGB")
+                image = to_rgb(img)
         except (OSError, SyntaxError, Image.DecompressionBombError) as err:
             raise DatasetError(
                 f"cannot read image {path} (image id {record.image_id}): {err}; replace the file"

@@ -22,7 +22,7 @@ from ..analysis import AttentionMaps, record_attention
 from ..config import Config, config_from_dict, override_config
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset
-from ..data.coco import DatasetError, load_json
+from ..data.coco import DatasetError, load_json, to_rgb
 from ..data.labels import LabelMap
 from ..data.transforms import make_transforms
 from ..models import DetectionOutput, build_model
@@ -198,7 +198,7 @@ def predict_images(
     for path in files:
         try:
             with Image.open(path) as file:
-                image = file.convert("RGB")
+                image = to_rgb(file)
         except (OSError, SyntaxError, Image.DecompressionBombError) as err:
             result.failed[str(path)] = str(err)
             log.warning("cannot read image %s (%s); skipped", path, err)
