@@ -192,6 +192,29 @@ def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
     assert len(CocoDetection(None, tmp_path / "out" / "coco.json")) == 1
 
 
+def test_coco_segmentation_only_repeated_ids_and_wrong_images_folder(tmp_path: Path) -> None:
+    """A box is taken from a polygon or RLE segmentation when there is no bbox; a repeated image id (which
+    annotations cannot be matched to) and an images folder holding none of the files are errors saying what to do."""
+    write_image(tmp_path / "pics" / "a.jpg")
+    rle = {"size": [30, 40], "counts": [2 * 30 + 3, 4, 26, 4, 23 + 30 * 36]}  # columns 2-3 filled, rows 3-6
+    source = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[1, 2, 11, 2, 6, 12]]},
+                        {"id": 2, "image_id": 1, "category_id": 1, "segmentation": rle, "iscrowd": 1}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }  # fmt: skip
+    write_text(tmp_path / "coco.json", json.dumps(source))
+    coco = import_coco(tmp_path / "coco.json", tmp_path / "out.json", tmp_path / "pics")
+    assert [a["bbox"] for a in coco["annotations"]] == [[1.0, 2.0, 10.0, 10.0], [2.0, 3.0, 2.0, 4.0]]
+    assert coco["info"]["stats"]["boxes_from_segmentation"] == 2
+    with pytest.raises(DatasetError, match=r"none of the 1 images .* pass the folder .* with --images DIR"):
+        import_coco(tmp_path / "coco.json", tmp_path / "out.json")
+    source["images"].append({"id": 1, "file_name": "b.jpg", "width": 40, "height": 30})
+    write_text(tmp_path / "coco.json", json.dumps(source))
+    with pytest.raises(DatasetError, match=r"more than once in 'images' \(id 1: \['a.jpg', 'b.jpg'\]\)"):
+        import_coco(tmp_path / "coco.json", tmp_path / "out.json", tmp_path / "pics")
+
+
 def broken_set(tmp_path: Path, bad_box: bool = True) -> Path:
     """Three images: one fine, one truncated JPEG, one whose size disagrees with the JSON; one bad box."""
     for name in ("good", "cut", "sized"):

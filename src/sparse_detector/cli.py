@@ -626,6 +626,8 @@ def _data_import(args: argparse.Namespace) -> int:
     print(f"written: {args.out} ({stats['images']} images, {stats['annotations']} boxes)")
     if stats.get("dropped"):
         print(f"dropped: {stats['dropped']} (boxes with no extent; listed in the warning above)")
+    if stats.get("boxes_from_segmentation"):
+        print(f"boxes from segmentation: {stats['boxes_from_segmentation']} annotation(s) had no bbox")
     if stats.get("label_files_without_image"):
         print(f"not imported: {stats['label_files_without_image']} label file(s) without an image (listed above)")
     report = check_dataset(args.out, decode=not args.no_decode)
