@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,18 @@ def test_preset_without_its_data_says_how_to_make_it(tmp_path: Path, monkeypatch
     err = capsys.readouterr().err
     assert "data of preset 'shapes_tiny' is not there yet" in err
     assert "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200" in err
+
+
+def test_own_annotations_with_the_presets_image_folder_name_the_key(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Overriding only data.*.annotations of a preset leaves its images folder, which the error names with the fix."""
+    monkeypatch.chdir(tmp_path)
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "cell"}]}
+    (tmp_path / "mine.json").write_text(json.dumps(coco))
+    overrides = ["data.train.annotations=mine.json", "data.val.annotations=mine.json"]
+    assert main(["train", "--config", "shapes_tiny", "--output-dir", "run", "--set", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "data/shapes/images is not a folder" in err and "data.train.images=" in err
+    assert """--set 'data.train.images=""'""" in err
 
 
 def test_run_config_paths_are_absolute(tmp_path: Path, monkeypatch) -> None:
