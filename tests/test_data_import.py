@@ -177,6 +177,25 @@ def test_csv(tmp_path: Path) -> None:
         import_csv(table, tmp_path / "out.json")
 
 
+def test_csv_named_columns_bom_inverted_boxes_and_wrong_separator(tmp_path: Path, caplog) -> None:
+    """A header may name and reorder the columns (TensorFlow-style export); Excel's BOM is no part of the first
+    file name; x2 < x1 is dropped as 'inverted' with a hint; a ';'-separated file is an error, not 'no rows'."""
+    write_image(tmp_path / "a.jpg")
+    table = tmp_path / "boxes.csv"
+    table.write_text("filename,width,height,class,xmin,ymin,xmax,ymax\na.jpg,40,30,cell,1,2,11,22\n")
+    assert boxes_by_image(import_csv(table, tmp_path / "out.json")) == {"a.jpg": [("cell", [1.0, 2.0, 10.0, 20.0])]}
+    table.write_text("\ufeffa.jpg,1,2,11,22,cell\na.jpg,30,2,10,22,cell\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        coco = import_csv(table, tmp_path / "out.json")
+    assert coco["info"]["stats"]["dropped"] == {"inverted": 1} and "not x,y,width,height?" in caplog.text
+    table.write_text("a.jpg;1;2;11;22;cell\n")
+    with pytest.raises(DatasetError, match=r"boxes.csv:1: expected 6 comma-separated fields .* got 1"):
+        import_csv(table, tmp_path / "out.json")
+    table.write_text("file,xmin,ymin,xmax,ymax\na.jpg,1,2,3,4\n")
+    with pytest.raises(DatasetError, match=r"boxes.csv:1: the header .* names no column for \['label'\]"):
+        import_csv(table, tmp_path / "out.json")
+
+
 def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
     write_image(tmp_path / "src" / "pics" / "a.jpg")
     source = {

@@ -625,7 +625,7 @@ def _data_import(args: argparse.Namespace) -> int:
     stats = _import_to_coco(args)["info"]["stats"]
     print(f"written: {args.out} ({stats['images']} images, {stats['annotations']} boxes)")
     if stats.get("dropped"):
-        print(f"dropped: {stats['dropped']} (boxes with no extent; listed in the warning above)")
+        print(f"dropped: {stats['dropped']} (boxes with no or negative extent; listed in the warning above)")
     if stats.get("boxes_from_segmentation"):
         print(f"boxes from segmentation: {stats['boxes_from_segmentation']} annotation(s) had no bbox")
     if stats.get("label_files_without_image"):

@@ -55,9 +55,10 @@ class CocoBuilder:
     """Collects images and boxes (absolute x0, y0, x1, y1 pixels) and writes a COCO instances JSON.
 
     Categories get ids 1..C in ``class_names`` order when given (an unknown class is then an error), else sorted
-    by name over everything added. Boxes with no extent (x1 <= x0 or y1 <= y0) are dropped, counted in
-    ``dropped`` and logged; boxes reaching past the image are kept as they are (training and evaluation clip
-    them, ``data check`` counts them). Image ids are 1..N in the order images are added.
+    by name over everything added. Boxes with no extent (``zero_area``) or corners the wrong way round
+    (``inverted``: x1 < x0 or y1 < y0) are dropped, counted in ``dropped`` and logged; boxes reaching past the
+    image are kept as they are (training and evaluation clip them, ``data check`` counts them). Image ids are
+    1..N in the order images are added.
     """
 
     def __init__(self, source: str, class_names: Sequence[str] | None = None) -> None:
@@ -84,7 +85,10 @@ class CocoBuilder:
         if self.class_names is not None and name not in self.class_names:
             raise DatasetError(f"{where}: class {name!r} is not among the given classes {self.class_names}")
         x0, y0, x1, y1 = (float(v) for v in box)
-        if x1 <= x0 or y1 <= y0:
+        if x1 < x0 or y1 < y0:
+            self.drop("inverted", f"{where}: box {[x0, y0, x1, y1]} has x2 < x1 or y2 < y1")
+            return
+        if x1 == x0 or y1 == y0:
             self.drop("zero_area", f"{where}: box {[x0, y0, x1, y1]}")
             return
         self._boxes.append({"image_id": image_id, "name": name, "bbox": [x0, y0, x1 - x0, y1 - y0], **extra})
@@ -101,11 +105,14 @@ class CocoBuilder:
         names = self.class_names if self.class_names is not None else sorted({b["name"] for b in self._boxes})
         category_ids = {name: i + 1 for i, name in enumerate(names)}
         if self.dropped:
+            hint = " (are the columns x1,y1,x2,y2, not x,y,width,height?)" if self.dropped["inverted"] else ""
             logger.warning(
-                "%s: dropped %d box(es) with zero or negative extent, e.g. %s",
+                "%s: dropped %d box(es) with zero or negative extent %s, e.g. %s%s",
                 self.source,
                 self.dropped.total(),
+                dict(self.dropped),
                 self.examples,
+                hint,
             )
         per_class = Counter({name: 0 for name in names})
         annotations = []

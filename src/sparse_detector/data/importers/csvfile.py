@@ -1,7 +1,9 @@
 """CSV boxes (``file,x1,y1,x2,y2,label`` a row, absolute pixels) -> COCO JSON.
 
-A header row is recognised by a non-numeric ``x1``. A row with an image but empty box fields marks an image
-without boxes. Image paths are relative to ``images_dir`` (default: the CSV file's folder) or absolute.
+A header row is recognised by a non-numeric second field; its column names may order the columns differently
+and add others (e.g. the ``filename,width,height,class,xmin,ymin,xmax,ymax`` of TensorFlow-style exports). A row
+with an image but empty box fields marks an image without boxes. Image paths are relative to ``images_dir``
+(default: the CSV file's folder) or absolute.
 """
 
 from __future__ import annotations
@@ -13,23 +15,56 @@ from typing import Any
 from ..coco import DatasetError
 from .common import CocoBuilder
 
+# The columns, in the order of a file without a header, and the header names each is known by.
+COLUMNS = {
+    "file": ("file", "filename", "file_name", "image", "image_name", "image_path", "path"),
+    "x1": ("x1", "xmin", "x_min", "left"),
+    "y1": ("y1", "ymin", "y_min", "top"),
+    "x2": ("x2", "xmax", "x_max", "right"),
+    "y2": ("y2", "ymax", "y_max", "bottom"),
+    "label": ("label", "class", "class_name", "category", "name"),
+}
+
+
+def _column_positions(header: list[str], where: str) -> list[int]:
+    """Positions of file, x1, y1, x2, y2, label in a header row: by name, else (6 columns) in that order."""
+    names = [field.strip().lower() for field in header]
+    positions = [next((names.index(n) for n in aliases if n in names), -1) for aliases in COLUMNS.values()]
+    if -1 not in positions:
+        return positions
+    if len(names) == len(COLUMNS):
+        return list(range(len(COLUMNS)))
+    missing = [column for column, at in zip(COLUMNS, positions, strict=True) if at < 0]
+    raise DatasetError(
+        f"{where}: the header {header} names no column for {missing}; known names: "
+        + "; ".join(f"{column}: {', '.join(aliases)}" for column, aliases in COLUMNS.items())
+    )
+
 
 def import_csv(csv_file: str | Path, out_file: str | Path, images_dir: str | Path | None = None) -> dict[str, Any]:
-    """Rows ``file,x1,y1,x2,y2,label`` -> COCO JSON at ``out_file``; classes sorted by name."""
+    """Rows ``file,x1,y1,x2,y2,label`` (or named in a header) -> COCO JSON at ``out_file``; classes sorted by
+    name."""
     csv_file = Path(csv_file)
     if not csv_file.is_file():
         raise DatasetError(f"CSV file {csv_file} does not exist")
     images_dir = Path(images_dir) if images_dir else csv_file.parent
     builder = CocoBuilder(str(csv_file))
     image_ids: dict[str, int] = {}
-    with open(csv_file, newline="", encoding="utf-8") as f:
+    positions, width = list(range(len(COLUMNS))), len(COLUMNS)
+    with open(csv_file, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         for number, row in enumerate(csv.reader(f), start=1):
-            if not row or (number == 1 and not _is_number(row[1] if len(row) > 1 else "")):
-                continue  # blank line or header
             where = f"{csv_file}:{number}"
-            if len(row) != 6:
-                raise DatasetError(f"{where}: expected 6 fields file,x1,y1,x2,y2,label, got {len(row)}: {row}")
-            name, *coordinates, label = (field.strip() for field in row)
+            if not row:
+                continue
+            if number == 1 and len(row) > 1 and not _is_number(row[1]):
+                positions, width = _column_positions(row, where), len(row)
+                continue
+            if len(row) != width:
+                raise DatasetError(
+                    f"{where}: expected {width} comma-separated fields (file,x1,y1,x2,y2,label, or the columns of "
+                    f"the header), got {len(row)}: {row}"
+                )
+            name, *coordinates, label = (row[at].strip() for at in positions)
             if name not in image_ids:
                 path = images_dir / name
                 if not path.is_file():
