@@ -125,6 +125,18 @@ def test_voc_any_layout_matched_by_file_name(tmp_path: Path) -> None:
     assert len(CocoDetection(None, out)) == 2
 
 
+def test_voc_size_that_differs_from_the_image(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An XML <size> that is not the image's size: the JSON takes the image's (so data check and training read
+    it), and the XML is named in a warning and counted, rather than `data check` asking to fix the JSON."""
+    write_image(tmp_path / "a.jpg", 40, 30)
+    write_text(tmp_path / "a.xml", voc_xml([("rbc", (3, 4, 13, 14), 0)], size=(30, 40)))
+    with caplog.at_level(logging.WARNING):
+        coco = import_voc(tmp_path, tmp_path / "out.json")
+    assert (coco["images"][0]["width"], coco["images"][0]["height"]) == (40, 30)
+    assert coco["info"]["stats"]["size_differs_from_xml"] == 1 and "a.xml <size> 30x40, image 40x30" in caplog.text
+    assert check_dataset(tmp_path / "out.json").ok
+
+
 def test_yolo_with_classes_txt_and_data_yaml(tmp_path: Path) -> None:
     write_image(tmp_path / "images" / "train" / "p.jpg", 100, 50)
     write_image(tmp_path / "images" / "train" / "q.jpg", 100, 50)  # no label file: an image without boxes

@@ -11,14 +11,17 @@ objects get ``iscrowd = ignore = 1`` (out of the training targets, ignored by CO
 
 from __future__ import annotations
 
+import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..coco import DatasetError
-from .common import CocoBuilder, find_image, read_list_file
+from ..coco import MAX_EXAMPLES, DatasetError
+from .common import CocoBuilder, find_image, read_list_file, write_coco
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,9 @@ def import_voc(
 
     ``images_dir`` defaults to ``annotations_dir``. Classes: ``class_names`` (ids 1..C in that order), else
     sorted by name. Boxes with ``xmax <= xmin`` or ``ymax <= ymin`` (e.g. a single click) are dropped, counted
-    in ``info["stats"]["dropped"]`` and logged. Returns the written COCO dict.
+    in ``info["stats"]["dropped"]`` and logged. Image sizes are read from the image files; an XML ``<size>``
+    that differs is counted in ``info["stats"]["size_differs_from_xml"]`` and logged. Returns the written COCO
+    dict.
     """
     annotations_dir = Path(annotations_dir)
     images_dir = Path(images_dir) if images_dir else annotations_dir
@@ -122,8 +127,14 @@ def import_voc(
         raise DatasetError(f"images folder {images_dir} does not exist")
     parsed = [parse_voc_xml(f) for f in _xml_files(annotations_dir, Path(list_file) if list_file else None)]
     builder = CocoBuilder(str(annotations_dir), class_names)
+    resized: list[str] = []
     for annotation in parsed:
-        image_id = builder.add_image(_image_of(annotation, images_dir), annotation.width, annotation.height)
+        image_id = builder.add_image(_image_of(annotation, images_dir))
+        _, width, height = builder.image(image_id)
+        if annotation.width and annotation.height and (annotation.width, annotation.height) != (width, height):
+            resized.append(
+                f"{annotation.xml_file} <size> {annotation.width}x{annotation.height}, image {width}x{height}"
+            )
         for index, obj in enumerate(annotation.objects):
             xmin, ymin, xmax, ymax = obj.box
             where = f"{annotation.xml_file} object {index} ({obj.name})"
@@ -140,7 +151,17 @@ def import_voc(
                 iscrowd=ignore,
                 ignore=ignore,
             )
-    return builder.write(out_file)
+    if resized:
+        logger.warning(
+            "%s: %d image(s) are not the size their XML says; the JSON takes the image's size and the boxes as they "
+            "are (if the images were resized after labelling, these boxes are off), e.g. %s",
+            annotations_dir,
+            len(resized),
+            resized[:MAX_EXAMPLES],
+        )
+    coco = builder.build(out_file)
+    coco["info"]["stats"]["size_differs_from_xml"] = len(resized)
+    return write_coco(coco, out_file)
 
 
 def import_voc_root(
