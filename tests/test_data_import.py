@@ -278,7 +278,7 @@ def test_data_check_on_clean_and_broken_sets(tmp_path: Path, capsys: pytest.Capt
     assert not report.ok and report.images == 1 and report.clipped == 1
     assert report.problem_counts == {"missing_image": 1, "non_positive_size": 1, "bad_image": 2}
     assert any("image id 4: file" in p and "gone.jpg is missing" in p for p in report.problems)
-    assert any("annotation id 3" in p for p in report.problems)
+    assert any("annotation id 3 (image_id 1 on good.jpg," in p for p in report.problems)
     assert any("cut.jpg (image id 2)" in p for p in report.problems)
     assert any("sized.jpg (image id 3) is 40x30" in p for p in report.problems)
     assert main(["data", "check", str(tmp_path / "broken.json")]) == 1

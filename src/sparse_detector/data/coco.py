@@ -115,9 +115,10 @@ def _read_categories(categories: list[dict], path: Path) -> dict[int, str]:
     return names
 
 
-def _annotation_problem(ann: dict, reason: str) -> str:
+def _annotation_problem(ann: dict, reason: str, image: dict | None) -> str:
+    on_file = f" on {image['file_name']}" if image is not None else ""
     return (
-        f"annotation id {ann.get('id', '?')} (image_id {ann['image_id']}, category_id {ann['category_id']}, "
+        f"annotation id {ann.get('id', '?')} (image_id {ann['image_id']}{on_file}, category_id {ann['category_id']}, "
         f"bbox {ann['bbox']}): {_REASON_HELP[reason]}"
     )
 
@@ -232,7 +233,7 @@ class CocoDetection(Dataset):
             else:
                 box, reason = _clip_box(ann["bbox"], int(img["width"]), int(img["height"]))
             if reason:
-                detail = _annotation_problem(ann, reason)
+                detail = _annotation_problem(ann, reason, img)
                 if self.on_invalid == "error":
                     raise DatasetError(
                         f"{path}: {detail}. Fix or remove the annotation, or set data.on_invalid=skip to drop "
@@ -253,7 +254,7 @@ class CocoDetection(Dataset):
             per_image[int(ann["image_id"])].append((box, category_to_label[int(ann["category_id"])], area))
         if self.skipped:
             logger.warning(
-                "%s: skipped %d invalid annotation(s) %s; first examples: %s",
+                "%s: skipped %d invalid annotation(s) or missing image(s) %s; first examples: %s",
                 path,
                 sum(self.skipped.values()),
                 dict(self.skipped),
