@@ -156,7 +156,8 @@ def test_yolo_with_classes_txt_and_data_yaml(tmp_path: Path) -> None:
 
 def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Images in subfolders are imported with their labels; a polygon line is its bounding box; a line of another
-    format (6 fields, pixels) is an error naming file and line; a label file without an image is counted."""
+    format (6 fields, pixels) is an error naming file and line; a label file without an image is counted; every
+    unreadable image is named in one error."""
     write_image(tmp_path / "images" / "train" / "a" / "p.jpg", 100, 50)
     write_image(tmp_path / "images" / "train" / "q.jpg", 100, 50)
     write_text(tmp_path / "labels" / "train" / "a" / "p.txt", "0 0.1 0.2 0.3 0.2 0.2 0.6\n")
@@ -167,6 +168,14 @@ def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pyte
         coco = import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt")
     assert boxes_by_image(coco) == {"p.jpg": [("car", [10.0, 10.0, 20.0, 20.0])], "q.jpg": []}
     assert coco["info"]["stats"]["label_files_without_image"] == 1 and "gone.txt" in caplog.text
+    write_text(tmp_path / "images" / "train" / "notes.jpg", "not an image")
+    write_text(tmp_path / "images" / "train" / "a" / "broken.png", "")
+    with pytest.raises(
+        DatasetError, match=r"2 image\(s\) cannot be read; replace or remove them: .*broken.png.*notes.jpg"
+    ):
+        import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt")
+    (tmp_path / "images" / "train" / "notes.jpg").unlink()
+    (tmp_path / "images" / "train" / "a" / "broken.png").unlink()
     for line, error in (("0 0.5 0.5 0.2 0.2 0.9", "got 6 fields"), ("0 50 20 10 10", r"not all in \[0, 1\]")):
         write_text(tmp_path / "labels" / "train" / "q.txt", f"0 0.5 0.5 0.2 0.2\n{line}\n")
         with pytest.raises(DatasetError, match=rf"q.txt:2: .*{error}"):

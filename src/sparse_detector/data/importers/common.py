@@ -25,7 +25,7 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.size
     except (OSError, SyntaxError) as err:
-        raise DatasetError(f"cannot read the header of image {path}: {err}; replace or remove the file") from err
+        raise DatasetError(f"cannot read the header of image {path}: {err}") from err
 
 
 def find_image(images_dir: Path, stem: str) -> Path | None:
@@ -68,11 +68,17 @@ class CocoBuilder:
         self._boxes: list[dict[str, Any]] = []
         self.dropped: Counter[str] = Counter()
         self.examples: list[str] = []
+        self.unreadable: list[str] = []  # images whose header cannot be read: the import fails, naming them all
 
     def add_image(self, path: Path, width: int | None = None, height: int | None = None) -> int:
-        """Register an image (its size read from the header when not given); returns its id."""
+        """Register an image (its size read from the header when not given); returns its id. An unreadable
+        image gets size 0 x 0 and is listed in ``unreadable``; :meth:`build` then fails naming every one."""
         if not width or not height:
-            width, height = image_size(path)
+            try:
+                width, height = image_size(path)
+            except DatasetError as err:
+                self.unreadable.append(str(err))
+                width = height = 0
         self._images.append((path, int(width), int(height)))
         return len(self._images)
 
@@ -101,6 +107,16 @@ class CocoBuilder:
 
     def build(self, out_file: str | Path) -> dict[str, Any]:
         """The COCO dict, with image paths as :func:`json_image_path` writes them for ``out_file``."""
+        if self.unreadable:
+            raise DatasetError(
+                f"{len(self.unreadable)} image(s) cannot be read; replace or remove them: "
+                + "; ".join(self.unreadable[:MAX_EXAMPLES])
+                + (
+                    f"; ... and {len(self.unreadable) - MAX_EXAMPLES} more"
+                    if len(self.unreadable) > MAX_EXAMPLES
+                    else ""
+                )
+            )
         out = Path(out_file)
         names = self.class_names if self.class_names is not None else sorted({b["name"] for b in self._boxes})
         category_ids = {name: i + 1 for i, name in enumerate(names)}

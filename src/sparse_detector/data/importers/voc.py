@@ -131,7 +131,12 @@ def import_voc(
     for annotation in parsed:
         image_id = builder.add_image(_image_of(annotation, images_dir))
         _, width, height = builder.image(image_id)
-        if annotation.width and annotation.height and (annotation.width, annotation.height) != (width, height):
+        if (
+            width
+            and annotation.width
+            and annotation.height
+            and (annotation.width, annotation.height) != (width, height)
+        ):
             resized.append(
                 f"{annotation.xml_file} <size> {annotation.width}x{annotation.height}, image {width}x{height}"
             )
