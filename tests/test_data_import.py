@@ -303,6 +303,19 @@ def test_data_check_on_clean_and_broken_sets(tmp_path: Path, capsys: pytest.Capt
     assert "not valid JSON" in check_dataset(tmp_path / "not.json").fatal
 
 
+def test_data_check_notes_exif_orientation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An image a viewer would turn (EXIF orientation 6) is named: its boxes are read on the stored pixels."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.effect_noise((40, 30), 60).convert("RGB").save(tmp_path / "phone.jpg", exif=exif)
+    write_image(tmp_path / "plain.jpg")
+    write_text(tmp_path / "boxes.csv", "phone.jpg,1,1,20,20,cell\nplain.jpg,1,1,20,20,cell\n")
+    assert main(["data", "import", "csv", str(tmp_path / "boxes.csv"), "--out", str(tmp_path / "out.json")]) == 0
+    out = capsys.readouterr().out
+    assert "EXIF: 1 image(s) carry an orientation tag" in out and "phone.jpg" in out and "plain.jpg'" not in out
+    assert check_dataset(tmp_path / "out.json", decode=False).exif_turned == []
+
+
 def test_unreadable_image_error_or_counted_skip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = broken_set(tmp_path, bad_box=False)
     with pytest.raises(DatasetError, match=r"cannot read image .*cut.jpg \(image id 2\).*data.on_invalid=skip"):

@@ -327,10 +327,14 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self._records)
 
+    def image_path(self, index: int) -> Path:
+        """The file of image ``index``."""
+        return self.images_dir / self._records[index].file_name
+
     def load_image(self, index: int) -> Image.Image:
         """Decode image ``index`` as RGB, raising ``DatasetError`` naming the file if it is unreadable."""
         record = self._records[index]
-        path = self.images_dir / record.file_name
+        path = self.image_path(index)
         try:
             with Image.open(path) as img:
                 image = to_rgb(img)
