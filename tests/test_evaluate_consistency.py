@@ -144,6 +144,20 @@ def test_predict_writes_every_good_image_then_fails(run: Path, tmp_path: Path, c
     assert len(loaded.getAnnIds()) == len(results) == 20 and {r["image_id"] for r in results} == {1, 2}
 
 
+def test_predict_pictures_of_inputs_sharing_a_stem_are_all_kept(run: Path, tmp_path: Path) -> None:
+    """a.png, a.jpg and another folder's a.png each get their own picture (they overwrote one another)."""
+    source = sorted((run.parent / "data" / "images").glob("*.png"))[0]
+    inputs = [tmp_path / "a.png", tmp_path / "a.jpg", tmp_path / "more" / "a.png"]
+    (tmp_path / "more").mkdir()
+    for path in inputs:
+        Image.open(source).save(path)
+    argv = ["predict", "--checkpoint", str(run), "--device", "cpu", *map(str, inputs), "--output", str(tmp_path / "p")]
+    assert main(argv) == 0
+    records = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert [Path(r["picture"]).name for r in records] == ["a_png_pred.png", "a_jpg_pred.png", "a_png_2_pred.png"]
+    assert all(Path(r["picture"]).is_file() for r in records)
+
+
 def test_predict_with_image_ids_scores_like_evaluate(run: Path, tmp_path: Path, capsys) -> None:
     stats = evaluate_at(run, 2, tmp_path)
     gt_file = Path(stats["data"])

@@ -494,8 +494,8 @@ def _predict(args: argparse.Namespace) -> int:
             )
         device = resolve_device(args.device)
 
-        def draw_attention(path: Path, image: object, queries: list[int]) -> Path | None:
-            return detection_attention(loaded, image, queries, Path(args.output) / f"{path.stem}_attention", device)
+        def draw_attention(name: str, image: object, queries: list[int]) -> Path | None:
+            return detection_attention(loaded, image, queries, Path(args.output) / f"{name}_attention", device)
 
     result = predict_images(
         loaded,
