@@ -162,11 +162,17 @@ def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pyte
     write_image(tmp_path / "images" / "train" / "q.jpg", 100, 50)
     write_text(tmp_path / "labels" / "train" / "a" / "p.txt", "0 0.1 0.2 0.3 0.2 0.2 0.6\n")
     write_text(tmp_path / "labels" / "train" / "q.txt", "")  # an empty label file: an image without boxes
+    write_text(tmp_path / "labels" / "train" / "r.txt", "0 0.049999 0.5 0.1 0.2\n")  # 6 decimals: x0 = -1e-6
+    write_image(tmp_path / "images" / "train" / "r.jpg", 100, 50)
     write_text(tmp_path / "labels" / "train" / "gone.txt", "0 0.5 0.5 0.2 0.2\n")
     (tmp_path / "classes.txt").write_text("car\n")
     with caplog.at_level(logging.WARNING):
         coco = import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt")
-    assert boxes_by_image(coco) == {"p.jpg": [("car", [10.0, 10.0, 20.0, 20.0])], "q.jpg": []}
+    assert boxes_by_image(coco) == {
+        "p.jpg": [("car", [10.0, 10.0, 20.0, 20.0])],
+        "q.jpg": [],
+        "r.jpg": [("car", [0.0, 20.0, 9.9999, 10.0])],  # on the border, not 'reaching past' it
+    }
     assert coco["info"]["stats"]["label_files_without_image"] == 1 and "gone.txt" in caplog.text
     write_text(tmp_path / "images" / "train" / "notes.jpg", "not an image")
     write_text(tmp_path / "images" / "train" / "a" / "broken.png", "")

@@ -59,9 +59,14 @@ def _yolo_box(fields: list[str], where: str) -> tuple[int, tuple[float, float, f
         )
     if len(fields) == 5:
         cx, cy, w, h = values
-        return index, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
-    xs, ys = values[0::2], values[1::2]
-    return index, (min(xs), min(ys), max(xs), max(ys))
+        box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+    else:
+        xs, ys = values[0::2], values[1::2]
+        box = (min(xs), min(ys), max(xs), max(ys))
+    # an edge past the border by rounding only (labels written with few decimals) is on the border
+    return index, tuple(
+        min(max(v, 0.0), 1.0) if -COORDINATE_TOLERANCE <= v <= 1 + COORDINATE_TOLERANCE else v for v in box
+    )
 
 
 def _yolo_boxes(label_file: Path, width: int, height: int, names: Sequence[str]) -> list[tuple[str, tuple, str]]:
