@@ -100,9 +100,12 @@ def test_voc_any_layout_matched_by_file_name(tmp_path: Path) -> None:
         "two.JPG": [("wbc", [0.0, 0.0, 50.0, 40.0])],
     }
     assert [(i["width"], i["height"]) for i in coco["images"]] == [(40, 30), (50, 40)]  # size read from the file
-    (tmp_path / "list.txt").write_text("two\n")
+    write_image(tmp_path / "photos" / "frame.001.jpg")
+    write_text(tmp_path / "labels" / "frame.001.xml", voc_xml([("rbc", (3, 4, 13, 14), 0)]))
+    (tmp_path / "list.txt").write_text("two\nframe.001\n")  # a dot inside a stem is no suffix
     only = import_voc(tmp_path / "labels", tmp_path / "two.json", tmp_path / "photos", list_file=tmp_path / "list.txt")
-    assert len(only["images"]) == 1
+    assert [Path(i["file_name"]).name for i in only["images"]] == ["two.JPG", "frame.001.jpg"]
+    (tmp_path / "labels" / "frame.001.xml").unlink()
     with pytest.raises(DatasetError, match=r"one.xml: no image for it in .*labels.*--images"):
         import_voc(tmp_path / "labels", tmp_path / "x.json")
     # through the CLI, from another working directory: the JSON still finds its images

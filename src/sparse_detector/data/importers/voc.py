@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..coco import MAX_EXAMPLES, DatasetError
-from .common import CocoBuilder, find_image, read_list_file, write_coco
+from .common import IMAGE_SUFFIXES, CocoBuilder, find_image, read_list_file, write_coco
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,13 @@ def _image_of(annotation: VocAnnotation, images_dir: Path) -> Path:
     return found
 
 
+def _without_file_suffix(name: str) -> str:
+    """A list file's entry without an image or ``.xml`` suffix, if it has one; dots inside a stem (``frame.001``)
+    stay."""
+    suffix = Path(name).suffix
+    return name[: -len(suffix)] if suffix.lower() in (*IMAGE_SUFFIXES, ".xml") else name
+
+
 def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
     if not annotations_dir.is_dir():
         raise DatasetError(f"annotations folder {annotations_dir} does not exist")
@@ -96,7 +103,7 @@ def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
         if not files:
             raise DatasetError(f"no .xml files in {annotations_dir}")
         return files
-    files = [annotations_dir / f"{Path(stem).stem}.xml" for stem in read_list_file(list_file)]
+    files = [annotations_dir / f"{_without_file_suffix(name)}.xml" for name in read_list_file(list_file)]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise DatasetError(
