@@ -202,6 +202,10 @@ def test_csv(tmp_path: Path) -> None:
         "b.jpg": [],
     }
     assert load(tmp_path / "out.json")["images"][0]["file_name"] == "img/a.jpg"  # inside the output's folder
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(DatasetError, match=r"folder is a folder; the output is a JSON file, e.g. .*annotations.json"):
+        import_csv(table, tmp_path / "folder")
+    assert not list(tmp_path.glob(".*partial"))
     table.write_text("img/a.jpg,1,2,x,22,cell\n")
     with pytest.raises(DatasetError, match=r"boxes.csv:1: x1,y1,x2,y2 must be numbers"):
         import_csv(table, tmp_path / "out.json")

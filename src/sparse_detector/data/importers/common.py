@@ -173,6 +173,8 @@ class CocoBuilder:
 def write_coco(coco: dict[str, Any], out_file: str | Path) -> dict[str, Any]:
     """Write a COCO dict as JSON atomically; returns it."""
     out = Path(out_file)
+    if out.is_dir():
+        raise DatasetError(f"{out} is a folder; the output is a JSON file, e.g. {out / 'annotations.json'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     partial.write_text(json.dumps(coco))
