@@ -202,6 +202,13 @@ def test_csv(tmp_path: Path) -> None:
         "b.jpg": [],
     }
     assert load(tmp_path / "out.json")["images"][0]["file_name"] == "img/a.jpg"  # inside the output's folder
+    table.write_text(
+        "img/a.jpg,1,2,11,22,cell\n./img/a.jpg,0,0,5,5,dirt\ngone.jpg,1,1,2,2,x\nimg/b.jpg,,,,,\nlost.jpg,,,,,\n"
+    )
+    with pytest.raises(DatasetError, match=r"2 row\(s\) name an image that does not exist .*:3: .*gone.jpg; .*:5: "):
+        import_csv(table, tmp_path / "out.json")
+    table.write_text("img/a.jpg,1,2,11,22,cell\n./img/a.jpg,0,0,5,5,dirt\n")  # one image, however spelt
+    assert len(import_csv(table, tmp_path / "out.json")["images"]) == 1
     (tmp_path / "folder").mkdir()
     with pytest.raises(DatasetError, match=r"folder is a folder; the output is a JSON file, e.g. .*annotations.json"):
         import_csv(table, tmp_path / "folder")

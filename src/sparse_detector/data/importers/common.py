@@ -28,6 +28,12 @@ def image_size(path: Path) -> tuple[int, int]:
         raise DatasetError(f"cannot read the header of image {path}: {err}") from err
 
 
+def listing(items: Sequence[str]) -> str:
+    """The first few of ``items``, '; '-separated, and how many more there are."""
+    more = f"; ... and {len(items) - MAX_EXAMPLES} more" if len(items) > MAX_EXAMPLES else ""
+    return "; ".join(items[:MAX_EXAMPLES]) + more
+
+
 def find_image(images_dir: Path, stem: str) -> Path | None:
     """The image ``<stem>.<suffix>`` in ``images_dir`` for any usual image suffix (either case), if there is one."""
     for suffix in IMAGE_SUFFIXES:
@@ -109,13 +115,7 @@ class CocoBuilder:
         """The COCO dict, with image paths as :func:`json_image_path` writes them for ``out_file``."""
         if self.unreadable:
             raise DatasetError(
-                f"{len(self.unreadable)} image(s) cannot be read; replace or remove them: "
-                + "; ".join(self.unreadable[:MAX_EXAMPLES])
-                + (
-                    f"; ... and {len(self.unreadable) - MAX_EXAMPLES} more"
-                    if len(self.unreadable) > MAX_EXAMPLES
-                    else ""
-                )
+                f"{len(self.unreadable)} image(s) cannot be read; replace or remove them: {listing(self.unreadable)}"
             )
         out = Path(out_file)
         names = self.class_names if self.class_names is not None else sorted({b["name"] for b in self._boxes})

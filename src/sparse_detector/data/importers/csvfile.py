@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..coco import DatasetError
-from .common import CocoBuilder
+from .common import CocoBuilder, listing
 
 # The columns, in the order of a file without a header, and the header names each is known by.
 COLUMNS = {
@@ -49,7 +49,8 @@ def import_csv(csv_file: str | Path, out_file: str | Path, images_dir: str | Pat
         raise DatasetError(f"CSV file {csv_file} does not exist")
     images_dir = Path(images_dir) if images_dir else csv_file.parent
     builder = CocoBuilder(str(csv_file))
-    image_ids: dict[str, int] = {}
+    image_ids: dict[Path, int] = {}  # by resolved path: "a.jpg" and "./a.jpg" are one image
+    missing: list[str] = []
     positions, width = list(range(len(COLUMNS))), len(COLUMNS)
     with open(csv_file, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         for number, row in enumerate(csv.reader(f), start=1):
@@ -65,11 +66,12 @@ def import_csv(csv_file: str | Path, out_file: str | Path, images_dir: str | Pat
                     f"the header), got {len(row)}: {row}"
                 )
             name, *coordinates, label = (row[at].strip() for at in positions)
-            if name not in image_ids:
-                path = images_dir / name
+            path = (images_dir / name).resolve()
+            if path not in image_ids:
                 if not path.is_file():
-                    raise DatasetError(f"{where}: image {path} does not exist (paths are relative to {images_dir})")
-                image_ids[name] = builder.add_image(path)
+                    missing.append(f"{where}: {images_dir / name}")
+                    continue
+                image_ids[path] = builder.add_image(images_dir / name)
             if not any(coordinates) and not label:
                 continue  # an image without boxes
             try:
@@ -78,7 +80,12 @@ def import_csv(csv_file: str | Path, out_file: str | Path, images_dir: str | Pat
                 raise DatasetError(f"{where}: x1,y1,x2,y2 must be numbers, got {coordinates}") from None
             if not label:
                 raise DatasetError(f"{where}: the label is empty")
-            builder.add_box(image_ids[name], label, box, where)
+            builder.add_box(image_ids[path], label, box, where)
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} row(s) name an image that does not exist (paths are relative to {images_dir}; pass "
+            f"the folder with --images DIR): {listing(missing)}"
+        )
     if not image_ids:
         raise DatasetError(f"{csv_file} holds no rows; expected file,x1,y1,x2,y2,label")
     return builder.write(out_file)
