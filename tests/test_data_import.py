@@ -152,6 +152,9 @@ def test_yolo_with_classes_txt_and_data_yaml(tmp_path: Path) -> None:
         coco = import_yolo(tmp_path / "images" / "train", tmp_path / f"{classes}.json", tmp_path / classes)
         assert boxes_by_image(coco) == expected
         assert [c["name"] for c in coco["categories"]] == ["car", "person"]
+    (tmp_path / "gaps.yaml").write_text("names:\n  0: car\n  2: person\n")  # index 1 would be read as person
+    with pytest.raises(DatasetError, match=r"gaps.yaml: the class indices of 'names:' \[0, 2\] are not 0..1"):
+        import_yolo(tmp_path / "images" / "train", tmp_path / "gaps.json", tmp_path / "gaps.yaml")
     (tmp_path / "labels" / "train" / "q.txt").write_text("7 0.5 0.5 0.1 0.1\n")
     with pytest.raises(DatasetError, match=r"q.txt:1: class index 7 is outside the 2 class names"):
         import_yolo(tmp_path / "images" / "train", tmp_path / "bad.json", tmp_path / "classes.txt")

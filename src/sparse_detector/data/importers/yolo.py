@@ -33,6 +33,11 @@ def read_class_names(path: str | Path) -> list[str]:
     if path.suffix in (".yaml", ".yml"):
         names = (yaml.safe_load(path.read_text()) or {}).get("names")
         if isinstance(names, dict):
+            if sorted(map(int, names)) != list(range(len(names))):
+                raise DatasetError(
+                    f"{path}: the class indices of 'names:' {sorted(map(int, names))} are not 0..{len(names) - 1}; "
+                    "a label's class index is its position, so give every index from 0 up a name"
+                )
             return [str(names[k]) for k in sorted(names, key=int)]
         if not isinstance(names, list):
             raise DatasetError(f"{path}: expected 'names:' as a list or an index -> name mapping, got {names!r}")
