@@ -120,6 +120,18 @@ def test_saved_detections_score_the_same_in_pycocotools(run: Path, tmp_path: Pat
     assert curves["precision"].shape == (10, 101, 4) and list(curves["category_ids"]) == [1, 2, 3, 4]
 
 
+def test_evaluate_on_data_with_other_categories_is_an_error(run: Path, tmp_path: Path, capsys) -> None:
+    """The same category ids naming other classes (another data set) would score one class as another."""
+    data = json.loads(Path(evaluate_at(run, 3, tmp_path)["data"]).read_text())
+    data["categories"] = [{**c, "name": f"cell{c['id']}"} for c in data["categories"]]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    argv = ["evaluate", "--checkpoint", str(run), "--device", "cpu", "--annotations", str(other)]
+    assert main([*argv, "--images", str(run.parent / "data" / "images"), "--output", str(tmp_path / "e.json")]) == 2
+    assert "(checkpoint vs data: id 1: 'red' vs 'cell1'; id 2: 'green' vs 'cell2'" in capsys.readouterr().err
+    assert not (tmp_path / "e.json").exists()
+
+
 def test_predict_writes_every_good_image_then_fails(run: Path, tmp_path: Path, capsys) -> None:
     images = sorted((run.parent / "data" / "images").glob("*.png"))[:2]
     broken = tmp_path / "broken.jpg"

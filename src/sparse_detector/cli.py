@@ -23,6 +23,8 @@ from .config import Config, load_config, override_config
 from .runs import CONFIG_FILE, EVAL_FILE
 
 if TYPE_CHECKING:
+    from .data.coco import CocoDetection
+    from .data.labels import LabelMap
     from .engine.inference import LoadedModel
 
 log = logging.getLogger("sparse_detector")
@@ -299,6 +301,18 @@ def add_evaluate_command(commands: Subparsers) -> None:
     )
 
 
+def _check_categories(label_map: LabelMap, dataset: CocoDetection) -> None:
+    """A checkpoint scored on a data set whose category ids name other classes would count one class as another."""
+    from .data.coco import DatasetError
+
+    if differences := label_map.differences(dataset.labels):
+        raise DatasetError(
+            f"the checkpoint's categories are not those of {dataset.annotation_file} (checkpoint vs data: "
+            f"{'; '.join(differences[:5])}), so one class would be scored as another; use data with the categories "
+            "(ids and names) the checkpoint was trained on"
+        )
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from .data.build import build_dataset, build_loader
     from .engine.coco_eval import format_per_class_table, format_table
@@ -309,6 +323,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     config = _evaluation_config(loaded.config, args)
     device = resolve_device(args.device)
     dataset = build_dataset(config, "val")
+    _check_categories(loaded.label_map, dataset)
     loader = build_loader(dataset, config, train=False)
     evaluation = run_evaluation(loaded.model.to(device), None, loader, device, loaded.label_map, _show_progress(args))
     print(f"{loaded.source} on {dataset.annotation_file} ({len(dataset)} images)")
@@ -384,6 +399,7 @@ def _analyze(args: argparse.Namespace) -> int:
     config = _evaluation_config(loaded.config, args)
     device = resolve_device(args.device)
     dataset = build_dataset(config, "val")
+    _check_categories(loaded.label_map, dataset)
     sites = [site.name for site in select_sites(loaded.model, args.sites)]  # an unknown name lists the model's
     stats, aggregator = analyze(
         loaded.model.to(device),

@@ -65,6 +65,19 @@ class LabelMap:
             "category_names": list(self.category_names),
         }
 
+    def differences(self, data: LabelMap) -> list[str]:
+        """Why this map's predictions cannot be scored on a data set with map ``data``: each category id named
+        differently there, or that none of its ids is there; empty when they fit or this map holds no names
+        (official checkpoints). Ids only one side has are fine (a data set may hold a subset)."""
+        ours = {self.category_id(label): name for label, name in enumerate(self.category_names) if name != "N/A"}
+        theirs = {data.category_id(label): name for label, name in enumerate(data.category_names) if name != "N/A"}
+        if not ours or not theirs:
+            return []
+        shared = sorted(ours.keys() & theirs.keys())
+        if not shared:
+            return [f"none of the category ids {sorted(ours)} is among the data set's {sorted(theirs)}"]
+        return [f"id {i}: {ours[i]!r} vs {theirs[i]!r}" for i in shared if ours[i] != theirs[i]]
+
     @property
     def evaluator_map(self) -> dict[int, int] | None:
         """label -> category id for the COCO evaluator; ``None`` when labels are category ids already."""
