@@ -591,7 +591,7 @@ def add_data_import_command(tools: Subparsers) -> None:
         "  voc   standard: VOC_ROOT --split trainval; any layout: --annotations XML_DIR [--images DIR] [--list FILE]\n"
         "        (XML matched to images by <filename>, else by file name)\n"
         "  yolo  --images DIR --classes classes.txt|data.yaml [--labels DIR] (one <stem>.txt per image)\n"
-        "  csv   CSV_FILE [--images DIR]: rows file,x1,y1,x2,y2,label in pixels\n"
+        "  csv   CSV_FILE [--images DIR] [--classes FILE]: rows file,x1,y1,x2,y2,label in pixels\n"
         "  coco  JSON_FILE [--images DIR]: ids renumbered where needed, image paths rewritten\n"
         "The output is written only where --out says; image paths in it are absolute or relative to it."
     )
@@ -602,7 +602,7 @@ def add_data_import_command(tools: Subparsers) -> None:
     parser.add_argument("--annotations", help="voc: folder of XML files (any layout)")
     parser.add_argument("--list", help="voc: file listing the image names (stems) to import")
     parser.add_argument("--split", default="trainval", help="voc standard layout: ImageSets/Main/<split>.txt")
-    parser.add_argument("--classes", help="yolo: classes.txt or data.yaml; voc: file fixing the class order")
+    parser.add_argument("--classes", help="yolo: classes.txt or data.yaml; voc, csv: file fixing the class order")
     parser.add_argument("--labels", help="yolo: folder of label .txt files (default: found next to the images)")
     parser.add_argument("--exclude-difficult", action="store_true", help="voc: mark difficult objects as ignored")
     parser.add_argument("--no-decode", action="store_true", help="skip decoding every image in the check after import")
@@ -631,7 +631,8 @@ def _import_to_coco(args: argparse.Namespace) -> dict:
             images, args.out, need(args.classes, "--classes classes.txt|data.yaml"), args.labels
         )
     if args.format == "csv":
-        return importers.import_csv(need(args.source, "the CSV file"), args.out, args.images)
+        classes = importers.read_class_names(args.classes) if args.classes else None
+        return importers.import_csv(need(args.source, "the CSV file"), args.out, args.images, classes)
     return importers.import_coco(need(args.source, "the COCO JSON file"), args.out, args.images)
 
 

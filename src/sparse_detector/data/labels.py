@@ -66,17 +66,12 @@ class LabelMap:
         }
 
     def differences(self, data: LabelMap) -> list[str]:
-        """Why this map's predictions cannot be scored on a data set with map ``data``: each category id named
-        differently there, or that none of its ids is there; empty when they fit or this map holds no names
-        (official checkpoints). Ids only one side has are fine (a data set may hold a subset)."""
+        """Why this map's predictions cannot be scored on a data set with map ``data``: each of its category ids
+        that is named differently there or is absent; empty when they fit or this map holds no names (official
+        checkpoints). Categories only the data set has are fine."""
         ours = {self.category_id(label): name for label, name in enumerate(self.category_names) if name != "N/A"}
         theirs = {data.category_id(label): name for label, name in enumerate(data.category_names) if name != "N/A"}
-        if not ours or not theirs:
-            return []
-        shared = sorted(ours.keys() & theirs.keys())
-        if not shared:
-            return [f"none of the category ids {sorted(ours)} is among the data set's {sorted(theirs)}"]
-        return [f"id {i}: {ours[i]!r} vs {theirs[i]!r}" for i in shared if ours[i] != theirs[i]]
+        return [f"id {i}: {name!r} vs {theirs.get(i, 'absent')!r}" for i, name in ours.items() if theirs.get(i) != name]
 
     @property
     def evaluator_map(self) -> dict[int, int] | None:

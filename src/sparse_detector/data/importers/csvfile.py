@@ -9,6 +9,7 @@ with an image but empty box fields marks an image without boxes. Image paths are
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +42,19 @@ def _column_positions(header: list[str], where: str) -> list[int]:
     )
 
 
-def import_csv(csv_file: str | Path, out_file: str | Path, images_dir: str | Path | None = None) -> dict[str, Any]:
-    """Rows ``file,x1,y1,x2,y2,label`` (or named in a header) -> COCO JSON at ``out_file``; classes sorted by
-    name."""
+def import_csv(
+    csv_file: str | Path,
+    out_file: str | Path,
+    images_dir: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Rows ``file,x1,y1,x2,y2,label`` (or named in a header) -> COCO JSON at ``out_file``. Classes: ``class_names``
+    (ids 1..C in that order; another label is an error), else sorted by name."""
     csv_file = Path(csv_file)
     if not csv_file.is_file():
         raise DatasetError(f"CSV file {csv_file} does not exist")
     images_dir = Path(images_dir) if images_dir else csv_file.parent
-    builder = CocoBuilder(str(csv_file))
+    builder = CocoBuilder(str(csv_file), class_names)
     image_ids: dict[Path, int] = {}  # by resolved path: "a.jpg" and "./a.jpg" are one image
     missing: list[str] = []
     positions, width = list(range(len(COLUMNS))), len(COLUMNS)
