@@ -188,6 +188,12 @@ def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pyte
         import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt")
     (tmp_path / "images" / "train" / "notes.jpg").unlink()
     (tmp_path / "images" / "train" / "a" / "broken.png").unlink()
+    with pytest.raises(DatasetError, match=r"labels folder .*nowhere does not exist"):
+        import_yolo(
+            tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt", tmp_path / "nowhere"
+        )
+    with pytest.raises(DatasetError, match=r"none of the 3 images .* has a label file in .*images.*--labels DIR"):
+        import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt", tmp_path / "images")
     for line, error in (("0 0.5 0.5 0.2 0.2 0.9", "got 6 fields"), ("0 50 20 10 10", r"not all in \[0, 1\]")):
         write_text(tmp_path / "labels" / "train" / "q.txt", f"0 0.5 0.5 0.2 0.2\n{line}\n")
         with pytest.raises(DatasetError, match=rf"q.txt:2: .*{error}"):

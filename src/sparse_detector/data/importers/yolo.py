@@ -117,6 +117,8 @@ def import_yolo(
     if not images_dir.is_dir():
         raise DatasetError(f"images folder {images_dir} does not exist")
     labels_dir = Path(labels_dir) if labels_dir else _default_labels_dir(images_dir)
+    if not labels_dir.is_dir():
+        raise DatasetError(f"labels folder {labels_dir} does not exist")
     names = read_class_names(classes)
     images = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
@@ -129,6 +131,11 @@ def import_yolo(
             _, width, height = builder.image(image_id)
             for name, box, where in _yolo_boxes(label_file, width, height, names):
                 builder.add_box(image_id, name, box, where)
+    if not any(label_file.is_file() for label_file in label_files):
+        raise DatasetError(
+            f"none of the {len(images)} images of {images_dir} has a label file in {labels_dir} (e.g. "
+            f"{label_files[0]}); pass the folder of the .txt labels with --labels DIR"
+        )
     coco = builder.build(out_file)
     expected, classes_file = set(label_files), Path(classes).resolve()
     unmatched = sorted(f for f in labels_dir.rglob("*.txt") if f not in expected and f.resolve() != classes_file)
