@@ -128,6 +128,19 @@ def test_voc_any_layout_matched_by_file_name(tmp_path: Path) -> None:
     assert len(CocoDetection(None, out)) == 2
 
 
+def test_voc_xml_in_subfolders_and_images_without_xml_are_named(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """Nothing is left out without a word: XML files in subfolders (not read) and images no XML describes."""
+    for stem in ("a", "b"):
+        write_image(tmp_path / "photos" / f"{stem}.jpg")
+    write_text(tmp_path / "xml" / "a.xml", voc_xml([("rbc", (3, 4, 13, 14), 0)]))
+    write_text(tmp_path / "xml" / "later" / "b.xml", voc_xml([("rbc", (3, 4, 13, 14), 0)]))
+    with caplog.at_level(logging.WARNING):
+        coco = import_voc(tmp_path / "xml", tmp_path / "out.json", tmp_path / "photos")
+    assert len(coco["images"]) == 1 and coco["info"]["stats"]["images_without_xml"] == 1
+    assert "1 XML file(s) in its subfolders are not read" in caplog.text and "later/b.xml" in caplog.text
+    assert "1 image(s) have no XML and are not imported" in caplog.text and "b.jpg" in caplog.text
+
+
 def test_voc_size_that_differs_from_the_image(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """An XML <size> that is not the image's size: the JSON takes the image's (so data check and training read
     it), and the XML is named in a warning and counted, rather than `data check` asking to fix the JSON."""

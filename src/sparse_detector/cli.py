@@ -647,6 +647,8 @@ def _data_import(args: argparse.Namespace) -> int:
         print(f"boxes from segmentation: {stats['boxes_from_segmentation']} annotation(s) had no bbox")
     if stats.get("size_differs_from_xml"):
         print(f"sizes: {stats['size_differs_from_xml']} image(s) differ from their XML <size> (listed above)")
+    if stats.get("images_without_xml"):
+        print(f"not imported: {stats['images_without_xml']} image(s) without an XML file (listed above)")
     if stats.get("label_files_without_image"):
         print(f"not imported: {stats['label_files_without_image']} label file(s) without an image (listed above)")
     report = check_dataset(args.out, decode=not args.no_decode)

@@ -102,6 +102,13 @@ def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
         files = sorted(annotations_dir.glob("*.xml"))
         if not files:
             raise DatasetError(f"no .xml files in {annotations_dir}")
+        if nested := [str(f) for f in annotations_dir.glob("*/**/*.xml")]:
+            logger.warning(
+                "%s: %d XML file(s) in its subfolders are not read (pass such a folder with --annotations), e.g. %s",
+                annotations_dir,
+                len(nested),
+                nested[:MAX_EXAMPLES],
+            )
         return files
     files = [annotations_dir / f"{_without_file_suffix(name)}.xml" for name in read_list_file(list_file)]
     missing = [f.name for f in files if not f.is_file()]
@@ -110,6 +117,14 @@ def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
             f"{list_file}: {len(missing)} listed image(s) have no XML in {annotations_dir}, e.g. {missing[:5]}"
         )
     return files
+
+
+def _images_without_xml(images_dir: Path, matched: list[Path]) -> list[str]:
+    """The images of ``images_dir`` that no XML file describes."""
+    taken = {path.resolve() for path in matched}
+    return sorted(
+        str(p) for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.resolve() not in taken
+    )
 
 
 def import_voc(
@@ -135,15 +150,13 @@ def import_voc(
     parsed = [parse_voc_xml(f) for f in _xml_files(annotations_dir, Path(list_file) if list_file else None)]
     builder = CocoBuilder(str(annotations_dir), class_names)
     resized: list[str] = []
+    matched: list[Path] = []
     for annotation in parsed:
-        image_id = builder.add_image(_image_of(annotation, images_dir))
+        matched.append(_image_of(annotation, images_dir))
+        image_id = builder.add_image(matched[-1])
         _, width, height = builder.image(image_id)
-        if (
-            width
-            and annotation.width
-            and annotation.height
-            and (annotation.width, annotation.height) != (width, height)
-        ):
+        xml_size = (annotation.width, annotation.height)
+        if width and all(xml_size) and xml_size != (width, height):
             resized.append(
                 f"{annotation.xml_file} <size> {annotation.width}x{annotation.height}, image {width}x{height}"
             )
@@ -163,6 +176,14 @@ def import_voc(
                 iscrowd=ignore,
                 ignore=ignore,
             )
+    unlabelled = _images_without_xml(images_dir, matched) if list_file is None else []
+    if unlabelled:
+        logger.warning(
+            "%s: %d image(s) have no XML and are not imported, e.g. %s",
+            images_dir,
+            len(unlabelled),
+            unlabelled[:MAX_EXAMPLES],
+        )
     if resized:
         logger.warning(
             "%s: %d image(s) are not the size their XML says; the JSON takes the image's size and the boxes as they "
@@ -173,6 +194,7 @@ def import_voc(
         )
     coco = builder.build(out_file)
     coco["info"]["stats"]["size_differs_from_xml"] = len(resized)
+    coco["info"]["stats"]["images_without_xml"] = len(unlabelled)
     return write_coco(coco, out_file)
 
 
