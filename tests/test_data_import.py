@@ -275,7 +275,8 @@ def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
 
 
 def test_coco_segmentation_only_repeated_ids_and_wrong_images_folder(tmp_path: Path) -> None:
-    """A box is taken from a polygon or RLE segmentation when there is no bbox; a repeated image id (which
+    """A box is taken from a polygon or RLE segmentation when there is no bbox, a size from the file when there is
+    none; a repeated image id (which
     annotations cannot be matched to) and an images folder holding none of the files are errors saying what to do."""
     write_image(tmp_path / "pics" / "a.jpg")
     rle = {"size": [30, 40], "counts": [2 * 30 + 3, 4, 26, 4, 23 + 30 * 36]}  # columns 2-3 filled, rows 3-6
@@ -289,6 +290,11 @@ def test_coco_segmentation_only_repeated_ids_and_wrong_images_folder(tmp_path: P
     coco = import_coco(tmp_path / "coco.json", tmp_path / "out.json", tmp_path / "pics")
     assert [a["bbox"] for a in coco["annotations"]] == [[1.0, 2.0, 10.0, 10.0], [2.0, 3.0, 2.0, 4.0]]
     assert coco["info"]["stats"]["boxes_from_segmentation"] == 2
+    source["images"][0].pop("width")  # some exporters leave the size out: read from the file
+    write_text(tmp_path / "coco.json", json.dumps(source))
+    coco = import_coco(tmp_path / "coco.json", tmp_path / "out.json", tmp_path / "pics")
+    assert (coco["images"][0]["width"], coco["images"][0]["height"]) == (40, 30)
+    assert coco["info"]["stats"]["sizes_from_files"] == 1
     with pytest.raises(DatasetError, match=r"none of the 1 images .* pass the folder .* with --images DIR"):
         import_coco(tmp_path / "coco.json", tmp_path / "out.json")
     source["images"].append({"id": 1, "file_name": "b.jpg", "width": 40, "height": 30})

@@ -643,6 +643,8 @@ def _data_import(args: argparse.Namespace) -> int:
     print(f"written: {args.out} ({stats['images']} images, {stats['annotations']} boxes)")
     if stats.get("dropped"):
         print(f"dropped: {stats['dropped']} (boxes with no or negative extent; listed in the warning above)")
+    if stats.get("sizes_from_files"):
+        print(f"sizes from files: {stats['sizes_from_files']} image(s) had no width/height")
     if stats.get("boxes_from_segmentation"):
         print(f"boxes from segmentation: {stats['boxes_from_segmentation']} annotation(s) had no bbox")
     if stats.get("size_differs_from_xml"):

@@ -10,7 +10,7 @@ from typing import Any
 from pycocotools import mask as mask_utils
 
 from ..coco import MAX_EXAMPLES, DatasetError, load_json
-from .common import json_image_path, write_coco
+from .common import image_size, json_image_path, write_coco
 
 
 def _needs_new_ids(entries: list[dict]) -> bool:
@@ -68,8 +68,8 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
     """Re-write a COCO instances JSON for this project: image, category and annotation ids renumbered 1..N
     where they are not unique positive integers (references follow; a repeated image or category id is an
     error), ``file_name`` made absolute or relative to ``out_file``, a missing ``bbox`` taken from the
-    segmentation. Boxes and images are checked by :func:`~sparse_detector.data.check.check_dataset`
-    (``data import`` and ``data check`` run it).
+    segmentation, a missing ``width`` / ``height`` from the image file. Boxes and images are checked by
+    :func:`~sparse_detector.data.check.check_dataset` (``data import`` and ``data check`` run it).
     """
     json_file = Path(json_file)
     if not json_file.is_file():
@@ -106,13 +106,19 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
             f"none of the {len(data['images'])} images of {json_file} is in {images_dir} (e.g. "
             f"{data['images'][0]['file_name']}); pass the folder its file names are relative to with --images DIR"
         )
+    sizes_read = 0
     for image in data["images"]:
-        image["file_name"] = json_image_path(images_dir / image["file_name"], Path(out_file))
+        path = images_dir / image["file_name"]
+        if not (image.get("width") and image.get("height")) and path.is_file():  # a missing file: data check lists it
+            image["width"], image["height"] = image_size(path)
+            sizes_read += 1
+        image["file_name"] = json_image_path(path, Path(out_file))
     data.setdefault("info", {})["stats"] = {
         "images": len(data["images"]),
         "annotations": len(data["annotations"]),
         "remapped_ids": remapped,
         "boxes_from_segmentation": boxes_from_segmentation,
+        "sizes_from_files": sizes_read,
         "source": str(json_file),
     }
     return write_coco(data, out_file)
