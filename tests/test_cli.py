@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from tqdm import tqdm
 
 from sparse_detector.cli import _close_progress_bars, build_parser, main
@@ -51,6 +53,40 @@ def test_preset_without_its_data_says_how_to_make_it(tmp_path: Path, monkeypatch
     err = capsys.readouterr().err
     assert "data of preset 'shapes_tiny' is not there yet" in err
     assert "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200" in err
+
+
+def test_own_annotations_with_the_presets_image_folder_name_the_key(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Overriding only data.*.annotations of a preset leaves its images folder, which the error names with the fix."""
+    monkeypatch.chdir(tmp_path)
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "cell"}]}
+    (tmp_path / "mine.json").write_text(json.dumps(coco))
+    overrides = ["data.train.annotations=mine.json", "data.val.annotations=mine.json"]
+    assert main(["train", "--config", "shapes_tiny", "--output-dir", "run", "--set", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "data/shapes/images is not a folder" in err and "data.train.images=" in err
+    assert """--set 'data.train.images=""'""" in err
+
+
+def test_train_and_val_with_other_category_ids_is_an_error_before_training(tmp_path: Path, capsys) -> None:
+    """Two CSV files imported apart number their classes apart (val lacks 'a'): an error up front naming the ids,
+    not a cryptic one at the first evaluation; importing both with the same --classes file fixes it."""
+    Image.new("RGB", (40, 30)).save(tmp_path / "x.jpg")
+    (tmp_path / "train.csv").write_text("x.jpg,1,1,9,9,a\nx.jpg,2,2,20,20,b\n")
+    (tmp_path / "val.csv").write_text("x.jpg,2,2,20,20,b\n")
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    for split, extra in (("train", []), ("val", []), ("val_fixed", ["--classes", str(tmp_path / "classes.txt")])):
+        source = tmp_path / f"{split.split('_')[0]}.csv"
+        assert main(["data", "import", "csv", str(source), "--out", str(tmp_path / f"{split}.json"), *extra]) == 0
+    overrides = [f"data.train.annotations={tmp_path / 'train.json'}", f"data.val.annotations={tmp_path / 'val.json'}"]
+    overrides += ['data.train.images=""', 'data.val.images=""', "model.num_classes=2", "train.epochs=1"]
+    run = ["train", "--config", "shapes_tiny", "--output-dir", str(tmp_path / "run"), "--set", *overrides]
+    capsys.readouterr()
+    assert main(run) == 2
+    assert (
+        "do not share their categories (train vs val: id 1: 'a' vs 'b'; id 2: 'b' vs 'absent')"
+        in capsys.readouterr().err
+    )
+    assert json.loads((tmp_path / "val_fixed.json").read_text())["categories"][1]["name"] == "b"
 
 
 def test_run_config_paths_are_absolute(tmp_path: Path, monkeypatch) -> None:

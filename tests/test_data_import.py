@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -99,9 +100,12 @@ def test_voc_any_layout_matched_by_file_name(tmp_path: Path) -> None:
         "two.JPG": [("wbc", [0.0, 0.0, 50.0, 40.0])],
     }
     assert [(i["width"], i["height"]) for i in coco["images"]] == [(40, 30), (50, 40)]  # size read from the file
-    (tmp_path / "list.txt").write_text("two\n")
+    write_image(tmp_path / "photos" / "frame.001.jpg")
+    write_text(tmp_path / "labels" / "frame.001.xml", voc_xml([("rbc", (3, 4, 13, 14), 0)]))
+    (tmp_path / "list.txt").write_text("two\nframe.001\n")  # a dot inside a stem is no suffix
     only = import_voc(tmp_path / "labels", tmp_path / "two.json", tmp_path / "photos", list_file=tmp_path / "list.txt")
-    assert len(only["images"]) == 1
+    assert [Path(i["file_name"]).name for i in only["images"]] == ["two.JPG", "frame.001.jpg"]
+    (tmp_path / "labels" / "frame.001.xml").unlink()
     with pytest.raises(DatasetError, match=r"one.xml: no image for it in .*labels.*--images"):
         import_voc(tmp_path / "labels", tmp_path / "x.json")
     # through the CLI, from another working directory: the JSON still finds its images
@@ -124,6 +128,31 @@ def test_voc_any_layout_matched_by_file_name(tmp_path: Path) -> None:
     assert len(CocoDetection(None, out)) == 2
 
 
+def test_voc_xml_in_subfolders_and_images_without_xml_are_named(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """Nothing is left out without a word: XML files in subfolders (not read) and images no XML describes."""
+    for stem in ("a", "b"):
+        write_image(tmp_path / "photos" / f"{stem}.jpg")
+    write_text(tmp_path / "xml" / "a.xml", voc_xml([("rbc", (3, 4, 13, 14), 0)]))
+    write_text(tmp_path / "xml" / "later" / "b.xml", voc_xml([("rbc", (3, 4, 13, 14), 0)]))
+    with caplog.at_level(logging.WARNING):
+        coco = import_voc(tmp_path / "xml", tmp_path / "out.json", tmp_path / "photos")
+    assert len(coco["images"]) == 1 and coco["info"]["stats"]["images_without_xml"] == 1
+    assert "1 XML file(s) in its subfolders are not read" in caplog.text and "later/b.xml" in caplog.text
+    assert "1 image(s) have no XML and are not imported" in caplog.text and "b.jpg" in caplog.text
+
+
+def test_voc_size_that_differs_from_the_image(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An XML <size> that is not the image's size: the JSON takes the image's (so data check and training read
+    it), and the XML is named in a warning and counted, rather than `data check` asking to fix the JSON."""
+    write_image(tmp_path / "a.jpg", 40, 30)
+    write_text(tmp_path / "a.xml", voc_xml([("rbc", (3, 4, 13, 14), 0)], size=(30, 40)))
+    with caplog.at_level(logging.WARNING):
+        coco = import_voc(tmp_path, tmp_path / "out.json")
+    assert (coco["images"][0]["width"], coco["images"][0]["height"]) == (40, 30)
+    assert coco["info"]["stats"]["size_differs_from_xml"] == 1 and "a.xml <size> 30x40, image 40x30" in caplog.text
+    assert check_dataset(tmp_path / "out.json").ok
+
+
 def test_yolo_with_classes_txt_and_data_yaml(tmp_path: Path) -> None:
     write_image(tmp_path / "images" / "train" / "p.jpg", 100, 50)
     write_image(tmp_path / "images" / "train" / "q.jpg", 100, 50)  # no label file: an image without boxes
@@ -136,9 +165,52 @@ def test_yolo_with_classes_txt_and_data_yaml(tmp_path: Path) -> None:
         coco = import_yolo(tmp_path / "images" / "train", tmp_path / f"{classes}.json", tmp_path / classes)
         assert boxes_by_image(coco) == expected
         assert [c["name"] for c in coco["categories"]] == ["car", "person"]
+    (tmp_path / "gaps.yaml").write_text("names:\n  0: car\n  2: person\n")  # index 1 would be read as person
+    with pytest.raises(DatasetError, match=r"gaps.yaml: the class indices of 'names:' \[0, 2\] are not 0..1"):
+        import_yolo(tmp_path / "images" / "train", tmp_path / "gaps.json", tmp_path / "gaps.yaml")
     (tmp_path / "labels" / "train" / "q.txt").write_text("7 0.5 0.5 0.1 0.1\n")
     with pytest.raises(DatasetError, match=r"q.txt:1: class index 7 is outside the 2 class names"):
         import_yolo(tmp_path / "images" / "train", tmp_path / "bad.json", tmp_path / "classes.txt")
+
+
+def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Images in subfolders are imported with their labels; a polygon line is its bounding box; a line of another
+    format (6 fields, pixels) is an error naming file and line; a label file without an image is counted; every
+    unreadable image is named in one error."""
+    write_image(tmp_path / "images" / "train" / "a" / "p.jpg", 100, 50)
+    write_image(tmp_path / "images" / "train" / "q.jpg", 100, 50)
+    write_text(tmp_path / "labels" / "train" / "a" / "p.txt", "0 0.1 0.2 0.3 0.2 0.2 0.6\n")
+    write_text(tmp_path / "labels" / "train" / "q.txt", "")  # an empty label file: an image without boxes
+    write_text(tmp_path / "labels" / "train" / "r.txt", "0 0.049999 0.5 0.1 0.2\n")  # 6 decimals: x0 = -1e-6
+    write_image(tmp_path / "images" / "train" / "r.jpg", 100, 50)
+    write_text(tmp_path / "labels" / "train" / "gone.txt", "0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "classes.txt").write_text("car\n")
+    with caplog.at_level(logging.WARNING):
+        coco = import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt")
+    assert boxes_by_image(coco) == {
+        "p.jpg": [("car", [10.0, 10.0, 20.0, 20.0])],
+        "q.jpg": [],
+        "r.jpg": [("car", [0.0, 20.0, 9.9999, 10.0])],  # on the border, not 'reaching past' it
+    }
+    assert coco["info"]["stats"]["label_files_without_image"] == 1 and "gone.txt" in caplog.text
+    write_text(tmp_path / "images" / "train" / "notes.jpg", "not an image")
+    write_text(tmp_path / "images" / "train" / "a" / "broken.png", "")
+    with pytest.raises(
+        DatasetError, match=r"2 image\(s\) cannot be read; replace or remove them: .*broken.png.*notes.jpg"
+    ):
+        import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt")
+    (tmp_path / "images" / "train" / "notes.jpg").unlink()
+    (tmp_path / "images" / "train" / "a" / "broken.png").unlink()
+    with pytest.raises(DatasetError, match=r"labels folder .*nowhere does not exist"):
+        import_yolo(
+            tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt", tmp_path / "nowhere"
+        )
+    with pytest.raises(DatasetError, match=r"none of the 3 images .* has a label file in .*images.*--labels DIR"):
+        import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt", tmp_path / "images")
+    for line, error in (("0 0.5 0.5 0.2 0.2 0.9", "got 6 fields"), ("0 50 20 10 10", r"not all in \[0, 1\]")):
+        write_text(tmp_path / "labels" / "train" / "q.txt", f"0 0.5 0.5 0.2 0.2\n{line}\n")
+        with pytest.raises(DatasetError, match=rf"q.txt:2: .*{error}"):
+            import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt")
 
 
 def test_csv(tmp_path: Path) -> None:
@@ -152,8 +224,38 @@ def test_csv(tmp_path: Path) -> None:
         "b.jpg": [],
     }
     assert load(tmp_path / "out.json")["images"][0]["file_name"] == "img/a.jpg"  # inside the output's folder
+    table.write_text(
+        "img/a.jpg,1,2,11,22,cell\n./img/a.jpg,0,0,5,5,dirt\ngone.jpg,1,1,2,2,x\nimg/b.jpg,,,,,\nlost.jpg,,,,,\n"
+    )
+    with pytest.raises(DatasetError, match=r"2 row\(s\) name an image that does not exist .*:3: .*gone.jpg; .*:5: "):
+        import_csv(table, tmp_path / "out.json")
+    table.write_text("img/a.jpg,1,2,11,22,cell\n./img/a.jpg,0,0,5,5,dirt\n")  # one image, however spelt
+    assert len(import_csv(table, tmp_path / "out.json")["images"]) == 1
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(DatasetError, match=r"folder is a folder; the output is a JSON file, e.g. .*annotations.json"):
+        import_csv(table, tmp_path / "folder")
+    assert not list(tmp_path.glob(".*partial"))
     table.write_text("img/a.jpg,1,2,x,22,cell\n")
     with pytest.raises(DatasetError, match=r"boxes.csv:1: x1,y1,x2,y2 must be numbers"):
+        import_csv(table, tmp_path / "out.json")
+
+
+def test_csv_named_columns_bom_inverted_boxes_and_wrong_separator(tmp_path: Path, caplog) -> None:
+    """A header may name and reorder the columns (TensorFlow-style export); Excel's BOM is no part of the first
+    file name; x2 < x1 is dropped as 'inverted' with a hint; a ';'-separated file is an error, not 'no rows'."""
+    write_image(tmp_path / "a.jpg")
+    table = tmp_path / "boxes.csv"
+    table.write_text("filename,width,height,class,xmin,ymin,xmax,ymax\na.jpg,40,30,cell,1,2,11,22\n")
+    assert boxes_by_image(import_csv(table, tmp_path / "out.json")) == {"a.jpg": [("cell", [1.0, 2.0, 10.0, 20.0])]}
+    table.write_text("\ufeffa.jpg,1,2,11,22,cell\na.jpg,30,2,10,22,cell\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        coco = import_csv(table, tmp_path / "out.json")
+    assert coco["info"]["stats"]["dropped"] == {"inverted": 1} and "not x,y,width,height?" in caplog.text
+    table.write_text("a.jpg;1;2;11;22;cell\n")
+    with pytest.raises(DatasetError, match=r"boxes.csv:1: expected 6 comma-separated fields .* got 1"):
+        import_csv(table, tmp_path / "out.json")
+    table.write_text("file,xmin,ymin,xmax,ymax\na.jpg,1,2,3,4\n")
+    with pytest.raises(DatasetError, match=r"boxes.csv:1: the header .* names no column for \['label'\]"):
         import_csv(table, tmp_path / "out.json")
 
 
@@ -170,6 +272,35 @@ def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
     assert coco["info"]["stats"]["remapped_ids"] == ["images", "categories", "annotations"]
     assert [(a["id"], a["image_id"], a["category_id"]) for a in coco["annotations"]] == [(1, 1, 1), (2, 1, 1)]
     assert len(CocoDetection(None, tmp_path / "out" / "coco.json")) == 1
+
+
+def test_coco_segmentation_only_repeated_ids_and_wrong_images_folder(tmp_path: Path) -> None:
+    """A box is taken from a polygon or RLE segmentation when there is no bbox, a size from the file when there is
+    none; a repeated image id (which
+    annotations cannot be matched to) and an images folder holding none of the files are errors saying what to do."""
+    write_image(tmp_path / "pics" / "a.jpg")
+    rle = {"size": [30, 40], "counts": [2 * 30 + 3, 4, 26, 4, 23 + 30 * 36]}  # columns 2-3 filled, rows 3-6
+    source = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[1, 2, 11, 2, 6, 12]]},
+                        {"id": 2, "image_id": 1, "category_id": 1, "segmentation": rle, "iscrowd": 1}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }  # fmt: skip
+    write_text(tmp_path / "coco.json", json.dumps(source))
+    coco = import_coco(tmp_path / "coco.json", tmp_path / "out.json", tmp_path / "pics")
+    assert [a["bbox"] for a in coco["annotations"]] == [[1.0, 2.0, 10.0, 10.0], [2.0, 3.0, 2.0, 4.0]]
+    assert coco["info"]["stats"]["boxes_from_segmentation"] == 2
+    source["images"][0].pop("width")  # some exporters leave the size out: read from the file
+    write_text(tmp_path / "coco.json", json.dumps(source))
+    coco = import_coco(tmp_path / "coco.json", tmp_path / "out.json", tmp_path / "pics")
+    assert (coco["images"][0]["width"], coco["images"][0]["height"]) == (40, 30)
+    assert coco["info"]["stats"]["sizes_from_files"] == 1
+    with pytest.raises(DatasetError, match=r"none of the 1 images .* pass the folder .* with --images DIR"):
+        import_coco(tmp_path / "coco.json", tmp_path / "out.json")
+    source["images"].append({"id": 1, "file_name": "b.jpg", "width": 40, "height": 30})
+    write_text(tmp_path / "coco.json", json.dumps(source))
+    with pytest.raises(DatasetError, match=r"more than once in 'images' \(id 1: \['a.jpg', 'b.jpg'\]\)"):
+        import_coco(tmp_path / "coco.json", tmp_path / "out.json", tmp_path / "pics")
 
 
 def broken_set(tmp_path: Path, bad_box: bool = True) -> Path:
@@ -204,7 +335,7 @@ def test_data_check_on_clean_and_broken_sets(tmp_path: Path, capsys: pytest.Capt
     assert not report.ok and report.images == 1 and report.clipped == 1
     assert report.problem_counts == {"missing_image": 1, "non_positive_size": 1, "bad_image": 2}
     assert any("image id 4: file" in p and "gone.jpg is missing" in p for p in report.problems)
-    assert any("annotation id 3" in p for p in report.problems)
+    assert any("annotation id 3 (image_id 1 on good.jpg," in p for p in report.problems)
     assert any("cut.jpg (image id 2)" in p for p in report.problems)
     assert any("sized.jpg (image id 3) is 40x30" in p for p in report.problems)
     assert main(["data", "check", str(tmp_path / "broken.json")]) == 1
@@ -218,6 +349,19 @@ def test_data_check_on_clean_and_broken_sets(tmp_path: Path, capsys: pytest.Capt
         CocoDetection(None, tmp_path / "broken.json")
     (tmp_path / "not.json").write_text("{")
     assert "not valid JSON" in check_dataset(tmp_path / "not.json").fatal
+
+
+def test_data_check_notes_exif_orientation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An image a viewer would turn (EXIF orientation 6) is named: its boxes are read on the stored pixels."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.effect_noise((40, 30), 60).convert("RGB").save(tmp_path / "phone.jpg", exif=exif)
+    write_image(tmp_path / "plain.jpg")
+    write_text(tmp_path / "boxes.csv", "phone.jpg,1,1,20,20,cell\nplain.jpg,1,1,20,20,cell\n")
+    assert main(["data", "import", "csv", str(tmp_path / "boxes.csv"), "--out", str(tmp_path / "out.json")]) == 0
+    out = capsys.readouterr().out
+    assert "EXIF: 1 image(s) carry an orientation tag" in out and "phone.jpg" in out and "plain.jpg'" not in out
+    assert check_dataset(tmp_path / "out.json", decode=False).exif_turned == []
 
 
 def test_unreadable_image_error_or_counted_skip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -239,6 +383,18 @@ def test_unreadable_image_error_or_counted_skip(tmp_path: Path, caplog: pytest.L
     # ... or by default an error naming the file and both options
     with pytest.raises(DatasetError, match=r"cut.jpg .*data.on_invalid=skip .*data.check_images=true"):
         CocoDetection(None, path)[1]
+
+
+def test_16_bit_grayscale_png_keeps_its_contrast(tmp_path: Path) -> None:
+    """A 16-bit PNG (mode I;16) is scaled to 8 bits, not clipped all white by PIL's RGB conversion."""
+    ramp = np.tile(np.linspace(0, 65535, 40).astype(np.uint16), (30, 1))
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    write_text(tmp_path / "boxes.csv", "deep.png,1,1,20,20,cell\n")
+    import_csv(tmp_path / "boxes.csv", tmp_path / "out.json")
+    pixels = np.asarray(CocoDetection(None, tmp_path / "out.json").load_image(0))
+    assert pixels.shape == (30, 40, 3) and pixels[0, 0].tolist() == [0, 0, 0] and pixels[0, -1].tolist() == [255] * 3
+    assert abs(pixels.mean() - 127.5) < 2
 
 
 def test_split_is_seeded_stratified_and_complete(tmp_path: Path) -> None:

@@ -120,6 +120,18 @@ def test_saved_detections_score_the_same_in_pycocotools(run: Path, tmp_path: Pat
     assert curves["precision"].shape == (10, 101, 4) and list(curves["category_ids"]) == [1, 2, 3, 4]
 
 
+def test_evaluate_on_data_with_other_categories_is_an_error(run: Path, tmp_path: Path, capsys) -> None:
+    """The same category ids naming other classes (another data set) would score one class as another."""
+    data = json.loads(Path(evaluate_at(run, 3, tmp_path)["data"]).read_text())
+    data["categories"] = [{**c, "name": f"cell{c['id']}"} for c in data["categories"]]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    argv = ["evaluate", "--checkpoint", str(run), "--device", "cpu", "--annotations", str(other)]
+    assert main([*argv, "--images", str(run.parent / "data" / "images"), "--output", str(tmp_path / "e.json")]) == 2
+    assert "(checkpoint vs data: id 1: 'red' vs 'cell1'; id 2: 'green' vs 'cell2'" in capsys.readouterr().err
+    assert not (tmp_path / "e.json").exists()
+
+
 def test_predict_writes_every_good_image_then_fails(run: Path, tmp_path: Path, capsys) -> None:
     images = sorted((run.parent / "data" / "images").glob("*.png"))[:2]
     broken = tmp_path / "broken.jpg"
@@ -142,6 +154,20 @@ def test_predict_writes_every_good_image_then_fails(run: Path, tmp_path: Path, c
         coco.createIndex()
         loaded = coco.loadRes(results)
     assert len(loaded.getAnnIds()) == len(results) == 20 and {r["image_id"] for r in results} == {1, 2}
+
+
+def test_predict_pictures_of_inputs_sharing_a_stem_are_all_kept(run: Path, tmp_path: Path) -> None:
+    """a.png, a.jpg and another folder's a.png each get their own picture (they overwrote one another)."""
+    source = sorted((run.parent / "data" / "images").glob("*.png"))[0]
+    inputs = [tmp_path / "a.png", tmp_path / "a.jpg", tmp_path / "more" / "a.png"]
+    (tmp_path / "more").mkdir()
+    for path in inputs:
+        Image.open(source).save(path)
+    argv = ["predict", "--checkpoint", str(run), "--device", "cpu", *map(str, inputs), "--output", str(tmp_path / "p")]
+    assert main(argv) == 0
+    records = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert [Path(r["picture"]).name for r in records] == ["a_png_pred.png", "a_jpg_pred.png", "a_png_2_pred.png"]
+    assert all(Path(r["picture"]).is_file() for r in records)
 
 
 def test_predict_with_image_ids_scores_like_evaluate(run: Path, tmp_path: Path, capsys) -> None:

@@ -23,6 +23,8 @@ from .config import Config, load_config, override_config
 from .runs import CONFIG_FILE, EVAL_FILE
 
 if TYPE_CHECKING:
+    from .data.coco import CocoDetection
+    from .data.labels import LabelMap
     from .engine.inference import LoadedModel
 
 log = logging.getLogger("sparse_detector")
@@ -299,6 +301,18 @@ def add_evaluate_command(commands: Subparsers) -> None:
     )
 
 
+def _check_categories(label_map: LabelMap, dataset: CocoDetection) -> None:
+    """A checkpoint scored on a data set whose category ids name other classes would count one class as another."""
+    from .data.coco import DatasetError
+
+    if differences := label_map.differences(dataset.labels):
+        raise DatasetError(
+            f"the checkpoint's categories are not those of {dataset.annotation_file} (checkpoint vs data: "
+            f"{'; '.join(differences[:5])}), so one class would be scored as another; use data with the categories "
+            "(ids and names) the checkpoint was trained on"
+        )
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from .data.build import build_dataset, build_loader
     from .engine.coco_eval import format_per_class_table, format_table
@@ -309,6 +323,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     config = _evaluation_config(loaded.config, args)
     device = resolve_device(args.device)
     dataset = build_dataset(config, "val")
+    _check_categories(loaded.label_map, dataset)
     loader = build_loader(dataset, config, train=False)
     evaluation = run_evaluation(loaded.model.to(device), None, loader, device, loaded.label_map, _show_progress(args))
     print(f"{loaded.source} on {dataset.annotation_file} ({len(dataset)} images)")
@@ -384,6 +399,7 @@ def _analyze(args: argparse.Namespace) -> int:
     config = _evaluation_config(loaded.config, args)
     device = resolve_device(args.device)
     dataset = build_dataset(config, "val")
+    _check_categories(loaded.label_map, dataset)
     sites = [site.name for site in select_sites(loaded.model, args.sites)]  # an unknown name lists the model's
     stats, aggregator = analyze(
         loaded.model.to(device),
@@ -494,8 +510,8 @@ def _predict(args: argparse.Namespace) -> int:
             )
         device = resolve_device(args.device)
 
-        def draw_attention(path: Path, image: object, queries: list[int]) -> Path | None:
-            return detection_attention(loaded, image, queries, Path(args.output) / f"{path.stem}_attention", device)
+        def draw_attention(name: str, image: object, queries: list[int]) -> Path | None:
+            return detection_attention(loaded, image, queries, Path(args.output) / f"{name}_attention", device)
 
     result = predict_images(
         loaded,
@@ -575,7 +591,7 @@ def add_data_import_command(tools: Subparsers) -> None:
         "  voc   standard: VOC_ROOT --split trainval; any layout: --annotations XML_DIR [--images DIR] [--list FILE]\n"
         "        (XML matched to images by <filename>, else by file name)\n"
         "  yolo  --images DIR --classes classes.txt|data.yaml [--labels DIR] (one <stem>.txt per image)\n"
-        "  csv   CSV_FILE [--images DIR]: rows file,x1,y1,x2,y2,label in pixels\n"
+        "  csv   CSV_FILE [--images DIR] [--classes FILE]: rows file,x1,y1,x2,y2,label in pixels\n"
         "  coco  JSON_FILE [--images DIR]: ids renumbered where needed, image paths rewritten\n"
         "The output is written only where --out says; image paths in it are absolute or relative to it."
     )
@@ -586,7 +602,7 @@ def add_data_import_command(tools: Subparsers) -> None:
     parser.add_argument("--annotations", help="voc: folder of XML files (any layout)")
     parser.add_argument("--list", help="voc: file listing the image names (stems) to import")
     parser.add_argument("--split", default="trainval", help="voc standard layout: ImageSets/Main/<split>.txt")
-    parser.add_argument("--classes", help="yolo: classes.txt or data.yaml; voc: file fixing the class order")
+    parser.add_argument("--classes", help="yolo: classes.txt or data.yaml; voc, csv: file fixing the class order")
     parser.add_argument("--labels", help="yolo: folder of label .txt files (default: found next to the images)")
     parser.add_argument("--exclude-difficult", action="store_true", help="voc: mark difficult objects as ignored")
     parser.add_argument("--no-decode", action="store_true", help="skip decoding every image in the check after import")
@@ -615,7 +631,8 @@ def _import_to_coco(args: argparse.Namespace) -> dict:
             images, args.out, need(args.classes, "--classes classes.txt|data.yaml"), args.labels
         )
     if args.format == "csv":
-        return importers.import_csv(need(args.source, "the CSV file"), args.out, args.images)
+        classes = importers.read_class_names(args.classes) if args.classes else None
+        return importers.import_csv(need(args.source, "the CSV file"), args.out, args.images, classes)
     return importers.import_coco(need(args.source, "the COCO JSON file"), args.out, args.images)
 
 
@@ -625,7 +642,17 @@ def _data_import(args: argparse.Namespace) -> int:
     stats = _import_to_coco(args)["info"]["stats"]
     print(f"written: {args.out} ({stats['images']} images, {stats['annotations']} boxes)")
     if stats.get("dropped"):
-        print(f"dropped: {stats['dropped']} (boxes with no extent; listed in the warning above)")
+        print(f"dropped: {stats['dropped']} (boxes with no or negative extent; listed in the warning above)")
+    if stats.get("sizes_from_files"):
+        print(f"sizes from files: {stats['sizes_from_files']} image(s) had no width/height")
+    if stats.get("boxes_from_segmentation"):
+        print(f"boxes from segmentation: {stats['boxes_from_segmentation']} annotation(s) had no bbox")
+    if stats.get("size_differs_from_xml"):
+        print(f"sizes: {stats['size_differs_from_xml']} image(s) differ from their XML <size> (listed above)")
+    if stats.get("images_without_xml"):
+        print(f"not imported: {stats['images_without_xml']} image(s) without an XML file (listed above)")
+    if stats.get("label_files_without_image"):
+        print(f"not imported: {stats['label_files_without_image']} label file(s) without an image (listed above)")
     report = check_dataset(args.out, decode=not args.no_decode)
     print(report.format())
     return 0 if report.ok else 1

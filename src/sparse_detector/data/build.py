@@ -28,6 +28,12 @@ def build_dataset(config: Config, split: str) -> CocoDetection:
             f"e.g. --set data.{split}.annotations=FILE.json (data.{split}.images=DIR if its file names are "
             "relative to another folder than the JSON's)"
         )
+    if paths.images and not Path(paths.images).is_dir():
+        raise DatasetError(
+            f"data.{split}.images={paths.images} is not a folder; set it to the folder the file "
+            f'names in {paths.annotations} are relative to, or to "" for the JSON\'s own folder, e.g. --set '
+            f"'data.{split}.images=\"\"' (what a JSON from `sparse-detector data import` needs)"
+        )
     train = split == "train"
     transforms = make_transforms(
         train,

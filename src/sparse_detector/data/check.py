@@ -1,8 +1,9 @@
 """``data check``: everything training would trip over, found up front and listed with ids.
 
 The JSON part (structure, ids, every box against its image) is cheap; decoding every image (``decode=True``)
-finds truncated or mis-sized files. Boxes partly outside their image are not problems (they are clipped, the
-same way in training and evaluation) but are counted.
+finds truncated or mis-sized files, and notes images with an EXIF orientation (read unturned, as training does).
+Boxes partly outside their image are not problems (they are clipped, the same way in training and evaluation) but
+are counted.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from PIL import ExifTags, Image
 
 from .coco import CocoDetection, DatasetError
 from .labels import LabelMode
@@ -30,6 +33,7 @@ class CheckReport:
     crowd: int = 0
     clipped: int = 0
     images_decoded: bool = False
+    exif_turned: list[str] = field(default_factory=list)  # images whose EXIF orientation a viewer would apply
     problems: list[str] = field(default_factory=list)  # each names the file / ids at fault
     problem_counts: dict[str, int] = field(default_factory=dict)  # reason -> count
     fatal: str = ""  # a problem that stops reading the file at all
@@ -52,6 +56,12 @@ class CheckReport:
         lines.append(f"box sizes (COCO area: small < 32², medium < 96², large): {sizes}")
         if self.clipped:
             lines.append(f"clipped: {self.clipped} box(es) reach past their image and are clipped to it")
+        if self.exif_turned:
+            lines.append(
+                f"EXIF: {len(self.exif_turned)} image(s) carry an orientation tag, so viewers and some labelling "
+                "tools show them turned; the JSON, training and predict use the stored pixels, not turned (boxes "
+                f"drawn on the turned view would be off), e.g. {self.exif_turned[:3]}"
+            )
         if self.ok:
             lines.append("OK: no problems found")
             return "\n".join(lines)
@@ -89,4 +99,12 @@ def check_dataset(
         per_class.update(dataset.labels.name(int(label)) for label in target["labels"])
         by_area.update(next(name for name, top in AREA_BUCKETS if area < top) for area in target["area"].tolist())
     report.boxes_per_class, report.boxes_by_area = dict(per_class), dict(by_area)
+    if decode:
+        report.exif_turned = [str(path) for path in map(dataset.image_path, range(len(dataset))) if _turned(path)]
     return report
+
+
+def _turned(path: Path) -> bool:
+    """Whether an image's EXIF orientation asks viewers to rotate or mirror it."""
+    with Image.open(path) as image:
+        return image.getexif().get(ExifTags.Base.Orientation, 1) != 1

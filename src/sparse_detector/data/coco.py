@@ -30,6 +30,17 @@ OnInvalid = Literal["error", "skip"]
 MAX_EXAMPLES = 5
 
 
+# 16-bit (and 32-bit integer) grayscale, as 16-bit PNG and TIFF files open; PIL's own RGB conversion clips them.
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An image as 8-bit RGB; 16-bit grayscale is scaled to 8 bits (``Image.convert`` would turn it all white)."""
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+        image = Image.fromarray(np.clip(np.asarray(image) / 257.0, 0, 255).round().astype(np.uint8))
+    return image.convert("RGB")
+
+
 class DatasetError(ValueError):
     """A dataset file or annotation is missing or invalid; the message names it and says what to do."""
 
@@ -104,9 +115,10 @@ def _read_categories(categories: list[dict], path: Path) -> dict[int, str]:
     return names
 
 
-def _annotation_problem(ann: dict, reason: str) -> str:
+def _annotation_problem(ann: dict, reason: str, image: dict | None) -> str:
+    on_file = f" on {image['file_name']}" if image is not None else ""
     return (
-        f"annotation id {ann.get('id', '?')} (image_id {ann['image_id']}, category_id {ann['category_id']}, "
+        f"annotation id {ann.get('id', '?')} (image_id {ann['image_id']}{on_file}, category_id {ann['category_id']}, "
         f"bbox {ann['bbox']}): {_REASON_HELP[reason]}"
     )
 
@@ -221,7 +233,7 @@ class CocoDetection(Dataset):
             else:
                 box, reason = _clip_box(ann["bbox"], int(img["width"]), int(img["height"]))
             if reason:
-                detail = _annotation_problem(ann, reason)
+                detail = _annotation_problem(ann, reason, img)
                 if self.on_invalid == "error":
                     raise DatasetError(
                         f"{path}: {detail}. Fix or remove the annotation, or set data.on_invalid=skip to drop "
@@ -242,7 +254,7 @@ class CocoDetection(Dataset):
             per_image[int(ann["image_id"])].append((box, category_to_label[int(ann["category_id"])], area))
         if self.skipped:
             logger.warning(
-                "%s: skipped %d invalid annotation(s) %s; first examples: %s",
+                "%s: skipped %d invalid annotation(s) or missing image(s) %s; first examples: %s",
                 path,
                 sum(self.skipped.values()),
                 dict(self.skipped),
@@ -315,13 +327,17 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self._records)
 
+    def image_path(self, index: int) -> Path:
+        """The file of image ``index``."""
+        return self.images_dir / self._records[index].file_name
+
     def load_image(self, index: int) -> Image.Image:
         """Decode image ``index`` as RGB, raising ``DatasetError`` naming the file if it is unreadable."""
         record = self._records[index]
-        path = self.images_dir / record.file_name
+        path = self.image_path(index)
         try:
             with Image.open(path) as img:
-                image = img.convert("RGB")
+                image = to_rgb(img)
         except (OSError, SyntaxError, Image.DecompressionBombError) as err:
             raise DatasetError(
                 f"cannot read image {path} (image id {record.image_id}): {err}; replace the file"

@@ -65,6 +65,14 @@ class LabelMap:
             "category_names": list(self.category_names),
         }
 
+    def differences(self, data: LabelMap) -> list[str]:
+        """Why this map's predictions cannot be scored on a data set with map ``data``: each of its category ids
+        that is named differently there or is absent; empty when they fit or this map holds no names (official
+        checkpoints). Categories only the data set has are fine."""
+        ours = {self.category_id(label): name for label, name in enumerate(self.category_names) if name != "N/A"}
+        theirs = {data.category_id(label): name for label, name in enumerate(data.category_names) if name != "N/A"}
+        return [f"id {i}: {name!r} vs {theirs.get(i, 'absent')!r}" for i, name in ours.items() if theirs.get(i) != name]
+
     @property
     def evaluator_map(self) -> dict[int, int] | None:
         """label -> category id for the COCO evaluator; ``None`` when labels are category ids already."""

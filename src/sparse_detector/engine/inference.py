@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from ..analysis import AttentionMaps, record_attention
 from ..config import Config, config_from_dict, override_config
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset
-from ..data.coco import DatasetError, load_json
+from ..data.coco import DatasetError, load_json, to_rgb
 from ..data.labels import LabelMap
 from ..data.transforms import make_transforms
 from ..models import DetectionOutput, build_model
@@ -115,6 +116,23 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def output_names(files: Sequence[Path]) -> dict[Path, str]:
+    """A distinct name for each file's outputs: its stem, unless inputs share it (``a.jpg`` and ``a.png``, or one
+    name in two folders), then the stem with the suffix and, where still shared, a number."""
+    stems = Counter(path.stem for path in files)
+    names: dict[Path, str] = {}
+    taken: set[str] = set()
+    for path in files:
+        name = path.stem if stems[path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.')}"
+        base, number = name, 1
+        while name in taken:
+            number += 1
+            name = f"{base}_{number}"
+        taken.add(name)
+        names[path] = name
+    return names
+
+
 def coco_image_ids(annotation_file: str | Path, files: Sequence[Path]) -> dict[Path, int]:
     """The id each of ``files`` has in a COCO JSON, so that predictions score against that file's ground truth.
 
@@ -166,17 +184,18 @@ def predict_images(
     device: str = "auto",
     output_format: str = "json",
     pictures: bool = True,
-    after_image: Callable[[Path, Tensor, list[int]], Path | None] | None = None,
+    after_image: Callable[[str, Tensor, list[int]], Path | None] | None = None,
     image_ids: str | Path | None = None,
 ) -> Predictions:
-    """Detect objects in image files; write ``<stem>_pred.png`` pictures and the detections of every readable
-    image, even when some cannot be read (those are listed in ``failed``).
+    """Detect objects in image files; write ``<name>_pred.png`` pictures (``name``: :func:`output_names`, the
+    stem unless two inputs share it) and the detections of every readable image, even when some cannot be read
+    (those are listed in ``failed``).
 
     ``output_format="json"``: ``predictions.json``, one record per image (file, size, detections with label,
     category id and name, score, absolute xyxy box). ``"coco"``: ``detections_coco.json`` in the COCO results
     format (``file_name`` added), which ``COCO.loadRes`` reads; ``image_id`` is the image's id in the COCO JSON
     ``image_ids`` names (see :func:`coco_image_ids`), or else its position in the input list, from 1.
-    ``after_image(path, model_input, kept_queries)``, if given, runs after each image (e.g. to draw the kept
+    ``after_image(name, model_input, kept_queries)``, if given, runs after each image (e.g. to draw the kept
     queries' attention); the file it returns is recorded as the image's ``"attention"``.
     """
     from ..viz.boxes import draw_boxes
@@ -192,13 +211,14 @@ def predict_images(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = image_files(inputs)
+    file_names = output_names(files)
     ids = coco_image_ids(image_ids, files) if image_ids is not None else {f: i for i, f in enumerate(files, 1)}
     result = Predictions()
     coco_results: list[dict[str, Any]] = []
     for path in files:
         try:
             with Image.open(path) as file:
-                image = file.convert("RGB")
+                image = to_rgb(file)
         except (OSError, SyntaxError, Image.DecompressionBombError) as err:
             result.failed[str(path)] = str(err)
             log.warning("cannot read image %s (%s); skipped", path, err)
@@ -232,11 +252,13 @@ def predict_images(
         ]
         record = {"image": str(path), "width": image.width, "height": image.height, "detections": detections}
         if pictures:
-            picture = out / f"{path.stem}_pred.png"
+            picture = out / f"{file_names[path]}_pred.png"
             names = [d["category"] for d in detections]
             draw_boxes(image, boxes.tolist(), labels.tolist(), names, scores.tolist()).save(picture)
             record["picture"] = str(picture)
-        if after_image is not None and (extra := after_image(path, tensor, keep.nonzero().flatten().tolist())):
+        if after_image is not None and (
+            extra := after_image(file_names[path], tensor, keep.nonzero().flatten().tolist())
+        ):
             record["attention"] = str(extra)
         result.records.append(record)
     if output_format == "coco":

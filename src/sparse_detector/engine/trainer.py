@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..config import Config, config_to_dict, dump_config
 from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
-from ..data.coco import CocoDetection
+from ..data.coco import CocoDetection, DatasetError
 from ..models import build_criterion, build_model
 from ..models.weights import CheckpointMismatchError, read_state_dict
 from ..runs import BEST_CHECKPOINT, CONFIG_FILE, EVAL_FILE, LAST_CHECKPOINT, METRICS_FILE, read_metrics
@@ -78,6 +78,16 @@ def check_num_classes(config: Config, dataset: CocoDetection) -> None:
         raise ValueError(
             f"model.num_classes is {have} but {source} has {need} categories (contiguous labels); "
             f"set model.num_classes={need}, or data.label_mode=coco_ids to keep raw category ids"
+        )
+
+
+def check_same_categories(train_set: CocoDetection, val_set: CocoDetection) -> None:
+    """Validation scores the model's classes by category id, so val must name every train category alike."""
+    if differences := train_set.labels.differences(val_set.labels):
+        raise DatasetError(
+            f"{train_set.annotation_file} and {val_set.annotation_file} do not share their categories (train vs "
+            f"val: {'; '.join(differences[:5])}); import the data once and split it (`sparse-detector data "
+            "split`), or import each part with the same --classes file"
         )
 
 
@@ -171,6 +181,7 @@ class Trainer:
         self.train_set = build_dataset(config, "train")
         self.val_set = build_dataset(config, "val")
         check_num_classes(config, self.train_set)
+        check_same_categories(self.train_set, self.val_set)
         self.label_map = self.train_set.label_map
         self.model = build_model(config)
         self.reinitialised = initialise_from(self.model, init_from) if init_from else []

@@ -22,7 +22,7 @@ from ..attention.sites import QueryKind, model_sites, select_sites
 from ..config import Config, load_config
 from ..data.batching import collate_detection
 from ..data.build import build_dataset
-from ..data.coco import CocoDetection
+from ..data.coco import CocoDetection, to_rgb
 from ..data.labels import LabelMap
 from ..data.transforms import make_transforms
 from ..engine.device import resolve_device, seed_everything
@@ -147,7 +147,8 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
             size = tuple(target["orig_size"].tolist())
         else:
             try:
-                image = Image.open(path).convert("RGB")
+                with Image.open(path) as file:
+                    image = to_rgb(file)
             except OSError as err:
                 raise OSError(f"cannot read image {path}: {err}") from None
             empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}

@@ -3,11 +3,14 @@ absolute or relative to the output file."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..coco import DatasetError, load_json
-from .common import json_image_path, write_coco
+from pycocotools import mask as mask_utils
+
+from ..coco import MAX_EXAMPLES, DatasetError, load_json
+from .common import image_size, json_image_path, write_coco
 
 
 def _needs_new_ids(entries: list[dict]) -> bool:
@@ -16,11 +19,57 @@ def _needs_new_ids(entries: list[dict]) -> bool:
     return not all(type(i) is int and i > 0 for i in ids) or len(set(ids)) != len(ids)
 
 
+def _check_unique_ids(entries: list[dict], key: str, json_file: Path) -> None:
+    """Images and categories are what annotations point to: a repeated id makes the pointer ambiguous."""
+    shown = "file_name" if key == "images" else "name"
+    by_id: dict[str, list[dict]] = defaultdict(list)
+    for entry in entries:
+        by_id[repr(entry.get("id"))].append(entry)  # repr: ids of any JSON type, 1 and "1" apart
+    repeated = [f"id {group[0].get('id')}: {[e.get(shown) for e in group]}" for group in by_id.values() if group[1:]]
+    if repeated:
+        raise DatasetError(
+            f"{json_file}: {len(repeated)} id(s) appear more than once in '{key}' "
+            f"({'; '.join(repeated[:MAX_EXAMPLES])}); the annotations that point to such an id cannot be told "
+            f"apart, so give each of the {key} its own id"
+        )
+
+
+def _segmentation_bbox(segmentation: Any) -> list[float] | None:
+    """[x, y, w, h] around a polygon list or an RLE (pycocotools), or None when there is none to read."""
+    if isinstance(segmentation, list) and segmentation and all(isinstance(p, list) for p in segmentation):
+        xs = [float(v) for polygon in segmentation for v in polygon[0::2]]
+        ys = [float(v) for polygon in segmentation for v in polygon[1::2]]
+        return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)] if xs and ys else None
+    if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        height, width = segmentation["size"]
+        rle = mask_utils.frPyObjects(segmentation, height, width) if isinstance(segmentation["counts"], list) else None
+        return [float(v) for v in mask_utils.toBbox(rle or segmentation)]
+    return None
+
+
+def _add_missing_bboxes(data: dict, json_file: Path) -> int:
+    """Give annotations with a segmentation but no ``bbox`` the box around it; returns how many."""
+    added = 0
+    for ann in data["annotations"]:
+        if "bbox" in ann:
+            continue
+        bbox = _segmentation_bbox(ann.get("segmentation"))
+        if bbox is None:
+            raise DatasetError(
+                f"{json_file}: annotation {ann.get('id', '?')} has neither a 'bbox' nor a polygon or RLE "
+                "'segmentation' to take one from"
+            )
+        ann["bbox"] = bbox
+        added += 1
+    return added
+
+
 def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | Path | None = None) -> dict[str, Any]:
     """Re-write a COCO instances JSON for this project: image, category and annotation ids renumbered 1..N
-    where they are not unique positive integers (references follow), ``file_name`` made absolute or relative to
-    ``out_file``. Boxes and images are checked by :func:`~sparse_detector.data.check.check_dataset`
-    (``data import`` and ``data check`` run it).
+    where they are not unique positive integers (references follow; a repeated image or category id is an
+    error), ``file_name`` made absolute or relative to ``out_file``, a missing ``bbox`` taken from the
+    segmentation, a missing ``width`` / ``height`` from the image file. Boxes and images are checked by
+    :func:`~sparse_detector.data.check.check_dataset` (``data import`` and ``data check`` run it).
     """
     json_file = Path(json_file)
     if not json_file.is_file():
@@ -32,6 +81,9 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
             f"{json_file}: lacks the list(s) {missing}; a COCO instances file has images, annotations, categories"
         )
     images_dir = Path(images_dir) if images_dir else json_file.parent
+    _check_unique_ids(data["images"], "images", json_file)
+    _check_unique_ids(data["categories"], "categories", json_file)
+    boxes_from_segmentation = _add_missing_bboxes(data, json_file)
     remapped = []
     for key, reference in (("images", "image_id"), ("categories", "category_id")):
         if _needs_new_ids(data[key]):
@@ -49,11 +101,24 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
     for image in data["images"]:
         if "file_name" not in image:
             raise DatasetError(f"{json_file}: image {image.get('id')} has no file_name")
-        image["file_name"] = json_image_path(images_dir / image["file_name"], Path(out_file))
+    if data["images"] and not any((images_dir / image["file_name"]).is_file() for image in data["images"]):
+        raise DatasetError(
+            f"none of the {len(data['images'])} images of {json_file} is in {images_dir} (e.g. "
+            f"{data['images'][0]['file_name']}); pass the folder its file names are relative to with --images DIR"
+        )
+    sizes_read = 0
+    for image in data["images"]:
+        path = images_dir / image["file_name"]
+        if not (image.get("width") and image.get("height")) and path.is_file():  # a missing file: data check lists it
+            image["width"], image["height"] = image_size(path)
+            sizes_read += 1
+        image["file_name"] = json_image_path(path, Path(out_file))
     data.setdefault("info", {})["stats"] = {
         "images": len(data["images"]),
         "annotations": len(data["annotations"]),
         "remapped_ids": remapped,
+        "boxes_from_segmentation": boxes_from_segmentation,
+        "sizes_from_files": sizes_read,
         "source": str(json_file),
     }
     return write_coco(data, out_file)

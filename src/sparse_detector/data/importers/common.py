@@ -25,7 +25,13 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.size
     except (OSError, SyntaxError) as err:
-        raise DatasetError(f"cannot read the header of image {path}: {err}; replace or remove the file") from err
+        raise DatasetError(f"cannot read the header of image {path}: {err}") from err
+
+
+def listing(items: Sequence[str]) -> str:
+    """The first few of ``items``, '; '-separated, and how many more there are."""
+    more = f"; ... and {len(items) - MAX_EXAMPLES} more" if len(items) > MAX_EXAMPLES else ""
+    return "; ".join(items[:MAX_EXAMPLES]) + more
 
 
 def find_image(images_dir: Path, stem: str) -> Path | None:
@@ -55,9 +61,10 @@ class CocoBuilder:
     """Collects images and boxes (absolute x0, y0, x1, y1 pixels) and writes a COCO instances JSON.
 
     Categories get ids 1..C in ``class_names`` order when given (an unknown class is then an error), else sorted
-    by name over everything added. Boxes with no extent (x1 <= x0 or y1 <= y0) are dropped, counted in
-    ``dropped`` and logged; boxes reaching past the image are kept as they are (training and evaluation clip
-    them, ``data check`` counts them). Image ids are 1..N in the order images are added.
+    by name over everything added. Boxes with no extent (``zero_area``) or corners the wrong way round
+    (``inverted``: x1 < x0 or y1 < y0) are dropped, counted in ``dropped`` and logged; boxes reaching past the
+    image are kept as they are (training and evaluation clip them, ``data check`` counts them). Image ids are
+    1..N in the order images are added.
     """
 
     def __init__(self, source: str, class_names: Sequence[str] | None = None) -> None:
@@ -67,11 +74,17 @@ class CocoBuilder:
         self._boxes: list[dict[str, Any]] = []
         self.dropped: Counter[str] = Counter()
         self.examples: list[str] = []
+        self.unreadable: list[str] = []  # images whose header cannot be read: the import fails, naming them all
 
     def add_image(self, path: Path, width: int | None = None, height: int | None = None) -> int:
-        """Register an image (its size read from the header when not given); returns its id."""
+        """Register an image (its size read from the header when not given); returns its id. An unreadable
+        image gets size 0 x 0 and is listed in ``unreadable``; :meth:`build` then fails naming every one."""
         if not width or not height:
-            width, height = image_size(path)
+            try:
+                width, height = image_size(path)
+            except DatasetError as err:
+                self.unreadable.append(str(err))
+                width = height = 0
         self._images.append((path, int(width), int(height)))
         return len(self._images)
 
@@ -84,7 +97,10 @@ class CocoBuilder:
         if self.class_names is not None and name not in self.class_names:
             raise DatasetError(f"{where}: class {name!r} is not among the given classes {self.class_names}")
         x0, y0, x1, y1 = (float(v) for v in box)
-        if x1 <= x0 or y1 <= y0:
+        if x1 < x0 or y1 < y0:
+            self.drop("inverted", f"{where}: box {[x0, y0, x1, y1]} has x2 < x1 or y2 < y1")
+            return
+        if x1 == x0 or y1 == y0:
             self.drop("zero_area", f"{where}: box {[x0, y0, x1, y1]}")
             return
         self._boxes.append({"image_id": image_id, "name": name, "bbox": [x0, y0, x1 - x0, y1 - y0], **extra})
@@ -97,15 +113,22 @@ class CocoBuilder:
 
     def build(self, out_file: str | Path) -> dict[str, Any]:
         """The COCO dict, with image paths as :func:`json_image_path` writes them for ``out_file``."""
+        if self.unreadable:
+            raise DatasetError(
+                f"{len(self.unreadable)} image(s) cannot be read; replace or remove them: {listing(self.unreadable)}"
+            )
         out = Path(out_file)
         names = self.class_names if self.class_names is not None else sorted({b["name"] for b in self._boxes})
         category_ids = {name: i + 1 for i, name in enumerate(names)}
         if self.dropped:
+            hint = " (are the columns x1,y1,x2,y2, not x,y,width,height?)" if self.dropped["inverted"] else ""
             logger.warning(
-                "%s: dropped %d box(es) with zero or negative extent, e.g. %s",
+                "%s: dropped %d box(es) with zero or negative extent %s, e.g. %s%s",
                 self.source,
                 self.dropped.total(),
+                dict(self.dropped),
                 self.examples,
+                hint,
             )
         per_class = Counter({name: 0 for name in names})
         annotations = []
@@ -150,6 +173,8 @@ class CocoBuilder:
 def write_coco(coco: dict[str, Any], out_file: str | Path) -> dict[str, Any]:
     """Write a COCO dict as JSON atomically; returns it."""
     out = Path(out_file)
+    if out.is_dir():
+        raise DatasetError(f"{out} is a folder; the output is a JSON file, e.g. {out / 'annotations.json'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     partial.write_text(json.dumps(coco))

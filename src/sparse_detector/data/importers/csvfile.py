@@ -1,40 +1,83 @@
 """CSV boxes (``file,x1,y1,x2,y2,label`` a row, absolute pixels) -> COCO JSON.
 
-A header row is recognised by a non-numeric ``x1``. A row with an image but empty box fields marks an image
-without boxes. Image paths are relative to ``images_dir`` (default: the CSV file's folder) or absolute.
+A header row is recognised by a non-numeric second field; its column names may order the columns differently
+and add others (e.g. the ``filename,width,height,class,xmin,ymin,xmax,ymax`` of TensorFlow-style exports). A row
+with an image but empty box fields marks an image without boxes. Image paths are relative to ``images_dir``
+(default: the CSV file's folder) or absolute.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..coco import DatasetError
-from .common import CocoBuilder
+from .common import CocoBuilder, listing
+
+# The columns, in the order of a file without a header, and the header names each is known by.
+COLUMNS = {
+    "file": ("file", "filename", "file_name", "image", "image_name", "image_path", "path"),
+    "x1": ("x1", "xmin", "x_min", "left"),
+    "y1": ("y1", "ymin", "y_min", "top"),
+    "x2": ("x2", "xmax", "x_max", "right"),
+    "y2": ("y2", "ymax", "y_max", "bottom"),
+    "label": ("label", "class", "class_name", "category", "name"),
+}
 
 
-def import_csv(csv_file: str | Path, out_file: str | Path, images_dir: str | Path | None = None) -> dict[str, Any]:
-    """Rows ``file,x1,y1,x2,y2,label`` -> COCO JSON at ``out_file``; classes sorted by name."""
+def _column_positions(header: list[str], where: str) -> list[int]:
+    """Positions of file, x1, y1, x2, y2, label in a header row: by name, else (6 columns) in that order."""
+    names = [field.strip().lower() for field in header]
+    positions = [next((names.index(n) for n in aliases if n in names), -1) for aliases in COLUMNS.values()]
+    if -1 not in positions:
+        return positions
+    if len(names) == len(COLUMNS):
+        return list(range(len(COLUMNS)))
+    missing = [column for column, at in zip(COLUMNS, positions, strict=True) if at < 0]
+    raise DatasetError(
+        f"{where}: the header {header} names no column for {missing}; known names: "
+        + "; ".join(f"{column}: {', '.join(aliases)}" for column, aliases in COLUMNS.items())
+    )
+
+
+def import_csv(
+    csv_file: str | Path,
+    out_file: str | Path,
+    images_dir: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Rows ``file,x1,y1,x2,y2,label`` (or named in a header) -> COCO JSON at ``out_file``. Classes: ``class_names``
+    (ids 1..C in that order; another label is an error), else sorted by name."""
     csv_file = Path(csv_file)
     if not csv_file.is_file():
         raise DatasetError(f"CSV file {csv_file} does not exist")
     images_dir = Path(images_dir) if images_dir else csv_file.parent
-    builder = CocoBuilder(str(csv_file))
-    image_ids: dict[str, int] = {}
-    with open(csv_file, newline="", encoding="utf-8") as f:
+    builder = CocoBuilder(str(csv_file), class_names)
+    image_ids: dict[Path, int] = {}  # by resolved path: "a.jpg" and "./a.jpg" are one image
+    missing: list[str] = []
+    positions, width = list(range(len(COLUMNS))), len(COLUMNS)
+    with open(csv_file, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         for number, row in enumerate(csv.reader(f), start=1):
-            if not row or (number == 1 and not _is_number(row[1] if len(row) > 1 else "")):
-                continue  # blank line or header
             where = f"{csv_file}:{number}"
-            if len(row) != 6:
-                raise DatasetError(f"{where}: expected 6 fields file,x1,y1,x2,y2,label, got {len(row)}: {row}")
-            name, *coordinates, label = (field.strip() for field in row)
-            if name not in image_ids:
-                path = images_dir / name
+            if not row:
+                continue
+            if number == 1 and len(row) > 1 and not _is_number(row[1]):
+                positions, width = _column_positions(row, where), len(row)
+                continue
+            if len(row) != width:
+                raise DatasetError(
+                    f"{where}: expected {width} comma-separated fields (file,x1,y1,x2,y2,label, or the columns of "
+                    f"the header), got {len(row)}: {row}"
+                )
+            name, *coordinates, label = (row[at].strip() for at in positions)
+            path = (images_dir / name).resolve()
+            if path not in image_ids:
                 if not path.is_file():
-                    raise DatasetError(f"{where}: image {path} does not exist (paths are relative to {images_dir})")
-                image_ids[name] = builder.add_image(path)
+                    missing.append(f"{where}: {images_dir / name}")
+                    continue
+                image_ids[path] = builder.add_image(images_dir / name)
             if not any(coordinates) and not label:
                 continue  # an image without boxes
             try:
@@ -43,7 +86,12 @@ def import_csv(csv_file: str | Path, out_file: str | Path, images_dir: str | Pat
                 raise DatasetError(f"{where}: x1,y1,x2,y2 must be numbers, got {coordinates}") from None
             if not label:
                 raise DatasetError(f"{where}: the label is empty")
-            builder.add_box(image_ids[name], label, box, where)
+            builder.add_box(image_ids[path], label, box, where)
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} row(s) name an image that does not exist (paths are relative to {images_dir}; pass "
+            f"the folder with --images DIR): {listing(missing)}"
+        )
     if not image_ids:
         raise DatasetError(f"{csv_file} holds no rows; expected file,x1,y1,x2,y2,label")
     return builder.write(out_file)

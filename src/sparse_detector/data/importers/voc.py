@@ -11,14 +11,17 @@ objects get ``iscrowd = ignore = 1`` (out of the training targets, ignored by CO
 
 from __future__ import annotations
 
+import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..coco import DatasetError
-from .common import CocoBuilder, find_image, read_list_file
+from ..coco import MAX_EXAMPLES, DatasetError
+from .common import IMAGE_SUFFIXES, CocoBuilder, find_image, read_list_file, write_coco
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,13 @@ def _image_of(annotation: VocAnnotation, images_dir: Path) -> Path:
     return found
 
 
+def _without_file_suffix(name: str) -> str:
+    """A list file's entry without an image or ``.xml`` suffix, if it has one; dots inside a stem (``frame.001``)
+    stay."""
+    suffix = Path(name).suffix
+    return name[: -len(suffix)] if suffix.lower() in (*IMAGE_SUFFIXES, ".xml") else name
+
+
 def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
     if not annotations_dir.is_dir():
         raise DatasetError(f"annotations folder {annotations_dir} does not exist")
@@ -92,14 +102,29 @@ def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
         files = sorted(annotations_dir.glob("*.xml"))
         if not files:
             raise DatasetError(f"no .xml files in {annotations_dir}")
+        if nested := [str(f) for f in annotations_dir.glob("*/**/*.xml")]:
+            logger.warning(
+                "%s: %d XML file(s) in its subfolders are not read (pass such a folder with --annotations), e.g. %s",
+                annotations_dir,
+                len(nested),
+                nested[:MAX_EXAMPLES],
+            )
         return files
-    files = [annotations_dir / f"{Path(stem).stem}.xml" for stem in read_list_file(list_file)]
+    files = [annotations_dir / f"{_without_file_suffix(name)}.xml" for name in read_list_file(list_file)]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise DatasetError(
             f"{list_file}: {len(missing)} listed image(s) have no XML in {annotations_dir}, e.g. {missing[:5]}"
         )
     return files
+
+
+def _images_without_xml(images_dir: Path, matched: list[Path]) -> list[str]:
+    """The images of ``images_dir`` that no XML file describes."""
+    taken = {path.resolve() for path in matched}
+    return sorted(
+        str(p) for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.resolve() not in taken
+    )
 
 
 def import_voc(
@@ -114,7 +139,9 @@ def import_voc(
 
     ``images_dir`` defaults to ``annotations_dir``. Classes: ``class_names`` (ids 1..C in that order), else
     sorted by name. Boxes with ``xmax <= xmin`` or ``ymax <= ymin`` (e.g. a single click) are dropped, counted
-    in ``info["stats"]["dropped"]`` and logged. Returns the written COCO dict.
+    in ``info["stats"]["dropped"]`` and logged. Image sizes are read from the image files; an XML ``<size>``
+    that differs is counted in ``info["stats"]["size_differs_from_xml"]`` and logged. Returns the written COCO
+    dict.
     """
     annotations_dir = Path(annotations_dir)
     images_dir = Path(images_dir) if images_dir else annotations_dir
@@ -122,8 +149,17 @@ def import_voc(
         raise DatasetError(f"images folder {images_dir} does not exist")
     parsed = [parse_voc_xml(f) for f in _xml_files(annotations_dir, Path(list_file) if list_file else None)]
     builder = CocoBuilder(str(annotations_dir), class_names)
+    resized: list[str] = []
+    matched: list[Path] = []
     for annotation in parsed:
-        image_id = builder.add_image(_image_of(annotation, images_dir), annotation.width, annotation.height)
+        matched.append(_image_of(annotation, images_dir))
+        image_id = builder.add_image(matched[-1])
+        _, width, height = builder.image(image_id)
+        xml_size = (annotation.width, annotation.height)
+        if width and all(xml_size) and xml_size != (width, height):
+            resized.append(
+                f"{annotation.xml_file} <size> {annotation.width}x{annotation.height}, image {width}x{height}"
+            )
         for index, obj in enumerate(annotation.objects):
             xmin, ymin, xmax, ymax = obj.box
             where = f"{annotation.xml_file} object {index} ({obj.name})"
@@ -140,7 +176,26 @@ def import_voc(
                 iscrowd=ignore,
                 ignore=ignore,
             )
-    return builder.write(out_file)
+    unlabelled = _images_without_xml(images_dir, matched) if list_file is None else []
+    if unlabelled:
+        logger.warning(
+            "%s: %d image(s) have no XML and are not imported, e.g. %s",
+            images_dir,
+            len(unlabelled),
+            unlabelled[:MAX_EXAMPLES],
+        )
+    if resized:
+        logger.warning(
+            "%s: %d image(s) are not the size their XML says; the JSON takes the image's size and the boxes as they "
+            "are (if the images were resized after labelling, these boxes are off), e.g. %s",
+            annotations_dir,
+            len(resized),
+            resized[:MAX_EXAMPLES],
+        )
+    coco = builder.build(out_file)
+    coco["info"]["stats"]["size_differs_from_xml"] = len(resized)
+    coco["info"]["stats"]["images_without_xml"] = len(unlabelled)
+    return write_coco(coco, out_file)
 
 
 def import_voc_root(

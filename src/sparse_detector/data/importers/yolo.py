@@ -1,20 +1,28 @@
 """YOLO txt labels -> COCO JSON.
 
-One ``<stem>.txt`` per image with lines ``class x_center y_center width height`` (normalised to [0, 1]); class
-names from ``classes.txt`` (one a line) or a ``data.yaml`` (``names:`` as a list or an index -> name mapping).
-Images without a label file are kept as images without boxes.
+One ``<stem>.txt`` per image with lines ``class x_center y_center width height`` (normalised to [0, 1]), or
+``class x1 y1 x2 y2 ...`` (a segmentation polygon, imported as its bounding box, as Ultralytics does); class names
+from ``classes.txt`` (one a line) or a ``data.yaml`` (``names:`` as a list or an index -> name mapping). Images are
+found in subfolders too, their labels at the same place under the labels folder. Images without a label file are
+kept as images without boxes; label files without an image are counted and logged.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..coco import DatasetError
-from .common import IMAGE_SUFFIXES, CocoBuilder
+from ..coco import MAX_EXAMPLES, DatasetError
+from .common import IMAGE_SUFFIXES, CocoBuilder, write_coco
+
+logger = logging.getLogger(__name__)
+
+# Normalised coordinates a little past [0, 1] are rounding; further out they are pixels or another format.
+COORDINATE_TOLERANCE = 1e-3
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -25,11 +33,45 @@ def read_class_names(path: str | Path) -> list[str]:
     if path.suffix in (".yaml", ".yml"):
         names = (yaml.safe_load(path.read_text()) or {}).get("names")
         if isinstance(names, dict):
+            if sorted(map(int, names)) != list(range(len(names))):
+                raise DatasetError(
+                    f"{path}: the class indices of 'names:' {sorted(map(int, names))} are not 0..{len(names) - 1}; "
+                    "a label's class index is its position, so give every index from 0 up a name"
+                )
             return [str(names[k]) for k in sorted(names, key=int)]
         if not isinstance(names, list):
             raise DatasetError(f"{path}: expected 'names:' as a list or an index -> name mapping, got {names!r}")
         return [str(n) for n in names]
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _yolo_box(fields: list[str], where: str) -> tuple[int, tuple[float, float, float, float]]:
+    """(class index, normalised xyxy box) of one label line: a box (5 fields) or a polygon (class + >= 3 points)."""
+    usage = (
+        f"{where}: expected 'class x_center y_center width height' or a polygon 'class x1 y1 x2 y2 x3 y3 ...' "
+        f"(normalised to [0, 1]), got {len(fields)} fields: {' '.join(fields)!r}"
+    )
+    if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
+        raise DatasetError(usage)
+    try:
+        index, values = int(fields[0]), [float(v) for v in fields[1:]]
+    except ValueError:
+        raise DatasetError(usage) from None
+    if not all(-COORDINATE_TOLERANCE <= v <= 1 + COORDINATE_TOLERANCE for v in values):
+        raise DatasetError(
+            f"{where}: coordinates {fields[1:]} are not all in [0, 1]; YOLO labels are normalised by the image "
+            "width and height (pixels are not)"
+        )
+    if len(fields) == 5:
+        cx, cy, w, h = values
+        box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+    else:
+        xs, ys = values[0::2], values[1::2]
+        box = (min(xs), min(ys), max(xs), max(ys))
+    # an edge past the border by rounding only (labels written with few decimals) is on the border
+    return index, tuple(
+        min(max(v, 0.0), 1.0) if -COORDINATE_TOLERANCE <= v <= 1 + COORDINATE_TOLERANCE else v for v in box
+    )
 
 
 def _yolo_boxes(label_file: Path, width: int, height: int, names: Sequence[str]) -> list[tuple[str, tuple, str]]:
@@ -40,15 +82,10 @@ def _yolo_boxes(label_file: Path, width: int, height: int, names: Sequence[str])
         if not fields:
             continue
         where = f"{label_file}:{number}"
-        try:
-            index = int(fields[0])
-            cx, cy, w, h = (float(v) for v in fields[1:5])
-        except (ValueError, IndexError):
-            raise DatasetError(f"{where}: expected 'class x_center y_center width height', got {line!r}") from None
+        index, (x0, y0, x1, y1) = _yolo_box(fields, where)
         if not 0 <= index < len(names):
             raise DatasetError(f"{where}: class index {index} is outside the {len(names)} class names")
-        box = ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)
-        boxes.append((names[index], box, where))
+        boxes.append((names[index], (x0 * width, y0 * height, x1 * width, y1 * height), where))
     return boxes
 
 
@@ -70,7 +107,8 @@ def import_yolo(
     classes: str | Path,
     labels_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """The images of ``images_dir`` with their ``labels_dir/<stem>.txt`` -> COCO JSON at ``out_file``.
+    """The images of ``images_dir`` (and its subfolders) with their ``labels_dir/<stem>.txt`` (in the same
+    subfolder) -> COCO JSON at ``out_file``.
 
     ``labels_dir`` defaults to the ``labels`` counterpart of an ``images`` folder when there is one, else to
     ``images_dir`` itself. ``classes``: ``classes.txt`` or ``data.yaml``; category ids are 1..C in its order.
@@ -79,16 +117,35 @@ def import_yolo(
     if not images_dir.is_dir():
         raise DatasetError(f"images folder {images_dir} does not exist")
     labels_dir = Path(labels_dir) if labels_dir else _default_labels_dir(images_dir)
+    if not labels_dir.is_dir():
+        raise DatasetError(f"labels folder {labels_dir} does not exist")
     names = read_class_names(classes)
-    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
-        raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+        raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir} or its subfolders")
     builder = CocoBuilder(str(images_dir), names)
-    for image in images:
+    label_files = [labels_dir / image.relative_to(images_dir).with_suffix(".txt") for image in images]
+    for image, label_file in zip(images, label_files, strict=True):
         image_id = builder.add_image(image)
-        label_file = labels_dir / f"{image.stem}.txt"
         if label_file.is_file():
             _, width, height = builder.image(image_id)
             for name, box, where in _yolo_boxes(label_file, width, height, names):
                 builder.add_box(image_id, name, box, where)
-    return builder.write(out_file)
+    if not any(label_file.is_file() for label_file in label_files):
+        raise DatasetError(
+            f"none of the {len(images)} images of {images_dir} has a label file in {labels_dir} (e.g. "
+            f"{label_files[0]}); pass the folder of the .txt labels with --labels DIR"
+        )
+    coco = builder.build(out_file)
+    expected, classes_file = set(label_files), Path(classes).resolve()
+    unmatched = sorted(f for f in labels_dir.rglob("*.txt") if f not in expected and f.resolve() != classes_file)
+    if unmatched:
+        logger.warning(
+            "%s: %d label file(s) have no image %s, e.g. %s; their boxes are not imported",
+            labels_dir,
+            len(unmatched),
+            IMAGE_SUFFIXES,
+            [str(f) for f in unmatched[:MAX_EXAMPLES]],
+        )
+    coco["info"]["stats"]["label_files_without_image"] = len(unmatched)
+    return write_coco(coco, out_file)
