@@ -642,7 +642,8 @@ def _data_import(args: argparse.Namespace) -> int:
     stats = _import_to_coco(args)["info"]["stats"]
     print(f"written: {args.out} ({stats['images']} images, {stats['annotations']} boxes)")
     if stats.get("dropped"):
-        print(f"dropped: {stats['dropped']} (boxes with no or negative extent; listed in the warning above)")
+        reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in stats["dropped"].items())
+        print(f"dropped: {sum(stats['dropped'].values())} box(es) ({reasons}; listed in the warning above)")
     if stats.get("sizes_from_files"):
         print(f"sizes from files: {stats['sizes_from_files']} image(s) had no width/height")
     if stats.get("boxes_from_segmentation"):
