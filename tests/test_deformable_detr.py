@@ -264,8 +264,10 @@ def test_point_paibb_and_spread_match_brute_force():
 
 def test_tvmax_is_refused_at_sampling_point_sites():
     config = load_config("shapes_tiny", [*TINY_DEFORMABLE, "model.attention.decoder_cross.activation=tvmax"])
-    with pytest.raises(ConfigError, match=r"model\.attention\.decoder_cross\.activation: tvmax needs keys"):
+    with pytest.raises(ConfigError, match=r"model\.attention\.decoder_cross\.activation: tvmax needs keys") as error:
         build_model(config)
+    assert "no site of this model takes it, or use a map of ['alpha_entmax'" in str(error.value)
+    assert "[]" not in str(error.value)
     config = load_config("shapes_tiny", [*TINY_DEFORMABLE, "model.attention.decoder_cross.activation=alpha_entmax"])
     assert build_model(config).transformer.decoder.layers[0].cross_attn.activation.alpha.shape == (4,)
 
