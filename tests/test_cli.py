@@ -74,3 +74,22 @@ def test_visualize_kinds_and_formats_named_in_the_cli_match_the_registry():
 
     assert sorted(FIGURE_KIND_NAMES) == sorted(FIGURE_KINDS)
     assert tuple(FIGURE_FORMATS) == tuple(FORMATS)
+
+
+def test_a_file_where_an_output_folder_goes_is_named_before_any_work(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    missing_run = str(tmp_path / "no-run")  # never loaded: the output is checked first
+    for command in (
+        ["analyze", "--checkpoint", missing_run, "--output", str(blocker)],
+        ["predict", "--checkpoint", missing_run, str(blocker), "--output", str(blocker)],
+        ["visualize", "attention", missing_run, "--output", str(blocker / "figs")],
+        ["evaluate", "--checkpoint", missing_run, "--save-detections", str(blocker / "dets.json")],
+    ):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{blocker} is a file, not a folder; choose another path" in err, command
+        assert "Traceback" not in err
+    assert main(["data", "shapes", str(blocker / "shapes"), "--num-images", "2"]) == 2  # caught where it is made
+    assert f"cannot be written: {blocker} is a file, not a folder" in capsys.readouterr().err
+    assert blocker.read_text() == "mine"

@@ -81,6 +81,29 @@ def _show_progress(args: argparse.Namespace) -> bool:
     return not getattr(args, "no_progress", False) and sys.stderr.isatty()
 
 
+def _file_in_the_way(path: Path) -> Path | None:
+    """The existing file, if any, at ``path`` or one of its folders, where a folder is needed."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def _in_the_way_message(option: str, path: Path, blocker: Path) -> str:
+    where = "is a file" if blocker == path else f"cannot be written: {blocker} is a file"
+    return f"{option} {path} {where}, not a folder; choose another path or move that file"
+
+
+def _check_output(option: str, path: str | Path | None, folder: bool = True) -> None:
+    """Before any work: ``path`` (a folder to write in, or with ``folder=False`` a file) can be made; a file standing
+    where a folder is needed is a usage error naming both."""
+    if path is None:
+        return
+    path = Path(path)
+    if blocker := _file_in_the_way(path if folder else path.parent):
+        raise ValueError(_in_the_way_message(option, path, blocker))
+
+
 def _add_overrides(parser: argparse.ArgumentParser, example: str = "data.val_size=512") -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
 
@@ -305,6 +328,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .engine.device import resolve_device
     from .engine.evaluate import run_evaluation
 
+    _check_output("--output", args.output, folder=False)
+    _check_output("--save-detections", args.save_detections, folder=False)
     loaded = _load_model(args)
     config = _evaluation_config(loaded.config, args)
     device = resolve_device(args.device)
@@ -378,6 +403,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from .report import analysis_markdown, write_analysis
     from .runs import analysis_dir
 
+    _check_output("--output", args.output)
     loaded = load_analysis_model(
         args.checkpoint, args.official, random_init=args.random_init, seed=args.seed, **_official_options(args)
     )
@@ -481,6 +507,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.image_ids and args.format != "coco":
         raise ValueError("--image-ids numbers the COCO results; add --format coco")
+    _check_output("--output", args.output)
     loaded = _load_model(args)
     draw_attention = None
     if args.attention:
@@ -816,6 +843,7 @@ def _visualize(args: argparse.Namespace) -> int:
     runs = [run, *(p for p in extra if p.is_dir() or p.suffix in (".pt", ".pth"))]
     images = [p for p in extra if p not in runs]
     output = Path(args.output) if args.output else (run if run.is_dir() else run.parent) / "figures"
+    _check_output("--output", output)
     request = VisualizeRequest(
         runs=runs,
         output=output,
@@ -910,6 +938,13 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
         try:
             return args.func(args)
+        except (FileExistsError, NotADirectoryError) as err:  # a file where an output folder should be made
+            _close_progress_bars()
+            path = Path(err.filename or "")
+            blocker = _file_in_the_way(path)
+            message = _in_the_way_message("output", path, blocker) if err.filename and blocker else str(err)
+            print(f"error: {message}\n(run with --debug for the full traceback)", file=sys.stderr)
+            return 2
         except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # ours name the file / key / value
             _close_progress_bars()
             print(f"error: {err}\n(run with --debug for the full traceback)", file=sys.stderr)
