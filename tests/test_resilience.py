@@ -196,6 +196,8 @@ def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_
             assert torch.equal(state[key], value), key
     assert not any(p.requires_grad for p in trainer.model.backbone.parameters())
     trainer.fit()
+    from_run = Trainer(config, tmp_path / "tuned-from-run", progress=False, init_from=source)  # its best checkpoint
+    assert torch.equal(from_run.model.state_dict()["query_embed.weight"], weights["query_embed.weight"])
     other = shapes_config(shapes, "model.transformer.dec_layers=3")
     with pytest.raises(
         CheckpointMismatchError, match=r"does not fit the model apart from its class heads \['class_embed'\]"

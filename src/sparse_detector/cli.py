@@ -151,7 +151,8 @@ def add_train_command(commands: Subparsers) -> None:
     parser.add_argument(
         "--init-from",
         metavar="CKPT",
-        help="fine-tune: start from these weights (ours or official); class heads are re-initialised when the "
+        help="fine-tune: start from these weights (a checkpoint, ours or official, or a run directory: its best); "
+        "class heads are re-initialised when the "
         "class count differs",
     )
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: train.device)")

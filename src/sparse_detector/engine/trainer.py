@@ -26,7 +26,15 @@ from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection
 from ..models import build_criterion, build_model
 from ..models.weights import CheckpointMismatchError, read_state_dict
-from ..runs import BEST_CHECKPOINT, CONFIG_FILE, EVAL_FILE, LAST_CHECKPOINT, METRICS_FILE, read_metrics
+from ..runs import (
+    BEST_CHECKPOINT,
+    CONFIG_FILE,
+    EVAL_FILE,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    read_metrics,
+    resolve_checkpoint,
+)
 from .checkpoint import (
     load_checkpoint,
     newest_valid_checkpoint,
@@ -108,10 +116,11 @@ def format_parameter_counts(counts: dict[str, dict[str, int]]) -> str:
 
 
 def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
-    """Load the weights of a checkpoint (ours or official) for fine-tuning: the model's class heads
+    """Load the weights of a checkpoint (ours or official; a run directory gives its best, else its last) for
+    fine-tuning: the model's class heads
     (``model.class_heads``) are left freshly initialised when the class count differs; every other weight must
     fit. Returns the names of the re-initialised parameters."""
-    state_dict, source = read_state_dict(Path(path))
+    state_dict, source = read_state_dict(resolve_checkpoint(path))
     expected = model.state_dict()
     names = list(getattr(model, "class_heads", ()))
     heads = tuple(f"{head}." for head in names)
