@@ -203,3 +203,10 @@ def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_
         CheckpointMismatchError, match=r"does not fit the model apart from its class heads \['class_embed'\]"
     ):
         Trainer(other, tmp_path / "bad", progress=False, init_from=source / "checkpoint_last.pt")
+    deformable = tmp_path / "deformable.pt"  # one of ours, of another model
+    torch.save(
+        {"model": {"query_embed.weight": torch.zeros(16, 256)}, "config": {"model": {"arch": "deformable_detr"}}},
+        deformable,
+    )
+    with pytest.raises(CheckpointMismatchError, match="is a deformable_detr checkpoint, but the config builds a detr"):
+        Trainer(config, tmp_path / "bad", progress=False, init_from=deformable)

@@ -25,7 +25,7 @@ from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection
 from ..models import build_criterion, build_model
-from ..models.weights import CheckpointMismatchError, read_state_dict
+from ..models.weights import CheckpointMismatchError, read_state_dict, saved_config
 from ..runs import (
     BEST_CHECKPOINT,
     CONFIG_FILE,
@@ -136,6 +136,12 @@ def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
     if missing or unexpected or mismatched:
         found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": mismatched}
         problems = [f"{len(keys)} {what} (first: {keys[:3]})" for what, keys in found.items() if keys]
+        arch = (saved_config(source) or {}).get("model", {}).get("arch")
+        if arch and arch != getattr(model, "arch", arch):
+            raise CheckpointMismatchError(
+                f"--init-from {source} is a {arch} checkpoint, but the config builds a {model.arch} model; "
+                f"use a config with model.arch={arch} (e.g. the run's own config.yaml) or a {model.arch} checkpoint"
+            )
         raise CheckpointMismatchError(
             f"--init-from {source} does not fit the model apart from its class heads {names}: "
             + "; ".join(problems)

@@ -185,23 +185,24 @@ def load_official(
     try:
         load_state_dict_checked(model, state_dict, source)
     except CheckpointMismatchError:
-        if not _carries_config(path_or_state_dict):
+        if saved_config(path_or_state_dict) is None:
             raise
         raise CheckpointMismatchError(_not_official(path_or_state_dict, source, arch, "")) from None
     return model.eval(), config
 
 
-def _carries_config(path_or_state_dict: str | Path | Mapping[str, Tensor]) -> bool:
-    """Whether a checkpoint file is one of this package's (they carry their config; official ones do not)."""
+def saved_config(path_or_state_dict: str | Path | Mapping[str, Tensor]) -> Mapping[str, Any] | None:
+    """The config a checkpoint file of this package carries (official ones carry none): None when there is none."""
     if not isinstance(path_or_state_dict, str | Path):
-        return False
+        return None
     data = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
-    return isinstance(data, Mapping) and "config" in data
+    config = data.get("config") if isinstance(data, Mapping) else None
+    return config if isinstance(config, Mapping) else None
 
 
 def _not_official(path_or_state_dict: str | Path | Mapping[str, Tensor], source: str, arch: str, reason: str) -> str:
     """Why ``source`` cannot be read as an official ``arch`` checkpoint, and what to do instead."""
-    if _carries_config(path_or_state_dict):
+    if saved_config(path_or_state_dict) is not None:
         return (
             f"{source} is a checkpoint of this package (it carries its config), not an official one: load it "
             "without --official"
