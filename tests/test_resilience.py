@@ -147,6 +147,21 @@ def test_resume_applies_a_new_learning_rate_and_schedule(shapes, tmp_path: Path)
     (record,) = [r for r in read_metrics(run) if r["type"] == "resume"]
     assert any("group default: lr 0.0002" in change and "-> 5e-06" in change for change in record["changes"])
     assert load_checkpoint(run / "checkpoint_last.pt")["lr_scheduler"]["base_lrs"][0] == pytest.approx(5e-5)
+    assert "optim.lr: 0.0002 -> 5e-05" in record["changes"] and "train.epochs: 1 -> 2" in record["changes"]
+
+
+def test_resume_names_model_settings_it_changes_or_that_do_not_fit(shapes, tmp_path: Path):
+    run = tmp_path / "run"
+    Trainer(shapes_config(shapes, "train.epochs=1", *FAST), run, progress=False).fit()
+    queries = load_config(run / "config.yaml", ["train.epochs=2", "model.num_queries=3"])
+    with pytest.raises(
+        CheckpointMismatchError, match=r"model settings changed on resume \(model\.num_queries: 6 -> 3\)"
+    ):
+        Trainer(queries, run, resume=True, progress=False)
+    sparse = load_config(run / "config.yaml", ["train.epochs=2", "model.attention.decoder_cross.activation=sparsemax"])
+    Trainer(sparse, run, resume=True, progress=False)  # same weights: allowed, and on the record
+    (record,) = [r for r in read_metrics(run) if r["type"] == "resume"]
+    assert "model.attention.decoder_cross.activation: 'softmax' -> 'sparsemax'" in record["changes"]
 
 
 def test_nonfinite_loss_names_step_terms_and_last_checkpoint(shapes, tmp_path: Path):

@@ -20,12 +20,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DistributedSampler
 from tqdm import tqdm
 
-from ..config import Config, config_to_dict, dump_config
+from ..config import Config, config_differences, config_to_dict, dump_config
 from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection
 from ..models import build_criterion, build_model
-from ..models.weights import CheckpointMismatchError, read_state_dict, saved_config
+from ..models.weights import CheckpointMismatchError, load_state_dict_checked, read_state_dict, saved_config
 from ..runs import (
     BEST_CHECKPOINT,
     CONFIG_FILE,
@@ -255,12 +255,24 @@ class Trainer:
     # Checkpoints
 
     def _resume(self) -> list[str]:
-        """Restore the newest valid checkpoint; returns the optimiser settings the config changed."""
+        """Restore the newest valid checkpoint; returns the settings the config changed (``key: old -> new``) and
+        what they changed in the optimiser."""
         path = newest_valid_checkpoint(self.run_dir, warn=log.warning)
         if path is None:
             raise FileNotFoundError(f"run directory {self.run_dir} holds no valid checkpoint to resume from")
         state = load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
+        settings = config_differences(state.get("config", {}), config_to_dict(self.config))
+        try:
+            load_state_dict_checked(self.model, state["model"], str(path))
+        except CheckpointMismatchError:
+            model_settings = [change for change in settings if change.startswith("model.")]
+            if not model_settings:
+                raise
+            raise CheckpointMismatchError(
+                f"{self.run_dir}: the model settings changed on resume ({'; '.join(model_settings)}) no longer fit "
+                f"its checkpoint {path.name}; a resumed run keeps its model: drop those --set overrides, or start a "
+                f"new run from these weights with --init-from {path}"
+            ) from None
         configured = group_settings(self.optimizer)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -270,7 +282,7 @@ class Trainer:
                 "parameters (backbone freezing, learnable alphas) must stay as they were"
             ) from None
         self.scheduler.load_state_dict(state["lr_scheduler"])
-        changes = apply_configured_settings(self.optimizer, self.scheduler, configured)
+        changes = settings + apply_configured_settings(self.optimizer, self.scheduler, configured)
         for change in changes:
             log.warning("resume: the config changes %s", change)
         if "scaler" in state and self.scaler.is_enabled():
