@@ -93,3 +93,15 @@ def test_a_file_where_an_output_folder_goes_is_named_before_any_work(tmp_path: P
     assert main(["data", "shapes", str(blocker / "shapes"), "--num-images", "2"]) == 2  # caught where it is made
     assert f"cannot be written: {blocker} is a file, not a folder" in capsys.readouterr().err
     assert blocker.read_text() == "mine"
+
+
+def test_ctrl_c_outside_training_is_one_line_not_a_traceback(monkeypatch, capsys) -> None:
+    import sparse_detector.cli as cli
+
+    def interrupted(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_evaluate", interrupted)
+    assert main(["evaluate", "--checkpoint", "runs/mine"]) == 130
+    err = capsys.readouterr().err
+    assert err == "interrupted: sparse-detector evaluate stopped before it finished (Ctrl-C)\n"

@@ -951,13 +951,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}\n(run with --debug for the full traceback)", file=sys.stderr)
             return 2
         except KeyboardInterrupt as stop:
-            from .engine.trainer import StoppedAtOnce  # already imported when training raised it
-
-            if not isinstance(stop, StoppedAtOnce):
-                raise
             _close_progress_bars()
-            print(f"stopped at once by a second {stop}; the last complete checkpoint is kept", file=sys.stderr)
-            return 128 + stop.signum
+            trainer = sys.modules.get(f"{__package__}.engine.trainer")  # imported if training raised it
+            if trainer is not None and isinstance(stop, trainer.StoppedAtOnce):
+                print(f"stopped at once by a second {stop}; the last complete checkpoint is kept", file=sys.stderr)
+                return 128 + stop.signum
+            command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+            print(f"interrupted: sparse-detector {command} stopped before it finished (Ctrl-C)", file=sys.stderr)
+            return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":
