@@ -105,3 +105,12 @@ def test_ctrl_c_outside_training_is_one_line_not_a_traceback(monkeypatch, capsys
     assert main(["evaluate", "--checkpoint", "runs/mine"]) == 130
     err = capsys.readouterr().err
     assert err == "interrupted: sparse-detector evaluate stopped before it finished (Ctrl-C)\n"
+
+
+def test_resume_given_a_checkpoint_file_names_its_run_directory(tmp_path: Path, capsys) -> None:
+    (tmp_path / "config.yaml").write_text("{}\n")
+    (tmp_path / "checkpoint_last.pt").write_bytes(b"")
+    assert main(["train", "--resume", str(tmp_path / "checkpoint_last.pt")]) == 2
+    assert f"--resume takes the run directory (it picks the newest valid checkpoint): --resume {tmp_path}\n" in (
+        capsys.readouterr().err
+    )

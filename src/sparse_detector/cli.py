@@ -236,6 +236,10 @@ def _train(args: argparse.Namespace) -> int:
     main_process = context_from_environment().is_main  # under torchrun / srun only rank 0 prints
     if resume_dir is not None:
         run_dir = resume_dir
+        if run_dir.is_file() and (run_dir.parent / CONFIG_FILE).is_file():
+            raise ValueError(
+                f"--resume takes the run directory (it picks the newest valid checkpoint): --resume {run_dir.parent}"
+            )
         if not (run_dir / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); check the --resume path")
         config = load_config(run_dir / CONFIG_FILE, args.set)
