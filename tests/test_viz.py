@@ -18,6 +18,7 @@ from sparse_detector.cli import main
 from sparse_detector.engine.diagnostics import read_diagnostics
 from sparse_detector.engine.trainer import Trainer
 from sparse_detector.study import analyze_run
+from sparse_detector.viz.alpha import alpha_figure
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, attention_figure, grey
 from sparse_detector.viz.curves import curves_figure
 from sparse_detector.viz.deformable import references_figure
@@ -203,14 +204,18 @@ def test_references_figure_labels_every_decoder_layer():
     assert [line.get_xydata().tolist() for line in ax.lines] == [[[40.0, 20.0]], [[20.0, 30.0]]]
 
 
-def test_curves_of_a_one_epoch_run_have_whole_step_and_epoch_ticks():
+def test_a_short_run_has_whole_step_and_epoch_ticks_and_plain_alpha_values():
     records = [{"type": "train", "step": s, "loss": 20.0 - s, "class_error": 80.0} for s in (1, 2, 3, 4)]
     records.append({"type": "epoch", "step": 4, "epoch": 1, "AP": 0.1, "train_loss": 18.0, "val_loss": 17.0})
-    figure = curves_figure({"run": records})
-    FigureCanvasAgg(figure).draw()
-    for ax in figure.axes:
+    for record in records[:4]:  # two heads near 1.5, one of them moving by less than 1e-3
+        record["alpha"] = {"decoder.layers.0.cross_attn.activation": [1.5 + 1e-4 * record["step"], 1.5]}
+    curves, alpha = curves_figure({"run": records}), alpha_figure(records)
+    for figure in (curves, alpha):
+        FigureCanvasAgg(figure).draw()
+    for ax in [*curves.axes, alpha.axes[-1]]:
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
+    assert alpha.axes[-1].yaxis.get_offset_text().get_text() == ""  # α itself, not "+1.5" and an offset
 
 
 def test_deformable_pixels_draw_the_encoder_sampling(runs, tmp_path: Path):

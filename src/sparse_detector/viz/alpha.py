@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .curves import run_colors
+from .figure import count_axis
 
 
 def _module_label(name: str) -> str:
@@ -56,8 +57,9 @@ def alpha_figure(records: Sequence[Mapping], title: str = "") -> Figure:
             axes.plot(steps, history[module][:, head], color=colors[str(head)], linewidth=1, label=f"head {head}")
         axes.set_title(_module_label(module), fontsize=8)
         axes.set_ylabel("α", fontsize=8)
+        axes.ticklabel_format(axis="y", useOffset=False)  # α itself on every panel, never "+1.5" and an offset
     lines[-1].legend(fontsize=6, ncols=min(heads, 4))
-    lines[-1].set_xlabel("step")
+    count_axis(lines[-1], "step")
     if title:
         figure.suptitle(title, fontsize=10)
     return figure

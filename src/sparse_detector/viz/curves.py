@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+
+from .figure import count_axis
 
 LOSS_TERMS = ("loss", "loss_ce", "loss_bbox", "loss_giou")
 LOSS_TITLES = {
@@ -60,7 +61,7 @@ def _plot_loss(axes: Axes, runs: Mapping[str, Sequence[Mapping]], term: str, col
         for key in _aux_keys(records, term) if term != "loss" else []:
             axes.plot(*_series(records, "train", key), color=colors[label], linewidth=0.6, alpha=0.35)
     axes.set_title(LOSS_TITLES[term] + ("" if term == "loss" else "\n(thin: auxiliary decoder layers)"), fontsize=9)
-    _count_axis(axes, "step")
+    count_axis(axes, "step")
 
 
 def _plot_epochs(
@@ -73,15 +74,9 @@ def _plot_epochs(
         for key, (name, style) in styles.items():
             xs, ys = _series(records, "epoch", key)
             axes.plot(xs, ys, linestyle=style, marker="o", markersize=3, color=colors[label], label=f"{label} {name}")
-    _count_axis(axes, "epoch")
+    count_axis(axes, "epoch")
     axes.set_ylim(bottom=0)
     axes.legend(fontsize=6)
-
-
-def _count_axis(axes: Axes, label: str) -> None:
-    """An x axis of steps or epochs: integer ticks only, even for a run of one epoch or a few steps."""
-    axes.set_xlabel(label)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def curves_figure(runs: Mapping[str, Sequence[Mapping]], title: str = "") -> Figure:
@@ -103,7 +98,7 @@ def curves_figure(runs: Mapping[str, Sequence[Mapping]], title: str = "") -> Fig
         xs, ys = _series(records, "epoch", "val_class_error", x="step")
         error.plot(xs, ys, marker="s", linestyle="none", color=colors[label], label=f"{label} val (evaluations)")
     error.set_title("class error (%) of matched queries", fontsize=9)
-    _count_axis(error, "step")
+    count_axis(error, "step")
     error.legend(fontsize=6)
 
     _plot_epochs(grid[1][1], runs, AP_OVERALL, colors)
@@ -134,5 +129,5 @@ def _plot_val_loss(axes: Axes, runs: Mapping[str, Sequence[Mapping]], colors: Ma
             label=f"{label} val",
         )
     axes.set_title("total loss per epoch: train (solid), val (dashed)", fontsize=9)
-    _count_axis(axes, "epoch")
+    count_axis(axes, "epoch")
     axes.legend(fontsize=6)

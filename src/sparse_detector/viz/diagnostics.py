@@ -14,6 +14,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from .curves import run_colors
+from .figure import count_axis
 
 HISTOGRAM_PANELS = 3  # initialisation, the middle recorded step, the last
 
@@ -89,7 +90,7 @@ def diagnostics_figure(records: Sequence[Mapping], title: str = "", histogram_ra
                 label=f"{site} layer {layer}",
             )
     entropy_axes.set_title("mean attention entropy (nats) on fixed validation images (darker: later layer)", fontsize=9)
-    entropy_axes.set_xlabel("step")
+    count_axis(entropy_axes, "step")
     if sites:
         entropy_axes.legend(fontsize=6, ncols=4)
     if title:
