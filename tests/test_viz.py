@@ -167,6 +167,15 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert "train.diagnostics_every" in capsys.readouterr().err
     assert main(["visualize", "compare", run, "--output", str(tmp_path)]) == 2
     assert "two or more runs" in capsys.readouterr().err
+    deformable = str(runs["deformable"])
+    assert main(["visualize", "compare", run, deformable, "--output", str(tmp_path)]) == 2  # was a TypeError
+    assert "site decoder_cross has points keys" in capsys.readouterr().err
+    assert main(["visualize", "encoder", deformable, "--output", str(tmp_path)]) == 2
+    assert "draw its sampling points with: sparse-detector visualize deformable" in capsys.readouterr().err
+    assert main(["visualize", "attention", run, "--site", "encoder_self", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err  # was drawn: grid cell q as if it were object query q
+    assert "queries of site encoder_self are feature-grid cells, not object queries" in err
+    assert "sparse-detector visualize encoder" in err and not list(tmp_path.glob("attention_*"))
 
 
 def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, capsys):

@@ -156,19 +156,36 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
     return items
 
 
+QUERY_NAMES = {"queries": "object queries", "grid": "feature-grid cells"}
+GRID_QUERY_KINDS = {"queries": "attention", "grid": "encoder"}  # the kind that draws a grid-keyed site's queries
+
+
 def grid_site(loaded: LoadedModel, queries: QueryKind, requested: str | None) -> str:
     """The site to draw over the image: ``requested`` (checked against the model's sites), else the model's first
     site whose keys are the feature grid and whose queries are ``queries`` (object queries or grid cells)."""
+    sites = model_sites(loaded.model)
     if requested is not None:
         site = select_sites(loaded.model, [requested])[0]
-        if site.keys != "grid":
-            raise ValueError(f"site {site.name} has {site.keys} keys; these figures draw sites whose keys are the grid")
-        return site.name
-    sites = model_sites(loaded.model)
-    for site in sites.values():
         if site.keys == "grid" and site.queries == queries:
             return site.name
-    raise ValueError(f"the model has no site of {queries} over the feature grid to draw; its sites: {list(sites)}")
+        if site.keys != "grid":
+            problem = f"site {site.name} has {site.keys} keys; these figures draw sites whose keys are the feature grid"
+        else:  # the figure's queries are object queries (attention, compare) or grid cells (encoder)
+            kind = GRID_QUERY_KINDS[site.queries]
+            problem = (
+                f"the queries of site {site.name} are {QUERY_NAMES[site.queries]}, not {QUERY_NAMES[queries]}; "
+                f"draw it with: sparse-detector visualize {kind} {loaded.source} --site {site.name}"
+            )
+    else:
+        for site in sites.values():
+            if site.keys == "grid" and site.queries == queries:
+                return site.name
+        keys = ", ".join(f"{name} ({site.queries} over {site.keys})" for name, site in sites.items())
+        problem = f"the model has no site of {queries} over the feature grid to draw; its sites: {keys}"
+    if object_query_kind(loaded.model) == "deformable":
+        pixels = " --pixels X,Y" if queries == "grid" else ""
+        problem += f"; draw its sampling points with: sparse-detector visualize deformable {loaded.source}{pixels}"
+    raise ValueError(f"{loaded.source} ({loaded.config.model.arch}): {problem}")
 
 
 @torch.no_grad()
@@ -396,6 +413,8 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
     device = resolve_device(request.device)
     models = [_load(run, request) for run in request.runs]
     site = grid_site(models[0], "queries", request.site)
+    for loaded in models[1:]:  # every run draws the same site over its feature grid
+        grid_site(loaded, "queries", site)
     written = []
     for item in load_images(models[0].config, request):
         if item.target is None or not len(item.target["boxes"]):
