@@ -11,6 +11,7 @@ import yaml
 
 from sparse_detector.cli import main
 from sparse_detector.config import ConfigError
+from sparse_detector.engine.checkpoint import load_checkpoint
 from sparse_detector.study import STATUS_FILE, load_study
 
 from .conftest import SMALL_MODEL
@@ -71,6 +72,18 @@ def test_study_runs_resumes_and_reports(tmp_path: Path, capsys):
     assert (first / "checkpoint_last.pt").stat().st_mtime_ns == trained, "finished training is not redone"
     assert (first / "analysis" / "analysis.json").is_file() and (first / "figures").is_dir()
     assert set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (study_dir / "report.md").read_text())) == figure_files(study_dir)
+
+    # Asked for more epochs, a finished run trains on; asked for other settings, it is not mixed into the report.
+    more = ["study", str(config), "--output-dir", str(study_dir), "--no-progress", "--set", "train.epochs=2"]
+    assert main(more) == 0
+    assert "sparsemax-seed0: done before; train.epochs: 1 -> 2: continuing it" in capsys.readouterr().out
+    assert load_checkpoint(second / "checkpoint_last.pt")["epoch"] == 2
+    assert main([*more, "optim.lr=1e-5"]) == 0
+    assert (
+        "sparsemax-seed0: NOT REDONE: done before with other settings than this study's (optim.lr: 0.0002 -> 1e-05)"
+        in (capsys.readouterr().out)
+    )
+    assert "| sparsemax | 1 |" not in (study_dir / "report.md").read_text()
 
 
 def test_study_config_errors_name_the_problem(tmp_path: Path):
