@@ -186,6 +186,14 @@ def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, ca
     assert 0 <= paibb["upsampled_last_layer"]["overall"]["mean"] <= 1
     default = json.loads((runs["run"] / "analysis" / "analysis.json").read_text())["attention"]["sites"]
     assert "upsampled_last_layer" not in default["decoder_cross"]["paibb"], "the exact grid coverage stays the default"
+    deformable = ["analyze", "--checkpoint", str(runs["deformable"]), "--output", str(tmp_path / "d")]
+    assert main([*deformable, "--paibb-upsampled"]) == 2  # was silently left out of the output
+    assert "this model has none (its queries sample points), or leave --paibb-upsampled out" in capsys.readouterr().err
+    assert main(["analyze", "--checkpoint", run, "--paibb-upsampled", "--sites", "encoder_self"]) == 2
+    assert "add one of ['decoder_cross'] to --sites" in capsys.readouterr().err
+    assert main([*deformable, "--zero-threshold", "-1"]) == 2  # was accepted: every zeros ratio read 0
+    assert "--zero-threshold must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
 
 
 def test_predict_draws_each_detections_attention(runs, tmp_path: Path, capsys):

@@ -409,6 +409,10 @@ def _analyze(args: argparse.Namespace) -> int:
     from .runs import analysis_dir
 
     _check_output("--output", args.output)
+    if args.zero_threshold is not None and args.zero_threshold < 0:
+        raise ValueError(
+            f"--zero-threshold must be >= 0 (a weight at or below it counts as zero), got {args.zero_threshold}"
+        )
     loaded = load_analysis_model(
         args.checkpoint, args.official, random_init=args.random_init, seed=args.seed, **_official_options(args)
     )
@@ -416,6 +420,13 @@ def _analyze(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dataset = build_dataset(config, "val")
     sites = [site.name for site in select_sites(loaded.model, args.sites)]  # an unknown name lists the model's
+    over_grid = [s.name for s in select_sites(loaded.model) if s.keys == "grid" and s.queries == "queries"]
+    if args.paibb_upsampled and not set(over_grid) & set(sites):
+        fix = f"add one of {over_grid} to --sites" if over_grid else "this model has none (its queries sample points)"
+        raise ValueError(
+            f"--paibb-upsampled reads maps of object queries over the feature grid, and none of the sites {sites} "
+            f"is one: {fix}, or leave --paibb-upsampled out"
+        )
     stats, aggregator = analyze(
         loaded.model.to(device),
         build_criterion(config).matcher,
