@@ -176,6 +176,10 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     err = capsys.readouterr().err  # was drawn: grid cell q as if it were object query q
     assert "queries of site encoder_self are feature-grid cells, not object queries" in err
     assert "sparse-detector visualize encoder" in err and not list(tmp_path.glob("attention_*"))
+    assert main(["visualize", "encoder", run, "--pixels", "500,40", "--output", str(tmp_path)]) == 2  # was clamped
+    assert "--pixels 500,40 is outside image1 (96 x 96 px)" in capsys.readouterr().err
+    assert main(["visualize", "deformable", deformable, "--pixels", "10,-1", "--output", str(tmp_path)]) == 2
+    assert "--pixels 10,-1 is outside image1" in capsys.readouterr().err
 
 
 def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, capsys):

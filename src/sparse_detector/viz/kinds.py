@@ -338,17 +338,28 @@ def _encoder_points_site(sites: dict) -> str:
     return candidates[0]
 
 
+def pixel_cell(item: ImageItem, x: float, y: float, rows: int, columns: int) -> tuple[int, int]:
+    """(row, column) of the cell of an image's valid ``rows`` × ``columns`` grid holding pixel (x, y) of the original
+    image; a pixel outside the image is an error."""
+    height, width = item.orig_size
+    if not (0 <= x < width and 0 <= y < height):
+        raise ValueError(
+            f"--pixels {x:g},{y:g} is outside {item.name} ({width:g} x {height:g} px); pixels are X,Y in the original "
+            "image's coordinates"
+        )
+    return min(int(y / height * rows), rows - 1), min(int(x / width * columns), columns - 1)
+
+
 def _encoder_sampling(
     request: VisualizeRequest, site: str, records: Sequence, item: ImageItem, truth: list[LabelledBox]
 ) -> list[Path]:
     """Per requested pixel and layer: the sampling points of the first feature level's grid cell containing it."""
     (height, width), (ratio_w, ratio_h) = records[0].level_shapes[0].tolist(), records[0].valid_ratios[0, 0].tolist()
     valid_h, valid_w = max(round(ratio_h * height), 1), max(round(ratio_w * width), 1)
-    orig_h, orig_w = item.orig_size
     boxes = [(b.box, TRUTH_COLOR) for b in truth]
     written = []
     for x, y in request.pixels:
-        row, column = min(int(y / orig_h * valid_h), valid_h - 1), min(int(x / orig_w * valid_w), valid_w - 1)
+        row, column = pixel_cell(item, x, y, valid_h, valid_w)
         for layer, record in enumerate(records):
             title = (
                 f"{run_label(request.runs[0])}: {site} layer {layer}, {item.name}, cell (row {row}, column {column})"
@@ -375,8 +386,7 @@ def encoder_kind(request: VisualizeRequest) -> list[Path]:
         _, maps = recorded_forward(loaded, item, site, device)
         layers, heads, _, h, w = maps.shape
         if request.pixels:
-            orig_h, orig_w = item.orig_size
-            cells = [min(int(y / orig_h * h), h - 1) * w + min(int(x / orig_w * w), w - 1) for x, y in request.pixels]
+            cells = [row * w + column for row, column in (pixel_cell(item, x, y, h, w) for x, y in request.pixels)]
         else:
             cells = _most_attended_cells(maps)
         truth = _truth_boxes(item, loaded.label_map)
