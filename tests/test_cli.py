@@ -114,3 +114,9 @@ def test_resume_given_a_checkpoint_file_names_its_run_directory(tmp_path: Path, 
     assert f"--resume takes the run directory (it picks the newest valid checkpoint): --resume {tmp_path}\n" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "analyze", "quickstart", "study"])
+def test_every_long_running_command_takes_no_progress(command: str) -> None:
+    required = {"evaluate": ["--checkpoint", "r"], "analyze": ["--checkpoint", "r"], "study": ["s"]}
+    assert build_parser().parse_args([command, *required.get(command, []), "--no-progress"]).no_progress

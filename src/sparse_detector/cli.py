@@ -124,6 +124,9 @@ def _add_evaluation_data(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, help="images per batch (default: train.eval_batch_size)")
     parser.add_argument("--workers", type=int, help="data-loading processes (default: data.num_workers)")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (never one when the output is not a terminal)"
+    )
     _add_overrides(parser)
 
 
