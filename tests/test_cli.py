@@ -120,3 +120,10 @@ def test_resume_given_a_checkpoint_file_names_its_run_directory(tmp_path: Path, 
 def test_every_long_running_command_takes_no_progress(command: str) -> None:
     required = {"evaluate": ["--checkpoint", "r"], "analyze": ["--checkpoint", "r"], "study": ["s"]}
     assert build_parser().parse_args([command, *required.get(command, []), "--no-progress"]).no_progress
+
+
+def test_train_summary_shows_the_global_batch_of_several_processes() -> None:
+    from sparse_detector.cli import _batch_text
+
+    assert _batch_text(4, 1) == "4"
+    assert _batch_text(4, 2) == "4 per process x 2 = 8"

@@ -196,6 +196,11 @@ def _finished_run_message(run_dir: Path, config: Config) -> str:
     )
 
 
+def _batch_text(batch_size: int, processes: int) -> str:
+    """The batch size as a user reads it: per process and global when several processes train."""
+    return f"{batch_size}" if processes == 1 else f"{batch_size} per process x {processes} = {batch_size * processes}"
+
+
 def _train_summary(trainer: object) -> str:
     """A few lines on what is about to happen (the whole resolved config is in the run directory's config.yaml)."""
     from .attention.sites import model_sites
@@ -209,6 +214,7 @@ def _train_summary(trainer: object) -> str:
     )
     parameters = sum(p.numel() for p in trainer.model.parameters())  # type: ignore[attr-defined]
     train_set, val_set = trainer.train_set, trainer.val_set  # type: ignore[attr-defined]
+    processes = trainer.dist.world_size  # type: ignore[attr-defined]
     return "\n".join(
         [
             f"data:   train {len(train_set)} images / {train_set.num_boxes} boxes ({train_set.annotation_file}), "
@@ -216,8 +222,8 @@ def _train_summary(trainer: object) -> str:
             f"model:  {model.arch} {model.backbone.name}, "
             f"{model.transformer.enc_layers}+{model.transformer.dec_layers} layers, {model.num_queries} queries, "
             f"{parameters / 1e6:.2f} M parameters; attention {sites}",
-            f"train:  {config.train.epochs} epochs, batch {config.train.batch_size}, lr {config.optim.lr:g}, "
-            f"device {trainer.device}",  # type: ignore[attr-defined]
+            f"train:  {config.train.epochs} epochs, batch {_batch_text(config.train.batch_size, processes)}, "
+            f"lr {config.optim.lr:g}, device {trainer.device}",  # type: ignore[attr-defined]
             f"run:    {trainer.run_dir} (config.yaml, metrics.jsonl, checkpoints)",  # type: ignore[attr-defined]
         ]
     )
