@@ -164,6 +164,24 @@ def test_resume_names_model_settings_it_changes_or_that_do_not_fit(shapes, tmp_p
     assert "model.attention.decoder_cross.activation: 'softmax' -> 'sparsemax'" in record["changes"]
 
 
+def test_mid_epoch_resume_with_another_batch_size_trains_each_image_once(shapes, tmp_path: Path):
+    run = tmp_path / "run"
+    trainer = Trainer(shapes_config(shapes, "train.epochs=1", "train.eval_every=100"), run, progress=False)
+    backward = trainer._backward
+
+    def stop_after_the_first_step(loss):  # as a SIGTERM during step 1 would: finish it, checkpoint, stop
+        backward(loss)
+        trainer.stop_signal = signal.SIGTERM
+
+    trainer._backward = stop_after_the_first_step
+    trainer.fit()
+    assert load_checkpoint(run / "checkpoint_last.pt")["epoch_progress"]["samples"] == 4  # 1 batch of 4 of 12
+    config = load_config(run / "config.yaml", ["train.batch_size=2"])
+    Trainer(config, run, resume=True, progress=False).fit()
+    (epoch,) = [r for r in read_metrics(run) if r["type"] == "epoch"]
+    assert epoch["train_steps"] == 1 + 4  # the other 8 images in batches of 2 (was 1 + 5: 2 images seen twice)
+
+
 def test_nonfinite_loss_names_step_terms_and_last_checkpoint(shapes, tmp_path: Path):
     run = tmp_path / "run"
     Trainer(shapes_config(shapes, "train.epochs=1", *FAST), run, progress=False).fit()

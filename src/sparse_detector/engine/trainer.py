@@ -376,7 +376,8 @@ class Trainer:
     # Training
 
     def _batches(self, dataset: CocoDetection, train: bool, skip: int = 0) -> Any:
-        """This rank's loader: its share of the (per-epoch shuffled) images, without the first ``skip`` batches."""
+        """This rank's loader: its share of the (per-epoch shuffled) images, without the first ``skip`` of them
+        (those a mid-epoch checkpoint had trained on, in batches of any size)."""
         seed = self.config.train.seed
         sampler = DistributedSampler(
             dataset, self.dist.world_size, self.dist.rank, shuffle=train, seed=seed, drop_last=False
@@ -384,7 +385,7 @@ class Trainer:
         sampler.set_epoch(self.epoch)
         if train:
             size = self.config.train.batch_size
-            batches = list(BatchSampler(sampler, size, drop_last=len(sampler) >= size))[skip:]
+            batches = list(BatchSampler(list(sampler)[skip:], size, drop_last=len(sampler) >= size))
         else:  # batches of one image size each, so the results do not depend on the batch size
             indices = list(sampler)
             sizes = dataset.image_sizes()
@@ -415,7 +416,9 @@ class Trainer:
         self.epoch_progress = {}
         sums: dict[str, float] = defaultdict(float, progress["sums"])
         steps, skipped, images_seen = progress["steps"], progress["skipped"], progress["images"]
-        loader = self._batches(self.train_set, train=True, skip=steps + skipped)
+        # this rank's images the epoch has used (older checkpoints: their batches, at the current batch size)
+        used = progress.get("samples", (steps + skipped) * config.batch_size)
+        loader = self._batches(self.train_set, train=True, skip=used)
         self.forward_model.train()
         self.criterion.train()
         limit = min(config.max_steps_per_epoch or len(loader) + steps + skipped, len(loader) + steps + skipped)
@@ -426,6 +429,7 @@ class Trainer:
             if steps + skipped >= limit:
                 break
             data_s = time.perf_counter() - tick
+            used += config.batch_size
             # every image of the batch was unreadable and skipped (data.on_invalid=skip); all ranks skip together
             if any_across_ranks(batch is None, self.device):
                 continue
@@ -460,6 +464,7 @@ class Trainer:
                     "steps": steps,
                     "skipped": skipped,
                     "images": images_seen,
+                    "samples": used,
                     "seconds": seconds,
                     "sums": dict(sums),
                 }
