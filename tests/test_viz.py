@@ -167,6 +167,11 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert "train.diagnostics_every" in capsys.readouterr().err
     assert main(["visualize", "compare", run, "--output", str(tmp_path)]) == 2
     assert "two or more runs" in capsys.readouterr().err
+    missing = str(tmp_path / "no-such-run")  # was read as an image: "neither an image file nor a folder"
+    assert main(["visualize", "curves", run, missing, "--output", str(tmp_path)]) == 2
+    assert f"{missing}/metrics.jsonl does not exist: is {missing} a run directory?" in capsys.readouterr().err
+    assert main(["visualize", "diagnostics", missing, "--output", str(tmp_path)]) == 2
+    assert f"run directory {missing} does not exist" in capsys.readouterr().err
     deformable = str(runs["deformable"])
     assert main(["visualize", "compare", run, deformable, "--output", str(tmp_path)]) == 2  # was a TypeError
     assert "site decoder_cross has points keys" in capsys.readouterr().err

@@ -55,6 +55,7 @@ FIGURE_KIND_NAMES = (
     "sparsity",
 )
 FIGURE_FORMATS = ("png", "pdf", "svg")
+RUN_ONLY_KINDS = ("alpha", "curves", "diagnostics", "sparsity")  # figures of runs' logs and analyses, no images
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -865,8 +866,11 @@ def _visualize(args: argparse.Namespace) -> int:
 
     run = Path(args.run)
     extra = [Path(p) for p in args.inputs]
-    runs = [run, *(p for p in extra if p.is_dir() or p.suffix in (".pt", ".pth"))]
-    images = [p for p in extra if p not in runs]
+    if args.kind in RUN_ONLY_KINDS:  # these read runs' logs, never images: every input is a run
+        runs, images = [run, *extra], []
+    else:
+        runs = [run, *(p for p in extra if p.is_dir() or p.suffix in (".pt", ".pth"))]
+        images = [p for p in extra if p not in runs]
     output = Path(args.output) if args.output else (run if run.is_dir() else run.parent) / "figures"
     _check_output("--output", output)
     request = VisualizeRequest(

@@ -90,7 +90,8 @@ def run_label(run: Path) -> str:
 
 
 def _run_dir(run: Path) -> Path:
-    return run if run.is_dir() else run.parent
+    """A run directory, or the one holding a checkpoint file."""
+    return run.parent if run.is_file() else run
 
 
 # ---------------------------------------------------------------------------------------------------------------
