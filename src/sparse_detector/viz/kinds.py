@@ -30,8 +30,8 @@ from ..engine.diagnostics import read_diagnostics
 from ..engine.inference import LoadedModel, load_trained_model
 from ..models import build_criterion
 from ..models.postprocess import query_scores
-from ..runs import read_analyses, read_metrics
-from ..runs import run_label as analysis_label
+from ..runs import distinct_names, read_analyses, read_metrics
+from ..runs import run_labels as analysis_labels
 from .alpha import alpha_figure
 from .attention import AttentionPanel, attention_figure, attention_panels_figure
 from .curves import curves_figure
@@ -85,8 +85,13 @@ def visualize(kind: str, request: VisualizeRequest) -> list[Path]:
 
 
 def run_label(run: Path) -> str:
-    """A run's name in legends: its directory (a checkpoint file's folder)."""
-    return run.name if run.is_dir() else run.parent.name
+    """A run's name in titles: its directory (a checkpoint file's folder)."""
+    return _run_dir(run).name
+
+
+def run_labels(runs: Sequence[Path]) -> list[str]:
+    """Several runs' names in legends and file names: their directories, told apart by their parents if need be."""
+    return distinct_names([_run_dir(run) for run in runs])
 
 
 def _run_dir(run: Path) -> Path:
@@ -442,7 +447,7 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
             item.picture,
             panels,
             [f"object {t}: {box.text}" for t, box in enumerate(truth)],
-            [run_label(run) for run in request.runs],
+            run_labels(request.runs),
             title=f"{item.name}: {site}, last layer, head average,\nof the query matched to each object",
         )
         written.append(save_figure(figure, request.output / f"compare_{site}_{item.name}", request.fmt))
@@ -515,15 +520,16 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
 @figure_kind("curves")
 def curves_kind(request: VisualizeRequest) -> list[Path]:
     """Losses, class error and AP of every run in one figure."""
-    runs = {run_label(run): read_metrics(_run_dir(run)) for run in request.runs}
+    labels = run_labels(request.runs)
+    runs = {label: read_metrics(_run_dir(run)) for label, run in zip(labels, request.runs, strict=True)}
     return [save_figure(curves_figure(runs), request.output / "curves", request.fmt)]
 
 
 def _per_run(request: VisualizeRequest, name: str, draw: Callable[[Path], Figure]) -> list[Path]:
     """One figure per run, ``<name>_<run>``, drawn from its run directory."""
     return [
-        save_figure(draw(_run_dir(run)), request.output / f"{name}_{run_label(run)}", request.fmt)
-        for run in request.runs
+        save_figure(draw(_run_dir(run)), request.output / f"{name}_{label.replace('/', '_')}", request.fmt)
+        for label, run in zip(run_labels(request.runs), request.runs, strict=True)
     ]
 
 
@@ -543,5 +549,6 @@ def diagnostics_kind(request: VisualizeRequest) -> list[Path]:
 def sparsity_kind(request: VisualizeRequest) -> list[Path]:
     """Gini, zeros ratio and PAIBB per layer across runs, from their ``analyze`` output."""
     records = read_analyses(request.runs)
-    figure = sparsity_figure({analysis_label(r): r["attention"] for r in records})
+    labels = analysis_labels(records)
+    figure = sparsity_figure({label: r["attention"] for label, r in zip(labels, records, strict=True)})
     return [save_figure(figure, request.output / "sparsity", request.fmt)]
