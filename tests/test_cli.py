@@ -127,3 +127,12 @@ def test_train_summary_shows_the_global_batch_of_several_processes() -> None:
 
     assert _batch_text(4, 1) == "4"
     assert _batch_text(4, 2) == "4 per process x 2 = 8"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "analyze"])
+def test_evaluate_and_analyze_refuse_model_settings_they_would_ignore(command: str, capsys) -> None:
+    assert (
+        main([command, "--checkpoint", "runs/mine", "--set", "model.attention.decoder_cross.activation=sparsemax"]) == 2
+    )
+    err = capsys.readouterr().err  # was accepted and ignored: the checkpoint's model is built from its own config
+    assert "--set model.attention.decoder_cross.activation: the model is the checkpoint's" in err

@@ -293,6 +293,17 @@ def _train(args: argparse.Namespace) -> int:
 # evaluate / analyze / compare / predict
 
 
+def _refuse_model_overrides(overrides: list[str]) -> None:
+    """evaluate / analyze run the checkpoint's model as it is: a ``--set model.*`` would change nothing."""
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if key.startswith("model."):
+            raise ValueError(
+                f"--set {key}: the model is the checkpoint's, built from its own config, so this would change "
+                "nothing; --set here takes data, loss and evaluation settings (e.g. data.val_size=512)"
+            )
+
+
 def _evaluation_config(config: Config, args: argparse.Namespace) -> Config:
     """The checkpoint's config with the command's data options (each falls back to the config's data.val)."""
     overrides = list(args.set)
@@ -345,6 +356,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     _check_output("--output", args.output, folder=False)
     _check_output("--save-detections", args.save_detections, folder=False)
+    _refuse_model_overrides(args.set)
     loaded = _load_model(args)
     config = _evaluation_config(loaded.config, args)
     device = resolve_device(args.device)
@@ -419,6 +431,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from .runs import analysis_dir
 
     _check_output("--output", args.output)
+    _refuse_model_overrides(args.set)
     if args.zero_threshold is not None and args.zero_threshold < 0:
         raise ValueError(
             f"--zero-threshold must be >= 0 (a weight at or below it counts as zero), got {args.zero_threshold}"
