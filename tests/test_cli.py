@@ -136,3 +136,8 @@ def test_evaluate_and_analyze_refuse_model_settings_they_would_ignore(command: s
     )
     err = capsys.readouterr().err  # was accepted and ignored: the checkpoint's model is built from its own config
     assert "--set model.attention.decoder_cross.activation: the model is the checkpoint's" in err
+
+
+def test_resume_with_init_from_is_refused_not_ignored(capsys) -> None:
+    assert main(["train", "--resume", "runs/mine", "--init-from", "other.pt"]) == 2
+    assert "--init-from starts a new run from other weights, --resume continues runs/mine" in capsys.readouterr().err

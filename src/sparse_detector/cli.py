@@ -236,6 +236,11 @@ def _train(args: argparse.Namespace) -> int:
     from .engine.distributed import context_from_environment, shutdown_distributed
     from .engine.trainer import Trainer
 
+    if args.init_from and args.resume not in (None, "auto"):  # with auto: the weights of a run's first start
+        raise ValueError(
+            f"--init-from starts a new run from other weights, --resume continues {args.resume} from its own "
+            "checkpoint: give one of them (--resume auto with --init-from starts from those weights only once)"
+        )
     output_dir = args.output_dir
     if args.resume == "auto":  # resume the run in --output-dir when it has a checkpoint, else start it
         config = load_config(args.config, args.set)
@@ -271,7 +276,7 @@ def _train(args: argparse.Namespace) -> int:
         run_dir,
         resume=resume_dir is not None,
         progress=_show_progress(args),
-        init_from=args.init_from,
+        init_from=args.init_from if resume_dir is None else None,  # a resumed run has its own weights
     )
     if main_process:
         print(_train_summary(trainer))
