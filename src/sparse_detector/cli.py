@@ -382,6 +382,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         evaluation.coco.precision.save(curves)
         print(f"written: {curves} (precision by IoU threshold x recall x class)")
     if args.save_detections:
+        Path(args.save_detections).parent.mkdir(parents=True, exist_ok=True)
         Path(args.save_detections).write_text(json.dumps(evaluation.detections))
         print(f"written: {args.save_detections} ({len(evaluation.detections)} detections, COCO results format)")
     return 0
@@ -514,6 +515,7 @@ def _compare(args: argparse.Namespace) -> int:
     table = compare_markdown(records, args.metrics)
     print(table)
     if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(table)
         print(f"written: {args.output}")
     return 0
