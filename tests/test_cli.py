@@ -141,3 +141,8 @@ def test_evaluate_and_analyze_refuse_model_settings_they_would_ignore(command: s
 def test_resume_with_init_from_is_refused_not_ignored(capsys) -> None:
     assert main(["train", "--resume", "runs/mine", "--init-from", "other.pt"]) == 2
     assert "--init-from starts a new run from other weights, --resume continues runs/mine" in capsys.readouterr().err
+
+
+def test_resume_with_a_config_is_refused_not_ignored(capsys) -> None:
+    assert main(["train", "--resume", "runs/mine", "--config", "my.yaml"]) == 2
+    assert "--resume continues runs/mine with its own config.yaml; --config is for a new run" in capsys.readouterr().err

@@ -55,6 +55,7 @@ FIGURE_KIND_NAMES = (
     "sparsity",
 )
 FIGURE_FORMATS = ("png", "pdf", "svg")
+DEFAULT_TRAIN_CONFIG = "shapes_tiny"  # train's --config when none is given
 RUN_ONLY_KINDS = ("alpha", "curves", "diagnostics", "sparsity")  # figures of runs' logs and analyses, no images
 
 
@@ -143,7 +144,9 @@ def add_train_command(commands: Subparsers) -> None:
         "sparse-detector train --config shapes_tiny --set train.epochs=30 --output-dir runs/mine",
         _train,
     )
-    parser.add_argument("--config", default="shapes_tiny", help="YAML file or preset name (detr_r50, shapes_tiny, ...)")
+    parser.add_argument(
+        "--config", help="YAML file or preset name (detr_r50, shapes_tiny, ...) of a new run (default: shapes_tiny)"
+    )
     _add_overrides(parser, "train.epochs=5")
     parser.add_argument("--output-dir", help="run directory (default: train.output_dir)")
     parser.add_argument(
@@ -241,9 +244,15 @@ def _train(args: argparse.Namespace) -> int:
             f"--init-from starts a new run from other weights, --resume continues {args.resume} from its own "
             "checkpoint: give one of them (--resume auto with --init-from starts from those weights only once)"
         )
+    if args.config and args.resume not in (None, "auto"):  # with auto: the config of a run's first start
+        raise ValueError(
+            f"--resume continues {args.resume} with its own config.yaml; --config is for a new run (change settings "
+            "of a resumed run with --set)"
+        )
+    preset = args.config or DEFAULT_TRAIN_CONFIG
     output_dir = args.output_dir
     if args.resume == "auto":  # resume the run in --output-dir when it has a checkpoint, else start it
-        config = load_config(args.config, args.set)
+        config = load_config(preset, args.set)
         output_dir = output_dir or config.train.output_dir
         resume_dir = Path(output_dir) if run_checkpoints(Path(output_dir)) else None
     else:
@@ -264,8 +273,8 @@ def _train(args: argparse.Namespace) -> int:
                 print(message)
             return 0 if args.resume == "auto" else 1  # a restart of a job that already finished has nothing to do
     else:
-        config = load_config(args.config, args.set)
-        hint = _missing_data_hint(args.config, config)
+        config = load_config(preset, args.set)
+        hint = _missing_data_hint(preset, config)
         if hint:
             raise FileNotFoundError(hint)
         run_dir = Path(output_dir or config.train.output_dir)
