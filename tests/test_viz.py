@@ -22,6 +22,7 @@ from sparse_detector.viz.alpha import alpha_figure
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, attention_figure, grey
 from sparse_detector.viz.curves import curves_figure
 from sparse_detector.viz.deformable import references_figure
+from sparse_detector.viz.diagnostics import diagnostics_figure
 from sparse_detector.viz.figure import DPI
 from sparse_detector.viz.kinds import FIGURE_KINDS
 
@@ -158,6 +159,21 @@ def test_diagnostics_record_weights_gradients_and_entropy(runs):
         for stats in record["weights"].values():
             assert len(stats["histogram"]) == 41
         assert {len(v) for v in record["entropy"].values()} <= {1, 2}
+
+
+def test_weight_histograms_are_scaled_per_layer_so_a_spike_hides_no_other_layer():
+    spike, spread = [0] * 20 + [100] + [0] * 20, [0] * 10 + [5] * 21 + [0] * 10  # sampling offsets at 0; a layer
+    weights = {"offsets": {"std": 1.0, "histogram": spike}, "linear": {"std": 1.0, "histogram": spread}}
+    gradients = {"offsets": {"norm": 1.0, "std": 0.1}, "linear": {"norm": 1.0, "std": 0.1}}
+    records = [{"step": 0, "weights": weights, "entropy": {"decoder_cross": [2.0]}}]
+    records += [
+        {"step": s, "weights": weights, "gradients": gradients, "entropy": {"decoder_cross": [1.9]}} for s in (1, 2)
+    ]
+    figure = diagnostics_figure(records, title="run")
+    histogram = next(ax for ax in figure.axes if ax.get_title().startswith("weights at step 0"))
+    shown = histogram.get_images()[0].get_array()
+    assert shown[0].max() == shown[1].max() == 1  # the spread layer was drawn at 0.05 of the spike's colour
+    assert figure.get_suptitle() == "run"
 
 
 def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
