@@ -259,7 +259,8 @@ def test_a_short_run_has_whole_step_and_epoch_ticks_and_plain_alpha_values():
     for ax in [*curves.axes, alpha.axes[-1]]:
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
-    assert alpha.axes[-1].yaxis.get_offset_text().get_text() == ""  # α itself, not "+1.5" and an offset
+    for ax in alpha.axes:  # α itself on the curves and the heat map's colour bar, not "+1.5" and an offset
+        assert ax.yaxis.get_offset_text().get_text() == "", ax.get_title()
 
 
 def test_deformable_pixels_draw_the_encoder_sampling(runs, tmp_path: Path):

@@ -49,7 +49,8 @@ def alpha_figure(records: Sequence[Mapping], title: str = "") -> Figure:
     heat.set_yticks(range(len(modules)), [_module_label(m) for m in modules], fontsize=7)
     heat.set_xlabel("head")
     heat.set_title(f"α at step {steps[-1]} (1 = softmax, 2 = sparsemax)", fontsize=9)
-    left.colorbar(image, ax=heat, label="α")
+    colorbar = left.colorbar(image, ax=heat, label="α")
+    colorbar.ax.ticklabel_format(axis="y", useOffset=False)  # α itself, never "+1.5" and an offset
     colors = run_colors([str(h) for h in range(heads)])
     lines = right.subplots(len(modules), 1, sharex=True, squeeze=False)[:, 0]
     for axes, module in zip(lines, modules, strict=True):
