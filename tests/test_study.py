@@ -94,3 +94,23 @@ def test_study_config_errors_name_the_problem(tmp_path: Path):
     with pytest.raises(ConfigError, match="embedded: \\['shapes_maps'\\]"):
         load_study("no_such_study")
     assert load_study("shapes_maps").maps.keys() == {"softmax", "sparsemax", "entmax15", "alpha_entmax"}
+
+
+def test_a_signal_stops_the_study_and_leaves_its_run_unfinished(tmp_path: Path, capsys, monkeypatch):
+    import signal
+
+    import sparse_detector.study as study_module
+
+    class SignalledTrainer(study_module.Trainer):
+        def fit(self) -> None:  # as a SIGTERM during the first step would leave it: stop_signal set
+            self.stop_signal = signal.SIGTERM
+
+    monkeypatch.setattr(study_module, "Trainer", SignalledTrainer)
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(MINIMAL_STUDY))
+    study_dir = tmp_path / "study"
+    assert main(["study", str(config), "--output-dir", str(study_dir), "--no-progress"]) == 0
+    out = capsys.readouterr().out  # was: the run analysed and marked done, then the next run trained
+    assert "softmax-seed0 stopped by SIGTERM at step 0, its checkpoint written; run the same study command again" in out
+    assert "sparsemax-seed0" not in out and not (study_dir / "report.md").exists()
+    assert not (study_dir / "runs" / "softmax-seed0" / STATUS_FILE).exists()

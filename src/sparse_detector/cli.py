@@ -941,10 +941,14 @@ def add_study_command(commands: Subparsers) -> None:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from .study import load_study, run_study
+    from .study import StudyStopped, load_study, run_study
 
     study = load_study(args.config, args.set)
-    run_study(study, args.output_dir, device=args.device or "", progress=_show_progress(args))
+    try:
+        run_study(study, args.output_dir, device=args.device or "", progress=_show_progress(args))
+    except StudyStopped as stopped:
+        print(f"[study] {stopped}")
+        return 0
     return 0
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -128,16 +129,29 @@ def run_config(study: StudyConfig, map_name: str, seed: int, data_overrides: lis
     return load_config(study.preset, [*data_overrides, *study.set, *study.maps[map_name], f"train.seed={seed}"])
 
 
+class StudyStopped(KeyboardInterrupt):
+    """SIGTERM / SIGINT stopped a run's training: its checkpoint is written, the study stops, and running the study
+    again continues that run."""
+
+
 def _train(config: Config, run_dir: Path, progress: bool) -> None:
-    """Train, resuming a run that has a checkpoint; a run without one starts over in an emptied directory."""
+    """Train, resuming a run that has a checkpoint; a run without one starts over in an emptied directory. A signal
+    that stops the training stops the study (:class:`StudyStopped`), leaving the run unfinished."""
     last = run_dir / LAST_CHECKPOINT
     if last.is_file():
-        if load_checkpoint(last)["epoch"] < config.train.epochs:
-            Trainer(config, run_dir, resume=True, progress=progress).fit()
-        return
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    Trainer(config, run_dir, progress=progress).fit()
+        if load_checkpoint(last)["epoch"] >= config.train.epochs:
+            return
+        trainer = Trainer(config, run_dir, resume=True, progress=progress)
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        trainer = Trainer(config, run_dir, progress=progress)
+    trainer.fit()
+    if trainer.stop_signal is not None:
+        raise StudyStopped(
+            f"{run_dir.name} stopped by {signal.Signals(trainer.stop_signal).name} at step {trainer.step}, its "
+            "checkpoint written; run the same study command again to continue it"
+        )
 
 
 def analyze_run(run_dir: Path, device: str) -> dict[str, Any]:
