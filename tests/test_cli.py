@@ -146,3 +146,24 @@ def test_resume_with_init_from_is_refused_not_ignored(capsys) -> None:
 def test_resume_with_a_config_is_refused_not_ignored(capsys) -> None:
     assert main(["train", "--resume", "runs/mine", "--config", "my.yaml"]) == 2
     assert "--resume continues runs/mine with its own config.yaml; --config is for a new run" in capsys.readouterr().err
+
+
+def test_quickstart_stopped_by_a_signal_says_how_to_resume(tmp_path: Path, capsys, monkeypatch) -> None:
+    import signal
+
+    import sparse_detector.engine.trainer as trainer_module
+
+    class SignalledTrainer(trainer_module.Trainer):
+        def fit(self) -> dict:  # as a SIGTERM during the first step leaves it: no evaluation, stop_signal set
+            self.stop_signal = signal.SIGTERM
+            return {}
+
+    monkeypatch.setattr(trainer_module, "Trainer", SignalledTrainer)
+    run = tmp_path / "qs"
+    assert main(["quickstart", "--num-train", "4", "--num-val", "2", "--output-dir", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out  # was: KeyError 'AP50' traceback
+    assert (
+        "stopped by SIGTERM at epoch 1, step 0" in out
+        and f"resume with: sparse-detector train --resume {run / 'train'}" in out
+    )
+    assert not (run / "figures").exists()

@@ -24,6 +24,7 @@ from .runs import CONFIG_FILE, EVAL_FILE
 
 if TYPE_CHECKING:
     from .engine.inference import LoadedModel
+    from .engine.trainer import Trainer
 
 log = logging.getLogger("sparse_detector")
 
@@ -200,6 +201,15 @@ def _finished_run_message(run_dir: Path, config: Config) -> str:
     )
 
 
+def _stopped_message(trainer: Trainer, run_dir: Path) -> str:
+    """What a signal that stopped training left, and the command that continues it."""
+    name = signal.Signals(trainer.stop_signal).name if trainer.stop_signal else "a signal"
+    return (
+        f"stopped by {name} at epoch {trainer.epoch + 1}, step {trainer.step}; checkpoint written: "
+        f"{trainer.last_checkpoint}\nresume with: sparse-detector train --resume {run_dir}"
+    )
+
+
 def _batch_text(batch_size: int, processes: int) -> str:
     """The batch size as a user reads it: per process and global when several processes train."""
     return f"{batch_size}" if processes == 1 else f"{batch_size} per process x {processes} = {batch_size * processes}"
@@ -294,11 +304,7 @@ def _train(args: argparse.Namespace) -> int:
     if not main_process:
         return 0
     if trainer.stop_signal is not None:
-        name = signal.Signals(trainer.stop_signal).name
-        print(
-            f"stopped by {name} at epoch {trainer.epoch + 1}, step {trainer.step}; checkpoint written: "
-            f"{trainer.last_checkpoint}\nresume with: sparse-detector train --resume {run_dir}"
-        )
+        print(_stopped_message(trainer, run_dir))
     print(f"run directory: {run_dir}")
     return 0
 
@@ -824,6 +830,9 @@ def _quickstart(args: argparse.Namespace) -> int:
     trainer = Trainer(absolute_data_paths(config), run_dir / "train", progress=_show_progress(args))
     print(_train_summary(trainer))
     stats = trainer.fit()
+    if trainer.stop_signal is not None:  # SIGTERM / Ctrl-C: no AP to print, no figures of a half-trained model
+        print(_stopped_message(trainer, run_dir / "train"))
+        return 0
     minutes = (time.perf_counter() - start) / 60
     print(f"quickstart finished in {minutes:.1f} min: AP50 {stats['AP50']:.3f}, AP {stats['AP']:.3f}")
     print(f"(evaluated on {args.num_val} held-out generated images)")
