@@ -83,6 +83,10 @@ def test_ap_equals_evaluate_on_the_same_data(run: tuple[Path, Config], analysis:
     stats = evaluate(loaded.model, None, loader, torch.device("cpu"), loaded.label_map)
     assert analysis["ap"] == stats
     assert stats["AR100"] > 0  # the checkpoint's seed gives some hits, so the comparison is not of zeros
+    new = run_dir.parent / "new" / "folders"  # outputs in folders not made yet (were: after all the work, [Errno 2])
+    assert main(["evaluate", "--checkpoint", str(run_dir), "--save-detections", str(new / "dets.json")]) == 0
+    assert main(["compare", str(run_dir), "--output", str(new / "table.md")]) == 0
+    assert json.loads((new / "dets.json").read_text()) and "| site | layer |" in (new / "table.md").read_text()
 
 
 def values(block: dict) -> list[float]:

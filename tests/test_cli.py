@@ -110,3 +110,96 @@ def test_visualize_kinds_and_formats_named_in_the_cli_match_the_registry():
 
     assert sorted(FIGURE_KIND_NAMES) == sorted(FIGURE_KINDS)
     assert tuple(FIGURE_FORMATS) == tuple(FORMATS)
+
+
+def test_a_file_where_an_output_folder_goes_is_named_before_any_work(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    missing_run = str(tmp_path / "no-run")  # never loaded: the output is checked first
+    for command in (
+        ["analyze", "--checkpoint", missing_run, "--output", str(blocker)],
+        ["predict", "--checkpoint", missing_run, str(blocker), "--output", str(blocker)],
+        ["visualize", "attention", missing_run, "--output", str(blocker / "figs")],
+        ["evaluate", "--checkpoint", missing_run, "--save-detections", str(blocker / "dets.json")],
+    ):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{blocker} is a file, not a folder; choose another path" in err, command
+        assert "Traceback" not in err
+    assert main(["data", "shapes", str(blocker / "shapes"), "--num-images", "2"]) == 2  # caught where it is made
+    assert f"cannot be written: {blocker} is a file, not a folder" in capsys.readouterr().err
+    assert blocker.read_text() == "mine"
+
+
+def test_ctrl_c_outside_training_is_one_line_not_a_traceback(monkeypatch, capsys) -> None:
+    import sparse_detector.cli as cli
+
+    def interrupted(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_evaluate", interrupted)
+    assert main(["evaluate", "--checkpoint", "runs/mine"]) == 130
+    err = capsys.readouterr().err
+    assert err == "interrupted: sparse-detector evaluate stopped before it finished (Ctrl-C)\n"
+
+
+def test_resume_given_a_checkpoint_file_names_its_run_directory(tmp_path: Path, capsys) -> None:
+    (tmp_path / "config.yaml").write_text("{}\n")
+    (tmp_path / "checkpoint_last.pt").write_bytes(b"")
+    assert main(["train", "--resume", str(tmp_path / "checkpoint_last.pt")]) == 2
+    assert f"--resume takes the run directory (it picks the newest valid checkpoint): --resume {tmp_path}\n" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "analyze", "quickstart", "study"])
+def test_every_long_running_command_takes_no_progress(command: str) -> None:
+    required = {"evaluate": ["--checkpoint", "r"], "analyze": ["--checkpoint", "r"], "study": ["s"]}
+    assert build_parser().parse_args([command, *required.get(command, []), "--no-progress"]).no_progress
+
+
+def test_train_summary_shows_the_global_batch_of_several_processes() -> None:
+    from sparse_detector.cli import _batch_text
+
+    assert _batch_text(4, 1) == "4"
+    assert _batch_text(4, 2) == "4 per process x 2 = 8"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "analyze"])
+def test_evaluate_and_analyze_refuse_model_settings_they_would_ignore(command: str, capsys) -> None:
+    assert (
+        main([command, "--checkpoint", "runs/mine", "--set", "model.attention.decoder_cross.activation=sparsemax"]) == 2
+    )
+    err = capsys.readouterr().err  # was accepted and ignored: the checkpoint's model is built from its own config
+    assert "--set model.attention.decoder_cross.activation: the model is the checkpoint's" in err
+
+
+def test_resume_with_init_from_is_refused_not_ignored(capsys) -> None:
+    assert main(["train", "--resume", "runs/mine", "--init-from", "other.pt"]) == 2
+    assert "--init-from starts a new run from other weights, --resume continues runs/mine" in capsys.readouterr().err
+
+
+def test_resume_with_a_config_is_refused_not_ignored(capsys) -> None:
+    assert main(["train", "--resume", "runs/mine", "--config", "my.yaml"]) == 2
+    assert "--resume continues runs/mine with its own config.yaml; --config is for a new run" in capsys.readouterr().err
+
+
+def test_quickstart_stopped_by_a_signal_says_how_to_resume(tmp_path: Path, capsys, monkeypatch) -> None:
+    import signal
+
+    import sparse_detector.engine.trainer as trainer_module
+
+    class SignalledTrainer(trainer_module.Trainer):
+        def fit(self) -> dict:  # as a SIGTERM during the first step leaves it: no evaluation, stop_signal set
+            self.stop_signal = signal.SIGTERM
+            return {}
+
+    monkeypatch.setattr(trainer_module, "Trainer", SignalledTrainer)
+    run = tmp_path / "qs"
+    assert main(["quickstart", "--num-train", "4", "--num-val", "2", "--output-dir", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out  # was: KeyError 'AP50' traceback
+    assert (
+        "stopped by SIGTERM at epoch 1, step 0" in out
+        and f"resume with: sparse-detector train --resume {run / 'train'}" in out
+    )
+    assert not (run / "figures").exists()

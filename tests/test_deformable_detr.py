@@ -18,7 +18,7 @@ from sparse_detector.engine.optim import parameter_groups
 from sparse_detector.models.build import build_criterion
 from sparse_detector.models.deformable_detr import DeformableTransformer
 from sparse_detector.models.postprocess import TopKPostProcess, postprocessor_for
-from sparse_detector.models.weights import CheckpointMismatchError
+from sparse_detector.models.weights import CheckpointMismatchError, load_official
 from sparse_detector.viz.deformable import sampling_figure
 
 from .conftest import shapes_config, shared_path
@@ -223,6 +223,20 @@ def test_official_loader_names_a_wrong_head_count():
         deformable_detr_from_official(state_dict, nheads=5)
 
 
+def test_official_loaders_name_another_arch_and_our_own_checkpoints(tmp_path):
+    deformable = build_model(load_config("shapes_tiny", TINY_DEFORMABLE))
+    detr = build_model(load_config("shapes_tiny", ["model.transformer.hidden_dim=32", "model.transformer.nheads=4"]))
+    torch.save({"model": deformable.state_dict()}, tmp_path / "deformable.pth")  # official layouts
+    torch.save({"model": detr.state_dict()}, tmp_path / "detr.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"not an official detr checkpoint .*'deformable_detr'"):
+        load_official(tmp_path / "deformable.pth", "detr", {"nheads": 4})
+    with pytest.raises(CheckpointMismatchError, match=r"not an official deformable_detr checkpoint .*\['detr'\]"):
+        deformable_detr_from_official(tmp_path / "detr.pth", nheads=4)
+    torch.save({"model": detr.state_dict(), "config": {}}, tmp_path / "ours.pt")  # ours carry their config
+    with pytest.raises(CheckpointMismatchError, match="checkpoint of this package .* without --official"):
+        load_official(tmp_path / "ours.pt", "detr", {"nheads": 4})
+
+
 def test_sites_and_point_records():
     model = build_model(load_config("shapes_tiny", TINY_DEFORMABLE)).eval()
     sites = {s.name: (s.keys, s.queries, s.num_layers) for s in model.attention_sites()}
@@ -264,8 +278,10 @@ def test_point_paibb_and_spread_match_brute_force():
 
 def test_tvmax_is_refused_at_sampling_point_sites():
     config = load_config("shapes_tiny", [*TINY_DEFORMABLE, "model.attention.decoder_cross.activation=tvmax"])
-    with pytest.raises(ConfigError, match=r"model\.attention\.decoder_cross\.activation: tvmax needs keys"):
+    with pytest.raises(ConfigError, match=r"model\.attention\.decoder_cross\.activation: tvmax needs keys") as error:
         build_model(config)
+    assert "no site of this model takes it, or use a map of ['alpha_entmax'" in str(error.value)
+    assert "[]" not in str(error.value)
     config = load_config("shapes_tiny", [*TINY_DEFORMABLE, "model.attention.decoder_cross.activation=alpha_entmax"])
     assert build_model(config).transformer.decoder.layers[0].cross_attn.activation.alpha.shape == (4,)
 

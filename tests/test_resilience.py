@@ -147,6 +147,39 @@ def test_resume_applies_a_new_learning_rate_and_schedule(shapes, tmp_path: Path)
     (record,) = [r for r in read_metrics(run) if r["type"] == "resume"]
     assert any("group default: lr 0.0002" in change and "-> 5e-06" in change for change in record["changes"])
     assert load_checkpoint(run / "checkpoint_last.pt")["lr_scheduler"]["base_lrs"][0] == pytest.approx(5e-5)
+    assert "optim.lr: 0.0002 -> 5e-05" in record["changes"] and "train.epochs: 1 -> 2" in record["changes"]
+
+
+def test_resume_names_model_settings_it_changes_or_that_do_not_fit(shapes, tmp_path: Path):
+    run = tmp_path / "run"
+    Trainer(shapes_config(shapes, "train.epochs=1", *FAST), run, progress=False).fit()
+    queries = load_config(run / "config.yaml", ["train.epochs=2", "model.num_queries=3"])
+    with pytest.raises(
+        CheckpointMismatchError, match=r"model settings changed on resume \(model\.num_queries: 6 -> 3\)"
+    ):
+        Trainer(queries, run, resume=True, progress=False)
+    sparse = load_config(run / "config.yaml", ["train.epochs=2", "model.attention.decoder_cross.activation=sparsemax"])
+    Trainer(sparse, run, resume=True, progress=False)  # same weights: allowed, and on the record
+    (record,) = [r for r in read_metrics(run) if r["type"] == "resume"]
+    assert "model.attention.decoder_cross.activation: 'softmax' -> 'sparsemax'" in record["changes"]
+
+
+def test_mid_epoch_resume_with_another_batch_size_trains_each_image_once(shapes, tmp_path: Path):
+    run = tmp_path / "run"
+    trainer = Trainer(shapes_config(shapes, "train.epochs=1", "train.eval_every=100"), run, progress=False)
+    backward = trainer._backward
+
+    def stop_after_the_first_step(loss):  # as a SIGTERM during step 1 would: finish it, checkpoint, stop
+        backward(loss)
+        trainer.stop_signal = signal.SIGTERM
+
+    trainer._backward = stop_after_the_first_step
+    trainer.fit()
+    assert load_checkpoint(run / "checkpoint_last.pt")["epoch_progress"]["samples"] == 4  # 1 batch of 4 of 12
+    config = load_config(run / "config.yaml", ["train.batch_size=2"])
+    Trainer(config, run, resume=True, progress=False).fit()
+    (epoch,) = [r for r in read_metrics(run) if r["type"] == "epoch"]
+    assert epoch["train_steps"] == 1 + 4  # the other 8 images in batches of 2 (was 1 + 5: 2 images seen twice)
 
 
 def test_nonfinite_loss_names_step_terms_and_last_checkpoint(shapes, tmp_path: Path):
@@ -196,8 +229,17 @@ def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_
             assert torch.equal(state[key], value), key
     assert not any(p.requires_grad for p in trainer.model.backbone.parameters())
     trainer.fit()
+    from_run = Trainer(config, tmp_path / "tuned-from-run", progress=False, init_from=source)  # its best checkpoint
+    assert torch.equal(from_run.model.state_dict()["query_embed.weight"], weights["query_embed.weight"])
     other = shapes_config(shapes, "model.transformer.dec_layers=3")
     with pytest.raises(
         CheckpointMismatchError, match=r"does not fit the model apart from its class heads \['class_embed'\]"
     ):
         Trainer(other, tmp_path / "bad", progress=False, init_from=source / "checkpoint_last.pt")
+    deformable = tmp_path / "deformable.pt"  # one of ours, of another model
+    torch.save(
+        {"model": {"query_embed.weight": torch.zeros(16, 256)}, "config": {"model": {"arch": "deformable_detr"}}},
+        deformable,
+    )
+    with pytest.raises(CheckpointMismatchError, match="is a deformable_detr checkpoint, but the config builds a detr"):
+        Trainer(config, tmp_path / "bad", progress=False, init_from=deformable)

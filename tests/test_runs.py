@@ -16,6 +16,7 @@ from sparse_detector.runs import (
     read_metrics,
     resolve_checkpoint,
     run_label,
+    run_labels,
 )
 
 
@@ -45,3 +46,18 @@ def test_checkpoints_metrics_and_analyses(tmp_path: Path, caplog: pytest.LogCapt
     assert "older layout" in caplog.text
     with pytest.raises(FileNotFoundError, match="run analyze first"):
         read_analyses([tmp_path])
+
+
+def test_runs_of_the_same_name_get_labels_told_apart_by_their_parents(tmp_path: Path):
+    from sparse_detector.report import compare_markdown
+    from sparse_detector.viz.kinds import run_labels as figure_labels
+
+    runs = [tmp_path / "exp1" / "runs" / "softmax", tmp_path / "exp2" / "runs" / "softmax", tmp_path / "sparsemax"]
+    records = [{"checkpoint": str(run / BEST_CHECKPOINT), "random_init": False} for run in runs]
+    records.append({"checkpoint": str(runs[0] / BEST_CHECKPOINT), "random_init": True})
+    expected = ["exp1/runs/softmax", "exp2/runs/softmax", "sparsemax", "softmax (random init)"]
+    assert run_labels(records) == expected  # were softmax, softmax, ...: one table column or curve hid the other
+    assert figure_labels(runs) == expected[:3]
+    for record in records:
+        record.update(data="val.json", ap={"AP": 0.1}, attention={"num_images": 1, "sites": {}})
+    assert "| site | layer | gini: exp1/runs/softmax | gini: exp2/runs/softmax |" in compare_markdown(records, ["gini"])

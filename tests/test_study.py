@@ -11,6 +11,7 @@ import yaml
 
 from sparse_detector.cli import main
 from sparse_detector.config import ConfigError
+from sparse_detector.engine.checkpoint import load_checkpoint
 from sparse_detector.study import STATUS_FILE, load_study
 
 from .conftest import SMALL_MODEL
@@ -72,6 +73,18 @@ def test_study_runs_resumes_and_reports(tmp_path: Path, capsys):
     assert (first / "analysis" / "analysis.json").is_file() and (first / "figures").is_dir()
     assert set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (study_dir / "report.md").read_text())) == figure_files(study_dir)
 
+    # Asked for more epochs, a finished run trains on; asked for other settings, it is not mixed into the report.
+    more = ["study", str(config), "--output-dir", str(study_dir), "--no-progress", "--set", "train.epochs=2"]
+    assert main(more) == 0
+    assert "sparsemax-seed0: done before; train.epochs: 1 -> 2: continuing it" in capsys.readouterr().out
+    assert load_checkpoint(second / "checkpoint_last.pt")["epoch"] == 2
+    assert main([*more, "optim.lr=1e-5"]) == 0
+    assert (
+        "sparsemax-seed0: NOT REDONE: done before with other settings than this study's (optim.lr: 0.0002 -> 1e-05)"
+        in (capsys.readouterr().out)
+    )
+    assert "| sparsemax | 1 |" not in (study_dir / "report.md").read_text()
+
 
 def test_study_config_errors_name_the_problem(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
@@ -81,3 +94,23 @@ def test_study_config_errors_name_the_problem(tmp_path: Path):
     with pytest.raises(ConfigError, match="embedded: \\['shapes_maps'\\]"):
         load_study("no_such_study")
     assert load_study("shapes_maps").maps.keys() == {"softmax", "sparsemax", "entmax15", "alpha_entmax"}
+
+
+def test_a_signal_stops_the_study_and_leaves_its_run_unfinished(tmp_path: Path, capsys, monkeypatch):
+    import signal
+
+    import sparse_detector.study as study_module
+
+    class SignalledTrainer(study_module.Trainer):
+        def fit(self) -> None:  # as a SIGTERM during the first step would leave it: stop_signal set
+            self.stop_signal = signal.SIGTERM
+
+    monkeypatch.setattr(study_module, "Trainer", SignalledTrainer)
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(MINIMAL_STUDY))
+    study_dir = tmp_path / "study"
+    assert main(["study", str(config), "--output-dir", str(study_dir), "--no-progress"]) == 0
+    out = capsys.readouterr().out  # was: the run analysed and marked done, then the next run trained
+    assert "softmax-seed0 stopped by SIGTERM at step 0, its checkpoint written; run the same study command again" in out
+    assert "sparsemax-seed0" not in out and not (study_dir / "report.md").exists()
+    assert not (study_dir / "runs" / "softmax-seed0" / STATUS_FILE).exists()

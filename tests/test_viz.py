@@ -18,8 +18,11 @@ from sparse_detector.cli import main
 from sparse_detector.engine.diagnostics import read_diagnostics
 from sparse_detector.engine.trainer import Trainer
 from sparse_detector.study import analyze_run
+from sparse_detector.viz.alpha import alpha_figure
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, attention_figure, grey
+from sparse_detector.viz.curves import curves_figure
 from sparse_detector.viz.deformable import references_figure
+from sparse_detector.viz.diagnostics import diagnostics_figure
 from sparse_detector.viz.figure import DPI
 from sparse_detector.viz.kinds import FIGURE_KINDS
 
@@ -158,6 +161,21 @@ def test_diagnostics_record_weights_gradients_and_entropy(runs):
         assert {len(v) for v in record["entropy"].values()} <= {1, 2}
 
 
+def test_weight_histograms_are_scaled_per_layer_so_a_spike_hides_no_other_layer():
+    spike, spread = [0] * 20 + [100] + [0] * 20, [0] * 10 + [5] * 21 + [0] * 10  # sampling offsets at 0; a layer
+    weights = {"offsets": {"std": 1.0, "histogram": spike}, "linear": {"std": 1.0, "histogram": spread}}
+    gradients = {"offsets": {"norm": 1.0, "std": 0.1}, "linear": {"norm": 1.0, "std": 0.1}}
+    records = [{"step": 0, "weights": weights, "entropy": {"decoder_cross": [2.0]}}]
+    records += [
+        {"step": s, "weights": weights, "gradients": gradients, "entropy": {"decoder_cross": [1.9]}} for s in (1, 2)
+    ]
+    figure = diagnostics_figure(records, title="run")
+    histogram = next(ax for ax in figure.axes if ax.get_title().startswith("weights at step 0"))
+    shown = histogram.get_images()[0].get_array()
+    assert shown[0].max() == shown[1].max() == 1  # the spread layer was drawn at 0.05 of the spike's colour
+    assert figure.get_suptitle() == "run"
+
+
 def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     run = str(runs["other"])
     (runs["other"] / "diagnostics.jsonl").unlink()
@@ -165,6 +183,24 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert "train.diagnostics_every" in capsys.readouterr().err
     assert main(["visualize", "compare", run, "--output", str(tmp_path)]) == 2
     assert "two or more runs" in capsys.readouterr().err
+    missing = str(tmp_path / "no-such-run")  # was read as an image: "neither an image file nor a folder"
+    assert main(["visualize", "curves", run, missing, "--output", str(tmp_path)]) == 2
+    assert f"{missing}/metrics.jsonl does not exist: is {missing} a run directory?" in capsys.readouterr().err
+    assert main(["visualize", "diagnostics", missing, "--output", str(tmp_path)]) == 2
+    assert f"run directory {missing} does not exist" in capsys.readouterr().err
+    deformable = str(runs["deformable"])
+    assert main(["visualize", "compare", run, deformable, "--output", str(tmp_path)]) == 2  # was a TypeError
+    assert "site decoder_cross has points keys" in capsys.readouterr().err
+    assert main(["visualize", "encoder", deformable, "--output", str(tmp_path)]) == 2
+    assert "draw its sampling points with: sparse-detector visualize deformable" in capsys.readouterr().err
+    assert main(["visualize", "attention", run, "--site", "encoder_self", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err  # was drawn: grid cell q as if it were object query q
+    assert "queries of site encoder_self are feature-grid cells, not object queries" in err
+    assert "sparse-detector visualize encoder" in err and not list(tmp_path.glob("attention_*"))
+    assert main(["visualize", "encoder", run, "--pixels", "500,40", "--output", str(tmp_path)]) == 2  # was clamped
+    assert "--pixels 500,40 is outside image1 (96 x 96 px)" in capsys.readouterr().err
+    assert main(["visualize", "deformable", deformable, "--pixels", "10,-1", "--output", str(tmp_path)]) == 2
+    assert "--pixels 10,-1 is outside image1" in capsys.readouterr().err
 
 
 def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, capsys):
@@ -175,6 +211,14 @@ def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, ca
     assert 0 <= paibb["upsampled_last_layer"]["overall"]["mean"] <= 1
     default = json.loads((runs["run"] / "analysis" / "analysis.json").read_text())["attention"]["sites"]
     assert "upsampled_last_layer" not in default["decoder_cross"]["paibb"], "the exact grid coverage stays the default"
+    deformable = ["analyze", "--checkpoint", str(runs["deformable"]), "--output", str(tmp_path / "d")]
+    assert main([*deformable, "--paibb-upsampled"]) == 2  # was silently left out of the output
+    assert "this model has none (its queries sample points), or leave --paibb-upsampled out" in capsys.readouterr().err
+    assert main(["analyze", "--checkpoint", run, "--paibb-upsampled", "--sites", "encoder_self"]) == 2
+    assert "add one of ['decoder_cross'] to --sites" in capsys.readouterr().err
+    assert main([*deformable, "--zero-threshold", "-1"]) == 2  # was accepted: every zeros ratio read 0
+    assert "--zero-threshold must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
 
 
 def test_predict_draws_each_detections_attention(runs, tmp_path: Path, capsys):
@@ -200,6 +244,23 @@ def test_references_figure_labels_every_decoder_layer():
     labels = [text.get_text() for text in ax.texts]
     assert labels == ["", "", "0,1", "2"]  # two arrows, then the labels
     assert [line.get_xydata().tolist() for line in ax.lines] == [[[40.0, 20.0]], [[20.0, 30.0]]]
+    boxed = references_figure(image, [record(0.5, 0.5)], 0, 0, [((10, 10, 30, 30), "red")], title="run: q0")
+    assert boxed.get_suptitle() == "run: q0\nboxes: prediction (red), ground truth (cyan)"  # was unexplained
+
+
+def test_a_short_run_has_whole_step_and_epoch_ticks_and_plain_alpha_values():
+    records = [{"type": "train", "step": s, "loss": 20.0 - s, "class_error": 80.0} for s in (1, 2, 3, 4)]
+    records.append({"type": "epoch", "step": 4, "epoch": 1, "AP": 0.1, "train_loss": 18.0, "val_loss": 17.0})
+    for record in records[:4]:  # two heads near 1.5, one of them moving by less than 1e-3
+        record["alpha"] = {"decoder.layers.0.cross_attn.activation": [1.5 + 1e-4 * record["step"], 1.5]}
+    curves, alpha = curves_figure({"run": records}), alpha_figure(records)
+    for figure in (curves, alpha):
+        FigureCanvasAgg(figure).draw()
+    for ax in [*curves.axes, alpha.axes[-1]]:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
+    for ax in alpha.axes:  # α itself on the curves and the heat map's colour bar, not "+1.5" and an offset
+        assert ax.yaxis.get_offset_text().get_text() == "", ax.get_title()
 
 
 def test_deformable_pixels_draw_the_encoder_sampling(runs, tmp_path: Path):

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .data.coco import CocoDetection
     from .data.labels import LabelMap
     from .engine.inference import LoadedModel
+    from .engine.trainer import Trainer
 
 log = logging.getLogger("sparse_detector")
 
@@ -57,6 +58,8 @@ FIGURE_KIND_NAMES = (
     "sparsity",
 )
 FIGURE_FORMATS = ("png", "pdf", "svg")
+DEFAULT_TRAIN_CONFIG = "shapes_tiny"  # train's --config when none is given
+RUN_ONLY_KINDS = ("alpha", "curves", "diagnostics", "sparsity")  # figures of runs' logs and analyses, no images
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -83,6 +86,29 @@ def _show_progress(args: argparse.Namespace) -> bool:
     return not getattr(args, "no_progress", False) and sys.stderr.isatty()
 
 
+def _file_in_the_way(path: Path) -> Path | None:
+    """The existing file, if any, at ``path`` or one of its folders, where a folder is needed."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def _in_the_way_message(option: str, path: Path, blocker: Path) -> str:
+    where = "is a file" if blocker == path else f"cannot be written: {blocker} is a file"
+    return f"{option} {path} {where}, not a folder; choose another path or move that file"
+
+
+def _check_output(option: str, path: str | Path | None, folder: bool = True) -> None:
+    """Before any work: ``path`` (a folder to write in, or with ``folder=False`` a file) can be made; a file standing
+    where a folder is needed is a usage error naming both."""
+    if path is None:
+        return
+    path = Path(path)
+    if blocker := _file_in_the_way(path if folder else path.parent):
+        raise ValueError(_in_the_way_message(option, path, blocker))
+
+
 def _add_overrides(parser: argparse.ArgumentParser, example: str = "data.val_size=512") -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
 
@@ -103,6 +129,9 @@ def _add_evaluation_data(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, help="images per batch (default: train.eval_batch_size)")
     parser.add_argument("--workers", type=int, help="data-loading processes (default: data.num_workers)")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (never one when the output is not a terminal)"
+    )
     _add_overrides(parser)
 
 
@@ -118,7 +147,9 @@ def add_train_command(commands: Subparsers) -> None:
         "sparse-detector train --config shapes_tiny --set train.epochs=30 --output-dir runs/mine",
         _train,
     )
-    parser.add_argument("--config", default="shapes_tiny", help="YAML file or preset name (detr_r50, shapes_tiny, ...)")
+    parser.add_argument(
+        "--config", help="YAML file or preset name (detr_r50, shapes_tiny, ...) of a new run (default: shapes_tiny)"
+    )
     _add_overrides(parser, "train.epochs=5")
     parser.add_argument("--output-dir", help="run directory (default: train.output_dir)")
     parser.add_argument(
@@ -130,7 +161,8 @@ def add_train_command(commands: Subparsers) -> None:
     parser.add_argument(
         "--init-from",
         metavar="CKPT",
-        help="fine-tune: start from these weights (ours or official); class heads are re-initialised when the "
+        help="fine-tune: start from these weights (a checkpoint, ours or official, or a run directory: its best); "
+        "class heads are re-initialised when the "
         "class count differs",
     )
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: train.device)")
@@ -171,6 +203,20 @@ def _finished_run_message(run_dir: Path, config: Config) -> str:
     )
 
 
+def _stopped_message(trainer: Trainer, run_dir: Path) -> str:
+    """What a signal that stopped training left, and the command that continues it."""
+    name = signal.Signals(trainer.stop_signal).name if trainer.stop_signal else "a signal"
+    return (
+        f"stopped by {name} at epoch {trainer.epoch + 1}, step {trainer.step}; checkpoint written: "
+        f"{trainer.last_checkpoint}\nresume with: sparse-detector train --resume {run_dir}"
+    )
+
+
+def _batch_text(batch_size: int, processes: int) -> str:
+    """The batch size as a user reads it: per process and global when several processes train."""
+    return f"{batch_size}" if processes == 1 else f"{batch_size} per process x {processes} = {batch_size * processes}"
+
+
 def _train_summary(trainer: object) -> str:
     """A few lines on what is about to happen (the whole resolved config is in the run directory's config.yaml)."""
     from .attention.sites import model_sites
@@ -184,6 +230,7 @@ def _train_summary(trainer: object) -> str:
     )
     parameters = sum(p.numel() for p in trainer.model.parameters())  # type: ignore[attr-defined]
     train_set, val_set = trainer.train_set, trainer.val_set  # type: ignore[attr-defined]
+    processes = trainer.dist.world_size  # type: ignore[attr-defined]
     return "\n".join(
         [
             f"data:   train {len(train_set)} images / {train_set.num_boxes} boxes ({train_set.annotation_file}), "
@@ -191,8 +238,8 @@ def _train_summary(trainer: object) -> str:
             f"model:  {model.arch} {model.backbone.name}, "
             f"{model.transformer.enc_layers}+{model.transformer.dec_layers} layers, {model.num_queries} queries, "
             f"{parameters / 1e6:.2f} M parameters; attention {sites}",
-            f"train:  {config.train.epochs} epochs, batch {config.train.batch_size}, lr {config.optim.lr:g}, "
-            f"device {trainer.device}",  # type: ignore[attr-defined]
+            f"train:  {config.train.epochs} epochs, batch {_batch_text(config.train.batch_size, processes)}, "
+            f"lr {config.optim.lr:g}, device {trainer.device}",  # type: ignore[attr-defined]
             f"run:    {trainer.run_dir} (config.yaml, metrics.jsonl, checkpoints)",  # type: ignore[attr-defined]
         ]
     )
@@ -204,9 +251,20 @@ def _train(args: argparse.Namespace) -> int:
     from .engine.distributed import context_from_environment, shutdown_distributed
     from .engine.trainer import Trainer
 
+    if args.init_from and args.resume not in (None, "auto"):  # with auto: the weights of a run's first start
+        raise ValueError(
+            f"--init-from starts a new run from other weights, --resume continues {args.resume} from its own "
+            "checkpoint: give one of them (--resume auto with --init-from starts from those weights only once)"
+        )
+    if args.config and args.resume not in (None, "auto"):  # with auto: the config of a run's first start
+        raise ValueError(
+            f"--resume continues {args.resume} with its own config.yaml; --config is for a new run (change settings "
+            "of a resumed run with --set)"
+        )
+    preset = args.config or DEFAULT_TRAIN_CONFIG
     output_dir = args.output_dir
     if args.resume == "auto":  # resume the run in --output-dir when it has a checkpoint, else start it
-        config = load_config(args.config, args.set)
+        config = load_config(preset, args.set)
         output_dir = output_dir or config.train.output_dir
         resume_dir = Path(output_dir) if run_checkpoints(Path(output_dir)) else None
     else:
@@ -214,6 +272,10 @@ def _train(args: argparse.Namespace) -> int:
     main_process = context_from_environment().is_main  # under torchrun / srun only rank 0 prints
     if resume_dir is not None:
         run_dir = resume_dir
+        if run_dir.is_file() and (run_dir.parent / CONFIG_FILE).is_file():
+            raise ValueError(
+                f"--resume takes the run directory (it picks the newest valid checkpoint): --resume {run_dir.parent}"
+            )
         if not (run_dir / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); check the --resume path")
         config = load_config(run_dir / CONFIG_FILE, args.set)
@@ -223,8 +285,8 @@ def _train(args: argparse.Namespace) -> int:
                 print(message)
             return 0 if args.resume == "auto" else 1  # a restart of a job that already finished has nothing to do
     else:
-        config = load_config(args.config, args.set)
-        hint = _missing_data_hint(args.config, config)
+        config = load_config(preset, args.set)
+        hint = _missing_data_hint(preset, config)
         if hint:
             raise FileNotFoundError(hint)
         run_dir = Path(output_dir or config.train.output_dir)
@@ -235,7 +297,7 @@ def _train(args: argparse.Namespace) -> int:
         run_dir,
         resume=resume_dir is not None,
         progress=_show_progress(args),
-        init_from=args.init_from,
+        init_from=args.init_from if resume_dir is None else None,  # a resumed run has its own weights
     )
     if main_process:
         print(_train_summary(trainer))
@@ -244,17 +306,24 @@ def _train(args: argparse.Namespace) -> int:
     if not main_process:
         return 0
     if trainer.stop_signal is not None:
-        name = signal.Signals(trainer.stop_signal).name
-        print(
-            f"stopped by {name} at epoch {trainer.epoch + 1}, step {trainer.step}; checkpoint written: "
-            f"{trainer.last_checkpoint}\nresume with: sparse-detector train --resume {run_dir}"
-        )
+        print(_stopped_message(trainer, run_dir))
     print(f"run directory: {run_dir}")
     return 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # evaluate / analyze / compare / predict
+
+
+def _refuse_model_overrides(overrides: list[str]) -> None:
+    """evaluate / analyze run the checkpoint's model as it is: a ``--set model.*`` would change nothing."""
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if key.startswith("model."):
+            raise ValueError(
+                f"--set {key}: the model is the checkpoint's, built from its own config, so this would change "
+                "nothing; --set here takes data, loss and evaluation settings (e.g. data.val_size=512)"
+            )
 
 
 def _evaluation_config(config: Config, args: argparse.Namespace) -> Config:
@@ -319,6 +388,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .engine.device import resolve_device
     from .engine.evaluate import run_evaluation
 
+    _check_output("--output", args.output, folder=False)
+    _check_output("--save-detections", args.save_detections, folder=False)
+    _refuse_model_overrides(args.set)
     loaded = _load_model(args)
     config = _evaluation_config(loaded.config, args)
     device = resolve_device(args.device)
@@ -340,6 +412,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         evaluation.coco.precision.save(curves)
         print(f"written: {curves} (precision by IoU threshold x recall x class)")
     if args.save_detections:
+        Path(args.save_detections).parent.mkdir(parents=True, exist_ok=True)
         Path(args.save_detections).write_text(json.dumps(evaluation.detections))
         print(f"written: {args.save_detections} ({len(evaluation.detections)} detections, COCO results format)")
     return 0
@@ -393,6 +466,12 @@ def _analyze(args: argparse.Namespace) -> int:
     from .report import analysis_markdown, write_analysis
     from .runs import analysis_dir
 
+    _check_output("--output", args.output)
+    _refuse_model_overrides(args.set)
+    if args.zero_threshold is not None and args.zero_threshold < 0:
+        raise ValueError(
+            f"--zero-threshold must be >= 0 (a weight at or below it counts as zero), got {args.zero_threshold}"
+        )
     loaded = load_analysis_model(
         args.checkpoint, args.official, random_init=args.random_init, seed=args.seed, **_official_options(args)
     )
@@ -401,6 +480,13 @@ def _analyze(args: argparse.Namespace) -> int:
     dataset = build_dataset(config, "val")
     _check_categories(loaded.label_map, dataset)
     sites = [site.name for site in select_sites(loaded.model, args.sites)]  # an unknown name lists the model's
+    over_grid = [s.name for s in select_sites(loaded.model) if s.keys == "grid" and s.queries == "queries"]
+    if args.paibb_upsampled and not set(over_grid) & set(sites):
+        fix = f"add one of {over_grid} to --sites" if over_grid else "this model has none (its queries sample points)"
+        raise ValueError(
+            f"--paibb-upsampled reads maps of object queries over the feature grid, and none of the sites {sites} "
+            f"is one: {fix}, or leave --paibb-upsampled out"
+        )
     stats, aggregator = analyze(
         loaded.model.to(device),
         build_criterion(config).matcher,
@@ -460,6 +546,7 @@ def _compare(args: argparse.Namespace) -> int:
     table = compare_markdown(records, args.metrics)
     print(table)
     if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(table)
         print(f"written: {args.output}")
     return 0
@@ -497,6 +584,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.image_ids and args.format != "coco":
         raise ValueError("--image-ids numbers the COCO results; add --format coco")
+    _check_output("--output", args.output)
     loaded = _load_model(args)
     draw_attention = None
     if args.attention:
@@ -770,6 +858,9 @@ def _quickstart(args: argparse.Namespace) -> int:
     trainer = Trainer(absolute_data_paths(config), run_dir / "train", progress=_show_progress(args))
     print(_train_summary(trainer))
     stats = trainer.fit()
+    if trainer.stop_signal is not None:  # SIGTERM / Ctrl-C: no AP to print, no figures of a half-trained model
+        print(_stopped_message(trainer, run_dir / "train"))
+        return 0
     minutes = (time.perf_counter() - start) / 60
     print(f"quickstart finished in {minutes:.1f} min: AP50 {stats['AP50']:.3f}, AP {stats['AP']:.3f}")
     print(f"(evaluated on {args.num_val} held-out generated images)")
@@ -841,9 +932,13 @@ def _visualize(args: argparse.Namespace) -> int:
 
     run = Path(args.run)
     extra = [Path(p) for p in args.inputs]
-    runs = [run, *(p for p in extra if p.is_dir() or p.suffix in (".pt", ".pth"))]
-    images = [p for p in extra if p not in runs]
+    if args.kind in RUN_ONLY_KINDS:  # these read runs' logs, never images: every input is a run
+        runs, images = [run, *extra], []
+    else:
+        runs = [run, *(p for p in extra if p.is_dir() or p.suffix in (".pt", ".pth"))]
+        images = [p for p in extra if p not in runs]
     output = Path(args.output) if args.output else (run if run.is_dir() else run.parent) / "figures"
+    _check_output("--output", output)
     request = VisualizeRequest(
         runs=runs,
         output=output,
@@ -883,10 +978,14 @@ def add_study_command(commands: Subparsers) -> None:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from .study import load_study, run_study
+    from .study import StudyStopped, load_study, run_study
 
     study = load_study(args.config, args.set)
-    run_study(study, args.output_dir, device=args.device or "", progress=_show_progress(args))
+    try:
+        run_study(study, args.output_dir, device=args.device or "", progress=_show_progress(args))
+    except StudyStopped as stopped:
+        print(f"[study] {stopped}")
+        return 0
     return 0
 
 
@@ -938,18 +1037,26 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
         try:
             return args.func(args)
+        except (FileExistsError, NotADirectoryError) as err:  # a file where an output folder should be made
+            _close_progress_bars()
+            path = Path(err.filename or "")
+            blocker = _file_in_the_way(path)
+            message = _in_the_way_message("output", path, blocker) if err.filename and blocker else str(err)
+            print(f"error: {message}\n(run with --debug for the full traceback)", file=sys.stderr)
+            return 2
         except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # ours name the file / key / value
             _close_progress_bars()
             print(f"error: {err}\n(run with --debug for the full traceback)", file=sys.stderr)
             return 2
         except KeyboardInterrupt as stop:
-            from .engine.trainer import StoppedAtOnce  # already imported when training raised it
-
-            if not isinstance(stop, StoppedAtOnce):
-                raise
             _close_progress_bars()
-            print(f"stopped at once by a second {stop}; the last complete checkpoint is kept", file=sys.stderr)
-            return 128 + stop.signum
+            trainer = sys.modules.get(f"{__package__}.engine.trainer")  # imported if training raised it
+            if trainer is not None and isinstance(stop, trainer.StoppedAtOnce):
+                print(f"stopped at once by a second {stop}; the last complete checkpoint is kept", file=sys.stderr)
+                return 128 + stop.signum
+            command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+            print(f"interrupted: sparse-detector {command} stopped before it finished (Ctrl-C)", file=sys.stderr)
+            return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

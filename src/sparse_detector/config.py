@@ -312,5 +312,30 @@ def config_to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs between two config trees (as
+    :func:`config_to_dict` makes them), in the schema's order; an attention site that one tree does not name counts
+    as the default map."""
+    sites = [*old.get("model", {}).get("attention", {}), *new.get("model", {}).get("attention", {})]
+    return _tree_differences(_every_site_named(old, sites), _every_site_named(new, sites))
+
+
+def _every_site_named(tree: Mapping[str, Any], sites: Iterable[str]) -> dict[str, Any]:
+    model = tree.get("model", {})
+    attention, default = model.get("attention", {}), dataclasses.asdict(AttentionSiteConfig())
+    return {**tree, "model": {**model, "attention": {site: {**default, **attention.get(site, {})} for site in sites}}}
+
+
+def _tree_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    changes = []
+    for key in [*new, *(k for k in old if k not in new)]:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            changes += _tree_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changes
+
+
 def dump_config(config: Config) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)

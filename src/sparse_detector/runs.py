@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,5 +93,26 @@ def read_analyses(inputs: Iterable[str | Path]) -> list[dict[str, Any]]:
 
 def run_label(record: Mapping[str, Any]) -> str:
     """An analysis record's run: the checkpoint's folder name, plus `` (random init)`` for a random-init baseline."""
-    name = Path(record["checkpoint"]).parent.name
-    return f"{name} (random init)" if record["random_init"] else name
+    return run_labels([record])[0]
+
+
+def run_labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The labels of several analysis records (:func:`run_label`), told apart by their parent folders where the run
+    folders have the same name."""
+    suffixes = [" (random init)" if record["random_init"] else "" for record in records]
+    return distinct_names([Path(record["checkpoint"]).parent for record in records], suffixes)
+
+
+def distinct_names(paths: Sequence[Path], suffixes: Sequence[str] | None = None) -> list[str]:
+    """Each path's last folder (plus its suffix), with as many parent folders as it takes to tell apart paths that
+    would otherwise get the same name (``exp1/runs/softmax``, ``exp2/runs/softmax``)."""
+    parts = [Path(path).absolute().parts for path in paths]
+    suffixes = list(suffixes or [""] * len(paths))
+    depths = [1] * len(paths)
+    while True:
+        names = ["/".join(p[-depth:]) + suffix for p, depth, suffix in zip(parts, depths, suffixes, strict=True)]
+        longer = [i for i, name in enumerate(names) if names.count(name) > 1 and depths[i] < len(parts[i])]
+        if not longer:
+            return names
+        for i in longer:
+            depths[i] += 1

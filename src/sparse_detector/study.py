@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from .config import PRESET_DIR, Config, ConfigError, load_config
+from .config import PRESET_DIR, Config, ConfigError, config_differences, config_to_dict, load_config
 from .data import generate_shapes_splits
 from .data.build import build_dataset, build_loader
 from .engine.analyze import analyze, load_analysis_model
@@ -41,7 +42,7 @@ from .engine.trainer import Trainer
 from .models import build_criterion
 from .report import write_analysis
 from .report.study import write_study_report
-from .runs import ANALYSIS_DIRS, LAST_CHECKPOINT
+from .runs import ANALYSIS_DIRS, CONFIG_FILE, LAST_CHECKPOINT
 from .viz.kinds import VisualizeRequest, visualize
 
 log = logging.getLogger(__name__)
@@ -128,16 +129,29 @@ def run_config(study: StudyConfig, map_name: str, seed: int, data_overrides: lis
     return load_config(study.preset, [*data_overrides, *study.set, *study.maps[map_name], f"train.seed={seed}"])
 
 
+class StudyStopped(KeyboardInterrupt):
+    """SIGTERM / SIGINT stopped a run's training: its checkpoint is written, the study stops, and running the study
+    again continues that run."""
+
+
 def _train(config: Config, run_dir: Path, progress: bool) -> None:
-    """Train, resuming a run that has a checkpoint; a run without one starts over in an emptied directory."""
+    """Train, resuming a run that has a checkpoint; a run without one starts over in an emptied directory. A signal
+    that stops the training stops the study (:class:`StudyStopped`), leaving the run unfinished."""
     last = run_dir / LAST_CHECKPOINT
     if last.is_file():
-        if load_checkpoint(last)["epoch"] < config.train.epochs:
-            Trainer(config, run_dir, resume=True, progress=progress).fit()
-        return
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    Trainer(config, run_dir, progress=progress).fit()
+        if load_checkpoint(last)["epoch"] >= config.train.epochs:
+            return
+        trainer = Trainer(config, run_dir, resume=True, progress=progress)
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        trainer = Trainer(config, run_dir, progress=progress)
+    trainer.fit()
+    if trainer.stop_signal is not None:
+        raise StudyStopped(
+            f"{run_dir.name} stopped by {signal.Signals(trainer.stop_signal).name} at step {trainer.step}, its "
+            "checkpoint written; run the same study command again to continue it"
+        )
 
 
 def analyze_run(run_dir: Path, device: str) -> dict[str, Any]:
@@ -184,6 +198,19 @@ def _run_figures(run_dir: Path, study: StudyConfig, device: str) -> list[Path]:
     return written
 
 
+def _changed_settings(
+    run_dir: Path, study: StudyConfig, map_name: str, seed: int, data: list[str]
+) -> tuple[list[str], bool]:
+    """The settings (``key: old -> new``) in which a run's saved config differs from what the study asks now (the
+    device it ran on is not a setting of its results), and whether the only change is more epochs, which a finished
+    run can be trained on to."""
+    saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    asked = config_to_dict(run_config(study, map_name, seed, data))
+    changed = [change for change in config_differences(saved, asked) if not change.startswith("train.device:")]
+    more_epochs = changed == [f"train.epochs: {saved['train']['epochs']!r} -> {asked['train']['epochs']!r}"]
+    return changed, more_epochs and asked["train"]["epochs"] > saved["train"]["epochs"]
+
+
 def _run_one(
     study: StudyConfig, map_name: str, seed: int, study_dir: Path, data: list[str], device: str, progress: bool
 ) -> RunOutcome:
@@ -192,10 +219,19 @@ def _run_one(
     status_file = run_dir / STATUS_FILE
     if status_file.is_file() and json.loads(status_file.read_text())["status"] == "done":
         saved = json.loads(status_file.read_text())
-        print(f"[study] {name}: done before, kept")
-        return RunOutcome(
-            name, map_name, seed, run_dir, "done", seconds=saved["seconds"], figures=[Path(p) for p in saved["figures"]]
-        )
+        changed, more_epochs = _changed_settings(run_dir, study, map_name, seed, data)
+        if not changed:
+            print(f"[study] {name}: done before, kept")
+            figures = [Path(p) for p in saved["figures"]]
+            return RunOutcome(name, map_name, seed, run_dir, "done", seconds=saved["seconds"], figures=figures)
+        if not more_epochs:
+            error = (
+                f"done before with other settings than this study's ({'; '.join(changed)}); revert them, or move "
+                f"{run_dir} away to redo the run with them"
+            )
+            print(f"[study] {name}: NOT REDONE: {error}")
+            return RunOutcome(name, map_name, seed, run_dir, "failed", stage="config", error=error)
+        print(f"[study] {name}: done before; {changed[0]}: continuing it")
     start, stage = time.perf_counter(), "config"
     outcome = RunOutcome(name, map_name, seed, run_dir, "done")
     try:

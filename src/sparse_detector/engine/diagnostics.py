@@ -46,6 +46,8 @@ def weight_layers(model: nn.Module) -> dict[str, list[Tensor]]:
 def read_diagnostics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of ``diagnostics.jsonl`` in ``run_dir`` (an error naming the file and the setting if absent)."""
     path = Path(run_dir) / DIAGNOSTICS_FILE
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: train with --set train.diagnostics_every=N to record it")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -20,13 +20,21 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DistributedSampler
 from tqdm import tqdm
 
-from ..config import Config, config_to_dict, dump_config
+from ..config import Config, config_differences, config_to_dict, dump_config
 from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection, DatasetError
 from ..models import build_criterion, build_model
-from ..models.weights import CheckpointMismatchError, read_state_dict
-from ..runs import BEST_CHECKPOINT, CONFIG_FILE, EVAL_FILE, LAST_CHECKPOINT, METRICS_FILE, read_metrics
+from ..models.weights import CheckpointMismatchError, load_state_dict_checked, read_state_dict, saved_config
+from ..runs import (
+    BEST_CHECKPOINT,
+    CONFIG_FILE,
+    EVAL_FILE,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    read_metrics,
+    resolve_checkpoint,
+)
 from .checkpoint import (
     load_checkpoint,
     newest_valid_checkpoint,
@@ -118,10 +126,11 @@ def format_parameter_counts(counts: dict[str, dict[str, int]]) -> str:
 
 
 def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
-    """Load the weights of a checkpoint (ours or official) for fine-tuning: the model's class heads
+    """Load the weights of a checkpoint (ours or official; a run directory gives its best, else its last) for
+    fine-tuning: the model's class heads
     (``model.class_heads``) are left freshly initialised when the class count differs; every other weight must
     fit. Returns the names of the re-initialised parameters."""
-    state_dict, source = read_state_dict(Path(path))
+    state_dict, source = read_state_dict(resolve_checkpoint(path))
     expected = model.state_dict()
     names = list(getattr(model, "class_heads", ()))
     heads = tuple(f"{head}." for head in names)
@@ -137,6 +146,12 @@ def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
     if missing or unexpected or mismatched:
         found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": mismatched}
         problems = [f"{len(keys)} {what} (first: {keys[:3]})" for what, keys in found.items() if keys]
+        arch = (saved_config(source) or {}).get("model", {}).get("arch")
+        if arch and arch != getattr(model, "arch", arch):
+            raise CheckpointMismatchError(
+                f"--init-from {source} is a {arch} checkpoint, but the config builds a {model.arch} model; "
+                f"use a config with model.arch={arch} (e.g. the run's own config.yaml) or a {model.arch} checkpoint"
+            )
         raise CheckpointMismatchError(
             f"--init-from {source} does not fit the model apart from its class heads {names}: "
             + "; ".join(problems)
@@ -251,12 +266,24 @@ class Trainer:
     # Checkpoints
 
     def _resume(self) -> list[str]:
-        """Restore the newest valid checkpoint; returns the optimiser settings the config changed."""
+        """Restore the newest valid checkpoint; returns the settings the config changed (``key: old -> new``) and
+        what they changed in the optimiser."""
         path = newest_valid_checkpoint(self.run_dir, warn=log.warning)
         if path is None:
             raise FileNotFoundError(f"run directory {self.run_dir} holds no valid checkpoint to resume from")
         state = load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
+        settings = config_differences(state.get("config", {}), config_to_dict(self.config))
+        try:
+            load_state_dict_checked(self.model, state["model"], str(path))
+        except CheckpointMismatchError:
+            model_settings = [change for change in settings if change.startswith("model.")]
+            if not model_settings:
+                raise
+            raise CheckpointMismatchError(
+                f"{self.run_dir}: the model settings changed on resume ({'; '.join(model_settings)}) no longer fit "
+                f"its checkpoint {path.name}; a resumed run keeps its model: drop those --set overrides, or start a "
+                f"new run from these weights with --init-from {path}"
+            ) from None
         configured = group_settings(self.optimizer)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -266,7 +293,7 @@ class Trainer:
                 "parameters (backbone freezing, learnable alphas) must stay as they were"
             ) from None
         self.scheduler.load_state_dict(state["lr_scheduler"])
-        changes = apply_configured_settings(self.optimizer, self.scheduler, configured)
+        changes = settings + apply_configured_settings(self.optimizer, self.scheduler, configured)
         for change in changes:
             log.warning("resume: the config changes %s", change)
         if "scaler" in state and self.scaler.is_enabled():
@@ -360,7 +387,8 @@ class Trainer:
     # Training
 
     def _batches(self, dataset: CocoDetection, train: bool, skip: int = 0) -> Any:
-        """This rank's loader: its share of the (per-epoch shuffled) images, without the first ``skip`` batches."""
+        """This rank's loader: its share of the (per-epoch shuffled) images, without the first ``skip`` of them
+        (those a mid-epoch checkpoint had trained on, in batches of any size)."""
         seed = self.config.train.seed
         sampler = DistributedSampler(
             dataset, self.dist.world_size, self.dist.rank, shuffle=train, seed=seed, drop_last=False
@@ -368,7 +396,7 @@ class Trainer:
         sampler.set_epoch(self.epoch)
         if train:
             size = self.config.train.batch_size
-            batches = list(BatchSampler(sampler, size, drop_last=len(sampler) >= size))[skip:]
+            batches = list(BatchSampler(list(sampler)[skip:], size, drop_last=len(sampler) >= size))
         else:  # batches of one image size each, so the results do not depend on the batch size
             indices = list(sampler)
             sizes = dataset.image_sizes()
@@ -399,7 +427,9 @@ class Trainer:
         self.epoch_progress = {}
         sums: dict[str, float] = defaultdict(float, progress["sums"])
         steps, skipped, images_seen = progress["steps"], progress["skipped"], progress["images"]
-        loader = self._batches(self.train_set, train=True, skip=steps + skipped)
+        # this rank's images the epoch has used (older checkpoints: their batches, at the current batch size)
+        used = progress.get("samples", (steps + skipped) * config.batch_size)
+        loader = self._batches(self.train_set, train=True, skip=used)
         self.forward_model.train()
         self.criterion.train()
         limit = min(config.max_steps_per_epoch or len(loader) + steps + skipped, len(loader) + steps + skipped)
@@ -410,6 +440,7 @@ class Trainer:
             if steps + skipped >= limit:
                 break
             data_s = time.perf_counter() - tick
+            used += config.batch_size
             # every image of the batch was unreadable and skipped (data.on_invalid=skip); all ranks skip together
             if any_across_ranks(batch is None, self.device):
                 continue
@@ -444,6 +475,7 @@ class Trainer:
                     "steps": steps,
                     "skipped": skipped,
                     "images": images_seen,
+                    "samples": used,
                     "seconds": seconds,
                     "sums": dict(sums),
                 }

@@ -79,9 +79,10 @@ def check_attention_config(attention: Mapping[str, AttentionSiteConfig], sites: 
         if needs_key_grid(activation) and sites[name].keys != "grid":
             grid_sites = [s for s, site in sites.items() if site.keys == "grid"]
             takes = [a for a in available_activations() if not needs_key_grid(a)]
+            elsewhere = f"use {activation} at {grid_sites}" if grid_sites else "no site of this model takes it"
             raise ConfigError(
                 f"model.attention.{name}.activation: {activation} needs keys on the image's feature grid, but the keys "
-                f"of {name} are {sites[name].keys}; use {activation} at {grid_sites} or a map of {takes} here"
+                f"of {name} are {sites[name].keys}; {elsewhere}, or use a map of {takes} here"
             )
 
 

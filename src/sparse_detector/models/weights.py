@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config
-from .registry import build_model, official_config
+from .registry import available_models, build_model, model_entry, official_config
 
 # Blocks per stage and block type of the torchvision ResNets, to recognise a backbone from its weights.
 _RESNET_LAYOUTS = {
@@ -169,7 +169,11 @@ def load_official(
     config: top-level :class:`ModelConfig`, :class:`TransformerConfig` or :class:`DeformableConfig` fields.
     """
     state_dict, source = read_state_dict(path_or_state_dict)
-    config = official_config(arch, state_dict, **(reader_options or {}))
+    try:
+        config = official_config(arch, state_dict, **(reader_options or {}))
+    except KeyError as missing:
+        reason = f"it has no {missing.args[0]} weights"
+        raise CheckpointMismatchError(_not_official(path_or_state_dict, source, arch, reason)) from None
     for key, value in overrides.items():
         for section in (config.model, config.model.transformer, config.model.deformable):
             if hasattr(section, key):
@@ -178,8 +182,36 @@ def load_official(
         else:
             raise TypeError(f"load_official got unknown override {key!r}")
     model = build_model(config)
-    load_state_dict_checked(model, state_dict, source)
+    try:
+        load_state_dict_checked(model, state_dict, source)
+    except CheckpointMismatchError:
+        if saved_config(path_or_state_dict) is None:
+            raise
+        raise CheckpointMismatchError(_not_official(path_or_state_dict, source, arch, "")) from None
     return model.eval(), config
+
+
+def saved_config(path_or_state_dict: str | Path | Mapping[str, Tensor]) -> Mapping[str, Any] | None:
+    """The config a checkpoint file of this package carries (official ones carry none): None when there is none."""
+    if not isinstance(path_or_state_dict, str | Path):
+        return None
+    data = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
+    config = data.get("config") if isinstance(data, Mapping) else None
+    return config if isinstance(config, Mapping) else None
+
+
+def _not_official(path_or_state_dict: str | Path | Mapping[str, Tensor], source: str, arch: str, reason: str) -> str:
+    """Why ``source`` cannot be read as an official ``arch`` checkpoint, and what to do instead."""
+    if saved_config(path_or_state_dict) is not None:
+        return (
+            f"{source} is a checkpoint of this package (it carries its config), not an official one: load it "
+            "without --official"
+        )
+    others = [name for name in available_models() if name != arch and model_entry(name).official_config]
+    return (
+        f"{source} is not an official {arch} checkpoint ({reason}); if it is another model's official checkpoint, "
+        f"pass its arch (--arch), one of {others}"
+    )
 
 
 def detr_from_official(

@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .curves import run_colors
+from .figure import count_axis
 
 
 def _module_label(name: str) -> str:
@@ -48,7 +49,8 @@ def alpha_figure(records: Sequence[Mapping], title: str = "") -> Figure:
     heat.set_yticks(range(len(modules)), [_module_label(m) for m in modules], fontsize=7)
     heat.set_xlabel("head")
     heat.set_title(f"α at step {steps[-1]} (1 = softmax, 2 = sparsemax)", fontsize=9)
-    left.colorbar(image, ax=heat, label="α")
+    colorbar = left.colorbar(image, ax=heat, label="α")
+    colorbar.ax.ticklabel_format(axis="y", useOffset=False)  # α itself, never "+1.5" and an offset
     colors = run_colors([str(h) for h in range(heads)])
     lines = right.subplots(len(modules), 1, sharex=True, squeeze=False)[:, 0]
     for axes, module in zip(lines, modules, strict=True):
@@ -56,8 +58,9 @@ def alpha_figure(records: Sequence[Mapping], title: str = "") -> Figure:
             axes.plot(steps, history[module][:, head], color=colors[str(head)], linewidth=1, label=f"head {head}")
         axes.set_title(_module_label(module), fontsize=8)
         axes.set_ylabel("α", fontsize=8)
+        axes.ticklabel_format(axis="y", useOffset=False)  # α itself on every panel, never "+1.5" and an offset
     lines[-1].legend(fontsize=6, ncols=min(heads, 4))
-    lines[-1].set_xlabel("step")
+    count_axis(lines[-1], "step")
     if title:
         figure.suptitle(title, fontsize=10)
     return figure

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+
+from .figure import count_axis
 
 LOSS_TERMS = ("loss", "loss_ce", "loss_bbox", "loss_giou")
 LOSS_TITLES = {
@@ -60,7 +61,7 @@ def _plot_loss(axes: Axes, runs: Mapping[str, Sequence[Mapping]], term: str, col
         for key in _aux_keys(records, term) if term != "loss" else []:
             axes.plot(*_series(records, "train", key), color=colors[label], linewidth=0.6, alpha=0.35)
     axes.set_title(LOSS_TITLES[term] + ("" if term == "loss" else "\n(thin: auxiliary decoder layers)"), fontsize=9)
-    axes.set_xlabel("step")
+    count_axis(axes, "step")
 
 
 def _plot_epochs(
@@ -73,14 +74,9 @@ def _plot_epochs(
         for key, (name, style) in styles.items():
             xs, ys = _series(records, "epoch", key)
             axes.plot(xs, ys, linestyle=style, marker="o", markersize=3, color=colors[label], label=f"{label} {name}")
-    _epoch_axis(axes)
+    count_axis(axes, "epoch")
     axes.set_ylim(bottom=0)
     axes.legend(fontsize=6)
-
-
-def _epoch_axis(axes: Axes) -> None:
-    axes.set_xlabel("epoch")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def curves_figure(runs: Mapping[str, Sequence[Mapping]], title: str = "") -> Figure:
@@ -102,7 +98,7 @@ def curves_figure(runs: Mapping[str, Sequence[Mapping]], title: str = "") -> Fig
         xs, ys = _series(records, "epoch", "val_class_error", x="step")
         error.plot(xs, ys, marker="s", linestyle="none", color=colors[label], label=f"{label} val (evaluations)")
     error.set_title("class error (%) of matched queries", fontsize=9)
-    error.set_xlabel("step")
+    count_axis(error, "step")
     error.legend(fontsize=6)
 
     _plot_epochs(grid[1][1], runs, AP_OVERALL, colors)
@@ -133,5 +129,5 @@ def _plot_val_loss(axes: Axes, runs: Mapping[str, Sequence[Mapping]], colors: Ma
             label=f"{label} val",
         )
     axes.set_title("total loss per epoch: train (solid), val (dashed)", fontsize=9)
-    _epoch_axis(axes)
+    count_axis(axes, "epoch")
     axes.legend(fontsize=6)

@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from ..attention.sites import PointsRecord
+from .figure import BOX_LEGEND
 
 #: Marker area (points²) of a weight-1 sampling point; a point's area grows linearly with its weight.
 FULL_WEIGHT_AREA = 400.0
@@ -46,6 +47,13 @@ def _reference_pixels(
 def _draw_boxes(ax, boxes: Sequence[tuple[tuple[float, float, float, float], str]]) -> None:
     for (x0, y0, x1, y1), color in boxes:
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.5))
+
+
+def _title(figure: Figure, title: str, boxes: Sequence) -> None:
+    """The figure's title, with what the box colours mean when it has boxes."""
+    lines = [line for line in (title, BOX_LEGEND if boxes else "") if line]
+    if lines:
+        figure.suptitle("\n".join(lines), fontsize=10)
 
 
 def sampling_figure(
@@ -95,8 +103,7 @@ def sampling_figure(
         Line2D([], [], marker="x", linestyle="", color="black", label="reference point"),
     ]
     figure.legend(handles=legend, loc="outside lower center", ncols=len(legend), fontsize=8, frameon=False)
-    if title:
-        figure.suptitle(title, fontsize=10)
+    _title(figure, title, boxes)
     return figure
 
 
@@ -137,6 +144,5 @@ def references_figure(
     ax.set_ylim(height, 0)
     ax.set_axis_off()
     ax.set_title("reference point per decoder layer (layer number beside it)", fontsize=9)
-    if title:
-        figure.suptitle(title, fontsize=10)
+    _title(figure, title, boxes)
     return figure

@@ -14,6 +14,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from .curves import run_colors
+from .figure import count_axis
 
 HISTOGRAM_PANELS = 3  # initialisation, the middle recorded step, the last
 
@@ -63,10 +64,13 @@ def diagnostics_figure(records: Sequence[Mapping], title: str = "", histogram_ra
     histogram_axes = middle.subplots(1, HISTOGRAM_PANELS, sharey=True, squeeze=False)[0]
     for axes, step in zip(histogram_axes, chosen, strict=False):
         counts = np.array([by_step[step]["weights"][layer]["histogram"] for layer in layers], dtype=float)
-        shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        # each row scaled to its own peak: a layer whose weights all sit in one bin (Deformable DETR's sampling
+        # offsets start at 0) would otherwise make every other layer's spread-out histogram black
+        peaks = counts / np.maximum(counts.max(1, keepdims=True), 1)
         extent = (-histogram_range, histogram_range, len(layers) - 0.5, -0.5)
-        axes.imshow(shares, aspect="auto", cmap="magma", extent=extent, interpolation="nearest")
-        axes.set_title(f"weights at step {step}" + (" (initialisation)" if step == 0 else ""), fontsize=9)
+        axes.imshow(peaks, aspect="auto", cmap="magma", vmin=0, vmax=1, extent=extent, interpolation="nearest")
+        when = f"weights at step {step}" + (" (initialisation)" if step == 0 else "")
+        axes.set_title(f"{when}\n(each layer's histogram scaled to its peak)", fontsize=9)
         axes.set_xlabel("value / the layer's initial std (edge bins hold the tails)")
     for axes in histogram_axes[len(chosen) :]:
         axes.set_axis_off()
@@ -89,7 +93,7 @@ def diagnostics_figure(records: Sequence[Mapping], title: str = "", histogram_ra
                 label=f"{site} layer {layer}",
             )
     entropy_axes.set_title("mean attention entropy (nats) on fixed validation images (darker: later layer)", fontsize=9)
-    entropy_axes.set_xlabel("step")
+    count_axis(entropy_axes, "step")
     if sites:
         entropy_axes.legend(fontsize=6, ncols=4)
     if title:

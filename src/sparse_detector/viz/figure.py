@@ -15,6 +15,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -79,6 +80,12 @@ def draw_labelled_boxes(
                 va="top" if text_below else "bottom",
                 bbox={"facecolor": color, "edgecolor": "none", "pad": 0.5, "alpha": 0.85},
             )
+
+
+def count_axis(axes: Axes, label: str) -> None:
+    """An x axis of steps or epochs: whole-number ticks only, even for a run of one epoch or a few steps."""
+    axes.set_xlabel(label)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def hide_ticks(axes: Axes) -> None:

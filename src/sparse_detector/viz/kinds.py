@@ -30,8 +30,8 @@ from ..engine.diagnostics import read_diagnostics
 from ..engine.inference import LoadedModel, load_trained_model
 from ..models import build_criterion
 from ..models.postprocess import query_scores
-from ..runs import read_analyses, read_metrics
-from ..runs import run_label as analysis_label
+from ..runs import distinct_names, read_analyses, read_metrics
+from ..runs import run_labels as analysis_labels
 from .alpha import alpha_figure
 from .attention import AttentionPanel, attention_figure, attention_panels_figure
 from .curves import curves_figure
@@ -85,12 +85,18 @@ def visualize(kind: str, request: VisualizeRequest) -> list[Path]:
 
 
 def run_label(run: Path) -> str:
-    """A run's name in legends: its directory (a checkpoint file's folder)."""
-    return run.name if run.is_dir() else run.parent.name
+    """A run's name in titles: its directory (a checkpoint file's folder)."""
+    return _run_dir(run).name
+
+
+def run_labels(runs: Sequence[Path]) -> list[str]:
+    """Several runs' names in legends and file names: their directories, told apart by their parents if need be."""
+    return distinct_names([_run_dir(run) for run in runs])
 
 
 def _run_dir(run: Path) -> Path:
-    return run if run.is_dir() else run.parent
+    """A run directory, or the one holding a checkpoint file."""
+    return run.parent if run.is_file() else run
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -157,19 +163,36 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
     return items
 
 
+QUERY_NAMES = {"queries": "object queries", "grid": "feature-grid cells"}
+GRID_QUERY_KINDS = {"queries": "attention", "grid": "encoder"}  # the kind that draws a grid-keyed site's queries
+
+
 def grid_site(loaded: LoadedModel, queries: QueryKind, requested: str | None) -> str:
     """The site to draw over the image: ``requested`` (checked against the model's sites), else the model's first
     site whose keys are the feature grid and whose queries are ``queries`` (object queries or grid cells)."""
+    sites = model_sites(loaded.model)
     if requested is not None:
         site = select_sites(loaded.model, [requested])[0]
-        if site.keys != "grid":
-            raise ValueError(f"site {site.name} has {site.keys} keys; these figures draw sites whose keys are the grid")
-        return site.name
-    sites = model_sites(loaded.model)
-    for site in sites.values():
         if site.keys == "grid" and site.queries == queries:
             return site.name
-    raise ValueError(f"the model has no site of {queries} over the feature grid to draw; its sites: {list(sites)}")
+        if site.keys != "grid":
+            problem = f"site {site.name} has {site.keys} keys; these figures draw sites whose keys are the feature grid"
+        else:  # the figure's queries are object queries (attention, compare) or grid cells (encoder)
+            kind = GRID_QUERY_KINDS[site.queries]
+            problem = (
+                f"the queries of site {site.name} are {QUERY_NAMES[site.queries]}, not {QUERY_NAMES[queries]}; "
+                f"draw it with: sparse-detector visualize {kind} {loaded.source} --site {site.name}"
+            )
+    else:
+        for site in sites.values():
+            if site.keys == "grid" and site.queries == queries:
+                return site.name
+        keys = ", ".join(f"{name} ({site.queries} over {site.keys})" for name, site in sites.items())
+        problem = f"the model has no site of {queries} over the feature grid to draw; its sites: {keys}"
+    if object_query_kind(loaded.model) == "deformable":
+        pixels = " --pixels X,Y" if queries == "grid" else ""
+        problem += f"; draw its sampling points with: sparse-detector visualize deformable {loaded.source}{pixels}"
+    raise ValueError(f"{loaded.source} ({loaded.config.model.arch}): {problem}")
 
 
 @torch.no_grad()
@@ -322,17 +345,28 @@ def _encoder_points_site(sites: dict) -> str:
     return candidates[0]
 
 
+def pixel_cell(item: ImageItem, x: float, y: float, rows: int, columns: int) -> tuple[int, int]:
+    """(row, column) of the cell of an image's valid ``rows`` × ``columns`` grid holding pixel (x, y) of the original
+    image; a pixel outside the image is an error."""
+    height, width = item.orig_size
+    if not (0 <= x < width and 0 <= y < height):
+        raise ValueError(
+            f"--pixels {x:g},{y:g} is outside {item.name} ({width:g} x {height:g} px); pixels are X,Y in the original "
+            "image's coordinates"
+        )
+    return min(int(y / height * rows), rows - 1), min(int(x / width * columns), columns - 1)
+
+
 def _encoder_sampling(
     request: VisualizeRequest, site: str, records: Sequence, item: ImageItem, truth: list[LabelledBox]
 ) -> list[Path]:
     """Per requested pixel and layer: the sampling points of the first feature level's grid cell containing it."""
     (height, width), (ratio_w, ratio_h) = records[0].level_shapes[0].tolist(), records[0].valid_ratios[0, 0].tolist()
     valid_h, valid_w = max(round(ratio_h * height), 1), max(round(ratio_w * width), 1)
-    orig_h, orig_w = item.orig_size
     boxes = [(b.box, TRUTH_COLOR) for b in truth]
     written = []
     for x, y in request.pixels:
-        row, column = min(int(y / orig_h * valid_h), valid_h - 1), min(int(x / orig_w * valid_w), valid_w - 1)
+        row, column = pixel_cell(item, x, y, valid_h, valid_w)
         for layer, record in enumerate(records):
             title = (
                 f"{run_label(request.runs[0])}: {site} layer {layer}, {item.name}, cell (row {row}, column {column})"
@@ -359,8 +393,7 @@ def encoder_kind(request: VisualizeRequest) -> list[Path]:
         _, maps = recorded_forward(loaded, item, site, device)
         layers, heads, _, h, w = maps.shape
         if request.pixels:
-            orig_h, orig_w = item.orig_size
-            cells = [min(int(y / orig_h * h), h - 1) * w + min(int(x / orig_w * w), w - 1) for x, y in request.pixels]
+            cells = [row * w + column for row, column in (pixel_cell(item, x, y, h, w) for x, y in request.pixels)]
         else:
             cells = _most_attended_cells(maps)
         truth = _truth_boxes(item, loaded.label_map)
@@ -397,6 +430,8 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
     device = resolve_device(request.device)
     models = [_load(run, request) for run in request.runs]
     site = grid_site(models[0], "queries", request.site)
+    for loaded in models[1:]:  # every run draws the same site over its feature grid
+        grid_site(loaded, "queries", site)
     written = []
     for item in load_images(models[0].config, request):
         if item.target is None or not len(item.target["boxes"]):
@@ -413,7 +448,7 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
             item.picture,
             panels,
             [f"object {t}: {box.text}" for t, box in enumerate(truth)],
-            [run_label(run) for run in request.runs],
+            run_labels(request.runs),
             title=f"{item.name}: {site}, last layer, head average,\nof the query matched to each object",
         )
         written.append(save_figure(figure, request.output / f"compare_{site}_{item.name}", request.fmt))
@@ -486,15 +521,16 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
 @figure_kind("curves")
 def curves_kind(request: VisualizeRequest) -> list[Path]:
     """Losses, class error and AP of every run in one figure."""
-    runs = {run_label(run): read_metrics(_run_dir(run)) for run in request.runs}
+    labels = run_labels(request.runs)
+    runs = {label: read_metrics(_run_dir(run)) for label, run in zip(labels, request.runs, strict=True)}
     return [save_figure(curves_figure(runs), request.output / "curves", request.fmt)]
 
 
 def _per_run(request: VisualizeRequest, name: str, draw: Callable[[Path], Figure]) -> list[Path]:
     """One figure per run, ``<name>_<run>``, drawn from its run directory."""
     return [
-        save_figure(draw(_run_dir(run)), request.output / f"{name}_{run_label(run)}", request.fmt)
-        for run in request.runs
+        save_figure(draw(_run_dir(run)), request.output / f"{name}_{label.replace('/', '_')}", request.fmt)
+        for label, run in zip(run_labels(request.runs), request.runs, strict=True)
     ]
 
 
@@ -514,5 +550,6 @@ def diagnostics_kind(request: VisualizeRequest) -> list[Path]:
 def sparsity_kind(request: VisualizeRequest) -> list[Path]:
     """Gini, zeros ratio and PAIBB per layer across runs, from their ``analyze`` output."""
     records = read_analyses(request.runs)
-    figure = sparsity_figure({analysis_label(r): r["attention"] for r in records})
+    labels = analysis_labels(records)
+    figure = sparsity_figure({label: r["attention"] for label, r in zip(labels, records, strict=True)})
     return [save_figure(figure, request.output / "sparsity", request.fmt)]
