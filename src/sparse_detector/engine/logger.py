@@ -69,8 +69,14 @@ def _group(kind: str, key: str) -> str:
 
 
 def grouped_scalars(kind: str, values: dict[str, Any]) -> dict[str, float]:
-    """Every number in ``values`` under its grouped name (``train-main-metrics/loss``, ``val-AP/AP50``, ...)."""
-    return {_group(kind, key): value for key, value in _flatten(values).items() if key != "epoch"}
+    """Every number in ``values`` under its grouped name (``train-main-metrics/loss``, ``val-AP/AP50``, ...); a COCO
+    number of -1 (no ground truth of that size, e.g. AP_large on small images) is left out rather than charted."""
+    scalars = {}
+    for key, value in _flatten(values).items():
+        name = _group(kind, key)
+        if key != "epoch" and not (name.startswith("val-AP/") and value == -1):
+            scalars[name] = value
+    return scalars
 
 
 class MetricsLogger:
