@@ -64,7 +64,7 @@ def test_own_annotations_with_the_presets_image_folder_name_the_key(tmp_path: Pa
     assert main(["train", "--config", "shapes_tiny", "--output-dir", "run", "--set", *overrides]) == 2
     err = capsys.readouterr().err
     assert "data/shapes/images is not a folder" in err and "data.train.images=" in err
-    assert """--set 'data.train.images=""'""" in err
+    assert "--set data.train.images= (" in err
 
 
 def test_train_and_val_with_other_category_ids_is_an_error_before_training(tmp_path: Path, capsys) -> None:
@@ -78,7 +78,7 @@ def test_train_and_val_with_other_category_ids_is_an_error_before_training(tmp_p
         source = tmp_path / f"{split.split('_')[0]}.csv"
         assert main(["data", "import", "csv", str(source), "--out", str(tmp_path / f"{split}.json"), *extra]) == 0
     overrides = [f"data.train.annotations={tmp_path / 'train.json'}", f"data.val.annotations={tmp_path / 'val.json'}"]
-    overrides += ['data.train.images=""', 'data.val.images=""', "model.num_classes=2", "train.epochs=1"]
+    overrides += ["data.train.images=", "data.val.images=", "model.num_classes=2", "train.epochs=1"]
     run = ["train", "--config", "shapes_tiny", "--output-dir", str(tmp_path / "run"), "--set", *overrides]
     capsys.readouterr()
     assert main(run) == 2

@@ -28,6 +28,12 @@ def test_base_inheritance_and_overrides(tmp_path: Path):
     assert "num_queries: 50" in dump_config(config)
 
 
+def test_an_empty_override_is_the_empty_string():
+    """`data.train.images=` (the JSON's own folder) is "", not YAML's None for an empty document."""
+    config = load_config("shapes_tiny", ["data.train.images=", "data.val.images=  "])
+    assert config.data.train.images == config.data.val.images == ""
+
+
 def test_int_is_accepted_for_float_but_not_the_reverse():
     assert load_config(None, ["loss.eos_coef=1"]).loss.eos_coef == 1.0
     assert load_config(None, ["optim.lr=5e-4"]).optim.lr == 5e-4  # YAML 1.1 reads "5e-4" as a string

@@ -273,7 +273,7 @@ def _apply_override(tree: dict, override: str) -> None:
         raise ConfigError(f"override {override!r} must look like key.sub=value")
     dotted, raw = override.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.safe_load(raw) if raw.strip() else ""  # key= is the empty string (YAML would read None)
     except yaml.YAMLError:
         value = raw
     node = tree

@@ -31,8 +31,8 @@ def build_dataset(config: Config, split: str) -> CocoDetection:
     if paths.images and not Path(paths.images).is_dir():
         raise DatasetError(
             f"data.{split}.images={paths.images} is not a folder; set it to the folder the file "
-            f'names in {paths.annotations} are relative to, or to "" for the JSON\'s own folder, e.g. --set '
-            f"'data.{split}.images=\"\"' (what a JSON from `sparse-detector data import` needs)"
+            f"names in {paths.annotations} are relative to, or empty for the JSON's own folder: --set "
+            f"data.{split}.images= (what a JSON from `sparse-detector data import` needs)"
         )
     train = split == "train"
     transforms = make_transforms(
