@@ -342,6 +342,18 @@ def test_finish_is_tried_once_the_saturated_edges_settle(lam: float, mean_iterat
     assert iterations.mean() <= mean_iterations, iterations
 
 
+def test_a_failing_triton_kernel_falls_back_to_the_tensor_operations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the optional Triton kernel fails (here: asked to run outside a GPU), one warning says so and the
+    tensor operations give the same prox; the kernel is not tried again."""
+    monkeypatch.setattr(tensor_path, "TRITON_FAILURES", [])
+    monkeypatch.setattr(tensor_path, "_uses_triton", lambda z: not tensor_path.TRITON_FAILURES)
+    z, exact = _exact_prox(9, 13, 0.1, 1.0, seed=9 * 13)
+    with pytest.warns(RuntimeWarning, match="Triton kernel of the prox failed") as caught:
+        prox = tensor_path._tv_prox(torch.from_numpy(z)[None], _full_grid_bounds(9, 13, 0.1), 13)[0].numpy()
+    assert len(caught) == 1 and len(tensor_path.TRITON_FAILURES) == 1
+    assert np.abs(prox - exact).max() <= 1e-6
+
+
 def test_prox_stopped_at_its_cap_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     """A map that reaches the iteration cap above the stated tolerance is named in a warning (with a cap of 20
     iterations, near-uniform scores), and its prox and TVMax still come back."""

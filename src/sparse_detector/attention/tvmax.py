@@ -146,8 +146,7 @@ def _tv_prox(z: Tensor, bounds: Edges, width: int) -> Tensor:
             maps, z, t, gap_tol = maps[keep], z[keep], t[keep], gap_tol[keep]
             u, v = tuple(a[keep] for a in u), tuple(a[keep] for a in v)
             bounds = _maps_of(bounds, keep)
-        fista_steps = _fista_steps_triton() if _uses_triton(z) else _fista_steps
-        u, v, t = fista_steps(z, u, v, t, bounds, width, tvmax_cpu.STEP, min(CHECK_EVERY, cap - it))
+        u, v, t = _fista_steps_on_device(z, u, v, t, bounds, width, tvmax_cpu.STEP, min(CHECK_EVERY, cap - it))
     return out
 
 
@@ -181,8 +180,13 @@ def _fista_steps(
 
 def _uses_triton(z: Tensor) -> bool:
     """Whether FISTA's iterations of maps on z's device run as the Triton kernel: a CUDA device Triton supports
-    (compute capability 7.0 or later) with Triton installed."""
-    return z.is_cuda and _triton_installed() and torch.cuda.get_device_capability(z.device) >= (7, 0)
+    (compute capability 7.0 or later) with Triton installed, unless the kernel has failed before."""
+    return (
+        z.is_cuda
+        and not TRITON_FAILURES
+        and _triton_installed()
+        and torch.cuda.get_device_capability(z.device) >= (7, 0)
+    )
 
 
 @functools.cache
@@ -190,11 +194,30 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _fista_steps_triton() -> Callable[..., tuple[Edges, Edges, Tensor]]:
-    """:func:`.tvmax_triton.fista_steps` (imported on first use: Triton compiles its kernel then)."""
-    from .tvmax_triton import fista_steps
+TRITON_FAILURES: list[str] = []  # why the Triton kernel failed, if it has: the tensor operations run instead
 
-    return fista_steps
+
+def _fista_steps_on_device(
+    z: Tensor, u: Edges, v: Edges, t: Tensor, bounds: Edges, width: int, step: float, iterations: int
+) -> tuple[Edges, Edges, Tensor]:
+    """:func:`_fista_steps` as the Triton kernel (:mod:`.tvmax_triton`) where :func:`_uses_triton`, else as tensor
+    operations. A kernel that fails to compile or launch (it is not run on every GPU and Triton version this
+    package meets) is reported in a warning once and the tensor operations go on from the same iterate."""
+    if _uses_triton(z):
+        try:
+            from .tvmax_triton import fista_steps
+
+            return fista_steps(z, u, v, t, bounds, width, step, iterations)
+        except Exception as err:  # noqa: BLE001 - any failure of the optional kernel falls back, reported
+            TRITON_FAILURES.append(f"{type(err).__name__}: {err}")
+            warnings.warn(
+                f"TVMax: the Triton kernel of the prox failed ({TRITON_FAILURES[0][:300]}); its iterations run as "
+                "tensor operations from now on (slower, the same results); please report this with your GPU and "
+                "Triton version",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return _fista_steps(z, u, v, t, bounds, width, step, iterations)
 
 
 def _snap_to_groups(z: Tensor, x: Tensor, u: Edges, bounds: Edges, steps: tuple[int, int]) -> tuple[Tensor, Tensor]:
