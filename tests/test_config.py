@@ -87,3 +87,96 @@ def test_attention_sites_are_a_mapping_checked_against_the_model():
     for override, error in cases.items():
         with pytest.raises(ConfigError, match=error):
             check_attention_config(load_config(None, [f"model.attention.{override}"]).model.attention, sites)
+
+
+#: The official training settings (facebookresearch/detr and fundamentalvision/Deformable-DETR main.py defaults,
+#: their configs/*.sh and READMEs), as our config keys.
+OFFICIAL_DETR = {
+    "model.num_classes": 91,
+    "model.num_queries": 100,
+    "model.aux_loss": True,
+    "model.position_embedding": "sine",
+    "model.backbone.name": "resnet50",
+    "model.backbone.pretrained": True,
+    "model.backbone.dilation": False,
+    "model.backbone.norm": "frozen_bn",
+    "model.backbone.trainable_layers": ["layer2", "layer3", "layer4"],
+    "model.backbone.lr": 1e-5,
+    "model.transformer.hidden_dim": 256,
+    "model.transformer.nheads": 8,
+    "model.transformer.enc_layers": 6,
+    "model.transformer.dec_layers": 6,
+    "model.transformer.dim_feedforward": 2048,
+    "model.transformer.dropout": 0.1,
+    "model.transformer.pre_norm": False,
+    "loss.set_cost_class": 1.0,
+    "loss.set_cost_bbox": 5.0,
+    "loss.set_cost_giou": 2.0,
+    "loss.ce_loss_coef": 1.0,
+    "loss.bbox_loss_coef": 5.0,
+    "loss.giou_loss_coef": 2.0,
+    "loss.eos_coef": 0.1,
+    "data.label_mode": "coco_ids",
+    "data.train_scales": list(range(480, 801, 32)),
+    "data.max_size": 1333,
+    "data.random_crop": True,
+    "data.crop_resize_scales": [400, 500, 600],
+    "data.crop_min": 384,
+    "data.crop_max": 600,
+    "data.val_size": 800,
+    "data.hflip_prob": 0.5,
+    "data.normalize": True,
+    "optim.lr": 1e-4,
+    "optim.weight_decay": 1e-4,
+    "optim.lr_drop": 200,
+    "optim.lr_gamma": 0.1,
+    "optim.clip_max_norm": 0.1,
+    "train.epochs": 300,
+    "train.batch_size": 2,
+    "train.seed": 42,
+}
+OFFICIAL_DEFORMABLE = {
+    **{k: v for k, v in OFFICIAL_DETR.items() if not k.startswith("loss.")},
+    "model.arch": "deformable_detr",
+    "model.num_queries": 300,
+    "model.backbone.lr": 2e-5,
+    "model.transformer.dim_feedforward": 1024,
+    "model.deformable.num_feature_levels": 4,
+    "model.deformable.enc_n_points": 4,
+    "model.deformable.dec_n_points": 4,
+    "model.deformable.with_box_refine": False,
+    "model.deformable.two_stage": False,
+    "loss.set_cost_class": 2.0,
+    "loss.set_cost_bbox": 5.0,
+    "loss.set_cost_giou": 2.0,
+    "loss.ce_loss_coef": 2.0,
+    "loss.bbox_loss_coef": 5.0,
+    "loss.giou_loss_coef": 2.0,
+    "loss.focal_alpha": 0.25,
+    "optim.lr": 2e-4,
+    "optim.lr_drop": 40,
+    "optim.lr_linear_proj_mult": 0.1,
+    "train.epochs": 50,
+}
+OFFICIAL_RECIPES = {
+    "detr_r50": OFFICIAL_DETR,
+    # DC5: dilated last stage; the released DC5 models were trained with 1 image per GPU (official README).
+    "detr_r50_dc5": {**OFFICIAL_DETR, "model.backbone.dilation": True, "train.batch_size": 1},
+    "deformable_detr_r50": OFFICIAL_DEFORMABLE,
+    "deformable_detr_r50_box_refine": {**OFFICIAL_DEFORMABLE, "model.deformable.with_box_refine": True},
+    "deformable_detr_r50_two_stage": {
+        **OFFICIAL_DEFORMABLE,
+        "model.deformable.with_box_refine": True,
+        "model.deformable.two_stage": True,
+    },
+}
+
+
+@pytest.mark.parametrize("preset", sorted(OFFICIAL_RECIPES))
+def test_presets_are_the_official_recipes(preset: str):
+    config = load_config(preset)
+    for key, official in OFFICIAL_RECIPES[preset].items():
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        assert value == official, f"{preset}: {key} is {value!r}, officially {official!r}"

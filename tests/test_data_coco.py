@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from sparse_detector.config import load_config
 from sparse_detector.data import CocoDetection, DatasetError, collate_detection, make_transforms
+from sparse_detector.data.build import build_dataset
 
 TINY_COCO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tiny_coco"
 
@@ -208,3 +210,15 @@ def test_invalid_options(tmp_path: Path) -> None:
         CocoDetection(*_write(tmp_path), label_mode="raw")
     with pytest.raises(ValueError, match="on_invalid"):
         CocoDetection(*_write(tmp_path), on_invalid="ignore")
+
+
+@pytest.mark.parametrize("preset", ["detr_r50", "deformable_detr_r50"])
+def test_official_presets_drop_cocos_zero_height_boxes(tmp_path: Path, preset: str) -> None:
+    """COCO train2017's annotation 918 has bbox [296.65, 388.33, 1.03, 0.0]; official DETR drops it, but the
+    preset stopped at it with 'bbox width and height must be > 0' before training began."""
+    data = _dataset_dict()
+    data["annotations"].append({"id": 918, "image_id": 2, "category_id": 3, "bbox": [29.65, 18.33, 1.03, 0.0]})
+    images, annotation_file = _write(tmp_path, data)
+    paths = [f"data.train.images={images}", f"data.train.annotations={annotation_file}"]
+    dataset = build_dataset(load_config(preset, paths), "train")
+    assert dataset.skipped == {"non_positive_size": 1} and dataset.num_boxes == 2

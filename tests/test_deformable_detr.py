@@ -165,6 +165,24 @@ def test_parameter_groups_follow_the_official_recipe():
     assert proj and all("sampling_offsets" in n or "reference_points" in n for n in proj)
 
 
+@pytest.mark.parametrize("arch_options", [[], TINY_DEFORMABLE])
+def test_a_learned_position_embedding_trains_at_the_official_rate(arch_options):
+    """Official DETR trains it with the backbone (every name with 'backbone'), Deformable DETR with the transformer
+    (only 'backbone.0' is the backbone); Deformable's used to get the backbone's rate."""
+    overrides = ["model.position_embedding=learned", "optim.lr=1e-3", "model.backbone.lr=1e-4"]
+    config = load_config("shapes_tiny", [*arch_options, *overrides])
+    model = build_model(config)
+    names = {
+        n: g["name"]
+        for g in parameter_groups(model, config)
+        for n, p in model.named_parameters()
+        if any(p is q for q in g["params"])
+    }
+    expected = "default" if config.model.arch == "deformable_detr" else "backbone"
+    assert names["backbone.1.row_embed.weight"] == expected
+    assert names["backbone.0.body.layer2.0.conv1.weight"] == "backbone"
+
+
 def test_top_k_post_processing_ranks_query_class_pairs():
     logits = torch.tensor([[[0.0, 3.0], [2.0, -1.0]]])
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.25, 0.5, 0.5]]])

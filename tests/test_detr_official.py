@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
 from sparse_detector import build_criterion, build_model, detr_from_official, load_config
+from sparse_detector.engine.trainer import initialise_from
 from sparse_detector.models import PostProcess
-from sparse_detector.models.weights import infer_official_config
+from sparse_detector.models.weights import CheckpointMismatchError, infer_official_config
 
 from .conftest import shared_path
 
@@ -125,3 +128,24 @@ def test_matcher_and_losses_match_official(fixture, official_model):
     assert set(losses) == set(fixture["losses"])
     for key, value in fixture["losses"].items():
         torch.testing.assert_close(losses[key], value, atol=TOL, rtol=0, msg=key)
+
+
+class _Payload:  # a class no checkpoint may carry
+    pass
+
+
+def test_a_checkpoint_of_the_official_training_script_loads(fixture, tmp_path):
+    """Official main.py saves its argparse ``args`` beside the weights; that file loads (it failed under
+    weights_only=True with 'Unsupported global: argparse.Namespace'), and --init-from reads it too."""
+    path = tmp_path / "checkpoint.pth"
+    args = argparse.Namespace(lr=1e-4, lr_backbone=1e-5, nheads=fixture["config"]["nheads"], lr_drop=200)
+    torch.save({"model": fixture["model"], "optimizer": {}, "lr_scheduler": {}, "epoch": 3, "args": args}, path)
+    model = detr_from_official(path, nheads=fixture["config"]["nheads"])
+    with torch.no_grad():
+        out = model(list(fixture["images"]))
+    torch.testing.assert_close(out["pred_logits"], fixture["outputs"]["pred_logits"], atol=TOL, rtol=0)
+    fresh = build_model(_config_for(fixture))
+    assert initialise_from(fresh, path) == []
+    torch.save({"model": fixture["model"], "args": _Payload()}, path)
+    with pytest.raises(CheckpointMismatchError, match="refused to load .*Re-save its state dict alone"):
+        detr_from_official(path, nheads=fixture["config"]["nheads"])

@@ -10,6 +10,9 @@ from ..config import Config
 ALPHA_PARAM_SUFFIX = "pre_alpha"  # learnable alpha-entmax parameters (one per head per attention layer)
 #: Deformable DETR's layers that place sampling points, trained at ``optim.lr_linear_proj_mult`` × lr (official).
 LINEAR_PROJ_NAMES = ("reference_points", "sampling_offsets")
+#: Parameters trained at ``model.backbone.lr``, unless the model names another prefix (``backbone_param_prefix``):
+#: official DETR's whole ``backbone`` (a learned position embedding too), Deformable DETR's ResNet ``backbone.0``.
+BACKBONE_PARAM_PREFIX = "backbone."
 #: Parameter-group entries that choose how the optimiser computes, not what: not reported as changes on resume.
 IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable", "maximize", "decoupled_weight_decay")
 
@@ -18,13 +21,14 @@ def parameter_groups(model: nn.Module, config: Config) -> list[dict]:
     """AdamW groups: transformer/heads, backbone (``model.backbone.lr``), alphas (lr multiplier, no decay) and
     Deformable DETR's sampling-point layers (``optim.lr_linear_proj_mult``)."""
     optim = config.optim
+    backbone = getattr(model, "backbone_param_prefix", BACKBONE_PARAM_PREFIX)
     groups: dict[str, list[nn.Parameter]] = {"default": [], "backbone": [], "alpha": [], "linear_proj": []}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         if name.endswith(ALPHA_PARAM_SUFFIX):
             groups["alpha"].append(param)
-        elif name.startswith("backbone."):
+        elif name.startswith(backbone):
             groups["backbone"].append(param)
         elif any(part in name for part in LINEAR_PROJ_NAMES):
             groups["linear_proj"].append(param)

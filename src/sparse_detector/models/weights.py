@@ -7,6 +7,8 @@ with the ``detr`` / ``deformable_detr`` archs;
 
 from __future__ import annotations
 
+import argparse
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,14 +59,33 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], 
     model.load_state_dict(state_dict, strict=True)
 
 
+#: What the official training scripts store beside the weights (``main.py`` saves its ``args``): the only class,
+#: beyond tensors and plain containers, that a checkpoint file may hold here.
+OFFICIAL_CHECKPOINT_GLOBALS = (argparse.Namespace,)
+
+
+def load_checkpoint_file(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)`` of a checkpoint file, ours or official: an official training checkpoint's
+    ``args`` (an ``argparse.Namespace``) is read as data; any other Python object is refused with a
+    :class:`CheckpointMismatchError` saying so."""
+    try:
+        with torch.serialization.safe_globals(list(OFFICIAL_CHECKPOINT_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    except pickle.UnpicklingError as err:
+        raise CheckpointMismatchError(
+            f"refused to load {path}: it holds Python objects other than tensors, plain containers and the official "
+            f"training scripts' args, which could run code when loaded ({str(err).splitlines()[0]}). Re-save its "
+            "state dict alone (torch.save(checkpoint['model'], ...)) in an environment you trust"
+        ) from None
+
+
 def read_state_dict(path_or_state_dict: str | Path | Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str]:
     """A checkpoint file (dict with a ``model`` key, or a bare state dict) or an in-memory state dict."""
     if isinstance(path_or_state_dict, str | Path):
         source = str(path_or_state_dict)
-        try:
-            data = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"checkpoint {source} does not exist") from None
+        data = load_checkpoint_file(path_or_state_dict)
     else:
         source, data = "state dict", path_or_state_dict
     if isinstance(data, Mapping) and "model" in data and isinstance(data["model"], Mapping):
@@ -195,7 +216,7 @@ def saved_config(path_or_state_dict: str | Path | Mapping[str, Tensor]) -> Mappi
     """The config a checkpoint file of this package carries (official ones carry none): None when there is none."""
     if not isinstance(path_or_state_dict, str | Path):
         return None
-    data = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
+    data = load_checkpoint_file(path_or_state_dict)
     config = data.get("config") if isinstance(data, Mapping) else None
     return config if isinstance(config, Mapping) else None
 

@@ -43,6 +43,9 @@ class DeformableDETR(nn.Module):
 
     #: Class logits are independent sigmoids (no "no object" class): post-processing takes the top-k pairs.
     sigmoid_scores = True
+    #: Parameters at ``model.backbone.lr``: the ResNet only; a learned position embedding (``backbone.1``) trains at
+    #: ``optim.lr``, as officially (``--lr_backbone_names backbone.0``).
+    backbone_param_prefix = "backbone.0."
 
     def __init__(
         self,
