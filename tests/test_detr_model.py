@@ -38,6 +38,21 @@ def test_accepts_list_padded_batch_and_tensor():
     assert ((single["pred_boxes"] >= 0) & (single["pred_boxes"] <= 1)).all()
 
 
+@pytest.mark.parametrize("arch", ["detr", "deformable_detr"])
+def test_images_the_model_cannot_take_get_a_clear_error(arch: str):
+    """Channels-last, grayscale, uint8 or float64 images failed deep in the backbone ('expected input[1, 64, 64, 3]
+    to have 3 channels', 'expected scalar type Byte but found Float')."""
+    extra = ["model.deformable.num_feature_levels=2", "model.num_queries=6"] if arch == "deformable_detr" else []
+    model = build_model(tiny_config(f"model.arch={arch}", *extra)).eval()
+    with pytest.raises(ValueError, match=r"channels first.*got \(2, 64, 48, 3\) \(channels last\? use image.permute"):
+        model(torch.rand(2, 64, 48, 3))
+    with pytest.raises(ValueError, match=r"expected RGB images channels first.*got \(1, 1, 64, 48\)"):
+        model([torch.rand(1, 64, 48)])
+    for dtype in (torch.uint8, torch.float64):
+        with pytest.raises(TypeError, match=f"images are {dtype} but the model computes in torch.float32"):
+            model([torch.zeros(3, 64, 48, dtype=dtype)])
+
+
 def _targets():
     return [
         {"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.4]])},
