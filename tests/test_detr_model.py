@@ -60,6 +60,33 @@ def _targets():
     ]
 
 
+def test_targets_the_criterion_cannot_read_get_a_clear_error():
+    """A missing key, float labels, a label >= num_classes or a target list of the wrong length failed with
+    KeyError 'labels', IndexError or 'torch.cat(): expected a non-empty list of Tensors'."""
+    config = tiny_config()
+    model, criterion = build_model(config).eval(), build_criterion(config)
+    with torch.no_grad():
+        outputs = model([torch.rand(3, 64, 64), torch.rand(3, 64, 64)])
+    good = _targets()
+    cases = {
+        "got 1 targets for 2 images": good[:1],
+        r"target 1 has no \['labels'\]": [good[0], {"boxes": torch.zeros(0, 4)}],
+        r"target 0: expected integer 'labels'.*torch.float32": [
+            {**good[0], "labels": torch.tensor([0.0, 2.0])},
+            good[1],
+        ],
+        r"target 0: expected .*boxes \(2, 2\)": [{**good[0], "boxes": torch.rand(2, 2)}, good[1]],
+        r"target 0: labels must be in \[0, 3\) \(model.num_classes\), got \[0, 4\]": [
+            {**good[0], "labels": torch.tensor([0, 4])},
+            good[1],
+        ],
+    }
+    for message, targets in cases.items():
+        with pytest.raises(ValueError, match=message):
+            criterion(outputs, targets)
+    assert torch.isfinite(criterion.total_loss(criterion(outputs, good)))
+
+
 def test_one_step_reduces_loss_and_empty_image_trains():
     config = tiny_config()
     model = build_model(config).train()
