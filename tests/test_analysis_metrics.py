@@ -22,6 +22,13 @@ from sparse_detector.analysis import (
 )
 from sparse_detector.report import result_markdown, result_rows
 
+METRIC_FUNCTIONS = {
+    "gini": gini,
+    "zeros_ratio": lambda p: zeros_ratio(p, None, 1e-6),
+    "entropy": entropy,
+    "support_90": support_90,
+}
+
 
 def pairwise_gini(c: list[float]) -> float:
     """Gini as the mean absolute difference: sum_i sum_j |c_i - c_j| / (2 N sum c)."""
@@ -194,6 +201,32 @@ def test_aggregator_result_is_json_and_merge_equals_single_stream():
     assert (cross["num_layers"], cross["num_heads"]) == (2, 3)
     assert cross["metrics"]["gini"]["per_head"]["count"] == [[15, 15, 15], [15, 15, 15]]
     assert cross["metrics"]["gini"]["per_layer"]["count"] == [45, 45]
+
+
+def test_padded_query_rows_without_mass_do_not_turn_the_means_nan():
+    """Padded queries are left out of the statistics, but an empty padded query row (NaN Gini) made the mean and std
+    of the whole layer NaN."""
+    mask = torch.tensor([[False] * 4, [False, False, True, True]])  # image 1: 1 x 2 valid cells of a 2 x 2 grid
+    weights = torch.softmax(
+        torch.randn(2, 3, 4, 4, dtype=torch.float64).masked_fill(mask[:, None, None], -math.inf), -1
+    )
+    weights[1, :, 2:] = 0.0  # the padded queries' rows hold no mass
+    maps = AttentionMaps([weights], mask, torch.tensor([[2, 2], [1, 2]]), (2, 2), query_padding_mask=mask, dense=True)
+    aggregator = MetricAggregator(keep_per_image=True)
+    aggregator.update({"encoder_self": maps})
+    result = aggregator.result()
+    for name in METRICS:
+        valid_maps = [  # brute force: every (image, head, valid query) map over the image's valid keys
+            METRIC_FUNCTIONS[name](weights[b, h, q, ~mask[b]][None])
+            for b in range(2) for h in range(3) for q in range(4) if not mask[b, q]
+        ]  # fmt: skip
+        values = torch.cat(valid_maps).double()
+        per_layer = result["sites"]["encoder_self"]["metrics"][name]["per_layer"]
+        assert per_layer["count"] == [18]
+        assert per_layer["mean"][0] == pytest.approx(values.mean().item(), abs=1e-12)
+        assert per_layer["std"][0] == pytest.approx(values.std(unbiased=False).item(), abs=1e-12)
+        image_1 = values[12:].mean().item()
+        assert result["per_image"][1]["metrics"]["encoder_self"][name][0] == pytest.approx(image_1, abs=1e-12)
 
 
 def test_aggregator_pools_heads_exactly():

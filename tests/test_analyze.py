@@ -147,3 +147,23 @@ def test_compare_marks_sites_a_run_did_not_record(analysis: dict):
     assert first.startswith("| encoder_self | 0 |") and first.count("–") == 3
     with pytest.raises(ValueError, match="unknown metrics"):
         compare_markdown([analysis], ["nonsense"])
+
+
+def test_compare_help_lists_every_metric_it_accepts(capsys: pytest.CaptureFixture[str]):
+    """The --metrics help named ``support`` (rejected: the metric is ``support_90``) and left out sampling_spread."""
+    from sparse_detector.report.tables import COMPARE_METRICS
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    listed = help_text.split("metrics to show:")[1].split("(default")[0]
+    assert [name.strip(" ,") for name in listed.split() if name.strip(" ,") in COMPARE_METRICS] == list(COMPARE_METRICS)
+
+
+def test_tables_state_the_std_kind_and_the_units(analysis: dict, run: tuple[Path, Config]):
+    """compare's note did not say its std is the population one (analysis.md did); neither named entropy's unit."""
+    note = compare_markdown([analysis], ["entropy"]).splitlines()[-1]
+    assert "Mean ± std (population)" in note and "entropy in nats" in note
+    written = (run[0] / "analysis" / "analysis.md").read_text()
+    assert "Mean ± std (population)" in written and "entropy in nats" in written
+    assert "support_90: keys holding 0.9 of the mass" in written

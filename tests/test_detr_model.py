@@ -38,11 +38,53 @@ def test_accepts_list_padded_batch_and_tensor():
     assert ((single["pred_boxes"] >= 0) & (single["pred_boxes"] <= 1)).all()
 
 
+@pytest.mark.parametrize("arch", ["detr", "deformable_detr"])
+def test_images_the_model_cannot_take_get_a_clear_error(arch: str):
+    """Channels-last, grayscale, uint8 or float64 images failed deep in the backbone ('expected input[1, 64, 64, 3]
+    to have 3 channels', 'expected scalar type Byte but found Float')."""
+    extra = ["model.deformable.num_feature_levels=2", "model.num_queries=6"] if arch == "deformable_detr" else []
+    model = build_model(tiny_config(f"model.arch={arch}", *extra)).eval()
+    with pytest.raises(ValueError, match=r"channels first.*got \(2, 64, 48, 3\) \(channels last\? use image.permute"):
+        model(torch.rand(2, 64, 48, 3))
+    with pytest.raises(ValueError, match=r"expected RGB images channels first.*got \(1, 1, 64, 48\)"):
+        model([torch.rand(1, 64, 48)])
+    for dtype in (torch.uint8, torch.float64):
+        with pytest.raises(TypeError, match=f"images are {dtype} but the model computes in torch.float32"):
+            model([torch.zeros(3, 64, 48, dtype=dtype)])
+
+
 def _targets():
     return [
         {"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.4]])},
         {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)},  # an image with no objects
     ]
+
+
+def test_targets_the_criterion_cannot_read_get_a_clear_error():
+    """A missing key, float labels, a label >= num_classes or a target list of the wrong length failed with
+    KeyError 'labels', IndexError or 'torch.cat(): expected a non-empty list of Tensors'."""
+    config = tiny_config()
+    model, criterion = build_model(config).eval(), build_criterion(config)
+    with torch.no_grad():
+        outputs = model([torch.rand(3, 64, 64), torch.rand(3, 64, 64)])
+    good = _targets()
+    cases = {
+        "got 1 targets for 2 images": good[:1],
+        r"target 1 has no \['labels'\]": [good[0], {"boxes": torch.zeros(0, 4)}],
+        r"target 0: expected integer 'labels'.*torch.float32": [
+            {**good[0], "labels": torch.tensor([0.0, 2.0])},
+            good[1],
+        ],
+        r"target 0: expected .*boxes \(2, 2\)": [{**good[0], "boxes": torch.rand(2, 2)}, good[1]],
+        r"target 0: labels must be in \[0, 3\) \(model.num_classes\), got \[0, 4\]": [
+            {**good[0], "labels": torch.tensor([0, 4])},
+            good[1],
+        ],
+    }
+    for message, targets in cases.items():
+        with pytest.raises(ValueError, match=message):
+            criterion(outputs, targets)
+    assert torch.isfinite(criterion.total_loss(criterion(outputs, good)))
 
 
 def test_one_step_reduces_loss_and_empty_image_trains():

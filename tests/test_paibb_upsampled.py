@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from sparse_detector.analysis import AttentionMaps
@@ -52,3 +54,16 @@ def test_mass_in_one_cell_stays_mostly_in_that_cell_box():
     inside = upsampled_paibb(maps, [cell_box], match)[0]
     assert 0.4 < inside < 1.0, "bilinear upsampling spreads the cell's mass beyond it (unlike the exact reading)"
     assert upsampled_paibb(maps, [far_box], match)[0] == 0
+
+
+def test_maps_without_a_padding_mask():
+    """AttentionMaps take ``key_padding_mask=None`` (no padding), but the upsampled reading subscripted it:
+    TypeError."""
+    weights = torch.full((1, 2, 1, 6), 1 / 6, dtype=torch.float64)  # uniform on a 2 x 3 grid
+    maps = AttentionMaps([weights], None, torch.tensor([[2, 3]]), (2, 3), keys="grid", queries="queries")
+    right_two_thirds = {"boxes": torch.tensor([[2 / 3, 0.5, 2 / 3, 1.0]]), "orig_size": torch.tensor([20, 30])}
+    match = [(torch.tensor([0]), torch.tensor([0]))]
+    masked = replace(maps, key_padding_mask=torch.zeros(1, 6, dtype=torch.bool))
+    value = upsampled_paibb(maps, [right_two_thirds], match)[0]
+    assert value == upsampled_paibb(masked, [right_two_thirds], match)[0]
+    assert abs(value - 2 / 3) < 1e-12  # the box's share of the pixels (20 of 30 columns)

@@ -12,6 +12,7 @@ from sparse_detector.runs import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     analysis_dir,
+    distinct_names,
     read_analyses,
     read_metrics,
     resolve_checkpoint,
@@ -61,3 +62,17 @@ def test_runs_of_the_same_name_get_labels_told_apart_by_their_parents(tmp_path: 
     for record in records:
         record.update(data="val.json", ap={"AP": 0.1}, attention={"num_images": 1, "sites": {}})
     assert "| site | layer | gini: exp1/runs/softmax | gini: exp2/runs/softmax |" in compare_markdown(records, ["gini"])
+
+
+def test_one_checkpoint_analysed_twice_gets_two_labels(tmp_path: Path):
+    """Two analyses of one run (other data, or the same data twice) were both labelled '//tmp/.../run': the compare
+    table's columns could not be told apart."""
+    checkpoint = str(tmp_path / "runs" / "mine" / BEST_CHECKPOINT)
+    records = [
+        {"checkpoint": checkpoint, "random_init": False, "data": str(tmp_path / name)}
+        for name in ("val.json", "test.json", "test.json")
+    ]
+    assert run_labels(records) == ["mine on val.json", "mine on test.json #1", "mine on test.json #2"]
+    assert run_labels(records[1:]) == ["mine #1", "mine #2"]
+    assert distinct_names([Path("/a/b"), Path("/a/b"), Path("/c/b")]) == ["a/b", "a/b", "c/b"]
+    assert distinct_names([Path("/b"), Path("/c/b")]) == ["/b", "c/b"]  # not '//b'

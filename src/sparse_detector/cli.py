@@ -530,7 +530,8 @@ def add_compare_command(commands: Subparsers) -> None:
         "--metrics",
         nargs="+",
         default=["gini", "zeros_ratio", "paibb"],
-        help="metrics to show: gini, zeros_ratio, entropy, support, paibb, paibb_small, paibb_medium, paibb_large",
+        help="metrics to show: gini, zeros_ratio, entropy, support_90, paibb, paibb_small, paibb_medium, "
+        "paibb_large, sampling_spread (sampling-point sites)",
     )
     parser.add_argument("--output", help="also write the Markdown table to this file")
 

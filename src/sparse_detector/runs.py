@@ -98,20 +98,33 @@ def run_label(record: Mapping[str, Any]) -> str:
 
 def run_labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """The labels of several analysis records (:func:`run_label`), told apart by their parent folders where the run
-    folders have the same name."""
+    folders have the same name, then (one checkpoint analysed more than once) by their data sets, then by number."""
     suffixes = [" (random init)" if record["random_init"] else "" for record in records]
-    return distinct_names([Path(record["checkpoint"]).parent for record in records], suffixes)
+    labels = distinct_names([Path(record["checkpoint"]).parent for record in records], suffixes)
+    same = [i for i, label in enumerate(labels) if labels.count(label) > 1]
+    data = [Path(str(records[i].get("data", ""))) for i in same]
+    if len(set(data)) > 1:
+        for i, data_name in zip(same, distinct_names(data), strict=True):
+            labels[i] += f" on {data_name}"
+    return [f"{label} #{labels[: i + 1].count(label)}" if labels.count(label) > 1 else label
+            for i, label in enumerate(labels)]  # fmt: skip
 
 
 def distinct_names(paths: Sequence[Path], suffixes: Sequence[str] | None = None) -> list[str]:
     """Each path's last folder (plus its suffix), with as many parent folders as it takes to tell apart paths that
-    would otherwise get the same name (``exp1/runs/softmax``, ``exp2/runs/softmax``)."""
+    would otherwise get the same name (``exp1/runs/softmax``, ``exp2/runs/softmax``); equal paths keep equal names."""
     parts = [Path(path).absolute().parts for path in paths]
     suffixes = list(suffixes or [""] * len(paths))
     depths = [1] * len(paths)
     while True:
-        names = ["/".join(p[-depth:]) + suffix for p, depth, suffix in zip(parts, depths, suffixes, strict=True)]
-        longer = [i for i, name in enumerate(names) if names.count(name) > 1 and depths[i] < len(parts[i])]
+        names = [
+            Path(*p[-depth:]).as_posix() + suffix for p, depth, suffix in zip(parts, depths, suffixes, strict=True)
+        ]
+        clashes = [
+            any(n == name and q != p for n, q in zip(names, parts, strict=True))
+            for name, p in zip(names, parts, strict=True)
+        ]
+        longer = [i for i, clash in enumerate(clashes) if clash and depths[i] < len(parts[i])]
         if not longer:
             return names
         for i in longer:

@@ -62,6 +62,7 @@ class RunningStats:
         values = values.detach().cpu().double()
         weight = torch.ones(()) if mask is None else mask.detach().cpu()
         values, weight = torch.broadcast_tensors(values, weight.double())
+        values = values.where(weight > 0, 0.0)  # a left-out value (e.g. NaN Gini of an empty padded row) counts 0 times
         count = weight.sum(dims, keepdim=True)
         mean = (values * weight).sum(dims, keepdim=True) / count.clamp_min(1.0)
         m2 = (weight * (values - mean).square()).sum(dims, keepdim=True)

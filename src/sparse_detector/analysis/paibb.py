@@ -151,12 +151,13 @@ def upsampled_paibb(maps: AttentionMaps, targets: Sequence[Mapping[str, Tensor]]
     grid, bilinearly upsampled to its original size (h, w), mass on the pixels inside the box over the total."""
     values = []
     last = maps.weights[-1]
+    padded_h, padded_w = maps.padded_hw
     for image, (target, (queries, truths)) in enumerate(zip(targets, indices, strict=True)):
         grid_h, grid_w = (int(v) for v in maps.grid_hw[image])
         height, width = (int(v) for v in target["orig_size"])
-        valid = (~maps.key_padding_mask[image]).nonzero().squeeze(1)
         for query, truth in zip(queries.tolist(), truths.tolist(), strict=True):
-            grid = last[image, :, query].index_select(-1, valid).mean(0).reshape(1, 1, grid_h, grid_w).double()
+            padded = last[image, :, query].mean(0).reshape(padded_h, padded_w)
+            grid = padded[:grid_h, :grid_w].reshape(1, 1, grid_h, grid_w).double()  # the valid top-left block
             upsampled = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
             cx, cy, bw, bh = target["boxes"][truth].tolist()
             x0, x1 = round((cx - bw / 2) * width), round((cx + bw / 2) * width)

@@ -56,6 +56,24 @@ def as_padded_batch(images: PaddedBatch | Tensor | Sequence[Tensor]) -> PaddedBa
     return pad_images(list(images))
 
 
+def model_input(
+    images: PaddedBatch | Tensor | Sequence[Tensor], mask: Tensor | None, dtype: torch.dtype
+) -> PaddedBatch:
+    """A detector's input as a ``PaddedBatch`` (``mask``: optional (B, H, W) padding of a (B, 3, H, W) tensor), with a
+    clear error for images it cannot take: not RGB channels-first, or not in the model's float ``dtype``."""
+    batch = PaddedBatch(images, mask) if mask is not None else as_padded_batch(images)
+    shape = tuple(batch.tensors.shape)
+    if batch.tensors.dim() != 4 or shape[1] != 3:
+        hint = " (channels last? use image.permute(2, 0, 1))" if shape[-1] == 3 else ""
+        raise ValueError(f"expected RGB images channels first, (3, H, W) each or (B, 3, H, W); got {shape}{hint}")
+    if batch.tensors.dtype != dtype:
+        raise TypeError(
+            f"images are {batch.tensors.dtype} but the model computes in {dtype}: give it {dtype} images, scaled and "
+            "normalised as the data transforms do (ToTensor, then ImageNet mean / std)"
+        )
+    return batch
+
+
 def collate_detection(batch: Sequence[tuple[Tensor, dict] | None]) -> tuple[PaddedBatch | None, list[dict]]:
     """DataLoader ``collate_fn``: pad the images, keep targets as a list of dicts.
 

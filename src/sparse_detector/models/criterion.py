@@ -99,6 +99,7 @@ class SetCriterion(nn.Module):
 
     def forward(self, outputs: dict, targets: Sequence[dict], indices: MatchIndices | None = None) -> dict[str, Tensor]:
         """``targets``: per image ``labels`` (N,) int64 and ``boxes`` (N, 4) normalised cxcywh."""
+        self.check_targets(outputs, targets)
         if indices is None:
             indices = self.matcher(outputs, targets)
         num_boxes = self._num_boxes(targets, outputs["pred_logits"].device)
@@ -111,6 +112,32 @@ class SetCriterion(nn.Module):
             aux_losses.update(self._box_losses(aux, targets, aux_indices, num_boxes))
             losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
         return losses
+
+    def check_targets(self, outputs: dict, targets: Sequence[dict]) -> None:
+        """A clear error for targets the losses cannot read: one per image, ``labels`` (N,) integer classes in
+        [0, num_classes), ``boxes`` (N, 4)."""
+        batch = outputs["pred_logits"].shape[0]
+        if len(targets) != batch:
+            raise ValueError(f"got {len(targets)} targets for {batch} images: give one dict per image")
+        for index, target in enumerate(targets):
+            missing = [key for key in ("labels", "boxes") if key not in target]
+            if missing:
+                raise ValueError(f"target {index} has no {missing}: each needs 'labels' (N,) and 'boxes' (N, 4)")
+            labels, boxes = target["labels"], target["boxes"]
+            if labels.dim() != 1 or labels.is_floating_point() or boxes.shape != (len(labels), 4):
+                raise ValueError(
+                    f"target {index}: expected integer 'labels' (N,) and 'boxes' (N, 4) normalised cxcywh, got labels "
+                    f"{tuple(labels.shape)} {labels.dtype} and boxes {tuple(boxes.shape)}"
+                )
+        labels = torch.cat([target["labels"] for target in targets])
+        if len(labels) and not (labels.min().item() >= 0 and labels.max().item() < self.num_classes):
+            index = next(
+                i for i, t in enumerate(targets) if ((t["labels"] < 0) | (t["labels"] >= self.num_classes)).any()
+            )
+            raise ValueError(
+                f"target {index}: labels must be in [0, {self.num_classes}) (model.num_classes), got "
+                f"{targets[index]['labels'].tolist()}"
+            )
 
     def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
         """The weighted sum that is optimised."""

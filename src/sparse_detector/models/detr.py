@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..attention.fast_layers import Linear
 from ..attention.sites import AttentionSite
 from ..config import Config
-from ..data.batching import PaddedBatch, as_padded_batch
+from ..data.batching import PaddedBatch, model_input
 from .backbone import Backbone, Joiner
 from .build import build_activation
 from .outputs import DetectionOutput
@@ -70,7 +70,7 @@ class DETR(nn.Module):
     def forward(self, images: PaddedBatch | Tensor | Sequence[Tensor], mask: Tensor | None = None) -> DetectionOutput:
         """``images``: a ``PaddedBatch``, a list of CHW tensors of any sizes, or a (B, 3, H, W) tensor with an
         optional (B, H, W) padding ``mask`` (True = padding)."""
-        batch = PaddedBatch(images, mask) if mask is not None else as_padded_batch(images)
+        batch = model_input(images, mask, next(self.parameters()).dtype)
         features, pos = self.backbone(batch)
         hs = self.transformer(self.input_proj(features.tensors), features.mask, self.query_embed.weight, pos)[0]
         logits = self.class_embed(hs)

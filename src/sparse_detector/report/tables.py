@@ -115,7 +115,8 @@ def result_markdown(result: Mapping[str, Any]) -> str:
             *markdown_table(["site", "layer", *columns], rows),
             "",
             f"Mean ± std (population) over all query maps of {result['num_images']} images, heads pooled; zeros "
-            f"ratio threshold: {thresholds}; support_90 at mass {result['support_mass']:g}. PAIBB: head-averaged "
+            f"ratio threshold: {thresholds}; entropy in nats; support_90: keys holding {result['support_mass']:g} of "
+            "the mass. PAIBB: head-averaged "
             "maps of Hungarian-matched queries (COCO size buckets by box area)." + points_note,
         ]
     )
@@ -193,6 +194,7 @@ def compare_markdown(records: Sequence[Mapping[str, Any]], metrics: Sequence[str
     lines = [
         *markdown_table(header, rows),
         "",
-        f"Mean ± std over all query maps, heads pooled (PAIBB: head-averaged maps). Runs — {sources}.",
+        f"Mean ± std (population) over all query maps, heads pooled (PAIBB: head-averaged maps of matched pairs); "
+        f"entropy in nats. Runs — {sources}.",
     ]
     return "\n".join(lines) + "\n"

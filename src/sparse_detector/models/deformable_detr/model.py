@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ...attention.fast_layers import Linear
 from ...attention.sites import AttentionSite
-from ...data.batching import PaddedBatch, as_padded_batch
+from ...data.batching import PaddedBatch, model_input
 from ..detr import MLP
 from ..outputs import DetectionOutput
 from .backbone import MultiScaleJoiner
@@ -123,7 +123,7 @@ class DeformableDETR(nn.Module):
     def forward(self, images: PaddedBatch | Tensor | Sequence[Tensor], mask: Tensor | None = None) -> DetectionOutput:
         """``images``: a ``PaddedBatch``, a list of CHW tensors of any sizes, or a (B, 3, H, W) tensor with an
         optional (B, H, W) padding ``mask`` (True = padding)."""
-        batch = PaddedBatch(images, mask) if mask is not None else as_padded_batch(images)
+        batch = model_input(images, mask, next(self.parameters()).dtype)
         srcs, masks, pos = self.levels(batch)
         query_embed = None if self.two_stage else self.query_embed.weight
         hs, init_reference, inter_references, enc_class, enc_coord = self.transformer(srcs, masks, pos, query_embed)
