@@ -150,6 +150,8 @@ def test_resume_given_a_checkpoint_file_names_its_run_directory(tmp_path: Path, 
     assert f"--resume takes the run directory (it picks the newest valid checkpoint): --resume {tmp_path}\n" in (
         capsys.readouterr().err
     )
+    assert main(["train", "--resume", str(tmp_path / "typo")]) == 2
+    assert f"--resume {tmp_path / 'typo'} does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "analyze", "quickstart", "study"])

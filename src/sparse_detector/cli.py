@@ -276,6 +276,8 @@ def _train(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"--resume takes the run directory (it picks the newest valid checkpoint): --resume {run_dir.parent}"
             )
+        if not run_dir.exists():
+            raise FileNotFoundError(f"--resume {run_dir} does not exist; give the run directory of the run to continue")
         if not (run_dir / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); check the --resume path")
         config = load_config(run_dir / CONFIG_FILE, args.set)
