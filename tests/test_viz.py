@@ -201,6 +201,10 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert "--pixels 500,40 is outside image1 (96 x 96 px)" in capsys.readouterr().err
     assert main(["visualize", "deformable", deformable, "--pixels", "10,-1", "--output", str(tmp_path)]) == 2
     assert "--pixels 10,-1 is outside image1" in capsys.readouterr().err
+    assert main(["visualize", "deformable", run, "--output", str(tmp_path)]) == 2  # was "...: []"
+    err = capsys.readouterr().err
+    assert "(detr): the model has no site of object queries over sampling points" in err
+    assert "draw its attention with: sparse-detector visualize attention" in err
 
 
 def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, capsys):
