@@ -358,7 +358,7 @@ def add_evaluate_command(commands: Subparsers) -> None:
         commands,
         "evaluate",
         "COCO AP of a checkpoint (ours or official) on a COCO-format dataset",
-        "sparse-detector evaluate --checkpoint runs/mine --annotations data/val.json",
+        "sparse-detector evaluate --checkpoint runs/mine --annotations data/splits/val.json",
         _evaluate,
     )
     _add_model_source(parser)
