@@ -895,7 +895,7 @@ def add_visualize_command(commands: Subparsers) -> None:
     parser = _add_command(
         commands,
         "visualize",
-        "figures: attention maps, data, matching, training curves, alpha, diagnostics, sparsity",
+        "figures: attention maps, sampling points, data, matching, training curves, alpha, diagnostics, sparsity",
         "sparse-detector visualize attention runs/mine --num-images 2 --max-queries 3",
         _visualize,
     )
