@@ -18,7 +18,7 @@ from sparse_detector.cli import main
 from sparse_detector.engine.diagnostics import read_diagnostics
 from sparse_detector.engine.trainer import Trainer
 from sparse_detector.study import analyze_run
-from sparse_detector.viz.alpha import alpha_figure
+from sparse_detector.viz.alpha import alpha_figure, alpha_history
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, attention_figure, grey
 from sparse_detector.viz.curves import curves_figure
 from sparse_detector.viz.deformable import references_figure
@@ -201,6 +201,10 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert "--pixels 500,40 is outside image1 (96 x 96 px)" in capsys.readouterr().err
     assert main(["visualize", "deformable", deformable, "--pixels", "10,-1", "--output", str(tmp_path)]) == 2
     assert "--pixels 10,-1 is outside image1" in capsys.readouterr().err
+    assert main(["visualize", "deformable", run, "--output", str(tmp_path)]) == 2  # was "...: []"
+    err = capsys.readouterr().err
+    assert "(detr): the model has no site of object queries over sampling points" in err
+    assert "draw its attention with: sparse-detector visualize attention" in err
 
 
 def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, capsys):
@@ -273,3 +277,17 @@ def test_deformable_pixels_draw_the_encoder_sampling(runs, tmp_path: Path):
     names = [p.name.split("_", 3)[3] for p in encoder]  # <image>_r<row>c<column>_layer<layer>.png
     assert len(names) == 2 and all(n.endswith("_layer0.png") for n in names)  # two pixels x one encoder layer
     assert any("_r0c0_" in n for n in names), names  # the top-left pixel is in the top-left cell
+
+
+def test_alpha_of_a_run_shorter_than_log_every_is_read_from_its_epoch_records():
+    """A run of fewer steps than train.log_every logs α only in its epoch records; the alpha figure said 'the run has
+    no alpha_entmax attention' (the study skipped it)."""
+    alpha = {"decoder.layers.0.cross_attn.activation": [1.5, 1.6]}
+    records = [{"type": "params", "step": 0}, {"type": "epoch", "step": 2, "epoch": 1, "alpha": alpha}]
+    steps, history = alpha_history(records)
+    assert steps == [2] and history["decoder.layers.0.cross_attn.activation"].tolist() == [[1.5, 1.6]]
+    records.insert(1, {"type": "train", "step": 2, "alpha": alpha})  # the same step logged twice: one point
+    assert alpha_history(records)[0] == [2]
+    figure = alpha_figure(records)
+    FigureCanvasAgg(figure).draw()
+    assert figure.axes[-1].lines[0].get_marker() == "o"  # one step: a point, not an invisible line

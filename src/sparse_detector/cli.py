@@ -358,7 +358,7 @@ def add_evaluate_command(commands: Subparsers) -> None:
         commands,
         "evaluate",
         "COCO AP of a checkpoint (ours or official) on a COCO-format dataset",
-        "sparse-detector evaluate --checkpoint runs/mine --annotations data/val.json",
+        "sparse-detector evaluate --checkpoint runs/mine --annotations data/splits/val.json",
         _evaluate,
     )
     _add_model_source(parser)
@@ -895,7 +895,7 @@ def add_visualize_command(commands: Subparsers) -> None:
     parser = _add_command(
         commands,
         "visualize",
-        "figures: attention maps, data, matching, training curves, alpha, diagnostics, sparsity",
+        "figures: attention maps, sampling points, data, matching, training curves, alpha, diagnostics, sparsity",
         "sparse-detector visualize attention runs/mine --num-images 2 --max-queries 3",
         _visualize,
     )

@@ -19,8 +19,10 @@ def _module_label(name: str) -> str:
 
 
 def alpha_history(records: Sequence[Mapping]) -> tuple[list[int], dict[str, np.ndarray]]:
-    """Steps of the ``train`` records that log α, and per module an array (steps, heads) of α."""
-    logged = [r for r in records if r.get("type") == "train" and r.get("alpha")]
+    """Steps of the ``train`` and ``epoch`` records that log α (one per step), and per module an array
+    (steps, heads) of α. Epoch records count too: a run shorter than ``train.log_every`` steps logs α only there."""
+    by_step = {r["step"]: r for r in records if r.get("type") in ("train", "epoch") and r.get("alpha")}
+    logged = [by_step[step] for step in sorted(by_step)]
     modules = list(logged[0]["alpha"]) if logged else []
     return [r["step"] for r in logged], {m: np.array([r["alpha"][m] for r in logged]) for m in modules}
 
@@ -55,7 +57,15 @@ def alpha_figure(records: Sequence[Mapping], title: str = "") -> Figure:
     lines = right.subplots(len(modules), 1, sharex=True, squeeze=False)[:, 0]
     for axes, module in zip(lines, modules, strict=True):
         for head in range(history[module].shape[1]):
-            axes.plot(steps, history[module][:, head], color=colors[str(head)], linewidth=1, label=f"head {head}")
+            marker = "o" if len(steps) == 1 else None  # a line of one point would not show
+            axes.plot(
+                steps,
+                history[module][:, head],
+                color=colors[str(head)],
+                linewidth=1,
+                marker=marker,
+                label=f"head {head}",
+            )
         axes.set_title(_module_label(module), fontsize=8)
         axes.set_ylabel("α", fontsize=8)
         axes.ticklabel_format(axis="y", useOffset=False)  # α itself on every panel, never "+1.5" and an offset

@@ -312,7 +312,15 @@ def deformable_kind(request: VisualizeRequest) -> list[Path]:
     candidates = [s.name for s in sites.values() if s.keys == "points" and s.queries == "queries"]
     site = request.site or (candidates[0] if candidates else None)
     if site not in candidates:
-        raise ValueError(f"deformable figures draw sites of object queries over sampling points: {candidates}")
+        keys = ", ".join(f"{name} ({s.queries} over {s.keys})" for name, s in sites.items())
+        if candidates:
+            problem = f"site {site} is not one of object queries over sampling points: {', '.join(candidates)}"
+        else:
+            problem = (
+                f"the model has no site of object queries over sampling points (its sites: {keys}); "
+                f"draw its attention with: sparse-detector visualize attention {loaded.source}"
+            )
+        raise ValueError(f"{loaded.source} ({loaded.config.model.arch}): {problem}")
     encoder = _encoder_points_site(sites) if request.pixels else None
     written = []
     for item in load_images(loaded.config, request):
