@@ -395,7 +395,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _refuse_model_overrides(args.set)
     loaded = _load_model(args)
     config = _evaluation_config(loaded.config, args)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     dataset = build_dataset(config, "val")
     _check_categories(loaded.label_map, dataset)
     loader = build_loader(dataset, config, train=False)
@@ -478,7 +478,7 @@ def _analyze(args: argparse.Namespace) -> int:
         args.checkpoint, args.official, random_init=args.random_init, seed=args.seed, **_official_options(args)
     )
     config = _evaluation_config(loaded.config, args)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     dataset = build_dataset(config, "val")
     _check_categories(loaded.label_map, dataset)
     sites = [site.name for site in select_sites(loaded.model, args.sites)]  # an unknown name lists the model's
@@ -599,7 +599,7 @@ def _predict(args: argparse.Namespace) -> int:
                 f"predict --attention draws attention over the feature grid, which this model's object queries do "
                 f"not have; draw them with: sparse-detector visualize {kind} {args.checkpoint} IMAGE ..."
             )
-        device = resolve_device(args.device)
+        device = resolve_device(args.device, "--device")
 
         def draw_attention(name: str, image: object, queries: list[int]) -> Path | None:
             return detection_attention(loaded, image, queries, Path(args.output) / f"{name}_attention", device)

@@ -188,7 +188,7 @@ class Trainer:
         if train.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {train.precision!r}")
         self.dist: DistributedContext
-        self.dist, self.device = init_distributed(resolve_device(train.device))
+        self.dist, self.device = init_distributed(resolve_device(train.device, "train.device"))
         self.progress = progress and self.dist.is_main
         if train.deterministic:
             torch.use_deterministic_algorithms(True)
