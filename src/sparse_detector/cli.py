@@ -929,6 +929,13 @@ def _pixel(text: str) -> tuple[float, float]:
     return x, y
 
 
+def _is_run(path: Path) -> bool:
+    """A checkpoint file or a run directory (its config or a checkpoint); any other folder is one of images."""
+    if path.is_dir():
+        return (path / CONFIG_FILE).is_file() or any(path.glob("*.pt")) or any(path.glob("*.pth"))
+    return path.suffix in (".pt", ".pth")
+
+
 def _visualize(args: argparse.Namespace) -> int:
     from .engine.inference import image_files
     from .viz.kinds import VisualizeRequest, visualize
@@ -938,8 +945,8 @@ def _visualize(args: argparse.Namespace) -> int:
     if args.kind in RUN_ONLY_KINDS:  # these read runs' logs, never images: every input is a run
         runs, images = [run, *extra], []
     else:
-        runs = [run, *(p for p in extra if p.is_dir() or p.suffix in (".pt", ".pth"))]
-        images = [p for p in extra if p not in runs]
+        runs = [run, *(p for p in extra if _is_run(p))]
+        images = [p for p in extra if not _is_run(p)]
     output = Path(args.output) if args.output else (run if run.is_dir() else run.parent) / "figures"
     _check_output("--output", output)
     request = VisualizeRequest(
