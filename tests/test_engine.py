@@ -11,7 +11,7 @@ import torch
 from sparse_detector import load_config
 from sparse_detector.cli import main
 from sparse_detector.engine.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
-from sparse_detector.engine.device import subnormals_flushed
+from sparse_detector.engine.device import resolve_device, subnormals_flushed
 from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
 
 from .conftest import SMALL_MODEL, epoch_records, shapes_config, shared_path
@@ -190,3 +190,15 @@ def test_evaluate_official_checkpoint_on_coco_data(tmp_path: Path):
     stats = json.loads((tmp_path / "eval.json").read_text())
     assert stats["data"].endswith("instances_train2017.json")
     assert 0.0 <= stats["AP"] <= 1.0  # random official weights: the point is that ids and boxes line up
+
+
+def test_a_device_name_torch_does_not_know_is_an_error_naming_the_setting() -> None:
+    """`--device gpu` printed torch's list of 20 backend names; now the setting, the value and the valid names."""
+    with pytest.raises(ValueError, match=r"--device: 'gpu' is not a device; use auto, cpu, cuda, cuda:N or mps"):
+        resolve_device("gpu", "--device")
+    assert resolve_device("cpu:0", "train.device") == torch.device("cpu:0")
+    if not torch.cuda.is_available():  # `evaluate --device cuda` was told to use train.device=auto
+        with pytest.raises(RuntimeError, match=r"--device: 'cuda' asked for, .* use --device auto or cpu"):
+            resolve_device("cuda", "--device")
+        with pytest.raises(RuntimeError, match=r"use train.device=auto or cpu"):
+            resolve_device("cuda:1", "train.device")

@@ -267,6 +267,19 @@ def test_a_short_run_has_whole_step_and_epoch_ticks_and_plain_alpha_values():
         assert ax.yaxis.get_offset_text().get_text() == "", ax.get_title()
 
 
+def test_a_folder_of_images_is_drawn_not_taken_for_a_run(runs, tmp_path: Path):
+    """`visualize encoder RUN FOLDER` drew the run's validation images instead: the folder was taken for a run."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    with Image.open(runs["images"] / "val_000000.png") as image:
+        image.crop((0, 0, 96, 64)).save(folder / "wide.png")
+    for kind, run in (("encoder", runs["run"]), ("deformable", runs["deformable"])):
+        out = tmp_path / kind
+        assert main(["visualize", kind, str(run), str(folder), "--output", str(out), "--queries", "1"]) == 0
+        names = [p.name for p in out.iterdir()]
+        assert names and all("_wide_" in n for n in names), names
+
+
 def test_deformable_pixels_draw_the_encoder_sampling(runs, tmp_path: Path):
     """``--pixels``: per pixel and encoder layer, the sampling points of the grid cell containing the pixel."""
     args = [str(runs["deformable"]), "--queries", "1", "--pixels", "40,50", "1,1", "--num-images", "1"]

@@ -395,7 +395,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _refuse_model_overrides(args.set)
     loaded = _load_model(args)
     config = _evaluation_config(loaded.config, args)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     dataset = build_dataset(config, "val")
     _check_categories(loaded.label_map, dataset)
     loader = build_loader(dataset, config, train=False)
@@ -478,7 +478,7 @@ def _analyze(args: argparse.Namespace) -> int:
         args.checkpoint, args.official, random_init=args.random_init, seed=args.seed, **_official_options(args)
     )
     config = _evaluation_config(loaded.config, args)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     dataset = build_dataset(config, "val")
     _check_categories(loaded.label_map, dataset)
     sites = [site.name for site in select_sites(loaded.model, args.sites)]  # an unknown name lists the model's
@@ -599,7 +599,7 @@ def _predict(args: argparse.Namespace) -> int:
                 f"predict --attention draws attention over the feature grid, which this model's object queries do "
                 f"not have; draw them with: sparse-detector visualize {kind} {args.checkpoint} IMAGE ..."
             )
-        device = resolve_device(args.device)
+        device = resolve_device(args.device, "--device")
 
         def draw_attention(name: str, image: object, queries: list[int]) -> Path | None:
             return detection_attention(loaded, image, queries, Path(args.output) / f"{name}_attention", device)
@@ -929,6 +929,13 @@ def _pixel(text: str) -> tuple[float, float]:
     return x, y
 
 
+def _is_run(path: Path) -> bool:
+    """A checkpoint file or a run directory (its config or a checkpoint); any other folder is one of images."""
+    if path.is_dir():
+        return (path / CONFIG_FILE).is_file() or any(path.glob("*.pt")) or any(path.glob("*.pth"))
+    return path.suffix in (".pt", ".pth")
+
+
 def _visualize(args: argparse.Namespace) -> int:
     from .engine.inference import image_files
     from .viz.kinds import VisualizeRequest, visualize
@@ -938,8 +945,8 @@ def _visualize(args: argparse.Namespace) -> int:
     if args.kind in RUN_ONLY_KINDS:  # these read runs' logs, never images: every input is a run
         runs, images = [run, *extra], []
     else:
-        runs = [run, *(p for p in extra if p.is_dir() or p.suffix in (".pt", ".pth"))]
-        images = [p for p in extra if p not in runs]
+        runs = [run, *(p for p in extra if _is_run(p))]
+        images = [p for p in extra if not _is_run(p)]
     output = Path(args.output) if args.output else (run if run.is_dir() else run.parent) / "figures"
     _check_output("--output", output)
     request = VisualizeRequest(

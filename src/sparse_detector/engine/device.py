@@ -10,19 +10,24 @@ import numpy as np
 import torch
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; other names are checked to be available."""
+def resolve_device(name: str = "auto", setting: str = "device") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; other names are checked to be valid and available. Errors
+    name ``setting``, where the user gave the device (``train.device``, ``--device``)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    assign = f"{setting} " if setting.startswith("-") else f"{setting}="  # how the user writes it: --device cpu
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{setting}: {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available; use train.device=auto or cpu")
+        raise RuntimeError(f"{setting}: {name!r} asked for, but CUDA is not available; use {assign}auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but MPS is not available; use train.device=auto or cpu")
+        raise RuntimeError(f"{setting}: {name!r} asked for, but MPS is not available; use {assign}auto or cpu")
     return device
 
 
