@@ -9,8 +9,8 @@ from typing import Any
 
 from pycocotools import mask as mask_utils
 
-from ..coco import MAX_EXAMPLES, DatasetError, load_json
-from .common import image_size, json_image_path, write_coco
+from ..coco import DatasetError, load_json
+from .common import image_size, json_image_path, listing, write_coco
 
 
 def _needs_new_ids(entries: list[dict]) -> bool:
@@ -29,7 +29,7 @@ def _check_unique_ids(entries: list[dict], key: str, json_file: Path) -> None:
     if repeated:
         raise DatasetError(
             f"{json_file}: {len(repeated)} id(s) appear more than once in '{key}' "
-            f"({'; '.join(repeated[:MAX_EXAMPLES])}); the annotations that point to such an id cannot be told "
+            f"({listing(repeated)}); the annotations that point to such an id cannot be told "
             f"apart, so give each of the {key} its own id"
         )
 
