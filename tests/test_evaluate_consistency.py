@@ -170,6 +170,25 @@ def test_predict_pictures_of_inputs_sharing_a_stem_are_all_kept(run: Path, tmp_p
     assert all(Path(r["picture"]).is_file() for r in records)
 
 
+def test_predict_on_a_folder_takes_its_subfolders_but_not_its_outputs(run: Path, tmp_path: Path) -> None:
+    """A folder's images in subfolders are found (they were not); hidden folders and the output folder, here
+    inside the input folder, are left out, so a second run predicts the same images."""
+    source = sorted((run.parent / "data" / "images").glob("*.png"))[0]
+    photos = tmp_path / "photos"
+    for relative in ("b.png", "2023/a.jpg", "2024/deeper/c.png", ".thumbnails/b.png"):
+        (photos / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(source).save(photos / relative)
+    argv = ["predict", "--checkpoint", str(run), "--device", "cpu", str(photos), "--output", str(photos / "out")]
+    for _ in range(2):
+        assert main(argv) == 0
+        records = json.loads((photos / "out" / "predictions.json").read_text())
+        assert [Path(r["image"]).relative_to(photos).as_posix() for r in records] == [
+            "2023/a.jpg",
+            "2024/deeper/c.png",
+            "b.png",
+        ]
+
+
 def test_predict_with_image_ids_scores_like_evaluate(run: Path, tmp_path: Path, capsys) -> None:
     stats = evaluate_at(run, 2, tmp_path)
     gt_file = Path(stats["data"])

@@ -564,7 +564,7 @@ def add_predict_command(commands: Subparsers) -> None:
         _predict,
     )
     _add_model_source(parser)
-    parser.add_argument("inputs", nargs="+", help="image files or folders")
+    parser.add_argument("inputs", nargs="+", help="image files, or folders (their subfolders too)")
     parser.add_argument("--output", default="predictions", help="output folder")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score of a kept detection")
     parser.add_argument(
@@ -952,7 +952,7 @@ def _visualize(args: argparse.Namespace) -> int:
     request = VisualizeRequest(
         runs=runs,
         output=output,
-        images=image_files(images) if images else [],
+        images=image_files(images, skip=output) if images else [],
         fmt=args.format,
         num_images=args.num_images,
         queries=args.queries,
