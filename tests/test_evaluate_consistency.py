@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,24 @@ def test_saved_detections_score_the_same_in_pycocotools(run: Path, tmp_path: Pat
     assert set(stats["per_class"]) == {"red", "green", "blue", "yellow"}
     curves = np.load(tmp_path / "eval_b3_pr.npz")
     assert curves["precision"].shape == (10, 101, 4) and list(curves["category_ids"]) == [1, 2, 3, 4]
+
+
+def test_results_on_other_data_are_written_beside_the_runs_own(run: Path, tmp_path: Path) -> None:
+    """`evaluate` / `analyze` with --annotations of other data wrote over the run's eval.json and analysis/; they
+    now default to eval-<stem>.json and analysis-<stem>/ (the run's own data still gives eval.json, analysis/)."""
+    mine = tmp_path / "run"
+    shutil.copytree(run, mine)
+    other = tmp_path / "other.json"
+    state = torch.load(run / "checkpoint_last.pt", weights_only=True)
+    shutil.copy(state["config"]["data"]["val"]["annotations"], other)
+    argv = ["--checkpoint", str(mine), "--device", "cpu"]
+    assert main(["evaluate", *argv]) == 0
+    assert main(["evaluate", *argv, "--annotations", str(other)]) == 0
+    assert json.loads((mine / "eval.json").read_text())["data"] != str(other)
+    assert json.loads((mine / "eval-other.json").read_text())["data"] == str(other)
+    assert (mine / "eval-other_pr.npz").is_file()
+    assert main(["analyze", *argv, "--annotations", str(other)]) == 0
+    assert (mine / "analysis-other" / "analysis.json").is_file() and not (mine / "analysis").exists()
 
 
 def test_evaluate_on_data_with_other_categories_is_an_error(run: Path, tmp_path: Path, capsys) -> None:

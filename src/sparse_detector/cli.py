@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config, load_config, override_config
-from .runs import CONFIG_FILE, EVAL_FILE
+from .runs import CONFIG_FILE, eval_file, other_data_suffix
 
 if TYPE_CHECKING:
     from .data.coco import CocoDetection
@@ -365,7 +365,8 @@ def add_evaluate_command(commands: Subparsers) -> None:
     _add_evaluation_data(parser)
     parser.add_argument(
         "--output",
-        help="metrics JSON, with the precision arrays beside it as <name>_pr.npz (default: <run dir>/eval.json)",
+        help="metrics JSON, with the precision arrays beside it as <name>_pr.npz (default: <run dir>/eval.json, or "
+        "eval-<annotations stem>.json on data other than the run's validation set)",
     )
     parser.add_argument(
         "--save-detections", metavar="FILE", help="also write every detection in the COCO results format"
@@ -404,7 +405,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(format_table(evaluation.stats))
     if evaluation.coco.per_class:
         print(format_per_class_table(evaluation.coco.per_class))
-    output = Path(args.output) if args.output else loaded.source.parent / EVAL_FILE
+    suffix = other_data_suffix(loaded.config.data.val.annotations, config.data.val.annotations)
+    output = Path(args.output) if args.output else eval_file(loaded.source, suffix)
     output.parent.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": str(loaded.source), "data": str(dataset.annotation_file), **evaluation.stats}
     output.write_text(json.dumps({**record, "per_class": evaluation.coco.per_class}, indent=2))
@@ -455,7 +457,9 @@ def add_analyze_command(commands: Subparsers) -> None:
         help="also the prior thesis's PAIBB: last layer, head average, bilinearly upsampled to the image size",
     )
     parser.add_argument(
-        "--output", help="output folder (default: <run dir>/analysis or <run dir>/analysis-random-init)"
+        "--output",
+        help="output folder (default: <run dir>/analysis or <run dir>/analysis-random-init, with "
+        "-<annotations stem> added on data other than the run's validation set)",
     )
 
 
@@ -510,7 +514,8 @@ def _analyze(args: argparse.Namespace) -> int:
         "ap": stats,
         "attention": aggregator.result(),
     }
-    output = Path(args.output) if args.output else analysis_dir(loaded.source, args.random_init)
+    suffix = other_data_suffix(loaded.config.data.val.annotations, config.data.val.annotations)
+    output = Path(args.output) if args.output else analysis_dir(loaded.source, args.random_init, suffix)
     print(analysis_markdown(record))
     for path in write_analysis(record, output):
         print(f"written: {path}")
