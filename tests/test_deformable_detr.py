@@ -356,3 +356,18 @@ def test_sampling_figure_draws_zero_weight_points_hollow():
     assert titles == ["all heads (6 zero)", "head 0 (2 zero)", "head 1 (2 zero)", "head 2 (2 zero)"]
     hollow = [c for ax in figure.axes for c in ax.collections if len(c.get_facecolors()) == 0]
     assert sum(len(c.get_offsets()) for c in hollow) == 12  # 6 in the all-heads panel, 2 in each head's
+
+
+def test_sampling_figure_draws_points_where_the_model_samples_them():
+    # Image 100 x 75 (w x h); level 0 of stride 8 has 13 x 10 cells (104 x 80 px), level 1 of stride 32 4 x 3 cells
+    # (128 x 96 px). The location (0.75, 0.5) of each level's valid cells is pixel (78, 40) at level 0 and (96, 48)
+    # at level 1 (it was drawn at (75, 37.5) for both); the reference (0.5, 0.5) at level 0's (52, 40).
+    weights = torch.ones(1, 1, 1, 2, 1) / 2
+    locations = torch.tensor([0.75, 0.5]).expand(1, 1, 1, 2, 1, 2)
+    reference = torch.tensor([0.5, 0.5]).expand(1, 1, 2, 2)
+    record = PointsRecord(weights, locations, reference, torch.tensor([[10, 13], [3, 4]]), torch.ones(1, 2, 2))
+    figure = sampling_figure(np.zeros((75, 100, 3)), record, 0, 0, level_strides=(8, 32))
+    ax = figure.axes[0]
+    drawn = [c.get_offsets()[0] for c in ax.collections if len(c.get_offsets())]
+    np.testing.assert_allclose(drawn, [[78.0, 40.0], [96.0, 48.0]], atol=1e-4)
+    np.testing.assert_allclose(ax.lines[0].get_xydata(), [[52.0, 40.0]], atol=1e-4)
