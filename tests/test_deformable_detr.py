@@ -8,7 +8,7 @@ import torch
 
 from sparse_detector import build_model, deformable_detr_from_official, load_config
 from sparse_detector.analysis import AttentionMaps, compute_paibb, record_attention
-from sparse_detector.analysis.paibb import points_in_box, sampling_spread
+from sparse_detector.analysis.paibb import point_readings
 from sparse_detector.attention import Sparsemax
 from sparse_detector.attention.deformable import MSDeformAttn, ms_deform_attn_sample
 from sparse_detector.attention.sites import PointsRecord
@@ -290,8 +290,9 @@ def test_point_paibb_and_spread_match_brute_force():
             inside += w * (abs(x - 0.5) <= 0.3 and abs(y - 0.4) <= 0.15)
             rx, ry = reference[0, 1, level].tolist()
             spread += w * (((x - rx) / 0.6) ** 2 + ((y - ry) / 0.3) ** 2) ** 0.5
-    assert points_in_box([record], image, query, box).item() == pytest.approx(inside, abs=1e-6)
-    assert sampling_spread([record], image, query, box).item() == pytest.approx(spread, abs=1e-6)
+    readings = point_readings([record], image, query, box)
+    assert readings[0].item() == pytest.approx(inside, abs=1e-6)
+    assert readings[1].item() == pytest.approx(spread, abs=1e-6)
 
 
 def test_point_paibb_and_spread_compare_points_and_boxes_in_pixels():
@@ -322,8 +323,9 @@ def test_point_paibb_and_spread_compare_points_and_boxes_in_pixels():
     assert matched.spread[0, 0, 0].item() == pytest.approx(4.46, abs=1e-5)
     # image 1 is unpadded and 160 px = 20 * 8 = 5 * 32: its valid cells cover exactly the image, as before
     image, query, box = torch.tensor([1]), torch.tensor([0]), targets[1]["boxes"]
-    assert matched.values[0, 1].item() == pytest.approx(points_in_box([record], image, query, box).item())
-    assert matched.spread[0, 1].item() == pytest.approx(sampling_spread([record], image, query, box).item())
+    inside, spread = point_readings([record], image, query, box)
+    assert matched.values[0, 1].item() == pytest.approx(inside.item())
+    assert matched.spread[0, 1].item() == pytest.approx(spread.item())
 
 
 @torch.no_grad()

@@ -146,48 +146,35 @@ def _to_image(
     return scale[:, None, :, None, :].to(records[0].sampling_locations.dtype)
 
 
-def points_in_box(
+def point_readings(
     records: Sequence[PointsRecord],
     image_index: Tensor,
     query_index: Tensor,
     boxes: Tensor,
     image_hw: Tensor | None = None,
     level_strides: Sequence[int] | None = None,
-) -> Tensor:
-    """(layers, M, heads): weight of each matched query's sampling points inside its box (cxcywh, relative to the
-    image). With ``image_hw`` (M, 2), the images' (h, w) in model-input pixels, and the ``level_strides``, points
-    and box are compared in pixels; without them the valid cells are taken to cover exactly the image."""
+) -> tuple[Tensor, Tensor]:
+    """(layers, M, heads) twice, for each matched query and its box (cxcywh, relative to the image): the weight of
+    its sampling points inside the box (PAIBB), and their weighted distance from its reference point at their level,
+    in units of the box's width (x) and height (y) (the sampling spread).
+
+    With ``image_hw`` (M, 2), the images' (h, w) in model-input pixels, and the ``level_strides``, points, reference
+    and box meet in pixels; without them the valid cells are taken to cover exactly the image.
+    """
     cx, cy, bw, bh = (boxes[:, i, None, None, None] for i in range(4))
-    to_image = _to_image(records, image_index, image_hw, level_strides)
-    values = []
-    for record in records:
-        locations = record.sampling_locations[image_index, query_index] * to_image  # (M, heads, L, P, 2)
-        inside = ((locations[..., 0] - cx).abs() <= bw / 2) & ((locations[..., 1] - cy).abs() <= bh / 2)
-        values.append((record.weights[image_index, query_index] * inside).sum((-2, -1)))
-    return torch.stack(values)
-
-
-def sampling_spread(
-    records: Sequence[PointsRecord],
-    image_index: Tensor,
-    query_index: Tensor,
-    boxes: Tensor,
-    image_hw: Tensor | None = None,
-    level_strides: Sequence[int] | None = None,
-) -> Tensor:
-    """(layers, M, heads): weighted distance of each matched query's sampling points from its reference point at
-    their level, in units of its box's width (x) and height (y); in pixels with ``image_hw`` and ``level_strides``
-    as in ``points_in_box``."""
     size = boxes[:, None, None, None, 2:].clamp_min(MIN_BOX_SIDE)
     to_image = _to_image(records, image_index, image_hw, level_strides)
-    values = []
+    inside_weights, spreads = [], []
     for record in records:
+        weights = record.weights[image_index, query_index]  # (M, heads, L, P)
         locations = record.sampling_locations[image_index, query_index]  # (M, heads, L, P, 2)
-        centre = record.reference_points[image_index, query_index][..., :2]  # (M, L, 2)
-        offsets = (locations - centre[:, None, :, None, :]) * to_image
-        distance = (offsets / size).norm(dim=-1)
-        values.append((record.weights[image_index, query_index] * distance).sum((-2, -1)))
-    return torch.stack(values)
+        centre = record.reference_points[image_index, query_index][:, None, :, None, :2]  # (M, 1, L, 1, 2)
+        x, y = (locations * to_image).unbind(-1)
+        inside = ((x - cx).abs() <= bw / 2) & ((y - cy).abs() <= bh / 2)
+        distance = ((locations - centre) * to_image / size).norm(dim=-1)
+        inside_weights.append((weights * inside).sum((-2, -1)))
+        spreads.append((weights * distance).sum((-2, -1)))
+    return torch.stack(inside_weights), torch.stack(spreads)
 
 
 def compute_paibb(maps: AttentionMaps, targets: Sequence[Mapping[str, Tensor]], indices: MatchIndices) -> MatchedPaibb:
@@ -212,8 +199,7 @@ def compute_paibb(maps: AttentionMaps, targets: Sequence[Mapping[str, Tensor]], 
     image_hw = None if image_hw is None else image_hw.to(device)
     if maps.keys == "points":
         boxes = boxes.to(maps.weights[0].dtype)
-        values = points_in_box(maps.records, image_index, query_index, boxes, image_hw, maps.key_strides)
-        spread = sampling_spread(maps.records, image_index, query_index, boxes, image_hw, maps.key_strides)
+        values, spread = point_readings(maps.records, image_index, query_index, boxes, image_hw, maps.key_strides)
         return MatchedPaibb(values, image_index, query_index, target_index, buckets, spread)
     image_cells = None if image_hw is None or maps.key_strides is None else image_hw.double() / maps.key_strides[0]
     coverage = box_coverage(boxes, maps.grid_hw[image_index].to(device), maps.padded_hw, image_cells)
