@@ -69,10 +69,12 @@ def test_maps_without_a_padding_mask():
     assert abs(value - 2 / 3) < 1e-12  # the box's share of the pixels (20 of 30 columns)
 
 
-def test_cells_land_on_their_pixels_when_sides_are_not_multiples_of_the_stride():
-    # A 200 x 150 (w x h) image fed to the model at 100 x 75: at stride 32 its valid grid is 3 x 4 cells, which
-    # cover 128 x 96 model pixels = 256 x 192 original pixels, not the 200 x 150 of the image. Rows are uniform and
-    # the columns hold mass 0, 0, 1, 3; the box is the right half of the image, all rows.
+def test_keeps_the_thesis_geometry_when_sides_are_not_multiples_of_the_stride():
+    """The thesis upsampled the valid grid to the image size, stretching it where a side is not a multiple of the
+    stride; the compatible reading does the same on purpose (the default PAIBB places cells on their pixels)."""
+    # A 200 x 150 (w x h) image fed to the model at 100 x 75: at stride 32 its valid grid is 3 x 4 cells (128 x 96
+    # model pixels), upsampled to 200 x 150 all the same. Rows are uniform, the columns hold mass 0, 0, 1, 3; the
+    # box is the right half of the image, all rows.
     columns = [0.0, 0.0, 1.0, 3.0]
     weights = torch.tensor(columns, dtype=torch.float64).repeat(3).view(1, 1, 1, 12) / 12.0
     maps = AttentionMaps(
@@ -92,6 +94,5 @@ def test_cells_land_on_their_pixels_when_sides_are_not_multiples_of_the_stride()
         high, fraction = min(low + 1, size_in - 1), source - low
         return columns[low] * (1 - fraction) + columns[high] * fraction
 
-    profile = [bilinear(k, 4, 256) for k in range(256)]
-    expected = 150 / 192 * sum(profile[100:200]) / sum(profile)  # image rows 0-149 of the grid's 192
-    assert abs(value.item() - expected) < 1e-12
+    profile = [bilinear(k, 4, 200) for k in range(200)]
+    assert abs(value.item() - sum(profile[100:200]) / sum(profile)) < 1e-12

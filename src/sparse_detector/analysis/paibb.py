@@ -26,9 +26,9 @@ Maps without ``key_strides`` or targets without ``size`` fall back to taking eac
 exactly the image (exact when every side is a multiple of the stride).
 
 ``upsampled_paibb`` is the prior thesis's reading, to set its numbers beside ours (an option, never the default): the
-head-averaged map of the last layer, bilinearly upsampled so that its valid cells land on their pixels of the
-original image (the valid grid spans ceil(n / s) * s model-input pixels, scaled to the original size), and the
-share of its mass on the image's pixels inside the box (box edges rounded to whole pixels).
+head-averaged map of the last layer, bilinearly upsampled to the original image size, and the share of its mass on
+the pixels inside the box (box edges rounded to whole pixels). It keeps the thesis's geometry on purpose, valid grid
+stretched over the image where a side is not a multiple of the stride, so that its numbers stay comparable.
 """
 
 from __future__ import annotations
@@ -211,26 +211,18 @@ def compute_paibb(maps: AttentionMaps, targets: Sequence[Mapping[str, Tensor]], 
 
 def upsampled_paibb(maps: AttentionMaps, targets: Sequence[Mapping[str, Tensor]], indices: MatchIndices) -> Tensor:
     """(M,) thesis-compatible PAIBB of every matched pair: the last layer's head-averaged map on the image's valid
-    grid, bilinearly upsampled so that its cells land on their pixels of the original image (h, w), mass on the
-    image's pixels inside the box over the map's total.
-
-    The valid grid spans grid * stride model-input pixels (``maps.key_strides``, targets' ``size``), i.e.
-    grid * stride * orig / size original pixels, rounded; without a stride or ``size`` it spans exactly the image.
-    """
+    grid, bilinearly upsampled to its original size (h, w) as the thesis did (so stretched where a side is not a
+    multiple of the stride), mass on the pixels inside the box over the total."""
     values = []
     last = maps.weights[-1]
     padded_h, padded_w = maps.padded_hw
     for image, (target, (queries, truths)) in enumerate(zip(targets, indices, strict=True)):
         grid_h, grid_w = (int(v) for v in maps.grid_hw[image])
         height, width = (int(v) for v in target["orig_size"])
-        span_h, span_w = height, width
-        if maps.key_strides is not None and "size" in target:
-            stride, (size_h, size_w) = maps.key_strides[0], target["size"].tolist()
-            span_h, span_w = round(grid_h * stride * height / size_h), round(grid_w * stride * width / size_w)
         for query, truth in zip(queries.tolist(), truths.tolist(), strict=True):
             padded = last[image, :, query].mean(0).reshape(padded_h, padded_w)
             grid = padded[:grid_h, :grid_w].reshape(1, 1, grid_h, grid_w).double()  # the valid top-left block
-            upsampled = F.interpolate(grid, size=(span_h, span_w), mode="bilinear", align_corners=False)[0, 0]
+            upsampled = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
             cx, cy, bw, bh = target["boxes"][truth].tolist()
             x0, x1 = (min(max(round(x * width), 0), width) for x in (cx - bw / 2, cx + bw / 2))
             y0, y1 = (min(max(round(y * height), 0), height) for y in (cy - bh / 2, cy + bh / 2))
