@@ -43,6 +43,7 @@ from .models import build_criterion
 from .report import write_analysis
 from .report.study import write_study_report
 from .runs import ANALYSIS_DIRS, CONFIG_FILE, LAST_CHECKPOINT
+from .text import counted
 from .viz.kinds import VisualizeRequest, visualize
 
 log = logging.getLogger(__name__)
@@ -298,7 +299,7 @@ def run_study(
     paths = write_study_report(study_dir, study, outcomes, figures, minutes)
     failed = [o.name for o in outcomes if o.status == "failed"]
     print(
-        f"[study] {len(outcomes) - len(failed)} of {len(outcomes)} runs done in {minutes:.1f} min"
+        f"[study] {len(outcomes) - len(failed)} of {counted(len(outcomes), 'run')} done in {minutes:.1f} min"
         + (f"; failed: {failed}" if failed else "")
     )
     for path in paths:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..runs import ANALYSIS_DIRS, ANALYSIS_FILE
+from ..text import counted
 from .tables import markdown_table
 
 if TYPE_CHECKING:  # the study imports this module; only the types flow back
@@ -114,7 +115,7 @@ def write_study_report(
     title = f"Study {Path(study.source).stem}: {', '.join(study.maps)} × seeds {study.seeds}"
     intro = (
         f"Preset `{study.preset}`, overrides `{' '.join(study.set) or '(none)'}`; "
-        f"{len(outcomes)} runs, this invocation took {minutes:.1f} min "
+        f"{counted(len(outcomes), 'run')}, this invocation took {minutes:.1f} min "
         f"(written {time.strftime('%Y-%m-%d %H:%M')}). Mean ± sample std over seeds; one seed: the value."
     )
     failed = [o for o in outcomes if o.status == "failed"]

@@ -32,6 +32,7 @@ from ..models import build_criterion
 from ..models.postprocess import query_scores
 from ..runs import distinct_names, read_analyses, read_metrics
 from ..runs import run_labels as analysis_labels
+from ..text import counted
 from .alpha import alpha_figure
 from .attention import AttentionPanel, attention_figure, attention_panels_figure
 from .curves import curves_figure
@@ -518,7 +519,7 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
                 f"image id {int(target['image_id'])}",
             )
         )
-    figure = data_figure(drawn, title=f"{dataset.annotation_file}: {len(dataset)} images")
+    figure = data_figure(drawn, title=f"{dataset.annotation_file}: {counted(len(dataset), 'image')}")
     return [save_figure(figure, request.output / "data_train", request.fmt)]
 
 
