@@ -19,11 +19,11 @@ from sparse_detector.engine.diagnostics import read_diagnostics
 from sparse_detector.engine.trainer import Trainer
 from sparse_detector.study import analyze_run
 from sparse_detector.viz.alpha import alpha_figure, alpha_history
-from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, attention_figure, grey
+from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, ZERO_LEGEND, attention_figure, grey
 from sparse_detector.viz.curves import curves_figure
 from sparse_detector.viz.deformable import references_figure
 from sparse_detector.viz.diagnostics import diagnostics_figure
-from sparse_detector.viz.figure import DPI
+from sparse_detector.viz.figure import DPI, LabelledBox
 from sparse_detector.viz.kinds import FIGURE_KINDS
 
 from .conftest import shapes_config
@@ -249,7 +249,7 @@ def test_references_figure_labels_every_decoder_layer():
     assert labels == ["", "", "0,1", "2"]  # two arrows, then the labels
     assert [line.get_xydata().tolist() for line in ax.lines] == [[[40.0, 20.0]], [[20.0, 30.0]]]
     boxed = references_figure(image, [record(0.5, 0.5)], 0, 0, [((10, 10, 30, 30), "red")], title="run: q0")
-    assert boxed.get_suptitle() == "run: q0\nboxes: prediction (red), ground truth (cyan)"  # was unexplained
+    assert boxed.get_suptitle() == "run: q0\nboxes: prediction (red)"  # was unexplained
 
 
 def test_a_short_run_has_whole_step_and_epoch_ticks_and_plain_alpha_values():
@@ -304,3 +304,21 @@ def test_alpha_of_a_run_shorter_than_log_every_is_read_from_its_epoch_records():
     figure = alpha_figure(records)
     FigureCanvasAgg(figure).draw()
     assert figure.axes[-1].lines[0].get_marker() == "o"  # one step: a point, not an invisible line
+
+
+def test_box_legends_name_only_the_boxes_drawn(runs, tmp_path: Path):
+    """The encoder figures (attention over the grid, Deformable DETR's sampling of a cell) draw no prediction, yet
+    their subtitle read 'boxes: prediction (red), ground truth (cyan)'."""
+    maps, image = np.full((1, 1, 2, 2), 0.25), np.full((8, 8, 3), 0.5)
+    truth, prediction = [LabelledBox((0, 0, 4, 4), "a")], [LabelledBox((2, 2, 6, 6), "q0 a 0.9")]
+    encoder_like = attention_figure(image, maps, ground_truth=truth, points=[(1.0, 1.0)], title="t")
+    assert "prediction" not in encoder_like.get_suptitle() and "ground truth (cyan)" in encoder_like.get_suptitle()
+    both = attention_figure(image, maps, predictions=prediction, ground_truth=truth).get_suptitle()
+    assert both.startswith("boxes: prediction (red), ground truth (cyan); ")
+    assert attention_figure(image, maps).get_suptitle() == ZERO_LEGEND
+    args = [str(runs["deformable"]), "--queries", "1", "--pixels", "40,50", "--num-images", "1"]
+    assert main(["visualize", "deformable", *args, "--output", str(tmp_path), "--format", "svg"]) == 0
+    encoder = next(tmp_path.glob("*_encoder_self_*.svg")).read_text()
+    decoder = next(tmp_path.glob("*_decoder_cross_*_layer0.svg")).read_text()
+    assert "ground truth (cyan)" in encoder and "prediction (red)" not in encoder
+    assert "prediction (red), ground truth (cyan)" in decoder

@@ -18,7 +18,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from .figure import BOX_LEGEND, PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, draw_labelled_boxes, hide_ticks
+from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, box_legend, draw_labelled_boxes, hide_ticks
 
 COLORMAP = "viridis"
 OVERLAY_ALPHA = 0.75
@@ -87,7 +87,9 @@ def attention_panels_figure(
                 axes.set_ylabel(row_labels[r], fontsize=8)
     colorbar = figure.colorbar(ScalarMappable(norm, colormaps[COLORMAP]), ax=grid, shrink=0.8, pad=0.01)
     colorbar.set_label("attention weight", fontsize=8)
-    legend = f"{BOX_LEGEND}; {ZERO_LEGEND}"
+    drawn = [panel for row in panels for panel in row if panel is not None]
+    boxes = box_legend(any(p.predictions for p in drawn), any(p.ground_truth for p in drawn))
+    legend = "; ".join(part for part in (boxes, ZERO_LEGEND) if part)
     figure.suptitle(f"{title}\n{legend}" if title else legend, fontsize=9)
     return figure
 

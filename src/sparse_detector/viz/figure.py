@@ -24,7 +24,6 @@ FORMATS = ("png", "pdf", "svg")
 DPI = 100
 PREDICTION_COLOR = "red"  # predicted boxes and their classes
 TRUTH_COLOR = "cyan"  # ground-truth boxes
-BOX_LEGEND = f"boxes: prediction ({PREDICTION_COLOR}), ground truth ({TRUTH_COLOR})"
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,12 @@ class LabelledBox:
 
     box: tuple[float, float, float, float]
     text: str = ""
+
+
+def box_legend(predictions: bool = True, ground_truth: bool = True) -> str:
+    """What the box colours mean, naming only the kinds of box a figure draws ('' when it draws none)."""
+    kinds = [f"prediction ({PREDICTION_COLOR})"] * predictions + [f"ground truth ({TRUTH_COLOR})"] * ground_truth
+    return f"boxes: {', '.join(kinds)}" if kinds else ""
 
 
 def save_figure(figure: Figure, path: str | Path, fmt: str = "png") -> Path:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from .figure import BOX_LEGEND, PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, draw_labelled_boxes, hide_ticks
+from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, box_legend, draw_labelled_boxes, hide_ticks
 
 UNMATCHED_COLOR = "0.6"
 
@@ -47,5 +47,6 @@ def matching_figure(
     for axes in (every, matched):
         axes.set_xlim(0, width)
         axes.set_ylim(height, 0)
-    figure.suptitle(f"{title}\n{BOX_LEGEND}" if title else BOX_LEGEND, fontsize=9)
+    legend = box_legend()
+    figure.suptitle(f"{title}\n{legend}" if title else legend, fontsize=9)
     return figure
