@@ -24,7 +24,7 @@ from sparse_detector.viz.curves import curves_figure
 from sparse_detector.viz.deformable import references_figure
 from sparse_detector.viz.diagnostics import diagnostics_figure
 from sparse_detector.viz.figure import DPI, LabelledBox
-from sparse_detector.viz.kinds import FIGURE_KINDS
+from sparse_detector.viz.kinds import FIGURE_KINDS, VisualizeRequest, visualize
 
 from .conftest import shapes_config
 
@@ -322,3 +322,16 @@ def test_box_legends_name_only_the_boxes_drawn(runs, tmp_path: Path):
     decoder = next(tmp_path.glob("*_decoder_cross_*_layer0.svg")).read_text()
     assert "ground truth (cyan)" in encoder and "prediction (red)" not in encoder
     assert "prediction (red), ground truth (cyan)" in decoder
+
+
+def test_compare_skips_images_without_boxes(runs, tmp_path: Path):
+    """An image without annotated boxes stopped `visualize compare` (and the study's report) with an error."""
+    unannotated = tmp_path / "mine.png"
+    with Image.open(runs["images"] / "val_000000.png") as image:
+        image.save(unannotated)  # not in the validation data: no ground truth
+    run, other, annotated = str(runs["run"]), str(runs["other"]), str(runs["images"] / "val_000000.png")
+    out = tmp_path / "out"
+    assert main(["visualize", "compare", run, other, annotated, str(unannotated), "--output", str(out)]) == 0
+    assert [p.name for p in out.iterdir()] == ["compare_decoder_cross_val_000000.png"]
+    with pytest.raises(ValueError, match="nothing to draw: mine \\(no annotated boxes"):
+        visualize("compare", VisualizeRequest(runs=[runs["run"], runs["other"]], output=out, images=[unannotated]))

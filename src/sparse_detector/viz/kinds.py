@@ -7,6 +7,7 @@ a new model family adds its own kinds the same way. The figure functions themsel
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ from .diagnostics import diagnostics_figure
 from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, cxcywh_to_pixels, display_image, save_figure
 from .matching import matching_figure
 from .sparsity import sparsity_figure
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -432,8 +435,8 @@ def _matched_queries(loaded: LoadedModel, outputs: dict, target: dict) -> dict[i
 
 @figure_kind("compare")
 def compare_kind(request: VisualizeRequest) -> list[Path]:
-    """Per image: rows = ground-truth objects, columns = runs, the head-averaged map of the last layer of the query
-    each run's matcher assigned to that object."""
+    """Per annotated image: rows = ground-truth objects, columns = runs, the head-averaged map of the last layer of
+    the query each run's matcher assigned to that object. Images without boxes are skipped."""
     if len(request.runs) < 2:
         raise ValueError("visualize compare needs two or more runs (run directories or checkpoints)")
     device = resolve_device(request.device)
@@ -441,10 +444,11 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
     site = grid_site(models[0], "queries", request.site)
     for loaded in models[1:]:  # every run draws the same site over its feature grid
         grid_site(loaded, "queries", site)
-    written = []
+    written, unannotated = [], []
     for item in load_images(models[0].config, request):
         if item.target is None or not len(item.target["boxes"]):
-            raise ValueError(f"visualize compare matches queries to ground truth: {item.name} has no annotated boxes")
+            unannotated.append(item.name)
+            continue
         truth = _truth_boxes(item, models[0].label_map)
         panels: list[list[AttentionPanel | None]] = [[] for _ in truth]
         for loaded in models:
@@ -461,6 +465,11 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
             title=f"{item.name}: {site}, last layer, head average,\nof the query matched to each object",
         )
         written.append(save_figure(figure, request.output / f"compare_{site}_{item.name}", request.fmt))
+    if unannotated:
+        skipped = f"{', '.join(unannotated)} (no annotated boxes to match queries to)"
+        if not written:
+            raise ValueError(f"visualize compare matches queries to ground truth; nothing to draw: {skipped}")
+        log.warning("visualize compare: skipped %s", skipped)
     return written
 
 
