@@ -264,20 +264,29 @@ def _run_one(
     return outcome
 
 
-def _study_figures(outcomes: list[RunOutcome], study: StudyConfig, figures_dir: Path, device: str) -> list[Path]:
-    """Figures over every finished run: curves, sparsity and (first seed of each map) attention compared."""
+def _study_figures(
+    outcomes: list[RunOutcome], study: StudyConfig, figures_dir: Path, device: str
+) -> tuple[list[Path], list[str]]:
+    """Figures over every finished run: curves, sparsity and (first seed of each map) attention compared; and why
+    any of them was not drawn (the report says so; the study goes on)."""
     done = [o for o in outcomes if o.status == "done"]
     written: list[Path] = []
+    not_drawn: list[str] = []
     if not done:
-        return written
+        return written, not_drawn
     first_seed = list({o.map: o.run_dir for o in reversed(done)}.values())[::-1]
     for kind in STUDY_FIGURES:
         runs = first_seed if kind == "compare" else [o.run_dir for o in done]
         if kind == "compare" and len(runs) < 2:
             continue
         request = VisualizeRequest(runs=runs, output=figures_dir, num_images=study.figure_images, device=device)
-        written += visualize(kind, request)
-    return written
+        try:
+            written += visualize(kind, request)
+        except Exception as err:  # a figure that cannot be drawn must not cost the report
+            not_drawn.append(f"{kind}: {type(err).__name__}: {err}")
+            log.error("study figure %s failed:\n%s", kind, traceback.format_exc())
+            print(f"[study] figure {kind} NOT DRAWN: {type(err).__name__}: {err}")
+    return written, not_drawn
 
 
 def run_study(
@@ -294,9 +303,9 @@ def run_study(
         for map_name in study.maps
         for seed in study.seeds
     ]
-    figures = _study_figures(outcomes, study, study_dir / "figures", device or "auto")
+    figures, not_drawn = _study_figures(outcomes, study, study_dir / "figures", device or "auto")
     minutes = (time.perf_counter() - start) / 60
-    paths = write_study_report(study_dir, study, outcomes, figures, minutes)
+    paths = write_study_report(study_dir, study, outcomes, figures, minutes, not_drawn)
     failed = [o.name for o in outcomes if o.status == "failed"]
     print(
         f"[study] {len(outcomes) - len(failed)} of {counted(len(outcomes), 'run')} done in {minutes:.1f} min"
