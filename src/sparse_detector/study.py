@@ -14,8 +14,9 @@ A study config (YAML; embedded ones in ``configs/studies/`` are named without a 
     figure_images: 2                 # validation images drawn per run
 
 Runs live in ``<study>/runs/<map>-seed<seed>/`` (ordinary run directories). A run whose ``study_status.json`` says
-``done`` is never redone; an unfinished one resumes from its last checkpoint, or restarts when it has none. A run
-that fails is recorded as failed (stage and error) and the others still run; the report lists it.
+``done`` is never retrained, but its figures are redrawn (and its analysis redone if it is missing), so the report is
+complete and current after any re-run; an unfinished one resumes from its last checkpoint, or restarts when it has
+none. A run that fails is recorded as failed (stage and error) and the others still run; the report lists it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from .engine.trainer import Trainer
 from .models import build_criterion
 from .report import write_analysis
 from .report.study import write_study_report
-from .runs import ANALYSIS_DIRS, CONFIG_FILE, LAST_CHECKPOINT
+from .runs import ANALYSIS_DIRS, ANALYSIS_FILE, CONFIG_FILE, LAST_CHECKPOINT
 from .text import counted
 from .viz.kinds import VisualizeRequest, visualize
 
@@ -135,15 +136,18 @@ class StudyStopped(KeyboardInterrupt):
     again continues that run."""
 
 
-def _train(config: Config, run_dir: Path, progress: bool) -> None:
-    """Train, resuming a run that has a checkpoint; a run without one starts over in an emptied directory. A signal
-    that stops the training stops the study (:class:`StudyStopped`), leaving the run unfinished."""
+def _train(config: Config, run_dir: Path, progress: bool, name: str) -> bool:
+    """Train, resuming a run that has a checkpoint; a run without one starts over in an emptied directory; False when
+    its last checkpoint has every epoch already. A signal that stops the training stops the study
+    (:class:`StudyStopped`), leaving the run unfinished."""
     last = run_dir / LAST_CHECKPOINT
     if last.is_file():
         if load_checkpoint(last)["epoch"] >= config.train.epochs:
-            return
+            return False
+        print(f"[study] {name}: training on in {run_dir}")
         trainer = Trainer(config, run_dir, resume=True, progress=progress)
     else:
+        print(f"[study] {name}: training in {run_dir}")
         if run_dir.exists():
             shutil.rmtree(run_dir)
         trainer = Trainer(config, run_dir, progress=progress)
@@ -153,6 +157,7 @@ def _train(config: Config, run_dir: Path, progress: bool) -> None:
             f"{run_dir.name} stopped by {signal.Signals(trainer.stop_signal).name} at step {trainer.step}, its "
             "checkpoint written; run the same study command again to continue it"
         )
+    return True
 
 
 def analyze_run(run_dir: Path, device: str) -> dict[str, Any]:
@@ -179,6 +184,15 @@ def analyze_run(run_dir: Path, device: str) -> dict[str, Any]:
     }
     write_analysis(record, run_dir / ANALYSIS_DIRS[False])
     return record
+
+
+def _analysis_current(run_dir: Path) -> bool:
+    """Whether the run's analysis exists and is newer than the checkpoint it analysed."""
+    path = run_dir / ANALYSIS_DIRS[False] / ANALYSIS_FILE
+    if not path.is_file():
+        return False
+    checkpoint = Path(json.loads(path.read_text()).get("checkpoint", ""))
+    return checkpoint.is_file() and checkpoint.stat().st_mtime <= path.stat().st_mtime
 
 
 def _run_figures(run_dir: Path, study: StudyConfig, device: str) -> list[Path]:
@@ -218,32 +232,33 @@ def _run_one(
     name = f"{map_name}-seed{seed}"
     run_dir = study_dir / "runs" / name
     status_file = run_dir / STATUS_FILE
+    seconds_before, kept = 0.0, False  # the run's time in earlier invocations that finished it; kept as it is
     if status_file.is_file() and json.loads(status_file.read_text())["status"] == "done":
-        saved = json.loads(status_file.read_text())
+        seconds_before = json.loads(status_file.read_text())["seconds"]
         changed, more_epochs = _changed_settings(run_dir, study, map_name, seed, data)
-        if not changed:
-            print(f"[study] {name}: done before, kept")
-            figures = [Path(p) for p in saved["figures"]]
-            return RunOutcome(name, map_name, seed, run_dir, "done", seconds=saved["seconds"], figures=figures)
-        if not more_epochs:
+        kept = not changed
+        if kept:
+            print(f"[study] {name}: done before, kept (its figures redrawn)")
+        elif not more_epochs:
             error = (
                 f"done before with other settings than this study's ({'; '.join(changed)}); revert them, or move "
                 f"{run_dir} away to redo the run with them"
             )
             print(f"[study] {name}: NOT REDONE: {error}")
             return RunOutcome(name, map_name, seed, run_dir, "failed", stage="config", error=error)
-        print(f"[study] {name}: done before; {changed[0]}: continuing it")
+        else:
+            print(f"[study] {name}: done before; {changed[0]}: continuing it")
     start, stage = time.perf_counter(), "config"
     outcome = RunOutcome(name, map_name, seed, run_dir, "done")
     try:
         config = run_config(study, map_name, seed, data)
         if device:
             config.train.device = device
-        print(f"[study] {name}: training in {run_dir}")
         stage = "train"
-        _train(config, run_dir, progress)
+        trained = not kept and _train(config, run_dir, progress, name)
         stage = "analyze"
-        analyze_run(run_dir, config.train.device)
+        if trained or not _analysis_current(run_dir):
+            analyze_run(run_dir, config.train.device)
         stage = "figures"
         outcome.figures = _run_figures(run_dir, study, config.train.device)
     except Exception as err:  # one failed run must not stop the study: it is recorded and reported
@@ -251,7 +266,7 @@ def _run_one(
         outcome.error = f"{type(err).__name__}: {err}"
         log.error("study run %s failed in %s:\n%s", name, stage, traceback.format_exc())
         print(f"[study] {name}: FAILED in {stage}: {outcome.error}")
-    outcome.seconds = round(time.perf_counter() - start, 1)
+    outcome.seconds = round(seconds_before + time.perf_counter() - start, 1)
     if run_dir.is_dir():
         status = {
             "status": outcome.status,

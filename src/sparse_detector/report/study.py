@@ -76,7 +76,7 @@ def study_tables(outcomes: Sequence[RunOutcome]) -> dict[str, Table]:
         for name, records in by_map.items()
     ]
     runs = (
-        ["run", "status", "minutes (this invocation)", "failed stage", "error"],
+        ["run", "status", "minutes (all invocations)", "failed stage", "error"],
         [[o.name, o.status, f"{o.seconds / 60:.1f}", o.stage, o.error] for o in outcomes],
     )
     return {
