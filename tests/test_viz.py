@@ -21,6 +21,7 @@ from sparse_detector.study import analyze_run
 from sparse_detector.viz.alpha import alpha_figure, alpha_history
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, ZERO_LEGEND, attention_figure, grey
 from sparse_detector.viz.curves import curves_figure
+from sparse_detector.viz.data import Sample, data_figure
 from sparse_detector.viz.deformable import references_figure
 from sparse_detector.viz.diagnostics import diagnostics_figure
 from sparse_detector.viz.figure import DPI, LabelledBox
@@ -335,3 +336,20 @@ def test_compare_skips_images_without_boxes(runs, tmp_path: Path):
     assert [p.name for p in out.iterdir()] == ["compare_decoder_cross_val_000000.png"]
     with pytest.raises(ValueError, match="nothing to draw: mine \\(no annotated boxes"):
         visualize("compare", VisualizeRequest(runs=[runs["run"], runs["other"]], output=out, images=[unannotated]))
+
+
+def test_data_figure_of_one_sample_keeps_its_title_and_box_texts_inside():
+    """`visualize data RUN --num-images 1`: the 3-inch figure cut its title (the annotation file and the legend) at
+    both edges, and the text of a box at the image's top edge covered the panel's title."""
+    image, padding = np.full((60, 80, 3), 0.5), np.zeros((60, 80), dtype=bool)
+    boxes = [LabelledBox((2, 1, 30, 20), "at the top"), LabelledBox((10, 30, 40, 50), "lower")]
+    title = "/a/rather/long/folder/of/annotations/for/this/data/set/train.json: 1 image"
+    figure = data_figure([Sample(image, padding, boxes, "image id 1")], title=title)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    extent, page = figure._suptitle.get_window_extent(renderer), figure.bbox
+    assert page.x0 <= extent.x0 and extent.x1 <= page.x1, (extent, page)
+    assert "train.json: 1 image" in figure.get_suptitle()
+    axes = figure.axes[0]
+    assert [text.get_va() for text in axes.texts] == ["top", "bottom"]  # inside the top box, above the lower one
+    assert axes.texts[0].get_window_extent(renderer).y1 <= axes.get_window_extent(renderer).y1 + 1
