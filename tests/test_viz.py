@@ -353,3 +353,18 @@ def test_data_figure_of_one_sample_keeps_its_title_and_box_texts_inside():
     axes = figure.axes[0]
     assert [text.get_va() for text in axes.texts] == ["top", "bottom"]  # inside the top box, above the lower one
     assert axes.texts[0].get_window_extent(renderer).y1 <= axes.get_window_extent(renderer).y1 + 1
+
+
+def test_curves_name_the_runs_once_under_the_panels():
+    """Legends inside the panels (3 lines per run in the AP panels) covered the curves; the runs are now named once,
+    in a legend under the panels, and the titles say what line styles and markers mean."""
+    records = [{"type": "train", "step": 1, "loss": 3.0, "class_error": 50.0}]
+    records.append({"type": "epoch", "step": 1, "epoch": 1, "AP": 0.1, "AP50": 0.2, "val_class_error": 40.0})
+    figure = curves_figure({"softmax": records, "sparsemax": records})
+    assert all(axes.get_legend() is None for axes in figure.axes)
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == ["softmax", "sparsemax"]
+    FigureCanvasAgg(figure).draw()
+    assert legend.get_window_extent().y1 <= min(axes.get_window_extent().y0 for axes in figure.axes)
+    titles = " ".join(axes.get_title() for axes in figure.axes)
+    assert "train (line), validation (squares)" in titles and "AP (solid), AP50 (dashed)" in titles
