@@ -160,6 +160,12 @@ def test_diagnostics_record_weights_gradients_and_entropy(runs):
         for stats in record["weights"].values():
             assert len(stats["histogram"]) == 41
         assert {len(v) for v in record["entropy"].values()} <= {1, 2}
+    figure = diagnostics_figure(records)
+    FigureCanvasAgg(figure).draw()
+    entropy = next(axes for axes in figure.axes if axes.get_legend())
+    assert "entropy" in entropy.get_title()
+    # was: the legend (a line per site and layer) sat over the entropy curves
+    assert entropy.get_legend().get_window_extent().x0 >= entropy.get_window_extent().x1
 
 
 def test_weight_histograms_are_scaled_per_layer_so_a_spike_hides_no_other_layer():
