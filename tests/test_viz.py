@@ -26,6 +26,7 @@ from sparse_detector.viz.deformable import references_figure
 from sparse_detector.viz.diagnostics import diagnostics_figure
 from sparse_detector.viz.figure import DPI, LabelledBox
 from sparse_detector.viz.kinds import FIGURE_KINDS, VisualizeRequest, visualize
+from sparse_detector.viz.sparsity import sparsity_figure
 
 from .conftest import shapes_config
 
@@ -374,3 +375,18 @@ def test_curves_name_the_runs_once_under_the_panels():
     assert legend.get_window_extent().y1 <= min(axes.get_window_extent().y0 for axes in figure.axes)
     titles = " ".join(axes.get_title() for axes in figure.axes)
     assert "train (line), validation (squares)" in titles and "AP (solid), AP50 (dashed)" in titles
+
+
+def test_sparsity_says_which_runs_read_zeros_under_which_threshold():
+    """Softmax runs count p ≤ 1e-6 as zero, sparse ones p ≤ 0; the title read 'zeros ratio (p ≤ 0, 1e-06)'."""
+
+    def result(threshold: float) -> dict:
+        block = {"per_layer": {"mean": [0.5], "std": [0.1]}}
+        metrics = {"gini": block, "zeros_ratio": block}
+        return {"sites": {"decoder_cross": {"metrics": metrics, "zero_threshold": threshold}}}
+
+    mixed = sparsity_figure({"softmax": result(1e-6), "sparsemax": result(0.0), "entmax15": result(0.0)})
+    titles = " ".join(axes.get_title().replace("\n", " ") for axes in mixed.axes)
+    assert "zeros ratio (p ≤ 0: sparsemax, entmax15; p ≤ 1e-06: softmax)" in titles
+    same = sparsity_figure({"sparsemax": result(0.0), "entmax15": result(0.0)})
+    assert "decoder_cross: zeros ratio (p ≤ 0)" in [axes.get_title() for axes in same.axes]
