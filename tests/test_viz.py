@@ -390,3 +390,16 @@ def test_sparsity_says_which_runs_read_zeros_under_which_threshold():
     assert "zeros ratio (p ≤ 0: sparsemax, entmax15; p ≤ 1e-06: softmax)" in titles
     same = sparsity_figure({"sparsemax": result(0.0), "entmax15": result(0.0)})
     assert "decoder_cross: zeros ratio (p ≤ 0)" in [axes.get_title() for axes in same.axes]
+
+
+def test_a_crowded_image_outlines_its_ground_truth_without_class_names():
+    """With 50 annotated boxes the class names of the ground truth buried every 1.5-inch attention panel."""
+    maps, image = np.full((1, 1, 4, 4), 1 / 16), np.full((64, 64, 3), 0.5)
+    prediction = [LabelledBox((2, 2, 30, 30), "q0 a 0.9")]
+    crowd = [LabelledBox((i, i, i + 5, i + 5), "cell") for i in range(0, 50, 5)]  # 10 boxes
+    crowded = attention_figure(image, maps, predictions=prediction, ground_truth=crowd)
+    assert [t.get_text() for t in crowded.axes[0].texts] == ["q0 a 0.9"] and len(crowded.axes[0].patches) == 11
+    assert "ground-truth classes not written where a panel has over 8 boxes" in crowded.get_suptitle()
+    few = attention_figure(image, maps, predictions=prediction, ground_truth=crowd[:3])
+    assert [t.get_text() for t in few.axes[0].texts] == ["cell"] * 3 + ["q0 a 0.9"]
+    assert "not written" not in few.get_suptitle()

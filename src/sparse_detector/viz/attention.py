@@ -24,6 +24,7 @@ COLORMAP = "viridis"
 OVERLAY_ALPHA = 0.75
 PANEL_INCHES = 1.5
 ZERO_LEGEND = "uncoloured cells: weight exactly 0"
+MAX_TRUTH_TEXTS = 8  # a panel with more ground-truth boxes outlines them without their class names
 
 
 @dataclass
@@ -77,7 +78,10 @@ def attention_panels_figure(
                 axes.set_axis_off()
                 continue
             draw_attention(axes, image, panel.weights, norm)
-            draw_labelled_boxes(axes, panel.ground_truth, TRUTH_COLOR, text_below=True)
+            truth = panel.ground_truth
+            if len(truth) > MAX_TRUTH_TEXTS:  # 1.5-inch panels: a class name per box would bury the map
+                truth = [LabelledBox(box.box) for box in truth]
+            draw_labelled_boxes(axes, truth, TRUTH_COLOR, text_below=True)
             draw_labelled_boxes(axes, panel.predictions, PREDICTION_COLOR)
             for x, y in panel.points:
                 axes.plot([x], [y], marker="x", color=PREDICTION_COLOR, markersize=7, markeredgewidth=2)
@@ -89,7 +93,9 @@ def attention_panels_figure(
     colorbar.set_label("attention weight", fontsize=8)
     drawn = [panel for row in panels for panel in row if panel is not None]
     boxes = box_legend(any(p.predictions for p in drawn), any(p.ground_truth for p in drawn))
-    legend = "; ".join(part for part in (boxes, ZERO_LEGEND) if part)
+    crowded = max((len(p.ground_truth) for p in drawn), default=0) > MAX_TRUTH_TEXTS
+    unnamed = f"ground-truth classes not written where a panel has over {MAX_TRUTH_TEXTS} boxes" if crowded else ""
+    legend = "; ".join(part for part in (boxes, unnamed, ZERO_LEGEND) if part)
     figure.suptitle(f"{title}\n{legend}" if title else legend, fontsize=9)
     return figure
 
