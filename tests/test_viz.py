@@ -65,7 +65,13 @@ def runs(shapes, tmp_path_factory) -> dict[str, Path]:
         "model.attention.decoder_cross.activation=sparsemax",
     )
     Trainer(config, deformable, progress=False).fit()
-    return {"run": run, "other": other, "images": shapes["images"], "deformable": deformable}
+    return {
+        "run": run,
+        "other": other,
+        "images": shapes["images"],
+        "deformable": deformable,
+        "shapes_val": shapes["val"],
+    }
 
 
 def check_image(path: Path, size: tuple[int, int] | None = None) -> None:
@@ -403,3 +409,23 @@ def test_a_crowded_image_outlines_its_ground_truth_without_class_names():
     few = attention_figure(image, maps, predictions=prediction, ground_truth=crowd[:3])
     assert [t.get_text() for t in few.axes[0].texts] == ["cell"] * 3 + ["q0 a 0.9"]
     assert "not written" not in few.get_suptitle()
+
+
+def test_compare_keeps_each_runs_panels_in_its_column(runs, tmp_path: Path, monkeypatch):
+    """A run whose queries matched fewer objects (fewer queries than objects) had its next panels shifted into the
+    previous run's column; an object a run did not match is now an empty panel in that run's column."""
+    import sparse_detector.viz.kinds as kinds
+
+    data = json.loads(Path(runs["shapes_val"]).read_text())
+    counts = {image["id"]: sum(a["image_id"] == image["id"] for a in data["annotations"]) for image in data["images"]}
+    name = next(Path(i["file_name"]).name for i in data["images"] if counts[i["id"]] >= 2)
+    matches = iter([{1: 0}, {0: 0, 1: 1}])  # the first run matched object 1 only, the second both
+    monkeypatch.setattr(kinds, "_matched_queries", lambda loaded, outputs, target: next(matches))
+    request = VisualizeRequest(runs=[runs["run"], runs["other"]], output=tmp_path, images=[runs["images"] / name])
+    drawn = {}
+    monkeypatch.setattr(kinds, "attention_panels_figure", lambda image, panels, *args, **kw: drawn.update(p=panels))
+    monkeypatch.setattr(kinds, "save_figure", lambda figure, path, fmt: path)
+    visualize("compare", request)
+    panels = drawn["p"]
+    assert panels[0][0] is None and panels[0][1] is not None  # was: the second run's panel in the first column
+    assert all(panel is not None for panel in panels[1])

@@ -454,9 +454,12 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
         for loaded in models:
             outputs, maps = recorded_forward(loaded, item, site, device)
             predictions = _prediction_boxes(outputs, item, loaded)
-            for t, q in sorted(_matched_queries(loaded, outputs, item.target).items()):
-                weights = maps[-1, :, q].mean(axis=0)
-                panels[t].append(AttentionPanel(weights, [predictions[q]], [truth[t]]))
+            matched = _matched_queries(loaded, outputs, item.target)
+            for t, row in enumerate(panels):  # an object no query of this run matched: an empty panel in its column
+                q = matched.get(t)
+                row.append(
+                    None if q is None else AttentionPanel(maps[-1, :, q].mean(axis=0), [predictions[q]], [truth[t]])
+                )
         figure = attention_panels_figure(
             item.picture,
             panels,
