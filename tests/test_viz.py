@@ -429,3 +429,20 @@ def test_compare_keeps_each_runs_panels_in_its_column(runs, tmp_path: Path, monk
     panels = drawn["p"]
     assert panels[0][0] is None and panels[0][1] is not None  # was: the second run's panel in the first column
     assert all(panel is not None for panel in panels[1])
+
+
+def test_compare_draws_at_most_a_few_objects_and_says_which(runs, tmp_path: Path, monkeypatch):
+    """An image of 50 objects made a compare figure of 50 rows (76 inches tall)."""
+    import sparse_detector.viz.kinds as kinds
+
+    data = json.loads(Path(runs["shapes_val"]).read_text())
+    counts = {image["id"]: sum(a["image_id"] == image["id"] for a in data["annotations"]) for image in data["images"]}
+    image = next(i for i in data["images"] if counts[i["id"]] >= 2)
+    monkeypatch.setattr(kinds, "MAX_COMPARE_OBJECTS", 1)
+    drawn = {}
+    monkeypatch.setattr(kinds, "attention_panels_figure", lambda _, __, rows, *___, **kw: drawn.update(kw, r=rows))
+    monkeypatch.setattr(kinds, "save_figure", lambda figure, path, fmt: path)
+    path = runs["images"] / Path(image["file_name"]).name
+    visualize("compare", VisualizeRequest(runs=[runs["run"], runs["other"]], output=tmp_path, images=[path]))
+    assert len(drawn["r"]) == 1 and drawn["r"][0].startswith("object 0: ")
+    assert drawn["title"].endswith(f"of the query matched to objects 0-0 of {counts[image['id']]}")

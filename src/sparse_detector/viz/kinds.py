@@ -433,10 +433,14 @@ def _matched_queries(loaded: LoadedModel, outputs: dict, target: dict) -> dict[i
     return {int(t): int(q) for q, t in zip(queries, truths, strict=True)}
 
 
+MAX_COMPARE_OBJECTS = 8  # rows of a compare figure
+
+
 @figure_kind("compare")
 def compare_kind(request: VisualizeRequest) -> list[Path]:
-    """Per annotated image: rows = ground-truth objects, columns = runs, the head-averaged map of the last layer of
-    the query each run's matcher assigned to that object. Images without boxes are skipped."""
+    """Per annotated image: rows = ground-truth objects (the first ``MAX_COMPARE_OBJECTS``), columns = runs, the
+    head-averaged map of the last layer of the query each run's matcher assigned to that object. Images without boxes
+    are skipped."""
     if len(request.runs) < 2:
         raise ValueError("visualize compare needs two or more runs (run directories or checkpoints)")
     device = resolve_device(request.device)
@@ -449,7 +453,9 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
         if item.target is None or not len(item.target["boxes"]):
             unannotated.append(item.name)
             continue
-        truth = _truth_boxes(item, models[0].label_map)
+        every = _truth_boxes(item, models[0].label_map)
+        truth = every[:MAX_COMPARE_OBJECTS]  # a row per object: 50 objects made a figure 76 inches tall
+        shown = "each object" if len(truth) == len(every) else f"objects 0-{len(truth) - 1} of {len(every)}"
         panels: list[list[AttentionPanel | None]] = [[] for _ in truth]
         for loaded in models:
             outputs, maps = recorded_forward(loaded, item, site, device)
@@ -465,7 +471,7 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
             panels,
             [f"object {t}: {box.text}" for t, box in enumerate(truth)],
             run_labels(request.runs),
-            title=f"{item.name}: {site}, last layer, head average,\nof the query matched to each object",
+            title=f"{item.name}: {site}, last layer, head average,\nof the query matched to {shown}",
         )
         written.append(save_figure(figure, request.output / f"compare_{site}_{item.name}", request.fmt))
     if unannotated:
