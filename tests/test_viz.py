@@ -446,3 +446,19 @@ def test_compare_draws_at_most_a_few_objects_and_says_which(runs, tmp_path: Path
     visualize("compare", VisualizeRequest(runs=[runs["run"], runs["other"]], output=tmp_path, images=[path]))
     assert len(drawn["r"]) == 1 and drawn["r"][0].startswith("object 0: ")
     assert drawn["title"].endswith(f"of the query matched to objects 0-0 of {counts[image['id']]}")
+
+
+def test_a_deformable_study_draws_each_runs_sampling_points_and_no_grid_compare(runs, tmp_path: Path):
+    """A study of Deformable DETR runs drew no figure of their object queries (the `attention` kind needs a grid
+    site) and its `compare` stopped the study before the report."""
+    from sparse_detector.study import RunOutcome, StudyConfig, _run_figures, _study_figures
+
+    run = tmp_path / "deformable"
+    shutil.copytree(runs["deformable"], run)
+    analyze_run(run, "cpu")
+    study = StudyConfig(preset="shapes_tiny_deformable", maps={"a": [], "b": []}, figure_images=1)
+    figures, query_kind = _run_figures(run, study, "cpu")
+    assert query_kind == "deformable" and any(p.name.startswith("deformable_decoder_cross_") for p in figures)
+    outcomes = [RunOutcome(m, m, 0, run, "done", query_kind=query_kind) for m in ("a", "b")]
+    written, not_drawn = _study_figures(outcomes, study, tmp_path / "figures", "cpu")
+    assert not not_drawn and {p.name for p in written} == {"curves.png", "sparsity.png"}

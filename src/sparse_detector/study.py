@@ -39,20 +39,23 @@ from .data.build import build_dataset, build_loader
 from .engine.analyze import analyze, load_analysis_model
 from .engine.checkpoint import load_checkpoint
 from .engine.device import resolve_device
+from .engine.inference import load_trained_model
 from .engine.trainer import Trainer
 from .models import build_criterion
 from .report import write_analysis
 from .report.study import write_study_report
 from .runs import ANALYSIS_DIRS, ANALYSIS_FILE, CONFIG_FILE, LAST_CHECKPOINT
 from .text import counted
-from .viz.kinds import VisualizeRequest, visualize
+from .viz.kinds import VisualizeRequest, object_query_kind, visualize
 
 log = logging.getLogger(__name__)
 
 STUDY_PRESET_DIR = PRESET_DIR / "studies"
 STATUS_FILE = "study_status.json"
-RUN_FIGURES = ("attention", "matching", "alpha", "diagnostics")  # per run, when the run has what they draw
-STUDY_FIGURES = ("curves", "sparsity", "compare")  # over all finished runs
+# per run, when the run has what they draw, after the model's object queries over the image (object_query_kind:
+# `attention` over the feature grid, `deformable` sampling points)
+RUN_FIGURES = ("matching", "alpha", "diagnostics")
+STUDY_FIGURES = ("curves", "sparsity", "compare")  # over all finished runs; compare: attention over the feature grid
 
 
 @dataclass
@@ -107,6 +110,7 @@ class RunOutcome:
     error: str = ""
     seconds: float = 0.0
     figures: list[Path] = field(default_factory=list)
+    query_kind: str = ""  # the figure kind that drew its object queries (attention or deformable)
 
 
 def _data_overrides(study: StudyConfig, study_dir: Path) -> list[str]:
@@ -195,8 +199,10 @@ def _analysis_current(run_dir: Path) -> bool:
     return checkpoint.is_file() and checkpoint.stat().st_mtime <= path.stat().st_mtime
 
 
-def _run_figures(run_dir: Path, study: StudyConfig, device: str) -> list[Path]:
-    """The per-run figures that apply: alpha only with learnable α, diagnostics only when recorded."""
+def _run_figures(run_dir: Path, study: StudyConfig, device: str) -> tuple[list[Path], str]:
+    """The per-run figures that apply: the object queries' attention (or sampling points), matching, alpha only with
+    learnable α, diagnostics only when recorded; and the kind that drew the object queries."""
+    query_kind = object_query_kind(load_trained_model(run_dir).model)
     written = []
     request = VisualizeRequest(
         runs=[run_dir],
@@ -205,12 +211,12 @@ def _run_figures(run_dir: Path, study: StudyConfig, device: str) -> list[Path]:
         device=device,
         max_queries=2,
     )
-    for kind in RUN_FIGURES:
+    for kind in (query_kind, *RUN_FIGURES):
         try:
             written += visualize(kind, request)
         except (ValueError, FileNotFoundError) as err:
             log.info("no %s figure for %s: %s", kind, run_dir.name, err)
-    return written
+    return written, query_kind
 
 
 def _changed_settings(
@@ -260,7 +266,7 @@ def _run_one(
         if trained or not _analysis_current(run_dir):
             analyze_run(run_dir, config.train.device)
         stage = "figures"
-        outcome.figures = _run_figures(run_dir, study, config.train.device)
+        outcome.figures, outcome.query_kind = _run_figures(run_dir, study, config.train.device)
     except Exception as err:  # one failed run must not stop the study: it is recorded and reported
         outcome.status, outcome.stage = "failed", stage
         outcome.error = f"{type(err).__name__}: {err}"
@@ -289,11 +295,11 @@ def _study_figures(
     not_drawn: list[str] = []
     if not done:
         return written, not_drawn
-    first_seed = list({o.map: o.run_dir for o in reversed(done)}.values())[::-1]
+    first_seed = list({o.map: o for o in reversed(done)}.values())[::-1]
     for kind in STUDY_FIGURES:
-        runs = first_seed if kind == "compare" else [o.run_dir for o in done]
-        if kind == "compare" and len(runs) < 2:
-            continue
+        runs = [o.run_dir for o in (first_seed if kind == "compare" else done)]
+        if kind == "compare" and (len(runs) < 2 or any(o.query_kind != "attention" for o in first_seed)):
+            continue  # compare draws attention over the feature grid; sampling points are in each run's figures
         request = VisualizeRequest(runs=runs, output=figures_dir, num_images=study.figure_images, device=device)
         try:
             written += visualize(kind, request)
