@@ -18,7 +18,7 @@ from sparse_detector.cli import main
 from sparse_detector.engine.diagnostics import read_diagnostics
 from sparse_detector.engine.trainer import Trainer
 from sparse_detector.study import analyze_run
-from sparse_detector.viz.alpha import alpha_figure, alpha_history
+from sparse_detector.viz.alpha import alpha_figure, alpha_history, value_decimals
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, ZERO_LEGEND, attention_figure, grey
 from sparse_detector.viz.curves import curves_figure
 from sparse_detector.viz.data import Sample, data_figure
@@ -462,3 +462,11 @@ def test_a_deformable_study_draws_each_runs_sampling_points_and_no_grid_compare(
     outcomes = [RunOutcome(m, m, 0, run, "done", query_kind=query_kind) for m in ("a", "b")]
     written, not_drawn = _study_figures(outcomes, study, tmp_path / "figures", "cpu")
     assert not not_drawn and {p.name for p in written} == {"curves.png", "sparsity.png"}
+
+
+def test_alpha_heat_map_numbers_tell_apart_the_values_its_colours_do():
+    """Two steps into training α differs by 1e-4 between heads: the colours showed it, every number read 1.500."""
+    alpha = {"decoder.layers.0.cross_attn.activation": [1.50037, 1.49964]}
+    figure = alpha_figure([{"type": "train", "step": 2, "alpha": alpha}])
+    assert sorted(text.get_text() for text in figure.axes[0].texts) == ["1.49964", "1.50037"]
+    assert value_decimals(np.array([1.2, 1.9])) == 3 and value_decimals(np.array([1.5, 1.5])) == 3
