@@ -470,3 +470,11 @@ def test_alpha_heat_map_numbers_tell_apart_the_values_its_colours_do():
     figure = alpha_figure([{"type": "train", "step": 2, "alpha": alpha}])
     assert sorted(text.get_text() for text in figure.axes[0].texts) == ["1.49964", "1.50037"]
     assert value_decimals(np.array([1.2, 1.9])) == 3 and value_decimals(np.array([1.5, 1.5])) == 3
+    # the heads' legend sat over the last module's curves; it is under the plots, inside the figure
+    assert all(axes.get_legend() is None for axes in figure.axes)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    (legend,) = figure.subfigs[1].legends
+    box, page = legend.get_window_extent(renderer), figure.bbox
+    assert [t.get_text() for t in legend.get_texts()] == ["head 0", "head 1"]
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= figure.axes[-1].get_window_extent(renderer).y0

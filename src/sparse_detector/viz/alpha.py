@@ -81,7 +81,8 @@ def alpha_figure(records: Sequence[Mapping], title: str = "") -> Figure:
         axes.set_title(_module_label(module), fontsize=8)
         axes.set_ylabel("α", fontsize=8)
         axes.ticklabel_format(axis="y", useOffset=False)  # α itself on every panel, never "+1.5" and an offset
-    lines[-1].legend(fontsize=6, ncols=min(heads, 4))
+    handles, labels = lines[-1].get_legend_handles_labels()  # under the plots: inside, it covered the last one
+    right.legend(handles, labels, loc="outside lower center", fontsize=7, ncols=min(heads, 4), frameon=False)
     count_axis(lines[-1], "step")
     if title:
         figure.suptitle(title, fontsize=10)
