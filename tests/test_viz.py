@@ -20,7 +20,7 @@ from sparse_detector.engine.trainer import Trainer
 from sparse_detector.study import analyze_run
 from sparse_detector.viz.alpha import alpha_figure, alpha_history, value_decimals
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, ZERO_LEGEND, attention_figure, grey
-from sparse_detector.viz.curves import curves_figure
+from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure
 from sparse_detector.viz.data import Sample, data_figure
 from sparse_detector.viz.deformable import references_figure
 from sparse_detector.viz.diagnostics import diagnostics_figure
@@ -274,7 +274,7 @@ def test_a_short_run_has_whole_step_and_epoch_ticks_and_plain_alpha_values():
     curves, alpha = curves_figure({"run": records}), alpha_figure(records)
     for figure in (curves, alpha):
         FigureCanvasAgg(figure).draw()
-    for ax in [*curves.axes, alpha.axes[-1]]:
+    for ax in [*(a for a in curves.axes if not a.texts), alpha.axes[-1]]:  # panels with a note have no ticks
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
     for ax in alpha.axes:  # α itself on the curves and the heat map's colour bar, not "+1.5" and an offset
@@ -478,3 +478,14 @@ def test_alpha_heat_map_numbers_tell_apart_the_values_its_colours_do():
     box, page = legend.get_window_extent(renderer), figure.bbox
     assert [t.get_text() for t in legend.get_texts()] == ["head 0", "head 1"]
     assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= figure.axes[-1].get_window_extent(renderer).y0
+
+
+def test_curves_panels_with_nothing_recorded_say_so():
+    """A run never evaluated (train.eval_every beyond its epochs) drew its AP panels as bare axes from -0.04 to
+    0.04 over 'epoch 0'; they now say no evaluation was recorded."""
+    records = [{"type": "train", "step": s, "loss": 3.0 - s / 10, "class_error": 50.0} for s in (1, 2)]
+    records.append({"type": "epoch", "step": 2, "epoch": 1, "train_loss": 2.8})
+    figure = curves_figure({"run": records})
+    notes = {axes.get_title(): [t.get_text() for t in axes.texts] for axes in figure.axes}
+    assert notes["AP (solid), AP50 (dashed), AP75 (dotted)"] == [EVALUATION_NOTE]
+    assert notes["total loss (weighted sum)"] == [] and len(figure.axes[0].get_xticks()) > 0

@@ -28,6 +28,7 @@ LOSS_TITLES = {
     "loss_giou": "box GIoU loss",
 }
 AP_OVERALL = {"AP": ("AP", "-"), "AP50": ("AP50", "--"), "AP75": ("AP75", ":")}  # key -> (name, line style)
+EVALUATION_NOTE = "no evaluation recorded\n(see train.eval_every)"
 AP_BY_SIZE = {"AP_small": ("APs", "-"), "AP_medium": ("APm", "--"), "AP_large": ("APl", ":")}
 
 
@@ -108,9 +109,20 @@ def curves_figure(runs: Mapping[str, Sequence[Mapping]], title: str = "") -> Fig
     _plot_epochs(grid[1][2], runs, AP_BY_SIZE, colors)
     grid[1][2].set_title("AP of small (solid), medium (dashed),\nlarge (dotted) objects", fontsize=9)
     _plot_val_loss(grid[1][3], runs, colors)
+    for axes in grid.flat:
+        if not any(len(line.get_xdata()) for line in axes.lines):
+            _mark_empty(axes, EVALUATION_NOTE if axes in (grid[1][1], grid[1][2]) else "not recorded in these runs")
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
+
+
+def _mark_empty(axes: Axes, note: str) -> None:
+    """A panel with nothing to plot says so, instead of showing axes around nothing."""
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.set_xlabel("")
+    axes.text(0.5, 0.5, note, transform=axes.transAxes, ha="center", va="center", fontsize=8, color="0.4")
 
 
 def _plot_val_loss(axes: Axes, runs: Mapping[str, Sequence[Mapping]], colors: Mapping[str, tuple]) -> None:
