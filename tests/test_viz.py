@@ -22,7 +22,7 @@ from sparse_detector.viz.alpha import alpha_figure, alpha_history, value_decimal
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, ZERO_LEGEND, attention_figure, grey
 from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure
 from sparse_detector.viz.data import Sample, data_figure
-from sparse_detector.viz.deformable import references_figure
+from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_size, references_figure, sampling_figure
 from sparse_detector.viz.diagnostics import diagnostics_figure
 from sparse_detector.viz.figure import DPI, LabelledBox
 from sparse_detector.viz.kinds import FIGURE_KINDS, VisualizeRequest, visualize
@@ -489,3 +489,21 @@ def test_curves_panels_with_nothing_recorded_say_so():
     notes = {axes.get_title(): [t.get_text() for t in axes.texts] for axes in figure.axes}
     assert notes["AP (solid), AP50 (dashed), AP75 (dotted)"] == [EVALUATION_NOTE]
     assert notes["total loss (weighted sum)"] == [] and len(figure.axes[0].get_xticks()) > 0
+
+
+def sampling_record(locations: list[tuple[float, float]], weights: list[float]) -> PointsRecord:
+    """One image, one query, one head, one level, one point per entry of ``locations`` (in [0, 1] of the image)."""
+    points = len(weights)
+    weight = torch.tensor(weights).reshape(1, 1, 1, 1, points)
+    location = torch.tensor(locations).reshape(1, 1, 1, 1, points, 2)
+    reference = torch.tensor([0.5, 0.5]).expand(1, 1, 1, 2)
+    return PointsRecord(weight, location, reference, torch.tensor([[4, 4]]), torch.ones(1, 1, 2))
+
+
+def test_sampling_points_state_their_size_scale():
+    """Points are sized by weight, but nothing in the figure said which size is which weight."""
+    figure = sampling_figure(np.full((40, 40, 3), 0.5), sampling_record([(0.2, 0.2), (0.7, 0.7)], [0.25, 0.75]), 0, 0)
+    (legend,) = figure.legends
+    sizes = {t.get_text(): h.get_markersize() for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)}
+    assert sizes["weight 1"] == pytest.approx(marker_size(1.0)) and sizes["weight 0.1"] < sizes["weight 0.5"]
+    assert marker_size(1.0) ** 2 == pytest.approx(MIN_AREA + FULL_WEIGHT_AREA)  # the scatter's area of weight 1

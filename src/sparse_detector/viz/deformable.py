@@ -21,7 +21,13 @@ from .figure import PREDICTION_COLOR, TRUTH_COLOR, box_legend
 #: Marker area (points²) of a weight-1 sampling point; a point's area grows linearly with its weight.
 FULL_WEIGHT_AREA = 400.0
 MIN_AREA = 20.0
+LEGEND_WEIGHTS = (0.1, 0.5, 1.0)
 LEVEL_COLORS = ("tab:blue", "magenta", "lime", "white", "orange", "cyan")
+
+
+def marker_size(weight: float) -> float:
+    """The diameter (points) of a sampling point of ``weight``, as the legend draws it: scatter sizes are areas."""
+    return float(np.sqrt(MIN_AREA + FULL_WEIGHT_AREA * weight))
 
 
 def _draw_points(ax, locations: np.ndarray, weights: np.ndarray, width: int, height: int) -> None:
@@ -98,6 +104,10 @@ def sampling_figure(
     legend = [
         Line2D([], [], marker="o", linestyle="", color=LEVEL_COLORS[level % len(LEVEL_COLORS)], label=f"level {level}")
         for level in range(levels)
+    ]
+    legend += [  # the size scale: a point's area grows with its weight
+        Line2D([], [], marker="o", linestyle="", color="gray", markersize=marker_size(w), label=f"weight {w:g}")
+        for w in LEGEND_WEIGHTS
     ]
     legend += [
         Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="gray", label="zero weight"),
