@@ -507,3 +507,11 @@ def test_sampling_points_state_their_size_scale():
     sizes = {t.get_text(): h.get_markersize() for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)}
     assert sizes["weight 1"] == pytest.approx(marker_size(1.0)) and sizes["weight 0.1"] < sizes["weight 0.5"]
     assert marker_size(1.0) ** 2 == pytest.approx(MIN_AREA + FULL_WEIGHT_AREA)  # the scatter's area of weight 1
+
+
+def test_sampling_points_outside_the_image_are_counted():
+    """Points Deformable DETR samples outside the image (zero padding) fell outside the panel: a head seemed to
+    sample one point where it sampled four."""
+    locations = [(0.5, 0.9), (0.5, 1.2), (-0.1, 0.5), (0.3, 0.3)]
+    figure = sampling_figure(np.full((40, 40, 3), 0.5), sampling_record(locations, [0.4, 0.3, 0.0, 0.3]), 0, 0)
+    assert figure.axes[0].get_title() == "all heads (1 zero, 2 outside the image)"

@@ -95,7 +95,10 @@ def sampling_figure(
         ax.plot(*reference, marker="x", color="black", markersize=9, mew=2.5)
         ax.plot(*reference, marker="x", color="white", markersize=7, mew=1.2)
         zeros = int((weights[list(selected)] == 0).sum())
-        ax.set_title(f"{name}" + (f" ({zeros} zero)" if zeros else ""), fontsize=9)
+        where = locations[list(selected)]  # points sampled outside the image (zero padding) fall outside the panel
+        outside = int(((where < 0) | (where > 1)).any(axis=-1).sum())
+        notes = [f"{zeros} zero"] * bool(zeros) + [f"{outside} outside the image"] * bool(outside)
+        ax.set_title(name + (f" ({', '.join(notes)})" if notes else ""), fontsize=9)
         ax.set_xlim(0, width)
         ax.set_ylim(height, 0)
         ax.set_axis_off()
