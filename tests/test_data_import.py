@@ -435,22 +435,8 @@ def test_one_image_and_one_box_are_counted_in_the_singular(tmp_path: Path, capsy
     write_text(tmp_path / "VOC" / "Annotations" / "a.xml", voc_xml([("dog", (1, 1, 10, 20), 0)], "a.jpg"))
     out = tmp_path / "one.json"
     voc = tmp_path / "VOC"
-    assert (
-        main(
-            [
-                "data",
-                "import",
-                "voc",
-                "--annotations",
-                str(voc / "Annotations"),
-                "--images",
-                str(voc / "JPEGImages"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    command = ["data", "import", "voc", "--annotations", str(voc / "Annotations"), "--images", str(voc / "JPEGImages")]
+    assert main([*command, "--out", str(out)]) == 0
     assert f"written: {out} (1 image, 1 box)" in capsys.readouterr().out  # was: (1 images, 1 boxes)
     with pytest.raises(DatasetError, match="has 1 image: too few for a split"):
         split_coco(out, tmp_path / "splits", val=0.5)
