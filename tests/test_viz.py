@@ -26,6 +26,7 @@ from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_si
 from sparse_detector.viz.diagnostics import diagnostics_figure
 from sparse_detector.viz.figure import DPI, LabelledBox
 from sparse_detector.viz.kinds import FIGURE_KINDS, VisualizeRequest, visualize
+from sparse_detector.viz.matching import matching_figure
 from sparse_detector.viz.sparsity import sparsity_figure
 
 from .conftest import shapes_config
@@ -515,3 +516,10 @@ def test_sampling_points_outside_the_image_are_counted():
     locations = [(0.5, 0.9), (0.5, 1.2), (-0.1, 0.5), (0.3, 0.3)]
     figure = sampling_figure(np.full((40, 40, 3), 0.5), sampling_record(locations, [0.4, 0.3, 0.0, 0.3]), 0, 0)
     assert figure.axes[0].get_title() == "all heads (1 zero, 2 outside the image)"
+
+
+def test_matching_figure_takes_the_images_shape():
+    """A wide image (COCO 640 x 427) left half of the fixed 10 x 5.4 in matching figure blank."""
+    wide, square = np.full((40, 80, 3), 0.5), np.full((40, 40, 3), 0.5)
+    assert tuple(matching_figure(wide, [], [], []).get_size_inches()) == pytest.approx((10, 4.6 / 2 + 0.8))
+    assert tuple(matching_figure(square, [], [], []).get_size_inches()) == pytest.approx((10, 5.4))
