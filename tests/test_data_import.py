@@ -439,3 +439,18 @@ def test_split_is_seeded_stratified_and_complete(tmp_path: Path) -> None:
     again = split_coco(source, tmp_path / "again", val=0.25, test=0.25, seed=1)
     assert load(again["val"])["images"] == splits["val"]["images"]
     assert load(split_coco(source, tmp_path / "other", val=0.25, seed=2)["val"])["images"] != splits["val"]["images"]
+
+
+def test_one_image_and_one_box_are_counted_in_the_singular(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from sparse_detector.text import counted
+
+    assert [counted(1, "image"), counted(0, "image"), counted(2, "box", "boxes")] == ["1 image", "0 images", "2 boxes"]
+    write_image(tmp_path / "VOC" / "JPEGImages" / "a.jpg")
+    write_text(tmp_path / "VOC" / "Annotations" / "a.xml", voc_xml([("dog", (1, 1, 10, 20), 0)], "a.jpg"))
+    out = tmp_path / "one.json"
+    voc = tmp_path / "VOC"
+    command = ["data", "import", "voc", "--annotations", str(voc / "Annotations"), "--images", str(voc / "JPEGImages")]
+    assert main([*command, "--out", str(out)]) == 0
+    assert f"written: {out} (1 image, 1 box)" in capsys.readouterr().out  # was: (1 images, 1 boxes)
+    with pytest.raises(DatasetError, match="has 1 image: too few for a split"):
+        split_coco(out, tmp_path / "splits", val=0.5)

@@ -69,7 +69,7 @@ def test_targets_the_criterion_cannot_read_get_a_clear_error():
         outputs = model([torch.rand(3, 64, 64), torch.rand(3, 64, 64)])
     good = _targets()
     cases = {
-        "got 1 targets for 2 images": good[:1],
+        "got 1 target for 2 images": good[:1],
         r"target 1 has no \['labels'\]": [good[0], {"boxes": torch.zeros(0, 4)}],
         r"target 0: expected integer 'labels'.*torch.float32": [
             {**good[0], "labels": torch.tensor([0.0, 2.0])},

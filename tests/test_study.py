@@ -13,6 +13,7 @@ from sparse_detector.cli import main
 from sparse_detector.config import ConfigError
 from sparse_detector.engine.checkpoint import load_checkpoint
 from sparse_detector.study import STATUS_FILE, load_study
+from sparse_detector.viz.kinds import FIGURE_KINDS
 
 from .conftest import SMALL_MODEL
 
@@ -40,7 +41,7 @@ def figure_files(study_dir: Path) -> set[str]:
     return {p.relative_to(study_dir).as_posix() for p in study_dir.rglob("figures/*.png")}
 
 
-def test_study_runs_resumes_and_reports(tmp_path: Path, capsys):
+def test_study_runs_resumes_and_reports(tmp_path: Path, capsys, monkeypatch):
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump(MINIMAL_STUDY))
     study_dir = tmp_path / "study"
@@ -59,19 +60,30 @@ def test_study_runs_resumes_and_reports(tmp_path: Path, capsys):
     assert "broken-seed0" in report and "no_such_map" in report, "the failed run is reported with its error"
     assert "| softmax | 1 |" in report and "| sparsemax | 1 |" in report
 
-    # Delete the first run half-way (its analysis, figures and status), then run the study again.
+    # Delete the first run half-way (its analysis, figures and status) and the figures of the second (done before),
+    # then run the study again: the report is complete again, its figures redrawn.
     shutil.rmtree(first / "analysis")
     shutil.rmtree(first / "figures")
     (first / STATUS_FILE).unlink()
-    kept = {path: path.stat().st_mtime_ns for path in (second / "checkpoint_last.pt", second / STATUS_FILE)}
+    shutil.rmtree(second / "figures")
+    kept = [second / "checkpoint_last.pt", second / "analysis" / "analysis.json"]
+    mtimes = {path: path.stat().st_mtime_ns for path in kept}
     trained = (first / "checkpoint_last.pt").stat().st_mtime_ns
-    assert main(["study", str(config), "--output-dir", str(study_dir), "--no-progress"]) == 0
+    with monkeypatch.context() as patched:  # a study figure that fails costs neither the report nor the others
+        patched.setitem(FIGURE_KINDS, "compare", lambda request: 1 / 0)
+        assert main(["study", str(config), "--output-dir", str(study_dir), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "sparsemax-seed0: done before, kept" in out
-    assert all(path.stat().st_mtime_ns == mtime for path, mtime in kept.items()), "a finished run is not redone"
+    assert "sparsemax-seed0: done before, kept (its figures redrawn)" in out
+    assert "[study] figure compare NOT DRAWN: ZeroDivisionError" in out
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in mtimes.items()), "a finished run is not redone"
     assert (first / "checkpoint_last.pt").stat().st_mtime_ns == trained, "finished training is not redone"
     assert (first / "analysis" / "analysis.json").is_file() and (first / "figures").is_dir()
-    assert set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (study_dir / "report.md").read_text())) == figure_files(study_dir)
+    assert any(name.startswith("runs/sparsemax-seed0/figures/attention_") for name in figure_files(study_dir))
+    report = (study_dir / "report.md").read_text()
+    assert set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)) == figure_files(study_dir) - {
+        p for p in figure_files(study_dir) if p.startswith("figures/compare_")
+    }, "was: the kept run's figures, deleted, were still linked and not redrawn"
+    assert "**Not drawn**: compare: ZeroDivisionError" in report and "| sparsemax | 1 |" in report
 
     # Asked for more epochs, a finished run trains on; asked for other settings, it is not mixed into the report.
     more = ["study", str(config), "--output-dir", str(study_dir), "--no-progress", "--set", "train.epochs=2"]

@@ -18,13 +18,16 @@ from sparse_detector.cli import main
 from sparse_detector.engine.diagnostics import read_diagnostics
 from sparse_detector.engine.trainer import Trainer
 from sparse_detector.study import analyze_run
-from sparse_detector.viz.alpha import alpha_figure, alpha_history
-from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, attention_figure, grey
-from sparse_detector.viz.curves import curves_figure
-from sparse_detector.viz.deformable import references_figure
+from sparse_detector.viz.alpha import alpha_figure, alpha_history, value_decimals
+from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, ZERO_LEGEND, attention_figure, grey
+from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure
+from sparse_detector.viz.data import Sample, data_figure
+from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_size, references_figure, sampling_figure
 from sparse_detector.viz.diagnostics import diagnostics_figure
-from sparse_detector.viz.figure import DPI
-from sparse_detector.viz.kinds import FIGURE_KINDS, ImageItem, cell_centre, pixel_cell
+from sparse_detector.viz.figure import DPI, LabelledBox
+from sparse_detector.viz.kinds import FIGURE_KINDS, ImageItem, VisualizeRequest, cell_centre, pixel_cell, visualize
+from sparse_detector.viz.matching import matching_figure
+from sparse_detector.viz.sparsity import sparsity_figure
 
 from .conftest import shapes_config
 
@@ -63,7 +66,13 @@ def runs(shapes, tmp_path_factory) -> dict[str, Path]:
         "model.attention.decoder_cross.activation=sparsemax",
     )
     Trainer(config, deformable, progress=False).fit()
-    return {"run": run, "other": other, "images": shapes["images"], "deformable": deformable}
+    return {
+        "run": run,
+        "other": other,
+        "images": shapes["images"],
+        "deformable": deformable,
+        "shapes_val": shapes["val"],
+    }
 
 
 def check_image(path: Path, size: tuple[int, int] | None = None) -> None:
@@ -175,6 +184,12 @@ def test_diagnostics_record_weights_gradients_and_entropy(runs):
         for stats in record["weights"].values():
             assert len(stats["histogram"]) == 41
         assert {len(v) for v in record["entropy"].values()} <= {1, 2}
+    figure = diagnostics_figure(records)
+    FigureCanvasAgg(figure).draw()
+    entropy = next(axes for axes in figure.axes if axes.get_legend())
+    assert "entropy" in entropy.get_title()
+    # was: the legend (a line per site and layer) sat over the entropy curves
+    assert entropy.get_legend().get_window_extent().x0 >= entropy.get_window_extent().x1
 
 
 def test_weight_histograms_are_scaled_per_layer_so_a_spike_hides_no_other_layer():
@@ -267,7 +282,7 @@ def test_references_figure_labels_every_decoder_layer():
     assert labels == ["", "", "0,1", "2"]  # two arrows, then the labels
     assert [line.get_xydata().tolist() for line in ax.lines] == [[[40.0, 20.0]], [[20.0, 30.0]]]
     boxed = references_figure(image, [record(0.5, 0.5)], 0, 0, [((10, 10, 30, 30), "red")], title="run: q0")
-    assert boxed.get_suptitle() == "run: q0\nboxes: prediction (red), ground truth (cyan)"  # was unexplained
+    assert boxed.get_suptitle() == "run: q0\nboxes: prediction (red)"  # was unexplained
 
 
 def test_a_short_run_has_whole_step_and_epoch_ticks_and_plain_alpha_values():
@@ -278,7 +293,7 @@ def test_a_short_run_has_whole_step_and_epoch_ticks_and_plain_alpha_values():
     curves, alpha = curves_figure({"run": records}), alpha_figure(records)
     for figure in (curves, alpha):
         FigureCanvasAgg(figure).draw()
-    for ax in [*curves.axes, alpha.axes[-1]]:
+    for ax in [*(a for a in curves.axes if not a.texts), alpha.axes[-1]]:  # panels with a note have no ticks
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
     for ax in alpha.axes:  # α itself on the curves and the heat map's colour bar, not "+1.5" and an offset
@@ -322,3 +337,207 @@ def test_alpha_of_a_run_shorter_than_log_every_is_read_from_its_epoch_records():
     figure = alpha_figure(records)
     FigureCanvasAgg(figure).draw()
     assert figure.axes[-1].lines[0].get_marker() == "o"  # one step: a point, not an invisible line
+
+
+def test_box_legends_name_only_the_boxes_drawn(runs, tmp_path: Path):
+    """The encoder figures (attention over the grid, Deformable DETR's sampling of a cell) draw no prediction, yet
+    their subtitle read 'boxes: prediction (red), ground truth (cyan)'."""
+    maps, image = np.full((1, 1, 2, 2), 0.25), np.full((8, 8, 3), 0.5)
+    truth, prediction = [LabelledBox((0, 0, 4, 4), "a")], [LabelledBox((2, 2, 6, 6), "q0 a 0.9")]
+    encoder_like = attention_figure(image, maps, ground_truth=truth, points=[(1.0, 1.0)], title="t")
+    assert "prediction" not in encoder_like.get_suptitle() and "ground truth (cyan)" in encoder_like.get_suptitle()
+    both = attention_figure(image, maps, predictions=prediction, ground_truth=truth).get_suptitle()
+    assert both.startswith("boxes: prediction (red), ground truth (cyan); ")
+    assert attention_figure(image, maps).get_suptitle() == ZERO_LEGEND
+    args = [str(runs["deformable"]), "--queries", "1", "--pixels", "40,50", "--num-images", "1"]
+    assert main(["visualize", "deformable", *args, "--output", str(tmp_path), "--format", "svg"]) == 0
+    encoder = next(tmp_path.glob("*_encoder_self_*.svg")).read_text()
+    decoder = next(tmp_path.glob("*_decoder_cross_*_layer0.svg")).read_text()
+    assert "ground truth (cyan)" in encoder and "prediction (red)" not in encoder
+    assert "prediction (red), ground truth (cyan)" in decoder
+
+
+def test_compare_skips_images_without_boxes(runs, tmp_path: Path):
+    """An image without annotated boxes stopped `visualize compare` (and the study's report) with an error."""
+    unannotated = tmp_path / "mine.png"
+    with Image.open(runs["images"] / "val_000000.png") as image:
+        image.save(unannotated)  # not in the validation data: no ground truth
+    run, other, annotated = str(runs["run"]), str(runs["other"]), str(runs["images"] / "val_000000.png")
+    out = tmp_path / "out"
+    assert main(["visualize", "compare", run, other, annotated, str(unannotated), "--output", str(out)]) == 0
+    assert [p.name for p in out.iterdir()] == ["compare_decoder_cross_val_000000.png"]
+    with pytest.raises(ValueError, match="nothing to draw: mine \\(no annotated boxes"):
+        visualize("compare", VisualizeRequest(runs=[runs["run"], runs["other"]], output=out, images=[unannotated]))
+
+
+def test_data_figure_of_one_sample_keeps_its_title_and_box_texts_inside():
+    """`visualize data RUN --num-images 1`: the 3-inch figure cut its title (the annotation file and the legend) at
+    both edges, and the text of a box at the image's top edge covered the panel's title."""
+    image, padding = np.full((60, 80, 3), 0.5), np.zeros((60, 80), dtype=bool)
+    boxes = [LabelledBox((2, 1, 30, 20), "at the top"), LabelledBox((10, 30, 40, 50), "lower")]
+    title = "/a/rather/long/folder/of/annotations/for/this/data/set/train.json: 1 image"
+    figure = data_figure([Sample(image, padding, boxes, "image id 1")], title=title)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    extent, page = figure._suptitle.get_window_extent(renderer), figure.bbox
+    assert page.x0 <= extent.x0 and extent.x1 <= page.x1, (extent, page)
+    assert "train.json: 1 image" in figure.get_suptitle()
+    axes = figure.axes[0]
+    assert [text.get_va() for text in axes.texts] == ["top", "bottom"]  # inside the top box, above the lower one
+    assert axes.texts[0].get_window_extent(renderer).y1 <= axes.get_window_extent(renderer).y1 + 1
+
+
+def test_curves_name_the_runs_once_under_the_panels():
+    """Legends inside the panels (3 lines per run in the AP panels) covered the curves; the runs are now named once,
+    in a legend under the panels, and the titles say what line styles and markers mean."""
+    records = [{"type": "train", "step": 1, "loss": 3.0, "class_error": 50.0}]
+    records.append({"type": "epoch", "step": 1, "epoch": 1, "AP": 0.1, "AP50": 0.2, "val_class_error": 40.0})
+    figure = curves_figure({"softmax": records, "sparsemax": records})
+    assert all(axes.get_legend() is None for axes in figure.axes)
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == ["softmax", "sparsemax"]
+    FigureCanvasAgg(figure).draw()
+    assert legend.get_window_extent().y1 <= min(axes.get_window_extent().y0 for axes in figure.axes)
+    titles = " ".join(axes.get_title() for axes in figure.axes)
+    assert "train (line), validation (squares)" in titles and "AP (solid), AP50 (dashed)" in titles
+
+
+def test_sparsity_says_which_runs_read_zeros_under_which_threshold():
+    """Softmax runs count p ≤ 1e-6 as zero, sparse ones p ≤ 0; the title read 'zeros ratio (p ≤ 0, 1e-06)'."""
+
+    def result(threshold: float) -> dict:
+        block = {"per_layer": {"mean": [0.5], "std": [0.1]}}
+        metrics = {"gini": block, "zeros_ratio": block}
+        return {"sites": {"decoder_cross": {"metrics": metrics, "zero_threshold": threshold}}}
+
+    mixed = sparsity_figure({"softmax": result(1e-6), "sparsemax": result(0.0), "entmax15": result(0.0)})
+    titles = " ".join(axes.get_title().replace("\n", " ") for axes in mixed.axes)
+    assert "zeros ratio (p ≤ 0: sparsemax, entmax15; p ≤ 1e-06: softmax)" in titles
+    same = sparsity_figure({"sparsemax": result(0.0), "entmax15": result(0.0)})
+    assert "decoder_cross: zeros ratio (p ≤ 0)" in [axes.get_title() for axes in same.axes]
+
+
+def test_a_crowded_image_outlines_its_ground_truth_without_class_names():
+    """With 50 annotated boxes the class names of the ground truth buried every 1.5-inch attention panel."""
+    maps, image = np.full((1, 1, 4, 4), 1 / 16), np.full((64, 64, 3), 0.5)
+    prediction = [LabelledBox((2, 2, 30, 30), "q0 a 0.9")]
+    crowd = [LabelledBox((i, i, i + 5, i + 5), "cell") for i in range(0, 50, 5)]  # 10 boxes
+    crowded = attention_figure(image, maps, predictions=prediction, ground_truth=crowd)
+    assert [t.get_text() for t in crowded.axes[0].texts] == ["q0 a 0.9"] and len(crowded.axes[0].patches) == 11
+    assert "ground-truth classes not written where a panel has over 8 boxes" in crowded.get_suptitle()
+    few = attention_figure(image, maps, predictions=prediction, ground_truth=crowd[:3])
+    assert [t.get_text() for t in few.axes[0].texts] == ["cell"] * 3 + ["q0 a 0.9"]
+    assert "not written" not in few.get_suptitle()
+
+
+def test_compare_keeps_each_runs_panels_in_its_column(runs, tmp_path: Path, monkeypatch):
+    """A run whose queries matched fewer objects (fewer queries than objects) had its next panels shifted into the
+    previous run's column; an object a run did not match is now an empty panel in that run's column."""
+    import sparse_detector.viz.kinds as kinds
+
+    data = json.loads(Path(runs["shapes_val"]).read_text())
+    counts = {image["id"]: sum(a["image_id"] == image["id"] for a in data["annotations"]) for image in data["images"]}
+    name = next(Path(i["file_name"]).name for i in data["images"] if counts[i["id"]] >= 2)
+    matches = iter([{1: 0}, {0: 0, 1: 1}])  # the first run matched object 1 only, the second both
+    monkeypatch.setattr(kinds, "_matched_queries", lambda loaded, outputs, target: next(matches))
+    request = VisualizeRequest(runs=[runs["run"], runs["other"]], output=tmp_path, images=[runs["images"] / name])
+    drawn = {}
+    monkeypatch.setattr(kinds, "attention_panels_figure", lambda image, panels, *args, **kw: drawn.update(p=panels))
+    monkeypatch.setattr(kinds, "save_figure", lambda figure, path, fmt: path)
+    visualize("compare", request)
+    panels = drawn["p"]
+    assert panels[0][0] is None and panels[0][1] is not None  # was: the second run's panel in the first column
+    assert all(panel is not None for panel in panels[1])
+
+
+def test_compare_draws_at_most_a_few_objects_and_says_which(runs, tmp_path: Path, monkeypatch):
+    """An image of 50 objects made a compare figure of 50 rows (76 inches tall)."""
+    import sparse_detector.viz.kinds as kinds
+
+    data = json.loads(Path(runs["shapes_val"]).read_text())
+    counts = {image["id"]: sum(a["image_id"] == image["id"] for a in data["annotations"]) for image in data["images"]}
+    image = next(i for i in data["images"] if counts[i["id"]] >= 2)
+    monkeypatch.setattr(kinds, "MAX_COMPARE_OBJECTS", 1)
+    drawn = {}
+    monkeypatch.setattr(kinds, "attention_panels_figure", lambda _, __, rows, *___, **kw: drawn.update(kw, r=rows))
+    monkeypatch.setattr(kinds, "save_figure", lambda figure, path, fmt: path)
+    path = runs["images"] / Path(image["file_name"]).name
+    visualize("compare", VisualizeRequest(runs=[runs["run"], runs["other"]], output=tmp_path, images=[path]))
+    assert len(drawn["r"]) == 1 and drawn["r"][0].startswith("object 0: ")
+    assert drawn["title"].endswith(f"of the query matched to objects 0-0 of {counts[image['id']]}")
+
+
+def test_a_deformable_study_draws_each_runs_sampling_points_and_no_grid_compare(runs, tmp_path: Path):
+    """A study of Deformable DETR runs drew no figure of their object queries (the `attention` kind needs a grid
+    site) and its `compare` stopped the study before the report."""
+    from sparse_detector.study import RunOutcome, StudyConfig, _run_figures, _study_figures
+
+    run = tmp_path / "deformable"
+    shutil.copytree(runs["deformable"], run)
+    analyze_run(run, "cpu")
+    study = StudyConfig(preset="shapes_tiny_deformable", maps={"a": [], "b": []}, figure_images=1)
+    figures, query_kind = _run_figures(run, study, "cpu")
+    assert query_kind == "deformable" and any(p.name.startswith("deformable_decoder_cross_") for p in figures)
+    outcomes = [RunOutcome(m, m, 0, run, "done", query_kind=query_kind) for m in ("a", "b")]
+    written, not_drawn = _study_figures(outcomes, study, tmp_path / "figures", "cpu")
+    assert not not_drawn and {p.name for p in written} == {"curves.png", "sparsity.png"}
+
+
+def test_alpha_heat_map_numbers_tell_apart_the_values_its_colours_do():
+    """Two steps into training α differs by 1e-4 between heads: the colours showed it, every number read 1.500."""
+    alpha = {"decoder.layers.0.cross_attn.activation": [1.50037, 1.49964]}
+    figure = alpha_figure([{"type": "train", "step": 2, "alpha": alpha}])
+    assert sorted(text.get_text() for text in figure.axes[0].texts) == ["1.49964", "1.50037"]
+    assert value_decimals(np.array([1.2, 1.9])) == 3 and value_decimals(np.array([1.5, 1.5])) == 3
+    # the heads' legend sat over the last module's curves; it is under the plots, inside the figure
+    assert all(axes.get_legend() is None for axes in figure.axes)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    (legend,) = figure.subfigs[1].legends
+    box, page = legend.get_window_extent(renderer), figure.bbox
+    assert [t.get_text() for t in legend.get_texts()] == ["head 0", "head 1"]
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= figure.axes[-1].get_window_extent(renderer).y0
+
+
+def test_curves_panels_with_nothing_recorded_say_so():
+    """A run never evaluated (train.eval_every beyond its epochs) drew its AP panels as bare axes from -0.04 to
+    0.04 over 'epoch 0'; they now say no evaluation was recorded."""
+    records = [{"type": "train", "step": s, "loss": 3.0 - s / 10, "class_error": 50.0} for s in (1, 2)]
+    records.append({"type": "epoch", "step": 2, "epoch": 1, "train_loss": 2.8})
+    figure = curves_figure({"run": records})
+    notes = {axes.get_title(): [t.get_text() for t in axes.texts] for axes in figure.axes}
+    assert notes["AP (solid), AP50 (dashed), AP75 (dotted)"] == [EVALUATION_NOTE]
+    assert notes["total loss (weighted sum)"] == [] and len(figure.axes[0].get_xticks()) > 0
+
+
+def sampling_record(locations: list[tuple[float, float]], weights: list[float]) -> PointsRecord:
+    """One image, one query, one head, one level, one point per entry of ``locations`` (in [0, 1] of the image)."""
+    points = len(weights)
+    weight = torch.tensor(weights).reshape(1, 1, 1, 1, points)
+    location = torch.tensor(locations).reshape(1, 1, 1, 1, points, 2)
+    reference = torch.tensor([0.5, 0.5]).expand(1, 1, 1, 2)
+    return PointsRecord(weight, location, reference, torch.tensor([[4, 4]]), torch.ones(1, 1, 2))
+
+
+def test_sampling_points_state_their_size_scale():
+    """Points are sized by weight, but nothing in the figure said which size is which weight."""
+    figure = sampling_figure(np.full((40, 40, 3), 0.5), sampling_record([(0.2, 0.2), (0.7, 0.7)], [0.25, 0.75]), 0, 0)
+    (legend,) = figure.legends
+    sizes = {t.get_text(): h.get_markersize() for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)}
+    assert sizes["weight 1"] == pytest.approx(marker_size(1.0)) and sizes["weight 0.1"] < sizes["weight 0.5"]
+    assert marker_size(1.0) ** 2 == pytest.approx(MIN_AREA + FULL_WEIGHT_AREA)  # the scatter's area of weight 1
+
+
+def test_sampling_points_outside_the_image_are_counted():
+    """Points Deformable DETR samples outside the image (zero padding) fell outside the panel: a head seemed to
+    sample one point where it sampled four."""
+    locations = [(0.5, 0.9), (0.5, 1.2), (-0.1, 0.5), (0.3, 0.3)]
+    figure = sampling_figure(np.full((40, 40, 3), 0.5), sampling_record(locations, [0.4, 0.3, 0.0, 0.3]), 0, 0)
+    assert figure.axes[0].get_title() == "all heads (1 zero, 2 outside the image)"
+
+
+def test_matching_figure_takes_the_images_shape():
+    """A wide image (COCO 640 x 427) left half of the fixed 10 x 5.4 in matching figure blank."""
+    wide, square = np.full((40, 80, 3), 0.5), np.full((40, 40, 3), 0.5)
+    assert tuple(matching_figure(wide, [], [], []).get_size_inches()) == pytest.approx((10, 4.6 / 2 + 0.8))
+    assert tuple(matching_figure(square, [], [], []).get_size_inches()) == pytest.approx((10, 5.4))

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from .config import Config, load_config, override_config
 from .runs import CONFIG_FILE, eval_file, other_data_suffix
+from .text import counted
 
 if TYPE_CHECKING:
     from .data.coco import CocoDetection
@@ -234,12 +235,16 @@ def _train_summary(trainer: object) -> str:
     processes = trainer.dist.world_size  # type: ignore[attr-defined]
     return "\n".join(
         [
-            f"data:   train {len(train_set)} images / {train_set.num_boxes} boxes ({train_set.annotation_file}), "
-            f"val {len(val_set)} images ({val_set.annotation_file}), {train_set.num_classes} classes",
+            f"data:   train {counted(len(train_set), 'image')} / {counted(train_set.num_boxes, 'box', 'boxes')} "
+            f"({train_set.annotation_file}), "
+            f"val {counted(len(val_set), 'image')} ({val_set.annotation_file}), "
+            f"{counted(train_set.num_classes, 'class', 'classes')}",
             f"model:  {model.arch} {model.backbone.name}, "
-            f"{model.transformer.enc_layers}+{model.transformer.dec_layers} layers, {model.num_queries} queries, "
+            f"{model.transformer.enc_layers}+{model.transformer.dec_layers} layers, "
+            f"{counted(model.num_queries, 'query', 'queries')}, "
             f"{parameters / 1e6:.2f} M parameters; attention {sites}",
-            f"train:  {config.train.epochs} epochs, batch {_batch_text(config.train.batch_size, processes)}, "
+            f"train:  {counted(config.train.epochs, 'epoch')}, "
+            f"batch {_batch_text(config.train.batch_size, processes)}, "
             f"lr {config.optim.lr:g}, device {trainer.device}",  # type: ignore[attr-defined]
             f"run:    {trainer.run_dir} (config.yaml, metrics.jsonl, checkpoints)",  # type: ignore[attr-defined]
         ]
@@ -402,7 +407,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _check_categories(loaded.label_map, dataset)
     loader = build_loader(dataset, config, train=False)
     evaluation = run_evaluation(loaded.model.to(device), None, loader, device, loaded.label_map, _show_progress(args))
-    print(f"{loaded.source} on {dataset.annotation_file} ({len(dataset)} images)")
+    print(f"{loaded.source} on {dataset.annotation_file} ({counted(len(dataset), 'image')})")
     print(format_table(evaluation.stats))
     if evaluation.coco.per_class:
         print(format_per_class_table(evaluation.coco.per_class))
@@ -419,7 +424,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.save_detections:
         Path(args.save_detections).parent.mkdir(parents=True, exist_ok=True)
         Path(args.save_detections).write_text(json.dumps(evaluation.detections))
-        print(f"written: {args.save_detections} ({len(evaluation.detections)} detections, COCO results format)")
+        detections = counted(len(evaluation.detections), "detection")
+        print(f"written: {args.save_detections} ({detections}, COCO results format)")
     return 0
 
 
@@ -622,7 +628,7 @@ def _predict(args: argparse.Namespace) -> int:
         image_ids=args.image_ids,
     )
     for record in result.records:
-        print(f"{record['image']}: {len(record['detections'])} detections -> {record.get('picture', '')}")
+        print(f"{record['image']}: {counted(len(record['detections']), 'detection')} -> {record.get('picture', '')}")
         if "attention" in record:
             print(f"  attention of each detection -> {record['attention']}")
     for path in result.written:
@@ -738,7 +744,7 @@ def _data_import(args: argparse.Namespace) -> int:
     from .data.check import check_dataset
 
     stats = _import_to_coco(args)["info"]["stats"]
-    print(f"written: {args.out} ({stats['images']} images, {stats['annotations']} boxes)")
+    print(f"written: {args.out} ({counted(stats['images'], 'image')}, {counted(stats['annotations'], 'box', 'boxes')})")
     if stats.get("dropped"):
         reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in stats["dropped"].items())
         print(f"dropped: {sum(stats['dropped'].values())} box(es) ({reasons}; listed in the warning above)")
@@ -807,7 +813,8 @@ def _data_split(args: argparse.Namespace) -> int:
     paths = split_coco(args.annotations, args.out_dir, args.val, args.test, args.seed, args.images)
     for split, path in paths.items():
         data = load_json(path)
-        print(f"{split}: {path} ({len(data['images'])} images, {len(data['annotations'])} boxes)")
+        images, boxes = counted(len(data["images"]), "image"), counted(len(data["annotations"]), "box", "boxes")
+        print(f"{split}: {path} ({images}, {boxes})")
     return 0
 
 
@@ -890,7 +897,7 @@ def _quickstart_figures(run_dir: Path, config: Config) -> None:
     files = visualize(object_query_kind(build_model(config)), request)
     print(
         f"attention of 3 held-out images (up to 3 queries scoring >= {request.threshold} each, else the best one): "
-        f"{len(files)} figures in {request.output}/"
+        f"{counted(len(files), 'figure')} in {request.output}/"
     )
 
 

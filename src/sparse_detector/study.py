@@ -14,8 +14,9 @@ A study config (YAML; embedded ones in ``configs/studies/`` are named without a 
     figure_images: 2                 # validation images drawn per run
 
 Runs live in ``<study>/runs/<map>-seed<seed>/`` (ordinary run directories). A run whose ``study_status.json`` says
-``done`` is never redone; an unfinished one resumes from its last checkpoint, or restarts when it has none. A run
-that fails is recorded as failed (stage and error) and the others still run; the report lists it.
+``done`` is never retrained, but its figures are redrawn (and its analysis redone if it is missing), so the report is
+complete and current after any re-run; an unfinished one resumes from its last checkpoint, or restarts when it has
+none. A run that fails is recorded as failed (stage and error) and the others still run; the report lists it.
 """
 
 from __future__ import annotations
@@ -38,19 +39,23 @@ from .data.build import build_dataset, build_loader
 from .engine.analyze import analyze, load_analysis_model
 from .engine.checkpoint import load_checkpoint
 from .engine.device import resolve_device
+from .engine.inference import load_trained_model
 from .engine.trainer import Trainer
 from .models import build_criterion
 from .report import write_analysis
 from .report.study import write_study_report
-from .runs import ANALYSIS_DIRS, CONFIG_FILE, LAST_CHECKPOINT
-from .viz.kinds import VisualizeRequest, visualize
+from .runs import ANALYSIS_DIRS, ANALYSIS_FILE, CONFIG_FILE, LAST_CHECKPOINT
+from .text import counted
+from .viz.kinds import VisualizeRequest, object_query_kind, visualize
 
 log = logging.getLogger(__name__)
 
 STUDY_PRESET_DIR = PRESET_DIR / "studies"
 STATUS_FILE = "study_status.json"
-RUN_FIGURES = ("attention", "matching", "alpha", "diagnostics")  # per run, when the run has what they draw
-STUDY_FIGURES = ("curves", "sparsity", "compare")  # over all finished runs
+# per run, when the run has what they draw, after the model's object queries over the image (object_query_kind:
+# `attention` over the feature grid, `deformable` sampling points)
+RUN_FIGURES = ("matching", "alpha", "diagnostics")
+STUDY_FIGURES = ("curves", "sparsity", "compare")  # over all finished runs; compare: attention over the feature grid
 
 
 @dataclass
@@ -105,6 +110,7 @@ class RunOutcome:
     error: str = ""
     seconds: float = 0.0
     figures: list[Path] = field(default_factory=list)
+    query_kind: str = ""  # the figure kind that drew its object queries (attention or deformable)
 
 
 def _data_overrides(study: StudyConfig, study_dir: Path) -> list[str]:
@@ -134,15 +140,18 @@ class StudyStopped(KeyboardInterrupt):
     again continues that run."""
 
 
-def _train(config: Config, run_dir: Path, progress: bool) -> None:
-    """Train, resuming a run that has a checkpoint; a run without one starts over in an emptied directory. A signal
-    that stops the training stops the study (:class:`StudyStopped`), leaving the run unfinished."""
+def _train(config: Config, run_dir: Path, progress: bool, name: str) -> bool:
+    """Train, resuming a run that has a checkpoint; a run without one starts over in an emptied directory; False when
+    its last checkpoint has every epoch already. A signal that stops the training stops the study
+    (:class:`StudyStopped`), leaving the run unfinished."""
     last = run_dir / LAST_CHECKPOINT
     if last.is_file():
         if load_checkpoint(last)["epoch"] >= config.train.epochs:
-            return
+            return False
+        print(f"[study] {name}: training on in {run_dir}")
         trainer = Trainer(config, run_dir, resume=True, progress=progress)
     else:
+        print(f"[study] {name}: training in {run_dir}")
         if run_dir.exists():
             shutil.rmtree(run_dir)
         trainer = Trainer(config, run_dir, progress=progress)
@@ -152,6 +161,7 @@ def _train(config: Config, run_dir: Path, progress: bool) -> None:
             f"{run_dir.name} stopped by {signal.Signals(trainer.stop_signal).name} at step {trainer.step}, its "
             "checkpoint written; run the same study command again to continue it"
         )
+    return True
 
 
 def analyze_run(run_dir: Path, device: str) -> dict[str, Any]:
@@ -180,8 +190,19 @@ def analyze_run(run_dir: Path, device: str) -> dict[str, Any]:
     return record
 
 
-def _run_figures(run_dir: Path, study: StudyConfig, device: str) -> list[Path]:
-    """The per-run figures that apply: alpha only with learnable α, diagnostics only when recorded."""
+def _analysis_current(run_dir: Path) -> bool:
+    """Whether the run's analysis exists and is newer than the checkpoint it analysed."""
+    path = run_dir / ANALYSIS_DIRS[False] / ANALYSIS_FILE
+    if not path.is_file():
+        return False
+    checkpoint = Path(json.loads(path.read_text()).get("checkpoint", ""))
+    return checkpoint.is_file() and checkpoint.stat().st_mtime <= path.stat().st_mtime
+
+
+def _run_figures(run_dir: Path, study: StudyConfig, device: str) -> tuple[list[Path], str]:
+    """The per-run figures that apply: the object queries' attention (or sampling points), matching, alpha only with
+    learnable α, diagnostics only when recorded; and the kind that drew the object queries."""
+    query_kind = object_query_kind(load_trained_model(run_dir).model)
     written = []
     request = VisualizeRequest(
         runs=[run_dir],
@@ -190,12 +211,12 @@ def _run_figures(run_dir: Path, study: StudyConfig, device: str) -> list[Path]:
         device=device,
         max_queries=2,
     )
-    for kind in RUN_FIGURES:
+    for kind in (query_kind, *RUN_FIGURES):
         try:
             written += visualize(kind, request)
         except (ValueError, FileNotFoundError) as err:
             log.info("no %s figure for %s: %s", kind, run_dir.name, err)
-    return written
+    return written, query_kind
 
 
 def _changed_settings(
@@ -217,40 +238,41 @@ def _run_one(
     name = f"{map_name}-seed{seed}"
     run_dir = study_dir / "runs" / name
     status_file = run_dir / STATUS_FILE
+    seconds_before, kept = 0.0, False  # the run's time in earlier invocations that finished it; kept as it is
     if status_file.is_file() and json.loads(status_file.read_text())["status"] == "done":
-        saved = json.loads(status_file.read_text())
+        seconds_before = json.loads(status_file.read_text())["seconds"]
         changed, more_epochs = _changed_settings(run_dir, study, map_name, seed, data)
-        if not changed:
-            print(f"[study] {name}: done before, kept")
-            figures = [Path(p) for p in saved["figures"]]
-            return RunOutcome(name, map_name, seed, run_dir, "done", seconds=saved["seconds"], figures=figures)
-        if not more_epochs:
+        kept = not changed
+        if kept:
+            print(f"[study] {name}: done before, kept (its figures redrawn)")
+        elif not more_epochs:
             error = (
                 f"done before with other settings than this study's ({'; '.join(changed)}); revert them, or move "
                 f"{run_dir} away to redo the run with them"
             )
             print(f"[study] {name}: NOT REDONE: {error}")
             return RunOutcome(name, map_name, seed, run_dir, "failed", stage="config", error=error)
-        print(f"[study] {name}: done before; {changed[0]}: continuing it")
+        else:
+            print(f"[study] {name}: done before; {changed[0]}: continuing it")
     start, stage = time.perf_counter(), "config"
     outcome = RunOutcome(name, map_name, seed, run_dir, "done")
     try:
         config = run_config(study, map_name, seed, data)
         if device:
             config.train.device = device
-        print(f"[study] {name}: training in {run_dir}")
         stage = "train"
-        _train(config, run_dir, progress)
+        trained = not kept and _train(config, run_dir, progress, name)
         stage = "analyze"
-        analyze_run(run_dir, config.train.device)
+        if trained or not _analysis_current(run_dir):
+            analyze_run(run_dir, config.train.device)
         stage = "figures"
-        outcome.figures = _run_figures(run_dir, study, config.train.device)
+        outcome.figures, outcome.query_kind = _run_figures(run_dir, study, config.train.device)
     except Exception as err:  # one failed run must not stop the study: it is recorded and reported
         outcome.status, outcome.stage = "failed", stage
         outcome.error = f"{type(err).__name__}: {err}"
         log.error("study run %s failed in %s:\n%s", name, stage, traceback.format_exc())
         print(f"[study] {name}: FAILED in {stage}: {outcome.error}")
-    outcome.seconds = round(time.perf_counter() - start, 1)
+    outcome.seconds = round(seconds_before + time.perf_counter() - start, 1)
     if run_dir.is_dir():
         status = {
             "status": outcome.status,
@@ -263,20 +285,29 @@ def _run_one(
     return outcome
 
 
-def _study_figures(outcomes: list[RunOutcome], study: StudyConfig, figures_dir: Path, device: str) -> list[Path]:
-    """Figures over every finished run: curves, sparsity and (first seed of each map) attention compared."""
+def _study_figures(
+    outcomes: list[RunOutcome], study: StudyConfig, figures_dir: Path, device: str
+) -> tuple[list[Path], list[str]]:
+    """Figures over every finished run: curves, sparsity and (first seed of each map) attention compared; and why
+    any of them was not drawn (the report says so; the study goes on)."""
     done = [o for o in outcomes if o.status == "done"]
     written: list[Path] = []
+    not_drawn: list[str] = []
     if not done:
-        return written
-    first_seed = list({o.map: o.run_dir for o in reversed(done)}.values())[::-1]
+        return written, not_drawn
+    first_seed = list({o.map: o for o in reversed(done)}.values())[::-1]
     for kind in STUDY_FIGURES:
-        runs = first_seed if kind == "compare" else [o.run_dir for o in done]
-        if kind == "compare" and len(runs) < 2:
-            continue
+        runs = [o.run_dir for o in (first_seed if kind == "compare" else done)]
+        if kind == "compare" and (len(runs) < 2 or any(o.query_kind != "attention" for o in first_seed)):
+            continue  # compare draws attention over the feature grid; sampling points are in each run's figures
         request = VisualizeRequest(runs=runs, output=figures_dir, num_images=study.figure_images, device=device)
-        written += visualize(kind, request)
-    return written
+        try:
+            written += visualize(kind, request)
+        except Exception as err:  # a figure that cannot be drawn must not cost the report
+            not_drawn.append(f"{kind}: {type(err).__name__}: {err}")
+            log.error("study figure %s failed:\n%s", kind, traceback.format_exc())
+            print(f"[study] figure {kind} NOT DRAWN: {type(err).__name__}: {err}")
+    return written, not_drawn
 
 
 def run_study(
@@ -293,12 +324,12 @@ def run_study(
         for map_name in study.maps
         for seed in study.seeds
     ]
-    figures = _study_figures(outcomes, study, study_dir / "figures", device or "auto")
+    figures, not_drawn = _study_figures(outcomes, study, study_dir / "figures", device or "auto")
     minutes = (time.perf_counter() - start) / 60
-    paths = write_study_report(study_dir, study, outcomes, figures, minutes)
+    paths = write_study_report(study_dir, study, outcomes, figures, minutes, not_drawn)
     failed = [o.name for o in outcomes if o.status == "failed"]
     print(
-        f"[study] {len(outcomes) - len(failed)} of {len(outcomes)} runs done in {minutes:.1f} min"
+        f"[study] {len(outcomes) - len(failed)} of {counted(len(outcomes), 'run')} done in {minutes:.1f} min"
         + (f"; failed: {failed}" if failed else "")
     )
     for path in paths:

@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..text import counted
 from .coco import DatasetError, load_json
 from .importers.common import json_image_path, write_coco
 
@@ -63,7 +64,8 @@ def split_coco(
         chosen["train"] += group[start:]
         seen += len(group)
     if not chosen["train"] or not chosen["val"] and val > 0:
-        raise DatasetError(f"{source}: {len(data['images'])} images are too few for a split with --val {val}")
+        images = counted(len(data["images"]), "image")
+        raise DatasetError(f"{source} has {images}: too few for a split with --val {val}")
     out = Path(out_dir)
     paths = {}
     for split, images in chosen.items():

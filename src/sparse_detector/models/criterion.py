@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou
 
+from ..text import counted
 from .matcher import HungarianMatcher, MatchIndices
 
 
@@ -118,7 +119,8 @@ class SetCriterion(nn.Module):
         [0, num_classes), ``boxes`` (N, 4)."""
         batch = outputs["pred_logits"].shape[0]
         if len(targets) != batch:
-            raise ValueError(f"got {len(targets)} targets for {batch} images: give one dict per image")
+            given = f"{counted(len(targets), 'target')} for {counted(batch, 'image')}"
+            raise ValueError(f"got {given}: give one dict per image")
         for index, target in enumerate(targets):
             missing = [key for key in ("labels", "boxes") if key not in target]
             if missing:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..runs import ANALYSIS_DIRS, ANALYSIS_FILE
+from ..text import counted
 from .tables import markdown_table
 
 if TYPE_CHECKING:  # the study imports this module; only the types flow back
@@ -75,7 +76,7 @@ def study_tables(outcomes: Sequence[RunOutcome]) -> dict[str, Table]:
         for name, records in by_map.items()
     ]
     runs = (
-        ["run", "status", "minutes (this invocation)", "failed stage", "error"],
+        ["run", "status", "minutes (all invocations)", "failed stage", "error"],
         [[o.name, o.status, f"{o.seconds / 60:.1f}", o.stage, o.error] for o in outcomes],
     )
     return {
@@ -107,14 +108,20 @@ def _figure_groups(outcomes: Sequence[RunOutcome], study_figures: Sequence[Path]
 
 
 def write_study_report(
-    study_dir: Path, study: StudyConfig, outcomes: Sequence[RunOutcome], figures: Sequence[Path], minutes: float
+    study_dir: Path,
+    study: StudyConfig,
+    outcomes: Sequence[RunOutcome],
+    figures: Sequence[Path],
+    minutes: float,
+    not_drawn: Sequence[str] = (),
 ) -> list[Path]:
-    """Write ``report.md`` and ``report.html`` into ``study_dir``; returns their paths."""
+    """Write ``report.md`` and ``report.html`` into ``study_dir``; returns their paths. ``not_drawn``: the study
+    figures that failed, with why."""
     tables = study_tables(outcomes)
     title = f"Study {Path(study.source).stem}: {', '.join(study.maps)} × seeds {study.seeds}"
     intro = (
         f"Preset `{study.preset}`, overrides `{' '.join(study.set) or '(none)'}`; "
-        f"{len(outcomes)} runs, this invocation took {minutes:.1f} min "
+        f"{counted(len(outcomes), 'run')}, this invocation took {minutes:.1f} min "
         f"(written {time.strftime('%Y-%m-%d %H:%M')}). Mean ± sample std over seeds; one seed: the value."
     )
     failed = [o for o in outcomes if o.status == "failed"]
@@ -127,6 +134,7 @@ def write_study_report(
         escaped = [[cell.replace("|", "\\|") for cell in row] for row in rows]
         md += [f"## {heading}", "\n".join(markdown_table(header, escaped))]
     md.append("## Figures")
+    md += [f"**Not drawn**: {reason}" for reason in not_drawn]
     for heading, paths in groups:
         md.append(f"### {heading}")
         md += [f"![{p.name}]({p.relative_to(study_dir).as_posix()})" for p in paths]
@@ -147,6 +155,7 @@ def write_study_report(
     for heading, table in tables.items():
         page += [f"<h2>{html.escape(heading)}</h2>", _html_table(table)]
     page.append("<h2>Figures</h2>")
+    page += [f"<p class='warning'>Not drawn: {html.escape(reason)}</p>" for reason in not_drawn]
     for heading, paths in groups:
         page.append(f"<h3>{html.escape(heading)}</h3>")
         page += [f"<h4>{html.escape(p.name)}</h4>{_embedded(p)}" for p in paths]

@@ -19,6 +19,7 @@ from typing import Any
 from ..analysis import METRICS, SIZE_BUCKETS
 from ..engine.coco_eval import format_table
 from ..runs import ANALYSIS_FILE, run_labels
+from ..text import counted
 
 COMPARE_METRICS = (*METRICS, "paibb", *(f"paibb_{size}" for size in SIZE_BUCKETS), "sampling_spread")
 DEFAULT_COMPARE_METRICS = ("gini", "zeros_ratio", "paibb")
@@ -114,7 +115,8 @@ def result_markdown(result: Mapping[str, Any]) -> str:
         [
             *markdown_table(["site", "layer", *columns], rows),
             "",
-            f"Mean ± std (population) over all query maps of {result['num_images']} images, heads pooled; zeros "
+            f"Mean ± std (population) over all query maps of {counted(result['num_images'], 'image')}, heads "
+            "pooled; zeros "
             f"ratio threshold: {thresholds}; entropy in nats; support_90: keys holding {result['support_mass']:g} of "
             "the mass. PAIBB: head-averaged "
             "maps of Hungarian-matched queries (COCO size buckets by box area)." + points_note,
@@ -188,7 +190,7 @@ def compare_markdown(records: Sequence[Mapping[str, Any]], metrics: Sequence[str
     ap_cells = [f"{record['ap']['AP']:.3f}" for record in records] + [""] * (len(header) - 2 - len(records))
     rows.append(["COCO AP", "", *ap_cells])
     sources = "; ".join(
-        f"{label}: {record['checkpoint']} on {record['data']} ({record['attention']['num_images']} images)"
+        f"{label}: {record['checkpoint']} on {record['data']} ({counted(record['attention']['num_images'], 'image')})"
         for label, record in zip(labels, records, strict=True)
     )
     lines = [

@@ -27,6 +27,16 @@ def alpha_history(records: Sequence[Mapping]) -> tuple[list[int], dict[str, np.n
     return [r["step"] for r in logged], {m: np.array([r["alpha"][m] for r in logged]) for m in modules}
 
 
+def value_decimals(values: np.ndarray, least: int = 3, most: int = 6) -> int:
+    """Decimals that tell apart values spread over a range as small as theirs (early in training α moves by 1e-4,
+    and every cell read 1.500 under colours that differ)."""
+    finite = values[np.isfinite(values)]
+    spread = float(finite.max() - finite.min()) if finite.size else 0.0
+    if spread <= 0:
+        return least
+    return int(np.clip(np.ceil(-np.log10(spread)) + 1, least, most))
+
+
 def alpha_figure(records: Sequence[Mapping], title: str = "") -> Figure:
     """Heat map of the last logged α (rows: attention modules in the model's order, columns: heads) beside one plot
     per module of its heads' α over training steps."""
@@ -42,11 +52,13 @@ def alpha_figure(records: Sequence[Mapping], title: str = "") -> Figure:
     left, right = figure.subfigures(1, 2, width_ratios=[1.2, 1])
     heat = left.subplots()
     image = heat.imshow(last, cmap="magma", aspect="auto")
+    decimals = value_decimals(last)
     for (row, head), value in np.ndenumerate(last):
         if np.isfinite(value):
             color = "black" if value > np.nanmean(last) else "white"
             rotation = 90 if heads > 4 else 0  # upright numbers would overlap in narrow cells
-            heat.text(head, row, f"{value:.3f}", ha="center", va="center", fontsize=7, color=color, rotation=rotation)
+            text = f"{value:.{decimals}f}"
+            heat.text(head, row, text, ha="center", va="center", fontsize=7, color=color, rotation=rotation)
     heat.set_xticks(range(heads), [str(h) for h in range(heads)])
     heat.set_yticks(range(len(modules)), [_module_label(m) for m in modules], fontsize=7)
     heat.set_xlabel("head")
@@ -69,7 +81,8 @@ def alpha_figure(records: Sequence[Mapping], title: str = "") -> Figure:
         axes.set_title(_module_label(module), fontsize=8)
         axes.set_ylabel("α", fontsize=8)
         axes.ticklabel_format(axis="y", useOffset=False)  # α itself on every panel, never "+1.5" and an offset
-    lines[-1].legend(fontsize=6, ncols=min(heads, 4))
+    handles, labels = lines[-1].get_legend_handles_labels()  # under the plots: inside, it covered the last one
+    right.legend(handles, labels, loc="outside lower center", fontsize=7, ncols=min(heads, 4), frameon=False)
     count_axis(lines[-1], "step")
     if title:
         figure.suptitle(title, fontsize=10)

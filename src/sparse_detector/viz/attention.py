@@ -20,12 +20,13 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from .figure import BOX_LEGEND, PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, draw_labelled_boxes, hide_ticks
+from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, box_legend, draw_labelled_boxes, hide_ticks
 
 COLORMAP = "viridis"
 OVERLAY_ALPHA = 0.75
 PANEL_INCHES = 1.5
 ZERO_LEGEND = "uncoloured cells: weight exactly 0"
+MAX_TRUTH_TEXTS = 8  # a panel with more ground-truth boxes outlines them without their class names
 
 
 @dataclass
@@ -85,7 +86,10 @@ def attention_panels_figure(
                 axes.set_axis_off()
                 continue
             draw_attention(axes, image, panel.weights, norm, panel.stride)
-            draw_labelled_boxes(axes, panel.ground_truth, TRUTH_COLOR, text_below=True)
+            truth = panel.ground_truth
+            if len(truth) > MAX_TRUTH_TEXTS:  # 1.5-inch panels: a class name per box would bury the map
+                truth = [LabelledBox(box.box) for box in truth]
+            draw_labelled_boxes(axes, truth, TRUTH_COLOR, text_below=True)
             draw_labelled_boxes(axes, panel.predictions, PREDICTION_COLOR)
             for x, y in panel.points:
                 axes.plot([x], [y], marker="x", color=PREDICTION_COLOR, markersize=7, markeredgewidth=2)
@@ -95,7 +99,11 @@ def attention_panels_figure(
                 axes.set_ylabel(row_labels[r], fontsize=8)
     colorbar = figure.colorbar(ScalarMappable(norm, colormaps[COLORMAP]), ax=grid, shrink=0.8, pad=0.01)
     colorbar.set_label("attention weight", fontsize=8)
-    legend = f"{BOX_LEGEND}; {ZERO_LEGEND}"
+    drawn = [panel for row in panels for panel in row if panel is not None]
+    boxes = box_legend(any(p.predictions for p in drawn), any(p.ground_truth for p in drawn))
+    crowded = max((len(p.ground_truth) for p in drawn), default=0) > MAX_TRUTH_TEXTS
+    unnamed = f"ground-truth classes not written where a panel has over {MAX_TRUTH_TEXTS} boxes" if crowded else ""
+    legend = "; ".join(part for part in (boxes, unnamed, ZERO_LEGEND) if part)
     figure.suptitle(f"{title}\n{legend}" if title else legend, fontsize=9)
     return figure
 

@@ -3,6 +3,8 @@
 Panels: each loss term over training steps (the last decoder layer solid, the auxiliary layers ``_0``, ``_1``, ...
 thin and faded in the same colour), class error (training steps, and validation at each evaluated epoch), and COCO AP,
 AP50, AP75 and AP by object size over epochs. AP50 is called AP50 (the official DETR plot script calls it "mAP").
+One colour per run, named in one legend under the panels (legends inside them covered the curves); each panel's
+title says what its line styles and markers are.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from .figure import count_axis
 
@@ -25,6 +28,7 @@ LOSS_TITLES = {
     "loss_giou": "box GIoU loss",
 }
 AP_OVERALL = {"AP": ("AP", "-"), "AP50": ("AP50", "--"), "AP75": ("AP75", ":")}  # key -> (name, line style)
+EVALUATION_NOTE = "no evaluation recorded\n(see train.eval_every)"
 AP_BY_SIZE = {"AP_small": ("APs", "-"), "AP_medium": ("APm", "--"), "AP_large": ("APl", ":")}
 
 
@@ -76,7 +80,6 @@ def _plot_epochs(
             axes.plot(xs, ys, linestyle=style, marker="o", markersize=3, color=colors[label], label=f"{label} {name}")
     count_axis(axes, "epoch")
     axes.set_ylim(bottom=0)
-    axes.legend(fontsize=6)
 
 
 def curves_figure(runs: Mapping[str, Sequence[Mapping]], title: str = "") -> Figure:
@@ -88,7 +91,8 @@ def curves_figure(runs: Mapping[str, Sequence[Mapping]], title: str = "") -> Fig
     grid = figure.subplots(2, 4)
     for axes, term in zip(grid[0], LOSS_TERMS, strict=True):
         _plot_loss(axes, runs, term, colors)
-    grid[0][0].legend(fontsize=7)
+    handles = [Line2D([], [], color=colors[label], linewidth=2, label=label) for label in runs]
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(runs), 6), fontsize=8, frameon=False)
 
     error = grid[1][0]
     for label, records in runs.items():
@@ -97,18 +101,28 @@ def curves_figure(runs: Mapping[str, Sequence[Mapping]], title: str = "") -> Fig
         )
         xs, ys = _series(records, "epoch", "val_class_error", x="step")
         error.plot(xs, ys, marker="s", linestyle="none", color=colors[label], label=f"{label} val (evaluations)")
-    error.set_title("class error (%) of matched queries", fontsize=9)
+    error.set_title("class error (%) of matched queries:\ntrain (line), validation (squares)", fontsize=9)
     count_axis(error, "step")
-    error.legend(fontsize=6)
 
     _plot_epochs(grid[1][1], runs, AP_OVERALL, colors)
     grid[1][1].set_title("AP (solid), AP50 (dashed), AP75 (dotted)", fontsize=9)
     _plot_epochs(grid[1][2], runs, AP_BY_SIZE, colors)
     grid[1][2].set_title("AP of small (solid), medium (dashed),\nlarge (dotted) objects", fontsize=9)
     _plot_val_loss(grid[1][3], runs, colors)
+    for axes in grid.flat:
+        if not any(len(line.get_xdata()) for line in axes.lines):
+            _mark_empty(axes, EVALUATION_NOTE if axes in (grid[1][1], grid[1][2]) else "not recorded in these runs")
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
+
+
+def _mark_empty(axes: Axes, note: str) -> None:
+    """A panel with nothing to plot says so, instead of showing axes around nothing."""
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.set_xlabel("")
+    axes.text(0.5, 0.5, note, transform=axes.transAxes, ha="center", va="center", fontsize=8, color="0.4")
 
 
 def _plot_val_loss(axes: Axes, runs: Mapping[str, Sequence[Mapping]], colors: Mapping[str, tuple]) -> None:
@@ -128,6 +142,5 @@ def _plot_val_loss(axes: Axes, runs: Mapping[str, Sequence[Mapping]], colors: Ma
             linestyle="--",
             label=f"{label} val",
         )
-    axes.set_title("total loss per epoch: train (solid), val (dashed)", fontsize=9)
+    axes.set_title("total loss per epoch: train mean (solid),\nvalidation (dashed)", fontsize=9)
     count_axis(axes, "epoch")
-    axes.legend(fontsize=6)

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
-from .figure import TRUTH_COLOR, LabelledBox, draw_labelled_boxes, hide_ticks
+from .figure import TRUTH_COLOR, LabelledBox, draw_labelled_boxes, hide_ticks, wrapped
 
 PADDING_RGBA = (1.0, 0.0, 1.0, 0.45)  # translucent magenta over padded pixels
+MIN_WIDTH = 6.5  # inches: room for the title and the legend line
 
 
 @dataclass
@@ -31,7 +32,8 @@ def data_figure(samples: Sequence[Sample], title: str = "", columns: int = 4) ->
         raise ValueError("no samples to draw")
     columns = min(columns, len(samples))
     rows = math.ceil(len(samples) / columns)
-    figure = Figure(figsize=(3.0 * columns, 3.0 * rows + 0.5), layout="constrained")
+    width = max(3.0 * columns, MIN_WIDTH)  # one sample is narrower than the title
+    figure = Figure(figsize=(width, 3.0 * rows + 0.7), layout="constrained")
     grid = figure.subplots(rows, columns, squeeze=False)
     for axes in grid.flat[len(samples) :]:
         axes.set_axis_off()
@@ -46,5 +48,5 @@ def data_figure(samples: Sequence[Sample], title: str = "", columns: int = 4) ->
         axes.set_title(f"{sample.title}\n{width}×{height} px, {height * width - valid} padded", fontsize=8)
         hide_ticks(axes)
     legend = f"after the training transforms: boxes and labels ({TRUTH_COLOR}), padding (magenta)"
-    figure.suptitle(f"{title}\n{legend}" if title else legend, fontsize=9)
+    figure.suptitle(wrapped(f"{title}\n{legend}" if title else legend, width, 9), fontsize=9)
     return figure

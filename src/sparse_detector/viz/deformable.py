@@ -20,12 +20,18 @@ from matplotlib.patches import Rectangle
 
 from ..analysis.paibb import valid_area_scale
 from ..attention.sites import PointsRecord
-from .figure import BOX_LEGEND
+from .figure import PREDICTION_COLOR, TRUTH_COLOR, box_legend
 
 #: Marker area (points²) of a weight-1 sampling point; a point's area grows linearly with its weight.
 FULL_WEIGHT_AREA = 400.0
 MIN_AREA = 20.0
+LEGEND_WEIGHTS = (0.1, 0.5, 1.0)
 LEVEL_COLORS = ("tab:blue", "magenta", "lime", "white", "orange", "cyan")
+
+
+def marker_size(weight: float) -> float:
+    """The diameter (points) of a sampling point of ``weight``, as the legend draws it: scatter sizes are areas."""
+    return float(np.sqrt(MIN_AREA + FULL_WEIGHT_AREA * weight))
 
 
 def level_pixels(
@@ -69,8 +75,9 @@ def _draw_boxes(ax, boxes: Sequence[tuple[tuple[float, float, float, float], str
 
 
 def _title(figure: Figure, title: str, boxes: Sequence) -> None:
-    """The figure's title, with what the box colours mean when it has boxes."""
-    lines = [line for line in (title, BOX_LEGEND if boxes else "") if line]
+    """The figure's title, with what the colours of the boxes it draws mean."""
+    colors = {color for _, color in boxes}
+    lines = [line for line in (title, box_legend(PREDICTION_COLOR in colors, TRUTH_COLOR in colors)) if line]
     if lines:
         figure.suptitle("\n".join(lines), fontsize=10)
 
@@ -110,7 +117,10 @@ def sampling_figure(
         ax.plot(*reference, marker="x", color="black", markersize=9, mew=2.5)
         ax.plot(*reference, marker="x", color="white", markersize=7, mew=1.2)
         zeros = int((weights[list(selected)] == 0).sum())
-        ax.set_title(f"{name}" + (f" ({zeros} zero)" if zeros else ""), fontsize=9)
+        where = locations[list(selected)] * pixels[None, :, None, :]  # in pixels; those outside fall off the panel
+        outside = int(((where < 0) | (where > (width, height))).any(axis=-1).sum())
+        notes = [f"{zeros} zero"] * bool(zeros) + [f"{outside} outside the image"] * bool(outside)
+        ax.set_title(name + (f" ({', '.join(notes)})" if notes else ""), fontsize=9)
         ax.set_xlim(0, width)
         ax.set_ylim(height, 0)
         ax.set_axis_off()
@@ -119,6 +129,10 @@ def sampling_figure(
     legend = [
         Line2D([], [], marker="o", linestyle="", color=LEVEL_COLORS[level % len(LEVEL_COLORS)], label=f"level {level}")
         for level in range(levels)
+    ]
+    legend += [  # the size scale: a point's area grows with its weight
+        Line2D([], [], marker="o", linestyle="", color="gray", markersize=marker_size(w), label=f"weight {w:g}")
+        for w in LEGEND_WEIGHTS
     ]
     legend += [
         Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="gray", label="zero weight"),

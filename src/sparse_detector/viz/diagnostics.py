@@ -94,8 +94,8 @@ def diagnostics_figure(records: Sequence[Mapping], title: str = "", histogram_ra
             )
     entropy_axes.set_title("mean attention entropy (nats) on fixed validation images (darker: later layer)", fontsize=9)
     count_axis(entropy_axes, "step")
-    if sites:
-        entropy_axes.legend(fontsize=6, ncols=4)
+    if sites:  # beside the curves, never over them
+        entropy_axes.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if title:
         figure.suptitle(title, fontsize=10)
     return figure

@@ -6,6 +6,7 @@ can be made in any thread and on machines without a display.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,9 @@ FORMATS = ("png", "pdf", "svg")
 DPI = 100
 PREDICTION_COLOR = "red"  # predicted boxes and their classes
 TRUTH_COLOR = "cyan"  # ground-truth boxes
-BOX_LEGEND = f"boxes: prediction ({PREDICTION_COLOR}), ground truth ({TRUTH_COLOR})"
+
+
+TEXT_MARGIN = 0.07  # a box's text is drawn inside the box when it is this fraction of the image height from an edge
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,19 @@ class LabelledBox:
 
     box: tuple[float, float, float, float]
     text: str = ""
+
+
+def box_legend(predictions: bool = True, ground_truth: bool = True) -> str:
+    """What the box colours mean, naming only the kinds of box a figure draws ('' when it draws none)."""
+    kinds = [f"prediction ({PREDICTION_COLOR})"] * predictions + [f"ground truth ({TRUTH_COLOR})"] * ground_truth
+    return f"boxes: {', '.join(kinds)}" if kinds else ""
+
+
+def wrapped(text: str, width_inches: float, fontsize: float) -> str:
+    """``text`` with each line wrapped to fit ``width_inches`` at ``fontsize`` (a character is about 0.6 em wide),
+    so a long title (an annotation file's path) is not clipped at the figure's edges."""
+    columns = max(int(width_inches * 72 / (0.6 * fontsize)), 20)
+    return "\n".join(textwrap.fill(line, columns, break_on_hyphens=False) for line in text.splitlines())
 
 
 def save_figure(figure: Figure, path: str | Path, fmt: str = "png") -> Path:
@@ -64,12 +80,16 @@ def cxcywh_to_pixels(boxes: Tensor, height: float, width: float) -> list[tuple[f
 def draw_labelled_boxes(
     axes: Axes, boxes: Sequence[LabelledBox], color: str, linewidth: float = 1.5, text_below: bool = False
 ) -> None:
-    """Outline each box on ``axes`` (in data = pixel coordinates) and write its text on a patch of its colour,
-    above the box's top-left corner (``text_below``: under its bottom-left corner)."""
+    """Outline each box on ``axes`` (in data = pixel coordinates, the image already shown) and write its text on a
+    patch of its colour, above the box's top-left corner (``text_below``: under its bottom-left corner); inside the
+    box where the text would leave the image, so it never covers a panel's title or the panel below."""
+    height = max(axes.get_ylim())  # images are shown with y down: limits (height, 0)
+    margin = TEXT_MARGIN * height
     for item in boxes:
         x0, y0, x1, y1 = item.box
         axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=linewidth))
         if item.text:
+            below = y1 < height - margin if text_below else y0 < margin  # the text goes down from its anchor
             axes.text(
                 x0,
                 y1 if text_below else y0,
@@ -77,7 +97,7 @@ def draw_labelled_boxes(
                 color="black",
                 fontsize=6,
                 ha="left",
-                va="top" if text_below else "bottom",
+                va="top" if below else "bottom",
                 bbox={"facecolor": color, "edgecolor": "none", "pad": 0.5, "alpha": 0.85},
             )
 

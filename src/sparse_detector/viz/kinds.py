@@ -7,6 +7,7 @@ a new model family adds its own kinds the same way. The figure functions themsel
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..models import build_criterion
 from ..models.postprocess import query_scores
 from ..runs import distinct_names, read_analyses, read_metrics
 from ..runs import run_labels as analysis_labels
+from ..text import counted
 from .alpha import alpha_figure
 from .attention import AttentionPanel, attention_figure, attention_panels_figure
 from .curves import curves_figure
@@ -41,6 +43,8 @@ from .diagnostics import diagnostics_figure
 from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, cxcywh_to_pixels, display_image, save_figure
 from .matching import matching_figure
 from .sparsity import sparsity_figure
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -467,10 +471,14 @@ def _matched_queries(loaded: LoadedModel, outputs: dict, target: dict) -> dict[i
     return {int(t): int(q) for q, t in zip(queries, truths, strict=True)}
 
 
+MAX_COMPARE_OBJECTS = 8  # rows of a compare figure
+
+
 @figure_kind("compare")
 def compare_kind(request: VisualizeRequest) -> list[Path]:
-    """Per image: rows = ground-truth objects, columns = runs, the head-averaged map of the last layer of the query
-    each run's matcher assigned to that object."""
+    """Per annotated image: rows = ground-truth objects (the first ``MAX_COMPARE_OBJECTS``), columns = runs, the
+    head-averaged map of the last layer of the query each run's matcher assigned to that object. Images without boxes
+    are skipped."""
     if len(request.runs) < 2:
         raise ValueError("visualize compare needs two or more runs (run directories or checkpoints)")
     device = resolve_device(request.device)
@@ -478,28 +486,40 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
     site = grid_site(models[0], "queries", request.site)
     for loaded in models[1:]:  # every run draws the same site over its feature grid
         grid_site(loaded, "queries", site)
-    written = []
+    written, unannotated = [], []
     for item in load_images(models[0].config, request):
         if item.target is None or not len(item.target["boxes"]):
-            raise ValueError(f"visualize compare matches queries to ground truth: {item.name} has no annotated boxes")
-        truth = _truth_boxes(item, models[0].label_map)
+            unannotated.append(item.name)
+            continue
+        every = _truth_boxes(item, models[0].label_map)
+        truth = every[:MAX_COMPARE_OBJECTS]  # a row per object: 50 objects made a figure 76 inches tall
+        shown = "each object" if len(truth) == len(every) else f"objects 0-{len(truth) - 1} of {len(every)}"
         panels: list[list[AttentionPanel | None]] = [[] for _ in truth]
         for loaded in models:
             outputs, maps = recorded_forward(loaded, item, site, device)
             predictions = _prediction_boxes(outputs, item, loaded)
-            for t, q in sorted(_matched_queries(loaded, outputs, item.target).items()):
-                weights = maps[-1, :, q].mean(axis=0)
-                panels[t].append(
-                    AttentionPanel(weights, [predictions[q]], [truth[t]], stride=grid_stride(loaded.model, site))
+            matched = _matched_queries(loaded, outputs, item.target)
+            stride = grid_stride(loaded.model, site)
+            for t, row in enumerate(panels):  # an object no query of this run matched: an empty panel in its column
+                q = matched.get(t)
+                row.append(
+                    None
+                    if q is None
+                    else AttentionPanel(maps[-1, :, q].mean(axis=0), [predictions[q]], [truth[t]], stride=stride)
                 )
         figure = attention_panels_figure(
             item.picture,
             panels,
             [f"object {t}: {box.text}" for t, box in enumerate(truth)],
             run_labels(request.runs),
-            title=f"{item.name}: {site}, last layer, head average,\nof the query matched to each object",
+            title=f"{item.name}: {site}, last layer, head average,\nof the query matched to {shown}",
         )
         written.append(save_figure(figure, request.output / f"compare_{site}_{item.name}", request.fmt))
+    if unannotated:
+        skipped = f"{', '.join(unannotated)} (no annotated boxes to match queries to)"
+        if not written:
+            raise ValueError(f"visualize compare matches queries to ground truth; nothing to draw: {skipped}")
+        log.warning("visualize compare: skipped %s", skipped)
     return written
 
 
@@ -558,7 +578,7 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
                 f"image id {int(target['image_id'])}",
             )
         )
-    figure = data_figure(drawn, title=f"{dataset.annotation_file}: {len(dataset)} images")
+    figure = data_figure(drawn, title=f"{dataset.annotation_file}: {counted(len(dataset), 'image')}")
     return [save_figure(figure, request.output / "data_train", request.fmt)]
 
 

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from .figure import BOX_LEGEND, PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, draw_labelled_boxes, hide_ticks
+from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, box_legend, draw_labelled_boxes, hide_ticks
 
 UNMATCHED_COLOR = "0.6"
+PANEL_WIDTH = 4.6  # inches of image in each of the two panels
 
 
 def _centre(box: LabelledBox) -> tuple[float, float]:
@@ -26,7 +27,8 @@ def matching_figure(
 ) -> Figure:
     """Left: every query's predicted box (unmatched ones grey) and the ground truth. Right: the matched pairs only,
     each query joined to its ground-truth box by a line. ``pairs``: (query index, ground-truth index)."""
-    figure = Figure(figsize=(10, 5.4), layout="constrained")
+    height, width = image.shape[:2]  # the figure takes the image's shape: a wide one left half of it blank
+    figure = Figure(figsize=(10, min(PANEL_WIDTH * height / width + 0.8, 9.0)), layout="constrained")
     every, matched = figure.subplots(1, 2)
     matched_queries = {q for q, _ in pairs}
     for axes in (every, matched):
@@ -43,9 +45,9 @@ def matching_figure(
         matched.plot([px, tx], [py, ty], color="yellow", linewidth=1.5)
         matched.plot([tx], [ty], marker="o", color=TRUTH_COLOR, markersize=4)
     matched.set_title(f"{len(pairs)} matched pairs (query → ground truth)", fontsize=9)
-    height, width = image.shape[:2]
     for axes in (every, matched):
         axes.set_xlim(0, width)
         axes.set_ylim(height, 0)
-    figure.suptitle(f"{title}\n{BOX_LEGEND}" if title else BOX_LEGEND, fontsize=9)
+    legend = box_legend()
+    figure.suptitle(f"{title}\n{legend}" if title else legend, fontsize=9)
     return figure

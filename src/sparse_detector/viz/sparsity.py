@@ -14,7 +14,9 @@ from matplotlib.figure import Figure
 
 from ..analysis.paibb import SIZE_BUCKETS
 from .curves import run_colors
+from .figure import wrapped
 
+PANEL_WIDTH = 4.2  # inches
 SPARSITY_METRICS = {"gini": "Gini (0 uniform, 1 one-hot)", "zeros_ratio": "zeros ratio"}
 
 
@@ -58,7 +60,7 @@ def sparsity_figure(results: Mapping[str, Mapping], title: str = "") -> Figure:
     sites = list(dict.fromkeys(site for result in results.values() for site in result["sites"]))
     with_paibb = any(_site_paibb(result, site) for result in results.values() for site in sites)
     rows = len(SPARSITY_METRICS) + 2 * int(with_paibb)
-    figure = Figure(figsize=(4.2 * max(len(sites), 2), 2.8 * rows), layout="constrained")
+    figure = Figure(figsize=(PANEL_WIDTH * max(len(sites), 2), 2.8 * rows), layout="constrained")
     grid = figure.subplots(rows, max(len(sites), 2), squeeze=False)
     for axes in grid[:, len(sites) :].flat:
         axes.set_axis_off()
@@ -69,18 +71,27 @@ def sparsity_figure(results: Mapping[str, Mapping], title: str = "") -> Figure:
                 for label, result in results.items()
             }
             if metric == "zeros_ratio":
-                thresholds = {
-                    result["sites"][site]["zero_threshold"] for result in results.values() if site in result["sites"]
-                }
-                name += f" (p ≤ {', '.join(f'{t:g}' for t in sorted(thresholds))})"
+                name += f" ({_zero_thresholds(results, site)})"
             _grouped_bars(grid[r][c], blocks, colors, _layer_names(blocks))
-            grid[r][c].set_title(f"{site}: {name}", fontsize=9)
+            grid[r][c].set_title(wrapped(f"{site}: {name}", PANEL_WIDTH, 9), fontsize=9)
         if with_paibb:
             _paibb_axes(grid[-2][c], grid[-1][c], site, results, colors)
     grid[0][0].legend(fontsize=7)
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
+
+
+def _zero_thresholds(results: Mapping[str, Mapping], site: str) -> str:
+    """The threshold under which a weight counts as zero at ``site``: one for all runs, or which runs use which (dense
+    maps are read with a small threshold, sparse ones with 0)."""
+    runs: dict[float, list[str]] = {}
+    for label, result in results.items():
+        if site in result["sites"]:
+            runs.setdefault(result["sites"][site]["zero_threshold"], []).append(label)
+    if len(runs) == 1:
+        return f"p ≤ {next(iter(runs)):g}"
+    return "; ".join(f"p ≤ {threshold:g}: {', '.join(labels)}" for threshold, labels in sorted(runs.items()))
 
 
 def _layer_names(blocks: Mapping[str, Mapping | None]) -> list[str]:
