@@ -14,11 +14,14 @@ from sparse_detector.attention.deformable import MSDeformAttn, ms_deform_attn_sa
 from sparse_detector.attention.sites import PointsRecord
 from sparse_detector.config import ConfigError
 from sparse_detector.data.build import build_dataset, build_loader
+from sparse_detector.engine.checkpoint import load_checkpoint, save_checkpoint
 from sparse_detector.engine.optim import parameter_groups
+from sparse_detector.engine.trainer import Trainer
 from sparse_detector.models.build import build_criterion
 from sparse_detector.models.deformable_detr import DeformableTransformer
 from sparse_detector.models.postprocess import TopKPostProcess, postprocessor_for
 from sparse_detector.models.weights import CheckpointMismatchError, load_official
+from sparse_detector.runs import read_metrics
 from sparse_detector.viz.deformable import sampling_figure
 
 from .conftest import shapes_config, shared_path
@@ -181,6 +184,45 @@ def test_a_learned_position_embedding_trains_at_the_official_rate(arch_options):
     expected = "default" if config.model.arch == "deformable_detr" else "backbone"
     assert names["backbone.1.row_embed.weight"] == expected
     assert names["backbone.0.body.layer2.0.conv1.weight"] == "backbone"
+
+
+def test_resume_regroups_a_run_saved_before_the_learned_embedding_left_the_backbone_group(shapes, tmp_path):
+    """Runs saved before the change kept backbone.1 (learned position embedding) in the backbone group; resuming
+    them failed on the group sizes. Each parameter now keeps its AdamW state in its new group."""
+    run = tmp_path / "run"
+    overrides = ["model.position_embedding=learned", "train.max_steps_per_epoch=1", "train.eval_every=100"]
+    Trainer(shapes_config(shapes, *TINY_DEFORMABLE, *overrides, "train.epochs=1"), run, progress=False).fit()
+    path = run / "checkpoint_last.pt"
+    state = load_checkpoint(path)
+    config = load_config(run / "config.yaml")
+    model = build_model(config)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {g["name"]: [names[id(p)] for p in g["params"]] for g in parameter_groups(model, config)}
+    new_order = [n for members in groups.values() for n in members]
+    saved = {n: state["optimizer"]["state"][i] for i, n in enumerate(new_order)}
+    # The earlier layout, by hand: every "backbone." parameter in the backbone group, in named_parameters order.
+    old_group = {n: "backbone" if n.startswith("backbone.") else g for g, members in groups.items() for n in members}
+    old_groups = {g: [n for n in names.values() if old_group.get(n) == g] for g in groups}
+    settings = {g["name"]: {k: v for k, v in g.items() if k != "params"} for g in state["optimizer"]["param_groups"]}
+    old_order = [n for members in old_groups.values() for n in members]
+    old_param_groups, start = [], 0
+    for name, members in old_groups.items():
+        old_param_groups.append({**settings[name], "params": list(range(start, start + len(members)))})
+        start += len(members)
+    state["optimizer"] = {"state": {i: saved[n] for i, n in enumerate(old_order)}, "param_groups": old_param_groups}
+    save_checkpoint(path, state)
+
+    trainer = Trainer(load_config(run / "config.yaml", ["train.epochs=2"]), run, resume=True, progress=False)
+    by_name = dict(trainer.model.named_parameters())
+    group_of = {id(p): g["name"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert group_of[id(by_name["backbone.1.row_embed.weight"])] == "default"
+    for name, expected in saved.items():
+        got = trainer.optimizer.state[by_name[name]]
+        torch.testing.assert_close(got["exp_avg"], expected["exp_avg"], rtol=0, atol=0)
+        torch.testing.assert_close(got["exp_avg_sq"], expected["exp_avg_sq"], rtol=0, atol=0)
+    trainer.fit()
+    (record,) = [r for r in read_metrics(run) if r["type"] == "resume"]
+    assert any("backbone.1.row_embed.weight (backbone -> default)" in change for change in record["changes"])
 
 
 def test_top_k_post_processing_ranks_query_class_pairs():

@@ -57,7 +57,7 @@ from .distributed import (
 )
 from .evaluate import evaluate, targets_to
 from .logger import MAIN_TRAIN_METRICS, MetricsLogger
-from .optim import apply_configured_settings, build_optimizer, build_scheduler, group_settings
+from .optim import apply_configured_settings, build_optimizer, build_scheduler, group_settings, regroup_saved_state
 
 log = logging.getLogger(__name__)
 
@@ -290,17 +290,23 @@ class Trainer:
                 f"new run from these weights with --init-from {path}"
             ) from None
         configured = group_settings(self.optimizer)
+        optimizer_state, scheduler_state, regrouped = regroup_saved_state(
+            state["optimizer"], state["lr_scheduler"], self.model
+        )
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.optimizer.load_state_dict(optimizer_state)
         except ValueError as err:
             raise ValueError(
                 f"{path}: the optimiser state does not fit this config's parameter groups ({err}); the trainable "
                 "parameters (backbone freezing, learnable alphas) must stay as they were"
             ) from None
-        self.scheduler.load_state_dict(state["lr_scheduler"])
+        self.scheduler.load_state_dict(scheduler_state)
         changes = settings + apply_configured_settings(self.optimizer, self.scheduler, configured)
         for change in changes:
             log.warning("resume: the config changes %s", change)
+        if regrouped:
+            log.warning("resume: %s", regrouped)
+            changes.append(regrouped)
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
