@@ -19,6 +19,7 @@ from sparse_detector.engine.optim import parameter_groups
 from sparse_detector.engine.trainer import Trainer
 from sparse_detector.models.build import build_criterion
 from sparse_detector.models.deformable_detr import DeformableTransformer
+from sparse_detector.models.deformable_detr.criterion import FocalHungarianMatcher, FocalSetCriterion
 from sparse_detector.models.postprocess import TopKPostProcess, postprocessor_for
 from sparse_detector.models.weights import CheckpointMismatchError, load_official
 from sparse_detector.runs import read_metrics
@@ -156,6 +157,25 @@ def test_variants_give_losses_for_every_layer(variant):
     assert ("enc_outputs" in outputs) == (variant == "two_stage")
     shared = model.class_embed[0] is model.class_embed[1]
     assert shared == (variant == "plain")
+
+
+def test_cardinality_error_counts_queries_whose_best_logit_is_not_the_last_class():
+    """Official Deformable DETR (as DETR): a query counts as a prediction when its argmax is not the last class,
+    whatever its score; it used to be 'best score above 0.5' here."""
+    logits = torch.tensor(
+        [
+            [
+                [2.0, 0.0, -1.0],  # argmax 0, score 0.88: counted (both definitions)
+                [1.0, 0.0, 3.0],  # argmax = last class, score 0.95: not counted (0.5 rule: counted)
+                [-3.0, -2.0, -4.0],  # argmax 1, score 0.12: counted (0.5 rule: not counted)
+                [-3.0, -2.0, -4.0],  # the same
+            ]
+        ]
+    )
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2]] * 4])
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    losses = FocalSetCriterion(3, FocalHungarianMatcher())({"pred_logits": logits, "pred_boxes": boxes}, targets)
+    assert losses["cardinality_error"].item() == 2.0  # |3 predictions - 1 object|
 
 
 def test_parameter_groups_follow_the_official_recipe():
