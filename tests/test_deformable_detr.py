@@ -159,6 +159,22 @@ def test_variants_give_losses_for_every_layer(variant):
     assert shared == (variant == "plain")
 
 
+@pytest.mark.parametrize("aux_loss", [True, False])
+def test_two_stage_trains_the_encoder_proposals_only_with_aux_loss(aux_loss):
+    """Official: the '_enc' weights are added with the auxiliary ones, so without aux_loss the proposals' losses are
+    logged but train nothing (the proposal heads get no gradient)."""
+    config = load_config("shapes_tiny", [*TINY_DEFORMABLE, *VARIANTS["two_stage"], f"model.aux_loss={aux_loss}"])
+    model, criterion = build_model(config), build_criterion(config)
+    targets = [{"labels": torch.tensor([0, 3]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2]])}]
+    losses = criterion(model([torch.randn(3, 64, 64)]), targets)
+    assert {"loss_ce_enc", "loss_bbox_enc", "loss_giou_enc"} <= set(losses)
+    assert ("loss_ce_enc" in criterion.weight_dict) == aux_loss
+    criterion.total_loss(losses).backward()
+    proposal_heads = [model.class_embed[-1], model.bbox_embed[-1]]  # the extra heads, used only for proposals
+    trained = [any(p.grad is not None and p.grad.any() for p in head.parameters()) for head in proposal_heads]
+    assert trained == [aux_loss, aux_loss]
+
+
 def test_cardinality_error_counts_queries_whose_best_logit_is_not_the_last_class():
     """Official Deformable DETR (as DETR): a query counts as a prediction when its argmax is not the last class,
     whatever its score; it used to be 'best score above 0.5' here."""

@@ -26,6 +26,7 @@ def build_deformable_criterion(config: Config) -> FocalSetCriterion:
         config.model.num_classes,
         matcher,
         focal_alpha=loss.focal_alpha,
+        train_proposals=config.model.aux_loss,  # official: the "_enc" weights come with the auxiliary ones
         ce_loss_coef=loss.ce_loss_coef,
         bbox_loss_coef=loss.bbox_loss_coef,
         giou_loss_coef=loss.giou_loss_coef,

@@ -33,13 +33,24 @@ class FocalHungarianMatcher(HungarianMatcher):
 
 
 class FocalSetCriterion(SetCriterion):
-    """:class:`SetCriterion` with the sigmoid focal loss as ``loss_ce`` (logits have no "no object" class)."""
+    """:class:`SetCriterion` with the sigmoid focal loss as ``loss_ce`` (logits have no "no object" class).
 
-    def __init__(self, num_classes: int, matcher: HungarianMatcher, focal_alpha: float = 0.25, **coefs) -> None:
+    The two-stage encoder proposals' losses are always computed (and logged) but, as officially, enter the total only
+    with ``train_proposals`` (the official model ties them to ``aux_loss``)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        focal_alpha: float = 0.25,
+        train_proposals: bool = True,
+        **coefs,
+    ) -> None:
         super().__init__(num_classes, matcher, **coefs)
         self.focal_alpha = focal_alpha
-        base = {k: v for k, v in self.weight_dict.items() if k in ("loss_ce", "loss_bbox", "loss_giou")}
-        self.weight_dict.update({f"{k}_enc": v for k, v in base.items()})
+        if train_proposals:
+            base = {k: v for k, v in self.weight_dict.items() if k in ("loss_ce", "loss_bbox", "loss_giou")}
+            self.weight_dict.update({f"{k}_enc": v for k, v in base.items()})
 
     def _label_losses(
         self, outputs: dict, targets: Sequence[dict], indices: MatchIndices, num_boxes: float
