@@ -313,6 +313,18 @@ def test_official_loader_recognises_each_variant(tmp_path, variant):
     torch.testing.assert_close(got["pred_boxes"], expected["pred_boxes"], rtol=0, atol=0)
 
 
+def test_an_official_checkpoint_gets_the_official_losses_and_matching_costs(tmp_path):
+    """Its evaluation loss and the matching behind analyze's PAIBB used DETR's costs (class cost 1, coefficient 1);
+    official Deformable DETR's main.py: --set_cost_class 2, --cls_loss_coef 2, bbox 5, GIoU 2, focal alpha 0.25."""
+    model = build_model(load_config("shapes_tiny", [*TINY_DEFORMABLE, "model.backbone.norm=frozen_bn"]))
+    torch.save({"model": model.state_dict()}, tmp_path / "checkpoint.pth")
+    _, config = load_official(tmp_path / "checkpoint.pth", "deformable_detr", {"nheads": 4})
+    loss = config.loss
+    assert (loss.set_cost_class, loss.set_cost_bbox, loss.set_cost_giou) == (2.0, 5.0, 2.0)
+    assert (loss.ce_loss_coef, loss.bbox_loss_coef, loss.giou_loss_coef, loss.focal_alpha) == (2.0, 5.0, 2.0, 0.25)
+    assert build_criterion(config).matcher.cost_class == 2.0
+
+
 def test_official_loader_names_a_wrong_head_count():
     state_dict = build_model(load_config("shapes_tiny", TINY_DEFORMABLE)).state_dict()
     with pytest.raises(CheckpointMismatchError, match="nheads"):
