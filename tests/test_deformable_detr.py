@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_rgb
 
 from sparse_detector import build_model, deformable_detr_from_official, load_config
 from sparse_detector.analysis import record_attention
@@ -24,6 +25,7 @@ from sparse_detector.models.postprocess import TopKPostProcess, postprocessor_fo
 from sparse_detector.models.weights import CheckpointMismatchError, load_official
 from sparse_detector.runs import read_metrics
 from sparse_detector.viz.deformable import sampling_figure
+from sparse_detector.viz.figure import PREDICTION_COLOR, TRUTH_COLOR
 
 from .conftest import shapes_config, shared_path
 
@@ -403,3 +405,17 @@ def test_sampling_figure_draws_zero_weight_points_hollow():
     assert titles == ["all heads (6 zero)", "head 0 (2 zero)", "head 1 (2 zero)", "head 2 (2 zero)"]
     hollow = [c for ax in figure.axes for c in ax.collections if len(c.get_facecolors()) == 0]
     assert sum(len(c.get_offsets()) for c in hollow) == 12  # 6 in the all-heads panel, 2 in each head's
+
+
+def test_every_level_of_the_official_four_is_visible_on_the_legend_and_apart_from_the_boxes():
+    """Level 3 of the official 4-level model was white: invisible in the (white) legend and as a hollow point."""
+    weights = torch.rand(1, 1, 2, 4, 2)
+    record = PointsRecord(weights, torch.rand(1, 1, 2, 4, 2, 2), torch.rand(1, 1, 4, 2), torch.ones(4, 2), None)
+    figure = sampling_figure(np.zeros((40, 60, 3)), record, 0, 0, boxes=[])
+    handles = figure.legends[0].legend_handles
+    levels = [h.get_color() for h in handles if h.get_label().startswith("level ")]
+    assert len(levels) == 4 and len(set(levels)) == 4
+    for color in levels:
+        r, g, b = to_rgb(color)
+        assert 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.85, color  # relative luminance: not white on white
+        assert to_rgb(color) not in (to_rgb(PREDICTION_COLOR), to_rgb(TRUTH_COLOR)), color

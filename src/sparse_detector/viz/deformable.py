@@ -21,7 +21,8 @@ from .figure import BOX_LEGEND
 #: Marker area (points²) of a weight-1 sampling point; a point's area grows linearly with its weight.
 FULL_WEIGHT_AREA = 400.0
 MIN_AREA = 20.0
-LEVEL_COLORS = ("tab:blue", "magenta", "lime", "white", "orange", "cyan")
+#: One colour per feature level: visible on the white legend and apart from the box colours (red, cyan).
+LEVEL_COLORS = ("tab:blue", "magenta", "lime", "orange", "tab:purple", "tab:brown")
 
 
 def _draw_points(ax, locations: np.ndarray, weights: np.ndarray, width: int, height: int) -> None:
