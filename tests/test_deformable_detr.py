@@ -27,7 +27,7 @@ from sparse_detector.runs import read_metrics
 from sparse_detector.viz.deformable import sampling_figure
 from sparse_detector.viz.figure import PREDICTION_COLOR, TRUTH_COLOR
 
-from .conftest import shapes_config, shared_path
+from .conftest import SMALL_MODEL, shapes_config, shared_path
 
 FIXTURE = "fixtures/ddetr_official_transformer_small.pt"
 
@@ -384,6 +384,26 @@ def test_point_paibb_and_spread_match_brute_force():
             spread += w * (((x - rx) / 0.6) ** 2 + ((y - ry) / 0.3) ** 2) ** 0.5
     assert points_in_box([record], image, query, box).item() == pytest.approx(inside, abs=1e-6)
     assert sampling_spread([record], image, query, box).item() == pytest.approx(spread, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.deformable.enc_n_points=0", "model.deformable.enc_n_points must be at least 1, got 0"),
+        ("model.deformable.dec_n_points=-1", "model.deformable.dec_n_points must be at least 1"),
+        ("model.num_queries=0", "model.num_queries must be at least 1"),
+        ("model.transformer.dec_layers=0", "model.transformer.dec_layers must be at least 1"),
+        ("model.transformer.nheads=5", r"model.transformer.hidden_dim \(32\) must be a positive multiple of model"),
+    ],
+)
+def test_impossible_sizes_are_named_before_the_model_is_built(override, message):
+    """They used to fail inside PyTorch ('Given groups=1, expected weight...', 'cannot reshape tensor of 0
+    elements', 'stack expects a non-empty TensorList', 'd_model 32 is not divisible by n_heads 5')."""
+    for arch_options in ([], TINY_DEFORMABLE):
+        if "deformable" in override and not arch_options:
+            continue
+        with pytest.raises(ConfigError, match=message):
+            build_model(load_config("shapes_tiny", [*SMALL_MODEL, *arch_options, override]))
 
 
 def test_tvmax_is_refused_at_sampling_point_sites():
