@@ -439,3 +439,16 @@ def test_every_level_of_the_official_four_is_visible_on_the_legend_and_apart_fro
         r, g, b = to_rgb(color)
         assert 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.85, color  # relative luminance: not white on white
         assert to_rgb(color) not in (to_rgb(PREDICTION_COLOR), to_rgb(TRUTH_COLOR)), color
+
+
+def test_the_title_names_only_the_box_colours_drawn():
+    """The encoder's pixel figures (ground truth only) and figures of the user's own images (predictions only) said
+    'boxes: prediction (red), ground truth (cyan)'."""
+    weights = torch.rand(1, 1, 2, 1, 2)
+    record = PointsRecord(weights, torch.rand(1, 1, 2, 1, 2, 2), torch.rand(1, 1, 1, 2), torch.ones(1, 2), None)
+    image = np.zeros((40, 60, 3))
+    truth_only = sampling_figure(image, record, 0, 0, boxes=[((5, 5, 30, 20), TRUTH_COLOR)], title="t")
+    assert truth_only._suptitle.get_text() == "t\nboxes: ground truth (cyan)"
+    both = [((5, 5, 30, 20), TRUTH_COLOR), ((1, 1, 9, 9), PREDICTION_COLOR)]
+    assert sampling_figure(image, record, 0, 0, boxes=both)._suptitle.get_text().endswith("ground truth (cyan)")
+    assert sampling_figure(image, record, 0, 0, boxes=[], title="t")._suptitle.get_text() == "t"

@@ -250,7 +250,7 @@ def test_references_figure_labels_every_decoder_layer():
     assert labels == ["", "", "0,1", "2"]  # two arrows, then the labels
     assert [line.get_xydata().tolist() for line in ax.lines] == [[[40.0, 20.0]], [[20.0, 30.0]]]
     boxed = references_figure(image, [record(0.5, 0.5)], 0, 0, [((10, 10, 30, 30), "red")], title="run: q0")
-    assert boxed.get_suptitle() == "run: q0\nboxes: prediction (red), ground truth (cyan)"  # was unexplained
+    assert boxed.get_suptitle() == "run: q0\nboxes: prediction (red)"  # was unexplained; names only what is drawn
 
 
 def test_a_short_run_has_whole_step_and_epoch_ticks_and_plain_alpha_values():

@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from ..attention.sites import PointsRecord
-from .figure import BOX_LEGEND
+from .figure import box_legend
 
 #: Marker area (points²) of a weight-1 sampling point; a point's area grows linearly with its weight.
 FULL_WEIGHT_AREA = 400.0
@@ -52,7 +52,7 @@ def _draw_boxes(ax, boxes: Sequence[tuple[tuple[float, float, float, float], str
 
 def _title(figure: Figure, title: str, boxes: Sequence) -> None:
     """The figure's title, with what the box colours mean when it has boxes."""
-    lines = [line for line in (title, BOX_LEGEND if boxes else "") if line]
+    lines = [line for line in (title, box_legend(color for _, color in boxes)) if line]
     if lines:
         figure.suptitle("\n".join(lines), fontsize=10)
 

@@ -6,7 +6,7 @@ can be made in any thread and on machines without a display.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,16 @@ FORMATS = ("png", "pdf", "svg")
 DPI = 100
 PREDICTION_COLOR = "red"  # predicted boxes and their classes
 TRUTH_COLOR = "cyan"  # ground-truth boxes
-BOX_LEGEND = f"boxes: prediction ({PREDICTION_COLOR}), ground truth ({TRUTH_COLOR})"
+
+
+def box_legend(colors: Iterable[str] = (PREDICTION_COLOR, TRUTH_COLOR)) -> str:
+    """What the box colours mean, for the colours a figure draws ("" when it draws none)."""
+    meanings, colors = {PREDICTION_COLOR: "prediction", TRUTH_COLOR: "ground truth"}, set(colors)
+    drawn = [f"{meaning} ({color})" for color, meaning in meanings.items() if color in colors]
+    return f"boxes: {', '.join(drawn)}" if drawn else ""
+
+
+BOX_LEGEND = box_legend()
 
 
 @dataclass(frozen=True)
