@@ -161,6 +161,15 @@ def test_variants_give_losses_for_every_layer(variant):
     assert shared == (variant == "plain")
 
 
+def test_two_stage_names_images_too_small_for_its_proposals():
+    """The two-stage preset (300 queries) on 96 px images failed with torch's 'selected index k out of range'."""
+    config = load_config("shapes_tiny", [*TINY_DEFORMABLE, *VARIANTS["two_stage"], "model.num_queries=90"])
+    model = build_model(config).eval()
+    with pytest.raises(ValueError, match=r"model.num_queries=90 proposals .* only 84 \(levels 8x8, 4x4, 2x2\)"):
+        model([torch.randn(3, 64, 64)])
+    assert model([torch.randn(3, 80, 80)])["pred_logits"].shape == (1, 90, 4)  # 100 + 25 + 9 cells: enough
+
+
 @pytest.mark.parametrize("aux_loss", [True, False])
 def test_two_stage_trains_the_encoder_proposals_only_with_aux_loss(aux_loss):
     """Official: the '_enc' weights are added with the auxiliary ones, so without aux_loss the proposals' losses are
