@@ -17,7 +17,7 @@ from sparse_detector.config import ConfigError
 from sparse_detector.data.build import build_dataset, build_loader
 from sparse_detector.engine.checkpoint import load_checkpoint, save_checkpoint
 from sparse_detector.engine.optim import parameter_groups
-from sparse_detector.engine.trainer import Trainer
+from sparse_detector.engine.trainer import Trainer, initialise_from
 from sparse_detector.models.build import build_criterion
 from sparse_detector.models.deformable_detr import DeformableTransformer
 from sparse_detector.models.deformable_detr.criterion import FocalHungarianMatcher, FocalSetCriterion
@@ -334,6 +334,21 @@ def test_an_official_checkpoint_gets_the_official_losses_and_matching_costs(tmp_
     assert (loss.set_cost_class, loss.set_cost_bbox, loss.set_cost_giou) == (2.0, 5.0, 2.0)
     assert (loss.ce_loss_coef, loss.bbox_loss_coef, loss.giou_loss_coef, loss.focal_alpha) == (2.0, 5.0, 2.0, 0.25)
     assert build_criterion(config).matcher.cost_class == 2.0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_init_from_a_checkpoint_of_other_classes_reinitialises_every_class_head(tmp_path, variant):
+    """Fine-tuning an official (91-class) Deformable DETR on 4 classes failed: only DETR's 'class_embed.weight'
+    was known as a class head, not 'class_embed.N' / 'transformer.decoder.class_embed.N'."""
+    coco = build_model(load_config("shapes_tiny", [*TINY_DEFORMABLE, *VARIANTS[variant], "model.num_classes=91"]))
+    torch.save({"model": coco.state_dict()}, tmp_path / "official.pth")
+    model = build_model(load_config("shapes_tiny", [*TINY_DEFORMABLE, *VARIANTS[variant]]))
+    reinitialised = initialise_from(model, tmp_path / "official.pth")
+    assert reinitialised and all("class_embed." in name for name in reinitialised)
+    assert any(n.startswith("transformer.decoder.class_embed.") for n in reinitialised) == (variant == "two_stage")
+    for name, value in model.state_dict().items():
+        if name not in reinitialised:
+            torch.testing.assert_close(value, coco.state_dict()[name], rtol=0, atol=0)
 
 
 def test_official_loader_names_a_wrong_head_count():

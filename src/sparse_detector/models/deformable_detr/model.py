@@ -46,6 +46,9 @@ class DeformableDETR(nn.Module):
     #: Parameters at ``model.backbone.lr``: the ResNet only; a learned position embedding (``backbone.1``) trains at
     #: ``optim.lr``, as officially (``--lr_backbone_names backbone.0``).
     backbone_param_prefix = "backbone.0."
+    #: Re-initialised by ``--init-from`` when the class count differs: every layer's head, and (two-stage) the same
+    #: heads under the decoder, which uses the extra one for its proposals.
+    class_heads: tuple[str, ...] = ("class_embed", "transformer.decoder.class_embed")
 
     def __init__(
         self,
