@@ -186,6 +186,22 @@ def test_two_stage_trains_the_encoder_proposals_only_with_aux_loss(aux_loss):
     assert trained == [aux_loss, aux_loss]
 
 
+@pytest.mark.parametrize("aux_loss", [True, False])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_trains_every_parameter_says_whether_the_loss_reaches_every_parameter(variant, aux_loss):
+    """Under torch.distributed, box refinement or two-stage with model.aux_loss=false failed on its second step
+    ('Expected to have finished reduction...'): DDP is now told to look for the parameters the loss leaves out."""
+    overrides = [*TINY_DEFORMABLE, *VARIANTS[variant], f"model.aux_loss={aux_loss}"]
+    model, criterion = (
+        build_model(load_config("shapes_tiny", overrides)),
+        build_criterion(load_config("shapes_tiny", overrides)),
+    )
+    targets = [{"labels": torch.tensor([0, 3]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2]])}]
+    criterion.total_loss(criterion(model([torch.randn(3, 64, 64)]), targets)).backward()
+    reached = all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert model.trains_every_parameter == reached
+
+
 def test_cardinality_error_counts_queries_whose_best_logit_is_not_the_last_class():
     """Official Deformable DETR (as DETR): a query counts as a prediction when its argmax is not the last class,
     whatever its score; it used to be 'best score above 0.5' here."""

@@ -250,7 +250,10 @@ class Trainer:
         """The module the training step calls: DDP across processes, ``torch.compile``-d when asked."""
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=device_ids)
+            # A model whose loss leaves some parameters without a gradient (``trains_every_parameter`` False) needs
+            # DDP to look for them every step, or the step fails.
+            unused = not getattr(model, "trains_every_parameter", True)
+            model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused)
         return torch.compile(model) if compile else model
 
     def _call_model(self, batch: Any) -> Any:

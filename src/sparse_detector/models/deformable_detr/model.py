@@ -106,6 +106,12 @@ class DeformableDETR(nn.Module):
             for head in self.bbox_embed:
                 nn.init.zeros_(head.layers[-1].bias[2:])
 
+    @property
+    def trains_every_parameter(self) -> bool:
+        """Whether the loss reaches every parameter: with box refinement but no auxiliary losses, the heads of the
+        layers before the last (and, two-stage, the proposals' heads) get no gradient."""
+        return self.aux_loss or not self.with_box_refine
+
     def attention_sites(self) -> tuple[AttentionSite, ...]:
         return self.transformer.attention_sites()
 
