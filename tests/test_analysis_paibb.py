@@ -215,3 +215,68 @@ def test_metrics_and_paibb_identical_alone_and_in_padded_batch():
         assert row["count"] == reference["count"]
         assert row["mean"] == pytest.approx(reference["mean"], abs=1e-6)
         assert row["std"] == pytest.approx(reference["std"], abs=1e-6)
+
+
+def raster_coverage(box_px: tuple[int, int, int, int], image_hw: tuple[int, int], stride: int, padded: tuple[int, int]):
+    """Reference from the definition, in pixels: cell (i, j) covers pixels [j * stride, (j + 1) * stride) x
+    [i * stride, (i + 1) * stride); its coverage is the share of its stride² pixels that lie in the image and in the
+    box (x0, y0, x1, y1) with whole-pixel edges, counted pixel by pixel."""
+    x0, y0, x1, y1 = box_px
+    pixels = torch.zeros(padded[0] * stride, padded[1] * stride, dtype=torch.float64)
+    pixels[y0:y1, x0:x1] = 1.0
+    pixels[image_hw[0] :, :] = 0.0
+    pixels[:, image_hw[1] :] = 0.0
+    return pixels.view(padded[0], stride, padded[1], stride).sum((1, 3)) / stride**2
+
+
+def normalised(box_px: tuple[int, int, int, int], image_hw: tuple[int, int]) -> list[float]:
+    x0, y0, x1, y1 = box_px
+    height, width = image_hw
+    return [(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height]
+
+
+def one_hot_cell_paibb(images_hw: list[tuple[int, int]], boxes_px: list[tuple], stride: int) -> list[torch.Tensor]:
+    """PAIBB of one box per image (padded together in one batch), read by one query per cell of the padded grid
+    that puts all its attention on that cell: the box's coverage of every cell, shaped as the padded grid (zero
+    where the cell is padding). The grids are the backbone's: ceil(side / stride) valid cells per side."""
+    padded_px = (max(h for h, _ in images_hw), max(w for _, w in images_hw))
+    padded = tuple(-(-side // stride) for side in padded_px)
+    grids = [tuple(-(-side // stride) for side in hw) for hw in images_hw]
+    cells = padded[0] * padded[1]
+    mask = torch.ones(len(images_hw), *padded, dtype=torch.bool)
+    for b, (h, w) in enumerate(grids):
+        mask[b, :h, :w] = False
+    weights = torch.eye(cells)[None, None].expand(len(images_hw), 1, -1, -1).double()  # query k -> cell k
+    maps = AttentionMaps([weights], mask.flatten(1), torch.tensor(grids), padded, key_strides=(stride,))
+    targets = [
+        {"boxes": torch.tensor([normalised(box, hw)]), "orig_size": torch.tensor(hw), "size": torch.tensor(hw)}
+        for box, hw in zip(boxes_px, images_hw, strict=True)
+    ]
+    indices = [(torch.arange(cells), torch.zeros(cells, dtype=torch.long)) for _ in images_hw]
+    values = compute_paibb(maps, targets, indices).values[0, :, 0].view(len(images_hw), *padded)
+    return [v.double() * ~m for v, m in zip(values, mask, strict=True)]
+
+
+def test_boxes_land_on_their_pixels_when_sides_are_not_multiples_of_the_stride():
+    # 100 px at stride 32: 4 cells covering 128 px. A box over x in [64, 100] px covers all of cell 2 and 4/32 of
+    # cell 3 (laying it over the 4 cells as if they covered exactly the image gave 0.44 of cell 2 and all of cell 3).
+    row = one_hot_cell_paibb([(32, 100)], [(64, 0, 100, 32)], 32)[0][0]
+    torch.testing.assert_close(row, torch.tensor([0.0, 0.0, 1.0, 4 / 32], dtype=torch.float64))
+    cases = [
+        ((75, 100), (64, 10, 100, 75)),  # touching the right and bottom borders
+        ((75, 100), (5, 3, 40, 70)),
+        ((75, 100), (0, 0, 100, 75)),  # the whole image: 100 x 75 of 128 x 96 pixels
+        ((800, 1066), (1000, 700, 1066, 800)),  # 34 x 25 cells covering 1088 x 800 pixels
+        ((800, 1066), (517, 33, 790, 411)),
+    ]
+    for image_hw, box in cases:
+        padded = tuple(-(-side // 32) for side in image_hw)
+        coverage = one_hot_cell_paibb([image_hw], [box], 32)[0]
+        torch.testing.assert_close(coverage, raster_coverage(box, image_hw, 32, padded), rtol=0, atol=1e-5)
+
+
+def test_boxes_land_on_their_pixels_in_a_padded_batch_of_two_sizes():
+    # 100 x 75 and 60 x 90 (w x h) padded together to 100 x 90: a 3 x 4 grid of stride 32, the second image 3 x 2.
+    images_hw, boxes = [(75, 100), (90, 60)], [(70, 40, 100, 75), (20, 50, 60, 90)]
+    for coverage, box, image_hw in zip(one_hot_cell_paibb(images_hw, boxes, 32), boxes, images_hw, strict=True):
+        torch.testing.assert_close(coverage, raster_coverage(box, image_hw, 32, (3, 4)), rtol=0, atol=1e-5)

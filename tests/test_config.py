@@ -48,6 +48,10 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
         ("model.backbone.dilation=maybe", "model.backbone.dilation"),
         ("model.backbone.trainable_layers=layer2", "model.backbone.trainable_layers"),
         ("nonsense=1", "nonsense"),
+        ("train.eval_every=0", "train.eval_every must be >= 1, got 0"),  # a ZeroDivisionError after epoch 1
+        ("train.log_every=0", "train.log_every must be >= 1"),  # a ZeroDivisionError at the first step
+        ("train.epochs=0", "train.epochs must be >= 1"),
+        ("train.keep_last=-1", "train.keep_last must be >= 0"),
     ],
 )
 def test_bad_keys_and_types_are_named(override: str, named: str):

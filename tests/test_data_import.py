@@ -141,6 +141,20 @@ def test_voc_xml_in_subfolders_and_images_without_xml_are_named(tmp_path: Path, 
     assert "1 image(s) have no XML and are not imported" in caplog.text and "b.jpg" in caplog.text
 
 
+def test_voc_two_xml_files_describing_one_image_are_an_error_naming_both(tmp_path: Path) -> None:
+    """A copy ``a (1).xml`` of ``a.xml`` made a.jpg two image entries (its boxes twice); now both files are named."""
+    write_image(tmp_path / "photos" / "a.jpg")
+    write_image(tmp_path / "photos" / "b.jpg")
+    write_text(tmp_path / "xml" / "a.xml", voc_xml([("rbc", (3, 4, 13, 14), 0)], "a.jpg"))
+    write_text(tmp_path / "xml" / "a (1).xml", voc_xml([("rbc", (3, 4, 13, 14), 0)], "a.jpg"))
+    write_text(tmp_path / "xml" / "b.xml", voc_xml([("rbc", (3, 4, 13, 14), 0)], "b.jpg"))
+    with pytest.raises(
+        DatasetError, match=r"1 image\(s\) are described by more than one XML file: .*a.jpg: a \(1\).xml, a.xml"
+    ):
+        import_voc(tmp_path / "xml", tmp_path / "out.json", tmp_path / "photos")
+    assert not (tmp_path / "out.json").exists()
+
+
 def test_voc_size_that_differs_from_the_image(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """An XML <size> that is not the image's size: the JSON takes the image's (so data check and training read
     it), and the XML is named in a warning and counted, rather than `data check` asking to fix the JSON."""

@@ -8,8 +8,8 @@ import torch
 from matplotlib.colors import to_rgb
 
 from sparse_detector import build_model, deformable_detr_from_official, load_config
-from sparse_detector.analysis import record_attention
-from sparse_detector.analysis.paibb import points_in_box, sampling_spread
+from sparse_detector.analysis import AttentionMaps, compute_paibb, record_attention
+from sparse_detector.analysis.paibb import point_readings
 from sparse_detector.attention import Sparsemax
 from sparse_detector.attention.deformable import MSDeformAttn, ms_deform_attn_sample
 from sparse_detector.attention.sites import PointsRecord
@@ -422,8 +422,53 @@ def test_point_paibb_and_spread_match_brute_force():
             inside += w * (abs(x - 0.5) <= 0.3 and abs(y - 0.4) <= 0.15)
             rx, ry = reference[0, 1, level].tolist()
             spread += w * (((x - rx) / 0.6) ** 2 + ((y - ry) / 0.3) ** 2) ** 0.5
-    assert points_in_box([record], image, query, box).item() == pytest.approx(inside, abs=1e-6)
-    assert sampling_spread([record], image, query, box).item() == pytest.approx(spread, abs=1e-6)
+    readings = point_readings([record], image, query, box)
+    assert readings[0].item() == pytest.approx(inside, abs=1e-6)
+    assert readings[1].item() == pytest.approx(spread, abs=1e-6)
+
+
+def test_point_paibb_and_spread_compare_points_and_boxes_in_pixels():
+    # Image 0 is 100 x 75 (w x h) px, padded beside a 160 x 75 one; levels of stride 8 and 32. Level 0: 20 cells
+    # wide, image 0 has ceil(100 * 20 / 160) = 13 valid (ratio 0.65), covering 104 px; level 1: 5 wide, 4 valid
+    # (ratio 0.8), covering 128 px. The records give locations in [0, 1] of those valid cells (the official
+    # model's frame), so x = 0.75 is pixel 78 at level 0 but pixel 96 at level 1, and x = 0.95 is pixel 98.8 at
+    # level 0 but 121.6 (beyond the image) at level 1. The box spans x in [90, 100] px, all rows.
+    weights = torch.tensor([[0.1, 0.2], [0.3, 0.4]]).view(1, 1, 1, 2, 2).repeat(2, 1, 1, 1, 1)
+    locations = torch.tensor([[0.75, 0.5], [0.95, 0.5]]).view(1, 1, 1, 1, 2, 2).repeat(2, 1, 1, 2, 1, 1)
+    reference = torch.tensor([0.5, 0.5, 0.2, 0.2]).view(1, 1, 1, 4).repeat(2, 1, 2, 1)  # a reference box
+    valid_ratios = torch.tensor([[[0.65, 1.0], [0.8, 1.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    record = PointsRecord(weights, locations, reference, torch.tensor([[10, 20], [3, 5]]), valid_ratios)
+    maps = AttentionMaps(
+        [record.key_weights()], keys="points", queries="queries", records=[record], key_strides=(8, 32)
+    )
+    targets = [
+        {"boxes": torch.tensor([[0.95, 0.5, 0.1, 1.0]]), "orig_size": torch.tensor([75, 100])},
+        {"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]), "orig_size": torch.tensor([75, 160])},
+    ]
+    for target in targets:
+        target["size"] = target["orig_size"]
+    matched = compute_paibb(maps, targets, [(torch.tensor([0]), torch.tensor([0]))] * 2)
+    # inside: level 0 point 1 (98.8 px) and level 1 point 0 (96 px) = 0.2 + 0.3 (in the valid frame: 0.2 + 0.4)
+    assert matched.values[0, 0, 0].item() == pytest.approx(0.5, abs=1e-6)
+    # spread: pixel distances from the reference centre (0.5 of the valid cells: 52 px at level 0, 64 px at
+    # level 1) over the box width, 10 px: (0.1 * 26 + 0.2 * 46.8 + 0.3 * 32 + 0.4 * 57.6) / 10
+    assert matched.spread[0, 0, 0].item() == pytest.approx(4.46, abs=1e-5)
+    # image 1 is unpadded and 160 px = 20 * 8 = 5 * 32: its valid cells cover exactly the image, as before
+    image, query, box = torch.tensor([1]), torch.tensor([0]), targets[1]["boxes"]
+    inside, spread = point_readings([record], image, query, box)
+    assert matched.values[0, 1].item() == pytest.approx(inside.item())
+    assert matched.spread[0, 1].item() == pytest.approx(spread.item())
+
+
+@torch.no_grad()
+def test_declared_level_strides_match_the_levels_the_model_makes():
+    model = build_model(load_config("shapes_tiny", TINY_DEFORMABLE)).eval()
+    strides = {site.name: site.key_strides for site in model.attention_sites()}
+    assert strides == {"encoder_self": (8, 16, 32), "decoder_self": None, "decoder_cross": (8, 16, 32)}
+    outputs, maps = record_attention(model, [torch.randn(3, 75, 100)])
+    shapes = outputs.attention["decoder_cross"][0].level_shapes.tolist()
+    assert shapes == [[-(-75 // s), -(-100 // s)] for s in strides["decoder_cross"]]  # ceil(side / stride) cells
+    assert maps["decoder_cross"].key_strides == (8, 16, 32)
 
 
 @pytest.mark.parametrize(
@@ -492,3 +537,18 @@ def test_the_title_names_only_the_box_colours_drawn():
     both = [((5, 5, 30, 20), TRUTH_COLOR), ((1, 1, 9, 9), PREDICTION_COLOR)]
     assert sampling_figure(image, record, 0, 0, boxes=both)._suptitle.get_text().endswith("ground truth (cyan)")
     assert sampling_figure(image, record, 0, 0, boxes=[], title="t")._suptitle.get_text() == "t"
+
+
+def test_sampling_figure_draws_points_where_the_model_samples_them():
+    # Image 100 x 75 (w x h); level 0 of stride 8 has 13 x 10 cells (104 x 80 px), level 1 of stride 32 4 x 3 cells
+    # (128 x 96 px). The location (0.75, 0.5) of each level's valid cells is pixel (78, 40) at level 0 and (96, 48)
+    # at level 1 (it was drawn at (75, 37.5) for both); the reference (0.5, 0.5) at level 0's (52, 40).
+    weights = torch.ones(1, 1, 1, 2, 1) / 2
+    locations = torch.tensor([0.75, 0.5]).expand(1, 1, 1, 2, 1, 2)
+    reference = torch.tensor([0.5, 0.5]).expand(1, 1, 2, 2)
+    record = PointsRecord(weights, locations, reference, torch.tensor([[10, 13], [3, 4]]), torch.ones(1, 2, 2))
+    figure = sampling_figure(np.zeros((75, 100, 3)), record, 0, 0, level_strides=(8, 32))
+    ax = figure.axes[0]
+    drawn = [c.get_offsets()[0] for c in ax.collections if len(c.get_offsets())]
+    np.testing.assert_allclose(drawn, [[78.0, 40.0], [96.0, 48.0]], atol=1e-4)
+    np.testing.assert_allclose(ax.lines[0].get_xydata(), [[52.0, 40.0]], atol=1e-4)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,24 @@ def test_saved_detections_score_the_same_in_pycocotools(run: Path, tmp_path: Pat
     assert curves["precision"].shape == (10, 101, 4) and list(curves["category_ids"]) == [1, 2, 3, 4]
 
 
+def test_results_on_other_data_are_written_beside_the_runs_own(run: Path, tmp_path: Path) -> None:
+    """`evaluate` / `analyze` with --annotations of other data wrote over the run's eval.json and analysis/; they
+    now default to eval-<stem>.json and analysis-<stem>/ (the run's own data still gives eval.json, analysis/)."""
+    mine = tmp_path / "run"
+    shutil.copytree(run, mine)
+    other = tmp_path / "other.json"
+    state = torch.load(run / "checkpoint_last.pt", weights_only=True)
+    shutil.copy(state["config"]["data"]["val"]["annotations"], other)
+    argv = ["--checkpoint", str(mine), "--device", "cpu"]
+    assert main(["evaluate", *argv]) == 0
+    assert main(["evaluate", *argv, "--annotations", str(other)]) == 0
+    assert json.loads((mine / "eval.json").read_text())["data"] != str(other)
+    assert json.loads((mine / "eval-other.json").read_text())["data"] == str(other)
+    assert (mine / "eval-other_pr.npz").is_file()
+    assert main(["analyze", *argv, "--annotations", str(other)]) == 0
+    assert (mine / "analysis-other" / "analysis.json").is_file() and not (mine / "analysis").exists()
+
+
 def test_evaluate_on_data_with_other_categories_is_an_error(run: Path, tmp_path: Path, capsys) -> None:
     """The same category ids naming other classes (another data set) would score one class as another."""
     data = json.loads(Path(evaluate_at(run, 3, tmp_path)["data"]).read_text())
@@ -170,6 +189,25 @@ def test_predict_pictures_of_inputs_sharing_a_stem_are_all_kept(run: Path, tmp_p
     records = json.loads((tmp_path / "p" / "predictions.json").read_text())
     assert [Path(r["picture"]).name for r in records] == ["a_png_pred.png", "a_jpg_pred.png", "a_png_2_pred.png"]
     assert all(Path(r["picture"]).is_file() for r in records)
+
+
+def test_predict_on_a_folder_takes_its_subfolders_but_not_its_outputs(run: Path, tmp_path: Path) -> None:
+    """A folder's images in subfolders are found (they were not); hidden folders and the output folder, here
+    inside the input folder, are left out, so a second run predicts the same images."""
+    source = sorted((run.parent / "data" / "images").glob("*.png"))[0]
+    photos = tmp_path / "photos"
+    for relative in ("b.png", "2023/a.jpg", "2024/deeper/c.png", ".thumbnails/b.png"):
+        (photos / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(source).save(photos / relative)
+    argv = ["predict", "--checkpoint", str(run), "--device", "cpu", str(photos), "--output", str(photos / "out")]
+    for _ in range(2):
+        assert main(argv) == 0
+        records = json.loads((photos / "out" / "predictions.json").read_text())
+        assert [Path(r["image"]).relative_to(photos).as_posix() for r in records] == [
+            "2023/a.jpg",
+            "2024/deeper/c.png",
+            "b.png",
+        ]
 
 
 def test_predict_with_image_ids_scores_like_evaluate(run: Path, tmp_path: Path, capsys) -> None:

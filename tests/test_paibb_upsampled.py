@@ -67,3 +67,32 @@ def test_maps_without_a_padding_mask():
     value = upsampled_paibb(maps, [right_two_thirds], match)[0]
     assert value == upsampled_paibb(masked, [right_two_thirds], match)[0]
     assert abs(value - 2 / 3) < 1e-12  # the box's share of the pixels (20 of 30 columns)
+
+
+def test_keeps_the_thesis_geometry_when_sides_are_not_multiples_of_the_stride():
+    """The thesis upsampled the valid grid to the image size, stretching it where a side is not a multiple of the
+    stride; the compatible reading does the same on purpose (the default PAIBB places cells on their pixels)."""
+    # A 200 x 150 (w x h) image fed to the model at 100 x 75: at stride 32 its valid grid is 3 x 4 cells (128 x 96
+    # model pixels), upsampled to 200 x 150 all the same. Rows are uniform, the columns hold mass 0, 0, 1, 3; the
+    # box is the right half of the image, all rows.
+    columns = [0.0, 0.0, 1.0, 3.0]
+    weights = torch.tensor(columns, dtype=torch.float64).repeat(3).view(1, 1, 1, 12) / 12.0
+    maps = AttentionMaps(
+        [weights], None, torch.tensor([[3, 4]]), (3, 4), keys="grid", queries="queries", key_strides=(32,)
+    )
+    target = {
+        "boxes": torch.tensor([[0.75, 0.5, 0.5, 1.0]]),
+        "orig_size": torch.tensor([150, 200]),
+        "size": torch.tensor([75, 100]),
+    }
+    value = upsampled_paibb(maps, [target], [(torch.tensor([0]), torch.tensor([0]))])[0]
+
+    def bilinear(k: int, size_in: int, size_out: int) -> float:
+        """Pixel k of the columns bilinearly upsampled from size_in to size_out (align_corners=False)."""
+        source = max((k + 0.5) * size_in / size_out - 0.5, 0.0)
+        low = int(source)
+        high, fraction = min(low + 1, size_in - 1), source - low
+        return columns[low] * (1 - fraction) + columns[high] * fraction
+
+    profile = [bilinear(k, 4, 200) for k in range(200)]
+    assert abs(value.item() - sum(profile[100:200]) / sum(profile)) < 1e-12

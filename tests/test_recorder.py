@@ -12,6 +12,7 @@ from sparse_detector.attention.base import KeyGrid
 from sparse_detector.attention.registry import available_activations
 from sparse_detector.attention.sites import GridRecord, QueriesRecord, model_sites
 from sparse_detector.data.batching import pad_images
+from sparse_detector.models.backbone import stage_stride
 from sparse_detector.report import result_rows
 
 from .conftest import TINY_MODEL
@@ -158,3 +159,16 @@ def test_metrics_of_real_maps_identical_alone_and_in_padded_batch():
         if row["count"]:
             assert row["mean"] == pytest.approx(reference["mean"], abs=1e-6)
             assert row["std"] == pytest.approx(reference["std"], abs=1e-6)
+
+
+@torch.no_grad()
+def test_declared_stride_matches_the_grid_the_model_makes():
+    # PAIBB places boxes in pixels through the sites' key_strides: they must be the backbone's real stride.
+    model = tiny_model()
+    strides = {site.name: site.key_strides for site in model.attention_sites()}
+    assert strides == {"encoder_self": (32,), "decoder_self": None, "decoder_cross": (32,)}
+    _, maps = record_attention(model, [torch.rand(3, 75, 100)])
+    assert maps["decoder_cross"].padded_hw == (3, 4) and maps["decoder_cross"].key_strides == (32,)  # ceil(side/32)
+    _, maps = record_attention(tiny_model("model.backbone.return_layer=layer3"), [torch.rand(3, 75, 100)])
+    assert maps["decoder_cross"].padded_hw == (5, 7) and maps["decoder_cross"].key_strides == (16,)
+    assert stage_stride("layer4", dilation=True) == 16 and stage_stride("layer1") == 4

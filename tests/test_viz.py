@@ -25,7 +25,7 @@ from sparse_detector.viz.curves import curves_figure
 from sparse_detector.viz.deformable import references_figure
 from sparse_detector.viz.diagnostics import diagnostics_figure
 from sparse_detector.viz.figure import DPI
-from sparse_detector.viz.kinds import FIGURE_KINDS
+from sparse_detector.viz.kinds import FIGURE_KINDS, ImageItem, cell_centre, pixel_cell
 
 from .conftest import shapes_config
 
@@ -148,6 +148,22 @@ def test_overlay_lights_the_cell_that_holds_the_mass():
     assert tiny.max() - tiny.min() > 20, "a small positive weight is coloured, unlike an exact zero"
 
 
+def test_grid_cells_are_drawn_on_their_pixels_when_sides_are_not_multiples_of_the_stride():
+    # A 100 x 75 (w x h) model input at stride 32 has a 3 x 4 grid over 128 x 96 pixels: the overlay spans those
+    # pixels, cut at the image's border (it was stretched over the 100 x 75 image, each cell 25 px wide).
+    image = np.full((75, 100, 3), 0.5)
+    figure = attention_figure(image, np.ones((1, 1, 3, 4)) / 12, stride=32)
+    axes = figure.axes[0]
+    assert axes.images[1].get_extent() == [0, 128, 96, 0]
+    assert axes.get_xlim() == (0, 100) and axes.get_ylim() == (75, 0)
+    assert attention_figure(image, np.ones((1, 1, 3, 4)) / 12).axes[0].images[1].get_extent() == [0, 100, 75, 0]
+    item = ImageItem("image", torch.zeros(3, 75, 100), None, image, (150, 200))  # the original is twice as large
+    assert pixel_cell(item, 180, 10, 3, 4, stride=32) == (0, 2)  # model pixel 90: cell 2 (stretched: cell 3)
+    assert pixel_cell(item, 199, 149, 3, 4, stride=32) == (2, 3)
+    assert pixel_cell(item, 180, 10, 3, 4) == (0, 3)
+    assert cell_centre(item, 2, 3, 3, 4, stride=32) == (98.0, 69.5)  # the centre of the cell's part in the image
+
+
 def test_diagnostics_record_weights_gradients_and_entropy(runs):
     records = read_diagnostics(runs["run"])
     assert [r["step"] for r in records] == [0, 1, 2]
@@ -223,6 +239,8 @@ def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, ca
     assert "add one of ['decoder_cross'] to --sites" in capsys.readouterr().err
     assert main([*deformable, "--zero-threshold", "-1"]) == 2  # was accepted: every zeros ratio read 0
     assert "--zero-threshold must be >= 0" in capsys.readouterr().err
+    assert main([*deformable, "--zero-threshold", "nan"]) == 2  # was accepted: every zeros ratio read 1
+    assert "must be >= 0 and finite" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
 

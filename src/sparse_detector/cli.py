@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config, load_config, override_config
-from .runs import CONFIG_FILE, EVAL_FILE
+from .runs import CONFIG_FILE, eval_file, other_data_suffix
 
 if TYPE_CHECKING:
     from .data.coco import CocoDetection
@@ -370,7 +371,8 @@ def add_evaluate_command(commands: Subparsers) -> None:
     _add_evaluation_data(parser)
     parser.add_argument(
         "--output",
-        help="metrics JSON, with the precision arrays beside it as <name>_pr.npz (default: <run dir>/eval.json)",
+        help="metrics JSON, with the precision arrays beside it as <name>_pr.npz (default: <run dir>/eval.json, or "
+        "eval-<annotations stem>.json on data other than the run's validation set)",
     )
     parser.add_argument(
         "--save-detections", metavar="FILE", help="also write every detection in the COCO results format"
@@ -409,7 +411,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(format_table(evaluation.stats))
     if evaluation.coco.per_class:
         print(format_per_class_table(evaluation.coco.per_class))
-    output = Path(args.output) if args.output else loaded.source.parent / EVAL_FILE
+    suffix = other_data_suffix(loaded.config.data.val.annotations, config.data.val.annotations)
+    output = Path(args.output) if args.output else eval_file(loaded.source, suffix)
     output.parent.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": str(loaded.source), "data": str(dataset.annotation_file), **evaluation.stats}
     output.write_text(json.dumps({**record, "per_class": evaluation.coco.per_class}, indent=2))
@@ -460,7 +463,9 @@ def add_analyze_command(commands: Subparsers) -> None:
         help="also the prior thesis's PAIBB: last layer, head average, bilinearly upsampled to the image size",
     )
     parser.add_argument(
-        "--output", help="output folder (default: <run dir>/analysis or <run dir>/analysis-random-init)"
+        "--output",
+        help="output folder (default: <run dir>/analysis or <run dir>/analysis-random-init, with "
+        "-<annotations stem> added on data other than the run's validation set)",
     )
 
 
@@ -475,9 +480,10 @@ def _analyze(args: argparse.Namespace) -> int:
 
     _check_output("--output", args.output)
     _refuse_model_overrides(args.set)
-    if args.zero_threshold is not None and args.zero_threshold < 0:
+    if args.zero_threshold is not None and not 0 <= args.zero_threshold < math.inf:  # NaN fails both
         raise ValueError(
-            f"--zero-threshold must be >= 0 (a weight at or below it counts as zero), got {args.zero_threshold}"
+            f"--zero-threshold must be >= 0 and finite (a weight at or below it counts as zero), got "
+            f"{args.zero_threshold}"
         )
     loaded = load_analysis_model(
         args.checkpoint, args.official, random_init=args.random_init, seed=args.seed, **_official_options(args)
@@ -515,7 +521,8 @@ def _analyze(args: argparse.Namespace) -> int:
         "ap": stats,
         "attention": aggregator.result(),
     }
-    output = Path(args.output) if args.output else analysis_dir(loaded.source, args.random_init)
+    suffix = other_data_suffix(loaded.config.data.val.annotations, config.data.val.annotations)
+    output = Path(args.output) if args.output else analysis_dir(loaded.source, args.random_init, suffix)
     print(analysis_markdown(record))
     for path in write_analysis(record, output):
         print(f"written: {path}")
@@ -569,7 +576,7 @@ def add_predict_command(commands: Subparsers) -> None:
         _predict,
     )
     _add_model_source(parser)
-    parser.add_argument("inputs", nargs="+", help="image files or folders")
+    parser.add_argument("inputs", nargs="+", help="image files, or folders (their subfolders too)")
     parser.add_argument("--output", default="predictions", help="output folder")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score of a kept detection")
     parser.add_argument(
@@ -958,7 +965,7 @@ def _visualize(args: argparse.Namespace) -> int:
     request = VisualizeRequest(
         runs=runs,
         output=output,
-        images=image_files(images) if images else [],
+        images=image_files(images, skip=output) if images else [],
         fmt=args.format,
         num_images=args.num_images,
         queries=args.queries,

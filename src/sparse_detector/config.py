@@ -150,6 +150,22 @@ class TrainConfig:
     wandb_project: str = "sparse-detector"
     wandb_mode: str = "offline"  # offline (files in the run directory, sync later with `wandb sync`) | online
 
+    def __post_init__(self) -> None:
+        """Counts that a run divides by or loops over: a wrong one is a config error, not a failure mid-run."""
+        for name, least in (
+            ("epochs", 1),
+            ("batch_size", 1),
+            ("eval_batch_size", 1),
+            ("eval_every", 1),
+            ("log_every", 1),
+            ("max_steps_per_epoch", 0),
+            ("keep_last", 0),
+            ("keep_every", 0),
+            ("diagnostics_every", 0),
+        ):
+            if isinstance(value := getattr(self, name), int) and value < least:
+                raise ConfigError(f"train.{name} must be >= {least}, got {value}")
+
 
 @dataclass
 class Config:

@@ -8,8 +8,9 @@ A run directory holds::
     checkpoint_epochNNNN.pt     earlier end-of-epoch checkpoints kept by train.keep_last / keep_every / lr drops
     checkpoint_best.pt          the best validation AP so far
     <checkpoint>.meta.json      size and SHA-256 of each checkpoint, recorded when it was written
-    eval.json                   the last evaluation
-    analysis/analysis.{json,csv,md}                  `sparse-detector analyze`
+    eval.json                   the last evaluation on the run's validation data (eval-<annotations stem>.json:
+                                `sparse-detector evaluate` on other data)
+    analysis/analysis.{json,csv,md}                  `sparse-detector analyze` (analysis-<stem>/ on other data)
     analysis-random-init/analysis.{json,csv,md}      the same with --random-init
 """
 
@@ -53,9 +54,25 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def analysis_dir(checkpoint: Path, random_init: bool) -> Path:
-    """Where ``analyze`` writes by default: ``analysis`` (or ``analysis-random-init``) beside the checkpoint."""
-    return checkpoint.parent / ANALYSIS_DIRS[random_init]
+def other_data_suffix(run_annotations: str | Path, evaluated_annotations: str | Path) -> str:
+    """``""`` when an evaluation reads the run's own validation annotations, else ``-<their file stem>``: what
+    ``evaluate`` and ``analyze`` add to their default output names so that results on other data sit beside the
+    run's own instead of replacing them."""
+    same = Path(run_annotations).expanduser().resolve() == Path(evaluated_annotations).expanduser().resolve()
+    return "" if same else f"-{Path(evaluated_annotations).stem}"
+
+
+def eval_file(checkpoint: Path, data_suffix: str = "") -> Path:
+    """Where ``evaluate`` writes by default: ``eval.json`` beside the checkpoint (``eval-<data>.json`` on other
+    data)."""
+    path = Path(EVAL_FILE)
+    return checkpoint.parent / f"{path.stem}{data_suffix}{path.suffix}"
+
+
+def analysis_dir(checkpoint: Path, random_init: bool, data_suffix: str = "") -> Path:
+    """Where ``analyze`` writes by default: ``analysis`` (or ``analysis-random-init``) beside the checkpoint, with
+    ``data_suffix`` (:func:`other_data_suffix`) added on other data."""
+    return checkpoint.parent / f"{ANALYSIS_DIRS[random_init]}{data_suffix}"
 
 
 def find_analyses(inputs: Iterable[str | Path]) -> list[Path]:

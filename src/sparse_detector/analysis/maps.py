@@ -24,7 +24,9 @@ class AttentionMaps:
     its top-left block. ``query_padding_mask`` (B, Lq) marks padded queries where the queries are grid cells too
     (``queries == "grid"``), else None. ``dense`` is True for softmax maps, which have no exact zeros.
     ``keys``/``queries`` default to what the other fields imply; ``records`` keeps the site's raw records (their
-    kind-specific fields, e.g. sampling locations), when the maps come from a recorder.
+    kind-specific fields, e.g. sampling locations), when the maps come from a recorder. ``key_strides``: the
+    model-input pixels per key cell of every level where the keys are image cells (the site's ``key_strides``),
+    or None.
     """
 
     weights: list[Tensor]
@@ -36,6 +38,7 @@ class AttentionMaps:
     keys: KeyKind | None = None
     queries: QueryKind | None = None
     records: Sequence[AttentionRecord] | None = field(default=None, repr=False)
+    key_strides: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.keys is None:
@@ -58,6 +61,7 @@ class AttentionMaps:
             keys=site.keys,
             queries=site.queries,
             records=records,
+            key_strides=site.key_strides,
         )
 
     @property

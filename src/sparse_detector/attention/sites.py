@@ -23,7 +23,7 @@ with these members; the recorder never looks inside a record.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from torch import Tensor, nn
@@ -147,22 +147,40 @@ class AttentionSite:
 
     ``name``: the role (``model.attention.<name>`` in the config, the key of recorded maps and analysis results);
     ``keys``/``queries``: what the keys and queries are; ``modules``: the attention module of every layer.
+    ``key_strides``: where the keys are image feature cells, the model-input pixels per cell of every level (one
+    for the feature grid, one per level, finest first, for sampling points): cell j of a level covers pixels
+    [j * stride, (j + 1) * stride]. None where the model does not say (PAIBB then takes each image's valid grid to
+    cover exactly the image).
     """
 
     name: str
     keys: KeyKind
     queries: QueryKind
     modules: tuple[RecordingModule, ...]
+    key_strides: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.keys not in KEY_KINDS:
             raise ValueError(f"site {self.name}: keys must be one of {list(KEY_KINDS)}, got {self.keys!r}")
         if self.queries not in ("grid", "queries"):
             raise ValueError(f"site {self.name}: queries must be 'grid' or 'queries', got {self.queries!r}")
+        if self.key_strides is not None and (self.keys == "queries" or any(s <= 0 for s in self.key_strides)):
+            raise ValueError(
+                f"site {self.name}: key_strides (pixels per feature cell) need image-cell keys and positive strides, "
+                f"got {self.key_strides!r} for {self.keys!r} keys"
+            )
 
     @property
     def num_layers(self) -> int:
         return len(self.modules)
+
+
+def with_key_strides(sites: Sequence[AttentionSite], strides: Sequence[int]) -> tuple[AttentionSite, ...]:
+    """``sites`` with ``key_strides`` set to ``strides`` where their keys are image feature cells (grid or sampling
+    points); a model that knows its backbone's strides declares them this way."""
+    return tuple(
+        site if site.keys == "queries" else replace(site, key_strides=tuple(int(s) for s in strides)) for site in sites
+    )
 
 
 @runtime_checkable

@@ -24,6 +24,7 @@ from ..config import Config, config_from_dict, override_config
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset
 from ..data.coco import DatasetError, load_json, to_rgb
+from ..data.importers.common import IMAGE_SUFFIXES
 from ..data.labels import LabelMap
 from ..data.transforms import make_transforms
 from ..models import DetectionOutput, build_model
@@ -36,7 +37,6 @@ from .evaluate import targets_to
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PREDICT_FORMATS = ("json", "coco")
 
 
@@ -101,18 +101,30 @@ def record_run_batch(
     return RecordedBatch(loaded, images, targets, outputs, maps)
 
 
-def image_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """The image files named in ``inputs`` (files, or folders whose images are taken in name order)."""
+def image_files(inputs: Sequence[str | Path], skip: Path | None = None) -> list[Path]:
+    """The image files named in ``inputs``: files, or folders whose images (subfolders too, hidden ones left out)
+    are taken in path order. Nothing under ``skip`` (e.g. the output folder, so earlier outputs written inside an
+    input folder are not read back as inputs) is taken from a folder."""
+    skip = skip.resolve() if skip is not None else None
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(
+                path
+                for path in item.rglob("*")
+                if path.suffix.lower() in IMAGE_SUFFIXES
+                and path.is_file()
+                and not any(part.startswith(".") for part in path.relative_to(item).parts)
+                and not (skip is not None and path.resolve().is_relative_to(skip))
+            )
         elif item.is_file():
             files.append(item)
         else:
             raise FileNotFoundError(f"input {item} is neither an image file nor a folder")
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {[str(i) for i in inputs]}")
+        raise FileNotFoundError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) in {[str(i) for i in inputs]} or their subfolders"
+        )
     return files
 
 
@@ -210,7 +222,7 @@ def predict_images(
     labels_map = loaded.label_map
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = image_files(inputs)
+    files = image_files(inputs, skip=out)
     file_names = output_names(files)
     ids = coco_image_ids(image_ids, files) if image_ids is not None else {f: i for i, f in enumerate(files, 1)}
     result = Predictions()

@@ -25,6 +25,13 @@ MEMORY_FORMAT = torch.channels_last
 reorders them, and the flattened feature map comes out contiguous."""
 
 
+def stage_stride(stage: str, dilation: bool = False) -> int:
+    """Input pixels per feature cell after ``stage`` of a torchvision ResNet (stem and layer1: 4, then doubling);
+    with ``dilation`` (DC5) layer4 keeps layer3's stride."""
+    stride = 2 ** (max(STAGES.index(stage), 1) + 1)
+    return stride // 2 if dilation and stage == "layer4" else stride
+
+
 def _stage_of(param_name: str) -> str:
     head = param_name.split(".", 1)[0]
     return head if head.startswith("layer") else "stem"
@@ -147,6 +154,7 @@ class Backbone(nn.Module):
         self.body = IntermediateLayerGetter(resnet, return_layers={cfg.return_layer: "0"})
         self.body.to(memory_format=MEMORY_FORMAT)
         self.num_channels = _stage_channels(getattr(resnet, cfg.return_layer))
+        self.stride = stage_stride(cfg.return_layer, cfg.dilation)
 
     def forward(self, batch: PaddedBatch) -> PaddedBatch:
         features = self.body(batch.tensors.contiguous(memory_format=MEMORY_FORMAT))["0"]
@@ -160,6 +168,7 @@ class Joiner(nn.Sequential):
     def __init__(self, backbone: Backbone, position_encoding: nn.Module) -> None:
         super().__init__(backbone, position_encoding)
         self.num_channels = backbone.num_channels
+        self.stride = backbone.stride
 
     def forward(self, batch: PaddedBatch) -> tuple[PaddedBatch, Tensor]:
         features = self[0](batch)

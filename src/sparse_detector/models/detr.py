@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention.fast_layers import Linear
-from ..attention.sites import AttentionSite
+from ..attention.sites import AttentionSite, with_key_strides
 from ..config import Config
 from ..data.batching import PaddedBatch, model_input
 from .backbone import Backbone, Joiner
@@ -65,7 +65,7 @@ class DETR(nn.Module):
         self.backbone = backbone
 
     def attention_sites(self) -> tuple[AttentionSite, ...]:
-        return self.transformer.attention_sites()
+        return with_key_strides(self.transformer.attention_sites(), [self.backbone.stride])
 
     def forward(self, images: PaddedBatch | Tensor | Sequence[Tensor], mask: Tensor | None = None) -> DetectionOutput:
         """``images``: a ``PaddedBatch``, a list of CHW tensors of any sizes, or a (B, 3, H, W) tensor with an

@@ -1,9 +1,11 @@
 """Attention maps drawn over the image: per layer (rows) × head (columns) plus the head average, or any grid of panels.
 
-A map lives on the image's valid (unpadded) feature grid of h × w cells; cell (i, j) covers the image area
-[j/w, (j+1)/w] × [i/h, (i+1)/h] of the valid region — the geometry PAIBB uses — so the map is stretched over the
-valid image, never over padding. The image is shown in grey and the weights in colour on top; exact zeros are left
-uncoloured (sparse maps are the point), so the smallest positive weight is always distinguishable from 0.
+A map lives on the image's valid (unpadded) feature grid of h × w cells; with the grid's stride s (pixels of the
+shown image, which is the model input, per cell) cell (i, j) covers pixels [j·s, (j+1)·s] × [i·s, (i+1)·s] — the
+geometry PAIBB uses — so when a side of the image is not a multiple of s its last cells reach past the image and are
+cut at its border (the grid is never stretched over the image). Without a stride the grid is stretched over the
+image. The image is shown in grey and the weights in colour on top; exact zeros are left uncoloured (sparse maps
+are the point), so the smallest positive weight is always distinguishable from 0.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class AttentionPanel:
     predictions: Sequence[LabelledBox] = ()
     ground_truth: Sequence[LabelledBox] = ()
     points: Sequence[tuple[float, float]] = field(default_factory=tuple)  # (x, y) in image pixels, e.g. a query cell
+    stride: float | None = None  # image pixels per grid cell (None: the grid is stretched over the image)
 
 
 def grey(image: np.ndarray) -> np.ndarray:
@@ -41,13 +44,18 @@ def grey(image: np.ndarray) -> np.ndarray:
     return 0.35 + 0.55 * (image[..., :3] @ np.array([0.299, 0.587, 0.114]))
 
 
-def draw_attention(axes: Axes, image: np.ndarray, weights: np.ndarray, norm: Normalize) -> None:
-    """``image`` (H, W, 3) of the valid area in grey, ``weights`` (h, w) stretched over it; zeros uncoloured."""
+def draw_attention(
+    axes: Axes, image: np.ndarray, weights: np.ndarray, norm: Normalize, stride: float | None = None
+) -> None:
+    """``image`` (H, W, 3) of the valid area in grey, ``weights`` (h, w) on it, cells of ``stride`` pixels (None:
+    stretched over the image); zeros uncoloured."""
     height, width = image.shape[:2]
     extent = (0, width, height, 0)
     axes.imshow(grey(image), cmap="gray", vmin=0, vmax=1, extent=extent, interpolation="nearest")
     cmap = colormaps[COLORMAP].with_extremes(bad=(0, 0, 0, 0))
     masked = np.ma.masked_equal(np.asarray(weights, dtype=np.float64), 0.0)
+    if stride is not None:
+        extent = (0, masked.shape[1] * stride, masked.shape[0] * stride, 0)
     axes.imshow(masked, cmap=cmap, norm=norm, alpha=OVERLAY_ALPHA, extent=extent, interpolation="nearest")
     axes.set_xlim(0, width)
     axes.set_ylim(height, 0)
@@ -76,7 +84,7 @@ def attention_panels_figure(
             if panel is None:
                 axes.set_axis_off()
                 continue
-            draw_attention(axes, image, panel.weights, norm)
+            draw_attention(axes, image, panel.weights, norm, panel.stride)
             draw_labelled_boxes(axes, panel.ground_truth, TRUTH_COLOR, text_below=True)
             draw_labelled_boxes(axes, panel.predictions, PREDICTION_COLOR)
             for x, y in panel.points:
@@ -100,10 +108,12 @@ def attention_figure(
     ground_truth: Sequence[LabelledBox] = (),
     points: Sequence[tuple[float, float]] = (),
     title: str = "",
+    stride: float | None = None,
 ) -> Figure:
     """One query's maps: ``maps`` (layers, heads, h, w) drawn as layer rows × head columns, plus the head average.
 
-    ``image`` (H, W, 3) in [0, 1] is the valid (unpadded) area the grid covers; boxes are in its pixels.
+    ``image`` (H, W, 3) in [0, 1] is the valid (unpadded) area the grid covers; boxes are in its pixels; ``stride``
+    its pixels per grid cell (None: the grid is stretched over it).
     """
     maps = np.asarray(maps)
     if maps.ndim != 4:
@@ -112,7 +122,7 @@ def attention_figure(
     labels = list(layer_labels) if layer_labels is not None else [f"layer {i}" for i in range(layers)]
     panels = [
         [
-            AttentionPanel(weights, predictions, ground_truth, points)
+            AttentionPanel(weights, predictions, ground_truth, points, stride)
             for weights in [*maps[layer], maps[layer].mean(axis=0)]
         ]
         for layer in range(layers)

@@ -2,8 +2,10 @@
 
 Points are coloured by feature level and sized by weight; points of exactly zero weight (sparse maps) are drawn
 hollow, so what a sparse map switched off stays visible. One panel with every head, then one per head. Inputs are
-the :class:`~sparse_detector.attention.sites.PointsRecord` of one layer, whose locations are normalised to the
-image's valid area, so they map straight onto the (unpadded) image.
+the :class:`~sparse_detector.attention.sites.PointsRecord` of one layer, whose locations are in [0, 1] of each
+level's valid cells (ceil(side / stride) cells of the level's stride, which reach past the image when its side is
+not a multiple of the stride): with the site's level strides a location u of a level is drawn at pixel
+u · cells · stride of the model input, as the model samples it (without them, at u · image side).
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from ..analysis.paibb import valid_area_scale
 from ..attention.sites import PointsRecord
 from .figure import box_legend
 
@@ -25,11 +29,25 @@ MIN_AREA = 20.0
 LEVEL_COLORS = ("tab:blue", "magenta", "lime", "orange", "tab:purple", "tab:brown")
 
 
-def _draw_points(ax, locations: np.ndarray, weights: np.ndarray, width: int, height: int) -> None:
-    """``locations`` (L, P, 2) in [0, 1] of the image, ``weights`` (L, P): coloured by level, sized by weight."""
+def level_pixels(
+    record: PointsRecord, image_index: int, width: int, height: int, level_strides: Sequence[int] | None
+) -> np.ndarray:
+    """(L, 2): the (w, h) in pixels of each level's valid cells, what a location in [0, 1] of them is scaled by, for
+    an image of ``width`` x ``height`` model-input pixels (without ``level_strides``: the image's own size)."""
+    levels = record.level_shapes.shape[0]
+    if level_strides is None:
+        return np.tile(np.array([width, height], dtype=np.float64), (levels, 1))
+    index, size = torch.tensor([image_index]), torch.tensor([[height, width]])
+    scale = valid_area_scale(record, index, size, level_strides)[0].detach().cpu().double().numpy()
+    return scale * np.array([width, height], dtype=np.float64)
+
+
+def _draw_points(ax, locations: np.ndarray, weights: np.ndarray, pixels: np.ndarray) -> None:
+    """``locations`` (L, P, 2) in [0, 1] of each level's valid cells, ``pixels`` (L, 2) their size in pixels,
+    ``weights`` (L, P): coloured by level, sized by weight."""
     for level in range(locations.shape[0]):
         color = LEVEL_COLORS[level % len(LEVEL_COLORS)]
-        x, y = locations[level, :, 0] * width, locations[level, :, 1] * height
+        x, y = locations[level, :, 0] * pixels[level, 0], locations[level, :, 1] * pixels[level, 1]
         w = weights[level]
         sizes = MIN_AREA + FULL_WEIGHT_AREA * w
         zero = w == 0
@@ -38,11 +56,12 @@ def _draw_points(ax, locations: np.ndarray, weights: np.ndarray, width: int, hei
 
 
 def _reference_pixels(
-    record: PointsRecord, image_index: int, query_index: int, width: int, height: int
+    record: PointsRecord, image_index: int, query_index: int, pixels: np.ndarray
 ) -> tuple[float, float]:
-    """The query's reference point (first level; its centre for box references) in pixels of the valid image."""
+    """The query's reference point (first level; its centre for box references) in pixels of the valid image, with
+    ``pixels`` as in ``_draw_points``."""
     x, y = record.reference_points[image_index, query_index, 0, :2].detach().cpu().double().tolist()
-    return x * width, y * height
+    return x * pixels[0, 0], y * pixels[0, 1]
 
 
 def _draw_boxes(ax, boxes: Sequence[tuple[tuple[float, float, float, float], str]]) -> None:
@@ -64,17 +83,20 @@ def sampling_figure(
     query_index: int,
     boxes: Sequence[tuple[tuple[float, float, float, float], str]] = (),
     title: str = "",
+    level_strides: Sequence[int] | None = None,
 ) -> Figure:
     """The sampling of query ``query_index`` of image ``image_index`` in one layer's ``record``.
 
-    ``image`` (h, w, 3) in [0, 1]: the image's valid area as the model saw it (any size: locations are relative).
+    ``image`` (h, w, 3) in [0, 1]: the image's valid area as the model saw it (any size without ``level_strides``,
+    the model-input pixels of every level's cells; see the module docstring).
     ``boxes``: (x0, y0, x1, y1) in that image's pixels with their colour (e.g. ground truth and prediction).
     Returns a figure with one panel for all heads, then one per head.
     """
     height, width = image.shape[:2]
+    pixels = level_pixels(record, image_index, width, height, level_strides)
     weights = record.weights[image_index, query_index].detach().cpu().double().numpy()  # (heads, L, P)
     locations = record.sampling_locations[image_index, query_index].detach().cpu().double().numpy()
-    reference = _reference_pixels(record, image_index, query_index, width, height)
+    reference = _reference_pixels(record, image_index, query_index, pixels)
     heads, levels = weights.shape[:2]
     columns = min(heads + 1, 5)
     rows = -(-(heads + 1) // columns)
@@ -84,7 +106,7 @@ def sampling_figure(
     for ax, (name, selected) in zip(axes, panels, strict=False):
         ax.imshow(image, extent=(0, width, height, 0))
         for head in selected:
-            _draw_points(ax, locations[head], weights[head], width, height)
+            _draw_points(ax, locations[head], weights[head], pixels)
         _draw_boxes(ax, boxes)
         ax.plot(*reference, marker="x", color="black", markersize=9, mew=2.5)
         ax.plot(*reference, marker="x", color="white", markersize=7, mew=1.2)
@@ -115,12 +137,14 @@ def references_figure(
     query_index: int,
     boxes: Sequence[tuple[tuple[float, float, float, float], str]] = (),
     title: str = "",
+    level_strides: Sequence[int] | None = None,
 ) -> Figure:
     """The reference point of query ``query_index`` in every decoder layer (``records`` in layer order), joined by
-    arrows from each layer to the next and labelled by layer, over ``image`` with ``boxes`` as in
-    :func:`sampling_figure`."""
+    arrows from each layer to the next and labelled by layer, over ``image`` with ``boxes`` and ``level_strides`` as
+    in :func:`sampling_figure`."""
     height, width = image.shape[:2]
-    points = [_reference_pixels(record, image_index, query_index, width, height) for record in records]
+    pixels = level_pixels(records[0], image_index, width, height, level_strides)
+    points = [_reference_pixels(record, image_index, query_index, pixels) for record in records]
     figure = Figure(figsize=(5, 5 * height / width + 0.6), layout="constrained")
     ax = figure.subplots()
     ax.imshow(image, extent=(0, width, height, 0))

@@ -204,6 +204,13 @@ def recorded_forward(loaded: LoadedModel, item: ImageItem, site: str, device: to
     return outputs, grid_array(maps[site])
 
 
+def grid_stride(model: torch.nn.Module, site: str) -> int | None:
+    """Pixels of the model input per cell of ``site``'s keys (their finest level), or None where the model does not
+    say (the figures then stretch the grid over the image)."""
+    strides = model_sites(model)[site].key_strides
+    return None if strides is None else strides[0]
+
+
 def grid_array(maps: AttentionMaps) -> np.ndarray:
     """One image's grid-keyed maps as (layers, heads, queries, h, w) on its valid grid."""
     maps = maps.image(0)
@@ -263,6 +270,7 @@ def attention_kind(request: VisualizeRequest) -> list[Path]:
                 [predictions[q]],
                 truth,
                 title=f"{run_label(request.runs[0])}: {site}, {item.name}, query {q}",
+                stride=grid_stride(loaded.model, site),
             )
             written.append(save_figure(figure, request.output / f"attention_{site}_{item.name}_q{q}", request.fmt))
     return written
@@ -280,7 +288,8 @@ def detection_attention(
     site = grid_site(loaded, "queries", None)
     outputs, maps = recorded_forward(loaded, item, site, device)
     predictions = _prediction_boxes(outputs, item, loaded)
-    panels = [[AttentionPanel(maps[-1, :, q].mean(axis=0), [predictions[q]]) for q in queries]]
+    stride = grid_stride(loaded.model, site)
+    panels = [[AttentionPanel(maps[-1, :, q].mean(axis=0), [predictions[q]], stride=stride) for q in queries]]
     title = f"{site}, last layer, head average, per detection"
     figure = attention_panels_figure(item.picture, panels, [site], [predictions[q].text for q in queries], title)
     return save_figure(figure, path, fmt)
@@ -334,15 +343,19 @@ def deformable_kind(request: VisualizeRequest) -> list[Path]:
             boxes = [(b.box, TRUTH_COLOR) for b in truth] + [(predictions[q].box, PREDICTION_COLOR)]
             for layer, record in enumerate(outputs.attention[site]):
                 title = f"{run_label(request.runs[0])}: {site} layer {layer}, {item.name}, {predictions[q].text}"
-                figure = sampling_figure(item.picture, record, 0, q, boxes, title)
+                figure = sampling_figure(item.picture, record, 0, q, boxes, title, sites[site].key_strides)
                 name = f"deformable_{site}_{item.name}_q{q}_layer{layer}"
                 written.append(save_figure(figure, request.output / name, request.fmt))
             title = f"{run_label(request.runs[0])}: {site}, {item.name}, {predictions[q].text}"
-            figure = references_figure(item.picture, outputs.attention[site], 0, q, boxes, title)
+            figure = references_figure(
+                item.picture, outputs.attention[site], 0, q, boxes, title, sites[site].key_strides
+            )
             name = f"deformable_references_{site}_{item.name}_q{q}"
             written.append(save_figure(figure, request.output / name, request.fmt))
         if encoder:
-            written += _encoder_sampling(request, encoder, outputs.attention[encoder], item, truth)
+            written += _encoder_sampling(
+                request, encoder, outputs.attention[encoder], item, truth, sites[encoder].key_strides
+            )
     return written
 
 
@@ -354,20 +367,41 @@ def _encoder_points_site(sites: dict) -> str:
     return candidates[0]
 
 
-def pixel_cell(item: ImageItem, x: float, y: float, rows: int, columns: int) -> tuple[int, int]:
-    """(row, column) of the cell of an image's valid ``rows`` × ``columns`` grid holding pixel (x, y) of the original
-    image; a pixel outside the image is an error."""
+def pixel_cell(
+    item: ImageItem, x: float, y: float, rows: int, columns: int, stride: float | None = None
+) -> tuple[int, int]:
+    """(row, column) of the cell of an image's valid ``rows`` × ``columns`` grid, of ``stride`` model-input pixels
+    per cell (None: the grid stretched over the image), holding pixel (x, y) of the original image; a pixel outside
+    the image is an error."""
     height, width = item.orig_size
     if not (0 <= x < width and 0 <= y < height):
         raise ValueError(
             f"--pixels {x:g},{y:g} is outside {item.name} ({width:g} x {height:g} px); pixels are X,Y in the original "
             "image's coordinates"
         )
-    return min(int(y / height * rows), rows - 1), min(int(x / width * columns), columns - 1)
+    if stride is None:
+        return min(int(y / height * rows), rows - 1), min(int(x / width * columns), columns - 1)
+    row, column = int(y / height * item.height // stride), int(x / width * item.width // stride)
+    return min(row, rows - 1), min(column, columns - 1)
+
+
+def cell_centre(item: ImageItem, row: int, column: int, rows: int, columns: int, stride: float | None) -> tuple:
+    """(x, y) in model-input pixels of the centre of the part of cell (``row``, ``column``) inside the image."""
+    if stride is None:
+        return (column + 0.5) * item.width / columns, (row + 0.5) * item.height / rows
+    return (
+        (column * stride + min((column + 1) * stride, item.width)) / 2,
+        (row * stride + min((row + 1) * stride, item.height)) / 2,
+    )
 
 
 def _encoder_sampling(
-    request: VisualizeRequest, site: str, records: Sequence, item: ImageItem, truth: list[LabelledBox]
+    request: VisualizeRequest,
+    site: str,
+    records: Sequence,
+    item: ImageItem,
+    truth: list[LabelledBox],
+    level_strides: Sequence[int] | None,
 ) -> list[Path]:
     """Per requested pixel and layer: the sampling points of the first feature level's grid cell containing it."""
     (height, width), (ratio_w, ratio_h) = records[0].level_shapes[0].tolist(), records[0].valid_ratios[0, 0].tolist()
@@ -375,12 +409,12 @@ def _encoder_sampling(
     boxes = [(b.box, TRUTH_COLOR) for b in truth]
     written = []
     for x, y in request.pixels:
-        row, column = pixel_cell(item, x, y, valid_h, valid_w)
+        row, column = pixel_cell(item, x, y, valid_h, valid_w, level_strides[0] if level_strides else None)
         for layer, record in enumerate(records):
             title = (
                 f"{run_label(request.runs[0])}: {site} layer {layer}, {item.name}, cell (row {row}, column {column})"
             )
-            figure = sampling_figure(item.picture, record, 0, row * width + column, boxes, title)
+            figure = sampling_figure(item.picture, record, 0, row * width + column, boxes, title, level_strides)
             name = f"deformable_{site}_{item.name}_r{row}c{column}_layer{layer}"
             written.append(save_figure(figure, request.output / name, request.fmt))
     return written
@@ -401,14 +435,17 @@ def encoder_kind(request: VisualizeRequest) -> list[Path]:
     for item in load_images(loaded.config, request):
         _, maps = recorded_forward(loaded, item, site, device)
         layers, heads, _, h, w = maps.shape
+        stride = grid_stride(loaded.model, site)
         if request.pixels:
-            cells = [row * w + column for row, column in (pixel_cell(item, x, y, h, w) for x, y in request.pixels)]
+            cells = [
+                row * w + column for row, column in (pixel_cell(item, x, y, h, w, stride) for x, y in request.pixels)
+            ]
         else:
             cells = _most_attended_cells(maps)
         truth = _truth_boxes(item, loaded.label_map)
         for cell in cells:
             row, column = divmod(cell, w)
-            centre = ((column + 0.5) * item.width / w, (row + 0.5) * item.height / h)
+            centre = cell_centre(item, row, column, h, w, stride)
             figure = attention_figure(
                 item.picture,
                 maps[:, :, cell],
@@ -417,6 +454,7 @@ def encoder_kind(request: VisualizeRequest) -> list[Path]:
                 points=[centre],
                 title=f"{run_label(request.runs[0])}: {site}, {item.name}, query cell (row {row}, "
                 f"column {column}) marked ×",
+                stride=stride,
             )
             written.append(save_figure(figure, request.output / f"encoder_{item.name}_r{row}c{column}", request.fmt))
     return written
@@ -452,7 +490,9 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
             predictions = _prediction_boxes(outputs, item, loaded)
             for t, q in sorted(_matched_queries(loaded, outputs, item.target).items()):
                 weights = maps[-1, :, q].mean(axis=0)
-                panels[t].append(AttentionPanel(weights, [predictions[q]], [truth[t]]))
+                panels[t].append(
+                    AttentionPanel(weights, [predictions[q]], [truth[t]], stride=grid_stride(loaded.model, site))
+                )
         figure = attention_panels_figure(
             item.picture,
             panels,

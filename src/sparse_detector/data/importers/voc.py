@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..coco import MAX_EXAMPLES, DatasetError
-from .common import IMAGE_SUFFIXES, CocoBuilder, find_image, read_list_file, write_coco
+from .common import IMAGE_SUFFIXES, CocoBuilder, find_image, listing, read_list_file, write_coco
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,20 @@ def _images_without_xml(images_dir: Path, matched: list[Path]) -> list[str]:
     )
 
 
+def _check_one_xml_per_image(parsed: Sequence[VocAnnotation], images: Sequence[Path]) -> None:
+    """Fail naming them where several XML files describe one image (e.g. a copy ``a (1).xml`` of ``a.xml``):
+    imported as they are, the image would be two entries, each with part of the boxes or with every box twice."""
+    xml_files: dict[Path, list[str]] = {}
+    for annotation, image in zip(parsed, images, strict=True):
+        xml_files.setdefault(image.resolve(), []).append(annotation.xml_file.name)
+    shared = [f"{image}: {', '.join(names)}" for image, names in xml_files.items() if len(names) > 1]
+    if shared:
+        raise DatasetError(
+            f"{len(shared)} image(s) are described by more than one XML file: {listing(shared)}; keep one XML per "
+            "image (merge their <object>s into it if they hold different boxes)"
+        )
+
+
 def import_voc(
     annotations_dir: str | Path,
     out_file: str | Path,
@@ -148,12 +162,12 @@ def import_voc(
     if not images_dir.is_dir():
         raise DatasetError(f"images folder {images_dir} does not exist")
     parsed = [parse_voc_xml(f) for f in _xml_files(annotations_dir, Path(list_file) if list_file else None)]
+    matched = [_image_of(annotation, images_dir) for annotation in parsed]
+    _check_one_xml_per_image(parsed, matched)
     builder = CocoBuilder(str(annotations_dir), class_names)
     resized: list[str] = []
-    matched: list[Path] = []
-    for annotation in parsed:
-        matched.append(_image_of(annotation, images_dir))
-        image_id = builder.add_image(matched[-1])
+    for annotation, image in zip(parsed, matched, strict=True):
+        image_id = builder.add_image(image)
         _, width, height = builder.image(image_id)
         xml_size = (annotation.width, annotation.height)
         if width and all(xml_size) and xml_size != (width, height):

@@ -15,7 +15,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from ...config import BackboneConfig
 from ...data.batching import PaddedBatch
-from ..backbone import STAGES, _stage_channels, trainable_resnet
+from ..backbone import _stage_channels, stage_stride, trainable_resnet
 
 #: The stages Deformable DETR reads, finest first (C3, C4, C5).
 FEATURE_STAGES = ("layer2", "layer3", "layer4")
@@ -37,9 +37,7 @@ class MultiScaleBackbone(nn.Module):
         stages = readable[-num_outputs:]
         self.body = IntermediateLayerGetter(resnet, return_layers={stage: str(i) for i, stage in enumerate(stages)})
         self.num_channels = [_stage_channels(getattr(resnet, stage)) for stage in stages]
-        self.strides = [2 ** (STAGES.index(stage) + 1) for stage in stages]
-        if cfg.dilation:
-            self.strides[-1] //= 2
+        self.strides = [stage_stride(stage, cfg.dilation) for stage in stages]
 
     def forward(self, batch: PaddedBatch) -> list[PaddedBatch]:
         features = []

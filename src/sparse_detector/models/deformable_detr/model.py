@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...attention.fast_layers import Linear
-from ...attention.sites import AttentionSite
+from ...attention.sites import AttentionSite, with_key_strides
 from ...data.batching import PaddedBatch, model_input
 from ..detr import MLP
 from ..outputs import DetectionOutput
@@ -113,7 +113,16 @@ class DeformableDETR(nn.Module):
         return self.aux_loss or not self.with_box_refine
 
     def attention_sites(self) -> tuple[AttentionSite, ...]:
-        return self.transformer.attention_sites()
+        return with_key_strides(self.transformer.attention_sites(), self.level_strides)
+
+    @property
+    def level_strides(self) -> list[int]:
+        """Input pixels per cell of every level, finest first: the backbone's, then each extra level twice the
+        one before (stride-2 convolutions)."""
+        strides = list(self.backbone.strides)
+        for _ in range(self.num_feature_levels - len(strides)):
+            strides.append(strides[-1] * 2)
+        return strides
 
     def levels(self, batch: PaddedBatch) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Projected feature maps, padding masks and position encodings of every level, finest first."""
