@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_rgb
 
 from sparse_detector import build_model, deformable_detr_from_official, load_config
 from sparse_detector.analysis import AttentionMaps, compute_paibb, record_attention
@@ -14,14 +15,19 @@ from sparse_detector.attention.deformable import MSDeformAttn, ms_deform_attn_sa
 from sparse_detector.attention.sites import PointsRecord
 from sparse_detector.config import ConfigError
 from sparse_detector.data.build import build_dataset, build_loader
+from sparse_detector.engine.checkpoint import load_checkpoint, save_checkpoint
 from sparse_detector.engine.optim import parameter_groups
+from sparse_detector.engine.trainer import Trainer, initialise_from
 from sparse_detector.models.build import build_criterion
 from sparse_detector.models.deformable_detr import DeformableTransformer
+from sparse_detector.models.deformable_detr.criterion import FocalHungarianMatcher, FocalSetCriterion
 from sparse_detector.models.postprocess import TopKPostProcess, postprocessor_for
 from sparse_detector.models.weights import CheckpointMismatchError, load_official
+from sparse_detector.runs import read_metrics
 from sparse_detector.viz.deformable import sampling_figure
+from sparse_detector.viz.figure import PREDICTION_COLOR, TRUTH_COLOR
 
-from .conftest import shapes_config, shared_path
+from .conftest import SMALL_MODEL, shapes_config, shared_path
 
 FIXTURE = "fixtures/ddetr_official_transformer_small.pt"
 
@@ -155,6 +161,66 @@ def test_variants_give_losses_for_every_layer(variant):
     assert shared == (variant == "plain")
 
 
+def test_two_stage_names_images_too_small_for_its_proposals():
+    """The two-stage preset (300 queries) on 96 px images failed with torch's 'selected index k out of range'."""
+    config = load_config("shapes_tiny", [*TINY_DEFORMABLE, *VARIANTS["two_stage"], "model.num_queries=90"])
+    model = build_model(config).eval()
+    with pytest.raises(ValueError, match=r"model.num_queries=90 proposals .* only 84 \(levels 8x8, 4x4, 2x2\)"):
+        model([torch.randn(3, 64, 64)])
+    assert model([torch.randn(3, 80, 80)])["pred_logits"].shape == (1, 90, 4)  # 100 + 25 + 9 cells: enough
+
+
+@pytest.mark.parametrize("aux_loss", [True, False])
+def test_two_stage_trains_the_encoder_proposals_only_with_aux_loss(aux_loss):
+    """Official: the '_enc' weights are added with the auxiliary ones, so without aux_loss the proposals' losses are
+    logged but train nothing (the proposal heads get no gradient)."""
+    config = load_config("shapes_tiny", [*TINY_DEFORMABLE, *VARIANTS["two_stage"], f"model.aux_loss={aux_loss}"])
+    model, criterion = build_model(config), build_criterion(config)
+    targets = [{"labels": torch.tensor([0, 3]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2]])}]
+    losses = criterion(model([torch.randn(3, 64, 64)]), targets)
+    assert {"loss_ce_enc", "loss_bbox_enc", "loss_giou_enc"} <= set(losses)
+    assert ("loss_ce_enc" in criterion.weight_dict) == aux_loss
+    criterion.total_loss(losses).backward()
+    proposal_heads = [model.class_embed[-1], model.bbox_embed[-1]]  # the extra heads, used only for proposals
+    trained = [any(p.grad is not None and p.grad.any() for p in head.parameters()) for head in proposal_heads]
+    assert trained == [aux_loss, aux_loss]
+
+
+@pytest.mark.parametrize("aux_loss", [True, False])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_trains_every_parameter_says_whether_the_loss_reaches_every_parameter(variant, aux_loss):
+    """Under torch.distributed, box refinement or two-stage with model.aux_loss=false failed on its second step
+    ('Expected to have finished reduction...'): DDP is now told to look for the parameters the loss leaves out."""
+    overrides = [*TINY_DEFORMABLE, *VARIANTS[variant], f"model.aux_loss={aux_loss}"]
+    model, criterion = (
+        build_model(load_config("shapes_tiny", overrides)),
+        build_criterion(load_config("shapes_tiny", overrides)),
+    )
+    targets = [{"labels": torch.tensor([0, 3]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2]])}]
+    criterion.total_loss(criterion(model([torch.randn(3, 64, 64)]), targets)).backward()
+    reached = all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert model.trains_every_parameter == reached
+
+
+def test_cardinality_error_counts_queries_whose_best_logit_is_not_the_last_class():
+    """Official Deformable DETR (as DETR): a query counts as a prediction when its argmax is not the last class,
+    whatever its score; it used to be 'best score above 0.5' here."""
+    logits = torch.tensor(
+        [
+            [
+                [2.0, 0.0, -1.0],  # argmax 0, score 0.88: counted (both definitions)
+                [1.0, 0.0, 3.0],  # argmax = last class, score 0.95: not counted (0.5 rule: counted)
+                [-3.0, -2.0, -4.0],  # argmax 1, score 0.12: counted (0.5 rule: not counted)
+                [-3.0, -2.0, -4.0],  # the same
+            ]
+        ]
+    )
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2]] * 4])
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    losses = FocalSetCriterion(3, FocalHungarianMatcher())({"pred_logits": logits, "pred_boxes": boxes}, targets)
+    assert losses["cardinality_error"].item() == 2.0  # |3 predictions - 1 object|
+
+
 def test_parameter_groups_follow_the_official_recipe():
     config = load_config("shapes_tiny", [*TINY_DEFORMABLE, "optim.lr=1e-3", "model.backbone.lr=1e-4"])
     model = build_model(config)
@@ -181,6 +247,45 @@ def test_a_learned_position_embedding_trains_at_the_official_rate(arch_options):
     expected = "default" if config.model.arch == "deformable_detr" else "backbone"
     assert names["backbone.1.row_embed.weight"] == expected
     assert names["backbone.0.body.layer2.0.conv1.weight"] == "backbone"
+
+
+def test_resume_regroups_a_run_saved_before_the_learned_embedding_left_the_backbone_group(shapes, tmp_path):
+    """Runs saved before the change kept backbone.1 (learned position embedding) in the backbone group; resuming
+    them failed on the group sizes. Each parameter now keeps its AdamW state in its new group."""
+    run = tmp_path / "run"
+    overrides = ["model.position_embedding=learned", "train.max_steps_per_epoch=1", "train.eval_every=100"]
+    Trainer(shapes_config(shapes, *TINY_DEFORMABLE, *overrides, "train.epochs=1"), run, progress=False).fit()
+    path = run / "checkpoint_last.pt"
+    state = load_checkpoint(path)
+    config = load_config(run / "config.yaml")
+    model = build_model(config)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {g["name"]: [names[id(p)] for p in g["params"]] for g in parameter_groups(model, config)}
+    new_order = [n for members in groups.values() for n in members]
+    saved = {n: state["optimizer"]["state"][i] for i, n in enumerate(new_order)}
+    # The earlier layout, by hand: every "backbone." parameter in the backbone group, in named_parameters order.
+    old_group = {n: "backbone" if n.startswith("backbone.") else g for g, members in groups.items() for n in members}
+    old_groups = {g: [n for n in names.values() if old_group.get(n) == g] for g in groups}
+    settings = {g["name"]: {k: v for k, v in g.items() if k != "params"} for g in state["optimizer"]["param_groups"]}
+    old_order = [n for members in old_groups.values() for n in members]
+    old_param_groups, start = [], 0
+    for name, members in old_groups.items():
+        old_param_groups.append({**settings[name], "params": list(range(start, start + len(members)))})
+        start += len(members)
+    state["optimizer"] = {"state": {i: saved[n] for i, n in enumerate(old_order)}, "param_groups": old_param_groups}
+    save_checkpoint(path, state)
+
+    trainer = Trainer(load_config(run / "config.yaml", ["train.epochs=2"]), run, resume=True, progress=False)
+    by_name = dict(trainer.model.named_parameters())
+    group_of = {id(p): g["name"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert group_of[id(by_name["backbone.1.row_embed.weight"])] == "default"
+    for name, expected in saved.items():
+        got = trainer.optimizer.state[by_name[name]]
+        torch.testing.assert_close(got["exp_avg"], expected["exp_avg"], rtol=0, atol=0)
+        torch.testing.assert_close(got["exp_avg_sq"], expected["exp_avg_sq"], rtol=0, atol=0)
+    trainer.fit()
+    (record,) = [r for r in read_metrics(run) if r["type"] == "resume"]
+    assert any("backbone.1.row_embed.weight (backbone -> default)" in change for change in record["changes"])
 
 
 def test_top_k_post_processing_ranks_query_class_pairs():
@@ -233,6 +338,33 @@ def test_official_loader_recognises_each_variant(tmp_path, variant):
         expected, got = model(images), loaded(images)
     torch.testing.assert_close(got["pred_logits"], expected["pred_logits"], rtol=0, atol=0)
     torch.testing.assert_close(got["pred_boxes"], expected["pred_boxes"], rtol=0, atol=0)
+
+
+def test_an_official_checkpoint_gets_the_official_losses_and_matching_costs(tmp_path):
+    """Its evaluation loss and the matching behind analyze's PAIBB used DETR's costs (class cost 1, coefficient 1);
+    official Deformable DETR's main.py: --set_cost_class 2, --cls_loss_coef 2, bbox 5, GIoU 2, focal alpha 0.25."""
+    model = build_model(load_config("shapes_tiny", [*TINY_DEFORMABLE, "model.backbone.norm=frozen_bn"]))
+    torch.save({"model": model.state_dict()}, tmp_path / "checkpoint.pth")
+    _, config = load_official(tmp_path / "checkpoint.pth", "deformable_detr", {"nheads": 4})
+    loss = config.loss
+    assert (loss.set_cost_class, loss.set_cost_bbox, loss.set_cost_giou) == (2.0, 5.0, 2.0)
+    assert (loss.ce_loss_coef, loss.bbox_loss_coef, loss.giou_loss_coef, loss.focal_alpha) == (2.0, 5.0, 2.0, 0.25)
+    assert build_criterion(config).matcher.cost_class == 2.0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_init_from_a_checkpoint_of_other_classes_reinitialises_every_class_head(tmp_path, variant):
+    """Fine-tuning an official (91-class) Deformable DETR on 4 classes failed: only DETR's 'class_embed.weight'
+    was known as a class head, not 'class_embed.N' / 'transformer.decoder.class_embed.N'."""
+    coco = build_model(load_config("shapes_tiny", [*TINY_DEFORMABLE, *VARIANTS[variant], "model.num_classes=91"]))
+    torch.save({"model": coco.state_dict()}, tmp_path / "official.pth")
+    model = build_model(load_config("shapes_tiny", [*TINY_DEFORMABLE, *VARIANTS[variant]]))
+    reinitialised = initialise_from(model, tmp_path / "official.pth")
+    assert reinitialised and all("class_embed." in name for name in reinitialised)
+    assert any(n.startswith("transformer.decoder.class_embed.") for n in reinitialised) == (variant == "two_stage")
+    for name, value in model.state_dict().items():
+        if name not in reinitialised:
+            torch.testing.assert_close(value, coco.state_dict()[name], rtol=0, atol=0)
 
 
 def test_official_loader_names_a_wrong_head_count():
@@ -339,6 +471,26 @@ def test_declared_level_strides_match_the_levels_the_model_makes():
     assert maps["decoder_cross"].key_strides == (8, 16, 32)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.deformable.enc_n_points=0", "model.deformable.enc_n_points must be at least 1, got 0"),
+        ("model.deformable.dec_n_points=-1", "model.deformable.dec_n_points must be at least 1"),
+        ("model.num_queries=0", "model.num_queries must be at least 1"),
+        ("model.transformer.dec_layers=0", "model.transformer.dec_layers must be at least 1"),
+        ("model.transformer.nheads=5", r"model.transformer.hidden_dim \(32\) must be a positive multiple of model"),
+    ],
+)
+def test_impossible_sizes_are_named_before_the_model_is_built(override, message):
+    """They used to fail inside PyTorch ('Given groups=1, expected weight...', 'cannot reshape tensor of 0
+    elements', 'stack expects a non-empty TensorList', 'd_model 32 is not divisible by n_heads 5')."""
+    for arch_options in ([], TINY_DEFORMABLE):
+        if "deformable" in override and not arch_options:
+            continue
+        with pytest.raises(ConfigError, match=message):
+            build_model(load_config("shapes_tiny", [*SMALL_MODEL, *arch_options, override]))
+
+
 def test_tvmax_is_refused_at_sampling_point_sites():
     config = load_config("shapes_tiny", [*TINY_DEFORMABLE, "model.attention.decoder_cross.activation=tvmax"])
     with pytest.raises(ConfigError, match=r"model\.attention\.decoder_cross\.activation: tvmax needs keys") as error:
@@ -358,6 +510,33 @@ def test_sampling_figure_draws_zero_weight_points_hollow():
     assert titles == ["all heads (6 zero)", "head 0 (2 zero)", "head 1 (2 zero)", "head 2 (2 zero)"]
     hollow = [c for ax in figure.axes for c in ax.collections if len(c.get_facecolors()) == 0]
     assert sum(len(c.get_offsets()) for c in hollow) == 12  # 6 in the all-heads panel, 2 in each head's
+
+
+def test_every_level_of_the_official_four_is_visible_on_the_legend_and_apart_from_the_boxes():
+    """Level 3 of the official 4-level model was white: invisible in the (white) legend and as a hollow point."""
+    weights = torch.rand(1, 1, 2, 4, 2)
+    record = PointsRecord(weights, torch.rand(1, 1, 2, 4, 2, 2), torch.rand(1, 1, 4, 2), torch.ones(4, 2), None)
+    figure = sampling_figure(np.zeros((40, 60, 3)), record, 0, 0, boxes=[])
+    handles = figure.legends[0].legend_handles
+    levels = [h.get_color() for h in handles if h.get_label().startswith("level ")]
+    assert len(levels) == 4 and len(set(levels)) == 4
+    for color in levels:
+        r, g, b = to_rgb(color)
+        assert 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.85, color  # relative luminance: not white on white
+        assert to_rgb(color) not in (to_rgb(PREDICTION_COLOR), to_rgb(TRUTH_COLOR)), color
+
+
+def test_the_title_names_only_the_box_colours_drawn():
+    """The encoder's pixel figures (ground truth only) and figures of the user's own images (predictions only) said
+    'boxes: prediction (red), ground truth (cyan)'."""
+    weights = torch.rand(1, 1, 2, 1, 2)
+    record = PointsRecord(weights, torch.rand(1, 1, 2, 1, 2, 2), torch.rand(1, 1, 1, 2), torch.ones(1, 2), None)
+    image = np.zeros((40, 60, 3))
+    truth_only = sampling_figure(image, record, 0, 0, boxes=[((5, 5, 30, 20), TRUTH_COLOR)], title="t")
+    assert truth_only._suptitle.get_text() == "t\nboxes: ground truth (cyan)"
+    both = [((5, 5, 30, 20), TRUTH_COLOR), ((1, 1, 9, 9), PREDICTION_COLOR)]
+    assert sampling_figure(image, record, 0, 0, boxes=both)._suptitle.get_text().endswith("ground truth (cyan)")
+    assert sampling_figure(image, record, 0, 0, boxes=[], title="t")._suptitle.get_text() == "t"
 
 
 def test_sampling_figure_draws_points_where_the_model_samples_them():

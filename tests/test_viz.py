@@ -13,6 +13,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
+from sparse_detector import build_model, load_config
 from sparse_detector.attention.sites import PointsRecord
 from sparse_detector.cli import main
 from sparse_detector.engine.diagnostics import read_diagnostics
@@ -282,7 +283,7 @@ def test_references_figure_labels_every_decoder_layer():
     assert labels == ["", "", "0,1", "2"]  # two arrows, then the labels
     assert [line.get_xydata().tolist() for line in ax.lines] == [[[40.0, 20.0]], [[20.0, 30.0]]]
     boxed = references_figure(image, [record(0.5, 0.5)], 0, 0, [((10, 10, 30, 30), "red")], title="run: q0")
-    assert boxed.get_suptitle() == "run: q0\nboxes: prediction (red)"  # was unexplained
+    assert boxed.get_suptitle() == "run: q0\nboxes: prediction (red)"  # was unexplained; names only what is drawn
 
 
 def test_a_short_run_has_whole_step_and_epoch_ticks_and_plain_alpha_values():
@@ -323,6 +324,18 @@ def test_deformable_pixels_draw_the_encoder_sampling(runs, tmp_path: Path):
     names = [p.name.split("_", 3)[3] for p in encoder]  # <image>_r<row>c<column>_layer<layer>.png
     assert len(names) == 2 and all(n.endswith("_layer0.png") for n in names)  # two pixels x one encoder layer
     assert any("_r0c0_" in n for n in names), names  # the top-left pixel is in the top-left cell
+
+
+def test_an_official_deformable_checkpoint_is_drawn_with_its_arch(runs, tmp_path: Path):
+    """`visualize --official` read every checkpoint as official DETR, and its error said to pass --arch, which
+    visualize did not take; it takes --arch / --nheads / --dilation as evaluate does."""
+    config = load_config(runs["deformable"] / "config.yaml", ["model.backbone.norm=frozen_bn"])
+    path = tmp_path / "r50_deformable_detr-checkpoint.pth"
+    torch.save({"model": build_model(config).state_dict()}, path)  # the official layout: weights only
+    image = str(runs["images"] / "val_000000.png")
+    options = ["--official", "--arch", "deformable_detr", "--nheads", "4", "--queries", "1"]
+    assert main(["visualize", "deformable", str(path), image, *options, "--output", str(tmp_path / "out")]) == 0
+    assert any(p.name.startswith("deformable_references_") for p in (tmp_path / "out").iterdir())
 
 
 def test_alpha_of_a_run_shorter_than_log_every_is_read_from_its_epoch_records():

@@ -118,10 +118,15 @@ def _add_overrides(parser: argparse.ArgumentParser, example: str = "data.val_siz
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
     parser.add_argument("--official", action="store_true", help="the checkpoint is an official one (COCO ids)")
+    _add_official_reading(parser)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+
+
+def _add_official_reading(parser: argparse.ArgumentParser) -> None:
+    """How an --official checkpoint is read (:func:`_official_options`)."""
     parser.add_argument("--arch", default="detr", help="registered model (model.arch) of an --official checkpoint")
     parser.add_argument("--nheads", type=int, default=8, help="attention heads of an official checkpoint")
     parser.add_argument("--dilation", action="store_true", help="an official DC5 checkpoint")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
 
 
 def _add_evaluation_data(parser: argparse.ArgumentParser) -> None:
@@ -931,7 +936,8 @@ def add_visualize_command(commands: Subparsers) -> None:
         "--pixels", type=_pixel, nargs="+", metavar="X,Y", help="encoder, deformable: query pixels (image coordinates)"
     )
     parser.add_argument("--site", help="attention site to draw (default: the model's site for the kind)")
-    parser.add_argument("--official", action="store_true", help="RUN is an official DETR checkpoint")
+    parser.add_argument("--official", action="store_true", help="RUN is an official checkpoint (of --arch)")
+    _add_official_reading(parser)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
 
 
@@ -975,6 +981,7 @@ def _visualize(args: argparse.Namespace) -> int:
         pixels=args.pixels,
         site=args.site,
         official=args.official,
+        official_options=_official_options(args),
         device=args.device,
     )
     for path in visualize(args.kind, request):

@@ -256,7 +256,7 @@ def predict_images(
                 "image_id": ids[path],
                 "file_name": str(path),
                 "category_id": d["category_id"],
-                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],  # as box_xyxy, without float noise
                 "score": d["score"],
             }
             for d in detections

@@ -13,34 +13,102 @@ LINEAR_PROJ_NAMES = ("reference_points", "sampling_offsets")
 #: Parameters trained at ``model.backbone.lr``, unless the model names another prefix (``backbone_param_prefix``):
 #: official DETR's whole ``backbone`` (a learned position embedding too), Deformable DETR's ResNet ``backbone.0``.
 BACKBONE_PARAM_PREFIX = "backbone."
+#: Backbone prefixes of earlier versions: checkpoints whose optimiser was grouped with one of them are regrouped on
+#: resume (:func:`regroup_saved_state`). Until 2026-11-30 every model's backbone group was the whole ``backbone.``,
+#: Deformable DETR's learned position embedding (``backbone.1``) included.
+EARLIER_BACKBONE_PREFIXES = (BACKBONE_PARAM_PREFIX,)
 #: Parameter-group entries that choose how the optimiser computes, not what: not reported as changes on resume.
 IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable", "maximize", "decoupled_weight_decay")
+
+
+def _named_groups(model: nn.Module, backbone: str) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """The trainable parameters, with their names, of each group (in the order of ``named_parameters``), with
+    ``backbone`` as the backbone group's name prefix."""
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {"default": [], "backbone": [], "alpha": [], "linear_proj": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith(ALPHA_PARAM_SUFFIX):
+            groups["alpha"].append((name, param))
+        elif name.startswith(backbone):
+            groups["backbone"].append((name, param))
+        elif any(part in name for part in LINEAR_PROJ_NAMES):
+            groups["linear_proj"].append((name, param))
+        else:
+            groups["default"].append((name, param))
+    return {name: members for name, members in groups.items() if members}
+
+
+def _backbone_prefix(model: nn.Module) -> str:
+    return getattr(model, "backbone_param_prefix", BACKBONE_PARAM_PREFIX)
 
 
 def parameter_groups(model: nn.Module, config: Config) -> list[dict]:
     """AdamW groups: transformer/heads, backbone (``model.backbone.lr``), alphas (lr multiplier, no decay) and
     Deformable DETR's sampling-point layers (``optim.lr_linear_proj_mult``)."""
     optim = config.optim
-    backbone = getattr(model, "backbone_param_prefix", BACKBONE_PARAM_PREFIX)
-    groups: dict[str, list[nn.Parameter]] = {"default": [], "backbone": [], "alpha": [], "linear_proj": []}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if name.endswith(ALPHA_PARAM_SUFFIX):
-            groups["alpha"].append(param)
-        elif name.startswith(backbone):
-            groups["backbone"].append(param)
-        elif any(part in name for part in LINEAR_PROJ_NAMES):
-            groups["linear_proj"].append(param)
-        else:
-            groups["default"].append(param)
     settings = {
         "default": {"lr": optim.lr, "weight_decay": optim.weight_decay},
         "backbone": {"lr": config.model.backbone.lr, "weight_decay": optim.weight_decay},
         "alpha": {"lr": optim.lr * optim.alpha_lr_mult, "weight_decay": 0.0},
         "linear_proj": {"lr": optim.lr * optim.lr_linear_proj_mult, "weight_decay": optim.weight_decay},
     }
-    return [{"name": name, "params": params, **settings[name]} for name, params in groups.items() if params]
+    groups = _named_groups(model, _backbone_prefix(model))
+    return [{"name": name, "params": [p for _, p in members], **settings[name]} for name, members in groups.items()]
+
+
+def regroup_saved_state(optimizer_state: dict, scheduler_state: dict, model: nn.Module) -> tuple[dict, dict, str]:
+    """A checkpoint's optimiser and schedule state whose groups are those of an earlier version
+    (:data:`EARLIER_BACKBONE_PREFIXES`), mapped onto this model's groups: every parameter keeps its own AdamW state,
+    every group the saved settings of the group of that name. Returns both states and a line saying which parameters
+    moved; states that fit already, or fit no earlier layout exactly, come back unchanged with an empty line."""
+    saved = optimizer_state["param_groups"]
+    current = _named_groups(model, _backbone_prefix(model))
+
+    def layout(groups: dict[str, list]) -> list[tuple[str, int]]:
+        return [(name, len(members)) for name, members in groups.items()]
+
+    saved_layout = [(group.get("name"), len(group["params"])) for group in saved]
+    if saved_layout == layout(current):
+        return optimizer_state, scheduler_state, ""
+    for prefix in EARLIER_BACKBONE_PREFIXES:
+        earlier = _named_groups(model, prefix)
+        if layout(earlier) != saved_layout or not set(current) <= set(earlier):
+            continue
+        saved_ids = {
+            name: index
+            for group, members in zip(saved, earlier.values(), strict=True)
+            for (name, _), index in zip(members, group["params"], strict=True)
+        }
+        position = {group["name"]: i for i, group in enumerate(saved)}
+        param_groups, state, new_index = [], {}, 0
+        for group_name, members in current.items():
+            params = []
+            for name, _ in members:
+                if saved_ids[name] in optimizer_state["state"]:
+                    state[new_index] = optimizer_state["state"][saved_ids[name]]
+                params.append(new_index)
+                new_index += 1
+            settings = {k: v for k, v in saved[position[group_name]].items() if k != "params"}
+            param_groups.append({**settings, "params": params})
+        order = [position[name] for name in current]
+        scheduler_state = {
+            **scheduler_state,
+            **{
+                key: [scheduler_state[key][i] for i in order]
+                for key in ("base_lrs", "_last_lr", "lr_lambdas")
+                if key in scheduler_state
+            },
+        }
+        group_of = {name: group for group, members in current.items() for name, _ in members}
+        was_in = {name: group for group, members in earlier.items() for name, _ in members}
+        moved = [f"{name} ({was_in[name]} -> {group_of[name]})" for name in group_of if was_in[name] != group_of[name]]
+        note = (
+            "the checkpoint's optimiser was grouped by an earlier version; regrouped, each parameter keeping its "
+            f"state: {', '.join(moved)}"
+        )
+        return {**optimizer_state, "state": state, "param_groups": param_groups}, scheduler_state, note
+    return optimizer_state, scheduler_state, ""
 
 
 def build_optimizer(model: nn.Module, config: Config) -> torch.optim.AdamW:

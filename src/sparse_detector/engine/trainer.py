@@ -57,7 +57,7 @@ from .distributed import (
 )
 from .evaluate import evaluate, targets_to
 from .logger import MAIN_TRAIN_METRICS, MetricsLogger
-from .optim import apply_configured_settings, build_optimizer, build_scheduler, group_settings
+from .optim import apply_configured_settings, build_optimizer, build_scheduler, group_settings, regroup_saved_state
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,10 @@ class Trainer:
         """The module the training step calls: DDP across processes, ``torch.compile``-d when asked."""
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=device_ids)
+            # A model whose loss leaves some parameters without a gradient (``trains_every_parameter`` False) needs
+            # DDP to look for them every step, or the step fails.
+            unused = not getattr(model, "trains_every_parameter", True)
+            model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused)
         return torch.compile(model) if compile else model
 
     def _call_model(self, batch: Any) -> Any:
@@ -290,17 +293,23 @@ class Trainer:
                 f"new run from these weights with --init-from {path}"
             ) from None
         configured = group_settings(self.optimizer)
+        optimizer_state, scheduler_state, regrouped = regroup_saved_state(
+            state["optimizer"], state["lr_scheduler"], self.model
+        )
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.optimizer.load_state_dict(optimizer_state)
         except ValueError as err:
             raise ValueError(
                 f"{path}: the optimiser state does not fit this config's parameter groups ({err}); the trainable "
                 "parameters (backbone freezing, learnable alphas) must stay as they were"
             ) from None
-        self.scheduler.load_state_dict(state["lr_scheduler"])
+        self.scheduler.load_state_dict(scheduler_state)
         changes = settings + apply_configured_settings(self.optimizer, self.scheduler, configured)
         for change in changes:
             log.warning("resume: the config changes %s", change)
+        if regrouped:
+            log.warning("resume: %s", regrouped)
+            changes.append(regrouped)
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]

@@ -29,6 +29,16 @@ def _mean_over_processes(value: Tensor) -> Tensor:
     return value
 
 
+@torch.no_grad()
+def cardinality_error(logits: Tensor, targets: Sequence[dict]) -> Tensor:
+    """Mean absolute difference between the number of queries whose best logit is not the last one and the number of
+    objects, per image: the official definition (DETR's and Deformable DETR's alike, whose sigmoid logits have no
+    "no object" class but are counted the same way)."""
+    num_predicted = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1)
+    num_targets = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device)
+    return F.l1_loss(num_predicted.float(), num_targets.float())
+
+
 class SetCriterion(nn.Module):
     """Losses ``loss_ce``, ``loss_bbox``, ``loss_giou`` and the logged ``class_error``, ``cardinality_error``.
 
@@ -75,11 +85,11 @@ class SetCriterion(nn.Module):
                 accuracy = logits.new_zeros(())
             else:
                 accuracy = (logits[idx].argmax(-1) == matched_labels).float().mean() * 100
-            # Cardinality error: how many queries predict an object, versus how many objects there are.
-            num_predicted = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1)
-            num_targets = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device)
-            cardinality_error = F.l1_loss(num_predicted.float(), num_targets.float())
-        return {"loss_ce": loss_ce, "class_error": 100 - accuracy, "cardinality_error": cardinality_error}
+        return {
+            "loss_ce": loss_ce,
+            "class_error": 100 - accuracy,
+            "cardinality_error": cardinality_error(logits, targets),
+        }
 
     def _box_losses(
         self, outputs: dict, targets: Sequence[dict], indices: MatchIndices, num_boxes: float

@@ -86,9 +86,26 @@ def check_attention_config(attention: Mapping[str, AttentionSiteConfig], sites: 
             )
 
 
+def check_model_sizes(config: Config) -> None:
+    """Sizes every model needs: at least one query, decoder layer and head, heads dividing the width."""
+    model, t = config.model, config.model.transformer
+    minimum = {"num_queries": (model.num_queries, 1), "transformer.dec_layers": (t.dec_layers, 1)}
+    minimum |= {"transformer.enc_layers": (t.enc_layers, 0), "transformer.nheads": (t.nheads, 1)}
+    minimum |= {"transformer.dim_feedforward": (t.dim_feedforward, 1)}
+    for key, (value, least) in minimum.items():
+        if value < least:
+            raise ConfigError(f"model.{key} must be at least {least}, got {value}")
+    if t.hidden_dim < 1 or t.hidden_dim % t.nheads:
+        raise ConfigError(
+            f"model.transformer.hidden_dim ({t.hidden_dim}) must be a positive multiple of model.transformer.nheads "
+            f"({t.nheads}): each head gets hidden_dim / nheads channels"
+        )
+
+
 def build_model(config: Config) -> nn.Module:
     """The model of ``config.model.arch`` with the configured attention maps (checked against its sites)."""
     entry = model_entry(config.model.arch)
+    check_model_sizes(config)
     model = entry.builder(config)
     check_attention_config(config.model.attention, model_sites(model))
     model.arch = entry.name

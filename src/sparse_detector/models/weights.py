@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import Config
+from ..config import Config, load_config
 from .registry import available_models, build_model, model_entry, official_config
 
 # Blocks per stage and block type of the torchvision ResNets, to recognise a backbone from its weights.
@@ -27,6 +27,11 @@ _RESNET_LAYOUTS = {
     ("bottleneck", 3, 6): "resnet50",
     ("bottleneck", 3, 23): "resnet101",
 }
+
+
+#: The preset holding the official Deformable DETR recipe, whose losses and matching costs an official checkpoint's
+#: config takes (they differ from DETR's: focal class cost and coefficient 2).
+OFFICIAL_DEFORMABLE_PRESET = "deformable_detr_r50"
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -147,9 +152,10 @@ def infer_official_deformable_config(
     Box refinement is recognised by the decoder's own box heads, two-stage by the proposal layers. The number of
     heads (which with the points makes the sampling layers' width) and the DC5 dilation cannot be seen in the
     weights and are given (official defaults 8, False); so is a two-stage model's query count (``num_queries``
-    override; official default 300).
+    override; official default 300). Losses and matching costs are the official recipe's.
     """
     config = Config()
+    config.loss = load_config(OFFICIAL_DEFORMABLE_PRESET).loss
     _infer_backbone(state_dict, config)
     model = config.model
     model.arch = "deformable_detr"

@@ -26,7 +26,8 @@ from .figure import PREDICTION_COLOR, TRUTH_COLOR, box_legend
 FULL_WEIGHT_AREA = 400.0
 MIN_AREA = 20.0
 LEGEND_WEIGHTS = (0.1, 0.5, 1.0)
-LEVEL_COLORS = ("tab:blue", "magenta", "lime", "white", "orange", "cyan")
+#: One colour per feature level: visible on the white legend and apart from the box colours (red, cyan).
+LEVEL_COLORS = ("tab:blue", "magenta", "lime", "orange", "tab:purple", "tab:brown")
 
 
 def marker_size(weight: float) -> float:

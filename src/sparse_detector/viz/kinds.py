@@ -63,6 +63,7 @@ class VisualizeRequest:
     pixels: list[tuple[float, float]] | None = None  # encoder: (x, y) in original-image pixels (default: most attended)
     site: str | None = None  # default: the model's first site over the feature grid with the kind's queries
     official: bool = False
+    official_options: dict = field(default_factory=dict)  # how to read an official checkpoint: arch, nheads, ...
     device: str = "cpu"
 
 
@@ -244,7 +245,7 @@ def _prediction_boxes(outputs: dict, item: ImageItem, loaded: LoadedModel) -> li
 
 
 def _load(run: Path, request: VisualizeRequest) -> LoadedModel:
-    return load_trained_model(run, official=request.official)
+    return load_trained_model(run, official=request.official, **request.official_options)
 
 
 def _layer_labels(site: str, layers: int) -> list[str]:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ...config import Config
+from ...config import Config, ConfigError
 from ..build import build_activation
 from ..position_encoding import build_position_encoding
 from ..registry import register_model
@@ -26,6 +26,7 @@ def build_deformable_criterion(config: Config) -> FocalSetCriterion:
         config.model.num_classes,
         matcher,
         focal_alpha=loss.focal_alpha,
+        train_proposals=config.model.aux_loss,  # official: the "_enc" weights come with the auxiliary ones
         ce_loss_coef=loss.ce_loss_coef,
         bbox_loss_coef=loss.bbox_loss_coef,
         giou_loss_coef=loss.giou_loss_coef,
@@ -40,8 +41,9 @@ def build_deformable_detr(config: Config) -> DeformableDETR:
     """A Deformable DETR with the configured backbone, transformer and sampling-weight maps."""
     cfg = config.model
     t, d = cfg.transformer, cfg.deformable
-    if d.num_feature_levels < 1:
-        raise ValueError(f"model.deformable.num_feature_levels must be at least 1, got {d.num_feature_levels}")
+    for key in ("num_feature_levels", "enc_n_points", "dec_n_points"):
+        if getattr(d, key) < 1:
+            raise ConfigError(f"model.deformable.{key} must be at least 1, got {getattr(d, key)}")
     backbone = MultiScaleJoiner(
         MultiScaleBackbone(cfg.backbone, d.num_feature_levels),
         build_position_encoding(cfg.position_embedding, t.hidden_dim, offset=POSITION_OFFSET),

@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
-from ..criterion import SetCriterion, _matched_query_index
+from ..criterion import SetCriterion, _matched_query_index, cardinality_error
 from ..matcher import HungarianMatcher, MatchIndices
 
 FOCAL_GAMMA = 2.0
@@ -34,13 +33,24 @@ class FocalHungarianMatcher(HungarianMatcher):
 
 
 class FocalSetCriterion(SetCriterion):
-    """:class:`SetCriterion` with the sigmoid focal loss as ``loss_ce`` (logits have no "no object" class)."""
+    """:class:`SetCriterion` with the sigmoid focal loss as ``loss_ce`` (logits have no "no object" class).
 
-    def __init__(self, num_classes: int, matcher: HungarianMatcher, focal_alpha: float = 0.25, **coefs) -> None:
+    The two-stage encoder proposals' losses are always computed (and logged) but, as officially, enter the total only
+    with ``train_proposals`` (the official model ties them to ``aux_loss``)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        focal_alpha: float = 0.25,
+        train_proposals: bool = True,
+        **coefs,
+    ) -> None:
         super().__init__(num_classes, matcher, **coefs)
         self.focal_alpha = focal_alpha
-        base = {k: v for k, v in self.weight_dict.items() if k in ("loss_ce", "loss_bbox", "loss_giou")}
-        self.weight_dict.update({f"{k}_enc": v for k, v in base.items()})
+        if train_proposals:
+            base = {k: v for k, v in self.weight_dict.items() if k in ("loss_ce", "loss_bbox", "loss_giou")}
+            self.weight_dict.update({f"{k}_enc": v for k, v in base.items()})
 
     def _label_losses(
         self, outputs: dict, targets: Sequence[dict], indices: MatchIndices, num_boxes: float
@@ -58,11 +68,11 @@ class FocalSetCriterion(SetCriterion):
                 accuracy = logits.new_zeros(())
             else:
                 accuracy = (logits[idx].argmax(-1) == matched_labels).float().mean() * 100
-            # Queries predicting an object (best class probability above 0.5) versus objects present.
-            num_predicted = (logits.sigmoid().amax(-1) > 0.5).sum(1)
-            num_targets = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device)
-            cardinality_error = F.l1_loss(num_predicted.float(), num_targets.float())
-        return {"loss_ce": loss_ce, "class_error": 100 - accuracy, "cardinality_error": cardinality_error}
+        return {
+            "loss_ce": loss_ce,
+            "class_error": 100 - accuracy,
+            "cardinality_error": cardinality_error(logits, targets),
+        }
 
     def forward(self, outputs: dict, targets: Sequence[dict], indices: MatchIndices | None = None) -> dict[str, Tensor]:
         losses = super().forward(outputs, targets, indices)

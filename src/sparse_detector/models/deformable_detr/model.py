@@ -46,6 +46,9 @@ class DeformableDETR(nn.Module):
     #: Parameters at ``model.backbone.lr``: the ResNet only; a learned position embedding (``backbone.1``) trains at
     #: ``optim.lr``, as officially (``--lr_backbone_names backbone.0``).
     backbone_param_prefix = "backbone.0."
+    #: Re-initialised by ``--init-from`` when the class count differs: every layer's head, and (two-stage) the same
+    #: heads under the decoder, which uses the extra one for its proposals.
+    class_heads: tuple[str, ...] = ("class_embed", "transformer.decoder.class_embed")
 
     def __init__(
         self,
@@ -102,6 +105,12 @@ class DeformableDETR(nn.Module):
             self.transformer.decoder.class_embed = self.class_embed
             for head in self.bbox_embed:
                 nn.init.zeros_(head.layers[-1].bias[2:])
+
+    @property
+    def trains_every_parameter(self) -> bool:
+        """Whether the loss reaches every parameter: with box refinement but no auxiliary losses, the heads of the
+        layers before the last (and, two-stage, the proposals' heads) get no gradient."""
+        return self.aux_loss or not self.with_box_refine
 
     def attention_sites(self) -> tuple[AttentionSite, ...]:
         return with_key_strides(self.transformer.attention_sites(), self.level_strides)

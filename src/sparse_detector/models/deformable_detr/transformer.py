@@ -374,6 +374,13 @@ class DeformableTransformer(nn.Module):
             output_memory, proposals = self.gen_encoder_output_proposals(memory, mask_flatten, spatial_shapes)
             enc_class = self.decoder.class_embed[self.decoder.num_layers](output_memory)
             enc_coord = self.decoder.bbox_embed[self.decoder.num_layers](output_memory) + proposals
+            if memory.shape[1] < self.two_stage_num_proposals:
+                grids = ", ".join(f"{h}x{w}" for h, w in spatial_shapes.tolist())
+                raise ValueError(
+                    f"two-stage Deformable DETR picks model.num_queries={self.two_stage_num_proposals} proposals among "
+                    f"the encoder's feature-map cells, but this batch has only {memory.shape[1]} (levels {grids}): "
+                    "use larger images (data.train_scales, data.val_size) or fewer queries"
+                )
             top = torch.topk(enc_class[..., 0], self.two_stage_num_proposals, dim=1)[1]
             top_coords = torch.gather(enc_coord, 1, top[..., None].expand(-1, -1, 4)).detach()
             reference_points = top_coords.sigmoid()
