@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import torch.multiprocessing as mp
+from PIL import Image
 
+from sparse_detector.data import generate_shapes_splits
 from sparse_detector.engine.checkpoint import load_checkpoint
-from sparse_detector.engine.distributed import DistributedContext, context_from_environment, first_slurm_host
+from sparse_detector.engine.distributed import (
+    DistributedContext,
+    context_from_environment,
+    first_slurm_host,
+    shutdown_distributed,
+)
 from sparse_detector.engine.trainer import Trainer
 from sparse_detector.runs import read_metrics
 
@@ -68,3 +79,68 @@ def test_rank_and_world_size_come_from_torchrun_or_slurm():
     assert context_from_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == DistributedContext()
     assert first_slurm_host("gpu[03-05,9],cpu1") == "gpu03"
     assert first_slurm_host("node7") == "node7"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_workers(target: Any, *args: Any, timeout: float = 60) -> list[Any]:
+    """Run ``target(rank, queue, *args)`` in two forked processes joined by gloo (torchrun's environment variables);
+    returns what each put on the queue, in rank order."""
+    if "fork" not in mp.get_all_start_methods() or not torch.distributed.is_gloo_available():
+        pytest.skip("needs the fork start method and the gloo backend")
+    ctx = mp.get_context("fork")
+    queue = ctx.SimpleQueue()
+    port = _free_port()
+    environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    workers = [ctx.Process(target=_in_environment, args=(target, rank, environment, queue, *args)) for rank in (0, 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=timeout)
+        if worker.is_alive():  # a collective waits for a rank that never calls it
+            worker.kill()
+    assert [worker.exitcode for worker in workers] == [0, 0], "a rank failed or hung"
+    results = dict(queue.get() for _ in workers)
+    return [results[rank] for rank in (0, 1)]
+
+
+def _in_environment(target: Any, rank: int, environment: dict, queue: Any, *args: Any) -> None:
+    os.environ.update(environment, RANK=str(rank), LOCAL_RANK=str(rank))
+    try:
+        queue.put((rank, target(rank, *args)))
+    finally:
+        shutdown_distributed()
+
+
+@pytest.fixture(scope="module")
+def mixed_sizes(tmp_path_factory) -> dict[str, Path]:
+    """Shapes data whose 7 (odd) val images have two sizes: ranks get different numbers of size-grouped batches."""
+    root = tmp_path_factory.mktemp("mixed")
+    paths = generate_shapes_splits(root, 8, 7, seed=5, image_size=96, min_size=20, max_size=40)
+    coco = json.loads(paths["val"].read_text())
+    for image in coco["images"][0:3:2]:  # widened with a grey strip on the right: the boxes stay where they are
+        path = root / "images" / image["file_name"]
+        wide = Image.new("RGB", (128, 96), (128, 128, 128))
+        wide.paste(Image.open(path).convert("RGB"))
+        wide.save(path)
+        image["width"] = 128
+    paths["val"].write_text(json.dumps(coco))
+    return {"images": root / "images", **paths}
+
+
+def _evaluate_in_trainer(rank: int, config: Any, run_dir: Path) -> dict[str, float]:
+    return Trainer(config, run_dir, progress=False)._evaluate()
+
+
+def test_evaluation_with_two_processes_equals_one_process(mixed_sizes, tmp_path: Path):
+    """Every val image is evaluated once (no DistributedSampler repeats) in the batches one process makes: AP and
+    val losses equal one process's exactly, and no rank waits in a collective for a batch another rank lacks."""
+    config = shapes_config(mixed_sizes, "train.eval_batch_size=2", "model.backbone.norm=frozen_bn")
+    one = Trainer(config, tmp_path / "one", progress=False)._evaluate()
+    two = _run_workers(_evaluate_in_trainer, config, tmp_path / "two")
+    assert one["val_loss"] > 0 and "AP" in one
+    assert two[0] == two[1] == one

@@ -10,11 +10,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 DEFAULT_MASTER_PORT = "29500"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,15 @@ def mean_across_ranks(values: Mapping[str, float], device: torch.device) -> dict
     dist.all_reduce(tensor)
     tensor /= dist.get_world_size()
     return dict(zip(keys, tensor.tolist(), strict=True))
+
+
+def gathered(value: T) -> list[T]:
+    """Every rank's ``value`` (picklable), in rank order (a collective); ``[value]`` for one process."""
+    if not is_distributed():
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def any_across_ranks(flag: bool, device: torch.device) -> bool:

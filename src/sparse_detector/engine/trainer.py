@@ -395,18 +395,14 @@ class Trainer:
         """This rank's loader: its share of the (per-epoch shuffled) images, without the first ``skip`` of them
         (those a mid-epoch checkpoint had trained on, in batches of any size)."""
         seed = self.config.train.seed
-        sampler = DistributedSampler(
-            dataset, self.dist.world_size, self.dist.rank, shuffle=train, seed=seed, drop_last=False
-        )
-        sampler.set_epoch(self.epoch)
         if train:
+            sampler = DistributedSampler(dataset, self.dist.world_size, self.dist.rank, seed=seed, drop_last=False)
+            sampler.set_epoch(self.epoch)
             size = self.config.train.batch_size
             batches = list(BatchSampler(list(sampler)[skip:], size, drop_last=len(sampler) >= size))
-        else:  # batches of one image size each, so the results do not depend on the batch size
-            indices = list(sampler)
-            sizes = dataset.image_sizes()
-            grouped = size_grouped_batches([sizes[i] for i in indices], self.config.train.eval_batch_size)
-            batches = [[indices[i] for i in batch] for batch in grouped]
+        else:  # the batches of one process (one image size each), dealt out whole: every image evaluated once
+            grouped = size_grouped_batches(dataset.image_sizes(), self.config.train.eval_batch_size)
+            batches = grouped[self.dist.rank :: self.dist.world_size]
         generator = torch.Generator().manual_seed(seed + self.epoch)  # worker seeds: same when resumed
         return build_loader(dataset, self.config, train=train, generator=generator, batch_sampler=batches)
 
