@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -56,6 +57,9 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(shapes,
 
     one, two = steps(tmp_path / "one"), steps(run)
     assert [r["step"] for r in two] == [1, 2, 3]
+    # the printed step lines show the logged loss (the mean over processes), not rank 0's own
+    printed = re.findall(r"^epoch 1 step (\d)/3: loss ([\d.]+),", result.stdout, re.MULTILINE)
+    assert printed == [(str(r["step"]), f"{r['loss']:.3f}") for r in two]
     for a, b in zip(one, two, strict=True):
         for key in ("loss", "loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "loss_giou_0"):
             assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)

@@ -463,10 +463,10 @@ class Trainer:
                 speed = images_seen / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{speed:.1f}")
                 if self.step % config.log_every == 0:
-                    self._log_step(loss, losses, speed, data_s, time.perf_counter() - tick)
+                    logged = self._log_step(loss, losses, speed, data_s, time.perf_counter() - tick)
                     if self.dist.is_main and not self.progress:  # no progress bar (not a terminal): plain lines
                         where = f"epoch {self.epoch + 1} step {steps}/{bar.total}"
-                        print(f"{where}: loss {values['loss']:.3f}, {speed:.1f} img/s")
+                        print(f"{where}: loss {logged['loss']:.3f}, {speed:.1f} img/s")
             bar.update()
             tick = time.perf_counter()
             if any_across_ranks(self.stop_signal is not None, self.device) and steps + skipped < limit:
@@ -511,8 +511,11 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
-    def _log_step(self, loss: torch.Tensor, losses: dict, speed: float, data_s: float, iteration_s: float) -> None:
-        """A ``train`` record: every loss term averaged over processes, learning rates, alphas, speed, memory."""
+    def _log_step(
+        self, loss: torch.Tensor, losses: dict, speed: float, data_s: float, iteration_s: float
+    ) -> dict[str, float]:
+        """A ``train`` record: every loss term averaged over processes, learning rates, alphas, speed, memory;
+        returns the averaged losses."""
         reduced = mean_across_ranks({"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}, self.device)
         self.logger.log(
             "train",
@@ -526,6 +529,7 @@ class Trainer:
             images_per_s=speed,
             peak_memory_mb=self._peak_memory_mb(),
         )
+        return reduced
 
     def _nonfinite(self, detail: str, targets: list[dict]) -> None:
         image_ids = [int(t["image_id"]) for t in targets]
