@@ -16,6 +16,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
+from sparse_detector.cli import main
 from sparse_detector.data import generate_shapes_splits
 from sparse_detector.engine.checkpoint import load_checkpoint
 from sparse_detector.engine.distributed import (
@@ -148,3 +149,17 @@ def test_evaluation_with_two_processes_equals_one_process(mixed_sizes, tmp_path:
     two = _run_workers(_evaluate_in_trainer, config, tmp_path / "two")
     assert one["val_loss"] > 0 and "AP" in one
     assert two[0] == two[1] == one
+
+
+@pytest.mark.parametrize("command", [["evaluate", "--checkpoint", "runs/x"], ["data", "shapes", "out"]])
+def test_commands_other_than_train_refuse_several_processes(command, monkeypatch, capsys):
+    """torchrun -m sparse_detector evaluate ran the whole evaluation once per process, each writing the same files."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(command) == 2
+    assert capsys.readouterr().err == ""  # one line in all, from rank 0
+    monkeypatch.setenv("RANK", "0")
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"sparse-detector {command[0]} runs in one process" in err
+    assert "started as 2 processes" in err and "only train uses several processes" in err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -1037,8 +1038,31 @@ def _close_progress_bars() -> None:
             bar.close()
 
 
+def _several_processes_refusal(command: str) -> tuple[str, bool] | None:
+    """Under torchrun / srun with several processes, every command but ``train`` would run once per process over the
+    same files: the message saying so and whether this process prints it (rank 0); ``None`` when all is well."""
+    if command == "train" or not ({"WORLD_SIZE", "SLURM_NTASKS"} & os.environ.keys()):
+        return None
+    from .engine.distributed import context_from_environment
+
+    context = context_from_environment()
+    if not context.enabled:
+        return None
+    message = (
+        f"sparse-detector {command} runs in one process, but it was started as {context.world_size} processes "
+        f"(torchrun / srun); start it without the launcher (`python -m sparse_detector {command} ...`, or srun "
+        "--ntasks 1) — only train uses several processes"
+    )
+    return message, context.is_main
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if refusal := _several_processes_refusal(args.command):
+        message, prints = refusal
+        if prints:
+            print(f"error: {message}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from tqdm.contrib.logging import logging_redirect_tqdm  # log lines print above progress bars, not into them
 
