@@ -59,6 +59,7 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(shapes,
     one, two = steps(tmp_path / "one"), steps(run)
     assert [r["step"] for r in two] == [1, 2, 3]
     # the printed step lines show the logged loss (the mean over processes), not rank 0's own
+    assert result.stderr.count("INFO sparse_detector.engine.trainer: training in") == 1  # rank 0's, not one a rank
     printed = re.findall(r"^epoch 1 step (\d)/3: loss ([\d.]+),", result.stdout, re.MULTILINE)
     assert printed == [(str(r["step"]), f"{r['loss']:.3f}") for r in two]
     for a, b in zip(one, two, strict=True):

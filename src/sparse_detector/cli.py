@@ -271,6 +271,8 @@ def _train(args: argparse.Namespace) -> int:
     else:
         resume_dir = Path(args.resume) if args.resume else None
     main_process = context_from_environment().is_main  # under torchrun / srun only rank 0 prints
+    if not main_process:  # and logs what every rank would log alike; the others only their warnings and errors
+        logging.getLogger().setLevel(logging.WARNING)
     if resume_dir is not None:
         run_dir = resume_dir
         if run_dir.is_file() and (run_dir.parent / CONFIG_FILE).is_file():
