@@ -164,3 +164,17 @@ def test_commands_other_than_train_refuse_several_processes(command, monkeypatch
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"sparse-detector {command[0]} runs in one process" in err
     assert "started as 2 processes" in err and "only train uses several processes" in err
+
+
+def _train_in_trainer(rank: int, config: Any, run_dir: Path) -> dict[str, float]:
+    return Trainer(config, run_dir, progress=False).fit()
+
+
+def test_evaluation_after_data_parallel_training_scores_the_saved_model(mixed_sizes, tmp_path: Path):
+    """With trainable batch norm each rank's last training step updated its own running statistics: every rank must
+    evaluate rank 0's (the checkpoint's) model, so the logged AP and losses are those of the saved model."""
+    config = shapes_config(mixed_sizes, "train.eval_batch_size=2", "train.epochs=1", "train.max_steps_per_epoch=1")
+    assert config.model.backbone.norm == "batch_norm"
+    two = _run_workers(_train_in_trainer, config, tmp_path / "run")
+    saved = Trainer(config, tmp_path / "run", resume=True, progress=False)._evaluate()
+    assert two[0] == two[1] == saved

@@ -107,6 +107,15 @@ def gathered(value: T) -> list[T]:
     return values
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (batch-norm running statistics) on every rank (a collective). DDP broadcasts them before each
+    training forward, after which every rank's own batch updates its copy; evaluating with those would score a
+    different model on each rank than the one rank 0 saves."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def any_across_ranks(flag: bool, device: torch.device) -> bool:
     """Whether ``flag`` is set on any rank (a collective: every rank must call it at the same point)."""
     if not is_distributed():

@@ -51,6 +51,7 @@ from .distributed import (
     DistributedContext,
     any_across_ranks,
     barrier,
+    broadcast_buffers,
     init_distributed,
     is_distributed,
     mean_across_ranks,
@@ -546,6 +547,7 @@ class Trainer:
     def _evaluate(self) -> dict[str, float]:
         # Evaluating must not change the training random stream (its transforms and loader draw from it),
         # so a run resumed after an evaluated epoch continues exactly as one that never stopped.
+        broadcast_buffers(self.model)  # every rank evaluates the model rank 0 saves
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             stats = evaluate(
                 self.model,
