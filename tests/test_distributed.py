@@ -178,3 +178,21 @@ def test_evaluation_after_data_parallel_training_scores_the_saved_model(mixed_si
     two = _run_workers(_train_in_trainer, config, tmp_path / "run")
     saved = Trainer(config, tmp_path / "run", resume=True, progress=False)._evaluate()
     assert two[0] == two[1] == saved
+
+
+def _start_trainer(rank: int, configs: list, run_dir: Path) -> str:
+    try:
+        Trainer(configs[rank], run_dir, progress=False)
+    except ValueError as err:
+        return str(err)
+    return "started"
+
+
+def test_processes_started_with_different_configs_are_named(shapes, tmp_path: Path):
+    """Two nodes launched with different --set: DDP said 'params[58] in this process with sizes [7, 32] appears not
+    to match' on one node and 'Connection closed by peer' on the other; now both name the setting."""
+    configs = [shapes_config(shapes), shapes_config(shapes, "model.num_queries=7")]
+    messages = _run_workers(_start_trainer, configs, tmp_path / "run")
+    assert messages[0] == messages[1]
+    assert "rank 1 differs from rank 0 in model.num_queries: 6 -> 7" in messages[0]
+    assert not (tmp_path / "run").exists()

@@ -52,6 +52,7 @@ from .distributed import (
     any_across_ranks,
     barrier,
     broadcast_buffers,
+    gathered,
     init_distributed,
     is_distributed,
     mean_across_ranks,
@@ -98,6 +99,24 @@ def check_same_categories(train_set: CocoDetection, val_set: CocoDetection) -> N
             f"val: {'; '.join(differences[:5])}); import the data once and split it (`sparse-detector data "
             "split`), or import each part with the same --classes file"
         )
+
+
+def check_same_config(config: Config) -> None:
+    """Every process of a distributed run must train the same config (a collective): an error naming the settings
+    that differ from rank 0's (data paths may differ, e.g. each node's local copy)."""
+    trees = gathered(config_to_dict(config))
+    for rank, tree in enumerate(trees[1:], start=1):
+        differences = [
+            change
+            for change in config_differences(trees[0], tree)
+            if not change.split(":")[0].endswith((".images", ".annotations"))
+        ]
+        if differences:
+            raise ValueError(
+                f"the processes were started with different configs: rank {rank} differs from rank 0 in "
+                f"{'; '.join(differences[:5])} (rank 0 -> rank {rank}); start every process with the same --config "
+                "and --set"
+            )
 
 
 def alpha_values(model: nn.Module) -> dict[str, list[float]]:
@@ -190,6 +209,7 @@ class Trainer:
             raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {train.precision!r}")
         self.dist: DistributedContext
         self.dist, self.device = init_distributed(resolve_device(train.device, "train.device"))
+        check_same_config(config)
         self.progress = progress and self.dist.is_main
         if train.precision == "fp16" and self.device.type == "cpu":
             log.warning(
