@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from sparse_detector.cli import main
+from sparse_detector.cli import _stopped_message, main
 from sparse_detector.data import generate_shapes_splits
 from sparse_detector.engine.checkpoint import load_checkpoint
 from sparse_detector.engine.distributed import (
@@ -196,3 +197,14 @@ def test_processes_started_with_different_configs_are_named(shapes, tmp_path: Pa
     assert messages[0] == messages[1]
     assert "rank 1 differs from rank 0 in model.num_queries: 6 -> 7" in messages[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_stopped_data_parallel_run_says_to_resume_it_with_its_process_count():
+    """It said 'resume with: sparse-detector train --resume RUN': one process, half the global batch."""
+    stopped = SimpleNamespace(
+        stop_signal=15, epoch=2, step=40, last_checkpoint="r/checkpoint_last.pt", dist=DistributedContext(0, 2)
+    )
+    message = _stopped_message(stopped, Path("r"))
+    assert message.endswith("resume with: torchrun ... -m sparse_detector train --resume r, with the same 2 processes")
+    alone = SimpleNamespace(**{**vars(stopped), "dist": DistributedContext()})
+    assert _stopped_message(alone, Path("r")).endswith("resume with: sparse-detector train --resume r")

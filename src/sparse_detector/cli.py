@@ -207,9 +207,13 @@ def _finished_run_message(run_dir: Path, config: Config) -> str:
 def _stopped_message(trainer: Trainer, run_dir: Path) -> str:
     """What a signal that stopped training left, and the command that continues it."""
     name = signal.Signals(trainer.stop_signal).name if trainer.stop_signal else "a signal"
+    command = f"sparse-detector train --resume {run_dir}"
+    processes = trainer.dist.world_size
+    if processes > 1:  # train.batch_size is per process: another process count trains with another global batch
+        command = f"torchrun ... -m sparse_detector train --resume {run_dir}, with the same {processes} processes"
     return (
         f"stopped by {name} at epoch {trainer.epoch + 1}, step {trainer.step}; checkpoint written: "
-        f"{trainer.last_checkpoint}\nresume with: sparse-detector train --resume {run_dir}"
+        f"{trainer.last_checkpoint}\nresume with: {command}"
     )
 
 
