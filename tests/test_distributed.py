@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
+from sparse_detector import load_config
 from sparse_detector.cli import _stopped_message, main
 from sparse_detector.data import generate_shapes_splits
 from sparse_detector.engine.checkpoint import load_checkpoint
@@ -208,3 +210,33 @@ def test_a_stopped_data_parallel_run_says_to_resume_it_with_its_process_count():
     assert message.endswith("resume with: torchrun ... -m sparse_detector train --resume r, with the same 2 processes")
     alone = SimpleNamespace(**{**vars(stopped), "dist": DistributedContext()})
     assert _stopped_message(alone, Path("r")).endswith("resume with: sparse-detector train --resume r")
+
+
+def _stop_after_the_first_step(rank: int, config: Any, run_dir: Path) -> int:
+    trainer = Trainer(config, run_dir, progress=False)
+    backward = trainer._backward
+
+    def stop(loss: torch.Tensor) -> None:  # as a SIGTERM to rank 0 during step 1 would
+        backward(loss)
+        trainer.stop_signal = trainer.stop_signal or (signal.SIGTERM if rank == 0 else None)
+
+    trainer._backward = stop
+    trainer.fit()
+    return trainer.step
+
+
+def test_mid_epoch_resume_with_another_process_count_trains_the_rest_of_the_epoch(shapes, tmp_path: Path):
+    """Stopped after 1 step of 2 processes x 2 images (4 of the 12 images), resumed alone: the other 8 images in 4
+    steps (it took each rank's 2 images as the whole epoch's position: 10 images, 2 of them seen twice), and the
+    change of the global batch is on the record."""
+    config = shapes_config(shapes, "train.batch_size=2", "train.epochs=1", "train.eval_every=100")
+    run = tmp_path / "run"
+    assert _run_workers(_stop_after_the_first_step, config, run) == [1, 1]
+    assert load_checkpoint(run / "checkpoint_last.pt")["epoch_progress"]["position"] == 4
+    Trainer(load_config(run / "config.yaml"), run, resume=True, progress=False).fit()
+    (epoch,) = [r for r in read_metrics(run) if r["type"] == "epoch"]
+    assert epoch["train_steps"] == 1 + 4
+    (resume,) = [r for r in read_metrics(run) if r["type"] == "resume"]
+    assert (
+        "processes: 2 -> 1 (train.batch_size is per process: the global batch goes from 4 to 2" in resume["changes"][0]
+    )

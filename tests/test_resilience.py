@@ -175,7 +175,7 @@ def test_mid_epoch_resume_with_another_batch_size_trains_each_image_once(shapes,
 
     trainer._backward = stop_after_the_first_step
     trainer.fit()
-    assert load_checkpoint(run / "checkpoint_last.pt")["epoch_progress"]["samples"] == 4  # 1 batch of 4 of 12
+    assert load_checkpoint(run / "checkpoint_last.pt")["epoch_progress"]["position"] == 4  # 1 batch of 4 of 12
     config = load_config(run / "config.yaml", ["train.batch_size=2"])
     Trainer(config, run, resume=True, progress=False).fit()
     (epoch,) = [r for r in read_metrics(run) if r["type"] == "epoch"]

@@ -329,6 +329,19 @@ class Trainer:
         self.epoch_progress = state.get("epoch_progress", {})
         ranks = state.get("rng_ranks", [])
         set_rng_state(ranks[self.dist.rank] if len(ranks) == self.dist.world_size else state["rng"])
+        processes = len(ranks) or self.dist.world_size  # the checkpointing run's process count
+        progress = self.epoch_progress
+        if progress and "position" not in progress:  # older checkpoints: each rank's images (or its batches)
+            used = progress.get("samples", (progress["steps"] + progress["skipped"]) * self.config.train.batch_size)
+            progress["position"] = used * processes
+        if processes != self.dist.world_size:
+            batch = self.config.train.batch_size
+            before = state.get("config", {}).get("train", {}).get("batch_size", batch) * processes
+            changes.append(
+                f"processes: {processes} -> {self.dist.world_size} (train.batch_size is per process: the global batch "
+                f"goes from {before} to {batch * self.dist.world_size} at the same learning rates)"
+            )
+            log.warning("resume: %s", changes[-1])
         self.last_checkpoint = path
         # Records written after the checkpoint (a run killed before its next one) are dropped: that work is redone.
         metrics = self.run_dir / METRICS_FILE
@@ -413,14 +426,20 @@ class Trainer:
     # Training
 
     def _batches(self, dataset: CocoDetection, train: bool, skip: int = 0) -> Any:
-        """This rank's loader: its share of the (per-epoch shuffled) images, without the first ``skip`` of them
-        (those a mid-epoch checkpoint had trained on, in batches of any size)."""
+        """This rank's loader: its share of the (per-epoch shuffled) images, without the first ``skip`` of the
+        epoch's order (those a mid-epoch checkpoint had trained on, in batches of any size and any process count)."""
         seed = self.config.train.seed
         if train:
-            sampler = DistributedSampler(dataset, self.dist.world_size, self.dist.rank, seed=seed, drop_last=False)
+            # the epoch's order (DistributedSampler's permutation), padded by repeating its start to a multiple of the
+            # process count and dealt out: rank r takes every world_size-th image, as DistributedSampler does
+            sampler = DistributedSampler(dataset, 1, 0, seed=seed)
             sampler.set_epoch(self.epoch)
+            order, world = list(sampler), self.dist.world_size
+            remaining = -(-(len(order) - skip) // world) * world if skip < len(order) else 0
+            padded = order * (1 + -(-(skip + remaining) // max(len(order), 1)))
+            share = padded[skip : skip + remaining][self.dist.rank :: world]
             size = self.config.train.batch_size
-            batches = list(BatchSampler(list(sampler)[skip:], size, drop_last=len(sampler) >= size))
+            batches = list(BatchSampler(share, size, drop_last=-(-len(order) // world) >= size))
         else:  # the batches of one process (one image size each), dealt out whole: every image evaluated once
             grouped = size_grouped_batches(dataset.image_sizes(), self.config.train.eval_batch_size)
             batches = grouped[self.dist.rank :: self.dist.world_size]
@@ -449,9 +468,8 @@ class Trainer:
         self.epoch_progress = {}
         sums: dict[str, float] = defaultdict(float, progress["sums"])
         steps, skipped, images_seen = progress["steps"], progress["skipped"], progress["images"]
-        # this rank's images the epoch has used (older checkpoints: their batches, at the current batch size)
-        used = progress.get("samples", (steps + skipped) * config.batch_size)
-        loader = self._batches(self.train_set, train=True, skip=used)
+        position = progress.get("position", 0)  # images of the epoch's order all processes have used
+        loader = self._batches(self.train_set, train=True, skip=position)
         self.forward_model.train()
         self.criterion.train()
         limit = min(config.max_steps_per_epoch or len(loader) + steps + skipped, len(loader) + steps + skipped)
@@ -462,7 +480,7 @@ class Trainer:
             if steps + skipped >= limit:
                 break
             data_s = time.perf_counter() - tick
-            used += config.batch_size
+            position += config.batch_size * self.dist.world_size
             # every image of the batch was unreadable and skipped (data.on_invalid=skip); all ranks skip together
             if any_across_ranks(batch is None, self.device):
                 continue
@@ -497,7 +515,7 @@ class Trainer:
                     "steps": steps,
                     "skipped": skipped,
                     "images": images_seen,
-                    "samples": used,
+                    "position": position,
                     "seconds": seconds,
                     "sums": dict(sums),
                 }
