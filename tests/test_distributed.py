@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -240,3 +241,28 @@ def test_mid_epoch_resume_with_another_process_count_trains_the_rest_of_the_epoc
     assert (
         "processes: 2 -> 1 (train.batch_size is per process: the global batch goes from 4 to 2" in resume["changes"][0]
     )
+
+
+def _nan_outputs_on_rank_1_first_step(rank: int, config: Any, run_dir: Path) -> tuple[int, int]:
+    trainer = Trainer(config, run_dir, progress=False)
+    call, calls = trainer._call_model, []
+
+    def poisoned(batch: Any) -> Any:
+        outputs = call(batch)
+        calls.append(batch)
+        if rank == 1 and len(calls) == 1:
+            nan = float("nan")
+            outputs = dataclasses.replace(outputs, pred_logits=outputs.pred_logits * nan)
+        return outputs
+
+    trainer._call_model = poisoned
+    trainer.fit()
+    (epoch,) = [r for r in read_metrics(run_dir) if r["type"] == "epoch"] if rank == 0 else [{}]
+    return trainer.step, epoch.get("train_skipped_nonfinite", -1)
+
+
+def test_non_finite_outputs_on_one_rank_skip_the_step_on_every_rank(shapes, tmp_path: Path):
+    """With train.on_nonfinite_loss=skip, NaN outputs on rank 1 alone made it skip the loss while rank 0 ran the
+    loss's collectives: the ranks' collectives paired up wrongly and one hung ('Connection closed by peer')."""
+    config = shapes_config(shapes, "train.batch_size=2", "train.epochs=1", "train.on_nonfinite_loss=skip")
+    assert _run_workers(_nan_outputs_on_rank_1_first_step, config, tmp_path / "run") == [(2, 1), (2, -1)]

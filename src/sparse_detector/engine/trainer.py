@@ -25,6 +25,7 @@ from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection, DatasetError
 from ..models import build_criterion, build_model
+from ..models.outputs import DetectionOutput
 from ..models.weights import CheckpointMismatchError, load_state_dict_checked, read_state_dict, saved_config
 from ..runs import (
     BEST_CHECKPOINT,
@@ -117,6 +118,12 @@ def check_same_config(config: Config) -> None:
                 f"{'; '.join(differences[:5])} (rank 0 -> rank {rank}); start every process with the same --config "
                 "and --set"
             )
+
+
+def outputs_finite(outputs: DetectionOutput) -> bool:
+    """Whether the boxes and logits of every decoder layer (and a two-stage model's proposals) are finite."""
+    parts = [outputs, *(outputs.aux_outputs or []), *([outputs.enc_outputs] if outputs.enc_outputs is not None else [])]
+    return all(bool(torch.isfinite(p.pred_logits).all() and torch.isfinite(p.pred_boxes).all()) for p in parts)
 
 
 def alpha_values(model: nn.Module) -> dict[str, list[float]]:
@@ -527,10 +534,15 @@ class Trainer:
 
     def _forward(self, batch: Any, targets: list[dict]) -> tuple[dict, torch.Tensor | None, str | None]:
         """Losses (in fp32 whatever the precision: the criterion casts the outputs), their total, and what was not
-        finite (``None`` when all is well)."""
+        finite (``None`` when all is well, or only on another rank)."""
         try:
             with self._autocast():
                 outputs = self._call_model(batch)
+            # under torch.distributed the ranks agree first: the loss's collectives must run on all or none of them
+            if is_distributed():
+                finite = outputs_finite(outputs)
+                if any_across_ranks(not finite, self.device):  # the caller names another rank's problem
+                    return {}, None, None if finite else "non-finite model outputs (NaN or inf)"
             losses = self.criterion(outputs, targets)
             loss = self.criterion.total_loss(losses)
         except FloatingPointError as err:  # the matcher's check of the outputs
