@@ -243,3 +243,13 @@ def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_
     )
     with pytest.raises(CheckpointMismatchError, match="is a deformable_detr checkpoint, but the config builds a detr"):
         Trainer(config, tmp_path / "bad", progress=False, init_from=deformable)
+
+
+def test_an_epoch_whose_every_step_was_skipped_as_non_finite_prints_its_summary(shapes, tmp_path: Path, capsys):
+    """It ended in KeyError: 'train_loss' (a traceback) when printing the epoch's summary."""
+    config = shapes_config(shapes, "train.epochs=1", "train.on_nonfinite_loss=skip", "train.max_steps_per_epoch=2")
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    total_loss = trainer.criterion.total_loss
+    trainer.criterion.total_loss = lambda losses: total_loss(losses) * float("nan")
+    assert "AP" in trainer.fit()
+    assert "epoch 1: loss n/a (2 steps skipped as non-finite)  AP " in capsys.readouterr().out

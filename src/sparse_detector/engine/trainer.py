@@ -634,7 +634,10 @@ class Trainer:
                     self.best_ap = record["AP"]
                 self._save(best=improved)
                 if "AP" in record and self.dist.is_main:
-                    summary = f"loss {record['train_loss']:.3f}  AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
+                    skipped = record["train_skipped_nonfinite"]
+                    loss = record.get("train_loss")  # absent when every step was skipped as non-finite
+                    loss_text = f"{loss:.3f}" if loss is not None else f"n/a ({skipped} steps skipped as non-finite)"
+                    summary = f"loss {loss_text}  AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
                     print(f"epoch {self.epoch}: {summary}")
                 if self.stop_signal is not None:
                     break
