@@ -19,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from sparse_detector import load_config
+from sparse_detector import cli, load_config
 from sparse_detector.cli import _stopped_message, main
 from sparse_detector.data import generate_shapes_splits
 from sparse_detector.engine.checkpoint import load_checkpoint
@@ -266,3 +266,30 @@ def test_non_finite_outputs_on_one_rank_skip_the_step_on_every_rank(shapes, tmp_
     loss's collectives: the ranks' collectives paired up wrongly and one hung ('Connection closed by peer')."""
     config = shapes_config(shapes, "train.batch_size=2", "train.epochs=1", "train.on_nonfinite_loss=skip")
     assert _run_workers(_nan_outputs_on_rank_1_first_step, config, tmp_path / "run") == [(2, 1), (2, -1)]
+
+
+def test_a_rank_left_by_a_dead_peer_says_so_in_words(monkeypatch, capsys):
+    """It printed gloo's '[/__w/pytorch/.../pair.cc:561] Connection closed by peer [127.0.0.1]:14771. This is
+    typically caused by a remote worker crashing. ... GLHF!' as the error of the surviving rank."""
+
+    def peer_died(args: Any) -> int:
+        raise RuntimeError(
+            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+            "[127.0.0.1]:14771. This is typically caused by a remote worker crashing. Check the logs of the remote "
+            "worker before reporting an error. GLHF!"
+        )
+
+    monkeypatch.setattr(cli, "_train", peer_died)
+    assert main(["train", "--config", "shapes_tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: another process of this distributed run stopped") and "GLHF" not in err
+
+    def peer_killed(args: Any) -> int:  # the words when the other process was killed (SIGKILL) mid-collective
+        raise RuntimeError(
+            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:21941: "
+            "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application."
+        )
+
+    monkeypatch.setattr(cli, "_train", peer_killed)
+    assert main(["train", "--config", "shapes_tiny"]) == 2
+    assert capsys.readouterr().err.startswith("error: another process of this distributed run stopped")

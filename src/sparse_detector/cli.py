@@ -42,6 +42,8 @@ _SHAPES_DATA_HINT = (
     "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200   "
     "(or `sparse-detector quickstart`, which generates the data and trains in one go)"
 )
+# torch.distributed's gloo backend, in the processes left when another one of the run died
+PEER_GONE = "This is typically caused by a remote worker"  # ... crashing / hanging or bugs in the application
 PRESET_DATA_HINTS = {"shapes_tiny": _SHAPES_DATA_HINT, "shapes_tiny_deformable": _SHAPES_DATA_HINT}
 
 # The kinds of `visualize` (the registry of sparse_detector.viz.kinds, which imports torch; a test keeps them equal)
@@ -1086,7 +1088,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # ours name the file / key / value
             _close_progress_bars()
-            print(f"error: {err}\n(run with --debug for the full traceback)", file=sys.stderr)
+            message = str(err)
+            if PEER_GONE in message:  # gloo's words when another process of a distributed run died
+                message = (
+                    "another process of this distributed run stopped or stopped answering (its own error is printed "
+                    "above, or in the launcher's report of the failed rank); this one stops too"
+                )
+            print(f"error: {message}\n(run with --debug for the full traceback)", file=sys.stderr)
             return 2
         except KeyboardInterrupt as stop:
             _close_progress_bars()
