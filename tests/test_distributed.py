@@ -97,12 +97,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run_workers(target: Any, *args: Any, timeout: float = 60) -> list[Any]:
-    """Run ``target(rank, queue, *args)`` in two forked processes joined by gloo (torchrun's environment variables);
-    returns what each put on the queue, in rank order."""
-    if "fork" not in mp.get_all_start_methods() or not torch.distributed.is_gloo_available():
-        pytest.skip("needs the fork start method and the gloo backend")
-    ctx = mp.get_context("fork")
+def _run_workers(target: Any, *args: Any, timeout: float = 120) -> list[Any]:
+    """Run ``target(rank, *args)`` in two fresh processes joined by gloo (torchrun's environment variables); returns
+    what each returned, in rank order. Not forked from the test process: after other tests started threads (loaders,
+    loggers) a fork could inherit a held lock and hang; a fork server that has imported the package once starts
+    them quickly."""
+    if "forkserver" not in mp.get_all_start_methods() or not torch.distributed.is_gloo_available():
+        pytest.skip("needs the forkserver start method and torch.distributed's gloo backend")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])  # this module, hence torch and the trainer (until the server starts)
     queue = ctx.SimpleQueue()
     port = _free_port()
     environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
