@@ -97,28 +97,30 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run_workers(target: Any, *args: Any, timeout: float = 120) -> list[Any]:
-    """Run ``target(rank, *args)`` in two fresh processes joined by gloo (torchrun's environment variables); returns
-    what each returned, in rank order. Not forked from the test process: after other tests started threads (loaders,
-    loggers) a fork could inherit a held lock and hang; a fork server that has imported the package once starts
-    them quickly."""
+def _run_workers(target: Any, *args: Any, processes: int = 2, timeout: float = 120) -> list[Any]:
+    """Run ``target(rank, *args)`` in ``processes`` fresh processes joined by gloo (torchrun's environment variables);
+    returns what each returned, in rank order. One process is the reference: the test process's own global torch
+    state may differ after other tests (its float results in the last bits). Not forked from the test process: after
+    other tests started threads (loaders, loggers) a fork could inherit a held lock and hang; a fork server that has
+    imported the package once starts them quickly."""
     if "forkserver" not in mp.get_all_start_methods() or not torch.distributed.is_gloo_available():
         pytest.skip("needs the forkserver start method and torch.distributed's gloo backend")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])  # this module, hence torch and the trainer (until the server starts)
     queue = ctx.SimpleQueue()
     port = _free_port()
-    environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
-    workers = [ctx.Process(target=_in_environment, args=(target, rank, environment, queue, *args)) for rank in (0, 1)]
+    environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(processes)}
+    ranks = range(processes)
+    workers = [ctx.Process(target=_in_environment, args=(target, rank, environment, queue, *args)) for rank in ranks]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(timeout=timeout)
         if worker.is_alive():  # a collective waits for a rank that never calls it
             worker.kill()
-    assert [worker.exitcode for worker in workers] == [0, 0], "a rank failed or hung"
+    assert [worker.exitcode for worker in workers] == [0] * processes, "a rank failed or hung"
     results = dict(queue.get() for _ in workers)
-    return [results[rank] for rank in (0, 1)]
+    return [results[rank] for rank in ranks]
 
 
 def _in_environment(target: Any, rank: int, environment: dict, queue: Any, *args: Any) -> None:
@@ -153,7 +155,7 @@ def test_evaluation_with_two_processes_equals_one_process(mixed_sizes, tmp_path:
     """Every val image is evaluated once (no DistributedSampler repeats) in the batches one process makes: AP and
     val losses equal one process's exactly, and no rank waits in a collective for a batch another rank lacks."""
     config = shapes_config(mixed_sizes, "train.eval_batch_size=2", "model.backbone.norm=frozen_bn")
-    one = Trainer(config, tmp_path / "one", progress=False)._evaluate()
+    (one,) = _run_workers(_evaluate_in_trainer, config, tmp_path / "one", processes=1)
     two = _run_workers(_evaluate_in_trainer, config, tmp_path / "two")
     assert one["val_loss"] > 0 and "AP" in one
     assert two[0] == two[1] == one
@@ -177,13 +179,17 @@ def _train_in_trainer(rank: int, config: Any, run_dir: Path) -> dict[str, float]
     return Trainer(config, run_dir, progress=False).fit()
 
 
+def _evaluate_saved(rank: int, config: Any, run_dir: Path) -> dict[str, float]:
+    return Trainer(config, run_dir, resume=True, progress=False)._evaluate()
+
+
 def test_evaluation_after_data_parallel_training_scores_the_saved_model(mixed_sizes, tmp_path: Path):
     """With trainable batch norm each rank's last training step updated its own running statistics: every rank must
     evaluate rank 0's (the checkpoint's) model, so the logged AP and losses are those of the saved model."""
     config = shapes_config(mixed_sizes, "train.eval_batch_size=2", "train.epochs=1", "train.max_steps_per_epoch=1")
     assert config.model.backbone.norm == "batch_norm"
     two = _run_workers(_train_in_trainer, config, tmp_path / "run")
-    saved = Trainer(config, tmp_path / "run", resume=True, progress=False)._evaluate()
+    (saved,) = _run_workers(_evaluate_saved, config, tmp_path / "run", processes=1)
     assert two[0] == two[1] == saved
 
 
