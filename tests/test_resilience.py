@@ -245,6 +245,7 @@ def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_
         Trainer(config, tmp_path / "bad", progress=False, init_from=deformable)
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
 def test_an_epoch_whose_every_step_was_skipped_as_non_finite_prints_its_summary(shapes, tmp_path: Path, capsys):
     """It ended in KeyError: 'train_loss' (a traceback) when printing the epoch's summary."""
     config = shapes_config(shapes, "train.epochs=1", "train.on_nonfinite_loss=skip", "train.max_steps_per_epoch=2")
