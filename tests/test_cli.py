@@ -55,6 +55,15 @@ def test_preset_without_its_data_says_how_to_make_it(tmp_path: Path, monkeypatch
     assert "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200" in err
 
 
+def test_coco_preset_without_its_data_names_the_missing_annotations(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The README's torchrun command without COCO said 'data.train.images=... is not a folder; set it ... or empty
+    for the JSON's own folder', a JSON that was not there either."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", "detr_r50", "--output-dir", "run"]) == 2
+    err = capsys.readouterr().err
+    assert "data/coco/annotations/instances_train2017.json does not exist" in err and "not a folder" not in err
+
+
 def test_own_annotations_with_the_presets_image_folder_name_the_key(tmp_path: Path, monkeypatch, capsys) -> None:
     """Overriding only data.*.annotations of a preset leaves its images folder, which the error names with the fix."""
     monkeypatch.chdir(tmp_path)

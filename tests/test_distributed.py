@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
+import torch.multiprocessing as mp
+from PIL import Image
 
+from sparse_detector import cli, load_config
+from sparse_detector.cli import _stopped_message, main
+from sparse_detector.data import generate_shapes_splits
 from sparse_detector.engine.checkpoint import load_checkpoint
-from sparse_detector.engine.distributed import DistributedContext, context_from_environment, first_slurm_host
+from sparse_detector.engine.distributed import (
+    DistributedContext,
+    context_from_environment,
+    first_slurm_host,
+    shutdown_distributed,
+)
 from sparse_detector.engine.trainer import Trainer
 from sparse_detector.runs import read_metrics
 
@@ -45,6 +62,10 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(shapes,
 
     one, two = steps(tmp_path / "one"), steps(run)
     assert [r["step"] for r in two] == [1, 2, 3]
+    # the printed step lines show the logged loss (the mean over processes), not rank 0's own
+    assert result.stderr.count("INFO sparse_detector.engine.trainer: training in") == 1  # rank 0's, not one a rank
+    printed = re.findall(r"^epoch 1 step (\d)/3: loss ([\d.]+),", result.stdout, re.MULTILINE)
+    assert printed == [(str(r["step"]), f"{r['loss']:.3f}") for r in two]
     for a, b in zip(one, two, strict=True):
         for key in ("loss", "loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "loss_giou_0"):
             assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
@@ -68,3 +89,216 @@ def test_rank_and_world_size_come_from_torchrun_or_slurm():
     assert context_from_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == DistributedContext()
     assert first_slurm_host("gpu[03-05,9],cpu1") == "gpu03"
     assert first_slurm_host("node7") == "node7"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_workers(target: Any, *args: Any, processes: int = 2, timeout: float = 120) -> list[Any]:
+    """Run ``target(rank, *args)`` in ``processes`` fresh processes joined by gloo (torchrun's environment variables);
+    returns what each returned, in rank order. One process is the reference: the test process's own global torch
+    state may differ after other tests (its float results in the last bits). Not forked from the test process: after
+    other tests started threads (loaders, loggers) a fork could inherit a held lock and hang; a fork server that has
+    imported the package once starts them quickly."""
+    if "forkserver" not in mp.get_all_start_methods() or not torch.distributed.is_gloo_available():
+        pytest.skip("needs the forkserver start method and torch.distributed's gloo backend")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])  # this module, hence torch and the trainer (until the server starts)
+    queue = ctx.SimpleQueue()
+    port = _free_port()
+    environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(processes)}
+    ranks = range(processes)
+    workers = [ctx.Process(target=_in_environment, args=(target, rank, environment, queue, *args)) for rank in ranks]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=timeout)
+        if worker.is_alive():  # a collective waits for a rank that never calls it
+            worker.kill()
+    assert [worker.exitcode for worker in workers] == [0] * processes, "a rank failed or hung"
+    results = dict(queue.get() for _ in workers)
+    return [results[rank] for rank in ranks]
+
+
+def _in_environment(target: Any, rank: int, environment: dict, queue: Any, *args: Any) -> None:
+    os.environ.update(environment, RANK=str(rank), LOCAL_RANK=str(rank))
+    try:
+        queue.put((rank, target(rank, *args)))
+    finally:
+        shutdown_distributed()
+
+
+@pytest.fixture(scope="module")
+def mixed_sizes(tmp_path_factory) -> dict[str, Path]:
+    """Shapes data whose 7 (odd) val images have two sizes: ranks get different numbers of size-grouped batches."""
+    root = tmp_path_factory.mktemp("mixed")
+    paths = generate_shapes_splits(root, 8, 7, seed=5, image_size=96, min_size=20, max_size=40)
+    coco = json.loads(paths["val"].read_text())
+    for image in coco["images"][0:3:2]:  # widened with a grey strip on the right: the boxes stay where they are
+        path = root / "images" / image["file_name"]
+        wide = Image.new("RGB", (128, 96), (128, 128, 128))
+        wide.paste(Image.open(path).convert("RGB"))
+        wide.save(path)
+        image["width"] = 128
+    paths["val"].write_text(json.dumps(coco))
+    return {"images": root / "images", **paths}
+
+
+def _evaluate_in_trainer(rank: int, config: Any, run_dir: Path) -> dict[str, float]:
+    return Trainer(config, run_dir, progress=False)._evaluate()
+
+
+def test_evaluation_with_two_processes_equals_one_process(mixed_sizes, tmp_path: Path):
+    """Every val image is evaluated once (no DistributedSampler repeats) in the batches one process makes: AP and
+    val losses equal one process's exactly, and no rank waits in a collective for a batch another rank lacks."""
+    config = shapes_config(mixed_sizes, "train.eval_batch_size=2", "model.backbone.norm=frozen_bn")
+    (one,) = _run_workers(_evaluate_in_trainer, config, tmp_path / "one", processes=1)
+    two = _run_workers(_evaluate_in_trainer, config, tmp_path / "two")
+    assert one["val_loss"] > 0 and "AP" in one
+    assert two[0] == two[1] == one
+
+
+@pytest.mark.parametrize("command", [["evaluate", "--checkpoint", "runs/x"], ["data", "shapes", "out"]])
+def test_commands_other_than_train_refuse_several_processes(command, monkeypatch, capsys):
+    """torchrun -m sparse_detector evaluate ran the whole evaluation once per process, each writing the same files."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(command) == 2
+    assert capsys.readouterr().err == ""  # one line in all, from rank 0
+    monkeypatch.setenv("RANK", "0")
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"sparse-detector {command[0]} runs in one process" in err
+    assert "started as 2 processes" in err and "only train uses several processes" in err
+
+
+def _train_in_trainer(rank: int, config: Any, run_dir: Path) -> dict[str, float]:
+    return Trainer(config, run_dir, progress=False).fit()
+
+
+def _evaluate_saved(rank: int, config: Any, run_dir: Path) -> dict[str, float]:
+    return Trainer(config, run_dir, resume=True, progress=False)._evaluate()
+
+
+def test_evaluation_after_data_parallel_training_scores_the_saved_model(mixed_sizes, tmp_path: Path):
+    """With trainable batch norm each rank's last training step updated its own running statistics: every rank must
+    evaluate rank 0's (the checkpoint's) model, so the logged AP and losses are those of the saved model."""
+    config = shapes_config(mixed_sizes, "train.eval_batch_size=2", "train.epochs=1", "train.max_steps_per_epoch=1")
+    assert config.model.backbone.norm == "batch_norm"
+    two = _run_workers(_train_in_trainer, config, tmp_path / "run")
+    (saved,) = _run_workers(_evaluate_saved, config, tmp_path / "run", processes=1)
+    assert two[0] == two[1] == saved
+
+
+def _start_trainer(rank: int, configs: list, run_dir: Path) -> str:
+    try:
+        Trainer(configs[rank], run_dir, progress=False)
+    except ValueError as err:
+        return str(err)
+    return "started"
+
+
+def test_processes_started_with_different_configs_are_named(shapes, tmp_path: Path):
+    """Two nodes launched with different --set: DDP said 'params[58] in this process with sizes [7, 32] appears not
+    to match' on one node and 'Connection closed by peer' on the other; now both name the setting."""
+    configs = [shapes_config(shapes), shapes_config(shapes, "model.num_queries=7")]
+    messages = _run_workers(_start_trainer, configs, tmp_path / "run")
+    assert messages[0] == messages[1]
+    assert "rank 1 differs from rank 0 in model.num_queries: 6 -> 7" in messages[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_stopped_data_parallel_run_says_to_resume_it_with_its_process_count():
+    """It said 'resume with: sparse-detector train --resume RUN': one process, half the global batch."""
+    stopped = SimpleNamespace(
+        stop_signal=15, epoch=2, step=40, last_checkpoint="r/checkpoint_last.pt", dist=DistributedContext(0, 2)
+    )
+    message = _stopped_message(stopped, Path("r"))
+    assert message.endswith("resume with: torchrun ... -m sparse_detector train --resume r, with the same 2 processes")
+    alone = SimpleNamespace(**{**vars(stopped), "dist": DistributedContext()})
+    assert _stopped_message(alone, Path("r")).endswith("resume with: sparse-detector train --resume r")
+
+
+def _stop_after_the_first_step(rank: int, config: Any, run_dir: Path) -> int:
+    trainer = Trainer(config, run_dir, progress=False)
+    backward = trainer._backward
+
+    def stop(loss: torch.Tensor) -> None:  # as a SIGTERM to rank 0 during step 1 would
+        backward(loss)
+        trainer.stop_signal = trainer.stop_signal or (signal.SIGTERM if rank == 0 else None)
+
+    trainer._backward = stop
+    trainer.fit()
+    return trainer.step
+
+
+def test_mid_epoch_resume_with_another_process_count_trains_the_rest_of_the_epoch(shapes, tmp_path: Path):
+    """Stopped after 1 step of 2 processes x 2 images (4 of the 12 images), resumed alone: the other 8 images in 4
+    steps (it took each rank's 2 images as the whole epoch's position: 10 images, 2 of them seen twice), and the
+    change of the global batch is on the record."""
+    config = shapes_config(shapes, "train.batch_size=2", "train.epochs=1", "train.eval_every=100")
+    run = tmp_path / "run"
+    assert _run_workers(_stop_after_the_first_step, config, run) == [1, 1]
+    assert load_checkpoint(run / "checkpoint_last.pt")["epoch_progress"]["position"] == 4
+    Trainer(load_config(run / "config.yaml"), run, resume=True, progress=False).fit()
+    (epoch,) = [r for r in read_metrics(run) if r["type"] == "epoch"]
+    assert epoch["train_steps"] == 1 + 4
+    (resume,) = [r for r in read_metrics(run) if r["type"] == "resume"]
+    assert (
+        "processes: 2 -> 1 (train.batch_size is per process: the global batch goes from 4 to 2" in resume["changes"][0]
+    )
+
+
+def _nan_outputs_on_rank_1_first_step(rank: int, config: Any, run_dir: Path) -> tuple[int, int]:
+    trainer = Trainer(config, run_dir, progress=False)
+    call, calls = trainer._call_model, []
+
+    def poisoned(batch: Any) -> Any:
+        outputs = call(batch)
+        calls.append(batch)
+        if rank == 1 and len(calls) == 1:
+            nan = float("nan")
+            outputs = dataclasses.replace(outputs, pred_logits=outputs.pred_logits * nan)
+        return outputs
+
+    trainer._call_model = poisoned
+    trainer.fit()
+    (epoch,) = [r for r in read_metrics(run_dir) if r["type"] == "epoch"] if rank == 0 else [{}]
+    return trainer.step, epoch.get("train_skipped_nonfinite", -1)
+
+
+def test_non_finite_outputs_on_one_rank_skip_the_step_on_every_rank(shapes, tmp_path: Path):
+    """With train.on_nonfinite_loss=skip, NaN outputs on rank 1 alone made it skip the loss while rank 0 ran the
+    loss's collectives: the ranks' collectives paired up wrongly and one hung ('Connection closed by peer')."""
+    config = shapes_config(shapes, "train.batch_size=2", "train.epochs=1", "train.on_nonfinite_loss=skip")
+    assert _run_workers(_nan_outputs_on_rank_1_first_step, config, tmp_path / "run") == [(2, 1), (2, -1)]
+
+
+def test_a_rank_left_by_a_dead_peer_says_so_in_words(monkeypatch, capsys):
+    """It printed gloo's '[/__w/pytorch/.../pair.cc:561] Connection closed by peer [127.0.0.1]:14771. This is
+    typically caused by a remote worker crashing. ... GLHF!' as the error of the surviving rank."""
+
+    def peer_died(args: Any) -> int:
+        raise RuntimeError(
+            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+            "[127.0.0.1]:14771. This is typically caused by a remote worker crashing. Check the logs of the remote "
+            "worker before reporting an error. GLHF!"
+        )
+
+    monkeypatch.setattr(cli, "_train", peer_died)
+    assert main(["train", "--config", "shapes_tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: another process of this distributed run stopped") and "GLHF" not in err
+
+    def peer_killed(args: Any) -> int:  # the words when the other process was killed (SIGKILL) mid-collective
+        raise RuntimeError(
+            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:21941: "
+            "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application."
+        )
+
+    monkeypatch.setattr(cli, "_train", peer_killed)
+    assert main(["train", "--config", "shapes_tiny"]) == 2
+    assert capsys.readouterr().err.startswith("error: another process of this distributed run stopped")

@@ -175,7 +175,7 @@ def test_mid_epoch_resume_with_another_batch_size_trains_each_image_once(shapes,
 
     trainer._backward = stop_after_the_first_step
     trainer.fit()
-    assert load_checkpoint(run / "checkpoint_last.pt")["epoch_progress"]["samples"] == 4  # 1 batch of 4 of 12
+    assert load_checkpoint(run / "checkpoint_last.pt")["epoch_progress"]["position"] == 4  # 1 batch of 4 of 12
     config = load_config(run / "config.yaml", ["train.batch_size=2"])
     Trainer(config, run, resume=True, progress=False).fit()
     (epoch,) = [r for r in read_metrics(run) if r["type"] == "epoch"]
@@ -243,3 +243,14 @@ def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_
     )
     with pytest.raises(CheckpointMismatchError, match="is a deformable_detr checkpoint, but the config builds a detr"):
         Trainer(config, tmp_path / "bad", progress=False, init_from=deformable)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
+def test_an_epoch_whose_every_step_was_skipped_as_non_finite_prints_its_summary(shapes, tmp_path: Path, capsys):
+    """It ended in KeyError: 'train_loss' (a traceback) when printing the epoch's summary."""
+    config = shapes_config(shapes, "train.epochs=1", "train.on_nonfinite_loss=skip", "train.max_steps_per_epoch=2")
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    total_loss = trainer.criterion.total_loss
+    trainer.criterion.total_loss = lambda losses: total_loss(losses) * float("nan")
+    assert "AP" in trainer.fit()
+    assert "epoch 1: loss n/a (2 steps skipped as non-finite)  AP " in capsys.readouterr().out

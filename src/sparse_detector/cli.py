@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -43,6 +44,8 @@ _SHAPES_DATA_HINT = (
     "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200   "
     "(or `sparse-detector quickstart`, which generates the data and trains in one go)"
 )
+# torch.distributed's gloo backend, in the processes left when another one of the run died
+PEER_GONE = "This is typically caused by a remote worker"  # ... crashing / hanging or bugs in the application
 PRESET_DATA_HINTS = {"shapes_tiny": _SHAPES_DATA_HINT, "shapes_tiny_deformable": _SHAPES_DATA_HINT}
 
 # The kinds of `visualize` (the registry of sparse_detector.viz.kinds, which imports torch; a test keeps them equal)
@@ -213,9 +216,13 @@ def _finished_run_message(run_dir: Path, config: Config) -> str:
 def _stopped_message(trainer: Trainer, run_dir: Path) -> str:
     """What a signal that stopped training left, and the command that continues it."""
     name = signal.Signals(trainer.stop_signal).name if trainer.stop_signal else "a signal"
+    command = f"sparse-detector train --resume {run_dir}"
+    processes = trainer.dist.world_size
+    if processes > 1:  # train.batch_size is per process: another process count trains with another global batch
+        command = f"torchrun ... -m sparse_detector train --resume {run_dir}, with the same {processes} processes"
     return (
         f"stopped by {name} at epoch {trainer.epoch + 1}, step {trainer.step}; checkpoint written: "
-        f"{trainer.last_checkpoint}\nresume with: sparse-detector train --resume {run_dir}"
+        f"{trainer.last_checkpoint}\nresume with: {command}"
     )
 
 
@@ -281,6 +288,8 @@ def _train(args: argparse.Namespace) -> int:
     else:
         resume_dir = Path(args.resume) if args.resume else None
     main_process = context_from_environment().is_main  # under torchrun / srun only rank 0 prints
+    if not main_process:  # and logs what every rank would log alike; the others only their warnings and errors
+        logging.getLogger().setLevel(logging.WARNING)
     if resume_dir is not None:
         run_dir = resume_dir
         if run_dir.is_file() and (run_dir.parent / CONFIG_FILE).is_file():
@@ -1058,8 +1067,31 @@ def _close_progress_bars() -> None:
             bar.close()
 
 
+def _several_processes_refusal(command: str) -> tuple[str, bool] | None:
+    """Under torchrun / srun with several processes, every command but ``train`` would run once per process over the
+    same files: the message saying so and whether this process prints it (rank 0); ``None`` when all is well."""
+    if command == "train" or not ({"WORLD_SIZE", "SLURM_NTASKS"} & os.environ.keys()):
+        return None
+    from .engine.distributed import context_from_environment
+
+    context = context_from_environment()
+    if not context.enabled:
+        return None
+    message = (
+        f"sparse-detector {command} runs in one process, but it was started as {context.world_size} processes "
+        f"(torchrun / srun); start it without the launcher (`python -m sparse_detector {command} ...`, or srun "
+        "--ntasks 1) — only train uses several processes"
+    )
+    return message, context.is_main
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if refusal := _several_processes_refusal(args.command):
+        message, prints = refusal
+        if prints:
+            print(f"error: {message}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from tqdm.contrib.logging import logging_redirect_tqdm  # log lines print above progress bars, not into them
 
@@ -1077,7 +1109,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # ours name the file / key / value
             _close_progress_bars()
-            print(f"error: {err}\n(run with --debug for the full traceback)", file=sys.stderr)
+            message = str(err)
+            if PEER_GONE in message:  # gloo's words when another process of a distributed run died
+                message = (
+                    "another process of this distributed run stopped or stopped answering (its own error is printed "
+                    "above, or in the launcher's report of the failed rank); this one stops too"
+                )
+            print(f"error: {message}\n(run with --debug for the full traceback)", file=sys.stderr)
             return 2
         except KeyboardInterrupt as stop:
             _close_progress_bars()

@@ -28,7 +28,8 @@ def build_dataset(config: Config, split: str) -> CocoDetection:
             f"e.g. --set data.{split}.annotations=FILE.json (data.{split}.images=DIR if its file names are "
             "relative to another folder than the JSON's)"
         )
-    if paths.images and not Path(paths.images).is_dir():
+    # a missing JSON is named first (by CocoDetection): the images folder's advice reads its file names
+    if paths.images and not Path(paths.images).is_dir() and Path(paths.annotations).is_file():
         raise DatasetError(
             f"data.{split}.images={paths.images} is not a folder; set it to the folder the file "
             f"names in {paths.annotations} are relative to, or empty for the JSON's own folder: --set "

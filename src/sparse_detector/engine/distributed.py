@@ -10,11 +10,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 DEFAULT_MASTER_PORT = "29500"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,24 @@ def mean_across_ranks(values: Mapping[str, float], device: torch.device) -> dict
     dist.all_reduce(tensor)
     tensor /= dist.get_world_size()
     return dict(zip(keys, tensor.tolist(), strict=True))
+
+
+def gathered(value: T) -> list[T]:
+    """Every rank's ``value`` (picklable), in rank order (a collective); ``[value]`` for one process."""
+    if not is_distributed():
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (batch-norm running statistics) on every rank (a collective). DDP broadcasts them before each
+    training forward, after which every rank's own batch updates its copy; evaluating with those would score a
+    different model on each rank than the one rank 0 saves."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
 
 
 def any_across_ranks(flag: bool, device: torch.device) -> bool:

@@ -6,7 +6,7 @@ padded and the numbers do not depend on the batch size.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +22,10 @@ from ..models.criterion import SetCriterion
 from ..models.outputs import DetectionOutput
 from ..models.postprocess import postprocessor_for
 from .coco_eval import CocoEvaluator, CocoResult
+from .distributed import gathered
+
+# the loss terms logged as val_* besides the total val_loss
+VAL_LOSS_TERMS = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
 
 
 def targets_to(targets: list[dict[str, Tensor]], device: torch.device) -> list[dict[str, Tensor]]:
@@ -78,20 +82,29 @@ def run_evaluation(
     progress: bool = False,
 ) -> Evaluation:
     """COCO AP / AR of all predictions (one COCOeval run at the end), per-class AP, and with a criterion the
-    mean losses."""
+    mean losses over the batches.
+
+    Under torch.distributed it is a collective: give each rank its own whole batches (every image in one batch of
+    one rank); every rank returns the numbers of all of them, equal to one process running the same batches."""
     model.eval()
     evaluator = evaluator_for(loader, label_map)
-    loss_sums: dict[str, float] = defaultdict(float)
-    batches = 0
+    batch_losses: list[dict[str, float]] = []
+    training = criterion is not None and criterion.training
+    if criterion is not None:
+        criterion.eval()  # each batch normalised by its own boxes, with no collective (see SetCriterion)
     for outputs, targets in evaluation_batches(model, loader, device, evaluator, progress):
         if criterion is not None:
             losses = criterion(outputs, targets)
-            loss_sums["loss"] += criterion.total_loss(losses).item()
-            for key in ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error"):
-                loss_sums[key] += losses[key].item()
-            batches += 1
-    losses = {f"val_{k}": v / max(batches, 1) for k, v in loss_sums.items()}
-    return Evaluation(evaluator.evaluate(), losses, evaluator.results())
+            batch_losses.append(
+                {"loss": criterion.total_loss(losses).item(), **{k: losses[k].item() for k in VAL_LOSS_TERMS}}
+            )
+    if criterion is not None:
+        criterion.train(training)
+    # under torch.distributed every rank's batches (each image in one batch of one rank): one mean over all of them
+    batch_losses = [losses for rank in gathered(batch_losses) for losses in rank]
+    keys = ["loss", *VAL_LOSS_TERMS] if batch_losses else []
+    means = {f"val_{k}": math.fsum(b[k] for b in batch_losses) / len(batch_losses) for k in keys}
+    return Evaluation(evaluator.evaluate(), means, evaluator.results())
 
 
 def evaluate(

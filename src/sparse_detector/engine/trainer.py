@@ -25,6 +25,7 @@ from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection, DatasetError
 from ..models import build_criterion, build_model
+from ..models.outputs import DetectionOutput
 from ..models.weights import CheckpointMismatchError, load_state_dict_checked, read_state_dict, saved_config
 from ..runs import (
     BEST_CHECKPOINT,
@@ -51,6 +52,8 @@ from .distributed import (
     DistributedContext,
     any_across_ranks,
     barrier,
+    broadcast_buffers,
+    gathered,
     init_distributed,
     is_distributed,
     mean_across_ranks,
@@ -97,6 +100,30 @@ def check_same_categories(train_set: CocoDetection, val_set: CocoDetection) -> N
             f"val: {'; '.join(differences[:5])}); import the data once and split it (`sparse-detector data "
             "split`), or import each part with the same --classes file"
         )
+
+
+def check_same_config(config: Config) -> None:
+    """Every process of a distributed run must train the same config (a collective): an error naming the settings
+    that differ from rank 0's (data paths may differ, e.g. each node's local copy)."""
+    trees = gathered(config_to_dict(config))
+    for rank, tree in enumerate(trees[1:], start=1):
+        differences = [
+            change
+            for change in config_differences(trees[0], tree)
+            if not change.split(":")[0].endswith((".images", ".annotations"))
+        ]
+        if differences:
+            raise ValueError(
+                f"the processes were started with different configs: rank {rank} differs from rank 0 in "
+                f"{'; '.join(differences[:5])} (rank 0 -> rank {rank}); start every process with the same --config "
+                "and --set"
+            )
+
+
+def outputs_finite(outputs: DetectionOutput) -> bool:
+    """Whether the boxes and logits of every decoder layer (and a two-stage model's proposals) are finite."""
+    parts = [outputs, *(outputs.aux_outputs or []), *([outputs.enc_outputs] if outputs.enc_outputs is not None else [])]
+    return all(bool(torch.isfinite(p.pred_logits).all() and torch.isfinite(p.pred_boxes).all()) for p in parts)
 
 
 def alpha_values(model: nn.Module) -> dict[str, list[float]]:
@@ -189,6 +216,7 @@ class Trainer:
             raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {train.precision!r}")
         self.dist: DistributedContext
         self.dist, self.device = init_distributed(resolve_device(train.device, "train.device"))
+        check_same_config(config)
         self.progress = progress and self.dist.is_main
         if train.precision == "fp16" and self.device.type == "cpu":
             log.warning(
@@ -317,6 +345,19 @@ class Trainer:
         self.epoch_progress = state.get("epoch_progress", {})
         ranks = state.get("rng_ranks", [])
         set_rng_state(ranks[self.dist.rank] if len(ranks) == self.dist.world_size else state["rng"])
+        processes = len(ranks) or self.dist.world_size  # the checkpointing run's process count
+        progress = self.epoch_progress
+        if progress and "position" not in progress:  # older checkpoints: each rank's images (or its batches)
+            used = progress.get("samples", (progress["steps"] + progress["skipped"]) * self.config.train.batch_size)
+            progress["position"] = used * processes
+        if processes != self.dist.world_size:
+            batch = self.config.train.batch_size
+            before = state.get("config", {}).get("train", {}).get("batch_size", batch) * processes
+            changes.append(
+                f"processes: {processes} -> {self.dist.world_size} (train.batch_size is per process: the global batch "
+                f"goes from {before} to {batch * self.dist.world_size} at the same learning rates)"
+            )
+            log.warning("resume: %s", changes[-1])
         self.last_checkpoint = path
         # Records written after the checkpoint (a run killed before its next one) are dropped: that work is redone.
         metrics = self.run_dir / METRICS_FILE
@@ -401,21 +442,23 @@ class Trainer:
     # Training
 
     def _batches(self, dataset: CocoDetection, train: bool, skip: int = 0) -> Any:
-        """This rank's loader: its share of the (per-epoch shuffled) images, without the first ``skip`` of them
-        (those a mid-epoch checkpoint had trained on, in batches of any size)."""
+        """This rank's loader: its share of the (per-epoch shuffled) images, without the first ``skip`` of the
+        epoch's order (those a mid-epoch checkpoint had trained on, in batches of any size and any process count)."""
         seed = self.config.train.seed
-        sampler = DistributedSampler(
-            dataset, self.dist.world_size, self.dist.rank, shuffle=train, seed=seed, drop_last=False
-        )
-        sampler.set_epoch(self.epoch)
         if train:
+            # the epoch's order (DistributedSampler's permutation), padded by repeating its start to a multiple of the
+            # process count and dealt out: rank r takes every world_size-th image, as DistributedSampler does
+            sampler = DistributedSampler(dataset, 1, 0, seed=seed)
+            sampler.set_epoch(self.epoch)
+            order, world = list(sampler), self.dist.world_size
+            remaining = -(-(len(order) - skip) // world) * world if skip < len(order) else 0
+            padded = order * (1 + -(-(skip + remaining) // max(len(order), 1)))
+            share = padded[skip : skip + remaining][self.dist.rank :: world]
             size = self.config.train.batch_size
-            batches = list(BatchSampler(list(sampler)[skip:], size, drop_last=len(sampler) >= size))
-        else:  # batches of one image size each, so the results do not depend on the batch size
-            indices = list(sampler)
-            sizes = dataset.image_sizes()
-            grouped = size_grouped_batches([sizes[i] for i in indices], self.config.train.eval_batch_size)
-            batches = [[indices[i] for i in batch] for batch in grouped]
+            batches = list(BatchSampler(share, size, drop_last=-(-len(order) // world) >= size))
+        else:  # the batches of one process (one image size each), dealt out whole: every image evaluated once
+            grouped = size_grouped_batches(dataset.image_sizes(), self.config.train.eval_batch_size)
+            batches = grouped[self.dist.rank :: self.dist.world_size]
         generator = torch.Generator().manual_seed(seed + self.epoch)  # worker seeds: same when resumed
         return build_loader(dataset, self.config, train=train, generator=generator, batch_sampler=batches)
 
@@ -441,9 +484,8 @@ class Trainer:
         self.epoch_progress = {}
         sums: dict[str, float] = defaultdict(float, progress["sums"])
         steps, skipped, images_seen = progress["steps"], progress["skipped"], progress["images"]
-        # this rank's images the epoch has used (older checkpoints: their batches, at the current batch size)
-        used = progress.get("samples", (steps + skipped) * config.batch_size)
-        loader = self._batches(self.train_set, train=True, skip=used)
+        position = progress.get("position", 0)  # images of the epoch's order all processes have used
+        loader = self._batches(self.train_set, train=True, skip=position)
         self.forward_model.train()
         self.criterion.train()
         limit = min(config.max_steps_per_epoch or len(loader) + steps + skipped, len(loader) + steps + skipped)
@@ -454,7 +496,7 @@ class Trainer:
             if steps + skipped >= limit:
                 break
             data_s = time.perf_counter() - tick
-            used += config.batch_size
+            position += config.batch_size * self.dist.world_size
             # every image of the batch was unreadable and skipped (data.on_invalid=skip); all ranks skip together
             if any_across_ranks(batch is None, self.device):
                 continue
@@ -476,10 +518,10 @@ class Trainer:
                 speed = images_seen / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{speed:.1f}")
                 if self.step % config.log_every == 0:
-                    self._log_step(loss, losses, speed, data_s, time.perf_counter() - tick)
+                    logged = self._log_step(loss, losses, speed, data_s, time.perf_counter() - tick)
                     if self.dist.is_main and not self.progress:  # no progress bar (not a terminal): plain lines
                         where = f"epoch {self.epoch + 1} step {steps}/{bar.total}"
-                        print(f"{where}: loss {values['loss']:.3f}, {speed:.1f} img/s")
+                        print(f"{where}: loss {logged['loss']:.3f}, {speed:.1f} img/s")
             bar.update()
             tick = time.perf_counter()
             if any_across_ranks(self.stop_signal is not None, self.device) and steps + skipped < limit:
@@ -489,7 +531,7 @@ class Trainer:
                     "steps": steps,
                     "skipped": skipped,
                     "images": images_seen,
-                    "samples": used,
+                    "position": position,
                     "seconds": seconds,
                     "sums": dict(sums),
                 }
@@ -501,10 +543,15 @@ class Trainer:
 
     def _forward(self, batch: Any, targets: list[dict]) -> tuple[dict, torch.Tensor | None, str | None]:
         """Losses (in fp32 whatever the precision: the criterion casts the outputs), their total, and what was not
-        finite (``None`` when all is well)."""
+        finite (``None`` when all is well, or only on another rank)."""
         try:
             with self._autocast():
                 outputs = self._call_model(batch)
+            # under torch.distributed the ranks agree first: the loss's collectives must run on all or none of them
+            if is_distributed():
+                finite = outputs_finite(outputs)
+                if any_across_ranks(not finite, self.device):  # the caller names another rank's problem
+                    return {}, None, None if finite else "non-finite model outputs (NaN or inf)"
             losses = self.criterion(outputs, targets)
             loss = self.criterion.total_loss(losses)
         except FloatingPointError as err:  # the matcher's check of the outputs
@@ -524,8 +571,11 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
-    def _log_step(self, loss: torch.Tensor, losses: dict, speed: float, data_s: float, iteration_s: float) -> None:
-        """A ``train`` record: every loss term averaged over processes, learning rates, alphas, speed, memory."""
+    def _log_step(
+        self, loss: torch.Tensor, losses: dict, speed: float, data_s: float, iteration_s: float
+    ) -> dict[str, float]:
+        """A ``train`` record: every loss term averaged over processes, learning rates, alphas, speed, memory;
+        returns the averaged losses."""
         reduced = mean_across_ranks({"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}, self.device)
         self.logger.log(
             "train",
@@ -539,6 +589,7 @@ class Trainer:
             images_per_s=speed,
             peak_memory_mb=self._peak_memory_mb(),
         )
+        return reduced
 
     def _nonfinite(self, detail: str, targets: list[dict]) -> None:
         image_ids = [int(t["image_id"]) for t in targets]
@@ -555,6 +606,7 @@ class Trainer:
     def _evaluate(self) -> dict[str, float]:
         # Evaluating must not change the training random stream (its transforms and loader draw from it),
         # so a run resumed after an evaluated epoch continues exactly as one that never stopped.
+        broadcast_buffers(self.model)  # every rank evaluates the model rank 0 saves
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             stats = evaluate(
                 self.model,
@@ -591,7 +643,10 @@ class Trainer:
                     self.best_ap = record["AP"]
                 self._save(best=improved)
                 if "AP" in record and self.dist.is_main:
-                    summary = f"loss {record['train_loss']:.3f}  AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
+                    skipped = record["train_skipped_nonfinite"]
+                    loss = record.get("train_loss")  # absent when every step was skipped as non-finite
+                    loss_text = f"{loss:.3f}" if loss is not None else f"n/a ({skipped} steps skipped as non-finite)"
+                    summary = f"loss {loss_text}  AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
                     print(f"epoch {self.epoch}: {summary}")
                 if self.stop_signal is not None:
                     break

@@ -20,15 +20,6 @@ def _matched_query_index(indices: MatchIndices) -> tuple[Tensor, Tensor]:
     return batch_idx, query_idx
 
 
-def _mean_over_processes(value: Tensor) -> Tensor:
-    """The mean of a scalar over the processes of a distributed run (``value`` itself in a single process)."""
-    if dist.is_available() and dist.is_initialized():
-        value = value.detach().clone()
-        dist.all_reduce(value)
-        value /= dist.get_world_size()
-    return value
-
-
 @torch.no_grad()
 def cardinality_error(logits: Tensor, targets: Sequence[dict]) -> Tensor:
     """Mean absolute difference between the number of queries whose best logit is not the last one and the number of
@@ -44,6 +35,10 @@ class SetCriterion(nn.Module):
 
     For auxiliary outputs the same keys get a ``_{layer}`` suffix (no ``class_error``). ``weight_dict`` gives the
     coefficient of every loss key that enters the total (see :meth:`total_loss`).
+
+    In training mode under torch.distributed the normalisers (box count, class-weight total) are averaged over the
+    processes, so data-parallel training optimises one process's loss; in eval mode each batch is its own (ranks
+    evaluate different numbers of batches, and no collective may wait for a rank that has none left).
     """
 
     def __init__(
@@ -79,7 +74,7 @@ class SetCriterion(nn.Module):
         # The weighted mean of the cross-entropy, normalised by the weight total averaged over processes (as the box
         # losses are by the number of boxes), so data-parallel training optimises the same loss as one process.
         weighted = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight, reduction="none")
-        loss_ce = weighted.sum() / _mean_over_processes(self.empty_weight[target_classes].sum())
+        loss_ce = weighted.sum() / self._mean_over_processes(self.empty_weight[target_classes].sum())
         with torch.no_grad():
             if matched_labels.numel() == 0:
                 accuracy = logits.new_zeros(())
@@ -90,6 +85,14 @@ class SetCriterion(nn.Module):
             "class_error": 100 - accuracy,
             "cardinality_error": cardinality_error(logits, targets),
         }
+
+    def _mean_over_processes(self, value: Tensor) -> Tensor:
+        """The mean of a scalar over the processes of a distributed run, in training mode; else ``value``."""
+        if self.training and dist.is_available() and dist.is_initialized():
+            value = value.detach().clone()
+            dist.all_reduce(value)
+            value /= dist.get_world_size()
+        return value
 
     def _box_losses(
         self, outputs: dict, targets: Sequence[dict], indices: MatchIndices, num_boxes: float
@@ -104,9 +107,9 @@ class SetCriterion(nn.Module):
         return {"loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
     def _num_boxes(self, targets: Sequence[dict], device: torch.device) -> float:
-        """Average number of target boxes per process (at least 1), for normalising the box losses."""
+        """The number of target boxes (averaged over processes in training; at least 1), normalising the box losses."""
         num_boxes = torch.as_tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
-        return torch.clamp(_mean_over_processes(num_boxes), min=1).item()
+        return torch.clamp(self._mean_over_processes(num_boxes), min=1).item()
 
     def forward(self, outputs: dict, targets: Sequence[dict], indices: MatchIndices | None = None) -> dict[str, Tensor]:
         """``targets``: per image ``labels`` (N,) int64 and ``boxes`` (N, 4) normalised cxcywh."""
