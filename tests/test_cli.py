@@ -36,6 +36,21 @@ def test_every_command_has_help_with_an_example(command: tuple[str, ...], capsys
     assert "example:\n  sparse-detector " + " ".join(command) in out
 
 
+@pytest.mark.parametrize("command", subcommands(build_parser()))
+def test_every_option_with_a_default_shows_it(command: tuple[str, ...], capsys) -> None:
+    """The README promises that every `--help` shows its defaults: also a 0 (a seed) and options without help text."""
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    parser = build_parser()
+    for name in command:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    for action in parser._actions:
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS, []):
+            shown = " ".join(f"{action.help} (default: {action.default})".split())
+            assert action.help and ("default" in action.help or shown in out), (command, action.option_strings)
+
+
 def test_help_does_not_import_torch() -> None:
     """`--help` stays instant because nothing heavy is imported to build the parser (timed in benchmarks/)."""
     code = (
