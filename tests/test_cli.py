@@ -210,6 +210,22 @@ def test_resume_with_a_config_is_refused_not_ignored(capsys) -> None:
     assert "--resume continues runs/mine with its own config.yaml; --config is for a new run" in capsys.readouterr().err
 
 
+def test_quickstart_names_the_run_directory_the_other_commands_take(tmp_path: Path, capsys, monkeypatch) -> None:
+    import sparse_detector.cli as cli
+    import sparse_detector.engine.trainer as trainer_module
+
+    class FinishedTrainer(trainer_module.Trainer):
+        def fit(self) -> dict:
+            return {"AP50": 0.5, "AP": 0.25}
+
+    monkeypatch.setattr(trainer_module, "Trainer", FinishedTrainer)
+    monkeypatch.setattr(cli, "_quickstart_figures", lambda run_dir, config: None)
+    run = tmp_path / "qs"
+    assert main(["quickstart", "--num-train", "4", "--num-val", "2", "--output-dir", str(run), "--no-progress"]) == 0
+    # was: 'run directory: qs', which evaluate --checkpoint refused (the checkpoints are in qs/train)
+    assert f"run directory: {run / 'train'} (for evaluate" in capsys.readouterr().out
+
+
 def test_quickstart_stopped_by_a_signal_says_how_to_resume(tmp_path: Path, capsys, monkeypatch) -> None:
     import signal
 

@@ -900,7 +900,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     print(f"quickstart finished in {minutes:.1f} min: AP50 {stats['AP50']:.3f}, AP {stats['AP']:.3f}")
     print(f"(evaluated on {args.num_val} held-out generated images)")
     _quickstart_figures(run_dir, config)
-    print(f"run directory: {run_dir}")
+    print(f"run directory: {run_dir / 'train'} (for evaluate, analyze, visualize, train --resume); data: {data_dir}")
     return 0
 
 
