@@ -36,6 +36,21 @@ def test_every_command_has_help_with_an_example(command: tuple[str, ...], capsys
     assert "example:\n  sparse-detector " + " ".join(command) in out
 
 
+@pytest.mark.parametrize("command", subcommands(build_parser()))
+def test_every_option_with_a_default_shows_it(command: tuple[str, ...], capsys) -> None:
+    """The README promises that every `--help` shows its defaults: also a 0 (a seed) and options without help text."""
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    parser = build_parser()
+    for name in command:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    for action in parser._actions:
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS, []):
+            shown = " ".join(f"{action.help} (default: {action.default})".split())
+            assert action.help and ("default" in action.help or shown in out), (command, action.option_strings)
+
+
 def test_help_does_not_import_torch() -> None:
     """`--help` stays instant because nothing heavy is imported to build the parser (timed in benchmarks/)."""
     code = (
@@ -193,6 +208,22 @@ def test_resume_with_init_from_is_refused_not_ignored(capsys) -> None:
 def test_resume_with_a_config_is_refused_not_ignored(capsys) -> None:
     assert main(["train", "--resume", "runs/mine", "--config", "my.yaml"]) == 2
     assert "--resume continues runs/mine with its own config.yaml; --config is for a new run" in capsys.readouterr().err
+
+
+def test_quickstart_names_the_run_directory_the_other_commands_take(tmp_path: Path, capsys, monkeypatch) -> None:
+    import sparse_detector.cli as cli
+    import sparse_detector.engine.trainer as trainer_module
+
+    class FinishedTrainer(trainer_module.Trainer):
+        def fit(self) -> dict:
+            return {"AP50": 0.5, "AP": 0.25}
+
+    monkeypatch.setattr(trainer_module, "Trainer", FinishedTrainer)
+    monkeypatch.setattr(cli, "_quickstart_figures", lambda run_dir, config: None)
+    run = tmp_path / "qs"
+    assert main(["quickstart", "--num-train", "4", "--num-val", "2", "--output-dir", str(run), "--no-progress"]) == 0
+    # was: 'run directory: qs', which evaluate --checkpoint refused (the checkpoints are in qs/train)
+    assert f"run directory: {run / 'train'} (for evaluate" in capsys.readouterr().out
 
 
 def test_quickstart_stopped_by_a_signal_says_how_to_resume(tmp_path: Path, capsys, monkeypatch) -> None:

@@ -72,7 +72,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         help = action.help or ""
-        if "default" in help or action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+        if "default" in help or any(action.default is none for none in (None, False, argparse.SUPPRESS)):
+            return help
+        if action.default == [] or not action.option_strings:
             return help
         return f"{help} (default: %(default)s)"
 
@@ -677,9 +679,11 @@ def add_data_shapes_command(tools: Subparsers) -> None:
     parser.add_argument("out", help="output folder (images/ and annotations/ inside)")
     parser.add_argument("--num-images", type=int, default=1000, help="training images")
     parser.add_argument("--num-val", type=int, default=0, help="also write a held-out val split of this size")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--classes", choices=["color", "shape", "shape_color"], default="color")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated images")
+    parser.add_argument("--image-size", type=int, default=128, help="side of the square images in pixels")
+    parser.add_argument(
+        "--classes", choices=["color", "shape", "shape_color"], default="color", help="what the class labels are"
+    )
 
 
 def _data_shapes(args: argparse.Namespace) -> int:
@@ -816,7 +820,7 @@ def add_data_split_command(tools: Subparsers) -> None:
     parser.add_argument("--out-dir", required=True, help="folder for train.json, val.json (, test.json)")
     parser.add_argument("--val", type=float, default=0.2, help="fraction of images for val")
     parser.add_argument("--test", type=float, default=0.0, help="fraction of images for test (0: no test split)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
     parser.add_argument("--images", help="folder its file names are relative to (default: the JSON's folder)")
 
 
@@ -855,7 +859,7 @@ def add_quickstart_command(commands: Subparsers) -> None:
     parser.add_argument("--output-dir", help="run directory (default: runs/quickstart-<time>)")
     parser.add_argument("--num-train", type=int, default=QUICKSTART_TRAIN_IMAGES, help="generated training images")
     parser.add_argument("--num-val", type=int, default=QUICKSTART_VAL_IMAGES, help="generated held-out images")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated images (training: train.seed)")
     parser.add_argument(
         "--config", default="shapes_tiny", help="preset for the shapes data (shapes_tiny, shapes_tiny_deformable)"
     )
@@ -896,7 +900,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     print(f"quickstart finished in {minutes:.1f} min: AP50 {stats['AP50']:.3f}, AP {stats['AP']:.3f}")
     print(f"(evaluated on {args.num_val} held-out generated images)")
     _quickstart_figures(run_dir, config)
-    print(f"run directory: {run_dir}")
+    print(f"run directory: {run_dir / 'train'} (for evaluate, analyze, visualize, train --resume); data: {data_dir}")
     return 0
 
 
