@@ -46,7 +46,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .coco_eval import format_table
-from .device import resolve_device, seed_everything, subnormals_flushed
+from .device import deterministic_algorithms, resolve_device, seed_everything, subnormals_flushed
 from .diagnostics import TrainingDiagnostics
 from .distributed import (
     DistributedContext,
@@ -223,8 +223,6 @@ class Trainer:
                 "train.precision=fp16 on the CPU is slow: PyTorch has few fp16 CPU kernels (the shapes_tiny preset "
                 "ran 14x slower than fp32 on a 2-core CPU); use train.precision=bf16 or fp32 on the CPU"
             )
-        if train.deterministic:
-            torch.use_deterministic_algorithms(True)
         seed_everything(train.seed)
         self.train_set = build_dataset(config, "train")
         self.val_set = build_dataset(config, "val")
@@ -625,7 +623,9 @@ class Trainer:
         train = self.config.train
         last_eval: dict[str, float] = {}
         log.info("training in %s on %s (%d process(es))", self.run_dir, self.device, self.dist.world_size)
-        with self._stop_on_signals(), subnormals_flushed(self.device):
+        # process-wide torch settings, restored when training ends (normally or not) for the rest of the process
+        deterministic = deterministic_algorithms(train.deterministic)
+        with self._stop_on_signals(), subnormals_flushed(self.device), deterministic:
             while self.epoch < train.epochs:
                 record = self._train_one_epoch()
                 if self.epoch_progress:  # stopped by a signal in the middle of the epoch
