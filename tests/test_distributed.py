@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import logging
 import os
 import re
 import signal
@@ -30,6 +32,7 @@ from sparse_detector.engine.distributed import (
     shutdown_distributed,
 )
 from sparse_detector.engine.trainer import Trainer
+from sparse_detector.logs import RANK_SPECIFIC, OtherRankFilter
 from sparse_detector.runs import read_metrics
 
 from .conftest import epoch_records, shapes_config, shapes_overrides
@@ -302,3 +305,16 @@ def test_a_rank_left_by_a_dead_peer_says_so_in_words(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_train", peer_killed)
     assert main(["train", "--config", "shapes_tiny"]) == 2
     assert capsys.readouterr().err.startswith("error: another process of this distributed run stopped")
+
+
+def test_other_ranks_log_their_own_warnings_and_errors_but_not_the_shared_ones():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(OtherRankFilter(1))
+    logger = logging.getLogger("sparse_detector.test_rank_logs")
+    logger.propagate, logger.handlers = False, [handler]
+    logger.warning("resume: the config changes train.epochs: 20 -> 9")  # every rank's alike: rank 0 logs it
+    logger.warning("skipped an unreadable image: %s", "a.jpg", extra=RANK_SPECIFIC)
+    logger.error("rank 1's failure")
+    lines = ["(rank 1) skipped an unreadable image: a.jpg", "(rank 1) rank 1's failure"]
+    assert stream.getvalue().splitlines() == lines

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config, load_config, override_config
+from .logs import log_for_other_rank
 from .runs import CONFIG_FILE, eval_file, other_data_suffix
 from .text import counted
 
@@ -287,9 +288,10 @@ def _train(args: argparse.Namespace) -> int:
         resume_dir = Path(output_dir) if run_checkpoints(Path(output_dir)) else None
     else:
         resume_dir = Path(args.resume) if args.resume else None
-    main_process = context_from_environment().is_main  # under torchrun / srun only rank 0 prints
-    if not main_process:  # and logs what every rank would log alike; the others only their warnings and errors
-        logging.getLogger().setLevel(logging.WARNING)
+    context = context_from_environment()
+    main_process = context.is_main  # under torchrun / srun only rank 0 prints
+    if not main_process:  # and logs what every rank would log alike; the others only their own warnings and errors
+        log_for_other_rank(context.rank)
     if resume_dir is not None:
         run_dir = resume_dir
         if run_dir.is_file() and (run_dir.parent / CONFIG_FILE).is_file():

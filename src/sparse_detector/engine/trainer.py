@@ -24,6 +24,7 @@ from ..config import Config, config_differences, config_to_dict, dump_config
 from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection, DatasetError
+from ..logs import RANK_SPECIFIC
 from ..models import build_criterion, build_model
 from ..models.outputs import DetectionOutput
 from ..models.weights import CheckpointMismatchError, load_state_dict_checked, read_state_dict, saved_config
@@ -292,7 +293,11 @@ class Trainer:
             return self.forward_model(batch)
         except Exception as err:  # any compiler failure (missing C++ compiler, unsupported operation, ...)
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            log.warning("train.compile: torch.compile does not work here (%s); training continues uncompiled", reason)
+            log.warning(
+                "train.compile: torch.compile does not work here (%s); training continues uncompiled",
+                reason,
+                extra=RANK_SPECIFIC,
+            )
             self.forward_model = self._wrap(self.model, compile=False)
             return self.forward_model(batch)
 
@@ -427,7 +432,8 @@ class Trainer:
             if self.stop_signal is not None:
                 raise StoppedAtOnce(signum)
             self.stop_signal = signum
-            log.warning("%s received: finishing this step, then writing a checkpoint", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            log.warning("%s received: finishing this step, then writing a checkpoint", name, extra=RANK_SPECIFIC)
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -599,7 +605,7 @@ class Trainer:
                 "check these images' boxes, or set train.on_nonfinite_loss=skip to skip such steps (they are "
                 "counted in metrics.jsonl)"
             )
-        log.warning("skipped a step with a non-finite loss at %s", where)
+        log.warning("skipped a step with a non-finite loss at %s", where, extra=RANK_SPECIFIC)  # this rank's images
 
     def _evaluate(self) -> dict[str, float]:
         # Evaluating must not change the training random stream (its transforms and loader draw from it),
