@@ -318,3 +318,22 @@ def test_other_ranks_log_their_own_warnings_and_errors_but_not_the_shared_ones()
     logger.error("rank 1's failure")
     lines = ["(rank 1) skipped an unreadable image: a.jpg", "(rank 1) rank 1's failure"]
     assert stream.getvalue().splitlines() == lines
+
+
+def _construct_trainer(rank: int, config: Any, run_dir: Path) -> str:
+    try:
+        Trainer(config, run_dir, progress=False)
+    except ValueError as err:
+        return str(err)
+    return "constructed"
+
+
+def test_more_processes_than_training_images_is_an_error_naming_both(shapes, tmp_path: Path):
+    paths = generate_shapes_splits(tmp_path, 1, 2, seed=3, image_size=96, min_size=20, max_size=40)
+    config = shapes_config(
+        shapes, f"data.train.images={tmp_path / 'images'}", f"data.train.annotations={paths['train']}"
+    )
+    messages = _run_workers(_construct_trainer, config, tmp_path / "run")
+    assert messages[0] == messages[1]
+    assert "1 training image (" in messages[0] and "for 2 processes" in messages[0] and "at most 1" in messages[0]
+    assert not (tmp_path / "run").exists()

@@ -37,6 +37,7 @@ from ..runs import (
     read_metrics,
     resolve_checkpoint,
 )
+from ..text import counted
 from .checkpoint import (
     load_checkpoint,
     newest_valid_checkpoint,
@@ -226,6 +227,14 @@ class Trainer:
             )
         seed_everything(train.seed)
         self.train_set = build_dataset(config, "train")
+        if 0 < len(self.train_set) < self.dist.world_size:  # DistributedSampler's padding would repeat them silently
+            raise ValueError(
+                f"{counted(len(self.train_set), 'training image')} ({config.data.train.annotations}) for "
+                f"{self.dist.world_size} processes: every process needs an image of its own, or the same image is "
+                f"trained on by several processes in one step and counted once by each; start at most "
+                f"{counted(len(self.train_set), 'process', 'processes')} (torchrun --nproc_per_node) or add "
+                "training images"
+            )
         self.val_set = build_dataset(config, "val")
         check_num_classes(config, self.train_set)
         check_same_categories(self.train_set, self.val_set)
