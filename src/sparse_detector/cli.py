@@ -133,12 +133,23 @@ def _add_official_reading(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dilation", action="store_true", help="an official DC5 checkpoint")
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number above 0 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _add_evaluation_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", help="image folder (default: the checkpoint config's data.val.images)")
     parser.add_argument(
         "--annotations", "--data", dest="annotations", help="COCO instances JSON (default: data.val.annotations)"
     )
-    parser.add_argument("--batch-size", type=int, help="images per batch (default: train.eval_batch_size)")
+    parser.add_argument("--batch-size", type=_positive_int, help="images per batch (default: train.eval_batch_size)")
     parser.add_argument("--workers", type=int, help="data-loading processes (default: data.num_workers)")
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (never one when the output is not a terminal)"
@@ -574,6 +585,12 @@ def _compare(args: argparse.Namespace) -> int:
     unknown = [m for m in args.metrics if m not in COMPARE_METRICS]
     if unknown:
         raise ValueError(f"unknown --metrics {unknown}; choose from {list(COMPARE_METRICS)}")
+    if args.output and Path(args.output).is_dir():
+        raise ValueError(
+            f"--output {args.output} is a folder; --output takes the Markdown file to write the table to "
+            f"(e.g. --output {Path(args.output) / 'compare.md'})"
+        )
+    _check_output("--output", args.output, folder=False)
     records = read_analyses(args.inputs)
     table = compare_markdown(records, args.metrics)
     print(table)
