@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -337,3 +338,21 @@ def test_more_processes_than_training_images_is_an_error_naming_both(shapes, tmp
     assert messages[0] == messages[1]
     assert "1 training image (" in messages[0] and "for 2 processes" in messages[0] and "at most 1" in messages[0]
     assert not (tmp_path / "run").exists()
+
+
+def _train_cli_errors(rank: int, resume: list[str]) -> tuple[int, str]:
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        status = main(["train", "--resume", resume[rank]])
+    return status, stderr.getvalue()
+
+
+def test_an_error_every_rank_hits_is_printed_once_and_another_ranks_own_error_too(tmp_path: Path):
+    missing = str(tmp_path / "nope")
+    (rank0, printed0), (rank1, printed1) = _run_workers(_train_cli_errors, [missing, missing])
+    assert (rank0, rank1) == (2, 2)
+    assert printed0.startswith(f"error: --resume {missing} does not exist") and "--debug" in printed0
+    assert printed1 == ""  # the same error: rank 0 printed it
+    other = str(tmp_path / "elsewhere")  # e.g. a path that exists on rank 0's node only
+    (_, printed0), (rank1, printed1) = _run_workers(_train_cli_errors, [missing, other])
+    assert rank1 == 2 and printed1.startswith(f"error: (rank 1) --resume {other} does not exist")

@@ -1104,6 +1104,20 @@ def _several_processes_refusal(command: str) -> tuple[str, bool] | None:
     return message, context.is_main
 
 
+def _print_error(message: str, compare: bool = True) -> None:
+    """``error: message`` and the --debug hint on stderr; of a distributed run's processes that all fail alike, only
+    rank 0 prints it (another rank's own error is printed, marked with its rank; ``compare=False``: always)."""
+    context = None
+    if {"WORLD_SIZE", "SLURM_NTASKS"} & os.environ.keys():
+        from .engine.distributed import context_from_environment, prints_its_error
+
+        context = context_from_environment()
+        if context.enabled and compare and not prints_its_error(message):
+            return
+    label = f"(rank {context.rank}) " if context is not None and not context.is_main else ""
+    print(f"error: {label}{message}\n(run with --debug for the full traceback)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if refusal := _several_processes_refusal(args.command):
@@ -1124,17 +1138,17 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(err.filename or "")
             blocker = _file_in_the_way(path)
             message = _in_the_way_message("output", path, blocker) if err.filename and blocker else str(err)
-            print(f"error: {message}\n(run with --debug for the full traceback)", file=sys.stderr)
+            _print_error(message)
             return 2
         except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # ours name the file / key / value
             _close_progress_bars()
-            message = str(err)
-            if PEER_GONE in message:  # gloo's words when another process of a distributed run died
+            message, peer_gone = str(err), PEER_GONE in str(err)
+            if peer_gone:  # gloo's words when another process of a distributed run died
                 message = (
                     "another process of this distributed run stopped or stopped answering (its own error is printed "
                     "above, or in the launcher's report of the failed rank); this one stops too"
                 )
-            print(f"error: {message}\n(run with --debug for the full traceback)", file=sys.stderr)
+            _print_error(message, compare=not peer_gone)  # the failed peer cannot compare
             return 2
         except KeyboardInterrupt as stop:
             _close_progress_bars()
