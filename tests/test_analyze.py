@@ -167,3 +167,20 @@ def test_tables_state_the_std_kind_and_the_units(analysis: dict, run: tuple[Path
     written = (run[0] / "analysis" / "analysis.md").read_text()
     assert "Mean ± std (population)" in written and "entropy in nats" in written
     assert "support_90: keys holding 0.9 of the mass" in written
+
+
+@pytest.mark.parametrize("command", ["analyze", "evaluate"])
+@pytest.mark.parametrize("size", ["0", "-2"])
+def test_a_batch_size_below_one_is_a_usage_error_naming_the_option(command, size, capsys):
+    """--batch-size 0 silently used train.eval_batch_size."""
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--checkpoint", "runs/nope", "--batch-size", size])
+    assert stop.value.code == 2
+    assert f"argument --batch-size: must be 1 or more, got {size}" in capsys.readouterr().err
+
+
+def test_compare_output_that_is_a_folder_says_it_takes_a_file(tmp_path: Path, capsys):
+    """compare --output <folder> printed "[Errno 21] Is a directory"."""
+    assert main(["compare", str(tmp_path), "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {tmp_path} is a folder; --output takes the Markdown file" in err and "Errno" not in err

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
+import logging
 import os
 import re
 import signal
@@ -30,6 +33,7 @@ from sparse_detector.engine.distributed import (
     shutdown_distributed,
 )
 from sparse_detector.engine.trainer import Trainer
+from sparse_detector.logs import RANK_SPECIFIC, OtherRankFilter
 from sparse_detector.runs import read_metrics
 
 from .conftest import epoch_records, shapes_config, shapes_overrides
@@ -302,3 +306,53 @@ def test_a_rank_left_by_a_dead_peer_says_so_in_words(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_train", peer_killed)
     assert main(["train", "--config", "shapes_tiny"]) == 2
     assert capsys.readouterr().err.startswith("error: another process of this distributed run stopped")
+
+
+def test_other_ranks_log_their_own_warnings_and_errors_but_not_the_shared_ones():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(OtherRankFilter(1))
+    logger = logging.getLogger("sparse_detector.test_rank_logs")
+    logger.propagate, logger.handlers = False, [handler]
+    logger.warning("resume: the config changes train.epochs: 20 -> 9")  # every rank's alike: rank 0 logs it
+    logger.warning("skipped an unreadable image: %s", "a.jpg", extra=RANK_SPECIFIC)
+    logger.error("rank 1's failure")
+    lines = ["(rank 1) skipped an unreadable image: a.jpg", "(rank 1) rank 1's failure"]
+    assert stream.getvalue().splitlines() == lines
+
+
+def _construct_trainer(rank: int, config: Any, run_dir: Path) -> str:
+    try:
+        Trainer(config, run_dir, progress=False)
+    except ValueError as err:
+        return str(err)
+    return "constructed"
+
+
+def test_more_processes_than_training_images_is_an_error_naming_both(shapes, tmp_path: Path):
+    paths = generate_shapes_splits(tmp_path, 1, 2, seed=3, image_size=96, min_size=20, max_size=40)
+    config = shapes_config(
+        shapes, f"data.train.images={tmp_path / 'images'}", f"data.train.annotations={paths['train']}"
+    )
+    messages = _run_workers(_construct_trainer, config, tmp_path / "run")
+    assert messages[0] == messages[1]
+    assert "1 training image (" in messages[0] and "for 2 processes" in messages[0] and "at most 1" in messages[0]
+    assert not (tmp_path / "run").exists()
+
+
+def _train_cli_errors(rank: int, resume: list[str]) -> tuple[int, str]:
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        status = main(["train", "--resume", resume[rank]])
+    return status, stderr.getvalue()
+
+
+def test_an_error_every_rank_hits_is_printed_once_and_another_ranks_own_error_too(tmp_path: Path):
+    missing = str(tmp_path / "nope")
+    (rank0, printed0), (rank1, printed1) = _run_workers(_train_cli_errors, [missing, missing])
+    assert (rank0, rank1) == (2, 2)
+    assert printed0.startswith(f"error: --resume {missing} does not exist") and "--debug" in printed0
+    assert printed1 == ""  # the same error: rank 0 printed it
+    other = str(tmp_path / "elsewhere")  # e.g. a path that exists on rank 0's node only
+    (_, printed0), (rank1, printed1) = _run_workers(_train_cli_errors, [missing, other])
+    assert rank1 == 2 and printed1.startswith(f"error: (rank 1) --resume {other} does not exist")

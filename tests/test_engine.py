@@ -45,6 +45,28 @@ def test_subnormals_flushed_only_while_training():
     assert (torch.tensor([SUBNORMAL]) * 1.0).item() > 0.0
 
 
+def test_deterministic_training_leaves_the_process_settings_as_it_found_them(shapes, tmp_path: Path, monkeypatch):
+    config = shapes_config(shapes, "train.epochs=1", "train.max_steps_per_epoch=1", "train.deterministic=true")
+    torch.use_deterministic_algorithms(True, warn_only=True)  # a user's own setting comes back too
+    try:
+        Trainer(config, tmp_path / "ok", progress=False).fit()
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    seen = []
+
+    def fail(self: Trainer) -> None:
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        raise RuntimeError("boom")
+
+    trainer = Trainer(config, tmp_path / "failed", progress=False)
+    monkeypatch.setattr(Trainer, "_train_one_epoch", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit()
+    assert seen == [True] and not torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cudnn.benchmark
+
+
 def test_run_directory_contents_and_checkpoint_keys(shapes, tmp_path: Path):
     run = tmp_path / "run"
     Trainer(shapes_config(shapes, "train.epochs=1", "train.max_steps_per_epoch=1"), run, progress=False).fit()

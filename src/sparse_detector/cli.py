@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config, load_config, override_config
+from .logs import log_for_other_rank
 from .runs import CONFIG_FILE, eval_file, other_data_suffix
 from .text import counted
 
@@ -134,12 +135,23 @@ def _add_official_reading(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dilation", action="store_true", help="an official DC5 checkpoint")
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number above 0 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _add_evaluation_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", help="image folder (default: the checkpoint config's data.val.images)")
     parser.add_argument(
         "--annotations", "--data", dest="annotations", help="COCO instances JSON (default: data.val.annotations)"
     )
-    parser.add_argument("--batch-size", type=int, help="images per batch (default: train.eval_batch_size)")
+    parser.add_argument("--batch-size", type=_positive_int, help="images per batch (default: train.eval_batch_size)")
     parser.add_argument("--workers", type=int, help="data-loading processes (default: data.num_workers)")
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (never one when the output is not a terminal)"
@@ -289,9 +301,10 @@ def _train(args: argparse.Namespace) -> int:
         resume_dir = Path(output_dir) if run_checkpoints(Path(output_dir)) else None
     else:
         resume_dir = Path(args.resume) if args.resume else None
-    main_process = context_from_environment().is_main  # under torchrun / srun only rank 0 prints
-    if not main_process:  # and logs what every rank would log alike; the others only their warnings and errors
-        logging.getLogger().setLevel(logging.WARNING)
+    context = context_from_environment()
+    main_process = context.is_main  # under torchrun / srun only rank 0 prints
+    if not main_process:  # and logs what every rank would log alike; the others only their own warnings and errors
+        log_for_other_rank(context.rank)
     if resume_dir is not None:
         run_dir = resume_dir
         if run_dir.is_file() and (run_dir.parent / CONFIG_FILE).is_file():
@@ -574,6 +587,12 @@ def _compare(args: argparse.Namespace) -> int:
     unknown = [m for m in args.metrics if m not in COMPARE_METRICS]
     if unknown:
         raise ValueError(f"unknown --metrics {unknown}; choose from {list(COMPARE_METRICS)}")
+    if args.output and Path(args.output).is_dir():
+        raise ValueError(
+            f"--output {args.output} is a folder; --output takes the Markdown file to write the table to "
+            f"(e.g. --output {Path(args.output) / 'compare.md'})"
+        )
+    _check_output("--output", args.output, folder=False)
     records = read_analyses(args.inputs)
     table = compare_markdown(records, args.metrics)
     print(table)
@@ -1089,6 +1108,20 @@ def _several_processes_refusal(command: str) -> tuple[str, bool] | None:
     return message, context.is_main
 
 
+def _print_error(message: str, compare: bool = True) -> None:
+    """``error: message`` and the --debug hint on stderr; of a distributed run's processes that all fail alike, only
+    rank 0 prints it (another rank's own error is printed, marked with its rank; ``compare=False``: always)."""
+    context = None
+    if {"WORLD_SIZE", "SLURM_NTASKS"} & os.environ.keys():
+        from .engine.distributed import context_from_environment, prints_its_error
+
+        context = context_from_environment()
+        if context.enabled and compare and not prints_its_error(message):
+            return
+    label = f"(rank {context.rank}) " if context is not None and not context.is_main else ""
+    print(f"error: {label}{message}\n(run with --debug for the full traceback)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if refusal := _several_processes_refusal(args.command):
@@ -1109,17 +1142,17 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(err.filename or "")
             blocker = _file_in_the_way(path)
             message = _in_the_way_message("output", path, blocker) if err.filename and blocker else str(err)
-            print(f"error: {message}\n(run with --debug for the full traceback)", file=sys.stderr)
+            _print_error(message)
             return 2
         except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # ours name the file / key / value
             _close_progress_bars()
-            message = str(err)
-            if PEER_GONE in message:  # gloo's words when another process of a distributed run died
+            message, peer_gone = str(err), PEER_GONE in str(err)
+            if peer_gone:  # gloo's words when another process of a distributed run died
                 message = (
                     "another process of this distributed run stopped or stopped answering (its own error is printed "
                     "above, or in the launcher's report of the failed rank); this one stops too"
                 )
-            print(f"error: {message}\n(run with --debug for the full traceback)", file=sys.stderr)
+            _print_error(message, compare=not peer_gone)  # the failed peer cannot compare
             return 2
         except KeyboardInterrupt as stop:
             _close_progress_bars()

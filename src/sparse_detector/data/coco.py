@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from sparse_detector.data.labels import LabelMap, LabelMode
 from sparse_detector.data.transforms import Compose, ToModelTarget, ToTensor, Transform
+from sparse_detector.logs import RANK_SPECIFIC
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +377,7 @@ class CocoDetection(Dataset):
                     f"{err}; or set data.on_invalid=skip to skip unreadable images (data.check_images=true finds "
                     "them all before training starts)"
                 ) from err
-            logger.warning("skipped an unreadable image: %s", err)
+            logger.warning("skipped an unreadable image: %s", err, extra=RANK_SPECIFIC)  # in this rank's share
             return None
         image, target = self.transforms(image, self.raw_target(index))
         if not isinstance(image, Tensor):

@@ -5,6 +5,7 @@ NCCL on CUDA, gloo on the CPU. Rank 0 writes logs and checkpoints; the others co
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
@@ -57,7 +58,7 @@ def context_from_environment(env: Mapping[str, str] | None = None) -> Distribute
     return DistributedContext()
 
 
-def init_distributed(device: torch.device) -> tuple[DistributedContext, torch.device]:
+def init_distributed(device: torch.device, timeout_s: float = 1800) -> tuple[DistributedContext, torch.device]:
     """Join the process group the environment describes (no-op for a single process); returns the context and
     this process's device (``cuda:LOCAL_RANK`` on CUDA)."""
     context = context_from_environment()
@@ -73,9 +74,41 @@ def init_distributed(device: torch.device) -> tuple[DistributedContext, torch.de
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(
-        backend, rank=context.rank, world_size=context.world_size, timeout=datetime.timedelta(minutes=30)
+        backend, rank=context.rank, world_size=context.world_size, timeout=datetime.timedelta(seconds=timeout_s)
     )
     return context, device
+
+
+def prints_its_error(message: str, wait_s: float = 30.0) -> bool:
+    """Whether this process of a distributed run prints its error ``message``: rank 0 always; another rank only when
+    rank 0 failed otherwise (or not within ``wait_s`` seconds), so an error every rank hits is printed once. The ranks
+    compare messages through the process group's key-value store (joined here when the error came before it)."""
+    context = context_from_environment()
+    if not context.enabled:
+        return True
+    joined = False
+    try:
+        if not dist.is_initialized():
+            init_distributed(torch.device("cpu"), timeout_s=wait_s)  # gloo: only its store is used
+            joined = True
+        store = dist.PrefixStore("sparse_detector/error/", dist.distributed_c10d._get_default_store())
+        store.set(str(context.rank), message)
+        if context.is_main:  # keep the store up (rank 0 may host it) until the others have read the message
+            others = [f"read{rank}" for rank in range(1, context.world_size)]
+            with contextlib.suppress(RuntimeError):  # a rank that did not fail never reads it
+                store.wait(others, datetime.timedelta(seconds=5))
+            return True
+        try:
+            store.wait(["0"], datetime.timedelta(seconds=wait_s))
+            same = store.get("0").decode() == message
+        finally:
+            store.set(f"read{context.rank}", "")
+        return not same
+    except Exception:  # no store, or rank 0 never failed: say it here rather than not at all
+        return True
+    finally:
+        if joined:
+            shutdown_distributed()
 
 
 def shutdown_distributed() -> None:

@@ -24,6 +24,7 @@ from ..config import Config, config_differences, config_to_dict, dump_config
 from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection, DatasetError
+from ..logs import RANK_SPECIFIC
 from ..models import build_criterion, build_model
 from ..models.outputs import DetectionOutput
 from ..models.weights import CheckpointMismatchError, load_state_dict_checked, read_state_dict, saved_config
@@ -36,6 +37,7 @@ from ..runs import (
     read_metrics,
     resolve_checkpoint,
 )
+from ..text import counted
 from .checkpoint import (
     load_checkpoint,
     newest_valid_checkpoint,
@@ -46,7 +48,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .coco_eval import format_table
-from .device import resolve_device, seed_everything, subnormals_flushed
+from .device import deterministic_algorithms, resolve_device, seed_everything, subnormals_flushed
 from .diagnostics import TrainingDiagnostics
 from .distributed import (
     DistributedContext,
@@ -223,10 +225,16 @@ class Trainer:
                 "train.precision=fp16 on the CPU is slow: PyTorch has few fp16 CPU kernels (the shapes_tiny preset "
                 "ran 14x slower than fp32 on a 2-core CPU); use train.precision=bf16 or fp32 on the CPU"
             )
-        if train.deterministic:
-            torch.use_deterministic_algorithms(True)
         seed_everything(train.seed)
         self.train_set = build_dataset(config, "train")
+        if 0 < len(self.train_set) < self.dist.world_size:  # DistributedSampler's padding would repeat them silently
+            raise ValueError(
+                f"{counted(len(self.train_set), 'training image')} ({config.data.train.annotations}) for "
+                f"{self.dist.world_size} processes: every process needs an image of its own, or the same image is "
+                f"trained on by several processes in one step and counted once by each; start at most "
+                f"{counted(len(self.train_set), 'process', 'processes')} (torchrun --nproc_per_node) or add "
+                "training images"
+            )
         self.val_set = build_dataset(config, "val")
         check_num_classes(config, self.train_set)
         check_same_categories(self.train_set, self.val_set)
@@ -294,7 +302,11 @@ class Trainer:
             return self.forward_model(batch)
         except Exception as err:  # any compiler failure (missing C++ compiler, unsupported operation, ...)
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            log.warning("train.compile: torch.compile does not work here (%s); training continues uncompiled", reason)
+            log.warning(
+                "train.compile: torch.compile does not work here (%s); training continues uncompiled",
+                reason,
+                extra=RANK_SPECIFIC,
+            )
             self.forward_model = self._wrap(self.model, compile=False)
             return self.forward_model(batch)
 
@@ -429,7 +441,8 @@ class Trainer:
             if self.stop_signal is not None:
                 raise StoppedAtOnce(signum)
             self.stop_signal = signum
-            log.warning("%s received: finishing this step, then writing a checkpoint", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            log.warning("%s received: finishing this step, then writing a checkpoint", name, extra=RANK_SPECIFIC)
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -601,7 +614,7 @@ class Trainer:
                 "check these images' boxes, or set train.on_nonfinite_loss=skip to skip such steps (they are "
                 "counted in metrics.jsonl)"
             )
-        log.warning("skipped a step with a non-finite loss at %s", where)
+        log.warning("skipped a step with a non-finite loss at %s", where, extra=RANK_SPECIFIC)  # this rank's images
 
     def _evaluate(self) -> dict[str, float]:
         # Evaluating must not change the training random stream (its transforms and loader draw from it),
@@ -625,7 +638,9 @@ class Trainer:
         train = self.config.train
         last_eval: dict[str, float] = {}
         log.info("training in %s on %s (%d process(es))", self.run_dir, self.device, self.dist.world_size)
-        with self._stop_on_signals(), subnormals_flushed(self.device):
+        # process-wide torch settings, restored when training ends (normally or not) for the rest of the process
+        deterministic = deterministic_algorithms(train.deterministic)
+        with self._stop_on_signals(), subnormals_flushed(self.device), deterministic:
             while self.epoch < train.epochs:
                 record = self._train_one_epoch()
                 if self.epoch_progress:  # stopped by a signal in the middle of the epoch
