@@ -63,6 +63,10 @@ def test_study_runs_resumes_and_reports(tmp_path: Path, capsys, monkeypatch):
     figures = figure_files(study_dir)
     assert {"figures/curves.png", "figures/sparsity.png"} <= figures
     assert any(name.startswith("runs/sparsemax-seed0/figures/attention_") for name in figures)
+    # named by the validation image's file (was matching_image1.png, compare_decoder_cross_image1.png)
+    assert {"runs/sparsemax-seed0/figures/matching_val_000000.png", "figures/compare_decoder_cross_val_000000.png"} <= (
+        figures
+    )
     linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report))
     assert linked == figures, "the report links every figure, and only existing ones"
     html = (study_dir / "report.html").read_text()

@@ -114,6 +114,7 @@ def test_every_kind_renders_from_a_trained_run(runs, tmp_path: Path, capsys):
     assert names == {"attention_decoder_cross_val_000000_q0.png", "attention_decoder_cross_val_000000_q3.png"}
     deformable = sorted(p.name for p in (tmp_path / "deformable").iterdir() if "_references_" not in p.name)
     assert [name.split("_q1_")[1] for name in deformable] == ["layer0.png", "layer1.png"]  # one per decoder layer
+    assert all("_val_000000_" in name for name in deformable), "was named by image id: deformable_..._image1_q1_..."
     references = [p.name for p in (tmp_path / "deformable").iterdir() if "_references_" in p.name]
     assert len(references) == 1 and references[0].endswith("_q1.png")  # one per query, all layers in it
     assert "written:" in capsys.readouterr().out
@@ -230,9 +231,9 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert "queries of site encoder_self are feature-grid cells, not object queries" in err
     assert "sparse-detector visualize encoder" in err and not list(tmp_path.glob("attention_*"))
     assert main(["visualize", "encoder", run, "--pixels", "500,40", "--output", str(tmp_path)]) == 2  # was clamped
-    assert "--pixels 500,40 is outside image1 (96 x 96 px)" in capsys.readouterr().err
+    assert "--pixels 500,40 is outside val_000000 (96 x 96 px)" in capsys.readouterr().err
     assert main(["visualize", "deformable", deformable, "--pixels", "10,-1", "--output", str(tmp_path)]) == 2
-    assert "--pixels 10,-1 is outside image1" in capsys.readouterr().err
+    assert "--pixels 10,-1 is outside val_000000" in capsys.readouterr().err
     assert main(["visualize", "deformable", run, "--output", str(tmp_path)]) == 2  # was "...: []"
     err = capsys.readouterr().err
     assert "(detr): the model has no site of object queries over sampling points" in err
@@ -368,6 +369,19 @@ def test_box_legends_name_only_the_boxes_drawn(runs, tmp_path: Path):
     decoder = next(tmp_path.glob("*_decoder_cross_*_layer0.svg")).read_text()
     assert "ground truth (cyan)" in encoder and "prediction (red)" not in encoder
     assert "prediction (red), ground truth (cyan)" in decoder
+
+
+def test_images_that_share_a_stem_get_figures_of_their_own(runs, tmp_path: Path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(runs["images"] / "val_000000.png", tmp_path / folder / "photo.png")
+    images = [str(tmp_path / "a" / "photo.png"), str(tmp_path / "b" / "photo.png")]
+    out = tmp_path / "out"
+    assert main(["visualize", "attention", str(runs["run"]), *images, "--queries", "0", "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "attention_decoder_cross_photo_png_2_q0.png",
+        "attention_decoder_cross_photo_png_q0.png",
+    ], "was: the second image's figure overwrote the first's"
 
 
 def test_compare_skips_images_without_boxes(runs, tmp_path: Path):
