@@ -21,7 +21,7 @@ from sparse_detector.engine.trainer import Trainer
 from sparse_detector.study import analyze_run
 from sparse_detector.viz.alpha import alpha_figure, alpha_history, value_decimals
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, ZERO_LEGEND, attention_figure, grey
-from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure
+from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure, run_colors
 from sparse_detector.viz.data import Sample, data_figure
 from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_size, references_figure, sampling_figure
 from sparse_detector.viz.diagnostics import diagnostics_figure
@@ -427,6 +427,23 @@ def test_curves_name_the_runs_once_under_the_panels():
     assert legend.get_window_extent().y1 <= min(axes.get_window_extent().y0 for axes in figure.axes)
     titles = " ".join(axes.get_title() for axes in figure.axes)
     assert "train (line), validation (squares)" in titles and "AP (solid), AP50 (dashed)" in titles
+
+
+@pytest.mark.parametrize("count", [12, 20, 25])
+def test_runs_beyond_ten_get_colours_of_their_own(count: int):
+    """tab10 cycled: run 11 was drawn in run 1's colour in `visualize curves` and `visualize sparsity`."""
+    labels = [f"run{i}" for i in range(count)]
+    colors = run_colors(labels)
+    assert len(set(colors.values())) == count
+    if count <= 20:
+        assert [colors[label] for label in labels[:10]] == [colormaps["tab10"](i) for i in range(10)]
+    records = [{"type": "train", "step": 1, "loss": 3.0, "class_error": 50.0}]
+    (legend,) = curves_figure(dict.fromkeys(labels, records)).legends
+    assert len({tuple(handle.get_color()) for handle in legend.legend_handles}) == count
+    block = {"per_layer": {"mean": [0.5], "std": [0.1]}}
+    result = {"sites": {"decoder_cross": {"metrics": {"gini": block, "zeros_ratio": block}, "zero_threshold": 0.0}}}
+    bars = sparsity_figure(dict.fromkeys(labels, result)).axes[0].patches
+    assert len({tuple(bar.get_facecolor()) for bar in bars}) == count
 
 
 def test_sparsity_says_which_runs_read_zeros_under_which_threshold():
