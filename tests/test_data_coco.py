@@ -14,6 +14,7 @@ from PIL import Image
 from sparse_detector.config import load_config
 from sparse_detector.data import CocoDetection, DatasetError, collate_detection, make_transforms
 from sparse_detector.data.build import build_dataset
+from sparse_detector.data.labels import COCO_CATEGORY_NAMES, LabelMap
 
 TINY_COCO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tiny_coco"
 
@@ -71,6 +72,23 @@ def test_tiny_coco_coco_ids_mode(tiny_coco: tuple[Path, Path]) -> None:
     image, target = ds[0]
     assert min(image.shape[-2:]) == 256 or max(image.shape[-2:]) == 400
     assert ((target["boxes"] >= 0) & (target["boxes"] <= 1)).all()
+
+
+def test_official_checkpoints_name_coco_categories_but_keep_the_datas_names(tiny_coco: tuple[Path, Path]) -> None:
+    """An official checkpoint's labels (raw COCO ids) were shown as numbers ("63"); they are named as COCO 2017 does,
+    while a data set scored with it keeps its own names and is not checked against COCO's."""
+    categories = json.loads(tiny_coco[1].read_text())["categories"]
+    assert {c["id"]: c["name"] for c in categories} == COCO_CATEGORY_NAMES
+    official = LabelMap.official_coco()
+    assert (official.name(63), official.name(1), official.name(12), official.name(91)) == (
+        "couch",
+        "person",
+        "12",
+        "91",
+    )
+    renamed = LabelMap.from_categories({1: "human", 63: "sofa"}, "coco_ids")
+    assert official.differences(renamed) == [] and renamed.name(63) == "sofa"
+    assert LabelMap.from_categories({3: "three", 7: "seven"}).name(5) == "5"  # a contiguous map is not COCO's
 
 
 # ---- bad input, on a two-image dataset written to tmp_path --------------------------------------------------

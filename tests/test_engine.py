@@ -10,6 +10,7 @@ import torch
 
 from sparse_detector import load_config
 from sparse_detector.cli import main
+from sparse_detector.data.labels import COCO_CATEGORY_NAMES
 from sparse_detector.engine.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
 from sparse_detector.engine.device import resolve_device, subnormals_flushed
 from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
@@ -194,11 +195,18 @@ def test_bccd_voc_converts_and_trains(tmp_path: Path):
 
 
 def test_evaluate_official_checkpoint_on_coco_data(tmp_path: Path):
-    """`evaluate --official` reads an official DETR checkpoint and scores it with raw COCO category ids."""
+    """`evaluate --official` reads an official DETR checkpoint and scores it with raw COCO category ids; the
+    per-class table names the categories as the data's JSON does (here 'person' renamed 'human'), not as COCO."""
     checkpoint = shared_path("fixtures/detr_official_r18_small.pt")
     coco = shared_path("data/tiny_coco")
+    annotations = json.loads((coco / "annotations/instances_train2017.json").read_text())
+    annotations["categories"] = [
+        {**c, "name": "human" if c["id"] == 1 else c["name"]} for c in annotations["categories"]
+    ]
+    renamed = tmp_path / "renamed.json"
+    renamed.write_text(json.dumps(annotations))
     argv = ["evaluate", "--official", "--nheads", "4", "--checkpoint", str(checkpoint), "--batch-size", "4"]
-    argv += ["--images", str(coco / "train2017"), "--annotations", str(coco / "annotations/instances_train2017.json")]
+    argv += ["--images", str(coco / "train2017"), "--annotations", str(renamed)]
     argv += [
         "--workers",
         "0",
@@ -210,8 +218,21 @@ def test_evaluate_official_checkpoint_on_coco_data(tmp_path: Path):
     ]
     assert main(argv) == 0
     stats = json.loads((tmp_path / "eval.json").read_text())
-    assert stats["data"].endswith("instances_train2017.json")
+    assert stats["data"].endswith("renamed.json")
     assert 0.0 <= stats["AP"] <= 1.0  # random official weights: the point is that ids and boxes line up
+    assert "human" in stats["per_class"] and "person" not in stats["per_class"]
+
+
+def test_predict_with_an_official_checkpoint_names_coco_categories(tmp_path: Path):
+    """Detections of an official checkpoint on the user's own images were labelled by raw COCO id ("63")."""
+    checkpoint = shared_path("fixtures/detr_official_r18_small.pt")
+    image = shared_path("data/tiny_coco") / "train2017" / "000000005802.jpg"
+    argv = ["predict", "--official", "--nheads", "4", "--checkpoint", str(checkpoint), "--device", "cpu"]
+    assert main([*argv, "--threshold", "0", "--output", str(tmp_path), str(image)]) == 0
+    (predicted,) = json.loads((tmp_path / "predictions.json").read_text())
+    names = {d["category_id"]: d["category"] for d in predicted["detections"]}
+    assert names and all(COCO_CATEGORY_NAMES.get(i, str(i)) == name for i, name in names.items())
+    assert any(not name.isdigit() for name in names.values())
 
 
 def test_a_device_name_torch_does_not_know_is_an_error_naming_the_setting() -> None:

@@ -30,7 +30,7 @@ MINIMAL_STUDY = {
     "maps": {
         "softmax": [],
         "sparsemax": ["model.attention.decoder_cross.activation=sparsemax"],
-        "broken": ["model.attention.decoder_cross.activation=no_such_map"],
+        "unlucky": ["train.seed=1"],  # trains with the others; made to fail in training where a test needs a failure
     },
     "seeds": [0],
     "figure_images": 1,
@@ -42,6 +42,16 @@ def figure_files(study_dir: Path) -> set[str]:
 
 
 def test_study_runs_resumes_and_reports(tmp_path: Path, capsys, monkeypatch):
+    import sparse_detector.study as study_module
+
+    def train_failing_unlucky(config, run_dir: Path, progress: bool, name: str) -> bool:
+        if name.startswith("unlucky"):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            raise RuntimeError("the unlucky run's training failed")
+        return train(config, run_dir, progress, name)
+
+    train = study_module._train
+    monkeypatch.setattr(study_module, "_train", train_failing_unlucky)
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump(MINIMAL_STUDY))
     study_dir = tmp_path / "study"
@@ -53,11 +63,15 @@ def test_study_runs_resumes_and_reports(tmp_path: Path, capsys, monkeypatch):
     figures = figure_files(study_dir)
     assert {"figures/curves.png", "figures/sparsity.png"} <= figures
     assert any(name.startswith("runs/sparsemax-seed0/figures/attention_") for name in figures)
+    # named by the validation image's file (was matching_image1.png, compare_decoder_cross_image1.png)
+    assert {"runs/sparsemax-seed0/figures/matching_val_000000.png", "figures/compare_decoder_cross_val_000000.png"} <= (
+        figures
+    )
     linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report))
     assert linked == figures, "the report links every figure, and only existing ones"
     html = (study_dir / "report.html").read_text()
     assert html.count('src="data:image/png;base64,') == len(figures), "report.html embeds every figure"
-    assert "broken-seed0" in report and "no_such_map" in report, "the failed run is reported with its error"
+    assert "unlucky-seed0" in report and "training failed" in report, "the failed run is reported with its error"
     assert "| softmax | 1 |" in report and "| sparsemax | 1 |" in report
 
     # Delete the first run half-way (its analysis, figures and status) and the figures of the second (done before),
@@ -96,6 +110,26 @@ def test_study_runs_resumes_and_reports(tmp_path: Path, capsys, monkeypatch):
         in (capsys.readouterr().out)
     )
     assert "| sparsemax | 1 |" not in (study_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "setting, rejected",
+    [
+        ("model.attention.decoder_cross.activation=nope", "unknown attention activation 'nope'"),
+        ("model.attention.no_such_site.activation=softmax", "no such attention site"),
+        ("model.transformer.nheads=3", "must be a positive multiple"),
+    ],
+)
+def test_a_map_with_rejected_settings_stops_the_study_before_any_run_trains(
+    tmp_path: Path, capsys, setting: str, rejected: str
+):
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({**MINIMAL_STUDY, "maps": {"softmax": [], "bad": [setting]}}))
+    study_dir = tmp_path / "study"
+    assert main(["study", str(config), "--output-dir", str(study_dir), "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert f"map 'bad' (['{setting}'])" in err and rejected in err and "nothing was trained" in err
+    assert "training in" not in out and not study_dir.exists(), "was: the softmax run trained before 'bad' failed"
 
 
 def test_study_config_errors_name_the_problem(tmp_path: Path):

@@ -21,7 +21,7 @@ from sparse_detector.engine.trainer import Trainer
 from sparse_detector.study import analyze_run
 from sparse_detector.viz.alpha import alpha_figure, alpha_history, value_decimals
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, ZERO_LEGEND, attention_figure, grey
-from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure
+from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure, run_colors
 from sparse_detector.viz.data import Sample, data_figure
 from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_size, references_figure, sampling_figure
 from sparse_detector.viz.diagnostics import diagnostics_figure
@@ -114,6 +114,7 @@ def test_every_kind_renders_from_a_trained_run(runs, tmp_path: Path, capsys):
     assert names == {"attention_decoder_cross_val_000000_q0.png", "attention_decoder_cross_val_000000_q3.png"}
     deformable = sorted(p.name for p in (tmp_path / "deformable").iterdir() if "_references_" not in p.name)
     assert [name.split("_q1_")[1] for name in deformable] == ["layer0.png", "layer1.png"]  # one per decoder layer
+    assert all("_val_000000_" in name for name in deformable), "was named by image id: deformable_..._image1_q1_..."
     references = [p.name for p in (tmp_path / "deformable").iterdir() if "_references_" in p.name]
     assert len(references) == 1 and references[0].endswith("_q1.png")  # one per query, all layers in it
     assert "written:" in capsys.readouterr().out
@@ -230,9 +231,9 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert "queries of site encoder_self are feature-grid cells, not object queries" in err
     assert "sparse-detector visualize encoder" in err and not list(tmp_path.glob("attention_*"))
     assert main(["visualize", "encoder", run, "--pixels", "500,40", "--output", str(tmp_path)]) == 2  # was clamped
-    assert "--pixels 500,40 is outside image1 (96 x 96 px)" in capsys.readouterr().err
+    assert "--pixels 500,40 is outside val_000000 (96 x 96 px)" in capsys.readouterr().err
     assert main(["visualize", "deformable", deformable, "--pixels", "10,-1", "--output", str(tmp_path)]) == 2
-    assert "--pixels 10,-1 is outside image1" in capsys.readouterr().err
+    assert "--pixels 10,-1 is outside val_000000" in capsys.readouterr().err
     assert main(["visualize", "deformable", run, "--output", str(tmp_path)]) == 2  # was "...: []"
     err = capsys.readouterr().err
     assert "(detr): the model has no site of object queries over sampling points" in err
@@ -370,6 +371,19 @@ def test_box_legends_name_only_the_boxes_drawn(runs, tmp_path: Path):
     assert "prediction (red), ground truth (cyan)" in decoder
 
 
+def test_images_that_share_a_stem_get_figures_of_their_own(runs, tmp_path: Path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(runs["images"] / "val_000000.png", tmp_path / folder / "photo.png")
+    images = [str(tmp_path / "a" / "photo.png"), str(tmp_path / "b" / "photo.png")]
+    out = tmp_path / "out"
+    assert main(["visualize", "attention", str(runs["run"]), *images, "--queries", "0", "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "attention_decoder_cross_photo_png_2_q0.png",
+        "attention_decoder_cross_photo_png_q0.png",
+    ], "was: the second image's figure overwrote the first's"
+
+
 def test_compare_skips_images_without_boxes(runs, tmp_path: Path):
     """An image without annotated boxes stopped `visualize compare` (and the study's report) with an error."""
     unannotated = tmp_path / "mine.png"
@@ -413,6 +427,23 @@ def test_curves_name_the_runs_once_under_the_panels():
     assert legend.get_window_extent().y1 <= min(axes.get_window_extent().y0 for axes in figure.axes)
     titles = " ".join(axes.get_title() for axes in figure.axes)
     assert "train (line), validation (squares)" in titles and "AP (solid), AP50 (dashed)" in titles
+
+
+@pytest.mark.parametrize("count", [12, 20, 25])
+def test_runs_beyond_ten_get_colours_of_their_own(count: int):
+    """tab10 cycled: run 11 was drawn in run 1's colour in `visualize curves` and `visualize sparsity`."""
+    labels = [f"run{i}" for i in range(count)]
+    colors = run_colors(labels)
+    assert len(set(colors.values())) == count
+    if count <= 20:
+        assert [colors[label] for label in labels[:10]] == [colormaps["tab10"](i) for i in range(10)]
+    records = [{"type": "train", "step": 1, "loss": 3.0, "class_error": 50.0}]
+    (legend,) = curves_figure(dict.fromkeys(labels, records)).legends
+    assert len({tuple(handle.get_color()) for handle in legend.legend_handles}) == count
+    block = {"per_layer": {"mean": [0.5], "std": [0.1]}}
+    result = {"sites": {"decoder_cross": {"metrics": {"gini": block, "zeros_ratio": block}, "zero_threshold": 0.0}}}
+    bars = sparsity_figure(dict.fromkeys(labels, result)).axes[0].patches
+    assert len({tuple(bar.get_facecolor()) for bar in bars}) == count
 
 
 def test_sparsity_says_which_runs_read_zeros_under_which_threshold():

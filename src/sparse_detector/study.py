@@ -16,7 +16,9 @@ A study config (YAML; embedded ones in ``configs/studies/`` are named without a 
 Runs live in ``<study>/runs/<map>-seed<seed>/`` (ordinary run directories). A run whose ``study_status.json`` says
 ``done`` is never retrained, but its figures are redrawn (and its analysis redone if it is missing), so the report is
 complete and current after any re-run; an unfinished one resumes from its last checkpoint, or restarts when it has
-none. A run that fails is recorded as failed (stage and error) and the others still run; the report lists it.
+none. Every map's settings are checked (config loaded, model built) before any run trains; a setting they reject
+stops the study then. A run that fails later is recorded as failed (stage and error) and the others still run; the
+report lists it.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from .engine.checkpoint import load_checkpoint
 from .engine.device import resolve_device
 from .engine.inference import load_trained_model
 from .engine.trainer import Trainer
-from .models import build_criterion
+from .models import build_criterion, build_model
 from .report import write_analysis
 from .report.study import write_study_report
 from .runs import ANALYSIS_DIRS, ANALYSIS_FILE, CONFIG_FILE, LAST_CHECKPOINT
@@ -133,6 +135,22 @@ def _data_overrides(study: StudyConfig, study_dir: Path) -> list[str]:
 
 def run_config(study: StudyConfig, map_name: str, seed: int, data_overrides: list[str]) -> Config:
     return load_config(study.preset, [*data_overrides, *study.set, *study.maps[map_name], f"train.seed={seed}"])
+
+
+def check_variants(study: StudyConfig, data_overrides: list[str]) -> None:
+    """Load every map's config and build its model (on the CPU, without pretrained weights) before any run trains, so
+    a setting the config or the model rejects stops the study at once, naming the map, rather than when its turn
+    comes after the others trained."""
+    seed = study.seeds[0] if study.seeds else 0
+    for map_name in study.maps:
+        try:
+            config = run_config(study, map_name, seed, data_overrides)
+            config.model.backbone.pretrained = False
+            build_model(config)
+        except (ValueError, RuntimeError) as err:  # ConfigError, or what a model builder rejects
+            raise ConfigError(
+                f"{study.source or 'study'}: map {map_name!r} ({study.maps[map_name]}): {err}; nothing was trained"
+            ) from None
 
 
 class StudyStopped(KeyboardInterrupt):
@@ -315,6 +333,7 @@ def run_study(
 ) -> Path:
     """Run (or finish) every run of the matrix, draw the figures and write ``report.md`` and ``report.html``;
     returns the study directory."""
+    check_variants(study, [])
     study_dir = Path(output_dir or study.output_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

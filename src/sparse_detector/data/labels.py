@@ -17,6 +17,21 @@ from typing import Any, Literal
 LabelMode = Literal["contiguous", "coco_ids"]
 LABEL_MODES = ("contiguous", "coco_ids")
 COCO_NUM_CLASSES = 91  # official DETR: raw COCO category ids 1..90, plus id 0 unused
+# COCO 2017 detection categories by id: 80 of the ids 1..90 (12, 26, 29, 30, 45, 66, 68, 69, 71 and 83 are unused)
+COCO_CATEGORY_NAMES = {
+    1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus", 7: "train", 8: "truck",
+    9: "boat", 10: "traffic light", 11: "fire hydrant", 13: "stop sign", 14: "parking meter", 15: "bench",
+    16: "bird", 17: "cat", 18: "dog", 19: "horse", 20: "sheep", 21: "cow", 22: "elephant", 23: "bear",
+    24: "zebra", 25: "giraffe", 27: "backpack", 28: "umbrella", 31: "handbag", 32: "tie", 33: "suitcase",
+    34: "frisbee", 35: "skis", 36: "snowboard", 37: "sports ball", 38: "kite", 39: "baseball bat",
+    40: "baseball glove", 41: "skateboard", 42: "surfboard", 43: "tennis racket", 44: "bottle", 46: "wine glass",
+    47: "cup", 48: "fork", 49: "knife", 50: "spoon", 51: "bowl", 52: "banana", 53: "apple", 54: "sandwich",
+    55: "orange", 56: "broccoli", 57: "carrot", 58: "hot dog", 59: "pizza", 60: "donut", 61: "cake", 62: "chair",
+    63: "couch", 64: "potted plant", 65: "bed", 67: "dining table", 70: "toilet", 72: "tv", 73: "laptop",
+    74: "mouse", 75: "remote", 76: "keyboard", 77: "cell phone", 78: "microwave", 79: "oven", 80: "toaster",
+    81: "sink", 82: "refrigerator", 84: "book", 85: "clock", 86: "vase", 87: "scissors", 88: "teddy bear",
+    89: "hair drier", 90: "toothbrush",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -26,7 +41,7 @@ class LabelMap:
     label_mode: LabelMode
     num_classes: int
     label_to_category_id: dict[int, int] = field(default_factory=dict)  # empty in coco_ids mode
-    category_names: list[str] = field(default_factory=list)  # by label; may be empty (official checkpoints)
+    category_names: list[str] = field(default_factory=list)  # by label; empty for official checkpoints
 
     @classmethod
     def from_categories(cls, names_by_id: Mapping[int, str], label_mode: LabelMode = "contiguous") -> LabelMap:
@@ -41,7 +56,8 @@ class LabelMap:
 
     @classmethod
     def official_coco(cls, num_classes: int = COCO_NUM_CLASSES) -> LabelMap:
-        """Official DETR checkpoints: labels are raw COCO ids, no names stored."""
+        """Official DETR checkpoints: labels are raw COCO ids, named by :data:`COCO_CATEGORY_NAMES` (no names are
+        stored, so a data set scored with them keeps its own names and is not checked against COCO's)."""
         return cls("coco_ids", num_classes)
 
     @classmethod
@@ -91,6 +107,11 @@ class LabelMap:
         return [self.category_id(label) for label in labels]
 
     def name(self, label: int) -> str:
-        """The category name of a label (its number when the map holds no names)."""
+        """The category name of a label: the map's, COCO's for an official checkpoint's map (raw COCO ids, no names
+        stored), else its number."""
         names = self.category_names
-        return names[label] if 0 <= label < len(names) else str(label)
+        if 0 <= label < len(names):
+            return names[label]
+        if self.label_mode == "coco_ids" and not names:
+            return COCO_CATEGORY_NAMES.get(int(label), str(label))
+        return str(label)

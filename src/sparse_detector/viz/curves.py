@@ -33,9 +33,13 @@ AP_BY_SIZE = {"AP_small": ("APs", "-"), "AP_medium": ("APm", "--"), "AP_large": 
 
 
 def run_colors(labels: Sequence[str]) -> dict[str, tuple]:
-    """A distinct colour per run (tab10), stable in the order given."""
-    palette = colormaps["tab10"]
-    return {label: palette(i % 10) for i, label in enumerate(labels)}
+    """A distinct colour per run, stable in the order given: tab10's colours first, then their light tab20 partners
+    (runs 11 to 20); more runs than that are spread evenly over a continuous colour map, each its own colour."""
+    if len(labels) > 20:
+        spread = colormaps["turbo"]
+        return {label: spread(i / (len(labels) - 1)) for i, label in enumerate(labels)}
+    palette = colormaps["tab20"]  # pairs: even indices are tab10's colours, odd ones their light partners
+    return {label: palette(2 * i if i < 10 else 2 * (i - 10) + 1) for i, label in enumerate(labels)}
 
 
 def _series(records: Sequence[Mapping], kind: str, key: str, x: str = "") -> tuple[list[float], list[float]]:

@@ -28,7 +28,7 @@ from ..data.labels import LabelMap
 from ..data.transforms import make_transforms
 from ..engine.device import resolve_device, seed_everything
 from ..engine.diagnostics import read_diagnostics
-from ..engine.inference import LoadedModel, load_trained_model
+from ..engine.inference import LoadedModel, load_trained_model, output_names
 from ..models import build_criterion
 from ..models.postprocess import query_scores
 from ..runs import distinct_names, read_analyses, read_metrics
@@ -134,7 +134,7 @@ def _val_index_by_name(dataset: CocoDetection) -> dict[str, int]:
 
 def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
     """The request's images (with ground truth when the validation data holds them), or the first
-    ``num_images`` validation images."""
+    ``num_images`` validation images; each named (for its figures' files) by its file's stem, kept distinct."""
     data = config.data
     try:
         dataset = build_dataset(config, "val")
@@ -144,14 +144,17 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
             raise
     items = []
     if not request.images:
-        for index in range(min(request.num_images, len(dataset))):
+        indices = range(min(request.num_images, len(dataset)))
+        names = output_names([dataset.image_path(index) for index in indices])
+        for index in indices:
             tensor, target = dataset[index]
-            name = f"image{int(target['image_id'])}"
             size = tuple(target["orig_size"].tolist())
-            items.append(ImageItem(name, tensor, target, display_image(tensor, data.normalize), size))
+            picture = display_image(tensor, data.normalize)
+            items.append(ImageItem(names[dataset.image_path(index)], tensor, target, picture, size))
         return items
     by_name = _val_index_by_name(dataset) if dataset is not None else {}
     transforms = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
+    names = output_names(request.images)
     for path in request.images:
         if path.name in by_name:
             tensor, target = dataset[by_name[path.name]]
@@ -164,7 +167,7 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
                 raise OSError(f"cannot read image {path}: {err}") from None
             empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
             tensor, target, size = transforms(image, empty)[0], None, (image.height, image.width)
-        items.append(ImageItem(path.stem, tensor, target, display_image(tensor, data.normalize), size))
+        items.append(ImageItem(names[path], tensor, target, display_image(tensor, data.normalize), size))
     return items
 
 
