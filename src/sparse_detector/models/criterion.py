@@ -21,13 +21,20 @@ def _matched_query_index(indices: MatchIndices) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def cardinality_error(logits: Tensor, targets: Sequence[dict]) -> Tensor:
-    """Mean absolute difference between the number of queries whose best logit is not the last one and the number of
-    objects, per image: the official definition (DETR's and Deformable DETR's alike, whose sigmoid logits have no
-    "no object" class but are counted the same way)."""
+def label_readings(
+    logits: Tensor, matched: tuple[Tensor, Tensor], matched_labels: Tensor, targets: Sequence[dict]
+) -> dict[str, Tensor]:
+    """The logged ``class_error`` (percent of matched queries whose best class is not their object's) and
+    ``cardinality_error``: mean absolute difference, per image, between the number of queries whose best logit is not
+    the last one and the number of objects, the official definition (DETR's and Deformable DETR's alike, whose
+    sigmoid logits have no "no object" class but are counted the same way)."""
+    if matched_labels.numel() == 0:
+        accuracy = logits.new_zeros(())
+    else:
+        accuracy = (logits[matched].argmax(-1) == matched_labels).float().mean() * 100
     num_predicted = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1)
     num_targets = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device)
-    return F.l1_loss(num_predicted.float(), num_targets.float())
+    return {"class_error": 100 - accuracy, "cardinality_error": F.l1_loss(num_predicted.float(), num_targets.float())}
 
 
 class SetCriterion(nn.Module):
@@ -75,16 +82,7 @@ class SetCriterion(nn.Module):
         # losses are by the number of boxes), so data-parallel training optimises the same loss as one process.
         weighted = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight, reduction="none")
         loss_ce = weighted.sum() / self._mean_over_processes(self.empty_weight[target_classes].sum())
-        with torch.no_grad():
-            if matched_labels.numel() == 0:
-                accuracy = logits.new_zeros(())
-            else:
-                accuracy = (logits[idx].argmax(-1) == matched_labels).float().mean() * 100
-        return {
-            "loss_ce": loss_ce,
-            "class_error": 100 - accuracy,
-            "cardinality_error": cardinality_error(logits, targets),
-        }
+        return {"loss_ce": loss_ce, **label_readings(logits, idx, matched_labels, targets)}
 
     def _mean_over_processes(self, value: Tensor) -> Tensor:
         """The mean of a scalar over the processes of a distributed run, in training mode; else ``value``."""

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
-from ..criterion import SetCriterion, _matched_query_index, cardinality_error
+from ..criterion import SetCriterion, _matched_query_index, label_readings
 from ..matcher import HungarianMatcher, MatchIndices
 
 FOCAL_GAMMA = 2.0
@@ -63,16 +63,7 @@ class FocalSetCriterion(SetCriterion):
         # Official normalisation: mean over queries, sum over the rest, times the query count, over num_boxes.
         focal = sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=FOCAL_GAMMA, reduction="none")
         loss_ce = focal.sum() / num_boxes
-        with torch.no_grad():
-            if matched_labels.numel() == 0:
-                accuracy = logits.new_zeros(())
-            else:
-                accuracy = (logits[idx].argmax(-1) == matched_labels).float().mean() * 100
-        return {
-            "loss_ce": loss_ce,
-            "class_error": 100 - accuracy,
-            "cardinality_error": cardinality_error(logits, targets),
-        }
+        return {"loss_ce": loss_ce, **label_readings(logits, idx, matched_labels, targets)}
 
     def forward(self, outputs: dict, targets: Sequence[dict], indices: MatchIndices | None = None) -> dict[str, Tensor]:
         losses = super().forward(outputs, targets, indices)
