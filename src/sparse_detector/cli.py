@@ -29,6 +29,7 @@ from .text import counted
 if TYPE_CHECKING:
     from .data.coco import CocoDetection
     from .data.labels import LabelMap
+    from .engine.distributed import DistributedContext
     from .engine.inference import LoadedModel
     from .engine.trainer import Trainer
 
@@ -1090,15 +1091,21 @@ def _close_progress_bars() -> None:
             bar.close()
 
 
-def _several_processes_refusal(command: str) -> tuple[str, bool] | None:
-    """Under torchrun / srun with several processes, every command but ``train`` would run once per process over the
-    same files: the message saying so and whether this process prints it (rank 0); ``None`` when all is well."""
-    if command == "train" or not ({"WORLD_SIZE", "SLURM_NTASKS"} & os.environ.keys()):
+def _launched_context() -> DistributedContext | None:
+    """This process's place in a run started by torchrun / srun as several processes; ``None`` otherwise (without
+    importing torch.distributed when no launcher set the environment)."""
+    if not {"WORLD_SIZE", "SLURM_NTASKS"} & os.environ.keys():
         return None
     from .engine.distributed import context_from_environment
 
     context = context_from_environment()
-    if not context.enabled:
+    return context if context.enabled else None
+
+
+def _several_processes_refusal(command: str) -> tuple[str, bool] | None:
+    """Under torchrun / srun with several processes, every command but ``train`` would run once per process over the
+    same files: the message saying so and whether this process prints it (rank 0); ``None`` when all is well."""
+    if command == "train" or (context := _launched_context()) is None:
         return None
     message = (
         f"sparse-detector {command} runs in one process, but it was started as {context.world_size} processes "
@@ -1111,12 +1118,11 @@ def _several_processes_refusal(command: str) -> tuple[str, bool] | None:
 def _print_error(message: str, compare: bool = True) -> None:
     """``error: message`` and the --debug hint on stderr; of a distributed run's processes that all fail alike, only
     rank 0 prints it (another rank's own error is printed, marked with its rank; ``compare=False``: always)."""
-    context = None
-    if {"WORLD_SIZE", "SLURM_NTASKS"} & os.environ.keys():
-        from .engine.distributed import context_from_environment, prints_its_error
+    context = _launched_context()
+    if context is not None and compare:
+        from .engine.distributed import prints_its_error
 
-        context = context_from_environment()
-        if context.enabled and compare and not prints_its_error(message):
+        if not prints_its_error(message):
             return
     label = f"(rank {context.rank}) " if context is not None and not context.is_main else ""
     print(f"error: {label}{message}\n(run with --debug for the full traceback)", file=sys.stderr)
