@@ -26,7 +26,15 @@ from sparse_detector.viz.data import Sample, data_figure
 from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_size, references_figure, sampling_figure
 from sparse_detector.viz.diagnostics import diagnostics_figure
 from sparse_detector.viz.figure import DPI, LabelledBox
-from sparse_detector.viz.kinds import FIGURE_KINDS, ImageItem, VisualizeRequest, cell_centre, pixel_cell, visualize
+from sparse_detector.viz.kinds import (
+    FIGURE_KINDS,
+    ImageItem,
+    VisualizeRequest,
+    cell_centre,
+    load_images,
+    pixel_cell,
+    visualize,
+)
 from sparse_detector.viz.matching import matching_figure
 from sparse_detector.viz.sparsity import sparsity_figure
 
@@ -337,6 +345,21 @@ def test_an_official_deformable_checkpoint_is_drawn_with_its_arch(runs, tmp_path
     options = ["--official", "--arch", "deformable_detr", "--nheads", "4", "--queries", "1"]
     assert main(["visualize", "deformable", str(path), image, *options, "--output", str(tmp_path / "out")]) == 0
     assert any(p.name.startswith("deformable_references_") for p in (tmp_path / "out").iterdir())
+
+
+def test_ground_truth_is_named_as_the_data_set_names_it(runs, tmp_path: Path):
+    """An official checkpoint names its predictions by COCO's names; the ground truth of a data set whose JSON names
+    its categories otherwise was drawn under COCO's names too (category 1 'circle' read 'person')."""
+    data = json.loads(runs["shapes_val"].read_text())
+    for category in data["categories"]:
+        category["name"] = f"my {category['name']}"
+    renamed = tmp_path / "renamed.json"
+    renamed.write_text(json.dumps(data))
+    config = load_config(runs["run"] / "config.yaml", [f"data.val.annotations={renamed}", "data.label_mode=coco_ids"])
+    item = load_images(config, VisualizeRequest([runs["run"]], tmp_path, num_images=1))[0]
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    assert item.truth_names == [names[int(label)] for label in item.target["labels"]]
+    assert item.truth_names and all(name.startswith("my ") for name in item.truth_names)
 
 
 def test_alpha_of_a_run_shorter_than_log_every_is_read_from_its_epoch_records():

@@ -24,7 +24,6 @@ from ..config import Config, load_config
 from ..data.batching import collate_detection
 from ..data.build import build_dataset
 from ..data.coco import CocoDetection, to_rgb
-from ..data.labels import LabelMap
 from ..data.transforms import make_transforms
 from ..engine.device import resolve_device, seed_everything
 from ..engine.diagnostics import read_diagnostics
@@ -117,6 +116,7 @@ class ImageItem:
     target: dict[str, Tensor] | None  # boxes normalised cxcywh, labels, orig_size; None for an unannotated image
     picture: np.ndarray  # (H, W, 3) in [0, 1], the model input un-normalised
     orig_size: tuple[int, int]  # (h, w) of the image file, before the transforms
+    truth_names: list[str] = field(default_factory=list)  # the ground truth's category names, by the data set
 
     @property
     def height(self) -> int:
@@ -150,15 +150,17 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
             tensor, target = dataset[index]
             size = tuple(target["orig_size"].tolist())
             picture = display_image(tensor, data.normalize)
-            items.append(ImageItem(names[dataset.image_path(index)], tensor, target, picture, size))
+            truth_names = _category_names(dataset, target)
+            items.append(ImageItem(names[dataset.image_path(index)], tensor, target, picture, size, truth_names))
         return items
     by_name = _val_index_by_name(dataset) if dataset is not None else {}
     transforms = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
     names = output_names(request.images)
     for path in request.images:
+        truth_names = []
         if path.name in by_name:
             tensor, target = dataset[by_name[path.name]]
-            size = tuple(target["orig_size"].tolist())
+            size, truth_names = tuple(target["orig_size"].tolist()), _category_names(dataset, target)
         else:
             try:
                 with Image.open(path) as file:
@@ -167,8 +169,14 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
                 raise OSError(f"cannot read image {path}: {err}") from None
             empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
             tensor, target, size = transforms(image, empty)[0], None, (image.height, image.width)
-        items.append(ImageItem(names[path], tensor, target, display_image(tensor, data.normalize), size))
+        picture = display_image(tensor, data.normalize)
+        items.append(ImageItem(names[path], tensor, target, picture, size, truth_names))
     return items
+
+
+def _category_names(dataset: CocoDetection, target: dict[str, Tensor]) -> list[str]:
+    """The data set's names of a target's labels (an official checkpoint's COCO names may not be the data's)."""
+    return [dataset.labels.name(int(label)) for label in target["labels"]]
 
 
 QUERY_NAMES = {"queries": "object queries", "grid": "feature-grid cells"}
@@ -229,12 +237,11 @@ def _scores_labels(outputs: dict, model: torch.nn.Module) -> tuple[Tensor, Tenso
     return query_scores(model, outputs["pred_logits"][0])
 
 
-def _truth_boxes(item: ImageItem, label_map: LabelMap) -> list[LabelledBox]:
+def _truth_boxes(item: ImageItem) -> list[LabelledBox]:
     if item.target is None:
         return []
     boxes = cxcywh_to_pixels(item.target["boxes"], item.height, item.width)
-    names = [label_map.name(int(label)) for label in item.target["labels"]]
-    return [LabelledBox(box, name) for box, name in zip(boxes, names, strict=True)]
+    return [LabelledBox(box, name) for box, name in zip(boxes, item.truth_names, strict=True)]
 
 
 def _prediction_boxes(outputs: dict, item: ImageItem, loaded: LoadedModel) -> list[LabelledBox]:
@@ -268,7 +275,7 @@ def attention_kind(request: VisualizeRequest) -> list[Path]:
     for item in load_images(loaded.config, request):
         outputs, maps = recorded_forward(loaded, item, site, device)
         scores, _ = _scores_labels(outputs, loaded.model)
-        predictions, truth = _prediction_boxes(outputs, item, loaded), _truth_boxes(item, loaded.label_map)
+        predictions, truth = _prediction_boxes(outputs, item, loaded), _truth_boxes(item)
         for q in _chosen_queries(request, scores):
             figure = attention_figure(
                 item.picture,
@@ -345,7 +352,7 @@ def deformable_kind(request: VisualizeRequest) -> list[Path]:
         with torch.no_grad():
             outputs, _ = record_attention(loaded.model.to(device).eval(), [item.tensor.to(device)], sites=recorded)
         scores, _ = _scores_labels(outputs, loaded.model)
-        predictions, truth = _prediction_boxes(outputs, item, loaded), _truth_boxes(item, loaded.label_map)
+        predictions, truth = _prediction_boxes(outputs, item, loaded), _truth_boxes(item)
         for q in _chosen_queries(request, scores):
             boxes = [(b.box, TRUTH_COLOR) for b in truth] + [(predictions[q].box, PREDICTION_COLOR)]
             for layer, record in enumerate(outputs.attention[site]):
@@ -449,7 +456,7 @@ def encoder_kind(request: VisualizeRequest) -> list[Path]:
             ]
         else:
             cells = _most_attended_cells(maps)
-        truth = _truth_boxes(item, loaded.label_map)
+        truth = _truth_boxes(item)
         for cell in cells:
             row, column = divmod(cell, w)
             centre = cell_centre(item, row, column, h, w, stride)
@@ -495,7 +502,7 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
         if item.target is None or not len(item.target["boxes"]):
             unannotated.append(item.name)
             continue
-        every = _truth_boxes(item, models[0].label_map)
+        every = _truth_boxes(item)
         truth = every[:MAX_COMPARE_OBJECTS]  # a row per object: 50 objects made a figure 76 inches tall
         shown = "each object" if len(truth) == len(every) else f"objects 0-{len(truth) - 1} of {len(every)}"
         panels: list[list[AttentionPanel | None]] = [[] for _ in truth]
@@ -542,7 +549,7 @@ def matching_kind(request: VisualizeRequest) -> list[Path]:
         figure = matching_figure(
             item.picture,
             _prediction_boxes(outputs, item, loaded),
-            _truth_boxes(item, loaded.label_map),
+            _truth_boxes(item),
             pairs,
             title=f"{run_label(request.runs[0])}: {item.name}",
         )
