@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure, run_color
 from sparse_detector.viz.data import Sample, data_figure
 from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_size, references_figure, sampling_figure
 from sparse_detector.viz.diagnostics import diagnostics_figure
-from sparse_detector.viz.figure import DPI, LabelledBox
+from sparse_detector.viz.figure import DPI, FIGURES_RECORD, LabelledBox
 from sparse_detector.viz.kinds import FIGURE_KINDS, ImageItem, VisualizeRequest, cell_centre, pixel_cell, visualize
 from sparse_detector.viz.matching import matching_figure
 from sparse_detector.viz.sparsity import sparsity_figure
@@ -106,18 +107,34 @@ def test_every_kind_renders_from_a_trained_run(runs, tmp_path: Path, capsys):
     for kind in FIGURE_KINDS:
         out = tmp_path / kind
         assert main(["visualize", kind, *kind_arguments(kind, runs), "--output", str(out), "--num-images", "1"]) == 0
-        files = sorted(out.iterdir())
+        files = sorted(path for path in out.iterdir() if path.name != FIGURES_RECORD)
         assert files, kind
         for path in files:
             check_image(path, expected.get(kind))
-    names = {p.name for p in (tmp_path / "attention").iterdir()}
+    names = {p.name for p in (tmp_path / "attention").glob("*.png")}
     assert names == {"attention_decoder_cross_val_000000_q0.png", "attention_decoder_cross_val_000000_q3.png"}
-    deformable = sorted(p.name for p in (tmp_path / "deformable").iterdir() if "_references_" not in p.name)
+    deformable = sorted(p.name for p in (tmp_path / "deformable").glob("*.png") if "_references_" not in p.name)
     assert [name.split("_q1_")[1] for name in deformable] == ["layer0.png", "layer1.png"]  # one per decoder layer
     assert all("_val_000000_" in name for name in deformable), "was named by image id: deformable_..._image1_q1_..."
-    references = [p.name for p in (tmp_path / "deformable").iterdir() if "_references_" in p.name]
+    references = [p.name for p in (tmp_path / "deformable").glob("*.png") if "_references_" in p.name]
     assert len(references) == 1 and references[0].endswith("_q1.png")  # one per query, all layers in it
     assert "written:" in capsys.readouterr().out
+
+
+def test_drawing_a_kind_again_removes_only_its_own_figures_it_did_not_draw_again(runs, tmp_path: Path, caplog):
+    """Figures of the last drawing (other queries, images or a format) stayed beside the new ones, looking current."""
+    caplog.set_level(logging.INFO, "sparse_detector")
+    run, image = str(runs["run"]), str(runs["images"] / "val_000000.png")
+    assert main(["visualize", "attention", run, image, "--queries", "0", "3", "--output", str(tmp_path)]) == 0
+    assert main(["visualize", "curves", run, "--output", str(tmp_path)]) == 0
+    (tmp_path / "my_figure.png").write_bytes(b"the user's own")
+    assert main(["visualize", "attention", run, image, "--queries", "0", "--output", str(tmp_path)]) == 0
+    names = {p.name for p in tmp_path.iterdir()} - {FIGURES_RECORD}
+    assert names == {"attention_decoder_cross_val_000000_q0.png", "curves.png", "my_figure.png"}
+    assert "removed 1 figure of the last attention drawing" in caplog.text
+    assert main(["visualize", "curves", run, "--output", str(tmp_path), "--format", "svg"]) == 0
+    assert not (tmp_path / "curves.png").exists() and (tmp_path / "curves.svg").is_file()
+    assert (tmp_path / "my_figure.png").read_bytes() == b"the user's own"
 
 
 @pytest.mark.parametrize("fmt, magic", [("pdf", b"%PDF"), ("svg", b"<?xml")])
@@ -311,7 +328,7 @@ def test_a_folder_of_images_is_drawn_not_taken_for_a_run(runs, tmp_path: Path):
     for kind, run in (("encoder", runs["run"]), ("deformable", runs["deformable"])):
         out = tmp_path / kind
         assert main(["visualize", kind, str(run), str(folder), "--output", str(out), "--queries", "1"]) == 0
-        names = [p.name for p in out.iterdir()]
+        names = [p.name for p in out.glob("*.png")]
         assert names and all("_wide_" in n for n in names), names
 
 
@@ -378,7 +395,7 @@ def test_images_that_share_a_stem_get_figures_of_their_own(runs, tmp_path: Path)
     images = [str(tmp_path / "a" / "photo.png"), str(tmp_path / "b" / "photo.png")]
     out = tmp_path / "out"
     assert main(["visualize", "attention", str(runs["run"]), *images, "--queries", "0", "--output", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(p.name for p in out.glob("*.png")) == [
         "attention_decoder_cross_photo_png_2_q0.png",
         "attention_decoder_cross_photo_png_q0.png",
     ], "was: the second image's figure overwrote the first's"
@@ -392,7 +409,7 @@ def test_compare_skips_images_without_boxes(runs, tmp_path: Path):
     run, other, annotated = str(runs["run"]), str(runs["other"]), str(runs["images"] / "val_000000.png")
     out = tmp_path / "out"
     assert main(["visualize", "compare", run, other, annotated, str(unannotated), "--output", str(out)]) == 0
-    assert [p.name for p in out.iterdir()] == ["compare_decoder_cross_val_000000.png"]
+    assert [p.name for p in out.glob("*.png")] == ["compare_decoder_cross_val_000000.png"]
     with pytest.raises(ValueError, match="nothing to draw: mine \\(no annotated boxes"):
         visualize("compare", VisualizeRequest(runs=[runs["run"], runs["other"]], output=out, images=[unannotated]))
 

@@ -40,7 +40,15 @@ from .curves import curves_figure
 from .data import Sample, data_figure
 from .deformable import references_figure, sampling_figure
 from .diagnostics import diagnostics_figure
-from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, cxcywh_to_pixels, display_image, save_figure
+from .figure import (
+    PREDICTION_COLOR,
+    TRUTH_COLOR,
+    LabelledBox,
+    cxcywh_to_pixels,
+    display_image,
+    replace_previous_figures,
+    save_figure,
+)
 from .matching import matching_figure
 from .sparsity import sparsity_figure
 
@@ -82,11 +90,14 @@ def figure_kind(name: str) -> Callable[[FigureKind], FigureKind]:
 
 
 def visualize(kind: str, request: VisualizeRequest) -> list[Path]:
-    """Draw the figures of ``kind``; returns the files written."""
+    """Draw the figures of ``kind``; returns the files written. The kind's files from its last drawing in the same
+    folder that it did not draw again are deleted (:func:`.figure.replace_previous_figures`)."""
     if kind not in FIGURE_KINDS:
         raise ValueError(f"unknown figure kind {kind!r}; choose from {sorted(FIGURE_KINDS)}")
     request.output.mkdir(parents=True, exist_ok=True)
-    return FIGURE_KINDS[kind](request)
+    written = FIGURE_KINDS[kind](request)
+    replace_previous_figures(request.output, kind, written)
+    return written
 
 
 def run_label(run: Path) -> str:
