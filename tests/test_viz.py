@@ -20,6 +20,7 @@ from sparse_detector.cli import main
 from sparse_detector.engine.diagnostics import read_diagnostics
 from sparse_detector.engine.trainer import Trainer
 from sparse_detector.study import analyze_run
+from sparse_detector.viz import kinds
 from sparse_detector.viz.alpha import alpha_figure, alpha_history, value_decimals
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, ZERO_LEGEND, attention_figure, grey
 from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure, run_colors
@@ -27,7 +28,16 @@ from sparse_detector.viz.data import Sample, data_figure
 from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_size, references_figure, sampling_figure
 from sparse_detector.viz.diagnostics import diagnostics_figure
 from sparse_detector.viz.figure import DPI, FIGURES_RECORD, LabelledBox
-from sparse_detector.viz.kinds import FIGURE_KINDS, ImageItem, VisualizeRequest, cell_centre, pixel_cell, visualize
+from sparse_detector.viz.kinds import (
+    FIGURE_KINDS,
+    ImageItem,
+    VisualizeRequest,
+    cell_centre,
+    pixel_cell,
+    run_label,
+    run_labels,
+    visualize,
+)
 from sparse_detector.viz.matching import matching_figure
 from sparse_detector.viz.sparsity import sparsity_figure
 
@@ -135,6 +145,17 @@ def test_drawing_a_kind_again_removes_only_its_own_figures_it_did_not_draw_again
     assert main(["visualize", "curves", run, "--output", str(tmp_path), "--format", "svg"]) == 0
     assert not (tmp_path / "curves.png").exists() and (tmp_path / "curves.svg").is_file()
     assert (tmp_path / "my_figure.png").read_bytes() == b"the user's own"
+
+
+def test_titles_name_the_quickstart_run_and_the_training_image_files(runs, tmp_path: Path, monkeypatch):
+    """The quickstart's figures were titled 'train: ...' (its run folder), the data figure's images 'image id 3'."""
+    quickstart = tmp_path / "quickstart-20261201-003000" / "train"
+    assert run_label(quickstart) == "quickstart-20261201-003000/train"
+    assert run_labels([quickstart, tmp_path / "mine"]) == ["quickstart-20261201-003000/train", "mine"]
+    drawn = []
+    monkeypatch.setattr(kinds, "data_figure", lambda samples, title: drawn.extend(samples) or data_figure(samples))
+    visualize("data", VisualizeRequest(runs=[runs["run"]], output=tmp_path / "data", num_images=2))
+    assert [sample.title for sample in drawn] == ["train_000000.png", "train_000001.png"]
 
 
 @pytest.mark.parametrize("fmt, magic", [("pdf", b"%PDF"), ("svg", b"<?xml")])

@@ -101,8 +101,8 @@ def visualize(kind: str, request: VisualizeRequest) -> list[Path]:
 
 
 def run_label(run: Path) -> str:
-    """A run's name in titles: its directory (a checkpoint file's folder)."""
-    return _run_dir(run).name
+    """A run's name in titles: its directory (a checkpoint file's folder; a quickstart's with its folder)."""
+    return run_labels([run])[0]
 
 
 def run_labels(runs: Sequence[Path]) -> list[str]:
@@ -580,6 +580,7 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
     dataset = build_dataset(config, "train")
     samples = [dataset[i] for i in range(min(max(request.num_images, 1), len(dataset)))]
     batch, targets = collate_detection(samples)
+    file_names = {image["id"]: Path(image["file_name"]).name for image in dataset.coco.dataset["images"]}
     drawn = []
     for tensor, mask, target in zip(batch.tensors, batch.mask, targets, strict=True):
         valid_h, valid_w = (int(v) for v in (~mask).nonzero().max(0).values + 1)
@@ -590,7 +591,7 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
                 display_image(tensor, config.data.normalize),
                 mask.numpy(),
                 [LabelledBox(box, name) for box, name in zip(boxes, names, strict=True)],
-                f"image id {int(target['image_id'])}",
+                file_names[int(target["image_id"])],
             )
         )
     figure = data_figure(drawn, title=f"{dataset.annotation_file}: {counted(len(dataset), 'image')}")
@@ -620,13 +621,13 @@ def _per_run(request: VisualizeRequest, name: str, draw: Callable[[Path], Figure
 @figure_kind("alpha")
 def alpha_kind(request: VisualizeRequest) -> list[Path]:
     """Per run with learnable α: the α heat map and α over steps."""
-    return _per_run(request, "alpha", lambda run: alpha_figure(read_metrics(run), title=run.name))
+    return _per_run(request, "alpha", lambda run: alpha_figure(read_metrics(run), title=run_label(run)))
 
 
 @figure_kind("diagnostics")
 def diagnostics_kind(request: VisualizeRequest) -> list[Path]:
     """Per run trained with ``train.diagnostics_every``: gradients, weight histograms and attention entropy."""
-    return _per_run(request, "diagnostics", lambda run: diagnostics_figure(read_diagnostics(run), title=run.name))
+    return _per_run(request, "diagnostics", lambda run: diagnostics_figure(read_diagnostics(run), title=run_label(run)))
 
 
 @figure_kind("sparsity")
