@@ -499,6 +499,28 @@ def test_sparsity_says_which_runs_read_zeros_under_which_threshold():
     assert "decoder_cross: zeros ratio (p ≤ 0)" in [axes.get_title() for axes in same.axes]
 
 
+@pytest.mark.parametrize("count", [2, 14, 20])
+def test_sparsity_stays_readable_from_two_to_twenty_runs(count: int):
+    """With 14 runs the legend covered the first panel, the bars' values overlapped into one smear and the zeros-ratio
+    title listed every run's threshold."""
+    block = {"per_layer": {"mean": [0.25, 0.5, 0.0], "std": [0.1, 0.05, 0.0]}}
+    labels = [f"{'softmax' if i % 7 == 0 else 'sparsemax'}_seed{i}" for i in range(count)]
+    results = {
+        label: {"sites": {"decoder_cross": {"metrics": {"gini": block, "zeros_ratio": block}, "zero_threshold": t}}}
+        for label, t in zip(labels, [1e-6 if label.startswith("softmax") else 0.0 for label in labels], strict=True)
+    }
+    figure = sparsity_figure(results)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    (legend,) = figure.legends
+    assert legend.get_window_extent(renderer).y1 <= min(axes.get_window_extent(renderer).y0 for axes in figure.axes)
+    values = [text.get_window_extent(renderer) for text in figure.axes[0].texts]
+    assert len(values) == 3 * count
+    assert not any(a.overlaps(b) for i, a in enumerate(values) for b in values[i + 1 :]), "values overlap"
+    title = figure.axes[2].get_title().replace("\n", " ")
+    assert ("the other 17 runs" in title) == (count == 20) and title.count("softmax") == len(range(0, count, 7))
+
+
 def test_a_crowded_image_outlines_its_ground_truth_without_class_names():
     """With 50 annotated boxes the class names of the ground truth buried every 1.5-inch attention panel."""
     maps, image = np.full((1, 1, 4, 4), 1 / 16), np.full((64, 64, 3), 0.5)
