@@ -14,6 +14,7 @@ from sparse_detector.attention import Sparsemax
 from sparse_detector.attention.deformable import MSDeformAttn, ms_deform_attn_sample
 from sparse_detector.attention.sites import PointsRecord
 from sparse_detector.config import ConfigError
+from sparse_detector.data.batching import as_padded_batch
 from sparse_detector.data.build import build_dataset, build_loader
 from sparse_detector.engine.checkpoint import load_checkpoint, save_checkpoint
 from sparse_detector.engine.optim import parameter_groups
@@ -469,6 +470,19 @@ def test_declared_level_strides_match_the_levels_the_model_makes():
     shapes = outputs.attention["decoder_cross"][0].level_shapes.tolist()
     assert shapes == [[-(-75 // s), -(-100 // s)] for s in strides["decoder_cross"]]  # ceil(side / stride) cells
     assert maps["decoder_cross"].key_strides == (8, 16, 32)
+
+
+def test_a_narrow_model_trains_on_an_image_whose_coarsest_level_is_one_cell():
+    """hidden_dim=32 made GroupNorm groups of one channel: a 1×1 level (64 px, four levels) stopped training on one
+    image ('Expected more than 1 value per channel when training') and normalised to a constant on several."""
+    model = build_model(load_config("shapes_tiny", [*TINY_DEFORMABLE, "model.deformable.num_feature_levels=4"]))
+    outputs = model.train()(torch.randn(1, 3, 64, 64))
+    assert outputs.pred_logits.isfinite().all()
+    srcs, _, _ = model.levels(as_padded_batch([torch.randn(3, 64, 64)]))
+    assert srcs[-1].shape == (1, 32, 1, 1) and srcs[-1].std() > 0.5  # the level's cells still tell channels apart
+    config = load_config("shapes_tiny", ["model.arch=deformable_detr", "model.transformer.hidden_dim=64"])
+    official = build_model(config)
+    assert {proj[1].num_groups for proj in official.input_proj} == {32}  # the official 32 groups from 64 channels
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -321,6 +322,26 @@ def test_other_ranks_log_their_own_warnings_and_errors_but_not_the_shared_ones()
     assert stream.getvalue().splitlines() == lines
 
 
+def _warn_then_fail_in_train(rank: int) -> str:
+    def load_config_warning(*args: Any) -> None:
+        warnings.warn("a deprecation every process meets alike", FutureWarning, stacklevel=1)
+        raise ValueError("the same error on every rank")
+
+    cli.load_config = load_config_warning
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        main(["train", "--config", "shapes_tiny"])
+    return stderr.getvalue()
+
+
+def test_a_python_warning_every_rank_meets_is_printed_once():
+    """torchrun printed each warnings.warn message (PyTorch's deprecations, TVMax's) once per process."""
+    printed0, printed1 = _run_workers(_warn_then_fail_in_train)
+    assert printed0.count("FutureWarning: a deprecation every process meets alike") == 1
+    assert "error: the same error on every rank" in printed0
+    assert printed1 == ""
+
+
 def _construct_trainer(rank: int, config: Any, run_dir: Path) -> str:
     try:
         Trainer(config, run_dir, progress=False)
@@ -341,6 +362,7 @@ def test_more_processes_than_training_images_is_an_error_naming_both(shapes, tmp
 
 
 def _train_cli_errors(rank: int, resume: list[str]) -> tuple[int, str]:
+    del torch.distributed.distributed_c10d._get_default_store  # private: the ranks compare through public API only
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         status = main(["train", "--resume", resume[rank]])

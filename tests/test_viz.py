@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -19,13 +20,14 @@ from sparse_detector.cli import main
 from sparse_detector.engine.diagnostics import read_diagnostics
 from sparse_detector.engine.trainer import Trainer
 from sparse_detector.study import analyze_run
+from sparse_detector.viz import kinds
 from sparse_detector.viz.alpha import alpha_figure, alpha_history, value_decimals
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, ZERO_LEGEND, attention_figure, grey
 from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure, run_colors
 from sparse_detector.viz.data import Sample, data_figure
 from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_size, references_figure, sampling_figure
 from sparse_detector.viz.diagnostics import diagnostics_figure
-from sparse_detector.viz.figure import DPI, LabelledBox
+from sparse_detector.viz.figure import DPI, FIGURES_RECORD, LabelledBox
 from sparse_detector.viz.kinds import (
     FIGURE_KINDS,
     ImageItem,
@@ -33,6 +35,8 @@ from sparse_detector.viz.kinds import (
     cell_centre,
     load_images,
     pixel_cell,
+    run_label,
+    run_labels,
     visualize,
 )
 from sparse_detector.viz.matching import matching_figure
@@ -114,18 +118,45 @@ def test_every_kind_renders_from_a_trained_run(runs, tmp_path: Path, capsys):
     for kind in FIGURE_KINDS:
         out = tmp_path / kind
         assert main(["visualize", kind, *kind_arguments(kind, runs), "--output", str(out), "--num-images", "1"]) == 0
-        files = sorted(out.iterdir())
+        files = sorted(path for path in out.iterdir() if path.name != FIGURES_RECORD)
         assert files, kind
         for path in files:
             check_image(path, expected.get(kind))
-    names = {p.name for p in (tmp_path / "attention").iterdir()}
+    names = {p.name for p in (tmp_path / "attention").glob("*.png")}
     assert names == {"attention_decoder_cross_val_000000_q0.png", "attention_decoder_cross_val_000000_q3.png"}
-    deformable = sorted(p.name for p in (tmp_path / "deformable").iterdir() if "_references_" not in p.name)
+    deformable = sorted(p.name for p in (tmp_path / "deformable").glob("*.png") if "_references_" not in p.name)
     assert [name.split("_q1_")[1] for name in deformable] == ["layer0.png", "layer1.png"]  # one per decoder layer
     assert all("_val_000000_" in name for name in deformable), "was named by image id: deformable_..._image1_q1_..."
-    references = [p.name for p in (tmp_path / "deformable").iterdir() if "_references_" in p.name]
+    references = [p.name for p in (tmp_path / "deformable").glob("*.png") if "_references_" in p.name]
     assert len(references) == 1 and references[0].endswith("_q1.png")  # one per query, all layers in it
     assert "written:" in capsys.readouterr().out
+
+
+def test_drawing_a_kind_again_removes_only_its_own_figures_it_did_not_draw_again(runs, tmp_path: Path, caplog):
+    """Figures of the last drawing (other queries, images or a format) stayed beside the new ones, looking current."""
+    caplog.set_level(logging.INFO, "sparse_detector")
+    run, image = str(runs["run"]), str(runs["images"] / "val_000000.png")
+    assert main(["visualize", "attention", run, image, "--queries", "0", "3", "--output", str(tmp_path)]) == 0
+    assert main(["visualize", "curves", run, "--output", str(tmp_path)]) == 0
+    (tmp_path / "my_figure.png").write_bytes(b"the user's own")
+    assert main(["visualize", "attention", run, image, "--queries", "0", "--output", str(tmp_path)]) == 0
+    names = {p.name for p in tmp_path.iterdir()} - {FIGURES_RECORD}
+    assert names == {"attention_decoder_cross_val_000000_q0.png", "curves.png", "my_figure.png"}
+    assert "removed 1 figure of the last attention drawing" in caplog.text
+    assert main(["visualize", "curves", run, "--output", str(tmp_path), "--format", "svg"]) == 0
+    assert not (tmp_path / "curves.png").exists() and (tmp_path / "curves.svg").is_file()
+    assert (tmp_path / "my_figure.png").read_bytes() == b"the user's own"
+
+
+def test_titles_name_the_quickstart_run_and_the_training_image_files(runs, tmp_path: Path, monkeypatch):
+    """The quickstart's figures were titled 'train: ...' (its run folder), the data figure's images 'image id 3'."""
+    quickstart = tmp_path / "quickstart-20261201-003000" / "train"
+    assert run_label(quickstart) == "quickstart-20261201-003000/train"
+    assert run_labels([quickstart, tmp_path / "mine"]) == ["quickstart-20261201-003000/train", "mine"]
+    drawn = []
+    monkeypatch.setattr(kinds, "data_figure", lambda samples, title: drawn.extend(samples) or data_figure(samples))
+    visualize("data", VisualizeRequest(runs=[runs["run"]], output=tmp_path / "data", num_images=2))
+    assert [sample.title for sample in drawn] == ["train_000000.png", "train_000001.png"]
 
 
 @pytest.mark.parametrize("fmt, magic", [("pdf", b"%PDF"), ("svg", b"<?xml")])
@@ -319,7 +350,7 @@ def test_a_folder_of_images_is_drawn_not_taken_for_a_run(runs, tmp_path: Path):
     for kind, run in (("encoder", runs["run"]), ("deformable", runs["deformable"])):
         out = tmp_path / kind
         assert main(["visualize", kind, str(run), str(folder), "--output", str(out), "--queries", "1"]) == 0
-        names = [p.name for p in out.iterdir()]
+        names = [p.name for p in out.glob("*.png")]
         assert names and all("_wide_" in n for n in names), names
 
 
@@ -401,7 +432,7 @@ def test_images_that_share_a_stem_get_figures_of_their_own(runs, tmp_path: Path)
     images = [str(tmp_path / "a" / "photo.png"), str(tmp_path / "b" / "photo.png")]
     out = tmp_path / "out"
     assert main(["visualize", "attention", str(runs["run"]), *images, "--queries", "0", "--output", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(p.name for p in out.glob("*.png")) == [
         "attention_decoder_cross_photo_png_2_q0.png",
         "attention_decoder_cross_photo_png_q0.png",
     ], "was: the second image's figure overwrote the first's"
@@ -415,7 +446,7 @@ def test_compare_skips_images_without_boxes(runs, tmp_path: Path):
     run, other, annotated = str(runs["run"]), str(runs["other"]), str(runs["images"] / "val_000000.png")
     out = tmp_path / "out"
     assert main(["visualize", "compare", run, other, annotated, str(unannotated), "--output", str(out)]) == 0
-    assert [p.name for p in out.iterdir()] == ["compare_decoder_cross_val_000000.png"]
+    assert [p.name for p in out.glob("*.png")] == ["compare_decoder_cross_val_000000.png"]
     with pytest.raises(ValueError, match="nothing to draw: mine \\(no annotated boxes"):
         visualize("compare", VisualizeRequest(runs=[runs["run"], runs["other"]], output=out, images=[unannotated]))
 
@@ -482,6 +513,28 @@ def test_sparsity_says_which_runs_read_zeros_under_which_threshold():
     assert "zeros ratio (p ≤ 0: sparsemax, entmax15; p ≤ 1e-06: softmax)" in titles
     same = sparsity_figure({"sparsemax": result(0.0), "entmax15": result(0.0)})
     assert "decoder_cross: zeros ratio (p ≤ 0)" in [axes.get_title() for axes in same.axes]
+
+
+@pytest.mark.parametrize("count", [2, 14, 20])
+def test_sparsity_stays_readable_from_two_to_twenty_runs(count: int):
+    """With 14 runs the legend covered the first panel, the bars' values overlapped into one smear and the zeros-ratio
+    title listed every run's threshold."""
+    block = {"per_layer": {"mean": [0.25, 0.5, 0.0], "std": [0.1, 0.05, 0.0]}}
+    labels = [f"{'softmax' if i % 7 == 0 else 'sparsemax'}_seed{i}" for i in range(count)]
+    results = {
+        label: {"sites": {"decoder_cross": {"metrics": {"gini": block, "zeros_ratio": block}, "zero_threshold": t}}}
+        for label, t in zip(labels, [1e-6 if label.startswith("softmax") else 0.0 for label in labels], strict=True)
+    }
+    figure = sparsity_figure(results)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    (legend,) = figure.legends
+    assert legend.get_window_extent(renderer).y1 <= min(axes.get_window_extent(renderer).y0 for axes in figure.axes)
+    values = [text.get_window_extent(renderer) for text in figure.axes[0].texts]
+    assert len(values) == 3 * count
+    assert not any(a.overlaps(b) for i, a in enumerate(values) for b in values[i + 1 :]), "values overlap"
+    title = figure.axes[2].get_title().replace("\n", " ")
+    assert ("the other 17 runs" in title) == (count == 20) and title.count("softmax") == len(range(0, count, 7))
 
 
 def test_a_crowded_image_outlines_its_ground_truth_without_class_names():

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from .config import Config, load_config, override_config
 from .logs import log_for_other_rank
-from .runs import CONFIG_FILE, eval_file, other_data_suffix
+from .runs import CONFIG_FILE, QUICKSTART_RUN_DIR, eval_file, other_data_suffix
 from .text import counted
 
 if TYPE_CHECKING:
@@ -910,17 +910,18 @@ def _quickstart(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     if args.device:
         config.train.device = args.device
-    trainer = Trainer(absolute_data_paths(config), run_dir / "train", progress=_show_progress(args))
+    trainer = Trainer(absolute_data_paths(config), run_dir / QUICKSTART_RUN_DIR, progress=_show_progress(args))
     print(_train_summary(trainer))
     stats = trainer.fit()
     if trainer.stop_signal is not None:  # SIGTERM / Ctrl-C: no AP to print, no figures of a half-trained model
-        print(_stopped_message(trainer, run_dir / "train"))
+        print(_stopped_message(trainer, run_dir / QUICKSTART_RUN_DIR))
         return 0
     minutes = (time.perf_counter() - start) / 60
     print(f"quickstart finished in {minutes:.1f} min: AP50 {stats['AP50']:.3f}, AP {stats['AP']:.3f}")
     print(f"(evaluated on {args.num_val} held-out generated images)")
     _quickstart_figures(run_dir, config)
-    print(f"run directory: {run_dir / 'train'} (for evaluate, analyze, visualize, train --resume); data: {data_dir}")
+    run = run_dir / QUICKSTART_RUN_DIR
+    print(f"run directory: {run} (for evaluate, analyze, visualize, train --resume); data: {data_dir}")
     return 0
 
 
@@ -930,7 +931,11 @@ def _quickstart_figures(run_dir: Path, config: Config) -> None:
     from .viz.kinds import VisualizeRequest, object_query_kind, visualize
 
     request = VisualizeRequest(
-        runs=[run_dir / "train"], output=run_dir / "figures", num_images=3, max_queries=3, device=config.train.device
+        runs=[run_dir / QUICKSTART_RUN_DIR],
+        output=run_dir / "figures",
+        num_images=3,
+        max_queries=3,
+        device=config.train.device,
     )
     files = visualize(object_query_kind(build_model(config)), request)
     print(

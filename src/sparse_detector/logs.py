@@ -1,5 +1,6 @@
 """Log records under torchrun / srun: warnings every process would log alike appear once (rank 0's); a warning only
-one process can see (its own images, its own signal) is marked :data:`RANK_SPECIFIC` and appears from every rank."""
+one process can see (its own images, its own signal) is marked :data:`RANK_SPECIFIC` and appears from every rank.
+``warnings.warn`` messages (PyTorch's, ours) are ones every process meets alike: rank 0 prints them."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ class OtherRankFilter(logging.Filter):
 
 
 def log_for_other_rank(rank: int) -> None:
-    """Make this process (rank ``rank`` > 0) log only what rank 0 cannot log for it (see :class:`OtherRankFilter`)."""
+    """Make this process (rank ``rank`` > 0) log only what rank 0 cannot log for it (see :class:`OtherRankFilter`),
+    its ``warnings.warn`` messages included (as log records, which the filter leaves to rank 0)."""
+    logging.captureWarnings(True)
     root = logging.getLogger()
     root.setLevel(logging.WARNING)
     for handler in root.handlers:

@@ -29,6 +29,9 @@ LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
 ANALYSIS_FILE = "analysis.json"
 ANALYSIS_DIRS = {False: "analysis", True: "analysis-random-init"}  # by random_init
+#: The run directory ``sparse-detector quickstart`` trains in, inside its own folder (``runs/quickstart-<time>/train``);
+#: named in titles and legends with that folder (``quickstart-<time>/train``), as the quickstart prints it.
+QUICKSTART_RUN_DIR = "train"
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +132,11 @@ def run_labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def distinct_names(paths: Sequence[Path], suffixes: Sequence[str] | None = None) -> list[str]:
     """Each path's last folder (plus its suffix), with as many parent folders as it takes to tell apart paths that
-    would otherwise get the same name (``exp1/runs/softmax``, ``exp2/runs/softmax``); equal paths keep equal names."""
+    would otherwise get the same name (``exp1/runs/softmax``, ``exp2/runs/softmax``); equal paths keep equal names.
+    A quickstart's run keeps its quickstart folder (``quickstart-<time>/train``, not ``train``)."""
     parts = [Path(path).absolute().parts for path in paths]
     suffixes = list(suffixes or [""] * len(paths))
-    depths = [1] * len(paths)
+    depths = [2 if p[-1] == QUICKSTART_RUN_DIR and len(p) > 2 else 1 for p in parts]
     while True:
         names = [
             Path(*p[-depth:]).as_posix() + suffix for p, depth, suffix in zip(parts, depths, suffixes, strict=True)

@@ -48,6 +48,7 @@ from .report import write_analysis
 from .report.study import write_study_report
 from .runs import ANALYSIS_DIRS, ANALYSIS_FILE, CONFIG_FILE, LAST_CHECKPOINT
 from .text import counted
+from .viz.figure import replace_previous_figures
 from .viz.kinds import VisualizeRequest, object_query_kind, visualize
 
 log = logging.getLogger(__name__)
@@ -317,6 +318,8 @@ def _study_figures(
     for kind in STUDY_FIGURES:
         runs = [o.run_dir for o in (first_seed if kind == "compare" else done)]
         if kind == "compare" and (len(runs) < 2 or any(o.query_kind != "attention" for o in first_seed)):
+            # not an earlier matrix's comparison, left looking current
+            replace_previous_figures(figures_dir, kind, [])
             continue  # compare draws attention over the feature grid; sampling points are in each run's figures
         request = VisualizeRequest(runs=runs, output=figures_dir, num_images=study.figure_images, device=device)
         try:

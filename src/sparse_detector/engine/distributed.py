@@ -82,7 +82,8 @@ def init_distributed(device: torch.device, timeout_s: float = 1800) -> tuple[Dis
 def prints_its_error(message: str, wait_s: float = 30.0) -> bool:
     """Whether this process of a distributed run prints its error ``message``: rank 0 always; another rank only when
     rank 0 failed otherwise (or not within ``wait_s`` seconds), so an error every rank hits is printed once. The ranks
-    compare messages through the process group's key-value store (joined here when the error came before it)."""
+    compare messages through the key-value store their process group met on (joined here when the error came before
+    it)."""
     context = context_from_environment()
     if not context.enabled:
         return True
@@ -91,9 +92,10 @@ def prints_its_error(message: str, wait_s: float = 30.0) -> bool:
         if not dist.is_initialized():
             init_distributed(torch.device("cpu"), timeout_s=wait_s)  # gloo: only its store is used
             joined = True
-        store = dist.PrefixStore("sparse_detector/error/", dist.distributed_c10d._get_default_store())
+        store = _error_store(wait_s)
         store.set(str(context.rank), message)
-        if context.is_main:  # keep the store up (rank 0 may host it) until the others have read the message
+        if context.is_main:  # until the others have read the message, keep the store up (rank 0 may host it) and
+            # this process (torchrun stops the others once it exits), so that a differing error is printed too
             others = [f"read{rank}" for rank in range(1, context.world_size)]
             with contextlib.suppress(RuntimeError):  # a rank that did not fail never reads it
                 store.wait(others, datetime.timedelta(seconds=5))
@@ -109,6 +111,19 @@ def prints_its_error(message: str, wait_s: float = 30.0) -> bool:
     finally:
         if joined:
             shutdown_distributed()
+
+
+def _error_store(wait_s: float) -> dist.Store:
+    """A client of the store at ``MASTER_ADDR:MASTER_PORT`` (rank 0's or torchrun's agent's, which the process group
+    met on), its keys under this launch attempt's own prefix (torchrun's agent keeps its store across restarts)."""
+    client = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
+        timeout=datetime.timedelta(seconds=wait_s),
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"sparse_detector/error/{attempt}/", client)
 
 
 def shutdown_distributed() -> None:

@@ -6,6 +6,8 @@ can be made in any thread and on machines without a display.
 
 from __future__ import annotations
 
+import json
+import logging
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,12 +22,19 @@ from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..text import counted
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("png", "pdf", "svg")
 DPI = 100
 PREDICTION_COLOR = "red"  # predicted boxes and their classes
 TRUTH_COLOR = "cyan"  # ground-truth boxes
 
+
+#: In a figures folder: the files each figure kind drew there last ({kind: [file name, ...]}), so that drawing a kind
+#: again removes the ones it no longer draws and no other file.
+FIGURES_RECORD = ".figures.json"
 
 TEXT_MARGIN = 0.07  # a box's text is drawn inside the box when it is this fraction of the image height from an edge
 
@@ -59,6 +68,33 @@ def save_figure(figure: Figure, path: str | Path, fmt: str = "png") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=DPI, format=fmt)
     return path
+
+
+def replace_previous_figures(folder: Path, kind: str, written: Sequence[Path]) -> list[Path]:
+    """Record ``written`` as what ``kind`` drew in ``folder`` and delete the files it drew there last time but not
+    now (other images, queries, a format), which would otherwise look current; files it never drew (the user's,
+    other kinds') stay. Returns the files deleted."""
+    record_path = folder / FIGURES_RECORD
+    try:
+        record = json.loads(record_path.read_text())
+        record = record if isinstance(record, dict) else {}
+    except (OSError, ValueError):  # none yet, or unreadable: nothing of the kind's to remove
+        record = {}
+    previous = {name for name in record.get(kind, []) if isinstance(name, str)}
+    if not previous and not written:
+        return []
+    names = [path.name for path in written if path.parent.resolve() == folder.resolve()]
+    stale = [folder / name for name in sorted(previous - set(names)) if Path(name).name == name]
+    removed = [path for path in stale if path.is_file()]
+    for path in removed:
+        path.unlink()
+    record[kind] = names
+    record_path.write_text(json.dumps(record, indent=1))
+    if removed:
+        log.info(
+            "removed %s of the last %s drawing in %s (not drawn again)", counted(len(removed), "figure"), kind, folder
+        )
+    return removed
 
 
 def display_image(image: Tensor, normalized: bool = True) -> np.ndarray:

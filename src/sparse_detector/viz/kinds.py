@@ -39,7 +39,15 @@ from .curves import curves_figure
 from .data import Sample, data_figure
 from .deformable import references_figure, sampling_figure
 from .diagnostics import diagnostics_figure
-from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, cxcywh_to_pixels, display_image, save_figure
+from .figure import (
+    PREDICTION_COLOR,
+    TRUTH_COLOR,
+    LabelledBox,
+    cxcywh_to_pixels,
+    display_image,
+    replace_previous_figures,
+    save_figure,
+)
 from .matching import matching_figure
 from .sparsity import sparsity_figure
 
@@ -81,16 +89,19 @@ def figure_kind(name: str) -> Callable[[FigureKind], FigureKind]:
 
 
 def visualize(kind: str, request: VisualizeRequest) -> list[Path]:
-    """Draw the figures of ``kind``; returns the files written."""
+    """Draw the figures of ``kind``; returns the files written. The kind's files from its last drawing in the same
+    folder that it did not draw again are deleted (:func:`.figure.replace_previous_figures`)."""
     if kind not in FIGURE_KINDS:
         raise ValueError(f"unknown figure kind {kind!r}; choose from {sorted(FIGURE_KINDS)}")
     request.output.mkdir(parents=True, exist_ok=True)
-    return FIGURE_KINDS[kind](request)
+    written = FIGURE_KINDS[kind](request)
+    replace_previous_figures(request.output, kind, written)
+    return written
 
 
 def run_label(run: Path) -> str:
-    """A run's name in titles: its directory (a checkpoint file's folder)."""
-    return _run_dir(run).name
+    """A run's name in titles: its directory (a checkpoint file's folder; a quickstart's with its folder)."""
+    return run_labels([run])[0]
 
 
 def run_labels(runs: Sequence[Path]) -> list[str]:
@@ -576,6 +587,7 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
     dataset = build_dataset(config, "train")
     samples = [dataset[i] for i in range(min(max(request.num_images, 1), len(dataset)))]
     batch, targets = collate_detection(samples)
+    file_names = {image["id"]: Path(image["file_name"]).name for image in dataset.coco.dataset["images"]}
     drawn = []
     for tensor, mask, target in zip(batch.tensors, batch.mask, targets, strict=True):
         valid_h, valid_w = (int(v) for v in (~mask).nonzero().max(0).values + 1)
@@ -586,7 +598,7 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
                 display_image(tensor, config.data.normalize),
                 mask.numpy(),
                 [LabelledBox(box, name) for box, name in zip(boxes, names, strict=True)],
-                f"image id {int(target['image_id'])}",
+                file_names[int(target["image_id"])],
             )
         )
     figure = data_figure(drawn, title=f"{dataset.annotation_file}: {counted(len(dataset), 'image')}")
@@ -616,13 +628,13 @@ def _per_run(request: VisualizeRequest, name: str, draw: Callable[[Path], Figure
 @figure_kind("alpha")
 def alpha_kind(request: VisualizeRequest) -> list[Path]:
     """Per run with learnable α: the α heat map and α over steps."""
-    return _per_run(request, "alpha", lambda run: alpha_figure(read_metrics(run), title=run.name))
+    return _per_run(request, "alpha", lambda run: alpha_figure(read_metrics(run), title=run_label(run)))
 
 
 @figure_kind("diagnostics")
 def diagnostics_kind(request: VisualizeRequest) -> list[Path]:
     """Per run trained with ``train.diagnostics_every``: gradients, weight histograms and attention entropy."""
-    return _per_run(request, "diagnostics", lambda run: diagnostics_figure(read_diagnostics(run), title=run.name))
+    return _per_run(request, "diagnostics", lambda run: diagnostics_figure(read_diagnostics(run), title=run_label(run)))
 
 
 @figure_kind("sparsity")

@@ -1,7 +1,8 @@
 """Sparsity and PAIBB across runs, per layer, from ``analyze`` results (``analysis.json``'s ``attention`` entry).
 
 Bars are the mean over all query maps (heads pooled; PAIBB: head-averaged maps of matched queries), error bars their
-standard deviation; one colour per run.
+standard deviation, each bar's value written above it (turned upright beyond a few runs); one colour per run, named in
+one legend under the panels. Panels widen with the number of bars, so 20 runs stay as readable as 2.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from ..analysis.paibb import SIZE_BUCKETS
+from ..text import counted
 from .curves import run_colors
 from .figure import wrapped
 
-PANEL_WIDTH = 4.2  # inches
+PANEL_WIDTH = 4.2  # inches, at least
+BAR_WIDTH = 0.13  # inches a bar takes at the least (room for its upright value)
+UPRIGHT_VALUES_FROM = 5  # runs: from this many, each bar's value is written upright (side by side they overlap)
 SPARSITY_METRICS = {"gini": "Gini (0 uniform, 1 one-hot)", "zeros_ratio": "zeros ratio"}
 
 
@@ -26,24 +31,35 @@ def _grouped_bars(
     """One bar group per entry of ``groups``, one bar per run: ``blocks[run]`` is ``{"mean": [...], "std": [...]}``
     (None where the run lacks it)."""
     width = 0.8 / max(len(blocks), 1)
+    upright = len(blocks) >= UPRIGHT_VALUES_FROM
     for i, (label, block) in enumerate(blocks.items()):
         if block is None:
             continue
         mean = np.array([np.nan if v is None else v for v in block["mean"]], dtype=float)
         std = np.array([np.nan if v is None else v for v in block["std"]], dtype=float)
         x = np.arange(len(mean)) + (i - (len(blocks) - 1) / 2) * width
-        bars = axes.bar(
-            x, mean, width, yerr=std, color=colors[label], label=label, capsize=2, error_kw={"linewidth": 0.8}
-        )
-        # the value on every bar, so a reading of 0 is not mistaken for a missing one ("n/a": nothing measured)
-        axes.bar_label(bars, [f"{v:.2f}" if np.isfinite(v) else "n/a" for v in mean], fontsize=6, padding=1)
+        axes.bar(x, mean, width, yerr=std, color=colors[label], label=label, capsize=2, error_kw={"linewidth": 0.8})
+        # the value above every bar and its error bar, so a reading of 0 is not mistaken for a missing one ("n/a":
+        # nothing measured)
+        for position, value, spread in zip(x, mean, std, strict=True):
+            top = value + spread if np.isfinite(spread) else value
+            axes.annotate(
+                f"{value:.2f}" if np.isfinite(value) else "n/a",
+                (position, top if np.isfinite(top) else 0.0),
+                xytext=(0, 1.5),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                rotation=90 if upright else 0,
+                fontsize=6,
+            )
     measured = [
         any(block and i < len(block["mean"]) and block["mean"][i] is not None for block in blocks.values())
         for i in range(len(groups))
     ]
     names = [name if ok else f"{name}\n(nothing measured)" for name, ok in zip(groups, measured, strict=True)]
     axes.set_xticks(range(len(groups)), names, fontsize=7)
-    axes.set_ylim(0, 1.05)  # every reading here is a fraction in [0, 1]
+    axes.set_ylim(0, 1.2 if upright else 1.1)  # every reading here is a fraction in [0, 1]; room for the values
 
 
 def _site_paibb(result: Mapping, site: str) -> Mapping | None:
@@ -60,7 +76,8 @@ def sparsity_figure(results: Mapping[str, Mapping], title: str = "") -> Figure:
     sites = list(dict.fromkeys(site for result in results.values() for site in result["sites"]))
     with_paibb = any(_site_paibb(result, site) for result in results.values() for site in sites)
     rows = len(SPARSITY_METRICS) + 2 * int(with_paibb)
-    figure = Figure(figsize=(PANEL_WIDTH * max(len(sites), 2), 2.8 * rows), layout="constrained")
+    panel_width = max(PANEL_WIDTH, 0.8 + BAR_WIDTH * len(results) * _most_groups(results, sites, with_paibb))
+    figure = Figure(figsize=(panel_width * max(len(sites), 2), 2.8 * rows), layout="constrained")
     grid = figure.subplots(rows, max(len(sites), 2), squeeze=False)
     for axes in grid[:, len(sites) :].flat:
         axes.set_axis_off()
@@ -73,25 +90,53 @@ def sparsity_figure(results: Mapping[str, Mapping], title: str = "") -> Figure:
             if metric == "zeros_ratio":
                 name += f" ({_zero_thresholds(results, site)})"
             _grouped_bars(grid[r][c], blocks, colors, _layer_names(blocks))
-            grid[r][c].set_title(wrapped(f"{site}: {name}", PANEL_WIDTH, 9), fontsize=9)
+            grid[r][c].set_title(wrapped(f"{site}: {name}", panel_width, 9), fontsize=9)
         if with_paibb:
             _paibb_axes(grid[-2][c], grid[-1][c], site, results, colors)
-    grid[0][0].legend(fontsize=7)
+    handles = [Patch(color=color, label=label) for label, color in colors.items()]
+    columns = max(1, min(len(results), int(panel_width * max(len(sites), 2) / _legend_entry_width(results))))
+    figure.legend(handles=handles, loc="outside lower center", ncols=columns, fontsize=8, frameon=False)
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
 
 
+def _most_groups(results: Mapping[str, Mapping], sites: Sequence[str], with_paibb: bool) -> int:
+    """The most bar groups one panel has: layers of any site, or the object sizes of the PAIBB panel."""
+    layers = [
+        len(result["sites"][site]["metrics"][metric]["per_layer"]["mean"])
+        for result in results.values()
+        for site in sites
+        if site in result["sites"]
+        for metric in SPARSITY_METRICS
+    ]
+    return max([*layers, len(SIZE_BUCKETS) if with_paibb else 1])
+
+
+def _legend_entry_width(results: Mapping[str, Mapping]) -> float:
+    """Inches one legend entry takes at 8 pt: its patch and the longest run label."""
+    return 0.6 + 0.07 * max(len(label) for label in results)
+
+
 def _zero_thresholds(results: Mapping[str, Mapping], site: str) -> str:
     """The threshold under which a weight counts as zero at ``site``: one for all runs, or which runs use which (dense
-    maps are read with a small threshold, sparse ones with 0)."""
+    maps are read with a small threshold, sparse ones with 0); the runs of the most common one, when there are more
+    than a few, as 'the other N runs'."""
     runs: dict[float, list[str]] = {}
     for label, result in results.items():
         if site in result["sites"]:
             runs.setdefault(result["sites"][site]["zero_threshold"], []).append(label)
     if len(runs) == 1:
         return f"p ≤ {next(iter(runs)):g}"
-    return "; ".join(f"p ≤ {threshold:g}: {', '.join(labels)}" for threshold, labels in sorted(runs.items()))
+    most = max(runs, key=lambda threshold: len(runs[threshold]))
+    named = {
+        threshold: "the other " + counted(len(labels), "run")
+        if threshold == most and len(labels) > 3
+        else ", ".join(labels)
+        for threshold, labels in runs.items()
+    }
+    order = sorted(runs, key=lambda threshold: (named[threshold].startswith("the other "), threshold))
+    return "; ".join(f"p ≤ {threshold:g}: {named[threshold]}" for threshold in order)
 
 
 def _layer_names(blocks: Mapping[str, Mapping | None]) -> list[str]:

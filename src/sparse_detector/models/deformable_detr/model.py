@@ -27,6 +27,12 @@ from .transformer import DeformableTransformer, clones, inverse_sigmoid
 PROJECTION_GROUPS = 32
 
 
+def projection_groups(hidden_dim: int) -> int:
+    """The official 32 groups, or half as many channels as a narrower model has: groups of one channel normalise a
+    1×1 level (small images, many levels) to a constant, which GroupNorm refuses outright for a single image."""
+    return min(PROJECTION_GROUPS, hidden_dim // 2)
+
+
 def _projection(in_channels: int, hidden_dim: int, extra_level: bool) -> nn.Sequential:
     conv = (
         nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1)
@@ -35,7 +41,7 @@ def _projection(in_channels: int, hidden_dim: int, extra_level: bool) -> nn.Sequ
     )
     nn.init.xavier_uniform_(conv.weight, gain=1)
     nn.init.zeros_(conv.bias)
-    return nn.Sequential(conv, nn.GroupNorm(PROJECTION_GROUPS, hidden_dim))
+    return nn.Sequential(conv, nn.GroupNorm(projection_groups(hidden_dim), hidden_dim))
 
 
 class DeformableDETR(nn.Module):
