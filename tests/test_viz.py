@@ -461,6 +461,23 @@ def test_sparsity_says_which_runs_read_zeros_under_which_threshold():
     assert "decoder_cross: zeros ratio (p ≤ 0)" in [axes.get_title() for axes in same.axes]
 
 
+def test_sparsity_legend_names_every_run_and_says_what_the_error_bars_are():
+    """The legend sat in the first panel and named only the runs with bars there: a run analysed with --sites
+    decoder_self was drawn in orange in the other panels with no name; nothing said the error bars were the std."""
+    block = {"per_layer": {"mean": [0.5], "std": [0.1]}}
+    site = {"metrics": {"gini": block, "zeros_ratio": block}, "zero_threshold": 0.0}
+    figure = sparsity_figure(
+        {
+            "all_sites": {"sites": {"encoder_self": site, "decoder_self": site}},
+            "one_site": {"sites": {"decoder_self": site}},
+        }
+    )
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == ["all_sites", "one_site"]
+    assert not any(axes.get_legend() for axes in figure.axes)
+    assert "error bars: their standard deviation (population)" in figure.get_suptitle().replace("\n", " ")
+
+
 def test_a_crowded_image_outlines_its_ground_truth_without_class_names():
     """With 50 annotated boxes the class names of the ground truth buried every 1.5-inch attention panel."""
     maps, image = np.full((1, 1, 4, 4), 1 / 16), np.full((64, 64, 3), 0.5)

@@ -1,7 +1,8 @@
 """Sparsity and PAIBB across runs, per layer, from ``analyze`` results (``analysis.json``'s ``attention`` entry).
 
 Bars are the mean over all query maps (heads pooled; PAIBB: head-averaged maps of matched queries), error bars their
-standard deviation; one colour per run.
+standard deviation; one colour per run, every run named in one legend under the panels (a legend in the first panel
+left out the runs that had no bars there), and the figure's title says what bars and error bars are.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from ..analysis.paibb import SIZE_BUCKETS
 from .curves import run_colors
@@ -18,6 +20,10 @@ from .figure import wrapped
 
 PANEL_WIDTH = 4.2  # inches
 SPARSITY_METRICS = {"gini": "Gini (0 uniform, 1 one-hot)", "zeros_ratio": "zeros ratio"}
+BARS_NOTE = (
+    "bars: mean over all query maps, heads pooled (PAIBB: head-averaged maps of Hungarian-matched queries); "
+    "error bars: their standard deviation (population)"
+)
 
 
 def _grouped_bars(
@@ -76,9 +82,10 @@ def sparsity_figure(results: Mapping[str, Mapping], title: str = "") -> Figure:
             grid[r][c].set_title(wrapped(f"{site}: {name}", PANEL_WIDTH, 9), fontsize=9)
         if with_paibb:
             _paibb_axes(grid[-2][c], grid[-1][c], site, results, colors)
-    grid[0][0].legend(fontsize=7)
-    if title:
-        figure.suptitle(title, fontsize=10)
+    handles = [Patch(color=colors[label], label=label) for label in results]
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(results), 6), fontsize=8, frameon=False)
+    width = PANEL_WIDTH * max(len(sites), 2)
+    figure.suptitle(wrapped(f"{title}\n{BARS_NOTE}" if title else BARS_NOTE, width, 9), fontsize=9)
     return figure
 
 
