@@ -18,7 +18,7 @@ from sparse_detector.engine.analyze import load_analysis_model
 from sparse_detector.engine.checkpoint import save_checkpoint
 from sparse_detector.engine.coco_eval import STAT_NAMES
 from sparse_detector.engine.evaluate import evaluate
-from sparse_detector.report import compare_markdown
+from sparse_detector.report import compare_markdown, result_markdown
 
 DETR_SITES = ["encoder_self", "decoder_self", "decoder_cross"]
 
@@ -167,6 +167,36 @@ def test_tables_state_the_std_kind_and_the_units(analysis: dict, run: tuple[Path
     written = (run[0] / "analysis" / "analysis.md").read_text()
     assert "Mean ± std (population)" in written and "entropy in nats" in written
     assert "support_90: keys holding 0.9 of the mass" in written
+
+
+def test_compare_states_the_zeros_ratio_threshold_of_every_run(analysis: dict):
+    """compare set a softmax run's zeros ratio (p <= 1e-6) beside a sparsemax run's (p <= 0) without saying that
+    the two count zeros differently."""
+    sparse = json.loads(json.dumps(analysis))
+    sparse["checkpoint"] = "runs/sparsemax/checkpoint_best.pt"
+    sparse["attention"]["sites"]["decoder_cross"]["zero_threshold"] = 0.0
+    note = compare_markdown([analysis, sparse], ["zeros_ratio"]).splitlines()[-1]
+    assert (
+        "Zeros ratio thresholds differ between runs: run: 1e-06 at every site; sparsemax: encoder_self 1e-06, "
+        "decoder_self 1e-06, decoder_cross 0." in note
+    )
+    assert "Zeros ratio threshold: 1e-06." in compare_markdown([analysis], ["zeros_ratio"])
+    assert "threshold" not in compare_markdown([analysis, sparse], ["gini"])
+
+
+def test_analysis_note_counts_the_matched_pairs_behind_paibb(analysis: dict, run: tuple[Path, Config]):
+    """The note said 'over all query maps of N images' and nothing of how many matched pairs PAIBB averaged, and
+    still described PAIBB when no site had it."""
+    pairs = analysis["attention"]["sites"]["decoder_cross"]["paibb"]["overall"]["per_layer"]["count"][0]
+    assert pairs > 0
+    written = (run[0] / "analysis" / "analysis.md").read_text()
+    assert f"({pairs} matched pair{'s' if pairs > 1 else ''} at decoder_cross; COCO size buckets by box area in " in (
+        written
+    )
+    no_paibb = json.loads(json.dumps(analysis["attention"]))
+    for info in no_paibb["sites"].values():
+        info["paibb"] = None
+    assert "PAIBB" not in result_markdown(no_paibb)
 
 
 @pytest.mark.parametrize("command", ["analyze", "evaluate"])

@@ -104,7 +104,6 @@ def result_markdown(result: Mapping[str, Any]) -> str:
         blocks = _metric_blocks(info)
         for layer in range(info["num_layers"]):
             rows.append([site, str(layer), *(format_mean_std(blocks.get(metric), layer) for metric in columns)])
-    thresholds = ", ".join(f"{site} {info['zero_threshold']:g}" for site, info in sites.items())
     points_note = ""
     if any(info.get("sampling_spread") for info in sites.values()):
         points_note = (
@@ -116,11 +115,32 @@ def result_markdown(result: Mapping[str, Any]) -> str:
             *markdown_table(["site", "layer", *columns], rows),
             "",
             f"Mean ± std (population) over all query maps of {counted(result['num_images'], 'image')}, heads "
-            "pooled; zeros "
-            f"ratio threshold: {thresholds}; entropy in nats; support_90: keys holding {result['support_mass']:g} of "
-            "the mass. PAIBB: head-averaged "
-            "maps of Hungarian-matched queries (COCO size buckets by box area)." + points_note,
+            f"pooled; zeros ratio threshold: {zero_thresholds(sites)}; entropy in nats; support_90: keys holding "
+            f"{result['support_mass']:g} of the mass." + paibb_note(sites) + points_note,
         ]
+    )
+
+
+def zero_thresholds(sites: Mapping[str, Mapping[str, Any]], every_site: str = "") -> str:
+    """The zeros-ratio threshold of every site (``encoder_self 1e-06, decoder_cross 0``); one number, followed by
+    ``every_site``, where all sites share it."""
+    thresholds = {site: info["zero_threshold"] for site, info in sites.items()}
+    if len(set(thresholds.values())) == 1:
+        return f"{next(iter(thresholds.values())):g}{every_site}"
+    return ", ".join(f"{site} {threshold:g}" for site, threshold in thresholds.items())
+
+
+def paibb_note(sites: Mapping[str, Mapping[str, Any]]) -> str:
+    """What the PAIBB columns are averaged over, with the number of matched pairs per site; empty without PAIBB."""
+    pairs = {site: info["paibb"]["overall"]["per_layer"]["count"] for site, info in sites.items() if info.get("paibb")}
+    if not pairs:
+        return ""
+    counts = ", ".join(
+        f"{counted(count[0] if count else 0, 'matched pair')} at {site}" for site, count in pairs.items()
+    )
+    return (
+        f" PAIBB: head-averaged maps of Hungarian-matched queries ({counts}; COCO size buckets by box area in "
+        "original-image pixels)."
     )
 
 
@@ -197,6 +217,20 @@ def compare_markdown(records: Sequence[Mapping[str, Any]], metrics: Sequence[str
         *markdown_table(header, rows),
         "",
         f"Mean ± std (population) over all query maps, heads pooled (PAIBB: head-averaged maps of matched pairs); "
-        f"entropy in nats. Runs — {sources}.",
+        f"entropy in nats.{_compared_thresholds(labels, results) if 'zeros_ratio' in metrics else ''} Runs — "
+        f"{sources}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _compared_thresholds(labels: Sequence[str], results: Sequence[Mapping[str, Any]]) -> str:
+    """The zeros-ratio thresholds of the compared runs (softmax runs count p <= 1e-6 as zero, sparse ones p <= 0)."""
+    per_run = [zero_thresholds(result["sites"]) for result in results if result["sites"]]
+    if len(set(per_run)) == 1:
+        return f" Zeros ratio threshold: {per_run[0]}."
+    readings = "; ".join(
+        f"{label}: {zero_thresholds(result['sites'], ' at every site')}"
+        for label, result in zip(labels, results, strict=True)
+        if result["sites"]
+    )
+    return f" Zeros ratio thresholds differ between runs: {readings}."
