@@ -217,20 +217,21 @@ def compare_markdown(records: Sequence[Mapping[str, Any]], metrics: Sequence[str
         *markdown_table(header, rows),
         "",
         f"Mean ± std (population) over all query maps, heads pooled (PAIBB: head-averaged maps of matched pairs); "
-        f"entropy in nats.{_compared_thresholds(labels, results) if 'zeros_ratio' in metrics else ''} Runs — "
+        f"entropy in nats.{' ' + runs_zero_thresholds(labels, results) if 'zeros_ratio' in metrics else ''} Runs — "
         f"{sources}.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def _compared_thresholds(labels: Sequence[str], results: Sequence[Mapping[str, Any]]) -> str:
-    """The zeros-ratio thresholds of the compared runs (softmax runs count p <= 1e-6 as zero, sparse ones p <= 0)."""
+def runs_zero_thresholds(labels: Sequence[str], results: Sequence[Mapping[str, Any]], runs: str = "runs") -> str:
+    """The zeros-ratio thresholds of several results side by side (``runs`` names what the labels are): softmax
+    maps count p <= 1e-6 as zero, sparse ones p <= 0, so a zeros ratio means nothing without its threshold."""
     per_run = [zero_thresholds(result["sites"]) for result in results if result["sites"]]
-    if len(set(per_run)) == 1:
-        return f" Zeros ratio threshold: {per_run[0]}."
+    if len(set(per_run)) <= 1:
+        return f"Zeros ratio threshold: {per_run[0] if per_run else '–'}."
     readings = "; ".join(
         f"{label}: {zero_thresholds(result['sites'], ' at every site')}"
         for label, result in zip(labels, results, strict=True)
         if result["sites"]
     )
-    return f" Zeros ratio thresholds differ between runs: {readings}."
+    return f"Zeros ratio thresholds differ between {runs}: {readings}."
