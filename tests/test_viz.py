@@ -476,6 +476,8 @@ def test_sparsity_legend_names_every_run_and_says_what_the_error_bars_are():
     assert [text.get_text() for text in legend.get_texts()] == ["all_sites", "one_site"]
     assert not any(axes.get_legend() for axes in figure.axes)
     assert "error bars: their standard deviation (population)" in figure.get_suptitle().replace("\n", " ")
+    # a one-hot map over a deformable query's 12 sampling points has Gini 1 - 1/12 = 0.92, not the 1 the title said
+    assert "Gini (0 uniform, 1 − 1/N one-hot over N keys)" in figure.axes[0].get_title().replace("\n", " ")
 
 
 def test_a_crowded_image_outlines_its_ground_truth_without_class_names():

@@ -19,7 +19,7 @@ from .curves import run_colors
 from .figure import wrapped
 
 PANEL_WIDTH = 4.2  # inches
-SPARSITY_METRICS = {"gini": "Gini (0 uniform, 1 one-hot)", "zeros_ratio": "zeros ratio"}
+SPARSITY_METRICS = {"gini": "Gini (0 uniform, 1 − 1/N one-hot over N keys)", "zeros_ratio": "zeros ratio"}
 BARS_NOTE = (
     "bars: mean over all query maps, heads pooled (PAIBB: head-averaged maps of Hungarian-matched queries); "
     "error bars: their standard deviation (population)"
