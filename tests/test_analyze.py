@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,15 @@ def test_compare_output_that_is_a_folder_says_it_takes_a_file(tmp_path: Path, ca
     assert main(["compare", str(tmp_path), "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"--output {tmp_path} is a folder; --output takes the Markdown file" in err and "Errno" not in err
+
+
+def test_readme_names_every_key_of_analysis_json(analysis: dict):
+    """The README said only that analyze writes analysis.json: not one of its keys, nor what the means are over."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Attention analysis") : readme.index("## Figures")]
+    result = analysis["attention"]
+    site = result["sites"]["decoder_cross"]
+    keys = {*analysis, *result, *site, *site["paibb"], *site["paibb"]["by_size"], *site["metrics"]["gini"]}
+    keys |= set(site["metrics"]["gini"]["per_head"])
+    missing = {key for key in keys if not re.search(rf"\b{key}\b", section)}
+    assert not missing - {"checkpoint", "data", "random_init", "seed"}  # the record's provenance, self-explaining
