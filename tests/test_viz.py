@@ -256,7 +256,9 @@ def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, ca
     assert main([*deformable, "--zero-threshold", "-1"]) == 2  # was accepted: every zeros ratio read 0
     assert "--zero-threshold must be >= 0" in capsys.readouterr().err
     assert main([*deformable, "--zero-threshold", "nan"]) == 2  # was accepted: every zeros ratio read 1
-    assert "must be >= 0 and finite" in capsys.readouterr().err
+    assert "must be >= 0 and below 1" in capsys.readouterr().err
+    assert main([*deformable, "--zero-threshold", "1"]) == 2  # was accepted: every zeros ratio read 1
+    assert "weights are at most 1, so 1 or more reads every key as zero), got 1.0" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
 
