@@ -185,6 +185,19 @@ def test_compare_states_the_zeros_ratio_threshold_of_every_run(analysis: dict):
     assert "threshold" not in compare_markdown([analysis, sparse], ["gini"])
 
 
+def test_compare_says_which_runs_read_paibb_over_sampling_points(analysis: dict):
+    """A DETR's decoder_cross PAIBB (attention mass on the grid) and a Deformable DETR's (weight of its sampling
+    points) shared one row of compare with nothing saying they are different readings."""
+    points = json.loads(json.dumps(analysis))
+    points["checkpoint"] = "runs/deformable/checkpoint_best.pt"
+    cross = points["attention"]["sites"]["decoder_cross"]
+    cross["keys"], cross["sampling_spread"] = "points", cross["paibb"]
+    note = compare_markdown([analysis, points], ["paibb"]).splitlines()[-1]
+    assert "At sampling-point sites (deformable decoder_cross) PAIBB is the weight of the points inside the box" in note
+    assert "sampling-point" not in compare_markdown([analysis, points], ["gini"])
+    assert "sampling-point" not in compare_markdown([analysis], ["paibb"])
+
+
 def test_analysis_note_counts_the_matched_pairs_behind_paibb(analysis: dict, run: tuple[Path, Config]):
     """The note said 'over all query maps of N images' and nothing of how many matched pairs PAIBB averaged, and
     still described PAIBB when no site had it."""

@@ -24,6 +24,10 @@ from ..text import counted
 COMPARE_METRICS = (*METRICS, "paibb", *(f"paibb_{size}" for size in SIZE_BUCKETS), "sampling_spread")
 DEFAULT_COMPARE_METRICS = ("gini", "zeros_ratio", "paibb")
 MISSING = "–"
+POINTS_NOTE = (
+    "PAIBB is the weight of the points inside the box, and sampling_spread the weighted distance of the points from "
+    "the reference point in box widths / heights"
+)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -49,6 +53,11 @@ def paibb_blocks(site_info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     if site_info.get("sampling_spread") is not None:
         blocks["sampling_spread"] = site_info["sampling_spread"]["overall"]
     return blocks
+
+
+def _point_paibb(site_info: Mapping[str, Any]) -> bool:
+    """Whether a site's PAIBB is read over sampling points (it then has a sampling spread)."""
+    return site_info.get("sampling_spread") is not None
 
 
 def _metric_blocks(site_info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -104,12 +113,9 @@ def result_markdown(result: Mapping[str, Any]) -> str:
         blocks = _metric_blocks(info)
         for layer in range(info["num_layers"]):
             rows.append([site, str(layer), *(format_mean_std(blocks.get(metric), layer) for metric in columns)])
-    points_note = ""
-    if any(info.get("sampling_spread") for info in sites.values()):
-        points_note = (
-            " At sampling-point sites PAIBB is the weight of the points inside the box, and sampling_spread the "
-            "weighted distance of the points from the reference point in box widths / heights."
-        )
+    points_note = (
+        f" At sampling-point sites {POINTS_NOTE}." if any(_point_paibb(info) for info in sites.values()) else ""
+    )
     return "\n".join(
         [
             *markdown_table(["site", "layer", *columns], rows),
@@ -217,8 +223,9 @@ def compare_markdown(records: Sequence[Mapping[str, Any]], metrics: Sequence[str
         *markdown_table(header, rows),
         "",
         f"Mean ± std (population) over all query maps, heads pooled (PAIBB: head-averaged maps of matched pairs); "
-        f"entropy in nats.{' ' + runs_zero_thresholds(labels, results) if 'zeros_ratio' in metrics else ''} Runs — "
-        f"{sources}.",
+        f"entropy in nats.{' ' + runs_zero_thresholds(labels, results) if 'zeros_ratio' in metrics else ''}"
+        f"{_compared_points(labels, results) if any(m.startswith(('paibb', 'sampling')) for m in metrics) else ''}"
+        f" Runs — {sources}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -235,3 +242,18 @@ def runs_zero_thresholds(labels: Sequence[str], results: Sequence[Mapping[str, A
         if result["sites"]
     )
     return f"Zeros ratio thresholds differ between {runs}: {readings}."
+
+
+def _compared_points(labels: Sequence[str], results: Sequence[Mapping[str, Any]]) -> str:
+    """Which compared runs read PAIBB over sampling points (a Deformable DETR's ``decoder_cross``) rather than as
+    attention mass on the feature grid, the two being set in one row."""
+    points = [
+        f"{label} {', '.join(site for site, info in result['sites'].items() if _point_paibb(info))}"
+        for label, result in zip(labels, results, strict=True)
+        if any(_point_paibb(info) for info in result["sites"].values())
+    ]
+    if not points:
+        return ""
+    return (
+        f" At sampling-point sites ({'; '.join(points)}) {POINTS_NOTE}; elsewhere PAIBB is attention mass on the grid."
+    )
