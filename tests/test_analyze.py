@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from sparse_detector import build_model, load_config
+from sparse_detector.analysis import record_attention
 from sparse_detector.cli import main
-from sparse_detector.config import Config, config_to_dict
+from sparse_detector.config import Config, config_to_dict, override_config
 from sparse_detector.data import generate_shapes
+from sparse_detector.data.batching import collate_detection
 from sparse_detector.data.build import build_dataset, build_loader
 from sparse_detector.engine.analyze import load_analysis_model
 from sparse_detector.engine.checkpoint import save_checkpoint
 from sparse_detector.engine.coco_eval import STAT_NAMES
 from sparse_detector.engine.evaluate import evaluate
-from sparse_detector.report import compare_markdown
+from sparse_detector.models import build_criterion
+from sparse_detector.report import compare_markdown, result_markdown
 
 DETR_SITES = ["encoder_self", "decoder_self", "decoder_cross"]
 
@@ -169,6 +174,49 @@ def test_tables_state_the_std_kind_and_the_units(analysis: dict, run: tuple[Path
     assert "support_90: keys holding 0.9 of the mass" in written
 
 
+def test_compare_states_the_zeros_ratio_threshold_of_every_run(analysis: dict):
+    """compare set a softmax run's zeros ratio (p <= 1e-6) beside a sparsemax run's (p <= 0) without saying that
+    the two count zeros differently."""
+    sparse = json.loads(json.dumps(analysis))
+    sparse["checkpoint"] = "runs/sparsemax/checkpoint_best.pt"
+    sparse["attention"]["sites"]["decoder_cross"]["zero_threshold"] = 0.0
+    note = compare_markdown([analysis, sparse], ["zeros_ratio"]).splitlines()[-1]
+    assert (
+        "Zeros ratio thresholds differ between runs: run: 1e-06 at every site; sparsemax: encoder_self 1e-06, "
+        "decoder_self 1e-06, decoder_cross 0." in note
+    )
+    assert "Zeros ratio threshold: 1e-06." in compare_markdown([analysis], ["zeros_ratio"])
+    assert "threshold" not in compare_markdown([analysis, sparse], ["gini"])
+
+
+def test_compare_says_which_runs_read_paibb_over_sampling_points(analysis: dict):
+    """A DETR's decoder_cross PAIBB (attention mass on the grid) and a Deformable DETR's (weight of its sampling
+    points) shared one row of compare with nothing saying they are different readings."""
+    points = json.loads(json.dumps(analysis))
+    points["checkpoint"] = "runs/deformable/checkpoint_best.pt"
+    cross = points["attention"]["sites"]["decoder_cross"]
+    cross["keys"], cross["sampling_spread"] = "points", cross["paibb"]
+    note = compare_markdown([analysis, points], ["paibb"]).splitlines()[-1]
+    assert "At sampling-point sites (deformable decoder_cross) PAIBB is the weight of the points inside the box" in note
+    assert "sampling-point" not in compare_markdown([analysis, points], ["gini"])
+    assert "sampling-point" not in compare_markdown([analysis], ["paibb"])
+
+
+def test_analysis_note_counts_the_matched_pairs_behind_paibb(analysis: dict, run: tuple[Path, Config]):
+    """The note said 'over all query maps of N images' and nothing of how many matched pairs PAIBB averaged, and
+    still described PAIBB when no site had it."""
+    pairs = analysis["attention"]["sites"]["decoder_cross"]["paibb"]["overall"]["per_layer"]["count"][0]
+    assert pairs > 0
+    written = (run[0] / "analysis" / "analysis.md").read_text()
+    assert f"({pairs} matched pair{'s' if pairs > 1 else ''} at decoder_cross; COCO size buckets by box area in " in (
+        written
+    )
+    no_paibb = json.loads(json.dumps(analysis["attention"]))
+    for info in no_paibb["sites"].values():
+        info["paibb"] = None
+    assert "PAIBB" not in result_markdown(no_paibb)
+
+
 @pytest.mark.parametrize("command", ["analyze", "evaluate"])
 @pytest.mark.parametrize("size", ["0", "-2"])
 def test_a_batch_size_below_one_is_a_usage_error_naming_the_option(command, size, capsys):
@@ -184,3 +232,88 @@ def test_compare_output_that_is_a_folder_says_it_takes_a_file(tmp_path: Path, ca
     assert main(["compare", str(tmp_path), "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"--output {tmp_path} is a folder; --output takes the Markdown file" in err and "Errno" not in err
+
+
+def test_readme_names_every_key_of_analysis_json(analysis: dict):
+    """The README said only that analyze writes analysis.json: not one of its keys, nor what the means are over."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Attention analysis") : readme.index("## Figures")]
+    result = analysis["attention"]
+    site = result["sites"]["decoder_cross"]
+    keys = {*analysis, *result, *site, *site["paibb"], *site["paibb"]["by_size"], *site["metrics"]["gini"]}
+    keys |= set(site["metrics"]["gini"]["per_head"])
+    missing = {key for key in keys if not re.search(rf"\b{key}\b", section)}
+    assert not missing - {"checkpoint", "data", "random_init", "seed"}  # the record's provenance, self-explaining
+
+
+def brute_force_readings(p: np.ndarray, threshold: float) -> dict[str, float]:
+    """One query map's readings from their definitions: Gini as the mean absolute difference over twice the mean,
+    zeros counted, entropy summed, support_90 by adding the largest weights until 90% of the mass."""
+    descending = np.sort(p)[::-1]
+    return {
+        "gini": np.abs(p[:, None] - p[None, :]).sum() / (2 * len(p) * p.sum()),
+        "zeros_ratio": (p <= threshold).mean(),
+        "entropy": -sum(x * np.log(x) for x in p if x > 0),
+        "support_90": int(np.argmax(np.cumsum(descending) >= 0.9 * p.sum())) + 1,
+    }
+
+
+def brute_force_paibb(weights: np.ndarray, box: list[float], image_hw: tuple[int, int], stride: int) -> float:
+    """Mass of a (cells_h, cells_w) map inside a normalised cxcywh box, cell (i, j) covering pixels
+    [j * stride, (j + 1) * stride] x [i * stride, (i + 1) * stride] clipped to the image."""
+    (height, width), (cx, cy, w, h) = image_hw, box
+    x0, x1, y0, y1 = (cx - w / 2) * width, (cx + w / 2) * width, (cy - h / 2) * height, (cy + h / 2) * height
+    inside = 0.0
+    for (i, j), weight in np.ndenumerate(weights):
+        across = max(0.0, min(x1, (j + 1) * stride, width) - max(x0, j * stride))
+        down = max(0.0, min(y1, (i + 1) * stride, height) - max(y0, i * stride))
+        inside += weight * across * down / stride**2
+    return inside
+
+
+def test_analysis_json_equals_a_brute_force_reading_of_every_image_alone(run: tuple[Path, Config], tmp_path: Path):
+    """Every per-head mean and per-layer mean / std of analysis.json, read in batches of 2 from 56 px images (3.5
+    cells of stride 16 a side: the last cell half image), equals the readings of each image run alone, computed
+    from the definitions, and PAIBB from boxes laid over the cells in pixels."""
+    run_dir, _ = run
+    sizes = ["data.val_size=56", "data.max_size=56"]
+    assert (
+        main(["analyze", "--checkpoint", str(run_dir), "--batch-size", "2", "--output", str(tmp_path), "--set", *sizes])
+        == 0
+    )
+    result = read_record(tmp_path)["attention"]
+    loaded = load_analysis_model(run_dir)
+    config = override_config(loaded.config, sizes)
+    dataset, matcher = build_dataset(config, "val"), build_criterion(config).matcher
+    sites = {site.name: site for site in loaded.model.attention_sites()}
+    readings: dict[tuple[str, str, int, int], list[float]] = {}
+    paibb: dict[int, list[float]] = {}
+    for index in range(len(dataset)):
+        batch, targets = collate_detection([dataset[index]])
+        outputs, maps = record_attention(loaded.model, batch)
+        for site, site_maps in maps.items():
+            for layer, weights in enumerate(site_maps.weights):
+                for head, query in np.ndindex(weights.shape[1:3]):
+                    p = weights[0, head, query].double().numpy()
+                    for name, value in brute_force_readings(p, result["sites"][site]["zero_threshold"]).items():
+                        readings.setdefault((site, name, layer, head), []).append(value)
+        cross = maps["decoder_cross"]
+        image_hw = tuple(int(v) for v in targets[0]["size"])
+        assert image_hw == (56, 56) and cross.padded_hw == (4, 4)
+        for query, truth in zip(*(i.tolist() for i in matcher(outputs, targets)[0]), strict=True):
+            box = targets[0]["boxes"][truth].tolist()
+            for layer, weights in enumerate(cross.weights):
+                grid = weights[0, :, query].mean(0).double().numpy().reshape(cross.padded_hw)
+                paibb.setdefault(layer, []).append(
+                    brute_force_paibb(grid, box, image_hw, sites["decoder_cross"].key_strides[0])
+                )
+    for (site, name, layer, head), values in readings.items():
+        stats = result["sites"][site]["metrics"][name]
+        assert stats["per_head"]["mean"][layer][head] == pytest.approx(np.mean(values), abs=1e-5)
+        assert stats["per_head"]["count"][layer][head] == len(values)
+        pooled = [v for (s, n, lay, _), vs in readings.items() if (s, n, lay) == (site, name, layer) for v in vs]
+        assert stats["per_layer"]["std"][layer] == pytest.approx(np.std(pooled), abs=1e-5)
+    stats = result["sites"]["decoder_cross"]["paibb"]["overall"]["per_layer"]
+    assert stats["count"] == [len(paibb[0])] * 2 and len(paibb[0]) > 0
+    assert stats["mean"] == pytest.approx([np.mean(paibb[layer]) for layer in (0, 1)], abs=1e-6)
+    assert stats["std"] == pytest.approx([np.std(paibb[layer]) for layer in (0, 1)], abs=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -12,7 +13,9 @@ import yaml
 from sparse_detector.cli import main
 from sparse_detector.config import ConfigError
 from sparse_detector.engine.checkpoint import load_checkpoint
-from sparse_detector.study import STATUS_FILE, load_study
+from sparse_detector.report.study import AP_COLUMNS, study_tables
+from sparse_detector.runs import ANALYSIS_DIRS, ANALYSIS_FILE
+from sparse_detector.study import STATUS_FILE, RunOutcome, load_study
 from sparse_detector.viz.kinds import FIGURE_KINDS
 
 from .conftest import SMALL_MODEL
@@ -160,3 +163,28 @@ def test_a_signal_stops_the_study_and_leaves_its_run_unfinished(tmp_path: Path, 
     assert "softmax-seed0 stopped by SIGTERM at step 0, its checkpoint written; run the same study command again" in out
     assert "sparsemax-seed0" not in out and not (study_dir / "report.md").exists()
     assert not (study_dir / "runs" / "softmax-seed0" / STATUS_FILE).exists()
+
+
+def test_report_states_the_zeros_ratio_threshold_of_every_map(tmp_path: Path):
+    """The report's attention table set softmax's zeros ratio (p <= 1e-6) beside sparsemax's (p <= 0) with no
+    threshold anywhere; a threshold shared by every map now names the column, one that differs follows the value."""
+    stats = {"per_layer": {"mean": [0.5], "std": [0.0], "count": [4]}}
+
+    def outcome(name: str, cross_threshold: float) -> RunOutcome:
+        sites = {
+            site: {"metrics": {"gini": stats, "zeros_ratio": stats}, "zero_threshold": threshold, "paibb": None}
+            for site, threshold in (("encoder_self", 1e-6), ("decoder_cross", cross_threshold))
+        }
+        folder = tmp_path / name / ANALYSIS_DIRS[False]
+        folder.mkdir(parents=True)
+        (folder / ANALYSIS_FILE).write_text(
+            json.dumps({"ap": dict.fromkeys(AP_COLUMNS, 0.1), "attention": {"sites": sites}})
+        )
+        return RunOutcome(f"{name}-seed0", name, 0, tmp_path / name, "done")
+
+    tables = study_tables([outcome("softmax", 1e-6), outcome("sparsemax", 0.0)])
+    header, rows = next(table for heading, table in tables.items() if heading.startswith("Attention"))
+    assert "encoder_self zeros ratio (p ≤ 1e-06)" in header and "decoder_cross zeros ratio" in header
+    cross = header.index("decoder_cross zeros ratio")
+    assert [row[cross] for row in rows] == ["0.500 (p ≤ 1e-06)", "0.500 (p ≤ 0)"]
+    assert rows[0][header.index("encoder_self zeros ratio (p ≤ 1e-06)")] == "0.500"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -511,10 +510,10 @@ def _analyze(args: argparse.Namespace) -> int:
 
     _check_output("--output", args.output)
     _refuse_model_overrides(args.set)
-    if args.zero_threshold is not None and not 0 <= args.zero_threshold < math.inf:  # NaN fails both
+    if args.zero_threshold is not None and not 0 <= args.zero_threshold < 1:  # NaN fails both
         raise ValueError(
-            f"--zero-threshold must be >= 0 and finite (a weight at or below it counts as zero), got "
-            f"{args.zero_threshold}"
+            f"--zero-threshold must be >= 0 and below 1 (a weight at or below it counts as zero; weights are at most "
+            f"1, so 1 or more reads every key as zero), got {args.zero_threshold}"
         )
     loaded = load_analysis_model(
         args.checkpoint, args.official, random_init=args.random_init, seed=args.seed, **_official_options(args)

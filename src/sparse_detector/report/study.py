@@ -51,6 +51,30 @@ def _site_reading(result: dict[str, Any], site: str, metric: str) -> float | Non
     return block["per_layer"]["mean"][-1] if block else None
 
 
+def _thresholds(results: Sequence[dict[str, Any]], site: str) -> set[float]:
+    return {result["sites"][site]["zero_threshold"] for result in results if site in result["sites"]}
+
+
+def _shared_threshold(results: Sequence[dict[str, Any]], site: str) -> float | None:
+    """The zeros-ratio threshold every map uses at ``site``, or None where they differ (softmax maps count
+    p <= 1e-6 as zero, sparse ones p <= 0)."""
+    thresholds = _thresholds(results, site)
+    return next(iter(thresholds)) if len(thresholds) == 1 else None
+
+
+def _column_name(site: str, metric: str, threshold: float | None) -> str:
+    name = f"{site} {ATTENTION_METRICS.get(metric, 'PAIBB')}"
+    return f"{name} (p ≤ {threshold:g})" if metric == "zeros_ratio" and threshold is not None else name
+
+
+def _threshold_note(records: Sequence[dict[str, Any]], site: str, metric: str, shared: float | None) -> str:
+    """`` (p ≤ t)`` after a zeros ratio whose threshold is not the column's, else nothing."""
+    thresholds = _thresholds([r["attention"] for r in records], site)
+    if metric != "zeros_ratio" or shared is not None or not thresholds:
+        return ""
+    return " (p ≤ " + ", ".join(f"{t:g}" for t in sorted(thresholds)) + ")"
+
+
 def study_tables(outcomes: Sequence[RunOutcome]) -> dict[str, Table]:
     """The report's tables: detection AP, attention readings (last layer per site) and the runs."""
     by_map: dict[str, list[dict]] = {}
@@ -70,9 +94,17 @@ def study_tables(outcomes: Sequence[RunOutcome]) -> dict[str, Table]:
     sites = list(dict.fromkeys(site for result in results for site in result["sites"]))
     columns = [(site, metric) for site in sites for metric in ATTENTION_METRICS]
     columns += [(site, "paibb") for site in sites if any(r["sites"].get(site, {}).get("paibb") for r in results)]
-    header = ["map", *(f"{site} {ATTENTION_METRICS.get(metric, 'PAIBB')}" for site, metric in columns)]
+    shared = {site: _shared_threshold(results, site) for site in sites}
+    header = ["map", *(_column_name(site, metric, shared[site]) for site, metric in columns)]
     rows = [
-        [name, *(mean_std([_site_reading(r["attention"], site, metric) for r in records]) for site, metric in columns)]
+        [
+            name,
+            *(
+                mean_std([_site_reading(r["attention"], site, metric) for r in records])
+                + _threshold_note(records, site, metric, shared[site])
+                for site, metric in columns
+            ),
+        ]
         for name, records in by_map.items()
     ]
     runs = (

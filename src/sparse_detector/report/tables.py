@@ -24,6 +24,10 @@ from ..text import counted
 COMPARE_METRICS = (*METRICS, "paibb", *(f"paibb_{size}" for size in SIZE_BUCKETS), "sampling_spread")
 DEFAULT_COMPARE_METRICS = ("gini", "zeros_ratio", "paibb")
 MISSING = "–"
+POINTS_NOTE = (
+    "PAIBB is the weight of the points inside the box, and sampling_spread the weighted distance of the points from "
+    "the reference point in box widths / heights"
+)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -49,6 +53,11 @@ def paibb_blocks(site_info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     if site_info.get("sampling_spread") is not None:
         blocks["sampling_spread"] = site_info["sampling_spread"]["overall"]
     return blocks
+
+
+def _point_paibb(site_info: Mapping[str, Any]) -> bool:
+    """Whether a site's PAIBB is read over sampling points (it then has a sampling spread)."""
+    return site_info.get("sampling_spread") is not None
 
 
 def _metric_blocks(site_info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -104,23 +113,40 @@ def result_markdown(result: Mapping[str, Any]) -> str:
         blocks = _metric_blocks(info)
         for layer in range(info["num_layers"]):
             rows.append([site, str(layer), *(format_mean_std(blocks.get(metric), layer) for metric in columns)])
-    thresholds = ", ".join(f"{site} {info['zero_threshold']:g}" for site, info in sites.items())
-    points_note = ""
-    if any(info.get("sampling_spread") for info in sites.values()):
-        points_note = (
-            " At sampling-point sites PAIBB is the weight of the points inside the box, and sampling_spread the "
-            "weighted distance of the points from the reference point in box widths / heights."
-        )
+    points_note = (
+        f" At sampling-point sites {POINTS_NOTE}." if any(_point_paibb(info) for info in sites.values()) else ""
+    )
     return "\n".join(
         [
             *markdown_table(["site", "layer", *columns], rows),
             "",
             f"Mean ± std (population) over all query maps of {counted(result['num_images'], 'image')}, heads "
-            "pooled; zeros "
-            f"ratio threshold: {thresholds}; entropy in nats; support_90: keys holding {result['support_mass']:g} of "
-            "the mass. PAIBB: head-averaged "
-            "maps of Hungarian-matched queries (COCO size buckets by box area)." + points_note,
+            f"pooled; zeros ratio threshold: {zero_thresholds(sites)}; entropy in nats; support_90: keys holding "
+            f"{result['support_mass']:g} of the mass." + paibb_note(sites) + points_note,
         ]
+    )
+
+
+def zero_thresholds(sites: Mapping[str, Mapping[str, Any]], every_site: str = "") -> str:
+    """The zeros-ratio threshold of every site (``encoder_self 1e-06, decoder_cross 0``); one number, followed by
+    ``every_site``, where all sites share it."""
+    thresholds = {site: info["zero_threshold"] for site, info in sites.items()}
+    if len(set(thresholds.values())) == 1:
+        return f"{next(iter(thresholds.values())):g}{every_site}"
+    return ", ".join(f"{site} {threshold:g}" for site, threshold in thresholds.items())
+
+
+def paibb_note(sites: Mapping[str, Mapping[str, Any]]) -> str:
+    """What the PAIBB columns are averaged over, with the number of matched pairs per site; empty without PAIBB."""
+    pairs = {site: info["paibb"]["overall"]["per_layer"]["count"] for site, info in sites.items() if info.get("paibb")}
+    if not pairs:
+        return ""
+    counts = ", ".join(
+        f"{counted(count[0] if count else 0, 'matched pair')} at {site}" for site, count in pairs.items()
+    )
+    return (
+        f" PAIBB: head-averaged maps of Hungarian-matched queries ({counts}; COCO size buckets by box area in "
+        "original-image pixels)."
     )
 
 
@@ -197,6 +223,37 @@ def compare_markdown(records: Sequence[Mapping[str, Any]], metrics: Sequence[str
         *markdown_table(header, rows),
         "",
         f"Mean ± std (population) over all query maps, heads pooled (PAIBB: head-averaged maps of matched pairs); "
-        f"entropy in nats. Runs — {sources}.",
+        f"entropy in nats.{' ' + runs_zero_thresholds(labels, results) if 'zeros_ratio' in metrics else ''}"
+        f"{_compared_points(labels, results) if any(m.startswith(('paibb', 'sampling')) for m in metrics) else ''}"
+        f" Runs — {sources}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def runs_zero_thresholds(labels: Sequence[str], results: Sequence[Mapping[str, Any]], runs: str = "runs") -> str:
+    """The zeros-ratio thresholds of several results side by side (``runs`` names what the labels are): softmax
+    maps count p <= 1e-6 as zero, sparse ones p <= 0, so a zeros ratio means nothing without its threshold."""
+    per_run = [zero_thresholds(result["sites"]) for result in results if result["sites"]]
+    if len(set(per_run)) <= 1:
+        return f"Zeros ratio threshold: {per_run[0] if per_run else '–'}."
+    readings = "; ".join(
+        f"{label}: {zero_thresholds(result['sites'], ' at every site')}"
+        for label, result in zip(labels, results, strict=True)
+        if result["sites"]
+    )
+    return f"Zeros ratio thresholds differ between {runs}: {readings}."
+
+
+def _compared_points(labels: Sequence[str], results: Sequence[Mapping[str, Any]]) -> str:
+    """Which compared runs read PAIBB over sampling points (a Deformable DETR's ``decoder_cross``) rather than as
+    attention mass on the feature grid, the two being set in one row."""
+    points = [
+        f"{label} {', '.join(site for site, info in result['sites'].items() if _point_paibb(info))}"
+        for label, result in zip(labels, results, strict=True)
+        if any(_point_paibb(info) for info in result["sites"].values())
+    ]
+    if not points:
+        return ""
+    return (
+        f" At sampling-point sites ({'; '.join(points)}) {POINTS_NOTE}; elsewhere PAIBB is attention mass on the grid."
+    )

@@ -1,8 +1,9 @@
 """Sparsity and PAIBB across runs, per layer, from ``analyze`` results (``analysis.json``'s ``attention`` entry).
 
 Bars are the mean over all query maps (heads pooled; PAIBB: head-averaged maps of matched queries), error bars their
-standard deviation, each bar's value written above it (turned upright beyond a few runs); one colour per run, named in
-one legend under the panels. Panels widen with the number of bars, so 20 runs stay as readable as 2.
+standard deviation (population), each bar's value written above it (turned upright beyond a few runs); one colour per
+run, every run named in one legend under the panels, and the figure's title says what bars and error bars are. Panels
+widen with the number of bars, so 20 runs stay as readable as 2.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from .figure import wrapped
 PANEL_WIDTH = 4.2  # inches, at least
 BAR_WIDTH = 0.13  # inches a bar takes at the least (room for its upright value)
 UPRIGHT_VALUES_FROM = 5  # runs: from this many, each bar's value is written upright (side by side they overlap)
-SPARSITY_METRICS = {"gini": "Gini (0 uniform, 1 one-hot)", "zeros_ratio": "zeros ratio"}
+SPARSITY_METRICS = {"gini": "Gini (0 uniform, 1 − 1/N one-hot over N keys)", "zeros_ratio": "zeros ratio"}
+BARS_NOTE = (
+    "bars: mean over all query maps, heads pooled (PAIBB: head-averaged maps of Hungarian-matched queries); "
+    "error bars: their standard deviation (population)"
+)
 
 
 def _grouped_bars(
@@ -93,11 +98,11 @@ def sparsity_figure(results: Mapping[str, Mapping], title: str = "") -> Figure:
             grid[r][c].set_title(wrapped(f"{site}: {name}", panel_width, 9), fontsize=9)
         if with_paibb:
             _paibb_axes(grid[-2][c], grid[-1][c], site, results, colors)
-    handles = [Patch(color=color, label=label) for label, color in colors.items()]
+    handles = [Patch(color=colors[label], label=label) for label in results]
     columns = max(1, min(len(results), int(panel_width * max(len(sites), 2) / _legend_entry_width(results))))
     figure.legend(handles=handles, loc="outside lower center", ncols=columns, fontsize=8, frameon=False)
-    if title:
-        figure.suptitle(title, fontsize=10)
+    width = panel_width * max(len(sites), 2)
+    figure.suptitle(wrapped(f"{title}\n{BARS_NOTE}" if title else BARS_NOTE, width, 9), fontsize=9)
     return figure
 
 
