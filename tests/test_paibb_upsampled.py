@@ -7,7 +7,7 @@ from dataclasses import replace
 import torch
 
 from sparse_detector.analysis import AttentionMaps
-from sparse_detector.analysis.paibb import upsampled_paibb
+from sparse_detector.analysis.paibb import upsampled_paibb, widest_float
 
 
 def test_uniform_map_gives_the_box_pixel_share_and_padding_is_cropped():
@@ -96,3 +96,11 @@ def test_keeps_the_thesis_geometry_when_sides_are_not_multiples_of_the_stride():
 
     profile = [bilinear(k, 4, 200) for k in range(200)]
     assert abs(value.item() - sum(profile[100:200]) / sum(profile)) < 1e-12
+
+
+def test_the_geometry_is_float64_except_on_mps_which_has_none():
+    """PAIBB's geometry was cast to float64 on the maps' device: `analyze --device mps` would fail, MPS has no
+    float64."""
+    assert widest_float(torch.device("cpu")) == torch.float64
+    assert widest_float(torch.device("cuda", 0)) == torch.float64
+    assert widest_float(torch.device("mps")) == torch.float32

@@ -91,6 +91,11 @@ def box_coverage(
     return (along_y[:, :, None] * along_x[:, None, :]).flatten(1)
 
 
+def widest_float(device: torch.device) -> torch.dtype:
+    """float64 for the geometry where the device has it; MPS has no float64, so float32 there."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def image_sizes(targets: Sequence[Mapping[str, Tensor]], indices: MatchIndices) -> Tensor | None:
     """(M, 2) (h, w) in model-input pixels (the targets' ``size``: after the transforms, before padding) of the image
     of every matched pair; None when a target has no ``size``."""
@@ -201,7 +206,9 @@ def compute_paibb(maps: AttentionMaps, targets: Sequence[Mapping[str, Tensor]], 
         boxes = boxes.to(maps.weights[0].dtype)
         values, spread = point_readings(maps.records, image_index, query_index, boxes, image_hw, maps.key_strides)
         return MatchedPaibb(values, image_index, query_index, target_index, buckets, spread)
-    image_cells = None if image_hw is None or maps.key_strides is None else image_hw.double() / maps.key_strides[0]
+    image_cells = None
+    if image_hw is not None and maps.key_strides is not None:
+        image_cells = image_hw.to(widest_float(device)) / maps.key_strides[0]
     coverage = box_coverage(boxes, maps.grid_hw[image_index].to(device), maps.padded_hw, image_cells)
     values = torch.stack(
         [(w[image_index, :, query_index].to(coverage.dtype) * coverage[:, None, :]).sum(-1) for w in maps.weights]
@@ -221,7 +228,8 @@ def upsampled_paibb(maps: AttentionMaps, targets: Sequence[Mapping[str, Tensor]]
         height, width = (int(v) for v in target["orig_size"])
         for query, truth in zip(queries.tolist(), truths.tolist(), strict=True):
             padded = last[image, :, query].mean(0).reshape(padded_h, padded_w)
-            grid = padded[:grid_h, :grid_w].reshape(1, 1, grid_h, grid_w).double()  # the valid top-left block
+            grid = padded[:grid_h, :grid_w].reshape(1, 1, grid_h, grid_w)  # the valid top-left block
+            grid = grid.to(widest_float(last.device))
             upsampled = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
             cx, cy, bw, bh = target["boxes"][truth].tolist()
             x0, x1 = (min(max(round(x * width), 0), width) for x in (cx - bw / 2, cx + bw / 2))
