@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -22,8 +22,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from sparse_detector.data.labels import LabelMap, LabelMode
-from sparse_detector.data.transforms import Compose, ToModelTarget, ToTensor, Transform
 from sparse_detector.logs import RANK_SPECIFIC
+
+if TYPE_CHECKING:
+    from sparse_detector.data.transforms import Transform
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +175,8 @@ class CocoDetection(Dataset):
         self.images_dir = Path(images_dir) if images_dir else self.annotation_file.parent
         if not self.images_dir.is_dir():
             raise DatasetError(f"images directory {self.images_dir} does not exist; check the dataset path")
-        self.transforms = transforms if transforms is not None else Compose([ToTensor(), ToModelTarget()])
+        if transforms is not None:
+            self.transforms = transforms
         self.on_invalid = on_invalid
         self.skipped: Counter[str] = Counter()
         self.num_crowd = 0
@@ -285,6 +288,14 @@ class CocoDetection(Dataset):
             self.skipped["bad_image"] += len(bad)
             logger.warning("%s: left out %d unreadable or mis-sized image(s): %s", self.annotation_file, len(bad), bad)
         self._records = good
+
+    @cached_property
+    def transforms(self) -> Transform:
+        """The transforms given, or by default image to tensor and boxes to normalised cxcywh (made on first use:
+        reading and checking a data set needs no torchvision)."""
+        from sparse_detector.data.transforms import Compose, ToModelTarget, ToTensor
+
+        return Compose([ToTensor(), ToModelTarget()])
 
     @property
     def num_classes(self) -> int:
