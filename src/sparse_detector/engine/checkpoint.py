@@ -9,7 +9,6 @@ import os
 import pickle
 import random
 import re
-import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -57,22 +56,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class _HashingWriter:
-    """A binary file that also feeds every byte written to a SHA-256, so a checkpoint is hashed as it is written
-    instead of being read back."""
-
-    def __init__(self, file: Any) -> None:
-        self.file = file
-        self.digest = hashlib.sha256()
-
-    def write(self, data: Any) -> int:
-        self.digest.update(data)
-        return self.file.write(data)
-
-    def flush(self) -> None:
-        self.file.flush()
-
-
 def _write_atomic(path: Path, write: Any) -> None:
     """Write through ``write(file)`` to a temporary file in the same folder, then rename over ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -89,33 +72,12 @@ def _write_atomic(path: Path, write: Any) -> None:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any], epoch_complete: bool = True) -> CheckpointRecord:
     """Write atomically (a kill never leaves a half-written file), then record its size and SHA-256 beside it."""
-    epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
-    return _write_checkpoint(Path(path), lambda f: torch.save(state, f), epoch, step, epoch_complete)
-
-
-def copy_checkpoint(source: CheckpointRecord, path: str | Path) -> CheckpointRecord:
-    """Copy the checkpoint ``source`` (just written by :func:`save_checkpoint`) to ``path`` with its own record, as
-    :func:`save_checkpoint` of the same state would, without serialising the state again."""
-
-    def copy(f: Any) -> None:
-        with source.path.open("rb") as original:
-            shutil.copyfileobj(original, f, 1 << 20)
-
-    return _write_checkpoint(Path(path), copy, source.epoch, source.step, source.epoch_complete)
-
-
-def _write_checkpoint(path: Path, write: Any, epoch: int, step: int, epoch_complete: bool) -> CheckpointRecord:
-    """Write ``path`` atomically through ``write(file)``, hashing the bytes on their way, then its record."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    digests = []
-
-    def hashed(f: Any) -> None:
-        writer = _HashingWriter(f)
-        write(writer)
-        digests.append(writer.digest.hexdigest())
-
-    _write_atomic(path, hashed)
-    record = CheckpointRecord(path, path.stat().st_size, digests[-1], epoch, step, epoch_complete)
+    _write_atomic(path, lambda f: torch.save(state, f))
+    record = CheckpointRecord(
+        path, path.stat().st_size, _sha256(path), int(state.get("epoch", 0)), int(state.get("step", 0)), epoch_complete
+    )
     fields = {"size": record.size, "sha256": record.sha256, "epoch": record.epoch, "step": record.step}
     text = json.dumps({**fields, "epoch_complete": epoch_complete}).encode()
     _write_atomic(record_path(path), lambda f: f.write(text))

@@ -39,7 +39,6 @@ from ..runs import (
 )
 from ..text import counted
 from .checkpoint import (
-    copy_checkpoint,
     load_checkpoint,
     newest_valid_checkpoint,
     prune_checkpoints,
@@ -415,7 +414,7 @@ class Trainer:
         state = self._state()
         if self.dist.is_main:
             rotate_last(self.run_dir)
-            last = save_checkpoint(self.run_dir / LAST_CHECKPOINT, state, epoch_complete=not self.epoch_progress)
+            save_checkpoint(self.run_dir / LAST_CHECKPOINT, state, epoch_complete=not self.epoch_progress)
             train, optim = self.config.train, self.config.optim
             keep = [
                 e
@@ -423,8 +422,8 @@ class Trainer:
                 if e % optim.lr_drop == 0 or (train.keep_every > 0 and e % train.keep_every == 0)
             ]
             prune_checkpoints(self.run_dir, train.keep_last, keep)
-            if best:  # the same bytes: copied, not serialised again
-                copy_checkpoint(last, self.run_dir / BEST_CHECKPOINT)
+            if best:
+                save_checkpoint(self.run_dir / BEST_CHECKPOINT, state)
         self.last_checkpoint = self.run_dir / LAST_CHECKPOINT
         barrier()
 
