@@ -1,0 +1,124 @@
+"""Time spent around the model: `predict`'s pictures, the data commands' start-up.
+
+    PYTHONPATH=src python benchmarks/engine_overheads.py --threads 1 --repeats 10
+    PYTHONPATH=src python benchmarks/engine_overheads.py --parts data-commands --reference-src ../main/src
+
+Each part times the reference (what the code did before) and ours in turn, ``--repeats`` times after one warm-up
+of each, and prints the medians and their ratio:
+
+- ``predict``: :func:`predict_images` on ``--images`` photos (the BCCD 640x480 JPEGs when ``../shared`` is there,
+  else generated 640x480 images) with a random-init ``small_data`` model; reference: pictures at PIL's default PNG
+  compression (level 6), ours: level 1. Also the pictures' total size.
+- ``data-commands``: wall time of ``python -m sparse_detector data check`` on a generated data set, as a fresh
+  process (what a user waits for), with ``--reference-src`` (a checkout before the change) and this ``src``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from sparse_detector import build_model, load_config
+from sparse_detector.data import generate_shapes
+from sparse_detector.data.labels import LabelMap
+from sparse_detector.engine import inference
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+BCCD = SRC.parents[1] / "shared" / "data" / "bccd" / "JPEGImages"
+
+
+def interleaved(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each case, the cases run in turn (one warm-up run each first)."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for round_ in range(repeats + 1):
+        for name, case in cases.items():
+            start = time.perf_counter()
+            case()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def print_table(title: str, seconds: dict[str, float], column: str = "", cells: dict[str, str] | None = None) -> None:
+    """A Markdown table of the medians and their ratios to the first case, with an optional extra ``column``."""
+    reference = next(iter(seconds.values()))
+    print(f"\n{title}\n\n| case | median s | ratio |{f' {column} |' if column else ''}")
+    print(f"|---|---:|---:|{'---:|' if column else ''}")
+    for name, value in seconds.items():
+        print(f"| {name} | {value:.3f} | {value / reference:.2f} |{f' {cells[name]} |' if cells else ''}")
+
+
+def predict_part(args: argparse.Namespace, scratch: Path) -> None:
+    if BCCD.is_dir():
+        images = sorted(BCCD.glob("*.jpg"))[: args.images]
+    else:
+        generate_shapes(scratch / "photos", args.images, image_size=640)
+        images = sorted((scratch / "photos" / "images").glob("*.png"))
+    config = load_config("small_data", ["model.backbone.pretrained=false", "model.num_classes=3"])
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    loaded = inference.LoadedModel(model, config, LabelMap.from_categories({1: "a", 2: "b", 3: "c"}), SRC)
+    sizes: dict[str, str] = {}
+
+    def run(level: int, name: str) -> Callable[[], object]:
+        def predict() -> None:
+            inference.PICTURE_COMPRESS_LEVEL = level
+            out = scratch / f"pred{level}"
+            inference.predict_images(loaded, images, out, threshold=0.0, device="cpu")
+            sizes[name] = f"{sum(p.stat().st_size for p in out.glob('*.png')) / 2**20:.1f} MB"
+
+        return predict
+
+    names = {6: "reference (PNG level 6)", 1: "ours (PNG level 1)"}
+    seconds = interleaved({name: run(level, name) for level, name in names.items()}, args.repeats)
+    inference.PICTURE_COMPRESS_LEVEL = 1
+    title = f"predict_images on {len(images)} images (threshold 0: every query drawn)"
+    print_table(title, seconds, "pictures", sizes)
+
+
+def data_commands_part(args: argparse.Namespace, scratch: Path) -> None:
+    if args.reference_src is None:
+        print("\ndata-commands: skipped (give --reference-src, a src folder from before the change)")
+        return
+    generate_shapes(scratch / "shapes", 32)
+    annotations = str(scratch / "shapes" / "annotations" / "train.json")
+    images = str(scratch / "shapes" / "images")
+    command = [sys.executable, "-m", "sparse_detector", "data", "check", annotations, "--images", images]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+
+    def run(src: Path) -> Callable[[], object]:
+        return lambda: subprocess.run(command, env={**env, "PYTHONPATH": str(src)}, check=True, capture_output=True)
+
+    cases = {"reference": run(args.reference_src.resolve()), "ours": run(SRC)}
+    print_table("`data check` of 32 generated images, a fresh process each", interleaved(cases, args.repeats))
+
+
+PARTS = {"predict": predict_part, "data-commands": data_commands_part}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--images", type=int, default=8, help="images for the predict part")
+    parser.add_argument("--reference-src", type=Path, help="src folder of a checkout before the change")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats}")
+    with tempfile.TemporaryDirectory(prefix="engine_overheads_") as scratch:
+        for part in args.parts:
+            PARTS[part](args, Path(scratch))
+
+
+if __name__ == "__main__":
+    main()
