@@ -9,6 +9,9 @@ of each, and prints the medians and their ratio:
 - ``predict``: :func:`predict_images` on ``--images`` photos (the BCCD 640x480 JPEGs when ``../shared`` is there,
   else generated 640x480 images) with a random-init ``small_data`` model; reference: pictures at PIL's default PNG
   compression (level 6), ours: level 1. Also the pictures' total size.
+- ``dataset-read``: :class:`CocoDetection` and its ``coco`` ground truth on a generated COCO-like JSON
+  (``--coco-images`` images of 7 boxes, 80 categories), the reference's ``data/coco.py`` loaded from
+  ``--reference-src`` into this process; checks that both read the same targets.
 - ``data-commands``: wall time of ``python -m sparse_detector data check`` on a generated data set, as a fresh
   process (what a user waits for), with ``--reference-src`` (a checkout before the change) and this ``src``.
 """
@@ -16,7 +19,12 @@ of each, and prints the medians and their ratio:
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
+import json
+import logging
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -29,6 +37,7 @@ import torch
 
 from sparse_detector import build_model, load_config
 from sparse_detector.data import generate_shapes
+from sparse_detector.data.coco import CocoDetection
 from sparse_detector.data.labels import LabelMap
 from sparse_detector.engine import inference
 
@@ -102,7 +111,58 @@ def data_commands_part(args: argparse.Namespace, scratch: Path) -> None:
     print_table("`data check` of 32 generated images, a fresh process each", interleaved(cases, args.repeats))
 
 
-PARTS = {"predict": predict_part, "data-commands": data_commands_part}
+def synthetic_coco(path: Path, images: int, boxes_per_image: int, image_file: Path) -> None:
+    """A COCO instances JSON of COCO-like size and shape (80 categories, some boxes reaching past their image);
+    every image entry names ``image_file``."""
+    rng = random.Random(0)
+    entries = [{"id": i, "file_name": str(image_file), "width": 640, "height": 480} for i in range(1, images + 1)]
+    annotations = []
+    for image_id in range(1, images + 1):
+        for _ in range(boxes_per_image):
+            x, y, w, h = rng.uniform(0, 600), rng.uniform(0, 440), rng.uniform(1, 80), rng.uniform(1, 80)
+            box = {"image_id": image_id, "category_id": rng.randint(1, 80), "bbox": [x, y, w, h], "area": w * h}
+            annotations.append({"id": len(annotations) + 1, **box, "iscrowd": 0})
+    categories = [{"id": c, "name": f"category {c}"} for c in range(1, 81)]
+    path.write_text(json.dumps({"images": entries, "annotations": annotations, "categories": categories}))
+
+
+def dataset_digest(dataset: object) -> str:
+    """What a dataset read: its targets, clipped boxes and counts (to check that the reference reads the same)."""
+    records = [(r.boxes.tobytes(), r.labels.tobytes(), r.area.tobytes()) for r in dataset._records]
+    read = (dataset.num_clipped, dataset.num_crowd, sorted(dataset._clipped_bboxes.items()), records)
+    return hashlib.sha256(repr(read).encode()).hexdigest()[:16]
+
+
+def dataset_read_part(args: argparse.Namespace, scratch: Path) -> None:
+    if args.reference_src is None:
+        print("\ndataset-read: skipped (give --reference-src, a src folder from before the change)")
+        return
+    spec = importlib.util.spec_from_file_location("reference_coco", args.reference_src / "sparse_detector/data/coco.py")
+    reference = sys.modules["reference_coco"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    generate_shapes(scratch / "one", 1)
+    image = next((scratch / "one" / "images").glob("*.png"))
+    annotations = scratch / "big.json"
+    synthetic_coco(annotations, args.coco_images, 7, image)
+    logging.disable(logging.WARNING)  # the clipped boxes' warning, once per read
+    digests: dict[str, set[str]] = {"reference": set(), "ours": set()}
+
+    def read(name: str, dataset_class: type) -> Callable[[], object]:
+        def construct() -> None:
+            dataset = dataset_class(None, annotations)
+            dataset.coco  # noqa: B018 (the evaluation ground truth, built on first use)
+            digests[name].add(dataset_digest(dataset))
+
+        return construct
+
+    cases = {"reference": read("reference", reference.CocoDetection), "ours": read("ours", CocoDetection)}
+    seconds = interleaved(cases, args.repeats)
+    assert len(digests["ours"]) == 1 and digests["ours"] == digests["reference"], digests
+    title = f"CocoDetection + its `coco` ground truth, {args.coco_images} images, {args.coco_images * 7} boxes"
+    print_table(title + " (the same targets: digests equal)", seconds)
+
+
+PARTS = {"predict": predict_part, "data-commands": data_commands_part, "dataset-read": dataset_read_part}
 
 
 def main() -> None:
@@ -111,6 +171,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--images", type=int, default=8, help="images for the predict part")
+    parser.add_argument("--coco-images", type=int, default=20000, help="images of the dataset-read part")
     parser.add_argument("--reference-src", type=Path, help="src folder of a checkout before the change")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
