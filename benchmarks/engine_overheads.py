@@ -12,6 +12,9 @@ of each, and prints the medians and their ratio:
 - ``dataset-read``: :class:`CocoDetection` and its ``coco`` ground truth on a generated COCO-like JSON
   (``--coco-images`` images of 7 boxes, 80 categories), the reference's ``data/coco.py`` loaded from
   ``--reference-src`` into this process; checks that both read the same targets.
+- ``evaluation``: :class:`CocoEvaluator` (set-up from the ground-truth dict, ``update``, ``summarize``) on
+  ``--eval-images`` generated images of 7 boxes with 100 random detections each (COCO val2017's size at 5000), the
+  reference's ``engine/coco_eval.py`` loaded from ``--reference-src``; checks that both give the same numbers.
 - ``data-commands``: wall time of ``python -m sparse_detector data check`` on a generated data set, as a fresh
   process (what a user waits for), with ``--reference-src`` (a checkout before the change) and this ``src``.
 """
@@ -32,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -40,6 +44,7 @@ from sparse_detector.data import generate_shapes
 from sparse_detector.data.coco import CocoDetection
 from sparse_detector.data.labels import LabelMap
 from sparse_detector.engine import inference
+from sparse_detector.engine.coco_eval import CocoEvaluator
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 BCCD = SRC.parents[1] / "shared" / "data" / "bccd" / "JPEGImages"
@@ -133,13 +138,53 @@ def dataset_digest(dataset: object) -> str:
     return hashlib.sha256(repr(read).encode()).hexdigest()[:16]
 
 
+def reference_module(src: Path, relative: str) -> ModuleType:
+    """The module ``sparse_detector/<relative>`` of the checkout ``src``, loaded into this process beside ours."""
+    name = "reference_" + relative.replace("/", "_").removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(name, src / "sparse_detector" / relative)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def evaluation_part(args: argparse.Namespace, scratch: Path) -> None:
+    if args.reference_src is None:
+        print("\nevaluation: skipped (give --reference-src, a src folder from before the change)")
+        return
+    reference = reference_module(args.reference_src, "engine/coco_eval.py")
+    annotations = scratch / "eval.json"
+    synthetic_coco(annotations, args.eval_images, 7, scratch / "unused.png")
+    ground_truth = json.loads(annotations.read_text())
+    generator = torch.Generator().manual_seed(0)
+    predictions = {}
+    for image_id in range(1, args.eval_images + 1):
+        corners = torch.rand(100, 4, generator=generator) * 300
+        corners[:, 2:] += corners[:, :2]
+        labels = torch.randint(80, (100,), generator=generator)
+        predictions[image_id] = {"scores": torch.rand(100, generator=generator), "labels": labels, "boxes": corners}
+    label_map = {label: label + 1 for label in range(80)}
+    stats: dict[str, list[dict]] = {"reference": [], "ours": []}
+
+    def run(name: str, evaluator_class: type) -> Callable[[], object]:
+        def evaluate() -> None:
+            evaluator = evaluator_class(ground_truth, label_map)
+            evaluator.update(predictions)
+            stats[name].append(evaluator.summarize())
+
+        return evaluate
+
+    cases = {"reference": run("reference", reference.CocoEvaluator), "ours": run("ours", CocoEvaluator)}
+    seconds = interleaved(cases, args.repeats)
+    assert all(s == stats["reference"][0] for s in stats["reference"] + stats["ours"]), "the AP differs"
+    title = f"CocoEvaluator: set-up, update, evaluate of {args.eval_images} images x 100 detections"
+    print_table(title + " (the same 12 numbers)", seconds)
+
+
 def dataset_read_part(args: argparse.Namespace, scratch: Path) -> None:
     if args.reference_src is None:
         print("\ndataset-read: skipped (give --reference-src, a src folder from before the change)")
         return
-    spec = importlib.util.spec_from_file_location("reference_coco", args.reference_src / "sparse_detector/data/coco.py")
-    reference = sys.modules["reference_coco"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reference)
+    reference = reference_module(args.reference_src, "data/coco.py")
     generate_shapes(scratch / "one", 1)
     image = next((scratch / "one" / "images").glob("*.png"))
     annotations = scratch / "big.json"
@@ -162,7 +207,12 @@ def dataset_read_part(args: argparse.Namespace, scratch: Path) -> None:
     print_table(title + " (the same targets: digests equal)", seconds)
 
 
-PARTS = {"predict": predict_part, "data-commands": data_commands_part, "dataset-read": dataset_read_part}
+PARTS = {
+    "predict": predict_part,
+    "data-commands": data_commands_part,
+    "dataset-read": dataset_read_part,
+    "evaluation": evaluation_part,
+}
 
 
 def main() -> None:
@@ -171,6 +221,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--images", type=int, default=8, help="images for the predict part")
+    parser.add_argument("--eval-images", type=int, default=5000, help="images of the evaluation part")
     parser.add_argument("--coco-images", type=int, default=20000, help="images of the dataset-read part")
     parser.add_argument("--reference-src", type=Path, help="src folder of a checkout before the change")
     args = parser.parse_args()
