@@ -15,6 +15,8 @@ of each, and prints the medians and their ratio:
 - ``evaluation``: :class:`CocoEvaluator` (set-up from the ground-truth dict, ``update``, ``summarize``) on
   ``--eval-images`` generated images of 7 boxes with 100 random detections each (COCO val2017's size at 5000), the
   reference's ``engine/coco_eval.py`` loaded from ``--reference-src``; checks that both give the same numbers.
+- ``voc-import``: ``import_voc_root`` of BCCD (``../shared``), the reference's ``data/importers/voc.py`` loaded
+  from ``--reference-src``; checks that both write the same JSON.
 - ``data-commands``: wall time of ``python -m sparse_detector data check`` on a generated data set, as a fresh
   process (what a user waits for), with ``--reference-src`` (a checkout before the change) and this ``src``.
 """
@@ -42,6 +44,7 @@ import torch
 from sparse_detector import build_model, load_config
 from sparse_detector.data import generate_shapes
 from sparse_detector.data.coco import CocoDetection
+from sparse_detector.data.importers import import_voc_root
 from sparse_detector.data.labels import LabelMap
 from sparse_detector.engine import inference
 from sparse_detector.engine.coco_eval import CocoEvaluator
@@ -139,8 +142,10 @@ def dataset_digest(dataset: object) -> str:
 
 
 def reference_module(src: Path, relative: str) -> ModuleType:
-    """The module ``sparse_detector/<relative>`` of the checkout ``src``, loaded into this process beside ours."""
-    name = "reference_" + relative.replace("/", "_").removesuffix(".py")
+    """The module ``sparse_detector/<relative>`` of the checkout ``src``, loaded into this process beside ours (in
+    our package, so its relative imports find our modules)."""
+    package, _, stem = f"sparse_detector/{relative}".removesuffix(".py").rpartition("/")
+    name = f"{package.replace('/', '.')}.reference_{stem}"
     spec = importlib.util.spec_from_file_location(name, src / "sparse_detector" / relative)
     module = sys.modules[name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -180,6 +185,26 @@ def evaluation_part(args: argparse.Namespace, scratch: Path) -> None:
     print_table(title + " (the same 12 numbers)", seconds)
 
 
+def voc_import_part(args: argparse.Namespace, scratch: Path) -> None:
+    if args.reference_src is None or not BCCD.is_dir():
+        print("\nvoc-import: skipped (give --reference-src; needs ../shared/data/bccd)")
+        return
+    reference = reference_module(args.reference_src, "data/importers/voc.py")
+    outputs: dict[str, set[str]] = {"reference": set(), "ours": set()}
+
+    def run(name: str, import_voc_root: Callable) -> Callable[[], object]:
+        def convert() -> None:
+            import_voc_root(BCCD.parent, scratch / f"{name}.json")
+            outputs[name].add((scratch / f"{name}.json").read_text())
+
+        return convert
+
+    cases = {"reference": run("reference", reference.import_voc_root), "ours": run("ours", import_voc_root)}
+    seconds = interleaved(cases, args.repeats)
+    assert len(outputs["ours"]) == 1 and outputs["ours"] == outputs["reference"], "the JSON differs"
+    print_table("import_voc_root of BCCD trainval (292 XML files; the same JSON)", seconds)
+
+
 def dataset_read_part(args: argparse.Namespace, scratch: Path) -> None:
     if args.reference_src is None:
         print("\ndataset-read: skipped (give --reference-src, a src folder from before the change)")
@@ -212,6 +237,7 @@ PARTS = {
     "data-commands": data_commands_part,
     "dataset-read": dataset_read_part,
     "evaluation": evaluation_part,
+    "voc-import": voc_import_part,
 }
 
 
