@@ -15,6 +15,7 @@ of each, and prints the medians and their ratio:
 - ``evaluation``: :class:`CocoEvaluator` (set-up from the ground-truth dict, ``update``, ``summarize``) on
   ``--eval-images`` generated images of 7 boxes with 100 random detections each (COCO val2017's size at 5000), the
   reference's ``engine/coco_eval.py`` loaded from ``--reference-src``; checks that both give the same numbers.
+  Then ``results()`` (every detection as a dict) of the same detections, the reference's method and ours.
 - ``voc-import``: ``import_voc_root`` of BCCD (``../shared``), the reference's ``data/importers/voc.py`` loaded
   from ``--reference-src``; checks that both write the same JSON.
 - ``data-commands``: wall time of ``python -m sparse_detector data check`` on a generated data set, as a fresh
@@ -183,6 +184,15 @@ def evaluation_part(args: argparse.Namespace, scratch: Path) -> None:
     assert all(s == stats["reference"][0] for s in stats["reference"] + stats["ours"]), "the AP differs"
     title = f"CocoEvaluator: set-up, update, evaluate of {args.eval_images} images x 100 detections"
     print_table(title + " (the same 12 numbers)", seconds)
+    evaluator = CocoEvaluator(ground_truth, label_map)
+    evaluator.update(predictions)
+    results = {
+        "reference": lambda: reference.CocoEvaluator.results(evaluator),
+        "ours": evaluator.results,
+    }
+    assert results["reference"]() == results["ours"](), "the detections differ"
+    title = f"CocoEvaluator.results() (the COCO results format) of {args.eval_images * 100} detections (the same)"
+    print_table(title, interleaved(results, args.repeats))
 
 
 def voc_import_part(args: argparse.Namespace, scratch: Path) -> None:

@@ -204,16 +204,12 @@ class CocoEvaluator:
     def results(self) -> list[dict[str, Any]]:
         """The accumulated detections in the COCO results format (``image_id``, ``category_id``, ``bbox`` as
         [x, y, w, h] in original-image pixels, ``score``), ordered by image id: what ``COCO.loadRes`` reads."""
-        return [
-            {
-                "image_id": image_id,
-                "category_id": int(row[5]),
-                "bbox": [float(v) for v in row[:4]],
-                "score": float(row[4]),
-            }
-            for image_id, rows in sorted(self._detections.items())
-            for row in rows
-        ]
+        with gc_paused():  # half a million small dicts for COCO val2017: the collector's passes tripled the time
+            return [
+                {"image_id": image_id, "category_id": int(category_id), "bbox": [x, y, w, h], "score": score}
+                for image_id, rows in sorted(self._detections.items())
+                for x, y, w, h, score, category_id in rows.tolist()
+            ]
 
     def summarize(self, img_ids: Iterable[int] | None = None) -> dict[str, float]:
         """Evaluate every accumulated detection at once; returns :data:`STAT_NAMES` -> value (see :meth:`evaluate`)."""
