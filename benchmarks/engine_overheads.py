@@ -200,6 +200,7 @@ def voc_import_part(args: argparse.Namespace, scratch: Path) -> None:
         print("\nvoc-import: skipped (give --reference-src; needs ../shared/data/bccd)")
         return
     reference = reference_module(args.reference_src, "data/importers/voc.py")
+    logging.disable(logging.WARNING)  # BCCD's two point-like boxes, dropped at every import
     outputs: dict[str, set[str]] = {"reference": set(), "ours": set()}
 
     def run(name: str, import_voc_root: Callable) -> Callable[[], object]:
