@@ -1,7 +1,9 @@
-"""Time spent around the model: `predict`'s pictures, the data commands' start-up.
+"""Time spent around the model: reading annotation files, COCO evaluation, `predict`'s pictures, VOC import, the
+data commands' start-up, each against the code before the change.
 
-    PYTHONPATH=src python benchmarks/engine_overheads.py --threads 1 --repeats 10
-    PYTHONPATH=src python benchmarks/engine_overheads.py --parts data-commands --reference-src ../main/src
+    git archive 5e4484f src | tar -x -C /tmp/base       # the code before (the parts but predict need it)
+    PYTHONPATH=src python benchmarks/engine_overheads.py --threads 1 --repeats 10 --reference-src /tmp/base/src
+    PYTHONPATH=src python benchmarks/engine_overheads.py --parts evaluation --reference-src /tmp/base/src
 
 Each part times the reference (what the code did before) and ours in turn, ``--repeats`` times after one warm-up
 of each, and prints the medians and their ratio:
@@ -15,7 +17,8 @@ of each, and prints the medians and their ratio:
 - ``evaluation``: :class:`CocoEvaluator` (set-up from the ground-truth dict, ``update``, ``summarize``) on
   ``--eval-images`` generated images of 7 boxes with 100 random detections each (COCO val2017's size at 5000), the
   reference's ``engine/coco_eval.py`` loaded from ``--reference-src``; checks that both give the same numbers.
-  Then ``results()`` (every detection as a dict) of the same detections, the reference's method and ours.
+- ``detections``: ``CocoEvaluator.results()`` (every detection as a dict, the COCO results format) of the same
+  detections, the reference's method and ours; checks that both give the same list.
 - ``voc-import``: ``import_voc_root`` of BCCD (``../shared``), the reference's ``data/importers/voc.py`` loaded
   from ``--reference-src``; checks that both write the same JSON.
 - ``data-commands``: wall time of ``python -m sparse_detector data check`` on a generated data set, as a fresh
@@ -153,22 +156,26 @@ def reference_module(src: Path, relative: str) -> ModuleType:
     return module
 
 
+def synthetic_evaluation(images: int, scratch: Path) -> tuple[dict, dict[int, dict[str, torch.Tensor]], dict]:
+    """Generated ground truth (7 boxes an image), 100 random detections per image and the label map."""
+    annotations = scratch / "eval.json"
+    synthetic_coco(annotations, images, 7, scratch / "unused.png")
+    generator = torch.Generator().manual_seed(0)
+    predictions = {}
+    for image_id in range(1, images + 1):
+        corners = torch.rand(100, 4, generator=generator) * 300
+        corners[:, 2:] += corners[:, :2]
+        labels = torch.randint(80, (100,), generator=generator)
+        predictions[image_id] = {"scores": torch.rand(100, generator=generator), "labels": labels, "boxes": corners}
+    return json.loads(annotations.read_text()), predictions, {label: label + 1 for label in range(80)}
+
+
 def evaluation_part(args: argparse.Namespace, scratch: Path) -> None:
     if args.reference_src is None:
         print("\nevaluation: skipped (give --reference-src, a src folder from before the change)")
         return
     reference = reference_module(args.reference_src, "engine/coco_eval.py")
-    annotations = scratch / "eval.json"
-    synthetic_coco(annotations, args.eval_images, 7, scratch / "unused.png")
-    ground_truth = json.loads(annotations.read_text())
-    generator = torch.Generator().manual_seed(0)
-    predictions = {}
-    for image_id in range(1, args.eval_images + 1):
-        corners = torch.rand(100, 4, generator=generator) * 300
-        corners[:, 2:] += corners[:, :2]
-        labels = torch.randint(80, (100,), generator=generator)
-        predictions[image_id] = {"scores": torch.rand(100, generator=generator), "labels": labels, "boxes": corners}
-    label_map = {label: label + 1 for label in range(80)}
+    ground_truth, predictions, label_map = synthetic_evaluation(args.eval_images, scratch)
     stats: dict[str, list[dict]] = {"reference": [], "ours": []}
 
     def run(name: str, evaluator_class: type) -> Callable[[], object]:
@@ -184,12 +191,17 @@ def evaluation_part(args: argparse.Namespace, scratch: Path) -> None:
     assert all(s == stats["reference"][0] for s in stats["reference"] + stats["ours"]), "the AP differs"
     title = f"CocoEvaluator: set-up, update, evaluate of {args.eval_images} images x 100 detections"
     print_table(title + " (the same 12 numbers)", seconds)
+
+
+def detections_part(args: argparse.Namespace, scratch: Path) -> None:
+    if args.reference_src is None:
+        print("\ndetections: skipped (give --reference-src, a src folder from before the change)")
+        return
+    reference = reference_module(args.reference_src, "engine/coco_eval.py")
+    ground_truth, predictions, label_map = synthetic_evaluation(args.eval_images, scratch)
     evaluator = CocoEvaluator(ground_truth, label_map)
     evaluator.update(predictions)
-    results = {
-        "reference": lambda: reference.CocoEvaluator.results(evaluator),
-        "ours": evaluator.results,
-    }
+    results = {"reference": lambda: reference.CocoEvaluator.results(evaluator), "ours": evaluator.results}
     assert results["reference"]() == results["ours"](), "the detections differ"
     title = f"CocoEvaluator.results() (the COCO results format) of {args.eval_images * 100} detections (the same)"
     print_table(title, interleaved(results, args.repeats))
@@ -248,6 +260,7 @@ PARTS = {
     "data-commands": data_commands_part,
     "dataset-read": dataset_read_part,
     "evaluation": evaluation_part,
+    "detections": detections_part,
     "voc-import": voc_import_part,
 }
 
