@@ -107,9 +107,6 @@ def predict_part(args: argparse.Namespace, scratch: Path) -> None:
 
 
 def data_commands_part(args: argparse.Namespace, scratch: Path) -> None:
-    if args.reference_src is None:
-        print("\ndata-commands: skipped (give --reference-src, a src folder from before the change)")
-        return
     generate_shapes(scratch / "shapes", 32)
     annotations = str(scratch / "shapes" / "annotations" / "train.json")
     images = str(scratch / "shapes" / "images")
@@ -171,9 +168,6 @@ def synthetic_evaluation(images: int, scratch: Path) -> tuple[dict, dict[int, di
 
 
 def evaluation_part(args: argparse.Namespace, scratch: Path) -> None:
-    if args.reference_src is None:
-        print("\nevaluation: skipped (give --reference-src, a src folder from before the change)")
-        return
     reference = reference_module(args.reference_src, "engine/coco_eval.py")
     ground_truth, predictions, label_map = synthetic_evaluation(args.eval_images, scratch)
     stats: dict[str, list[dict]] = {"reference": [], "ours": []}
@@ -194,9 +188,6 @@ def evaluation_part(args: argparse.Namespace, scratch: Path) -> None:
 
 
 def detections_part(args: argparse.Namespace, scratch: Path) -> None:
-    if args.reference_src is None:
-        print("\ndetections: skipped (give --reference-src, a src folder from before the change)")
-        return
     reference = reference_module(args.reference_src, "engine/coco_eval.py")
     ground_truth, predictions, label_map = synthetic_evaluation(args.eval_images, scratch)
     evaluator = CocoEvaluator(ground_truth, label_map)
@@ -208,8 +199,8 @@ def detections_part(args: argparse.Namespace, scratch: Path) -> None:
 
 
 def voc_import_part(args: argparse.Namespace, scratch: Path) -> None:
-    if args.reference_src is None or not BCCD.is_dir():
-        print("\nvoc-import: skipped (give --reference-src; needs ../shared/data/bccd)")
+    if not BCCD.is_dir():
+        print("\nvoc-import: skipped (needs ../shared/data/bccd)")
         return
     reference = reference_module(args.reference_src, "data/importers/voc.py")
     logging.disable(logging.WARNING)  # BCCD's two point-like boxes, dropped at every import
@@ -229,9 +220,6 @@ def voc_import_part(args: argparse.Namespace, scratch: Path) -> None:
 
 
 def dataset_read_part(args: argparse.Namespace, scratch: Path) -> None:
-    if args.reference_src is None:
-        print("\ndataset-read: skipped (give --reference-src, a src folder from before the change)")
-        return
     reference = reference_module(args.reference_src, "data/coco.py")
     generate_shapes(scratch / "one", 1)
     image = next((scratch / "one" / "images").glob("*.png"))
@@ -279,6 +267,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {args.threads}, repeats {args.repeats}")
     with tempfile.TemporaryDirectory(prefix="engine_overheads_") as scratch:
         for part in args.parts:
+            if args.reference_src is None and part != "predict":
+                print(f"\n{part}: skipped (give --reference-src, a src folder from before the change)")
+                continue
             PARTS[part](args, Path(scratch))
 
 
