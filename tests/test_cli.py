@@ -62,6 +62,26 @@ def test_help_does_not_import_torch() -> None:
     assert result.stdout.strip() == "[]", result.stderr
 
 
+def test_data_commands_do_not_import_torchvision(tmp_path: Path) -> None:
+    """`data shapes / import / check / split` need no model code: they start without torchvision (and `data shapes`
+    without torch), which took longer to import than the commands took to run."""
+    code = f"""import sys
+from sparse_detector.cli import main
+assert main(["data", "shapes", {str(tmp_path / "shapes")!r}, "--num-images", "4", "--num-val", "2"]) == 0
+torch_for_shapes = "torch" in sys.modules
+shapes, json = {str(tmp_path / "shapes")!r}, {str(tmp_path / "imported.json")!r}
+argv = ["coco", shapes + "/annotations/train.json", "--images", shapes + "/images", "--out", json]
+assert main(["data", "import", *argv]) == 0
+assert main(["data", "check", json]) == 0
+assert main(["data", "split", json, "--val", "0.5", "--out-dir", {str(tmp_path / "split")!r}]) == 0
+print(torch_for_shapes, "torchvision" in sys.modules)
+"""
+    src = Path(__file__).resolve().parents[1] / "src"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(src)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["False", "False"], result.stdout
+
+
 def test_preset_without_its_data_says_how_to_make_it(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--config", "shapes_tiny"]) == 2

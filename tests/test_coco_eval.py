@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import io
 import json
 import multiprocessing as mp
@@ -155,6 +156,37 @@ def test_independent_of_batching_and_order(tiny_coco: dict[str, Any], backend: s
     for image_id in reversed(list(predictions)):
         per_image.update({image_id: predictions[image_id]})
     assert at_once.summarize() == per_image.summarize()
+
+
+def test_evaluation_leaves_the_garbage_collector_as_it_was(tiny_coco: dict[str, Any]) -> None:
+    """The collector is paused while the libraries evaluate (for speed), then left on or off as it was."""
+    predictions, _ = _synthetic_predictions(tiny_coco, seed=2)
+    results = []
+    for enabled in (True, False):
+        gc.enable() if enabled else gc.disable()
+        try:
+            evaluator = CocoEvaluator(tiny_coco)
+            evaluator.update(predictions)
+            results.append(evaluator.evaluate())
+            assert gc.isenabled() == enabled
+        finally:
+            gc.enable()
+    assert results[0].stats == results[1].stats and results[0].per_class == results[1].per_class
+
+
+def test_results_are_the_accumulated_rows(tiny_coco: dict[str, Any]) -> None:
+    """The COCO results format, row by row from the accumulated float64 rows, ordered by image id."""
+    predictions, _ = _synthetic_predictions(tiny_coco, seed=3)
+    evaluator = CocoEvaluator(tiny_coco)
+    evaluator.update(predictions)
+    expected = [
+        {"image_id": image_id, "category_id": int(row[5]), "bbox": [float(v) for v in row[:4]], "score": float(row[4])}
+        for image_id, rows in sorted(evaluator.state().items())
+        for row in rows
+    ]
+    results = evaluator.results()
+    assert results == expected and len(results) > 0
+    assert json.dumps(results) == json.dumps(expected)
 
 
 def test_contiguous_label_mapping_round_trip(tiny_coco: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from pathlib import Path
@@ -131,6 +132,28 @@ def test_small_dataset_labels_and_clipping(tmp_path: Path) -> None:
     # ... the same way in the evaluation ground truth, and counted
     assert ds.coco.anns[11]["bbox"] == [30, 20, 10, 10] and ds.coco.anns[10]["bbox"] == [5, 5, 10, 10]
     assert ds.num_clipped == 1
+
+
+def test_reading_counts_only_boxes_clipping_changed_and_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
+    """Boxes are compared with their clipped form all at once (np.isclose's tolerance: float noise from x + w - x is
+    no clip); the garbage collector, paused while reading, is left on or off as it was, also after an error."""
+    data = _dataset_dict()
+    noisy = {"id": 13, "image_id": 2, "category_id": 3, "bbox": [0.1, 0.2, 0.3, 0.7], "area": 0.21, "iscrowd": 0}
+    data["annotations"].append(noisy)
+    assert 0.1 + 0.3 - 0.1 != 0.3  # clipping gives 0.30000000000000004
+    ds = CocoDetection(*_write(tmp_path, data))
+    assert ds.num_clipped == 1 and ds.coco.anns[13]["bbox"] == [0.1, 0.2, 0.3, 0.7]
+    assert ds.coco.anns[11]["bbox"] == [30, 20, 10, 10]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        CocoDetection(*_write(tmp_path))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(DatasetError, match="lacks required key"):
+        CocoDetection(*_write(tmp_path, _mutate(["annotations", 0, "bbox"], KeyError)))
+    assert gc.isenabled()
 
 
 def _mutate(path: list[str | int], value: Any) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from sparse_detector.data import CocoDetection, DatasetError
-from sparse_detector.data.importers import import_voc_root
+from sparse_detector.data.importers import import_voc_root, voc
+from sparse_detector.data.importers.voc import parse_voc_xml
 
 BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd"
 
@@ -88,6 +89,24 @@ def test_difficult_and_class_names(tmp_path: Path) -> None:
     assert ds.num_crowd == 1 and ds.num_boxes == 1 and ds.category_names == ["dog", "cat", "bird"]
     with pytest.raises(DatasetError, match=r"img1\.xml object 1 \(cat\): class 'cat' is not among the given classes"):
         import_voc_root(root, tmp_path / "b.json", class_names=["dog"])
+
+
+def test_each_xml_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The classes come from every XML and the split's boxes from its XMLs: one parse serves both (it was two)."""
+    root = _write_voc(tmp_path / "voc", _object("dog", (1, 1, 10, 10)))
+    (root / "Annotations" / "other.xml").write_text(
+        f"<annotation><filename>other.jpg</filename>{_object('cat', (1, 1, 5, 5))}</annotation>"
+    )
+    parsed: list[str] = []
+
+    def counted(xml_file: Path) -> voc.VocAnnotation:
+        parsed.append(xml_file.name)
+        return parse_voc_xml(xml_file)
+
+    monkeypatch.setattr(voc, "parse_voc_xml", counted)
+    coco = import_voc_root(root, tmp_path / "out.json")
+    assert sorted(parsed) == ["img1.xml", "other.xml"]
+    assert [c["name"] for c in coco["categories"]] == ["cat", "dog"] and len(coco["annotations"]) == 1
 
 
 @pytest.mark.parametrize(

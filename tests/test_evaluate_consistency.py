@@ -23,6 +23,8 @@ from sparse_detector.data import generate_shapes
 from sparse_detector.data.build import build_dataset, build_loader
 from sparse_detector.engine.checkpoint import save_checkpoint
 from sparse_detector.engine.evaluate import run_evaluation
+from sparse_detector.viz import boxes as viz_boxes
+from sparse_detector.viz.boxes import draw_boxes
 
 TINY = [
     "model.transformer.hidden_dim=32",
@@ -189,6 +191,24 @@ def test_predict_pictures_of_inputs_sharing_a_stem_are_all_kept(run: Path, tmp_p
     records = json.loads((tmp_path / "p" / "predictions.json").read_text())
     assert [Path(r["picture"]).name for r in records] == ["a_png_pred.png", "a_jpg_pred.png", "a_png_2_pred.png"]
     assert all(Path(r["picture"]).is_file() for r in records)
+
+
+def test_predict_pictures_hold_the_drawn_pixels(run: Path, tmp_path: Path, monkeypatch) -> None:
+    """The pictures are written with fast (level 1) PNG compression: still exactly the pixels drawn."""
+    drawn = []
+
+    def draw_and_keep(*args, **kwargs):
+        drawn.append(draw_boxes(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(viz_boxes, "draw_boxes", draw_and_keep)
+    images = sorted((run.parent / "data" / "images").glob("*.png"))[:2]
+    argv = ["predict", "--checkpoint", str(run), "--device", "cpu", "--threshold", "0", *map(str, images)]
+    assert main([*argv, "--output", str(tmp_path / "p")]) == 0
+    records = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert len(drawn) == len(records) == 2 and all(r["detections"] for r in records)
+    for record, picture in zip(records, drawn, strict=True):
+        assert np.array_equal(np.asarray(Image.open(record["picture"])), np.asarray(picture))
 
 
 def test_predict_on_a_folder_takes_its_subfolders_but_not_its_outputs(run: Path, tmp_path: Path) -> None:

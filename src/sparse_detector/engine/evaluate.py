@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -64,7 +65,13 @@ class Evaluation:
 
     coco: CocoResult
     losses: dict[str, float]
-    detections: list[dict[str, Any]]  # the COCO results format
+    evaluator: CocoEvaluator = field(repr=False)
+
+    @cached_property
+    def detections(self) -> list[dict[str, Any]]:
+        """Every detection in the COCO results format, made when first asked for (half a million dicts for COCO
+        val2017, seconds that an evaluation during training does not need)."""
+        return self.evaluator.results()
 
     @property
     def stats(self) -> dict[str, float]:
@@ -104,7 +111,7 @@ def run_evaluation(
     batch_losses = [losses for rank in gathered(batch_losses) for losses in rank]
     keys = ["loss", *VAL_LOSS_TERMS] if batch_losses else []
     means = {f"val_{k}": math.fsum(b[k] for b in batch_losses) / len(batch_losses) for k in keys}
-    return Evaluation(evaluator.evaluate(), means, evaluator.results())
+    return Evaluation(evaluator.evaluate(), means, evaluator)
 
 
 def evaluate(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,7 @@ def import_voc(
     list_file: str | Path | None = None,
     class_names: Sequence[str] | None = None,
     include_difficult: bool = True,
+    already_parsed: Mapping[Path, VocAnnotation] | None = None,
 ) -> dict[str, Any]:
     """VOC XML files of ``annotations_dir`` (all, or the stems of ``list_file``) -> COCO JSON at ``out_file``.
 
@@ -155,13 +156,15 @@ def import_voc(
     sorted by name. Boxes with ``xmax <= xmin`` or ``ymax <= ymin`` (e.g. a single click) are dropped, counted
     in ``info["stats"]["dropped"]`` and logged. Image sizes are read from the image files; an XML ``<size>``
     that differs is counted in ``info["stats"]["size_differs_from_xml"]`` and logged. Returns the written COCO
-    dict.
+    dict. ``already_parsed``: XML files the caller has parsed (by path), not read again.
     """
     annotations_dir = Path(annotations_dir)
     images_dir = Path(images_dir) if images_dir else annotations_dir
     if not images_dir.is_dir():
         raise DatasetError(f"images folder {images_dir} does not exist")
-    parsed = [parse_voc_xml(f) for f in _xml_files(annotations_dir, Path(list_file) if list_file else None)]
+    known = already_parsed or {}
+    files = _xml_files(annotations_dir, Path(list_file) if list_file else None)
+    parsed = [known[f] if f in known else parse_voc_xml(f) for f in files]
     matched = [_image_of(annotation, images_dir) for annotation in parsed]
     _check_one_xml_per_image(parsed, matched)
     builder = CocoBuilder(str(annotations_dir), class_names)
@@ -232,6 +235,9 @@ def import_voc_root(
                 f"{required} does not exist; a standard VOC root holds Annotations/, JPEGImages/ and "
                 f"ImageSets/Main/{split}.txt (for another layout use --images DIR --annotations DIR)"
             )
-    if class_names is None:
-        class_names = sorted({o.name for f in annotations_dir.glob("*.xml") for o in parse_voc_xml(f).objects})
-    return import_voc(annotations_dir, out_file, root / "JPEGImages", split_file, class_names, include_difficult)
+    every: dict[Path, VocAnnotation] = {}
+    if class_names is None:  # each XML parsed once: the split's are most of them
+        every = {f: parse_voc_xml(f) for f in annotations_dir.glob("*.xml")}
+        class_names = sorted({o.name for annotation in every.values() for o in annotation.objects})
+    images = root / "JPEGImages"
+    return import_voc(annotations_dir, out_file, images, split_file, class_names, include_difficult, every)
