@@ -585,3 +585,18 @@ def test_matching_figure_takes_the_images_shape():
     wide, square = np.full((40, 80, 3), 0.5), np.full((40, 40, 3), 0.5)
     assert tuple(matching_figure(wide, [], [], []).get_size_inches()) == pytest.approx((10, 4.6 / 2 + 0.8))
     assert tuple(matching_figure(square, [], [], []).get_size_inches()) == pytest.approx((10, 5.4))
+
+
+def test_figures_of_images_with_dots_in_their_names_keep_the_whole_name(runs, tmp_path: Path):
+    """Roboflow names images img_jpg.rf.<hash>.jpg: every query's figure was written to ..._img_jpg.rf.png, each
+    overwriting the last (and two augmented copies of one photo shared it too)."""
+    images = []
+    for name in ("img_jpg.rf.3f2a.jpg", "img_jpg.rf.9b1c.jpg"):
+        with Image.open(runs["images"] / "val_000000.png") as image:
+            image.convert("RGB").save(tmp_path / name)
+        images.append(str(tmp_path / name))
+    out = tmp_path / "out"
+    assert main(["visualize", "attention", str(runs["run"]), *images, "--queries", "0", "1", "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"attention_decoder_cross_img_jpg.rf.{h}_q{q}.png" for h in ("3f2a", "9b1c") for q in (0, 1)
+    ]
