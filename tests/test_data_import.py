@@ -273,6 +273,30 @@ def test_csv_named_columns_bom_inverted_boxes_and_wrong_separator(tmp_path: Path
         import_csv(table, tmp_path / "out.json")
 
 
+def test_csv_header_naming_width_and_height_reads_x_y_w_h(tmp_path: Path) -> None:
+    """A header 'filename,x,y,w,h,label' was read by position as x1,y1,x2,y2: 23 of 24 boxes dropped as inverted
+    and the check said OK. Width and height columns now give the box's size; beside corner columns they remain
+    the image's size; a header naming some known columns but not all is an error, never read by position."""
+    write_image(tmp_path / "a.jpg")
+    table = tmp_path / "boxes.csv"
+    for header in (
+        "filename,x,y,w,h,label",
+        "image,label,left,top,width,height",
+        "file,x,y,bbox_width,bbox_height,class",
+    ):
+        columns = header.split(",")
+        values = {"x": "5", "left": "5", "y": "6", "top": "6", "w": "10", "width": "10", "bbox_width": "10"}
+        values |= {"h": "4", "height": "4", "bbox_height": "4"}
+        row = ",".join("a.jpg" if i == 0 else values.get(c, "cell") for i, c in enumerate(columns))
+        table.write_text(f"{header}\n{row}\n")
+        coco = import_csv(table, tmp_path / "out.json")
+        assert boxes_by_image(coco) == {"a.jpg": [("cell", [5.0, 6.0, 10.0, 4.0])]}, header
+        assert not coco["info"]["stats"]["dropped"]
+    table.write_text("image_id,x,y,w,h,label\na.jpg,5,6,10,4,cell\n")
+    with pytest.raises(DatasetError, match=r"names no column for \['file'\]"):
+        import_csv(table, tmp_path / "out.json")
+
+
 def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
     write_image(tmp_path / "src" / "pics" / "a.jpg")
     source = {

@@ -121,7 +121,8 @@ class CocoBuilder:
         names = self.class_names if self.class_names is not None else sorted({b["name"] for b in self._boxes})
         category_ids = {name: i + 1 for i, name in enumerate(names)}
         if self.dropped:
-            hint = " (are the columns x1,y1,x2,y2, not x,y,width,height?)" if self.dropped["inverted"] else ""
+            inverted = " (are the columns x1,y1,x2,y2, not x,y,width,height? a header file,x,y,w,h,label reads those)"
+            hint = inverted if self.dropped["inverted"] else ""
             logger.warning(
                 "%s: dropped %d box(es) with zero or negative extent %s, e.g. %s%s",
                 self.source,
