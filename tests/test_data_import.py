@@ -297,6 +297,19 @@ def test_csv_header_naming_width_and_height_reads_x_y_w_h(tmp_path: Path) -> Non
         import_csv(table, tmp_path / "out.json")
 
 
+def test_csv_normalised_coordinates_are_scaled_to_pixels(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Coordinates normalised to [0, 1] were read as pixels: boxes under a pixel wide, and the check said OK."""
+    write_image(tmp_path / "a.jpg", width=40, height=30)
+    table = write_text(tmp_path / "boxes.csv", "file,x1,y1,x2,y2,label\na.jpg,0.25,0.1,0.75,0.5,cell\n")
+    assert main(["data", "import", "csv", str(table), "--out", str(tmp_path / "out.json")]) == 0
+    assert "read as fractions of each image's width and height" in capsys.readouterr().out
+    coco = load(tmp_path / "out.json")
+    assert boxes_by_image(coco) == {"a.jpg": [("cell", [10.0, 3.0, 20.0, 12.0])]}
+    assert coco["info"]["stats"]["normalised_coordinates"] is True
+    write_text(table, "a.jpg,0.25,0.1,0.75,0.5,cell\na.jpg,2,3,12,13,cell\n")  # pixels: one box past 1
+    assert boxes_by_image(import_csv(table, tmp_path / "out.json"))["a.jpg"][1] == ("cell", [2.0, 3.0, 10.0, 10.0])
+
+
 def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
     write_image(tmp_path / "src" / "pics" / "a.jpg")
     source = {

@@ -790,6 +790,8 @@ def _data_import(args: argparse.Namespace) -> int:
         print(f"sizes from files: {stats['sizes_from_files']} image(s) had no width/height")
     if stats.get("boxes_from_segmentation"):
         print(f"boxes from segmentation: {stats['boxes_from_segmentation']} annotation(s) had no bbox")
+    if stats.get("normalised_coordinates"):
+        print("coordinates: all within [0, 1], read as fractions of each image's width and height (not pixels)")
     if stats.get("size_differs_from_xml"):
         print(f"sizes: {stats['size_differs_from_xml']} image(s) differ from their XML <size> (listed above)")
     if stats.get("images_without_xml"):

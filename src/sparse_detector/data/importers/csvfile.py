@@ -2,7 +2,8 @@
 
 A header row is recognised by a non-numeric second field; its column names may order the columns differently
 and add others (e.g. the ``filename,width,height,class,xmin,ymin,xmax,ymax`` of TensorFlow-style exports), or
-give boxes by their size (``image,x,y,w,h,label``: x, y, width, height in pixels). A row
+give boxes by their size (``image,x,y,w,h,label``: x, y, width, height in pixels). Coordinates that are all
+within [0, 1] are fractions of each image's width and height (normalised), scaled to pixels and reported. A row
 with an image but empty box fields marks an image without boxes. Image paths are relative to ``images_dir``
 (default: the CSV file's folder) or absolute.
 """
@@ -10,12 +11,15 @@ with an image but empty box fields marks an image without boxes. Image paths are
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..coco import DatasetError
-from .common import CocoBuilder, listing
+from .common import CocoBuilder, listing, write_coco
+
+logger = logging.getLogger(__name__)
 
 # The columns, in the order of a file without a header, and the header names each is known by.
 COLUMNS = {
@@ -74,6 +78,7 @@ def import_csv(
     builder = CocoBuilder(str(csv_file), class_names)
     image_ids: dict[Path, int] = {}  # by resolved path: "a.jpg" and "./a.jpg" are one image
     missing: list[str] = []
+    boxes: list[tuple[int, str, tuple[float, ...], str]] = []  # image id, label, x1 y1 x2 y2, where
     positions, width, sizes = list(range(len(COLUMNS))), len(COLUMNS), False
     with open(csv_file, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         for number, row in enumerate(csv.reader(f), start=1):
@@ -105,7 +110,7 @@ def import_csv(
                 raise DatasetError(f"{where}: the label is empty")
             if sizes:
                 box = (box[0], box[1], box[0] + box[2], box[1] + box[3])
-            builder.add_box(image_ids[path], label, box, where)
+            boxes.append((image_ids[path], label, box, where))
     if missing:
         raise DatasetError(
             f"{len(missing)} row(s) name an image that does not exist (paths are relative to {images_dir}; pass "
@@ -113,7 +118,29 @@ def import_csv(
         )
     if not image_ids:
         raise DatasetError(f"{csv_file} holds no rows; expected file,x1,y1,x2,y2,label")
-    return builder.write(out_file)
+    normalised = _normalised(boxes, builder)
+    for image_id, label, box, where in boxes:
+        if normalised:
+            _, image_width, image_height = builder.image(image_id)
+            box = tuple(v * side for v, side in zip(box, (image_width, image_height) * 2, strict=True))
+        builder.add_box(image_id, label, box, where)
+    if normalised:
+        logger.warning(
+            "%s: every box coordinate is within [0, 1], so they are read as fractions of each image's width and "
+            "height (normalised), not pixels",
+            csv_file,
+        )
+    coco = builder.build(out_file)
+    coco["info"]["stats"]["normalised_coordinates"] = normalised
+    return write_coco(coco, out_file)
+
+
+def _normalised(boxes: list[tuple[int, str, tuple[float, ...], str]], builder: CocoBuilder) -> bool:
+    """Whether the boxes are fractions of their image's sides: every coordinate within [0, 1] (in pixels every
+    box would fit in the image's first pixel) on images larger than a pixel."""
+    return bool(boxes) and all(
+        0.0 <= v <= 1.0 and min(builder.image(image_id)[1:]) > 1 for image_id, _, box, _ in boxes for v in box
+    )
 
 
 def _is_number(text: str) -> bool:
