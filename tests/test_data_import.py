@@ -227,6 +227,22 @@ def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pyte
             import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt")
 
 
+def test_yolo_export_root_pairs_each_images_folder_with_its_labels(tmp_path: Path, caplog) -> None:
+    """--images at a Roboflow export's root (train/images, train/labels, valid/...) said no image had a label file
+    (it looked beside the images); each images folder's labels are now read from the labels folder beside it, and
+    the export's README.roboflow.txt is not taken for a label file without an image."""
+    for split in ("train", "valid"):
+        write_image(tmp_path / split / "images" / f"{split}_jpg.rf.1.jpg", 100, 50)
+        write_text(tmp_path / split / "labels" / f"{split}_jpg.rf.1.txt", "0 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "valid" / "labels" / "gone.txt", "0 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "README.roboflow.txt", "exported from roboflow.com\n")
+    write_text(tmp_path / "data.yaml", "train: ../train/images\nnc: 1\nnames: ['car']\n")
+    with caplog.at_level(logging.WARNING):
+        coco = import_yolo(tmp_path, tmp_path / "all.json", tmp_path / "data.yaml")
+    assert [len(boxes) for boxes in boxes_by_image(coco).values()] == [1, 1]
+    assert coco["info"]["stats"]["label_files_without_image"] == 1 and "README" not in caplog.text
+
+
 def test_csv(tmp_path: Path) -> None:
     write_image(tmp_path / "img" / "a.jpg")
     write_image(tmp_path / "img" / "b.jpg")

@@ -3,7 +3,8 @@
 One ``<stem>.txt`` per image with lines ``class x_center y_center width height`` (normalised to [0, 1]), or
 ``class x1 y1 x2 y2 ...`` (a segmentation polygon, imported as its bounding box, as Ultralytics does); class names
 from ``classes.txt`` (one a line) or a ``data.yaml`` (``names:`` as a list or an index -> name mapping). Images are
-found in subfolders too, their labels at the same place under the labels folder. Images without a label file are
+found in subfolders too, their labels at the same place under the labels folder (given an export's root, each
+``images`` folder's labels in the ``labels`` folder beside it). Images without a label file are
 kept as images without boxes; label files without an image are counted and logged.
 """
 
@@ -89,16 +90,28 @@ def _yolo_boxes(label_file: Path, width: int, height: int, names: Sequence[str])
     return boxes
 
 
+def _labels_folder(folder: Path) -> Path | None:
+    """``folder`` with its last ``images`` part as ``labels`` (YOLO's pairing of folders), or None without one."""
+    parts = folder.parts
+    if "images" not in parts:
+        return None
+    at = len(parts) - 1 - parts[::-1].index("images")
+    return Path(*parts[:at], "labels", *parts[at + 1 :])
+
+
 def _default_labels_dir(images_dir: Path) -> Path:
     """YOLO exports put ``.../images/<split>/x.jpg`` beside ``.../labels/<split>/x.txt``; else labels sit with
     the images."""
-    parts = images_dir.parts
-    if "images" in parts:
-        at = len(parts) - 1 - parts[::-1].index("images")
-        labels = Path(*parts[:at], "labels", *parts[at + 1 :])
-        if labels.is_dir():
-            return labels
-    return images_dir
+    labels = _labels_folder(images_dir)
+    return labels if labels is not None and labels.is_dir() else images_dir
+
+
+def _label_file(image: Path, beside: bool) -> Path:
+    """The label file of ``image`` (relative to the folder given): in the same place, or with ``beside`` (labels
+    among the images) in the ``labels`` folder paired with an ``images`` folder of its path, as given an export's
+    root (``train/images/x.jpg`` -> ``train/labels/x.txt``)."""
+    folder = (_labels_folder(image.parent) if beside else None) or image.parent
+    return folder / image.with_suffix(".txt").name
 
 
 def import_yolo(
@@ -111,11 +124,14 @@ def import_yolo(
     subfolder) -> COCO JSON at ``out_file``.
 
     ``labels_dir`` defaults to the ``labels`` counterpart of an ``images`` folder when there is one, else to
-    ``images_dir`` itself. ``classes``: ``classes.txt`` or ``data.yaml``; category ids are 1..C in its order.
+    ``images_dir`` itself, where an image in an ``images`` subfolder has its labels in the paired ``labels`` one
+    (an export's root with ``train/images``, ``train/labels``, ``valid/images``, ...).
+    ``classes``: ``classes.txt`` or ``data.yaml``; category ids are 1..C in its order.
     """
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise DatasetError(f"images folder {images_dir} does not exist")
+    given = labels_dir is not None
     labels_dir = Path(labels_dir) if labels_dir else _default_labels_dir(images_dir)
     if not labels_dir.is_dir():
         raise DatasetError(f"labels folder {labels_dir} does not exist")
@@ -124,7 +140,8 @@ def import_yolo(
     if not images:
         raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir} or its subfolders")
     builder = CocoBuilder(str(images_dir), names)
-    label_files = [labels_dir / image.relative_to(images_dir).with_suffix(".txt") for image in images]
+    beside = not given and labels_dir == images_dir
+    label_files = [labels_dir / _label_file(image.relative_to(images_dir), beside) for image in images]
     for image, label_file in zip(images, label_files, strict=True):
         image_id = builder.add_image(image)
         if label_file.is_file():
@@ -138,7 +155,15 @@ def import_yolo(
         )
     coco = builder.build(out_file)
     expected, classes_file = set(label_files), Path(classes).resolve()
-    unmatched = sorted(f for f in labels_dir.rglob("*.txt") if f not in expected and f.resolve() != classes_file)
+    image_folders = {image.parent for image in images}
+    unmatched = sorted(
+        f
+        for f in labels_dir.rglob("*.txt")
+        if f not in expected
+        and f.resolve() != classes_file
+        # among the images, only .txt files with images or in a labels/ folder are labels (not README.roboflow.txt)
+        and (not beside or f.parent in image_folders or "labels" in f.relative_to(labels_dir).parts[:-1])
+    )
     if unmatched:
         logger.warning(
             "%s: %d label file(s) have no image %s, e.g. %s; their boxes are not imported",
