@@ -167,6 +167,29 @@ def test_voc_size_that_differs_from_the_image(tmp_path: Path, caplog: pytest.Log
     assert check_dataset(tmp_path / "out.json").ok
 
 
+@pytest.mark.parametrize("orientation", [6, 8, 5, 7])
+def test_voc_labelled_on_the_exif_turned_view_gets_its_boxes_turned(tmp_path: Path, orientation: int) -> None:
+    """A phone photo stored 40x30 with an EXIF quarter turn, labelled (LabelImg-style VOC) on the 30x40 view a
+    viewer shows: the boxes were taken as stored pixels and lay elsewhere. An XML <size> that is the turned view's
+    now turns its boxes to the stored pixels (where the labelled object's pixels are), counted."""
+    shown = np.zeros((40, 30), np.uint8)
+    shown[5:15, 2:12] = 255  # the object, as the labeller saw it: x 2..12, y 5..15 on the 30 wide, 40 high view
+    stored = Image.fromarray(shown).transpose(
+        {5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE}.get(
+            orientation, Image.Transpose.ROTATE_270
+        )
+    )
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(tmp_path / "a.png", exif=exif.tobytes())
+    write_text(tmp_path / "a.xml", voc_xml([("obj", (3, 6, 12, 15), 0)], "a.png", size=(30, 40)))
+    coco = import_voc(tmp_path, tmp_path / "out.json")
+    assert coco["info"]["stats"]["turned_from_exif"] == 1 and coco["info"]["stats"]["size_differs_from_xml"] == 0
+    x, y, w, h = (round(v) for v in coco["annotations"][0]["bbox"])
+    ys, xs = np.nonzero(np.asarray(stored))
+    assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
 def test_yolo_with_classes_txt_and_data_yaml(tmp_path: Path) -> None:
     write_image(tmp_path / "images" / "train" / "p.jpg", 100, 50)
     write_image(tmp_path / "images" / "train" / "q.jpg", 100, 50)  # no label file: an image without boxes

@@ -792,6 +792,11 @@ def _data_import(args: argparse.Namespace) -> int:
         print(f"boxes from segmentation: {stats['boxes_from_segmentation']} annotation(s) had no bbox")
     if stats.get("normalised_coordinates"):
         print("coordinates: all within [0, 1], read as fractions of each image's width and height (not pixels)")
+    if stats.get("turned_from_exif"):
+        print(
+            f"EXIF: {counted(stats['turned_from_exif'], 'image')} labelled on the turned view (listed above): boxes "
+            "turned to the stored pixels"
+        )
     if stats.get("size_differs_from_xml"):
         print(f"sizes: {stats['size_differs_from_xml']} image(s) differ from their XML <size> (listed above)")
     if stats.get("images_without_xml"):

@@ -12,10 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import ExifTags, Image
-
 from .coco import CocoDetection, DatasetError
 from .labels import LabelMode
+from .orientation import exif_orientation
 
 # COCO's area ranges (pixels²) of the small / medium / large AP numbers.
 AREA_BUCKETS = (("small", 32**2), ("medium", 96**2), ("large", float("inf")))
@@ -106,5 +105,4 @@ def check_dataset(
 
 def _turned(path: Path) -> bool:
     """Whether an image's EXIF orientation asks viewers to rotate or mirror it."""
-    with Image.open(path) as image:
-        return image.getexif().get(ExifTags.Base.Orientation, 1) != 1
+    return exif_orientation(path) != 1

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..coco import MAX_EXAMPLES, DatasetError
+from ..orientation import SWAPS_SIDES, box_to_stored, exif_orientation
 from .common import IMAGE_SUFFIXES, CocoBuilder, find_image, listing, read_list_file, write_coco
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,15 @@ def _check_one_xml_per_image(parsed: Sequence[VocAnnotation], images: Sequence[P
         )
 
 
+def _labelled_turned(image: Path, xml_size: tuple[int, int], size: tuple[int, int]) -> int:
+    """The EXIF orientation of ``image`` when its XML ``<size>`` is the turned view's (width and height of the
+    stored ``size`` swapped by a quarter turn), so its boxes were drawn on that view; else 1."""
+    if xml_size != size[::-1]:
+        return 1
+    orientation = exif_orientation(image)
+    return orientation if orientation in SWAPS_SIDES else 1
+
+
 def import_voc(
     annotations_dir: str | Path,
     out_file: str | Path,
@@ -154,7 +164,9 @@ def import_voc(
     ``images_dir`` defaults to ``annotations_dir``. Classes: ``class_names`` (ids 1..C in that order), else
     sorted by name. Boxes with ``xmax <= xmin`` or ``ymax <= ymin`` (e.g. a single click) are dropped, counted
     in ``info["stats"]["dropped"]`` and logged. Image sizes are read from the image files; an XML ``<size>``
-    that differs is counted in ``info["stats"]["size_differs_from_xml"]`` and logged. Returns the written COCO
+    that differs is counted in ``info["stats"]["size_differs_from_xml"]`` and logged, but for an EXIF-rotated
+    photo labelled on its turned view (``<size>`` the stored one's sides swapped): its boxes are turned to the
+    stored pixels, counted in ``info["stats"]["turned_from_exif"]`` and logged. Returns the written COCO
     dict.
     """
     annotations_dir = Path(annotations_dir)
@@ -166,13 +178,17 @@ def import_voc(
     _check_one_xml_per_image(parsed, matched)
     builder = CocoBuilder(str(annotations_dir), class_names)
     resized: list[str] = []
+    turned: list[str] = []
     for annotation, image in zip(parsed, matched, strict=True):
         image_id = builder.add_image(image)
         _, width, height = builder.image(image_id)
         xml_size = (annotation.width, annotation.height)
+        orientation = 1
         if width and all(xml_size) and xml_size != (width, height):
-            resized.append(
+            orientation = _labelled_turned(image, xml_size, (width, height))
+            (turned if orientation != 1 else resized).append(
                 f"{annotation.xml_file} <size> {annotation.width}x{annotation.height}, image {width}x{height}"
+                + (f" stored, EXIF orientation {orientation}" if orientation != 1 else "")
             )
         for index, obj in enumerate(annotation.objects):
             xmin, ymin, xmax, ymax = obj.box
@@ -184,7 +200,7 @@ def import_voc(
             builder.add_box(
                 image_id,
                 obj.name,
-                (xmin - 1, ymin - 1, xmax, ymax),
+                box_to_stored((xmin - 1, ymin - 1, xmax, ymax), orientation, *xml_size),
                 where,
                 difficult=int(obj.difficult),
                 iscrowd=ignore,
@@ -198,6 +214,14 @@ def import_voc(
             len(unlabelled),
             unlabelled[:MAX_EXAMPLES],
         )
+    if turned:
+        logger.warning(
+            "%s: %d image(s) were labelled on their EXIF-turned view (the XML <size> is the turned image's): their "
+            "boxes are turned to the stored pixels, which training and predict read, e.g. %s",
+            annotations_dir,
+            len(turned),
+            turned[:MAX_EXAMPLES],
+        )
     if resized:
         logger.warning(
             "%s: %d image(s) are not the size their XML says; the JSON takes the image's size and the boxes as they "
@@ -208,6 +232,7 @@ def import_voc(
         )
     coco = builder.build(out_file)
     coco["info"]["stats"]["size_differs_from_xml"] = len(resized)
+    coco["info"]["stats"]["turned_from_exif"] = len(turned)
     coco["info"]["stats"]["images_without_xml"] = len(unlabelled)
     return write_coco(coco, out_file)
 
