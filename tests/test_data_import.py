@@ -364,6 +364,45 @@ def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
     assert len(CocoDetection(None, tmp_path / "out" / "coco.json")) == 1
 
 
+def test_coco_labelled_on_the_exif_turned_view_gets_its_annotations_turned(tmp_path: Path) -> None:
+    """A COCO JSON whose width/height are an EXIF quarter-turned photo's turned view (labelled as a viewer shows
+    it): data check asked to 'fix the JSON width/height', which leaves every box elsewhere. data check now says
+    what happened, and data import coco turns the bbox, polygon and RLE mask to the stored pixels."""
+    from pycocotools import mask as mask_utils
+
+    shown = np.zeros((40, 30), np.uint8)
+    shown[5:15, 2:12] = 1  # the object as the labeller saw it, on the 30 wide, 40 high view
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown a quarter turn clockwise: stored turned back anticlockwise
+    stored = np.asarray(Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90))
+    Image.fromarray(stored * 255).save(tmp_path / "a.png", exif=exif.tobytes())
+    rle = mask_utils.encode(np.asfortranarray(shown))
+    rle["counts"] = rle["counts"].decode("ascii")
+    polygon = [[2, 5, 12, 5, 12, 15, 2, 15]]
+    annotations = [
+        {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [2, 5, 10, 10], "segmentation": seg, "iscrowd": 0}
+        for i, seg in enumerate((polygon, rle))
+    ]
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 30, "height": 40}],
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "obj"}],
+    }
+    write_text(tmp_path / "in.json", json.dumps(coco))
+    assert "EXIF-turned view's size (orientation 6)" in check_dataset(tmp_path / "in.json").problems[0]
+    out = import_coco(tmp_path / "in.json", tmp_path / "out.json")
+    ys, xs = np.nonzero(stored)
+    expected = [float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())]
+    assert (out["images"][0]["width"], out["images"][0]["height"]) == (40, 30)
+    assert out["info"]["stats"]["turned_from_exif"] == 1
+    polygon_ann, rle_ann = out["annotations"]
+    assert polygon_ann["bbox"] == rle_ann["bbox"] == expected
+    xs_, ys_ = polygon_ann["segmentation"][0][0::2], polygon_ann["segmentation"][0][1::2]
+    assert [min(xs_), min(ys_), max(xs_) - min(xs_), max(ys_) - min(ys_)] == expected
+    assert np.array_equal(mask_utils.decode(rle_ann["segmentation"]), stored)
+    assert check_dataset(tmp_path / "out.json").ok
+
+
 def test_coco_segmentation_only_repeated_ids_and_wrong_images_folder(tmp_path: Path) -> None:
     """A box is taken from a polygon or RLE segmentation when there is no bbox, a size from the file when there is
     none; a repeated image id (which

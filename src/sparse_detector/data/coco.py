@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from sparse_detector.data.labels import LabelMap, LabelMode
+from sparse_detector.data.orientation import SWAPS_SIDES, exif_orientation
 from sparse_detector.data.transforms import Compose, ToModelTarget, ToTensor, Transform
 from sparse_detector.logs import RANK_SPECIFIC
 
@@ -344,9 +345,16 @@ class CocoDetection(Dataset):
                 f"cannot read image {path} (image id {record.image_id}): {err}; replace the file"
             ) from err
         if image.size != (record.width, record.height):
+            fix = "fix the JSON width/height"
+            if image.size == (record.height, record.width) and (orientation := exif_orientation(path)) in SWAPS_SIDES:
+                fix = (
+                    f"that is its EXIF-turned view's size (orientation {orientation}), so its boxes were drawn on "
+                    f"the turned image: `sparse-detector data import coco {self.annotation_file} --out NEW.json` "
+                    "turns them to the stored pixels"
+                )
             raise DatasetError(
                 f"image {path} (image id {record.image_id}) is {image.width}x{image.height} but "
-                f"{self.annotation_file} says {record.width}x{record.height}; fix the JSON width/height"
+                f"{self.annotation_file} says {record.width}x{record.height}; {fix}"
             )
         return image
 

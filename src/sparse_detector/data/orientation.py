@@ -26,23 +26,38 @@ def turned_size(width: int, height: int, orientation: int) -> tuple[int, int]:
     return (height, width) if orientation in SWAPS_SIDES else (width, height)
 
 
+# The transpose that takes the turned view back to the stored pixels, per orientation (the inverse of
+# ``PIL.ImageOps.exif_transpose``'s).
+STORED_FROM_TURNED = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def point_to_stored(x: float, y: float, orientation: int, width: int, height: int) -> tuple[float, float]:
+    """A point of the turned view (``width`` x ``height``, as shown) in the stored pixels: 2 mirrors, 3 turns half
+    way round, 4 flips, 5 transposes, 6 is shown a quarter turn clockwise, 7 transverses, 8 a quarter turn
+    anticlockwise."""
+    return {
+        1: (x, y),
+        2: (width - x, y),
+        3: (width - x, height - y),
+        4: (x, height - y),
+        5: (y, x),
+        6: (y, width - x),
+        7: (height - y, width - x),
+        8: (height - y, x),
+    }[orientation]
+
+
 def box_to_stored(
     box: tuple[float, float, float, float], orientation: int, width: int, height: int
 ) -> tuple[float, float, float, float]:
-    """An (x0, y0, x1, y1) box drawn on the turned view (``width`` x ``height``, as shown) in the stored pixels.
-
-    The inverse of what ``PIL.ImageOps.exif_transpose`` does to the pixels: 2 mirrors, 3 turns half way round,
-    4 flips, 5 transposes, 6 is shown a quarter turn clockwise, 7 transverses, 8 a quarter turn anticlockwise.
-    """
-    x0, y0, x1, y1 = box
-    corners = {
-        1: (x0, y0, x1, y1),
-        2: (width - x1, y0, width - x0, y1),
-        3: (width - x1, height - y1, width - x0, height - y0),
-        4: (x0, height - y1, x1, height - y0),
-        5: (y0, x0, y1, x1),
-        6: (y0, width - x1, y1, width - x0),
-        7: (height - y1, width - x1, height - y0, width - x0),
-        8: (height - y1, x0, height - y0, x1),
-    }
-    return corners[orientation]
+    """An (x0, y0, x1, y1) box drawn on the turned view (``width`` x ``height``, as shown) in the stored pixels."""
+    (ax, ay), (bx, by) = (point_to_stored(x, y, orientation, width, height) for x, y in (box[:2], box[2:]))
+    return min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)

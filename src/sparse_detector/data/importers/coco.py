@@ -3,14 +3,20 @@ absolute or relative to the output file."""
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..coco import DatasetError, load_json
+from ..coco import MAX_EXAMPLES, DatasetError, load_json
+from ..orientation import STORED_FROM_TURNED, SWAPS_SIDES, box_to_stored, exif_orientation, point_to_stored
 from .common import image_size, json_image_path, listing, write_coco
+
+logger = logging.getLogger(__name__)
 
 
 def _needs_new_ids(entries: list[dict]) -> bool:
@@ -64,11 +70,51 @@ def _add_missing_bboxes(data: dict, json_file: Path) -> int:
     return added
 
 
+def _labelled_turned(image: dict, path: Path) -> int:
+    """The EXIF orientation of the image file when the JSON's size is its turned view's (the stored sides swapped
+    by a quarter turn), so its annotations were drawn on that view; else 1."""
+    width, height = image_size(path)
+    if (image["width"], image["height"]) == (width, height) or (image["width"], image["height"]) != (height, width):
+        return 1
+    orientation = exif_orientation(path)
+    return orientation if orientation in SWAPS_SIDES else 1
+
+
+def _turn_to_stored(ann: dict, orientation: int, width: int, height: int) -> None:
+    """Bring an annotation drawn on the turned view (``width`` x ``height``) to the stored pixels: its bbox, polygon
+    points and RLE mask."""
+    x, y, w, h = (float(v) for v in ann["bbox"])
+    x0, y0, x1, y1 = box_to_stored((x, y, x + w, y + h), orientation, width, height)
+    ann["bbox"] = [x0, y0, x1 - x0, y1 - y0]
+    segmentation = ann.get("segmentation")
+    if isinstance(segmentation, list):
+        ann["segmentation"] = [
+            [
+                v
+                for i in range(0, len(polygon) - 1, 2)
+                for v in point_to_stored(*polygon[i : i + 2], orientation, width, height)
+            ]
+            for polygon in segmentation
+            if isinstance(polygon, list)
+        ]
+    elif isinstance(segmentation, dict) and "counts" in segmentation:
+        rle = (
+            mask_utils.frPyObjects(segmentation, height, width)
+            if isinstance(segmentation["counts"], list)
+            else segmentation
+        )
+        mask = Image.fromarray(mask_utils.decode(rle)).transpose(STORED_FROM_TURNED[orientation])
+        stored = mask_utils.encode(np.asfortranarray(np.asarray(mask)))
+        ann["segmentation"] = {"size": stored["size"], "counts": stored["counts"].decode("ascii")}
+
+
 def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | Path | None = None) -> dict[str, Any]:
     """Re-write a COCO instances JSON for this project: image, category and annotation ids renumbered 1..N
     where they are not unique positive integers (references follow; a repeated image or category id is an
     error), ``file_name`` made absolute or relative to ``out_file``, a missing ``bbox`` taken from the
-    segmentation, a missing ``width`` / ``height`` from the image file. Boxes and images are checked by
+    segmentation, a missing ``width`` / ``height`` from the image file; an EXIF-rotated photo whose ``width`` /
+    ``height`` are its turned view's (labelled as a viewer shows it) has its annotations turned to the stored
+    pixels. Boxes and images are checked by
     :func:`~sparse_detector.data.check.check_dataset` (``data import`` and ``data check`` run it).
     """
     json_file = Path(json_file)
@@ -107,18 +153,37 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
             f"{data['images'][0]['file_name']}); pass the folder its file names are relative to with --images DIR"
         )
     sizes_read = 0
+    turned: list[str] = []
+    annotations_of = defaultdict(list)
+    for ann in data["annotations"]:
+        annotations_of[ann.get("image_id")].append(ann)
     for image in data["images"]:
         path = images_dir / image["file_name"]
         if not (image.get("width") and image.get("height")) and path.is_file():  # a missing file: data check lists it
             image["width"], image["height"] = image_size(path)
             sizes_read += 1
+        elif path.is_file() and (orientation := _labelled_turned(image, path)) != 1:
+            for ann in annotations_of[image["id"]]:
+                _turn_to_stored(ann, orientation, image["width"], image["height"])
+            turned.append(f"{image['file_name']} (EXIF orientation {orientation}, {image['width']}x{image['height']})")
+            image["width"], image["height"] = image["height"], image["width"]
         image["file_name"] = json_image_path(path, Path(out_file))
+    if turned:
+        logger.warning(
+            "%s: %d image(s) were labelled on their EXIF-turned view (the JSON's width and height are the turned "
+            "image's): their boxes and segmentations are turned to the stored pixels, which training and predict "
+            "read, e.g. %s",
+            json_file,
+            len(turned),
+            turned[:MAX_EXAMPLES],
+        )
     data.setdefault("info", {})["stats"] = {
         "images": len(data["images"]),
         "annotations": len(data["annotations"]),
         "remapped_ids": remapped,
         "boxes_from_segmentation": boxes_from_segmentation,
         "sizes_from_files": sizes_read,
+        "turned_from_exif": len(turned),
         "source": str(json_file),
     }
     return write_coco(data, out_file)
