@@ -480,6 +480,15 @@ def test_data_check_on_clean_and_broken_sets(tmp_path: Path, capsys: pytest.Capt
     assert "not valid JSON" in check_dataset(tmp_path / "not.json").fatal
 
 
+def test_data_check_counts_the_boxes_left_out_with_their_images(tmp_path: Path, capsys) -> None:
+    """Import said 36 boxes, check 29 + 4 crowd: the 3 boxes of a missing image vanished from the count unsaid.
+    Boxes on missing or unreadable images are now counted in the summary and the warnings."""
+    report = check_dataset(broken_set(tmp_path))  # gone.jpg (missing) and cut.jpg (truncated) hold a box each
+    assert report.boxes_left_out == 2
+    assert main(["data", "check", str(tmp_path / "broken.json")]) == 1
+    assert "boxes:  1 (0 crowd/ignored, not counted; 2 on the images left out below)" in capsys.readouterr().out
+
+
 def test_data_check_notes_exif_orientation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """An image a viewer would turn (EXIF orientation 6) is named: its boxes are read on the stored pixels."""
     exif = Image.Exif()

@@ -30,6 +30,7 @@ class CheckReport:
     boxes_per_class: dict[str, int] = field(default_factory=dict)
     boxes_by_area: dict[str, int] = field(default_factory=dict)
     crowd: int = 0
+    boxes_left_out: int = 0  # boxes of the images left out (missing or unreadable)
     clipped: int = 0
     images_decoded: bool = False
     exif_turned: list[str] = field(default_factory=list)  # images whose EXIF orientation a viewer would apply
@@ -48,7 +49,10 @@ class CheckReport:
             return "\n".join([*lines, f"FAILED: {self.fatal}"])
         decoded = "all decoded" if self.images_decoded else "not decoded (--no-decode)"
         lines.append(f"images: {self.images} ({decoded})")
-        lines.append(f"boxes:  {sum(self.boxes_per_class.values())} ({self.crowd} crowd/ignored, not counted)")
+        left_out = f"; {self.boxes_left_out} on the images left out below" if self.boxes_left_out else ""
+        lines.append(
+            f"boxes:  {sum(self.boxes_per_class.values())} ({self.crowd} crowd/ignored, not counted{left_out})"
+        )
         width = max((len(name) for name in self.boxes_per_class), default=0)
         lines += [f"  {name.ljust(width)}  {count}" for name, count in self.boxes_per_class.items()]
         sizes = ", ".join(f"{name} {count}" for name, count in self.boxes_by_area.items())
@@ -89,7 +93,7 @@ def check_dataset(
         report.fatal = str(err)
         return report
     report.images = len(dataset)
-    report.crowd, report.clipped = dataset.num_crowd, dataset.num_clipped
+    report.crowd, report.clipped, report.boxes_left_out = dataset.num_crowd, dataset.num_clipped, dataset.boxes_left_out
     report.problems, report.problem_counts = list(dataset.problems), dict(dataset.skipped)
     per_class: Counter[str] = Counter({name: 0 for name in dataset.category_names})
     by_area: Counter[str] = Counter({name: 0 for name, _ in AREA_BUCKETS})

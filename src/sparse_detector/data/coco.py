@@ -179,6 +179,7 @@ class CocoDetection(Dataset):
         self.skipped: Counter[str] = Counter()
         self.num_crowd = 0
         self.num_clipped = 0
+        self.boxes_left_out = 0  # non-crowd boxes of images left out (missing or unreadable), gone with them
         self.problems: list[str] = []  # every skipped annotation / image, described with its ids
         self._skipped_positions: set[int] = set()
         self._clipped_bboxes: dict[int, list[float]] = {}  # annotation position -> clipped COCO [x, y, w, h]
@@ -227,6 +228,7 @@ class CocoDetection(Dataset):
             img = images.get(int(ann["image_id"]))
             reason = ""
             if int(ann["image_id"]) in self._missing_images:
+                self.boxes_left_out += not ann.get("iscrowd", 0)
                 continue  # its image was left out as missing; the evaluation ground truth drops both
             if img is None:
                 reason = "unknown_image"
@@ -255,11 +257,13 @@ class CocoDetection(Dataset):
             area = float(ann.get("area", xywh[2] * xywh[3]))
             per_image[int(ann["image_id"])].append((box, category_to_label[int(ann["category_id"])], area))
         if self.skipped:
+            with_boxes = f" and the {self.boxes_left_out} box(es) on the missing images" if self.boxes_left_out else ""
             logger.warning(
-                "%s: skipped %d invalid annotation(s) or missing image(s) %s; first examples: %s",
+                "%s: skipped %d invalid annotation(s) or missing image(s) %s%s; first examples: %s",
                 path,
                 sum(self.skipped.values()),
                 dict(self.skipped),
+                with_boxes,
                 "; ".join(self.problems[:MAX_EXAMPLES]),
             )
         if self.num_clipped:
@@ -271,8 +275,9 @@ class CocoDetection(Dataset):
         return per_image
 
     def _check_images(self) -> None:
-        """Decode every image; unreadable ones raise or (``on_invalid="skip"``) are left out, counted and logged."""
-        good, bad = [], []
+        """Decode every image; unreadable ones raise or (``on_invalid="skip"``) are left out with their boxes,
+        counted and logged."""
+        good, bad, bad_boxes = [], [], 0
         for index, record in enumerate(self._records):
             try:
                 self.load_image(index)
@@ -281,10 +286,18 @@ class CocoDetection(Dataset):
                 if self.on_invalid == "error":
                     raise DatasetError(f"{err}, or set data.on_invalid=skip to leave such images out") from err
                 bad.append(record.file_name)
+                bad_boxes += len(record.labels)
                 self.problems.append(str(err))
         if bad:
             self.skipped["bad_image"] += len(bad)
-            logger.warning("%s: left out %d unreadable or mis-sized image(s): %s", self.annotation_file, len(bad), bad)
+            self.boxes_left_out += bad_boxes
+            logger.warning(
+                "%s: left out %d unreadable or mis-sized image(s) and the %d box(es) on them: %s",
+                self.annotation_file,
+                len(bad),
+                bad_boxes,
+                bad,
+            )
         self._records = good
 
     @property
