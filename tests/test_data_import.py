@@ -244,7 +244,11 @@ def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pyte
         )
     with pytest.raises(DatasetError, match=r"none of the 3 images .* has a label file in .*images.*--labels DIR"):
         import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt", tmp_path / "images")
-    for line, error in (("0 0.5 0.5 0.2 0.2 0.9", "got 6 fields"), ("0 50 20 10 10", r"not all in \[0, 1\]")):
+    for line, error in (
+        ("0 0.5 0.5 0.2 0.2 0.9", "got 6 fields"),
+        ("0 50 20 10 10", r"not all in \[0, 1\]"),
+        ("0.5 0.5 0.5 0.2 0.2", r"the class index '0.5' is not a whole number"),
+    ):
         write_text(tmp_path / "labels" / "train" / "q.txt", f"0 0.5 0.5 0.2 0.2\n{line}\n")
         with pytest.raises(DatasetError, match=rf"q.txt:2: .*{error}"):
             import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt")
@@ -264,6 +268,16 @@ def test_yolo_export_root_pairs_each_images_folder_with_its_labels(tmp_path: Pat
         coco = import_yolo(tmp_path, tmp_path / "all.json", tmp_path / "data.yaml")
     assert [len(boxes) for boxes in boxes_by_image(coco).values()] == [1, 1]
     assert coco["info"]["stats"]["label_files_without_image"] == 1 and "README" not in caplog.text
+
+
+def test_yolo_class_index_written_as_a_float(tmp_path: Path) -> None:
+    """Some converters write the class as '1.0' (Ultralytics reads it as 1): the import stopped with 'expected
+    class x_center y_center width height ..., got 5 fields'."""
+    write_image(tmp_path / "images" / "p.jpg", 100, 50)
+    write_text(tmp_path / "labels" / "p.txt", "1.0 0.5 0.5 0.2 0.4\r\n0.000000 0.1 0.1 0.2 0.2 \r\n")
+    write_text(tmp_path / "classes.txt", "car\nperson\n")
+    coco = import_yolo(tmp_path / "images", tmp_path / "out.json", tmp_path / "classes.txt")
+    assert boxes_by_image(coco) == {"p.jpg": [("person", [40.0, 15.0, 20.0, 20.0]), ("car", [0.0, 0.0, 20.0, 10.0])]}
 
 
 def test_csv(tmp_path: Path) -> None:

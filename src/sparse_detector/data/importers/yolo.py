@@ -55,9 +55,11 @@ def _yolo_box(fields: list[str], where: str) -> tuple[int, tuple[float, float, f
     if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
         raise DatasetError(usage)
     try:
-        index, values = int(fields[0]), [float(v) for v in fields[1:]]
+        index, values = float(fields[0]), [float(v) for v in fields[1:]]
     except ValueError:
         raise DatasetError(usage) from None
+    if not index.is_integer():  # "1.0" is class 1, as Ultralytics reads it (some converters write floats)
+        raise DatasetError(f"{where}: the class index {fields[0]!r} is not a whole number; {usage.split(': ', 1)[1]}")
     if not all(-COORDINATE_TOLERANCE <= v <= 1 + COORDINATE_TOLERANCE for v in values):
         raise DatasetError(
             f"{where}: coordinates {fields[1:]} are not all in [0, 1]; YOLO labels are normalised by the image "
@@ -70,7 +72,7 @@ def _yolo_box(fields: list[str], where: str) -> tuple[int, tuple[float, float, f
         xs, ys = values[0::2], values[1::2]
         box = (min(xs), min(ys), max(xs), max(ys))
     # an edge past the border by rounding only (labels written with few decimals) is on the border
-    return index, tuple(
+    return int(index), tuple(
         min(max(v, 0.0), 1.0) if -COORDINATE_TOLERANCE <= v <= 1 + COORDINATE_TOLERANCE else v for v in box
     )
 
