@@ -503,6 +503,21 @@ def test_data_check_counts_the_boxes_left_out_with_their_images(tmp_path: Path, 
     assert "boxes:  1 (0 crowd/ignored, not counted; 2 on the images left out below)" in capsys.readouterr().out
 
 
+def test_a_missing_image_named_by_its_absolute_path_is_not_blamed_on_the_images_folder(tmp_path: Path) -> None:
+    """An imported JSON names images outside its folder by absolute path; one of them gone, training said it was
+    'missing from <the JSON's folder>' and to check data.<split>.images, which plays no part for such a path."""
+    write_image(tmp_path / "photos" / "a.jpg")
+    entry = {"id": 1, "file_name": str(tmp_path / "photos" / "gone.jpg"), "width": 40, "height": 30}
+    categories = [{"id": 1, "name": "x"}]
+    write_text(
+        tmp_path / "json" / "d.json", json.dumps({"images": [entry], "annotations": [], "categories": categories})
+    )
+    with pytest.raises(
+        DatasetError, match=r"listed in .*d.json do not exist, e.g. .*gone.jpg.*; restore them or remove"
+    ):
+        CocoDetection(None, tmp_path / "json" / "d.json")
+
+
 def test_data_check_notes_exif_orientation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """An image a viewer would turn (EXIF orientation 6) is named: its boxes are read on the stored pixels."""
     exif = Image.Exif()

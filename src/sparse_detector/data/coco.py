@@ -203,10 +203,15 @@ class CocoDetection(Dataset):
             images[int(img["id"])] = img
         missing = {i: img for i, img in images.items() if not (self.images_dir / img["file_name"]).is_file()}
         if missing and self.on_invalid == "error":
+            names = [str(img["file_name"]) for img in missing.values()]
+            if all(Path(name).is_absolute() for name in names):  # as data import writes images outside its folder
+                where, fix = "do not exist", "restore them or remove them from the JSON"
+            else:
+                where = f"are missing from {self.images_dir}"
+                fix = "check data.<split>.images (the folder file names are relative to)"
             raise DatasetError(
-                f"{len(missing)} image file(s) listed in {path} are missing from {self.images_dir}, e.g. "
-                f"{[img['file_name'] for img in missing.values()][:MAX_EXAMPLES]}; check data.<split>.images (the "
-                "folder file names are relative to), or set data.on_invalid=skip to leave them out"
+                f"{len(missing)} image file(s) listed in {path} {where}, e.g. {names[:MAX_EXAMPLES]}; {fix}, or set "
+                "data.on_invalid=skip to leave them out"
             )
         self._missing_images = set(missing)
         if missing:
