@@ -87,6 +87,20 @@ def test_voc_standard_layout(tmp_path: Path) -> None:
     assert len(dataset) == 2 and dataset.num_boxes == 1 and dataset.num_crowd == 1
 
 
+def test_voc_root_errors_name_the_roots_and_splits_there_are(tmp_path: Path) -> None:
+    """`data import voc VOCdevkit` (the folder above VOC2012) or a --split the set lacks said only what was missing;
+    they now name the VOC roots inside the folder given, or the splits its ImageSets/Main has."""
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    write_image(root / "JPEGImages" / "a.jpg")
+    write_text(root / "Annotations" / "a.xml", voc_xml([("cat", (1, 1, 10, 10), 0)]))
+    for name in ("train", "trainval", "train_small", "cat_train", "cat_trainval"):
+        write_text(root / "ImageSets" / "Main" / f"{name}.txt", "a\n")
+    with pytest.raises(DatasetError, match=r"VOC roots inside it: .*VOCdevkit/VOC2012 "):
+        import_voc_root(tmp_path / "VOCdevkit", tmp_path / "out.json")
+    with pytest.raises(DatasetError, match=r"val.txt does not exist; .*its splits: train, train_small, trainval \("):
+        import_voc_root(root, tmp_path / "out.json", split="val")
+
+
 def test_voc_any_layout_matched_by_file_name(tmp_path: Path) -> None:
     """Images and XML in unrelated folders, no ImageSets, XML without <filename>, mixed suffixes; a list file."""
     write_image(tmp_path / "photos" / "one.png")

@@ -237,6 +237,17 @@ def import_voc(
     return write_coco(coco, out_file)
 
 
+def _voc_root_hint(root: Path, split_file: Path) -> str:
+    """What to pass instead: the VOC roots inside ``root`` (``VOCdevkit/VOC2012``), or the splits it has."""
+    if split_file.parent.is_dir():
+        # per-class files <class>_<split>.txt (cat_trainval.txt) list every image with a flag; the splits are the others
+        stems = {f.stem for f in split_file.parent.glob("*.txt")}
+        splits = sorted(stem for stem in stems if not any(stem.endswith(f"_{other}") for other in stems))
+        return f"; its splits: {', '.join(splits)} (--split NAME)" if splits else ""
+    inside = sorted(str(d) for d in root.glob("*") if (d / "Annotations").is_dir())
+    return f"; VOC roots inside it: {', '.join(inside)}" if inside else ""
+
+
 def import_voc_root(
     voc_root: str | Path,
     out_file: str | Path,
@@ -255,7 +266,8 @@ def import_voc_root(
         if not required.exists():
             raise DatasetError(
                 f"{required} does not exist; a standard VOC root holds Annotations/, JPEGImages/ and "
-                f"ImageSets/Main/{split}.txt (for another layout use --images DIR --annotations DIR)"
+                f"ImageSets/Main/{split}.txt{_voc_root_hint(root, split_file)} (for another layout use --images DIR "
+                "--annotations DIR)"
             )
     if class_names is None:
         class_names = sorted({o.name for f in annotations_dir.glob("*.xml") for o in parse_voc_xml(f).objects})
