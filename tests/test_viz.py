@@ -600,3 +600,17 @@ def test_figures_of_images_with_dots_in_their_names_keep_the_whole_name(runs, tm
     assert sorted(p.name for p in out.iterdir()) == [
         f"attention_decoder_cross_img_jpg.rf.{h}_q{q}.png" for h in ("3f2a", "9b1c") for q in (0, 1)
     ]
+
+
+def test_predict_pictures_draw_accented_class_names():
+    """PIL's default font has no accented letters: a class "crème brûlée" was captioned "cr□me br□l□e" in the
+    predict pictures. An accented letter now draws differently from a character no font has (the empty box)."""
+    from sparse_detector.viz.boxes import draw_boxes
+
+    image = Image.new("RGB", (120, 60))
+
+    def caption(name: str) -> np.ndarray:
+        return np.asarray(draw_boxes(image, [[2, 20, 110, 50]], [0], [name]))
+
+    assert not np.array_equal(caption("cr\u00e8me"), caption("cr\U000f0000me"))  # è is not the missing-glyph box
+    assert not np.array_equal(caption("\u00fc"), caption("\u00e8"))
