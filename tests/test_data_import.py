@@ -392,6 +392,28 @@ def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
     assert len(CocoDetection(None, tmp_path / "out" / "coco.json")) == 1
 
 
+def test_coco_renumbering_drops_references_to_no_entry_instead_of_moving_them(tmp_path: Path, caplog) -> None:
+    """Categories 0 and 3 were renumbered 1 and 2; an annotation of a category_id 1 that was not in 'categories'
+    kept its 1 and silently became a box of category 0's class (likewise an image_id). Such annotations are now
+    dropped, counted and named."""
+    write_image(tmp_path / "a.jpg")
+    source = {
+        "images": [{"id": 0, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "annotations": [
+            {"id": 1, "image_id": 0, "category_id": 3, "bbox": [1, 1, 5, 5]},
+            {"id": 2, "image_id": 0, "category_id": 1, "bbox": [2, 2, 5, 5]},  # no category 1
+            {"id": 3, "image_id": 1, "category_id": 0, "bbox": [2, 2, 5, 5]},  # no image 1
+        ],
+        "categories": [{"id": 0, "name": "apple"}, {"id": 3, "name": "pear"}],
+    }
+    write_text(tmp_path / "in.json", json.dumps(source))
+    with caplog.at_level(logging.WARNING):
+        coco = import_coco(tmp_path / "in.json", tmp_path / "out.json")
+    assert boxes_by_image(coco) == {"a.jpg": [("pear", [1.0, 1.0, 5.0, 5.0])]}
+    assert coco["info"]["stats"]["dropped"] == {"unknown_image": 1, "unknown_category": 1}
+    assert "annotation 2: category_id 1" in caplog.text and "annotation 3: image_id 1" in caplog.text
+
+
 def test_coco_labelled_on_the_exif_turned_view_gets_its_annotations_turned(tmp_path: Path) -> None:
     """A COCO JSON whose width/height are an EXIF quarter-turned photo's turned view (labelled as a viewer shows
     it): data check asked to 'fix the JSON width/height', which leaves every box elsewhere. data check now says

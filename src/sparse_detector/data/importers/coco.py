@@ -130,15 +130,29 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
     _check_unique_ids(data["images"], "images", json_file)
     _check_unique_ids(data["categories"], "categories", json_file)
     boxes_from_segmentation = _add_missing_bboxes(data, json_file)
-    remapped = []
+    remapped, dropped = [], {}
     for key, reference in (("images", "image_id"), ("categories", "category_id")):
         if _needs_new_ids(data[key]):
             new_ids = {}
             for number, entry in enumerate(data[key], start=1):
-                new_ids.setdefault(entry.get("id"), number)
+                new_ids.setdefault(str(entry.get("id")), number)
                 entry["id"] = number
+            # an id pointing to no entry would, kept, point to a renumbered one (another image or class)
+            unknown = [ann for ann in data["annotations"] if str(ann.get(reference)) not in new_ids]
+            if unknown:
+                dropped[f"unknown_{reference.removesuffix('_id')}"] = len(unknown)
+                logger.warning(
+                    "%s: dropped %d annotation(s) whose %s is not in '%s' (ids renumbered, it would point to another "
+                    "one), e.g. %s",
+                    json_file,
+                    len(unknown),
+                    reference,
+                    key,
+                    listing([f"annotation {ann.get('id')}: {reference} {ann.get(reference)!r}" for ann in unknown]),
+                )
+                data["annotations"] = [ann for ann in data["annotations"] if str(ann.get(reference)) in new_ids]
             for ann in data["annotations"]:
-                ann[reference] = new_ids.get(ann.get(reference), ann.get(reference))
+                ann[reference] = new_ids[str(ann.get(reference))]
             remapped.append(key)
     if _needs_new_ids(data["annotations"]):
         for number, ann in enumerate(data["annotations"], start=1):
@@ -181,6 +195,7 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
         "images": len(data["images"]),
         "annotations": len(data["annotations"]),
         "remapped_ids": remapped,
+        "dropped": dropped,
         "boxes_from_segmentation": boxes_from_segmentation,
         "sizes_from_files": sizes_read,
         "turned_from_exif": len(turned),
