@@ -414,6 +414,23 @@ def test_coco_renumbering_drops_references_to_no_entry_instead_of_moving_them(tm
     assert "annotation 2: category_id 1" in caplog.text and "annotation 3: image_id 1" in caplog.text
 
 
+def test_coco_import_says_which_category_ids_it_renumbered(tmp_path: Path, capsys) -> None:
+    """Category ids 0, 3 became 1, 2 without a word: detections named category_id 1 for what the user's own JSON
+    calls 0."""
+    write_image(tmp_path / "a.jpg")
+    annotation = {"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5]}
+    source = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "annotations": [annotation],
+        "categories": [{"id": 0, "name": "apple"}, {"id": 3, "name": "pear"}],
+    }
+    write_text(tmp_path / "in.json", json.dumps(source))
+    assert main(["data", "import", "coco", str(tmp_path / "in.json"), "--out", str(tmp_path / "out.json")]) == 0
+    assert (
+        "category ids renumbered (0 -> 1, 3 -> 2): detections and evaluation use the new ids" in capsys.readouterr().out
+    )
+
+
 def test_coco_labelled_on_the_exif_turned_view_gets_its_annotations_turned(tmp_path: Path) -> None:
     """A COCO JSON whose width/height are an EXIF quarter-turned photo's turned view (labelled as a viewer shows
     it): data check asked to 'fix the JSON width/height', which leaves every box elsewhere. data check now says

@@ -786,6 +786,9 @@ def _data_import(args: argparse.Namespace) -> int:
     if stats.get("dropped"):
         reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in stats["dropped"].items())
         print(f"dropped: {sum(stats['dropped'].values())} box(es) ({reasons}; listed in the warning above)")
+    if renumbered := stats.get("renumbered_categories"):
+        pairs = ", ".join(f"{old} -> {new}" for old, new in renumbered.items())
+        print(f"category ids renumbered ({pairs}): detections and evaluation use the new ids, those of --out")
     if stats.get("sizes_from_files"):
         print(f"sizes from files: {stats['sizes_from_files']} image(s) had no width/height")
     if stats.get("boxes_from_segmentation"):

@@ -130,7 +130,7 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
     _check_unique_ids(data["images"], "images", json_file)
     _check_unique_ids(data["categories"], "categories", json_file)
     boxes_from_segmentation = _add_missing_bboxes(data, json_file)
-    remapped, dropped = [], {}
+    remapped, dropped, renumbered_categories = [], {}, {}
     for key, reference in (("images", "image_id"), ("categories", "category_id")):
         if _needs_new_ids(data[key]):
             new_ids = {}
@@ -154,6 +154,8 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
             for ann in data["annotations"]:
                 ann[reference] = new_ids[str(ann.get(reference))]
             remapped.append(key)
+            if key == "categories":
+                renumbered_categories = {old_id: new_id for old_id, new_id in new_ids.items() if old_id != str(new_id)}
     if _needs_new_ids(data["annotations"]):
         for number, ann in enumerate(data["annotations"], start=1):
             ann["id"] = number
@@ -195,6 +197,7 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
         "images": len(data["images"]),
         "annotations": len(data["annotations"]),
         "remapped_ids": remapped,
+        "renumbered_categories": renumbered_categories,  # old id -> new id, where they differ
         "dropped": dropped,
         "boxes_from_segmentation": boxes_from_segmentation,
         "sizes_from_files": sizes_read,
