@@ -294,6 +294,19 @@ def test_yolo_class_index_written_as_a_float(tmp_path: Path) -> None:
     assert boxes_by_image(coco) == {"p.jpg": [("person", [40.0, 15.0, 20.0, 20.0]), ("car", [0.0, 0.0, 20.0, 10.0])]}
 
 
+def test_yolo_images_saved_from_the_web_as_jfif_are_imported(tmp_path: Path, caplog) -> None:
+    """A photo saved from a browser on Windows is x.jfif (a JPEG): it was not taken for an image, so it was left
+    out and its label file was reported as having no image."""
+    write_image(tmp_path / "images" / "a.jpg")
+    Image.open(tmp_path / "images" / "a.jpg").save(tmp_path / "images" / "b.jfif", "JPEG")
+    for stem in "ab":
+        write_text(tmp_path / "labels" / f"{stem}.txt", "0 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "classes.txt", "car\n")
+    coco = import_yolo(tmp_path / "images", tmp_path / "out.json", tmp_path / "classes.txt")
+    assert sorted(boxes_by_image(coco)) == ["a.jpg", "b.jfif"]
+    assert coco["info"]["stats"]["label_files_without_image"] == 0
+
+
 def test_csv(tmp_path: Path) -> None:
     write_image(tmp_path / "img" / "a.jpg")
     write_image(tmp_path / "img" / "b.jpg")

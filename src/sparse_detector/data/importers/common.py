@@ -16,7 +16,8 @@ from ..coco import MAX_EXAMPLES, DatasetError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# .jfif / .jpe: JPEG as browsers and Windows save it from the web
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def image_size(path: Path) -> tuple[int, int]:
