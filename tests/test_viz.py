@@ -614,3 +614,14 @@ def test_predict_pictures_draw_accented_class_names():
 
     assert not np.array_equal(caption("cr\u00e8me"), caption("cr\U000f0000me"))  # è is not the missing-glyph box
     assert not np.array_equal(caption("\u00fc"), caption("\u00e8"))
+
+
+def test_data_figure_names_each_sample_by_its_image_file(runs, tmp_path: Path, monkeypatch):
+    """The data figure's panels said 'image id 3', which the user's own files do not show; they name the file."""
+    import sparse_detector.viz.kinds as kinds
+
+    drawn = {}
+    monkeypatch.setattr(kinds, "data_figure", lambda samples, title: drawn.update(samples=samples))
+    monkeypatch.setattr(kinds, "save_figure", lambda figure, path, fmt: path)
+    visualize("data", VisualizeRequest(runs=[runs["run"]], output=tmp_path, num_images=2))
+    assert [sample.title for sample in drawn["samples"]] == ["train_000000.png (id 1)", "train_000001.png (id 2)"]

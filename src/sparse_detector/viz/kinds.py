@@ -574,12 +574,13 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
         valid_h, valid_w = (int(v) for v in (~mask).nonzero().max(0).values + 1)
         boxes = cxcywh_to_pixels(target["boxes"], valid_h, valid_w)  # normalised to the valid (unpadded) area
         names = [dataset.labels.name(int(label)) for label in target["labels"]]
+        image_id = int(target["image_id"])
         drawn.append(
             Sample(
                 display_image(tensor, config.data.normalize),
                 mask.numpy(),
                 [LabelledBox(box, name) for box, name in zip(boxes, names, strict=True)],
-                f"image id {int(target['image_id'])}",
+                f"{Path(dataset.coco.imgs[image_id]['file_name']).name} (id {image_id})",
             )
         )
     figure = data_figure(drawn, title=f"{dataset.annotation_file}: {counted(len(dataset), 'image')}")
