@@ -377,6 +377,17 @@ def test_csv_header_naming_width_and_height_reads_x_y_w_h(tmp_path: Path) -> Non
         import_csv(table, tmp_path / "out.json")
 
 
+def test_class_names_that_differ_only_in_case_are_named(tmp_path: Path, caplog) -> None:
+    """Labels typed 'Cat', 'cat' and 'red  car' / 'Red car' became four classes without a word."""
+    write_image(tmp_path / "a.jpg")
+    rows = "".join(f"a.jpg,1,1,9,9,{name}\n" for name in ("Cat", "cat", "red  car", "Red car", "dog"))
+    table = write_text(tmp_path / "boxes.csv", rows)
+    with caplog.at_level(logging.WARNING):
+        coco = import_csv(table, tmp_path / "out.json")
+    assert coco["info"]["stats"]["alike_class_names"] == [["Cat", "cat"], ["Red car", "red  car"]]
+    assert "differ only in case or spacing are separate classes: 'Cat' / 'cat'; 'Red car' / 'red  car'" in caplog.text
+
+
 def test_csv_normalised_coordinates_are_scaled_to_pixels(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Coordinates normalised to [0, 1] were read as pixels: boxes under a pixel wide, and the check said OK."""
     write_image(tmp_path / "a.jpg", width=40, height=30)

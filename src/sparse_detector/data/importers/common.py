@@ -121,6 +121,17 @@ class CocoBuilder:
         out = Path(out_file)
         names = self.class_names if self.class_names is not None else sorted({b["name"] for b in self._boxes})
         category_ids = {name: i + 1 for i, name in enumerate(names)}
+        spellings: dict[str, list[str]] = {}
+        for name in names:
+            spellings.setdefault(" ".join(name.casefold().split()), []).append(name)
+        alike = [group for group in spellings.values() if len(group) > 1]
+        if alike:
+            logger.warning(
+                "%s: class names that differ only in case or spacing are separate classes: %s; if each group is one "
+                "class, make its labels alike in the source files and import again",
+                self.source,
+                "; ".join(" / ".join(repr(n) for n in group) for group in alike),
+            )
         if self.dropped:
             inverted = " (are the columns x1,y1,x2,y2, not x,y,width,height? a header file,x,y,w,h,label reads those)"
             hint = inverted if self.dropped["inverted"] else ""
@@ -154,6 +165,7 @@ class CocoBuilder:
                     "images": len(self._images),
                     "annotations": len(annotations),
                     "per_class": dict(per_class),
+                    "alike_class_names": alike,
                     "dropped": dict(self.dropped),
                     "dropped_examples": self.examples,
                 },
