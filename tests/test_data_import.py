@@ -595,6 +595,18 @@ def test_a_missing_image_named_by_its_absolute_path_is_not_blamed_on_the_images_
         CocoDetection(None, tmp_path / "json" / "d.json")
 
 
+def test_data_check_counts_the_images_without_boxes(tmp_path: Path, capsys) -> None:
+    """A YOLO image whose label file was forgotten is imported as an image without boxes, and the check said only
+    'images: 2'; it now counts the images without boxes."""
+    write_image(tmp_path / "yolo" / "images" / "a.jpg")
+    write_image(tmp_path / "yolo" / "images" / "b.jpg")  # its label file forgotten: an image without boxes
+    write_text(tmp_path / "yolo" / "labels" / "a.txt", "0 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "yolo" / "classes.txt", "car\n")
+    import_yolo(tmp_path / "yolo" / "images", tmp_path / "yolo.json", tmp_path / "yolo" / "classes.txt")
+    assert main(["data", "check", str(tmp_path / "yolo.json")]) == 0
+    assert "images: 2 (all decoded; 1 without boxes)" in capsys.readouterr().out
+
+
 def test_data_check_notes_exif_orientation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """An image a viewer would turn (EXIF orientation 6) is named: its boxes are read on the stored pixels."""
     exif = Image.Exif()

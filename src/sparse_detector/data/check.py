@@ -27,6 +27,7 @@ class CheckReport:
 
     annotation_file: Path
     images: int = 0
+    images_without_boxes: int = 0  # background images (no box, or crowd / ignored boxes only)
     boxes_per_class: dict[str, int] = field(default_factory=dict)
     boxes_by_area: dict[str, int] = field(default_factory=dict)
     crowd: int = 0
@@ -48,7 +49,8 @@ class CheckReport:
         if self.fatal:
             return "\n".join([*lines, f"FAILED: {self.fatal}"])
         decoded = "all decoded" if self.images_decoded else "not decoded (--no-decode)"
-        lines.append(f"images: {self.images} ({decoded})")
+        empty = f"; {self.images_without_boxes} without boxes" if self.images_without_boxes else ""
+        lines.append(f"images: {self.images} ({decoded}{empty})")
         left_out = f"; {self.boxes_left_out} on the images left out below" if self.boxes_left_out else ""
         lines.append(
             f"boxes:  {sum(self.boxes_per_class.values())} ({self.crowd} crowd/ignored, not counted{left_out})"
@@ -99,6 +101,7 @@ def check_dataset(
     by_area: Counter[str] = Counter({name: 0 for name, _ in AREA_BUCKETS})
     for index in range(len(dataset)):
         target = dataset.raw_target(index)
+        report.images_without_boxes += not len(target["labels"])
         per_class.update(dataset.labels.name(int(label)) for label in target["labels"])
         by_area.update(next(name for name, top in AREA_BUCKETS if area < top) for area in target["area"].tolist())
     report.boxes_per_class, report.boxes_by_area = dict(per_class), dict(by_area)
