@@ -307,6 +307,17 @@ def test_yolo_images_saved_from_the_web_as_jfif_are_imported(tmp_path: Path, cap
     assert coco["info"]["stats"]["label_files_without_image"] == 0
 
 
+def test_a_box_labelled_twice_is_one_object(tmp_path: Path) -> None:
+    """A YOLO line saved twice (as exports and label tools sometimes do) became two ground-truth objects, one of
+    which no detection can match (AP lowered); the repeat is now dropped and counted, as Ultralytics does."""
+    write_image(tmp_path / "images" / "p.jpg", 100, 50)
+    write_text(tmp_path / "labels" / "p.txt", "0 0.5 0.5 0.2 0.4\n0 0.5 0.5 0.2 0.4\n1 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "classes.txt", "car\nvan\n")
+    coco = import_yolo(tmp_path / "images", tmp_path / "out.json", tmp_path / "classes.txt")
+    assert [name for name, _ in boxes_by_image(coco)["p.jpg"]] == ["car", "van"]  # another class: another object
+    assert coco["info"]["stats"]["dropped"] == {"duplicate": 1}
+
+
 def test_csv(tmp_path: Path) -> None:
     write_image(tmp_path / "img" / "a.jpg")
     write_image(tmp_path / "img" / "b.jpg")

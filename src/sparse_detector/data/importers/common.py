@@ -62,8 +62,9 @@ class CocoBuilder:
     """Collects images and boxes (absolute x0, y0, x1, y1 pixels) and writes a COCO instances JSON.
 
     Categories get ids 1..C in ``class_names`` order when given (an unknown class is then an error), else sorted
-    by name over everything added. Boxes with no extent (``zero_area``) or corners the wrong way round
-    (``inverted``: x1 < x0 or y1 < y0) are dropped, counted in ``dropped`` and logged; boxes reaching past the
+    by name over everything added. Boxes with no extent (``zero_area``), corners the wrong way round
+    (``inverted``: x1 < x0 or y1 < y0) or repeating a box of the same class on the same image (``duplicate``, as
+    Ultralytics drops them) are dropped, counted in ``dropped`` and logged; boxes reaching past the
     image are kept as they are (training and evaluation clip them, ``data check`` counts them). Image ids are
     1..N in the order images are added.
     """
@@ -73,6 +74,7 @@ class CocoBuilder:
         self.class_names = list(class_names) if class_names is not None else None
         self._images: list[tuple[Path, int, int]] = []
         self._boxes: list[dict[str, Any]] = []
+        self._seen: set[tuple] = set()  # (image id, class, x0, y0, x1, y1) of every box kept
         self.dropped: Counter[str] = Counter()
         self.examples: list[str] = []
         self.unreadable: list[str] = []  # images whose header cannot be read: the import fails, naming them all
@@ -104,6 +106,10 @@ class CocoBuilder:
         if x1 == x0 or y1 == y0:
             self.drop("zero_area", f"{where}: box {[x0, y0, x1, y1]}")
             return
+        if (key := (image_id, name, x0, y0, x1, y1)) in self._seen:  # a label saved twice: one object, not two
+            self.drop("duplicate", f"{where}: box {[x0, y0, x1, y1]} of {name!r} repeats an earlier one on its image")
+            return
+        self._seen.add(key)
         self._boxes.append({"image_id": image_id, "name": name, "bbox": [x0, y0, x1 - x0, y1 - y0], **extra})
 
     def drop(self, reason: str, detail: str) -> None:
@@ -136,7 +142,7 @@ class CocoBuilder:
             inverted = " (are the columns x1,y1,x2,y2, not x,y,width,height? a header file,x,y,w,h,label reads those)"
             hint = inverted if self.dropped["inverted"] else ""
             logger.warning(
-                "%s: dropped %d box(es) with zero or negative extent %s, e.g. %s%s",
+                "%s: dropped %d box(es) (zero or negative extent, or repeating another) %s, e.g. %s%s",
                 self.source,
                 self.dropped.total(),
                 dict(self.dropped),
