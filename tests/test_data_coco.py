@@ -155,6 +155,8 @@ def _mutate(path: list[str | int], value: Any) -> dict[str, Any]:
         (["images", 0, "file_name"], KeyError, ["image entry 1", "file_name"]),
         (["annotations", 0, "bbox"], [5, 5, 0, 10], ["annotation id 10", "[5, 5, 0, 10]", "width and height"]),
         (["annotations", 0, "bbox"], [5, 5, 10, -2], ["annotation id 10", "[5, 5, 10, -2]"]),
+        # a height the float32 targets cannot hold (5 + 1e-9 == 5) was kept as a box of zero height
+        (["annotations", 0, "bbox"], [5, 5, 10, 1e-9], ["annotation id 10", "1e-09", "width and height"]),
         (["annotations", 0, "bbox"], [50, 5, 10, 10], ["annotation id 10", "[50, 5, 10, 10]", "outside"]),
         (["annotations", 0, "bbox"], [5, 5, 10], ["annotation id 10", "4 finite numbers"]),
         (["annotations", 1, "category_id"], 99, ["annotation id 11", "category_id 99", "not in 'categories'"]),

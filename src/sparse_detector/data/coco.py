@@ -100,6 +100,8 @@ def _clip_box(bbox: Any, width: int, height: int) -> tuple[list[float] | None, s
     x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
     if x1 <= x0 or y1 <= y0:
         return None, "outside_image"
+    if np.float32(x1) <= np.float32(x0) or np.float32(y1) <= np.float32(y0):  # the targets' precision
+        return None, "non_positive_size"
     return [x0, y0, x1, y1], ""
 
 
