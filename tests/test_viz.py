@@ -269,6 +269,22 @@ def test_predict_draws_each_detections_attention(runs, tmp_path: Path, capsys):
     check_image(tmp_path / "val_000001_attention.png", (round((1.5 * 6 + 1.2) * DPI), round((1.5 + 0.9) * DPI)))
 
 
+def test_predict_says_which_photos_viewers_show_turned(runs, tmp_path: Path, caplog):
+    """A phone photo with an EXIF orientation: predict's boxes are in the stored pixels while every viewer shows
+    the photo turned, and nothing said so; the record now carries its orientation and a warning names it."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    with Image.open(runs["images"] / "val_000001.png") as image:
+        image.convert("RGB").save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    shutil.copy(runs["images"] / "val_000002.png", tmp_path / "plain.png")
+    out = tmp_path / "out"
+    argv = ["predict", "--checkpoint", str(runs["run"]), str(tmp_path / "phone.jpg"), str(tmp_path / "plain.png")]
+    assert main([*argv, "--output", str(out)]) == 0
+    records = json.loads((out / "predictions.json").read_text())
+    assert [record.get("exif_orientation") for record in records] == [6, None]
+    assert "1 image(s) carry an EXIF orientation" in caplog.text and "phone.jpg" in caplog.text
+
+
 def test_references_figure_labels_every_decoder_layer():
     """One reference point per layer, in layer order, joined by arrows; layers at the same point share a label."""
 
