@@ -399,6 +399,24 @@ def test_class_names_that_differ_only_in_case_are_named(tmp_path: Path, caplog) 
     assert "differ only in case or spacing are separate classes: 'Cat' / 'cat'; 'Red car' / 'red  car'" in caplog.text
 
 
+def test_text_files_in_other_encodings(tmp_path: Path) -> None:
+    """Excel's 'Unicode Text' (UTF-16) CSV and a Latin-1 classes.txt stopped the import with "'utf-8' codec can't
+    decode byte 0xff in position 0", naming no file. UTF-16 with its BOM is now read; another encoding is an error
+    naming the file and line and how to convert it."""
+    write_image(tmp_path / "a.jpg")
+    table = tmp_path / "boxes.csv"
+    table.write_text("file,x1,y1,x2,y2,label\na.jpg,1,2,11,22,crème\n", encoding="utf-16")
+    assert boxes_by_image(import_csv(table, tmp_path / "out.json")) == {"a.jpg": [("crème", [1.0, 2.0, 10.0, 20.0])]}
+    table.write_text("file,x1,y1,x2,y2,label\na.jpg,1,2,11,22,crème\n", encoding="latin-1")
+    with pytest.raises(DatasetError, match=r"boxes.csv:2: not UTF-8 text .*save the file as UTF-8"):
+        import_csv(table, tmp_path / "out.json")
+    write_image(tmp_path / "images" / "p.jpg")
+    write_text(tmp_path / "labels" / "p.txt", "0 0.5 0.5 0.2 0.4\n")
+    (tmp_path / "classes.txt").write_text("crème\n", encoding="latin-1")
+    with pytest.raises(DatasetError, match=r"classes.txt:1: not UTF-8 text"):
+        import_yolo(tmp_path / "images", tmp_path / "out.json", tmp_path / "classes.txt")
+
+
 def test_csv_normalised_coordinates_are_scaled_to_pixels(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Coordinates normalised to [0, 1] were read as pixels: boxes under a pixel wide, and the check said OK."""
     write_image(tmp_path / "a.jpg", width=40, height=30)

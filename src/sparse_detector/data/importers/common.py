@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -44,11 +45,27 @@ def find_image(images_dir: Path, stem: str) -> Path | None:
     return None
 
 
+def read_text(path: Path) -> str:
+    """A text file written as UTF-8 (a BOM allowed, as Excel's "CSV UTF-8" writes) or UTF-16 with its BOM (Excel's
+    "Unicode Text"); other encodings are an error naming the file and line."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#x} at offset {err.start}); save the file as UTF-8 "
+            "(in Excel: 'CSV UTF-8'; elsewhere e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
 def read_list_file(path: Path) -> list[str]:
     """Non-empty lines of a list file, first whitespace-separated field each (VOC ``ImageSets`` style)."""
     if not path.is_file():
         raise DatasetError(f"list file {path} does not exist")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    return [line.split()[0] for line in read_text(path).splitlines() if line.strip()]
 
 
 def json_image_path(image: Path, out_file: Path) -> str:

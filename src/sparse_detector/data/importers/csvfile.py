@@ -11,13 +11,14 @@ with an image but empty box fields marks an image without boxes. Image paths are
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..coco import DatasetError
-from .common import CocoBuilder, listing, write_coco
+from .common import CocoBuilder, listing, read_text, write_coco
 
 logger = logging.getLogger(__name__)
 
@@ -80,37 +81,36 @@ def import_csv(
     missing: list[str] = []
     boxes: list[tuple[int, str, tuple[float, ...], str]] = []  # image id, label, x1 y1 x2 y2, where
     positions, width, sizes = list(range(len(COLUMNS))), len(COLUMNS), False
-    with open(csv_file, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
-        for number, row in enumerate(csv.reader(f), start=1):
-            where = f"{csv_file}:{number}"
-            if not row:
+    for number, row in enumerate(csv.reader(io.StringIO(read_text(csv_file), newline="")), start=1):
+        where = f"{csv_file}:{number}"
+        if not row:
+            continue
+        if number == 1 and len(row) > 1 and not _is_number(row[1]):
+            (positions, sizes), width = _column_positions(row, where), len(row)
+            continue
+        if len(row) != width:
+            raise DatasetError(
+                f"{where}: expected {width} comma-separated fields (file,x1,y1,x2,y2,label, or the columns of "
+                f"the header), got {len(row)}: {row}"
+            )
+        name, *coordinates, label = (row[at].strip() for at in positions)
+        path = (images_dir / name).resolve()
+        if path not in image_ids:
+            if not path.is_file():
+                missing.append(f"{where}: {images_dir / name}")
                 continue
-            if number == 1 and len(row) > 1 and not _is_number(row[1]):
-                (positions, sizes), width = _column_positions(row, where), len(row)
-                continue
-            if len(row) != width:
-                raise DatasetError(
-                    f"{where}: expected {width} comma-separated fields (file,x1,y1,x2,y2,label, or the columns of "
-                    f"the header), got {len(row)}: {row}"
-                )
-            name, *coordinates, label = (row[at].strip() for at in positions)
-            path = (images_dir / name).resolve()
-            if path not in image_ids:
-                if not path.is_file():
-                    missing.append(f"{where}: {images_dir / name}")
-                    continue
-                image_ids[path] = builder.add_image(images_dir / name)
-            if not any(coordinates) and not label:
-                continue  # an image without boxes
-            try:
-                box = tuple(float(v) for v in coordinates)
-            except ValueError:
-                raise DatasetError(f"{where}: x1,y1,x2,y2 must be numbers, got {coordinates}") from None
-            if not label:
-                raise DatasetError(f"{where}: the label is empty")
-            if sizes:
-                box = (box[0], box[1], box[0] + box[2], box[1] + box[3])
-            boxes.append((image_ids[path], label, box, where))
+            image_ids[path] = builder.add_image(images_dir / name)
+        if not any(coordinates) and not label:
+            continue  # an image without boxes
+        try:
+            box = tuple(float(v) for v in coordinates)
+        except ValueError:
+            raise DatasetError(f"{where}: x1,y1,x2,y2 must be numbers, got {coordinates}") from None
+        if not label:
+            raise DatasetError(f"{where}: the label is empty")
+        if sizes:
+            box = (box[0], box[1], box[0] + box[2], box[1] + box[3])
+        boxes.append((image_ids[path], label, box, where))
     if missing:
         raise DatasetError(
             f"{len(missing)} row(s) name an image that does not exist (paths are relative to {images_dir}; pass "

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..coco import MAX_EXAMPLES, DatasetError
-from .common import IMAGE_SUFFIXES, CocoBuilder, write_coco
+from .common import IMAGE_SUFFIXES, CocoBuilder, read_text, write_coco
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def read_class_names(path: str | Path) -> list[str]:
     if not path.is_file():
         raise DatasetError(f"class names file {path} does not exist")
     if path.suffix in (".yaml", ".yml"):
-        names = (yaml.safe_load(path.read_text()) or {}).get("names")
+        names = (yaml.safe_load(read_text(path)) or {}).get("names")
         if isinstance(names, dict):
             if sorted(map(int, names)) != list(range(len(names))):
                 raise DatasetError(
@@ -43,7 +43,7 @@ def read_class_names(path: str | Path) -> list[str]:
         if not isinstance(names, list):
             raise DatasetError(f"{path}: expected 'names:' as a list or an index -> name mapping, got {names!r}")
         return [str(n) for n in names]
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def _yolo_box(fields: list[str], where: str) -> tuple[int, tuple[float, float, float, float]]:
@@ -80,7 +80,7 @@ def _yolo_box(fields: list[str], where: str) -> tuple[int, tuple[float, float, f
 def _yolo_boxes(label_file: Path, width: int, height: int, names: Sequence[str]) -> list[tuple[str, tuple, str]]:
     """(class name, absolute xyxy box, where) of every line of a label file."""
     boxes = []
-    for number, line in enumerate(label_file.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(label_file).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
