@@ -66,8 +66,13 @@ def load_json(path: Path) -> dict[str, Any]:
     if not Path(path).is_file():
         raise DatasetError(f"annotation file {path} does not exist; check the path")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM, as some Windows tools write, is no part of it
             data = json.load(f)
+    except UnicodeDecodeError as err:
+        raise DatasetError(
+            f"{path}: not UTF-8 text (byte {err.object[err.start]:#x} at offset {err.start}); JSON files are UTF-8, "
+            "so convert it (e.g. iconv -f latin1 -t utf-8)"
+        ) from err
     except json.JSONDecodeError as err:
         raise DatasetError(
             f"{path}: not valid JSON at line {err.lineno}, column {err.colno} (char {err.pos}): {err.msg}. "
