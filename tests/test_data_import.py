@@ -521,6 +521,8 @@ def test_coco_labelled_on_the_exif_turned_view_gets_its_annotations_turned(tmp_p
     assert [min(xs_), min(ys_), max(xs_) - min(xs_), max(ys_) - min(ys_)] == expected
     assert np.array_equal(mask_utils.decode(rle_ann["segmentation"]), stored)
     assert check_dataset(tmp_path / "out.json").ok
+    write_text(tmp_path / "a.png", "not an image")  # unreadable: listed by data check, not an import error
+    assert import_coco(tmp_path / "in.json", tmp_path / "out.json")["info"]["stats"]["turned_from_exif"] == 0
 
 
 def test_coco_segmentation_only_repeated_ids_and_wrong_images_folder(tmp_path: Path) -> None:

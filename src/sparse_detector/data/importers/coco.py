@@ -73,7 +73,10 @@ def _add_missing_bboxes(data: dict, json_file: Path) -> int:
 def _labelled_turned(image: dict, path: Path) -> int:
     """The EXIF orientation of the image file when the JSON's size is its turned view's (the stored sides swapped
     by a quarter turn), so its annotations were drawn on that view; else 1."""
-    width, height = image_size(path)
+    try:
+        width, height = image_size(path)
+    except DatasetError:
+        return 1  # unreadable: data check lists it
     if (image["width"], image["height"]) == (width, height) or (image["width"], image["height"]) != (height, width):
         return 1
     orientation = exif_orientation(path)
