@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from sparse_detector.data.labels import LabelMap, LabelMode
-from sparse_detector.data.orientation import SWAPS_SIDES, exif_orientation
+from sparse_detector.data.orientation import labelled_turned
 from sparse_detector.data.transforms import Compose, ToModelTarget, ToTensor, Transform
 from sparse_detector.logs import RANK_SPECIFIC
 
@@ -371,7 +371,7 @@ class CocoDetection(Dataset):
             ) from err
         if image.size != (record.width, record.height):
             fix = "fix the JSON width/height"
-            if image.size == (record.height, record.width) and (orientation := exif_orientation(path)) in SWAPS_SIDES:
+            if (orientation := labelled_turned(path, (record.width, record.height), image.size)) != 1:
                 fix = (
                     f"that is its EXIF-turned view's size (orientation {orientation}), so its boxes were drawn on "
                     f"the turned image: `sparse-detector data import coco {self.annotation_file} --out NEW.json` "

@@ -21,6 +21,16 @@ def exif_orientation(path: str | Path) -> int:
     return orientation if orientation in range(1, 9) else 1
 
 
+def labelled_turned(path: str | Path, labelled: tuple[int, int], stored: tuple[int, int]) -> int:
+    """The EXIF orientation of the image at ``path`` when the size its labels give (``labelled``, width x height)
+    is its turned view's: the ``stored`` sides swapped by a quarter turn, so the boxes were drawn on that view; else
+    1 (nothing to turn)."""
+    if labelled == stored or labelled != stored[::-1]:
+        return 1
+    orientation = exif_orientation(path)
+    return orientation if orientation in SWAPS_SIDES else 1
+
+
 def turned_size(width: int, height: int, orientation: int) -> tuple[int, int]:
     """(width, height) of the view a viewer shows of a stored ``width`` x ``height`` image."""
     return (height, width) if orientation in SWAPS_SIDES else (width, height)

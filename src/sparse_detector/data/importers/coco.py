@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..coco import MAX_EXAMPLES, DatasetError, load_json
-from ..orientation import STORED_FROM_TURNED, SWAPS_SIDES, box_to_stored, exif_orientation, point_to_stored
+from ..orientation import STORED_FROM_TURNED, box_to_stored, labelled_turned, point_to_stored
 from .common import image_size, json_image_path, listing, write_coco
 
 logger = logging.getLogger(__name__)
@@ -71,22 +71,21 @@ def _add_missing_bboxes(data: dict, json_file: Path) -> int:
 
 
 def _labelled_turned(image: dict, path: Path) -> int:
-    """The EXIF orientation of the image file when the JSON's size is its turned view's (the stored sides swapped
-    by a quarter turn), so its annotations were drawn on that view; else 1."""
+    """The EXIF orientation of the image file when the JSON's size is its turned view's (see
+    :func:`~sparse_detector.data.orientation.labelled_turned`); 1 for an unreadable image (data check lists it)."""
     try:
-        width, height = image_size(path)
+        return labelled_turned(path, (image["width"], image["height"]), image_size(path))
     except DatasetError:
-        return 1  # unreadable: data check lists it
-    if (image["width"], image["height"]) == (width, height) or (image["width"], image["height"]) != (height, width):
         return 1
-    orientation = exif_orientation(path)
-    return orientation if orientation in SWAPS_SIDES else 1
 
 
 def _turn_to_stored(ann: dict, orientation: int, width: int, height: int) -> None:
     """Bring an annotation drawn on the turned view (``width`` x ``height``) to the stored pixels: its bbox, polygon
     points and RLE mask."""
-    x, y, w, h = (float(v) for v in ann["bbox"])
+    try:
+        x, y, w, h = (float(v) for v in ann["bbox"])
+    except (TypeError, ValueError):
+        return  # a malformed bbox: data check names it
     x0, y0, x1, y1 = box_to_stored((x, y, x + w, y + h), orientation, width, height)
     ann["bbox"] = [x0, y0, x1 - x0, y1 - y0]
     segmentation = ann.get("segmentation")

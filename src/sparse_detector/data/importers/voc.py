@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..coco import MAX_EXAMPLES, DatasetError
-from ..orientation import SWAPS_SIDES, box_to_stored, exif_orientation
+from ..orientation import box_to_stored, labelled_turned
 from .common import IMAGE_SUFFIXES, CocoBuilder, find_image, listing, read_list_file, write_coco
 
 logger = logging.getLogger(__name__)
@@ -142,15 +142,6 @@ def _check_one_xml_per_image(parsed: Sequence[VocAnnotation], images: Sequence[P
         )
 
 
-def _labelled_turned(image: Path, xml_size: tuple[int, int], size: tuple[int, int]) -> int:
-    """The EXIF orientation of ``image`` when its XML ``<size>`` is the turned view's (width and height of the
-    stored ``size`` swapped by a quarter turn), so its boxes were drawn on that view; else 1."""
-    if xml_size != size[::-1]:
-        return 1
-    orientation = exif_orientation(image)
-    return orientation if orientation in SWAPS_SIDES else 1
-
-
 def import_voc(
     annotations_dir: str | Path,
     out_file: str | Path,
@@ -185,7 +176,7 @@ def import_voc(
         xml_size = (annotation.width, annotation.height)
         orientation = 1
         if width and all(xml_size) and xml_size != (width, height):
-            orientation = _labelled_turned(image, xml_size, (width, height))
+            orientation = labelled_turned(image, xml_size, (width, height))
             (turned if orientation != 1 else resized).append(
                 f"{annotation.xml_file} <size> {annotation.width}x{annotation.height}, image {width}x{height}"
                 + (f" stored, EXIF orientation {orientation}" if orientation != 1 else "")
