@@ -374,10 +374,12 @@ def test_csv_header_naming_width_and_height_reads_x_y_w_h(tmp_path: Path) -> Non
         "filename,x,y,w,h,label",
         "image,label,left,top,width,height",
         "file,x,y,bbox_width,bbox_height,class",
+        "file,width,height,x,y,bbox_width,bbox_height,class",  # width, height: the image's
     ):
         columns = header.split(",")
-        values = {"x": "5", "left": "5", "y": "6", "top": "6", "w": "10", "width": "10", "bbox_width": "10"}
-        values |= {"h": "4", "height": "4", "bbox_height": "4"}
+        image_size = "bbox_width" in columns  # beside the box's own size, width and height are the image's
+        values = {"x": "5", "left": "5", "y": "6", "top": "6", "w": "10", "bbox_width": "10", "h": "4"}
+        values |= {"width": "40" if image_size else "10", "height": "30" if image_size else "4", "bbox_height": "4"}
         row = ",".join("a.jpg" if i == 0 else values.get(c, "cell") for i, c in enumerate(columns))
         table.write_text(f"{header}\n{row}\n")
         coco = import_csv(table, tmp_path / "out.json")

@@ -31,10 +31,11 @@ COLUMNS = {
     "y2": ("y2", "ymax", "y_max", "bottom"),
     "label": ("label", "class", "class_name", "category", "name"),
 }
-# A header naming a box's width and height instead of its far corner: rows are x, y, width, height.
+# A header naming a box's width and height instead of its far corner: rows are x, y, width, height (the box's
+# names first: beside them, width and height are the image's).
 SIZE_COLUMNS = {
-    "x2": ("w", "width", "box_width", "bbox_width"),
-    "y2": ("h", "height", "box_height", "bbox_height"),
+    "x2": ("w", "box_width", "bbox_width", "width"),
+    "y2": ("h", "box_height", "bbox_height", "height"),
 }
 
 
