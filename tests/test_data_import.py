@@ -181,6 +181,21 @@ def test_voc_size_that_differs_from_the_image(tmp_path: Path, caplog: pytest.Log
     assert check_dataset(tmp_path / "out.json").ok
 
 
+def test_voc_image_resized_after_labelling_gets_its_boxes_scaled(tmp_path: Path, caplog) -> None:
+    """Photos downscaled after labelling (XML <size> 80x60, image 40x30): the boxes stayed in the XML's pixels,
+    so they reached past the image and were clipped or dropped as outside it. Boxes that reach past the image but
+    fit the <size> of the same shape are now scaled to the image; a <size> of another shape stays as it was."""
+    write_image(tmp_path / "a.jpg", 40, 30)
+    write_text(tmp_path / "a.xml", voc_xml([("rbc", (11, 21, 70, 60), 0)], size=(80, 60)))
+    with caplog.at_level(logging.WARNING):
+        coco = import_voc(tmp_path, tmp_path / "out.json")
+    assert boxes_by_image(coco) == {"a.jpg": [("rbc", [5.0, 10.0, 30.0, 20.0])]}
+    assert coco["info"]["stats"]["scaled_to_resized_image"] == 1 and "resized after labelling" in caplog.text
+    write_text(tmp_path / "a.xml", voc_xml([("rbc", (11, 21, 70, 60), 0)], size=(90, 60)))  # another shape
+    coco = import_voc(tmp_path, tmp_path / "out.json")
+    assert coco["info"]["stats"]["size_differs_from_xml"] == 1 and coco["annotations"][0]["bbox"][2] == 60
+
+
 @pytest.mark.parametrize("orientation", [6, 8, 5, 7])
 def test_voc_labelled_on_the_exif_turned_view_gets_its_boxes_turned(tmp_path: Path, orientation: int) -> None:
     """A phone photo stored 40x30 with an EXIF quarter turn, labelled (LabelImg-style VOC) on the 30x40 view a

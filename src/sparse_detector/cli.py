@@ -800,6 +800,11 @@ def _data_import(args: argparse.Namespace) -> int:
             f"EXIF: {counted(stats['turned_from_exif'], 'image')} labelled on the turned view (listed above): boxes "
             "turned to the stored pixels"
         )
+    if stats.get("scaled_to_resized_image"):
+        print(
+            f"sizes: {counted(stats['scaled_to_resized_image'], 'image')} resized after labelling (listed above): "
+            "boxes scaled to the image"
+        )
     if stats.get("size_differs_from_xml"):
         print(f"sizes: {stats['size_differs_from_xml']} image(s) differ from their XML <size> (listed above)")
     if stats.get("images_without_xml"):
