@@ -108,12 +108,15 @@ def _default_labels_dir(images_dir: Path) -> Path:
     return labels if labels is not None and labels.is_dir() else images_dir
 
 
-def _label_file(image: Path, beside: bool) -> Path:
-    """The label file of ``image`` (relative to the folder given): in the same place, or with ``beside`` (labels
-    among the images) in the ``labels`` folder paired with an ``images`` folder of its path, as given an export's
-    root (``train/images/x.jpg`` -> ``train/labels/x.txt``)."""
-    folder = (_labels_folder(image.parent) if beside else None) or image.parent
-    return folder / image.with_suffix(".txt").name
+def _label_file(labels_dir: Path, image: Path, beside: bool) -> Path:
+    """The label file of ``image`` (relative to the folder given) in ``labels_dir``: in the same place, or with
+    ``beside`` (labels among the images) in the ``labels`` folder paired with an ``images`` folder of its path when
+    there is one, as given an export's root (``train/images/x.jpg`` -> ``train/labels/x.txt``)."""
+    same_place = labels_dir / image.with_suffix(".txt")
+    paired = _labels_folder(image.parent) if beside else None
+    if paired is None or not (labels_dir / paired / same_place.name).is_file():
+        return same_place
+    return labels_dir / paired / same_place.name
 
 
 def import_yolo(
@@ -143,7 +146,7 @@ def import_yolo(
         raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir} or its subfolders")
     builder = CocoBuilder(str(images_dir), names)
     beside = not given and labels_dir == images_dir
-    label_files = [labels_dir / _label_file(image.relative_to(images_dir), beside) for image in images]
+    label_files = [_label_file(labels_dir, image.relative_to(images_dir), beside) for image in images]
     for image, label_file in zip(images, label_files, strict=True):
         image_id = builder.add_image(image)
         if label_file.is_file():
