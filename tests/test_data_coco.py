@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import gc
 import json
 import logging
@@ -178,6 +179,8 @@ def _mutate(path: list[str | int], value: Any) -> dict[str, Any]:
         (["images", 0, "file_name"], KeyError, ["image entry 1", "file_name"]),
         (["annotations", 0, "bbox"], [5, 5, 0, 10], ["annotation id 10", "[5, 5, 0, 10]", "width and height"]),
         (["annotations", 0, "bbox"], [5, 5, 10, -2], ["annotation id 10", "[5, 5, 10, -2]"]),
+        # a height the float32 targets cannot hold (5 + 1e-9 == 5) was kept as a box of zero height
+        (["annotations", 0, "bbox"], [5, 5, 10, 1e-9], ["annotation id 10", "1e-09", "width and height"]),
         (["annotations", 0, "bbox"], [50, 5, 10, 10], ["annotation id 10", "[50, 5, 10, 10]", "outside"]),
         (["annotations", 0, "bbox"], [5, 5, 10], ["annotation id 10", "4 finite numbers"]),
         (["annotations", 1, "category_id"], 99, ["annotation id 11", "category_id 99", "not in 'categories'"]),
@@ -203,6 +206,19 @@ def test_missing_paths(tmp_path: Path) -> None:
         CocoDetection(images, tmp_path / "missing.json")
     (images / "b.png").unlink()
     with pytest.raises(DatasetError, match=r"missing from .*images.*b\.png"):
+        CocoDetection(images, annotation_file)
+
+
+def test_json_with_a_bom_or_in_another_encoding(tmp_path: Path) -> None:
+    """A COCO JSON saved with a UTF-8 BOM (some Windows tools) was 'not valid JSON ... Unexpected UTF-8 BOM'; one in
+    Latin-1 failed with "'utf-8' codec can't decode", naming no file. The BOM is now read past; another encoding
+    is an error naming the file."""
+    images, annotation_file = _write(tmp_path)
+    text = json.dumps(_dataset_dict() | {"categories": [{"id": 7, "name": "sept"}, {"id": 3, "name": "crème"}]})
+    annotation_file.write_bytes(codecs.BOM_UTF8 + text.encode("utf-8"))
+    assert CocoDetection(images, annotation_file).category_names == ["crème", "sept"]
+    annotation_file.write_bytes(text.replace("\\u00e8", "\u00e8").encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"instances.json: not UTF-8 text"):
         CocoDetection(images, annotation_file)
 
 

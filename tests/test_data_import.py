@@ -87,6 +87,20 @@ def test_voc_standard_layout(tmp_path: Path) -> None:
     assert len(dataset) == 2 and dataset.num_boxes == 1 and dataset.num_crowd == 1
 
 
+def test_voc_root_errors_name_the_roots_and_splits_there_are(tmp_path: Path) -> None:
+    """`data import voc VOCdevkit` (the folder above VOC2012) or a --split the set lacks said only what was missing;
+    they now name the VOC roots inside the folder given, or the splits its ImageSets/Main has."""
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    write_image(root / "JPEGImages" / "a.jpg")
+    write_text(root / "Annotations" / "a.xml", voc_xml([("cat", (1, 1, 10, 10), 0)]))
+    for name in ("train", "trainval", "train_small", "cat_train", "cat_trainval"):
+        write_text(root / "ImageSets" / "Main" / f"{name}.txt", "a\n")
+    with pytest.raises(DatasetError, match=r"VOC roots inside it: .*VOCdevkit/VOC2012 "):
+        import_voc_root(tmp_path / "VOCdevkit", tmp_path / "out.json")
+    with pytest.raises(DatasetError, match=r"val.txt does not exist; .*its splits: train, train_small, trainval \("):
+        import_voc_root(root, tmp_path / "out.json", split="val")
+
+
 def test_voc_any_layout_matched_by_file_name(tmp_path: Path) -> None:
     """Images and XML in unrelated folders, no ImageSets, XML without <filename>, mixed suffixes; a list file."""
     write_image(tmp_path / "photos" / "one.png")
@@ -167,6 +181,44 @@ def test_voc_size_that_differs_from_the_image(tmp_path: Path, caplog: pytest.Log
     assert check_dataset(tmp_path / "out.json").ok
 
 
+def test_voc_image_resized_after_labelling_gets_its_boxes_scaled(tmp_path: Path, caplog) -> None:
+    """Photos downscaled after labelling (XML <size> 80x60, image 40x30): the boxes stayed in the XML's pixels,
+    so they reached past the image and were clipped or dropped as outside it. Boxes that reach past the image but
+    fit the <size> of the same shape are now scaled to the image; a <size> of another shape stays as it was."""
+    write_image(tmp_path / "a.jpg", 40, 30)
+    write_text(tmp_path / "a.xml", voc_xml([("rbc", (11, 21, 70, 60), 0)], size=(80, 60)))
+    with caplog.at_level(logging.WARNING):
+        coco = import_voc(tmp_path, tmp_path / "out.json")
+    assert boxes_by_image(coco) == {"a.jpg": [("rbc", [5.0, 10.0, 30.0, 20.0])]}
+    assert coco["info"]["stats"]["scaled_to_resized_image"] == 1 and "resized after labelling" in caplog.text
+    write_text(tmp_path / "a.xml", voc_xml([("rbc", (11, 21, 70, 60), 0)], size=(90, 60)))  # another shape
+    coco = import_voc(tmp_path, tmp_path / "out.json")
+    assert coco["info"]["stats"]["size_differs_from_xml"] == 1 and coco["annotations"][0]["bbox"][2] == 60
+
+
+@pytest.mark.parametrize("orientation", [6, 8, 5, 7])
+def test_voc_labelled_on_the_exif_turned_view_gets_its_boxes_turned(tmp_path: Path, orientation: int) -> None:
+    """A phone photo stored 40x30 with an EXIF quarter turn, labelled (LabelImg-style VOC) on the 30x40 view a
+    viewer shows: the boxes were taken as stored pixels and lay elsewhere. An XML <size> that is the turned view's
+    now turns its boxes to the stored pixels (where the labelled object's pixels are), counted."""
+    shown = np.zeros((40, 30), np.uint8)
+    shown[5:15, 2:12] = 255  # the object, as the labeller saw it: x 2..12, y 5..15 on the 30 wide, 40 high view
+    stored = Image.fromarray(shown).transpose(
+        {5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE}.get(
+            orientation, Image.Transpose.ROTATE_270
+        )
+    )
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(tmp_path / "a.png", exif=exif.tobytes())
+    write_text(tmp_path / "a.xml", voc_xml([("obj", (3, 6, 12, 15), 0)], "a.png", size=(30, 40)))
+    coco = import_voc(tmp_path, tmp_path / "out.json")
+    assert coco["info"]["stats"]["turned_from_exif"] == 1 and coco["info"]["stats"]["size_differs_from_xml"] == 0
+    x, y, w, h = (round(v) for v in coco["annotations"][0]["bbox"])
+    ys, xs = np.nonzero(np.asarray(stored))
+    assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
 def test_yolo_with_classes_txt_and_data_yaml(tmp_path: Path) -> None:
     write_image(tmp_path / "images" / "train" / "p.jpg", 100, 50)
     write_image(tmp_path / "images" / "train" / "q.jpg", 100, 50)  # no label file: an image without boxes
@@ -221,10 +273,68 @@ def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pyte
         )
     with pytest.raises(DatasetError, match=r"none of the 3 images .* has a label file in .*images.*--labels DIR"):
         import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt", tmp_path / "images")
-    for line, error in (("0 0.5 0.5 0.2 0.2 0.9", "got 6 fields"), ("0 50 20 10 10", r"not all in \[0, 1\]")):
+    for line, error in (
+        ("0 0.5 0.5 0.2 0.2 0.9", "got 6 fields"),
+        ("0 50 20 10 10", r"not all in \[0, 1\]"),
+        ("0.5 0.5 0.5 0.2 0.2", r"the class index '0.5' is not a whole number"),
+    ):
         write_text(tmp_path / "labels" / "train" / "q.txt", f"0 0.5 0.5 0.2 0.2\n{line}\n")
         with pytest.raises(DatasetError, match=rf"q.txt:2: .*{error}"):
             import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt")
+
+
+def test_yolo_export_root_pairs_each_images_folder_with_its_labels(tmp_path: Path, caplog) -> None:
+    """--images at a Roboflow export's root (train/images, train/labels, valid/...) said no image had a label file
+    (it looked beside the images); each images folder's labels are now read from the labels folder beside it, and
+    the export's README.roboflow.txt is not taken for a label file without an image."""
+    for split in ("train", "valid"):
+        write_image(tmp_path / split / "images" / f"{split}_jpg.rf.1.jpg", 100, 50)
+        write_text(tmp_path / split / "labels" / f"{split}_jpg.rf.1.txt", "0 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "valid" / "labels" / "gone.txt", "0 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "README.roboflow.txt", "exported from roboflow.com\n")
+    write_text(tmp_path / "data.yaml", "train: ../train/images\nnc: 1\nnames: ['car']\n")
+    with caplog.at_level(logging.WARNING):
+        coco = import_yolo(tmp_path, tmp_path / "all.json", tmp_path / "data.yaml")
+    assert [len(boxes) for boxes in boxes_by_image(coco).values()] == [1, 1]
+    assert coco["info"]["stats"]["label_files_without_image"] == 1 and "README" not in caplog.text
+    write_image(tmp_path / "flat" / "images" / "p.jpg")  # labels beside the images, in a folder named images
+    write_text(tmp_path / "flat" / "images" / "p.txt", "0 0.5 0.5 0.2 0.4\n")
+    coco = import_yolo(tmp_path / "flat", tmp_path / "flat.json", tmp_path / "data.yaml")
+    assert [len(boxes) for boxes in boxes_by_image(coco).values()] == [1]
+
+
+def test_yolo_class_index_written_as_a_float(tmp_path: Path) -> None:
+    """Some converters write the class as '1.0' (Ultralytics reads it as 1): the import stopped with 'expected
+    class x_center y_center width height ..., got 5 fields'."""
+    write_image(tmp_path / "images" / "p.jpg", 100, 50)
+    write_text(tmp_path / "labels" / "p.txt", "1.0 0.5 0.5 0.2 0.4\r\n0.000000 0.1 0.1 0.2 0.2 \r\n")
+    write_text(tmp_path / "classes.txt", "car\nperson\n")
+    coco = import_yolo(tmp_path / "images", tmp_path / "out.json", tmp_path / "classes.txt")
+    assert boxes_by_image(coco) == {"p.jpg": [("person", [40.0, 15.0, 20.0, 20.0]), ("car", [0.0, 0.0, 20.0, 10.0])]}
+
+
+def test_yolo_images_saved_from_the_web_as_jfif_are_imported(tmp_path: Path, caplog) -> None:
+    """A photo saved from a browser on Windows is x.jfif (a JPEG): it was not taken for an image, so it was left
+    out and its label file was reported as having no image."""
+    write_image(tmp_path / "images" / "a.jpg")
+    Image.open(tmp_path / "images" / "a.jpg").save(tmp_path / "images" / "b.jfif", "JPEG")
+    for stem in "ab":
+        write_text(tmp_path / "labels" / f"{stem}.txt", "0 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "classes.txt", "car\n")
+    coco = import_yolo(tmp_path / "images", tmp_path / "out.json", tmp_path / "classes.txt")
+    assert sorted(boxes_by_image(coco)) == ["a.jpg", "b.jfif"]
+    assert coco["info"]["stats"]["label_files_without_image"] == 0
+
+
+def test_a_box_labelled_twice_is_one_object(tmp_path: Path) -> None:
+    """A YOLO line saved twice (as exports and label tools sometimes do) became two ground-truth objects, one of
+    which no detection can match (AP lowered); the repeat is now dropped and counted, as Ultralytics does."""
+    write_image(tmp_path / "images" / "p.jpg", 100, 50)
+    write_text(tmp_path / "labels" / "p.txt", "0 0.5 0.5 0.2 0.4\n0 0.5 0.5 0.2 0.4\n1 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "classes.txt", "car\nvan\n")
+    coco = import_yolo(tmp_path / "images", tmp_path / "out.json", tmp_path / "classes.txt")
+    assert [name for name, _ in boxes_by_image(coco)["p.jpg"]] == ["car", "van"]  # another class: another object
+    assert coco["info"]["stats"]["dropped"] == {"duplicate": 1}
 
 
 def test_csv(tmp_path: Path) -> None:
@@ -273,6 +383,74 @@ def test_csv_named_columns_bom_inverted_boxes_and_wrong_separator(tmp_path: Path
         import_csv(table, tmp_path / "out.json")
 
 
+def test_csv_header_naming_width_and_height_reads_x_y_w_h(tmp_path: Path) -> None:
+    """A header 'filename,x,y,w,h,label' was read by position as x1,y1,x2,y2: 23 of 24 boxes dropped as inverted
+    and the check said OK. Width and height columns now give the box's size; beside corner columns they remain
+    the image's size; a header naming some known columns but not all is an error, never read by position."""
+    write_image(tmp_path / "a.jpg")
+    table = tmp_path / "boxes.csv"
+    for header in (
+        "filename,x,y,w,h,label",
+        "image,label,left,top,width,height",
+        "file,x,y,bbox_width,bbox_height,class",
+        "file,width,height,x,y,bbox_width,bbox_height,class",  # width, height: the image's
+    ):
+        columns = header.split(",")
+        image_size = "bbox_width" in columns  # beside the box's own size, width and height are the image's
+        values = {"x": "5", "left": "5", "y": "6", "top": "6", "w": "10", "bbox_width": "10", "h": "4"}
+        values |= {"width": "40" if image_size else "10", "height": "30" if image_size else "4", "bbox_height": "4"}
+        row = ",".join("a.jpg" if i == 0 else values.get(c, "cell") for i, c in enumerate(columns))
+        table.write_text(f"{header}\n{row}\n")
+        coco = import_csv(table, tmp_path / "out.json")
+        assert boxes_by_image(coco) == {"a.jpg": [("cell", [5.0, 6.0, 10.0, 4.0])]}, header
+        assert not coco["info"]["stats"]["dropped"]
+    table.write_text("image_id,x,y,w,h,label\na.jpg,5,6,10,4,cell\n")
+    with pytest.raises(DatasetError, match=r"names no column for \['file'\]"):
+        import_csv(table, tmp_path / "out.json")
+
+
+def test_class_names_that_differ_only_in_case_are_named(tmp_path: Path, caplog) -> None:
+    """Labels typed 'Cat', 'cat' and 'red  car' / 'Red car' became four classes without a word."""
+    write_image(tmp_path / "a.jpg")
+    rows = "".join(f"a.jpg,1,1,9,9,{name}\n" for name in ("Cat", "cat", "red  car", "Red car", "dog"))
+    table = write_text(tmp_path / "boxes.csv", rows)
+    with caplog.at_level(logging.WARNING):
+        coco = import_csv(table, tmp_path / "out.json")
+    assert coco["info"]["stats"]["alike_class_names"] == [["Cat", "cat"], ["Red car", "red  car"]]
+    assert "differ only in case or spacing are separate classes: 'Cat' / 'cat'; 'Red car' / 'red  car'" in caplog.text
+
+
+def test_text_files_in_other_encodings(tmp_path: Path) -> None:
+    """Excel's 'Unicode Text' (UTF-16) CSV and a Latin-1 classes.txt stopped the import with "'utf-8' codec can't
+    decode byte 0xff in position 0", naming no file. UTF-16 with its BOM is now read; another encoding is an error
+    naming the file and line and how to convert it."""
+    write_image(tmp_path / "a.jpg")
+    table = tmp_path / "boxes.csv"
+    table.write_text("file,x1,y1,x2,y2,label\na.jpg,1,2,11,22,crème\n", encoding="utf-16")
+    assert boxes_by_image(import_csv(table, tmp_path / "out.json")) == {"a.jpg": [("crème", [1.0, 2.0, 10.0, 20.0])]}
+    table.write_text("file,x1,y1,x2,y2,label\na.jpg,1,2,11,22,crème\n", encoding="latin-1")
+    with pytest.raises(DatasetError, match=r"boxes.csv:2: not UTF-8 text .*save the file as UTF-8"):
+        import_csv(table, tmp_path / "out.json")
+    write_image(tmp_path / "images" / "p.jpg")
+    write_text(tmp_path / "labels" / "p.txt", "0 0.5 0.5 0.2 0.4\n")
+    (tmp_path / "classes.txt").write_text("crème\n", encoding="latin-1")
+    with pytest.raises(DatasetError, match=r"classes.txt:1: not UTF-8 text"):
+        import_yolo(tmp_path / "images", tmp_path / "out.json", tmp_path / "classes.txt")
+
+
+def test_csv_normalised_coordinates_are_scaled_to_pixels(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Coordinates normalised to [0, 1] were read as pixels: boxes under a pixel wide, and the check said OK."""
+    write_image(tmp_path / "a.jpg", width=40, height=30)
+    table = write_text(tmp_path / "boxes.csv", "file,x1,y1,x2,y2,label\na.jpg,0.25,0.1,0.75,0.5,cell\n")
+    assert main(["data", "import", "csv", str(table), "--out", str(tmp_path / "out.json")]) == 0
+    assert "read as fractions of each image's width and height" in capsys.readouterr().out
+    coco = load(tmp_path / "out.json")
+    assert boxes_by_image(coco) == {"a.jpg": [("cell", [10.0, 3.0, 20.0, 12.0])]}
+    assert coco["info"]["stats"]["normalised_coordinates"] is True
+    write_text(table, "a.jpg,0.25,0.1,0.75,0.5,cell\na.jpg,2,3,12,13,cell\n")  # pixels: one box past 1
+    assert boxes_by_image(import_csv(table, tmp_path / "out.json"))["a.jpg"][1] == ("cell", [2.0, 3.0, 10.0, 10.0])
+
+
 def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
     write_image(tmp_path / "src" / "pics" / "a.jpg")
     source = {
@@ -286,6 +464,86 @@ def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
     assert coco["info"]["stats"]["remapped_ids"] == ["images", "categories", "annotations"]
     assert [(a["id"], a["image_id"], a["category_id"]) for a in coco["annotations"]] == [(1, 1, 1), (2, 1, 1)]
     assert len(CocoDetection(None, tmp_path / "out" / "coco.json")) == 1
+
+
+def test_coco_renumbering_drops_references_to_no_entry_instead_of_moving_them(tmp_path: Path, caplog) -> None:
+    """Categories 0 and 3 were renumbered 1 and 2; an annotation of a category_id 1 that was not in 'categories'
+    kept its 1 and silently became a box of category 0's class (likewise an image_id). Such annotations are now
+    dropped, counted and named."""
+    write_image(tmp_path / "a.jpg")
+    source = {
+        "images": [{"id": 0, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "annotations": [
+            {"id": 1, "image_id": 0, "category_id": 3, "bbox": [1, 1, 5, 5]},
+            {"id": 2, "image_id": 0, "category_id": 1, "bbox": [2, 2, 5, 5]},  # no category 1
+            {"id": 3, "image_id": 1, "category_id": 0, "bbox": [2, 2, 5, 5]},  # no image 1
+        ],
+        "categories": [{"id": 0, "name": "apple"}, {"id": 3, "name": "pear"}],
+    }
+    write_text(tmp_path / "in.json", json.dumps(source))
+    with caplog.at_level(logging.WARNING):
+        coco = import_coco(tmp_path / "in.json", tmp_path / "out.json")
+    assert boxes_by_image(coco) == {"a.jpg": [("pear", [1.0, 1.0, 5.0, 5.0])]}
+    assert coco["info"]["stats"]["dropped"] == {"unknown_image": 1, "unknown_category": 1}
+    assert "annotation 2: category_id 1" in caplog.text and "annotation 3: image_id 1" in caplog.text
+
+
+def test_coco_import_says_which_category_ids_it_renumbered(tmp_path: Path, capsys) -> None:
+    """Category ids 0, 3 became 1, 2 without a word: detections named category_id 1 for what the user's own JSON
+    calls 0."""
+    write_image(tmp_path / "a.jpg")
+    annotation = {"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5]}
+    source = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "annotations": [annotation],
+        "categories": [{"id": 0, "name": "apple"}, {"id": 3, "name": "pear"}],
+    }
+    write_text(tmp_path / "in.json", json.dumps(source))
+    assert main(["data", "import", "coco", str(tmp_path / "in.json"), "--out", str(tmp_path / "out.json")]) == 0
+    assert (
+        "category ids renumbered (0 -> 1, 3 -> 2): detections and evaluation use the new ids" in capsys.readouterr().out
+    )
+
+
+def test_coco_labelled_on_the_exif_turned_view_gets_its_annotations_turned(tmp_path: Path) -> None:
+    """A COCO JSON whose width/height are an EXIF quarter-turned photo's turned view (labelled as a viewer shows
+    it): data check asked to 'fix the JSON width/height', which leaves every box elsewhere. data check now says
+    what happened, and data import coco turns the bbox, polygon and RLE mask to the stored pixels."""
+    from pycocotools import mask as mask_utils
+
+    shown = np.zeros((40, 30), np.uint8)
+    shown[5:15, 2:12] = 1  # the object as the labeller saw it, on the 30 wide, 40 high view
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown a quarter turn clockwise: stored turned back anticlockwise
+    stored = np.asarray(Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90))
+    Image.fromarray(stored * 255).save(tmp_path / "a.png", exif=exif.tobytes())
+    rle = mask_utils.encode(np.asfortranarray(shown))
+    rle["counts"] = rle["counts"].decode("ascii")
+    polygon = [[2, 5, 12, 5, 12, 15, 2, 15]]
+    annotations = [
+        {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [2, 5, 10, 10], "segmentation": seg, "iscrowd": 0}
+        for i, seg in enumerate((polygon, rle))
+    ]
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 30, "height": 40}],
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "obj"}],
+    }
+    write_text(tmp_path / "in.json", json.dumps(coco))
+    assert "EXIF-turned view's size (orientation 6)" in check_dataset(tmp_path / "in.json").problems[0]
+    out = import_coco(tmp_path / "in.json", tmp_path / "out.json")
+    ys, xs = np.nonzero(stored)
+    expected = [float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())]
+    assert (out["images"][0]["width"], out["images"][0]["height"]) == (40, 30)
+    assert out["info"]["stats"]["turned_from_exif"] == 1
+    polygon_ann, rle_ann = out["annotations"]
+    assert polygon_ann["bbox"] == rle_ann["bbox"] == expected
+    xs_, ys_ = polygon_ann["segmentation"][0][0::2], polygon_ann["segmentation"][0][1::2]
+    assert [min(xs_), min(ys_), max(xs_) - min(xs_), max(ys_) - min(ys_)] == expected
+    assert np.array_equal(mask_utils.decode(rle_ann["segmentation"]), stored)
+    assert check_dataset(tmp_path / "out.json").ok
+    write_text(tmp_path / "a.png", "not an image")  # unreadable: listed by data check, not an import error
+    assert import_coco(tmp_path / "in.json", tmp_path / "out.json")["info"]["stats"]["turned_from_exif"] == 0
 
 
 def test_coco_segmentation_only_repeated_ids_and_wrong_images_folder(tmp_path: Path) -> None:
@@ -363,6 +621,42 @@ def test_data_check_on_clean_and_broken_sets(tmp_path: Path, capsys: pytest.Capt
         CocoDetection(None, tmp_path / "broken.json")
     (tmp_path / "not.json").write_text("{")
     assert "not valid JSON" in check_dataset(tmp_path / "not.json").fatal
+
+
+def test_data_check_counts_the_boxes_left_out_with_their_images(tmp_path: Path, capsys) -> None:
+    """Import said 36 boxes, check 29 + 4 crowd: the 3 boxes of a missing image vanished from the count unsaid.
+    Boxes on missing or unreadable images are now counted in the summary and the warnings."""
+    report = check_dataset(broken_set(tmp_path))  # gone.jpg (missing) and cut.jpg (truncated) hold a box each
+    assert report.boxes_left_out == 2
+    assert main(["data", "check", str(tmp_path / "broken.json")]) == 1
+    assert "boxes:  1 (0 crowd/ignored, not counted; 2 on the images left out below)" in capsys.readouterr().out
+
+
+def test_a_missing_image_named_by_its_absolute_path_is_not_blamed_on_the_images_folder(tmp_path: Path) -> None:
+    """An imported JSON names images outside its folder by absolute path; one of them gone, training said it was
+    'missing from <the JSON's folder>' and to check data.<split>.images, which plays no part for such a path."""
+    write_image(tmp_path / "photos" / "a.jpg")
+    entry = {"id": 1, "file_name": str(tmp_path / "photos" / "gone.jpg"), "width": 40, "height": 30}
+    categories = [{"id": 1, "name": "x"}]
+    write_text(
+        tmp_path / "json" / "d.json", json.dumps({"images": [entry], "annotations": [], "categories": categories})
+    )
+    with pytest.raises(
+        DatasetError, match=r"listed in .*d.json do not exist, e.g. .*gone.jpg.*; restore them or remove"
+    ):
+        CocoDetection(None, tmp_path / "json" / "d.json")
+
+
+def test_data_check_counts_the_images_without_boxes(tmp_path: Path, capsys) -> None:
+    """A YOLO image whose label file was forgotten is imported as an image without boxes, and the check said only
+    'images: 2'; it now counts the images without boxes."""
+    write_image(tmp_path / "yolo" / "images" / "a.jpg")
+    write_image(tmp_path / "yolo" / "images" / "b.jpg")  # its label file forgotten: an image without boxes
+    write_text(tmp_path / "yolo" / "labels" / "a.txt", "0 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "yolo" / "classes.txt", "car\n")
+    import_yolo(tmp_path / "yolo" / "images", tmp_path / "yolo.json", tmp_path / "yolo" / "classes.txt")
+    assert main(["data", "check", str(tmp_path / "yolo.json")]) == 0
+    assert "images: 2 (all decoded; 1 without boxes)" in capsys.readouterr().out
 
 
 def test_data_check_notes_exif_orientation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

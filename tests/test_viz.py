@@ -156,7 +156,7 @@ def test_titles_name_the_quickstart_run_and_the_training_image_files(runs, tmp_p
     drawn = []
     monkeypatch.setattr(kinds, "data_figure", lambda samples, title: drawn.extend(samples) or data_figure(samples))
     visualize("data", VisualizeRequest(runs=[runs["run"]], output=tmp_path / "data", num_images=2))
-    assert [sample.title for sample in drawn] == ["train_000000.png", "train_000001.png"]
+    assert [sample.title for sample in drawn] == ["train_000000.png (id 1)", "train_000001.png (id 2)"]
 
 
 @pytest.mark.parametrize("fmt, magic", [("pdf", b"%PDF"), ("svg", b"<?xml")])
@@ -308,6 +308,22 @@ def test_predict_draws_each_detections_attention(runs, tmp_path: Path, capsys):
     assert "attention of each detection" in capsys.readouterr().out
     # one panel per detection: all 6 queries pass threshold 0 -> 6 panels of 1.5 in + 1.2 in for the colour bar
     check_image(tmp_path / "val_000001_attention.png", (round((1.5 * 6 + 1.2) * DPI), round((1.5 + 0.9) * DPI)))
+
+
+def test_predict_says_which_photos_viewers_show_turned(runs, tmp_path: Path, caplog):
+    """A phone photo with an EXIF orientation: predict's boxes are in the stored pixels while every viewer shows
+    the photo turned, and nothing said so; the record now carries its orientation and a warning names it."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    with Image.open(runs["images"] / "val_000001.png") as image:
+        image.convert("RGB").save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    shutil.copy(runs["images"] / "val_000002.png", tmp_path / "plain.png")
+    out = tmp_path / "out"
+    argv = ["predict", "--checkpoint", str(runs["run"]), str(tmp_path / "phone.jpg"), str(tmp_path / "plain.png")]
+    assert main([*argv, "--output", str(out)]) == 0
+    records = json.loads((out / "predictions.json").read_text())
+    assert [record.get("exif_orientation") for record in records] == [6, None]
+    assert "1 image(s) carry an EXIF orientation" in caplog.text and "phone.jpg" in caplog.text
 
 
 def test_references_figure_labels_every_decoder_layer():
@@ -682,3 +698,43 @@ def test_matching_figure_takes_the_images_shape():
     wide, square = np.full((40, 80, 3), 0.5), np.full((40, 40, 3), 0.5)
     assert tuple(matching_figure(wide, [], [], []).get_size_inches()) == pytest.approx((10, 4.6 / 2 + 0.8))
     assert tuple(matching_figure(square, [], [], []).get_size_inches()) == pytest.approx((10, 5.4))
+
+
+def test_figures_of_images_with_dots_in_their_names_keep_the_whole_name(runs, tmp_path: Path):
+    """Roboflow names images img_jpg.rf.<hash>.jpg: every query's figure was written to ..._img_jpg.rf.png, each
+    overwriting the last (and two augmented copies of one photo shared it too)."""
+    images = []
+    for name in ("img_jpg.rf.3f2a.jpg", "img_jpg.rf.9b1c.jpg"):
+        with Image.open(runs["images"] / "val_000000.png") as image:
+            image.convert("RGB").save(tmp_path / name)
+        images.append(str(tmp_path / name))
+    out = tmp_path / "out"
+    assert main(["visualize", "attention", str(runs["run"]), *images, "--queries", "0", "1", "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name != FIGURES_RECORD) == [
+        f"attention_decoder_cross_img_jpg.rf.{h}_q{q}.png" for h in ("3f2a", "9b1c") for q in (0, 1)
+    ]
+
+
+def test_predict_pictures_draw_accented_class_names():
+    """PIL's default font has no accented letters: a class "crème brûlée" was captioned "cr□me br□l□e" in the
+    predict pictures. An accented letter now draws differently from a character no font has (the empty box)."""
+    from sparse_detector.viz.boxes import draw_boxes
+
+    image = Image.new("RGB", (120, 60))
+
+    def caption(name: str) -> np.ndarray:
+        return np.asarray(draw_boxes(image, [[2, 20, 110, 50]], [0], [name]))
+
+    assert not np.array_equal(caption("cr\u00e8me"), caption("cr\U000f0000me"))  # è is not the missing-glyph box
+    assert not np.array_equal(caption("\u00fc"), caption("\u00e8"))
+
+
+def test_data_figure_names_each_sample_by_its_image_file(runs, tmp_path: Path, monkeypatch):
+    """The data figure's panels said 'image id 3', which the user's own files do not show; they name the file."""
+    import sparse_detector.viz.kinds as kinds
+
+    drawn = {}
+    monkeypatch.setattr(kinds, "data_figure", lambda samples, title: drawn.update(samples=samples))
+    monkeypatch.setattr(kinds, "save_figure", lambda figure, path, fmt: path)
+    visualize("data", VisualizeRequest(runs=[runs["run"]], output=tmp_path, num_images=2))
+    assert [sample.title for sample in drawn["samples"]] == ["train_000000.png (id 1)", "train_000001.png (id 2)"]

@@ -785,10 +785,25 @@ def _data_import(args: argparse.Namespace) -> int:
     if stats.get("dropped"):
         reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in stats["dropped"].items())
         print(f"dropped: {sum(stats['dropped'].values())} box(es) ({reasons}; listed in the warning above)")
+    if renumbered := stats.get("renumbered_categories"):
+        pairs = ", ".join(f"{old} -> {new}" for old, new in renumbered.items())
+        print(f"category ids renumbered ({pairs}): detections and evaluation use the new ids, those of --out")
     if stats.get("sizes_from_files"):
         print(f"sizes from files: {stats['sizes_from_files']} image(s) had no width/height")
     if stats.get("boxes_from_segmentation"):
         print(f"boxes from segmentation: {stats['boxes_from_segmentation']} annotation(s) had no bbox")
+    if stats.get("normalised_coordinates"):
+        print("coordinates: all within [0, 1], read as fractions of each image's width and height (not pixels)")
+    if stats.get("turned_from_exif"):
+        print(
+            f"EXIF: {counted(stats['turned_from_exif'], 'image')} labelled on the turned view (listed above): boxes "
+            "turned to the stored pixels"
+        )
+    if stats.get("scaled_to_resized_image"):
+        print(
+            f"sizes: {counted(stats['scaled_to_resized_image'], 'image')} resized after labelling (listed above): "
+            "boxes scaled to the image"
+        )
     if stats.get("size_differs_from_xml"):
         print(f"sizes: {stats['size_differs_from_xml']} image(s) differ from their XML <size> (listed above)")
     if stats.get("images_without_xml"):

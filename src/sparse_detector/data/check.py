@@ -12,10 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import ExifTags, Image
-
 from .coco import CocoDetection, DatasetError
 from .labels import LabelMode
+from .orientation import exif_orientation
 
 # COCO's area ranges (pixels²) of the small / medium / large AP numbers.
 AREA_BUCKETS = (("small", 32**2), ("medium", 96**2), ("large", float("inf")))
@@ -28,9 +27,11 @@ class CheckReport:
 
     annotation_file: Path
     images: int = 0
+    images_without_boxes: int = 0  # background images (no box, or crowd / ignored boxes only)
     boxes_per_class: dict[str, int] = field(default_factory=dict)
     boxes_by_area: dict[str, int] = field(default_factory=dict)
     crowd: int = 0
+    boxes_left_out: int = 0  # boxes of the images left out (missing or unreadable)
     clipped: int = 0
     images_decoded: bool = False
     exif_turned: list[str] = field(default_factory=list)  # images whose EXIF orientation a viewer would apply
@@ -48,8 +49,12 @@ class CheckReport:
         if self.fatal:
             return "\n".join([*lines, f"FAILED: {self.fatal}"])
         decoded = "all decoded" if self.images_decoded else "not decoded (--no-decode)"
-        lines.append(f"images: {self.images} ({decoded})")
-        lines.append(f"boxes:  {sum(self.boxes_per_class.values())} ({self.crowd} crowd/ignored, not counted)")
+        empty = f"; {self.images_without_boxes} without boxes" if self.images_without_boxes else ""
+        lines.append(f"images: {self.images} ({decoded}{empty})")
+        left_out = f"; {self.boxes_left_out} on the images left out below" if self.boxes_left_out else ""
+        lines.append(
+            f"boxes:  {sum(self.boxes_per_class.values())} ({self.crowd} crowd/ignored, not counted{left_out})"
+        )
         width = max((len(name) for name in self.boxes_per_class), default=0)
         lines += [f"  {name.ljust(width)}  {count}" for name, count in self.boxes_per_class.items()]
         sizes = ", ".join(f"{name} {count}" for name, count in self.boxes_by_area.items())
@@ -90,12 +95,13 @@ def check_dataset(
         report.fatal = str(err)
         return report
     report.images = len(dataset)
-    report.crowd, report.clipped = dataset.num_crowd, dataset.num_clipped
+    report.crowd, report.clipped, report.boxes_left_out = dataset.num_crowd, dataset.num_clipped, dataset.boxes_left_out
     report.problems, report.problem_counts = list(dataset.problems), dict(dataset.skipped)
     per_class: Counter[str] = Counter({name: 0 for name in dataset.category_names})
     by_area: Counter[str] = Counter({name: 0 for name, _ in AREA_BUCKETS})
     for index in range(len(dataset)):
         target = dataset.raw_target(index)
+        report.images_without_boxes += not len(target["labels"])
         per_class.update(dataset.labels.name(int(label)) for label in target["labels"])
         by_area.update(next(name for name, top in AREA_BUCKETS if area < top) for area in target["area"].tolist())
     report.boxes_per_class, report.boxes_by_area = dict(per_class), dict(by_area)
@@ -106,5 +112,4 @@ def check_dataset(
 
 def _turned(path: Path) -> bool:
     """Whether an image's EXIF orientation asks viewers to rotate or mirror it."""
-    with Image.open(path) as image:
-        return image.getexif().get(ExifTags.Base.Orientation, 1) != 1
+    return exif_orientation(path) != 1

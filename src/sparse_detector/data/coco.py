@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from sparse_detector.data.labels import LabelMap, LabelMode
+from sparse_detector.data.orientation import labelled_turned
 from sparse_detector.logs import RANK_SPECIFIC
 
 if TYPE_CHECKING:
@@ -81,8 +82,13 @@ def load_json(path: Path) -> dict[str, Any]:
     if not Path(path).is_file():
         raise DatasetError(f"annotation file {path} does not exist; check the path")
     try:
-        with open(path, encoding="utf-8") as f, gc_paused():
+        with open(path, encoding="utf-8-sig") as f, gc_paused():  # -sig: a BOM, as some Windows tools write
             data = json.load(f)
+    except UnicodeDecodeError as err:
+        raise DatasetError(
+            f"{path}: not UTF-8 text (byte {err.object[err.start]:#x} at offset {err.start}); JSON files are UTF-8, "
+            "so convert it (e.g. iconv -f latin1 -t utf-8)"
+        ) from err
     except json.JSONDecodeError as err:
         raise DatasetError(
             f"{path}: not valid JSON at line {err.lineno}, column {err.colno} (char {err.pos}): {err.msg}. "
@@ -115,6 +121,8 @@ def _clip_box(bbox: Any, width: int, height: int) -> tuple[list[float] | None, s
     x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
     if x1 <= x0 or y1 <= y0:
         return None, "outside_image"
+    if np.float32(x1) <= np.float32(x0) or np.float32(y1) <= np.float32(y0):  # the targets' precision
+        return None, "non_positive_size"
     return [x0, y0, x1, y1], ""
 
 
@@ -195,6 +203,7 @@ class CocoDetection(Dataset):
         self.skipped: Counter[str] = Counter()
         self.num_crowd = 0
         self.num_clipped = 0
+        self.boxes_left_out = 0  # non-crowd boxes of images left out (missing or unreadable), gone with them
         self.problems: list[str] = []  # every skipped annotation / image, described with its ids
         self._skipped_positions: set[int] = set()
         self._clipped_bboxes: dict[int, list[float]] = {}  # annotation position -> clipped COCO [x, y, w, h]
@@ -220,10 +229,15 @@ class CocoDetection(Dataset):
             images[int(img["id"])] = img
         missing = {i: img for i, img in images.items() if not (self.images_dir / img["file_name"]).is_file()}
         if missing and self.on_invalid == "error":
+            names = [str(img["file_name"]) for img in missing.values()]
+            if all(Path(name).is_absolute() for name in names):  # as data import writes images outside its folder
+                where, fix = "do not exist", "restore them or remove them from the JSON"
+            else:
+                where = f"are missing from {self.images_dir}"
+                fix = "check data.<split>.images (the folder file names are relative to)"
             raise DatasetError(
-                f"{len(missing)} image file(s) listed in {path} are missing from {self.images_dir}, e.g. "
-                f"{[img['file_name'] for img in missing.values()][:MAX_EXAMPLES]}; check data.<split>.images (the "
-                "folder file names are relative to), or set data.on_invalid=skip to leave them out"
+                f"{len(missing)} image file(s) listed in {path} {where}, e.g. {names[:MAX_EXAMPLES]}; {fix}, or set "
+                "data.on_invalid=skip to leave them out"
             )
         self._missing_images = set(missing)
         if missing:
@@ -246,6 +260,7 @@ class CocoDetection(Dataset):
             img = images.get(int(ann["image_id"]))
             reason = ""
             if int(ann["image_id"]) in self._missing_images:
+                self.boxes_left_out += not ann.get("iscrowd", 0)
                 continue  # its image was left out as missing; the evaluation ground truth drops both
             if img is None:
                 reason = "unknown_image"
@@ -273,11 +288,13 @@ class CocoDetection(Dataset):
             per_image[int(ann["image_id"])].append((box, category_to_label[int(ann["category_id"])], area))
         self._find_clipped(kept)
         if self.skipped:
+            with_boxes = f" and the {self.boxes_left_out} box(es) on the missing images" if self.boxes_left_out else ""
             logger.warning(
-                "%s: skipped %d invalid annotation(s) or missing image(s) %s; first examples: %s",
+                "%s: skipped %d invalid annotation(s) or missing image(s) %s%s; first examples: %s",
                 path,
                 sum(self.skipped.values()),
                 dict(self.skipped),
+                with_boxes,
                 "; ".join(self.problems[:MAX_EXAMPLES]),
             )
         if self.num_clipped:
@@ -300,8 +317,9 @@ class CocoDetection(Dataset):
         self.num_clipped = len(self._clipped_bboxes)
 
     def _check_images(self) -> None:
-        """Decode every image; unreadable ones raise or (``on_invalid="skip"``) are left out, counted and logged."""
-        good, bad = [], []
+        """Decode every image; unreadable ones raise or (``on_invalid="skip"``) are left out with their boxes,
+        counted and logged."""
+        good, bad, bad_boxes = [], [], 0
         for index, record in enumerate(self._records):
             try:
                 self.load_image(index)
@@ -310,10 +328,18 @@ class CocoDetection(Dataset):
                 if self.on_invalid == "error":
                     raise DatasetError(f"{err}, or set data.on_invalid=skip to leave such images out") from err
                 bad.append(record.file_name)
+                bad_boxes += len(record.labels)
                 self.problems.append(str(err))
         if bad:
             self.skipped["bad_image"] += len(bad)
-            logger.warning("%s: left out %d unreadable or mis-sized image(s): %s", self.annotation_file, len(bad), bad)
+            self.boxes_left_out += bad_boxes
+            logger.warning(
+                "%s: left out %d unreadable or mis-sized image(s) and the %d box(es) on them: %s",
+                self.annotation_file,
+                len(bad),
+                bad_boxes,
+                bad,
+            )
         self._records = good
 
     @cached_property
@@ -383,9 +409,16 @@ class CocoDetection(Dataset):
                 f"cannot read image {path} (image id {record.image_id}): {err}; replace the file"
             ) from err
         if image.size != (record.width, record.height):
+            fix = "fix the JSON width/height"
+            if (orientation := labelled_turned(path, (record.width, record.height), image.size)) != 1:
+                fix = (
+                    f"that is its EXIF-turned view's size (orientation {orientation}), so its boxes were drawn on "
+                    f"the turned image: `sparse-detector data import coco {self.annotation_file} --out NEW.json` "
+                    "turns them to the stored pixels"
+                )
             raise DatasetError(
                 f"image {path} (image id {record.image_id}) is {image.width}x{image.height} but "
-                f"{self.annotation_file} says {record.width}x{record.height}; fix the JSON width/height"
+                f"{self.annotation_file} says {record.width}x{record.height}; {fix}"
             )
         return image
 

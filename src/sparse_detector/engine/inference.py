@@ -26,6 +26,7 @@ from ..data.build import build_dataset
 from ..data.coco import DatasetError, load_json, to_rgb
 from ..data.importers.common import IMAGE_SUFFIXES
 from ..data.labels import LabelMap
+from ..data.orientation import exif_orientation
 from ..data.transforms import make_transforms
 from ..models import DetectionOutput, build_model
 from ..models.postprocess import postprocessor_for
@@ -228,6 +229,7 @@ def predict_images(
     ids = coco_image_ids(image_ids, files) if image_ids is not None else {f: i for i, f in enumerate(files, 1)}
     result = Predictions()
     coco_results: list[dict[str, Any]] = []
+    turned: list[str] = []  # images that viewers show turned (EXIF orientation)
     for path in files:
         try:
             with Image.open(path) as file:
@@ -264,6 +266,9 @@ def predict_images(
             for x0, y0, x1, y1 in [d["box_xyxy"]]
         ]
         record = {"image": str(path), "width": image.width, "height": image.height, "detections": detections}
+        if (orientation := exif_orientation(path)) != 1:
+            record["exif_orientation"] = orientation
+            turned.append(str(path))
         if pictures:
             picture = out / f"{file_names[path]}_pred.png"
             names = [d["category"] for d in detections]
@@ -277,6 +282,13 @@ def predict_images(
         ):
             record["attention"] = str(extra)
         result.records.append(record)
+    if turned:
+        log.warning(
+            "%d image(s) carry an EXIF orientation, so viewers show them turned; their boxes are in the stored pixels "
+            "(as the pictures show them; 'exif_orientation' in predictions.json), e.g. %s",
+            len(turned),
+            turned[:3],
+        )
     if output_format == "coco":
         target, content = out / "detections_coco.json", coco_results
     else:

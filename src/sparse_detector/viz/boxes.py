@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 
-from matplotlib import colormaps
-from PIL import Image, ImageDraw
+from matplotlib import colormaps, font_manager
+from PIL import Image, ImageDraw, ImageFont
+
+CAPTION_SIZE = 10  # pixels, as PIL's default font
+
+
+@cache
+def caption_font(size: int = CAPTION_SIZE) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans (shipped with matplotlib, so always there): PIL's default font has no accented letters, so a
+    class named "crème brûlée" was drawn "cr□me br□l□e"."""
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
 
 
 def label_color(label: int) -> tuple[int, int, int]:
@@ -30,8 +40,8 @@ def draw_boxes(
         x0, y0, x1, y1 = (float(v) for v in box)
         draw.rectangle([x0, y0, x1, y1], outline=color, width=width)
         caption = name if scores is None else f"{name} {scores[i]:.2f}"
-        left, top, right, bottom = draw.textbbox((x0, y0), caption)
+        left, top, right, bottom = draw.textbbox((x0, y0), caption, font=caption_font())
         text_y = y0 - (bottom - top) - 2 if y0 >= bottom - top + 2 else y0
         draw.rectangle([x0, text_y, x0 + right - left + 2, text_y + bottom - top + 2], fill=color)
-        draw.text((x0 + 1, text_y), caption, fill=(255, 255, 255))
+        draw.text((x0 + 1, text_y + 1 - (top - y0)), caption, fill=(255, 255, 255), font=caption_font())
     return canvas

@@ -61,10 +61,14 @@ def wrapped(text: str, width_inches: float, fontsize: float) -> str:
 
 
 def save_figure(figure: Figure, path: str | Path, fmt: str = "png") -> Path:
-    """Write ``figure`` to ``path`` with the suffix of ``fmt`` (png, pdf or svg); returns the file written."""
+    """Write ``figure`` to ``path`` with the suffix of ``fmt`` (png, pdf or svg); returns the file written.
+
+    A figure suffix on ``path`` is replaced; anything else after a dot stays part of the name (a figure of
+    Roboflow's ``img_jpg.rf.3f2a`` is ``..._img_jpg.rf.3f2a_q0.png``, not ``..._img_jpg.rf.png``)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown figure format {fmt!r}; choose from {list(FORMATS)}")
-    path = Path(path).with_suffix(f".{fmt}")
+    path = Path(path)
+    path = path.with_suffix(f".{fmt}") if path.suffix.lower()[1:] in FORMATS else path.with_name(f"{path.name}.{fmt}")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=DPI, format=fmt)
     return path

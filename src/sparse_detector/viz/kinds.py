@@ -587,18 +587,18 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
     dataset = build_dataset(config, "train")
     samples = [dataset[i] for i in range(min(max(request.num_images, 1), len(dataset)))]
     batch, targets = collate_detection(samples)
-    file_names = {image["id"]: Path(image["file_name"]).name for image in dataset.coco.dataset["images"]}
     drawn = []
     for tensor, mask, target in zip(batch.tensors, batch.mask, targets, strict=True):
         valid_h, valid_w = (int(v) for v in (~mask).nonzero().max(0).values + 1)
         boxes = cxcywh_to_pixels(target["boxes"], valid_h, valid_w)  # normalised to the valid (unpadded) area
         names = [dataset.labels.name(int(label)) for label in target["labels"]]
+        image_id = int(target["image_id"])
         drawn.append(
             Sample(
                 display_image(tensor, config.data.normalize),
                 mask.numpy(),
                 [LabelledBox(box, name) for box, name in zip(boxes, names, strict=True)],
-                file_names[int(target["image_id"])],
+                f"{Path(dataset.coco.imgs[image_id]['file_name']).name} (id {image_id})",
             )
         )
     figure = data_figure(drawn, title=f"{dataset.annotation_file}: {counted(len(dataset), 'image')}")

@@ -3,14 +3,20 @@ absolute or relative to the output file."""
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..coco import DatasetError, load_json
+from ..coco import MAX_EXAMPLES, DatasetError, load_json
+from ..orientation import STORED_FROM_TURNED, box_to_stored, labelled_turned, point_to_stored
 from .common import image_size, json_image_path, listing, write_coco
+
+logger = logging.getLogger(__name__)
 
 
 def _needs_new_ids(entries: list[dict]) -> bool:
@@ -64,11 +70,53 @@ def _add_missing_bboxes(data: dict, json_file: Path) -> int:
     return added
 
 
+def _labelled_turned(image: dict, path: Path) -> int:
+    """The EXIF orientation of the image file when the JSON's size is its turned view's (see
+    :func:`~sparse_detector.data.orientation.labelled_turned`); 1 for an unreadable image (data check lists it)."""
+    try:
+        return labelled_turned(path, (image["width"], image["height"]), image_size(path))
+    except DatasetError:
+        return 1
+
+
+def _turn_to_stored(ann: dict, orientation: int, width: int, height: int) -> None:
+    """Bring an annotation drawn on the turned view (``width`` x ``height``) to the stored pixels: its bbox, polygon
+    points and RLE mask."""
+    try:
+        x, y, w, h = (float(v) for v in ann["bbox"])
+    except (TypeError, ValueError):
+        return  # a malformed bbox: data check names it
+    x0, y0, x1, y1 = box_to_stored((x, y, x + w, y + h), orientation, width, height)
+    ann["bbox"] = [x0, y0, x1 - x0, y1 - y0]
+    segmentation = ann.get("segmentation")
+    if isinstance(segmentation, list):
+        ann["segmentation"] = [
+            [
+                v
+                for i in range(0, len(polygon) - 1, 2)
+                for v in point_to_stored(*polygon[i : i + 2], orientation, width, height)
+            ]
+            for polygon in segmentation
+            if isinstance(polygon, list)
+        ]
+    elif isinstance(segmentation, dict) and "counts" in segmentation:
+        rle = (
+            mask_utils.frPyObjects(segmentation, height, width)
+            if isinstance(segmentation["counts"], list)
+            else segmentation
+        )
+        mask = Image.fromarray(mask_utils.decode(rle)).transpose(STORED_FROM_TURNED[orientation])
+        stored = mask_utils.encode(np.asfortranarray(np.asarray(mask)))
+        ann["segmentation"] = {"size": stored["size"], "counts": stored["counts"].decode("ascii")}
+
+
 def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | Path | None = None) -> dict[str, Any]:
     """Re-write a COCO instances JSON for this project: image, category and annotation ids renumbered 1..N
     where they are not unique positive integers (references follow; a repeated image or category id is an
     error), ``file_name`` made absolute or relative to ``out_file``, a missing ``bbox`` taken from the
-    segmentation, a missing ``width`` / ``height`` from the image file. Boxes and images are checked by
+    segmentation, a missing ``width`` / ``height`` from the image file; an EXIF-rotated photo whose ``width`` /
+    ``height`` are its turned view's (labelled as a viewer shows it) has its annotations turned to the stored
+    pixels. Boxes and images are checked by
     :func:`~sparse_detector.data.check.check_dataset` (``data import`` and ``data check`` run it).
     """
     json_file = Path(json_file)
@@ -84,16 +132,32 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
     _check_unique_ids(data["images"], "images", json_file)
     _check_unique_ids(data["categories"], "categories", json_file)
     boxes_from_segmentation = _add_missing_bboxes(data, json_file)
-    remapped = []
+    remapped, dropped, renumbered_categories = [], {}, {}
     for key, reference in (("images", "image_id"), ("categories", "category_id")):
         if _needs_new_ids(data[key]):
             new_ids = {}
             for number, entry in enumerate(data[key], start=1):
-                new_ids.setdefault(entry.get("id"), number)
+                new_ids.setdefault(str(entry.get("id")), number)
                 entry["id"] = number
+            # an id pointing to no entry would, kept, point to a renumbered one (another image or class)
+            unknown = [ann for ann in data["annotations"] if str(ann.get(reference)) not in new_ids]
+            if unknown:
+                dropped[f"unknown_{reference.removesuffix('_id')}"] = len(unknown)
+                logger.warning(
+                    "%s: dropped %d annotation(s) whose %s is not in '%s' (ids renumbered, it would point to another "
+                    "one), e.g. %s",
+                    json_file,
+                    len(unknown),
+                    reference,
+                    key,
+                    listing([f"annotation {ann.get('id')}: {reference} {ann.get(reference)!r}" for ann in unknown]),
+                )
+                data["annotations"] = [ann for ann in data["annotations"] if str(ann.get(reference)) in new_ids]
             for ann in data["annotations"]:
-                ann[reference] = new_ids.get(ann.get(reference), ann.get(reference))
+                ann[reference] = new_ids[str(ann.get(reference))]
             remapped.append(key)
+            if key == "categories":
+                renumbered_categories = {old_id: new_id for old_id, new_id in new_ids.items() if old_id != str(new_id)}
     if _needs_new_ids(data["annotations"]):
         for number, ann in enumerate(data["annotations"], start=1):
             ann["id"] = number
@@ -107,18 +171,39 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
             f"{data['images'][0]['file_name']}); pass the folder its file names are relative to with --images DIR"
         )
     sizes_read = 0
+    turned: list[str] = []
+    annotations_of = defaultdict(list)
+    for ann in data["annotations"]:
+        annotations_of[ann.get("image_id")].append(ann)
     for image in data["images"]:
         path = images_dir / image["file_name"]
         if not (image.get("width") and image.get("height")) and path.is_file():  # a missing file: data check lists it
             image["width"], image["height"] = image_size(path)
             sizes_read += 1
+        elif path.is_file() and (orientation := _labelled_turned(image, path)) != 1:
+            for ann in annotations_of[image["id"]]:
+                _turn_to_stored(ann, orientation, image["width"], image["height"])
+            turned.append(f"{image['file_name']} (EXIF orientation {orientation}, {image['width']}x{image['height']})")
+            image["width"], image["height"] = image["height"], image["width"]
         image["file_name"] = json_image_path(path, Path(out_file))
+    if turned:
+        logger.warning(
+            "%s: %d image(s) were labelled on their EXIF-turned view (the JSON's width and height are the turned "
+            "image's): their boxes and segmentations are turned to the stored pixels, which training and predict "
+            "read, e.g. %s",
+            json_file,
+            len(turned),
+            turned[:MAX_EXAMPLES],
+        )
     data.setdefault("info", {})["stats"] = {
         "images": len(data["images"]),
         "annotations": len(data["annotations"]),
         "remapped_ids": remapped,
+        "renumbered_categories": renumbered_categories,  # old id -> new id, where they differ
+        "dropped": dropped,
         "boxes_from_segmentation": boxes_from_segmentation,
         "sizes_from_files": sizes_read,
+        "turned_from_exif": len(turned),
         "source": str(json_file),
     }
     return write_coco(data, out_file)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -16,7 +17,8 @@ from ..coco import MAX_EXAMPLES, DatasetError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# .jfif / .jpe: JPEG as browsers and Windows save it from the web
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -43,11 +45,27 @@ def find_image(images_dir: Path, stem: str) -> Path | None:
     return None
 
 
+def read_text(path: Path) -> str:
+    """A text file written as UTF-8 (a BOM allowed, as Excel's "CSV UTF-8" writes) or UTF-16 with its BOM (Excel's
+    "Unicode Text"); other encodings are an error naming the file and line."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#x} at offset {err.start}); save the file as UTF-8 "
+            "(in Excel: 'CSV UTF-8'; elsewhere e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
 def read_list_file(path: Path) -> list[str]:
     """Non-empty lines of a list file, first whitespace-separated field each (VOC ``ImageSets`` style)."""
     if not path.is_file():
         raise DatasetError(f"list file {path} does not exist")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    return [line.split()[0] for line in read_text(path).splitlines() if line.strip()]
 
 
 def json_image_path(image: Path, out_file: Path) -> str:
@@ -61,8 +79,9 @@ class CocoBuilder:
     """Collects images and boxes (absolute x0, y0, x1, y1 pixels) and writes a COCO instances JSON.
 
     Categories get ids 1..C in ``class_names`` order when given (an unknown class is then an error), else sorted
-    by name over everything added. Boxes with no extent (``zero_area``) or corners the wrong way round
-    (``inverted``: x1 < x0 or y1 < y0) are dropped, counted in ``dropped`` and logged; boxes reaching past the
+    by name over everything added. Boxes with no extent (``zero_area``), corners the wrong way round
+    (``inverted``: x1 < x0 or y1 < y0) or repeating a box of the same class on the same image (``duplicate``, as
+    Ultralytics drops them) are dropped, counted in ``dropped`` and logged; boxes reaching past the
     image are kept as they are (training and evaluation clip them, ``data check`` counts them). Image ids are
     1..N in the order images are added.
     """
@@ -72,6 +91,7 @@ class CocoBuilder:
         self.class_names = list(class_names) if class_names is not None else None
         self._images: list[tuple[Path, int, int]] = []
         self._boxes: list[dict[str, Any]] = []
+        self._seen: set[tuple] = set()  # (image id, class, x0, y0, x1, y1) of every box kept
         self.dropped: Counter[str] = Counter()
         self.examples: list[str] = []
         self.unreadable: list[str] = []  # images whose header cannot be read: the import fails, naming them all
@@ -103,6 +123,10 @@ class CocoBuilder:
         if x1 == x0 or y1 == y0:
             self.drop("zero_area", f"{where}: box {[x0, y0, x1, y1]}")
             return
+        if (key := (image_id, name, x0, y0, x1, y1)) in self._seen:  # a label saved twice: one object, not two
+            self.drop("duplicate", f"{where}: box {[x0, y0, x1, y1]} of {name!r} repeats an earlier one on its image")
+            return
+        self._seen.add(key)
         self._boxes.append({"image_id": image_id, "name": name, "bbox": [x0, y0, x1 - x0, y1 - y0], **extra})
 
     def drop(self, reason: str, detail: str) -> None:
@@ -120,10 +144,22 @@ class CocoBuilder:
         out = Path(out_file)
         names = self.class_names if self.class_names is not None else sorted({b["name"] for b in self._boxes})
         category_ids = {name: i + 1 for i, name in enumerate(names)}
-        if self.dropped:
-            hint = " (are the columns x1,y1,x2,y2, not x,y,width,height?)" if self.dropped["inverted"] else ""
+        spellings: dict[str, list[str]] = {}
+        for name in names:
+            spellings.setdefault(" ".join(name.casefold().split()), []).append(name)
+        alike = [group for group in spellings.values() if len(group) > 1]
+        if alike:
             logger.warning(
-                "%s: dropped %d box(es) with zero or negative extent %s, e.g. %s%s",
+                "%s: class names that differ only in case or spacing are separate classes: %s; if each group is one "
+                "class, make its labels alike in the source files and import again",
+                self.source,
+                "; ".join(" / ".join(repr(n) for n in group) for group in alike),
+            )
+        if self.dropped:
+            inverted = " (are the columns x1,y1,x2,y2, not x,y,width,height? a header file,x,y,w,h,label reads those)"
+            hint = inverted if self.dropped["inverted"] else ""
+            logger.warning(
+                "%s: dropped %d box(es) (zero or negative extent, or repeating another) %s, e.g. %s%s",
                 self.source,
                 self.dropped.total(),
                 dict(self.dropped),
@@ -152,6 +188,7 @@ class CocoBuilder:
                     "images": len(self._images),
                     "annotations": len(annotations),
                     "per_class": dict(per_class),
+                    "alike_class_names": alike,
                     "dropped": dict(self.dropped),
                     "dropped_examples": self.examples,
                 },

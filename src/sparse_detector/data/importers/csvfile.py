@@ -1,7 +1,9 @@
 """CSV boxes (``file,x1,y1,x2,y2,label`` a row, absolute pixels) -> COCO JSON.
 
 A header row is recognised by a non-numeric second field; its column names may order the columns differently
-and add others (e.g. the ``filename,width,height,class,xmin,ymin,xmax,ymax`` of TensorFlow-style exports). A row
+and add others (e.g. the ``filename,width,height,class,xmin,ymin,xmax,ymax`` of TensorFlow-style exports), or
+give boxes by their size (``image,x,y,w,h,label``: x, y, width, height in pixels). Coordinates that are all
+within [0, 1] are fractions of each image's width and height (normalised), scaled to pixels and reported. A row
 with an image but empty box fields marks an image without boxes. Image paths are relative to ``images_dir``
 (default: the CSV file's folder) or absolute.
 """
@@ -9,36 +11,57 @@ with an image but empty box fields marks an image without boxes. Image paths are
 from __future__ import annotations
 
 import csv
+import io
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..coco import DatasetError
-from .common import CocoBuilder, listing
+from .common import CocoBuilder, listing, read_text, write_coco
+
+logger = logging.getLogger(__name__)
 
 # The columns, in the order of a file without a header, and the header names each is known by.
 COLUMNS = {
     "file": ("file", "filename", "file_name", "image", "image_name", "image_path", "path"),
-    "x1": ("x1", "xmin", "x_min", "left"),
-    "y1": ("y1", "ymin", "y_min", "top"),
+    "x1": ("x1", "xmin", "x_min", "left", "x"),
+    "y1": ("y1", "ymin", "y_min", "top", "y"),
     "x2": ("x2", "xmax", "x_max", "right"),
     "y2": ("y2", "ymax", "y_max", "bottom"),
     "label": ("label", "class", "class_name", "category", "name"),
 }
+# A header naming a box's width and height instead of its far corner: rows are x, y, width, height (the box's
+# names first: beside them, width and height are the image's).
+SIZE_COLUMNS = {
+    "x2": ("w", "box_width", "bbox_width", "width"),
+    "y2": ("h", "box_height", "bbox_height", "height"),
+}
 
 
-def _column_positions(header: list[str], where: str) -> list[int]:
-    """Positions of file, x1, y1, x2, y2, label in a header row: by name, else (6 columns) in that order."""
+def _named(names: list[str], aliases: tuple[str, ...]) -> int:
+    """The position of the first of ``aliases`` among ``names``, -1 if none is there."""
+    return next((names.index(n) for n in aliases if n in names), -1)
+
+
+def _column_positions(header: list[str], where: str) -> tuple[list[int], bool]:
+    """Positions of file, x1, y1, x2, y2, label in a header row, and whether the x2, y2 columns hold the box's
+    width and height (a header naming ``x,y,w,h``). By name; a header naming none of the known columns, in that
+    order (6 columns)."""
     names = [field.strip().lower() for field in header]
-    positions = [next((names.index(n) for n in aliases if n in names), -1) for aliases in COLUMNS.values()]
+    positions = [_named(names, aliases) for aliases in COLUMNS.values()]
+    sizes = positions[3] < 0 and positions[4] < 0 and all(_named(names, a) >= 0 for a in SIZE_COLUMNS.values())
+    if sizes:  # a width / height column beside corner columns is the image's size (TensorFlow-style exports)
+        positions[3:5] = [_named(names, aliases) for aliases in SIZE_COLUMNS.values()]
     if -1 not in positions:
-        return positions
-    if len(names) == len(COLUMNS):
-        return list(range(len(COLUMNS)))
+        return positions, sizes
+    if len(names) == len(COLUMNS) and positions.count(-1) == len(positions):
+        return list(range(len(COLUMNS))), False
     missing = [column for column, at in zip(COLUMNS, positions, strict=True) if at < 0]
     raise DatasetError(
         f"{where}: the header {header} names no column for {missing}; known names: "
         + "; ".join(f"{column}: {', '.join(aliases)}" for column, aliases in COLUMNS.items())
+        + " (or, for a box given by its size, x2: w, width; y2: h, height)"
     )
 
 
@@ -57,36 +80,38 @@ def import_csv(
     builder = CocoBuilder(str(csv_file), class_names)
     image_ids: dict[Path, int] = {}  # by resolved path: "a.jpg" and "./a.jpg" are one image
     missing: list[str] = []
-    positions, width = list(range(len(COLUMNS))), len(COLUMNS)
-    with open(csv_file, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
-        for number, row in enumerate(csv.reader(f), start=1):
-            where = f"{csv_file}:{number}"
-            if not row:
+    boxes: list[tuple[int, str, tuple[float, ...], str]] = []  # image id, label, x1 y1 x2 y2, where
+    positions, width, sizes = list(range(len(COLUMNS))), len(COLUMNS), False
+    for number, row in enumerate(csv.reader(io.StringIO(read_text(csv_file), newline="")), start=1):
+        where = f"{csv_file}:{number}"
+        if not row:
+            continue
+        if number == 1 and len(row) > 1 and not _is_number(row[1]):
+            (positions, sizes), width = _column_positions(row, where), len(row)
+            continue
+        if len(row) != width:
+            raise DatasetError(
+                f"{where}: expected {width} comma-separated fields (file,x1,y1,x2,y2,label, or the columns of "
+                f"the header), got {len(row)}: {row}"
+            )
+        name, *coordinates, label = (row[at].strip() for at in positions)
+        path = (images_dir / name).resolve()
+        if path not in image_ids:
+            if not path.is_file():
+                missing.append(f"{where}: {images_dir / name}")
                 continue
-            if number == 1 and len(row) > 1 and not _is_number(row[1]):
-                positions, width = _column_positions(row, where), len(row)
-                continue
-            if len(row) != width:
-                raise DatasetError(
-                    f"{where}: expected {width} comma-separated fields (file,x1,y1,x2,y2,label, or the columns of "
-                    f"the header), got {len(row)}: {row}"
-                )
-            name, *coordinates, label = (row[at].strip() for at in positions)
-            path = (images_dir / name).resolve()
-            if path not in image_ids:
-                if not path.is_file():
-                    missing.append(f"{where}: {images_dir / name}")
-                    continue
-                image_ids[path] = builder.add_image(images_dir / name)
-            if not any(coordinates) and not label:
-                continue  # an image without boxes
-            try:
-                box = tuple(float(v) for v in coordinates)
-            except ValueError:
-                raise DatasetError(f"{where}: x1,y1,x2,y2 must be numbers, got {coordinates}") from None
-            if not label:
-                raise DatasetError(f"{where}: the label is empty")
-            builder.add_box(image_ids[path], label, box, where)
+            image_ids[path] = builder.add_image(images_dir / name)
+        if not any(coordinates) and not label:
+            continue  # an image without boxes
+        try:
+            box = tuple(float(v) for v in coordinates)
+        except ValueError:
+            raise DatasetError(f"{where}: x1,y1,x2,y2 must be numbers, got {coordinates}") from None
+        if not label:
+            raise DatasetError(f"{where}: the label is empty")
+        if sizes:
+            box = (box[0], box[1], box[0] + box[2], box[1] + box[3])
+        boxes.append((image_ids[path], label, box, where))
     if missing:
         raise DatasetError(
             f"{len(missing)} row(s) name an image that does not exist (paths are relative to {images_dir}; pass "
@@ -94,7 +119,29 @@ def import_csv(
         )
     if not image_ids:
         raise DatasetError(f"{csv_file} holds no rows; expected file,x1,y1,x2,y2,label")
-    return builder.write(out_file)
+    normalised = _normalised(boxes, builder)
+    for image_id, label, box, where in boxes:
+        if normalised:
+            _, image_width, image_height = builder.image(image_id)
+            box = tuple(v * side for v, side in zip(box, (image_width, image_height) * 2, strict=True))
+        builder.add_box(image_id, label, box, where)
+    if normalised:
+        logger.warning(
+            "%s: every box coordinate is within [0, 1], so they are read as fractions of each image's width and "
+            "height (normalised), not pixels",
+            csv_file,
+        )
+    coco = builder.build(out_file)
+    coco["info"]["stats"]["normalised_coordinates"] = normalised
+    return write_coco(coco, out_file)
+
+
+def _normalised(boxes: list[tuple[int, str, tuple[float, ...], str]], builder: CocoBuilder) -> bool:
+    """Whether the boxes are fractions of their image's sides: every coordinate within [0, 1] (in pixels every
+    box would fit in the image's first pixel) on images larger than a pixel."""
+    return bool(boxes) and all(
+        0.0 <= v <= 1.0 and min(builder.image(image_id)[1:]) > 1 for image_id, _, box, _ in boxes for v in box
+    )
 
 
 def _is_number(text: str) -> bool:

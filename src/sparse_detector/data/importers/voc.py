@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..coco import MAX_EXAMPLES, DatasetError
+from ..orientation import box_to_stored, labelled_turned
 from .common import IMAGE_SUFFIXES, CocoBuilder, find_image, listing, read_list_file, write_coco
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,18 @@ def _check_one_xml_per_image(parsed: Sequence[VocAnnotation], images: Sequence[P
         )
 
 
+def _resized_scale(annotation: VocAnnotation, width: int, height: int) -> tuple[float, float]:
+    """(x, y) factors from the XML's pixels to the image's when the image is a resized copy of the one labelled:
+    the same shape (within 1%) as the XML <size>, and boxes that reach past the image but fit in the <size>;
+    else (1, 1): the XML's size may be wrong, not the boxes."""
+    sx, sy = width / annotation.width, height / annotation.height
+    boxes = [obj.box for obj in annotation.objects]
+    past_image = any(x1 > width + 1 or y1 > height + 1 for _, _, x1, y1 in boxes)
+    in_xml = all(x1 <= annotation.width + 1 and y1 <= annotation.height + 1 for _, _, x1, y1 in boxes)
+    same_shape = abs(sx - sy) <= 0.01 * max(sx, sy)
+    return (sx, sy) if same_shape and past_image and in_xml else (1.0, 1.0)
+
+
 def import_voc(
     annotations_dir: str | Path,
     out_file: str | Path,
@@ -155,7 +168,11 @@ def import_voc(
     ``images_dir`` defaults to ``annotations_dir``. Classes: ``class_names`` (ids 1..C in that order), else
     sorted by name. Boxes with ``xmax <= xmin`` or ``ymax <= ymin`` (e.g. a single click) are dropped, counted
     in ``info["stats"]["dropped"]`` and logged. Image sizes are read from the image files; an XML ``<size>``
-    that differs is counted in ``info["stats"]["size_differs_from_xml"]`` and logged. Returns the written COCO
+    that differs is counted in ``info["stats"]["size_differs_from_xml"]`` and logged, but for an EXIF-rotated
+    photo labelled on its turned view (``<size>`` the stored one's sides swapped): its boxes are turned to the
+    stored pixels, counted in ``info["stats"]["turned_from_exif"]`` and logged; for an image resized after
+    labelling (see :func:`_resized_scale`) its boxes are scaled to it, counted in
+    ``info["stats"]["scaled_to_resized_image"]`` and logged. Returns the written COCO
     dict. ``already_parsed``: XML files the caller has parsed (by path), not read again.
     """
     annotations_dir = Path(annotations_dir)
@@ -169,14 +186,21 @@ def import_voc(
     _check_one_xml_per_image(parsed, matched)
     builder = CocoBuilder(str(annotations_dir), class_names)
     resized: list[str] = []
+    scaled: list[str] = []
+    turned: list[str] = []
     for annotation, image in zip(parsed, matched, strict=True):
         image_id = builder.add_image(image)
         _, width, height = builder.image(image_id)
         xml_size = (annotation.width, annotation.height)
+        orientation, scale = 1, (1.0, 1.0)
         if width and all(xml_size) and xml_size != (width, height):
-            resized.append(
-                f"{annotation.xml_file} <size> {annotation.width}x{annotation.height}, image {width}x{height}"
-            )
+            orientation = labelled_turned(image, xml_size, (width, height))
+            scale = _resized_scale(annotation, width, height) if orientation == 1 else scale
+            sizes = f"{annotation.xml_file} <size> {annotation.width}x{annotation.height}, image {width}x{height}"
+            if orientation != 1:
+                turned.append(f"{sizes} stored, EXIF orientation {orientation}")
+            else:
+                (scaled if scale != (1.0, 1.0) else resized).append(sizes)
         for index, obj in enumerate(annotation.objects):
             xmin, ymin, xmax, ymax = obj.box
             where = f"{annotation.xml_file} object {index} ({obj.name})"
@@ -187,7 +211,11 @@ def import_voc(
             builder.add_box(
                 image_id,
                 obj.name,
-                (xmin - 1, ymin - 1, xmax, ymax),
+                box_to_stored(
+                    ((xmin - 1) * scale[0], (ymin - 1) * scale[1], xmax * scale[0], ymax * scale[1]),
+                    orientation,
+                    *xml_size,
+                ),
                 where,
                 difficult=int(obj.difficult),
                 iscrowd=ignore,
@@ -201,6 +229,22 @@ def import_voc(
             len(unlabelled),
             unlabelled[:MAX_EXAMPLES],
         )
+    if turned:
+        logger.warning(
+            "%s: %d image(s) were labelled on their EXIF-turned view (the XML <size> is the turned image's): their "
+            "boxes are turned to the stored pixels, which training and predict read, e.g. %s",
+            annotations_dir,
+            len(turned),
+            turned[:MAX_EXAMPLES],
+        )
+    if scaled:
+        logger.warning(
+            "%s: %d image(s) are smaller than their XML <size> (the same shape) and their boxes reach past them: "
+            "resized after labelling, so their boxes are scaled to the image, e.g. %s",
+            annotations_dir,
+            len(scaled),
+            scaled[:MAX_EXAMPLES],
+        )
     if resized:
         logger.warning(
             "%s: %d image(s) are not the size their XML says; the JSON takes the image's size and the boxes as they "
@@ -211,8 +255,21 @@ def import_voc(
         )
     coco = builder.build(out_file)
     coco["info"]["stats"]["size_differs_from_xml"] = len(resized)
+    coco["info"]["stats"]["scaled_to_resized_image"] = len(scaled)
+    coco["info"]["stats"]["turned_from_exif"] = len(turned)
     coco["info"]["stats"]["images_without_xml"] = len(unlabelled)
     return write_coco(coco, out_file)
+
+
+def _voc_root_hint(root: Path, split_file: Path) -> str:
+    """What to pass instead: the VOC roots inside ``root`` (``VOCdevkit/VOC2012``), or the splits it has."""
+    if split_file.parent.is_dir():
+        # per-class files <class>_<split>.txt (cat_trainval.txt) list every image with a flag; the splits are the others
+        stems = {f.stem for f in split_file.parent.glob("*.txt")}
+        splits = sorted(stem for stem in stems if not any(stem.endswith(f"_{other}") for other in stems))
+        return f"; its splits: {', '.join(splits)} (--split NAME)" if splits else ""
+    inside = sorted(str(d) for d in root.glob("*") if (d / "Annotations").is_dir())
+    return f"; VOC roots inside it: {', '.join(inside)}" if inside else ""
 
 
 def import_voc_root(
@@ -233,7 +290,8 @@ def import_voc_root(
         if not required.exists():
             raise DatasetError(
                 f"{required} does not exist; a standard VOC root holds Annotations/, JPEGImages/ and "
-                f"ImageSets/Main/{split}.txt (for another layout use --images DIR --annotations DIR)"
+                f"ImageSets/Main/{split}.txt{_voc_root_hint(root, split_file)} (for another layout use --images DIR "
+                "--annotations DIR)"
             )
     every: dict[Path, VocAnnotation] = {}
     if class_names is None:  # each XML parsed once: the split's are most of them

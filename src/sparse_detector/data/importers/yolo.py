@@ -3,7 +3,8 @@
 One ``<stem>.txt`` per image with lines ``class x_center y_center width height`` (normalised to [0, 1]), or
 ``class x1 y1 x2 y2 ...`` (a segmentation polygon, imported as its bounding box, as Ultralytics does); class names
 from ``classes.txt`` (one a line) or a ``data.yaml`` (``names:`` as a list or an index -> name mapping). Images are
-found in subfolders too, their labels at the same place under the labels folder. Images without a label file are
+found in subfolders too, their labels at the same place under the labels folder (given an export's root, each
+``images`` folder's labels in the ``labels`` folder beside it). Images without a label file are
 kept as images without boxes; label files without an image are counted and logged.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..coco import MAX_EXAMPLES, DatasetError
-from .common import IMAGE_SUFFIXES, CocoBuilder, write_coco
+from .common import IMAGE_SUFFIXES, CocoBuilder, read_text, write_coco
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def read_class_names(path: str | Path) -> list[str]:
     if not path.is_file():
         raise DatasetError(f"class names file {path} does not exist")
     if path.suffix in (".yaml", ".yml"):
-        names = (yaml.safe_load(path.read_text()) or {}).get("names")
+        names = (yaml.safe_load(read_text(path)) or {}).get("names")
         if isinstance(names, dict):
             if sorted(map(int, names)) != list(range(len(names))):
                 raise DatasetError(
@@ -42,7 +43,7 @@ def read_class_names(path: str | Path) -> list[str]:
         if not isinstance(names, list):
             raise DatasetError(f"{path}: expected 'names:' as a list or an index -> name mapping, got {names!r}")
         return [str(n) for n in names]
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def _yolo_box(fields: list[str], where: str) -> tuple[int, tuple[float, float, float, float]]:
@@ -54,9 +55,11 @@ def _yolo_box(fields: list[str], where: str) -> tuple[int, tuple[float, float, f
     if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
         raise DatasetError(usage)
     try:
-        index, values = int(fields[0]), [float(v) for v in fields[1:]]
+        index, values = float(fields[0]), [float(v) for v in fields[1:]]
     except ValueError:
         raise DatasetError(usage) from None
+    if not index.is_integer():  # "1.0" is class 1, as Ultralytics reads it (some converters write floats)
+        raise DatasetError(f"{where}: the class index {fields[0]!r} is not a whole number; {usage.split(': ', 1)[1]}")
     if not all(-COORDINATE_TOLERANCE <= v <= 1 + COORDINATE_TOLERANCE for v in values):
         raise DatasetError(
             f"{where}: coordinates {fields[1:]} are not all in [0, 1]; YOLO labels are normalised by the image "
@@ -69,7 +72,7 @@ def _yolo_box(fields: list[str], where: str) -> tuple[int, tuple[float, float, f
         xs, ys = values[0::2], values[1::2]
         box = (min(xs), min(ys), max(xs), max(ys))
     # an edge past the border by rounding only (labels written with few decimals) is on the border
-    return index, tuple(
+    return int(index), tuple(
         min(max(v, 0.0), 1.0) if -COORDINATE_TOLERANCE <= v <= 1 + COORDINATE_TOLERANCE else v for v in box
     )
 
@@ -77,7 +80,7 @@ def _yolo_box(fields: list[str], where: str) -> tuple[int, tuple[float, float, f
 def _yolo_boxes(label_file: Path, width: int, height: int, names: Sequence[str]) -> list[tuple[str, tuple, str]]:
     """(class name, absolute xyxy box, where) of every line of a label file."""
     boxes = []
-    for number, line in enumerate(label_file.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(label_file).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -89,16 +92,31 @@ def _yolo_boxes(label_file: Path, width: int, height: int, names: Sequence[str])
     return boxes
 
 
+def _labels_folder(folder: Path) -> Path | None:
+    """``folder`` with its last ``images`` part as ``labels`` (YOLO's pairing of folders), or None without one."""
+    parts = folder.parts
+    if "images" not in parts:
+        return None
+    at = len(parts) - 1 - parts[::-1].index("images")
+    return Path(*parts[:at], "labels", *parts[at + 1 :])
+
+
 def _default_labels_dir(images_dir: Path) -> Path:
     """YOLO exports put ``.../images/<split>/x.jpg`` beside ``.../labels/<split>/x.txt``; else labels sit with
     the images."""
-    parts = images_dir.parts
-    if "images" in parts:
-        at = len(parts) - 1 - parts[::-1].index("images")
-        labels = Path(*parts[:at], "labels", *parts[at + 1 :])
-        if labels.is_dir():
-            return labels
-    return images_dir
+    labels = _labels_folder(images_dir)
+    return labels if labels is not None and labels.is_dir() else images_dir
+
+
+def _label_file(labels_dir: Path, image: Path, beside: bool) -> Path:
+    """The label file of ``image`` (relative to the folder given) in ``labels_dir``: in the same place, or with
+    ``beside`` (labels among the images) in the ``labels`` folder paired with an ``images`` folder of its path when
+    there is one, as given an export's root (``train/images/x.jpg`` -> ``train/labels/x.txt``)."""
+    same_place = labels_dir / image.with_suffix(".txt")
+    paired = _labels_folder(image.parent) if beside else None
+    if paired is None or not (labels_dir / paired / same_place.name).is_file():
+        return same_place
+    return labels_dir / paired / same_place.name
 
 
 def import_yolo(
@@ -111,11 +129,14 @@ def import_yolo(
     subfolder) -> COCO JSON at ``out_file``.
 
     ``labels_dir`` defaults to the ``labels`` counterpart of an ``images`` folder when there is one, else to
-    ``images_dir`` itself. ``classes``: ``classes.txt`` or ``data.yaml``; category ids are 1..C in its order.
+    ``images_dir`` itself, where an image in an ``images`` subfolder has its labels in the paired ``labels`` one
+    (an export's root with ``train/images``, ``train/labels``, ``valid/images``, ...).
+    ``classes``: ``classes.txt`` or ``data.yaml``; category ids are 1..C in its order.
     """
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise DatasetError(f"images folder {images_dir} does not exist")
+    given = labels_dir is not None
     labels_dir = Path(labels_dir) if labels_dir else _default_labels_dir(images_dir)
     if not labels_dir.is_dir():
         raise DatasetError(f"labels folder {labels_dir} does not exist")
@@ -124,7 +145,8 @@ def import_yolo(
     if not images:
         raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir} or its subfolders")
     builder = CocoBuilder(str(images_dir), names)
-    label_files = [labels_dir / image.relative_to(images_dir).with_suffix(".txt") for image in images]
+    beside = not given and labels_dir == images_dir
+    label_files = [_label_file(labels_dir, image.relative_to(images_dir), beside) for image in images]
     for image, label_file in zip(images, label_files, strict=True):
         image_id = builder.add_image(image)
         if label_file.is_file():
@@ -138,7 +160,15 @@ def import_yolo(
         )
     coco = builder.build(out_file)
     expected, classes_file = set(label_files), Path(classes).resolve()
-    unmatched = sorted(f for f in labels_dir.rglob("*.txt") if f not in expected and f.resolve() != classes_file)
+    image_folders = {image.parent for image in images}
+    unmatched = sorted(
+        f
+        for f in labels_dir.rglob("*.txt")
+        if f not in expected
+        and f.resolve() != classes_file
+        # among the images, only .txt files with images or in a labels/ folder are labels (not README.roboflow.txt)
+        and (not beside or f.parent in image_folders or "labels" in f.relative_to(labels_dir).parts[:-1])
+    )
     if unmatched:
         logger.warning(
             "%s: %d label file(s) have no image %s, e.g. %s; their boxes are not imported",
