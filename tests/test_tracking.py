@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sparse_detector.engine.coco_eval import STAT_NAMES
-from sparse_detector.engine.logger import grouped_scalars
+from sparse_detector.engine.logger import MetricsLogger, grouped_scalars
 from sparse_detector.engine.trainer import Trainer, parameter_counts
 from sparse_detector.models import build_model
 from sparse_detector.runs import read_metrics
@@ -92,6 +92,20 @@ def test_tensorboard_and_wandb_get_grouped_names_at_one_global_step(shapes, tmp_
         by_step.setdefault(int(row["_step"]), {}).update(row)
     assert by_step[1]["train-main-metrics/loss"] == pytest.approx(records[1]["loss"])
     assert by_step[2]["val-AP/AP50"] == pytest.approx(records[-1]["AP50"])
+
+
+def test_tensorboard_after_a_killed_run_resumes_holds_each_step_once(shapes, tmp_path: Path):
+    run = tmp_path / "run"
+    Trainer(shapes_config(shapes, *TRACKED, "train.tensorboard=true"), run, progress=False).fit()
+    killed = MetricsLogger(run, tensorboard=True)  # a killed process had logged a step past its checkpoint (step 2)
+    killed.log("train", 3, loss=99.0)
+    killed.close()
+    config = shapes_config(shapes, *TRACKED, "train.epochs=2", "train.tensorboard=true")
+    Trainer(config, run, resume=True, progress=False).fit()
+
+    losses = _tensorboard_scalars(run / "tensorboard")["train-main-metrics/loss"]
+    assert [step for step, _ in losses] == [1, 2, 3, 4]
+    assert losses[2][1] == pytest.approx(read_metrics(run)[-3]["loss"])  # the resumed run's step 3, not the lost one
 
 
 def test_grouping_of_record_names():

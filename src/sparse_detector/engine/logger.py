@@ -81,7 +81,11 @@ def grouped_scalars(kind: str, values: dict[str, Any]) -> dict[str, float]:
 
 class MetricsLogger:
     """Appends records to ``run_dir/metrics.jsonl`` (flushed at once, so a killed run keeps its log) and mirrors
-    their numbers to the optional backends. ``enabled=False`` (ranks other than 0) makes every call a no-op."""
+    their numbers to the optional backends. ``enabled=False`` (ranks other than 0) makes every call a no-op.
+
+    ``resumed_at``: the global step of the checkpoint a resumed run continues from. TensorBoard then discards what
+    an earlier, killed process of the run logged after that step (those steps are trained and logged again), as
+    ``metrics.jsonl`` is cut back to it on resume."""
 
     def __init__(
         self,
@@ -92,6 +96,7 @@ class MetricsLogger:
         wandb_mode: str = "offline",
         config: dict | None = None,
         enabled: bool = True,
+        resumed_at: int | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
@@ -107,7 +112,8 @@ class MetricsLogger:
                 raise RuntimeError(
                     "train.tensorboard=true needs the tensorboard package: pip install 'sparse-detector[logging]'"
                 ) from err
-            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+            purge_step = None if resumed_at is None else resumed_at + 1
+            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
         if wandb:
             self._wandb = _start_wandb(self.run_dir, wandb_project, wandb_mode, config or {})
 

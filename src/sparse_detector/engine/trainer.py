@@ -269,6 +269,7 @@ class Trainer:
             wandb_mode=train.wandb_mode,
             config=config_to_dict(config),
             enabled=self.dist.is_main,
+            resumed_at=self.step if resume else None,
         )
         counts = parameter_counts(self.model)
         self.logger.log("params", self.step, **counts)
