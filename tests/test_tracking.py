@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,6 +109,30 @@ def test_tensorboard_after_a_killed_run_resumes_holds_each_step_once(shapes, tmp
     losses = _tensorboard_scalars(run / "tensorboard")["train-main-metrics/loss"]
     assert [step for step, _ in losses] == [1, 2, 3, 4]
     assert losses[2][1] == pytest.approx(read_metrics(run)[-3]["loss"])  # the resumed run's step 3, not the lost one
+
+
+def test_offline_wandb_reaches_for_no_host(tmp_path: Path):
+    # wandb's usage telemetry is exported when the process exits, so the run is a process of its own
+    script = f"""
+import socket
+from sparse_detector.engine.logger import MetricsLogger
+
+def refuse(host, *args, **kwargs):
+    print("looked up", host, flush=True)
+    raise OSError("no network in this test")
+
+socket.getaddrinfo = refuse
+logger = MetricsLogger({str(tmp_path)!r}, wandb=True)
+logger.log("train", 1, loss=1.0)
+logger.close()
+"""
+    environment = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}  # offline by train.wandb_mode alone
+    done = subprocess.run(
+        [sys.executable, "-c", script], env={**environment, "WANDB_SILENT": "true"}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "looked up" not in done.stdout  # it looked up api.forge.coreweave.com
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
 
 
 def test_grouping_of_record_names():

@@ -150,6 +150,9 @@ def _start_wandb(run_dir: Path, project: str, mode: str, config: dict) -> Any:
     id_file = run_dir / "wandb-run-id.txt"
     if not id_file.is_file():
         id_file.write_text(uuid.uuid4().hex[:16])
+    # The process-wide settings too: wandb's own usage telemetry reads them, not the run's, and in a process not
+    # started with WANDB_MODE=offline it tried to reach api.forge.coreweave.com from an offline run.
+    wandb.setup(settings=wandb.Settings(mode=mode))
     return wandb.init(
         project=project,
         name=run_dir.name,
