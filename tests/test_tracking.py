@@ -135,6 +135,18 @@ logger.close()
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
 
 
+def test_wandb_says_where_the_offline_run_is_without_a_summary_of_every_number(tmp_path: Path, capfd, monkeypatch):
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    logger = MetricsLogger(tmp_path, wandb=True)
+    logger.log("params", 0, total={"trainable": 10, "frozen": 0})
+    logger.log("train", 1, loss=1.0)
+    logger.close()
+    printed = capfd.readouterr()
+    shown = printed.out + printed.err
+    assert "Run data is saved locally in" in shown
+    assert "Run summary" not in shown and "params/total" not in shown  # 30 lines led by the parameter counts
+
+
 def test_grouping_of_record_names():
     scalars = grouped_scalars(
         "train", {"epoch": 1, "loss": 1.0, "loss_bbox_1": 2.0, "lr": {"alpha": 0.1}, "alpha": {"m": [1.5, 1.6]}}

@@ -161,5 +161,5 @@ def _start_wandb(run_dir: Path, project: str, mode: str, config: dict) -> Any:
         dir=str(run_dir),
         mode=mode,
         config=config,
-        settings=wandb.Settings(console="off", x_disable_stats=True),
+        settings=wandb.Settings(console="off", x_disable_stats=True, quiet=True),
     )
