@@ -554,13 +554,16 @@ def test_curves_panels_with_nothing_recorded_say_so():
     assert notes["total loss (weighted sum)"] == [] and len(figure.axes[0].get_xticks()) > 0
 
 
-def test_curves_of_a_loss_that_blew_up_are_on_a_log_scale():
-    """A loss that went from 20 to 6e4 flattened the rest of the run into a line at 0."""
+def test_curves_of_a_loss_that_blew_up_are_on_a_log_scale_and_show_skipped_steps():
+    """A loss that went from 20 to 6e4 flattened the rest of the run into a line at 0; steps skipped for a
+    non-finite loss (train.on_nonfinite_loss=skip) were in no curve and nothing said they had happened."""
     records = [{"type": "train", "step": s, "loss": 20.0 * 10 ** (s - 1), "class_error": 50.0} for s in (1, 2, 3, 4)]
+    records.append({"type": "epoch", "step": 4, "epoch": 1, "train_loss": 2e4, "train_skipped_nonfinite": 3})
     calm = [{"type": "train", "step": s, "loss": 20.0 - s, "class_error": 50.0} for s in (1, 2)]
     figure = curves_figure({"blew up": records, "calm": calm})
     total = figure.axes[0]
     assert total.get_yscale() == "log" and "log scale" in total.get_title()
+    assert [text.get_text() for text in total.texts] == ["3"] and "non-finite steps skipped" in total.get_title()
     assert curves_figure({"calm": calm}).axes[0].get_yscale() == "linear"  # 18 to 19: no reason for a log axis
 
 

@@ -71,6 +71,8 @@ def _plot_loss(axes: Axes, runs: Mapping[str, Sequence[Mapping]], term: str, col
             axes.plot(*_series(records, "train", key), color=colors[label], linewidth=0.6, alpha=0.35)
     title = LOSS_TITLES[term] + ("" if term == "loss" else "\n(thin: auxiliary decoder layers)")
     title += _log_scale_if_wide(axes)
+    if term == "loss" and _mark_skipped_steps(axes, runs, colors):
+        title += "\n×: non-finite steps skipped (count, at epoch end)"
     axes.set_title(title, fontsize=9)
     count_axis(axes, "step")
 
@@ -83,6 +85,24 @@ def _log_scale_if_wide(axes: Axes) -> str:
         return ""
     axes.set_yscale("log")
     return " (log scale)"
+
+
+def _mark_skipped_steps(axes: Axes, runs: Mapping[str, Sequence[Mapping]], colors: Mapping[str, tuple]) -> bool:
+    """Steps skipped for a non-finite loss (``train.on_nonfinite_loss=skip``) log no loss, so no curve shows them:
+    a cross on the panel's top edge at the end of each epoch that skipped some, with their count. Whether any."""
+    marked = False
+    edge = axes.get_xaxis_transform()  # x in steps, y in the panel's height
+    for label, records in runs.items():
+        for record in records:
+            skipped = record.get("train_skipped_nonfinite") if record.get("type") == "epoch" else None
+            if isinstance(skipped, int) and skipped > 0:
+                axes.plot([record["step"]], [0.97], marker="X", markersize=8, color=colors[label], transform=edge)
+                axes.annotate(
+                    str(skipped), (record["step"], 0.97), xycoords=edge, xytext=(5, -3), textcoords="offset points",
+                    fontsize=7, color=colors[label], va="top",
+                )  # fmt: skip
+                marked = True
+    return marked
 
 
 def _plot_epochs(
