@@ -12,6 +12,7 @@ A run directory holds::
                                 `sparse-detector evaluate` on other data)
     analysis/analysis.{json,csv,md}                  `sparse-detector analyze` (analysis-<stem>/ on other data)
     analysis-random-init/analysis.{json,csv,md}      the same with --random-init
+    .training.lock              held by the process training into the directory (claim_run_dir)
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
@@ -29,6 +32,7 @@ LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
 ANALYSIS_FILE = "analysis.json"
 ANALYSIS_DIRS = {False: "analysis", True: "analysis-random-init"}  # by random_init
+TRAINING_LOCK = ".training.lock"
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,22 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory?")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def claim_run_dir(run_dir: str | Path) -> FileLock:
+    """Hold an existing run directory for this training process until the lock is released or the process ends,
+    however it ends: a second ``train`` into it, or a ``--resume`` of it, while the first still runs would write
+    every step into its logs a second time and its checkpoints in turn. An error if another process holds it."""
+    path = Path(run_dir) / TRAINING_LOCK
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RuntimeError(
+            f"run directory {run_dir} is being trained by another process right now (it holds {path}); wait for "
+            "it to end, or stop it and then continue with --resume, or choose another --output-dir"
+        ) from None
+    return lock
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

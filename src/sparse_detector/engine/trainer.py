@@ -34,6 +34,7 @@ from ..runs import (
     EVAL_FILE,
     LAST_CHECKPOINT,
     METRICS_FILE,
+    claim_run_dir,
     read_metrics,
     resolve_checkpoint,
 )
@@ -219,6 +220,8 @@ class Trainer:
         self.dist: DistributedContext
         self.dist, self.device = init_distributed(resolve_device(train.device, "train.device"))
         check_same_config(config)
+        self.run_lock = None
+        self._claim_run_dir()  # before a resume cuts back the logs another process may still be writing
         self.progress = progress and self.dist.is_main
         if train.precision == "fp16" and self.device.type == "cpu":
             log.warning(
@@ -259,6 +262,7 @@ class Trainer:
         resume_changes = self._resume() if resume else []
         if self.dist.is_main:  # only now: a config, data set or checkpoint that fails above leaves no run directory
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._claim_run_dir()
             (self.run_dir / CONFIG_FILE).write_text(dump_config(config))
         barrier()
         self.logger = MetricsLogger(
@@ -282,6 +286,11 @@ class Trainer:
         self.diagnostics = TrainingDiagnostics(
             self.model, self.run_dir, train.diagnostics_every if self.dist.is_main else 0, self.val_set, self.step
         )
+
+    def _claim_run_dir(self) -> None:
+        """Rank 0 holds the run directory once it exists, until training ends (:func:`claim_run_dir`)."""
+        if self.dist.is_main and self.run_lock is None and self.run_dir.is_dir():
+            self.run_lock = claim_run_dir(self.run_dir)
 
     def _wrap(self, model: nn.Module, compile: bool) -> nn.Module:
         """The module the training step calls: DDP across processes, ``torch.compile``-d when asked."""
@@ -635,7 +644,14 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         """Train the remaining epochs; returns the last evaluation's metrics. After a SIGTERM / SIGINT it returns
-        early with a checkpoint written and :attr:`stop_signal` set."""
+        early with a checkpoint written and :attr:`stop_signal` set. The run directory is free again afterwards."""
+        try:
+            return self._fit()
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()
+
+    def _fit(self) -> dict[str, float]:
         train = self.config.train
         last_eval: dict[str, float] = {}
         log.info("training in %s on %s (%d process(es))", self.run_dir, self.device, self.dist.world_size)
