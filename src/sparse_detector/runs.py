@@ -42,7 +42,27 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_json_lines(path)
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    """The records of a log of one JSON object per line. A last line cut short (its process was killed while writing
+    it, or the disk was full) is left out with a warning, as ``train --resume`` redoes what it held; a bad line
+    elsewhere is an error naming the file and the line."""
+    text = path.read_text()
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines) and not text.endswith("\n"):
+                log.warning("%s: its last line was cut short (the process killed while writing it?); left out", path)
+                break
+            raise ValueError(f"{path}, line {number}, is not a JSON record ({err}); was the file edited?") from None
+    return records
 
 
 def claim_run_dir(run_dir: str | Path) -> FileLock:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..analysis import AttentionRecorder
 from ..data.batching import collate_detection
 from ..data.coco import CocoDetection
+from ..runs import read_json_lines
 
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 HISTOGRAM_BINS = 41
@@ -50,7 +51,7 @@ def read_diagnostics(run_dir: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: train with --set train.diagnostics_every=N to record it")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_json_lines(path)
 
 
 class TrainingDiagnostics:
