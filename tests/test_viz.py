@@ -120,6 +120,12 @@ def test_every_kind_renders_from_a_trained_run(runs, tmp_path: Path, capsys):
     assert "written:" in capsys.readouterr().out
 
 
+def test_alpha_of_a_run_without_learnable_alpha_names_the_run(runs, tmp_path: Path, capsys):
+    """`visualize alpha runs/al runs/a` said 'no learnable α in these records', not which run had none."""
+    assert main(["visualize", "alpha", str(runs["run"]), str(runs["deformable"]), "--output", str(tmp_path)]) == 2
+    assert f"{runs['deformable']} logged no learnable α" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("fmt, magic", [("pdf", b"%PDF"), ("svg", b"<?xml")])
 def test_vector_formats(runs, tmp_path: Path, fmt: str, magic: bytes):
     assert main(["visualize", "curves", str(runs["run"]), "--output", str(tmp_path), "--format", fmt]) == 0
