@@ -136,7 +136,10 @@ logger.close()
 
 
 def test_wandb_says_where_the_offline_run_is_without_a_summary_of_every_number(tmp_path: Path, capfd, monkeypatch):
+    import wandb
+
     monkeypatch.delenv("WANDB_SILENT", raising=False)
+    wandb.teardown()  # the process-wide settings, silent since an earlier test, read the environment again
     logger = MetricsLogger(tmp_path, wandb=True)
     logger.log("params", 0, total={"trainable": 10, "frozen": 0})
     logger.log("train", 1, loss=1.0)
