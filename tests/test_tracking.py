@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from sparse_detector.engine.coco_eval import STAT_NAMES
+from sparse_detector.engine.diagnostics import DIAGNOSTICS_FILE, read_diagnostics
 from sparse_detector.engine.logger import MetricsLogger, grouped_scalars
 from sparse_detector.engine.trainer import Trainer, parameter_counts
 from sparse_detector.models import build_model
@@ -100,7 +102,7 @@ def test_tensorboard_and_wandb_get_grouped_names_at_one_global_step(shapes, tmp_
 def test_tensorboard_after_a_killed_run_resumes_holds_each_step_once(shapes, tmp_path: Path):
     run = tmp_path / "run"
     Trainer(shapes_config(shapes, *TRACKED, "train.tensorboard=true"), run, progress=False).fit()
-    killed = MetricsLogger(run, tensorboard=True)  # a killed process had logged a step past its checkpoint (step 2)
+    killed = MetricsLogger(run, tensorboard=True, resumed_at=2)  # a killed process logged past its checkpoint
     killed.log("train", 3, loss=99.0)
     killed.close()
     config = shapes_config(shapes, *TRACKED, "train.epochs=2", "train.tensorboard=true")
@@ -109,6 +111,28 @@ def test_tensorboard_after_a_killed_run_resumes_holds_each_step_once(shapes, tmp
     losses = _tensorboard_scalars(run / "tensorboard")["train-main-metrics/loss"]
     assert [step for step, _ in losses] == [1, 2, 3, 4]
     assert losses[2][1] == pytest.approx(read_metrics(run)[-3]["loss"])  # the resumed run's step 3, not the lost one
+
+
+def test_a_new_run_where_one_was_killed_before_its_first_checkpoint_starts_its_logs_over(shapes, tmp_path: Path):
+    """'train --resume runs/f' of a run killed before its first checkpoint says to start it again with --output-dir
+    runs/f; that run appended to the killed one's logs: steps 1..3 twice in metrics.jsonl and TensorBoard."""
+    run = tmp_path / "run"
+    killed = MetricsLogger(run, tensorboard=True)
+    for step in (1, 2, 3):
+        killed.log("train", step, loss=99.0)
+    killed.close()
+    (run / DIAGNOSTICS_FILE).write_text(json.dumps({"step": 0, "weights": {"gone": {"std": 1.0}}}) + "\n")
+    Trainer(shapes_config(shapes, *TRACKED, "train.tensorboard=true", "train.diagnostics_every=1"), run).fit()
+
+    assert [(r["type"], r["step"]) for r in read_metrics(run)] == [
+        ("params", 0),
+        ("train", 1),
+        ("train", 2),
+        ("epoch", 2),
+    ]
+    assert [step for step, _ in _tensorboard_scalars(run / "tensorboard")["train-main-metrics/loss"]] == [1, 2]
+    diagnostics = read_diagnostics(run)
+    assert [r["step"] for r in diagnostics] == [0, 1, 2] and "gone" not in diagnostics[0]["weights"]
 
 
 def test_offline_wandb_reaches_for_no_host(tmp_path: Path):

@@ -57,15 +57,19 @@ def read_diagnostics(run_dir: str | Path) -> list[dict[str, Any]]:
 class TrainingDiagnostics:
     """Records diagnostics of ``model`` into ``run_dir`` every ``every`` steps (``every=0``: does nothing)."""
 
-    def __init__(self, model: nn.Module, run_dir: Path, every: int, probe: CocoDetection, start_step: int = 0) -> None:
+    def __init__(
+        self, model: nn.Module, run_dir: Path, every: int, probe: CocoDetection, resumed_at: int | None = None
+    ) -> None:
         self.model, self.every = model, every
         self.path = Path(run_dir) / DIAGNOSTICS_FILE
         if not every:
             return
         self.layers = weight_layers(model)
         self.probe = collate_detection([probe[i] for i in range(min(PROBE_IMAGES, len(probe)))])[0]
-        kept = [r for r in read_diagnostics(run_dir) if r["step"] <= start_step] if self.path.exists() else []
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))  # a resumed run redoes later steps
+        # a resumed run redoes the steps after its checkpoint; a new one all that a killed earlier process recorded
+        resumed = resumed_at is not None and self.path.exists()
+        kept = [r for r in read_diagnostics(run_dir) if r["step"] <= resumed_at] if resumed else []
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.scale = {layer: self._std(tensors) for layer, tensors in self.layers.items()}
         if kept:
             self.scale = {layer: stats["std"] for layer, stats in kept[0]["weights"].items()}

@@ -20,6 +20,8 @@ from .coco_eval import STAT_NAMES
 MAIN_TRAIN_METRICS = ("loss", "loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
 #: Speed and memory readings of a training step (``train-extra-metrics/``).
 EXTRA_TRAIN_METRICS = ("iteration_s", "data_s", "images_per_s", "peak_memory_mb")
+#: The W&B run id of the run directory, kept so that a resumed run continues the same W&B run.
+WANDB_RUN_ID = "wandb-run-id.txt"
 
 
 def _plain(value: Any) -> Any:
@@ -85,7 +87,9 @@ class MetricsLogger:
 
     ``resumed_at``: the global step of the checkpoint a resumed run continues from. TensorBoard then discards what
     an earlier, killed process of the run logged after that step (those steps are trained and logged again), as
-    ``metrics.jsonl`` is cut back to it on resume."""
+    ``metrics.jsonl`` is cut back to it on resume. ``None``, a new run: whatever a process killed before its first
+    checkpoint logged here is started over (``metrics.jsonl`` emptied, TensorBoard's events discarded, a new W&B
+    run id)."""
 
     def __init__(
         self,
@@ -105,6 +109,9 @@ class MetricsLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resumed_at is None:
+            self.path.write_text("")
+            (self.run_dir / WANDB_RUN_ID).unlink(missing_ok=True)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -112,7 +119,7 @@ class MetricsLogger:
                 raise RuntimeError(
                     "train.tensorboard=true needs the tensorboard package: pip install 'sparse-detector[logging]'"
                 ) from err
-            purge_step = None if resumed_at is None else resumed_at + 1
+            purge_step = 0 if resumed_at is None else resumed_at + 1
             self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
         if wandb:
             self._wandb = _start_wandb(self.run_dir, wandb_project, wandb_mode, config or {})
@@ -147,7 +154,7 @@ def _start_wandb(run_dir: Path, project: str, mode: str, config: dict) -> Any:
     except ImportError as err:
         raise RuntimeError("train.wandb=true needs the wandb package: pip install 'sparse-detector[wandb]'") from err
     # The run id is kept in the run directory, so a resumed run continues the same W&B run.
-    id_file = run_dir / "wandb-run-id.txt"
+    id_file = run_dir / WANDB_RUN_ID
     if not id_file.is_file():
         id_file.write_text(uuid.uuid4().hex[:16])
     # The process-wide settings too: wandb's own usage telemetry reads them, not the run's, and in a process not

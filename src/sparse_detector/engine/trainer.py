@@ -284,7 +284,11 @@ class Trainer:
             if self.reinitialised:
                 print(f"re-initialised for {config.model.num_classes} classes: {', '.join(self.reinitialised)}")
         self.diagnostics = TrainingDiagnostics(
-            self.model, self.run_dir, train.diagnostics_every if self.dist.is_main else 0, self.val_set, self.step
+            self.model,
+            self.run_dir,
+            train.diagnostics_every if self.dist.is_main else 0,
+            self.val_set,
+            resumed_at=self.step if resume else None,
         )
 
     def _claim_run_dir(self) -> None:
