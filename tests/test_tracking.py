@@ -89,6 +89,7 @@ def test_tensorboard_and_wandb_get_grouped_names_at_one_global_step(shapes, tmp_
     assert "val-epoch-metrics/loss" in scalars and "train-epoch-metrics/loss" in scalars
     heads = [tag for tag in scalars if tag.startswith("alpha/transformer.decoder.layers.0.multihead_attn")]
     assert len(heads) == 4  # one per head
+    assert [step for step, _ in scalars[heads[0]]] == [1, 2]  # the epoch record's α at step 2 charted once
     assert scalars["params/total/trainable"] == [(0, parameter_counts(build_model(config))["total"]["trainable"])]
 
     history = _wandb_history(run)

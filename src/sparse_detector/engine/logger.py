@@ -106,6 +106,7 @@ class MetricsLogger:
         self.path = self.run_dir / METRICS_FILE
         self.enabled = enabled
         self._tensorboard = self._wandb = None
+        self._charted_at: dict[str, int] = {}  # each grouped name's last step sent to the backends
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +131,10 @@ class MetricsLogger:
         record = {"type": kind, "step": step, "time": round(time.time(), 3), **_plain(values)}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        scalars = grouped_scalars(kind, values)
+        # α is in the epoch record too (a run shorter than train.log_every logs it nowhere else): at a step whose
+        # train record already charted it, a second point at the same step is left out
+        scalars = {name: v for name, v in grouped_scalars(kind, values).items() if self._charted_at.get(name) != step}
+        self._charted_at.update(dict.fromkeys(scalars, step))
         if self._tensorboard is not None:
             for name, value in scalars.items():
                 self._tensorboard.add_scalar(name, value, step)
