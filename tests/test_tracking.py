@@ -175,6 +175,20 @@ def test_wandb_says_where_the_offline_run_is_without_a_summary_of_every_number(t
     assert "Run summary" not in shown and "params/total" not in shown  # 30 lines led by the parameter counts
 
 
+@pytest.mark.parametrize("backend, extra", [("tensorboard", "logging"), ("wandb", "wandb")])
+def test_a_missing_backend_is_named_before_the_run_loads_anything(
+    shapes, tmp_path: Path, monkeypatch, backend: str, extra: str
+):
+    """The error came only after the data sets were read and the model built, and left a run directory behind."""
+    monkeypatch.setitem(sys.modules, backend, None)  # not installed
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match=rf"train.{backend}=true needs .*sparse-detector\[{extra}\]"):
+        Trainer(shapes_config(shapes, f"train.{backend}=true"), run, progress=False)
+    assert not run.exists()
+    with pytest.raises(ValueError, match="train.wandb_mode must be 'offline' or 'online', got 'ofline'"):
+        Trainer(shapes_config(shapes, "train.wandb=true", "train.wandb_mode=ofline"), run, progress=False)
+
+
 def test_grouping_of_record_names():
     scalars = grouped_scalars(
         "train", {"epoch": 1, "loss": 1.0, "loss_bbox_1": 2.0, "lr": {"alpha": 0.1}, "alpha": {"m": [1.5, 1.6]}}

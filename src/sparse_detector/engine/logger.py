@@ -6,6 +6,7 @@ Reading the log back is ``sparse_detector.runs.read_metrics``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
@@ -113,13 +114,12 @@ class MetricsLogger:
         if resumed_at is None:
             self.path.write_text("")
             (self.run_dir / WANDB_RUN_ID).unlink(missing_ok=True)
+        check_backends(tensorboard, wandb, wandb_mode)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
-                raise RuntimeError(
-                    "train.tensorboard=true needs the tensorboard package: pip install 'sparse-detector[logging]'"
-                ) from err
+                raise _missing("tensorboard") from err
             purge_step = 0 if resumed_at is None else resumed_at + 1
             self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
         if wandb:
@@ -150,13 +150,32 @@ class MetricsLogger:
         self._tensorboard = self._wandb = None
 
 
+#: The package each backend needs, by its setting (``train.<name>``), and the extra that installs it.
+BACKEND_EXTRAS = {"tensorboard": "logging", "wandb": "wandb"}
+WANDB_MODES = ("offline", "online")
+
+
+def _missing(backend: str) -> RuntimeError:
+    return RuntimeError(
+        f"train.{backend}=true needs the {backend} package: pip install 'sparse-detector[{BACKEND_EXTRAS[backend]}]'"
+    )
+
+
+def check_backends(tensorboard: bool, wandb: bool, wandb_mode: str) -> None:
+    """An error naming the setting and what to install when a chosen backend's package is missing, or naming
+    ``train.wandb_mode`` when it is neither mode: called before a run loads anything, not after its data and model."""
+    if wandb and wandb_mode not in WANDB_MODES:
+        raise ValueError(f"train.wandb_mode must be 'offline' or 'online', got {wandb_mode!r}")
+    for backend, chosen in (("tensorboard", tensorboard), ("wandb", wandb)):
+        if chosen and importlib.util.find_spec(backend) is None:
+            raise _missing(backend)
+
+
 def _start_wandb(run_dir: Path, project: str, mode: str, config: dict) -> Any:
-    if mode not in ("offline", "online"):
-        raise ValueError(f"train.wandb_mode must be 'offline' or 'online', got {mode!r}")
     try:
         import wandb
     except ImportError as err:
-        raise RuntimeError("train.wandb=true needs the wandb package: pip install 'sparse-detector[wandb]'") from err
+        raise _missing("wandb") from err
     # The run id is kept in the run directory, so a resumed run continues the same W&B run.
     id_file = run_dir / WANDB_RUN_ID
     if not id_file.is_file():

@@ -62,7 +62,7 @@ from .distributed import (
     mean_across_ranks,
 )
 from .evaluate import evaluate, targets_to
-from .logger import MAIN_TRAIN_METRICS, MetricsLogger
+from .logger import MAIN_TRAIN_METRICS, MetricsLogger, check_backends
 from .optim import apply_configured_settings, build_optimizer, build_scheduler, group_settings, regroup_saved_state
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,7 @@ class Trainer:
             raise ValueError(f"train.on_nonfinite_loss must be 'error' or 'skip', got {train.on_nonfinite_loss!r}")
         if train.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {train.precision!r}")
+        check_backends(train.tensorboard, train.wandb, train.wandb_mode)
         self.dist: DistributedContext
         self.dist, self.device = init_distributed(resolve_device(train.device, "train.device"))
         check_same_config(config)
