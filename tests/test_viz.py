@@ -24,7 +24,7 @@ from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, ZERO_LEGEND, 
 from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure, run_colors
 from sparse_detector.viz.data import Sample, data_figure
 from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_size, references_figure, sampling_figure
-from sparse_detector.viz.diagnostics import diagnostics_figure
+from sparse_detector.viz.diagnostics import NO_GRADIENTS_NOTE, diagnostics_figure
 from sparse_detector.viz.figure import DPI, LabelledBox
 from sparse_detector.viz.kinds import FIGURE_KINDS, ImageItem, VisualizeRequest, cell_centre, pixel_cell, visualize
 from sparse_detector.viz.matching import matching_figure
@@ -198,6 +198,16 @@ def test_diagnostics_record_weights_gradients_and_entropy(runs):
     assert "entropy" in entropy.get_title()
     # was: the legend (a line per site and layer) sat over the entropy curves
     assert entropy.get_legend().get_window_extent().x0 >= entropy.get_window_extent().x1
+
+
+def test_diagnostics_of_a_run_stopped_before_its_first_gradients_say_so():
+    """Only the step-0 record (train.diagnostics_every beyond the steps trained): the gradient panels were empty
+    axes with layer names and colour bars from -0.1 to 0.1."""
+    weights = {"linear": {"std": 1.0, "histogram": [1] * 41}}
+    figure = diagnostics_figure([{"step": 0, "weights": weights, "entropy": {"decoder_cross": [2.0]}}])
+    gradients = [axes for axes in figure.axes if axes.get_title().startswith("gradient")]
+    assert [[text.get_text() for text in axes.texts] for axes in gradients] == [[NO_GRADIENTS_NOTE]] * 2
+    assert not any(axes.get_label() == "<colorbar>" for axes in figure.axes)
 
 
 def test_weight_histograms_are_scaled_per_layer_so_a_spike_hides_no_other_layer():
