@@ -136,6 +136,15 @@ def test_a_new_run_where_one_was_killed_before_its_first_checkpoint_starts_its_l
     assert [r["step"] for r in diagnostics] == [0, 1, 2] and "gone" not in diagnostics[0]["weights"]
 
 
+def test_diagnostics_switched_on_at_a_resume_start_at_its_checkpoint(shapes, tmp_path: Path):
+    """The weights at the resumed step were recorded as step 0 and drawn as 'weights at step 0 (initialisation)'."""
+    run = tmp_path / "run"
+    Trainer(shapes_config(shapes, *TRACKED), run, progress=False).fit()
+    config = shapes_config(shapes, *TRACKED, "train.epochs=2", "train.diagnostics_every=1")
+    Trainer(config, run, resume=True, progress=False).fit()
+    assert [(r["step"], "gradients" in r) for r in read_diagnostics(run)] == [(2, False), (3, True), (4, True)]
+
+
 def test_offline_wandb_reaches_for_no_host(tmp_path: Path):
     # wandb's usage telemetry is exported when the process exits, so the run is a process of its own
     script = f"""

@@ -73,8 +73,8 @@ class TrainingDiagnostics:
         self.scale = {layer: self._std(tensors) for layer, tensors in self.layers.items()}
         if kept:
             self.scale = {layer: stats["std"] for layer, stats in kept[0]["weights"].items()}
-        else:
-            self._write({"step": 0, "weights": self._weights(), "entropy": self._entropy()})
+        else:  # the weights it starts from: at initialisation, or at the checkpoint of a run resumed with diagnostics
+            self._write({"step": resumed_at or 0, "weights": self._weights(), "entropy": self._entropy()})
 
     @staticmethod
     def _std(tensors: list[Tensor]) -> float:
