@@ -19,7 +19,7 @@ from sparse_detector.cli import main
 from sparse_detector.engine.checkpoint import CheckpointError, load_checkpoint, run_checkpoints, verify_checkpoint
 from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
 from sparse_detector.models.weights import CheckpointMismatchError
-from sparse_detector.runs import read_metrics
+from sparse_detector.runs import METRICS_FILE, claim_run_dir, read_metrics
 
 from .conftest import epoch_records, shapes_config, shapes_overrides
 
@@ -99,6 +99,23 @@ def test_second_signal_stops_at_once(shapes, tmp_path: Path):
     with pytest.raises(KeyboardInterrupt, match="SIGINT"):
         trainer.fit()
     assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
+
+
+def test_a_run_directory_in_training_is_refused_to_a_second_process(shapes, tmp_path: Path):
+    """Two `train --output-dir runs/s` at once, or a --resume while the first still ran, both trained into the run
+    directory: every step twice in metrics.jsonl and TensorBoard, checkpoints written in turn."""
+    run = tmp_path / "run"
+    config = shapes_config(shapes, *FAST, "train.epochs=1")
+    Trainer(config, run, progress=False).fit()  # the directory is free again once training ends
+    logged = (run / METRICS_FILE).read_text()
+    other_process = claim_run_dir(run)  # flock: a second holder conflicts, in this process as in another
+    try:
+        with pytest.raises(RuntimeError, match="is being trained by another process right now"):
+            Trainer(shapes_config(shapes, *FAST, "train.epochs=2"), run, resume=True, progress=False)
+    finally:
+        other_process.release()
+    assert (run / METRICS_FILE).read_text() == logged  # the resume did not cut back the other process's log
+    Trainer(shapes_config(shapes, *FAST, "train.epochs=2"), run, resume=True, progress=False).fit()
 
 
 def test_resume_auto_falls_back_from_a_corrupt_checkpoint(shapes, tmp_path: Path, caplog):

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from sparse_detector.engine.diagnostics import DIAGNOSTICS_FILE, read_diagnostics
 from sparse_detector.runs import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
+    METRICS_FILE,
     analysis_dir,
     distinct_names,
     read_analyses,
@@ -47,6 +49,18 @@ def test_checkpoints_metrics_and_analyses(tmp_path: Path, caplog: pytest.LogCapt
     assert "older layout" in caplog.text
     with pytest.raises(FileNotFoundError, match="run analyze first"):
         read_analyses([tmp_path])
+
+
+def test_a_log_whose_last_line_was_cut_short_is_read_up_to_it(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """A process killed while writing metrics.jsonl (or diagnostics.jsonl) left half a line: `visualize curves` and
+    `train --resume` stopped with 'error: Unterminated string starting at: line 1 column 31', naming no file."""
+    (tmp_path / METRICS_FILE).write_text('{"type": "train", "step": 1}\n{"type": "train", "step": 2, "ti')
+    with caplog.at_level(logging.WARNING):
+        assert read_metrics(tmp_path) == [{"type": "train", "step": 1}]
+    assert "last line was cut short" in caplog.text
+    (tmp_path / DIAGNOSTICS_FILE).write_text('{"step": 0, "weights": {"a": {"std"\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=rf"{DIAGNOSTICS_FILE}, line 1, is not a JSON record"):
+        read_diagnostics(tmp_path)  # a bad line before the end is no cut: an error naming the file and line
 
 
 def test_runs_of_the_same_name_get_labels_told_apart_by_their_parents(tmp_path: Path):

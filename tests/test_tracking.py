@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from sparse_detector.engine.coco_eval import STAT_NAMES
-from sparse_detector.engine.logger import grouped_scalars
+from sparse_detector.engine.diagnostics import DIAGNOSTICS_FILE, read_diagnostics
+from sparse_detector.engine.logger import MetricsLogger, grouped_scalars
 from sparse_detector.engine.trainer import Trainer, parameter_counts
 from sparse_detector.models import build_model
 from sparse_detector.runs import read_metrics
@@ -84,6 +89,7 @@ def test_tensorboard_and_wandb_get_grouped_names_at_one_global_step(shapes, tmp_
     assert "val-epoch-metrics/loss" in scalars and "train-epoch-metrics/loss" in scalars
     heads = [tag for tag in scalars if tag.startswith("alpha/transformer.decoder.layers.0.multihead_attn")]
     assert len(heads) == 4  # one per head
+    assert [step for step, _ in scalars[heads[0]]] == [1, 2]  # the epoch record's α at step 2 charted once
     assert scalars["params/total/trainable"] == [(0, parameter_counts(build_model(config))["total"]["trainable"])]
 
     history = _wandb_history(run)
@@ -92,6 +98,104 @@ def test_tensorboard_and_wandb_get_grouped_names_at_one_global_step(shapes, tmp_
         by_step.setdefault(int(row["_step"]), {}).update(row)
     assert by_step[1]["train-main-metrics/loss"] == pytest.approx(records[1]["loss"])
     assert by_step[2]["val-AP/AP50"] == pytest.approx(records[-1]["AP50"])
+
+
+def test_tensorboard_after_a_killed_run_resumes_holds_each_step_once(shapes, tmp_path: Path):
+    run = tmp_path / "run"
+    Trainer(shapes_config(shapes, *TRACKED, "train.tensorboard=true"), run, progress=False).fit()
+    killed = MetricsLogger(run, tensorboard=True, resumed_at=2)  # a killed process logged past its checkpoint
+    killed.log("train", 3, loss=99.0)
+    killed.close()
+    config = shapes_config(shapes, *TRACKED, "train.epochs=2", "train.tensorboard=true")
+    Trainer(config, run, resume=True, progress=False).fit()
+
+    losses = _tensorboard_scalars(run / "tensorboard")["train-main-metrics/loss"]
+    assert [step for step, _ in losses] == [1, 2, 3, 4]
+    assert losses[2][1] == pytest.approx(read_metrics(run)[-3]["loss"])  # the resumed run's step 3, not the lost one
+
+
+def test_a_new_run_where_one_was_killed_before_its_first_checkpoint_starts_its_logs_over(shapes, tmp_path: Path):
+    """'train --resume runs/f' of a run killed before its first checkpoint says to start it again with --output-dir
+    runs/f; that run appended to the killed one's logs: steps 1..3 twice in metrics.jsonl and TensorBoard."""
+    run = tmp_path / "run"
+    killed = MetricsLogger(run, tensorboard=True)
+    for step in (1, 2, 3):
+        killed.log("train", step, loss=99.0)
+    killed.close()
+    (run / DIAGNOSTICS_FILE).write_text(json.dumps({"step": 0, "weights": {"gone": {"std": 1.0}}}) + "\n")
+    Trainer(shapes_config(shapes, *TRACKED, "train.tensorboard=true", "train.diagnostics_every=1"), run).fit()
+
+    assert [(r["type"], r["step"]) for r in read_metrics(run)] == [
+        ("params", 0),
+        ("train", 1),
+        ("train", 2),
+        ("epoch", 2),
+    ]
+    assert [step for step, _ in _tensorboard_scalars(run / "tensorboard")["train-main-metrics/loss"]] == [1, 2]
+    diagnostics = read_diagnostics(run)
+    assert [r["step"] for r in diagnostics] == [0, 1, 2] and "gone" not in diagnostics[0]["weights"]
+
+
+def test_diagnostics_switched_on_at_a_resume_start_at_its_checkpoint(shapes, tmp_path: Path):
+    """The weights at the resumed step were recorded as step 0 and drawn as 'weights at step 0 (initialisation)'."""
+    run = tmp_path / "run"
+    Trainer(shapes_config(shapes, *TRACKED), run, progress=False).fit()
+    config = shapes_config(shapes, *TRACKED, "train.epochs=2", "train.diagnostics_every=1")
+    Trainer(config, run, resume=True, progress=False).fit()
+    assert [(r["step"], "gradients" in r) for r in read_diagnostics(run)] == [(2, False), (3, True), (4, True)]
+
+
+def test_offline_wandb_reaches_for_no_host(tmp_path: Path):
+    # wandb's usage telemetry is exported when the process exits, so the run is a process of its own
+    script = f"""
+import socket
+from sparse_detector.engine.logger import MetricsLogger
+
+def refuse(host, *args, **kwargs):
+    print("looked up", host, flush=True)
+    raise OSError("no network in this test")
+
+socket.getaddrinfo = refuse
+logger = MetricsLogger({str(tmp_path)!r}, wandb=True)
+logger.log("train", 1, loss=1.0)
+logger.close()
+"""
+    environment = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}  # offline by train.wandb_mode alone
+    done = subprocess.run(
+        [sys.executable, "-c", script], env={**environment, "WANDB_SILENT": "true"}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "looked up" not in done.stdout  # it looked up api.forge.coreweave.com
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def test_wandb_says_where_the_offline_run_is_without_a_summary_of_every_number(tmp_path: Path, capfd, monkeypatch):
+    import wandb
+
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    wandb.teardown()  # the process-wide settings, silent since an earlier test, read the environment again
+    logger = MetricsLogger(tmp_path, wandb=True)
+    logger.log("params", 0, total={"trainable": 10, "frozen": 0})
+    logger.log("train", 1, loss=1.0)
+    logger.close()
+    printed = capfd.readouterr()
+    shown = printed.out + printed.err
+    assert "Run data is saved locally in" in shown
+    assert "Run summary" not in shown and "params/total" not in shown  # 30 lines led by the parameter counts
+
+
+@pytest.mark.parametrize("backend, extra", [("tensorboard", "logging"), ("wandb", "wandb")])
+def test_a_missing_backend_is_named_before_the_run_loads_anything(
+    shapes, tmp_path: Path, monkeypatch, backend: str, extra: str
+):
+    """The error came only after the data sets were read and the model built, and left a run directory behind."""
+    monkeypatch.setitem(sys.modules, backend, None)  # not installed
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match=rf"train.{backend}=true needs .*sparse-detector\[{extra}\]"):
+        Trainer(shapes_config(shapes, f"train.{backend}=true"), run, progress=False)
+    assert not run.exists()
+    with pytest.raises(ValueError, match="train.wandb_mode must be 'offline' or 'online', got 'ofline'"):
+        Trainer(shapes_config(shapes, "train.wandb=true", "train.wandb_mode=ofline"), run, progress=False)
 
 
 def test_grouping_of_record_names():

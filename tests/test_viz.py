@@ -26,7 +26,7 @@ from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, ZERO_LEGEND, 
 from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure, run_colors
 from sparse_detector.viz.data import Sample, data_figure
 from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_size, references_figure, sampling_figure
-from sparse_detector.viz.diagnostics import diagnostics_figure
+from sparse_detector.viz.diagnostics import NO_GRADIENTS_NOTE, diagnostics_figure
 from sparse_detector.viz.figure import DPI, FIGURES_RECORD, LabelledBox
 from sparse_detector.viz.kinds import (
     FIGURE_KINDS,
@@ -159,6 +159,12 @@ def test_titles_name_the_quickstart_run_and_the_training_image_files(runs, tmp_p
     assert [sample.title for sample in drawn] == ["train_000000.png (id 1)", "train_000001.png (id 2)"]
 
 
+def test_alpha_of_a_run_without_learnable_alpha_names_the_run(runs, tmp_path: Path, capsys):
+    """`visualize alpha runs/al runs/a` said 'no learnable α in these records', not which run had none."""
+    assert main(["visualize", "alpha", str(runs["run"]), str(runs["deformable"]), "--output", str(tmp_path)]) == 2
+    assert f"{runs['deformable']} logged no learnable α" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("fmt, magic", [("pdf", b"%PDF"), ("svg", b"<?xml")])
 def test_vector_formats(runs, tmp_path: Path, fmt: str, magic: bytes):
     assert main(["visualize", "curves", str(runs["run"]), "--output", str(tmp_path), "--format", fmt]) == 0
@@ -231,6 +237,16 @@ def test_diagnostics_record_weights_gradients_and_entropy(runs):
     assert "entropy" in entropy.get_title()
     # was: the legend (a line per site and layer) sat over the entropy curves
     assert entropy.get_legend().get_window_extent().x0 >= entropy.get_window_extent().x1
+
+
+def test_diagnostics_of_a_run_stopped_before_its_first_gradients_say_so():
+    """Only the step-0 record (train.diagnostics_every beyond the steps trained): the gradient panels were empty
+    axes with layer names and colour bars from -0.1 to 0.1."""
+    weights = {"linear": {"std": 1.0, "histogram": [1] * 41}}
+    figure = diagnostics_figure([{"step": 0, "weights": weights, "entropy": {"decoder_cross": [2.0]}}])
+    gradients = [axes for axes in figure.axes if axes.get_title().startswith("gradient")]
+    assert [[text.get_text() for text in axes.texts] for axes in gradients] == [[NO_GRADIENTS_NOTE]] * 2
+    assert not any(axes.get_label() == "<colorbar>" for axes in figure.axes)
 
 
 def test_weight_histograms_are_scaled_per_layer_so_a_spike_hides_no_other_layer():
@@ -665,6 +681,19 @@ def test_curves_panels_with_nothing_recorded_say_so():
     notes = {axes.get_title(): [t.get_text() for t in axes.texts] for axes in figure.axes}
     assert notes["AP (solid), AP50 (dashed), AP75 (dotted)"] == [EVALUATION_NOTE]
     assert notes["total loss (weighted sum)"] == [] and len(figure.axes[0].get_xticks()) > 0
+
+
+def test_curves_of_a_loss_that_blew_up_are_on_a_log_scale_and_show_skipped_steps():
+    """A loss that went from 20 to 6e4 flattened the rest of the run into a line at 0; steps skipped for a
+    non-finite loss (train.on_nonfinite_loss=skip) were in no curve and nothing said they had happened."""
+    records = [{"type": "train", "step": s, "loss": 20.0 * 10 ** (s - 1), "class_error": 50.0} for s in (1, 2, 3, 4)]
+    records.append({"type": "epoch", "step": 4, "epoch": 1, "train_loss": 2e4, "train_skipped_nonfinite": 3})
+    calm = [{"type": "train", "step": s, "loss": 20.0 - s, "class_error": 50.0} for s in (1, 2)]
+    figure = curves_figure({"blew up": records, "calm": calm})
+    total = figure.axes[0]
+    assert total.get_yscale() == "log" and "log scale" in total.get_title()
+    assert [text.get_text() for text in total.texts] == ["3"] and "non-finite steps skipped" in total.get_title()
+    assert curves_figure({"calm": calm}).axes[0].get_yscale() == "linear"  # 18 to 19: no reason for a log axis
 
 
 def sampling_record(locations: list[tuple[float, float]], weights: list[float]) -> PointsRecord:

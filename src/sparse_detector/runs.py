@@ -12,6 +12,7 @@ A run directory holds::
                                 `sparse-detector evaluate` on other data)
     analysis/analysis.{json,csv,md}                  `sparse-detector analyze` (analysis-<stem>/ on other data)
     analysis-random-init/analysis.{json,csv,md}      the same with --random-init
+    .training.lock              held by the process training into the directory (claim_run_dir)
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -32,6 +35,7 @@ ANALYSIS_DIRS = {False: "analysis", True: "analysis-random-init"}  # by random_i
 #: The run directory ``sparse-detector quickstart`` trains in, inside its own folder (``runs/quickstart-<time>/train``);
 #: named in titles and legends with that folder (``quickstart-<time>/train``), as the quickstart prints it.
 QUICKSTART_RUN_DIR = "train"
+TRAINING_LOCK = ".training.lock"
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,43 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_json_lines(path)
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    """The records of a log of one JSON object per line. A last line cut short (its process was killed while writing
+    it, or the disk was full) is left out with a warning, as ``train --resume`` redoes what it held; a bad line
+    elsewhere is an error naming the file and the line."""
+    text = path.read_text()
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines) and not text.endswith("\n"):
+                log.warning("%s: its last line was cut short (the process killed while writing it?); left out", path)
+                break
+            raise ValueError(f"{path}, line {number}, is not a JSON record ({err}); was the file edited?") from None
+    return records
+
+
+def claim_run_dir(run_dir: str | Path) -> FileLock:
+    """Hold an existing run directory for this training process until the lock is released or the process ends,
+    however it ends: a second ``train`` into it, or a ``--resume`` of it, while the first still runs would write
+    every step into its logs a second time and its checkpoints in turn. An error if another process holds it."""
+    path = Path(run_dir) / TRAINING_LOCK
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RuntimeError(
+            f"run directory {run_dir} is being trained by another process right now (it holds {path}); wait for "
+            "it to end, or stop it and then continue with --resume, or choose another --output-dir"
+        ) from None
+    return lock
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..analysis import AttentionRecorder
 from ..data.batching import collate_detection
 from ..data.coco import CocoDetection
+from ..runs import read_json_lines
 
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 HISTOGRAM_BINS = 41
@@ -50,26 +51,30 @@ def read_diagnostics(run_dir: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: train with --set train.diagnostics_every=N to record it")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_json_lines(path)
 
 
 class TrainingDiagnostics:
     """Records diagnostics of ``model`` into ``run_dir`` every ``every`` steps (``every=0``: does nothing)."""
 
-    def __init__(self, model: nn.Module, run_dir: Path, every: int, probe: CocoDetection, start_step: int = 0) -> None:
+    def __init__(
+        self, model: nn.Module, run_dir: Path, every: int, probe: CocoDetection, resumed_at: int | None = None
+    ) -> None:
         self.model, self.every = model, every
         self.path = Path(run_dir) / DIAGNOSTICS_FILE
         if not every:
             return
         self.layers = weight_layers(model)
         self.probe = collate_detection([probe[i] for i in range(min(PROBE_IMAGES, len(probe)))])[0]
-        kept = [r for r in read_diagnostics(run_dir) if r["step"] <= start_step] if self.path.exists() else []
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))  # a resumed run redoes later steps
+        # a resumed run redoes the steps after its checkpoint; a new one all that a killed earlier process recorded
+        resumed = resumed_at is not None and self.path.exists()
+        kept = [r for r in read_diagnostics(run_dir) if r["step"] <= resumed_at] if resumed else []
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.scale = {layer: self._std(tensors) for layer, tensors in self.layers.items()}
         if kept:
             self.scale = {layer: stats["std"] for layer, stats in kept[0]["weights"].items()}
-        else:
-            self._write({"step": 0, "weights": self._weights(), "entropy": self._entropy()})
+        else:  # the weights it starts from: at initialisation, or at the checkpoint of a run resumed with diagnostics
+            self._write({"step": resumed_at or 0, "weights": self._weights(), "entropy": self._entropy()})
 
     @staticmethod
     def _std(tensors: list[Tensor]) -> float:

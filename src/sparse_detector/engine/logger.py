@@ -6,6 +6,7 @@ Reading the log back is ``sparse_detector.runs.read_metrics``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
@@ -20,6 +21,8 @@ from .coco_eval import STAT_NAMES
 MAIN_TRAIN_METRICS = ("loss", "loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
 #: Speed and memory readings of a training step (``train-extra-metrics/``).
 EXTRA_TRAIN_METRICS = ("iteration_s", "data_s", "images_per_s", "peak_memory_mb")
+#: The W&B run id of the run directory, kept so that a resumed run continues the same W&B run.
+WANDB_RUN_ID = "wandb-run-id.txt"
 
 
 def _plain(value: Any) -> Any:
@@ -81,7 +84,13 @@ def grouped_scalars(kind: str, values: dict[str, Any]) -> dict[str, float]:
 
 class MetricsLogger:
     """Appends records to ``run_dir/metrics.jsonl`` (flushed at once, so a killed run keeps its log) and mirrors
-    their numbers to the optional backends. ``enabled=False`` (ranks other than 0) makes every call a no-op."""
+    their numbers to the optional backends. ``enabled=False`` (ranks other than 0) makes every call a no-op.
+
+    ``resumed_at``: the global step of the checkpoint a resumed run continues from. TensorBoard then discards what
+    an earlier, killed process of the run logged after that step (those steps are trained and logged again), as
+    ``metrics.jsonl`` is cut back to it on resume. ``None``, a new run: whatever a process killed before its first
+    checkpoint logged here is started over (``metrics.jsonl`` emptied, TensorBoard's events discarded, a new W&B
+    run id)."""
 
     def __init__(
         self,
@@ -92,22 +101,27 @@ class MetricsLogger:
         wandb_mode: str = "offline",
         config: dict | None = None,
         enabled: bool = True,
+        resumed_at: int | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
         self.enabled = enabled
         self._tensorboard = self._wandb = None
+        self._charted_at: dict[str, int] = {}  # each grouped name's last step sent to the backends
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resumed_at is None:
+            self.path.write_text("")
+            (self.run_dir / WANDB_RUN_ID).unlink(missing_ok=True)
+        check_backends(tensorboard, wandb, wandb_mode)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
-                raise RuntimeError(
-                    "train.tensorboard=true needs the tensorboard package: pip install 'sparse-detector[logging]'"
-                ) from err
-            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+                raise _missing("tensorboard") from err
+            purge_step = 0 if resumed_at is None else resumed_at + 1
+            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
         if wandb:
             self._wandb = _start_wandb(self.run_dir, wandb_project, wandb_mode, config or {})
 
@@ -117,7 +131,10 @@ class MetricsLogger:
         record = {"type": kind, "step": step, "time": round(time.time(), 3), **_plain(values)}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        scalars = grouped_scalars(kind, values)
+        # α is in the epoch record too (a run shorter than train.log_every logs it nowhere else): at a step whose
+        # train record already charted it, a second point at the same step is left out
+        scalars = {name: v for name, v in grouped_scalars(kind, values).items() if self._charted_at.get(name) != step}
+        self._charted_at.update(dict.fromkeys(scalars, step))
         if self._tensorboard is not None:
             for name, value in scalars.items():
                 self._tensorboard.add_scalar(name, value, step)
@@ -133,17 +150,39 @@ class MetricsLogger:
         self._tensorboard = self._wandb = None
 
 
+#: The package each backend needs, by its setting (``train.<name>``), and the extra that installs it.
+BACKEND_EXTRAS = {"tensorboard": "logging", "wandb": "wandb"}
+WANDB_MODES = ("offline", "online")
+
+
+def _missing(backend: str) -> RuntimeError:
+    return RuntimeError(
+        f"train.{backend}=true needs the {backend} package: pip install 'sparse-detector[{BACKEND_EXTRAS[backend]}]'"
+    )
+
+
+def check_backends(tensorboard: bool, wandb: bool, wandb_mode: str) -> None:
+    """An error naming the setting and what to install when a chosen backend's package is missing, or naming
+    ``train.wandb_mode`` when it is neither mode: called before a run loads anything, not after its data and model."""
+    if wandb and wandb_mode not in WANDB_MODES:
+        raise ValueError(f"train.wandb_mode must be 'offline' or 'online', got {wandb_mode!r}")
+    for backend, chosen in (("tensorboard", tensorboard), ("wandb", wandb)):
+        if chosen and importlib.util.find_spec(backend) is None:
+            raise _missing(backend)
+
+
 def _start_wandb(run_dir: Path, project: str, mode: str, config: dict) -> Any:
-    if mode not in ("offline", "online"):
-        raise ValueError(f"train.wandb_mode must be 'offline' or 'online', got {mode!r}")
     try:
         import wandb
     except ImportError as err:
-        raise RuntimeError("train.wandb=true needs the wandb package: pip install 'sparse-detector[wandb]'") from err
+        raise _missing("wandb") from err
     # The run id is kept in the run directory, so a resumed run continues the same W&B run.
-    id_file = run_dir / "wandb-run-id.txt"
+    id_file = run_dir / WANDB_RUN_ID
     if not id_file.is_file():
         id_file.write_text(uuid.uuid4().hex[:16])
+    # The process-wide settings too: wandb's own usage telemetry reads them, not the run's, and in a process not
+    # started with WANDB_MODE=offline it tried to reach api.forge.coreweave.com from an offline run.
+    wandb.setup(settings=wandb.Settings(mode=mode))
     return wandb.init(
         project=project,
         name=run_dir.name,
@@ -152,5 +191,5 @@ def _start_wandb(run_dir: Path, project: str, mode: str, config: dict) -> Any:
         dir=str(run_dir),
         mode=mode,
         config=config,
-        settings=wandb.Settings(console="off", x_disable_stats=True),
+        settings=wandb.Settings(console="off", x_disable_stats=True, quiet=True),
     )

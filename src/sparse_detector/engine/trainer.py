@@ -34,6 +34,7 @@ from ..runs import (
     EVAL_FILE,
     LAST_CHECKPOINT,
     METRICS_FILE,
+    claim_run_dir,
     read_metrics,
     resolve_checkpoint,
 )
@@ -61,7 +62,7 @@ from .distributed import (
     mean_across_ranks,
 )
 from .evaluate import evaluate, targets_to
-from .logger import MAIN_TRAIN_METRICS, MetricsLogger
+from .logger import MAIN_TRAIN_METRICS, MetricsLogger, check_backends
 from .optim import apply_configured_settings, build_optimizer, build_scheduler, group_settings, regroup_saved_state
 
 log = logging.getLogger(__name__)
@@ -216,9 +217,12 @@ class Trainer:
             raise ValueError(f"train.on_nonfinite_loss must be 'error' or 'skip', got {train.on_nonfinite_loss!r}")
         if train.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {train.precision!r}")
+        check_backends(train.tensorboard, train.wandb, train.wandb_mode)
         self.dist: DistributedContext
         self.dist, self.device = init_distributed(resolve_device(train.device, "train.device"))
         check_same_config(config)
+        self.run_lock = None
+        self._claim_run_dir()  # before a resume cuts back the logs another process may still be writing
         self.progress = progress and self.dist.is_main
         if train.precision == "fp16" and self.device.type == "cpu":
             log.warning(
@@ -259,6 +263,7 @@ class Trainer:
         resume_changes = self._resume() if resume else []
         if self.dist.is_main:  # only now: a config, data set or checkpoint that fails above leaves no run directory
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._claim_run_dir()
             (self.run_dir / CONFIG_FILE).write_text(dump_config(config))
         barrier()
         self.logger = MetricsLogger(
@@ -269,6 +274,7 @@ class Trainer:
             wandb_mode=train.wandb_mode,
             config=config_to_dict(config),
             enabled=self.dist.is_main,
+            resumed_at=self.step if resume else None,
         )
         counts = parameter_counts(self.model)
         self.logger.log("params", self.step, **counts)
@@ -279,8 +285,17 @@ class Trainer:
             if self.reinitialised:
                 print(f"re-initialised for {config.model.num_classes} classes: {', '.join(self.reinitialised)}")
         self.diagnostics = TrainingDiagnostics(
-            self.model, self.run_dir, train.diagnostics_every if self.dist.is_main else 0, self.val_set, self.step
+            self.model,
+            self.run_dir,
+            train.diagnostics_every if self.dist.is_main else 0,
+            self.val_set,
+            resumed_at=self.step if resume else None,
         )
+
+    def _claim_run_dir(self) -> None:
+        """Rank 0 holds the run directory once it exists, until training ends (:func:`claim_run_dir`)."""
+        if self.dist.is_main and self.run_lock is None and self.run_dir.is_dir():
+            self.run_lock = claim_run_dir(self.run_dir)
 
     def _wrap(self, model: nn.Module, compile: bool) -> nn.Module:
         """The module the training step calls: DDP across processes, ``torch.compile``-d when asked."""
@@ -634,7 +649,14 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         """Train the remaining epochs; returns the last evaluation's metrics. After a SIGTERM / SIGINT it returns
-        early with a checkpoint written and :attr:`stop_signal` set."""
+        early with a checkpoint written and :attr:`stop_signal` set. The run directory is free again afterwards."""
+        try:
+            return self._fit()
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()
+
+    def _fit(self) -> dict[str, float]:
         train = self.config.train
         last_eval: dict[str, float] = {}
         log.info("training in %s on %s (%d process(es))", self.run_dir, self.device, self.dist.world_size)

@@ -29,6 +29,7 @@ LOSS_TITLES = {
 }
 AP_OVERALL = {"AP": ("AP", "-"), "AP50": ("AP50", "--"), "AP75": ("AP75", ":")}  # key -> (name, line style)
 EVALUATION_NOTE = "no evaluation recorded\n(see train.eval_every)"
+WIDE_RANGE = 100  # a panel whose values span more than this factor gets a log y axis
 AP_BY_SIZE = {"AP_small": ("APs", "-"), "AP_medium": ("APm", "--"), "AP_large": ("APl", ":")}
 
 
@@ -68,8 +69,40 @@ def _plot_loss(axes: Axes, runs: Mapping[str, Sequence[Mapping]], term: str, col
         axes.plot(*_series(records, "train", term), color=colors[label], linewidth=1.2, label=label)
         for key in _aux_keys(records, term) if term != "loss" else []:
             axes.plot(*_series(records, "train", key), color=colors[label], linewidth=0.6, alpha=0.35)
-    axes.set_title(LOSS_TITLES[term] + ("" if term == "loss" else "\n(thin: auxiliary decoder layers)"), fontsize=9)
+    title = LOSS_TITLES[term] + ("" if term == "loss" else "\n(thin: auxiliary decoder layers)")
+    title += _log_scale_if_wide(axes)
+    if term == "loss" and _mark_skipped_steps(axes, runs, colors):
+        title += "\n×: non-finite steps skipped (count, at epoch end)"
+    axes.set_title(title, fontsize=9)
     count_axis(axes, "step")
+
+
+def _log_scale_if_wide(axes: Axes) -> str:
+    """A log y axis when the panel's values span more than ``WIDE_RANGE`` (a loss that blew up to 1e4 flattened the
+    rest of the run to a line at 0); returns the note for the title."""
+    values = [y for line in axes.lines for y in line.get_ydata() if math.isfinite(y)]
+    if not values or min(values) <= 0 or max(values) <= WIDE_RANGE * min(values):
+        return ""
+    axes.set_yscale("log")
+    return " (log scale)"
+
+
+def _mark_skipped_steps(axes: Axes, runs: Mapping[str, Sequence[Mapping]], colors: Mapping[str, tuple]) -> bool:
+    """Steps skipped for a non-finite loss (``train.on_nonfinite_loss=skip``) log no loss, so no curve shows them:
+    a cross on the panel's top edge at the end of each epoch that skipped some, with their count. Whether any."""
+    marked = False
+    edge = axes.get_xaxis_transform()  # x in steps, y in the panel's height
+    for label, records in runs.items():
+        for record in records:
+            skipped = record.get("train_skipped_nonfinite") if record.get("type") == "epoch" else None
+            if isinstance(skipped, int) and skipped > 0:
+                axes.plot([record["step"]], [0.97], marker="X", markersize=8, color=colors[label], transform=edge)
+                axes.annotate(
+                    str(skipped), (record["step"], 0.97), xycoords=edge, xytext=(5, -3), textcoords="offset points",
+                    fontsize=7, color=colors[label], va="top",
+                )  # fmt: skip
+                marked = True
+    return marked
 
 
 def _plot_epochs(
@@ -146,5 +179,6 @@ def _plot_val_loss(axes: Axes, runs: Mapping[str, Sequence[Mapping]], colors: Ma
             linestyle="--",
             label=f"{label} val",
         )
-    axes.set_title("total loss per epoch: train mean (solid),\nvalidation (dashed)", fontsize=9)
+    title = "total loss per epoch: train mean (solid),\nvalidation (dashed)" + _log_scale_if_wide(axes)
+    axes.set_title(title, fontsize=9)
     count_axis(axes, "epoch")

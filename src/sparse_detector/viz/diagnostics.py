@@ -14,9 +14,10 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from .curves import run_colors
-from .figure import count_axis
+from .figure import count_axis, hide_ticks
 
 HISTOGRAM_PANELS = 3  # initialisation, the middle recorded step, the last
+NO_GRADIENTS_NOTE = "no gradients recorded yet:\nthe run stopped before step train.diagnostics_every"
 
 
 def _layer_matrix(records: Sequence[Mapping], layers: Sequence[str], key: str) -> np.ndarray:
@@ -46,7 +47,12 @@ def diagnostics_figure(records: Sequence[Mapping], title: str = "", histogram_ra
 
     gradient_axes = top.subplots(1, 2, sharey=True)
     for axes, key in zip(gradient_axes, ("norm", "std"), strict=True):
-        matrix = _layer_matrix(with_grads, layers, key) if with_grads else np.full((len(layers), 1), np.nan)
+        if not with_grads:  # stopped before its first recorded step: no heat map, no colour bar of nothing
+            axes.set_title(f"gradient {key} per layer", fontsize=9)
+            axes.text(0.5, 0.5, NO_GRADIENTS_NOTE, transform=axes.transAxes, ha="center", va="center", color="0.4")
+            hide_ticks(axes)
+            continue
+        matrix = _layer_matrix(with_grads, layers, key)
         positive = matrix[np.isfinite(matrix) & (matrix > 0)]
         norm = LogNorm(positive.min(), positive.max()) if positive.size else None
         image = axes.imshow(
@@ -57,7 +63,8 @@ def diagnostics_figure(records: Sequence[Mapping], title: str = "", histogram_ra
         ticks = np.linspace(0, max(len(steps) - 1, 0), num=min(len(steps), 8)).round().astype(int)
         axes.set_xticks(ticks, [str(steps[i]) for i in ticks] if steps else [])
         top.colorbar(image, ax=axes, shrink=0.8)
-    gradient_axes[0].set_yticks(range(len(layers)), layers, fontsize=5)
+    if with_grads:
+        gradient_axes[0].set_yticks(range(len(layers)), layers, fontsize=5)
 
     chosen = histogram_steps([r["step"] for r in records])
     by_step = {r["step"]: r for r in records}

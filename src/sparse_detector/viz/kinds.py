@@ -33,7 +33,7 @@ from ..models.postprocess import query_scores
 from ..runs import distinct_names, read_analyses, read_metrics
 from ..runs import run_labels as analysis_labels
 from ..text import counted
-from .alpha import alpha_figure
+from .alpha import alpha_figure, alpha_history
 from .attention import AttentionPanel, attention_figure, attention_panels_figure
 from .curves import curves_figure
 from .data import Sample, data_figure
@@ -628,7 +628,17 @@ def _per_run(request: VisualizeRequest, name: str, draw: Callable[[Path], Figure
 @figure_kind("alpha")
 def alpha_kind(request: VisualizeRequest) -> list[Path]:
     """Per run with learnable α: the α heat map and α over steps."""
-    return _per_run(request, "alpha", lambda run: alpha_figure(read_metrics(run), title=run_label(run)))
+
+    def draw(run: Path) -> Figure:
+        records = read_metrics(run)
+        if not alpha_history(records)[1]:
+            raise ValueError(
+                f"{run} logged no learnable α: it has no alpha_entmax attention (model.attention.<site>.activation="
+                "alpha_entmax); give visualize alpha only such runs"
+            )
+        return alpha_figure(records, title=run_label(run))
+
+    return _per_run(request, "alpha", draw)
 
 
 @figure_kind("diagnostics")
