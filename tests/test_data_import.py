@@ -748,3 +748,39 @@ def test_one_image_and_one_box_are_counted_in_the_singular(tmp_path: Path, capsy
     assert f"written: {out} (1 image, 1 box)" in capsys.readouterr().out  # was: (1 images, 1 boxes)
     with pytest.raises(DatasetError, match="has 1 image: too few for a split"):
         split_coco(out, tmp_path / "splits", val=0.5)
+
+
+def test_coco_roboflow_dataset_name_category_is_left_out_and_named(tmp_path: Path, capsys) -> None:
+    """A Roboflow COCO export's category 0, named like the dataset (supercategory "none"), used by no box and the
+    supercategory of every class, became a trained class with 0 boxes (model.num_classes had to count it). Import
+    now leaves it out and says so, data check notes it; an unused class of its own stays, listed with 0 boxes."""
+    write_image(tmp_path / "a.jpg")
+    names = ["Platelets", "RBC", "WBC"]
+    source = {
+        "images": [{"id": 0, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "annotations": [{"id": 0, "image_id": 0, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}],
+        "categories": [
+            {"id": 0, "name": "cells-mZkq", "supercategory": "none"},
+            *({"id": i, "name": name, "supercategory": "cells-mZkq"} for i, name in enumerate(names, start=1)),
+        ],
+    }
+    write_text(tmp_path / "_annotations.coco.json", json.dumps(source))
+    assert main(["data", "check", str(tmp_path / "_annotations.coco.json")]) == 0
+    assert (
+        "note: category 0 'cells-mZkq' has no boxes and is the supercategory of every other" in capsys.readouterr().out
+    )
+    out = tmp_path / "out.json"
+    assert main(["data", "import", "coco", str(tmp_path / "_annotations.coco.json"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "left out: category 0 'cells-mZkq', not a class" in printed and "  WBC        0" in printed
+    assert "category ids renumbered" not in printed and "note: category" not in printed
+    assert [(c["id"], c["name"]) for c in json.loads(out.read_text())["categories"]] == [
+        (1, "Platelets"),
+        (2, "RBC"),
+        (3, "WBC"),
+    ]
+    assert CocoDetection(None, out).num_classes == 3
+
+    source["categories"][2]["supercategory"] = "blood"  # not every class under it: an unused class like any other
+    write_text(tmp_path / "in.json", json.dumps(source))
+    assert [c["name"] for c in import_coco(tmp_path / "in.json", out)["categories"]] == ["cells-mZkq", *names]

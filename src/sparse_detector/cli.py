@@ -785,6 +785,11 @@ def _data_import(args: argparse.Namespace) -> int:
     if stats.get("dropped"):
         reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in stats["dropped"].items())
         print(f"dropped: {sum(stats['dropped'].values())} box(es) ({reasons}; listed in the warning above)")
+    if category := stats.get("dataset_name_category"):
+        print(
+            f"left out: category {category['id']} {category['name']!r}, not a class: no box uses it and every other "
+            "category names it as its supercategory (a Roboflow export's dataset name)"
+        )
     if renumbered := stats.get("renumbered_categories"):
         pairs = ", ".join(f"{old} -> {new}" for old, new in renumbered.items())
         print(f"category ids renumbered ({pairs}): detections and evaluation use the new ids, those of --out")
