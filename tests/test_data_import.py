@@ -784,3 +784,38 @@ def test_coco_roboflow_dataset_name_category_is_left_out_and_named(tmp_path: Pat
     source["categories"][2]["supercategory"] = "blood"  # not every class under it: an unused class like any other
     write_text(tmp_path / "in.json", json.dumps(source))
     assert [c["name"] for c in import_coco(tmp_path / "in.json", out)["categories"]] == ["cells-mZkq", *names]
+
+
+def test_split_sizes_are_fractions_or_counts_and_an_empty_split_is_an_error(tmp_path: Path, capsys) -> None:
+    """`data split --val 0` (or a fraction that rounds to 0 images) wrote an empty val.json without a word, and
+    --val 50 (a number of images) was refused as 'not a fraction'. Now a whole number >= 1 is a number of images,
+    and a split that would be empty (val, a test asked for, or train) is an error saying what to give instead."""
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 10, "height": 10} for i in range(1, 11)]
+    annotations = [{"id": i, "image_id": i, "category_id": 1, "bbox": [0, 0, 5, 5]} for i in range(1, 11)]
+    source = tmp_path / "all.json"
+    source.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}]})
+    )
+    sizes = {
+        name: len(load(path)["images"]) for name, path in split_coco(source, tmp_path / "s", val=3, test=2).items()
+    }
+    assert sizes == {"train": 5, "val": 3, "test": 2}
+    assert len(load(split_coco(source, tmp_path / "s", val=0.3)["val"])["images"]) == 3
+    errors = {
+        (0, 0): "--val 0 leaves the val split empty; training evaluates on val",
+        (0.01, 0): r"--val 0.01 of 10 images is 0 images; .* a number of images \(e.g. --val 1\)",
+        (0.2, 0.01): "--test 0.01 of 10 images is 0 images",
+        (10, 0): "has 10 images: 10 images for val leave none for train",
+        (0.5, 5): "5 images for val and 5 images for test leave none for train",
+        (-1, 0): r"--val -1: give a fraction of the images \(between 0 and 1, e.g. 0.2\) or a number of images",
+        (2.5, 0): "--val 2.5: give a fraction",
+    }
+    for (val, test), message in errors.items():
+        with pytest.raises(ValueError, match=message):
+            split_coco(source, tmp_path / "bad", val=val, test=test)
+    assert not (tmp_path / "bad").exists()
+    out_dir = str(tmp_path / "cli")
+    assert main(["data", "split", str(source), "--val", "0", "--out-dir", out_dir]) == 2
+    assert "error: --val 0 leaves the val split empty" in capsys.readouterr().err and not Path(out_dir).exists()
+    assert main(["data", "split", str(source), "--val", "2", "--out-dir", out_dir]) == 0
+    assert "val: " in capsys.readouterr().out and len(load(Path(out_dir) / "val.json")["images"]) == 2
