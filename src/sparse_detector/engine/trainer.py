@@ -296,7 +296,10 @@ class Trainer:
             resumed_at=self.step if resume else None,
         )
         counts = parameter_counts(self.model)
-        self.logger.log("params", self.step, **counts)
+        if (
+            not resume or self._logged_parameter_counts() != counts
+        ):  # once per run: a chart of one point, not one a start
+            self.logger.log("params", self.step, **counts)
         if resume_changes:
             self.logger.log("resume", self.step, epoch=self.epoch, changes=resume_changes)
         if self.dist.is_main:
@@ -310,6 +313,13 @@ class Trainer:
             self.val_set,
             resumed_at=self.step if resume else None,
         )
+
+    def _logged_parameter_counts(self) -> dict | None:
+        """The parameter counts the run's ``metrics.jsonl`` holds (its last ``params`` record), or ``None``."""
+        if not (self.dist.is_main and (self.run_dir / METRICS_FILE).is_file()):
+            return None
+        records = [r for r in read_metrics(self.run_dir) if r["type"] == "params"]
+        return {k: v for k, v in records[-1].items() if k not in ("type", "step", "time")} if records else None
 
     def _claim_run_dir(self) -> None:
         """Rank 0 holds the run directory once it exists, until training ends (:func:`claim_run_dir`)."""
