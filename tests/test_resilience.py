@@ -16,7 +16,13 @@ import torch
 
 from sparse_detector import load_config
 from sparse_detector.cli import main
-from sparse_detector.engine.checkpoint import CheckpointError, load_checkpoint, run_checkpoints, verify_checkpoint
+from sparse_detector.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    run_checkpoints,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from sparse_detector.engine.trainer import NonFiniteLossError, Trainer, TrainingDivergedError
 from sparse_detector.models.weights import CheckpointMismatchError
 from sparse_detector.runs import METRICS_FILE, claim_run_dir, read_metrics
@@ -234,7 +240,7 @@ def test_diverged_training_says_where_why_and_what_to_do_and_saves_no_nan_weight
     with pytest.raises(TrainingDivergedError) as err:
         _diverging(Trainer(config, run, progress=False)).fit()
     message = str(err.value)
-    assert message.startswith("training diverged at validation after epoch 1: non-finite matching cost")
+    assert message.startswith("training diverged at validation after epoch 1: the model's outputs are NaN or inf on")
     assert "(0 of 1 training steps of epoch 1 were skipped" in message
     assert "the weights diverged: NaN or inf in 1 parameter tensor (first: ['class_embed.bias'])" in message
     assert "lower optim.lr (now 0.0002)" in message and "set optim.clip_max_norm (now 0" in message
@@ -260,6 +266,16 @@ def test_diverged_training_says_where_why_and_what_to_do_and_saves_no_nan_weight
     with pytest.raises(TrainingDivergedError, match="^training diverged at the end of epoch 2: its checkpoint was not"):
         _diverging(Trainer(config, run, resume=True, progress=False)).fit()
     assert load_checkpoint(run / "checkpoint_last.pt")["epoch"] == 1
+
+    # evaluating such weights stopped inside COCOeval: "Detection scores must not be NaN."
+    state = load_checkpoint(run / "checkpoint_last.pt")
+    state["model"]["class_embed.bias"].fill_(float("nan"))
+    save_checkpoint(tmp_path / "nan.pt", state)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "nan.pt"), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "error: the model's outputs are NaN or inf on image ids [" in error
+    assert "the weights diverged: NaN or inf in 1 parameter tensor (first: ['class_embed.bias'])" in error
 
 
 class _Payload:

@@ -26,7 +26,6 @@ from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection, DatasetError
 from ..logs import RANK_SPECIFIC
 from ..models import build_criterion, build_model
-from ..models.outputs import DetectionOutput
 from ..models.weights import CheckpointMismatchError, load_state_dict_checked, read_state_dict, saved_config
 from ..runs import (
     BEST_CHECKPOINT,
@@ -61,7 +60,7 @@ from .distributed import (
     is_distributed,
     mean_across_ranks,
 )
-from .evaluate import evaluate, targets_to
+from .evaluate import NonFiniteOutputsError, evaluate, outputs_finite, targets_to, weights_finite, weights_reading
 from .logger import MAIN_TRAIN_METRICS, MetricsLogger, check_backends
 from .optim import apply_configured_settings, build_optimizer, build_scheduler, group_settings, regroup_saved_state
 
@@ -125,26 +124,6 @@ def check_same_config(config: Config) -> None:
                 f"{'; '.join(differences[:5])} (rank 0 -> rank {rank}); start every process with the same --config "
                 "and --set"
             )
-
-
-def outputs_finite(outputs: DetectionOutput) -> bool:
-    """Whether the boxes and logits of every decoder layer (and a two-stage model's proposals) are finite."""
-    parts = [outputs, *(outputs.aux_outputs or []), *([outputs.enc_outputs] if outputs.enc_outputs is not None else [])]
-    return all(bool(torch.isfinite(p.pred_logits).all() and torch.isfinite(p.pred_boxes).all()) for p in parts)
-
-
-def weights_reading(model: nn.Module) -> str:
-    """What the weights look like after a non-finite result: which hold NaN / inf, else the largest magnitude."""
-    nonfinite = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
-    if nonfinite:
-        tensors = counted(len(nonfinite), "parameter tensor")
-        return f"the weights diverged: NaN or inf in {tensors} (first: {nonfinite[:3]})"
-    size, name = max((float(p.detach().abs().max()), name) for name, p in model.named_parameters() if p.numel())
-    return f"the weights are finite, the largest is |w| = {size:.3g} in {name}"
-
-
-def weights_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def alpha_values(model: nn.Module) -> dict[str, list[float]]:
@@ -733,11 +712,14 @@ class Trainer:
                 if self.epoch % train.eval_every == 0 or self.epoch == train.epochs:
                     try:
                         last_eval = self._evaluate()
-                    except FloatingPointError as err:  # the matcher's check of the outputs
+                    except NonFiniteOutputsError as err:
                         self.logger.log("epoch", self.step, epoch=self.epoch, **record)  # what the epoch trained
                         skipped = record["train_skipped_nonfinite"]
                         steps = f"{skipped} of {skipped + record['train_steps']}"
-                        detail = f"{err} ({steps} training steps of epoch {self.epoch} were skipped as non-finite)"
+                        detail = (
+                            f"the model's outputs are NaN or inf on image ids {err.image_ids} ({steps} training steps "
+                            f"of epoch {self.epoch} were skipped as non-finite)"
+                        )
                         raise self._diverged(f"validation after epoch {self.epoch}", detail) from err
                     record.update(last_eval)
                 record["alpha"] = alpha_values(self.model)
