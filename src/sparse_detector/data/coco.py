@@ -144,15 +144,13 @@ def dataset_name_category(categories: list[dict], annotations: list[dict]) -> di
     """The category a Roboflow COCO export adds for the dataset itself (id 0, named like the dataset, supercategory
     "none"), not a class: the one category that no annotation uses and that every other category names as its
     supercategory; ``None`` when there is none."""
-    used = {str(ann.get("category_id")) for ann in annotations}
+    used: set[str] | None = None  # the category ids the annotations use, read only for a candidate
     for category in categories:
         others = [other for other in categories if other is not category]
-        if (
-            others
-            and str(category.get("id")) not in used
-            and all(other.get("supercategory") == category.get("name") for other in others)
-        ):
-            return category
+        if others and all(other.get("supercategory") == category.get("name") for other in others):
+            used = used or {str(i) for i in {ann.get("category_id") for ann in annotations}}
+            if str(category.get("id")) not in used:
+                return category
     return None
 
 
