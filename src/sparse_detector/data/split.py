@@ -77,7 +77,8 @@ def split_coco(
     strata: dict[int, list[dict]] = defaultdict(list)
     for image in data["images"]:
         strata[_stratum(categories_of[image["id"]], frequency)].append(image)
-    fractions = {split: size / total for split, size in sizes.items()}
+    # a fraction as given (the split a fraction made before counts were taken), a count as its fraction
+    fractions = {split: given if given < 1 else sizes[split] / total for split, given in (("val", val), ("test", test))}
     chosen: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
     seen = 0
     rng = random.Random(seed)
