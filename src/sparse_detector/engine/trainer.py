@@ -439,7 +439,12 @@ class Trainer:
         numbered ones, and copy to ``checkpoint_best.pt`` when ``best``. Weights holding NaN or inf are never
         saved: :class:`TrainingDivergedError` instead, and the last checkpoint stays the last good one."""
         if not weights_finite(self.model):
-            raise self._diverged(f"the end of {self._position()}", "its checkpoint was not written")
+            where = (
+                f"{self._position()} (stopping on a signal)"
+                if self.epoch_progress
+                else f"the end of {self._position()}"
+            )
+            raise self._diverged(where, "its checkpoint was not written")
         state = self._state()
         if self.dist.is_main:
             rotate_last(self.run_dir)
