@@ -748,3 +748,74 @@ def test_one_image_and_one_box_are_counted_in_the_singular(tmp_path: Path, capsy
     assert f"written: {out} (1 image, 1 box)" in capsys.readouterr().out  # was: (1 images, 1 boxes)
     with pytest.raises(DatasetError, match="has 1 image: too few for a split"):
         split_coco(out, tmp_path / "splits", val=0.5)
+
+
+def test_coco_roboflow_dataset_name_category_is_left_out_and_named(tmp_path: Path, capsys) -> None:
+    """A Roboflow COCO export's category 0, named like the dataset (supercategory "none"), used by no box and the
+    supercategory of every class, became a trained class with 0 boxes (model.num_classes had to count it). Import
+    now leaves it out and says so, data check notes it; an unused class of its own stays, listed with 0 boxes."""
+    write_image(tmp_path / "a.jpg")
+    names = ["Platelets", "RBC", "WBC"]
+    source = {
+        "images": [{"id": 0, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "annotations": [{"id": 0, "image_id": 0, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}],
+        "categories": [
+            {"id": 0, "name": "cells-mZkq", "supercategory": "none"},
+            *({"id": i, "name": name, "supercategory": "cells-mZkq"} for i, name in enumerate(names, start=1)),
+        ],
+    }
+    write_text(tmp_path / "_annotations.coco.json", json.dumps(source))
+    assert main(["data", "check", str(tmp_path / "_annotations.coco.json")]) == 0
+    assert (
+        "note: category 0 'cells-mZkq' has no boxes and is the supercategory of every other" in capsys.readouterr().out
+    )
+    out = tmp_path / "out.json"
+    assert main(["data", "import", "coco", str(tmp_path / "_annotations.coco.json"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "left out: category 0 'cells-mZkq', not a class" in printed and "  WBC        0" in printed
+    assert "category ids renumbered" not in printed and "note: category" not in printed
+    assert [(c["id"], c["name"]) for c in json.loads(out.read_text())["categories"]] == [
+        (1, "Platelets"),
+        (2, "RBC"),
+        (3, "WBC"),
+    ]
+    assert CocoDetection(None, out).num_classes == 3
+
+    source["categories"][2]["supercategory"] = "blood"  # not every class under it: an unused class like any other
+    write_text(tmp_path / "in.json", json.dumps(source))
+    assert [c["name"] for c in import_coco(tmp_path / "in.json", out)["categories"]] == ["cells-mZkq", *names]
+
+
+def test_split_sizes_are_fractions_or_counts_and_an_empty_split_is_an_error(tmp_path: Path, capsys) -> None:
+    """`data split --val 0` (or a fraction that rounds to 0 images) wrote an empty val.json without a word, and
+    --val 50 (a number of images) was refused as 'not a fraction'. Now a whole number >= 1 is a number of images,
+    and a split that would be empty (val, a test asked for, or train) is an error saying what to give instead."""
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 10, "height": 10} for i in range(1, 11)]
+    annotations = [{"id": i, "image_id": i, "category_id": 1, "bbox": [0, 0, 5, 5]} for i in range(1, 11)]
+    source = tmp_path / "all.json"
+    source.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}]})
+    )
+    sizes = {
+        name: len(load(path)["images"]) for name, path in split_coco(source, tmp_path / "s", val=3, test=2).items()
+    }
+    assert sizes == {"train": 5, "val": 3, "test": 2}
+    assert len(load(split_coco(source, tmp_path / "s", val=0.3)["val"])["images"]) == 3
+    errors = {
+        (0, 0): "--val 0 leaves the val split empty; training evaluates on val",
+        (0.01, 0): r"--val 0.01 of 10 images is 0 images; .* a number of images \(e.g. --val 1\)",
+        (0.2, 0.01): "--test 0.01 of 10 images is 0 images",
+        (10, 0): "has 10 images: 10 images for val leave none for train",
+        (0.5, 5): "5 images for val and 5 images for test leave none for train",
+        (-1, 0): r"--val -1: give a fraction of the images \(between 0 and 1, e.g. 0.2\) or a number of images",
+        (2.5, 0): "--val 2.5: give a fraction",
+    }
+    for (val, test), message in errors.items():
+        with pytest.raises(ValueError, match=message):
+            split_coco(source, tmp_path / "bad", val=val, test=test)
+    assert not (tmp_path / "bad").exists()
+    out_dir = str(tmp_path / "cli")
+    assert main(["data", "split", str(source), "--val", "0", "--out-dir", out_dir]) == 2
+    assert "error: --val 0 leaves the val split empty" in capsys.readouterr().err and not Path(out_dir).exists()
+    assert main(["data", "split", str(source), "--val", "2", "--out-dir", out_dir]) == 0
+    assert "val: " in capsys.readouterr().out and len(load(Path(out_dir) / "val.json")["images"]) == 2

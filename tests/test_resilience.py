@@ -16,8 +16,14 @@ import torch
 
 from sparse_detector import load_config
 from sparse_detector.cli import main
-from sparse_detector.engine.checkpoint import CheckpointError, load_checkpoint, run_checkpoints, verify_checkpoint
-from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
+from sparse_detector.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    run_checkpoints,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from sparse_detector.engine.trainer import NonFiniteLossError, Trainer, TrainingDivergedError
 from sparse_detector.models.weights import CheckpointMismatchError
 from sparse_detector.runs import METRICS_FILE, claim_run_dir, read_metrics
 
@@ -210,6 +216,66 @@ def test_nonfinite_loss_names_step_terms_and_last_checkpoint(shapes, tmp_path: P
     message = str(err.value)
     assert "epoch 2, step 2" in message and "loss_ce" in message and "loss_giou" in message
     assert f"Last good checkpoint: {run / 'checkpoint_last.pt'}" in message
+
+
+def _diverging(trainer: Trainer) -> Trainer:
+    """``trainer`` with every optimiser step leaving NaN in the class head, as a far too high learning rate does."""
+    backward = trainer._backward
+
+    def nan_weights(loss: torch.Tensor) -> None:
+        backward(loss)
+        with torch.no_grad():
+            trainer.model.class_embed.bias.fill_(float("nan"))
+
+    trainer._backward = nan_weights
+    return trainer
+
+
+def test_diverged_training_says_where_why_and_what_to_do_and_saves_no_nan_weights(shapes, tmp_path: Path, capsys):
+    """It ended in "error: non-finite matching cost: the model outputs contain NaN or inf", with no word of the
+    validation after the epoch, of the diverged weights or of what to do, and without the epoch's record."""
+    run = tmp_path / "run"
+    skip = ("train.on_nonfinite_loss=skip", "optim.clip_max_norm=0")
+    config = shapes_config(shapes, "train.epochs=1", "train.max_steps_per_epoch=1", "train.eval_every=1", *skip)
+    with pytest.raises(TrainingDivergedError) as err:
+        _diverging(Trainer(config, run, progress=False)).fit()
+    message = str(err.value)
+    assert message.startswith("training diverged at validation after epoch 1: the model's outputs are NaN or inf on")
+    assert "(0 of 1 training steps of epoch 1 were skipped" in message
+    assert "the weights diverged: NaN or inf in 1 parameter tensor (first: ['class_embed.bias'])" in message
+    assert "lower optim.lr (now 0.0002)" in message and "set optim.clip_max_norm (now 0" in message
+    assert "No checkpoint was written before" in message
+    assert epoch_records(run)[1]["train_steps"] == 1  # the epoch's record is kept
+    assert run_checkpoints(run) == []
+
+    # a run with a good checkpoint: the epoch that diverges (steps skipped, then NaN weights) saves nothing
+    Trainer(shapes_config(shapes, "train.epochs=1", *FAST), run, progress=False).fit()
+    config = load_config(run / "config.yaml", ["train.epochs=3", "train.max_steps_per_epoch=2", *skip])
+    with pytest.raises(TrainingDivergedError) as err:
+        _diverging(Trainer(config, run, resume=True, progress=False)).fit()
+    message = str(err.value)
+    assert message.startswith("training diverged at epoch 2, step 3, image ids [")
+    assert (
+        f"Its last checkpoint, {run / 'checkpoint_last.pt'} (epoch 1), is kept and nothing later was saved" in message
+    )
+    assert f"sparse-detector train --resume {run} --set optim.lr=..." in message
+    assert [load_checkpoint(run / name)["epoch"] for name in ("checkpoint_last.pt", "checkpoint_best.pt")] == [1, 1]
+
+    # weights that became NaN on an epoch's last step are not saved at its end, evaluated or not
+    config = load_config(run / "config.yaml", ["train.epochs=3", *FAST, *skip])
+    with pytest.raises(TrainingDivergedError, match="^training diverged at the end of epoch 2: its checkpoint was not"):
+        _diverging(Trainer(config, run, resume=True, progress=False)).fit()
+    assert load_checkpoint(run / "checkpoint_last.pt")["epoch"] == 1
+
+    # evaluating such weights stopped inside COCOeval: "Detection scores must not be NaN."
+    state = load_checkpoint(run / "checkpoint_last.pt")
+    state["model"]["class_embed.bias"].fill_(float("nan"))
+    save_checkpoint(tmp_path / "nan.pt", state)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "nan.pt"), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "error: the model's outputs are NaN or inf on image ids [" in error
+    assert "the weights diverged: NaN or inf in 1 parameter tensor (first: ['class_embed.bias'])" in error
 
 
 class _Payload:

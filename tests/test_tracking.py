@@ -109,9 +109,13 @@ def test_tensorboard_after_a_killed_run_resumes_holds_each_step_once(shapes, tmp
     config = shapes_config(shapes, *TRACKED, "train.epochs=2", "train.tensorboard=true")
     Trainer(config, run, resume=True, progress=False).fit()
 
-    losses = _tensorboard_scalars(run / "tensorboard")["train-main-metrics/loss"]
+    scalars = _tensorboard_scalars(run / "tensorboard")
+    losses = scalars["train-main-metrics/loss"]
     assert [step for step, _ in losses] == [1, 2, 3, 4]
     assert losses[2][1] == pytest.approx(read_metrics(run)[-3]["loss"])  # the resumed run's step 3, not the lost one
+    # the parameter counts were logged again at every resume: params/* charted one point per start of the run
+    assert [step for step, _ in scalars["params/total/trainable"]] == [0]
+    assert [r["step"] for r in read_metrics(run) if r["type"] == "params"] == [0]
 
 
 def test_a_new_run_where_one_was_killed_before_its_first_checkpoint_starts_its_logs_over(shapes, tmp_path: Path):

@@ -785,6 +785,11 @@ def _data_import(args: argparse.Namespace) -> int:
     if stats.get("dropped"):
         reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in stats["dropped"].items())
         print(f"dropped: {sum(stats['dropped'].values())} box(es) ({reasons}; listed in the warning above)")
+    if category := stats.get("dataset_name_category"):
+        print(
+            f"left out: category {category['id']} {category['name']!r}, not a class: no box uses it and every other "
+            "category names it as its supercategory (a Roboflow export's dataset name)"
+        )
     if renumbered := stats.get("renumbered_categories"):
         pairs = ", ".join(f"{old} -> {new}" for old, new in renumbered.items())
         print(f"category ids renumbered ({pairs}): detections and evaluation use the new ids, those of --out")
@@ -852,8 +857,12 @@ def add_data_split_command(tools: Subparsers) -> None:
     )
     parser.add_argument("annotations", help="COCO instances JSON")
     parser.add_argument("--out-dir", required=True, help="folder for train.json, val.json (, test.json)")
-    parser.add_argument("--val", type=float, default=0.2, help="fraction of images for val")
-    parser.add_argument("--test", type=float, default=0.0, help="fraction of images for test (0: no test split)")
+    parser.add_argument(
+        "--val", type=float, default=0.2, help="images for val: a fraction (0.2) or a number of images (50)"
+    )
+    parser.add_argument(
+        "--test", type=float, default=0.0, help="images for test: a fraction or a number (0: no test split)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
     parser.add_argument("--images", help="folder its file names are relative to (default: the JSON's folder)")
 

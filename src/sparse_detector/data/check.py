@@ -35,6 +35,7 @@ class CheckReport:
     clipped: int = 0
     images_decoded: bool = False
     exif_turned: list[str] = field(default_factory=list)  # images whose EXIF orientation a viewer would apply
+    dataset_name_category: dict | None = None  # a Roboflow export's category named like the dataset, not a class
     problems: list[str] = field(default_factory=list)  # each names the file / ids at fault
     problem_counts: dict[str, int] = field(default_factory=dict)  # reason -> count
     fatal: str = ""  # a problem that stops reading the file at all
@@ -67,6 +68,13 @@ class CheckReport:
                 "tools show them turned; the JSON, training and predict use the stored pixels, not turned (boxes "
                 f"drawn on the turned view would be off), e.g. {self.exif_turned[:3]}"
             )
+        if category := self.dataset_name_category:
+            lines.append(
+                f"note: category {category['id']} {category['name']!r} has no boxes and is the supercategory of every "
+                "other category: the dataset's own name in a Roboflow export, not a class, but training counts it as "
+                f"one (model.num_classes must include it); `sparse-detector data import coco {self.annotation_file} "
+                "--out NEW.json` leaves it out"
+            )
         if self.ok:
             lines.append("OK: no problems found")
             return "\n".join(lines)
@@ -97,6 +105,7 @@ def check_dataset(
     report.images = len(dataset)
     report.crowd, report.clipped, report.boxes_left_out = dataset.num_crowd, dataset.num_clipped, dataset.boxes_left_out
     report.problems, report.problem_counts = list(dataset.problems), dict(dataset.skipped)
+    report.dataset_name_category = dataset.dataset_name_category
     per_class: Counter[str] = Counter({name: 0 for name in dataset.category_names})
     by_area: Counter[str] = Counter({name: 0 for name, _ in AREA_BUCKETS})
     for index in range(len(dataset)):

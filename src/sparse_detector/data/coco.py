@@ -140,6 +140,20 @@ def _read_categories(categories: list[dict], path: Path) -> dict[int, str]:
     return names
 
 
+def dataset_name_category(categories: list[dict], annotations: list[dict]) -> dict | None:
+    """The category a Roboflow COCO export adds for the dataset itself (id 0, named like the dataset, supercategory
+    "none"), not a class: the one category that no annotation uses and that every other category names as its
+    supercategory; ``None`` when there is none."""
+    used: set[str] | None = None  # the category ids the annotations use, read only for a candidate
+    for category in categories:
+        others = [other for other in categories if other is not category]
+        if others and all(other.get("supercategory") == category.get("name") for other in others):
+            used = used or {str(i) for i in {ann.get("category_id") for ann in annotations}}
+            if str(category.get("id")) not in used:
+                return category
+    return None
+
+
 def _annotation_problem(ann: dict, reason: str, image: dict | None) -> str:
     on_file = f" on {image['file_name']}" if image is not None else ""
     return (
@@ -212,6 +226,7 @@ class CocoDetection(Dataset):
             _require(data, ("images", "annotations", "categories"), "the file", self.annotation_file)
             categories = _read_categories(data["categories"], self.annotation_file)
             self.labels = LabelMap.from_categories(categories, label_mode)
+            self.dataset_name_category = dataset_name_category(data["categories"], data["annotations"])
             images = self._read_images(data["images"])
             per_image = self._read_annotations(data["annotations"], images)
             self._records = [_record(img, per_image[image_id]) for image_id, img in images.items()]

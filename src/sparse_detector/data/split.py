@@ -22,6 +22,19 @@ def _info_without_stats(data: dict) -> dict:
     return {key: value for key, value in data.get("info", {}).items() if key != "stats"}
 
 
+def split_size(option: str, value: float, total: int) -> int:
+    """How many of ``total`` images ``--val`` / ``--test`` asks for: a fraction (0 < value < 1) of them, rounded,
+    or a number of images (a whole number >= 1); 0 for 0."""
+    if value == 0:
+        return 0
+    if value < 0 or (value >= 1 and value != int(value)):
+        raise ValueError(
+            f"{option} {value:g}: give a fraction of the images (between 0 and 1, e.g. 0.2) or a number of images "
+            "(a whole number, e.g. 50)"
+        )
+    return int(value) if value >= 1 else round(total * value)
+
+
 def split_coco(
     annotation_file: str | Path,
     out_dir: str | Path,
@@ -32,15 +45,31 @@ def split_coco(
 ) -> dict[str, Path]:
     """Write ``train.json``, ``val.json`` (and ``test.json`` when ``test > 0``) into ``out_dir``.
 
-    Images are grouped by their rarest category, each group shuffled with ``seed`` and cut so that every split
+    ``val`` and ``test`` are fractions of the images (0 < f < 1) or numbers of images (whole numbers >= 1, see
+    :func:`split_size`); val, and test when asked for, must get at least one image and leave train one. Images
+    are grouped by their rarest category, each group shuffled with ``seed`` and cut so that every split
     gets its fraction of every group (rounded on the running total, so the split sizes add up exactly).
     Categories and ids are kept; image paths are rewritten for the new files' folder. Returns split -> path.
     """
-    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise ValueError(f"--val {val} and --test {test} must be fractions in [0, 1) that add up to less than 1")
     source = Path(annotation_file)
     data = load_json(source)
     images_dir = Path(images_dir) if images_dir else source.parent
+    total = len(data["images"])
+    sizes = {"val": split_size("--val", val, total), "test": split_size("--test", test, total)}
+    images = counted(total, "image")  # the source's, in the messages
+    if total < 2:
+        raise DatasetError(f"{source} has {images}: too few for a split (train and val need one image each)")
+    if sizes["val"] == 0:
+        given = f"--val {val:g} of {images} is 0 images" if val else "--val 0 leaves the val split empty"
+        raise ValueError(
+            f"{given}; training evaluates on val, so give it at least one image: a larger fraction or a number "
+            "of images (e.g. --val 1)"
+        )
+    if sizes["test"] == 0 and test:
+        raise ValueError(f"--test {test:g} of {images} is 0 images; give a larger fraction, a number of images, or 0")
+    if sizes["val"] + sizes["test"] >= total:
+        asked = " and ".join(f"{counted(n, 'image')} for {split}" for split, n in sizes.items() if n)
+        raise ValueError(f"{source} has {images}: {asked} leave none for train; ask for fewer")
     frequency = Counter(ann["category_id"] for ann in data["annotations"])
     categories_of: dict[Any, list[int]] = defaultdict(list)
     for ann in data["annotations"]:
@@ -48,7 +77,8 @@ def split_coco(
     strata: dict[int, list[dict]] = defaultdict(list)
     for image in data["images"]:
         strata[_stratum(categories_of[image["id"]], frequency)].append(image)
-    fractions = {"val": val, "test": test}
+    # a fraction as given (the split a fraction made before counts were taken), a count as its fraction
+    fractions = {split: given if given < 1 else sizes[split] / total for split, given in (("val", val), ("test", test))}
     chosen: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
     seen = 0
     rng = random.Random(seed)
@@ -63,13 +93,10 @@ def split_coco(
             start += wanted
         chosen["train"] += group[start:]
         seen += len(group)
-    if not chosen["train"] or not chosen["val"] and val > 0:
-        images = counted(len(data["images"]), "image")
-        raise DatasetError(f"{source} has {images}: too few for a split with --val {val}")
     out = Path(out_dir)
     paths = {}
     for split, images in chosen.items():
-        if split == "test" and test == 0:
+        if split == "test" and not sizes["test"]:
             continue
         path = out / f"{split}.json"
         ids = {image["id"] for image in images}

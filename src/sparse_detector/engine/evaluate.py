@@ -22,6 +22,7 @@ from ..data.labels import LabelMap
 from ..models.criterion import SetCriterion
 from ..models.outputs import DetectionOutput
 from ..models.postprocess import postprocessor_for
+from ..text import counted
 from .coco_eval import CocoEvaluator, CocoResult
 from .distributed import gathered
 
@@ -31,6 +32,38 @@ VAL_LOSS_TERMS = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinali
 
 def targets_to(targets: list[dict[str, Tensor]], device: torch.device) -> list[dict[str, Tensor]]:
     return [{k: v.to(device) for k, v in t.items()} for t in targets]
+
+
+def outputs_finite(outputs: DetectionOutput) -> bool:
+    """Whether the boxes and logits of every decoder layer (and a two-stage model's proposals) are finite."""
+    parts = [outputs, *(outputs.aux_outputs or []), *([outputs.enc_outputs] if outputs.enc_outputs is not None else [])]
+    return all(bool(torch.isfinite(p.pred_logits).all() and torch.isfinite(p.pred_boxes).all()) for p in parts)
+
+
+def weights_reading(model: nn.Module) -> str:
+    """What the weights look like after a non-finite result: which hold NaN / inf, else the largest magnitude."""
+    nonfinite = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if nonfinite:
+        tensors = counted(len(nonfinite), "parameter tensor")
+        return f"the weights diverged: NaN or inf in {tensors} (first: {nonfinite[:3]})"
+    size, name = max((float(p.detach().abs().max()), name) for name, p in model.named_parameters() if p.numel())
+    return f"the weights are finite, the largest is |w| = {size:.3g} in {name}"
+
+
+def weights_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+class NonFiniteOutputsError(FloatingPointError):
+    """The model's outputs on evaluation images hold NaN or inf: the weights of a training run that diverged."""
+
+    def __init__(self, image_ids: list[int], model: nn.Module) -> None:
+        self.image_ids = image_ids
+        super().__init__(
+            f"the model's outputs are NaN or inf on image ids {image_ids}; {weights_reading(model)}: the weights of "
+            "a training run that diverged? Evaluate an earlier checkpoint of the run (checkpoint_best.pt, "
+            "checkpoint_epochNNNN.pt)"
+        )
 
 
 def evaluator_for(loader: DataLoader, label_map: LabelMap | Mapping) -> CocoEvaluator:
@@ -52,6 +85,8 @@ def evaluation_batches(
         batch = batch.to(device)
         targets = targets_to(targets, device)
         outputs = model(batch)
+        if not outputs_finite(outputs):  # COCOeval would stop at "Detection scores must not be NaN"
+            raise NonFiniteOutputsError([int(t["image_id"]) for t in targets], model)
         orig_sizes = torch.stack([t["orig_size"] for t in targets])
         results = postprocess(outputs, orig_sizes)
         predictions = zip(targets, results, strict=True)

@@ -26,7 +26,6 @@ from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection, DatasetError
 from ..logs import RANK_SPECIFIC
 from ..models import build_criterion, build_model
-from ..models.outputs import DetectionOutput
 from ..models.weights import CheckpointMismatchError, load_state_dict_checked, read_state_dict, saved_config
 from ..runs import (
     BEST_CHECKPOINT,
@@ -61,7 +60,7 @@ from .distributed import (
     is_distributed,
     mean_across_ranks,
 )
-from .evaluate import evaluate, targets_to
+from .evaluate import NonFiniteOutputsError, evaluate, outputs_finite, targets_to, weights_finite, weights_reading
 from .logger import MAIN_TRAIN_METRICS, MetricsLogger, check_backends
 from .optim import apply_configured_settings, build_optimizer, build_scheduler, group_settings, regroup_saved_state
 
@@ -72,6 +71,10 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class TrainingDivergedError(NonFiniteLossError):
+    """The weights became NaN or infinite, or the model's outputs on the validation images did: training diverged."""
 
 
 class StoppedAtOnce(KeyboardInterrupt):
@@ -121,12 +124,6 @@ def check_same_config(config: Config) -> None:
                 f"{'; '.join(differences[:5])} (rank 0 -> rank {rank}); start every process with the same --config "
                 "and --set"
             )
-
-
-def outputs_finite(outputs: DetectionOutput) -> bool:
-    """Whether the boxes and logits of every decoder layer (and a two-stage model's proposals) are finite."""
-    parts = [outputs, *(outputs.aux_outputs or []), *([outputs.enc_outputs] if outputs.enc_outputs is not None else [])]
-    return all(bool(torch.isfinite(p.pred_logits).all() and torch.isfinite(p.pred_boxes).all()) for p in parts)
 
 
 def alpha_values(model: nn.Module) -> dict[str, list[float]]:
@@ -260,6 +257,7 @@ class Trainer:
         self.epoch_progress: dict[str, Any] = {}  # a mid-epoch checkpoint's position and running sums
         self.stop_signal: int | None = None  # the first SIGTERM / SIGINT received
         self.last_checkpoint: Path | None = None
+        self.last_checkpoint_at = ""  # where training was when it was written ("epoch 2", "epoch 3, step 40")
         resume_changes = self._resume() if resume else []
         if self.dist.is_main:  # only now: a config, data set or checkpoint that fails above leaves no run directory
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -277,7 +275,10 @@ class Trainer:
             resumed_at=self.step if resume else None,
         )
         counts = parameter_counts(self.model)
-        self.logger.log("params", self.step, **counts)
+        if (
+            not resume or self._logged_parameter_counts() != counts
+        ):  # once per run: a chart of one point, not one a start
+            self.logger.log("params", self.step, **counts)
         if resume_changes:
             self.logger.log("resume", self.step, epoch=self.epoch, changes=resume_changes)
         if self.dist.is_main:
@@ -291,6 +292,13 @@ class Trainer:
             self.val_set,
             resumed_at=self.step if resume else None,
         )
+
+    def _logged_parameter_counts(self) -> dict | None:
+        """The parameter counts the run's ``metrics.jsonl`` holds (its last ``params`` record), or ``None``."""
+        if not (self.dist.is_main and (self.run_dir / METRICS_FILE).is_file()):
+            return None
+        records = [r for r in read_metrics(self.run_dir) if r["type"] == "params"]
+        return {k: v for k, v in records[-1].items() if k not in ("type", "step", "time")} if records else None
 
     def _claim_run_dir(self) -> None:
         """Rank 0 holds the run directory once it exists, until training ends (:func:`claim_run_dir`)."""
@@ -385,7 +393,7 @@ class Trainer:
                 f"goes from {before} to {batch * self.dist.world_size} at the same learning rates)"
             )
             log.warning("resume: %s", changes[-1])
-        self.last_checkpoint = path
+        self.last_checkpoint, self.last_checkpoint_at = path, self._position()
         # Records written after the checkpoint (a run killed before its next one) are dropped: that work is redone.
         metrics = self.run_dir / METRICS_FILE
         if metrics.exists() and self.dist.is_main:
@@ -395,8 +403,7 @@ class Trainer:
                 if r["step"] <= self.step and (r["type"] != "epoch" or r["epoch"] <= self.epoch)
             ]
             metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        where = f"epoch {self.epoch + 1}, step {self.step}" if self.epoch_progress else f"epoch {self.epoch}"
-        log.info("resumed %s from %s (%s)", self.run_dir, path.name, where)
+        log.info("resumed %s from %s (%s)", self.run_dir, path.name, self.last_checkpoint_at)
         return changes
 
     def _state(self) -> dict:
@@ -423,9 +430,21 @@ class Trainer:
             state["epoch_progress"] = self.epoch_progress
         return state
 
+    def _position(self) -> str:
+        """Where training is: ``epoch 2`` (completed) or ``epoch 3, step 40`` (in the middle of it)."""
+        return f"epoch {self.epoch + 1}, step {self.step}" if self.epoch_progress else f"epoch {self.epoch}"
+
     def _save(self, best: bool = False) -> None:
         """Write ``checkpoint_last.pt`` (the previous one, when it closed an epoch, becomes numbered), prune the
-        numbered ones, and copy to ``checkpoint_best.pt`` when ``best``."""
+        numbered ones, and copy to ``checkpoint_best.pt`` when ``best``. Weights holding NaN or inf are never
+        saved: :class:`TrainingDivergedError` instead, and the last checkpoint stays the last good one."""
+        if not weights_finite(self.model):
+            where = (
+                f"{self._position()} (stopping on a signal)"
+                if self.epoch_progress
+                else f"the end of {self._position()}"
+            )
+            raise self._diverged(where, "its checkpoint was not written")
         state = self._state()
         if self.dist.is_main:
             rotate_last(self.run_dir)
@@ -439,7 +458,7 @@ class Trainer:
             prune_checkpoints(self.run_dir, train.keep_last, keep)
             if best:
                 save_checkpoint(self.run_dir / BEST_CHECKPOINT, state)
-        self.last_checkpoint = self.run_dir / LAST_CHECKPOINT
+        self.last_checkpoint, self.last_checkpoint_at = self.run_dir / LAST_CHECKPOINT, self._position()
         barrier()
 
     # ------------------------------------------------------------------------------------------------------------
@@ -622,6 +641,8 @@ class Trainer:
     def _nonfinite(self, detail: str, targets: list[dict]) -> None:
         image_ids = [int(t["image_id"]) for t in targets]
         where = f"epoch {self.epoch + 1}, step {self.step + 1}, image ids {image_ids}: {detail}"
+        if not weights_finite(self.model):  # no later step can be finite: skipping them would only waste the epoch
+            raise self._diverged(f"epoch {self.epoch + 1}, step {self.step + 1}, image ids {image_ids}", detail)
         if self.config.train.on_nonfinite_loss == "error":
             last = self.last_checkpoint or "none written yet"
             raise NonFiniteLossError(
@@ -630,6 +651,29 @@ class Trainer:
                 "counted in metrics.jsonl)"
             )
         log.warning("skipped a step with a non-finite loss at %s", where, extra=RANK_SPECIFIC)  # this rank's images
+
+    def _diverged(self, where: str, detail: str) -> TrainingDivergedError:
+        """The error that stops a diverged run: where, what was not finite, the weights, what to change, and the
+        checkpoint to continue from."""
+        optim = self.config.optim
+        clip = (
+            "set optim.clip_max_norm (now 0: gradients are not clipped; the presets use 0.1)"
+            if optim.clip_max_norm <= 0
+            else f"lower optim.clip_max_norm (now {optim.clip_max_norm:g})"
+        )
+        change = (
+            f"lower optim.lr (now {optim.lr:g}) and model.backbone.lr (now {self.config.model.backbone.lr:g}), {clip}"
+        )
+        if self.last_checkpoint is None:
+            then = f"No checkpoint was written before: {change}, and start the run again."
+        else:
+            then = (
+                f"Its last checkpoint, {self.last_checkpoint} ({self.last_checkpoint_at}), is kept and nothing later "
+                f"was saved: {change}, and continue from it with `sparse-detector train --resume {self.run_dir} --set "
+                "optim.lr=...` (or start a new run if that epoch already skipped non-finite steps or its loss was "
+                "rising: see metrics.jsonl)."
+            )
+        return TrainingDivergedError(f"training diverged at {where}: {detail}; {weights_reading(self.model)}. {then}")
 
     def _evaluate(self) -> dict[str, float]:
         # Evaluating must not change the training random stream (its transforms and loader draw from it),
@@ -671,7 +715,17 @@ class Trainer:
                 self.scheduler.step()
                 self.epoch += 1
                 if self.epoch % train.eval_every == 0 or self.epoch == train.epochs:
-                    last_eval = self._evaluate()
+                    try:
+                        last_eval = self._evaluate()
+                    except NonFiniteOutputsError as err:
+                        self.logger.log("epoch", self.step, epoch=self.epoch, **record)  # what the epoch trained
+                        skipped = record["train_skipped_nonfinite"]
+                        steps = f"{skipped} of {skipped + record['train_steps']}"
+                        detail = (
+                            f"the model's outputs are NaN or inf on image ids {err.image_ids} ({steps} training steps "
+                            f"of epoch {self.epoch} were skipped as non-finite)"
+                        )
+                        raise self._diverged(f"validation after epoch {self.epoch}", detail) from err
                     record.update(last_eval)
                 record["alpha"] = alpha_values(self.model)
                 self.logger.log("epoch", self.step, epoch=self.epoch, **record)

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..coco import MAX_EXAMPLES, DatasetError, load_json
+from ..coco import MAX_EXAMPLES, DatasetError, dataset_name_category, load_json
 from ..orientation import STORED_FROM_TURNED, box_to_stored, labelled_turned, point_to_stored
 from .common import image_size, json_image_path, listing, write_coco
 
@@ -111,7 +111,8 @@ def _turn_to_stored(ann: dict, orientation: int, width: int, height: int) -> Non
 
 
 def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | Path | None = None) -> dict[str, Any]:
-    """Re-write a COCO instances JSON for this project: image, category and annotation ids renumbered 1..N
+    """Re-write a COCO instances JSON for this project: a Roboflow export's category named like the dataset left out
+    (:func:`~sparse_detector.data.coco.dataset_name_category`), image, category and annotation ids renumbered 1..N
     where they are not unique positive integers (references follow; a repeated image or category id is an
     error), ``file_name`` made absolute or relative to ``out_file``, a missing ``bbox`` taken from the
     segmentation, a missing ``width`` / ``height`` from the image file; an EXIF-rotated photo whose ``width`` /
@@ -132,6 +133,8 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
     _check_unique_ids(data["images"], "images", json_file)
     _check_unique_ids(data["categories"], "categories", json_file)
     boxes_from_segmentation = _add_missing_bboxes(data, json_file)
+    if left_out := dataset_name_category(data["categories"], data["annotations"]):  # a Roboflow export's, not a class
+        data["categories"] = [category for category in data["categories"] if category is not left_out]
     remapped, dropped, renumbered_categories = [], {}, {}
     for key, reference in (("images", "image_id"), ("categories", "category_id")):
         if _needs_new_ids(data[key]):
@@ -200,6 +203,7 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
         "annotations": len(data["annotations"]),
         "remapped_ids": remapped,
         "renumbered_categories": renumbered_categories,  # old id -> new id, where they differ
+        "dataset_name_category": left_out and {"id": left_out.get("id"), "name": left_out.get("name")},
         "dropped": dropped,
         "boxes_from_segmentation": boxes_from_segmentation,
         "sizes_from_files": sizes_read,
