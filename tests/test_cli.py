@@ -265,3 +265,15 @@ def test_quickstart_stopped_by_a_signal_says_how_to_resume(tmp_path: Path, capsy
         and f"resume with: sparse-detector train --resume {run / 'train'}" in out
     )
     assert not (run / "figures").exists()
+
+
+@pytest.mark.parametrize("command", [c for c in subcommands(build_parser()) if c[0] in ("train", "study", "evaluate")])
+def test_repeated_set_options_all_apply(command: tuple[str, ...]) -> None:
+    """`--set train.epochs=1 --set train.batch_size=2` used to keep only the last --set: the run silently trained the
+    preset's 12 epochs."""
+    positional = ["shapes_maps"] if command == ("study",) else []
+    required = ["--checkpoint", "runs/x"] if command == ("evaluate",) else []
+    args = build_parser().parse_args(
+        [*command, *positional, *required, "--set", "train.epochs=1", "--set", "a.b=2", "c.d=3"]
+    )
+    assert args.set == ["train.epochs=1", "a.b=2", "c.d=3"]

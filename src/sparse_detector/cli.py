@@ -118,7 +118,14 @@ def _check_output(option: str, path: str | Path | None, folder: bool = True) -> 
 
 
 def _add_overrides(parser: argparse.ArgumentParser, example: str = "data.val_size=512") -> None:
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        action="extend",  # --set a=1 --set b=2 applies both (argparse's default keeps only the last)
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"config overrides, e.g. {example} (repeatable)",
+    )
 
 
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
