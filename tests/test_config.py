@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,22 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
 )
 def test_bad_keys_and_types_are_named(override: str, named: str):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "suggestion"),
+    [
+        ("train.epochz=3", "did you mean train.epochs?"),
+        ("trian.epochs=3", "did you mean train?"),
+        ("model.nheads=4", "did you mean model.transformer.nheads?"),
+        ("train.lr=1e-4", "did you mean model.backbone.lr or optim.lr?"),
+        ("model.attention.encoder_self.activaton=sparsemax", "did you mean model.attention.encoder_self.activation?"),
+    ],
+)
+def test_an_unknown_key_suggests_the_nearest(override: str, suggestion: str):
+    """A misspelt or misplaced key named only the valid keys of its section; now it names the key most likely meant."""
+    with pytest.raises(ConfigError, match=re.escape(suggestion)):
         load_config(None, [override])
 
 

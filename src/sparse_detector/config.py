@@ -7,6 +7,7 @@ error naming the key. Presets live in ``sparse_detector/configs/*.yaml`` and can
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -228,13 +229,34 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
+def _schema_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a config dataclass, sections included (``train``, ``train.epochs``, ...)."""
+    keys = []
+    for name, tp in typing.get_type_hints(cls).items():
+        keys.append(f"{prefix}{name}")
+        if dataclasses.is_dataclass(tp):
+            keys += _schema_keys(tp, f"{prefix}{name}.")
+    return keys
+
+
+def _nearest_key(key: str, names: Iterable[str], prefix: str) -> str | None:
+    """The key a misspelt or misplaced ``prefix.key`` most likely meant: a close spelling in the same section, else
+    the same name in other sections of :class:`Config` (``train.lr`` -> ``model.backbone.lr or optim.lr``)."""
+    if close := difflib.get_close_matches(key, list(names), n=1):
+        return f"{prefix}{close[0]}"
+    elsewhere = [k for k in _schema_keys(Config) if k.rsplit(".", 1)[-1] == key]
+    return " or ".join(elsewhere) or None
+
+
 def _build_dataclass(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names, key=str)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key {where}{unknown[0]}; valid keys here: {sorted(names)}")
+        nearest = _nearest_key(str(unknown[0]), names, where)
+        hint = f" (did you mean {nearest}?)" if nearest else ""
+        raise ConfigError(f"unknown config key {where}{unknown[0]}{hint}; valid keys here: {sorted(names)}")
     kwargs = {}
     for name, value in values.items():
         kwargs[name] = _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
