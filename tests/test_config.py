@@ -89,6 +89,25 @@ def test_bad_files(tmp_path: Path):
         load_config(None, ["model.num_queries"])
 
 
+def test_yaml_mistakes_name_the_file_and_line(tmp_path: Path):
+    """A YAML syntax error printed PyYAML's several lines with '<unicode string>' for the file; an unknown key in a
+    file (or in its _base_) did not name the file at all."""
+    (tmp_path / "indent.yaml").write_text("train:\n  epochs: 3\n   batch_size: 2\n")
+    (tmp_path / "tab.yaml").write_text("train:\n\tepochs: 3\n")
+    (tmp_path / "base.yaml").write_text("model:\n  backbone:\n    pretrianed: false\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\ntrain:\n  epochs: 3\n")
+    cases = {
+        "indent.yaml": "indent.yaml, line 3, column 14: not valid YAML: mapping values are not allowed here",
+        "tab.yaml": "tab.yaml, line 2, column 1: not valid YAML: found character '\\t' that cannot start any token; "
+        "YAML indents with spaces, not tabs",
+        "child.yaml": "base.yaml: unknown config key model.backbone.pretrianed (did you mean model.backbone.pretrained",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ConfigError) as error:
+            load_config(tmp_path / name)
+        assert message in str(error.value) and "\n" not in str(error.value)
+
+
 def test_attention_sites_are_a_mapping_checked_against_the_model():
     config = load_config(None, ["model.attention.decoder_cross.activation=sparsemax"])
     assert config.model.arch == "detr" and config.model.attention["decoder_cross"].activation == "sparsemax"

@@ -140,6 +140,9 @@ def test_study_config_errors_name_the_problem(tmp_path: Path):
     bad.write_text(yaml.safe_dump({"preset": "shapes_tiny", "maps": {"a": []}, "seedz": [0]}))
     with pytest.raises(ConfigError, match="unknown study keys \\['seedz'\\]"):
         load_study(bad)
+    bad.write_text("preset: shapes_tiny\nmaps:\n  a: [\n")
+    with pytest.raises(ConfigError, match="bad.yaml, line 4, column 1: not valid YAML"):
+        load_study(bad)
     with pytest.raises(ConfigError, match="embedded: \\['shapes_maps'\\]"):
         load_study("no_such_study")
     assert load_study("shapes_maps").maps.keys() == {"softmax", "sparsemax", "entmax15", "alpha_entmax"}

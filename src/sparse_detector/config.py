@@ -287,19 +287,34 @@ def resolve_config_path(path: str | Path, relative_to: Path | None = None) -> Pa
     raise ConfigError(f"config {str(path)!r} is neither a file nor a preset; presets: {presets}")
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content (an empty file is ``{}``); a syntax error is one line naming the file, line and column."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = err.problem or err.context or "syntax error"
+        hint = "; YAML indents with spaces, not tabs" if "\\t" in problem else ""
+        raise ConfigError(f"{where}: not valid YAML: {problem}{hint}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+
+
 def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """Read a YAML file and merge it over its ``_base_`` file(s)."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"circular _base_ chain: {' -> '.join(str(p) for p in (*seen, path))}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     bases = data.pop("_base_", [])
     bases = [bases] if isinstance(bases, str) else bases
+    try:  # this file's own keys and types, so that an error names the file that holds the mistake
+        config_from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     merged: dict = {}
     for base in bases:
         merged = _deep_merge(merged, _read_yaml_tree(resolve_config_path(base, path.parent), (*seen, path)))

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from .config import PRESET_DIR, Config, ConfigError, config_differences, config_to_dict, load_config
+from .config import PRESET_DIR, Config, ConfigError, config_differences, config_to_dict, load_config, read_yaml
 from .data import generate_shapes_splits
 from .data.build import build_dataset, build_loader
 from .engine.analyze import analyze, load_analysis_model
@@ -81,10 +81,9 @@ def load_study(source: str | Path, overrides: list[str] | None = None) -> StudyC
     if not path.is_file():
         names = sorted(p.stem for p in STUDY_PRESET_DIR.glob("*.yaml"))
         raise ConfigError(f"study config {str(source)!r} is neither a file nor an embedded study; embedded: {names}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping (preset, maps, ...), got {type(data).__name__}")
     known = {name for name in StudyConfig.__dataclass_fields__ if name != "source"}
     unknown = sorted(set(data) - known)
     if unknown:
