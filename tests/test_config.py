@@ -53,6 +53,9 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
         ("train.log_every=0", "train.log_every must be >= 1"),  # a ZeroDivisionError at the first step
         ("train.epochs=0", "train.epochs must be >= 1"),
         ("train.keep_last=-1", "train.keep_last must be >= 0"),
+        ("optim.lr=nan", "optim.lr: expected a finite number, got 'nan'"),  # was accepted: a run of nan losses
+        ("loss.eos_coef=.inf", "loss.eos_coef: expected a finite number, got inf"),
+        ("optim.lr=true", "optim.lr: expected float, got True"),
     ],
 )
 def test_bad_keys_and_types_are_named(override: str, named: str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -215,13 +216,15 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         key_type, value_type = typing.get_args(tp) or (Any, Any)
         return {_convert(k, key_type, key): _convert(v, value_type, f"{key}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
+    if tp is float and isinstance(value, int | float | str) and not isinstance(value, bool):
         try:  # YAML 1.1 reads exponent forms without a dot ("1e-4") as strings
-            return float(value)
+            number: float | None = float(value)
         except ValueError:
-            pass
+            number = None
+        if number is not None and not math.isfinite(number):  # a nan learning rate trains nothing, silently
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        if number is not None:
+            return number
     if tp in (int, str, bool) and type(value) is tp:
         return value
     if tp is Any:
