@@ -244,6 +244,12 @@ def test_quickstart_names_the_run_directory_the_other_commands_take(tmp_path: Pa
     assert main(["quickstart", "--num-train", "4", "--num-val", "2", "--output-dir", str(run), "--no-progress"]) == 0
     # was: 'run directory: qs', which evaluate --checkpoint refused (the checkpoints are in qs/train)
     assert f"run directory: {run / 'train'} (for evaluate" in capsys.readouterr().out
+    # config.yaml is the effective config: it said the preset's output_dir (runs/shapes_tiny), not the run's
+    assert load_config(run / "train" / "config.yaml").train.output_dir == str(run / "train")
+    data = [f"data.{split}.images={run / 'data' / 'images'}" for split in ("train", "val")]
+    data += [f"data.{split}.annotations={run / 'data' / 'annotations' / f'{split}.json'}" for split in ("train", "val")]
+    assert main(["train", "--output-dir", str(tmp_path / "mine"), "--no-progress", "--set", *data]) == 0
+    assert load_config(tmp_path / "mine" / "config.yaml").train.output_dir == str(tmp_path / "mine")
 
 
 def test_quickstart_stopped_by_a_signal_says_how_to_resume(tmp_path: Path, capsys, monkeypatch) -> None:

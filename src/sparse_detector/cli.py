@@ -334,6 +334,7 @@ def _train(args: argparse.Namespace) -> int:
         if hint:
             raise FileNotFoundError(hint)
         run_dir = Path(output_dir or config.train.output_dir)
+        config.train.output_dir = str(run_dir)  # the run's config.yaml names the directory it is in
     if args.device:
         config.train.device = args.device
     trainer = Trainer(
@@ -929,6 +930,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         *args.set,
     ]
     config = load_config(args.config, overrides)
+    config.train.output_dir = str(run_dir / QUICKSTART_RUN_DIR)
     if args.device:
         config.train.device = args.device
     trainer = Trainer(absolute_data_paths(config), run_dir / QUICKSTART_RUN_DIR, progress=_show_progress(args))
