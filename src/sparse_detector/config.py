@@ -25,6 +25,22 @@ class ConfigError(ValueError):
     """A configuration file or override that does not fit the schema."""
 
 
+def check_ranges(section: str, config: Any, ranges: Mapping[str, tuple[float, float]]) -> None:
+    """Each named number of ``config`` lies in its closed ``(least, most)`` range, else an error naming the key: a
+    wrong setting is a config error before anything runs, not a failure (or a silent misuse) mid-run."""
+    for name, (least, most) in ranges.items():
+        value = getattr(config, name)
+        if isinstance(value, int | float) and not least <= value <= most:
+            bounds = f">= {least:g}" if most == math.inf else f"in [{least:g}, {most:g}]"
+            raise ConfigError(f"{section}.{name} must be {bounds}, got {value}")
+
+
+def check_not_empty(section: str, config: Any, names: Iterable[str]) -> None:
+    for name in names:
+        if isinstance(value := getattr(config, name), list) and not value:
+            raise ConfigError(f"{section}.{name} is empty; give at least one value, e.g. {section}.{name}=[800]")
+
+
 @dataclass
 class BackboneConfig:
     name: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
@@ -34,6 +50,9 @@ class BackboneConfig:
     norm: str = "frozen_bn"  # frozen_bn (official) | batch_norm (trainable, for from-scratch presets)
     trainable_layers: list[str] = field(default_factory=lambda: ["layer2", "layer3", "layer4"])  # of stem, layer1-4
     return_layer: str = "layer4"  # stage whose features feed the transformer (layer3 = stride 16)
+
+    def __post_init__(self) -> None:
+        check_ranges("model.backbone", self, {"lr": (0, math.inf)})
 
 
 @dataclass
@@ -45,6 +64,9 @@ class TransformerConfig:
     dim_feedforward: int = 2048
     dropout: float = 0.1
     pre_norm: bool = False
+
+    def __post_init__(self) -> None:
+        check_ranges("model.transformer", self, {"dropout": (0, 1)})
 
 
 @dataclass
@@ -91,6 +113,10 @@ class LossConfig:
     eos_coef: float = 0.1  # weight of the "no object" class in the cross-entropy
     focal_alpha: float = 0.25  # Deformable DETR: alpha of the sigmoid focal loss (ce_loss_coef weighs it)
 
+    def __post_init__(self) -> None:
+        weights = [f.name for f in dataclasses.fields(self) if f.name != "focal_alpha"]
+        check_ranges("loss", self, {**dict.fromkeys(weights, (0, math.inf)), "focal_alpha": (0, 1)})
+
 
 @dataclass
 class SplitConfig:
@@ -116,6 +142,11 @@ class DataConfig:
     normalize: bool = True  # ImageNet mean/std
     num_workers: int = 2
 
+    def __post_init__(self) -> None:
+        check_ranges("data", self, {"hflip_prob": (0, 1), "num_workers": (0, math.inf)})
+        check_ranges("data", self, dict.fromkeys(("max_size", "crop_min", "crop_max", "val_size"), (1, math.inf)))
+        check_not_empty("data", self, ("train_scales", "crop_resize_scales"))
+
 
 @dataclass
 class OptimConfig:
@@ -127,6 +158,11 @@ class OptimConfig:
     alpha_lr_mult: float = 10.0  # learning-rate multiplier of learnable entmax alphas (no weight decay)
     alpha_lr_drop: bool = True  # false keeps the alphas' learning rate constant through lr drops
     lr_linear_proj_mult: float = 0.1  # Deformable DETR: lr multiplier of sampling offsets and reference points
+
+    def __post_init__(self) -> None:
+        rates = ("lr", "weight_decay", "clip_max_norm", "alpha_lr_mult", "lr_linear_proj_mult")
+        check_ranges("optim", self, {**dict.fromkeys(rates, (0, math.inf)), "lr_gamma": (0, math.inf)})
+        check_ranges("optim", self, {"lr_drop": (1, math.inf)})  # epochs between drops: a divisor
 
 
 @dataclass
@@ -154,19 +190,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Counts that a run divides by or loops over: a wrong one is a config error, not a failure mid-run."""
-        for name, least in (
-            ("epochs", 1),
-            ("batch_size", 1),
-            ("eval_batch_size", 1),
-            ("eval_every", 1),
-            ("log_every", 1),
-            ("max_steps_per_epoch", 0),
-            ("keep_last", 0),
-            ("keep_every", 0),
-            ("diagnostics_every", 0),
-        ):
-            if isinstance(value := getattr(self, name), int) and value < least:
-                raise ConfigError(f"train.{name} must be >= {least}, got {value}")
+        counts = ("epochs", "batch_size", "eval_batch_size", "eval_every", "log_every")
+        check_ranges("train", self, dict.fromkeys(counts, (1, math.inf)))
+        optional = ("max_steps_per_epoch", "keep_last", "keep_every", "diagnostics_every")  # 0 = none / off
+        check_ranges("train", self, dict.fromkeys(optional, (0, math.inf)))
 
 
 @dataclass
