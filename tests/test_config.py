@@ -29,6 +29,19 @@ def test_base_inheritance_and_overrides(tmp_path: Path):
     assert "num_queries: 50" in dump_config(config)
 
 
+def test_a_base_is_relative_to_its_file_not_to_the_current_folder(tmp_path: Path, monkeypatch):
+    """A `base.yaml` in the current folder was read instead of the one beside the file that names it."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "base.yaml").write_text("train:\n  epochs: 7\n")
+    (tmp_path / "sub" / "child.yaml").write_text("_base_: base.yaml\n")
+    (tmp_path / "base.yaml").write_text("train:\n  epochs: 99\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config("sub/child.yaml").train.epochs == 7
+    (tmp_path / "sub" / "preset_child.yaml").write_text("_base_: shapes_tiny\ntrain:\n  epochs: 3\n")
+    config = load_config("sub/preset_child.yaml")
+    assert (config.train.epochs, config.model.num_queries) == (3, load_config("shapes_tiny").model.num_queries)
+
+
 def test_an_empty_override_is_the_empty_string():
     """`data.train.images=` (the JSON's own folder) is "", not YAML's None for an empty document."""
     config = load_config("shapes_tiny", ["data.train.images=", "data.val.images=  "])

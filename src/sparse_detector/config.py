@@ -304,10 +304,9 @@ def _deep_merge(base: dict, update: Mapping) -> dict:
 
 
 def resolve_config_path(path: str | Path, relative_to: Path | None = None) -> Path:
-    """A file path, a path relative to ``relative_to``, or a preset name (``detr_r50`` or ``detr_r50.yaml``)."""
-    candidates = [Path(path)]
-    if relative_to is not None:
-        candidates.append(relative_to / path)
+    """A file path (relative to ``relative_to`` when given: a ``_base_`` is relative to its file, not to the current
+    folder), or a preset name (``detr_r50`` or ``detr_r50.yaml``)."""
+    candidates = [Path(path) if relative_to is None else relative_to / path]
     name = str(path) if str(path).endswith(".yaml") else f"{path}.yaml"
     candidates.append(PRESET_DIR / name)
     for candidate in candidates:
