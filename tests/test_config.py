@@ -48,6 +48,17 @@ def test_an_empty_override_is_the_empty_string():
     assert config.data.train.images == config.data.val.images == ""
 
 
+def test_a_text_setting_takes_the_override_as_written():
+    """YAML read `runs/x #1` as 'runs/x' (the run went to another folder), `2026-12-01` as a date and `on` as true,
+    which a text setting refused or took wrongly; typed settings still read YAML."""
+    overrides = ["train.output_dir=runs/x #1", "train.wandb_project=2026", "data.val.images=on", "train.device='cpu'"]
+    config = load_config(None, [*overrides, "model.attention.encoder_self.activation=sparsemax", "train.epochs=3"])
+    assert (config.train.output_dir, config.train.wandb_project, config.data.val.images) == ("runs/x #1", "2026", "on")
+    assert config.train.device == "cpu" and config.train.epochs == 3
+    assert config.model.attention["encoder_self"].activation == "sparsemax"
+    assert load_config(None, ["train.output_dir=2026-12-01"]).train.output_dir == "2026-12-01"
+
+
 def test_int_is_accepted_for_float_but_not_the_reverse():
     assert load_config(None, ["loss.eos_coef=1"]).loss.eos_coef == 1.0
     assert load_config(None, ["optim.lr=5e-4"]).optim.lr == 5e-4  # YAML 1.1 reads "5e-4" as a string

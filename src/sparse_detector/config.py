@@ -256,7 +256,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is Any:
         return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    hint = f"; quote it in YAML: {key.rsplit('.', 1)[-1]}: '...'" if tp is str else ""
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__}){hint}")
 
 
 def _schema_keys(cls: type, prefix: str = "") -> list[str]:
@@ -350,14 +351,38 @@ def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return _deep_merge(merged, data)
 
 
+def _schema_type(parts: list[str]) -> Any:
+    """The schema's type of a dotted key (``["train", "output_dir"]`` -> ``str``); ``None`` where it has none."""
+    tp: Any = Config
+    for part in parts:
+        if dataclasses.is_dataclass(tp):
+            tp = typing.get_type_hints(tp).get(part)
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+        else:
+            return None
+    return tp
+
+
+def _override_value(raw: str, tp: Any) -> Any:
+    """An override's value: YAML (``true``, ``[64, 96]``, ``null``), but a text setting takes the text as written
+    (YAML would read ``runs/x #1`` as ``runs/x``, ``2026-12-01`` as a date, ``on`` as true); quotes are YAML's."""
+    if not raw.strip():
+        return ""  # key= is the empty string (YAML would read None)
+    quoted = raw.strip()[:1] in ("'", '"')
+    if tp is str and not quoted:
+        return raw.strip()
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def _apply_override(tree: dict, override: str) -> None:
     if "=" not in override:
         raise ConfigError(f"override {override!r} must look like key.sub=value")
     dotted, raw = override.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""  # key= is the empty string (YAML would read None)
-    except yaml.YAMLError:
-        value = raw
+    value = _override_value(raw, _schema_type(dotted.strip().split(".")))
     node = tree
     *parents, leaf = dotted.strip().split(".")
     if not all([*parents, leaf]):
