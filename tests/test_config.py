@@ -115,6 +115,12 @@ def test_an_unknown_key_suggests_the_nearest(override: str, suggestion: str):
 def test_bad_files(tmp_path: Path):
     with pytest.raises(ConfigError, match="neither a file nor a preset"):
         load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=re.escape("'shapes_tiney' is neither a file nor a preset (did you mean")):
+        load_config("shapes_tiney")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("_base_: parent.yaml\n")  # named with its folder, not bare
+    with pytest.raises(ConfigError, match=re.escape(f"'{tmp_path / 'sub' / 'parent.yaml'}' is neither")):
+        load_config(tmp_path / "sub" / "child.yaml")
     (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml"):
         load_config(tmp_path / "bad.yaml")

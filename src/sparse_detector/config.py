@@ -314,7 +314,9 @@ def resolve_config_path(path: str | Path, relative_to: Path | None = None) -> Pa
         if candidate.is_file():
             return candidate
     presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-    raise ConfigError(f"config {str(path)!r} is neither a file nor a preset; presets: {presets}")
+    close = difflib.get_close_matches(Path(path).stem, presets, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ConfigError(f"config {str(candidates[0])!r} is neither a file nor a preset{hint}; presets: {presets}")
 
 
 def read_yaml(path: Path) -> Any:
