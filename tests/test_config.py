@@ -86,6 +86,11 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
         ("model.backbone.lr=-1", "model.backbone.lr must be >= 0"),
         ("loss.eos_coef=-0.1", "loss.eos_coef must be >= 0"),
         ("loss.focal_alpha=1.5", "loss.focal_alpha must be in [0, 1]"),
+        (
+            "model.attention.encoder_self=sparsemax",
+            "model.attention.encoder_self is a section of settings ['activation', 'alpha_init', 'tvmax_lambda'], not "
+            "a value (got 'sparsemax'); set one of them, e.g. model.attention.encoder_self.activation=sparsemax",
+        ),
         ("optim.lr=nan", "optim.lr: expected a finite number, got 'nan'"),  # was accepted: a run of nan losses
         ("loss.eos_coef=.inf", "loss.eos_coef: expected a finite number, got inf"),
         ("optim.lr=true", "optim.lr: expected float, got True"),

@@ -231,7 +231,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            fields = [f.name for f in dataclasses.fields(tp)]
+            raise ConfigError(
+                f"{key} is a section of settings {fields}, not a value (got {value!r}); set one of them, e.g. "
+                f"{key}.{fields[0]}={value}"
+            )
         return _build_dataclass(tp, value, key)
     if origin is list:
         (item_type,) = typing.get_args(tp)
