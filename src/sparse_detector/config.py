@@ -230,6 +230,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
+        value = {} if value is None else value  # a YAML section whose settings are all commented out
         if not isinstance(value, Mapping):
             fields = [f.name for f in dataclasses.fields(tp)]
             raise ConfigError(
