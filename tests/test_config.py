@@ -149,7 +149,7 @@ def test_yaml_mistakes_name_the_file_and_line(tmp_path: Path):
         "YAML indents with spaces, not tabs",
         "child.yaml": "base.yaml: unknown config key model.backbone.pretrianed (did you mean model.backbone.pretrained",
     }
-    (tmp_path / "empty_section.yaml").write_text("train:\n  # epochs: 3\nmodel:\n  backbone:\n")
+    (tmp_path / "empty_section.yaml").write_text("train:\n  # epochs: 3\nmodel:\n  backbone:\n  attention:\n")
     assert load_config(tmp_path / "empty_section.yaml").train.epochs == 300  # was: 'expected a mapping', got None
     for name, message in cases.items():
         with pytest.raises(ConfigError) as error:

@@ -244,6 +244,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_convert(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
     if origin is dict:
+        value = {} if value is None else value
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         key_type, value_type = typing.get_args(tp) or (Any, Any)
