@@ -283,3 +283,16 @@ def test_repeated_set_options_all_apply(command: tuple[str, ...]) -> None:
         [*command, *positional, *required, "--set", "train.epochs=1", "--set", "a.b=2", "c.d=3"]
     )
     assert args.set == ["train.epochs=1", "a.b=2", "c.d=3"]
+
+
+@pytest.mark.parametrize("command", subcommands(build_parser()))
+def test_debug_is_taken_after_the_command_too(command: tuple[str, ...]) -> None:
+    """Errors end '(run with --debug ...)', but `train ... --debug` was 'unrecognized arguments: --debug'."""
+    parser = build_parser()
+    for name in command:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    assert "--debug" in [option for action in parser._actions for option in action.option_strings]
+    if command == ("train",):
+        assert build_parser().parse_args(["train", "--debug"]).debug
+        assert build_parser().parse_args(["--debug", "train"]).debug
+        assert not build_parser().parse_args(["train"]).debug

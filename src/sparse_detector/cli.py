@@ -86,6 +86,8 @@ def _add_command(commands: Subparsers, name: str, help: str, example: str, func:
         name, help=help, description=help, epilog=f"example:\n  {example}\n", formatter_class=_HelpFormatter
     )
     parser.set_defaults(func=func)
+    # also after the command (`train ... --debug`), where the error's hint sends a user; unset, the top level's holds
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     return parser
 
 
