@@ -228,6 +228,13 @@ def test_resume_with_init_from_is_refused_not_ignored(capsys) -> None:
 def test_resume_with_a_config_is_refused_not_ignored(capsys) -> None:
     assert main(["train", "--resume", "runs/mine", "--config", "my.yaml"]) == 2
     assert "--resume continues runs/mine with its own config.yaml; --config is for a new run" in capsys.readouterr().err
+    # --output-dir and --set train.output_dir were ignored: the run went on in runs/mine
+    assert main(["train", "--resume", "runs/mine", "--output-dir", "runs/other"]) == 2
+    assert "--resume continues runs/mine in its own directory; --output-dir runs/other is for a new run" in (
+        capsys.readouterr().err
+    )
+    assert main(["train", "--resume", "runs/mine", "--set", "train.output_dir=runs/other"]) == 2
+    assert "--set train.output_dir=runs/other: a resumed run stays in its directory" in capsys.readouterr().err
 
 
 def test_quickstart_names_the_run_directory_the_other_commands_take(tmp_path: Path, capsys, monkeypatch) -> None:
