@@ -59,6 +59,16 @@ def test_a_text_setting_takes_the_override_as_written():
     assert load_config(None, ["train.output_dir=2026-12-01"]).train.output_dir == "2026-12-01"
 
 
+def test_a_switch_takes_yaml_booleans_and_one_or_zero():
+    """`train.deterministic=1` was 'expected bool, got 1 (int)'; 2 is still refused."""
+    switches = ["train.deterministic=1", "model.aux_loss=0", "data.normalize=no", "train.tensorboard=yes"]
+    config = load_config(None, switches)
+    assert (config.train.deterministic, config.model.aux_loss, config.data.normalize) == (True, False, False)
+    assert config.train.tensorboard is True
+    with pytest.raises(ConfigError, match="train.deterministic: expected bool, got 2"):
+        load_config(None, ["train.deterministic=2"])
+
+
 def test_int_is_accepted_for_float_but_not_the_reverse():
     assert load_config(None, ["loss.eos_coef=1"]).loss.eos_coef == 1.0
     assert load_config(None, ["optim.lr=5e-4"]).optim.lr == 5e-4  # YAML 1.1 reads "5e-4" as a string

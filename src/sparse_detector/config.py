@@ -260,6 +260,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return number
     if tp in (int, str, bool) and type(value) is tp:
         return value
+    if tp is bool and type(value) is int and value in (0, 1):  # train.wandb=1, as on many command lines
+        return bool(value)
     if tp is Any:
         return value
     hint = f"; quote it in YAML: {key.rsplit('.', 1)[-1]}: '...'" if tp is str else ""
