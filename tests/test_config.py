@@ -153,7 +153,9 @@ def test_yaml_mistakes_name_the_file_and_line(tmp_path: Path):
     (tmp_path / "tab.yaml").write_text("train:\n\tepochs: 3\n")
     (tmp_path / "base.yaml").write_text("model:\n  backbone:\n    pretrianed: false\n")
     (tmp_path / "child.yaml").write_text("_base_: base.yaml\ntrain:\n  epochs: 3\n")
+    (tmp_path / "twice.yaml").write_text("train:\n  epochs: 3\nmodel:\n  num_queries: 5\ntrain:\n  batch_size: 2\n")
     cases = {
+        "twice.yaml": "twice.yaml, line 5, column 1: not valid YAML: 'train' is given twice",  # train.epochs was lost
         "indent.yaml": "indent.yaml, line 3, column 14: not valid YAML: mapping values are not allowed here",
         "tab.yaml": "tab.yaml, line 2, column 1: not valid YAML: found character '\\t' that cannot start any token; "
         "YAML indents with spaces, not tabs",

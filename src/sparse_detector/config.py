@@ -327,10 +327,27 @@ def resolve_config_path(path: str | Path, relative_to: Path | None = None) -> Pa
     raise ConfigError(f"config {str(candidates[0])!r} is neither a file nor a preset{hint}; presets: {presets}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last silently: a
+    second ``train:`` section drops every setting of the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice in one mapping; merge the two", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> Any:
-    """A YAML file's content (an empty file is ``{}``); a syntax error is one line naming the file, line and column."""
+    """A YAML file's content (an empty file is ``{}``); a syntax error or a key given twice is one line naming the
+    file, line and column."""
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # a SafeLoader
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
