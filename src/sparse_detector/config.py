@@ -14,11 +14,12 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 PRESET_DIR = Path(__file__).parent / "configs"
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -424,6 +425,11 @@ def _apply_override(tree: dict, override: str) -> None:
 def config_from_dict(tree: Mapping[str, Any]) -> Config:
     """Validate a nested mapping against the schema (unknown keys and wrong types are errors)."""
     return _build_dataclass(Config, tree)
+
+
+def dataclass_from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
+    """Any settings dataclass (a study's, ...) from a mapping, its keys and types checked as a config's are."""
+    return _build_dataclass(cls, values)
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
