@@ -138,7 +138,7 @@ def test_analyze_engine_and_command(run_dir: Path, capsys: pytest.CaptureFixture
         ({"activation": "alpha_entmax", "alpha_init": 2.5}, "alpha_init", 2.5, "alpha_init must lie in"),
         # set for a map that ignores it: entmax15's alpha is 1.5 whatever alpha_init says (was silently ignored)
         ({"activation": "entmax15", "alpha_init": 1.2}, "alpha_init", 1.2, "option of alpha_entmax, but the map"),
-        ({"activation": "sparsemax", "tvmax_lambda": 0.5}, "tvmax_lambda", 0.5, "activation=tvmax or drop it"),
+        ({"activation": "sparsemax", "tvmax_lambda": 0.5}, "tvmax_lambda", 0.5, "tvmax_lambda=0.1 .its default."),
     ],
 )
 def test_an_attention_option_out_of_range_names_its_config_key(site, key, value, message):

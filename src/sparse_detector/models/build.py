@@ -22,11 +22,12 @@ def build_activation(sites: dict[str, AttentionSiteConfig], name: str, num_heads
     }
     default = AttentionSiteConfig()
     for used_by, (option, _) in options.items():  # set for another map than the site's: it would be ignored
-        value = getattr(site, option[1:])
-        if used_by != site.activation and value != getattr(default, option[1:]):
+        value, unset = getattr(site, option[1:]), getattr(default, option[1:])
+        if used_by != site.activation and value != unset:
             raise ConfigError(
                 f"model.attention.{name}{option}={value} is an option of {used_by}, but the map of {name} is "
-                f"{site.activation}, which ignores it; set model.attention.{name}.activation={used_by} or drop it"
+                f"{site.activation}, which ignores it; set model.attention.{name}.activation={used_by}, or "
+                f"model.attention.{name}{option}={unset} (its default)"
             )
     key, arguments = options.get(site.activation, ("", {}))
     try:
