@@ -108,13 +108,14 @@ def check_same_categories(train_set: CocoDetection, val_set: CocoDetection) -> N
 
 def check_same_config(config: Config) -> None:
     """Every process of a distributed run must train the same config (a collective): an error naming the settings
-    that differ from rank 0's (data paths may differ, e.g. each node's local copy)."""
+    that differ from rank 0's (data paths may differ, e.g. each node's local copy, and the absolute run directory of
+    nodes started in different folders; rank 0 writes it)."""
     trees = gathered(config_to_dict(config))
     for rank, tree in enumerate(trees[1:], start=1):
         differences = [
             change
             for change in config_differences(trees[0], tree)
-            if not change.split(":")[0].endswith((".images", ".annotations"))
+            if not change.split(":")[0].endswith((".images", ".annotations", ".output_dir"))
         ]
         if differences:
             raise ValueError(
