@@ -132,6 +132,10 @@ def test_bad_files(tmp_path: Path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match=re.escape("'shapes_tiney' is neither a file nor a preset (did you mean")):
         load_config("shapes_tiney")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("{}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"(did you mean {tmp_path / 'run' / 'config.yaml'}?)")):
+        load_config(tmp_path / "run")  # a run directory
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "child.yaml").write_text("_base_: parent.yaml\n")  # named with its folder, not bare
     with pytest.raises(ConfigError, match=re.escape(f"'{tmp_path / 'sub' / 'parent.yaml'}' is neither")):
