@@ -167,6 +167,8 @@ def test_yaml_mistakes_name_the_file_and_line(tmp_path: Path):
     }
     (tmp_path / "empty_section.yaml").write_text("train:\n  # epochs: 3\nmodel:\n  backbone:\n  attention:\n")
     assert load_config(tmp_path / "empty_section.yaml").train.epochs == 300  # was: 'expected a mapping', got None
+    overridden = load_config(tmp_path / "empty_section.yaml", ["model.attention.decoder_cross.activation=sparsemax"])
+    assert overridden.model.attention["decoder_cross"].activation == "sparsemax"  # not 'attention is not a section'
     for name, message in cases.items():
         with pytest.raises(ConfigError) as error:
             load_config(tmp_path / name)

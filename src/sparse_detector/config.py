@@ -418,7 +418,9 @@ def _apply_override(tree: dict, override: str) -> None:
     if not all([*parents, leaf]):
         raise ConfigError(f"override {override!r}: the key {dotted.strip()!r} has an empty part; e.g. train.epochs=5")
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or a YAML section left empty
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {part} is not a section")
     node[leaf] = value
