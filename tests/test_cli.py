@@ -228,6 +228,13 @@ def test_resume_with_init_from_is_refused_not_ignored(capsys) -> None:
 def test_resume_with_a_config_is_refused_not_ignored(capsys) -> None:
     assert main(["train", "--resume", "runs/mine", "--config", "my.yaml"]) == 2
     assert "--resume continues runs/mine with its own config.yaml; --config is for a new run" in capsys.readouterr().err
+    # --output-dir and --set train.output_dir were ignored: the run went on in runs/mine
+    assert main(["train", "--resume", "runs/mine", "--output-dir", "runs/other"]) == 2
+    assert "--resume continues runs/mine in its own directory; --output-dir runs/other is for a new run" in (
+        capsys.readouterr().err
+    )
+    assert main(["train", "--resume", "runs/mine", "--set", "train.output_dir=runs/other"]) == 2
+    assert "--set train.output_dir=runs/other: a resumed run stays in its directory" in capsys.readouterr().err
 
 
 def test_quickstart_names_the_run_directory_the_other_commands_take(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -244,6 +251,12 @@ def test_quickstart_names_the_run_directory_the_other_commands_take(tmp_path: Pa
     assert main(["quickstart", "--num-train", "4", "--num-val", "2", "--output-dir", str(run), "--no-progress"]) == 0
     # was: 'run directory: qs', which evaluate --checkpoint refused (the checkpoints are in qs/train)
     assert f"run directory: {run / 'train'} (for evaluate" in capsys.readouterr().out
+    # config.yaml is the effective config: it said the preset's output_dir (runs/shapes_tiny), not the run's
+    assert load_config(run / "train" / "config.yaml").train.output_dir == str(run / "train")
+    data = [f"data.{split}.images={run / 'data' / 'images'}" for split in ("train", "val")]
+    data += [f"data.{split}.annotations={run / 'data' / 'annotations' / f'{split}.json'}" for split in ("train", "val")]
+    assert main(["train", "--output-dir", str(tmp_path / "mine"), "--no-progress", "--set", *data]) == 0
+    assert load_config(tmp_path / "mine" / "config.yaml").train.output_dir == str(tmp_path / "mine")
 
 
 def test_quickstart_stopped_by_a_signal_says_how_to_resume(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -265,3 +278,28 @@ def test_quickstart_stopped_by_a_signal_says_how_to_resume(tmp_path: Path, capsy
         and f"resume with: sparse-detector train --resume {run / 'train'}" in out
     )
     assert not (run / "figures").exists()
+
+
+@pytest.mark.parametrize("command", [c for c in subcommands(build_parser()) if c[0] in ("train", "study", "evaluate")])
+def test_repeated_set_options_all_apply(command: tuple[str, ...]) -> None:
+    """`--set train.epochs=1 --set train.batch_size=2` used to keep only the last --set: the run silently trained the
+    preset's 12 epochs."""
+    positional = ["shapes_maps"] if command == ("study",) else []
+    required = ["--checkpoint", "runs/x"] if command == ("evaluate",) else []
+    args = build_parser().parse_args(
+        [*command, *positional, *required, "--set", "train.epochs=1", "--set", "a.b=2", "c.d=3"]
+    )
+    assert args.set == ["train.epochs=1", "a.b=2", "c.d=3"]
+
+
+@pytest.mark.parametrize("command", subcommands(build_parser()))
+def test_debug_is_taken_after_the_command_too(command: tuple[str, ...]) -> None:
+    """Errors end '(run with --debug ...)', but `train ... --debug` was 'unrecognized arguments: --debug'."""
+    parser = build_parser()
+    for name in command:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    assert "--debug" in [option for action in parser._actions for option in action.option_strings]
+    if command == ("train",):
+        assert build_parser().parse_args(["train", "--debug"]).debug
+        assert build_parser().parse_args(["--debug", "train"]).debug
+        assert not build_parser().parse_args(["train"]).debug

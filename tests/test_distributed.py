@@ -209,10 +209,12 @@ def _start_trainer(rank: int, configs: list, run_dir: Path) -> str:
 def test_processes_started_with_different_configs_are_named(shapes, tmp_path: Path):
     """Two nodes launched with different --set: DDP said 'params[58] in this process with sizes [7, 32] appears not
     to match' on one node and 'Connection closed by peer' on the other; now both name the setting."""
-    configs = [shapes_config(shapes), shapes_config(shapes, "model.num_queries=7")]
+    # nodes started in different folders: each names the run directory by its own absolute path, which may differ
+    configs = [shapes_config(shapes, "train.output_dir=/a/run"), shapes_config(shapes, "model.num_queries=7")]
     messages = _run_workers(_start_trainer, configs, tmp_path / "run")
     assert messages[0] == messages[1]
     assert "rank 1 differs from rank 0 in model.num_queries: 6 -> 7" in messages[0]
+    assert "output_dir" not in messages[0]
     assert not (tmp_path / "run").exists()
 
 

@@ -337,3 +337,24 @@ def test_an_epoch_whose_every_step_was_skipped_as_non_finite_prints_its_summary(
     trainer.criterion.total_loss = lambda losses: total_loss(losses) * float("nan")
     assert "AP" in trainer.fit()
     assert "epoch 1: loss n/a (2 steps skipped as non-finite)  AP " in capsys.readouterr().out
+
+
+def test_init_from_softmax_weights_into_other_attention_maps(tmp_path: Path, caplog):
+    """Fine-tuning softmax weights with alpha-entmax attention was refused ('2 missing keys ... pre_alpha'): the
+    maps' own parameters start at the config's alpha_init (and are dropped the other way round); the rest loads."""
+    from sparse_detector.engine.trainer import initialise_from
+    from sparse_detector.models import build_model
+
+    small = ["model.transformer.hidden_dim=16", "model.transformer.dim_feedforward=16", "model.num_classes=2"]
+    softmax = build_model(load_config("shapes_tiny", small))
+    torch.save({"model": softmax.state_dict()}, tmp_path / "softmax.pt")
+    alpha = ["model.attention.encoder_self.activation=alpha_entmax", "model.attention.encoder_self.alpha_init=1.3"]
+    sparse = build_model(load_config("shapes_tiny", [*small, *alpha]))
+    with caplog.at_level(logging.INFO):
+        assert initialise_from(sparse, tmp_path / "softmax.pt") == []
+    assert "attention maps changed" in caplog.text and "encoder.layers.0.self_attn.activation.pre_alpha" in caplog.text
+    state = sparse.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in softmax.state_dict().items())
+    assert sparse.transformer.encoder.layers[0].self_attn.activation.alpha.allclose(torch.tensor(1.3))
+    torch.save({"model": state}, tmp_path / "alpha.pt")
+    assert initialise_from(build_model(load_config("shapes_tiny", small)), tmp_path / "alpha.pt") == []

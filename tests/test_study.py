@@ -140,6 +140,22 @@ def test_study_config_errors_name_the_problem(tmp_path: Path):
     bad.write_text(yaml.safe_dump({"preset": "shapes_tiny", "maps": {"a": []}, "seedz": [0]}))
     with pytest.raises(ConfigError, match="unknown study keys \\['seedz'\\]"):
         load_study(bad)
+    mistakes = {  # were tracebacks, or an override read as its characters ('t' must look like key.sub=value)
+        "seeds: 0": "seeds: expected a list, got 0",
+        "set: train.epochs=1": "set: expected a list, got 'train.epochs=1'",
+        "figure_images: abc": "figure_images: expected int, got 'abc'",
+        "shapes: {train: 10}": "shapes needs val",
+        "shapes: {train: 10, val: 2, size: 64}": "shapes: unknown option 'size'; give train, val, seed or one of",
+    }
+    for line, message in mistakes.items():
+        bad.write_text(f"preset: shapes_tiny\nmaps: {{a: }}\n{line}\n")
+        with pytest.raises(ConfigError, match=re.escape(f"bad.yaml: {message}")):
+            load_study(bad)
+    bad.write_text("preset: shapes_tiny\nmaps: {a: }\nshapes: {train: 10, val: 2, image_size: 64}\n")
+    assert load_study(bad).maps == {"a": []} and load_study(bad).shapes == {"train": 10, "val": 2, "image_size": 64}
+    bad.write_text("preset: shapes_tiny\nmaps:\n  a: [\n")
+    with pytest.raises(ConfigError, match="bad.yaml, line 4, column 1: not valid YAML"):
+        load_study(bad)
     with pytest.raises(ConfigError, match="embedded: \\['shapes_maps'\\]"):
         load_study("no_such_study")
     assert load_study("shapes_maps").maps.keys() == {"softmax", "sparsemax", "entmax15", "alpha_entmax"}

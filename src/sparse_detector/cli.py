@@ -86,6 +86,8 @@ def _add_command(commands: Subparsers, name: str, help: str, example: str, func:
         name, help=help, description=help, epilog=f"example:\n  {example}\n", formatter_class=_HelpFormatter
     )
     parser.set_defaults(func=func)
+    # also after the command (`train ... --debug`), where the error's hint sends a user; unset, the top level's holds
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     return parser
 
 
@@ -118,7 +120,14 @@ def _check_output(option: str, path: str | Path | None, folder: bool = True) -> 
 
 
 def _add_overrides(parser: argparse.ArgumentParser, example: str = "data.val_size=512") -> None:
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        action="extend",  # --set a=1 --set b=2 applies both (argparse's default keeps only the last)
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"config overrides, e.g. {example} (repeatable)",
+    )
 
 
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
@@ -293,6 +302,17 @@ def _train(args: argparse.Namespace) -> int:
             f"--resume continues {args.resume} with its own config.yaml; --config is for a new run (change settings "
             "of a resumed run with --set)"
         )
+    if args.output_dir and args.resume not in (None, "auto") and Path(args.output_dir) != Path(args.resume):
+        raise ValueError(
+            f"--resume continues {args.resume} in its own directory; --output-dir {args.output_dir} is for a new run "
+            "(or --resume auto --output-dir DIR: continue DIR if it holds a checkpoint, else start it)"
+        )
+    moved = [o for o in args.set if o.split("=", 1)[0].strip() == "train.output_dir"]
+    if args.resume not in (None, "auto") and moved:  # with auto, train.output_dir is the run directory
+        raise ValueError(
+            f"--set {moved[0]}: a resumed run stays in its directory; copy the run directory to move it, then "
+            "--resume the copy"
+        )
     preset = args.config or DEFAULT_TRAIN_CONFIG
     output_dir = args.output_dir
     if args.resume == "auto":  # resume the run in --output-dir when it has a checkpoint, else start it
@@ -316,6 +336,7 @@ def _train(args: argparse.Namespace) -> int:
         if not (run_dir / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); check the --resume path")
         config = load_config(run_dir / CONFIG_FILE, args.set)
+        config.train.output_dir = str(run_dir.absolute())
         message = _finished_run_message(run_dir, config)
         if message:
             if main_process:
@@ -327,6 +348,7 @@ def _train(args: argparse.Namespace) -> int:
         if hint:
             raise FileNotFoundError(hint)
         run_dir = Path(output_dir or config.train.output_dir)
+        config.train.output_dir = str(run_dir.absolute())  # the run's config.yaml names the directory it is in
     if args.device:
         config.train.device = args.device
     trainer = Trainer(
@@ -931,6 +953,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         *args.set,
     ]
     config = load_config(args.config, overrides)
+    config.train.output_dir = str((run_dir / QUICKSTART_RUN_DIR).absolute())
     if args.device:
         config.train.device = args.device
     trainer = Trainer(absolute_data_paths(config), run_dir / QUICKSTART_RUN_DIR, progress=_show_progress(args))

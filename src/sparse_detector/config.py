@@ -7,20 +7,39 @@ error naming the key. Presets live in ``sparse_detector/configs/*.yaml`` and can
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 PRESET_DIR = Path(__file__).parent / "configs"
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A configuration file or override that does not fit the schema."""
+
+
+def check_ranges(section: str, config: Any, ranges: Mapping[str, tuple[float, float]]) -> None:
+    """Each named number of ``config`` lies in its closed ``(least, most)`` range, else an error naming the key: a
+    wrong setting is a config error before anything runs, not a failure (or a silent misuse) mid-run."""
+    for name, (least, most) in ranges.items():
+        value = getattr(config, name)
+        if isinstance(value, int | float) and not least <= value <= most:
+            bounds = f">= {least:g}" if most == math.inf else f"in [{least:g}, {most:g}]"
+            raise ConfigError(f"{section}.{name} must be {bounds}, got {value}")
+
+
+def check_not_empty(section: str, config: Any, names: Iterable[str]) -> None:
+    for name in names:
+        if isinstance(value := getattr(config, name), list) and not value:
+            raise ConfigError(f"{section}.{name} is empty; give at least one value, e.g. {section}.{name}=[800]")
 
 
 @dataclass
@@ -33,6 +52,9 @@ class BackboneConfig:
     trainable_layers: list[str] = field(default_factory=lambda: ["layer2", "layer3", "layer4"])  # of stem, layer1-4
     return_layer: str = "layer4"  # stage whose features feed the transformer (layer3 = stride 16)
 
+    def __post_init__(self) -> None:
+        check_ranges("model.backbone", self, {"lr": (0, math.inf)})
+
 
 @dataclass
 class TransformerConfig:
@@ -43,6 +65,9 @@ class TransformerConfig:
     dim_feedforward: int = 2048
     dropout: float = 0.1
     pre_norm: bool = False
+
+    def __post_init__(self) -> None:
+        check_ranges("model.transformer", self, {"dropout": (0, 1)})
 
 
 @dataclass
@@ -89,6 +114,10 @@ class LossConfig:
     eos_coef: float = 0.1  # weight of the "no object" class in the cross-entropy
     focal_alpha: float = 0.25  # Deformable DETR: alpha of the sigmoid focal loss (ce_loss_coef weighs it)
 
+    def __post_init__(self) -> None:
+        weights = [f.name for f in dataclasses.fields(self) if f.name != "focal_alpha"]
+        check_ranges("loss", self, {**dict.fromkeys(weights, (0, math.inf)), "focal_alpha": (0, 1)})
+
 
 @dataclass
 class SplitConfig:
@@ -114,6 +143,11 @@ class DataConfig:
     normalize: bool = True  # ImageNet mean/std
     num_workers: int = 2
 
+    def __post_init__(self) -> None:
+        check_ranges("data", self, {"hflip_prob": (0, 1), "num_workers": (0, math.inf)})
+        check_ranges("data", self, dict.fromkeys(("max_size", "crop_min", "crop_max", "val_size"), (1, math.inf)))
+        check_not_empty("data", self, ("train_scales", "crop_resize_scales"))
+
 
 @dataclass
 class OptimConfig:
@@ -125,6 +159,11 @@ class OptimConfig:
     alpha_lr_mult: float = 10.0  # learning-rate multiplier of learnable entmax alphas (no weight decay)
     alpha_lr_drop: bool = True  # false keeps the alphas' learning rate constant through lr drops
     lr_linear_proj_mult: float = 0.1  # Deformable DETR: lr multiplier of sampling offsets and reference points
+
+    def __post_init__(self) -> None:
+        rates = ("lr", "weight_decay", "clip_max_norm", "alpha_lr_mult", "lr_linear_proj_mult")
+        check_ranges("optim", self, {**dict.fromkeys(rates, (0, math.inf)), "lr_gamma": (0, math.inf)})
+        check_ranges("optim", self, {"lr_drop": (1, math.inf)})  # epochs between drops: a divisor
 
 
 @dataclass
@@ -152,19 +191,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Counts that a run divides by or loops over: a wrong one is a config error, not a failure mid-run."""
-        for name, least in (
-            ("epochs", 1),
-            ("batch_size", 1),
-            ("eval_batch_size", 1),
-            ("eval_every", 1),
-            ("log_every", 1),
-            ("max_steps_per_epoch", 0),
-            ("keep_last", 0),
-            ("keep_every", 0),
-            ("diagnostics_every", 0),
-        ):
-            if isinstance(value := getattr(self, name), int) and value < least:
-                raise ConfigError(f"train.{name} must be >= {least}, got {value}")
+        counts = ("epochs", "batch_size", "eval_batch_size", "eval_every", "log_every")
+        check_ranges("train", self, dict.fromkeys(counts, (1, math.inf)))
+        optional = ("max_steps_per_epoch", "keep_last", "keep_every", "diagnostics_every")  # 0 = none / off
+        check_ranges("train", self, dict.fromkeys(optional, (0, math.inf)))
 
 
 @dataclass
@@ -201,8 +231,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
+        value = {} if value is None else value  # a YAML section whose settings are all commented out
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            fields = [f.name for f in dataclasses.fields(tp)]
+            raise ConfigError(
+                f"{key} is a section of settings {fields}, not a value (got {value!r}); set one of them, e.g. "
+                f"{key}.{fields[0]}={value}"
+            )
         return _build_dataclass(tp, value, key)
     if origin is list:
         (item_type,) = typing.get_args(tp)
@@ -210,31 +245,58 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_convert(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
     if origin is dict:
+        value = {} if value is None else value
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         key_type, value_type = typing.get_args(tp) or (Any, Any)
         return {_convert(k, key_type, key): _convert(v, value_type, f"{key}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
+    if tp is float and isinstance(value, int | float | str) and not isinstance(value, bool):
         try:  # YAML 1.1 reads exponent forms without a dot ("1e-4") as strings
-            return float(value)
+            number: float | None = float(value)
         except ValueError:
-            pass
+            number = None
+        if number is not None and not math.isfinite(number):  # a nan learning rate trains nothing, silently
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        if number is not None:
+            return number
     if tp in (int, str, bool) and type(value) is tp:
         return value
+    if tp is bool and type(value) is int and value in (0, 1):  # train.wandb=1, as on many command lines
+        return bool(value)
     if tp is Any:
         return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    hint = f"; quote it in YAML: {key.rsplit('.', 1)[-1]}: '...'" if tp is str else ""
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__}){hint}")
+
+
+def _schema_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a config dataclass, sections included (``train``, ``train.epochs``, ...)."""
+    keys = []
+    for name, tp in typing.get_type_hints(cls).items():
+        keys.append(f"{prefix}{name}")
+        if dataclasses.is_dataclass(tp):
+            keys += _schema_keys(tp, f"{prefix}{name}.")
+    return keys
+
+
+def _nearest_key(key: str, names: Iterable[str], prefix: str) -> str | None:
+    """The key a misspelt or misplaced ``prefix.key`` most likely meant: a close spelling in the same section, else
+    the same name in other sections of :class:`Config` (``train.lr`` -> ``model.backbone.lr or optim.lr``)."""
+    if close := difflib.get_close_matches(key, list(names), n=1):
+        return f"{prefix}{close[0]}"
+    elsewhere = [k for k in _schema_keys(Config) if k.rsplit(".", 1)[-1] == key]
+    return " or ".join(elsewhere) or None
 
 
 def _build_dataclass(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names, key=str)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key {where}{unknown[0]}; valid keys here: {sorted(names)}")
+        nearest = _nearest_key(str(unknown[0]), names, where)
+        hint = f" (did you mean {nearest}?)" if nearest else ""
+        raise ConfigError(f"unknown config key {where}{unknown[0]}{hint}; valid keys here: {sorted(names)}")
     kwargs = {}
     for name, value in values.items():
         kwargs[name] = _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
@@ -252,17 +314,51 @@ def _deep_merge(base: dict, update: Mapping) -> dict:
 
 
 def resolve_config_path(path: str | Path, relative_to: Path | None = None) -> Path:
-    """A file path, a path relative to ``relative_to``, or a preset name (``detr_r50`` or ``detr_r50.yaml``)."""
-    candidates = [Path(path)]
-    if relative_to is not None:
-        candidates.append(relative_to / path)
+    """A file path (relative to ``relative_to`` when given: a ``_base_`` is relative to its file, not to the current
+    folder), or a preset name (``detr_r50`` or ``detr_r50.yaml``)."""
+    candidates = [Path(path) if relative_to is None else relative_to / path]
     name = str(path) if str(path).endswith(".yaml") else f"{path}.yaml"
     candidates.append(PRESET_DIR / name)
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-    raise ConfigError(f"config {str(path)!r} is neither a file nor a preset; presets: {presets}")
+    close = difflib.get_close_matches(Path(path).stem, presets, n=1)
+    if (run_config := candidates[0] / "config.yaml").is_file():  # a run directory: its config
+        close = [str(run_config)]
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ConfigError(f"config {str(candidates[0])!r} is neither a file nor a preset{hint}; presets: {presets}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last silently: a
+    second ``train:`` section drops every setting of the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice in one mapping; merge the two", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content (an empty file is ``{}``); a syntax error or a key given twice is one line naming the
+    file, line and column."""
+    try:
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # a SafeLoader
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = err.problem or err.context or "syntax error"
+        hint = "; YAML indents with spaces, not tabs" if "\\t" in problem else ""
+        raise ConfigError(f"{where}: not valid YAML: {problem}{hint}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
 
 
 def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
@@ -270,34 +366,61 @@ def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"circular _base_ chain: {' -> '.join(str(p) for p in (*seen, path))}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     bases = data.pop("_base_", [])
     bases = [bases] if isinstance(bases, str) else bases
+    try:  # this file's own keys and types, so that an error names the file that holds the mistake
+        config_from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     merged: dict = {}
     for base in bases:
         merged = _deep_merge(merged, _read_yaml_tree(resolve_config_path(base, path.parent), (*seen, path)))
     return _deep_merge(merged, data)
 
 
+def _schema_type(parts: list[str]) -> Any:
+    """The schema's type of a dotted key (``["train", "output_dir"]`` -> ``str``); ``None`` where it has none."""
+    tp: Any = Config
+    for part in parts:
+        if dataclasses.is_dataclass(tp):
+            tp = typing.get_type_hints(tp).get(part)
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+        else:
+            return None
+    return tp
+
+
+def _override_value(raw: str, tp: Any) -> Any:
+    """An override's value: YAML (``true``, ``[64, 96]``, ``null``), but a text setting takes the text as written
+    (YAML would read ``runs/x #1`` as ``runs/x``, ``2026-12-01`` as a date, ``on`` as true); quotes are YAML's."""
+    if not raw.strip():
+        return ""  # key= is the empty string (YAML would read None)
+    quoted = raw.strip()[:1] in ("'", '"')
+    if tp is str and not quoted:
+        return raw.strip()
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def _apply_override(tree: dict, override: str) -> None:
     if "=" not in override:
         raise ConfigError(f"override {override!r} must look like key.sub=value")
     dotted, raw = override.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""  # key= is the empty string (YAML would read None)
-    except yaml.YAMLError:
-        value = raw
+    value = _override_value(raw, _schema_type(dotted.strip().split(".")))
     node = tree
     *parents, leaf = dotted.strip().split(".")
     if not all([*parents, leaf]):
         raise ConfigError(f"override {override!r}: the key {dotted.strip()!r} has an empty part; e.g. train.epochs=5")
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or a YAML section left empty
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {part} is not a section")
     node[leaf] = value
@@ -306,6 +429,11 @@ def _apply_override(tree: dict, override: str) -> None:
 def config_from_dict(tree: Mapping[str, Any]) -> Config:
     """Validate a nested mapping against the schema (unknown keys and wrong types are errors)."""
     return _build_dataclass(Config, tree)
+
+
+def dataclass_from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
+    """Any settings dataclass (a study's, ...) from a mapping, its keys and types checked as a config's are."""
+    return _build_dataclass(cls, values)
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:

@@ -23,6 +23,7 @@ report lists it.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import shutil
@@ -35,9 +36,19 @@ from typing import Any
 
 import yaml
 
-from .config import PRESET_DIR, Config, ConfigError, config_differences, config_to_dict, load_config
+from .config import (
+    PRESET_DIR,
+    Config,
+    ConfigError,
+    config_differences,
+    config_to_dict,
+    dataclass_from_dict,
+    load_config,
+    read_yaml,
+)
 from .data import generate_shapes_splits
 from .data.build import build_dataset, build_loader
+from .data.shapes import generate_shapes
 from .engine.analyze import analyze, load_analysis_model
 from .engine.checkpoint import load_checkpoint
 from .engine.device import resolve_device
@@ -73,6 +84,19 @@ class StudyConfig:
     source: str = ""
 
 
+def check_shapes_options(shapes: dict[str, int] | None) -> None:
+    """A study's ``shapes``: the split sizes ``train`` and ``val``, an optional ``seed``, and the whole-number options
+    of :func:`generate_shapes` (image_size, min_shapes, ...)."""
+    if shapes is None:
+        return
+    parameters = inspect.signature(generate_shapes).parameters
+    options = [name for name, p in parameters.items() if type(p.default) is int and name != "seed"]
+    if unknown := sorted(set(shapes) - {"train", "val", "seed", *options}):
+        raise ConfigError(f"shapes: unknown option {unknown[0]!r}; give train, val, seed or one of {options}")
+    if missing := [split for split in ("train", "val") if split not in shapes]:
+        raise ConfigError(f"shapes needs {missing[0]} (its number of images), e.g. shapes: {{train: 1000, val: 100}}")
+
+
 def load_study(source: str | Path, overrides: list[str] | None = None) -> StudyConfig:
     """A study config from a YAML file or an embedded study's name; ``overrides`` are added to its ``set``."""
     path = Path(source)
@@ -81,10 +105,9 @@ def load_study(source: str | Path, overrides: list[str] | None = None) -> StudyC
     if not path.is_file():
         names = sorted(p.stem for p in STUDY_PRESET_DIR.glob("*.yaml"))
         raise ConfigError(f"study config {str(source)!r} is neither a file nor an embedded study; embedded: {names}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping (preset, maps, ...), got {type(data).__name__}")
     known = {name for name in StudyConfig.__dataclass_fields__ if name != "source"}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -94,8 +117,12 @@ def load_study(source: str | Path, overrides: list[str] | None = None) -> StudyC
             raise ConfigError(f"{path}: the study needs {key!r}")
     if not isinstance(data["maps"], dict) or not data["maps"]:
         raise ConfigError(f"{path}: 'maps' must map run names to lists of overrides")
-    study = StudyConfig(**data, source=str(path))
-    study.maps = {str(name): list(values or []) for name, values in study.maps.items()}
+    data["maps"] = {str(name): [] if values is None else values for name, values in data["maps"].items()}
+    try:
+        study = dataclass_from_dict(StudyConfig, {**data, "source": str(path)})
+        check_shapes_options(study.shapes)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     study.set = [*study.set, *(overrides or [])]
     return study
 

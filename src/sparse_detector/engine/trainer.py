@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DistributedSampler
 from tqdm import tqdm
 
+from ..attention.base import AttentionActivation
 from ..config import Config, config_differences, config_to_dict, dump_config
 from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
@@ -110,13 +111,14 @@ def check_same_categories(train_set: CocoDetection, val_set: CocoDetection) -> N
 
 def check_same_config(config: Config) -> None:
     """Every process of a distributed run must train the same config (a collective): an error naming the settings
-    that differ from rank 0's (data paths may differ, e.g. each node's local copy)."""
+    that differ from rank 0's (data paths may differ, e.g. each node's local copy, and the absolute run directory of
+    nodes started in different folders; rank 0 writes it)."""
     trees = gathered(config_to_dict(config))
     for rank, tree in enumerate(trees[1:], start=1):
         differences = [
             change
             for change in config_differences(trees[0], tree)
-            if not change.split(":")[0].endswith((".images", ".annotations"))
+            if not change.split(":")[0].endswith((".images", ".annotations", ".output_dir"))
         ]
         if differences:
             raise ValueError(
@@ -152,11 +154,19 @@ def format_parameter_counts(counts: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
+def attention_map_parameters(model: nn.Module, keys: set[str]) -> list[str]:
+    """Those of ``keys`` (state-dict names) that belong to an attention map of ``model`` (a learnable alpha): a
+    checkpoint trained with other maps lacks them or has them where this model's map has none."""
+    owners = {name for name, module in model.named_modules() if isinstance(module, AttentionActivation)}
+    return sorted(key for key in keys if key.rsplit(".", 1)[0] in owners)
+
+
 def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
     """Load the weights of a checkpoint (ours or official; a run directory gives its best, else its last) for
     fine-tuning: the model's class heads
-    (``model.class_heads``) are left freshly initialised when the class count differs; every other weight must
-    fit. Returns the names of the re-initialised parameters."""
+    (``model.class_heads``) are left freshly initialised when the class count differs, as are the attention maps'
+    own parameters where the config changed a map (softmax weights into alpha-entmax); every other weight must
+    fit. Returns the names of the re-initialised class-head parameters."""
     state_dict, source = read_state_dict(resolve_checkpoint(path))
     expected = model.state_dict()
     names = list(getattr(model, "class_heads", ()))
@@ -167,7 +177,15 @@ def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
         if key.startswith(heads) and key in state_dict and state_dict[key].shape != value.shape
     ]
     kept = {k: v for k, v in state_dict.items() if k not in reinitialised}
-    missing = sorted(set(expected) - set(kept) - set(reinitialised))
+    maps = attention_map_parameters(model, set(expected) ^ set(kept))  # the config changed a site's map
+    kept = {k: v for k, v in kept.items() if k not in maps}
+    if maps:
+        log.info(
+            "--init-from: attention maps changed from the checkpoint's; their own parameters start fresh (the "
+            "config's alpha_init) or are dropped: %s",
+            ", ".join(maps),
+        )
+    missing = sorted(set(expected) - set(kept) - set(reinitialised) - set(maps))
     unexpected = sorted(set(kept) - set(expected))
     mismatched = [k for k in expected if k in kept and kept[k].shape != expected[k].shape]
     if missing or unexpected or mismatched:

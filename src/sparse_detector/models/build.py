@@ -14,12 +14,21 @@ from .registry import model_entry
 
 def build_activation(sites: dict[str, AttentionSiteConfig], name: str, num_heads: int) -> AttentionActivation:
     """The attention map of site ``name`` (softmax when ``sites`` has no entry for it), with the options that map
-    takes; an option out of its range is a :class:`ConfigError` naming its key."""
+    takes; an option out of its range, or set for another map, is a :class:`ConfigError` naming its key."""
     site = sites.get(name, AttentionSiteConfig())
     options = {  # the config key of each map's option, and the map's arguments
         "alpha_entmax": (".alpha_init", {"num_heads": num_heads, "alpha_init": site.alpha_init}),
         "tvmax": (".tvmax_lambda", {"lam": site.tvmax_lambda}),
     }
+    default = AttentionSiteConfig()
+    for used_by, (option, _) in options.items():  # set for another map than the site's: it would be ignored
+        value, unset = getattr(site, option[1:]), getattr(default, option[1:])
+        if used_by != site.activation and value != unset:
+            raise ConfigError(
+                f"model.attention.{name}{option}={value} is an option of {used_by}, but the map of {name} is "
+                f"{site.activation}, which ignores it; set model.attention.{name}.activation={used_by}, or "
+                f"model.attention.{name}{option}={unset} (its default)"
+            )
     key, arguments = options.get(site.activation, ("", {}))
     try:
         return get_activation(site.activation, **arguments)
