@@ -188,6 +188,23 @@ def test_gradcheck() -> None:
     assert gradcheck(lambda v: entmax_alpha(v, 1.3), (x,))
 
 
+def test_second_derivative_is_a_clear_error() -> None:
+    """A hessian through a sparse map used to come out silently zero (once_differentiable detaches the backward's
+    result); now it raises, while first-order gradients under create_graph=True still work."""
+    x = torch.randn(3, 6, dtype=F64, requires_grad=True)
+    alpha = torch.tensor(1.3, dtype=F64, requires_grad=True)
+    maps = [sparsemax, entmax15, lambda v: entmax_alpha(v, alpha), lambda v: tvmax(v, (2, 3), 0.1)]
+    for f in maps:
+        with pytest.raises(RuntimeError, match="first-order gradients only"):
+            torch.autograd.functional.hessian(lambda v: f(v).pow(2).sum(), x)  # noqa: B023
+        (grad,) = torch.autograd.grad(f(x).pow(2).sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="second derivative"):
+            torch.autograd.grad(grad.square().sum(), x)
+        y = x.detach().requires_grad_()
+        f(y).pow(2).sum().backward(create_graph=True)
+        assert y.grad is not None and not y.grad.isnan().any()
+
+
 def test_gradients_match_entmax_library() -> None:
     """The closed-form backward, including ∂/∂α, equals the library's EntmaxBisectFunction backward."""
     x = torch.randn(2, 3, 4, 15, dtype=F64)

@@ -17,9 +17,12 @@ the forward passes run with autocast disabled (CPU autocast would run linalg red
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
 from . import entmax_cpu, entmax_tensor
 
@@ -68,6 +71,44 @@ def softmax(x: Tensor, dim: int = -1, mask: Tensor | None = None) -> Tensor:
     return p.to(x.dtype)
 
 
+class SecondOrderError(torch.autograd.Function):
+    """Stands between a first-order-only backward's result and the tensors it depends on, so that differentiating
+    that result again raises instead of giving zero (``once_differentiable`` detaches it: ``autograd.grad`` then
+    finds it unused and ``hessian`` reads that as zero)."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, result: Tensor, *depends_on: Tensor) -> Tensor:
+        return result.clone()
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, *grads: Tensor) -> None:
+        raise RuntimeError(
+            "the sparse attention maps (sparsemax, entmax15, α-entmax, TVMax) have first-order gradients only: a "
+            "second derivative through them (create_graph=True followed by another backward, "
+            "torch.autograd.functional.hessian, gradgradcheck) is not supported; keep these maps out of the "
+            "twice-differentiated part of the graph or use softmax there"
+        )
+
+
+def first_order_only(backward: Callable[..., tuple]) -> Callable[..., tuple]:
+    """Decorates an ``autograd.Function`` backward that is not itself differentiable: it runs without grad, and
+    under ``create_graph=True`` its results are tied by :class:`SecondOrderError` to the incoming gradients and
+    saved tensors, so a second derivative raises a clear error (first-order use of ``create_graph`` still works)."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx: FunctionCtx, *grads: Tensor) -> tuple:
+        with torch.no_grad():
+            results = backward(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return results
+        depends_on = [t for t in (*grads, *ctx.saved_tensors) if isinstance(t, Tensor) and t.requires_grad]
+        if not depends_on:
+            return results
+        return tuple(SecondOrderError.apply(r, *depends_on) if isinstance(r, Tensor) else r for r in results)
+
+    return wrapper
+
+
 def check_alpha(alpha: float | Tensor) -> None:
     """α-entmax is solved for 1 < α ≤ 2 (where the threshold equation is convex); raise otherwise."""
     low, high = (alpha, alpha) if isinstance(alpha, float) else (alpha.min().item(), alpha.max().item())
@@ -94,7 +135,7 @@ class EntmaxFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor | None]:
         p, alpha_rows, *packing = ctx.saved_tensors
         alpha = ctx.alpha if alpha_rows is None else alpha_rows

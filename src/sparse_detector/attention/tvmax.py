@@ -34,11 +34,11 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
 from . import tvmax_cpu
 from .base import AttentionActivation, KeyGrid
-from .functional import NEG_INF, EntmaxFunction, compute_dtype, uses_cpu_kernels
+from .functional import NEG_INF, EntmaxFunction, compute_dtype, first_order_only, uses_cpu_kernels
 from .registry import register_activation
 
 MAX_PROX_ITERS = 1000  # iterations before a map stops above the tolerance: at least this many, ...
@@ -272,7 +272,7 @@ class TVProxFunction(torch.autograd.Function):
         return x
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None, None]:
         x, *bounds = ctx.saved_tensors
         if uses_cpu_kernels(grad):  # groups found around the gradient's nonzeros only
@@ -298,7 +298,7 @@ class TVMaxCPUFunction(torch.autograd.Function):
         return weights
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
         weights, x, *bounds = ctx.saved_tensors
         return tvmax_cpu.group_mean(grad, x, tuple(bounds), ctx.width, weights), None, None, None, None
