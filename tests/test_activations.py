@@ -167,6 +167,35 @@ def test_dim_argument() -> None:
         assert torch.allclose(f(x, dim=1), f(x.transpose(1, 2).contiguous(), dim=-1).transpose(1, 2), atol=1e-12)
 
 
+def test_input_mistakes_are_clear_errors() -> None:
+    """Integer scores were silently truncated to an integer map, a mask larger than the scores silently enlarged the
+    output, and float masks or misshaped masks and α tensors failed deep inside with shapes of internal tensors."""
+    x = torch.randn(2, 3, 4, 5)
+    maps = [
+        softmax,
+        sparsemax,
+        entmax15,
+        lambda v, **k: entmax_alpha(v, 1.3, **k),
+        lambda v, **k: tvmax(v, (1, 5), 0.1, **k),
+    ]
+    for f in maps:
+        with pytest.raises(TypeError, match="floating-point"):
+            f(torch.arange(10).view(2, 5))
+        with pytest.raises(TypeError, match="mask must be a bool tensor"):
+            f(x, mask=torch.zeros(5))
+        for shape in [(3,), (2, 2, 3, 4, 5), (2, 3, 4, 2)]:
+            with pytest.raises(ValueError, match=r"mask of shape .* does not broadcast to the scores' shape"):
+                f(x, mask=torch.zeros(shape, dtype=torch.bool))
+        with pytest.raises(IndexError, match="dim 4 is out of range"):
+            f(x, dim=4)
+        for shape in [(5,), (1, 3, 1, 1), (2, 3, 4, 5)]:  # every shape that broadcasts is still taken
+            assert f(x, mask=torch.zeros(shape, dtype=torch.bool)).shape == x.shape
+    for shape in [(3,), (1, 3, 1, 5), (2, 2, 3, 4, 1)]:
+        with pytest.raises(ValueError, match=r"alpha of shape .* size 1 along dim -1"):
+            entmax_alpha(x, torch.full(shape, 1.5))
+    assert entmax_alpha(x, torch.full((3, 1, 1), 1.5)).shape == x.shape
+
+
 def test_empty_inputs() -> None:
     maps = [softmax, sparsemax, entmax15, lambda v: entmax_alpha(v, 1.3)]
     for x in (torch.randn(3, 0, requires_grad=True), torch.randn(0, 12, requires_grad=True)):

@@ -60,8 +60,47 @@ def key_mask(key_padding_mask: Tensor | None) -> Tensor | None:
     return None if key_padding_mask is None else key_padding_mask[:, None, None, :]
 
 
+def broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``target`` without enlarging it."""
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
+def check_inputs(x: Tensor, dim: int, mask: Tensor | None, alpha: float | Tensor | None = None) -> None:
+    """Raise a clear error for scores ``x`` that are not floating point or have no ``dim``, a ``mask`` that is not
+    bool or does not broadcast to ``x``'s shape, or an ``alpha`` tensor that does not broadcast to ``x`` with size 1
+    along ``dim``."""
+    if not x.is_floating_point():
+        raise TypeError(f"the scores must be a floating-point tensor, got {x.dtype}; convert them, e.g. x.float()")
+    if not -x.dim() <= dim < max(x.dim(), 1):
+        raise IndexError(f"dim {dim} is out of range for scores of shape {tuple(x.shape)}")
+    if x.dim() == 0:
+        raise ValueError("the scores must have at least one dimension (the keys along dim), got a 0-d tensor")
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor (True = padding, masked out), got {mask.dtype}")
+        if not broadcasts_to(mask.shape, x.shape):
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape {tuple(x.shape)}; "
+                "give it the scores' shape or size 1 in the dimensions it shares (e.g. (B, 1, 1, Lk) for keys)"
+            )
+    if isinstance(alpha, Tensor):
+        size = x.shape[dim]
+        shape = list(x.shape)
+        shape[dim] = 1
+        if not broadcasts_to(alpha.shape, torch.Size(shape)):
+            raise ValueError(
+                f"alpha of shape {tuple(alpha.shape)} does not broadcast to the scores' shape {tuple(x.shape)} "
+                f"with size 1 along dim {dim} (the {size} keys): one α per row, e.g. (1, H, 1, 1) for one per head "
+                "of (B, H, Lq, Lk) scores"
+            )
+
+
 def softmax(x: Tensor, dim: int = -1, mask: Tensor | None = None) -> Tensor:
     """Softmax in fp32 with masked entries (True = padding, broadcastable to ``x``) at 0; a fully masked row is 0."""
+    check_inputs(x, dim, mask)
     z = x.to(compute_dtype(x.dtype))
     if mask is None:
         return torch.softmax(z, dim).to(x.dtype)
@@ -149,6 +188,7 @@ class EntmaxFunction(torch.autograd.Function):
 
 def entmax_rows(x: Tensor, alpha: float | Tensor, dim: int, mask: Tensor | None) -> Tensor:
     """α-entmax of ``x`` along ``dim`` (α float, or a tensor broadcastable to ``x`` with size 1 along ``dim``)."""
+    check_inputs(x, dim, mask, alpha)
     if x.numel() == 0:
         return x.clone()
     z, shape = as_rows(x, dim, mask)

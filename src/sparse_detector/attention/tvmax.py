@@ -38,7 +38,7 @@ from torch.autograd.function import FunctionCtx
 
 from . import tvmax_cpu
 from .base import AttentionActivation, KeyGrid
-from .functional import NEG_INF, EntmaxFunction, compute_dtype, first_order_only, uses_cpu_kernels
+from .functional import NEG_INF, EntmaxFunction, check_inputs, compute_dtype, first_order_only, uses_cpu_kernels
 from .registry import register_activation
 
 MAX_PROX_ITERS = 1000  # iterations before a map stops above the tolerance: at least this many, ...
@@ -309,6 +309,7 @@ def tvmax(x: Tensor, grid_hw: tuple[int, int], lam: float, dim: int = -1, mask: 
 
     ``mask`` (True = padding, broadcastable to ``x``) removes keys from the grid graph and gives them 0.
     """
+    check_inputs(x, dim, mask)
     height, width = grid_hw
     if x.shape[dim] != height * width:
         raise ValueError(f"tvmax: {x.shape[dim]} keys along dim {dim} do not form a {height}x{width} grid")
