@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -25,6 +26,7 @@ class Softmax(AttentionActivation):
     def forward(
         self, scores: Tensor, key_padding_mask: Tensor | None = None, key_grid: KeyGrid | None = None
     ) -> Tensor:
+        self.check_inputs(scores, key_padding_mask)
         weights = torch.softmax(masked_scores(scores, key_padding_mask), dim=-1)
         if key_padding_mask is not None:
             weights = weights.nan_to_num(0.0)
@@ -59,4 +61,10 @@ def get_activation(name: str, **kwargs) -> AttentionActivation:
         factory = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown attention activation {name!r}; choose one of {available_activations()}") from None
-    return factory(**kwargs)
+    try:
+        return factory(**kwargs)
+    except TypeError as err:  # a missing or unknown keyword: name the map and what it takes
+        signature = inspect.signature(factory)
+        named = [p for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        takes = f"it takes {signature}" if named else "it takes no arguments"
+        raise ValueError(f"attention activation {name!r}: {err}; {takes}") from None

@@ -310,11 +310,12 @@ def tvmax(x: Tensor, grid_hw: tuple[int, int], lam: float, dim: int = -1, mask: 
     ``mask`` (True = padding, broadcastable to ``x``) removes keys from the grid graph and gives them 0.
     """
     check_inputs(x, dim, mask)
+    if len(grid_hw) != 2 or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in grid_hw):
+        raise ValueError(f"tvmax: grid_hw must be the keys' grid (height, width), two ints >= 0, got {grid_hw!r}")
     height, width = grid_hw
     if x.shape[dim] != height * width:
         raise ValueError(f"tvmax: {x.shape[dim]} keys along dim {dim} do not form a {height}x{width} grid")
-    if lam < 0:
-        raise ValueError(f"tvmax: lam must be >= 0, got {lam}")
+    check_lam(lam)
     if x.numel() == 0:
         return x.clone()
     z = x.to(compute_dtype(x.dtype)).movedim(dim, -1)
@@ -336,6 +337,12 @@ def tvmax(x: Tensor, grid_hw: tuple[int, int], lam: float, dim: int = -1, mask: 
     return p.view(shape).movedim(-1, dim).to(x.dtype)
 
 
+def check_lam(lam: float) -> None:
+    """TVMax's weight λ must be a number >= 0 (NaN gave uniform maps)."""
+    if not lam >= 0:
+        raise ValueError(f"TVMax: lam must be >= 0, got {lam}")
+
+
 @register_activation("tvmax")
 class TVMax(AttentionActivation):
     """TVMax over the keys laid out on the feature grid given by ``key_grid`` (required)."""
@@ -344,17 +351,22 @@ class TVMax(AttentionActivation):
 
     def __init__(self, lam: float = 0.1) -> None:
         super().__init__()
-        if lam < 0:
-            raise ValueError(f"TVMax: lam must be >= 0, got {lam}")
+        check_lam(lam)
         self.lam = lam
 
     def forward(
         self, scores: Tensor, key_padding_mask: Tensor | None = None, key_grid: KeyGrid | None = None
     ) -> Tensor:
+        self.check_inputs(scores, key_padding_mask)
         if key_grid is None:
             raise ValueError("TVMax needs key_grid: the keys' (H, W) feature-grid layout and valid sizes")
         height, width = key_grid.padded_hw
         valid_hw = key_grid.valid_hw.to(scores.device)
+        if valid_hw.shape != (scores.shape[0], 2):
+            raise ValueError(
+                f"TVMax: key_grid.valid_hw must be (B, 2) = {(scores.shape[0], 2)}, each image's valid grid "
+                f"(height, width), got shape {tuple(valid_hw.shape)}"
+            )
         rows = torch.arange(height, device=scores.device).view(1, height, 1)
         cols = torch.arange(width, device=scores.device).view(1, 1, width)
         padding = (rows >= valid_hw[:, :1, None]) | (cols >= valid_hw[:, 1:, None])
