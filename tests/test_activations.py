@@ -22,6 +22,7 @@ from sparse_detector.attention import (
     sparsemax,
     tvmax,
 )
+from sparse_detector.attention.multihead import MultiheadAttention
 
 F64 = torch.float64
 
@@ -388,6 +389,30 @@ def test_module_mistakes_are_clear_errors() -> None:
         get_activation("alpha_entmax")
     with pytest.raises(ValueError, match="'sparsemax'.*unexpected keyword.*it takes no arguments"):
         get_activation("sparsemax", lam=0.1)
+
+
+def test_multihead_attention_mistakes_are_clear_errors() -> None:
+    """Sequence-first or misshaped inputs, a float key padding mask and an activation given by name failed deep
+    inside (a reshape, masked_fill, or ``'str' object has no attribute 'is_softmax'``)."""
+    query, memory = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    with pytest.raises(TypeError, match=r"get_activation\(name\)"):
+        MultiheadAttention(16, 4, activation="sparsemax")
+    for activation in (None, Sparsemax()):  # the fused softmax path and the maps' path
+        attention = MultiheadAttention(16, 4, activation=activation)
+        bad_inputs = [
+            (query.transpose(0, 1), memory.transpose(0, 1), memory.transpose(0, 1)),
+            (torch.randn(2, 5, 8), memory, memory),
+            (query[0], memory[0], memory[0]),
+        ]
+        for inputs in bad_inputs:
+            with pytest.raises(ValueError, match=r"must be batch-first \(B, L, embed_dim\)"):
+                attention(*inputs)
+        with pytest.raises(ValueError, match="key has 7 entries, value 6"):
+            attention(query, memory, memory[:, :6])
+        for mask in (torch.zeros(2, 7), torch.zeros(2, 5, dtype=torch.bool)):
+            with pytest.raises(ValueError, match=r"key_padding_mask must be a \(B, Lk\) = \(2, 7\) bool tensor"):
+                attention(query, memory, memory, mask)
+        assert attention(query, memory, memory, torch.zeros(2, 7, dtype=torch.bool))[0].shape == query.shape
 
 
 def test_invalid_alpha() -> None:
