@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import entmax
 import pytest
 import torch
@@ -12,6 +14,7 @@ from sparse_detector.attention import (
     AlphaEntmax,
     Entmax15,
     KeyGrid,
+    MultiheadAttention,
     Sparsemax,
     TVMax,
     entmax15,
@@ -22,7 +25,6 @@ from sparse_detector.attention import (
     sparsemax,
     tvmax,
 )
-from sparse_detector.attention.multihead import MultiheadAttention
 
 F64 = torch.float64
 
@@ -413,6 +415,17 @@ def test_multihead_attention_mistakes_are_clear_errors() -> None:
             with pytest.raises(ValueError, match=r"key_padding_mask must be a \(B, Lk\) = \(2, 7\) bool tensor"):
                 attention(query, memory, memory, mask)
         assert attention(query, memory, memory, torch.zeros(2, 7, dtype=torch.bool))[0].shape == query.shape
+
+
+def test_readme_python_example_runs() -> None:
+    """The README's "In your own model" example runs as written with the package's public names."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### In your own model", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the repository's own README
+    assert namespace["weights"].shape == (2, 8, 100, 300)
+    assert namespace["out"].shape == (2, 100, 256)
 
 
 def test_invalid_alpha() -> None:
