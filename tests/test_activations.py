@@ -287,9 +287,16 @@ def test_nan_and_posinf_scores_give_nan_rows() -> None:
     x[1, 5] = float("nan")
     x[3, 7] = float("inf")
     x[4, 2:9] = float("inf")
-    for f in (sparsemax, entmax15, lambda v: entmax_alpha(v, 1.3), lambda v: tvmax(v, (5, 8), 0.1)):
+    for f in (sparsemax, entmax15, lambda v: entmax_alpha(v, 1.3), lambda v: tvmax(v, (5, 8), 0.1), softmax):
         out = f(x)
         assert out[[1, 3, 4]].isnan().all()
+        assert not out[[0, 2]].isnan().any()
+    # the modules too, with a key padding mask (the softmax module used to turn these rows into zeros)
+    scores, key_padding_mask = x.view(1, 1, 5, 40), torch.zeros(1, 40, dtype=torch.bool)
+    key_padding_mask[0, 30:] = True
+    for name in ("softmax", "sparsemax", "entmax15"):
+        out = get_activation(name)(scores, key_padding_mask)[0, 0]
+        assert out[[1, 3, 4]][:, :30].isnan().all()
         assert not out[[0, 2]].isnan().any()
 
 

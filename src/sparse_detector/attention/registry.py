@@ -19,7 +19,8 @@ def masked_scores(scores: Tensor, key_padding_mask: Tensor | None) -> Tensor:
 
 
 class Softmax(AttentionActivation):
-    """The dense baseline (official DETR). A fully padded row gives zeros instead of NaN."""
+    """The dense baseline (official DETR). A fully padded row gives zeros instead of NaN; a row with a NaN or +inf
+    score stays NaN."""
 
     is_softmax = True
 
@@ -28,8 +29,8 @@ class Softmax(AttentionActivation):
     ) -> Tensor:
         self.check_inputs(scores, key_padding_mask)
         weights = torch.softmax(masked_scores(scores, key_padding_mask), dim=-1)
-        if key_padding_mask is not None:
-            weights = weights.nan_to_num(0.0)
+        if key_padding_mask is not None:  # a fully padded row is NaN: all its entries are padded (NaN scores stay NaN)
+            weights = weights.masked_fill(key_padding_mask[:, None, None, :], 0.0)
         return weights
 
 
