@@ -197,6 +197,10 @@ def test_input_mistakes_are_clear_errors() -> None:
         with pytest.raises(ValueError, match=r"alpha of shape .* size 1 along dim -1"):
             entmax_alpha(x, torch.full(shape, 1.5))
     assert entmax_alpha(x, torch.full((3, 1, 1), 1.5)).shape == x.shape
+    assert entmax_alpha(x[:0], torch.full((0, 3, 4, 1), 1.5)).shape == (0, 3, 4, 5)  # no rows, no α
+    for mask in (torch.zeros(3, 4, dtype=torch.bool), torch.zeros(1, 3, 4)):
+        with pytest.raises(ValueError, match=r"from_mask takes a \(B, H, W\) bool padding mask"):
+            KeyGrid.from_mask(mask)
 
 
 def test_empty_inputs() -> None:

@@ -22,6 +22,11 @@ class KeyGrid:
     @staticmethod
     def from_mask(mask: Tensor) -> KeyGrid:
         """Build from a (B, H, W) padding mask (True = padding) whose valid region is a top-left block."""
+        if mask.dim() != 3 or mask.dtype != torch.bool:
+            raise ValueError(
+                "KeyGrid.from_mask takes a (B, H, W) bool padding mask (True = padding), "
+                f"got {mask.dtype} of shape {tuple(mask.shape)}"
+            )
         valid = ~mask
         valid_h = valid.any(dim=2).sum(dim=1)
         valid_w = valid.any(dim=1).sum(dim=1)

@@ -150,6 +150,8 @@ def first_order_only(backward: Callable[..., tuple]) -> Callable[..., tuple]:
 
 def check_alpha(alpha: float | Tensor) -> None:
     """α-entmax is solved for 1 < α ≤ 2 (where the threshold equation is convex); raise otherwise."""
+    if isinstance(alpha, Tensor) and alpha.numel() == 0:  # no rows
+        return
     low, high = (alpha, alpha) if isinstance(alpha, float) else (alpha.min().item(), alpha.max().item())
     if not 1.0 < low <= high <= 2.0:
         raise ValueError(f"alpha must lie in (1, 2], got values in [{low}, {high}]")
