@@ -439,6 +439,31 @@ def test_readme_python_example_runs() -> None:
     assert namespace["out"].shape == (2, 100, 256)
 
 
+def test_register_activation() -> None:
+    """A user's map registers and runs; registering over a built-in name used to replace sparsemax silently, and a
+    plain function was accepted and failed only when built."""
+    from sparse_detector.attention import AttentionActivation, register_activation
+    from sparse_detector.attention.registry import _REGISTRY
+
+    class Scaled(AttentionActivation):
+        def forward(self, scores: Tensor, key_padding_mask: Tensor | None = None, key_grid: KeyGrid | None = None):
+            return sparsemax(2 * scores, mask=None if key_padding_mask is None else key_padding_mask[:, None, None])
+
+    try:
+        register_activation("test_scaled")(Scaled)
+        register_activation("test_scaled")(Scaled)  # the same class again (a re-run notebook cell) is fine
+        scores = torch.randn(2, 4, 3, 6)
+        attention = MultiheadAttention(16, 4, activation=get_activation("test_scaled"))
+        assert torch.equal(attention.activation(scores), sparsemax(2 * scores))
+        with pytest.raises(ValueError, match="'sparsemax' is already registered.*choose another name"):
+            register_activation("sparsemax")(Scaled)
+        assert isinstance(get_activation("sparsemax"), Sparsemax)
+        with pytest.raises(TypeError, match="decorates AttentionActivation subclasses"):
+            register_activation("test_function")(lambda scores: scores)
+    finally:
+        _REGISTRY.pop("test_scaled", None)
+
+
 def test_invalid_alpha() -> None:
     x = torch.randn(3, 5)
     for bad in (1.0, 0.5, 2.5):

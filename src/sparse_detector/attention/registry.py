@@ -38,9 +38,18 @@ _REGISTRY: dict[str, Callable[..., AttentionActivation]] = {"softmax": Softmax}
 
 
 def register_activation(name: str) -> Callable[[type[AttentionActivation]], type[AttentionActivation]]:
-    """Class decorator adding an activation to the registry under ``name``."""
+    """Class decorator adding an activation (an :class:`AttentionActivation` subclass) to the registry under ``name``;
+    a name taken by another class is an error (redefining the same class, e.g. in a notebook, replaces it)."""
 
     def add(cls: type[AttentionActivation]) -> type[AttentionActivation]:
+        if not (isinstance(cls, type) and issubclass(cls, AttentionActivation)):
+            raise TypeError(f"register_activation({name!r}) decorates AttentionActivation subclasses, got {cls!r}")
+        taken = _REGISTRY.get(name)
+        if taken is not None and (taken.__module__, taken.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(
+                f"attention activation {name!r} is already registered ({taken.__module__}.{taken.__qualname__}); "
+                "choose another name"
+            )
         _REGISTRY[name] = cls
         return cls
 
