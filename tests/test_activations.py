@@ -410,6 +410,9 @@ def test_multihead_attention_mistakes_are_clear_errors() -> None:
     query, memory = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
     with pytest.raises(TypeError, match=r"get_activation\(name\)"):
         MultiheadAttention(16, 4, activation="sparsemax")
+    for dropout in (Sparsemax(), 1.0, -0.1):  # the map given third was taken as dropout and ignored in eval mode
+        with pytest.raises(ValueError, match="dropout must be a probability in"):
+            MultiheadAttention(16, 4, dropout)
     for activation in (None, Sparsemax()):  # the fused softmax path and the maps' path
         attention = MultiheadAttention(16, 4, activation=activation)
         bad_inputs = [

@@ -39,6 +39,11 @@ class MultiheadAttention(RecordingModule):
         super().__init__()
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(
+                f"dropout must be a probability in [0, 1), got {dropout!r}; the map goes third only as "
+                "activation=... (MultiheadAttention(embed_dim, num_heads, dropout, activation))"
+            )
         if activation is not None and not isinstance(activation, AttentionActivation):
             raise TypeError(
                 f"activation must be an AttentionActivation module, got {activation!r}; build one by name with "
