@@ -396,6 +396,11 @@ def test_module_mistakes_are_clear_errors() -> None:
         TVMax(float("nan"))
     with pytest.raises(ValueError, match="lam must be >= 0"):
         tvmax(scores, (2, 3), float("nan"))
+    learnable = torch.tensor(0.3, requires_grad=True)  # used to get no gradient, silently
+    with pytest.raises(ValueError, match="lam is not differentiable"):
+        tvmax(scores, (2, 3), learnable)
+    with pytest.raises(ValueError, match="lam is not differentiable"):
+        TVMax(learnable)
     with pytest.raises(ValueError, match="grid_hw must be"):
         tvmax(scores, (1, 2, 3), 0.1)
     with pytest.raises(ValueError, match="'alpha_entmax'.*missing.*num_heads.*it takes \\(num_heads"):

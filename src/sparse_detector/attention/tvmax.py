@@ -338,7 +338,11 @@ def tvmax(x: Tensor, grid_hw: tuple[int, int], lam: float, dim: int = -1, mask: 
 
 
 def check_lam(lam: float) -> None:
-    """TVMax's weight λ must be a number >= 0 (NaN gave uniform maps)."""
+    """TVMax's weight λ must be a number >= 0 (NaN gave uniform maps), and not one that asks for a gradient."""
+    if isinstance(lam, Tensor) and lam.requires_grad:
+        raise ValueError(
+            "TVMax: lam is not differentiable (it would get no gradient and never move); pass a float, e.g. lam.item()"
+        )
     if not lam >= 0:
         raise ValueError(f"TVMax: lam must be >= 0, got {lam}")
 
