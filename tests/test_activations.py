@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import entmax
 import pytest
 import torch
@@ -12,6 +14,7 @@ from sparse_detector.attention import (
     AlphaEntmax,
     Entmax15,
     KeyGrid,
+    MultiheadAttention,
     Sparsemax,
     TVMax,
     entmax15,
@@ -167,6 +170,39 @@ def test_dim_argument() -> None:
         assert torch.allclose(f(x, dim=1), f(x.transpose(1, 2).contiguous(), dim=-1).transpose(1, 2), atol=1e-12)
 
 
+def test_input_mistakes_are_clear_errors() -> None:
+    """Integer scores were silently truncated to an integer map, a mask larger than the scores silently enlarged the
+    output, and float masks or misshaped masks and α tensors failed deep inside with shapes of internal tensors."""
+    x = torch.randn(2, 3, 4, 5)
+    maps = [
+        softmax,
+        sparsemax,
+        entmax15,
+        lambda v, **k: entmax_alpha(v, 1.3, **k),
+        lambda v, **k: tvmax(v, (1, 5), 0.1, **k),
+    ]
+    for f in maps:
+        with pytest.raises(TypeError, match="floating-point"):
+            f(torch.arange(10).view(2, 5))
+        with pytest.raises(TypeError, match="mask must be a bool tensor"):
+            f(x, mask=torch.zeros(5))
+        for shape in [(3,), (2, 2, 3, 4, 5), (2, 3, 4, 2)]:
+            with pytest.raises(ValueError, match=r"mask of shape .* does not broadcast to the scores' shape"):
+                f(x, mask=torch.zeros(shape, dtype=torch.bool))
+        with pytest.raises(IndexError, match="dim 4 is out of range"):
+            f(x, dim=4)
+        for shape in [(5,), (1, 3, 1, 1), (2, 3, 4, 5)]:  # every shape that broadcasts is still taken
+            assert f(x, mask=torch.zeros(shape, dtype=torch.bool)).shape == x.shape
+    for shape in [(3,), (1, 3, 1, 5), (2, 2, 3, 4, 1)]:
+        with pytest.raises(ValueError, match=r"alpha of shape .* size 1 along dim -1"):
+            entmax_alpha(x, torch.full(shape, 1.5))
+    assert entmax_alpha(x, torch.full((3, 1, 1), 1.5)).shape == x.shape
+    assert entmax_alpha(x[:0], torch.full((0, 3, 4, 1), 1.5)).shape == (0, 3, 4, 5)  # no rows, no α
+    for mask in (torch.zeros(3, 4, dtype=torch.bool), torch.zeros(1, 3, 4)):
+        with pytest.raises(ValueError, match=r"from_mask takes a \(B, H, W\) bool padding mask"):
+            KeyGrid.from_mask(mask)
+
+
 def test_empty_inputs() -> None:
     maps = [softmax, sparsemax, entmax15, lambda v: entmax_alpha(v, 1.3)]
     for x in (torch.randn(3, 0, requires_grad=True), torch.randn(0, 12, requires_grad=True)):
@@ -186,6 +222,21 @@ def test_gradcheck() -> None:
     assert gradcheck(lambda v: entmax15(v, mask=mask), (x,))
     assert gradcheck(lambda v, a: entmax_alpha(v, a, mask=mask), (x, alpha))
     assert gradcheck(lambda v: entmax_alpha(v, 1.3), (x,))
+
+
+def test_second_derivative_is_a_clear_error() -> None:
+    """A hessian through a sparse map used to come out silently zero (once_differentiable detaches the backward's
+    result); now it raises, while first-order gradients under create_graph=True still work."""
+    x = torch.randn(3, 6, dtype=F64, requires_grad=True)
+    alpha = torch.tensor(1.3, dtype=F64, requires_grad=True)
+    maps = [sparsemax, entmax15, lambda v: entmax_alpha(v, alpha), lambda v: tvmax(v, (2, 3), 0.1)]
+    for f in maps:
+        with pytest.raises(RuntimeError, match="first-order gradients only"):
+            torch.autograd.functional.hessian(lambda v: f(v).pow(2).sum(), x)  # noqa: B023
+        (grad,) = torch.autograd.grad(f(x).pow(2).sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="second derivative"):
+            torch.autograd.grad(grad.square().sum(), x)
+        assert not grad.isnan().any()
 
 
 def test_gradients_match_entmax_library() -> None:
@@ -240,9 +291,16 @@ def test_nan_and_posinf_scores_give_nan_rows() -> None:
     x[1, 5] = float("nan")
     x[3, 7] = float("inf")
     x[4, 2:9] = float("inf")
-    for f in (sparsemax, entmax15, lambda v: entmax_alpha(v, 1.3), lambda v: tvmax(v, (5, 8), 0.1)):
+    for f in (sparsemax, entmax15, lambda v: entmax_alpha(v, 1.3), lambda v: tvmax(v, (5, 8), 0.1), softmax):
         out = f(x)
         assert out[[1, 3, 4]].isnan().all()
+        assert not out[[0, 2]].isnan().any()
+    # the modules too, with a key padding mask (the softmax module used to turn these rows into zeros)
+    scores, key_padding_mask = x.view(1, 1, 5, 40), torch.zeros(1, 40, dtype=torch.bool)
+    key_padding_mask[0, 30:] = True
+    for name in ("softmax", "sparsemax", "entmax15"):
+        out = get_activation(name)(scores, key_padding_mask)[0, 0]
+        assert out[[1, 3, 4]][:, :30].isnan().all()
         assert not out[[0, 2]].isnan().any()
 
 
@@ -312,6 +370,106 @@ def test_registry_and_modules() -> None:
         assert not module.is_softmax
         assert torch.allclose(module(scores, key_padding_mask), target, atol=1e-6)
     assert isinstance(get_activation("tvmax", lam=0.2), TVMax)
+
+
+def test_module_mistakes_are_clear_errors() -> None:
+    """Wrong scores layouts, masks, grids and constructor arguments used to fail deep inside (or, for a NaN λ, give
+    uniform maps silently, and for a (1, 2) valid_hw, take one image's grid for the whole batch)."""
+    scores = torch.randn(2, 3, 4, 6)
+    grid = KeyGrid((2, 3), torch.tensor([[2, 3], [1, 3]]))
+    modules = [get_activation("softmax"), Sparsemax(), Entmax15(), AlphaEntmax(num_heads=3), TVMax(0.1)]
+    for module in modules:
+        with pytest.raises(ValueError, match=r"takes \(B, H, Lq, Lk\) scores"):
+            module(scores[0], None, grid)
+        for mask in (torch.zeros(2, 5, dtype=torch.bool), torch.zeros(2, 6)):
+            with pytest.raises(ValueError, match=r"key_padding_mask must be a \(B, Lk\) = \(2, 6\) bool tensor"):
+                module(scores, mask, grid)
+        assert module(scores, torch.zeros(2, 6, dtype=torch.bool), grid).shape == scores.shape
+    for valid_hw in (torch.tensor([[2, 3]]), torch.tensor([2, 3])):
+        with pytest.raises(ValueError, match="valid_hw must be"):
+            TVMax(0.1)(scores, None, KeyGrid((2, 3), valid_hw))
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="num_heads must be a positive int"):
+            AlphaEntmax(num_heads=bad)
+    assert "num_heads=3, alpha=[1.5, 1.5, 1.5]" in repr(AlphaEntmax(num_heads=3))
+    with pytest.raises(ValueError, match="lam must be >= 0"):
+        TVMax(float("nan"))
+    with pytest.raises(ValueError, match="lam must be >= 0"):
+        tvmax(scores, (2, 3), float("nan"))
+    learnable = torch.tensor(0.3, requires_grad=True)  # used to get no gradient, silently
+    with pytest.raises(ValueError, match="lam is not differentiable"):
+        tvmax(scores, (2, 3), learnable)
+    with pytest.raises(ValueError, match="lam is not differentiable"):
+        TVMax(learnable)
+    with pytest.raises(ValueError, match="grid_hw must be"):
+        tvmax(scores, (1, 2, 3), 0.1)
+    with pytest.raises(ValueError, match="'alpha_entmax'.*missing.*num_heads.*it takes \\(num_heads"):
+        get_activation("alpha_entmax")
+    with pytest.raises(ValueError, match="'sparsemax'.*unexpected keyword.*it takes no arguments"):
+        get_activation("sparsemax", lam=0.1)
+
+
+def test_multihead_attention_mistakes_are_clear_errors() -> None:
+    """Sequence-first or misshaped inputs, a float key padding mask and an activation given by name failed deep
+    inside (a reshape, masked_fill, or ``'str' object has no attribute 'is_softmax'``)."""
+    query, memory = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    with pytest.raises(TypeError, match=r"get_activation\(name\)"):
+        MultiheadAttention(16, 4, activation="sparsemax")
+    for dropout in (Sparsemax(), 1.0, -0.1):  # the map given third was taken as dropout and ignored in eval mode
+        with pytest.raises(ValueError, match="dropout must be a probability in"):
+            MultiheadAttention(16, 4, dropout)
+    for activation in (None, Sparsemax()):  # the fused softmax path and the maps' path
+        attention = MultiheadAttention(16, 4, activation=activation)
+        bad_inputs = [
+            (query.transpose(0, 1), memory.transpose(0, 1), memory.transpose(0, 1)),
+            (torch.randn(2, 5, 8), memory, memory),
+            (query[0], memory[0], memory[0]),
+        ]
+        for inputs in bad_inputs:
+            with pytest.raises(ValueError, match=r"must be batch-first \(B, L, embed_dim\)"):
+                attention(*inputs)
+        with pytest.raises(ValueError, match="key has 7 entries, value 6"):
+            attention(query, memory, memory[:, :6])
+        for mask in (torch.zeros(2, 7), torch.zeros(2, 5, dtype=torch.bool)):
+            with pytest.raises(ValueError, match=r"key_padding_mask must be a \(B, Lk\) = \(2, 7\) bool tensor"):
+                attention(query, memory, memory, mask)
+        assert attention(query, memory, memory, torch.zeros(2, 7, dtype=torch.bool))[0].shape == query.shape
+
+
+def test_readme_python_example_runs() -> None:
+    """The README's "In your own model" example runs as written with the package's public names."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### In your own model", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the repository's own README
+    assert namespace["weights"].shape == (2, 8, 100, 300)
+    assert namespace["out"].shape == (2, 100, 256)
+
+
+def test_register_activation() -> None:
+    """A user's map registers and runs; registering over a built-in name used to replace sparsemax silently, and a
+    plain function was accepted and failed only when built."""
+    from sparse_detector.attention import AttentionActivation, register_activation
+    from sparse_detector.attention.registry import _REGISTRY
+
+    class Scaled(AttentionActivation):
+        def forward(self, scores: Tensor, key_padding_mask: Tensor | None = None, key_grid: KeyGrid | None = None):
+            return sparsemax(2 * scores, mask=None if key_padding_mask is None else key_padding_mask[:, None, None])
+
+    try:
+        register_activation("test_scaled")(Scaled)
+        register_activation("test_scaled")(Scaled)  # the same class again (a re-run notebook cell) is fine
+        scores = torch.randn(2, 4, 3, 6)
+        attention = MultiheadAttention(16, 4, activation=get_activation("test_scaled"))
+        assert torch.equal(attention.activation(scores), sparsemax(2 * scores))
+        with pytest.raises(ValueError, match="'sparsemax' is already registered.*choose another name"):
+            register_activation("sparsemax")(Scaled)
+        assert isinstance(get_activation("sparsemax"), Sparsemax)
+        with pytest.raises(TypeError, match="decorates AttentionActivation subclasses"):
+            register_activation("test_function")(lambda scores: scores)
+    finally:
+        _REGISTRY.pop("test_scaled", None)
 
 
 def test_invalid_alpha() -> None:

@@ -1,8 +1,10 @@
-"""Attention activations (softmax, sparsemax, entmax15, learnable α-entmax, TVMax) and their registry."""
+"""Attention activations (softmax, sparsemax, entmax15, learnable α-entmax, TVMax), their registry, and multi-head
+attention with a selectable map."""
 
 from .base import AttentionActivation, KeyGrid
 from .entmax import AlphaEntmax, Entmax15, entmax15, entmax_alpha
 from .functional import softmax
+from .multihead import MultiheadAttention
 from .registry import Softmax, available_activations, get_activation, masked_scores, register_activation
 from .sparsemax import Sparsemax, sparsemax
 from .tvmax import TVMax, tvmax
@@ -12,6 +14,7 @@ __all__ = [
     "AttentionActivation",
     "Entmax15",
     "KeyGrid",
+    "MultiheadAttention",
     "Softmax",
     "Sparsemax",
     "TVMax",

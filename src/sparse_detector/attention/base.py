@@ -22,6 +22,11 @@ class KeyGrid:
     @staticmethod
     def from_mask(mask: Tensor) -> KeyGrid:
         """Build from a (B, H, W) padding mask (True = padding) whose valid region is a top-left block."""
+        if mask.dim() != 3 or mask.dtype != torch.bool:
+            raise ValueError(
+                "KeyGrid.from_mask takes a (B, H, W) bool padding mask (True = padding), "
+                f"got {mask.dtype} of shape {tuple(mask.shape)}"
+            )
         valid = ~mask
         valid_h = valid.any(dim=2).sum(dim=1)
         valid_w = valid.any(dim=1).sum(dim=1)
@@ -46,3 +51,19 @@ class AttentionActivation(nn.Module):
         self, scores: Tensor, key_padding_mask: Tensor | None = None, key_grid: KeyGrid | None = None
     ) -> Tensor:
         raise NotImplementedError
+
+    def check_inputs(self, scores: Tensor, key_padding_mask: Tensor | None) -> None:
+        """Raise a clear error unless ``scores`` are (B, H, Lq, Lk) and ``key_padding_mask`` a (B, Lk) bool mask."""
+        name = type(self).__name__
+        if scores.dim() != 4:
+            raise ValueError(
+                f"{name} takes (B, H, Lq, Lk) scores, got shape {tuple(scores.shape)}; for other layouts use the "
+                "functions (sparsemax, entmax15, entmax_alpha, tvmax, softmax), which take any dim and mask"
+            )
+        if key_padding_mask is not None and (
+            key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (scores.shape[0], scores.shape[-1])
+        ):
+            raise ValueError(
+                f"{name}: key_padding_mask must be a (B, Lk) = {(scores.shape[0], scores.shape[-1])} bool tensor "
+                f"(True = padded key), got {key_padding_mask.dtype} of shape {tuple(key_padding_mask.shape)}"
+            )

@@ -37,6 +37,7 @@ class Entmax15(AttentionActivation):
     def forward(
         self, scores: Tensor, key_padding_mask: Tensor | None = None, key_grid: KeyGrid | None = None
     ) -> Tensor:
+        self.check_inputs(scores, key_padding_mask)
         return entmax15(scores, dim=-1, mask=key_mask(key_padding_mask))
 
 
@@ -46,6 +47,8 @@ class AlphaEntmax(AttentionActivation):
 
     def __init__(self, num_heads: int, alpha_init: float = 1.5) -> None:
         super().__init__()
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(f"AlphaEntmax: num_heads must be a positive int, got {num_heads!r}")
         if not 1 + ALPHA_EPS < alpha_init < 2:
             raise ValueError(f"alpha_init must lie in ({1 + ALPHA_EPS}, 2), got {alpha_init}")
         unit = (alpha_init - 1 - ALPHA_EPS) / (1 - ALPHA_EPS)
@@ -63,7 +66,11 @@ class AlphaEntmax(AttentionActivation):
     def forward(
         self, scores: Tensor, key_padding_mask: Tensor | None = None, key_grid: KeyGrid | None = None
     ) -> Tensor:
+        self.check_inputs(scores, key_padding_mask)
         if scores.shape[1] != self.pre_alpha.numel():
             raise ValueError(f"scores have {scores.shape[1]} heads, AlphaEntmax has {self.pre_alpha.numel()}")
         alpha = self.current_alpha().view(1, -1, 1, 1)
         return entmax_rows(scores, alpha, -1, key_mask(key_padding_mask))
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.pre_alpha.numel()}, alpha={[round(a, 4) for a in self.alpha.tolist()]}"

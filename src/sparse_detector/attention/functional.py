@@ -17,9 +17,12 @@ the forward passes run with autocast disabled (CPU autocast would run linalg red
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
 from . import entmax_cpu, entmax_tensor
 
@@ -57,8 +60,47 @@ def key_mask(key_padding_mask: Tensor | None) -> Tensor | None:
     return None if key_padding_mask is None else key_padding_mask[:, None, None, :]
 
 
+def broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``target`` without enlarging it."""
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
+def check_inputs(x: Tensor, dim: int, mask: Tensor | None, alpha: float | Tensor | None = None) -> None:
+    """Raise a clear error for scores ``x`` that are not floating point or have no ``dim``, a ``mask`` that is not
+    bool or does not broadcast to ``x``'s shape, or an ``alpha`` tensor that does not broadcast to ``x`` with size 1
+    along ``dim``."""
+    if not x.is_floating_point():
+        raise TypeError(f"the scores must be a floating-point tensor, got {x.dtype}; convert them, e.g. x.float()")
+    if not -x.dim() <= dim < max(x.dim(), 1):
+        raise IndexError(f"dim {dim} is out of range for scores of shape {tuple(x.shape)}")
+    if x.dim() == 0:
+        raise ValueError("the scores must have at least one dimension (the keys along dim), got a 0-d tensor")
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor (True = padding, masked out), got {mask.dtype}")
+        if not broadcasts_to(mask.shape, x.shape):
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape {tuple(x.shape)}; "
+                "give it the scores' shape or size 1 in the dimensions it shares (e.g. (B, 1, 1, Lk) for keys)"
+            )
+    if isinstance(alpha, Tensor):
+        size = x.shape[dim]
+        shape = list(x.shape)
+        shape[dim] = 1
+        if not broadcasts_to(alpha.shape, torch.Size(shape)):
+            raise ValueError(
+                f"alpha of shape {tuple(alpha.shape)} does not broadcast to the scores' shape {tuple(x.shape)} "
+                f"with size 1 along dim {dim} (the {size} keys): one α per row, e.g. (1, H, 1, 1) for one per head "
+                "of (B, H, Lq, Lk) scores"
+            )
+
+
 def softmax(x: Tensor, dim: int = -1, mask: Tensor | None = None) -> Tensor:
     """Softmax in fp32 with masked entries (True = padding, broadcastable to ``x``) at 0; a fully masked row is 0."""
+    check_inputs(x, dim, mask)
     z = x.to(compute_dtype(x.dtype))
     if mask is None:
         return torch.softmax(z, dim).to(x.dtype)
@@ -68,8 +110,48 @@ def softmax(x: Tensor, dim: int = -1, mask: Tensor | None = None) -> Tensor:
     return p.to(x.dtype)
 
 
+class SecondOrderError(torch.autograd.Function):
+    """Stands between a first-order-only backward's result and the tensors it depends on, so that differentiating
+    that result again raises instead of giving zero (``once_differentiable`` detaches it: ``autograd.grad`` then
+    finds it unused and ``hessian`` reads that as zero)."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, result: Tensor, *depends_on: Tensor) -> Tensor:
+        return result.clone()
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, *grads: Tensor) -> None:
+        raise RuntimeError(
+            "the sparse attention maps (sparsemax, entmax15, α-entmax, TVMax) have first-order gradients only: a "
+            "second derivative through them (create_graph=True followed by another backward, "
+            "torch.autograd.functional.hessian, gradgradcheck) is not supported; keep these maps out of the "
+            "twice-differentiated part of the graph or use softmax there"
+        )
+
+
+def first_order_only(backward: Callable[..., tuple]) -> Callable[..., tuple]:
+    """Decorates an ``autograd.Function`` backward that is not itself differentiable: it runs without grad, and
+    under ``create_graph=True`` its results are tied by :class:`SecondOrderError` to the incoming gradients and
+    saved tensors, so a second derivative raises a clear error (first-order use of ``create_graph`` still works)."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx: FunctionCtx, *grads: Tensor) -> tuple:
+        with torch.no_grad():
+            results = backward(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return results
+        depends_on = [t for t in (*grads, *ctx.saved_tensors) if isinstance(t, Tensor) and t.requires_grad]
+        if not depends_on:
+            return results
+        return tuple(SecondOrderError.apply(r, *depends_on) if isinstance(r, Tensor) else r for r in results)
+
+    return wrapper
+
+
 def check_alpha(alpha: float | Tensor) -> None:
     """α-entmax is solved for 1 < α ≤ 2 (where the threshold equation is convex); raise otherwise."""
+    if isinstance(alpha, Tensor) and alpha.numel() == 0:  # no rows
+        return
     low, high = (alpha, alpha) if isinstance(alpha, float) else (alpha.min().item(), alpha.max().item())
     if not 1.0 < low <= high <= 2.0:
         raise ValueError(f"alpha must lie in (1, 2], got values in [{low}, {high}]")
@@ -94,7 +176,7 @@ class EntmaxFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor | None]:
         p, alpha_rows, *packing = ctx.saved_tensors
         alpha = ctx.alpha if alpha_rows is None else alpha_rows
@@ -108,6 +190,7 @@ class EntmaxFunction(torch.autograd.Function):
 
 def entmax_rows(x: Tensor, alpha: float | Tensor, dim: int, mask: Tensor | None) -> Tensor:
     """α-entmax of ``x`` along ``dim`` (α float, or a tensor broadcastable to ``x`` with size 1 along ``dim``)."""
+    check_inputs(x, dim, mask, alpha)
     if x.numel() == 0:
         return x.clone()
     z, shape = as_rows(x, dim, mask)

@@ -39,6 +39,16 @@ class MultiheadAttention(RecordingModule):
         super().__init__()
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(
+                f"dropout must be a probability in [0, 1), got {dropout!r}; the map goes third only as "
+                "activation=... (MultiheadAttention(embed_dim, num_heads, dropout, activation))"
+            )
+        if activation is not None and not isinstance(activation, AttentionActivation):
+            raise TypeError(
+                f"activation must be an AttentionActivation module, got {activation!r}; build one by name with "
+                f"get_activation(name), e.g. get_activation('alpha_entmax', num_heads={num_heads})"
+            )
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
@@ -91,6 +101,7 @@ class MultiheadAttention(RecordingModule):
 
         ``key_grid``: the keys' layout when they are the feature grid; ``query_padding_mask`` (B, Lq): padded
         queries when the queries are grid cells too — both only describe the record (TVMax reads the grid)."""
+        self._check_inputs(query, key, value, key_padding_mask)
         if query is key:  # self attention: queries and keys in one product
             q, k = self._project(query, 0, count=2)
         else:
@@ -110,6 +121,25 @@ class MultiheadAttention(RecordingModule):
         batch, length = query.shape[:2]
         out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
         return out, weights if need_weights else None
+
+    def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None) -> None:
+        """Raise a clear error unless query, key and value are batch-first (B, L, embed_dim), keys and values alike,
+        and ``key_padding_mask`` is None or (B, Lk) bool."""
+        for name, x in (("query", query), ("key", key), ("value", value)):
+            if x.dim() != 3 or x.shape[-1] != self.embed_dim or x.shape[0] != query.shape[0]:
+                raise ValueError(
+                    f"MultiheadAttention: {name} must be batch-first (B, L, embed_dim) = ({query.shape[0]}, L, "
+                    f"{self.embed_dim}), got shape {tuple(x.shape)} (sequence-first (L, B, E) inputs: transpose(0, 1))"
+                )
+        if key.shape[1] != value.shape[1]:
+            raise ValueError(f"MultiheadAttention: key has {key.shape[1]} entries, value {value.shape[1]}")
+        if key_padding_mask is not None and (
+            key_padding_mask.dtype != torch.bool or key_padding_mask.shape != key.shape[:2]
+        ):
+            raise ValueError(
+                f"MultiheadAttention: key_padding_mask must be a (B, Lk) = {tuple(key.shape[:2])} bool tensor (True "
+                f"= padded key), got {key_padding_mask.dtype} of shape {tuple(key_padding_mask.shape)}"
+            )
 
     def _record(
         self,

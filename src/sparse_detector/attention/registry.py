@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -18,16 +19,18 @@ def masked_scores(scores: Tensor, key_padding_mask: Tensor | None) -> Tensor:
 
 
 class Softmax(AttentionActivation):
-    """The dense baseline (official DETR). A fully padded row gives zeros instead of NaN."""
+    """The dense baseline (official DETR). A fully padded row gives zeros instead of NaN; a row with a NaN or +inf
+    score stays NaN."""
 
     is_softmax = True
 
     def forward(
         self, scores: Tensor, key_padding_mask: Tensor | None = None, key_grid: KeyGrid | None = None
     ) -> Tensor:
+        self.check_inputs(scores, key_padding_mask)
         weights = torch.softmax(masked_scores(scores, key_padding_mask), dim=-1)
-        if key_padding_mask is not None:
-            weights = weights.nan_to_num(0.0)
+        if key_padding_mask is not None:  # a fully padded row is NaN: all its entries are padded (NaN scores stay NaN)
+            weights = weights.masked_fill(key_padding_mask[:, None, None, :], 0.0)
         return weights
 
 
@@ -35,9 +38,18 @@ _REGISTRY: dict[str, Callable[..., AttentionActivation]] = {"softmax": Softmax}
 
 
 def register_activation(name: str) -> Callable[[type[AttentionActivation]], type[AttentionActivation]]:
-    """Class decorator adding an activation to the registry under ``name``."""
+    """Class decorator adding an activation (an :class:`AttentionActivation` subclass) to the registry under ``name``;
+    a name taken by another class is an error (redefining the same class, e.g. in a notebook, replaces it)."""
 
     def add(cls: type[AttentionActivation]) -> type[AttentionActivation]:
+        if not (isinstance(cls, type) and issubclass(cls, AttentionActivation)):
+            raise TypeError(f"register_activation({name!r}) decorates AttentionActivation subclasses, got {cls!r}")
+        taken = _REGISTRY.get(name)
+        if taken is not None and (taken.__module__, taken.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(
+                f"attention activation {name!r} is already registered ({taken.__module__}.{taken.__qualname__}); "
+                "choose another name"
+            )
         _REGISTRY[name] = cls
         return cls
 
@@ -59,4 +71,10 @@ def get_activation(name: str, **kwargs) -> AttentionActivation:
         factory = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown attention activation {name!r}; choose one of {available_activations()}") from None
-    return factory(**kwargs)
+    try:
+        return factory(**kwargs)
+    except TypeError as err:  # a missing or unknown keyword: name the map and what it takes
+        signature = inspect.signature(factory)
+        named = [p for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        takes = f"it takes {signature}" if named else "it takes no arguments"
+        raise ValueError(f"attention activation {name!r}: {err}; {takes}") from None

@@ -21,4 +21,5 @@ class Sparsemax(AttentionActivation):
     def forward(
         self, scores: Tensor, key_padding_mask: Tensor | None = None, key_grid: KeyGrid | None = None
     ) -> Tensor:
+        self.check_inputs(scores, key_padding_mask)
         return sparsemax(scores, dim=-1, mask=key_mask(key_padding_mask))

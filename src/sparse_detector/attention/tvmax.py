@@ -34,11 +34,11 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
 from . import tvmax_cpu
 from .base import AttentionActivation, KeyGrid
-from .functional import NEG_INF, EntmaxFunction, compute_dtype, uses_cpu_kernels
+from .functional import NEG_INF, EntmaxFunction, check_inputs, compute_dtype, first_order_only, uses_cpu_kernels
 from .registry import register_activation
 
 MAX_PROX_ITERS = 1000  # iterations before a map stops above the tolerance: at least this many, ...
@@ -272,7 +272,7 @@ class TVProxFunction(torch.autograd.Function):
         return x
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None, None]:
         x, *bounds = ctx.saved_tensors
         if uses_cpu_kernels(grad):  # groups found around the gradient's nonzeros only
@@ -298,7 +298,7 @@ class TVMaxCPUFunction(torch.autograd.Function):
         return weights
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
         weights, x, *bounds = ctx.saved_tensors
         return tvmax_cpu.group_mean(grad, x, tuple(bounds), ctx.width, weights), None, None, None, None
@@ -309,11 +309,13 @@ def tvmax(x: Tensor, grid_hw: tuple[int, int], lam: float, dim: int = -1, mask: 
 
     ``mask`` (True = padding, broadcastable to ``x``) removes keys from the grid graph and gives them 0.
     """
+    check_inputs(x, dim, mask)
+    if len(grid_hw) != 2 or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in grid_hw):
+        raise ValueError(f"tvmax: grid_hw must be the keys' grid (height, width), two ints >= 0, got {grid_hw!r}")
     height, width = grid_hw
     if x.shape[dim] != height * width:
         raise ValueError(f"tvmax: {x.shape[dim]} keys along dim {dim} do not form a {height}x{width} grid")
-    if lam < 0:
-        raise ValueError(f"tvmax: lam must be >= 0, got {lam}")
+    check_lam(lam)
     if x.numel() == 0:
         return x.clone()
     z = x.to(compute_dtype(x.dtype)).movedim(dim, -1)
@@ -335,6 +337,16 @@ def tvmax(x: Tensor, grid_hw: tuple[int, int], lam: float, dim: int = -1, mask: 
     return p.view(shape).movedim(-1, dim).to(x.dtype)
 
 
+def check_lam(lam: float) -> None:
+    """TVMax's weight λ must be a number >= 0 (NaN gave uniform maps), and not one that asks for a gradient."""
+    if isinstance(lam, Tensor) and lam.requires_grad:
+        raise ValueError(
+            "TVMax: lam is not differentiable (it would get no gradient and never move); pass a float, e.g. lam.item()"
+        )
+    if not lam >= 0:
+        raise ValueError(f"TVMax: lam must be >= 0, got {lam}")
+
+
 @register_activation("tvmax")
 class TVMax(AttentionActivation):
     """TVMax over the keys laid out on the feature grid given by ``key_grid`` (required)."""
@@ -343,17 +355,22 @@ class TVMax(AttentionActivation):
 
     def __init__(self, lam: float = 0.1) -> None:
         super().__init__()
-        if lam < 0:
-            raise ValueError(f"TVMax: lam must be >= 0, got {lam}")
+        check_lam(lam)
         self.lam = lam
 
     def forward(
         self, scores: Tensor, key_padding_mask: Tensor | None = None, key_grid: KeyGrid | None = None
     ) -> Tensor:
+        self.check_inputs(scores, key_padding_mask)
         if key_grid is None:
             raise ValueError("TVMax needs key_grid: the keys' (H, W) feature-grid layout and valid sizes")
         height, width = key_grid.padded_hw
         valid_hw = key_grid.valid_hw.to(scores.device)
+        if valid_hw.shape != (scores.shape[0], 2):
+            raise ValueError(
+                f"TVMax: key_grid.valid_hw must be (B, 2) = {(scores.shape[0], 2)}, each image's valid grid "
+                f"(height, width), got shape {tuple(valid_hw.shape)}"
+            )
         rows = torch.arange(height, device=scores.device).view(1, height, 1)
         cols = torch.arange(width, device=scores.device).view(1, 1, width)
         padding = (rows >= valid_hw[:, :1, None]) | (cols >= valid_hw[:, 1:, None])
