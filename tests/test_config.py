@@ -90,6 +90,8 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
         # settings out of their range were accepted (hflip_prob=2 flipped every image) or failed later without a key
         ("data.hflip_prob=2", "data.hflip_prob must be in [0, 1], got 2.0"),
         ("data.train_scales=[]", "data.train_scales is empty"),
+        ("data.train_scales=[0,64]", "data.train_scales holds [0]: image sizes are pixels, at least 1"),
+        ("data.crop_resize_scales=[-8]", "data.crop_resize_scales holds [-8]"),
         ("model.transformer.dropout=1.5", "model.transformer.dropout must be in [0, 1], got 1.5"),
         ("optim.lr=-1e-4", "optim.lr must be >= 0, got -0.0001"),
         ("optim.lr_drop=0", "optim.lr_drop must be >= 1, got 0"),

@@ -36,10 +36,14 @@ def check_ranges(section: str, config: Any, ranges: Mapping[str, tuple[float, fl
             raise ConfigError(f"{section}.{name} must be {bounds}, got {value}")
 
 
-def check_not_empty(section: str, config: Any, names: Iterable[str]) -> None:
+def check_image_sizes(section: str, config: Any, names: Iterable[str]) -> None:
+    """Lists of image sizes in pixels: at least one, each at least 1."""
     for name in names:
-        if isinstance(value := getattr(config, name), list) and not value:
+        value = getattr(config, name)
+        if not value:
             raise ConfigError(f"{section}.{name} is empty; give at least one value, e.g. {section}.{name}=[800]")
+        if bad := [size for size in value if size < 1]:
+            raise ConfigError(f"{section}.{name} holds {bad}: image sizes are pixels, at least 1, e.g. [800]")
 
 
 @dataclass
@@ -146,7 +150,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_ranges("data", self, {"hflip_prob": (0, 1), "num_workers": (0, math.inf)})
         check_ranges("data", self, dict.fromkeys(("max_size", "crop_min", "crop_max", "val_size"), (1, math.inf)))
-        check_not_empty("data", self, ("train_scales", "crop_resize_scales"))
+        check_image_sizes("data", self, ("train_scales", "crop_resize_scales"))
 
 
 @dataclass
