@@ -591,7 +591,7 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
     for tensor, mask, target in zip(batch.tensors, batch.mask, targets, strict=True):
         valid_h, valid_w = (int(v) for v in (~mask).nonzero().max(0).values + 1)
         boxes = cxcywh_to_pixels(target["boxes"], valid_h, valid_w)  # normalised to the valid (unpadded) area
-        names = [dataset.labels.name(int(label)) for label in target["labels"]]
+        names = _category_names(dataset, target)
         image_id = int(target["image_id"])
         drawn.append(
             Sample(
