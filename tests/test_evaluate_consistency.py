@@ -179,6 +179,28 @@ def test_predict_writes_every_good_image_then_fails(run: Path, tmp_path: Path, c
     assert all(v == round(v, 2) for r in results for v in r["bbox"])
 
 
+def test_library_detect_gives_predicts_detections(run: Path, tmp_path: Path, capsys) -> None:
+    """``sd.load_trained_model(run).detect(image)`` in a notebook finds what ``predict`` writes, from a file or a
+    PIL image, and refuses a threshold that is not a score (on the command line too, before loading the model)."""
+    import sparse_detector as sd
+
+    images = sorted((run.parent / "data" / "images").glob("*.png"))[:2]
+    argv = ["predict", "--checkpoint", str(run), "--device", "cpu", "--threshold", "0.02", *map(str, images)]
+    assert main([*argv, "--output", str(tmp_path / "p")]) == 0
+    records = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    loaded = sd.load_trained_model(run)
+    for record, image in zip(records, images, strict=True):
+        found = loaded.detect(image, threshold=0.02)
+        assert found.as_records() == record["detections"] and record["detections"]
+        assert found.names == [d["category"] for d in record["detections"]]
+        assert found.boxes.shape == (len(found.queries), 4) and found.model_input.shape[0] == 3
+        assert loaded.detect(Image.open(image), threshold=0.02).as_records() == record["detections"]
+    with pytest.raises(ValueError, match="scores lie between 0 and 1"):
+        loaded.detect(images[0], threshold=50)
+    assert main(["predict", "--checkpoint", str(tmp_path / "missing"), "--threshold", "nan", str(images[0])]) == 2
+    assert "the score threshold is nan" in capsys.readouterr().err
+
+
 def test_predict_pictures_of_inputs_sharing_a_stem_are_all_kept(run: Path, tmp_path: Path) -> None:
     """a.png, a.jpg and another folder's a.png each get their own picture (they overwrote one another)."""
     source = sorted((run.parent / "data" / "images").glob("*.png"))[0]

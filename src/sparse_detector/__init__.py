@@ -19,6 +19,8 @@ _EXPORTS = {
     "build_model": "sparse_detector.models",
     "deformable_detr_from_official": "sparse_detector.models",
     "detr_from_official": "sparse_detector.models",
+    "load_trained_model": "sparse_detector.engine.inference",
+    "record_run_batch": "sparse_detector.engine.inference",
     "register_model": "sparse_detector.models",
 }
 

@@ -42,12 +42,86 @@ PREDICT_FORMATS = ("json", "coco")
 PICTURE_COMPRESS_LEVEL = 1  # of the PNG pictures predict draws (lossless at every level)
 
 
+def check_score_threshold(threshold: float) -> None:
+    """Refuse a detection-score threshold outside [0, 1] (NaN too): it would keep every detection or none."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"the score threshold is {threshold}; scores lie between 0 and 1, e.g. 0.5")
+
+
+@dataclass
+class Detections:
+    """One image's detections scoring at least a threshold: boxes in the image's own pixels."""
+
+    boxes: Tensor  # (N, 4) xyxy, in pixels of the image as stored (before any EXIF turn)
+    scores: Tensor  # (N,)
+    labels: Tensor  # (N,) the model's class indices
+    names: list[str]  # each detection's class name
+    category_ids: list[int]  # each detection's category id in the training data (COCO ids for official models)
+    queries: list[int]  # the object queries the detections came from
+    model_input: Tensor = field(repr=False)  # (3, h, w): the resized, normalised image the model saw
+
+    def as_records(self) -> list[dict[str, Any]]:
+        """The detections as JSON-ready dicts (label, category_id, category, score, box_xyxy; rounded)."""
+        return [
+            {
+                "label": label,
+                "category_id": category_id,
+                "category": name,
+                "score": round(score, 4),
+                "box_xyxy": [round(v, 2) for v in box],
+            }
+            for box, label, score, name, category_id in zip(
+                self.boxes.tolist(),
+                self.labels.tolist(),
+                self.scores.tolist(),
+                self.names,
+                self.category_ids,
+                strict=True,
+            )
+        ]
+
+
 @dataclass
 class LoadedModel:
+    """A model ready for inference with the config and label names it was trained with."""
+
     model: nn.Module
     config: Config
     label_map: LabelMap
     source: Path
+
+    @torch.no_grad()
+    def detect(self, image: Image.Image | str | Path, threshold: float = 0.5) -> Detections:
+        """The objects in one image (a PIL image or an image file) scoring at least ``threshold``, found on the
+        device the model is on, with the evaluation transform of its config (``data.val_size``, ``max_size``).
+
+        Images are run one at a time: a padded batch would change what the backbone sees near the padding."""
+        check_score_threshold(threshold)
+        if not isinstance(image, Image.Image):
+            with Image.open(image) as file:
+                image = to_rgb(file)
+        else:
+            image = to_rgb(image)
+        data = self.config.data
+        transform = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
+        empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+        tensor, _ = transform(image, empty)
+        device = next(self.model.parameters()).device
+        self.model.eval()
+        outputs = self.model([tensor.to(device)])
+        size = torch.tensor([[image.height, image.width]], device=device)
+        detected = postprocessor_for(self.model)(outputs, size)[0]
+        keep = detected["scores"] >= threshold
+        labels = detected["labels"][keep].cpu()
+        return Detections(
+            boxes=detected["boxes"][keep].cpu(),
+            scores=detected["scores"][keep].cpu(),
+            labels=labels,
+            names=[self.label_map.name(label) for label in labels.tolist()],
+            category_ids=[self.label_map.category_id(label) for label in labels.tolist()],
+            queries=keep.nonzero().flatten().tolist(),
+            model_input=tensor,
+        )
 
 
 def load_trained_model(path: str | Path, official: bool = False, arch: str = "detr", **official_options) -> LoadedModel:
@@ -214,14 +288,11 @@ def predict_images(
     """
     from ..viz.boxes import draw_boxes
 
+    check_score_threshold(threshold)
     if output_format not in PREDICT_FORMATS:
         raise ValueError(f"unknown prediction format {output_format!r}; choose from {PREDICT_FORMATS}")
-    data = loaded.config.data
-    transforms = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
     torch_device = resolve_device(device)
-    model = loaded.model.to(torch_device).eval()
-    postprocess = postprocessor_for(model)
-    labels_map = loaded.label_map
+    loaded.model.to(torch_device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = image_files(inputs, skip=out)
@@ -238,22 +309,8 @@ def predict_images(
             result.failed[str(path)] = str(err)
             log.warning("cannot read image %s (%s); skipped", path, err)
             continue
-        empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-        tensor, _ = transforms(image, empty)
-        outputs = model([tensor.to(torch_device)])
-        detected = postprocess(outputs, torch.tensor([[image.height, image.width]], device=torch_device))[0]
-        keep = detected["scores"] >= threshold
-        boxes, labels, scores = (detected[k][keep].cpu() for k in ("boxes", "labels", "scores"))
-        detections = [
-            {
-                "label": int(label),
-                "category_id": labels_map.category_id(int(label)),
-                "category": labels_map.name(int(label)),
-                "score": round(float(score), 4),
-                "box_xyxy": [round(float(v), 2) for v in box],
-            }
-            for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist(), strict=True)
-        ]
+        found = loaded.detect(image, threshold)
+        detections = found.as_records()
         coco_results += [
             {
                 "image_id": ids[path],
@@ -271,15 +328,12 @@ def predict_images(
             turned.append(str(path))
         if pictures:
             picture = out / f"{file_names[path]}_pred.png"
-            names = [d["category"] for d in detections]
-            drawn = draw_boxes(image, boxes.tolist(), labels.tolist(), names, scores.tolist())
+            drawn = draw_boxes(image, found.boxes.tolist(), found.labels.tolist(), found.names, found.scores.tolist())
             # zlib level 1: the same pixels, a file about 20% larger, 4-5x faster to write than PIL's default 6, which
             # took longer than the model for a 640x480 photo (benchmarks/RESULTS.md)
             drawn.save(picture, compress_level=PICTURE_COMPRESS_LEVEL)
             record["picture"] = str(picture)
-        if after_image is not None and (
-            extra := after_image(file_names[path], tensor, keep.nonzero().flatten().tolist())
-        ):
+        if after_image is not None and (extra := after_image(file_names[path], found.model_input, found.queries)):
             record["attention"] = str(extra)
         result.records.append(record)
     if turned:
