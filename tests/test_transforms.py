@@ -68,6 +68,30 @@ def test_resized_shape_caps_longer_side() -> None:
     assert resized_shape(640, 480, 800, max_size=1333) == (800, 1066)
 
 
+def _official_size(image_size: tuple[int, int], size: int, max_size: int | None) -> tuple[int, int]:
+    """facebookresearch/detr datasets/transforms.py ``get_size_with_aspect_ratio``, verbatim but for names."""
+    w, h = image_size
+    if max_size is not None:
+        min_original_size = float(min((w, h)))
+        max_original_size = float(max((w, h)))
+        if max_original_size / min_original_size * size > max_size:
+            size = int(round(max_size * min_original_size / max_original_size))
+    if (w <= h and w == size) or (h <= w and h == size):
+        return (h, w)
+    if w < h:
+        return int(size * h / w), size
+    return size, int(size * w / h)
+
+
+def test_resized_shape_equals_the_official_function() -> None:
+    """Every (w, h) of a grid of sizes and aspect ratios, with and without the cap (e.g. 300 x 200 to 1000 capped at
+    1333: 889 x 1333 officially, 888 x 1332 if the capped size were truncated instead of rounded)."""
+    for w in range(40, 1400, 53):
+        for h in range(40, 1400, 61):
+            for size, max_size in ((800, 1333), (1000, 1333), (480, 800), (96, None), (608, 1000)):
+                assert resized_shape(w, h, size, max_size) == _official_size((w, h), size, max_size), (w, h, size)
+
+
 def test_crop_keeps_fields_consistent_and_drops_empty_boxes() -> None:
     target = _target([[10, 20, 50, 60], [120, 10, 190, 90], [60, 5, 100, 95]])
     image, out = crop(_image(), target, (0, 40, 100, 80))  # x in [40, 120)
