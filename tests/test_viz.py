@@ -113,7 +113,7 @@ def kind_arguments(kind: str, runs: dict[str, Path]) -> list[str]:
 
 def test_every_kind_renders_from_a_trained_run(runs, tmp_path: Path, capsys):
     # attention: (heads + mean) columns x layers rows of 1.5 in panels, +1.2 in for the colour bar, +0.9 in titles.
-    attention_size = (round((1.5 * (HEADS + 1) + 1.2) * DPI), round((1.5 * LAYERS + 0.9) * DPI))
+    attention_size = (round((1.5 * (HEADS + 1) + 1.4) * DPI), round((1.65 * LAYERS + 0.9) * DPI))  # square images
     expected = {"attention": attention_size, "curves": (14 * DPI, round(6.5 * DPI)), "matching": (10 * DPI, 540)}
     for kind in FIGURE_KINDS:
         out = tmp_path / kind
@@ -201,6 +201,26 @@ def test_overlay_lights_the_cell_that_holds_the_mass():
                 assert other.max() - other.min() < 3, f"exact zero at {(row, column)} is left uncoloured"
     tiny = colour_at(0, 0, figure.axes[1])
     assert tiny.max() - tiny.min() > 20, "a small positive weight is coloured, unlike an exact zero"
+
+
+@pytest.mark.parametrize("height, width", [(96, 96), (43, 128), (128, 43)])
+def test_attention_panels_take_the_images_shape_and_row_labels_fit_their_row(height, width):
+    # A 3:1 COCO image (640 x 213) was drawn in square 1.5-inch panels: thin strips in white, 6 x 9 panels filling a
+    # quarter of the figure, and each row's label ("decoder_cross layer 0") 2.7 times as tall as its row, running
+    # into the next row's.
+    labels = [f"decoder_cross layer {i}" for i in range(6)]
+    figure = attention_figure(np.full((height, width, 3), 0.5), np.full((6, 8, 2, 6), 1 / 12), labels, title="t")
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    panels = [axes for axes in figure.axes if axes.images]
+    assert len(panels) == 6 * 9
+    figure_area = np.prod(figure.get_size_inches() * figure.dpi)
+    panel_area = sum(axes.get_window_extent().width * axes.get_window_extent().height for axes in panels)
+    assert panel_area / figure_area > 0.5
+    first = panels[0]
+    label = first.yaxis.label
+    row_pitch = first.get_window_extent().y1 - panels[9].get_window_extent().y1  # from one row's top to the next's
+    assert label.get_window_extent(canvas.get_renderer()).height < row_pitch
 
 
 def test_grid_cells_are_drawn_on_their_pixels_when_sides_are_not_multiples_of_the_stride():
@@ -322,8 +342,8 @@ def test_predict_draws_each_detections_attention(runs, tmp_path: Path, capsys):
     argv = ["predict", "--checkpoint", str(runs["run"]), str(image), "--output", str(tmp_path), "--threshold", "0"]
     assert main([*argv, "--attention"]) == 0
     assert "attention of each detection" in capsys.readouterr().out
-    # one panel per detection: all 6 queries pass threshold 0 -> 6 panels of 1.5 in + 1.2 in for the colour bar
-    check_image(tmp_path / "val_000001_attention.png", (round((1.5 * 6 + 1.2) * DPI), round((1.5 + 0.9) * DPI)))
+    # one panel per detection: all 6 queries pass threshold 0 -> 6 panels of 1.5 in + 1.4 in for the colour bar
+    check_image(tmp_path / "val_000001_attention.png", (round((1.5 * 6 + 1.4) * DPI), round((1.65 + 0.9) * DPI)))
 
 
 def test_predict_says_which_photos_viewers_show_turned(runs, tmp_path: Path, caplog):

@@ -10,6 +10,7 @@ are the point), so the smallest positive weight is always distinguishable from 0
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,7 +25,8 @@ from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, box_legend, draw
 
 COLORMAP = "viridis"
 OVERLAY_ALPHA = 0.75
-PANEL_INCHES = 1.5
+PANEL_INCHES = 1.5  # the side of a square image's panel; other shapes keep about its area
+MAX_PANEL_STRETCH = 1.5  # a wide (tall) image's panel is at most this much wider (taller) than a square one's
 ZERO_LEGEND = "uncoloured cells: weight exactly 0"
 MAX_TRUTH_TEXTS = 8  # a panel with more ground-truth boxes outlines them without their class names
 
@@ -62,6 +64,21 @@ def draw_attention(
     axes.set_ylim(height, 0)
 
 
+def panel_inches(height: float, width: float) -> tuple[float, float]:
+    """(width, height) in inches of a panel showing an image of ``height`` × ``width`` pixels: the image's shape with
+    about the area of a square ``PANEL_INCHES`` panel (a 3:1 COCO image in a square panel was a thin strip in white)."""
+    aspect = width / height
+    longer = PANEL_INCHES * min(max(aspect, 1 / aspect) ** 0.5, MAX_PANEL_STRETCH)
+    return (longer, longer / aspect) if aspect >= 1 else (longer * aspect, longer)
+
+
+def row_label(text: str, height_inches: float, fontsize: float) -> str:
+    """``text`` broken into lines (between words) that fit beside a panel ``height_inches`` tall, so the labels of
+    neighbouring rows do not run into each other."""
+    columns = max(int(height_inches * 72 / (0.6 * fontsize)), 1)
+    return textwrap.fill(text, columns, break_long_words=False, break_on_hyphens=False)
+
+
 def attention_panels_figure(
     image: np.ndarray,
     panels: Sequence[Sequence[AttentionPanel | None]],
@@ -72,8 +89,9 @@ def attention_panels_figure(
     """A grid of attention panels over the same ``image`` (H, W, 3 in [0, 1], the valid area) with one colour bar
     (0 to the largest weight shown). ``None`` leaves a panel empty (e.g. a run where no query matched)."""
     rows, columns = len(panels), max(len(row) for row in panels)
-    width = max(PANEL_INCHES * columns + 1.2, 6.0)  # room for the title
-    figure = Figure(figsize=(width, PANEL_INCHES * rows + 0.9), layout="constrained")
+    panel_width, panel_height = panel_inches(*image.shape[:2])
+    width = max(panel_width * columns + 1.4, 6.0)  # room for the row labels, the colour bar and the title
+    figure = Figure(figsize=(width, (panel_height + 0.15) * rows + 0.9), layout="constrained")
     grid = figure.subplots(rows, columns, squeeze=False)
     largest = max((float(np.max(p.weights)) for row in panels for p in row if p is not None), default=1.0)
     norm = Normalize(vmin=0.0, vmax=largest if largest > 0 else 1.0)
@@ -96,7 +114,7 @@ def attention_panels_figure(
             if r == 0:
                 axes.set_title(column_labels[c], fontsize=8)
             if c == 0:
-                axes.set_ylabel(row_labels[r], fontsize=8)
+                axes.set_ylabel(row_label(row_labels[r], panel_height, 8), fontsize=8)
     colorbar = figure.colorbar(ScalarMappable(norm, colormaps[COLORMAP]), ax=grid, shrink=0.8, pad=0.01)
     colorbar.set_label("attention weight", fontsize=8)
     drawn = [panel for row in panels for panel in row if panel is not None]
