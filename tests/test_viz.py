@@ -346,6 +346,22 @@ def test_predict_draws_each_detections_attention(runs, tmp_path: Path, capsys):
     check_image(tmp_path / "val_000001_attention.png", (round((1.5 * 6 + 1.4) * DPI), round((1.65 + 0.9) * DPI)))
 
 
+def test_predict_attention_wraps_many_detections_into_rows(runs, tmp_path: Path, monkeypatch):
+    """50 detections (BCCD's loosely placed RBC boxes) were 50 panels in one row, a picture 75 inches wide with the
+    colour bar squeezed to a stub; rows now hold at most ``DETECTIONS_PER_ROW`` panels, each titled by its detection."""
+    monkeypatch.setattr(kinds, "DETECTIONS_PER_ROW", 4)  # the shapes model has 6 queries: rows of 4 and 2
+    figures = []
+    monkeypatch.setattr(kinds, "save_figure", lambda figure, path, fmt="png": figures.append(figure) or Path(path))
+    image = str(runs["images"] / "val_000001.png")
+    argv = ["predict", "--checkpoint", str(runs["run"]), image, "--output", str(tmp_path), "--threshold", "0"]
+    assert main([*argv, "--attention"]) == 0
+    (figure,) = figures
+    panels = [axes for axes in figure.axes if axes.images]
+    assert len(panels) == 6
+    assert len({round(axes.get_position().y0, 3) for axes in panels}) == 2
+    assert sorted(axes.get_title().split()[0] for axes in panels) == [f"q{q}" for q in range(6)]
+
+
 def test_predict_says_which_photos_viewers_show_turned(runs, tmp_path: Path, caplog):
     """A phone photo with an EXIF orientation: predict's boxes are in the stored pixels while every viewer shows
     the photo turned, and nothing said so; the record now carries its orientation and a warning names it."""

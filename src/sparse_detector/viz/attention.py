@@ -40,6 +40,7 @@ class AttentionPanel:
     ground_truth: Sequence[LabelledBox] = ()
     points: Sequence[tuple[float, float]] = field(default_factory=tuple)  # (x, y) in image pixels, e.g. a query cell
     stride: float | None = None  # image pixels per grid cell (None: the grid is stretched over the image)
+    title: str = ""  # the panel's own title (else its column's label, over the first row)
 
 
 def grey(image: np.ndarray) -> np.ndarray:
@@ -111,8 +112,8 @@ def attention_panels_figure(
             draw_labelled_boxes(axes, panel.predictions, PREDICTION_COLOR)
             for x, y in panel.points:
                 axes.plot([x], [y], marker="x", color=PREDICTION_COLOR, markersize=7, markeredgewidth=2)
-            if r == 0:
-                axes.set_title(column_labels[c], fontsize=8)
+            if panel.title or r == 0:
+                axes.set_title(panel.title or column_labels[c], fontsize=8)
             if c == 0:
                 axes.set_ylabel(row_label(row_labels[r], panel_height, 8), fontsize=8)
     colorbar = figure.colorbar(ScalarMappable(norm, colormaps[COLORMAP]), ax=grid, shrink=0.8, pad=0.01)
