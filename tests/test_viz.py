@@ -758,6 +758,24 @@ def test_sampling_points_outside_the_image_are_counted():
     assert figure.axes[0].get_title() == "all heads (1 zero, 2 outside the image)"
 
 
+@pytest.mark.parametrize("height, width", [(40, 40), (43, 128), (128, 43)])
+def test_sampling_panels_take_the_images_shape(height, width):
+    """A 3:1 COCO image was drawn in square 3-inch panels: a strip in white, two thirds of each panel empty."""
+    record = PointsRecord(
+        torch.full((1, 1, 8, 1, 2), 0.5),
+        torch.rand(1, 1, 8, 1, 2, 2),
+        torch.tensor([0.5, 0.5]).expand(1, 1, 1, 2),
+        torch.tensor([[4, 4]]),
+        torch.ones(1, 1, 2),
+    )
+    figure = sampling_figure(np.full((height, width, 3), 0.5), record, 0, 0, title="t")
+    FigureCanvasAgg(figure).draw()
+    panels = [axes for axes in figure.axes if axes.images]
+    assert len(panels) == 9
+    panel_area = sum(axes.get_window_extent().width * axes.get_window_extent().height for axes in panels)
+    assert panel_area / np.prod(figure.get_size_inches() * figure.dpi) > 0.45
+
+
 def test_matching_figure_takes_the_images_shape():
     """A wide image (COCO 640 x 427) left half of the fixed 10 x 5.4 in matching figure blank."""
     wide, square = np.full((40, 80, 3), 0.5), np.full((40, 40, 3), 0.5)

@@ -21,12 +21,19 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, box_legend, draw_labelled_boxes, hide_ticks
+from .figure import (
+    PREDICTION_COLOR,
+    TRUTH_COLOR,
+    LabelledBox,
+    box_legend,
+    draw_labelled_boxes,
+    hide_ticks,
+    panel_inches,
+)
 
 COLORMAP = "viridis"
 OVERLAY_ALPHA = 0.75
 PANEL_INCHES = 1.5  # the side of a square image's panel; other shapes keep about its area
-MAX_PANEL_STRETCH = 1.5  # a wide (tall) image's panel is at most this much wider (taller) than a square one's
 ZERO_LEGEND = "uncoloured cells: weight exactly 0"
 MAX_TRUTH_TEXTS = 8  # a panel with more ground-truth boxes outlines them without their class names
 
@@ -65,14 +72,6 @@ def draw_attention(
     axes.set_ylim(height, 0)
 
 
-def panel_inches(height: float, width: float) -> tuple[float, float]:
-    """(width, height) in inches of a panel showing an image of ``height`` × ``width`` pixels: the image's shape with
-    about the area of a square ``PANEL_INCHES`` panel (a 3:1 COCO image in a square panel was a thin strip in white)."""
-    aspect = width / height
-    longer = PANEL_INCHES * min(max(aspect, 1 / aspect) ** 0.5, MAX_PANEL_STRETCH)
-    return (longer, longer / aspect) if aspect >= 1 else (longer * aspect, longer)
-
-
 def row_label(text: str, height_inches: float, fontsize: float) -> str:
     """``text`` broken into lines (between words) that fit beside a panel ``height_inches`` tall, so the labels of
     neighbouring rows do not run into each other."""
@@ -90,7 +89,7 @@ def attention_panels_figure(
     """A grid of attention panels over the same ``image`` (H, W, 3 in [0, 1], the valid area) with one colour bar
     (0 to the largest weight shown). ``None`` leaves a panel empty (e.g. a run where no query matched)."""
     rows, columns = len(panels), max(len(row) for row in panels)
-    panel_width, panel_height = panel_inches(*image.shape[:2])
+    panel_width, panel_height = panel_inches(*image.shape[:2], PANEL_INCHES)
     width = max(panel_width * columns + 1.4, 6.0)  # room for the row labels, the colour bar and the title
     figure = Figure(figsize=(width, (panel_height + 0.15) * rows + 0.9), layout="constrained")
     grid = figure.subplots(rows, columns, squeeze=False)

@@ -53,6 +53,18 @@ def box_legend(predictions: bool = True, ground_truth: bool = True) -> str:
     return f"boxes: {', '.join(kinds)}" if kinds else ""
 
 
+MAX_PANEL_STRETCH = 1.5  # a wide (tall) image's panel is at most this much wider (taller) than a square one's
+
+
+def panel_inches(height: float, width: float, side: float) -> tuple[float, float]:
+    """(width, height) in inches of a panel showing an image of ``height`` × ``width`` pixels: the image's shape with
+    about the area of a square panel of ``side`` inches (a 3:1 COCO image in a square panel was a thin strip in
+    white)."""
+    aspect = width / height
+    longer = side * min(max(aspect, 1 / aspect) ** 0.5, MAX_PANEL_STRETCH)
+    return (longer, longer / aspect) if aspect >= 1 else (longer * aspect, longer)
+
+
 def wrapped(text: str, width_inches: float, fontsize: float) -> str:
     """``text`` with each line wrapped to fit ``width_inches`` at ``fontsize`` (a character is about 0.6 em wide),
     so a long title (an annotation file's path) is not clipped at the figure's edges."""
