@@ -223,6 +223,28 @@ def test_attention_panels_take_the_images_shape_and_row_labels_fit_their_row(hei
     assert label.get_window_extent(canvas.get_renderer()).height < row_pitch
 
 
+def test_attention_figure_of_one_layer_and_head_keeps_its_title_on_the_page():
+    """A run of 1 layer x 1 head drew its box legend ('boxes: prediction (red), ground truth (cyan); ground-truth
+    classes not written ...; uncoloured cells: ...') as one line cut at both edges of the 6-inch figure, and its row
+    label as 'decoder_cross layer' / '0'."""
+    crowd = [LabelledBox((i, i, i + 10, i + 10), "RBC") for i in range(10)]
+    prediction = [LabelledBox((5, 5, 60, 40), "q8 RBC 0.75")]
+    figure = attention_figure(
+        np.full((96, 128, 3), 0.5),
+        np.full((1, 1, 6, 8), 1 / 48),
+        ["decoder_cross layer 0"],
+        prediction,
+        crowd,
+        title="detr_bccd_1h: decoder_cross, BloodImage_00008, query 8",
+    )
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    title = figure._suptitle.get_window_extent(canvas.get_renderer())
+    assert title.x0 >= 0 and title.x1 <= figure.get_size_inches()[0] * figure.dpi
+    assert "ground-truth classes not written" in figure.get_suptitle().replace("\n", " ")
+    assert figure.axes[0].get_ylabel() == "decoder_cross\nlayer 0"
+
+
 def test_grid_cells_are_drawn_on_their_pixels_when_sides_are_not_multiples_of_the_stride():
     # A 100 x 75 (w x h) model input at stride 32 has a 3 x 4 grid over 128 x 96 pixels: the overlay spans those
     # pixels, cut at the image's border (it was stretched over the 100 x 75 image, each cell 25 px wide).
@@ -633,7 +655,8 @@ def test_a_crowded_image_outlines_its_ground_truth_without_class_names():
     crowd = [LabelledBox((i, i, i + 5, i + 5), "cell") for i in range(0, 50, 5)]  # 10 boxes
     crowded = attention_figure(image, maps, predictions=prediction, ground_truth=crowd)
     assert [t.get_text() for t in crowded.axes[0].texts] == ["q0 a 0.9"] and len(crowded.axes[0].patches) == 11
-    assert "ground-truth classes not written where a panel has over 8 boxes" in crowded.get_suptitle()
+    title = crowded.get_suptitle().replace("\n", " ")
+    assert "ground-truth classes not written where a panel has over 8 boxes" in title
     few = attention_figure(image, maps, predictions=prediction, ground_truth=crowd[:3])
     assert [t.get_text() for t in few.axes[0].texts] == ["cell"] * 3 + ["q0 a 0.9"]
     assert "not written" not in few.get_suptitle()

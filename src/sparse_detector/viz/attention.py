@@ -29,6 +29,7 @@ from .figure import (
     draw_labelled_boxes,
     hide_ticks,
     panel_inches,
+    wrapped,
 )
 
 COLORMAP = "viridis"
@@ -74,9 +75,13 @@ def draw_attention(
 
 def row_label(text: str, height_inches: float, fontsize: float) -> str:
     """``text`` broken into lines (between words) that fit beside a panel ``height_inches`` tall, so the labels of
-    neighbouring rows do not run into each other."""
-    columns = max(int(height_inches * 72 / (0.6 * fontsize)), 1)
-    return textwrap.fill(text, columns, break_long_words=False, break_on_hyphens=False)
+    neighbouring rows do not run into each other; lines of even length ("decoder_cross" / "layer 0", not
+    "decoder_cross layer" / "0")."""
+    options = {"break_long_words": False, "break_on_hyphens": False}
+    lines = textwrap.wrap(text, max(int(height_inches * 72 / (0.6 * fontsize)), 1), **options)
+    if len(lines) > 1:
+        lines = textwrap.wrap(text, -(-len(text) // len(lines)), **options)
+    return "\n".join(lines)
 
 
 def attention_panels_figure(
@@ -122,7 +127,7 @@ def attention_panels_figure(
     crowded = max((len(p.ground_truth) for p in drawn), default=0) > MAX_TRUTH_TEXTS
     unnamed = f"ground-truth classes not written where a panel has over {MAX_TRUTH_TEXTS} boxes" if crowded else ""
     legend = "; ".join(part for part in (boxes, unnamed, ZERO_LEGEND) if part)
-    figure.suptitle(f"{title}\n{legend}" if title else legend, fontsize=9)
+    figure.suptitle(wrapped(f"{title}\n{legend}" if title else legend, width, 9), fontsize=9)
     return figure
 
 
