@@ -304,6 +304,8 @@ def test_weight_histograms_are_scaled_per_layer_so_a_spike_hides_no_other_layer(
     shown = histogram.get_images()[0].get_array()
     assert shown[0].max() == shown[1].max() == 1  # the spread layer was drawn at 0.05 of the spike's colour
     assert figure.get_suptitle() == "run"
+    norm_axes = next(ax for ax in figure.axes if ax.get_title().startswith("gradient norm"))
+    assert "white: gradient exactly 0 or not recorded" in norm_axes.get_title()  # it said 'no gradient'
 
 
 def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
