@@ -806,6 +806,8 @@ def test_matching_figure_takes_the_images_shape():
     wide, square = np.full((40, 80, 3), 0.5), np.full((40, 40, 3), 0.5)
     assert tuple(matching_figure(wide, [], [], []).get_size_inches()) == pytest.approx((10, 4.6 / 2 + 0.8))
     assert tuple(matching_figure(square, [], [], []).get_size_inches()) == pytest.approx((10, 5.4))
+    one = [LabelledBox((2, 2, 20, 20), "q0 WBC 0.5")]  # a one-class run matched its only object: '1 matched pairs'
+    assert matching_figure(square, one, one, [(0, 0)]).axes[1].get_title() == "1 matched pair (query → ground truth)"
 
 
 def test_figures_of_images_with_dots_in_their_names_keep_the_whole_name(runs, tmp_path: Path):
