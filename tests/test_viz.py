@@ -245,6 +245,22 @@ def test_attention_figure_of_one_layer_and_head_keeps_its_title_on_the_page():
     assert figure.axes[0].get_ylabel() == "decoder_cross\nlayer 0"
 
 
+def test_box_texts_near_the_right_edge_stay_on_their_panel():
+    """A 'wine glass' box at a COCO image's right edge wrote its class name over the gap into the next head's
+    panel; a box starting in the right half has its text end at its right edge."""
+    truth = [LabelledBox((100, 40, 126, 60), "wine glass"), LabelledBox((4, 40, 30, 60), "person")]
+    figure = attention_figure(np.full((96, 128, 3), 0.5), np.full((1, 2, 6, 8), 1 / 48), ground_truth=truth)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for panel in (axes for axes in figure.axes if axes.images):
+        texts = {text.get_text(): text for text in panel.texts}
+        assert texts["wine glass"].get_ha() == "right" and texts["person"].get_ha() == "left"
+        for text in texts.values():
+            extent, frame = text.get_window_extent(renderer), panel.get_window_extent()
+            assert frame.x0 - 2 <= extent.x0 and extent.x1 <= frame.x1 + 2, text.get_text()
+
+
 def test_grid_cells_are_drawn_on_their_pixels_when_sides_are_not_multiples_of_the_stride():
     # A 100 x 75 (w x h) model input at stride 32 has a 3 x 4 grid over 128 x 96 pixels: the overlay spans those
     # pixels, cut at the image's border (it was stretched over the 100 x 75 image, each cell 25 px wide).

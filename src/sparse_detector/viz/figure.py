@@ -134,21 +134,25 @@ def draw_labelled_boxes(
 ) -> None:
     """Outline each box on ``axes`` (in data = pixel coordinates, the image already shown) and write its text on a
     patch of its colour, above the box's top-left corner (``text_below``: under its bottom-left corner); inside the
-    box where the text would leave the image, so it never covers a panel's title or the panel below."""
+    box where the text would leave the image, so it never covers a panel's title or the panel below. A box starting
+    in the image's right half has its text end at its right edge, so the text does not run off the image into the
+    next panel."""
     height = max(axes.get_ylim())  # images are shown with y down: limits (height, 0)
+    width = max(axes.get_xlim())
     margin = TEXT_MARGIN * height
     for item in boxes:
         x0, y0, x1, y1 = item.box
         axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=linewidth))
         if item.text:
             below = y1 < height - margin if text_below else y0 < margin  # the text goes down from its anchor
+            right = x0 > width / 2
             axes.text(
-                x0,
+                min(x1, width) if right else x0,
                 y1 if text_below else y0,
                 item.text,
                 color="black",
                 fontsize=6,
-                ha="left",
+                ha="right" if right else "left",
                 va="top" if below else "bottom",
                 bbox={"facecolor": color, "edgecolor": "none", "pad": 0.5, "alpha": 0.85},
             )
