@@ -301,6 +301,9 @@ def attention_kind(request: VisualizeRequest) -> list[Path]:
     return written
 
 
+DETECTIONS_PER_ROW = 6  # predict --attention: 50 detections in one row made a picture 75 inches wide
+
+
 def detection_attention(
     loaded: LoadedModel, image: Tensor, queries: Sequence[int], path: Path, device: torch.device, fmt: str = "png"
 ) -> Path | None:
@@ -314,9 +317,13 @@ def detection_attention(
     outputs, maps = recorded_forward(loaded, item, site, device)
     predictions = _prediction_boxes(outputs, item, loaded)
     stride = grid_stride(loaded.model, site)
-    panels = [[AttentionPanel(maps[-1, :, q].mean(axis=0), [predictions[q]], stride=stride) for q in queries]]
+    drawn = [
+        AttentionPanel(maps[-1, :, q].mean(axis=0), [predictions[q]], stride=stride, title=predictions[q].text)
+        for q in queries
+    ]
+    panels = [drawn[i : i + DETECTIONS_PER_ROW] for i in range(0, len(drawn), DETECTIONS_PER_ROW)]
     title = f"{site}, last layer, head average, per detection"
-    figure = attention_panels_figure(item.picture, panels, [site], [predictions[q].text for q in queries], title)
+    figure = attention_panels_figure(item.picture, panels, [""] * len(panels), [""] * DETECTIONS_PER_ROW, title)
     return save_figure(figure, path, fmt)
 
 
