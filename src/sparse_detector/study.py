@@ -74,6 +74,8 @@ STUDY_FIGURES = ("curves", "sparsity", "compare")  # over all finished runs; com
 
 @dataclass
 class StudyConfig:
+    """A study file: a preset, the maps to compare (each a list of overrides), seeds and shared settings."""
+
     preset: str
     maps: dict[str, list[str]]
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -162,6 +164,7 @@ def _data_overrides(study: StudyConfig, study_dir: Path) -> list[str]:
 
 
 def run_config(study: StudyConfig, map_name: str, seed: int, data_overrides: list[str]) -> Config:
+    """The config of one run of the study: its map's overrides and seed on top of the preset and shared settings."""
     return load_config(study.preset, [*data_overrides, *study.set, *study.maps[map_name], f"train.seed={seed}"])
 
 

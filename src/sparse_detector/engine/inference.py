@@ -44,6 +44,8 @@ PICTURE_COMPRESS_LEVEL = 1  # of the PNG pictures predict draws (lossless at eve
 
 @dataclass
 class LoadedModel:
+    """A model ready for inference with its config, label map and the file it was read from."""
+
     model: nn.Module
     config: Config
     label_map: LabelMap

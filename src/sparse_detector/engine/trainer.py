@@ -148,6 +148,7 @@ def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
 
 
 def format_parameter_counts(counts: dict[str, dict[str, int]]) -> str:
+    """A table of trainable and frozen parameter counts, one row per part of the model."""
     width = max(len(name) for name in counts)
     lines = [f"{'parameters':<{width}}  {'trainable':>12}  {'frozen':>12}"]
     lines += [f"{name:<{width}}  {c['trainable']:>12,}  {c['frozen']:>12,}" for name, c in counts.items()]

@@ -149,5 +149,6 @@ def count_axis(axes: Axes, label: str) -> None:
 
 
 def hide_ticks(axes: Axes) -> None:
+    """Remove both axes' ticks and tick labels (for image panels)."""
     axes.set_xticks([])
     axes.set_yticks([])
