@@ -16,18 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from ..analysis import AttentionMaps, record_attention
 from ..config import Config, config_from_dict, override_config
 from ..data.batching import PaddedBatch, collate_detection
-from ..data.build import build_dataset
-from ..data.coco import DatasetError, load_json, to_rgb
+from ..data.build import build_dataset, config_transforms
+from ..data.coco import UNREADABLE_IMAGE_ERRORS, DatasetError, load_json, read_rgb
 from ..data.importers.common import IMAGE_SUFFIXES
 from ..data.labels import LabelMap
 from ..data.orientation import exif_orientation
-from ..data.transforms import make_transforms
+from ..data.transforms import image_tensor
 from ..models import DetectionOutput, build_model
 from ..models.postprocess import postprocessor_for
 from ..models.weights import load_official, load_state_dict_checked
@@ -218,8 +217,7 @@ def predict_images(
 
     if output_format not in PREDICT_FORMATS:
         raise ValueError(f"unknown prediction format {output_format!r}; choose from {PREDICT_FORMATS}")
-    data = loaded.config.data
-    transforms = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
+    transforms = config_transforms(loaded.config, train=False)
     torch_device = resolve_device(device)
     model = loaded.model.to(torch_device).eval()
     postprocess = postprocessor_for(model)
@@ -234,14 +232,12 @@ def predict_images(
     turned: list[str] = []  # images that viewers show turned (EXIF orientation)
     for path in files:
         try:
-            with Image.open(path) as file:
-                image = to_rgb(file)
-        except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+            image = read_rgb(path)
+        except UNREADABLE_IMAGE_ERRORS as err:
             result.failed[str(path)] = str(err)
             log.warning("cannot read image %s (%s); skipped", path, err)
             continue
-        empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-        tensor, _ = transforms(image, empty)
+        tensor = image_tensor(transforms, image)
         outputs = model([tensor.to(torch_device)])
         detected = postprocess(outputs, torch.tensor([[image.height, image.width]], device=torch_device))[0]
         keep = detected["scores"] >= threshold

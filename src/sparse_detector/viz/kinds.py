@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from PIL import Image
 from torch import Tensor
 
 from ..analysis import AttentionMaps, record_attention
 from ..attention.sites import QueryKind, model_sites, select_sites
 from ..config import Config, load_config
 from ..data.batching import collate_detection
-from ..data.build import build_dataset
-from ..data.coco import CocoDetection, to_rgb
-from ..data.transforms import make_transforms
+from ..data.build import build_dataset, config_transforms
+from ..data.coco import UNREADABLE_IMAGE_ERRORS, CocoDetection, read_rgb
+from ..data.transforms import image_tensor
 from ..engine.device import resolve_device, seed_everything
 from ..engine.diagnostics import read_diagnostics
 from ..engine.inference import LoadedModel, load_trained_model, output_names
@@ -165,7 +164,7 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
             items.append(ImageItem(names[dataset.image_path(index)], tensor, target, picture, size, truth_names))
         return items
     by_name = _val_index_by_name(dataset) if dataset is not None else {}
-    transforms = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
+    transforms = config_transforms(config, train=False)
     names = output_names(request.images)
     for path in request.images:
         truth_names = []
@@ -174,12 +173,10 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
             size, truth_names = tuple(target["orig_size"].tolist()), _category_names(dataset, target)
         else:
             try:
-                with Image.open(path) as file:
-                    image = to_rgb(file)
-            except OSError as err:
+                image = read_rgb(path)
+            except UNREADABLE_IMAGE_ERRORS as err:
                 raise OSError(f"cannot read image {path}: {err}") from None
-            empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-            tensor, target, size = transforms(image, empty)[0], None, (image.height, image.width)
+            tensor, target, size = image_tensor(transforms, image), None, (image.height, image.width)
         picture = display_image(tensor, data.normalize)
         items.append(ImageItem(names[path], tensor, target, picture, size, truth_names))
     return items

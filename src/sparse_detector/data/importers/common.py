@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..coco import MAX_EXAMPLES, DatasetError
+from ..coco import MAX_EXAMPLES, UNREADABLE_IMAGE_ERRORS, DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             return image.size
-    except (OSError, SyntaxError) as err:
+    except UNREADABLE_IMAGE_ERRORS as err:
         raise DatasetError(f"cannot read the header of image {path}: {err}") from err
 
 
