@@ -25,6 +25,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from .files import write_atomic
+
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
@@ -66,6 +68,12 @@ def read_json_lines(path: Path) -> list[dict]:
                 break
             raise ValueError(f"{path}, line {number}, is not a JSON record ({err}); was the file edited?") from None
     return records
+
+
+def write_json_lines(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Replace the log at ``path`` with ``records``, one JSON object per line (atomically: a kill keeps the old one)."""
+    text = "".join(json.dumps(record) + "\n" for record in records)
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def claim_run_dir(run_dir: str | Path) -> FileLock:

@@ -37,6 +37,7 @@ from ..runs import (
     claim_run_dir,
     read_metrics,
     resolve_checkpoint,
+    write_json_lines,
 )
 from ..text import counted
 from .checkpoint import (
@@ -421,7 +422,7 @@ class Trainer:
                 for r in read_metrics(self.run_dir)
                 if r["step"] <= self.step and (r["type"] != "epoch" or r["epoch"] <= self.epoch)
             ]
-            metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            write_json_lines(metrics, kept)
         log.info("resumed %s from %s (%s)", self.run_dir, path.name, self.last_checkpoint_at)
         return changes
 
