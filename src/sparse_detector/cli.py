@@ -195,8 +195,7 @@ def add_train_command(commands: Subparsers) -> None:
         "--init-from",
         metavar="CKPT",
         help="fine-tune: start from these weights (a checkpoint, ours or official, or a run directory: its best); "
-        "class heads are re-initialised when the "
-        "class count differs",
+        "class heads are re-initialised when the class count differs",
     )
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: train.device)")
     parser.add_argument(

@@ -165,10 +165,9 @@ def attention_map_parameters(model: nn.Module, keys: set[str]) -> list[str]:
 
 def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
     """Load the weights of a checkpoint (ours or official; a run directory gives its best, else its last) for
-    fine-tuning: the model's class heads
-    (``model.class_heads``) are left freshly initialised when the class count differs, as are the attention maps'
-    own parameters where the config changed a map (softmax weights into alpha-entmax); every other weight must
-    fit. Returns the names of the re-initialised class-head parameters."""
+    fine-tuning: the model's class heads (``model.class_heads``) are left freshly initialised when the class count
+    differs, as are the attention maps' own parameters where the config changed a map (softmax weights into
+    alpha-entmax); every other weight must fit. Returns the names of the re-initialised class-head parameters."""
     state_dict, source = read_state_dict(resolve_checkpoint(path))
     expected = model.state_dict()
     names = list(getattr(model, "class_heads", ()))
