@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .config import (
     PRESET_DIR,
     Config,
@@ -274,7 +272,7 @@ def _changed_settings(
     """The settings (``key: old -> new``) in which a run's saved config differs from what the study asks now (the
     device it ran on is not a setting of its results), and whether the only change is more epochs, which a finished
     run can be trained on to."""
-    saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    saved = read_yaml(run_dir / CONFIG_FILE)
     asked = config_to_dict(run_config(study, map_name, seed, data))
     changed = [change for change in config_differences(saved, asked) if not change.startswith("train.device:")]
     more_epochs = changed == [f"train.epochs: {saved['train']['epochs']!r} -> {asked['train']['epochs']!r}"]
