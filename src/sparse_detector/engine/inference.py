@@ -198,7 +198,6 @@ def predict_images(
     threshold: float = 0.5,
     device: str = "auto",
     output_format: str = "json",
-    pictures: bool = True,
     after_image: Callable[[str, Tensor, list[int]], Path | None] | None = None,
     image_ids: str | Path | None = None,
 ) -> Predictions:
@@ -267,14 +266,13 @@ def predict_images(
         if (orientation := exif_orientation(path)) != 1:
             record["exif_orientation"] = orientation
             turned.append(str(path))
-        if pictures:
-            picture = out / f"{file_names[path]}_pred.png"
-            names = [d["category"] for d in detections]
-            drawn = draw_boxes(image, boxes.tolist(), labels.tolist(), names, scores.tolist())
-            # zlib level 1: the same pixels, a file about 20% larger, 4-5x faster to write than PIL's default 6, which
-            # took longer than the model for a 640x480 photo (benchmarks/RESULTS.md)
-            drawn.save(picture, compress_level=PICTURE_COMPRESS_LEVEL)
-            record["picture"] = str(picture)
+        picture = out / f"{file_names[path]}_pred.png"
+        names = [d["category"] for d in detections]
+        drawn = draw_boxes(image, boxes.tolist(), labels.tolist(), names, scores.tolist())
+        # zlib level 1: the same pixels, a file about 20% larger, 4-5x faster to write than PIL's default 6, which
+        # took longer than the model for a 640x480 photo (benchmarks/RESULTS.md)
+        drawn.save(picture, compress_level=PICTURE_COMPRESS_LEVEL)
+        record["picture"] = str(picture)
         if after_image is not None and (
             extra := after_image(file_names[path], tensor, keep.nonzero().flatten().tolist())
         ):

@@ -230,9 +230,9 @@ def compare_markdown(records: Sequence[Mapping[str, Any]], metrics: Sequence[str
     return "\n".join(lines) + "\n"
 
 
-def runs_zero_thresholds(labels: Sequence[str], results: Sequence[Mapping[str, Any]], runs: str = "runs") -> str:
-    """The zeros-ratio thresholds of several results side by side (``runs`` names what the labels are): softmax
-    maps count p <= 1e-6 as zero, sparse ones p <= 0, so a zeros ratio means nothing without its threshold."""
+def runs_zero_thresholds(labels: Sequence[str], results: Sequence[Mapping[str, Any]]) -> str:
+    """The zeros-ratio thresholds of several runs' results side by side: softmax maps count p <= 1e-6 as zero,
+    sparse ones p <= 0, so a zeros ratio means nothing without its threshold."""
     per_run = [zero_thresholds(result["sites"]) for result in results if result["sites"]]
     if len(set(per_run)) <= 1:
         return f"Zeros ratio threshold: {per_run[0] if per_run else '–'}."
@@ -241,7 +241,7 @@ def runs_zero_thresholds(labels: Sequence[str], results: Sequence[Mapping[str, A
         for label, result in zip(labels, results, strict=True)
         if result["sites"]
     )
-    return f"Zeros ratio thresholds differ between {runs}: {readings}."
+    return f"Zeros ratio thresholds differ between runs: {readings}."
 
 
 def _compared_points(labels: Sequence[str], results: Sequence[Mapping[str, Any]]) -> str:

@@ -299,7 +299,7 @@ def attention_kind(request: VisualizeRequest) -> list[Path]:
 
 
 def detection_attention(
-    loaded: LoadedModel, image: Tensor, queries: Sequence[int], path: Path, device: torch.device, fmt: str = "png"
+    loaded: LoadedModel, image: Tensor, queries: Sequence[int], path: Path, device: torch.device
 ) -> Path | None:
     """``predict --attention``: one panel per detection (``queries``) with its head-averaged map of the last layer
     of the model's object-query site over the grid; ``image`` is the model input. None when nothing was detected."""
@@ -314,7 +314,7 @@ def detection_attention(
     panels = [[AttentionPanel(maps[-1, :, q].mean(axis=0), [predictions[q]], stride=stride) for q in queries]]
     title = f"{site}, last layer, head average, per detection"
     figure = attention_panels_figure(item.picture, panels, [site], [predictions[q].text for q in queries], title)
-    return save_figure(figure, path, fmt)
+    return save_figure(figure, path, "png")
 
 
 def object_query_kind(model: torch.nn.Module) -> str:

@@ -96,16 +96,15 @@ class CocoBuilder:
         self.examples: list[str] = []
         self.unreadable: list[str] = []  # images whose header cannot be read: the import fails, naming them all
 
-    def add_image(self, path: Path, width: int | None = None, height: int | None = None) -> int:
-        """Register an image (its size read from the header when not given); returns its id. An unreadable
-        image gets size 0 x 0 and is listed in ``unreadable``; :meth:`build` then fails naming every one."""
-        if not width or not height:
-            try:
-                width, height = image_size(path)
-            except DatasetError as err:
-                self.unreadable.append(str(err))
-                width = height = 0
-        self._images.append((path, int(width), int(height)))
+    def add_image(self, path: Path) -> int:
+        """Register an image (its size read from the header); returns its id. An unreadable image gets size 0 x 0
+        and is listed in ``unreadable``; :meth:`build` then fails naming every one."""
+        try:
+            width, height = image_size(path)
+        except DatasetError as err:
+            self.unreadable.append(str(err))
+            width = height = 0
+        self._images.append((path, width, height))
         return len(self._images)
 
     def image(self, image_id: int) -> tuple[Path, int, int]:
