@@ -159,13 +159,13 @@ def read_analyses(inputs: Iterable[str | Path]) -> list[dict[str, Any]]:
     return records
 
 
-def run_label(record: Mapping[str, Any]) -> str:
+def analysis_label(record: Mapping[str, Any]) -> str:
     """An analysis record's run: the checkpoint's folder name, plus `` (random init)`` for a random-init baseline."""
-    return run_labels([record])[0]
+    return analysis_labels([record])[0]
 
 
-def run_labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The labels of several analysis records (:func:`run_label`), told apart by their parent folders where the run
+def analysis_labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The labels of several analysis records (:func:`analysis_label`), told apart by their parent folders where the run
     folders have the same name, then (one checkpoint analysed more than once) by their data sets, then by number."""
     suffixes = [" (random init)" if record["random_init"] else "" for record in records]
     labels = distinct_names([Path(record["checkpoint"]).parent for record in records], suffixes)

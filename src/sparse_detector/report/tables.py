@@ -18,7 +18,7 @@ from typing import Any
 
 from ..analysis import METRICS, SIZE_BUCKETS
 from ..engine.coco_eval import format_table
-from ..runs import ANALYSIS_FILE, run_labels
+from ..runs import ANALYSIS_FILE, analysis_labels
 from ..text import counted
 
 COMPARE_METRICS = (*METRICS, "paibb", *(f"paibb_{size}" for size in SIZE_BUCKETS), "sampling_spread")
@@ -202,7 +202,7 @@ def compare_markdown(records: Sequence[Mapping[str, Any]], metrics: Sequence[str
         raise ValueError(f"unknown metrics {unknown}; choose among {list(COMPARE_METRICS)}")
     if not records:
         raise ValueError("nothing to compare: no analysis records")
-    labels = run_labels(records)
+    labels = analysis_labels(records)
     results = [record["attention"] for record in records]
     header = ["site", "layer", *(f"{metric}: {label}" for metric in metrics for label in labels)]
     rows = []

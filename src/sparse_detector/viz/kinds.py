@@ -29,8 +29,7 @@ from ..engine.diagnostics import read_diagnostics
 from ..engine.inference import LoadedModel, load_trained_model, output_names
 from ..models import build_criterion
 from ..models.postprocess import query_scores
-from ..runs import distinct_names, read_analyses, read_metrics
-from ..runs import run_labels as analysis_labels
+from ..runs import analysis_labels, distinct_names, read_analyses, read_metrics
 from ..text import counted
 from .alpha import alpha_figure, alpha_history
 from .attention import AttentionPanel, attention_figure, attention_panels_figure
