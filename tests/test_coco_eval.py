@@ -284,6 +284,8 @@ def test_invalid_inputs_are_errors() -> None:
         CocoEvaluator(SMALL_GT, label_to_category_id={0: 3, 1: 5})
     with pytest.raises(TypeError, match="coco_gt must be a path"):
         CocoEvaluator(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"annotation file .*absent\.json does not exist"):
+        CocoEvaluator(Path("absent.json"))  # read as the data sets read their JSON (one load_json)
     with pytest.raises(ValueError, match="unknown COCO evaluation backend"):
         CocoEvaluator(SMALL_GT, backend="detectron")
     evaluator = CocoEvaluator(SMALL_GT)

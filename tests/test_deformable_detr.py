@@ -28,19 +28,14 @@ from sparse_detector.runs import read_metrics
 from sparse_detector.viz.deformable import sampling_figure
 from sparse_detector.viz.figure import PREDICTION_COLOR, TRUTH_COLOR
 
-from .conftest import SMALL_MODEL, shapes_config, shared_path
+from .conftest import SMALL_MODEL, SMALL_TRANSFORMER, shapes_config, shared_path
 
 FIXTURE = "fixtures/ddetr_official_transformer_small.pt"
 
 #: A Deformable DETR small enough for unit tests, on top of the shapes preset.
 TINY_DEFORMABLE = [
     "model.arch=deformable_detr",
-    "model.transformer.hidden_dim=32",
-    "model.transformer.nheads=4",
-    "model.transformer.enc_layers=1",
-    "model.transformer.dec_layers=2",
-    "model.transformer.dim_feedforward=64",
-    "model.num_queries=6",
+    *SMALL_TRANSFORMER,
     "model.deformable.num_feature_levels=3",
     "model.deformable.enc_n_points=2",
     "model.deformable.dec_n_points=2",

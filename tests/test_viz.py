@@ -503,6 +503,17 @@ def test_ground_truth_is_named_as_the_data_set_names_it(runs, tmp_path: Path):
     assert item.truth_names and all(name.startswith("my ") for name in item.truth_names)
 
 
+def test_an_image_too_large_to_decode_is_an_error_naming_it(runs, tmp_path: Path, monkeypatch):
+    """An image PIL refuses as a decompression bomb was a traceback from visualize (only OSError was caught there,
+    unlike predict and the data sets); it is now the same 'cannot read image' error as an unreadable file."""
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 is more than twice that: DecompressionBombError
+    config = load_config(runs["run"] / "config.yaml")
+    with pytest.raises(OSError, match=r"cannot read image .*huge\.png"):
+        load_images(config, VisualizeRequest([runs["run"]], tmp_path, images=[path]))
+
+
 def test_alpha_of_a_run_shorter_than_log_every_is_read_from_its_epoch_records():
     """A run of fewer steps than train.log_every logs α only in its epoch records; the alpha figure said 'the run has
     no alpha_entmax attention' (the study skipped it)."""

@@ -195,8 +195,7 @@ def add_train_command(commands: Subparsers) -> None:
         "--init-from",
         metavar="CKPT",
         help="fine-tune: start from these weights (a checkpoint, ours or official, or a run directory: its best); "
-        "class heads are re-initialised when the "
-        "class count differs",
+        "class heads are re-initialised when the class count differs",
     )
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: train.device)")
     parser.add_argument(
@@ -1122,6 +1121,7 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sparse-detector`` argument parser with every command."""
     parser = argparse.ArgumentParser(
         prog="sparse-detector",
         description="DETR-family detectors with sparse attention: train, evaluate, predict, analyze and draw "
@@ -1181,6 +1181,7 @@ def _print_error(message: str, compare: bool = True) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv``); returns the exit status."""
     args = build_parser().parse_args(argv)
     if refusal := _several_processes_refusal(args.command):
         message, prints = refusal

@@ -25,6 +25,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from .files import write_atomic
+
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
@@ -66,6 +68,12 @@ def read_json_lines(path: Path) -> list[dict]:
                 break
             raise ValueError(f"{path}, line {number}, is not a JSON record ({err}); was the file edited?") from None
     return records
+
+
+def write_json_lines(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Replace the log at ``path`` with ``records``, one JSON object per line (atomically: a kill keeps the old one)."""
+    text = "".join(json.dumps(record) + "\n" for record in records)
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def claim_run_dir(run_dir: str | Path) -> FileLock:
@@ -151,13 +159,13 @@ def read_analyses(inputs: Iterable[str | Path]) -> list[dict[str, Any]]:
     return records
 
 
-def run_label(record: Mapping[str, Any]) -> str:
+def analysis_label(record: Mapping[str, Any]) -> str:
     """An analysis record's run: the checkpoint's folder name, plus `` (random init)`` for a random-init baseline."""
-    return run_labels([record])[0]
+    return analysis_labels([record])[0]
 
 
-def run_labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The labels of several analysis records (:func:`run_label`), told apart by their parent folders where the run
+def analysis_labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The labels of several analysis records (:func:`analysis_label`), told apart by their parent folders where the run
     folders have the same name, then (one checkpoint analysed more than once) by their data sets, then by number."""
     suffixes = [" (random init)" if record["random_init"] else "" for record in records]
     labels = distinct_names([Path(record["checkpoint"]).parent for record in records], suffixes)

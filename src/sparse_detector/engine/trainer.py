@@ -37,6 +37,7 @@ from ..runs import (
     claim_run_dir,
     read_metrics,
     resolve_checkpoint,
+    write_json_lines,
 )
 from ..text import counted
 from .checkpoint import (
@@ -148,6 +149,7 @@ def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
 
 
 def format_parameter_counts(counts: dict[str, dict[str, int]]) -> str:
+    """A table of trainable and frozen parameter counts, one row per part of the model."""
     width = max(len(name) for name in counts)
     lines = [f"{'parameters':<{width}}  {'trainable':>12}  {'frozen':>12}"]
     lines += [f"{name:<{width}}  {c['trainable']:>12,}  {c['frozen']:>12,}" for name, c in counts.items()]
@@ -163,10 +165,9 @@ def attention_map_parameters(model: nn.Module, keys: set[str]) -> list[str]:
 
 def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
     """Load the weights of a checkpoint (ours or official; a run directory gives its best, else its last) for
-    fine-tuning: the model's class heads
-    (``model.class_heads``) are left freshly initialised when the class count differs, as are the attention maps'
-    own parameters where the config changed a map (softmax weights into alpha-entmax); every other weight must
-    fit. Returns the names of the re-initialised class-head parameters."""
+    fine-tuning: the model's class heads (``model.class_heads``) are left freshly initialised when the class count
+    differs, as are the attention maps' own parameters where the config changed a map (softmax weights into
+    alpha-entmax); every other weight must fit. Returns the names of the re-initialised class-head parameters."""
     state_dict, source = read_state_dict(resolve_checkpoint(path))
     expected = model.state_dict()
     names = list(getattr(model, "class_heads", ()))
@@ -420,7 +421,7 @@ class Trainer:
                 for r in read_metrics(self.run_dir)
                 if r["step"] <= self.step and (r["type"] != "epoch" or r["epoch"] <= self.epoch)
             ]
-            metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            write_json_lines(metrics, kept)
         log.info("resumed %s from %s (%s)", self.run_dir, path.name, self.last_checkpoint_at)
         return changes
 

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
+from torchvision.ops import box_convert
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..text import counted
@@ -124,8 +125,7 @@ def display_image(image: Tensor, normalized: bool = True) -> np.ndarray:
 def cxcywh_to_pixels(boxes: Tensor, height: float, width: float) -> list[tuple[float, float, float, float]]:
     """Normalised (cx, cy, w, h) boxes as absolute (x0, y0, x1, y1) in an image of ``height`` × ``width``."""
     scale = torch.tensor([width, height, width, height], dtype=torch.float64)
-    cx, cy, w, h = boxes.detach().double().cpu().unbind(-1)
-    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * scale
+    xyxy = box_convert(boxes.detach().double().cpu(), "cxcywh", "xyxy") * scale
     return [tuple(float(v) for v in box) for box in xyxy]
 
 
@@ -165,5 +165,6 @@ def count_axis(axes: Axes, label: str) -> None:
 
 
 def hide_ticks(axes: Axes) -> None:
+    """Remove both axes' ticks and tick labels (for image panels)."""
     axes.set_xticks([])
     axes.set_yticks([])
