@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models.weights import not_a_checkpoint_file
 from ..runs import LAST_CHECKPOINT
 
 RECORD_SUFFIX = ".meta.json"  # beside each checkpoint: size, sha256, epoch, step, whether the epoch was complete
@@ -118,6 +119,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if problem := not_a_checkpoint_file(path):
+        raise CheckpointError(problem)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
