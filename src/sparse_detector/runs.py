@@ -139,9 +139,14 @@ def read_analyses(inputs: Iterable[str | Path]) -> list[dict[str, Any]]:
     records = []
     for path in find_analyses(inputs):
         try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
+        if not isinstance(record, dict) or not {"checkpoint", "random_init", "attention"} <= record.keys():
+            raise ValueError(
+                f"{path} is not an {ANALYSIS_FILE} written by `sparse-detector analyze` (it lacks checkpoint, "
+                "random_init or attention); give analysis.json files, analysis folders or run directories"
+            )
         if "paibb" in record.get("attention", {}):
             log.warning(
                 "%s has the older layout (one PAIBB block, not per site): its PAIBB is not shown; run analyze again",
