@@ -88,6 +88,11 @@ def test_preset_without_its_data_says_how_to_make_it(tmp_path: Path, monkeypatch
     err = capsys.readouterr().err
     assert "data of preset 'shapes_tiny' is not there yet" in err
     assert "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200" in err
+    given = tmp_path / "mine.json"  # a file of the user's: no advice to generate the preset's shapes data
+    paths = [f"data.train.annotations={given}", f"data.val.annotations={given}"]
+    assert main(["train", "--config", "shapes_tiny", "--set", *paths]) == 2
+    err = capsys.readouterr().err
+    assert f"annotation file {given} does not exist" in err and "not there yet" not in err
 
 
 def test_coco_preset_without_its_data_names_the_missing_annotations(tmp_path: Path, monkeypatch, capsys) -> None:

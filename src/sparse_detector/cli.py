@@ -207,10 +207,16 @@ def add_train_command(commands: Subparsers) -> None:
 
 
 def _missing_data_hint(config_name: str, config: Config) -> str:
-    """What to run when a preset's data is not there yet ('' when the data exists or nothing can generate it)."""
+    """What to run when a preset's data is not there yet ('' when the data exists, nothing can generate it, or the
+    missing file is one given with --set rather than the preset's own)."""
     hint = PRESET_DATA_HINTS.get(Path(config_name).stem)
-    missing = [p for p in (config.data.train.annotations, config.data.val.annotations) if p and not Path(p).is_file()]
-    if hint is None or not missing:
+    if hint is None:
+        return ""
+    own = load_config(config_name).data
+    own_files = {own.train.annotations, own.val.annotations} - {""}
+    given = (config.data.train.annotations, config.data.val.annotations)
+    missing = [path for path in given if path in own_files and not Path(path).is_file()]
+    if not missing:
         return ""
     return (
         f"the data of preset {config_name!r} is not there yet ({', '.join(missing)}, relative to {Path.cwd()}); "
