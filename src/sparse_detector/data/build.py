@@ -46,7 +46,7 @@ def build_dataset(config: Config, split: str) -> CocoDetection:
         normalize=data.normalize,
         hflip_prob=data.hflip_prob,
     )
-    return CocoDetection(
+    dataset = CocoDetection(
         paths.images or None,
         paths.annotations,
         transforms,
@@ -54,6 +54,14 @@ def build_dataset(config: Config, split: str) -> CocoDetection:
         data.on_invalid,
         check_images=data.check_images,
     )
+    if not len(dataset):  # training would run its epochs without a step, evaluation score nothing
+        left_out = sum(dataset.skipped.values())
+        raise DatasetError(
+            f"{paths.annotations} lists no images{f' once {left_out} invalid ones were left out' if left_out else ''}"
+            f" (data.{split}.annotations); training and evaluation need at least one: `sparse-detector data check "
+            f"{paths.annotations}` lists what is wrong"
+        )
+    return dataset
 
 
 def absolute_data_paths(config: Config) -> Config:
