@@ -82,6 +82,29 @@ print(torch_for_shapes, "torchvision" in sys.modules)
     assert result.stdout.split()[-2:] == ["False", "False"], result.stdout
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["data", "shapes", "out", "--num-images", "-5"], "argument --num-images: must be 1 or more, got -5"),
+        (["data", "shapes", "out", "--num-val", "-1"], "argument --num-val: must be 0 or more, got -1"),
+        (["quickstart", "--num-train", "0"], "argument --num-train: must be 1 or more, got 0"),
+        (["quickstart", "--num-val", "0"], "argument --num-val: must be 1 or more, got 0"),
+        (["predict", "--checkpoint", "run", "in", "--threshold", "1.5"], "argument --threshold: scores are from 0"),
+        (["visualize", "attention", "run", "--threshold", "-0.1"], "argument --threshold: scores are from 0 to 1"),
+        (["visualize", "attention", "run", "--num-images", "0"], "argument --num-images: must be 1 or more, got 0"),
+        (["visualize", "attention", "run", "--max-queries", "-1"], "argument --max-queries: must be 0 or more"),
+        (["evaluate", "--checkpoint", "run", "--workers", "-1"], "argument --workers: must be 0 or more, got -1"),
+    ],
+)
+def test_a_number_out_of_range_is_a_usage_error_naming_the_option(argv: list[str], message: str, capsys) -> None:
+    """--num-images -5 wrote an empty data set, quickstart --num-train 0 'trained' 12 epochs without a step and
+    --num-val 0 evaluated on nothing (all exit 0); --threshold 1.5 kept no detection, --num-images 0 drew nothing."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_preset_without_its_data_says_how_to_make_it(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--config", "shapes_tiny"]) == 2

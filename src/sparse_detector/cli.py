@@ -144,14 +144,32 @@ def _add_official_reading(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dilation", action="store_true", help="an official DC5 checkpoint")
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number above 0 (argparse names the option in its error)."""
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum`` (argparse names the option in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int, _count = _whole_number(1), _whole_number(0)
+
+
+def _score(text: str) -> float:
+    """An argparse type: a detection score threshold, from 0 to 1 (scores are probabilities)."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"scores are from 0 to 1, got {value}")
     return value
 
 
@@ -161,7 +179,7 @@ def _add_evaluation_data(parser: argparse.ArgumentParser) -> None:
         "--annotations", "--data", dest="annotations", help="COCO instances JSON (default: data.val.annotations)"
     )
     parser.add_argument("--batch-size", type=_positive_int, help="images per batch (default: train.eval_batch_size)")
-    parser.add_argument("--workers", type=int, help="data-loading processes (default: data.num_workers)")
+    parser.add_argument("--workers", type=_count, help="data-loading processes (default: data.num_workers)")
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (never one when the output is not a terminal)"
     )
@@ -642,7 +660,7 @@ def add_predict_command(commands: Subparsers) -> None:
     _add_model_source(parser)
     parser.add_argument("inputs", nargs="+", help="image files, or folders (their subfolders too)")
     parser.add_argument("--output", default="predictions", help="output folder")
-    parser.add_argument("--threshold", type=float, default=0.5, help="minimum score of a kept detection")
+    parser.add_argument("--threshold", type=_score, default=0.5, help="minimum score of a kept detection")
     parser.add_argument(
         "--format",
         choices=["json", "coco"],
@@ -724,10 +742,10 @@ def add_data_shapes_command(tools: Subparsers) -> None:
         _data_shapes,
     )
     parser.add_argument("out", help="output folder (images/ and annotations/ inside)")
-    parser.add_argument("--num-images", type=int, default=1000, help="training images")
-    parser.add_argument("--num-val", type=int, default=0, help="also write a held-out val split of this size")
+    parser.add_argument("--num-images", type=_positive_int, default=1000, help="training images")
+    parser.add_argument("--num-val", type=_count, default=0, help="also write a held-out val split of this size")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images")
-    parser.add_argument("--image-size", type=int, default=128, help="side of the square images in pixels")
+    parser.add_argument("--image-size", type=_positive_int, default=128, help="side of the square images in pixels")
     parser.add_argument(
         "--classes", choices=["color", "shape", "shape_color"], default="color", help="what the class labels are"
     )
@@ -928,8 +946,12 @@ def add_quickstart_command(commands: Subparsers) -> None:
         _quickstart,
     )
     parser.add_argument("--output-dir", help="run directory (default: runs/quickstart-<time>)")
-    parser.add_argument("--num-train", type=int, default=QUICKSTART_TRAIN_IMAGES, help="generated training images")
-    parser.add_argument("--num-val", type=int, default=QUICKSTART_VAL_IMAGES, help="generated held-out images")
+    parser.add_argument(
+        "--num-train", type=_positive_int, default=QUICKSTART_TRAIN_IMAGES, help="generated training images"
+    )
+    parser.add_argument(
+        "--num-val", type=_positive_int, default=QUICKSTART_VAL_IMAGES, help="generated held-out images"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images (training: train.seed)")
     parser.add_argument(
         "--config", default="shapes_tiny", help="preset for the shapes data (shapes_tiny, shapes_tiny_deformable)"
@@ -1018,10 +1040,14 @@ def add_visualize_command(commands: Subparsers) -> None:
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="images (files or folders) or more runs")
     parser.add_argument("--output", help="output folder (default: RUN/figures)")
     parser.add_argument("--format", choices=FIGURE_FORMATS, default="png", help="file format")
-    parser.add_argument("--num-images", type=int, default=3, help="validation images drawn when none are given")
+    parser.add_argument(
+        "--num-images", type=_positive_int, default=3, help="validation images drawn when none are given"
+    )
     parser.add_argument("--queries", type=int, nargs="+", help="attention: these queries (default: score >= threshold)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="attention: minimum score of a drawn query")
-    parser.add_argument("--max-queries", type=int, default=0, help="attention: at most this many, best first (0: all)")
+    parser.add_argument("--threshold", type=_score, default=0.5, help="attention: minimum score of a drawn query")
+    parser.add_argument(
+        "--max-queries", type=_count, default=0, help="attention: at most this many, best first (0: all)"
+    )
     parser.add_argument(
         "--pixels", type=_pixel, nargs="+", metavar="X,Y", help="encoder, deformable: query pixels (image coordinates)"
     )
