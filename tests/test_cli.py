@@ -265,6 +265,17 @@ def test_resume_with_a_config_is_refused_not_ignored(capsys) -> None:
     assert "--set train.output_dir=runs/other: a resumed run stays in its directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("mistake", "message"),
+    [(["--set", "train.epoch=1"], "unknown config key train.epoch"), (["--device", "cuda:7"], "--device: 'cuda:7'")],
+)
+def test_quickstart_checks_its_settings_before_generating_images(tmp_path: Path, capsys, mistake, message) -> None:
+    """A --set typo or a missing device stopped quickstart only after it had generated 1400 images."""
+    run_dir = tmp_path / "quick"
+    assert main(["quickstart", "--output-dir", str(run_dir), *mistake]) == 2
+    assert message in capsys.readouterr().err and not run_dir.exists()
+
+
 def test_quickstart_names_the_run_directory_the_other_commands_take(tmp_path: Path, capsys, monkeypatch) -> None:
     import sparse_detector.cli as cli
     import sparse_detector.engine.trainer as trainer_module

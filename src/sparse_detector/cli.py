@@ -965,9 +965,13 @@ def _quickstart(args: argparse.Namespace) -> int:
     """Generate the shapes data, train the tiny preset, evaluate on held-out images, print the AP table."""
     from .data.build import absolute_data_paths
     from .data.shapes import generate_shapes_splits
+    from .engine.device import resolve_device
     from .engine.trainer import Trainer
 
     start = time.perf_counter()
+    # a --config, --set or --device mistake stops here, not after minutes of generating images
+    checked = load_config(args.config, args.set)
+    resolve_device(args.device or checked.train.device, "--device" if args.device else "train.device")
     run_dir = Path(args.output_dir or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
     data_dir = run_dir / "data"
     print(f"generating {args.num_train} training + {args.num_val} held-out shapes images in {data_dir}")
