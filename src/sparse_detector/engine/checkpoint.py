@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models.weights import not_a_checkpoint_file
+from ..models.weights import OFFICIAL_CHECKPOINT_GLOBALS, not_a_checkpoint_file
 from ..runs import LAST_CHECKPOINT, write_atomically
 
 RECORD_SUFFIX = ".meta.json"  # beside each checkpoint: size, sha256, epoch, step, whether the epoch was complete
@@ -99,15 +99,16 @@ def verify_checkpoint(path: str | Path) -> str | None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``: no code runs, and a file carrying anything other than tensors
-    and plain containers (a pickle payload) is refused with :class:`CheckpointError`."""
+    """Read a checkpoint with ``weights_only=True``: no code runs, and a file carrying anything other than tensors,
+    plain containers and an official checkpoint's args (a pickle payload) is refused with :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if problem := not_a_checkpoint_file(path):
         raise CheckpointError(problem)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:  # an official checkpoint's args are read as data, so that it is told to need --official, not refused
+        with torch.serialization.safe_globals(list(OFFICIAL_CHECKPOINT_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"refused to load {path}: it holds Python objects other than tensors and plain containers, which "
