@@ -109,12 +109,16 @@ def _in_the_way_message(option: str, path: Path, blocker: Path) -> str:
     return f"{option} {path} {where}, not a folder; choose another path or move that file"
 
 
-def _check_output(option: str, path: str | Path | None, folder: bool = True) -> None:
+def _check_output(option: str, path: str | Path | None, folder: bool = True, file: tuple[str, str] = ("", "")) -> None:
     """Before any work: ``path`` (a folder to write in, or with ``folder=False`` a file) can be made; a file standing
-    where a folder is needed is a usage error naming both."""
+    where a folder is needed, or a folder given for a file (``file``: what the file is and an example name), is a
+    usage error naming both."""
     if path is None:
         return
     path = Path(path)
+    if not folder and path.is_dir():
+        what, example = file
+        raise ValueError(f"{option} {path} is a folder; {option} takes {what} (e.g. {option} {path / example})")
     if blocker := _file_in_the_way(path if folder else path.parent):
         raise ValueError(_in_the_way_message(option, path, blocker))
 
@@ -472,8 +476,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .engine.device import resolve_device
     from .engine.evaluate import run_evaluation
 
-    _check_output("--output", args.output, folder=False)
-    _check_output("--save-detections", args.save_detections, folder=False)
+    _check_output("--output", args.output, folder=False, file=("the metrics JSON file to write", "eval.json"))
+    _check_output("--save-detections", args.save_detections, folder=False, file=("a JSON file", "detections.json"))
     _refuse_model_overrides(args.set)
     loaded = _load_model(args)
     config = _evaluation_config(loaded.config, args)
@@ -633,12 +637,7 @@ def _compare(args: argparse.Namespace) -> int:
     unknown = [m for m in args.metrics if m not in COMPARE_METRICS]
     if unknown:
         raise ValueError(f"unknown --metrics {unknown}; choose from {list(COMPARE_METRICS)}")
-    if args.output and Path(args.output).is_dir():
-        raise ValueError(
-            f"--output {args.output} is a folder; --output takes the Markdown file to write the table to "
-            f"(e.g. --output {Path(args.output) / 'compare.md'})"
-        )
-    _check_output("--output", args.output, folder=False)
+    _check_output("--output", args.output, folder=False, file=("the Markdown file to write the table to", "compare.md"))
     records = read_analyses(args.inputs)
     table = compare_markdown(records, args.metrics)
     print(table)
