@@ -234,6 +234,23 @@ def test_compare_output_that_is_a_folder_says_it_takes_a_file(tmp_path: Path, ca
     assert f"--output {tmp_path} is a folder; --output takes the Markdown file" in err and "Errno" not in err
 
 
+@pytest.mark.parametrize("option", ["--output", "--save-detections"])
+def test_evaluate_to_a_folder_is_refused_before_evaluating(tmp_path: Path, capsys, option: str):
+    """evaluate --output <folder> evaluated the whole data set, then failed with "[Errno 21] Is a directory"."""
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "not-loaded"), option, str(tmp_path)]) == 2
+    assert f"{option} {tmp_path} is a folder; {option} takes" in capsys.readouterr().err
+
+
+def test_compare_of_a_file_that_is_no_analysis_names_it(tmp_path: Path, capsys):
+    """compare given eval.json, a JSON list or a picture printed a KeyError / AttributeError / codec traceback."""
+    contents = {"eval.json": b'{"AP": 0.5}', "list.json": b"[1]", "image.png": b"\x89PNG\r\n\x1a\n"}
+    for name, content in contents.items():
+        (tmp_path / name).write_bytes(content)
+        assert main(["compare", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {tmp_path / name} is not" in err and "Traceback" not in err
+
+
 def test_readme_names_every_key_of_analysis_json(analysis: dict):
     """The README said only that analyze writes analysis.json: not one of its keys, nor what the means are over."""
     readme = (Path(__file__).parents[1] / "README.md").read_text()

@@ -82,12 +82,40 @@ print(torch_for_shapes, "torchvision" in sys.modules)
     assert result.stdout.split()[-2:] == ["False", "False"], result.stdout
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["data", "shapes", "out", "--num-images", "-5"], "argument --num-images: must be 1 or more, got -5"),
+        (["data", "shapes", "out", "--num-val", "-1"], "argument --num-val: must be 0 or more, got -1"),
+        (["quickstart", "--num-train", "0"], "argument --num-train: must be 1 or more, got 0"),
+        (["quickstart", "--num-val", "0"], "argument --num-val: must be 1 or more, got 0"),
+        (["predict", "--checkpoint", "run", "in", "--threshold", "1.5"], "argument --threshold: scores are from 0"),
+        (["visualize", "attention", "run", "--threshold", "-0.1"], "argument --threshold: scores are from 0 to 1"),
+        (["visualize", "attention", "run", "--num-images", "0"], "argument --num-images: must be 1 or more, got 0"),
+        (["visualize", "attention", "run", "--max-queries", "-1"], "argument --max-queries: must be 0 or more"),
+        (["evaluate", "--checkpoint", "run", "--workers", "-1"], "argument --workers: must be 0 or more, got -1"),
+    ],
+)
+def test_a_number_out_of_range_is_a_usage_error_naming_the_option(argv: list[str], message: str, capsys) -> None:
+    """--num-images -5 wrote an empty data set, quickstart --num-train 0 'trained' 12 epochs without a step and
+    --num-val 0 evaluated on nothing (all exit 0); --threshold 1.5 kept no detection, --num-images 0 drew nothing."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_preset_without_its_data_says_how_to_make_it(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--config", "shapes_tiny"]) == 2
     err = capsys.readouterr().err
     assert "data of preset 'shapes_tiny' is not there yet" in err
     assert "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200" in err
+    given = tmp_path / "mine.json"  # a file of the user's: no advice to generate the preset's shapes data
+    paths = [f"data.train.annotations={given}", f"data.val.annotations={given}"]
+    assert main(["train", "--config", "shapes_tiny", "--set", *paths]) == 2
+    err = capsys.readouterr().err
+    assert f"annotation file {given} does not exist" in err and "not there yet" not in err
 
 
 def test_coco_preset_without_its_data_names_the_missing_annotations(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -235,6 +263,17 @@ def test_resume_with_a_config_is_refused_not_ignored(capsys) -> None:
     )
     assert main(["train", "--resume", "runs/mine", "--set", "train.output_dir=runs/other"]) == 2
     assert "--set train.output_dir=runs/other: a resumed run stays in its directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("mistake", "message"),
+    [(["--set", "train.epoch=1"], "unknown config key train.epoch"), (["--device", "cuda:7"], "--device: 'cuda:7'")],
+)
+def test_quickstart_checks_its_settings_before_generating_images(tmp_path: Path, capsys, mistake, message) -> None:
+    """A --set typo or a missing device stopped quickstart only after it had generated 1400 images."""
+    run_dir = tmp_path / "quick"
+    assert main(["quickstart", "--output-dir", str(run_dir), *mistake]) == 2
+    assert message in capsys.readouterr().err and not run_dir.exists()
 
 
 def test_quickstart_names_the_run_directory_the_other_commands_take(tmp_path: Path, capsys, monkeypatch) -> None:

@@ -167,6 +167,8 @@ def test_yaml_mistakes_name_the_file_and_line(tmp_path: Path):
         "YAML indents with spaces, not tabs",
         "child.yaml": "base.yaml: unknown config key model.backbone.pretrianed (did you mean model.backbone.pretrained",
     }
+    (tmp_path / "image.yaml").write_bytes(b"\x89PNG\r\n\x1a\n")  # a picture given as --config
+    cases["image.yaml"] = "image.yaml: not a YAML text file (byte 0x89 at offset 0 is not UTF-8)"  # was: codec error
     (tmp_path / "empty_section.yaml").write_text("train:\n  # epochs: 3\nmodel:\n  backbone:\n  attention:\n")
     assert load_config(tmp_path / "empty_section.yaml").train.epochs == 300  # was: 'expected a mapping', got None
     overridden = load_config(tmp_path / "empty_section.yaml", ["model.attention.decoder_cross.activation=sparsemax"])

@@ -279,3 +279,23 @@ def test_official_presets_drop_cocos_zero_height_boxes(tmp_path: Path, preset: s
     paths = [f"data.train.images={images}", f"data.train.annotations={annotation_file}"]
     dataset = build_dataset(load_config(preset, paths), "train")
     assert dataset.skipped == {"non_positive_size": 1} and dataset.num_boxes == 2
+
+
+def test_a_json_listing_no_images_is_an_error_not_an_empty_run(tmp_path: Path, capsys) -> None:
+    """A COCO JSON with no images trained every epoch without a step (a 'finished' run of untrained weights),
+    evaluated to AP 0.000, and `data check` said OK."""
+    from sparse_detector.cli import main
+
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "cell"}]}))
+    output_dir = tmp_path / "run"
+    paths = [
+        f"data.{split}.{key}={value}"
+        for split in ("train", "val")
+        for key, value in (("annotations", empty), ("images", ""))
+    ]
+    assert main(["train", "--set", *paths, "--output-dir", str(output_dir)]) == 2
+    assert f"{empty} lists no images (data.train.annotations)" in capsys.readouterr().err
+    assert not output_dir.exists()
+    assert main(["data", "check", str(empty)]) == 1
+    assert f"FAILED: {empty} lists no images" in capsys.readouterr().out

@@ -245,3 +245,12 @@ def test_a_device_name_torch_does_not_know_is_an_error_naming_the_setting() -> N
             resolve_device("cuda", "--device")
         with pytest.raises(RuntimeError, match=r"use train.device=auto or cpu"):
             resolve_device("cuda:1", "train.device")
+
+
+def test_a_cuda_index_the_machine_lacks_is_an_error_naming_the_count(monkeypatch) -> None:
+    """`--device cuda:3` on a one-GPU machine passed the check and failed later in torch ('invalid device ordinal')."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(RuntimeError, match=r"--device: 'cuda:3' asked for, but this machine has 1 CUDA device\(s\)"):
+        resolve_device("cuda:3", "--device")
+    assert resolve_device("cuda:0", "--device") == torch.device("cuda:0")

@@ -3,6 +3,7 @@ non-finite losses, pickle payloads, fine-tuning with another class count."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -291,6 +292,31 @@ def test_checkpoint_with_a_pickle_payload_is_refused(tmp_path: Path, capsys):
     assert main(["evaluate", "--checkpoint", str(path)]) == 2
     captured = capsys.readouterr()
     assert "refused to load" in captured.err and "this must never run" not in captured.out
+
+
+def test_an_official_checkpoint_without_official_is_told_to_need_it(tmp_path: Path, capsys):
+    """An official DETR checkpoint (its training args an argparse.Namespace) given without --official was refused as
+    'holding Python objects which could run code', with torch's advice to load it unsafely."""
+    path = tmp_path / "detr-r50.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=1e-4), "epoch": 1}, path)
+    assert main(["evaluate", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "for an official checkpoint pass --official" in err and "refused" not in err
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [(b"", "is empty"), (b"hello", "a text file"), (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"PK\x03\x04", "truncated")],
+)
+@pytest.mark.parametrize("official", [False, True])
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path: Path, capsys, content, kind, official):
+    """A PNG, a text file, an empty or a truncated file given as checkpoint (ours or --official) is an error naming
+    the file and what it is, not the unpickler's KeyError / EOFError traceback."""
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    assert main(["evaluate", "--checkpoint", str(path), *(["--official"] if official else [])]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {path}" in err and kind in err and "Traceback" not in err
 
 
 def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_path: Path, capsys):

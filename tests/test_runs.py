@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
+from sparse_detector.cli import main
 from sparse_detector.engine.diagnostics import DIAGNOSTICS_FILE, read_diagnostics
 from sparse_detector.runs import (
     BEST_CHECKPOINT,
@@ -90,3 +94,36 @@ def test_one_checkpoint_analysed_twice_gets_two_labels(tmp_path: Path):
     assert analysis_labels(records[1:]) == ["mine #1", "mine #2"]
     assert distinct_names([Path("/a/b"), Path("/a/b"), Path("/c/b")]) == ["a/b", "a/b", "c/b"]
     assert distinct_names([Path("/b"), Path("/c/b")]) == ["/b", "c/b"]  # not '//b'
+
+
+def _an_analysis(tmp_path: Path) -> Path:
+    path = tmp_path / "run" / "analysis" / "analysis.json"
+    path.parent.mkdir(parents=True)
+    record = {"checkpoint": str(tmp_path / "run" / BEST_CHECKPOINT), "data": "val.json", "random_init": False}
+    path.write_text(json.dumps({**record, "ap": {"AP": 0.5}, "attention": {"sites": {}, "num_images": 1}}))
+    return path
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
+def test_a_full_disk_or_ctrl_c_while_writing_keeps_the_file_there_before(tmp_path: Path, monkeypatch, capsys, failure):
+    """A full disk while compare / evaluate / analyze / predict wrote their output printed '[Errno 28] No space left on
+    device' without the file, and left the earlier file there cut short; so did Ctrl-C in the middle."""
+    output = tmp_path / "table.md"
+    output.write_text("the earlier table")
+    monkeypatch.setattr("sparse_detector.files.os.fsync", lambda fd: (_ for _ in ()).throw(failure))
+    code = main(["compare", str(_an_analysis(tmp_path)), "--output", str(output)])
+    err = capsys.readouterr().err
+    if isinstance(failure, OSError):
+        assert code == 2 and f"cannot write {output}: No space left on device" in err and "Errno" not in err
+    else:
+        assert code == 128 + signal.SIGINT and "interrupted" in err
+    assert output.read_text() == "the earlier table"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "table.md"]  # no temporary file left behind
+
+
+def test_outputs_written_atomically_are_readable_as_open_makes_them(tmp_path: Path):
+    output = tmp_path / "table.md"
+    assert main(["compare", str(_an_analysis(tmp_path)), "--output", str(output)]) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert output.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -121,6 +121,7 @@ def test_study_runs_resumes_and_reports(tmp_path: Path, capsys, monkeypatch):
         ("model.attention.decoder_cross.activation=nope", "unknown attention activation 'nope'"),
         ("model.attention.no_such_site.activation=softmax", "no such attention site"),
         ("model.transformer.nheads=3", "must be a positive multiple"),
+        ("train.device=cuda:7", "train.device: 'cuda:7' asked for, but"),  # every run failed alike, exit status 0
     ],
 )
 def test_a_map_with_rejected_settings_stops_the_study_before_any_run_trains(

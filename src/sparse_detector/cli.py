@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config, load_config, override_config
+from .files import write_text_atomically
 from .logs import log_for_other_rank
 from .runs import CONFIG_FILE, QUICKSTART_RUN_DIR, eval_file, other_data_suffix
 from .text import counted
@@ -109,12 +110,16 @@ def _in_the_way_message(option: str, path: Path, blocker: Path) -> str:
     return f"{option} {path} {where}, not a folder; choose another path or move that file"
 
 
-def _check_output(option: str, path: str | Path | None, folder: bool = True) -> None:
+def _check_output(option: str, path: str | Path | None, folder: bool = True, file: tuple[str, str] = ("", "")) -> None:
     """Before any work: ``path`` (a folder to write in, or with ``folder=False`` a file) can be made; a file standing
-    where a folder is needed is a usage error naming both."""
+    where a folder is needed, or a folder given for a file (``file``: what the file is and an example name), is a
+    usage error naming both."""
     if path is None:
         return
     path = Path(path)
+    if not folder and path.is_dir():
+        what, example = file
+        raise ValueError(f"{option} {path} is a folder; {option} takes {what} (e.g. {option} {path / example})")
     if blocker := _file_in_the_way(path if folder else path.parent):
         raise ValueError(_in_the_way_message(option, path, blocker))
 
@@ -144,14 +149,32 @@ def _add_official_reading(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dilation", action="store_true", help="an official DC5 checkpoint")
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number above 0 (argparse names the option in its error)."""
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum`` (argparse names the option in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int, _count = _whole_number(1), _whole_number(0)
+
+
+def _score(text: str) -> float:
+    """An argparse type: a detection score threshold, from 0 to 1 (scores are probabilities)."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"scores are from 0 to 1, got {value}")
     return value
 
 
@@ -161,7 +184,7 @@ def _add_evaluation_data(parser: argparse.ArgumentParser) -> None:
         "--annotations", "--data", dest="annotations", help="COCO instances JSON (default: data.val.annotations)"
     )
     parser.add_argument("--batch-size", type=_positive_int, help="images per batch (default: train.eval_batch_size)")
-    parser.add_argument("--workers", type=int, help="data-loading processes (default: data.num_workers)")
+    parser.add_argument("--workers", type=_count, help="data-loading processes (default: data.num_workers)")
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (never one when the output is not a terminal)"
     )
@@ -206,10 +229,16 @@ def add_train_command(commands: Subparsers) -> None:
 
 
 def _missing_data_hint(config_name: str, config: Config) -> str:
-    """What to run when a preset's data is not there yet ('' when the data exists or nothing can generate it)."""
+    """What to run when a preset's data is not there yet ('' when the data exists, nothing can generate it, or the
+    missing file is one given with --set rather than the preset's own)."""
     hint = PRESET_DATA_HINTS.get(Path(config_name).stem)
-    missing = [p for p in (config.data.train.annotations, config.data.val.annotations) if p and not Path(p).is_file()]
-    if hint is None or not missing:
+    if hint is None:
+        return ""
+    own = load_config(config_name).data
+    own_files = {own.train.annotations, own.val.annotations} - {""}
+    given = (config.data.train.annotations, config.data.val.annotations)
+    missing = [path for path in given if path in own_files and not Path(path).is_file()]
+    if not missing:
         return ""
     return (
         f"the data of preset {config_name!r} is not there yet ({', '.join(missing)}, relative to {Path.cwd()}); "
@@ -447,8 +476,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .engine.device import resolve_device
     from .engine.evaluate import run_evaluation
 
-    _check_output("--output", args.output, folder=False)
-    _check_output("--save-detections", args.save_detections, folder=False)
+    _check_output("--output", args.output, folder=False, file=("the metrics JSON file to write", "eval.json"))
+    _check_output("--save-detections", args.save_detections, folder=False, file=("a JSON file", "detections.json"))
     _refuse_model_overrides(args.set)
     loaded = _load_model(args)
     config = _evaluation_config(loaded.config, args)
@@ -465,7 +494,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else eval_file(loaded.source, suffix)
     output.parent.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": str(loaded.source), "data": str(dataset.annotation_file), **evaluation.stats}
-    output.write_text(json.dumps({**record, "per_class": evaluation.coco.per_class}, indent=2))
+    write_text_atomically(output, json.dumps({**record, "per_class": evaluation.coco.per_class}, indent=2))
     print(f"written: {output}")
     if evaluation.coco.precision is not None:
         curves = output.with_name(f"{output.stem}_pr.npz")
@@ -473,7 +502,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"written: {curves} (precision by IoU threshold x recall x class)")
     if args.save_detections:
         Path(args.save_detections).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.save_detections).write_text(json.dumps(evaluation.detections))
+        write_text_atomically(args.save_detections, json.dumps(evaluation.detections))
         detections = counted(len(evaluation.detections), "detection")
         print(f"written: {args.save_detections} ({detections}, COCO results format)")
     return 0
@@ -608,18 +637,13 @@ def _compare(args: argparse.Namespace) -> int:
     unknown = [m for m in args.metrics if m not in COMPARE_METRICS]
     if unknown:
         raise ValueError(f"unknown --metrics {unknown}; choose from {list(COMPARE_METRICS)}")
-    if args.output and Path(args.output).is_dir():
-        raise ValueError(
-            f"--output {args.output} is a folder; --output takes the Markdown file to write the table to "
-            f"(e.g. --output {Path(args.output) / 'compare.md'})"
-        )
-    _check_output("--output", args.output, folder=False)
+    _check_output("--output", args.output, folder=False, file=("the Markdown file to write the table to", "compare.md"))
     records = read_analyses(args.inputs)
     table = compare_markdown(records, args.metrics)
     print(table)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(table)
+        write_text_atomically(args.output, table)
         print(f"written: {args.output}")
     return 0
 
@@ -635,7 +659,7 @@ def add_predict_command(commands: Subparsers) -> None:
     _add_model_source(parser)
     parser.add_argument("inputs", nargs="+", help="image files, or folders (their subfolders too)")
     parser.add_argument("--output", default="predictions", help="output folder")
-    parser.add_argument("--threshold", type=float, default=0.5, help="minimum score of a kept detection")
+    parser.add_argument("--threshold", type=_score, default=0.5, help="minimum score of a kept detection")
     parser.add_argument(
         "--format",
         choices=["json", "coco"],
@@ -718,10 +742,10 @@ def add_data_shapes_command(tools: Subparsers) -> None:
         _data_shapes,
     )
     parser.add_argument("out", help="output folder (images/ and annotations/ inside)")
-    parser.add_argument("--num-images", type=int, default=1000, help="training images")
-    parser.add_argument("--num-val", type=int, default=0, help="also write a held-out val split of this size")
+    parser.add_argument("--num-images", type=_positive_int, default=1000, help="training images")
+    parser.add_argument("--num-val", type=_count, default=0, help="also write a held-out val split of this size")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images")
-    parser.add_argument("--image-size", type=int, default=128, help="side of the square images in pixels")
+    parser.add_argument("--image-size", type=_positive_int, default=128, help="side of the square images in pixels")
     parser.add_argument(
         "--classes", choices=["color", "shape", "shape_color"], default="color", help="what the class labels are"
     )
@@ -922,8 +946,12 @@ def add_quickstart_command(commands: Subparsers) -> None:
         _quickstart,
     )
     parser.add_argument("--output-dir", help="run directory (default: runs/quickstart-<time>)")
-    parser.add_argument("--num-train", type=int, default=QUICKSTART_TRAIN_IMAGES, help="generated training images")
-    parser.add_argument("--num-val", type=int, default=QUICKSTART_VAL_IMAGES, help="generated held-out images")
+    parser.add_argument(
+        "--num-train", type=_positive_int, default=QUICKSTART_TRAIN_IMAGES, help="generated training images"
+    )
+    parser.add_argument(
+        "--num-val", type=_positive_int, default=QUICKSTART_VAL_IMAGES, help="generated held-out images"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images (training: train.seed)")
     parser.add_argument(
         "--config", default="shapes_tiny", help="preset for the shapes data (shapes_tiny, shapes_tiny_deformable)"
@@ -937,9 +965,13 @@ def _quickstart(args: argparse.Namespace) -> int:
     """Generate the shapes data, train the tiny preset, evaluate on held-out images, print the AP table."""
     from .data.build import absolute_data_paths
     from .data.shapes import generate_shapes_splits
+    from .engine.device import resolve_device
     from .engine.trainer import Trainer
 
     start = time.perf_counter()
+    # a --config, --set or --device mistake stops here, not after minutes of generating images
+    checked = load_config(args.config, args.set)
+    resolve_device(args.device or checked.train.device, "--device" if args.device else "train.device")
     run_dir = Path(args.output_dir or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
     data_dir = run_dir / "data"
     print(f"generating {args.num_train} training + {args.num_val} held-out shapes images in {data_dir}")
@@ -1012,10 +1044,14 @@ def add_visualize_command(commands: Subparsers) -> None:
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="images (files or folders) or more runs")
     parser.add_argument("--output", help="output folder (default: RUN/figures)")
     parser.add_argument("--format", choices=FIGURE_FORMATS, default="png", help="file format")
-    parser.add_argument("--num-images", type=int, default=3, help="validation images drawn when none are given")
+    parser.add_argument(
+        "--num-images", type=_positive_int, default=3, help="validation images drawn when none are given"
+    )
     parser.add_argument("--queries", type=int, nargs="+", help="attention: these queries (default: score >= threshold)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="attention: minimum score of a drawn query")
-    parser.add_argument("--max-queries", type=int, default=0, help="attention: at most this many, best first (0: all)")
+    parser.add_argument("--threshold", type=_score, default=0.5, help="attention: minimum score of a drawn query")
+    parser.add_argument(
+        "--max-queries", type=_count, default=0, help="attention: at most this many, best first (0: all)"
+    )
     parser.add_argument(
         "--pixels", type=_pixel, nargs="+", metavar="X,Y", help="encoder, deformable: query pixels (image coordinates)"
     )

@@ -374,7 +374,12 @@ def read_yaml(path: Path) -> Any:
     """A YAML file's content (an empty file is ``{}``); a syntax error or a key given twice is one line naming the
     file, line and column."""
     try:
-        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # a SafeLoader
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}  # a SafeLoader
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not a YAML text file (byte {err.object[err.start]:#x} at offset {err.start} is not UTF-8); "
+            "give a config YAML (saved as UTF-8) or a preset name"
+        ) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)

@@ -25,7 +25,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .files import write_atomic
+from .files import write_text_atomically
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -72,8 +72,7 @@ def read_json_lines(path: Path) -> list[dict]:
 
 def write_json_lines(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Replace the log at ``path`` with ``records``, one JSON object per line (atomically: a kill keeps the old one)."""
-    text = "".join(json.dumps(record) + "\n" for record in records)
-    write_atomic(path, lambda f: f.write(text.encode()))
+    write_text_atomically(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def claim_run_dir(run_dir: str | Path) -> FileLock:
@@ -147,9 +146,14 @@ def read_analyses(inputs: Iterable[str | Path]) -> list[dict[str, Any]]:
     records = []
     for path in find_analyses(inputs):
         try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
+        if not isinstance(record, dict) or not {"checkpoint", "random_init", "attention"} <= record.keys():
+            raise ValueError(
+                f"{path} is not an {ANALYSIS_FILE} written by `sparse-detector analyze` (it lacks checkpoint, "
+                "random_init or attention); give analysis.json files, analysis folders or run directories"
+            )
         if "paibb" in record.get("attention", {}):
             log.warning(
                 "%s has the older layout (one PAIBB block, not per site): its PAIBB is not shown; run analyze again",

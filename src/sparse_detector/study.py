@@ -52,6 +52,7 @@ from .engine.checkpoint import load_checkpoint
 from .engine.device import resolve_device
 from .engine.inference import load_trained_model
 from .engine.trainer import Trainer
+from .files import write_text_atomically
 from .models import build_criterion, build_model
 from .report import write_analysis
 from .report.study import write_study_report
@@ -166,16 +167,18 @@ def run_config(study: StudyConfig, map_name: str, seed: int, data_overrides: lis
     return load_config(study.preset, [*data_overrides, *study.set, *study.maps[map_name], f"train.seed={seed}"])
 
 
-def check_variants(study: StudyConfig, data_overrides: list[str]) -> None:
-    """Load every map's config and build its model (on the CPU, without pretrained weights) before any run trains, so
-    a setting the config or the model rejects stops the study at once, naming the map, rather than when its turn
-    comes after the others trained."""
+def check_variants(study: StudyConfig, data_overrides: list[str], device: str = "") -> None:
+    """Load every map's config, build its model (on the CPU, without pretrained weights) and check its device
+    (``device``: --device, else train.device) before any run trains, so a setting the config, the model or the
+    machine rejects stops the study at once, naming the map, rather than when its turn comes after the others trained
+    (or every run failing alike)."""
     seed = study.seeds[0] if study.seeds else 0
     for map_name in study.maps:
         try:
             config = run_config(study, map_name, seed, data_overrides)
             config.model.backbone.pretrained = False
             build_model(config)
+            resolve_device(device or config.train.device, "--device" if device else "train.device")
         except (ValueError, RuntimeError) as err:  # ConfigError, or what a model builder rejects
             raise ConfigError(
                 f"{study.source or 'study'}: map {map_name!r} ({study.maps[map_name]}): {err}; nothing was trained"
@@ -329,7 +332,7 @@ def _run_one(
             "seconds": outcome.seconds,
             "figures": [str(p) for p in outcome.figures],
         }
-        status_file.write_text(json.dumps(status, indent=2))
+        write_text_atomically(status_file, json.dumps(status, indent=2))
     return outcome
 
 
@@ -365,7 +368,7 @@ def run_study(
 ) -> Path:
     """Run (or finish) every run of the matrix, draw the figures and write ``report.md`` and ``report.html``;
     returns the study directory."""
-    check_variants(study, [])
+    check_variants(study, [], device)
     study_dir = Path(output_dir or study.output_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -35,7 +35,7 @@ def build_dataset(config: Config, split: str) -> CocoDetection:
             f"names in {paths.annotations} are relative to, or empty for the JSON's own folder: --set "
             f"data.{split}.images= (what a JSON from `sparse-detector data import` needs)"
         )
-    return CocoDetection(
+    dataset = CocoDetection(
         paths.images or None,
         paths.annotations,
         config_transforms(config, train=split == "train"),
@@ -43,6 +43,14 @@ def build_dataset(config: Config, split: str) -> CocoDetection:
         data.on_invalid,
         check_images=data.check_images,
     )
+    if not len(dataset):  # training would run its epochs without a step, evaluation score nothing
+        left_out = sum(dataset.skipped.values())
+        raise DatasetError(
+            f"{paths.annotations} lists no images{f' once {left_out} invalid ones were left out' if left_out else ''}"
+            f" (data.{split}.annotations); training and evaluation need at least one: `sparse-detector data check "
+            f"{paths.annotations}` lists what is wrong"
+        )
+    return dataset
 
 
 def config_transforms(config: Config, train: bool) -> Compose:

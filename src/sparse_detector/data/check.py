@@ -103,6 +103,9 @@ def check_dataset(
         report.fatal = str(err)
         return report
     report.images = len(dataset)
+    if not report.images and not dataset.skipped:
+        report.fatal = f"{annotation_file} lists no images: training and evaluation need at least one"
+        return report
     report.crowd, report.clipped, report.boxes_left_out = dataset.num_crowd, dataset.num_clipped, dataset.boxes_left_out
     report.problems, report.problem_counts = list(dataset.problems), dict(dataset.skipped)
     report.dataset_name_category = dataset.dataset_name_category

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..files import write_atomic
+from ..files import write_atomically
+from ..models.weights import OFFICIAL_CHECKPOINT_GLOBALS, not_a_checkpoint_file
 from ..runs import LAST_CHECKPOINT
 
 RECORD_SUFFIX = ".meta.json"  # beside each checkpoint: size, sha256, epoch, step, whether the epoch was complete
@@ -62,13 +63,13 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], epoch_complete: boo
     """Write atomically (a kill never leaves a half-written file), then record its size and SHA-256 beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda f: torch.save(state, f))
+    write_atomically(path, lambda f: torch.save(state, f))
     record = CheckpointRecord(
         path, path.stat().st_size, _sha256(path), int(state.get("epoch", 0)), int(state.get("step", 0)), epoch_complete
     )
     fields = {"size": record.size, "sha256": record.sha256, "epoch": record.epoch, "step": record.step}
     text = json.dumps({**fields, "epoch_complete": epoch_complete}).encode()
-    write_atomic(record_path(path), lambda f: f.write(text))
+    write_atomically(record_path(path), lambda f: f.write(text))
     return record
 
 
@@ -101,13 +102,16 @@ def verify_checkpoint(path: str | Path) -> str | None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``: no code runs, and a file carrying anything other than tensors
-    and plain containers (a pickle payload) is refused with :class:`CheckpointError`."""
+    """Read a checkpoint with ``weights_only=True``: no code runs, and a file carrying anything other than tensors,
+    plain containers and an official checkpoint's args (a pickle payload) is refused with :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+    if problem := not_a_checkpoint_file(path):
+        raise CheckpointError(problem)
+    try:  # an official checkpoint's args are read as data, so that it is told to need --official, not refused
+        with torch.serialization.safe_globals(list(OFFICIAL_CHECKPOINT_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"refused to load {path}: it holds Python objects other than tensors and plain containers, which "

@@ -26,6 +26,11 @@ def resolve_device(name: str = "auto", setting: str = "device") -> torch.device:
         raise ValueError(f"{setting}: {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"{setting}: {name!r} asked for, but CUDA is not available; use {assign}auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):
+        raise RuntimeError(
+            f"{setting}: {name!r} asked for, but this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1}); "
+            f"use {assign}cuda or cuda:N with N below {count}"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise RuntimeError(f"{setting}: {name!r} asked for, but MPS is not available; use {assign}auto or cpu")
     return device

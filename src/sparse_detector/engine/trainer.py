@@ -25,6 +25,7 @@ from ..config import Config, config_differences, config_to_dict, dump_config
 from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection, DatasetError
+from ..files import write_text_atomically
 from ..logs import RANK_SPECIFIC
 from ..models import build_criterion, build_model
 from ..models.weights import CheckpointMismatchError, load_state_dict_checked, read_state_dict, saved_config
@@ -281,7 +282,7 @@ class Trainer:
         if self.dist.is_main:  # only now: a config, data set or checkpoint that fails above leaves no run directory
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._claim_run_dir()
-            (self.run_dir / CONFIG_FILE).write_text(dump_config(config))
+            write_text_atomically(self.run_dir / CONFIG_FILE, dump_config(config))
         barrier()
         self.logger = MetricsLogger(
             self.run_dir,
@@ -762,6 +763,6 @@ class Trainer:
                     break
         self.logger.close()
         if last_eval and self.dist.is_main:
-            (self.run_dir / EVAL_FILE).write_text(json.dumps(last_eval, indent=2))
+            write_text_atomically(self.run_dir / EVAL_FILE, json.dumps(last_eval, indent=2))
             print(format_table(last_eval))
         return last_eval

@@ -69,10 +69,39 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], 
 OFFICIAL_CHECKPOINT_GLOBALS = (argparse.Namespace,)
 
 
+#: How the files a user gives by mistake start (first bytes -> what the file is), named when refused as a checkpoint.
+_OTHER_FILE_KINDS = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF document",
+    b"\x1f\x8b": "a gzip archive",
+}
+
+
+def not_a_checkpoint_file(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a file written by ``torch.save`` (empty, an image, text, ...), judged by its first
+    bytes: ``torch.save`` writes a zip archive, older versions a pickle (first byte 0x80); ``None`` when it may be
+    one. Such a file would otherwise reach the unpickler, whose errors name neither the file nor the mistake."""
+    with Path(path).open("rb") as f:
+        head = f.read(8)
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return None
+    named = next((name for magic, name in _OTHER_FILE_KINDS.items() if head.startswith(magic)), None)
+    named = named or ("a text file" if head.isascii() else "something else (torch.save writes a zip archive)")
+    kind = f"not a PyTorch checkpoint but {named}" if head else "empty"
+    return (
+        f"checkpoint {path} is {kind}: give a run directory or a .pt file written by `sparse-detector train` or "
+        "torch.save (official DETR / Deformable DETR checkpoints with --official)"
+    )
+
+
 def load_checkpoint_file(path: str | Path) -> Any:
     """``torch.load(weights_only=True)`` of a checkpoint file, ours or official: an official training checkpoint's
     ``args`` (an ``argparse.Namespace``) is read as data; any other Python object is refused with a
-    :class:`CheckpointMismatchError` saying so."""
+    :class:`CheckpointMismatchError` saying so, and so is a file that is no checkpoint or a truncated one."""
+    if Path(path).is_file() and (problem := not_a_checkpoint_file(path)):
+        raise CheckpointMismatchError(problem)
     try:
         with torch.serialization.safe_globals(list(OFFICIAL_CHECKPOINT_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -84,6 +113,8 @@ def load_checkpoint_file(path: str | Path) -> Any:
             f"training scripts' args, which could run code when loaded ({str(err).splitlines()[0]}). Re-save its "
             "state dict alone (torch.save(checkpoint['model'], ...)) in an environment you trust"
         ) from None
+    except (RuntimeError, EOFError) as err:
+        raise CheckpointMismatchError(f"cannot read checkpoint {path} (truncated or corrupt?): {err}") from None
 
 
 def read_state_dict(path_or_state_dict: str | Path | Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from ...files import write_atomic
+from ...files import write_atomically
 from ..coco import MAX_EXAMPLES, UNREADABLE_IMAGE_ERRORS, DatasetError
 
 logger = logging.getLogger(__name__)
@@ -212,5 +212,5 @@ def write_coco(coco: dict[str, Any], out_file: str | Path) -> dict[str, Any]:
     if out.is_dir():
         raise DatasetError(f"{out} is a folder; the output is a JSON file, e.g. {out / 'annotations.json'}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, lambda f: f.write(json.dumps(coco).encode()))
+    write_atomically(out, lambda f: f.write(json.dumps(coco).encode()))
     return coco
