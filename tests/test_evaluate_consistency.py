@@ -181,7 +181,7 @@ def test_predict_writes_every_good_image_then_fails(run: Path, tmp_path: Path, c
 
 def test_library_detect_gives_predicts_detections(run: Path, tmp_path: Path, capsys) -> None:
     """``sd.load_trained_model(run).detect(image)`` in a notebook finds what ``predict`` writes, from a file or a
-    PIL image, and refuses a threshold that is not a score (on the command line too, before loading the model)."""
+    PIL image, and refuses a threshold that is not a score (on the command line before loading the model)."""
     import sparse_detector as sd
 
     images = sorted((run.parent / "data" / "images").glob("*.png"))[:2]
@@ -197,8 +197,9 @@ def test_library_detect_gives_predicts_detections(run: Path, tmp_path: Path, cap
         assert loaded.detect(Image.open(image), threshold=0.02).as_records() == record["detections"]
     with pytest.raises(ValueError, match="scores lie between 0 and 1"):
         loaded.detect(images[0], threshold=50)
-    assert main(["predict", "--checkpoint", str(tmp_path / "missing"), "--threshold", "nan", str(images[0])]) == 2
-    assert "the score threshold is nan" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a usage error
+        main(["predict", "--checkpoint", str(tmp_path / "missing"), "--threshold", "nan", str(images[0])])
+    assert "scores are from 0 to 1, got nan" in capsys.readouterr().err
 
 
 def test_predict_pictures_of_inputs_sharing_a_stem_are_all_kept(run: Path, tmp_path: Path) -> None:

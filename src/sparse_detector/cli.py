@@ -676,9 +676,8 @@ def add_predict_command(commands: Subparsers) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .engine.inference import check_score_threshold, predict_images
+    from .engine.inference import predict_images
 
-    check_score_threshold(args.threshold)
     if args.image_ids and args.format != "coco":
         raise ValueError("--image-ids numbers the COCO results; add --format coco")
     _check_output("--output", args.output)
