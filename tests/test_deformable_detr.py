@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -566,3 +569,20 @@ def test_sampling_figure_draws_points_where_the_model_samples_them():
     drawn = [c.get_offsets()[0] for c in ax.collections if len(c.get_offsets())]
     np.testing.assert_allclose(drawn, [[78.0, 40.0], [96.0, 48.0]], atol=1e-4)
     np.testing.assert_allclose(ax.lines[0].get_xydata(), [[52.0, 40.0]], atol=1e-4)
+
+
+def test_sparse_sampling_weights_keep_torchs_thread_count():
+    """The first sparse map starts numba's thread pool, which set torch's OpenMP runtime to every core: a run with
+    OMP_NUM_THREADS=1 then trained on 2 threads, its convolutions ~10x slower on a loaded 2-core machine."""
+    script = (
+        "import torch\n"
+        "from sparse_detector.attention import Sparsemax\n"
+        "from sparse_detector.attention.deformable import MSDeformAttn\n"
+        "torch.set_num_threads(1)\n"
+        "attention = MSDeformAttn(8, 2, 2, 2, Sparsemax())\n"
+        "shapes = torch.tensor([[4, 4], [2, 2]])\n"
+        "attention(torch.randn(1, 3, 8), torch.rand(1, 3, 2, 2), torch.randn(1, 20, 8), shapes)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split()[-1] == "1"
