@@ -68,7 +68,7 @@ def _gini_of_sorted(c: Tensor, n: Tensor) -> Tensor:
     holds valid rank k - (Lk - N) (zeros may trade places among themselves), so N - rank + 1/2 = Lk - k + 1/2."""
     weight = torch.arange(c.shape[-1], 0, -1, device=c.device, dtype=c.dtype) - 0.5
     weighted, total = (c @ torch.stack([weight, torch.ones_like(weight)], -1)).unbind(-1)  # one product, two sums
-    return 1.0 - 2.0 * weighted / (n * total)
+    return (1.0 - 2.0 * weighted / (n * total)).clamp_min(0.0)  # rounding put uniform rows at -1e-7 ('-0.000')
 
 
 def _zeros_of_sorted(c: Tensor, n: Tensor, threshold: float) -> Tensor:

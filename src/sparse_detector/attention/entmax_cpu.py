@@ -531,9 +531,17 @@ def _backward(
 
 
 def threads_and_chunks(rows: int) -> int:
-    """Use torch's intra-op thread count (within numba's limit); returns the number of row chunks."""
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    """Use torch's intra-op thread count (within numba's limit); returns the number of row chunks.
+
+    The first call starts numba's thread pool, which (OpenMP threading layer) sets torch's runtime to numba's
+    thread count (all cores): torch's count is put back, so that ``OMP_NUM_THREADS`` or ``torch.set_num_threads``
+    still hold after the first sparse map (2 threads instead of 1 made a shared 2-core machine's convolutions
+    spin ~10x longer)."""
+    torch_threads = torch.get_num_threads()
+    threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(threads)
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
     return max(1, min(rows, threads * CHUNKS_PER_THREAD))
 
 

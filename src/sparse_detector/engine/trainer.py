@@ -28,7 +28,13 @@ from ..data.coco import CocoDetection, DatasetError
 from ..files import write_text_atomically
 from ..logs import RANK_SPECIFIC
 from ..models import build_criterion, build_model
-from ..models.weights import CheckpointMismatchError, load_state_dict_checked, read_state_dict, saved_config
+from ..models.weights import (
+    CheckpointMismatchError,
+    load_state_dict_checked,
+    official_arch,
+    read_state_dict,
+    saved_config,
+)
 from ..runs import (
     BEST_CHECKPOINT,
     CONFIG_FILE,
@@ -193,11 +199,15 @@ def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
     if missing or unexpected or mismatched:
         found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": mismatched}
         problems = [f"{len(keys)} {what} (first: {keys[:3]})" for what, keys in found.items() if keys]
-        arch = (saved_config(source) or {}).get("model", {}).get("arch")
+        saved = saved_config(source)
+        arch = (saved or {}).get("model", {}).get("arch") if saved is not None else official_arch(state_dict)
         if arch and arch != getattr(model, "arch", arch):
+            kind, example = (
+                (f"a {arch}", "the run's own config.yaml") if saved is not None else (f"an official {arch}", "")
+            )
             raise CheckpointMismatchError(
-                f"--init-from {source} is a {arch} checkpoint, but the config builds a {model.arch} model; "
-                f"use a config with model.arch={arch} (e.g. the run's own config.yaml) or a {model.arch} checkpoint"
+                f"--init-from {source} is {kind} checkpoint, but the config builds a {model.arch} model; use a "
+                f"config with model.arch={arch} (e.g. {example or 'a preset of ' + arch}) or a {model.arch} checkpoint"
             )
         raise CheckpointMismatchError(
             f"--init-from {source} does not fit the model apart from its class heads {names}: "

@@ -272,6 +272,19 @@ def _not_official(path_or_state_dict: str | Path | Mapping[str, Tensor], source:
     )
 
 
+def official_arch(state_dict: Mapping[str, Tensor]) -> str | None:
+    """The model (``model.arch``) whose official-checkpoint reader takes ``state_dict``; None when none does."""
+    for name in available_models():
+        if model_entry(name).official_config is None:
+            continue
+        try:
+            official_config(name, state_dict)
+        except (KeyError, CheckpointMismatchError):
+            continue
+        return name
+    return None
+
+
 def detr_from_official(
     path_or_state_dict: str | Path | Mapping[str, Tensor], *, nheads: int = 8, dilation: bool = False, **overrides
 ) -> nn.Module:
