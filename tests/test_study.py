@@ -58,9 +58,11 @@ def test_study_runs_resumes_and_reports(tmp_path: Path, capsys, monkeypatch):
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump(MINIMAL_STUDY))
     study_dir = tmp_path / "study"
-    assert main(["study", str(config), "--output-dir", str(study_dir), "--no-progress"]) == 0
+    # the report is written, and the exit status says it lacks a run (it was 0, as if the study were complete)
+    assert main(["study", str(config), "--output-dir", str(study_dir), "--no-progress"]) == 1
     first, second = study_dir / "runs" / "softmax-seed0", study_dir / "runs" / "sparsemax-seed0"
-    assert "2 of 3 runs done" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "2 of 3 runs done" in out and "error: the report lacks unlucky-seed0 (see report.md for why)" in err
 
     report = (study_dir / "report.md").read_text()
     figures = figure_files(study_dir)
@@ -88,8 +90,9 @@ def test_study_runs_resumes_and_reports(tmp_path: Path, capsys, monkeypatch):
     trained = (first / "checkpoint_last.pt").stat().st_mtime_ns
     with monkeypatch.context() as patched:  # a study figure that fails costs neither the report nor the others
         patched.setitem(FIGURE_KINDS, "compare", lambda request: 1 / 0)
-        assert main(["study", str(config), "--output-dir", str(study_dir), "--no-progress"]) == 0
-    out = capsys.readouterr().out
+        assert main(["study", str(config), "--output-dir", str(study_dir), "--no-progress"]) == 1
+    out, err = capsys.readouterr()
+    assert "unlucky-seed0; figure compare: ZeroDivisionError" in err
     assert "sparsemax-seed0: done before, kept (its figures redrawn)" in out
     assert "[study] figure compare NOT DRAWN: ZeroDivisionError" in out
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in mtimes.items()), "a finished run is not redone"
@@ -104,10 +107,10 @@ def test_study_runs_resumes_and_reports(tmp_path: Path, capsys, monkeypatch):
 
     # Asked for more epochs, a finished run trains on; asked for other settings, it is not mixed into the report.
     more = ["study", str(config), "--output-dir", str(study_dir), "--no-progress", "--set", "train.epochs=2"]
-    assert main(more) == 0
+    assert main(more) == 1  # the unlucky run fails again
     assert "sparsemax-seed0: done before; train.epochs: 1 -> 2: continuing it" in capsys.readouterr().out
     assert load_checkpoint(second / "checkpoint_last.pt")["epoch"] == 2
-    assert main([*more, "optim.lr=1e-5"]) == 0
+    assert main([*more, "optim.lr=1e-5"]) == 1
     assert (
         "sparsemax-seed0: NOT REDONE: done before with other settings than this study's (optim.lr: 0.0002 -> 1e-05)"
         in (capsys.readouterr().out)
@@ -121,7 +124,7 @@ def test_study_runs_resumes_and_reports(tmp_path: Path, capsys, monkeypatch):
         ("model.attention.decoder_cross.activation=nope", "unknown attention activation 'nope'"),
         ("model.attention.no_such_site.activation=softmax", "no such attention site"),
         ("model.transformer.nheads=3", "must be a positive multiple"),
-        ("train.device=cuda:7", "train.device: 'cuda:7' asked for, but"),  # every run failed alike, exit status 0
+        ("train.device=cuda:7", "train.device: 'cuda:7' asked for, but"),  # was: every run failed alike, exit 0
     ],
 )
 def test_a_map_with_rejected_settings_stops_the_study_before_any_run_trains(

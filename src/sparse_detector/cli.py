@@ -1132,11 +1132,15 @@ def _study(args: argparse.Namespace) -> int:
 
     study = load_study(args.config, args.set)
     try:
-        run_study(study, args.output_dir, device=args.device or "", progress=_show_progress(args))
+        result = run_study(study, args.output_dir, device=args.device or "", progress=_show_progress(args))
     except StudyStopped as stopped:
         print(f"[study] {stopped}")
         return 0
-    return 0
+    if result.complete:
+        return 0
+    missing = [*map(str, result.failed_runs), *(f"figure {kind}" for kind in result.figures_not_drawn)]
+    print(f"error: the report lacks {'; '.join(missing)} (see report.md for why)", file=sys.stderr)
+    return 1
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -185,6 +185,19 @@ def check_variants(study: StudyConfig, data_overrides: list[str], device: str = 
             ) from None
 
 
+@dataclass
+class StudyResult:
+    """Where a study wrote its report, and what is missing from it."""
+
+    study_dir: Path
+    failed_runs: list[str]  # names of the runs that failed (listed in the report with their stage and error)
+    figures_not_drawn: list[str]  # "kind: error" of each study figure that failed
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed_runs and not self.figures_not_drawn
+
+
 class StudyStopped(KeyboardInterrupt):
     """SIGTERM / SIGINT stopped a run's training: its checkpoint is written, the study stops, and running the study
     again continues that run."""
@@ -365,9 +378,9 @@ def _study_figures(
 
 def run_study(
     study: StudyConfig, output_dir: str | Path | None = None, device: str = "", progress: bool = False
-) -> Path:
-    """Run (or finish) every run of the matrix, draw the figures and write ``report.md`` and ``report.html``;
-    returns the study directory."""
+) -> StudyResult:
+    """Run (or finish) every run of the matrix, draw the figures and write ``report.md`` and ``report.html``, even
+    when some runs or figures fail (they are listed there and in the result)."""
     check_variants(study, [], device)
     study_dir = Path(output_dir or study.output_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -388,4 +401,4 @@ def run_study(
     )
     for path in paths:
         print(f"written: {path}")
-    return study_dir
+    return StudyResult(study_dir, failed, not_drawn)
