@@ -358,3 +358,28 @@ def test_init_from_softmax_weights_into_other_attention_maps(tmp_path: Path, cap
     assert sparse.transformer.encoder.layers[0].self_attn.activation.alpha.allclose(torch.tensor(1.3))
     torch.save({"model": state}, tmp_path / "alpha.pt")
     assert initialise_from(build_model(load_config("shapes_tiny", small)), tmp_path / "alpha.pt") == []
+
+
+def test_a_checkpoint_whose_record_was_never_written_resumes_at_its_own_epoch(shapes, tmp_path: Path, monkeypatch):
+    """A second signal (or SIGKILL) between writing checkpoint_last.pt and its record left a checkpoint without
+    one, which was taken for an ancient one of 1073741824 epochs: `--resume` said the run had finished them all."""
+    from sparse_detector.engine import checkpoint
+
+    run = tmp_path / "run"
+    write = checkpoint._write_atomic
+
+    def killed_before_the_last_record(path: Path, writer) -> None:
+        if path.name == "checkpoint_last.pt.meta.json" and (run / "checkpoint_epoch0001.pt").exists():
+            raise KeyboardInterrupt  # as the second signal does, in the save of epoch 2
+        write(path, writer)
+
+    monkeypatch.setattr(checkpoint, "_write_atomic", killed_before_the_last_record)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(shapes_config(shapes, "train.epochs=3", *FAST), run, progress=False).fit()
+    monkeypatch.undo()
+    assert not (run / "checkpoint_last.pt.meta.json").exists()
+    assert [(r.epoch, r.step) for r in run_checkpoints(run)] == [(2, 2), (1, 1)]
+    trainer = Trainer(load_config(run / "config.yaml"), run, resume=True, progress=False)
+    assert (trainer.epoch, trainer.step, trainer.last_checkpoint.name) == (2, 2, "checkpoint_last.pt")
+    trainer.fit()
+    assert [r["epoch"] for r in read_metrics(run) if r["type"] == "epoch"] == [1, 2, 3]

@@ -130,6 +130,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupt?): {err}") from None
 
 
+def _unrecorded(path: Path) -> CheckpointRecord:
+    """The record of a checkpoint that has none (written by an older version, or by a process killed between writing
+    the checkpoint and its record), its epoch and step read from the checkpoint; an unreadable one comes last."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        epoch, step, complete = int(state["epoch"]), int(state.get("step", 0)), not state.get("epoch_progress")
+    except (RuntimeError, EOFError, ValueError, KeyError, TypeError, pickle.UnpicklingError):
+        epoch, step, complete = -1, -1, True
+    return CheckpointRecord(path, -1, "", epoch, step, complete)
+
+
 def run_checkpoints(run_dir: Path) -> list[CheckpointRecord]:
     """The run's resumable checkpoints (last and numbered; not best), newest first by (epoch, step)."""
     paths = [run_dir / LAST_CHECKPOINT, *run_dir.glob("checkpoint_epoch*.pt")]
@@ -137,12 +148,7 @@ def run_checkpoints(run_dir: Path) -> list[CheckpointRecord]:
     for path in paths:
         if not path.is_file():
             continue
-        record = read_record(path)
-        if record is None:  # no record (written by an older version): order by the epoch in its name, else first
-            match = _EPOCH_FILE.search(path.name)
-            epoch = int(match.group(1)) if match else 1 << 30
-            record = CheckpointRecord(path, -1, "", epoch, 1 << 62 if match is None else 0, True)
-        records.append(record)
+        records.append(read_record(path) or _unrecorded(path))
     return sorted(records, key=lambda r: (r.epoch, r.step), reverse=True)
 
 
