@@ -366,18 +366,21 @@ def test_a_checkpoint_whose_record_was_never_written_resumes_at_its_own_epoch(sh
     from sparse_detector.engine import checkpoint
 
     run = tmp_path / "run"
-    write = checkpoint._write_atomic
+    write = checkpoint.write_atomic
 
     def killed_before_the_last_record(path: Path, writer) -> None:
         if path.name == "checkpoint_last.pt.meta.json" and (run / "checkpoint_epoch0001.pt").exists():
             raise KeyboardInterrupt  # as the second signal does, in the save of epoch 2
         write(path, writer)
 
-    monkeypatch.setattr(checkpoint, "_write_atomic", killed_before_the_last_record)
+    monkeypatch.setattr(checkpoint, "write_atomic", killed_before_the_last_record)
     with pytest.raises(KeyboardInterrupt):
         Trainer(shapes_config(shapes, "train.epochs=3", *FAST), run, progress=False).fit()
     monkeypatch.undo()
     assert not (run / "checkpoint_last.pt.meta.json").exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (run / "checkpoint_last.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # not owner-only (mkstemp's)
     assert [(r.epoch, r.step) for r in run_checkpoints(run)] == [(2, 2), (1, 1)]
     trainer = Trainer(load_config(run / "config.yaml"), run, resume=True, progress=False)
     assert (trainer.epoch, trainer.step, trainer.last_checkpoint.name) == (2, 2, "checkpoint_last.pt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from sparse_detector.runs import (
     resolve_checkpoint,
     run_label,
     run_labels,
+    write_atomic,
 )
 
 
@@ -90,3 +92,23 @@ def test_one_checkpoint_analysed_twice_gets_two_labels(tmp_path: Path):
     assert run_labels(records[1:]) == ["mine #1", "mine #2"]
     assert distinct_names([Path("/a/b"), Path("/a/b"), Path("/c/b")]) == ["a/b", "a/b", "c/b"]
     assert distinct_names([Path("/b"), Path("/c/b")]) == ["/b", "c/b"]  # not '//b'
+
+
+def test_a_write_killed_midway_leaves_the_old_file_whole_and_no_temporary_file(tmp_path: Path):
+    """eval.json, analysis.json, study_status.json, config.yaml and the resume's cut of metrics.jsonl were written in
+    place: a process killed while writing left half a file that a later command read as the whole one (or failed
+    on). Checkpoints, written through a temporary file, were readable by their owner only."""
+    path = write_atomic(tmp_path / "eval.json", '{"AP": 0.5}')
+    assert path.read_text() == '{"AP": 0.5}'
+
+    def killed_midway(f) -> None:
+        f.write(b'{"AP": 0.')
+        raise KeyboardInterrupt  # Ctrl-C (or any error) while writing
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(path, killed_midway)
+    assert path.read_text() == '{"AP": 0.5}'
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

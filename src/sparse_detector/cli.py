@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from .config import Config, load_config, override_config
 from .logs import log_for_other_rank
-from .runs import CONFIG_FILE, QUICKSTART_RUN_DIR, eval_file, other_data_suffix
+from .runs import CONFIG_FILE, QUICKSTART_RUN_DIR, eval_file, other_data_suffix, write_atomic
 from .text import counted
 
 if TYPE_CHECKING:
@@ -466,7 +466,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else eval_file(loaded.source, suffix)
     output.parent.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": str(loaded.source), "data": str(dataset.annotation_file), **evaluation.stats}
-    output.write_text(json.dumps({**record, "per_class": evaluation.coco.per_class}, indent=2))
+    write_atomic(output, json.dumps({**record, "per_class": evaluation.coco.per_class}, indent=2))
     print(f"written: {output}")
     if evaluation.coco.precision is not None:
         curves = output.with_name(f"{output.stem}_pr.npz")
@@ -474,7 +474,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"written: {curves} (precision by IoU threshold x recall x class)")
     if args.save_detections:
         Path(args.save_detections).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.save_detections).write_text(json.dumps(evaluation.detections))
+        write_atomic(args.save_detections, json.dumps(evaluation.detections))
         detections = counted(len(evaluation.detections), "detection")
         print(f"written: {args.save_detections} ({detections}, COCO results format)")
     return 0

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from filelock import FileLock, Timeout
 
@@ -66,6 +68,31 @@ def read_json_lines(path: Path) -> list[dict]:
                 break
             raise ValueError(f"{path}, line {number}, is not a JSON record ({err}); was the file edited?") from None
     return records
+
+
+def write_atomic(path: str | Path, content: str | bytes | Callable[[IO[bytes]], object]) -> Path:
+    """Write ``content`` (text, bytes, or a function writing into the open binary file) to a temporary file beside
+    ``path``, then rename it over ``path``: a process killed meanwhile leaves the old file or the new one, never a
+    part of one that a later command reads as complete. The file gets the permissions the umask gives a new file
+    (not the owner-only ones of a temporary file)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def claim_run_dir(run_dir: str | Path) -> FileLock:

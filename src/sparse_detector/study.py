@@ -57,7 +57,7 @@ from .engine.trainer import Trainer
 from .models import build_criterion, build_model
 from .report import write_analysis
 from .report.study import write_study_report
-from .runs import ANALYSIS_DIRS, ANALYSIS_FILE, CONFIG_FILE, LAST_CHECKPOINT
+from .runs import ANALYSIS_DIRS, ANALYSIS_FILE, CONFIG_FILE, LAST_CHECKPOINT, write_atomic
 from .text import counted
 from .viz.figure import replace_previous_figures
 from .viz.kinds import VisualizeRequest, object_query_kind, visualize
@@ -327,7 +327,7 @@ def _run_one(
             "seconds": outcome.seconds,
             "figures": [str(p) for p in outcome.figures],
         }
-        status_file.write_text(json.dumps(status, indent=2))
+        write_atomic(status_file, json.dumps(status, indent=2))
     return outcome
 
 

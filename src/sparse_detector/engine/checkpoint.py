@@ -9,7 +9,6 @@ import os
 import pickle
 import random
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..runs import LAST_CHECKPOINT
+from ..runs import LAST_CHECKPOINT, write_atomic
 
 RECORD_SUFFIX = ".meta.json"  # beside each checkpoint: size, sha256, epoch, step, whether the epoch was complete
 _EPOCH_FILE = re.compile(r"checkpoint_epoch(\d+)\.pt$")
@@ -56,31 +55,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Write through ``write(file)`` to a temporary file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any], epoch_complete: bool = True) -> CheckpointRecord:
     """Write atomically (a kill never leaves a half-written file), then record its size and SHA-256 beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, lambda f: torch.save(state, f))
+    write_atomic(path, lambda f: torch.save(state, f))
     record = CheckpointRecord(
         path, path.stat().st_size, _sha256(path), int(state.get("epoch", 0)), int(state.get("step", 0)), epoch_complete
     )
     fields = {"size": record.size, "sha256": record.sha256, "epoch": record.epoch, "step": record.step}
     text = json.dumps({**fields, "epoch_complete": epoch_complete}).encode()
-    _write_atomic(record_path(path), lambda f: f.write(text))
+    write_atomic(record_path(path), text)
     return record
 
 

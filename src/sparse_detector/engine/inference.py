@@ -31,7 +31,7 @@ from ..data.transforms import make_transforms
 from ..models import DetectionOutput, build_model
 from ..models.postprocess import postprocessor_for
 from ..models.weights import load_official, load_state_dict_checked
-from ..runs import resolve_checkpoint
+from ..runs import resolve_checkpoint, write_atomic
 from .checkpoint import load_checkpoint
 from .device import resolve_device
 from .evaluate import targets_to
@@ -347,6 +347,6 @@ def predict_images(
         target, content = out / "detections_coco.json", coco_results
     else:
         target, content = out / "predictions.json", result.records
-    target.write_text(json.dumps(content, indent=2))
+    write_atomic(target, json.dumps(content, indent=2))
     result.written.append(target)
     return result

@@ -37,6 +37,7 @@ from ..runs import (
     claim_run_dir,
     read_metrics,
     resolve_checkpoint,
+    write_atomic,
 )
 from ..text import counted
 from .checkpoint import (
@@ -280,7 +281,7 @@ class Trainer:
         if self.dist.is_main:  # only now: a config, data set or checkpoint that fails above leaves no run directory
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._claim_run_dir()
-            (self.run_dir / CONFIG_FILE).write_text(dump_config(config))
+            write_atomic(self.run_dir / CONFIG_FILE, dump_config(config))
         barrier()
         self.logger = MetricsLogger(
             self.run_dir,
@@ -420,7 +421,7 @@ class Trainer:
                 for r in read_metrics(self.run_dir)
                 if r["step"] <= self.step and (r["type"] != "epoch" or r["epoch"] <= self.epoch)
             ]
-            metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            write_atomic(metrics, "".join(json.dumps(r) + "\n" for r in kept))
         log.info("resumed %s from %s (%s)", self.run_dir, path.name, self.last_checkpoint_at)
         return changes
 
@@ -761,6 +762,6 @@ class Trainer:
                     break
         self.logger.close()
         if last_eval and self.dist.is_main:
-            (self.run_dir / EVAL_FILE).write_text(json.dumps(last_eval, indent=2))
+            write_atomic(self.run_dir / EVAL_FILE, json.dumps(last_eval, indent=2))
             print(format_table(last_eval))
         return last_eval

@@ -11,6 +11,7 @@ Rows, columns and sites come from the records themselves (the sites the model de
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from ..analysis import METRICS, SIZE_BUCKETS
 from ..engine.coco_eval import format_table
-from ..runs import ANALYSIS_FILE, run_labels
+from ..runs import ANALYSIS_FILE, run_labels, write_atomic
 from ..text import counted
 
 COMPARE_METRICS = (*METRICS, "paibb", *(f"paibb_{size}" for size in SIZE_BUCKETS), "sampling_spread")
@@ -37,10 +38,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     """Rows of equal keys as CSV with a header line."""
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())
 
 
 def paibb_blocks(site_info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -188,9 +190,9 @@ def write_analysis(record: Mapping[str, Any], output_dir: Path) -> list[Path]:
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path = output_dir / ANALYSIS_FILE
     csv_path, md_path = json_path.with_suffix(".csv"), json_path.with_suffix(".md")
-    json_path.write_text(json.dumps(record, indent=2))
     write_csv(analysis_rows(record), csv_path)
-    md_path.write_text(analysis_markdown(record))
+    write_atomic(md_path, analysis_markdown(record))
+    write_atomic(json_path, json.dumps(record, indent=2))  # last: the record other commands read says all is there
     return [json_path, csv_path, md_path]
 
 

@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..runs import write_atomic
 from ..text import counted
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def replace_previous_figures(folder: Path, kind: str, written: Sequence[Path]) -
     for path in removed:
         path.unlink()
     record[kind] = names
-    record_path.write_text(json.dumps(record, indent=1))
+    write_atomic(record_path, json.dumps(record, indent=1))
     if removed:
         log.info(
             "removed %s of the last %s drawing in %s (not drawn again)", counted(len(removed), "figure"), kind, folder
