@@ -3,6 +3,7 @@ non-finite losses, pickle payloads, fine-tuning with another class count."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -386,3 +387,26 @@ def test_a_checkpoint_whose_record_was_never_written_resumes_at_its_own_epoch(sh
     assert (trainer.epoch, trainer.step, trainer.last_checkpoint.name) == (2, 2, "checkpoint_last.pt")
     trainer.fit()
     assert [r["epoch"] for r in read_metrics(run) if r["type"] == "epoch"] == [1, 2, 3]
+
+
+def test_a_run_killed_while_writing_its_final_checkpoint_keeps_its_evaluation(shapes, tmp_path: Path, monkeypatch):
+    """Killed after the last epoch's checkpoint but before eval.json (written after training), the run counted as
+    finished on resume and never got its eval.json; its checkpoint_best.pt, written after the last one, was missing
+    or an older epoch's."""
+    from sparse_detector.engine import checkpoint
+
+    run = tmp_path / "run"
+    write = checkpoint.write_atomic
+
+    def killed_before_the_last_record(path: Path, content) -> None:
+        if path.name == "checkpoint_last.pt.meta.json":
+            raise KeyboardInterrupt
+        write(path, content)
+
+    monkeypatch.setattr(checkpoint, "write_atomic", killed_before_the_last_record)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(shapes_config(shapes, "train.epochs=1", *FAST), run, progress=False).fit()
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run)]) == 1  # already finished
+    assert "AP" in json.loads((run / "eval.json").read_text())
+    assert load_checkpoint(run / "checkpoint_best.pt")["epoch"] == 1

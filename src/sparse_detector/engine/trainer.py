@@ -466,6 +466,8 @@ class Trainer:
             raise self._diverged(where, "its checkpoint was not written")
         state = self._state()
         if self.dist.is_main:
+            if best:  # before the last one: a process killed in between redoes the epoch and writes both again
+                save_checkpoint(self.run_dir / BEST_CHECKPOINT, state)
             rotate_last(self.run_dir)
             save_checkpoint(self.run_dir / LAST_CHECKPOINT, state, epoch_complete=not self.epoch_progress)
             train, optim = self.config.train, self.config.optim
@@ -475,8 +477,6 @@ class Trainer:
                 if e % optim.lr_drop == 0 or (train.keep_every > 0 and e % train.keep_every == 0)
             ]
             prune_checkpoints(self.run_dir, train.keep_last, keep)
-            if best:
-                save_checkpoint(self.run_dir / BEST_CHECKPOINT, state)
         self.last_checkpoint, self.last_checkpoint_at = self.run_dir / LAST_CHECKPOINT, self._position()
         barrier()
 
@@ -746,6 +746,8 @@ class Trainer:
                         )
                         raise self._diverged(f"validation after epoch {self.epoch}", detail) from err
                     record.update(last_eval)
+                    if self.dist.is_main:  # before the checkpoint, which a finished run's resume would not redo
+                        write_atomic(self.run_dir / EVAL_FILE, json.dumps(last_eval, indent=2))
                 record["alpha"] = alpha_values(self.model)
                 self.logger.log("epoch", self.step, epoch=self.epoch, **record)
                 improved = "AP" in record and record["AP"] > self.best_ap
@@ -762,6 +764,5 @@ class Trainer:
                     break
         self.logger.close()
         if last_eval and self.dist.is_main:
-            write_atomic(self.run_dir / EVAL_FILE, json.dumps(last_eval, indent=2))
             print(format_table(last_eval))
         return last_eval
