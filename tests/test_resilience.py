@@ -383,7 +383,10 @@ def test_a_checkpoint_whose_record_was_never_written_resumes_at_its_own_epoch(sh
     os.umask(umask)
     assert (run / "checkpoint_last.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # not owner-only (mkstemp's)
     assert [(r.epoch, r.step) for r in run_checkpoints(run)] == [(2, 2), (1, 1)]
+    partial = run / ".checkpoint_last.pt.k1ll3d_.tmp"  # what a SIGKILL while writing a checkpoint leaves
+    partial.write_bytes(b"\0" * 1000)
     trainer = Trainer(load_config(run / "config.yaml"), run, resume=True, progress=False)
+    assert not partial.exists()
     assert (trainer.epoch, trainer.step, trainer.last_checkpoint.name) == (2, 2, "checkpoint_last.pt")
     trainer.fit()
     assert [r["epoch"] for r in read_metrics(run) if r["type"] == "epoch"] == [1, 2, 3]

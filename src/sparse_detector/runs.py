@@ -95,6 +95,16 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[IO[bytes]], 
     return path
 
 
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files :func:`write_atomic` left in ``folder`` when its process was killed (SIGKILL)
+    while writing (a partial checkpoint is as large as a whole one); returns them. Only for a folder no other
+    process is writing into (a claimed run directory)."""
+    partial = [path for path in folder.glob(".*.tmp") if path.is_file()]
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
+
+
 def claim_run_dir(run_dir: str | Path) -> FileLock:
     """Hold an existing run directory for this training process until the lock is released or the process ends,
     however it ends: a second ``train`` into it, or a ``--resume`` of it, while the first still runs would write

@@ -36,6 +36,7 @@ from ..runs import (
     METRICS_FILE,
     claim_run_dir,
     read_metrics,
+    remove_partial_writes,
     resolve_checkpoint,
     write_atomic,
 )
@@ -323,6 +324,8 @@ class Trainer:
         """Rank 0 holds the run directory once it exists, until training ends (:func:`claim_run_dir`)."""
         if self.dist.is_main and self.run_lock is None and self.run_dir.is_dir():
             self.run_lock = claim_run_dir(self.run_dir)
+            if partial := remove_partial_writes(self.run_dir):
+                log.info("removed what a killed process left half-written: %s", ", ".join(p.name for p in partial))
 
     def _wrap(self, model: nn.Module, compile: bool) -> nn.Module:
         """The module the training step calls: DDP across processes, ``torch.compile``-d when asked."""
