@@ -11,7 +11,6 @@ occluded parts included; ``area`` is the shape's pixel count. Output is a pure f
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .importers.common import write_coco
 
 ClassMode = Literal["color", "shape", "shape_color"]
 
@@ -211,7 +212,7 @@ def generate_shapes(
         "categories": [{"id": i, "name": name, "supercategory": classes} for name, i in category_ids.items()],
     }
     annotation_file = out / "annotations" / f"{split_name}.json"
-    annotation_file.write_text(json.dumps(coco))
+    write_coco(coco, annotation_file)  # whole or not at all: a study regenerates data whose annotations are missing
     return annotation_file
 
 
