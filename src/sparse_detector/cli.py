@@ -466,11 +466,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else eval_file(loaded.source, suffix)
     output.parent.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": str(loaded.source), "data": str(dataset.annotation_file), **evaluation.stats}
+    curves = output.with_name(f"{output.stem}_pr.npz")
+    if evaluation.coco.precision is not None:  # before the JSON: an evaluation killed in between leaves the old pair
+        evaluation.coco.precision.save(curves)
     write_atomic(output, json.dumps({**record, "per_class": evaluation.coco.per_class}, indent=2))
     print(f"written: {output}")
     if evaluation.coco.precision is not None:
-        curves = output.with_name(f"{output.stem}_pr.npz")
-        evaluation.coco.precision.save(curves)
         print(f"written: {curves} (precision by IoU threshold x recall x class)")
     if args.save_detections:
         Path(args.save_detections).parent.mkdir(parents=True, exist_ok=True)
