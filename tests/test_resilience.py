@@ -413,3 +413,32 @@ def test_a_run_killed_while_writing_its_final_checkpoint_keeps_its_evaluation(sh
     assert main(["train", "--resume", str(run)]) == 1  # already finished
     assert "AP" in json.loads((run / "eval.json").read_text())
     assert load_checkpoint(run / "checkpoint_best.pt")["epoch"] == 1
+
+
+def test_a_run_killed_while_writing_its_last_checkpoint_is_continued_from_the_numbered_one(
+    shapes, tmp_path: Path, monkeypatch
+):
+    """Killed between moving checkpoint_last.pt to checkpoint_epoch0001.pt and writing the new one, the run had no
+    checkpoint_last.pt: a study deleted the run directory and trained it from the start, and `train` into it again
+    wiped its metrics.jsonl instead of saying to resume."""
+    from sparse_detector.engine import checkpoint
+    from sparse_detector.study import _train
+
+    run = tmp_path / "run"
+    write = checkpoint.write_atomic
+
+    def killed_writing_the_last(path: Path, content) -> None:
+        if path.name == "checkpoint_last.pt" and (run / "checkpoint_epoch0001.pt").exists():
+            raise KeyboardInterrupt
+        write(path, content)
+
+    monkeypatch.setattr(checkpoint, "write_atomic", killed_writing_the_last)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(shapes_config(shapes, "train.epochs=2", *FAST), run, progress=False).fit()
+    monkeypatch.undo()
+    assert not (run / "checkpoint_last.pt").exists() and (run / "checkpoint_epoch0001.pt").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(shapes_config(shapes, "train.epochs=2", *FAST), run, progress=False)
+    first_epoch = epoch_records(run)[1]
+    assert _train(shapes_config(shapes, "train.epochs=2", *FAST), run, progress=False, name="run")
+    assert epoch_records(run)[1] == first_epoch and sorted(epoch_records(run)) == [1, 2]  # epoch 1 not trained again

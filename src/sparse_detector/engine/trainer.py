@@ -47,6 +47,7 @@ from .checkpoint import (
     prune_checkpoints,
     rng_state,
     rotate_last,
+    run_checkpoints,
     save_checkpoint,
     set_rng_state,
 )
@@ -225,7 +226,7 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         train = config.train
-        if not resume and (self.run_dir / LAST_CHECKPOINT).exists():
+        if not resume and run_checkpoints(self.run_dir):  # a numbered one alone: killed while writing the last
             raise FileExistsError(
                 f"run directory {self.run_dir} already holds a checkpoint; continue it with --resume {self.run_dir} "
                 "(or --resume auto) or choose another --output-dir"
