@@ -78,9 +78,6 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[IO[bytes]], 
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             if callable(content):
                 content(f)
@@ -88,6 +85,9 @@ def write_atomic(path: str | Path, content: str | bytes | Callable[[IO[bytes]], 
                 f.write(content.encode() if isinstance(content, str) else content)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
