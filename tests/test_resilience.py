@@ -19,6 +19,7 @@ from sparse_detector import load_config
 from sparse_detector.cli import main
 from sparse_detector.engine.checkpoint import (
     CheckpointError,
+    epoch_checkpoint_name,
     load_checkpoint,
     run_checkpoints,
     save_checkpoint,
@@ -361,23 +362,30 @@ def test_init_from_softmax_weights_into_other_attention_maps(tmp_path: Path, cap
     assert initialise_from(build_model(load_config("shapes_tiny", small)), tmp_path / "alpha.pt") == []
 
 
+def _train_killed_writing(config, run: Path, name: str, after_epoch: int, monkeypatch) -> None:
+    """Train ``config`` into ``run`` and stop it as a second signal (or SIGKILL) would, when it is about to write
+    the file ``name`` of a checkpoint after ``after_epoch`` epochs."""
+    from sparse_detector.engine import checkpoint
+
+    write = checkpoint.write_atomic
+
+    def killed(path: Path, content) -> None:
+        if path.name == name and (after_epoch == 1 or (run / epoch_checkpoint_name(after_epoch - 1)).exists()):
+            raise KeyboardInterrupt
+        write(path, content)
+
+    monkeypatch.setattr(checkpoint, "write_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, run, progress=False).fit()
+    monkeypatch.undo()
+
+
 def test_a_checkpoint_whose_record_was_never_written_resumes_at_its_own_epoch(shapes, tmp_path: Path, monkeypatch):
     """A second signal (or SIGKILL) between writing checkpoint_last.pt and its record left a checkpoint without
     one, which was taken for an ancient one of 1073741824 epochs: `--resume` said the run had finished them all."""
-    from sparse_detector.engine import checkpoint
-
     run = tmp_path / "run"
-    write = checkpoint.write_atomic
-
-    def killed_before_the_last_record(path: Path, writer) -> None:
-        if path.name == "checkpoint_last.pt.meta.json" and (run / "checkpoint_epoch0001.pt").exists():
-            raise KeyboardInterrupt  # as the second signal does, in the save of epoch 2
-        write(path, writer)
-
-    monkeypatch.setattr(checkpoint, "write_atomic", killed_before_the_last_record)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(shapes_config(shapes, "train.epochs=3", *FAST), run, progress=False).fit()
-    monkeypatch.undo()
+    config = shapes_config(shapes, "train.epochs=3", *FAST)
+    _train_killed_writing(config, run, "checkpoint_last.pt.meta.json", 2, monkeypatch)
     assert not (run / "checkpoint_last.pt.meta.json").exists()
     umask = os.umask(0)
     os.umask(umask)
@@ -390,26 +398,17 @@ def test_a_checkpoint_whose_record_was_never_written_resumes_at_its_own_epoch(sh
     assert (trainer.epoch, trainer.step, trainer.last_checkpoint.name) == (2, 2, "checkpoint_last.pt")
     trainer.fit()
     assert [r["epoch"] for r in read_metrics(run) if r["type"] == "epoch"] == [1, 2, 3]
+    assert load_checkpoint(run / "checkpoint_epoch0002.pt")["epoch"] == 2  # kept as numbered, not overwritten
 
 
 def test_a_run_killed_while_writing_its_final_checkpoint_keeps_its_evaluation(shapes, tmp_path: Path, monkeypatch):
     """Killed after the last epoch's checkpoint but before eval.json (written after training), the run counted as
     finished on resume and never got its eval.json; its checkpoint_best.pt, written after the last one, was missing
     or an older epoch's."""
-    from sparse_detector.engine import checkpoint
-
     run = tmp_path / "run"
-    write = checkpoint.write_atomic
-
-    def killed_before_the_last_record(path: Path, content) -> None:
-        if path.name == "checkpoint_last.pt.meta.json":
-            raise KeyboardInterrupt
-        write(path, content)
-
-    monkeypatch.setattr(checkpoint, "write_atomic", killed_before_the_last_record)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(shapes_config(shapes, "train.epochs=1", *FAST), run, progress=False).fit()
-    monkeypatch.undo()
+    _train_killed_writing(
+        shapes_config(shapes, "train.epochs=1", *FAST), run, "checkpoint_last.pt.meta.json", 1, monkeypatch
+    )
     assert main(["train", "--resume", str(run)]) == 1  # already finished
     assert "AP" in json.loads((run / "eval.json").read_text())
     assert load_checkpoint(run / "checkpoint_best.pt")["epoch"] == 1
@@ -421,21 +420,10 @@ def test_a_run_killed_while_writing_its_last_checkpoint_is_continued_from_the_nu
     """Killed between moving checkpoint_last.pt to checkpoint_epoch0001.pt and writing the new one, the run had no
     checkpoint_last.pt: a study deleted the run directory and trained it from the start, and `train` into it again
     wiped its metrics.jsonl instead of saying to resume."""
-    from sparse_detector.engine import checkpoint
     from sparse_detector.study import _train
 
     run = tmp_path / "run"
-    write = checkpoint.write_atomic
-
-    def killed_writing_the_last(path: Path, content) -> None:
-        if path.name == "checkpoint_last.pt" and (run / "checkpoint_epoch0001.pt").exists():
-            raise KeyboardInterrupt
-        write(path, content)
-
-    monkeypatch.setattr(checkpoint, "write_atomic", killed_writing_the_last)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(shapes_config(shapes, "train.epochs=2", *FAST), run, progress=False).fit()
-    monkeypatch.undo()
+    _train_killed_writing(shapes_config(shapes, "train.epochs=2", *FAST), run, "checkpoint_last.pt", 2, monkeypatch)
     assert not (run / "checkpoint_last.pt").exists() and (run / "checkpoint_epoch0001.pt").exists()
     with pytest.raises(FileExistsError, match="--resume"):
         Trainer(shapes_config(shapes, "train.epochs=2", *FAST), run, progress=False)

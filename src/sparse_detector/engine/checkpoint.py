@@ -151,12 +151,17 @@ def rotate_last(run_dir: Path) -> None:
     """Before a new ``checkpoint_last.pt`` is written: keep the current one as a numbered checkpoint when it closed
     an epoch (a mid-epoch one is superseded by the new one)."""
     last = run_dir / LAST_CHECKPOINT
-    record = read_record(last)
-    if record is None or not record.epoch_complete or verify_checkpoint(last) is not None:
+    if not last.is_file() or verify_checkpoint(last) is not None:
+        return
+    record = read_record(last) or _unrecorded(last)  # none: its process was killed before writing the record
+    if not record.epoch_complete or record.epoch < 0:
         return
     target = run_dir / epoch_checkpoint_name(record.epoch)
     os.replace(last, target)
-    os.replace(record_path(last), record_path(target))
+    if record.size >= 0:
+        os.replace(record_path(last), record_path(target))
+    else:  # not another checkpoint's record beside it
+        record_path(target).unlink(missing_ok=True)
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int, keep: Iterable[int]) -> list[Path]:

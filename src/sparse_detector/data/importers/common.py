@@ -5,7 +5,6 @@ from __future__ import annotations
 import codecs
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 from PIL import Image
 
+from ...runs import write_atomic
 from ..coco import MAX_EXAMPLES, DatasetError
 
 logger = logging.getLogger(__name__)
@@ -213,7 +213,5 @@ def write_coco(coco: dict[str, Any], out_file: str | Path) -> dict[str, Any]:
     if out.is_dir():
         raise DatasetError(f"{out} is a folder; the output is a JSON file, e.g. {out / 'annotations.json'}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(json.dumps(coco))
-    os.replace(partial, out)
+    write_atomic(out, json.dumps(coco))
     return coco
