@@ -11,6 +11,7 @@ occluded parts included; ``area`` is the shape's pixel count. Output is a pure f
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .importers.common import write_coco
+from ..runs import write_atomic
 
 ClassMode = Literal["color", "shape", "shape_color"]
 
@@ -212,7 +213,7 @@ def generate_shapes(
         "categories": [{"id": i, "name": name, "supercategory": classes} for name, i in category_ids.items()],
     }
     annotation_file = out / "annotations" / f"{split_name}.json"
-    write_coco(coco, annotation_file)  # whole or not at all: a study regenerates data whose annotations are missing
+    write_atomic(annotation_file, json.dumps(coco))  # whole or not at all: a study regenerates missing annotations
     return annotation_file
 
 
