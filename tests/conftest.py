@@ -41,13 +41,17 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-SMALL_MODEL = [
+#: The transformer sizes of every small test model (DETR and Deformable DETR).
+SMALL_TRANSFORMER = [
     "model.transformer.hidden_dim=32",
     "model.transformer.nheads=4",
     "model.transformer.enc_layers=1",
     "model.transformer.dec_layers=2",
     "model.transformer.dim_feedforward=64",
     "model.num_queries=6",
+]
+SMALL_MODEL = [
+    *SMALL_TRANSFORMER,
     "train.batch_size=4",
     "train.eval_batch_size=8",
     "train.log_every=1",

@@ -73,7 +73,8 @@ def test_matches_entmax_library(name: str, scale: float, ties: bool) -> None:
         x = _inputs(shape, scale, ties)
         for alpha in (1.25, 1.5, 1.8) if name == "alpha" else (1.5,):
             ours = _ours(name, x, alpha)
-            assert (ours - _reference(name, x, alpha)).abs().max() <= 1e-6, (shape, alpha)
+            # measured: <= 2e-15 (float64, both implementations)
+            assert (ours - _reference(name, x, alpha)).abs().max() <= 1e-13, (shape, alpha)
             assert torch.allclose(ours.sum(-1), torch.ones((), dtype=F64), atol=1e-12)
             assert (ours >= 0).all()
 
@@ -96,12 +97,13 @@ def test_every_alpha_matches_library_on_attention_scores(scores: str, dtype: tor
     ours_x, ours_alpha = x.to(dtype).requires_grad_(), alphas.to(dtype).requires_grad_()
     ours = entmax_alpha(ours_x, ours_alpha)
     ours.backward(grad.to(dtype))
-    tolerance = 1e-6 if dtype == F64 else 2e-6  # float32 inputs: the rounding of the scores themselves
+    # measured: 1.2e-14 (float64), 3.9e-7 (float32 inputs: the rounding of the scores themselves)
+    tolerance = 1e-13 if dtype == F64 else 2e-6
     assert (ours.double() - reference).abs().max() <= tolerance
     assert (ours.sum(-1) - 1).abs().max() <= (1e-12 if dtype == F64 else 1e-6)
     if dtype == F64:
-        assert (ours_x.grad - ref_x.grad).abs().max() <= 1e-8
-        assert ((ours_alpha.grad - ref_alpha.grad) / ref_alpha.grad.abs().clamp(min=1)).abs().max() <= 1e-8
+        assert (ours_x.grad - ref_x.grad).abs().max() <= 1e-11  # measured: 1.4e-13
+        assert ((ours_alpha.grad - ref_alpha.grad) / ref_alpha.grad.abs().clamp(min=1)).abs().max() <= 1e-10  # 1.4e-12
     for row, alpha in enumerate(ALPHAS):  # the float-α solves (closed forms at 1.5 and 2)
         assert (entmax_alpha(x[row].to(dtype), alpha).double() - reference[row]).abs().max() <= tolerance, alpha
 
@@ -126,7 +128,7 @@ def test_alpha_tensor_per_head_matches_library() -> None:
     alpha = torch.tensor([1.1, 1.4, 1.7, 2.0], dtype=F64).view(1, 4, 1, 1)
     ours = entmax_alpha(x, alpha)
     ref = entmax.entmax_bisect(x, alpha.expand(2, 4, 5, 1), dim=-1, n_iter=100)
-    assert (ours - ref).abs().max() <= 1e-6
+    assert (ours - ref).abs().max() <= 1e-13  # measured: 2e-16
 
 
 @pytest.mark.parametrize("name", MAPS)

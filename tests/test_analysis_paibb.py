@@ -268,6 +268,7 @@ def test_boxes_land_on_their_pixels_when_sides_are_not_multiples_of_the_stride()
         ((75, 100), (0, 0, 100, 75)),  # the whole image: 100 x 75 of 128 x 96 pixels
         ((800, 1066), (1000, 700, 1066, 800)),  # 34 x 25 cells covering 1088 x 800 pixels
         ((800, 1066), (517, 33, 790, 411)),
+        ((75, 100), (80, 50, 130, 110)),  # past the right and bottom borders: only the part inside the image counts
     ]
     for image_hw, box in cases:
         padded = tuple(-(-side // 32) for side in image_hw)

@@ -28,19 +28,14 @@ from sparse_detector.runs import read_metrics
 from sparse_detector.viz.deformable import sampling_figure
 from sparse_detector.viz.figure import PREDICTION_COLOR, TRUTH_COLOR
 
-from .conftest import SMALL_MODEL, shapes_config, shared_path
+from .conftest import SMALL_MODEL, SMALL_TRANSFORMER, shapes_config, shared_path
 
 FIXTURE = "fixtures/ddetr_official_transformer_small.pt"
 
 #: A Deformable DETR small enough for unit tests, on top of the shapes preset.
 TINY_DEFORMABLE = [
     "model.arch=deformable_detr",
-    "model.transformer.hidden_dim=32",
-    "model.transformer.nheads=4",
-    "model.transformer.enc_layers=1",
-    "model.transformer.dec_layers=2",
-    "model.transformer.dim_feedforward=64",
-    "model.num_queries=6",
+    *SMALL_TRANSFORMER,
     "model.deformable.num_feature_levels=3",
     "model.deformable.enc_n_points=2",
     "model.deformable.dec_n_points=2",
@@ -566,3 +561,26 @@ def test_sampling_figure_draws_points_where_the_model_samples_them():
     drawn = [c.get_offsets()[0] for c in ax.collections if len(c.get_offsets())]
     np.testing.assert_allclose(drawn, [[78.0, 40.0], [96.0, 48.0]], atol=1e-4)
     np.testing.assert_allclose(ax.lines[0].get_xydata(), [[52.0, 40.0]], atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["detr", "deformable_detr"])
+def test_sine_position_encoding_is_the_official_formula_per_cell(arch: str):
+    """Cell (i, j) of an image whose valid grid is h × w: y = (i + 1 + o) / h · 2π, x = (j + 1 + o) / w · 2π, with
+    o = -0.5 for Deformable DETR and 0 for DETR (the official repositories); channel 2k and 2k + 1 of each half are
+    sin and cos of the coordinate over 10000^(2k / F). Computed cell by cell here."""
+    config = load_config(None, [f"model.arch={arch}", *SMALL_MODEL, "model.backbone.name=resnet18"])
+    encoding = build_model(config).backbone[1]
+    offset = -0.5 if arch == "deformable_detr" else 0.0
+    mask = torch.ones(2, 3, 5, dtype=torch.bool)
+    mask[0], mask[1, :2, :4] = False, False  # a full 3 x 5 image and a 2 x 4 one padded to it
+    pos = encoding(mask)
+    half = pos.shape[1] // 2
+    for b, (h, w) in enumerate([(3, 5), (2, 4)]):
+        for i in range(h):
+            for j in range(w):
+                for k in range(half):
+                    freq = 10000 ** (2 * (k // 2) / half)
+                    trig = np.sin if k % 2 == 0 else np.cos
+                    y, x = (i + 1 + offset) / h * 2 * np.pi, (j + 1 + offset) / w * 2 * np.pi
+                    assert pos[b, k, i, j].item() == pytest.approx(trig(y / freq), abs=1e-5), (b, k, i, j)
+                    assert pos[b, half + k, i, j].item() == pytest.approx(trig(x / freq), abs=1e-5), (b, k, i, j)

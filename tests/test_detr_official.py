@@ -149,3 +149,17 @@ def test_a_checkpoint_of_the_official_training_script_loads(fixture, tmp_path):
     torch.save({"model": fixture["model"], "args": _Payload()}, path)
     with pytest.raises(CheckpointMismatchError, match="refused to load .*Re-save its state dict alone"):
         detr_from_official(path, nheads=fixture["config"]["nheads"])
+
+
+def test_total_loss_weights_every_layer_as_the_official_recipe(fixture, official_model):
+    """The optimised sum weights the auxiliary layers' terms like the last layer's, as official ``main.py`` builds its
+    ``weight_dict`` (loss_ce 1, loss_bbox bbox_loss_coef, loss_giou giou_loss_coef, each copied per aux layer)."""
+    c = fixture["config"]
+    official = {"loss_ce": 1, "loss_bbox": c["bbox_loss_coef"], "loss_giou": c["giou_loss_coef"]}
+    official.update({f"{k}_{i}": v for i in range(c["dec_layers"] - 1) for k, v in dict(official).items()})
+    expected = sum(fixture["losses"][k] * w for k, w in official.items())
+    criterion = build_criterion(_config_for(fixture))
+    with torch.no_grad():
+        losses = criterion(official_model(list(fixture["images"])), fixture["targets"])
+    assert criterion.weight_dict == official
+    torch.testing.assert_close(criterion.total_loss(losses), expected, atol=TOL, rtol=0)

@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 
 from sparse_detector.engine.diagnostics import DIAGNOSTICS_FILE, read_diagnostics
+from sparse_detector.files import write_atomic
 from sparse_detector.runs import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     METRICS_FILE,
     analysis_dir,
+    analysis_label,
+    analysis_labels,
     distinct_names,
     read_analyses,
     read_metrics,
     resolve_checkpoint,
-    run_label,
-    run_labels,
-    write_atomic,
 )
 
 
@@ -43,7 +43,7 @@ def test_checkpoints_metrics_and_analyses(tmp_path: Path, caplog: pytest.LogCapt
     folder = analysis_dir(run / BEST_CHECKPOINT, random_init=True)
     folder.mkdir()
     (folder / "analysis.json").write_text(json.dumps(record))
-    assert read_analyses([run]) == [record] and run_label(record) == "run (random init)"
+    assert read_analyses([run]) == [record] and analysis_label(record) == "run (random init)"
     old = {**record, "attention": {"sites": {}, "paibb": None}}
     (folder / "analysis.json").write_text(json.dumps(old))
     with caplog.at_level(logging.WARNING):
@@ -73,7 +73,7 @@ def test_runs_of_the_same_name_get_labels_told_apart_by_their_parents(tmp_path: 
     records = [{"checkpoint": str(run / BEST_CHECKPOINT), "random_init": False} for run in runs]
     records.append({"checkpoint": str(runs[0] / BEST_CHECKPOINT), "random_init": True})
     expected = ["exp1/runs/softmax", "exp2/runs/softmax", "sparsemax", "softmax (random init)"]
-    assert run_labels(records) == expected  # were softmax, softmax, ...: one table column or curve hid the other
+    assert analysis_labels(records) == expected  # were softmax, softmax, ...: one table column or curve hid the other
     assert figure_labels(runs) == expected[:3]
     for record in records:
         record.update(data="val.json", ap={"AP": 0.1}, attention={"num_images": 1, "sites": {}})
@@ -88,8 +88,8 @@ def test_one_checkpoint_analysed_twice_gets_two_labels(tmp_path: Path):
         {"checkpoint": checkpoint, "random_init": False, "data": str(tmp_path / name)}
         for name in ("val.json", "test.json", "test.json")
     ]
-    assert run_labels(records) == ["mine on val.json", "mine on test.json #1", "mine on test.json #2"]
-    assert run_labels(records[1:]) == ["mine #1", "mine #2"]
+    assert analysis_labels(records) == ["mine on val.json", "mine on test.json #1", "mine on test.json #2"]
+    assert analysis_labels(records[1:]) == ["mine #1", "mine #2"]
     assert distinct_names([Path("/a/b"), Path("/a/b"), Path("/c/b")]) == ["a/b", "a/b", "c/b"]
     assert distinct_names([Path("/b"), Path("/c/b")]) == ["/b", "c/b"]  # not '//b'
 

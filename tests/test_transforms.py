@@ -68,6 +68,32 @@ def test_resized_shape_caps_longer_side() -> None:
     assert resized_shape(640, 480, 800, max_size=1333) == (800, 1066)
 
 
+# (w, h, size, max_size) -> (h, w) as official DETR's get_size_with_aspect_ratio returns them (read off that function):
+# the capped shorter side is rounded, the longer side truncated, so a capped longer side can come out 1-2 px over
+# or under max_size (e.g. 40 x 284 -> 1334 x 188).
+OFFICIAL_SIZES = {
+    (300, 200, 1000, 1333): (889, 1333),
+    (640, 480, 800, 1333): (800, 1066),
+    (1333, 800, 800, 1333): (800, 1333),
+    (500, 1400, 800, 1333): (1332, 476),
+    (96, 200, 96, None): (200, 96),
+    (1000, 1000, 800, 1333): (800, 800),
+    (40, 101, 800, 1333): (1333, 528),
+    (40, 101, 480, 800): (800, 317),
+    (40, 162, 480, 800): (801, 198),
+    (40, 162, 608, 1000): (1000, 247),
+    (40, 284, 800, 1333): (1334, 188),
+    (40, 284, 480, 800): (802, 113),
+}
+
+
+def test_resized_shape_equals_the_official_function() -> None:
+    """Sizes official DETR gives, with and without the cap (300 x 200 to 1000 capped at 1333 is 889 x 1333; it would
+    be 888 x 1332 if the capped size were truncated instead of rounded)."""
+    for (w, h, size, max_size), expected in OFFICIAL_SIZES.items():
+        assert resized_shape(w, h, size, max_size) == expected, (w, h, size, max_size)
+
+
 def test_crop_keeps_fields_consistent_and_drops_empty_boxes() -> None:
     target = _target([[10, 20, 50, 60], [120, 10, 190, 90], [60, 5, 100, 95]])
     image, out = crop(_image(), target, (0, 40, 100, 80))  # x in [40, 120)

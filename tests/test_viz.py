@@ -113,7 +113,7 @@ def kind_arguments(kind: str, runs: dict[str, Path]) -> list[str]:
 
 def test_every_kind_renders_from_a_trained_run(runs, tmp_path: Path, capsys):
     # attention: (heads + mean) columns x layers rows of 1.5 in panels, +1.2 in for the colour bar, +0.9 in titles.
-    attention_size = (round((1.5 * (HEADS + 1) + 1.2) * DPI), round((1.5 * LAYERS + 0.9) * DPI))
+    attention_size = (round((1.5 * (HEADS + 1) + 1.4) * DPI), round((1.65 * LAYERS + 0.9) * DPI))  # square images
     expected = {"attention": attention_size, "curves": (14 * DPI, round(6.5 * DPI)), "matching": (10 * DPI, 540)}
     for kind in FIGURE_KINDS:
         out = tmp_path / kind
@@ -203,6 +203,64 @@ def test_overlay_lights_the_cell_that_holds_the_mass():
     assert tiny.max() - tiny.min() > 20, "a small positive weight is coloured, unlike an exact zero"
 
 
+@pytest.mark.parametrize("height, width", [(96, 96), (43, 128), (128, 43)])
+def test_attention_panels_take_the_images_shape_and_row_labels_fit_their_row(height, width):
+    # A 3:1 COCO image (640 x 213) was drawn in square 1.5-inch panels: thin strips in white, 6 x 9 panels filling a
+    # quarter of the figure, and each row's label ("decoder_cross layer 0") 2.7 times as tall as its row, running
+    # into the next row's.
+    labels = [f"decoder_cross layer {i}" for i in range(6)]
+    figure = attention_figure(np.full((height, width, 3), 0.5), np.full((6, 8, 2, 6), 1 / 12), labels, title="t")
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    panels = [axes for axes in figure.axes if axes.images]
+    assert len(panels) == 6 * 9
+    figure_area = np.prod(figure.get_size_inches() * figure.dpi)
+    panel_area = sum(axes.get_window_extent().width * axes.get_window_extent().height for axes in panels)
+    assert panel_area / figure_area > 0.5
+    first = panels[0]
+    label = first.yaxis.label
+    row_pitch = first.get_window_extent().y1 - panels[9].get_window_extent().y1  # from one row's top to the next's
+    assert label.get_window_extent(canvas.get_renderer()).height < row_pitch
+
+
+def test_attention_figure_of_one_layer_and_head_keeps_its_title_on_the_page():
+    """A run of 1 layer x 1 head drew its box legend ('boxes: prediction (red), ground truth (cyan); ground-truth
+    classes not written ...; uncoloured cells: ...') as one line cut at both edges of the 6-inch figure, and its row
+    label as 'decoder_cross layer' / '0'."""
+    crowd = [LabelledBox((i, i, i + 10, i + 10), "RBC") for i in range(10)]
+    prediction = [LabelledBox((5, 5, 60, 40), "q8 RBC 0.75")]
+    figure = attention_figure(
+        np.full((96, 128, 3), 0.5),
+        np.full((1, 1, 6, 8), 1 / 48),
+        ["decoder_cross layer 0"],
+        prediction,
+        crowd,
+        title="detr_bccd_1h: decoder_cross, BloodImage_00008, query 8",
+    )
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    title = figure._suptitle.get_window_extent(canvas.get_renderer())
+    assert title.x0 >= 0 and title.x1 <= figure.get_size_inches()[0] * figure.dpi
+    assert "ground-truth classes not written" in figure.get_suptitle().replace("\n", " ")
+    assert figure.axes[0].get_ylabel() == "decoder_cross\nlayer 0"
+
+
+def test_box_texts_near_the_right_edge_stay_on_their_panel():
+    """A 'wine glass' box at a COCO image's right edge wrote its class name over the gap into the next head's
+    panel; a box starting in the right half has its text end at its right edge."""
+    truth = [LabelledBox((100, 40, 126, 60), "wine glass"), LabelledBox((4, 40, 30, 60), "person")]
+    figure = attention_figure(np.full((96, 128, 3), 0.5), np.full((1, 2, 6, 8), 1 / 48), ground_truth=truth)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for panel in (axes for axes in figure.axes if axes.images):
+        texts = {text.get_text(): text for text in panel.texts}
+        assert texts["wine glass"].get_ha() == "right" and texts["person"].get_ha() == "left"
+        for text in texts.values():
+            extent, frame = text.get_window_extent(renderer), panel.get_window_extent()
+            assert frame.x0 - 2 <= extent.x0 and extent.x1 <= frame.x1 + 2, text.get_text()
+
+
 def test_grid_cells_are_drawn_on_their_pixels_when_sides_are_not_multiples_of_the_stride():
     # A 100 x 75 (w x h) model input at stride 32 has a 3 x 4 grid over 128 x 96 pixels: the overlay spans those
     # pixels, cut at the image's border (it was stretched over the 100 x 75 image, each cell 25 px wide).
@@ -262,6 +320,8 @@ def test_weight_histograms_are_scaled_per_layer_so_a_spike_hides_no_other_layer(
     shown = histogram.get_images()[0].get_array()
     assert shown[0].max() == shown[1].max() == 1  # the spread layer was drawn at 0.05 of the spike's colour
     assert figure.get_suptitle() == "run"
+    norm_axes = next(ax for ax in figure.axes if ax.get_title().startswith("gradient norm"))
+    assert "white: gradient exactly 0 or not recorded" in norm_axes.get_title()  # it said 'no gradient'
 
 
 def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
@@ -322,8 +382,24 @@ def test_predict_draws_each_detections_attention(runs, tmp_path: Path, capsys):
     argv = ["predict", "--checkpoint", str(runs["run"]), str(image), "--output", str(tmp_path), "--threshold", "0"]
     assert main([*argv, "--attention"]) == 0
     assert "attention of each detection" in capsys.readouterr().out
-    # one panel per detection: all 6 queries pass threshold 0 -> 6 panels of 1.5 in + 1.2 in for the colour bar
-    check_image(tmp_path / "val_000001_attention.png", (round((1.5 * 6 + 1.2) * DPI), round((1.5 + 0.9) * DPI)))
+    # one panel per detection: all 6 queries pass threshold 0 -> 6 panels of 1.5 in + 1.4 in for the colour bar
+    check_image(tmp_path / "val_000001_attention.png", (round((1.5 * 6 + 1.4) * DPI), round((1.65 + 0.9) * DPI)))
+
+
+def test_predict_attention_wraps_many_detections_into_rows(runs, tmp_path: Path, monkeypatch):
+    """50 detections (BCCD's loosely placed RBC boxes) were 50 panels in one row, a picture 75 inches wide with the
+    colour bar squeezed to a stub; rows now hold at most ``DETECTIONS_PER_ROW`` panels, each titled by its detection."""
+    monkeypatch.setattr(kinds, "DETECTIONS_PER_ROW", 4)  # the shapes model has 6 queries: rows of 4 and 2
+    figures = []
+    monkeypatch.setattr(kinds, "save_figure", lambda figure, path, fmt="png": figures.append(figure) or Path(path))
+    image = str(runs["images"] / "val_000001.png")
+    argv = ["predict", "--checkpoint", str(runs["run"]), image, "--output", str(tmp_path), "--threshold", "0"]
+    assert main([*argv, "--attention"]) == 0
+    (figure,) = figures
+    panels = [axes for axes in figure.axes if axes.images]
+    assert len(panels) == 6
+    assert len({round(axes.get_position().y0, 3) for axes in panels}) == 2
+    assert sorted(axes.get_title().split()[0] for axes in panels) == [f"q{q}" for q in range(6)]
 
 
 def test_predict_says_which_photos_viewers_show_turned(runs, tmp_path: Path, caplog):
@@ -425,6 +501,17 @@ def test_ground_truth_is_named_as_the_data_set_names_it(runs, tmp_path: Path):
     names = {c["id"]: c["name"] for c in data["categories"]}
     assert item.truth_names == [names[int(label)] for label in item.target["labels"]]
     assert item.truth_names and all(name.startswith("my ") for name in item.truth_names)
+
+
+def test_an_image_too_large_to_decode_is_an_error_naming_it(runs, tmp_path: Path, monkeypatch):
+    """An image PIL refuses as a decompression bomb was a traceback from visualize (only OSError was caught there,
+    unlike predict and the data sets); it is now the same 'cannot read image' error as an unreadable file."""
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 is more than twice that: DecompressionBombError
+    config = load_config(runs["run"] / "config.yaml")
+    with pytest.raises(OSError, match=r"cannot read image .*huge\.png"):
+        load_images(config, VisualizeRequest([runs["run"]], tmp_path, images=[path]))
 
 
 def test_alpha_of_a_run_shorter_than_log_every_is_read_from_its_epoch_records():
@@ -597,7 +684,8 @@ def test_a_crowded_image_outlines_its_ground_truth_without_class_names():
     crowd = [LabelledBox((i, i, i + 5, i + 5), "cell") for i in range(0, 50, 5)]  # 10 boxes
     crowded = attention_figure(image, maps, predictions=prediction, ground_truth=crowd)
     assert [t.get_text() for t in crowded.axes[0].texts] == ["q0 a 0.9"] and len(crowded.axes[0].patches) == 11
-    assert "ground-truth classes not written where a panel has over 8 boxes" in crowded.get_suptitle()
+    title = crowded.get_suptitle().replace("\n", " ")
+    assert "ground-truth classes not written where a panel has over 8 boxes" in title
     few = attention_figure(image, maps, predictions=prediction, ground_truth=crowd[:3])
     assert [t.get_text() for t in few.axes[0].texts] == ["cell"] * 3 + ["q0 a 0.9"]
     assert "not written" not in few.get_suptitle()
@@ -722,11 +810,31 @@ def test_sampling_points_outside_the_image_are_counted():
     assert figure.axes[0].get_title() == "all heads (1 zero, 2 outside the image)"
 
 
+@pytest.mark.parametrize("height, width", [(40, 40), (43, 128), (128, 43)])
+def test_sampling_panels_take_the_images_shape(height, width):
+    """A 3:1 COCO image was drawn in square 3-inch panels: a strip in white, two thirds of each panel empty."""
+    record = PointsRecord(
+        torch.full((1, 1, 8, 1, 2), 0.5),
+        torch.rand(1, 1, 8, 1, 2, 2),
+        torch.tensor([0.5, 0.5]).expand(1, 1, 1, 2),
+        torch.tensor([[4, 4]]),
+        torch.ones(1, 1, 2),
+    )
+    figure = sampling_figure(np.full((height, width, 3), 0.5), record, 0, 0, title="t")
+    FigureCanvasAgg(figure).draw()
+    panels = [axes for axes in figure.axes if axes.images]
+    assert len(panels) == 9
+    panel_area = sum(axes.get_window_extent().width * axes.get_window_extent().height for axes in panels)
+    assert panel_area / np.prod(figure.get_size_inches() * figure.dpi) > 0.45
+
+
 def test_matching_figure_takes_the_images_shape():
     """A wide image (COCO 640 x 427) left half of the fixed 10 x 5.4 in matching figure blank."""
     wide, square = np.full((40, 80, 3), 0.5), np.full((40, 40, 3), 0.5)
     assert tuple(matching_figure(wide, [], [], []).get_size_inches()) == pytest.approx((10, 4.6 / 2 + 0.8))
     assert tuple(matching_figure(square, [], [], []).get_size_inches()) == pytest.approx((10, 5.4))
+    one = [LabelledBox((2, 2, 20, 20), "q0 WBC 0.5")]  # a one-class run matched its only object: '1 matched pairs'
+    assert matching_figure(square, one, one, [(0, 0)]).axes[1].get_title() == "1 matched pair (query → ground truth)"
 
 
 def test_figures_of_images_with_dots_in_their_names_keep_the_whole_name(runs, tmp_path: Path):

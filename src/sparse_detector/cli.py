@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config, load_config, override_config
+from .files import write_atomic
 from .logs import log_for_other_rank
-from .runs import CONFIG_FILE, QUICKSTART_RUN_DIR, eval_file, other_data_suffix, write_atomic
+from .runs import CONFIG_FILE, QUICKSTART_RUN_DIR, eval_file, other_data_suffix
 from .text import counted
 
 if TYPE_CHECKING:
@@ -195,8 +196,7 @@ def add_train_command(commands: Subparsers) -> None:
         "--init-from",
         metavar="CKPT",
         help="fine-tune: start from these weights (a checkpoint, ours or official, or a run directory: its best); "
-        "class heads are re-initialised when the "
-        "class count differs",
+        "class heads are re-initialised when the class count differs",
     )
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: train.device)")
     parser.add_argument(
@@ -1123,6 +1123,7 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sparse-detector`` argument parser with every command."""
     parser = argparse.ArgumentParser(
         prog="sparse-detector",
         description="DETR-family detectors with sparse attention: train, evaluate, predict, analyze and draw "
@@ -1182,6 +1183,7 @@ def _print_error(message: str, compare: bool = True) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv``); returns the exit status."""
     args = build_parser().parse_args(argv)
     if refusal := _several_processes_refusal(args.command):
         message, prints = refusal

@@ -48,6 +48,8 @@ def check_image_sizes(section: str, config: Any, names: Iterable[str]) -> None:
 
 @dataclass
 class BackboneConfig:
+    """``model.backbone``: the CNN and how much of it trains."""
+
     name: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
     dilation: bool = False  # DC5: dilate the last stage instead of striding
     pretrained: bool = False  # ImageNet weights through torchvision's weights API (needs the internet once)
@@ -62,6 +64,8 @@ class BackboneConfig:
 
 @dataclass
 class TransformerConfig:
+    """``model.transformer``: sizes of the encoder-decoder."""
+
     hidden_dim: int = 256
     nheads: int = 8
     enc_layers: int = 6
@@ -76,6 +80,8 @@ class TransformerConfig:
 
 @dataclass
 class AttentionSiteConfig:
+    """``model.attention.<site>``: the attention map of one site and its options."""
+
     activation: str = "softmax"  # softmax | sparsemax | entmax15 | alpha_entmax | tvmax
     alpha_init: float = 1.5  # alpha_entmax: initial alpha of every head
     tvmax_lambda: float = 0.1  # tvmax: weight of the total-variation term
@@ -94,6 +100,8 @@ class DeformableConfig:
 
 @dataclass
 class ModelConfig:
+    """``model``: the architecture and its parts."""
+
     arch: str = "detr"  # the registered model builder (sparse_detector.models.available_models())
     num_classes: int = 91  # DETR: class_embed has num_classes + 1 outputs (the last is "no object")
     num_queries: int = 100
@@ -109,6 +117,8 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
+    """``loss``: matching costs and loss weights."""
+
     set_cost_class: float = 1.0
     set_cost_bbox: float = 5.0
     set_cost_giou: float = 2.0
@@ -125,12 +135,16 @@ class LossConfig:
 
 @dataclass
 class SplitConfig:
+    """``data.train`` / ``data.val``: one split's image folder and COCO annotations."""
+
     images: str = ""  # folder the JSON's file_name entries are relative to ("" = the JSON's own folder)
     annotations: str = ""  # COCO instances JSON
 
 
 @dataclass
 class DataConfig:
+    """``data``: the data set, its splits and augmentation."""
+
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
     label_mode: str = "contiguous"  # contiguous (0..C-1, category map in checkpoints) | coco_ids (official, 91)
@@ -155,6 +169,8 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """``optim``: optimiser and learning-rate schedule."""
+
     lr: float = 1e-4  # transformer and heads (the backbone uses model.backbone.lr)
     weight_decay: float = 1e-4
     lr_drop: int = 200  # epochs between learning-rate drops (StepLR)
@@ -172,6 +188,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
+    """``train``: the training loop, evaluation, checkpoints and logging."""
+
     epochs: int = 300
     batch_size: int = 2
     eval_batch_size: int = 2
@@ -203,6 +221,8 @@ class TrainConfig:
 
 @dataclass
 class Config:
+    """A whole run's configuration, one field per top-level YAML section."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -457,6 +477,7 @@ def override_config(config: Config, overrides: Iterable[str]) -> Config:
 
 
 def config_to_dict(config: Any) -> dict:
+    """A config (or any section of it) as nested plain dicts and lists, as ``config.yaml`` holds it."""
     return dataclasses.asdict(config)
 
 
@@ -486,4 +507,5 @@ def _tree_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: st
 
 
 def dump_config(config: Config) -> str:
+    """The YAML text of a config (the schema's key order)."""
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from filelock import FileLock, Timeout
+
+from .files import write_atomic
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -70,31 +70,6 @@ def read_json_lines(path: Path) -> list[dict]:
     return records
 
 
-def write_atomic(path: str | Path, content: str | bytes | Callable[[IO[bytes]], object]) -> Path:
-    """Write ``content`` (text, bytes, or a function writing into the open binary file) to a temporary file beside
-    ``path``, then rename it over ``path``: a process killed meanwhile leaves the old file or the new one, never a
-    part of one that a later command reads as complete. The file gets the permissions the umask gives a new file
-    (not the owner-only ones of a temporary file)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(content):
-                content(f)
-            else:
-                f.write(content.encode() if isinstance(content, str) else content)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def remove_partial_writes(folder: Path) -> list[Path]:
     """Delete the temporary files :func:`write_atomic` left in ``folder`` when its process was killed (SIGKILL)
     while writing (a partial checkpoint is as large as a whole one); returns them. Only for a folder no other
@@ -103,6 +78,12 @@ def remove_partial_writes(folder: Path) -> list[Path]:
     for path in partial:
         path.unlink(missing_ok=True)
     return partial
+
+
+def write_json_lines(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Replace the log at ``path`` with ``records``, one JSON object per line (atomically: a kill keeps the old one)."""
+    text = "".join(json.dumps(record) + "\n" for record in records)
+    write_atomic(path, text)
 
 
 def claim_run_dir(run_dir: str | Path) -> FileLock:
@@ -188,13 +169,13 @@ def read_analyses(inputs: Iterable[str | Path]) -> list[dict[str, Any]]:
     return records
 
 
-def run_label(record: Mapping[str, Any]) -> str:
+def analysis_label(record: Mapping[str, Any]) -> str:
     """An analysis record's run: the checkpoint's folder name, plus `` (random init)`` for a random-init baseline."""
-    return run_labels([record])[0]
+    return analysis_labels([record])[0]
 
 
-def run_labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The labels of several analysis records (:func:`run_label`), told apart by their parent folders where the run
+def analysis_labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The labels of several analysis records (:func:`analysis_label`), told apart by their parent folders where the run
     folders have the same name, then (one checkpoint analysed more than once) by their data sets, then by number."""
     suffixes = [" (random init)" if record["random_init"] else "" for record in records]
     labels = distinct_names([Path(record["checkpoint"]).parent for record in records], suffixes)

@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .config import (
     PRESET_DIR,
     Config,
@@ -54,10 +52,11 @@ from .engine.checkpoint import run_checkpoints
 from .engine.device import resolve_device
 from .engine.inference import load_trained_model
 from .engine.trainer import Trainer
+from .files import write_atomic
 from .models import build_criterion, build_model
 from .report import write_analysis
 from .report.study import write_study_report
-from .runs import ANALYSIS_DIRS, ANALYSIS_FILE, CONFIG_FILE, write_atomic
+from .runs import ANALYSIS_DIRS, ANALYSIS_FILE, CONFIG_FILE
 from .text import counted
 from .viz.figure import replace_previous_figures
 from .viz.kinds import VisualizeRequest, object_query_kind, visualize
@@ -74,6 +73,8 @@ STUDY_FIGURES = ("curves", "sparsity", "compare")  # over all finished runs; com
 
 @dataclass
 class StudyConfig:
+    """A study file: a preset, the maps to compare (each a list of overrides), seeds and shared settings."""
+
     preset: str
     maps: dict[str, list[str]]
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -162,6 +163,7 @@ def _data_overrides(study: StudyConfig, study_dir: Path) -> list[str]:
 
 
 def run_config(study: StudyConfig, map_name: str, seed: int, data_overrides: list[str]) -> Config:
+    """The config of one run of the study: its map's overrides and seed on top of the preset and shared settings."""
     return load_config(study.preset, [*data_overrides, *study.set, *study.maps[map_name], f"train.seed={seed}"])
 
 
@@ -271,7 +273,7 @@ def _changed_settings(
     """The settings (``key: old -> new``) in which a run's saved config differs from what the study asks now (the
     device it ran on is not a setting of its results), and whether the only change is more epochs, which a finished
     run can be trained on to."""
-    saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    saved = read_yaml(run_dir / CONFIG_FILE)
     asked = config_to_dict(run_config(study, map_name, seed, data))
     changed = [change for change in config_differences(saved, asked) if not change.startswith("train.device:")]
     more_epochs = changed == [f"train.epochs: {saved['train']['epochs']!r} -> {asked['train']['epochs']!r}"]
@@ -285,8 +287,9 @@ def _run_one(
     run_dir = study_dir / "runs" / name
     status_file = run_dir / STATUS_FILE
     seconds_before, kept = 0.0, False  # the run's time in earlier invocations that finished it; kept as it is
-    if status_file.is_file() and json.loads(status_file.read_text())["status"] == "done":
-        seconds_before = json.loads(status_file.read_text())["seconds"]
+    earlier = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    if earlier.get("status") == "done":
+        seconds_before = earlier["seconds"]
         changed, more_epochs = _changed_settings(run_dir, study, map_name, seed, data)
         kept = not changed
         if kept:

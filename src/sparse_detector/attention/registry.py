@@ -57,6 +57,7 @@ def register_activation(name: str) -> Callable[[type[AttentionActivation]], type
 
 
 def available_activations() -> list[str]:
+    """The registered attention map names, sorted."""
     return sorted(_REGISTRY)
 
 

@@ -111,8 +111,6 @@ class PointsRecord:
         return self.weights.reshape(batch, queries, heads, -1).transpose(1, 2)
 
 
-RECORD_TYPES: dict[KeyKind, type] = {"grid": GridRecord, "queries": QueriesRecord, "points": PointsRecord}
-
 RecordSink = Callable[[AttentionRecord], None]
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from ..config import Config
 from .batching import collate_detection, size_grouped_batches
 from .coco import CocoDetection, DatasetError
-from .transforms import make_transforms
+from .transforms import Compose, make_transforms
 
 SPLITS = ("train", "val")
 
@@ -35,8 +35,20 @@ def build_dataset(config: Config, split: str) -> CocoDetection:
             f"names in {paths.annotations} are relative to, or empty for the JSON's own folder: --set "
             f"data.{split}.images= (what a JSON from `sparse-detector data import` needs)"
         )
-    train = split == "train"
-    transforms = make_transforms(
+    return CocoDetection(
+        paths.images or None,
+        paths.annotations,
+        config_transforms(config, train=split == "train"),
+        data.label_mode,
+        data.on_invalid,
+        check_images=data.check_images,
+    )
+
+
+def config_transforms(config: Config, train: bool) -> Compose:
+    """The training or evaluation transforms that ``config.data`` sets."""
+    data = config.data
+    return make_transforms(
         train,
         scales=data.train_scales,
         max_size=data.max_size,
@@ -45,14 +57,6 @@ def build_dataset(config: Config, split: str) -> CocoDetection:
         val_size=data.val_size,
         normalize=data.normalize,
         hflip_prob=data.hflip_prob,
-    )
-    return CocoDetection(
-        paths.images or None,
-        paths.annotations,
-        transforms,
-        data.label_mode,
-        data.on_invalid,
-        check_images=data.check_images,
     )
 
 

@@ -46,6 +46,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# What PIL raises for a file it cannot read as an image: truncated, corrupt, not an image, or too many pixels.
+UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, Image.DecompressionBombError)
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """Decode the image file ``path`` as 8-bit RGB (:func:`to_rgb`); one of ``UNREADABLE_IMAGE_ERRORS`` when it
+    cannot be read."""
+    with Image.open(path) as image:
+        return to_rgb(image)
+
+
 class DatasetError(ValueError):
     """A dataset file or annotation is missing or invalid; the message names it and says what to do."""
 
@@ -417,9 +428,8 @@ class CocoDetection(Dataset):
         record = self._records[index]
         path = self.image_path(index)
         try:
-            with Image.open(path) as img:
-                image = to_rgb(img)
-        except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+            image = read_rgb(path)
+        except UNREADABLE_IMAGE_ERRORS as err:
             raise DatasetError(
                 f"cannot read image {path} (image id {record.image_id}): {err}; replace the file"
             ) from err

@@ -31,11 +31,6 @@ def labelled_turned(path: str | Path, labelled: tuple[int, int], stored: tuple[i
     return orientation if orientation in SWAPS_SIDES else 1
 
 
-def turned_size(width: int, height: int, orientation: int) -> tuple[int, int]:
-    """(width, height) of the view a viewer shows of a stored ``width`` x ``height`` image."""
-    return (height, width) if orientation in SWAPS_SIDES else (width, height)
-
-
 # The transpose that takes the turned view back to the stored pixels, per orientation (the inverse of
 # ``PIL.ImageOps.exif_transpose``'s).
 STORED_FROM_TURNED = {

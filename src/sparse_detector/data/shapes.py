@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..runs import write_atomic
+from ..files import write_atomic
 
 ClassMode = Literal["color", "shape", "shape_color"]
 

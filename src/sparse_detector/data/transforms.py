@@ -219,6 +219,12 @@ class Normalize:
         return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
 
 
+def image_tensor(transforms: Transform, image: Image.Image) -> Tensor:
+    """``image`` alone (no boxes) through ``transforms``: the model's input tensor of an unlabelled image."""
+    no_boxes = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    return transforms(image, no_boxes)[0]
+
+
 def make_transforms(
     train: bool,
     scales: Sequence[int] = DEFAULT_SCALES,

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..runs import LAST_CHECKPOINT, write_atomic
+from ..files import write_atomic
+from ..runs import LAST_CHECKPOINT
 
 RECORD_SUFFIX = ".meta.json"  # beside each checkpoint: size, sha256, epoch, step, whether the epoch was complete
 _EPOCH_FILE = re.compile(r"checkpoint_epoch(\d+)\.pt$")
@@ -40,10 +41,12 @@ class CheckpointRecord:
 
 
 def epoch_checkpoint_name(epoch: int) -> str:
+    """The file name of the checkpoint kept at the end of ``epoch``."""
     return f"checkpoint_epoch{epoch:04d}.pt"
 
 
 def record_path(path: Path) -> Path:
+    """The record file beside checkpoint ``path`` (size, sha256, epoch, step)."""
     return path.with_name(path.name + RECORD_SUFFIX)
 
 
@@ -198,6 +201,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the Python, NumPy, torch (and CUDA) random states saved in a checkpoint."""
     random.setstate((3, tuple(state["python"]), None))
     numpy = state["numpy"]
     keys = numpy["keys"].numpy().astype(np.uint32)

@@ -21,10 +21,10 @@ import contextlib
 import dataclasses
 import importlib.util
 import io
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..data.coco import gc_paused
-from ..runs import write_atomic
+from ..data.coco import gc_paused, load_json
+from ..files import write_atomic
 
 BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
 
@@ -79,8 +79,7 @@ def _gt_dataset(coco_gt: GroundTruth) -> dict[str, Any]:
     Annotations are copied (shallowly) because the libraries write an ``ignore`` flag into them.
     """
     if isinstance(coco_gt, (str, os.PathLike)):
-        with open(coco_gt) as f:
-            return json.load(f)
+        return load_json(Path(coco_gt))
     dataset = coco_gt if isinstance(coco_gt, Mapping) else getattr(coco_gt, "dataset", None)
     if isinstance(dataset, Mapping):
         return {**dataset, "annotations": [dict(ann) for ann in dataset.get("annotations", [])]}

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..analysis import AttentionRecorder
 from ..data.batching import collate_detection
 from ..data.coco import CocoDetection
-from ..runs import read_json_lines, write_atomic
+from ..runs import read_json_lines, write_json_lines
 
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 HISTOGRAM_BINS = 41
@@ -73,7 +73,7 @@ class TrainingDiagnostics:
         # a resumed run redoes the steps after its checkpoint; a new one all that a killed earlier process recorded
         resumed = resumed_at is not None and self.path.exists()
         kept = [r for r in read_diagnostics(run_dir) if r["step"] <= resumed_at] if resumed else []
-        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        write_json_lines(self.path, kept)
         self.scale = {layer: self._std(tensors) for layer, tensors in self.layers.items()}
         if kept:
             self.scale = {layer: stats["std"] for layer, stats in kept[0]["weights"].items()}

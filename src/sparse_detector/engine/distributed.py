@@ -22,6 +22,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class DistributedContext:
+    """This process's place in a torch.distributed job (rank 0 of 1 when there is none)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -127,11 +129,13 @@ def _error_store(wait_s: float) -> dist.Store:
 
 
 def shutdown_distributed() -> None:
+    """Destroy the process group, if one was initialised."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def is_distributed() -> bool:
+    """Whether this process is one of several in an initialised process group."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -174,5 +178,6 @@ def any_across_ranks(flag: bool, device: torch.device) -> bool:
 
 
 def barrier() -> None:
+    """Wait for every rank (nothing in a single process)."""
     if is_distributed():
         dist.barrier()

@@ -31,6 +31,7 @@ VAL_LOSS_TERMS = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinali
 
 
 def targets_to(targets: list[dict[str, Tensor]], device: torch.device) -> list[dict[str, Tensor]]:
+    """The targets with every tensor moved to ``device``."""
     return [{k: v.to(device) for k, v in t.items()} for t in targets]
 
 
@@ -51,6 +52,7 @@ def weights_reading(model: nn.Module) -> str:
 
 
 def weights_finite(model: nn.Module) -> bool:
+    """Whether every parameter of ``model`` is finite (no NaN or inf)."""
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 

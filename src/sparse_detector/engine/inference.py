@@ -22,16 +22,17 @@ from torch import Tensor, nn
 from ..analysis import AttentionMaps, record_attention
 from ..config import Config, config_from_dict, override_config
 from ..data.batching import PaddedBatch, collate_detection
-from ..data.build import build_dataset
-from ..data.coco import DatasetError, load_json, to_rgb
+from ..data.build import build_dataset, config_transforms
+from ..data.coco import UNREADABLE_IMAGE_ERRORS, DatasetError, load_json, read_rgb, to_rgb
 from ..data.importers.common import IMAGE_SUFFIXES
 from ..data.labels import LabelMap
 from ..data.orientation import exif_orientation
-from ..data.transforms import make_transforms
+from ..data.transforms import image_tensor
+from ..files import write_atomic
 from ..models import DetectionOutput, build_model
 from ..models.postprocess import postprocessor_for
 from ..models.weights import load_official, load_state_dict_checked
-from ..runs import resolve_checkpoint, write_atomic
+from ..runs import resolve_checkpoint
 from .checkpoint import load_checkpoint
 from .device import resolve_device
 from .evaluate import targets_to
@@ -83,7 +84,7 @@ class Detections:
 
 @dataclass
 class LoadedModel:
-    """A model ready for inference with the config and label names it was trained with."""
+    """A model ready for inference with its config, label map and the file it was read from."""
 
     model: nn.Module
     config: Config
@@ -97,15 +98,8 @@ class LoadedModel:
 
         Images are run one at a time: a padded batch would change what the backbone sees near the padding."""
         check_score_threshold(threshold)
-        if not isinstance(image, Image.Image):
-            with Image.open(image) as file:
-                image = to_rgb(file)
-        else:
-            image = to_rgb(image)
-        data = self.config.data
-        transform = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
-        empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-        tensor, _ = transform(image, empty)
+        image = to_rgb(image) if isinstance(image, Image.Image) else read_rgb(Path(image))
+        tensor = image_tensor(config_transforms(self.config, train=False), image)
         device = next(self.model.parameters()).device
         self.model.eval()
         outputs = self.model([tensor.to(device)])
@@ -271,7 +265,6 @@ def predict_images(
     threshold: float = 0.5,
     device: str = "auto",
     output_format: str = "json",
-    pictures: bool = True,
     after_image: Callable[[str, Tensor, list[int]], Path | None] | None = None,
     image_ids: str | Path | None = None,
 ) -> Predictions:
@@ -303,9 +296,8 @@ def predict_images(
     turned: list[str] = []  # images that viewers show turned (EXIF orientation)
     for path in files:
         try:
-            with Image.open(path) as file:
-                image = to_rgb(file)
-        except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+            image = read_rgb(path)
+        except UNREADABLE_IMAGE_ERRORS as err:
             result.failed[str(path)] = str(err)
             log.warning("cannot read image %s (%s); skipped", path, err)
             continue
@@ -326,13 +318,12 @@ def predict_images(
         if (orientation := exif_orientation(path)) != 1:
             record["exif_orientation"] = orientation
             turned.append(str(path))
-        if pictures:
-            picture = out / f"{file_names[path]}_pred.png"
-            drawn = draw_boxes(image, found.boxes.tolist(), found.labels.tolist(), found.names, found.scores.tolist())
-            # zlib level 1: the same pixels, a file about 20% larger, 4-5x faster to write than PIL's default 6, which
-            # took longer than the model for a 640x480 photo (benchmarks/RESULTS.md)
-            drawn.save(picture, compress_level=PICTURE_COMPRESS_LEVEL)
-            record["picture"] = str(picture)
+        picture = out / f"{file_names[path]}_pred.png"
+        drawn = draw_boxes(image, found.boxes.tolist(), found.labels.tolist(), found.names, found.scores.tolist())
+        # zlib level 1: the same pixels, a file about 20% larger, 4-5x faster to write than PIL's default 6, which
+        # took longer than the model for a 640x480 photo (benchmarks/RESULTS.md)
+        drawn.save(picture, compress_level=PICTURE_COMPRESS_LEVEL)
+        record["picture"] = str(picture)
         if after_image is not None and (extra := after_image(file_names[path], found.model_input, found.queries)):
             record["attention"] = str(extra)
         result.records.append(record)

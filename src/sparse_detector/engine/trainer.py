@@ -25,6 +25,7 @@ from ..config import Config, config_differences, config_to_dict, dump_config
 from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection, DatasetError
+from ..files import write_atomic
 from ..logs import RANK_SPECIFIC
 from ..models import build_criterion, build_model
 from ..models.weights import CheckpointMismatchError, load_state_dict_checked, read_state_dict, saved_config
@@ -38,7 +39,7 @@ from ..runs import (
     read_metrics,
     remove_partial_writes,
     resolve_checkpoint,
-    write_atomic,
+    write_json_lines,
 )
 from ..text import counted
 from .checkpoint import (
@@ -151,6 +152,7 @@ def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
 
 
 def format_parameter_counts(counts: dict[str, dict[str, int]]) -> str:
+    """A table of trainable and frozen parameter counts, one row per part of the model."""
     width = max(len(name) for name in counts)
     lines = [f"{'parameters':<{width}}  {'trainable':>12}  {'frozen':>12}"]
     lines += [f"{name:<{width}}  {c['trainable']:>12,}  {c['frozen']:>12,}" for name, c in counts.items()]
@@ -166,10 +168,9 @@ def attention_map_parameters(model: nn.Module, keys: set[str]) -> list[str]:
 
 def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
     """Load the weights of a checkpoint (ours or official; a run directory gives its best, else its last) for
-    fine-tuning: the model's class heads
-    (``model.class_heads``) are left freshly initialised when the class count differs, as are the attention maps'
-    own parameters where the config changed a map (softmax weights into alpha-entmax); every other weight must
-    fit. Returns the names of the re-initialised class-head parameters."""
+    fine-tuning: the model's class heads (``model.class_heads``) are left freshly initialised when the class count
+    differs, as are the attention maps' own parameters where the config changed a map (softmax weights into
+    alpha-entmax); every other weight must fit. Returns the names of the re-initialised class-head parameters."""
     state_dict, source = read_state_dict(resolve_checkpoint(path))
     expected = model.state_dict()
     names = list(getattr(model, "class_heads", ()))
@@ -425,7 +426,7 @@ class Trainer:
                 for r in read_metrics(self.run_dir)
                 if r["step"] <= self.step and (r["type"] != "epoch" or r["epoch"] <= self.epoch)
             ]
-            write_atomic(metrics, "".join(json.dumps(r) + "\n" for r in kept))
+            write_json_lines(metrics, kept)
         log.info("resumed %s from %s (%s)", self.run_dir, path.name, self.last_checkpoint_at)
         return changes
 

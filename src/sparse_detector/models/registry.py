@@ -31,6 +31,8 @@ OfficialConfig = Callable[..., Config]
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A registered model: its builder and, where it has them, its official-config reader and criterion builder."""
+
     name: str
     builder: ModelBuilder
     official_config: OfficialConfig | None = None
@@ -56,10 +58,12 @@ def register_model(
 
 
 def available_models() -> list[str]:
+    """The registered ``model.arch`` names, sorted."""
     return sorted(_MODELS)
 
 
 def model_entry(arch: str) -> ModelEntry:
+    """The registry entry of ``arch``; a ConfigError naming the choices when there is none."""
     try:
         return _MODELS[arch]
     except KeyError:

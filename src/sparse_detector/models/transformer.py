@@ -30,6 +30,7 @@ ActivationFactory = Callable[[str], AttentionActivation]
 
 
 def softmax_everywhere(site: str) -> AttentionActivation:
+    """The default activation factory: softmax at every site."""
     return Softmax()
 
 

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..runs import ANALYSIS_DIRS, ANALYSIS_FILE, write_atomic
+from ..files import write_atomic
+from ..runs import ANALYSIS_DIRS, ANALYSIS_FILE
 from ..text import counted
 from .tables import markdown_table
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from ..analysis import METRICS, SIZE_BUCKETS
 from ..engine.coco_eval import format_table
-from ..runs import ANALYSIS_FILE, run_labels, write_atomic
+from ..files import write_atomic
+from ..runs import ANALYSIS_FILE, analysis_labels
 from ..text import counted
 
 COMPARE_METRICS = (*METRICS, "paibb", *(f"paibb_{size}" for size in SIZE_BUCKETS), "sampling_spread")
@@ -204,7 +205,7 @@ def compare_markdown(records: Sequence[Mapping[str, Any]], metrics: Sequence[str
         raise ValueError(f"unknown metrics {unknown}; choose among {list(COMPARE_METRICS)}")
     if not records:
         raise ValueError("nothing to compare: no analysis records")
-    labels = run_labels(records)
+    labels = analysis_labels(records)
     results = [record["attention"] for record in records]
     header = ["site", "layer", *(f"{metric}: {label}" for metric in metrics for label in labels)]
     rows = []
@@ -232,9 +233,9 @@ def compare_markdown(records: Sequence[Mapping[str, Any]], metrics: Sequence[str
     return "\n".join(lines) + "\n"
 
 
-def runs_zero_thresholds(labels: Sequence[str], results: Sequence[Mapping[str, Any]], runs: str = "runs") -> str:
-    """The zeros-ratio thresholds of several results side by side (``runs`` names what the labels are): softmax
-    maps count p <= 1e-6 as zero, sparse ones p <= 0, so a zeros ratio means nothing without its threshold."""
+def runs_zero_thresholds(labels: Sequence[str], results: Sequence[Mapping[str, Any]]) -> str:
+    """The zeros-ratio thresholds of several runs' results side by side: softmax maps count p <= 1e-6 as zero,
+    sparse ones p <= 0, so a zeros ratio means nothing without its threshold."""
     per_run = [zero_thresholds(result["sites"]) for result in results if result["sites"]]
     if len(set(per_run)) <= 1:
         return f"Zeros ratio threshold: {per_run[0] if per_run else '–'}."
@@ -243,7 +244,7 @@ def runs_zero_thresholds(labels: Sequence[str], results: Sequence[Mapping[str, A
         for label, result in zip(labels, results, strict=True)
         if result["sites"]
     )
-    return f"Zeros ratio thresholds differ between {runs}: {readings}."
+    return f"Zeros ratio thresholds differ between runs: {readings}."
 
 
 def _compared_points(labels: Sequence[str], results: Sequence[Mapping[str, Any]]) -> str:

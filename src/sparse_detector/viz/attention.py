@@ -10,6 +10,7 @@ are the point), so the smallest positive weight is always distinguishable from 0
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -20,11 +21,20 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, box_legend, draw_labelled_boxes, hide_ticks
+from .figure import (
+    PREDICTION_COLOR,
+    TRUTH_COLOR,
+    LabelledBox,
+    box_legend,
+    draw_labelled_boxes,
+    hide_ticks,
+    panel_inches,
+    wrapped,
+)
 
 COLORMAP = "viridis"
 OVERLAY_ALPHA = 0.75
-PANEL_INCHES = 1.5
+PANEL_INCHES = 1.5  # the side of a square image's panel; other shapes keep about its area
 ZERO_LEGEND = "uncoloured cells: weight exactly 0"
 MAX_TRUTH_TEXTS = 8  # a panel with more ground-truth boxes outlines them without their class names
 
@@ -38,6 +48,7 @@ class AttentionPanel:
     ground_truth: Sequence[LabelledBox] = ()
     points: Sequence[tuple[float, float]] = field(default_factory=tuple)  # (x, y) in image pixels, e.g. a query cell
     stride: float | None = None  # image pixels per grid cell (None: the grid is stretched over the image)
+    title: str = ""  # the panel's own title (else its column's label, over the first row)
 
 
 def grey(image: np.ndarray) -> np.ndarray:
@@ -62,6 +73,17 @@ def draw_attention(
     axes.set_ylim(height, 0)
 
 
+def row_label(text: str, height_inches: float, fontsize: float) -> str:
+    """``text`` broken into lines (between words) that fit beside a panel ``height_inches`` tall, so the labels of
+    neighbouring rows do not run into each other; lines of even length ("decoder_cross" / "layer 0", not
+    "decoder_cross layer" / "0")."""
+    options = {"break_long_words": False, "break_on_hyphens": False}
+    lines = textwrap.wrap(text, max(int(height_inches * 72 / (0.6 * fontsize)), 1), **options)
+    if len(lines) > 1:
+        lines = textwrap.wrap(text, -(-len(text) // len(lines)), **options)
+    return "\n".join(lines)
+
+
 def attention_panels_figure(
     image: np.ndarray,
     panels: Sequence[Sequence[AttentionPanel | None]],
@@ -72,8 +94,9 @@ def attention_panels_figure(
     """A grid of attention panels over the same ``image`` (H, W, 3 in [0, 1], the valid area) with one colour bar
     (0 to the largest weight shown). ``None`` leaves a panel empty (e.g. a run where no query matched)."""
     rows, columns = len(panels), max(len(row) for row in panels)
-    width = max(PANEL_INCHES * columns + 1.2, 6.0)  # room for the title
-    figure = Figure(figsize=(width, PANEL_INCHES * rows + 0.9), layout="constrained")
+    panel_width, panel_height = panel_inches(*image.shape[:2], PANEL_INCHES)
+    width = max(panel_width * columns + 1.4, 6.0)  # room for the row labels, the colour bar and the title
+    figure = Figure(figsize=(width, (panel_height + 0.15) * rows + 0.9), layout="constrained")
     grid = figure.subplots(rows, columns, squeeze=False)
     largest = max((float(np.max(p.weights)) for row in panels for p in row if p is not None), default=1.0)
     norm = Normalize(vmin=0.0, vmax=largest if largest > 0 else 1.0)
@@ -93,10 +116,10 @@ def attention_panels_figure(
             draw_labelled_boxes(axes, panel.predictions, PREDICTION_COLOR)
             for x, y in panel.points:
                 axes.plot([x], [y], marker="x", color=PREDICTION_COLOR, markersize=7, markeredgewidth=2)
-            if r == 0:
-                axes.set_title(column_labels[c], fontsize=8)
+            if panel.title or r == 0:
+                axes.set_title(panel.title or column_labels[c], fontsize=8)
             if c == 0:
-                axes.set_ylabel(row_labels[r], fontsize=8)
+                axes.set_ylabel(row_label(row_labels[r], panel_height, 8), fontsize=8)
     colorbar = figure.colorbar(ScalarMappable(norm, colormaps[COLORMAP]), ax=grid, shrink=0.8, pad=0.01)
     colorbar.set_label("attention weight", fontsize=8)
     drawn = [panel for row in panels for panel in row if panel is not None]
@@ -104,7 +127,7 @@ def attention_panels_figure(
     crowded = max((len(p.ground_truth) for p in drawn), default=0) > MAX_TRUTH_TEXTS
     unnamed = f"ground-truth classes not written where a panel has over {MAX_TRUTH_TEXTS} boxes" if crowded else ""
     legend = "; ".join(part for part in (boxes, unnamed, ZERO_LEGEND) if part)
-    figure.suptitle(f"{title}\n{legend}" if title else legend, fontsize=9)
+    figure.suptitle(wrapped(f"{title}\n{legend}" if title else legend, width, 9), fontsize=9)
     return figure
 
 

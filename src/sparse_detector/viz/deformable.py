@@ -20,12 +20,14 @@ from matplotlib.patches import Rectangle
 
 from ..analysis.paibb import valid_area_scale
 from ..attention.sites import PointsRecord
-from .figure import PREDICTION_COLOR, TRUTH_COLOR, box_legend
+from .figure import PREDICTION_COLOR, TRUTH_COLOR, box_legend, panel_inches
 
 #: Marker area (points²) of a weight-1 sampling point; a point's area grows linearly with its weight.
 FULL_WEIGHT_AREA = 400.0
 MIN_AREA = 20.0
 LEGEND_WEIGHTS = (0.1, 0.5, 1.0)
+PANEL_INCHES = 3.0  # the side of a square image's panel; other shapes keep about its area
+MIN_PANEL_WIDTH = 2.6  # inches: a panel's title ("head 3 (2 zero, 11 outside the image)") fits above it
 #: One colour per feature level: visible on the white legend and apart from the box colours (red, cyan).
 LEVEL_COLORS = ("tab:blue", "magenta", "lime", "orange", "tab:purple", "tab:brown")
 
@@ -107,7 +109,9 @@ def sampling_figure(
     heads, levels = weights.shape[:2]
     columns = min(heads + 1, 5)
     rows = -(-(heads + 1) // columns)
-    figure = Figure(figsize=(3 * columns, 3 * rows + 0.6), layout="constrained")
+    panel_width, panel_height = panel_inches(height, width, PANEL_INCHES)
+    panel_width = max(panel_width, MIN_PANEL_WIDTH)  # room for a panel's title
+    figure = Figure(figsize=(panel_width * columns, (panel_height + 0.3) * rows + 0.9), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     panels = [("all heads", range(heads))] + [(f"head {h}", [h]) for h in range(heads)]
     for ax, (name, selected) in zip(axes, panels, strict=False):

@@ -16,6 +16,9 @@ from matplotlib.figure import Figure
 from .curves import run_colors
 from .figure import count_axis, hide_ticks
 
+#: DETR's first decoder self-attention gets an exactly zero gradient (its queries' content is zero), so a white row is
+#: no sign of a recording fault; the title said "no gradient".
+ZERO_GRADIENT_NOTE = "gradient exactly 0 or not recorded"
 HISTOGRAM_PANELS = 3  # initialisation, the middle recorded step, the last
 NO_GRADIENTS_NOTE = "no gradients recorded yet:\nthe run stopped before step train.diagnostics_every"
 
@@ -58,7 +61,7 @@ def diagnostics_figure(records: Sequence[Mapping], title: str = "", histogram_ra
         image = axes.imshow(
             np.where(matrix > 0, matrix, np.nan), aspect="auto", cmap="viridis", norm=norm, interpolation="nearest"
         )
-        axes.set_title(f"gradient {key} per layer (log colour; white: no gradient)", fontsize=9)
+        axes.set_title(f"gradient {key} per layer (log colour; white: {ZERO_GRADIENT_NOTE})", fontsize=9)
         axes.set_xlabel("step")
         ticks = np.linspace(0, max(len(steps) - 1, 0), num=min(len(steps), 8)).round().astype(int)
         axes.set_xticks(ticks, [str(steps[i]) for i in ticks] if steps else [])

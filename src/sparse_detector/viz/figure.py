@@ -20,9 +20,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
+from torchvision.ops import box_convert
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from ..runs import write_atomic
+from ..files import write_atomic
 from ..text import counted
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,18 @@ def box_legend(predictions: bool = True, ground_truth: bool = True) -> str:
     """What the box colours mean, naming only the kinds of box a figure draws ('' when it draws none)."""
     kinds = [f"prediction ({PREDICTION_COLOR})"] * predictions + [f"ground truth ({TRUTH_COLOR})"] * ground_truth
     return f"boxes: {', '.join(kinds)}" if kinds else ""
+
+
+MAX_PANEL_STRETCH = 1.5  # a wide (tall) image's panel is at most this much wider (taller) than a square one's
+
+
+def panel_inches(height: float, width: float, side: float) -> tuple[float, float]:
+    """(width, height) in inches of a panel showing an image of ``height`` × ``width`` pixels: the image's shape with
+    about the area of a square panel of ``side`` inches (a 3:1 COCO image in a square panel was a thin strip in
+    white)."""
+    aspect = width / height
+    longer = side * min(max(aspect, 1 / aspect) ** 0.5, MAX_PANEL_STRETCH)
+    return (longer, longer / aspect) if aspect >= 1 else (longer * aspect, longer)
 
 
 def wrapped(text: str, width_inches: float, fontsize: float) -> str:
@@ -113,8 +126,7 @@ def display_image(image: Tensor, normalized: bool = True) -> np.ndarray:
 def cxcywh_to_pixels(boxes: Tensor, height: float, width: float) -> list[tuple[float, float, float, float]]:
     """Normalised (cx, cy, w, h) boxes as absolute (x0, y0, x1, y1) in an image of ``height`` × ``width``."""
     scale = torch.tensor([width, height, width, height], dtype=torch.float64)
-    cx, cy, w, h = boxes.detach().double().cpu().unbind(-1)
-    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * scale
+    xyxy = box_convert(boxes.detach().double().cpu(), "cxcywh", "xyxy") * scale
     return [tuple(float(v) for v in box) for box in xyxy]
 
 
@@ -123,21 +135,25 @@ def draw_labelled_boxes(
 ) -> None:
     """Outline each box on ``axes`` (in data = pixel coordinates, the image already shown) and write its text on a
     patch of its colour, above the box's top-left corner (``text_below``: under its bottom-left corner); inside the
-    box where the text would leave the image, so it never covers a panel's title or the panel below."""
+    box where the text would leave the image, so it never covers a panel's title or the panel below. A box starting
+    in the image's right half has its text end at its right edge, so the text does not run off the image into the
+    next panel."""
     height = max(axes.get_ylim())  # images are shown with y down: limits (height, 0)
+    width = max(axes.get_xlim())
     margin = TEXT_MARGIN * height
     for item in boxes:
         x0, y0, x1, y1 = item.box
         axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=linewidth))
         if item.text:
             below = y1 < height - margin if text_below else y0 < margin  # the text goes down from its anchor
+            right = x0 > width / 2
             axes.text(
-                x0,
+                min(x1, width) if right else x0,
                 y1 if text_below else y0,
                 item.text,
                 color="black",
                 fontsize=6,
-                ha="left",
+                ha="right" if right else "left",
                 va="top" if below else "bottom",
                 bbox={"facecolor": color, "edgecolor": "none", "pad": 0.5, "alpha": 0.85},
             )
@@ -150,5 +166,6 @@ def count_axis(axes: Axes, label: str) -> None:
 
 
 def hide_ticks(axes: Axes) -> None:
+    """Remove both axes' ticks and tick labels (for image panels)."""
     axes.set_xticks([])
     axes.set_yticks([])

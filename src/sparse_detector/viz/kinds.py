@@ -15,23 +15,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from PIL import Image
 from torch import Tensor
 
 from ..analysis import AttentionMaps, record_attention
 from ..attention.sites import QueryKind, model_sites, select_sites
 from ..config import Config, load_config
 from ..data.batching import collate_detection
-from ..data.build import build_dataset
-from ..data.coco import CocoDetection, to_rgb
-from ..data.transforms import make_transforms
+from ..data.build import build_dataset, config_transforms
+from ..data.coco import UNREADABLE_IMAGE_ERRORS, CocoDetection, read_rgb
+from ..data.transforms import image_tensor
 from ..engine.device import resolve_device, seed_everything
 from ..engine.diagnostics import read_diagnostics
 from ..engine.inference import LoadedModel, load_trained_model, output_names
 from ..models import build_criterion
 from ..models.postprocess import query_scores
-from ..runs import distinct_names, read_analyses, read_metrics
-from ..runs import run_labels as analysis_labels
+from ..runs import analysis_labels, distinct_names, read_analyses, read_metrics
 from ..text import counted
 from .alpha import alpha_figure, alpha_history
 from .attention import AttentionPanel, attention_figure, attention_panels_figure
@@ -165,7 +163,7 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
             items.append(ImageItem(names[dataset.image_path(index)], tensor, target, picture, size, truth_names))
         return items
     by_name = _val_index_by_name(dataset) if dataset is not None else {}
-    transforms = make_transforms(False, val_size=data.val_size, max_size=data.max_size, normalize=data.normalize)
+    transforms = config_transforms(config, train=False)
     names = output_names(request.images)
     for path in request.images:
         truth_names = []
@@ -174,12 +172,10 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
             size, truth_names = tuple(target["orig_size"].tolist()), _category_names(dataset, target)
         else:
             try:
-                with Image.open(path) as file:
-                    image = to_rgb(file)
-            except OSError as err:
+                image = read_rgb(path)
+            except UNREADABLE_IMAGE_ERRORS as err:
                 raise OSError(f"cannot read image {path}: {err}") from None
-            empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-            tensor, target, size = transforms(image, empty)[0], None, (image.height, image.width)
+            tensor, target, size = image_tensor(transforms, image), None, (image.height, image.width)
         picture = display_image(tensor, data.normalize)
         items.append(ImageItem(names[path], tensor, target, picture, size, truth_names))
     return items
@@ -301,8 +297,11 @@ def attention_kind(request: VisualizeRequest) -> list[Path]:
     return written
 
 
+DETECTIONS_PER_ROW = 6  # predict --attention: 50 detections in one row made a picture 75 inches wide
+
+
 def detection_attention(
-    loaded: LoadedModel, image: Tensor, queries: Sequence[int], path: Path, device: torch.device, fmt: str = "png"
+    loaded: LoadedModel, image: Tensor, queries: Sequence[int], path: Path, device: torch.device
 ) -> Path | None:
     """``predict --attention``: one panel per detection (``queries``) with its head-averaged map of the last layer
     of the model's object-query site over the grid; ``image`` is the model input. None when nothing was detected."""
@@ -314,10 +313,14 @@ def detection_attention(
     outputs, maps = recorded_forward(loaded, item, site, device)
     predictions = _prediction_boxes(outputs, item, loaded)
     stride = grid_stride(loaded.model, site)
-    panels = [[AttentionPanel(maps[-1, :, q].mean(axis=0), [predictions[q]], stride=stride) for q in queries]]
+    drawn = [
+        AttentionPanel(maps[-1, :, q].mean(axis=0), [predictions[q]], stride=stride, title=predictions[q].text)
+        for q in queries
+    ]
+    panels = [drawn[i : i + DETECTIONS_PER_ROW] for i in range(0, len(drawn), DETECTIONS_PER_ROW)]
     title = f"{site}, last layer, head average, per detection"
-    figure = attention_panels_figure(item.picture, panels, [site], [predictions[q].text for q in queries], title)
-    return save_figure(figure, path, fmt)
+    figure = attention_panels_figure(item.picture, panels, [""] * len(panels), [""] * DETECTIONS_PER_ROW, title)
+    return save_figure(figure, path, "png")
 
 
 def object_query_kind(model: torch.nn.Module) -> str:

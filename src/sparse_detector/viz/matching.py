@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..text import counted
 from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, box_legend, draw_labelled_boxes, hide_ticks
 
 UNMATCHED_COLOR = "0.6"
@@ -44,7 +45,7 @@ def matching_figure(
         (px, py), (tx, ty) = _centre(predictions[q]), _centre(ground_truth[t])
         matched.plot([px, tx], [py, ty], color="yellow", linewidth=1.5)
         matched.plot([tx], [ty], marker="o", color=TRUTH_COLOR, markersize=4)
-    matched.set_title(f"{len(pairs)} matched pairs (query → ground truth)", fontsize=9)
+    matched.set_title(f"{counted(len(pairs), 'matched pair')} (query → ground truth)", fontsize=9)
     for axes in (every, matched):
         axes.set_xlim(0, width)
         axes.set_ylim(height, 0)

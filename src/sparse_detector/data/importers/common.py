@@ -12,8 +12,8 @@ from typing import Any
 
 from PIL import Image
 
-from ...runs import write_atomic
-from ..coco import MAX_EXAMPLES, DatasetError
+from ...files import write_atomic
+from ..coco import MAX_EXAMPLES, UNREADABLE_IMAGE_ERRORS, DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             return image.size
-    except (OSError, SyntaxError) as err:
+    except UNREADABLE_IMAGE_ERRORS as err:
         raise DatasetError(f"cannot read the header of image {path}: {err}") from err
 
 
@@ -96,16 +96,15 @@ class CocoBuilder:
         self.examples: list[str] = []
         self.unreadable: list[str] = []  # images whose header cannot be read: the import fails, naming them all
 
-    def add_image(self, path: Path, width: int | None = None, height: int | None = None) -> int:
-        """Register an image (its size read from the header when not given); returns its id. An unreadable
-        image gets size 0 x 0 and is listed in ``unreadable``; :meth:`build` then fails naming every one."""
-        if not width or not height:
-            try:
-                width, height = image_size(path)
-            except DatasetError as err:
-                self.unreadable.append(str(err))
-                width = height = 0
-        self._images.append((path, int(width), int(height)))
+    def add_image(self, path: Path) -> int:
+        """Register an image (its size read from the header); returns its id. An unreadable image gets size 0 x 0
+        and is listed in ``unreadable``; :meth:`build` then fails naming every one."""
+        try:
+            width, height = image_size(path)
+        except DatasetError as err:
+            self.unreadable.append(str(err))
+            width = height = 0
+        self._images.append((path, width, height))
         return len(self._images)
 
     def image(self, image_id: int) -> tuple[Path, int, int]:

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VocObject:
+    """One <object> of a VOC XML file."""
+
     name: str
     box: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax: 1-based, inclusive
     difficult: bool
@@ -34,6 +36,8 @@ class VocObject:
 
 @dataclass(frozen=True)
 class VocAnnotation:
+    """What one VOC XML file says of its image and objects."""
+
     xml_file: Path
     file_name: str  # <filename>, "" when absent
     width: int  # 0 when <size> is absent
