@@ -292,3 +292,23 @@ def test_image_ids_match_by_path_then_unique_name(tmp_path: Path) -> None:
     assert coco_image_ids(gt, [Path("elsewhere/y.jpg")]) == {Path("elsewhere/y.jpg"): 3}
     with pytest.raises(DatasetError, match="several entries share its name"):
         coco_image_ids(gt, [Path("elsewhere/x.jpg")])
+
+
+def test_evaluate_killed_before_its_curves_keeps_the_previous_results(run: Path, tmp_path: Path, monkeypatch) -> None:
+    """evaluate wrote eval.json, then eval_pr.npz: killed in between, it left the new JSON beside the previous
+    evaluation's curves (or none). The curves are now written first, each file whole."""
+    from sparse_detector.engine.coco_eval import PrecisionArrays
+
+    output = tmp_path / "eval.json"
+    argv = ["evaluate", "--checkpoint", str(run), "--device", "cpu", "--output", str(output)]
+
+    def killed(*args) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PrecisionArrays, "save", killed)
+    assert main(argv) == 130  # as Ctrl-C ends it
+    assert not output.exists()
+    monkeypatch.undo()
+    assert main(argv) == 0
+    assert np.load(tmp_path / "eval_pr.npz")["precision"].shape[0] == 10 and "AP" in json.loads(output.read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval_pr.npz"]

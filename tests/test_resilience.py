@@ -4,6 +4,7 @@ non-finite losses, pickle payloads, fine-tuning with another class count."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from sparse_detector import load_config
 from sparse_detector.cli import main
 from sparse_detector.engine.checkpoint import (
     CheckpointError,
+    epoch_checkpoint_name,
     load_checkpoint,
     run_checkpoints,
     save_checkpoint,
@@ -384,3 +386,73 @@ def test_init_from_softmax_weights_into_other_attention_maps(tmp_path: Path, cap
     assert sparse.transformer.encoder.layers[0].self_attn.activation.alpha.allclose(torch.tensor(1.3))
     torch.save({"model": state}, tmp_path / "alpha.pt")
     assert initialise_from(build_model(load_config("shapes_tiny", small)), tmp_path / "alpha.pt") == []
+
+
+def _train_killed_writing(config, run: Path, name: str, after_epoch: int, monkeypatch) -> None:
+    """Train ``config`` into ``run`` and stop it as a second signal (or SIGKILL) would, when it is about to write
+    the file ``name`` of a checkpoint after ``after_epoch`` epochs."""
+    from sparse_detector.engine import checkpoint
+
+    write = checkpoint.write_atomically
+
+    def killed(path: Path, content) -> None:
+        if path.name == name and (after_epoch == 1 or (run / epoch_checkpoint_name(after_epoch - 1)).exists()):
+            raise KeyboardInterrupt
+        write(path, content)
+
+    monkeypatch.setattr(checkpoint, "write_atomically", killed)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, run, progress=False).fit()
+    monkeypatch.undo()
+
+
+def test_a_checkpoint_whose_record_was_never_written_resumes_at_its_own_epoch(shapes, tmp_path: Path, monkeypatch):
+    """A second signal (or SIGKILL) between writing checkpoint_last.pt and its record left a checkpoint without
+    one, which was taken for an ancient one of 1073741824 epochs: `--resume` said the run had finished them all."""
+    run = tmp_path / "run"
+    config = shapes_config(shapes, "train.epochs=3", *FAST)
+    _train_killed_writing(config, run, "checkpoint_last.pt.meta.json", 2, monkeypatch)
+    assert not (run / "checkpoint_last.pt.meta.json").exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (run / "checkpoint_last.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # not owner-only (mkstemp's)
+    assert [(r.epoch, r.step) for r in run_checkpoints(run)] == [(2, 2), (1, 1)]
+    partial = run / ".checkpoint_last.pt.k1ll3d_.tmp"  # what a SIGKILL while writing a checkpoint leaves
+    partial.write_bytes(b"\0" * 1000)
+    trainer = Trainer(load_config(run / "config.yaml"), run, resume=True, progress=False)
+    assert not partial.exists()
+    assert (trainer.epoch, trainer.step, trainer.last_checkpoint.name) == (2, 2, "checkpoint_last.pt")
+    trainer.fit()
+    assert [r["epoch"] for r in read_metrics(run) if r["type"] == "epoch"] == [1, 2, 3]
+    assert load_checkpoint(run / "checkpoint_epoch0002.pt")["epoch"] == 2  # kept as numbered, not overwritten
+
+
+def test_a_run_killed_while_writing_its_final_checkpoint_keeps_its_evaluation(shapes, tmp_path: Path, monkeypatch):
+    """Killed after the last epoch's checkpoint but before eval.json (written after training), the run counted as
+    finished on resume and never got its eval.json; its checkpoint_best.pt, written after the last one, was missing
+    or an older epoch's."""
+    run = tmp_path / "run"
+    _train_killed_writing(
+        shapes_config(shapes, "train.epochs=1", *FAST), run, "checkpoint_last.pt.meta.json", 1, monkeypatch
+    )
+    assert main(["train", "--resume", str(run)]) == 1  # already finished
+    assert "AP" in json.loads((run / "eval.json").read_text())
+    assert load_checkpoint(run / "checkpoint_best.pt")["epoch"] == 1
+
+
+def test_a_run_killed_while_writing_its_last_checkpoint_is_continued_from_the_numbered_one(
+    shapes, tmp_path: Path, monkeypatch
+):
+    """Killed between moving checkpoint_last.pt to checkpoint_epoch0001.pt and writing the new one, the run had no
+    checkpoint_last.pt: a study deleted the run directory and trained it from the start, and `train` into it again
+    wiped its metrics.jsonl instead of saying to resume."""
+    from sparse_detector.study import _train
+
+    run = tmp_path / "run"
+    _train_killed_writing(shapes_config(shapes, "train.epochs=2", *FAST), run, "checkpoint_last.pt", 2, monkeypatch)
+    assert not (run / "checkpoint_last.pt").exists() and (run / "checkpoint_epoch0001.pt").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(shapes_config(shapes, "train.epochs=2", *FAST), run, progress=False)
+    first_epoch = epoch_records(run)[1]
+    assert _train(shapes_config(shapes, "train.epochs=2", *FAST), run, progress=False, name="run")
+    assert epoch_records(run)[1] == first_epoch and sorted(epoch_records(run)) == [1, 2]  # epoch 1 not trained again

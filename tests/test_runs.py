@@ -13,6 +13,7 @@ import pytest
 
 from sparse_detector.cli import main
 from sparse_detector.engine.diagnostics import DIAGNOSTICS_FILE, read_diagnostics
+from sparse_detector.files import write_atomically
 from sparse_detector.runs import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -127,3 +128,23 @@ def test_outputs_written_atomically_are_readable_as_open_makes_them(tmp_path: Pa
     mask = os.umask(0)
     os.umask(mask)
     assert output.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_write_killed_midway_leaves_the_old_file_whole_and_no_temporary_file(tmp_path: Path):
+    """eval.json, analysis.json, study_status.json, config.yaml and the resume's cut of metrics.jsonl were written in
+    place: a process killed while writing left half a file that a later command read as the whole one (or failed
+    on). Checkpoints, written through a temporary file, were readable by their owner only."""
+    path = write_atomically(tmp_path / "eval.json", '{"AP": 0.5}')
+    assert path.read_text() == '{"AP": 0.5}'
+
+    def killed_midway(f) -> None:
+        f.write(b'{"AP": 0.')
+        raise KeyboardInterrupt  # Ctrl-C (or any error) while writing
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(path, killed_midway)
+    assert path.read_text() == '{"AP": 0.5}'
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,17 @@ def test_invalid_options(tmp_path: Path) -> None:
         generate_shapes(tmp_path, 1, image_size=32, max_size=40)
     with pytest.raises(ValueError, match="unknown colours/shapes"):
         generate_shapes(tmp_path, 1, colors=("red", "mauve"))
+
+
+def test_generation_killed_while_writing_the_annotations_leaves_none(tmp_path: Path, monkeypatch):
+    """The annotation file was written in place: a study killed while writing it left half a JSON file, which the
+    next run of the study took for generated data (it regenerates only missing annotations) and could not read."""
+
+    def killed_midway(fd: int) -> None:  # the JSON written, not yet on disk
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        generate_shapes(tmp_path, 2, image_size=64, min_size=10, max_size=20)
+    monkeypatch.undo()
+    assert list((tmp_path / "annotations").iterdir()) == []  # neither the file nor a temporary one

@@ -149,6 +149,19 @@ def test_diagnostics_switched_on_at_a_resume_start_at_its_checkpoint(shapes, tmp
     assert [(r["step"], "gradients" in r) for r in read_diagnostics(run)] == [(2, False), (3, True), (4, True)]
 
 
+def test_diagnostics_leave_the_training_and_its_resume_exact(shapes, tmp_path: Path):
+    """Building the diagnostics' validation batch drew from torch's generator: a run recording diagnostics trained
+    on other augmentations than one without, and a resumed one (the batch built after the generator was restored)
+    on others again, so it no longer equalled the run that was not interrupted."""
+    Trainer(shapes_config(shapes, *TRACKED, "train.epochs=2"), tmp_path / "plain", progress=False).fit()
+    run = tmp_path / "run"
+    Trainer(shapes_config(shapes, *TRACKED, "train.diagnostics_every=1"), run, progress=False).fit()
+    config = shapes_config(shapes, *TRACKED, "train.epochs=2", "train.diagnostics_every=1")
+    Trainer(config, run, resume=True, progress=False).fit()
+    losses = [[r["loss"] for r in read_metrics(path) if r["type"] == "train"] for path in (tmp_path / "plain", run)]
+    assert len(losses[0]) == 4 and losses[1] == losses[0]
+
+
 def test_offline_wandb_reaches_for_no_host(tmp_path: Path):
     # wandb's usage telemetry is exported when the process exits, so the run is a process of its own
     script = f"""

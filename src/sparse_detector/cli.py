@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config, load_config, override_config
-from .files import write_text_atomically
+from .files import write_atomically
 from .logs import log_for_other_rank
 from .runs import CONFIG_FILE, QUICKSTART_RUN_DIR, eval_file, other_data_suffix
 from .text import counted
@@ -494,15 +494,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else eval_file(loaded.source, suffix)
     output.parent.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": str(loaded.source), "data": str(dataset.annotation_file), **evaluation.stats}
-    write_text_atomically(output, json.dumps({**record, "per_class": evaluation.coco.per_class}, indent=2))
+    curves = output.with_name(f"{output.stem}_pr.npz")
+    if evaluation.coco.precision is not None:  # before the JSON: an evaluation killed in between leaves the old pair
+        evaluation.coco.precision.save(curves)
+    write_atomically(output, json.dumps({**record, "per_class": evaluation.coco.per_class}, indent=2))
     print(f"written: {output}")
     if evaluation.coco.precision is not None:
-        curves = output.with_name(f"{output.stem}_pr.npz")
-        evaluation.coco.precision.save(curves)
         print(f"written: {curves} (precision by IoU threshold x recall x class)")
     if args.save_detections:
         Path(args.save_detections).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(args.save_detections, json.dumps(evaluation.detections))
+        write_atomically(args.save_detections, json.dumps(evaluation.detections))
         detections = counted(len(evaluation.detections), "detection")
         print(f"written: {args.save_detections} ({detections}, COCO results format)")
     return 0
@@ -643,7 +644,7 @@ def _compare(args: argparse.Namespace) -> int:
     print(table)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(args.output, table)
+        write_atomically(args.output, table)
         print(f"written: {args.output}")
     return 0
 

@@ -6,7 +6,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 
 def _umask() -> int:
@@ -15,17 +15,23 @@ def _umask() -> int:
     return mask
 
 
-def write_atomically(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write through ``write(file)`` to a temporary file in the same folder, then rename it over ``path``: Ctrl-C, a
-    kill or a full disk leaves the file there before unchanged (and no temporary file). A write error names the file."""
+def write_atomically(path: str | Path, content: str | bytes | Callable[[IO[bytes]], object]) -> Path:
+    """Write ``content`` (text as UTF-8, bytes, or a function writing into the open binary file) to a temporary file
+    beside ``path``, then rename it over ``path``: Ctrl-C, a kill or a full disk leaves the file there before or the
+    new one, never a part of one that a later command reads as complete, and no temporary file (but after SIGKILL:
+    see ``runs.remove_partial_writes``). The file gets the permissions ``open()`` would give it (not a temporary
+    file's owner-only ones). A write error names the file. Returns ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # as open() would make it (mkstemp makes it private to its owner)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
@@ -34,8 +40,4 @@ def write_atomically(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Non
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def write_text_atomically(path: str | Path, text: str) -> None:
-    """:func:`write_atomically` of a UTF-8 text."""
-    write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+    return path

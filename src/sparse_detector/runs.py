@@ -25,7 +25,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .files import write_text_atomically
+from .files import write_atomically
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -70,9 +70,20 @@ def read_json_lines(path: Path) -> list[dict]:
     return records
 
 
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files :func:`write_atomically` left in ``folder`` when its process was killed (SIGKILL)
+    while writing (a partial checkpoint is as large as a whole one); returns them. Only for a folder no other
+    process is writing into (a claimed run directory)."""
+    partial = [path for path in folder.glob(".*.tmp") if path.is_file()]
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
+
+
 def write_json_lines(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Replace the log at ``path`` with ``records``, one JSON object per line (atomically: a kill keeps the old one)."""
-    write_text_atomically(path, "".join(json.dumps(record) + "\n" for record in records))
+    text = "".join(json.dumps(record) + "\n" for record in records)
+    write_atomically(path, text)
 
 
 def claim_run_dir(run_dir: str | Path) -> FileLock:

@@ -48,15 +48,15 @@ from .data import generate_shapes_splits
 from .data.build import build_dataset, build_loader
 from .data.shapes import generate_shapes
 from .engine.analyze import analyze, load_analysis_model
-from .engine.checkpoint import load_checkpoint
+from .engine.checkpoint import run_checkpoints
 from .engine.device import resolve_device
 from .engine.inference import load_trained_model
 from .engine.trainer import Trainer
-from .files import write_text_atomically
+from .files import write_atomically
 from .models import build_criterion, build_model
 from .report import write_analysis
 from .report.study import write_study_report
-from .runs import ANALYSIS_DIRS, ANALYSIS_FILE, CONFIG_FILE, LAST_CHECKPOINT
+from .runs import ANALYSIS_DIRS, ANALYSIS_FILE, CONFIG_FILE
 from .text import counted
 from .viz.figure import replace_previous_figures
 from .viz.kinds import VisualizeRequest, object_query_kind, visualize
@@ -207,9 +207,9 @@ def _train(config: Config, run_dir: Path, progress: bool, name: str) -> bool:
     """Train, resuming a run that has a checkpoint; a run without one starts over in an emptied directory; False when
     its last checkpoint has every epoch already. A signal that stops the training stops the study
     (:class:`StudyStopped`), leaving the run unfinished."""
-    last = run_dir / LAST_CHECKPOINT
-    if last.is_file():
-        if load_checkpoint(last)["epoch"] >= config.train.epochs:
+    checkpoints = run_checkpoints(run_dir)  # not only checkpoint_last.pt: one killed while writing it has none
+    if checkpoints:
+        if checkpoints[0].epoch >= config.train.epochs:
             return False
         print(f"[study] {name}: training on in {run_dir}")
         trainer = Trainer(config, run_dir, resume=True, progress=progress)
@@ -345,7 +345,7 @@ def _run_one(
             "seconds": outcome.seconds,
             "figures": [str(p) for p in outcome.figures],
         }
-        write_text_atomically(status_file, json.dumps(status, indent=2))
+        write_atomically(status_file, json.dumps(status, indent=2))
     return outcome
 
 

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..files import write_atomically
+
 ClassMode = Literal["color", "shape", "shape_color"]
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -211,7 +213,7 @@ def generate_shapes(
         "categories": [{"id": i, "name": name, "supercategory": classes} for name, i in category_ids.items()],
     }
     annotation_file = out / "annotations" / f"{split_name}.json"
-    annotation_file.write_text(json.dumps(coco))
+    write_atomically(annotation_file, json.dumps(coco))  # whole or not at all: a study regenerates missing annotations
     return annotation_file
 
 

@@ -69,7 +69,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], epoch_complete: boo
     )
     fields = {"size": record.size, "sha256": record.sha256, "epoch": record.epoch, "step": record.step}
     text = json.dumps({**fields, "epoch_complete": epoch_complete}).encode()
-    write_atomically(record_path(path), lambda f: f.write(text))
+    write_atomically(record_path(path), text)
     return record
 
 
@@ -122,6 +122,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupt?): {err}") from None
 
 
+def _unrecorded(path: Path) -> CheckpointRecord:
+    """The record of a checkpoint that has none (written by an older version, or by a process killed between writing
+    the checkpoint and its record), its epoch and step read from the checkpoint; an unreadable one comes last."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        epoch, step, complete = int(state["epoch"]), int(state.get("step", 0)), not state.get("epoch_progress")
+    except (RuntimeError, EOFError, ValueError, KeyError, TypeError, pickle.UnpicklingError):
+        epoch, step, complete = -1, -1, True
+    return CheckpointRecord(path, -1, "", epoch, step, complete)
+
+
 def run_checkpoints(run_dir: Path) -> list[CheckpointRecord]:
     """The run's resumable checkpoints (last and numbered; not best), newest first by (epoch, step)."""
     paths = [run_dir / LAST_CHECKPOINT, *run_dir.glob("checkpoint_epoch*.pt")]
@@ -129,12 +140,7 @@ def run_checkpoints(run_dir: Path) -> list[CheckpointRecord]:
     for path in paths:
         if not path.is_file():
             continue
-        record = read_record(path)
-        if record is None:  # no record (written by an older version): order by the epoch in its name, else first
-            match = _EPOCH_FILE.search(path.name)
-            epoch = int(match.group(1)) if match else 1 << 30
-            record = CheckpointRecord(path, -1, "", epoch, 1 << 62 if match is None else 0, True)
-        records.append(record)
+        records.append(read_record(path) or _unrecorded(path))
     return sorted(records, key=lambda r: (r.epoch, r.step), reverse=True)
 
 
@@ -152,12 +158,17 @@ def rotate_last(run_dir: Path) -> None:
     """Before a new ``checkpoint_last.pt`` is written: keep the current one as a numbered checkpoint when it closed
     an epoch (a mid-epoch one is superseded by the new one)."""
     last = run_dir / LAST_CHECKPOINT
-    record = read_record(last)
-    if record is None or not record.epoch_complete or verify_checkpoint(last) is not None:
+    if not last.is_file() or verify_checkpoint(last) is not None:
+        return
+    record = read_record(last) or _unrecorded(last)  # none: its process was killed before writing the record
+    if not record.epoch_complete or record.epoch < 0:
         return
     target = run_dir / epoch_checkpoint_name(record.epoch)
     os.replace(last, target)
-    os.replace(record_path(last), record_path(target))
+    if record.size >= 0:
+        os.replace(record_path(last), record_path(target))
+    else:  # not another checkpoint's record beside it
+        record_path(target).unlink(missing_ok=True)
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int, keep: Iterable[int]) -> list[Path]:

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..data.coco import gc_paused, load_json
+from ..files import write_atomically
 
 BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
 
@@ -296,7 +297,7 @@ class PrecisionArrays:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the arrays to an ``.npz`` file (``numpy.load`` reads them back by these field names)."""
-        np.savez_compressed(path, **dataclasses.asdict(self))
+        write_atomically(path, lambda f: np.savez_compressed(f, **dataclasses.asdict(self)))
 
 
 @dataclass

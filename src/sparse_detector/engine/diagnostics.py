@@ -65,7 +65,11 @@ class TrainingDiagnostics:
         if not every:
             return
         self.layers = weight_layers(model)
-        self.probe = collate_detection([probe[i] for i in range(min(PROBE_IMAGES, len(probe)))])[0]
+        # the validation transforms draw from torch's generator: without fork_rng, recording diagnostics changed the
+        # training run's augmentations, and a resume (which builds the probe after restoring the generator) lost
+        # its exactness
+        with torch.random.fork_rng(devices=[]):
+            self.probe = collate_detection([probe[i] for i in range(min(PROBE_IMAGES, len(probe)))])[0]
         # a resumed run redoes the steps after its checkpoint; a new one all that a killed earlier process recorded
         resumed = resumed_at is not None and self.path.exists()
         kept = [r for r in read_diagnostics(run_dir) if r["step"] <= resumed_at] if resumed else []

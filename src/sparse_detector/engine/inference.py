@@ -28,7 +28,7 @@ from ..data.importers.common import IMAGE_SUFFIXES
 from ..data.labels import LabelMap
 from ..data.orientation import exif_orientation
 from ..data.transforms import image_tensor
-from ..files import write_text_atomically
+from ..files import write_atomically
 from ..models import DetectionOutput, build_model
 from ..models.postprocess import postprocessor_for
 from ..models.weights import load_official, load_state_dict_checked
@@ -338,6 +338,6 @@ def predict_images(
         target, content = out / "detections_coco.json", coco_results
     else:
         target, content = out / "predictions.json", result.records
-    write_text_atomically(target, json.dumps(content, indent=2))
+    write_atomically(target, json.dumps(content, indent=2))
     result.written.append(target)
     return result

@@ -25,7 +25,7 @@ from ..config import Config, config_differences, config_to_dict, dump_config
 from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection, DatasetError
-from ..files import write_text_atomically
+from ..files import write_atomically
 from ..logs import RANK_SPECIFIC
 from ..models import build_criterion, build_model
 from ..models.weights import (
@@ -43,6 +43,7 @@ from ..runs import (
     METRICS_FILE,
     claim_run_dir,
     read_metrics,
+    remove_partial_writes,
     resolve_checkpoint,
     write_json_lines,
 )
@@ -53,6 +54,7 @@ from .checkpoint import (
     prune_checkpoints,
     rng_state,
     rotate_last,
+    run_checkpoints,
     save_checkpoint,
     set_rng_state,
 )
@@ -235,7 +237,7 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         train = config.train
-        if not resume and (self.run_dir / LAST_CHECKPOINT).exists():
+        if not resume and run_checkpoints(self.run_dir):  # a numbered one alone: killed while writing the last
             raise FileExistsError(
                 f"run directory {self.run_dir} already holds a checkpoint; continue it with --resume {self.run_dir} "
                 "(or --resume auto) or choose another --output-dir"
@@ -292,7 +294,7 @@ class Trainer:
         if self.dist.is_main:  # only now: a config, data set or checkpoint that fails above leaves no run directory
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._claim_run_dir()
-            write_text_atomically(self.run_dir / CONFIG_FILE, dump_config(config))
+            write_atomically(self.run_dir / CONFIG_FILE, dump_config(config))
         barrier()
         self.logger = MetricsLogger(
             self.run_dir,
@@ -334,6 +336,8 @@ class Trainer:
         """Rank 0 holds the run directory once it exists, until training ends (:func:`claim_run_dir`)."""
         if self.dist.is_main and self.run_lock is None and self.run_dir.is_dir():
             self.run_lock = claim_run_dir(self.run_dir)
+            if partial := remove_partial_writes(self.run_dir):
+                log.info("removed what a killed process left half-written: %s", ", ".join(p.name for p in partial))
 
     def _wrap(self, model: nn.Module, compile: bool) -> nn.Module:
         """The module the training step calls: DDP across processes, ``torch.compile``-d when asked."""
@@ -477,6 +481,8 @@ class Trainer:
             raise self._diverged(where, "its checkpoint was not written")
         state = self._state()
         if self.dist.is_main:
+            if best:  # before the last one: a process killed in between redoes the epoch and writes both again
+                save_checkpoint(self.run_dir / BEST_CHECKPOINT, state)
             rotate_last(self.run_dir)
             save_checkpoint(self.run_dir / LAST_CHECKPOINT, state, epoch_complete=not self.epoch_progress)
             train, optim = self.config.train, self.config.optim
@@ -486,8 +492,6 @@ class Trainer:
                 if e % optim.lr_drop == 0 or (train.keep_every > 0 and e % train.keep_every == 0)
             ]
             prune_checkpoints(self.run_dir, train.keep_last, keep)
-            if best:
-                save_checkpoint(self.run_dir / BEST_CHECKPOINT, state)
         self.last_checkpoint, self.last_checkpoint_at = self.run_dir / LAST_CHECKPOINT, self._position()
         barrier()
 
@@ -757,6 +761,8 @@ class Trainer:
                         )
                         raise self._diverged(f"validation after epoch {self.epoch}", detail) from err
                     record.update(last_eval)
+                    if self.dist.is_main:  # before the checkpoint, which a finished run's resume would not redo
+                        write_atomically(self.run_dir / EVAL_FILE, json.dumps(last_eval, indent=2))
                 record["alpha"] = alpha_values(self.model)
                 self.logger.log("epoch", self.step, epoch=self.epoch, **record)
                 improved = "AP" in record and record["AP"] > self.best_ap
@@ -773,6 +779,5 @@ class Trainer:
                     break
         self.logger.close()
         if last_eval and self.dist.is_main:
-            write_text_atomically(self.run_dir / EVAL_FILE, json.dumps(last_eval, indent=2))
             print(format_table(last_eval))
         return last_eval

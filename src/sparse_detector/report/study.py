@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..files import write_text_atomically
+from ..files import write_atomically
 from ..runs import ANALYSIS_DIRS, ANALYSIS_FILE
 from ..text import counted
 from .tables import markdown_table
@@ -172,7 +172,7 @@ def write_study_report(
         md.append(f"### {heading}")
         md += [f"![{p.name}]({p.relative_to(study_dir).as_posix()})" for p in paths]
     md_path = study_dir / "report.md"
-    write_text_atomically(md_path, "\n\n".join(part for part in md if part) + "\n")
+    write_atomically(md_path, "\n\n".join(part for part in md if part) + "\n")
 
     style = (
         "body{font-family:sans-serif;max-width:1400px;margin:auto}table{border-collapse:collapse;margin:1em 0}"
@@ -194,5 +194,5 @@ def write_study_report(
         page += [f"<h4>{html.escape(p.name)}</h4>{_embedded(p)}" for p in paths]
     page.append("</body></html>")
     html_path = study_dir / "report.html"
-    write_text_atomically(html_path, "\n".join(page))
+    write_atomically(html_path, "\n".join(page))
     return [md_path, html_path]

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..analysis import METRICS, SIZE_BUCKETS
 from ..engine.coco_eval import format_table
-from ..files import write_text_atomically
+from ..files import write_atomically
 from ..runs import ANALYSIS_FILE, analysis_labels
 from ..text import counted
 
@@ -43,7 +43,7 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomically(path, text.getvalue())
+    write_atomically(path, text.getvalue())
 
 
 def paibb_blocks(site_info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -191,9 +191,9 @@ def write_analysis(record: Mapping[str, Any], output_dir: Path) -> list[Path]:
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path = output_dir / ANALYSIS_FILE
     csv_path, md_path = json_path.with_suffix(".csv"), json_path.with_suffix(".md")
-    write_text_atomically(json_path, json.dumps(record, indent=2))
     write_csv(analysis_rows(record), csv_path)
-    write_text_atomically(md_path, analysis_markdown(record))
+    write_atomically(md_path, analysis_markdown(record))
+    write_atomically(json_path, json.dumps(record, indent=2))  # last: the record other commands read says all is there
     return [json_path, csv_path, md_path]
 
 

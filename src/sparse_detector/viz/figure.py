@@ -23,6 +23,7 @@ from torch import Tensor
 from torchvision.ops import box_convert
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..files import write_atomically
 from ..text import counted
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def replace_previous_figures(folder: Path, kind: str, written: Sequence[Path]) -
     for path in removed:
         path.unlink()
     record[kind] = names
-    record_path.write_text(json.dumps(record, indent=1))
+    write_atomically(record_path, json.dumps(record, indent=1))
     if removed:
         log.info(
             "removed %s of the last %s drawing in %s (not drawn again)", counted(len(removed), "figure"), kind, folder

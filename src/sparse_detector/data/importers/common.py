@@ -212,5 +212,5 @@ def write_coco(coco: dict[str, Any], out_file: str | Path) -> dict[str, Any]:
     if out.is_dir():
         raise DatasetError(f"{out} is a folder; the output is a JSON file, e.g. {out / 'annotations.json'}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(out, lambda f: f.write(json.dumps(coco).encode()))
+    write_atomically(out, json.dumps(coco))
     return coco
