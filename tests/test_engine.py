@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from sparse_detector.data.labels import COCO_CATEGORY_NAMES
 from sparse_detector.engine.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
 from sparse_detector.engine.device import resolve_device, subnormals_flushed
 from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
+from sparse_detector.runs import read_metrics
 
 from .conftest import SMALL_MODEL, epoch_records, shapes_config, shared_path
 
@@ -35,6 +37,29 @@ def test_resume_reproduces_the_uninterrupted_run(shapes, tmp_path: Path):
     final_b = load_checkpoint(tmp_path / "stopped" / "checkpoint_last.pt")["model"]
     for key, value in final_a.items():
         assert torch.equal(value, final_b[key]), key
+
+
+def test_epoch_lines_print_every_epoch_s_mean_loss_and_the_evaluated_ap(shapes, tmp_path: Path, capsys):
+    """An epoch without evaluation (train.eval_every > 1) printed no line at all, and the epoch line's "loss" (the
+    epoch's mean) shared its name with the step lines' "loss" (one step's): each number is checked against
+    metrics.jsonl's step records and the evaluation."""
+    run = tmp_path / "run"
+    config = shapes_config(shapes, "train.epochs=2", "train.eval_every=2", "train.max_steps_per_epoch=2")
+    Trainer(config, run, progress=False).fit()
+    out = capsys.readouterr().out
+    printed = dict(re.findall(r"^epoch (\d+): (.*)$", out, re.MULTILINE))
+    records = read_metrics(run)
+    steps = re.findall(
+        r"^epoch \d+ step \d+/2: loss ([\d.]+), ([\d.]+) img/s over the epoch so far$", out, re.MULTILINE
+    )
+    logged = [r for r in records if r["type"] == "train"]
+    assert steps == [(f"{r['loss']:.3f}", f"{r['images_per_s']:.1f}") for r in logged]
+    for epoch in (1, 2):
+        losses = [r["loss"] for r in records if r["type"] == "train" and r["epoch"] == epoch]  # log_every=1
+        assert printed[str(epoch)].startswith(f"mean train loss {sum(losses) / len(losses):.3f} over 2 steps")
+    assert "AP" not in printed["1"]  # not evaluated
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert printed["2"].endswith(f"  val AP {evaluation['AP']:.3f}  AP50 {evaluation['AP50']:.3f}")
 
 
 SUBNORMAL = 1e-40  # below float32's smallest normal number, 1.2e-38

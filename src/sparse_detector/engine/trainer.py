@@ -148,6 +148,20 @@ def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
     return counts
 
 
+def epoch_summary(record: dict[str, Any]) -> str:
+    """The console line of an epoch: the mean training loss over its steps (the step lines show single steps'
+    losses), the steps skipped as non-finite, and the validation AP where the epoch was evaluated."""
+    loss = record.get("train_loss")  # absent when every step was skipped as non-finite
+    skipped, steps = record["train_skipped_nonfinite"], record["train_steps"]
+    text = f"mean train loss {loss:.3f}" if loss is not None else "mean train loss n/a"
+    text += f" over {counted(steps, 'step')}"
+    if skipped:
+        text += f" ({skipped} more skipped as non-finite)"
+    if "AP" in record:
+        text += f"  val AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
+    return text
+
+
 def format_parameter_counts(counts: dict[str, dict[str, int]]) -> str:
     """A table of trainable and frozen parameter counts, one row per part of the model."""
     width = max(len(name) for name in counts)
@@ -587,7 +601,7 @@ class Trainer:
                     logged = self._log_step(loss, losses, speed, data_s, time.perf_counter() - tick)
                     if self.dist.is_main and not self.progress:  # no progress bar (not a terminal): plain lines
                         where = f"epoch {self.epoch + 1} step {steps}/{bar.total}"
-                        print(f"{where}: loss {logged['loss']:.3f}, {speed:.1f} img/s")
+                        print(f"{where}: loss {logged['loss']:.3f}, {speed:.1f} img/s over the epoch so far")
             bar.update()
             tick = time.perf_counter()
             if any_across_ranks(self.stop_signal is not None, self.device) and steps + skipped < limit:
@@ -752,12 +766,8 @@ class Trainer:
                 if improved:
                     self.best_ap = record["AP"]
                 self._save(best=improved)
-                if "AP" in record and self.dist.is_main:
-                    skipped = record["train_skipped_nonfinite"]
-                    loss = record.get("train_loss")  # absent when every step was skipped as non-finite
-                    loss_text = f"{loss:.3f}" if loss is not None else f"n/a ({skipped} steps skipped as non-finite)"
-                    summary = f"loss {loss_text}  AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
-                    print(f"epoch {self.epoch}: {summary}")
+                if self.dist.is_main:
+                    print(f"epoch {self.epoch}: {epoch_summary(record)}")
                 if self.stop_signal is not None:
                     break
         self.logger.close()
