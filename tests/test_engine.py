@@ -40,11 +40,12 @@ def test_resume_reproduces_the_uninterrupted_run(shapes, tmp_path: Path):
 
 
 def test_epoch_lines_print_every_epoch_s_mean_loss_and_the_evaluated_ap(shapes, tmp_path: Path, capsys):
-    """An epoch without evaluation (train.eval_every > 1) printed no line at all, and the epoch line's "loss" (the
-    epoch's mean) shared its name with the step lines' "loss" (one step's): each number is checked against
-    metrics.jsonl's step records and the evaluation."""
+    """An epoch without evaluation (train.eval_every > 1) printed no line at all, the epoch line's "loss" (the
+    epoch's mean) shared its name with the step lines' "loss" (one step's), and the final table did not say which
+    epoch it was nor that evaluate takes another one (the best): each number is checked against metrics.jsonl's
+    records, the evaluation and checkpoint_best.pt."""
     run = tmp_path / "run"
-    config = shapes_config(shapes, "train.epochs=2", "train.eval_every=2", "train.max_steps_per_epoch=2")
+    config = shapes_config(shapes, "train.epochs=3", "train.eval_every=2", "train.max_steps_per_epoch=2")
     Trainer(config, run, progress=False).fit()
     out = capsys.readouterr().out
     printed = dict(re.findall(r"^epoch (\d+): (.*)$", out, re.MULTILINE))
@@ -54,12 +55,18 @@ def test_epoch_lines_print_every_epoch_s_mean_loss_and_the_evaluated_ap(shapes, 
     )
     logged = [r for r in records if r["type"] == "train"]
     assert steps == [(f"{r['loss']:.3f}", f"{r['images_per_s']:.1f}") for r in logged]
-    for epoch in (1, 2):
+    for epoch in (1, 2, 3):
         losses = [r["loss"] for r in records if r["type"] == "train" and r["epoch"] == epoch]  # log_every=1
         assert printed[str(epoch)].startswith(f"mean train loss {sum(losses) / len(losses):.3f} over 2 steps")
-    assert "AP" not in printed["1"]  # not evaluated
+    assert "AP" not in printed["1"]  # not evaluated (epochs 2 and 3 are: every 2nd and the last)
     evaluation = json.loads((run / "eval.json").read_text())
-    assert printed["2"].endswith(f"  val AP {evaluation['AP']:.3f}  AP50 {evaluation['AP50']:.3f}")
+    assert printed["3"].endswith(f"  val AP {evaluation['AP']:.3f}  AP50 {evaluation['AP50']:.3f}")
+    # the end: the last evaluation's table, then the best evaluated epoch, whose weights are checkpoint_best.pt
+    assert re.search(r"^validation after epoch 3:\n\| metric ", out, re.MULTILINE)
+    evaluated = [r for r in records if r["type"] == "epoch" and "AP" in r]
+    best = max(evaluated, key=lambda r: (r["AP"], -r["epoch"]))
+    assert load_checkpoint(run / "checkpoint_best.pt")["epoch"] == best["epoch"]
+    assert f"best: AP {best['AP']:.3f}  AP50 {best['AP50']:.3f} after epoch {best['epoch']} (checkpoint_best.pt" in out
 
 
 SUBNORMAL = 1e-40  # below float32's smallest normal number, 1.2e-38

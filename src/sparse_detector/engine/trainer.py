@@ -724,6 +724,16 @@ class Trainer:
         losses = mean_across_ranks({k: v for k, v in stats.items() if k.startswith("val_")}, self.device)
         return {**stats, **losses}
 
+    def _best_line(self) -> str:
+        """Which evaluated epoch has the best AP (the first of equals): its weights are checkpoint_best.pt, which
+        evaluate, analyze and predict take from the run directory."""
+        evaluated = [r for r in read_metrics(self.run_dir) if r["type"] == "epoch" and "AP" in r]
+        best = max(evaluated, key=lambda r: r["AP"])  # max keeps the first of equal APs, as training does
+        return (
+            f"best: AP {best['AP']:.3f}  AP50 {best['AP50']:.3f} after epoch {best['epoch']} ({BEST_CHECKPOINT}, "
+            "what evaluate, analyze and predict take from the run directory)"
+        )
+
     def fit(self) -> dict[str, float]:
         """Train the remaining epochs; returns the last evaluation's metrics. After a SIGTERM / SIGINT it returns
         early with a checkpoint written and :attr:`stop_signal` set. The run directory is free again afterwards."""
@@ -736,6 +746,7 @@ class Trainer:
     def _fit(self) -> dict[str, float]:
         train = self.config.train
         last_eval: dict[str, float] = {}
+        evaluated_epoch = 0
         log.info("training in %s on %s (%d process(es))", self.run_dir, self.device, self.dist.world_size)
         # process-wide torch settings, restored when training ends (normally or not) for the rest of the process
         deterministic = deterministic_algorithms(train.deterministic)
@@ -760,6 +771,7 @@ class Trainer:
                         )
                         raise self._diverged(f"validation after epoch {self.epoch}", detail) from err
                     record.update(last_eval)
+                    evaluated_epoch = self.epoch
                 record["alpha"] = alpha_values(self.model)
                 self.logger.log("epoch", self.step, epoch=self.epoch, **record)
                 improved = "AP" in record and record["AP"] > self.best_ap
@@ -773,5 +785,7 @@ class Trainer:
         self.logger.close()
         if last_eval and self.dist.is_main:
             (self.run_dir / EVAL_FILE).write_text(json.dumps(last_eval, indent=2))
+            print(f"validation after epoch {evaluated_epoch}:")
             print(format_table(last_eval))
+            print(self._best_line())
         return last_eval
