@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from sparse_detector import load_config
 from sparse_detector.cli import main
 from sparse_detector.data.labels import COCO_CATEGORY_NAMES
 from sparse_detector.engine.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
-from sparse_detector.engine.device import resolve_device, subnormals_flushed
+from sparse_detector.engine.device import peak_memory_mb, resolve_device, subnormals_flushed
 from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
 from sparse_detector.runs import read_metrics
 
@@ -76,6 +77,23 @@ def test_subnormals_flushed_only_while_training():
     with subnormals_flushed(torch.device("cpu")):
         assert (torch.tensor([SUBNORMAL]) * 1.0).item() == 0.0
     assert (torch.tensor([SUBNORMAL]) * 1.0).item() > 0.0
+
+
+def test_peak_memory_is_in_mebibytes_on_linux_and_macos(monkeypatch):
+    """ru_maxrss is in kilobytes on Linux but bytes on macOS: the logged peak_memory_mb was 1024 times too large
+    there. On Linux it is checked against the kernel's own reading of the peak resident memory (VmHWM)."""
+    import resource
+    import sys
+
+    status = Path("/proc/self/status")
+    if sys.platform == "linux" and status.is_file():
+        measured = peak_memory_mb(torch.device("cpu"))
+        kilobytes = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM"))
+        assert measured == pytest.approx(kilobytes / 1024, rel=0.05)
+    for platform, maxrss in (("linux", 3 * 2**10), ("darwin", 3 * 2**20)):
+        monkeypatch.setattr(sys, "platform", platform)
+        monkeypatch.setattr(resource, "getrusage", lambda _who, maxrss=maxrss: SimpleNamespace(ru_maxrss=maxrss))
+        assert peak_memory_mb(torch.device("cpu")) == 3.0, platform
 
 
 def test_deterministic_training_leaves_the_process_settings_as_it_found_them(shapes, tmp_path: Path, monkeypatch):

@@ -50,7 +50,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .coco_eval import format_table
-from .device import deterministic_algorithms, resolve_device, seed_everything, subnormals_flushed
+from .device import deterministic_algorithms, peak_memory_mb, resolve_device, seed_everything, subnormals_flushed
 from .diagnostics import TrainingDiagnostics
 from .distributed import (
     DistributedContext,
@@ -548,15 +548,6 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _peak_memory_mb(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        try:
-            import resource
-        except ImportError:  # not on Windows
-            return float("nan")
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
-
     def _train_one_epoch(self) -> dict[str, float]:
         """One epoch (or its rest after a mid-epoch resume); stops after the step during which a signal came."""
         config = self.config.train
@@ -667,7 +658,7 @@ class Trainer:
             iteration_s=iteration_s,
             data_s=data_s,
             images_per_s=speed,
-            peak_memory_mb=self._peak_memory_mb(),
+            peak_memory_mb=peak_memory_mb(self.device),
         )
         return reduced
 
