@@ -162,7 +162,7 @@ def test_too_few_classes_is_a_clear_error(shapes, tmp_path: Path):
         Trainer(shapes_config(shapes, "model.num_classes=2"), tmp_path / "run", progress=False)
 
 
-def test_nonfinite_loss_errors_or_is_skipped_and_counted(shapes, tmp_path: Path):
+def test_nonfinite_loss_errors_or_is_skipped_and_counted(shapes, tmp_path: Path, capsys):
     trainer = Trainer(shapes_config(shapes, "train.epochs=1", "train.max_steps_per_epoch=2"), tmp_path / "a", False)
     with torch.no_grad():
         trainer.model.class_embed.bias.fill_(float("nan"))
@@ -181,6 +181,25 @@ def test_nonfinite_loss_errors_or_is_skipped_and_counted(shapes, tmp_path: Path)
     trainer.fit()
     record = epoch_records(tmp_path / "b")[1]
     assert record["train_skipped_nonfinite"] == 1 and record["train_steps"] == 2
+    losses = [r["loss"] for r in read_metrics(tmp_path / "b") if r["type"] == "train"]  # the 2 trained steps
+    mean = f"{sum(losses) / len(losses):.3f}"
+    assert f"epoch 1: mean train loss {mean} over 2 steps (1 more skipped as non-finite)" in capsys.readouterr().out
+
+
+def test_a_resumed_run_s_summary_prints_the_learning_rate_it_trains_with(shapes, tmp_path: Path):
+    """After optim.lr_drop the summary printed on resume said 'lr 0.0002' while the steps trained at 2e-05."""
+    from sparse_detector.cli import _train_summary
+
+    run = tmp_path / "run"
+    settings = ("train.max_steps_per_epoch=1", "optim.lr=1e-4", "optim.lr_drop=1", "train.eval_every=5")
+    Trainer(shapes_config(shapes, "train.epochs=1", *settings), run, progress=False).fit()
+    trainer = Trainer(load_config(run / "config.yaml", ["train.epochs=2"]), run, resume=True, progress=False)
+    train_line = next(line for line in _train_summary(trainer).splitlines() if line.startswith("train:"))
+    trainer.fit()
+    lr = [r["lr"]["default"] for r in read_metrics(run) if r["type"] == "train" and r["epoch"] == 2]
+    assert lr == [pytest.approx(1e-5)]  # optim.lr_gamma 0.1
+    assert "2 epochs (resumed at step 1, in epoch 2)" in train_line
+    assert f"lr 0.0001 (now {lr[0]:g}, lowered by optim.lr_drop)" in train_line
 
 
 def test_cli_end_to_end(tmp_path: Path, capsys):

@@ -253,6 +253,21 @@ def _batch_text(batch_size: int, processes: int) -> str:
     return f"{batch_size}" if processes == 1 else f"{batch_size} per process x {processes} = {batch_size * processes}"
 
 
+def _resumed_text(trainer: object) -> str:
+    """Where a resumed run goes on from (nothing for a new one)."""
+    if not trainer.step:  # type: ignore[attr-defined]
+        return ""
+    return f" (resumed at step {trainer.step}, in epoch {trainer.epoch + 1})"  # type: ignore[attr-defined]
+
+
+def _lr_text(trainer: object) -> str:
+    """``optim.lr``, and the learning rate the next step uses where the schedule has already lowered it."""
+    base: float = trainer.config.optim.lr  # type: ignore[attr-defined]
+    groups = trainer.optimizer.param_groups  # type: ignore[attr-defined]
+    now = next((g["lr"] for g in groups if g["name"] == "default"), base)
+    return f"{base:g}" if now == base else f"{base:g} (now {now:g}, lowered by optim.lr_drop)"
+
+
 def _train_summary(trainer: object) -> str:
     """A few lines on what is about to happen (the whole resolved config is in the run directory's config.yaml)."""
     from .attention.sites import model_sites
@@ -277,9 +292,9 @@ def _train_summary(trainer: object) -> str:
             f"{model.transformer.enc_layers}+{model.transformer.dec_layers} layers, "
             f"{counted(model.num_queries, 'query', 'queries')}, "
             f"{parameters / 1e6:.2f} M parameters; attention {sites}",
-            f"train:  {counted(config.train.epochs, 'epoch')}, "
+            f"train:  {counted(config.train.epochs, 'epoch')}{_resumed_text(trainer)}, "
             f"batch {_batch_text(config.train.batch_size, processes)}, "
-            f"lr {config.optim.lr:g}, device {trainer.device}",  # type: ignore[attr-defined]
+            f"lr {_lr_text(trainer)}, device {trainer.device}",  # type: ignore[attr-defined]
             f"run:    {trainer.run_dir} (config.yaml, metrics.jsonl, checkpoints)",  # type: ignore[attr-defined]
         ]
     )
