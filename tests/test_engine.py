@@ -61,6 +61,7 @@ def test_epoch_lines_print_every_epoch_s_mean_loss_and_the_evaluated_ap(shapes, 
         assert printed[str(epoch)].startswith(f"mean train loss {sum(losses) / len(losses):.3f} over 2 steps")
     assert "AP" not in printed["1"]  # not evaluated (epochs 2 and 3 are: every 2nd and the last)
     evaluation = json.loads((run / "eval.json").read_text())
+    assert evaluation["epoch"] == 3  # which evaluation it is (evaluate's eval.json names its checkpoint)
     assert printed["3"].endswith(f"  val AP {evaluation['AP']:.3f}  AP50 {evaluation['AP50']:.3f}")
     # the end: the last evaluation's table, then the best evaluated epoch, whose weights are checkpoint_best.pt
     assert re.search(r"^validation after epoch 3:\n\| metric ", out, re.MULTILINE)

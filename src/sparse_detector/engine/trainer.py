@@ -775,7 +775,9 @@ class Trainer:
                     break
         self.logger.close()
         if last_eval and self.dist.is_main:
-            (self.run_dir / EVAL_FILE).write_text(json.dumps(last_eval, indent=2))
+            # what was evaluated, as evaluate's eval.json says it (train's is the last evaluated epoch's)
+            record = {"epoch": evaluated_epoch, "data": str(self.val_set.annotation_file), **last_eval}
+            (self.run_dir / EVAL_FILE).write_text(json.dumps(record, indent=2))
             print(f"validation after epoch {evaluated_epoch}:")
             print(format_table(last_eval))
             print(self._best_line())
