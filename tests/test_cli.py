@@ -6,7 +6,9 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -284,12 +286,18 @@ def test_quickstart_names_the_run_directory_the_other_commands_take(tmp_path: Pa
         def fit(self) -> dict:
             return {"AP50": 0.5, "AP": 0.25}
 
+    clock = [0.0]  # the quickstart's own clock: the figures take 3 minutes of it
+    monkeypatch.setattr(cli, "time", SimpleNamespace(perf_counter=lambda: clock[0], strftime=time.strftime))
     monkeypatch.setattr(trainer_module, "Trainer", FinishedTrainer)
-    monkeypatch.setattr(cli, "_quickstart_figures", lambda run_dir, config: None)
+    monkeypatch.setattr(cli, "_quickstart_figures", lambda run_dir, config: clock.__setitem__(0, 180.0))
     run = tmp_path / "qs"
     assert main(["quickstart", "--num-train", "4", "--num-val", "2", "--output-dir", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
     # was: 'run directory: qs', which evaluate --checkpoint refused (the checkpoints are in qs/train)
-    assert f"run directory: {run / 'train'} (for evaluate" in capsys.readouterr().out
+    assert f"run directory: {run / 'train'} (for evaluate" in out
+    assert "AP50 0.500, AP 0.250 on 2 held-out generated images" in out
+    # the time it printed was taken before the figures were drawn (and after torch was imported): was 0.0 min here
+    assert out.rstrip().endswith("quickstart finished in 3.0 min")
     # config.yaml is the effective config: it said the preset's output_dir (runs/shapes_tiny), not the run's
     assert load_config(run / "train" / "config.yaml").train.output_dir == str(run / "train")
     data = [f"data.{split}.images={run / 'data' / 'images'}" for split in ("train", "val")]

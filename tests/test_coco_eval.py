@@ -319,6 +319,21 @@ def test_format_table() -> None:
     assert lines[-1].startswith("| AR_large") and lines[-1].endswith("n/a |")
 
 
+def test_format_table_states_the_units_of_the_class_and_cardinality_errors() -> None:
+    """The table printed by train and evaluate showed val_class_error 53.333 beside AP 0.002 with no unit: the class
+    error is a percentage (of matched queries given the wrong class), the cardinality error a count of boxes."""
+    from sparse_detector.models.criterion import label_readings
+
+    logits = torch.tensor([[[4.0, 0.0, 0.0], [0.0, 4.0, 0.0]], [[4.0, 0.0, 0.0], [0.0, 0.0, 4.0]]])  # 2 classes + none
+    matched = (torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0]))
+    labels = torch.tensor([0, 0, 0])  # the second query of image 0 says class 1: 1 of 3 wrong
+    targets = [{"labels": torch.tensor([0, 0])}, {"labels": torch.tensor([0, 1, 1])}]  # predicted 2 and 1 boxes
+    readings = label_readings(logits, matched, labels, targets)
+    table = format_table({"AP": 0.25, **{f"val_{k}": v.item() for k, v in readings.items()}})
+    values = {row.split("|")[1].strip(): row.split("|")[-2].strip() for row in table.splitlines()[2:]}
+    assert values == {"AP": "0.250", "val_class_error": f"{100 / 3:.3f} %", "val_cardinality_error": "1.000 boxes"}
+
+
 def _rank_shards() -> list[Predictions]:
     """Two ranks' predictions: image 2 on both (DistributedSampler padding), a false positive on image 3."""
     perfect = _perfect_small_predictions()

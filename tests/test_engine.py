@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,8 +14,9 @@ from sparse_detector import load_config
 from sparse_detector.cli import main
 from sparse_detector.data.labels import COCO_CATEGORY_NAMES
 from sparse_detector.engine.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
-from sparse_detector.engine.device import resolve_device, subnormals_flushed
+from sparse_detector.engine.device import peak_memory_mb, resolve_device, subnormals_flushed
 from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
+from sparse_detector.runs import read_metrics
 
 from .conftest import SMALL_MODEL, epoch_records, shapes_config, shared_path
 
@@ -37,6 +40,37 @@ def test_resume_reproduces_the_uninterrupted_run(shapes, tmp_path: Path):
         assert torch.equal(value, final_b[key]), key
 
 
+def test_epoch_lines_print_every_epoch_s_mean_loss_and_the_evaluated_ap(shapes, tmp_path: Path, capsys):
+    """An epoch without evaluation (train.eval_every > 1) printed no line at all, the epoch line's "loss" (the
+    epoch's mean) shared its name with the step lines' "loss" (one step's), and the final table did not say which
+    epoch it was nor that evaluate takes another one (the best): each number is checked against metrics.jsonl's
+    records, the evaluation and checkpoint_best.pt."""
+    run = tmp_path / "run"
+    config = shapes_config(shapes, "train.epochs=3", "train.eval_every=2", "train.max_steps_per_epoch=2")
+    Trainer(config, run, progress=False).fit()
+    out = capsys.readouterr().out
+    printed = dict(re.findall(r"^epoch (\d+): (.*)$", out, re.MULTILINE))
+    records = read_metrics(run)
+    steps = re.findall(
+        r"^epoch \d+ step \d+/2: loss ([\d.]+), ([\d.]+) img/s over the epoch so far$", out, re.MULTILINE
+    )
+    logged = [r for r in records if r["type"] == "train"]
+    assert steps == [(f"{r['loss']:.3f}", f"{r['images_per_s']:.1f}") for r in logged]
+    for epoch in (1, 2, 3):
+        losses = [r["loss"] for r in records if r["type"] == "train" and r["epoch"] == epoch]  # log_every=1
+        assert printed[str(epoch)].startswith(f"mean train loss {sum(losses) / len(losses):.3f} over 2 steps")
+    assert "AP" not in printed["1"]  # not evaluated (epochs 2 and 3 are: every 2nd and the last)
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert evaluation["epoch"] == 3  # which evaluation it is (evaluate's eval.json names its checkpoint)
+    assert printed["3"].endswith(f"  val AP {evaluation['AP']:.3f}  AP50 {evaluation['AP50']:.3f}")
+    # the end: the last evaluation's table, then the best evaluated epoch, whose weights are checkpoint_best.pt
+    assert re.search(r"^validation after epoch 3:\n\| metric ", out, re.MULTILINE)
+    evaluated = [r for r in records if r["type"] == "epoch" and "AP" in r]
+    best = max(evaluated, key=lambda r: (r["AP"], -r["epoch"]))
+    assert load_checkpoint(run / "checkpoint_best.pt")["epoch"] == best["epoch"]
+    assert f"best: AP {best['AP']:.3f}  AP50 {best['AP50']:.3f} after epoch {best['epoch']} (checkpoint_best.pt" in out
+
+
 SUBNORMAL = 1e-40  # below float32's smallest normal number, 1.2e-38
 
 
@@ -44,6 +78,23 @@ def test_subnormals_flushed_only_while_training():
     with subnormals_flushed(torch.device("cpu")):
         assert (torch.tensor([SUBNORMAL]) * 1.0).item() == 0.0
     assert (torch.tensor([SUBNORMAL]) * 1.0).item() > 0.0
+
+
+def test_peak_memory_is_in_mebibytes_on_linux_and_macos(monkeypatch):
+    """ru_maxrss is in kilobytes on Linux but bytes on macOS: the logged peak_memory_mb was 1024 times too large
+    there. On Linux it is checked against the kernel's own reading of the peak resident memory (VmHWM)."""
+    import resource
+    import sys
+
+    status = Path("/proc/self/status")
+    if sys.platform == "linux" and status.is_file():
+        measured = peak_memory_mb(torch.device("cpu"))
+        kilobytes = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM"))
+        assert measured == pytest.approx(kilobytes / 1024, rel=0.05)
+    for platform, maxrss in (("linux", 3 * 2**10), ("darwin", 3 * 2**20)):
+        monkeypatch.setattr(sys, "platform", platform)
+        monkeypatch.setattr(resource, "getrusage", lambda _who, maxrss=maxrss: SimpleNamespace(ru_maxrss=maxrss))
+        assert peak_memory_mb(torch.device("cpu")) == 3.0, platform
 
 
 def test_deterministic_training_leaves_the_process_settings_as_it_found_them(shapes, tmp_path: Path, monkeypatch):
@@ -112,7 +163,7 @@ def test_too_few_classes_is_a_clear_error(shapes, tmp_path: Path):
         Trainer(shapes_config(shapes, "model.num_classes=2"), tmp_path / "run", progress=False)
 
 
-def test_nonfinite_loss_errors_or_is_skipped_and_counted(shapes, tmp_path: Path):
+def test_nonfinite_loss_errors_or_is_skipped_and_counted(shapes, tmp_path: Path, capsys):
     trainer = Trainer(shapes_config(shapes, "train.epochs=1", "train.max_steps_per_epoch=2"), tmp_path / "a", False)
     with torch.no_grad():
         trainer.model.class_embed.bias.fill_(float("nan"))
@@ -131,6 +182,25 @@ def test_nonfinite_loss_errors_or_is_skipped_and_counted(shapes, tmp_path: Path)
     trainer.fit()
     record = epoch_records(tmp_path / "b")[1]
     assert record["train_skipped_nonfinite"] == 1 and record["train_steps"] == 2
+    losses = [r["loss"] for r in read_metrics(tmp_path / "b") if r["type"] == "train"]  # the 2 trained steps
+    mean = f"{sum(losses) / len(losses):.3f}"
+    assert f"epoch 1: mean train loss {mean} over 2 steps (1 more skipped as non-finite)" in capsys.readouterr().out
+
+
+def test_a_resumed_run_s_summary_prints_the_learning_rate_it_trains_with(shapes, tmp_path: Path):
+    """After optim.lr_drop the summary printed on resume said 'lr 0.0002' while the steps trained at 2e-05."""
+    from sparse_detector.cli import _train_summary
+
+    run = tmp_path / "run"
+    settings = ("train.max_steps_per_epoch=1", "optim.lr=1e-4", "optim.lr_drop=1", "train.eval_every=5")
+    Trainer(shapes_config(shapes, "train.epochs=1", *settings), run, progress=False).fit()
+    trainer = Trainer(load_config(run / "config.yaml", ["train.epochs=2"]), run, resume=True, progress=False)
+    train_line = next(line for line in _train_summary(trainer).splitlines() if line.startswith("train:"))
+    trainer.fit()
+    lr = [r["lr"]["default"] for r in read_metrics(run) if r["type"] == "train" and r["epoch"] == 2]
+    assert lr == [pytest.approx(1e-5)]  # optim.lr_gamma 0.1
+    assert "2 epochs (resumed at step 1, in epoch 2)" in train_line
+    assert f"lr 0.0001 (now {lr[0]:g}, lowered by optim.lr_drop)" in train_line
 
 
 def test_cli_end_to_end(tmp_path: Path, capsys):

@@ -364,7 +364,8 @@ def test_an_epoch_whose_every_step_was_skipped_as_non_finite_prints_its_summary(
     total_loss = trainer.criterion.total_loss
     trainer.criterion.total_loss = lambda losses: total_loss(losses) * float("nan")
     assert "AP" in trainer.fit()
-    assert "epoch 1: loss n/a (2 steps skipped as non-finite)  AP " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "epoch 1: mean train loss n/a over 0 steps (2 more skipped as non-finite)  val AP " in printed
 
 
 def test_init_from_softmax_weights_into_other_attention_maps(tmp_path: Path, caplog):

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -116,6 +117,31 @@ def test_study_runs_resumes_and_reports(tmp_path: Path, capsys, monkeypatch):
         in (capsys.readouterr().out)
     )
     assert "| sparsemax | 1 |" not in (study_dir / "report.md").read_text()
+
+
+def test_a_run_s_minutes_add_up_over_invocations_failed_ones_too(tmp_path: Path, monkeypatch):
+    """The report's "minutes (all invocations)" dropped the time of an invocation whose run failed (e.g. in
+    training) when a later one finished it: 1 min instead of 2 here."""
+    import sparse_detector.study as study_module
+
+    clock, attempts = [0.0], []
+
+    def train_a_minute_failing_first(config, run_dir: Path, progress: bool, name: str) -> bool:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        clock[0] += 60.0
+        attempts.append(name)
+        if len(attempts) == 1:
+            raise RuntimeError("out of memory")
+        return True
+
+    monkeypatch.setattr(study_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(study_module, "run_config", lambda *args: SimpleNamespace(train=SimpleNamespace(device="")))
+    monkeypatch.setattr(study_module, "_train", train_a_minute_failing_first)
+    monkeypatch.setattr(study_module, "analyze_run", lambda *args: None)
+    monkeypatch.setattr(study_module, "_run_figures", lambda *args: ([], None))
+    outcomes = [study_module._run_one(None, "softmax", 0, tmp_path, [], "", False) for _ in range(2)]
+    assert [(o.status, o.seconds) for o in outcomes] == [("failed", 60.0), ("done", 120.0)]
+    assert study_tables(outcomes[1:])["Runs"][1][0][2] == "2.0"  # the report's minutes
 
 
 @pytest.mark.parametrize(

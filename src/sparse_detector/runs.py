@@ -8,8 +8,9 @@ A run directory holds::
     checkpoint_epochNNNN.pt     earlier end-of-epoch checkpoints kept by train.keep_last / keep_every / lr drops
     checkpoint_best.pt          the best validation AP so far
     <checkpoint>.meta.json      size and SHA-256 of each checkpoint, recorded when it was written
-    eval.json                   the last evaluation on the run's validation data (eval-<annotations stem>.json:
-                                `sparse-detector evaluate` on other data)
+    eval.json                   the last evaluation on the run's validation data: train's names its "epoch",
+                                `sparse-detector evaluate`'s its "checkpoint" (eval-<annotations stem>.json on
+                                other data)
     analysis/analysis.{json,csv,md}                  `sparse-detector analyze` (analysis-<stem>/ on other data)
     analysis-random-init/analysis.{json,csv,md}      the same with --random-init
     .training.lock              held by the process training into the directory (claim_run_dir)

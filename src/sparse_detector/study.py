@@ -301,10 +301,9 @@ def _run_one(
     name = f"{map_name}-seed{seed}"
     run_dir = study_dir / "runs" / name
     status_file = run_dir / STATUS_FILE
-    seconds_before, kept = 0.0, False  # the run's time in earlier invocations that finished it; kept as it is
     earlier = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    seconds_before, kept = earlier.get("seconds", 0.0), False  # the run's time in earlier invocations, failed ones too
     if earlier.get("status") == "done":
-        seconds_before = earlier["seconds"]
         changed, more_epochs = _changed_settings(run_dir, study, map_name, seed, data)
         kept = not changed
         if kept:

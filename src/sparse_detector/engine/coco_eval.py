@@ -309,13 +309,21 @@ class CocoResult:
     precision: PrecisionArrays | None
 
 
+#: Units of the logged metrics that are not fractions like AP and AR (DETR's ``class_error`` is a percentage, its
+#: ``cardinality_error`` a count of boxes per image), shown after their values in :func:`format_table`.
+METRIC_UNITS = {"class_error": "%", "cardinality_error": "boxes"}
+
+
+def _value_text(name: str, value: float) -> str:
+    unit = next((unit for metric, unit in METRIC_UNITS.items() if name.endswith(metric)), "")
+    return "n/a" if value < 0 else f"{value:.3f} {unit}".rstrip()
+
+
 def format_table(stats: Mapping[str, float]) -> str:
-    """Markdown table of COCO metrics, aligned for plain-text reading; -1 (no ground truth) shows as n/a."""
+    """Markdown table of COCO metrics (AP and AR as fractions, 0 to 1) and the validation losses, aligned for
+    plain-text reading; -1 (no ground truth) shows as n/a, the class error as a percentage."""
     header = ("metric", "IoU", "area", "max dets", "value")
-    rows = [
-        (name, *_STAT_SETTINGS.get(name, ("", "", "")), "n/a" if value < 0 else f"{value:.3f}")
-        for name, value in stats.items()
-    ]
+    rows = [(name, *_STAT_SETTINGS.get(name, ("", "", "")), _value_text(name, value)) for name, value in stats.items()]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:

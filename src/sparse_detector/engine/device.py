@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -34,6 +35,19 @@ def resolve_device(name: str = "auto", setting: str = "device") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise RuntimeError(f"{setting}: {name!r} asked for, but MPS is not available; use {assign}auto or cpu")
     return device
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MiB (the logged ``peak_memory_mb``): on CUDA the tensors allocated on ``device``, elsewhere the
+    process's peak resident memory (``ru_maxrss``, in kilobytes on Linux but bytes on macOS); NaN on Windows."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def seed_everything(seed: int) -> None:

@@ -59,7 +59,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .coco_eval import format_table
-from .device import deterministic_algorithms, resolve_device, seed_everything, subnormals_flushed
+from .device import deterministic_algorithms, peak_memory_mb, resolve_device, seed_everything, subnormals_flushed
 from .diagnostics import TrainingDiagnostics
 from .distributed import (
     DistributedContext,
@@ -155,6 +155,20 @@ def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
         module["trainable" if param.requires_grad else "frozen"] += param.numel()
     counts["total"] = {kind: sum(c[kind] for c in counts.values()) for kind in ("trainable", "frozen")}
     return counts
+
+
+def epoch_summary(record: dict[str, Any]) -> str:
+    """The console line of an epoch: the mean training loss over its steps (the step lines show single steps'
+    losses), the steps skipped as non-finite, and the validation AP where the epoch was evaluated."""
+    loss = record.get("train_loss")  # absent when every step was skipped as non-finite
+    skipped, steps = record["train_skipped_nonfinite"], record["train_steps"]
+    text = f"mean train loss {loss:.3f}" if loss is not None else "mean train loss n/a"
+    text += f" over {counted(steps, 'step')}"
+    if skipped:
+        text += f" ({skipped} more skipped as non-finite)"
+    if "AP" in record:
+        text += f"  val AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
+    return text
 
 
 def format_parameter_counts(counts: dict[str, dict[str, int]]) -> str:
@@ -549,15 +563,6 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _peak_memory_mb(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        try:
-            import resource
-        except ImportError:  # not on Windows
-            return float("nan")
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
-
     def _train_one_epoch(self) -> dict[str, float]:
         """One epoch (or its rest after a mid-epoch resume); stops after the step during which a signal came."""
         config = self.config.train
@@ -602,7 +607,7 @@ class Trainer:
                     logged = self._log_step(loss, losses, speed, data_s, time.perf_counter() - tick)
                     if self.dist.is_main and not self.progress:  # no progress bar (not a terminal): plain lines
                         where = f"epoch {self.epoch + 1} step {steps}/{bar.total}"
-                        print(f"{where}: loss {logged['loss']:.3f}, {speed:.1f} img/s")
+                        print(f"{where}: loss {logged['loss']:.3f}, {speed:.1f} img/s over the epoch so far")
             bar.update()
             tick = time.perf_counter()
             if any_across_ranks(self.stop_signal is not None, self.device) and steps + skipped < limit:
@@ -668,7 +673,7 @@ class Trainer:
             iteration_s=iteration_s,
             data_s=data_s,
             images_per_s=speed,
-            peak_memory_mb=self._peak_memory_mb(),
+            peak_memory_mb=peak_memory_mb(self.device),
         )
         return reduced
 
@@ -725,6 +730,16 @@ class Trainer:
         losses = mean_across_ranks({k: v for k, v in stats.items() if k.startswith("val_")}, self.device)
         return {**stats, **losses}
 
+    def _best_line(self) -> str:
+        """Which evaluated epoch has the best AP (the first of equals): its weights are checkpoint_best.pt, which
+        evaluate, analyze and predict take from the run directory."""
+        evaluated = [r for r in read_metrics(self.run_dir) if r["type"] == "epoch" and "AP" in r]
+        best = max(evaluated, key=lambda r: r["AP"])  # max keeps the first of equal APs, as training does
+        return (
+            f"best: AP {best['AP']:.3f}  AP50 {best['AP50']:.3f} after epoch {best['epoch']} ({BEST_CHECKPOINT}, "
+            "what evaluate, analyze and predict take from the run directory)"
+        )
+
     def fit(self) -> dict[str, float]:
         """Train the remaining epochs; returns the last evaluation's metrics. After a SIGTERM / SIGINT it returns
         early with a checkpoint written and :attr:`stop_signal` set. The run directory is free again afterwards."""
@@ -737,6 +752,7 @@ class Trainer:
     def _fit(self) -> dict[str, float]:
         train = self.config.train
         last_eval: dict[str, float] = {}
+        evaluated_epoch = 0
         log.info("training in %s on %s (%d process(es))", self.run_dir, self.device, self.dist.world_size)
         # process-wide torch settings, restored when training ends (normally or not) for the rest of the process
         deterministic = deterministic_algorithms(train.deterministic)
@@ -761,23 +777,24 @@ class Trainer:
                         )
                         raise self._diverged(f"validation after epoch {self.epoch}", detail) from err
                     record.update(last_eval)
+                    evaluated_epoch = self.epoch
                     if self.dist.is_main:  # before the checkpoint, which a finished run's resume would not redo
-                        write_atomically(self.run_dir / EVAL_FILE, json.dumps(last_eval, indent=2))
+                        # what was evaluated, as evaluate's eval.json says it (train's is the last evaluated epoch's)
+                        evaluated = {"epoch": evaluated_epoch, "data": str(self.val_set.annotation_file), **last_eval}
+                        write_atomically(self.run_dir / EVAL_FILE, json.dumps(evaluated, indent=2))
                 record["alpha"] = alpha_values(self.model)
                 self.logger.log("epoch", self.step, epoch=self.epoch, **record)
                 improved = "AP" in record and record["AP"] > self.best_ap
                 if improved:
                     self.best_ap = record["AP"]
                 self._save(best=improved)
-                if "AP" in record and self.dist.is_main:
-                    skipped = record["train_skipped_nonfinite"]
-                    loss = record.get("train_loss")  # absent when every step was skipped as non-finite
-                    loss_text = f"{loss:.3f}" if loss is not None else f"n/a ({skipped} steps skipped as non-finite)"
-                    summary = f"loss {loss_text}  AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
-                    print(f"epoch {self.epoch}: {summary}")
+                if self.dist.is_main:
+                    print(f"epoch {self.epoch}: {epoch_summary(record)}")
                 if self.stop_signal is not None:
                     break
         self.logger.close()
         if last_eval and self.dist.is_main:
+            print(f"validation after epoch {evaluated_epoch}:")
             print(format_table(last_eval))
+            print(self._best_line())
         return last_eval
