@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from tqdm import tqdm
 
+import sparse_detector
 from sparse_detector.cli import _close_progress_bars, build_parser, main
 from sparse_detector.config import load_config
 from sparse_detector.data.build import absolute_data_paths
@@ -51,6 +52,14 @@ def test_every_option_with_a_default_shows_it(command: tuple[str, ...], capsys) 
         if action.option_strings and action.default not in (None, False, argparse.SUPPRESS, []):
             shown = " ".join(f"{action.help} (default: {action.default})".split())
             assert action.help and ("default" in action.help or shown in out), (command, action.option_strings)
+
+
+def test_version_names_the_installed_version(capsys) -> None:
+    """`sparse-detector --version` prints the package version (pyproject.toml reads it from `__version__`)."""
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sparse-detector {sparse_detector.__version__}"
 
 
 def test_help_does_not_import_torch() -> None:

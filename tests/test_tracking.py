@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import struct
@@ -20,6 +21,14 @@ from sparse_detector.models import build_model
 from sparse_detector.runs import read_metrics
 
 from .conftest import shapes_config
+
+# The tracking back-ends are optional extras ([logging], [wandb]); `pip install '.[dev]'` alone skips their tests.
+needs_tensorboard = pytest.mark.skipif(
+    importlib.util.find_spec("tensorboard") is None, reason="tensorboard is absent: pip install '.[logging]'"
+)
+needs_wandb = pytest.mark.skipif(
+    importlib.util.find_spec("wandb") is None, reason="wandb is absent: pip install '.[wandb]'"
+)
 
 TRACKED = ("train.epochs=1", "train.max_steps_per_epoch=2", "train.log_every=1")
 ALPHA = ("model.attention.decoder_cross.activation=alpha_entmax",)
@@ -66,6 +75,8 @@ def _wandb_history(run_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
+@needs_tensorboard
+@needs_wandb
 def test_tensorboard_and_wandb_get_grouped_names_at_one_global_step(shapes, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -100,6 +111,7 @@ def test_tensorboard_and_wandb_get_grouped_names_at_one_global_step(shapes, tmp_
     assert by_step[2]["val-AP/AP50"] == pytest.approx(records[-1]["AP50"])
 
 
+@needs_tensorboard
 def test_tensorboard_after_a_killed_run_resumes_holds_each_step_once(shapes, tmp_path: Path):
     run = tmp_path / "run"
     Trainer(shapes_config(shapes, *TRACKED, "train.tensorboard=true"), run, progress=False).fit()
@@ -118,6 +130,7 @@ def test_tensorboard_after_a_killed_run_resumes_holds_each_step_once(shapes, tmp
     assert [r["step"] for r in read_metrics(run) if r["type"] == "params"] == [0]
 
 
+@needs_tensorboard
 def test_a_new_run_where_one_was_killed_before_its_first_checkpoint_starts_its_logs_over(shapes, tmp_path: Path):
     """'train --resume runs/f' of a run killed before its first checkpoint says to start it again with --output-dir
     runs/f; that run appended to the killed one's logs: steps 1..3 twice in metrics.jsonl and TensorBoard."""
@@ -162,6 +175,7 @@ def test_diagnostics_leave_the_training_and_its_resume_exact(shapes, tmp_path: P
     assert len(losses[0]) == 4 and losses[1] == losses[0]
 
 
+@needs_wandb
 def test_offline_wandb_reaches_for_no_host(tmp_path: Path):
     # wandb's usage telemetry is exported when the process exits, so the run is a process of its own
     script = f"""
@@ -186,6 +200,7 @@ logger.close()
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
 
 
+@needs_wandb
 def test_wandb_says_where_the_offline_run_is_without_a_summary_of_every_number(tmp_path: Path, capfd, monkeypatch):
     import wandb
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import __version__
 from .config import Config, load_config, override_config
 from .files import write_atomically
 from .logs import log_for_other_rank
@@ -1183,6 +1184,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="run `sparse-detector COMMAND --help` for a command's options and an example",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(commands)
