@@ -336,6 +336,10 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert f"{missing}/metrics.jsonl does not exist: is {missing} a run directory?" in capsys.readouterr().err
     assert main(["visualize", "diagnostics", missing, "--output", str(tmp_path)]) == 2
     assert f"run directory {missing} does not exist" in capsys.readouterr().err
+    stray = tmp_path / "notes.txt"  # was: "./metrics.jsonl does not exist: is . a run directory?"
+    stray.write_text("not a run")
+    assert main(["visualize", "curves", str(stray), "--output", str(tmp_path)]) == 2
+    assert f"{stray} is a file, and its folder {tmp_path} holds no metrics.jsonl" in capsys.readouterr().err
     deformable = str(runs["deformable"])
     assert main(["visualize", "compare", run, deformable, "--output", str(tmp_path)]) == 2  # was a TypeError
     assert "site decoder_cross has points keys" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from ..engine.diagnostics import read_diagnostics
 from ..engine.inference import LoadedModel, load_trained_model, output_names
 from ..models import build_criterion
 from ..models.postprocess import query_scores
-from ..runs import analysis_labels, distinct_names, read_analyses, read_metrics
+from ..runs import METRICS_FILE, analysis_labels, distinct_names, read_analyses, read_metrics
 from ..text import counted
 from .alpha import alpha_figure, alpha_history
 from .attention import AttentionPanel, attention_figure, attention_panels_figure
@@ -110,6 +110,17 @@ def run_labels(runs: Sequence[Path]) -> list[str]:
 def _run_dir(run: Path) -> Path:
     """A run directory, or the one holding a checkpoint file."""
     return run.parent if run.is_file() else run
+
+
+def _records_dir(run: Path) -> Path:
+    """The run directory whose records a figure reads: ``run``, or the folder of a checkpoint file given instead."""
+    folder = _run_dir(run)
+    if run.is_file() and not (folder / METRICS_FILE).is_file():
+        raise FileNotFoundError(
+            f"{run} is a file, and its folder {folder} holds no {METRICS_FILE}: give a run directory (the folder "
+            "train wrote) or a checkpoint in one"
+        )
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -616,14 +627,14 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
 def curves_kind(request: VisualizeRequest) -> list[Path]:
     """Losses, class error and AP of every run in one figure."""
     labels = run_labels(request.runs)
-    runs = {label: read_metrics(_run_dir(run)) for label, run in zip(labels, request.runs, strict=True)}
+    runs = {label: read_metrics(_records_dir(run)) for label, run in zip(labels, request.runs, strict=True)}
     return [save_figure(curves_figure(runs), request.output / "curves", request.fmt)]
 
 
 def _per_run(request: VisualizeRequest, name: str, draw: Callable[[Path], Figure]) -> list[Path]:
     """One figure per run, ``<name>_<run>``, drawn from its run directory."""
     return [
-        save_figure(draw(_run_dir(run)), request.output / f"{name}_{label.replace('/', '_')}", request.fmt)
+        save_figure(draw(_records_dir(run)), request.output / f"{name}_{label.replace('/', '_')}", request.fmt)
         for label, run in zip(run_labels(request.runs), request.runs, strict=True)
     ]
 
