@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..files import write_atomically
-from ..models.weights import OFFICIAL_CHECKPOINT_GLOBALS, not_a_checkpoint_file
+from ..models.weights import CheckpointMismatchError, load_checkpoint_file
 from ..runs import LAST_CHECKPOINT
 
 RECORD_SUFFIX = ".meta.json"  # beside each checkpoint: size, sha256, epoch, step, whether the epoch was complete
@@ -102,24 +102,16 @@ def verify_checkpoint(path: str | Path) -> str | None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``: no code runs, and a file carrying anything other than tensors,
+    """Read a checkpoint with ``weights_only=True`` (:func:`~sparse_detector.models.weights.load_checkpoint_file`):
+    no code runs, and a file that is no checkpoint, a truncated one, or one carrying anything other than tensors,
     plain containers and an official checkpoint's args (a pickle payload) is refused with :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if problem := not_a_checkpoint_file(path):
-        raise CheckpointError(problem)
-    try:  # an official checkpoint's args are read as data, so that it is told to need --official, not refused
-        with torch.serialization.safe_globals(list(OFFICIAL_CHECKPOINT_GLOBALS)):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refused to load {path}: it holds Python objects other than tensors and plain containers, which "
-            f"could run code when loaded ({str(err).splitlines()[0]}). Only load checkpoints you trust; "
-            "re-save the state dict alone (torch.save(model.state_dict(), ...)) from a trusted environment"
-        ) from None
-    except (RuntimeError, EOFError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupt?): {err}") from None
+    try:
+        return load_checkpoint_file(path)
+    except CheckpointMismatchError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def _unrecorded(path: Path) -> CheckpointRecord:
