@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+PARTIAL_SUFFIX = ".tmp"  # of the hidden temporary file write_atomically writes before renaming it
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -19,10 +21,10 @@ def write_atomically(path: str | Path, content: str | bytes | Callable[[IO[bytes
     """Write ``content`` (text as UTF-8, bytes, or a function writing into the open binary file) to a temporary file
     beside ``path``, then rename it over ``path``: Ctrl-C, a kill or a full disk leaves the file there before or the
     new one, never a part of one that a later command reads as complete, and no temporary file (but after SIGKILL:
-    see ``runs.remove_partial_writes``). The file gets the permissions ``open()`` would give it (not a temporary
+    see :func:`remove_partial_writes`). The file gets the permissions ``open()`` would give it (not a temporary
     file's owner-only ones). A write error names the file. Returns ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(content):
@@ -41,3 +43,13 @@ def write_atomically(path: str | Path, content: str | bytes | Callable[[IO[bytes
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files :func:`write_atomically` left in ``folder`` when its process was killed (SIGKILL)
+    while writing (a partial checkpoint is as large as a whole one); returns them. Only for a folder no other
+    process is writing into (a claimed run directory)."""
+    partial = [path for path in folder.glob(f".*{PARTIAL_SUFFIX}") if path.is_file()]
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial

@@ -71,16 +71,6 @@ def read_json_lines(path: Path) -> list[dict]:
     return records
 
 
-def remove_partial_writes(folder: Path) -> list[Path]:
-    """Delete the temporary files :func:`write_atomically` left in ``folder`` when its process was killed (SIGKILL)
-    while writing (a partial checkpoint is as large as a whole one); returns them. Only for a folder no other
-    process is writing into (a claimed run directory)."""
-    partial = [path for path in folder.glob(".*.tmp") if path.is_file()]
-    for path in partial:
-        path.unlink(missing_ok=True)
-    return partial
-
-
 def write_json_lines(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Replace the log at ``path`` with ``records``, one JSON object per line (atomically: a kill keeps the old one)."""
     text = "".join(json.dumps(record) + "\n" for record in records)

@@ -25,7 +25,7 @@ from ..config import Config, config_differences, config_to_dict, dump_config
 from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection, DatasetError
-from ..files import write_atomically
+from ..files import remove_partial_writes, write_atomically
 from ..logs import RANK_SPECIFIC
 from ..models import build_criterion, build_model
 from ..models.weights import (
@@ -43,7 +43,6 @@ from ..runs import (
     METRICS_FILE,
     claim_run_dir,
     read_metrics,
-    remove_partial_writes,
     resolve_checkpoint,
     write_json_lines,
 )
