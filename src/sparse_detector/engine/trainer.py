@@ -215,14 +215,16 @@ def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
         found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": mismatched}
         problems = [f"{len(keys)} {what} (first: {keys[:3]})" for what, keys in found.items() if keys]
         saved = saved_config(source)
-        arch = (saved or {}).get("model", {}).get("arch") if saved is not None else official_arch(state_dict)
+        if saved is not None:  # one of our runs' checkpoints
+            arch = saved.get("model", {}).get("arch")
+            kind, example = f"a {arch}", "the run's own config.yaml"
+        else:  # an official checkpoint: which model's reader takes it
+            arch = official_arch(state_dict)
+            kind, example = f"an official {arch}", f"a preset of {arch}"
         if arch and arch != getattr(model, "arch", arch):
-            kind, example = (
-                (f"a {arch}", "the run's own config.yaml") if saved is not None else (f"an official {arch}", "")
-            )
             raise CheckpointMismatchError(
                 f"--init-from {source} is {kind} checkpoint, but the config builds a {model.arch} model; use a "
-                f"config with model.arch={arch} (e.g. {example or 'a preset of ' + arch}) or a {model.arch} checkpoint"
+                f"config with model.arch={arch} (e.g. {example}) or a {model.arch} checkpoint"
             )
         raise CheckpointMismatchError(
             f"--init-from {source} does not fit the model apart from its class heads {names}: "
