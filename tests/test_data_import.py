@@ -326,6 +326,38 @@ def test_yolo_images_saved_from_the_web_as_jfif_are_imported(tmp_path: Path, cap
     assert coco["info"]["stats"]["label_files_without_image"] == 0
 
 
+@pytest.mark.parametrize("orientation", [6, 8, 3, 2])
+def test_yolo_labels_of_an_exif_turned_photo_are_turned_to_the_stored_pixels(
+    tmp_path: Path, orientation: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A phone photo stored 40x30 with an EXIF orientation, labelled on the view a viewer shows (as Ultralytics
+    reads it): its normalised labels were scaled by the stored sides, so the box lay elsewhere with another shape
+    and data check said OK. They are now read on the turned view and turned to the stored pixels, counted."""
+    shown = np.zeros((40, 30) if orientation in (6, 8) else (30, 40), np.uint8)
+    shown[5:15, 2:12] = 255  # the object as the labeller saw it: x 2..12, y 5..15
+    stored = Image.fromarray(shown).transpose(
+        {
+            6: Image.Transpose.ROTATE_90,
+            8: Image.Transpose.ROTATE_270,
+            3: Image.Transpose.ROTATE_180,
+            2: Image.Transpose.FLIP_LEFT_RIGHT,
+        }[orientation]
+    )
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    (tmp_path / "images").mkdir()
+    stored.save(tmp_path / "images" / "a.png", exif=exif.tobytes())
+    height, width = shown.shape
+    write_text(tmp_path / "labels" / "a.txt", f"0 {7 / width} {10 / height} {10 / width} {10 / height}\n")
+    write_text(tmp_path / "classes.txt", "obj\n")
+    with caplog.at_level(logging.WARNING):
+        coco = import_yolo(tmp_path / "images", tmp_path / "out.json", tmp_path / "classes.txt")
+    assert coco["info"]["stats"]["turned_from_exif"] == 1 and f"EXIF orientation {orientation}" in caplog.text
+    x, y, w, h = (round(v, 6) for v in coco["annotations"][0]["bbox"])
+    ys, xs = np.nonzero(np.asarray(stored))
+    assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
 def test_a_box_labelled_twice_is_one_object(tmp_path: Path) -> None:
     """A YOLO line saved twice (as exports and label tools sometimes do) became two ground-truth objects, one of
     which no detection can match (AP lowered); the repeat is now dropped and counted, as Ultralytics does."""

@@ -5,7 +5,9 @@ One ``<stem>.txt`` per image with lines ``class x_center y_center width height``
 from ``classes.txt`` (one a line) or a ``data.yaml`` (``names:`` as a list or an index -> name mapping). Images are
 found in subfolders too, their labels at the same place under the labels folder (given an export's root, each
 ``images`` folder's labels in the ``labels`` folder beside it). Images without a label file are
-kept as images without boxes; label files without an image are counted and logged.
+kept as images without boxes; label files without an image are counted and logged. The labels of a photo with an
+EXIF orientation are fractions of its turned view, the one a viewer shows, as Ultralytics reads such images (and
+browser-based labelling tools show them); they are turned to the stored pixels, which training reads.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..coco import MAX_EXAMPLES, DatasetError
+from ..orientation import SWAPS_SIDES, box_to_stored, exif_orientation
 from .common import IMAGE_SUFFIXES, CocoBuilder, read_text, write_coco
 
 logger = logging.getLogger(__name__)
@@ -92,6 +95,12 @@ def _yolo_boxes(label_file: Path, width: int, height: int, names: Sequence[str])
     return boxes
 
 
+def _turned_view(image: Path, width: int, height: int) -> tuple[int, int, int]:
+    """(EXIF orientation, width, height of the view a viewer shows) of an image stored ``width`` x ``height``."""
+    orientation = exif_orientation(image) if width else 1  # an unreadable image (size 0) is named by the builder
+    return (orientation, height, width) if orientation in SWAPS_SIDES else (orientation, width, height)
+
+
 def _labels_folder(folder: Path) -> Path | None:
     """``folder`` with its last ``images`` part as ``labels`` (YOLO's pairing of folders), or None without one."""
     parts = folder.parts
@@ -147,12 +156,15 @@ def import_yolo(
     builder = CocoBuilder(str(images_dir), names)
     beside = not given and labels_dir == images_dir
     label_files = [_label_file(labels_dir, image.relative_to(images_dir), beside) for image in images]
+    turned: list[str] = []
     for image, label_file in zip(images, label_files, strict=True):
         image_id = builder.add_image(image)
         if label_file.is_file():
-            _, width, height = builder.image(image_id)
+            orientation, width, height = _turned_view(*builder.image(image_id))
+            if orientation != 1:
+                turned.append(f"{image} (EXIF orientation {orientation})")
             for name, box, where in _yolo_boxes(label_file, width, height, names):
-                builder.add_box(image_id, name, box, where)
+                builder.add_box(image_id, name, box_to_stored(box, orientation, width, height), where)
     if not any(label_file.is_file() for label_file in label_files):
         raise DatasetError(
             f"none of the {len(images)} images of {images_dir} has a label file in {labels_dir} (e.g. "
@@ -177,5 +189,16 @@ def import_yolo(
             IMAGE_SUFFIXES,
             [str(f) for f in unmatched[:MAX_EXAMPLES]],
         )
+    if turned:
+        logger.warning(
+            "%s: %d image(s) carry an EXIF orientation, so their labels are read as fractions of the turned view a "
+            "viewer shows (as Ultralytics reads these images) and turned to the stored pixels, which training and "
+            "predict read, e.g. %s; if the labels were drawn on the stored pixels (darknet reads them so), remove "
+            "the orientation tags (e.g. exiftool -Orientation= -overwrite_original FILES) and import again",
+            images_dir,
+            len(turned),
+            turned[:MAX_EXAMPLES],
+        )
     coco["info"]["stats"]["label_files_without_image"] = len(unmatched)
+    coco["info"]["stats"]["turned_from_exif"] = len(turned)
     return write_coco(coco, out_file)
