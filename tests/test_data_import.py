@@ -358,6 +358,37 @@ def test_yolo_labels_of_an_exif_turned_photo_are_turned_to_the_stored_pixels(
     assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 
 
+def test_archives_made_on_a_mac_import_without_their_resource_forks(tmp_path: Path, caplog) -> None:
+    """A data set zipped or tarred on a Mac carries '._name' resource forks beside (or, in __MACOSX/, above) every
+    file: the YOLO import stopped with '2 image(s) cannot be read' and the VOC import with 'malformed XML' on
+    them. Hidden files and __MACOSX/ are now left out, as Ultralytics' file search does."""
+    junk = b"\x00\x05\x16\x07Mac OS X        "
+    write_image(tmp_path / "yolo" / "images" / "p.jpg")
+    write_text(tmp_path / "yolo" / "labels" / "p.txt", "0 0.5 0.5 0.2 0.4\n")
+    for path in ("images/._p.jpg", "labels/._p.txt", "__MACOSX/images/._p.jpg", "images/.DS_Store"):
+        (tmp_path / "yolo" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "yolo" / path).write_bytes(junk)
+    write_text(tmp_path / "classes.txt", "car\n")
+    with caplog.at_level(logging.WARNING):
+        coco = import_yolo(tmp_path / "yolo", tmp_path / "yolo.json", tmp_path / "classes.txt")
+    assert list(boxes_by_image(coco)) == ["p.jpg"] and coco["info"]["stats"]["label_files_without_image"] == 0
+    voc = tmp_path / "voc"
+    write_image(voc / "JPEGImages" / "a.jpg")
+    write_text(voc / "Annotations" / "a.xml", voc_xml([("cat", (1, 1, 10, 10), 0)], "a.jpg"))
+    write_text(voc / "ImageSets" / "Main" / "trainval.txt", "a\n")
+    for path in ("Annotations/._a.xml", "JPEGImages/._a.jpg", "Annotations/__MACOSX/._a.xml"):
+        (voc / path).parent.mkdir(parents=True, exist_ok=True)
+        (voc / path).write_bytes(junk)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for coco in (
+            import_voc_root(voc, tmp_path / "voc.json"),
+            import_voc(voc / "Annotations", tmp_path / "any.json", voc / "JPEGImages"),
+        ):
+            assert boxes_by_image(coco) == {"a.jpg": [("cat", [0.0, 0.0, 10.0, 10.0])]}
+    assert "._a" not in caplog.text  # neither an image without XML nor an XML in a subfolder
+
+
 def test_a_box_labelled_twice_is_one_object(tmp_path: Path) -> None:
     """A YOLO line saved twice (as exports and label tools sometimes do) became two ground-truth objects, one of
     which no detection can match (AP lowered); the repeat is now dropped and counted, as Ultralytics does."""

@@ -21,6 +21,24 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder name is hidden (``.name``: ``.DS_Store``, the ``._photo.jpg`` resource forks that
+    archives made on a Mac carry) or macOS's ``__MACOSX`` folder of them: none is data."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def files_under(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    """The files under ``folder`` and its subfolders whose suffix (any case) is among ``suffixes``, hidden files and
+    folders (:func:`is_hidden`) left out, in path order."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in suffixes
+        and not any(is_hidden(part) for part in path.relative_to(folder).parts)
+        and path.is_file()
+    )
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the image header, without decoding the pixels (``data check`` decodes)."""
     try:

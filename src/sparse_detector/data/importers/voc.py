@@ -20,7 +20,7 @@ from typing import Any
 
 from ..coco import MAX_EXAMPLES, DatasetError
 from ..orientation import box_to_stored, labelled_turned
-from .common import IMAGE_SUFFIXES, CocoBuilder, find_image, listing, read_list_file, write_coco
+from .common import IMAGE_SUFFIXES, CocoBuilder, find_image, is_hidden, listing, read_list_file, write_coco
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +100,20 @@ def _without_file_suffix(name: str) -> str:
     return name[: -len(suffix)] if suffix.lower() in (*IMAGE_SUFFIXES, ".xml") else name
 
 
+def _xml_files_in(annotations_dir: Path) -> list[Path]:
+    """The XML files of a folder, hidden ones (a Mac's ``._name.xml`` resource forks) left out."""
+    return sorted(f for f in annotations_dir.glob("*.xml") if not is_hidden(f.name))
+
+
 def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
     if not annotations_dir.is_dir():
         raise DatasetError(f"annotations folder {annotations_dir} does not exist")
     if list_file is None:
-        files = sorted(annotations_dir.glob("*.xml"))
+        files = _xml_files_in(annotations_dir)
         if not files:
             raise DatasetError(f"no .xml files in {annotations_dir}")
-        if nested := [str(f) for f in annotations_dir.glob("*/**/*.xml")]:
+        nested = annotations_dir.glob("*/**/*.xml")
+        if nested := [str(f) for f in nested if not any(map(is_hidden, f.relative_to(annotations_dir).parts))]:
             logger.warning(
                 "%s: %d XML file(s) in its subfolders are not read (pass such a folder with --annotations), e.g. %s",
                 annotations_dir,
@@ -128,7 +134,9 @@ def _images_without_xml(images_dir: Path, matched: list[Path]) -> list[str]:
     """The images of ``images_dir`` that no XML file describes."""
     taken = {path.resolve() for path in matched}
     return sorted(
-        str(p) for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.resolve() not in taken
+        str(p)
+        for p in images_dir.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p.name) and p.resolve() not in taken
     )
 
 
@@ -299,7 +307,7 @@ def import_voc_root(
             )
     every: dict[Path, VocAnnotation] = {}
     if class_names is None:  # each XML parsed once: the split's are most of them
-        every = {f: parse_voc_xml(f) for f in annotations_dir.glob("*.xml")}
+        every = {f: parse_voc_xml(f) for f in _xml_files_in(annotations_dir)}
         class_names = sorted({o.name for annotation in every.values() for o in annotation.objects})
     images = root / "JPEGImages"
     return import_voc(annotations_dir, out_file, images, split_file, class_names, include_difficult, every)

@@ -21,7 +21,7 @@ import yaml
 
 from ..coco import MAX_EXAMPLES, DatasetError
 from ..orientation import SWAPS_SIDES, box_to_stored, exif_orientation
-from .common import IMAGE_SUFFIXES, CocoBuilder, read_text, write_coco
+from .common import IMAGE_SUFFIXES, CocoBuilder, files_under, read_text, write_coco
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def import_yolo(
     if not labels_dir.is_dir():
         raise DatasetError(f"labels folder {labels_dir} does not exist")
     names = read_class_names(classes)
-    images = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images = files_under(images_dir, IMAGE_SUFFIXES)
     if not images:
         raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir} or its subfolders")
     builder = CocoBuilder(str(images_dir), names)
@@ -175,7 +175,7 @@ def import_yolo(
     image_folders = {image.parent for image in images}
     unmatched = sorted(
         f
-        for f in labels_dir.rglob("*.txt")
+        for f in files_under(labels_dir, (".txt",))
         if f not in expected
         and f.resolve() != classes_file
         # among the images, only .txt files with images or in a labels/ folder are labels (not README.roboflow.txt)
