@@ -389,6 +389,22 @@ def test_archives_made_on_a_mac_import_without_their_resource_forks(tmp_path: Pa
     assert "._a" not in caplog.text  # neither an image without XML nor an XML in a subfolder
 
 
+def test_yolo_follows_linked_folders_once(tmp_path: Path) -> None:
+    """images/train and labels/train as links to another disk (a common way to lay out a large set): the import
+    said 'no images in images or its subfolders' (Python's rglob does not enter linked folders). Linked folders
+    are now followed, each real folder once, so a link to a folder above does not loop or repeat images."""
+    write_image(tmp_path / "disk" / "images" / "p.jpg")
+    write_text(tmp_path / "disk" / "labels" / "p.txt", "0 0.5 0.5 0.2 0.4\n")
+    for kind in ("images", "labels"):
+        (tmp_path / "set" / kind).mkdir(parents=True)
+        (tmp_path / "set" / kind / "train").symlink_to(tmp_path / "disk" / kind, target_is_directory=True)
+    (tmp_path / "set" / "images" / "again").symlink_to(tmp_path / "set" / "images", target_is_directory=True)
+    write_text(tmp_path / "classes.txt", "car\n")
+    coco = import_yolo(tmp_path / "set" / "images", tmp_path / "out.json", tmp_path / "classes.txt")
+    assert [image["file_name"] for image in coco["images"]] == ["disk/images/p.jpg"]  # resolved, beside the JSON
+    assert coco["info"]["stats"]["annotations"] == 1 and coco["info"]["stats"]["label_files_without_image"] == 0
+
+
 def test_a_box_labelled_twice_is_one_object(tmp_path: Path) -> None:
     """A YOLO line saved twice (as exports and label tools sometimes do) became two ground-truth objects, one of
     which no detection can match (AP lowered); the repeat is now dropped and counted, as Ultralytics does."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,14 +30,18 @@ def is_hidden(name: str) -> bool:
 
 def files_under(folder: Path, suffixes: Sequence[str]) -> list[Path]:
     """The files under ``folder`` and its subfolders whose suffix (any case) is among ``suffixes``, hidden files and
-    folders (:func:`is_hidden`) left out, in path order."""
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.suffix.lower() in suffixes
-        and not any(is_hidden(part) for part in path.relative_to(folder).parts)
-        and path.is_file()
-    )
+    folders (:func:`is_hidden`) left out, in path order. Linked folders are followed (``images/train`` a link to
+    another disk), each real folder once (a link to a folder above does not loop)."""
+    found, seen = [], set()
+    for top, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            folders.clear()
+            continue
+        seen.add(real)
+        folders[:] = [name for name in folders if not is_hidden(name)]
+        found += [Path(top, name) for name in files if Path(name).suffix.lower() in suffixes and not is_hidden(name)]
+    return sorted(path for path in found if path.is_file())
 
 
 def image_size(path: Path) -> tuple[int, int]:
