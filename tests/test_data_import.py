@@ -530,6 +530,38 @@ def test_csv_normalised_coordinates_are_scaled_to_pixels(tmp_path: Path, capsys:
     assert boxes_by_image(import_csv(table, tmp_path / "out.json"))["a.jpg"][1] == ("cell", [2.0, 3.0, 10.0, 10.0])
 
 
+def test_csv_image_size_columns_turn_scale_or_name_the_boxes_as_voc_size_does(tmp_path: Path, capsys) -> None:
+    """A TensorFlow-style CSV (filename,width,height,class,xmin,...) gives each image's size as labelled; it was
+    ignored, so boxes of a photo labelled on its EXIF-turned view, or of one downscaled after labelling, lay
+    elsewhere and data check said OK. As with VOC's <size>: turned boxes are turned, a resized image's boxes
+    scaled, another size named."""
+    shown = np.zeros((40, 30), np.uint8)
+    shown[5:15, 2:12] = 255  # the object on the 30 wide, 40 high view a viewer shows
+    stored = Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "turned.png", exif=exif.tobytes())
+    write_image(tmp_path / "small.jpg", 40, 30)  # labelled at 80x60, then halved
+    write_image(tmp_path / "other.jpg", 40, 30)
+    header = "filename,width,height,class,xmin,ymin,xmax,ymax\n"
+    rows = "turned.png,30,40,obj,2,5,12,15\nsmall.jpg,80,60,obj,40,20,78,58\nother.jpg,50,30,obj,1,1,11,11\n"
+    table = write_text(tmp_path / "boxes.csv", header + rows)
+    assert main(["data", "import", "csv", str(table), "--out", str(tmp_path / "out.json")]) == 0
+    out = capsys.readouterr().out
+    assert "EXIF: 1 image labelled on the turned view" in out and "resized after labelling" in out
+    assert "sizes: 1 image(s) differ from their CSV width/height" in out
+    coco = load(tmp_path / "out.json")
+    ys, xs = np.nonzero(np.asarray(stored))
+    assert boxes_by_image(coco) == {
+        "turned.png": [("obj", [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()])],
+        "small.jpg": [("obj", [20.0, 10.0, 19.0, 19.0])],
+        "other.jpg": [("obj", [1.0, 1.0, 10.0, 10.0])],  # kept as it is, named
+    }
+    write_text(table, header + "turned.png,30,40,obj,0.0667,0.125,0.4,0.375\n")  # fractions of the turned view
+    (x, y, w, h) = import_csv(table, tmp_path / "out.json")["annotations"][0]["bbox"]
+    assert [round(v) for v in (x, y, x + w, y + h)] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
 def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
     write_image(tmp_path / "src" / "pics" / "a.jpg")
     source = {

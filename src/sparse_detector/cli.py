@@ -873,6 +873,8 @@ def _data_import(args: argparse.Namespace) -> int:
         )
     if stats.get("size_differs_from_xml"):
         print(f"sizes: {stats['size_differs_from_xml']} image(s) differ from their XML <size> (listed above)")
+    if stats.get("size_differs_from_csv"):
+        print(f"sizes: {stats['size_differs_from_csv']} image(s) differ from their CSV width/height (listed above)")
     if stats.get("images_without_xml"):
         print(f"not imported: {stats['images_without_xml']} image(s) without an XML file (listed above)")
     if stats.get("label_files_without_image"):

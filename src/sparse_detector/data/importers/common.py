@@ -15,6 +15,7 @@ from PIL import Image
 
 from ...files import write_atomically
 from ..coco import MAX_EXAMPLES, UNREADABLE_IMAGE_ERRORS, DatasetError
+from ..orientation import labelled_turned
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,51 @@ def image_size(path: Path) -> tuple[int, int]:
             return image.size
     except UNREADABLE_IMAGE_ERRORS as err:
         raise DatasetError(f"cannot read the header of image {path}: {err}") from err
+
+
+def resized_scale(
+    labelled: tuple[int, int], stored: tuple[int, int], boxes: Sequence[Sequence[float]]
+) -> tuple[float, float]:
+    """(x, y) factors from the pixels of the image as labelled (``labelled``: width, height) to the stored image's
+    when the image is a resized copy of the one labelled: the same shape (within 1%), and (x0, y0, x1, y1) boxes
+    that reach past the image but fit in ``labelled``; else (1, 1): the labels' size may be wrong, not the boxes."""
+    (lw, lh), (width, height) = labelled, stored
+    sx, sy = width / lw, height / lh
+    past_image = any(x1 > width + 1 or y1 > height + 1 for _, _, x1, y1 in boxes)
+    in_labelled = all(x1 <= lw + 1 and y1 <= lh + 1 for _, _, x1, y1 in boxes)
+    same_shape = abs(sx - sy) <= 0.01 * max(sx, sy)
+    return (sx, sy) if same_shape and past_image and in_labelled else (1.0, 1.0)
+
+
+def labelled_frame(
+    path: Path, labelled: tuple[int, int], stored: tuple[int, int], boxes: Sequence[Sequence[float]]
+) -> tuple[int, tuple[float, float], str]:
+    """How boxes drawn on an image the labels say is ``labelled`` (width, height) reach its ``stored`` pixels:
+    (EXIF orientation to turn them by, (x, y) scale, what differs). What differs: "" (nothing), "turned" (labelled
+    on the EXIF-turned view a viewer shows), "scaled" (resized after labelling, :func:`resized_scale`) or
+    "differs" (kept as they are: the labels' size may be wrong)."""
+    if not (all(labelled) and all(stored)) or labelled == stored:
+        return 1, (1.0, 1.0), ""
+    if (orientation := labelled_turned(path, labelled, stored)) != 1:
+        return orientation, (1.0, 1.0), "turned"
+    scale = resized_scale(labelled, stored, boxes)
+    return 1, scale, "scaled" if scale != (1.0, 1.0) else "differs"
+
+
+def warn_size_mismatches(source: str, what: str, mismatches: dict[str, list[str]]) -> None:
+    """Log the images whose labels give another size than their file (``what``: where the labels give it), by
+    :func:`labelled_frame`'s kind."""
+    messages = {
+        "turned": f"were labelled on their EXIF-turned view (the {what} is the turned image's): their boxes are "
+        "turned to the stored pixels, which training and predict read",
+        "scaled": f"are smaller than their {what} (the same shape) and their boxes reach past them: resized after "
+        "labelling, so their boxes are scaled to the image",
+        "differs": f"are not the size their {what} says; the JSON takes the image's size and the boxes as they are "
+        "(if the images were resized after labelling, these boxes are off)",
+    }
+    for kind, message in messages.items():
+        if found := mismatches.get(kind):
+            logger.warning("%s: %d image(s) %s, e.g. %s", source, len(found), message, found[:MAX_EXAMPLES])
 
 
 def listing(items: Sequence[str]) -> str:
