@@ -81,10 +81,10 @@ def parse_voc_xml(xml_file: Path) -> VocAnnotation:
     except ET.ParseError as err:
         line, column = err.position
         raise DatasetError(f"{xml_file}: malformed XML at line {line}, column {column}: {err}") from err
-    try:
-        width, height = int(root.findtext("size/width", "0")), int(root.findtext("size/height", "0"))
-    except ValueError as err:
-        raise DatasetError(f"{xml_file}: <size> width/height are not integers: {err}") from err
+    try:  # '640.0', as some converters write it, is 640
+        width, height = (round(float(root.findtext(f"size/{side}", "0"))) for side in ("width", "height"))
+    except (ValueError, OverflowError) as err:
+        raise DatasetError(f"{xml_file}: <size> width/height are not numbers: {err}") from err
     objects = tuple(_parse_object(obj, f"{xml_file}: object {i}") for i, obj in enumerate(root.iter("object")))
     return VocAnnotation(xml_file, root.findtext("filename", default="").strip(), width, height, objects)
 
