@@ -186,6 +186,11 @@ def _mutate(path: list[str | int], value: Any) -> dict[str, Any]:
         (["annotations", 1, "category_id"], 99, ["annotation id 11", "category_id 99", "not in 'categories'"]),
         (["annotations", 1, "image_id"], 42, ["annotation id 11", "image_id 42", "not in 'images'"]),
         (["images", 1, "id"], 1, ["image id 1", "twice"]),
+        # ids that are not numbers (a labelling tool's 'IMG_0001') stopped with "invalid literal for int()" alone
+        (["images", 1, "id"], "IMG_0001", ["image id 'IMG_0001' is not a whole number", "data import coco"]),
+        (["categories", 0, "id"], None, ["category id None is not a whole number", "renumbers the ids"]),
+        (["annotations", 1, "category_id"], "cat", ["annotation id 11", "category_id cat", "not in 'categories'"]),
+        (["annotations", 1, "image_id"], "x", ["annotation id 11", "image_id x", "not in 'images'"]),
     ],
 )
 def test_bad_annotations_raise_named_errors(tmp_path: Path, path: list, value: Any, expected: list[str]) -> None:

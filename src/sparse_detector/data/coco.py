@@ -137,11 +137,30 @@ def _clip_box(bbox: Any, width: int, height: int) -> tuple[list[float] | None, s
     return [x0, y0, x1, y1], ""
 
 
+def _whole_number(value: Any, what: str, path: Path) -> int:
+    """An id as an int (also written as a string, '3'); another value is an error saying how to renumber the ids."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DatasetError(
+            f"{path}: {what} {value!r} is not a whole number, as COCO ids are; `sparse-detector data import coco "
+            f"{path} --out NEW.json` renumbers the ids (and what points to them)"
+        ) from None
+
+
+def _id_or_none(value: Any) -> int | None:
+    """An annotation's reference as an int, or None when it is no whole number (it points to nothing)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _read_categories(categories: list[dict], path: Path) -> dict[int, str]:
     """Category id -> name; ids must be unique and there must be at least one."""
     for cat in categories:
         _require(cat, ("id", "name"), f"category {cat}", path)
-    names = {int(c["id"]): str(c["name"]) for c in categories}
+    names = {_whole_number(c["id"], "category id", path): str(c["name"]) for c in categories}
     if len(names) != len(categories):
         raise DatasetError(f"{path}: duplicate category ids in 'categories'")
     if not names:
@@ -250,9 +269,9 @@ class CocoDetection(Dataset):
         images: dict[int, dict] = {}
         for img in entries:
             _require(img, ("id", "file_name", "width", "height"), f"image entry {img.get('id', img)}", path)
-            if int(img["id"]) in images:
+            if (image_id := _whole_number(img["id"], "image id", path)) in images:
                 raise DatasetError(f"{path}: image id {img['id']} appears twice in 'images'")
-            images[int(img["id"])] = img
+            images[image_id] = img
         missing = {i: img for i, img in images.items() if not (self.images_dir / img["file_name"]).is_file()}
         if missing and self.on_invalid == "error":
             names = [str(img["file_name"]) for img in missing.values()]
@@ -283,14 +302,18 @@ class CocoDetection(Dataset):
         kept: list[tuple[int, list[float], list[float]]] = []  # (position, clipped xywh, given bbox) of valid boxes
         for position, ann in enumerate(annotations):
             _require(ann, ("bbox", "category_id", "image_id"), f"annotation {ann.get('id', '?')}", path)
-            img = images.get(int(ann["image_id"]))
+            try:
+                image_id, category_id = int(ann["image_id"]), int(ann["category_id"])
+            except (TypeError, ValueError):  # not an id ('car'): it points to no image or category
+                image_id, category_id = _id_or_none(ann["image_id"]), _id_or_none(ann["category_id"])
+            img = images.get(image_id)
             reason = ""
-            if int(ann["image_id"]) in self._missing_images:
+            if image_id in self._missing_images:
                 self.boxes_left_out += not ann.get("iscrowd", 0)
                 continue  # its image was left out as missing; the evaluation ground truth drops both
             if img is None:
                 reason = "unknown_image"
-            elif int(ann["category_id"]) not in category_to_label:
+            elif category_id not in category_to_label:
                 reason = "unknown_category"
             else:
                 box, reason = _clip_box(ann["bbox"], int(img["width"]), int(img["height"]))
@@ -311,7 +334,7 @@ class CocoDetection(Dataset):
                 self.num_crowd += 1
                 continue
             area = float(ann.get("area", xywh[2] * xywh[3]))
-            per_image[int(ann["image_id"])].append((box, category_to_label[int(ann["category_id"])], area))
+            per_image[image_id].append((box, category_to_label[category_id], area))
         self._find_clipped(kept)
         if self.skipped:
             with_boxes = f" and the {self.boxes_left_out} box(es) on the missing images" if self.boxes_left_out else ""
