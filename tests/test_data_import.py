@@ -577,6 +577,26 @@ def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
     assert len(CocoDetection(None, tmp_path / "out" / "coco.json")) == 1
 
 
+def test_file_names_written_on_windows_are_found(tmp_path: Path) -> None:
+    """A COCO JSON or CSV written on Windows names 'pics\\a.jpg': the COCO import said no image was in the folder
+    (pass --images), the CSV import that the row's image does not exist, and training that the files were missing.
+    Where only the '/' spelling exists, that file is read."""
+    write_image(tmp_path / "pics" / "a.jpg")
+    source = {
+        "images": [{"id": 1, "file_name": "pics\\a.jpg", "width": 40, "height": 30}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    write_text(tmp_path / "coco.json", json.dumps(source))
+    assert len(CocoDetection(None, tmp_path / "coco.json")) == 1  # trained on as it is
+    coco = import_coco(tmp_path / "coco.json", tmp_path / "out" / "coco.json")
+    assert coco["images"][0]["file_name"] == str(tmp_path / "pics" / "a.jpg")
+    write_text(tmp_path / "boxes.csv", "pics\\a.jpg,1,1,6,6,thing\n")
+    assert boxes_by_image(import_csv(tmp_path / "boxes.csv", tmp_path / "csv.json")) == {
+        "a.jpg": [("thing", [1.0, 1.0, 5.0, 5.0])]
+    }
+
+
 def test_coco_renumbering_drops_references_to_no_entry_instead_of_moving_them(tmp_path: Path, caplog) -> None:
     """Categories 0 and 3 were renumbered 1 and 2; an annotation of a category_id 1 that was not in 'categories'
     kept its 1 and silently became a box of category 0's class (likewise an image_id). Such annotations are now

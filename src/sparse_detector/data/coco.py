@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -108,6 +109,16 @@ def load_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object at the top level, found {type(data).__name__}")
     return data
+
+
+def file_in(folder: Path, name: str) -> Path:
+    """The file ``name`` (relative to ``folder``, or absolute) names; a name written on Windows (``train\\a.jpg``)
+    is read with '/' where only that spelling exists."""
+    path = folder / name
+    if "\\" in name and os.sep == "/" and not path.exists():
+        other = folder / name.replace("\\", "/")
+        return other if other.exists() else path
+    return path
 
 
 def _require(entry: dict, keys: Sequence[str], what: str, path: Path) -> None:
@@ -272,6 +283,9 @@ class CocoDetection(Dataset):
             if (image_id := _whole_number(img["id"], "image id", path)) in images:
                 raise DatasetError(f"{path}: image id {img['id']} appears twice in 'images'")
             images[image_id] = img
+            name = str(img["file_name"])
+            if "\\" in name and file_in(self.images_dir, name) != self.images_dir / name:  # written on Windows
+                img["file_name"] = name.replace("\\", "/")
         missing = {i: img for i, img in images.items() if not (self.images_dir / img["file_name"]).is_file()}
         if missing and self.on_invalid == "error":
             names = [str(img["file_name"]) for img in missing.values()]

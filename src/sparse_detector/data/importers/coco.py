@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..coco import MAX_EXAMPLES, DatasetError, dataset_name_category, load_json
+from ..coco import MAX_EXAMPLES, DatasetError, dataset_name_category, file_in, load_json
 from ..orientation import STORED_FROM_TURNED, box_to_stored, labelled_turned, point_to_stored
 from .common import image_size, json_image_path, listing, write_coco
 
@@ -168,7 +168,7 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
     for image in data["images"]:
         if "file_name" not in image:
             raise DatasetError(f"{json_file}: image {image.get('id')} has no file_name")
-    if data["images"] and not any((images_dir / image["file_name"]).is_file() for image in data["images"]):
+    if data["images"] and not any(file_in(images_dir, image["file_name"]).is_file() for image in data["images"]):
         raise DatasetError(
             f"none of the {len(data['images'])} images of {json_file} is in {images_dir} (e.g. "
             f"{data['images'][0]['file_name']}); pass the folder its file names are relative to with --images DIR"
@@ -179,7 +179,7 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
     for ann in data["annotations"]:
         annotations_of[ann.get("image_id")].append(ann)
     for image in data["images"]:
-        path = images_dir / image["file_name"]
+        path = file_in(images_dir, image["file_name"])
         if not (image.get("width") and image.get("height")) and path.is_file():  # a missing file: data check lists it
             image["width"], image["height"] = image_size(path)
             sizes_read += 1

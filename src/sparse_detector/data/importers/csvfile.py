@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..coco import DatasetError
+from ..coco import DatasetError, file_in
 from ..orientation import SWAPS_SIDES, box_to_stored
 from .common import CocoBuilder, labelled_frame, listing, read_text, warn_size_mismatches, write_coco
 
@@ -118,12 +118,13 @@ def import_csv(
                 f"the header), got {len(row)}: {row}"
             )
         name, *coordinates, label = (row[at].strip() for at in positions)
-        path = (images_dir / name).resolve()
+        given = file_in(images_dir, name)
+        path = given.resolve()
         if path not in image_ids:
             if not path.is_file():
-                missing.append(f"{where}: {images_dir / name}")
+                missing.append(f"{where}: {given}")
                 continue
-            image_ids[path] = builder.add_image(images_dir / name)
+            image_ids[path] = builder.add_image(given)
         if (size := _labelled_size(row, size_at)) is not None:
             labelled.setdefault(image_ids[path], size)
         if not any(coordinates) and not label:
