@@ -824,6 +824,17 @@ def test_unreadable_image_error_or_counted_skip(tmp_path: Path, caplog: pytest.L
         CocoDetection(None, path)[1]
 
 
+def test_an_image_above_pillows_size_limit_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A genuine 14000 x 14000 drone mosaic was refused with Pillow's 'could be decompression bomb DOS attack' and
+    'replace or remove them'; the message now says to tile it (every image is shrunk to data.max_size anyway)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # a 40 x 30 image is then over twice the limit
+    write_image(tmp_path / "images" / "mosaic.png")
+    write_text(tmp_path / "labels" / "mosaic.txt", "0 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "classes.txt", "tree\n")
+    with pytest.raises(DatasetError, match=r"mosaic.png: Image size .*tile a genuine one .*data.max_size"):
+        import_yolo(tmp_path / "images", tmp_path / "out.json", tmp_path / "classes.txt")
+
+
 def test_16_bit_grayscale_png_keeps_its_contrast(tmp_path: Path) -> None:
     """A 16-bit PNG (mode I;16) is scaled to 8 bits, not clipped all white by PIL's RGB conversion."""
     ramp = np.tile(np.linspace(0, 65535, 40).astype(np.uint16), (30, 1))

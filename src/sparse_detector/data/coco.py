@@ -51,10 +51,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
 UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, Image.DecompressionBombError)
 
 
+@contextlib.contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """``Image.open``, with what to do added to Pillow's refusal of an image above its decompression-bomb limit (a
+    genuine one: a drone mosaic, a slide scan)."""
+    try:
+        with Image.open(path) as image:
+            yield image
+    except Image.DecompressionBombError as err:
+        raise Image.DecompressionBombError(
+            f"{err} Pillow refuses images this large; tile a genuine one into parts (training and predict shrink "
+            "every image to data.max_size pixels on its longer side, so its small objects would vanish anyway)"
+        ) from None
+
+
 def read_rgb(path: Path) -> Image.Image:
     """Decode the image file ``path`` as 8-bit RGB (:func:`to_rgb`); one of ``UNREADABLE_IMAGE_ERRORS`` when it
     cannot be read."""
-    with Image.open(path) as image:
+    with open_image(path) as image:
         return to_rgb(image)
 
 

@@ -11,10 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from ...files import write_atomically
-from ..coco import MAX_EXAMPLES, UNREADABLE_IMAGE_ERRORS, DatasetError
+from ..coco import MAX_EXAMPLES, UNREADABLE_IMAGE_ERRORS, DatasetError, open_image
 from ..orientation import labelled_turned
 
 logger = logging.getLogger(__name__)
@@ -48,7 +46,7 @@ def files_under(folder: Path, suffixes: Sequence[str]) -> list[Path]:
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the image header, without decoding the pixels (``data check`` decodes)."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return image.size
     except UNREADABLE_IMAGE_ERRORS as err:
         raise DatasetError(f"cannot read the header of image {path}: {err}") from err
