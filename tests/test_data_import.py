@@ -239,6 +239,29 @@ def test_yolo_with_classes_txt_and_data_yaml(tmp_path: Path) -> None:
         import_yolo(tmp_path / "images" / "train", tmp_path / "bad.json", tmp_path / "classes.txt")
 
 
+def test_yolo_class_names_are_read_as_written_and_each_once(tmp_path: Path) -> None:
+    """data.yaml 'names: [yes, no, on]' gave classes 'True', 'False', 'True' (YAML booleans), and the two 'True's,
+    like a name repeated in classes.txt, silently became one class; an inverted mapping (person: 0) failed with
+    "invalid literal for int()". Names are now read as written, and a repeat or a non-index key is an error
+    naming the file."""
+    write_image(tmp_path / "images" / "p.jpg", 100, 50)
+    write_text(tmp_path / "labels" / "p.txt", "2 0.5 0.5 0.2 0.4\n")
+    images, out = tmp_path / "images", tmp_path / "out.json"
+    write_text(tmp_path / "data.yaml", "nc: 4\nnames: [yes, no, 'on', null]\n")
+    coco = import_yolo(images, out, tmp_path / "data.yaml")
+    assert [c["name"] for c in coco["categories"]] == ["yes", "no", "on", "null"]
+    assert boxes_by_image(coco) == {"p.jpg": [("on", [40.0, 15.0, 20.0, 20.0])]}
+    write_text(tmp_path / "data.yaml", "names:\n  0: off\n  1: 2\n  2: on\n")
+    assert [c["name"] for c in import_yolo(images, out, tmp_path / "data.yaml")["categories"]] == ["off", "2", "on"]
+    for name, text, error in (
+        ("classes.txt", "car\ncar\nperson\n", r"classes.txt: class names repeat \('car' at indices \[0, 1\]\)"),
+        ("inverted.yaml", "names:\n  person: 0\n  car: 1\n", r"inverted.yaml: the keys of 'names:' .* not class"),
+        ("none.yaml", "nc: 2\n", r"none.yaml: no 'names:'"),
+    ):
+        with pytest.raises(DatasetError, match=error):
+            import_yolo(images, out, write_text(tmp_path / name, text))
+
+
 def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Images in subfolders are imported with their labels; a polygon line is its bounding box; a line of another
     format (6 fields, pixels) is an error naming file and line; a label file without an image is counted; every

@@ -29,24 +29,56 @@ logger = logging.getLogger(__name__)
 COORDINATE_TOLERANCE = 1e-3
 
 
+def _yaml_names(path: Path) -> list[str] | dict[str, str] | None:
+    """The ``names:`` of a ``data.yaml`` as written: every name as its text (YAML would read a class named ``no``,
+    ``on`` or ``null`` as false, true or nothing), a list or an index -> name mapping; None without one."""
+    try:
+        root = yaml.compose(read_text(path))
+    except yaml.YAMLError as err:
+        raise DatasetError(f"{path}: not valid YAML: {err}") from None
+    pairs = root.value if isinstance(root, yaml.MappingNode) else []
+    node = next((value for key, value in pairs if isinstance(key, yaml.ScalarNode) and key.value == "names"), None)
+    if node is None:
+        return None
+    if isinstance(node, yaml.SequenceNode) and all(isinstance(item, yaml.ScalarNode) for item in node.value):
+        return [item.value for item in node.value]
+    if isinstance(node, yaml.MappingNode) and all(isinstance(n, yaml.ScalarNode) for pair in node.value for n in pair):
+        return {key.value: value.value for key, value in node.value}
+    given = node.value if isinstance(node, yaml.ScalarNode) else "lists or mappings inside it"
+    raise DatasetError(f"{path}: expected 'names:' as a list or an index -> name mapping of names, got {given!r}")
+
+
 def read_class_names(path: str | Path) -> list[str]:
-    """Class names by index from ``classes.txt`` / ``*.names`` (one a line) or a YOLO ``data.yaml``."""
+    """Class names by index from ``classes.txt`` / ``*.names`` (one a line) or a YOLO ``data.yaml``; a name given
+    twice is an error (its two indices would become one class)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"class names file {path} does not exist")
     if path.suffix in (".yaml", ".yml"):
-        names = (yaml.safe_load(read_text(path)) or {}).get("names")
+        names = _yaml_names(path)
         if isinstance(names, dict):
+            if not all(key.strip().isdigit() for key in names):
+                raise DatasetError(
+                    f"{path}: the keys of 'names:' {list(names)} are not class indices; write it as "
+                    "'0: first_name', '1: second_name', ... (or as a list)"
+                )
             if sorted(map(int, names)) != list(range(len(names))):
                 raise DatasetError(
                     f"{path}: the class indices of 'names:' {sorted(map(int, names))} are not 0..{len(names) - 1}; "
                     "a label's class index is its position, so give every index from 0 up a name"
                 )
-            return [str(names[k]) for k in sorted(names, key=int)]
-        if not isinstance(names, list):
-            raise DatasetError(f"{path}: expected 'names:' as a list or an index -> name mapping, got {names!r}")
-        return [str(n) for n in names]
-    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
+            names = [names[k] for k in sorted(names, key=int)]
+        if names is None:
+            raise DatasetError(f"{path}: no 'names:' (the class names, as a list or an index -> name mapping)")
+    else:
+        names = [line.strip() for line in read_text(path).splitlines() if line.strip()]
+    repeated = {name: [i for i, n in enumerate(names) if n == name] for name in names if names.count(name) > 1}
+    if repeated:
+        raise DatasetError(
+            f"{path}: class names repeat ({'; '.join(f'{n!r} at indices {i}' for n, i in repeated.items())}); each "
+            "index is its own class, so give each its own name (or relabel the boxes to one index)"
+        )
+    return names
 
 
 def _yolo_box(fields: list[str], where: str) -> tuple[int, tuple[float, float, float, float]]:
