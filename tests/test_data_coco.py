@@ -203,6 +203,16 @@ def test_bad_annotations_raise_named_errors(tmp_path: Path, path: list, value: A
         assert text in message
 
 
+def test_a_segmentation_without_bbox_points_to_the_import(tmp_path: Path) -> None:
+    """A segmentation data set's annotation without 'bbox' said only that 'bbox' was a required key; the error now
+    says that data import coco takes the box from the segmentation."""
+    data = _dataset_dict()
+    data["annotations"][1]["segmentation"] = [[30, 20, 40, 20, 40, 30]]
+    del data["annotations"][1]["bbox"]
+    with pytest.raises(DatasetError, match=r"annotation 11 has a segmentation but no 'bbox'; .*data import coco"):
+        CocoDetection(*_write(tmp_path, data))
+
+
 def test_missing_paths(tmp_path: Path) -> None:
     images, annotation_file = _write(tmp_path)
     with pytest.raises(DatasetError, match="images directory .*nowhere.* does not exist"):

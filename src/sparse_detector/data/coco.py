@@ -329,6 +329,11 @@ class CocoDetection(Dataset):
         per_image: dict[int, list[_Box]] = {i: [] for i in images}
         kept: list[tuple[int, list[float], list[float]]] = []  # (position, clipped xywh, given bbox) of valid boxes
         for position, ann in enumerate(annotations):
+            if "bbox" not in ann and "segmentation" in ann:  # a segmentation data set's: its box is around it
+                raise DatasetError(
+                    f"{path}: annotation {ann.get('id', '?')} has a segmentation but no 'bbox'; `sparse-detector data "
+                    f"import coco {path} --out NEW.json` takes each missing box from its segmentation"
+                )
             _require(ann, ("bbox", "category_id", "image_id"), f"annotation {ann.get('id', '?')}", path)
             try:
                 image_id, category_id = int(ann["image_id"]), int(ann["category_id"])
