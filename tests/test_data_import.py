@@ -326,6 +326,24 @@ def test_yolo_export_root_pairs_each_images_folder_with_its_labels(tmp_path: Pat
     assert [len(boxes) for boxes in boxes_by_image(coco).values()] == [1]
 
 
+def test_yolo_export_imports_from_its_folder_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`data import yolo EXPORT --out F.json` (its folder as the source, as voc, csv and coco take theirs) said
+    'needs --images DIR', and without --classes 'needs --classes' though the export's data.yaml was right there;
+    the folder is taken for --images, and a data.yaml / classes.txt in it or up to two folders above is used
+    (said)."""
+    write_image(tmp_path / "export" / "train" / "images" / "p.jpg")
+    write_text(tmp_path / "export" / "train" / "labels" / "p.txt", "0 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "export" / "data.yaml", "names: ['car']\n")
+    out = tmp_path / "out.json"
+    for source in ([str(tmp_path / "export")], ["--images", str(tmp_path / "export" / "train" / "images")]):
+        assert main(["data", "import", "yolo", *source, "--out", str(out)]) == 0
+        assert f"classes: {tmp_path / 'export' / 'data.yaml'}" in capsys.readouterr().out
+        assert load(out)["info"]["stats"]["annotations"] == 1
+    (tmp_path / "export" / "data.yaml").unlink()
+    assert main(["data", "import", "yolo", str(tmp_path / "export"), "--out", str(tmp_path / "x.json")]) == 2
+    assert "needs --classes classes.txt|data.yaml (none in" in capsys.readouterr().err
+
+
 def test_yolo_class_index_written_as_a_float(tmp_path: Path) -> None:
     """Some converters write the class as '1.0' (Ultralytics reads it as 1): the import stopped with 'expected
     class x_center y_center width height ..., got 5 fields'."""
