@@ -660,6 +660,25 @@ def test_coco_renumbering_drops_references_to_no_entry_instead_of_moving_them(tm
     assert "annotation 2: category_id 1" in caplog.text and "annotation 3: image_id 1" in caplog.text
 
 
+def test_coco_import_drops_boxes_without_extent_as_the_other_importers_do(tmp_path: Path, capsys) -> None:
+    """A Roboflow COCO export's zero-width box (a stray click) made data import coco end with 'PROBLEMS' and exit 1,
+    where the VOC, YOLO and CSV imports drop such boxes and say so; it now drops and counts them too."""
+    write_image(tmp_path / "a.jpg")
+    source = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [9, 9, 0, 4]},
+        ],
+        "categories": [{"id": 1, "name": "cell"}],
+    }
+    write_text(tmp_path / "coco.json", json.dumps(source))
+    assert main(["data", "import", "coco", str(tmp_path / "coco.json"), "--out", str(tmp_path / "out.json")]) == 0
+    assert "dropped: 1 box(es) (1 zero area" in capsys.readouterr().out
+    coco = load(tmp_path / "out.json")
+    assert [a["id"] for a in coco["annotations"]] == [1] and coco["info"]["stats"]["dropped"] == {"zero_area": 1}
+
+
 def test_coco_import_says_which_category_ids_it_renumbered(tmp_path: Path, capsys) -> None:
     """Category ids 0, 3 became 1, 2 without a word: detections named category_id 1 for what the user's own JSON
     calls 0."""

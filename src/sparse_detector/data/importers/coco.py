@@ -70,6 +70,15 @@ def _add_missing_bboxes(data: dict, json_file: Path) -> int:
     return added
 
 
+def _without_extent(bbox: Any) -> bool:
+    """Whether a COCO [x, y, w, h] has a width or height of 0 or less (a click, not a box); a malformed one is left
+    to data check."""
+    try:
+        return float(bbox[2]) <= 0 or float(bbox[3]) <= 0
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
 def _labelled_turned(image: dict, path: Path) -> int:
     """The EXIF orientation of the image file when the JSON's size is its turned view's (see
     :func:`~sparse_detector.data.orientation.labelled_turned`); 1 for an unreadable image (data check lists it)."""
@@ -161,6 +170,16 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
             remapped.append(key)
             if key == "categories":
                 renumbered_categories = {old_id: new_id for old_id, new_id in new_ids.items() if old_id != str(new_id)}
+    if without_extent := [ann for ann in data["annotations"] if _without_extent(ann.get("bbox"))]:
+        dropped["zero_area"] = len(without_extent)
+        logger.warning(
+            "%s: dropped %d annotation(s) whose bbox has no width or height (as the other importers and official DETR "
+            "drop them), e.g. %s",
+            json_file,
+            len(without_extent),
+            listing([f"annotation {ann.get('id')}: bbox {ann.get('bbox')}" for ann in without_extent]),
+        )
+        data["annotations"] = [ann for ann in data["annotations"] if not _without_extent(ann.get("bbox"))]
     if _needs_new_ids(data["annotations"]):
         for number, ann in enumerate(data["annotations"], start=1):
             ann["id"] = number
