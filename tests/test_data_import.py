@@ -340,6 +340,10 @@ def test_yolo_export_imports_from_its_folder_alone(tmp_path: Path, capsys: pytes
         assert f"classes: {tmp_path / 'export' / 'data.yaml'}" in capsys.readouterr().out
         assert load(out)["info"]["stats"]["annotations"] == 1
     (tmp_path / "export" / "data.yaml").unlink()
+    write_text(tmp_path / "export" / "obj.names", "car\n")  # CVAT's YOLO export
+    assert main(["data", "import", "yolo", str(tmp_path / "export"), "--out", str(out)]) == 0
+    assert "obj.names" in capsys.readouterr().out
+    (tmp_path / "export" / "obj.names").unlink()
     assert main(["data", "import", "yolo", str(tmp_path / "export"), "--out", str(tmp_path / "x.json")]) == 2
     assert "needs --classes classes.txt|data.yaml (none in" in capsys.readouterr().err
 

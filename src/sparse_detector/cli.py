@@ -817,8 +817,8 @@ def add_data_import_command(tools: Subparsers) -> None:
     parser.add_argument("--no-decode", action="store_true", help="skip decoding every image in the check after import")
 
 
-# The class names files of YOLO exports (Ultralytics / Roboflow, LabelImg / Label Studio), looked for in that order.
-YOLO_CLASS_FILES = ("data.yaml", "data.yml", "classes.txt")
+# The class names files of YOLO exports (Ultralytics / Roboflow, LabelImg / Label Studio, CVAT), in that order.
+YOLO_CLASS_FILES = ("data.yaml", "data.yml", "classes.txt", "obj.names")
 
 
 def _class_names_file(images: Path) -> Path | None:
