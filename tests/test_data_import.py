@@ -664,6 +664,29 @@ def test_coco_renumbering_drops_references_to_no_entry_instead_of_moving_them(tm
     assert "annotation 2: category_id 1" in caplog.text and "annotation 3: image_id 1" in caplog.text
 
 
+def test_coco_file_names_of_the_labelling_machine_are_found_by_name(tmp_path: Path, capsys) -> None:
+    """A COCO JSON naming its images by the labeller's absolute paths (/home/alice/..., C:\\Users\\...) failed with
+    'none of the images is in DIR; pass --images DIR', and passing --images failed the same way; such a path is now
+    the file of its name in the images folder, counted and listed."""
+    write_image(tmp_path / "pics" / "a.jpg")
+    write_image(tmp_path / "pics" / "b.jpg")
+    source = {
+        "images": [
+            {"id": 1, "file_name": "/home/alice/labelling/a.jpg", "width": 40, "height": 30},
+            {"id": 2, "file_name": "C:\\Users\\bob\\b.jpg", "width": 40, "height": 30},
+        ],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
+        "categories": [{"id": 1, "name": "cell"}],
+    }
+    write_text(tmp_path / "coco.json", json.dumps(source))
+    args = ["data", "import", "coco", str(tmp_path / "coco.json"), "--images", str(tmp_path / "pics")]
+    assert main([*args, "--out", str(tmp_path / "out.json")]) == 0
+    assert "paths: 2 image(s) named by another machine's absolute path" in capsys.readouterr().out
+    coco = load(tmp_path / "out.json")
+    assert [i["file_name"] for i in coco["images"]] == ["pics/a.jpg", "pics/b.jpg"]
+    assert coco["info"]["stats"]["found_by_name"] == 2
+
+
 def test_coco_import_drops_boxes_without_extent_as_the_other_importers_do(tmp_path: Path, capsys) -> None:
     """A Roboflow COCO export's zero-width box (a stray click) made data import coco end with 'PROBLEMS' and exit 1,
     where the VOC, YOLO and CSV imports drop such boxes and say so; it now drops and counts them too."""

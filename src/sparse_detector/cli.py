@@ -881,6 +881,8 @@ def _data_import(args: argparse.Namespace) -> int:
         print(f"category ids renumbered ({pairs}): detections and evaluation use the new ids, those of --out")
     if stats.get("sizes_from_files"):
         print(f"sizes from files: {stats['sizes_from_files']} image(s) had no width/height")
+    if stats.get("found_by_name"):
+        print(f"paths: {stats['found_by_name']} image(s) named by another machine's absolute path, found by name")
     if stats.get("boxes_from_segmentation"):
         print(f"boxes from segmentation: {stats['boxes_from_segmentation']} annotation(s) had no bbox")
     if stats.get("normalised_coordinates"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -68,6 +68,22 @@ def _add_missing_bboxes(data: dict, json_file: Path) -> int:
         ann["bbox"] = bbox
         added += 1
     return added
+
+
+def _absolute(name: str) -> bool:
+    """Whether a file name is an absolute path, of this system or of Windows (C:\\photos\\a.jpg)."""
+    return Path(name).is_absolute() or bool(PureWindowsPath(name).drive)
+
+
+def _image_file(images_dir: Path, name: str) -> Path:
+    """The image file a ``file_name`` names: relative to ``images_dir`` (or absolute); an absolute path that does
+    not exist here (the labelling machine's, /home/alice/data/a.jpg) is the file of that name in ``images_dir``
+    when there is one."""
+    path = file_in(images_dir, name)
+    if path.is_file() or not _absolute(name):
+        return path
+    here = images_dir / PureWindowsPath(name).name  # the last part, whichever separator
+    return here if here.is_file() else path
 
 
 def _without_extent(bbox: Any) -> bool:
@@ -187,18 +203,22 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
     for image in data["images"]:
         if "file_name" not in image:
             raise DatasetError(f"{json_file}: image {image.get('id')} has no file_name")
-    if data["images"] and not any(file_in(images_dir, image["file_name"]).is_file() for image in data["images"]):
+    paths = {id(image): _image_file(images_dir, image["file_name"]) for image in data["images"]}
+    if data["images"] and not any(path.is_file() for path in paths.values()):
         raise DatasetError(
             f"none of the {len(data['images'])} images of {json_file} is in {images_dir} (e.g. "
             f"{data['images'][0]['file_name']}); pass the folder its file names are relative to with --images DIR"
         )
     sizes_read = 0
     turned: list[str] = []
+    relocated: list[str] = []  # absolute paths of the labeller's machine, found by name in images_dir
     annotations_of = defaultdict(list)
     for ann in data["annotations"]:
         annotations_of[ann.get("image_id")].append(ann)
     for image in data["images"]:
-        path = file_in(images_dir, image["file_name"])
+        path = paths[id(image)]
+        if path != file_in(images_dir, image["file_name"]):
+            relocated.append(f"{image['file_name']} -> {path}")
         if not (image.get("width") and image.get("height")) and path.is_file():  # a missing file: data check lists it
             image["width"], image["height"] = image_size(path)
             sizes_read += 1
@@ -208,6 +228,15 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
             turned.append(f"{image['file_name']} (EXIF orientation {orientation}, {image['width']}x{image['height']})")
             image["width"], image["height"] = image["height"], image["width"]
         image["file_name"] = json_image_path(path, Path(out_file))
+    if relocated:
+        logger.warning(
+            "%s: %d image(s) are named by an absolute path that does not exist here (the labelling machine's); "
+            "each is the file of that name in %s, e.g. %s",
+            json_file,
+            len(relocated),
+            images_dir,
+            relocated[:MAX_EXAMPLES],
+        )
     if turned:
         logger.warning(
             "%s: %d image(s) were labelled on their EXIF-turned view (the JSON's width and height are the turned "
@@ -227,6 +256,7 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
         "boxes_from_segmentation": boxes_from_segmentation,
         "sizes_from_files": sizes_read,
         "turned_from_exif": len(turned),
+        "found_by_name": len(relocated),
         "source": str(json_file),
     }
     return write_coco(data, out_file)
