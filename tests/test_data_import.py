@@ -665,9 +665,9 @@ def test_coco_renumbering_drops_references_to_no_entry_instead_of_moving_them(tm
 
 
 def test_coco_file_names_of_the_labelling_machine_are_found_by_name(tmp_path: Path, capsys) -> None:
-    """A COCO JSON naming its images by the labeller's absolute paths (/home/alice/..., C:\\Users\\...) failed with
-    'none of the images is in DIR; pass --images DIR', and passing --images failed the same way; such a path is now
-    the file of its name in the images folder, counted and listed."""
+    """A COCO JSON (or CSV) naming its images by the labeller's absolute paths (/home/alice/..., C:\\Users\\...)
+    failed with 'none of the images is in DIR; pass --images DIR', and passing --images failed the same way; such a
+    path is now the file of its name in the images folder, counted and listed."""
     write_image(tmp_path / "pics" / "a.jpg")
     write_image(tmp_path / "pics" / "b.jpg")
     source = {
@@ -685,6 +685,9 @@ def test_coco_file_names_of_the_labelling_machine_are_found_by_name(tmp_path: Pa
     coco = load(tmp_path / "out.json")
     assert [i["file_name"] for i in coco["images"]] == ["pics/a.jpg", "pics/b.jpg"]
     assert coco["info"]["stats"]["found_by_name"] == 2
+    table = write_text(tmp_path / "boxes.csv", "C:\\Users\\bob\\a.jpg,1,1,6,6,cell\n")
+    coco = import_csv(table, tmp_path / "csv.json", tmp_path / "pics")
+    assert list(boxes_by_image(coco)) == ["a.jpg"] and coco["info"]["stats"]["found_by_name"] == 1
 
 
 def test_coco_import_drops_boxes_without_extent_as_the_other_importers_do(tmp_path: Path, capsys) -> None:

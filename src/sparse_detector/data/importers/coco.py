@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 
 from ..coco import MAX_EXAMPLES, DatasetError, dataset_name_category, file_in, load_json
 from ..orientation import STORED_FROM_TURNED, box_to_stored, labelled_turned, point_to_stored
-from .common import image_size, json_image_path, listing, write_coco
+from .common import image_file, image_size, json_image_path, listing, warn_found_by_name, write_coco
 
 logger = logging.getLogger(__name__)
 
@@ -68,22 +68,6 @@ def _add_missing_bboxes(data: dict, json_file: Path) -> int:
         ann["bbox"] = bbox
         added += 1
     return added
-
-
-def _absolute(name: str) -> bool:
-    """Whether a file name is an absolute path, of this system or of Windows (C:\\photos\\a.jpg)."""
-    return Path(name).is_absolute() or bool(PureWindowsPath(name).drive)
-
-
-def _image_file(images_dir: Path, name: str) -> Path:
-    """The image file a ``file_name`` names: relative to ``images_dir`` (or absolute); an absolute path that does
-    not exist here (the labelling machine's, /home/alice/data/a.jpg) is the file of that name in ``images_dir``
-    when there is one."""
-    path = file_in(images_dir, name)
-    if path.is_file() or not _absolute(name):
-        return path
-    here = images_dir / PureWindowsPath(name).name  # the last part, whichever separator
-    return here if here.is_file() else path
 
 
 def _without_extent(bbox: Any) -> bool:
@@ -203,7 +187,7 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
     for image in data["images"]:
         if "file_name" not in image:
             raise DatasetError(f"{json_file}: image {image.get('id')} has no file_name")
-    paths = {id(image): _image_file(images_dir, image["file_name"]) for image in data["images"]}
+    paths = {id(image): image_file(images_dir, image["file_name"]) for image in data["images"]}
     if data["images"] and not any(path.is_file() for path in paths.values()):
         raise DatasetError(
             f"none of the {len(data['images'])} images of {json_file} is in {images_dir} (e.g. "
@@ -228,15 +212,7 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
             turned.append(f"{image['file_name']} (EXIF orientation {orientation}, {image['width']}x{image['height']})")
             image["width"], image["height"] = image["height"], image["width"]
         image["file_name"] = json_image_path(path, Path(out_file))
-    if relocated:
-        logger.warning(
-            "%s: %d image(s) are named by an absolute path that does not exist here (the labelling machine's); "
-            "each is the file of that name in %s, e.g. %s",
-            json_file,
-            len(relocated),
-            images_dir,
-            relocated[:MAX_EXAMPLES],
-        )
+    warn_found_by_name(json_file, images_dir, relocated)
     if turned:
         logger.warning(
             "%s: %d image(s) were labelled on their EXIF-turned view (the JSON's width and height are the turned "

@@ -8,11 +8,11 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from ...files import write_atomically
-from ..coco import MAX_EXAMPLES, UNREADABLE_IMAGE_ERRORS, DatasetError, open_image
+from ..coco import MAX_EXAMPLES, UNREADABLE_IMAGE_ERRORS, DatasetError, file_in, open_image
 from ..orientation import labelled_turned
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,35 @@ def files_under(folder: Path, suffixes: Sequence[str]) -> list[Path]:
         folders[:] = [name for name in folders if not is_hidden(name)]
         found += [Path(top, name) for name in files if Path(name).suffix.lower() in suffixes and not is_hidden(name)]
     return sorted(path for path in found if path.is_file())
+
+
+def _absolute(name: str) -> bool:
+    """Whether a file name is an absolute path, of this system or of Windows (C:\\photos\\a.jpg)."""
+    return Path(name).is_absolute() or bool(PureWindowsPath(name).drive)
+
+
+def image_file(images_dir: Path, name: str) -> Path:
+    """The image file a ``file_name`` names: relative to ``images_dir`` (or absolute); an absolute path that does
+    not exist here (the labelling machine's, /home/alice/data/a.jpg) is the file of that name in ``images_dir``
+    when there is one."""
+    path = file_in(images_dir, name)
+    if path.is_file() or not _absolute(name):
+        return path
+    here = images_dir / PureWindowsPath(name).name  # the last part, whichever separator
+    return here if here.is_file() else path
+
+
+def warn_found_by_name(source: str | Path, images_dir: Path, found: list[str]) -> None:
+    """Log the images :func:`image_file` found by name ('given -> found' each)."""
+    if found:
+        logger.warning(
+            "%s: %d image(s) are named by an absolute path that does not exist here (the labelling machine's); each "
+            "is the file of that name in %s, e.g. %s",
+            source,
+            len(found),
+            images_dir,
+            found[:MAX_EXAMPLES],
+        )
 
 
 def image_size(path: Path) -> tuple[int, int]:

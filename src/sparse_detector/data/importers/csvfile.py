@@ -21,7 +21,16 @@ from typing import Any
 
 from ..coco import DatasetError, file_in
 from ..orientation import SWAPS_SIDES, box_to_stored
-from .common import CocoBuilder, labelled_frame, listing, read_text, warn_size_mismatches, write_coco
+from .common import (
+    CocoBuilder,
+    image_file,
+    labelled_frame,
+    listing,
+    read_text,
+    warn_found_by_name,
+    warn_size_mismatches,
+    write_coco,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +111,7 @@ def import_csv(
     image_ids: dict[Path, int] = {}  # by resolved path: "a.jpg" and "./a.jpg" are one image
     missing: list[str] = []
     boxes: list[tuple[int, str, tuple[float, ...], str]] = []  # image id, label, x1 y1 x2 y2, where
+    found_by_name: list[str] = []  # absolute paths of the labelling machine, found by name in images_dir
     labelled: dict[int, tuple[int, int]] = {}  # image id -> its width and height as the rows give them
     positions, width, sizes, size_at = list(range(len(COLUMNS))), len(COLUMNS), False, None
     for number, row in enumerate(csv.reader(io.StringIO(read_text(csv_file), newline="")), start=1):
@@ -118,13 +128,15 @@ def import_csv(
                 f"the header), got {len(row)}: {row}"
             )
         name, *coordinates, label = (row[at].strip() for at in positions)
-        given = file_in(images_dir, name)
+        given = image_file(images_dir, name)
         path = given.resolve()
         if path not in image_ids:
             if not path.is_file():
                 missing.append(f"{where}: {given}")
                 continue
             image_ids[path] = builder.add_image(given)
+            if given != file_in(images_dir, name):
+                found_by_name.append(f"{name} -> {given}")
         if (size := _labelled_size(row, size_at)) is not None:
             labelled.setdefault(image_ids[path], size)
         if not any(coordinates) and not label:
@@ -163,8 +175,10 @@ def import_csv(
             "height (normalised), not pixels",
             csv_file,
         )
+    warn_found_by_name(csv_file, images_dir, found_by_name)
     coco = builder.build(out_file)
     coco["info"]["stats"]["normalised_coordinates"] = normalised
+    coco["info"]["stats"]["found_by_name"] = len(found_by_name)
     coco["info"]["stats"]["size_differs_from_csv"] = len(mismatches["differs"])
     coco["info"]["stats"]["scaled_to_resized_image"] = len(mismatches["scaled"])
     coco["info"]["stats"]["turned_from_exif"] = len(mismatches["turned"])
