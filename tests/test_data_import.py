@@ -320,6 +320,11 @@ def test_yolo_export_root_pairs_each_images_folder_with_its_labels(tmp_path: Pat
         coco = import_yolo(tmp_path, tmp_path / "all.json", tmp_path / "data.yaml")
     assert [len(boxes) for boxes in boxes_by_image(coco).values()] == [1, 1]
     assert coco["info"]["stats"]["label_files_without_image"] == 1 and "README" not in caplog.text
+    # --labels at the export's root too (it said no image had a label file there)
+    assert (
+        import_yolo(tmp_path, tmp_path / "all.json", tmp_path / "data.yaml", tmp_path)["annotations"]
+        == coco["annotations"]
+    )
     write_image(tmp_path / "flat" / "images" / "p.jpg")  # labels beside the images, in a folder named images
     write_text(tmp_path / "flat" / "images" / "p.txt", "0 0.5 0.5 0.2 0.4\n")
     coco = import_yolo(tmp_path / "flat", tmp_path / "flat.json", tmp_path / "data.yaml")

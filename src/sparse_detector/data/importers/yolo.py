@@ -177,7 +177,6 @@ def import_yolo(
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise DatasetError(f"images folder {images_dir} does not exist")
-    given = labels_dir is not None
     labels_dir = Path(labels_dir) if labels_dir else _default_labels_dir(images_dir)
     if not labels_dir.is_dir():
         raise DatasetError(f"labels folder {labels_dir} does not exist")
@@ -186,7 +185,7 @@ def import_yolo(
     if not images:
         raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir} or its subfolders")
     builder = CocoBuilder(str(images_dir), names)
-    beside = not given and labels_dir == images_dir
+    beside = labels_dir.resolve() == images_dir.resolve()  # also given so: --labels EXPORT beside --images EXPORT
     label_files = [_label_file(labels_dir, image.relative_to(images_dir), beside) for image in images]
     turned: list[str] = []
     for image, label_file in zip(images, label_files, strict=True):
