@@ -186,6 +186,11 @@ def _mutate(path: list[str | int], value: Any) -> dict[str, Any]:
         (["annotations", 1, "category_id"], 99, ["annotation id 11", "category_id 99", "not in 'categories'"]),
         (["annotations", 1, "image_id"], 42, ["annotation id 11", "image_id 42", "not in 'images'"]),
         (["images", 1, "id"], 1, ["image id 1", "twice"]),
+        # ids that are not numbers (a labelling tool's 'IMG_0001') stopped with "invalid literal for int()" alone
+        (["images", 1, "id"], "IMG_0001", ["image id 'IMG_0001' is not a whole number", "data import coco"]),
+        (["categories", 0, "id"], None, ["category id None is not a whole number", "renumbers the ids"]),
+        (["annotations", 1, "category_id"], "cat", ["annotation id 11", "category_id cat", "not in 'categories'"]),
+        (["annotations", 1, "image_id"], "x", ["annotation id 11", "image_id x", "not in 'images'"]),
     ],
 )
 def test_bad_annotations_raise_named_errors(tmp_path: Path, path: list, value: Any, expected: list[str]) -> None:
@@ -196,6 +201,16 @@ def test_bad_annotations_raise_named_errors(tmp_path: Path, path: list, value: A
     assert str(annotation_file) in message
     for text in expected:
         assert text in message
+
+
+def test_a_segmentation_without_bbox_points_to_the_import(tmp_path: Path) -> None:
+    """A segmentation data set's annotation without 'bbox' said only that 'bbox' was a required key; the error now
+    says that data import coco takes the box from the segmentation."""
+    data = _dataset_dict()
+    data["annotations"][1]["segmentation"] = [[30, 20, 40, 20, 40, 30]]
+    del data["annotations"][1]["bbox"]
+    with pytest.raises(DatasetError, match=r"annotation 11 has a segmentation but no 'bbox'; .*data import coco"):
+        CocoDetection(*_write(tmp_path, data))
 
 
 def test_missing_paths(tmp_path: Path) -> None:

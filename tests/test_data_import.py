@@ -239,6 +239,29 @@ def test_yolo_with_classes_txt_and_data_yaml(tmp_path: Path) -> None:
         import_yolo(tmp_path / "images" / "train", tmp_path / "bad.json", tmp_path / "classes.txt")
 
 
+def test_yolo_class_names_are_read_as_written_and_each_once(tmp_path: Path) -> None:
+    """data.yaml 'names: [yes, no, on]' gave classes 'True', 'False', 'True' (YAML booleans), and the two 'True's,
+    like a name repeated in classes.txt, silently became one class; an inverted mapping (person: 0) failed with
+    "invalid literal for int()". Names are now read as written, and a repeat or a non-index key is an error
+    naming the file."""
+    write_image(tmp_path / "images" / "p.jpg", 100, 50)
+    write_text(tmp_path / "labels" / "p.txt", "2 0.5 0.5 0.2 0.4\n")
+    images, out = tmp_path / "images", tmp_path / "out.json"
+    write_text(tmp_path / "data.yaml", "nc: 4\nnames: [yes, no, 'on', null]\n")
+    coco = import_yolo(images, out, tmp_path / "data.yaml")
+    assert [c["name"] for c in coco["categories"]] == ["yes", "no", "on", "null"]
+    assert boxes_by_image(coco) == {"p.jpg": [("on", [40.0, 15.0, 20.0, 20.0])]}
+    write_text(tmp_path / "data.yaml", "names:\n  0: off\n  1: 2\n  2: on\n")
+    assert [c["name"] for c in import_yolo(images, out, tmp_path / "data.yaml")["categories"]] == ["off", "2", "on"]
+    for name, text, error in (
+        ("classes.txt", "car\ncar\nperson\n", r"classes.txt: class names repeat \('car' at indices \[0, 1\]\)"),
+        ("inverted.yaml", "names:\n  person: 0\n  car: 1\n", r"inverted.yaml: the keys of 'names:' .* not class"),
+        ("none.yaml", "nc: 2\n", r"none.yaml: no 'names:'"),
+    ):
+        with pytest.raises(DatasetError, match=error):
+            import_yolo(images, out, write_text(tmp_path / name, text))
+
+
 def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Images in subfolders are imported with their labels; a polygon line is its bounding box; a line of another
     format (6 fields, pixels) is an error naming file and line; a label file without an image is counted; every
@@ -297,10 +320,37 @@ def test_yolo_export_root_pairs_each_images_folder_with_its_labels(tmp_path: Pat
         coco = import_yolo(tmp_path, tmp_path / "all.json", tmp_path / "data.yaml")
     assert [len(boxes) for boxes in boxes_by_image(coco).values()] == [1, 1]
     assert coco["info"]["stats"]["label_files_without_image"] == 1 and "README" not in caplog.text
+    # --labels at the export's root too (it said no image had a label file there)
+    assert (
+        import_yolo(tmp_path, tmp_path / "all.json", tmp_path / "data.yaml", tmp_path)["annotations"]
+        == coco["annotations"]
+    )
     write_image(tmp_path / "flat" / "images" / "p.jpg")  # labels beside the images, in a folder named images
     write_text(tmp_path / "flat" / "images" / "p.txt", "0 0.5 0.5 0.2 0.4\n")
     coco = import_yolo(tmp_path / "flat", tmp_path / "flat.json", tmp_path / "data.yaml")
     assert [len(boxes) for boxes in boxes_by_image(coco).values()] == [1]
+
+
+def test_yolo_export_imports_from_its_folder_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`data import yolo EXPORT --out F.json` (its folder as the source, as voc, csv and coco take theirs) said
+    'needs --images DIR', and without --classes 'needs --classes' though the export's data.yaml was right there;
+    the folder is taken for --images, and a data.yaml / classes.txt in it or up to two folders above is used
+    (said)."""
+    write_image(tmp_path / "export" / "train" / "images" / "p.jpg")
+    write_text(tmp_path / "export" / "train" / "labels" / "p.txt", "0 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "export" / "data.yaml", "names: ['car']\n")
+    out = tmp_path / "out.json"
+    for source in ([str(tmp_path / "export")], ["--images", str(tmp_path / "export" / "train" / "images")]):
+        assert main(["data", "import", "yolo", *source, "--out", str(out)]) == 0
+        assert f"classes: {tmp_path / 'export' / 'data.yaml'}" in capsys.readouterr().out
+        assert load(out)["info"]["stats"]["annotations"] == 1
+    (tmp_path / "export" / "data.yaml").unlink()
+    write_text(tmp_path / "export" / "obj.names", "car\n")  # CVAT's YOLO export
+    assert main(["data", "import", "yolo", str(tmp_path / "export"), "--out", str(out)]) == 0
+    assert "obj.names" in capsys.readouterr().out
+    (tmp_path / "export" / "obj.names").unlink()
+    assert main(["data", "import", "yolo", str(tmp_path / "export"), "--out", str(tmp_path / "x.json")]) == 2
+    assert "needs --classes classes.txt|data.yaml (none in" in capsys.readouterr().err
 
 
 def test_yolo_class_index_written_as_a_float(tmp_path: Path) -> None:
@@ -324,6 +374,85 @@ def test_yolo_images_saved_from_the_web_as_jfif_are_imported(tmp_path: Path, cap
     coco = import_yolo(tmp_path / "images", tmp_path / "out.json", tmp_path / "classes.txt")
     assert sorted(boxes_by_image(coco)) == ["a.jpg", "b.jfif"]
     assert coco["info"]["stats"]["label_files_without_image"] == 0
+
+
+@pytest.mark.parametrize("orientation", [6, 8, 3, 2])
+def test_yolo_labels_of_an_exif_turned_photo_are_turned_to_the_stored_pixels(
+    tmp_path: Path, orientation: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A phone photo stored 40x30 with an EXIF orientation, labelled on the view a viewer shows (as Ultralytics
+    reads it): its normalised labels were scaled by the stored sides, so the box lay elsewhere with another shape
+    and data check said OK. They are now read on the turned view and turned to the stored pixels, counted."""
+    shown = np.zeros((40, 30) if orientation in (6, 8) else (30, 40), np.uint8)
+    shown[5:15, 2:12] = 255  # the object as the labeller saw it: x 2..12, y 5..15
+    stored = Image.fromarray(shown).transpose(
+        {
+            6: Image.Transpose.ROTATE_90,
+            8: Image.Transpose.ROTATE_270,
+            3: Image.Transpose.ROTATE_180,
+            2: Image.Transpose.FLIP_LEFT_RIGHT,
+        }[orientation]
+    )
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    (tmp_path / "images").mkdir()
+    stored.save(tmp_path / "images" / "a.png", exif=exif.tobytes())
+    height, width = shown.shape
+    write_text(tmp_path / "labels" / "a.txt", f"0 {7 / width} {10 / height} {10 / width} {10 / height}\n")
+    write_text(tmp_path / "classes.txt", "obj\n")
+    with caplog.at_level(logging.WARNING):
+        coco = import_yolo(tmp_path / "images", tmp_path / "out.json", tmp_path / "classes.txt")
+    assert coco["info"]["stats"]["turned_from_exif"] == 1 and f"EXIF orientation {orientation}" in caplog.text
+    x, y, w, h = (round(v, 6) for v in coco["annotations"][0]["bbox"])
+    ys, xs = np.nonzero(np.asarray(stored))
+    assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_archives_made_on_a_mac_import_without_their_resource_forks(tmp_path: Path, caplog) -> None:
+    """A data set zipped or tarred on a Mac carries '._name' resource forks beside (or, in __MACOSX/, above) every
+    file: the YOLO import stopped with '2 image(s) cannot be read' and the VOC import with 'malformed XML' on
+    them. Hidden files and __MACOSX/ are now left out, as Ultralytics' file search does."""
+    junk = b"\x00\x05\x16\x07Mac OS X        "
+    write_image(tmp_path / "yolo" / "images" / "p.jpg")
+    write_text(tmp_path / "yolo" / "labels" / "p.txt", "0 0.5 0.5 0.2 0.4\n")
+    for path in ("images/._p.jpg", "labels/._p.txt", "__MACOSX/images/._p.jpg", "images/.DS_Store"):
+        (tmp_path / "yolo" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "yolo" / path).write_bytes(junk)
+    write_text(tmp_path / "classes.txt", "car\n")
+    with caplog.at_level(logging.WARNING):
+        coco = import_yolo(tmp_path / "yolo", tmp_path / "yolo.json", tmp_path / "classes.txt")
+    assert list(boxes_by_image(coco)) == ["p.jpg"] and coco["info"]["stats"]["label_files_without_image"] == 0
+    voc = tmp_path / "voc"
+    write_image(voc / "JPEGImages" / "a.jpg")
+    write_text(voc / "Annotations" / "a.xml", voc_xml([("cat", (1, 1, 10, 10), 0)], "a.jpg"))
+    write_text(voc / "ImageSets" / "Main" / "trainval.txt", "a\n")
+    for path in ("Annotations/._a.xml", "JPEGImages/._a.jpg", "Annotations/__MACOSX/._a.xml"):
+        (voc / path).parent.mkdir(parents=True, exist_ok=True)
+        (voc / path).write_bytes(junk)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for coco in (
+            import_voc_root(voc, tmp_path / "voc.json"),
+            import_voc(voc / "Annotations", tmp_path / "any.json", voc / "JPEGImages"),
+        ):
+            assert boxes_by_image(coco) == {"a.jpg": [("cat", [0.0, 0.0, 10.0, 10.0])]}
+    assert "._a" not in caplog.text  # neither an image without XML nor an XML in a subfolder
+
+
+def test_yolo_follows_linked_folders_once(tmp_path: Path) -> None:
+    """images/train and labels/train as links to another disk (a common way to lay out a large set): the import
+    said 'no images in images or its subfolders' (Python's rglob does not enter linked folders). Linked folders
+    are now followed, each real folder once, so a link to a folder above does not loop or repeat images."""
+    write_image(tmp_path / "disk" / "images" / "p.jpg")
+    write_text(tmp_path / "disk" / "labels" / "p.txt", "0 0.5 0.5 0.2 0.4\n")
+    for kind in ("images", "labels"):
+        (tmp_path / "set" / kind).mkdir(parents=True)
+        (tmp_path / "set" / kind / "train").symlink_to(tmp_path / "disk" / kind, target_is_directory=True)
+    (tmp_path / "set" / "images" / "again").symlink_to(tmp_path / "set" / "images", target_is_directory=True)
+    write_text(tmp_path / "classes.txt", "car\n")
+    coco = import_yolo(tmp_path / "set" / "images", tmp_path / "out.json", tmp_path / "classes.txt")
+    assert [image["file_name"] for image in coco["images"]] == ["disk/images/p.jpg"]  # resolved, beside the JSON
+    assert coco["info"]["stats"]["annotations"] == 1 and coco["info"]["stats"]["label_files_without_image"] == 0
 
 
 def test_a_box_labelled_twice_is_one_object(tmp_path: Path) -> None:
@@ -451,6 +580,38 @@ def test_csv_normalised_coordinates_are_scaled_to_pixels(tmp_path: Path, capsys:
     assert boxes_by_image(import_csv(table, tmp_path / "out.json"))["a.jpg"][1] == ("cell", [2.0, 3.0, 10.0, 10.0])
 
 
+def test_csv_image_size_columns_turn_scale_or_name_the_boxes_as_voc_size_does(tmp_path: Path, capsys) -> None:
+    """A TensorFlow-style CSV (filename,width,height,class,xmin,...) gives each image's size as labelled; it was
+    ignored, so boxes of a photo labelled on its EXIF-turned view, or of one downscaled after labelling, lay
+    elsewhere and data check said OK. As with VOC's <size>: turned boxes are turned, a resized image's boxes
+    scaled, another size named."""
+    shown = np.zeros((40, 30), np.uint8)
+    shown[5:15, 2:12] = 255  # the object on the 30 wide, 40 high view a viewer shows
+    stored = Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "turned.png", exif=exif.tobytes())
+    write_image(tmp_path / "small.jpg", 40, 30)  # labelled at 80x60, then halved
+    write_image(tmp_path / "other.jpg", 40, 30)
+    header = "filename,width,height,class,xmin,ymin,xmax,ymax\n"
+    rows = "turned.png,30,40,obj,2,5,12,15\nsmall.jpg,80,60,obj,40,20,78,58\nother.jpg,50,30,obj,1,1,11,11\n"
+    table = write_text(tmp_path / "boxes.csv", header + rows)
+    assert main(["data", "import", "csv", str(table), "--out", str(tmp_path / "out.json")]) == 0
+    out = capsys.readouterr().out
+    assert "EXIF: 1 image labelled on the turned view" in out and "resized after labelling" in out
+    assert "sizes: 1 image(s) differ from their CSV width/height" in out
+    coco = load(tmp_path / "out.json")
+    ys, xs = np.nonzero(np.asarray(stored))
+    assert boxes_by_image(coco) == {
+        "turned.png": [("obj", [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()])],
+        "small.jpg": [("obj", [20.0, 10.0, 19.0, 19.0])],
+        "other.jpg": [("obj", [1.0, 1.0, 10.0, 10.0])],  # kept as it is, named
+    }
+    write_text(table, header + "turned.png,30,40,obj,0.0667,0.125,0.4,0.375\n")  # fractions of the turned view
+    (x, y, w, h) = import_csv(table, tmp_path / "out.json")["annotations"][0]["bbox"]
+    assert [round(v) for v in (x, y, x + w, y + h)] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
 def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
     write_image(tmp_path / "src" / "pics" / "a.jpg")
     source = {
@@ -464,6 +625,26 @@ def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
     assert coco["info"]["stats"]["remapped_ids"] == ["images", "categories", "annotations"]
     assert [(a["id"], a["image_id"], a["category_id"]) for a in coco["annotations"]] == [(1, 1, 1), (2, 1, 1)]
     assert len(CocoDetection(None, tmp_path / "out" / "coco.json")) == 1
+
+
+def test_file_names_written_on_windows_are_found(tmp_path: Path) -> None:
+    """A COCO JSON or CSV written on Windows names 'pics\\a.jpg': the COCO import said no image was in the folder
+    (pass --images), the CSV import that the row's image does not exist, and training that the files were missing.
+    Where only the '/' spelling exists, that file is read."""
+    write_image(tmp_path / "pics" / "a.jpg")
+    source = {
+        "images": [{"id": 1, "file_name": "pics\\a.jpg", "width": 40, "height": 30}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    write_text(tmp_path / "coco.json", json.dumps(source))
+    assert len(CocoDetection(None, tmp_path / "coco.json")) == 1  # trained on as it is
+    coco = import_coco(tmp_path / "coco.json", tmp_path / "out" / "coco.json")
+    assert coco["images"][0]["file_name"] == str(tmp_path / "pics" / "a.jpg")
+    write_text(tmp_path / "boxes.csv", "pics\\a.jpg,1,1,6,6,thing\n")
+    assert boxes_by_image(import_csv(tmp_path / "boxes.csv", tmp_path / "csv.json")) == {
+        "a.jpg": [("thing", [1.0, 1.0, 5.0, 5.0])]
+    }
 
 
 def test_coco_renumbering_drops_references_to_no_entry_instead_of_moving_them(tmp_path: Path, caplog) -> None:
@@ -486,6 +667,51 @@ def test_coco_renumbering_drops_references_to_no_entry_instead_of_moving_them(tm
     assert boxes_by_image(coco) == {"a.jpg": [("pear", [1.0, 1.0, 5.0, 5.0])]}
     assert coco["info"]["stats"]["dropped"] == {"unknown_image": 1, "unknown_category": 1}
     assert "annotation 2: category_id 1" in caplog.text and "annotation 3: image_id 1" in caplog.text
+
+
+def test_coco_file_names_of_the_labelling_machine_are_found_by_name(tmp_path: Path, capsys) -> None:
+    """A COCO JSON (or CSV) naming its images by the labeller's absolute paths (/home/alice/..., C:\\Users\\...)
+    failed with 'none of the images is in DIR; pass --images DIR', and passing --images failed the same way; such a
+    path is now the file of its name in the images folder, counted and listed."""
+    write_image(tmp_path / "pics" / "a.jpg")
+    write_image(tmp_path / "pics" / "b.jpg")
+    source = {
+        "images": [
+            {"id": 1, "file_name": "/home/alice/labelling/a.jpg", "width": 40, "height": 30},
+            {"id": 2, "file_name": "C:\\Users\\bob\\b.jpg", "width": 40, "height": 30},
+        ],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
+        "categories": [{"id": 1, "name": "cell"}],
+    }
+    write_text(tmp_path / "coco.json", json.dumps(source))
+    args = ["data", "import", "coco", str(tmp_path / "coco.json"), "--images", str(tmp_path / "pics")]
+    assert main([*args, "--out", str(tmp_path / "out.json")]) == 0
+    assert "paths: 2 image(s) named by another machine's absolute path" in capsys.readouterr().out
+    coco = load(tmp_path / "out.json")
+    assert [i["file_name"] for i in coco["images"]] == ["pics/a.jpg", "pics/b.jpg"]
+    assert coco["info"]["stats"]["found_by_name"] == 2
+    table = write_text(tmp_path / "boxes.csv", "C:\\Users\\bob\\a.jpg,1,1,6,6,cell\n")
+    coco = import_csv(table, tmp_path / "csv.json", tmp_path / "pics")
+    assert list(boxes_by_image(coco)) == ["a.jpg"] and coco["info"]["stats"]["found_by_name"] == 1
+
+
+def test_coco_import_drops_boxes_without_extent_as_the_other_importers_do(tmp_path: Path, capsys) -> None:
+    """A Roboflow COCO export's zero-width box (a stray click) made data import coco end with 'PROBLEMS' and exit 1,
+    where the VOC, YOLO and CSV imports drop such boxes and say so; it now drops and counts them too."""
+    write_image(tmp_path / "a.jpg")
+    source = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [9, 9, 0, 4]},
+        ],
+        "categories": [{"id": 1, "name": "cell"}],
+    }
+    write_text(tmp_path / "coco.json", json.dumps(source))
+    assert main(["data", "import", "coco", str(tmp_path / "coco.json"), "--out", str(tmp_path / "out.json")]) == 0
+    assert "dropped: 1 box(es) (1 zero area" in capsys.readouterr().out
+    coco = load(tmp_path / "out.json")
+    assert [a["id"] for a in coco["annotations"]] == [1] and coco["info"]["stats"]["dropped"] == {"zero_area": 1}
 
 
 def test_coco_import_says_which_category_ids_it_renumbered(tmp_path: Path, capsys) -> None:
@@ -691,6 +917,17 @@ def test_unreadable_image_error_or_counted_skip(tmp_path: Path, caplog: pytest.L
     # ... or by default an error naming the file and both options
     with pytest.raises(DatasetError, match=r"cut.jpg .*data.on_invalid=skip .*data.check_images=true"):
         CocoDetection(None, path)[1]
+
+
+def test_an_image_above_pillows_size_limit_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A genuine 14000 x 14000 drone mosaic was refused with Pillow's 'could be decompression bomb DOS attack' and
+    'replace or remove them'; the message now says to tile it (every image is shrunk to data.max_size anyway)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # a 40 x 30 image is then over twice the limit
+    write_image(tmp_path / "images" / "mosaic.png")
+    write_text(tmp_path / "labels" / "mosaic.txt", "0 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "classes.txt", "tree\n")
+    with pytest.raises(DatasetError, match=r"mosaic.png: Image size .*tile a genuine one .*data.max_size"):
+        import_yolo(tmp_path / "images", tmp_path / "out.json", tmp_path / "classes.txt")
 
 
 def test_16_bit_grayscale_png_keeps_its_contrast(tmp_path: Path) -> None:

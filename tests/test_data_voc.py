@@ -135,3 +135,23 @@ def test_missing_split_and_image(tmp_path: Path) -> None:
     (root / "JPEGImages" / "img1.jpg").unlink()
     with pytest.raises(DatasetError, match=r"img1\.xml: no image for it in .*JPEGImages"):
         import_voc_root(root, tmp_path / "out.json")
+
+
+def test_xml_size_written_as_floats(tmp_path: Path) -> None:
+    """A converter's <width>50.0</width> stopped the import with '<size> width/height are not integers' (the size
+    is only checked against the image's); a whole number written as a float is now read, text still named."""
+    root = _write_voc(tmp_path / "voc", _object("dog", (1.5, 1, 10.5, 10)))
+    xml = root / "Annotations" / "img1.xml"
+    xml.write_text(
+        xml.read_text().replace("<width>50</width><height>40</height>", "<width>50.0</width><height>40.0</height>")
+    )
+    coco = import_voc_root(root, tmp_path / "out.json")
+    assert coco["info"]["stats"]["size_differs_from_xml"] == 0 and coco["annotations"][0]["bbox"] == [
+        0.5,
+        0.0,
+        10.0,
+        10.0,
+    ]
+    xml.write_text(xml.read_text().replace("<width>50.0</width>", "<width>fifty</width>"))
+    with pytest.raises(DatasetError, match=r"img1\.xml: <size> width/height are not numbers"):
+        import_voc_root(root, tmp_path / "out.json")

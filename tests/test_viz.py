@@ -507,6 +507,21 @@ def test_ground_truth_is_named_as_the_data_set_names_it(runs, tmp_path: Path):
     assert item.truth_names and all(name.startswith("my ") for name in item.truth_names)
 
 
+def test_a_photo_named_like_a_validation_image_is_drawn_as_itself(runs, tmp_path: Path):
+    """Given photos/IMG_0001.JPG while the validation data held another IMG_0001.JPG (phones name every photo so),
+    visualize drew the validation image, with its ground truth, in place of the photo: images were matched by file
+    name. They are matched by file now; the validation image's own path still brings its ground truth."""
+    data = json.loads(runs["shapes_val"].read_text())
+    val_image = runs["images"] / Path(data["images"][0]["file_name"]).name
+    photo = tmp_path / "photos" / val_image.name
+    photo.parent.mkdir()
+    Image.new("RGB", (40, 30), (255, 255, 255)).save(photo)
+    config = load_config(runs["run"] / "config.yaml")
+    own, val = load_images(config, VisualizeRequest([runs["run"]], tmp_path, images=[photo, val_image]))
+    assert own.target is None and own.orig_size == (30, 40) and own.picture.min() > 0.99
+    assert val.target is not None and val.orig_size != (30, 40)
+
+
 def test_an_image_too_large_to_decode_is_an_error_naming_it(runs, tmp_path: Path, monkeypatch):
     """An image PIL refuses as a decompression bomb was a traceback from visualize (only OSError was caught there,
     unlike predict and the data sets); it is now the same 'cannot read image' error as an unreadable file."""

@@ -799,16 +799,36 @@ def add_data_import_command(tools: Subparsers) -> None:
         "The output is written only where --out says; image paths in it are absolute or relative to it."
     )
     parser.add_argument("format", choices=["voc", "yolo", "csv", "coco"], help="annotation format")
-    parser.add_argument("source", nargs="?", help="VOC root (standard layout), CSV file or COCO JSON")
+    parser.add_argument(
+        "source", nargs="?", help="VOC root (standard layout), YOLO images folder or export root, CSV file or COCO JSON"
+    )
     parser.add_argument("--out", required=True, help="output COCO JSON")
     parser.add_argument("--images", help="images folder")
     parser.add_argument("--annotations", help="voc: folder of XML files (any layout)")
     parser.add_argument("--list", help="voc: file listing the image names (stems) to import")
     parser.add_argument("--split", default="trainval", help="voc standard layout: ImageSets/Main/<split>.txt")
-    parser.add_argument("--classes", help="yolo: classes.txt or data.yaml; voc, csv: file fixing the class order")
+    parser.add_argument(
+        "--classes",
+        help="yolo: classes.txt or data.yaml (default: one in the images folder or up to 2 above); voc, csv: file "
+        "fixing the class order",
+    )
     parser.add_argument("--labels", help="yolo: folder of label .txt files (default: found next to the images)")
     parser.add_argument("--exclude-difficult", action="store_true", help="voc: mark difficult objects as ignored")
     parser.add_argument("--no-decode", action="store_true", help="skip decoding every image in the check after import")
+
+
+# The class names files of YOLO exports (Ultralytics / Roboflow, LabelImg / Label Studio, CVAT), in that order.
+YOLO_CLASS_FILES = ("data.yaml", "data.yml", "classes.txt", "obj.names")
+
+
+def _class_names_file(images: Path) -> Path | None:
+    """The class names file a YOLO export keeps in its images folder or up to two folders above it (data.yaml
+    beside images/train or train/images), if there is one (said)."""
+    for folder in (images, *list(images.resolve().parents)[:2]):
+        if found := next((folder / name for name in YOLO_CLASS_FILES if (folder / name).is_file()), None):
+            print(f"classes: {found} (--classes picks another file)")
+            return found
+    return None
 
 
 def _import_to_coco(args: argparse.Namespace) -> dict:
@@ -829,9 +849,13 @@ def _import_to_coco(args: argparse.Namespace) -> dict:
         root = need(args.source, "a VOC root (standard layout) or --annotations XML_DIR (any layout)")
         return importers.import_voc_root(root, args.out, args.split, classes, include)
     if args.format == "yolo":
-        images = need(args.images, "--images DIR")
+        images = need(args.images or args.source, "--images DIR (or the folder as its source)")
+        classes = args.classes or _class_names_file(Path(images))
         return importers.import_yolo(
-            images, args.out, need(args.classes, "--classes classes.txt|data.yaml"), args.labels
+            images,
+            args.out,
+            need(classes, f"--classes classes.txt|data.yaml (none in {images} or the 2 folders above)"),
+            args.labels,
         )
     if args.format == "csv":
         classes = importers.read_class_names(args.classes) if args.classes else None
@@ -857,6 +881,8 @@ def _data_import(args: argparse.Namespace) -> int:
         print(f"category ids renumbered ({pairs}): detections and evaluation use the new ids, those of --out")
     if stats.get("sizes_from_files"):
         print(f"sizes from files: {stats['sizes_from_files']} image(s) had no width/height")
+    if stats.get("found_by_name"):
+        print(f"paths: {stats['found_by_name']} image(s) named by another machine's absolute path, found by name")
     if stats.get("boxes_from_segmentation"):
         print(f"boxes from segmentation: {stats['boxes_from_segmentation']} annotation(s) had no bbox")
     if stats.get("normalised_coordinates"):
@@ -873,6 +899,8 @@ def _data_import(args: argparse.Namespace) -> int:
         )
     if stats.get("size_differs_from_xml"):
         print(f"sizes: {stats['size_differs_from_xml']} image(s) differ from their XML <size> (listed above)")
+    if stats.get("size_differs_from_csv"):
+        print(f"sizes: {stats['size_differs_from_csv']} image(s) differ from their CSV width/height (listed above)")
     if stats.get("images_without_xml"):
         print(f"not imported: {stats['images_without_xml']} image(s) without an XML file (listed above)")
     if stats.get("label_files_without_image"):

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -50,10 +51,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
 UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, Image.DecompressionBombError)
 
 
+@contextlib.contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """``Image.open``, with what to do added to Pillow's refusal of an image above its decompression-bomb limit (a
+    genuine one: a drone mosaic, a slide scan)."""
+    try:
+        with Image.open(path) as image:
+            yield image
+    except Image.DecompressionBombError as err:
+        raise Image.DecompressionBombError(
+            f"{err} Pillow refuses images this large; tile a genuine one into parts (training and predict shrink "
+            "every image to data.max_size pixels on its longer side, so its small objects would vanish anyway)"
+        ) from None
+
+
 def read_rgb(path: Path) -> Image.Image:
     """Decode the image file ``path`` as 8-bit RGB (:func:`to_rgb`); one of ``UNREADABLE_IMAGE_ERRORS`` when it
     cannot be read."""
-    with Image.open(path) as image:
+    with open_image(path) as image:
         return to_rgb(image)
 
 
@@ -110,6 +125,16 @@ def load_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def file_in(folder: Path, name: str) -> Path:
+    """The file ``name`` (relative to ``folder``, or absolute) names; a name written on Windows (``train\\a.jpg``)
+    is read with '/' where only that spelling exists."""
+    path = folder / name
+    if "\\" in name and os.sep == "/" and not path.exists():
+        other = folder / name.replace("\\", "/")
+        return other if other.exists() else path
+    return path
+
+
 def _require(entry: dict, keys: Sequence[str], what: str, path: Path) -> None:
     missing = [k for k in keys if k not in entry]
     if missing:
@@ -137,11 +162,30 @@ def _clip_box(bbox: Any, width: int, height: int) -> tuple[list[float] | None, s
     return [x0, y0, x1, y1], ""
 
 
+def _whole_number(value: Any, what: str, path: Path) -> int:
+    """An id as an int (also written as a string, '3'); another value is an error saying how to renumber the ids."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DatasetError(
+            f"{path}: {what} {value!r} is not a whole number, as COCO ids are; `sparse-detector data import coco "
+            f"{path} --out NEW.json` renumbers the ids (and what points to them)"
+        ) from None
+
+
+def _id_or_none(value: Any) -> int | None:
+    """An annotation's reference as an int, or None when it is no whole number (it points to nothing)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _read_categories(categories: list[dict], path: Path) -> dict[int, str]:
     """Category id -> name; ids must be unique and there must be at least one."""
     for cat in categories:
         _require(cat, ("id", "name"), f"category {cat}", path)
-    names = {int(c["id"]): str(c["name"]) for c in categories}
+    names = {_whole_number(c["id"], "category id", path): str(c["name"]) for c in categories}
     if len(names) != len(categories):
         raise DatasetError(f"{path}: duplicate category ids in 'categories'")
     if not names:
@@ -250,9 +294,12 @@ class CocoDetection(Dataset):
         images: dict[int, dict] = {}
         for img in entries:
             _require(img, ("id", "file_name", "width", "height"), f"image entry {img.get('id', img)}", path)
-            if int(img["id"]) in images:
+            if (image_id := _whole_number(img["id"], "image id", path)) in images:
                 raise DatasetError(f"{path}: image id {img['id']} appears twice in 'images'")
-            images[int(img["id"])] = img
+            images[image_id] = img
+            name = str(img["file_name"])
+            if "\\" in name and file_in(self.images_dir, name) != self.images_dir / name:  # written on Windows
+                img["file_name"] = name.replace("\\", "/")
         missing = {i: img for i, img in images.items() if not (self.images_dir / img["file_name"]).is_file()}
         if missing and self.on_invalid == "error":
             names = [str(img["file_name"]) for img in missing.values()]
@@ -282,15 +329,24 @@ class CocoDetection(Dataset):
         per_image: dict[int, list[_Box]] = {i: [] for i in images}
         kept: list[tuple[int, list[float], list[float]]] = []  # (position, clipped xywh, given bbox) of valid boxes
         for position, ann in enumerate(annotations):
+            if "bbox" not in ann and "segmentation" in ann:  # a segmentation data set's: its box is around it
+                raise DatasetError(
+                    f"{path}: annotation {ann.get('id', '?')} has a segmentation but no 'bbox'; `sparse-detector data "
+                    f"import coco {path} --out NEW.json` takes each missing box from its segmentation"
+                )
             _require(ann, ("bbox", "category_id", "image_id"), f"annotation {ann.get('id', '?')}", path)
-            img = images.get(int(ann["image_id"]))
+            try:
+                image_id, category_id = int(ann["image_id"]), int(ann["category_id"])
+            except (TypeError, ValueError):  # not an id ('car'): it points to no image or category
+                image_id, category_id = _id_or_none(ann["image_id"]), _id_or_none(ann["category_id"])
+            img = images.get(image_id)
             reason = ""
-            if int(ann["image_id"]) in self._missing_images:
+            if image_id in self._missing_images:
                 self.boxes_left_out += not ann.get("iscrowd", 0)
                 continue  # its image was left out as missing; the evaluation ground truth drops both
             if img is None:
                 reason = "unknown_image"
-            elif int(ann["category_id"]) not in category_to_label:
+            elif category_id not in category_to_label:
                 reason = "unknown_category"
             else:
                 box, reason = _clip_box(ann["bbox"], int(img["width"]), int(img["height"]))
@@ -311,7 +367,7 @@ class CocoDetection(Dataset):
                 self.num_crowd += 1
                 continue
             area = float(ann.get("area", xywh[2] * xywh[3]))
-            per_image[int(ann["image_id"])].append((box, category_to_label[int(ann["category_id"])], area))
+            per_image[image_id].append((box, category_to_label[category_id], area))
         self._find_clipped(kept)
         if self.skipped:
             with_boxes = f" and the {self.boxes_left_out} box(es) on the missing images" if self.boxes_left_out else ""

@@ -24,7 +24,7 @@ from ..config import Config, config_from_dict, override_config
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset, config_transforms
 from ..data.coco import UNREADABLE_IMAGE_ERRORS, DatasetError, load_json, read_rgb, to_rgb
-from ..data.importers.common import IMAGE_SUFFIXES
+from ..data.importers.common import IMAGE_SUFFIXES, files_under
 from ..data.labels import LabelMap
 from ..data.orientation import exif_orientation
 from ..data.transforms import image_tensor
@@ -172,21 +172,18 @@ def record_run_batch(
 
 
 def image_files(inputs: Sequence[str | Path], skip: Path | None = None) -> list[Path]:
-    """The image files named in ``inputs``: files, or folders whose images (subfolders too, hidden ones left out)
-    are taken in path order. Nothing under ``skip`` (e.g. the output folder, so earlier outputs written inside an
-    input folder are not read back as inputs) is taken from a folder."""
+    """The image files named in ``inputs``: files, or folders whose images (subfolders too, hidden ones and macOS's
+    ``__MACOSX`` left out) are taken in path order. Nothing under ``skip`` (e.g. the output folder, so earlier
+    outputs written inside an input folder are not read back as inputs) is taken from a folder."""
     skip = skip.resolve() if skip is not None else None
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(
+            files += [
                 path
-                for path in item.rglob("*")
-                if path.suffix.lower() in IMAGE_SUFFIXES
-                and path.is_file()
-                and not any(part.startswith(".") for part in path.relative_to(item).parts)
-                and not (skip is not None and path.resolve().is_relative_to(skip))
-            )
+                for path in files_under(item, IMAGE_SUFFIXES)
+                if not (skip is not None and path.resolve().is_relative_to(skip))
+            ]
         elif item.is_file():
             files.append(item)
         else:

@@ -147,9 +147,10 @@ class ImageItem:
         return self.picture.shape[1]
 
 
-def _val_index_by_name(dataset: CocoDetection) -> dict[str, int]:
-    names = {image["id"]: image["file_name"] for image in dataset.coco.dataset["images"]}
-    return {Path(names[int(dataset.raw_target(i)["image_id"])]).name: i for i in range(len(dataset))}
+def _val_index_by_path(dataset: CocoDetection) -> dict[Path, int]:
+    """Each validation image's index by its file (resolved): by file name, a photo of another folder named like one
+    (IMG_0001.JPG) would be drawn as that validation image."""
+    return {dataset.image_path(i).resolve(): i for i in range(len(dataset))}
 
 
 def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
@@ -173,13 +174,13 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
             truth_names = _category_names(dataset, target)
             items.append(ImageItem(names[dataset.image_path(index)], tensor, target, picture, size, truth_names))
         return items
-    by_name = _val_index_by_name(dataset) if dataset is not None else {}
+    by_path = _val_index_by_path(dataset) if dataset is not None else {}
     transforms = config_transforms(config, train=False)
     names = output_names(request.images)
     for path in request.images:
         truth_names = []
-        if path.name in by_name:
-            tensor, target = dataset[by_name[path.name]]
+        if (index := by_path.get(path.resolve())) is not None:
+            tensor, target = dataset[index]
             size, truth_names = tuple(target["orig_size"].tolist()), _category_names(dataset, target)
         else:
             try:

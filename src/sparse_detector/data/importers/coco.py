@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..coco import MAX_EXAMPLES, DatasetError, dataset_name_category, load_json
+from ..coco import MAX_EXAMPLES, DatasetError, dataset_name_category, file_in, load_json
 from ..orientation import STORED_FROM_TURNED, box_to_stored, labelled_turned, point_to_stored
-from .common import image_size, json_image_path, listing, write_coco
+from .common import image_file, image_size, json_image_path, listing, warn_found_by_name, write_coco
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,15 @@ def _add_missing_bboxes(data: dict, json_file: Path) -> int:
         ann["bbox"] = bbox
         added += 1
     return added
+
+
+def _without_extent(bbox: Any) -> bool:
+    """Whether a COCO [x, y, w, h] has a width or height of 0 or less (a click, not a box); a malformed one is left
+    to data check."""
+    try:
+        return float(bbox[2]) <= 0 or float(bbox[3]) <= 0
+    except (TypeError, ValueError, IndexError):
+        return False
 
 
 def _labelled_turned(image: dict, path: Path) -> int:
@@ -161,6 +170,16 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
             remapped.append(key)
             if key == "categories":
                 renumbered_categories = {old_id: new_id for old_id, new_id in new_ids.items() if old_id != str(new_id)}
+    if without_extent := [ann for ann in data["annotations"] if _without_extent(ann.get("bbox"))]:
+        dropped["zero_area"] = len(without_extent)
+        logger.warning(
+            "%s: dropped %d annotation(s) whose bbox has no width or height (as the other importers and official DETR "
+            "drop them), e.g. %s",
+            json_file,
+            len(without_extent),
+            listing([f"annotation {ann.get('id')}: bbox {ann.get('bbox')}" for ann in without_extent]),
+        )
+        data["annotations"] = [ann for ann in data["annotations"] if not _without_extent(ann.get("bbox"))]
     if _needs_new_ids(data["annotations"]):
         for number, ann in enumerate(data["annotations"], start=1):
             ann["id"] = number
@@ -168,18 +187,22 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
     for image in data["images"]:
         if "file_name" not in image:
             raise DatasetError(f"{json_file}: image {image.get('id')} has no file_name")
-    if data["images"] and not any((images_dir / image["file_name"]).is_file() for image in data["images"]):
+    paths = {id(image): image_file(images_dir, image["file_name"]) for image in data["images"]}
+    if data["images"] and not any(path.is_file() for path in paths.values()):
         raise DatasetError(
             f"none of the {len(data['images'])} images of {json_file} is in {images_dir} (e.g. "
             f"{data['images'][0]['file_name']}); pass the folder its file names are relative to with --images DIR"
         )
     sizes_read = 0
     turned: list[str] = []
+    relocated: list[str] = []  # absolute paths of the labeller's machine, found by name in images_dir
     annotations_of = defaultdict(list)
     for ann in data["annotations"]:
         annotations_of[ann.get("image_id")].append(ann)
     for image in data["images"]:
-        path = images_dir / image["file_name"]
+        path = paths[id(image)]
+        if path != file_in(images_dir, image["file_name"]):
+            relocated.append(f"{image['file_name']} -> {path}")
         if not (image.get("width") and image.get("height")) and path.is_file():  # a missing file: data check lists it
             image["width"], image["height"] = image_size(path)
             sizes_read += 1
@@ -189,6 +212,7 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
             turned.append(f"{image['file_name']} (EXIF orientation {orientation}, {image['width']}x{image['height']})")
             image["width"], image["height"] = image["height"], image["width"]
         image["file_name"] = json_image_path(path, Path(out_file))
+    warn_found_by_name(json_file, images_dir, relocated)
     if turned:
         logger.warning(
             "%s: %d image(s) were labelled on their EXIF-turned view (the JSON's width and height are the turned "
@@ -208,6 +232,7 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
         "boxes_from_segmentation": boxes_from_segmentation,
         "sizes_from_files": sizes_read,
         "turned_from_exif": len(turned),
+        "found_by_name": len(relocated),
         "source": str(json_file),
     }
     return write_coco(data, out_file)

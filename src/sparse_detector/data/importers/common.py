@@ -5,15 +5,15 @@ from __future__ import annotations
 import codecs
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
-from PIL import Image
-
 from ...files import write_atomically
-from ..coco import MAX_EXAMPLES, UNREADABLE_IMAGE_ERRORS, DatasetError
+from ..coco import MAX_EXAMPLES, UNREADABLE_IMAGE_ERRORS, DatasetError, file_in, open_image
+from ..orientation import labelled_turned
 
 logger = logging.getLogger(__name__)
 
@@ -21,13 +21,109 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder name is hidden (``.name``: ``.DS_Store``, the ``._photo.jpg`` resource forks that
+    archives made on a Mac carry) or macOS's ``__MACOSX`` folder of them: none is data."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def files_under(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    """The files under ``folder`` and its subfolders whose suffix (any case) is among ``suffixes``, hidden files and
+    folders (:func:`is_hidden`) left out, in path order. Linked folders are followed (``images/train`` a link to
+    another disk), each real folder once (a link to a folder above does not loop)."""
+    found, seen = [], set()
+    for top, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            folders.clear()
+            continue
+        seen.add(real)
+        folders[:] = [name for name in folders if not is_hidden(name)]
+        found += [Path(top, name) for name in files if Path(name).suffix.lower() in suffixes and not is_hidden(name)]
+    return sorted(path for path in found if path.is_file())
+
+
+def _absolute(name: str) -> bool:
+    """Whether a file name is an absolute path, of this system or of Windows (C:\\photos\\a.jpg)."""
+    return Path(name).is_absolute() or bool(PureWindowsPath(name).drive)
+
+
+def image_file(images_dir: Path, name: str) -> Path:
+    """The image file a ``file_name`` names: relative to ``images_dir`` (or absolute); an absolute path that does
+    not exist here (the labelling machine's, /home/alice/data/a.jpg) is the file of that name in ``images_dir``
+    when there is one."""
+    path = file_in(images_dir, name)
+    if path.is_file() or not _absolute(name):
+        return path
+    here = images_dir / PureWindowsPath(name).name  # the last part, whichever separator
+    return here if here.is_file() else path
+
+
+def warn_found_by_name(source: str | Path, images_dir: Path, found: list[str]) -> None:
+    """Log the images :func:`image_file` found by name ('given -> found' each)."""
+    if found:
+        logger.warning(
+            "%s: %d image(s) are named by an absolute path that does not exist here (the labelling machine's); each "
+            "is the file of that name in %s, e.g. %s",
+            source,
+            len(found),
+            images_dir,
+            found[:MAX_EXAMPLES],
+        )
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the image header, without decoding the pixels (``data check`` decodes)."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return image.size
     except UNREADABLE_IMAGE_ERRORS as err:
         raise DatasetError(f"cannot read the header of image {path}: {err}") from err
+
+
+def resized_scale(
+    labelled: tuple[int, int], stored: tuple[int, int], boxes: Sequence[Sequence[float]]
+) -> tuple[float, float]:
+    """(x, y) factors from the pixels of the image as labelled (``labelled``: width, height) to the stored image's
+    when the image is a resized copy of the one labelled: the same shape (within 1%), and (x0, y0, x1, y1) boxes
+    that reach past the image but fit in ``labelled``; else (1, 1): the labels' size may be wrong, not the boxes."""
+    (lw, lh), (width, height) = labelled, stored
+    sx, sy = width / lw, height / lh
+    past_image = any(x1 > width + 1 or y1 > height + 1 for _, _, x1, y1 in boxes)
+    in_labelled = all(x1 <= lw + 1 and y1 <= lh + 1 for _, _, x1, y1 in boxes)
+    same_shape = abs(sx - sy) <= 0.01 * max(sx, sy)
+    return (sx, sy) if same_shape and past_image and in_labelled else (1.0, 1.0)
+
+
+def labelled_frame(
+    path: Path, labelled: tuple[int, int], stored: tuple[int, int], boxes: Sequence[Sequence[float]]
+) -> tuple[int, tuple[float, float], str]:
+    """How boxes drawn on an image the labels say is ``labelled`` (width, height) reach its ``stored`` pixels:
+    (EXIF orientation to turn them by, (x, y) scale, what differs). What differs: "" (nothing), "turned" (labelled
+    on the EXIF-turned view a viewer shows), "scaled" (resized after labelling, :func:`resized_scale`) or
+    "differs" (kept as they are: the labels' size may be wrong)."""
+    if not (all(labelled) and all(stored)) or labelled == stored:
+        return 1, (1.0, 1.0), ""
+    if (orientation := labelled_turned(path, labelled, stored)) != 1:
+        return orientation, (1.0, 1.0), "turned"
+    scale = resized_scale(labelled, stored, boxes)
+    return 1, scale, "scaled" if scale != (1.0, 1.0) else "differs"
+
+
+def warn_size_mismatches(source: str, what: str, mismatches: dict[str, list[str]]) -> None:
+    """Log the images whose labels give another size than their file (``what``: where the labels give it), by
+    :func:`labelled_frame`'s kind."""
+    messages = {
+        "turned": f"were labelled on their EXIF-turned view (the {what} is the turned image's): their boxes are "
+        "turned to the stored pixels, which training and predict read",
+        "scaled": f"are smaller than their {what} (the same shape) and their boxes reach past them: resized after "
+        "labelling, so their boxes are scaled to the image",
+        "differs": f"are not the size their {what} says; the JSON takes the image's size and the boxes as they are "
+        "(if the images were resized after labelling, these boxes are off)",
+    }
+    for kind, message in messages.items():
+        if found := mismatches.get(kind):
+            logger.warning("%s: %d image(s) %s, e.g. %s", source, len(found), message, found[:MAX_EXAMPLES])
 
 
 def listing(items: Sequence[str]) -> str:

@@ -5,7 +5,9 @@ and add others (e.g. the ``filename,width,height,class,xmin,ymin,xmax,ymax`` of 
 give boxes by their size (``image,x,y,w,h,label``: x, y, width, height in pixels). Coordinates that are all
 within [0, 1] are fractions of each image's width and height (normalised), scaled to pixels and reported. A row
 with an image but empty box fields marks an image without boxes. Image paths are relative to ``images_dir``
-(default: the CSV file's folder) or absolute.
+(default: the CSV file's folder) or absolute. Where a header names the image's own width and height beside the
+box's corners (TensorFlow-style exports), a size that differs from the image file is handled as VOC's ``<size>``:
+a photo labelled on its EXIF-turned view has its boxes turned, one resized after labelling its boxes scaled.
 """
 
 from __future__ import annotations
@@ -17,8 +19,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..coco import DatasetError
-from .common import CocoBuilder, listing, read_text, write_coco
+from ..coco import DatasetError, file_in
+from ..orientation import SWAPS_SIDES, box_to_stored
+from .common import (
+    CocoBuilder,
+    image_file,
+    labelled_frame,
+    listing,
+    read_text,
+    warn_found_by_name,
+    warn_size_mismatches,
+    write_coco,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +49,29 @@ SIZE_COLUMNS = {
     "x2": ("w", "box_width", "bbox_width", "width"),
     "y2": ("h", "box_height", "bbox_height", "height"),
 }
+# The image's width and height, named beside a box's corner columns.
+IMAGE_SIZE_COLUMNS = (("width", "image_width", "img_width"), ("height", "image_height", "img_height"))
 
 
 def _named(names: list[str], aliases: tuple[str, ...]) -> int:
     """The position of the first of ``aliases`` among ``names``, -1 if none is there."""
     return next((names.index(n) for n in aliases if n in names), -1)
+
+
+def _image_size_positions(header: list[str], sizes: bool) -> tuple[int, int] | None:
+    """Positions of the image's width and height in a header row naming a box's corners, if it names them."""
+    names = [field.strip().lower() for field in header]
+    width, height = (_named(names, aliases) for aliases in IMAGE_SIZE_COLUMNS)
+    return None if sizes or width < 0 or height < 0 else (width, height)
+
+
+def _labelled_size(row: list[str], at: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The image's width and height as a row gives them (whole numbers, e.g. '640' or '640.0'), if it does."""
+    try:
+        width, height = (float(row[i]) for i in at or ())
+    except ValueError:
+        return None
+    return (int(width), int(height)) if width.is_integer() and height.is_integer() else None
 
 
 def _column_positions(header: list[str], where: str) -> tuple[list[int], bool]:
@@ -81,13 +111,16 @@ def import_csv(
     image_ids: dict[Path, int] = {}  # by resolved path: "a.jpg" and "./a.jpg" are one image
     missing: list[str] = []
     boxes: list[tuple[int, str, tuple[float, ...], str]] = []  # image id, label, x1 y1 x2 y2, where
-    positions, width, sizes = list(range(len(COLUMNS))), len(COLUMNS), False
+    found_by_name: list[str] = []  # absolute paths of the labelling machine, found by name in images_dir
+    labelled: dict[int, tuple[int, int]] = {}  # image id -> its width and height as the rows give them
+    positions, width, sizes, size_at = list(range(len(COLUMNS))), len(COLUMNS), False, None
     for number, row in enumerate(csv.reader(io.StringIO(read_text(csv_file), newline="")), start=1):
         where = f"{csv_file}:{number}"
         if not row:
             continue
         if number == 1 and len(row) > 1 and not _is_number(row[1]):
             (positions, sizes), width = _column_positions(row, where), len(row)
+            size_at = _image_size_positions(row, sizes)
             continue
         if len(row) != width:
             raise DatasetError(
@@ -95,12 +128,17 @@ def import_csv(
                 f"the header), got {len(row)}: {row}"
             )
         name, *coordinates, label = (row[at].strip() for at in positions)
-        path = (images_dir / name).resolve()
+        given = image_file(images_dir, name)
+        path = given.resolve()
         if path not in image_ids:
             if not path.is_file():
-                missing.append(f"{where}: {images_dir / name}")
+                missing.append(f"{where}: {given}")
                 continue
-            image_ids[path] = builder.add_image(images_dir / name)
+            image_ids[path] = builder.add_image(given)
+            if given != file_in(images_dir, name):
+                found_by_name.append(f"{name} -> {given}")
+        if (size := _labelled_size(row, size_at)) is not None:
+            labelled.setdefault(image_ids[path], size)
         if not any(coordinates) and not label:
             continue  # an image without boxes
         try:
@@ -120,20 +158,55 @@ def import_csv(
     if not image_ids:
         raise DatasetError(f"{csv_file} holds no rows; expected file,x1,y1,x2,y2,label")
     normalised = _normalised(boxes, builder)
+    frames, mismatches = _labelled_frames(boxes, labelled, builder, normalised)
     for image_id, label, box, where in boxes:
+        path, image_width, image_height = builder.image(image_id)
+        orientation, (sx, sy), _ = frames.get(image_id, (1, (1.0, 1.0), ""))
+        frame = (image_height, image_width) if orientation in SWAPS_SIDES else (image_width, image_height)
         if normalised:
-            _, image_width, image_height = builder.image(image_id)
-            box = tuple(v * side for v, side in zip(box, (image_width, image_height) * 2, strict=True))
+            box = tuple(v * side for v, side in zip(box, frame * 2, strict=True))
+        if image_id in frames and box[2] >= box[0] and box[3] >= box[1]:  # an inverted box stays one, to be dropped
+            box = box_to_stored((box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy), orientation, *frame)
         builder.add_box(image_id, label, box, where)
+    warn_size_mismatches(str(csv_file), "CSV width/height", mismatches)
     if normalised:
         logger.warning(
             "%s: every box coordinate is within [0, 1], so they are read as fractions of each image's width and "
             "height (normalised), not pixels",
             csv_file,
         )
+    warn_found_by_name(csv_file, images_dir, found_by_name)
     coco = builder.build(out_file)
     coco["info"]["stats"]["normalised_coordinates"] = normalised
+    coco["info"]["stats"]["found_by_name"] = len(found_by_name)
+    coco["info"]["stats"]["size_differs_from_csv"] = len(mismatches["differs"])
+    coco["info"]["stats"]["scaled_to_resized_image"] = len(mismatches["scaled"])
+    coco["info"]["stats"]["turned_from_exif"] = len(mismatches["turned"])
     return write_coco(coco, out_file)
+
+
+def _labelled_frames(
+    boxes: list[tuple[int, str, tuple[float, ...], str]],
+    labelled: dict[int, tuple[int, int]],
+    builder: CocoBuilder,
+    normalised: bool,
+) -> tuple[dict[int, tuple[int, tuple[float, float], str]], dict[str, list[str]]]:
+    """Per image whose width/height columns differ from its file: :func:`~.common.labelled_frame`'s (orientation,
+    scale, kind), and the images listed by kind. Fractions of the image (``normalised``) need no scale."""
+    of_image: dict[int, list[tuple[float, ...]]] = {}
+    for image_id, _, box, _ in boxes:
+        of_image.setdefault(image_id, []).append(box)
+    frames, mismatches = {}, {"turned": [], "scaled": [], "differs": []}
+    for image_id, size in labelled.items():
+        path, width, height = builder.image(image_id)
+        orientation, scale, kind = labelled_frame(path, size, (width, height), of_image.get(image_id, []))
+        if normalised and kind != "turned":
+            continue
+        if kind:
+            frames[image_id] = (orientation, scale, kind)
+            turn = f" stored, EXIF orientation {orientation}" if kind == "turned" else ""
+            mismatches[kind].append(f"{path}: width/height {size[0]}x{size[1]}, image {width}x{height}{turn}")
+    return frames, mismatches
 
 
 def _normalised(boxes: list[tuple[int, str, tuple[float, ...], str]], builder: CocoBuilder) -> bool:

@@ -19,8 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from ..coco import MAX_EXAMPLES, DatasetError
-from ..orientation import box_to_stored, labelled_turned
-from .common import IMAGE_SUFFIXES, CocoBuilder, find_image, listing, read_list_file, write_coco
+from ..orientation import box_to_stored
+from .common import (
+    IMAGE_SUFFIXES,
+    CocoBuilder,
+    find_image,
+    is_hidden,
+    labelled_frame,
+    listing,
+    read_list_file,
+    warn_size_mismatches,
+    write_coco,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +81,10 @@ def parse_voc_xml(xml_file: Path) -> VocAnnotation:
     except ET.ParseError as err:
         line, column = err.position
         raise DatasetError(f"{xml_file}: malformed XML at line {line}, column {column}: {err}") from err
-    try:
-        width, height = int(root.findtext("size/width", "0")), int(root.findtext("size/height", "0"))
-    except ValueError as err:
-        raise DatasetError(f"{xml_file}: <size> width/height are not integers: {err}") from err
+    try:  # '640.0', as some converters write it, is 640
+        width, height = (round(float(root.findtext(f"size/{side}", "0"))) for side in ("width", "height"))
+    except (ValueError, OverflowError) as err:
+        raise DatasetError(f"{xml_file}: <size> width/height are not numbers: {err}") from err
     objects = tuple(_parse_object(obj, f"{xml_file}: object {i}") for i, obj in enumerate(root.iter("object")))
     return VocAnnotation(xml_file, root.findtext("filename", default="").strip(), width, height, objects)
 
@@ -100,14 +110,20 @@ def _without_file_suffix(name: str) -> str:
     return name[: -len(suffix)] if suffix.lower() in (*IMAGE_SUFFIXES, ".xml") else name
 
 
+def _xml_files_in(annotations_dir: Path) -> list[Path]:
+    """The XML files of a folder, hidden ones (a Mac's ``._name.xml`` resource forks) left out."""
+    return sorted(f for f in annotations_dir.glob("*.xml") if not is_hidden(f.name))
+
+
 def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
     if not annotations_dir.is_dir():
         raise DatasetError(f"annotations folder {annotations_dir} does not exist")
     if list_file is None:
-        files = sorted(annotations_dir.glob("*.xml"))
+        files = _xml_files_in(annotations_dir)
         if not files:
             raise DatasetError(f"no .xml files in {annotations_dir}")
-        if nested := [str(f) for f in annotations_dir.glob("*/**/*.xml")]:
+        nested = annotations_dir.glob("*/**/*.xml")
+        if nested := [str(f) for f in nested if not any(map(is_hidden, f.relative_to(annotations_dir).parts))]:
             logger.warning(
                 "%s: %d XML file(s) in its subfolders are not read (pass such a folder with --annotations), e.g. %s",
                 annotations_dir,
@@ -128,7 +144,9 @@ def _images_without_xml(images_dir: Path, matched: list[Path]) -> list[str]:
     """The images of ``images_dir`` that no XML file describes."""
     taken = {path.resolve() for path in matched}
     return sorted(
-        str(p) for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.resolve() not in taken
+        str(p)
+        for p in images_dir.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p.name) and p.resolve() not in taken
     )
 
 
@@ -144,18 +162,6 @@ def _check_one_xml_per_image(parsed: Sequence[VocAnnotation], images: Sequence[P
             f"{len(shared)} image(s) are described by more than one XML file: {listing(shared)}; keep one XML per "
             "image (merge their <object>s into it if they hold different boxes)"
         )
-
-
-def _resized_scale(annotation: VocAnnotation, width: int, height: int) -> tuple[float, float]:
-    """(x, y) factors from the XML's pixels to the image's when the image is a resized copy of the one labelled:
-    the same shape (within 1%) as the XML <size>, and boxes that reach past the image but fit in the <size>;
-    else (1, 1): the XML's size may be wrong, not the boxes."""
-    sx, sy = width / annotation.width, height / annotation.height
-    boxes = [obj.box for obj in annotation.objects]
-    past_image = any(x1 > width + 1 or y1 > height + 1 for _, _, x1, y1 in boxes)
-    in_xml = all(x1 <= annotation.width + 1 and y1 <= annotation.height + 1 for _, _, x1, y1 in boxes)
-    same_shape = abs(sx - sy) <= 0.01 * max(sx, sy)
-    return (sx, sy) if same_shape and past_image and in_xml else (1.0, 1.0)
 
 
 def import_voc(
@@ -175,7 +181,7 @@ def import_voc(
     that differs is counted in ``info["stats"]["size_differs_from_xml"]`` and logged, but for an EXIF-rotated
     photo labelled on its turned view (``<size>`` the stored one's sides swapped): its boxes are turned to the
     stored pixels, counted in ``info["stats"]["turned_from_exif"]`` and logged; for an image resized after
-    labelling (see :func:`_resized_scale`) its boxes are scaled to it, counted in
+    labelling (see :func:`~.common.resized_scale`) its boxes are scaled to it, counted in
     ``info["stats"]["scaled_to_resized_image"]`` and logged. Returns the written COCO
     dict. ``already_parsed``: XML files the caller has parsed (by path), not read again.
     """
@@ -189,22 +195,16 @@ def import_voc(
     matched = [_image_of(annotation, images_dir) for annotation in parsed]
     _check_one_xml_per_image(parsed, matched)
     builder = CocoBuilder(str(annotations_dir), class_names)
-    resized: list[str] = []
-    scaled: list[str] = []
-    turned: list[str] = []
+    mismatches: dict[str, list[str]] = {"turned": [], "scaled": [], "differs": []}
     for annotation, image in zip(parsed, matched, strict=True):
         image_id = builder.add_image(image)
         _, width, height = builder.image(image_id)
         xml_size = (annotation.width, annotation.height)
-        orientation, scale = 1, (1.0, 1.0)
-        if width and all(xml_size) and xml_size != (width, height):
-            orientation = labelled_turned(image, xml_size, (width, height))
-            scale = _resized_scale(annotation, width, height) if orientation == 1 else scale
+        boxes = [obj.box for obj in annotation.objects]
+        orientation, scale, kind = labelled_frame(image, xml_size, (width, height), boxes)
+        if kind:
             sizes = f"{annotation.xml_file} <size> {annotation.width}x{annotation.height}, image {width}x{height}"
-            if orientation != 1:
-                turned.append(f"{sizes} stored, EXIF orientation {orientation}")
-            else:
-                (scaled if scale != (1.0, 1.0) else resized).append(sizes)
+            mismatches[kind].append(f"{sizes} stored, EXIF orientation {orientation}" if kind == "turned" else sizes)
         for index, obj in enumerate(annotation.objects):
             xmin, ymin, xmax, ymax = obj.box
             where = f"{annotation.xml_file} object {index} ({obj.name})"
@@ -233,34 +233,11 @@ def import_voc(
             len(unlabelled),
             unlabelled[:MAX_EXAMPLES],
         )
-    if turned:
-        logger.warning(
-            "%s: %d image(s) were labelled on their EXIF-turned view (the XML <size> is the turned image's): their "
-            "boxes are turned to the stored pixels, which training and predict read, e.g. %s",
-            annotations_dir,
-            len(turned),
-            turned[:MAX_EXAMPLES],
-        )
-    if scaled:
-        logger.warning(
-            "%s: %d image(s) are smaller than their XML <size> (the same shape) and their boxes reach past them: "
-            "resized after labelling, so their boxes are scaled to the image, e.g. %s",
-            annotations_dir,
-            len(scaled),
-            scaled[:MAX_EXAMPLES],
-        )
-    if resized:
-        logger.warning(
-            "%s: %d image(s) are not the size their XML says; the JSON takes the image's size and the boxes as they "
-            "are (if the images were resized after labelling, these boxes are off), e.g. %s",
-            annotations_dir,
-            len(resized),
-            resized[:MAX_EXAMPLES],
-        )
+    warn_size_mismatches(str(annotations_dir), "XML <size>", mismatches)
     coco = builder.build(out_file)
-    coco["info"]["stats"]["size_differs_from_xml"] = len(resized)
-    coco["info"]["stats"]["scaled_to_resized_image"] = len(scaled)
-    coco["info"]["stats"]["turned_from_exif"] = len(turned)
+    coco["info"]["stats"]["size_differs_from_xml"] = len(mismatches["differs"])
+    coco["info"]["stats"]["scaled_to_resized_image"] = len(mismatches["scaled"])
+    coco["info"]["stats"]["turned_from_exif"] = len(mismatches["turned"])
     coco["info"]["stats"]["images_without_xml"] = len(unlabelled)
     return write_coco(coco, out_file)
 
@@ -299,7 +276,7 @@ def import_voc_root(
             )
     every: dict[Path, VocAnnotation] = {}
     if class_names is None:  # each XML parsed once: the split's are most of them
-        every = {f: parse_voc_xml(f) for f in annotations_dir.glob("*.xml")}
+        every = {f: parse_voc_xml(f) for f in _xml_files_in(annotations_dir)}
         class_names = sorted({o.name for annotation in every.values() for o in annotation.objects})
     images = root / "JPEGImages"
     return import_voc(annotations_dir, out_file, images, split_file, class_names, include_difficult, every)

@@ -5,7 +5,9 @@ One ``<stem>.txt`` per image with lines ``class x_center y_center width height``
 from ``classes.txt`` (one a line) or a ``data.yaml`` (``names:`` as a list or an index -> name mapping). Images are
 found in subfolders too, their labels at the same place under the labels folder (given an export's root, each
 ``images`` folder's labels in the ``labels`` folder beside it). Images without a label file are
-kept as images without boxes; label files without an image are counted and logged.
+kept as images without boxes; label files without an image are counted and logged. The labels of a photo with an
+EXIF orientation are fractions of its turned view, the one a viewer shows, as Ultralytics reads such images (and
+browser-based labelling tools show them); they are turned to the stored pixels, which training reads.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 import yaml
 
 from ..coco import MAX_EXAMPLES, DatasetError
-from .common import IMAGE_SUFFIXES, CocoBuilder, read_text, write_coco
+from ..orientation import SWAPS_SIDES, box_to_stored, exif_orientation
+from .common import IMAGE_SUFFIXES, CocoBuilder, files_under, read_text, write_coco
 
 logger = logging.getLogger(__name__)
 
@@ -26,24 +29,56 @@ logger = logging.getLogger(__name__)
 COORDINATE_TOLERANCE = 1e-3
 
 
+def _yaml_names(path: Path) -> list[str] | dict[str, str] | None:
+    """The ``names:`` of a ``data.yaml`` as written: every name as its text (YAML would read a class named ``no``,
+    ``on`` or ``null`` as false, true or nothing), a list or an index -> name mapping; None without one."""
+    try:
+        root = yaml.compose(read_text(path))
+    except yaml.YAMLError as err:
+        raise DatasetError(f"{path}: not valid YAML: {err}") from None
+    pairs = root.value if isinstance(root, yaml.MappingNode) else []
+    node = next((value for key, value in pairs if isinstance(key, yaml.ScalarNode) and key.value == "names"), None)
+    if node is None:
+        return None
+    if isinstance(node, yaml.SequenceNode) and all(isinstance(item, yaml.ScalarNode) for item in node.value):
+        return [item.value for item in node.value]
+    if isinstance(node, yaml.MappingNode) and all(isinstance(n, yaml.ScalarNode) for pair in node.value for n in pair):
+        return {key.value: value.value for key, value in node.value}
+    given = node.value if isinstance(node, yaml.ScalarNode) else "lists or mappings inside it"
+    raise DatasetError(f"{path}: expected 'names:' as a list or an index -> name mapping of names, got {given!r}")
+
+
 def read_class_names(path: str | Path) -> list[str]:
-    """Class names by index from ``classes.txt`` / ``*.names`` (one a line) or a YOLO ``data.yaml``."""
+    """Class names by index from ``classes.txt`` / ``*.names`` (one a line) or a YOLO ``data.yaml``; a name given
+    twice is an error (its two indices would become one class)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"class names file {path} does not exist")
     if path.suffix in (".yaml", ".yml"):
-        names = (yaml.safe_load(read_text(path)) or {}).get("names")
+        names = _yaml_names(path)
         if isinstance(names, dict):
+            if not all(key.strip().isdigit() for key in names):
+                raise DatasetError(
+                    f"{path}: the keys of 'names:' {list(names)} are not class indices; write it as "
+                    "'0: first_name', '1: second_name', ... (or as a list)"
+                )
             if sorted(map(int, names)) != list(range(len(names))):
                 raise DatasetError(
                     f"{path}: the class indices of 'names:' {sorted(map(int, names))} are not 0..{len(names) - 1}; "
                     "a label's class index is its position, so give every index from 0 up a name"
                 )
-            return [str(names[k]) for k in sorted(names, key=int)]
-        if not isinstance(names, list):
-            raise DatasetError(f"{path}: expected 'names:' as a list or an index -> name mapping, got {names!r}")
-        return [str(n) for n in names]
-    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
+            names = [names[k] for k in sorted(names, key=int)]
+        if names is None:
+            raise DatasetError(f"{path}: no 'names:' (the class names, as a list or an index -> name mapping)")
+    else:
+        names = [line.strip() for line in read_text(path).splitlines() if line.strip()]
+    repeated = {name: [i for i, n in enumerate(names) if n == name] for name in names if names.count(name) > 1}
+    if repeated:
+        raise DatasetError(
+            f"{path}: class names repeat ({'; '.join(f'{n!r} at indices {i}' for n, i in repeated.items())}); each "
+            "index is its own class, so give each its own name (or relabel the boxes to one index)"
+        )
+    return names
 
 
 def _yolo_box(fields: list[str], where: str) -> tuple[int, tuple[float, float, float, float]]:
@@ -92,6 +127,12 @@ def _yolo_boxes(label_file: Path, width: int, height: int, names: Sequence[str])
     return boxes
 
 
+def _turned_view(image: Path, width: int, height: int) -> tuple[int, int, int]:
+    """(EXIF orientation, width, height of the view a viewer shows) of an image stored ``width`` x ``height``."""
+    orientation = exif_orientation(image) if width else 1  # an unreadable image (size 0) is named by the builder
+    return (orientation, height, width) if orientation in SWAPS_SIDES else (orientation, width, height)
+
+
 def _labels_folder(folder: Path) -> Path | None:
     """``folder`` with its last ``images`` part as ``labels`` (YOLO's pairing of folders), or None without one."""
     parts = folder.parts
@@ -136,23 +177,25 @@ def import_yolo(
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise DatasetError(f"images folder {images_dir} does not exist")
-    given = labels_dir is not None
     labels_dir = Path(labels_dir) if labels_dir else _default_labels_dir(images_dir)
     if not labels_dir.is_dir():
         raise DatasetError(f"labels folder {labels_dir} does not exist")
     names = read_class_names(classes)
-    images = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images = files_under(images_dir, IMAGE_SUFFIXES)
     if not images:
         raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir} or its subfolders")
     builder = CocoBuilder(str(images_dir), names)
-    beside = not given and labels_dir == images_dir
+    beside = labels_dir.resolve() == images_dir.resolve()  # also given so: --labels EXPORT beside --images EXPORT
     label_files = [_label_file(labels_dir, image.relative_to(images_dir), beside) for image in images]
+    turned: list[str] = []
     for image, label_file in zip(images, label_files, strict=True):
         image_id = builder.add_image(image)
         if label_file.is_file():
-            _, width, height = builder.image(image_id)
+            orientation, width, height = _turned_view(*builder.image(image_id))
+            if orientation != 1:
+                turned.append(f"{image} (EXIF orientation {orientation})")
             for name, box, where in _yolo_boxes(label_file, width, height, names):
-                builder.add_box(image_id, name, box, where)
+                builder.add_box(image_id, name, box_to_stored(box, orientation, width, height), where)
     if not any(label_file.is_file() for label_file in label_files):
         raise DatasetError(
             f"none of the {len(images)} images of {images_dir} has a label file in {labels_dir} (e.g. "
@@ -163,7 +206,7 @@ def import_yolo(
     image_folders = {image.parent for image in images}
     unmatched = sorted(
         f
-        for f in labels_dir.rglob("*.txt")
+        for f in files_under(labels_dir, (".txt",))
         if f not in expected
         and f.resolve() != classes_file
         # among the images, only .txt files with images or in a labels/ folder are labels (not README.roboflow.txt)
@@ -177,5 +220,16 @@ def import_yolo(
             IMAGE_SUFFIXES,
             [str(f) for f in unmatched[:MAX_EXAMPLES]],
         )
+    if turned:
+        logger.warning(
+            "%s: %d image(s) carry an EXIF orientation, so their labels are read as fractions of the turned view a "
+            "viewer shows (as Ultralytics reads these images) and turned to the stored pixels, which training and "
+            "predict read, e.g. %s; if the labels were drawn on the stored pixels (darknet reads them so), remove "
+            "the orientation tags (e.g. exiftool -Orientation= -overwrite_original FILES) and import again",
+            images_dir,
+            len(turned),
+            turned[:MAX_EXAMPLES],
+        )
     coco["info"]["stats"]["label_files_without_image"] = len(unmatched)
+    coco["info"]["stats"]["turned_from_exif"] = len(turned)
     return write_coco(coco, out_file)
