@@ -23,6 +23,7 @@ from sparse_detector.data import generate_shapes
 from sparse_detector.data.build import build_dataset, build_loader
 from sparse_detector.engine.checkpoint import save_checkpoint
 from sparse_detector.engine.evaluate import run_evaluation
+from sparse_detector.models import build_criterion
 from sparse_detector.viz import boxes as viz_boxes
 from sparse_detector.viz.boxes import draw_boxes
 
@@ -103,6 +104,24 @@ def test_ap_does_not_depend_on_batch_size(run: Path, tmp_path: Path) -> None:
         assert one[key] == pytest.approx(four[key], abs=1e-9), key
     for name, values in one["per_class"].items():
         assert values == pytest.approx(four["per_class"][name]), name
+
+
+def test_validation_losses_do_not_depend_on_batch_size(run: Path) -> None:
+    """The val_* readings were the mean over batches of each batch's loss (normalised by that batch's boxes), so
+    the logged val_loss of one checkpoint changed with train.eval_batch_size; now each image counts once."""
+    state = torch.load(run / "checkpoint_last.pt", weights_only=True)
+    config = config_from_dict(state["config"])
+    model = build_model(config)
+    model.load_state_dict(state["model"])
+    criterion = build_criterion(config)
+    readings = {}
+    for size in (1, 4):
+        sized = override_config(config, [f"train.eval_batch_size={size}"])
+        loader = build_loader(build_dataset(sized, "val"), sized, train=False)
+        readings[size] = run_evaluation(model, criterion, loader, "cpu", state["label_map"]).losses
+    assert readings[1].keys() == {"val_loss", "val_loss_ce", "val_loss_bbox", "val_loss_giou", "val_class_error",
+                                  "val_cardinality_error"}  # fmt: skip
+    assert readings[4] == pytest.approx(readings[1], rel=1e-5)
 
 
 def test_saved_detections_score_the_same_in_pycocotools(run: Path, tmp_path: Path, capsys) -> None:
