@@ -172,6 +172,27 @@ def test_evaluate_on_data_with_other_categories_is_an_error(run: Path, tmp_path:
     assert not (tmp_path / "e.json").exists()
 
 
+def test_evaluate_counts_the_images_it_evaluated(run: Path, tmp_path: Path, capsys) -> None:
+    """With data.on_invalid=skip an unreadable image is left out of AP, but evaluate printed the data set's count
+    ("7 images") as what was scored, and with every image unreadable a table of zeros; now it prints and stores
+    the images evaluated, and refuses to score none."""
+    images = tmp_path / "images"
+    shutil.copytree(run.parent / "data" / "images", images)
+    files = sorted(images.glob("*.png"))
+    files[0].write_bytes(files[0].read_bytes()[:100])  # truncated: the header reads, the pixels do not
+    argv = ["evaluate", "--checkpoint", str(run), "--device", "cpu", "--images", str(images), "--batch-size", "1"]
+    argv += ["--set", "data.on_invalid=skip"]
+    assert main([*argv, "--output", str(tmp_path / "e.json")]) == 0
+    assert "(6 images of 7; 1 unreadable, left out of every number)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "e.json").read_text())["num_images"] == 6
+    assert evaluate_at(run, 2, tmp_path)["num_images"] == 7  # all readable: all counted
+    for file in files:
+        file.write_bytes(file.read_bytes()[:100])
+    assert main([*argv, "--output", str(tmp_path / "none.json")]) == 2
+    assert "could be read, so nothing was evaluated" in capsys.readouterr().err
+    assert not (tmp_path / "none.json").exists()
+
+
 def test_predict_writes_every_good_image_then_fails(run: Path, tmp_path: Path, capsys) -> None:
     images = sorted((run.parent / "data" / "images").glob("*.png"))[:2]
     broken = tmp_path / "broken.jpg"

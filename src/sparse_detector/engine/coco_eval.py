@@ -234,7 +234,7 @@ class CocoEvaluator:
         ]
         results = np.concatenate([np.zeros((0, 7)), *rows])
         if not eval_ids or len(results) == 0:
-            return CocoResult(dict.fromkeys(STAT_NAMES, 0.0), {}, None)
+            return CocoResult(dict.fromkeys(STAT_NAMES, 0.0), {}, None, len(eval_ids))
         # the libraries make a Python object per detection and match: without the garbage collector's passes over
         # them COCO val2017 (5000 images x 100 detections) evaluated in 20 s instead of 35 s (benchmarks/RESULTS.md)
         with self._quiet(), gc_paused():
@@ -246,7 +246,7 @@ class CocoEvaluator:
             evaluator.summarize()
             per_class = self._per_class(evaluator, eval_ids)
         stats = {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats[:12], strict=True)}
-        return CocoResult(stats, per_class, PrecisionArrays.of(evaluator))
+        return CocoResult(stats, per_class, PrecisionArrays.of(evaluator), len(eval_ids))
 
     def _per_class(self, evaluator: Any, eval_ids: list[int]) -> dict[str, dict[str, float]]:
         """Category name -> AP, AP50, AP75 (all areas, 100 detections) and ground-truth box count."""
@@ -302,11 +302,13 @@ class PrecisionArrays:
 
 @dataclass
 class CocoResult:
-    """One COCO evaluation: the 12 numbers, per-class AP, and the precision arrays (``None`` without detections)."""
+    """One COCO evaluation: the 12 numbers, per-class AP, the precision arrays (``None`` without detections) and
+    the number of images evaluated."""
 
     stats: dict[str, float]
     per_class: dict[str, dict[str, float]]
     precision: PrecisionArrays | None
+    num_images: int = 0
 
 
 #: Units of the logged metrics that are not fractions like AP and AR (DETR's ``class_error`` is a percentage, its
