@@ -124,6 +124,28 @@ def test_validation_losses_do_not_depend_on_batch_size(run: Path) -> None:
     assert readings[4] == pytest.approx(readings[1], rel=1e-5)
 
 
+def test_per_image_analysis_records_do_not_depend_on_batch_size(run: Path, tmp_path: Path) -> None:
+    """analyze --per-image listed the images in the order their size groups' batches came, so record n was another
+    image at --batch-size 4 than at 1; now the records follow the data set's order, index = position in it."""
+    records = {}
+    for size in (1, 4):
+        argv = ["analyze", "--checkpoint", str(run), "--device", "cpu", "--per-image", "--batch-size", str(size)]
+        assert main([*argv, "--output", str(tmp_path / str(size))]) == 0
+        records[size] = json.loads((tmp_path / str(size) / "analysis.json").read_text())["attention"]["per_image"]
+    data = json.loads(
+        Path(
+            torch.load(run / "checkpoint_last.pt", weights_only=True)["config"]["data"]["val"]["annotations"]
+        ).read_text()
+    )
+    order = [image["id"] for image in data["images"]]
+    for size in (1, 4):
+        assert [(r["index"], r["image_id"]) for r in records[size]] == list(enumerate(order))
+    for one, four in zip(records[1], records[4], strict=True):
+        for site, metrics in one["metrics"].items():
+            for name, values in metrics.items():
+                assert four["metrics"][site][name] == pytest.approx(values, rel=1e-5, abs=1e-7), (site, name)
+
+
 def test_saved_detections_score_the_same_in_pycocotools(run: Path, tmp_path: Path, capsys) -> None:
     detections = tmp_path / "detections.json"
     stats = evaluate_at(run, 3, tmp_path, "--save-detections", str(detections))

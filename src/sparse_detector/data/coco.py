@@ -416,6 +416,11 @@ class CocoDetection(Dataset):
         """Number of (non-crowd, valid) boxes in the targets."""
         return sum(len(r.labels) for r in self._records)
 
+    @property
+    def image_ids(self) -> list[int]:
+        """The id of every image, in the data set's order (index ``i`` is ``self[i]``'s)."""
+        return [r.image_id for r in self._records]
+
     def __len__(self) -> int:
         return len(self._records)
 
