@@ -191,6 +191,7 @@ def write_analysis(record: Mapping[str, Any], output_dir: Path) -> list[Path]:
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path = output_dir / ANALYSIS_FILE
     csv_path, md_path = json_path.with_suffix(".csv"), json_path.with_suffix(".md")
+    json_path.unlink(missing_ok=True)  # a write cut short leaves no old record beside new tables (study redoes it)
     write_csv(analysis_rows(record), csv_path)
     write_atomically(md_path, analysis_markdown(record))
     write_atomically(json_path, json.dumps(record, indent=2))  # last: the record other commands read says all is there
