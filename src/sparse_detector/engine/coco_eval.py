@@ -9,6 +9,9 @@ Conventions:
 - The evaluated images are those passed to :meth:`CocoEvaluator.update` (an image given with zero boxes
   counts: its ground truth are misses); ``summarize(img_ids=...)`` evaluates an explicit set instead, e.g.
   every ground-truth image.
+- Each image keeps its ``MAX_DETECTIONS`` (100) highest-scoring detections, COCO's limit per image: COCOeval
+  applies its maxDets per image and category, so a DETR with more queries would otherwise be scored on up to
+  one list of 100 per class (official Deformable DETR keeps its top 100 for the same reason).
 - A metric is -1 where the evaluated images hold no ground truth in its area range (the COCO convention);
   with no detections at all every metric is 0.0.
 - Under ``torch.distributed``, :meth:`CocoEvaluator.summarize` is a collective (every rank must call it): the
@@ -36,6 +39,7 @@ from ..data.coco import gc_paused, load_json
 from ..files import write_atomically
 
 BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
+MAX_DETECTIONS = 100  # COCO's limit of detections per image (COCOeval applies its maxDets per image and category)
 
 # (IoU thresholds, area range, max detections per image) of each number, in COCOeval's ``stats`` order.
 _STAT_SETTINGS: dict[str, tuple[str, str, str]] = {
@@ -151,7 +155,7 @@ class CocoEvaluator:
         self._detections.update(new)
 
     def _to_rows(self, image_id: int, prediction: Mapping[str, Tensor]) -> np.ndarray:
-        """(N, 6) rows (x, y, w, h, score, category_id) in float64."""
+        """(N, 6) rows (x, y, w, h, score, category_id) in float64: the ``MAX_DETECTIONS`` highest-scoring."""
         scores = prediction["scores"].detach().to("cpu", torch.float64)
         labels = prediction["labels"].detach().cpu()
         boxes = prediction["boxes"].detach().to("cpu", torch.float64)
@@ -161,6 +165,9 @@ class CocoEvaluator:
                 f"image id {image_id}: expected scores (N,), labels (N,) and boxes (N, 4), got "
                 f"{tuple(scores.shape)}, {tuple(labels.shape)} and {tuple(boxes.shape)}"
             )
+        if n > MAX_DETECTIONS:  # ties keep the earlier query, as COCOeval's stable sort does
+            keep = torch.sort(scores, descending=True, stable=True).indices[:MAX_DETECTIONS].sort().values
+            scores, labels, boxes = scores[keep], labels[keep], boxes[keep]
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
         return torch.cat([xywh, scores[:, None], self._category_ids(labels)[:, None]], dim=1).numpy()
 
