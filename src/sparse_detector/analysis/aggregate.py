@@ -206,6 +206,8 @@ class MetricAggregator:
         if self.paibb_upsampled and maps.keys == "grid":
             upsampled = upsampled_paibb(maps, targets, indices).to(in_bucket.device)
             _merge_into(self._paibb[site], "upsampled", RunningStats.of(upsampled[None], (1,), in_bucket))
+        for record in records:  # an image without matched boxes has an empty list, not a missing site
+            record["paibb"].setdefault(site, [])
         if records:
             columns = zip(
                 matched.image_index.tolist(),
@@ -216,7 +218,7 @@ class MetricAggregator:
                 strict=True,
             )
             for image, query, target, bucket, per_layer in columns:
-                records[image]["paibb"].setdefault(site, []).append(
+                records[image]["paibb"][site].append(
                     {"query_index": query, "target_index": target, "size": SIZE_BUCKETS[bucket], "per_layer": per_layer}
                 )
 
