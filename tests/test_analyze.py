@@ -154,6 +154,13 @@ def test_compare_marks_sites_a_run_did_not_record(analysis: dict):
         compare_markdown([analysis], ["nonsense"])
 
 
+def test_compare_writes_n_a_for_the_ap_of_data_without_objects(analysis: dict):
+    """COCO writes AP -1 where the data hold no object; compare printed '-1.000' where every other table says n/a."""
+    unlabelled = {**analysis, "ap": {**analysis["ap"], "AP": -1.0}, "checkpoint": "runs/other/checkpoint_best.pt"}
+    row = next(line for line in compare_markdown([analysis, unlabelled]).splitlines() if "COCO AP" in line)
+    assert row.split("|")[3:5] == [f" {analysis['ap']['AP']:.3f} ", " n/a "]
+
+
 def test_compare_help_lists_every_metric_it_accepts(capsys: pytest.CaptureFixture[str]):
     """The --metrics help named ``support`` (rejected: the metric is ``support_90``) and left out sampling_spread."""
     from sparse_detector.report.tables import COMPARE_METRICS

@@ -323,7 +323,8 @@ class CocoResult:
 METRIC_UNITS = {"class_error": "%", "cardinality_error": "boxes"}
 
 
-def _value_text(name: str, value: float) -> str:
+def metric_text(name: str, value: float) -> str:
+    """One logged metric as the tables show it: 3 decimals and its unit, ``n/a`` for COCO's -1 (no ground truth)."""
     unit = next((unit for metric, unit in METRIC_UNITS.items() if name.endswith(metric)), "")
     return "n/a" if value < 0 else f"{value:.3f} {unit}".rstrip()
 
@@ -332,7 +333,7 @@ def format_table(stats: Mapping[str, float]) -> str:
     """Markdown table of COCO metrics (AP and AR as fractions, 0 to 1) and the validation losses, aligned for
     plain-text reading; -1 (no ground truth) shows as n/a, the class error as a percentage."""
     header = ("metric", "IoU", "area", "max dets", "value")
-    rows = [(name, *_STAT_SETTINGS.get(name, ("", "", "")), _value_text(name, value)) for name, value in stats.items()]
+    rows = [(name, *_STAT_SETTINGS.get(name, ("", "", "")), metric_text(name, value)) for name, value in stats.items()]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
