@@ -398,7 +398,7 @@ class CocoDetection(Dataset):
         """
         with gc_paused():
             data = load_json(self.annotation_file)
-            image_ids = {r.image_id for r in self._records}
+            image_ids = set(self.image_ids)
             data["images"] = [img for img in data["images"] if int(img["id"]) in image_ids]
             data["annotations"] = [
                 {**ann, "bbox": self._clipped_bboxes.get(position, ann["bbox"])}
