@@ -338,6 +338,31 @@ def test_predict_with_image_ids_scores_like_evaluate(run: Path, tmp_path: Path, 
     assert main(json_argv) == 2 and "add --format coco" in capsys.readouterr().err
 
 
+def test_predict_coco_keeps_the_100_best_of_each_image_as_evaluate_scores_them(run: Path, tmp_path: Path) -> None:
+    """With more than 100 queries predict --format coco wrote every one, which pycocotools scores up to 100 per
+    image and class; evaluate scores COCO's 100 per image: the README's 'the same AP as evaluate' did not hold."""
+    state = torch.load(run / "checkpoint_last.pt", weights_only=True)
+    config = override_config(config_from_dict(state["config"]), ["model.num_queries=120"])
+    weights = dict(state["model"])  # the run's queries (which find the ground truth) and 110 more
+    weights["query_embed.weight"] = torch.cat([weights["query_embed.weight"], torch.randn(110, 32)])
+    state = {**state, "model": weights, "config": config_to_dict(config)}
+    save_checkpoint(tmp_path / "many" / "checkpoint_last.pt", state)
+    stats = evaluate_at(tmp_path / "many", 2, tmp_path)
+    images = sorted((run.parent / "data" / "images").glob("*.png"))
+    argv = ["predict", "--checkpoint", str(tmp_path / "many"), "--device", "cpu", "--threshold", "0"]
+    out = tmp_path / "coco"
+    assert main([*argv, "--format", "coco", *map(str, images), "--image-ids", stats["data"], "--output", str(out)]) == 0
+    results = json.loads((out / "detections_coco.json").read_text())
+    assert {len([r for r in results if r["image_id"] == i]) for i in {r["image_id"] for r in results}} == {100}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(stats["data"])
+        coco_eval = COCOeval(gt, gt.loadRes(results), iouType="bbox")
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    assert coco_eval.stats[0] == pytest.approx(stats["AP"], abs=1e-6) and stats["AP"] > 0
+
+
 def test_image_ids_match_by_path_then_unique_name(tmp_path: Path) -> None:
     from sparse_detector.data.coco import DatasetError
     from sparse_detector.engine.inference import coco_image_ids
