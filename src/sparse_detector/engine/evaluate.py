@@ -135,7 +135,7 @@ def run_evaluation(
     image_losses: list[dict[str, float]] = []
     training = criterion is not None and criterion.training
     if criterion is not None:
-        criterion.eval()  # each batch normalised by its own boxes, with no collective (see SetCriterion)
+        criterion.eval()  # each image normalised by its own boxes, with no collective (see SetCriterion)
     for outputs, targets in evaluation_batches(model, loader, device, evaluator, progress):
         if criterion is not None:
             image_losses += [_image_losses(criterion, outputs.image(i), target) for i, target in enumerate(targets)]
