@@ -148,6 +148,21 @@ def test_aggregator_paibb_overall_and_by_size():
         aggregator.update({"decoder_self": AttentionMaps([torch.rand(1, 2, 3, 3)])}, [target], indices)
 
 
+def test_per_image_records_of_images_without_boxes_list_no_pairs_at_each_paibb_site():
+    """An image without ground truth had "paibb": {} in its per-image record while the others had
+    {"decoder_cross": [...]}, so reading record["paibb"]["decoder_cross"] over every image raised KeyError."""
+    maps = one_image_maps(torch.full((2, 1, 2, 3, 6), 1 / 6), (2, 3))
+    maps = AttentionMaps([torch.cat([w, w]) for w in maps.weights], torch.cat([maps.key_padding_mask] * 2),
+                         torch.cat([maps.grid_hw] * 2), maps.padded_hw)  # fmt: skip
+    with_box = {"boxes": torch.tensor([[0.5, 0.5, 1.0, 1.0]]), "orig_size": torch.tensor([40, 60])}
+    without = {"boxes": torch.zeros(0, 4), "orig_size": torch.tensor([40, 60])}
+    indices = [(torch.tensor([1]), torch.tensor([0])), (torch.tensor([], dtype=torch.int64),) * 2]
+    aggregator = MetricAggregator(keep_per_image=True)
+    aggregator.update({"decoder_cross": maps}, [with_box, without], indices)
+    records = aggregator.result()["per_image"]
+    assert [len(record["paibb"]["decoder_cross"]) for record in records] == [1, 0]
+
+
 def embed(weights: torch.Tensor, grid: tuple[int, int], padded: tuple[int, int], queries_on_grid: bool) -> torch.Tensor:
     """Maps over an h x w key grid embedded in a larger padded grid: zero weight on padded keys and, for grid
     queries (encoder self attention), arbitrary rows at padded queries, which must not count."""

@@ -154,6 +154,13 @@ def test_compare_marks_sites_a_run_did_not_record(analysis: dict):
         compare_markdown([analysis], ["nonsense"])
 
 
+def test_compare_writes_n_a_for_the_ap_of_data_without_objects(analysis: dict):
+    """COCO writes AP -1 where the data hold no object; compare printed '-1.000' where every other table says n/a."""
+    unlabelled = {**analysis, "ap": {**analysis["ap"], "AP": -1.0}, "checkpoint": "runs/other/checkpoint_best.pt"}
+    row = next(line for line in compare_markdown([analysis, unlabelled]).splitlines() if "COCO AP" in line)
+    assert row.split("|")[3:5] == [f" {analysis['ap']['AP']:.3f} ", " n/a "]
+
+
 def test_compare_help_lists_every_metric_it_accepts(capsys: pytest.CaptureFixture[str]):
     """The --metrics help named ``support`` (rejected: the metric is ``support_90``) and left out sampling_spread."""
     from sparse_detector.report.tables import COMPARE_METRICS
@@ -334,3 +341,27 @@ def test_analysis_json_equals_a_brute_force_reading_of_every_image_alone(run: tu
     assert stats["count"] == [len(paibb[0])] * 2 and len(paibb[0]) > 0
     assert stats["mean"] == pytest.approx([np.mean(paibb[layer]) for layer in (0, 1)], abs=1e-6)
     assert stats["std"] == pytest.approx([np.std(paibb[layer]) for layer in (0, 1)], abs=1e-6)
+
+
+def test_an_analysis_cut_short_while_writing_leaves_no_old_record_beside_new_tables(
+    run: tuple[Path, Config], analysis: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """analyze writes analysis.csv and analysis.md, then analysis.json; killed in between over an earlier analysis,
+    it left the old analysis.json (which study takes as current) beside the new tables. Now no record is left."""
+    from sparse_detector.report import tables
+
+    folder = tmp_path / "analysis"
+    tables.write_analysis(analysis, folder)
+    newer = {**analysis, "ap": {**analysis["ap"], "AP": 0.5}}
+    written = []
+
+    def killed_at_the_markdown(path: Path, content: str) -> None:
+        if Path(path).suffix == ".md":
+            raise KeyboardInterrupt
+        written.append(Path(path).name)
+        Path(path).write_text(content)
+
+    monkeypatch.setattr(tables, "write_atomically", killed_at_the_markdown)
+    with pytest.raises(KeyboardInterrupt):
+        tables.write_analysis(newer, folder)
+    assert written == ["analysis.csv"] and not (folder / "analysis.json").exists()

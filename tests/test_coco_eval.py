@@ -253,6 +253,25 @@ def test_no_predictions_give_zeros(backend: str) -> None:
     assert evaluator.summarize(img_ids=[1, 2, 3]) == dict.fromkeys(STAT_NAMES, 0.0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_image_is_scored_on_its_100_best_detections(backend: str) -> None:
+    """COCOeval caps maxDets per image *and category*, so a DETR with 300 queries was scored on all of them: here
+    100 confident misses of 'cat' and, below them, a hit on each 'dog' gave AP50 0.5 at 'max dets 100'. COCO's
+    limit is 100 detections per image: the dogs rank 101st and lower, and score nothing."""
+    misses = [[60.0, 60.0, 61.0, 61.0]] * 100
+    hits = [[50.0, 20.0, 90.0, 80.0], [0.0, 0.0, 150.0, 100.0]]
+    predictions = {
+        1: _prediction([*misses, hits[0]], [3] * 100 + [7], [0.9] * 100 + [0.5]),
+        2: _prediction([hits[1]], [7], [0.5]),
+    }
+    evaluator = CocoEvaluator(SMALL_GT, backend=backend)
+    evaluator.update(predictions)
+    result = evaluator.evaluate()
+    assert result.per_class["dog"]["AP50"] == pytest.approx(0.5, abs=0.01)  # image 2's dog only
+    assert len([d for d in evaluator.results() if d["image_id"] == 1]) == 100
+    assert all(d["category_id"] == 3 for d in evaluator.results() if d["image_id"] == 1)
+
+
 def test_quiet_unless_verbose(capsys: pytest.CaptureFixture[str]) -> None:
     for backend in BACKENDS:
         evaluator = CocoEvaluator(SMALL_GT, backend=backend)

@@ -163,3 +163,46 @@ def test_total_loss_weights_every_layer_as_the_official_recipe(fixture, official
         losses = criterion(official_model(list(fixture["images"])), fixture["targets"])
     assert criterion.weight_dict == official
     torch.testing.assert_close(criterion.total_loss(losses), expected, atol=TOL, rtol=0)
+
+
+def test_paibb_of_the_official_maps_in_a_padded_batch_equals_the_aggregators(fixture, official_model):
+    """PAIBB as analyze reports it (head-averaged, per decoder layer, over the matched pairs), from our model's
+    records of the official batch of two padded images, equals PAIBB read by brute force from the maps the official
+    code computed: each cell of stride 32 counted with the share of its pixels inside the box."""
+    from sparse_detector.analysis import MetricAggregator, record_attention
+
+    images = fixture["images"]
+    padded_h, padded_w = (max(image.shape[i] for image in images) // 32 for i in (1, 2))
+    targets = [
+        {**target, "size": torch.tensor(image.shape[1:]), "orig_size": orig}
+        for target, image, orig in zip(fixture["targets"], images, fixture["orig_sizes"], strict=True)
+    ]
+    expected = []
+    for official in fixture["decoder_cross_attn_head_avg"]:
+        values = []
+        for b, (queries, truths) in enumerate(fixture["matcher_indices"]):
+            height, width = images[b].shape[1:]
+            for query, truth in zip(queries.tolist(), truths.tolist(), strict=True):
+                cx, cy, w, h = (float(v) for v in fixture["targets"][b]["boxes"][truth])
+                x0, x1, y0, y1 = (
+                    (cx - w / 2) * width,
+                    (cx + w / 2) * width,
+                    (cy - h / 2) * height,
+                    (cy + h / 2) * height,
+                )
+                grid = official[b, query].double().reshape(padded_h, padded_w)
+                inside = 0.0
+                for i in range(padded_h):
+                    for j in range(padded_w):
+                        across = max(0.0, min(x1, (j + 1) * 32, width) - max(x0, j * 32))
+                        down = max(0.0, min(y1, (i + 1) * 32, height) - max(y0, i * 32))
+                        inside += float(grid[i, j]) * across * down / 32**2
+                values.append(inside)
+        expected.append(sum(values) / len(values))
+    with torch.no_grad():
+        _, maps = record_attention(official_model, list(images), sites=["decoder_cross"])
+    aggregator = MetricAggregator()
+    aggregator.update(maps, targets, fixture["matcher_indices"])
+    stats = aggregator.result()["sites"]["decoder_cross"]["paibb"]["overall"]["per_layer"]
+    assert stats["count"] == [3, 3] and min(expected) > 0.05, expected
+    assert stats["mean"] == pytest.approx(expected, abs=1e-6)

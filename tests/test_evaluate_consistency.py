@@ -23,6 +23,7 @@ from sparse_detector.data import generate_shapes
 from sparse_detector.data.build import build_dataset, build_loader
 from sparse_detector.engine.checkpoint import save_checkpoint
 from sparse_detector.engine.evaluate import run_evaluation
+from sparse_detector.models import build_criterion
 from sparse_detector.viz import boxes as viz_boxes
 from sparse_detector.viz.boxes import draw_boxes
 
@@ -105,6 +106,46 @@ def test_ap_does_not_depend_on_batch_size(run: Path, tmp_path: Path) -> None:
         assert values == pytest.approx(four["per_class"][name]), name
 
 
+def test_validation_losses_do_not_depend_on_batch_size(run: Path) -> None:
+    """The val_* readings were the mean over batches of each batch's loss (normalised by that batch's boxes), so
+    the logged val_loss of one checkpoint changed with train.eval_batch_size; now each image counts once."""
+    state = torch.load(run / "checkpoint_last.pt", weights_only=True)
+    config = config_from_dict(state["config"])
+    model = build_model(config)
+    model.load_state_dict(state["model"])
+    criterion = build_criterion(config)
+    readings = {}
+    for size in (1, 4):
+        sized = override_config(config, [f"train.eval_batch_size={size}"])
+        loader = build_loader(build_dataset(sized, "val"), sized, train=False)
+        readings[size] = run_evaluation(model, criterion, loader, "cpu", state["label_map"]).losses
+    assert readings[1].keys() == {"val_loss", "val_loss_ce", "val_loss_bbox", "val_loss_giou", "val_class_error",
+                                  "val_cardinality_error"}  # fmt: skip
+    assert readings[4] == pytest.approx(readings[1], rel=1e-5)
+
+
+def test_per_image_analysis_records_do_not_depend_on_batch_size(run: Path, tmp_path: Path) -> None:
+    """analyze --per-image listed the images in the order their size groups' batches came, so record n was another
+    image at --batch-size 4 than at 1; now the records follow the data set's order, index = position in it."""
+    records = {}
+    for size in (1, 4):
+        argv = ["analyze", "--checkpoint", str(run), "--device", "cpu", "--per-image", "--batch-size", str(size)]
+        assert main([*argv, "--output", str(tmp_path / str(size))]) == 0
+        records[size] = json.loads((tmp_path / str(size) / "analysis.json").read_text())["attention"]["per_image"]
+    data = json.loads(
+        Path(
+            torch.load(run / "checkpoint_last.pt", weights_only=True)["config"]["data"]["val"]["annotations"]
+        ).read_text()
+    )
+    order = [image["id"] for image in data["images"]]
+    for size in (1, 4):
+        assert [(r["index"], r["image_id"]) for r in records[size]] == list(enumerate(order))
+    for one, four in zip(records[1], records[4], strict=True):
+        for site, metrics in one["metrics"].items():
+            for name, values in metrics.items():
+                assert four["metrics"][site][name] == pytest.approx(values, rel=1e-5, abs=1e-7), (site, name)
+
+
 def test_saved_detections_score_the_same_in_pycocotools(run: Path, tmp_path: Path, capsys) -> None:
     detections = tmp_path / "detections.json"
     stats = evaluate_at(run, 3, tmp_path, "--save-detections", str(detections))
@@ -151,6 +192,27 @@ def test_evaluate_on_data_with_other_categories_is_an_error(run: Path, tmp_path:
     assert main([*argv, "--images", str(run.parent / "data" / "images"), "--output", str(tmp_path / "e.json")]) == 2
     assert "(checkpoint vs data: id 1: 'red' vs 'cell1'; id 2: 'green' vs 'cell2'" in capsys.readouterr().err
     assert not (tmp_path / "e.json").exists()
+
+
+def test_evaluate_counts_the_images_it_evaluated(run: Path, tmp_path: Path, capsys) -> None:
+    """With data.on_invalid=skip an unreadable image is left out of AP, but evaluate printed the data set's count
+    ("7 images") as what was scored, and with every image unreadable a table of zeros; now it prints and stores
+    the images evaluated, and refuses to score none."""
+    images = tmp_path / "images"
+    shutil.copytree(run.parent / "data" / "images", images)
+    files = sorted(images.glob("*.png"))
+    files[0].write_bytes(files[0].read_bytes()[:100])  # truncated: the header reads, the pixels do not
+    argv = ["evaluate", "--checkpoint", str(run), "--device", "cpu", "--images", str(images), "--batch-size", "1"]
+    argv += ["--set", "data.on_invalid=skip"]
+    assert main([*argv, "--output", str(tmp_path / "e.json")]) == 0
+    assert "(6 images of 7; 1 unreadable, left out of every number)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "e.json").read_text())["num_images"] == 6
+    assert evaluate_at(run, 2, tmp_path)["num_images"] == 7  # all readable: all counted
+    for file in files:
+        file.write_bytes(file.read_bytes()[:100])
+    assert main([*argv, "--output", str(tmp_path / "none.json")]) == 2
+    assert "could be read, so nothing was evaluated" in capsys.readouterr().err
+    assert not (tmp_path / "none.json").exists()
 
 
 def test_predict_writes_every_good_image_then_fails(run: Path, tmp_path: Path, capsys) -> None:
@@ -274,6 +336,31 @@ def test_predict_with_image_ids_scores_like_evaluate(run: Path, tmp_path: Path, 
     assert "stray.png (no entry)" in capsys.readouterr().err
     json_argv = [*argv[:-2], str(images[0]), "--image-ids", str(gt_file), "--output", str(out)]
     assert main(json_argv) == 2 and "add --format coco" in capsys.readouterr().err
+
+
+def test_predict_coco_keeps_the_100_best_of_each_image_as_evaluate_scores_them(run: Path, tmp_path: Path) -> None:
+    """With more than 100 queries predict --format coco wrote every one, which pycocotools scores up to 100 per
+    image and class; evaluate scores COCO's 100 per image: the README's 'the same AP as evaluate' did not hold."""
+    state = torch.load(run / "checkpoint_last.pt", weights_only=True)
+    config = override_config(config_from_dict(state["config"]), ["model.num_queries=120"])
+    weights = dict(state["model"])  # the run's queries (which find the ground truth) and 110 more
+    weights["query_embed.weight"] = torch.cat([weights["query_embed.weight"], torch.randn(110, 32)])
+    state = {**state, "model": weights, "config": config_to_dict(config)}
+    save_checkpoint(tmp_path / "many" / "checkpoint_last.pt", state)
+    stats = evaluate_at(tmp_path / "many", 2, tmp_path)
+    images = sorted((run.parent / "data" / "images").glob("*.png"))
+    argv = ["predict", "--checkpoint", str(tmp_path / "many"), "--device", "cpu", "--threshold", "0"]
+    out = tmp_path / "coco"
+    assert main([*argv, "--format", "coco", *map(str, images), "--image-ids", stats["data"], "--output", str(out)]) == 0
+    results = json.loads((out / "detections_coco.json").read_text())
+    assert {len([r for r in results if r["image_id"] == i]) for i in {r["image_id"] for r in results}} == {100}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(stats["data"])
+        coco_eval = COCOeval(gt, gt.loadRes(results), iouType="bbox")
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    assert coco_eval.stats[0] == pytest.approx(stats["AP"], abs=1e-6) and stats["AP"] > 0
 
 
 def test_image_ids_match_by_path_then_unique_name(tmp_path: Path) -> None:

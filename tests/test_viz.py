@@ -894,3 +894,22 @@ def test_data_figure_names_each_sample_by_its_image_file(runs, tmp_path: Path, m
     monkeypatch.setattr(kinds, "save_figure", lambda figure, path, fmt: path)
     visualize("data", VisualizeRequest(runs=[runs["run"]], output=tmp_path, num_images=2))
     assert [sample.title for sample in drawn["samples"]] == ["train_000000.png (id 1)", "train_000001.png (id 2)"]
+
+
+def test_sparsity_writes_n_a_for_a_run_without_a_reading_in_the_first_group_too():
+    """A run without a reading in a group gets "n/a" in its slot; in the first group the slot lay left of the x-axis
+    limits that the other runs' bars set, so its "n/a" was clipped and the group looked like one run's."""
+    measured = {"per_layer": {"mean": [0.5, 0.4], "std": [0.1, 0.1]}}
+    missing = {"per_layer": {"mean": [None, None], "std": [None, None]}}
+    site = {"metrics": {"gini": measured, "zeros_ratio": measured}, "zero_threshold": 0.0}
+    figure = sparsity_figure(
+        {
+            "unmeasured": {"sites": {"decoder_cross": {**site, "metrics": {"gini": missing, "zeros_ratio": missing}}}},
+            "measured": {"sites": {"decoder_cross": site}},
+        }
+    )
+    FigureCanvasAgg(figure).draw()
+    axes = figure.axes[0]
+    low, high = axes.get_xlim()
+    shown = [text.get_text() for text in axes.texts if low <= text.xy[0] <= high]  # matplotlib clips the others
+    assert sorted(shown) == ["0.40", "0.50", "n/a", "n/a"]

@@ -488,6 +488,7 @@ def _check_categories(label_map: LabelMap, dataset: CocoDetection) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .data.build import build_dataset, build_loader
+    from .data.coco import DatasetError
     from .engine.coco_eval import format_per_class_table, format_table
     from .engine.device import resolve_device
     from .engine.evaluate import run_evaluation
@@ -502,14 +503,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     _check_categories(loaded.label_map, dataset)
     loader = build_loader(dataset, config, train=False)
     evaluation = run_evaluation(loaded.model.to(device), None, loader, device, loaded.label_map, _show_progress(args))
-    print(f"{loaded.source} on {dataset.annotation_file} ({counted(len(dataset), 'image')})")
+    evaluated = evaluation.coco.num_images
+    if not evaluated:
+        raise DatasetError(f"no image of {dataset.annotation_file} could be read, so nothing was evaluated")
+    unread = len(dataset) - evaluated
+    unread_text = f" of {len(dataset)}; {unread} unreadable, left out of every number" if unread else ""
+    print(f"{loaded.source} on {dataset.annotation_file} ({counted(evaluated, 'image')}{unread_text})")
     print(format_table(evaluation.stats))
     if evaluation.coco.per_class:
         print(format_per_class_table(evaluation.coco.per_class))
     suffix = other_data_suffix(loaded.config.data.val.annotations, config.data.val.annotations)
     output = Path(args.output) if args.output else eval_file(loaded.source, suffix)
     output.parent.mkdir(parents=True, exist_ok=True)
-    record = {"checkpoint": str(loaded.source), "data": str(dataset.annotation_file), **evaluation.stats}
+    record = {
+        "checkpoint": str(loaded.source),
+        "data": str(dataset.annotation_file),
+        "num_images": evaluated,
+        **evaluation.stats,
+    }
     curves = output.with_name(f"{output.stem}_pr.npz")
     if evaluation.coco.precision is not None:  # before the JSON: an evaluation killed in between leaves the old pair
         evaluation.coco.precision.save(curves)

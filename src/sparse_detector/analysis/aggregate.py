@@ -28,7 +28,8 @@ std over matched pairs). Sites are the model's; metrics are ``METRICS``.
 
 ``RECORD`` is ``{"index": n-th image seen, "image_id": int | None, "metrics": {site: {metric: [per layer mean over
 heads and queries]}}, "paibb": {site: [{"query_index", "target_index", "size", "per_layer": [head-averaged
-PAIBB]}]}}``. Tables of a result are made by :mod:`sparse_detector.report`.
+PAIBB]}]}}``; after ``order_per_image`` (as ``analyze`` does) the records follow the data set's order and
+``index`` is the image's position in it. Tables of a result are made by :mod:`sparse_detector.report`.
 """
 
 from __future__ import annotations
@@ -205,6 +206,8 @@ class MetricAggregator:
         if self.paibb_upsampled and maps.keys == "grid":
             upsampled = upsampled_paibb(maps, targets, indices).to(in_bucket.device)
             _merge_into(self._paibb[site], "upsampled", RunningStats.of(upsampled[None], (1,), in_bucket))
+        for record in records:  # an image without matched boxes has an empty list, not a missing site
+            record["paibb"].setdefault(site, [])
         if records:
             columns = zip(
                 matched.image_index.tolist(),
@@ -215,9 +218,16 @@ class MetricAggregator:
                 strict=True,
             )
             for image, query, target, bucket, per_layer in columns:
-                records[image]["paibb"].setdefault(site, []).append(
+                records[image]["paibb"][site].append(
                     {"query_index": query, "target_index": target, "size": SIZE_BUCKETS[bucket], "per_layer": per_layer}
                 )
+
+    def order_per_image(self, image_ids: Sequence[int]) -> None:
+        """Put the per-image records in the order of ``image_ids`` (the data set's), each ``index`` the image's
+        position there, so they do not depend on the order in which batches of images came."""
+        position = {int(image_id): index for index, image_id in enumerate(image_ids)}
+        records = ({**record, "index": position[record["image_id"]]} for record in self.per_image)
+        self.per_image = sorted(records, key=lambda record: record["index"])
 
     def merge(self, other: MetricAggregator) -> None:
         """Add another aggregator's data (e.g. gathered from another process); its image indices are shifted."""

@@ -454,7 +454,7 @@ class CocoDetection(Dataset):
         """
         with gc_paused():
             data = load_json(self.annotation_file)
-            image_ids = {r.image_id for r in self._records}
+            image_ids = set(self.image_ids)
             data["images"] = [img for img in data["images"] if int(img["id"]) in image_ids]
             data["annotations"] = [
                 {**ann, "bbox": self._clipped_bboxes.get(position, ann["bbox"])}
@@ -471,6 +471,11 @@ class CocoDetection(Dataset):
     def num_boxes(self) -> int:
         """Number of (non-crowd, valid) boxes in the targets."""
         return sum(len(r.labels) for r in self._records)
+
+    @property
+    def image_ids(self) -> list[int]:
+        """The id of every image, in the data set's order (index ``i`` is ``self[i]``'s)."""
+        return [r.image_id for r in self._records]
 
     def __len__(self) -> int:
         return len(self._records)

@@ -65,4 +65,6 @@ def analyze(
                 aggregator.update(maps, targets, matcher(outputs, targets))
             else:
                 aggregator.update(maps)
+    if keep_per_image:  # evaluation batches group images by size: records back in the data set's order
+        aggregator.order_per_image(loader.dataset.image_ids)
     return evaluator.summarize(), aggregator

@@ -9,6 +9,9 @@ Conventions:
 - The evaluated images are those passed to :meth:`CocoEvaluator.update` (an image given with zero boxes
   counts: its ground truth are misses); ``summarize(img_ids=...)`` evaluates an explicit set instead, e.g.
   every ground-truth image.
+- Each image keeps its ``MAX_DETECTIONS`` (100) highest-scoring detections, COCO's limit per image: COCOeval
+  applies its maxDets per image and category, so a DETR with more queries would otherwise be scored on up to
+  one list of 100 per class (official Deformable DETR keeps its top 100 for the same reason).
 - A metric is -1 where the evaluated images hold no ground truth in its area range (the COCO convention);
   with no detections at all every metric is 0.0.
 - Under ``torch.distributed``, :meth:`CocoEvaluator.summarize` is a collective (every rank must call it): the
@@ -36,6 +39,7 @@ from ..data.coco import gc_paused, load_json
 from ..files import write_atomically
 
 BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
+MAX_DETECTIONS = 100  # COCO's limit of detections per image (COCOeval applies its maxDets per image and category)
 
 # (IoU thresholds, area range, max detections per image) of each number, in COCOeval's ``stats`` order.
 _STAT_SETTINGS: dict[str, tuple[str, str, str]] = {
@@ -151,7 +155,7 @@ class CocoEvaluator:
         self._detections.update(new)
 
     def _to_rows(self, image_id: int, prediction: Mapping[str, Tensor]) -> np.ndarray:
-        """(N, 6) rows (x, y, w, h, score, category_id) in float64."""
+        """(N, 6) rows (x, y, w, h, score, category_id) in float64: the ``MAX_DETECTIONS`` highest-scoring."""
         scores = prediction["scores"].detach().to("cpu", torch.float64)
         labels = prediction["labels"].detach().cpu()
         boxes = prediction["boxes"].detach().to("cpu", torch.float64)
@@ -161,6 +165,9 @@ class CocoEvaluator:
                 f"image id {image_id}: expected scores (N,), labels (N,) and boxes (N, 4), got "
                 f"{tuple(scores.shape)}, {tuple(labels.shape)} and {tuple(boxes.shape)}"
             )
+        if n > MAX_DETECTIONS:  # ties keep the earlier query, as COCOeval's stable sort does
+            keep = torch.sort(scores, descending=True, stable=True).indices[:MAX_DETECTIONS].sort().values
+            scores, labels, boxes = scores[keep], labels[keep], boxes[keep]
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
         return torch.cat([xywh, scores[:, None], self._category_ids(labels)[:, None]], dim=1).numpy()
 
@@ -234,7 +241,7 @@ class CocoEvaluator:
         ]
         results = np.concatenate([np.zeros((0, 7)), *rows])
         if not eval_ids or len(results) == 0:
-            return CocoResult(dict.fromkeys(STAT_NAMES, 0.0), {}, None)
+            return CocoResult(dict.fromkeys(STAT_NAMES, 0.0), {}, None, len(eval_ids))
         # the libraries make a Python object per detection and match: without the garbage collector's passes over
         # them COCO val2017 (5000 images x 100 detections) evaluated in 20 s instead of 35 s (benchmarks/RESULTS.md)
         with self._quiet(), gc_paused():
@@ -246,7 +253,7 @@ class CocoEvaluator:
             evaluator.summarize()
             per_class = self._per_class(evaluator, eval_ids)
         stats = {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats[:12], strict=True)}
-        return CocoResult(stats, per_class, PrecisionArrays.of(evaluator))
+        return CocoResult(stats, per_class, PrecisionArrays.of(evaluator), len(eval_ids))
 
     def _per_class(self, evaluator: Any, eval_ids: list[int]) -> dict[str, dict[str, float]]:
         """Category name -> AP, AP50, AP75 (all areas, 100 detections) and ground-truth box count."""
@@ -302,11 +309,13 @@ class PrecisionArrays:
 
 @dataclass
 class CocoResult:
-    """One COCO evaluation: the 12 numbers, per-class AP, and the precision arrays (``None`` without detections)."""
+    """One COCO evaluation: the 12 numbers, per-class AP, the precision arrays (``None`` without detections) and
+    the number of images evaluated."""
 
     stats: dict[str, float]
     per_class: dict[str, dict[str, float]]
     precision: PrecisionArrays | None
+    num_images: int = 0
 
 
 #: Units of the logged metrics that are not fractions like AP and AR (DETR's ``class_error`` is a percentage, its
@@ -314,7 +323,8 @@ class CocoResult:
 METRIC_UNITS = {"class_error": "%", "cardinality_error": "boxes"}
 
 
-def _value_text(name: str, value: float) -> str:
+def metric_text(name: str, value: float) -> str:
+    """One logged metric as the tables show it: 3 decimals and its unit, ``n/a`` for COCO's -1 (no ground truth)."""
     unit = next((unit for metric, unit in METRIC_UNITS.items() if name.endswith(metric)), "")
     return "n/a" if value < 0 else f"{value:.3f} {unit}".rstrip()
 
@@ -323,7 +333,7 @@ def format_table(stats: Mapping[str, float]) -> str:
     """Markdown table of COCO metrics (AP and AR as fractions, 0 to 1) and the validation losses, aligned for
     plain-text reading; -1 (no ground truth) shows as n/a, the class error as a percentage."""
     header = ("metric", "IoU", "area", "max dets", "value")
-    rows = [(name, *_STAT_SETTINGS.get(name, ("", "", "")), _value_text(name, value)) for name, value in stats.items()]
+    rows = [(name, *_STAT_SETTINGS.get(name, ("", "", "")), metric_text(name, value)) for name, value in stats.items()]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:

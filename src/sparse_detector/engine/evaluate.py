@@ -126,29 +126,48 @@ def run_evaluation(
     progress: bool = False,
 ) -> Evaluation:
     """COCO AP / AR of all predictions (one COCOeval run at the end), per-class AP, and with a criterion the
-    mean losses over the batches.
+    mean losses over the images, each image's read alone (the same whatever the batch size).
 
     Under torch.distributed it is a collective: give each rank its own whole batches (every image in one batch of
     one rank); every rank returns the numbers of all of them, equal to one process running the same batches."""
     model.eval()
     evaluator = evaluator_for(loader, label_map)
-    batch_losses: list[dict[str, float]] = []
+    image_losses: list[dict[str, float]] = []
     training = criterion is not None and criterion.training
     if criterion is not None:
-        criterion.eval()  # each batch normalised by its own boxes, with no collective (see SetCriterion)
+        criterion.eval()  # each image normalised by its own boxes, with no collective (see SetCriterion)
     for outputs, targets in evaluation_batches(model, loader, device, evaluator, progress):
         if criterion is not None:
-            losses = criterion(outputs, targets)
-            batch_losses.append(
-                {"loss": criterion.total_loss(losses).item(), **{k: losses[k].item() for k in VAL_LOSS_TERMS}}
-            )
+            image_losses += [_image_losses(criterion, outputs.image(i), target) for i, target in enumerate(targets)]
     if criterion is not None:
         criterion.train(training)
-    # under torch.distributed every rank's batches (each image in one batch of one rank): one mean over all of them
-    batch_losses = [losses for rank in gathered(batch_losses) for losses in rank]
-    keys = ["loss", *VAL_LOSS_TERMS] if batch_losses else []
-    means = {f"val_{k}": math.fsum(b[k] for b in batch_losses) / len(batch_losses) for k in keys}
-    return Evaluation(evaluator.evaluate(), means, evaluator)
+    # under torch.distributed every rank's images (each in one batch of one rank): one mean over all of them
+    image_losses = [losses for rank in gathered(image_losses) for losses in rank]
+    return Evaluation(evaluator.evaluate(), _mean_losses(image_losses), evaluator)
+
+
+def _image_losses(criterion: SetCriterion, outputs: DetectionOutput, target: dict[str, Tensor]) -> dict[str, float]:
+    """The ``val_*`` readings of one image alone, and its number of matched queries (what ``class_error`` is a
+    share of)."""
+    losses = criterion(outputs, [target])
+    matched = min(len(target["labels"]), outputs.pred_logits.shape[1])
+    return {
+        "loss": criterion.total_loss(losses).item(),
+        **{k: losses[k].item() for k in VAL_LOSS_TERMS},
+        "matched": matched,
+    }
+
+
+def _mean_losses(image_losses: list[dict[str, float]]) -> dict[str, float]:
+    """``val_*``: the mean over images of each image's losses alone, so they do not depend on how the images were
+    batched; ``class_error`` over the matched queries of all images (an image without objects has none)."""
+    if not image_losses:
+        return {}
+    means = {f"val_{k}": math.fsum(b[k] for b in image_losses) / len(image_losses) for k in ["loss", *VAL_LOSS_TERMS]}
+    matched = sum(b["matched"] for b in image_losses)
+    if matched:
+        means["val_class_error"] = math.fsum(b["class_error"] * b["matched"] for b in image_losses) / matched
+    return means
 
 
 def evaluate(

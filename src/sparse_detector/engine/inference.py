@@ -34,6 +34,7 @@ from ..models.postprocess import postprocessor_for
 from ..models.weights import load_official, load_state_dict_checked
 from ..runs import resolve_checkpoint
 from .checkpoint import load_checkpoint
+from .coco_eval import MAX_DETECTIONS
 from .device import resolve_device
 from .evaluate import targets_to
 
@@ -271,7 +272,8 @@ def predict_images(
 
     ``output_format="json"``: ``predictions.json``, one record per image (file, size, detections with label,
     category id and name, score, absolute xyxy box). ``"coco"``: ``detections_coco.json`` in the COCO results
-    format (``file_name`` added), which ``COCO.loadRes`` reads; ``image_id`` is the image's id in the COCO JSON
+    format (``file_name`` added; each image's ``MAX_DETECTIONS`` highest-scoring, as ``evaluate`` scores them),
+    which ``COCO.loadRes`` reads; ``image_id`` is the image's id in the COCO JSON
     ``image_ids`` names (see :func:`coco_image_ids`), or else its position in the input list, from 1.
     ``after_image(name, model_input, kept_queries)``, if given, runs after each image (e.g. to draw the kept
     queries' attention); the file it returns is recorded as the image's ``"attention"``.
@@ -300,15 +302,19 @@ def predict_images(
             continue
         found = loaded.detect(image, threshold)
         detections = found.as_records()
+        # COCO's limit of 100 per image, as evaluate scores them; scores unrounded: 4 decimals made ties that
+        # COCOeval breaks by file order, so the AP differed from evaluate's
+        best = found.scores.argsort(descending=True, stable=True)[:MAX_DETECTIONS].tolist()
         coco_results += [
             {
                 "image_id": ids[path],
                 "file_name": str(path),
                 "category_id": d["category_id"],
                 "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],  # as box_xyxy, without float noise
-                "score": d["score"],
+                "score": float(found.scores[i]),
             }
-            for d in detections
+            for i in best
+            for d in [detections[i]]
             for x0, y0, x1, y1 in [d["box_xyxy"]]
         ]
         record = {"image": str(path), "width": image.width, "height": image.height, "detections": detections}

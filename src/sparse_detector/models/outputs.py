@@ -45,6 +45,16 @@ class DetectionOutput(Mapping[str, Any]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
+    def image(self, index: int) -> DetectionOutput:
+        """The outputs of image ``index`` of the batch, as a batch of one (its logits and boxes at every decoder
+        layer and of the proposals; no attention records)."""
+        return DetectionOutput(
+            self.pred_logits[index : index + 1],
+            self.pred_boxes[index : index + 1],
+            aux_outputs=None if self.aux_outputs is None else [aux.image(index) for aux in self.aux_outputs],
+            enc_outputs=None if self.enc_outputs is None else self.enc_outputs.image(index),
+        )
+
 
 _FIELDS = tuple(f.name for f in fields(DetectionOutput))
 # A pytree node, so torch.export / torch.compile / DDP see the tensors inside.

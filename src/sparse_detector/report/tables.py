@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis import METRICS, SIZE_BUCKETS
-from ..engine.coco_eval import format_table
+from ..engine.coco_eval import format_table, metric_text
 from ..files import write_atomically
 from ..runs import ANALYSIS_FILE, analysis_labels
 from ..text import counted
@@ -191,6 +191,7 @@ def write_analysis(record: Mapping[str, Any], output_dir: Path) -> list[Path]:
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path = output_dir / ANALYSIS_FILE
     csv_path, md_path = json_path.with_suffix(".csv"), json_path.with_suffix(".md")
+    json_path.unlink(missing_ok=True)  # a write cut short leaves no old record beside new tables (study redoes it)
     write_csv(analysis_rows(record), csv_path)
     write_atomically(md_path, analysis_markdown(record))
     write_atomically(json_path, json.dumps(record, indent=2))  # last: the record other commands read says all is there
@@ -216,7 +217,7 @@ def compare_markdown(records: Sequence[Mapping[str, Any]], metrics: Sequence[str
         for layer in range(num_layers):
             cells = [format_mean_std(run.get(metric), layer) for metric in metrics for run in blocks]
             rows.append([site, str(layer), *cells])
-    ap_cells = [f"{record['ap']['AP']:.3f}" for record in records] + [""] * (len(header) - 2 - len(records))
+    ap_cells = [metric_text("AP", record["ap"]["AP"]) for record in records] + [""] * (len(header) - 2 - len(records))
     rows.append(["COCO AP", "", *ap_cells])
     sources = "; ".join(
         f"{label}: {record['checkpoint']} on {record['data']} ({counted(record['attention']['num_images'], 'image')})"

@@ -64,6 +64,7 @@ def _grouped_bars(
     ]
     names = [name if ok else f"{name}\n(nothing measured)" for name, ok in zip(groups, measured, strict=True)]
     axes.set_xticks(range(len(groups)), names, fontsize=7)
+    axes.set_xlim(-0.5, len(groups) - 0.5)  # every group's slots, also a run's "n/a" where no bar sets the limits
     axes.set_ylim(0, 1.2 if upright else 1.1)  # every reading here is a fraction in [0, 1]; room for the values
 
 
