@@ -879,3 +879,44 @@ def test_data_figure_names_each_sample_by_its_image_file(runs, tmp_path: Path, m
     monkeypatch.setattr(kinds, "save_figure", lambda figure, path, fmt: path)
     visualize("data", VisualizeRequest(runs=[runs["run"]], output=tmp_path, num_images=2))
     assert [sample.title for sample in drawn["samples"]] == ["train_000000.png (id 1)", "train_000001.png (id 2)"]
+
+
+@pytest.mark.parametrize("fmt", ["png", "pdf", "svg"])
+def test_a_figure_cut_off_while_written_leaves_the_one_there_before(tmp_path: Path, monkeypatch, fmt: str):
+    """`visualize` wrote figures in place: a kill mid-write left half a PNG where the last drawing had been. A write
+    cut short now leaves the previous figure whole and no temporary file."""
+    from matplotlib.figure import Figure
+
+    from sparse_detector.viz.figure import save_figure
+
+    path = tmp_path / f"curves.{fmt}"
+    path.write_bytes(b"the figure drawn before")
+
+    def cut_short(self, target, **kwargs):
+        Path(target).write_bytes(b"\x89PNG half") if isinstance(target, (str, Path)) else target.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(Figure(), path, fmt)
+    assert path.read_bytes() == b"the figure drawn before"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_predict_picture_cut_off_while_written_leaves_the_one_there_before(runs, tmp_path: Path, monkeypatch):
+    """predict saved its pictures in place too: a kill mid-write left half a PNG."""
+    image = tmp_path / "in" / "shape.png"
+    image.parent.mkdir()
+    Image.new("RGB", (96, 96), "white").save(image)
+    picture = tmp_path / "out" / "shape_pred.png"
+    picture.parent.mkdir()
+    picture.write_bytes(b"the picture drawn before")
+
+    def cut_short(self, target, *args, **kwargs):
+        Path(target).write_bytes(b"\x89PNG half") if isinstance(target, (str, Path)) else target.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", cut_short)
+    assert main(["predict", "--checkpoint", str(runs["run"]), str(image), "--output", str(picture.parent)]) == 130
+    assert picture.read_bytes() == b"the picture drawn before"
+    assert [p.name for p in picture.parent.iterdir()] == [picture.name]

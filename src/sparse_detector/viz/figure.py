@@ -75,7 +75,9 @@ def wrapped(text: str, width_inches: float, fontsize: float) -> str:
 
 
 def save_figure(figure: Figure, path: str | Path, fmt: str = "png") -> Path:
-    """Write ``figure`` to ``path`` with the suffix of ``fmt`` (png, pdf or svg); returns the file written.
+    """Write ``figure`` to ``path`` with the suffix of ``fmt`` (png, pdf or svg); returns the file written. Written
+    whole or not at all (:func:`.files.write_atomically`): a kill mid-write leaves the figure there before, never
+    half a PNG.
 
     A figure suffix on ``path`` is replaced; anything else after a dot stays part of the name (a figure of
     Roboflow's ``img_jpg.rf.3f2a`` is ``..._img_jpg.rf.3f2a_q0.png``, not ``..._img_jpg.rf.png``)."""
@@ -84,8 +86,7 @@ def save_figure(figure: Figure, path: str | Path, fmt: str = "png") -> Path:
     path = Path(path)
     path = path.with_suffix(f".{fmt}") if path.suffix.lower()[1:] in FORMATS else path.with_name(f"{path.name}.{fmt}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, format=fmt)
-    return path
+    return write_atomically(path, lambda file: figure.savefig(file, dpi=DPI, format=fmt))
 
 
 def replace_previous_figures(folder: Path, kind: str, written: Sequence[Path]) -> list[Path]:
