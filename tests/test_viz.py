@@ -12,6 +12,7 @@ import pytest
 import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.transforms import Bbox
 from PIL import Image
 
 from sparse_detector import build_model, load_config
@@ -838,7 +839,8 @@ def test_matching_figure_takes_the_images_shape():
     assert tuple(matching_figure(wide, [], [], []).get_size_inches()) == pytest.approx((10, 4.6 / 2 + 0.8))
     assert tuple(matching_figure(square, [], [], []).get_size_inches()) == pytest.approx((10, 5.4))
     one = [LabelledBox((2, 2, 20, 20), "q0 WBC 0.5")]  # a one-class run matched its only object: '1 matched pairs'
-    assert matching_figure(square, one, one, [(0, 0)]).axes[1].get_title() == "1 matched pair (query → ground truth)"
+    title = matching_figure(square, one, one, [(0, 0)]).axes[1].get_title()
+    assert title == "1 matched pair (query → ground truth, named in its label)"
 
 
 def test_figures_of_images_with_dots_in_their_names_keep_the_whole_name(runs, tmp_path: Path):
@@ -920,3 +922,40 @@ def test_a_predict_picture_cut_off_while_written_leaves_the_one_there_before(run
     assert main(["predict", "--checkpoint", str(runs["run"]), str(image), "--output", str(picture.parent)]) == 130
     assert picture.read_bytes() == b"the picture drawn before"
     assert [p.name for p in picture.parent.iterdir()] == [picture.name]
+
+
+def _overlapping_texts(figure) -> list[tuple[str, str]]:
+    """Pairs of texts on the same panel whose drawn extents (with their patches) cover each other."""
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    pairs = []
+    for axes in figure.axes:
+        extents = [(text.get_text(), text.get_bbox_patch().get_window_extent(renderer)) for text in axes.texts]
+        for i, (a, first) in enumerate(extents):
+            common = [(b, Bbox.intersection(first, second)) for b, second in extents[i + 1 :]]
+            pairs += [(a, b) for b, box in common if box is not None and min(box.width, box.height) > 0.5]
+    return pairs
+
+
+def test_matching_labels_of_queries_piled_on_one_spot_stay_readable():
+    """An early BCCD model put its 50 queries on one spot: their 50 labels were piled into one unreadable block and
+    the matched panel did not show which query went to which cell. Labels that would cover others are left out (the
+    titles count them) and each ground-truth label names its query."""
+    image = np.full((120, 160, 3), 0.5)
+    predictions = [LabelledBox((40, 40, 90, 90), f"q{q} RBC 0.5") for q in range(12)]
+    truth = [LabelledBox((10 + 35 * t, 10, 40 + 35 * t, 30), "RBC") for t in range(4)]
+    pairs = [(q, t) for t, q in enumerate((3, 7, 0, 11))]
+    figure = matching_figure(image, predictions, truth, pairs)
+    assert _overlapping_texts(figure) == []
+    every, matched = figure.axes
+    assert "8 box labels not written (would cover another)" in every.get_title()  # 4 corners for 12
+    assert {"RBC ← q3", "RBC ← q7", "RBC ← q0", "RBC ← q11"} <= {text.get_text() for text in matched.texts}
+
+
+def test_attention_panels_say_how_many_box_labels_were_not_written():
+    """Five objects on one spot: their class names took the box's four corners and the fifth was written over
+    them; it is now left out and the title says so."""
+    truth = [LabelledBox((20, 20, 44, 44), "cell")] * 5
+    figure = attention_figure(np.full((64, 64, 3), 0.5), np.full((1, 1, 4, 4), 1 / 16), ground_truth=truth)
+    assert _overlapping_texts(figure) == []
+    assert "2 box labels not written (would cover another)" in figure.get_suptitle().replace("\n", " ")
