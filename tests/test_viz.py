@@ -952,6 +952,20 @@ def test_matching_labels_of_queries_piled_on_one_spot_stay_readable():
     assert {"RBC ← q3", "RBC ← q7", "RBC ← q0", "RBC ← q11"} <= {text.get_text() for text in matched.texts}
 
 
+def test_data_figure_names_stay_apart_on_crowded_images_and_long_file_names():
+    """BCCD's crowded cells wrote 'RBC' over 'RBC' and 'Platelets', and long file names (Roboflow's) ran into the
+    next panel's title; names that would cover others are left out (counted in the title), file names wrap."""
+    image, padding = np.full((96, 128, 3), 0.5), np.zeros((96, 128), dtype=bool)
+    boxes = [LabelledBox((4 + 6 * i, 30 + 3 * i, 40 + 6 * i, 60), "Platelets" if i % 3 else "RBC") for i in range(12)]
+    name = "BloodImage_00023_jpg.rf.3f2a8d9e0c1b2a3f4e5d6c7b8a9f0e1d.jpg (id 17)"
+    figure = data_figure([Sample(image, padding, boxes, name)] * 3, title="train.json: 3 images")
+    assert _overlapping_texts(figure) == []
+    assert "box labels not written (would cover another)" in figure.get_suptitle().replace("\n", " ")
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    titles = [axes.title.get_window_extent(renderer) for axes in figure.axes]
+    assert not titles[0].overlaps(titles[1]) and not titles[1].overlaps(titles[2])
+
+
 def test_attention_panels_say_how_many_box_labels_were_not_written():
     """Five objects on one spot: their class names took the box's four corners and the fifth was written over
     them; it is now left out and the title says so."""
