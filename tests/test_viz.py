@@ -973,3 +973,15 @@ def test_attention_panels_say_how_many_box_labels_were_not_written():
     figure = attention_figure(np.full((64, 64, 3), 0.5), np.full((1, 1, 4, 4), 1 / 16), ground_truth=truth)
     assert _overlapping_texts(figure) == []
     assert "2 box labels not written (would cover another)" in figure.get_suptitle().replace("\n", " ")
+
+
+def test_alpha_colours_span_softmax_to_sparsemax_whatever_the_values():
+    """Heads 0.003 apart were drawn black and pale yellow, the colour bar's ends 1.5005 and 1.5037, under a title
+    reading '1 = softmax, 2 = sparsemax': a spread of nothing looked like softmax against sparsemax. The colours span
+    α's range [1, 2] in every figure; the numbers tell close heads apart."""
+    alpha = {"decoder.layers.0.cross_attn.activation": [1.5005, 1.5037]}
+    figure = alpha_figure([{"type": "train", "step": 2, "alpha": alpha}])
+    (image,) = figure.axes[0].images
+    assert image.get_clim() == (1.0, 2.0)
+    colours = image.cmap(image.norm(np.array(alpha["decoder.layers.0.cross_attn.activation"])))
+    assert np.abs(colours[0] - colours[1]).max() < 0.02
