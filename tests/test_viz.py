@@ -985,3 +985,32 @@ def test_alpha_colours_span_softmax_to_sparsemax_whatever_the_values():
     assert image.get_clim() == (1.0, 2.0)
     colours = image.cmap(image.norm(np.array(alpha["decoder.layers.0.cross_attn.activation"])))
     assert np.abs(colours[0] - colours[1]).max() < 0.02
+
+
+def _contrast(first: tuple[int, ...], second: tuple[int, ...]) -> float:
+    """WCAG contrast ratio of two sRGB colours (1 to 21; 3 is the least for large text)."""
+
+    def luminance(color: tuple[int, ...]) -> float:
+        linear = [(c / 255 / 12.92) if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in color[:3]]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    light, dark = sorted((luminance(first), luminance(second)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_predict_captions_read_on_every_class_colour():
+    """predict wrote BCCD's 'RBC 0.55' in white on tab20's light blue, which could not be read; the caption is black
+    or white, whichever reads on its class's colour, and classes 0, 1, 2 are blue, orange, green (were blue, light
+    blue, orange)."""
+    from sparse_detector.viz.boxes import draw_boxes, label_color
+
+    assert [label_color(label) for label in range(3)] == [(31, 119, 180), (255, 127, 14), (44, 160, 44)]
+    for label in range(20):
+        picture = np.asarray(draw_boxes(Image.new("RGB", (120, 60)), [[2, 30, 110, 58]], [label], ["RBC 0.55"]))
+        above = picture[:30]  # the caption's patch above the box and the text on it, on a black image
+        rows, columns = np.nonzero(above.any(axis=2))
+        caption = above[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1].reshape(-1, 3)
+        colours, counts = np.unique(caption, axis=0, return_counts=True)
+        patch = tuple(colours[counts.argmax()])
+        text = max((tuple(c) for c in colours), key=lambda c: _contrast(c, patch))
+        assert patch == label_color(label) and _contrast(text, patch) >= 3, (label, patch, text)

@@ -19,9 +19,17 @@ def caption_font(size: int = CAPTION_SIZE) -> ImageFont.FreeTypeFont:
 
 
 def label_color(label: int) -> tuple[int, int, int]:
-    """A stable, distinct colour per label (matplotlib's tab20 palette)."""
-    r, g, b, _ = colormaps["tab20"](label % 20)
+    """A stable, distinct colour per label: tab10's colours for labels 0-9, then their light tab20 partners (in
+    tab20's own order labels 0 and 1 were blue and light blue, 2 and 3 orange and light orange)."""
+    index = label % 20
+    r, g, b, _ = colormaps["tab20"](2 * index if index < 10 else 2 * (index - 10) + 1)
     return int(r * 255), int(g * 255), int(b * 255)
+
+
+def caption_color(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads on ``background`` (white on tab20's light blue could not be read)."""
+    r, g, b = background
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
 
 
 def draw_boxes(
@@ -43,5 +51,5 @@ def draw_boxes(
         left, top, right, bottom = draw.textbbox((x0, y0), caption, font=caption_font())
         text_y = y0 - (bottom - top) - 2 if y0 >= bottom - top + 2 else y0
         draw.rectangle([x0, text_y, x0 + right - left + 2, text_y + bottom - top + 2], fill=color)
-        draw.text((x0 + 1, text_y + 1 - (top - y0)), caption, fill=(255, 255, 255), font=caption_font())
+        draw.text((x0 + 1, text_y + 1 - (top - y0)), caption, fill=caption_color(color), font=caption_font())
     return canvas
