@@ -1014,3 +1014,19 @@ def test_predict_captions_read_on_every_class_colour():
         patch = tuple(colours[counts.argmax()])
         text = max((tuple(c) for c in colours), key=lambda c: _contrast(c, patch))
         assert patch == label_color(label) and _contrast(text, patch) >= 3, (label, patch, text)
+
+
+def test_labels_of_boxes_reaching_past_the_image_stay_on_their_panel():
+    """A Deformable model's early box reaching past the image's left edge had its label start outside the panel
+    ('q10 green 0.06' cut to '10 green 0.06'); labels are anchored on the image's part of the box."""
+    predictions = [LabelledBox((-12, -9, 30, 20), "q0 green 0.06"), LabelledBox((140, 100, 175, 131), "q1 red 0.1")]
+    figure = matching_figure(np.full((120, 160, 3), 0.5), predictions, [], [])
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    every = figure.axes[0]
+    frame = every.get_window_extent(renderer)
+    assert len(every.texts) == 2
+    for text in every.texts:
+        extent = text.get_bbox_patch().get_window_extent(renderer)
+        assert frame.x0 - 1 <= extent.x0 and extent.x1 <= frame.x1 + 1, text.get_text()
+        assert frame.y0 - 1 <= extent.y0 and extent.y1 <= frame.y1 + 1, text.get_text()

@@ -159,11 +159,11 @@ def draw_labelled_boxes(
         places = []  # (x, y, ha, va), the preferred first: the side asked for, the corner that stays on the image
         extent = text_height + LABEL_GAP * pixels  # from the anchor to the patch's far edge
         for bottom in (text_below, not text_below):
-            edge = y1 if bottom else y0
+            edge = min(max(y1 if bottom else y0, 0), height)  # a predicted box may reach past the image
             outward = edge + extent <= height if bottom else edge - extent >= 0
             va = "top" if bottom == outward else "bottom"  # the text goes down from its anchor ("top") or up
             for right in (x0 > width / 2, x0 <= width / 2):
-                places.append((min(x1, width) if right else x0, edge, "right" if right else "left", va))
+                places.append((min(x1, width) if right else max(x0, 0), edge, "right" if right else "left", va))
         rects = [_rect(x, y, ha, va, text_width, text_height, LABEL_GAP * pixels) for x, y, ha, va in places]
         clear = [i for i, rect in enumerate(rects) if not any(_overlap(rect, other) for other in taken)]
         inside = [i for i in clear if rects[i][0] >= -0.5 and rects[i][2] <= width + 0.5]
