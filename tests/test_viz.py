@@ -1030,3 +1030,13 @@ def test_labels_of_boxes_reaching_past_the_image_stay_on_their_panel():
         extent = text.get_bbox_patch().get_window_extent(renderer)
         assert frame.x0 - 1 <= extent.x0 and extent.x1 <= frame.x1 + 1, text.get_text()
         assert frame.y0 - 1 <= extent.y0 and extent.y1 <= frame.y1 + 1, text.get_text()
+
+
+def test_data_panels_take_the_images_shape():
+    """BCCD's 4:3 images in square 3-inch panels left a band of white between the rows; panels take the shape."""
+    image, padding = np.full((192, 256, 3), 0.5), np.zeros((192, 256), dtype=bool)
+    figure = data_figure([Sample(image, padding, [], f"BloodImage_0000{i}.jpg") for i in range(8)])
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    images = sum(axes.get_window_extent(renderer).height for axes in figure.axes[::4])  # one panel a row
+    assert images >= 0.7 * figure.bbox.height, (images, figure.bbox.height)
