@@ -1040,3 +1040,17 @@ def test_data_panels_take_the_images_shape():
     figure.draw(renderer)
     images = sum(axes.get_window_extent(renderer).height for axes in figure.axes[::4])  # one panel a row
     assert images >= 0.7 * figure.bbox.height, (images, figure.bbox.height)
+
+
+def test_encoder_figures_say_why_they_draw_their_cells(runs, tmp_path: Path, monkeypatch):
+    """`visualize encoder RUN` without --pixels drew two cells without a word of why those; the title says they are
+    the cells most attended to and how to pick others."""
+    figures = []
+    monkeypatch.setattr(kinds, "save_figure", lambda figure, path, fmt="png": figures.append(figure) or Path(path))
+    assert main(["visualize", "encoder", str(runs["run"]), "--num-images", "1", "--output", str(tmp_path)]) == 0
+    assert len(figures) == kinds.MOST_ATTENDED_CELLS
+    why = "cells most attended in the last layer (--pixels picks others)"
+    assert all(why in figure.get_suptitle().replace("\n", " ") for figure in figures)
+    figures.clear()
+    assert main(["visualize", "encoder", str(runs["run"]), "--pixels", "40,50", "--output", str(tmp_path)]) == 0
+    assert all("most attended" not in figure.get_suptitle() for figure in figures)
