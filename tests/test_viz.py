@@ -78,6 +78,7 @@ def runs(shapes, tmp_path_factory) -> dict[str, Path]:
         "model.deformable.enc_n_points=2",
         "model.deformable.dec_n_points=2",
         "model.attention.decoder_cross.activation=sparsemax",
+        "train.diagnostics_every=1",
     )
     Trainer(config, deformable, progress=False).fit()
     return {
@@ -1054,3 +1055,20 @@ def test_encoder_figures_say_why_they_draw_their_cells(runs, tmp_path: Path, mon
     figures.clear()
     assert main(["visualize", "encoder", str(runs["run"]), "--pixels", "40,50", "--output", str(tmp_path)]) == 0
     assert all("most attended" not in figure.get_suptitle() for figure in figures)
+
+
+def test_weight_histograms_of_layers_initialised_to_zero_say_they_are_in_absolute_units(runs):
+    """Deformable DETR's sampling offsets start at 0 (std 0): their histograms were binned in absolute units while
+    the step-0 record said std 1.0 and the axis 'value / the layer's initial std'; the record says 0 and the figure
+    marks those rows."""
+    records = read_diagnostics(runs["deformable"])
+    offsets = [layer for layer in records[0]["weights"] if layer.endswith("sampling_offsets")]
+    assert offsets and all(records[0]["weights"][layer]["std"] == 0 for layer in offsets)
+    assert all(records[-1]["weights"][layer]["std"] > 0 for layer in offsets)  # they learn
+    figure = diagnostics_figure(records)
+    histogram = next(ax for ax in figure.axes if ax.get_title().startswith("weights at step 0"))
+    names = [label.get_text() for label in histogram.get_yticklabels()]
+    zero = {layer for layer, stats in records[0]["weights"].items() if stats["std"] == 0}  # also attention weights
+    assert set(offsets) <= zero
+    assert {name for name in names if name.endswith("(*)")} == {f"{layer} (*)" for layer in zero}
+    assert "(*): initialised to one value, so in absolute units" in histogram.get_xlabel()
