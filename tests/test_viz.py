@@ -1072,3 +1072,15 @@ def test_weight_histograms_of_layers_initialised_to_zero_say_they_are_in_absolut
     assert set(offsets) <= zero
     assert {name for name in names if name.endswith("(*)")} == {f"{layer} (*)" for layer in zero}
     assert "(*): initialised to one value, so in absolute units" in histogram.get_xlabel()
+
+
+def test_curves_say_which_object_sizes_the_validation_data_lacks():
+    """The shapes data has no large objects (COCO logs APl -1): the AP-by-size panel's title promised a dotted line
+    for large objects and drew none, with no word of why."""
+    records = [{"type": "train", "step": 1, "loss": 3.0, "class_error": 50.0}]
+    sizes = {"AP_small": 0.1, "AP_medium": 0.2, "AP_large": -1.0}
+    records += [{"type": "epoch", "step": e, "epoch": e, "AP": 0.1, **sizes} for e in (1, 2)]
+    title = curves_figure({"run": records}).axes[6].get_title()
+    assert title.endswith("\nlarge: no such objects in the validation data")
+    records[-1]["AP_large"] = 0.3  # one evaluation measured it: nothing to say
+    assert "no such objects" not in curves_figure({"run": records}).axes[6].get_title()
