@@ -693,7 +693,7 @@ def test_a_crowded_image_outlines_its_ground_truth_without_class_names():
     title = crowded.get_suptitle().replace("\n", " ")
     assert "ground-truth classes not written where a panel has over 8 boxes" in title
     few = attention_figure(image, maps, predictions=prediction, ground_truth=crowd[:3])
-    assert [t.get_text() for t in few.axes[0].texts] == ["cell"] * 3 + ["q0 a 0.9"]
+    assert [t.get_text() for t in few.axes[0].texts] == ["q0 a 0.9"] + ["cell"] * 3
     assert "not written" not in few.get_suptitle()
 
 
@@ -1084,3 +1084,15 @@ def test_curves_say_which_object_sizes_the_validation_data_lacks():
     assert title.endswith("\nlarge: no such objects in the validation data")
     records[-1]["AP_large"] = 0.3  # one evaluation measured it: nothing to say
     assert "no such objects" not in curves_figure({"run": records}).axes[6].get_title()
+
+
+def test_attention_panels_keep_the_querys_label_among_ground_truth_names():
+    """Ground-truth names drawn first could take every corner of the query's box, leaving out the query's own label
+    (its class and score, what the figure is about); the query's label goes first."""
+    box = (20, 20, 44, 44)
+    truth = [LabelledBox(box, "cell")] * 4
+    prediction = [LabelledBox(box, "q3 cell 0.9")]
+    maps = np.full((1, 1, 4, 4), 1 / 16)
+    figure = attention_figure(np.full((64, 64, 3), 0.5), maps, predictions=prediction, ground_truth=truth)
+    assert all("q3 cell 0.9" in [t.get_text() for t in axes.texts] for axes in figure.axes if axes.images)
+    assert _overlapping_texts(figure) == []

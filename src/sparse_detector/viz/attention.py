@@ -114,8 +114,9 @@ def attention_panels_figure(
             truth = panel.ground_truth
             if len(truth) > MAX_TRUTH_TEXTS:  # 1.5-inch panels: a class name per box would bury the map
                 truth = [LabelledBox(box.box) for box in truth]
+            # the query's text first, so that ground-truth names never take its place; its box still on top
+            left_out += draw_labelled_boxes(axes, panel.predictions, PREDICTION_COLOR, zorder=1.1)
             left_out += draw_labelled_boxes(axes, truth, TRUTH_COLOR, text_below=True)
-            left_out += draw_labelled_boxes(axes, panel.predictions, PREDICTION_COLOR)
             for x, y in panel.points:
                 axes.plot([x], [y], marker="x", color=PREDICTION_COLOR, markersize=7, markeredgewidth=2)
             if panel.title or r == 0:

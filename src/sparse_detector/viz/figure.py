@@ -134,7 +134,12 @@ def cxcywh_to_pixels(boxes: Tensor, height: float, width: float) -> list[tuple[f
 
 
 def draw_labelled_boxes(
-    axes: Axes, boxes: Sequence[LabelledBox], color: str, linewidth: float = 1.5, text_below: bool = False
+    axes: Axes,
+    boxes: Sequence[LabelledBox],
+    color: str,
+    linewidth: float = 1.5,
+    text_below: bool = False,
+    zorder: float = 1.0,
 ) -> int:
     """Outline each box on ``axes`` (in data = pixel coordinates, the image already shown) and write its text on a
     patch of its colour, above the box's top-left corner (``text_below``: under its bottom-left corner); inside the
@@ -144,7 +149,8 @@ def draw_labelled_boxes(
 
     A text that would cover one already on ``axes`` (of this call or an earlier one: draw the boxes whose texts
     matter most first) goes to the box's other corners; where every corner is taken it is left out (the box is still
-    outlined). Returns the number of texts left out, for the figure to say so (:func:`left_out_note`)."""
+    outlined). ``zorder`` places the outlines over (higher) or under the others (matplotlib's patches: 1). Returns the
+    number of texts left out, for the figure to say so (:func:`left_out_note`)."""
     height = max(axes.get_ylim())  # images are shown with y down: limits (height, 0)
     width = max(axes.get_xlim())
     pixels = _pixels_per_point(axes)
@@ -152,7 +158,8 @@ def draw_labelled_boxes(
     left_out = 0
     for item in boxes:
         x0, y0, x1, y1 = item.box
-        axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=linewidth))
+        outline = Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=linewidth, zorder=zorder)
+        axes.add_patch(outline)
         if not item.text:
             continue
         text_width, text_height = (side * pixels for side in _label_points(item.text))

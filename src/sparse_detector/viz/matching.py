@@ -50,9 +50,7 @@ def matching_figure(
     unmatched = [box for q, box in enumerate(predictions) if q not in matched_queries]
     left_out = draw_labelled_boxes(every, ground_truth, TRUTH_COLOR, text_below=True)
     left_out += draw_labelled_boxes(every, [predictions[q] for q in matched_queries], PREDICTION_COLOR)
-    left_out += draw_labelled_boxes(every, unmatched, UNMATCHED_COLOR, linewidth=0.8)
-    for patch in every.patches[len(every.patches) - len(unmatched) :]:
-        patch.set_zorder(0.9)  # under the matched queries' boxes, drawn before them
+    left_out += draw_labelled_boxes(every, unmatched, UNMATCHED_COLOR, linewidth=0.8, zorder=0.9)  # under the rest
     every.set_title(_with_note(f"all {len(predictions)} queries (grey: not matched)", left_out), fontsize=9)
     query_of = {t: q for q, t in pairs}
     named = [
