@@ -257,7 +257,9 @@ def test_box_texts_near_the_right_edge_stay_on_their_panel():
     renderer = canvas.get_renderer()
     for panel in (axes for axes in figure.axes if axes.images):
         texts = {text.get_text(): text for text in panel.texts}
-        assert texts["wine glass"].get_ha() == "right" and texts["person"].get_ha() == "left"
+        to_display = panel.transData.transform
+        glass, person = (texts[name].get_window_extent(renderer) for name in ("wine glass", "person"))
+        assert glass.x1 <= to_display((126, 0))[0] + 2 and person.x0 >= to_display((4, 0))[0] - 2  # at their corners
         for text in texts.values():
             extent, frame = text.get_window_extent(renderer), panel.get_window_extent()
             assert frame.x0 - 2 <= extent.x0 and extent.x1 <= frame.x1 + 2, text.get_text()
@@ -591,7 +593,10 @@ def test_data_figure_of_one_sample_keeps_its_title_and_box_texts_inside():
     assert page.x0 <= extent.x0 and extent.x1 <= page.x1, (extent, page)
     assert "train.json: 1 image" in figure.get_suptitle()
     axes = figure.axes[0]
-    assert [text.get_va() for text in axes.texts] == ["top", "bottom"]  # inside the top box, above the lower one
+    top, lower = (text.get_bbox_patch().get_window_extent(renderer) for text in axes.texts)
+    to_display = axes.transData.transform
+    assert top.y1 <= to_display((0, 1))[1] + 1  # inside the top box (y up on the page)
+    assert lower.y0 >= to_display((0, 30))[1] - 1  # above the lower one
     assert axes.texts[0].get_window_extent(renderer).y1 <= axes.get_window_extent(renderer).y1 + 1
 
 
@@ -692,7 +697,7 @@ def test_a_crowded_image_outlines_its_ground_truth_without_class_names():
     assert [t.get_text() for t in crowded.axes[0].texts] == ["q0 a 0.9"] and len(crowded.axes[0].patches) == 11
     title = crowded.get_suptitle().replace("\n", " ")
     assert "ground-truth classes not written where a panel has over 8 boxes" in title
-    few = attention_figure(image, maps, predictions=prediction, ground_truth=crowd[:3])
+    few = attention_figure(image, maps, predictions=prediction, ground_truth=crowd[4:9:2])  # 3 boxes, apart
     assert [t.get_text() for t in few.axes[0].texts] == ["q0 a 0.9"] + ["cell"] * 3
     assert "not written" not in few.get_suptitle()
 
@@ -958,6 +963,7 @@ def test_data_figure_names_stay_apart_on_crowded_images_and_long_file_names():
     next panel's title; names that would cover others are left out (counted in the title), file names wrap."""
     image, padding = np.full((96, 128, 3), 0.5), np.zeros((96, 128), dtype=bool)
     boxes = [LabelledBox((4 + 6 * i, 30 + 3 * i, 40 + 6 * i, 60), "Platelets" if i % 3 else "RBC") for i in range(12)]
+    boxes += [LabelledBox((60, 40, 90, 70), "RBC")] * 5  # four corners for five labels
     name = "BloodImage_00023_jpg.rf.3f2a8d9e0c1b2a3f4e5d6c7b8a9f0e1d.jpg (id 17)"
     figure = data_figure([Sample(image, padding, boxes, name)] * 3, title="train.json: 3 images")
     assert _overlapping_texts(figure) == []
@@ -1096,3 +1102,24 @@ def test_attention_panels_keep_the_querys_label_among_ground_truth_names():
     figure = attention_figure(np.full((64, 64, 3), 0.5), maps, predictions=prediction, ground_truth=truth)
     assert all("q3 cell 0.9" in [t.get_text() for t in axes.texts] for axes in figure.axes if axes.images)
     assert _overlapping_texts(figure) == []
+
+
+def test_predict_captions_do_not_cover_each_other():
+    """13 detections on a 128 px shapes image (or BCCD's 50 RBC boxes on one spot) wrote their captions over each
+    other into one unreadable block; a caption that would cover another goes to the box's other corners or is left
+    out (the box stays; predictions.json lists every detection)."""
+    from sparse_detector.viz.boxes import draw_boxes, label_spot
+
+    taken = []
+    for _ in range(5):  # five boxes on one spot: four corners, then nothing
+        spot = label_spot((20, 40, 110, 90), (30, 12), taken, (128, 128))
+        taken += [spot] if spot else []
+    assert spot is None and len(taken) == 4
+    assert all(
+        not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]) for a in taken for b in taken if a != b
+    )
+    scores = [0.1, 0.2, 0.3, 0.4, 0.5]
+    picture = np.asarray(draw_boxes(Image.new("RGB", (128, 128)), [[20, 40, 110, 90]] * 5, [0] * 5, ["c"] * 5, scores))
+    text = np.all(picture == 255, axis=2)  # white letters on class 0's blue
+    corners = [text[:40, :65], text[:40, 65:], text[91:, :65], text[91:, 65:]]
+    assert all(corner.any() for corner in corners) and not text[43:88].any()  # one caption a corner, none inside

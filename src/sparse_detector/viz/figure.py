@@ -29,6 +29,7 @@ from torchvision.ops import box_convert
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..files import write_atomically
 from ..text import counted
+from .boxes import label_spot
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,9 @@ def draw_labelled_boxes(
     zorder: float = 1.0,
 ) -> int:
     """Outline each box on ``axes`` (in data = pixel coordinates, the image already shown) and write its text on a
-    patch of its colour, above the box's top-left corner (``text_below``: under its bottom-left corner); inside the
-    box where the text would leave the image, so it never covers a panel's title or the panel below. A box starting
-    in the image's right half has its text end at its right edge, so the text does not run off the image into the
-    next panel.
+    patch of its colour where :func:`.boxes.label_spot` puts it: above the box's top-left corner (``text_below``:
+    under its bottom-left corner), inside the box where the text would leave the image (so it never covers a panel's
+    title or the next panel), at the right corner for a box starting in the image's right half.
 
     A text that would cover one already on ``axes`` (of this call or an earlier one: draw the boxes whose texts
     matter most first) goes to the box's other corners; where every corner is taken it is left out (the box is still
@@ -162,25 +162,17 @@ def draw_labelled_boxes(
         axes.add_patch(outline)
         if not item.text:
             continue
+        gap = LABEL_GAP * pixels  # the text's patch and a hair around it
         text_width, text_height = (side * pixels for side in _label_points(item.text))
-        places = []  # (x, y, ha, va), the preferred first: the side asked for, the corner that stays on the image
-        extent = text_height + LABEL_GAP * pixels  # from the anchor to the patch's far edge
-        for bottom in (text_below, not text_below):
-            edge = min(max(y1 if bottom else y0, 0), height)  # a predicted box may reach past the image
-            outward = edge + extent <= height if bottom else edge - extent >= 0
-            va = "top" if bottom == outward else "bottom"  # the text goes down from its anchor ("top") or up
-            for right in (x0 > width / 2, x0 <= width / 2):
-                places.append((min(x1, width) if right else max(x0, 0), edge, "right" if right else "left", va))
-        rects = [_rect(x, y, ha, va, text_width, text_height, LABEL_GAP * pixels) for x, y, ha, va in places]
-        clear = [i for i, rect in enumerate(rects) if not any(_overlap(rect, other) for other in taken)]
-        inside = [i for i in clear if rects[i][0] >= -0.5 and rects[i][2] <= width + 0.5]
-        if not clear:
+        spot = label_spot(item.box, (text_width + 2 * gap, text_height + 2 * gap), taken, (width, height), text_below)
+        if spot is None:
             left_out += 1
             continue
-        chosen = (inside or clear)[0]  # a text wider than the image: where it covers no other
-        x, y, ha, va = places[chosen]
-        taken.append(rects[chosen])
-        axes.text(x, y, item.text, color="black", fontsize=LABEL_FONTSIZE, ha=ha, va=va, bbox=_label_patch(color))
+        taken.append(spot)
+        x, y = spot[0] + gap, spot[1] + gap
+        axes.text(
+            x, y, item.text, color="black", fontsize=LABEL_FONTSIZE, ha="left", va="top", bbox=_label_patch(color)
+        )
     return left_out
 
 
@@ -201,9 +193,12 @@ def _label_patch(color: str) -> dict:
 
 @cache
 def _label_points(text: str, fontsize: float = LABEL_FONTSIZE) -> tuple[float, float]:
-    """Width and height in points of ``text`` at ``fontsize``, as matplotlib's renderer sets it."""
-    width, height, _ = RendererAgg(1, 1, 72).get_text_width_height_descent(text, FontProperties(size=fontsize), False)
-    return width, height
+    """Width and height in points of ``text`` at ``fontsize``, as matplotlib's renderer sets it: a line is at least
+    as tall as "lp" (room for ascenders and descenders), whatever its letters."""
+    renderer, font = RendererAgg(1, 1, 72), FontProperties(size=fontsize)
+    width, height, descent = renderer.get_text_width_height_descent(text, font, False)
+    _, line_height, line_descent = renderer.get_text_width_height_descent("lp", font, False)
+    return width, max(height - descent, line_height - line_descent) + max(descent, line_descent)
 
 
 def _pixels_per_point(axes: Axes) -> float:
@@ -236,10 +231,6 @@ def _text_rect(text: Text, pixels: float) -> tuple[float, float, float, float]:
     width, height = (side * pixels for side in _label_points(text.get_text(), text.get_fontsize()))
     x, y = text.get_position()
     return _rect(x, y, text.get_ha(), text.get_va(), width, height, LABEL_GAP * pixels)
-
-
-def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def count_axis(axes: Axes, label: str) -> None:
