@@ -1123,3 +1123,18 @@ def test_predict_captions_do_not_cover_each_other():
     text = np.all(picture == 255, axis=2)  # white letters on class 0's blue
     corners = [text[:40, :65], text[:40, 65:], text[91:, :65], text[91:, 65:]]
     assert all(corner.any() for corner in corners) and not text[43:88].any()  # one caption a corner, none inside
+
+
+def test_predict_captions_stay_whole_on_the_picture():
+    """A box drawn after a caption crossed it ('green v.12'), and a caption moved off a taken corner could run past
+    the image's edge ('green 0' cut); boxes are drawn first, and every caption lies on the picture."""
+    from sparse_detector.viz.boxes import draw_boxes, label_spot
+
+    image, first = Image.new("RGB", (128, 128)), [20, 40, 110, 90]
+    alone = np.asarray(draw_boxes(image, [first], [0], ["green"], [0.12]))
+    crossed = np.asarray(draw_boxes(image, [first, [10, 30, 60, 34]], [0, 3], ["green", "red"], [0.12, 0.1]))
+    assert np.array_equal(alone[26:40, 20:80], crossed[26:40, 20:80])  # the first caption, untouched
+    taken = []
+    while spot := label_spot((96, 50, 126, 70), (55, 12), taken, (128, 128)):  # captions wider than their boxes
+        taken.append(spot)
+    assert len(taken) == 2 and all(spot[0] >= 0 and spot[2] <= 128 for spot in taken)  # above and below, whole

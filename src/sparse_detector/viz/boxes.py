@@ -18,10 +18,10 @@ def label_spot(
 ) -> Rect | None:
     """Where the label of ``box`` (x0, y0, x1, y1), ``size`` (width, height) in the same pixels, goes in an image of
     ``bounds`` (width, height): on the box's top edge, outside it (``below``: the bottom edge), inside where it would
-    leave the image; at the box's left corner, the right one for a box starting in the image's right half (its text
-    would run off the image); else the other corners. The first spot that covers none of ``taken`` (the labels
-    placed already), preferring those inside the image; None where every spot covers one: the label is left out,
-    so that labels never pile up into an unreadable block."""
+    leave the image; at the box's left corner, the right one for a box starting in the image's right half; else the
+    other corners; always shifted onto the image (a label wider than the image starts at its left edge). The first
+    spot that covers none of ``taken`` (the labels placed already); None where every spot covers one: the label is
+    left out, so that labels never pile up into an unreadable block."""
     x0, y0, x1, y1 = (float(v) for v in box)
     width, height = bounds
     label_width, label_height = size
@@ -33,11 +33,9 @@ def label_spot(
         else:
             top = edge - label_height if edge - label_height >= 0 else edge
         for right in (x0 > width / 2, x0 <= width / 2):
-            left = min(x1, width) - label_width if right else max(x0, 0)
+            left = max(min(x1 - label_width if right else x0, width - label_width), 0)
             spots.append((left, top, left + label_width, top + label_height))
-    clear = [spot for spot in spots if not any(_overlap(spot, other) for other in taken)]
-    inside = [spot for spot in clear if spot[0] >= -0.5 and spot[2] <= width + 0.5]
-    return (inside or clear or [None])[0]  # a label wider than the image: where it covers no other
+    return next((spot for spot in spots if not any(_overlap(spot, other) for other in taken)), None)
 
 
 def _overlap(a: Rect, b: Rect) -> bool:
@@ -77,10 +75,11 @@ def draw_boxes(
     :func:`label_spot`: a caption that would cover another is left out)."""
     canvas = image.convert("RGB")
     draw = ImageDraw.Draw(canvas)
-    taken: list[Rect] = []
-    for i, (box, label, name) in enumerate(zip(boxes, labels, names, strict=True)):
-        color = label_color(label)
+    colors = [label_color(label) for label in labels]
+    for box, color in zip(boxes, colors, strict=True):  # every box before any caption, which no outline may cross
         draw.rectangle([float(v) for v in box], outline=color, width=width)
+    taken: list[Rect] = []
+    for i, (box, color, name) in enumerate(zip(boxes, colors, names, strict=True)):
         caption = name if scores is None else f"{name} {scores[i]:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), caption, font=caption_font())
         spot = label_spot(box, (right - left + 2, bottom - top + 2), taken, canvas.size)
