@@ -12,6 +12,7 @@ import pytest
 import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.transforms import Bbox
 from PIL import Image
 
 from sparse_detector import build_model, load_config
@@ -77,6 +78,7 @@ def runs(shapes, tmp_path_factory) -> dict[str, Path]:
         "model.deformable.enc_n_points=2",
         "model.deformable.dec_n_points=2",
         "model.attention.decoder_cross.activation=sparsemax",
+        "train.diagnostics_every=1",
     )
     Trainer(config, deformable, progress=False).fit()
     return {
@@ -255,7 +257,9 @@ def test_box_texts_near_the_right_edge_stay_on_their_panel():
     renderer = canvas.get_renderer()
     for panel in (axes for axes in figure.axes if axes.images):
         texts = {text.get_text(): text for text in panel.texts}
-        assert texts["wine glass"].get_ha() == "right" and texts["person"].get_ha() == "left"
+        to_display = panel.transData.transform
+        glass, person = (texts[name].get_window_extent(renderer) for name in ("wine glass", "person"))
+        assert glass.x1 <= to_display((126, 0))[0] + 2 and person.x0 >= to_display((4, 0))[0] - 2  # at their corners
         for text in texts.values():
             extent, frame = text.get_window_extent(renderer), panel.get_window_extent()
             assert frame.x0 - 2 <= extent.x0 and extent.x1 <= frame.x1 + 2, text.get_text()
@@ -604,7 +608,10 @@ def test_data_figure_of_one_sample_keeps_its_title_and_box_texts_inside():
     assert page.x0 <= extent.x0 and extent.x1 <= page.x1, (extent, page)
     assert "train.json: 1 image" in figure.get_suptitle()
     axes = figure.axes[0]
-    assert [text.get_va() for text in axes.texts] == ["top", "bottom"]  # inside the top box, above the lower one
+    top, lower = (text.get_bbox_patch().get_window_extent(renderer) for text in axes.texts)
+    to_display = axes.transData.transform
+    assert top.y1 <= to_display((0, 1))[1] + 1  # inside the top box (y up on the page)
+    assert lower.y0 >= to_display((0, 30))[1] - 1  # above the lower one
     assert axes.texts[0].get_window_extent(renderer).y1 <= axes.get_window_extent(renderer).y1 + 1
 
 
@@ -705,8 +712,8 @@ def test_a_crowded_image_outlines_its_ground_truth_without_class_names():
     assert [t.get_text() for t in crowded.axes[0].texts] == ["q0 a 0.9"] and len(crowded.axes[0].patches) == 11
     title = crowded.get_suptitle().replace("\n", " ")
     assert "ground-truth classes not written where a panel has over 8 boxes" in title
-    few = attention_figure(image, maps, predictions=prediction, ground_truth=crowd[:3])
-    assert [t.get_text() for t in few.axes[0].texts] == ["cell"] * 3 + ["q0 a 0.9"]
+    few = attention_figure(image, maps, predictions=prediction, ground_truth=crowd[4:9:2])  # 3 boxes, apart
+    assert [t.get_text() for t in few.axes[0].texts] == ["q0 a 0.9"] + ["cell"] * 3
     assert "not written" not in few.get_suptitle()
 
 
@@ -853,7 +860,8 @@ def test_matching_figure_takes_the_images_shape():
     assert tuple(matching_figure(wide, [], [], []).get_size_inches()) == pytest.approx((10, 4.6 / 2 + 0.8))
     assert tuple(matching_figure(square, [], [], []).get_size_inches()) == pytest.approx((10, 5.4))
     one = [LabelledBox((2, 2, 20, 20), "q0 WBC 0.5")]  # a one-class run matched its only object: '1 matched pairs'
-    assert matching_figure(square, one, one, [(0, 0)]).axes[1].get_title() == "1 matched pair (query → ground truth)"
+    title = matching_figure(square, one, one, [(0, 0)]).axes[1].get_title()
+    assert title == "1 matched pair (query → ground truth, named in its label)"
 
 
 def test_figures_of_images_with_dots_in_their_names_keep_the_whole_name(runs, tmp_path: Path):
@@ -913,3 +921,254 @@ def test_sparsity_writes_n_a_for_a_run_without_a_reading_in_the_first_group_too(
     low, high = axes.get_xlim()
     shown = [text.get_text() for text in axes.texts if low <= text.xy[0] <= high]  # matplotlib clips the others
     assert sorted(shown) == ["0.40", "0.50", "n/a", "n/a"]
+
+
+@pytest.mark.parametrize("fmt", ["png", "pdf", "svg"])
+def test_a_figure_cut_off_while_written_leaves_the_one_there_before(tmp_path: Path, monkeypatch, fmt: str):
+    """`visualize` wrote figures in place: a kill mid-write left half a PNG where the last drawing had been. A write
+    cut short now leaves the previous figure whole and no temporary file."""
+    from matplotlib.figure import Figure
+
+    from sparse_detector.viz.figure import save_figure
+
+    path = tmp_path / f"curves.{fmt}"
+    path.write_bytes(b"the figure drawn before")
+
+    def cut_short(self, target, **kwargs):
+        Path(target).write_bytes(b"\x89PNG half") if isinstance(target, (str, Path)) else target.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(Figure(), path, fmt)
+    assert path.read_bytes() == b"the figure drawn before"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_predict_picture_cut_off_while_written_leaves_the_one_there_before(runs, tmp_path: Path, monkeypatch):
+    """predict saved its pictures in place too: a kill mid-write left half a PNG."""
+    image = tmp_path / "in" / "shape.png"
+    image.parent.mkdir()
+    Image.new("RGB", (96, 96), "white").save(image)
+    picture = tmp_path / "out" / "shape_pred.png"
+    picture.parent.mkdir()
+    picture.write_bytes(b"the picture drawn before")
+
+    def cut_short(self, target, *args, **kwargs):
+        Path(target).write_bytes(b"\x89PNG half") if isinstance(target, (str, Path)) else target.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", cut_short)
+    assert main(["predict", "--checkpoint", str(runs["run"]), str(image), "--output", str(picture.parent)]) == 130
+    assert picture.read_bytes() == b"the picture drawn before"
+    assert [p.name for p in picture.parent.iterdir()] == [picture.name]
+
+
+def _overlapping_texts(figure) -> list[tuple[str, str]]:
+    """Pairs of texts on the same panel whose drawn extents (with their patches) cover each other."""
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    pairs = []
+    for axes in figure.axes:
+        extents = [(text.get_text(), text.get_bbox_patch().get_window_extent(renderer)) for text in axes.texts]
+        for i, (a, first) in enumerate(extents):
+            common = [(b, Bbox.intersection(first, second)) for b, second in extents[i + 1 :]]
+            pairs += [(a, b) for b, box in common if box is not None and min(box.width, box.height) > 0.5]
+    return pairs
+
+
+def test_matching_labels_of_queries_piled_on_one_spot_stay_readable():
+    """An early BCCD model put its 50 queries on one spot: their 50 labels were piled into one unreadable block and
+    the matched panel did not show which query went to which cell. Labels that would cover others are left out (the
+    titles count them) and each ground-truth label names its query."""
+    image = np.full((120, 160, 3), 0.5)
+    predictions = [LabelledBox((40, 40, 90, 90), f"q{q} RBC 0.5") for q in range(12)]
+    truth = [LabelledBox((10 + 35 * t, 10, 40 + 35 * t, 30), "RBC") for t in range(4)]
+    pairs = [(q, t) for t, q in enumerate((3, 7, 0, 11))]
+    figure = matching_figure(image, predictions, truth, pairs)
+    assert _overlapping_texts(figure) == []
+    every, matched = figure.axes
+    assert "8 box labels not written (would cover another)" in every.get_title()  # 4 corners for 12
+    assert {"RBC ← q3", "RBC ← q7", "RBC ← q0", "RBC ← q11"} <= {text.get_text() for text in matched.texts}
+
+
+def test_data_figure_names_stay_apart_on_crowded_images_and_long_file_names():
+    """BCCD's crowded cells wrote 'RBC' over 'RBC' and 'Platelets', and long file names (Roboflow's) ran into the
+    next panel's title; names that would cover others are left out (counted in the title), file names wrap."""
+    image, padding = np.full((96, 128, 3), 0.5), np.zeros((96, 128), dtype=bool)
+    boxes = [LabelledBox((4 + 6 * i, 30 + 3 * i, 40 + 6 * i, 60), "Platelets" if i % 3 else "RBC") for i in range(12)]
+    boxes += [LabelledBox((60, 40, 90, 70), "RBC")] * 5  # four corners for five labels
+    name = "BloodImage_00023_jpg.rf.3f2a8d9e0c1b2a3f4e5d6c7b8a9f0e1d.jpg (id 17)"
+    figure = data_figure([Sample(image, padding, boxes, name)] * 3, title="train.json: 3 images")
+    assert _overlapping_texts(figure) == []
+    assert "box labels not written (would cover another)" in figure.get_suptitle().replace("\n", " ")
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    titles = [axes.title.get_window_extent(renderer) for axes in figure.axes]
+    assert not titles[0].overlaps(titles[1]) and not titles[1].overlaps(titles[2])
+
+
+def test_attention_panels_say_how_many_box_labels_were_not_written():
+    """Five objects on one spot: their class names took the box's four corners and the fifth was written over
+    them; it is now left out and the title says so."""
+    truth = [LabelledBox((20, 20, 44, 44), "cell")] * 5
+    figure = attention_figure(np.full((64, 64, 3), 0.5), np.full((1, 1, 4, 4), 1 / 16), ground_truth=truth)
+    assert _overlapping_texts(figure) == []
+    assert "2 box labels not written (would cover another)" in figure.get_suptitle().replace("\n", " ")
+
+
+def test_alpha_colours_span_softmax_to_sparsemax_whatever_the_values():
+    """Heads 0.003 apart were drawn black and pale yellow, the colour bar's ends 1.5005 and 1.5037, under a title
+    reading '1 = softmax, 2 = sparsemax': a spread of nothing looked like softmax against sparsemax. The colours span
+    α's range [1, 2] in every figure; the numbers tell close heads apart."""
+    alpha = {"decoder.layers.0.cross_attn.activation": [1.5005, 1.5037]}
+    figure = alpha_figure([{"type": "train", "step": 2, "alpha": alpha}])
+    (image,) = figure.axes[0].images
+    assert image.get_clim() == (1.0, 2.0)
+    colours = image.cmap(image.norm(np.array(alpha["decoder.layers.0.cross_attn.activation"])))
+    assert np.abs(colours[0] - colours[1]).max() < 0.02
+
+
+def _contrast(first: tuple[int, ...], second: tuple[int, ...]) -> float:
+    """WCAG contrast ratio of two sRGB colours (1 to 21; 3 is the least for large text)."""
+
+    def luminance(color: tuple[int, ...]) -> float:
+        linear = [(c / 255 / 12.92) if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in color[:3]]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    light, dark = sorted((luminance(first), luminance(second)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_predict_captions_read_on_every_class_colour():
+    """predict wrote BCCD's 'RBC 0.55' in white on tab20's light blue, which could not be read; the caption is black
+    or white, whichever reads on its class's colour, and classes 0, 1, 2 are blue, orange, green (were blue, light
+    blue, orange)."""
+    from sparse_detector.viz.boxes import draw_boxes, label_color
+
+    assert [label_color(label) for label in range(3)] == [(31, 119, 180), (255, 127, 14), (44, 160, 44)]
+    for label in range(20):
+        picture = np.asarray(draw_boxes(Image.new("RGB", (120, 60)), [[2, 30, 110, 58]], [label], ["RBC 0.55"]))
+        above = picture[:30]  # the caption's patch above the box and the text on it, on a black image
+        rows, columns = np.nonzero(above.any(axis=2))
+        caption = above[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1].reshape(-1, 3)
+        colours, counts = np.unique(caption, axis=0, return_counts=True)
+        patch = tuple(colours[counts.argmax()])
+        text = max((tuple(c) for c in colours), key=lambda c: _contrast(c, patch))
+        assert patch == label_color(label) and _contrast(text, patch) >= 3, (label, patch, text)
+
+
+def test_labels_of_boxes_reaching_past_the_image_stay_on_their_panel():
+    """A Deformable model's early box reaching past the image's left edge had its label start outside the panel
+    ('q10 green 0.06' cut to '10 green 0.06'); labels are anchored on the image's part of the box."""
+    predictions = [LabelledBox((-12, -9, 30, 20), "q0 green 0.06"), LabelledBox((140, 100, 175, 131), "q1 red 0.1")]
+    figure = matching_figure(np.full((120, 160, 3), 0.5), predictions, [], [])
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    every = figure.axes[0]
+    frame = every.get_window_extent(renderer)
+    assert len(every.texts) == 2
+    for text in every.texts:
+        extent = text.get_bbox_patch().get_window_extent(renderer)
+        assert frame.x0 - 1 <= extent.x0 and extent.x1 <= frame.x1 + 1, text.get_text()
+        assert frame.y0 - 1 <= extent.y0 and extent.y1 <= frame.y1 + 1, text.get_text()
+
+
+def test_data_panels_take_the_images_shape():
+    """BCCD's 4:3 images in square 3-inch panels left a band of white between the rows; panels take the shape."""
+    image, padding = np.full((192, 256, 3), 0.5), np.zeros((192, 256), dtype=bool)
+    figure = data_figure([Sample(image, padding, [], f"BloodImage_0000{i}.jpg") for i in range(8)])
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    images = sum(axes.get_window_extent(renderer).height for axes in figure.axes[::4])  # one panel a row
+    assert images >= 0.7 * figure.bbox.height, (images, figure.bbox.height)
+
+
+def test_encoder_figures_say_why_they_draw_their_cells(runs, tmp_path: Path, monkeypatch):
+    """`visualize encoder RUN` without --pixels drew two cells without a word of why those; the title says they are
+    the cells most attended to and how to pick others."""
+    figures = []
+    monkeypatch.setattr(kinds, "save_figure", lambda figure, path, fmt="png": figures.append(figure) or Path(path))
+    assert main(["visualize", "encoder", str(runs["run"]), "--num-images", "1", "--output", str(tmp_path)]) == 0
+    assert len(figures) == kinds.MOST_ATTENDED_CELLS
+    why = "cells most attended in the last layer (--pixels picks others)"
+    assert all(why in figure.get_suptitle().replace("\n", " ") for figure in figures)
+    figures.clear()
+    assert main(["visualize", "encoder", str(runs["run"]), "--pixels", "40,50", "--output", str(tmp_path)]) == 0
+    assert all("most attended" not in figure.get_suptitle() for figure in figures)
+
+
+def test_weight_histograms_of_layers_initialised_to_zero_say_they_are_in_absolute_units(runs):
+    """Deformable DETR's sampling offsets start at 0 (std 0): their histograms were binned in absolute units while
+    the step-0 record said std 1.0 and the axis 'value / the layer's initial std'; the record says 0 and the figure
+    marks those rows."""
+    records = read_diagnostics(runs["deformable"])
+    offsets = [layer for layer in records[0]["weights"] if layer.endswith("sampling_offsets")]
+    assert offsets and all(records[0]["weights"][layer]["std"] == 0 for layer in offsets)
+    assert all(records[-1]["weights"][layer]["std"] > 0 for layer in offsets)  # they learn
+    figure = diagnostics_figure(records)
+    histogram = next(ax for ax in figure.axes if ax.get_title().startswith("weights at step 0"))
+    names = [label.get_text() for label in histogram.get_yticklabels()]
+    zero = {layer for layer, stats in records[0]["weights"].items() if stats["std"] == 0}  # also attention weights
+    assert set(offsets) <= zero
+    assert {name for name in names if name.endswith("(*)")} == {f"{layer} (*)" for layer in zero}
+    assert "(*): initialised to one value, so in absolute units" in histogram.get_xlabel()
+
+
+def test_curves_say_which_object_sizes_the_validation_data_lacks():
+    """The shapes data has no large objects (COCO logs APl -1): the AP-by-size panel's title promised a dotted line
+    for large objects and drew none, with no word of why."""
+    records = [{"type": "train", "step": 1, "loss": 3.0, "class_error": 50.0}]
+    sizes = {"AP_small": 0.1, "AP_medium": 0.2, "AP_large": -1.0}
+    records += [{"type": "epoch", "step": e, "epoch": e, "AP": 0.1, **sizes} for e in (1, 2)]
+    title = curves_figure({"run": records}).axes[6].get_title()
+    assert title.endswith("\nlarge: no such objects in the validation data")
+    records[-1]["AP_large"] = 0.3  # one evaluation measured it: nothing to say
+    assert "no such objects" not in curves_figure({"run": records}).axes[6].get_title()
+
+
+def test_attention_panels_keep_the_querys_label_among_ground_truth_names():
+    """Ground-truth names drawn first could take every corner of the query's box, leaving out the query's own label
+    (its class and score, what the figure is about); the query's label goes first."""
+    box = (20, 20, 44, 44)
+    truth = [LabelledBox(box, "cell")] * 4
+    prediction = [LabelledBox(box, "q3 cell 0.9")]
+    maps = np.full((1, 1, 4, 4), 1 / 16)
+    figure = attention_figure(np.full((64, 64, 3), 0.5), maps, predictions=prediction, ground_truth=truth)
+    assert all("q3 cell 0.9" in [t.get_text() for t in axes.texts] for axes in figure.axes if axes.images)
+    assert _overlapping_texts(figure) == []
+
+
+def test_predict_captions_do_not_cover_each_other():
+    """13 detections on a 128 px shapes image (or BCCD's 50 RBC boxes on one spot) wrote their captions over each
+    other into one unreadable block; a caption that would cover another goes to the box's other corners or is left
+    out (the box stays; predictions.json lists every detection)."""
+    from sparse_detector.viz.boxes import draw_boxes, label_spot
+
+    taken = []
+    for _ in range(5):  # five boxes on one spot: four corners, then nothing
+        spot = label_spot((20, 40, 110, 90), (30, 12), taken, (128, 128))
+        taken += [spot] if spot else []
+    assert spot is None and len(taken) == 4
+    assert all(
+        not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]) for a in taken for b in taken if a != b
+    )
+    scores = [0.1, 0.2, 0.3, 0.4, 0.5]
+    picture = np.asarray(draw_boxes(Image.new("RGB", (128, 128)), [[20, 40, 110, 90]] * 5, [0] * 5, ["c"] * 5, scores))
+    text = np.all(picture == 255, axis=2)  # white letters on class 0's blue
+    corners = [text[:40, :65], text[:40, 65:], text[91:, :65], text[91:, 65:]]
+    assert all(corner.any() for corner in corners) and not text[43:88].any()  # one caption a corner, none inside
+
+
+def test_predict_captions_stay_whole_on_the_picture():
+    """A box drawn after a caption crossed it ('green v.12'), and a caption moved off a taken corner could run past
+    the image's edge ('green 0' cut); boxes are drawn first, and every caption lies on the picture."""
+    from sparse_detector.viz.boxes import draw_boxes, label_spot
+
+    image, first = Image.new("RGB", (128, 128)), [20, 40, 110, 90]
+    alone = np.asarray(draw_boxes(image, [first], [0], ["green"], [0.12]))
+    crossed = np.asarray(draw_boxes(image, [first, [10, 30, 60, 34]], [0, 3], ["green", "red"], [0.12, 0.1]))
+    assert np.array_equal(alone[26:40, 20:80], crossed[26:40, 20:80])  # the first caption, untouched
+    taken = []
+    while spot := label_spot((96, 50, 126, 70), (55, 12), taken, (128, 128)):  # captions wider than their boxes
+        taken.append(spot)
+    assert len(taken) == 2 and all(spot[0] >= 0 and spot[2] <= 128 for spot in taken)  # above and below, whole

@@ -11,7 +11,8 @@ Every N optimiser steps (and at initialisation, step 0, for the weights) one JSO
 
 A layer is a module owning weight tensors of two or more dimensions (convolutions, linear layers, embeddings); its
 histogram has ``HISTOGRAM_BINS`` bins over ±``HISTOGRAM_RANGE`` initial standard deviations (values beyond fall in
-the edge bins).
+the edge bins); a layer initialised to one value (Deformable DETR's sampling offsets: all 0, std 0) is binned in
+absolute units, and its step-0 ``std`` says 0.
 """
 
 from __future__ import annotations
@@ -74,15 +75,15 @@ class TrainingDiagnostics:
         resumed = resumed_at is not None and self.path.exists()
         kept = [r for r in read_diagnostics(run_dir) if r["step"] <= resumed_at] if resumed else []
         write_json_lines(self.path, kept)
-        self.scale = {layer: self._std(tensors) for layer, tensors in self.layers.items()}
+        self.scale = {layer: self._std(tensors) or 1.0 for layer, tensors in self.layers.items()}
         if kept:
-            self.scale = {layer: stats["std"] for layer, stats in kept[0]["weights"].items()}
+            self.scale = {layer: stats["std"] or 1.0 for layer, stats in kept[0]["weights"].items()}
         else:  # the weights it starts from: at initialisation, or at the checkpoint of a run resumed with diagnostics
             self._write({"step": resumed_at or 0, "weights": self._weights(), "entropy": self._entropy()})
 
     @staticmethod
     def _std(tensors: list[Tensor]) -> float:
-        return float(torch.cat([t.detach().flatten() for t in tensors]).float().std()) or 1.0
+        return float(torch.cat([t.detach().flatten() for t in tensors]).float().std())
 
     def _weights(self) -> dict[str, dict[str, Any]]:
         out = {}

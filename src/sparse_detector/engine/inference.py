@@ -12,6 +12,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -324,8 +325,8 @@ def predict_images(
         picture = out / f"{file_names[path]}_pred.png"
         drawn = draw_boxes(image, found.boxes.tolist(), found.labels.tolist(), found.names, found.scores.tolist())
         # zlib level 1: the same pixels, a file about 20% larger, 4-5x faster to write than PIL's default 6, which
-        # took longer than the model for a 640x480 photo (benchmarks/RESULTS.md)
-        drawn.save(picture, compress_level=PICTURE_COMPRESS_LEVEL)
+        # took longer than the model for a 640x480 photo (benchmarks/RESULTS.md); whole or not at all, as every figure
+        write_atomically(picture, partial(drawn.save, format="PNG", compress_level=PICTURE_COMPRESS_LEVEL))
         record["picture"] = str(picture)
         if after_image is not None and (extra := after_image(file_names[path], found.model_input, found.queries)):
             record["attention"] = str(extra)

@@ -8,10 +8,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from .curves import run_colors
 from .figure import count_axis
+
+ALPHA_RANGE = (1.0, 2.0)  # α of α-entmax: softmax to sparsemax (a learned α lies between: attention.entmax)
+ALPHA_COLORMAP = "magma"
 
 
 def _module_label(name: str) -> str:
@@ -51,18 +56,21 @@ def alpha_figure(records: Sequence[Mapping], title: str = "") -> Figure:
     figure = Figure(figsize=(12, 1.1 * len(modules) + 2.0), layout="constrained")
     left, right = figure.subfigures(1, 2, width_ratios=[1.2, 1])
     heat = left.subplots()
-    image = heat.imshow(last, cmap="magma", aspect="auto")
+    # α's whole range, the same in every run's figure: scaled to the values, heads 0.003 apart were black and yellow
+    norm = Normalize(*ALPHA_RANGE)
+    image = heat.imshow(last, cmap=ALPHA_COLORMAP, norm=norm, aspect="auto")
     decimals = value_decimals(last)
     for (row, head), value in np.ndenumerate(last):
         if np.isfinite(value):
-            color = "black" if value > np.nanmean(last) else "white"
+            red, green, blue, _ = colormaps[ALPHA_COLORMAP](norm(value))
+            color = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"  # legible on the cell
             rotation = 90 if heads > 4 else 0  # upright numbers would overlap in narrow cells
             text = f"{value:.{decimals}f}"
             heat.text(head, row, text, ha="center", va="center", fontsize=7, color=color, rotation=rotation)
     heat.set_xticks(range(heads), [str(h) for h in range(heads)])
     heat.set_yticks(range(len(modules)), [_module_label(m) for m in modules], fontsize=7)
     heat.set_xlabel("head")
-    heat.set_title(f"α at step {steps[-1]} (1 = softmax, 2 = sparsemax)", fontsize=9)
+    heat.set_title(f"α at step {steps[-1]} (1 = softmax, 2 = sparsemax; numbers tell close heads apart)", fontsize=9)
     colorbar = left.colorbar(image, ax=heat, label="α")
     colorbar.ax.ticklabel_format(axis="y", useOffset=False)  # α itself, never "+1.5" and an offset
     colors = run_colors([str(h) for h in range(heads)])

@@ -28,6 +28,7 @@ from .figure import (
     box_legend,
     draw_labelled_boxes,
     hide_ticks,
+    left_out_note,
     panel_inches,
     wrapped,
 )
@@ -100,6 +101,7 @@ def attention_panels_figure(
     grid = figure.subplots(rows, columns, squeeze=False)
     largest = max((float(np.max(p.weights)) for row in panels for p in row if p is not None), default=1.0)
     norm = Normalize(vmin=0.0, vmax=largest if largest > 0 else 1.0)
+    left_out = 0
     for r, row in enumerate(panels):
         for c in range(columns):
             axes = grid[r][c]
@@ -112,8 +114,9 @@ def attention_panels_figure(
             truth = panel.ground_truth
             if len(truth) > MAX_TRUTH_TEXTS:  # 1.5-inch panels: a class name per box would bury the map
                 truth = [LabelledBox(box.box) for box in truth]
-            draw_labelled_boxes(axes, truth, TRUTH_COLOR, text_below=True)
-            draw_labelled_boxes(axes, panel.predictions, PREDICTION_COLOR)
+            # the query's text first, so that ground-truth names never take its place; its box still on top
+            left_out += draw_labelled_boxes(axes, panel.predictions, PREDICTION_COLOR, zorder=1.1)
+            left_out += draw_labelled_boxes(axes, truth, TRUTH_COLOR, text_below=True)
             for x, y in panel.points:
                 axes.plot([x], [y], marker="x", color=PREDICTION_COLOR, markersize=7, markeredgewidth=2)
             if panel.title or r == 0:
@@ -126,7 +129,7 @@ def attention_panels_figure(
     boxes = box_legend(any(p.predictions for p in drawn), any(p.ground_truth for p in drawn))
     crowded = max((len(p.ground_truth) for p in drawn), default=0) > MAX_TRUTH_TEXTS
     unnamed = f"ground-truth classes not written where a panel has over {MAX_TRUTH_TEXTS} boxes" if crowded else ""
-    legend = "; ".join(part for part in (boxes, unnamed, ZERO_LEGEND) if part)
+    legend = "; ".join(part for part in (boxes, unnamed, left_out_note(left_out), ZERO_LEGEND) if part)
     figure.suptitle(wrapped(f"{title}\n{legend}" if title else legend, width, 9), fontsize=9)
     return figure
 

@@ -144,7 +144,10 @@ def curves_figure(runs: Mapping[str, Sequence[Mapping]], title: str = "") -> Fig
     _plot_epochs(grid[1][1], runs, AP_OVERALL, colors)
     grid[1][1].set_title("AP (solid), AP50 (dashed), AP75 (dotted)", fontsize=9)
     _plot_epochs(grid[1][2], runs, AP_BY_SIZE, colors)
-    grid[1][2].set_title("AP of small (solid), medium (dashed),\nlarge (dotted) objects", fontsize=9)
+    by_size = "AP of small (solid), medium (dashed),\nlarge (dotted) objects"
+    if absent := _sizes_without_objects(runs):  # COCO's -1: drawn as nothing, with no word of why
+        by_size += f"\n{' and '.join(absent)}: no such objects in the validation data"
+    grid[1][2].set_title(by_size, fontsize=9)
     _plot_val_loss(grid[1][3], runs, colors)
     for axes in grid.flat:
         if not any(len(line.get_xdata()) for line in axes.lines):
@@ -152,6 +155,17 @@ def curves_figure(runs: Mapping[str, Sequence[Mapping]], title: str = "") -> Fig
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
+
+
+def _sizes_without_objects(runs: Mapping[str, Sequence[Mapping]]) -> list[str]:
+    """The object sizes (small, medium, large) whose AP every evaluation of every run logged as COCO's -1: the
+    validation data holds no objects of that size."""
+    evaluated = [r for records in runs.values() for r in records if r.get("type") == "epoch" and "AP" in r]
+    return [
+        key.removeprefix("AP_")
+        for key in AP_BY_SIZE
+        if evaluated and all(isinstance(r.get(key), int | float) and r[key] < 0 for r in evaluated)
+    ]
 
 
 def _mark_empty(axes: Axes, note: str) -> None:

@@ -20,6 +20,7 @@ from .figure import count_axis, hide_ticks
 #: no sign of a recording fault; the title said "no gradient".
 ZERO_GRADIENT_NOTE = "gradient exactly 0 or not recorded"
 HISTOGRAM_PANELS = 3  # initialisation, the middle recorded step, the last
+ABSOLUTE_MARK = "(*)"  # beside a layer whose weight histograms are in absolute units
 NO_GRADIENTS_NOTE = "no gradients recorded yet:\nthe run stopped before step train.diagnostics_every"
 
 
@@ -84,7 +85,14 @@ def diagnostics_figure(records: Sequence[Mapping], title: str = "", histogram_ra
         axes.set_xlabel("value / the layer's initial std (edge bins hold the tails)")
     for axes in histogram_axes[len(chosen) :]:
         axes.set_axis_off()
-    histogram_axes[0].set_yticks(range(len(layers)), layers, fontsize=5)
+    # a layer initialised to one value (std 0: Deformable DETR's sampling offsets) is binned in absolute units; its
+    # row read as if in units of a std it does not have
+    absolute = {layer for layer, stats in records[0]["weights"].items() if records[0]["step"] == 0 and not stats["std"]}
+    names = [f"{layer} {ABSOLUTE_MARK}" if layer in absolute else layer for layer in layers]
+    histogram_axes[0].set_yticks(range(len(layers)), names, fontsize=5)
+    if absolute:
+        for axes in histogram_axes[: len(chosen)]:
+            axes.set_xlabel(f"{axes.get_xlabel()};\n{ABSOLUTE_MARK}: initialised to one value, so in absolute units")
 
     entropy_axes = bottom.subplots()
     sites = list(records[0].get("entropy", {}))

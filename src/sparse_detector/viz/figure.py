@@ -11,13 +11,17 @@ import logging
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Rectangle
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 from torchvision.ops import box_convert
@@ -25,6 +29,7 @@ from torchvision.ops import box_convert
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..files import write_atomically
 from ..text import counted
+from .boxes import label_spot
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +42,6 @@ TRUTH_COLOR = "cyan"  # ground-truth boxes
 #: In a figures folder: the files each figure kind drew there last ({kind: [file name, ...]}), so that drawing a kind
 #: again removes the ones it no longer draws and no other file.
 FIGURES_RECORD = ".figures.json"
-
-TEXT_MARGIN = 0.07  # a box's text is drawn inside the box when it is this fraction of the image height from an edge
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,9 @@ def wrapped(text: str, width_inches: float, fontsize: float) -> str:
 
 
 def save_figure(figure: Figure, path: str | Path, fmt: str = "png") -> Path:
-    """Write ``figure`` to ``path`` with the suffix of ``fmt`` (png, pdf or svg); returns the file written.
+    """Write ``figure`` to ``path`` with the suffix of ``fmt`` (png, pdf or svg); returns the file written. Written
+    whole or not at all (:func:`.files.write_atomically`): a kill mid-write leaves the figure there before, never
+    half a PNG.
 
     A figure suffix on ``path`` is replaced; anything else after a dot stays part of the name (a figure of
     Roboflow's ``img_jpg.rf.3f2a`` is ``..._img_jpg.rf.3f2a_q0.png``, not ``..._img_jpg.rf.png``)."""
@@ -84,8 +89,7 @@ def save_figure(figure: Figure, path: str | Path, fmt: str = "png") -> Path:
     path = Path(path)
     path = path.with_suffix(f".{fmt}") if path.suffix.lower()[1:] in FORMATS else path.with_name(f"{path.name}.{fmt}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, format=fmt)
-    return path
+    return write_atomically(path, lambda file: figure.savefig(file, dpi=DPI, format=fmt))
 
 
 def replace_previous_figures(folder: Path, kind: str, written: Sequence[Path]) -> list[Path]:
@@ -131,32 +135,102 @@ def cxcywh_to_pixels(boxes: Tensor, height: float, width: float) -> list[tuple[f
 
 
 def draw_labelled_boxes(
-    axes: Axes, boxes: Sequence[LabelledBox], color: str, linewidth: float = 1.5, text_below: bool = False
-) -> None:
+    axes: Axes,
+    boxes: Sequence[LabelledBox],
+    color: str,
+    linewidth: float = 1.5,
+    text_below: bool = False,
+    zorder: float = 1.0,
+) -> int:
     """Outline each box on ``axes`` (in data = pixel coordinates, the image already shown) and write its text on a
-    patch of its colour, above the box's top-left corner (``text_below``: under its bottom-left corner); inside the
-    box where the text would leave the image, so it never covers a panel's title or the panel below. A box starting
-    in the image's right half has its text end at its right edge, so the text does not run off the image into the
-    next panel."""
+    patch of its colour where :func:`.boxes.label_spot` puts it: above the box's top-left corner (``text_below``:
+    under its bottom-left corner), inside the box where the text would leave the image (so it never covers a panel's
+    title or the next panel), at the right corner for a box starting in the image's right half.
+
+    A text that would cover one already on ``axes`` (of this call or an earlier one: draw the boxes whose texts
+    matter most first) goes to the box's other corners; where every corner is taken it is left out (the box is still
+    outlined). ``zorder`` places the outlines over (higher) or under the others (matplotlib's patches: 1). Returns the
+    number of texts left out, for the figure to say so (:func:`left_out_note`)."""
     height = max(axes.get_ylim())  # images are shown with y down: limits (height, 0)
     width = max(axes.get_xlim())
-    margin = TEXT_MARGIN * height
+    pixels = _pixels_per_point(axes)
+    taken = [_text_rect(text, pixels) for text in axes.texts]
+    left_out = 0
     for item in boxes:
         x0, y0, x1, y1 = item.box
-        axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=linewidth))
-        if item.text:
-            below = y1 < height - margin if text_below else y0 < margin  # the text goes down from its anchor
-            right = x0 > width / 2
-            axes.text(
-                min(x1, width) if right else x0,
-                y1 if text_below else y0,
-                item.text,
-                color="black",
-                fontsize=6,
-                ha="right" if right else "left",
-                va="top" if below else "bottom",
-                bbox={"facecolor": color, "edgecolor": "none", "pad": 0.5, "alpha": 0.85},
-            )
+        outline = Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=linewidth, zorder=zorder)
+        axes.add_patch(outline)
+        if not item.text:
+            continue
+        gap = LABEL_GAP * pixels  # the text's patch and a hair around it
+        text_width, text_height = (side * pixels for side in _label_points(item.text))
+        spot = label_spot(item.box, (text_width + 2 * gap, text_height + 2 * gap), taken, (width, height), text_below)
+        if spot is None:
+            left_out += 1
+            continue
+        taken.append(spot)
+        x, y = spot[0] + gap, spot[1] + gap
+        axes.text(
+            x, y, item.text, color="black", fontsize=LABEL_FONTSIZE, ha="left", va="top", bbox=_label_patch(color)
+        )
+    return left_out
+
+
+def left_out_note(count: int) -> str:
+    """The words a figure adds where :func:`draw_labelled_boxes` left ``count`` box texts out ('' for none)."""
+    return f"{counted(count, 'box label')} not written (would cover another)" if count else ""
+
+
+LABEL_FONTSIZE = 6
+LABEL_PAD = 0.5  # points of coloured patch around a box's text
+LABEL_GAP = 1.0  # points kept around a text: its patch and a hair between two patches
+LAYOUT_SHARE = 0.85  # of its cell of the figure's grid that an image panel is taken to fill before the layout is done
+
+
+def _label_patch(color: str) -> dict:
+    return {"facecolor": color, "edgecolor": "none", "pad": LABEL_PAD, "alpha": 0.85}
+
+
+@cache
+def _label_points(text: str, fontsize: float = LABEL_FONTSIZE) -> tuple[float, float]:
+    """Width and height in points of ``text`` at ``fontsize``, as matplotlib's renderer sets it: a line is at least
+    as tall as "lp" (room for ascenders and descenders), whatever its letters."""
+    renderer, font = RendererAgg(1, 1, 72), FontProperties(size=fontsize)
+    width, height, descent = renderer.get_text_width_height_descent(text, font, False)
+    _, line_height, line_descent = renderer.get_text_width_height_descent("lp", font, False)
+    return width, max(height - descent, line_height - line_descent) + max(descent, line_descent)
+
+
+def _pixels_per_point(axes: Axes) -> float:
+    """Data units (image pixels) per point of text on ``axes``: from its share of the figure's grid, a little less
+    than the whole cell (titles, colour bars), so texts estimated apart are apart once the layout is done."""
+    spec = axes.get_subplotspec()
+    inches = axes.figure.get_size_inches()
+    if spec is None:
+        share = np.array([axes.get_position().width, axes.get_position().height])
+    else:
+        rows, columns = spec.get_gridspec().get_geometry()
+        share = np.array([len(spec.colspan) / columns, len(spec.rowspan) / rows]) * LAYOUT_SHARE
+    points = share * inches * 72
+    spans = [abs(b - a) for a, b in (axes.get_xlim(), axes.get_ylim())]
+    return 1 / min(points[0] / spans[0], points[1] / spans[1])
+
+
+def _rect(
+    x: float, y: float, ha: str, va: str, width: float, height: float, pad: float = 0.0
+) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) in data units, y down, of a text ``width`` × ``height`` anchored at (x, y), with ``pad`` of
+    its patch around it."""
+    left = x - width if ha == "right" else x - width / 2 if ha == "center" else x
+    top = y if va == "top" else y - height if va in ("bottom", "baseline") else y - height / 2
+    return left - pad, top - pad, left + width + pad, top + height + pad
+
+
+def _text_rect(text: Text, pixels: float) -> tuple[float, float, float, float]:
+    """Where a text already on image axes lies, in data units (y down)."""
+    width, height = (side * pixels for side in _label_points(text.get_text(), text.get_fontsize()))
+    x, y = text.get_position()
+    return _rect(x, y, text.get_ha(), text.get_va(), width, height, LABEL_GAP * pixels)
 
 
 def count_axis(axes: Axes, label: str) -> None:

@@ -460,7 +460,10 @@ def _encoder_sampling(
     return written
 
 
-def _most_attended_cells(maps: np.ndarray, count: int = 2) -> list[int]:
+MOST_ATTENDED_CELLS = 2  # visualize encoder without --pixels draws these many cells
+
+
+def _most_attended_cells(maps: np.ndarray, count: int) -> list[int]:
     """Flat indices of the grid cells that receive the most attention (last layer, summed over heads and queries)."""
     received = maps[-1].sum(axis=(0, 1)).flatten()
     return [int(i) for i in np.argsort(-received)[:count]]
@@ -480,8 +483,10 @@ def encoder_kind(request: VisualizeRequest) -> list[Path]:
             cells = [
                 row * w + column for row, column in (pixel_cell(item, x, y, h, w, stride) for x, y in request.pixels)
             ]
-        else:
-            cells = _most_attended_cells(maps)
+            chosen = ""
+        else:  # the title says why these cells: a user who gave no --pixels could not tell
+            cells = _most_attended_cells(maps, MOST_ATTENDED_CELLS)
+            chosen = f", one of the {MOST_ATTENDED_CELLS} cells most attended in the last layer (--pixels picks others)"
         truth = _truth_boxes(item)
         for cell in cells:
             row, column = divmod(cell, w)
@@ -493,7 +498,7 @@ def encoder_kind(request: VisualizeRequest) -> list[Path]:
                 ground_truth=truth,
                 points=[centre],
                 title=f"{run_label(request.runs[0])}: {site}, {item.name}, query cell (row {row}, "
-                f"column {column}) marked ×",
+                f"column {column}) marked ×{chosen}",
                 stride=stride,
             )
             written.append(save_figure(figure, request.output / f"encoder_{item.name}_r{row}c{column}", request.fmt))
