@@ -1,5 +1,7 @@
 """Run logging: one JSON object per line in ``metrics.jsonl`` (always), mirrored to TensorBoard and Weights & Biases
-under grouped names, all with the same global step (optimiser steps taken).
+under grouped names, all with the same global step: training steps taken, every batch trained on or skipped as
+non-finite (``train.on_nonfinite_loss=skip``), as in the checkpoints, so the epochs of runs on the same data end
+at the same step whatever they skipped.
 
 Reading the log back is ``sparse_detector.runs.read_metrics``.
 """
