@@ -307,6 +307,7 @@ class Trainer:
         self.stop_signal: int | None = None  # the first SIGTERM / SIGINT received
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_at = ""  # where training was when it was written ("epoch 2", "epoch 3, step 40")
+        self.logged_before: list[dict] = []  # a resumed run's metrics.jsonl before the records after its checkpoint
         resume_changes = self._resume() if resume else []
         if self.dist.is_main:  # only now: a config, data set or checkpoint that fails above leaves no run directory
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -322,6 +323,7 @@ class Trainer:
             config=config_to_dict(config),
             enabled=self.dist.is_main,
             resumed_at=self.step if resume else None,
+            logged_before=self.logged_before,
         )
         counts = parameter_counts(self.model)
         if (
@@ -448,9 +450,10 @@ class Trainer:
         # Records written after the checkpoint (a run killed before its next one) are dropped: that work is redone.
         metrics = self.run_dir / METRICS_FILE
         if metrics.exists() and self.dist.is_main:
+            self.logged_before = read_metrics(self.run_dir)  # what W&B was sent, which it cannot take back
             kept = [
                 r
-                for r in read_metrics(self.run_dir)
+                for r in self.logged_before
                 if r["step"] <= self.step and (r["type"] != "epoch" or r["epoch"] <= self.epoch)
             ]
             write_json_lines(metrics, kept)
