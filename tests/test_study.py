@@ -189,6 +189,17 @@ def test_a_run_killed_while_training_counts_its_minutes_and_is_not_done(tmp_path
     assert (outcome.status, outcome.seconds) == ("done", 180.0)
     assert json.loads((run_dir / STATUS_FILE).read_text())["seconds"] == 180.0
 
+    # killed again while its figures were redrawn, then asked with other settings: not mixed into the report
+    def killed_while_drawing(*args):
+        raise SystemExit(-9)
+
+    monkeypatch.setattr(study_module, "_run_figures", killed_while_drawing)
+    with pytest.raises(SystemExit):
+        study_module._run_one(None, "softmax", 0, tmp_path, [], "", False)
+    monkeypatch.setattr(study_module, "_changed_settings", lambda *args: (["optim.lr: 0.0002 -> 1e-05"], False))
+    outcome = study_module._run_one(None, "softmax", 0, tmp_path, [], "", False)
+    assert (outcome.status, outcome.stage) == ("failed", "config") and "optim.lr: 0.0002 -> 1e-05" in outcome.error
+
 
 @pytest.mark.parametrize(
     "setting, rejected",

@@ -330,25 +330,28 @@ def _run_one(
     status_file = run_dir / STATUS_FILE
     earlier = json.loads(status_file.read_text()) if status_file.is_file() else {}
     seconds_before, kept = _earlier_seconds(run_dir, earlier), False
-    if earlier.get("status") == "done":
+    # finished once: a later invocation killed or stopped while at it (redrawing, training on to more epochs) leaves
+    # it unfinished, yet its results stay this study's only while its settings do
+    done_before = earlier.get("status") == "done" or earlier.get("done_before", False)
+    if done_before:
         changed, more_epochs = _changed_settings(run_dir, study, map_name, seed, data)
-        kept = not changed
+        kept = not changed and earlier.get("status") == "done"
         if kept:
             print(f"[study] {name}: done before, kept (its figures redrawn)")
-        elif not more_epochs:
+        elif changed and not more_epochs:
             error = (
                 f"done before with other settings than this study's ({'; '.join(changed)}); revert them, or move "
                 f"{run_dir} away to redo the run with them"
             )
             print(f"[study] {name}: NOT REDONE: {error}")
             return RunOutcome(name, map_name, seed, run_dir, "failed", stage="config", error=error)
-        else:
+        elif changed:
             print(f"[study] {name}: done before; {changed[0]}: continuing it")
     start, stage = time.perf_counter(), "config"
     # until this invocation is done with the run, a kill leaves it 'running' (not done, its time counted on rerun)
     run_dir.mkdir(parents=True, exist_ok=True)
     running = RunOutcome(name, map_name, seed, run_dir, "running", seconds=round(seconds_before, 1))
-    _write_status(status_file, running, started=time.time())
+    _write_status(status_file, running, started=time.time(), done_before=done_before)
     outcome = RunOutcome(name, map_name, seed, run_dir, "done")
     try:
         config = run_config(study, map_name, seed, data)
@@ -369,10 +372,10 @@ def _run_one(
     except KeyboardInterrupt:  # a signal stopped the study (StudyStopped) or Ctrl-C: the run stays unfinished
         outcome.status, outcome.stage = "stopped", stage
         outcome.seconds = round(seconds_before + time.perf_counter() - start, 1)
-        _write_status(status_file, outcome)
+        _write_status(status_file, outcome, done_before=done_before)
         raise
     outcome.seconds = round(seconds_before + time.perf_counter() - start, 1)
-    _write_status(status_file, outcome)
+    _write_status(status_file, outcome, done_before=done_before)
     return outcome
 
 
