@@ -418,6 +418,19 @@ def test_official_checkpoints_of_4_heads_load_as_4_heads_from_their_stored_args(
     assert load_official(tmp_path / "detr.pth", "detr")[1].model.transformer.nheads == 4
 
 
+def test_an_official_two_stage_checkpoint_gets_its_query_count_from_its_stored_args(tmp_path):
+    """A two-stage model's query count is in no weight: one trained with 6 queries ran with the official 300."""
+    official = [*TINY_DEFORMABLE, *VARIANTS["two_stage"], "model.backbone.norm=frozen_bn"]
+    model = build_model(load_config("shapes_tiny", official)).eval()
+    args = argparse.Namespace(nheads=4, num_queries=6, two_stage=True)
+    torch.save({"model": model.state_dict(), "args": args}, tmp_path / "checkpoint.pth")
+    loaded, config = load_official(tmp_path / "checkpoint.pth", "deformable_detr")
+    assert config.model.num_queries == 6
+    images = [torch.randn(3, 64, 64)]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images)["pred_boxes"], model(images)["pred_boxes"], rtol=0, atol=0)
+
+
 def test_official_loaders_name_another_arch_and_our_own_checkpoints(tmp_path):
     deformable = build_model(load_config("shapes_tiny", TINY_DEFORMABLE))
     detr = build_model(load_config("shapes_tiny", ["model.transformer.hidden_dim=32", "model.transformer.nheads=4"]))

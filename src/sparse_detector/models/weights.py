@@ -191,7 +191,10 @@ def infer_official_config(
 
 
 def infer_official_deformable_config(
-    state_dict: Mapping[str, Tensor], nheads: int | None = None, dilation: bool | None = None
+    state_dict: Mapping[str, Tensor],
+    nheads: int | None = None,
+    dilation: bool | None = None,
+    num_queries: int | None = None,
 ) -> Config:
     """The :class:`Config` of an official Deformable DETR checkpoint, read from its keys and tensor shapes.
 
@@ -200,8 +203,8 @@ def infer_official_deformable_config(
     weights and are given (:func:`load_official` gives those of the checkpoint's stored ``args``); ``None``: the
     official defaults 8, False, but where 8 heads would not give the official 4 sampling points, an
     :class:`AmbiguousHeadsError` asks for the number (the width fits other head counts too). So is a two-stage
-    model's query count given (``num_queries`` override; official default 300). Losses and matching costs are the
-    official recipe's.
+    model's query count (``num_queries``, from the stored args too; official default 300), which its weights do not
+    show either. Losses and matching costs are the official recipe's.
     """
     config = Config()
     config.loss = load_config(OFFICIAL_DEFORMABLE_PRESET).loss
@@ -213,7 +216,7 @@ def infer_official_deformable_config(
     d.two_stage = "transformer.enc_output.weight" in state_dict
     d.with_box_refine = any(k.startswith("transformer.decoder.bbox_embed.") for k in state_dict)
     d.num_feature_levels, hidden_dim = state_dict["transformer.level_embed"].shape
-    model.num_queries = 300 if d.two_stage else state_dict["query_embed.weight"].shape[0]
+    model.num_queries = (num_queries or 300) if d.two_stage else state_dict["query_embed.weight"].shape[0]
     model.num_classes = state_dict["class_embed.0.weight"].shape[0]
     sampling = {"enc_n_points": "encoder.layers.0.self_attn", "dec_n_points": "decoder.layers.0.cross_attn"}
     widths = {
