@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -388,6 +389,46 @@ def test_official_loader_names_a_wrong_head_count():
     state_dict = build_model(load_config("shapes_tiny", TINY_DEFORMABLE)).state_dict()
     with pytest.raises(CheckpointMismatchError, match="nheads"):
         deformable_detr_from_official(state_dict, nheads=5)
+
+
+def test_official_checkpoints_of_4_heads_load_as_4_heads_from_their_stored_args(tmp_path):
+    """An official Deformable DETR checkpoint trained with 4 heads (2 points, 3 levels) loaded as 8 heads x 1 point
+    without --nheads, silently: its sampling layers' 24 outputs fit both, and the outputs were wrong. The number now
+    comes from the args the official scripts store beside the weights; one given that differs is an error, and a
+    checkpoint without args whose weights do not give 8 heads x the official 4 points asks for --nheads."""
+    model = build_model(load_config("shapes_tiny", [*TINY_DEFORMABLE, "model.backbone.norm=frozen_bn"])).eval()
+    args = argparse.Namespace(nheads=4, dilation=False, enc_n_points=2, dec_n_points=2, num_feature_levels=3)
+    torch.save({"model": model.state_dict(), "args": args}, tmp_path / "checkpoint.pth")
+    loaded, config = load_official(tmp_path / "checkpoint.pth", "deformable_detr", {"nheads": None})
+    assert (config.model.transformer.nheads, config.model.deformable.dec_n_points) == (4, 2)
+    images = [torch.randn(3, 64, 64)]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images)["pred_logits"], model(images)["pred_logits"], rtol=0, atol=0)
+    with pytest.raises(CheckpointMismatchError, match=r"trained with nheads=4 \(its stored args\), but nheads=8"):
+        deformable_detr_from_official(tmp_path / "checkpoint.pth", nheads=8)
+    torch.save({"model": model.state_dict()}, tmp_path / "bare.pth")
+    with pytest.raises(
+        CheckpointMismatchError, match=r"bare.pth: .* fit 8 heads x 1 point, 4 heads x 2 points.*--nheads"
+    ):
+        deformable_detr_from_official(tmp_path / "bare.pth")
+    # DETR's weights do not show its heads at all: its stored args are the only way to know them
+    official = ["model.transformer.hidden_dim=32", "model.transformer.nheads=4", "model.backbone.norm=frozen_bn"]
+    detr = build_model(load_config("shapes_tiny", official))
+    torch.save({"model": detr.state_dict(), "args": args}, tmp_path / "detr.pth")
+    assert load_official(tmp_path / "detr.pth", "detr")[1].model.transformer.nheads == 4
+
+
+def test_an_official_two_stage_checkpoint_gets_its_query_count_from_its_stored_args(tmp_path):
+    """A two-stage model's query count is in no weight: one trained with 6 queries ran with the official 300."""
+    official = [*TINY_DEFORMABLE, *VARIANTS["two_stage"], "model.backbone.norm=frozen_bn"]
+    model = build_model(load_config("shapes_tiny", official)).eval()
+    args = argparse.Namespace(nheads=4, num_queries=6, two_stage=True)
+    torch.save({"model": model.state_dict(), "args": args}, tmp_path / "checkpoint.pth")
+    loaded, config = load_official(tmp_path / "checkpoint.pth", "deformable_detr")
+    assert config.model.num_queries == 6
+    images = [torch.randn(3, 64, 64)]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images)["pred_boxes"], model(images)["pred_boxes"], rtol=0, atol=0)
 
 
 def test_official_loaders_name_another_arch_and_our_own_checkpoints(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -185,6 +186,38 @@ def test_nonfinite_loss_errors_or_is_skipped_and_counted(shapes, tmp_path: Path,
     losses = [r["loss"] for r in read_metrics(tmp_path / "b") if r["type"] == "train"]  # the 2 trained steps
     mean = f"{sum(losses) / len(losses):.3f}"
     assert f"epoch 1: mean train loss {mean} over 2 steps (1 more skipped as non-finite)" in capsys.readouterr().out
+
+
+def test_the_global_step_counts_a_step_skipped_as_non_finite_too(shapes, tmp_path: Path, caplog):
+    """The global step counted optimiser steps only: an epoch of 3 batches, one skipped as non-finite, ended at step
+    2, the warning named the skipped one 'step 2' and the next trained step was logged as step 2 too, and the epochs
+    of runs that skipped steps no longer lined up (metrics.jsonl, TensorBoard, W&B, checkpoints). It is now the
+    training steps taken, the skipped ones included, everywhere, and a resume goes on counting them."""
+    run = tmp_path / "run"
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    settings = ("train.max_steps_per_epoch=3", "train.on_nonfinite_loss=skip", f"train.tensorboard={tensorboard}")
+    trainer = Trainer(shapes_config(shapes, "train.epochs=1", *settings), run, progress=False)
+    total_loss, calls = trainer.criterion.total_loss, []
+
+    def nan_on_second_step(losses):
+        calls.append(1)
+        return total_loss(losses) * (float("nan") if len(calls) == 2 else 1.0)
+
+    trainer.criterion.total_loss = nan_on_second_step
+    trainer.fit()
+    assert "skipped a step with a non-finite loss at epoch 1, step 2," in caplog.text
+    Trainer(load_config(run / "config.yaml", ["train.epochs=2"]), run, resume=True, progress=False).fit()
+    records = read_metrics(run)
+    assert [r["step"] for r in records if r["type"] == "train"] == [1, 3, 4, 5, 6]  # log_every=1
+    assert [(r["step"], r["train_skipped_nonfinite"]) for r in records if r["type"] == "epoch"] == [(3, 1), (6, 0)]
+    assert load_checkpoint(run / "checkpoint_last.pt")["step"] == 6
+    if tensorboard:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run / "tensorboard"))
+        events.Reload()
+        assert [e.step for e in events.Scalars("train-main-metrics/loss")] == [1, 3, 4, 5, 6]
+        assert [e.step for e in events.Scalars("val-AP/AP")] == [3, 6]
 
 
 def test_a_resumed_run_s_summary_prints_the_learning_rate_it_trains_with(shapes, tmp_path: Path):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -134,7 +136,7 @@ def test_a_run_s_minutes_add_up_over_invocations_failed_ones_too(tmp_path: Path,
             raise RuntimeError("out of memory")
         return True
 
-    monkeypatch.setattr(study_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(study_module, "time", SimpleNamespace(perf_counter=lambda: clock[0], time=lambda: clock[0]))
     monkeypatch.setattr(study_module, "run_config", lambda *args: SimpleNamespace(train=SimpleNamespace(device="")))
     monkeypatch.setattr(study_module, "_train", train_a_minute_failing_first)
     monkeypatch.setattr(study_module, "analyze_run", lambda *args: None)
@@ -142,6 +144,61 @@ def test_a_run_s_minutes_add_up_over_invocations_failed_ones_too(tmp_path: Path,
     outcomes = [study_module._run_one(None, "softmax", 0, tmp_path, [], "", False) for _ in range(2)]
     assert [(o.status, o.seconds) for o in outcomes] == [("failed", 60.0), ("done", 120.0)]
     assert study_tables(outcomes[1:])["Runs"][1][0][2] == "2.0"  # the report's minutes
+
+
+def test_a_run_killed_while_training_counts_its_minutes_and_is_not_done(tmp_path: Path, monkeypatch):
+    """A study killed with SIGKILL (or out of memory) while training a run lost that invocation's time: the run's
+    time was recorded only when the invocation was done with it, so the report's "minutes (all invocations)" said 2.0
+    after 1 min + 1 min (killed) + 1 min. And a finished run asked for more epochs, killed while training on, kept its
+    'done' status: the next invocation said 'done before, kept' and reported it at the epoch it was killed in. Its
+    status now says 'running' from the start, and the next invocation counts the killed one's time up to the run
+    directory's last write and trains the run on."""
+    import sparse_detector.study as study_module
+
+    clock, trained = [time.time()], []
+    run_dir = tmp_path / "runs" / "softmax-seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / STATUS_FILE).write_text(json.dumps({"status": "done", "seconds": 60.0}))  # a first invocation
+
+    def killed_after_a_minute(config, run_dir: Path, progress: bool, name: str) -> bool:
+        clock[0] += 60.0
+        (run_dir / "metrics.jsonl").write_text("{}\n")  # the last thing the killed process wrote
+        os.utime(run_dir / "metrics.jsonl", (clock[0], clock[0]))
+        raise SystemExit(-9)  # (SIGKILL runs no handler: nothing after this point may count)
+
+    def a_minute(config, run_dir: Path, progress: bool, name: str) -> bool:
+        clock[0] += 60.0
+        trained.append(name)
+        return True
+
+    more_epochs = (["train.epochs: 1 -> 2"], True)
+    monkeypatch.setattr(study_module, "time", SimpleNamespace(perf_counter=lambda: clock[0], time=lambda: clock[0]))
+    monkeypatch.setattr(study_module, "run_config", lambda *args: SimpleNamespace(train=SimpleNamespace(device="")))
+    monkeypatch.setattr(study_module, "_changed_settings", lambda *args: more_epochs)
+    monkeypatch.setattr(study_module, "_train", killed_after_a_minute)
+    with pytest.raises(SystemExit):
+        study_module._run_one(None, "softmax", 0, tmp_path, [], "", False)
+    assert json.loads((run_dir / STATUS_FILE).read_text())["status"] == "running"
+
+    monkeypatch.setattr(study_module, "_changed_settings", lambda *args: ([], False))  # its config.yaml says 2 now
+    monkeypatch.setattr(study_module, "_train", a_minute)
+    monkeypatch.setattr(study_module, "analyze_run", lambda *args: None)
+    monkeypatch.setattr(study_module, "_run_figures", lambda *args: ([], None))
+    outcome = study_module._run_one(None, "softmax", 0, tmp_path, [], "", False)
+    assert trained == ["softmax-seed0"], "the unfinished run is trained on, not kept as done"
+    assert (outcome.status, outcome.seconds) == ("done", 180.0)
+    assert json.loads((run_dir / STATUS_FILE).read_text())["seconds"] == 180.0
+
+    # killed again while its figures were redrawn, then asked with other settings: not mixed into the report
+    def killed_while_drawing(*args):
+        raise SystemExit(-9)
+
+    monkeypatch.setattr(study_module, "_run_figures", killed_while_drawing)
+    with pytest.raises(SystemExit):
+        study_module._run_one(None, "softmax", 0, tmp_path, [], "", False)
+    monkeypatch.setattr(study_module, "_changed_settings", lambda *args: (["optim.lr: 0.0002 -> 1e-05"], False))
+    outcome = study_module._run_one(None, "softmax", 0, tmp_path, [], "", False)
+    assert (outcome.status, outcome.stage) == ("failed", "config") and "optim.lr: 0.0002 -> 1e-05" in outcome.error
 
 
 @pytest.mark.parametrize(
@@ -208,7 +265,8 @@ def test_a_signal_stops_the_study_and_leaves_its_run_unfinished(tmp_path: Path, 
     out = capsys.readouterr().out  # was: the run analysed and marked done, then the next run trained
     assert "softmax-seed0 stopped by SIGTERM at step 0, its checkpoint written; run the same study command again" in out
     assert "sparsemax-seed0" not in out and not (study_dir / "report.md").exists()
-    assert not (study_dir / "runs" / "softmax-seed0" / STATUS_FILE).exists()
+    status = json.loads((study_dir / "runs" / "softmax-seed0" / STATUS_FILE).read_text())
+    assert (status["status"], status["stage"]) == ("stopped", "train")  # its time kept, and not done
 
 
 def test_report_states_the_zeros_ratio_threshold_of_every_map(tmp_path: Path):

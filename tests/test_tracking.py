@@ -43,13 +43,18 @@ def _tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def _wandb_history(run_dir: Path) -> list[dict[str, float]]:
-    """The ``history`` rows of the offline W&B run in ``run_dir/wandb``.
+    """The ``history`` rows of the offline W&B run in ``run_dir/wandb`` (of each of its processes, oldest first).
 
     The .wandb file is a LevelDB-style log of protobuf records (a 7-byte header, then 32 KiB blocks of chunks with a
     7-byte header: CRC, length, type); wandb no longer ships a Python reader for it, hence these lines."""
+    paths = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert paths, f"no offline W&B run in {run_dir / 'wandb'}"
+    return [row for path in paths for row in _wandb_file_history(path)]
+
+
+def _wandb_file_history(path: Path) -> list[dict[str, float]]:
     from wandb.proto import wandb_internal_pb2
 
-    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     data = path.read_bytes()
     assert data[:4] == b":W&B"
     rows, pending, offset, block = [], b"", 7, 32768
@@ -128,6 +133,31 @@ def test_tensorboard_after_a_killed_run_resumes_holds_each_step_once(shapes, tmp
     # the parameter counts were logged again at every resume: params/* charted one point per start of the run
     assert [step for step, _ in scalars["params/total/trainable"]] == [0]
     assert [r["step"] for r in read_metrics(run) if r["type"] == "params"] == [0]
+
+
+@needs_wandb
+def test_offline_wandb_after_a_killed_run_resumes_holds_each_step_once(shapes, tmp_path: Path, monkeypatch):
+    """A resume logged again, into a new offline folder of the same W&B run, the steps a killed process had logged
+    after its checkpoint: `wandb sync` then got those steps twice. The resumed process now sends W&B only what it
+    has not had: one W&B run, every step once."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = tmp_path / "run"
+    Trainer(shapes_config(shapes, *TRACKED, "train.wandb=true"), run, progress=False).fit()
+    killed = MetricsLogger(run, wandb=True, resumed_at=2)  # a killed process logged past its checkpoint
+    killed.log("train", 3, loss=99.0)
+    killed.close()
+    Trainer(
+        shapes_config(shapes, *TRACKED, "train.epochs=2", "train.wandb=true"), run, resume=True, progress=False
+    ).fit()
+
+    files = list(run.glob("wandb/offline-run-*/run-*.wandb"))  # run-<W&B run id>.wandb, one per process
+    assert len(files) == 3 and len({path.stem for path in files}) == 1  # one W&B run
+    logged = [(int(row["_step"]), name) for row in _wandb_history(run) for name in row if not name.startswith("_")]
+    assert len(logged) == len(set(logged)), sorted(name for name in logged if logged.count(name) > 1)
+    loss_steps = sorted(step for step, name in logged if name == "train-main-metrics/loss")
+    assert loss_steps == [1, 2, 3, 4]
+    assert sorted(step for step, name in logged if name == "val-AP/AP") == [2, 4]
 
 
 @needs_tensorboard

@@ -1,10 +1,22 @@
-"""The hand-written float64 exp and log of the CPU kernels against numpy, over their whole input range."""
+"""The hand-written float64 exp and log of the CPU kernels against numpy, over their whole input range; where numba
+caches the kernels."""
 
 from __future__ import annotations
 
+import getpass
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import numba
 import numpy as np
+import pytest
 
+import sparse_detector
 from sparse_detector.attention import vector_math
 
 
@@ -88,3 +100,56 @@ def test_float32_exp_and_log_within_two_ulps() -> None:
     nonzero = reference != 0.0
     assert _f32_ulps(ours[nonzero], reference[nonzero]) <= 2.0
     assert (ours[~nonzero] == 0.0).all()
+
+
+def test_numba_caches_in_a_temporary_folder_where_the_install_and_home_are_read_only(tmp_path: Path, monkeypatch):
+    """With the package installed read-only and no writable home (a container's user), importing the attention maps
+    failed: numba's 'cannot cache function '_log_or_never': no locator available for file .../entmax_cpu.py'. numba
+    then caches in a folder of the temporary directory, the user's own; NUMBA_CACHE_DIR, where set, wins."""
+    import numba
+
+    from sparse_detector.attention import numba_cache
+
+    monkeypatch.setattr(numba.config, "CACHE_DIR", "")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert numba_cache.ensure_cache_dir() is None  # numba has a place of its own here
+
+    def no_locator(*args, **kwargs):
+        raise RuntimeError("cannot cache function '_probe': no locator available for file 'numba_cache.py'")
+
+    monkeypatch.setattr(numba, "njit", no_locator)
+    folder = numba_cache.ensure_cache_dir()
+    assert folder == tmp_path / f"sparse-detector-numba-{getpass.getuser()}" and str(folder) == numba.config.CACHE_DIR
+    assert folder.stat().st_mode & 0o777 == 0o700
+    folder.chmod(0o777)  # a folder anyone may write to holds no code this process loads
+    monkeypatch.setattr(numba.config, "CACHE_DIR", "")
+    other = numba_cache.ensure_cache_dir()
+    assert other != folder and other.parent == tmp_path and str(other) == numba.config.CACHE_DIR
+    monkeypatch.setattr(numba.config, "CACHE_DIR", "/chosen")
+    assert numba_cache.ensure_cache_dir() is None and numba.config.CACHE_DIR == "/chosen"
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs Linux, root and unshare for a read-only bind mount",
+)
+def test_the_attention_maps_import_from_a_read_only_install_without_a_writable_home(tmp_path: Path):
+    """The same on a real read-only mount (the package's copy and the home folder), in a mount namespace of its own."""
+    package = Path(sparse_detector.__file__).parent
+    shutil.copytree(package, tmp_path / "site" / "sparse_detector", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "home").mkdir()
+    read_only = " && ".join(
+        f"mount --bind {folder} {folder} && mount -o remount,ro,bind {folder}"
+        for folder in (tmp_path / "site", tmp_path / "home")
+    )
+    script = "import sparse_detector.attention, numba; print(numba.config.CACHE_DIR)"
+    command = f"{read_only} && cd {tmp_path / 'home'} && {shlex.quote(sys.executable)} -c {shlex.quote(script)}"
+    environment = {**os.environ, "HOME": str(tmp_path / "home"), "PYTHONPATH": str(tmp_path / "site")}
+    environment.pop("NUMBA_CACHE_DIR", None)
+    environment.pop("XDG_CACHE_HOME", None)
+    environment["TMPDIR"] = str(tmp_path)
+    done = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, env=environment)
+    if "mount" in done.stderr and done.returncode:
+        pytest.skip(f"no read-only bind mount here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / f"sparse-detector-numba-{getpass.getuser()}")

@@ -146,8 +146,15 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
 def _add_official_reading(parser: argparse.ArgumentParser) -> None:
     """How an --official checkpoint is read (:func:`_official_options`)."""
     parser.add_argument("--arch", default="detr", help="registered model (model.arch) of an --official checkpoint")
-    parser.add_argument("--nheads", type=int, default=8, help="attention heads of an official checkpoint")
-    parser.add_argument("--dilation", action="store_true", help="an official DC5 checkpoint")
+    parser.add_argument(
+        "--nheads",
+        type=int,
+        default=None,
+        help="attention heads of an official checkpoint (default: its stored args, else the official 8)",
+    )
+    parser.add_argument(
+        "--dilation", action="store_true", default=None, help="an official DC5 checkpoint (default: its stored args)"
+    )
 
 
 def _whole_number(minimum: int) -> Callable[[str], int]:

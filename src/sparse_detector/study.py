@@ -136,7 +136,7 @@ class RunOutcome:
     map: str
     seed: int
     run_dir: Path
-    status: str  # done | failed
+    status: str  # done | failed (its status file also says running or stopped while unfinished)
     stage: str = ""  # the stage that failed
     error: str = ""
     seconds: float = 0.0
@@ -215,8 +215,9 @@ def _train(config: Config, run_dir: Path, progress: bool, name: str) -> bool:
         trainer = Trainer(config, run_dir, resume=True, progress=progress)
     else:
         print(f"[study] {name}: training in {run_dir}")
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
+        for path in run_dir.iterdir() if run_dir.is_dir() else ():  # the study's own account of the run stays
+            if path.name != STATUS_FILE:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         trainer = Trainer(config, run_dir, progress=progress)
     trainer.fit()
     if trainer.stop_signal is not None:
@@ -295,6 +296,32 @@ def _changed_settings(
     return changed, more_epochs and asked["train"]["epochs"] > saved["train"]["epochs"]
 
 
+def _earlier_seconds(run_dir: Path, earlier: dict[str, Any]) -> float:
+    """The run's time in earlier invocations (``earlier``: its status file), failed and stopped ones too; an
+    invocation killed while at the run (SIGKILL, out of memory, a lost machine) counts up to the run directory's last
+    write, as its status still says ``running``."""
+    seconds = earlier.get("seconds", 0.0)
+    if earlier.get("status") == "running":
+        started = earlier.get("started", 0.0)
+        written = [p.stat().st_mtime for p in run_dir.rglob("*") if p.is_file() and p.name != STATUS_FILE]
+        newest = max(written, default=started)
+        seconds += max(newest - started, 0.0)
+    return seconds
+
+
+def _write_status(status_file: Path, outcome: RunOutcome, **extra: Any) -> None:
+    """The run's ``study_status.json``: its outcome (``running`` while an invocation is at it) and time so far."""
+    status = {
+        "status": outcome.status,
+        "stage": outcome.stage,
+        "error": outcome.error,
+        "seconds": outcome.seconds,
+        "figures": [str(p) for p in outcome.figures],
+        **extra,
+    }
+    write_atomically(status_file, json.dumps(status, indent=2))
+
+
 def _run_one(
     study: StudyConfig, map_name: str, seed: int, study_dir: Path, data: list[str], device: str, progress: bool
 ) -> RunOutcome:
@@ -302,22 +329,29 @@ def _run_one(
     run_dir = study_dir / "runs" / name
     status_file = run_dir / STATUS_FILE
     earlier = json.loads(status_file.read_text()) if status_file.is_file() else {}
-    seconds_before, kept = earlier.get("seconds", 0.0), False  # the run's time in earlier invocations, failed ones too
-    if earlier.get("status") == "done":
+    seconds_before, kept = _earlier_seconds(run_dir, earlier), False
+    # finished once: a later invocation killed or stopped while at it (redrawing, training on to more epochs) leaves
+    # it unfinished, yet its results stay this study's only while its settings do
+    done_before = earlier.get("status") == "done" or earlier.get("done_before", False)
+    if done_before:
         changed, more_epochs = _changed_settings(run_dir, study, map_name, seed, data)
-        kept = not changed
+        kept = not changed and earlier.get("status") == "done"
         if kept:
             print(f"[study] {name}: done before, kept (its figures redrawn)")
-        elif not more_epochs:
+        elif changed and not more_epochs:
             error = (
                 f"done before with other settings than this study's ({'; '.join(changed)}); revert them, or move "
                 f"{run_dir} away to redo the run with them"
             )
             print(f"[study] {name}: NOT REDONE: {error}")
             return RunOutcome(name, map_name, seed, run_dir, "failed", stage="config", error=error)
-        else:
+        elif changed:
             print(f"[study] {name}: done before; {changed[0]}: continuing it")
     start, stage = time.perf_counter(), "config"
+    # until this invocation is done with the run, a kill leaves it 'running' (not done, its time counted on rerun)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    running = RunOutcome(name, map_name, seed, run_dir, "running", seconds=round(seconds_before, 1))
+    _write_status(status_file, running, started=time.time(), done_before=done_before)
     outcome = RunOutcome(name, map_name, seed, run_dir, "done")
     try:
         config = run_config(study, map_name, seed, data)
@@ -335,16 +369,13 @@ def _run_one(
         outcome.error = f"{type(err).__name__}: {err}"
         log.error("study run %s failed in %s:\n%s", name, stage, traceback.format_exc())
         print(f"[study] {name}: FAILED in {stage}: {outcome.error}")
+    except KeyboardInterrupt:  # a signal stopped the study (StudyStopped) or Ctrl-C: the run stays unfinished
+        outcome.status, outcome.stage = "stopped", stage
+        outcome.seconds = round(seconds_before + time.perf_counter() - start, 1)
+        _write_status(status_file, outcome, done_before=done_before)
+        raise
     outcome.seconds = round(seconds_before + time.perf_counter() - start, 1)
-    if run_dir.is_dir():
-        status = {
-            "status": outcome.status,
-            "stage": outcome.stage,
-            "error": outcome.error,
-            "seconds": outcome.seconds,
-            "figures": [str(p) for p in outcome.figures],
-        }
-        write_atomically(status_file, json.dumps(status, indent=2))
+    _write_status(status_file, outcome, done_before=done_before)
     return outcome
 
 

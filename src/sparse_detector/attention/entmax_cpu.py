@@ -43,7 +43,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import vector_math
+from . import (
+    numba_cache,  # noqa: F401  (before the kernels: where numba may cache them)
+    vector_math,
+)
 
 # numba runs its parallel loops on its own OpenMP runtime (GNU libgomp, not the copy bundled with torch), whose idle
 # threads by default spin after each loop and take the cores from torch's next operations (benchmarks/RESULTS.md,

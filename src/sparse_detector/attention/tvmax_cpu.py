@@ -48,7 +48,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import tvmax_support
+from . import (
+    numba_cache,  # noqa: F401  (before the kernels: where numba may cache them)
+    tvmax_support,
+)
 from .entmax_cpu import chunk, row_of, threads_and_chunks
 from .tvmax_support import no_refcounts
 from .vector_math import bitcast

@@ -35,6 +35,7 @@ import math
 import numba
 import numpy as np
 
+from . import numba_cache  # noqa: F401  (before the kernels: where numba may cache them)
 from .vector_math import bitcast
 
 NOT_ON_GRID = -1  # the piece of the cells outside the grid graph (masked keys)

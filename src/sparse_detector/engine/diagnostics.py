@@ -1,7 +1,7 @@
 """Training diagnostics (``train.diagnostics_every=N``): what someone training a detector from scratch needs to see
 whether gradients reach the backbone and whether attention sharpens.
 
-Every N optimiser steps (and at initialisation, step 0, for the weights) one JSON line goes to
+Every N training steps (and at initialisation, step 0, for the weights) one JSON line goes to
 ``<run dir>/diagnostics.jsonl``::
 
     {"step": int,
@@ -133,7 +133,7 @@ class TrainingDiagnostics:
             f.write(json.dumps(record) + "\n")
 
     def after_backward(self, step: int) -> None:
-        """Call after ``loss.backward()`` of optimiser step ``step`` (1-based): records when ``step`` is due."""
+        """Call after ``loss.backward()`` of training step ``step`` (1-based): records when ``step`` is due."""
         if self.every and step % self.every == 0:
             self._write(
                 {"step": step, "weights": self._weights(), "gradients": self._gradients(), "entropy": self._entropy()}

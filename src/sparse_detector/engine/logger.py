@@ -1,5 +1,7 @@
 """Run logging: one JSON object per line in ``metrics.jsonl`` (always), mirrored to TensorBoard and Weights & Biases
-under grouped names, all with the same global step (optimiser steps taken).
+under grouped names, all with the same global step: training steps taken, every batch trained on or skipped as
+non-finite (``train.on_nonfinite_loss=skip``), as in the checkpoints, so the epochs of runs on the same data end
+at the same step whatever they skipped.
 
 Reading the log back is ``sparse_detector.runs.read_metrics``.
 """
@@ -88,9 +90,12 @@ class MetricsLogger:
 
     ``resumed_at``: the global step of the checkpoint a resumed run continues from. TensorBoard then discards what
     an earlier, killed process of the run logged after that step (those steps are trained and logged again), as
-    ``metrics.jsonl`` is cut back to it on resume. ``None``, a new run: whatever a process killed before its first
-    checkpoint logged here is started over (``metrics.jsonl`` emptied, TensorBoard's events discarded, a new W&B
-    run id)."""
+    ``metrics.jsonl`` is cut back to it on resume. W&B cannot take back what it was sent (each process writes its own
+    offline folder of the run, which ``wandb sync`` uploads one after the other): given ``logged_before``, the
+    records of ``metrics.jsonl`` before that cut, a resumed run sends W&B each name only at steps after the last one
+    it was sent at, so W&B holds every step once (the redone ones with the values first logged). ``None``, a new run:
+    whatever a process killed before its first checkpoint logged here is started over (``metrics.jsonl`` emptied,
+    TensorBoard's events discarded, a new W&B run id)."""
 
     def __init__(
         self,
@@ -102,18 +107,25 @@ class MetricsLogger:
         config: dict | None = None,
         enabled: bool = True,
         resumed_at: int | None = None,
+        logged_before: list[dict] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
         self.enabled = enabled
         self._tensorboard = self._wandb = None
         self._charted_at: dict[str, int] = {}  # each grouped name's last step sent to the backends
+        self._wandb_had: dict[str, int] = {}  # each grouped name's last step earlier processes of the run sent W&B
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resumed_at is None:
             self.path.write_text("")
             (self.run_dir / WANDB_RUN_ID).unlink(missing_ok=True)
+        elif wandb and (self.run_dir / WANDB_RUN_ID).is_file():  # W&B was on before: it has what was logged then
+            for record in logged_before or ():
+                values = {k: v for k, v in record.items() if k not in ("type", "step", "time")}
+                for name in grouped_scalars(record["type"], values):
+                    self._wandb_had[name] = max(self._wandb_had.get(name, -1), record["step"])
         check_backends(tensorboard, wandb, wandb_mode)
         if tensorboard:
             try:
@@ -139,8 +151,8 @@ class MetricsLogger:
             for name, value in scalars.items():
                 self._tensorboard.add_scalar(name, value, step)
             self._tensorboard.flush()
-        if self._wandb is not None and scalars:
-            self._wandb.log(scalars, step=step)
+        if self._wandb is not None and (new := {n: v for n, v in scalars.items() if step > self._wandb_had.get(n, -1)}):
+            self._wandb.log(new, step=step)
 
     def close(self) -> None:
         if self._tensorboard is not None:

@@ -299,12 +299,15 @@ class Trainer:
         self.forward_model = self._wrap(self.model, compile=train.compile)
         self.compile_pending = train.compile  # the first compiled step is watched for compiler failures
         self.epoch = 0  # epochs completed
-        self.step = 0  # optimiser steps taken (the global step of every logger)
+        # training steps taken: every batch trained on, or skipped as non-finite (the global step of every logger,
+        # diagnostics.jsonl and the checkpoints), so the epochs of runs on the same data end at the same step
+        self.step = 0
         self.best_ap = float("-inf")
         self.epoch_progress: dict[str, Any] = {}  # a mid-epoch checkpoint's position and running sums
         self.stop_signal: int | None = None  # the first SIGTERM / SIGINT received
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_at = ""  # where training was when it was written ("epoch 2", "epoch 3, step 40")
+        self.logged_before: list[dict] = []  # a resumed run's metrics.jsonl before the records after its checkpoint
         resume_changes = self._resume() if resume else []
         if self.dist.is_main:  # only now: a config, data set or checkpoint that fails above leaves no run directory
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -320,6 +323,7 @@ class Trainer:
             config=config_to_dict(config),
             enabled=self.dist.is_main,
             resumed_at=self.step if resume else None,
+            logged_before=self.logged_before,
         )
         counts = parameter_counts(self.model)
         if (
@@ -446,9 +450,10 @@ class Trainer:
         # Records written after the checkpoint (a run killed before its next one) are dropped: that work is redone.
         metrics = self.run_dir / METRICS_FILE
         if metrics.exists() and self.dist.is_main:
+            self.logged_before = read_metrics(self.run_dir)  # what W&B was sent, which it cannot take back
             kept = [
                 r
-                for r in read_metrics(self.run_dir)
+                for r in self.logged_before
                 if r["step"] <= self.step and (r["type"] != "epoch" or r["epoch"] <= self.epoch)
             ]
             write_json_lines(metrics, kept)
@@ -587,6 +592,7 @@ class Trainer:
             # every image of the batch was unreadable and skipped (data.on_invalid=skip); all ranks skip together
             if any_across_ranks(batch is None, self.device):
                 continue
+            self.step += 1
             batch = batch.to(self.device)
             targets = targets_to(targets, self.device)
             losses, loss, problem = self._forward(batch, targets)
@@ -596,7 +602,6 @@ class Trainer:
                 self._nonfinite(problem or "on another process", targets)
             else:
                 self._backward(loss)
-                self.step += 1
                 steps += 1
                 images_seen += len(batch) * self.dist.world_size
                 values = {"loss": loss.item(), **{k: losses[k].item() for k in MAIN_TRAIN_METRICS[1:]}}
@@ -607,7 +612,7 @@ class Trainer:
                 if self.step % config.log_every == 0:
                     logged = self._log_step(loss, losses, speed, data_s, time.perf_counter() - tick)
                     if self.dist.is_main and not self.progress:  # no progress bar (not a terminal): plain lines
-                        where = f"epoch {self.epoch + 1} step {steps}/{bar.total}"
+                        where = f"epoch {self.epoch + 1} step {steps + skipped}/{bar.total}"
                         print(f"{where}: loss {logged['loss']:.3f}, {speed:.1f} img/s over the epoch so far")
             bar.update()
             tick = time.perf_counter()
@@ -652,7 +657,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)  # true gradients for the diagnostics and clipping (a no-op without fp16)
-        self.diagnostics.after_backward(self.step + 1)
+        self.diagnostics.after_backward(self.step)
         if self.config.optim.clip_max_norm > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_max_norm)
         self.scaler.step(self.optimizer)
@@ -680,9 +685,9 @@ class Trainer:
 
     def _nonfinite(self, detail: str, targets: list[dict]) -> None:
         image_ids = [int(t["image_id"]) for t in targets]
-        where = f"epoch {self.epoch + 1}, step {self.step + 1}, image ids {image_ids}: {detail}"
+        where = f"epoch {self.epoch + 1}, step {self.step}, image ids {image_ids}: {detail}"
         if not weights_finite(self.model):  # no later step can be finite: skipping them would only waste the epoch
-            raise self._diverged(f"epoch {self.epoch + 1}, step {self.step + 1}, image ids {image_ids}", detail)
+            raise self._diverged(f"epoch {self.epoch + 1}, step {self.step}, image ids {image_ids}", detail)
         if self.config.train.on_nonfinite_loss == "error":
             last = self.last_checkpoint or "none written yet"
             raise NonFiniteLossError(

@@ -8,6 +8,7 @@ with the ``detr`` / ``deformable_detr`` archs;
 from __future__ import annotations
 
 import argparse
+import inspect
 import pickle
 import re
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config, load_config
+from ..text import counted
 from .registry import available_models, build_model, model_entry, official_config
 
 # Blocks per stage and block type of the torchvision ResNets, to recognise a backbone from its weights.
@@ -36,6 +38,15 @@ OFFICIAL_DEFORMABLE_PRESET = "deformable_detr_r50"
 
 class CheckpointMismatchError(RuntimeError):
     """A state dict whose keys or shapes do not fit the model."""
+
+
+class AmbiguousHeadsError(CheckpointMismatchError):
+    """An official checkpoint's weights fit several numbers of attention heads, and it stores no ``args``."""
+
+
+#: The official training scripts' defaults (``--nheads``, Deformable DETR's ``--enc_n_points`` / ``--dec_n_points``).
+OFFICIAL_NHEADS = 8
+OFFICIAL_POINTS = 4
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "checkpoint") -> None:
@@ -154,16 +165,20 @@ def _infer_backbone(state_dict: Mapping[str, Tensor], config: Config) -> None:
     model.position_embedding = "learned" if "backbone.1.row_embed.weight" in state_dict else "sine"
 
 
-def infer_official_config(state_dict: Mapping[str, Tensor], nheads: int = 8, dilation: bool = False) -> Config:
+def infer_official_config(
+    state_dict: Mapping[str, Tensor], nheads: int | None = None, dilation: bool | None = None
+) -> Config:
     """The :class:`Config` of an official DETR checkpoint, read from its tensor shapes.
 
-    The number of heads and the DC5 dilation cannot be seen in the weights and are given (official defaults 8,
-    False). Pre-norm is recognised by the encoder's final LayerNorm, which only pre-norm models have.
+    The number of heads and the DC5 dilation cannot be seen in the weights and are given (``None``: the official
+    defaults 8, False; :func:`load_official` gives those of the checkpoint's stored ``args``). Pre-norm is
+    recognised by the encoder's final LayerNorm, which only pre-norm models have.
     """
+    nheads = OFFICIAL_NHEADS if nheads is None else nheads
     config = Config()
     _infer_backbone(state_dict, config)
     model = config.model
-    model.backbone.dilation = dilation
+    model.backbone.dilation = bool(dilation)
     model.num_queries, hidden_dim = state_dict["query_embed.weight"].shape
     model.num_classes = state_dict["class_embed.weight"].shape[0] - 1
     t = model.transformer
@@ -176,35 +191,58 @@ def infer_official_config(state_dict: Mapping[str, Tensor], nheads: int = 8, dil
 
 
 def infer_official_deformable_config(
-    state_dict: Mapping[str, Tensor], nheads: int = 8, dilation: bool = False
+    state_dict: Mapping[str, Tensor],
+    nheads: int | None = None,
+    dilation: bool | None = None,
+    num_queries: int | None = None,
 ) -> Config:
     """The :class:`Config` of an official Deformable DETR checkpoint, read from its keys and tensor shapes.
 
     Box refinement is recognised by the decoder's own box heads, two-stage by the proposal layers. The number of
     heads (which with the points makes the sampling layers' width) and the DC5 dilation cannot be seen in the
-    weights and are given (official defaults 8, False); so is a two-stage model's query count (``num_queries``
-    override; official default 300). Losses and matching costs are the official recipe's.
+    weights and are given (:func:`load_official` gives those of the checkpoint's stored ``args``); ``None``: the
+    official defaults 8, False, but where 8 heads would not give the official 4 sampling points, an
+    :class:`AmbiguousHeadsError` asks for the number (the width fits other head counts too). So is a two-stage
+    model's query count (``num_queries``, from the stored args too; official default 300), which its weights do not
+    show either. Losses and matching costs are the official recipe's.
     """
     config = Config()
     config.loss = load_config(OFFICIAL_DEFORMABLE_PRESET).loss
     _infer_backbone(state_dict, config)
     model = config.model
     model.arch = "deformable_detr"
-    model.backbone.dilation = dilation
+    model.backbone.dilation = bool(dilation)
     d = model.deformable
     d.two_stage = "transformer.enc_output.weight" in state_dict
     d.with_box_refine = any(k.startswith("transformer.decoder.bbox_embed.") for k in state_dict)
     d.num_feature_levels, hidden_dim = state_dict["transformer.level_embed"].shape
-    model.num_queries = 300 if d.two_stage else state_dict["query_embed.weight"].shape[0]
+    model.num_queries = (num_queries or 300) if d.two_stage else state_dict["query_embed.weight"].shape[0]
     model.num_classes = state_dict["class_embed.0.weight"].shape[0]
+    sampling = {"enc_n_points": "encoder.layers.0.self_attn", "dec_n_points": "decoder.layers.0.cross_attn"}
+    widths = {
+        key: state_dict[f"transformer.{site}.attention_weights.weight"].shape[0] for key, site in sampling.items()
+    }
+    if nheads is None:  # the official default, unless it gives other than the official points
+        nheads = OFFICIAL_NHEADS
+        levels = d.num_feature_levels
+        if any(width != OFFICIAL_NHEADS * levels * OFFICIAL_POINTS for width in widths.values()):
+            fits = [
+                f"{counted(heads, 'head')} x {counted(width // (heads * levels), 'point')}"
+                for heads in (16, 8, 4, 2, 1)
+                if (width := widths["dec_n_points"]) % (heads * levels) == 0
+            ]
+            raise AmbiguousHeadsError(
+                f"the number of attention heads is not in these weights nor in stored args: the sampling layers' "
+                f"{widths['dec_n_points']} outputs (heads x {levels} levels x points) fit {', '.join(fits)}; pass the "
+                "number the model was trained with (--nheads, nheads=...)"
+            )
     t = model.transformer
     t.hidden_dim, t.nheads = hidden_dim, nheads
     t.enc_layers = _count_indices(state_dict, "transformer.encoder.layers.")
     t.dec_layers = _count_indices(state_dict, "transformer.decoder.layers.")
     t.dim_feedforward = state_dict["transformer.encoder.layers.0.linear1.weight"].shape[0]
-    sampling = {"enc_n_points": "encoder.layers.0.self_attn", "dec_n_points": "decoder.layers.0.cross_attn"}
     for points, attention in sampling.items():
-        width = state_dict[f"transformer.{attention}.attention_weights.weight"].shape[0]
+        width = widths[points]
         if width % (nheads * d.num_feature_levels):
             raise CheckpointMismatchError(
                 f"transformer.{attention}.attention_weights has {width} outputs, not a multiple of nheads={nheads} "
@@ -226,12 +264,18 @@ def load_official(
     show); ``overrides`` set other model fields (e.g. ``pre_norm=True``, ``aux_loss=False``) on the inferred
     config: top-level :class:`ModelConfig`, :class:`TransformerConfig` or :class:`DeformableConfig` fields.
     """
-    state_dict, source = read_state_dict(path_or_state_dict)
+    is_file = isinstance(path_or_state_dict, str | Path)
+    checkpoint = load_checkpoint_file(path_or_state_dict) if is_file else path_or_state_dict
+    state_dict, source = read_state_dict(checkpoint)
+    source = str(path_or_state_dict) if is_file else source
+    options = stored_reader_options(checkpoint, source, arch, reader_options or {})
     try:
-        config = official_config(arch, state_dict, **(reader_options or {}))
+        config = official_config(arch, state_dict, **options)
     except KeyError as missing:
         reason = f"it has no {missing.args[0]} weights"
         raise CheckpointMismatchError(_not_official(path_or_state_dict, source, arch, reason)) from None
+    except AmbiguousHeadsError as err:
+        raise AmbiguousHeadsError(f"{source}: {err}") from None
     for key, value in overrides.items():
         for section in (config.model, config.model.transformer, config.model.deformable):
             if hasattr(section, key):
@@ -247,6 +291,26 @@ def load_official(
             raise
         raise CheckpointMismatchError(_not_official(path_or_state_dict, source, arch, "")) from None
     return model.eval(), config
+
+
+def stored_reader_options(checkpoint: Mapping, source: str, arch: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of ``arch``'s official reader (``nheads``, ``dilation``) that ``given`` leaves unset (``None``) and
+    the ``args`` an official training script stored in ``checkpoint`` beside the weights set; an error when one given
+    differs from the stored one (the weights would load into another model, or not at all)."""
+    options = {key: value for key, value in given.items() if value is not None}
+    args = checkpoint.get("args")
+    stored = vars(args) if isinstance(args, argparse.Namespace) else args if isinstance(args, Mapping) else {}
+    reader = inspect.signature(model_entry(arch).official_config).parameters
+    for key in reader:
+        if key not in stored or key == "state_dict":
+            continue
+        if key in options and options[key] != stored[key]:
+            raise CheckpointMismatchError(
+                f"{source} was trained with {key}={stored[key]!r} (its stored args), but {key}={options[key]!r} was "
+                f"given: drop that option (--{key}) or give {stored[key]!r}"
+            )
+        options[key] = stored[key]
+    return options
 
 
 def saved_config(path_or_state_dict: str | Path | Mapping[str, Tensor]) -> Mapping[str, Any] | None:
@@ -279,6 +343,8 @@ def official_arch(state_dict: Mapping[str, Tensor]) -> str | None:
             continue
         try:
             official_config(name, state_dict)
+        except AmbiguousHeadsError:  # its reader takes it, given the number of heads
+            return name
         except (KeyError, CheckpointMismatchError):
             continue
         return name
@@ -286,15 +352,24 @@ def official_arch(state_dict: Mapping[str, Tensor]) -> str | None:
 
 
 def detr_from_official(
-    path_or_state_dict: str | Path | Mapping[str, Tensor], *, nheads: int = 8, dilation: bool = False, **overrides
+    path_or_state_dict: str | Path | Mapping[str, Tensor],
+    *,
+    nheads: int | None = None,
+    dilation: bool | None = None,
+    **overrides,
 ) -> nn.Module:
     """Load an official facebookresearch/detr checkpoint into a model built to fit it; returned in eval mode
-    (``load_official`` with ``arch="detr"``)."""
+    (``load_official`` with ``arch="detr"``; ``nheads`` / ``dilation`` unset: the checkpoint's stored args, else
+    the official 8 heads, no dilation)."""
     return load_official(path_or_state_dict, "detr", {"nheads": nheads, "dilation": dilation}, **overrides)[0]
 
 
 def deformable_detr_from_official(
-    path_or_state_dict: str | Path | Mapping[str, Tensor], *, nheads: int = 8, dilation: bool = False, **overrides
+    path_or_state_dict: str | Path | Mapping[str, Tensor],
+    *,
+    nheads: int | None = None,
+    dilation: bool | None = None,
+    **overrides,
 ) -> nn.Module:
     """Load an official fundamentalvision/Deformable-DETR checkpoint — plain, box refinement or two-stage, told
     apart by its keys, sizes read from its tensors — into a model built to fit it; returned in eval mode and called
