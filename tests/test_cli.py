@@ -116,6 +116,36 @@ def test_a_number_out_of_range_is_a_usage_error_naming_the_option(argv: list[str
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["trian"], "sparse-detector: error: argument command: invalid choice: 'trian' (choose from"),
+        (["trian"], "; did you mean 'train'?"),
+        (["data", "chek", "x.json"], "; did you mean 'check'?"),
+        (["visualize", "atention", "run"], "; did you mean 'attention'?"),
+        (["train", "--confg", "x"], "sparse-detector train: error: unrecognized arguments: --confg x; did you mean "),
+        (["train", "--confg", "x"], "did you mean --config instead of --confg?"),
+        (["data", "import", "voc", "--out", "o.json", "--exclude-dificult"], "did you mean --exclude-difficult"),
+        (["--degub", "evaluate", "--checkpoint", "run"], "sparse-detector evaluate: error: unrecognized arguments"),
+    ],
+)
+def test_a_mistyped_name_is_answered_with_the_closest_one(argv: list[str], message: str, capsys) -> None:
+    """`sparse-detector trian` got argparse's bare 'invalid choice', and `train --confg x` 'sparse-detector: error:
+    unrecognized arguments' under the top level's usage, without naming the option meant."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_name_like_none_gets_no_suggestion(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["xyzzy"])
+    with pytest.raises(SystemExit):
+        main(["train", "--zzz"])
+    assert "did you mean" not in capsys.readouterr().err
+
+
 def test_preset_without_its_data_says_how_to_make_it(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--config", "shapes_tiny"]) == 2

@@ -10,13 +10,14 @@ A new subcommand is one more pair of functions and one line in :data:`COMMANDS`.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,6 +69,45 @@ FIGURE_KIND_NAMES = (
 FIGURE_FORMATS = ("png", "pdf", "svg")
 DEFAULT_TRAIN_CONFIG = "shapes_tiny"  # train's --config when none is given
 RUN_ONLY_KINDS = ("alpha", "curves", "diagnostics", "sparsity")  # figures of runs' logs and analyses, no images
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser that adds the closest name to a mistyped subcommand, choice or option ("did you mean")."""
+
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as err:
+            if suggestion := _closest(str(value), map(str, action.choices or ())):
+                raise argparse.ArgumentError(action, f"{err.message}; did you mean {suggestion!r}?") from None
+            raise
+
+    def parse_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """As argparse's, but an unknown option is reported by the (sub)command it was given to, with the closest
+        of that command's options."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = _chosen_command(self, parsed)
+            unknown = [text.split("=", 1)[0] for text in extras if text.startswith("-")]
+            close = [(text, _closest(text, command._option_string_actions)) for text in unknown]
+            hints = "".join(f"; did you mean {option} instead of {text}?" for text, option in close if option)
+            command.error(f"unrecognized arguments: {' '.join(extras)}{hints}")
+        return parsed
+
+
+def _closest(text: str, names: Iterable[str]) -> str | None:
+    """The name most like a mistyped ``text`` (difflib's ratio of at least 0.6), if any."""
+    return next(iter(difflib.get_close_matches(text, list(names), n=1)), None)
+
+
+def _chosen_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command ``args`` were parsed for, e.g. that of `data import`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return _chosen_command(action.choices[getattr(args, action.dest)], args)
+    return parser
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -1177,7 +1217,7 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sparse-detector`` argument parser with every command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sparse-detector",
         description="DETR-family detectors with sparse attention: train, evaluate, predict, analyze and draw "
         "attention.",
