@@ -10,6 +10,7 @@ A new subcommand is one more pair of functions and one line in :data:`COMMANDS`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import logging
@@ -494,6 +495,12 @@ def _load_model(args: argparse.Namespace) -> LoadedModel:
     return load_trained_model(args.checkpoint, official=args.official, **_official_options(args))
 
 
+def _with_data_overrides(loaded: LoadedModel, overrides: list[str]) -> LoadedModel:
+    """The loaded model with ``--set`` applied to its config: data settings such as data.val_size (refuse model.*
+    first, with :func:`_refuse_model_overrides`: the weights are the checkpoint's)."""
+    return dataclasses.replace(loaded, config=override_config(loaded.config, overrides)) if overrides else loaded
+
+
 def add_evaluate_command(commands: Subparsers) -> None:
     parser = _add_command(
         commands,
@@ -730,6 +737,7 @@ def add_predict_command(commands: Subparsers) -> None:
         "score against its ground truth; default: the position in the input list",
     )
     parser.add_argument("--attention", action="store_true", help="also draw each detection's head-averaged attention")
+    _add_overrides(parser, "data.val_size=512 (the images' shorter side, as the model sees them)")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -738,7 +746,8 @@ def _predict(args: argparse.Namespace) -> int:
     if args.image_ids and args.format != "coco":
         raise ValueError("--image-ids numbers the COCO results; add --format coco")
     _check_output("--output", args.output)
-    loaded = _load_model(args)
+    _refuse_model_overrides(args.set)  # before minutes of loading a model
+    loaded = _with_data_overrides(_load_model(args), args.set)
     draw_attention = None
     if args.attention:
         from .engine.device import resolve_device
