@@ -10,7 +10,6 @@ A new subcommand is one more pair of functions and one line in :data:`COMMANDS`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import json
 import logging
@@ -495,12 +494,6 @@ def _load_model(args: argparse.Namespace) -> LoadedModel:
     return load_trained_model(args.checkpoint, official=args.official, **_official_options(args))
 
 
-def _with_data_overrides(loaded: LoadedModel, overrides: list[str]) -> LoadedModel:
-    """The loaded model with ``--set`` applied to its config: data settings such as data.val_size (refuse model.*
-    first, with :func:`_refuse_model_overrides`: the weights are the checkpoint's)."""
-    return dataclasses.replace(loaded, config=override_config(loaded.config, overrides)) if overrides else loaded
-
-
 def add_evaluate_command(commands: Subparsers) -> None:
     parser = _add_command(
         commands,
@@ -747,7 +740,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise ValueError("--image-ids numbers the COCO results; add --format coco")
     _check_output("--output", args.output)
     _refuse_model_overrides(args.set)  # before minutes of loading a model
-    loaded = _with_data_overrides(_load_model(args), args.set)
+    loaded = _load_model(args).with_overrides(args.set)
     draw_attention = None
     if args.attention:
         from .engine.device import resolve_device
@@ -1123,6 +1116,7 @@ def add_visualize_command(commands: Subparsers) -> None:
     parser.add_argument("--official", action="store_true", help="RUN is an official checkpoint (of --arch)")
     _add_official_reading(parser)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    _add_overrides(parser, "data.val.annotations=FILE.json (data settings of RUN's config)")
 
 
 def _pixel(text: str) -> tuple[float, float]:
@@ -1151,6 +1145,13 @@ def _visualize(args: argparse.Namespace) -> int:
     else:
         runs = [run, *(p for p in extra if _is_run(p))]
         images = [p for p in extra if not _is_run(p)]
+    if args.set and args.kind in RUN_ONLY_KINDS:
+        raise ValueError(f"--set: visualize {args.kind} reads the runs' records, not their config; leave --set out")
+    _refuse_model_overrides(args.set)
+    if args.kind == "data" and run.stem in PRESET_DATA_HINTS and not _is_run(run):  # a preset whose data we make
+        hint = _missing_data_hint(args.run, load_config(args.run, args.set))
+        if hint:
+            raise FileNotFoundError(hint)
     output = Path(args.output) if args.output else (run if run.is_dir() else run.parent) / "figures"
     _check_output("--output", output)
     request = VisualizeRequest(
@@ -1167,6 +1168,7 @@ def _visualize(args: argparse.Namespace) -> int:
         official=args.official,
         official_options=_official_options(args),
         device=args.device,
+        overrides=args.set,
     )
     for path in visualize(args.kind, request):
         print(f"written: {path}")

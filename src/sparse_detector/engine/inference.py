@@ -11,7 +11,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,12 @@ class LoadedModel:
     config: Config
     label_map: LabelMap
     source: Path
+
+    def with_overrides(self, overrides: Iterable[str]) -> LoadedModel:
+        """This model with ``key=value`` overrides of its config's data settings (``data.val_size``, ``data.val.*``);
+        the weights are the checkpoint's, so a ``model.*`` override would change nothing."""
+        overrides = list(overrides)
+        return replace(self, config=override_config(self.config, overrides)) if overrides else self
 
     @torch.no_grad()
     def detect(self, image: Image.Image | str | Path, threshold: float = 0.5) -> Detections:
