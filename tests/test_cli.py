@@ -317,6 +317,25 @@ def test_quickstart_checks_its_settings_before_generating_images(tmp_path: Path,
     assert message in capsys.readouterr().err and not run_dir.exists()
 
 
+def test_quickstart_fetches_pretrained_weights_before_generating_images(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`quickstart --config detr_r50` without internet generated the data set, then failed on the backbone's ImageNet
+    weights, leaving the images behind."""
+    from urllib.error import URLError
+
+    from torchvision.models import WeightsEnum
+
+    def offline(self, *args, **kwargs):
+        raise URLError("Name or service not known")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    run_dir = tmp_path / "quick"
+    assert main(["quickstart", "--config", "detr_r50", "--output-dir", str(run_dir), "--num-train", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "could not load ImageNet weights for resnet50 (<urlopen error Name or service not known>)" in err
+    assert "copy https://download.pytorch.org/models/resnet50-0676ba61.pth into " in err
+    assert "model.backbone.pretrained=false" in err and not run_dir.exists()
+
+
 def test_quickstart_names_the_run_directory_the_other_commands_take(tmp_path: Path, capsys, monkeypatch) -> None:
     import sparse_detector.cli as cli
     import sparse_detector.engine.trainer as trainer_module

@@ -1026,10 +1026,13 @@ def _quickstart(args: argparse.Namespace) -> int:
     from .data.shapes import generate_shapes_splits
     from .engine.device import resolve_device
     from .engine.trainer import Trainer
+    from .models.backbone import fetch_pretrained_weights
 
-    # a --config, --set or --device mistake stops here, not after minutes of generating images
+    # a --config, --set or --device mistake, or ImageNet weights that cannot be downloaded, stop here, not after
+    # minutes of generating images
     checked = load_config(args.config, args.set)
     resolve_device(args.device or checked.train.device, "--device" if args.device else "train.device")
+    fetch_pretrained_weights(checked.model.backbone)
     run_dir = Path(args.output_dir or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
     data_dir = run_dir / "data"
     print(f"generating {args.num_train} training + {args.num_val} held-out shapes images in {data_dir}")
