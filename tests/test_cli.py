@@ -256,6 +256,26 @@ def test_ctrl_c_outside_training_is_one_line_not_a_traceback(monkeypatch, capsys
     assert err == "interrupted: sparse-detector evaluate stopped before it finished (Ctrl-C)\n"
 
 
+def test_sigterm_outside_training_is_one_line_not_a_silent_kill(monkeypatch, capsys) -> None:
+    """SIGTERM while train started up (importing torch, reading data, building the model) killed it silently with
+    -15; training itself stops on its own terms (a checkpoint), the rest stops as on Ctrl-C."""
+    import os
+    import signal
+
+    import sparse_detector.cli as cli
+
+    def starting_up(args: argparse.Namespace) -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal interrupts this at once
+        return 0
+
+    monkeypatch.setattr(cli, "_train", starting_up)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["train"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "interrupted: sparse-detector train stopped before it finished (SIGTERM)\n"
+    assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
+
+
 def test_resume_given_a_checkpoint_file_names_its_run_directory(tmp_path: Path, capsys) -> None:
     (tmp_path / "config.yaml").write_text("{}\n")
     (tmp_path / "checkpoint_last.pt").write_bytes(b"")

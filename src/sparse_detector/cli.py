@@ -10,14 +10,16 @@ A new subcommand is one more pair of functions and one line in :data:`COMMANDS`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -1290,6 +1292,30 @@ def _print_error(message: str, compare: bool = True) -> None:
     print(f"error: {label}{message}\n(run with --debug for the full traceback)", file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while a command starts up or runs outside training (which finishes its step and checkpoints on its
+    own): the command stops as on Ctrl-C, with one line, not killed silently."""
+
+    signum = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`Terminated` (the previous handler is back afterwards)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv``); returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -1299,9 +1325,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {message}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # torch's level once its import sets it; a SIGTERM during that import printed torch's INFO lines at exit
+    logging.getLogger("torch").setLevel(logging.WARNING)
     from tqdm.contrib.logging import logging_redirect_tqdm  # log lines print above progress bars, not into them
 
-    with logging_redirect_tqdm():
+    with logging_redirect_tqdm(), _sigterm_stops_like_ctrl_c():
         if args.debug:
             return args.func(args)
         try:
@@ -1330,8 +1358,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"stopped at once by a second {stop}; the last complete checkpoint is kept", file=sys.stderr)
                 return 128 + stop.signum
             command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
-            print(f"interrupted: sparse-detector {command} stopped before it finished (Ctrl-C)", file=sys.stderr)
-            return 128 + signal.SIGINT
+            cause = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+            print(f"interrupted: sparse-detector {command} stopped before it finished ({cause})", file=sys.stderr)
+            return 128 + getattr(stop, "signum", signal.SIGINT)
 
 
 if __name__ == "__main__":
