@@ -173,9 +173,21 @@ def _add_overrides(parser: argparse.ArgumentParser, example: str = "data.val_siz
         nargs="*",
         action="extend",  # --set a=1 --set b=2 applies both (argparse's default keeps only the last)
         default=[],
+        type=_override,
         metavar="KEY=VALUE",
         help=f"config overrides, e.g. {example} (repeatable)",
     )
+
+
+def _override(text: str) -> str:
+    """An argparse type: a ``key.sub=value`` override (``--set`` takes every word up to the next option, so an
+    image or run named after it lands here)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE, got {text!r}: --set reads every word after it up to the next option, so put "
+            f"{text!r} before --set, or end the overrides with --"
+        )
+    return text
 
 
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
