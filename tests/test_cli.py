@@ -157,6 +157,22 @@ def test_a_name_like_none_gets_no_suggestion(capsys) -> None:
     assert "did you mean" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--config", "shapes_tiny"],
+        ["predict", "--checkpoint", "missing", "photo.png"],
+        ["visualize", "attention", "missing"],
+        ["evaluate", "--checkpoint", "missing"],
+        ["analyze", "--checkpoint", "missing"],
+    ],
+)
+def test_a_device_that_is_none_is_named_as_given(argv: list[str], capsys) -> None:
+    """`train --device tpu` said 'train.device: ...', predict and visualize 'device: ...' (after loading the model)."""
+    assert main([*argv, "--device", "tpu"]) == 2
+    assert capsys.readouterr().err.startswith("error: --device: 'tpu' is not a device; use auto, cpu, cuda")
+
+
 def test_preset_without_its_data_says_how_to_make_it(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--config", "shapes_tiny"]) == 2

@@ -387,8 +387,12 @@ def _train_summary(trainer: object) -> str:
 def _train(args: argparse.Namespace) -> int:
     from .data.build import absolute_data_paths
     from .engine.checkpoint import run_checkpoints
+    from .engine.device import resolve_device
     from .engine.distributed import context_from_environment, shutdown_distributed
     from .engine.trainer import Trainer
+
+    if args.device:  # named as the user gave it (the trainer checks train.device)
+        resolve_device(args.device, "--device")
 
     if args.init_from and args.resume not in (None, "auto"):  # with auto: the weights of a run's first start
         raise ValueError(
@@ -549,9 +553,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     _check_output("--output", args.output, folder=False, file=("the metrics JSON file to write", "eval.json"))
     _check_output("--save-detections", args.save_detections, folder=False, file=("a JSON file", "detections.json"))
     _refuse_model_overrides(args.set)
+    device = resolve_device(args.device, "--device")
     loaded = _load_model(args)
     config = _evaluation_config(loaded.config, args)
-    device = resolve_device(args.device, "--device")
     dataset = build_dataset(config, "val")
     _check_categories(loaded.label_map, dataset)
     loader = build_loader(dataset, config, train=False)
@@ -636,11 +640,11 @@ def _analyze(args: argparse.Namespace) -> int:
             f"--zero-threshold must be >= 0 and below 1 (a weight at or below it counts as zero; weights are at most "
             f"1, so 1 or more reads every key as zero), got {args.zero_threshold}"
         )
+    device = resolve_device(args.device, "--device")
     loaded = load_analysis_model(
         args.checkpoint, args.official, random_init=args.random_init, seed=args.seed, **_official_options(args)
     )
     config = _evaluation_config(loaded.config, args)
-    device = resolve_device(args.device, "--device")
     dataset = build_dataset(config, "val")
     _check_categories(loaded.label_map, dataset)
     sites = [site.name for site in select_sites(loaded.model, args.sites)]  # an unknown name lists the model's
@@ -748,16 +752,17 @@ def add_predict_command(commands: Subparsers) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from .engine.device import resolve_device
     from .engine.inference import predict_images
 
     if args.image_ids and args.format != "coco":
         raise ValueError("--image-ids numbers the COCO results; add --format coco")
     _check_output("--output", args.output)
     _refuse_model_overrides(args.set)  # before minutes of loading a model
+    device = resolve_device(args.device, "--device")
     loaded = _load_model(args).with_overrides(args.set)
     draw_attention = None
     if args.attention:
-        from .engine.device import resolve_device
         from .viz.kinds import detection_attention, object_query_kind
 
         if (kind := object_query_kind(loaded.model)) != "attention":
@@ -765,7 +770,6 @@ def _predict(args: argparse.Namespace) -> int:
                 f"predict --attention draws attention over the feature grid, which this model's object queries do "
                 f"not have; draw them with: sparse-detector visualize {kind} {args.checkpoint} IMAGE ..."
             )
-        device = resolve_device(args.device, "--device")
 
         def draw_attention(name: str, image: object, queries: list[int]) -> Path | None:
             return detection_attention(loaded, image, queries, Path(args.output) / f"{name}_attention", device)
@@ -1152,8 +1156,11 @@ def _is_run(path: Path) -> bool:
 
 
 def _visualize(args: argparse.Namespace) -> int:
+    from .engine.device import resolve_device
     from .engine.inference import image_files
     from .viz.kinds import VisualizeRequest, visualize
+
+    resolve_device(args.device, "--device")
 
     run = Path(args.run)
     extra = [Path(p) for p in args.inputs]
