@@ -173,6 +173,15 @@ def test_a_device_that_is_none_is_named_as_given(argv: list[str], capsys) -> Non
     assert capsys.readouterr().err.startswith("error: --device: 'tpu' is not a device; use auto, cpu, cuda")
 
 
+def test_shapes_too_large_for_the_image_size_name_the_option(tmp_path: Path, capsys) -> None:
+    """`data shapes out --image-size 8` said 'need 1 <= min_size <= max_size <= image_size, got 24, 56, 8'."""
+    assert main(["data", "shapes", str(tmp_path / "s"), "--image-size", "8", "--num-images", "1"]) == 2
+    assert "--image-size 8: the shapes are 24 to 56 px, so the images need --image-size 56 or more" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "s").exists()
+
+
 def test_preset_without_its_data_says_how_to_make_it(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--config", "shapes_tiny"]) == 2

@@ -828,8 +828,14 @@ def add_data_shapes_command(tools: Subparsers) -> None:
 
 
 def _data_shapes(args: argparse.Namespace) -> int:
-    from .data.shapes import generate_shapes, generate_shapes_splits
+    from .data.shapes import SHAPE_SIZES, generate_shapes, generate_shapes_splits
 
+    if args.image_size < SHAPE_SIZES[1]:  # the library's message names its parameters, not this option
+        smallest, largest = SHAPE_SIZES
+        raise ValueError(
+            f"--image-size {args.image_size}: the shapes are {smallest} to {largest} px, so the images need "
+            f"--image-size {largest} or more"
+        )
     options = {"image_size": args.image_size, "classes": args.classes}
     if args.num_val:
         paths = generate_shapes_splits(args.out, args.num_images, args.num_val, seed=args.seed, **options)
