@@ -20,7 +20,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..analysis import AttentionMaps, record_attention
-from ..config import Config, config_from_dict, override_config
+from ..config import Config, ConfigError, config_from_dict, override_config
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset, config_transforms
 from ..data.coco import UNREADABLE_IMAGE_ERRORS, DatasetError, load_json, read_rgb, to_rgb
@@ -138,7 +138,13 @@ def load_trained_model(path: str | Path, official: bool = False, arch: str = "de
     checkpoint = load_checkpoint(source)
     if "config" not in checkpoint:
         raise ValueError(f"{source} has no 'config': for an official checkpoint pass --official")
-    config = config_from_dict(checkpoint["config"])
+    try:
+        config = config_from_dict(checkpoint["config"])
+    except ConfigError as err:  # another project's 'config': nothing of ours to build
+        raise ConfigError(
+            f"{source} carries a 'config' that is not one of this package's ({err}); for an official DETR / "
+            "Deformable DETR checkpoint pass --official"
+        ) from err
     config.model.backbone.pretrained = False  # the checkpoint holds the weights
     model = build_model(config)
     load_state_dict_checked(model, checkpoint["model"], str(source))
