@@ -138,15 +138,20 @@ def test_a_mistyped_name_is_answered_with_the_closest_one(argv: list[str], messa
     assert message in capsys.readouterr().err
 
 
-def test_an_input_read_as_an_override_says_so(capsys) -> None:
+def test_an_input_read_as_an_override_says_so(tmp_path: Path, monkeypatch, capsys) -> None:
     """`predict --checkpoint run --set data.val_size=512 photo.png` read photo.png as an override: 'the following
     arguments are required: inputs'."""
+    monkeypatch.chdir(tmp_path)
+    Path("photo.png").touch()
     argv = ["predict", "--checkpoint", "run", "--set", "data.val_size=512"]
     with pytest.raises(SystemExit) as stop:
         main([*argv, "photo.png"])
     assert stop.value.code == 2
     assert "argument --set: expected KEY=VALUE, got 'photo.png': --set reads every word" in capsys.readouterr().err
     assert build_parser().parse_args([*argv, "--", "photo.png"]).inputs == ["photo.png"]
+    with pytest.raises(SystemExit):  # a key without its value
+        main(["train", "--set", "train.epochs"])
+    assert "got 'train.epochs': give the key a value (train.epochs=VALUE)" in capsys.readouterr().err
 
 
 def test_a_name_like_none_gets_no_suggestion(capsys) -> None:

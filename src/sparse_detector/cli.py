@@ -182,12 +182,17 @@ def _add_overrides(parser: argparse.ArgumentParser, example: str = "data.val_siz
 def _override(text: str) -> str:
     """An argparse type: a ``key.sub=value`` override (``--set`` takes every word up to the next option, so an
     image or run named after it lands here)."""
-    if "=" not in text:
+    if "=" in text:
+        return text
+    if Path(text).exists():  # an input: `predict ... --set data.val_size=512 photos/`
         raise argparse.ArgumentTypeError(
             f"expected KEY=VALUE, got {text!r}: --set reads every word after it up to the next option, so put "
             f"{text!r} before --set, or end the overrides with --"
         )
-    return text
+    raise argparse.ArgumentTypeError(
+        f"expected KEY=VALUE, got {text!r}: give the key a value ({text}=VALUE); an input after --set goes before "
+        "it, or after -- ending the overrides"
+    )
 
 
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
