@@ -127,6 +127,7 @@ def test_a_number_out_of_range_is_a_usage_error_naming_the_option(argv: list[str
         (["train", "--confg", "x"], "did you mean --config instead of --confg?"),
         (["data", "import", "voc", "--out", "o.json", "--exclude-dificult"], "did you mean --exclude-difficult"),
         (["--degub", "evaluate", "--checkpoint", "run"], "sparse-detector evaluate: error: unrecognized arguments"),
+        (["data"], "sparse-detector data: error: the following arguments are required: TOOL"),  # was data_command
     ],
 )
 def test_a_mistyped_name_is_answered_with_the_closest_one(argv: list[str], message: str, capsys) -> None:
@@ -160,6 +161,11 @@ def test_a_name_like_none_gets_no_suggestion(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--zzz"])
     assert "did you mean" not in capsys.readouterr().err
+
+
+def test_debug_is_taken_between_data_and_its_tool(capsys) -> None:
+    """`data --debug check x.json` said 'unrecognized arguments: --debug; did you mean --debug instead of --debug?'."""
+    assert build_parser().parse_args(["data", "--debug", "check", "x.json"]).debug
 
 
 @pytest.mark.parametrize(

@@ -94,7 +94,9 @@ class _Parser(argparse.ArgumentParser):
             command = _chosen_command(self, parsed)
             unknown = [text.split("=", 1)[0] for text in extras if text.startswith("-")]
             close = [(text, _closest(text, command._option_string_actions)) for text in unknown]
-            hints = "".join(f"; did you mean {option} instead of {text}?" for text, option in close if option)
+            hints = "".join(
+                f"; did you mean {option} instead of {text}?" for text, option in close if option not in (None, text)
+            )
             command.error(f"unrecognized arguments: {' '.join(extras)}{hints}")
         return parsed
 
@@ -809,7 +811,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 def add_data_command(commands: Subparsers) -> None:
     data = commands.add_parser("data", help="dataset tools", formatter_class=_HelpFormatter)
-    tools = data.add_subparsers(dest="data_command", required=True)
+    data.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    tools = data.add_subparsers(dest="data_command", required=True, metavar="TOOL")
     for add in DATA_COMMANDS:
         add(tools)
 
