@@ -193,6 +193,14 @@ def test_shapes_too_large_for_the_image_size_name_the_option(tmp_path: Path, cap
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("command", ["evaluate", "analyze"])
+def test_images_that_are_no_folder_name_the_option(command: str, tmp_path: Path, capsys) -> None:
+    """`evaluate --images nope` said 'data.val.images=nope is not a folder; ... --set data.val.images=', after loading
+    the model."""
+    assert main([command, "--checkpoint", str(tmp_path / "missing"), "--images", str(tmp_path / "nope")]) == 2
+    assert f"error: --images {tmp_path / 'nope'} is not a folder; give the folder" in capsys.readouterr().err
+
+
 def test_preset_without_its_data_says_how_to_make_it(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--config", "shapes_tiny"]) == 2

@@ -508,6 +508,15 @@ def _evaluation_config(config: Config, args: argparse.Namespace) -> Config:
     return override_config(config, overrides)
 
 
+def _check_images_folder(args: argparse.Namespace) -> None:
+    """Before loading a model: ``--images`` is a folder (the data's own check names data.val.images, not the option)."""
+    if args.images and not Path(args.images).is_dir():
+        raise ValueError(
+            f"--images {args.images} is not a folder; give the folder the annotations' file names are relative to, "
+            "or leave --images out (default: the checkpoint config's data.val.images)"
+        )
+
+
 def _official_options(args: argparse.Namespace) -> dict:
     """How to read an --official checkpoint (through the model registry)."""
     return {"arch": args.arch, "nheads": args.nheads, "dilation": args.dilation} if args.official else {}
@@ -560,6 +569,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _check_output("--output", args.output, folder=False, file=("the metrics JSON file to write", "eval.json"))
     _check_output("--save-detections", args.save_detections, folder=False, file=("a JSON file", "detections.json"))
     _refuse_model_overrides(args.set)
+    _check_images_folder(args)
     device = resolve_device(args.device, "--device")
     loaded = _load_model(args)
     config = _evaluation_config(loaded.config, args)
@@ -647,6 +657,7 @@ def _analyze(args: argparse.Namespace) -> int:
             f"--zero-threshold must be >= 0 and below 1 (a weight at or below it counts as zero; weights are at most "
             f"1, so 1 or more reads every key as zero), got {args.zero_threshold}"
         )
+    _check_images_folder(args)
     device = resolve_device(args.device, "--device")
     loaded = load_analysis_model(
         args.checkpoint, args.official, random_init=args.random_init, seed=args.seed, **_official_options(args)
