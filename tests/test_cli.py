@@ -411,6 +411,19 @@ def test_quickstart_fetches_pretrained_weights_before_generating_images(tmp_path
     assert "model.backbone.pretrained=false" in err and not run_dir.exists()
 
 
+def test_quickstart_into_a_finished_one_stops_before_generating_images(tmp_path: Path, capsys) -> None:
+    """A second `quickstart --output-dir q` generated its data set over again, then failed with 'continue it with
+    --resume q/train', an option quickstart does not have."""
+    run = tmp_path / "quick" / "train"
+    run.mkdir(parents=True)
+    (run / "checkpoint_last.pt").write_bytes(b"")
+    assert main(["quickstart", "--output-dir", str(tmp_path / "quick")]) == 2
+    err = capsys.readouterr().err
+    assert f"already holds a quickstart run ({run}); choose another --output-dir" in err
+    assert f"sparse-detector train --resume {run} --set train.epochs=N" in err
+    assert not (tmp_path / "quick" / "data").exists()
+
+
 def test_quickstart_names_the_run_directory_the_other_commands_take(tmp_path: Path, capsys, monkeypatch) -> None:
     import sparse_detector.cli as cli
     import sparse_detector.engine.trainer as trainer_module

@@ -1067,6 +1067,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     start = time.perf_counter()  # the time it reports covers importing torch and drawing the figures too
     from .data.build import absolute_data_paths
     from .data.shapes import generate_shapes_splits
+    from .engine.checkpoint import run_checkpoints
     from .engine.device import resolve_device
     from .engine.trainer import Trainer
     from .models.backbone import fetch_pretrained_weights
@@ -1077,6 +1078,11 @@ def _quickstart(args: argparse.Namespace) -> int:
     resolve_device(args.device or checked.train.device, "--device" if args.device else "train.device")
     fetch_pretrained_weights(checked.model.backbone)
     run_dir = Path(args.output_dir or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
+    if run_checkpoints(run := run_dir / QUICKSTART_RUN_DIR):  # before its data set is generated over again
+        raise ValueError(
+            f"--output-dir {run_dir} already holds a quickstart run ({run}); choose another --output-dir, or train "
+            f"that one longer: sparse-detector train --resume {run} --set train.epochs=N"
+        )
     data_dir = run_dir / "data"
     print(f"generating {args.num_train} training + {args.num_val} held-out shapes images in {data_dir}")
     paths = generate_shapes_splits(data_dir, args.num_train, args.num_val, seed=args.seed)
