@@ -155,6 +155,12 @@ def test_an_input_read_as_an_override_says_so(tmp_path: Path, monkeypatch, capsy
     assert "got 'train.epochs': give the key a value (train.epochs=VALUE)" in capsys.readouterr().err
 
 
+def test_a_mistyped_compare_metric_gets_the_closest(capsys) -> None:
+    """`compare runs/a --metrics gnii` listed every metric but not the one meant."""
+    assert main(["compare", "runs/a", "--metrics", "gnii", "paibb", "zzz"]) == 2
+    assert "unknown --metrics ['gnii', 'zzz'] (did you mean gini for gnii?); choose from" in capsys.readouterr().err
+
+
 def test_a_name_like_none_gets_no_suggestion(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["xyzzy"])

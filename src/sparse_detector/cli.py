@@ -729,7 +729,9 @@ def _compare(args: argparse.Namespace) -> int:
 
     unknown = [m for m in args.metrics if m not in COMPARE_METRICS]
     if unknown:
-        raise ValueError(f"unknown --metrics {unknown}; choose from {list(COMPARE_METRICS)}")
+        close = [f"{name} for {m}" for m in unknown if (name := _closest(m, COMPARE_METRICS))]
+        meant = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown --metrics {unknown}{meant}; choose from {list(COMPARE_METRICS)}")
     _check_output("--output", args.output, folder=False, file=("the Markdown file to write the table to", "compare.md"))
     records = read_analyses(args.inputs)
     table = compare_markdown(records, args.metrics)
