@@ -76,6 +76,10 @@ RUN_ONLY_KINDS = ("alpha", "curves", "diagnostics", "sparsity")  # figures of ru
 class _Parser(argparse.ArgumentParser):
     """argparse's parser that adds the closest name to a mistyped subcommand, choice or option ("did you mean")."""
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.suggest_on_error = False  # Python 3.14's own suggestion (off there by default) would say it twice
+
     def _check_value(self, action: argparse.Action, value: object) -> None:
         try:
             super()._check_value(action, value)
