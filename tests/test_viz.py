@@ -180,6 +180,10 @@ def test_visualize_takes_the_set_its_data_messages_advise(runs, shapes, tmp_path
     monkeypatch.chdir(tmp_path)
     assert main(["visualize", "data", "shapes_tiny"]) == 2
     assert "sparse-detector data shapes data/shapes" in capsys.readouterr().err
+    assert main(["visualize", "data", str(shapes["images"])]) == 2  # the data's folder: was 'holds no checkpoint'
+    assert f"{shapes['images']} is not a run directory (no config.yaml or checkpoint): visualize data draws" in (
+        capsys.readouterr().err
+    )
 
 
 def test_alpha_of_a_run_without_learnable_alpha_names_the_run(runs, tmp_path: Path, capsys):

@@ -592,6 +592,12 @@ def _config_of(source: Path, request: VisualizeRequest) -> Config:
         return load_config(source / "config.yaml", request.overrides)
     if source.suffix in (".yaml", ".yml") or not source.exists():
         return load_config(str(source), request.overrides)
+    if source.is_dir() and not any(source.glob("*.pt")) and not any(source.glob("*.pth")):  # e.g. the data's folder
+        raise FileNotFoundError(
+            f"{source} is not a run directory (no config.yaml or checkpoint): visualize data draws the data.train of "
+            "a run, a checkpoint or a config (YAML or preset), e.g. sparse-detector visualize data my.yaml --set "
+            f"data.train.annotations=FILE.json data.train.images={source}"
+        )
     return _load(source, request).config
 
 
