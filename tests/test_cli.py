@@ -116,6 +116,97 @@ def test_a_number_out_of_range_is_a_usage_error_naming_the_option(argv: list[str
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["trian"], "sparse-detector: error: argument command: invalid choice: 'trian' (choose from"),
+        (["trian"], "; did you mean 'train'?"),
+        (["data", "chek", "x.json"], "; did you mean 'check'?"),
+        (["visualize", "atention", "run"], "; did you mean 'attention'?"),
+        (["train", "--confg", "x"], "sparse-detector train: error: unrecognized arguments: --confg x; did you mean "),
+        (["train", "--confg", "x"], "did you mean --config instead of --confg?"),
+        (["data", "import", "voc", "--out", "o.json", "--exclude-dificult"], "did you mean --exclude-difficult"),
+        (["--degub", "evaluate", "--checkpoint", "run"], "sparse-detector evaluate: error: unrecognized arguments"),
+        (["data"], "sparse-detector data: error: the following arguments are required: TOOL"),  # was data_command
+    ],
+)
+def test_a_mistyped_name_is_answered_with_the_closest_one(argv: list[str], message: str, capsys) -> None:
+    """`sparse-detector trian` got argparse's bare 'invalid choice', and `train --confg x` 'sparse-detector: error:
+    unrecognized arguments' under the top level's usage, without naming the option meant."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_input_read_as_an_override_says_so(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`predict --checkpoint run --set data.val_size=512 photo.png` read photo.png as an override: 'the following
+    arguments are required: inputs'."""
+    monkeypatch.chdir(tmp_path)
+    Path("photo.png").touch()
+    argv = ["predict", "--checkpoint", "run", "--set", "data.val_size=512"]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "photo.png"])
+    assert stop.value.code == 2
+    assert "argument --set: expected KEY=VALUE, got 'photo.png': --set reads every word" in capsys.readouterr().err
+    assert build_parser().parse_args([*argv, "--", "photo.png"]).inputs == ["photo.png"]
+    with pytest.raises(SystemExit):  # a key without its value
+        main(["train", "--set", "train.epochs"])
+    assert "got 'train.epochs': give the key a value (train.epochs=VALUE)" in capsys.readouterr().err
+
+
+def test_a_mistyped_compare_metric_gets_the_closest(capsys) -> None:
+    """`compare runs/a --metrics gnii` listed every metric but not the one meant."""
+    assert main(["compare", "runs/a", "--metrics", "gnii", "paibb", "zzz"]) == 2
+    assert "unknown --metrics ['gnii', 'zzz'] (did you mean gini for gnii?); choose from" in capsys.readouterr().err
+
+
+def test_a_name_like_none_gets_no_suggestion(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["xyzzy"])
+    with pytest.raises(SystemExit):
+        main(["train", "--zzz"])
+    assert "did you mean" not in capsys.readouterr().err
+
+
+def test_debug_is_taken_between_data_and_its_tool(capsys) -> None:
+    """`data --debug check x.json` said 'unrecognized arguments: --debug; did you mean --debug instead of --debug?'."""
+    assert build_parser().parse_args(["data", "--debug", "check", "x.json"]).debug
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--config", "shapes_tiny"],
+        ["predict", "--checkpoint", "missing", "photo.png"],
+        ["visualize", "attention", "missing"],
+        ["evaluate", "--checkpoint", "missing"],
+        ["analyze", "--checkpoint", "missing"],
+    ],
+)
+def test_a_device_that_is_none_is_named_as_given(argv: list[str], capsys) -> None:
+    """`train --device tpu` said 'train.device: ...', predict and visualize 'device: ...' (after loading the model)."""
+    assert main([*argv, "--device", "tpu"]) == 2
+    assert capsys.readouterr().err.startswith("error: --device: 'tpu' is not a device; use auto, cpu, cuda")
+
+
+def test_shapes_too_large_for_the_image_size_name_the_option(tmp_path: Path, capsys) -> None:
+    """`data shapes out --image-size 8` said 'need 1 <= min_size <= max_size <= image_size, got 24, 56, 8'."""
+    assert main(["data", "shapes", str(tmp_path / "s"), "--image-size", "8", "--num-images", "1"]) == 2
+    assert "--image-size 8: the shapes are 24 to 56 px, so the images need --image-size 56 or more" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "analyze"])
+def test_images_that_are_no_folder_name_the_option(command: str, tmp_path: Path, capsys) -> None:
+    """`evaluate --images nope` said 'data.val.images=nope is not a folder; ... --set data.val.images=', after loading
+    the model."""
+    assert main([command, "--checkpoint", str(tmp_path / "missing"), "--images", str(tmp_path / "nope")]) == 2
+    assert f"error: --images {tmp_path / 'nope'} is not a folder; give the folder" in capsys.readouterr().err
+
+
 def test_preset_without_its_data_says_how_to_make_it(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--config", "shapes_tiny"]) == 2
@@ -226,6 +317,26 @@ def test_ctrl_c_outside_training_is_one_line_not_a_traceback(monkeypatch, capsys
     assert err == "interrupted: sparse-detector evaluate stopped before it finished (Ctrl-C)\n"
 
 
+def test_sigterm_outside_training_is_one_line_not_a_silent_kill(monkeypatch, capsys) -> None:
+    """SIGTERM while train started up (importing torch, reading data, building the model) killed it silently with
+    -15; training itself stops on its own terms (a checkpoint), the rest stops as on Ctrl-C."""
+    import os
+    import signal
+
+    import sparse_detector.cli as cli
+
+    def starting_up(args: argparse.Namespace) -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal interrupts this at once
+        return 0
+
+    monkeypatch.setattr(cli, "_train", starting_up)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["train"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "interrupted: sparse-detector train stopped before it finished (SIGTERM)\n"
+    assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
+
+
 def test_resume_given_a_checkpoint_file_names_its_run_directory(tmp_path: Path, capsys) -> None:
     (tmp_path / "config.yaml").write_text("{}\n")
     (tmp_path / "checkpoint_last.pt").write_bytes(b"")
@@ -285,6 +396,38 @@ def test_quickstart_checks_its_settings_before_generating_images(tmp_path: Path,
     run_dir = tmp_path / "quick"
     assert main(["quickstart", "--output-dir", str(run_dir), *mistake]) == 2
     assert message in capsys.readouterr().err and not run_dir.exists()
+
+
+def test_quickstart_fetches_pretrained_weights_before_generating_images(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`quickstart --config detr_r50` without internet generated the data set, then failed on the backbone's ImageNet
+    weights, leaving the images behind."""
+    from urllib.error import URLError
+
+    from torchvision.models import WeightsEnum
+
+    def offline(self, *args, **kwargs):
+        raise URLError("Name or service not known")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    run_dir = tmp_path / "quick"
+    assert main(["quickstart", "--config", "detr_r50", "--output-dir", str(run_dir), "--num-train", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "could not load ImageNet weights for resnet50 (<urlopen error Name or service not known>)" in err
+    assert "copy https://download.pytorch.org/models/resnet50-0676ba61.pth into " in err
+    assert "model.backbone.pretrained=false" in err and not run_dir.exists()
+
+
+def test_quickstart_into_a_finished_one_stops_before_generating_images(tmp_path: Path, capsys) -> None:
+    """A second `quickstart --output-dir q` generated its data set over again, then failed with 'continue it with
+    --resume q/train', an option quickstart does not have."""
+    run = tmp_path / "quick" / "train"
+    run.mkdir(parents=True)
+    (run / "checkpoint_last.pt").write_bytes(b"")
+    assert main(["quickstart", "--output-dir", str(tmp_path / "quick")]) == 2
+    err = capsys.readouterr().err
+    assert f"already holds a quickstart run ({run}); choose another --output-dir" in err
+    assert f"sparse-detector train --resume {run} --set train.epochs=N" in err
+    assert not (tmp_path / "quick" / "data").exists()
 
 
 def test_quickstart_names_the_run_directory_the_other_commands_take(tmp_path: Path, capsys, monkeypatch) -> None:

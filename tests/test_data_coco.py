@@ -219,6 +219,10 @@ def test_missing_paths(tmp_path: Path) -> None:
         CocoDetection(tmp_path / "nowhere", annotation_file)
     with pytest.raises(DatasetError, match="annotation file .*missing.json does not exist"):
         CocoDetection(images, tmp_path / "missing.json")
+    # the folder of the JSON given for the JSON (`data check data/`, `evaluate --annotations data/`) was "annotation
+    # file data does not exist"
+    with pytest.raises(DatasetError, match=rf"annotation file {tmp_path} is a folder; give the COCO JSON file \(it "):
+        CocoDetection(images, tmp_path)
     (images / "b.png").unlink()
     with pytest.raises(DatasetError, match=r"missing from .*images.*b\.png"):
         CocoDetection(images, annotation_file)

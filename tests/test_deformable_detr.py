@@ -171,6 +171,30 @@ def test_two_stage_names_images_too_small_for_its_proposals():
     assert model([torch.randn(3, 80, 80)])["pred_logits"].shape == (1, 90, 4)  # 100 + 25 + 9 cells: enough
 
 
+def test_predict_takes_the_image_size_the_two_stage_message_advises(tmp_path, capsys):
+    """predict on images too small for a two-stage model's proposals advised data.val_size, which predict had no
+    --set to change."""
+    from PIL import Image
+
+    from sparse_detector.cli import main
+    from sparse_detector.config import config_to_dict
+    from sparse_detector.data.labels import LabelMap
+
+    overrides = [*TINY_DEFORMABLE, *VARIANTS["two_stage"], "model.num_queries=90", "data.val_size=64"]
+    config = load_config("shapes_tiny", [*overrides, "data.max_size=64"])
+    state = {"model": build_model(config).state_dict(), "config": config_to_dict(config), "epoch": 1, "step": 1}
+    state["label_map"] = LabelMap.from_categories({1: "red", 2: "green", 3: "blue"}).to_dict()
+    save_checkpoint(tmp_path / "run" / "checkpoint_last.pt", state)
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "white.png")
+    argv = ["predict", "--checkpoint", str(tmp_path / "run"), str(tmp_path / "white.png"), "--device", "cpu"]
+    assert main([*argv, "--output", str(tmp_path / "small")]) == 2
+    assert "which evaluate and predict take as --set data.val_size=N" in capsys.readouterr().err
+    assert main([*argv, "--output", str(tmp_path / "p"), "--set", "data.val_size=80", "data.max_size=80"]) == 0
+    assert (tmp_path / "p" / "predictions.json").is_file()
+    assert main([*argv, "--set", "model.num_queries=10"]) == 2  # the checkpoint's model: refused, as by evaluate
+    assert "--set model.num_queries: the model is the checkpoint's" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("aux_loss", [True, False])
 def test_two_stage_trains_the_encoder_proposals_only_with_aux_loss(aux_loss):
     """Official: the '_enc' weights are added with the auxiliary ones, so without aux_loss the proposals' losses are

@@ -326,6 +326,17 @@ def test_evaluate_official_checkpoint_on_coco_data(tmp_path: Path):
     assert "human" in stats["per_class"] and "person" not in stats["per_class"]
 
 
+def test_a_checkpoint_with_another_projects_config_names_the_file(tmp_path: Path, capsys):
+    """A checkpoint whose 'config' is another schema (another project's, or an official one without --official) said
+    only 'unknown config key aux_loss (did you mean loss?)'."""
+    checkpoint = tmp_path / "theirs.pth"
+    torch.save({"config": {"aux_loss": True, "hidden_dim": 64}, "model": {}}, checkpoint)
+    assert main(["predict", "--checkpoint", str(checkpoint), "photo.png", "--output", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert f"{checkpoint} carries a 'config' that is not one of this package's (unknown config key aux_loss" in err
+    assert "pass --official" in err
+
+
 def test_predict_with_an_official_checkpoint_names_coco_categories(tmp_path: Path):
     """Detections of an official checkpoint on the user's own images were labelled by raw COCO id ("63")."""
     checkpoint = shared_path("fixtures/detr_official_r18_small.pt")

@@ -148,6 +148,24 @@ def test_resume_auto_falls_back_from_a_corrupt_checkpoint(shapes, tmp_path: Path
     assert main([*args, *overrides, "train.epochs=3"]) == 2  # nothing valid left: a clear error
 
 
+def test_a_truncated_checkpoint_is_named_without_torchs_internals(tmp_path: Path, capsys):
+    """A checkpoint cut off in a copy gave 'cannot read checkpoint ...: PytorchStreamReader failed reading zip archive:
+    failed finding central directory. This is an internal miniz error. If you are seeing this error, ...'."""
+    run = tmp_path / "run"
+    for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
+        save_checkpoint(run / name, {"model": {"weight": torch.zeros(5000)}, "epoch": 1})
+    best = run / "checkpoint_best.pt"
+    best.write_bytes(best.read_bytes()[:1000])
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(best)
+    assert "miniz" in str(caught.value.__cause__)  # torch's words stay the cause: --debug shows them
+    assert main(["predict", "--checkpoint", str(run), "image.png", "--output", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read checkpoint {best} (1000 bytes): it is truncated or corrupt" in err
+    assert "give another checkpoint; other checkpoints beside it: checkpoint_last.pt" in err
+    assert "miniz" not in err and "PytorchStreamReader" not in err
+
+
 def test_numbered_checkpoints_are_kept_and_pruned(shapes, tmp_path: Path):
     config = shapes_config(shapes, "train.epochs=5", *FAST, "optim.lr_drop=2", "train.keep_last=1")
     Trainer(config, tmp_path / "run", progress=False).fit()

@@ -54,6 +54,11 @@ def test_checkpoints_metrics_and_analyses(tmp_path: Path, caplog: pytest.LogCapt
     assert "older layout" in caplog.text
     with pytest.raises(FileNotFoundError, match="run analyze first"):
         read_analyses([tmp_path])
+    unanalysed = tmp_path / "unanalysed"  # `compare runs/a runs/b` before `analyze`: the command to run
+    unanalysed.mkdir()
+    (unanalysed / "config.yaml").write_text("{}\n")
+    with pytest.raises(FileNotFoundError, match=rf"\(run `sparse-detector analyze --checkpoint {unanalysed}` first\)"):
+        read_analyses([unanalysed])
 
 
 def test_a_log_whose_last_line_was_cut_short_is_read_up_to_it(tmp_path: Path, caplog: pytest.LogCaptureFixture):

@@ -161,6 +161,33 @@ def test_titles_name_the_quickstart_run_and_the_training_image_files(runs, tmp_p
     assert [sample.title for sample in drawn] == ["train_000000.png (id 1)", "train_000001.png (id 2)"]
 
 
+def test_visualize_takes_the_set_its_data_messages_advise(runs, shapes, tmp_path: Path, monkeypatch, capsys):
+    """`visualize data my.yaml` without data.train.annotations advised `--set data.train.annotations=FILE.json`,
+    which visualize did not take; `visualize data shapes_tiny` before the data was generated did not say how."""
+    config = tmp_path / "mine.yaml"
+    config.write_text("data:\n  train_scales: [96]\n  max_size: 96\n")
+    argv = ["visualize", "data", str(config), "--num-images", "1", "--output", str(tmp_path / "figs")]
+    assert main(argv) == 2
+    assert "--set data.train.annotations=FILE.json" in capsys.readouterr().err
+    paths = [f"data.train.annotations={shapes['train']}", f"data.train.images={shapes['images']}"]
+    assert main([*argv, "--set", *paths]) == 0
+    check_image(tmp_path / "figs" / "data_train.png")
+    other_val = [f"data.val.annotations={shapes['train']}"]  # a run's figures drawn on other annotated images
+    argv = ["visualize", "matching", str(runs["run"]), "--num-images", "1", "--output", str(tmp_path / "m")]
+    assert main([*argv, "--set", *other_val]) == 0
+    assert [p.name for p in (tmp_path / "m").glob("*.png")] == ["matching_train_000000.png"]
+    assert main([*argv, "--set", "model.num_queries=3"]) == 2
+    assert main(["visualize", "curves", str(runs["run"]), "--set", *other_val]) == 2
+    assert "visualize curves reads the runs' records, not their config" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert main(["visualize", "data", "shapes_tiny"]) == 2
+    assert "sparse-detector data shapes data/shapes" in capsys.readouterr().err
+    assert main(["visualize", "data", str(shapes["images"])]) == 2  # the data's folder: was 'holds no checkpoint'
+    assert f"{shapes['images']} is not a run directory (no config.yaml or checkpoint): visualize data draws" in (
+        capsys.readouterr().err
+    )
+
+
 def test_alpha_of_a_run_without_learnable_alpha_names_the_run(runs, tmp_path: Path, capsys):
     """`visualize alpha runs/al runs/a` said 'no learnable α in these records', not which run had none."""
     assert main(["visualize", "alpha", str(runs["run"]), str(runs["deformable"]), "--output", str(tmp_path)]) == 2

@@ -10,13 +10,16 @@ A new subcommand is one more pair of functions and one line in :data:`COMMANDS`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,6 +71,51 @@ FIGURE_KIND_NAMES = (
 FIGURE_FORMATS = ("png", "pdf", "svg")
 DEFAULT_TRAIN_CONFIG = "shapes_tiny"  # train's --config when none is given
 RUN_ONLY_KINDS = ("alpha", "curves", "diagnostics", "sparsity")  # figures of runs' logs and analyses, no images
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser that adds the closest name to a mistyped subcommand, choice or option ("did you mean")."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.suggest_on_error = False  # Python 3.14's own suggestion (off there by default) would say it twice
+
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as err:
+            if suggestion := _closest(str(value), map(str, action.choices or ())):
+                raise argparse.ArgumentError(action, f"{err.message}; did you mean {suggestion!r}?") from None
+            raise
+
+    def parse_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """As argparse's, but an unknown option is reported by the (sub)command it was given to, with the closest
+        of that command's options."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = _chosen_command(self, parsed)
+            unknown = [text.split("=", 1)[0] for text in extras if text.startswith("-")]
+            close = [(text, _closest(text, command._option_string_actions)) for text in unknown]
+            hints = "".join(
+                f"; did you mean {option} instead of {text}?" for text, option in close if option not in (None, text)
+            )
+            command.error(f"unrecognized arguments: {' '.join(extras)}{hints}")
+        return parsed
+
+
+def _closest(text: str, names: Iterable[str]) -> str | None:
+    """The name most like a mistyped ``text`` (difflib's ratio of at least 0.6), if any."""
+    return next(iter(difflib.get_close_matches(text, list(names), n=1)), None)
+
+
+def _chosen_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command ``args`` were parsed for, e.g. that of `data import`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return _chosen_command(action.choices[getattr(args, action.dest)], args)
+    return parser
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -131,8 +179,25 @@ def _add_overrides(parser: argparse.ArgumentParser, example: str = "data.val_siz
         nargs="*",
         action="extend",  # --set a=1 --set b=2 applies both (argparse's default keeps only the last)
         default=[],
+        type=_override,
         metavar="KEY=VALUE",
         help=f"config overrides, e.g. {example} (repeatable)",
+    )
+
+
+def _override(text: str) -> str:
+    """An argparse type: a ``key.sub=value`` override (``--set`` takes every word up to the next option, so an
+    image or run named after it lands here)."""
+    if "=" in text:
+        return text
+    if Path(text).exists():  # an input: `predict ... --set data.val_size=512 photos/`
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE, got {text!r}: --set reads every word after it up to the next option, so put "
+            f"{text!r} before --set, or end the overrides with --"
+        )
+    raise argparse.ArgumentTypeError(
+        f"expected KEY=VALUE, got {text!r}: give the key a value ({text}=VALUE); an input after --set goes before "
+        "it, or after -- ending the overrides"
     )
 
 
@@ -340,8 +405,12 @@ def _train_summary(trainer: object) -> str:
 def _train(args: argparse.Namespace) -> int:
     from .data.build import absolute_data_paths
     from .engine.checkpoint import run_checkpoints
+    from .engine.device import resolve_device
     from .engine.distributed import context_from_environment, shutdown_distributed
     from .engine.trainer import Trainer
+
+    if args.device:  # named as the user gave it (the trainer checks train.device)
+        resolve_device(args.device, "--device")
 
     if args.init_from and args.resume not in (None, "auto"):  # with auto: the weights of a run's first start
         raise ValueError(
@@ -450,6 +519,15 @@ def _evaluation_config(config: Config, args: argparse.Namespace) -> Config:
     return override_config(config, overrides)
 
 
+def _check_images_folder(args: argparse.Namespace) -> None:
+    """Before loading a model: ``--images`` is a folder (the data's own check names data.val.images, not the option)."""
+    if args.images and not Path(args.images).is_dir():
+        raise ValueError(
+            f"--images {args.images} is not a folder; give the folder the annotations' file names are relative to, "
+            "or leave --images out (default: the checkpoint config's data.val.images)"
+        )
+
+
 def _official_options(args: argparse.Namespace) -> dict:
     """How to read an --official checkpoint (through the model registry)."""
     return {"arch": args.arch, "nheads": args.nheads, "dilation": args.dilation} if args.official else {}
@@ -503,9 +581,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     _check_output("--output", args.output, folder=False, file=("the metrics JSON file to write", "eval.json"))
     _check_output("--save-detections", args.save_detections, folder=False, file=("a JSON file", "detections.json"))
     _refuse_model_overrides(args.set)
+    _check_images_folder(args)
+    device = resolve_device(args.device, "--device")
     loaded = _load_model(args)
     config = _evaluation_config(loaded.config, args)
-    device = resolve_device(args.device, "--device")
     dataset = build_dataset(config, "val")
     _check_categories(loaded.label_map, dataset)
     loader = build_loader(dataset, config, train=False)
@@ -600,11 +679,12 @@ def _analyze(args: argparse.Namespace) -> int:
             f"--zero-threshold must be >= 0 and below 1 (a weight at or below it counts as zero; weights are at most "
             f"1, so 1 or more reads every key as zero), got {args.zero_threshold}"
         )
+    _check_images_folder(args)
+    device = resolve_device(args.device, "--device")
     loaded = load_analysis_model(
         args.checkpoint, args.official, random_init=args.random_init, seed=args.seed, **_official_options(args)
     )
     config = _evaluation_config(loaded.config, args)
-    device = resolve_device(args.device, "--device")
     dataset = build_dataset(config, "val")
     _check_categories(loaded.label_map, dataset)
     sites = [site.name for site in select_sites(loaded.model, args.sites)]  # an unknown name lists the model's
@@ -671,7 +751,9 @@ def _compare(args: argparse.Namespace) -> int:
 
     unknown = [m for m in args.metrics if m not in COMPARE_METRICS]
     if unknown:
-        raise ValueError(f"unknown --metrics {unknown}; choose from {list(COMPARE_METRICS)}")
+        close = [f"{name} for {m}" for m in unknown if (name := _closest(m, COMPARE_METRICS))]
+        meant = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown --metrics {unknown}{meant}; choose from {list(COMPARE_METRICS)}")
     _check_output("--output", args.output, folder=False, file=("the Markdown file to write the table to", "compare.md"))
     records = read_analyses(args.inputs)
     table = compare_markdown(records, args.metrics)
@@ -708,18 +790,21 @@ def add_predict_command(commands: Subparsers) -> None:
         "score against its ground truth; default: the position in the input list",
     )
     parser.add_argument("--attention", action="store_true", help="also draw each detection's head-averaged attention")
+    _add_overrides(parser, "data.val_size=512 (the images' shorter side, as the model sees them)")
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from .engine.device import resolve_device
     from .engine.inference import predict_images
 
     if args.image_ids and args.format != "coco":
         raise ValueError("--image-ids numbers the COCO results; add --format coco")
     _check_output("--output", args.output)
-    loaded = _load_model(args)
+    _refuse_model_overrides(args.set)  # before minutes of loading a model
+    device = resolve_device(args.device, "--device")
+    loaded = _load_model(args).with_overrides(args.set)
     draw_attention = None
     if args.attention:
-        from .engine.device import resolve_device
         from .viz.kinds import detection_attention, object_query_kind
 
         if (kind := object_query_kind(loaded.model)) != "attention":
@@ -727,7 +812,6 @@ def _predict(args: argparse.Namespace) -> int:
                 f"predict --attention draws attention over the feature grid, which this model's object queries do "
                 f"not have; draw them with: sparse-detector visualize {kind} {args.checkpoint} IMAGE ..."
             )
-        device = resolve_device(args.device, "--device")
 
         def draw_attention(name: str, image: object, queries: list[int]) -> Path | None:
             return detection_attention(loaded, image, queries, Path(args.output) / f"{name}_attention", device)
@@ -762,7 +846,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 def add_data_command(commands: Subparsers) -> None:
     data = commands.add_parser("data", help="dataset tools", formatter_class=_HelpFormatter)
-    tools = data.add_subparsers(dest="data_command", required=True)
+    data.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    tools = data.add_subparsers(dest="data_command", required=True, metavar="TOOL")
     for add in DATA_COMMANDS:
         add(tools)
 
@@ -786,8 +871,14 @@ def add_data_shapes_command(tools: Subparsers) -> None:
 
 
 def _data_shapes(args: argparse.Namespace) -> int:
-    from .data.shapes import generate_shapes, generate_shapes_splits
+    from .data.shapes import SHAPE_SIZES, generate_shapes, generate_shapes_splits
 
+    if args.image_size < SHAPE_SIZES[1]:  # the library's message names its parameters, not this option
+        smallest, largest = SHAPE_SIZES
+        raise ValueError(
+            f"--image-size {args.image_size}: the shapes are {smallest} to {largest} px, so the images need "
+            f"--image-size {largest} or more"
+        )
     options = {"image_size": args.image_size, "classes": args.classes}
     if args.num_val:
         paths = generate_shapes_splits(args.out, args.num_images, args.num_val, seed=args.seed, **options)
@@ -1028,13 +1119,22 @@ def _quickstart(args: argparse.Namespace) -> int:
     start = time.perf_counter()  # the time it reports covers importing torch and drawing the figures too
     from .data.build import absolute_data_paths
     from .data.shapes import generate_shapes_splits
+    from .engine.checkpoint import run_checkpoints
     from .engine.device import resolve_device
     from .engine.trainer import Trainer
+    from .models.backbone import fetch_pretrained_weights
 
-    # a --config, --set or --device mistake stops here, not after minutes of generating images
+    # a --config, --set or --device mistake, or ImageNet weights that cannot be downloaded, stop here, not after
+    # minutes of generating images
     checked = load_config(args.config, args.set)
     resolve_device(args.device or checked.train.device, "--device" if args.device else "train.device")
+    fetch_pretrained_weights(checked.model.backbone)
     run_dir = Path(args.output_dir or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
+    if run_checkpoints(run := run_dir / QUICKSTART_RUN_DIR):  # before its data set is generated over again
+        raise ValueError(
+            f"--output-dir {run_dir} already holds a quickstart run ({run}); choose another --output-dir, or train "
+            f"that one longer: sparse-detector train --resume {run} --set train.epochs=N"
+        )
     data_dir = run_dir / "data"
     print(f"generating {args.num_train} training + {args.num_val} held-out shapes images in {data_dir}")
     paths = generate_shapes_splits(data_dir, args.num_train, args.num_val, seed=args.seed)
@@ -1120,6 +1220,7 @@ def add_visualize_command(commands: Subparsers) -> None:
     parser.add_argument("--official", action="store_true", help="RUN is an official checkpoint (of --arch)")
     _add_official_reading(parser)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    _add_overrides(parser, "data.val.annotations=FILE.json (data settings of RUN's config)")
 
 
 def _pixel(text: str) -> tuple[float, float]:
@@ -1138,8 +1239,11 @@ def _is_run(path: Path) -> bool:
 
 
 def _visualize(args: argparse.Namespace) -> int:
+    from .engine.device import resolve_device
     from .engine.inference import image_files
     from .viz.kinds import VisualizeRequest, visualize
+
+    resolve_device(args.device, "--device")
 
     run = Path(args.run)
     extra = [Path(p) for p in args.inputs]
@@ -1148,6 +1252,13 @@ def _visualize(args: argparse.Namespace) -> int:
     else:
         runs = [run, *(p for p in extra if _is_run(p))]
         images = [p for p in extra if not _is_run(p)]
+    if args.set and args.kind in RUN_ONLY_KINDS:
+        raise ValueError(f"--set: visualize {args.kind} reads the runs' records, not their config; leave --set out")
+    _refuse_model_overrides(args.set)
+    if args.kind == "data" and run.stem in PRESET_DATA_HINTS and not _is_run(run):  # a preset whose data we make
+        hint = _missing_data_hint(args.run, load_config(args.run, args.set))
+        if hint:
+            raise FileNotFoundError(hint)
     output = Path(args.output) if args.output else (run if run.is_dir() else run.parent) / "figures"
     _check_output("--output", output)
     request = VisualizeRequest(
@@ -1164,6 +1275,7 @@ def _visualize(args: argparse.Namespace) -> int:
         official=args.official,
         official_options=_official_options(args),
         device=args.device,
+        overrides=args.set,
     )
     for path in visualize(args.kind, request):
         print(f"written: {path}")
@@ -1223,7 +1335,7 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sparse-detector`` argument parser with every command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sparse-detector",
         description="DETR-family detectors with sparse attention: train, evaluate, predict, analyze and draw "
         "attention.",
@@ -1282,6 +1394,30 @@ def _print_error(message: str, compare: bool = True) -> None:
     print(f"error: {label}{message}\n(run with --debug for the full traceback)", file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while a command starts up or runs outside training (which finishes its step and checkpoints on its
+    own): the command stops as on Ctrl-C, with one line, not killed silently."""
+
+    signum = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`Terminated` (the previous handler is back afterwards)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv``); returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -1291,9 +1427,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {message}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # torch's level once its import sets it; a SIGTERM during that import printed torch's INFO lines at exit
+    logging.getLogger("torch").setLevel(logging.WARNING)
     from tqdm.contrib.logging import logging_redirect_tqdm  # log lines print above progress bars, not into them
 
-    with logging_redirect_tqdm():
+    with logging_redirect_tqdm(), _sigterm_stops_like_ctrl_c():
         if args.debug:
             return args.func(args)
         try:
@@ -1322,8 +1460,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"stopped at once by a second {stop}; the last complete checkpoint is kept", file=sys.stderr)
                 return 128 + stop.signum
             command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
-            print(f"interrupted: sparse-detector {command} stopped before it finished (Ctrl-C)", file=sys.stderr)
-            return 128 + signal.SIGINT
+            cause = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+            print(f"interrupted: sparse-detector {command} stopped before it finished ({cause})", file=sys.stderr)
+            return 128 + getattr(stop, "signum", signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -138,7 +138,9 @@ def find_analyses(inputs: Iterable[str | Path]) -> list[Path]:
         candidates = [path / ANALYSIS_FILE, *(path / name / ANALYSIS_FILE for name in ANALYSIS_DIRS.values())]
         hits = [candidate for candidate in candidates if candidate.is_file()]
         if not hits:
-            raise FileNotFoundError(f"{path} is not an {ANALYSIS_FILE} nor a folder holding one (run analyze first)")
+            is_run = path.is_dir() and (path / CONFIG_FILE).is_file()  # a run not analysed yet: the command to run
+            first = f"`sparse-detector analyze --checkpoint {path}`" if is_run else "analyze"
+            raise FileNotFoundError(f"{path} is not an {ANALYSIS_FILE} nor a folder holding one (run {first} first)")
         found += hits
     return found
 

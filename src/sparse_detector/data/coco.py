@@ -102,11 +102,21 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def check_annotation_file(path: Path, fix: str = "check the path") -> None:
+    """A ``DatasetError`` naming ``path`` unless it is a file: absent (``fix`` says what to do), or a folder given
+    where its JSON was meant."""
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.json"))
+        example = f" (it holds {', '.join(inside[:3])})" if inside else ""
+        raise DatasetError(f"annotation file {path} is a folder; give the COCO JSON file{example}")
+    if not path.is_file():
+        raise DatasetError(f"annotation file {path} does not exist; {fix}")
+
+
 def load_json(path: Path) -> dict[str, Any]:
     """Parse a JSON object file, raising ``DatasetError`` naming it when it is absent or (with the error position)
     malformed."""
-    if not Path(path).is_file():
-        raise DatasetError(f"annotation file {path} does not exist; check the path")
+    check_annotation_file(Path(path))
     try:
         with open(path, encoding="utf-8-sig") as f, gc_paused():  # -sig: a BOM, as some Windows tools write
             data = json.load(f)
@@ -261,8 +271,7 @@ class CocoDetection(Dataset):
         if on_invalid not in ("error", "skip"):
             raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
         self.annotation_file = Path(annotation_file)
-        if not self.annotation_file.is_file():
-            raise DatasetError(f"annotation file {self.annotation_file} does not exist; check the dataset path")
+        check_annotation_file(self.annotation_file, "check the dataset path")
         self.images_dir = Path(images_dir) if images_dir else self.annotation_file.parent
         if not self.images_dir.is_dir():
             raise DatasetError(f"images directory {self.images_dir} does not exist; check the dataset path")

@@ -36,6 +36,7 @@ SHAPE_KINDS = ("circle", "square", "triangle", "diamond", "star")
 DEFAULT_COLORS = ("red", "green", "blue", "yellow")
 COLOR_JITTER = 15
 MAX_PLACEMENT_TRIES = 20
+SHAPE_SIZES = (24, 56)  # smallest and largest side of a drawn shape in pixels (generate_shapes' defaults)
 
 
 def _polygon(kind: str, x0: int, y0: int, size: int) -> list[tuple[float, float]]:
@@ -152,8 +153,8 @@ def generate_shapes(
     image_size: int = 128,
     min_shapes: int = 1,
     max_shapes: int = 3,
-    min_size: int = 24,
-    max_size: int = 56,
+    min_size: int = SHAPE_SIZES[0],
+    max_size: int = SHAPE_SIZES[1],
     classes: ClassMode = "color",
     split_name: str = "train",
     colors: Sequence[str] = DEFAULT_COLORS,

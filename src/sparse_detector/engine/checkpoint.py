@@ -111,7 +111,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return load_checkpoint_file(path)
     except CheckpointMismatchError as err:
-        raise CheckpointError(str(err)) from None
+        raise CheckpointError(str(err)) from err.__cause__  # torch's own error, for --debug
 
 
 def _unrecorded(path: Path) -> CheckpointRecord:

@@ -11,7 +11,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..analysis import AttentionMaps, record_attention
-from ..config import Config, config_from_dict, override_config
+from ..config import Config, ConfigError, config_from_dict, override_config
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset, config_transforms
 from ..data.coco import UNREADABLE_IMAGE_ERRORS, DatasetError, load_json, read_rgb, to_rgb
@@ -93,6 +93,12 @@ class LoadedModel:
     label_map: LabelMap
     source: Path
 
+    def with_overrides(self, overrides: Iterable[str]) -> LoadedModel:
+        """This model with ``key=value`` overrides of its config's data settings (``data.val_size``, ``data.val.*``);
+        the weights are the checkpoint's, so a ``model.*`` override would change nothing."""
+        overrides = list(overrides)
+        return replace(self, config=override_config(self.config, overrides)) if overrides else self
+
     @torch.no_grad()
     def detect(self, image: Image.Image | str | Path, threshold: float = 0.5) -> Detections:
         """The objects in one image (a PIL image or an image file) scoring at least ``threshold``, found on the
@@ -134,7 +140,13 @@ def load_trained_model(path: str | Path, official: bool = False, arch: str = "de
     checkpoint = load_checkpoint(source)
     if "config" not in checkpoint:
         raise ValueError(f"{source} has no 'config': for an official checkpoint pass --official")
-    config = config_from_dict(checkpoint["config"])
+    try:
+        config = config_from_dict(checkpoint["config"])
+    except ConfigError as err:  # another project's 'config': nothing of ours to build
+        raise ConfigError(
+            f"{source} carries a 'config' that is not one of this package's ({err}); for an official DETR / "
+            "Deformable DETR checkpoint pass --official"
+        ) from err
     config.model.backbone.pretrained = False  # the checkpoint holds the weights
     model = build_model(config)
     load_state_dict_checked(model, checkpoint["model"], str(source))

@@ -6,6 +6,8 @@ position encoding), so official checkpoints load without a key map.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -37,6 +39,9 @@ def _stage_of(param_name: str) -> str:
     return head if head.startswith("layer") else "stem"
 
 
+PRETRAINED_WEIGHTS = "IMAGENET1K_V1"  # the ImageNet weights official DETR was trained from
+
+
 def _load_resnet(cfg: BackboneConfig) -> nn.Module:
     if cfg.name not in RESNETS:
         raise ValueError(f"unknown model.backbone.name {cfg.name!r}; choose one of {list(RESNETS)}")
@@ -44,22 +49,39 @@ def _load_resnet(cfg: BackboneConfig) -> nn.Module:
         raise ValueError(f"unknown model.backbone.norm {cfg.norm!r}; choose one of {list(NORM_LAYERS)}")
     if cfg.dilation and cfg.name in ("resnet18", "resnet34"):
         raise ValueError(f"model.backbone.dilation (DC5) needs a bottleneck ResNet (resnet50/101), not {cfg.name}")
-    weights = "IMAGENET1K_V1" if cfg.pretrained else None  # the weights official DETR was trained from
     try:
         return torchvision.models.get_model(
             cfg.name,
-            weights=weights,
+            weights=PRETRAINED_WEIGHTS if cfg.pretrained else None,
             replace_stride_with_dilation=[False, False, cfg.dilation],
             norm_layer=NORM_LAYERS[cfg.norm],
         )
     except (OSError, RuntimeError) as err:  # URLError is an OSError
         if not cfg.pretrained:
             raise
-        raise RuntimeError(
-            f"could not load ImageNet weights for {cfg.name} ({err}). They are downloaded once into the torch hub "
-            "cache ($TORCH_HOME); without internet access copy the file there, or set "
-            "model.backbone.pretrained=false to start from random weights."
-        ) from err
+        raise _weights_error(cfg.name, err) from err
+
+
+def fetch_pretrained_weights(cfg: BackboneConfig) -> None:
+    """Make sure the ImageNet weights a ``pretrained`` backbone starts from are in the torch hub cache (downloaded
+    there once), so a command can fail before it spends minutes on other work; nothing when not ``pretrained``."""
+    if not cfg.pretrained or cfg.name not in RESNETS:  # an unknown name: building the model names it
+        return
+    try:
+        torchvision.models.get_model_weights(cfg.name)[PRETRAINED_WEIGHTS].get_state_dict(progress=True)
+    except (OSError, RuntimeError) as err:
+        raise _weights_error(cfg.name, err) from err
+
+
+def _weights_error(name: str, err: Exception) -> RuntimeError:
+    """Where the weights of ``name`` come from and where to put them by hand."""
+    url = torchvision.models.get_model_weights(name)[PRETRAINED_WEIGHTS].url
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    return RuntimeError(
+        f"could not load ImageNet weights for {name} ({err}). They are downloaded once into the torch hub "
+        f"cache ($TORCH_HOME); without internet access copy {url} into {cache}/, or set "
+        "model.backbone.pretrained=false to start from random weights."
+    )
 
 
 def _stage_channels(stage: nn.Module) -> int:

@@ -124,8 +124,18 @@ def load_checkpoint_file(path: str | Path) -> Any:
             f"training scripts' args, which could run code when loaded ({str(err).splitlines()[0]}). Re-save its "
             "state dict alone (torch.save(checkpoint['model'], ...)) in an environment you trust"
         ) from None
-    except (RuntimeError, EOFError) as err:
-        raise CheckpointMismatchError(f"cannot read checkpoint {path} (truncated or corrupt?): {err}") from None
+    except (RuntimeError, EOFError) as err:  # torch's reader: 'PytorchStreamReader failed ... internal miniz error'
+        raise CheckpointMismatchError(_unreadable_message(Path(path))) from err
+
+
+def _unreadable_message(path: Path) -> str:
+    """A checkpoint torch cannot read: what it is likely to be and what to do (torch's own words are the cause)."""
+    others = sorted(p.name for p in path.parent.glob("*.pt*") if p.suffix in (".pt", ".pth") and p != path)
+    instead = f"; other checkpoints beside it: {', '.join(others[:5])}" if others else ""
+    return (
+        f"cannot read checkpoint {path} ({path.stat().st_size} bytes): it is truncated or corrupt, e.g. cut off while "
+        f"being written or copied; copy it again from where it came from, or give another checkpoint{instead}"
+    )
 
 
 def read_state_dict(path_or_state_dict: str | Path | Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str]:

@@ -70,6 +70,7 @@ class VisualizeRequest:
     official: bool = False
     official_options: dict = field(default_factory=dict)  # how to read an official checkpoint: arch, nheads, ...
     device: str = "cpu"
+    overrides: list[str] = field(default_factory=list)  # key=value data settings of the runs' (or config's) config
 
 
 FigureKind = Callable[[VisualizeRequest], list[Path]]
@@ -274,7 +275,8 @@ def _prediction_boxes(outputs: dict, item: ImageItem, loaded: LoadedModel) -> li
 
 
 def _load(run: Path, request: VisualizeRequest) -> LoadedModel:
-    return load_trained_model(run, official=request.official, **request.official_options)
+    loaded = load_trained_model(run, official=request.official, **request.official_options)
+    return loaded.with_overrides(request.overrides)
 
 
 def _layer_labels(site: str, layers: int) -> list[str]:
@@ -593,9 +595,15 @@ def matching_kind(request: VisualizeRequest) -> list[Path]:
 def _config_of(source: Path, request: VisualizeRequest) -> Config:
     """A run's config (run directory or checkpoint) or a YAML config / preset name."""
     if source.is_dir() and (source / "config.yaml").is_file():
-        return load_config(source / "config.yaml")
+        return load_config(source / "config.yaml", request.overrides)
     if source.suffix in (".yaml", ".yml") or not source.exists():
-        return load_config(str(source))
+        return load_config(str(source), request.overrides)
+    if source.is_dir() and not any(source.glob("*.pt")) and not any(source.glob("*.pth")):  # e.g. the data's folder
+        raise FileNotFoundError(
+            f"{source} is not a run directory (no config.yaml or checkpoint): visualize data draws the data.train of "
+            "a run, a checkpoint or a config (YAML or preset), e.g. sparse-detector visualize data my.yaml --set "
+            f"data.train.annotations=FILE.json data.train.images={source}"
+        )
     return _load(source, request).config
 
 

@@ -379,7 +379,8 @@ class DeformableTransformer(nn.Module):
                 raise ValueError(
                     f"two-stage Deformable DETR picks model.num_queries={self.two_stage_num_proposals} proposals among "
                     f"the encoder's feature-map cells, but this batch has only {memory.shape[1]} (levels {grids}): "
-                    "use larger images (data.train_scales, data.val_size) or fewer queries"
+                    "use larger images (data.train_scales to train; data.val_size and data.max_size, which evaluate "
+                    "and predict take as --set data.val_size=N) or fewer queries (model.num_queries, to train)"
                 )
             top = torch.topk(enc_class[..., 0], self.two_stage_num_proposals, dim=1)[1]
             top_coords = torch.gather(enc_coord, 1, top[..., None].expand(-1, -1, 4)).detach()
