@@ -364,7 +364,11 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert "two or more runs" in capsys.readouterr().err
     missing = str(tmp_path / "no-such-run")  # was read as an image: "neither an image file nor a folder"
     assert main(["visualize", "curves", run, missing, "--output", str(tmp_path)]) == 2
-    assert f"{missing}/metrics.jsonl does not exist: is {missing} a run directory?" in capsys.readouterr().err
+    err = capsys.readouterr().err  # was "<missing>/metrics.jsonl does not exist: is <missing> a run directory?"
+    assert f"run directory {missing} does not exist" in err and "metrics.jsonl" not in err
+    (tmp_path / "empty").mkdir()
+    assert main(["visualize", "curves", str(tmp_path / "empty"), "--output", str(tmp_path)]) == 2
+    assert f"{tmp_path / 'empty'}/metrics.jsonl does not exist: is" in capsys.readouterr().err
     assert main(["visualize", "diagnostics", missing, "--output", str(tmp_path)]) == 2
     assert f"run directory {missing} does not exist" in capsys.readouterr().err
     stray = tmp_path / "notes.txt"  # was: "./metrics.jsonl does not exist: is . a run directory?"
