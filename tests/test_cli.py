@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import sparse_detector
-from sparse_detector.cli import _close_progress_bars, build_parser, main
+from sparse_detector.cli import _close_progress_bars, _closest, build_parser, main
 from sparse_detector.config import load_config
 from sparse_detector.data.build import absolute_data_paths
 
@@ -159,6 +159,14 @@ def test_a_mistyped_compare_metric_gets_the_closest(capsys) -> None:
     """`compare runs/a --metrics gnii` listed every metric but not the one meant."""
     assert main(["compare", "runs/a", "--metrics", "gnii", "paibb", "zzz"]) == 2
     assert "unknown --metrics ['gnii', 'zzz'] (did you mean gini for gnii?); choose from" in capsys.readouterr().err
+
+
+def test_a_short_option_is_not_matched_to_a_different_word() -> None:
+    """difflib's ratio 0.6 counted the shared dashes: `--set` got 'did you mean --site' (ratio 0.73)."""
+    assert _closest("--set", ["--site", "--output"]) is None
+    assert _closest("--sed", ["--site", "--seed"]) == "--seed"
+    assert _closest("--confg", ["--checkpoint", "--config"]) == "--config"
+    assert _closest("trian", ["train", "evaluate"]) == "train"
 
 
 def test_a_name_like_none_gets_no_suggestion(capsys) -> None:

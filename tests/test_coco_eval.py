@@ -246,11 +246,21 @@ def test_perfect_predictions_and_gt_input_kinds(tmp_path: Path, backend: str) ->
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_no_predictions_give_zeros(backend: str) -> None:
-    assert CocoEvaluator(SMALL_GT, backend=backend).summarize() == dict.fromkeys(STAT_NAMES, 0.0)
+def test_no_predictions_give_what_cocoeval_gives(backend: str) -> None:
+    """Zero detections gave 0.0 for all 12 numbers, also AP_small where no image holds a small object: COCOeval
+    gives -1 (shown n/a) where an area range has no ground truth and 0 elsewhere."""
+    assert CocoEvaluator(SMALL_GT, backend=backend).summarize() == dict.fromkeys(STAT_NAMES, -1.0)  # no images
     evaluator = CocoEvaluator(SMALL_GT, backend=backend)
     evaluator.update({i: _prediction([], [], []) for i in (1, 2, 3)})
-    assert evaluator.summarize(img_ids=[1, 2, 3]) == dict.fromkeys(STAT_NAMES, 0.0)
+    assert evaluator.summarize(img_ids=[1, 2, 3]) == dict.fromkeys(STAT_NAMES, 0.0)  # small, medium and large boxes
+    result = evaluator.evaluate(img_ids=[2, 3])  # image 2's dog (area 15000) is large; image 3 has no objects
+    no_truth = {"AP_small", "AP_medium", "AR_small", "AR_medium"}
+    assert result.stats == {name: -1.0 if name in no_truth else 0.0 for name in STAT_NAMES}
+    assert result.per_class == {
+        "cat": {"category_id": 3, "AP": -1.0, "AP50": -1.0, "AP75": -1.0, "boxes": 0},
+        "dog": {"category_id": 7, "AP": 0.0, "AP50": 0.0, "AP75": 0.0, "boxes": 1},
+    }
+    assert result.precision is not None and (result.precision.precision[..., 1] == 0).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

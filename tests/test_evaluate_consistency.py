@@ -22,7 +22,7 @@ from sparse_detector.config import config_from_dict, config_to_dict, override_co
 from sparse_detector.data import generate_shapes
 from sparse_detector.data.build import build_dataset, build_loader
 from sparse_detector.engine.checkpoint import save_checkpoint
-from sparse_detector.engine.evaluate import run_evaluation
+from sparse_detector.engine.evaluate import _mean_losses, run_evaluation
 from sparse_detector.models import build_criterion
 from sparse_detector.viz import boxes as viz_boxes
 from sparse_detector.viz.boxes import draw_boxes
@@ -399,3 +399,15 @@ def test_evaluate_killed_before_its_curves_keeps_the_previous_results(run: Path,
     assert main(argv) == 0
     assert np.load(tmp_path / "eval_pr.npz")["precision"].shape[0] == 10 and "AP" in json.loads(output.read_text())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval_pr.npz"]
+
+
+def test_validation_class_error_is_absent_without_objects() -> None:
+    """With no object in the validation images (no matched query) val_class_error was 100, which reads as total
+    failure; there is nothing for it to be a share of, so it is left out (JSONL, tables and curves skip it)."""
+    image = {"loss": 1.0, "loss_ce": 1.0, "loss_bbox": 0.0, "loss_giou": 0.0, "class_error": 100.0}
+    empty = [{**image, "cardinality_error": 3.0, "matched": 0}] * 2
+    means = _mean_losses(empty)
+    assert "val_class_error" not in means
+    assert means["val_cardinality_error"] == 3.0
+    one_object = {**image, "class_error": 0.0, "cardinality_error": 2.0, "matched": 1}
+    assert _mean_losses([*empty, one_object])["val_class_error"] == 0.0  # a share of the matched queries only

@@ -111,6 +111,27 @@ def test_trains_and_records_through_the_library(run_dir: Path, shapes: dict[str,
     assert paibb["count"][0] > 0 and 0.0 <= paibb["mean"][0] <= 1.0
 
 
+def test_recording_images_of_different_sizes_warns_of_padding(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """record_run_batch padded images of different sizes into one batch without a word, so its maps could differ
+    from analyze's (which batches images of one size) with nothing to say why."""
+    import sparse_detector.engine.inference as inference
+
+    def cropped(config: Config, split: str) -> list:  # image 1 a third narrower
+        dataset = build_dataset(config, split)
+        (image, target), second = dataset[0], dataset[1]
+        return [(image, target), (second[0][..., : second[0].shape[-1] * 2 // 3], second[1])]
+
+    with caplog.at_level("WARNING", logger=inference.__name__):
+        record_run_batch(run_dir, image_indices=(0,))
+        assert not caplog.records
+        monkeypatch.setattr(inference, "build_dataset", cropped)
+        recorded = record_run_batch(run_dir, image_indices=(0, 1))
+    assert recorded.images.mask[1].any()  # padded
+    assert "images [0, 1] have 2 sizes, padded to one batch" in caplog.text
+
+
 def test_analyze_engine_and_command(run_dir: Path, capsys: pytest.CaptureFixture):
     recorded = record_run_batch(run_dir)
     config, model = recorded.loaded.config, recorded.loaded.model

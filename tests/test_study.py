@@ -16,7 +16,7 @@ import yaml
 from sparse_detector.cli import main
 from sparse_detector.config import ConfigError
 from sparse_detector.engine.checkpoint import load_checkpoint
-from sparse_detector.report.study import AP_COLUMNS, study_tables
+from sparse_detector.report.study import AP_COLUMNS, study_tables, study_title
 from sparse_detector.runs import ANALYSIS_DIRS, ANALYSIS_FILE
 from sparse_detector.study import STATUS_FILE, RunOutcome, load_study
 from sparse_detector.viz.kinds import FIGURE_KINDS
@@ -292,3 +292,10 @@ def test_report_states_the_zeros_ratio_threshold_of_every_map(tmp_path: Path):
     cross = header.index("decoder_cross zeros ratio")
     assert [row[cross] for row in rows] == ["0.500 (p ≤ 1e-06)", "0.500 (p ≤ 0)"]
     assert rows[0][header.index("encoder_self zeros ratio (p ≤ 1e-06)")] == "0.500"
+
+
+def test_report_title_of_a_plain_study_yaml_reads_well():
+    """A study file named study.yaml gave the report the heading "Study study: softmax, sparsemax × seeds [0]"."""
+    plain = SimpleNamespace(source="runs/x/study.yaml", maps=["softmax", "sparsemax"], seeds=[0])
+    assert study_title(plain) == "Study: softmax, sparsemax × seeds [0]"
+    assert study_title(SimpleNamespace(**{**vars(plain), "source": "ablation.yaml"})).startswith("Study ablation: ")

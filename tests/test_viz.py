@@ -12,6 +12,7 @@ import pytest
 import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 from PIL import Image
 
@@ -364,7 +365,11 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert "two or more runs" in capsys.readouterr().err
     missing = str(tmp_path / "no-such-run")  # was read as an image: "neither an image file nor a folder"
     assert main(["visualize", "curves", run, missing, "--output", str(tmp_path)]) == 2
-    assert f"{missing}/metrics.jsonl does not exist: is {missing} a run directory?" in capsys.readouterr().err
+    err = capsys.readouterr().err  # was "<missing>/metrics.jsonl does not exist: is <missing> a run directory?"
+    assert f"run directory {missing} does not exist" in err and "metrics.jsonl" not in err
+    (tmp_path / "empty").mkdir()
+    assert main(["visualize", "curves", str(tmp_path / "empty"), "--output", str(tmp_path)]) == 2
+    assert f"{tmp_path / 'empty'}/metrics.jsonl does not exist: is" in capsys.readouterr().err
     assert main(["visualize", "diagnostics", missing, "--output", str(tmp_path)]) == 2
     assert f"run directory {missing} does not exist" in capsys.readouterr().err
     stray = tmp_path / "notes.txt"  # was: "./metrics.jsonl does not exist: is . a run directory?"
@@ -728,6 +733,30 @@ def test_sparsity_legend_names_every_run_and_says_what_the_error_bars_are():
     assert "error bars: their standard deviation (population)" in figure.get_suptitle().replace("\n", " ")
     # a one-hot map over a deformable query's 12 sampling points has Gini 1 - 1/12 = 0.92, not the 1 the title said
     assert "Gini (0 uniform, 1 − 1/N one-hot over N keys)" in figure.axes[0].get_title().replace("\n", " ")
+
+
+def test_sparsity_says_grid_and_sampling_point_sites_are_not_comparable():
+    """A DETR run (decoder_cross over hundreds of grid cells) and a Deformable run (over 12 sampling points) shared
+    bar charts with no word that their Gini and PAIBB measure different things."""
+    block = {"per_layer": {"mean": [0.5], "std": [0.1]}}
+    paibb = {"overall": block, "by_size": {}}
+
+    def result(keys: str) -> dict:
+        site = {"keys": keys, "metrics": {"gini": block, "zeros_ratio": block}, "zero_threshold": 0.0, "paibb": paibb}
+        return {"sites": {"decoder_cross": site}}
+
+    def titles(figure: Figure) -> list[str]:  # gini, zeros ratio, PAIBB, PAIBB by size
+        return [text for axes in figure.axes if (text := axes.get_title().replace("\n", " "))]
+
+    mixed = titles(sparsity_figure({"detr": result("grid"), "deformable": result("points")}))
+    assert all("NOT comparable across runs, keys differ" in t for t in mixed[:2])
+    assert "feature-grid cells: detr; sampling points: deformable" in mixed[0]
+    assert "over sampling points for deformable: NOT comparable" in mixed[2]
+    alone = titles(sparsity_figure({"deformable": result("points")}))
+    assert "PAIBB (weight of the sampling points inside the matched box)" in alone[2]
+    assert not any("comparable" in t for t in alone)
+    grid = titles(sparsity_figure({"a": result("grid")}))
+    assert "decoder_cross: PAIBB (mass inside the matched box)" in grid[2]
 
 
 def test_a_crowded_image_outlines_its_ground_truth_without_class_names():

@@ -106,8 +106,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _closest(text: str, names: Iterable[str]) -> str | None:
-    """The name most like a mistyped ``text`` (difflib's ratio of at least 0.6), if any."""
-    return next(iter(difflib.get_close_matches(text, list(names), n=1)), None)
+    """The name most like a mistyped ``text``, if any: difflib's ratio of at least 0.6 between the names without
+    their leading dashes (which every option shares), 0.75 for a word under 6 letters (``--set`` is not ``--site``)."""
+    by_word: dict[str, str] = {}
+    for name in names:
+        by_word.setdefault(name.lstrip("-"), name)
+    word = text.lstrip("-")
+    cutoff = 0.75 if len(word) < 6 else 0.6
+    return next((by_word[match] for match in difflib.get_close_matches(word, list(by_word), n=1, cutoff=cutoff)), None)
 
 
 def _chosen_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

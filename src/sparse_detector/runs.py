@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """Every record of the run's ``metrics.jsonl``, in order."""
     path = Path(run_dir) / METRICS_FILE
+    if not Path(run_dir).exists():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory?")
     return read_json_lines(path)

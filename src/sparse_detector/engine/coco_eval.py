@@ -12,8 +12,8 @@ Conventions:
 - Each image keeps its ``MAX_DETECTIONS`` (100) highest-scoring detections, COCO's limit per image: COCOeval
   applies its maxDets per image and category, so a DETR with more queries would otherwise be scored on up to
   one list of 100 per class (official Deformable DETR keeps its top 100 for the same reason).
-- A metric is -1 where the evaluated images hold no ground truth in its area range (the COCO convention);
-  with no detections at all every metric is 0.0.
+- A metric is -1 where the evaluated images hold no ground truth in its area range (the COCO convention),
+  also with no detections at all (then the others are 0.0, as COCOeval gives); with no images, every one is -1.
 - Under ``torch.distributed``, :meth:`CocoEvaluator.summarize` is a collective (every rank must call it): the
   detections of all ranks are gathered with ``all_gather_object`` and every rank returns the same numbers.
 """
@@ -240,12 +240,12 @@ class CocoEvaluator:
             for image_id, det in sorted(self._detections.items())
         ]
         results = np.concatenate([np.zeros((0, 7)), *rows])
-        if not eval_ids or len(results) == 0:
-            return CocoResult(dict.fromkeys(STAT_NAMES, 0.0), {}, None, len(eval_ids))
+        if not eval_ids:  # COCOeval would read an empty imgIds as every image
+            return CocoResult(dict.fromkeys(STAT_NAMES, -1.0), {}, None, 0)
         # the libraries make a Python object per detection and match: without the garbage collector's passes over
         # them COCO val2017 (5000 images x 100 detections) evaluated in 20 s instead of 35 s (benchmarks/RESULTS.md)
         with self._quiet(), gc_paused():
-            coco_dt = self.coco_gt.loadRes(results)
+            coco_dt = self._load_results(results)
             evaluator = self._eval_cls(self.coco_gt, coco_dt, iouType="bbox", **self._library_kwargs)
             evaluator.params.imgIds = eval_ids
             evaluator.evaluate()
@@ -254,6 +254,16 @@ class CocoEvaluator:
             per_class = self._per_class(evaluator, eval_ids)
         stats = {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats[:12], strict=True)}
         return CocoResult(stats, per_class, PrecisionArrays.of(evaluator), len(eval_ids))
+
+    def _load_results(self, results: np.ndarray) -> Any:
+        """The library's COCO object of (N, 7) result rows; with none, an empty one (pycocotools' ``loadRes``
+        fails on zero results), so that zero detections are scored as COCOeval scores them."""
+        if len(results):
+            return self.coco_gt.loadRes(results)
+        coco_dt = self._coco_cls(**self._library_kwargs)
+        coco_dt.dataset = {**self.coco_gt.dataset, "annotations": []}
+        coco_dt.createIndex()
+        return coco_dt
 
     def _per_class(self, evaluator: Any, eval_ids: list[int]) -> dict[str, dict[str, float]]:
         """Category name -> AP, AP50, AP75 (all areas, 100 detections) and ground-truth box count."""
@@ -309,7 +319,7 @@ class PrecisionArrays:
 
 @dataclass
 class CocoResult:
-    """One COCO evaluation: the 12 numbers, per-class AP, the precision arrays (``None`` without detections) and
+    """One COCO evaluation: the 12 numbers, per-class AP, the precision arrays (``None`` without images) and
     the number of images evaluated."""
 
     stats: dict[str, float]

@@ -160,13 +160,16 @@ def _image_losses(criterion: SetCriterion, outputs: DetectionOutput, target: dic
 
 def _mean_losses(image_losses: list[dict[str, float]]) -> dict[str, float]:
     """``val_*``: the mean over images of each image's losses alone, so they do not depend on how the images were
-    batched; ``class_error`` over the matched queries of all images (an image without objects has none)."""
+    batched; ``class_error`` over the matched queries of all images (an image without objects has none), absent
+    when no image has any: there is nothing it could be a share of."""
     if not image_losses:
         return {}
     means = {f"val_{k}": math.fsum(b[k] for b in image_losses) / len(image_losses) for k in ["loss", *VAL_LOSS_TERMS]}
     matched = sum(b["matched"] for b in image_losses)
     if matched:
         means["val_class_error"] = math.fsum(b["class_error"] * b["matched"] for b in image_losses) / matched
+    else:
+        del means["val_class_error"]
     return means
 
 

@@ -175,11 +175,24 @@ def record_run_batch(
 ) -> RecordedBatch:
     """Load a run (directory or checkpoint), take the images ``image_indices`` of its ``split`` data (config
     ``overrides`` may point elsewhere, e.g. ``data.val.images=...``), run the model on them as one padded batch and
-    return the outputs with the recorded maps of ``sites`` (default: all the model's sites)."""
+    return the outputs with the recorded maps of ``sites`` (default: all the model's sites).
+
+    Images of different sizes are padded to the largest, which the backbone sees as image content: the smaller
+    images' maps (and metrics from them) can then differ slightly from ``analyze``'s, which batches only images of
+    one size; a warning says so. Pass indices of images of one size (or one index) for the same maps."""
     loaded = load_trained_model(run)
     config = override_config(loaded.config, overrides)
     dataset = build_dataset(config, split)
-    images, targets = collate_detection([dataset[index] for index in image_indices])
+    items = [dataset[index] for index in image_indices]
+    sizes = {tuple(item[0].shape[-2:]) for item in items if item is not None}
+    if len(sizes) > 1:
+        log.warning(
+            "record_run_batch: images %s have %d sizes, padded to one batch: the smaller images' maps can differ "
+            "slightly from analyze's (which batches images of one size); pass images of one size for the same maps",
+            list(image_indices),
+            len(sizes),
+        )
+    images, targets = collate_detection(items)
     images, targets = images.to(device), targets_to(targets, torch.device(device))
     outputs, maps = record_attention(loaded.model.to(device), images, sites=sites)
     return RecordedBatch(loaded, images, targets, outputs, maps)

@@ -140,6 +140,13 @@ def _figure_groups(outcomes: Sequence[RunOutcome], study_figures: Sequence[Path]
     return groups
 
 
+def study_title(study: StudyConfig) -> str:
+    """The report's heading: the study file's name (none for a plain ``study.yaml``), its maps and seeds."""
+    name = Path(study.source).stem
+    named = "" if name.lower() == "study" else f" {name}"
+    return f"Study{named}: {', '.join(study.maps)} × seeds {study.seeds}"
+
+
 def write_study_report(
     study_dir: Path,
     study: StudyConfig,
@@ -151,7 +158,7 @@ def write_study_report(
     """Write ``report.md`` and ``report.html`` into ``study_dir``; returns their paths. ``not_drawn``: the study
     figures that failed, with why."""
     tables = study_tables(outcomes)
-    title = f"Study {Path(study.source).stem}: {', '.join(study.maps)} × seeds {study.seeds}"
+    title = study_title(study)
     intro = (
         f"Preset `{study.preset}`, overrides `{' '.join(study.set) or '(none)'}`; "
         f"{counted(len(outcomes), 'run')}, this invocation took {minutes:.1f} min "

@@ -24,6 +24,7 @@ PANEL_WIDTH = 4.2  # inches, at least
 BAR_WIDTH = 0.13  # inches a bar takes at the least (room for its upright value)
 UPRIGHT_VALUES_FROM = 5  # runs: from this many, each bar's value is written upright (side by side they overlap)
 SPARSITY_METRICS = {"gini": "Gini (0 uniform, 1 − 1/N one-hot over N keys)", "zeros_ratio": "zeros ratio"}
+KEY_NAMES = {"grid": "feature-grid cells", "points": "sampling points", "queries": "object queries"}
 BARS_NOTE = (
     "bars: mean over all query maps, heads pooled (PAIBB: head-averaged maps of Hungarian-matched queries); "
     "error bars: their standard deviation (population)"
@@ -95,10 +96,11 @@ def sparsity_figure(results: Mapping[str, Mapping], title: str = "") -> Figure:
             }
             if metric == "zeros_ratio":
                 name += f" ({_zero_thresholds(results, site)})"
+            name += _keys_note(results, site)
             _grouped_bars(grid[r][c], blocks, colors, _layer_names(blocks))
             grid[r][c].set_title(wrapped(f"{site}: {name}", panel_width, 9), fontsize=9)
         if with_paibb:
-            _paibb_axes(grid[-2][c], grid[-1][c], site, results, colors)
+            _paibb_axes(grid[-2][c], grid[-1][c], site, results, colors, panel_width)
     handles = [Patch(color=colors[label], label=label) for label in results]
     columns = max(1, min(len(results), int(panel_width * max(len(sites), 2) / _legend_entry_width(results))))
     figure.legend(handles=handles, loc="outside lower center", ncols=columns, fontsize=8, frameon=False)
@@ -145,14 +147,40 @@ def _zero_thresholds(results: Mapping[str, Mapping], site: str) -> str:
     return "; ".join(f"p ≤ {threshold:g}: {named[threshold]}" for threshold in order)
 
 
+def _runs_by_keys(results: Mapping[str, Mapping], site: str) -> dict[str, list[str]]:
+    """What the keys of ``site`` are (``grid``, ``points``, ``queries``) -> the runs whose site has such keys."""
+    runs: dict[str, list[str]] = {}
+    for label, result in results.items():
+        keys = (result["sites"].get(site) or {}).get("keys")
+        if keys:
+            runs.setdefault(keys, []).append(label)
+    return runs
+
+
+def _keys_note(results: Mapping[str, Mapping], site: str) -> str:
+    """A warning where the runs' ``site`` attends over different keys (a DETR's hundreds of grid cells, a Deformable
+    DETR's 12 sampling points): their Gini and zeros ratio are not comparable; empty otherwise."""
+    runs = _runs_by_keys(results, site)
+    if len(runs) < 2:
+        return ""
+    kinds = "; ".join(f"{KEY_NAMES.get(keys, keys)}: {', '.join(labels)}" for keys, labels in runs.items())
+    return f" — NOT comparable across runs, keys differ ({kinds})"
+
+
 def _layer_names(blocks: Mapping[str, Mapping | None]) -> list[str]:
     return [f"layer {i}" for i in range(max(len(b["mean"]) for b in blocks.values() if b is not None))]
 
 
 def _paibb_axes(
-    per_layer: Axes, by_size: Axes, site: str, results: Mapping[str, Mapping], colors: Mapping[str, tuple]
+    per_layer: Axes,
+    by_size: Axes,
+    site: str,
+    results: Mapping[str, Mapping],
+    colors: Mapping[str, tuple],
+    panel_width: float,
 ) -> None:
-    """PAIBB of ``site`` per layer, and by object size for the last layer (axes left empty without PAIBB)."""
+    """PAIBB of ``site`` per layer, and by object size for the last layer (axes left empty without PAIBB); the title
+    says where it is the weight of sampling points inside the box rather than attention mass on the grid."""
     paibb = {label: _site_paibb(result, site) for label, result in results.items()}
     if not any(paibb.values()):
         per_layer.set_axis_off()
@@ -160,7 +188,17 @@ def _paibb_axes(
         return
     overall = {label: p["overall"]["per_layer"] if p else None for label, p in paibb.items()}
     _grouped_bars(per_layer, overall, colors, _layer_names(overall))
-    per_layer.set_title(f"{site}: PAIBB (mass inside the matched box)", fontsize=9)
+    points = [label for label in _runs_by_keys(results, site).get("points", []) if paibb[label]]
+    if not points:
+        meaning = "mass inside the matched box"
+    elif len(points) == sum(1 for p in paibb.values() if p):
+        meaning = "weight of the sampling points inside the matched box"
+    else:
+        meaning = (
+            f"mass inside the matched box; over sampling points for {', '.join(points)}: NOT comparable with "
+            "attention mass on the grid"
+        )
+    per_layer.set_title(wrapped(f"{site}: PAIBB ({meaning})", panel_width, 9), fontsize=9)
     last_layer = {}
     for label, p in paibb.items():
         stats = [p["by_size"].get(bucket, {}).get("per_layer") if p else None for bucket in SIZE_BUCKETS]
