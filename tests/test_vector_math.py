@@ -3,7 +3,6 @@ caches the kernels."""
 
 from __future__ import annotations
 
-import getpass
 import os
 import shlex
 import shutil
@@ -119,7 +118,7 @@ def test_numba_caches_in_a_temporary_folder_where_the_install_and_home_are_read_
 
     monkeypatch.setattr(numba, "njit", no_locator)
     folder = numba_cache.ensure_cache_dir()
-    assert folder == tmp_path / f"sparse-detector-numba-{getpass.getuser()}" and str(folder) == numba.config.CACHE_DIR
+    assert folder == tmp_path / f"sparse-detector-numba-{os.getuid()}" and str(folder) == numba.config.CACHE_DIR
     assert folder.stat().st_mode & 0o777 == 0o700
     folder.chmod(0o777)  # a folder anyone may write to holds no code this process loads
     monkeypatch.setattr(numba.config, "CACHE_DIR", "")
@@ -152,4 +151,4 @@ def test_the_attention_maps_import_from_a_read_only_install_without_a_writable_h
     if "mount" in done.stderr and done.returncode:
         pytest.skip(f"no read-only bind mount here: {done.stderr.strip()}")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(tmp_path / f"sparse-detector-numba-{getpass.getuser()}")
+    assert done.stdout.strip() == str(tmp_path / f"sparse-detector-numba-{os.getuid()}")

@@ -35,11 +35,13 @@ def can_cache_here() -> bool:
 
 
 def ensure_cache_dir() -> Path | None:
-    """Point numba's cache at ``<temp dir>/sparse-detector-numba-<user>`` where it has no writable place of its own
+    """Point numba's cache at ``<temp dir>/sparse-detector-numba-<user id>`` where it has no writable place of its own
     (and ``NUMBA_CACHE_DIR`` is unset); returns that folder, or ``None`` when numba's own choice stands."""
     if numba.config.CACHE_DIR or can_cache_here():
         return None
-    folder = Path(tempfile.gettempdir()) / f"sparse-detector-numba-{getpass.getuser()}"
+    # the user id, not the name: a container's user often has no name (getpass.getuser() raises there)
+    user = str(os.getuid()) if hasattr(os, "getuid") else getpass.getuser()
+    folder = Path(tempfile.gettempdir()) / f"sparse-detector-numba-{user}"
     folder.mkdir(mode=0o700, exist_ok=True)
     owner = getattr(os, "getuid", lambda: folder.stat().st_uid)()
     if folder.is_symlink() or folder.stat().st_uid != owner or folder.stat().st_mode & 0o022:
