@@ -15,8 +15,12 @@ from sparse_detector.cli import main
 from sparse_detector.data import CocoDetection, DatasetError
 from sparse_detector.data.batching import collate_detection
 from sparse_detector.data.check import check_dataset
+from sparse_detector.data.coco import read_rgb
 from sparse_detector.data.importers import import_coco, import_csv, import_voc, import_voc_root, import_yolo
 from sparse_detector.data.split import split_coco
+from sparse_detector.viz.boxes import draw_boxes
+
+RAMP = np.tile(np.linspace(0, 1, 40), (30, 1))  # a horizontal 0-1 gradient, 40 x 30
 
 
 def write_image(path: Path, width: int = 40, height: int = 30, truncated: bool = False) -> Path:
@@ -940,6 +944,24 @@ def test_16_bit_grayscale_png_keeps_its_contrast(tmp_path: Path) -> None:
     pixels = np.asarray(CocoDetection(None, tmp_path / "out.json").load_image(0))
     assert pixels.shape == (30, 40, 3) and pixels[0, 0].tolist() == [0, 0, 0] and pixels[0, -1].tolist() == [255] * 3
     assert abs(pixels.mean() - 127.5) < 2
+
+
+@pytest.mark.parametrize(
+    ("name", "pixels"),
+    [
+        ("twelve_bit.png", (RAMP * 4095).astype(np.uint16)),  # was 16/255 at best: divided by 257
+        ("unit_float.tif", RAMP.astype(np.float32)),  # was all 0 or 1
+        ("big_float.tif", (RAMP * 4095).astype(np.float32)),  # was clipped white above 255
+        ("eight_bit_in_int32.tif", (RAMP * 255).astype(np.int32)),  # was black: divided by 257
+    ],
+)
+def test_deep_grayscale_fills_the_8_bit_range(tmp_path: Path, name: str, pixels: np.ndarray) -> None:
+    """12-bit data in a 16-bit PNG, float TIFFs and 8-bit values in a 32-bit TIFF all read as a full 0-255 ramp,
+    in the dataset and in drawn figures alike."""
+    Image.fromarray(pixels).save(tmp_path / name)
+    for rgb in (read_rgb(tmp_path / name), draw_boxes(Image.open(tmp_path / name), [], [], [])):
+        ramp = np.asarray(rgb)[0, :, 0]
+        assert ramp[0] == 0 and ramp[-1] == 255 and abs(int(ramp[20]) - round(255 * RAMP[0, 20])) <= 1, name
 
 
 def test_split_is_seeded_stratified_and_complete(tmp_path: Path) -> None:

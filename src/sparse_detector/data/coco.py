@@ -36,14 +36,32 @@ OnInvalid = Literal["error", "skip"]
 MAX_EXAMPLES = 5
 
 
-# 16-bit (and 32-bit integer) grayscale, as 16-bit PNG and TIFF files open; PIL's own RGB conversion clips them.
-HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Grayscale deeper than 8 bits: 16-bit PNG and TIFF (``I;16*``), 32-bit integer (``I``) and float (``F``) TIFF;
+# PIL's own RGB conversion clips them.
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# Bit depths that sensors and scientific formats store (10-, 12- and 14-bit data are saved in 16-bit files).
+COMMON_BIT_DEPTHS = (8, 10, 12, 14, 16, 24, 32)
+
+
+def full_scale(pixels: np.ndarray, floating: bool) -> float:
+    """The value that is white in deep grayscale ``pixels`` (non-negative): 1 for a ``floating`` image within [0, 1],
+    else ``2**bits - 1`` for the least of :data:`COMMON_BIT_DEPTHS` that holds its brightest pixel. A file does not
+    say that its 16 bits hold 12-bit data, so 12-bit data in a 16-bit PNG fills 0-255 and 8-bit values in a 32-bit
+    TIFF stay as they are."""
+    brightest = float(pixels.max(initial=0))
+    if floating and brightest <= 1:
+        return 1.0
+    bits = next((b for b in COMMON_BIT_DEPTHS if brightest <= 2**b - 1), 64)
+    return float(2**bits - 1)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """An image as 8-bit RGB; 16-bit grayscale is scaled to 8 bits (``Image.convert`` would turn it all white)."""
+    """An image as 8-bit RGB; deeper grayscale (:data:`HIGH_BIT_DEPTH_MODES`) is scaled from its :func:`full_scale`
+    to 0-255 (negative values and NaN black), the same for training, evaluation, predict and figures."""
     if image.mode in HIGH_BIT_DEPTH_MODES:
-        image = Image.fromarray(np.clip(np.asarray(image) / 257.0, 0, 255).round().astype(np.uint8))
+        pixels = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(0, None)
+        scaled = pixels * (255 / full_scale(pixels, floating=image.mode == "F"))
+        image = Image.fromarray(scaled.clip(0, 255).round().astype(np.uint8))
     return image.convert("RGB")
 
 
