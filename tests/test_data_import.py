@@ -266,6 +266,22 @@ def test_yolo_class_names_are_read_as_written_and_each_once(tmp_path: Path) -> N
             import_yolo(images, out, write_text(tmp_path / name, text))
 
 
+def test_yolo_data_yaml_whose_nc_differs_from_its_names_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """'nc: 3' with two names was imported as two classes without a word (Ultralytics refuses it): now an error
+    naming the file, both counts and what to do, without a traceback."""
+    write_image(tmp_path / "images" / "p.jpg", 100, 50)
+    write_text(tmp_path / "labels" / "p.txt", "0 0.5 0.5 0.2 0.4\n")
+    classes = write_text(tmp_path / "data.yaml", "nc: 3\nnames: [car, person]\n")
+    out = tmp_path / "out.json"
+    assert main(["data", "import", "yolo", str(tmp_path / "images"), "--classes", str(classes), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{classes}: 'nc: 3' but 'names:' has 2 names" in err and "Traceback" not in err and not out.exists()
+    write_text(classes, "nc: 2\nnames:\n  0: car\n  1: person\n")
+    assert [c["name"] for c in import_yolo(tmp_path / "images", out, classes)["categories"]] == ["car", "person"]
+
+
 def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Images in subfolders are imported with their labels; a polygon line is its bounding box; a line of another
     format (6 fields, pixels) is an error naming file and line; a label file without an image is counted; every
