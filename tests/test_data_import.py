@@ -717,21 +717,27 @@ def test_coco_file_names_of_the_labelling_machine_are_found_by_name(tmp_path: Pa
 
 def test_coco_import_drops_boxes_without_extent_as_the_other_importers_do(tmp_path: Path, capsys) -> None:
     """A Roboflow COCO export's zero-width box (a stray click) made data import coco end with 'PROBLEMS' and exit 1,
-    where the VOC, YOLO and CSV imports drop such boxes and say so; it now drops and counts them too."""
+    where the VOC, YOLO and CSV imports drop such boxes and say so; it now drops and counts them too. A width of
+    1e-9 (no extent at the targets' float32 precision) was kept and flagged by data check: now dropped alike, in
+    every importer."""
     write_image(tmp_path / "a.jpg")
     source = {
         "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]},
             {"id": 2, "image_id": 1, "category_id": 1, "bbox": [9, 9, 0, 4]},
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [9, 9, 4, 1e-9]},
         ],
         "categories": [{"id": 1, "name": "cell"}],
     }
     write_text(tmp_path / "coco.json", json.dumps(source))
     assert main(["data", "import", "coco", str(tmp_path / "coco.json"), "--out", str(tmp_path / "out.json")]) == 0
-    assert "dropped: 1 box(es) (1 zero area" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dropped: 2 box(es) (2 zero area" in out and "OK: no problems found" in out
     coco = load(tmp_path / "out.json")
-    assert [a["id"] for a in coco["annotations"]] == [1] and coco["info"]["stats"]["dropped"] == {"zero_area": 1}
+    assert [a["id"] for a in coco["annotations"]] == [1] and coco["info"]["stats"]["dropped"] == {"zero_area": 2}
+    write_text(tmp_path / "boxes.csv", "a.jpg,1,1,6,6,cell\na.jpg,9,9,9.000000001,13,cell\n")
+    assert import_csv(tmp_path / "boxes.csv", tmp_path / "csv.json")["info"]["stats"]["dropped"] == {"zero_area": 1}
 
 
 def test_coco_import_says_which_category_ids_it_renumbered(tmp_path: Path, capsys) -> None:

@@ -169,6 +169,12 @@ def _require(entry: dict, keys: Sequence[str], what: str, path: Path) -> None:
         raise DatasetError(f"{path}: {what} lacks required key(s) {missing}; COCO format needs {list(keys)}")
 
 
+def lacks_extent(x0: float, y0: float, x1: float, y1: float) -> bool:
+    """Whether the corners x0, y0, x1, y1 enclose no area at the float32 precision of the training targets (a width
+    of 0 or 1e-9; x1 < x0 too); NaN is not judged here (it is malformed)."""
+    return bool(np.float32(x1) <= np.float32(x0) or np.float32(y1) <= np.float32(y0))
+
+
 def _clip_box(bbox: Any, width: int, height: int) -> tuple[list[float] | None, str]:
     """COCO [x, y, w, h] -> clipped xyxy, or (None, reason) for a degenerate or fully outside box."""
     if not isinstance(bbox, list | tuple) or len(bbox) != 4:
@@ -185,7 +191,7 @@ def _clip_box(bbox: Any, width: int, height: int) -> tuple[list[float] | None, s
     x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
     if x1 <= x0 or y1 <= y0:
         return None, "outside_image"
-    if np.float32(x1) <= np.float32(x0) or np.float32(y1) <= np.float32(y0):  # the targets' precision
+    if lacks_extent(x0, y0, x1, y1):
         return None, "non_positive_size"
     return [x0, y0, x1, y1], ""
 

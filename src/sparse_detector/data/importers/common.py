@@ -12,7 +12,7 @@ from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from ...files import write_atomically
-from ..coco import MAX_EXAMPLES, UNREADABLE_IMAGE_ERRORS, DatasetError, file_in, open_image
+from ..coco import MAX_EXAMPLES, UNREADABLE_IMAGE_ERRORS, DatasetError, file_in, lacks_extent, open_image
 from ..orientation import labelled_turned
 
 logger = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class CocoBuilder:
         if x1 < x0 or y1 < y0:
             self.drop("inverted", f"{where}: box {[x0, y0, x1, y1]} has x2 < x1 or y2 < y1")
             return
-        if x1 == x0 or y1 == y0:
+        if lacks_extent(x0, y0, x1, y1):
             self.drop("zero_area", f"{where}: box {[x0, y0, x1, y1]}")
             return
         if (key := (image_id, name, x0, y0, x1, y1)) in self._seen:  # a label saved twice: one object, not two
