@@ -59,9 +59,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """An image as 8-bit RGB; deeper grayscale (:data:`HIGH_BIT_DEPTH_MODES`) is scaled from its :func:`full_scale`
     to 0-255 (negative values and NaN black), the same for training, evaluation, predict and figures."""
     if image.mode in HIGH_BIT_DEPTH_MODES:
-        pixels = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(0, None)
-        scaled = pixels * (255 / full_scale(pixels, floating=image.mode == "F"))
-        image = Image.fromarray(scaled.clip(0, 255).round().astype(np.uint8))
+        pixels = np.array(image, dtype=np.float32)  # in place from here: a drone mosaic's copies would add up
+        np.nan_to_num(pixels, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        np.clip(pixels, 0, None, out=pixels)
+        pixels *= 255 / full_scale(pixels, floating=image.mode == "F")
+        image = Image.fromarray(np.rint(np.clip(pixels, 0, 255, out=pixels)).astype(np.uint8))
     return image.convert("RGB")
 
 
