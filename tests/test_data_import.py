@@ -706,13 +706,39 @@ def test_coco_file_names_of_the_labelling_machine_are_found_by_name(tmp_path: Pa
     write_text(tmp_path / "coco.json", json.dumps(source))
     args = ["data", "import", "coco", str(tmp_path / "coco.json"), "--images", str(tmp_path / "pics")]
     assert main([*args, "--out", str(tmp_path / "out.json")]) == 0
-    assert "paths: 2 image(s) named by another machine's absolute path" in capsys.readouterr().out
+    assert "paths: 2 image(s) named by another machine's path (absolute" in capsys.readouterr().out
     coco = load(tmp_path / "out.json")
     assert [i["file_name"] for i in coco["images"]] == ["pics/a.jpg", "pics/b.jpg"]
     assert coco["info"]["stats"]["found_by_name"] == 2
     table = write_text(tmp_path / "boxes.csv", "C:\\Users\\bob\\a.jpg,1,1,6,6,cell\n")
     coco = import_csv(table, tmp_path / "csv.json", tmp_path / "pics")
     assert list(boxes_by_image(coco)) == ["a.jpg"] and coco["info"]["stats"]["found_by_name"] == 1
+
+
+def test_file_names_in_another_letter_case_are_found(tmp_path: Path, capsys) -> None:
+    """A data set labelled on Windows names IMG_0001.jpg what the disk holds as IMG_0001.JPG: training and data check
+    said only 'missing', data import coco 'none of the images is in DIR'. Training now says which file differs in
+    case and the command that fixes the names; the importers take the file (counted as found by name)."""
+    write_image(tmp_path / "pics" / "IMG_0001.JPG")
+    source = {
+        "images": [{"id": 1, "file_name": "IMG_0001.jpg", "width": 40, "height": 30}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
+        "categories": [{"id": 1, "name": "cell"}],
+    }
+    write_text(tmp_path / "coco.json", json.dumps(source))
+    with pytest.raises(DatasetError, match=r"IMG_0001.JPG there differs only in letter case; `sparse-detector data"):
+        CocoDetection(tmp_path / "pics", tmp_path / "coco.json")
+    args = ["data", "import", "coco", str(tmp_path / "coco.json"), "--images", str(tmp_path / "pics")]
+    assert main([*args, "--out", str(tmp_path / "out.json")]) == 0
+    assert "paths: 1 image(s) named by another machine's path" in capsys.readouterr().out
+    assert [i["file_name"] for i in load(tmp_path / "out.json")["images"]] == ["pics/IMG_0001.JPG"]
+    coco = import_csv(
+        write_text(tmp_path / "boxes.csv", "img_0001.jpg,1,1,6,6,cell\n"), tmp_path / "c.json", tmp_path / "pics"
+    )
+    assert list(boxes_by_image(coco)) == ["IMG_0001.JPG"] and coco["info"]["stats"]["found_by_name"] == 1
+    write_text(tmp_path / "voc" / "frame.xml", voc_xml([("cell", (1, 1, 6, 6), 0)], "img_0001.JPG"))
+    coco = import_voc(tmp_path / "voc", tmp_path / "v.json", images_dir=tmp_path / "pics")
+    assert list(boxes_by_image(coco)) == ["IMG_0001.JPG"]
 
 
 def test_coco_import_drops_boxes_without_extent_as_the_other_importers_do(tmp_path: Path, capsys) -> None:

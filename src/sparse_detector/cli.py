@@ -991,7 +991,8 @@ def _data_import(args: argparse.Namespace) -> int:
     if stats.get("sizes_from_files"):
         print(f"sizes from files: {stats['sizes_from_files']} image(s) had no width/height")
     if stats.get("found_by_name"):
-        print(f"paths: {stats['found_by_name']} image(s) named by another machine's absolute path, found by name")
+        found = stats["found_by_name"]
+        print(f"paths: {found} image(s) named by another machine's path (absolute, or in another case), found by name")
     if stats.get("boxes_from_segmentation"):
         print(f"boxes from segmentation: {stats['boxes_from_segmentation']} annotation(s) had no bbox")
     if stats.get("normalised_coordinates"):

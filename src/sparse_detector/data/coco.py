@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import io
 import json
@@ -163,6 +164,35 @@ def file_in(folder: Path, name: str) -> Path:
         other = folder / name.replace("\\", "/")
         return other if other.exists() else path
     return path
+
+
+@functools.cache
+def _names_by_case(folder: Path, modified: int) -> dict[str, list[str]]:
+    """The names in ``folder`` by their lower case (``modified``, its mtime, keeps the cache current)."""
+    by_case: dict[str, list[str]] = {}
+    for name in os.listdir(folder):
+        by_case.setdefault(name.lower(), []).append(name)
+    return by_case
+
+
+def in_other_case(path: Path) -> Path | None:
+    """The one file whose name differs from missing ``path``'s only in letter case (``IMG_0001.JPG`` for a JSON's
+    ``IMG_0001.jpg``: Windows, where the labelling was done, does not tell them apart), or None."""
+    try:
+        names = _names_by_case(path.parent, path.parent.stat().st_mtime_ns).get(path.name.lower(), [])
+    except OSError:  # no such folder (or its name differs in case too)
+        return None
+    return path.parent / names[0] if len(names) == 1 and (path.parent / names[0]).is_file() else None
+
+
+def _case_hint(path: Path, annotation_file: Path, images_dir: Path) -> str:
+    """What to do about missing ``path`` when a file of its name in another letter case exists; else ''."""
+    if (other := in_other_case(path)) is None:
+        return ""
+    return (
+        f" ({other.name} there differs only in letter case; `sparse-detector data import coco {annotation_file} "
+        f"--images {images_dir} --out NEW.json` writes the names as the files are)"
+    )
 
 
 def _require(entry: dict, keys: Sequence[str], what: str, path: Path) -> None:
@@ -343,15 +373,18 @@ class CocoDetection(Dataset):
             else:
                 where = f"are missing from {self.images_dir}"
                 fix = "check data.<split>.images (the folder file names are relative to)"
+            hint = next(filter(None, (_case_hint(self.images_dir / n, path, self.images_dir) for n in names)), "")
             raise DatasetError(
-                f"{len(missing)} image file(s) listed in {path} {where}, e.g. {names[:MAX_EXAMPLES]}; {fix}, or set "
-                "data.on_invalid=skip to leave them out"
+                f"{len(missing)} image file(s) listed in {path} {where}, e.g. {names[:MAX_EXAMPLES]}{hint}; {fix}, or "
+                "set data.on_invalid=skip to leave them out"
             )
         self._missing_images = set(missing)
         if missing:
             self.skipped["missing_image"] += len(missing)
             self.problems += [
-                f"image id {i}: file {self.images_dir / img['file_name']} is missing" for i, img in missing.items()
+                f"image id {i}: file {self.images_dir / img['file_name']} is missing"
+                + _case_hint(self.images_dir / img["file_name"], path, self.images_dir)
+                for i, img in missing.items()
             ]
             logger.warning("%s: left out %d missing image file(s)", path, len(missing))
         return {i: img for i, img in images.items() if i not in missing}

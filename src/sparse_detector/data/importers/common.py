@@ -12,7 +12,15 @@ from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from ...files import write_atomically
-from ..coco import MAX_EXAMPLES, UNREADABLE_IMAGE_ERRORS, DatasetError, file_in, lacks_extent, open_image
+from ..coco import (
+    MAX_EXAMPLES,
+    UNREADABLE_IMAGE_ERRORS,
+    DatasetError,
+    file_in,
+    in_other_case,
+    lacks_extent,
+    open_image,
+)
 from ..orientation import labelled_turned
 
 logger = logging.getLogger(__name__)
@@ -51,20 +59,21 @@ def _absolute(name: str) -> bool:
 def image_file(images_dir: Path, name: str) -> Path:
     """The image file a ``file_name`` names: relative to ``images_dir`` (or absolute); an absolute path that does
     not exist here (the labelling machine's, /home/alice/data/a.jpg) is the file of that name in ``images_dir``
-    when there is one."""
+    when there is one; a name whose letter case differs from its file's (Windows does not tell) is that file."""
     path = file_in(images_dir, name)
-    if path.is_file() or not _absolute(name):
+    if path.is_file():
         return path
-    here = images_dir / PureWindowsPath(name).name  # the last part, whichever separator
-    return here if here.is_file() else path
+    if _absolute(name) and (here := images_dir / PureWindowsPath(name).name).is_file():  # whichever separator
+        return here
+    return in_other_case(path) or path
 
 
 def warn_found_by_name(source: str | Path, images_dir: Path, found: list[str]) -> None:
     """Log the images :func:`image_file` found by name ('given -> found' each)."""
     if found:
         logger.warning(
-            "%s: %d image(s) are named by an absolute path that does not exist here (the labelling machine's); each "
-            "is the file of that name in %s, e.g. %s",
+            "%s: %d image(s) are named by a path that does not exist here (the labelling machine's: absolute, or in "
+            "another letter case); each is the file of that name in %s, e.g. %s",
             source,
             len(found),
             images_dir,
