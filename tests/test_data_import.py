@@ -34,6 +34,16 @@ def write_image(path: Path, width: int = 40, height: int = 30, truncated: bool =
     return path
 
 
+def write_one_image_coco(path: Path, file_name: str, category: str) -> Path:
+    """A COCO JSON of one 40 x 30 image ``file_name`` with one box of ``category``."""
+    source = {
+        "images": [{"id": 1, "file_name": file_name, "width": 40, "height": 30}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
+        "categories": [{"id": 1, "name": category}],
+    }
+    return write_text(path, json.dumps(source))
+
+
 def write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -652,12 +662,7 @@ def test_file_names_written_on_windows_are_found(tmp_path: Path) -> None:
     (pass --images), the CSV import that the row's image does not exist, and training that the files were missing.
     Where only the '/' spelling exists, that file is read."""
     write_image(tmp_path / "pics" / "a.jpg")
-    source = {
-        "images": [{"id": 1, "file_name": "pics\\a.jpg", "width": 40, "height": 30}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
-        "categories": [{"id": 1, "name": "thing"}],
-    }
-    write_text(tmp_path / "coco.json", json.dumps(source))
+    write_one_image_coco(tmp_path / "coco.json", "pics\\a.jpg", "thing")
     assert len(CocoDetection(None, tmp_path / "coco.json")) == 1  # trained on as it is
     coco = import_coco(tmp_path / "coco.json", tmp_path / "out" / "coco.json")
     assert coco["images"][0]["file_name"] == str(tmp_path / "pics" / "a.jpg")
@@ -720,12 +725,7 @@ def test_file_names_in_another_letter_case_are_found(tmp_path: Path, capsys) -> 
     said only 'missing', data import coco 'none of the images is in DIR'. Training now says which file differs in
     case and the command that fixes the names; the importers take the file (counted as found by name)."""
     write_image(tmp_path / "pics" / "IMG_0001.JPG")
-    source = {
-        "images": [{"id": 1, "file_name": "IMG_0001.jpg", "width": 40, "height": 30}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
-        "categories": [{"id": 1, "name": "cell"}],
-    }
-    write_text(tmp_path / "coco.json", json.dumps(source))
+    write_one_image_coco(tmp_path / "coco.json", "IMG_0001.jpg", "cell")
     with pytest.raises(DatasetError, match=r"IMG_0001.JPG there differs only in letter case; `sparse-detector data"):
         CocoDetection(tmp_path / "pics", tmp_path / "coco.json")
     args = ["data", "import", "coco", str(tmp_path / "coco.json"), "--images", str(tmp_path / "pics")]
