@@ -205,6 +205,10 @@ def test_visualize_takes_the_set_its_data_messages_advise(runs, shapes, tmp_path
     monkeypatch.chdir(tmp_path)
     assert main(["visualize", "data", "shapes_tiny"]) == 2
     assert "sparse-detector data shapes data/shapes" in capsys.readouterr().err
+    figures = ["--num-images", "1", "--output", str(tmp_path / "preset")]
+    assert main(["visualize", "data", "shapes_tiny", *figures, "--set", *paths, "data.max_size=96"]) == 0, (
+        "was: the preset's val.json is not there yet, though visualize data draws only the training data"
+    )
     assert main(["visualize", "data", str(shapes["images"])]) == 2  # the data's folder: was 'holds no checkpoint'
     assert f"{shapes['images']} is not a run directory (no config.yaml or checkpoint): visualize data draws" in (
         capsys.readouterr().err
