@@ -18,6 +18,7 @@ from sparse_detector.data.check import check_dataset
 from sparse_detector.data.coco import read_rgb
 from sparse_detector.data.importers import import_coco, import_csv, import_voc, import_voc_root, import_yolo
 from sparse_detector.data.split import split_coco
+from sparse_detector.engine.inference import image_files
 from sparse_detector.viz.boxes import draw_boxes
 
 RAMP = np.tile(np.linspace(0, 1, 40), (30, 1))  # a horizontal 0-1 gradient, 40 x 30
@@ -290,6 +291,26 @@ def test_yolo_data_yaml_whose_nc_differs_from_its_names_is_refused(
     assert f"{classes}: 'nc: 3' but 'names:' has 2 names" in err and "Traceback" not in err and not out.exists()
     write_text(classes, "nc: 2\nnames:\n  0: car\n  1: person\n")
     assert [c["name"] for c in import_yolo(tmp_path / "images", out, classes)["categories"]] == ["car", "person"]
+
+
+def test_photos_pillow_cannot_read_are_named_not_left_out_silently(tmp_path: Path, caplog) -> None:
+    """A phone's .HEIC and a camera's .dng beside the JPEGs were left out of data import yolo and predict without a
+    word; they are now named with what to do. A float .pfm (as Ultralytics reads it) is taken."""
+    write_image(tmp_path / "images" / "a.jpg")
+    Image.fromarray(RAMP.astype(np.float32)).save(tmp_path / "images" / "depth.pfm")
+    for other in ("b.HEIC", "c.dng"):
+        write_text(tmp_path / "images" / other, "not read")
+        write_text(tmp_path / "labels" / f"{Path(other).stem}.txt", "0 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "labels" / "a.txt", "0 0.5 0.5 0.2 0.4\n")
+    with caplog.at_level(logging.WARNING):
+        coco = import_yolo(tmp_path / "images", tmp_path / "out.json", write_text(tmp_path / "c.txt", "cell\n"))
+    assert sorted(Path(image["file_name"]).name for image in coco["images"]) == ["a.jpg", "depth.pfm"]
+    assert "left out 2 image(s) of a format Pillow does not read (.dng, .heic)" in caplog.text
+    assert "convert them to JPEG or PNG" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert [path.name for path in image_files([tmp_path / "images"])] == ["a.jpg", "depth.pfm"]
+    assert "b.HEIC" in caplog.text
 
 
 def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

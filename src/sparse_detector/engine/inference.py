@@ -25,7 +25,7 @@ from ..config import Config, ConfigError, config_from_dict, override_config
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset, config_transforms
 from ..data.coco import UNREADABLE_IMAGE_ERRORS, DatasetError, load_json, read_rgb, to_rgb
-from ..data.importers.common import IMAGE_SUFFIXES, files_under
+from ..data.importers.common import IMAGE_SUFFIXES, image_files_under
 from ..data.labels import LabelMap
 from ..data.orientation import exif_orientation
 from ..data.transforms import image_tensor
@@ -195,7 +195,7 @@ def image_files(inputs: Sequence[str | Path], skip: Path | None = None) -> list[
         if item.is_dir():
             files += [
                 path
-                for path in files_under(item, IMAGE_SUFFIXES)
+                for path in image_files_under(item)
                 if not (skip is not None and path.resolve().is_relative_to(skip))
             ]
         elif item.is_file():

@@ -25,8 +25,11 @@ from ..orientation import labelled_turned
 
 logger = logging.getLogger(__name__)
 
-# .jfif / .jpe: JPEG as browsers and Windows save it from the web
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# .jfif / .jpe: JPEG as browsers and Windows save it from the web; .mpo (a camera's JPEG pair) and .pfm (float) as
+# Ultralytics reads them
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".avif", ".mpo", ".pfm")
+# Photos of formats Pillow does not read (phones' HEIC, cameras' raw DNG): named when left out of a folder's images
+OTHER_IMAGE_SUFFIXES = (".heic", ".heif", ".dng")
 
 
 def is_hidden(name: str) -> bool:
@@ -49,6 +52,22 @@ def files_under(folder: Path, suffixes: Sequence[str]) -> list[Path]:
         folders[:] = [name for name in folders if not is_hidden(name)]
         found += [Path(top, name) for name in files if Path(name).suffix.lower() in suffixes and not is_hidden(name)]
     return sorted(path for path in found if path.is_file())
+
+
+def image_files_under(folder: Path) -> list[Path]:
+    """The images under ``folder`` (:func:`files_under` of ``IMAGE_SUFFIXES``); photos of a format Pillow does not
+    read there are named in a warning, not left out without a word."""
+    found = files_under(folder, (*IMAGE_SUFFIXES, *OTHER_IMAGE_SUFFIXES))
+    if others := [path for path in found if path.suffix.lower() in OTHER_IMAGE_SUFFIXES]:
+        logger.warning(
+            "%s: left out %d image(s) of a format Pillow does not read (%s), e.g. %s; convert them to JPEG or PNG "
+            "to use them",
+            folder,
+            len(others),
+            ", ".join(sorted({path.suffix.lower() for path in others})),
+            [str(path) for path in others[:MAX_EXAMPLES]],
+        )
+    return [path for path in found if path.suffix.lower() not in OTHER_IMAGE_SUFFIXES]
 
 
 def _absolute(name: str) -> bool:

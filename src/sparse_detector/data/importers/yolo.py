@@ -21,7 +21,7 @@ import yaml
 
 from ..coco import MAX_EXAMPLES, DatasetError
 from ..orientation import SWAPS_SIDES, box_to_stored, exif_orientation
-from .common import IMAGE_SUFFIXES, CocoBuilder, files_under, read_text, write_coco
+from .common import IMAGE_SUFFIXES, CocoBuilder, files_under, image_files_under, read_text, write_coco
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def import_yolo(
     if not labels_dir.is_dir():
         raise DatasetError(f"labels folder {labels_dir} does not exist")
     names = read_class_names(classes)
-    images = files_under(images_dir, IMAGE_SUFFIXES)
+    images = image_files_under(images_dir)
     if not images:
         raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir} or its subfolders")
     builder = CocoBuilder(str(images_dir), names)
