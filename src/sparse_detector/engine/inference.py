@@ -106,6 +106,11 @@ class LoadedModel:
 
         Images are run one at a time: a padded batch would change what the backbone sees near the padding."""
         check_score_threshold(threshold)
+        if not isinstance(image, Image.Image | str | Path):
+            raise TypeError(
+                f"detect takes a PIL image or an image file, not a {type(image).__name__}; for an array of pixels pass "
+                "PIL.Image.fromarray(array), in RGB order (OpenCV reads BGR: array[..., ::-1])"
+            )
         image = to_rgb(image) if isinstance(image, Image.Image) else read_rgb(Path(image))
         tensor = image_tensor(config_transforms(self.config, train=False), image)
         device = next(self.model.parameters()).device
