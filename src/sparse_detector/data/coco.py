@@ -166,7 +166,7 @@ def file_in(folder: Path, name: str) -> Path:
     return path
 
 
-@functools.cache
+@functools.lru_cache(maxsize=8)  # a few folders' listings, not every folder's ever read
 def _names_by_case(folder: Path, modified: int) -> dict[str, list[str]]:
     """The names in ``folder`` by their lower case (``modified``, its mtime, keeps the cache current)."""
     by_case: dict[str, list[str]] = {}
