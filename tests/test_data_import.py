@@ -15,8 +15,13 @@ from sparse_detector.cli import main
 from sparse_detector.data import CocoDetection, DatasetError
 from sparse_detector.data.batching import collate_detection
 from sparse_detector.data.check import check_dataset
+from sparse_detector.data.coco import read_rgb
 from sparse_detector.data.importers import import_coco, import_csv, import_voc, import_voc_root, import_yolo
 from sparse_detector.data.split import split_coco
+from sparse_detector.engine.inference import image_files
+from sparse_detector.viz.boxes import draw_boxes
+
+RAMP = np.tile(np.linspace(0, 1, 40), (30, 1))  # a horizontal 0-1 gradient, 40 x 30
 
 
 def write_image(path: Path, width: int = 40, height: int = 30, truncated: bool = False) -> Path:
@@ -28,6 +33,16 @@ def write_image(path: Path, width: int = 40, height: int = 30, truncated: bool =
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
     return path
+
+
+def write_one_image_coco(path: Path, file_name: str, category: str) -> Path:
+    """A COCO JSON of one 40 x 30 image ``file_name`` with one box of ``category``."""
+    source = {
+        "images": [{"id": 1, "file_name": file_name, "width": 40, "height": 30}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
+        "categories": [{"id": 1, "name": category}],
+    }
+    return write_text(path, json.dumps(source))
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -260,6 +275,42 @@ def test_yolo_class_names_are_read_as_written_and_each_once(tmp_path: Path) -> N
     ):
         with pytest.raises(DatasetError, match=error):
             import_yolo(images, out, write_text(tmp_path / name, text))
+
+
+def test_yolo_data_yaml_whose_nc_differs_from_its_names_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """'nc: 3' with two names was imported as two classes without a word (Ultralytics refuses it): now an error
+    naming the file, both counts and what to do, without a traceback."""
+    write_image(tmp_path / "images" / "p.jpg", 100, 50)
+    write_text(tmp_path / "labels" / "p.txt", "0 0.5 0.5 0.2 0.4\n")
+    classes = write_text(tmp_path / "data.yaml", "nc: 3\nnames: [car, person]\n")
+    out = tmp_path / "out.json"
+    assert main(["data", "import", "yolo", str(tmp_path / "images"), "--classes", str(classes), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{classes}: 'nc: 3' but 'names:' has 2 names" in err and "Traceback" not in err and not out.exists()
+    write_text(classes, "nc: 2\nnames:\n  0: car\n  1: person\n")
+    assert [c["name"] for c in import_yolo(tmp_path / "images", out, classes)["categories"]] == ["car", "person"]
+
+
+def test_photos_pillow_cannot_read_are_named_not_left_out_silently(tmp_path: Path, caplog) -> None:
+    """A phone's .HEIC and a camera's .dng beside the JPEGs were left out of data import yolo and predict without a
+    word; they are now named with what to do. A float .pfm (as Ultralytics reads it) is taken."""
+    write_image(tmp_path / "images" / "a.jpg")
+    Image.fromarray(RAMP.astype(np.float32)).save(tmp_path / "images" / "depth.pfm")
+    for other in ("b.HEIC", "c.dng"):
+        write_text(tmp_path / "images" / other, "not read")
+        write_text(tmp_path / "labels" / f"{Path(other).stem}.txt", "0 0.5 0.5 0.2 0.4\n")
+    write_text(tmp_path / "labels" / "a.txt", "0 0.5 0.5 0.2 0.4\n")
+    with caplog.at_level(logging.WARNING):
+        coco = import_yolo(tmp_path / "images", tmp_path / "out.json", write_text(tmp_path / "c.txt", "cell\n"))
+    assert sorted(Path(image["file_name"]).name for image in coco["images"]) == ["a.jpg", "depth.pfm"]
+    assert "left out 2 image(s) of a format Pillow does not read (.dng, .heic)" in caplog.text
+    assert "convert them to JPEG or PNG" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert [path.name for path in image_files([tmp_path / "images"])] == ["a.jpg", "depth.pfm"]
+    assert "b.HEIC" in caplog.text
 
 
 def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -632,12 +683,7 @@ def test_file_names_written_on_windows_are_found(tmp_path: Path) -> None:
     (pass --images), the CSV import that the row's image does not exist, and training that the files were missing.
     Where only the '/' spelling exists, that file is read."""
     write_image(tmp_path / "pics" / "a.jpg")
-    source = {
-        "images": [{"id": 1, "file_name": "pics\\a.jpg", "width": 40, "height": 30}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
-        "categories": [{"id": 1, "name": "thing"}],
-    }
-    write_text(tmp_path / "coco.json", json.dumps(source))
+    write_one_image_coco(tmp_path / "coco.json", "pics\\a.jpg", "thing")
     assert len(CocoDetection(None, tmp_path / "coco.json")) == 1  # trained on as it is
     coco = import_coco(tmp_path / "coco.json", tmp_path / "out" / "coco.json")
     assert coco["images"][0]["file_name"] == str(tmp_path / "pics" / "a.jpg")
@@ -686,7 +732,7 @@ def test_coco_file_names_of_the_labelling_machine_are_found_by_name(tmp_path: Pa
     write_text(tmp_path / "coco.json", json.dumps(source))
     args = ["data", "import", "coco", str(tmp_path / "coco.json"), "--images", str(tmp_path / "pics")]
     assert main([*args, "--out", str(tmp_path / "out.json")]) == 0
-    assert "paths: 2 image(s) named by another machine's absolute path" in capsys.readouterr().out
+    assert "paths: 2 image(s) named by another machine's path (absolute" in capsys.readouterr().out
     coco = load(tmp_path / "out.json")
     assert [i["file_name"] for i in coco["images"]] == ["pics/a.jpg", "pics/b.jpg"]
     assert coco["info"]["stats"]["found_by_name"] == 2
@@ -695,23 +741,50 @@ def test_coco_file_names_of_the_labelling_machine_are_found_by_name(tmp_path: Pa
     assert list(boxes_by_image(coco)) == ["a.jpg"] and coco["info"]["stats"]["found_by_name"] == 1
 
 
+def test_file_names_in_another_letter_case_are_found(tmp_path: Path, capsys) -> None:
+    """A data set labelled on Windows names IMG_0001.jpg what the disk holds as IMG_0001.JPG: training and data check
+    said only 'missing', data import coco 'none of the images is in DIR'. Training now says which file differs in
+    case and the command that fixes the names; the importers take the file (counted as found by name)."""
+    write_image(tmp_path / "pics" / "IMG_0001.JPG")
+    write_one_image_coco(tmp_path / "coco.json", "IMG_0001.jpg", "cell")
+    with pytest.raises(DatasetError, match=r"IMG_0001.JPG there differs only in letter case; `sparse-detector data"):
+        CocoDetection(tmp_path / "pics", tmp_path / "coco.json")
+    args = ["data", "import", "coco", str(tmp_path / "coco.json"), "--images", str(tmp_path / "pics")]
+    assert main([*args, "--out", str(tmp_path / "out.json")]) == 0
+    assert "paths: 1 image(s) named by another machine's path" in capsys.readouterr().out
+    assert [i["file_name"] for i in load(tmp_path / "out.json")["images"]] == ["pics/IMG_0001.JPG"]
+    coco = import_csv(
+        write_text(tmp_path / "boxes.csv", "img_0001.jpg,1,1,6,6,cell\n"), tmp_path / "c.json", tmp_path / "pics"
+    )
+    assert list(boxes_by_image(coco)) == ["IMG_0001.JPG"] and coco["info"]["stats"]["found_by_name"] == 1
+    write_text(tmp_path / "voc" / "frame.xml", voc_xml([("cell", (1, 1, 6, 6), 0)], "img_0001.JPG"))
+    coco = import_voc(tmp_path / "voc", tmp_path / "v.json", images_dir=tmp_path / "pics")
+    assert list(boxes_by_image(coco)) == ["IMG_0001.JPG"]
+
+
 def test_coco_import_drops_boxes_without_extent_as_the_other_importers_do(tmp_path: Path, capsys) -> None:
     """A Roboflow COCO export's zero-width box (a stray click) made data import coco end with 'PROBLEMS' and exit 1,
-    where the VOC, YOLO and CSV imports drop such boxes and say so; it now drops and counts them too."""
+    where the VOC, YOLO and CSV imports drop such boxes and say so; it now drops and counts them too. A width of
+    1e-9 (no extent at the targets' float32 precision) was kept and flagged by data check: now dropped alike, in
+    every importer."""
     write_image(tmp_path / "a.jpg")
     source = {
         "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]},
             {"id": 2, "image_id": 1, "category_id": 1, "bbox": [9, 9, 0, 4]},
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [9, 9, 4, 1e-9]},
         ],
         "categories": [{"id": 1, "name": "cell"}],
     }
     write_text(tmp_path / "coco.json", json.dumps(source))
     assert main(["data", "import", "coco", str(tmp_path / "coco.json"), "--out", str(tmp_path / "out.json")]) == 0
-    assert "dropped: 1 box(es) (1 zero area" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dropped: 2 box(es) (2 zero area" in out and "OK: no problems found" in out
     coco = load(tmp_path / "out.json")
-    assert [a["id"] for a in coco["annotations"]] == [1] and coco["info"]["stats"]["dropped"] == {"zero_area": 1}
+    assert [a["id"] for a in coco["annotations"]] == [1] and coco["info"]["stats"]["dropped"] == {"zero_area": 2}
+    write_text(tmp_path / "boxes.csv", "a.jpg,1,1,6,6,cell\na.jpg,9,9,9.000000001,13,cell\n")
+    assert import_csv(tmp_path / "boxes.csv", tmp_path / "csv.json")["info"]["stats"]["dropped"] == {"zero_area": 1}
 
 
 def test_coco_import_says_which_category_ids_it_renumbered(tmp_path: Path, capsys) -> None:
@@ -940,6 +1013,24 @@ def test_16_bit_grayscale_png_keeps_its_contrast(tmp_path: Path) -> None:
     pixels = np.asarray(CocoDetection(None, tmp_path / "out.json").load_image(0))
     assert pixels.shape == (30, 40, 3) and pixels[0, 0].tolist() == [0, 0, 0] and pixels[0, -1].tolist() == [255] * 3
     assert abs(pixels.mean() - 127.5) < 2
+
+
+@pytest.mark.parametrize(
+    ("name", "pixels"),
+    [
+        ("twelve_bit.png", (RAMP * 4095).astype(np.uint16)),  # was 16/255 at best: divided by 257
+        ("unit_float.tif", RAMP.astype(np.float32)),  # was all 0 or 1
+        ("big_float.tif", (RAMP * 4095).astype(np.float32)),  # was clipped white above 255
+        ("eight_bit_in_int32.tif", (RAMP * 255).astype(np.int32)),  # was black: divided by 257
+    ],
+)
+def test_deep_grayscale_fills_the_8_bit_range(tmp_path: Path, name: str, pixels: np.ndarray) -> None:
+    """12-bit data in a 16-bit PNG, float TIFFs and 8-bit values in a 32-bit TIFF all read as a full 0-255 ramp,
+    in the dataset and in drawn figures alike."""
+    Image.fromarray(pixels).save(tmp_path / name)
+    for rgb in (read_rgb(tmp_path / name), draw_boxes(Image.open(tmp_path / name), [], [], [])):
+        ramp = np.asarray(rgb)[0, :, 0]
+        assert ramp[0] == 0 and ramp[-1] == 255 and abs(int(ramp[20]) - round(255 * RAMP[0, 20])) <= 1, name
 
 
 def test_split_is_seeded_stratified_and_complete(tmp_path: Path) -> None:

@@ -259,6 +259,8 @@ def test_library_detect_gives_predicts_detections(run: Path, tmp_path: Path, cap
         assert loaded.detect(Image.open(image), threshold=0.02).as_records() == record["detections"]
     with pytest.raises(ValueError, match="scores lie between 0 and 1"):
         loaded.detect(images[0], threshold=50)
+    with pytest.raises(TypeError, match=r"not a ndarray; .*PIL.Image.fromarray\(array\), in RGB order"):
+        loaded.detect(np.asarray(Image.open(images[0])))  # was "expected str, bytes or os.PathLike object"
     with pytest.raises(SystemExit):  # a usage error
         main(["predict", "--checkpoint", str(tmp_path / "missing"), "--threshold", "nan", str(images[0])])
     assert "scores are from 0 to 1, got nan" in capsys.readouterr().err

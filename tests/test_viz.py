@@ -162,6 +162,29 @@ def test_titles_name_the_quickstart_run_and_the_training_image_files(runs, tmp_p
     assert [sample.title for sample in drawn] == ["train_000000.png (id 1)", "train_000001.png (id 2)"]
 
 
+def test_data_titles_tell_apart_images_of_one_name_in_two_folders(shapes, tmp_path: Path, monkeypatch):
+    """Two cameras' IMG_0001.png were both titled 'IMG_0001.png (id N)'; their folders now tell them apart (and
+    only then: a name of its own stays bare)."""
+    files = ["cam_a/IMG_0001.png", "cam_b/IMG_0001.png", "cam_b/IMG_0002.png"]
+    for file in files:
+        (tmp_path / file).parent.mkdir(exist_ok=True)
+        shutil.copy(shapes["images"] / "train_000000.png", tmp_path / file)
+    images = [{"id": i, "file_name": file, "width": 96, "height": 96} for i, file in enumerate(files, 1)]
+    annotations = [{"id": i, "image_id": i, "category_id": 1, "bbox": [10, 10, 30, 30]} for i in (1, 2, 3)]
+    data = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}
+    (tmp_path / "two_cameras.json").write_text(json.dumps(data))
+    overrides = [f"data.train.annotations={tmp_path / 'two_cameras.json'}", f"data.train.images={tmp_path}"]
+    drawn = []
+    monkeypatch.setattr(kinds, "data_figure", lambda samples, title: drawn.extend(samples) or data_figure(samples))
+    request = VisualizeRequest(runs=[Path("shapes_tiny")], output=tmp_path / "figs", num_images=3, overrides=overrides)
+    visualize("data", request)
+    assert [sample.title for sample in drawn] == [
+        "cam_a/IMG_0001.png (id 1)",
+        "cam_b/IMG_0001.png (id 2)",
+        "IMG_0002.png (id 3)",
+    ]
+
+
 def test_visualize_takes_the_set_its_data_messages_advise(runs, shapes, tmp_path: Path, monkeypatch, capsys):
     """`visualize data my.yaml` without data.train.annotations advised `--set data.train.annotations=FILE.json`,
     which visualize did not take; `visualize data shapes_tiny` before the data was generated did not say how."""
@@ -183,6 +206,10 @@ def test_visualize_takes_the_set_its_data_messages_advise(runs, shapes, tmp_path
     monkeypatch.chdir(tmp_path)
     assert main(["visualize", "data", "shapes_tiny"]) == 2
     assert "sparse-detector data shapes data/shapes" in capsys.readouterr().err
+    figures = ["--num-images", "1", "--output", str(tmp_path / "preset")]
+    assert main(["visualize", "data", "shapes_tiny", *figures, "--set", *paths, "data.max_size=96"]) == 0, (
+        "was: the preset's val.json is not there yet, though visualize data draws only the training data"
+    )
     assert main(["visualize", "data", str(shapes["images"])]) == 2  # the data's folder: was 'holds no checkpoint'
     assert f"{shapes['images']} is not a run directory (no config.yaml or checkpoint): visualize data draws" in (
         capsys.readouterr().err

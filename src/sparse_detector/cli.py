@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -307,15 +307,15 @@ def add_train_command(commands: Subparsers) -> None:
     )
 
 
-def _missing_data_hint(config_name: str, config: Config) -> str:
-    """What to run when a preset's data is not there yet ('' when the data exists, nothing can generate it, or the
-    missing file is one given with --set rather than the preset's own)."""
+def _missing_data_hint(config_name: str, config: Config, splits: Sequence[str] = ("train", "val")) -> str:
+    """What to run when a preset's data of ``splits`` is not there yet ('' when the data exists, nothing can
+    generate it, or the missing file is one given with --set rather than the preset's own)."""
     hint = PRESET_DATA_HINTS.get(Path(config_name).stem)
     if hint is None:
         return ""
     own = load_config(config_name).data
-    own_files = {own.train.annotations, own.val.annotations} - {""}
-    given = (config.data.train.annotations, config.data.val.annotations)
+    own_files = {getattr(own, split).annotations for split in splits} - {""}
+    given = [getattr(config.data, split).annotations for split in splits]
     missing = [path for path in given if path in own_files and not Path(path).is_file()]
     if not missing:
         return ""
@@ -997,7 +997,8 @@ def _data_import(args: argparse.Namespace) -> int:
     if stats.get("sizes_from_files"):
         print(f"sizes from files: {stats['sizes_from_files']} image(s) had no width/height")
     if stats.get("found_by_name"):
-        print(f"paths: {stats['found_by_name']} image(s) named by another machine's absolute path, found by name")
+        found = stats["found_by_name"]
+        print(f"paths: {found} image(s) named by another machine's path (absolute, or in another case), found by name")
     if stats.get("boxes_from_segmentation"):
         print(f"boxes from segmentation: {stats['boxes_from_segmentation']} annotation(s) had no bbox")
     if stats.get("normalised_coordinates"):
@@ -1262,7 +1263,7 @@ def _visualize(args: argparse.Namespace) -> int:
         raise ValueError(f"--set: visualize {args.kind} reads the runs' records, not their config; leave --set out")
     _refuse_model_overrides(args.set)
     if args.kind == "data" and run.stem in PRESET_DATA_HINTS and not _is_run(run):  # a preset whose data we make
-        hint = _missing_data_hint(args.run, load_config(args.run, args.set))
+        hint = _missing_data_hint(args.run, load_config(args.run, args.set), splits=("train",))  # draws train
         if hint:
             raise FileNotFoundError(hint)
     output = Path(args.output) if args.output else (run if run.is_dir() else run.parent) / "figures"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import io
 import json
@@ -36,14 +37,34 @@ OnInvalid = Literal["error", "skip"]
 MAX_EXAMPLES = 5
 
 
-# 16-bit (and 32-bit integer) grayscale, as 16-bit PNG and TIFF files open; PIL's own RGB conversion clips them.
-HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Grayscale deeper than 8 bits: 16-bit PNG and TIFF (``I;16*``), 32-bit integer (``I``) and float (``F``) TIFF;
+# PIL's own RGB conversion clips them.
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# Bit depths that sensors and scientific formats store (10-, 12- and 14-bit data are saved in 16-bit files).
+COMMON_BIT_DEPTHS = (8, 10, 12, 14, 16, 24, 32)
+
+
+def full_scale(pixels: np.ndarray, floating: bool) -> float:
+    """The value that is white in deep grayscale ``pixels`` (non-negative): 1 for a ``floating`` image within [0, 1],
+    else ``2**bits - 1`` for the least of :data:`COMMON_BIT_DEPTHS` that holds its brightest pixel. A file does not
+    say that its 16 bits hold 12-bit data, so 12-bit data in a 16-bit PNG fills 0-255 and 8-bit values in a 32-bit
+    TIFF stay as they are."""
+    brightest = float(pixels.max(initial=0))
+    if floating and brightest <= 1:
+        return 1.0
+    bits = next((b for b in COMMON_BIT_DEPTHS if brightest <= 2**b - 1), 64)
+    return float(2**bits - 1)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """An image as 8-bit RGB; 16-bit grayscale is scaled to 8 bits (``Image.convert`` would turn it all white)."""
+    """An image as 8-bit RGB; deeper grayscale (:data:`HIGH_BIT_DEPTH_MODES`) is scaled from its :func:`full_scale`
+    to 0-255 (negative values and NaN black), the same for training, evaluation, predict and figures."""
     if image.mode in HIGH_BIT_DEPTH_MODES:
-        image = Image.fromarray(np.clip(np.asarray(image) / 257.0, 0, 255).round().astype(np.uint8))
+        pixels = np.array(image, dtype=np.float32)  # in place from here: a drone mosaic's copies would add up
+        np.nan_to_num(pixels, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        np.clip(pixels, 0, None, out=pixels)
+        pixels *= 255 / full_scale(pixels, floating=image.mode == "F")
+        image = Image.fromarray(np.rint(np.clip(pixels, 0, 255, out=pixels)).astype(np.uint8))
     return image.convert("RGB")
 
 
@@ -145,10 +166,45 @@ def file_in(folder: Path, name: str) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=8)  # a few folders' listings, not every folder's ever read
+def _names_by_case(folder: Path, modified: int) -> dict[str, list[str]]:
+    """The names in ``folder`` by their lower case (``modified``, its mtime, keeps the cache current)."""
+    by_case: dict[str, list[str]] = {}
+    for name in os.listdir(folder):
+        by_case.setdefault(name.lower(), []).append(name)
+    return by_case
+
+
+def in_other_case(path: Path) -> Path | None:
+    """The one file whose name differs from missing ``path``'s only in letter case (``IMG_0001.JPG`` for a JSON's
+    ``IMG_0001.jpg``: Windows, where the labelling was done, does not tell them apart), or None."""
+    try:
+        names = _names_by_case(path.parent, path.parent.stat().st_mtime_ns).get(path.name.lower(), [])
+    except OSError:  # no such folder (or its name differs in case too)
+        return None
+    return path.parent / names[0] if len(names) == 1 and (path.parent / names[0]).is_file() else None
+
+
+def _case_hint(path: Path, annotation_file: Path, images_dir: Path) -> str:
+    """What to do about missing ``path`` when a file of its name in another letter case exists; else ''."""
+    if (other := in_other_case(path)) is None:
+        return ""
+    return (
+        f" ({other.name} there differs only in letter case; `sparse-detector data import coco {annotation_file} "
+        f"--images {images_dir} --out NEW.json` writes the names as the files are)"
+    )
+
+
 def _require(entry: dict, keys: Sequence[str], what: str, path: Path) -> None:
     missing = [k for k in keys if k not in entry]
     if missing:
         raise DatasetError(f"{path}: {what} lacks required key(s) {missing}; COCO format needs {list(keys)}")
+
+
+def lacks_extent(x0: float, y0: float, x1: float, y1: float) -> bool:
+    """Whether the corners x0, y0, x1, y1 enclose no area at the float32 precision of the training targets (a width
+    of 0 or 1e-9; x1 < x0 too); NaN is not judged here (it is malformed)."""
+    return bool(np.float32(x1) <= np.float32(x0) or np.float32(y1) <= np.float32(y0))
 
 
 def _clip_box(bbox: Any, width: int, height: int) -> tuple[list[float] | None, str]:
@@ -167,7 +223,7 @@ def _clip_box(bbox: Any, width: int, height: int) -> tuple[list[float] | None, s
     x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
     if x1 <= x0 or y1 <= y0:
         return None, "outside_image"
-    if np.float32(x1) <= np.float32(x0) or np.float32(y1) <= np.float32(y0):  # the targets' precision
+    if lacks_extent(x0, y0, x1, y1):
         return None, "non_positive_size"
     return [x0, y0, x1, y1], ""
 
@@ -317,15 +373,18 @@ class CocoDetection(Dataset):
             else:
                 where = f"are missing from {self.images_dir}"
                 fix = "check data.<split>.images (the folder file names are relative to)"
+            hint = next(filter(None, (_case_hint(self.images_dir / n, path, self.images_dir) for n in names)), "")
             raise DatasetError(
-                f"{len(missing)} image file(s) listed in {path} {where}, e.g. {names[:MAX_EXAMPLES]}; {fix}, or set "
-                "data.on_invalid=skip to leave them out"
+                f"{len(missing)} image file(s) listed in {path} {where}, e.g. {names[:MAX_EXAMPLES]}{hint}; {fix}, or "
+                "set data.on_invalid=skip to leave them out"
             )
         self._missing_images = set(missing)
         if missing:
             self.skipped["missing_image"] += len(missing)
             self.problems += [
-                f"image id {i}: file {self.images_dir / img['file_name']} is missing" for i, img in missing.items()
+                f"image id {i}: file {self.images_dir / img['file_name']} is missing"
+                + _case_hint(self.images_dir / img["file_name"], path, self.images_dir)
+                for i, img in missing.items()
             ]
             logger.warning("%s: left out %d missing image file(s)", path, len(missing))
         return {i: img for i, img in images.items() if i not in missing}

@@ -25,7 +25,7 @@ from ..config import Config, ConfigError, config_from_dict, override_config
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset, config_transforms
 from ..data.coco import UNREADABLE_IMAGE_ERRORS, DatasetError, load_json, read_rgb, to_rgb
-from ..data.importers.common import IMAGE_SUFFIXES, files_under
+from ..data.importers.common import IMAGE_SUFFIXES, image_files_under
 from ..data.labels import LabelMap
 from ..data.orientation import exif_orientation
 from ..data.transforms import image_tensor
@@ -106,6 +106,11 @@ class LoadedModel:
 
         Images are run one at a time: a padded batch would change what the backbone sees near the padding."""
         check_score_threshold(threshold)
+        if not isinstance(image, Image.Image | str | Path):
+            raise TypeError(
+                f"detect takes a PIL image or an image file, not a {type(image).__name__}; for an array of pixels pass "
+                "PIL.Image.fromarray(array), in RGB order (OpenCV reads BGR: array[..., ::-1])"
+            )
         image = to_rgb(image) if isinstance(image, Image.Image) else read_rgb(Path(image))
         tensor = image_tensor(config_transforms(self.config, train=False), image)
         device = next(self.model.parameters()).device
@@ -208,7 +213,7 @@ def image_files(inputs: Sequence[str | Path], skip: Path | None = None) -> list[
         if item.is_dir():
             files += [
                 path
-                for path in files_under(item, IMAGE_SUFFIXES)
+                for path in image_files_under(item)
                 if not (skip is not None and path.resolve().is_relative_to(skip))
             ]
         elif item.is_file():

@@ -8,6 +8,8 @@ from functools import cache
 from matplotlib import colormaps, font_manager
 from PIL import Image, ImageDraw, ImageFont
 
+from ..data.coco import to_rgb
+
 CAPTION_SIZE = 10  # pixels, as PIL's default font
 
 Rect = tuple[float, float, float, float]  # (x0, y0, x1, y1) in image pixels, y down
@@ -73,7 +75,7 @@ def draw_boxes(
 ) -> Image.Image:
     """A copy of ``image`` with absolute (x0, y0, x1, y1) boxes, each captioned ``name score`` (see
     :func:`label_spot`: a caption that would cover another is left out)."""
-    canvas = image.convert("RGB")
+    canvas = to_rgb(image)
     draw = ImageDraw.Draw(canvas)
     colors = [label_color(label) for label in labels]
     for box, color in zip(boxes, colors, strict=True):  # every box before any caption, which no outline may cross

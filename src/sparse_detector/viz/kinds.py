@@ -615,18 +615,20 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
     dataset = build_dataset(config, "train")
     samples = [dataset[i] for i in range(min(max(request.num_images, 1), len(dataset)))]
     batch, targets = collate_detection(samples)
+    image_ids = [int(target["image_id"]) for target in targets]
+    # two IMG_0001.JPG of different folders are told apart by their folders
+    files = distinct_names([Path(dataset.coco.imgs[image_id]["file_name"]) for image_id in image_ids])
     drawn = []
-    for tensor, mask, target in zip(batch.tensors, batch.mask, targets, strict=True):
+    for tensor, mask, target, file, image_id in zip(batch.tensors, batch.mask, targets, files, image_ids, strict=True):
         valid_h, valid_w = (int(v) for v in (~mask).nonzero().max(0).values + 1)
         boxes = cxcywh_to_pixels(target["boxes"], valid_h, valid_w)  # normalised to the valid (unpadded) area
         names = _category_names(dataset, target)
-        image_id = int(target["image_id"])
         drawn.append(
             Sample(
                 display_image(tensor, config.data.normalize),
                 mask.numpy(),
                 [LabelledBox(box, name) for box, name in zip(boxes, names, strict=True)],
-                f"{Path(dataset.coco.imgs[image_id]['file_name']).name} (id {image_id})",
+                f"{file} (id {image_id})",
             )
         )
     figure = data_figure(drawn, title=f"{dataset.annotation_file}: {counted(len(dataset), 'image')}")

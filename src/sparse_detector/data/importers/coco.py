@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..coco import MAX_EXAMPLES, DatasetError, dataset_name_category, file_in, load_json
+from ..coco import MAX_EXAMPLES, DatasetError, dataset_name_category, file_in, lacks_extent, load_json
 from ..orientation import STORED_FROM_TURNED, box_to_stored, labelled_turned, point_to_stored
 from .common import image_file, image_size, json_image_path, listing, warn_found_by_name, write_coco
 
@@ -71,11 +71,12 @@ def _add_missing_bboxes(data: dict, json_file: Path) -> int:
 
 
 def _without_extent(bbox: Any) -> bool:
-    """Whether a COCO [x, y, w, h] has a width or height of 0 or less (a click, not a box); a malformed one is left
-    to data check."""
+    """Whether a COCO [x, y, w, h] has no width or height (a click, not a box; 1e-9 counts as none,
+    :func:`lacks_extent`); a malformed one is left to data check."""
     try:
-        return float(bbox[2]) <= 0 or float(bbox[3]) <= 0
-    except (TypeError, ValueError, IndexError):
+        x, y, w, h = (float(v) for v in bbox[:4])
+        return lacks_extent(x, y, x + w, y + h)
+    except (TypeError, ValueError, KeyError):
         return False
 
 

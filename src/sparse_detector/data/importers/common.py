@@ -12,13 +12,24 @@ from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from ...files import write_atomically
-from ..coco import MAX_EXAMPLES, UNREADABLE_IMAGE_ERRORS, DatasetError, file_in, open_image
+from ..coco import (
+    MAX_EXAMPLES,
+    UNREADABLE_IMAGE_ERRORS,
+    DatasetError,
+    file_in,
+    in_other_case,
+    lacks_extent,
+    open_image,
+)
 from ..orientation import labelled_turned
 
 logger = logging.getLogger(__name__)
 
-# .jfif / .jpe: JPEG as browsers and Windows save it from the web
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# .jfif / .jpe: JPEG as browsers and Windows save it from the web; .mpo (a camera's JPEG pair) and .pfm (float) as
+# Ultralytics reads them
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".avif", ".mpo", ".pfm")
+# Photos of formats Pillow does not read (phones' HEIC, cameras' raw DNG): named when left out of a folder's images
+OTHER_IMAGE_SUFFIXES = (".heic", ".heif", ".dng")
 
 
 def is_hidden(name: str) -> bool:
@@ -43,6 +54,22 @@ def files_under(folder: Path, suffixes: Sequence[str]) -> list[Path]:
     return sorted(path for path in found if path.is_file())
 
 
+def image_files_under(folder: Path) -> list[Path]:
+    """The images under ``folder`` (:func:`files_under` of ``IMAGE_SUFFIXES``); photos of a format Pillow does not
+    read there are named in a warning, not left out without a word."""
+    found = files_under(folder, (*IMAGE_SUFFIXES, *OTHER_IMAGE_SUFFIXES))
+    if others := [path for path in found if path.suffix.lower() in OTHER_IMAGE_SUFFIXES]:
+        logger.warning(
+            "%s: left out %d image(s) of a format Pillow does not read (%s), e.g. %s; convert them to JPEG or PNG "
+            "to use them",
+            folder,
+            len(others),
+            ", ".join(sorted({path.suffix.lower() for path in others})),
+            [str(path) for path in others[:MAX_EXAMPLES]],
+        )
+    return [path for path in found if path.suffix.lower() not in OTHER_IMAGE_SUFFIXES]
+
+
 def _absolute(name: str) -> bool:
     """Whether a file name is an absolute path, of this system or of Windows (C:\\photos\\a.jpg)."""
     return Path(name).is_absolute() or bool(PureWindowsPath(name).drive)
@@ -51,20 +78,21 @@ def _absolute(name: str) -> bool:
 def image_file(images_dir: Path, name: str) -> Path:
     """The image file a ``file_name`` names: relative to ``images_dir`` (or absolute); an absolute path that does
     not exist here (the labelling machine's, /home/alice/data/a.jpg) is the file of that name in ``images_dir``
-    when there is one."""
+    when there is one; a name whose letter case differs from its file's (Windows does not tell) is that file."""
     path = file_in(images_dir, name)
-    if path.is_file() or not _absolute(name):
+    if path.is_file():
         return path
-    here = images_dir / PureWindowsPath(name).name  # the last part, whichever separator
-    return here if here.is_file() else path
+    if _absolute(name) and (here := images_dir / PureWindowsPath(name).name).is_file():  # whichever separator
+        return here
+    return in_other_case(path) or path
 
 
 def warn_found_by_name(source: str | Path, images_dir: Path, found: list[str]) -> None:
     """Log the images :func:`image_file` found by name ('given -> found' each)."""
     if found:
         logger.warning(
-            "%s: %d image(s) are named by an absolute path that does not exist here (the labelling machine's); each "
-            "is the file of that name in %s, e.g. %s",
+            "%s: %d image(s) are named by a path that does not exist here (the labelling machine's: absolute, or in "
+            "another letter case); each is the file of that name in %s, e.g. %s",
             source,
             len(found),
             images_dir,
@@ -215,7 +243,7 @@ class CocoBuilder:
         if x1 < x0 or y1 < y0:
             self.drop("inverted", f"{where}: box {[x0, y0, x1, y1]} has x2 < x1 or y2 < y1")
             return
-        if x1 == x0 or y1 == y0:
+        if lacks_extent(x0, y0, x1, y1):
             self.drop("zero_area", f"{where}: box {[x0, y0, x1, y1]}")
             return
         if (key := (image_id, name, x0, y0, x1, y1)) in self._seen:  # a label saved twice: one object, not two

@@ -24,6 +24,7 @@ from .common import (
     IMAGE_SUFFIXES,
     CocoBuilder,
     find_image,
+    image_file,
     is_hidden,
     labelled_frame,
     listing,
@@ -90,9 +91,10 @@ def parse_voc_xml(xml_file: Path) -> VocAnnotation:
 
 
 def _image_of(annotation: VocAnnotation, images_dir: Path) -> Path:
-    """The image an XML file describes: its <filename> in ``images_dir``, else the image named like the XML."""
-    if annotation.file_name and (images_dir / annotation.file_name).is_file():
-        return images_dir / annotation.file_name
+    """The image an XML file describes: its <filename> in ``images_dir`` (:func:`image_file`: also in another letter
+    case), else the image named like the XML."""
+    if annotation.file_name and (named := image_file(images_dir, annotation.file_name)).is_file():
+        return named
     found = find_image(images_dir, annotation.xml_file.stem)
     if found is None:
         named = f"<filename> {annotation.file_name!r} nor " if annotation.file_name else ""

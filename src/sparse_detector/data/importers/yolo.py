@@ -21,7 +21,7 @@ import yaml
 
 from ..coco import MAX_EXAMPLES, DatasetError
 from ..orientation import SWAPS_SIDES, box_to_stored, exif_orientation
-from .common import IMAGE_SUFFIXES, CocoBuilder, files_under, read_text, write_coco
+from .common import IMAGE_SUFFIXES, CocoBuilder, files_under, image_files_under, read_text, write_coco
 
 logger = logging.getLogger(__name__)
 
@@ -31,21 +31,33 @@ COORDINATE_TOLERANCE = 1e-3
 
 def _yaml_names(path: Path) -> list[str] | dict[str, str] | None:
     """The ``names:`` of a ``data.yaml`` as written: every name as its text (YAML would read a class named ``no``,
-    ``on`` or ``null`` as false, true or nothing), a list or an index -> name mapping; None without one."""
+    ``on`` or ``null`` as false, true or nothing), a list or an index -> name mapping; None without one. An ``nc:``
+    that is not their number is an error, as in Ultralytics."""
     try:
         root = yaml.compose(read_text(path))
     except yaml.YAMLError as err:
         raise DatasetError(f"{path}: not valid YAML: {err}") from None
     pairs = root.value if isinstance(root, yaml.MappingNode) else []
-    node = next((value for key, value in pairs if isinstance(key, yaml.ScalarNode) and key.value == "names"), None)
+    top = {key.value: value for key, value in pairs if isinstance(key, yaml.ScalarNode)}
+    node = top.get("names")
     if node is None:
         return None
+    names: list[str] | dict[str, str]
     if isinstance(node, yaml.SequenceNode) and all(isinstance(item, yaml.ScalarNode) for item in node.value):
-        return [item.value for item in node.value]
-    if isinstance(node, yaml.MappingNode) and all(isinstance(n, yaml.ScalarNode) for pair in node.value for n in pair):
-        return {key.value: value.value for key, value in node.value}
-    given = node.value if isinstance(node, yaml.ScalarNode) else "lists or mappings inside it"
-    raise DatasetError(f"{path}: expected 'names:' as a list or an index -> name mapping of names, got {given!r}")
+        names = [item.value for item in node.value]
+    elif isinstance(node, yaml.MappingNode) and all(isinstance(n, yaml.ScalarNode) for kv in node.value for n in kv):
+        names = {key.value: value.value for key, value in node.value}
+    else:
+        given = node.value if isinstance(node, yaml.ScalarNode) else "lists or mappings inside it"
+        raise DatasetError(f"{path}: expected 'names:' as a list or an index -> name mapping of names, got {given!r}")
+    count = top.get("nc")
+    if count is not None and not (isinstance(count, yaml.ScalarNode) and count.value.strip() == str(len(names))):
+        given = count.value if isinstance(count, yaml.ScalarNode) else "a list or mapping"
+        raise DatasetError(
+            f"{path}: 'nc: {given}' but 'names:' has {len(names)} names; give every class a name and nc their number "
+            "(Ultralytics refuses it too)"
+        )
+    return names
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -181,7 +193,7 @@ def import_yolo(
     if not labels_dir.is_dir():
         raise DatasetError(f"labels folder {labels_dir} does not exist")
     names = read_class_names(classes)
-    images = files_under(images_dir, IMAGE_SUFFIXES)
+    images = image_files_under(images_dir)
     if not images:
         raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir} or its subfolders")
     builder = CocoBuilder(str(images_dir), names)
