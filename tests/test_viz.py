@@ -135,6 +135,19 @@ def test_every_kind_renders_from_a_trained_run(runs, tmp_path: Path, capsys):
     assert "written:" in capsys.readouterr().out
 
 
+def test_attention_draws_the_best_queries_of_many_and_counts_the_rest(runs, tmp_path: Path, caplog):
+    """An untrained model's queries all scoring near the threshold made one figure per query: 50 for one image."""
+    caplog.set_level(logging.INFO, "sparse_detector")
+    run, image = str(runs["run"]), str(runs["images"] / "val_000000.png")
+    argv = ["visualize", "attention", run, image, "--threshold", "0", "--output", str(tmp_path)]
+    assert main([*argv, "--max-queries", "2"]) == 0
+    assert len(list(tmp_path.glob("attention_*.png"))) == 2
+    assert "val_000000: drew the 2 best of 6 queries" in caplog.text and "--max-queries 0 draws them all" in caplog.text
+    caplog.clear()
+    assert main([*argv, "--queries", "0", "1", "2"]) == 0  # chosen by the user: nothing left out to count
+    assert len(list(tmp_path.glob("attention_*.png"))) == 3 and "drew the" not in caplog.text
+
+
 def test_drawing_a_kind_again_removes_only_its_own_figures_it_did_not_draw_again(runs, tmp_path: Path, caplog):
     """Figures of the last drawing (other queries, images or a format) stayed beside the new ones, looking current."""
     caplog.set_level(logging.INFO, "sparse_detector")

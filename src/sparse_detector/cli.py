@@ -1218,7 +1218,10 @@ def add_visualize_command(commands: Subparsers) -> None:
     parser.add_argument("--queries", type=int, nargs="+", help="attention: these queries (default: score >= threshold)")
     parser.add_argument("--threshold", type=_score, default=0.5, help="attention: minimum score of a drawn query")
     parser.add_argument(
-        "--max-queries", type=_count, default=0, help="attention: at most this many, best first (0: all)"
+        "--max-queries",
+        type=_count,
+        default=10,
+        help="attention, deformable: at most this many queries per image, best first (0: all)",
     )
     parser.add_argument(
         "--pixels", type=_pixel, nargs="+", metavar="X,Y", help="encoder, deformable: query pixels (image coordinates)"
@@ -1277,6 +1280,7 @@ def _visualize(args: argparse.Namespace) -> int:
         queries=args.queries,
         threshold=args.threshold,
         max_queries=args.max_queries,
+        left_out_advice="--max-queries 0 draws them all, --threshold or --queries choose others",
         pixels=args.pixels,
         site=args.site,
         official=args.official,

@@ -65,6 +65,8 @@ class VisualizeRequest:
     queries: list[int] | None = None  # attention: these queries (default: score >= threshold, at least the best)
     threshold: float = 0.5
     max_queries: int = 0  # attention: at most this many of the queries passing the threshold, best first (0: all)
+    # said in a warning naming the images where max_queries left queries out (the caller's options); "": no warning
+    left_out_advice: str = ""
     pixels: list[tuple[float, float]] | None = None  # encoder: (x, y) in original-image pixels (default: most attended)
     site: str | None = None  # default: the model's first site over the feature grid with the kind's queries
     official: bool = False
@@ -297,7 +299,7 @@ def attention_kind(request: VisualizeRequest) -> list[Path]:
         outputs, maps = recorded_forward(loaded, item, site, device)
         scores, _ = _scores_labels(outputs, loaded.model)
         predictions, truth = _prediction_boxes(outputs, item, loaded), _truth_boxes(item)
-        for q in _chosen_queries(request, scores):
+        for q in _chosen_queries(request, scores, item.name):
             figure = attention_figure(
                 item.picture,
                 maps[:, :, q],
@@ -344,11 +346,20 @@ def object_query_kind(model: torch.nn.Module) -> str:
     return "attention" if "grid" in keys else "deformable"
 
 
-def _chosen_queries(request: VisualizeRequest, scores: Tensor) -> list[int]:
-    """The request's queries, else those scoring at least its threshold (best first, at most ``max_queries``),
-    at least the best-scoring one."""
+def _chosen_queries(request: VisualizeRequest, scores: Tensor, image: str) -> list[int]:
+    """The request's queries, else those scoring at least its threshold (best first, at most ``max_queries``, the
+    ones left out counted in a warning when the request has advice for them), at least the best-scoring one."""
     passing = [q for q in scores.argsort(descending=True).tolist() if scores[q] >= request.threshold]
     queries = request.queries or passing[: request.max_queries or None] or [int(scores.argmax())]
+    if request.left_out_advice and not request.queries and len(passing) > len(queries):
+        log.warning(
+            "%s: drew the %d best of %d queries scoring >= %s; %s",
+            image,
+            len(queries),
+            len(passing),
+            request.threshold,
+            request.left_out_advice,
+        )
     for q in queries:
         if not 0 <= q < len(scores):
             raise ValueError(f"query {q} does not exist: the model has {len(scores)} queries")
@@ -381,7 +392,7 @@ def deformable_kind(request: VisualizeRequest) -> list[Path]:
             outputs, _ = record_attention(loaded.model.to(device).eval(), [item.tensor.to(device)], sites=recorded)
         scores, _ = _scores_labels(outputs, loaded.model)
         predictions, truth = _prediction_boxes(outputs, item, loaded), _truth_boxes(item)
-        for q in _chosen_queries(request, scores):
+        for q in _chosen_queries(request, scores, item.name):
             boxes = [(b.box, TRUTH_COLOR) for b in truth] + [(predictions[q].box, PREDICTION_COLOR)]
             for layer, record in enumerate(outputs.attention[site]):
                 title = f"{run_label(request.runs[0])}: {site} layer {layer}, {item.name}, {predictions[q].text}"
