@@ -403,10 +403,7 @@ class CocoDetection(Dataset):
                     f"import coco {path} --out NEW.json` takes each missing box from its segmentation"
                 )
             _require(ann, ("bbox", "category_id", "image_id"), f"annotation {ann.get('id', '?')}", path)
-            try:
-                image_id, category_id = int(ann["image_id"]), int(ann["category_id"])
-            except (TypeError, ValueError):  # not an id ('car'): it points to no image or category
-                image_id, category_id = _id_or_none(ann["image_id"]), _id_or_none(ann["category_id"])
+            image_id, category_id = _id_or_none(ann["image_id"]), _id_or_none(ann["category_id"])
             img = images.get(image_id)
             reason = ""
             if image_id in self._missing_images:
