@@ -833,6 +833,23 @@ def test_compare_keeps_each_runs_panels_in_its_column(runs, tmp_path: Path, monk
     assert all(panel is not None for panel in panels[1])
 
 
+def test_an_empty_compare_panel_keeps_its_row_label_and_says_why():
+    """The panel of an object no query of the first run matched was switched off whole: its row lost the label
+    naming the object and the figure left a blank square without a word of why."""
+    from sparse_detector.viz.attention import AttentionPanel, attention_panels_figure
+
+    image = np.full((32, 32, 3), 0.5)
+    panel = AttentionPanel(np.full((2, 2), 0.25), stride=16)
+    rows = ["object 0: RBC", "object 1: WBC"]
+    figure = attention_panels_figure(image, [[None, panel], [panel, None]], rows, ["run a", "run b"], empty_note="none")
+    grid = np.array(figure.axes[:4]).reshape(2, 2)
+    assert [axes.get_ylabel() for axes in grid[:, 0]] == rows
+    assert [axes.get_title() for axes in grid[0]] == ["run a", "run b"]
+    for axes in (grid[0, 0], grid[1, 1]):
+        assert axes.get_visible() and axes.axison and [text.get_text() for text in axes.texts] == ["none"]
+        assert not any(spine.get_visible() for spine in axes.spines.values()) and not axes.images
+
+
 def test_compare_draws_at_most_a_few_objects_and_says_which(runs, tmp_path: Path, monkeypatch):
     """An image of 50 objects made a compare figure of 50 rows (76 inches tall)."""
     import sparse_detector.viz.kinds as kinds
