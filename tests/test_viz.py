@@ -699,7 +699,24 @@ def test_curves_name_the_runs_once_under_the_panels():
     FigureCanvasAgg(figure).draw()
     assert legend.get_window_extent().y1 <= min(axes.get_window_extent().y0 for axes in figure.axes)
     titles = " ".join(axes.get_title() for axes in figure.axes)
-    assert "train (line), validation (squares)" in titles and "AP (solid), AP50 (dashed)" in titles
+    assert "train (line), validation (squares)" in titles and "AP (solid, circles), AP50 (dashed, " in titles
+
+
+def test_curves_tell_the_ap_series_of_a_single_evaluation_apart():
+    """After one evaluation (a short run, or train.eval_every) AP, AP50 and AP75 were three identical dots, told
+    apart only by line styles that a single point does not draw; each series now has its own marker, named in the
+    panel's title."""
+    records = [{"type": "train", "step": 1, "loss": 3.0, "class_error": 50.0}]
+    records.append({"type": "epoch", "step": 1, "epoch": 1, "AP": 0.1, "AP50": 0.2, "AP75": 0.05})
+    records[-1].update(AP_small=0.01, AP_medium=0.1, AP_large=0.3)
+    figure = curves_figure({"softmax": records})
+    for axes in figure.axes[5:7]:
+        assert len({line.get_marker() for line in axes.lines}) == 3
+        title = axes.get_title().replace("\n", " ")
+        assert all(
+            f"{style}, {marker}" in title
+            for style, marker in [("solid", "circles"), ("dashed", "triangles"), ("dotted", "squares")]
+        )
 
 
 @pytest.mark.parametrize("count", [12, 20, 25])
@@ -906,7 +923,7 @@ def test_curves_panels_with_nothing_recorded_say_so():
     records.append({"type": "epoch", "step": 2, "epoch": 1, "train_loss": 2.8})
     figure = curves_figure({"run": records})
     notes = {axes.get_title(): [t.get_text() for t in axes.texts] for axes in figure.axes}
-    assert notes["AP (solid), AP50 (dashed), AP75 (dotted)"] == [EVALUATION_NOTE]
+    assert notes["AP (solid, circles), AP50 (dashed, triangles),\nAP75 (dotted, squares)"] == [EVALUATION_NOTE]
     assert notes["total loss (weighted sum)"] == [] and len(figure.axes[0].get_xticks()) > 0
 
 
