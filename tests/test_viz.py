@@ -667,6 +667,19 @@ def test_compare_skips_images_without_boxes(runs, tmp_path: Path):
         visualize("compare", VisualizeRequest(runs=[runs["run"], runs["other"]], output=out, images=[unannotated]))
 
 
+def test_data_figure_gives_each_images_own_size_and_the_padded_one():
+    """Every panel of a padded batch read '170×185 px, 9690 padded': the batch's size, as if it were the image's
+    (a 170×128 image), and a count of padded pixels; it now reads '170×128 px, padded to 170×185'."""
+    image = np.full((185, 170, 3), 0.5)
+    low, narrow = np.zeros((185, 170), dtype=bool), np.zeros((185, 170), dtype=bool)
+    low[128:] = True
+    narrow[:, 160:] = True
+    samples = [Sample(image, padding, [], f"image {i}") for i, padding in enumerate([low, narrow, np.zeros_like(low)])]
+    figure = data_figure(samples)
+    sizes = [axes.get_title().splitlines()[-1] for axes in figure.axes[:3]]
+    assert sizes == ["170×128 px, padded to 170×185", "160×185 px, padded to 170×185", "170×185 px"]
+
+
 def test_data_figure_of_one_sample_keeps_its_title_and_box_texts_inside():
     """`visualize data RUN --num-images 1`: the 3-inch figure cut its title (the annotation file and the legend) at
     both edges, and the text of a box at the image's top edge covered the panel's title."""
