@@ -224,6 +224,22 @@ def test_analysis_note_counts_the_matched_pairs_behind_paibb(analysis: dict, run
     assert "PAIBB" not in result_markdown(no_paibb)
 
 
+def test_analysis_note_counts_the_boxes_no_query_was_matched_to(analysis: dict, run: tuple[Path, Config]):
+    """On BCCD with a 12-query model, 149 validation boxes gave '117 matched pairs' and nothing said that the other
+    32 boxes (images holding more cells than the model has queries) were not read by PAIBB at all."""
+    _, config = run
+    boxes = len(json.loads(Path(config.data.val.annotations).read_text())["annotations"])
+    result = analysis["attention"]
+    assert result["num_boxes"] == boxes
+    pairs = result["sites"]["decoder_cross"]["paibb"]["overall"]["per_layer"]["count"][0]
+    assert "matched to no query" not in result_markdown(result) and pairs == boxes  # 8 queries match them all
+    crowded = {**result, "num_boxes": pairs + 2}
+    assert (
+        f"({pairs} matched pairs at decoder_cross; 2 ground-truth boxes of {pairs + 2} matched to no query and not "
+        "read: images held more boxes than the model has queries; COCO size buckets"
+    ) in result_markdown(crowded)
+
+
 @pytest.mark.parametrize("command", ["analyze", "evaluate"])
 @pytest.mark.parametrize("size", ["0", "-2"])
 def test_a_batch_size_below_one_is_a_usage_error_naming_the_option(command, size, capsys):

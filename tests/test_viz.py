@@ -667,6 +667,19 @@ def test_compare_skips_images_without_boxes(runs, tmp_path: Path):
         visualize("compare", VisualizeRequest(runs=[runs["run"], runs["other"]], output=out, images=[unannotated]))
 
 
+def test_data_figure_gives_each_images_own_size_and_the_padded_one():
+    """Every panel of a padded batch read '170×185 px, 9690 padded': the batch's size, as if it were the image's
+    (a 170×128 image), and a count of padded pixels; it now reads '170×128 px, padded to 170×185'."""
+    image = np.full((185, 170, 3), 0.5)
+    low, narrow = np.zeros((185, 170), dtype=bool), np.zeros((185, 170), dtype=bool)
+    low[128:] = True
+    narrow[:, 160:] = True
+    samples = [Sample(image, padding, [], f"image {i}") for i, padding in enumerate([low, narrow, np.zeros_like(low)])]
+    figure = data_figure(samples)
+    sizes = [axes.get_title().splitlines()[-1] for axes in figure.axes[:3]]
+    assert sizes == ["170×128 px, padded to 170×185", "160×185 px, padded to 170×185", "170×185 px"]
+
+
 def test_data_figure_of_one_sample_keeps_its_title_and_box_texts_inside():
     """`visualize data RUN --num-images 1`: the 3-inch figure cut its title (the annotation file and the legend) at
     both edges, and the text of a box at the image's top edge covered the panel's title."""
@@ -699,7 +712,24 @@ def test_curves_name_the_runs_once_under_the_panels():
     FigureCanvasAgg(figure).draw()
     assert legend.get_window_extent().y1 <= min(axes.get_window_extent().y0 for axes in figure.axes)
     titles = " ".join(axes.get_title() for axes in figure.axes)
-    assert "train (line), validation (squares)" in titles and "AP (solid), AP50 (dashed)" in titles
+    assert "train (line), validation (squares)" in titles and "AP (solid, circles), AP50 (dashed, " in titles
+
+
+def test_curves_tell_the_ap_series_of_a_single_evaluation_apart():
+    """After one evaluation (a short run, or train.eval_every) AP, AP50 and AP75 were three identical dots, told
+    apart only by line styles that a single point does not draw; each series now has its own marker, named in the
+    panel's title."""
+    records = [{"type": "train", "step": 1, "loss": 3.0, "class_error": 50.0}]
+    records.append({"type": "epoch", "step": 1, "epoch": 1, "AP": 0.1, "AP50": 0.2, "AP75": 0.05})
+    records[-1].update(AP_small=0.01, AP_medium=0.1, AP_large=0.3)
+    figure = curves_figure({"softmax": records})
+    for axes in figure.axes[5:7]:
+        assert len({line.get_marker() for line in axes.lines}) == 3
+        title = axes.get_title().replace("\n", " ")
+        assert all(
+            f"{style}, {marker}" in title
+            for style, marker in [("solid", "circles"), ("dashed", "triangles"), ("dotted", "squares")]
+        )
 
 
 @pytest.mark.parametrize("count", [12, 20, 25])
@@ -833,6 +863,23 @@ def test_compare_keeps_each_runs_panels_in_its_column(runs, tmp_path: Path, monk
     assert all(panel is not None for panel in panels[1])
 
 
+def test_an_empty_compare_panel_keeps_its_row_label_and_says_why():
+    """The panel of an object no query of the first run matched was switched off whole: its row lost the label
+    naming the object and the figure left a blank square without a word of why."""
+    from sparse_detector.viz.attention import AttentionPanel, attention_panels_figure
+
+    image = np.full((32, 32, 3), 0.5)
+    panel = AttentionPanel(np.full((2, 2), 0.25), stride=16)
+    rows = ["object 0: RBC", "object 1: WBC"]
+    figure = attention_panels_figure(image, [[None, panel], [panel, None]], rows, ["run a", "run b"], empty_note="none")
+    grid = np.array(figure.axes[:4]).reshape(2, 2)
+    assert [axes.get_ylabel() for axes in grid[:, 0]] == rows
+    assert [axes.get_title() for axes in grid[0]] == ["run a", "run b"]
+    for axes in (grid[0, 0], grid[1, 1]):
+        assert axes.get_visible() and axes.axison and [text.get_text() for text in axes.texts] == ["none"]
+        assert not any(spine.get_visible() for spine in axes.spines.values()) and not axes.images
+
+
 def test_compare_draws_at_most_a_few_objects_and_says_which(runs, tmp_path: Path, monkeypatch):
     """An image of 50 objects made a compare figure of 50 rows (76 inches tall)."""
     import sparse_detector.viz.kinds as kinds
@@ -889,7 +936,7 @@ def test_curves_panels_with_nothing_recorded_say_so():
     records.append({"type": "epoch", "step": 2, "epoch": 1, "train_loss": 2.8})
     figure = curves_figure({"run": records})
     notes = {axes.get_title(): [t.get_text() for t in axes.texts] for axes in figure.axes}
-    assert notes["AP (solid), AP50 (dashed), AP75 (dotted)"] == [EVALUATION_NOTE]
+    assert notes["AP (solid, circles), AP50 (dashed, triangles),\nAP75 (dotted, squares)"] == [EVALUATION_NOTE]
     assert notes["total loss (weighted sum)"] == [] and len(figure.axes[0].get_xticks()) > 0
 
 

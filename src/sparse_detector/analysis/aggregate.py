@@ -4,6 +4,7 @@
 
     {
       "num_images": int,
+      "num_boxes": int,                             # ground-truth boxes of the targets given (crowd ones are none)
       "support_mass": float,                        # mass fraction of support_90
       "sites": {site: {
           "keys": "grid" | "queries" | "points",    # what the site's keys and queries are (the model's declaration)
@@ -130,6 +131,7 @@ class MetricAggregator:
         self.support_mass = support_mass
         self.keep_per_image = keep_per_image
         self.num_images = 0
+        self.num_boxes = 0  # the targets' boxes: PAIBB reads those a query was matched to
         self.zero_thresholds: dict[str, float] = {}
         self.per_image: list[dict[str, Any]] = []
         self.kinds: dict[str, dict[str, str]] = {}  # site -> {"keys": ..., "queries": ...}
@@ -178,6 +180,7 @@ class MetricAggregator:
                 )
             for site in paibb_sites:
                 self._add_paibb(site, maps[site], targets, indices, records)
+            self.num_boxes += sum(len(target["boxes"]) for target in targets)
         self.per_image.extend(records)
         self.num_images += batch
 
@@ -242,6 +245,7 @@ class MetricAggregator:
         self.kinds.update(other.kinds)
         self.per_image.extend({**record, "index": record["index"] + self.num_images} for record in other.per_image)
         self.num_images += other.num_images
+        self.num_boxes += other.num_boxes
 
     def result(self) -> dict[str, Any]:
         """Plain-data summary; the structure is documented in the module docstring."""
@@ -260,7 +264,12 @@ class MetricAggregator:
                 "paibb": _paibb_result(self._paibb[site]) if site in self._paibb else None,
                 "sampling_spread": _paibb_result(self._spread[site]) if site in self._spread else None,
             }
-        out: dict[str, Any] = {"num_images": self.num_images, "support_mass": self.support_mass, "sites": sites}
+        out: dict[str, Any] = {
+            "num_images": self.num_images,
+            "num_boxes": self.num_boxes,
+            "support_mass": self.support_mass,
+            "sites": sites,
+        }
         if self.keep_per_image:
             out["per_image"] = self.per_image
         return out

@@ -125,7 +125,7 @@ def result_markdown(result: Mapping[str, Any]) -> str:
             "",
             f"Mean ± std (population) over all query maps of {counted(result['num_images'], 'image')}, heads "
             f"pooled; zeros ratio threshold: {zero_thresholds(sites)}; entropy in nats; support_90: keys holding "
-            f"{result['support_mass']:g} of the mass." + paibb_note(sites) + points_note,
+            f"{result['support_mass']:g} of the mass." + paibb_note(sites, result.get("num_boxes")) + points_note,
         ]
     )
 
@@ -139,17 +139,27 @@ def zero_thresholds(sites: Mapping[str, Mapping[str, Any]], every_site: str = ""
     return ", ".join(f"{site} {threshold:g}" for site, threshold in thresholds.items())
 
 
-def paibb_note(sites: Mapping[str, Mapping[str, Any]]) -> str:
-    """What the PAIBB columns are averaged over, with the number of matched pairs per site; empty without PAIBB."""
-    pairs = {site: info["paibb"]["overall"]["per_layer"]["count"] for site, info in sites.items() if info.get("paibb")}
+def paibb_note(sites: Mapping[str, Mapping[str, Any]], num_boxes: int | None = None) -> str:
+    """What the PAIBB columns are averaged over, with the number of matched pairs per site and, where ``num_boxes``
+    (the ground-truth boxes) is more, how many boxes no query was matched to; empty without PAIBB."""
+    pairs = {
+        site: count[0] if (count := info["paibb"]["overall"]["per_layer"]["count"]) else 0
+        for site, info in sites.items()
+        if info.get("paibb")
+    }
     if not pairs:
         return ""
-    counts = ", ".join(
-        f"{counted(count[0] if count else 0, 'matched pair')} at {site}" for site, count in pairs.items()
+    counts = ", ".join(f"{counted(count, 'matched pair')} at {site}" for site, count in pairs.items())
+    unmatched = max(num_boxes - min(pairs.values()), 0) if num_boxes is not None else 0
+    left_out = (
+        f"; {counted(unmatched, 'ground-truth box', 'ground-truth boxes')} of {num_boxes} matched to no query and "
+        "not read: images held more boxes than the model has queries"
+        if unmatched
+        else ""
     )
     return (
-        f" PAIBB: head-averaged maps of Hungarian-matched queries ({counts}; COCO size buckets by box area in "
-        "original-image pixels)."
+        f" PAIBB: head-averaged maps of Hungarian-matched queries ({counts}{left_out}; COCO size buckets by box area "
+        "in original-image pixels)."
     )
 
 

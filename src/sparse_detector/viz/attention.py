@@ -91,9 +91,11 @@ def attention_panels_figure(
     row_labels: Sequence[str],
     column_labels: Sequence[str],
     title: str = "",
+    empty_note: str = "",
 ) -> Figure:
     """A grid of attention panels over the same ``image`` (H, W, 3 in [0, 1], the valid area) with one colour bar
-    (0 to the largest weight shown). ``None`` leaves a panel empty (e.g. a run where no query matched)."""
+    (0 to the largest weight shown). ``None`` leaves a panel empty but for ``empty_note`` (e.g. a run where no
+    query matched the row's object); it keeps its row's label and its column's title."""
     rows, columns = len(panels), max(len(row) for row in panels)
     panel_width, panel_height = panel_inches(*image.shape[:2], PANEL_INCHES)
     width = max(panel_width * columns + 1.4, 6.0)  # room for the row labels, the colour bar and the title
@@ -107,8 +109,14 @@ def attention_panels_figure(
             axes = grid[r][c]
             hide_ticks(axes)
             panel = row[c] if c < len(row) else None
-            if panel is None:
-                axes.set_axis_off()
+            own_title = panel.title if panel is not None else ""
+            if own_title or r == 0:
+                axes.set_title(own_title or column_labels[c], fontsize=8)
+            if c == 0:
+                axes.set_ylabel(row_label(row_labels[r], panel_height, 8), fontsize=8)
+            if panel is None:  # a frameless panel, not set_axis_off: that would hide its row label and title
+                axes.spines[:].set_visible(False)
+                axes.text(0.5, 0.5, empty_note, transform=axes.transAxes, ha="center", va="center", fontsize=7)
                 continue
             draw_attention(axes, image, panel.weights, norm, panel.stride)
             truth = panel.ground_truth
@@ -119,10 +127,6 @@ def attention_panels_figure(
             left_out += draw_labelled_boxes(axes, truth, TRUTH_COLOR, text_below=True)
             for x, y in panel.points:
                 axes.plot([x], [y], marker="x", color=PREDICTION_COLOR, markersize=7, markeredgewidth=2)
-            if panel.title or r == 0:
-                axes.set_title(panel.title or column_labels[c], fontsize=8)
-            if c == 0:
-                axes.set_ylabel(row_label(row_labels[r], panel_height, 8), fontsize=8)
     colorbar = figure.colorbar(ScalarMappable(norm, colormaps[COLORMAP]), ax=grid, shrink=0.8, pad=0.01)
     colorbar.set_label("attention weight", fontsize=8)
     drawn = [panel for row in panels for panel in row if panel is not None]

@@ -27,10 +27,12 @@ LOSS_TITLES = {
     "loss_bbox": "box L1 loss",
     "loss_giou": "box GIoU loss",
 }
-AP_OVERALL = {"AP": ("AP", "-"), "AP50": ("AP50", "--"), "AP75": ("AP75", ":")}  # key -> (name, line style)
+# key -> (name, line style, marker): the markers tell the series apart where one evaluation draws no line
+AP_OVERALL = {"AP": ("AP", "-", "o"), "AP50": ("AP50", "--", "^"), "AP75": ("AP75", ":", "s")}
 EVALUATION_NOTE = "no evaluation recorded\n(see train.eval_every)"
 WIDE_RANGE = 100  # a panel whose values span more than this factor gets a log y axis
-AP_BY_SIZE = {"AP_small": ("APs", "-"), "AP_medium": ("APm", "--"), "AP_large": ("APl", ":")}
+AP_BY_SIZE = {"AP_small": ("APs", "-", "o"), "AP_medium": ("APm", "--", "^"), "AP_large": ("APl", ":", "s")}
+STYLE_WORDS = {"-": "solid", "--": "dashed", ":": "dotted", "o": "circles", "^": "triangles", "s": "squares"}
 
 
 def run_colors(labels: Sequence[str]) -> dict[str, tuple]:
@@ -108,13 +110,15 @@ def _mark_skipped_steps(axes: Axes, runs: Mapping[str, Sequence[Mapping]], color
 def _plot_epochs(
     axes: Axes,
     runs: Mapping[str, Sequence[Mapping]],
-    styles: Mapping[str, tuple[str, str]],
+    styles: Mapping[str, tuple[str, str, str]],
     colors: Mapping[str, tuple],
 ) -> None:
     for label, records in runs.items():
-        for key, (name, style) in styles.items():
+        for key, (name, style, marker) in styles.items():
             xs, ys = _series(records, "epoch", key)
-            axes.plot(xs, ys, linestyle=style, marker="o", markersize=3, color=colors[label], label=f"{label} {name}")
+            axes.plot(
+                xs, ys, linestyle=style, marker=marker, markersize=4, color=colors[label], label=f"{label} {name}"
+            )
     count_axis(axes, "epoch")
     axes.set_ylim(bottom=0)
 
@@ -142,9 +146,9 @@ def curves_figure(runs: Mapping[str, Sequence[Mapping]], title: str = "") -> Fig
     count_axis(error, "step")
 
     _plot_epochs(grid[1][1], runs, AP_OVERALL, colors)
-    grid[1][1].set_title("AP (solid), AP50 (dashed), AP75 (dotted)", fontsize=9)
+    grid[1][1].set_title(_styles_named(AP_OVERALL, ("AP", "AP50", "AP75")), fontsize=9)
     _plot_epochs(grid[1][2], runs, AP_BY_SIZE, colors)
-    by_size = "AP of small (solid), medium (dashed),\nlarge (dotted) objects"
+    by_size = "AP of " + _styles_named(AP_BY_SIZE, ("small", "medium", "large")) + " objects"
     if absent := _sizes_without_objects(runs):  # COCO's -1: drawn as nothing, with no word of why
         by_size += f"\n{' and '.join(absent)}: no such objects in the validation data"
     grid[1][2].set_title(by_size, fontsize=9)
@@ -155,6 +159,16 @@ def curves_figure(runs: Mapping[str, Sequence[Mapping]], title: str = "") -> Fig
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
+
+
+def _styles_named(styles: Mapping[str, tuple[str, str, str]], names: Sequence[str]) -> str:
+    """``names`` with the line style and marker of the matching ``styles`` entry, two to a line:
+    "AP (solid, circles), AP50 (dashed, triangles),\nAP75 (dotted, squares)"."""
+    parts = [
+        f"{name} ({STYLE_WORDS[style]}, {STYLE_WORDS[marker]})"
+        for name, (_, style, marker) in zip(names, styles.values(), strict=True)
+    ]
+    return ",\n".join(", ".join(parts[i : i + 2]) for i in range(0, len(parts), 2))
 
 
 def _sizes_without_objects(runs: Mapping[str, Sequence[Mapping]]) -> list[str]:
@@ -193,6 +207,7 @@ def _plot_val_loss(axes: Axes, runs: Mapping[str, Sequence[Mapping]], colors: Ma
             linestyle="--",
             label=f"{label} val",
         )
-    title = "total loss per epoch: train mean (solid),\nvalidation (dashed)" + _log_scale_if_wide(axes)
+    title = "total loss per epoch: train mean (solid, circles),\nvalidation (dashed, squares)"
+    title += _log_scale_if_wide(axes)
     axes.set_title(title, fontsize=9)
     count_axis(axes, "epoch")

@@ -48,12 +48,20 @@ def data_figure(samples: Sequence[Sample], title: str = "", columns: int = 4) ->
         overlay[sample.padding] = PADDING_RGBA
         axes.imshow(overlay, interpolation="nearest")
         left_out += draw_labelled_boxes(axes, sample.boxes, TRUTH_COLOR)
-        height, width = sample.padding.shape
-        valid = int((~sample.padding).sum())
         name = wrapped(sample.title, panel_width - 0.3, 8)  # a long file name ran into its neighbours' titles
-        axes.set_title(f"{name}\n{width}×{height} px, {height * width - valid} padded", fontsize=8)
+        axes.set_title(f"{name}\n{_size_text(sample.padding)}", fontsize=8)
         hide_ticks(axes)
     legend = f"after the training transforms: boxes and labels ({TRUTH_COLOR}), padding (magenta)"
     legend += f"; {left_out_note(left_out)}" if left_out else ""
     figure.suptitle(wrapped(f"{title}\n{legend}" if title else legend, width, 9), fontsize=9)
     return figure
+
+
+def _size_text(padding: np.ndarray) -> str:
+    """The image's own size after the transforms and, where the batch pads it, the padded size: "170×128 px,
+    padded to 170×185" (the batch's size alone read as the image's)."""
+    height, width = padding.shape
+    valid = ~padding
+    image_height, image_width = int(valid.any(axis=1).sum()), int(valid.any(axis=0).sum())
+    size = f"{image_width}×{image_height} px"
+    return size if (image_height, image_width) == (height, width) else f"{size}, padded to {width}×{height}"

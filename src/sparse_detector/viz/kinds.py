@@ -568,6 +568,7 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
             [f"object {t}: {box.text}" for t, box in enumerate(truth)],
             run_labels(request.runs),
             title=f"{item.name}: {site}, last layer, head average,\nof the query matched to {shown}",
+            empty_note="no query of this run\nmatched this object",
         )
         written.append(save_figure(figure, request.output / f"compare_{site}_{item.name}", request.fmt))
     if unannotated:
