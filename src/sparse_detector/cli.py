@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import Config, load_config, override_config
+from .config import Config, check_score_threshold, load_config, override_config
 from .files import write_atomically
 from .logs import log_for_other_rank
 from .runs import CONFIG_FILE, QUICKSTART_RUN_DIR, eval_file, other_data_suffix
@@ -247,13 +247,16 @@ _positive_int, _count = _whole_number(1), _whole_number(0)
 
 
 def _score(text: str) -> float:
-    """An argparse type: a detection score threshold, from 0 to 1 (scores are probabilities)."""
+    """An argparse type: a detection score threshold, from 0 to 1 (scores are probabilities; see
+    :func:`~.config.check_score_threshold`)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"scores are from 0 to 1, got {value}")
+    try:
+        check_score_threshold(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return value
 
 

@@ -36,6 +36,13 @@ def check_ranges(section: str, config: Any, ranges: Mapping[str, tuple[float, fl
             raise ConfigError(f"{section}.{name} must be {bounds}, got {value}")
 
 
+def check_score_threshold(threshold: float) -> None:
+    """Refuse a detection-score threshold outside [0, 1] (NaN too): it would keep every detection or none. The one
+    check of ``detect``, ``predict_images`` and the command line's ``--threshold`` (which names the option)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"scores are from 0 to 1, got {threshold} for the score threshold (e.g. 0.5)")
+
+
 def check_image_sizes(section: str, config: Any, names: Iterable[str]) -> None:
     """Lists of image sizes in pixels: at least one, each at least 1."""
     for name in names:

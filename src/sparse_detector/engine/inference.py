@@ -21,7 +21,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..analysis import AttentionMaps, record_attention
-from ..config import Config, ConfigError, config_from_dict, override_config
+from ..config import Config, ConfigError, check_score_threshold, config_from_dict, override_config
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset, config_transforms
 from ..data.coco import UNREADABLE_IMAGE_ERRORS, DatasetError, load_json, read_rgb, to_rgb
@@ -43,12 +43,6 @@ log = logging.getLogger(__name__)
 
 PREDICT_FORMATS = ("json", "coco")
 PICTURE_COMPRESS_LEVEL = 1  # of the PNG pictures predict draws (lossless at every level)
-
-
-def check_score_threshold(threshold: float) -> None:
-    """Refuse a detection-score threshold outside [0, 1] (NaN too): it would keep every detection or none."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"the score threshold is {threshold}; scores lie between 0 and 1, e.g. 0.5")
 
 
 @dataclass
