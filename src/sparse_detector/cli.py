@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import Config, check_score_threshold, load_config, override_config
+from .config import AttentionSiteConfig, Config, check_score_threshold, load_config, override_config
 from .files import write_atomically
 from .logs import log_for_other_rank
-from .runs import CONFIG_FILE, QUICKSTART_RUN_DIR, eval_file, other_data_suffix
+from .runs import CONFIG_FILE, QUICKSTART_RUN_DIR, analysis_dir, eval_file, other_data_suffix, read_analyses
 from .text import counted
 
 if TYPE_CHECKING:
@@ -382,7 +382,6 @@ def _lr_text(trainer: object) -> str:
 def _train_summary(trainer: object) -> str:
     """A few lines on what is about to happen (the whole resolved config is in the run directory's config.yaml)."""
     from .attention.sites import model_sites
-    from .config import AttentionSiteConfig
 
     config: Config = trainer.config  # type: ignore[attr-defined]
     model = config.model
@@ -679,7 +678,6 @@ def _analyze(args: argparse.Namespace) -> int:
     from .engine.device import resolve_device
     from .models import build_criterion
     from .report import analysis_markdown, write_analysis
-    from .runs import analysis_dir
 
     _check_output("--output", args.output)
     _refuse_model_overrides(args.set)
@@ -756,7 +754,6 @@ def add_compare_command(commands: Subparsers) -> None:
 
 def _compare(args: argparse.Namespace) -> int:
     from .report import COMPARE_METRICS, compare_markdown
-    from .runs import read_analyses
 
     unknown = [m for m in args.metrics if m not in COMPARE_METRICS]
     if unknown:
