@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
+EPOCH_CHECKPOINTS = "checkpoint_epoch*.pt"  # the numbered ones (epoch_checkpoint_name), as a glob pattern
+_EPOCH_CHECKPOINT = re.compile(r"checkpoint_epoch(\d+)\.pt")
 ANALYSIS_FILE = "analysis.json"
 ANALYSIS_DIRS = {False: "analysis", True: "analysis-random-init"}  # by random_init
 #: The run directory ``sparse-detector quickstart`` trains in, inside its own folder (``runs/quickstart-<time>/train``);
@@ -93,6 +96,17 @@ def claim_run_dir(run_dir: str | Path) -> FileLock:
             "it to end, or stop it and then continue with --resume, or choose another --output-dir"
         ) from None
     return lock
+
+
+def epoch_checkpoint_name(epoch: int) -> str:
+    """The file name of the checkpoint kept at the end of ``epoch``."""
+    return f"checkpoint_epoch{epoch:04d}.pt"
+
+
+def checkpoint_epoch(name: str) -> int | None:
+    """The epoch in a numbered checkpoint's file name (:func:`epoch_checkpoint_name`); None for another name."""
+    match = _EPOCH_CHECKPOINT.fullmatch(name)
+    return int(match.group(1)) if match else None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
