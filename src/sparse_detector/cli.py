@@ -27,7 +27,16 @@ from . import __version__
 from .config import AttentionSiteConfig, Config, check_score_threshold, load_config, override_config
 from .files import write_atomically
 from .logs import log_for_other_rank
-from .runs import CONFIG_FILE, QUICKSTART_RUN_DIR, analysis_dir, eval_file, other_data_suffix, read_analyses
+from .runs import (
+    CHECKPOINT_SUFFIXES,
+    CONFIG_FILE,
+    QUICKSTART_RUN_DIR,
+    analysis_dir,
+    eval_file,
+    holds_checkpoint,
+    other_data_suffix,
+    read_analyses,
+)
 from .text import counted
 
 if TYPE_CHECKING:
@@ -1244,8 +1253,8 @@ def _pixel(text: str) -> tuple[float, float]:
 def _is_run(path: Path) -> bool:
     """A checkpoint file or a run directory (its config or a checkpoint); any other folder is one of images."""
     if path.is_dir():
-        return (path / CONFIG_FILE).is_file() or any(path.glob("*.pt")) or any(path.glob("*.pth"))
-    return path.suffix in (".pt", ".pth")
+        return (path / CONFIG_FILE).is_file() or holds_checkpoint(path)
+    return path.suffix in CHECKPOINT_SUFFIXES
 
 
 def _visualize(args: argparse.Namespace) -> int:

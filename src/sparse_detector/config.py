@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .runs import CONFIG_FILE
+
 PRESET_DIR = Path(__file__).parent / "configs"
 T = TypeVar("T")
 
@@ -355,7 +357,7 @@ def resolve_config_path(path: str | Path, relative_to: Path | None = None) -> Pa
             return candidate
     presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
     close = difflib.get_close_matches(Path(path).stem, presets, n=1)
-    if (run_config := candidates[0] / "config.yaml").is_file():  # a run directory: its config
+    if (run_config := candidates[0] / CONFIG_FILE).is_file():  # a run directory: its config
         close = [str(run_config)]
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise ConfigError(f"config {str(candidates[0])!r} is neither a file nor a preset{hint}; presets: {presets}")

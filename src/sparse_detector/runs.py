@@ -34,6 +34,7 @@ METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
+CHECKPOINT_SUFFIXES = (".pt", ".pth")  # of checkpoint files: ours (.pt) and official DETR's (.pth)
 EPOCH_CHECKPOINTS = "checkpoint_epoch*.pt"  # the numbered ones (epoch_checkpoint_name), as a glob pattern
 _EPOCH_CHECKPOINT = re.compile(r"checkpoint_epoch(\d+)\.pt")
 ANALYSIS_FILE = "analysis.json"
@@ -96,6 +97,11 @@ def claim_run_dir(run_dir: str | Path) -> FileLock:
             "it to end, or stop it and then continue with --resume, or choose another --output-dir"
         ) from None
     return lock
+
+
+def holds_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` holds a checkpoint file (by its suffix, :data:`CHECKPOINT_SUFFIXES`)."""
+    return any(path.suffix in CHECKPOINT_SUFFIXES for path in folder.iterdir())
 
 
 def epoch_checkpoint_name(epoch: int) -> str:
