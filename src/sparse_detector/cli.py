@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import AttentionSiteConfig, Config, check_score_threshold, load_config, override_config
+from .config import (
+    DEFAULT_SCORE_THRESHOLD,
+    AttentionSiteConfig,
+    Config,
+    check_score_threshold,
+    load_config,
+    override_config,
+)
 from .files import write_atomically
 from .logs import log_for_other_rank
 from .runs import (
@@ -791,7 +798,9 @@ def add_predict_command(commands: Subparsers) -> None:
     _add_model_source(parser)
     parser.add_argument("inputs", nargs="+", help="image files, or folders (their subfolders too)")
     parser.add_argument("--output", default="predictions", help="output folder")
-    parser.add_argument("--threshold", type=_score, default=0.5, help="minimum score of a kept detection")
+    parser.add_argument(
+        "--threshold", type=_score, default=DEFAULT_SCORE_THRESHOLD, help="minimum score of a kept detection"
+    )
     parser.add_argument(
         "--format",
         choices=["json", "coco"],
@@ -1225,7 +1234,9 @@ def add_visualize_command(commands: Subparsers) -> None:
         "--num-images", type=_positive_int, default=3, help="validation images drawn when none are given"
     )
     parser.add_argument("--queries", type=int, nargs="+", help="attention: these queries (default: score >= threshold)")
-    parser.add_argument("--threshold", type=_score, default=0.5, help="attention: minimum score of a drawn query")
+    parser.add_argument(
+        "--threshold", type=_score, default=DEFAULT_SCORE_THRESHOLD, help="attention: minimum score of a drawn query"
+    )
     parser.add_argument(
         "--max-queries",
         type=_count,

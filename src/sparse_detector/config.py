@@ -38,11 +38,16 @@ def check_ranges(section: str, config: Any, ranges: Mapping[str, tuple[float, fl
             raise ConfigError(f"{section}.{name} must be {bounds}, got {value}")
 
 
+DEFAULT_SCORE_THRESHOLD = 0.5  # of predict, detect and the queries visualize draws
+
+
 def check_score_threshold(threshold: float) -> None:
     """Refuse a detection-score threshold outside [0, 1] (NaN too): it would keep every detection or none. The one
     check of ``detect``, ``predict_images`` and the command line's ``--threshold`` (which names the option)."""
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"scores are from 0 to 1, got {threshold} for the score threshold (e.g. 0.5)")
+        raise ValueError(
+            f"scores are from 0 to 1, got {threshold} for the score threshold (e.g. {DEFAULT_SCORE_THRESHOLD})"
+        )
 
 
 def check_image_sizes(section: str, config: Any, names: Iterable[str]) -> None:

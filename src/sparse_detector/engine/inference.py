@@ -21,7 +21,14 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..analysis import AttentionMaps, record_attention
-from ..config import Config, ConfigError, check_score_threshold, config_from_dict, override_config
+from ..config import (
+    DEFAULT_SCORE_THRESHOLD,
+    Config,
+    ConfigError,
+    check_score_threshold,
+    config_from_dict,
+    override_config,
+)
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset, config_transforms
 from ..data.coco import UNREADABLE_IMAGE_ERRORS, DatasetError, load_json, read_rgb, to_rgb
@@ -94,7 +101,7 @@ class LoadedModel:
         return replace(self, config=override_config(self.config, overrides)) if overrides else self
 
     @torch.no_grad()
-    def detect(self, image: Image.Image | str | Path, threshold: float = 0.5) -> Detections:
+    def detect(self, image: Image.Image | str | Path, threshold: float = DEFAULT_SCORE_THRESHOLD) -> Detections:
         """The objects in one image (a PIL image or an image file) scoring at least ``threshold``, found on the
         device the model is on, with the evaluation transform of its config (``data.val_size``, ``max_size``).
 
@@ -285,7 +292,7 @@ def predict_images(
     loaded: LoadedModel,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_SCORE_THRESHOLD,
     device: str = "auto",
     output_format: str = "json",
     after_image: Callable[[str, Tensor, list[int]], Path | None] | None = None,

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..analysis import AttentionMaps, record_attention
 from ..attention.sites import QueryKind, model_sites, select_sites
-from ..config import Config, load_config
+from ..config import DEFAULT_SCORE_THRESHOLD, Config, load_config
 from ..data.batching import collate_detection
 from ..data.build import build_dataset, config_transforms
 from ..data.coco import UNREADABLE_IMAGE_ERRORS, CocoDetection, read_rgb
@@ -71,7 +71,7 @@ class VisualizeRequest:
     fmt: str = "png"
     num_images: int = 3
     queries: list[int] | None = None  # attention: these queries (default: score >= threshold, at least the best)
-    threshold: float = 0.5
+    threshold: float = DEFAULT_SCORE_THRESHOLD
     max_queries: int = 0  # attention: at most this many of the queries passing the threshold, best first (0: all)
     # said in a warning naming the images where max_queries left queries out (the caller's options); "": no warning
     left_out_advice: str = ""
