@@ -62,9 +62,11 @@ QUICKSTART_TRAIN_IMAGES = 1200
 QUICKSTART_VAL_IMAGES = 200
 
 # Presets whose data the package can generate: what to run when it is missing.
+_SHAPES_DATA_COMMAND = (
+    f"sparse-detector data shapes data/shapes --num-images {QUICKSTART_TRAIN_IMAGES} --num-val {QUICKSTART_VAL_IMAGES}"
+)
 _SHAPES_DATA_HINT = (
-    "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200   "
-    "(or `sparse-detector quickstart`, which generates the data and trains in one go)"
+    f"{_SHAPES_DATA_COMMAND}   (or `sparse-detector quickstart`, which generates the data and trains in one go)"
 )
 # torch.distributed's gloo backend, in the processes left when another one of the run died
 PEER_GONE = "This is typically caused by a remote worker"  # ... crashing / hanging or bugs in the application
@@ -881,7 +883,7 @@ def add_data_shapes_command(tools: Subparsers) -> None:
         tools,
         "shapes",
         "generate the synthetic shapes dataset (images + COCO JSON)",
-        "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200",
+        _SHAPES_DATA_COMMAND,
         _data_shapes,
     )
     parser.add_argument("out", help="output folder (images/ and annotations/ inside)")
