@@ -10,9 +10,12 @@ A run directory holds::
     <checkpoint>.meta.json      size and SHA-256 of each checkpoint, recorded when it was written
     eval.json                   the last evaluation on the run's validation data: train's names its "epoch",
                                 `sparse-detector evaluate`'s its "checkpoint" (eval-<annotations stem>.json on
-                                other data)
+                                other data); evaluate writes its precision arrays beside it (eval_pr.npz)
+    diagnostics.jsonl           with train.diagnostics_every (engine/diagnostics.py)
+    tensorboard/, wandb/, wandb-run-id.txt       with train.tensorboard / train.wandb (engine/logger.py)
     analysis/analysis.{json,csv,md}                  `sparse-detector analyze` (analysis-<stem>/ on other data)
     analysis-random-init/analysis.{json,csv,md}      the same with --random-init
+    figures/                    `sparse-detector visualize`'s default output folder
     .training.lock              held by the process training into the directory (claim_run_dir)
 """
 
