@@ -104,7 +104,7 @@ def claim_run_dir(run_dir: str | Path) -> FileLock:
 
 def holds_checkpoint(folder: Path) -> bool:
     """Whether ``folder`` holds a checkpoint file (by its suffix, :data:`CHECKPOINT_SUFFIXES`)."""
-    return any(path.suffix in CHECKPOINT_SUFFIXES for path in folder.iterdir())
+    return any(path.suffix in CHECKPOINT_SUFFIXES for path in folder.glob("*.pt*"))  # glob: unreadable = none
 
 
 def epoch_checkpoint_name(epoch: int) -> str:
