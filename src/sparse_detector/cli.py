@@ -28,10 +28,12 @@ from .config import (
     DEFAULT_SCORE_THRESHOLD,
     AttentionSiteConfig,
     Config,
+    DataConfig,
     check_score_threshold,
     load_config,
     override_config,
 )
+from .data.labels import LABEL_MODES
 from .files import write_atomically
 from .logs import log_for_other_rank
 from .runs import (
@@ -1060,9 +1062,7 @@ def add_data_check_command(tools: Subparsers) -> None:
     parser.add_argument("annotations", help="COCO instances JSON")
     parser.add_argument("--images", help="folder its file names are relative to (default: the JSON's folder)")
     parser.add_argument("--no-decode", action="store_true", help="check the JSON only, do not decode the images")
-    parser.add_argument(
-        "--label-mode", choices=["contiguous", "coco_ids"], default="contiguous", help="data.label_mode"
-    )
+    parser.add_argument("--label-mode", choices=LABEL_MODES, default=DataConfig.label_mode, help="data.label_mode")
 
 
 def _data_check(args: argparse.Namespace) -> int:
