@@ -310,7 +310,7 @@ def predict_images(
     ``after_image(name, model_input, kept_queries)``, if given, runs after each image (e.g. to draw the kept
     queries' attention); the file it returns is recorded as the image's ``"attention"``.
     """
-    from ..viz.boxes import draw_boxes
+    from ..viz.boxes import draw_boxes  # here: it imports matplotlib, which evaluate and analyze never need
 
     check_score_threshold(threshold)
     if output_format not in PREDICT_FORMATS:
