@@ -257,7 +257,7 @@ def test_library_detect_gives_predicts_detections(run: Path, tmp_path: Path, cap
         assert found.names == [d["category"] for d in record["detections"]]
         assert found.boxes.shape == (len(found.queries), 4) and found.model_input.shape[0] == 3
         assert loaded.detect(Image.open(image), threshold=0.02).as_records() == record["detections"]
-    with pytest.raises(ValueError, match="scores lie between 0 and 1"):
+    with pytest.raises(ValueError, match="scores are from 0 to 1, got 50 for the score threshold"):
         loaded.detect(images[0], threshold=50)
     with pytest.raises(TypeError, match=r"not a ndarray; .*PIL.Image.fromarray\(array\), in RGB order"):
         loaded.detect(np.asarray(Image.open(images[0])))  # was "expected str, bytes or os.PathLike object"

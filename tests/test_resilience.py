@@ -20,7 +20,6 @@ from sparse_detector import load_config
 from sparse_detector.cli import main
 from sparse_detector.engine.checkpoint import (
     CheckpointError,
-    epoch_checkpoint_name,
     load_checkpoint,
     run_checkpoints,
     save_checkpoint,
@@ -28,7 +27,7 @@ from sparse_detector.engine.checkpoint import (
 )
 from sparse_detector.engine.trainer import NonFiniteLossError, Trainer, TrainingDivergedError
 from sparse_detector.models.weights import CheckpointMismatchError
-from sparse_detector.runs import METRICS_FILE, claim_run_dir, read_metrics
+from sparse_detector.runs import METRICS_FILE, claim_run_dir, epoch_checkpoint_name, read_metrics
 
 from .conftest import epoch_records, shapes_config, shapes_overrides
 

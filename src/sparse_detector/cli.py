@@ -24,10 +24,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import Config, load_config, override_config
+from .config import (
+    DEFAULT_SCORE_THRESHOLD,
+    AttentionSiteConfig,
+    Config,
+    DataConfig,
+    check_score_threshold,
+    load_config,
+    override_config,
+)
+from .data.labels import LABEL_MODES
 from .files import write_atomically
 from .logs import log_for_other_rank
-from .runs import CONFIG_FILE, QUICKSTART_RUN_DIR, eval_file, other_data_suffix
+from .runs import (
+    CHECKPOINT_SUFFIXES,
+    CONFIG_FILE,
+    QUICKSTART_RUN_DIR,
+    analysis_dir,
+    eval_file,
+    holds_checkpoint,
+    other_data_suffix,
+    read_analyses,
+)
 from .text import counted
 
 if TYPE_CHECKING:
@@ -46,9 +64,11 @@ QUICKSTART_TRAIN_IMAGES = 1200
 QUICKSTART_VAL_IMAGES = 200
 
 # Presets whose data the package can generate: what to run when it is missing.
+_SHAPES_DATA_COMMAND = (
+    f"sparse-detector data shapes data/shapes --num-images {QUICKSTART_TRAIN_IMAGES} --num-val {QUICKSTART_VAL_IMAGES}"
+)
 _SHAPES_DATA_HINT = (
-    "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200   "
-    "(or `sparse-detector quickstart`, which generates the data and trains in one go)"
+    f"{_SHAPES_DATA_COMMAND}   (or `sparse-detector quickstart`, which generates the data and trains in one go)"
 )
 # torch.distributed's gloo backend, in the processes left when another one of the run died
 PEER_GONE = "This is typically caused by a remote worker"  # ... crashing / hanging or bugs in the application
@@ -247,13 +267,16 @@ _positive_int, _count = _whole_number(1), _whole_number(0)
 
 
 def _score(text: str) -> float:
-    """An argparse type: a detection score threshold, from 0 to 1 (scores are probabilities)."""
+    """An argparse type: a detection score threshold, from 0 to 1 (scores are probabilities; see
+    :func:`~.config.check_score_threshold`)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"scores are from 0 to 1, got {value}")
+    try:
+        check_score_threshold(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return value
 
 
@@ -379,7 +402,6 @@ def _lr_text(trainer: object) -> str:
 def _train_summary(trainer: object) -> str:
     """A few lines on what is about to happen (the whole resolved config is in the run directory's config.yaml)."""
     from .attention.sites import model_sites
-    from .config import AttentionSiteConfig
 
     config: Config = trainer.config  # type: ignore[attr-defined]
     model = config.model
@@ -676,7 +698,6 @@ def _analyze(args: argparse.Namespace) -> int:
     from .engine.device import resolve_device
     from .models import build_criterion
     from .report import analysis_markdown, write_analysis
-    from .runs import analysis_dir
 
     _check_output("--output", args.output)
     _refuse_model_overrides(args.set)
@@ -753,7 +774,6 @@ def add_compare_command(commands: Subparsers) -> None:
 
 def _compare(args: argparse.Namespace) -> int:
     from .report import COMPARE_METRICS, compare_markdown
-    from .runs import read_analyses
 
     unknown = [m for m in args.metrics if m not in COMPARE_METRICS]
     if unknown:
@@ -782,7 +802,9 @@ def add_predict_command(commands: Subparsers) -> None:
     _add_model_source(parser)
     parser.add_argument("inputs", nargs="+", help="image files, or folders (their subfolders too)")
     parser.add_argument("--output", default="predictions", help="output folder")
-    parser.add_argument("--threshold", type=_score, default=0.5, help="minimum score of a kept detection")
+    parser.add_argument(
+        "--threshold", type=_score, default=DEFAULT_SCORE_THRESHOLD, help="minimum score of a kept detection"
+    )
     parser.add_argument(
         "--format",
         choices=["json", "coco"],
@@ -863,7 +885,7 @@ def add_data_shapes_command(tools: Subparsers) -> None:
         tools,
         "shapes",
         "generate the synthetic shapes dataset (images + COCO JSON)",
-        "sparse-detector data shapes data/shapes --num-images 1200 --num-val 200",
+        _SHAPES_DATA_COMMAND,
         _data_shapes,
     )
     parser.add_argument("out", help="output folder (images/ and annotations/ inside)")
@@ -1040,9 +1062,7 @@ def add_data_check_command(tools: Subparsers) -> None:
     parser.add_argument("annotations", help="COCO instances JSON")
     parser.add_argument("--images", help="folder its file names are relative to (default: the JSON's folder)")
     parser.add_argument("--no-decode", action="store_true", help="check the JSON only, do not decode the images")
-    parser.add_argument(
-        "--label-mode", choices=["contiguous", "coco_ids"], default="contiguous", help="data.label_mode"
-    )
+    parser.add_argument("--label-mode", choices=LABEL_MODES, default=DataConfig.label_mode, help="data.label_mode")
 
 
 def _data_check(args: argparse.Namespace) -> int:
@@ -1216,7 +1236,9 @@ def add_visualize_command(commands: Subparsers) -> None:
         "--num-images", type=_positive_int, default=3, help="validation images drawn when none are given"
     )
     parser.add_argument("--queries", type=int, nargs="+", help="attention: these queries (default: score >= threshold)")
-    parser.add_argument("--threshold", type=_score, default=0.5, help="attention: minimum score of a drawn query")
+    parser.add_argument(
+        "--threshold", type=_score, default=DEFAULT_SCORE_THRESHOLD, help="attention: minimum score of a drawn query"
+    )
     parser.add_argument(
         "--max-queries",
         type=_count,
@@ -1244,8 +1266,8 @@ def _pixel(text: str) -> tuple[float, float]:
 def _is_run(path: Path) -> bool:
     """A checkpoint file or a run directory (its config or a checkpoint); any other folder is one of images."""
     if path.is_dir():
-        return (path / CONFIG_FILE).is_file() or any(path.glob("*.pt")) or any(path.glob("*.pth"))
-    return path.suffix in (".pt", ".pth")
+        return (path / CONFIG_FILE).is_file() or holds_checkpoint(path)
+    return path.suffix in CHECKPOINT_SUFFIXES
 
 
 def _visualize(args: argparse.Namespace) -> int:

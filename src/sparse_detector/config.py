@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .runs import CONFIG_FILE
+
 PRESET_DIR = Path(__file__).parent / "configs"
 T = TypeVar("T")
 
@@ -34,6 +36,18 @@ def check_ranges(section: str, config: Any, ranges: Mapping[str, tuple[float, fl
         if isinstance(value, int | float) and not least <= value <= most:
             bounds = f">= {least:g}" if most == math.inf else f"in [{least:g}, {most:g}]"
             raise ConfigError(f"{section}.{name} must be {bounds}, got {value}")
+
+
+DEFAULT_SCORE_THRESHOLD = 0.5  # of predict, detect and the queries visualize draws
+
+
+def check_score_threshold(threshold: float) -> None:
+    """Refuse a detection-score threshold outside [0, 1] (NaN too): it would keep every detection or none. The one
+    check of ``detect``, ``predict_images`` and the command line's ``--threshold`` (which names the option)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(
+            f"scores are from 0 to 1, got {threshold} for the score threshold (e.g. {DEFAULT_SCORE_THRESHOLD})"
+        )
 
 
 def check_image_sizes(section: str, config: Any, names: Iterable[str]) -> None:
@@ -348,7 +362,7 @@ def resolve_config_path(path: str | Path, relative_to: Path | None = None) -> Pa
             return candidate
     presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
     close = difflib.get_close_matches(Path(path).stem, presets, n=1)
-    if (run_config := candidates[0] / "config.yaml").is_file():  # a run directory: its config
+    if (run_config := candidates[0] / CONFIG_FILE).is_file():  # a run directory: its config
         close = [str(run_config)]
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise ConfigError(f"config {str(candidates[0])!r} is neither a file nor a preset{hint}; presets: {presets}")

@@ -10,9 +10,12 @@ A run directory holds::
     <checkpoint>.meta.json      size and SHA-256 of each checkpoint, recorded when it was written
     eval.json                   the last evaluation on the run's validation data: train's names its "epoch",
                                 `sparse-detector evaluate`'s its "checkpoint" (eval-<annotations stem>.json on
-                                other data)
+                                other data); evaluate writes its precision arrays beside it (eval_pr.npz)
+    diagnostics.jsonl           with train.diagnostics_every (engine/diagnostics.py)
+    tensorboard/, wandb/, wandb-run-id.txt       with train.tensorboard / train.wandb (engine/logger.py)
     analysis/analysis.{json,csv,md}                  `sparse-detector analyze` (analysis-<stem>/ on other data)
     analysis-random-init/analysis.{json,csv,md}      the same with --random-init
+    figures/                    `sparse-detector visualize`'s default output folder
     .training.lock              held by the process training into the directory (claim_run_dir)
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,9 @@ METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
+CHECKPOINT_SUFFIXES = (".pt", ".pth")  # of checkpoint files: ours (.pt) and official DETR's (.pth)
+EPOCH_CHECKPOINTS = "checkpoint_epoch*.pt"  # the numbered ones (epoch_checkpoint_name), as a glob pattern
+_EPOCH_CHECKPOINT = re.compile(r"checkpoint_epoch(\d+)\.pt")
 ANALYSIS_FILE = "analysis.json"
 ANALYSIS_DIRS = {False: "analysis", True: "analysis-random-init"}  # by random_init
 #: The run directory ``sparse-detector quickstart`` trains in, inside its own folder (``runs/quickstart-<time>/train``);
@@ -93,6 +100,22 @@ def claim_run_dir(run_dir: str | Path) -> FileLock:
             "it to end, or stop it and then continue with --resume, or choose another --output-dir"
         ) from None
     return lock
+
+
+def holds_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` holds a checkpoint file (by its suffix, :data:`CHECKPOINT_SUFFIXES`)."""
+    return any(path.suffix in CHECKPOINT_SUFFIXES for path in folder.glob("*.pt*"))  # glob: unreadable = none
+
+
+def epoch_checkpoint_name(epoch: int) -> str:
+    """The file name of the checkpoint kept at the end of ``epoch``."""
+    return f"checkpoint_epoch{epoch:04d}.pt"
+
+
+def checkpoint_epoch(name: str) -> int | None:
+    """The epoch in a numbered checkpoint's file name (:func:`epoch_checkpoint_name`); None for another name."""
+    match = _EPOCH_CHECKPOINT.fullmatch(name)
+    return int(match.group(1)) if match else None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -24,12 +24,12 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from sparse_detector.data.labels import LabelMap, LabelMode
-from sparse_detector.data.orientation import labelled_turned
-from sparse_detector.logs import RANK_SPECIFIC
+from ..logs import RANK_SPECIFIC
+from .labels import LabelMap, LabelMode
+from .orientation import labelled_turned
 
 if TYPE_CHECKING:
-    from sparse_detector.data.transforms import Transform
+    from .transforms import Transform
 
 logger = logging.getLogger(__name__)
 
@@ -493,7 +493,7 @@ class CocoDetection(Dataset):
     def transforms(self) -> Transform:
         """The transforms given, or by default image to tensor and boxes to normalised cxcywh (made on first use:
         reading and checking a data set needs no torchvision)."""
-        from sparse_detector.data.transforms import Compose, ToModelTarget, ToTensor
+        from .transforms import Compose, ToModelTarget, ToTensor
 
         return Compose([ToTensor(), ToModelTarget()])
 

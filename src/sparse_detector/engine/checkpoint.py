@@ -8,7 +8,6 @@ import json
 import os
 import pickle
 import random
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,9 @@ import torch
 
 from ..files import write_atomically
 from ..models.weights import CheckpointMismatchError, load_checkpoint_file
-from ..runs import LAST_CHECKPOINT
+from ..runs import EPOCH_CHECKPOINTS, LAST_CHECKPOINT, checkpoint_epoch, epoch_checkpoint_name
 
 RECORD_SUFFIX = ".meta.json"  # beside each checkpoint: size, sha256, epoch, step, whether the epoch was complete
-_EPOCH_FILE = re.compile(r"checkpoint_epoch(\d+)\.pt$")
 
 
 class CheckpointError(ValueError):
@@ -39,11 +37,6 @@ class CheckpointRecord:
     epoch: int
     step: int
     epoch_complete: bool
-
-
-def epoch_checkpoint_name(epoch: int) -> str:
-    """The file name of the checkpoint kept at the end of ``epoch``."""
-    return f"checkpoint_epoch{epoch:04d}.pt"
 
 
 def record_path(path: Path) -> Path:
@@ -127,7 +120,7 @@ def _unrecorded(path: Path) -> CheckpointRecord:
 
 def run_checkpoints(run_dir: Path) -> list[CheckpointRecord]:
     """The run's resumable checkpoints (last and numbered; not best), newest first by (epoch, step)."""
-    paths = [run_dir / LAST_CHECKPOINT, *run_dir.glob("checkpoint_epoch*.pt")]
+    paths = [run_dir / LAST_CHECKPOINT, *run_dir.glob(EPOCH_CHECKPOINTS)]
     records = []
     for path in paths:
         if not path.is_file():
@@ -166,7 +159,7 @@ def rotate_last(run_dir: Path) -> None:
 def prune_checkpoints(run_dir: Path, keep_last: int, keep: Iterable[int]) -> list[Path]:
     """Delete numbered checkpoints beyond the newest ``keep_last``, except the epochs in ``keep``; returns them."""
     numbered = sorted(
-        (int(m.group(1)), path) for path in run_dir.glob("checkpoint_epoch*.pt") if (m := _EPOCH_FILE.search(path.name))
+        (epoch, path) for path in run_dir.glob(EPOCH_CHECKPOINTS) if (epoch := checkpoint_epoch(path.name)) is not None
     )
     kept = set(keep)
     deleted = []

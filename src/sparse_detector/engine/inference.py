@@ -21,7 +21,14 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..analysis import AttentionMaps, record_attention
-from ..config import Config, ConfigError, config_from_dict, override_config
+from ..config import (
+    DEFAULT_SCORE_THRESHOLD,
+    Config,
+    ConfigError,
+    check_score_threshold,
+    config_from_dict,
+    override_config,
+)
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset, config_transforms
 from ..data.coco import UNREADABLE_IMAGE_ERRORS, DatasetError, load_json, read_rgb, to_rgb
@@ -43,12 +50,6 @@ log = logging.getLogger(__name__)
 
 PREDICT_FORMATS = ("json", "coco")
 PICTURE_COMPRESS_LEVEL = 1  # of the PNG pictures predict draws (lossless at every level)
-
-
-def check_score_threshold(threshold: float) -> None:
-    """Refuse a detection-score threshold outside [0, 1] (NaN too): it would keep every detection or none."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"the score threshold is {threshold}; scores lie between 0 and 1, e.g. 0.5")
 
 
 @dataclass
@@ -100,7 +101,7 @@ class LoadedModel:
         return replace(self, config=override_config(self.config, overrides)) if overrides else self
 
     @torch.no_grad()
-    def detect(self, image: Image.Image | str | Path, threshold: float = 0.5) -> Detections:
+    def detect(self, image: Image.Image | str | Path, threshold: float = DEFAULT_SCORE_THRESHOLD) -> Detections:
         """The objects in one image (a PIL image or an image file) scoring at least ``threshold``, found on the
         device the model is on, with the evaluation transform of its config (``data.val_size``, ``max_size``).
 
@@ -291,7 +292,7 @@ def predict_images(
     loaded: LoadedModel,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_SCORE_THRESHOLD,
     device: str = "auto",
     output_format: str = "json",
     after_image: Callable[[str, Tensor, list[int]], Path | None] | None = None,
@@ -309,7 +310,7 @@ def predict_images(
     ``after_image(name, model_input, kept_queries)``, if given, runs after each image (e.g. to draw the kept
     queries' attention); the file it returns is recorded as the image's ``"attention"``.
     """
-    from ..viz.boxes import draw_boxes
+    from ..viz.boxes import draw_boxes  # here: it imports matplotlib, which evaluate and analyze never need
 
     check_score_threshold(threshold)
     if output_format not in PREDICT_FORMATS:

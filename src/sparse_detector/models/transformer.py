@@ -46,6 +46,9 @@ class _LayerWithFeedForward(nn.Module):
 
 
 class TransformerEncoderLayer(_LayerWithFeedForward):
+    """Self-attention over the feature grid, then the feed-forward block (post-norm, or pre-norm with
+    ``normalize_before``)."""
+
     def __init__(
         self,
         d_model: int,
@@ -80,6 +83,9 @@ class TransformerEncoderLayer(_LayerWithFeedForward):
 
 
 class TransformerDecoderLayer(_LayerWithFeedForward):
+    """Self-attention among the queries, cross-attention into the encoder memory, then the feed-forward block
+    (post-norm, or pre-norm with ``normalize_before``)."""
+
     def __init__(
         self,
         d_model: int,
@@ -129,6 +135,8 @@ class TransformerDecoderLayer(_LayerWithFeedForward):
 
 
 class TransformerEncoder(nn.Module):
+    """The encoder layers in turn, then ``norm`` where given (pre-norm models)."""
+
     def __init__(self, layers: list[TransformerEncoderLayer], norm: nn.Module | None) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
@@ -141,6 +149,8 @@ class TransformerEncoder(nn.Module):
 
 
 class TransformerDecoder(nn.Module):
+    """The decoder layers in turn, each layer's output normalised by the shared ``norm`` (for the auxiliary losses)."""
+
     def __init__(self, layers: list[TransformerDecoderLayer], norm: nn.Module) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config, load_config
+from ..runs import CHECKPOINT_SUFFIXES
 from ..text import counted
 from .registry import available_models, build_model, model_entry, official_config
 
@@ -130,7 +131,7 @@ def load_checkpoint_file(path: str | Path) -> Any:
 
 def _unreadable_message(path: Path) -> str:
     """A checkpoint torch cannot read: what it is likely to be and what to do (torch's own words are the cause)."""
-    others = sorted(p.name for p in path.parent.glob("*.pt*") if p.suffix in (".pt", ".pth") and p != path)
+    others = sorted(p.name for p in path.parent.glob("*.pt*") if p.suffix in CHECKPOINT_SUFFIXES and p != path)
     instead = f"; other checkpoints beside it: {', '.join(others[:5])}" if others else ""
     return (
         f"cannot read checkpoint {path} ({path.stat().st_size} bytes): it is truncated or corrupt, e.g. cut off while "

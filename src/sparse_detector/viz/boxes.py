@@ -16,7 +16,11 @@ Rect = tuple[float, float, float, float]  # (x0, y0, x1, y1) in image pixels, y 
 
 
 def label_spot(
-    box: Sequence[float], size: tuple[float, float], taken: Sequence[Rect], bounds: tuple[float, float], below=False
+    box: Sequence[float],
+    size: tuple[float, float],
+    taken: Sequence[Rect],
+    bounds: tuple[float, float],
+    below: bool = False,
 ) -> Rect | None:
     """Where the label of ``box`` (x0, y0, x1, y1), ``size`` (width, height) in the same pixels, goes in an image of
     ``bounds`` (width, height): on the box's top edge, outside it (``below``: the bottom edge), inside where it would

@@ -14,13 +14,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Rectangle
 
 from ..analysis.paibb import valid_area_scale
 from ..attention.sites import PointsRecord
-from .figure import PREDICTION_COLOR, TRUTH_COLOR, box_legend, panel_inches
+from .boxes import Rect
+from .figure import PREDICTION_COLOR, TRUTH_COLOR, LabelledBox, box_legend, draw_labelled_boxes, panel_inches
 
 #: Marker area (points²) of a weight-1 sampling point; a point's area grows linearly with its weight.
 FULL_WEIGHT_AREA = 400.0
@@ -72,9 +73,10 @@ def _reference_pixels(
     return x * pixels[0, 0], y * pixels[0, 1]
 
 
-def _draw_boxes(ax, boxes: Sequence[tuple[tuple[float, float, float, float], str]]) -> None:
-    for (x0, y0, x1, y1), color in boxes:
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.5))
+def _draw_boxes(ax: Axes, boxes: Sequence[tuple[Rect, str]]) -> None:
+    """Outline each (box, colour) of ``boxes``, without text."""
+    for box, color in boxes:
+        draw_labelled_boxes(ax, [LabelledBox(box)], color)
 
 
 def _title(figure: Figure, title: str, boxes: Sequence) -> None:
@@ -90,7 +92,7 @@ def sampling_figure(
     record: PointsRecord,
     image_index: int,
     query_index: int,
-    boxes: Sequence[tuple[tuple[float, float, float, float], str]] = (),
+    boxes: Sequence[tuple[Rect, str]] = (),
     title: str = "",
     level_strides: Sequence[int] | None = None,
 ) -> Figure:
@@ -153,7 +155,7 @@ def references_figure(
     records: Sequence[PointsRecord],
     image_index: int,
     query_index: int,
-    boxes: Sequence[tuple[tuple[float, float, float, float], str]] = (),
+    boxes: Sequence[tuple[Rect, str]] = (),
     title: str = "",
     level_strides: Sequence[int] | None = None,
 ) -> Figure:

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from ..engine.diagnostics import HISTOGRAM_RANGE
 from .curves import run_colors
 from .figure import count_axis, hide_ticks
 
@@ -37,7 +38,7 @@ def histogram_steps(steps: Sequence[int], count: int = HISTOGRAM_PANELS) -> list
     return [steps[i] for i in dict.fromkeys(picks.tolist())]
 
 
-def diagnostics_figure(records: Sequence[Mapping], title: str = "", histogram_range: float = 4.0) -> Figure:
+def diagnostics_figure(records: Sequence[Mapping], title: str = "") -> Figure:
     """Gradient norm and std heat maps (layer × step, log colour), weight histograms (layer × value in units of the
     layer's initial std) at initialisation, mid-training and the last recorded step, and attention entropy curves."""
     if not records:
@@ -78,7 +79,7 @@ def diagnostics_figure(records: Sequence[Mapping], title: str = "", histogram_ra
         # each row scaled to its own peak: a layer whose weights all sit in one bin (Deformable DETR's sampling
         # offsets start at 0) would otherwise make every other layer's spread-out histogram black
         peaks = counts / np.maximum(counts.max(1, keepdims=True), 1)
-        extent = (-histogram_range, histogram_range, len(layers) - 0.5, -0.5)
+        extent = (-HISTOGRAM_RANGE, HISTOGRAM_RANGE, len(layers) - 0.5, -0.5)
         axes.imshow(peaks, aspect="auto", cmap="magma", vmin=0, vmax=1, extent=extent, interpolation="nearest")
         when = f"weights at step {step}" + (" (initialisation)" if step == 0 else "")
         axes.set_title(f"{when}\n(each layer's histogram scaled to its peak)", fontsize=9)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..analysis import AttentionMaps, record_attention
 from ..attention.sites import QueryKind, model_sites, select_sites
-from ..config import Config, load_config
+from ..config import DEFAULT_SCORE_THRESHOLD, Config, load_config
 from ..data.batching import collate_detection
 from ..data.build import build_dataset, config_transforms
 from ..data.coco import UNREADABLE_IMAGE_ERRORS, CocoDetection, read_rgb
@@ -29,7 +29,15 @@ from ..engine.diagnostics import read_diagnostics
 from ..engine.inference import LoadedModel, load_trained_model, output_names
 from ..models import build_criterion
 from ..models.postprocess import query_scores
-from ..runs import METRICS_FILE, analysis_labels, distinct_names, read_analyses, read_metrics
+from ..runs import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    analysis_labels,
+    distinct_names,
+    holds_checkpoint,
+    read_analyses,
+    read_metrics,
+)
 from ..text import counted
 from .alpha import alpha_figure, alpha_history
 from .attention import AttentionPanel, attention_figure, attention_panels_figure
@@ -63,7 +71,7 @@ class VisualizeRequest:
     fmt: str = "png"
     num_images: int = 3
     queries: list[int] | None = None  # attention: these queries (default: score >= threshold, at least the best)
-    threshold: float = 0.5
+    threshold: float = DEFAULT_SCORE_THRESHOLD
     max_queries: int = 0  # attention: at most this many of the queries passing the threshold, best first (0: all)
     # said in a warning naming the images where max_queries left queries out (the caller's options); "": no warning
     left_out_advice: str = ""
@@ -606,11 +614,11 @@ def matching_kind(request: VisualizeRequest) -> list[Path]:
 
 def _config_of(source: Path, request: VisualizeRequest) -> Config:
     """A run's config (run directory or checkpoint) or a YAML config / preset name."""
-    if source.is_dir() and (source / "config.yaml").is_file():
-        return load_config(source / "config.yaml", request.overrides)
+    if source.is_dir() and (source / CONFIG_FILE).is_file():
+        return load_config(source / CONFIG_FILE, request.overrides)
     if source.suffix in (".yaml", ".yml") or not source.exists():
         return load_config(str(source), request.overrides)
-    if source.is_dir() and not any(source.glob("*.pt")) and not any(source.glob("*.pth")):  # e.g. the data's folder
+    if source.is_dir() and not holds_checkpoint(source):  # e.g. the data's folder
         raise FileNotFoundError(
             f"{source} is not a run directory (no config.yaml or checkpoint): visualize data draws the data.train of "
             "a run, a checkpoint or a config (YAML or preset), e.g. sparse-detector visualize data my.yaml --set "

@@ -90,6 +90,8 @@ class DeformableTransformerEncoderLayer(nn.Module):
 
 
 class DeformableTransformerEncoder(nn.Module):
+    """The encoder layers in turn, every query's reference point the centre of its own cell."""
+
     def __init__(self, layers: list[DeformableTransformerEncoderLayer]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
