@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -162,6 +163,16 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch):
 def test_too_few_classes_is_a_clear_error(shapes, tmp_path: Path):
     with pytest.raises(ValueError, match=r"model.num_classes is 2 .* needs 4 classes"):
         Trainer(shapes_config(shapes, "model.num_classes=2"), tmp_path / "run", progress=False)
+
+
+def test_images_with_more_boxes_than_queries_are_counted_in_a_warning(shapes, tmp_path: Path, caplog):
+    boxes = Counter(a["image_id"] for a in json.loads(shapes["train"].read_text())["annotations"])
+    over = sum(count > 1 for count in boxes.values())
+    assert over
+    Trainer(shapes_config(shapes, "model.num_queries=1"), tmp_path / "run", progress=False)
+    (warning,) = [r.getMessage() for r in caplog.records if "model.num_queries" in r.getMessage()]
+    assert warning.startswith(f"{over} images of {shapes['train']} hold more boxes than model.num_queries=1 (")
+    assert warning.endswith(f"set model.num_queries={max(boxes.values())} or more")
 
 
 def test_nonfinite_loss_errors_or_is_skipped_and_counted(shapes, tmp_path: Path, capsys):

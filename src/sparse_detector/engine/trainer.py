@@ -108,6 +108,26 @@ def check_num_classes(config: Config, dataset: CocoDetection) -> None:
         )
 
 
+def warn_boxes_beyond_queries(config: Config, dataset: CocoDetection) -> None:
+    """Each query is matched to one box at most: a warning counting the images that hold more boxes than
+    ``model.num_queries`` (their other boxes are never matched, so never learnt nor found), naming the fix."""
+    queries = config.model.num_queries
+    counts = dataset.boxes_per_image()
+    over = [index for index, count in enumerate(counts) if count > queries]
+    if over:
+        most = max(over, key=counts.__getitem__)
+        log.warning(
+            "%s of %s hold more boxes than model.num_queries=%d (%d in %s): each query is matched to one box, so "
+            "the others are never learnt nor detected; set model.num_queries=%d or more",
+            counted(len(over), "image"),
+            dataset.annotation_file,
+            queries,
+            counts[most],
+            dataset.image_path(most).name,
+            max(counts),
+        )
+
+
 def check_same_categories(train_set: CocoDetection, val_set: CocoDetection) -> None:
     """Validation scores the model's classes by category id, so val must name every train category alike."""
     if differences := train_set.labels.differences(val_set.labels):
@@ -285,6 +305,7 @@ class Trainer:
             )
         self.val_set = build_dataset(config, "val")
         check_num_classes(config, self.train_set)
+        warn_boxes_beyond_queries(config, self.train_set)
         check_same_categories(self.train_set, self.val_set)
         self.label_map = self.train_set.label_map
         self.model = build_model(config)
