@@ -73,6 +73,23 @@ def test_epoch_lines_print_every_epoch_s_mean_loss_and_the_evaluated_ap(shapes, 
     assert f"best: AP {best['AP']:.3f}  AP50 {best['AP50']:.3f} after epoch {best['epoch']} (checkpoint_best.pt" in out
 
 
+def test_validation_without_objects_prints_ap_n_a_and_keeps_the_newest_weights_as_best(shapes, tmp_path: Path, capsys):
+    """COCO's AP is -1 where no image holds an object: the epoch and best lines printed "AP -1.000", and
+    checkpoint_best.pt, which evaluate and predict take, stayed the first epoch's weights for ever."""
+    val = json.loads(shapes["val"].read_text())
+    empty = tmp_path / "val.json"
+    empty.write_text(json.dumps({**val, "annotations": []}))
+    run = tmp_path / "run"
+    config = shapes_config(
+        shapes, f"data.val.annotations={empty}", "train.epochs=2", "train.eval_every=1", "train.max_steps_per_epoch=1"
+    )
+    Trainer(config, run, progress=False).fit()
+    out = capsys.readouterr().out
+    assert re.findall(r"^epoch \d+: .*  val (.*)$", out, re.MULTILINE) == ["AP n/a  AP50 n/a"] * 2
+    assert f"best: none to choose, AP is n/a (no object in {empty}); the last evaluated epoch 2 (" in out
+    assert load_checkpoint(run / "checkpoint_best.pt")["epoch"] == 2
+
+
 SUBNORMAL = 1e-40  # below float32's smallest normal number, 1.2e-38
 
 

@@ -57,7 +57,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .coco_eval import format_table
+from .coco_eval import format_table, metric_text
 from .device import deterministic_algorithms, peak_memory_mb, resolve_device, seed_everything, subnormals_flushed
 from .diagnostics import TrainingDiagnostics
 from .distributed import (
@@ -186,8 +186,13 @@ def epoch_summary(record: dict[str, Any]) -> str:
     if skipped:
         text += f" ({skipped} more skipped as non-finite)"
     if "AP" in record:
-        text += f"  val AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
+        text += f"  val {ap_text(record)}"
     return text
+
+
+def ap_text(record: dict[str, Any]) -> str:
+    """An evaluation's AP and AP50 as the epoch lines show them (``n/a`` where the validation data has no object)."""
+    return f"AP {metric_text('AP', record['AP'])}  AP50 {metric_text('AP50', record['AP50'])}"
 
 
 def format_parameter_counts(counts: dict[str, dict[str, int]]) -> str:
@@ -762,9 +767,14 @@ class Trainer:
         evaluate, analyze and predict take from the run directory."""
         evaluated = [r for r in read_metrics(self.run_dir) if r["type"] == "epoch" and "AP" in r]
         best = max(evaluated, key=lambda r: r["AP"])  # max keeps the first of equal APs, as training does
+        if best["AP"] < 0:  # COCO's -1 in every evaluation: training kept the newest weights as the best
+            best = evaluated[-1]
+            what = f"best: none to choose, AP is n/a (no object in {self.val_set.annotation_file}); the last evaluated"
+        else:
+            what = f"best: {ap_text(best)} after"
         return (
-            f"best: AP {best['AP']:.3f}  AP50 {best['AP50']:.3f} after epoch {best['epoch']} ({BEST_CHECKPOINT}, "
-            "what evaluate, analyze and predict take from the run directory)"
+            f"{what} epoch {best['epoch']} ({BEST_CHECKPOINT}, what evaluate, analyze and predict take from the run "
+            "directory)"
         )
 
     def fit(self) -> dict[str, float]:
@@ -811,7 +821,8 @@ class Trainer:
                         write_atomically(self.run_dir / EVAL_FILE, json.dumps(evaluated, indent=2))
                 record["alpha"] = alpha_values(self.model)
                 self.logger.log("epoch", self.step, epoch=self.epoch, **record)
-                improved = "AP" in record and record["AP"] > self.best_ap
+                # COCO's AP is -1 (n/a) where the validation data holds no object: the newest weights count as best
+                improved = "AP" in record and (record["AP"] > self.best_ap or record["AP"] < 0)
                 if improved:
                     self.best_ap = record["AP"]
                 self._save(best=improved)
