@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -70,6 +71,23 @@ def test_epoch_lines_print_every_epoch_s_mean_loss_and_the_evaluated_ap(shapes, 
     best = max(evaluated, key=lambda r: (r["AP"], -r["epoch"]))
     assert load_checkpoint(run / "checkpoint_best.pt")["epoch"] == best["epoch"]
     assert f"best: AP {best['AP']:.3f}  AP50 {best['AP50']:.3f} after epoch {best['epoch']} (checkpoint_best.pt" in out
+
+
+def test_validation_without_objects_prints_ap_n_a_and_keeps_the_newest_weights_as_best(shapes, tmp_path: Path, capsys):
+    """COCO's AP is -1 where no image holds an object: the epoch and best lines printed "AP -1.000", and
+    checkpoint_best.pt, which evaluate and predict take, stayed the first epoch's weights for ever."""
+    val = json.loads(shapes["val"].read_text())
+    empty = tmp_path / "val.json"
+    empty.write_text(json.dumps({**val, "annotations": []}))
+    run = tmp_path / "run"
+    config = shapes_config(
+        shapes, f"data.val.annotations={empty}", "train.epochs=2", "train.eval_every=1", "train.max_steps_per_epoch=1"
+    )
+    Trainer(config, run, progress=False).fit()
+    out = capsys.readouterr().out
+    assert re.findall(r"^epoch \d+: .*  val (.*)$", out, re.MULTILINE) == ["AP n/a  AP50 n/a"] * 2
+    assert f"best: none to choose, AP is n/a (no object in {empty}); the last evaluated epoch 2 (" in out
+    assert load_checkpoint(run / "checkpoint_best.pt")["epoch"] == 2
 
 
 SUBNORMAL = 1e-40  # below float32's smallest normal number, 1.2e-38
@@ -162,6 +180,16 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch):
 def test_too_few_classes_is_a_clear_error(shapes, tmp_path: Path):
     with pytest.raises(ValueError, match=r"model.num_classes is 2 .* needs 4 classes"):
         Trainer(shapes_config(shapes, "model.num_classes=2"), tmp_path / "run", progress=False)
+
+
+def test_images_with_more_boxes_than_queries_are_counted_in_a_warning(shapes, tmp_path: Path, caplog):
+    boxes = Counter(a["image_id"] for a in json.loads(shapes["train"].read_text())["annotations"])
+    over = sum(count > 1 for count in boxes.values())
+    assert over
+    Trainer(shapes_config(shapes, "model.num_queries=1"), tmp_path / "run", progress=False)
+    (warning,) = [r.getMessage() for r in caplog.records if "model.num_queries" in r.getMessage()]
+    assert warning.startswith(f"{over} images of {shapes['train']} hold more boxes than model.num_queries=1 (")
+    assert warning.endswith(f"set model.num_queries={max(boxes.values())} or more")
 
 
 def test_nonfinite_loss_errors_or_is_skipped_and_counted(shapes, tmp_path: Path, capsys):

@@ -37,6 +37,16 @@ def assert_restored(model: torch.nn.Module) -> None:
 
 
 @torch.no_grad()
+def test_a_site_without_layers_is_not_recorded_and_naming_it_is_an_error():
+    """A DETR of 0 encoder layers: analyze failed with an IndexError on the encoder's empty list of records."""
+    model = tiny_model("model.transformer.enc_layers=0")
+    _, maps = record_attention(model, IMAGES)
+    assert set(maps) == {"decoder_self", "decoder_cross"}
+    with pytest.raises(ValueError, match=r"^attention site 'encoder_self' has no layers in this model; its sites wi"):
+        AttentionRecorder(model, sites=["encoder_self"])
+
+
+@torch.no_grad()
 def test_records_only_requested_sites_with_right_shapes():
     model = tiny_model()
     with AttentionRecorder(model, sites=["decoder_cross"]) as recorder:

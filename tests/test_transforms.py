@@ -87,6 +87,15 @@ OFFICIAL_SIZES = {
 }
 
 
+def test_an_image_longer_than_max_size_times_its_width_keeps_one_pixel_across() -> None:
+    """3000 x 20 at 64 px, at most 64: official DETR's shorter side rounds to 0 pixels and resizing fails."""
+    assert resized_shape(3000, 20, 64, max_size=64) == (1, 64)
+    assert resized_shape(20, 3000, 64, max_size=64) == (64, 1)
+    image, target = resize(Image.new("RGB", (3000, 20)), _target([[1500, 0, 3000, 20]]), 64, max_size=64)
+    assert image.size == (64, 1)
+    assert target["boxes"].tolist() == [[32.0, 0.0, 64.0, 1.0]]
+
+
 def test_resized_shape_equals_the_official_function() -> None:
     """Sizes official DETR gives, with and without the cap (300 x 200 to 1000 capped at 1333 is 889 x 1333; it would
     be 888 x 1332 if the capped size were truncated instead of rounded)."""

@@ -196,12 +196,18 @@ def model_sites(model: nn.Module) -> dict[str, AttentionSite]:
 
 
 def select_sites(model: nn.Module, names: Sequence[str] | None = None) -> list[AttentionSite]:
-    """The sites of ``model`` named in ``names`` (None: all), in the order given; an unknown name is an error that
+    """The sites of ``model`` named in ``names`` (None: all that have layers), in the order given; an unknown name,
+    or a site without layers (a transformer of 0 encoder layers: nothing computes attention there), is an error that
     lists the model's sites."""
     sites = model_sites(model)
     if names is None:
-        return list(sites.values())
+        return [site for site in sites.values() if site.num_layers]
     unknown = [name for name in names if name not in sites]
     if unknown:
         raise ValueError(f"unknown attention site {unknown[0]!r} for this model; its sites are {list(sites)}")
+    if empty := [name for name in names if not sites[name].num_layers]:
+        with_layers = [name for name, site in sites.items() if site.num_layers]
+        raise ValueError(
+            f"attention site {empty[0]!r} has no layers in this model; its sites with layers: {with_layers}"
+        )
     return [sites[name] for name in dict.fromkeys(names)]

@@ -535,7 +535,11 @@ class CocoDetection(Dataset):
     @property
     def num_boxes(self) -> int:
         """Number of (non-crowd, valid) boxes in the targets."""
-        return sum(len(r.labels) for r in self._records)
+        return sum(self.boxes_per_image())
+
+    def boxes_per_image(self) -> list[int]:
+        """Number of (non-crowd, valid) target boxes of every image, in index order."""
+        return [len(r.labels) for r in self._records]
 
     @property
     def image_ids(self) -> list[int]:

@@ -47,12 +47,16 @@ def hflip(image: Image.Image, target: Target) -> tuple[Image.Image, Target]:
 def resized_shape(width: int, height: int, size: int, max_size: int | None = None) -> tuple[int, int]:
     """(h, w) after scaling the shorter side to ``size``, capped so the longer side stays <= ``max_size``.
 
-    Same arithmetic as official DETR's ``get_size_with_aspect_ratio`` (including its truncation).
+    Same arithmetic as official DETR's ``get_size_with_aspect_ratio`` (including its truncation), but for an image
+    longer than ``max_size`` times its shorter side: the shorter side, which would round to 0 pixels, keeps 1 and the
+    longer one is ``max_size`` (stretched a little along the shorter side; the boxes scale alike).
     """
     if max_size is not None:
         short, long = float(min(width, height)), float(max(width, height))
         if long / short * size > max_size:
             size = int(round(max_size * short / long))
+            if size == 0:
+                return (max_size, 1) if width < height else (1, max_size)
     if (width <= height and width == size) or (height <= width and height == size):
         return height, width
     if width < height:

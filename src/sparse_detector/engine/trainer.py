@@ -57,7 +57,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .coco_eval import format_table
+from .coco_eval import format_table, metric_text
 from .device import deterministic_algorithms, peak_memory_mb, resolve_device, seed_everything, subnormals_flushed
 from .diagnostics import TrainingDiagnostics
 from .distributed import (
@@ -105,6 +105,26 @@ def check_num_classes(config: Config, dataset: CocoDetection) -> None:
         raise ValueError(
             f"model.num_classes is {have} but {source} has {need} categories (contiguous labels); "
             f"set model.num_classes={need}, or data.label_mode=coco_ids to keep raw category ids"
+        )
+
+
+def warn_boxes_beyond_queries(config: Config, dataset: CocoDetection) -> None:
+    """Each query is matched to one box at most: a warning counting the images that hold more boxes than
+    ``model.num_queries`` (their other boxes are never matched, so never learnt nor found), naming the fix."""
+    queries = config.model.num_queries
+    counts = dataset.boxes_per_image()
+    over = [index for index, count in enumerate(counts) if count > queries]
+    if over:
+        most = max(over, key=counts.__getitem__)
+        log.warning(
+            "%s of %s hold more boxes than model.num_queries=%d (%d in %s): each query is matched to one box, so "
+            "the others are never learnt nor detected; set model.num_queries=%d or more",
+            counted(len(over), "image"),
+            dataset.annotation_file,
+            queries,
+            counts[most],
+            dataset.image_path(most).name,
+            max(counts),
         )
 
 
@@ -166,8 +186,13 @@ def epoch_summary(record: dict[str, Any]) -> str:
     if skipped:
         text += f" ({skipped} more skipped as non-finite)"
     if "AP" in record:
-        text += f"  val AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
+        text += f"  val {ap_text(record)}"
     return text
+
+
+def ap_text(record: dict[str, Any]) -> str:
+    """An evaluation's AP and AP50 as the epoch lines show them (``n/a`` where the validation data has no object)."""
+    return f"AP {metric_text('AP', record['AP'])}  AP50 {metric_text('AP50', record['AP50'])}"
 
 
 def format_parameter_counts(counts: dict[str, dict[str, int]]) -> str:
@@ -285,6 +310,7 @@ class Trainer:
             )
         self.val_set = build_dataset(config, "val")
         check_num_classes(config, self.train_set)
+        warn_boxes_beyond_queries(config, self.train_set)
         check_same_categories(self.train_set, self.val_set)
         self.label_map = self.train_set.label_map
         self.model = build_model(config)
@@ -741,9 +767,14 @@ class Trainer:
         evaluate, analyze and predict take from the run directory."""
         evaluated = [r for r in read_metrics(self.run_dir) if r["type"] == "epoch" and "AP" in r]
         best = max(evaluated, key=lambda r: r["AP"])  # max keeps the first of equal APs, as training does
+        if best["AP"] < 0:  # COCO's -1 in every evaluation: training kept the newest weights as the best
+            best = evaluated[-1]
+            what = f"best: none to choose, AP is n/a (no object in {self.val_set.annotation_file}); the last evaluated"
+        else:
+            what = f"best: {ap_text(best)} after"
         return (
-            f"best: AP {best['AP']:.3f}  AP50 {best['AP50']:.3f} after epoch {best['epoch']} ({BEST_CHECKPOINT}, "
-            "what evaluate, analyze and predict take from the run directory)"
+            f"{what} epoch {best['epoch']} ({BEST_CHECKPOINT}, what evaluate, analyze and predict take from the run "
+            "directory)"
         )
 
     def fit(self) -> dict[str, float]:
@@ -790,7 +821,8 @@ class Trainer:
                         write_atomically(self.run_dir / EVAL_FILE, json.dumps(evaluated, indent=2))
                 record["alpha"] = alpha_values(self.model)
                 self.logger.log("epoch", self.step, epoch=self.epoch, **record)
-                improved = "AP" in record and record["AP"] > self.best_ap
+                # COCO's AP is -1 (n/a) where the validation data holds no object: the newest weights count as best
+                improved = "AP" in record and (record["AP"] > self.best_ap or record["AP"] < 0)
                 if improved:
                     self.best_ap = record["AP"]
                 self._save(best=improved)
