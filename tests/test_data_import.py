@@ -12,8 +12,10 @@ import pytest
 from PIL import Image
 
 from sparse_detector.cli import main
+from sparse_detector.config import ConfigError, load_config
 from sparse_detector.data import CocoDetection, DatasetError
 from sparse_detector.data.batching import collate_detection
+from sparse_detector.data.build import build_dataset
 from sparse_detector.data.check import check_dataset
 from sparse_detector.data.coco import read_rgb
 from sparse_detector.data.importers import import_coco, import_csv, import_voc, import_voc_root, import_yolo
@@ -1031,6 +1033,29 @@ def test_deep_grayscale_fills_the_8_bit_range(tmp_path: Path, name: str, pixels:
     for rgb in (read_rgb(tmp_path / name), draw_boxes(Image.open(tmp_path / name), [], [], [])):
         ramp = np.asarray(rgb)[0, :, 0]
         assert ramp[0] == 0 and ramp[-1] == 255 and abs(int(ramp[20]) - round(255 * RAMP[0, 20])) <= 1, name
+
+
+def test_data_bit_depth_reads_one_cameras_images_at_one_scale(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """Two 12-bit images of one camera, one dark (brightest 1000): per image the dark one was read from 1023 as
+    white, four times brighter than the other; ``data.bit_depth=12`` reads both from 4095, and warns of a pixel
+    above it (read as white) instead of dropping its brightness silently."""
+    for name, brightest in (("dark.png", 1000), ("bright.png", 4095), ("hot.png", 8000)):
+        Image.fromarray((RAMP * brightest).astype(np.uint16)).save(tmp_path / name)
+    rows = "".join(f"{name},1,1,20,20,cell\n" for name in ("dark.png", "bright.png", "hot.png"))
+    write_text(tmp_path / "boxes.csv", rows)
+    import_csv(tmp_path / "boxes.csv", tmp_path / "out.json")
+    ends = {}
+    for bit_depth in (0, 12):
+        config = load_config(None, [f"data.val.annotations={tmp_path / 'out.json'}", f"data.bit_depth={bit_depth}"])
+        dataset = build_dataset(config, "val")
+        with caplog.at_level(logging.WARNING):
+            images = {dataset.image_path(i).name: np.asarray(dataset.load_image(i)) for i in range(len(dataset))}
+        ends[bit_depth] = {name: int(pixels[0, -1, 0]) for name, pixels in images.items()}
+    assert ends[0] == {"dark.png": 249, "bright.png": 255, "hot.png": 125}  # per image: 1000 of 1023, 8000 of 16383
+    assert ends[12] == {"dark.png": 62, "bright.png": 255, "hot.png": 255}  # one scale: 1000 of 4095
+    assert caplog.text.count("above data.bit_depth=12's white (4095)") == 1 and "hot.png" in caplog.text
+    with pytest.raises(ConfigError, match=r"data.bit_depth must be 0 .* 8 to 32 .*got 7"):
+        load_config(None, ["data.bit_depth=7"])
 
 
 def test_split_is_seeded_stratified_and_complete(tmp_path: Path) -> None:
