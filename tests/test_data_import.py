@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -1056,6 +1058,35 @@ def test_data_bit_depth_reads_one_cameras_images_at_one_scale(tmp_path: Path, ca
     assert caplog.text.count("above data.bit_depth=12's white (4095)") == 1 and "hot.png" in caplog.text
     with pytest.raises(ConfigError, match=r"data.bit_depth must be 0 .* 8 to 32 .*got 7"):
         load_config(None, ["data.bit_depth=7"])
+
+
+def _png_16_bit_rgb(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit RGB PNG (Pillow writes none): signature, IHDR, one unfiltered IDAT, IEND."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+
+
+def test_16_bit_colour_that_pillow_reads_dark_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Pillow decodes a 16-bit colour PNG by each value's high byte: a 12-bit camera's colour image read as values
+    0-15 of 255, nearly black, and nothing said so. Full-range 16-bit colour reads as it should, without a word."""
+    ramp = np.repeat(RAMP[..., None], 3, axis=2)
+    _png_16_bit_rgb(tmp_path / "twelve_bit.png", ramp * 4095)
+    _png_16_bit_rgb(tmp_path / "full.png", ramp * 65535)
+    with caplog.at_level(logging.WARNING):
+        dark, full = (np.asarray(read_rgb(tmp_path / name)) for name in ("twelve_bit.png", "full.png"))
+    assert dark.max() == 15 and full.max() == 255  # Pillow's 8 bits, as this Pillow decodes them
+    assert caplog.text.count("Pillow reads by their high byte") == 1
+    assert (
+        "twelve_bit.png has 16 bits a colour channel" in caplog.text and "brightest value is 15 of 255" in caplog.text
+    )
 
 
 def test_split_is_seeded_stratified_and_complete(tmp_path: Path) -> None:

@@ -105,11 +105,37 @@ def open_image(path: Path) -> Iterator[Image.Image]:
         ) from None
 
 
+def _decoded_from_high_bytes(image: Image.Image) -> bool:
+    """Whether Pillow decodes ``image`` (opened, not yet loaded) from 16 bits a channel to 8 by keeping each value's
+    high byte: colour, or grayscale with alpha, PNG and TIFF (it has no mode for them at 16 bits)."""
+    args = image.tile[0].args if image.tile else None
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    return isinstance(rawmode, str) and ";16" in rawmode and image.mode not in HIGH_BIT_DEPTH_MODES
+
+
+@functools.cache
+def _warn_high_bytes(name: str, brightest: int) -> None:
+    """Once a process per image: a 16-bit colour image that its high bytes leave dark."""
+    logger.warning(
+        "%s has 16 bits a colour channel, which Pillow reads by their high byte: its brightest value is %d of 255, "
+        "as data of fewer bits (a 12-bit camera's) in a 16-bit file reads; convert such images to 8 bits scaled by "
+        "their depth",
+        name,
+        brightest,
+    )
+
+
 def read_rgb(path: Path, bit_depth: int = 0) -> Image.Image:
     """Decode the image file ``path`` as 8-bit RGB (:func:`to_rgb`, deep grayscale's white from ``bit_depth``, 0: per
-    image); one of ``UNREADABLE_IMAGE_ERRORS`` when it cannot be read."""
+    image); one of ``UNREADABLE_IMAGE_ERRORS`` when it cannot be read. A 16-bit colour image is decoded by Pillow
+    from its high bytes (:func:`_decoded_from_high_bytes`); one whose top bit is unused, darker by half or more than
+    the grayscale rule would read it, is named in a warning."""
     with open_image(path) as image:
-        return to_rgb(image, bit_depth)
+        high_bytes = _decoded_from_high_bytes(image)
+        rgb = to_rgb(image, bit_depth)
+    if high_bytes and (brightest := max(most for _, most in rgb.getextrema())) < 128:
+        _warn_high_bytes(str(path), brightest)
+    return rgb
 
 
 class DatasetError(ValueError):
