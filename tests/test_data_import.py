@@ -238,6 +238,24 @@ def test_voc_labelled_on_the_exif_turned_view_gets_its_boxes_turned(tmp_path: Pa
     assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 
 
+def test_a_square_exif_turned_photo_is_read_by_each_formats_rule(tmp_path: Path) -> None:
+    """A square photo's turned view has its stored size, so a VOC <size> (or a CSV's or COCO JSON's) cannot tell which
+    view its boxes were drawn on: they are taken as on the stored pixels (as for a half turn or a mirror, README);
+    YOLO labels, fractions with no size, are read on the turned view as Ultralytics reads them."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (40, 40)).save(tmp_path / "images" / "a.png", exif=exif.tobytes())
+    write_text(tmp_path / "xml" / "a.xml", voc_xml([("obj", (3, 6, 12, 15), 0)], "a.png", size=(40, 40)))
+    write_text(tmp_path / "labels" / "a.txt", "0 0.175 0.25 0.25 0.25\n")  # x 2..12, y 5..15 of the 40 x 40 view
+    write_text(tmp_path / "classes.txt", "obj\n")
+    voc = import_voc(tmp_path / "xml", tmp_path / "voc.json", images_dir=tmp_path / "images")
+    yolo = import_yolo(tmp_path / "images", tmp_path / "yolo.json", tmp_path / "classes.txt")
+    assert boxes_by_image(voc) == {"a.png": [("obj", [2.0, 5.0, 10.0, 10.0])]}  # as drawn: the stored pixels
+    assert boxes_by_image(yolo) == {"a.png": [("obj", [5.0, 28.0, 10.0, 10.0])]}  # turned: x = y, y = 40 - x
+    assert voc["info"]["stats"]["turned_from_exif"] == 0 and yolo["info"]["stats"]["turned_from_exif"] == 1
+
+
 def test_yolo_with_classes_txt_and_data_yaml(tmp_path: Path) -> None:
     write_image(tmp_path / "images" / "train" / "p.jpg", 100, 50)
     write_image(tmp_path / "images" / "train" / "q.jpg", 100, 50)  # no label file: an image without boxes
