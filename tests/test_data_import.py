@@ -238,6 +238,19 @@ def test_voc_labelled_on_the_exif_turned_view_gets_its_boxes_turned(tmp_path: Pa
     assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 
 
+def test_csv_names_the_images_no_row_names(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Images of the folder that the CSV does not name were left out without a word (VOC names those without an
+    XML): they are now named in a warning, with how to import one without boxes, and counted."""
+    for stem in ("a", "b", "c"):
+        write_image(tmp_path / f"{stem}.jpg")
+    write_text(tmp_path / "boxes.csv", "a.jpg,1,1,20,20,cell\nb.jpg,,,,,\n")
+    with caplog.at_level(logging.WARNING):
+        coco = import_csv(tmp_path / "boxes.csv", tmp_path / "out.json")
+    assert len(coco["images"]) == 2 and coco["info"]["stats"]["images_without_row"] == 1
+    assert "1 image(s) have no row in boxes.csv and are not imported" in caplog.text and "c.jpg" in caplog.text
+    assert "b.jpg" not in caplog.text and "box fields empty imports it without boxes" in caplog.text
+
+
 def test_a_square_exif_turned_photo_is_read_by_each_formats_rule(tmp_path: Path) -> None:
     """A square photo's turned view has its stored size, so a VOC <size> (or a CSV's or COCO JSON's) cannot tell which
     view its boxes were drawn on: they are taken as on the stored pixels (as for a half turn or a mirror, README);
