@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,10 @@ import pytest
 from PIL import Image
 
 from sparse_detector.cli import main
+from sparse_detector.config import ConfigError, load_config
 from sparse_detector.data import CocoDetection, DatasetError
 from sparse_detector.data.batching import collate_detection
+from sparse_detector.data.build import build_dataset
 from sparse_detector.data.check import check_dataset
 from sparse_detector.data.coco import read_rgb
 from sparse_detector.data.importers import import_coco, import_csv, import_voc, import_voc_root, import_yolo
@@ -232,6 +236,37 @@ def test_voc_labelled_on_the_exif_turned_view_gets_its_boxes_turned(tmp_path: Pa
     x, y, w, h = (round(v) for v in coco["annotations"][0]["bbox"])
     ys, xs = np.nonzero(np.asarray(stored))
     assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_csv_names_the_images_no_row_names(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Images of the folder that the CSV does not name were left out without a word (VOC names those without an
+    XML): they are now named in a warning, with how to import one without boxes, and counted."""
+    for stem in ("a", "b", "c"):
+        write_image(tmp_path / f"{stem}.jpg")
+    write_text(tmp_path / "boxes.csv", "a.jpg,1,1,20,20,cell\nb.jpg,,,,,\n")
+    with caplog.at_level(logging.WARNING):
+        coco = import_csv(tmp_path / "boxes.csv", tmp_path / "out.json")
+    assert len(coco["images"]) == 2 and coco["info"]["stats"]["images_without_row"] == 1
+    assert "1 image(s) have no row in boxes.csv and are not imported" in caplog.text and "c.jpg" in caplog.text
+    assert "b.jpg" not in caplog.text and "box fields empty imports it without boxes" in caplog.text
+
+
+def test_a_square_exif_turned_photo_is_read_by_each_formats_rule(tmp_path: Path) -> None:
+    """A square photo's turned view has its stored size, so a VOC <size> (or a CSV's or COCO JSON's) cannot tell which
+    view its boxes were drawn on: they are taken as on the stored pixels (as for a half turn or a mirror, README);
+    YOLO labels, fractions with no size, are read on the turned view as Ultralytics reads them."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (40, 40)).save(tmp_path / "images" / "a.png", exif=exif.tobytes())
+    write_text(tmp_path / "xml" / "a.xml", voc_xml([("obj", (3, 6, 12, 15), 0)], "a.png", size=(40, 40)))
+    write_text(tmp_path / "labels" / "a.txt", "0 0.175 0.25 0.25 0.25\n")  # x 2..12, y 5..15 of the 40 x 40 view
+    write_text(tmp_path / "classes.txt", "obj\n")
+    voc = import_voc(tmp_path / "xml", tmp_path / "voc.json", images_dir=tmp_path / "images")
+    yolo = import_yolo(tmp_path / "images", tmp_path / "yolo.json", tmp_path / "classes.txt")
+    assert boxes_by_image(voc) == {"a.png": [("obj", [2.0, 5.0, 10.0, 10.0])]}  # as drawn: the stored pixels
+    assert boxes_by_image(yolo) == {"a.png": [("obj", [5.0, 28.0, 10.0, 10.0])]}  # turned: x = y, y = 40 - x
+    assert voc["info"]["stats"]["turned_from_exif"] == 0 and yolo["info"]["stats"]["turned_from_exif"] == 1
 
 
 def test_yolo_with_classes_txt_and_data_yaml(tmp_path: Path) -> None:
@@ -1031,6 +1066,58 @@ def test_deep_grayscale_fills_the_8_bit_range(tmp_path: Path, name: str, pixels:
     for rgb in (read_rgb(tmp_path / name), draw_boxes(Image.open(tmp_path / name), [], [], [])):
         ramp = np.asarray(rgb)[0, :, 0]
         assert ramp[0] == 0 and ramp[-1] == 255 and abs(int(ramp[20]) - round(255 * RAMP[0, 20])) <= 1, name
+
+
+def test_data_bit_depth_reads_one_cameras_images_at_one_scale(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """Two 12-bit images of one camera, one dark (brightest 1000): per image the dark one was read from 1023 as
+    white, four times brighter than the other; ``data.bit_depth=12`` reads both from 4095, and warns of a pixel
+    above it (read as white) instead of dropping its brightness silently."""
+    for name, brightest in (("dark.png", 1000), ("bright.png", 4095), ("hot.png", 8000)):
+        Image.fromarray((RAMP * brightest).astype(np.uint16)).save(tmp_path / name)
+    rows = "".join(f"{name},1,1,20,20,cell\n" for name in ("dark.png", "bright.png", "hot.png"))
+    write_text(tmp_path / "boxes.csv", rows)
+    import_csv(tmp_path / "boxes.csv", tmp_path / "out.json")
+    ends = {}
+    for bit_depth in (0, 12):
+        config = load_config(None, [f"data.val.annotations={tmp_path / 'out.json'}", f"data.bit_depth={bit_depth}"])
+        dataset = build_dataset(config, "val")
+        with caplog.at_level(logging.WARNING):
+            images = {dataset.image_path(i).name: np.asarray(dataset.load_image(i)) for i in range(len(dataset))}
+        ends[bit_depth] = {name: int(pixels[0, -1, 0]) for name, pixels in images.items()}
+    assert ends[0] == {"dark.png": 249, "bright.png": 255, "hot.png": 125}  # per image: 1000 of 1023, 8000 of 16383
+    assert ends[12] == {"dark.png": 62, "bright.png": 255, "hot.png": 255}  # one scale: 1000 of 4095
+    assert caplog.text.count("above data.bit_depth=12's white (4095)") == 1 and "hot.png" in caplog.text
+    with pytest.raises(ConfigError, match=r"data.bit_depth must be 0 .* 8 to 32 .*got 7"):
+        load_config(None, ["data.bit_depth=7"])
+
+
+def _png_16_bit_rgb(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit RGB PNG (Pillow writes none): signature, IHDR, one unfiltered IDAT, IEND."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+
+
+def test_16_bit_colour_that_pillow_reads_dark_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Pillow decodes a 16-bit colour PNG by each value's high byte: a 12-bit camera's colour image read as values
+    0-15 of 255, nearly black, and nothing said so. Full-range 16-bit colour reads as it should, without a word."""
+    ramp = np.repeat(RAMP[..., None], 3, axis=2)
+    _png_16_bit_rgb(tmp_path / "twelve_bit.png", ramp * 4095)
+    _png_16_bit_rgb(tmp_path / "full.png", ramp * 65535)
+    with caplog.at_level(logging.WARNING):
+        dark, full = (np.asarray(read_rgb(tmp_path / name)) for name in ("twelve_bit.png", "full.png"))
+    assert dark.max() == 15 and full.max() == 255  # Pillow's 8 bits, as this Pillow decodes them
+    assert caplog.text.count("Pillow reads by their high byte") == 1
+    assert (
+        "twelve_bit.png has 16 bits a colour channel" in caplog.text and "brightest value is 15 of 255" in caplog.text
+    )
 
 
 def test_split_is_seeded_stratified_and_complete(tmp_path: Path) -> None:

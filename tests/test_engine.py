@@ -248,6 +248,23 @@ def test_the_global_step_counts_a_step_skipped_as_non_finite_too(shapes, tmp_pat
         assert [e.step for e in events.Scalars("val-AP/AP")] == [3, 6]
 
 
+def test_training_class_error_is_a_share_of_matched_queries_only(shapes, tmp_path: Path):
+    """A training batch without objects logged class_error 100 (as the official DETR does), which read as total
+    failure and pulled the epoch's train_class_error towards 100; such a step's record now has none, and the epoch's
+    is over the matched queries of its batches, as val_class_error is."""
+    data = json.loads(shapes["train"].read_text())
+    data["images"] = data["images"][:2]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] == data["images"][0]["id"]]
+    (tmp_path / "train.json").write_text(json.dumps(data))
+    one_each = ("train.epochs=1", "train.batch_size=1", "train.log_every=1")
+    config = shapes_config(shapes, *one_each, f"data.train.annotations={tmp_path / 'train.json'}")
+    Trainer(config, tmp_path / "run", progress=False).fit()
+    steps = [r for r in read_metrics(tmp_path / "run") if r["type"] == "train"]
+    assert len(steps) == 2 and sorted("class_error" in r for r in steps) == [False, True]
+    with_objects = next(r["class_error"] for r in steps if "class_error" in r)
+    assert epoch_records(tmp_path / "run")[1]["train_class_error"] == pytest.approx(with_objects)
+
+
 def test_a_resumed_run_s_summary_prints_the_learning_rate_it_trains_with(shapes, tmp_path: Path):
     """After optim.lr_drop the summary printed on resume said 'lr 0.0002' while the steps trained at 2e-05."""
     from sparse_detector.cli import _train_summary

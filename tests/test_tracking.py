@@ -46,7 +46,14 @@ def _wandb_history(run_dir: Path) -> list[dict[str, float]]:
     """The ``history`` rows of the offline W&B run in ``run_dir/wandb`` (of each of its processes, oldest first).
 
     The .wandb file is a LevelDB-style log of protobuf records (a 7-byte header, then 32 KiB blocks of chunks with a
-    7-byte header: CRC, length, type); wandb no longer ships a Python reader for it, hence these lines."""
+    7-byte header: CRC, length, type); wandb no longer ships a Python reader for it, hence these lines.
+
+    W&B's service writes a run's last records when it acts on the run's end, after ``finish()`` has returned: read
+    at once, on a loaded machine, the newest file lacked its last steps. ``wandb.teardown()`` waits for the service
+    to close every run's file and end."""
+    import wandb
+
+    wandb.teardown()
     paths = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert paths, f"no offline W&B run in {run_dir / 'wandb'}"
     return [row for path in paths for row in _wandb_file_history(path)]

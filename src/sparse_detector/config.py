@@ -164,6 +164,7 @@ class DataConfig:
     label_mode: str = "contiguous"  # contiguous (0..C-1, category map in checkpoints) | coco_ids (official, 91)
     on_invalid: str = "error"  # error | skip (invalid annotations and unreadable images dropped, counted, logged)
     check_images: bool = False  # decode every image before training / evaluation starts (finds unreadable ones)
+    bit_depth: int = 0  # deep grayscale's white is 2**bit_depth - 1 for every image; 0: per image (README)
     train_scales: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))  # shorter side choices
     max_size: int = 1333  # longer side cap
     random_crop: bool = True  # official resize -> random crop -> resize branch (taken half of the time)
@@ -179,6 +180,11 @@ class DataConfig:
         check_ranges("data", self, {"hflip_prob": (0, 1), "num_workers": (0, math.inf)})
         check_ranges("data", self, dict.fromkeys(("max_size", "crop_min", "crop_max", "val_size"), (1, math.inf)))
         check_image_sizes("data", self, ("train_scales", "crop_resize_scales"))
+        if self.bit_depth and not 8 <= self.bit_depth <= 32:
+            raise ConfigError(
+                f"data.bit_depth must be 0 (found per image) or the images' depth in bits, 8 to 32 (e.g. 12 for a "
+                f"12-bit camera's 16-bit PNGs), got {self.bit_depth}"
+            )
 
 
 @dataclass

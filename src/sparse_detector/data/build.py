@@ -42,6 +42,7 @@ def build_dataset(config: Config, split: str) -> CocoDetection:
         data.label_mode,
         data.on_invalid,
         check_images=data.check_images,
+        bit_depth=data.bit_depth,
     )
     if not len(dataset):  # training would run its epochs without a step, evaluation score nothing
         left_out = sum(dataset.skipped.values())

@@ -44,11 +44,14 @@ HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 COMMON_BIT_DEPTHS = (8, 10, 12, 14, 16, 24, 32)
 
 
-def full_scale(pixels: np.ndarray, floating: bool) -> float:
-    """The value that is white in deep grayscale ``pixels`` (non-negative): 1 for a ``floating`` image within [0, 1],
-    else ``2**bits - 1`` for the least of :data:`COMMON_BIT_DEPTHS` that holds its brightest pixel. A file does not
-    say that its 16 bits hold 12-bit data, so 12-bit data in a 16-bit PNG fills 0-255 and 8-bit values in a 32-bit
-    TIFF stay as they are."""
+def full_scale(pixels: np.ndarray, floating: bool, bit_depth: int = 0) -> float:
+    """The value that is white in deep grayscale ``pixels`` (non-negative): ``2**bit_depth - 1`` when a
+    ``bit_depth`` is given (``data.bit_depth``, one for the whole data set); else, found per image, 1 for a
+    ``floating`` image within [0, 1], or ``2**bits - 1`` for the least of :data:`COMMON_BIT_DEPTHS` that holds its
+    brightest pixel. A file does not say that its 16 bits hold 12-bit data, so 12-bit data in a 16-bit PNG fills
+    0-255 and 8-bit values in a 32-bit TIFF stay as they are."""
+    if bit_depth:
+        return float(2**bit_depth - 1)
     brightest = float(pixels.max(initial=0))
     if floating and brightest <= 1:
         return 1.0
@@ -56,14 +59,30 @@ def full_scale(pixels: np.ndarray, floating: bool) -> float:
     return float(2**bits - 1)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+@functools.cache
+def _warn_brighter(name: str, brightest: float, bit_depth: int) -> None:
+    """Once a process per image: its pixels above ``data.bit_depth``'s white are read as white."""
+    logger.warning(
+        "%s has pixels up to %g, above data.bit_depth=%d's white (%d): they are read as white; set data.bit_depth to "
+        "the depth the images were recorded at, or 0 to find it per image",
+        name or "an image",
+        brightest,
+        bit_depth,
+        2**bit_depth - 1,
+    )
+
+
+def to_rgb(image: Image.Image, bit_depth: int = 0) -> Image.Image:
     """An image as 8-bit RGB; deeper grayscale (:data:`HIGH_BIT_DEPTH_MODES`) is scaled from its :func:`full_scale`
     to 0-255 (negative values and NaN black), the same for training, evaluation, predict and figures."""
     if image.mode in HIGH_BIT_DEPTH_MODES:
         pixels = np.array(image, dtype=np.float32)  # in place from here: a drone mosaic's copies would add up
         np.nan_to_num(pixels, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         np.clip(pixels, 0, None, out=pixels)
-        pixels *= 255 / full_scale(pixels, floating=image.mode == "F")
+        white = full_scale(pixels, floating=image.mode == "F", bit_depth=bit_depth)
+        if bit_depth and (brightest := float(pixels.max(initial=0))) > white:
+            _warn_brighter(getattr(image, "filename", ""), brightest, bit_depth)
+        pixels *= 255 / white
         image = Image.fromarray(np.rint(np.clip(pixels, 0, 255, out=pixels)).astype(np.uint8))
     return image.convert("RGB")
 
@@ -86,11 +105,37 @@ def open_image(path: Path) -> Iterator[Image.Image]:
         ) from None
 
 
-def read_rgb(path: Path) -> Image.Image:
-    """Decode the image file ``path`` as 8-bit RGB (:func:`to_rgb`); one of ``UNREADABLE_IMAGE_ERRORS`` when it
-    cannot be read."""
+def _decoded_from_high_bytes(image: Image.Image) -> bool:
+    """Whether Pillow decodes ``image`` (opened, not yet loaded) from 16 bits a channel to 8 by keeping each value's
+    high byte: colour, or grayscale with alpha, PNG and TIFF (it has no mode for them at 16 bits)."""
+    args = image.tile[0].args if image.tile else None
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    return isinstance(rawmode, str) and ";16" in rawmode and image.mode not in HIGH_BIT_DEPTH_MODES
+
+
+@functools.cache
+def _warn_high_bytes(name: str, brightest: int) -> None:
+    """Once a process per image: a 16-bit colour image that its high bytes leave dark."""
+    logger.warning(
+        "%s has 16 bits a colour channel, which Pillow reads by their high byte: its brightest value is %d of 255, "
+        "as data of fewer bits (a 12-bit camera's) in a 16-bit file reads; convert such images to 8 bits scaled by "
+        "their depth",
+        name,
+        brightest,
+    )
+
+
+def read_rgb(path: Path, bit_depth: int = 0) -> Image.Image:
+    """Decode the image file ``path`` as 8-bit RGB (:func:`to_rgb`, deep grayscale's white from ``bit_depth``, 0: per
+    image); one of ``UNREADABLE_IMAGE_ERRORS`` when it cannot be read. A 16-bit colour image is decoded by Pillow
+    from its high bytes (:func:`_decoded_from_high_bytes`); one whose top bit is unused, darker by half or more than
+    the grayscale rule would read it, is named in a warning."""
     with open_image(path) as image:
-        return to_rgb(image)
+        high_bytes = _decoded_from_high_bytes(image)
+        rgb = to_rgb(image, bit_depth)
+    if high_bytes and (brightest := max(most for _, most in rgb.getextrema())) < 128:
+        _warn_high_bytes(str(path), brightest)
+    return rgb
 
 
 class DatasetError(ValueError):
@@ -308,7 +353,8 @@ class CocoDetection(Dataset):
     ``skipped`` (reason -> count). With ``check_images`` every image is decoded up front; an unreadable one is an
     error, or with ``on_invalid="skip"`` is left out (counted in ``skipped["bad_image"]``). Without it, an
     image that fails to decode while loading raises, or under ``skip`` yields ``None`` (logged), which
-    :func:`~sparse_detector.data.batching.collate_detection` drops from its batch.
+    :func:`~sparse_detector.data.batching.collate_detection` drops from its batch. ``bit_depth``: deep grayscale's
+    white, ``2**bit_depth - 1`` for every image, or 0 to find it per image (:func:`full_scale`).
 
     The target holds ``boxes`` (absolute xyxy pixels before ``transforms``; the transforms end by converting
     them to normalised cxcywh), ``labels``, ``image_id``, ``area``, ``iscrowd``, ``orig_size``, ``size`` (h, w).
@@ -323,6 +369,7 @@ class CocoDetection(Dataset):
         label_mode: LabelMode = "contiguous",
         on_invalid: OnInvalid = "error",
         check_images: bool = False,
+        bit_depth: int = 0,
     ) -> None:
         if on_invalid not in ("error", "skip"):
             raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
@@ -334,6 +381,7 @@ class CocoDetection(Dataset):
         if transforms is not None:
             self.transforms = transforms
         self.on_invalid = on_invalid
+        self.bit_depth = bit_depth
         self.skipped: Counter[str] = Counter()
         self.num_crowd = 0
         self.num_clipped = 0
@@ -558,7 +606,7 @@ class CocoDetection(Dataset):
         record = self._records[index]
         path = self.image_path(index)
         try:
-            image = read_rgb(path)
+            image = read_rgb(path, self.bit_depth)
         except UNREADABLE_IMAGE_ERRORS as err:
             raise DatasetError(
                 f"cannot read image {path} (image id {record.image_id}): {err}; replace the file"

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..data.batching import PaddedBatch
 from ..data.labels import LabelMap
-from ..models.criterion import SetCriterion
+from ..models.criterion import SetCriterion, share_of_matched
 from ..models.outputs import DetectionOutput
 from ..models.postprocess import postprocessor_for
 from ..text import counted
@@ -164,13 +164,9 @@ def _mean_losses(image_losses: list[dict[str, float]]) -> dict[str, float]:
     when no image has any: there is nothing it could be a share of."""
     if not image_losses:
         return {}
-    means = {f"val_{k}": math.fsum(b[k] for b in image_losses) / len(image_losses) for k in ["loss", *VAL_LOSS_TERMS]}
-    matched = sum(b["matched"] for b in image_losses)
-    if matched:
-        means["val_class_error"] = math.fsum(b["class_error"] * b["matched"] for b in image_losses) / matched
-    else:
-        del means["val_class_error"]
-    return means
+    weighted = [{**b, "class_error": b["class_error"] * b["matched"]} for b in image_losses]
+    terms = ["loss", *VAL_LOSS_TERMS, "matched"]
+    return share_of_matched({f"val_{k}": math.fsum(b[k] for b in weighted) / len(weighted) for k in terms}, "val_")
 
 
 def evaluate(

@@ -112,7 +112,8 @@ class LoadedModel:
                 f"detect takes a PIL image or an image file, not a {type(image).__name__}; for an array of pixels pass "
                 "PIL.Image.fromarray(array), in RGB order (OpenCV reads BGR: array[..., ::-1])"
             )
-        image = to_rgb(image) if isinstance(image, Image.Image) else read_rgb(Path(image))
+        bit_depth = self.config.data.bit_depth
+        image = to_rgb(image, bit_depth) if isinstance(image, Image.Image) else read_rgb(Path(image), bit_depth)
         tensor = image_tensor(config_transforms(self.config, train=False), image)
         device = next(self.model.parameters()).device
         self.model.eval()
@@ -327,7 +328,7 @@ def predict_images(
     turned: list[str] = []  # images that viewers show turned (EXIF orientation)
     for path in files:
         try:
-            image = read_rgb(path)
+            image = read_rgb(path, loaded.config.data.bit_depth)
         except UNREADABLE_IMAGE_ERRORS as err:
             result.failed[str(path)] = str(err)
             log.warning("cannot read image %s (%s); skipped", path, err)

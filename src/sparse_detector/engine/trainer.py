@@ -28,6 +28,7 @@ from ..data.coco import CocoDetection, DatasetError
 from ..files import remove_partial_writes, write_atomically
 from ..logs import RANK_SPECIFIC
 from ..models import build_criterion, build_model
+from ..models.criterion import share_of_matched
 from ..models.weights import (
     CheckpointMismatchError,
     load_state_dict_checked,
@@ -631,12 +632,14 @@ class Trainer:
                 steps += 1
                 images_seen += len(batch) * self.dist.world_size
                 values = {"loss": loss.item(), **{k: losses[k].item() for k in MAIN_TRAIN_METRICS[1:]}}
+                matched = self._matched(targets)
+                values.update(class_error=values["class_error"] * matched, matched=matched)
                 for key, value in values.items():
                     sums[key] += value
                 speed = images_seen / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{speed:.1f}")
                 if self.step % config.log_every == 0:
-                    logged = self._log_step(loss, losses, speed, data_s, time.perf_counter() - tick)
+                    logged = self._log_step(loss, losses, matched, speed, data_s, time.perf_counter() - tick)
                     if self.dist.is_main and not self.progress:  # no progress bar (not a terminal): plain lines
                         where = f"epoch {self.epoch + 1} step {steps + skipped}/{bar.total}"
                         print(f"{where}: loss {logged['loss']:.3f}, {speed:.1f} img/s over the epoch so far")
@@ -656,6 +659,7 @@ class Trainer:
                 break
         bar.close()
         averages = mean_across_ranks({f"train_{k}": v / max(steps, 1) for k, v in sums.items()}, self.device)
+        averages = share_of_matched(averages, "train_")
         averages.update(train_steps=steps, train_skipped_nonfinite=skipped, train_seconds=time.perf_counter() - start)
         return averages
 
@@ -689,12 +693,18 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
+    def _matched(self, targets: list[dict]) -> int:
+        """The queries the matcher pairs with an object of ``targets``: what ``class_error`` is a share of."""
+        return sum(min(len(t["labels"]), self.config.model.num_queries) for t in targets)
+
     def _log_step(
-        self, loss: torch.Tensor, losses: dict, speed: float, data_s: float, iteration_s: float
+        self, loss: torch.Tensor, losses: dict, matched: int, speed: float, data_s: float, iteration_s: float
     ) -> dict[str, float]:
-        """A ``train`` record: every loss term averaged over processes, learning rates, alphas, speed, memory;
-        returns the averaged losses."""
-        reduced = mean_across_ranks({"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}, self.device)
+        """A ``train`` record: every loss term averaged over processes (``class_error`` over the ``matched`` queries
+        of all of them), learning rates, alphas, speed, memory; returns the averaged losses."""
+        values = {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}, "matched": matched}
+        values["class_error"] *= matched
+        reduced = share_of_matched(mean_across_ranks(values, self.device))
         self.logger.log(
             "train",
             self.step,

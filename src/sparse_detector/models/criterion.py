@@ -37,6 +37,18 @@ def label_readings(
     return {"class_error": 100 - accuracy, "cardinality_error": F.l1_loss(num_predicted.float(), num_targets.float())}
 
 
+def share_of_matched(values: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """``values`` whose ``{prefix}class_error`` is given times its number of matched queries, and that number as
+    ``{prefix}matched`` (summed, or averaged over images, steps or processes, alike), with ``class_error`` made the
+    share of all those queries again; absent when none was matched: a batch or image without objects has no query
+    it could be a share of (the official DETR logs 100 there, as if every one were wrong)."""
+    values = dict(values)  # an epoch without a step taken has neither
+    of_matched, matched = values.pop(f"{prefix}class_error", 0.0), values.pop(f"{prefix}matched", 0)
+    if matched:
+        values[f"{prefix}class_error"] = of_matched / matched
+    return values
+
+
 class SetCriterion(nn.Module):
     """Losses ``loss_ce``, ``loss_bbox``, ``loss_giou`` and the logged ``class_error``, ``cardinality_error``.
 

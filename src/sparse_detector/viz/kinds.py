@@ -195,7 +195,7 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
             size, truth_names = tuple(target["orig_size"].tolist()), _category_names(dataset, target)
         else:
             try:
-                image = read_rgb(path)
+                image = read_rgb(path, data.bit_depth)
             except UNREADABLE_IMAGE_ERRORS as err:
                 raise OSError(f"cannot read image {path}: {err}") from None
             tensor, target, size = image_tensor(transforms, image), None, (image.height, image.width)

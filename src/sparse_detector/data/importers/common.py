@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
@@ -98,6 +98,27 @@ def warn_found_by_name(source: str | Path, images_dir: Path, found: list[str]) -
             images_dir,
             found[:MAX_EXAMPLES],
         )
+
+
+def warn_images_left_out(images_dir: Path, taken: Iterable[Path], lacking: str, fix: str = "") -> list[str]:
+    """The images of ``images_dir`` (not its subfolders) not among ``taken``, named in a warning: they have no
+    ``lacking`` (an XML, a CSV row) and are not imported (``fix``: how to import them)."""
+    kept = {path.resolve() for path in taken}
+    left_out = sorted(
+        str(p)
+        for p in images_dir.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p.name) and p.resolve() not in kept
+    )
+    if left_out:
+        logger.warning(
+            "%s: %d image(s) have no %s and are not imported, e.g. %s%s",
+            images_dir,
+            len(left_out),
+            lacking,
+            left_out[:MAX_EXAMPLES],
+            f"; {fix}" if fix else "",
+        )
+    return left_out
 
 
 def image_size(path: Path) -> tuple[int, int]:

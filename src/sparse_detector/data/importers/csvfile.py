@@ -4,8 +4,9 @@ A header row is recognised by a non-numeric second field; its column names may o
 and add others (e.g. the ``filename,width,height,class,xmin,ymin,xmax,ymax`` of TensorFlow-style exports), or
 give boxes by their size (``image,x,y,w,h,label``: x, y, width, height in pixels). Coordinates that are all
 within [0, 1] are fractions of each image's width and height (normalised), scaled to pixels and reported. A row
-with an image but empty box fields marks an image without boxes. Image paths are relative to ``images_dir``
-(default: the CSV file's folder) or absolute. Where a header names the image's own width and height beside the
+with an image but empty box fields marks an image without boxes; an image of ``images_dir`` that no row names is
+not imported, named in a warning and counted. Image paths are relative to ``images_dir`` (default: the CSV file's
+folder) or absolute. Where a header names the image's own width and height beside the
 box's corners (TensorFlow-style exports), a size that differs from the image file is handled as VOC's ``<size>``:
 a photo labelled on its EXIF-turned view has its boxes turned, one resized after labelling its boxes scaled.
 """
@@ -28,6 +29,7 @@ from .common import (
     listing,
     read_text,
     warn_found_by_name,
+    warn_images_left_out,
     warn_size_mismatches,
     write_coco,
 )
@@ -176,12 +178,15 @@ def import_csv(
             csv_file,
         )
     warn_found_by_name(csv_file, images_dir, found_by_name)
+    fix = "a row naming the image with its box fields empty imports it without boxes"
+    unlisted = warn_images_left_out(images_dir, image_ids, f"row in {csv_file.name}", fix)
     coco = builder.build(out_file)
     coco["info"]["stats"]["normalised_coordinates"] = normalised
     coco["info"]["stats"]["found_by_name"] = len(found_by_name)
     coco["info"]["stats"]["size_differs_from_csv"] = len(mismatches["differs"])
     coco["info"]["stats"]["scaled_to_resized_image"] = len(mismatches["scaled"])
     coco["info"]["stats"]["turned_from_exif"] = len(mismatches["turned"])
+    coco["info"]["stats"]["images_without_row"] = len(unlisted)
     return write_coco(coco, out_file)
 
 

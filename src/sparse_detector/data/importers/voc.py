@@ -29,6 +29,7 @@ from .common import (
     labelled_frame,
     listing,
     read_list_file,
+    warn_images_left_out,
     warn_size_mismatches,
     write_coco,
 )
@@ -142,16 +143,6 @@ def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
     return files
 
 
-def _images_without_xml(images_dir: Path, matched: list[Path]) -> list[str]:
-    """The images of ``images_dir`` that no XML file describes."""
-    taken = {path.resolve() for path in matched}
-    return sorted(
-        str(p)
-        for p in images_dir.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p.name) and p.resolve() not in taken
-    )
-
-
 def _check_one_xml_per_image(parsed: Sequence[VocAnnotation], images: Sequence[Path]) -> None:
     """Fail naming them where several XML files describe one image (e.g. a copy ``a (1).xml`` of ``a.xml``):
     imported as they are, the image would be two entries, each with part of the boxes or with every box twice."""
@@ -227,14 +218,7 @@ def import_voc(
                 iscrowd=ignore,
                 ignore=ignore,
             )
-    unlabelled = _images_without_xml(images_dir, matched) if list_file is None else []
-    if unlabelled:
-        logger.warning(
-            "%s: %d image(s) have no XML and are not imported, e.g. %s",
-            images_dir,
-            len(unlabelled),
-            unlabelled[:MAX_EXAMPLES],
-        )
+    unlabelled = warn_images_left_out(images_dir, matched, "XML") if list_file is None else []
     warn_size_mismatches(str(annotations_dir), "XML <size>", mismatches)
     coco = builder.build(out_file)
     coco["info"]["stats"]["size_differs_from_xml"] = len(mismatches["differs"])
