@@ -16,6 +16,7 @@ from PIL import Image
 from sparse_detector.config import Config, ConfigError, config_to_dict, load_config
 from sparse_detector.data.coco import CocoDetection, DatasetError
 from sparse_detector.data.importers import import_voc_root
+from sparse_detector.data.split import split_coco, split_size
 from sparse_detector.data.transforms import make_transforms
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -190,3 +191,42 @@ def test_any_dotted_override_is_accepted_or_refused_naming_the_key(base: str | N
         assert override in message or any(part in message for part in parts) or key in message, message
         return
     assert isinstance(config, Config)
+
+
+split_images = st.lists(st.lists(st.sampled_from([1, 2, 3, 4]), max_size=3), min_size=2, max_size=14)
+split_sizes = st.one_of(st.floats(0.05, 0.95), st.integers(1, 6))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(categories=split_images, val=split_sizes, test=st.one_of(st.just(0), split_sizes), seed=st.integers(0, 9))
+def test_split_gives_each_split_the_images_asked_for_and_every_image_once(
+    categories: list[list[int]], val: float, test: float, seed: int
+):
+    """`data split` into val and test asked for 1 image each of 3 (one per class) wrote an empty test.json: a small
+    stratum wanted by both splits gave the second nothing, and the running total never made it up."""
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 10, "height": 10} for i in range(len(categories))]
+    annotations = [
+        {"id": 100 * i + k, "image_id": i, "category_id": c, "bbox": [0, 0, 5, 5]}
+        for i, cats in enumerate(categories)
+        for k, c in enumerate(cats)
+    ]
+    source = {"images": images, "annotations": annotations, "categories": [{"id": c, "name": str(c)} for c in range(5)]}
+    total = len(images)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "all.json"
+        path.write_text(json.dumps(source))
+        asked = {"val": split_size("--val", val, total), "test": split_size("--test", test, total)}
+        try:
+            paths = split_coco(path, Path(tmp) / "out", val=val, test=test, seed=seed)
+        except ValueError:
+            assert asked["val"] == 0 or (test and asked["test"] == 0) or asked["val"] + asked["test"] >= total
+            return
+        splits = {name: json.loads(p.read_text()) for name, p in paths.items()}
+    ids = {name: [image["id"] for image in data["images"]] for name, data in splits.items()}
+    assert sorted(sum(ids.values(), [])) == list(range(total))  # every image exactly once
+    assert {name: len(ids[name]) for name in asked if asked[name]} == {n: k for n, k in asked.items() if k}
+    assert len(ids["train"]) == total - asked["val"] - asked["test"]
+    for name, data in splits.items():  # annotations follow their images
+        assert sorted(a["id"] for a in data["annotations"]) == sorted(
+            a["id"] for a in annotations if a["image_id"] in set(ids[name])
+        )
