@@ -230,3 +230,98 @@ def test_split_gives_each_split_the_images_asked_for_and_every_image_once(
         assert sorted(a["id"] for a in data["annotations"]) == sorted(
             a["id"] for a in annotations if a["image_id"] in set(ids[name])
         )
+
+
+@st.composite
+def labelled_images(draw) -> list[tuple[int, int, list[tuple[str, tuple[int, int, int, int]]]]]:
+    """1-3 images (width, height, boxes): distinct boxes of whole pixels, at least 2 px a side (VOC drops a box of
+    one pixel, xmin = xmax, as a click)."""
+    images = []
+    for _ in range(draw(st.integers(1, 3))):
+        width, height = draw(st.integers(8, 50)), draw(st.integers(8, 50))
+        corner = st.tuples(st.integers(0, width - 2), st.integers(0, height - 2))
+        boxes = {}
+        for x0, y0 in draw(st.lists(corner, max_size=4)):
+            x1, y1 = draw(st.integers(x0 + 2, width)), draw(st.integers(y0 + 2, height))
+            boxes[(draw(st.sampled_from(["cat", "dog", "sheep"])), (x0, y0, x1, y1))] = None
+        images.append((width, height, list(boxes)))
+    return images
+
+
+def _imported_boxes(coco: dict) -> dict[str, list[tuple[str, list[float]]]]:
+    """file name -> sorted [(class name, bbox)] of an imported COCO dict."""
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    files = {i["id"]: Path(i["file_name"]).name for i in coco["images"]}
+    out: dict[str, list] = {name: [] for name in files.values()}
+    for ann in coco["annotations"]:
+        out[files[ann["image_id"]]].append((names[ann["category_id"]], ann["bbox"]))
+    return {name: sorted(boxes) for name, boxes in out.items()}
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(images=labelled_images())
+def test_the_same_boxes_written_as_coco_yolo_voc_and_csv_import_alike(images: list):
+    """A labelling tool's export in each format (COCO x,y,w,h; YOLO fractions with 6 decimals; VOC 1-based
+    inclusive pixels; CSV corners) imports to the same images and boxes, each kept once."""
+    from sparse_detector.data.importers import import_coco, import_csv, import_voc, import_yolo
+
+    classes = ["cat", "dog", "sheep"]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for folder in ("img", "yolo", "voc", "out"):
+            (root / folder).mkdir()
+        coco = {
+            "images": [],
+            "annotations": [],
+            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)],
+        }
+        rows = ["file,x1,y1,x2,y2,label"]
+        for number, (width, height, boxes) in enumerate(images):
+            name = f"{number}.png"
+            Image.new("RGB", (width, height)).save(root / "img" / name)
+            coco["images"].append({"id": number + 1, "file_name": name, "width": width, "height": height})
+            yolo, voc = [], [f"<annotation><filename>{name}</filename><size><width>{width}</width>"]
+            voc.append(f"<height>{height}</height></size>")
+            if not boxes:
+                rows.append(f"{name},,,,,")
+            for label, (x0, y0, x1, y1) in boxes:
+                coco["annotations"].append(
+                    {
+                        "id": len(coco["annotations"]) + 1,
+                        "image_id": number + 1,
+                        "category_id": classes.index(label) + 1,
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "area": (x1 - x0) * (y1 - y0),
+                        "iscrowd": 0,
+                    }
+                )
+                fractions = ((x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height)
+                yolo.append(f"{classes.index(label)} " + " ".join(f"{v:.6f}" for v in fractions))
+                corners = f"<xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax>"
+                voc.append(f"<object><name>{label}</name><bndbox>{corners}</bndbox></object>")
+                rows.append(f"{name},{x0},{y0},{x1},{y1},{label}")
+            (root / "yolo" / f"{number}.txt").write_text("\n".join(yolo) + "\n")
+            (root / "voc" / f"{number}.xml").write_text("".join(voc) + "</annotation>")
+        (root / "coco.json").write_text(json.dumps(coco))
+        (root / "boxes.csv").write_text("\n".join(rows) + "\n")
+        (root / "classes.txt").write_text("\n".join(classes) + "\n")
+        out = root / "out"
+        imported = {
+            "coco": import_coco(root / "coco.json", out / "coco.json", images_dir=root / "img"),
+            "yolo": import_yolo(root / "img", out / "yolo.json", root / "classes.txt", labels_dir=root / "yolo"),
+            "voc": import_voc(root / "voc", out / "voc.json", images_dir=root / "img"),
+            "csv": import_csv(root / "boxes.csv", out / "csv.json", images_dir=root / "img"),
+        }
+    expected = {
+        f"{number}.png": sorted((label, [x0, y0, x1 - x0, y1 - y0]) for label, (x0, y0, x1, y1) in boxes)
+        for number, (_, _, boxes) in enumerate(images)
+    }
+    for fmt, result in imported.items():
+        got = _imported_boxes(result)
+        assert got.keys() == expected.keys(), fmt
+        for name, boxes in expected.items():  # YOLO's 6 decimals are within 1e-3 px of these images' pixels
+            assert [label for label, _ in got[name]] == [label for label, _ in boxes], (fmt, name)
+            got_boxes, expected_boxes = (
+                torch.tensor([b for _, b in x], dtype=torch.float64) for x in (got[name], boxes)
+            )
+            assert torch.allclose(got_boxes, expected_boxes, rtol=0, atol=1e-3), (fmt, name)
