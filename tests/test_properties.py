@@ -3,6 +3,7 @@ either work with valid results or fail with a clear error — never a stray exce
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import tempfile
@@ -12,12 +13,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from torchvision.ops import box_convert, generalized_box_iou
 
+from sparse_detector.analysis import entropy, gini, support_90, zeros_ratio
 from sparse_detector.config import Config, ConfigError, config_to_dict, load_config
 from sparse_detector.data.coco import CocoDetection, DatasetError
 from sparse_detector.data.importers import import_voc_root
 from sparse_detector.data.split import split_coco, split_size
 from sparse_detector.data.transforms import make_transforms
+from sparse_detector.models import HungarianMatcher, SetCriterion
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 WIDTH, HEIGHT = 40, 30
@@ -325,3 +329,82 @@ def test_the_same_boxes_written_as_coco_yolo_voc_and_csv_import_alike(images: li
                 torch.tensor([b for _, b in x], dtype=torch.float64) for x in (got[name], boxes)
             )
             assert torch.allclose(got_boxes, expected_boxes, rtol=0, atol=1e-3), (fmt, name)
+
+
+map_weights = st.sampled_from([0.0, 0.0, 2.0**-24, 0.125, 0.25, 0.25, 1.0, 3.0])  # ties, zeros, exact sums
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    rows=st.lists(st.tuples(st.lists(map_weights, min_size=1, max_size=7), st.integers(0, 7)), min_size=1, max_size=4),
+    mass=st.sampled_from([0.5, 0.75, 0.9, 1.0]),
+    threshold=st.sampled_from([0.0, 1e-6, 0.125]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_sparsity_metrics_equal_their_definitions_over_the_valid_keys(
+    rows: list[tuple[list[float], int]], mass: float, threshold: float, dtype: torch.dtype
+):
+    """Gini, zeros ratio, entropy and support (DESIGN.md) of maps with ties, zeros, rows without mass and garbage
+    at the padded keys equal the formulas over each row's valid keys alone."""
+    width = max(len(row) for row, _ in rows)
+    p = torch.zeros(len(rows), width, dtype=dtype)
+    padding = torch.ones(len(rows), width, dtype=torch.bool)
+    for i, (row, garbage) in enumerate(rows):
+        p[i], padding[i, : len(row)] = garbage, False
+        p[i, : len(row)] = torch.tensor(row)
+    got = [gini(p, padding), zeros_ratio(p, padding, threshold), entropy(p, padding), support_90(p, padding, mass)]
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    for i, (row, _) in enumerate(rows):
+        c, n = sorted(row), len(row)
+        total = sum(c)
+        expected_gini = 1 - 2 * sum(ck / total * (n - k + 0.5) / n for k, ck in enumerate(c, 1)) if total else math.nan
+        top = torch.tensor(c[::-1], dtype=dtype).cumsum(0)  # the mass held, summed from the largest in p's precision
+        support = next(k for k in range(1, n + 1) if top[k - 1] >= mass * top[-1]) if total else 0
+        expected = [expected_gini, sum(v <= threshold for v in c) / n, -sum(v * math.log(v) for v in c if v), support]
+        for value, reference in zip([float(g[i]) for g in got], expected, strict=True):
+            assert (math.isnan(value) and math.isnan(reference)) or abs(value - reference) <= tolerance, (row, got)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(queries=st.integers(1, 5), targets=st.integers(0, 4), seed=st.integers(0, 2**16))
+def test_hungarian_matching_is_a_minimum_cost_assignment_and_the_loss_ignores_target_order(
+    queries: int, targets: int, seed: int
+):
+    """The matcher's assignment costs no more than any other (all of them tried) under the official cost, and the
+    set loss is the same whatever the order of an image's targets."""
+    targets = min(targets, queries)
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(1, queries, 4, generator=generator, dtype=torch.float64)
+    boxes = torch.cat(
+        [torch.rand(1, queries, 2, generator=generator), 0.05 + 0.5 * torch.rand(1, queries, 2, generator=generator)],
+        -1,
+    )
+    target = {
+        "labels": torch.randint(0, 3, (targets,), generator=generator),
+        "boxes": torch.cat(
+            [torch.rand(targets, 2, generator=generator), 0.05 + 0.5 * torch.rand(targets, 2, generator=generator)], -1
+        ),
+    }
+    outputs = {"pred_logits": logits, "pred_boxes": boxes.double()}
+    matcher = HungarianMatcher(cost_class=1.0, cost_bbox=5.0, cost_giou=2.0)
+    queries_matched, targets_matched = matcher(outputs, [target])[0]
+    xyxy = [box_convert(b.double(), "cxcywh", "xyxy") for b in (boxes[0], target["boxes"])]
+    cost = (  # official DETR's matching cost
+        5.0 * torch.cdist(boxes[0].double(), target["boxes"].double(), p=1)
+        - logits[0].softmax(-1)[:, target["labels"]]
+        - 2.0 * generalized_box_iou(*xyxy)
+    )
+    best = min(
+        (
+            sum(float(cost[q, t]) for t, q in enumerate(chosen))
+            for chosen in itertools.permutations(range(queries), targets)
+        ),
+        default=0.0,
+    )
+    assert sorted(targets_matched.tolist()) == list(range(targets))
+    assert float(cost[queries_matched, targets_matched].sum()) <= best + 1e-9
+    criterion = SetCriterion(3, matcher)
+    order = torch.randperm(targets, generator=generator)
+    shuffled = {key: value[order] for key, value in target.items()}
+    for key, value in criterion(outputs, [shuffled]).items():
+        assert torch.allclose(value, criterion(outputs, [target])[key], atol=1e-9), key
