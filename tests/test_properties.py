@@ -9,16 +9,18 @@ import math
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from torchvision.ops import box_convert, generalized_box_iou
 
 from sparse_detector.analysis import entropy, gini, support_90, zeros_ratio
 from sparse_detector.config import Config, ConfigError, config_to_dict, load_config
 from sparse_detector.data.coco import CocoDetection, DatasetError
 from sparse_detector.data.importers import import_voc_root
+from sparse_detector.data.orientation import STORED_FROM_TURNED, SWAPS_SIDES, box_to_stored
 from sparse_detector.data.split import split_coco, split_size
 from sparse_detector.data.transforms import make_transforms
 from sparse_detector.models import HungarianMatcher, SetCriterion
@@ -408,3 +410,25 @@ def test_hungarian_matching_is_a_minimum_cost_assignment_and_the_loss_ignores_ta
     shuffled = {key: value[order] for key, value in target.items()}
     for key, value in criterion(outputs, [shuffled]).items():
         assert torch.allclose(value, criterion(outputs, [target])[key], atol=1e-9), key
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(width=st.integers(2, 16), height=st.integers(2, 16), orientation=st.integers(1, 8), data=st.data())
+def test_a_box_drawn_on_the_exif_turned_view_maps_to_its_stored_pixels(
+    width: int, height: int, orientation: int, data: st.DataObject
+):
+    """For every EXIF orientation, a box drawn around a patch on the view a viewer shows (PIL's exif_transpose)
+    lands on the same patch of the stored pixels, and the inverse transpose gives the stored image back."""
+    x0, y0 = data.draw(st.integers(0, width - 1)), data.draw(st.integers(0, height - 1))
+    x1, y1 = data.draw(st.integers(x0 + 1, width)), data.draw(st.integers(y0 + 1, height))
+    stored = np.zeros((height, width), np.uint8)
+    stored[y0:y1, x0:x1] = 255
+    image = Image.fromarray(stored)
+    image.getexif()[ExifTags.Base.Orientation] = orientation
+    turned = ImageOps.exif_transpose(image)
+    assert turned.size == ((height, width) if orientation in SWAPS_SIDES else (width, height))
+    ys, xs = np.nonzero(np.asarray(turned))
+    drawn = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    assert box_to_stored(drawn, orientation, *turned.size) == (x0, y0, x1, y1)
+    if orientation != 1:
+        assert np.array_equal(np.asarray(turned.transpose(STORED_FROM_TURNED[orientation])), stored)
