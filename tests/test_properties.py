@@ -261,7 +261,7 @@ def _imported_boxes(coco: dict) -> dict[str, list[tuple[str, list[float]]]]:
     out: dict[str, list] = {name: [] for name in files.values()}
     for ann in coco["annotations"]:
         out[files[ann["image_id"]]].append((names[ann["category_id"]], ann["bbox"]))
-    return {name: sorted(boxes) for name, boxes in out.items()}
+    return {name: sorted(boxes, key=lambda box: (box[0], [round(v, 2) for v in box[1]])) for name, boxes in out.items()}
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)
@@ -282,6 +282,8 @@ def test_the_same_boxes_written_as_coco_yolo_voc_and_csv_import_alike(images: li
             "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)],
         }
         rows = ["file,x1,y1,x2,y2,label"]
+        tensorflow = ["filename,width,height,class,xmin,ymin,xmax,ymax"]  # a TensorFlow-style export
+        sizes = ["image,x,y,w,h,label"]  # boxes by their size
         for number, (width, height, boxes) in enumerate(images):
             name = f"{number}.png"
             Image.new("RGB", (width, height)).save(root / "img" / name)
@@ -290,6 +292,8 @@ def test_the_same_boxes_written_as_coco_yolo_voc_and_csv_import_alike(images: li
             voc.append(f"<height>{height}</height></size>")
             if not boxes:
                 rows.append(f"{name},,,,,")
+                tensorflow.append(f"{name},{width},{height},,,,,")
+                sizes.append(f"{name},,,,,")
             for label, (x0, y0, x1, y1) in boxes:
                 coco["annotations"].append(
                     {
@@ -306,17 +310,23 @@ def test_the_same_boxes_written_as_coco_yolo_voc_and_csv_import_alike(images: li
                 corners = f"<xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax>"
                 voc.append(f"<object><name>{label}</name><bndbox>{corners}</bndbox></object>")
                 rows.append(f"{name},{x0},{y0},{x1},{y1},{label}")
+                tensorflow.append(f"{name},{width},{height},{label},{x0},{y0},{x1},{y1}")
+                sizes.append(f"{name},{x0},{y0},{x1 - x0},{y1 - y0},{label}")
             (root / "yolo" / f"{number}.txt").write_text("\n".join(yolo) + "\n")
             (root / "voc" / f"{number}.xml").write_text("".join(voc) + "</annotation>")
         (root / "coco.json").write_text(json.dumps(coco))
-        (root / "boxes.csv").write_text("\n".join(rows) + "\n")
+        for file_name, lines in (("boxes.csv", rows), ("tensorflow.csv", tensorflow), ("sizes.csv", sizes)):
+            (root / file_name).write_text("\n".join(lines) + "\n")
         (root / "classes.txt").write_text("\n".join(classes) + "\n")
         out = root / "out"
         imported = {
             "coco": import_coco(root / "coco.json", out / "coco.json", images_dir=root / "img"),
             "yolo": import_yolo(root / "img", out / "yolo.json", root / "classes.txt", labels_dir=root / "yolo"),
             "voc": import_voc(root / "voc", out / "voc.json", images_dir=root / "img"),
-            "csv": import_csv(root / "boxes.csv", out / "csv.json", images_dir=root / "img"),
+            **{
+                name: import_csv(root / f"{name}.csv", out / f"{name}.json", images_dir=root / "img")
+                for name in ("boxes", "tensorflow", "sizes")
+            },
         }
     expected = {
         f"{number}.png": sorted((label, [x0, y0, x1 - x0, y1 - y0]) for label, (x0, y0, x1, y1) in boxes)
