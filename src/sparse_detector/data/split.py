@@ -35,6 +35,28 @@ def split_size(option: str, value: float, total: int) -> int:
     return int(value) if value >= 1 else round(total * value)
 
 
+def _shares(group_sizes: list[int], fractions: dict[str, float]) -> list[dict[str, int]]:
+    """How many images of each group (of ``group_sizes`` images) every split takes: its fraction of the running
+    total (so rounding errors do not pile up over small groups, and each split's counts add up to its fraction of all
+    images, rounded). A small group wanted by several splits beyond its size gives the excess, the last split's
+    first, to the first groups with room (the splits ask for fewer images than there are in all, so they have room)."""
+    shares, owed, seen = [], dict.fromkeys(fractions, 0), 0
+    for size in group_sizes:
+        counts = {split: round((seen + size) * f) - round(seen * f) for split, f in fractions.items()}
+        for split in reversed(counts):
+            cut = min(counts[split], max(sum(counts.values()) - size, 0))
+            counts[split] -= cut
+            owed[split] += cut
+        shares.append(counts)
+        seen += size
+    for size, counts in zip(group_sizes, shares, strict=True):
+        for split in counts:
+            given = min(owed[split], size - sum(counts.values()))
+            counts[split] += given
+            owed[split] -= given
+    return shares
+
+
 def split_coco(
     annotation_file: str | Path,
     out_dir: str | Path,
@@ -79,20 +101,16 @@ def split_coco(
         strata[_stratum(categories_of[image["id"]], frequency)].append(image)
     # a fraction as given (the split a fraction made before counts were taken), a count as its fraction
     fractions = {split: given if given < 1 else sizes[split] / total for split, given in (("val", val), ("test", test))}
+    groups = [strata[key] for key in sorted(strata)]
     chosen: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
-    seen = 0
     rng = random.Random(seed)
-    for key in sorted(strata):
-        group = strata[key]
+    for group, counts in zip(groups, _shares([len(group) for group in groups], fractions), strict=True):
         rng.shuffle(group)
         start = 0
-        for split, fraction in fractions.items():
-            # take this split's share of the running total, so rounding errors do not pile up over small groups
-            wanted = round((seen + len(group)) * fraction) - round(seen * fraction)
+        for split, wanted in counts.items():
             chosen[split] += group[start : start + wanted]
             start += wanted
         chosen["train"] += group[start:]
-        seen += len(group)
     out = Path(out_dir)
     paths = {}
     for split, images in chosen.items():
