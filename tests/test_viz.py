@@ -906,11 +906,35 @@ def test_a_deformable_study_draws_each_runs_sampling_points_and_no_grid_compare(
     shutil.copytree(runs["deformable"], run)
     analyze_run(run, "cpu")
     study = StudyConfig(preset="shapes_tiny_deformable", maps={"a": [], "b": []}, figure_images=1)
-    figures, query_kind = _run_figures(run, study, "cpu")
+    figures, query_kind, not_drawn = _run_figures(run, study, "cpu")
     assert query_kind == "deformable" and any(p.name.startswith("deformable_decoder_cross_") for p in figures)
+    assert not not_drawn and any(p.name.startswith("diagnostics_") for p in figures)
     outcomes = [RunOutcome(m, m, 0, run, "done", query_kind=query_kind) for m in ("a", "b")]
     written, not_drawn = _study_figures(outcomes, study, tmp_path / "figures", "cpu")
     assert not not_drawn and {p.name for p in written} == {"curves.png", "sparsity.png"}
+
+
+def test_a_study_draws_the_run_figures_that_apply_and_reports_those_that_fail(runs, monkeypatch):
+    """A run's figure that failed with a ValueError or FileNotFoundError was left out with a line at log level INFO,
+    as if it did not apply to the run: the report showed a study with a figure missing and said nothing."""
+    from sparse_detector.engine.inference import load_trained_model
+    from sparse_detector.study import StudyConfig, _run_figures, run_figure_kinds
+
+    alpha, deformable = (load_trained_model(runs[name]) for name in ("run", "deformable"))
+    assert run_figure_kinds(alpha) == ["attention", "matching", "alpha", "diagnostics"]
+    assert run_figure_kinds(deformable) == ["deformable", "matching", "diagnostics"]  # sparsemax: no learnable α
+    deformable.config.train.diagnostics_every = 0
+    assert run_figure_kinds(deformable) == ["deformable", "matching"]
+
+    def missing(request: VisualizeRequest) -> list[Path]:
+        raise FileNotFoundError("alpha.txt is gone")
+
+    monkeypatch.setitem(FIGURE_KINDS, "alpha", missing)
+    for kind in ("attention", "matching", "diagnostics"):
+        monkeypatch.setitem(FIGURE_KINDS, kind, lambda request: [])
+    study = StudyConfig(preset="shapes_tiny", maps={"a": []}, figure_images=1)
+    _, query_kind, not_drawn = _run_figures(runs["run"], study, "cpu")
+    assert (query_kind, not_drawn) == ("attention", ["alpha: FileNotFoundError: alpha.txt is gone"])
 
 
 def test_alpha_heat_map_numbers_tell_apart_the_values_its_colours_do():
