@@ -822,11 +822,14 @@ def test_sparsity_says_grid_and_sampling_point_sites_are_not_comparable():
     assert all("NOT comparable across runs, keys differ" in t for t in mixed[:2])
     assert "feature-grid cells: detr; sampling points: deformable" in mixed[0]
     assert "over sampling points for deformable: NOT comparable" in mixed[2]
+    # the panel by object size said nothing of it (was: "decoder_cross: PAIBB of the last layer by object size")
+    assert "by object size" in mixed[3] and "over sampling points for deformable: NOT comparable" in mixed[3]
     alone = titles(sparsity_figure({"deformable": result("points")}))
     assert "PAIBB (weight of the sampling points inside the matched box)" in alone[2]
     assert not any("comparable" in t for t in alone)
     grid = titles(sparsity_figure({"a": result("grid")}))
     assert "decoder_cross: PAIBB (mass inside the matched box)" in grid[2]
+    assert "PAIBB of the last layer by object size (mass inside the matched box)" in grid[3]
 
 
 def test_a_crowded_image_outlines_its_ground_truth_without_class_names():

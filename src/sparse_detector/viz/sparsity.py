@@ -171,6 +171,21 @@ def _layer_names(blocks: Mapping[str, Mapping | None]) -> list[str]:
     return [f"layer {i}" for i in range(max(len(b["mean"]) for b in blocks.values() if b is not None))]
 
 
+def _paibb_meaning(results: Mapping[str, Mapping], site: str) -> str:
+    """What PAIBB of ``site`` measures in these runs: attention mass inside the matched box over the feature grid, the
+    weight of the sampling points inside it, or (runs of both) the note that the two are not comparable."""
+    measured = [label for label, result in results.items() if _site_paibb(result, site)]
+    points = [label for label in _runs_by_keys(results, site).get("points", []) if label in measured]
+    if not points:
+        return "mass inside the matched box"
+    if len(points) == len(measured):
+        return "weight of the sampling points inside the matched box"
+    return (
+        f"mass inside the matched box; over sampling points for {', '.join(points)}: NOT comparable with "
+        "attention mass on the grid"
+    )
+
+
 def _paibb_axes(
     per_layer: Axes,
     by_size: Axes,
@@ -179,29 +194,21 @@ def _paibb_axes(
     colors: Mapping[str, tuple],
     panel_width: float,
 ) -> None:
-    """PAIBB of ``site`` per layer, and by object size for the last layer (axes left empty without PAIBB); the title
-    says where it is the weight of sampling points inside the box rather than attention mass on the grid."""
+    """PAIBB of ``site`` per layer, and by object size for the last layer (axes left empty without PAIBB); both
+    titles say what it measures (:func:`_paibb_meaning`)."""
     paibb = {label: _site_paibb(result, site) for label, result in results.items()}
     if not any(paibb.values()):
         per_layer.set_axis_off()
         by_size.set_axis_off()
         return
+    meaning = _paibb_meaning(results, site)
     overall = {label: p["overall"]["per_layer"] if p else None for label, p in paibb.items()}
     _grouped_bars(per_layer, overall, colors, _layer_names(overall))
-    points = [label for label in _runs_by_keys(results, site).get("points", []) if paibb[label]]
-    if not points:
-        meaning = "mass inside the matched box"
-    elif len(points) == sum(1 for p in paibb.values() if p):
-        meaning = "weight of the sampling points inside the matched box"
-    else:
-        meaning = (
-            f"mass inside the matched box; over sampling points for {', '.join(points)}: NOT comparable with "
-            "attention mass on the grid"
-        )
     per_layer.set_title(wrapped(f"{site}: PAIBB ({meaning})", panel_width, 9), fontsize=9)
     last_layer = {}
     for label, p in paibb.items():
         stats = [p["by_size"].get(bucket, {}).get("per_layer") if p else None for bucket in SIZE_BUCKETS]
         last_layer[label] = {key: [s[key][-1] if s and s[key] else None for s in stats] for key in ("mean", "std")}
     _grouped_bars(by_size, last_layer, colors, list(SIZE_BUCKETS))
-    by_size.set_title(f"{site}: PAIBB of the last layer by object size", fontsize=9)
+    title = f"{site}: PAIBB of the last layer by object size ({meaning})"
+    by_size.set_title(wrapped(title, panel_width, 9), fontsize=9)
