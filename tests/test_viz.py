@@ -29,7 +29,7 @@ from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure, run_color
 from sparse_detector.viz.data import Sample, data_figure
 from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_size, references_figure, sampling_figure
 from sparse_detector.viz.diagnostics import NO_GRADIENTS_NOTE, diagnostics_figure
-from sparse_detector.viz.figure import DPI, FIGURES_RECORD, LabelledBox
+from sparse_detector.viz.figure import DPI, FIGURES_RECORD, LabelledBox, wrapped
 from sparse_detector.viz.kinds import (
     FIGURE_KINDS,
     ImageItem,
@@ -762,6 +762,16 @@ def test_sparsity_says_which_runs_read_zeros_under_which_threshold():
     assert "zeros ratio (p ≤ 0: sparsemax, entmax15; p ≤ 1e-06: softmax)" in titles
     same = sparsity_figure({"sparsemax": result(0.0), "entmax15": result(0.0)})
     assert "decoder_cross: zeros ratio (p ≤ 0)" in [axes.get_title() for axes in same.axes]
+
+
+def test_wrapped_titles_keep_expressions_on_one_line():
+    """A zeros-ratio title broke between "p" and "≤ 1e-06", one line ending "(p" and the next starting "≤"."""
+    title = "decoder_cross: zeros ratio (p ≤ 1e-06: softmax-seed0; p ≤ 0: sparsemax-seed0) — Gini 1 − 1/N"
+    for tenths in range(10, 80):
+        lines = wrapped(title, tenths / 10, 9).splitlines()
+        assert " ".join(lines) == title, "nothing is lost or added but line breaks"
+        assert sum(line.count("p ≤ ") for line in lines) == 2 and any("1 − 1/N" in line for line in lines), lines
+        assert not any(line.startswith(("≤", "−")) or line.endswith((" p", "(p", " 1")) for line in lines), lines
 
 
 @pytest.mark.parametrize("count", [2, 14, 20])
