@@ -21,6 +21,7 @@ from sparse_detector.attention.sites import PointsRecord
 from sparse_detector.cli import main
 from sparse_detector.engine.diagnostics import read_diagnostics
 from sparse_detector.engine.trainer import Trainer
+from sparse_detector.runs import read_metrics
 from sparse_detector.study import analyze_run
 from sparse_detector.viz import kinds
 from sparse_detector.viz.alpha import alpha_figure, alpha_history, value_decimals
@@ -621,6 +622,30 @@ def test_alpha_of_a_run_shorter_than_log_every_is_read_from_its_epoch_records():
     figure = alpha_figure(records)
     FigureCanvasAgg(figure).draw()
     assert figure.axes[-1].lines[0].get_marker() == "o"  # one step: a point, not an invisible line
+
+
+def test_alpha_history_starts_at_the_alpha_training_started_from(runs, shapes, tmp_path: Path):
+    """The α figure started at the first logged training step, so the drift from α's initial value (alpha_init, or
+    what the weights of --init-from held) did not show: the trainer now logs α as training starts, at step 0."""
+    records = read_metrics(runs["run"])
+    steps, history = alpha_history(records)
+    assert steps[0] == 0 and all(np.allclose(values[0], 1.5, atol=1e-6) for values in history.values())
+    line = next(axes for axes in alpha_figure(records).axes if axes.lines).lines[0]
+    assert line.get_xdata()[0] == 0 and line.get_ydata()[0] == pytest.approx(1.5, abs=1e-6)
+
+    def initial_alpha(run: Path, init_from: Path | None = None) -> dict[str, list[float]]:
+        site = "model.attention.decoder_cross"
+        config = shapes_config(shapes, f"{site}.activation=alpha_entmax", f"{site}.alpha_init=1.1")
+        Trainer(config, run, progress=False, init_from=init_from)
+        (init,) = [r for r in read_metrics(run) if r["type"] == "init"]
+        assert init["step"] == 0
+        return init["alpha"]
+
+    assert all(np.allclose(values, 1.1, atol=1e-6) for values in initial_alpha(tmp_path / "fresh").values())
+    # from another run's weights, α starts where that run's ended, not at the config's alpha_init
+    started = initial_alpha(tmp_path / "tuned", init_from=runs["run"])
+    assert started.keys() == history.keys()
+    assert all(np.allclose(started[module], values[-1], rtol=0, atol=1e-7) for module, values in history.items())
 
 
 def test_box_legends_name_only_the_boxes_drawn(runs, tmp_path: Path):
