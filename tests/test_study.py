@@ -91,11 +91,27 @@ def test_study_runs_resumes_and_reports(tmp_path: Path, capsys, monkeypatch):
     kept = [second / "checkpoint_last.pt", second / "analysis" / "analysis.json"]
     mtimes = {path: path.stat().st_mtime_ns for path in kept}
     trained = (first / "checkpoint_last.pt").stat().st_mtime_ns
-    with monkeypatch.context() as patched:  # a study figure that fails costs neither the report nor the others
+
+    def no_matching(request) -> None:  # a run's figure that applies yet fails (was: left out, said nowhere)
+        if request.runs[0] == first:
+            raise ValueError("no matching today")
+        return matching(request)
+
+    matching = FIGURE_KINDS["matching"]
+    with monkeypatch.context() as patched:  # a figure that fails costs neither the report, its run nor the others
         patched.setitem(FIGURE_KINDS, "compare", lambda request: 1 / 0)
+        patched.setitem(FIGURE_KINDS, "matching", no_matching)
         assert main(["study", str(config), "--output-dir", str(study_dir), "--no-progress"]) == 1
     out, err = capsys.readouterr()
     assert "unlucky-seed0; figure compare: ZeroDivisionError" in err
+    assert "; figure softmax-seed0 matching: ValueError: no matching today" in err
+    assert "[study] softmax-seed0: figure matching NOT DRAWN: ValueError: no matching today" in out
+    assert json.loads((first / STATUS_FILE).read_text())["status"] == "done"
+    report = (study_dir / "report.md").read_text()
+    assert "**Not drawn**: softmax-seed0 matching: ValueError: no matching today" in report
+    assert "Not drawn: softmax-seed0 matching: ValueError: no matching today" in (study_dir / "report.html").read_text()
+    # alpha and diagnostics do not apply to these runs (no learnable α, none recorded): skipped, not failures
+    assert report.count("**Not drawn**") == 2 and not any("alpha_" in name for name in figure_files(study_dir))
     assert "sparsemax-seed0: done before, kept (its figures redrawn)" in out
     assert "[study] figure compare NOT DRAWN: ZeroDivisionError" in out
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in mtimes.items()), "a finished run is not redone"
@@ -140,7 +156,7 @@ def test_a_run_s_minutes_add_up_over_invocations_failed_ones_too(tmp_path: Path,
     monkeypatch.setattr(study_module, "run_config", lambda *args: SimpleNamespace(train=SimpleNamespace(device="")))
     monkeypatch.setattr(study_module, "_train", train_a_minute_failing_first)
     monkeypatch.setattr(study_module, "analyze_run", lambda *args: None)
-    monkeypatch.setattr(study_module, "_run_figures", lambda *args: ([], None))
+    monkeypatch.setattr(study_module, "_run_figures", lambda *args: ([], None, []))
     outcomes = [study_module._run_one(None, "softmax", 0, tmp_path, [], "", False) for _ in range(2)]
     assert [(o.status, o.seconds) for o in outcomes] == [("failed", 60.0), ("done", 120.0)]
     assert study_tables(outcomes[1:])["Runs"][1][0][2] == "2.0"  # the report's minutes
@@ -183,7 +199,7 @@ def test_a_run_killed_while_training_counts_its_minutes_and_is_not_done(tmp_path
     monkeypatch.setattr(study_module, "_changed_settings", lambda *args: ([], False))  # its config.yaml says 2 now
     monkeypatch.setattr(study_module, "_train", a_minute)
     monkeypatch.setattr(study_module, "analyze_run", lambda *args: None)
-    monkeypatch.setattr(study_module, "_run_figures", lambda *args: ([], None))
+    monkeypatch.setattr(study_module, "_run_figures", lambda *args: ([], None, []))
     outcome = study_module._run_one(None, "softmax", 0, tmp_path, [], "", False)
     assert trained == ["softmax-seed0"], "the unfinished run is trained on, not kept as done"
     assert (outcome.status, outcome.seconds) == ("done", 180.0)

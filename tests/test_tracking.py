@@ -97,11 +97,11 @@ def test_tensorboard_and_wandb_get_grouped_names_at_one_global_step(shapes, tmp_
     Trainer(config, run, progress=False).fit()
 
     records = read_metrics(run)
-    assert [r["type"] for r in records] == ["params", "train", "train", "epoch"]
+    assert [r["type"] for r in records] == ["params", "init", "train", "train", "epoch"]  # init: α at step 0
     scalars = _tensorboard_scalars(run / "tensorboard")
     for name in ("loss", "loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error"):
         assert [step for step, _ in scalars[f"train-main-metrics/{name}"]] == [1, 2]
-    assert scalars["train-main-metrics/loss"][0][1] == pytest.approx(records[1]["loss"])
+    assert scalars["train-main-metrics/loss"][0][1] == pytest.approx(records[2]["loss"])
     assert {"train-metrics/loss_ce_0", "train-metrics/lr/default", "train-metrics/lr/backbone"} <= set(scalars)
     assert {f"train-extra-metrics/{k}" for k in ("iteration_s", "data_s", "images_per_s", "peak_memory_mb")} <= set(
         scalars
@@ -112,14 +112,15 @@ def test_tensorboard_and_wandb_get_grouped_names_at_one_global_step(shapes, tmp_
     assert "val-epoch-metrics/loss" in scalars and "train-epoch-metrics/loss" in scalars
     heads = [tag for tag in scalars if tag.startswith("alpha/transformer.decoder.layers.0.multihead_attn")]
     assert len(heads) == 4  # one per head
-    assert [step for step, _ in scalars[heads[0]]] == [1, 2]  # the epoch record's α at step 2 charted once
+    assert [step for step, _ in scalars[heads[0]]] == [0, 1, 2]  # the epoch record's α at step 2 charted once
     assert scalars["params/total/trainable"] == [(0, parameter_counts(build_model(config))["total"]["trainable"])]
 
     history = _wandb_history(run)
     by_step = {}
     for row in history:
         by_step.setdefault(int(row["_step"]), {}).update(row)
-    assert by_step[1]["train-main-metrics/loss"] == pytest.approx(records[1]["loss"])
+    assert by_step[1]["train-main-metrics/loss"] == pytest.approx(records[2]["loss"])
+    assert by_step[0][heads[0]] == pytest.approx(1.5, abs=1e-6)  # α as training started
     assert by_step[2]["val-AP/AP50"] == pytest.approx(records[-1]["AP50"])
 
 

@@ -21,6 +21,7 @@ from sparse_detector.attention.sites import PointsRecord
 from sparse_detector.cli import main
 from sparse_detector.engine.diagnostics import read_diagnostics
 from sparse_detector.engine.trainer import Trainer
+from sparse_detector.runs import read_metrics
 from sparse_detector.study import analyze_run
 from sparse_detector.viz import kinds
 from sparse_detector.viz.alpha import alpha_figure, alpha_history, value_decimals
@@ -29,7 +30,7 @@ from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure, run_color
 from sparse_detector.viz.data import Sample, data_figure
 from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_size, references_figure, sampling_figure
 from sparse_detector.viz.diagnostics import NO_GRADIENTS_NOTE, diagnostics_figure
-from sparse_detector.viz.figure import DPI, FIGURES_RECORD, LabelledBox
+from sparse_detector.viz.figure import DPI, FIGURES_RECORD, LabelledBox, wrapped
 from sparse_detector.viz.kinds import (
     FIGURE_KINDS,
     ImageItem,
@@ -623,6 +624,30 @@ def test_alpha_of_a_run_shorter_than_log_every_is_read_from_its_epoch_records():
     assert figure.axes[-1].lines[0].get_marker() == "o"  # one step: a point, not an invisible line
 
 
+def test_alpha_history_starts_at_the_alpha_training_started_from(runs, shapes, tmp_path: Path):
+    """The α figure started at the first logged training step, so the drift from α's initial value (alpha_init, or
+    what the weights of --init-from held) did not show: the trainer now logs α as training starts, at step 0."""
+    records = read_metrics(runs["run"])
+    steps, history = alpha_history(records)
+    assert steps[0] == 0 and all(np.allclose(values[0], 1.5, atol=1e-6) for values in history.values())
+    line = next(axes for axes in alpha_figure(records).axes if axes.lines).lines[0]
+    assert line.get_xdata()[0] == 0 and line.get_ydata()[0] == pytest.approx(1.5, abs=1e-6)
+
+    def initial_alpha(run: Path, init_from: Path | None = None) -> dict[str, list[float]]:
+        site = "model.attention.decoder_cross"
+        config = shapes_config(shapes, f"{site}.activation=alpha_entmax", f"{site}.alpha_init=1.1")
+        Trainer(config, run, progress=False, init_from=init_from)
+        (init,) = [r for r in read_metrics(run) if r["type"] == "init"]
+        assert init["step"] == 0
+        return init["alpha"]
+
+    assert all(np.allclose(values, 1.1, atol=1e-6) for values in initial_alpha(tmp_path / "fresh").values())
+    # from another run's weights, α starts where that run's ended, not at the config's alpha_init
+    started = initial_alpha(tmp_path / "tuned", init_from=runs["run"])
+    assert started.keys() == history.keys()
+    assert all(np.allclose(started[module], values[-1], rtol=0, atol=1e-7) for module, values in history.items())
+
+
 def test_box_legends_name_only_the_boxes_drawn(runs, tmp_path: Path):
     """The encoder figures (attention over the grid, Deformable DETR's sampling of a cell) draw no prediction, yet
     their subtitle read 'boxes: prediction (red), ground truth (cyan)'."""
@@ -764,6 +789,16 @@ def test_sparsity_says_which_runs_read_zeros_under_which_threshold():
     assert "decoder_cross: zeros ratio (p ≤ 0)" in [axes.get_title() for axes in same.axes]
 
 
+def test_wrapped_titles_keep_expressions_on_one_line():
+    """A zeros-ratio title broke between "p" and "≤ 1e-06", one line ending "(p" and the next starting "≤"."""
+    title = "decoder_cross: zeros ratio (p ≤ 1e-06: softmax-seed0; p ≤ 0: sparsemax-seed0) — Gini 1 − 1/N"
+    for tenths in range(10, 80):
+        lines = wrapped(title, tenths / 10, 9).splitlines()
+        assert " ".join(lines) == title, "nothing is lost or added but line breaks"
+        assert sum(line.count("p ≤ ") for line in lines) == 2 and any("1 − 1/N" in line for line in lines), lines
+        assert not any(line.startswith(("≤", "−")) or line.endswith((" p", "(p", " 1")) for line in lines), lines
+
+
 @pytest.mark.parametrize("count", [2, 14, 20])
 def test_sparsity_stays_readable_from_two_to_twenty_runs(count: int):
     """With 14 runs the legend covered the first panel, the bars' values overlapped into one smear and the zeros-ratio
@@ -822,11 +857,14 @@ def test_sparsity_says_grid_and_sampling_point_sites_are_not_comparable():
     assert all("NOT comparable across runs, keys differ" in t for t in mixed[:2])
     assert "feature-grid cells: detr; sampling points: deformable" in mixed[0]
     assert "over sampling points for deformable: NOT comparable" in mixed[2]
+    # the panel by object size said nothing of it (was: "decoder_cross: PAIBB of the last layer by object size")
+    assert "by object size" in mixed[3] and "over sampling points for deformable: NOT comparable" in mixed[3]
     alone = titles(sparsity_figure({"deformable": result("points")}))
     assert "PAIBB (weight of the sampling points inside the matched box)" in alone[2]
     assert not any("comparable" in t for t in alone)
     grid = titles(sparsity_figure({"a": result("grid")}))
     assert "decoder_cross: PAIBB (mass inside the matched box)" in grid[2]
+    assert "PAIBB of the last layer by object size (mass inside the matched box)" in grid[3]
 
 
 def test_a_crowded_image_outlines_its_ground_truth_without_class_names():
@@ -906,11 +944,35 @@ def test_a_deformable_study_draws_each_runs_sampling_points_and_no_grid_compare(
     shutil.copytree(runs["deformable"], run)
     analyze_run(run, "cpu")
     study = StudyConfig(preset="shapes_tiny_deformable", maps={"a": [], "b": []}, figure_images=1)
-    figures, query_kind = _run_figures(run, study, "cpu")
+    figures, query_kind, not_drawn = _run_figures(run, study, "cpu")
     assert query_kind == "deformable" and any(p.name.startswith("deformable_decoder_cross_") for p in figures)
+    assert not not_drawn and any(p.name.startswith("diagnostics_") for p in figures)
     outcomes = [RunOutcome(m, m, 0, run, "done", query_kind=query_kind) for m in ("a", "b")]
     written, not_drawn = _study_figures(outcomes, study, tmp_path / "figures", "cpu")
     assert not not_drawn and {p.name for p in written} == {"curves.png", "sparsity.png"}
+
+
+def test_a_study_draws_the_run_figures_that_apply_and_reports_those_that_fail(runs, monkeypatch):
+    """A run's figure that failed with a ValueError or FileNotFoundError was left out with a line at log level INFO,
+    as if it did not apply to the run: the report showed a study with a figure missing and said nothing."""
+    from sparse_detector.engine.inference import load_trained_model
+    from sparse_detector.study import StudyConfig, _run_figures, run_figure_kinds
+
+    alpha, deformable = (load_trained_model(runs[name]) for name in ("run", "deformable"))
+    assert run_figure_kinds(alpha) == ["attention", "matching", "alpha", "diagnostics"]
+    assert run_figure_kinds(deformable) == ["deformable", "matching", "diagnostics"]  # sparsemax: no learnable α
+    deformable.config.train.diagnostics_every = 0
+    assert run_figure_kinds(deformable) == ["deformable", "matching"]
+
+    def missing(request: VisualizeRequest) -> list[Path]:
+        raise FileNotFoundError("alpha.txt is gone")
+
+    monkeypatch.setitem(FIGURE_KINDS, "alpha", missing)
+    for kind in ("attention", "matching", "diagnostics"):
+        monkeypatch.setitem(FIGURE_KINDS, kind, lambda request: [])
+    study = StudyConfig(preset="shapes_tiny", maps={"a": []}, figure_images=1)
+    _, query_kind, not_drawn = _run_figures(runs["run"], study, "cpu")
+    assert (query_kind, not_drawn) == ("attention", ["alpha: FileNotFoundError: alpha.txt is gone"])
 
 
 def test_alpha_heat_map_numbers_tell_apart_the_values_its_colours_do():

@@ -50,8 +50,8 @@ from .data.shapes import generate_shapes
 from .engine.analyze import analyze, load_analysis_model
 from .engine.checkpoint import run_checkpoints
 from .engine.device import resolve_device
-from .engine.inference import load_trained_model
-from .engine.trainer import Trainer
+from .engine.inference import LoadedModel, load_trained_model
+from .engine.trainer import Trainer, alpha_values
 from .files import write_atomically
 from .models import build_criterion, build_model
 from .report import write_analysis
@@ -65,9 +65,6 @@ log = logging.getLogger(__name__)
 
 STUDY_PRESET_DIR = PRESET_DIR / "studies"
 STATUS_FILE = "study_status.json"
-# per run, when the run has what they draw, after the model's object queries over the image (object_query_kind:
-# `attention` over the feature grid, `deformable` sampling points)
-RUN_FIGURES = ("matching", "alpha", "diagnostics")
 STUDY_FIGURES = ("curves", "sparsity", "compare")  # over all finished runs; compare: attention over the feature grid
 
 
@@ -142,6 +139,7 @@ class RunOutcome:
     seconds: float = 0.0
     figures: list[Path] = field(default_factory=list)
     query_kind: str = ""  # the figure kind that drew its object queries (attention or deformable)
+    figures_not_drawn: list[str] = field(default_factory=list)  # "kind: error" of each of its figures that failed
 
 
 def _data_overrides(study: StudyConfig, study_dir: Path) -> list[str]:
@@ -191,7 +189,7 @@ class StudyResult:
 
     study_dir: Path
     failed_runs: list[str]  # names of the runs that failed (listed in the report with their stage and error)
-    figures_not_drawn: list[str]  # "kind: error" of each study figure that failed
+    figures_not_drawn: list[str]  # "kind: error" of each study figure, "<run> kind: error" of each run's, that failed
 
     @property
     def complete(self) -> bool:
@@ -263,11 +261,24 @@ def _analysis_current(run_dir: Path) -> bool:
     return checkpoint.is_file() and checkpoint.stat().st_mtime <= path.stat().st_mtime
 
 
-def _run_figures(run_dir: Path, study: StudyConfig, device: str) -> tuple[list[Path], str]:
-    """The per-run figures that apply: the object queries' attention (or sampling points), matching, alpha only with
-    learnable α, diagnostics only when recorded; and the kind that drew the object queries."""
-    query_kind = object_query_kind(load_trained_model(run_dir).model)
-    written = []
+def run_figure_kinds(loaded: LoadedModel) -> list[str]:
+    """The per-run figure kinds that apply to a trained run: its object queries over the image
+    (:func:`object_query_kind`: attention over the feature grid, or sampling points), matching, ``alpha`` where the
+    model has learnable α, ``diagnostics`` where training recorded them (``train.diagnostics_every``)."""
+    kinds = [object_query_kind(loaded.model), "matching"]
+    if alpha_values(loaded.model):
+        kinds.append("alpha")
+    if loaded.config.train.diagnostics_every:
+        kinds.append("diagnostics")
+    return kinds
+
+
+def _run_figures(run_dir: Path, study: StudyConfig, device: str) -> tuple[list[Path], str, list[str]]:
+    """Draw the per-run figures that apply (:func:`run_figure_kinds`); returns the files written, the kind that drew
+    the object queries, and why any figure that applies was not drawn (the report says so; the run stays done)."""
+    kinds = run_figure_kinds(load_trained_model(run_dir))
+    written: list[Path] = []
+    not_drawn: list[str] = []
     request = VisualizeRequest(
         runs=[run_dir],
         output=run_dir / "figures",
@@ -275,12 +286,14 @@ def _run_figures(run_dir: Path, study: StudyConfig, device: str) -> tuple[list[P
         device=device,
         max_queries=2,
     )
-    for kind in (query_kind, *RUN_FIGURES):
+    for kind in kinds:
         try:
             written += visualize(kind, request)
-        except (ValueError, FileNotFoundError) as err:
-            log.info("no %s figure for %s: %s", kind, run_dir.name, err)
-    return written, query_kind
+        except Exception as err:  # a figure that cannot be drawn must cost neither the run nor the report
+            not_drawn.append(f"{kind}: {type(err).__name__}: {err}")
+            log.error("figure %s of study run %s failed:\n%s", kind, run_dir.name, traceback.format_exc())
+            print(f"[study] {run_dir.name}: figure {kind} NOT DRAWN: {type(err).__name__}: {err}")
+    return written, kinds[0], not_drawn
 
 
 def _changed_settings(
@@ -363,7 +376,9 @@ def _run_one(
         if trained or not _analysis_current(run_dir):
             analyze_run(run_dir, config.train.device)
         stage = "figures"
-        outcome.figures, outcome.query_kind = _run_figures(run_dir, study, config.train.device)
+        outcome.figures, outcome.query_kind, outcome.figures_not_drawn = _run_figures(
+            run_dir, study, config.train.device
+        )
     except Exception as err:  # one failed run must not stop the study: it is recorded and reported
         outcome.status, outcome.stage = "failed", stage
         outcome.error = f"{type(err).__name__}: {err}"
@@ -422,6 +437,7 @@ def run_study(
         for seed in study.seeds
     ]
     figures, not_drawn = _study_figures(outcomes, study, study_dir / "figures", device or "auto")
+    not_drawn += [f"{o.name} {reason}" for o in outcomes for reason in o.figures_not_drawn]
     minutes = (time.perf_counter() - start) / 60
     paths = write_study_report(study_dir, study, outcomes, figures, minutes, not_drawn)
     failed = [o.name for o in outcomes if o.status == "failed"]

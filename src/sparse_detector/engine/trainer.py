@@ -357,6 +357,8 @@ class Trainer:
             not resume or self._logged_parameter_counts() != counts
         ):  # once per run: a chart of one point, not one a start
             self.logger.log("params", self.step, **counts)
+        if not resume and (alpha := alpha_values(self.model)):  # α as training starts: its history starts there
+            self.logger.log("init", self.step, alpha=alpha)
         if resume_changes:
             self.logger.log("resume", self.step, epoch=self.epoch, changes=resume_changes)
         if self.dist.is_main:

@@ -155,8 +155,8 @@ def write_study_report(
     minutes: float,
     not_drawn: Sequence[str] = (),
 ) -> list[Path]:
-    """Write ``report.md`` and ``report.html`` into ``study_dir``; returns their paths. ``not_drawn``: the study
-    figures that failed, with why."""
+    """Write ``report.md`` and ``report.html`` into ``study_dir``; returns their paths. ``not_drawn``: the figures
+    that failed, with why (the study's, and each run's after its run's name)."""
     tables = study_tables(outcomes)
     title = study_title(study)
     intro = (

@@ -24,9 +24,11 @@ def _module_label(name: str) -> str:
 
 
 def alpha_history(records: Sequence[Mapping]) -> tuple[list[int], dict[str, np.ndarray]]:
-    """Steps of the ``train`` and ``epoch`` records that log α (one per step), and per module an array
-    (steps, heads) of α. Epoch records count too: a run shorter than ``train.log_every`` steps logs α only there."""
-    by_step = {r["step"]: r for r in records if r.get("type") in ("train", "epoch") and r.get("alpha")}
+    """Steps of the ``init``, ``train`` and ``epoch`` records that log α (one per step), and per module an array
+    (steps, heads) of α. The ``init`` record holds α as training started (step 0: ``alpha_init``, or the weights of
+    ``--init-from``; runs trained before it was logged start at their first logged step). Epoch records count too: a
+    run shorter than ``train.log_every`` steps logs α only there."""
+    by_step = {r["step"]: r for r in records if r.get("type") in ("init", "train", "epoch") and r.get("alpha")}
     logged = [by_step[step] for step in sorted(by_step)]
     modules = list(logged[0]["alpha"]) if logged else []
     return [r["step"] for r in logged], {m: np.array([r["alpha"][m] for r in logged]) for m in modules}
@@ -44,7 +46,7 @@ def value_decimals(values: np.ndarray, least: int = 3, most: int = 6) -> int:
 
 def alpha_figure(records: Sequence[Mapping], title: str = "") -> Figure:
     """Heat map of the last logged α (rows: attention modules in the model's order, columns: heads) beside one plot
-    per module of its heads' α over training steps."""
+    per module of its heads' α over training steps, from its initial value where the records hold it."""
     steps, history = alpha_history(records)
     if not history:
         raise ValueError("no learnable α in these records: the run has no alpha_entmax attention")

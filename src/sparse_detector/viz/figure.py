@@ -70,11 +70,26 @@ def panel_inches(height: float, width: float, side: float) -> tuple[float, float
     return (longer, longer / aspect) if aspect >= 1 else (longer * aspect, longer)
 
 
+#: A word of these signs alone ("≤" in "p ≤ 1e-06") binds its neighbours: wrapped text never breaks beside it.
+EXPRESSION_SIGNS = frozenset("<>=≤≥≠≈±×+−")
+_JOINED = "\N{NO-BREAK SPACE}"  # textwrap breaks only at ASCII whitespace
+
+
+def _joined_expressions(line: str) -> str:
+    """``line`` with the spaces beside a word of :data:`EXPRESSION_SIGNS` made unbreakable."""
+    words = line.split(" ")
+    sign = [bool(word) and set(word) <= EXPRESSION_SIGNS for word in words]
+    spaces = [_JOINED if sign[i] or sign[i + 1] else " " for i in range(len(words) - 1)]
+    return words[0] + "".join(space + word for space, word in zip(spaces, words[1:], strict=True))
+
+
 def wrapped(text: str, width_inches: float, fontsize: float) -> str:
     """``text`` with each line wrapped to fit ``width_inches`` at ``fontsize`` (a character is about 0.6 em wide),
-    so a long title (an annotation file's path) is not clipped at the figure's edges."""
+    so a long title (an annotation file's path) is not clipped at the figure's edges; an expression such as
+    ``p ≤ 1e-06`` or ``1 − 1/N`` stays on one line."""
     columns = max(int(width_inches * 72 / (0.6 * fontsize)), 20)
-    return "\n".join(textwrap.fill(line, columns, break_on_hyphens=False) for line in text.splitlines())
+    lines = (textwrap.fill(_joined_expressions(line), columns, break_on_hyphens=False) for line in text.splitlines())
+    return "\n".join(lines).replace(_JOINED, " ")
 
 
 def save_figure(figure: Figure, path: str | Path, fmt: str = "png") -> Path:

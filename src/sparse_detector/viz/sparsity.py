@@ -21,6 +21,9 @@ from .curves import run_colors
 from .figure import wrapped
 
 PANEL_WIDTH = 4.2  # inches, at least
+# inches of a panel that its y tick labels take: a title as wide as the whole panel, centred over the bars, ran off the
+# figure's right edge
+TICK_LABELS_WIDTH = 0.5
 BAR_WIDTH = 0.13  # inches a bar takes at the least (room for its upright value)
 UPRIGHT_VALUES_FROM = 5  # runs: from this many, each bar's value is written upright (side by side they overlap)
 SPARSITY_METRICS = {"gini": "Gini (0 uniform, 1 − 1/N one-hot over N keys)", "zeros_ratio": "zeros ratio"}
@@ -98,7 +101,7 @@ def sparsity_figure(results: Mapping[str, Mapping], title: str = "") -> Figure:
                 name += f" ({_zero_thresholds(results, site)})"
             name += _keys_note(results, site)
             _grouped_bars(grid[r][c], blocks, colors, _layer_names(blocks))
-            grid[r][c].set_title(wrapped(f"{site}: {name}", panel_width, 9), fontsize=9)
+            _panel_title(grid[r][c], f"{site}: {name}", panel_width)
         if with_paibb:
             _paibb_axes(grid[-2][c], grid[-1][c], site, results, colors, panel_width)
     handles = [Patch(color=colors[label], label=label) for label in results]
@@ -107,6 +110,11 @@ def sparsity_figure(results: Mapping[str, Mapping], title: str = "") -> Figure:
     width = panel_width * max(len(sites), 2)
     figure.suptitle(wrapped(f"{title}\n{BARS_NOTE}" if title else BARS_NOTE, width, 9), fontsize=9)
     return figure
+
+
+def _panel_title(axes: Axes, title: str, panel_width: float) -> None:
+    """``title`` over a panel ``panel_width`` inches wide, wrapped to the width of its bars."""
+    axes.set_title(wrapped(title, panel_width - TICK_LABELS_WIDTH, 9), fontsize=9)
 
 
 def _most_groups(results: Mapping[str, Mapping], sites: Sequence[str], with_paibb: bool) -> int:
@@ -171,6 +179,21 @@ def _layer_names(blocks: Mapping[str, Mapping | None]) -> list[str]:
     return [f"layer {i}" for i in range(max(len(b["mean"]) for b in blocks.values() if b is not None))]
 
 
+def _paibb_meaning(results: Mapping[str, Mapping], site: str) -> str:
+    """What PAIBB of ``site`` measures in these runs: attention mass inside the matched box over the feature grid, the
+    weight of the sampling points inside it, or (runs of both) the note that the two are not comparable."""
+    measured = [label for label, result in results.items() if _site_paibb(result, site)]
+    points = [label for label in _runs_by_keys(results, site).get("points", []) if label in measured]
+    if not points:
+        return "mass inside the matched box"
+    if len(points) == len(measured):
+        return "weight of the sampling points inside the matched box"
+    return (
+        f"mass inside the matched box; over sampling points for {', '.join(points)}: NOT comparable with "
+        "attention mass on the grid"
+    )
+
+
 def _paibb_axes(
     per_layer: Axes,
     by_size: Axes,
@@ -179,29 +202,20 @@ def _paibb_axes(
     colors: Mapping[str, tuple],
     panel_width: float,
 ) -> None:
-    """PAIBB of ``site`` per layer, and by object size for the last layer (axes left empty without PAIBB); the title
-    says where it is the weight of sampling points inside the box rather than attention mass on the grid."""
+    """PAIBB of ``site`` per layer, and by object size for the last layer (axes left empty without PAIBB); both
+    titles say what it measures (:func:`_paibb_meaning`)."""
     paibb = {label: _site_paibb(result, site) for label, result in results.items()}
     if not any(paibb.values()):
         per_layer.set_axis_off()
         by_size.set_axis_off()
         return
+    meaning = _paibb_meaning(results, site)
     overall = {label: p["overall"]["per_layer"] if p else None for label, p in paibb.items()}
     _grouped_bars(per_layer, overall, colors, _layer_names(overall))
-    points = [label for label in _runs_by_keys(results, site).get("points", []) if paibb[label]]
-    if not points:
-        meaning = "mass inside the matched box"
-    elif len(points) == sum(1 for p in paibb.values() if p):
-        meaning = "weight of the sampling points inside the matched box"
-    else:
-        meaning = (
-            f"mass inside the matched box; over sampling points for {', '.join(points)}: NOT comparable with "
-            "attention mass on the grid"
-        )
-    per_layer.set_title(wrapped(f"{site}: PAIBB ({meaning})", panel_width, 9), fontsize=9)
+    _panel_title(per_layer, f"{site}: PAIBB ({meaning})", panel_width)
     last_layer = {}
     for label, p in paibb.items():
         stats = [p["by_size"].get(bucket, {}).get("per_layer") if p else None for bucket in SIZE_BUCKETS]
         last_layer[label] = {key: [s[key][-1] if s and s[key] else None for s in stats] for key in ("mean", "std")}
     _grouped_bars(by_size, last_layer, colors, list(SIZE_BUCKETS))
-    by_size.set_title(f"{site}: PAIBB of the last layer by object size", fontsize=9)
+    _panel_title(by_size, f"{site}: PAIBB of the last layer by object size ({meaning})", panel_width)
