@@ -23,8 +23,9 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from sparse_detector import cli, load_config
-from sparse_detector.cli import _stopped_message, main
+from sparse_detector import load_config
+from sparse_detector.cli import entry as cli
+from sparse_detector.cli.entry import _stopped_message, main
 from sparse_detector.data import generate_shapes_splits
 from sparse_detector.engine.checkpoint import load_checkpoint
 from sparse_detector.engine.distributed import (

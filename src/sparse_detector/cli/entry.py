@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .config import (
+from .. import __version__
+from ..config import (
     DEFAULT_SCORE_THRESHOLD,
     AttentionSiteConfig,
     Config,
@@ -33,10 +33,10 @@ from .config import (
     load_config,
     override_config,
 )
-from .data.labels import LABEL_MODES
-from .files import write_atomically
-from .logs import log_for_other_rank
-from .runs import (
+from ..data.labels import LABEL_MODES
+from ..files import write_atomically
+from ..logs import log_for_other_rank
+from ..runs import (
     CHECKPOINT_SUFFIXES,
     CONFIG_FILE,
     QUICKSTART_RUN_DIR,
@@ -46,14 +46,14 @@ from .runs import (
     other_data_suffix,
     read_analyses,
 )
-from .text import counted
+from ..text import counted
 
 if TYPE_CHECKING:
-    from .data.coco import CocoDetection
-    from .data.labels import LabelMap
-    from .engine.distributed import DistributedContext
-    from .engine.inference import LoadedModel
-    from .engine.trainer import Trainer
+    from ..data.coco import CocoDetection
+    from ..data.labels import LabelMap
+    from ..engine.distributed import DistributedContext
+    from ..engine.inference import LoadedModel
+    from ..engine.trainer import Trainer
 
 log = logging.getLogger("sparse_detector")
 
@@ -350,7 +350,7 @@ def _missing_data_hint(config_name: str, config: Config, splits: Sequence[str] =
 
 def _finished_run_message(run_dir: Path, config: Config) -> str:
     """'' if the run has epochs left, else how to extend it."""
-    from .engine.checkpoint import run_checkpoints
+    from ..engine.checkpoint import run_checkpoints
 
     checkpoints = run_checkpoints(run_dir)
     if not checkpoints:
@@ -401,7 +401,7 @@ def _lr_text(trainer: object) -> str:
 
 def _train_summary(trainer: object) -> str:
     """A few lines on what is about to happen (the whole resolved config is in the run directory's config.yaml)."""
-    from .attention.sites import model_sites
+    from ..attention.sites import model_sites
 
     config: Config = trainer.config  # type: ignore[attr-defined]
     model = config.model
@@ -431,11 +431,11 @@ def _train_summary(trainer: object) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .data.build import absolute_data_paths
-    from .engine.checkpoint import run_checkpoints
-    from .engine.device import resolve_device
-    from .engine.distributed import context_from_environment, shutdown_distributed
-    from .engine.trainer import Trainer
+    from ..data.build import absolute_data_paths
+    from ..engine.checkpoint import run_checkpoints
+    from ..engine.device import resolve_device
+    from ..engine.distributed import context_from_environment, shutdown_distributed
+    from ..engine.trainer import Trainer
 
     if args.device:  # named as the user gave it (the trainer checks train.device)
         resolve_device(args.device, "--device")
@@ -562,7 +562,7 @@ def _official_options(args: argparse.Namespace) -> dict:
 
 
 def _load_model(args: argparse.Namespace) -> LoadedModel:
-    from .engine.inference import load_trained_model
+    from ..engine.inference import load_trained_model
 
     return load_trained_model(args.checkpoint, official=args.official, **_official_options(args))
 
@@ -589,7 +589,7 @@ def add_evaluate_command(commands: Subparsers) -> None:
 
 def _check_categories(label_map: LabelMap, dataset: CocoDetection) -> None:
     """A checkpoint scored on a data set whose category ids name other classes would count one class as another."""
-    from .data.coco import DatasetError
+    from ..data.coco import DatasetError
 
     if differences := label_map.differences(dataset.labels):
         raise DatasetError(
@@ -600,11 +600,11 @@ def _check_categories(label_map: LabelMap, dataset: CocoDetection) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .data.build import build_dataset, build_loader
-    from .data.coco import DatasetError
-    from .engine.coco_eval import format_per_class_table, format_table
-    from .engine.device import resolve_device
-    from .engine.evaluate import run_evaluation
+    from ..data.build import build_dataset, build_loader
+    from ..data.coco import DatasetError
+    from ..engine.coco_eval import format_per_class_table, format_table
+    from ..engine.device import resolve_device
+    from ..engine.evaluate import run_evaluation
 
     _check_output("--output", args.output, folder=False, file=("the metrics JSON file to write", "eval.json"))
     _check_output("--save-detections", args.save_detections, folder=False, file=("a JSON file", "detections.json"))
@@ -692,12 +692,12 @@ def add_analyze_command(commands: Subparsers) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .attention.sites import select_sites
-    from .data.build import build_dataset, build_loader
-    from .engine.analyze import analyze, load_analysis_model
-    from .engine.device import resolve_device
-    from .models import build_criterion
-    from .report import analysis_markdown, write_analysis
+    from ..attention.sites import select_sites
+    from ..data.build import build_dataset, build_loader
+    from ..engine.analyze import analyze, load_analysis_model
+    from ..engine.device import resolve_device
+    from ..models import build_criterion
+    from ..report import analysis_markdown, write_analysis
 
     _check_output("--output", args.output)
     _refuse_model_overrides(args.set)
@@ -773,7 +773,7 @@ def add_compare_command(commands: Subparsers) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .report import COMPARE_METRICS, compare_markdown
+    from ..report import COMPARE_METRICS, compare_markdown
 
     unknown = [m for m in args.metrics if m not in COMPARE_METRICS]
     if unknown:
@@ -822,8 +822,8 @@ def add_predict_command(commands: Subparsers) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .engine.device import resolve_device
-    from .engine.inference import predict_images
+    from ..engine.device import resolve_device
+    from ..engine.inference import predict_images
 
     if args.image_ids and args.format != "coco":
         raise ValueError("--image-ids numbers the COCO results; add --format coco")
@@ -833,7 +833,7 @@ def _predict(args: argparse.Namespace) -> int:
     loaded = _load_model(args).with_overrides(args.set)
     draw_attention = None
     if args.attention:
-        from .viz.kinds import detection_attention, object_query_kind
+        from ..viz.kinds import detection_attention, object_query_kind
 
         if (kind := object_query_kind(loaded.model)) != "attention":
             raise ValueError(
@@ -899,7 +899,7 @@ def add_data_shapes_command(tools: Subparsers) -> None:
 
 
 def _data_shapes(args: argparse.Namespace) -> int:
-    from .data.shapes import SHAPE_SIZES, generate_shapes, generate_shapes_splits
+    from ..data.shapes import SHAPE_SIZES, generate_shapes, generate_shapes_splits
 
     if args.image_size < SHAPE_SIZES[1]:  # the library's message names its parameters, not this option
         smallest, largest = SHAPE_SIZES
@@ -970,8 +970,8 @@ def _class_names_file(images: Path) -> Path | None:
 
 def _import_to_coco(args: argparse.Namespace) -> dict:
     """Run the importer of ``args.format``; the written COCO dict."""
-    from .data import importers
-    from .data.coco import DatasetError
+    from ..data import importers
+    from ..data.coco import DatasetError
 
     def need(value: str | None, what: str) -> str:
         if not value:
@@ -1001,7 +1001,7 @@ def _import_to_coco(args: argparse.Namespace) -> dict:
 
 
 def _data_import(args: argparse.Namespace) -> int:
-    from .data.check import check_dataset
+    from ..data.check import check_dataset
 
     stats = _import_to_coco(args)["info"]["stats"]
     print(f"written: {args.out} ({counted(stats['images'], 'image')}, {counted(stats['annotations'], 'box', 'boxes')})")
@@ -1068,7 +1068,7 @@ def add_data_check_command(tools: Subparsers) -> None:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from .data.check import check_dataset
+    from ..data.check import check_dataset
 
     report = check_dataset(args.annotations, args.images, decode=not args.no_decode, label_mode=args.label_mode)
     print(report.format())
@@ -1096,8 +1096,8 @@ def add_data_split_command(tools: Subparsers) -> None:
 
 
 def _data_split(args: argparse.Namespace) -> int:
-    from .data.coco import load_json
-    from .data.split import split_coco
+    from ..data.coco import load_json
+    from ..data.split import split_coco
 
     paths = split_coco(args.annotations, args.out_dir, args.val, args.test, args.seed, args.images)
     for split, path in paths.items():
@@ -1146,12 +1146,12 @@ def add_quickstart_command(commands: Subparsers) -> None:
 def _quickstart(args: argparse.Namespace) -> int:
     """Generate the shapes data, train the tiny preset, evaluate on held-out images, print the AP table."""
     start = time.perf_counter()  # the time it reports covers importing torch and drawing the figures too
-    from .data.build import absolute_data_paths
-    from .data.shapes import generate_shapes_splits
-    from .engine.checkpoint import run_checkpoints
-    from .engine.device import resolve_device
-    from .engine.trainer import Trainer
-    from .models.backbone import fetch_pretrained_weights
+    from ..data.build import absolute_data_paths
+    from ..data.shapes import generate_shapes_splits
+    from ..engine.checkpoint import run_checkpoints
+    from ..engine.device import resolve_device
+    from ..engine.trainer import Trainer
+    from ..models.backbone import fetch_pretrained_weights
 
     # a --config, --set or --device mistake, or ImageNet weights that cannot be downloaded, stop here, not after
     # minutes of generating images
@@ -1195,8 +1195,8 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 def _quickstart_figures(run_dir: Path, config: Config) -> None:
     """The quickstart's last step: its model's attention (or sampling points) drawn on a few held-out images."""
-    from .models import build_model
-    from .viz.kinds import VisualizeRequest, object_query_kind, visualize
+    from ..models import build_model
+    from ..viz.kinds import VisualizeRequest, object_query_kind, visualize
 
     request = VisualizeRequest(
         runs=[run_dir / QUICKSTART_RUN_DIR],
@@ -1273,9 +1273,9 @@ def _is_run(path: Path) -> bool:
 
 
 def _visualize(args: argparse.Namespace) -> int:
-    from .engine.device import resolve_device
-    from .engine.inference import image_files
-    from .viz.kinds import VisualizeRequest, visualize
+    from ..engine.device import resolve_device
+    from ..engine.inference import image_files
+    from ..viz.kinds import VisualizeRequest, visualize
 
     resolve_device(args.device, "--device")
 
@@ -1337,7 +1337,7 @@ def add_study_command(commands: Subparsers) -> None:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from .study import StudyStopped, load_study, run_study
+    from ..study import StudyStopped, load_study, run_study
 
     study = load_study(args.config, args.set)
     try:
@@ -1397,7 +1397,7 @@ def _launched_context() -> DistributedContext | None:
     importing torch.distributed when no launcher set the environment)."""
     if not {"WORLD_SIZE", "SLURM_NTASKS"} & os.environ.keys():
         return None
-    from .engine.distributed import context_from_environment
+    from ..engine.distributed import context_from_environment
 
     context = context_from_environment()
     return context if context.enabled else None
@@ -1421,7 +1421,7 @@ def _print_error(message: str, compare: bool = True) -> None:
     rank 0 prints it (another rank's own error is printed, marked with its rank; ``compare=False``: always)."""
     context = _launched_context()
     if context is not None and compare:
-        from .engine.distributed import prints_its_error
+        from ..engine.distributed import prints_its_error
 
         if not prints_its_error(message):
             return
@@ -1490,7 +1490,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt as stop:
             _close_progress_bars()
-            trainer = sys.modules.get(f"{__package__}.engine.trainer")  # imported if training raised it
+            trainer = sys.modules.get("sparse_detector.engine.trainer")  # imported if training raised it
             if trainer is not None and isinstance(stop, trainer.StoppedAtOnce):
                 print(f"stopped at once by a second {stop}; the last complete checkpoint is kept", file=sys.stderr)
                 return 128 + stop.signum
@@ -1498,7 +1498,3 @@ def main(argv: list[str] | None = None) -> int:
             cause = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
             print(f"interrupted: sparse-detector {command} stopped before it finished ({cause})", file=sys.stderr)
             return 128 + getattr(stop, "signum", signal.SIGINT)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
