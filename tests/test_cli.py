@@ -15,7 +15,9 @@ from PIL import Image
 from tqdm import tqdm
 
 import sparse_detector
-from sparse_detector.cli import _close_progress_bars, _closest, build_parser, main
+from sparse_detector.cli import main
+from sparse_detector.cli.entry import _close_progress_bars, build_parser
+from sparse_detector.cli.parsing import _closest
 from sparse_detector.config import load_config
 from sparse_detector.data.build import absolute_data_paths
 
@@ -65,7 +67,7 @@ def test_version_names_the_installed_version(capsys) -> None:
 def test_help_does_not_import_torch() -> None:
     """`--help` stays instant because nothing heavy is imported to build the parser (timed in benchmarks/)."""
     code = (
-        "import sys; from sparse_detector.cli import build_parser; build_parser().parse_args(['train']); "
+        "import sys; from sparse_detector.cli.entry import build_parser; build_parser().parse_args(['train']); "
         "print(sorted(m for m in ('torch', 'torchvision', 'numpy', 'PIL', 'pycocotools') if m in sys.modules))"
     )
     src = Path(__file__).resolve().parents[1] / "src"
@@ -286,7 +288,7 @@ def test_errors_start_on_their_own_line() -> None:
 
 
 def test_visualize_kinds_and_formats_named_in_the_cli_match_the_registry():
-    from sparse_detector.cli import FIGURE_FORMATS, FIGURE_KIND_NAMES
+    from sparse_detector.cli.visualize import FIGURE_FORMATS, FIGURE_KIND_NAMES
     from sparse_detector.viz.figure import FORMATS
     from sparse_detector.viz.kinds import FIGURE_KINDS
 
@@ -314,12 +316,12 @@ def test_a_file_where_an_output_folder_goes_is_named_before_any_work(tmp_path: P
 
 
 def test_ctrl_c_outside_training_is_one_line_not_a_traceback(monkeypatch, capsys) -> None:
-    import sparse_detector.cli as cli
+    import sparse_detector.cli.evaluation as evaluation_commands
 
     def interrupted(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_evaluate", interrupted)
+    monkeypatch.setattr(evaluation_commands, "_evaluate", interrupted)
     assert main(["evaluate", "--checkpoint", "runs/mine"]) == 130
     err = capsys.readouterr().err
     assert err == "interrupted: sparse-detector evaluate stopped before it finished (Ctrl-C)\n"
@@ -331,14 +333,14 @@ def test_sigterm_outside_training_is_one_line_not_a_silent_kill(monkeypatch, cap
     import os
     import signal
 
-    import sparse_detector.cli as cli
+    import sparse_detector.cli.train as train_command
 
     def starting_up(args: argparse.Namespace) -> int:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the signal interrupts this at once
         return 0
 
-    monkeypatch.setattr(cli, "_train", starting_up)
+    monkeypatch.setattr(train_command, "_train", starting_up)
     before = signal.getsignal(signal.SIGTERM)
     assert main(["train"]) == 128 + signal.SIGTERM
     assert capsys.readouterr().err == "interrupted: sparse-detector train stopped before it finished (SIGTERM)\n"
@@ -363,7 +365,7 @@ def test_every_long_running_command_takes_no_progress(command: str) -> None:
 
 
 def test_train_summary_shows_the_global_batch_of_several_processes() -> None:
-    from sparse_detector.cli import _batch_text
+    from sparse_detector.cli.summaries import _batch_text
 
     assert _batch_text(4, 1) == "4"
     assert _batch_text(4, 2) == "4 per process x 2 = 8"
@@ -439,7 +441,7 @@ def test_quickstart_into_a_finished_one_stops_before_generating_images(tmp_path:
 
 
 def test_quickstart_names_the_run_directory_the_other_commands_take(tmp_path: Path, capsys, monkeypatch) -> None:
-    import sparse_detector.cli as cli
+    import sparse_detector.cli.quickstart as quickstart
     import sparse_detector.engine.trainer as trainer_module
 
     class FinishedTrainer(trainer_module.Trainer):
@@ -447,9 +449,9 @@ def test_quickstart_names_the_run_directory_the_other_commands_take(tmp_path: Pa
             return {"AP50": 0.5, "AP": 0.25}
 
     clock = [0.0]  # the quickstart's own clock: the figures take 3 minutes of it
-    monkeypatch.setattr(cli, "time", SimpleNamespace(perf_counter=lambda: clock[0], strftime=time.strftime))
+    monkeypatch.setattr(quickstart, "time", SimpleNamespace(perf_counter=lambda: clock[0], strftime=time.strftime))
     monkeypatch.setattr(trainer_module, "Trainer", FinishedTrainer)
-    monkeypatch.setattr(cli, "_quickstart_figures", lambda run_dir, config: clock.__setitem__(0, 180.0))
+    monkeypatch.setattr(quickstart, "_quickstart_figures", lambda run_dir, config: clock.__setitem__(0, 180.0))
     run = tmp_path / "qs"
     assert main(["quickstart", "--num-train", "4", "--num-val", "2", "--output-dir", str(run), "--no-progress"]) == 0
     out = capsys.readouterr().out

@@ -23,8 +23,10 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from sparse_detector import cli, load_config
-from sparse_detector.cli import _stopped_message, main
+from sparse_detector import load_config
+from sparse_detector.cli import main
+from sparse_detector.cli import train as train_command
+from sparse_detector.cli.summaries import _stopped_message
 from sparse_detector.data import generate_shapes_splits
 from sparse_detector.engine.checkpoint import load_checkpoint
 from sparse_detector.engine.distributed import (
@@ -295,7 +297,7 @@ def test_a_rank_left_by_a_dead_peer_says_so_in_words(monkeypatch, capsys):
             "worker before reporting an error. GLHF!"
         )
 
-    monkeypatch.setattr(cli, "_train", peer_died)
+    monkeypatch.setattr(train_command, "_train", peer_died)
     assert main(["train", "--config", "shapes_tiny"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: another process of this distributed run stopped") and "GLHF" not in err
@@ -306,7 +308,7 @@ def test_a_rank_left_by_a_dead_peer_says_so_in_words(monkeypatch, capsys):
             "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application."
         )
 
-    monkeypatch.setattr(cli, "_train", peer_killed)
+    monkeypatch.setattr(train_command, "_train", peer_killed)
     assert main(["train", "--config", "shapes_tiny"]) == 2
     assert capsys.readouterr().err.startswith("error: another process of this distributed run stopped")
 
@@ -329,7 +331,7 @@ def _warn_then_fail_in_train(rank: int) -> str:
         warnings.warn("a deprecation every process meets alike", FutureWarning, stacklevel=1)
         raise ValueError("the same error on every rank")
 
-    cli.load_config = load_config_warning
+    train_command.load_config = load_config_warning
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         main(["train", "--config", "shapes_tiny"])

@@ -267,7 +267,7 @@ def test_training_class_error_is_a_share_of_matched_queries_only(shapes, tmp_pat
 
 def test_a_resumed_run_s_summary_prints_the_learning_rate_it_trains_with(shapes, tmp_path: Path):
     """After optim.lr_drop the summary printed on resume said 'lr 0.0002' while the steps trained at 2e-05."""
-    from sparse_detector.cli import _train_summary
+    from sparse_detector.cli.summaries import _train_summary
 
     run = tmp_path / "run"
     settings = ("train.max_steps_per_epoch=1", "optim.lr=1e-4", "optim.lr_drop=1", "train.eval_every=5")

@@ -1,4 +1,4 @@
-"""A new detector plugs into the attention-site contract without changes to analysis/, engine/ or cli.py.
+"""A new detector plugs into the attention-site contract without changes to analysis/, engine/ or cli/.
 
 The detector below is registered here, in the test file: a strided-convolution "backbone" and object queries that
 attend over its feature grid at one site of its own. Built from a config by ``model.arch``, it trains, records its

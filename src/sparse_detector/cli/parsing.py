@@ -1,0 +1,147 @@
+"""Building blocks of the parser: the parser class ("did you mean"), the help format, a subcommand with its
+example and handler, ``--set`` overrides, and argparse types of numbers."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from ..config import check_score_threshold
+
+Subparsers = argparse._SubParsersAction  # what add_subparsers() returns; add_parser() makes a subcommand
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser that adds the closest name to a mistyped subcommand, choice or option ("did you mean")."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.suggest_on_error = False  # Python 3.14's own suggestion (off there by default) would say it twice
+
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as err:
+            if suggestion := _closest(str(value), map(str, action.choices or ())):
+                raise argparse.ArgumentError(action, f"{err.message}; did you mean {suggestion!r}?") from None
+            raise
+
+    def parse_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """As argparse's, but an unknown option is reported by the (sub)command it was given to, with the closest
+        of that command's options."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = _chosen_command(self, parsed)
+            unknown = [text.split("=", 1)[0] for text in extras if text.startswith("-")]
+            close = [(text, _closest(text, command._option_string_actions)) for text in unknown]
+            hints = "".join(
+                f"; did you mean {option} instead of {text}?" for text, option in close if option not in (None, text)
+            )
+            command.error(f"unrecognized arguments: {' '.join(extras)}{hints}")
+        return parsed
+
+
+def _closest(text: str, names: Iterable[str]) -> str | None:
+    """The name most like a mistyped ``text``, if any: difflib's ratio of at least 0.6 between the names without
+    their leading dashes (which every option shares), 0.75 for a word under 6 letters (``--set`` is not ``--site``)."""
+    by_word: dict[str, str] = {}
+    for name in names:
+        by_word.setdefault(name.lstrip("-"), name)
+    word = text.lstrip("-")
+    cutoff = 0.75 if len(word) < 6 else 0.6
+    return next((by_word[match] for match in difflib.get_close_matches(word, list(by_word), n=1, cutoff=cutoff)), None)
+
+
+def _chosen_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command ``args`` were parsed for, e.g. that of `data import`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return _chosen_command(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default where it has one worth showing; descriptions and examples keep their lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help = action.help or ""
+        if "default" in help or any(action.default is none for none in (None, False, argparse.SUPPRESS)):
+            return help
+        if action.default == [] or not action.option_strings:
+            return help
+        return f"{help} (default: %(default)s)"
+
+
+def _add_command(commands: Subparsers, name: str, help: str, example: str, func: Callable) -> argparse.ArgumentParser:
+    """A subcommand parser with the shared formatter, an ``example:`` epilog and its handler."""
+    parser = commands.add_parser(
+        name, help=help, description=help, epilog=f"example:\n  {example}\n", formatter_class=_HelpFormatter
+    )
+    parser.set_defaults(func=func)
+    # also after the command (`train ... --debug`), where the error's hint sends a user; unset, the top level's holds
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    return parser
+
+
+def _add_overrides(parser: argparse.ArgumentParser, example: str = "data.val_size=512") -> None:
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        action="extend",  # --set a=1 --set b=2 applies both (argparse's default keeps only the last)
+        default=[],
+        type=_override,
+        metavar="KEY=VALUE",
+        help=f"config overrides, e.g. {example} (repeatable)",
+    )
+
+
+def _override(text: str) -> str:
+    """An argparse type: a ``key.sub=value`` override (``--set`` takes every word up to the next option, so an
+    image or run named after it lands here)."""
+    if "=" in text:
+        return text
+    if Path(text).exists():  # an input: `predict ... --set data.val_size=512 photos/`
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE, got {text!r}: --set reads every word after it up to the next option, so put "
+            f"{text!r} before --set, or end the overrides with --"
+        )
+    raise argparse.ArgumentTypeError(
+        f"expected KEY=VALUE, got {text!r}: give the key a value ({text}=VALUE); an input after --set goes before "
+        "it, or after -- ending the overrides"
+    )
+
+
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum`` (argparse names the option in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int, _count = _whole_number(1), _whole_number(0)
+
+
+def _score(text: str) -> float:
+    """An argparse type: a detection score threshold, from 0 to 1 (scores are probabilities; see
+    :func:`~.config.check_score_threshold`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    try:
+        check_score_threshold(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value

@@ -1,0 +1,131 @@
+"""``sparse-detector visualize``: figures of runs, checkpoints and images, one kind at a time."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import DEFAULT_SCORE_THRESHOLD, load_config
+from ..runs import CHECKPOINT_SUFFIXES, CONFIG_FILE, holds_checkpoint
+from .model_source import _add_official_reading, _official_options, _refuse_model_overrides
+from .outputs import _check_output
+from .parsing import Subparsers, _add_command, _add_overrides, _count, _positive_int, _score
+from .presets import PRESET_DATA_HINTS, _missing_data_hint
+
+# The kinds of `visualize` (the registry of sparse_detector.viz.kinds, which imports torch; a test keeps them equal)
+# and its file formats (sparse_detector.viz.figure.FORMATS), named here so `--help` stays instant.
+FIGURE_KIND_NAMES = (
+    "alpha",
+    "attention",
+    "compare",
+    "curves",
+    "data",
+    "deformable",
+    "diagnostics",
+    "encoder",
+    "matching",
+    "sparsity",
+)
+FIGURE_FORMATS = ("png", "pdf", "svg")
+RUN_ONLY_KINDS = ("alpha", "curves", "diagnostics", "sparsity")  # figures of runs' logs and analyses, no images
+
+
+def add_visualize_command(commands: Subparsers) -> None:
+    parser = _add_command(
+        commands,
+        "visualize",
+        "figures: attention maps, sampling points, data, matching, training curves, alpha, diagnostics, sparsity",
+        "sparse-detector visualize attention runs/mine --num-images 2 --max-queries 3",
+        _visualize,
+    )
+    parser.description = (
+        f"{parser.description}.\nRUN is a run directory or checkpoint (for `data`, also a config). INPUTS are "
+        "images to draw on (default: the first --num-images of the run's validation data) and, for curves / "
+        "sparsity / alpha / diagnostics / compare, more runs."
+    )
+    parser.add_argument("kind", choices=FIGURE_KIND_NAMES, metavar="KIND", help=", ".join(FIGURE_KIND_NAMES))
+    parser.add_argument("run", metavar="RUN", help="run directory or checkpoint (data: also a config)")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="images (files or folders) or more runs")
+    parser.add_argument("--output", help="output folder (default: RUN/figures)")
+    parser.add_argument("--format", choices=FIGURE_FORMATS, default="png", help="file format")
+    parser.add_argument(
+        "--num-images", type=_positive_int, default=3, help="validation images drawn when none are given"
+    )
+    parser.add_argument("--queries", type=int, nargs="+", help="attention: these queries (default: score >= threshold)")
+    parser.add_argument(
+        "--threshold", type=_score, default=DEFAULT_SCORE_THRESHOLD, help="attention: minimum score of a drawn query"
+    )
+    parser.add_argument(
+        "--max-queries",
+        type=_count,
+        default=10,
+        help="attention, deformable: at most this many queries per image, best first (0: all)",
+    )
+    parser.add_argument(
+        "--pixels", type=_pixel, nargs="+", metavar="X,Y", help="encoder, deformable: query pixels (image coordinates)"
+    )
+    parser.add_argument("--site", help="attention site to draw (default: the model's site for the kind)")
+    parser.add_argument("--official", action="store_true", help="RUN is an official checkpoint (of --arch)")
+    _add_official_reading(parser)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    _add_overrides(parser, "data.val.annotations=FILE.json (data settings of RUN's config)")
+
+
+def _pixel(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel as X,Y (e.g. 40,60), got {text!r}") from None
+    return x, y
+
+
+def _is_run(path: Path) -> bool:
+    """A checkpoint file or a run directory (its config or a checkpoint); any other folder is one of images."""
+    if path.is_dir():
+        return (path / CONFIG_FILE).is_file() or holds_checkpoint(path)
+    return path.suffix in CHECKPOINT_SUFFIXES
+
+
+def _visualize(args: argparse.Namespace) -> int:
+    from ..engine.device import resolve_device
+    from ..engine.inference import image_files
+    from ..viz.kinds import VisualizeRequest, visualize
+
+    resolve_device(args.device, "--device")
+
+    run = Path(args.run)
+    extra = [Path(p) for p in args.inputs]
+    if args.kind in RUN_ONLY_KINDS:  # these read runs' logs, never images: every input is a run
+        runs, images = [run, *extra], []
+    else:
+        runs = [run, *(p for p in extra if _is_run(p))]
+        images = [p for p in extra if not _is_run(p)]
+    if args.set and args.kind in RUN_ONLY_KINDS:
+        raise ValueError(f"--set: visualize {args.kind} reads the runs' records, not their config; leave --set out")
+    _refuse_model_overrides(args.set)
+    if args.kind == "data" and run.stem in PRESET_DATA_HINTS and not _is_run(run):  # a preset whose data we make
+        hint = _missing_data_hint(args.run, load_config(args.run, args.set), splits=("train",))  # draws train
+        if hint:
+            raise FileNotFoundError(hint)
+    output = Path(args.output) if args.output else (run if run.is_dir() else run.parent) / "figures"
+    _check_output("--output", output)
+    request = VisualizeRequest(
+        runs=runs,
+        output=output,
+        images=image_files(images, skip=output) if images else [],
+        fmt=args.format,
+        num_images=args.num_images,
+        queries=args.queries,
+        threshold=args.threshold,
+        max_queries=args.max_queries,
+        left_out_advice="--max-queries 0 draws them all, --threshold or --queries choose others",
+        pixels=args.pixels,
+        site=args.site,
+        official=args.official,
+        official_options=_official_options(args),
+        device=args.device,
+        overrides=args.set,
+    )
+    for path in visualize(args.kind, request):
+        print(f"written: {path}")
+    return 0
