@@ -104,6 +104,17 @@ def test_zeros_ratio_hand_cases():
     torch.testing.assert_close(zeros_ratio(p, padding, 1e-6), torch.tensor([0.5, 0.5, 0.5]))
 
 
+def test_zeros_ratio_of_a_negative_threshold_counts_no_key_not_the_padding():
+    p = torch.tensor([[0.0, 0.5, 0.5, 0.0]])
+    assert zeros_ratio(p, torch.tensor([[False, False, True, True]]), -1.0).tolist() == [0.0]
+
+
+@pytest.mark.parametrize("n", [7, 5000, 13294])
+def test_gini_of_a_uniform_float32_map_is_never_below_zero(n: int):
+    """Rounding put 1 - 2 sum(...) / N at about -1e-7 for these N, printed as '-0.000'."""
+    assert gini(torch.full((1, n), 1.0 / n)).item() == 0.0
+
+
 def test_entropy_hand_cases():
     p = torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.0, 1.0, 0.0, 0.0], [0.5, 0.25, 0.25, 0.0], [0.5, 0.5, 0.0, 0.0]])
     padding = torch.tensor([[False] * 4, [False] * 4, [False] * 4, [False, False, True, True]])

@@ -71,6 +71,15 @@ def test_coverage_matches_cell_by_cell_reference_and_skips_padding():
     assert full.sum() == 6 and (full[:2, :3] == 1).all()
 
 
+def test_cells_beyond_the_valid_grid_get_no_coverage_even_where_the_image_extends_over_them():
+    """A valid grid of 2 x 2 cells (as a mask downsampled by nearest neighbour can give) of an image 2.5 cells wide:
+    the box over the whole image covers the valid cells only."""
+    whole = torch.tensor([[0.5, 0.5, 1.0, 1.0]], dtype=torch.float64)
+    coverage = box_coverage(whole, torch.tensor([[2, 2]]), (3, 3), torch.tensor([[2.5, 2.5]], dtype=torch.float64))
+    expected = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(coverage.view(3, 3), expected, rtol=0, atol=0)
+
+
 def test_uniform_map_gives_box_area():
     grid = (5, 7)
     uniform = torch.full((35,), 1 / 35)
@@ -124,6 +133,13 @@ def test_size_buckets_use_original_pixels():
     sides = torch.tensor([31.99, 32.01, 95.99, 96.01])
     boxes = torch.stack([torch.full((4,), 0.5), torch.full((4,), 0.5), sides / 200, sides / 100], dim=1).double()
     assert size_buckets(boxes, orig).tolist() == [0, 1, 1, 2]
+
+
+def test_size_buckets_put_areas_of_exactly_32_and_96_squared_in_the_larger_bucket():
+    """COCO's buckets: small < 32² <= medium < 96² <= large."""
+    whole_image = torch.tensor([[0.5, 0.5, 1.0, 1.0]], dtype=torch.float64)
+    for side, bucket in ((32, "medium"), (96, "large")):
+        assert size_buckets(whole_image, torch.tensor([side, side])).tolist() == [SIZE_BUCKETS.index(bucket)]
 
 
 def test_aggregator_paibb_overall_and_by_size():

@@ -14,7 +14,7 @@ from matplotlib.colors import to_rgb
 from sparse_detector import build_model, deformable_detr_from_official, load_config
 from sparse_detector.analysis import AttentionMaps, compute_paibb, record_attention
 from sparse_detector.analysis.metrics import gini
-from sparse_detector.analysis.paibb import point_readings
+from sparse_detector.analysis.paibb import MIN_BOX_SIDE, point_readings
 from sparse_detector.attention import Sparsemax
 from sparse_detector.attention.deformable import MSDeformAttn, ms_deform_attn_sample
 from sparse_detector.attention.sites import PointsRecord
@@ -507,6 +507,36 @@ def test_point_paibb_and_spread_match_brute_force():
     readings = point_readings([record], image, query, box)
     assert readings[0].item() == pytest.approx(inside, abs=1e-6)
     assert readings[1].item() == pytest.approx(spread, abs=1e-6)
+
+
+def test_points_on_the_box_border_are_inside_and_zero_size_boxes_give_a_finite_spread():
+    """Box x in [0.375, 0.625] (exact in binary): points at both edges count as inside, one just beyond does not.
+    The spread over a box of zero width and height measures in ``MIN_BOX_SIDE`` of the image instead."""
+    weights = torch.tensor([0.2, 0.3, 0.5]).view(1, 1, 1, 1, 3)
+    locations = torch.tensor([[0.375, 0.5], [0.625, 0.5], [0.625 + 2**-20, 0.5]]).view(1, 1, 1, 1, 3, 2)
+    reference = torch.tensor([0.5, 0.5]).view(1, 1, 1, 2)
+    record = PointsRecord(weights, locations, reference, torch.tensor([[4, 4]]), torch.ones(1, 1, 2))
+    image = query = torch.tensor([0])
+    inside, _ = point_readings([record], image, query, torch.tensor([[0.5, 0.5, 0.25, 1.0]]))
+    assert inside.item() == pytest.approx(0.5, abs=1e-7)
+    _, spread = point_readings([record], image, query, torch.tensor([[0.5, 0.5, 0.0, 0.0]]))
+    distances = [0.125 / MIN_BOX_SIDE, 0.125 / MIN_BOX_SIDE, (0.125 + 2**-20) / MIN_BOX_SIDE]
+    assert spread.item() == pytest.approx(0.2 * distances[0] + 0.3 * distances[1] + 0.5 * distances[2], rel=1e-6)
+
+
+def test_valid_cells_are_whole_although_their_float32_ratio_is_not():
+    """7 valid cells of 13: the float32 ratio 7 / 13 times 13 is 7.0000005. The valid cells are counted whole, so
+    a point at 0.625 of them lies exactly on the border of a box ending at 0.625 of the image (56 px wide, 7 cells of
+    stride 8), and counts as inside."""
+    weights = torch.ones(1, 1, 1, 1, 1)
+    locations = torch.tensor([0.625, 0.5]).view(1, 1, 1, 1, 1, 2)
+    reference = torch.tensor([0.5, 0.5]).view(1, 1, 1, 2)
+    valid_ratios = torch.full((1, 1, 2), 7.0) / 13
+    record = PointsRecord(weights, locations, reference, torch.tensor([[13, 13]]), valid_ratios)
+    box = torch.tensor([[0.5, 0.5, 0.25, 1.0]])
+    image = query = torch.tensor([0])
+    inside, _ = point_readings([record], image, query, box, torch.tensor([[56, 56]]), (8,))
+    assert inside.item() == 1.0
 
 
 def test_point_paibb_and_spread_compare_points_and_boxes_in_pixels():

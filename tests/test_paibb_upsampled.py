@@ -69,6 +69,16 @@ def test_maps_without_a_padding_mask():
     assert abs(value - 2 / 3) < 1e-12  # the box's share of the pixels (20 of 30 columns)
 
 
+def test_box_edges_round_to_the_nearest_pixel():
+    """Edges at 14.35 and 26.65 px take columns 14 to 26 (13), at 7.75 and 23.25 px rows 8 to 22 (15): rounded,
+    not truncated (truncation gives 12 x 16)."""
+    weights = torch.full((1, 1, 1, 6), 1 / 6, dtype=torch.float64)  # uniform on a 2 x 3 grid
+    maps = AttentionMaps([weights], None, torch.tensor([[2, 3]]), (2, 3), keys="grid", queries="queries")
+    box = {"boxes": torch.tensor([[0.5, 0.5, 0.3, 0.5]], dtype=torch.float64), "orig_size": torch.tensor([31, 41])}
+    value = upsampled_paibb(maps, [box], [(torch.tensor([0]), torch.tensor([0]))])[0]
+    assert abs(value - 13 * 15 / (31 * 41)) < 1e-12
+
+
 def test_keeps_the_thesis_geometry_when_sides_are_not_multiples_of_the_stride():
     """The thesis upsampled the valid grid to the image size, stretching it where a side is not a multiple of the
     stride; the compatible reading does the same on purpose (the default PAIBB places cells on their pixels)."""
