@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -512,3 +514,15 @@ def test_debug_is_taken_after_the_command_too(command: tuple[str, ...]) -> None:
         assert build_parser().parse_args(["train", "--debug"]).debug
         assert build_parser().parse_args(["--debug", "train"]).debug
         assert not build_parser().parse_args(["train"]).debug
+
+
+def test_output_read_by_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    """`sparse-detector data import ... | head -1` printed 'error: [Errno 32] Broken pipe' (exit status 2), or
+    Python's 'Exception ignored ... BrokenPipeError' at exit; now it stops as a command killed by SIGPIPE does."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first line
+    argv = [sys.executable, "-m", "sparse_detector", "data", "shapes", str(tmp_path / "shapes"), "--num-images", "2"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    result = subprocess.run(argv, stdout=write_end, stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    os.close(write_end)
+    assert (result.returncode, result.stderr) == (128 + signal.SIGPIPE, "")

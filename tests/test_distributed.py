@@ -23,7 +23,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from sparse_detector import load_config
+from sparse_detector import build_model, load_config
 from sparse_detector.cli import main
 from sparse_detector.cli import train as train_command
 from sparse_detector.cli.summaries import _stopped_message
@@ -382,3 +382,18 @@ def test_an_error_every_rank_hits_is_printed_once_and_another_ranks_own_error_to
     other = str(tmp_path / "elsewhere")  # e.g. a path that exists on rank 0's node only
     (_, printed0), (rank1, printed1) = _run_workers(_train_cli_errors, [missing, other])
     assert rank1 == 2 and printed1.startswith(f"error: (rank 1) --resume {other} does not exist")
+
+
+def test_data_parallel_detr_gradients_fit_ddp_buckets(tmp_path: Path):
+    """The projection of the channels-last backbone features had a gradient of other strides than its weight, so
+    every data-parallel DETR run printed DDP's 'Grad strides do not match bucket view strides' warning."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(build_model(load_config("shapes_tiny")))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outputs = model(torch.rand(16, 3, 128, 128))
+            (outputs["pred_logits"].sum() + outputs["pred_boxes"].sum()).backward()
+    finally:
+        torch.distributed.destroy_process_group()
+    assert not [w for w in caught if "strides" in str(w.message)]

@@ -101,6 +101,9 @@ class AttentionSiteConfig:
     tvmax_lambda: float = 0.1  # tvmax: weight of the total-variation term
 
 
+MAP_OPTIONS = {"alpha_entmax": "alpha_init", "tvmax": "tvmax_lambda"}  # the AttentionSiteConfig option of each map
+
+
 @dataclass
 class DeformableConfig:
     """Deformable DETR only (``model.arch: deformable_detr``), official names and defaults."""

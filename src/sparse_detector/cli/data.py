@@ -71,7 +71,7 @@ def add_data_import_command(tools: Subparsers) -> None:
         f"{parser.description}.\n\nformats:\n"
         "  voc   standard: VOC_ROOT --split trainval; any layout: --annotations XML_DIR [--images DIR] [--list FILE]\n"
         "        (XML matched to images by <filename>, else by file name)\n"
-        "  yolo  --images DIR --classes classes.txt|data.yaml [--labels DIR] (one <stem>.txt per image)\n"
+        "  yolo  IMG_DIR [--classes classes.txt|data.yaml] [--labels DIR] (one <stem>.txt per image)\n"
         "  csv   CSV_FILE [--images DIR] [--classes FILE]: rows file,x1,y1,x2,y2,label in pixels\n"
         "  coco  JSON_FILE [--images DIR]: ids renumbered where needed, image paths rewritten\n"
         "The output is written only where --out says; image paths in it are absolute or relative to it."

@@ -147,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             return args.func(args)
         try:
-            return args.func(args)
+            status = args.func(args)
+            sys.stdout.flush()  # here rather than at exit, so that a reader gone away is handled below
+            return status
+        except BrokenPipeError:  # the reader of the output stopped early (`... | head`): not an error of the command
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush is silent
+            return 128 + signal.SIGPIPE
         except (FileExistsError, NotADirectoryError) as err:  # a file where an output folder should be made
             _close_progress_bars()
             path = Path(err.filename or "")

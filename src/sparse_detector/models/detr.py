@@ -14,7 +14,7 @@ from ..attention.fast_layers import Linear
 from ..attention.sites import AttentionSite, with_key_strides
 from ..config import Config
 from ..data.batching import PaddedBatch, model_input
-from .backbone import Backbone, Joiner
+from .backbone import MEMORY_FORMAT, Backbone, Joiner
 from .build import build_activation
 from .outputs import DetectionOutput
 from .position_encoding import build_position_encoding
@@ -61,7 +61,8 @@ class DETR(nn.Module):
         self.class_embed = Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
-        self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1)
+        # channels-last as the features it projects, so its weight's gradient has the weight's strides (DDP's buckets)
+        self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1).to(memory_format=MEMORY_FORMAT)
         self.backbone = backbone
 
     def attention_sites(self) -> tuple[AttentionSite, ...]:

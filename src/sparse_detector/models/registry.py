@@ -14,6 +14,7 @@ default: DETR's set criterion, see ``build.build_criterion``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -21,12 +22,14 @@ from torch import Tensor, nn
 
 from ..attention.registry import available_activations, needs_key_grid
 from ..attention.sites import AttentionSite, model_sites
-from ..config import AttentionSiteConfig, Config, ConfigError
+from ..config import MAP_OPTIONS, AttentionSiteConfig, Config, ConfigError
 
 ModelBuilder = Callable[[Config], nn.Module]
 CriterionBuilder = Callable[[Config], nn.Module]
 OfficialConfig = Callable[..., Config]
 """``(state_dict, **options) -> Config`` of an official checkpoint of the arch (options: e.g. ``nheads``)."""
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,10 @@ def model_entry(arch: str) -> ModelEntry:
 
 
 def check_attention_config(attention: Mapping[str, AttentionSiteConfig], sites: Mapping[str, AttentionSite]) -> None:
-    """Every ``model.attention.<site>`` names a site of the model and a map its keys can take."""
+    """Every ``model.attention.<site>`` names a site of the model and a map its keys can take; an option set for
+    another map than the site's is a warning (an error would refuse old runs and studies whose shared settings give
+    it to every map)."""
+    default = AttentionSiteConfig()
     for name, site_config in attention.items():
         if name not in sites:
             raise ConfigError(
@@ -88,6 +94,15 @@ def check_attention_config(attention: Mapping[str, AttentionSiteConfig], sites: 
                 f"model.attention.{name}.activation: {activation} needs keys on the image's feature grid, but the keys "
                 f"of {name} are {sites[name].keys}; {elsewhere}, or use a map of {takes} here"
             )
+        for used_by, option in MAP_OPTIONS.items():
+            value, unset = getattr(site_config, option), getattr(default, option)
+            if used_by != activation and value != unset:
+                logger.warning(
+                    "model.attention.%s.%s=%s is an option of %s, but the map of %s is %s, which ignores it; set "
+                    "model.attention.%s.activation=%s to use it, or model.attention.%s.%s=%s (its default) to say "
+                    "nothing",
+                    *(name, option, value, used_by, name, activation, name, used_by, name, option, unset),
+                )
 
 
 def check_model_sizes(config: Config) -> None:
