@@ -73,6 +73,21 @@ def test_a_log_whose_last_line_was_cut_short_is_read_up_to_it(tmp_path: Path, ca
         read_diagnostics(tmp_path)  # a bad line before the end is no cut: an error naming the file and line
 
 
+def test_missing_diagnostics_advice_depends_on_how_the_run_was_trained(tmp_path: Path):
+    """A run trained with diagnostics whose diagnostics.jsonl was deleted was told to train with
+    train.diagnostics_every=N, as if it never had been; that advice is now only for runs trained without."""
+    (tmp_path / "config.yaml").write_text("train:\n  diagnostics_every: 0\n")
+    with pytest.raises(FileNotFoundError, match=r"train with --set train.diagnostics_every=N to record it"):
+        read_diagnostics(tmp_path)
+    (tmp_path / "config.yaml").write_text("train:\n  diagnostics_every: 5\n")
+    with pytest.raises(FileNotFoundError) as missing:
+        read_diagnostics(tmp_path)
+    assert str(missing.value) == (
+        f"{tmp_path / DIAGNOSTICS_FILE} does not exist, though the run was trained with train.diagnostics_every=5: "
+        "it was moved or deleted"
+    )
+
+
 def test_runs_of_the_same_name_get_labels_told_apart_by_their_parents(tmp_path: Path):
     from sparse_detector.report import compare_markdown
     from sparse_detector.viz.kinds import run_labels as figure_labels
