@@ -18,6 +18,7 @@ from sparse_detector.runs import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     METRICS_FILE,
+    TRAINING_LOCK,
     analysis_dir,
     analysis_label,
     analysis_labels,
@@ -86,6 +87,14 @@ def test_missing_diagnostics_advice_depends_on_how_the_run_was_trained(tmp_path:
         f"{tmp_path / DIAGNOSTICS_FILE} does not exist, though the run was trained with train.diagnostics_every=5: "
         "it was moved or deleted"
     )
+
+
+def test_the_readme_names_the_lock_file_a_run_directory_keeps():
+    """Every finished run directory holds .training.lock (an flock, kept: removing it would race with a process
+    opening it), and the README's list of a run directory's files did not name it."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    runs_section = readme.split("\n### Runs\n", 1)[1].split("\n### ", 1)[0]
+    assert f"`{TRAINING_LOCK}`" in runs_section
 
 
 def test_runs_of_the_same_name_get_labels_told_apart_by_their_parents(tmp_path: Path):
