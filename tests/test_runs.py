@@ -18,6 +18,7 @@ from sparse_detector.runs import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     METRICS_FILE,
+    TRAINING_LOCK,
     analysis_dir,
     analysis_label,
     analysis_labels,
@@ -71,6 +72,29 @@ def test_a_log_whose_last_line_was_cut_short_is_read_up_to_it(tmp_path: Path, ca
     (tmp_path / DIAGNOSTICS_FILE).write_text('{"step": 0, "weights": {"a": {"std"\n{"step": 3}\n')
     with pytest.raises(ValueError, match=rf"{DIAGNOSTICS_FILE}, line 1, is not a JSON record"):
         read_diagnostics(tmp_path)  # a bad line before the end is no cut: an error naming the file and line
+
+
+def test_missing_diagnostics_advice_depends_on_how_the_run_was_trained(tmp_path: Path):
+    """A run trained with diagnostics whose diagnostics.jsonl was deleted was told to train with
+    train.diagnostics_every=N, as if it never had been; that advice is now only for runs trained without."""
+    (tmp_path / "config.yaml").write_text("train:\n  diagnostics_every: 0\n")
+    with pytest.raises(FileNotFoundError, match=r"train with --set train.diagnostics_every=N to record it"):
+        read_diagnostics(tmp_path)
+    (tmp_path / "config.yaml").write_text("train:\n  diagnostics_every: 5\n")
+    with pytest.raises(FileNotFoundError) as missing:
+        read_diagnostics(tmp_path)
+    assert str(missing.value) == (
+        f"{tmp_path / DIAGNOSTICS_FILE} does not exist, though the run was trained with train.diagnostics_every=5: "
+        "it was moved or deleted"
+    )
+
+
+def test_the_readme_names_the_lock_file_a_run_directory_keeps():
+    """Every finished run directory holds .training.lock (an flock, kept: removing it would race with a process
+    opening it), and the README's list of a run directory's files did not name it."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    runs_section = readme.split("\n### Runs\n", 1)[1].split("\n### ", 1)[0]
+    assert f"`{TRAINING_LOCK}`" in runs_section
 
 
 def test_runs_of_the_same_name_get_labels_told_apart_by_their_parents(tmp_path: Path):

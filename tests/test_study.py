@@ -303,7 +303,7 @@ def test_report_states_the_zeros_ratio_threshold_of_every_map(tmp_path: Path):
         return RunOutcome(f"{name}-seed0", name, 0, tmp_path / name, "done")
 
     tables = study_tables([outcome("softmax", 1e-6), outcome("sparsemax", 0.0)])
-    header, rows = next(table for heading, table in tables.items() if heading.startswith("Attention"))
+    header, rows, _ = next(table for heading, table in tables.items() if heading.startswith("Attention"))
     assert "encoder_self zeros ratio (p ≤ 1e-06)" in header and "decoder_cross zeros ratio" in header
     cross = header.index("decoder_cross zeros ratio")
     assert [row[cross] for row in rows] == ["0.500 (p ≤ 1e-06)", "0.500 (p ≤ 0)"]
@@ -315,3 +315,29 @@ def test_report_title_of_a_plain_study_yaml_reads_well():
     plain = SimpleNamespace(source="runs/x/study.yaml", maps=["softmax", "sparsemax"], seeds=[0])
     assert study_title(plain) == "Study: softmax, sparsemax × seeds [0]"
     assert study_title(SimpleNamespace(**{**vars(plain), "source": "ablation.yaml"})).startswith("Study ablation: ")
+
+
+def test_report_marks_paibb_of_sampling_points_beside_grid_mass(tmp_path: Path):
+    """The attention table set a DETR map's PAIBB (attention mass over the feature grid) and a Deformable DETR map's
+    (weight of the sampling points inside the box) in one column with no note; the points' values are now marked and
+    the table's note says they are not comparable, in the figures' words."""
+    stats = {"per_layer": {"mean": [0.5], "std": [0.0], "count": [4]}}
+
+    def outcome(name: str, keys: str) -> RunOutcome:
+        site = {"metrics": {"gini": stats}, "zero_threshold": 0.0, "keys": keys, "paibb": {"overall": stats}}
+        folder = tmp_path / name / ANALYSIS_DIRS[False]
+        folder.mkdir(parents=True)
+        record = {"ap": dict.fromkeys(AP_COLUMNS, 0.1), "attention": {"sites": {"decoder_cross": site}}}
+        (folder / ANALYSIS_FILE).write_text(json.dumps(record))
+        return RunOutcome(f"{name}-seed0", name, 0, tmp_path / name, "done")
+
+    detr, deformable = outcome("detr", "grid"), outcome("deformable", "points")
+    table = next(t for heading, t in study_tables([detr, deformable]).items() if heading.startswith("Attention"))
+    column = table.header.index("decoder_cross PAIBB")
+    assert [row[column] for row in table.rows] == ["0.500", "0.500 †"]
+    assert table.note == (
+        "† decoder_cross PAIBB: mass inside the matched box; over sampling points for deformable: NOT comparable with "
+        "attention mass on the grid"
+    )
+    same = next(t for heading, t in study_tables([detr]).items() if heading.startswith("Attention"))
+    assert same.rows[0][column] == "0.500" and same.note == ""

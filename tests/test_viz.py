@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -973,6 +974,32 @@ def test_a_study_draws_the_run_figures_that_apply_and_reports_those_that_fail(ru
     study = StudyConfig(preset="shapes_tiny", maps={"a": []}, figure_images=1)
     _, query_kind, not_drawn = _run_figures(runs["run"], study, "cpu")
     assert (query_kind, not_drawn) == ("attention", ["alpha: FileNotFoundError: alpha.txt is gone"])
+
+
+def test_a_run_figure_that_fails_in_a_study_leaves_no_earlier_drawing_looking_current(runs, tmp_path, monkeypatch):
+    """A run's figure that applied but failed left the PNG of an earlier drawing in the run's figures/ folder, looking
+    current; that kind's earlier files are now removed, other kinds' stay."""
+    from sparse_detector.study import StudyConfig, _run_figures
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["run"], run, ignore=shutil.ignore_patterns("figures"))
+    study = StudyConfig(preset="shapes_tiny", maps={"a": []}, figure_images=1)
+
+    def drawn(kind: str) -> Callable[[VisualizeRequest], list[Path]]:
+        def draw(request: VisualizeRequest) -> list[Path]:
+            (request.output / f"{kind}_val.png").write_bytes(b"png")
+            return [request.output / f"{kind}_val.png"]
+
+        return draw
+
+    for kind in ("attention", "matching", "alpha", "diagnostics"):
+        monkeypatch.setitem(FIGURE_KINDS, kind, drawn(kind))
+    _run_figures(run, study, "cpu")
+    monkeypatch.setitem(FIGURE_KINDS, "matching", lambda request: 1 / 0)
+    written, _, not_drawn = _run_figures(run, study, "cpu")
+    assert not_drawn == ["matching: ZeroDivisionError: division by zero"]
+    assert sorted(p.name for p in (run / "figures").glob("*.png")) == sorted(p.name for p in written)
+    assert len(written) == 3
 
 
 def test_alpha_heat_map_numbers_tell_apart_the_values_its_colours_do():

@@ -16,7 +16,8 @@ A run directory holds::
     analysis/analysis.{json,csv,md}                  `sparse-detector analyze` (analysis-<stem>/ on other data)
     analysis-random-init/analysis.{json,csv,md}      the same with --random-init
     figures/                    `sparse-detector visualize`'s default output folder
-    .training.lock              held by the process training into the directory (claim_run_dir)
+    .training.lock              flock of the process training into the directory (claim_run_dir); the file stays
+                                when training ends: removing a lock file races with a process opening it
 """
 
 from __future__ import annotations

@@ -261,6 +261,20 @@ def _analysis_current(run_dir: Path) -> bool:
     return checkpoint.is_file() and checkpoint.stat().st_mtime <= path.stat().st_mtime
 
 
+def _draw(kind: str, request: VisualizeRequest, not_drawn: list[str], run: str = "") -> list[Path]:
+    """The figures of ``kind``, or none where drawing fails: then why is added to ``not_drawn``, logged and printed
+    (after ``run``, the run's name, for a run's figure), and the kind's files of an earlier drawing are removed, which
+    would otherwise look current."""
+    try:
+        return visualize(kind, request)
+    except Exception as err:  # a figure that cannot be drawn must cost neither its run nor the report
+        replace_previous_figures(request.output, kind, [])
+        not_drawn.append(f"{kind}: {type(err).__name__}: {err}")
+        log.error("study %sfigure %s failed:\n%s", run, kind, traceback.format_exc())
+        print(f"[study] {run}figure {kind} NOT DRAWN: {type(err).__name__}: {err}")
+        return []
+
+
 def run_figure_kinds(loaded: LoadedModel) -> list[str]:
     """The per-run figure kinds that apply to a trained run: its object queries over the image
     (:func:`object_query_kind`: attention over the feature grid, or sampling points), matching, ``alpha`` where the
@@ -287,12 +301,7 @@ def _run_figures(run_dir: Path, study: StudyConfig, device: str) -> tuple[list[P
         max_queries=2,
     )
     for kind in kinds:
-        try:
-            written += visualize(kind, request)
-        except Exception as err:  # a figure that cannot be drawn must cost neither the run nor the report
-            not_drawn.append(f"{kind}: {type(err).__name__}: {err}")
-            log.error("figure %s of study run %s failed:\n%s", kind, run_dir.name, traceback.format_exc())
-            print(f"[study] {run_dir.name}: figure {kind} NOT DRAWN: {type(err).__name__}: {err}")
+        written += _draw(kind, request, not_drawn, f"{run_dir.name}: ")
     return written, kinds[0], not_drawn
 
 
@@ -412,12 +421,7 @@ def _study_figures(
             replace_previous_figures(figures_dir, kind, [])
             continue  # compare draws attention over the feature grid; sampling points are in each run's figures
         request = VisualizeRequest(runs=runs, output=figures_dir, num_images=study.figure_images, device=device)
-        try:
-            written += visualize(kind, request)
-        except Exception as err:  # a figure that cannot be drawn must not cost the report
-            not_drawn.append(f"{kind}: {type(err).__name__}: {err}")
-            log.error("study figure %s failed:\n%s", kind, traceback.format_exc())
-            print(f"[study] figure {kind} NOT DRAWN: {type(err).__name__}: {err}")
+        written += _draw(kind, request, not_drawn)
     return written, not_drawn
 
 

@@ -50,6 +50,13 @@ SIZE_BUCKETS = ("small", "medium", "large")
 MIN_BOX_SIDE = 0.01  # sampling spread: box sides below this fraction of the image count as this
 SMALL_MAX_AREA = 32**2  # COCO: small < 32^2 <= medium < 96^2 <= large (pixels of the original image)
 MEDIUM_MAX_AREA = 96**2
+GRID_PAIBB = "mass inside the matched box"  # what PAIBB measures at grid sites, and at sampling-point sites:
+POINTS_PAIBB = "weight of the sampling points inside the matched box"
+
+
+def mixed_paibb_meaning(points: Sequence[str]) -> str:
+    """What PAIBB measures where the runs ``points`` read it over sampling points and the others over the grid."""
+    return f"{GRID_PAIBB}; over sampling points for {', '.join(points)}: NOT comparable with attention mass on the grid"
 
 
 def size_buckets(boxes: Tensor, orig_size: Tensor) -> Tensor:

@@ -26,9 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from ..analysis import AttentionRecorder
+from ..config import read_yaml
 from ..data.batching import collate_detection
 from ..data.coco import CocoDetection
-from ..runs import read_json_lines, write_json_lines
+from ..runs import CONFIG_FILE, read_json_lines, write_json_lines
 
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 HISTOGRAM_BINS = 41
@@ -46,11 +47,19 @@ def weight_layers(model: nn.Module) -> dict[str, list[Tensor]]:
 
 
 def read_diagnostics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of ``diagnostics.jsonl`` in ``run_dir`` (an error naming the file and the setting if absent)."""
+    """The records of ``diagnostics.jsonl`` in ``run_dir``; if absent, an error naming the file and, where the run's
+    ``config.yaml`` did not ask for diagnostics, the setting that records them."""
     path = Path(run_dir) / DIAGNOSTICS_FILE
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     if not path.is_file():
+        config = Path(run_dir) / CONFIG_FILE
+        every = (read_yaml(config).get("train") or {}).get("diagnostics_every") if config.is_file() else None
+        if every:
+            raise FileNotFoundError(
+                f"{path} does not exist, though the run was trained with train.diagnostics_every={every}: it was "
+                "moved or deleted"
+            )
         raise FileNotFoundError(f"{path} does not exist: train with --set train.diagnostics_every=N to record it")
     return read_json_lines(path)
 

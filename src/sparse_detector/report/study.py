@@ -13,8 +13,9 @@ import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..analysis.paibb import mixed_paibb_meaning
 from ..files import write_atomically
 from ..runs import ANALYSIS_DIRS, ANALYSIS_FILE
 from ..text import counted
@@ -26,8 +27,15 @@ if TYPE_CHECKING:  # the study imports this module; only the types flow back
 AP_COLUMNS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AP_small": "APs", "AP_medium": "APm", "AP_large": "APl"}
 ATTENTION_METRICS = {"gini": "Gini", "zeros_ratio": "zeros ratio"}
 EMBEDDED_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}
+POINTS_MARK = "†"  # after a PAIBB read over sampling points in a column of attention mass on the grid
 
-Table = tuple[list[str], list[list[str]]]  # header, rows
+
+class Table(NamedTuple):
+    """A report table: its header, its rows and a note written under it."""
+
+    header: list[str]
+    rows: list[list[str]]
+    note: str = ""
 
 
 def mean_std(values: Sequence[float]) -> str:
@@ -76,6 +84,19 @@ def _threshold_note(records: Sequence[dict[str, Any]], site: str, metric: str, s
     return " (p ≤ " + ", ".join(f"{t:g}" for t in sorted(thresholds)) + ")"
 
 
+def _points_maps(by_map: dict[str, list[dict]], site: str) -> list[str]:
+    """The maps whose PAIBB at ``site`` is read over sampling points where other maps read it as attention mass on the
+    grid (the two in one column); empty where every map reads it alike."""
+    keys = {
+        name: {
+            r["attention"]["sites"][site].get("keys") for r in records if _site_reading(r["attention"], site, "paibb")
+        }
+        for name, records in by_map.items()
+    }
+    points = [name for name, kinds in keys.items() if "points" in kinds]
+    return points if any(kinds - {"points"} for kinds in keys.values()) else []
+
+
 def study_tables(outcomes: Sequence[RunOutcome]) -> dict[str, Table]:
     """The report's tables: detection AP, attention readings (last layer per site) and the runs."""
     by_map: dict[str, list[dict]] = {}
@@ -84,7 +105,7 @@ def study_tables(outcomes: Sequence[RunOutcome]) -> dict[str, Table]:
         by_map.setdefault(outcome.map, [])
         if record is not None:
             by_map[outcome.map].append(record)
-    detection = (
+    detection = Table(
         ["map", "runs", *AP_COLUMNS.values()],
         [
             [name, str(len(records)), *(mean_std([r["ap"][k] for r in records]) for k in AP_COLUMNS)]
@@ -96,6 +117,7 @@ def study_tables(outcomes: Sequence[RunOutcome]) -> dict[str, Table]:
     columns = [(site, metric) for site in sites for metric in ATTENTION_METRICS]
     columns += [(site, "paibb") for site in sites if any(r["sites"].get(site, {}).get("paibb") for r in results)]
     shared = {site: _shared_threshold(results, site) for site in sites}
+    points = {site: _points_maps(by_map, site) for site in sites}
     header = ["map", *(_column_name(site, metric, shared[site]) for site, metric in columns)]
     rows = [
         [
@@ -103,27 +125,33 @@ def study_tables(outcomes: Sequence[RunOutcome]) -> dict[str, Table]:
             *(
                 mean_std([_site_reading(r["attention"], site, metric) for r in records])
                 + _threshold_note(records, site, metric, shared[site])
+                + (f" {POINTS_MARK}" if metric == "paibb" and name in points[site] else "")
                 for site, metric in columns
             ),
         ]
         for name, records in by_map.items()
     ]
-    runs = (
+    note = "; ".join(
+        f"{POINTS_MARK} {site} PAIBB: {mixed_paibb_meaning(maps)}" for site, maps in points.items() if maps
+    )
+    runs = Table(
         ["run", "status", "minutes (all invocations)", "failed stage", "error"],
         [[o.name, o.status, f"{o.seconds / 60:.1f}", o.stage, o.error] for o in outcomes],
     )
     return {
         "Detection (COCO on the held-out data, best checkpoint)": detection,
-        "Attention, last layer of each site (all queries; PAIBB: matched queries, head average)": (header, rows),
+        "Attention, last layer of each site (all queries; PAIBB: matched queries, head average)": Table(
+            header, rows, note
+        ),
         "Runs": runs,
     }
 
 
 def _html_table(table: Table) -> str:
-    header, rows = table
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    note = f"<p>{html.escape(table.note)}</p>" if table.note else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 
 def _embedded(path: Path) -> str:
@@ -170,9 +198,8 @@ def write_study_report(
 
     md = [f"# {title}", intro, warning]
     for heading, table in tables.items():
-        header, rows = table
-        escaped = [[cell.replace("|", "\\|") for cell in row] for row in rows]
-        md += [f"## {heading}", "\n".join(markdown_table(header, escaped))]
+        escaped = [[cell.replace("|", "\\|") for cell in row] for row in table.rows]
+        md += [f"## {heading}", "\n".join(markdown_table(table.header, escaped)), table.note]
     md.append("## Figures")
     md += [f"**Not drawn**: {reason}" for reason in not_drawn]
     for heading, paths in groups:

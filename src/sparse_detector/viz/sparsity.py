@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ..analysis.paibb import SIZE_BUCKETS
+from ..analysis.paibb import GRID_PAIBB, POINTS_PAIBB, SIZE_BUCKETS, mixed_paibb_meaning
 from ..text import counted
 from .curves import run_colors
 from .figure import wrapped
@@ -185,13 +185,10 @@ def _paibb_meaning(results: Mapping[str, Mapping], site: str) -> str:
     measured = [label for label, result in results.items() if _site_paibb(result, site)]
     points = [label for label in _runs_by_keys(results, site).get("points", []) if label in measured]
     if not points:
-        return "mass inside the matched box"
+        return GRID_PAIBB
     if len(points) == len(measured):
-        return "weight of the sampling points inside the matched box"
-    return (
-        f"mass inside the matched box; over sampling points for {', '.join(points)}: NOT comparable with "
-        "attention mass on the grid"
-    )
+        return POINTS_PAIBB
+    return mixed_paibb_meaning(points)
 
 
 def _paibb_axes(
