@@ -210,9 +210,13 @@ def test_voc_image_resized_after_labelling_gets_its_boxes_scaled(tmp_path: Path,
         coco = import_voc(tmp_path, tmp_path / "out.json")
     assert boxes_by_image(coco) == {"a.jpg": [("rbc", [5.0, 10.0, 30.0, 20.0])]}
     assert coco["info"]["stats"]["scaled_to_resized_image"] == 1 and "resized after labelling" in caplog.text
-    write_text(tmp_path / "a.xml", voc_xml([("rbc", (11, 21, 70, 60), 0)], size=(90, 60)))  # another shape
+    write_text(tmp_path / "a.xml", voc_xml([("rbc", (5, 21, 35, 60), 0)], size=(80, 60)))  # past it in y only
     coco = import_voc(tmp_path, tmp_path / "out.json")
-    assert coco["info"]["stats"]["size_differs_from_xml"] == 1 and coco["annotations"][0]["bbox"][2] == 60
+    assert boxes_by_image(coco) == {"a.jpg": [("rbc", [2.0, 10.0, 15.5, 20.0])]}
+    for other_shape in ((90, 60), (84, 60)):  # 40 / 84 is 4.8% from 30 / 60: not the same shape
+        write_text(tmp_path / "a.xml", voc_xml([("rbc", (11, 21, 70, 60), 0)], size=other_shape))
+        coco = import_voc(tmp_path, tmp_path / "out.json")
+        assert coco["info"]["stats"]["size_differs_from_xml"] == 1 and coco["annotations"][0]["bbox"][2] == 60
 
 
 @pytest.mark.parametrize("orientation", [6, 8, 5, 7])
@@ -354,7 +358,7 @@ def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pyte
     unreadable image is named in one error."""
     write_image(tmp_path / "images" / "train" / "a" / "p.jpg", 100, 50)
     write_image(tmp_path / "images" / "train" / "q.jpg", 100, 50)
-    write_text(tmp_path / "labels" / "train" / "a" / "p.txt", "0 0.1 0.2 0.3 0.2 0.2 0.6\n")
+    write_text(tmp_path / "labels" / "train" / "a" / "p.txt", "0 0.3 0.2 0.2 0.6 0.1 0.2\n")  # corners not first
     write_text(tmp_path / "labels" / "train" / "q.txt", "")  # an empty label file: an image without boxes
     write_text(tmp_path / "labels" / "train" / "r.txt", "0 0.049999 0.5 0.1 0.2\n")  # 6 decimals: x0 = -1e-6
     write_image(tmp_path / "images" / "train" / "r.jpg", 100, 50)

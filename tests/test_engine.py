@@ -216,6 +216,22 @@ def test_nonfinite_loss_errors_or_is_skipped_and_counted(shapes, tmp_path: Path,
     assert f"epoch 1: mean train loss {mean} over 2 steps (1 more skipped as non-finite)" in capsys.readouterr().out
 
 
+def test_gradients_reach_the_optimiser_clipped_to_clip_max_norm(shapes, tmp_path: Path):
+    """Every step's gradients, as the optimiser steps with them, have a total norm of at most optim.clip_max_norm
+    (the tiny model's exceed 0.01 at once, so each step is clipped)."""
+    settings = ("train.epochs=1", "train.max_steps_per_epoch=2", "optim.clip_max_norm=0.01")
+    trainer = Trainer(shapes_config(shapes, *settings), tmp_path / "run", progress=False)
+    norms = []
+
+    def record_norm(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+
+    trainer.optimizer.register_step_pre_hook(record_norm)
+    trainer.fit()
+    assert len(norms) == 2 and all(norm == pytest.approx(0.01, rel=1e-4) for norm in norms)
+
+
 def test_the_global_step_counts_a_step_skipped_as_non_finite_too(shapes, tmp_path: Path, caplog):
     """The global step counted optimiser steps only: an epoch of 3 batches, one skipped as non-finite, ended at step
     2, the warning named the skipped one 'step 2' and the next trained step was logged as step 2 too, and the epochs

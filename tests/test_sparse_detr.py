@@ -50,13 +50,14 @@ def test_tvmax_only_where_keys_form_the_feature_grid():
         build_model(config)
 
 
-def test_alpha_parameters_have_their_own_optimizer_group():
+@pytest.mark.parametrize("alpha_lr_drop", [False, True])
+def test_alpha_parameters_have_their_own_optimizer_group(alpha_lr_drop: bool):
     config = load_config(
         "shapes_tiny",
         [
             *SMALL_MODEL,
             "model.attention.decoder_cross.activation=alpha_entmax",
-            "optim.alpha_lr_drop=false",
+            f"optim.alpha_lr_drop={str(alpha_lr_drop).lower()}",
             "optim.lr_drop=1",
         ],
     )
@@ -70,7 +71,8 @@ def test_alpha_parameters_have_their_own_optimizer_group():
     optimizer.step()
     scheduler.step()
     assert groups["default"]["lr"] == pytest.approx(config.optim.lr * 0.1)
-    assert groups["alpha"]["lr"] == pytest.approx(config.optim.lr * 10)  # exempt from the drop
+    dropped = 0.1 if alpha_lr_drop else 1.0  # alpha_lr_drop=false exempts the alphas from the drop
+    assert groups["alpha"]["lr"] == pytest.approx(config.optim.lr * 10 * dropped)
 
 
 @pytest.mark.parametrize("activation", SPARSE_MAPS)

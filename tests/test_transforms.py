@@ -62,6 +62,13 @@ def test_resize_scales_boxes_area_and_size() -> None:
     assert target["orig_size"].tolist() == [100, 200]
 
 
+def test_resize_scales_the_area_by_both_sides_ratios() -> None:
+    """201 x 100 to a shorter side of 50: 100 x 50, so x scales by 100/201 and y by 1/2, and the area as the box."""
+    _, target = resize(_image(201, 100), _target([[10, 20, 50, 60]], width=201), size=50)
+    x0, y0, x1, y1 = target["boxes"][0].tolist()
+    assert target["area"].item() == pytest.approx((x1 - x0) * (y1 - y0), rel=1e-6)
+
+
 def test_resized_shape_caps_longer_side() -> None:
     assert resized_shape(200, 100, 800, max_size=1333) == (666, 1332)  # official rounding
     assert resized_shape(100, 200, 100) == (200, 100)  # already the requested size
