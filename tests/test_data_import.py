@@ -1154,6 +1154,20 @@ def test_split_is_seeded_stratified_and_complete(tmp_path: Path) -> None:
     assert load(split_coco(source, tmp_path / "other", val=0.25, seed=2)["val"])["images"] != splits["val"]["images"]
 
 
+def test_split_strata_are_the_rarest_class_of_each_image(tmp_path: Path) -> None:
+    """Class b is in 5 of 20 images, each beside the common class a: grouped by their rarest class, a fifth of the b
+    images (1) goes to val whatever the seed, not whatever share of them a draw among all 20 leaves there."""
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 10, "height": 10} for i in range(1, 21)]
+    annotations = [{"image_id": i, "category_id": 1, "bbox": [0, 0, 5, 5]} for i in range(1, 21)]
+    annotations += [{"image_id": i, "category_id": 2, "bbox": [5, 5, 5, 5]} for i in range(1, 6)]
+    categories = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    source = tmp_path / "all.json"
+    source.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    for seed in range(10):
+        val = load(split_coco(source, tmp_path / f"seed{seed}", val=0.2, seed=seed)["val"])
+        assert len(val["images"]) == 4 and sum(image["id"] <= 5 for image in val["images"]) == 1, seed
+
+
 def test_one_image_and_one_box_are_counted_in_the_singular(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from sparse_detector.text import counted
 
