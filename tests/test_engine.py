@@ -15,7 +15,7 @@ import torch
 from sparse_detector import load_config
 from sparse_detector.cli import main
 from sparse_detector.data.labels import COCO_CATEGORY_NAMES
-from sparse_detector.engine.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
+from sparse_detector.engine.checkpoint import load_checkpoint, rotate_last, save_checkpoint, verify_checkpoint
 from sparse_detector.engine.device import peak_memory_mb, resolve_device, subnormals_flushed
 from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
 from sparse_detector.runs import read_metrics
@@ -175,6 +175,22 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch):
     assert load_checkpoint(path)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "ckpt.pt.meta.json"]
     assert verify_checkpoint(path) is None
+
+
+def test_only_a_last_checkpoint_that_closed_its_epoch_is_kept_as_that_epoch_s(tmp_path: Path):
+    """Before a new checkpoint_last.pt: one written mid-epoch (a signal stop) is superseded, not kept as a numbered
+    epoch checkpoint, which would claim a whole epoch; one that closed epoch 3 becomes checkpoint_epoch0003.pt."""
+    last = tmp_path / "checkpoint_last.pt"
+    save_checkpoint(last, {"epoch": 3, "step": 10}, epoch_complete=False)
+    rotate_last(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.pt", "checkpoint_last.pt.meta.json"]
+    save_checkpoint(last, {"epoch": 3, "step": 12})
+    rotate_last(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint_epoch0003.pt",
+        "checkpoint_epoch0003.pt.meta.json",
+    ]
+    assert verify_checkpoint(tmp_path / "checkpoint_epoch0003.pt") is None
 
 
 def test_too_few_classes_is_a_clear_error(shapes, tmp_path: Path):
