@@ -31,7 +31,8 @@ def _add_official_reading(parser: argparse.ArgumentParser) -> None:
 
 
 def _refuse_model_overrides(overrides: list[str]) -> None:
-    """evaluate / analyze run the checkpoint's model as it is: a ``--set model.*`` would change nothing."""
+    """evaluate, analyze, predict and visualize run the checkpoint's model as it is: a ``--set model.*`` would change
+    nothing."""
     for override in overrides:
         key = override.split("=", 1)[0].strip()
         if key.startswith("model."):
