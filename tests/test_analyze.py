@@ -204,7 +204,10 @@ def test_compare_says_which_runs_read_paibb_over_sampling_points(analysis: dict)
     cross = points["attention"]["sites"]["decoder_cross"]
     cross["keys"], cross["sampling_spread"] = "points", cross["paibb"]
     note = compare_markdown([analysis, points], ["paibb"]).splitlines()[-1]
-    assert "At sampling-point sites (deformable decoder_cross) PAIBB is the weight of the points inside the box" in note
+    assert (
+        "At sampling-point sites (deformable decoder_cross) PAIBB is the weight of the sampling points inside" in note
+    )
+    assert "; elsewhere PAIBB is the attention mass inside the matched box." in note
     assert "sampling-point" not in compare_markdown([analysis, points], ["gini"])
     assert "sampling-point" not in compare_markdown([analysis], ["paibb"])
 

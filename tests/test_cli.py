@@ -19,7 +19,7 @@ from tqdm import tqdm
 import sparse_detector
 from sparse_detector.cli import main
 from sparse_detector.cli.entry import _close_progress_bars, build_parser
-from sparse_detector.cli.parsing import _closest
+from sparse_detector.cli.parsing import closest_name
 from sparse_detector.config import load_config
 from sparse_detector.data.build import absolute_data_paths
 
@@ -167,10 +167,10 @@ def test_a_mistyped_compare_metric_gets_the_closest(capsys) -> None:
 
 def test_a_short_option_is_not_matched_to_a_different_word() -> None:
     """difflib's ratio 0.6 counted the shared dashes: `--set` got 'did you mean --site' (ratio 0.73)."""
-    assert _closest("--set", ["--site", "--output"]) is None
-    assert _closest("--sed", ["--site", "--seed"]) == "--seed"
-    assert _closest("--confg", ["--checkpoint", "--config"]) == "--config"
-    assert _closest("trian", ["train", "evaluate"]) == "train"
+    assert closest_name("--set", ["--site", "--output"]) is None
+    assert closest_name("--sed", ["--site", "--seed"]) == "--seed"
+    assert closest_name("--confg", ["--checkpoint", "--config"]) == "--config"
+    assert closest_name("trian", ["train", "evaluate"]) == "train"
 
 
 def test_a_name_like_none_gets_no_suggestion(capsys) -> None:

@@ -26,7 +26,7 @@ from PIL import Image
 from sparse_detector import build_model, load_config
 from sparse_detector.cli import main
 from sparse_detector.cli import train as train_command
-from sparse_detector.cli.summaries import _stopped_message
+from sparse_detector.cli.summaries import stopped_message
 from sparse_detector.data import generate_shapes_splits
 from sparse_detector.engine.checkpoint import load_checkpoint
 from sparse_detector.engine.distributed import (
@@ -225,10 +225,10 @@ def test_a_stopped_data_parallel_run_says_to_resume_it_with_its_process_count():
     stopped = SimpleNamespace(
         stop_signal=15, epoch=2, step=40, last_checkpoint="r/checkpoint_last.pt", dist=DistributedContext(0, 2)
     )
-    message = _stopped_message(stopped, Path("r"))
+    message = stopped_message(stopped, Path("r"))
     assert message.endswith("resume with: torchrun ... -m sparse_detector train --resume r, with the same 2 processes")
     alone = SimpleNamespace(**{**vars(stopped), "dist": DistributedContext()})
-    assert _stopped_message(alone, Path("r")).endswith("resume with: sparse-detector train --resume r")
+    assert stopped_message(alone, Path("r")).endswith("resume with: sparse-detector train --resume r")
 
 
 def _stop_after_the_first_step(rank: int, config: Any, run_dir: Path) -> int:

@@ -299,13 +299,13 @@ def test_training_class_error_is_a_share_of_matched_queries_only(shapes, tmp_pat
 
 def test_a_resumed_run_s_summary_prints_the_learning_rate_it_trains_with(shapes, tmp_path: Path):
     """After optim.lr_drop the summary printed on resume said 'lr 0.0002' while the steps trained at 2e-05."""
-    from sparse_detector.cli.summaries import _train_summary
+    from sparse_detector.cli.summaries import train_summary
 
     run = tmp_path / "run"
     settings = ("train.max_steps_per_epoch=1", "optim.lr=1e-4", "optim.lr_drop=1", "train.eval_every=5")
     Trainer(shapes_config(shapes, "train.epochs=1", *settings), run, progress=False).fit()
     trainer = Trainer(load_config(run / "config.yaml", ["train.epochs=2"]), run, resume=True, progress=False)
-    train_line = next(line for line in _train_summary(trainer).splitlines() if line.startswith("train:"))
+    train_line = next(line for line in train_summary(trainer).splitlines() if line.startswith("train:"))
     trainer.fit()
     lr = [r["lr"]["default"] for r in read_metrics(run) if r["type"] == "train" and r["epoch"] == 2]
     assert lr == [pytest.approx(1e-5)]  # optim.lr_gamma 0.1

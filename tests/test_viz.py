@@ -31,7 +31,7 @@ from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure, run_color
 from sparse_detector.viz.data import Sample, data_figure
 from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_size, references_figure, sampling_figure
 from sparse_detector.viz.diagnostics import NO_GRADIENTS_NOTE, diagnostics_figure
-from sparse_detector.viz.figure import DPI, FIGURES_RECORD, LabelledBox, wrapped
+from sparse_detector.viz.figure import DPI, FIGURES_RECORD, LabelledBox, save_figure, wrapped
 from sparse_detector.viz.kinds import (
     FIGURE_KINDS,
     ImageItem,
@@ -978,7 +978,7 @@ def test_a_study_draws_the_run_figures_that_apply_and_reports_those_that_fail(ru
 
 def test_a_run_figure_that_fails_in_a_study_leaves_no_earlier_drawing_looking_current(runs, tmp_path, monkeypatch):
     """A run's figure that applied but failed left the PNG of an earlier drawing in the run's figures/ folder, looking
-    current; that kind's earlier files are now removed, other kinds' stay."""
+    current; that kind's earlier files, and those it wrote before failing, are now removed; other kinds' stay."""
     from sparse_detector.study import StudyConfig, _run_figures
 
     run = tmp_path / "run"
@@ -995,11 +995,53 @@ def test_a_run_figure_that_fails_in_a_study_leaves_no_earlier_drawing_looking_cu
     for kind in ("attention", "matching", "alpha", "diagnostics"):
         monkeypatch.setitem(FIGURE_KINDS, kind, drawn(kind))
     _run_figures(run, study, "cpu")
-    monkeypatch.setitem(FIGURE_KINDS, "matching", lambda request: 1 / 0)
+
+    def halfway(request: VisualizeRequest) -> list[Path]:  # its first file written, then it fails
+        save_figure(Figure(), request.output / "matching_other")
+        return [1 / 0]
+
+    monkeypatch.setitem(FIGURE_KINDS, "matching", halfway)
     written, _, not_drawn = _run_figures(run, study, "cpu")
     assert not_drawn == ["matching: ZeroDivisionError: division by zero"]
     assert sorted(p.name for p in (run / "figures").glob("*.png")) == sorted(p.name for p in written)
     assert len(written) == 3
+
+
+def test_a_figure_kind_that_fails_halfway_records_what_it_wrote(tmp_path: Path, monkeypatch):
+    """A kind that failed after saving some of its files left them out of the folder's record: the next drawing, or a
+    study's removal of a failed kind's files, kept them, looking current. Now they are the kind's: kept by the failed
+    drawing itself (nothing lost), removed by the next one that does not draw them again."""
+
+    def halfway(request: VisualizeRequest) -> list[Path]:
+        save_figure(Figure(), request.output / "matching_0")
+        save_figure(Figure(), request.output / "matching_1")
+        raise RuntimeError("image 2 is unreadable")
+
+    request = VisualizeRequest(runs=[], output=tmp_path)
+    (tmp_path / "mine.png").write_bytes(b"png")
+    monkeypatch.setitem(
+        FIGURE_KINDS, "matching", lambda request: [save_figure(Figure(), request.output / "matching_9")]
+    )
+    visualize("matching", request)
+    monkeypatch.setitem(FIGURE_KINDS, "matching", halfway)
+    with pytest.raises(RuntimeError, match="image 2"):
+        visualize("matching", request)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "matching_0.png",
+        "matching_1.png",
+        "matching_9.png",
+        "mine.png",
+    ]
+    assert json.loads((tmp_path / FIGURES_RECORD).read_text())["matching"] == [
+        "matching_9.png",
+        "matching_0.png",
+        "matching_1.png",
+    ]
+    monkeypatch.setitem(
+        FIGURE_KINDS, "matching", lambda request: [save_figure(Figure(), request.output / "matching_1")]
+    )
+    visualize("matching", request)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["matching_1.png", "mine.png"]
 
 
 def test_alpha_heat_map_numbers_tell_apart_the_values_its_colours_do():

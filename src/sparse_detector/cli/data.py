@@ -9,12 +9,12 @@ from pathlib import Path
 from ..config import DataConfig
 from ..data.labels import LABEL_MODES
 from ..text import counted
-from .parsing import Subparsers, _add_command, _count, _HelpFormatter, _positive_int
-from .presets import _SHAPES_DATA_COMMAND
+from .parsing import HelpFormatter, Subparsers, add_command, non_negative_int, positive_int
+from .presets import SHAPES_DATA_COMMAND
 
 
 def add_data_command(commands: Subparsers) -> None:
-    data = commands.add_parser("data", help="dataset tools", formatter_class=_HelpFormatter)
+    data = commands.add_parser("data", help="dataset tools", formatter_class=HelpFormatter)
     data.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     tools = data.add_subparsers(dest="data_command", required=True, metavar="TOOL")
     for add in DATA_COMMANDS:
@@ -22,18 +22,20 @@ def add_data_command(commands: Subparsers) -> None:
 
 
 def add_data_shapes_command(tools: Subparsers) -> None:
-    parser = _add_command(
+    parser = add_command(
         tools,
         "shapes",
         "generate the synthetic shapes dataset (images + COCO JSON)",
-        _SHAPES_DATA_COMMAND,
+        SHAPES_DATA_COMMAND,
         _data_shapes,
     )
     parser.add_argument("out", help="output folder (images/ and annotations/ inside)")
-    parser.add_argument("--num-images", type=_positive_int, default=1000, help="training images")
-    parser.add_argument("--num-val", type=_count, default=0, help="also write a held-out val split of this size")
+    parser.add_argument("--num-images", type=positive_int, default=1000, help="training images")
+    parser.add_argument(
+        "--num-val", type=non_negative_int, default=0, help="also write a held-out val split of this size"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images")
-    parser.add_argument("--image-size", type=_positive_int, default=128, help="side of the square images in pixels")
+    parser.add_argument("--image-size", type=positive_int, default=128, help="side of the square images in pixels")
     parser.add_argument(
         "--classes", choices=["color", "shape", "shape_color"], default="color", help="what the class labels are"
     )
@@ -60,7 +62,7 @@ def _data_shapes(args: argparse.Namespace) -> int:
 
 
 def add_data_import_command(tools: Subparsers) -> None:
-    parser = _add_command(
+    parser = add_command(
         tools,
         "import",
         "convert VOC, YOLO, CSV or COCO annotations to one COCO JSON (checked, paths usable from anywhere)",
@@ -192,7 +194,7 @@ def _data_import(args: argparse.Namespace) -> int:
 
 
 def add_data_check_command(tools: Subparsers) -> None:
-    parser = _add_command(
+    parser = add_command(
         tools,
         "check",
         "read a COCO JSON as training would: every image decoded, every box and id checked, a summary",
@@ -217,7 +219,7 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def add_data_split_command(tools: Subparsers) -> None:
-    parser = _add_command(
+    parser = add_command(
         tools,
         "split",
         "split one COCO JSON into train / val (/ test) files, seeded, stratified by class",

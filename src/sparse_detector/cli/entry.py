@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from .data import add_data_command
 from .evaluation import add_analyze_command, add_compare_command, add_evaluate_command
-from .outputs import _file_in_the_way, _in_the_way_message
-from .parsing import Subparsers, _Parser
+from .outputs import file_in_the_way, in_the_way_message
+from .parsing import Parser, Subparsers
 from .predict import add_predict_command
 from .quickstart import add_quickstart_command
 from .study import add_study_command
@@ -47,7 +47,7 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sparse-detector`` argument parser with every command."""
-    parser = _Parser(
+    parser = Parser(
         prog="sparse-detector",
         description="DETR-family detectors with sparse attention: train, evaluate, predict, analyze and draw "
         "attention.",
@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         except (FileExistsError, NotADirectoryError) as err:  # a file where an output folder should be made
             _close_progress_bars()
             path = Path(err.filename or "")
-            blocker = _file_in_the_way(path)
-            message = _in_the_way_message("output", path, blocker) if err.filename and blocker else str(err)
+            blocker = file_in_the_way(path)
+            message = in_the_way_message("output", path, blocker) if err.filename and blocker else str(err)
             _print_error(message)
             return 2
         except (ValueError, OSError, RuntimeError, FloatingPointError) as err:  # ours name the file / key / value

@@ -12,9 +12,9 @@ from ..config import Config, override_config
 from ..files import write_atomically
 from ..runs import analysis_dir, eval_file, other_data_suffix, read_analyses
 from ..text import counted
-from .model_source import _add_model_source, _load_model, _official_options, _refuse_model_overrides
-from .outputs import _check_output, _show_progress
-from .parsing import Subparsers, _add_command, _add_overrides, _closest, _count, _positive_int
+from .model_source import add_model_source, load_model, official_options, refuse_model_overrides
+from .outputs import check_output, show_progress
+from .parsing import Subparsers, add_command, add_overrides, closest_name, non_negative_int, positive_int
 
 if TYPE_CHECKING:
     from ..data.coco import CocoDetection
@@ -26,12 +26,12 @@ def _add_evaluation_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--annotations", "--data", dest="annotations", help="COCO instances JSON (default: data.val.annotations)"
     )
-    parser.add_argument("--batch-size", type=_positive_int, help="images per batch (default: train.eval_batch_size)")
-    parser.add_argument("--workers", type=_count, help="data-loading processes (default: data.num_workers)")
+    parser.add_argument("--batch-size", type=positive_int, help="images per batch (default: train.eval_batch_size)")
+    parser.add_argument("--workers", type=non_negative_int, help="data-loading processes (default: data.num_workers)")
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (never one when the output is not a terminal)"
     )
-    _add_overrides(parser)
+    add_overrides(parser)
 
 
 def _evaluation_config(config: Config, args: argparse.Namespace) -> Config:
@@ -58,14 +58,14 @@ def _check_images_folder(args: argparse.Namespace) -> None:
 
 
 def add_evaluate_command(commands: Subparsers) -> None:
-    parser = _add_command(
+    parser = add_command(
         commands,
         "evaluate",
         "COCO AP of a checkpoint (ours or official) on a COCO-format dataset",
         "sparse-detector evaluate --checkpoint runs/mine --annotations data/splits/val.json",
         _evaluate,
     )
-    _add_model_source(parser)
+    add_model_source(parser)
     _add_evaluation_data(parser)
     parser.add_argument(
         "--output",
@@ -96,17 +96,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..engine.device import resolve_device
     from ..engine.evaluate import run_evaluation
 
-    _check_output("--output", args.output, folder=False, file=("the metrics JSON file to write", "eval.json"))
-    _check_output("--save-detections", args.save_detections, folder=False, file=("a JSON file", "detections.json"))
-    _refuse_model_overrides(args.set)
+    check_output("--output", args.output, folder=False, file=("the metrics JSON file to write", "eval.json"))
+    check_output("--save-detections", args.save_detections, folder=False, file=("a JSON file", "detections.json"))
+    refuse_model_overrides(args.set)
     _check_images_folder(args)
     device = resolve_device(args.device, "--device")
-    loaded = _load_model(args)
+    loaded = load_model(args)
     config = _evaluation_config(loaded.config, args)
     dataset = build_dataset(config, "val")
     _check_categories(loaded.label_map, dataset)
     loader = build_loader(dataset, config, train=False)
-    evaluation = run_evaluation(loaded.model.to(device), None, loader, device, loaded.label_map, _show_progress(args))
+    evaluation = run_evaluation(loaded.model.to(device), None, loader, device, loaded.label_map, show_progress(args))
     evaluated = evaluation.coco.num_images
     if not evaluated:
         raise DatasetError(f"no image of {dataset.annotation_file} could be read, so nothing was evaluated")
@@ -141,7 +141,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def add_analyze_command(commands: Subparsers) -> None:
-    parser = _add_command(
+    parser = add_command(
         commands,
         "analyze",
         "COCO AP and attention metrics (Gini, zeros ratio, entropy, support, PAIBB) in one evaluation pass",
@@ -153,7 +153,7 @@ def add_analyze_command(commands: Subparsers) -> None:
         "instances JSON (--annotations, alias --data) with its image folder (--images); each defaults to the "
         "checkpoint config's data.val."
     )
-    _add_model_source(parser)
+    add_model_source(parser)
     _add_evaluation_data(parser)
     parser.add_argument(
         "--sites",
@@ -189,8 +189,8 @@ def _analyze(args: argparse.Namespace) -> int:
     from ..models import build_criterion
     from ..report import analysis_markdown, write_analysis
 
-    _check_output("--output", args.output)
-    _refuse_model_overrides(args.set)
+    check_output("--output", args.output)
+    refuse_model_overrides(args.set)
     if args.zero_threshold is not None and not 0 <= args.zero_threshold < 1:  # NaN fails both
         raise ValueError(
             f"--zero-threshold must be >= 0 and below 1 (a weight at or below it counts as zero; weights are at most "
@@ -199,7 +199,7 @@ def _analyze(args: argparse.Namespace) -> int:
     _check_images_folder(args)
     device = resolve_device(args.device, "--device")
     loaded = load_analysis_model(
-        args.checkpoint, args.official, random_init=args.random_init, seed=args.seed, **_official_options(args)
+        args.checkpoint, args.official, random_init=args.random_init, seed=args.seed, **official_options(args)
     )
     config = _evaluation_config(loaded.config, args)
     dataset = build_dataset(config, "val")
@@ -222,7 +222,7 @@ def _analyze(args: argparse.Namespace) -> int:
         zero_threshold=args.zero_threshold,
         keep_per_image=args.per_image,
         paibb_upsampled=args.paibb_upsampled,
-        progress=_show_progress(args),
+        progress=show_progress(args),
     )
     record = {
         "checkpoint": str(loaded.source),
@@ -242,7 +242,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def add_compare_command(commands: Subparsers) -> None:
-    parser = _add_command(
+    parser = add_command(
         commands,
         "compare",
         "side-by-side Markdown table of several analyses",
@@ -267,10 +267,10 @@ def _compare(args: argparse.Namespace) -> int:
 
     unknown = [m for m in args.metrics if m not in COMPARE_METRICS]
     if unknown:
-        close = [f"{name} for {m}" for m in unknown if (name := _closest(m, COMPARE_METRICS))]
+        close = [f"{name} for {m}" for m in unknown if (name := closest_name(m, COMPARE_METRICS))]
         meant = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"unknown --metrics {unknown}{meant}; choose from {list(COMPARE_METRICS)}")
-    _check_output("--output", args.output, folder=False, file=("the Markdown file to write the table to", "compare.md"))
+    check_output("--output", args.output, folder=False, file=("the Markdown file to write the table to", "compare.md"))
     records = read_analyses(args.inputs)
     table = compare_markdown(records, args.metrics)
     print(table)

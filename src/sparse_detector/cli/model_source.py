@@ -9,15 +9,15 @@ if TYPE_CHECKING:
     from ..engine.inference import LoadedModel
 
 
-def _add_model_source(parser: argparse.ArgumentParser) -> None:
+def add_model_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
     parser.add_argument("--official", action="store_true", help="the checkpoint is an official one (COCO ids)")
-    _add_official_reading(parser)
+    add_official_reading(parser)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
 
 
-def _add_official_reading(parser: argparse.ArgumentParser) -> None:
-    """How an --official checkpoint is read (:func:`_official_options`)."""
+def add_official_reading(parser: argparse.ArgumentParser) -> None:
+    """How an --official checkpoint is read (:func:`official_options`)."""
     parser.add_argument("--arch", default="detr", help="registered model (model.arch) of an --official checkpoint")
     parser.add_argument(
         "--nheads",
@@ -30,7 +30,7 @@ def _add_official_reading(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _refuse_model_overrides(overrides: list[str]) -> None:
+def refuse_model_overrides(overrides: list[str]) -> None:
     """evaluate, analyze, predict and visualize run the checkpoint's model as it is: a ``--set model.*`` would change
     nothing."""
     for override in overrides:
@@ -42,12 +42,12 @@ def _refuse_model_overrides(overrides: list[str]) -> None:
             )
 
 
-def _official_options(args: argparse.Namespace) -> dict:
+def official_options(args: argparse.Namespace) -> dict:
     """How to read an --official checkpoint (through the model registry)."""
     return {"arch": args.arch, "nheads": args.nheads, "dilation": args.dilation} if args.official else {}
 
 
-def _load_model(args: argparse.Namespace) -> LoadedModel:
+def load_model(args: argparse.Namespace) -> LoadedModel:
     from ..engine.inference import load_trained_model
 
-    return load_trained_model(args.checkpoint, official=args.official, **_official_options(args))
+    return load_trained_model(args.checkpoint, official=args.official, **official_options(args))

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 
-def _show_progress(args: argparse.Namespace) -> bool:
+def show_progress(args: argparse.Namespace) -> bool:
     """Progress bars only on a terminal (a log file gets plain lines) and not with ``--no-progress``."""
     return not getattr(args, "no_progress", False) and sys.stderr.isatty()
 
 
-def _file_in_the_way(path: Path) -> Path | None:
+def file_in_the_way(path: Path) -> Path | None:
     """The existing file, if any, at ``path`` or one of its folders, where a folder is needed."""
     for candidate in (path, *path.parents):
         if candidate.exists():
@@ -20,12 +20,12 @@ def _file_in_the_way(path: Path) -> Path | None:
     return None
 
 
-def _in_the_way_message(option: str, path: Path, blocker: Path) -> str:
+def in_the_way_message(option: str, path: Path, blocker: Path) -> str:
     where = "is a file" if blocker == path else f"cannot be written: {blocker} is a file"
     return f"{option} {path} {where}, not a folder; choose another path or move that file"
 
 
-def _check_output(option: str, path: str | Path | None, folder: bool = True, file: tuple[str, str] = ("", "")) -> None:
+def check_output(option: str, path: str | Path | None, folder: bool = True, file: tuple[str, str] = ("", "")) -> None:
     """Before any work: ``path`` (a folder to write in, or with ``folder=False`` a file) can be made; a file standing
     where a folder is needed, or a folder given for a file (``file``: what the file is and an example name), is a
     usage error naming both."""
@@ -35,5 +35,5 @@ def _check_output(option: str, path: str | Path | None, folder: bool = True, fil
     if not folder and path.is_dir():
         what, example = file
         raise ValueError(f"{option} {path} is a folder; {option} takes {what} (e.g. {option} {path / example})")
-    if blocker := _file_in_the_way(path if folder else path.parent):
-        raise ValueError(_in_the_way_message(option, path, blocker))
+    if blocker := file_in_the_way(path if folder else path.parent):
+        raise ValueError(in_the_way_message(option, path, blocker))

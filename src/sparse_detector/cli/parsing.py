@@ -13,7 +13,7 @@ from ..config import check_score_threshold
 Subparsers = argparse._SubParsersAction  # what add_subparsers() returns; add_parser() makes a subcommand
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse's parser that adds the closest name to a mistyped subcommand, choice or option ("did you mean")."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
         try:
             super()._check_value(action, value)
         except argparse.ArgumentError as err:
-            if suggestion := _closest(str(value), map(str, action.choices or ())):
+            if suggestion := closest_name(str(value), map(str, action.choices or ())):
                 raise argparse.ArgumentError(action, f"{err.message}; did you mean {suggestion!r}?") from None
             raise
 
@@ -37,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
         if extras:
             command = _chosen_command(self, parsed)
             unknown = [text.split("=", 1)[0] for text in extras if text.startswith("-")]
-            close = [(text, _closest(text, command._option_string_actions)) for text in unknown]
+            close = [(text, closest_name(text, command._option_string_actions)) for text in unknown]
             hints = "".join(
                 f"; did you mean {option} instead of {text}?" for text, option in close if option not in (None, text)
             )
@@ -45,7 +45,7 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
-def _closest(text: str, names: Iterable[str]) -> str | None:
+def closest_name(text: str, names: Iterable[str]) -> str | None:
     """The name most like a mistyped ``text``, if any: difflib's ratio of at least 0.6 between the names without
     their leading dashes (which every option shares), 0.75 for a word under 6 letters (``--set`` is not ``--site``)."""
     by_word: dict[str, str] = {}
@@ -64,7 +64,7 @@ def _chosen_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return parser
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Shows an option's default where it has one worth showing; descriptions and examples keep their lines."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
@@ -76,10 +76,10 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{help} (default: %(default)s)"
 
 
-def _add_command(commands: Subparsers, name: str, help: str, example: str, func: Callable) -> argparse.ArgumentParser:
+def add_command(commands: Subparsers, name: str, help: str, example: str, func: Callable) -> argparse.ArgumentParser:
     """A subcommand parser with the shared formatter, an ``example:`` epilog and its handler."""
     parser = commands.add_parser(
-        name, help=help, description=help, epilog=f"example:\n  {example}\n", formatter_class=_HelpFormatter
+        name, help=help, description=help, epilog=f"example:\n  {example}\n", formatter_class=HelpFormatter
     )
     parser.set_defaults(func=func)
     # also after the command (`train ... --debug`), where the error's hint sends a user; unset, the top level's holds
@@ -87,7 +87,7 @@ def _add_command(commands: Subparsers, name: str, help: str, example: str, func:
     return parser
 
 
-def _add_overrides(parser: argparse.ArgumentParser, example: str = "data.val_size=512") -> None:
+def add_overrides(parser: argparse.ArgumentParser, example: str = "data.val_size=512") -> None:
     parser.add_argument(
         "--set",
         nargs="*",
@@ -130,10 +130,10 @@ def _whole_number(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-_positive_int, _count = _whole_number(1), _whole_number(0)
+positive_int, non_negative_int = _whole_number(1), _whole_number(0)
 
 
-def _score(text: str) -> float:
+def score_threshold(text: str) -> float:
     """An argparse type: a detection score threshold, from 0 to 1 (scores are probabilities; see
     :func:`~.config.check_score_threshold`)."""
     try:

@@ -8,24 +8,24 @@ from pathlib import Path
 
 from ..config import DEFAULT_SCORE_THRESHOLD
 from ..text import counted
-from .model_source import _add_model_source, _load_model, _refuse_model_overrides
-from .outputs import _check_output
-from .parsing import Subparsers, _add_command, _add_overrides, _score
+from .model_source import add_model_source, load_model, refuse_model_overrides
+from .outputs import check_output
+from .parsing import Subparsers, add_command, add_overrides, score_threshold
 
 
 def add_predict_command(commands: Subparsers) -> None:
-    parser = _add_command(
+    parser = add_command(
         commands,
         "predict",
         "detect objects in images: JSON + pictures with boxes",
         "sparse-detector predict --checkpoint runs/mine photos/ --output preds --threshold 0.5",
         _predict,
     )
-    _add_model_source(parser)
+    add_model_source(parser)
     parser.add_argument("inputs", nargs="+", help="image files, or folders (their subfolders too)")
     parser.add_argument("--output", default="predictions", help="output folder")
     parser.add_argument(
-        "--threshold", type=_score, default=DEFAULT_SCORE_THRESHOLD, help="minimum score of a kept detection"
+        "--threshold", type=score_threshold, default=DEFAULT_SCORE_THRESHOLD, help="minimum score of a kept detection"
     )
     parser.add_argument(
         "--format",
@@ -40,7 +40,7 @@ def add_predict_command(commands: Subparsers) -> None:
         "score against its ground truth; default: the position in the input list",
     )
     parser.add_argument("--attention", action="store_true", help="also draw each detection's head-averaged attention")
-    _add_overrides(parser, "data.val_size=512 (the images' shorter side, as the model sees them)")
+    add_overrides(parser, "data.val_size=512 (the images' shorter side, as the model sees them)")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -49,10 +49,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.image_ids and args.format != "coco":
         raise ValueError("--image-ids numbers the COCO results; add --format coco")
-    _check_output("--output", args.output)
-    _refuse_model_overrides(args.set)  # before minutes of loading a model
+    check_output("--output", args.output)
+    refuse_model_overrides(args.set)  # before minutes of loading a model
     device = resolve_device(args.device, "--device")
-    loaded = _load_model(args).with_overrides(args.set)
+    loaded = load_model(args).with_overrides(args.set)
     draw_attention = None
     if args.attention:
         from ..viz.kinds import detection_attention, object_query_kind

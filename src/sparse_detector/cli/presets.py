@@ -12,16 +12,16 @@ QUICKSTART_TRAIN_IMAGES = 1200
 QUICKSTART_VAL_IMAGES = 200
 
 # Presets whose data the package can generate: what to run when it is missing.
-_SHAPES_DATA_COMMAND = (
+SHAPES_DATA_COMMAND = (
     f"sparse-detector data shapes data/shapes --num-images {QUICKSTART_TRAIN_IMAGES} --num-val {QUICKSTART_VAL_IMAGES}"
 )
 _SHAPES_DATA_HINT = (
-    f"{_SHAPES_DATA_COMMAND}   (or `sparse-detector quickstart`, which generates the data and trains in one go)"
+    f"{SHAPES_DATA_COMMAND}   (or `sparse-detector quickstart`, which generates the data and trains in one go)"
 )
 PRESET_DATA_HINTS = {"shapes_tiny": _SHAPES_DATA_HINT, "shapes_tiny_deformable": _SHAPES_DATA_HINT}
 
 
-def _missing_data_hint(config_name: str, config: Config, splits: Sequence[str] = ("train", "val")) -> str:
+def missing_data_hint(config_name: str, config: Config, splits: Sequence[str] = ("train", "val")) -> str:
     """What to run when a preset's data of ``splits`` is not there yet ('' when the data exists, nothing can
     generate it, or the missing file is one given with --set rather than the preset's own)."""
     hint = PRESET_DATA_HINTS.get(Path(config_name).stem)

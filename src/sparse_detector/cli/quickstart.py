@@ -9,14 +9,14 @@ from pathlib import Path
 from ..config import Config, load_config
 from ..runs import QUICKSTART_RUN_DIR
 from ..text import counted
-from .outputs import _show_progress
-from .parsing import Subparsers, _add_command, _add_overrides, _positive_int
+from .outputs import show_progress
+from .parsing import Subparsers, add_command, add_overrides, positive_int
 from .presets import QUICKSTART_TRAIN_IMAGES, QUICKSTART_VAL_IMAGES
-from .summaries import _stopped_message, _train_summary
+from .summaries import stopped_message, train_summary
 
 
 def add_quickstart_command(commands: Subparsers) -> None:
-    parser = _add_command(
+    parser = add_command(
         commands,
         "quickstart",
         "the main job: shapes data -> train tiny DETR -> AP table -> attention figures",
@@ -25,16 +25,14 @@ def add_quickstart_command(commands: Subparsers) -> None:
     )
     parser.add_argument("--output-dir", help="run directory (default: runs/quickstart-<time>)")
     parser.add_argument(
-        "--num-train", type=_positive_int, default=QUICKSTART_TRAIN_IMAGES, help="generated training images"
+        "--num-train", type=positive_int, default=QUICKSTART_TRAIN_IMAGES, help="generated training images"
     )
-    parser.add_argument(
-        "--num-val", type=_positive_int, default=QUICKSTART_VAL_IMAGES, help="generated held-out images"
-    )
+    parser.add_argument("--num-val", type=positive_int, default=QUICKSTART_VAL_IMAGES, help="generated held-out images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images (training: train.seed)")
     parser.add_argument(
         "--config", default="shapes_tiny", help="preset for the shapes data (shapes_tiny, shapes_tiny_deformable)"
     )
-    _add_overrides(parser, "train.epochs=4")
+    add_overrides(parser, "train.epochs=4")
     parser.add_argument("--device", help="auto | cpu | cuda | mps (default: the preset's train.device)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -75,11 +73,11 @@ def _quickstart(args: argparse.Namespace) -> int:
     config.train.output_dir = str((run_dir / QUICKSTART_RUN_DIR).absolute())
     if args.device:
         config.train.device = args.device
-    trainer = Trainer(absolute_data_paths(config), run_dir / QUICKSTART_RUN_DIR, progress=_show_progress(args))
-    print(_train_summary(trainer))
+    trainer = Trainer(absolute_data_paths(config), run_dir / QUICKSTART_RUN_DIR, progress=show_progress(args))
+    print(train_summary(trainer))
     stats = trainer.fit()
     if trainer.stop_signal is not None:  # SIGTERM / Ctrl-C: no AP to print, no figures of a half-trained model
-        print(_stopped_message(trainer, run_dir / QUICKSTART_RUN_DIR))
+        print(stopped_message(trainer, run_dir / QUICKSTART_RUN_DIR))
         return 0
     print(f"AP50 {stats['AP50']:.3f}, AP {stats['AP']:.3f} on {args.num_val} held-out generated images")
     _quickstart_figures(run_dir, config)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .outputs import _show_progress
-from .parsing import Subparsers, _add_command, _add_overrides
+from .outputs import show_progress
+from .parsing import Subparsers, add_command, add_overrides
 
 
 def add_study_command(commands: Subparsers) -> None:
-    parser = _add_command(
+    parser = add_command(
         commands,
         "study",
         "a matrix of attention maps x seeds: train, evaluate, analyze, figures, report.md + report.html",
@@ -23,7 +23,7 @@ def add_study_command(commands: Subparsers) -> None:
     )
     parser.add_argument("config", metavar="CONFIG", help="study YAML or embedded study name")
     parser.add_argument("--output-dir", help="study directory (default: the study's output_dir)")
-    _add_overrides(parser, "train.epochs=10 (applied to every run)")
+    add_overrides(parser, "train.epochs=10 (applied to every run)")
     parser.add_argument("--device", help="auto | cpu | cuda | mps (default: the preset's train.device)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -33,7 +33,7 @@ def _study(args: argparse.Namespace) -> int:
 
     study = load_study(args.config, args.set)
     try:
-        result = run_study(study, args.output_dir, device=args.device or "", progress=_show_progress(args))
+        result = run_study(study, args.output_dir, device=args.device or "", progress=show_progress(args))
     except StudyStopped as stopped:
         print(f"[study] {stopped}")
         return 0

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from ..engine.trainer import Trainer
 
 
-def _stopped_message(trainer: Trainer, run_dir: Path) -> str:
+def stopped_message(trainer: Trainer, run_dir: Path) -> str:
     """What a signal that stopped training left, and the command that continues it."""
     name = signal.Signals(trainer.stop_signal).name if trainer.stop_signal else "a signal"
     command = f"sparse-detector train --resume {run_dir}"
@@ -46,7 +46,7 @@ def _lr_text(trainer: object) -> str:
     return f"{base:g}" if now == base else f"{base:g} (now {now:g}, lowered by optim.lr_drop)"
 
 
-def _train_summary(trainer: object) -> str:
+def train_summary(trainer: object) -> str:
     """A few lines on what is about to happen (the whole resolved config is in the run directory's config.yaml)."""
     from ..attention.sites import model_sites
 

@@ -8,16 +8,16 @@ from pathlib import Path
 from ..config import Config, load_config
 from ..logs import log_for_other_rank
 from ..runs import CONFIG_FILE
-from .outputs import _show_progress
-from .parsing import Subparsers, _add_command, _add_overrides
-from .presets import _missing_data_hint
-from .summaries import _stopped_message, _train_summary
+from .outputs import show_progress
+from .parsing import Subparsers, add_command, add_overrides
+from .presets import missing_data_hint
+from .summaries import stopped_message, train_summary
 
 DEFAULT_TRAIN_CONFIG = "shapes_tiny"  # train's --config when none is given
 
 
 def add_train_command(commands: Subparsers) -> None:
-    parser = _add_command(
+    parser = add_command(
         commands,
         "train",
         "train a model from a YAML config or preset",
@@ -27,7 +27,7 @@ def add_train_command(commands: Subparsers) -> None:
     parser.add_argument(
         "--config", help="YAML file or preset name (detr_r50, shapes_tiny, ...) of a new run (default: shapes_tiny)"
     )
-    _add_overrides(parser, "train.epochs=5")
+    add_overrides(parser, "train.epochs=5")
     parser.add_argument("--output-dir", help="run directory (default: train.output_dir)")
     parser.add_argument(
         "--resume",
@@ -129,7 +129,7 @@ def _train(args: argparse.Namespace) -> int:
             return 0 if args.resume == "auto" else 1  # a restart of a job that already finished has nothing to do
     else:
         config = load_config(preset, args.set)
-        hint = _missing_data_hint(preset, config)
+        hint = missing_data_hint(preset, config)
         if hint:
             raise FileNotFoundError(hint)
         run_dir = Path(output_dir or config.train.output_dir)
@@ -140,16 +140,16 @@ def _train(args: argparse.Namespace) -> int:
         absolute_data_paths(config),
         run_dir,
         resume=resume_dir is not None,
-        progress=_show_progress(args),
+        progress=show_progress(args),
         init_from=args.init_from if resume_dir is None else None,  # a resumed run has its own weights
     )
     if main_process:
-        print(_train_summary(trainer))
+        print(train_summary(trainer))
     trainer.fit()
     shutdown_distributed()
     if not main_process:
         return 0
     if trainer.stop_signal is not None:
-        print(_stopped_message(trainer, run_dir))
+        print(stopped_message(trainer, run_dir))
     print(f"run directory: {run_dir}")
     return 0

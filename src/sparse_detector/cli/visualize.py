@@ -7,10 +7,10 @@ from pathlib import Path
 
 from ..config import DEFAULT_SCORE_THRESHOLD, load_config
 from ..runs import CHECKPOINT_SUFFIXES, CONFIG_FILE, holds_checkpoint
-from .model_source import _add_official_reading, _official_options, _refuse_model_overrides
-from .outputs import _check_output
-from .parsing import Subparsers, _add_command, _add_overrides, _count, _positive_int, _score
-from .presets import PRESET_DATA_HINTS, _missing_data_hint
+from .model_source import add_official_reading, official_options, refuse_model_overrides
+from .outputs import check_output
+from .parsing import Subparsers, add_command, add_overrides, non_negative_int, positive_int, score_threshold
+from .presets import PRESET_DATA_HINTS, missing_data_hint
 
 # The kinds of `visualize` (the registry of sparse_detector.viz.kinds, which imports torch; a test keeps them equal)
 # and its file formats (sparse_detector.viz.figure.FORMATS), named here so `--help` stays instant.
@@ -31,7 +31,7 @@ RUN_ONLY_KINDS = ("alpha", "curves", "diagnostics", "sparsity")  # figures of ru
 
 
 def add_visualize_command(commands: Subparsers) -> None:
-    parser = _add_command(
+    parser = add_command(
         commands,
         "visualize",
         "figures: attention maps, sampling points, data, matching, training curves, alpha, diagnostics, sparsity",
@@ -49,15 +49,18 @@ def add_visualize_command(commands: Subparsers) -> None:
     parser.add_argument("--output", help="output folder (default: RUN/figures)")
     parser.add_argument("--format", choices=FIGURE_FORMATS, default="png", help="file format")
     parser.add_argument(
-        "--num-images", type=_positive_int, default=3, help="validation images drawn when none are given"
+        "--num-images", type=positive_int, default=3, help="validation images drawn when none are given"
     )
     parser.add_argument("--queries", type=int, nargs="+", help="attention: these queries (default: score >= threshold)")
     parser.add_argument(
-        "--threshold", type=_score, default=DEFAULT_SCORE_THRESHOLD, help="attention: minimum score of a drawn query"
+        "--threshold",
+        type=score_threshold,
+        default=DEFAULT_SCORE_THRESHOLD,
+        help="attention: minimum score of a drawn query",
     )
     parser.add_argument(
         "--max-queries",
-        type=_count,
+        type=non_negative_int,
         default=10,
         help="attention, deformable: at most this many queries per image, best first (0: all)",
     )
@@ -66,9 +69,9 @@ def add_visualize_command(commands: Subparsers) -> None:
     )
     parser.add_argument("--site", help="attention site to draw (default: the model's site for the kind)")
     parser.add_argument("--official", action="store_true", help="RUN is an official checkpoint (of --arch)")
-    _add_official_reading(parser)
+    add_official_reading(parser)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    _add_overrides(parser, "data.val.annotations=FILE.json (data settings of RUN's config)")
+    add_overrides(parser, "data.val.annotations=FILE.json (data settings of RUN's config)")
 
 
 def _pixel(text: str) -> tuple[float, float]:
@@ -102,13 +105,13 @@ def _visualize(args: argparse.Namespace) -> int:
         images = [p for p in extra if not _is_run(p)]
     if args.set and args.kind in RUN_ONLY_KINDS:
         raise ValueError(f"--set: visualize {args.kind} reads the runs' records, not their config; leave --set out")
-    _refuse_model_overrides(args.set)
+    refuse_model_overrides(args.set)
     if args.kind == "data" and run.stem in PRESET_DATA_HINTS and not _is_run(run):  # a preset whose data we make
-        hint = _missing_data_hint(args.run, load_config(args.run, args.set), splits=("train",))  # draws train
+        hint = missing_data_hint(args.run, load_config(args.run, args.set), splits=("train",))  # draws train
         if hint:
             raise FileNotFoundError(hint)
     output = Path(args.output) if args.output else (run if run.is_dir() else run.parent) / "figures"
-    _check_output("--output", output)
+    check_output("--output", output)
     request = VisualizeRequest(
         runs=runs,
         output=output,
@@ -122,7 +125,7 @@ def _visualize(args: argparse.Namespace) -> int:
         pixels=args.pixels,
         site=args.site,
         official=args.official,
-        official_options=_official_options(args),
+        official_options=official_options(args),
         device=args.device,
         overrides=args.set,
     )

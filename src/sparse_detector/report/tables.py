@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis import METRICS, SIZE_BUCKETS
+from ..analysis.paibb import GRID_PAIBB, POINTS_PAIBB
 from ..engine.coco_eval import format_table, metric_text
 from ..files import write_atomically
 from ..runs import ANALYSIS_FILE, analysis_labels
@@ -27,8 +28,8 @@ COMPARE_METRICS = (*METRICS, "paibb", *(f"paibb_{size}" for size in SIZE_BUCKETS
 DEFAULT_COMPARE_METRICS = ("gini", "zeros_ratio", "paibb")
 MISSING = "–"
 POINTS_NOTE = (
-    "PAIBB is the weight of the points inside the box, and sampling_spread the weighted distance of the points from "
-    "the reference point in box widths / heights"
+    f"PAIBB is the {POINTS_PAIBB}, and sampling_spread the weighted distance of the points from the reference point "
+    "in box widths / heights"
 )
 
 
@@ -269,5 +270,5 @@ def _compared_points(labels: Sequence[str], results: Sequence[Mapping[str, Any]]
     if not points:
         return ""
     return (
-        f" At sampling-point sites ({'; '.join(points)}) {POINTS_NOTE}; elsewhere PAIBB is attention mass on the grid."
+        f" At sampling-point sites ({'; '.join(points)}) {POINTS_NOTE}; elsewhere PAIBB is the attention {GRID_PAIBB}."
     )

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -42,6 +44,7 @@ TRUTH_COLOR = "cyan"  # ground-truth boxes
 #: In a figures folder: the files each figure kind drew there last ({kind: [file name, ...]}), so that drawing a kind
 #: again removes the ones it no longer draws and no other file.
 FIGURES_RECORD = ".figures.json"
+_SAVED: ContextVar[list[Path] | None] = ContextVar("saved figures", default=None)  # see saved_figures()
 
 
 @dataclass(frozen=True)
@@ -104,24 +107,44 @@ def save_figure(figure: Figure, path: str | Path, fmt: str = "png") -> Path:
     path = Path(path)
     path = path.with_suffix(f".{fmt}") if path.suffix.lower()[1:] in FORMATS else path.with_name(f"{path.name}.{fmt}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomically(path, lambda file: figure.savefig(file, dpi=DPI, format=fmt))
+    written = write_atomically(path, lambda file: figure.savefig(file, dpi=DPI, format=fmt))
+    if (saved := _SAVED.get()) is not None:
+        saved.append(written)
+    return written
 
 
-def replace_previous_figures(folder: Path, kind: str, written: Sequence[Path]) -> list[Path]:
+@contextmanager
+def saved_figures() -> Iterator[list[Path]]:
+    """The files :func:`save_figure` writes inside the block, in order: what a figure kind that fails halfway
+    drew before failing."""
+    saved: list[Path] = []
+    token = _SAVED.set(saved)
+    try:
+        yield saved
+    finally:
+        _SAVED.reset(token)
+
+
+def replace_previous_figures(folder: Path, kind: str, written: Sequence[Path], failed: bool = False) -> list[Path]:
     """Record ``written`` as what ``kind`` drew in ``folder`` and delete the files it drew there last time but not
     now (other images, queries, a format), which would otherwise look current; files it never drew (the user's,
-    other kinds') stay. Returns the files deleted."""
+    other kinds') stay. Returns the files deleted.
+
+    ``failed``: the drawing stopped halfway after writing ``written``; they are added to the record and nothing is
+    deleted (the next drawing of ``kind`` that completes, or one recorded with no files, removes what is stale)."""
     record_path = folder / FIGURES_RECORD
     try:
         record = json.loads(record_path.read_text())
         record = record if isinstance(record, dict) else {}
     except (OSError, ValueError):  # none yet, or unreadable: nothing of the kind's to remove
         record = {}
-    previous = {name for name in record.get(kind, []) if isinstance(name, str)}
+    previous = [name for name in record.get(kind, []) if isinstance(name, str)]
     if not previous and not written:
         return []
     names = [path.name for path in written if path.parent.resolve() == folder.resolve()]
-    stale = [folder / name for name in sorted(previous - set(names)) if Path(name).name == name]
+    if failed:
+        names = list(dict.fromkeys([*previous, *names]))
+    stale = [folder / name for name in sorted(set(previous) - set(names)) if Path(name).name == name]
     removed = [path for path in stale if path.is_file()]
     for path in removed:
         path.unlink()

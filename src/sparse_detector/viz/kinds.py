@@ -53,6 +53,7 @@ from .figure import (
     display_image,
     replace_previous_figures,
     save_figure,
+    saved_figures,
 )
 from .matching import matching_figure
 from .sparsity import sparsity_figure
@@ -99,11 +100,17 @@ def figure_kind(name: str) -> Callable[[FigureKind], FigureKind]:
 
 def visualize(kind: str, request: VisualizeRequest) -> list[Path]:
     """Draw the figures of ``kind``; returns the files written. The kind's files from its last drawing in the same
-    folder that it did not draw again are deleted (:func:`.figure.replace_previous_figures`)."""
+    folder that it did not draw again are deleted (:func:`.figure.replace_previous_figures`); where drawing fails
+    halfway, the files it wrote are recorded as the kind's, so that they are never taken for a user's file."""
     if kind not in FIGURE_KINDS:
         raise ValueError(f"unknown figure kind {kind!r}; choose from {sorted(FIGURE_KINDS)}")
     request.output.mkdir(parents=True, exist_ok=True)
-    written = FIGURE_KINDS[kind](request)
+    with saved_figures() as saved:
+        try:
+            written = FIGURE_KINDS[kind](request)
+        except BaseException:
+            replace_previous_figures(request.output, kind, saved, failed=True)
+            raise
     replace_previous_figures(request.output, kind, written)
     return written
 
