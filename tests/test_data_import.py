@@ -717,6 +717,28 @@ def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
     assert len(CocoDetection(None, tmp_path / "out" / "coco.json")) == 1
 
 
+def test_ids_written_as_strings_are_kept_by_split_evaluation_and_import(tmp_path: Path) -> None:
+    """Training reads an image_id or category_id written as a string ("2") as the id it names, but `data split` and
+    the evaluation ground truth matched ids by type: the box was in no split and not in the ground truth, silently.
+    The import now writes such references as the ids they name."""
+    for name in ("a.jpg", "b.jpg"):
+        write_image(tmp_path / name)
+    source = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30},
+                   {"id": 2, "file_name": "b.jpg", "width": 40, "height": 30}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]},
+                        {"id": 2, "image_id": "2", "category_id": "1", "bbox": [2, 2, 5, 5]}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }  # fmt: skip
+    write_text(tmp_path / "in.json", json.dumps(source))
+    dataset = CocoDetection(None, tmp_path / "in.json")
+    assert dataset.num_boxes == 2 and len(dataset.coco.getAnnIds(imgIds=dataset.image_ids, catIds=[1])) == 2
+    splits = split_coco(tmp_path / "in.json", tmp_path / "splits", val=0.5)
+    assert sum(len(load(path)["annotations"]) for path in splits.values()) == 2
+    coco = import_coco(tmp_path / "in.json", tmp_path / "out.json")
+    assert [(a["image_id"], a["category_id"]) for a in coco["annotations"]] == [(1, 1), (2, 1)]
+
+
 def test_file_names_written_on_windows_are_found(tmp_path: Path) -> None:
     """A COCO JSON or CSV written on Windows names 'pics\\a.jpg': the COCO import said no image was in the folder
     (pass --images), the CSV import that the row's image does not exist, and training that the files were missing.
