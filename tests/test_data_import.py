@@ -174,6 +174,21 @@ def test_voc_xml_in_subfolders_and_images_without_xml_are_named(tmp_path: Path, 
     assert "1 image(s) have no XML and are not imported" in caplog.text and "b.jpg" in caplog.text
 
 
+def test_voc_xml_files_with_an_upper_case_suffix_are_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``a.XML`` (as Windows tools may name it) was not read: its image was named as having no XML and left out, and
+    a list file naming it said it had no XML. Now it is read, listed or not, and named in a subfolder."""
+    for stem in ("a", "b"):
+        write_image(tmp_path / "photos" / f"{stem}.jpg")
+        write_text(tmp_path / "xml" / f"{stem}.XML", voc_xml([("rbc", (3, 4, 13, 14), 0)]))
+    write_text(tmp_path / "xml" / "later" / "c.XML", voc_xml([("rbc", (3, 4, 13, 14), 0)]))
+    with caplog.at_level(logging.WARNING):
+        coco = import_voc(tmp_path / "xml", tmp_path / "out.json", tmp_path / "photos")
+    assert len(coco["images"]) == 2 and coco["info"]["stats"]["images_without_xml"] == 0
+    assert "1 XML file(s) in its subfolders are not read" in caplog.text and "later/c.XML" in caplog.text
+    listed = import_voc(tmp_path / "xml", tmp_path / "b.json", tmp_path / "photos", write_text(tmp_path / "l", "b\n"))
+    assert [Path(image["file_name"]).name for image in listed["images"]] == ["b.jpg"]
+
+
 def test_voc_two_xml_files_describing_one_image_are_an_error_naming_both(tmp_path: Path) -> None:
     """A copy ``a (1).xml`` of ``a.xml`` made a.jpg two image entries (its boxes twice); now both files are named."""
     write_image(tmp_path / "photos" / "a.jpg")

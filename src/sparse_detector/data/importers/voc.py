@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..coco import MAX_EXAMPLES, DatasetError
+from ..coco import MAX_EXAMPLES, DatasetError, in_other_case
 from ..orientation import box_to_stored
 from .common import (
     IMAGE_SUFFIXES,
     CocoBuilder,
+    files_under,
     find_image,
     image_file,
     is_hidden,
@@ -114,8 +115,15 @@ def _without_file_suffix(name: str) -> str:
 
 
 def _xml_files_in(annotations_dir: Path) -> list[Path]:
-    """The XML files of a folder, hidden ones (a Mac's ``._name.xml`` resource forks) left out."""
-    return sorted(f for f in annotations_dir.glob("*.xml") if not is_hidden(f.name))
+    """The XML files of a folder (``.xml`` in any case: ``.XML`` as Windows tools may write it), hidden ones (a Mac's
+    ``._name.xml`` resource forks) left out."""
+    return sorted(f for f in annotations_dir.iterdir() if f.suffix.lower() == ".xml" and not is_hidden(f.name))
+
+
+def _listed_xml(annotations_dir: Path, name: str) -> Path:
+    """The XML file of a list file's entry: ``<stem>.xml``, or the one file of that name in another letter case."""
+    path = annotations_dir / f"{_without_file_suffix(name)}.xml"
+    return path if path.is_file() else in_other_case(path) or path
 
 
 def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
@@ -125,8 +133,7 @@ def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
         files = _xml_files_in(annotations_dir)
         if not files:
             raise DatasetError(f"no .xml files in {annotations_dir}")
-        nested = annotations_dir.glob("*/**/*.xml")
-        if nested := [str(f) for f in nested if not any(map(is_hidden, f.relative_to(annotations_dir).parts))]:
+        if nested := [str(f) for f in files_under(annotations_dir, (".xml",)) if f.parent != annotations_dir]:
             logger.warning(
                 "%s: %d XML file(s) in its subfolders are not read (pass such a folder with --annotations), e.g. %s",
                 annotations_dir,
@@ -134,7 +141,7 @@ def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
                 nested[:MAX_EXAMPLES],
             )
         return files
-    files = [annotations_dir / f"{_without_file_suffix(name)}.xml" for name in read_list_file(list_file)]
+    files = [_listed_xml(annotations_dir, name) for name in read_list_file(list_file)]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise DatasetError(
