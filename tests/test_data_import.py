@@ -387,6 +387,13 @@ def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pyte
         "r.jpg": [("car", [0.0, 20.0, 9.9999, 10.0])],  # on the border, not 'reaching past' it
     }
     assert coco["info"]["stats"]["label_files_without_image"] == 1 and "gone.txt" in caplog.text
+    assert coco["info"]["stats"]["images_without_label_file"] == 0 and "no label file" not in caplog.text
+    (tmp_path / "labels" / "train" / "a" / "p.txt").unlink()  # a folder of labels missing: named and counted
+    with caplog.at_level(logging.WARNING):
+        coco = import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt")
+    assert coco["info"]["stats"]["images_without_label_file"] == 1
+    assert "1 image(s) have no label file, so they are imported without boxes" in caplog.text
+    assert "train/a/p.jpg" in caplog.text
     write_text(tmp_path / "images" / "train" / "notes.jpg", "not an image")
     write_text(tmp_path / "images" / "train" / "a" / "broken.png", "")
     with pytest.raises(
