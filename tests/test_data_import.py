@@ -578,7 +578,7 @@ def test_a_box_labelled_twice_is_one_object(tmp_path: Path) -> None:
     assert coco["info"]["stats"]["dropped"] == {"duplicate": 1}
 
 
-def test_csv(tmp_path: Path) -> None:
+def test_csv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_image(tmp_path / "img" / "a.jpg")
     write_image(tmp_path / "img" / "b.jpg")
     table = tmp_path / "boxes.csv"
@@ -591,9 +591,17 @@ def test_csv(tmp_path: Path) -> None:
     assert load(tmp_path / "out.json")["images"][0]["file_name"] == "img/a.jpg"  # inside the output's folder
     table.write_text(
         "img/a.jpg,1,2,11,22,cell\n./img/a.jpg,0,0,5,5,dirt\ngone.jpg,1,1,2,2,x\nimg/b.jpg,,,,,\nlost.jpg,,,,,\n"
+        "gone.jpg,3,3,4,4,x\n"
     )
-    with pytest.raises(DatasetError, match=r"2 row\(s\) name an image that does not exist .*:3: .*gone.jpg; .*:5: "):
+    # each missing image named once, at its first row (a file's every row was listed, the same image over and over)
+    with pytest.raises(
+        DatasetError, match=r"3 row\(s\) name 2 image\(s\) that do not exist .*:3: .*gone.jpg; [^;]*:5: "
+    ):
         import_csv(table, tmp_path / "out.json")
+    monkeypatch.chdir(tmp_path)  # paths relative to the working folder, not the CSV's: said so
+    write_text(tmp_path / "tables" / "boxes.csv", "img/a.jpg,1,2,11,22,cell\n")
+    with pytest.raises(DatasetError, match=r"there relative to the current folder: --images \.\): .*tables/img/a.jpg"):
+        import_csv(tmp_path / "tables" / "boxes.csv", tmp_path / "out.json")
     table.write_text("img/a.jpg,1,2,11,22,cell\n./img/a.jpg,0,0,5,5,dirt\n")  # one image, however spelt
     assert len(import_csv(table, tmp_path / "out.json")["images"]) == 1
     (tmp_path / "folder").mkdir()
@@ -617,7 +625,7 @@ def test_csv_named_columns_bom_inverted_boxes_and_wrong_separator(tmp_path: Path
         coco = import_csv(table, tmp_path / "out.json")
     assert coco["info"]["stats"]["dropped"] == {"inverted": 1} and "not x,y,width,height?" in caplog.text
     table.write_text("a.jpg;1;2;11;22;cell\n")
-    with pytest.raises(DatasetError, match=r"boxes.csv:1: expected 6 comma-separated fields .* got 1"):
+    with pytest.raises(DatasetError, match=r"boxes.csv:1: expected 6 comma-separated .* got 1: .*separated by ';'"):
         import_csv(table, tmp_path / "out.json")
     table.write_text("file,xmin,ymin,xmax,ymax\na.jpg,1,2,3,4\n")
     with pytest.raises(DatasetError, match=r"boxes.csv:1: the header .* names no column for \['label'\]"):
