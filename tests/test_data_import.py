@@ -1022,6 +1022,24 @@ def test_data_check_counts_the_boxes_left_out_with_their_images(tmp_path: Path, 
     assert "boxes:  1 (0 crowd/ignored, not counted; 2 on the images left out below)" in capsys.readouterr().out
 
 
+def test_data_check_names_an_image_file_listed_under_two_ids(tmp_path: Path, capsys) -> None:
+    """One file under two image ids (merged exports) was trained on as two images, each with part of its boxes (the
+    rest taught as background), and the check said nothing; it now names the file and its ids."""
+    write_image(tmp_path / "a.jpg")
+    write_image(tmp_path / "b.jpg")
+    images = [{"id": i, "file_name": name, "width": 40, "height": 30} for i, name in enumerate(["a.jpg", "b.jpg"])]
+    images.append({"id": 7, "file_name": "./a.jpg", "width": 40, "height": 30})
+    annotations = [{"id": 1, "image_id": i, "category_id": 1, "bbox": [1, 1, 5, 5]} for i in (0, 7)]
+    write_text(
+        tmp_path / "d.json",
+        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "x"}]}),
+    )
+    report = check_dataset(tmp_path / "d.json", decode=False)
+    assert report.repeated_files == [f"{tmp_path / 'a.jpg'} (image ids [0, 7])"]
+    assert main(["data", "check", str(tmp_path / "d.json")]) == 0  # training does not fail on it
+    assert "repeated: 1 image file(s) listed under more than one image id" in capsys.readouterr().out
+
+
 def test_a_missing_image_named_by_its_absolute_path_is_not_blamed_on_the_images_folder(tmp_path: Path) -> None:
     """An imported JSON names images outside its folder by absolute path; one of them gone, training said it was
     'missing from <the JSON's folder>' and to check data.<split>.images, which plays no part for such a path."""
