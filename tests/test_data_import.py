@@ -118,6 +118,14 @@ def test_voc_root_errors_name_the_roots_and_splits_there_are(tmp_path: Path) -> 
         import_voc_root(tmp_path / "VOCdevkit", tmp_path / "out.json")
     with pytest.raises(DatasetError, match=r"val.txt does not exist; .*its splits: train, train_small, trainval \("):
         import_voc_root(root, tmp_path / "out.json", split="val")
+    # a labelling tool's export: Annotations/ and JPEGImages/ without ImageSets, or one folder of images and XML
+    export = tmp_path / "export"
+    write_text(export / "Annotations" / "a.xml", voc_xml([("cat", (1, 1, 10, 10), 0)]))
+    write_image(export / "JPEGImages" / "a.jpg")
+    with pytest.raises(DatasetError, match=r"every XML .*: --annotations .*export/Annotations --images .*JPEGImages"):
+        import_voc_root(export, tmp_path / "out.json")
+    with pytest.raises(DatasetError, match=r"every XML .*: --annotations .*/Annotations --images .*/Annotations \("):
+        import_voc_root(export / "Annotations", tmp_path / "out.json")
 
 
 def test_voc_any_layout_matched_by_file_name(tmp_path: Path) -> None:

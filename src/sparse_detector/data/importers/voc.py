@@ -236,12 +236,16 @@ def import_voc(
 
 
 def _voc_root_hint(root: Path, split_file: Path) -> str:
-    """What to pass instead: the VOC roots inside ``root`` (``VOCdevkit/VOC2012``), or the splits it has."""
+    """What to pass instead: the VOC roots inside ``root`` (``VOCdevkit/VOC2012``), the splits it has, or for a
+    folder of XML files without ImageSets (as labelling tools export them) the options that import them all."""
     if split_file.parent.is_dir():
         # per-class files <class>_<split>.txt (cat_trainval.txt) list every image with a flag; the splits are the others
         stems = {f.stem for f in split_file.parent.glob("*.txt")}
         splits = sorted(stem for stem in stems if not any(stem.endswith(f"_{other}") for other in stems))
         return f"; its splits: {', '.join(splits)} (--split NAME)" if splits else ""
+    for xml_dir, images in ((root / "Annotations", root / "JPEGImages"), (root, root)):
+        if xml_dir.is_dir() and images.is_dir() and _xml_files_in(xml_dir):
+            return f"; to import every XML file of {xml_dir}: --annotations {xml_dir} --images {images}"
     inside = sorted(str(d) for d in root.glob("*") if (d / "Annotations").is_dir())
     return f"; VOC roots inside it: {', '.join(inside)}" if inside else ""
 
