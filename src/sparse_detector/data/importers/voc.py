@@ -83,7 +83,13 @@ def parse_voc_xml(xml_file: Path) -> VocAnnotation:
         root = ET.parse(xml_file).getroot()
     except ET.ParseError as err:
         line, column = err.position
-        raise DatasetError(f"{xml_file}: malformed XML at line {line}, column {column}: {err}") from err
+        try:  # an undeclared encoding (Latin-1 names from an older tool) reads as 'not well-formed'
+            xml_file.read_bytes().decode("utf-8")
+            hint = ""
+        except UnicodeDecodeError:
+            hint = '; the file is not UTF-8: save it as UTF-8, or declare its encoding (<?xml version="1.0" '
+            hint += 'encoding="ISO-8859-1"?> for Latin-1)'
+        raise DatasetError(f"{xml_file}: malformed XML at line {line}, column {column}: {err}{hint}") from err
     try:  # '640.0', as some converters write it, is 640
         width, height = (round(float(root.findtext(f"size/{side}", "0"))) for side in ("width", "height"))
     except (ValueError, OverflowError) as err:
