@@ -417,7 +417,7 @@ def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pyte
     with pytest.raises(DatasetError, match=r"none of the 3 images .* has a label file in .*images.*--labels DIR"):
         import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt", tmp_path / "images")
     for line, error in (
-        ("0 0.5 0.5 0.2 0.2 0.9", "got 6 fields"),
+        ("0 0.5 0.5 0.2 0.2 0.9", "got 6 fields.*a 6th field is a confidence"),
         ("0 50 20 10 10", r"not all in \[0, 1\]"),
         ("0.5 0.5 0.5 0.2 0.2", r"the class index '0.5' is not a whole number"),
     ):

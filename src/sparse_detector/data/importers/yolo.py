@@ -101,7 +101,8 @@ def _yolo_box(fields: list[str], where: str) -> tuple[int, tuple[float, float, f
         f"(normalised to [0, 1]), got {len(fields)} fields: {' '.join(fields)!r}"
     )
     if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
-        raise DatasetError(usage)
+        scored = "; a 6th field is a confidence, as detections saved with their scores carry: labels have none"
+        raise DatasetError(usage + (scored if len(fields) == 6 else ""))
     try:
         index, values = float(fields[0]), [float(v) for v in fields[1:]]
     except ValueError:
