@@ -118,6 +118,14 @@ def test_voc_root_errors_name_the_roots_and_splits_there_are(tmp_path: Path) -> 
         import_voc_root(tmp_path / "VOCdevkit", tmp_path / "out.json")
     with pytest.raises(DatasetError, match=r"val.txt does not exist; .*its splits: train, train_small, trainval \("):
         import_voc_root(root, tmp_path / "out.json", split="val")
+    # a labelling tool's export: Annotations/ and JPEGImages/ without ImageSets, or one folder of images and XML
+    export = tmp_path / "export"
+    write_text(export / "Annotations" / "a.xml", voc_xml([("cat", (1, 1, 10, 10), 0)]))
+    write_image(export / "JPEGImages" / "a.jpg")
+    with pytest.raises(DatasetError, match=r"every XML .*: --annotations .*export/Annotations --images .*JPEGImages"):
+        import_voc_root(export, tmp_path / "out.json")
+    with pytest.raises(DatasetError, match=r"every XML .*: --annotations .*/Annotations --images .*/Annotations \("):
+        import_voc_root(export / "Annotations", tmp_path / "out.json")
 
 
 def test_voc_any_layout_matched_by_file_name(tmp_path: Path) -> None:
@@ -172,6 +180,21 @@ def test_voc_xml_in_subfolders_and_images_without_xml_are_named(tmp_path: Path, 
     assert len(coco["images"]) == 1 and coco["info"]["stats"]["images_without_xml"] == 1
     assert "1 XML file(s) in its subfolders are not read" in caplog.text and "later/b.xml" in caplog.text
     assert "1 image(s) have no XML and are not imported" in caplog.text and "b.jpg" in caplog.text
+
+
+def test_voc_xml_files_with_an_upper_case_suffix_are_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``a.XML`` (as Windows tools may name it) was not read: its image was named as having no XML and left out, and
+    a list file naming it said it had no XML. Now it is read, listed or not, and named in a subfolder."""
+    for stem in ("a", "b"):
+        write_image(tmp_path / "photos" / f"{stem}.jpg")
+        write_text(tmp_path / "xml" / f"{stem}.XML", voc_xml([("rbc", (3, 4, 13, 14), 0)]))
+    write_text(tmp_path / "xml" / "later" / "c.XML", voc_xml([("rbc", (3, 4, 13, 14), 0)]))
+    with caplog.at_level(logging.WARNING):
+        coco = import_voc(tmp_path / "xml", tmp_path / "out.json", tmp_path / "photos")
+    assert len(coco["images"]) == 2 and coco["info"]["stats"]["images_without_xml"] == 0
+    assert "1 XML file(s) in its subfolders are not read" in caplog.text and "later/c.XML" in caplog.text
+    listed = import_voc(tmp_path / "xml", tmp_path / "b.json", tmp_path / "photos", write_text(tmp_path / "l", "b\n"))
+    assert [Path(image["file_name"]).name for image in listed["images"]] == ["b.jpg"]
 
 
 def test_voc_two_xml_files_describing_one_image_are_an_error_naming_both(tmp_path: Path) -> None:
@@ -372,6 +395,13 @@ def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pyte
         "r.jpg": [("car", [0.0, 20.0, 9.9999, 10.0])],  # on the border, not 'reaching past' it
     }
     assert coco["info"]["stats"]["label_files_without_image"] == 1 and "gone.txt" in caplog.text
+    assert coco["info"]["stats"]["images_without_label_file"] == 0 and "no label file" not in caplog.text
+    (tmp_path / "labels" / "train" / "a" / "p.txt").unlink()  # a folder of labels missing: named and counted
+    with caplog.at_level(logging.WARNING):
+        coco = import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt")
+    assert coco["info"]["stats"]["images_without_label_file"] == 1
+    assert "1 image(s) have no label file, so they are imported without boxes" in caplog.text
+    assert "train/a/p.jpg" in caplog.text
     write_text(tmp_path / "images" / "train" / "notes.jpg", "not an image")
     write_text(tmp_path / "images" / "train" / "a" / "broken.png", "")
     with pytest.raises(
@@ -387,7 +417,7 @@ def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pyte
     with pytest.raises(DatasetError, match=r"none of the 3 images .* has a label file in .*images.*--labels DIR"):
         import_yolo(tmp_path / "images" / "train", tmp_path / "out.json", tmp_path / "classes.txt", tmp_path / "images")
     for line, error in (
-        ("0 0.5 0.5 0.2 0.2 0.9", "got 6 fields"),
+        ("0 0.5 0.5 0.2 0.2 0.9", "got 6 fields.*a 6th field is a confidence"),
         ("0 50 20 10 10", r"not all in \[0, 1\]"),
         ("0.5 0.5 0.5 0.2 0.2", r"the class index '0.5' is not a whole number"),
     ):
@@ -556,7 +586,7 @@ def test_a_box_labelled_twice_is_one_object(tmp_path: Path) -> None:
     assert coco["info"]["stats"]["dropped"] == {"duplicate": 1}
 
 
-def test_csv(tmp_path: Path) -> None:
+def test_csv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_image(tmp_path / "img" / "a.jpg")
     write_image(tmp_path / "img" / "b.jpg")
     table = tmp_path / "boxes.csv"
@@ -569,9 +599,17 @@ def test_csv(tmp_path: Path) -> None:
     assert load(tmp_path / "out.json")["images"][0]["file_name"] == "img/a.jpg"  # inside the output's folder
     table.write_text(
         "img/a.jpg,1,2,11,22,cell\n./img/a.jpg,0,0,5,5,dirt\ngone.jpg,1,1,2,2,x\nimg/b.jpg,,,,,\nlost.jpg,,,,,\n"
+        "gone.jpg,3,3,4,4,x\n"
     )
-    with pytest.raises(DatasetError, match=r"2 row\(s\) name an image that does not exist .*:3: .*gone.jpg; .*:5: "):
+    # each missing image named once, at its first row (a file's every row was listed, the same image over and over)
+    with pytest.raises(
+        DatasetError, match=r"3 row\(s\) name 2 image\(s\) that do not exist .*:3: .*gone.jpg; [^;]*:5: "
+    ):
         import_csv(table, tmp_path / "out.json")
+    monkeypatch.chdir(tmp_path)  # paths relative to the working folder, not the CSV's: said so
+    write_text(tmp_path / "tables" / "boxes.csv", "img/a.jpg,1,2,11,22,cell\n")
+    with pytest.raises(DatasetError, match=r"there relative to the current folder: --images \.\): .*tables/img/a.jpg"):
+        import_csv(tmp_path / "tables" / "boxes.csv", tmp_path / "out.json")
     table.write_text("img/a.jpg,1,2,11,22,cell\n./img/a.jpg,0,0,5,5,dirt\n")  # one image, however spelt
     assert len(import_csv(table, tmp_path / "out.json")["images"]) == 1
     (tmp_path / "folder").mkdir()
@@ -595,7 +633,7 @@ def test_csv_named_columns_bom_inverted_boxes_and_wrong_separator(tmp_path: Path
         coco = import_csv(table, tmp_path / "out.json")
     assert coco["info"]["stats"]["dropped"] == {"inverted": 1} and "not x,y,width,height?" in caplog.text
     table.write_text("a.jpg;1;2;11;22;cell\n")
-    with pytest.raises(DatasetError, match=r"boxes.csv:1: expected 6 comma-separated fields .* got 1"):
+    with pytest.raises(DatasetError, match=r"boxes.csv:1: expected 6 comma-separated .* got 1: .*separated by ';'"):
         import_csv(table, tmp_path / "out.json")
     table.write_text("file,xmin,ymin,xmax,ymax\na.jpg,1,2,3,4\n")
     with pytest.raises(DatasetError, match=r"boxes.csv:1: the header .* names no column for \['label'\]"):
@@ -715,6 +753,28 @@ def test_coco_ids_remapped_and_paths_rewritten(tmp_path: Path) -> None:
     assert coco["info"]["stats"]["remapped_ids"] == ["images", "categories", "annotations"]
     assert [(a["id"], a["image_id"], a["category_id"]) for a in coco["annotations"]] == [(1, 1, 1), (2, 1, 1)]
     assert len(CocoDetection(None, tmp_path / "out" / "coco.json")) == 1
+
+
+def test_ids_written_as_strings_are_kept_by_split_evaluation_and_import(tmp_path: Path) -> None:
+    """Training reads an image_id or category_id written as a string ("2") as the id it names, but `data split` and
+    the evaluation ground truth matched ids by type: the box was in no split and not in the ground truth, silently.
+    The import now writes such references as the ids they name."""
+    for name in ("a.jpg", "b.jpg"):
+        write_image(tmp_path / name)
+    source = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30},
+                   {"id": 2, "file_name": "b.jpg", "width": 40, "height": 30}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]},
+                        {"id": 2, "image_id": "2", "category_id": "1", "bbox": [2, 2, 5, 5]}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }  # fmt: skip
+    write_text(tmp_path / "in.json", json.dumps(source))
+    dataset = CocoDetection(None, tmp_path / "in.json")
+    assert dataset.num_boxes == 2 and len(dataset.coco.getAnnIds(imgIds=dataset.image_ids, catIds=[1])) == 2
+    splits = split_coco(tmp_path / "in.json", tmp_path / "splits", val=0.5)
+    assert sum(len(load(path)["annotations"]) for path in splits.values()) == 2
+    coco = import_coco(tmp_path / "in.json", tmp_path / "out.json")
+    assert [(a["image_id"], a["category_id"]) for a in coco["annotations"]] == [(1, 1), (2, 1)]
 
 
 def test_file_names_written_on_windows_are_found(tmp_path: Path) -> None:
@@ -968,6 +1028,24 @@ def test_data_check_counts_the_boxes_left_out_with_their_images(tmp_path: Path, 
     assert report.boxes_left_out == 2
     assert main(["data", "check", str(tmp_path / "broken.json")]) == 1
     assert "boxes:  1 (0 crowd/ignored, not counted; 2 on the images left out below)" in capsys.readouterr().out
+
+
+def test_data_check_names_an_image_file_listed_under_two_ids(tmp_path: Path, capsys) -> None:
+    """One file under two image ids (merged exports) was trained on as two images, each with part of its boxes (the
+    rest taught as background), and the check said nothing; it now names the file and its ids."""
+    write_image(tmp_path / "a.jpg")
+    write_image(tmp_path / "b.jpg")
+    images = [{"id": i, "file_name": name, "width": 40, "height": 30} for i, name in enumerate(["a.jpg", "b.jpg"])]
+    images.append({"id": 7, "file_name": "./a.jpg", "width": 40, "height": 30})
+    annotations = [{"id": 1, "image_id": i, "category_id": 1, "bbox": [1, 1, 5, 5]} for i in (0, 7)]
+    write_text(
+        tmp_path / "d.json",
+        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "x"}]}),
+    )
+    report = check_dataset(tmp_path / "d.json", decode=False)
+    assert report.repeated_files == [f"{tmp_path / 'a.jpg'} (image ids [0, 7])"]
+    assert main(["data", "check", str(tmp_path / "d.json")]) == 0  # training does not fail on it
+    assert "repeated: 1 image file(s) listed under more than one image id" in capsys.readouterr().out
 
 
 def test_a_missing_image_named_by_its_absolute_path_is_not_blamed_on_the_images_folder(tmp_path: Path) -> None:

@@ -128,6 +128,15 @@ def test_malformed_xml_names_file(tmp_path: Path, objects_xml: str, expected: st
         import_voc_root(root, tmp_path / "out.json")
 
 
+def test_xml_in_an_undeclared_encoding_says_so(tmp_path: Path) -> None:
+    """A Latin-1 XML without an encoding declaration failed as 'not well-formed (invalid token)', nothing more."""
+    root = _write_voc(tmp_path / "voc", _object("chien", (1, 1, 10, 10)))
+    xml = root / "Annotations" / "img1.xml"
+    xml.write_bytes(xml.read_text().replace("chien", "chi\u00e9n").encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"img1\.xml: malformed XML .*not UTF-8: save it as UTF-8, or declare"):
+        import_voc_root(root, tmp_path / "out.json")
+
+
 def test_missing_split_and_image(tmp_path: Path) -> None:
     root = _write_voc(tmp_path / "voc", _object("dog", (1, 1, 10, 10)))
     with pytest.raises(DatasetError, match=r"ImageSets/Main/test\.txt does not exist"):

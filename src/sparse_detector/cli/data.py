@@ -186,6 +186,8 @@ def _data_import(args: argparse.Namespace) -> int:
         print(f"not imported: {stats['images_without_xml']} image(s) without an XML file (listed above)")
     if stats.get("images_without_row"):
         print(f"not imported: {stats['images_without_row']} image(s) without a CSV row (listed above)")
+    if stats.get("images_without_label_file"):
+        print(f"no labels: {stats['images_without_label_file']} image(s) without a label file, imported without boxes")
     if stats.get("label_files_without_image"):
         print(f"not imported: {stats['label_files_without_image']} label file(s) without an image (listed above)")
     report = check_dataset(args.out, decode=not args.no_decode)

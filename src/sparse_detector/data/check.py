@@ -35,6 +35,7 @@ class CheckReport:
     clipped: int = 0
     images_decoded: bool = False
     exif_turned: list[str] = field(default_factory=list)  # images whose EXIF orientation a viewer would apply
+    repeated_files: list[str] = field(default_factory=list)  # files listed under more than one image id
     dataset_name_category: dict | None = None  # a Roboflow export's category named like the dataset, not a class
     problems: list[str] = field(default_factory=list)  # each names the file / ids at fault
     problem_counts: dict[str, int] = field(default_factory=dict)  # reason -> count
@@ -62,6 +63,12 @@ class CheckReport:
         lines.append(f"box sizes (COCO area: small < 32², medium < 96², large): {sizes}")
         if self.clipped:
             lines.append(f"clipped: {self.clipped} box(es) reach past their image and are clipped to it")
+        if self.repeated_files:
+            lines.append(
+                f"repeated: {len(self.repeated_files)} image file(s) listed under more than one image id, so "
+                "training sees each copy with only its own entry's boxes (the other copies' objects taught as "
+                f"background); give each file one entry with all its boxes: {self.repeated_files[:3]}"
+            )
         if self.exif_turned:
             lines.append(
                 f"EXIF: {len(self.exif_turned)} image(s) carry an orientation tag, so viewers and some labelling "
@@ -117,6 +124,10 @@ def check_dataset(
         per_class.update(dataset.labels.name(int(label)) for label in target["labels"])
         by_area.update(next(name for name, top in AREA_BUCKETS if area < top) for area in target["area"].tolist())
     report.boxes_per_class, report.boxes_by_area = dict(per_class), dict(by_area)
+    ids_of: dict[Path, list[int]] = {}
+    for index, image_id in enumerate(dataset.image_ids):
+        ids_of.setdefault(dataset.image_path(index).resolve(), []).append(image_id)
+    report.repeated_files = [f"{path} (image ids {ids})" for path, ids in ids_of.items() if len(ids) > 1]
     if decode:
         report.exif_turned = [str(path) for path in map(dataset.image_path, range(len(dataset))) if _turned(path)]
     return report

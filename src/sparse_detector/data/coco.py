@@ -284,7 +284,7 @@ def _whole_number(value: Any, what: str, path: Path) -> int:
         ) from None
 
 
-def _id_or_none(value: Any) -> int | None:
+def id_or_none(value: Any) -> int | None:
     """An annotation's reference as an int, or None when it is no whole number (it points to nothing)."""
     try:
         return int(value)
@@ -451,7 +451,7 @@ class CocoDetection(Dataset):
                     f"import coco {path} --out NEW.json` takes each missing box from its segmentation"
                 )
             _require(ann, ("bbox", "category_id", "image_id"), f"annotation {ann.get('id', '?')}", path)
-            image_id, category_id = _id_or_none(ann["image_id"]), _id_or_none(ann["category_id"])
+            image_id, category_id = id_or_none(ann["image_id"]), id_or_none(ann["category_id"])
             img = images.get(image_id)
             reason = ""
             if image_id in self._missing_images:
@@ -561,16 +561,23 @@ class CocoDetection(Dataset):
     @cached_property
     def coco(self) -> COCO:
         """pycocotools ``COCO`` index of the annotation file for ``COCOeval``: skipped annotations and images
-        removed, boxes clipped to their image exactly as in the training targets.
+        removed, boxes clipped to their image exactly as in the training targets, ids as ints (an id written as a
+        string, "3", is read as 3 for training, and the index matches ids by type).
 
         Built on first use by re-reading the file, so the dataset stays small in ``DataLoader`` workers.
         """
         with gc_paused():
             data = load_json(self.annotation_file)
             image_ids = set(self.image_ids)
-            data["images"] = [img for img in data["images"] if int(img["id"]) in image_ids]
+            data["images"] = [{**img, "id": int(img["id"])} for img in data["images"] if int(img["id"]) in image_ids]
+            data["categories"] = [{**category, "id": int(category["id"])} for category in data["categories"]]
             data["annotations"] = [
-                {**ann, "bbox": self._clipped_bboxes.get(position, ann["bbox"])}
+                {
+                    **ann,
+                    "image_id": int(ann["image_id"]),
+                    "category_id": int(ann["category_id"]),
+                    "bbox": self._clipped_bboxes.get(position, ann["bbox"]),
+                }
                 for position, ann in enumerate(data["annotations"])
                 if position not in self._skipped_positions and int(ann["image_id"]) in image_ids
             ]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..text import counted
-from .coco import DatasetError, load_json
+from .coco import DatasetError, id_or_none, load_json
 from .importers.common import json_image_path, write_coco
 
 
@@ -92,13 +92,14 @@ def split_coco(
     if sizes["val"] + sizes["test"] >= total:
         asked = " and ".join(f"{counted(n, 'image')} for {split}" for split, n in sizes.items() if n)
         raise ValueError(f"{source} has {images}: {asked} leave none for train; ask for fewer")
-    frequency = Counter(ann["category_id"] for ann in data["annotations"])
+    # ids as ints: an id written as a string ("3") is the same image or category, as training reads it
+    frequency = Counter(id_or_none(ann["category_id"]) for ann in data["annotations"])
     categories_of: dict[Any, list[int]] = defaultdict(list)
     for ann in data["annotations"]:
-        categories_of[ann["image_id"]].append(ann["category_id"])
+        categories_of[id_or_none(ann["image_id"])].append(id_or_none(ann["category_id"]))
     strata: dict[int, list[dict]] = defaultdict(list)
     for image in data["images"]:
-        strata[_stratum(categories_of[image["id"]], frequency)].append(image)
+        strata[_stratum(categories_of[id_or_none(image["id"])], frequency)].append(image)
     # a fraction as given (the split a fraction made before counts were taken), a count as its fraction
     fractions = {split: given if given < 1 else sizes[split] / total for split, given in (("val", val), ("test", test))}
     groups = [strata[key] for key in sorted(strata)]
@@ -117,14 +118,14 @@ def split_coco(
         if split == "test" and not sizes["test"]:
             continue
         path = out / f"{split}.json"
-        ids = {image["id"] for image in images}
+        ids = {id_or_none(image["id"]) for image in images}
         moved = [{**image, "file_name": json_image_path(images_dir / image["file_name"], path)} for image in images]
         write_coco(
             {
                 **data,
                 "info": {**_info_without_stats(data), "split": split, "split_of": str(source), "seed": seed},
                 "images": sorted(moved, key=lambda image: image["id"]),
-                "annotations": [ann for ann in data["annotations"] if ann["image_id"] in ids],
+                "annotations": [ann for ann in data["annotations"] if id_or_none(ann["image_id"]) in ids],
             },
             path,
         )

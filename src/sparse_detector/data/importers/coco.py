@@ -171,6 +171,11 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
             remapped.append(key)
             if key == "categories":
                 renumbered_categories = {old_id: new_id for old_id, new_id in new_ids.items() if old_id != str(new_id)}
+        else:  # a reference written as a string ("3") as the id it names, which other tools match by type
+            ids = {str(entry["id"]): entry["id"] for entry in data[key]}
+            for ann in data["annotations"]:
+                if reference in ann:
+                    ann[reference] = ids.get(str(ann[reference]), ann[reference])
     if without_extent := [ann for ann in data["annotations"] if _without_extent(ann.get("bbox"))]:
         dropped["zero_area"] = len(without_extent)
         logger.warning(

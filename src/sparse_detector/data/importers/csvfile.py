@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def import_csv(
     images_dir = Path(images_dir) if images_dir else csv_file.parent
     builder = CocoBuilder(str(csv_file), class_names)
     image_ids: dict[Path, int] = {}  # by resolved path: "a.jpg" and "./a.jpg" are one image
-    missing: list[str] = []
+    missing: dict[str, list[int]] = {}  # the name of an image that does not exist -> the lines naming it
     boxes: list[tuple[int, str, tuple[float, ...], str]] = []  # image id, label, x1 y1 x2 y2, where
     found_by_name: list[str] = []  # absolute paths of the labelling machine, found by name in images_dir
     labelled: dict[int, tuple[int, int]] = {}  # image id -> its width and height as the rows give them
@@ -125,16 +126,18 @@ def import_csv(
             size_at = _image_size_positions(row, sizes)
             continue
         if len(row) != width:
+            separator = next((sep for sep in ";\t" if len(row) == 1 and sep in row[0]), "")
+            hint = f"; its fields are separated by {separator!r}: save the file with commas" if separator else ""
             raise DatasetError(
                 f"{where}: expected {width} comma-separated fields (file,x1,y1,x2,y2,label, or the columns of "
-                f"the header), got {len(row)}: {row}"
+                f"the header), got {len(row)}: {row}{hint}"
             )
         name, *coordinates, label = (row[at].strip() for at in positions)
         given = image_file(images_dir, name)
         path = given.resolve()
         if path not in image_ids:
             if not path.is_file():
-                missing.append(f"{where}: {given}")
+                missing.setdefault(name, []).append(number)
                 continue
             image_ids[path] = builder.add_image(given)
             if given != file_in(images_dir, name):
@@ -153,9 +156,13 @@ def import_csv(
             box = (box[0], box[1], box[0] + box[2], box[1] + box[3])
         boxes.append((image_ids[path], label, box, where))
     if missing:
+        here = (
+            "; they are there relative to the current folder: --images ." if any(map(os.path.isfile, missing)) else ""
+        )
         raise DatasetError(
-            f"{len(missing)} row(s) name an image that does not exist (paths are relative to {images_dir}; pass "
-            f"the folder with --images DIR): {listing(missing)}"
+            f"{sum(map(len, missing.values()))} row(s) name {len(missing)} image(s) that do not exist (paths are "
+            f"relative to {images_dir}; pass the folder they are relative to with --images DIR{here}): "
+            + listing([f"{csv_file}:{lines[0]}: {image_file(images_dir, n)}" for n, lines in missing.items()])
         )
     if not image_ids:
         raise DatasetError(f"{csv_file} holds no rows; expected file,x1,y1,x2,y2,label")

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..coco import MAX_EXAMPLES, DatasetError
+from ..coco import MAX_EXAMPLES, DatasetError, in_other_case
 from ..orientation import box_to_stored
 from .common import (
     IMAGE_SUFFIXES,
     CocoBuilder,
+    files_under,
     find_image,
     image_file,
     is_hidden,
@@ -82,7 +83,13 @@ def parse_voc_xml(xml_file: Path) -> VocAnnotation:
         root = ET.parse(xml_file).getroot()
     except ET.ParseError as err:
         line, column = err.position
-        raise DatasetError(f"{xml_file}: malformed XML at line {line}, column {column}: {err}") from err
+        try:  # an undeclared encoding (Latin-1 names from an older tool) reads as 'not well-formed'
+            xml_file.read_bytes().decode("utf-8")
+            hint = ""
+        except UnicodeDecodeError:
+            hint = '; the file is not UTF-8: save it as UTF-8, or declare its encoding (<?xml version="1.0" '
+            hint += 'encoding="ISO-8859-1"?> for Latin-1)'
+        raise DatasetError(f"{xml_file}: malformed XML at line {line}, column {column}: {err}{hint}") from err
     try:  # '640.0', as some converters write it, is 640
         width, height = (round(float(root.findtext(f"size/{side}", "0"))) for side in ("width", "height"))
     except (ValueError, OverflowError) as err:
@@ -114,8 +121,15 @@ def _without_file_suffix(name: str) -> str:
 
 
 def _xml_files_in(annotations_dir: Path) -> list[Path]:
-    """The XML files of a folder, hidden ones (a Mac's ``._name.xml`` resource forks) left out."""
-    return sorted(f for f in annotations_dir.glob("*.xml") if not is_hidden(f.name))
+    """The XML files of a folder (``.xml`` in any case: ``.XML`` as Windows tools may write it), hidden ones (a Mac's
+    ``._name.xml`` resource forks) left out."""
+    return sorted(f for f in annotations_dir.iterdir() if f.suffix.lower() == ".xml" and not is_hidden(f.name))
+
+
+def _listed_xml(annotations_dir: Path, name: str) -> Path:
+    """The XML file of a list file's entry: ``<stem>.xml``, or the one file of that name in another letter case."""
+    path = annotations_dir / f"{_without_file_suffix(name)}.xml"
+    return path if path.is_file() else in_other_case(path) or path
 
 
 def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
@@ -125,8 +139,7 @@ def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
         files = _xml_files_in(annotations_dir)
         if not files:
             raise DatasetError(f"no .xml files in {annotations_dir}")
-        nested = annotations_dir.glob("*/**/*.xml")
-        if nested := [str(f) for f in nested if not any(map(is_hidden, f.relative_to(annotations_dir).parts))]:
+        if nested := [str(f) for f in files_under(annotations_dir, (".xml",)) if f.parent != annotations_dir]:
             logger.warning(
                 "%s: %d XML file(s) in its subfolders are not read (pass such a folder with --annotations), e.g. %s",
                 annotations_dir,
@@ -134,7 +147,7 @@ def _xml_files(annotations_dir: Path, list_file: Path | None) -> list[Path]:
                 nested[:MAX_EXAMPLES],
             )
         return files
-    files = [annotations_dir / f"{_without_file_suffix(name)}.xml" for name in read_list_file(list_file)]
+    files = [_listed_xml(annotations_dir, name) for name in read_list_file(list_file)]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise DatasetError(
@@ -229,12 +242,16 @@ def import_voc(
 
 
 def _voc_root_hint(root: Path, split_file: Path) -> str:
-    """What to pass instead: the VOC roots inside ``root`` (``VOCdevkit/VOC2012``), or the splits it has."""
+    """What to pass instead: the VOC roots inside ``root`` (``VOCdevkit/VOC2012``), the splits it has, or for a
+    folder of XML files without ImageSets (as labelling tools export them) the options that import them all."""
     if split_file.parent.is_dir():
         # per-class files <class>_<split>.txt (cat_trainval.txt) list every image with a flag; the splits are the others
         stems = {f.stem for f in split_file.parent.glob("*.txt")}
         splits = sorted(stem for stem in stems if not any(stem.endswith(f"_{other}") for other in stems))
         return f"; its splits: {', '.join(splits)} (--split NAME)" if splits else ""
+    for xml_dir, images in ((root / "Annotations", root / "JPEGImages"), (root, root)):
+        if xml_dir.is_dir() and images.is_dir() and _xml_files_in(xml_dir):
+            return f"; to import every XML file of {xml_dir}: --annotations {xml_dir} --images {images}"
     inside = sorted(str(d) for d in root.glob("*") if (d / "Annotations").is_dir())
     return f"; VOC roots inside it: {', '.join(inside)}" if inside else ""
 

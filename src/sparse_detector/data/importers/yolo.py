@@ -5,7 +5,8 @@ One ``<stem>.txt`` per image with lines ``class x_center y_center width height``
 from ``classes.txt`` (one a line) or a ``data.yaml`` (``names:`` as a list or an index -> name mapping). Images are
 found in subfolders too, their labels at the same place under the labels folder (given an export's root, each
 ``images`` folder's labels in the ``labels`` folder beside it). Images without a label file are
-kept as images without boxes; label files without an image are counted and logged. The labels of a photo with an
+kept as images without boxes (as Ultralytics reads them), counted and logged; label files without an image are
+counted and logged. The labels of a photo with an
 EXIF orientation are fractions of its turned view, the one a viewer shows, as Ultralytics reads such images (and
 browser-based labelling tools show them); they are turned to the stored pixels, which training reads.
 """
@@ -100,7 +101,8 @@ def _yolo_box(fields: list[str], where: str) -> tuple[int, tuple[float, float, f
         f"(normalised to [0, 1]), got {len(fields)} fields: {' '.join(fields)!r}"
     )
     if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
-        raise DatasetError(usage)
+        scored = "; a 6th field is a confidence, as detections saved with their scores carry: labels have none"
+        raise DatasetError(usage + (scored if len(fields) == 6 else ""))
     try:
         index, values = float(fields[0]), [float(v) for v in fields[1:]]
     except ValueError:
@@ -224,6 +226,14 @@ def import_yolo(
         # among the images, only .txt files with images or in a labels/ folder are labels (not README.roboflow.txt)
         and (not beside or f.parent in image_folders or "labels" in f.relative_to(labels_dir).parts[:-1])
     )
+    if unlabelled := [str(image) for image, f in zip(images, label_files, strict=True) if not f.is_file()]:
+        logger.warning(
+            "%s: %d image(s) have no label file, so they are imported without boxes (as Ultralytics reads them), "
+            "e.g. %s; if their labels are elsewhere, pass that folder with --labels DIR",
+            images_dir,
+            len(unlabelled),
+            unlabelled[:MAX_EXAMPLES],
+        )
     if unmatched:
         logger.warning(
             "%s: %d label file(s) have no image %s, e.g. %s; their boxes are not imported",
@@ -243,5 +253,6 @@ def import_yolo(
             turned[:MAX_EXAMPLES],
         )
     coco["info"]["stats"]["label_files_without_image"] = len(unmatched)
+    coco["info"]["stats"]["images_without_label_file"] = len(unlabelled)
     coco["info"]["stats"]["turned_from_exif"] = len(turned)
     return write_coco(coco, out_file)
