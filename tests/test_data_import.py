@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -1295,6 +1296,40 @@ def test_coco_roboflow_dataset_name_category_is_left_out_and_named(tmp_path: Pat
     source["categories"][2]["supercategory"] = "blood"  # not every class under it: an unused class like any other
     write_text(tmp_path / "in.json", json.dumps(source))
     assert [c["name"] for c in import_coco(tmp_path / "in.json", out)["categories"]] == ["cells-mZkq", *names]
+
+
+def test_split_names_what_it_cannot_place_and_keeps_boxes_of_unknown_categories(tmp_path: Path, capsys) -> None:
+    """`data split` ended in a traceback (TypeError, KeyError) on a category id that is no whole number, a missing
+    key or an annotation of no image (which would have gone into no split). Now a box of an unknown category goes
+    with its image, and the rest is an error naming the entry."""
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 10, "height": 10} for i in range(1, 11)]
+    annotations = [{"id": i, "image_id": i, "category_id": 1, "bbox": [0, 0, 5, 5]} for i in range(1, 11)]
+    annotations.append({"id": 11, "image_id": 3, "category_id": "abc", "bbox": [0, 0, 5, 5]})
+    data = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}]}
+    source = tmp_path / "all.json"
+    source.write_text(json.dumps(data))
+    paths = split_coco(source, tmp_path / "s", val=3)
+    assert sorted(a["id"] for path in paths.values() for a in load(path)["annotations"]) == list(range(1, 12))
+    broken = {
+        "an annotation of no image": (
+            {**data, "annotations": [*annotations, {"id": 12, "image_id": 99, "category_id": 1}]},
+            r"1 annotation\(s\) name an image id that is not in 'images', so they would go into no split: "
+            r"annotation 12 \(image_id 99\); fix their image_id",
+        ),
+        "no images": ({"annotations": [], "categories": []}, r"the file lacks required key\(s\) \['images'\]"),
+        "no category_id": (
+            {**data, "annotations": [{"id": 7, "image_id": 1}]},
+            r"annotation 7 lacks required key\(s\) \['category_id'\]",
+        ),
+        "a repeated image id": ({**data, "images": [*images, images[0]]}, "image id 1 appears twice in 'images'"),
+        "an image id no number": ({**data, "images": [{"id": "x1", "file_name": "x.jpg"}]}, "image id 'x1' is not"),
+    }
+    for name, (content, message) in broken.items():
+        source.write_text(json.dumps(content))
+        assert main(["data", "split", str(source), "--val", "1", "--out-dir", str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err
+        assert re.search(f"error: {re.escape(str(source))}: {message}", err), (name, err)
+        assert "Traceback" not in err and not (tmp_path / name).exists()
 
 
 def test_split_sizes_are_fractions_or_counts_and_an_empty_split_is_an_error(tmp_path: Path, capsys) -> None:

@@ -240,7 +240,8 @@ def _case_hint(path: Path, annotation_file: Path, images_dir: Path) -> str:
     )
 
 
-def _require(entry: dict, keys: Sequence[str], what: str, path: Path) -> None:
+def require_keys(entry: dict, keys: Sequence[str], what: str, path: Path) -> None:
+    """A ``DatasetError`` naming ``what`` in ``path`` and the keys it lacks of ``keys``."""
     missing = [k for k in keys if k not in entry]
     if missing:
         raise DatasetError(f"{path}: {what} lacks required key(s) {missing}; COCO format needs {list(keys)}")
@@ -273,7 +274,7 @@ def _clip_box(bbox: Any, width: int, height: int) -> tuple[list[float] | None, s
     return [x0, y0, x1, y1], ""
 
 
-def _whole_number(value: Any, what: str, path: Path) -> int:
+def whole_number(value: Any, what: str, path: Path) -> int:
     """An id as an int (also written as a string, '3'); another value is an error saying how to renumber the ids."""
     try:
         return int(value)
@@ -295,8 +296,8 @@ def id_or_none(value: Any) -> int | None:
 def _read_categories(categories: list[dict], path: Path) -> dict[int, str]:
     """Category id -> name; ids must be unique and there must be at least one."""
     for cat in categories:
-        _require(cat, ("id", "name"), f"category {cat}", path)
-    names = {_whole_number(c["id"], "category id", path): str(c["name"]) for c in categories}
+        require_keys(cat, ("id", "name"), f"category {cat}", path)
+    names = {whole_number(c["id"], "category id", path): str(c["name"]) for c in categories}
     if len(names) != len(categories):
         raise DatasetError(f"{path}: duplicate category ids in 'categories'")
     if not names:
@@ -391,7 +392,7 @@ class CocoDetection(Dataset):
         self._clipped_bboxes: dict[int, list[float]] = {}  # annotation position -> clipped COCO [x, y, w, h]
         with gc_paused():
             data = load_json(self.annotation_file)
-            _require(data, ("images", "annotations", "categories"), "the file", self.annotation_file)
+            require_keys(data, ("images", "annotations", "categories"), "the file", self.annotation_file)
             categories = _read_categories(data["categories"], self.annotation_file)
             self.labels = LabelMap.from_categories(categories, label_mode)
             self.dataset_name_category = dataset_name_category(data["categories"], data["annotations"])
@@ -406,8 +407,8 @@ class CocoDetection(Dataset):
         path = self.annotation_file
         images: dict[int, dict] = {}
         for img in entries:
-            _require(img, ("id", "file_name", "width", "height"), f"image entry {img.get('id', img)}", path)
-            if (image_id := _whole_number(img["id"], "image id", path)) in images:
+            require_keys(img, ("id", "file_name", "width", "height"), f"image entry {img.get('id', img)}", path)
+            if (image_id := whole_number(img["id"], "image id", path)) in images:
                 raise DatasetError(f"{path}: image id {img['id']} appears twice in 'images'")
             images[image_id] = img
             name = str(img["file_name"])
@@ -450,7 +451,7 @@ class CocoDetection(Dataset):
                     f"{path}: annotation {ann.get('id', '?')} has a segmentation but no 'bbox'; `sparse-detector data "
                     f"import coco {path} --out NEW.json` takes each missing box from its segmentation"
                 )
-            _require(ann, ("bbox", "category_id", "image_id"), f"annotation {ann.get('id', '?')}", path)
+            require_keys(ann, ("bbox", "category_id", "image_id"), f"annotation {ann.get('id', '?')}", path)
             image_id, category_id = id_or_none(ann["image_id"]), id_or_none(ann["category_id"])
             img = images.get(image_id)
             reason = ""

@@ -5,16 +5,43 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
 
 from ..text import counted
-from .coco import DatasetError, id_or_none, load_json
-from .importers.common import json_image_path, write_coco
+from .coco import DatasetError, id_or_none, load_json, require_keys, whole_number
+from .importers.common import json_image_path, listing, write_coco
 
 
-def _stratum(category_ids: list[int], frequency: Counter[int]) -> int:
-    """An image's stratum: its rarest category (0 for an image without boxes), so rare classes reach every split."""
-    return min(category_ids, key=lambda c: (frequency[c], c)) if category_ids else 0
+def _stratum(category_ids: list[int | None], frequency: Counter[int | None]) -> int:
+    """An image's stratum: its rarest category (0 for an image without boxes, or whose boxes' category ids are no
+    whole numbers), so rare classes reach every split."""
+    known = [c for c in category_ids if c is not None]
+    return min(known, key=lambda c: (frequency[c], c)) if known else 0
+
+
+def _categories_of_images(data: dict, source: Path) -> dict[int, list[int | None]]:
+    """Image id -> the category ids of its annotations (None for one that is no whole number: the box still goes
+    with its image). An annotation that names no image would go into no split: an error naming it."""
+    require_keys(data, ("images", "annotations", "categories"), "the file", source)
+    categories_of: dict[int, list[int | None]] = {}
+    for image in data["images"]:
+        require_keys(image, ("id", "file_name"), f"image entry {image.get('id', image)}", source)
+        if (image_id := whole_number(image["id"], "image id", source)) in categories_of:
+            raise DatasetError(f"{source}: image id {image['id']} appears twice in 'images'; give each image one id")
+        categories_of[image_id] = []
+    orphans = []
+    for ann in data["annotations"]:
+        require_keys(ann, ("image_id", "category_id"), f"annotation {ann.get('id', '?')}", source)
+        if (image_id := id_or_none(ann["image_id"])) in categories_of:
+            categories_of[image_id].append(id_or_none(ann["category_id"]))
+        else:
+            orphans.append(f"annotation {ann.get('id', '?')} (image_id {ann['image_id']!r})")
+    if orphans:
+        raise DatasetError(
+            f"{source}: {len(orphans)} annotation(s) name an image id that is not in 'images', so they would go "
+            f"into no split: {listing(orphans)}; fix their image_id, or remove them (`sparse-detector data check "
+            f"{source}` lists every problem of the file)"
+        )
+    return categories_of
 
 
 def _info_without_stats(data: dict) -> dict:
@@ -75,6 +102,7 @@ def split_coco(
     """
     source = Path(annotation_file)
     data = load_json(source)
+    categories_of = _categories_of_images(data, source)
     images_dir = Path(images_dir) if images_dir else source.parent
     total = len(data["images"])
     sizes = {"val": split_size("--val", val, total), "test": split_size("--test", test, total)}
@@ -93,13 +121,10 @@ def split_coco(
         asked = " and ".join(f"{counted(n, 'image')} for {split}" for split, n in sizes.items() if n)
         raise ValueError(f"{source} has {images}: {asked} leave none for train; ask for fewer")
     # ids as ints: an id written as a string ("3") is the same image or category, as training reads it
-    frequency = Counter(id_or_none(ann["category_id"]) for ann in data["annotations"])
-    categories_of: dict[Any, list[int]] = defaultdict(list)
-    for ann in data["annotations"]:
-        categories_of[id_or_none(ann["image_id"])].append(id_or_none(ann["category_id"]))
+    frequency = Counter(category for categories in categories_of.values() for category in categories)
     strata: dict[int, list[dict]] = defaultdict(list)
     for image in data["images"]:
-        strata[_stratum(categories_of[id_or_none(image["id"])], frequency)].append(image)
+        strata[_stratum(categories_of[int(image["id"])], frequency)].append(image)
     # a fraction as given (the split a fraction made before counts were taken), a count as its fraction
     fractions = {split: given if given < 1 else sizes[split] / total for split, given in (("val", val), ("test", test))}
     groups = [strata[key] for key in sorted(strata)]
