@@ -71,7 +71,7 @@ def _add_missing_bboxes(data: dict, json_file: Path) -> int:
 
 
 def _without_extent(bbox: Any) -> bool:
-    """Whether a COCO [x, y, w, h] has no width or height (a click, not a box; 1e-9 counts as none,
+    """Whether a COCO [x, y, w, h] has no positive width or height (a click, not a box; 1e-9 counts as none,
     :func:`lacks_extent`); a malformed one is left to data check."""
     try:
         x, y, w, h = (float(v) for v in bbox[:4])
@@ -179,8 +179,8 @@ def import_coco(json_file: str | Path, out_file: str | Path, images_dir: str | P
     if without_extent := [ann for ann in data["annotations"] if _without_extent(ann.get("bbox"))]:
         dropped["zero_area"] = len(without_extent)
         logger.warning(
-            "%s: dropped %d annotation(s) whose bbox has no width or height (as the other importers and official DETR "
-            "drop them), e.g. %s",
+            "%s: dropped %d annotation(s) whose bbox has no positive width or height (as the other importers and "
+            "official DETR drop them), e.g. %s",
             json_file,
             len(without_extent),
             listing([f"annotation {ann.get('id')}: bbox {ann.get('bbox')}" for ann in without_extent]),
