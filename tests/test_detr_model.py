@@ -159,7 +159,9 @@ def test_frozen_batch_norm_folded_into_convolutions_is_the_unfolded_network(name
     assert type(folded.layer1[0].conv1).__name__ == "ConvWithFrozenBatchNorm"
     images = torch.randn(2, 3, 64, 64)
     expected, got = reference(images), folded(images)
-    torch.testing.assert_close(got / expected.abs().max(), expected / expected.abs().max(), rtol=0, atol=1e-6)
+    # ResNet-50 with one thread: 1.09e-6 at most (fp32 rounding over 53 convolutions; the order of the sums
+    # depends on the thread count)
+    torch.testing.assert_close(got / expected.abs().max(), expected / expected.abs().max(), rtol=0, atol=2e-6)
     expected.square().sum().backward()
     got.square().sum().backward()
     for (param_name, want), have in zip(reference.named_parameters(), folded.parameters(), strict=True):
