@@ -16,7 +16,7 @@ import yaml
 from sparse_detector.cli import main
 from sparse_detector.config import ConfigError
 from sparse_detector.engine.checkpoint import load_checkpoint
-from sparse_detector.report.study import AP_COLUMNS, study_tables, study_title
+from sparse_detector.report.study import AP_COLUMNS, study_tables, study_title, write_study_report
 from sparse_detector.runs import ANALYSIS_DIRS, ANALYSIS_FILE
 from sparse_detector.study import STATUS_FILE, RunOutcome, load_study
 from sparse_detector.viz.kinds import FIGURE_KINDS
@@ -336,6 +336,15 @@ def test_report_title_of_a_plain_study_yaml_reads_well():
     plain = SimpleNamespace(source="runs/x/study.yaml", maps=["softmax", "sparsemax"], seeds=[0])
     assert study_title(plain) == "Study: softmax, sparsemax × seeds [0]"
     assert study_title(SimpleNamespace(**{**vars(plain), "source": "ablation.yaml"})).startswith("Study ablation: ")
+
+
+def test_the_html_report_shows_code_spans_as_code(tmp_path: Path):
+    """report.html printed the intro's Markdown backticks: "Preset `shapes_tiny`, overrides `train.epochs=1`"."""
+    study = SimpleNamespace(source="s.yaml", maps={}, seeds=[0], preset="shapes_tiny", set=["train.epochs=1"])
+    write_study_report(tmp_path, study, [], [], 0.1)
+    page = (tmp_path / "report.html").read_text()
+    assert "Preset <code>shapes_tiny</code>, overrides <code>train.epochs=1</code>;" in page and "`" not in page
+    assert "Preset `shapes_tiny`, overrides `train.epochs=1`;" in (tmp_path / "report.md").read_text()
 
 
 def test_report_marks_paibb_of_sampling_points_beside_grid_mass(tmp_path: Path):
