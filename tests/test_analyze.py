@@ -143,6 +143,27 @@ def test_sites_subset_records_only_that_site(run: tuple[Path, Config], tmp_path:
     assert bad == 2  # an error naming the model's sites, no traceback
 
 
+def test_data_with_a_category_the_checkpoint_lacks_is_an_error_naming_it(
+    run: tuple[Path, Config], tmp_path: Path, capsys
+):
+    """A box of a category the checkpoint has no class for crashed a Deformable DETR's matcher (IndexError) and was
+    paired by DETR's "no object" score; a category id inserted before the others shifted every label."""
+    run_dir, config = run
+    data = json.loads(Path(config.data.val.annotations).read_text())
+    args = ["analyze", "--checkpoint", str(run_dir), "--device", "cpu", "--output", str(tmp_path / "out")]
+    for new_id, named in ((5, "category ids [5]"), (0, "category ids [0, 1, 2, 3, 4]")):
+        other = {**data, "categories": [*data["categories"], {"id": new_id, "name": "purple"}]}
+        other["annotations"] = [{**data["annotations"][0], "category_id": new_id}, *data["annotations"][1:]]
+        path = tmp_path / f"with_{new_id}.json"
+        path.write_text(json.dumps(other))
+        assert main([*args, "--data", str(path), "--images", config.data.val.images]) == 2
+        err = capsys.readouterr().err
+        assert f"analyze cannot pair the boxes of {named} of {path} with queries" in err
+        assert "the checkpoint (4 classes) has none for [" in err
+        assert new_id or "training gave [1, 2, 3, 4] other labels than this data does" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_compare_marks_sites_a_run_did_not_record(analysis: dict):
     cross_only = {**analysis, "attention": {**analysis["attention"], "sites": {}}}
     cross_only["checkpoint"] = "runs/sparsemax/checkpoint_best.pt"

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from sparse_detector.config import ConfigError, dump_config, load_config
+from sparse_detector.models import build_model
 from sparse_detector.models.registry import check_attention_config
 from sparse_detector.models.transformer import Transformer
+
+from .conftest import SMALL_TRANSFORMER
 
 
 def test_defaults_are_official_detr():
@@ -198,6 +201,28 @@ def test_attention_sites_are_a_mapping_checked_against_the_model():
     for override, error in cases.items():
         with pytest.raises(ConfigError, match=error):
             check_attention_config(load_config(None, [f"model.attention.{override}"]).model.attention, sites)
+
+
+@pytest.mark.parametrize(
+    ("override", "error"),
+    [
+        (
+            "model.attention.decoder_cross.activation=sparsmax",
+            "model.attention.decoder_cross.activation: unknown attention activation 'sparsmax' (did you mean "
+            "'sparsemax'?); choose one of",
+        ),
+        (
+            "model.attention.decoder_crosss.activation=sparsemax",
+            "model.attention.decoder_crosss: this model has no such attention site (did you mean 'decoder_cross'?)",
+        ),
+    ],
+)
+def test_a_mistyped_map_or_site_gets_the_closest_name(override: str, error: str):
+    """A misspelt map or site listed the choices only (and the map's error named model.attention.decoder_cross, not
+    its activation key)."""
+    config = load_config("shapes_tiny_deformable", [*SMALL_TRANSFORMER, override])
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        build_model(config)
 
 
 #: The official training settings (facebookresearch/detr and fundamentalvision/Deformable-DETR main.py defaults,

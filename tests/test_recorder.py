@@ -95,6 +95,8 @@ def test_restores_on_exception():
     assert_restored(model)
     with pytest.raises(ValueError, match=r"unknown attention site 'decoder_everything'.*encoder_self"):
         AttentionRecorder(model, sites=["decoder_everything"])
+    with pytest.raises(ValueError, match=r"unknown attention site 'decoder_crosss' \(did you mean 'decoder_cross'\?\)"):
+        AttentionRecorder(model, sites=["decoder_crosss"])  # analyze --sites: a typo gets the closest site
 
 
 @torch.no_grad()

@@ -122,6 +122,16 @@ def test_one_checkpoint_analysed_twice_gets_two_labels(tmp_path: Path):
     ]
     assert analysis_labels(records) == ["mine on val.json", "mine on test.json #1", "mine on test.json #2"]
     assert analysis_labels(records[1:]) == ["mine #1", "mine #2"]
+    downloads = tmp_path / "Downloads"  # official checkpoints: were 'Downloads #1' and 'Downloads #2'
+    records = [{"checkpoint": str(downloads / name), "random_init": False} for name in ("plain.pth", "refine.pth")]
+    assert analysis_labels(records) == ["Downloads (plain.pth)", "Downloads (refine.pth)"]
+    from sparse_detector.viz.kinds import run_label
+
+    downloads.mkdir()
+    (downloads / "plain.pth").touch()
+    assert run_label(downloads / "plain.pth") == "plain.pth"  # visualize --official: was the folder, 'Downloads'
+    (downloads / "config.yaml").touch()  # a checkpoint in a run directory: the run's name
+    assert run_label(downloads / "plain.pth") == "Downloads"
     assert distinct_names([Path("/a/b"), Path("/a/b"), Path("/c/b")]) == ["a/b", "a/b", "c/b"]
     assert distinct_names([Path("/b"), Path("/c/b")]) == ["/b", "c/b"]  # not '//b'
 

@@ -16,7 +16,7 @@ import yaml
 from sparse_detector.cli import main
 from sparse_detector.config import ConfigError
 from sparse_detector.engine.checkpoint import load_checkpoint
-from sparse_detector.report.study import AP_COLUMNS, study_tables, study_title
+from sparse_detector.report.study import AP_COLUMNS, study_tables, study_title, write_study_report
 from sparse_detector.runs import ANALYSIS_DIRS, ANALYSIS_FILE
 from sparse_detector.study import STATUS_FILE, RunOutcome, load_study
 from sparse_detector.viz.kinds import FIGURE_KINDS
@@ -238,10 +238,29 @@ def test_a_map_with_rejected_settings_stops_the_study_before_any_run_trains(
     assert "training in" not in out and not study_dir.exists(), "was: the softmax run trained before 'bad' failed"
 
 
+@pytest.mark.parametrize(
+    ("change", "rejected"),
+    [
+        ({"preset": "shapes_tiy"}, "config 'shapes_tiy' is neither a file nor a preset (did you mean shapes_tiny?)"),
+        ({"set": ["train.batchsize=2"]}, "unknown config key train.batchsize (did you mean train.batch_size?)"),
+    ],
+)
+def test_a_mistake_in_the_preset_or_shared_settings_is_not_blamed_on_a_map(
+    tmp_path: Path, capsys, change: dict, rejected: str
+):
+    """A misspelt preset or shared setting was reported as map 'softmax' (the first map)'s, sending the user there."""
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({**MINIMAL_STUDY, **change}))
+    assert main(["study", str(config), "--output-dir", str(tmp_path / "study"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"study.yaml: preset '{change.get('preset', 'shapes_tiny')}' with set [" in err and rejected in err
+    assert "map 'softmax'" not in err and "nothing was trained" in err
+
+
 def test_study_config_errors_name_the_problem(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"preset": "shapes_tiny", "maps": {"a": []}, "seedz": [0]}))
-    with pytest.raises(ConfigError, match="unknown study keys \\['seedz'\\]"):
+    with pytest.raises(ConfigError, match=re.escape("unknown study keys ['seedz'] (did you mean 'seeds'?)")):
         load_study(bad)
     mistakes = {  # were tracebacks, or an override read as its characters ('t' must look like key.sub=value)
         "seeds: 0": "seeds: expected a list, got 0",
@@ -261,6 +280,8 @@ def test_study_config_errors_name_the_problem(tmp_path: Path):
         load_study(bad)
     with pytest.raises(ConfigError, match="embedded: \\['shapes_maps'\\]"):
         load_study("no_such_study")
+    with pytest.raises(ConfigError, match=re.escape("embedded study (did you mean 'shapes_maps'?)")):
+        load_study("shapes_map")
     assert load_study("shapes_maps").maps.keys() == {"softmax", "sparsemax", "entmax15", "alpha_entmax"}
 
 
@@ -315,6 +336,15 @@ def test_report_title_of_a_plain_study_yaml_reads_well():
     plain = SimpleNamespace(source="runs/x/study.yaml", maps=["softmax", "sparsemax"], seeds=[0])
     assert study_title(plain) == "Study: softmax, sparsemax × seeds [0]"
     assert study_title(SimpleNamespace(**{**vars(plain), "source": "ablation.yaml"})).startswith("Study ablation: ")
+
+
+def test_the_html_report_shows_code_spans_as_code(tmp_path: Path):
+    """report.html printed the intro's Markdown backticks: "Preset `shapes_tiny`, overrides `train.epochs=1`"."""
+    study = SimpleNamespace(source="s.yaml", maps={}, seeds=[0], preset="shapes_tiny", set=["train.epochs=1"])
+    write_study_report(tmp_path, study, [], [], 0.1)
+    page = (tmp_path / "report.html").read_text()
+    assert "Preset <code>shapes_tiny</code>, overrides <code>train.epochs=1</code>;" in page and "`" not in page
+    assert "Preset `shapes_tiny`, overrides `train.epochs=1`;" in (tmp_path / "report.md").read_text()
 
 
 def test_report_marks_paibb_of_sampling_points_beside_grid_mass(tmp_path: Path):

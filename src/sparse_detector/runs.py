@@ -200,9 +200,17 @@ def analysis_label(record: Mapping[str, Any]) -> str:
 
 def analysis_labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """The labels of several analysis records (:func:`analysis_label`), told apart by their parent folders where the run
-    folders have the same name, then (one checkpoint analysed more than once) by their data sets, then by number."""
+    folders have the same name, then by their checkpoint files (two official checkpoints in one folder, or two epochs
+    of a run), then (one checkpoint analysed more than once) by their data sets, then by number."""
     suffixes = [" (random init)" if record["random_init"] else "" for record in records]
-    labels = distinct_names([Path(record["checkpoint"]).parent for record in records], suffixes)
+    checkpoints = [Path(record["checkpoint"]) for record in records]
+    labels = distinct_names([checkpoint.parent for checkpoint in checkpoints], suffixes)
+    labels = [
+        f"{label} ({checkpoint.name})"
+        if any(other == label and c.name != checkpoint.name for other, c in zip(labels, checkpoints, strict=True))
+        else label
+        for label, checkpoint in zip(labels, checkpoints, strict=True)
+    ]
     same = [i for i, label in enumerate(labels) if labels.count(label) > 1]
     data = [Path(str(records[i].get("data", ""))) for i in same]
     if len(set(data)) > 1:

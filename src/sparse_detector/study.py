@@ -57,7 +57,7 @@ from .models import build_criterion, build_model
 from .report import write_analysis
 from .report.study import write_study_report
 from .runs import ANALYSIS_DIRS, ANALYSIS_FILE, CONFIG_FILE
-from .text import counted
+from .text import counted, did_you_mean
 from .viz.figure import replace_previous_figures
 from .viz.kinds import VisualizeRequest, object_query_kind, visualize
 
@@ -102,14 +102,18 @@ def load_study(source: str | Path, overrides: list[str] | None = None) -> StudyC
         path = STUDY_PRESET_DIR / f"{Path(source).stem}.yaml"
     if not path.is_file():
         names = sorted(p.stem for p in STUDY_PRESET_DIR.glob("*.yaml"))
-        raise ConfigError(f"study config {str(source)!r} is neither a file nor an embedded study; embedded: {names}")
+        raise ConfigError(
+            f"study config {str(source)!r} is neither a file nor an embedded study{did_you_mean(str(source), names)}; "
+            f"embedded: {names}"
+        )
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping (preset, maps, ...), got {type(data).__name__}")
     known = {name for name in StudyConfig.__dataclass_fields__ if name != "source"}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{path}: unknown study keys {unknown}; valid keys: {sorted(known)}")
+        meant = did_you_mean(str(unknown[0]), known)
+        raise ConfigError(f"{path}: unknown study keys {unknown}{meant}; valid keys: {sorted(known)}")
     for key in ("preset", "maps"):
         if key not in data:
             raise ConfigError(f"{path}: the study needs {key!r}")
@@ -168,9 +172,15 @@ def run_config(study: StudyConfig, map_name: str, seed: int, data_overrides: lis
 def check_variants(study: StudyConfig, data_overrides: list[str], device: str = "") -> None:
     """Load every map's config, build its model (on the CPU, without pretrained weights) and check its device
     (``device``: --device, else train.device) before any run trains, so a setting the config, the model or the
-    machine rejects stops the study at once, naming the map, rather than when its turn comes after the others trained
-    (or every run failing alike)."""
+    machine rejects stops the study at once, naming the map (or the preset and shared ``set`` where the mistake is
+    theirs), rather than when its turn comes after the others trained (or every run failing alike)."""
     seed = study.seeds[0] if study.seeds else 0
+    try:  # the preset and the shared settings first: their mistake is no map's
+        load_config(study.preset, [*data_overrides, *study.set])
+    except ConfigError as err:
+        raise ConfigError(
+            f"{study.source or 'study'}: preset {study.preset!r} with set {study.set}: {err}; nothing was trained"
+        ) from None
     for map_name in study.maps:
         try:
             config = run_config(study, map_name, seed, data_overrides)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..text import did_you_mean
 from .base import AttentionActivation, KeyGrid
 
 
@@ -71,7 +72,10 @@ def get_activation(name: str, **kwargs) -> AttentionActivation:
     try:
         factory = _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown attention activation {name!r}; choose one of {available_activations()}") from None
+        choices = available_activations()
+        raise ValueError(
+            f"unknown attention activation {name!r}{did_you_mean(name, choices)}; choose one of {choices}"
+        ) from None
     try:
         return factory(**kwargs)
     except TypeError as err:  # a missing or unknown keyword: name the map and what it takes

@@ -28,6 +28,7 @@ from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from ..text import did_you_mean
 from .base import KeyGrid
 
 KeyKind = Literal["grid", "queries", "points"]
@@ -204,7 +205,8 @@ def select_sites(model: nn.Module, names: Sequence[str] | None = None) -> list[A
         return [site for site in sites.values() if site.num_layers]
     unknown = [name for name in names if name not in sites]
     if unknown:
-        raise ValueError(f"unknown attention site {unknown[0]!r} for this model; its sites are {list(sites)}")
+        meant = did_you_mean(unknown[0], sites)
+        raise ValueError(f"unknown attention site {unknown[0]!r}{meant} for this model; its sites are {list(sites)}")
     if empty := [name for name in names if not sites[name].num_layers]:
         with_layers = [name for name, site in sites.items() if site.num_layers]
         raise ValueError(

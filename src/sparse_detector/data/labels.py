@@ -103,6 +103,12 @@ class LabelMap:
             return int(label)
         return self.label_to_category_id[int(label)]
 
+    def label_of(self, category_id: int) -> int | None:
+        """The label of a category id, None where this map has no class for it."""
+        if self.label_mode == "coco_ids":
+            return category_id if 0 <= category_id < self.num_classes else None
+        return self.category_to_label.get(category_id)
+
     def category_ids(self, labels: Sequence[int]) -> list[int]:
         return [self.category_id(label) for label in labels]
 

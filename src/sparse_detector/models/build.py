@@ -24,8 +24,8 @@ def build_activation(sites: dict[str, AttentionSiteConfig], name: str, num_heads
     try:
         return get_activation(site.activation, **arguments.get(site.activation, {}))
     except ValueError as err:
-        key = f".{MAP_OPTIONS[site.activation]}" if site.activation in MAP_OPTIONS else ""
-        raise ConfigError(f"model.attention.{name}{key}: {err}") from None
+        key = MAP_OPTIONS.get(site.activation, "activation")  # an option out of range, else an unknown map
+        raise ConfigError(f"model.attention.{name}.{key}: {err}") from None
 
 
 def build_criterion(config: Config) -> nn.Module:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..attention.registry import available_activations, needs_key_grid
 from ..attention.sites import AttentionSite, model_sites
 from ..config import MAP_OPTIONS, AttentionSiteConfig, Config, ConfigError
+from ..text import did_you_mean
 
 ModelBuilder = Callable[[Config], nn.Module]
 CriterionBuilder = Callable[[Config], nn.Module]
@@ -81,11 +82,15 @@ def check_attention_config(attention: Mapping[str, AttentionSiteConfig], sites: 
     for name, site_config in attention.items():
         if name not in sites:
             raise ConfigError(
-                f"model.attention.{name}: this model has no such attention site; its sites: {list(sites)}"
+                f"model.attention.{name}: this model has no such attention site{did_you_mean(name, sites)}; its "
+                f"sites: {list(sites)}"
             )
         activation, choices = site_config.activation, available_activations()
         if activation not in choices:
-            raise ConfigError(f"model.attention.{name}.activation: unknown map {activation!r}; choose one of {choices}")
+            meant = did_you_mean(activation, choices)
+            raise ConfigError(
+                f"model.attention.{name}.activation: unknown map {activation!r}{meant}; choose one of {choices}"
+            )
         if needs_key_grid(activation) and sites[name].keys != "grid":
             grid_sites = [s for s, site in sites.items() if site.keys == "grid"]
             takes = [a for a in available_activations() if not needs_key_grid(a)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -154,6 +155,11 @@ def _html_table(table: Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 
+def _html_text(text: str) -> str:
+    """A line of the Markdown report as HTML: escaped, its `code` spans as <code> (they showed their backticks)."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+
+
 def _embedded(path: Path) -> str:
     kind = EMBEDDED_TYPES.get(path.suffix)
     if kind is None:  # PDF: linked, not embedded
@@ -215,7 +221,7 @@ def write_study_report(
     )
     page = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>",
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><p>{_html_text(intro)}</p>",
     ]
     if warning:
         page.append(f"<p class='warning'>{html.escape(warning.replace('**', ''))}</p>")

@@ -11,6 +11,7 @@ u · cells · stride of the model input, as the model samples it (without them, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -169,11 +170,13 @@ def references_figure(
     ax = figure.subplots()
     ax.imshow(image, extent=(0, width, height, 0))
     _draw_boxes(ax, boxes)
-    for start, end in zip(points[:-1], points[1:], strict=True):
-        ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "color": "yellow", "lw": 1.5})
-    labels: dict[tuple[float, float], list[str]] = {}  # layers whose points coincide (no box refinement) share one
-    for layer, point in enumerate(points):
-        labels.setdefault((round(point[0], 1), round(point[1], 1)), []).append(str(layer))
+    spots = [(round(x, 1), round(y, 1)) for x, y in points]  # layers whose points coincide (no box refinement)
+    for (start, end), (here, there) in zip(pairwise(points), pairwise(spots), strict=True):
+        if here != there:  # a point that did not move gets no arrow (it drew a stray arrowhead), only its label
+            ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "color": "yellow", "lw": 1.5})
+    labels: dict[tuple[float, float], list[str]] = {}  # one label per spot, naming its layers
+    for layer, spot in enumerate(spots):
+        labels.setdefault(spot, []).append(str(layer))
     for (x, y), layers in labels.items():
         ax.plot(x, y, marker="o", color="black", markersize=7, markeredgecolor="white")
         ax.annotate(

@@ -116,13 +116,19 @@ def visualize(kind: str, request: VisualizeRequest) -> list[Path]:
 
 
 def run_label(run: Path) -> str:
-    """A run's name in titles: its directory (a checkpoint file's folder; a quickstart's with its folder)."""
+    """A run's name in titles: its directory (a checkpoint file's folder; a quickstart's with its folder), or the
+    file of a checkpoint outside a run directory (an official one: its folder, e.g. Downloads, names no run)."""
     return run_labels([run])[0]
 
 
 def run_labels(runs: Sequence[Path]) -> list[str]:
-    """Several runs' names in legends and file names: their directories, told apart by their parents if need be."""
-    return distinct_names([_run_dir(run) for run in runs])
+    """Several runs' names in legends and file names (:func:`run_label`), told apart by their parents if need be."""
+    return distinct_names([run if _outside_a_run(run) else _run_dir(run) for run in runs])
+
+
+def _outside_a_run(run: Path) -> bool:
+    """Whether ``run`` is a checkpoint file whose folder is no run directory (no config.yaml)."""
+    return run.is_file() and not (run.parent / CONFIG_FILE).is_file()
 
 
 def _run_dir(run: Path) -> Path:
