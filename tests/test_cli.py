@@ -19,9 +19,9 @@ from tqdm import tqdm
 import sparse_detector
 from sparse_detector.cli import main
 from sparse_detector.cli.entry import _close_progress_bars, build_parser
-from sparse_detector.cli.parsing import closest_name
 from sparse_detector.config import load_config
 from sparse_detector.data.build import absolute_data_paths
+from sparse_detector.text import closest_name
 
 
 def subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

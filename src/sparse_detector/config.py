@@ -7,7 +7,6 @@ error naming the key. Presets live in ``sparse_detector/configs/*.yaml`` and can
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .runs import CONFIG_FILE
+from .text import closest_name
 
 PRESET_DIR = Path(__file__).parent / "configs"
 T = TypeVar("T")
@@ -329,8 +329,8 @@ def _schema_keys(cls: type, prefix: str = "") -> list[str]:
 def _nearest_key(key: str, names: Iterable[str], prefix: str) -> str | None:
     """The key a misspelt or misplaced ``prefix.key`` most likely meant: a close spelling in the same section, else
     the same name in other sections of :class:`Config` (``train.lr`` -> ``model.backbone.lr or optim.lr``)."""
-    if close := difflib.get_close_matches(key, list(names), n=1):
-        return f"{prefix}{close[0]}"
+    if close := closest_name(key, names):
+        return f"{prefix}{close}"
     elsewhere = [k for k in _schema_keys(Config) if k.rsplit(".", 1)[-1] == key]
     return " or ".join(elsewhere) or None
 
@@ -370,10 +370,10 @@ def resolve_config_path(path: str | Path, relative_to: Path | None = None) -> Pa
         if candidate.is_file():
             return candidate
     presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-    close = difflib.get_close_matches(Path(path).stem, presets, n=1)
+    close = closest_name(Path(path).stem, presets)
     if (run_config := candidates[0] / CONFIG_FILE).is_file():  # a run directory: its config
-        close = [str(run_config)]
-    hint = f" (did you mean {close[0]}?)" if close else ""
+        close = str(run_config)
+    hint = f" (did you mean {close}?)" if close else ""
     raise ConfigError(f"config {str(candidates[0])!r} is neither a file nor a preset{hint}; presets: {presets}")
 
 

@@ -12,8 +12,19 @@ def counted(count: int, noun: str, plural: str = "") -> str:
     return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
+def closest_name(text: str, names: Iterable[str]) -> str | None:
+    """The name most like a mistyped ``text``, if any: difflib's ratio of at least 0.6 between the names without
+    their leading dashes (which every option shares), 0.75 for a word under 6 letters (``--set`` is not ``--site``)."""
+    by_word: dict[str, str] = {}
+    for name in names:
+        by_word.setdefault(name.lstrip("-"), name)
+    word = text.lstrip("-")
+    cutoff = 0.75 if len(word) < 6 else 0.6
+    return next((by_word[match] for match in difflib.get_close_matches(word, list(by_word), n=1, cutoff=cutoff)), None)
+
+
 def did_you_mean(word: str, names: Iterable[str]) -> str:
-    """`` (did you mean 'name'?)`` with the name of ``names`` closest to a mistyped ``word`` (difflib's ratio of at
-    least 0.6), else nothing."""
-    close = difflib.get_close_matches(word, list(names), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """`` (did you mean 'name'?)`` with the name of ``names`` closest to a mistyped ``word``
+    (:func:`closest_name`), else nothing."""
+    close = closest_name(word, names)
+    return f" (did you mean {close!r}?)" if close else ""

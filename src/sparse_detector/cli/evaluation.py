@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 from ..config import Config, override_config
 from ..files import write_atomically
 from ..runs import analysis_dir, eval_file, other_data_suffix, read_analyses
-from ..text import counted
+from ..text import closest_name, counted
 from .model_source import add_model_source, load_model, official_options, refuse_model_overrides
 from .outputs import check_output, show_progress
-from .parsing import Subparsers, add_command, add_overrides, closest_name, non_negative_int, positive_int
+from .parsing import Subparsers, add_command, add_overrides, non_negative_int, positive_int
 
 if TYPE_CHECKING:
     from ..data.coco import CocoDetection

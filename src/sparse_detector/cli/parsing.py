@@ -4,11 +4,11 @@ example and handler, ``--set`` overrides, and argparse types of numbers."""
 from __future__ import annotations
 
 import argparse
-import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import check_score_threshold
+from ..text import closest_name
 
 Subparsers = argparse._SubParsersAction  # what add_subparsers() returns; add_parser() makes a subcommand
 
@@ -43,17 +43,6 @@ class Parser(argparse.ArgumentParser):
             )
             command.error(f"unrecognized arguments: {' '.join(extras)}{hints}")
         return parsed
-
-
-def closest_name(text: str, names: Iterable[str]) -> str | None:
-    """The name most like a mistyped ``text``, if any: difflib's ratio of at least 0.6 between the names without
-    their leading dashes (which every option shares), 0.75 for a word under 6 letters (``--set`` is not ``--site``)."""
-    by_word: dict[str, str] = {}
-    for name in names:
-        by_word.setdefault(name.lstrip("-"), name)
-    word = text.lstrip("-")
-    cutoff = 0.75 if len(word) < 6 else 0.6
-    return next((by_word[match] for match in difflib.get_close_matches(word, list(by_word), n=1, cutoff=cutoff)), None)
 
 
 def _chosen_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
