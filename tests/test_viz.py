@@ -611,6 +611,30 @@ def test_an_image_too_large_to_decode_is_an_error_naming_it(runs, tmp_path: Path
         load_images(config, VisualizeRequest([runs["run"]], tmp_path, images=[path]))
 
 
+def test_an_image_the_data_skips_as_unreadable_is_replaced_by_the_next(runs, tmp_path: Path, capsys):
+    """With data.on_invalid=skip (the COCO presets' setting) the validation data hands back None for an unreadable
+    image, and visualize's default images (and `visualize data`) unpacked it: a TypeError traceback."""
+    images = tmp_path / "images"
+    shutil.copytree(runs["images"], images)
+    data = json.loads(runs["shapes_val"].read_text())
+    first, second = (Path(entry["file_name"]).name for entry in data["images"][:2])
+    (images / first).write_bytes(b"not an image")
+    skip = [f"data.val.images={images}", "data.on_invalid=skip"]
+    config = load_config(runs["run"] / "config.yaml", skip)
+    items = load_images(config, VisualizeRequest([runs["run"]], tmp_path, num_images=1))
+    assert [item.name for item in items] == [Path(second).stem]
+    with pytest.raises(OSError, match=f"cannot read image .*{first}"):  # named, not skipped
+        load_images(config, VisualizeRequest([runs["run"]], tmp_path, images=[images / first]))
+    train = ["--set", f"data.train.annotations={runs['shapes_val']}", f"data.train.images={images}", *skip]
+    argv = ["visualize", "data", str(runs["run"]), "--num-images", "1", "--output", str(tmp_path / "d"), *train]
+    assert main(argv) == 0
+    check_image(tmp_path / "d" / "data_train.png")
+    for entry in data["images"]:
+        (images / Path(entry["file_name"]).name).write_bytes(b"not an image")
+    assert main(argv) == 2
+    assert f"no image of {runs['shapes_val']} could be read" in capsys.readouterr().err
+
+
 def test_alpha_of_a_run_shorter_than_log_every_is_read_from_its_epoch_records():
     """A run of fewer steps than train.log_every logs α only in its epoch records; the alpha figure said 'the run has
     no alpha_entmax attention' (the study skipped it)."""

@@ -22,7 +22,7 @@ from ..attention.sites import QueryKind, model_sites, select_sites
 from ..config import DEFAULT_SCORE_THRESHOLD, Config, load_config
 from ..data.batching import collate_detection
 from ..data.build import build_dataset, config_transforms
-from ..data.coco import UNREADABLE_IMAGE_ERRORS, CocoDetection, read_rgb
+from ..data.coco import UNREADABLE_IMAGE_ERRORS, CocoDetection, DatasetError, read_rgb
 from ..data.transforms import image_tensor
 from ..engine.device import resolve_device, seed_everything
 from ..engine.diagnostics import read_diagnostics
@@ -164,6 +164,20 @@ def _val_index_by_path(dataset: CocoDetection) -> dict[Path, int]:
     return {dataset.image_path(i).resolve(): i for i in range(len(dataset))}
 
 
+def readable_samples(dataset: CocoDetection, count: int) -> dict[int, tuple[Tensor, dict[str, Tensor]]]:
+    """The first ``count`` samples of ``dataset`` by index, an image it skips as unreadable (``data.on_invalid=skip``;
+    its warning names it) replaced by the next one; an error when it holds images but none can be read."""
+    samples = {}
+    for index in range(len(dataset)):
+        if len(samples) == count:
+            break
+        if (sample := dataset[index]) is not None:
+            samples[index] = sample
+    if len(dataset) and not samples:
+        raise DatasetError(f"no image of {dataset.annotation_file} could be read (each is named in a warning above)")
+    return samples
+
+
 def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
     """The request's images (with ground truth when the validation data holds them), or the first
     ``num_images`` validation images; each named (for its figures' files) by its file's stem, kept distinct."""
@@ -176,10 +190,9 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
             raise
     items = []
     if not request.images:
-        indices = range(min(request.num_images, len(dataset)))
-        names = output_names([dataset.image_path(index) for index in indices])
-        for index in indices:
-            tensor, target = dataset[index]
+        samples = readable_samples(dataset, request.num_images)
+        names = output_names([dataset.image_path(index) for index in samples])
+        for index, (tensor, target) in samples.items():
             size = tuple(target["orig_size"].tolist())
             picture = display_image(tensor, data.normalize)
             truth_names = _category_names(dataset, target)
@@ -190,8 +203,9 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
     names = output_names(request.images)
     for path in request.images:
         truth_names = []
-        if (index := by_path.get(path.resolve())) is not None:
-            tensor, target = dataset[index]
+        index = by_path.get(path.resolve())
+        if index is not None and (sample := dataset[index]) is not None:  # None: unreadable, said just below
+            tensor, target = sample
             size, truth_names = tuple(target["orig_size"].tolist()), _category_names(dataset, target)
         else:
             try:
@@ -633,8 +647,7 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
     config = _config_of(request.runs[0], request)
     seed_everything(config.train.seed)
     dataset = build_dataset(config, "train")
-    samples = [dataset[i] for i in range(min(max(request.num_images, 1), len(dataset)))]
-    batch, targets = collate_detection(samples)
+    batch, targets = collate_detection(list(readable_samples(dataset, max(request.num_images, 1)).values()))
     image_ids = [int(target["image_id"]) for target in targets]
     # two IMG_0001.JPG of different folders are told apart by their folders
     files = distinct_names([Path(dataset.coco.imgs[image_id]["file_name"]) for image_id in image_ids])
