@@ -360,6 +360,17 @@ def test_resume_given_a_checkpoint_file_names_its_run_directory(tmp_path: Path, 
     assert f"--resume {tmp_path / 'typo'} does not exist" in capsys.readouterr().err
 
 
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_to_start_it_with_its_config(
+    tmp_path: Path, capsys
+) -> None:
+    """The advice was `start the run with --output-dir RUN`, which trains the default preset, not the run's config."""
+    (tmp_path / "config.yaml").write_text("{}\n")
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} has no checkpoint to resume from (it stopped before writing its first)" in err
+    assert f"sparse-detector train --config {tmp_path / 'config.yaml'} --output-dir {tmp_path}\n" in err
+
+
 @pytest.mark.parametrize("command", ["train", "evaluate", "analyze", "quickstart", "study"])
 def test_every_long_running_command_takes_no_progress(command: str) -> None:
     required = {"evaluate": ["--checkpoint", "r"], "analyze": ["--checkpoint", "r"], "study": ["s"]}
