@@ -437,6 +437,16 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert "draw its attention with: sparse-detector visualize attention" in err
 
 
+def test_a_failed_drawing_leaves_no_figures_folder(runs, tmp_path: Path, capsys):
+    """`visualize attention runs/mistyped` made an empty runs/figures (the default output beside the missing run)
+    before it said the checkpoint does not exist."""
+    missing = tmp_path / "runs" / "mistyped"
+    missing.parent.mkdir()
+    assert main(["visualize", "attention", str(missing)]) == 2
+    assert f"checkpoint {missing} does not exist" in capsys.readouterr().err
+    assert not (missing.parent / "figures").exists()
+
+
 def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, capsys):
     run = str(runs["run"])
     assert main(["analyze", "--checkpoint", run, "--paibb-upsampled", "--output", str(tmp_path / "a")]) == 0

@@ -99,11 +99,18 @@ def figure_kind(name: str) -> Callable[[FigureKind], FigureKind]:
 
 def visualize(kind: str, request: VisualizeRequest) -> list[Path]:
     """Draw the figures of ``kind``; returns the files written. The kind's files from its last drawing in the same
-    folder that it did not draw again are deleted (:func:`.figure.replace_previous_figures`)."""
+    folder that it did not draw again are deleted (:func:`.figure.replace_previous_figures`). A folder made for a
+    kind that fails (a mistyped run, whose default folder is beside it) is removed again while it is empty."""
     if kind not in FIGURE_KINDS:
         raise ValueError(f"unknown figure kind {kind!r}; choose from {sorted(FIGURE_KINDS)}")
+    made = not request.output.exists()
     request.output.mkdir(parents=True, exist_ok=True)
-    written = FIGURE_KINDS[kind](request)
+    try:
+        written = FIGURE_KINDS[kind](request)
+    except BaseException:
+        if made and not any(request.output.iterdir()):
+            request.output.rmdir()
+        raise
     replace_previous_figures(request.output, kind, written)
     return written
 
