@@ -273,6 +273,15 @@ def test_train_and_val_with_other_category_ids_is_an_error_before_training(tmp_p
         in capsys.readouterr().err
     )
     assert json.loads((tmp_path / "val_fixed.json").read_text())["categories"][1]["name"] == "b"
+    (tmp_path / "val.csv").write_text("x.jpg,2,2,20,20,c\n")  # a class train lacks: was an error after the epoch
+    classes = ["--classes", str(tmp_path / "classes.txt")]
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    assert (
+        main(["data", "import", "csv", str(tmp_path / "val.csv"), "--out", str(tmp_path / "val.json"), *classes]) == 0
+    )
+    capsys.readouterr()
+    assert main(run) == 2
+    assert "do not share their categories (train vs val: id 3: 'absent' vs 'c')" in capsys.readouterr().err
 
 
 def test_run_config_paths_are_absolute(tmp_path: Path, monkeypatch) -> None:

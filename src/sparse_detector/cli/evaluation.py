@@ -184,7 +184,7 @@ def add_analyze_command(commands: Subparsers) -> None:
 def _analyze(args: argparse.Namespace) -> int:
     from ..attention.sites import select_sites
     from ..data.build import build_dataset, build_loader
-    from ..engine.analyze import analyze, load_analysis_model
+    from ..engine.analyze import analyze, check_matchable, load_analysis_model
     from ..engine.device import resolve_device
     from ..models import build_criterion
     from ..report import analysis_markdown, write_analysis
@@ -204,6 +204,7 @@ def _analyze(args: argparse.Namespace) -> int:
     config = _evaluation_config(loaded.config, args)
     dataset = build_dataset(config, "val")
     _check_categories(loaded.label_map, dataset)
+    check_matchable(loaded.label_map, dataset)
     sites = [site.name for site in select_sites(loaded.model, args.sites)]  # an unknown name lists the model's
     over_grid = [s.name for s in select_sites(loaded.model) if s.keys == "grid" and s.queries == "queries"]
     if args.paibb_upsampled and not set(over_grid) & set(sites):

@@ -23,7 +23,9 @@ from ..config import DEFAULT_SCORE_THRESHOLD, Config, load_config
 from ..data.batching import collate_detection
 from ..data.build import build_dataset, config_transforms
 from ..data.coco import UNREADABLE_IMAGE_ERRORS, CocoDetection, DatasetError, read_rgb
+from ..data.labels import LabelMap
 from ..data.transforms import image_tensor
+from ..engine.analyze import check_matchable
 from ..engine.device import resolve_device, seed_everything
 from ..engine.diagnostics import read_diagnostics
 from ..engine.inference import LoadedModel, load_trained_model, output_names
@@ -185,9 +187,11 @@ def readable_samples(dataset: CocoDetection, count: int) -> dict[int, tuple[Tens
     return samples
 
 
-def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
+def load_images(config: Config, request: VisualizeRequest, matched: Sequence[LabelMap] = ()) -> list[ImageItem]:
     """The request's images (with ground truth when the validation data holds them), or the first
-    ``num_images`` validation images; each named (for its figures' files) by its file's stem, kept distinct."""
+    ``num_images`` validation images; each named (for its figures' files) by its file's stem, kept distinct.
+    ``matched``: the label maps of the models whose matcher pairs the ground truth with queries
+    (:func:`check_matchable`)."""
     data = config.data
     try:
         dataset = build_dataset(config, "val")
@@ -195,6 +199,8 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
         dataset = None
         if not request.images:
             raise
+    for label_map in matched if dataset is not None else ():
+        check_matchable(label_map, dataset)
     items = []
     if not request.images:
         samples = readable_samples(dataset, request.num_images)
@@ -571,7 +577,7 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
     for loaded in models[1:]:  # every run draws the same site over its feature grid
         grid_site(loaded, "queries", site)
     written, unannotated = [], []
-    for item in load_images(models[0].config, request):
+    for item in load_images(models[0].config, request, [loaded.label_map for loaded in models]):
         if item.target is None or not len(item.target["boxes"]):
             unannotated.append(item.name)
             continue
@@ -614,7 +620,7 @@ def matching_kind(request: VisualizeRequest) -> list[Path]:
     loaded, device = _load(request.runs[0], request), resolve_device(request.device)
     model = loaded.model.to(device).eval()
     written = []
-    for item in load_images(loaded.config, request):
+    for item in load_images(loaded.config, request, [loaded.label_map]):
         if item.target is None:
             continue
         with torch.no_grad():
