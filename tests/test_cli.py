@@ -273,6 +273,15 @@ def test_train_and_val_with_other_category_ids_is_an_error_before_training(tmp_p
         in capsys.readouterr().err
     )
     assert json.loads((tmp_path / "val_fixed.json").read_text())["categories"][1]["name"] == "b"
+    (tmp_path / "val.csv").write_text("x.jpg,2,2,20,20,c\n")  # a class train lacks: was an error after the epoch
+    classes = ["--classes", str(tmp_path / "classes.txt")]
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    assert (
+        main(["data", "import", "csv", str(tmp_path / "val.csv"), "--out", str(tmp_path / "val.json"), *classes]) == 0
+    )
+    capsys.readouterr()
+    assert main(run) == 2
+    assert "do not share their categories (train vs val: id 3: 'absent' vs 'c')" in capsys.readouterr().err
 
 
 def test_run_config_paths_are_absolute(tmp_path: Path, monkeypatch) -> None:
@@ -358,6 +367,17 @@ def test_resume_given_a_checkpoint_file_names_its_run_directory(tmp_path: Path, 
     )
     assert main(["train", "--resume", str(tmp_path / "typo")]) == 2
     assert f"--resume {tmp_path / 'typo'} does not exist" in capsys.readouterr().err
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_to_start_it_with_its_config(
+    tmp_path: Path, capsys
+) -> None:
+    """The advice was `start the run with --output-dir RUN`, which trains the default preset, not the run's config."""
+    (tmp_path / "config.yaml").write_text("{}\n")
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} has no checkpoint to resume from (it stopped before writing its first)" in err
+    assert f"sparse-detector train --config {tmp_path / 'config.yaml'} --output-dir {tmp_path}\n" in err
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "analyze", "quickstart", "study"])

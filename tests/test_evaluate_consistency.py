@@ -194,6 +194,27 @@ def test_evaluate_on_data_with_other_categories_is_an_error(run: Path, tmp_path:
     assert not (tmp_path / "e.json").exists()
 
 
+def test_data_with_a_category_the_model_lacks_is_scored_but_not_matched(run: Path, tmp_path: Path, capsys) -> None:
+    """A data set with one more category than the checkpoint: evaluate scores it (that class's AP is 0), but analyze
+    and `visualize matching` (the Hungarian matcher) indexed past the model's classes: an IndexError traceback (and
+    one of a lower id than the model's would have shifted every label, pairing boxes with the wrong class)."""
+    data = json.loads(Path(evaluate_at(run, 3, tmp_path)["data"]).read_text())
+    data["categories"].append({"id": 9, "name": "purple"})
+    data["annotations"][0]["category_id"] = 9
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    images = ["--images", str(run.parent / "data" / "images")]
+    assert evaluate_at(run, 3, tmp_path, "--annotations", str(other), *images)["per_class"]
+    argv = ["analyze", "--checkpoint", str(run), "--device", "cpu", "--annotations", str(other), *images]
+    assert main([*argv, "--output", str(tmp_path / "analysis")]) == 2
+    err = capsys.readouterr().err
+    assert "other.json has categories the checkpoint was not trained on (id 9: 'purple')" in err
+    assert "Traceback" not in err and not (tmp_path / "analysis").exists()
+    argv = ["visualize", "matching", str(run), "--output", str(tmp_path / "figures"), "--set"]
+    assert main([*argv, f"data.val.annotations={other}", f"data.val.images={images[1]}"]) == 2
+    assert "has categories the checkpoint was not trained on (id 9: 'purple')" in capsys.readouterr().err
+
+
 def test_evaluate_counts_the_images_it_evaluated(run: Path, tmp_path: Path, capsys) -> None:
     """With data.on_invalid=skip an unreadable image is left out of AP, but evaluate printed the data set's count
     ("7 images") as what was scored, and with every image unreadable a table of zeros; now it prints and stores

@@ -437,6 +437,16 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert "draw its attention with: sparse-detector visualize attention" in err
 
 
+def test_a_failed_drawing_leaves_no_figures_folder(runs, tmp_path: Path, capsys):
+    """`visualize attention runs/mistyped` made an empty runs/figures (the default output beside the missing run)
+    before it said the checkpoint does not exist."""
+    missing = tmp_path / "runs" / "mistyped"
+    missing.parent.mkdir()
+    assert main(["visualize", "attention", str(missing)]) == 2
+    assert f"checkpoint {missing} does not exist" in capsys.readouterr().err
+    assert not (missing.parent / "figures").exists()
+
+
 def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, capsys):
     run = str(runs["run"])
     assert main(["analyze", "--checkpoint", run, "--paibb-upsampled", "--output", str(tmp_path / "a")]) == 0
@@ -610,6 +620,30 @@ def test_an_image_too_large_to_decode_is_an_error_naming_it(runs, tmp_path: Path
     config = load_config(runs["run"] / "config.yaml")
     with pytest.raises(OSError, match=r"cannot read image .*huge\.png"):
         load_images(config, VisualizeRequest([runs["run"]], tmp_path, images=[path]))
+
+
+def test_an_image_the_data_skips_as_unreadable_is_replaced_by_the_next(runs, tmp_path: Path, capsys):
+    """With data.on_invalid=skip (the COCO presets' setting) the validation data hands back None for an unreadable
+    image, and visualize's default images (and `visualize data`) unpacked it: a TypeError traceback."""
+    images = tmp_path / "images"
+    shutil.copytree(runs["images"], images)
+    data = json.loads(runs["shapes_val"].read_text())
+    first, second = (Path(entry["file_name"]).name for entry in data["images"][:2])
+    (images / first).write_bytes(b"not an image")
+    skip = [f"data.val.images={images}", "data.on_invalid=skip"]
+    config = load_config(runs["run"] / "config.yaml", skip)
+    items = load_images(config, VisualizeRequest([runs["run"]], tmp_path, num_images=1))
+    assert [item.name for item in items] == [Path(second).stem]
+    with pytest.raises(OSError, match=f"cannot read image .*{first}"):  # named, not skipped
+        load_images(config, VisualizeRequest([runs["run"]], tmp_path, images=[images / first]))
+    train = ["--set", f"data.train.annotations={runs['shapes_val']}", f"data.train.images={images}", *skip]
+    argv = ["visualize", "data", str(runs["run"]), "--num-images", "1", "--output", str(tmp_path / "d"), *train]
+    assert main(argv) == 0
+    check_image(tmp_path / "d" / "data_train.png")
+    for entry in data["images"]:
+        (images / Path(entry["file_name"]).name).write_bytes(b"not an image")
+    assert main(argv) == 2
+    assert f"no image of {runs['shapes_val']} could be read" in capsys.readouterr().err
 
 
 def test_alpha_of_a_run_shorter_than_log_every_is_read_from_its_epoch_records():

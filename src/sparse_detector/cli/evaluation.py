@@ -89,26 +89,6 @@ def _check_categories(label_map: LabelMap, dataset: CocoDetection) -> None:
         )
 
 
-def _check_labels(label_map: LabelMap, dataset: CocoDetection) -> None:
-    """analyze pairs queries with boxes by the checkpoint's score of each box's label, so every category of the data
-    must have the label the checkpoint gives it (a category it lacks crashed the matcher, or was paired by DETR's
-    "no object" score; categories of other ids shifted the labels)."""
-    from ..data.coco import DatasetError
-
-    ids = sorted(dataset.labels.label_to_category_id.values())
-    if wrong := [c for c in ids if label_map.label_of(c) != dataset.labels.label_of(c)]:
-        missing = [c for c in wrong if label_map.label_of(c) is None]
-        shifted = [c for c in wrong if c not in missing]
-        classes = counted(label_map.num_classes, "class", "classes")
-        why = [f"the checkpoint ({classes}) has none for {missing}"] * bool(missing)
-        why += [f"training gave {shifted} other labels than this data does"] * bool(shifted)
-        raise DatasetError(
-            f"analyze cannot pair the boxes of category ids {wrong} of {dataset.annotation_file} with queries: "
-            f"{'; '.join(why)}; use data with the categories (ids) the checkpoint was trained on, or evaluate for AP "
-            "alone"
-        )
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     from ..data.build import build_dataset, build_loader
     from ..data.coco import DatasetError
@@ -204,7 +184,7 @@ def add_analyze_command(commands: Subparsers) -> None:
 def _analyze(args: argparse.Namespace) -> int:
     from ..attention.sites import select_sites
     from ..data.build import build_dataset, build_loader
-    from ..engine.analyze import analyze, load_analysis_model
+    from ..engine.analyze import analyze, check_matchable, load_analysis_model
     from ..engine.device import resolve_device
     from ..models import build_criterion
     from ..report import analysis_markdown, write_analysis
@@ -224,7 +204,7 @@ def _analyze(args: argparse.Namespace) -> int:
     config = _evaluation_config(loaded.config, args)
     dataset = build_dataset(config, "val")
     _check_categories(loaded.label_map, dataset)
-    _check_labels(loaded.label_map, dataset)
+    check_matchable(loaded.label_map, dataset)
     sites = [site.name for site in select_sites(loaded.model, args.sites)]  # an unknown name lists the model's
     over_grid = [s.name for s in select_sites(loaded.model) if s.keys == "grid" and s.queries == "queries"]
     if args.paibb_upsampled and not set(over_grid) & set(sites):

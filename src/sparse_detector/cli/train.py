@@ -55,8 +55,9 @@ def _finished_run_message(run_dir: Path, config: Config) -> str:
 
     checkpoints = run_checkpoints(run_dir)
     if not checkpoints:
-        raise FileNotFoundError(
-            f"{run_dir} has no checkpoint to resume from; start the run with --output-dir {run_dir}"
+        raise FileNotFoundError(  # its config.yaml: `train --output-dir` alone would start the default preset
+            f"{run_dir} has no checkpoint to resume from (it stopped before writing its first); start it again with "
+            f"its own config: sparse-detector train --config {run_dir / CONFIG_FILE} --output-dir {run_dir}"
         )
     done = checkpoints[0].epoch  # the newest one's completed epochs
     if done < config.train.epochs:

@@ -89,6 +89,19 @@ class LabelMap:
         theirs = {data.category_id(label): name for label, name in enumerate(data.category_names) if name != "N/A"}
         return [f"id {i}: {name!r} vs {theirs.get(i, 'absent')!r}" for i, name in ours.items() if theirs.get(i) != name]
 
+    def unknown_categories(self, data: LabelMap) -> list[tuple[int, str]]:
+        """The categories (id, name) of a data set with map ``data`` that this map lacks: its boxes of them
+        have no class of the model, so the Hungarian matcher cannot pair them with queries by class; empty when
+        there are none or this map holds no names (official checkpoints)."""
+        if not self.category_names:
+            return []
+        ours = {self.category_id(label) for label in range(len(self.category_names))}
+        return [
+            (data.category_id(label), name)
+            for label, name in enumerate(data.category_names)
+            if name != "N/A" and data.category_id(label) not in ours
+        ]
+
     @property
     def evaluator_map(self) -> dict[int, int] | None:
         """label -> category id for the COCO evaluator; ``None`` when labels are category ids already."""
@@ -102,12 +115,6 @@ class LabelMap:
         if self.label_mode == "coco_ids":
             return int(label)
         return self.label_to_category_id[int(label)]
-
-    def label_of(self, category_id: int) -> int | None:
-        """The label of a category id, None where this map has no class for it."""
-        if self.label_mode == "coco_ids":
-            return category_id if 0 <= category_id < self.num_classes else None
-        return self.category_to_label.get(category_id)
 
     def category_ids(self, labels: Sequence[int]) -> list[int]:
         return [self.category_id(label) for label in labels]

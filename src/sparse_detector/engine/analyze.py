@@ -17,11 +17,23 @@ from torch.utils.data import DataLoader
 
 from ..analysis import AttentionRecorder, MetricAggregator
 from ..analysis.paibb import takes_paibb
+from ..data.coco import CocoDetection, DatasetError
 from ..data.labels import LabelMap
 from ..models import HungarianMatcher, build_model
 from .device import seed_everything
 from .evaluate import evaluation_batches, evaluator_for
 from .inference import LoadedModel, load_trained_model
+
+
+def check_matchable(label_map: LabelMap, dataset: CocoDetection) -> None:
+    """The matcher pairs ground truth with queries by the model's class of each box: an error naming the data set's
+    categories the model was not trained on (it would index past the model's classes, or pair the wrong ones)."""
+    if unknown := [f"id {i}: {name!r}" for i, name in label_map.unknown_categories(dataset.labels)]:
+        raise DatasetError(
+            f"{dataset.annotation_file} has categories the checkpoint was not trained on ({'; '.join(unknown[:5])}), "
+            "so its boxes cannot be matched to the model's queries by class (PAIBB, matching figures); use data with "
+            "the checkpoint's categories only (`sparse-detector evaluate` scores AP on this data)"
+        )
 
 
 def load_analysis_model(

@@ -130,8 +130,11 @@ def warn_boxes_beyond_queries(config: Config, dataset: CocoDetection) -> None:
 
 
 def check_same_categories(train_set: CocoDetection, val_set: CocoDetection) -> None:
-    """Validation scores the model's classes by category id, so val must name every train category alike."""
-    if differences := train_set.labels.differences(val_set.labels):
+    """Validation scores the model's classes by category id, so val must name every train category alike, and its
+    losses match its boxes to queries by class, so val may hold no other category."""
+    differences = train_set.labels.differences(val_set.labels)
+    differences += [f"id {i}: 'absent' vs {name!r}" for i, name in train_set.labels.unknown_categories(val_set.labels)]
+    if differences:
         raise DatasetError(
             f"{train_set.annotation_file} and {val_set.annotation_file} do not share their categories (train vs "
             f"val: {'; '.join(differences[:5])}); import the data once and split it (`sparse-detector data "

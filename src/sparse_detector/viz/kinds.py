@@ -22,8 +22,10 @@ from ..attention.sites import QueryKind, model_sites, select_sites
 from ..config import DEFAULT_SCORE_THRESHOLD, Config, load_config
 from ..data.batching import collate_detection
 from ..data.build import build_dataset, config_transforms
-from ..data.coco import UNREADABLE_IMAGE_ERRORS, CocoDetection, read_rgb
+from ..data.coco import UNREADABLE_IMAGE_ERRORS, CocoDetection, DatasetError, read_rgb
+from ..data.labels import LabelMap
 from ..data.transforms import image_tensor
+from ..engine.analyze import check_matchable
 from ..engine.device import resolve_device, seed_everything
 from ..engine.diagnostics import read_diagnostics
 from ..engine.inference import LoadedModel, load_trained_model, output_names
@@ -101,15 +103,19 @@ def figure_kind(name: str) -> Callable[[FigureKind], FigureKind]:
 def visualize(kind: str, request: VisualizeRequest) -> list[Path]:
     """Draw the figures of ``kind``; returns the files written. The kind's files from its last drawing in the same
     folder that it did not draw again are deleted (:func:`.figure.replace_previous_figures`); where drawing fails
-    halfway, the files it wrote are recorded as the kind's, so that they are never taken for a user's file."""
+    halfway, the files it wrote are recorded as the kind's, so that they are never taken for a user's file, and a
+    folder made for a kind that fails (a mistyped run, whose default folder is beside it) is removed while empty."""
     if kind not in FIGURE_KINDS:
         raise ValueError(f"unknown figure kind {kind!r}; choose from {sorted(FIGURE_KINDS)}")
+    made = not request.output.exists()
     request.output.mkdir(parents=True, exist_ok=True)
     with saved_figures() as saved:
         try:
             written = FIGURE_KINDS[kind](request)
         except BaseException:
             replace_previous_figures(request.output, kind, saved, failed=True)
+            if made and not any(request.output.iterdir()):
+                request.output.rmdir()
             raise
     replace_previous_figures(request.output, kind, written)
     return written
@@ -177,9 +183,25 @@ def _val_index_by_path(dataset: CocoDetection) -> dict[Path, int]:
     return {dataset.image_path(i).resolve(): i for i in range(len(dataset))}
 
 
-def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
+def readable_samples(dataset: CocoDetection, count: int) -> dict[int, tuple[Tensor, dict[str, Tensor]]]:
+    """The first ``count`` samples of ``dataset`` by index, an image it skips as unreadable (``data.on_invalid=skip``;
+    its warning names it) replaced by the next one; an error when it holds images but none can be read."""
+    samples = {}
+    for index in range(len(dataset)):
+        if len(samples) == count:
+            break
+        if (sample := dataset[index]) is not None:
+            samples[index] = sample
+    if len(dataset) and not samples:
+        raise DatasetError(f"no image of {dataset.annotation_file} could be read (each is named in a warning above)")
+    return samples
+
+
+def load_images(config: Config, request: VisualizeRequest, matched: Sequence[LabelMap] = ()) -> list[ImageItem]:
     """The request's images (with ground truth when the validation data holds them), or the first
-    ``num_images`` validation images; each named (for its figures' files) by its file's stem, kept distinct."""
+    ``num_images`` validation images; each named (for its figures' files) by its file's stem, kept distinct.
+    ``matched``: the label maps of the models whose matcher pairs the ground truth with queries
+    (:func:`check_matchable`)."""
     data = config.data
     try:
         dataset = build_dataset(config, "val")
@@ -187,12 +209,13 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
         dataset = None
         if not request.images:
             raise
+    for label_map in matched if dataset is not None else ():
+        check_matchable(label_map, dataset)
     items = []
     if not request.images:
-        indices = range(min(request.num_images, len(dataset)))
-        names = output_names([dataset.image_path(index) for index in indices])
-        for index in indices:
-            tensor, target = dataset[index]
+        samples = readable_samples(dataset, request.num_images)
+        names = output_names([dataset.image_path(index) for index in samples])
+        for index, (tensor, target) in samples.items():
             size = tuple(target["orig_size"].tolist())
             picture = display_image(tensor, data.normalize)
             truth_names = _category_names(dataset, target)
@@ -203,8 +226,9 @@ def load_images(config: Config, request: VisualizeRequest) -> list[ImageItem]:
     names = output_names(request.images)
     for path in request.images:
         truth_names = []
-        if (index := by_path.get(path.resolve())) is not None:
-            tensor, target = dataset[index]
+        index = by_path.get(path.resolve())
+        if index is not None and (sample := dataset[index]) is not None:  # None: unreadable, said just below
+            tensor, target = sample
             size, truth_names = tuple(target["orig_size"].tolist()), _category_names(dataset, target)
         else:
             try:
@@ -563,7 +587,7 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
     for loaded in models[1:]:  # every run draws the same site over its feature grid
         grid_site(loaded, "queries", site)
     written, unannotated = [], []
-    for item in load_images(models[0].config, request):
+    for item in load_images(models[0].config, request, [loaded.label_map for loaded in models]):
         if item.target is None or not len(item.target["boxes"]):
             unannotated.append(item.name)
             continue
@@ -606,7 +630,7 @@ def matching_kind(request: VisualizeRequest) -> list[Path]:
     loaded, device = _load(request.runs[0], request), resolve_device(request.device)
     model = loaded.model.to(device).eval()
     written = []
-    for item in load_images(loaded.config, request):
+    for item in load_images(loaded.config, request, [loaded.label_map]):
         if item.target is None:
             continue
         with torch.no_grad():
@@ -646,8 +670,7 @@ def data_kind(request: VisualizeRequest) -> list[Path]:
     config = _config_of(request.runs[0], request)
     seed_everything(config.train.seed)
     dataset = build_dataset(config, "train")
-    samples = [dataset[i] for i in range(min(max(request.num_images, 1), len(dataset)))]
-    batch, targets = collate_detection(samples)
+    batch, targets = collate_detection(list(readable_samples(dataset, max(request.num_images, 1)).values()))
     image_ids = [int(target["image_id"]) for target in targets]
     # two IMG_0001.JPG of different folders are told apart by their folders
     files = distinct_names([Path(dataset.coco.imgs[image_id]["file_name"]) for image_id in image_ids])
