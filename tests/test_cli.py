@@ -173,6 +173,21 @@ def test_a_short_option_is_not_matched_to_a_different_word() -> None:
     assert closest_name("trian", ["train", "evaluate"]) == "train"
 
 
+def test_inputs_given_after_an_option_join_the_others(capsys) -> None:
+    """argparse reads a command's positionals in one stretch: an image after an option was 'unrecognized'."""
+    parser = build_parser()
+    args = parser.parse_args(["predict", "--checkpoint", "r", "a.png", "--threshold", "0.5", "b.png", "c/"])
+    assert args.inputs == ["a.png", "b.png", "c/"] and args.threshold == 0.5
+    args = parser.parse_args(["visualize", "attention", "r", "--output", "figs", "b.png"])
+    assert (args.run, args.inputs, args.output) == ("r", ["b.png"], "figs")
+    with pytest.raises(SystemExit):  # a command without a list of inputs still refuses them
+        parser.parse_args(["evaluate", "--checkpoint", "r", "b.png"])
+    assert "sparse-detector evaluate: error: unrecognized arguments: b.png" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # with an unknown option among them, nothing is taken for an input
+        parser.parse_args(["predict", "--checkpoint", "r", "a.png", "--zzz", "b.png"])
+    assert "unrecognized arguments: --zzz b.png" in capsys.readouterr().err
+
+
 def test_a_name_like_none_gets_no_suggestion(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["xyzzy"])

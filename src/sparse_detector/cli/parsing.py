@@ -32,10 +32,12 @@ class Parser(argparse.ArgumentParser):
         self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> argparse.Namespace:
         """As argparse's, but an unknown option is reported by the (sub)command it was given to, with the closest
-        of that command's options."""
+        of that command's options; inputs given after an option join the command's list of inputs."""
         parsed, extras = self.parse_known_args(args, namespace)
+        command = _chosen_command(self, parsed)
+        if extras and not any(text.startswith("-") for text in extras):
+            extras = _join_inputs(command, parsed, extras)
         if extras:
-            command = _chosen_command(self, parsed)
             unknown = [text.split("=", 1)[0] for text in extras if text.startswith("-")]
             close = [(text, closest_name(text, command._option_string_actions)) for text in unknown]
             hints = "".join(
@@ -43,6 +45,17 @@ class Parser(argparse.ArgumentParser):
             )
             command.error(f"unrecognized arguments: {' '.join(extras)}{hints}")
         return parsed
+
+
+def _join_inputs(command: argparse.ArgumentParser, parsed: argparse.Namespace, extras: list[str]) -> list[str]:
+    """Add ``extras``, inputs argparse left over, to the command's list of inputs if it takes one; returns what is
+    still left over. argparse reads a command's positionals in one stretch, so in ``predict --checkpoint RUN a.png
+    --threshold 0.5 b.png`` (or ``visualize attention RUN --output figs b.png``) the last image was refused."""
+    listed = [action for action in command._actions if not action.option_strings and action.nargs in ("*", "+")]
+    if not listed or listed[-1].type is not None:
+        return extras
+    setattr(parsed, listed[-1].dest, [*(getattr(parsed, listed[-1].dest) or []), *extras])
+    return []
 
 
 def _chosen_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
