@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import gc
+import io
 import json
 import logging
 from pathlib import Path
@@ -238,6 +239,11 @@ def test_json_with_a_bom_or_in_another_encoding(tmp_path: Path) -> None:
     assert CocoDetection(images, annotation_file).category_names == ["crème", "sept"]
     annotation_file.write_bytes(text.replace("\\u00e8", "\u00e8").encode("latin-1"))
     with pytest.raises(DatasetError, match=r"instances.json: not UTF-8 text"):
+        CocoDetection(images, annotation_file)
+    png = io.BytesIO()  # an image given for the annotation file was 'not UTF-8 text ... iconv'
+    Image.new("RGB", (2, 2)).save(png, format="PNG")
+    annotation_file.write_bytes(png.getvalue())
+    with pytest.raises(DatasetError, match=r"instances.json is not a JSON file but a PNG image: give the annotation"):
         CocoDetection(images, annotation_file)
 
 

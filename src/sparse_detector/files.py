@@ -1,4 +1,5 @@
-"""Writing files so that Ctrl-C, a kill or a full disk never leaves a half-written one where a reader looks."""
+"""Writing files so that Ctrl-C, a kill or a full disk never leaves a half-written one where a reader looks; and
+naming what a file given by mistake is."""
 
 from __future__ import annotations
 
@@ -9,6 +10,21 @@ from pathlib import Path
 from typing import IO
 
 PARTIAL_SUFFIX = ".tmp"  # of the hidden temporary file write_atomically writes before renaming it
+
+#: How the files a user gives by mistake start (first bytes -> what the file is), named when one is refused.
+FILE_SIGNATURES = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF document",
+    b"\x1f\x8b": "a gzip archive",
+    b"PK\x03\x04": "a zip archive",
+}
+
+
+def file_kind(head: bytes) -> str | None:
+    """What a file starting with the bytes ``head`` is (:data:`FILE_SIGNATURES`), or None."""
+    return next((name for signature, name in FILE_SIGNATURES.items() if head.startswith(signature)), None)
 
 
 def _umask() -> int:

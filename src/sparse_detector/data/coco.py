@@ -24,6 +24,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..files import file_kind
 from ..logs import RANK_SPECIFIC
 from .labels import LabelMap, LabelMode
 from .orientation import labelled_turned
@@ -187,6 +188,10 @@ def load_json(path: Path) -> dict[str, Any]:
         with open(path, encoding="utf-8-sig") as f, gc_paused():  # -sig: a BOM, as some Windows tools write
             data = json.load(f)
     except UnicodeDecodeError as err:
+        with open(path, "rb") as f:
+            kind = file_kind(f.read(8))
+        if kind:
+            raise DatasetError(f"{path} is not a JSON file but {kind}: give the annotation file (COCO JSON)") from err
         raise DatasetError(
             f"{path}: not UTF-8 text (byte {err.object[err.start]:#x} at offset {err.start}); JSON files are UTF-8, "
             "so convert it (e.g. iconv -f latin1 -t utf-8)"

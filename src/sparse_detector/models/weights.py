@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config, load_config
+from ..files import file_kind
 from ..runs import CHECKPOINT_SUFFIXES
 from ..text import counted
 from .registry import available_models, build_model, model_entry, official_config
@@ -81,16 +82,6 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], 
 OFFICIAL_CHECKPOINT_GLOBALS = (argparse.Namespace,)
 
 
-#: How the files a user gives by mistake start (first bytes -> what the file is), named when refused as a checkpoint.
-_OTHER_FILE_KINDS = {
-    b"\x89PNG": "a PNG image",
-    b"\xff\xd8\xff": "a JPEG image",
-    b"GIF8": "a GIF image",
-    b"%PDF": "a PDF document",
-    b"\x1f\x8b": "a gzip archive",
-}
-
-
 def not_a_checkpoint_file(path: str | Path) -> str | None:
     """Why ``path`` cannot be a file written by ``torch.save`` (empty, an image, text, ...), judged by its first
     bytes: ``torch.save`` writes a zip archive, older versions a pickle (first byte 0x80); ``None`` when it may be
@@ -99,8 +90,7 @@ def not_a_checkpoint_file(path: str | Path) -> str | None:
         head = f.read(8)
     if head.startswith((b"PK\x03\x04", b"\x80")):
         return None
-    named = next((name for magic, name in _OTHER_FILE_KINDS.items() if head.startswith(magic)), None)
-    named = named or ("a text file" if head.isascii() else "something else (torch.save writes a zip archive)")
+    named = file_kind(head) or ("a text file" if head.isascii() else "something else (torch.save writes a zip archive)")
     kind = f"not a PyTorch checkpoint but {named}" if head else "empty"
     return (
         f"checkpoint {path} is {kind}: give a run directory or a .pt file written by `sparse-detector train` or "
