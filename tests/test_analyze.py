@@ -294,6 +294,12 @@ def test_compare_of_a_file_that_is_no_analysis_names_it(tmp_path: Path, capsys):
         assert main(["compare", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
         assert f"error: {tmp_path / name} is not" in err and "Traceback" not in err
+    (tmp_path / "analysis.csv").write_text("site,layer\n")  # analyze's table, given for the record beside it
+    (tmp_path / "analysis.json").write_text("{}")
+    assert main(["compare", str(tmp_path / "analysis.csv")]) == 2
+    assert f"is not valid JSON (Expecting value: line 1 column 1 (char 0)); give {tmp_path / 'analysis.json'}" in (
+        capsys.readouterr().err
+    )
 
 
 def test_readme_names_every_key_of_analysis_json(analysis: dict):

@@ -225,7 +225,7 @@ def test_missing_paths(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=rf"annotation file {tmp_path} is a folder; give the COCO JSON file \(it "):
         CocoDetection(images, tmp_path)
     (images / "b.png").unlink()
-    with pytest.raises(DatasetError, match=r"missing from .*images.*b\.png"):
+    with pytest.raises(DatasetError, match=r"missing from .*images.*b\.png.*<split>.images \(evaluate, analyze: --im"):
         CocoDetection(images, annotation_file)
 
 

@@ -178,7 +178,9 @@ def read_analyses(inputs: Iterable[str | Path]) -> list[dict[str, Any]]:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
+            beside = path.with_name(ANALYSIS_FILE)  # analyze's analysis.csv / .md given for the record beside them
+            give = f"give {beside}" if beside.is_file() else "give analysis.json files, analysis folders or run dirs"
+            raise ValueError(f"{path} is not valid JSON ({err}); {give}") from None
         if not isinstance(record, dict) or not {"checkpoint", "random_init", "attention"} <= record.keys():
             raise ValueError(
                 f"{path} is not an {ANALYSIS_FILE} written by `sparse-detector analyze` (it lacks checkpoint, "

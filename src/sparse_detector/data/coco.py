@@ -426,7 +426,9 @@ class CocoDetection(Dataset):
                 where, fix = "do not exist", "restore them or remove them from the JSON"
             else:
                 where = f"are missing from {self.images_dir}"
-                fix = "check data.<split>.images (the folder file names are relative to)"
+                fix = (
+                    "check the folder the file names are relative to: data.<split>.images (evaluate, analyze: --images)"
+                )
             hint = next(filter(None, (_case_hint(self.images_dir / n, path, self.images_dir) for n in names)), "")
             raise DatasetError(
                 f"{len(missing)} image file(s) listed in {path} {where}, e.g. {names[:MAX_EXAMPLES]}{hint}; {fix}, or "
