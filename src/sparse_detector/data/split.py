@@ -143,14 +143,14 @@ def split_coco(
         if split == "test" and not sizes["test"]:
             continue
         path = out / f"{split}.json"
-        ids = {id_or_none(image["id"]) for image in images}
+        ids = {int(image["id"]) for image in images}
         moved = [{**image, "file_name": json_image_path(images_dir / image["file_name"], path)} for image in images]
         write_coco(
             {
                 **data,
                 "info": {**_info_without_stats(data), "split": split, "split_of": str(source), "seed": seed},
                 "images": sorted(moved, key=lambda image: image["id"]),
-                "annotations": [ann for ann in data["annotations"] if id_or_none(ann["image_id"]) in ids],
+                "annotations": [ann for ann in data["annotations"] if int(ann["image_id"]) in ids],
             },
             path,
         )
