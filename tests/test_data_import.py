@@ -1299,15 +1299,16 @@ def test_coco_roboflow_dataset_name_category_is_left_out_and_named(tmp_path: Pat
 
 
 def test_split_names_what_it_cannot_place_and_keeps_boxes_of_unknown_categories(tmp_path: Path, capsys) -> None:
-    """`data split` ended in a traceback (TypeError, KeyError) on a category id that is no whole number, a missing
-    key or an annotation of no image (which would have gone into no split). Now a box of an unknown category goes
-    with its image, and the rest is an error naming the entry."""
+    """`data split` ended in a traceback (TypeError, KeyError) on a category id that is no whole number, an image id
+    written as a string among numbers, a missing key or an annotation of no image (which would have gone into no
+    split). Now a box of an unknown category goes with its image, ids are sorted as numbers, and the rest is an error
+    naming the entry."""
     images = [{"id": i, "file_name": f"{i}.jpg", "width": 10, "height": 10} for i in range(1, 11)]
     annotations = [{"id": i, "image_id": i, "category_id": 1, "bbox": [0, 0, 5, 5]} for i in range(1, 11)]
     annotations.append({"id": 11, "image_id": 3, "category_id": "abc", "bbox": [0, 0, 5, 5]})
     data = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}]}
     source = tmp_path / "all.json"
-    source.write_text(json.dumps(data))
+    source.write_text(json.dumps({**data, "images": [*images[:9], {**images[9], "id": "10"}]}))  # sorted with ints
     paths = split_coco(source, tmp_path / "s", val=3)
     assert sorted(a["id"] for path in paths.values() for a in load(path)["annotations"]) == list(range(1, 12))
     broken = {

@@ -149,7 +149,7 @@ def split_coco(
             {
                 **data,
                 "info": {**_info_without_stats(data), "split": split, "split_of": str(source), "seed": seed},
-                "images": sorted(moved, key=lambda image: image["id"]),
+                "images": sorted(moved, key=lambda image: int(image["id"])),
                 "annotations": [ann for ann in data["annotations"] if int(ann["image_id"]) in ids],
             },
             path,
