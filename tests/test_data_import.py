@@ -622,9 +622,10 @@ def test_csv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         import_csv(table, tmp_path / "out.json")
 
 
-def test_csv_named_columns_bom_inverted_boxes_and_wrong_separator(tmp_path: Path, caplog) -> None:
+def test_csv_named_columns_bom_inverted_boxes_and_separators(tmp_path: Path, caplog) -> None:
     """A header may name and reorder the columns (TensorFlow-style export); Excel's BOM is no part of the first
-    file name; x2 < x1 is dropped as 'inverted' with a hint; a ';'-separated file is an error, not 'no rows'."""
+    file name; x2 < x1 is dropped as 'inverted' with a hint; a ';'- or tab-separated file (a spreadsheet's, with
+    decimal commas) is read as a comma-separated one, a row with a field too few named with the separator."""
     write_image(tmp_path / "a.jpg")
     table = tmp_path / "boxes.csv"
     table.write_text("filename,width,height,class,xmin,ymin,xmax,ymax\na.jpg,40,30,cell,1,2,11,22\n")
@@ -633,8 +634,12 @@ def test_csv_named_columns_bom_inverted_boxes_and_wrong_separator(tmp_path: Path
     with caplog.at_level(logging.WARNING):
         coco = import_csv(table, tmp_path / "out.json")
     assert coco["info"]["stats"]["dropped"] == {"inverted": 1} and "not x,y,width,height?" in caplog.text
-    table.write_text("a.jpg;1;2;11;22;cell\n")
-    with pytest.raises(DatasetError, match=r"boxes.csv:1: expected 6 comma-separated .* got 1: .*separated by ';'"):
+    expected = {"a.jpg": [("cell", [1.5, 2.0, 9.5, 20.0])]}
+    for separator in ";\t":
+        table.write_text(f"a.jpg{separator}1,5{separator}2{separator}11{separator}22{separator}cell\n")
+        assert boxes_by_image(import_csv(table, tmp_path / "out.json")) == expected, separator
+    table.write_text("filename;class;xmin;ymin;xmax;ymax\na.jpg;cell;1,5;2;11;22\na.jpg;cell;1;2;3\n")
+    with pytest.raises(DatasetError, match=r"boxes.csv:3: expected 6 fields separated by ';' .* got 5"):
         import_csv(table, tmp_path / "out.json")
     table.write_text("file,xmin,ymin,xmax,ymax\na.jpg,1,2,3,4\n")
     with pytest.raises(DatasetError, match=r"boxes.csv:1: the header .* names no column for \['label'\]"):

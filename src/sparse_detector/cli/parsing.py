@@ -117,7 +117,7 @@ def _override(text: str) -> str:
     )
 
 
-def _whole_number(minimum: int) -> Callable[[str], int]:
+def _int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number of at least ``minimum`` (argparse names the option in its error)."""
 
     def parse(text: str) -> int:
@@ -132,7 +132,7 @@ def _whole_number(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-positive_int, non_negative_int = _whole_number(1), _whole_number(0)
+positive_int, non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
 def score_threshold(text: str) -> float:

@@ -9,6 +9,8 @@ not imported, named in a warning and counted. Image paths are relative to ``imag
 folder) or absolute. Where a header names the image's own width and height beside the
 box's corners (TensorFlow-style exports), a size that differs from the image file is handled as VOC's ``<size>``:
 a photo labelled on its EXIF-turned view has its boxes turned, one resized after labelling its boxes scaled.
+Fields may be separated by commas, semicolons or tabs (the one splitting the first line into the most fields);
+with semicolons or tabs a number may have a decimal comma (``12,5``), as spreadsheets in many locales save them.
 """
 
 from __future__ import annotations
@@ -117,7 +119,13 @@ def import_csv(
     found_by_name: list[str] = []  # absolute paths of the labelling machine, found by name in images_dir
     labelled: dict[int, tuple[int, int]] = {}  # image id -> its width and height as the rows give them
     positions, width, sizes, size_at = list(range(len(COLUMNS))), len(COLUMNS), False, None
-    for number, row in enumerate(csv.reader(io.StringIO(read_text(csv_file), newline="")), start=1):
+    text = read_text(csv_file)
+    separator = _separator(text)
+    if separator != ",":
+        logger.info("%s: fields separated by %r, decimal commas allowed", csv_file, separator)
+    for number, row in enumerate(csv.reader(io.StringIO(text, newline=""), delimiter=separator), start=1):
+        if separator != ",":
+            row = [field.replace(",", ".") if _is_number(field.replace(",", ".")) else field for field in row]
         where = f"{csv_file}:{number}"
         if not row:
             continue
@@ -126,11 +134,9 @@ def import_csv(
             size_at = _image_size_positions(row, sizes)
             continue
         if len(row) != width:
-            separator = next((sep for sep in ";\t" if len(row) == 1 and sep in row[0]), "")
-            hint = f"; its fields are separated by {separator!r}: save the file with commas" if separator else ""
             raise DatasetError(
-                f"{where}: expected {width} comma-separated fields (file,x1,y1,x2,y2,label, or the columns of "
-                f"the header), got {len(row)}: {row}{hint}"
+                f"{where}: expected {width} fields separated by {separator!r} (file,x1,y1,x2,y2,label, or the "
+                f"columns of the header), got {len(row)}: {row}"
             )
         name, *coordinates, label = (row[at].strip() for at in positions)
         given = image_file(images_dir, name)
@@ -227,6 +233,13 @@ def _normalised(boxes: list[tuple[int, str, tuple[float, ...], str]], builder: C
     return bool(boxes) and all(
         0.0 <= v <= 1.0 and min(builder.image(image_id)[1:]) > 1 for image_id, _, box, _ in boxes for v in box
     )
+
+
+def _separator(text: str) -> str:
+    """The field separator of a CSV text: of comma, semicolon and tab, the one that splits its first non-empty
+    line into the most fields (a comma on a tie)."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return max(",;\t", key=lambda separator: len(next(csv.reader([first], delimiter=separator), [])))
 
 
 def _is_number(text: str) -> bool:
