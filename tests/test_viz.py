@@ -510,6 +510,28 @@ def test_predict_says_which_photos_viewers_show_turned(runs, tmp_path: Path, cap
     assert "1 image(s) carry an EXIF orientation" in caplog.text and "phone.jpg" in caplog.text
 
 
+def test_visualize_skips_an_unreadable_image_and_names_turned_ones(runs, tmp_path: Path, caplog, capsys):
+    """`visualize attention RUN photos/` stopped at the first unreadable image (exit 2, later images not drawn) and
+    said nothing of a photo viewers show turned; it now skips and names the unreadable one and exits 1, as predict
+    does, and warns of the turned photo as predict does."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    with Image.open(runs["images"] / "val_000001.png") as image:
+        image.convert("RGB").save(photos / "a_phone.jpg", exif=exif.tobytes())
+    (photos / "b_broken.jpg").write_bytes(b"not an image")
+    shutil.copy(runs["images"] / "val_000002.png", photos / "c_plain.png")
+    out = tmp_path / "figs"
+    argv = ["visualize", "attention", str(runs["run"]), str(photos), "--max-queries", "1", "--output", str(out)]
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 1
+    drawn = sorted(path.name for path in out.glob("*.png"))
+    assert len(drawn) == 2 and "a_phone" in drawn[0] and "c_plain" in drawn[1]
+    assert "1 image(s) could not be read" in capsys.readouterr().err and "b_broken.jpg" in caplog.text
+    assert "1 image(s) carry an EXIF orientation" in caplog.text and "a_phone.jpg" in caplog.text
+
+
 def test_references_figure_labels_every_decoder_layer():
     """One reference point per layer, in layer order, joined by arrows; layers at the same point (to 0.1 px) share a
     label and no arrow: a point moved by a rounding error drew a stray arrowhead beside it."""
@@ -634,7 +656,7 @@ def test_an_image_the_data_skips_as_unreadable_is_replaced_by_the_next(runs, tmp
     config = load_config(runs["run"] / "config.yaml", skip)
     items = load_images(config, VisualizeRequest([runs["run"]], tmp_path, num_images=1))
     assert [item.name for item in items] == [Path(second).stem]
-    with pytest.raises(OSError, match=f"cannot read image .*{first}"):  # named, not skipped
+    with pytest.raises(OSError, match=f"cannot read image .*{first}"):  # the only one given: nothing to draw
         load_images(config, VisualizeRequest([runs["run"]], tmp_path, images=[images / first]))
     train = ["--set", f"data.train.annotations={runs['shapes_val']}", f"data.train.images={images}", *skip]
     argv = ["visualize", "data", str(runs["run"]), "--num-images", "1", "--output", str(tmp_path / "d"), *train]

@@ -279,6 +279,29 @@ def coco_image_ids(annotation_file: str | Path, files: Sequence[Path]) -> dict[P
     return ids
 
 
+def read_input_image(path: Path, bit_depth: int, failed: dict[str, str]) -> Image.Image | None:
+    """An input image file as RGB, or None when it cannot be read: then ``failed`` maps it to why and a warning
+    names it, so that ``predict`` and the figures skip it and go on with the others."""
+    try:
+        return read_rgb(path, bit_depth)
+    except UNREADABLE_IMAGE_ERRORS as err:
+        failed[str(path)] = str(err)
+        log.warning("cannot read image %s (%s); skipped", path, err)
+        return None
+
+
+def warn_turned(turned: Sequence[str], outputs: str) -> None:
+    """Name the input images that carry an EXIF orientation (:func:`exif_orientation`, else 1): viewers show them
+    turned, while ``outputs`` (what the caller wrote of them) are in their stored pixels."""
+    if turned:
+        log.warning(
+            "%d image(s) carry an EXIF orientation, so viewers show them turned; %s, e.g. %s",
+            len(turned),
+            outputs,
+            list(turned[:3]),
+        )
+
+
 @dataclass
 class Predictions:
     """What :func:`predict_images` wrote: one record per readable image, and the files it could not read."""
@@ -327,11 +350,7 @@ def predict_images(
     coco_results: list[dict[str, Any]] = []
     turned: list[str] = []  # images that viewers show turned (EXIF orientation)
     for path in files:
-        try:
-            image = read_rgb(path, loaded.config.data.bit_depth)
-        except UNREADABLE_IMAGE_ERRORS as err:
-            result.failed[str(path)] = str(err)
-            log.warning("cannot read image %s (%s); skipped", path, err)
+        if (image := read_input_image(path, loaded.config.data.bit_depth, result.failed)) is None:
             continue
         found = loaded.detect(image, threshold)
         detections = found.as_records()
@@ -363,13 +382,10 @@ def predict_images(
         if after_image is not None and (extra := after_image(file_names[path], found.model_input, found.queries)):
             record["attention"] = str(extra)
         result.records.append(record)
-    if turned:
-        log.warning(
-            "%d image(s) carry an EXIF orientation, so viewers show them turned; their boxes are in the stored pixels "
-            "(as the pictures show them; 'exif_orientation' in predictions.json), e.g. %s",
-            len(turned),
-            turned[:3],
-        )
+    warn_turned(
+        turned,
+        "their boxes are in the stored pixels (as the pictures show them; 'exif_orientation' in predictions.json)",
+    )
     if output_format == "coco":
         target, content = out / "detections_coco.json", coco_results
     else:
