@@ -1503,3 +1503,27 @@ def test_predict_captions_stay_whole_on_the_picture():
     while spot := label_spot((96, 50, 126, 70), (55, 12), taken, (128, 128)):  # captions wider than their boxes
         taken.append(spot)
     assert len(taken) == 2 and all(spot[0] >= 0 and spot[2] <= 128 for spot in taken)  # above and below, whole
+
+
+TITLE_MARGIN_PX = 4  # constrained layout's padding at the figure's edge (4/72 inch at 100 dpi)
+
+
+def test_curves_panel_titles_stay_inside_the_figure_and_apart():
+    """The bottom-right panel's title ('total loss per epoch: train mean (solid, circles),') was wider than its
+    panel and reached the figure's right edge (2 px from it, its comma at the border); every panel title now keeps
+    a margin inside the figure and none covers another."""
+    records = [{"type": "train", "step": s, "loss": 3.0 - s / 10, "class_error": 50.0} for s in (1, 2)]
+    sizes = {"AP_small": 0.1, "AP_medium": 0.2, "AP_large": -1.0}
+    records += [{"type": "epoch", "step": 2, "epoch": 1, "AP": 0.1, "train_loss": 2.9, "val_loss": 3.1, **sizes}]
+    figure = curves_figure({"softmax": records, "sparsemax": records})
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    page = figure.bbox
+    titles = [axes.title.get_window_extent(renderer) for axes in figure.axes]
+    for axes, extent in zip(figure.axes, titles, strict=True):
+        margin = TITLE_MARGIN_PX
+        assert extent.x0 - page.x0 >= margin and page.x1 - extent.x1 >= margin and extent.y1 <= page.y1, (
+            axes.get_title()
+        )
+    for i, first in enumerate(titles):
+        assert not any(first.overlaps(second) for second in titles[i + 1 :]), figure.axes[i].get_title()
