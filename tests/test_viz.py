@@ -295,6 +295,26 @@ def test_attention_panels_take_the_images_shape_and_row_labels_fit_their_row(hei
     assert label.get_window_extent(canvas.get_renderer()).height < row_pitch
 
 
+@pytest.mark.parametrize("height, width", [(96, 960), (384, 96)])
+def test_attention_panels_of_very_wide_or_tall_images_keep_their_labels_apart(height, width):
+    """`visualize attention RUN panorama.jpg` (10:1): the rows were 0.2 inch tall and their labels ('decoder_cross'
+    / 'layer 0') ran into each other and off the figure's bottom; a 1:4 image's panels were 0.56 inch wide, so the
+    column titles read 'head 7mean of heads'. Each row is now as tall as its label's longest word and each column
+    as wide as its title."""
+    labels = [f"decoder_cross layer {i}" for i in range(3)]
+    figure = attention_figure(np.full((height, width, 3), 0.5), np.full((3, 8, 2, 6), 1 / 12), labels, title="t")
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    panels = [axes for axes in figure.axes if axes.images]
+    row_labels = [axes.yaxis.label.get_window_extent(renderer) for axes in panels[::9]]
+    titles = [axes.title.get_window_extent(renderer) for axes in panels[:9]]
+    for texts in (row_labels, titles):
+        for i, first in enumerate(texts):
+            assert figure.bbox.x0 <= first.x0 and first.x1 <= figure.bbox.x1
+            assert figure.bbox.y0 <= first.y0 and first.y1 <= figure.bbox.y1
+            assert not any(first.overlaps(second) for second in texts[i + 1 :])
+
+
 def test_attention_figure_of_one_layer_and_head_keeps_its_title_on_the_page():
     """A run of 1 layer x 1 head drew its box legend ('boxes: prediction (red), ground truth (cyan); ground-truth
     classes not written ...; uncoloured cells: ...') as one line cut at both edges of the 6-inch figure, and its row
