@@ -1547,3 +1547,19 @@ def test_curves_panel_titles_stay_inside_the_figure_and_apart():
         )
     for i, first in enumerate(titles):
         assert not any(first.overlaps(second) for second in titles[i + 1 :]), figure.axes[i].get_title()
+
+
+def test_predict_coco_results_above_a_threshold_say_their_ap_is_not_evaluates(runs, tmp_path: Path, caplog):
+    """`predict --format coco --image-ids val.json` kept only detections scoring >= 0.5 (the default threshold)
+    while the README promised each image's 100 best and evaluate's AP: scored, the file gave a lower AP without a
+    word. A threshold above 0 is now named in a warning saying so; --threshold 0 keeps every query, silently."""
+    image = str(runs["images"] / "val_000001.png")
+    argv = ["predict", "--checkpoint", str(runs["run"]), image, "--format", "coco", "--output", str(tmp_path / "p")]
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 0
+    assert "lower than evaluate's" in caplog.text and "--threshold 0" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--threshold", "0"]) == 0
+    assert "lower than evaluate's" not in caplog.text
+    assert len(json.loads((tmp_path / "p" / "detections_coco.json").read_text())) == 6  # every query

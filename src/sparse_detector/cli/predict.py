@@ -30,7 +30,8 @@ def add_predict_command(commands: Subparsers) -> None:
         "--format",
         choices=["json", "coco"],
         default="json",
-        help="json: predictions.json per image; coco: detections_coco.json in the COCO results format",
+        help="json: predictions.json per image; coco: detections_coco.json in the COCO results format (with "
+        "--threshold 0 it scores as evaluate does)",
     )
     parser.add_argument(
         "--image-ids",

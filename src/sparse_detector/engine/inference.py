@@ -328,9 +328,10 @@ def predict_images(
 
     ``output_format="json"``: ``predictions.json``, one record per image (file, size, detections with label,
     category id and name, score, absolute xyxy box). ``"coco"``: ``detections_coco.json`` in the COCO results
-    format (``file_name`` added; each image's ``MAX_DETECTIONS`` highest-scoring, as ``evaluate`` scores them),
-    which ``COCO.loadRes`` reads; ``image_id`` is the image's id in the COCO JSON
-    ``image_ids`` names (see :func:`coco_image_ids`), or else its position in the input list, from 1.
+    format (``file_name`` added; each image's ``MAX_DETECTIONS`` highest-scoring of those at ``threshold`` or above:
+    at 0, as ``evaluate`` scores them, else named in a warning, for the AP is then lower), which ``COCO.loadRes``
+    reads; ``image_id`` is the image's id in the COCO JSON ``image_ids`` names (see :func:`coco_image_ids`), or
+    else its position in the input list, from 1.
     ``after_image(name, model_input, kept_queries)``, if given, runs after each image (e.g. to draw the kept
     queries' attention); the file it returns is recorded as the image's ``"attention"``.
     """
@@ -339,6 +340,12 @@ def predict_images(
     check_score_threshold(threshold)
     if output_format not in PREDICT_FORMATS:
         raise ValueError(f"unknown prediction format {output_format!r}; choose from {PREDICT_FORMATS}")
+    if output_format == "coco" and threshold > 0:  # tests and users took its AP for evaluate's
+        log.warning(
+            "the COCO results keep only detections scoring >= %s (the threshold), so their AP is lower than "
+            "evaluate's, which scores every query; a threshold of 0 (--threshold 0) keeps them all",
+            threshold,
+        )
     torch_device = resolve_device(device)
     loaded.model.to(torch_device)
     out = Path(out_dir)
