@@ -295,6 +295,26 @@ def test_attention_panels_take_the_images_shape_and_row_labels_fit_their_row(hei
     assert label.get_window_extent(canvas.get_renderer()).height < row_pitch
 
 
+@pytest.mark.parametrize("height, width", [(96, 960), (384, 96)])
+def test_attention_panels_of_very_wide_or_tall_images_keep_their_labels_apart(height, width):
+    """`visualize attention RUN panorama.jpg` (10:1): the rows were 0.2 inch tall and their labels ('decoder_cross'
+    / 'layer 0') ran into each other and off the figure's bottom; a 1:4 image's panels were 0.56 inch wide, so the
+    column titles read 'head 7mean of heads'. Each row is now as tall as its label's longest word and each column
+    as wide as its title."""
+    labels = [f"decoder_cross layer {i}" for i in range(3)]
+    figure = attention_figure(np.full((height, width, 3), 0.5), np.full((3, 8, 2, 6), 1 / 12), labels, title="t")
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    panels = [axes for axes in figure.axes if axes.images]
+    row_labels = [axes.yaxis.label.get_window_extent(renderer) for axes in panels[::9]]
+    titles = [axes.title.get_window_extent(renderer) for axes in panels[:9]]
+    for texts in (row_labels, titles):
+        for i, first in enumerate(texts):
+            assert figure.bbox.x0 <= first.x0 and first.x1 <= figure.bbox.x1
+            assert figure.bbox.y0 <= first.y0 and first.y1 <= figure.bbox.y1
+            assert not any(first.overlaps(second) for second in texts[i + 1 :])
+
+
 def test_attention_figure_of_one_layer_and_head_keeps_its_title_on_the_page():
     """A run of 1 layer x 1 head drew its box legend ('boxes: prediction (red), ground truth (cyan); ground-truth
     classes not written ...; uncoloured cells: ...') as one line cut at both edges of the 6-inch figure, and its row
@@ -510,6 +530,28 @@ def test_predict_says_which_photos_viewers_show_turned(runs, tmp_path: Path, cap
     assert "1 image(s) carry an EXIF orientation" in caplog.text and "phone.jpg" in caplog.text
 
 
+def test_visualize_skips_an_unreadable_image_and_names_turned_ones(runs, tmp_path: Path, caplog, capsys):
+    """`visualize attention RUN photos/` stopped at the first unreadable image (exit 2, later images not drawn) and
+    said nothing of a photo viewers show turned; it now skips and names the unreadable one and exits 1, as predict
+    does, and warns of the turned photo as predict does."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    with Image.open(runs["images"] / "val_000001.png") as image:
+        image.convert("RGB").save(photos / "a_phone.jpg", exif=exif.tobytes())
+    (photos / "b_broken.jpg").write_bytes(b"not an image")
+    shutil.copy(runs["images"] / "val_000002.png", photos / "c_plain.png")
+    out = tmp_path / "figs"
+    argv = ["visualize", "attention", str(runs["run"]), str(photos), "--max-queries", "1", "--output", str(out)]
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 1
+    drawn = sorted(path.name for path in out.glob("*.png"))
+    assert len(drawn) == 2 and "a_phone" in drawn[0] and "c_plain" in drawn[1]
+    assert "1 image(s) could not be read" in capsys.readouterr().err and "b_broken.jpg" in caplog.text
+    assert "1 image(s) carry an EXIF orientation" in caplog.text and "a_phone.jpg" in caplog.text
+
+
 def test_references_figure_labels_every_decoder_layer():
     """One reference point per layer, in layer order, joined by arrows; layers at the same point (to 0.1 px) share a
     label and no arrow: a point moved by a rounding error drew a stray arrowhead beside it."""
@@ -634,7 +676,7 @@ def test_an_image_the_data_skips_as_unreadable_is_replaced_by_the_next(runs, tmp
     config = load_config(runs["run"] / "config.yaml", skip)
     items = load_images(config, VisualizeRequest([runs["run"]], tmp_path, num_images=1))
     assert [item.name for item in items] == [Path(second).stem]
-    with pytest.raises(OSError, match=f"cannot read image .*{first}"):  # named, not skipped
+    with pytest.raises(OSError, match=f"cannot read image .*{first}"):  # the only one given: nothing to draw
         load_images(config, VisualizeRequest([runs["run"]], tmp_path, images=[images / first]))
     train = ["--set", f"data.train.annotations={runs['shapes_val']}", f"data.train.images={images}", *skip]
     argv = ["visualize", "data", str(runs["run"]), "--num-images", "1", "--output", str(tmp_path / "d"), *train]
@@ -1481,3 +1523,43 @@ def test_predict_captions_stay_whole_on_the_picture():
     while spot := label_spot((96, 50, 126, 70), (55, 12), taken, (128, 128)):  # captions wider than their boxes
         taken.append(spot)
     assert len(taken) == 2 and all(spot[0] >= 0 and spot[2] <= 128 for spot in taken)  # above and below, whole
+
+
+TITLE_MARGIN_PX = 4  # constrained layout's padding at the figure's edge (4/72 inch at 100 dpi)
+
+
+def test_curves_panel_titles_stay_inside_the_figure_and_apart():
+    """The bottom-right panel's title ('total loss per epoch: train mean (solid, circles),') was wider than its
+    panel and reached the figure's right edge (2 px from it, its comma at the border); every panel title now keeps
+    a margin inside the figure and none covers another."""
+    records = [{"type": "train", "step": s, "loss": 3.0 - s / 10, "class_error": 50.0} for s in (1, 2)]
+    sizes = {"AP_small": 0.1, "AP_medium": 0.2, "AP_large": -1.0}
+    records += [{"type": "epoch", "step": 2, "epoch": 1, "AP": 0.1, "train_loss": 2.9, "val_loss": 3.1, **sizes}]
+    figure = curves_figure({"softmax": records, "sparsemax": records})
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    page = figure.bbox
+    titles = [axes.title.get_window_extent(renderer) for axes in figure.axes]
+    for axes, extent in zip(figure.axes, titles, strict=True):
+        margin = TITLE_MARGIN_PX
+        assert extent.x0 - page.x0 >= margin and page.x1 - extent.x1 >= margin and extent.y1 <= page.y1, (
+            axes.get_title()
+        )
+    for i, first in enumerate(titles):
+        assert not any(first.overlaps(second) for second in titles[i + 1 :]), figure.axes[i].get_title()
+
+
+def test_predict_coco_results_above_a_threshold_say_their_ap_is_not_evaluates(runs, tmp_path: Path, caplog):
+    """`predict --format coco --image-ids val.json` kept only detections scoring >= 0.5 (the default threshold)
+    while the README promised each image's 100 best and evaluate's AP: scored, the file gave a lower AP without a
+    word. A threshold above 0 is now named in a warning saying so; --threshold 0 keeps every query, silently."""
+    image = str(runs["images"] / "val_000001.png")
+    argv = ["predict", "--checkpoint", str(runs["run"]), image, "--format", "coco", "--output", str(tmp_path / "p")]
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 0
+    assert "lower than evaluate's" in caplog.text and "--threshold 0" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--threshold", "0"]) == 0
+    assert "lower than evaluate's" not in caplog.text
+    assert len(json.loads((tmp_path / "p" / "detections_coco.json").read_text())) == 6  # every query

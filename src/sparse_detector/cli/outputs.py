@@ -1,4 +1,5 @@
-"""Where a command's output goes: output paths checked before any work, progress bars only on a terminal."""
+"""Where a command's output goes: output paths checked before any work, progress bars only on a terminal, the
+input images that could not be read."""
 
 from __future__ import annotations
 
@@ -37,3 +38,13 @@ def check_output(option: str, path: str | Path | None, folder: bool = True, file
         raise ValueError(f"{option} {path} is a folder; {option} takes {what} (e.g. {option} {path / example})")
     if blocker := file_in_the_way(path if folder else path.parent):
         raise ValueError(in_the_way_message(option, path, blocker))
+
+
+def report_unreadable(failed: dict[str, str]) -> int:
+    """List the input images a command skipped as unreadable (path -> why) on stderr; the exit status: 1 if any."""
+    if not failed:
+        return 0
+    print(f"error: {len(failed)} image(s) could not be read:", file=sys.stderr)
+    for path, why in failed.items():
+        print(f"  {path}: {why}", file=sys.stderr)
+    return 1

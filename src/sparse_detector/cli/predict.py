@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..config import DEFAULT_SCORE_THRESHOLD
 from ..text import counted
 from .model_source import add_model_source, load_model, refuse_model_overrides
-from .outputs import check_output
+from .outputs import check_output, report_unreadable
 from .parsing import Subparsers, add_command, add_overrides, score_threshold
 
 
@@ -31,7 +30,8 @@ def add_predict_command(commands: Subparsers) -> None:
         "--format",
         choices=["json", "coco"],
         default="json",
-        help="json: predictions.json per image; coco: detections_coco.json in the COCO results format",
+        help="json: predictions.json per image; coco: detections_coco.json in the COCO results format (with "
+        "--threshold 0 it scores as evaluate does)",
     )
     parser.add_argument(
         "--image-ids",
@@ -82,9 +82,4 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"  attention of each detection -> {record['attention']}")
     for path in result.written:
         print(f"written: {path}")
-    if result.failed:
-        print(f"error: {len(result.failed)} image(s) could not be read:", file=sys.stderr)
-        for path, why in result.failed.items():
-            print(f"  {path}: {why}", file=sys.stderr)
-        return 1
-    return 0
+    return report_unreadable(result.failed)

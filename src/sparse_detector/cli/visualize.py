@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import DEFAULT_SCORE_THRESHOLD, load_config
 from ..runs import CHECKPOINT_SUFFIXES, CONFIG_FILE, holds_checkpoint
 from .model_source import add_official_reading, official_options, refuse_model_overrides
-from .outputs import check_output
+from .outputs import check_output, report_unreadable
 from .parsing import Subparsers, add_command, add_overrides, non_negative_int, positive_int, score_threshold
 from .presets import PRESET_DATA_HINTS, missing_data_hint
 
@@ -131,4 +131,4 @@ def _visualize(args: argparse.Namespace) -> int:
     )
     for path in visualize(args.kind, request):
         print(f"written: {path}")
-    return 0
+    return report_unreadable(request.unreadable)

@@ -279,6 +279,29 @@ def coco_image_ids(annotation_file: str | Path, files: Sequence[Path]) -> dict[P
     return ids
 
 
+def read_input_image(path: Path, bit_depth: int, failed: dict[str, str]) -> Image.Image | None:
+    """An input image file as RGB, or None when it cannot be read: then ``failed`` maps it to why and a warning
+    names it, so that ``predict`` and the figures skip it and go on with the others."""
+    try:
+        return read_rgb(path, bit_depth)
+    except UNREADABLE_IMAGE_ERRORS as err:
+        failed[str(path)] = str(err)
+        log.warning("cannot read image %s (%s); skipped", path, err)
+        return None
+
+
+def warn_turned(turned: Sequence[str], outputs: str) -> None:
+    """Name the input images that carry an EXIF orientation (:func:`exif_orientation`, else 1): viewers show them
+    turned, while ``outputs`` (what the caller wrote of them) are in their stored pixels."""
+    if turned:
+        log.warning(
+            "%d image(s) carry an EXIF orientation, so viewers show them turned; %s, e.g. %s",
+            len(turned),
+            outputs,
+            list(turned[:3]),
+        )
+
+
 @dataclass
 class Predictions:
     """What :func:`predict_images` wrote: one record per readable image, and the files it could not read."""
@@ -305,9 +328,10 @@ def predict_images(
 
     ``output_format="json"``: ``predictions.json``, one record per image (file, size, detections with label,
     category id and name, score, absolute xyxy box). ``"coco"``: ``detections_coco.json`` in the COCO results
-    format (``file_name`` added; each image's ``MAX_DETECTIONS`` highest-scoring, as ``evaluate`` scores them),
-    which ``COCO.loadRes`` reads; ``image_id`` is the image's id in the COCO JSON
-    ``image_ids`` names (see :func:`coco_image_ids`), or else its position in the input list, from 1.
+    format (``file_name`` added; each image's ``MAX_DETECTIONS`` highest-scoring of those at ``threshold`` or above:
+    at 0, as ``evaluate`` scores them, else named in a warning, for the AP is then lower), which ``COCO.loadRes``
+    reads; ``image_id`` is the image's id in the COCO JSON ``image_ids`` names (see :func:`coco_image_ids`), or
+    else its position in the input list, from 1.
     ``after_image(name, model_input, kept_queries)``, if given, runs after each image (e.g. to draw the kept
     queries' attention); the file it returns is recorded as the image's ``"attention"``.
     """
@@ -316,6 +340,12 @@ def predict_images(
     check_score_threshold(threshold)
     if output_format not in PREDICT_FORMATS:
         raise ValueError(f"unknown prediction format {output_format!r}; choose from {PREDICT_FORMATS}")
+    if output_format == "coco" and threshold > 0:  # tests and users took its AP for evaluate's
+        log.warning(
+            "the COCO results keep only detections scoring >= %s (the threshold), so their AP is lower than "
+            "evaluate's, which scores every query; a threshold of 0 (--threshold 0) keeps them all",
+            threshold,
+        )
     torch_device = resolve_device(device)
     loaded.model.to(torch_device)
     out = Path(out_dir)
@@ -327,11 +357,7 @@ def predict_images(
     coco_results: list[dict[str, Any]] = []
     turned: list[str] = []  # images that viewers show turned (EXIF orientation)
     for path in files:
-        try:
-            image = read_rgb(path, loaded.config.data.bit_depth)
-        except UNREADABLE_IMAGE_ERRORS as err:
-            result.failed[str(path)] = str(err)
-            log.warning("cannot read image %s (%s); skipped", path, err)
+        if (image := read_input_image(path, loaded.config.data.bit_depth, result.failed)) is None:
             continue
         found = loaded.detect(image, threshold)
         detections = found.as_records()
@@ -363,13 +389,10 @@ def predict_images(
         if after_image is not None and (extra := after_image(file_names[path], found.model_input, found.queries)):
             record["attention"] = str(extra)
         result.records.append(record)
-    if turned:
-        log.warning(
-            "%d image(s) carry an EXIF orientation, so viewers show them turned; their boxes are in the stored pixels "
-            "(as the pictures show them; 'exif_orientation' in predictions.json), e.g. %s",
-            len(turned),
-            turned[:3],
-        )
+    warn_turned(
+        turned,
+        "their boxes are in the stored pixels (as the pictures show them; 'exif_orientation' in predictions.json)",
+    )
     if output_format == "coco":
         target, content = out / "detections_coco.json", coco_results
     else:

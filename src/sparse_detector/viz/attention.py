@@ -37,6 +37,7 @@ COLORMAP = "viridis"
 OVERLAY_ALPHA = 0.75
 PANEL_INCHES = 1.5  # the side of a square image's panel; other shapes keep about its area
 ZERO_LEGEND = "uncoloured cells: weight exactly 0"
+TITLE_FONTSIZE = 8  # of the panels' titles and row labels
 MAX_TRUTH_TEXTS = 8  # a panel with more ground-truth boxes outlines them without their class names
 
 
@@ -74,6 +75,11 @@ def draw_attention(
     axes.set_ylim(height, 0)
 
 
+def text_inches(text: str, fontsize: float) -> float:
+    """About how long ``text`` is written at ``fontsize`` (a character is about 0.6 em wide), in inches."""
+    return len(text) * 0.6 * fontsize / 72
+
+
 def row_label(text: str, height_inches: float, fontsize: float) -> str:
     """``text`` broken into lines (between words) that fit beside a panel ``height_inches`` tall, so the labels of
     neighbouring rows do not run into each other; lines of even length ("decoder_cross" / "layer 0", not
@@ -98,8 +104,14 @@ def attention_panels_figure(
     query matched the row's object); it keeps its row's label and its column's title."""
     rows, columns = len(panels), max(len(row) for row in panels)
     panel_width, panel_height = panel_inches(*image.shape[:2], PANEL_INCHES)
-    width = max(panel_width * columns + 1.4, 6.0)  # room for the row labels, the colour bar and the title
-    figure = Figure(figsize=(width, (panel_height + 0.15) * rows + 0.9), layout="constrained")
+    # a cell of the grid is at least as wide as its panel's title and as tall as the longest word of its row's
+    # label: a 1:4 image's panels wrote 'head 7' into 'mean of heads', a 10:1 image's rows their labels into each other
+    titles = [*column_labels, *(p.title for row in panels for p in row if p is not None)]
+    cell_width = max([panel_width, *(text_inches(title, TITLE_FONTSIZE) + 0.1 for title in titles)])
+    words = [word for label in row_labels for word in label.split()]
+    cell_height = max([panel_height, *(text_inches(word, TITLE_FONTSIZE) for word in words)])
+    width = max(cell_width * columns + 1.4, 6.0)  # room for the row labels, the colour bar and the title
+    figure = Figure(figsize=(width, (cell_height + 0.15) * rows + 0.9), layout="constrained")
     grid = figure.subplots(rows, columns, squeeze=False)
     largest = max((float(np.max(p.weights)) for row in panels for p in row if p is not None), default=1.0)
     norm = Normalize(vmin=0.0, vmax=largest if largest > 0 else 1.0)
@@ -111,9 +123,9 @@ def attention_panels_figure(
             panel = row[c] if c < len(row) else None
             own_title = panel.title if panel is not None else ""
             if own_title or r == 0:
-                axes.set_title(own_title or column_labels[c], fontsize=8)
+                axes.set_title(own_title or column_labels[c], fontsize=TITLE_FONTSIZE)
             if c == 0:
-                axes.set_ylabel(row_label(row_labels[r], panel_height, 8), fontsize=8)
+                axes.set_ylabel(row_label(row_labels[r], cell_height, TITLE_FONTSIZE), fontsize=TITLE_FONTSIZE)
             if panel is None:  # a frameless panel, not set_axis_off: that would hide its row label and title
                 axes.spines[:].set_visible(False)
                 axes.text(0.5, 0.5, empty_note, transform=axes.transAxes, ha="center", va="center", fontsize=7)

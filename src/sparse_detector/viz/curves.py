@@ -207,7 +207,8 @@ def _plot_val_loss(axes: Axes, runs: Mapping[str, Sequence[Mapping]], colors: Ma
             linestyle="--",
             label=f"{label} val",
         )
-    title = "total loss per epoch: train mean (solid, circles),\nvalidation (dashed, squares)"
+    # three lines: on two, the panel's title was wider than the panel and ran past the figure's right edge
+    title = "total loss per epoch:\ntrain mean (solid, circles),\nvalidation (dashed, squares)"
     title += _log_scale_if_wide(axes)
     axes.set_title(title, fontsize=9)
     count_axis(axes, "epoch")

@@ -22,13 +22,14 @@ from ..attention.sites import QueryKind, model_sites, select_sites
 from ..config import DEFAULT_SCORE_THRESHOLD, Config, load_config
 from ..data.batching import collate_detection
 from ..data.build import build_dataset, config_transforms
-from ..data.coco import UNREADABLE_IMAGE_ERRORS, CocoDetection, DatasetError, read_rgb
+from ..data.coco import CocoDetection, DatasetError
 from ..data.labels import LabelMap
+from ..data.orientation import exif_orientation
 from ..data.transforms import image_tensor
 from ..engine.analyze import check_matchable
 from ..engine.device import resolve_device, seed_everything
 from ..engine.diagnostics import read_diagnostics
-from ..engine.inference import LoadedModel, load_trained_model, output_names
+from ..engine.inference import LoadedModel, load_trained_model, output_names, read_input_image, warn_turned
 from ..models import build_criterion
 from ..models.postprocess import query_scores
 from ..runs import (
@@ -84,6 +85,8 @@ class VisualizeRequest:
     official_options: dict = field(default_factory=dict)  # how to read an official checkpoint: arch, nheads, ...
     device: str = "cpu"
     overrides: list[str] = field(default_factory=list)  # key=value data settings of the runs' (or config's) config
+    # filled while drawing: the given images that could not be read (path -> why), skipped as predict skips them
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 FigureKind = Callable[[VisualizeRequest], list[Path]]
@@ -200,6 +203,8 @@ def readable_samples(dataset: CocoDetection, count: int) -> dict[int, tuple[Tens
 def load_images(config: Config, request: VisualizeRequest, matched: Sequence[LabelMap] = ()) -> list[ImageItem]:
     """The request's images (with ground truth when the validation data holds them), or the first
     ``num_images`` validation images; each named (for its figures' files) by its file's stem, kept distinct.
+    A given image that cannot be read is skipped, named in a warning and in ``request.unreadable`` (an error when
+    none can be read); those that carry an EXIF orientation are named in a warning, as ``predict`` names them.
     ``matched``: the label maps of the models whose matcher pairs the ground truth with queries
     (:func:`check_matchable`)."""
     data = config.data
@@ -224,20 +229,24 @@ def load_images(config: Config, request: VisualizeRequest, matched: Sequence[Lab
     by_path = _val_index_by_path(dataset) if dataset is not None else {}
     transforms = config_transforms(config, train=False)
     names = output_names(request.images)
+    turned = []
     for path in request.images:
+        if (image := read_input_image(path, data.bit_depth, request.unreadable)) is None:
+            continue
+        if exif_orientation(path) != 1:
+            turned.append(str(path))
         truth_names = []
         index = by_path.get(path.resolve())
-        if index is not None and (sample := dataset[index]) is not None:  # None: unreadable, said just below
+        if index is not None and (sample := dataset[index]) is not None:
             tensor, target = sample
             size, truth_names = tuple(target["orig_size"].tolist()), _category_names(dataset, target)
         else:
-            try:
-                image = read_rgb(path, data.bit_depth)
-            except UNREADABLE_IMAGE_ERRORS as err:
-                raise OSError(f"cannot read image {path}: {err}") from None
             tensor, target, size = image_tensor(transforms, image), None, (image.height, image.width)
         picture = display_image(tensor, data.normalize)
         items.append(ImageItem(names[path], tensor, target, picture, size, truth_names))
+    if not items:  # every given image unreadable: nothing to draw
+        raise OSError("; ".join(f"cannot read image {path}: {why}" for path, why in request.unreadable.items()))
+    warn_turned(turned, "the figures show their stored pixels, unturned")
     return items
 
 
