@@ -96,6 +96,16 @@ class StoppedAtOnce(KeyboardInterrupt):
         self.signum = signum
 
 
+def rank_share(rank_sums: list[dict[str, float]], rank: int, world_size: int) -> dict[str, float]:
+    """The running loss sums a process resumes a mid-epoch checkpoint with, from every process's at the checkpoint:
+    its own when the process count is the same, else their mean (the epoch's mean is over processes, so the sums it
+    adds are the same)."""
+    if len(rank_sums) == world_size:
+        return dict(rank_sums[rank])
+    keys = set().union(*rank_sums)
+    return {key: sum(sums.get(key, 0.0) for sums in rank_sums) / len(rank_sums) for key in keys}
+
+
 def check_num_classes(config: Config, dataset: CocoDetection) -> None:
     """The model's class count must fit the data: an error naming both numbers otherwise."""
     have, need = config.model.num_classes, dataset.num_classes
@@ -470,6 +480,8 @@ class Trainer:
         if progress and "position" not in progress:  # older checkpoints: each rank's images (or its batches)
             used = progress.get("samples", (progress["steps"] + progress["skipped"]) * self.config.train.batch_size)
             progress["position"] = used * processes
+        if progress.get("rank_sums"):  # each process goes on from its own sums, or all from their mean
+            progress["sums"] = rank_share(progress.pop("rank_sums"), self.dist.rank, self.dist.world_size)
         if processes != self.dist.world_size:
             batch = self.config.train.batch_size
             before = state.get("config", {}).get("train", {}).get("batch_size", batch) * processes
@@ -659,7 +671,8 @@ class Trainer:
                     "images": images_seen,
                     "position": position,
                     "seconds": seconds,
-                    "sums": dict(sums),
+                    "sums": dict(sums),  # this process's: each sums the losses of its own images
+                    "rank_sums": gathered(dict(sums)),  # every process's (a collective), kept in rank 0's checkpoint
                 }
                 break
         bar.close()
