@@ -345,6 +345,7 @@ class Trainer:
         self.best_ap = float("-inf")
         self.epoch_progress: dict[str, Any] = {}  # a mid-epoch checkpoint's position and running sums
         self.stop_signal: int | None = None  # the first SIGTERM / SIGINT received
+        self.stopped_at_once: int | None = None  # the second one, which stops at once
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_at = ""  # where training was when it was written ("epoch 2", "epoch 3, step 40")
         self.logged_before: list[dict] = []  # a resumed run's metrics.jsonl before the records after its checkpoint
@@ -571,6 +572,7 @@ class Trainer:
 
         def handler(signum: int, frame: Any) -> None:
             if self.stop_signal is not None:
+                self.stopped_at_once = signum
                 raise StoppedAtOnce(signum)
             self.stop_signal = signum
             name = signal.Signals(signum).name
@@ -810,6 +812,10 @@ class Trainer:
         early with a checkpoint written and :attr:`stop_signal` set. The run directory is free again afterwards."""
         try:
             return self._fit()
+        except Exception as err:
+            if self.stopped_at_once is not None:  # torch.save turns the exception raised in its writes into its own
+                raise StoppedAtOnce(self.stopped_at_once) from err
+            raise
         finally:
             if self.run_lock is not None:
                 self.run_lock.release()
