@@ -477,3 +477,36 @@ def test_a_run_killed_while_writing_its_last_checkpoint_is_continued_from_the_nu
     first_epoch = epoch_records(run)[1]
     assert _train(shapes_config(shapes, "train.epochs=2", *FAST), run, progress=False, name="run")
     assert epoch_records(run)[1] == first_epoch and sorted(epoch_records(run)) == [1, 2]  # epoch 1 not trained again
+
+
+def test_second_signal_while_a_checkpoint_is_written_stops_at_once(shapes, tmp_path: Path, monkeypatch):
+    """A second Ctrl-C while torch.save wrote the checkpoint ended with torch's 'error: [enforce fail at
+    inline_container.cc:672] . unexpected pos 7863808 vs 7863704' (exit 2): torch.save turns the exception raised
+    in its call of the file's write into a RuntimeError."""
+    run = tmp_path / "run"
+    trainer = Trainer(shapes_config(shapes, "train.epochs=1", *FAST), run, progress=False)
+    backward, save = trainer._backward, torch.save
+
+    def first_signal(loss):
+        backward(loss)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    class SecondSignal:  # a file during whose third write the second signal comes, after it wrote its bytes
+        def __init__(self, file) -> None:
+            self.file, self.writes = file, 0
+
+        def write(self, data) -> int:
+            written = self.file.write(data)
+            self.writes += 1
+            if self.writes == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return written
+
+        def flush(self) -> None:
+            self.file.flush()
+
+    monkeypatch.setattr(torch, "save", lambda state, file: save(state, SecondSignal(file)))
+    trainer._backward = first_signal
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+        trainer.fit()
+    assert sorted(path.name for path in run.glob("*checkpoint*")) == []  # nor a partial one left behind

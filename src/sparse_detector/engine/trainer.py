@@ -96,6 +96,16 @@ class StoppedAtOnce(KeyboardInterrupt):
         self.signum = signum
 
 
+def rank_share(rank_sums: list[dict[str, float]], rank: int, world_size: int) -> dict[str, float]:
+    """The running loss sums a process resumes a mid-epoch checkpoint with, from every process's at the checkpoint:
+    its own when the process count is the same, else their mean (the epoch's mean is over processes, so the sums it
+    adds are the same)."""
+    if len(rank_sums) == world_size:
+        return dict(rank_sums[rank])
+    keys = set().union(*rank_sums)
+    return {key: sum(sums.get(key, 0.0) for sums in rank_sums) / len(rank_sums) for key in keys}
+
+
 def check_num_classes(config: Config, dataset: CocoDetection) -> None:
     """The model's class count must fit the data: an error naming both numbers otherwise."""
     have, need = config.model.num_classes, dataset.num_classes
@@ -335,6 +345,7 @@ class Trainer:
         self.best_ap = float("-inf")
         self.epoch_progress: dict[str, Any] = {}  # a mid-epoch checkpoint's position and running sums
         self.stop_signal: int | None = None  # the first SIGTERM / SIGINT received
+        self.stopped_at_once: int | None = None  # the second one, which stops at once
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_at = ""  # where training was when it was written ("epoch 2", "epoch 3, step 40")
         self.logged_before: list[dict] = []  # a resumed run's metrics.jsonl before the records after its checkpoint
@@ -470,6 +481,8 @@ class Trainer:
         if progress and "position" not in progress:  # older checkpoints: each rank's images (or its batches)
             used = progress.get("samples", (progress["steps"] + progress["skipped"]) * self.config.train.batch_size)
             progress["position"] = used * processes
+        if progress.get("rank_sums"):  # each process goes on from its own sums, or all from their mean
+            progress["sums"] = rank_share(progress.pop("rank_sums"), self.dist.rank, self.dist.world_size)
         if processes != self.dist.world_size:
             batch = self.config.train.batch_size
             before = state.get("config", {}).get("train", {}).get("batch_size", batch) * processes
@@ -559,6 +572,7 @@ class Trainer:
 
         def handler(signum: int, frame: Any) -> None:
             if self.stop_signal is not None:
+                self.stopped_at_once = signum
                 raise StoppedAtOnce(signum)
             self.stop_signal = signum
             name = signal.Signals(signum).name
@@ -659,7 +673,8 @@ class Trainer:
                     "images": images_seen,
                     "position": position,
                     "seconds": seconds,
-                    "sums": dict(sums),
+                    "sums": dict(sums),  # this process's: each sums the losses of its own images
+                    "rank_sums": gathered(dict(sums)),  # every process's (a collective), kept in rank 0's checkpoint
                 }
                 break
         bar.close()
@@ -797,6 +812,10 @@ class Trainer:
         early with a checkpoint written and :attr:`stop_signal` set. The run directory is free again afterwards."""
         try:
             return self._fit()
+        except Exception as err:
+            if self.stopped_at_once is not None:  # torch.save turns the exception raised in its writes into its own
+                raise StoppedAtOnce(self.stopped_at_once) from err
+            raise
         finally:
             if self.run_lock is not None:
                 self.run_lock.release()
