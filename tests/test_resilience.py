@@ -18,6 +18,7 @@ import torch
 
 from sparse_detector import load_config
 from sparse_detector.cli import main
+from sparse_detector.config import config_to_dict
 from sparse_detector.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -407,6 +408,28 @@ def test_init_from_softmax_weights_into_other_attention_maps(tmp_path: Path, cap
     assert sparse.transformer.encoder.layers[0].self_attn.activation.alpha.allclose(torch.tensor(1.3))
     torch.save({"model": state}, tmp_path / "alpha.pt")
     assert initialise_from(build_model(load_config("shapes_tiny", small)), tmp_path / "alpha.pt") == []
+
+
+def test_init_from_a_checkpoint_of_other_sizes_names_the_settings_that_differ(tmp_path: Path):
+    """train --init-from an official checkpoint with a from-scratch preset said '33 missing keys (first:
+    [...num_batches_tracked...])' and 'use the config the checkpoint was trained with', which an official checkpoint
+    does not carry; now the settings that give other weights, read from the checkpoint (its config, or its weights),
+    with the values to set. Those that do not change the weights (dropout, learning rates) are not named."""
+    from sparse_detector.engine.trainer import initialise_from
+    from sparse_detector.models import build_model
+
+    small = ["model.transformer.hidden_dim=16", "model.transformer.dim_feedforward=16", "model.num_classes=2"]
+    official = [*small, "model.backbone.norm=frozen_bn", "model.num_queries=5", "model.transformer.dropout=0.3"]
+    torch.save({"model": build_model(load_config("shapes_tiny", official)).state_dict()}, tmp_path / "official.pth")
+    config = load_config("shapes_tiny", [*small, "model.num_classes=3"])
+    settings = r"model.num_queries: 5 -> 8; model.backbone.norm: 'frozen_bn' -> 'batch_norm'\): set them"
+    with pytest.raises(CheckpointMismatchError, match=r"\(checkpoint -> config: " + settings):
+        initialise_from(build_model(config), tmp_path / "official.pth", config)
+    ours = load_config("shapes_tiny", [*small, "model.transformer.dec_layers=2", "model.transformer.dropout=0.3"])
+    torch.save({"model": build_model(ours).state_dict(), "config": config_to_dict(ours)}, tmp_path / "ours.pt")
+    with pytest.raises(CheckpointMismatchError, match=r"config: model.transformer.dec_layers: 2 -> 3\): set") as err:
+        initialise_from(build_model(config), tmp_path / "ours.pt", config)
+    assert "dropout" not in str(err.value)
 
 
 def _train_killed_writing(config, run: Path, name: str, after_epoch: int, monkeypatch) -> None:
