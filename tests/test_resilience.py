@@ -361,6 +361,9 @@ def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_
             assert torch.equal(state[key], value), key
     assert not any(p.requires_grad for p in trainer.model.backbone.parameters())
     trainer.fit()
+    (init,) = [r for r in read_metrics(tmp_path / "tuned") if r["type"] == "init"]  # the run says what it started from
+    assert init["init_from"] == str((source / "checkpoint_last.pt").resolve())
+    assert init["reinitialised"] == ["class_embed.weight", "class_embed.bias"]
     from_run = Trainer(config, tmp_path / "tuned-from-run", progress=False, init_from=source)  # its best checkpoint
     assert torch.equal(from_run.model.state_dict()["query_embed.weight"], weights["query_embed.weight"])
     other = shapes_config(shapes, "model.transformer.dec_layers=3")

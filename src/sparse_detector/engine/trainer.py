@@ -382,6 +382,7 @@ class Trainer:
         self.label_map = self.train_set.label_map
         self.model = build_model(config)
         self.reinitialised = initialise_from(self.model, init_from, config) if init_from else []
+        self.init_from = str(resolve_checkpoint(init_from).resolve()) if init_from else None
         self.model.to(self.device)
         if self.dist.enabled:  # every rank built the same weights; now each draws its own augmentations
             seed_everything(train.seed + self.dist.rank)
@@ -423,8 +424,11 @@ class Trainer:
             not resume or self._logged_parameter_counts() != counts
         ):  # once per run: a chart of one point, not one a start
             self.logger.log("params", self.step, **counts)
-        if not resume and (alpha := alpha_values(self.model)):  # α as training starts: its history starts there
-            self.logger.log("init", self.step, alpha=alpha)
+        start = {"alpha": alpha} if (alpha := alpha_values(self.model)) else {}  # α's history starts there
+        if self.init_from:  # the weights it started from, which config.yaml cannot say
+            start |= {"init_from": self.init_from, "reinitialised": self.reinitialised}
+        if not resume and start:
+            self.logger.log("init", self.step, **start)
         if resume_changes:
             self.logger.log("resume", self.step, epoch=self.epoch, changes=resume_changes)
         if self.dist.is_main:
