@@ -342,6 +342,19 @@ def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path: Path, capsys, c
     assert f"checkpoint {path}" in err and kind in err and "Traceback" not in err
 
 
+def test_a_file_that_is_no_checkpoint_given_to_init_from_is_not_told_to_add_official(tmp_path: Path):
+    """train --init-from notes.txt advised 'official DETR / Deformable DETR checkpoints with --official', an option
+    train does not have (it reads official checkpoints as they are)."""
+    from sparse_detector.engine.trainer import initialise_from
+    from sparse_detector.models import build_model
+
+    path = tmp_path / "notes.pth"
+    path.write_text("hello")
+    model = build_model(load_config("shapes_tiny", ["model.transformer.hidden_dim=16"]))
+    with pytest.raises(CheckpointMismatchError, match=r"a text file: .*`train --init-from` reads one as it is"):
+        initialise_from(model, path)
+
+
 def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_path: Path, capsys):
     source = tmp_path / "source"
     Trainer(
