@@ -431,6 +431,9 @@ def test_a_device_name_torch_does_not_know_is_an_error_naming_the_setting() -> N
     with pytest.raises(ValueError, match=r"--device: 'gpu' is not a device; use auto, cpu, cuda, cuda:N or mps"):
         resolve_device("gpu", "--device")
     assert resolve_device("cpu:0", "train.device") == torch.device("cpu:0")
+    for other in ("xpu", "meta"):  # device types torch knows: an AssertionError traceback, or 'Tensor.item() ... meta'
+        with pytest.raises(ValueError, match=rf"--device: '{other}' is not supported; use auto, cpu, cuda, cuda:N"):
+            resolve_device(other, "--device")
     if not torch.cuda.is_available():  # `evaluate --device cuda` was told to use train.device=auto
         with pytest.raises(RuntimeError, match=r"--device: 'cuda' asked for, .* use --device auto or cpu"):
             resolve_device("cuda", "--device")

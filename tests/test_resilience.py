@@ -18,6 +18,7 @@ import torch
 
 from sparse_detector import load_config
 from sparse_detector.cli import main
+from sparse_detector.config import config_to_dict
 from sparse_detector.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -341,6 +342,19 @@ def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path: Path, capsys, c
     assert f"checkpoint {path}" in err and kind in err and "Traceback" not in err
 
 
+def test_a_file_that_is_no_checkpoint_given_to_init_from_is_not_told_to_add_official(tmp_path: Path):
+    """train --init-from notes.txt advised 'official DETR / Deformable DETR checkpoints with --official', an option
+    train does not have (it reads official checkpoints as they are)."""
+    from sparse_detector.engine.trainer import initialise_from
+    from sparse_detector.models import build_model
+
+    path = tmp_path / "notes.pth"
+    path.write_text("hello")
+    model = build_model(load_config("shapes_tiny", ["model.transformer.hidden_dim=16"]))
+    with pytest.raises(CheckpointMismatchError, match=r"a text file: .*`train --init-from` reads one as it is"):
+        initialise_from(model, path)
+
+
 def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_path: Path, capsys):
     source = tmp_path / "source"
     Trainer(
@@ -360,6 +374,9 @@ def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_
             assert torch.equal(state[key], value), key
     assert not any(p.requires_grad for p in trainer.model.backbone.parameters())
     trainer.fit()
+    (init,) = [r for r in read_metrics(tmp_path / "tuned") if r["type"] == "init"]  # the run says what it started from
+    assert init["init_from"] == str((source / "checkpoint_last.pt").resolve())
+    assert init["reinitialised"] == ["class_embed.weight", "class_embed.bias"]
     from_run = Trainer(config, tmp_path / "tuned-from-run", progress=False, init_from=source)  # its best checkpoint
     assert torch.equal(from_run.model.state_dict()["query_embed.weight"], weights["query_embed.weight"])
     other = shapes_config(shapes, "model.transformer.dec_layers=3")
@@ -407,6 +424,28 @@ def test_init_from_softmax_weights_into_other_attention_maps(tmp_path: Path, cap
     assert sparse.transformer.encoder.layers[0].self_attn.activation.alpha.allclose(torch.tensor(1.3))
     torch.save({"model": state}, tmp_path / "alpha.pt")
     assert initialise_from(build_model(load_config("shapes_tiny", small)), tmp_path / "alpha.pt") == []
+
+
+def test_init_from_a_checkpoint_of_other_sizes_names_the_settings_that_differ(tmp_path: Path):
+    """train --init-from an official checkpoint with a from-scratch preset said '33 missing keys (first:
+    [...num_batches_tracked...])' and 'use the config the checkpoint was trained with', which an official checkpoint
+    does not carry; now the settings that give other weights, read from the checkpoint (its config, or its weights),
+    with the values to set. Those that do not change the weights (dropout, learning rates) are not named."""
+    from sparse_detector.engine.trainer import initialise_from
+    from sparse_detector.models import build_model
+
+    small = ["model.transformer.hidden_dim=16", "model.transformer.dim_feedforward=16", "model.num_classes=2"]
+    official = [*small, "model.backbone.norm=frozen_bn", "model.num_queries=5", "model.transformer.dropout=0.3"]
+    torch.save({"model": build_model(load_config("shapes_tiny", official)).state_dict()}, tmp_path / "official.pth")
+    config = load_config("shapes_tiny", [*small, "model.num_classes=3"])
+    settings = r"model.num_queries: 5 -> 8; model.backbone.norm: 'frozen_bn' -> 'batch_norm'\): set them"
+    with pytest.raises(CheckpointMismatchError, match=r"\(checkpoint -> config: " + settings):
+        initialise_from(build_model(config), tmp_path / "official.pth", config)
+    ours = load_config("shapes_tiny", [*small, "model.transformer.dec_layers=2", "model.transformer.dropout=0.3"])
+    torch.save({"model": build_model(ours).state_dict(), "config": config_to_dict(ours)}, tmp_path / "ours.pt")
+    with pytest.raises(CheckpointMismatchError, match=r"config: model.transformer.dec_layers: 2 -> 3\): set") as err:
+        initialise_from(build_model(config), tmp_path / "ours.pt", config)
+    assert "dropout" not in str(err.value)
 
 
 def _train_killed_writing(config, run: Path, name: str, after_epoch: int, monkeypatch) -> None:

@@ -10,10 +10,14 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+#: The device types the package runs on (``--device``, ``train.device``); torch knows more (``xpu``, ``meta``, ...).
+SUPPORTED_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
 
 def resolve_device(name: str = "auto", setting: str = "device") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; other names are checked to be valid and available. Errors
-    name ``setting``, where the user gave the device (``train.device``, ``--device``)."""
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; other names are checked to be one of those (torch's other
+    device types, ``xpu``, ``meta``, ..., are not supported) and available. Errors name ``setting``, where the user
+    gave the device (``train.device``, ``--device``)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -25,6 +29,8 @@ def resolve_device(name: str = "auto", setting: str = "device") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"{setting}: {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in SUPPORTED_DEVICE_TYPES:
+        raise ValueError(f"{setting}: {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"{setting}: {name!r} asked for, but CUDA is not available; use {assign}auto or cpu")
     if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):

@@ -4,13 +4,14 @@ middle of an epoch after SIGTERM / SIGINT), data-parallel training, mixed precis
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch.utils.data import BatchSampler, DistributedSampler
 from tqdm import tqdm
 
 from ..attention.base import AttentionActivation
-from ..config import Config, config_differences, config_to_dict, dump_config
+from ..config import Config, config_differences, config_from_dict, config_to_dict, dump_config
 from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection, DatasetError
@@ -29,12 +30,15 @@ from ..files import remove_partial_writes, write_atomically
 from ..logs import RANK_SPECIFIC
 from ..models import build_criterion, build_model
 from ..models.criterion import share_of_matched
+from ..models.registry import official_config
 from ..models.weights import (
     CheckpointMismatchError,
+    load_checkpoint_file,
     load_state_dict_checked,
     official_arch,
     read_state_dict,
     saved_config,
+    stored_reader_options,
 )
 from ..runs import (
     BEST_CHECKPOINT,
@@ -224,11 +228,12 @@ def attention_map_parameters(model: nn.Module, keys: set[str]) -> list[str]:
     return sorted(key for key in keys if key.rsplit(".", 1)[0] in owners)
 
 
-def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
+def initialise_from(model: nn.Module, path: str | Path, config: Config | None = None) -> list[str]:
     """Load the weights of a checkpoint (ours or official; a run directory gives its best, else its last) for
     fine-tuning: the model's class heads (``model.class_heads``) are left freshly initialised when the class count
     differs, as are the attention maps' own parameters where the config changed a map (softmax weights into
-    alpha-entmax); every other weight must fit. Returns the names of the re-initialised class-head parameters."""
+    alpha-entmax); every other weight must fit. Returns the names of the re-initialised class-head parameters.
+    ``config``, the model's, lets an error name the settings in which it differs from the checkpoint's."""
     state_dict, source = read_state_dict(resolve_checkpoint(path))
     expected = model.state_dict()
     names = list(getattr(model, "class_heads", ()))
@@ -265,13 +270,71 @@ def initialise_from(model: nn.Module, path: str | Path) -> list[str]:
                 f"--init-from {source} is {kind} checkpoint, but the config builds a {model.arch} model; use a "
                 f"config with model.arch={arch} (e.g. {example}) or a {model.arch} checkpoint"
             )
+        settings = _settings_giving_other_weights(config, saved, arch, source) if config is not None else []
+        advice = (
+            " The config differs from the checkpoint in settings that give other weights (checkpoint -> config: "
+            f"{'; '.join(settings)}): set them as the checkpoint has them (--set)."
+            if settings
+            else ""
+        )
         raise CheckpointMismatchError(
             f"--init-from {source} does not fit the model apart from its class heads {names}: "
             + "; ".join(problems)
             + ". Use the config (backbone, layers, queries, attention) the checkpoint was trained with."
+            + advice
         )
     model.load_state_dict({**expected, **kept})
     return reinitialised
+
+
+def _settings_giving_other_weights(
+    config: Config, saved: Mapping[str, Any] | None, arch: str | None, source: str
+) -> list[str]:
+    """``key: checkpoint -> config`` for each model setting in which ``config`` differs from the checkpoint's
+    (its saved config, or what the official reader of ``arch`` reads from the weights) and that alone changes the
+    weights' names or shapes: each is tried in a model built on the meta device (no memory, no pretrained download).
+    The class count and attention maps, which --init-from may change, are left out; [] where the checkpoint's
+    settings cannot be read."""
+    try:
+        if saved is None:
+            checkpoint = load_checkpoint_file(source)
+            state_dict, _ = read_state_dict(checkpoint)
+            options = stored_reader_options(checkpoint, source, arch, {})
+            saved = config_to_dict(official_config(arch, state_dict, **options))
+        theirs, ours = saved.get("model", {}), config_to_dict(config)
+    except (CheckpointMismatchError, ValueError, KeyError):  # no reader, or too few of its weights to read
+        return []
+
+    def weights(model_settings: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        backbone = {**model_settings["backbone"], "pretrained": False}
+        tree = {**ours, "model": {**model_settings, "backbone": backbone}}
+        with torch.device("meta"):
+            return {k: tuple(v.shape) for k, v in build_model(config_from_dict(tree)).state_dict().items()}
+
+    def leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+        for key, value in tree.items():
+            yield from leaves(value, (*prefix, key)) if isinstance(value, Mapping) else [((*prefix, key), value)]
+
+    own = weights(ours["model"])
+    found = []
+    for keys, value in leaves(theirs):
+        mine = ours["model"]
+        for key in keys:
+            mine = mine.get(key) if isinstance(mine, Mapping) else None
+        if keys[0] in ("num_classes", "attention") or mine == value or mine is None:
+            continue
+        changed = copy.deepcopy(ours["model"])
+        section = changed
+        for key in keys[:-1]:
+            section = section[key]
+        section[keys[-1]] = value
+        try:
+            differs = weights(changed) != own
+        except (ValueError, TypeError):  # a value this config cannot take alone: it goes with the others
+            differs = True
+        if differs:
+            found.append(f"model.{'.'.join(keys)}: {value!r} -> {mine!r}")
+    return found
 
 
 class Trainer:
@@ -328,7 +391,8 @@ class Trainer:
         check_same_categories(self.train_set, self.val_set)
         self.label_map = self.train_set.label_map
         self.model = build_model(config)
-        self.reinitialised = initialise_from(self.model, init_from) if init_from else []
+        self.reinitialised = initialise_from(self.model, init_from, config) if init_from else []
+        self.init_from = str(resolve_checkpoint(init_from).resolve()) if init_from else None
         self.model.to(self.device)
         if self.dist.enabled:  # every rank built the same weights; now each draws its own augmentations
             seed_everything(train.seed + self.dist.rank)
@@ -371,8 +435,11 @@ class Trainer:
             not resume or self._logged_parameter_counts() != counts
         ):  # once per run: a chart of one point, not one a start
             self.logger.log("params", self.step, **counts)
-        if not resume and (alpha := alpha_values(self.model)):  # α as training starts: its history starts there
-            self.logger.log("init", self.step, alpha=alpha)
+        start = {"alpha": alpha} if (alpha := alpha_values(self.model)) else {}  # α's history starts there
+        if self.init_from:  # the weights it started from, which config.yaml cannot say
+            start |= {"init_from": self.init_from, "reinitialised": self.reinitialised}
+        if not resume and start:
+            self.logger.log("init", self.step, **start)
         if resume_changes:
             self.logger.log("resume", self.step, epoch=self.epoch, changes=resume_changes)
         if self.dist.is_main:

@@ -94,7 +94,8 @@ def not_a_checkpoint_file(path: str | Path) -> str | None:
     kind = f"not a PyTorch checkpoint but {named}" if head else "empty"
     return (
         f"checkpoint {path} is {kind}: give a run directory or a .pt file written by `sparse-detector train` or "
-        "torch.save (official DETR / Deformable DETR checkpoints with --official)"
+        "torch.save (or an official DETR / Deformable DETR checkpoint: `train --init-from` reads one as it is, the "
+        "other commands with --official)"
     )
 
 
