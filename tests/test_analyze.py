@@ -231,6 +231,21 @@ def test_compare_says_which_runs_read_paibb_over_sampling_points(analysis: dict)
     assert "sampling-point" not in compare_markdown([analysis], ["paibb"])
 
 
+def test_compare_says_where_sparsity_is_read_over_different_keys(analysis: dict):
+    """A DETR's decoder_cross Gini (over hundreds of grid cells) and a Deformable DETR's (over its sampling points)
+    shared one row of compare; only the sparsity figure said they cannot be compared."""
+    points = json.loads(json.dumps(analysis))
+    points["checkpoint"] = "runs/deformable/checkpoint_best.pt"
+    points["attention"]["sites"]["decoder_cross"]["keys"] = "points"
+    note = compare_markdown([analysis, points], ["gini", "paibb"]).splitlines()[-1]
+    assert (
+        "Sparsity NOT comparable where the keys attended over differ: decoder_cross (feature-grid cells: run; "
+        "sampling points: deformable)." in note
+    )
+    assert "NOT comparable" not in compare_markdown([analysis, points], ["paibb"])
+    assert "NOT comparable" not in compare_markdown([analysis, analysis], ["gini"])
+
+
 def test_analysis_note_counts_the_matched_pairs_behind_paibb(analysis: dict, run: tuple[Path, Config]):
     """The note said 'over all query maps of N images' and nothing of how many matched pairs PAIBB averaged, and
     still described PAIBB when no site had it."""

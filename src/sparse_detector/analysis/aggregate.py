@@ -46,6 +46,30 @@ from .maps import AttentionMaps
 from .metrics import DENSE_ZERO_THRESHOLD, site_metrics
 from .paibb import SIZE_BUCKETS, MatchIndices, compute_paibb, takes_paibb, upsampled_paibb
 
+#: What a site's ``keys`` are, in words.
+KEY_NAMES = {"grid": "feature-grid cells", "points": "sampling points", "queries": "object queries"}
+
+
+def runs_by_keys(results: Mapping[str, Mapping], site: str) -> dict[str, list[str]]:
+    """What the keys of ``site`` are (``grid``, ``points``, ``queries``) -> the runs (label -> ``result()``) whose
+    site has such keys."""
+    runs: dict[str, list[str]] = {}
+    for label, result in results.items():
+        keys = (result["sites"].get(site) or {}).get("keys")
+        if keys:
+            runs.setdefault(keys, []).append(label)
+    return runs
+
+
+def keys_differ(results: Mapping[str, Mapping], site: str) -> str:
+    """Where the runs' ``site`` attends over different keys (a DETR's hundreds of grid cells, a Deformable DETR's 12
+    sampling points), which runs attend over which (``feature-grid cells: a; sampling points: b``): their sparsity
+    metrics, whose range depends on the number of keys, are not comparable. Empty where the keys are alike."""
+    runs = runs_by_keys(results, site)
+    if len(runs) < 2:
+        return ""
+    return "; ".join(f"{KEY_NAMES.get(keys, keys)}: {', '.join(labels)}" for keys, labels in runs.items())
+
 
 @dataclass
 class RunningStats:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis import METRICS, SIZE_BUCKETS
+from ..analysis.aggregate import keys_differ
 from ..analysis.paibb import GRID_PAIBB, POINTS_PAIBB
 from ..engine.coco_eval import format_table, metric_text
 from ..files import write_atomically
@@ -240,6 +241,7 @@ def compare_markdown(records: Sequence[Mapping[str, Any]], metrics: Sequence[str
         f"Mean ± std (population) over all query maps, heads pooled (PAIBB: head-averaged maps of matched pairs); "
         f"entropy in nats.{' ' + runs_zero_thresholds(labels, results) if 'zeros_ratio' in metrics else ''}"
         f"{_compared_points(labels, results) if any(m.startswith(('paibb', 'sampling')) for m in metrics) else ''}"
+        f"{_compared_keys(labels, results) if set(metrics) & set(METRICS) else ''}"
         f" Runs — {sources}.",
     ]
     return "\n".join(lines) + "\n"
@@ -257,6 +259,18 @@ def runs_zero_thresholds(labels: Sequence[str], results: Sequence[Mapping[str, A
         if result["sites"]
     )
     return f"Zeros ratio thresholds differ between runs: {readings}."
+
+
+def _compared_keys(labels: Sequence[str], results: Sequence[Mapping[str, Any]]) -> str:
+    """The sites at which the compared runs attend over different keys (:func:`keys_differ`), whose sparsity
+    metrics (Gini, zeros ratio, entropy, support_90) therefore cannot be compared; empty where none."""
+    by_label = dict(zip(labels, results, strict=True))
+    differ = [
+        f"{site} ({kinds})"
+        for site in dict.fromkeys(site for result in results for site in result["sites"])
+        if (kinds := keys_differ(by_label, site))
+    ]
+    return f" Sparsity NOT comparable where the keys attended over differ: {'; '.join(differ)}." if differ else ""
 
 
 def _compared_points(labels: Sequence[str], results: Sequence[Mapping[str, Any]]) -> str:

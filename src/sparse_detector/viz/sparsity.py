@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from ..analysis.aggregate import keys_differ, runs_by_keys
 from ..analysis.paibb import GRID_PAIBB, POINTS_PAIBB, SIZE_BUCKETS, mixed_paibb_meaning
 from ..text import counted
 from .curves import run_colors
@@ -27,7 +28,6 @@ TICK_LABELS_WIDTH = 0.5
 BAR_WIDTH = 0.13  # inches a bar takes at the least (room for its upright value)
 UPRIGHT_VALUES_FROM = 5  # runs: from this many, each bar's value is written upright (side by side they overlap)
 SPARSITY_METRICS = {"gini": "Gini (0 uniform, 1 − 1/N one-hot over N keys)", "zeros_ratio": "zeros ratio"}
-KEY_NAMES = {"grid": "feature-grid cells", "points": "sampling points", "queries": "object queries"}
 BARS_NOTE = (
     "bars: mean over all query maps, heads pooled (PAIBB: head-averaged maps of Hungarian-matched queries); "
     "error bars: their standard deviation (population)"
@@ -155,24 +155,10 @@ def _zero_thresholds(results: Mapping[str, Mapping], site: str) -> str:
     return "; ".join(f"p ≤ {threshold:g}: {named[threshold]}" for threshold in order)
 
 
-def _runs_by_keys(results: Mapping[str, Mapping], site: str) -> dict[str, list[str]]:
-    """What the keys of ``site`` are (``grid``, ``points``, ``queries``) -> the runs whose site has such keys."""
-    runs: dict[str, list[str]] = {}
-    for label, result in results.items():
-        keys = (result["sites"].get(site) or {}).get("keys")
-        if keys:
-            runs.setdefault(keys, []).append(label)
-    return runs
-
-
 def _keys_note(results: Mapping[str, Mapping], site: str) -> str:
-    """A warning where the runs' ``site`` attends over different keys (a DETR's hundreds of grid cells, a Deformable
-    DETR's 12 sampling points): their Gini and zeros ratio are not comparable; empty otherwise."""
-    runs = _runs_by_keys(results, site)
-    if len(runs) < 2:
-        return ""
-    kinds = "; ".join(f"{KEY_NAMES.get(keys, keys)}: {', '.join(labels)}" for keys, labels in runs.items())
-    return f" — NOT comparable across runs, keys differ ({kinds})"
+    """A warning where the runs' ``site`` attends over different keys (:func:`keys_differ`); empty otherwise."""
+    kinds = keys_differ(results, site)
+    return f" — NOT comparable across runs, keys differ ({kinds})" if kinds else ""
 
 
 def _layer_names(blocks: Mapping[str, Mapping | None]) -> list[str]:
@@ -183,7 +169,7 @@ def _paibb_meaning(results: Mapping[str, Mapping], site: str) -> str:
     """What PAIBB of ``site`` measures in these runs: attention mass inside the matched box over the feature grid, the
     weight of the sampling points inside it, or (runs of both) the note that the two are not comparable."""
     measured = [label for label, result in results.items() if _site_paibb(result, site)]
-    points = [label for label in _runs_by_keys(results, site).get("points", []) if label in measured]
+    points = [label for label in runs_by_keys(results, site).get("points", []) if label in measured]
     if not points:
         return GRID_PAIBB
     if len(points) == len(measured):
