@@ -561,3 +561,23 @@ def test_output_read_by_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -
     result = subprocess.run(argv, stdout=write_end, stderr=subprocess.PIPE, text=True, env=env, timeout=120)
     os.close(write_end)
     assert (result.returncode, result.stderr) == (128 + signal.SIGPIPE, "")
+
+
+def test_a_stop_at_the_end_of_an_epoch_names_that_epoch() -> None:
+    """A signal during an epoch's last step or its validation stops after the epoch's checkpoint: the message said
+    'at epoch 13' (the next one, not begun) where epoch 12 had just ended."""
+    from sparse_detector.cli.summaries import stopped_message
+
+    def message(epoch: int, progress: dict) -> str:
+        trainer = SimpleNamespace(
+            stop_signal=signal.SIGTERM, dist=SimpleNamespace(world_size=1), epoch=epoch, step=120,
+            epoch_progress=progress, last_checkpoint="run/checkpoint_last.pt",
+        )  # fmt: skip
+        return stopped_message(trainer, Path("run")).splitlines()[0]
+
+    assert (
+        message(12, {})
+        == "stopped by SIGTERM at the end of epoch 12, step 120; checkpoint written: run/checkpoint_last.pt"
+    )
+    assert message(12, {"steps": 3}).startswith("stopped by SIGTERM at epoch 13, step 120;")
+    assert message(0, {}).startswith("stopped by SIGTERM at epoch 1, step 120;")  # stopped before any step

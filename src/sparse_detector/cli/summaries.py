@@ -20,10 +20,11 @@ def stopped_message(trainer: Trainer, run_dir: Path) -> str:
     processes = trainer.dist.world_size
     if processes > 1:  # train.batch_size is per process: another process count trains with another global batch
         command = f"torchrun ... -m sparse_detector train --resume {run_dir}, with the same {processes} processes"
-    return (
-        f"stopped by {name} at epoch {trainer.epoch + 1}, step {trainer.step}; checkpoint written: "
-        f"{trainer.last_checkpoint}\nresume with: {command}"
-    )
+    # after the step during which it came, or (a signal during the epoch's last step or its validation) at its end
+    at_end = not trainer.epoch_progress and trainer.epoch > 0
+    epoch = f"the end of epoch {trainer.epoch}" if at_end else f"epoch {trainer.epoch + 1}"
+    where = f"{epoch}, step {trainer.step}"
+    return f"stopped by {name} at {where}; checkpoint written: {trainer.last_checkpoint}\nresume with: {command}"
 
 
 def _batch_text(batch_size: int, processes: int) -> str:
