@@ -209,6 +209,13 @@ def test_resume_names_model_settings_it_changes_or_that_do_not_fit(shapes, tmp_p
     Trainer(sparse, run, resume=True, progress=False)  # same weights: allowed, and on the record
     (record,) = [r for r in read_metrics(run) if r["type"] == "resume"]
     assert "model.attention.decoder_cross.activation: 'softmax' -> 'sparsemax'" in record["changes"]
+    # a setting that only picks a new run's starting weights was listed as a change, as if it had one
+    start = load_config(run / "config.yaml", ["train.epochs=2", "model.attention.decoder_cross.alpha_init=1.2"])
+    Trainer(start, run, resume=True, progress=False)
+    assert (
+        "model.attention.decoder_cross.alpha_init: 1.5 -> 1.2 (no effect: a resumed run keeps its checkpoint's "
+        "weights; it only starts a new run)" in [r for r in read_metrics(run) if r["type"] == "resume"][-1]["changes"]
+    )
 
 
 def test_mid_epoch_resume_with_another_batch_size_trains_each_image_once(shapes, tmp_path: Path):

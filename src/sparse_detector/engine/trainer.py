@@ -92,6 +92,11 @@ class TrainingDivergedError(NonFiniteLossError):
     """The weights became NaN or infinite, or the model's outputs on the validation images did: training diverged."""
 
 
+#: Model settings that only choose a new run's starting weights (learnable α's start, ImageNet backbone weights):
+#: changed on resume, they change nothing, and the resume says so.
+STARTING_WEIGHT_SETTINGS = ("alpha_init", "pretrained")
+
+
 class StoppedAtOnce(KeyboardInterrupt):
     """A second SIGTERM / SIGINT arrived while the first one's checkpoint was being made: stop without it."""
 
@@ -530,6 +535,12 @@ class Trainer:
                 "parameters (backbone freezing, learnable alphas) must stay as they were"
             ) from None
         self.scheduler.load_state_dict(scheduler_state)
+        settings = [
+            f"{change} (no effect: a resumed run keeps its checkpoint's weights; it only starts a new run)"
+            if change.split(":")[0].rsplit(".", 1)[-1] in STARTING_WEIGHT_SETTINGS
+            else change
+            for change in settings
+        ]
         changes = settings + apply_configured_settings(self.optimizer, self.scheduler, configured)
         for change in changes:
             log.warning("resume: the config changes %s", change)
