@@ -312,3 +312,22 @@ def test_boxes_land_on_their_pixels_in_a_padded_batch_of_two_sizes():
     images_hw, boxes = [(75, 100), (90, 60)], [(70, 40, 100, 75), (20, 50, 60, 90)]
     for coverage, box, image_hw in zip(one_hot_cell_paibb(images_hw, boxes, 32), boxes, images_hw, strict=True):
         torch.testing.assert_close(coverage, raster_coverage(box, image_hw, 32, (3, 4)), rtol=0, atol=1e-5)
+
+
+def test_csv_rows_hold_the_upsampled_paibb_where_it_was_read():
+    """``analyze --paibb-upsampled`` wrote the thesis-compatible PAIBB into analysis.json and analysis.md but not
+    into analysis.csv: a table read for the thesis comparison silently lacked it."""
+    maps = one_image_maps(torch.full((2, 1, 2, 3, 6), 1 / 6), (2, 3))
+    target = {"boxes": torch.tensor([[0.5, 0.5, 1.0, 1.0], [0.25, 0.5, 0.5, 0.5]]), "orig_size": torch.tensor([40, 60])}
+    indices = [(torch.tensor([0, 2]), torch.tensor([0, 1]))]
+    plain, upsampled = MetricAggregator(), MetricAggregator(paibb_upsampled=True)
+    for aggregator in (plain, upsampled):
+        aggregator.update({"decoder_cross": maps}, [target], indices)
+    assert not any(row["metric"].startswith("paibb_upsampled") for row in result_rows(plain.result()))
+    result = upsampled.result()
+    thesis = result["sites"]["decoder_cross"]["paibb"]["upsampled_last_layer"]
+    rows = {row["metric"]: row for row in result_rows(result) if row["metric"].startswith("paibb_upsampled")}
+    assert set(rows) == {"paibb_upsampled", "paibb_upsampled_small", "paibb_upsampled_medium", "paibb_upsampled_large"}
+    assert rows["paibb_upsampled"] == {"site": "decoder_cross", "layer": 1, "head": "mean",
+                                       "metric": "paibb_upsampled", **thesis["overall"]}  # fmt: skip
+    assert rows["paibb_upsampled_large"]["count"] == 0 and rows["paibb_upsampled_small"]["count"] == 1

@@ -132,6 +132,15 @@ def test_recording_images_of_different_sizes_warns_of_padding(
     assert "images [0, 1] have 2 sizes, padded to one batch" in caplog.text
 
 
+def test_recording_images_the_data_lacks_names_the_data(run_dir: Path):
+    """record_run_batch(run, image_indices=[0, 100]) on a data set of fewer images raised a bare "IndexError: list
+    index out of range", and image_indices=[] "AttributeError: 'NoneType' object has no attribute 'to'"."""
+    for indices in ([0, 100], []):
+        with pytest.raises(IndexError, match=r"positions in the val data, which holds \d+ images \(.*\.json\): 0 to"):
+            record_run_batch(run_dir, image_indices=indices)
+    assert record_run_batch(run_dir, image_indices=[-1]).images.tensors.shape[0] == 1  # Python's negative indices
+
+
 def test_analyze_engine_and_command(run_dir: Path, capsys: pytest.CaptureFixture):
     recorded = record_run_batch(run_dir)
     config, model = recorded.loaded.config, recorded.loaded.model

@@ -215,6 +215,8 @@ def test_a_run_killed_while_training_counts_its_minutes_and_is_not_done(tmp_path
     monkeypatch.setattr(study_module, "_changed_settings", lambda *args: (["optim.lr: 0.0002 -> 1e-05"], False))
     outcome = study_module._run_one(None, "softmax", 0, tmp_path, [], "", False)
     assert (outcome.status, outcome.stage) == ("failed", "config") and "optim.lr: 0.0002 -> 1e-05" in outcome.error
+    # its minutes (all invocations) are still the run's: the report said 0.0 for a run that had taken 3 min and more
+    assert outcome.seconds >= 180.0
 
 
 @pytest.mark.parametrize(

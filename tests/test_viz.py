@@ -592,9 +592,9 @@ def test_a_folder_of_images_is_drawn_not_taken_for_a_run(runs, tmp_path: Path):
     folder.mkdir()
     with Image.open(runs["images"] / "val_000000.png") as image:
         image.crop((0, 0, 96, 64)).save(folder / "wide.png")
-    for kind, run in (("encoder", runs["run"]), ("deformable", runs["deformable"])):
+    for kind, run, options in (("encoder", runs["run"], []), ("deformable", runs["deformable"], ["--queries", "1"])):
         out = tmp_path / kind
-        assert main(["visualize", kind, str(run), str(folder), "--output", str(out), "--queries", "1"]) == 0
+        assert main(["visualize", kind, str(run), str(folder), "--output", str(out), *options]) == 0
         names = [p.name for p in out.glob("*.png")]
         assert names and all("_wide_" in n for n in names), names
 
@@ -1563,3 +1563,19 @@ def test_predict_coco_results_above_a_threshold_say_their_ap_is_not_evaluates(ru
         assert main([*argv, "--threshold", "0"]) == 0
     assert "lower than evaluate's" not in caplog.text
     assert len(json.loads((tmp_path / "p" / "detections_coco.json").read_text())) == 6  # every query
+
+
+def test_a_drawing_option_the_kind_does_not_read_is_an_error(tmp_path: Path, capsys):
+    """`visualize compare RUN OTHER --queries 3` (or `encoder --queries`, `attention --pixels`, `curves --site`) drew
+    figures that silently ignored the option, as if it had been honoured."""
+    run, other = str(tmp_path / "run"), str(tmp_path / "other")  # never loaded: the options are checked first
+    for argv, option in (
+        (["compare", run, other, "--queries", "3"], "--queries"),
+        (["encoder", run, "--threshold", "0.2"], "--threshold"),
+        (["matching", run, "--max-queries", "2"], "--max-queries"),
+        (["attention", run, "--pixels", "3,3"], "--pixels"),
+        (["curves", run, "--site", "decoder_cross"], "--site"),
+    ):
+        assert main(["visualize", *argv, "--output", str(tmp_path / "figures")]) == 2
+        err = capsys.readouterr().err
+        assert f"visualize {argv[0]} does not read {option}; leave it out (the kinds that do: {option}: " in err, err

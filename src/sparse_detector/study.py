@@ -376,7 +376,9 @@ def _run_one(
                 f"{run_dir} away to redo the run with them"
             )
             print(f"[study] {name}: NOT REDONE: {error}")
-            return RunOutcome(name, map_name, seed, run_dir, "failed", stage="config", error=error)
+            return RunOutcome(
+                name, map_name, seed, run_dir, "failed", stage="config", error=error, seconds=round(seconds_before, 1)
+            )
         elif changed:
             print(f"[study] {name}: done before; {changed[0]}: continuing it")
     start, stage = time.perf_counter(), "config"

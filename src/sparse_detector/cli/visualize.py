@@ -28,6 +28,16 @@ FIGURE_KIND_NAMES = (
 )
 FIGURE_FORMATS = ("png", "pdf", "svg")
 RUN_ONLY_KINDS = ("alpha", "curves", "diagnostics", "sparsity")  # figures of runs' logs and analyses, no images
+MAX_QUERIES = 10  # --max-queries' default
+QUERY_KINDS = ("attention", "deformable")  # the kinds that choose their queries by score
+#: The drawing options only some kinds read: given to another kind, they are an error, not silently dropped.
+OPTION_KINDS = {
+    "--queries": QUERY_KINDS,
+    "--threshold": QUERY_KINDS,
+    "--max-queries": QUERY_KINDS,
+    "--pixels": ("encoder", "deformable"),
+    "--site": ("attention", "compare", "deformable", "encoder"),
+}
 
 
 def add_visualize_command(commands: Subparsers) -> None:
@@ -51,17 +61,19 @@ def add_visualize_command(commands: Subparsers) -> None:
     parser.add_argument(
         "--num-images", type=positive_int, default=3, help="validation images drawn when none are given"
     )
-    parser.add_argument("--queries", type=int, nargs="+", help="attention: these queries (default: score >= threshold)")
+    parser.add_argument(
+        "--queries", type=int, nargs="+", help="attention, deformable: these queries (default: score >= threshold)"
+    )
     parser.add_argument(
         "--threshold",
         type=score_threshold,
         default=DEFAULT_SCORE_THRESHOLD,
-        help="attention: minimum score of a drawn query",
+        help="attention, deformable: minimum score of a drawn query",
     )
     parser.add_argument(
         "--max-queries",
         type=non_negative_int,
-        default=10,
+        default=MAX_QUERIES,
         help="attention, deformable: at most this many queries per image, best first (0: all)",
     )
     parser.add_argument(
@@ -72,6 +84,23 @@ def add_visualize_command(commands: Subparsers) -> None:
     add_official_reading(parser)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     add_overrides(parser, "data.val.annotations=FILE.json (data settings of RUN's config)")
+
+
+def _refuse_unread_options(args: argparse.Namespace) -> None:
+    """Raise where an option given differs from its default but the kind does not read it (``OPTION_KINDS``)."""
+    given = {
+        "--queries": args.queries is not None,
+        "--threshold": args.threshold != DEFAULT_SCORE_THRESHOLD,
+        "--max-queries": args.max_queries != MAX_QUERIES,
+        "--pixels": args.pixels is not None,
+        "--site": args.site is not None,
+    }
+    unread = [option for option, kinds in OPTION_KINDS.items() if given[option] and args.kind not in kinds]
+    if unread:
+        takes = "; ".join(f"{option}: {', '.join(OPTION_KINDS[option])}" for option in unread)
+        raise ValueError(
+            f"visualize {args.kind} does not read {', '.join(unread)}; leave it out (the kinds that do: {takes})"
+        )
 
 
 def _pixel(text: str) -> tuple[float, float]:
@@ -105,6 +134,7 @@ def _visualize(args: argparse.Namespace) -> int:
         images = [p for p in extra if not _is_run(p)]
     if args.set and args.kind in RUN_ONLY_KINDS:
         raise ValueError(f"--set: visualize {args.kind} reads the runs' records, not their config; leave --set out")
+    _refuse_unread_options(args)
     refuse_model_overrides(args.set)
     if args.kind == "data" and run.stem in PRESET_DATA_HINTS and not _is_run(run):  # a preset whose data we make
         hint = missing_data_hint(args.run, load_config(args.run, args.set), splits=("train",))  # draws train

@@ -41,6 +41,7 @@ from ..models import DetectionOutput, build_model
 from ..models.postprocess import postprocessor_for
 from ..models.weights import load_official, load_state_dict_checked
 from ..runs import resolve_checkpoint
+from ..text import counted
 from .checkpoint import load_checkpoint
 from .coco_eval import MAX_DETECTIONS
 from .device import resolve_device
@@ -190,8 +191,16 @@ def record_run_batch(
     loaded = load_trained_model(run)
     config = override_config(loaded.config, overrides)
     dataset = build_dataset(config, split)
+    outside = [index for index in image_indices if not -len(dataset) <= index < len(dataset)]
+    if outside or not image_indices:
+        raise IndexError(
+            f"record_run_batch: image_indices {list(image_indices)} must be positions in the {split} data, which "
+            f"holds {counted(len(dataset), 'image')} ({dataset.annotation_file}): 0 to {len(dataset) - 1}"
+        )
     items = [dataset[index] for index in image_indices]
-    sizes = {tuple(item[0].shape[-2:]) for item in items if item is not None}
+    if unread := [index for index, item in zip(image_indices, items, strict=True) if item is None]:
+        raise DatasetError(f"record_run_batch: images {unread} of the {split} data cannot be read (see the warnings)")
+    sizes = {tuple(item[0].shape[-2:]) for item in items}
     if len(sizes) > 1:
         log.warning(
             "record_run_batch: images %s have %d sizes, padded to one batch: the smaller images' maps can differ "

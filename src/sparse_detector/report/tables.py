@@ -84,7 +84,8 @@ def _stats_rows(site: str, metric: str, block: Mapping[str, Any]) -> list[dict[s
 
 def result_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Flat rows (site, layer, head, metric, mean, std, count) of a ``result()``, for CSV; head is ``"mean"`` for
-    the head-pooled (sparsity metrics) or head-averaged (PAIBB) reading of a layer."""
+    the head-pooled (sparsity metrics) or head-averaged (PAIBB) reading of a layer; the thesis-compatible PAIBB,
+    where read, last."""
     sites = result["sites"].items()
     rows = [
         row
@@ -98,7 +99,18 @@ def result_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         for metric, block in paibb_blocks(info).items()
         for row in _stats_rows(site, metric, block)
     ]
-    return rows
+    return rows + [row for site, info in sites for row in _upsampled_paibb_rows(site, info)]
+
+
+def _upsampled_paibb_rows(site: str, site_info: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The thesis-compatible PAIBB (``analyze --paibb-upsampled``) of a site, if read: ``paibb_upsampled`` and
+    ``paibb_upsampled_<size>``, in the last layer's head-average row."""
+    block = (site_info.get("paibb") or {}).get("upsampled_last_layer")
+    if not block:
+        return []
+    stats = {"paibb_upsampled": block["overall"], **{f"paibb_upsampled_{k}": v for k, v in block["by_size"].items()}}
+    layer = site_info["num_layers"] - 1
+    return [{"site": site, "layer": layer, "head": "mean", "metric": name, **value} for name, value in stats.items()]
 
 
 def format_mean_std(block: Mapping[str, Any] | None, layer: int) -> str:
