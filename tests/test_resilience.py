@@ -121,6 +121,8 @@ def test_a_run_directory_in_training_is_refused_to_a_second_process(shapes, tmp_
     try:
         with pytest.raises(RuntimeError, match="is being trained by another process right now"):
             Trainer(shapes_config(shapes, *FAST, "train.epochs=2"), run, resume=True, progress=False)
+        with pytest.raises(RuntimeError, match="is being trained by another process right now"):
+            Trainer(config, run, progress=False)  # not "continue it with --resume", which the lock refuses too
     finally:
         other_process.release()
     assert (run / METRICS_FILE).read_text() == logged  # the resume did not cut back the other process's log

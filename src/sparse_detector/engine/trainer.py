@@ -359,11 +359,6 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         train = config.train
-        if not resume and run_checkpoints(self.run_dir):  # a numbered one alone: killed while writing the last
-            raise FileExistsError(
-                f"run directory {self.run_dir} already holds a checkpoint; continue it with --resume {self.run_dir} "
-                "(or --resume auto) or choose another --output-dir"
-            )
         if train.on_nonfinite_loss not in ("error", "skip"):
             raise ValueError(f"train.on_nonfinite_loss must be 'error' or 'skip', got {train.on_nonfinite_loss!r}")
         if train.precision not in PRECISIONS:
@@ -374,6 +369,13 @@ class Trainer:
         check_same_config(config)
         self.run_lock = None
         self._claim_run_dir()  # before a resume cuts back the logs another process may still be writing
+        if not resume and run_checkpoints(self.run_dir):  # a numbered one alone: killed while writing the last
+            if self.run_lock is not None:  # claimed first: while another process trains into it, that is the error
+                self.run_lock.release()
+            raise FileExistsError(
+                f"run directory {self.run_dir} already holds a checkpoint; continue it with --resume {self.run_dir} "
+                "(or --resume auto) or choose another --output-dir"
+            )
         self.progress = progress and self.dist.is_main
         if train.precision == "fp16" and self.device.type == "cpu":
             log.warning(
