@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -400,6 +401,30 @@ def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_
     )
     with pytest.raises(CheckpointMismatchError, match="is a deformable_detr checkpoint, but the config builds a detr"):
         Trainer(config, tmp_path / "bad", progress=False, init_from=deformable)
+
+
+def test_init_from_and_resume_need_no_imagenet_weights(shapes, tmp_path: Path, monkeypatch):
+    """`train --config detr_r50 --init-from detr-r50-e632da11.pth` offline ended in 'could not load ImageNet weights':
+    the backbone was built from the ImageNet weights that the checkpoint then replaced (on a --resume too)."""
+    source = tmp_path / "source"
+    Trainer(shapes_config(shapes, "train.epochs=1", *FAST), source, progress=False).fit()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    tuned = tmp_path / "tuned"
+    Trainer(
+        shapes_config(shapes, "train.epochs=1", *FAST, "model.backbone.pretrained=true"),
+        tuned,
+        progress=False,
+        init_from=source,
+    ).fit()
+    config = load_config(tuned / "config.yaml", ["train.epochs=2"])
+    assert config.model.backbone.pretrained  # the config as given
+    Trainer(config, tuned, resume=True, progress=False).fit()
+    assert [r["epoch"] for r in read_metrics(tuned) if r["type"] == "epoch"] == [1, 2]
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")

@@ -342,6 +342,15 @@ def _settings_giving_other_weights(
     return found
 
 
+def without_pretrained(config: Config) -> Config:
+    """A copy of ``config`` whose backbone starts from random weights: for a model whose every weight a checkpoint
+    then replaces (``--resume``, ``--init-from``), the ImageNet ones would be downloaded for nothing, and offline
+    not at all (the draws of the random initialisation are the same either way)."""
+    config = copy.deepcopy(config)
+    config.model.backbone.pretrained = False
+    return config
+
+
 class Trainer:
     """Trains ``config`` into ``run_dir``: ``config.yaml``, ``metrics.jsonl``, checkpoints (``checkpoint_last.pt``,
     numbered ``checkpoint_epochNNNN.pt``, ``checkpoint_best.pt``), ``eval.json``.
@@ -397,7 +406,7 @@ class Trainer:
         warn_boxes_beyond_queries(config, self.train_set)
         check_same_categories(self.train_set, self.val_set)
         self.label_map = self.train_set.label_map
-        self.model = build_model(config)
+        self.model = build_model(without_pretrained(config) if resume or init_from else config)
         self.reinitialised = initialise_from(self.model, init_from, config) if init_from else []
         self.init_from = str(resolve_checkpoint(init_from).resolve()) if init_from else None
         self.model.to(self.device)
