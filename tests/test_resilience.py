@@ -325,6 +325,8 @@ def test_checkpoint_with_a_pickle_payload_is_refused(tmp_path: Path, capsys):
     assert main(["evaluate", "--checkpoint", str(path)]) == 2
     captured = capsys.readouterr()
     assert "refused to load" in captured.err and "this must never run" not in captured.out
+    assert "loaded (here print)" in captured.err  # not torch's advice to load it unsafely, in escape codes
+    assert "\x1b" not in captured.err and "two options" not in captured.err
 
 
 def test_an_official_checkpoint_without_official_is_told_to_need_it(tmp_path: Path, capsys):
