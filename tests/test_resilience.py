@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,8 @@ def test_a_run_directory_in_training_is_refused_to_a_second_process(shapes, tmp_
     try:
         with pytest.raises(RuntimeError, match="is being trained by another process right now"):
             Trainer(shapes_config(shapes, *FAST, "train.epochs=2"), run, resume=True, progress=False)
+        with pytest.raises(RuntimeError, match="is being trained by another process right now"):
+            Trainer(config, run, progress=False)  # not "continue it with --resume", which the lock refuses too
     finally:
         other_process.release()
     assert (run / METRICS_FILE).read_text() == logged  # the resume did not cut back the other process's log
@@ -322,6 +325,8 @@ def test_checkpoint_with_a_pickle_payload_is_refused(tmp_path: Path, capsys):
     assert main(["evaluate", "--checkpoint", str(path)]) == 2
     captured = capsys.readouterr()
     assert "refused to load" in captured.err and "this must never run" not in captured.out
+    assert "loaded (here print)" in captured.err  # not torch's advice to load it unsafely, in escape codes
+    assert "\x1b" not in captured.err and "two options" not in captured.err
 
 
 def test_an_official_checkpoint_without_official_is_told_to_need_it(tmp_path: Path, capsys):
@@ -398,6 +403,30 @@ def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_
     )
     with pytest.raises(CheckpointMismatchError, match="is a deformable_detr checkpoint, but the config builds a detr"):
         Trainer(config, tmp_path / "bad", progress=False, init_from=deformable)
+
+
+def test_init_from_and_resume_need_no_imagenet_weights(shapes, tmp_path: Path, monkeypatch):
+    """`train --config detr_r50 --init-from detr-r50-e632da11.pth` offline ended in 'could not load ImageNet weights':
+    the backbone was built from the ImageNet weights that the checkpoint then replaced (on a --resume too)."""
+    source = tmp_path / "source"
+    Trainer(shapes_config(shapes, "train.epochs=1", *FAST), source, progress=False).fit()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    tuned = tmp_path / "tuned"
+    Trainer(
+        shapes_config(shapes, "train.epochs=1", *FAST, "model.backbone.pretrained=true"),
+        tuned,
+        progress=False,
+        init_from=source,
+    ).fit()
+    config = load_config(tuned / "config.yaml", ["train.epochs=2"])
+    assert config.model.backbone.pretrained  # the config as given
+    Trainer(config, tuned, resume=True, progress=False).fit()
+    assert [r["epoch"] for r in read_metrics(tuned) if r["type"] == "epoch"] == [1, 2]
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")

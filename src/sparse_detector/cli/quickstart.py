@@ -33,7 +33,7 @@ def add_quickstart_command(commands: Subparsers) -> None:
         "--config", default="shapes_tiny", help="preset for the shapes data (shapes_tiny, shapes_tiny_deformable)"
     )
     add_overrides(parser, "train.epochs=4")
-    parser.add_argument("--device", help="auto | cpu | cuda | mps (default: the preset's train.device)")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: the preset's train.device)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -24,7 +24,7 @@ def add_study_command(commands: Subparsers) -> None:
     parser.add_argument("config", metavar="CONFIG", help="study YAML or embedded study name")
     parser.add_argument("--output-dir", help="study directory (default: the study's output_dir)")
     add_overrides(parser, "train.epochs=10 (applied to every run)")
-    parser.add_argument("--device", help="auto | cpu | cuda | mps (default: the preset's train.device)")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: the preset's train.device)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -342,6 +342,15 @@ def _settings_giving_other_weights(
     return found
 
 
+def without_pretrained(config: Config) -> Config:
+    """A copy of ``config`` whose backbone starts from random weights: for a model whose every weight a checkpoint
+    then replaces (``--resume``, ``--init-from``), the ImageNet ones would be downloaded for nothing, and offline
+    not at all (the draws of the random initialisation are the same either way)."""
+    config = copy.deepcopy(config)
+    config.model.backbone.pretrained = False
+    return config
+
+
 class Trainer:
     """Trains ``config`` into ``run_dir``: ``config.yaml``, ``metrics.jsonl``, checkpoints (``checkpoint_last.pt``,
     numbered ``checkpoint_epochNNNN.pt``, ``checkpoint_best.pt``), ``eval.json``.
@@ -359,11 +368,6 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         train = config.train
-        if not resume and run_checkpoints(self.run_dir):  # a numbered one alone: killed while writing the last
-            raise FileExistsError(
-                f"run directory {self.run_dir} already holds a checkpoint; continue it with --resume {self.run_dir} "
-                "(or --resume auto) or choose another --output-dir"
-            )
         if train.on_nonfinite_loss not in ("error", "skip"):
             raise ValueError(f"train.on_nonfinite_loss must be 'error' or 'skip', got {train.on_nonfinite_loss!r}")
         if train.precision not in PRECISIONS:
@@ -374,6 +378,13 @@ class Trainer:
         check_same_config(config)
         self.run_lock = None
         self._claim_run_dir()  # before a resume cuts back the logs another process may still be writing
+        if not resume and run_checkpoints(self.run_dir):  # a numbered one alone: killed while writing the last
+            if self.run_lock is not None:  # claimed first: while another process trains into it, that is the error
+                self.run_lock.release()
+            raise FileExistsError(
+                f"run directory {self.run_dir} already holds a checkpoint; continue it with --resume {self.run_dir} "
+                "(or --resume auto) or choose another --output-dir"
+            )
         self.progress = progress and self.dist.is_main
         if train.precision == "fp16" and self.device.type == "cpu":
             log.warning(
@@ -395,7 +406,7 @@ class Trainer:
         warn_boxes_beyond_queries(config, self.train_set)
         check_same_categories(self.train_set, self.val_set)
         self.label_map = self.train_set.label_map
-        self.model = build_model(config)
+        self.model = build_model(without_pretrained(config) if resume or init_from else config)
         self.reinitialised = initialise_from(self.model, init_from, config) if init_from else []
         self.init_from = str(resolve_checkpoint(init_from).resolve()) if init_from else None
         self.model.to(self.device)

@@ -113,11 +113,19 @@ def load_checkpoint_file(path: str | Path) -> Any:
     except pickle.UnpicklingError as err:
         raise CheckpointMismatchError(
             f"refused to load {path}: it holds Python objects other than tensors, plain containers and the official "
-            f"training scripts' args, which could run code when loaded ({str(err).splitlines()[0]}). Re-save its "
+            f"training scripts' args, which could run code when loaded ({_refused_object(err)}). Re-save its "
             "state dict alone (torch.save(checkpoint['model'], ...)) in an environment you trust"
         ) from None
     except (RuntimeError, EOFError) as err:  # torch's reader: 'PytorchStreamReader failed ... internal miniz error'
         raise CheckpointMismatchError(_unreadable_message(Path(path))) from err
+
+
+def _refused_object(err: pickle.UnpicklingError) -> str:
+    """What torch's weights-only reader refused (``here print``, ``here mymodule.Thing``), not its first line: the
+    advice to load the file unsafely, with terminal escape codes around its warning."""
+    if match := re.search(r"Unsupported global: GLOBAL (\S+)", str(err)):
+        return f"here {match[1]}"
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(err).splitlines()[0])
 
 
 def _unreadable_message(path: Path) -> str:
