@@ -171,6 +171,8 @@ def test_a_short_option_is_not_matched_to_a_different_word() -> None:
     assert closest_name("--sed", ["--site", "--seed"]) == "--seed"
     assert closest_name("--confg", ["--checkpoint", "--config"]) == "--config"
     assert closest_name("trian", ["train", "evaluate"]) == "train"
+    assert closest_name("vok", ["coco", "voc", "yolo", "csv"]) == "voc"  # one wrong letter of three: ratio 2/3
+    assert closest_name("dat", ["coco", "voc", "yolo", "csv"]) is None
 
 
 def test_inputs_given_after_an_option_join_the_others(capsys) -> None:
