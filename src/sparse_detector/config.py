@@ -6,6 +6,7 @@ error naming the key. Presets live in ``sparse_detector/configs/*.yaml`` and can
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -476,6 +477,15 @@ def _apply_override(tree: dict, override: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {part} is not a section")
     node[leaf] = value
+
+
+def without_pretrained(config: Config) -> Config:
+    """A copy of ``config`` whose backbone starts from random weights: for a model whose every weight a checkpoint
+    then replaces (evaluation, ``--resume``, ``--init-from``) or that is only built to check it, the ImageNet ones
+    would be downloaded for nothing, and offline not at all (the random initialisation's draws are the same)."""
+    config = copy.deepcopy(config)
+    config.model.backbone.pretrained = False
+    return config
 
 
 def config_from_dict(tree: Mapping[str, Any]) -> Config:

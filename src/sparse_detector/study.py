@@ -43,6 +43,7 @@ from .config import (
     dataclass_from_dict,
     load_config,
     read_yaml,
+    without_pretrained,
 )
 from .data import generate_shapes_splits
 from .data.build import build_dataset, build_loader
@@ -184,8 +185,7 @@ def check_variants(study: StudyConfig, data_overrides: list[str], device: str = 
     for map_name in study.maps:
         try:
             config = run_config(study, map_name, seed, data_overrides)
-            config.model.backbone.pretrained = False
-            build_model(config)
+            build_model(without_pretrained(config))
             resolve_device(device or config.train.device, "--device" if device else "train.device")
         except (ValueError, RuntimeError) as err:  # ConfigError, or what a model builder rejects
             raise ConfigError(

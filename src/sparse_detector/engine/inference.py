@@ -28,6 +28,7 @@ from ..config import (
     check_score_threshold,
     config_from_dict,
     override_config,
+    without_pretrained,
 )
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset, config_transforms
@@ -155,7 +156,7 @@ def load_trained_model(path: str | Path, official: bool = False, arch: str = "de
             f"{source} carries a 'config' that is not one of this package's ({err}); for an official DETR / "
             "Deformable DETR checkpoint pass --official"
         ) from err
-    config.model.backbone.pretrained = False  # the checkpoint holds the weights
+    config = without_pretrained(config)  # the checkpoint holds the weights (and a model built from it again too)
     model = build_model(config)
     load_state_dict_checked(model, checkpoint["model"], str(source))
     return LoadedModel(model.eval(), config, LabelMap.coerce(checkpoint["label_map"]), source)

@@ -22,7 +22,14 @@ from torch.utils.data import BatchSampler, DistributedSampler
 from tqdm import tqdm
 
 from ..attention.base import AttentionActivation
-from ..config import Config, config_differences, config_from_dict, config_to_dict, dump_config
+from ..config import (
+    Config,
+    config_differences,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    without_pretrained,
+)
 from ..data.batching import size_grouped_batches
 from ..data.build import build_dataset, build_loader
 from ..data.coco import CocoDetection, DatasetError
@@ -340,15 +347,6 @@ def _settings_giving_other_weights(
         if differs:
             found.append(f"model.{'.'.join(keys)}: {value!r} -> {mine!r}")
     return found
-
-
-def without_pretrained(config: Config) -> Config:
-    """A copy of ``config`` whose backbone starts from random weights: for a model whose every weight a checkpoint
-    then replaces (``--resume``, ``--init-from``), the ImageNet ones would be downloaded for nothing, and offline
-    not at all (the draws of the random initialisation are the same either way)."""
-    config = copy.deepcopy(config)
-    config.model.backbone.pretrained = False
-    return config
 
 
 class Trainer:
