@@ -223,7 +223,12 @@ def test_processes_started_with_different_configs_are_named(shapes, tmp_path: Pa
 def test_a_stopped_data_parallel_run_says_to_resume_it_with_its_process_count():
     """It said 'resume with: sparse-detector train --resume RUN': one process, half the global batch."""
     stopped = SimpleNamespace(
-        stop_signal=15, epoch=2, step=40, last_checkpoint="r/checkpoint_last.pt", dist=DistributedContext(0, 2)
+        stop_signal=15,
+        epoch=2,
+        step=40,
+        epoch_progress={"steps": 10},
+        last_checkpoint="r/checkpoint_last.pt",
+        dist=DistributedContext(0, 2),
     )
     message = stopped_message(stopped, Path("r"))
     assert message.endswith("resume with: torchrun ... -m sparse_detector train --resume r, with the same 2 processes")
