@@ -112,6 +112,24 @@ def test_runs_of_the_same_name_get_labels_told_apart_by_their_parents(tmp_path: 
     assert "| site | layer | gini: exp1/runs/softmax | gini: exp2/runs/softmax |" in compare_markdown(records, ["gini"])
 
 
+def test_a_moved_run_is_labelled_by_the_folder_it_is_in_now(tmp_path: Path, monkeypatch):
+    """analysis.json names the checkpoint by the path analyze was given ('runs/softmax/checkpoint_best.pt'): a run
+    copied from a cluster into 'from-cluster/softmax-lr2' was still labelled 'softmax' in compare's columns."""
+    from sparse_detector.runs import read_analyses
+
+    record = {"checkpoint": f"runs/softmax/{BEST_CHECKPOINT}", "random_init": False, "attention": {"sites": {}}}
+    run = tmp_path / "from-cluster" / "softmax-lr2"
+    (run / "analysis").mkdir(parents=True)
+    (run / "analysis" / "analysis.json").write_text(json.dumps(record))
+    (run / BEST_CHECKPOINT).write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    (moved,) = read_analyses([run])
+    assert moved["checkpoint"] == str(run / BEST_CHECKPOINT) and analysis_labels([moved]) == ["softmax-lr2"]
+    (tmp_path / "runs" / "softmax").mkdir(parents=True)  # the stored path still leads to a checkpoint: kept
+    (tmp_path / "runs" / "softmax" / BEST_CHECKPOINT).write_bytes(b"")
+    assert read_analyses([run])[0]["checkpoint"] == f"runs/softmax/{BEST_CHECKPOINT}"
+
+
 def test_one_checkpoint_analysed_twice_gets_two_labels(tmp_path: Path):
     """Two analyses of one run (other data, or the same data twice) were both labelled '//tmp/.../run': the compare
     table's columns could not be told apart."""
