@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import struct
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +15,12 @@ import torch
 
 from sparse_detector.engine.coco_eval import STAT_NAMES
 from sparse_detector.engine.diagnostics import DIAGNOSTICS_FILE, read_diagnostics
-from sparse_detector.engine.logger import MetricsLogger, grouped_scalars
+from sparse_detector.engine.logger import MetricsLogger, grouped_scalars, read_wandb_history
 from sparse_detector.engine.trainer import Trainer, parameter_counts
 from sparse_detector.models import build_model
 from sparse_detector.runs import read_metrics
 
-from .conftest import shapes_config
+from .conftest import shapes_config, shapes_overrides
 
 # The tracking back-ends are optional extras ([logging], [wandb]); `pip install '.[dev]'` alone skips their tests.
 needs_tensorboard = pytest.mark.skipif(
@@ -40,51 +40,6 @@ def _tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(folder))
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def _wandb_history(run_dir: Path) -> list[dict[str, float]]:
-    """The ``history`` rows of the offline W&B run in ``run_dir/wandb`` (of each of its processes, oldest first).
-
-    The .wandb file is a LevelDB-style log of protobuf records (a 7-byte header, then 32 KiB blocks of chunks with a
-    7-byte header: CRC, length, type); wandb no longer ships a Python reader for it, hence these lines.
-
-    W&B's service writes a run's last records when it acts on the run's end, after ``finish()`` has returned: read
-    at once, on a loaded machine, the newest file lacked its last steps. ``wandb.teardown()`` waits for the service
-    to close every run's file and end."""
-    import wandb
-
-    wandb.teardown()
-    paths = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
-    assert paths, f"no offline W&B run in {run_dir / 'wandb'}"
-    return [row for path in paths for row in _wandb_file_history(path)]
-
-
-def _wandb_file_history(path: Path) -> list[dict[str, float]]:
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    rows, pending, offset, block = [], b"", 7, 32768
-    while offset + 7 <= len(data):
-        if block - offset % block < 7:  # block trailer too short for a chunk header
-            offset += block - offset % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
-        pending += data[offset + 7 : offset + 7 + length]
-        offset += 7 + length
-        if kind in (1, 4):  # a full record, or the last chunk of one
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            pending = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append(
-                    {
-                        item.key or "/".join(item.nested_key): float(item.value_json)
-                        for item in record.history.item
-                        if item.value_json.replace(".", "").replace("-", "").replace("e", "").isdigit()
-                    }
-                )
-    return rows
 
 
 @needs_tensorboard
@@ -115,7 +70,7 @@ def test_tensorboard_and_wandb_get_grouped_names_at_one_global_step(shapes, tmp_
     assert [step for step, _ in scalars[heads[0]]] == [0, 1, 2]  # the epoch record's α at step 2 charted once
     assert scalars["params/total/trainable"] == [(0, parameter_counts(build_model(config))["total"]["trainable"])]
 
-    history = _wandb_history(run)
+    history = read_wandb_history(run)
     by_step = {}
     for row in history:
         by_step.setdefault(int(row["_step"]), {}).update(row)
@@ -161,11 +116,76 @@ def test_offline_wandb_after_a_killed_run_resumes_holds_each_step_once(shapes, t
 
     files = list(run.glob("wandb/offline-run-*/run-*.wandb"))  # run-<W&B run id>.wandb, one per process
     assert len(files) == 3 and len({path.stem for path in files}) == 1  # one W&B run
-    logged = [(int(row["_step"]), name) for row in _wandb_history(run) for name in row if not name.startswith("_")]
+    logged = [(int(row["_step"]), name) for row in read_wandb_history(run) for name in row if not name.startswith("_")]
     assert len(logged) == len(set(logged)), sorted(name for name in logged if logged.count(name) > 1)
     loss_steps = sorted(step for step, name in logged if name == "train-main-metrics/loss")
     assert loss_steps == [1, 2, 3, 4]
     assert sorted(step for step, name in logged if name == "val-AP/AP") == [2, 4]
+
+
+#: A training killed (SIGKILL) after its last checkpoint, before the end of the run: argv the run directory, overrides.
+TRAIN_KILLED_AT_THE_END = """
+import os, signal, sys
+from sparse_detector.config import load_config
+from sparse_detector.engine.trainer import Trainer
+
+trainer = Trainer(load_config("shapes_tiny", sys.argv[2:]), sys.argv[1], progress=False)
+trainer.logger.close = lambda: os.kill(os.getpid(), signal.SIGKILL)
+trainer.fit()
+"""
+
+
+@needs_wandb
+def test_offline_wandb_gets_the_steps_a_killed_process_had_not_written(shapes, tmp_path: Path, monkeypatch):
+    """A process killed loses what its W&B service had not yet written to the offline file (train.wandb=true killed
+    at step 14: the file held steps 0-8). The resume took W&B to hold all that metrics.jsonl held: steps 9-14 and the
+    epoch's val-AP never reached W&B. It now reads what the files hold and sends again the steps they lack."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = tmp_path / "run"
+    # WANDB_SERVICE: a W&B service of this process, which would write the killed process's records after all
+    environment = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_SERVICE")}
+    overrides = [*shapes_overrides(shapes), *TRACKED, "train.wandb=true"]
+    done = subprocess.run(
+        [sys.executable, "-c", TRAIN_KILLED_AT_THE_END, str(run), *overrides], env=environment, capture_output=True
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    assert [r["type"] for r in read_metrics(run)][-1] == "epoch"
+    assert not [row for row in read_wandb_history(run) if "val-AP/AP" in row]  # lost with the process
+    Trainer(
+        shapes_config(shapes, *TRACKED, "train.epochs=2", "train.wandb=true"), run, resume=True, progress=False
+    ).fit()
+
+    logged = [(int(row["_step"]), name) for row in read_wandb_history(run) for name in row if not name.startswith("_")]
+    assert len(logged) == len(set(logged)), sorted(name for name in logged if logged.count(name) > 1)
+    assert sorted(step for step, name in logged if name == "train-main-metrics/loss") == [1, 2, 3, 4]
+    assert sorted(step for step, name in logged if name == "val-AP/AP") == [2, 4]
+    assert [step for step, name in logged if name == "params/total/trainable"] == [0]
+    first_loss = next(r["loss"] for r in read_metrics(run) if r["type"] == "train")
+    assert [row["train-main-metrics/loss"] for row in read_wandb_history(run) if row["_step"] == 1] == [
+        pytest.approx(first_loss)
+    ]
+
+
+@needs_wandb
+def test_offline_wandb_files_that_cannot_be_read_leave_the_resume_as_before(
+    shapes, tmp_path: Path, monkeypatch, caplog
+):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = tmp_path / "run"
+    Trainer(shapes_config(shapes, *TRACKED, "train.wandb=true"), run, progress=False).fit()
+    for path in run.glob("wandb/offline-run-*/run-*.wandb"):
+        path.write_bytes(b":W&B\xe1\xbe\x01" + path.read_bytes()[7:])  # another version of the format
+    config = shapes_config(shapes, *TRACKED, "train.epochs=2", "train.wandb=true")
+    with caplog.at_level("WARNING"):
+        Trainer(config, run, resume=True, progress=False).fit()
+    assert "could not read what W&B's offline files" in caplog.text and "not a W&B transaction log" in caplog.text
+    for path in run.glob("wandb/offline-run-*/run-*.wandb"):
+        path.write_bytes(b":W&B\xe1\xbe\x00" + path.read_bytes()[7:])
+    logged = [(int(row["_step"]), name) for row in read_wandb_history(run) for name in row if not name.startswith("_")]
+    assert len(logged) == len(set(logged))  # steps 0-2 not sent again
+    assert sorted(step for step, name in logged if name == "train-main-metrics/loss") == [1, 2, 3, 4]
 
 
 @needs_tensorboard

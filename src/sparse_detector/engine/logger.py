@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
+import re
+import struct
+import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from ..runs import METRICS_FILE
+from ..runs import METRICS_FILE, read_metrics
 from .coco_eval import STAT_NAMES
+
+log = logging.getLogger(__name__)
 
 #: Scalars of a training step shown first (``train-main-metrics/``); the other losses go to ``train-metrics/``.
 MAIN_TRAIN_METRICS = ("loss", "loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
@@ -91,9 +97,12 @@ class MetricsLogger:
     ``resumed_at``: the global step of the checkpoint a resumed run continues from. TensorBoard then discards what
     an earlier, killed process of the run logged after that step (those steps are trained and logged again), as
     ``metrics.jsonl`` is cut back to it on resume. W&B cannot take back what it was sent (each process writes its own
-    offline folder of the run, which ``wandb sync`` uploads one after the other): given ``logged_before``, the
-    records of ``metrics.jsonl`` before that cut, a resumed run sends W&B each name only at steps after the last one
-    it was sent at, so W&B holds every step once (the redone ones with the values first logged). ``None``, a new run:
+    offline folder of the run, which ``wandb sync`` uploads one after the other): a resumed run sends W&B each name
+    only at steps after the last one W&B holds, so W&B holds every step once (the redone ones with the values first
+    logged). Offline, that is read from those folders: a killed process's W&B service wrote its records 32 KiB at a
+    time and never wrote the rest, so those up to the checkpoint are sent again from ``metrics.jsonl`` before any new
+    step. Online, or where the folders cannot be read (with a warning), W&B is taken to hold ``logged_before``, the
+    records of ``metrics.jsonl`` before that cut. ``None``, a new run:
     whatever a process killed before its first checkpoint logged here is started over (``metrics.jsonl`` emptied,
     TensorBoard's events discarded, a new W&B run id)."""
 
@@ -121,12 +130,14 @@ class MetricsLogger:
         if resumed_at is None:
             self.path.write_text("")
             (self.run_dir / WANDB_RUN_ID).unlink(missing_ok=True)
-        elif wandb and (self.run_dir / WANDB_RUN_ID).is_file():  # W&B was on before: it has what was logged then
-            for record in logged_before or ():
-                values = {k: v for k, v in record.items() if k not in ("type", "step", "time")}
-                for name in grouped_scalars(record["type"], values):
-                    self._wandb_had[name] = max(self._wandb_had.get(name, -1), record["step"])
         check_backends(tensorboard, wandb, wandb_mode)
+        resend: list[dict] = []  # records of metrics.jsonl (up to the checkpoint) W&B's offline files lack
+        if resumed_at is not None and wandb and (self.run_dir / WANDB_RUN_ID).is_file():  # W&B was on before
+            held = _wandb_offline_steps(self.run_dir) if wandb_mode == "offline" else None
+            if held is None:  # taken to hold what was logged then
+                self._wandb_had = _last_steps(logged_before or [])
+            else:  # a killed process's records its W&B service had not yet written are sent again
+                self._wandb_had, resend = held, read_metrics(self.run_dir)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -136,6 +147,19 @@ class MetricsLogger:
             self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
         if wandb:
             self._wandb = _start_wandb(self.run_dir, wandb_project, wandb_mode, config or {})
+            self._resend(resend)
+
+    def _resend(self, records: list[dict]) -> None:
+        """Sends W&B, step by step before any new step, the numbers of ``records`` it does not hold."""
+        rows: dict[int, dict[str, float]] = {}
+        for record in records:
+            values = {k: v for k, v in record.items() if k not in ("type", "step", "time")}
+            for name, value in grouped_scalars(record["type"], values).items():
+                if record["step"] > self._wandb_had.get(name, -1):
+                    rows.setdefault(record["step"], {}).setdefault(name, value)  # α: the train record's, charted
+        for step in sorted(rows):
+            self._wandb.log(rows[step], step=step)
+            self._wandb_had.update(dict.fromkeys(rows[step], step))
 
     def log(self, kind: str, step: int, **values: Any) -> None:
         if not self.enabled:
@@ -160,6 +184,103 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.finish()
         self._tensorboard = self._wandb = None
+
+
+def _last_steps(records: list[dict]) -> dict[str, int]:
+    """Each grouped name's last step in ``records``."""
+    last: dict[str, int] = {}
+    for record in records:
+        values = {k: v for k, v in record.items() if k not in ("type", "step", "time")}
+        for name in grouped_scalars(record["type"], values):
+            last[name] = max(last.get(name, -1), record["step"])
+    return last
+
+
+def _wandb_offline_steps(run_dir: Path) -> dict[str, int] | None:
+    """Each name's last step in the offline W&B files of ``run_dir`` (what W&B holds, all its processes together),
+    or ``None`` with a warning where they cannot be read (none there, or another wandb version's format)."""
+    last: dict[str, int] = {}
+    try:
+        for row in read_wandb_history(run_dir):
+            for name in row:
+                if not name.startswith("_"):
+                    last[name] = max(last.get(name, -1), int(row["_step"]))
+    except Exception as err:  # noqa: BLE001 - any failure: go on as if W&B held everything metrics.jsonl held
+        log.warning(
+            "could not read what W&B's offline files in %s hold (%s): taken to hold every step metrics.jsonl held, "
+            "so those a killed process's W&B service had not yet written stay missing from W&B",
+            run_dir / "wandb",
+            err,
+        )
+        return None
+    return last
+
+
+#: The first 7 bytes of a W&B transaction log (.wandb): magic, then version 0.
+_WANDB_HEADER = b":W&B\xe1\xbe\x00"
+
+
+def read_wandb_history(run_dir: str | Path) -> list[dict[str, float]]:
+    """The ``history`` rows (numbers only, with ``_step``) of the run directory's offline W&B run (the id in
+    ``wandb-run-id.txt``): each process's ``wandb/offline-run-*`` folder, oldest first. An error where there is
+    none, or a file is not in the format this reads.
+
+    The .wandb file is a LevelDB-style log of protobuf records (a 7-byte header, then 32 KiB blocks of chunks with a
+    7-byte header: CRC, length, type); wandb ships no Python reader for it. W&B's service writes it in blocks, some
+    time after the records were logged: the file of a killed process ends where its service stopped writing (a
+    record cut short, or no file at all, where it stopped before writing any).
+
+    The service writes a run's last records after ``finish()`` has returned: a W&B service of this process is first
+    shut down (``wandb.teardown()`` waits for it to close every run's file and end)."""
+    if (loaded := sys.modules.get("wandb")) is not None:
+        loaded.teardown()
+    from wandb.proto import wandb_internal_pb2
+
+    run_id = (Path(run_dir) / WANDB_RUN_ID).read_text().strip()
+    # offline-run-<start time, to the second>-<id>, and -<n> after it for the n-th other one started in that second
+    folders = [path for path in Path(run_dir).glob("wandb/offline-run-*") if _is_wandb_folder(path.name, run_id)]
+    if not folders:
+        raise FileNotFoundError(f"no offline W&B run {run_id} in {Path(run_dir) / 'wandb'}")
+    rows = []
+    for folder in sorted(folders, key=lambda path: path.stat().st_mtime):
+        path = folder / f"run-{run_id}.wandb"
+        data = path.read_bytes() if path.is_file() else b""
+        if not _WANDB_HEADER.startswith(data[:7]):
+            raise ValueError(f"{path} is not a W&B transaction log of version 0")
+        pending, offset, block = b"", 7, 32768
+        while offset + 7 <= len(data):
+            if block - offset % block < 7:  # block trailer too short for a chunk header
+                offset += block - offset % block
+                continue
+            _, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
+            if offset + 7 + length > len(data):
+                break
+            pending += data[offset + 7 : offset + 7 + length]
+            offset += 7 + length
+            if kind in (1, 4):  # a full record, or the last chunk of one
+                record = wandb_internal_pb2.Record()
+                record.ParseFromString(pending)
+                pending = b""
+                if record.WhichOneof("record_type") == "history":
+                    rows.append(
+                        {
+                            item.key or "/".join(item.nested_key): float(item.value_json)
+                            for item in record.history.item
+                            if _is_number(item.value_json)
+                        }
+                    )
+    return rows
+
+
+def _is_wandb_folder(name: str, run_id: str) -> bool:
+    return re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(run_id)}(-\d+)?", name) is not None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 #: The package each backend needs, by its setting (``train.<name>``), and the extra that installs it.
