@@ -318,10 +318,9 @@ def _settings_giving_other_weights(
         return []
 
     def weights(model_settings: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        backbone = {**model_settings["backbone"], "pretrained": False}
-        tree = {**ours, "model": {**model_settings, "backbone": backbone}}
+        model_config = without_pretrained(config_from_dict({**ours, "model": model_settings}))
         with torch.device("meta"):
-            return {k: tuple(v.shape) for k, v in build_model(config_from_dict(tree)).state_dict().items()}
+            return {k: tuple(v.shape) for k, v in build_model(model_config).state_dict().items()}
 
     def leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
         for key, value in tree.items():
