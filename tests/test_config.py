@@ -211,6 +211,11 @@ def test_attention_sites_are_a_mapping_checked_against_the_model():
             "model.attention.decoder_cross.activation: unknown attention activation 'sparsmax' (did you mean "
             "'sparsemax'?); choose one of",
         ),
+        (  # another letter case shares no letter with the name meant: it got no suggestion
+            "model.attention.decoder_cross.activation=SPARSEMAX",
+            "model.attention.decoder_cross.activation: unknown attention activation 'SPARSEMAX' (did you mean "
+            "'sparsemax'?); choose one of",
+        ),
         (
             "model.attention.decoder_crosss.activation=sparsemax",
             "model.attention.decoder_crosss: this model has no such attention site (did you mean 'decoder_cross'?)",
