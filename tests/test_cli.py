@@ -175,6 +175,24 @@ def test_a_short_option_is_not_matched_to_a_different_word() -> None:
     assert closest_name("dat", ["coco", "voc", "yolo", "csv"]) is None
 
 
+def test_a_name_in_other_letter_case_gets_the_closest(capsys) -> None:
+    """`data import VOC`, `--config SHAPES_TINY`, `--metrics GINI` or an upper-case map name got no 'did you mean':
+    the names were compared in their letter case, which shares no letter with the name meant."""
+    assert closest_name("SPARSEMAX", ["softmax", "sparsemax", "tvmax"]) == "sparsemax"
+    assert closest_name("--Config", ["--checkpoint", "--config"]) == "--config"
+    with pytest.raises(SystemExit):
+        main(["data", "import", "VOC", "folder"])
+    assert "invalid choice: 'VOC' (choose from 'voc', 'yolo', 'csv', 'coco'); did you mean 'voc'?" in (
+        capsys.readouterr().err
+    )
+    assert main(["train", "--config", "SHAPES_TINY"]) == 2
+    assert "is neither a file nor a preset (did you mean shapes_tiny?)" in capsys.readouterr().err
+    assert main(["compare", "runs/a", "--metrics", "GINI"]) == 2
+    assert "unknown --metrics ['GINI'] (did you mean gini for GINI?)" in capsys.readouterr().err
+    assert main(["study", "SHAPES_MAPS"]) == 2
+    assert "neither a file nor an embedded study (did you mean 'shapes_maps'?)" in capsys.readouterr().err
+
+
 def test_inputs_given_after_an_option_join_the_others(capsys) -> None:
     """argparse reads a command's positionals in one stretch: an image after an option was 'unrecognized'."""
     parser = build_parser()

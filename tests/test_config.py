@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 
 import pytest
 
-from sparse_detector.config import ConfigError, dump_config, load_config
+from sparse_detector.cli import main
+from sparse_detector.config import BackboneNorm, ConfigError, Precision, dump_config, load_config
+from sparse_detector.engine.trainer import PRECISIONS
 from sparse_detector.models import build_model
+from sparse_detector.models.backbone import NORM_LAYERS
 from sparse_detector.models.registry import check_attention_config
 from sparse_detector.models.transformer import Transformer
 
@@ -117,6 +121,46 @@ def test_bad_keys_and_types_are_named(override: str, named: str):
 
 
 @pytest.mark.parametrize(
+    ("override", "error"),
+    [
+        (
+            "model.backbone.norm=batchnorm",
+            "model.backbone.norm: unknown value 'batchnorm' (did you mean 'batch_norm'?)",
+        ),
+        ("model.backbone.name=resnet5", "model.backbone.name: unknown value 'resnet5' (did you mean 'resnet50'?)"),
+        ("model.backbone.trainable_layers=[layer1,layr2]", "trainable_layers[1]: unknown value 'layr2' (did you mean"),
+        ("model.backbone.return_layer=stem", "model.backbone.return_layer: unknown value 'stem'; choose one of"),
+        ("model.position_embedding=Sine", "model.position_embedding: unknown value 'Sine' (did you mean 'sine'?)"),
+        ("data.label_mode=cocoids", "data.label_mode: unknown value 'cocoids' (did you mean 'coco_ids'?)"),
+        ("data.on_invalid=skp", "data.on_invalid: unknown value 'skp' (did you mean 'skip'?)"),
+        ("train.on_nonfinite_loss=skp", "train.on_nonfinite_loss: unknown value 'skp' (did you mean 'skip'?)"),
+        ("train.precision=FP16", "train.precision: unknown value 'FP16' (did you mean 'fp16'?)"),
+        ("train.wandb_mode=ofline", "train.wandb_mode: unknown value 'ofline' (did you mean 'offline'?)"),
+    ],
+)
+def test_a_mistyped_choice_is_refused_at_load_with_the_closest(override: str, error: str):
+    """A choice such as model.backbone.norm was checked only when the model was built or training started, after the
+    data had been read and checked, and without the closest name; it is a config error at load now."""
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        load_config(None, [override])
+
+
+def test_a_mistyped_choice_in_a_yaml_file_names_the_file(tmp_path: Path, capsys):
+    """Before any data is read: `train` on data that does not exist still names the setting, not the data."""
+    (tmp_path / "my.yaml").write_text("_base_: shapes_tiny\nmodel:\n  backbone:\n    norm: batchnorm\n")
+    argv = ["train", "--config", str(tmp_path / "my.yaml"), "--output-dir", str(tmp_path / "run")]
+    assert main([*argv, "--set", "data.train.annotations=absent.json"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'my.yaml'}: model.backbone.norm: unknown value 'batchnorm' (did you mean 'batch_norm'?)" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_the_choices_of_the_config_are_those_the_model_and_trainer_take():
+    assert set(NORM_LAYERS) == set(typing.get_args(BackboneNorm))
+    assert set(PRECISIONS) == set(typing.get_args(Precision))
+
+
+@pytest.mark.parametrize(
     ("override", "suggestion"),
     [
         ("train.epochz=3", "did you mean train.epochs?"),
@@ -209,6 +253,11 @@ def test_attention_sites_are_a_mapping_checked_against_the_model():
         (
             "model.attention.decoder_cross.activation=sparsmax",
             "model.attention.decoder_cross.activation: unknown attention activation 'sparsmax' (did you mean "
+            "'sparsemax'?); choose one of",
+        ),
+        (  # another letter case shares no letter with the name meant: it got no suggestion
+            "model.attention.decoder_cross.activation=SPARSEMAX",
+            "model.attention.decoder_cross.activation: unknown attention activation 'SPARSEMAX' (did you mean "
             "'sparsemax'?); choose one of",
         ),
         (

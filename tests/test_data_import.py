@@ -376,6 +376,38 @@ def test_photos_pillow_cannot_read_are_named_not_left_out_silently(tmp_path: Pat
     assert "b.HEIC" in caplog.text
 
 
+def test_gif_images_are_taken_from_folders_by_their_first_frame(tmp_path: Path, caplog) -> None:
+    """A .gif in a folder was left out without a word by predict, visualize and the YOLO, VOC and CSV imports (its
+    label file reported as having no image), though Pillow reads it; it is taken now, by its first frame."""
+    images = tmp_path / "images"
+    write_image(images / "a.jpg")
+    frames = [Image.new("RGB", (40, 30), (255, 0, 0)), Image.new("RGB", (40, 30), (0, 0, 255))]
+    frames[0].save(images / "b.gif", save_all=True, append_images=frames[1:])  # animated: red, then blue
+    assert [path.name for path in image_files([images])] == ["a.jpg", "b.gif"]
+    assert [path.name for path in image_files([images / "b.gif"])] == ["b.gif"]  # given by name: taken before too
+    first = read_rgb(images / "b.gif")
+    assert first.mode == "RGB" and first.size == (40, 30) and first.getextrema() == ((255, 255), (0, 0), (0, 0))
+    for stem in "ab":
+        write_text(tmp_path / "labels" / f"{stem}.txt", "0 0.5 0.5 0.2 0.4\n")
+    yolo = import_yolo(images, tmp_path / "yolo.json", write_text(tmp_path / "classes.txt", "car\n"))
+    assert sorted(boxes_by_image(yolo)) == ["a.jpg", "b.gif"]
+    assert yolo["info"]["stats"]["label_files_without_image"] == 0
+    dataset = CocoDetection(None, tmp_path / "yolo.json")
+    gif = next(i for i in range(len(dataset)) if dataset.image_path(i).name == "b.gif")
+    assert dataset[gif][0].shape == (3, 30, 40) and dataset[gif][0][0].min() == 1  # red: the first frame
+    write_text(tmp_path / "xml" / "b.xml", voc_xml([("car", (3, 4, 13, 14), 0)]))  # no <filename>: by file name
+    with caplog.at_level(logging.WARNING):
+        voc = import_voc(tmp_path / "xml", tmp_path / "voc.json", images)
+    assert list(boxes_by_image(voc)) == ["b.gif"] and voc["info"]["stats"]["images_without_xml"] == 1
+    listed = import_voc(tmp_path / "xml", tmp_path / "l.json", images, write_text(tmp_path / "list.txt", "b.gif\n"))
+    assert list(boxes_by_image(listed)) == ["b.gif"]  # a list file's entry loses its image suffix, .gif too
+    write_text(images / "boxes.csv", "a.jpg,1,1,20,20,car\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        table = import_csv(images / "boxes.csv", tmp_path / "csv.json")
+    assert table["info"]["stats"]["images_without_row"] == 1 and "b.gif" in caplog.text
+
+
 def test_yolo_nested_folders_polygons_and_bad_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Images in subfolders are imported with their labels; a polygon line is its bounding box; a line of another
     format (6 fields, pixels) is an error naming file and line; a label file without an image is counted; every

@@ -18,7 +18,7 @@ from sparse_detector.config import ConfigError
 from sparse_detector.engine.checkpoint import load_checkpoint
 from sparse_detector.report.study import AP_COLUMNS, study_tables, study_title, write_study_report
 from sparse_detector.runs import ANALYSIS_DIRS, ANALYSIS_FILE
-from sparse_detector.study import STATUS_FILE, RunOutcome, load_study
+from sparse_detector.study import STATUS_FILE, RunOutcome, _analysis_current, load_study
 from sparse_detector.viz.kinds import FIGURE_KINDS
 
 from .conftest import SMALL_MODEL
@@ -135,6 +135,26 @@ def test_study_runs_resumes_and_reports(tmp_path: Path, capsys, monkeypatch):
         in (capsys.readouterr().out)
     )
     assert "| sparsemax | 1 |" not in (study_dir / "report.md").read_text()
+
+
+def test_a_moved_study_keeps_its_analyses(tmp_path: Path):
+    """analysis.json stores the checkpoint's path at analysis time; once the study folder was moved that path led
+    nowhere, so every finished run was analysed again. Its checkpoint is found in the run directory now, as compare
+    finds it (runs.where_its_checkpoint_is)."""
+    run = tmp_path / "study" / "runs" / "softmax-seed0"
+    (run / ANALYSIS_DIRS[False]).mkdir(parents=True)
+    (run / "checkpoint_best.pt").write_bytes(b"weights")
+    analysis = run / ANALYSIS_DIRS[False] / ANALYSIS_FILE
+    analysis.write_text(json.dumps({"checkpoint": str(run / "checkpoint_best.pt")}))
+    os.utime(run / "checkpoint_best.pt", (1_000_000_000, 1_000_000_000))  # trained before it was analysed
+    assert _analysis_current(run)
+    moved = tmp_path / "elsewhere" / "study"
+    moved.parent.mkdir()
+    (tmp_path / "study").rename(moved)
+    assert _analysis_current(moved / "runs" / "softmax-seed0")
+    os.utime(moved / "runs" / "softmax-seed0" / "checkpoint_best.pt")  # trained on after the analysis: redone
+    os.utime(moved / "runs" / "softmax-seed0" / analysis.relative_to(run), (1_000_000_000, 1_000_000_000))
+    assert not _analysis_current(moved / "runs" / "softmax-seed0")
 
 
 def test_a_run_s_minutes_add_up_over_invocations_failed_ones_too(tmp_path: Path, monkeypatch):

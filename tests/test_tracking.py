@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -284,7 +285,9 @@ def test_a_missing_backend_is_named_before_the_run_loads_anything(
     with pytest.raises(RuntimeError, match=rf"train.{backend}=true needs .*sparse-detector\[{extra}\]"):
         Trainer(shapes_config(shapes, f"train.{backend}=true"), run, progress=False)
     assert not run.exists()
-    with pytest.raises(ValueError, match="train.wandb_mode must be 'offline' or 'online', got 'ofline'"):
+    with pytest.raises(
+        ValueError, match=re.escape("train.wandb_mode: unknown value 'ofline' (did you mean 'offline'?)")
+    ):
         Trainer(shapes_config(shapes, "train.wandb=true", "train.wandb_mode=ofline"), run, progress=False)
 
 

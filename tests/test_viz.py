@@ -20,6 +20,7 @@ from PIL import Image
 from sparse_detector import build_model, load_config
 from sparse_detector.attention.sites import PointsRecord
 from sparse_detector.cli import main
+from sparse_detector.data.build import build_dataset
 from sparse_detector.engine.diagnostics import read_diagnostics
 from sparse_detector.engine.trainer import Trainer
 from sparse_detector.runs import read_metrics
@@ -651,6 +652,33 @@ def test_a_photo_named_like_a_validation_image_is_drawn_as_itself(runs, tmp_path
     own, val = load_images(config, VisualizeRequest([runs["run"]], tmp_path, images=[photo, val_image]))
     assert own.target is None and own.orig_size == (30, 40) and own.picture.min() > 0.99
     assert val.target is not None and val.orig_size != (30, 40)
+
+
+def test_a_validation_image_given_by_path_is_decoded_once(runs, tmp_path: Path, monkeypatch):
+    """visualize decoded a given image, then decoded it again as the validation data's sample for its ground truth;
+    it is decoded once now, and drawn as the validation data gives it."""
+    import sparse_detector.data.coco as coco
+    import sparse_detector.engine.inference as inference
+
+    decoded: list[str] = []
+
+    def counting(read):
+        def read_and_count(path: Path, bit_depth: int = 0):
+            decoded.append(Path(path).name)
+            return read(path, bit_depth)
+
+        return read_and_count
+
+    monkeypatch.setattr(coco, "read_rgb", counting(coco.read_rgb))
+    monkeypatch.setattr(inference, "read_rgb", counting(inference.read_rgb))
+    config = load_config(runs["run"] / "config.yaml")
+    dataset = build_dataset(config, "val")
+    expected_image, expected_target = dataset[0]
+    decoded.clear()
+    (item,) = load_images(config, VisualizeRequest([runs["run"]], tmp_path, images=[dataset.image_path(0)]))
+    assert decoded == [dataset.image_path(0).name]
+    assert torch.equal(item.tensor, expected_image) and item.target.keys() == expected_target.keys()
+    assert all(torch.equal(item.target[key], expected_target[key]) for key in expected_target)
 
 
 def test_an_image_too_large_to_decode_is_an_error_naming_it(runs, tmp_path: Path, monkeypatch):

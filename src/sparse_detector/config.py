@@ -14,12 +14,13 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
+from .data.labels import LabelMode
 from .runs import CONFIG_FILE
-from .text import closest_name
+from .text import closest_name, did_you_mean
 
 PRESET_DIR = Path(__file__).parent / "configs"
 T = TypeVar("T")
@@ -27,6 +28,18 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration file or override that does not fit the schema."""
+
+
+# The choices of text settings: a value outside them is a config error naming the key (:func:`_convert`).
+BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
+BackboneNorm = Literal["frozen_bn", "batch_norm"]
+BackboneStage = Literal["stem", "layer1", "layer2", "layer3", "layer4"]
+FeatureStage = Literal["layer1", "layer2", "layer3", "layer4"]  # stages whose features can feed the transformer
+PositionEmbedding = Literal["sine", "learned"]
+OnInvalid = Literal["error", "skip"]
+OnNonfiniteLoss = Literal["error", "skip"]
+Precision = Literal["fp32", "bf16", "fp16"]
+WandbMode = Literal["offline", "online"]
 
 
 def check_ranges(section: str, config: Any, ranges: Mapping[str, tuple[float, float]]) -> None:
@@ -65,13 +78,13 @@ def check_image_sizes(section: str, config: Any, names: Iterable[str]) -> None:
 class BackboneConfig:
     """``model.backbone``: the CNN and how much of it trains."""
 
-    name: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
+    name: BackboneName = "resnet50"
     dilation: bool = False  # DC5: dilate the last stage instead of striding
     pretrained: bool = False  # ImageNet weights through torchvision's weights API (needs the internet once)
     lr: float = 1e-5  # 0 freezes the whole backbone (official semantics)
-    norm: str = "frozen_bn"  # frozen_bn (official) | batch_norm (trainable, for from-scratch presets)
-    trainable_layers: list[str] = field(default_factory=lambda: ["layer2", "layer3", "layer4"])  # of stem, layer1-4
-    return_layer: str = "layer4"  # stage whose features feed the transformer (layer3 = stride 16)
+    norm: BackboneNorm = "frozen_bn"  # frozen_bn (official) | batch_norm (trainable, for from-scratch presets)
+    trainable_layers: list[BackboneStage] = field(default_factory=lambda: ["layer2", "layer3", "layer4"])
+    return_layer: FeatureStage = "layer4"  # stage whose features feed the transformer (layer3 = stride 16)
 
     def __post_init__(self) -> None:
         check_ranges("model.backbone", self, {"lr": (0, math.inf)})
@@ -124,7 +137,7 @@ class ModelConfig:
     num_classes: int = 91  # DETR: class_embed has num_classes + 1 outputs (the last is "no object")
     num_queries: int = 100
     aux_loss: bool = True
-    position_embedding: str = "sine"  # sine | learned
+    position_embedding: PositionEmbedding = "sine"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     # One entry per attention site of the model, by the site's name (e.g. encoder_self, decoder_self,
@@ -165,8 +178,8 @@ class DataConfig:
 
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
-    label_mode: str = "contiguous"  # contiguous (0..C-1, category map in checkpoints) | coco_ids (official, 91)
-    on_invalid: str = "error"  # error | skip (invalid annotations and unreadable images dropped, counted, logged)
+    label_mode: LabelMode = "contiguous"  # contiguous (0..C-1, category map in checkpoints) | coco_ids (official, 91)
+    on_invalid: OnInvalid = "error"  # error | skip (invalid annotations and unreadable images dropped, counted, logged)
     check_images: bool = False  # decode every image before training / evaluation starts (finds unreadable ones)
     bit_depth: int = 0  # deep grayscale's white is 2**bit_depth - 1 for every image; 0: per image (README)
     train_scales: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))  # shorter side choices
@@ -224,8 +237,8 @@ class TrainConfig:
     log_every: int = 20  # steps between training log lines in metrics.jsonl
     max_steps_per_epoch: int = 0  # 0 = the whole training set every epoch
     deterministic: bool = False  # torch.use_deterministic_algorithms, for exactly repeatable runs
-    on_nonfinite_loss: str = "error"  # error | skip (the step is skipped, counted and logged)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler); losses stay in fp32
+    on_nonfinite_loss: OnNonfiniteLoss = "error"  # error | skip (the step is skipped, counted and logged)
+    precision: Precision = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler); losses stay in fp32
     compile: bool = False  # torch.compile the model (falls back to eager, with a warning, where it fails)
     keep_last: int = 1  # numbered end-of-epoch checkpoints kept beside checkpoint_last.pt (for a corrupt last one)
     keep_every: int = 0  # keep every N-th epoch's checkpoint for good (0 = none); those before lr drops are kept
@@ -233,7 +246,7 @@ class TrainConfig:
     diagnostics_every: int = 0  # steps between training diagnostics (weights, gradients, entropy); 0 = off
     wandb: bool = False  # also log to Weights & Biases (pip install 'sparse-detector[wandb]')
     wandb_project: str = "sparse-detector"
-    wandb_mode: str = "offline"  # offline (files in the run directory, sync later with `wandb sync`) | online
+    wandb_mode: WandbMode = "offline"  # offline (files in the run directory, sync later with `wandb sync`) | online
 
     def __post_init__(self) -> None:
         """Counts that a run divides by or loops over: a wrong one is a config error, not a failure mid-run."""
@@ -278,6 +291,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {_type_name(tp)}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        meant = did_you_mean(str(value), choices)
+        raise ConfigError(f"{key}: unknown value {value!r}{meant}; choose one of {list(choices)}")
     if dataclasses.is_dataclass(tp):
         value = {} if value is None else value  # a YAML section whose settings are all commented out
         if not isinstance(value, Mapping):
@@ -453,7 +472,7 @@ def _override_value(raw: str, tp: Any) -> Any:
     if not raw.strip():
         return ""  # key= is the empty string (YAML would read None)
     quoted = raw.strip()[:1] in ("'", '"')
-    if tp is str and not quoted:
+    if (tp is str or typing.get_origin(tp) is Literal) and not quoted:
         return raw.strip()
     try:
         return yaml.safe_load(raw)

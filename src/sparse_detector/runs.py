@@ -191,11 +191,11 @@ def read_analyses(inputs: Iterable[str | Path]) -> list[dict[str, Any]]:
                 "%s has the older layout (one PAIBB block, not per site): its PAIBB is not shown; run analyze again",
                 path,
             )
-        records.append(_where_its_checkpoint_is(record, path))
+        records.append(where_its_checkpoint_is(record, path))
     return records
 
 
-def _where_its_checkpoint_is(record: dict[str, Any], path: Path) -> dict[str, Any]:
+def where_its_checkpoint_is(record: dict[str, Any], path: Path) -> dict[str, Any]:
     """``record`` (read from ``path``) naming its checkpoint where it is now: analyze stores the path it was given,
     which no longer leads to it from another folder or once the run directory was moved, copied from a cluster or
     renamed, and then labelled the run by its old folder; the checkpoint of that name in the run directory around

@@ -57,7 +57,7 @@ from .files import write_atomically
 from .models import build_criterion, build_model
 from .report import write_analysis
 from .report.study import write_study_report
-from .runs import ANALYSIS_DIRS, ANALYSIS_FILE, CONFIG_FILE
+from .runs import ANALYSIS_DIRS, ANALYSIS_FILE, CONFIG_FILE, where_its_checkpoint_is
 from .text import counted, did_you_mean
 from .viz.figure import replace_previous_figures
 from .viz.kinds import VisualizeRequest, object_query_kind, visualize
@@ -263,11 +263,12 @@ def analyze_run(run_dir: Path, device: str) -> dict[str, Any]:
 
 
 def _analysis_current(run_dir: Path) -> bool:
-    """Whether the run's analysis exists and is newer than the checkpoint it analysed."""
+    """Whether the run's analysis exists and is newer than the checkpoint it analysed, found in the run directory
+    where the study folder was moved (:func:`where_its_checkpoint_is`)."""
     path = run_dir / ANALYSIS_DIRS[False] / ANALYSIS_FILE
     if not path.is_file():
         return False
-    checkpoint = Path(json.loads(path.read_text()).get("checkpoint", ""))
+    checkpoint = Path(where_its_checkpoint_is(json.loads(path.read_text()), path)["checkpoint"])
     return checkpoint.is_file() and checkpoint.stat().st_mtime <= path.stat().st_mtime
 
 

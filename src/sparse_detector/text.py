@@ -14,12 +14,13 @@ def counted(count: int, noun: str, plural: str = "") -> str:
 
 def closest_name(text: str, names: Iterable[str]) -> str | None:
     """The name most like a mistyped ``text``, if any: difflib's ratio of at least 0.6 between the names without
-    their leading dashes (which every option shares), 0.75 for a word of 4 or 5 letters (``--set`` is not
-    ``--site``), 0.66 for shorter ones, which one wrong letter puts at 2/3 (``vok``: ``voc``)."""
+    their leading dashes (which every option shares) and letter case (``SPARSEMAX``: ``sparsemax``), 0.75 for a
+    word of 4 or 5 letters (``--set`` is not ``--site``), 0.66 for shorter ones, which one wrong letter puts at 2/3
+    (``vok``: ``voc``)."""
     by_word: dict[str, str] = {}
     for name in names:
-        by_word.setdefault(name.lstrip("-"), name)
-    word = text.lstrip("-")
+        by_word.setdefault(name.lstrip("-").lower(), name)
+    word = text.lstrip("-").lower()
     cutoff = 0.66 if len(word) <= 3 else 0.75 if len(word) < 6 else 0.6
     return next((by_word[match] for match in difflib.get_close_matches(word, list(by_word), n=1, cutoff=cutoff)), None)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..config import OnInvalid
 from ..files import file_kind
 from ..logs import RANK_SPECIFIC
 from .labels import LabelMap, LabelMode
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OnInvalid = Literal["error", "skip"]
 MAX_EXAMPLES = 5
 
 
@@ -617,7 +617,8 @@ class CocoDetection(Dataset):
         return self.images_dir / self._records[index].file_name
 
     def load_image(self, index: int) -> Image.Image:
-        """Decode image ``index`` as RGB, raising ``DatasetError`` naming the file if it is unreadable."""
+        """Decode image ``index`` as RGB, raising ``DatasetError`` naming the file if it is unreadable or not the size
+        the JSON says."""
         record = self._records[index]
         path = self.image_path(index)
         try:
@@ -626,6 +627,12 @@ class CocoDetection(Dataset):
             raise DatasetError(
                 f"cannot read image {path} (image id {record.image_id}): {err}; replace the file"
             ) from err
+        return self._sized(index, image)
+
+    def _sized(self, index: int, image: Image.Image) -> Image.Image:
+        """``image``, the decoded file of image ``index``, if it is the size the JSON says, else a ``DatasetError``."""
+        record = self._records[index]
+        path = self.image_path(index)
         if image.size != (record.width, record.height):
             fix = "fix the JSON width/height"
             if (orientation := labelled_turned(path, (record.width, record.height), image.size)) != 1:
@@ -659,8 +666,14 @@ class CocoDetection(Dataset):
         return [(r.height, r.width) for r in self._records]
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]] | None:
+        return self.sample(index)
+
+    def sample(self, index: int, image: Image.Image | None = None) -> tuple[Tensor, dict[str, Tensor]] | None:
+        """Image ``index`` and its target after the transforms, from ``image`` where the caller has decoded its file
+        (as :func:`read_rgb` does; decoded here when None); None when ``data.on_invalid=skip`` skips it as unreadable
+        or not the size the JSON says."""
         try:
-            image = self.load_image(index)
+            image = self.load_image(index) if image is None else self._sized(index, image)
         except DatasetError as err:
             if self.on_invalid == "error":
                 raise DatasetError(

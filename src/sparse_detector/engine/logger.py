@@ -16,10 +16,12 @@ import re
 import struct
 import sys
 import time
+import typing
 import uuid
 from pathlib import Path
 from typing import Any
 
+from ..config import WandbMode
 from ..runs import METRICS_FILE, read_metrics
 from .coco_eval import STAT_NAMES
 
@@ -285,7 +287,7 @@ def _is_number(text: str) -> bool:
 
 #: The package each backend needs, by its setting (``train.<name>``), and the extra that installs it.
 BACKEND_EXTRAS = {"tensorboard": "logging", "wandb": "wandb"}
-WANDB_MODES = ("offline", "online")
+WANDB_MODES = typing.get_args(WandbMode)
 
 
 def _missing(backend: str) -> RuntimeError:

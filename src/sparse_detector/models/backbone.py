@@ -6,6 +6,7 @@ position encoding), so official checkpoints load without a key map.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import torch
@@ -15,11 +16,11 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..config import BackboneConfig
+from ..config import BackboneConfig, BackboneName, BackboneStage
 from ..data.batching import PaddedBatch
 
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
-STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+RESNETS = typing.get_args(BackboneName)
+STAGES = typing.get_args(BackboneStage)
 NORM_LAYERS = {"frozen_bn": FrozenBatchNorm2d, "batch_norm": nn.BatchNorm2d}
 MEMORY_FORMAT = torch.channels_last
 """The layout of the ResNet's convolution weights and of the images it reads. oneDNN's channels-last convolutions

@@ -237,7 +237,7 @@ def load_images(config: Config, request: VisualizeRequest, matched: Sequence[Lab
             turned.append(str(path))
         truth_names = []
         index = by_path.get(path.resolve())
-        if index is not None and (sample := dataset[index]) is not None:
+        if index is not None and (sample := dataset.sample(index, image)) is not None:  # the image read once
             tensor, target = sample
             size, truth_names = tuple(target["orig_size"].tolist()), _category_names(dataset, target)
         else:

@@ -26,8 +26,22 @@ from ..orientation import labelled_turned
 logger = logging.getLogger(__name__)
 
 # .jfif / .jpe: JPEG as browsers and Windows save it from the web; .mpo (a camera's JPEG pair) and .pfm (float) as
-# Ultralytics reads them
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".avif", ".mpo", ".pfm")
+# Ultralytics reads them; .gif read by its first frame (Pillow's, as every image is read: data.coco.read_rgb)
+IMAGE_SUFFIXES = (
+    ".jpg",
+    ".jpeg",
+    ".jfif",
+    ".jpe",
+    ".png",
+    ".bmp",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".avif",
+    ".mpo",
+    ".pfm",
+    ".gif",
+)
 # Photos of formats Pillow does not read (phones' HEIC, cameras' raw DNG): named when left out of a folder's images
 OTHER_IMAGE_SUFFIXES = (".heic", ".heif", ".dng")
 
