@@ -20,6 +20,7 @@ from PIL import Image
 from sparse_detector import build_model, load_config
 from sparse_detector.attention.sites import PointsRecord
 from sparse_detector.cli import main
+from sparse_detector.cli.visualize import RUN_ONLY_KINDS
 from sparse_detector.engine.diagnostics import read_diagnostics
 from sparse_detector.engine.trainer import Trainer
 from sparse_detector.runs import read_metrics
@@ -122,7 +123,8 @@ def test_every_kind_renders_from_a_trained_run(runs, tmp_path: Path, capsys):
     expected = {"attention": attention_size, "curves": (14 * DPI, round(6.5 * DPI)), "matching": (10 * DPI, 540)}
     for kind in FIGURE_KINDS:
         out = tmp_path / kind
-        assert main(["visualize", kind, *kind_arguments(kind, runs), "--output", str(out), "--num-images", "1"]) == 0
+        images = [] if kind in RUN_ONLY_KINDS else ["--num-images", "1"]  # run-only kinds refuse it
+        assert main(["visualize", kind, *kind_arguments(kind, runs), "--output", str(out), *images]) == 0
         files = sorted(path for path in out.iterdir() if path.name != FIGURES_RECORD)
         assert files, kind
         for path in files:
@@ -1566,8 +1568,8 @@ def test_predict_coco_results_above_a_threshold_say_their_ap_is_not_evaluates(ru
 
 
 def test_a_drawing_option_the_kind_does_not_read_is_an_error(tmp_path: Path, capsys):
-    """`visualize compare RUN OTHER --queries 3` (or `encoder --queries`, `attention --pixels`, `curves --site`) drew
-    figures that silently ignored the option, as if it had been honoured."""
+    """`visualize compare RUN OTHER --queries 3` (or `encoder --queries`, `attention --pixels`, `curves --site`,
+    `curves --num-images 2`) drew figures that silently ignored the option, as if it had been honoured."""
     run, other = str(tmp_path / "run"), str(tmp_path / "other")  # never loaded: the options are checked first
     for argv, option in (
         (["compare", run, other, "--queries", "3"], "--queries"),
@@ -1575,6 +1577,8 @@ def test_a_drawing_option_the_kind_does_not_read_is_an_error(tmp_path: Path, cap
         (["matching", run, "--max-queries", "2"], "--max-queries"),
         (["attention", run, "--pixels", "3,3"], "--pixels"),
         (["curves", run, "--site", "decoder_cross"], "--site"),
+        (["curves", run, "--num-images", "2"], "--num-images"),  # run-only kinds draw no images
+        (["alpha", run, "--num-images", "1"], "--num-images"),
     ):
         assert main(["visualize", *argv, "--output", str(tmp_path / "figures")]) == 2
         err = capsys.readouterr().err
