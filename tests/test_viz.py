@@ -13,6 +13,7 @@ import pytest
 import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 from PIL import Image
@@ -30,7 +31,14 @@ from sparse_detector.viz.alpha import alpha_figure, alpha_history, value_decimal
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, ZERO_LEGEND, attention_figure, grey
 from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure, run_colors
 from sparse_detector.viz.data import Sample, data_figure
-from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_size, references_figure, sampling_figure
+from sparse_detector.viz.deformable import (
+    FULL_WEIGHT_AREA,
+    LEVEL_COLORS,
+    MIN_AREA,
+    marker_size,
+    references_figure,
+    sampling_figure,
+)
 from sparse_detector.viz.diagnostics import NO_GRADIENTS_NOTE, diagnostics_figure
 from sparse_detector.viz.figure import DPI, FIGURES_RECORD, LabelledBox, save_figure, wrapped
 from sparse_detector.viz.kinds import (
@@ -1187,6 +1195,23 @@ def test_sampling_points_outside_the_image_are_counted():
     locations = [(0.5, 0.9), (0.5, 1.2), (-0.1, 0.5), (0.3, 0.3)]
     figure = sampling_figure(np.full((40, 40, 3), 0.5), sampling_record(locations, [0.4, 0.3, 0.0, 0.3]), 0, 0)
     assert figure.axes[0].get_title() == "all heads (1 zero, 2 outside the image)"
+
+
+def test_sampling_points_at_one_place_leave_the_smaller_on_top():
+    """With box references (box refinement, two-stage) every level's points start at the same places: level by level,
+    a larger point of a later level covered an earlier level's point there, and level 1 vanished from the figure.
+    Larger points are now drawn first, in every panel, and the hollow zero-weight points last."""
+    weights = torch.tensor([0.1, 0.2, 0.6, 0.0, 0.05, 0.05]).reshape(1, 1, 2, 3, 1)  # (B, Lq, heads, levels, points)
+    locations = torch.full((1, 1, 2, 3, 1, 2), 0.5)  # all six points at the image's centre
+    reference = torch.tensor([0.5, 0.5]).expand(1, 1, 3, 2)
+    record = PointsRecord(weights, locations, reference, torch.tensor([[4, 4], [2, 2], [1, 1]]), torch.ones(1, 3, 2))
+    figure = sampling_figure(np.full((40, 40, 3), 0.5), record, 0, 0)
+    panels = ([0.6, 0.2, 0.1, 0.05, 0.05, 0.0], [0.6, 0.2, 0.1], [0.05, 0.05, 0.0])  # all heads, head 0, head 1
+    for axes, expected in zip(figure.axes, panels, strict=True):
+        drawn = [size for collection in axes.collections for size in collection.get_sizes()]  # in drawing order
+        assert drawn == pytest.approx([MIN_AREA + FULL_WEIGHT_AREA * w for w in expected])
+    hollow = figure.axes[0].collections[-1]
+    assert [tuple(c) for c in hollow.get_edgecolors()] == [to_rgba(LEVEL_COLORS[0])]  # head 1's level 0
 
 
 @pytest.mark.parametrize("height, width", [(40, 40), (43, 128), (128, 43)])
