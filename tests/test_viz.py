@@ -29,7 +29,7 @@ from sparse_detector.study import analyze_run
 from sparse_detector.viz import kinds
 from sparse_detector.viz.alpha import alpha_figure, alpha_history, value_decimals
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, ZERO_LEGEND, attention_figure, grey
-from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure, run_colors
+from sparse_detector.viz.curves import EVALUATION_NOTE, TRAINING_NOTE, curves_figure, run_colors
 from sparse_detector.viz.data import Sample, data_figure
 from sparse_detector.viz.deformable import (
     FULL_WEIGHT_AREA,
@@ -1156,6 +1156,16 @@ def test_curves_panels_with_nothing_recorded_say_so():
     notes = {axes.get_title(): [t.get_text() for t in axes.texts] for axes in figure.axes}
     assert notes["AP (solid, circles), AP50 (dashed, triangles),\nAP75 (dotted, squares)"] == [EVALUATION_NOTE]
     assert notes["total loss (weighted sum)"] == [] and len(figure.axes[0].get_xticks()) > 0
+
+
+def test_curves_of_runs_shorter_than_one_logging_interval_say_why_the_losses_are_missing():
+    """A run of fewer steps than train.log_every (3 steps an epoch, log_every 20) logs no training step: its loss
+    panels said "not recorded in these runs", as if the losses were never computed; they now name train.log_every."""
+    records = [{"type": "epoch", "step": s, "epoch": e, "train_loss": 11.0, "AP": 0.1} for e, s in ((1, 3), (2, 6))]
+    figure = curves_figure({"short": records})
+    notes = {axes.get_title(): [t.get_text() for t in axes.texts] for axes in figure.axes}
+    assert notes["total loss (weighted sum)"] == [TRAINING_NOTE] == ["no training step logged\n(see train.log_every)"]
+    assert notes["class error (%) of matched queries:\ntrain (line), validation (squares)"] == [TRAINING_NOTE]
 
 
 def test_curves_of_a_loss_that_blew_up_are_on_a_log_scale_and_show_skipped_steps():
