@@ -198,6 +198,19 @@ def test_too_few_classes_is_a_clear_error(shapes, tmp_path: Path):
         Trainer(shapes_config(shapes, "model.num_classes=2"), tmp_path / "run", progress=False)
 
 
+def test_too_few_classes_under_raw_category_ids_names_the_label_mode(shapes, tmp_path: Path):
+    """The Deformable DETR presets keep raw COCO ids: a data set whose ids are 1..4 then needs 5 classes, and the
+    error says that data.label_mode=contiguous fits its 4 categories with model.num_classes=4."""
+    config = shapes_config(shapes, "data.label_mode=coco_ids", "model.num_classes=4")
+    with pytest.raises(ValueError) as raised:
+        Trainer(config, tmp_path / "run", progress=False)
+    assert str(raised.value) == (
+        f"model.num_classes is 4 but {shapes['train']} needs 5 classes (data.label_mode=coco_ids: each label is its "
+        "category id, up to 4; with data.label_mode=contiguous the 4 categories need model.num_classes=4); "
+        "set model.num_classes=5"
+    )
+
+
 def test_images_with_more_boxes_than_queries_are_counted_in_a_warning(shapes, tmp_path: Path, caplog):
     boxes = Counter(a["image_id"] for a in json.loads(shapes["train"].read_text())["annotations"])
     over = sum(count > 1 for count in boxes.values())

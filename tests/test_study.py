@@ -369,6 +369,28 @@ def test_the_html_report_shows_code_spans_as_code(tmp_path: Path):
     assert "Preset `shapes_tiny`, overrides `train.epochs=1`;" in (tmp_path / "report.md").read_text()
 
 
+def test_report_says_what_each_map_sets(tmp_path: Path):
+    """The report named the maps ("sparse") in every table but never said what they set, so a map that changed two
+    sites read as one; a Maps table now lists each map's overrides, in both reports."""
+    maps = {
+        "softmax": [],
+        "sparse": ["model.attention.decoder_cross.activation=sparsemax", "model.attention.decoder_self.alpha_init=1.3"],
+    }
+    study = SimpleNamespace(source="s.yaml", maps=maps, seeds=[0], preset="shapes_tiny", set=[])
+    write_study_report(tmp_path, study, [], [], 0.1)
+    markdown = (tmp_path / "report.md").read_text()
+    assert (
+        "## Maps\n\n| map | settings |\n|---|---|\n| softmax | (none) |\n"
+        "| sparse | model.attention.decoder_cross.activation=sparsemax model.attention.decoder_self.alpha_init=1.3 |"
+    ) in markdown
+    page = (tmp_path / "report.html").read_text()
+    assert (
+        "<h2>Maps</h2><table><thead><tr><th>map</th><th>settings</th></tr></thead><tbody>"
+        "<tr><td>softmax</td><td>(none)</td></tr><tr><td>sparse</td><td>model.attention.decoder_cross.activation="
+        "sparsemax model.attention.decoder_self.alpha_init=1.3</td></tr></tbody></table>"
+    ) in page.replace("\n", "")
+
+
 def test_report_marks_paibb_of_sampling_points_beside_grid_mass(tmp_path: Path):
     """The attention table set a DETR map's PAIBB (attention mass over the feature grid) and a Deformable DETR map's
     (weight of the sampling points inside the box) in one column with no note; the points' values are now marked and

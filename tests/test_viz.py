@@ -13,6 +13,7 @@ import pytest
 import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 from PIL import Image
@@ -20,6 +21,7 @@ from PIL import Image
 from sparse_detector import build_model, load_config
 from sparse_detector.attention.sites import PointsRecord
 from sparse_detector.cli import main
+from sparse_detector.cli.visualize import RUN_ONLY_KINDS
 from sparse_detector.data.build import build_dataset
 from sparse_detector.engine.diagnostics import read_diagnostics
 from sparse_detector.engine.trainer import Trainer
@@ -28,9 +30,16 @@ from sparse_detector.study import analyze_run
 from sparse_detector.viz import kinds
 from sparse_detector.viz.alpha import alpha_figure, alpha_history, value_decimals
 from sparse_detector.viz.attention import COLORMAP, OVERLAY_ALPHA, ZERO_LEGEND, attention_figure, grey
-from sparse_detector.viz.curves import EVALUATION_NOTE, curves_figure, run_colors
+from sparse_detector.viz.curves import EVALUATION_NOTE, TRAINING_NOTE, curves_figure, run_colors
 from sparse_detector.viz.data import Sample, data_figure
-from sparse_detector.viz.deformable import FULL_WEIGHT_AREA, MIN_AREA, marker_size, references_figure, sampling_figure
+from sparse_detector.viz.deformable import (
+    FULL_WEIGHT_AREA,
+    LEVEL_COLORS,
+    MIN_AREA,
+    marker_size,
+    references_figure,
+    sampling_figure,
+)
 from sparse_detector.viz.diagnostics import NO_GRADIENTS_NOTE, diagnostics_figure
 from sparse_detector.viz.figure import DPI, FIGURES_RECORD, LabelledBox, save_figure, wrapped
 from sparse_detector.viz.kinds import (
@@ -123,7 +132,8 @@ def test_every_kind_renders_from_a_trained_run(runs, tmp_path: Path, capsys):
     expected = {"attention": attention_size, "curves": (14 * DPI, round(6.5 * DPI)), "matching": (10 * DPI, 540)}
     for kind in FIGURE_KINDS:
         out = tmp_path / kind
-        assert main(["visualize", kind, *kind_arguments(kind, runs), "--output", str(out), "--num-images", "1"]) == 0
+        images = [] if kind in RUN_ONLY_KINDS else ["--num-images", "1"]  # run-only kinds refuse it
+        assert main(["visualize", kind, *kind_arguments(kind, runs), "--output", str(out), *images]) == 0
         files = sorted(path for path in out.iterdir() if path.name != FIGURES_RECORD)
         assert files, kind
         for path in files:
@@ -1176,6 +1186,16 @@ def test_curves_panels_with_nothing_recorded_say_so():
     assert notes["total loss (weighted sum)"] == [] and len(figure.axes[0].get_xticks()) > 0
 
 
+def test_curves_of_runs_shorter_than_one_logging_interval_say_why_the_losses_are_missing():
+    """A run of fewer steps than train.log_every (3 steps an epoch, log_every 20) logs no training step: its loss
+    panels said "not recorded in these runs", as if the losses were never computed; they now name train.log_every."""
+    records = [{"type": "epoch", "step": s, "epoch": e, "train_loss": 11.0, "AP": 0.1} for e, s in ((1, 3), (2, 6))]
+    figure = curves_figure({"short": records})
+    notes = {axes.get_title(): [t.get_text() for t in axes.texts] for axes in figure.axes}
+    assert notes["total loss (weighted sum)"] == [TRAINING_NOTE] == ["no training step logged\n(see train.log_every)"]
+    assert notes["class error (%) of matched queries:\ntrain (line), validation (squares)"] == [TRAINING_NOTE]
+
+
 def test_curves_of_a_loss_that_blew_up_are_on_a_log_scale_and_show_skipped_steps():
     """A loss that went from 20 to 6e4 flattened the rest of the run into a line at 0; steps skipped for a
     non-finite loss (train.on_nonfinite_loss=skip) were in no curve and nothing said they had happened."""
@@ -1213,6 +1233,23 @@ def test_sampling_points_outside_the_image_are_counted():
     locations = [(0.5, 0.9), (0.5, 1.2), (-0.1, 0.5), (0.3, 0.3)]
     figure = sampling_figure(np.full((40, 40, 3), 0.5), sampling_record(locations, [0.4, 0.3, 0.0, 0.3]), 0, 0)
     assert figure.axes[0].get_title() == "all heads (1 zero, 2 outside the image)"
+
+
+def test_sampling_points_at_one_place_leave_the_smaller_on_top():
+    """With box references (box refinement, two-stage) every level's points start at the same places: level by level,
+    a larger point of a later level covered an earlier level's point there, and level 1 vanished from the figure.
+    Larger points are now drawn first, in every panel, and the hollow zero-weight points last."""
+    weights = torch.tensor([0.1, 0.2, 0.6, 0.0, 0.05, 0.05]).reshape(1, 1, 2, 3, 1)  # (B, Lq, heads, levels, points)
+    locations = torch.full((1, 1, 2, 3, 1, 2), 0.5)  # all six points at the image's centre
+    reference = torch.tensor([0.5, 0.5]).expand(1, 1, 3, 2)
+    record = PointsRecord(weights, locations, reference, torch.tensor([[4, 4], [2, 2], [1, 1]]), torch.ones(1, 3, 2))
+    figure = sampling_figure(np.full((40, 40, 3), 0.5), record, 0, 0)
+    panels = ([0.6, 0.2, 0.1, 0.05, 0.05, 0.0], [0.6, 0.2, 0.1], [0.05, 0.05, 0.0])  # all heads, head 0, head 1
+    for axes, expected in zip(figure.axes, panels, strict=True):
+        drawn = [size for collection in axes.collections for size in collection.get_sizes()]  # in drawing order
+        assert drawn == pytest.approx([MIN_AREA + FULL_WEIGHT_AREA * w for w in expected])
+    hollow = figure.axes[0].collections[-1]
+    assert [tuple(c) for c in hollow.get_edgecolors()] == [to_rgba(LEVEL_COLORS[0])]  # head 1's level 0
 
 
 @pytest.mark.parametrize("height, width", [(40, 40), (43, 128), (128, 43)])
@@ -1594,8 +1631,8 @@ def test_predict_coco_results_above_a_threshold_say_their_ap_is_not_evaluates(ru
 
 
 def test_a_drawing_option_the_kind_does_not_read_is_an_error(tmp_path: Path, capsys):
-    """`visualize compare RUN OTHER --queries 3` (or `encoder --queries`, `attention --pixels`, `curves --site`) drew
-    figures that silently ignored the option, as if it had been honoured."""
+    """`visualize compare RUN OTHER --queries 3` (or `encoder --queries`, `attention --pixels`, `curves --site`,
+    `curves --num-images 2`) drew figures that silently ignored the option, as if it had been honoured."""
     run, other = str(tmp_path / "run"), str(tmp_path / "other")  # never loaded: the options are checked first
     for argv, option in (
         (["compare", run, other, "--queries", "3"], "--queries"),
@@ -1603,6 +1640,8 @@ def test_a_drawing_option_the_kind_does_not_read_is_an_error(tmp_path: Path, cap
         (["matching", run, "--max-queries", "2"], "--max-queries"),
         (["attention", run, "--pixels", "3,3"], "--pixels"),
         (["curves", run, "--site", "decoder_cross"], "--site"),
+        (["curves", run, "--num-images", "2"], "--num-images"),  # run-only kinds draw no images
+        (["alpha", run, "--num-images", "1"], "--num-images"),
     ):
         assert main(["visualize", *argv, "--output", str(tmp_path / "figures")]) == 2
         err = capsys.readouterr().err

@@ -29,6 +29,7 @@ FIGURE_KIND_NAMES = (
 FIGURE_FORMATS = ("png", "pdf", "svg")
 RUN_ONLY_KINDS = ("alpha", "curves", "diagnostics", "sparsity")  # figures of runs' logs and analyses, no images
 MAX_QUERIES = 10  # --max-queries' default
+NUM_IMAGES = 3  # --num-images' default
 QUERY_KINDS = ("attention", "deformable")  # the kinds that choose their queries by score
 #: The drawing options only some kinds read: given to another kind, they are an error, not silently dropped.
 OPTION_KINDS = {
@@ -37,6 +38,7 @@ OPTION_KINDS = {
     "--max-queries": QUERY_KINDS,
     "--pixels": ("encoder", "deformable"),
     "--site": ("attention", "compare", "deformable", "encoder"),
+    "--num-images": tuple(kind for kind in FIGURE_KIND_NAMES if kind not in RUN_ONLY_KINDS),
 }
 
 
@@ -59,7 +61,10 @@ def add_visualize_command(commands: Subparsers) -> None:
     parser.add_argument("--output", help="output folder (default: RUN/figures)")
     parser.add_argument("--format", choices=FIGURE_FORMATS, default="png", help="file format")
     parser.add_argument(
-        "--num-images", type=positive_int, default=3, help="validation images drawn when none are given"
+        "--num-images",
+        type=positive_int,
+        default=NUM_IMAGES,
+        help="validation images drawn when none are given (the kinds that draw images)",
     )
     parser.add_argument(
         "--queries", type=int, nargs="+", help="attention, deformable: these queries (default: score >= threshold)"
@@ -94,6 +99,7 @@ def _refuse_unread_options(args: argparse.Namespace) -> None:
         "--max-queries": args.max_queries != MAX_QUERIES,
         "--pixels": args.pixels is not None,
         "--site": args.site is not None,
+        "--num-images": args.num_images != NUM_IMAGES,
     }
     unread = [option for option, kinds in OPTION_KINDS.items() if given[option] and args.kind not in kinds]
     if unread:

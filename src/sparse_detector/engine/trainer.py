@@ -127,7 +127,17 @@ def check_num_classes(config: Config, dataset: CocoDetection) -> None:
     have, need = config.model.num_classes, dataset.num_classes
     source = dataset.annotation_file
     if have < need:
-        raise ValueError(f"model.num_classes is {have} but {source} needs {need} classes; set model.num_classes={need}")
+        labels = dataset.labels
+        raw_ids = ""
+        if labels.label_mode == "coco_ids" and need != len(labels.label_to_category_id):
+            raw_ids = (
+                f" (data.label_mode=coco_ids: each label is its category id, up to {need - 1}; with "
+                f"data.label_mode=contiguous the {len(labels.label_to_category_id)} categories need "
+                f"model.num_classes={len(labels.label_to_category_id)})"
+            )
+        raise ValueError(
+            f"model.num_classes is {have} but {source} needs {need} classes{raw_ids}; set model.num_classes={need}"
+        )
     if config.data.label_mode == "contiguous" and have != need:
         raise ValueError(
             f"model.num_classes is {have} but {source} has {need} categories (contiguous labels); "

@@ -148,6 +148,12 @@ def study_tables(outcomes: Sequence[RunOutcome]) -> dict[str, Table]:
     }
 
 
+def maps_table(maps: dict[str, list[str]]) -> Table:
+    """What each map of the study sets: its name as the other tables and the runs use it, and its overrides (on top
+    of the preset and the study's shared ones)."""
+    return Table(["map", "settings"], [[name, " ".join(overrides) or "(none)"] for name, overrides in maps.items()])
+
+
 def _html_table(table: Table) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows)
@@ -191,7 +197,7 @@ def write_study_report(
 ) -> list[Path]:
     """Write ``report.md`` and ``report.html`` into ``study_dir``; returns their paths. ``not_drawn``: the figures
     that failed, with why (the study's, and each run's after its run's name)."""
-    tables = study_tables(outcomes)
+    tables = {"Maps": maps_table(study.maps), **study_tables(outcomes)} if study.maps else study_tables(outcomes)
     title = study_title(study)
     intro = (
         f"Preset `{study.preset}`, overrides `{' '.join(study.set) or '(none)'}`; "

@@ -30,6 +30,7 @@ LOSS_TITLES = {
 # key -> (name, line style, marker): the markers tell the series apart where one evaluation draws no line
 AP_OVERALL = {"AP": ("AP", "-", "o"), "AP50": ("AP50", "--", "^"), "AP75": ("AP75", ":", "s")}
 EVALUATION_NOTE = "no evaluation recorded\n(see train.eval_every)"
+TRAINING_NOTE = "no training step logged\n(see train.log_every)"  # runs shorter than one logging interval
 WIDE_RANGE = 100  # a panel whose values span more than this factor gets a log y axis
 AP_BY_SIZE = {"AP_small": ("APs", "-", "o"), "AP_medium": ("APm", "--", "^"), "AP_large": ("APl", ":", "s")}
 STYLE_WORDS = {"-": "solid", "--": "dashed", ":": "dotted", "o": "circles", "^": "triangles", "s": "squares"}
@@ -153,9 +154,13 @@ def curves_figure(runs: Mapping[str, Sequence[Mapping]], title: str = "") -> Fig
         by_size += f"\n{' and '.join(absent)}: no such objects in the validation data"
     grid[1][2].set_title(by_size, fontsize=9)
     _plot_val_loss(grid[1][3], runs, colors)
+    logged = any(record.get("type") == "train" for records in runs.values() for record in records)
     for axes in grid.flat:
         if not any(len(line.get_xdata()) for line in axes.lines):
-            _mark_empty(axes, EVALUATION_NOTE if axes in (grid[1][1], grid[1][2]) else "not recorded in these runs")
+            if axes in (grid[1][1], grid[1][2]):
+                _mark_empty(axes, EVALUATION_NOTE)
+            else:
+                _mark_empty(axes, "not recorded in these runs" if logged else TRAINING_NOTE)
     if title:
         figure.suptitle(title, fontsize=10)
     return figure

@@ -53,16 +53,19 @@ def level_pixels(
 
 
 def _draw_points(ax, locations: np.ndarray, weights: np.ndarray, pixels: np.ndarray) -> None:
-    """``locations`` (L, P, 2) in [0, 1] of each level's valid cells, ``pixels`` (L, 2) their size in pixels,
-    ``weights`` (L, P): coloured by level, sized by weight."""
-    for level in range(locations.shape[0]):
-        color = LEVEL_COLORS[level % len(LEVEL_COLORS)]
-        x, y = locations[level, :, 0] * pixels[level, 0], locations[level, :, 1] * pixels[level, 1]
-        w = weights[level]
-        sizes = MIN_AREA + FULL_WEIGHT_AREA * w
-        zero = w == 0
-        ax.scatter(x[~zero], y[~zero], s=sizes[~zero], c=color, alpha=0.8, edgecolors="white", linewidths=0.5)
-        ax.scatter(x[zero], y[zero], s=sizes[zero], facecolors="none", edgecolors=color, linewidths=1.3)
+    """``locations`` (heads, L, P, 2) in [0, 1] of each level's valid cells, ``pixels`` (L, 2) their size in pixels,
+    ``weights`` (heads, L, P): coloured by level, sized by weight. Larger points are drawn first, so a smaller one at
+    the same place stays visible on top (with box references every level's points start at the same places), and
+    the hollow zero-weight points last."""
+    where = (locations * pixels[None, :, None, :]).reshape(-1, 2)
+    levels = np.broadcast_to(np.arange(locations.shape[1])[None, :, None], weights.shape).ravel()
+    colors = np.array([LEVEL_COLORS[level % len(LEVEL_COLORS)] for level in levels], dtype=object)
+    w = weights.ravel()
+    sizes = MIN_AREA + FULL_WEIGHT_AREA * w
+    order = np.argsort(-sizes, kind="stable")
+    filled, zero = order[w[order] != 0], order[w[order] == 0]
+    ax.scatter(*where[filled].T, s=sizes[filled], c=list(colors[filled]), alpha=0.8, edgecolors="white", linewidths=0.5)
+    ax.scatter(*where[zero].T, s=sizes[zero], facecolors="none", edgecolors=list(colors[zero]), linewidths=1.3)
 
 
 def _reference_pixels(
@@ -119,8 +122,7 @@ def sampling_figure(
     panels = [("all heads", range(heads))] + [(f"head {h}", [h]) for h in range(heads)]
     for ax, (name, selected) in zip(axes, panels, strict=False):
         ax.imshow(image, extent=(0, width, height, 0))
-        for head in selected:
-            _draw_points(ax, locations[head], weights[head], pixels)
+        _draw_points(ax, locations[list(selected)], weights[list(selected)], pixels)
         _draw_boxes(ax, boxes)
         ax.plot(*reference, marker="x", color="black", markersize=9, mew=2.5)
         ax.plot(*reference, marker="x", color="white", markersize=7, mew=1.2)
