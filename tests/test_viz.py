@@ -564,8 +564,9 @@ def test_visualize_skips_an_unreadable_image_and_names_turned_ones(runs, tmp_pat
 
 
 def test_references_figure_labels_every_decoder_layer():
-    """One reference point per layer, in layer order, joined by arrows; layers at the same point (to 0.1 px) share a
-    label and no arrow: a point moved by a rounding error drew a stray arrowhead beside it."""
+    """One reference point per layer, in layer order, joined by arrows; layers at the same point, or closer than a
+    label's size on the figure, share a label and no arrow: a point moved by a rounding error drew a stray arrowhead
+    beside it, and labels of points a pixel apart were drawn over each other (only the last one readable)."""
 
     def record(x: float, y: float) -> PointsRecord:
         reference = torch.tensor([x, y]).expand(1, 1, 1, 2)  # (B, Lq, L, 2)
@@ -573,11 +574,13 @@ def test_references_figure_labels_every_decoder_layer():
         return PointsRecord(weights, locations, reference, torch.tensor([[4, 4]]), torch.ones(1, 1, 2))
 
     image = np.random.default_rng(0).random((40, 80, 3))
-    layers = [record(0.5, 0.5), record(0.5, 0.5 + 1e-4), record(0.25, 0.75)]
+    # 80 px drawn 5 inches wide: a 12-point label spans 2.7 px; layers 2 and 3 lie 0.8 px apart, 4 is 4 px from 3
+    layers = [record(0.5, 0.5), record(0.5, 0.5 + 1e-4), record(0.25, 0.75), record(0.26, 0.75), record(0.31, 0.75)]
     ax = references_figure(image, layers, 0, 0).axes[0]
     labels = [text.get_text() for text in ax.texts]
-    assert labels == ["", "0,1", "2"]  # one arrow (layer 1 -> 2), then the labels
-    assert [line.get_xydata().tolist() for line in ax.lines] == [[[40.0, 20.0]], [[20.0, 30.0]]]
+    assert labels == ["", "", "0,1", "2,3", "4"]  # arrows 1 -> 2 and 3 -> 4, then the labels
+    spots = [xy for line in ax.lines for xy in line.get_xydata().ravel().tolist()]
+    assert spots == pytest.approx([40.0, 20.0, 20.0, 30.0, 24.8, 30.0], abs=1e-5)
     boxed = references_figure(image, [record(0.5, 0.5)], 0, 0, [((10, 10, 30, 30), "red")], title="run: q0")
     assert boxed.get_suptitle() == "run: q0\nboxes: prediction (red)"  # was unexplained; names only what is drawn
 

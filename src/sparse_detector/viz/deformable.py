@@ -31,6 +31,8 @@ LEGEND_WEIGHTS = (0.1, 0.5, 1.0)
 PANEL_INCHES = 3.0  # the side of a square image's panel; other shapes keep about its area
 MIN_PANEL_WIDTH = 2.6  # inches: a panel's title ("head 3 (2 zero, 11 outside the image)") fits above it
 #: One colour per feature level: visible on the white legend and apart from the box colours (red, cyan).
+REFERENCES_INCHES = 5.0  # the width of the reference-points figure
+LABEL_ROOM_POINTS = 12.0  # a layer label's size (9 pt text, its box): points closer share one label
 LEVEL_COLORS = ("tab:blue", "magenta", "lime", "orange", "tab:purple", "tab:brown")
 
 
@@ -153,6 +155,17 @@ def sampling_figure(
     return figure
 
 
+def _label_spots(points: Sequence[tuple[float, float]], room: float) -> list[tuple[float, float]]:
+    """Each point's spot: the first earlier point closer than ``room`` (image pixels, the size of a layer label on
+    the figure) in both x and y, else its own place, so layers whose points (nearly) coincide share one label
+    instead of labels drawn over each other."""
+    spots: list[tuple[float, float]] = []
+    for x, y in points:
+        near = (spot for spot in dict.fromkeys(spots) if abs(spot[0] - x) < room and abs(spot[1] - y) < room)
+        spots.append(next(near, (x, y)))
+    return spots
+
+
 def references_figure(
     image: np.ndarray,
     records: Sequence[PointsRecord],
@@ -168,13 +181,13 @@ def references_figure(
     height, width = image.shape[:2]
     pixels = level_pixels(records[0], image_index, width, height, level_strides)
     points = [_reference_pixels(record, image_index, query_index, pixels) for record in records]
-    figure = Figure(figsize=(5, 5 * height / width + 0.6), layout="constrained")
+    figure = Figure(figsize=(REFERENCES_INCHES, REFERENCES_INCHES * height / width + 0.6), layout="constrained")
     ax = figure.subplots()
     ax.imshow(image, extent=(0, width, height, 0))
     _draw_boxes(ax, boxes)
-    spots = [(round(x, 1), round(y, 1)) for x, y in points]  # layers whose points coincide (no box refinement)
+    spots = _label_spots(points, LABEL_ROOM_POINTS * width / (REFERENCES_INCHES * 72))
     for (start, end), (here, there) in zip(pairwise(points), pairwise(spots), strict=True):
-        if here != there:  # a point that did not move gets no arrow (it drew a stray arrowhead), only its label
+        if here != there:  # layers at one spot get no arrow (a tiny one drew a stray arrowhead), only their label
             ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "color": "yellow", "lw": 1.5})
     labels: dict[tuple[float, float], list[str]] = {}  # one label per spot, naming its layers
     for layer, spot in enumerate(spots):
