@@ -6,12 +6,16 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 
 import pytest
 
 from sparse_detector.cli import main
+from sparse_detector.config import load_config
+from sparse_detector.data import generate_shapes_splits
+from sparse_detector.engine.checkpoint import load_checkpoint
 from sparse_detector.engine.diagnostics import DIAGNOSTICS_FILE, read_diagnostics
 from sparse_detector.files import write_atomically
 from sparse_detector.runs import (
@@ -27,6 +31,8 @@ from sparse_detector.runs import (
     read_metrics,
     resolve_checkpoint,
 )
+
+from .conftest import shapes_overrides
 
 
 def test_checkpoints_metrics_and_analyses(tmp_path: Path, caplog: pytest.LogCaptureFixture):
@@ -205,3 +211,71 @@ def test_a_write_killed_midway_leaves_the_old_file_whole_and_no_temporary_file(t
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def _train_a_step(run_dir: Path, train: dict[str, Path], val: dict[str, Path]) -> None:
+    """A tiny run of one training step on ``train``'s shapes, validated on ``val``'s, trained as ``train`` does."""
+    data = shapes_overrides(train) + [
+        f"data.val.{key}={val[name]}" for key, name in (("images", "images"), ("annotations", "val"))
+    ]
+    command = ["train", "--config", "shapes_tiny", "--output-dir", str(run_dir), "--no-progress", "--set", *data]
+    assert main([*command, "train.epochs=1", "train.max_steps_per_epoch=1"]) == 0
+
+
+def _shapes(folder: Path) -> dict[str, Path]:
+    return {"images": folder / "images", **generate_shapes_splits(folder, 4, 2, seed=3, image_size=96, max_size=40)}
+
+
+def test_a_moved_folder_holding_a_run_and_its_data_reads_the_data_where_it_is_now(
+    tmp_path: Path, capsys, caplog: pytest.LogCaptureFixture
+):
+    """quickstart keeps its data beside its run (<folder>/data, <folder>/train), and the run's config.yaml and
+    checkpoints name both absolute: once the folder was moved, analyze, evaluate, visualize and train --resume failed
+    with 'annotation file <old folder>/data/annotations/val.json does not exist'."""
+    folder = tmp_path / "quickstart"
+    data = _shapes(folder / "data")
+    _train_a_step(folder / "train", data, data)
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    folder.rename(moved)
+    run, val = moved / "train", moved / "data" / "annotations" / "val.json"
+    caplog.set_level(logging.WARNING)
+    capsys.readouterr()
+    assert main(["analyze", "--checkpoint", str(run), "--device", "cpu"]) == 0
+    assert json.loads((run / "analysis" / "analysis.json").read_text())["data"] == str(val)
+    assert main(["evaluate", "--checkpoint", str(run), "--device", "cpu"]) == 0
+    assert f"on {val} (2 images)" in capsys.readouterr().out
+    assert main(["visualize", "attention", str(run), "--num-images", "1", "--device", "cpu"]) == 0
+    assert list((run / "figures").glob("attention_*.png"))
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--no-progress"]) == 0
+    assert load_checkpoint(run / LAST_CHECKPOINT)["epoch"] == 2
+    resumed = load_config(run / "config.yaml")  # the continued run's config names the data and folder it has now
+    assert (resumed.data.train.images, resumed.train.output_dir) == (str(moved / "data" / "images"), str(run))
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert [message for message in warnings if "moved" in message] == [
+        f"moved run: its data under {folder}, which leads nowhere now, is read under {moved}"
+    ], "said once (per process), not once per loading"
+    changes = [message for message in warnings if "the config changes" in message]
+    assert changes == ["resume: the config changes train.epochs: 1 -> 2"], "the move is no change of settings"
+
+
+def test_data_outside_a_moved_folder_is_read_where_its_config_names_it(tmp_path: Path, capsys):
+    """A moved run's own data set elsewhere stays as its config names it, even beside a copy at the same place
+    relative to the run's new folder; a path that leads nowhere from either place is the data loader's error."""
+    project, own = tmp_path / "project", tmp_path / "datasets" / "val"
+    _train_a_step(project / "runs" / "mine", _shapes(project / "data"), _shapes(own))
+    moved = tmp_path / "moved" / "project"
+    moved.parent.mkdir()
+    project.rename(moved)
+    copy = tmp_path / "moved" / own.relative_to(tmp_path)  # where a data set moved along with the project would be
+    shutil.copytree(own, copy)
+    run = moved / "runs" / "mine"
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--no-progress"]) == 0
+    config = load_config(run / "config.yaml")
+    assert config.data.train.images == str(moved / "data" / "images"), "the data moved with the run"
+    assert config.data.val.annotations == str(own / "annotations" / "val.json"), "the data elsewhere stays"
+    shutil.rmtree(own)
+    shutil.rmtree(copy)
+    capsys.readouterr()
+    assert main(["analyze", "--checkpoint", str(run), "--device", "cpu"]) == 2
+    assert f"annotation file {own / 'annotations' / 'val.json'} does not exist" in capsys.readouterr().err

@@ -157,6 +157,36 @@ def test_a_moved_study_keeps_its_analyses(tmp_path: Path):
     assert not _analysis_current(moved / "runs" / "softmax-seed0")
 
 
+def test_a_moved_study_with_generated_data_goes_on_where_it_is(tmp_path: Path, capsys):
+    """A study generates its shapes data into <study>/data, and its runs' configs named it absolute: once the study
+    folder was moved, running it again marked every run 'NOT REDONE: done before with other settings' (its data paths
+    old -> new), and a kept run's analysis and figures would still have read the data where it was."""
+    config, study = tmp_path / "study.yaml", {**MINIMAL_STUDY, "maps": {"softmax": []}}
+    config.write_text(yaml.safe_dump(study))
+    assert main(["study", str(config), "--output-dir", str(tmp_path / "study"), "--no-progress"]) == 0
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    (tmp_path / "study").rename(moved)
+    run = moved / "runs" / "softmax-seed0"
+    kept = [run / "checkpoint_last.pt", run / ANALYSIS_DIRS[False] / ANALYSIS_FILE]
+    mtimes = {path: path.stat().st_mtime_ns for path in kept}
+    shutil.rmtree(run / "figures")  # drawn again from the data where it is now
+    config.write_text(yaml.safe_dump({**study, "seeds": [0, 1]}))
+    capsys.readouterr()
+    assert main(["study", str(config), "--output-dir", str(moved), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "softmax-seed0: done before, kept (its figures redrawn)" in out and "softmax-seed1: training in" in out
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in mtimes.items()), "neither trained nor analysed again"
+    figures = figure_files(moved)
+    assert {
+        "figures/curves.png",
+        "figures/sparsity.png",
+        "runs/softmax-seed0/figures/matching_val_000000.png",
+    } <= figures
+    assert "runs/softmax-seed1/figures/matching_val_000000.png" in figures
+    assert "| softmax | 2 |" in (moved / "report.md").read_text()
+
+
 def test_a_run_s_minutes_add_up_over_invocations_failed_ones_too(tmp_path: Path, monkeypatch):
     """The report's "minutes (all invocations)" dropped the time of an invocation whose run failed (e.g. in
     training) when a later one finished it: 1 min instead of 2 here."""

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import logging
 import math
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -24,6 +27,8 @@ from .text import closest_name, did_you_mean
 
 PRESET_DIR = Path(__file__).parent / "configs"
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -519,18 +524,75 @@ def dataclass_from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
     """Load a YAML config (file path or preset name; ``None`` = defaults) and apply ``key.sub=value`` overrides."""
-    tree = _read_yaml_tree(resolve_config_path(path)) if path is not None else {}
-    for override in overrides:
-        _apply_override(tree, override)
-    return config_from_dict(tree)
+    return _overridden(_read_yaml_tree(resolve_config_path(path)) if path is not None else {}, overrides)
 
 
 def override_config(config: Config, overrides: Iterable[str]) -> Config:
     """A copy of ``config`` with ``key.sub=value`` overrides applied (and validated)."""
-    tree = config_to_dict(config)
+    return _overridden(config_to_dict(config), overrides)
+
+
+def load_run_config(run_dir: Path, overrides: Iterable[str] = ()) -> Config:
+    """A run directory's ``config.yaml`` with its data paths as they lead now (:func:`run_config_here`), then
+    ``key.sub=value`` overrides applied."""
+    return _overridden(run_config_here(_read_yaml_tree(run_dir / CONFIG_FILE), run_dir), overrides)
+
+
+def _overridden(tree: dict, overrides: Iterable[str]) -> Config:
+    """The config of ``tree`` with ``key.sub=value`` overrides applied (``tree`` changed in place)."""
     for override in overrides:
         _apply_override(tree, override)
     return config_from_dict(tree)
+
+
+def run_config_here(tree: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A run's stored config (its ``config.yaml`` or a checkpoint's, as a tree) as it leads from where the run is now,
+    ``run_dir``: its data paths absolute, as the data loader reads them, and ``train.output_dir`` naming ``run_dir``
+    where it named the run's folder elsewhere (train, quickstart and study store it absolute).
+
+    A folder moved or copied with a run and its data inside (a quickstart's, a study's; taken from a cluster,
+    renamed) leaves the run's data paths leading nowhere. Such a path, under a folder (not the root) that held the
+    run too when it was written (``train.output_dir``), is read at the same place under the folder holding
+    ``run_dir`` now in the same way (the same folder names down to the run), where it is there; one line says so per
+    move. A path that exists is kept, as is one that exists in neither place (the data loader then names it)."""
+    tree = copy.deepcopy(dict(tree))
+    train = tree.get("train") or {}
+    stored_run = Path(str(train.get("output_dir", "")))
+    stored_run = stored_run.resolve() if stored_run.is_absolute() else None  # resolved as far as it still exists
+    run_now = Path(run_dir).resolve()
+    for paths in (tree.get("data") or {}).values():
+        if not isinstance(paths, dict):  # the splits are data's only sections
+            continue
+        for key, value in paths.items():
+            if isinstance(value, str) and value:
+                paths[key] = str(_data_path_here(Path(value).resolve(), stored_run, run_now))
+    if stored_run is not None and stored_run != run_now:
+        train["output_dir"] = str(Path(run_dir).absolute())
+    return tree
+
+
+def _data_path_here(stored: Path, stored_run: Path | None, run_now: Path) -> Path:
+    """``stored``, or where it is now that the run was moved with it from ``stored_run`` to ``run_now``
+    (:func:`run_config_here`); paths absolute."""
+    if stored.exists() or stored_run is None:
+        return stored
+    shared = Path(os.path.commonpath([stored, stored_run]))
+    below = stored_run.relative_to(shared).parts  # the run's folders below the one it shared with its data
+    kept = len(run_now.parts) - len(below)
+    if shared == Path(shared.anchor) or kept < 1 or run_now.parts[kept:] != below:
+        return stored  # nothing shared but the root (not moved with the run), or the run is elsewhere below it now
+    shared_now = Path(*run_now.parts[:kept])
+    here = shared_now / stored.relative_to(shared)
+    if not here.exists():
+        return stored
+    _say_moved(shared, shared_now)
+    return here
+
+
+@functools.cache
+def _say_moved(old: Path, new: Path) -> None:
+    """The one line that says a moved run's data is read where it was moved to (once per move and process)."""
+    log.warning("moved run: its data under %s, which leads nowhere now, is read under %s", old, new)
 
 
 def config_to_dict(config: Any) -> dict:

@@ -43,10 +43,11 @@ from .config import (
     dataclass_from_dict,
     load_config,
     read_yaml,
+    run_config_here,
     without_pretrained,
 )
 from .data import generate_shapes_splits
-from .data.build import build_dataset, build_loader
+from .data.build import absolute_data_paths, build_dataset, build_loader
 from .data.shapes import generate_shapes
 from .engine.analyze import analyze, load_analysis_model
 from .engine.checkpoint import run_checkpoints
@@ -166,8 +167,10 @@ def _data_overrides(study: StudyConfig, study_dir: Path) -> list[str]:
 
 
 def run_config(study: StudyConfig, map_name: str, seed: int, data_overrides: list[str]) -> Config:
-    """The config of one run of the study: its map's overrides and seed on top of the preset and shared settings."""
-    return load_config(study.preset, [*data_overrides, *study.set, *study.maps[map_name], f"train.seed={seed}"])
+    """The config of one run of the study: its map's overrides and seed on top of the preset and shared settings, its
+    data paths absolute (as train's, so that its config.yaml reads the same from any folder)."""
+    overrides = [*data_overrides, *study.set, *study.maps[map_name], f"train.seed={seed}"]
+    return absolute_data_paths(load_config(study.preset, overrides))
 
 
 def check_variants(study: StudyConfig, data_overrides: list[str], device: str = "") -> None:
@@ -320,11 +323,16 @@ def _changed_settings(
     run_dir: Path, study: StudyConfig, map_name: str, seed: int, data: list[str]
 ) -> tuple[list[str], bool]:
     """The settings (``key: old -> new``) in which a run's saved config differs from what the study asks now (the
-    device it ran on is not a setting of its results), and whether the only change is more epochs, which a finished
-    run can be trained on to."""
-    saved = read_yaml(run_dir / CONFIG_FILE)
+    device it ran on and the folder it is in are not settings of its results; its data paths are compared as they
+    lead from where the run is now, so a moved study folder keeps its runs), and whether the only change is more
+    epochs, which a finished run can be trained on to."""
+    saved = run_config_here(read_yaml(run_dir / CONFIG_FILE), run_dir)
     asked = config_to_dict(run_config(study, map_name, seed, data))
-    changed = [change for change in config_differences(saved, asked) if not change.startswith("train.device:")]
+    changed = [
+        change
+        for change in config_differences(saved, asked)
+        if not change.startswith(("train.device:", "train.output_dir:"))
+    ]
     more_epochs = changed == [f"train.epochs: {saved['train']['epochs']!r} -> {asked['train']['epochs']!r}"]
     return changed, more_epochs and asked["train"]["epochs"] > saved["train"]["epochs"]
 
@@ -390,6 +398,7 @@ def _run_one(
     outcome = RunOutcome(name, map_name, seed, run_dir, "done")
     try:
         config = run_config(study, map_name, seed, data)
+        config.train.output_dir = str(run_dir.absolute())  # its config.yaml names the directory it is in, as train's
         if device:
             config.train.device = device
         stage = "train"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import Config, load_config
+from ..config import Config, load_config, load_run_config
 from ..logs import log_for_other_rank
 from ..runs import CONFIG_FILE
 from .outputs import show_progress
@@ -121,7 +121,7 @@ def _train(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--resume {run_dir} does not exist; give the run directory of the run to continue")
         if not (run_dir / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); check the --resume path")
-        config = load_config(run_dir / CONFIG_FILE, args.set)
+        config = load_run_config(run_dir, args.set)
         config.train.output_dir = str(run_dir.absolute())
         message = _finished_run_message(run_dir, config)
         if message:

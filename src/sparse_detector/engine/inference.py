@@ -27,7 +27,9 @@ from ..config import (
     ConfigError,
     check_score_threshold,
     config_from_dict,
+    config_to_dict,
     override_config,
+    run_config_here,
     without_pretrained,
 )
 from ..data.batching import PaddedBatch, collate_detection
@@ -156,6 +158,7 @@ def load_trained_model(path: str | Path, official: bool = False, arch: str = "de
             f"{source} carries a 'config' that is not one of this package's ({err}); for an official DETR / "
             "Deformable DETR checkpoint pass --official"
         ) from err
+    config = config_from_dict(run_config_here(config_to_dict(config), source.parent))  # its data where it is now
     config = without_pretrained(config)  # the checkpoint holds the weights (and a model built from it again too)
     model = build_model(config)
     load_state_dict_checked(model, checkpoint["model"], str(source))

@@ -28,6 +28,7 @@ from ..config import (
     config_from_dict,
     config_to_dict,
     dump_config,
+    run_config_here,
     without_pretrained,
 )
 from ..data.batching import size_grouped_batches
@@ -529,7 +530,10 @@ class Trainer:
         if path is None:
             raise FileNotFoundError(f"run directory {self.run_dir} holds no valid checkpoint to resume from")
         state = load_checkpoint(path)
-        settings = config_differences(state.get("config", {}), config_to_dict(self.config))
+        saved, ours = (  # both with their data paths as they lead from the run directory now
+            run_config_here(tree, self.run_dir) for tree in (state.get("config", {}), config_to_dict(self.config))
+        )
+        settings = config_differences(saved, ours)
         try:
             load_state_dict_checked(self.model, state["model"], str(path))
         except CheckpointMismatchError:

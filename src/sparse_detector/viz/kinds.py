@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..analysis import AttentionMaps, record_attention
 from ..attention.sites import QueryKind, model_sites, select_sites
-from ..config import DEFAULT_SCORE_THRESHOLD, Config, load_config
+from ..config import DEFAULT_SCORE_THRESHOLD, Config, load_config, load_run_config
 from ..data.batching import collate_detection
 from ..data.build import build_dataset, config_transforms
 from ..data.coco import CocoDetection, DatasetError
@@ -661,7 +661,7 @@ def matching_kind(request: VisualizeRequest) -> list[Path]:
 def _config_of(source: Path, request: VisualizeRequest) -> Config:
     """A run's config (run directory or checkpoint) or a YAML config / preset name."""
     if source.is_dir() and (source / CONFIG_FILE).is_file():
-        return load_config(source / CONFIG_FILE, request.overrides)
+        return load_run_config(source, request.overrides)
     if source.suffix in (".yaml", ".yml") or not source.exists():
         return load_config(str(source), request.overrides)
     if source.is_dir() and not holds_checkpoint(source):  # e.g. the data's folder
