@@ -478,6 +478,17 @@ def test_a_failed_drawing_leaves_no_figures_folder(runs, tmp_path: Path, capsys)
     assert not (missing.parent / "figures").exists()
 
 
+def test_visualize_of_an_image_that_does_not_exist_says_so(runs, tmp_path: Path, capsys):
+    """`visualize attention RUN photos/thre.jpg` said 'neither an image file nor a folder'."""
+    (tmp_path / "there.jpg").touch()
+    assert (
+        main(["visualize", "attention", str(runs["run"]), str(tmp_path / "thre.jpg"), "--output", str(tmp_path)]) == 2
+    )
+    assert f"input {tmp_path / 'thre.jpg'} does not exist (did you mean {tmp_path / 'there.jpg'}?)" in (
+        capsys.readouterr().err
+    )
+
+
 def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, capsys):
     run = str(runs["run"])
     assert main(["analyze", "--checkpoint", run, "--paibb-upsampled", "--output", str(tmp_path / "a")]) == 0
