@@ -453,7 +453,15 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert main(["visualize", "compare", run, deformable, "--output", str(tmp_path)]) == 2  # was a TypeError
     assert "site decoder_cross has points keys" in capsys.readouterr().err
     assert main(["visualize", "encoder", deformable, "--output", str(tmp_path)]) == 2
-    assert "draw its sampling points with: sparse-detector visualize deformable" in capsys.readouterr().err
+    err = (
+        capsys.readouterr().err
+    )  # was "no site of grid over the feature grid to draw; its sites: ... (grid over points)"
+    assert (
+        "(deformable_detr): the model has no site of feature-grid cells over the feature grid to draw (its sites: "
+        in err
+    )
+    assert "encoder_self (feature-grid cells over sampling points), decoder_self (object queries over object " in err
+    assert "draw its sampling points instead with: sparse-detector visualize deformable" in err
     assert main(["visualize", "attention", run, "--site", "encoder_self", "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err  # was drawn: grid cell q as if it were object query q
     assert "queries of site encoder_self are feature-grid cells, not object queries" in err
@@ -464,7 +472,8 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert "--pixels 10,-1 is outside val_000000" in capsys.readouterr().err
     assert main(["visualize", "deformable", run, "--output", str(tmp_path)]) == 2  # was "...: []"
     err = capsys.readouterr().err
-    assert "(detr): the model has no site of object queries over sampling points" in err
+    assert "(detr): the model has no site of object queries over sampling points (its sites: encoder_self " in err
+    assert "decoder_cross (object queries over the feature grid)" in err
     assert "draw its attention with: sparse-detector visualize attention" in err
 
 
