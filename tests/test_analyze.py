@@ -228,6 +228,9 @@ def test_compare_says_which_runs_read_paibb_over_sampling_points(analysis: dict)
     )
     assert "; elsewhere PAIBB is the attention mass inside the matched box." in note
     assert "sampling-point" not in compare_markdown([analysis, points], ["gini"])
+    only_points = compare_markdown([points, points], ["paibb"]).splitlines()[-1]  # two Deformable DETR runs
+    assert "decoder_cross) PAIBB is the weight of the sampling points inside the matched box" in only_points
+    assert "box widths / heights. Runs — " in only_points and "elsewhere" not in only_points
     assert "sampling-point" not in compare_markdown([analysis], ["paibb"])
 
 

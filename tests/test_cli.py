@@ -143,6 +143,31 @@ def test_a_mistyped_name_is_answered_with_the_closest_one(argv: list[str], messa
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["evaluate", "runs/x"],
+            "sparse-detector evaluate: error: the following arguments are required: --checkpoint "
+            "(did you mean --checkpoint runs/x?)",
+        ),
+        (["analyze", "runs/x", "--workers", "0"], "required: --checkpoint (did you mean --checkpoint runs/x?)"),
+        (["data", "import", "yolo", "src", "o.json"], "required: --out (did you mean --out o.json?)"),
+        (["data", "split", "all.json", "splits"], "required: --out-dir (did you mean --out-dir splits?)"),
+        (["evaluate", "--chekpoint", "runs/x"], "required: --checkpoint (did you mean --checkpoint runs/x?)"),
+        (["evaluate"], "required: --checkpoint\n"),  # no stray word: nothing to suggest
+        (["data", "import", "yolo", "src"], "required: --out\n"),
+    ],
+)
+def test_a_missing_option_is_suggested_with_the_stray_word_given(argv: list[str], message: str, capsys) -> None:
+    """`evaluate runs/x` and `data import yolo SRC OUT` got argparse's bare 'the following arguments are required:
+    --checkpoint' (--out), not naming the word given without its option."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_an_input_read_as_an_override_says_so(tmp_path: Path, monkeypatch, capsys) -> None:
     """`predict --checkpoint run --set data.val_size=512 photo.png` read photo.png as an override: 'the following
     arguments are required: inputs'."""

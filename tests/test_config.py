@@ -365,3 +365,15 @@ def test_presets_are_the_official_recipes(preset: str):
         for part in key.split("."):
             value = getattr(value, part)
         assert value == official, f"{preset}: {key} is {value!r}, officially {official!r}"
+
+
+def test_the_readme_names_the_short_run_setting_in_a_train_command_that_loads():
+    """`train.max_steps_per_epoch` (a short try-out run) was in no part of the README; each README train command's
+    --set overrides load on its preset as written."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    commands = re.findall(r"^sparse-detector train --config (\w+) --set (.+?) --output-dir", readme, re.MULTILINE)
+    assert any("train.max_steps_per_epoch=" in overrides for _, overrides in commands)
+    for preset, overrides in commands:
+        load_config(preset, overrides.split())
+    short = load_config("shapes_tiny", ["train.max_steps_per_epoch=5"])
+    assert short.train.max_steps_per_epoch == 5

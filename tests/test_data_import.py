@@ -376,6 +376,41 @@ def test_photos_pillow_cannot_read_are_named_not_left_out_silently(tmp_path: Pat
     assert "b.HEIC" in caplog.text
 
 
+def test_files_of_a_folder_of_photos_that_are_not_images_are_named_in_one_line(tmp_path: Path, caplog) -> None:
+    """predict and visualize left `photos/notes.txt` out of a folder's images without a word; hidden files
+    (.DS_Store) stay unnamed, and so do the labels beside a YOLO data set's images."""
+    photos = tmp_path / "photos"
+    write_image(photos / "a.jpg")
+    for name in ("notes.txt", "sub/b.pdf", ".DS_Store", "out/predictions.json"):
+        write_text(photos / name, "not an image")
+    with caplog.at_level(logging.WARNING):
+        assert image_files([photos], skip=photos / "out") == [photos / "a.jpg"]
+    assert caplog.messages == [f"{photos}: left out 2 files that are not images: notes.txt, sub/b.pdf"]
+    caplog.clear()
+    (photos / "notes.txt").unlink()
+    with caplog.at_level(logging.WARNING):
+        image_files([photos], skip=photos / "out")
+    assert caplog.messages == [f"{photos}: left out 1 file that is not an image: sub/b.pdf"]
+    caplog.clear()
+    write_text(photos / "a.txt", "0 0.5 0.5 0.2 0.4\n")  # a YOLO label beside its image
+    with caplog.at_level(logging.WARNING):
+        import_yolo(photos, tmp_path / "out.json", write_text(tmp_path / "c.txt", "cell\n"))
+    assert "not an image" not in caplog.text
+
+
+def test_an_input_that_does_not_exist_says_so_with_the_closest_name(tmp_path: Path) -> None:
+    """`predict ... photos/nothere.jpg` said 'neither an image file nor a folder'."""
+    write_image(tmp_path / "photos" / "there.jpg")
+    with pytest.raises(
+        FileNotFoundError, match=r"^input \S+/photos/thre.jpg does not exist \(did you mean \S+/photos/there.jpg\?\)$"
+    ):
+        image_files([tmp_path / "photos" / "thre.jpg"])
+    with pytest.raises(FileNotFoundError, match=r"^input \S+/elsewhere/there.jpg does not exist$"):
+        image_files([tmp_path / "elsewhere" / "there.jpg"])
+    with pytest.raises(FileNotFoundError, match=r"^input \S+/photos/zzzz.png does not exist$"):
+        image_files([tmp_path / "photos" / "zzzz.png"])
+
+
 def test_gif_images_are_taken_from_folders_by_their_first_frame(tmp_path: Path, caplog) -> None:
     """A .gif in a folder was left out without a word by predict, visualize and the YOLO, VOC and CSV imports (its
     label file reported as having no image), though Pillow reads it; it is taken now, by its first frame."""

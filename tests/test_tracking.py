@@ -321,6 +321,25 @@ def test_parameter_counts_are_printed_and_split_trainable_frozen(shapes, tmp_pat
     assert record["total"] == counts["total"]
 
 
+def test_a_backbone_from_scratch_with_frozen_norms_is_warned_about_once(shapes, tmp_path: Path, caplog):
+    """A DETR preset with model.backbone.pretrained=false kept norm=frozen_bn: its BatchNorm layers stayed an
+    identity for the whole run without a word. The shapes_tiny preset (batch_norm) and a resume say nothing."""
+    Trainer(shapes_config(shapes, *TRACKED), tmp_path / "tiny", progress=False)
+    assert not [r for r in caplog.records if "frozen_bn" in r.message]
+    config = shapes_config(shapes, *TRACKED, "model.backbone.norm=frozen_bn", "train.max_steps_per_epoch=1")
+    Trainer(config, tmp_path / "run", progress=False).fit()
+    frozen = [r.message for r in caplog.records if "model.backbone.norm=frozen_bn" in r.message]
+    assert frozen == [
+        "model.backbone.pretrained=false with model.backbone.norm=frozen_bn: the backbone's frozen BatchNorm layers "
+        "keep their initial values (scale 1, shift 0: they do nothing) for the whole run, so it trains without "
+        "normalisation; set model.backbone.norm=batch_norm to train them (as the shapes_tiny preset does)"
+    ]
+    caplog.clear()
+    resumed = shapes_config(shapes, *TRACKED, "model.backbone.norm=frozen_bn", "train.epochs=2")
+    Trainer(resumed, tmp_path / "run", resume=True, progress=False)
+    assert not [r for r in caplog.records if "frozen_bn" in r.message]
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_with_fp32_losses(shapes, tmp_path: Path, precision: str, caplog):
     config = shapes_config(shapes, *TRACKED, f"train.precision={precision}", "train.max_steps_per_epoch=1")

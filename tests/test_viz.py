@@ -453,7 +453,15 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert main(["visualize", "compare", run, deformable, "--output", str(tmp_path)]) == 2  # was a TypeError
     assert "site decoder_cross has points keys" in capsys.readouterr().err
     assert main(["visualize", "encoder", deformable, "--output", str(tmp_path)]) == 2
-    assert "draw its sampling points with: sparse-detector visualize deformable" in capsys.readouterr().err
+    err = (
+        capsys.readouterr().err
+    )  # was "no site of grid over the feature grid to draw; its sites: ... (grid over points)"
+    assert (
+        "(deformable_detr): the model has no site of feature-grid cells over the feature grid to draw (its sites: "
+        in err
+    )
+    assert "encoder_self (feature-grid cells over sampling points), decoder_self (object queries over object " in err
+    assert "draw its sampling points instead with: sparse-detector visualize deformable" in err
     assert main(["visualize", "attention", run, "--site", "encoder_self", "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err  # was drawn: grid cell q as if it were object query q
     assert "queries of site encoder_self are feature-grid cells, not object queries" in err
@@ -464,7 +472,8 @@ def test_visualize_errors_name_what_to_do(runs, tmp_path: Path, capsys):
     assert "--pixels 10,-1 is outside val_000000" in capsys.readouterr().err
     assert main(["visualize", "deformable", run, "--output", str(tmp_path)]) == 2  # was "...: []"
     err = capsys.readouterr().err
-    assert "(detr): the model has no site of object queries over sampling points" in err
+    assert "(detr): the model has no site of object queries over sampling points (its sites: encoder_self " in err
+    assert "decoder_cross (object queries over the feature grid)" in err
     assert "draw its attention with: sparse-detector visualize attention" in err
 
 
@@ -476,6 +485,17 @@ def test_a_failed_drawing_leaves_no_figures_folder(runs, tmp_path: Path, capsys)
     assert main(["visualize", "attention", str(missing)]) == 2
     assert f"checkpoint {missing} does not exist" in capsys.readouterr().err
     assert not (missing.parent / "figures").exists()
+
+
+def test_visualize_of_an_image_that_does_not_exist_says_so(runs, tmp_path: Path, capsys):
+    """`visualize attention RUN photos/thre.jpg` said 'neither an image file nor a folder'."""
+    (tmp_path / "there.jpg").touch()
+    assert (
+        main(["visualize", "attention", str(runs["run"]), str(tmp_path / "thre.jpg"), "--output", str(tmp_path)]) == 2
+    )
+    assert f"input {tmp_path / 'thre.jpg'} does not exist (did you mean {tmp_path / 'there.jpg'}?)" in (
+        capsys.readouterr().err
+    )
 
 
 def test_analyze_reads_the_thesis_paibb_only_when_asked(runs, tmp_path: Path, capsys):

@@ -14,7 +14,8 @@ Subparsers = argparse._SubParsersAction  # what add_subparsers() returns; add_pa
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse's parser that adds the closest name to a mistyped subcommand, choice or option ("did you mean")."""
+    """argparse's parser that adds the closest name to a mistyped subcommand, choice or option ("did you mean"),
+    and a stray word given without its option to a missing required one."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -27,6 +28,28 @@ class Parser(argparse.ArgumentParser):
             if suggestion := closest_name(str(value), map(str, action.choices or ())):
                 raise argparse.ArgumentError(action, f"{err.message}; did you mean {suggestion!r}?") from None
             raise
+
+    def _parse_known_args(  # type: ignore[override]
+        self, arg_strings: list[str], namespace: argparse.Namespace, *rest: object
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """As argparse's, but a missing required option is named with the closest stray word given as its value:
+        `evaluate runs/x` says "the following arguments are required: --checkpoint (did you mean --checkpoint
+        runs/x?)" where argparse named the option only."""
+        required = [action for action in self._actions if action.option_strings and action.required]
+        for action in required:
+            action.required = False  # checked below, where the words left over are known
+        try:
+            namespace, extras = super()._parse_known_args(arg_strings, namespace, *rest)  # type: ignore[misc]
+        finally:
+            for action in required:
+                action.required = True
+        if missing := [action for action in required if getattr(namespace, action.dest, None) is None]:
+            names = [max(action.option_strings, key=len) for action in missing]
+            strays = [text for text in extras if not text.startswith("-")]
+            meant = " ".join(f"{name} {text}" for name, text in zip(names, strays, strict=False))  # in order
+            hint = f" (did you mean {meant}?)" if meant else ""
+            self.error(f"the following arguments are required: {', '.join(names)}{hint}")
+        return namespace, extras
 
     def parse_args(  # type: ignore[override]
         self, args: list[str] | None = None, namespace: argparse.Namespace | None = None

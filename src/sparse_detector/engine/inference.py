@@ -35,7 +35,7 @@ from ..config import (
 from ..data.batching import PaddedBatch, collate_detection
 from ..data.build import build_dataset, config_transforms
 from ..data.coco import UNREADABLE_IMAGE_ERRORS, DatasetError, load_json, read_rgb, to_rgb
-from ..data.importers.common import IMAGE_SUFFIXES, image_files_under
+from ..data.importers.common import IMAGE_SUFFIXES, image_files_under, is_hidden
 from ..data.labels import LabelMap
 from ..data.orientation import exif_orientation
 from ..data.transforms import image_tensor
@@ -44,7 +44,7 @@ from ..models import DetectionOutput, build_model
 from ..models.postprocess import postprocessor_for
 from ..models.weights import load_official, load_state_dict_checked
 from ..runs import resolve_checkpoint
-from ..text import counted
+from ..text import closest_name, counted
 from .checkpoint import load_checkpoint
 from .coco_eval import MAX_DETECTIONS
 from .device import resolve_device
@@ -220,19 +220,18 @@ def record_run_batch(
 
 def image_files(inputs: Sequence[str | Path], skip: Path | None = None) -> list[Path]:
     """The image files named in ``inputs``: files, or folders whose images (subfolders too, hidden ones and macOS's
-    ``__MACOSX`` left out) are taken in path order. Nothing under ``skip`` (e.g. the output folder, so earlier
-    outputs written inside an input folder are not read back as inputs) is taken from a folder."""
+    ``__MACOSX`` left out) are taken in path order, the other files there named in a warning. Nothing under
+    ``skip`` (e.g. the output folder, so earlier outputs written inside an input folder are not read back as inputs)
+    is taken from a folder."""
     skip = skip.resolve() if skip is not None else None
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += [
-                path
-                for path in image_files_under(item)
-                if not (skip is not None and path.resolve().is_relative_to(skip))
-            ]
+            files += image_files_under(item, skip, name_other_files=True)
         elif item.is_file():
             files.append(item)
+        elif not item.exists():
+            raise FileNotFoundError(f"input {item} does not exist{_closest_file(item)}")
         else:
             raise FileNotFoundError(f"input {item} is neither an image file nor a folder")
     if not files:
@@ -240,6 +239,14 @@ def image_files(inputs: Sequence[str | Path], skip: Path | None = None) -> list[
             f"no images ({', '.join(IMAGE_SUFFIXES)}) in {[str(i) for i in inputs]} or their subfolders"
         )
     return files
+
+
+def _closest_file(path: Path) -> str:
+    """`` (did you mean FOLDER/NAME?)`` with the name in ``path``'s folder closest to its mistyped one, else
+    nothing."""
+    names = [child.name for child in path.parent.iterdir() if not is_hidden(child.name)] if path.parent.is_dir() else []
+    close = closest_name(path.name, names)
+    return f" (did you mean {path.parent / close}?)" if close else ""
 
 
 def output_names(files: Sequence[Path]) -> dict[Path, str]:

@@ -166,6 +166,18 @@ def warn_boxes_beyond_queries(config: Config, dataset: CocoDetection) -> None:
         )
 
 
+def warn_untrained_frozen_norm(config: Config) -> None:
+    """A backbone trained from scratch (``model.backbone.pretrained=false``) with ``norm=frozen_bn``: its frozen
+    BatchNorm layers keep their initial values, which do nothing, for the whole run; a warning naming the fix."""
+    backbone = config.model.backbone
+    if not backbone.pretrained and backbone.norm == "frozen_bn":
+        log.warning(
+            "model.backbone.pretrained=false with model.backbone.norm=frozen_bn: the backbone's frozen BatchNorm "
+            "layers keep their initial values (scale 1, shift 0: they do nothing) for the whole run, so it trains "
+            "without normalisation; set model.backbone.norm=batch_norm to train them (as the shapes_tiny preset does)"
+        )
+
+
 def check_same_categories(train_set: CocoDetection, val_set: CocoDetection) -> None:
     """Validation scores the model's classes by category id, so val must name every train category alike, and its
     losses match its boxes to queries by class, so val may hold no other category."""
@@ -414,6 +426,8 @@ class Trainer:
         warn_boxes_beyond_queries(config, self.train_set)
         check_same_categories(self.train_set, self.val_set)
         self.label_map = self.train_set.label_map
+        if not resume and not init_from:  # said when the run starts; the weights given by init_from hold their norms
+            warn_untrained_frozen_norm(config)
         self.model = build_model(without_pretrained(config) if resume or init_from else config)
         self.reinitialised = initialise_from(self.model, init_from, config) if init_from else []
         self.init_from = str(resolve_checkpoint(init_from).resolve()) if init_from else None

@@ -287,7 +287,8 @@ def _compared_keys(labels: Sequence[str], results: Sequence[Mapping[str, Any]]) 
 
 def _compared_points(labels: Sequence[str], results: Sequence[Mapping[str, Any]]) -> str:
     """Which compared runs read PAIBB over sampling points (a Deformable DETR's ``decoder_cross``) rather than as
-    attention mass on the feature grid, the two being set in one row."""
+    attention mass on the feature grid, the two being set in one row; the grid's reading is named only where a
+    site reads PAIBB so."""
     points = [
         f"{label} {', '.join(site for site, info in result['sites'].items() if _point_paibb(info))}"
         for label, result in zip(labels, results, strict=True)
@@ -295,6 +296,6 @@ def _compared_points(labels: Sequence[str], results: Sequence[Mapping[str, Any]]
     ]
     if not points:
         return ""
-    return (
-        f" At sampling-point sites ({'; '.join(points)}) {POINTS_NOTE}; elsewhere PAIBB is the attention {GRID_PAIBB}."
-    )
+    grid = any(info.get("paibb") and not _point_paibb(info) for result in results for info in result["sites"].values())
+    elsewhere = f"; elsewhere PAIBB is the attention {GRID_PAIBB}" if grid else ""  # only where a site reads it so
+    return f" At sampling-point sites ({'; '.join(points)}) {POINTS_NOTE}{elsewhere}."

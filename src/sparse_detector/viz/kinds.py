@@ -8,7 +8,7 @@ a new model family adds its own kinds the same way. The figure functions themsel
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ..analysis import AttentionMaps, record_attention
-from ..attention.sites import QueryKind, model_sites, select_sites
+from ..attention.sites import AttentionSite, QueryKind, model_sites, select_sites
 from ..config import DEFAULT_SCORE_THRESHOLD, Config, load_config, load_run_config
 from ..data.batching import collate_detection
 from ..data.build import build_dataset, config_transforms
@@ -256,7 +256,16 @@ def _category_names(dataset: CocoDetection, target: dict[str, Tensor]) -> list[s
 
 
 QUERY_NAMES = {"queries": "object queries", "grid": "feature-grid cells"}
+KEY_NAMES = {"grid": "the feature grid", "queries": "object queries", "points": "sampling points"}
 GRID_QUERY_KINDS = {"queries": "attention", "grid": "encoder"}  # the kind that draws a grid-keyed site's queries
+
+
+def described_sites(sites: Mapping[str, AttentionSite]) -> str:
+    """The sites of a model for a message: ``name (its queries over its keys)``, e.g. ``encoder_self (feature-grid
+    cells over sampling points)``."""
+    return ", ".join(
+        f"{name} ({QUERY_NAMES[site.queries]} over {KEY_NAMES[site.keys]})" for name, site in sites.items()
+    )
 
 
 def grid_site(loaded: LoadedModel, queries: QueryKind, requested: str | None) -> str:
@@ -279,11 +288,15 @@ def grid_site(loaded: LoadedModel, queries: QueryKind, requested: str | None) ->
         for site in sites.values():
             if site.keys == "grid" and site.queries == queries:
                 return site.name
-        keys = ", ".join(f"{name} ({site.queries} over {site.keys})" for name, site in sites.items())
-        problem = f"the model has no site of {queries} over the feature grid to draw; its sites: {keys}"
+        problem = (
+            f"the model has no site of {QUERY_NAMES[queries]} over the feature grid to draw (its sites: "
+            f"{described_sites(sites)})"
+        )
     if object_query_kind(loaded.model) == "deformable":
         pixels = " --pixels X,Y" if queries == "grid" else ""
-        problem += f"; draw its sampling points with: sparse-detector visualize deformable {loaded.source}{pixels}"
+        problem += (
+            f"; draw its sampling points instead with: sparse-detector visualize deformable {loaded.source}{pixels}"
+        )
     raise ValueError(f"{loaded.source} ({loaded.config.model.arch}): {problem}")
 
 
@@ -429,12 +442,11 @@ def deformable_kind(request: VisualizeRequest) -> list[Path]:
     candidates = [s.name for s in sites.values() if s.keys == "points" and s.queries == "queries"]
     site = request.site or (candidates[0] if candidates else None)
     if site not in candidates:
-        keys = ", ".join(f"{name} ({s.queries} over {s.keys})" for name, s in sites.items())
         if candidates:
             problem = f"site {site} is not one of object queries over sampling points: {', '.join(candidates)}"
         else:
             problem = (
-                f"the model has no site of object queries over sampling points (its sites: {keys}); "
+                f"the model has no site of object queries over sampling points (its sites: {described_sites(sites)}); "
                 f"draw its attention with: sparse-detector visualize attention {loaded.source}"
             )
         raise ValueError(f"{loaded.source} ({loaded.config.model.arch}): {problem}")

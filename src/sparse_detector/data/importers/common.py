@@ -12,6 +12,7 @@ from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from ...files import write_atomically
+from ...text import counted
 from ..coco import (
     MAX_EXAMPLES,
     UNREADABLE_IMAGE_ERRORS,
@@ -52,10 +53,10 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def files_under(folder: Path, suffixes: Sequence[str]) -> list[Path]:
-    """The files under ``folder`` and its subfolders whose suffix (any case) is among ``suffixes``, hidden files and
-    folders (:func:`is_hidden`) left out, in path order. Linked folders are followed (``images/train`` a link to
-    another disk), each real folder once (a link to a folder above does not loop)."""
+def files_under(folder: Path, suffixes: Sequence[str] | None) -> list[Path]:
+    """The files under ``folder`` and its subfolders whose suffix (any case) is among ``suffixes`` (``None``:
+    every file), hidden files and folders (:func:`is_hidden`) left out, in path order. Linked folders are followed
+    (``images/train`` a link to another disk), each real folder once (a link to a folder above does not loop)."""
     found, seen = [], set()
     for top, folders, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(top)
@@ -64,14 +65,22 @@ def files_under(folder: Path, suffixes: Sequence[str]) -> list[Path]:
             continue
         seen.add(real)
         folders[:] = [name for name in folders if not is_hidden(name)]
-        found += [Path(top, name) for name in files if Path(name).suffix.lower() in suffixes and not is_hidden(name)]
+        found += [
+            Path(top, name)
+            for name in files
+            if (suffixes is None or Path(name).suffix.lower() in suffixes) and not is_hidden(name)
+        ]
     return sorted(path for path in found if path.is_file())
 
 
-def image_files_under(folder: Path) -> list[Path]:
-    """The images under ``folder`` (:func:`files_under` of ``IMAGE_SUFFIXES``); photos of a format Pillow does not
-    read there are named in a warning, not left out without a word."""
-    found = files_under(folder, (*IMAGE_SUFFIXES, *OTHER_IMAGE_SUFFIXES))
+def image_files_under(folder: Path, skip: Path | None = None, name_other_files: bool = False) -> list[Path]:
+    """The images under ``folder`` (:func:`files_under` of ``IMAGE_SUFFIXES``), none under ``skip`` (a resolved
+    folder, e.g. outputs written inside ``folder``); photos of a format Pillow does not read there are named in a
+    warning, not left out without a word, and so, with ``name_other_files`` (a folder of photos, not a data set's
+    whose labels lie beside its images), are files that are not images at all (``notes.txt``)."""
+    found = files_under(folder, None if name_other_files else (*IMAGE_SUFFIXES, *OTHER_IMAGE_SUFFIXES))
+    if skip is not None:
+        found = [path for path in found if not path.resolve().is_relative_to(skip)]
     if others := [path for path in found if path.suffix.lower() in OTHER_IMAGE_SUFFIXES]:
         logger.warning(
             "%s: left out %d image(s) of a format Pillow does not read (%s), e.g. %s; convert them to JPEG or PNG "
@@ -81,7 +90,16 @@ def image_files_under(folder: Path) -> list[Path]:
             ", ".join(sorted({path.suffix.lower() for path in others})),
             [str(path) for path in others[:MAX_EXAMPLES]],
         )
-    return [path for path in found if path.suffix.lower() not in OTHER_IMAGE_SUFFIXES]
+    if not_images := [path for path in found if path.suffix.lower() not in (*IMAGE_SUFFIXES, *OTHER_IMAGE_SUFFIXES)]:
+        names = [str(path.relative_to(folder)) for path in not_images[:MAX_EXAMPLES]]
+        logger.warning(
+            "%s: left out %s: %s%s",
+            folder,
+            counted(len(not_images), "file that is not an image", "files that are not images"),
+            ", ".join(names),
+            ", ..." if len(not_images) > len(names) else "",
+        )
+    return [path for path in found if path.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def _absolute(name: str) -> bool:
