@@ -94,9 +94,9 @@ def _several_processes_refusal(command: str) -> tuple[str, bool] | None:
 
 
 def _print_error(message: str, peer_gone: bool = False) -> None:
-    """``error: message`` and the --debug hint on stderr; of a distributed run's processes that all fail alike, only
-    rank 0 prints it (another rank's own error is printed, marked with its rank; ``peer_gone``, the error that another
-    process left: only when that one printed none)."""
+    """``error: message`` and the --debug hint on stderr; of a distributed run's processes, the first to report an
+    error prints it (an error every process hits is printed once; another rank's is marked with its rank), and those
+    left by another (``peer_gone``) only when that one reported none."""
     context = _launched_context()
     label = f"(rank {context.rank}) " if context is not None and not context.is_main else ""
 
@@ -106,10 +106,10 @@ def _print_error(message: str, peer_gone: bool = False) -> None:
     if context is None:
         show()
         return
-    from ..engine.distributed import show_error_once
+    from ..engine.distributed import report_error
 
     with _on_sigterm(signal.SIG_IGN):  # torchrun stopping the others of a failed run: this one is stopping already
-        show_error_once(message, show, peer_gone)
+        report_error(message, show, peer_gone)
 
 
 class Terminated(KeyboardInterrupt):

@@ -5,6 +5,7 @@ NCCL on CUDA, gloo on the CPU. Rank 0 writes logs and checkpoints; the others co
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
@@ -85,10 +86,9 @@ def init_distributed(device: torch.device, timeout_s: float = 1800) -> tuple[Dis
 PEER_REPORT_S = 5.0  # how long a rank left by another one waits for that one to report an error of its own
 
 
-def show_error_once(message: str, show: Callable[[], None], peer_gone: bool = False, wait_s: float = 30.0) -> None:
-    """Call ``show`` (which prints the error ``message``) in the one process of a distributed run that should.
-
-    The first rank to report an error prints it, and the others with the same error stay quiet (an error every rank
+def report_error(message: str, show: Callable[[], None], peer_gone: bool = False, wait_s: float = 30.0) -> None:
+    """Call ``show`` (which prints this process's error ``message``) if this process of a distributed run prints it:
+    the first rank to report an error prints it, and the others with the same error stay quiet (an error every rank
     hits is printed once). None waits for another's verdict: that one may be waiting for this one in a collective,
     which only this process's exit ends. ``peer_gone``: the error is that another rank left; printed only when no
     rank reports an error of its own within :data:`PEER_REPORT_S` seconds (that one was killed). The ranks compare
@@ -98,24 +98,28 @@ def show_error_once(message: str, show: Callable[[], None], peer_gone: bool = Fa
     if not context.enabled:
         show()
         return
-    joined = False
+    joined, store = False, None
     try:
         if not dist.is_initialized():
             init_distributed(torch.device("cpu"), timeout_s=wait_s)  # gloo: only its store is used
             joined = True
         store = _error_store(wait_s)
         if peer_gone:
-            first = not _has_keys(store, ["reported"], PEER_REPORT_S)
+            prints = not _has_keys(store, ["reported"], PEER_REPORT_S)
         else:
             store.set("reported", "")
-            first = store.add(f"printed/{hashlib.sha256(message.encode()).hexdigest()}", 1) == 1
+            prints = store.add(f"printed/{hashlib.sha256(message.encode()).hexdigest()}", 1) == 1
+        store.set(f"done{context.rank}", "")
     except Exception:  # no store: say it here rather than not at all
-        first = True
-    finally:
-        if joined:
-            shutdown_distributed()
-    if first:
+        prints = True
+    if prints:
         show()
+    # rank 0 hosts the store unless torchrun's agent does (torch's env:// rule): it stays up a while for the others
+    if store is not None and context.is_main and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        with contextlib.suppress(Exception):
+            _has_keys(store, [f"done{rank}" for rank in range(1, context.world_size)], PEER_REPORT_S)
+    if joined:
+        shutdown_distributed()
 
 
 def _has_keys(store: dist.Store, keys: list[str], wait_s: float) -> bool:
