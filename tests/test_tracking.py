@@ -169,6 +169,33 @@ def test_offline_wandb_gets_the_steps_a_killed_process_had_not_written(shapes, t
 
 
 @needs_wandb
+def test_the_callers_own_wandb_run_is_left_running(tmp_path: Path, monkeypatch):
+    """In a process with a W&B run of its own (a notebook's), wandb.init returned that run: our metrics went into
+    it, our close finished it, and a resume's wandb.teardown() finished every run of the process."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    theirs = wandb.init(project="theirs", mode="offline", dir=str(tmp_path))
+    run = tmp_path / "run"
+    try:
+        ours = MetricsLogger(run, wandb=True)
+        for step in range(1, 51):
+            ours.log("train", step, loss=float(step))
+        ours.close()
+        # all written once closed: no longer by the wandb.teardown() the reading did
+        assert len(read_wandb_history(run)) == 50
+        theirs.log({"theirs": 1.0})  # raises on a finished run
+        resumed = MetricsLogger(run, wandb=True, resumed_at=50)
+        resumed.log("train", 51, loss=51.0)
+        resumed.close()
+        theirs.log({"theirs": 2.0})
+    finally:
+        theirs.finish()
+    assert [row["train-main-metrics/loss"] for row in read_wandb_history(run)] == list(range(1, 52))
+
+
+@needs_wandb
 def test_offline_wandb_files_that_cannot_be_read_leave_the_resume_as_before(
     shapes, tmp_path: Path, monkeypatch, caplog
 ):

@@ -93,17 +93,23 @@ def _several_processes_refusal(command: str) -> tuple[str, bool] | None:
     return message, context.is_main
 
 
-def _print_error(message: str, compare: bool = True) -> None:
-    """``error: message`` and the --debug hint on stderr; of a distributed run's processes that all fail alike, only
-    rank 0 prints it (another rank's own error is printed, marked with its rank; ``compare=False``: always)."""
+def _print_error(message: str, peer_gone: bool = False) -> None:
+    """``error: message`` and the --debug hint on stderr; of a distributed run's processes, the first to report an
+    error prints it (an error every process hits is printed once; another rank's is marked with its rank), and those
+    left by another (``peer_gone``) only when that one reported none."""
     context = _launched_context()
-    if context is not None and compare:
-        from ..engine.distributed import prints_its_error
-
-        if not prints_its_error(message):
-            return
     label = f"(rank {context.rank}) " if context is not None and not context.is_main else ""
-    print(f"error: {label}{message}\n(run with --debug for the full traceback)", file=sys.stderr)
+
+    def show() -> None:
+        print(f"error: {label}{message}\n(run with --debug for the full traceback)", file=sys.stderr)
+
+    if context is None:
+        show()
+        return
+    from ..engine.distributed import report_error
+
+    with _on_sigterm(signal.SIG_IGN):  # torchrun stopping the others of a failed run: this one is stopping already
+        report_error(message, show, peer_gone)
 
 
 class Terminated(KeyboardInterrupt):
@@ -114,20 +120,21 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _sigterm_stops_like_ctrl_c() -> Iterator[None]:
-    """While a command runs, SIGTERM raises :class:`Terminated` (the previous handler is back afterwards)."""
+def _on_sigterm(handler: Callable[[int, object], object] | int) -> Iterator[None]:
+    """While the block runs, SIGTERM is handled by ``handler`` (the previous handler is back afterwards)."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
-
-    def stop(signum: int, frame: object) -> None:
-        raise Terminated(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(signum: int, frame: object) -> None:
+    """While a command runs, SIGTERM raises :class:`Terminated`."""
+    raise Terminated(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("torch").setLevel(logging.WARNING)
     from tqdm.contrib.logging import logging_redirect_tqdm  # log lines print above progress bars, not into them
 
-    with logging_redirect_tqdm(), _sigterm_stops_like_ctrl_c():
+    with logging_redirect_tqdm(), _on_sigterm(_stop):
         if args.debug:
             return args.func(args)
         try:
@@ -165,10 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             message, peer_gone = str(err), PEER_GONE in str(err)
             if peer_gone:  # gloo's words when another process of a distributed run died
                 message = (
-                    "another process of this distributed run stopped or stopped answering (its own error is printed "
-                    "above, or in the launcher's report of the failed rank); this one stops too"
+                    "another process of this distributed run stopped or stopped answering, so this one stops too; "
+                    "that process printed its own error, or it was killed (see the launcher's report of the failed "
+                    "rank)"
                 )
-            _print_error(message, compare=not peer_gone)  # the failed peer cannot compare
+            _print_error(message, peer_gone)
             return 2
         except KeyboardInterrupt as stop:
             _close_progress_bars()

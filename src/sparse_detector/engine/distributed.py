@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import os
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -81,38 +83,54 @@ def init_distributed(device: torch.device, timeout_s: float = 1800) -> tuple[Dis
     return context, device
 
 
-def prints_its_error(message: str, wait_s: float = 30.0) -> bool:
-    """Whether this process of a distributed run prints its error ``message``: rank 0 always; another rank only when
-    rank 0 failed otherwise (or not within ``wait_s`` seconds), so an error every rank hits is printed once. The ranks
-    compare messages through the key-value store their process group met on (joined here when the error came before
-    it)."""
+PEER_REPORT_S = 5.0  # how long a rank left by another one waits for that one to report an error of its own
+
+
+def report_error(message: str, show: Callable[[], None], peer_gone: bool = False, wait_s: float = 30.0) -> None:
+    """Call ``show`` (which prints this process's error ``message``) if this process of a distributed run prints it:
+    the first rank to report an error prints it, and the others with the same error stay quiet (an error every rank
+    hits is printed once). None waits for another's verdict: that one may be waiting for this one in a collective,
+    which only this process's exit ends. ``peer_gone``: the error is that another rank left; printed only when no
+    rank reports an error of its own within :data:`PEER_REPORT_S` seconds (that one was killed). The ranks compare
+    through the key-value store their process group met on (joined here when the error came before it, so that the
+    ranks that did not fail are not left waiting for this one to join)."""
     context = context_from_environment()
     if not context.enabled:
-        return True
-    joined = False
+        show()
+        return
+    joined, store = False, None
     try:
         if not dist.is_initialized():
             init_distributed(torch.device("cpu"), timeout_s=wait_s)  # gloo: only its store is used
             joined = True
         store = _error_store(wait_s)
-        store.set(str(context.rank), message)
-        if context.is_main:  # until the others have read the message, keep the store up (rank 0 may host it) and
-            # this process (torchrun stops the others once it exits), so that a differing error is printed too
-            others = [f"read{rank}" for rank in range(1, context.world_size)]
-            with contextlib.suppress(RuntimeError):  # a rank that did not fail never reads it
-                store.wait(others, datetime.timedelta(seconds=5))
-            return True
-        try:
-            store.wait(["0"], datetime.timedelta(seconds=wait_s))
-            same = store.get("0").decode() == message
-        finally:
-            store.set(f"read{context.rank}", "")
-        return not same
-    except Exception:  # no store, or rank 0 never failed: say it here rather than not at all
-        return True
-    finally:
-        if joined:
-            shutdown_distributed()
+        if peer_gone:
+            prints = not _has_keys(store, ["reported"], PEER_REPORT_S)
+        else:
+            store.set("reported", "")
+            prints = store.add(f"printed/{hashlib.sha256(message.encode()).hexdigest()}", 1) == 1
+        store.set(f"done{context.rank}", "")
+    except Exception:  # no store: say it here rather than not at all
+        prints = True
+    if prints:
+        show()
+    # rank 0 hosts the store unless torchrun's agent does (torch's env:// rule): it stays up a while for the others
+    if store is not None and context.is_main and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        with contextlib.suppress(Exception):
+            _has_keys(store, [f"done{rank}" for rank in range(1, context.world_size)], PEER_REPORT_S)
+    if joined:
+        shutdown_distributed()
+
+
+def _has_keys(store: dist.Store, keys: list[str], wait_s: float) -> bool:
+    """Whether all of ``keys`` are in ``store`` within ``wait_s`` seconds (polled: a ``store.wait`` that times out
+    prints c10d's socket warnings)."""
+    deadline = time.monotonic() + wait_s
+    while not store.check(keys):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _error_store(wait_s: float) -> dist.Store:

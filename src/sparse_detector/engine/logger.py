@@ -14,10 +14,10 @@ import logging
 import math
 import re
 import struct
-import sys
 import time
 import typing
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,10 +181,14 @@ class MetricsLogger:
             self._wandb.log(new, step=step)
 
     def close(self) -> None:
+        """Close the backends; an offline W&B run once its service has written all of it (see
+        :func:`_wait_for_wandb_file`)."""
         if self._tensorboard is not None:
             self._tensorboard.close()
         if self._wandb is not None:
             self._wandb.finish()
+            if self._wandb.settings.mode == "offline":
+                _wait_for_wandb_file(Path(self._wandb.settings.sync_file))
         self._tensorboard = self._wandb = None
 
 
@@ -225,19 +229,7 @@ _WANDB_HEADER = b":W&B\xe1\xbe\x00"
 def read_wandb_history(run_dir: str | Path) -> list[dict[str, float]]:
     """The ``history`` rows (numbers only, with ``_step``) of the run directory's offline W&B run (the id in
     ``wandb-run-id.txt``): each process's ``wandb/offline-run-*`` folder, oldest first. An error where there is
-    none, or a file is not in the format this reads.
-
-    The .wandb file is a LevelDB-style log of protobuf records (a 7-byte header, then 32 KiB blocks of chunks with a
-    7-byte header: CRC, length, type); wandb ships no Python reader for it. W&B's service writes it in blocks, some
-    time after the records were logged: the file of a killed process ends where its service stopped writing (a
-    record cut short, or no file at all, where it stopped before writing any).
-
-    The service writes a run's last records after ``finish()`` has returned: a W&B service of this process is first
-    shut down (``wandb.teardown()`` waits for it to close every run's file and end)."""
-    if (loaded := sys.modules.get("wandb")) is not None:
-        loaded.teardown()
-    from wandb.proto import wandb_internal_pb2
-
+    none, or a file is not in the format this reads."""
     run_id = (Path(run_dir) / WANDB_RUN_ID).read_text().strip()
     # offline-run-<start time, to the second>-<id>, and -<n> after it for the n-th other one started in that second
     folders = [path for path in Path(run_dir).glob("wandb/offline-run-*") if _is_wandb_folder(path.name, run_id)]
@@ -245,33 +237,67 @@ def read_wandb_history(run_dir: str | Path) -> list[dict[str, float]]:
         raise FileNotFoundError(f"no offline W&B run {run_id} in {Path(run_dir) / 'wandb'}")
     rows = []
     for folder in sorted(folders, key=lambda path: path.stat().st_mtime):
-        path = folder / f"run-{run_id}.wandb"
-        data = path.read_bytes() if path.is_file() else b""
-        if not _WANDB_HEADER.startswith(data[:7]):
-            raise ValueError(f"{path} is not a W&B transaction log of version 0")
-        pending, offset, block = b"", 7, 32768
-        while offset + 7 <= len(data):
-            if block - offset % block < 7:  # block trailer too short for a chunk header
-                offset += block - offset % block
-                continue
-            _, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
-            if offset + 7 + length > len(data):
-                break
-            pending += data[offset + 7 : offset + 7 + length]
-            offset += 7 + length
-            if kind in (1, 4):  # a full record, or the last chunk of one
-                record = wandb_internal_pb2.Record()
-                record.ParseFromString(pending)
-                pending = b""
-                if record.WhichOneof("record_type") == "history":
-                    rows.append(
-                        {
-                            item.key or "/".join(item.nested_key): float(item.value_json)
-                            for item in record.history.item
-                            if _is_number(item.value_json)
-                        }
-                    )
+        for record in _wandb_records(folder / f"run-{run_id}.wandb"):
+            if record.WhichOneof("record_type") == "history":
+                rows.append(
+                    {
+                        item.key or "/".join(item.nested_key): float(item.value_json)
+                        for item in record.history.item
+                        if _is_number(item.value_json)
+                    }
+                )
     return rows
+
+
+def _wandb_records(path: Path) -> Iterator[Any]:
+    """The records (``wandb_internal_pb2.Record``) of the W&B transaction log ``path`` (``run-<id>.wandb``), as far as
+    it was written (none where it does not exist); an error where it is not in the format this reads.
+
+    The file is a LevelDB-style log of protobuf records (a 7-byte header, then 32 KiB blocks of chunks with a 7-byte
+    header: CRC, length, type); wandb ships no Python reader for it. W&B's service writes it in blocks, some time
+    after the records were logged: the file of a killed process ends where its service stopped writing (a record
+    cut short, or no file at all, where it stopped before writing any)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes() if path.is_file() else b""
+    if not _WANDB_HEADER.startswith(data[:7]):
+        raise ValueError(f"{path} is not a W&B transaction log of version 0")
+    pending, offset, block = b"", 7, 32768
+    while offset + 7 <= len(data):
+        if block - offset % block < 7:  # block trailer too short for a chunk header
+            offset += block - offset % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
+        if offset + 7 + length > len(data):
+            return
+        pending += data[offset + 7 : offset + 7 + length]
+        offset += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+WANDB_WRITE_WAIT_S = 60.0  # how long closing an offline W&B run waits for its service to write it
+
+
+def _wait_for_wandb_file(path: Path) -> None:
+    """Wait until W&B's service has written the finished run's transaction log ``path`` up to its ``exit`` record
+    (its last): ``finish()`` returns before that. The service is not shut down to wait for it (``wandb.teardown()``):
+    that would finish every other run of this process (a notebook's own), and it may be another process's
+    (``WANDB_SERVICE``). A warning after :data:`WANDB_WRITE_WAIT_S` seconds."""
+    deadline = time.monotonic() + WANDB_WRITE_WAIT_S
+    while not any(record.WhichOneof("record_type") == "exit" for record in _wandb_records(path)):
+        if time.monotonic() > deadline:
+            log.warning(
+                "W&B's service had not written all of the offline run %s within %.0f s; what it has not written by "
+                "the time it stops is missing from W&B",
+                path,
+                WANDB_WRITE_WAIT_S,
+            )
+            return
+        time.sleep(0.1)
 
 
 def _is_wandb_folder(name: str, run_id: str) -> bool:
@@ -323,6 +349,7 @@ def _start_wandb(run_dir: Path, project: str, mode: str, config: dict) -> Any:
         name=run_dir.name,
         id=id_file.read_text().strip(),
         resume="allow",
+        reinit="create_new",  # a run of its own, leaving any other of this process (a notebook's own) as it is
         dir=str(run_dir),
         mode=mode,
         config=config,
