@@ -270,3 +270,17 @@ def test_aggregator_pools_heads_exactly():
     table = result_markdown(aggregator.result())
     assert table.count("| decoder_cross |") == 2
     assert "paibb" not in table.splitlines()[0]
+
+
+def test_analysis_table_shows_a_small_nonzero_zeros_ratio_as_measured():
+    """analyze's table read "0.000 ± 0.001" for a zeros ratio of 2.9e-05 (sparsemax-trained encoder, 1e-6 threshold):
+    a value measured nonzero printed as none. Here one key of 400 maps of 100 keys is below the threshold."""
+    weights = torch.full((1, 4, 100, 100), 0.01)
+    weights[0, 1, 7, 3] = 1e-7
+    aggregator = MetricAggregator()
+    aggregator.update({"decoder_self": AttentionMaps([weights], dense=True)})
+    ratios = (weights <= 1e-6).double().mean(-1).flatten()  # one value per query map
+    mean, std = ratios.mean().item(), ratios.std(unbiased=False).item()  # 2.5e-05, 5e-04
+    row = next(line for line in result_markdown(aggregator.result()).splitlines() if line.startswith("| decoder_self"))
+    printed_mean, printed_std = (float(text) for text in row.split("|")[4].split(" ± "))
+    assert mean > 0 and printed_mean == pytest.approx(mean, rel=0.05) and printed_std == pytest.approx(std, rel=0.05)

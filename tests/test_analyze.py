@@ -20,7 +20,7 @@ from sparse_detector.data.batching import collate_detection
 from sparse_detector.data.build import build_dataset, build_loader
 from sparse_detector.engine.analyze import load_analysis_model
 from sparse_detector.engine.checkpoint import save_checkpoint
-from sparse_detector.engine.coco_eval import STAT_NAMES
+from sparse_detector.engine.coco_eval import STAT_NAMES, metric_text
 from sparse_detector.engine.evaluate import evaluate
 from sparse_detector.models import build_criterion
 from sparse_detector.report import compare_markdown, result_markdown
@@ -177,7 +177,7 @@ def test_compare_writes_n_a_for_the_ap_of_data_without_objects(analysis: dict):
     """COCO writes AP -1 where the data hold no object; compare printed '-1.000' where every other table says n/a."""
     unlabelled = {**analysis, "ap": {**analysis["ap"], "AP": -1.0}, "checkpoint": "runs/other/checkpoint_best.pt"}
     row = next(line for line in compare_markdown([analysis, unlabelled]).splitlines() if "COCO AP" in line)
-    assert row.split("|")[3:5] == [f" {analysis['ap']['AP']:.3f} ", " n/a "]
+    assert row.split("|")[3:5] == [f" {metric_text('AP', analysis['ap']['AP'])} ", " n/a "]
 
 
 def test_compare_help_lists_every_metric_it_accepts(capsys: pytest.CaptureFixture[str]):

@@ -21,7 +21,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
-from sparse_detector.engine.coco_eval import STAT_NAMES, CocoEvaluator, format_table
+from sparse_detector.engine.coco_eval import STAT_NAMES, CocoEvaluator, format_per_class_table, format_table
 
 TINY_COCO = (
     Path(__file__).resolve().parents[1].parent
@@ -404,6 +404,42 @@ def test_format_table_states_the_units_of_the_class_and_cardinality_errors() -> 
     table = format_table({"AP": 0.25, **{f"val_{k}": v.item() for k, v in readings.items()}})
     values = {row.split("|")[1].strip(): row.split("|")[-2].strip() for row in table.splitlines()[2:]}
     assert values == {"AP": "0.250", "val_class_error": f"{100 / 3:.3f} %", "val_cardinality_error": "1.000 boxes"}
+
+
+def _table_values(table: str) -> dict[str, list[str]]:
+    """The cells after the first of each row of a Markdown table, by its first cell."""
+    return {row.split("|")[1].strip(): [c.strip() for c in row.split("|")[2:-1]] for row in table.splitlines()[2:]}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tables_show_a_small_nonzero_ap_as_measured_not_as_zero(backend: str) -> None:
+    """evaluate printed AP 0.000 for a run whose eval.json held AP 0.00049 (and AP75 0.00033): the tables round to 3
+    decimals, which showed a measured, nonzero AP as none at all. Here the one dog box found comes after 199 false
+    alarms at IoU 0.54 (counted at the 0.5 threshold only): pycocotools gives AP 0.00013, the dog's 0.00025."""
+    dog_found = [[38.0, 20.0, 78.0, 80.0]]  # the dog box [50, 20, 90, 80] moved 12 px left: IoU 28 / 52
+    predictions = {
+        1: _prediction([[0.0, 0.0, 5.0, 5.0]] * 99 + dog_found, [7] * 100, [0.9] * 99 + [0.1]),
+        2: _prediction([[190.0, 90.0, 200.0, 100.0]] * 100, [7] * 100, [0.9] * 100),
+    }
+    evaluator = CocoEvaluator(SMALL_GT, backend=backend)
+    evaluator.update(predictions)
+    result = evaluator.evaluate(img_ids=[1, 2, 3])
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = copy.deepcopy(SMALL_GT)
+        gt.createIndex()
+        reference = COCOeval(gt, gt.loadRes(evaluator.results()), iouType="bbox")
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()
+    ap, ap50 = reference.stats[:2]
+    assert 0 < ap < 0.0005 and result.stats["AP"] == pytest.approx(ap, abs=1e-12)
+    printed = _table_values(format_table(result.stats))
+    assert float(printed["AP"][-1]) == pytest.approx(ap, rel=0.05)  # two significant digits
+    assert float(printed["AP50"][-1]) == pytest.approx(ap50, abs=0.0005)  # 0.0025: 3 decimals, as before
+    assert printed["AP75"][-1] == "0.000"  # exactly none found at IoU 0.75
+    per_class = _table_values(format_per_class_table(result.per_class))
+    assert float(per_class["dog"][1]) == pytest.approx(result.per_class["dog"]["AP"], rel=0.05)
 
 
 def _rank_shards() -> list[Predictions]:

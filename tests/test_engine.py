@@ -16,6 +16,7 @@ from sparse_detector import load_config
 from sparse_detector.cli import main
 from sparse_detector.data.labels import COCO_CATEGORY_NAMES
 from sparse_detector.engine.checkpoint import load_checkpoint, rotate_last, save_checkpoint, verify_checkpoint
+from sparse_detector.engine.coco_eval import metric_text
 from sparse_detector.engine.device import peak_memory_mb, resolve_device, subnormals_flushed
 from sparse_detector.engine.trainer import NonFiniteLossError, Trainer
 from sparse_detector.runs import read_metrics
@@ -64,13 +65,15 @@ def test_epoch_lines_print_every_epoch_s_mean_loss_and_the_evaluated_ap(shapes, 
     assert "AP" not in printed["1"]  # not evaluated (epochs 2 and 3 are: every 2nd and the last)
     evaluation = json.loads((run / "eval.json").read_text())
     assert evaluation["epoch"] == 3  # which evaluation it is (evaluate's eval.json names its checkpoint)
-    assert printed["3"].endswith(f"  val AP {evaluation['AP']:.3f}  AP50 {evaluation['AP50']:.3f}")
+    ap_line = f"AP {metric_text('AP', evaluation['AP'])}  AP50 {metric_text('AP50', evaluation['AP50'])}"
+    assert printed["3"].endswith(f"  val {ap_line}")
     # the end: the last evaluation's table, then the best evaluated epoch, whose weights are checkpoint_best.pt
     assert re.search(r"^validation after epoch 3:\n\| metric ", out, re.MULTILINE)
     evaluated = [r for r in records if r["type"] == "epoch" and "AP" in r]
     best = max(evaluated, key=lambda r: (r["AP"], -r["epoch"]))
     assert load_checkpoint(run / "checkpoint_best.pt")["epoch"] == best["epoch"]
-    assert f"best: AP {best['AP']:.3f}  AP50 {best['AP50']:.3f} after epoch {best['epoch']} (checkpoint_best.pt" in out
+    best_line = f"AP {metric_text('AP', best['AP'])}  AP50 {metric_text('AP50', best['AP50'])}"
+    assert f"best: {best_line} after epoch {best['epoch']} (checkpoint_best.pt" in out
 
 
 def test_validation_without_objects_prints_ap_n_a_and_keeps_the_newest_weights_as_best(shapes, tmp_path: Path, capsys):

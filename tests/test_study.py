@@ -383,6 +383,25 @@ def test_report_states_the_zeros_ratio_threshold_of_every_map(tmp_path: Path):
     assert rows[0][header.index("encoder_self zeros ratio (p ≤ 1e-06)")] == "0.500"
 
 
+def test_report_shows_small_nonzero_means_and_stds_over_seeds_as_measured(tmp_path: Path):
+    """A map whose seeds reached AP 0.0004, 0.0001 and 0.0002 read "0.000 ± 0.000" in report.md, as if every seed had
+    found nothing and all agreed: a nonzero mean or sample std now keeps two significant digits."""
+    aps = [0.0004, 0.0001, 0.0002]
+    outcomes = []
+    for seed, ap in enumerate(aps):
+        folder = tmp_path / f"softmax-seed{seed}" / ANALYSIS_DIRS[False]
+        folder.mkdir(parents=True)
+        (folder / ANALYSIS_FILE).write_text(
+            json.dumps({"ap": {**dict.fromkeys(AP_COLUMNS, 0.5), "AP": ap}, "attention": {"sites": {}}})
+        )
+        outcomes.append(RunOutcome(f"softmax-seed{seed}", "softmax", seed, folder.parent, "done"))
+    header, rows, _ = study_tables(outcomes)["Detection (COCO on the held-out data, best checkpoint)"]
+    mean, std = (float(text) for text in rows[0][header.index("AP")].split(" ± "))
+    by_hand = sum(aps) / 3, (sum((ap - sum(aps) / 3) ** 2 for ap in aps) / 2) ** 0.5  # sample std: n - 1
+    assert mean == pytest.approx(by_hand[0], rel=0.05) and std == pytest.approx(by_hand[1], rel=0.05)
+    assert rows[0][header.index("AP50")] == "0.500 ± 0.000"  # seeds that agree exactly still read 0.000
+
+
 def test_report_title_of_a_plain_study_yaml_reads_well():
     """A study file named study.yaml gave the report the heading "Study study: softmax, sparsemax × seeds [0]"."""
     plain = SimpleNamespace(source="runs/x/study.yaml", maps=["softmax", "sparsemax"], seeds=[0])

@@ -913,6 +913,15 @@ def test_runs_beyond_ten_get_colours_of_their_own(count: int):
     assert len({tuple(bar.get_facecolor()) for bar in bars}) == count
 
 
+def test_sparsity_bar_values_show_a_small_nonzero_reading_as_measured():
+    """The value above each bar, there "so a reading of 0 is not mistaken for a missing one", read 0.00 for a
+    zeros ratio of 0.003 (2 decimals): a measured reading shown as none."""
+    block = {"per_layer": {"mean": [0.003, 0.0], "std": [0.001, 0.0]}}
+    result = {"sites": {"decoder_cross": {"metrics": {"gini": block, "zeros_ratio": block}, "zero_threshold": 0.0}}}
+    axes = sparsity_figure({"run": result}).axes[0]
+    assert [float(text.get_text()) for text in axes.texts if text.get_text()[0].isdigit()] == [0.003, 0.0]
+
+
 def test_sparsity_says_which_runs_read_zeros_under_which_threshold():
     """Softmax runs count p ≤ 1e-6 as zero, sparse ones p ≤ 0; the title read 'zeros ratio (p ≤ 0, 1e-06)'."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 
 
@@ -10,6 +11,15 @@ def counted(count: int, noun: str, plural: str = "") -> str:
     """``count`` and ``noun`` in the number that fits: ``1 image``, ``0 images``, ``3 boxes`` (``plural`` when the
     plural is not the noun + s)."""
     return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
+def decimals(value: float, places: int = 3) -> str:
+    """``value`` with ``places`` decimals (``0.354``), but a nonzero value that would show as zero there with two
+    significant digits (``0.00049``, ``7.8e-05``), so a table never prints ``0.000`` for something measured."""
+    text = f"{value:.{places}f}"
+    if value == 0 or not math.isfinite(value) or float(text) != 0:
+        return text
+    return f"{value:.2g}"
 
 
 def closest_name(text: str, names: Iterable[str]) -> str | None:

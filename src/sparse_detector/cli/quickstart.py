@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import Config, load_config
 from ..runs import QUICKSTART_RUN_DIR
-from ..text import counted
+from ..text import counted, decimals
 from .outputs import show_progress
 from .parsing import Subparsers, add_command, add_overrides, positive_int
 from .presets import QUICKSTART_TRAIN_IMAGES, QUICKSTART_VAL_IMAGES
@@ -79,7 +79,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     if trainer.stop_signal is not None:  # SIGTERM / Ctrl-C: no AP to print, no figures of a half-trained model
         print(stopped_message(trainer, run_dir / QUICKSTART_RUN_DIR))
         return 0
-    print(f"AP50 {stats['AP50']:.3f}, AP {stats['AP']:.3f} on {args.num_val} held-out generated images")
+    print(f"AP50 {decimals(stats['AP50'])}, AP {decimals(stats['AP'])} on {args.num_val} held-out generated images")
     _quickstart_figures(run_dir, config)
     run = run_dir / QUICKSTART_RUN_DIR
     print(f"run directory: {run} (for evaluate, analyze, visualize, train --resume); data: {data_dir}")

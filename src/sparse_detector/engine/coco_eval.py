@@ -37,6 +37,7 @@ from torch import Tensor
 
 from ..data.coco import gc_paused, load_json
 from ..files import write_atomically
+from ..text import decimals
 
 BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
 MAX_DETECTIONS = 100  # COCO's limit of detections per image (COCOeval applies its maxDets per image and category)
@@ -334,9 +335,10 @@ METRIC_UNITS = {"class_error": "%", "cardinality_error": "boxes"}
 
 
 def metric_text(name: str, value: float) -> str:
-    """One logged metric as the tables show it: 3 decimals and its unit, ``n/a`` for COCO's -1 (no ground truth)."""
+    """One logged metric as the tables show it: 3 decimals (:func:`~sparse_detector.text.decimals`: more where a
+    nonzero value would read 0.000) and its unit, ``n/a`` for COCO's -1 (no ground truth)."""
     unit = next((unit for metric, unit in METRIC_UNITS.items() if name.endswith(metric)), "")
-    return "n/a" if value < 0 else f"{value:.3f} {unit}".rstrip()
+    return "n/a" if value < 0 else f"{decimals(value)} {unit}".rstrip()
 
 
 def format_table(stats: Mapping[str, float]) -> str:
@@ -358,7 +360,7 @@ def format_per_class_table(per_class: Mapping[str, Mapping[str, float]]) -> str:
     """Markdown table of per-class AP (all areas, 100 detections); -1 (no ground truth) shows as n/a."""
     header = ("class", "boxes", "AP", "AP50", "AP75")
     rows = [
-        (name, str(int(values["boxes"])), *("n/a" if values[k] < 0 else f"{values[k]:.3f}" for k in header[2:]))
+        (name, str(int(values["boxes"])), *(metric_text(k, values[k]) for k in header[2:]))
         for name, values in per_class.items()
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]

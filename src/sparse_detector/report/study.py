@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..analysis.paibb import mixed_paibb_meaning
 from ..files import write_atomically
 from ..runs import ANALYSIS_DIRS, ANALYSIS_FILE
-from ..text import counted
+from ..text import counted, decimals
 from .tables import markdown_table
 
 if TYPE_CHECKING:  # the study imports this module; only the types flow back
@@ -45,8 +45,8 @@ def mean_std(values: Sequence[float]) -> str:
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return decimals(values[0])
+    return f"{decimals(statistics.mean(values))} ± {decimals(statistics.stdev(values))}"
 
 
 def _analysis(outcome: RunOutcome) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from ..analysis.paibb import GRID_PAIBB, POINTS_PAIBB
 from ..engine.coco_eval import format_table, metric_text
 from ..files import write_atomically
 from ..runs import ANALYSIS_FILE, analysis_labels
-from ..text import counted
+from ..text import counted, decimals
 
 COMPARE_METRICS = (*METRICS, "paibb", *(f"paibb_{size}" for size in SIZE_BUCKETS), "sampling_spread")
 DEFAULT_COMPARE_METRICS = ("gini", "zeros_ratio", "paibb")
@@ -118,7 +118,7 @@ def format_mean_std(block: Mapping[str, Any] | None, layer: int) -> str:
     if block is None or layer >= len(block["per_layer"]["mean"]):
         return MISSING
     mean, std = block["per_layer"]["mean"][layer], block["per_layer"]["std"][layer]
-    return MISSING if mean is None else f"{mean:.3f} ± {std:.3f}"
+    return MISSING if mean is None else f"{decimals(mean)} ± {decimals(std)}"
 
 
 def result_markdown(result: Mapping[str, Any]) -> str:
@@ -205,7 +205,7 @@ def upsampled_paibb_lines(result: Mapping[str, Any]) -> list[str]:
             stats = block["overall"]
             lines.append(
                 f"Thesis-compatible PAIBB at {site} (last layer, head average, bilinearly upsampled to the image "
-                f"size): {stats['mean']:.3f} ± {stats['std']:.3f} over {stats['count']:.0f} matched pairs."
+                f"size): {decimals(stats['mean'])} ± {decimals(stats['std'])} over {stats['count']:.0f} matched pairs."
             )
     return lines
 

@@ -17,7 +17,7 @@ from matplotlib.patches import Patch
 
 from ..analysis.aggregate import keys_differ, runs_by_keys
 from ..analysis.paibb import GRID_PAIBB, POINTS_PAIBB, SIZE_BUCKETS, mixed_paibb_meaning
-from ..text import counted
+from ..text import counted, decimals
 from .curves import run_colors
 from .figure import wrapped
 
@@ -53,7 +53,7 @@ def _grouped_bars(
         for position, value, spread in zip(x, mean, std, strict=True):
             top = value + spread if np.isfinite(spread) else value
             axes.annotate(
-                f"{value:.2f}" if np.isfinite(value) else "n/a",
+                decimals(value, 2) if np.isfinite(value) else "n/a",
                 (position, top if np.isfinite(top) else 0.0),
                 xytext=(0, 1.5),
                 textcoords="offset points",
