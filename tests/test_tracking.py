@@ -16,7 +16,7 @@ import torch
 
 from sparse_detector.engine.coco_eval import STAT_NAMES
 from sparse_detector.engine.diagnostics import DIAGNOSTICS_FILE, read_diagnostics
-from sparse_detector.engine.logger import MetricsLogger, grouped_scalars, read_wandb_history
+from sparse_detector.engine.logger import MetricsLogger, _wandb_records, grouped_scalars, read_wandb_history
 from sparse_detector.engine.trainer import Trainer, parameter_counts
 from sparse_detector.models import build_model
 from sparse_detector.runs import read_metrics
@@ -193,6 +193,32 @@ def test_the_callers_own_wandb_run_is_left_running(tmp_path: Path, monkeypatch):
     finally:
         theirs.finish()
     assert [row["train-main-metrics/loss"] for row in read_wandb_history(run)] == list(range(1, 52))
+
+
+@needs_wandb
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_training_stopped_by_an_error_finishes_its_wandb_run(shapes, tmp_path: Path, monkeypatch, error):
+    """The loggers were closed only after the last epoch: a training that failed (or was interrupted) mid-epoch left
+    its W&B run open until the process exited (a notebook's for good)."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = tmp_path / "run"
+    trainer = Trainer(shapes_config(shapes, *TRACKED, "train.wandb=true"), run, progress=False)
+    log_record = trainer.logger.log
+
+    def log_then_fail(kind: str, step: int, **values) -> None:
+        log_record(kind, step, **values)
+        if kind == "train":
+            raise error("failed mid-epoch")
+
+    monkeypatch.setattr(trainer.logger, "log", log_then_fail)
+    with pytest.raises(error, match="failed mid-epoch"):  # the training's own error, not one of closing
+        trainer.fit()
+    (file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    exits = [record.exit for record in _wandb_records(file) if record.WhichOneof("record_type") == "exit"]
+    assert [e.exit_code for e in exits] == [1]  # finished, as failed
+    losses = [row["train-main-metrics/loss"] for row in read_wandb_history(run) if "train-main-metrics/loss" in row]
+    assert losses == [read_metrics(run)[1]["loss"]]  # the step logged before the error
 
 
 @needs_wandb

@@ -180,13 +180,13 @@ class MetricsLogger:
         if self._wandb is not None and (new := {n: v for n, v in scalars.items() if step > self._wandb_had.get(n, -1)}):
             self._wandb.log(new, step=step)
 
-    def close(self) -> None:
-        """Close the backends; an offline W&B run once its service has written all of it (see
-        :func:`_wait_for_wandb_file`)."""
+    def close(self, failed: bool = False) -> None:
+        """Close the backends (again: nothing to do); an offline W&B run once its service has written all of it (see
+        :func:`_wait_for_wandb_file`). ``failed``: the W&B run ends with exit code 1, shown as failed."""
         if self._tensorboard is not None:
             self._tensorboard.close()
         if self._wandb is not None:
-            self._wandb.finish()
+            self._wandb.finish(exit_code=1 if failed else 0)
             if self._wandb.settings.mode == "offline":
                 _wait_for_wandb_file(Path(self._wandb.settings.sync_file))
         self._tensorboard = self._wandb = None
