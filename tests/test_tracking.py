@@ -313,6 +313,27 @@ logger.close()
 
 
 @needs_wandb
+def test_an_offline_run_leaves_the_mode_of_the_callers_later_wandb_runs_alone(tmp_path: Path, monkeypatch):
+    """Our offline run set W&B's mode for the whole process (wandb.setup): a notebook's later wandb.init() without a
+    mode went offline too. Here the process's mode is 'disabled' (nothing reaches the network either way)."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    wandb.teardown()  # the process-wide settings read the environment again
+    ours = MetricsLogger(tmp_path / "run", wandb=True)
+    ours.log("train", 1, loss=1.0)
+    ours.close()
+    assert [row["train-main-metrics/loss"] for row in read_wandb_history(tmp_path / "run")] == [1.0]  # offline
+    theirs = wandb.init(project="theirs", dir=str(tmp_path))
+    try:
+        assert theirs.settings.mode == "disabled"
+    finally:
+        theirs.finish()
+        wandb.teardown()
+
+
+@needs_wandb
 def test_wandb_says_where_the_offline_run_is_without_a_summary_of_every_number(tmp_path: Path, capfd, monkeypatch):
     import wandb
 

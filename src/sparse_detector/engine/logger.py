@@ -341,9 +341,13 @@ def _start_wandb(run_dir: Path, project: str, mode: str, config: dict) -> Any:
     id_file = run_dir / WANDB_RUN_ID
     if not id_file.is_file():
         id_file.write_text(uuid.uuid4().hex[:16])
-    # The process-wide settings too: wandb's own usage telemetry reads them, not the run's, and in a process not
-    # started with WANDB_MODE=offline it tried to reach api.forge.coreweave.com from an offline run.
-    wandb.setup(settings=wandb.Settings(mode=mode))
+    if mode == "offline":
+        # W&B's own usage telemetry follows the process's settings, not the run's: in a process not started with
+        # WANDB_MODE=offline it tried to reach api.forge.coreweave.com from an offline run. It is switched off
+        # (for the process: wandb has no switch of one run's), leaving the process's mode as the caller set it.
+        from wandb.analytics.opentelemetry import opentelemetry_proxy
+
+        opentelemetry_proxy.disable()
     return wandb.init(
         project=project,
         name=run_dir.name,
