@@ -16,7 +16,13 @@ import torch
 
 from sparse_detector.engine.coco_eval import STAT_NAMES
 from sparse_detector.engine.diagnostics import DIAGNOSTICS_FILE, read_diagnostics
-from sparse_detector.engine.logger import MetricsLogger, _wandb_records, grouped_scalars, read_wandb_history
+from sparse_detector.engine.logger import (
+    MetricsLogger,
+    _wait_for_wandb_file,
+    _wandb_records,
+    grouped_scalars,
+    read_wandb_history,
+)
 from sparse_detector.engine.trainer import Trainer, parameter_counts
 from sparse_detector.models import build_model
 from sparse_detector.runs import read_metrics
@@ -199,7 +205,7 @@ def test_the_callers_own_wandb_run_is_left_running(tmp_path: Path, monkeypatch):
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_a_training_stopped_by_an_error_finishes_its_wandb_run(shapes, tmp_path: Path, monkeypatch, error):
     """The loggers were closed only after the last epoch: a training that failed (or was interrupted) mid-epoch left
-    its W&B run open until the process exited (a notebook's for good)."""
+    its W&B run open until the process exited (a notebook's for good). Interrupted, it does not wait for the file."""
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_MODE", raising=False)
     run = tmp_path / "run"
@@ -215,6 +221,7 @@ def test_a_training_stopped_by_an_error_finishes_its_wandb_run(shapes, tmp_path:
     with pytest.raises(error, match="failed mid-epoch"):  # the training's own error, not one of closing
         trainer.fit()
     (file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    _wait_for_wandb_file(file)  # an interrupted process does not wait for W&B's service to write it (it stops)
     exits = [record.exit for record in _wandb_records(file) if record.WhichOneof("record_type") == "exit"]
     assert [e.exit_code for e in exits] == [1]  # finished, as failed
     losses = [row["train-main-metrics/loss"] for row in read_wandb_history(run) if "train-main-metrics/loss" in row]

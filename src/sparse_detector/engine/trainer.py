@@ -938,10 +938,12 @@ class Trainer:
                 self.run_lock.release()
 
     def _close_logger_after(self, err: BaseException) -> None:
-        """Close the metrics loggers of a training stopped by ``err``; a failure to close them is a warning, so that
-        ``err`` is what the user sees."""
+        """Close the metrics loggers of a training stopped by ``err``, without waiting for W&B's service where the
+        process stops at once (a second signal, Ctrl-C); a failure to close them is a warning, so that ``err`` is
+        what the user sees."""
+        at_once = self.stopped_at_once is not None or isinstance(err, KeyboardInterrupt)
         try:
-            self.logger.close(failed=True)
+            self.logger.close(failed=True, wait=not at_once)
         except Exception as close_err:  # noqa: BLE001 - any failure: the training's own error matters more
             log.warning("could not close the run's metrics loggers after %r: %s", err, close_err)
 
