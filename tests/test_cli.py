@@ -168,6 +168,32 @@ def test_a_missing_option_is_suggested_with_the_stray_word_given(argv: list[str]
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["predict", "runs/x", "photo.png"], " (did you mean --checkpoint runs/x?)\n"),
+        (["predict", "mine.pth", "photo.png"], " (did you mean --checkpoint mine.pth?)\n"),
+        (["predict", "photos", "photo.png"], "\n"),  # a folder of images: nothing to suggest
+        (["predict", "photo.png", "runs/x"], "\n"),  # only the first input is taken for the model
+    ],
+)
+def test_predict_without_checkpoint_suggests_the_run_given_as_an_input(
+    argv: list[str], hint: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`predict runs/x photo.png` took the run for an image and got argparse's bare 'the following arguments are
+    required: --checkpoint'."""
+    monkeypatch.chdir(tmp_path)
+    Path("runs/x").mkdir(parents=True)
+    Path("runs/x/checkpoint_last.pt").touch()
+    Path("photos").mkdir()
+    Path("photo.png").touch()
+    Path("mine.pth").touch()
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: the following arguments are required: --checkpoint{hint}")
+
+
 def test_an_input_read_as_an_override_says_so(tmp_path: Path, monkeypatch, capsys) -> None:
     """`predict --checkpoint run --set data.val_size=512 photo.png` read photo.png as an override: 'the following
     arguments are required: inputs'."""

@@ -16,7 +16,13 @@ import torch
 
 from sparse_detector.engine.coco_eval import STAT_NAMES
 from sparse_detector.engine.diagnostics import DIAGNOSTICS_FILE, read_diagnostics
-from sparse_detector.engine.logger import MetricsLogger, grouped_scalars, read_wandb_history
+from sparse_detector.engine.logger import (
+    MetricsLogger,
+    _wait_for_wandb_file,
+    _wandb_records,
+    grouped_scalars,
+    read_wandb_history,
+)
 from sparse_detector.engine.trainer import Trainer, parameter_counts
 from sparse_detector.models import build_model
 from sparse_detector.runs import read_metrics
@@ -196,6 +202,33 @@ def test_the_callers_own_wandb_run_is_left_running(tmp_path: Path, monkeypatch):
 
 
 @needs_wandb
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_training_stopped_by_an_error_finishes_its_wandb_run(shapes, tmp_path: Path, monkeypatch, error):
+    """The loggers were closed only after the last epoch: a training that failed (or was interrupted) mid-epoch left
+    its W&B run open until the process exited (a notebook's for good). Interrupted, it does not wait for the file."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = tmp_path / "run"
+    trainer = Trainer(shapes_config(shapes, *TRACKED, "train.wandb=true"), run, progress=False)
+    log_record = trainer.logger.log
+
+    def log_then_fail(kind: str, step: int, **values) -> None:
+        log_record(kind, step, **values)
+        if kind == "train":
+            raise error("failed mid-epoch")
+
+    monkeypatch.setattr(trainer.logger, "log", log_then_fail)
+    with pytest.raises(error, match="failed mid-epoch"):  # the training's own error, not one of closing
+        trainer.fit()
+    (file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    _wait_for_wandb_file(file)  # an interrupted process does not wait for W&B's service to write it (it stops)
+    exits = [record.exit for record in _wandb_records(file) if record.WhichOneof("record_type") == "exit"]
+    assert [e.exit_code for e in exits] == [1]  # finished, as failed
+    losses = [row["train-main-metrics/loss"] for row in read_wandb_history(run) if "train-main-metrics/loss" in row]
+    assert losses == [read_metrics(run)[1]["loss"]]  # the step logged before the error
+
+
+@needs_wandb
 def test_offline_wandb_files_that_cannot_be_read_leave_the_resume_as_before(
     shapes, tmp_path: Path, monkeypatch, caplog
 ):
@@ -284,6 +317,27 @@ logger.close()
     assert done.returncode == 0, done.stderr
     assert "looked up" not in done.stdout  # it looked up api.forge.coreweave.com
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+@needs_wandb
+def test_an_offline_run_leaves_the_mode_of_the_callers_later_wandb_runs_alone(tmp_path: Path, monkeypatch):
+    """Our offline run set W&B's mode for the whole process (wandb.setup): a notebook's later wandb.init() without a
+    mode went offline too. Here the process's mode is 'disabled' (nothing reaches the network either way)."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    wandb.teardown()  # the process-wide settings read the environment again
+    ours = MetricsLogger(tmp_path / "run", wandb=True)
+    ours.log("train", 1, loss=1.0)
+    ours.close()
+    assert [row["train-main-metrics/loss"] for row in read_wandb_history(tmp_path / "run")] == [1.0]  # offline
+    theirs = wandb.init(project="theirs", dir=str(tmp_path))
+    try:
+        assert theirs.settings.mode == "disabled"
+    finally:
+        theirs.finish()
+        wandb.teardown()
 
 
 @needs_wandb

@@ -108,6 +108,14 @@ def holds_checkpoint(folder: Path) -> bool:
     return any(path.suffix in CHECKPOINT_SUFFIXES for path in folder.glob("*.pt*"))  # glob: unreadable = none
 
 
+def is_run_or_checkpoint(path: Path) -> bool:
+    """Whether ``path`` names a model: a checkpoint file or a run directory (its config or a checkpoint); any other
+    folder is one of images."""
+    if path.is_dir():
+        return (path / CONFIG_FILE).is_file() or holds_checkpoint(path)
+    return path.suffix in CHECKPOINT_SUFFIXES
+
+
 def epoch_checkpoint_name(epoch: int) -> str:
     """The file name of the checkpoint kept at the end of ``epoch``."""
     return f"checkpoint_epoch{epoch:04d}.pt"

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import check_score_threshold
+from ..runs import is_run_or_checkpoint
 from ..text import closest_name
 
 Subparsers = argparse._SubParsersAction  # what add_subparsers() returns; add_parser() makes a subcommand
@@ -34,7 +35,8 @@ class Parser(argparse.ArgumentParser):
     ) -> tuple[argparse.Namespace, list[str]]:
         """As argparse's, but a missing required option is named with the closest stray word given as its value:
         `evaluate runs/x` says "the following arguments are required: --checkpoint (did you mean --checkpoint
-        runs/x?)" where argparse named the option only."""
+        runs/x?)" where argparse named the option only; so does `predict runs/x a.png`, whose first input names a
+        run or checkpoint."""
         required = [action for action in self._actions if action.option_strings and action.required]
         for action in required:
             action.required = False  # checked below, where the words left over are known
@@ -47,6 +49,8 @@ class Parser(argparse.ArgumentParser):
             names = [max(action.option_strings, key=len) for action in missing]
             strays = [text for text in extras if not text.startswith("-")]
             meant = " ".join(f"{name} {text}" for name, text in zip(names, strays, strict=False))  # in order
+            if not meant and "--checkpoint" in names and (run := _first_input_naming_a_run(self, namespace)):
+                meant = f"--checkpoint {run}"  # `predict runs/x a.png` took the run for an image
             hint = f" (did you mean {meant}?)" if meant else ""
             self.error(f"the following arguments are required: {', '.join(names)}{hint}")
         return namespace, extras
@@ -74,11 +78,24 @@ def _join_inputs(command: argparse.ArgumentParser, parsed: argparse.Namespace, e
     """Add ``extras``, inputs argparse left over, to the command's list of inputs if it takes one; returns what is
     still left over. argparse reads a command's positionals in one stretch, so in ``predict --checkpoint RUN a.png
     --threshold 0.5 b.png`` (or ``visualize attention RUN --output figs b.png``) the last image was refused."""
-    listed = [action for action in command._actions if not action.option_strings and action.nargs in ("*", "+")]
-    if not listed or listed[-1].type is not None:
+    inputs = _inputs_action(command)
+    if inputs is None:
         return extras
-    setattr(parsed, listed[-1].dest, [*(getattr(parsed, listed[-1].dest) or []), *extras])
+    setattr(parsed, inputs.dest, [*(getattr(parsed, inputs.dest) or []), *extras])
     return []
+
+
+def _inputs_action(command: argparse.ArgumentParser) -> argparse.Action | None:
+    """The command's list of inputs: its last positional taking any number of words, as they were given."""
+    listed = [action for action in command._actions if not action.option_strings and action.nargs in ("*", "+")]
+    return listed[-1] if listed and listed[-1].type is None else None
+
+
+def _first_input_naming_a_run(command: argparse.ArgumentParser, parsed: argparse.Namespace) -> str | None:
+    """The command's first input where it names a run directory or checkpoint file (else None)."""
+    inputs = _inputs_action(command)
+    given = (getattr(parsed, inputs.dest, None) or []) if inputs else []
+    return given[0] if given and is_run_or_checkpoint(Path(given[0])) else None
 
 
 def _chosen_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..config import DEFAULT_SCORE_THRESHOLD, load_config
-from ..runs import CHECKPOINT_SUFFIXES, CONFIG_FILE, holds_checkpoint
+from ..runs import is_run_or_checkpoint
 from .model_source import add_official_reading, official_options, refuse_model_overrides
 from .outputs import check_output, report_unreadable
 from .parsing import Subparsers, add_command, add_overrides, non_negative_int, positive_int, score_threshold
@@ -117,13 +117,6 @@ def _pixel(text: str) -> tuple[float, float]:
     return x, y
 
 
-def _is_run(path: Path) -> bool:
-    """A checkpoint file or a run directory (its config or a checkpoint); any other folder is one of images."""
-    if path.is_dir():
-        return (path / CONFIG_FILE).is_file() or holds_checkpoint(path)
-    return path.suffix in CHECKPOINT_SUFFIXES
-
-
 def _visualize(args: argparse.Namespace) -> int:
     from ..engine.device import resolve_device
     from ..engine.inference import image_files
@@ -136,13 +129,14 @@ def _visualize(args: argparse.Namespace) -> int:
     if args.kind in RUN_ONLY_KINDS:  # these read runs' logs, never images: every input is a run
         runs, images = [run, *extra], []
     else:
-        runs = [run, *(p for p in extra if _is_run(p))]
-        images = [p for p in extra if not _is_run(p)]
+        runs = [run, *(p for p in extra if is_run_or_checkpoint(p))]
+        images = [p for p in extra if not is_run_or_checkpoint(p)]
     if args.set and args.kind in RUN_ONLY_KINDS:
         raise ValueError(f"--set: visualize {args.kind} reads the runs' records, not their config; leave --set out")
     _refuse_unread_options(args)
     refuse_model_overrides(args.set)
-    if args.kind == "data" and run.stem in PRESET_DATA_HINTS and not _is_run(run):  # a preset whose data we make
+    # a preset whose data we make
+    if args.kind == "data" and run.stem in PRESET_DATA_HINTS and not is_run_or_checkpoint(run):
         hint = missing_data_hint(args.run, load_config(args.run, args.set), splits=("train",))  # draws train
         if hint:
             raise FileNotFoundError(hint)

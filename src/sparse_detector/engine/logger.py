@@ -180,14 +180,15 @@ class MetricsLogger:
         if self._wandb is not None and (new := {n: v for n, v in scalars.items() if step > self._wandb_had.get(n, -1)}):
             self._wandb.log(new, step=step)
 
-    def close(self) -> None:
-        """Close the backends; an offline W&B run once its service has written all of it (see
-        :func:`_wait_for_wandb_file`)."""
+    def close(self, failed: bool = False, wait: bool = True) -> None:
+        """Close the backends (again: nothing to do); an offline W&B run once its service has written all of it (see
+        :func:`_wait_for_wandb_file`; not with ``wait=False``, a process stopping at once). ``failed``: the W&B run
+        ends with exit code 1, shown as failed."""
         if self._tensorboard is not None:
             self._tensorboard.close()
         if self._wandb is not None:
-            self._wandb.finish()
-            if self._wandb.settings.mode == "offline":
+            self._wandb.finish(exit_code=1 if failed else 0)
+            if wait and self._wandb.settings.mode == "offline":
                 _wait_for_wandb_file(Path(self._wandb.settings.sync_file))
         self._tensorboard = self._wandb = None
 
@@ -341,9 +342,16 @@ def _start_wandb(run_dir: Path, project: str, mode: str, config: dict) -> Any:
     id_file = run_dir / WANDB_RUN_ID
     if not id_file.is_file():
         id_file.write_text(uuid.uuid4().hex[:16])
-    # The process-wide settings too: wandb's own usage telemetry reads them, not the run's, and in a process not
-    # started with WANDB_MODE=offline it tried to reach api.forge.coreweave.com from an offline run.
-    wandb.setup(settings=wandb.Settings(mode=mode))
+    if mode == "offline":
+        # W&B's own usage telemetry follows the process's settings, not the run's: in a process not started with
+        # WANDB_MODE=offline it tried to reach api.forge.coreweave.com from an offline run. It is switched off
+        # (for the process: wandb has no switch of one run's), leaving the process's mode as the caller set it.
+        try:  # the telemetry came with wandb 0.2x; older ones have neither it nor this module
+            from wandb.analytics.opentelemetry import opentelemetry_proxy
+        except ImportError:
+            pass
+        else:
+            opentelemetry_proxy.disable()
     return wandb.init(
         project=project,
         name=run_dir.name,

@@ -923,16 +923,29 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         """Train the remaining epochs; returns the last evaluation's metrics. After a SIGTERM / SIGINT it returns
-        early with a checkpoint written and :attr:`stop_signal` set. The run directory is free again afterwards."""
+        early with a checkpoint written and :attr:`stop_signal` set. The run directory and the metrics loggers (the
+        W&B run, marked failed where training stopped on an error or a second signal) are free again afterwards."""
         try:
             return self._fit()
-        except Exception as err:
-            if self.stopped_at_once is not None:  # torch.save turns the exception raised in its writes into its own
+        except BaseException as err:
+            self._close_logger_after(err)
+            if isinstance(err, Exception) and self.stopped_at_once is not None:
+                # torch.save turns the exception raised in its writes into its own
                 raise StoppedAtOnce(self.stopped_at_once) from err
             raise
         finally:
             if self.run_lock is not None:
                 self.run_lock.release()
+
+    def _close_logger_after(self, err: BaseException) -> None:
+        """Close the metrics loggers of a training stopped by ``err``, without waiting for W&B's service where the
+        process stops at once (a second signal, Ctrl-C); a failure to close them is a warning, so that ``err`` is
+        what the user sees."""
+        at_once = self.stopped_at_once is not None or isinstance(err, KeyboardInterrupt)
+        try:
+            self.logger.close(failed=True, wait=not at_once)
+        except Exception as close_err:  # noqa: BLE001 - any failure: the training's own error matters more
+            log.warning("could not close the run's metrics loggers after %r: %s", err, close_err)
 
     def _fit(self) -> dict[str, float]:
         train = self.config.train
