@@ -86,8 +86,10 @@ def test_registered_and_built_from_config(shapes: dict[str, Path]):
     assert model.attend.activation.__class__.__name__ == "Sparsemax"
     with pytest.raises(ConfigError, match=rf"model\.attention\.decoder_cross: .*\['{SITE}'\]"):
         build_model(shapes_config(shapes, *CELL_DETECTOR, "model.attention.decoder_cross.activation=sparsemax"))
-    with pytest.raises(ConfigError, match=r"model\.arch: unknown model 'nope'.*'detr'"):
+    with pytest.raises(ConfigError, match=r"model\.arch: unknown model 'nope'; choose one of .*'detr'"):
         build_model(shapes_config(shapes, "model.arch=nope"))
+    with pytest.raises(ConfigError, match=r"unknown model 'deformable_dert' \(did you mean 'deformable_detr'\?\)"):
+        build_model(shapes_config(shapes, "model.arch=deformable_dert"))
 
 
 def test_trains_and_records_through_the_library(run_dir: Path, shapes: dict[str, Path]):

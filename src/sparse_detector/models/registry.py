@@ -71,7 +71,9 @@ def model_entry(arch: str) -> ModelEntry:
     try:
         return _MODELS[arch]
     except KeyError:
-        raise ConfigError(f"model.arch: unknown model {arch!r}; choose one of {available_models()}") from None
+        raise ConfigError(
+            f"model.arch: unknown model {arch!r}{did_you_mean(arch, _MODELS)}; choose one of {available_models()}"
+        ) from None
 
 
 def check_attention_config(attention: Mapping[str, AttentionSiteConfig], sites: Mapping[str, AttentionSite]) -> None:
