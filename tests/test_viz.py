@@ -1284,6 +1284,40 @@ def test_sampling_points_at_one_place_leave_the_smaller_on_top():
     assert [tuple(c) for c in hollow.get_edgecolors()] == [to_rgba(LEVEL_COLORS[0])]  # head 1's level 0
 
 
+def level_pixels_near(figure: Figure, axes, x: float, y: float, radius: float) -> np.ndarray:
+    """The rendered RGB pixels of ``figure`` within ``radius`` display pixels of data point (x, y) of ``axes``."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    image = np.asarray(canvas.buffer_rgba())[..., :3] / 255.0
+    column, row = axes.transData.transform((x, y))
+    rows, columns = np.mgrid[: image.shape[0], : image.shape[1]]
+    near = np.hypot(columns - column, rows - (image.shape[0] - row)) <= radius
+    return image[near]
+
+
+@pytest.mark.parametrize("weight", [1 / 3, 0.0])
+def test_sampling_points_of_several_levels_at_one_place_show_every_level(weight):
+    """With box references and softmax, every level's points start at the same places with equal weights: each level
+    covered the one before, and only the last level's colour showed there. They are now one circle cut into a slice
+    per level (an arc per level for zero-weight points), as large as one point of that weight."""
+    weights = torch.full((1, 1, 1, 3, 1), weight)  # (B, Lq, heads, levels, points)
+    locations = torch.full((1, 1, 1, 3, 1, 2), 0.25)
+    reference = torch.tensor([0.5, 0.5]).expand(1, 1, 3, 2)
+    record = PointsRecord(weights, locations, reference, torch.tensor([[4, 4], [2, 2], [1, 1]]), torch.ones(1, 3, 2))
+    figure = sampling_figure(np.full((40, 40, 3), 0.5), record, 0, 0)
+    axes = figure.axes[0]
+    offsets = np.concatenate([collection.get_offsets() for collection in axes.collections])
+    sizes = np.concatenate([collection.get_sizes() for collection in axes.collections])
+    np.testing.assert_allclose(offsets, [[10.0, 10.0]] * 3)  # one slice per level, as large as one point
+    np.testing.assert_allclose(sizes, [MIN_AREA + FULL_WEIGHT_AREA * weight] * 3, rtol=1e-6)
+    radius = marker_size(weight) / 2 * figure.dpi / 72  # in display pixels
+    pixels = level_pixels_near(figure, axes, 10.0, 10.0, radius)
+    for level in range(3):
+        color = np.array(to_rgba(LEVEL_COLORS[level])[:3])
+        shown = color if weight == 0 else 0.8 * color + 0.2 * 0.5  # filled points: alpha 0.8 over the grey image
+        assert np.abs(pixels - shown).max(axis=1).min() < 0.05, f"level {level} is not visible"
+
+
 @pytest.mark.parametrize("height, width", [(40, 40), (43, 128), (128, 43)])
 def test_sampling_panels_take_the_images_shape(height, width):
     """A 3:1 COCO image was drawn in square 3-inch panels: a strip in white, two thirds of each panel empty."""

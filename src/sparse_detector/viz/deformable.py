@@ -1,7 +1,9 @@
 """Where Deformable DETR samples: a query's reference point and sampling points over the image.
 
 Points are coloured by feature level and sized by weight; points of exactly zero weight (sparse maps) are drawn
-hollow, so what a sparse map switched off stays visible. One panel with every head, then one per head. Inputs are
+hollow, so what a sparse map switched off stays visible. Points of several levels that look like one (with box
+references every level's points start at the same places, with equal weights under softmax) are one circle cut into
+a slice per level, so no level hides another. One panel with every head, then one per head. Inputs are
 the :class:`~sparse_detector.attention.sites.PointsRecord` of one layer, whose locations are in [0, 1] of each
 level's valid cells (ceil(side / stride) cells of the level's stride, which reach past the image when its side is
 not a multiple of the stride): with the site's level strides a location u of a level is drawn at pixel
@@ -11,13 +13,16 @@ u · cells · stride of the model input, as the model samples it (without them, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import pairwise
+from itertools import groupby, pairwise
 
 import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.markers import MarkerStyle
+from matplotlib.path import Path
+from matplotlib.transforms import Affine2D
 
 from ..analysis.paibb import valid_area_scale
 from ..attention.sites import PointsRecord
@@ -34,6 +39,9 @@ MIN_PANEL_WIDTH = 2.6  # inches: a panel's title ("head 3 (2 zero, 11 outside th
 REFERENCES_INCHES = 5.0  # the width of the reference-points figure
 LABEL_ROOM_POINTS = 12.0  # a layer label's size (9 pt text, its box): points closer share one label
 LEVEL_COLORS = ("tab:blue", "magenta", "lime", "orange", "tab:purple", "tab:brown")
+#: Points whose centres and diameters differ by at most this fraction of their radius look like one point: they are
+#: drawn as one circle cut into a slice per level, so no level's colour hides another's.
+COINCIDE_FRACTION = 0.25
 
 
 def marker_size(weight: float) -> float:
@@ -54,20 +62,60 @@ def level_pixels(
     return scale * np.array([width, height], dtype=np.float64)
 
 
-def _draw_points(ax, locations: np.ndarray, weights: np.ndarray, pixels: np.ndarray) -> None:
+def _coinciding(where: np.ndarray, diameters: np.ndarray) -> list[list[int]]:
+    """Groups of the points at ``where`` (n, 2) of ``diameters`` (n,), both in points on the figure, that look like one:
+    centres and diameters within ``COINCIDE_FRACTION`` of the first member's radius."""
+    groups: list[list[int]] = []
+    for index, (place, diameter) in enumerate(zip(where, diameters, strict=True)):
+        for group in groups:
+            room = COINCIDE_FRACTION * diameters[group[0]] / 2
+            if np.hypot(*(place - where[group[0]])) <= room and abs(diameter - diameters[group[0]]) <= room:
+                group.append(index)
+                break
+        else:
+            groups.append([index])
+    return groups
+
+
+def _slice_marker(part: int, parts: int, hollow: bool) -> MarkerStyle | str:
+    """Slice ``part`` of a circle marker cut in ``parts`` from the top (a wedge, or for hollow points an arc), as wide
+    as the circle marker of the same scatter size; the whole circle when ``parts`` is 1."""
+    if parts == 1:
+        return "o"
+    start = 90 + 360 * part / parts
+    path = (Path.arc if hollow else Path.wedge)(start, start + 360 / parts)
+    # Matplotlib scales a path marker by its largest coordinate; scaling it back keeps the circle marker's radius.
+    return MarkerStyle(path, transform=Affine2D().scale(np.abs(path.vertices).max()))
+
+
+def _draw_points(ax, locations: np.ndarray, weights: np.ndarray, pixels: np.ndarray, points_per_pixel: float) -> None:
     """``locations`` (heads, L, P, 2) in [0, 1] of each level's valid cells, ``pixels`` (L, 2) their size in pixels,
-    ``weights`` (heads, L, P): coloured by level, sized by weight. Larger points are drawn first, so a smaller one at
-    the same place stays visible on top (with box references every level's points start at the same places), and
-    the hollow zero-weight points last."""
+    ``weights`` (heads, L, P): coloured by level, sized by weight (``points_per_pixel``: the image's scale on the
+    figure). Points of several levels that look like one (same place, same weight: with box references every level's
+    points start at the same places) are one circle cut into a slice per level. Larger points are drawn first, so a
+    smaller one at the same place stays visible on top, and the hollow zero-weight points last."""
     where = (locations * pixels[None, :, None, :]).reshape(-1, 2)
     levels = np.broadcast_to(np.arange(locations.shape[1])[None, :, None], weights.shape).ravel()
-    colors = np.array([LEVEL_COLORS[level % len(LEVEL_COLORS)] for level in levels], dtype=object)
     w = weights.ravel()
     sizes = MIN_AREA + FULL_WEIGHT_AREA * w
-    order = np.argsort(-sizes, kind="stable")
-    filled, zero = order[w[order] != 0], order[w[order] == 0]
-    ax.scatter(*where[filled].T, s=sizes[filled], c=list(colors[filled]), alpha=0.8, edgecolors="white", linewidths=0.5)
-    ax.scatter(*where[zero].T, s=sizes[zero], facecolors="none", edgecolors=list(colors[zero]), linewidths=1.3)
+    slices = []  # (hollow, -size, parts, part, x, y, size, level): one per level of each group of coinciding points
+    for hollow in (False, True):
+        chosen = np.flatnonzero((w == 0) == hollow)
+        for group in _coinciding(where[chosen] * points_per_pixel, np.sqrt(sizes[chosen])):
+            members = chosen[group]
+            shown = sorted(set(levels[members].tolist()))
+            x, y = where[members].mean(axis=0)
+            size = sizes[members].mean()
+            slices += [(hollow, -size, len(shown), part, x, y, size, level) for part, level in enumerate(shown)]
+    slices.sort(key=lambda item: item[:4])
+    for (hollow, parts, part), run in groupby(slices, key=lambda item: (item[0], item[2], item[3])):
+        _, _, _, _, x, y, size, level = zip(*run, strict=True)
+        colors = [LEVEL_COLORS[index % len(LEVEL_COLORS)] for index in level]
+        marker = _slice_marker(part, parts, hollow)
+        if hollow:
+            ax.scatter(x, y, s=size, marker=marker, facecolors="none", edgecolors=colors, linewidths=1.3)
+        else:
+            ax.scatter(x, y, s=size, marker=marker, c=colors, alpha=0.8, edgecolors="white", linewidths=0.5)
 
 
 def _reference_pixels(
@@ -118,13 +166,14 @@ def sampling_figure(
     columns = min(heads + 1, 5)
     rows = -(-(heads + 1) // columns)
     panel_width, panel_height = panel_inches(height, width, PANEL_INCHES)
+    points_per_pixel = 72 * panel_width / width  # about: the panel's image is a little smaller in the layout
     panel_width = max(panel_width, MIN_PANEL_WIDTH)  # room for a panel's title
     figure = Figure(figsize=(panel_width * columns, (panel_height + 0.3) * rows + 0.9), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     panels = [("all heads", range(heads))] + [(f"head {h}", [h]) for h in range(heads)]
     for ax, (name, selected) in zip(axes, panels, strict=False):
         ax.imshow(image, extent=(0, width, height, 0))
-        _draw_points(ax, locations[list(selected)], weights[list(selected)], pixels)
+        _draw_points(ax, locations[list(selected)], weights[list(selected)], pixels, points_per_pixel)
         _draw_boxes(ax, boxes)
         ax.plot(*reference, marker="x", color="black", markersize=9, mew=2.5)
         ax.plot(*reference, marker="x", color="white", markersize=7, mew=1.2)
