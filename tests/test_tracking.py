@@ -228,6 +228,31 @@ def test_a_training_stopped_by_an_error_finishes_its_wandb_run(shapes, tmp_path:
     assert losses == [read_metrics(run)[1]["loss"]]  # the step logged before the error
 
 
+@needs_tensorboard
+@needs_wandb
+def test_a_tensorboard_writer_that_fails_to_close_leaves_the_wandb_run_finished(tmp_path: Path, monkeypatch):
+    """Closing the TensorBoard writer raised before the W&B run was finished: it stayed open."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = tmp_path / "run"
+    logger = MetricsLogger(run, tensorboard=True, wandb=True)
+    logger.log("train", 1, loss=1.0)
+    writer = logger._tensorboard
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writer, "close", fail)
+    with pytest.raises(OSError, match="disk full"):  # not lost
+        logger.close()
+    (file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    exits = [record.exit for record in _wandb_records(file) if record.WhichOneof("record_type") == "exit"]
+    assert [e.exit_code for e in exits] == [0]  # finished (and waited for)
+    assert [row["train-main-metrics/loss"] for row in read_wandb_history(run)] == [1.0]
+    logger.close()  # again: nothing to do
+    type(writer).close(writer)  # the writer's own close, patched above
+
+
 @needs_wandb
 def test_offline_wandb_files_that_cannot_be_read_leave_the_resume_as_before(
     shapes, tmp_path: Path, monkeypatch, caplog
