@@ -130,6 +130,18 @@ def test_a_run_directory_in_training_is_refused_to_a_second_process(shapes, tmp_
     Trainer(shapes_config(shapes, *FAST, "train.epochs=2"), run, resume=True, progress=False).fit()
 
 
+def test_a_resume_that_fails_leaves_the_run_directory_free(shapes, tmp_path: Path):
+    """A Trainer whose constructor failed after claiming the run directory (here: a resume with no checkpoint) held
+    it while the failed Trainer lived on in the traceback (a notebook keeps the last one): a second start in the
+    process was refused."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no valid checkpoint to resume from") as failure:
+        Trainer(shapes_config(shapes, *FAST), run, resume=True, progress=False)
+    claim_run_dir(run).release()  # free: no 'is being trained by another process right now'
+    assert failure.traceback  # kept until here, as a notebook keeps it
+
+
 def test_resume_auto_falls_back_from_a_corrupt_checkpoint(shapes, tmp_path: Path, caplog):
     run = tmp_path / "run"
     args = ["train", "--no-progress", "--resume", "auto", "--output-dir", str(run), "--set"]

@@ -25,7 +25,7 @@ from sparse_detector.engine.logger import (
 )
 from sparse_detector.engine.trainer import Trainer, parameter_counts
 from sparse_detector.models import build_model
-from sparse_detector.runs import read_metrics
+from sparse_detector.runs import claim_run_dir, read_metrics
 
 from .conftest import shapes_config, shapes_overrides
 
@@ -226,6 +226,62 @@ def test_a_training_stopped_by_an_error_finishes_its_wandb_run(shapes, tmp_path:
     assert [e.exit_code for e in exits] == [1]  # finished, as failed
     losses = [row["train-main-metrics/loss"] for row in read_wandb_history(run) if "train-main-metrics/loss" in row]
     assert losses == [read_metrics(run)[1]["loss"]]  # the step logged before the error
+
+
+@needs_tensorboard
+@needs_wandb
+def test_a_training_that_fails_to_start_frees_its_loggers_and_run_directory(shapes, tmp_path: Path, monkeypatch):
+    """A Trainer whose constructor failed after making its metrics loggers left its W&B run and TensorBoard writer
+    open until the process exited, and its run directory claimed: a second start in the process was refused."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    closes = []
+    close = MetricsLogger.close
+
+    def record_close(logger: MetricsLogger, failed: bool = False, wait: bool = True) -> None:
+        closes.append({"failed": failed, "wait": wait})
+        close(logger, failed=failed, wait=wait)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("diagnostics failed")
+
+    monkeypatch.setattr(MetricsLogger, "close", record_close)
+    monkeypatch.setattr("sparse_detector.engine.trainer.TrainingDiagnostics", fail)  # made after the loggers
+    run = tmp_path / "run"
+    config = shapes_config(shapes, *TRACKED, "train.tensorboard=true", "train.wandb=true")
+    with pytest.raises(RuntimeError, match="diagnostics failed"):  # the constructor's own error
+        Trainer(config, run, progress=False)
+    assert closes == [{"failed": True, "wait": False}]
+    claim_run_dir(run).release()  # free: no 'is being trained by another process right now'
+    (file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    _wait_for_wandb_file(file)
+    exits = [record.exit for record in _wandb_records(file) if record.WhichOneof("record_type") == "exit"]
+    assert [e.exit_code for e in exits] == [1]  # finished, as failed
+
+
+@needs_tensorboard
+@needs_wandb
+def test_a_tensorboard_writer_that_fails_to_close_leaves_the_wandb_run_finished(tmp_path: Path, monkeypatch):
+    """Closing the TensorBoard writer raised before the W&B run was finished: it stayed open."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = tmp_path / "run"
+    logger = MetricsLogger(run, tensorboard=True, wandb=True)
+    logger.log("train", 1, loss=1.0)
+    writer = logger._tensorboard
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writer, "close", fail)
+    with pytest.raises(OSError, match="disk full"):  # not lost
+        logger.close()
+    (file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    exits = [record.exit for record in _wandb_records(file) if record.WhichOneof("record_type") == "exit"]
+    assert [e.exit_code for e in exits] == [0]  # finished (and waited for)
+    assert [row["train-main-metrics/loss"] for row in read_wandb_history(run)] == [1.0]
+    logger.close()  # again: nothing to do
+    type(writer).close(writer)  # the writer's own close, patched above
 
 
 @needs_wandb

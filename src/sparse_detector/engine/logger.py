@@ -8,6 +8,7 @@ Reading the log back is ``sparse_detector.runs.read_metrics``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -183,14 +184,21 @@ class MetricsLogger:
     def close(self, failed: bool = False, wait: bool = True) -> None:
         """Close the backends (again: nothing to do); an offline W&B run once its service has written all of it (see
         :func:`_wait_for_wandb_file`; not with ``wait=False``, a process stopping at once). ``failed``: the W&B run
-        ends with exit code 1, shown as failed."""
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-        if self._wandb is not None:
-            self._wandb.finish(exit_code=1 if failed else 0)
-            if wait and self._wandb.settings.mode == "offline":
-                _wait_for_wandb_file(Path(self._wandb.settings.sync_file))
-        self._tensorboard = self._wandb = None
+        ends with exit code 1, shown as failed. Each backend is closed even where closing another fails (that error is
+        raised after)."""
+        with contextlib.ExitStack() as closing:  # on leaving: TensorBoard closed, then W&B, whatever the other raises
+            if self._wandb is not None:
+                closing.callback(_finish_wandb, self._wandb, failed, wait)
+            if self._tensorboard is not None:
+                closing.callback(self._tensorboard.close)
+            self._tensorboard = self._wandb = None
+
+
+def _finish_wandb(run: Any, failed: bool, wait: bool) -> None:
+    """Finish the W&B ``run`` (exit code 1 where ``failed``); offline, wait for its file where ``wait``."""
+    run.finish(exit_code=1 if failed else 0)
+    if wait and run.settings.mode == "offline":
+        _wait_for_wandb_file(Path(run.settings.sync_file))
 
 
 def _last_steps(records: list[dict]) -> dict[str, int]:

@@ -387,6 +387,18 @@ class Trainer:
     ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
+        self.run_lock = None
+        try:
+            self._set_up(resume, progress, init_from)
+        except BaseException as err:  # what it acquired is freed again: the run directory, the W&B run
+            if hasattr(self, "logger"):
+                self._close_logger_after(err, wait=False)
+            self._release_run_dir()
+            raise
+
+    def _set_up(self, resume: bool, progress: bool, init_from: str | Path | None) -> None:
+        """The constructor's work: a run directory claimed, its data, model, optimiser and loggers set up."""
+        config = self.config
         train = config.train
         if train.on_nonfinite_loss not in ("error", "skip"):
             raise ValueError(f"train.on_nonfinite_loss must be 'error' or 'skip', got {train.on_nonfinite_loss!r}")
@@ -396,11 +408,10 @@ class Trainer:
         self.dist: DistributedContext
         self.dist, self.device = init_distributed(resolve_device(train.device, "train.device"))
         check_same_config(config)
-        self.run_lock = None
-        self._claim_run_dir()  # before a resume cuts back the logs another process may still be writing
+        # before a resume cuts back the logs another process may still be writing, and before the check below:
+        # while another process trains into it, that is the error
+        self._claim_run_dir()
         if not resume and run_checkpoints(self.run_dir):  # a numbered one alone: killed while writing the last
-            if self.run_lock is not None:  # claimed first: while another process trains into it, that is the error
-                self.run_lock.release()
             raise FileExistsError(
                 f"run directory {self.run_dir} already holds a checkpoint; continue it with --resume {self.run_dir} "
                 "(or --resume auto) or choose another --output-dir"
@@ -934,16 +945,20 @@ class Trainer:
                 raise StoppedAtOnce(self.stopped_at_once) from err
             raise
         finally:
-            if self.run_lock is not None:
-                self.run_lock.release()
+            self._release_run_dir()
 
-    def _close_logger_after(self, err: BaseException) -> None:
-        """Close the metrics loggers of a training stopped by ``err``, without waiting for W&B's service where the
-        process stops at once (a second signal, Ctrl-C); a failure to close them is a warning, so that ``err`` is
-        what the user sees."""
+    def _release_run_dir(self) -> None:
+        """Free the run directory claimed by :meth:`_claim_run_dir` (nothing to do where it was not)."""
+        if self.run_lock is not None:
+            self.run_lock.release()
+
+    def _close_logger_after(self, err: BaseException, wait: bool = True) -> None:
+        """Close the metrics loggers of a training stopped by ``err``, without waiting for W&B's service where
+        ``wait`` is false or the process stops at once (a second signal, Ctrl-C); a failure to close them is a
+        warning, so that ``err`` is what the user sees."""
         at_once = self.stopped_at_once is not None or isinstance(err, KeyboardInterrupt)
         try:
-            self.logger.close(failed=True, wait=not at_once)
+            self.logger.close(failed=True, wait=wait and not at_once)
         except Exception as close_err:  # noqa: BLE001 - any failure: the training's own error matters more
             log.warning("could not close the run's metrics loggers after %r: %s", err, close_err)
 
