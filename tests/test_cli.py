@@ -24,6 +24,14 @@ from sparse_detector.data.build import absolute_data_paths
 from sparse_detector.text import closest_name
 
 
+def usage_error(argv: list[str], capsys) -> str:
+    """What ``main(argv)`` printed on stderr as it stopped with a usage error (exit status 2)."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err
+
+
 def subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """Every leaf command path, e.g. ("train",), ("data", "import")."""
     found = []
@@ -114,10 +122,7 @@ print(torch_for_shapes, "torchvision" in sys.modules)
 def test_a_number_out_of_range_is_a_usage_error_naming_the_option(argv: list[str], message: str, capsys) -> None:
     """--num-images -5 wrote an empty data set, quickstart --num-train 0 'trained' 12 epochs without a step and
     --num-val 0 evaluated on nothing (all exit 0); --threshold 1.5 kept no detection, --num-images 0 drew nothing."""
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-    assert stop.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in usage_error(argv, capsys)
 
 
 @pytest.mark.parametrize(
@@ -137,10 +142,7 @@ def test_a_number_out_of_range_is_a_usage_error_naming_the_option(argv: list[str
 def test_a_mistyped_name_is_answered_with_the_closest_one(argv: list[str], message: str, capsys) -> None:
     """`sparse-detector trian` got argparse's bare 'invalid choice', and `train --confg x` 'sparse-detector: error:
     unrecognized arguments' under the top level's usage, without naming the option meant."""
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-    assert stop.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in usage_error(argv, capsys)
 
 
 @pytest.mark.parametrize(
@@ -162,10 +164,7 @@ def test_a_mistyped_name_is_answered_with_the_closest_one(argv: list[str], messa
 def test_a_missing_option_is_suggested_with_the_stray_word_given(argv: list[str], message: str, capsys) -> None:
     """`evaluate runs/x` and `data import yolo SRC OUT` got argparse's bare 'the following arguments are required:
     --checkpoint' (--out), not naming the word given without its option."""
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-    assert stop.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in usage_error(argv, capsys)
 
 
 @pytest.mark.parametrize(
@@ -188,10 +187,7 @@ def test_predict_without_checkpoint_suggests_the_run_given_as_an_input(
     Path("photos").mkdir()
     Path("photo.png").touch()
     Path("mine.pth").touch()
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-    assert stop.value.code == 2
-    assert capsys.readouterr().err.endswith(f"error: the following arguments are required: --checkpoint{hint}")
+    assert usage_error(argv, capsys).endswith(f"error: the following arguments are required: --checkpoint{hint}")
 
 
 def test_an_input_read_as_an_override_says_so(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -200,10 +196,8 @@ def test_an_input_read_as_an_override_says_so(tmp_path: Path, monkeypatch, capsy
     monkeypatch.chdir(tmp_path)
     Path("photo.png").touch()
     argv = ["predict", "--checkpoint", "run", "--set", "data.val_size=512"]
-    with pytest.raises(SystemExit) as stop:
-        main([*argv, "photo.png"])
-    assert stop.value.code == 2
-    assert "argument --set: expected KEY=VALUE, got 'photo.png': --set reads every word" in capsys.readouterr().err
+    err = usage_error([*argv, "photo.png"], capsys)
+    assert "argument --set: expected KEY=VALUE, got 'photo.png': --set reads every word" in err
     assert build_parser().parse_args([*argv, "--", "photo.png"]).inputs == ["photo.png"]
     with pytest.raises(SystemExit):  # a key without its value
         main(["train", "--set", "train.epochs"])
