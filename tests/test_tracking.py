@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sparse_detector.engine import logger as logger_module
 from sparse_detector.engine.coco_eval import STAT_NAMES
 from sparse_detector.engine.diagnostics import DIAGNOSTICS_FILE, read_diagnostics
 from sparse_detector.engine.logger import (
@@ -282,6 +283,25 @@ def test_a_tensorboard_writer_that_fails_to_close_leaves_the_wandb_run_finished(
     assert [row["train-main-metrics/loss"] for row in read_wandb_history(run)] == [1.0]
     logger.close()  # again: nothing to do
     type(writer).close(writer)  # the writer's own close, patched above
+
+
+@needs_tensorboard
+def test_a_wandb_run_that_fails_to_start_leaves_no_tensorboard_writer_open(tmp_path: Path, monkeypatch):
+    """W&B failing to start after the TensorBoard writer was made left that writer open: the logger was never
+    returned, so nothing could close it."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    closed: list[SummaryWriter] = []
+    monkeypatch.setattr(SummaryWriter, "close", lambda writer: closed.append(writer))
+
+    def fail(*args, **kwargs) -> None:
+        raise RuntimeError("W&B could not start")
+
+    monkeypatch.setattr(logger_module, "check_backends", lambda *args: None)  # W&B need not be installed
+    monkeypatch.setattr(logger_module, "_start_wandb", fail)
+    with pytest.raises(RuntimeError, match="W&B could not start"):  # its own error, not one of closing
+        MetricsLogger(tmp_path / "run", tensorboard=True, wandb=True)
+    assert len(closed) == 1
 
 
 @needs_wandb

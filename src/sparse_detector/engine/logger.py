@@ -149,8 +149,13 @@ class MetricsLogger:
             purge_step = 0 if resumed_at is None else resumed_at + 1
             self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
         if wandb:
-            self._wandb = _start_wandb(self.run_dir, wandb_project, wandb_mode, config or {})
-            self._resend(resend)
+            try:
+                self._wandb = _start_wandb(self.run_dir, wandb_project, wandb_mode, config or {})
+                self._resend(resend)
+            except BaseException:  # the writer made above, and a W&B run started, are not left open
+                with contextlib.suppress(Exception):  # the error of starting W&B is the one to see
+                    self.close(failed=True, wait=False)
+                raise
 
     def _resend(self, records: list[dict]) -> None:
         """Sends W&B, step by step before any new step, the numbers of ``records`` it does not hold."""
