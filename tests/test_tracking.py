@@ -344,6 +344,8 @@ def test_a_new_run_where_one_was_killed_before_its_first_checkpoint_starts_its_l
         ("epoch", 2),
     ]
     assert [step for step, _ in _tensorboard_scalars(run / "tensorboard")["train-main-metrics/loss"]] == [1, 2]
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1  # the killed one's removed: its
+    # purge by step held only where its file's name sorted first (not for a process's 9th and 10th writers)
     diagnostics = read_diagnostics(run)
     assert [r["step"] for r in diagnostics] == [0, 1, 2] and "gone" not in diagnostics[0]["weights"]
 

@@ -130,9 +130,13 @@ class MetricsLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resumed_at is None:
+        if resumed_at is None:  # a new run: the logs of one killed before its first checkpoint here are not its own
             self.path.write_text("")
             (self.run_dir / WANDB_RUN_ID).unlink(missing_ok=True)
+            # removed, not purged by step: TensorBoard reads a folder's event files in name order, which is not the
+            # order written where the names' counters differ in digits (``…pid.10`` before ``…pid.9``)
+            for events in (self.run_dir / "tensorboard").glob("events.out.tfevents.*"):
+                events.unlink()
         check_backends(tensorboard, wandb, wandb_mode)
         resend: list[dict] = []  # records of metrics.jsonl (up to the checkpoint) W&B's offline files lack
         if resumed_at is not None and wandb and (self.run_dir / WANDB_RUN_ID).is_file():  # W&B was on before
