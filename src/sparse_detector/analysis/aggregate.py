@@ -42,12 +42,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..attention.sites import SIDE_NAMES
 from .maps import AttentionMaps
 from .metrics import DENSE_ZERO_THRESHOLD, site_metrics
 from .paibb import SIZE_BUCKETS, MatchIndices, compute_paibb, takes_paibb, upsampled_paibb
-
-#: What a site's ``keys`` are, in words.
-KEY_NAMES = {"grid": "feature-grid cells", "points": "sampling points", "queries": "object queries"}
 
 
 def runs_by_keys(results: Mapping[str, Mapping], site: str) -> dict[str, list[str]]:
@@ -68,7 +66,7 @@ def keys_differ(results: Mapping[str, Mapping], site: str) -> str:
     runs = runs_by_keys(results, site)
     if len(runs) < 2:
         return ""
-    return "; ".join(f"{KEY_NAMES.get(keys, keys)}: {', '.join(labels)}" for keys, labels in runs.items())
+    return "; ".join(f"{SIDE_NAMES.get(keys, keys)}: {', '.join(labels)}" for keys, labels in runs.items())
 
 
 @dataclass

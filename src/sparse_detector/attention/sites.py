@@ -38,6 +38,9 @@ KEY_KINDS: tuple[KeyKind, ...] = ("grid", "queries", "points")
 QueryKind = Literal["grid", "queries"]
 """What a site's queries are: cells of the image feature grid (encoder self attention) or the object queries."""
 
+#: What a site's queries or keys (:data:`QueryKind`, :data:`KeyKind`) are, in words.
+SIDE_NAMES = {"grid": "feature-grid cells", "points": "sampling points", "queries": "object queries"}
+
 
 @runtime_checkable
 class AttentionRecord(Protocol):

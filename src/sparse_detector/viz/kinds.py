@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ..analysis import AttentionMaps, record_attention
-from ..attention.sites import AttentionSite, QueryKind, model_sites, select_sites
+from ..attention.sites import SIDE_NAMES, AttentionSite, QueryKind, model_sites, select_sites
 from ..config import DEFAULT_SCORE_THRESHOLD, Config, load_config, load_run_config
 from ..data.batching import collate_detection
 from ..data.build import build_dataset, config_transforms
@@ -255,8 +255,7 @@ def _category_names(dataset: CocoDetection, target: dict[str, Tensor]) -> list[s
     return [dataset.labels.name(int(label)) for label in target["labels"]]
 
 
-QUERY_NAMES = {"queries": "object queries", "grid": "feature-grid cells"}
-KEY_NAMES = {"grid": "the feature grid", "queries": "object queries", "points": "sampling points"}
+KEY_PHRASES = {**SIDE_NAMES, "grid": "the feature grid"}  # keys read as one whole: "over the feature grid"
 GRID_QUERY_KINDS = {"queries": "attention", "grid": "encoder"}  # the kind that draws a grid-keyed site's queries
 
 
@@ -264,7 +263,7 @@ def described_sites(sites: Mapping[str, AttentionSite]) -> str:
     """The sites of a model for a message: ``name (its queries over its keys)``, e.g. ``encoder_self (feature-grid
     cells over sampling points)``."""
     return ", ".join(
-        f"{name} ({QUERY_NAMES[site.queries]} over {KEY_NAMES[site.keys]})" for name, site in sites.items()
+        f"{name} ({SIDE_NAMES[site.queries]} over {KEY_PHRASES[site.keys]})" for name, site in sites.items()
     )
 
 
@@ -281,7 +280,7 @@ def grid_site(loaded: LoadedModel, queries: QueryKind, requested: str | None) ->
         else:  # the figure's queries are object queries (attention, compare) or grid cells (encoder)
             kind = GRID_QUERY_KINDS[site.queries]
             problem = (
-                f"the queries of site {site.name} are {QUERY_NAMES[site.queries]}, not {QUERY_NAMES[queries]}; "
+                f"the queries of site {site.name} are {SIDE_NAMES[site.queries]}, not {SIDE_NAMES[queries]}; "
                 f"draw it with: sparse-detector visualize {kind} {loaded.source} --site {site.name}"
             )
     else:
@@ -289,7 +288,7 @@ def grid_site(loaded: LoadedModel, queries: QueryKind, requested: str | None) ->
             if site.keys == "grid" and site.queries == queries:
                 return site.name
         problem = (
-            f"the model has no site of {QUERY_NAMES[queries]} over the feature grid to draw (its sites: "
+            f"the model has no site of {SIDE_NAMES[queries]} over the feature grid to draw (its sites: "
             f"{described_sites(sites)})"
         )
     if object_query_kind(loaded.model) == "deformable":
