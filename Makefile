@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,logging,wandb]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,logging,wandb,heif]'
 	touch $(STAMP)
 
 install: $(STAMP)

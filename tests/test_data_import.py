@@ -16,12 +16,14 @@ from PIL import Image
 
 from sparse_detector.cli import main
 from sparse_detector.config import ConfigError, load_config
-from sparse_detector.data import CocoDetection, DatasetError
+from sparse_detector.data import CocoDetection, DatasetError, heif
 from sparse_detector.data.batching import collate_detection
 from sparse_detector.data.build import build_dataset
 from sparse_detector.data.check import check_dataset
 from sparse_detector.data.coco import read_rgb
+from sparse_detector.data.importers import common as importers_common
 from sparse_detector.data.importers import import_coco, import_csv, import_voc, import_voc_root, import_yolo
+from sparse_detector.data.importers.common import IMAGE_SUFFIXES
 from sparse_detector.data.split import split_coco
 from sparse_detector.engine.inference import image_files
 from sparse_detector.viz.boxes import draw_boxes
@@ -356,9 +358,14 @@ def test_yolo_data_yaml_whose_nc_differs_from_its_names_is_refused(
     assert [c["name"] for c in import_yolo(tmp_path / "images", out, classes)["categories"]] == ["car", "person"]
 
 
-def test_photos_pillow_cannot_read_are_named_not_left_out_silently(tmp_path: Path, caplog) -> None:
-    """A phone's .HEIC and a camera's .dng beside the JPEGs were left out of data import yolo and predict without a
-    word; they are now named with what to do. A float .pfm (as Ultralytics reads it) is taken."""
+def test_photos_pillow_cannot_read_are_named_not_left_out_silently(
+    tmp_path: Path, caplog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A phone's .HEIC (where pillow-heif is not installed) and a camera's .dng beside the JPEGs were left out of
+    data import yolo and predict without a word; they are now named with what to do. A float .pfm (as Ultralytics
+    reads it) is taken."""
+    monkeypatch.setattr(importers_common, "IMAGE_SUFFIXES", tuple(set(IMAGE_SUFFIXES) - set(heif.SUFFIXES)))
+    monkeypatch.setattr(importers_common, "OTHER_IMAGE_SUFFIXES", (".dng", *heif.SUFFIXES))
     write_image(tmp_path / "images" / "a.jpg")
     Image.fromarray(RAMP.astype(np.float32)).save(tmp_path / "images" / "depth.pfm")
     for other in ("b.HEIC", "c.dng"):
@@ -369,11 +376,32 @@ def test_photos_pillow_cannot_read_are_named_not_left_out_silently(tmp_path: Pat
         coco = import_yolo(tmp_path / "images", tmp_path / "out.json", write_text(tmp_path / "c.txt", "cell\n"))
     assert sorted(Path(image["file_name"]).name for image in coco["images"]) == ["a.jpg", "depth.pfm"]
     assert "left out 2 image(s) of a format Pillow does not read (.dng, .heic)" in caplog.text
-    assert "convert them to JPEG or PNG" in caplog.text
+    assert "convert them to JPEG or PNG to use them, or pip install 'sparse-detector[heif]'" in caplog.text
     caplog.clear()
+    (tmp_path / "images" / "b.HEIC").unlink()
     with caplog.at_level(logging.WARNING):
         assert [path.name for path in image_files([tmp_path / "images"])] == ["a.jpg", "depth.pfm"]
-    assert "b.HEIC" in caplog.text
+    assert "c.dng" in caplog.text and "pillow-heif" not in caplog.text  # no HEIC: no pillow-heif advice
+
+
+@pytest.mark.skipif(not heif.INSTALLED, reason="pillow-heif is not installed (pip install 'sparse-detector[heif]')")
+def test_heic_photos_are_read_where_pillow_heif_is_installed(tmp_path: Path) -> None:
+    """A phone's HEIC photos were named and left out; with pillow-heif they are images like any other: found in a
+    folder, imported, decoded for training."""
+    images = tmp_path / "images"
+    write_image(images / "a.jpg")
+    heif.register()  # Pillow saves HEIC through the plugin too
+    Image.new("RGB", (40, 30), (250, 0, 0)).save(images / "b.HEIC", quality=95)
+    assert [path.name for path in image_files([images])] == ["a.jpg", "b.HEIC"]
+    red = np.asarray(read_rgb(images / "b.HEIC"), dtype=np.int16)
+    assert red.shape == (30, 40, 3) and np.abs(red - [250, 0, 0]).max() <= 8  # lossy, as a phone's photo is
+    for stem in "ab":
+        write_text(tmp_path / "labels" / f"{stem}.txt", "0 0.5 0.5 0.2 0.4\n")
+    coco = import_yolo(images, tmp_path / "out.json", write_text(tmp_path / "classes.txt", "car\n"))
+    assert boxes_by_image(coco)["b.HEIC"] == [("car", [16.0, 9.0, 8.0, 12.0])]
+    dataset = CocoDetection(None, tmp_path / "out.json")
+    heic = next(i for i in range(len(dataset)) if dataset.image_path(i).name == "b.HEIC")
+    assert dataset[heic][0].shape == (3, 30, 40)
 
 
 def test_files_of_a_folder_of_photos_that_are_not_images_are_named_in_one_line(tmp_path: Path, caplog) -> None:

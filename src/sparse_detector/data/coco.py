@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from ..config import OnInvalid
 from ..files import file_kind
 from ..logs import RANK_SPECIFIC
+from . import heif
 from .labels import LabelMap, LabelMode
 from .orientation import labelled_turned
 
@@ -95,7 +96,8 @@ UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, Image.DecompressionBombError)
 @contextlib.contextmanager
 def open_image(path: Path) -> Iterator[Image.Image]:
     """``Image.open``, with what to do added to Pillow's refusal of an image above its decompression-bomb limit (a
-    genuine one: a drone mosaic, a slide scan)."""
+    genuine one: a drone mosaic, a slide scan); HEIC photos too where pillow-heif is installed."""
+    heif.register()
     try:
         with Image.open(path) as image:
             yield image

@@ -10,12 +10,15 @@ from pathlib import Path
 
 from PIL import ExifTags, Image
 
+from . import heif
+
 # Orientations whose turned view has width and height swapped (a quarter turn, with or without a mirror).
 SWAPS_SIDES = (5, 6, 7, 8)
 
 
 def exif_orientation(path: str | Path) -> int:
     """The EXIF orientation tag of an image file (1: shown as stored, also when there is no tag)."""
+    heif.register()
     with Image.open(path) as image:
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     return orientation if orientation in range(1, 9) else 1

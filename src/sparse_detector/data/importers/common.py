@@ -13,6 +13,7 @@ from typing import Any
 
 from ...files import write_atomically
 from ...text import counted
+from .. import heif
 from ..coco import (
     MAX_EXAMPLES,
     UNREADABLE_IMAGE_ERRORS,
@@ -42,9 +43,11 @@ IMAGE_SUFFIXES = (
     ".mpo",
     ".pfm",
     ".gif",
+    *(heif.SUFFIXES if heif.INSTALLED else ()),
 )
-# Photos of formats Pillow does not read (phones' HEIC, cameras' raw DNG): named when left out of a folder's images
-OTHER_IMAGE_SUFFIXES = (".heic", ".heif", ".dng")
+# Photos of formats Pillow does not read (cameras' raw DNG; phones' HEIC without pillow-heif): named when left out of
+# a folder's images
+OTHER_IMAGE_SUFFIXES = (".dng", *(() if heif.INSTALLED else heif.SUFFIXES))
 
 
 def is_hidden(name: str) -> bool:
@@ -84,11 +87,12 @@ def image_files_under(folder: Path, skip: Path | None = None, name_other_files: 
     if others := [path for path in found if path.suffix.lower() in OTHER_IMAGE_SUFFIXES]:
         logger.warning(
             "%s: left out %d image(s) of a format Pillow does not read (%s), e.g. %s; convert them to JPEG or PNG "
-            "to use them",
+            "to use them%s",
             folder,
             len(others),
             ", ".join(sorted({path.suffix.lower() for path in others})),
             [str(path) for path in others[:MAX_EXAMPLES]],
+            f", or {heif.INSTALL_HINT}" if any(path.suffix.lower() in heif.SUFFIXES for path in others) else "",
         )
     if not_images := [path for path in found if path.suffix.lower() not in (*IMAGE_SUFFIXES, *OTHER_IMAGE_SUFFIXES)]:
         names = [str(path.relative_to(folder)) for path in not_images[:MAX_EXAMPLES]]
