@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import DataConfig
 from ..data.labels import LABEL_MODES
 from ..text import counted
 from .parsing import HelpFormatter, Subparsers, add_command, non_negative_int, positive_int
 from .presets import SHAPES_DATA_COMMAND
+
+if TYPE_CHECKING:
+    from ..data.check import CheckReport
 
 
 def add_data_command(commands: Subparsers) -> None:
@@ -190,9 +194,7 @@ def _data_import(args: argparse.Namespace) -> int:
         print(f"no labels: {stats['images_without_label_file']} image(s) without a label file, imported without boxes")
     if stats.get("label_files_without_image"):
         print(f"not imported: {stats['label_files_without_image']} label file(s) without an image (listed above)")
-    report = check_dataset(args.out, decode=not args.no_decode)
-    print(report.format())
-    return 0 if report.ok else 1
+    return _print_check(check_dataset(args.out, decode=not args.no_decode))
 
 
 def add_data_check_command(tools: Subparsers) -> None:
@@ -215,7 +217,13 @@ def add_data_check_command(tools: Subparsers) -> None:
 def _data_check(args: argparse.Namespace) -> int:
     from ..data.check import check_dataset
 
-    report = check_dataset(args.annotations, args.images, decode=not args.no_decode, label_mode=args.label_mode)
+    return _print_check(
+        check_dataset(args.annotations, args.images, decode=not args.no_decode, label_mode=args.label_mode)
+    )
+
+
+def _print_check(report: CheckReport) -> int:
+    """Print a data check's report; the exit status: 0 when training would not fail on the data, else 1."""
     print(report.format())
     return 0 if report.ok else 1
 
