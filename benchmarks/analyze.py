@@ -21,7 +21,7 @@ from sparse_detector import build_criterion, build_model, load_config
 from sparse_detector.data import generate_shapes
 from sparse_detector.data.build import build_dataset, build_loader
 from sparse_detector.engine.analyze import analyze
-from sparse_detector.engine.evaluate import evaluate
+from sparse_detector.engine.evaluate import run_evaluation
 
 
 def seconds(run: Callable[[], object]) -> float:
@@ -53,7 +53,7 @@ def main() -> None:
         dataset = build_dataset(config, "val")
         loader = build_loader(dataset, config, train=False)
         runs = {
-            "evaluate": lambda: evaluate(model, None, loader, device, dataset.label_map),
+            "evaluate": lambda: run_evaluation(model, None, loader, device, dataset.label_map).stats,
             "analyze (all sites + PAIBB)": lambda: analyze(model, matcher, loader, device, dataset.label_map),
         }
         for run in runs.values():

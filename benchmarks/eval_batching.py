@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from sparse_detector import build_model, load_config
 from sparse_detector.data.batching import collate_detection
 from sparse_detector.data.build import build_dataset, build_loader
-from sparse_detector.engine.evaluate import evaluate
+from sparse_detector.engine.evaluate import run_evaluation
 
 TINY_COCO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tiny_coco"
 
@@ -59,7 +59,7 @@ def main() -> None:
     for round_ in range(args.repeats + 1):  # round 0 is the warm-up
         for name, loader in loaders.items():
             start = time.perf_counter()
-            aps[name] = evaluate(model, None, loader, device, dataset.label_map)["AP"]
+            aps[name] = run_evaluation(model, None, loader, device, dataset.label_map).stats["AP"]
             if round_:
                 times[name].append(time.perf_counter() - start)
     reference = statistics.median(times["padded batches (reference)"])

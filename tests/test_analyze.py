@@ -21,7 +21,7 @@ from sparse_detector.data.build import build_dataset, build_loader
 from sparse_detector.engine.analyze import load_analysis_model
 from sparse_detector.engine.checkpoint import save_checkpoint
 from sparse_detector.engine.coco_eval import STAT_NAMES, metric_text
-from sparse_detector.engine.evaluate import evaluate
+from sparse_detector.engine.evaluate import run_evaluation
 from sparse_detector.models import build_criterion
 from sparse_detector.report import compare_markdown, result_markdown
 
@@ -85,7 +85,7 @@ def test_ap_equals_evaluate_on_the_same_data(run: tuple[Path, Config], analysis:
     run_dir, _ = run
     loaded = load_analysis_model(run_dir)
     loader = build_loader(build_dataset(loaded.config, "val"), loaded.config, train=False)
-    stats = evaluate(loaded.model, None, loader, torch.device("cpu"), loaded.label_map)
+    stats = run_evaluation(loaded.model, None, loader, torch.device("cpu"), loaded.label_map).stats
     assert analysis["ap"] == stats
     assert stats["AR100"] > 0  # the checkpoint's seed gives some hits, so the comparison is not of zeros
     new = run_dir.parent / "new" / "folders"  # outputs in folders not made yet (were: after all the work, [Errno 2])

@@ -145,6 +145,25 @@ def test_a_mistyped_choice_is_refused_at_load_with_the_closest(override: str, er
         load_config(None, [override])
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "error"),
+    [
+        ("backbone", "norm", "batchnorm", "model.backbone.norm: unknown value 'batchnorm' (did you mean 'batch_norm'"),
+        ("backbone", "name", "resnet5", "model.backbone.name: unknown value 'resnet5' (did you mean 'resnet50'?)"),
+        ("backbone", "trainable_layers", ["layer1", "layr2"], "trainable_layers[1]: unknown value 'layr2' (did you"),
+        ("backbone", "return_layer", "stem", "model.backbone.return_layer: unknown value 'stem'; choose one of"),
+        (None, "position_embedding", "Sine", "model.position_embedding: unknown value 'Sine' (did you mean 'sine'?)"),
+    ],
+)
+def test_a_mistyped_choice_in_a_config_made_in_python_gets_the_load_message(section, key, value, error):
+    """The model build checks a choice against the config's own Literal: the message of a config loaded from YAML
+    (each build check had its own wording, without the closest name)."""
+    config = load_config("shapes_tiny")
+    setattr(getattr(config.model, section) if section else config.model, key, value)
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        build_model(config)
+
+
 def test_a_mistyped_choice_in_a_yaml_file_names_the_file(tmp_path: Path, capsys):
     """Before any data is read: `train` on data that does not exist still names the setting, not the data."""
     (tmp_path / "my.yaml").write_text("_base_: shapes_tiny\nmodel:\n  backbone:\n    norm: batchnorm\n")

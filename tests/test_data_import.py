@@ -1466,3 +1466,37 @@ def test_split_sizes_are_fractions_or_counts_and_an_empty_split_is_an_error(tmp_
     assert "error: --val 0 leaves the val split empty" in capsys.readouterr().err and not Path(out_dir).exists()
     assert main(["data", "split", str(source), "--val", "2", "--out-dir", out_dir]) == 0
     assert "val: " in capsys.readouterr().out and len(load(Path(out_dir) / "val.json")["images"]) == 2
+
+
+def test_data_import_says_each_count_of_its_stats_after_the_summary(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Every note of `data import` (cli.data.IMPORT_NOTES), in order, worded as before it became a table; a count of
+    0 says nothing."""
+    import sparse_detector.cli.data as cli_data
+    import sparse_detector.data.check as data_check
+
+    counts = dict.fromkeys(
+        ["sizes_from_files", "found_by_name", "boxes_from_segmentation", "turned_from_exif", "scaled_to_resized_image"]
+        + ["size_differs_from_xml", "images_without_xml", "images_without_row", "images_without_label_file"]
+        + ["label_files_without_image"],
+        2,
+    ) | {"normalised_coordinates": True, "size_differs_from_csv": 0}
+    stats = {"images": 1, "annotations": 3, **counts}
+    monkeypatch.setattr(cli_data, "_import_to_coco", lambda args: {"info": {"stats": stats}})
+    monkeypatch.setattr(data_check, "check_dataset", lambda *a, **k: type("Report", (), {"ok": True, "format": str})())
+    out = tmp_path / "all.json"
+    assert main(["data", "import", "coco", str(tmp_path / "src.json"), "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:-1] == [
+        f"written: {out} (1 image, 3 boxes)",
+        "sizes from files: 2 image(s) had no width/height",
+        "paths: 2 image(s) named by another machine's path (absolute, or in another case), found by name",
+        "boxes from segmentation: 2 annotation(s) had no bbox",
+        "coordinates: all within [0, 1], read as fractions of each image's width and height (not pixels)",
+        "EXIF: 2 images labelled on the turned view (listed above): boxes turned to the stored pixels",
+        "sizes: 2 images resized after labelling (listed above): boxes scaled to the image",
+        "sizes: 2 image(s) differ from their XML <size> (listed above)",
+        "not imported: 2 image(s) without an XML file (listed above)",
+        "not imported: 2 image(s) without a CSV row (listed above)",
+        "no labels: 2 image(s) without a label file, imported without boxes",
+        "not imported: 2 label file(s) without an image (listed above)",
+    ]

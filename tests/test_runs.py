@@ -24,7 +24,6 @@ from sparse_detector.runs import (
     METRICS_FILE,
     TRAINING_LOCK,
     analysis_dir,
-    analysis_label,
     analysis_labels,
     distinct_names,
     read_analyses,
@@ -53,7 +52,7 @@ def test_checkpoints_metrics_and_analyses(tmp_path: Path, caplog: pytest.LogCapt
     folder = analysis_dir(run / BEST_CHECKPOINT, random_init=True)
     folder.mkdir()
     (folder / "analysis.json").write_text(json.dumps(record))
-    assert read_analyses([run]) == [record] and analysis_label(record) == "run (random init)"
+    assert read_analyses([run]) == [record] and analysis_labels([record]) == ["run (random init)"]
     old = {**record, "attention": {"sites": {}, "paibb": None}}
     (folder / "analysis.json").write_text(json.dumps(old))
     with caplog.at_level(logging.WARNING):

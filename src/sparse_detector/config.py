@@ -57,6 +57,13 @@ def check_ranges(section: str, config: Any, ranges: Mapping[str, tuple[float, fl
             raise ConfigError(f"{section}.{name} must be {bounds}, got {value}")
 
 
+def check_choice(value: Any, choices: Any, key: str) -> None:
+    """``value`` is one of the ``Literal`` type ``choices`` (or a list of them, for a ``list[Literal]``), else the
+    same :class:`ConfigError` loading a config gives: the check at build time of a config made in Python, which
+    loading never saw."""
+    _convert(value, choices, key)
+
+
 DEFAULT_SCORE_THRESHOLD = 0.5  # of predict, detect and the queries visualize draws
 
 

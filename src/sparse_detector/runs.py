@@ -213,15 +213,11 @@ def where_its_checkpoint_is(record: dict[str, Any], path: Path) -> dict[str, Any
     return {**record, "checkpoint": str(here)} if not stored.is_file() and here.is_file() else record
 
 
-def analysis_label(record: Mapping[str, Any]) -> str:
-    """An analysis record's run: the checkpoint's folder name, plus `` (random init)`` for a random-init baseline."""
-    return analysis_labels([record])[0]
-
-
 def analysis_labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The labels of several analysis records (:func:`analysis_label`), told apart by their parent folders where the run
-    folders have the same name, then by their checkpoint files (two official checkpoints in one folder, or two epochs
-    of a run), then (one checkpoint analysed more than once) by their data sets, then by number."""
+    """The run of each analysis record: its checkpoint's folder name, plus `` (random init)`` for a random-init
+    baseline; told apart by their parent folders where the run folders have the same name, then by their checkpoint
+    files (two official checkpoints in one folder, or two epochs of a run), then (one checkpoint analysed more than
+    once) by their data sets, then by number."""
     suffixes = [" (random init)" if record["random_init"] else "" for record in records]
     checkpoints = [Path(record["checkpoint"]) for record in records]
     labels = distinct_names([checkpoint.parent for checkpoint in checkpoints], suffixes)

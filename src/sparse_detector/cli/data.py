@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import DataConfig
 from ..data.labels import LABEL_MODES
 from ..text import counted
 from .parsing import HelpFormatter, Subparsers, add_command, non_negative_int, positive_int
 from .presets import SHAPES_DATA_COMMAND
+
+if TYPE_CHECKING:
+    from ..data.check import CheckReport
 
 
 def add_data_command(commands: Subparsers) -> None:
@@ -143,6 +147,30 @@ def _import_to_coco(args: argparse.Namespace) -> dict:
     return importers.import_coco(need(args.source, "the COCO JSON file"), args.out, args.images)
 
 
+#: What ``data import`` says after the summary for each count in the import's stats that is not 0 (``{n}`` the
+#: count, ``{images}`` the count of images in words), in this order.
+IMPORT_NOTES = {
+    "sizes_from_files": "sizes from files: {n} image(s) had no width/height",
+    "found_by_name": (
+        "paths: {n} image(s) named by another machine's path (absolute, or in another case), found by name"
+    ),
+    "boxes_from_segmentation": "boxes from segmentation: {n} annotation(s) had no bbox",
+    "normalised_coordinates": (
+        "coordinates: all within [0, 1], read as fractions of each image's width and height (not pixels)"
+    ),
+    "turned_from_exif": (
+        "EXIF: {images} labelled on the turned view (listed above): boxes turned to the stored pixels"
+    ),
+    "scaled_to_resized_image": "sizes: {images} resized after labelling (listed above): boxes scaled to the image",
+    "size_differs_from_xml": "sizes: {n} image(s) differ from their XML <size> (listed above)",
+    "size_differs_from_csv": "sizes: {n} image(s) differ from their CSV width/height (listed above)",
+    "images_without_xml": "not imported: {n} image(s) without an XML file (listed above)",
+    "images_without_row": "not imported: {n} image(s) without a CSV row (listed above)",
+    "images_without_label_file": "no labels: {n} image(s) without a label file, imported without boxes",
+    "label_files_without_image": "not imported: {n} label file(s) without an image (listed above)",
+}
+
+
 def _data_import(args: argparse.Namespace) -> int:
     from ..data.check import check_dataset
 
@@ -159,40 +187,10 @@ def _data_import(args: argparse.Namespace) -> int:
     if renumbered := stats.get("renumbered_categories"):
         pairs = ", ".join(f"{old} -> {new}" for old, new in renumbered.items())
         print(f"category ids renumbered ({pairs}): detections and evaluation use the new ids, those of --out")
-    if stats.get("sizes_from_files"):
-        print(f"sizes from files: {stats['sizes_from_files']} image(s) had no width/height")
-    if stats.get("found_by_name"):
-        found = stats["found_by_name"]
-        print(f"paths: {found} image(s) named by another machine's path (absolute, or in another case), found by name")
-    if stats.get("boxes_from_segmentation"):
-        print(f"boxes from segmentation: {stats['boxes_from_segmentation']} annotation(s) had no bbox")
-    if stats.get("normalised_coordinates"):
-        print("coordinates: all within [0, 1], read as fractions of each image's width and height (not pixels)")
-    if stats.get("turned_from_exif"):
-        print(
-            f"EXIF: {counted(stats['turned_from_exif'], 'image')} labelled on the turned view (listed above): boxes "
-            "turned to the stored pixels"
-        )
-    if stats.get("scaled_to_resized_image"):
-        print(
-            f"sizes: {counted(stats['scaled_to_resized_image'], 'image')} resized after labelling (listed above): "
-            "boxes scaled to the image"
-        )
-    if stats.get("size_differs_from_xml"):
-        print(f"sizes: {stats['size_differs_from_xml']} image(s) differ from their XML <size> (listed above)")
-    if stats.get("size_differs_from_csv"):
-        print(f"sizes: {stats['size_differs_from_csv']} image(s) differ from their CSV width/height (listed above)")
-    if stats.get("images_without_xml"):
-        print(f"not imported: {stats['images_without_xml']} image(s) without an XML file (listed above)")
-    if stats.get("images_without_row"):
-        print(f"not imported: {stats['images_without_row']} image(s) without a CSV row (listed above)")
-    if stats.get("images_without_label_file"):
-        print(f"no labels: {stats['images_without_label_file']} image(s) without a label file, imported without boxes")
-    if stats.get("label_files_without_image"):
-        print(f"not imported: {stats['label_files_without_image']} label file(s) without an image (listed above)")
-    report = check_dataset(args.out, decode=not args.no_decode)
-    print(report.format())
-    return 0 if report.ok else 1
+    for key, note in IMPORT_NOTES.items():
+        if stats.get(key):
+            print(note.format(n=stats[key], images=counted(stats[key], "image")))
+    return _print_check(check_dataset(args.out, decode=not args.no_decode))
 
 
 def add_data_check_command(tools: Subparsers) -> None:
@@ -215,7 +213,13 @@ def add_data_check_command(tools: Subparsers) -> None:
 def _data_check(args: argparse.Namespace) -> int:
     from ..data.check import check_dataset
 
-    report = check_dataset(args.annotations, args.images, decode=not args.no_decode, label_mode=args.label_mode)
+    return _print_check(
+        check_dataset(args.annotations, args.images, decode=not args.no_decode, label_mode=args.label_mode)
+    )
+
+
+def _print_check(report: CheckReport) -> int:
+    """Print a data check's report; the exit status: 0 when training would not fail on the data, else 1."""
     print(report.format())
     return 0 if report.ok else 1
 

@@ -167,15 +167,3 @@ def _mean_losses(image_losses: list[dict[str, float]]) -> dict[str, float]:
     weighted = [{**b, "class_error": b["class_error"] * b["matched"]} for b in image_losses]
     terms = ["loss", *VAL_LOSS_TERMS, "matched"]
     return share_of_matched({f"val_{k}": math.fsum(b[k] for b in weighted) / len(weighted) for k in terms}, "val_")
-
-
-def evaluate(
-    model: nn.Module,
-    criterion: SetCriterion | None,
-    loader: DataLoader,
-    device: torch.device,
-    label_map: LabelMap | Mapping,
-    progress: bool = False,
-) -> dict[str, float]:
-    """The COCO numbers and mean losses of :func:`run_evaluation`, as one flat dict."""
-    return run_evaluation(model, criterion, loader, device, label_map, progress).stats

@@ -83,7 +83,7 @@ from .distributed import (
     is_distributed,
     mean_across_ranks,
 )
-from .evaluate import NonFiniteOutputsError, evaluate, outputs_finite, targets_to, weights_finite, weights_reading
+from .evaluate import NonFiniteOutputsError, outputs_finite, run_evaluation, targets_to, weights_finite, weights_reading
 from .logger import MAIN_TRAIN_METRICS, MetricsLogger, check_backends
 from .optim import apply_configured_settings, build_optimizer, build_scheduler, group_settings, regroup_saved_state
 
@@ -906,14 +906,14 @@ class Trainer:
         # so a run resumed after an evaluated epoch continues exactly as one that never stopped.
         broadcast_buffers(self.model)  # every rank evaluates the model rank 0 saves
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            stats = evaluate(
+            stats = run_evaluation(
                 self.model,
                 self.criterion,
                 self._batches(self.val_set, train=False),
                 self.device,
                 self.label_map,
                 self.progress,
-            )
+            ).stats
         losses = mean_across_ranks({k: v for k, v in stats.items() if k.startswith("val_")}, self.device)
         return {**stats, **losses}
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..config import BackboneConfig, BackboneName, BackboneStage
+from ..config import BackboneConfig, BackboneName, BackboneNorm, BackboneStage, FeatureStage, check_choice
 from ..data.batching import PaddedBatch
 
 RESNETS = typing.get_args(BackboneName)
@@ -44,10 +44,8 @@ PRETRAINED_WEIGHTS = "IMAGENET1K_V1"  # the ImageNet weights official DETR was t
 
 
 def _load_resnet(cfg: BackboneConfig) -> nn.Module:
-    if cfg.name not in RESNETS:
-        raise ValueError(f"unknown model.backbone.name {cfg.name!r}; choose one of {list(RESNETS)}")
-    if cfg.norm not in NORM_LAYERS:
-        raise ValueError(f"unknown model.backbone.norm {cfg.norm!r}; choose one of {list(NORM_LAYERS)}")
+    check_choice(cfg.name, BackboneName, "model.backbone.name")
+    check_choice(cfg.norm, BackboneNorm, "model.backbone.norm")
     if cfg.dilation and cfg.name in ("resnet18", "resnet34"):
         raise ValueError(f"model.backbone.dilation (DC5) needs a bottleneck ResNet (resnet50/101), not {cfg.name}")
     try:
@@ -154,9 +152,7 @@ def trainable_resnet(cfg: BackboneConfig) -> nn.Module:
 
     With ``norm: frozen_bn`` each convolution applies the BatchNorm after it (``fold_frozen_batch_norms``).
     """
-    unknown = sorted(set(cfg.trainable_layers) - set(STAGES))
-    if unknown:
-        raise ValueError(f"model.backbone.trainable_layers has unknown stage {unknown[0]!r}; use {list(STAGES)}")
+    check_choice(cfg.trainable_layers, list[BackboneStage], "model.backbone.trainable_layers")
     resnet = _load_resnet(cfg)
     if cfg.norm == "frozen_bn":
         fold_frozen_batch_norms(resnet)
@@ -171,8 +167,7 @@ class Backbone(nn.Module):
 
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__()
-        if cfg.return_layer not in STAGES[1:]:
-            raise ValueError(f"model.backbone.return_layer must be one of {list(STAGES[1:])}, got {cfg.return_layer!r}")
+        check_choice(cfg.return_layer, FeatureStage, "model.backbone.return_layer")
         resnet = trainable_resnet(cfg)
         self.body = IntermediateLayerGetter(resnet, return_layers={cfg.return_layer: "0"})
         self.body.to(memory_format=MEMORY_FORMAT)

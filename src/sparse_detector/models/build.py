@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..attention.base import AttentionActivation
 from ..attention.registry import get_activation
-from ..config import MAP_OPTIONS, AttentionSiteConfig, Config, ConfigError
+from ..config import MAP_OPTIONS, AttentionSiteConfig, Config, ConfigError, ModelConfig
 from .criterion import SetCriterion
 from .matcher import HungarianMatcher
 from .registry import model_entry
@@ -26,6 +28,21 @@ def build_activation(sites: dict[str, AttentionSiteConfig], name: str, num_heads
     except ValueError as err:
         key = MAP_OPTIONS.get(site.activation, "activation")  # an option out of range, else an unknown map
         raise ConfigError(f"model.attention.{name}.{key}: {err}") from None
+
+
+def transformer_arguments(cfg: ModelConfig) -> dict[str, Any]:
+    """The encoder-decoder arguments DETR's and Deformable DETR's transformers share: ``model.transformer``'s sizes
+    and dropout, and each attention site's map."""
+    t = cfg.transformer
+    return {
+        "d_model": t.hidden_dim,
+        "nhead": t.nheads,
+        "num_encoder_layers": t.enc_layers,
+        "num_decoder_layers": t.dec_layers,
+        "dim_feedforward": t.dim_feedforward,
+        "dropout": t.dropout,
+        "make_activation": lambda site: build_activation(cfg.attention, site, t.nheads),
+    }
 
 
 def build_criterion(config: Config) -> nn.Module:

@@ -15,7 +15,7 @@ from ..attention.sites import AttentionSite, with_key_strides
 from ..config import Config
 from ..data.batching import PaddedBatch, model_input
 from .backbone import MEMORY_FORMAT, Backbone, Joiner
-from .build import build_activation
+from .build import transformer_arguments
 from .outputs import DetectionOutput
 from .position_encoding import build_position_encoding
 from .registry import register_model
@@ -88,14 +88,5 @@ def build_detr(config: Config) -> DETR:
     cfg = config.model
     t = cfg.transformer
     backbone = Joiner(Backbone(cfg.backbone), build_position_encoding(cfg.position_embedding, t.hidden_dim))
-    transformer = Transformer(
-        d_model=t.hidden_dim,
-        nhead=t.nheads,
-        num_encoder_layers=t.enc_layers,
-        num_decoder_layers=t.dec_layers,
-        dim_feedforward=t.dim_feedforward,
-        dropout=t.dropout,
-        normalize_before=t.pre_norm,
-        make_activation=lambda site: build_activation(cfg.attention, site, t.nheads),
-    )
+    transformer = Transformer(normalize_before=t.pre_norm, **transformer_arguments(cfg))
     return DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, cfg.aux_loss)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..config import PositionEmbedding, check_choice
+
 
 class PositionEmbeddingSine(nn.Module):
     """Sine/cosine encoding of the (normalised) row and column index of each valid pixel."""
@@ -69,8 +71,7 @@ class PositionEmbeddingLearned(nn.Module):
 
 def build_position_encoding(kind: str, hidden_dim: int, offset: float = 0.0) -> nn.Module:
     """``offset``: of the sine encoding's indices (official DETR 0, Deformable DETR -0.5)."""
-    if kind == "sine":
-        return PositionEmbeddingSine(hidden_dim // 2, normalize=True, offset=offset)
+    check_choice(kind, PositionEmbedding, "model.position_embedding")
     if kind == "learned":
         return PositionEmbeddingLearned(hidden_dim // 2)
-    raise ValueError(f"unknown model.position_embedding {kind!r}; use 'sine' or 'learned'")
+    return PositionEmbeddingSine(hidden_dim // 2, normalize=True, offset=offset)

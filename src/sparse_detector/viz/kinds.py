@@ -347,6 +347,11 @@ def _load(run: Path, request: VisualizeRequest) -> LoadedModel:
     return loaded.with_overrides(request.overrides)
 
 
+def _first_run(request: VisualizeRequest) -> tuple[LoadedModel, torch.device]:
+    """The model of the request's (first) run and the device it runs on, for a kind that draws one run."""
+    return _load(request.runs[0], request), resolve_device(request.device)
+
+
 def _layer_labels(site: str, layers: int) -> list[str]:
     return [f"{site} layer {i}" for i in range(layers)]
 
@@ -358,7 +363,7 @@ def _layer_labels(site: str, layers: int) -> list[str]:
 @figure_kind("attention")
 def attention_kind(request: VisualizeRequest) -> list[Path]:
     """Per image and chosen query: the site's maps per layer × head and head-averaged, with boxes."""
-    loaded, device = _load(request.runs[0], request), resolve_device(request.device)
+    loaded, device = _first_run(request)
     site = grid_site(loaded, "queries", request.site)
     written = []
     for item in load_images(loaded.config, request):
@@ -436,7 +441,7 @@ def _chosen_queries(request: VisualizeRequest, scores: Tensor, image: str) -> li
 def deformable_kind(request: VisualizeRequest) -> list[Path]:
     """Per image, chosen query and layer: the query's sampling points at a site of object queries over sampling
     points (default: the model's first), per head, with the query's box and the ground truth."""
-    loaded, device = _load(request.runs[0], request), resolve_device(request.device)
+    loaded, device = _first_run(request)
     sites = model_sites(loaded.model)
     candidates = [s.name for s in sites.values() if s.keys == "points" and s.queries == "queries"]
     site = request.site or (candidates[0] if candidates else None)
@@ -550,7 +555,7 @@ def _most_attended_cells(maps: np.ndarray, count: int) -> list[int]:
 @figure_kind("encoder")
 def encoder_kind(request: VisualizeRequest) -> list[Path]:
     """Per image and chosen pixel (or the most attended cells): what that grid cell attends to, per layer × head."""
-    loaded, device = _load(request.runs[0], request), resolve_device(request.device)
+    loaded, device = _first_run(request)
     site = grid_site(loaded, "grid", request.site)
     written = []
     for item in load_images(loaded.config, request):
@@ -647,7 +652,7 @@ def compare_kind(request: VisualizeRequest) -> list[Path]:
 @figure_kind("matching")
 def matching_kind(request: VisualizeRequest) -> list[Path]:
     """Per annotated image: the Hungarian assignment of the model's queries to the ground truth."""
-    loaded, device = _load(request.runs[0], request), resolve_device(request.device)
+    loaded, device = _first_run(request)
     model = loaded.model.to(device).eval()
     written = []
     for item in load_images(loaded.config, request, [loaded.label_map]):

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from ...config import Config, ConfigError
-from ..build import build_activation
+from ..build import transformer_arguments
 from ..position_encoding import build_position_encoding
 from ..registry import register_model
 from ..weights import infer_official_deformable_config
@@ -49,18 +49,12 @@ def build_deformable_detr(config: Config) -> DeformableDETR:
         build_position_encoding(cfg.position_embedding, t.hidden_dim, offset=POSITION_OFFSET),
     )
     transformer = DeformableTransformer(
-        d_model=t.hidden_dim,
-        nhead=t.nheads,
-        num_encoder_layers=t.enc_layers,
-        num_decoder_layers=t.dec_layers,
-        dim_feedforward=t.dim_feedforward,
-        dropout=t.dropout,
         num_feature_levels=d.num_feature_levels,
         dec_n_points=d.dec_n_points,
         enc_n_points=d.enc_n_points,
         two_stage=d.two_stage,
         two_stage_num_proposals=cfg.num_queries,
-        make_activation=lambda site: build_activation(cfg.attention, site, t.nheads),
+        **transformer_arguments(cfg),
     )
     return DeformableDETR(
         backbone,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +21,7 @@ from ...attention.deformable import MSDeformAttn
 from ...attention.fast_layers import Dropout, Linear
 from ...attention.multihead import MultiheadAttention
 from ...attention.sites import AttentionSite
-from ..transformer import DECODER_CROSS, DECODER_SELF, ENCODER_SELF
-
-MakeActivation = Callable[[str], AttentionActivation]  # site name -> attention map of one layer
+from ..transformer import DECODER_CROSS, DECODER_SELF, ENCODER_SELF, ActivationFactory, softmax_everywhere
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -138,14 +135,13 @@ class DeformableTransformerDecoderLayer(nn.Module):
         n_levels: int,
         n_heads: int,
         n_points: int,
-        make_activation: MakeActivation | None = None,
+        make_activation: ActivationFactory = softmax_everywhere,
     ) -> None:
         super().__init__()
-        site = make_activation or (lambda _: None)
-        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, site(DECODER_CROSS))
+        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, make_activation(DECODER_CROSS))
         self.dropout1 = Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.self_attn = MultiheadAttention(d_model, n_heads, dropout, site(DECODER_SELF))
+        self.self_attn = MultiheadAttention(d_model, n_heads, dropout, make_activation(DECODER_SELF))
         self.dropout2 = Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
         self.linear1 = Linear(d_model, d_ffn)
@@ -253,18 +249,23 @@ class DeformableTransformer(nn.Module):
         enc_n_points: int = 4,
         two_stage: bool = False,
         two_stage_num_proposals: int = 300,
-        make_activation: MakeActivation | None = None,
+        make_activation: ActivationFactory = softmax_everywhere,
     ) -> None:
         super().__init__()
         self.d_model = d_model
         self.nhead = nhead
         self.two_stage = two_stage
         self.two_stage_num_proposals = two_stage_num_proposals
-        site = make_activation or (lambda _: None)
         self.encoder = DeformableTransformerEncoder(
             [
                 DeformableTransformerEncoderLayer(
-                    d_model, dim_feedforward, dropout, num_feature_levels, nhead, enc_n_points, site(ENCODER_SELF)
+                    d_model,
+                    dim_feedforward,
+                    dropout,
+                    num_feature_levels,
+                    nhead,
+                    enc_n_points,
+                    make_activation(ENCODER_SELF),
                 )
                 for _ in range(num_encoder_layers)
             ]
