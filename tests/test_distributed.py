@@ -397,14 +397,19 @@ def test_an_error_every_rank_hits_is_printed_once_and_another_ranks_own_error_to
     assert rank1 == 2 and printed1.startswith(f"error: (rank 1) --resume {other} does not exist")
 
 
+def _cut_short_copy(images: Path, copy: Path) -> Path:
+    """``copy``: one rank's copy of the ``images`` (each node its own), every file cut short."""
+    copy.mkdir()
+    for image in images.iterdir():
+        (copy / image.name).write_bytes(image.read_bytes()[:100])
+    return copy
+
+
 def test_an_unreadable_image_of_one_rank_stops_the_run_with_its_error_alone(shapes, tmp_path: Path):
     """Rank 1 waited 30 s for rank 0 to report an error too while rank 0 waited in a collective for rank 1: the run
     hung that long, then rank 0 added 'another process of this distributed run stopped'. Now rank 1 prints its error
     and stops at once; rank 0, left by it, prints nothing."""
-    broken = tmp_path / "node1_images"  # rank 1's copy of the images (each node its own), every file cut short
-    broken.mkdir()
-    for image in shapes["images"].iterdir():
-        (broken / image.name).write_bytes(image.read_bytes()[:100])
+    broken = _cut_short_copy(shapes["images"], tmp_path / "node1_images")
     argv = ["train", "--no-progress", "--output-dir", str(tmp_path / "run"), "--device", "cpu"]
     argv += ["--set", *shapes_overrides(shapes), "train.batch_size=2", "train.epochs=1"]
     (rank0, printed0), (rank1, printed1) = _run_workers(_train_cli, [argv, [*argv, f"data.train.images={broken}"]])
@@ -457,6 +462,16 @@ def test_a_set_up_error_of_a_rank_that_does_not_exit_ends_the_others_too(shapes,
     argvs = [argv, [*argv, f"data.train.annotations={missing}"]]
     _, (rank1, printed1) = _run_workers(_train_cli_then_linger, argvs, tmp_path / "pid", exitcodes=[2, 0])
     assert rank1 == 2 and printed1.startswith(f"error: (rank 1) annotation file {missing} does not exist")
+
+
+def test_an_evaluation_error_of_a_rank_that_does_not_exit_ends_the_others_too(shapes, tmp_path: Path):
+    """Rank 1 could not read its share of the validation images and its process stayed: rank 0 waited for its
+    predictions after evaluating its own share until the process group's timeout. Its error watch ended it."""
+    argv = [*_set_up_argv(shapes, tmp_path / "run"), "train.eval_batch_size=2"]  # 3 batches: rank 1 evaluates 1
+    broken = _cut_short_copy(shapes["images"], tmp_path / "node1_images")
+    argvs = [argv, [*argv, f"data.val.images={broken}"]]
+    _, (rank1, printed1) = _run_workers(_train_cli_then_linger, argvs, tmp_path / "pid", exitcodes=[2, 0])
+    assert rank1 == 2 and printed1.startswith(f"error: (rank 1) cannot read image {broken}/val_")
 
 
 def test_data_parallel_detr_gradients_fit_ddp_buckets(tmp_path: Path):
