@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -104,9 +105,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run_workers(target: Any, *args: Any, processes: int = 2, timeout: float = 120) -> list[Any]:
+def _run_workers(
+    target: Any, *args: Any, processes: int = 2, timeout: float = 120, exitcodes: list[int] | None = None
+) -> list[Any]:
     """Run ``target(rank, *args)`` in ``processes`` fresh processes joined by gloo (torchrun's environment variables);
-    returns what each returned, in rank order. One process is the reference: the test process's own global torch
+    returns what each returned, in rank order (``None`` for one expected to exit with another status than 0 in
+    ``exitcodes``, which it could not return). One process is the reference: the test process's own global torch
     state may differ after other tests (its float results in the last bits). Not forked from the test process: after
     other tests started threads (loaders, loggers) a fork could inherit a held lock and hang; a fork server that has
     imported the package once starts them quickly."""
@@ -125,9 +129,10 @@ def _run_workers(target: Any, *args: Any, processes: int = 2, timeout: float = 1
         worker.join(timeout=timeout)
         if worker.is_alive():  # a collective waits for a rank that never calls it
             worker.kill()
-    assert [worker.exitcode for worker in workers] == [0] * processes, "a rank failed or hung"
-    results = dict(queue.get() for _ in workers)
-    return [results[rank] for rank in ranks]
+    expected = exitcodes or [0] * processes
+    assert [worker.exitcode for worker in workers] == expected, "a rank failed or hung"
+    results = dict(queue.get() for code in expected if code == 0)
+    return [results.get(rank) for rank in ranks]
 
 
 def _in_environment(target: Any, rank: int, environment: dict, queue: Any, *args: Any) -> None:
@@ -392,14 +397,19 @@ def test_an_error_every_rank_hits_is_printed_once_and_another_ranks_own_error_to
     assert rank1 == 2 and printed1.startswith(f"error: (rank 1) --resume {other} does not exist")
 
 
+def _cut_short_copy(images: Path, copy: Path) -> Path:
+    """``copy``: one rank's copy of the ``images`` (each node its own), every file cut short."""
+    copy.mkdir()
+    for image in images.iterdir():
+        (copy / image.name).write_bytes(image.read_bytes()[:100])
+    return copy
+
+
 def test_an_unreadable_image_of_one_rank_stops_the_run_with_its_error_alone(shapes, tmp_path: Path):
     """Rank 1 waited 30 s for rank 0 to report an error too while rank 0 waited in a collective for rank 1: the run
     hung that long, then rank 0 added 'another process of this distributed run stopped'. Now rank 1 prints its error
     and stops at once; rank 0, left by it, prints nothing."""
-    broken = tmp_path / "node1_images"  # rank 1's copy of the images (each node its own), every file cut short
-    broken.mkdir()
-    for image in shapes["images"].iterdir():
-        (broken / image.name).write_bytes(image.read_bytes()[:100])
+    broken = _cut_short_copy(shapes["images"], tmp_path / "node1_images")
     argv = ["train", "--no-progress", "--output-dir", str(tmp_path / "run"), "--device", "cpu"]
     argv += ["--set", *shapes_overrides(shapes), "train.batch_size=2", "train.epochs=1"]
     (rank0, printed0), (rank1, printed1) = _run_workers(_train_cli, [argv, [*argv, f"data.train.images={broken}"]])
@@ -408,6 +418,60 @@ def test_an_unreadable_image_of_one_rank_stops_the_run_with_its_error_alone(shap
     error, hint = printed1.splitlines()
     assert re.fullmatch(rf"error: \(rank 1\) cannot read image {broken}/train_\d+\.png \(image id \d+\): .+", error)
     assert hint == "(run with --debug for the full traceback)"
+
+
+def _set_up_argv(shapes: dict[str, Path], run_dir: Path) -> list[str]:
+    """``train`` on the shapes data, one step."""
+    argv = ["train", "--no-progress", "--output-dir", str(run_dir), "--device", "cpu"]
+    return [*argv, "--set", *shapes_overrides(shapes), "train.epochs=1", "train.max_steps_per_epoch=1"]
+
+
+def test_a_set_up_error_of_rank_0_alone_stops_the_others_quietly(shapes, tmp_path: Path):
+    """Without torchrun's agent (srun), rank 0 hosts the store: rank 1, left in the set-up's barrier, met rank 0's
+    exit, then spent a minute trying to reach the store rank 0 had taken with it, printing c10d's C++ stack traces
+    and 'another process of this distributed run stopped'. Rank 1's error watch saw rank 0's report: it stops
+    quietly."""
+    argv = _set_up_argv(shapes, tmp_path / "run")
+    missing = tmp_path / "nope.pt"  # e.g. a checkpoint that rank 0's node lacks
+    (rank0, printed0), (rank1, printed1) = _run_workers(_train_cli, [[*argv, "--init-from", str(missing)], argv])
+    assert (rank0, rank1) == (2, 2)
+    assert printed0 == f"error: checkpoint {missing} does not exist\n(run with --debug for the full traceback)\n"
+    assert [line for line in printed1.splitlines() if not line.startswith("INFO ")] == []
+
+
+def _train_cli_then_linger(rank: int, argvs: list[list[str]], pid_file: Path) -> tuple[int, str]:
+    """:func:`_train_cli`, after which rank 1 stays alive until rank 0's process is gone, as one whose exit hangs
+    would (or any failed rank on NCCL, which does not notice a rank that left)."""
+    if rank == 0:
+        pid_file.write_text(str(os.getpid()))
+    result = _train_cli(rank, argvs)
+    for _ in range(600) if rank == 1 else ():  # at most a minute
+        try:
+            os.kill(int(pid_file.read_text()), 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    return result
+
+
+def test_a_set_up_error_of_a_rank_that_does_not_exit_ends_the_others_too(shapes, tmp_path: Path):
+    """Rank 1 failed to start (its data missing) but its process stayed: rank 0 waited for it in the set-up's barrier
+    until the process group's timeout (30 minutes). Its error watch saw rank 1's report and ended it."""
+    argv = _set_up_argv(shapes, tmp_path / "run")
+    missing = tmp_path / "nope.json"
+    argvs = [argv, [*argv, f"data.train.annotations={missing}"]]
+    _, (rank1, printed1) = _run_workers(_train_cli_then_linger, argvs, tmp_path / "pid", exitcodes=[2, 0])
+    assert rank1 == 2 and printed1.startswith(f"error: (rank 1) annotation file {missing} does not exist")
+
+
+def test_an_evaluation_error_of_a_rank_that_does_not_exit_ends_the_others_too(shapes, tmp_path: Path):
+    """Rank 1 could not read its share of the validation images and its process stayed: rank 0 waited for its
+    predictions after evaluating its own share until the process group's timeout. Its error watch ended it."""
+    argv = [*_set_up_argv(shapes, tmp_path / "run"), "train.eval_batch_size=2"]  # 3 batches: rank 1 evaluates 1
+    broken = _cut_short_copy(shapes["images"], tmp_path / "node1_images")
+    argvs = [argv, [*argv, f"data.val.images={broken}"]]
+    _, (rank1, printed1) = _run_workers(_train_cli_then_linger, argvs, tmp_path / "pid", exitcodes=[2, 0])
+    assert rank1 == 2 and printed1.startswith(f"error: (rank 1) cannot read image {broken}/val_")
 
 
 def test_data_parallel_detr_gradients_fit_ddp_buckets(tmp_path: Path):

@@ -10,6 +10,8 @@ import datetime
 import hashlib
 import os
 import re
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -80,10 +82,52 @@ def init_distributed(device: torch.device, timeout_s: float = 1800) -> tuple[Dis
     dist.init_process_group(
         backend, rank=context.rank, world_size=context.world_size, timeout=datetime.timedelta(seconds=timeout_s)
     )
+    global _watch
+    _watch = ErrorWatch(timeout_s)
+    _watch.start()
     return context, device
 
 
 PEER_REPORT_S = 5.0  # how long a rank left by another one waits for that one to report an error of its own
+PEER_POLL_S = 0.5  # how often each rank looks for another rank's error report
+# how long a rank that saw another's error report may still run before it ends itself: longer than rank 0, having
+# reported, keeps its store up for the others (PEER_REPORT_S), whose collectives then meet its exit
+PEER_EXIT_S = 2 * PEER_REPORT_S
+FAILED_STATUS = 2  # the exit status of a rank ended by another rank's error (the CLI's for an error)
+
+
+class ErrorWatch(threading.Thread):
+    """Each rank's look-out for another rank's error: a daemon thread that looks in the store every
+    :data:`PEER_POLL_S` seconds for an error reported by :func:`report_error`. A rank waiting for the failed one in a
+    collective then stops on its own where the backend notices that one left (gloo, once it exits), and prints
+    nothing (the failed rank printed its error); one still running :data:`PEER_EXIT_S` seconds later (NCCL does not
+    notice, nor does any backend while the failed process has not exited) is ended here with exit status
+    :data:`FAILED_STATUS`, instead of waiting for the process group's timeout. Its store client, made while the store
+    is surely up, serves :func:`report_error` too: a new one would try to reach a store whose host (rank 0 without
+    torchrun's agent) is gone for a minute."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(name="sparse_detector-error-watch", daemon=True)
+        self.store = _error_store(timeout_s)
+        self.peer_reported = threading.Event()  # another rank's error was seen
+        self.stopped = threading.Event()  # this process reports an error itself, or the process group is gone
+
+    def run(self) -> None:
+        while not self.stopped.wait(PEER_POLL_S):
+            try:
+                if not self.store.check(["reported"]):
+                    continue
+            except Exception:  # noqa: BLE001 - the store's host is gone: its rank's collectives say so
+                return
+            self.peer_reported.set()
+            if not self.stopped.wait(PEER_EXIT_S):  # still running: waiting for the failed rank in a collective
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(FAILED_STATUS)
+            return
+
+
+_watch: ErrorWatch | None = None  # this process's, while it is in a process group
 
 
 def report_error(message: str, show: Callable[[], None], peer_gone: bool = False, wait_s: float = 30.0) -> None:
@@ -103,9 +147,11 @@ def report_error(message: str, show: Callable[[], None], peer_gone: bool = False
         if not dist.is_initialized():
             init_distributed(torch.device("cpu"), timeout_s=wait_s)  # gloo: only its store is used
             joined = True
-        store = _error_store(wait_s)
+        watch = _watch or ErrorWatch(wait_s)  # none where the process group was joined elsewhere
+        watch.stopped.set()  # this process is stopping: the error it sees in the store may be its own
+        store = watch.store
         if peer_gone:
-            prints = not _has_keys(store, ["reported"], PEER_REPORT_S)
+            prints = not (watch.peer_reported.is_set() or _has_keys(store, ["reported"], PEER_REPORT_S))
         else:
             store.set("reported", "")
             prints = store.add(f"printed/{hashlib.sha256(message.encode()).hexdigest()}", 1) == 1
@@ -147,7 +193,11 @@ def _error_store(wait_s: float) -> dist.Store:
 
 
 def shutdown_distributed() -> None:
-    """Destroy the process group, if one was initialised."""
+    """Destroy the process group, if one was initialised, and stop its :class:`ErrorWatch`."""
+    global _watch
+    if _watch is not None:
+        _watch.stopped.set()
+        _watch = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
