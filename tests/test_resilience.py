@@ -496,6 +496,28 @@ def test_init_from_a_checkpoint_of_other_sizes_names_the_settings_that_differ(tm
     assert "dropout" not in str(err.value)
 
 
+def test_init_from_a_checkpoint_with_other_heads_is_refused_naming_them(tmp_path: Path):
+    """A checkpoint trained with 4 heads loaded unnoticed into a config of 8 (the same shapes, another model): now the
+    setting is named, read from our checkpoint's config or the args an official training script stored."""
+    from sparse_detector.engine.trainer import initialise_from
+    from sparse_detector.models import build_model
+
+    small = ["model.transformer.hidden_dim=16", "model.transformer.dim_feedforward=16", "model.num_classes=2"]
+    four = load_config("shapes_tiny", [*small, "model.transformer.nheads=4"])
+    weights = build_model(four).state_dict()
+    torch.save({"model": weights, "config": config_to_dict(four)}, tmp_path / "ours.pt")
+    torch.save({"model": weights, "args": argparse.Namespace(nheads=4, dilation=False)}, tmp_path / "official.pth")
+    torch.save({"model": weights}, tmp_path / "bare.pth")  # no args: its heads cannot be known
+    eight = load_config("shapes_tiny", [*small, "model.transformer.nheads=8"])
+    for name in ("ours.pt", "official.pth"):
+        with pytest.raises(
+            CheckpointMismatchError, match=r"compute \(checkpoint -> config: model.transformer.nheads: 4 -> 8\): set"
+        ):
+            initialise_from(build_model(eight), tmp_path / name, eight)
+        assert initialise_from(build_model(four), tmp_path / name, four) == []
+    assert initialise_from(build_model(eight), tmp_path / "bare.pth", eight) == []
+
+
 def _train_killed_writing(config, run: Path, name: str, after_epoch: int, monkeypatch) -> None:
     """Train ``config`` into ``run`` and stop it as a second signal (or SIGKILL) would, when it is about to write
     the file ``name`` of a checkpoint after ``after_epoch`` epochs."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import signal
@@ -269,7 +270,9 @@ def initialise_from(model: nn.Module, path: str | Path, config: Config | None = 
     differs, as are the attention maps' own parameters where the config changed a map (softmax weights into
     alpha-entmax); every other weight must fit. Returns the names of the re-initialised class-head parameters.
     ``config``, the model's, lets an error name the settings in which it differs from the checkpoint's."""
-    state_dict, source = read_state_dict(resolve_checkpoint(path))
+    source = str(resolve_checkpoint(path))
+    checkpoint = load_checkpoint_file(source)
+    state_dict, _ = read_state_dict(checkpoint, source)
     expected = model.state_dict()
     names = list(getattr(model, "class_heads", ()))
     heads = tuple(f"{head}." for head in names)
@@ -318,8 +321,43 @@ def initialise_from(model: nn.Module, path: str | Path, config: Config | None = 
             + ". Use the config (backbone, layers, queries, attention) the checkpoint was trained with."
             + advice
         )
+    if config is not None and (settings := _settings_changing_what_weights_compute(config, checkpoint, source)):
+        raise CheckpointMismatchError(
+            f"--init-from {source} fits the model's shapes, but the config differs from the checkpoint in settings "
+            f"that change what its weights compute (checkpoint -> config: {'; '.join(settings)}): set them as the "
+            "checkpoint has them (--set)"
+        )
     model.load_state_dict({**expected, **kept})
     return reinitialised
+
+
+#: Model settings that change what the weights compute but not their names or shapes, so that a checkpoint trained
+#: with other values would load unnoticed; keyed by the name of the official readers' option that gives each (which
+#: official training scripts store in their ``args``).
+SAME_SHAPE_SETTINGS = {"nheads": ("transformer", "nheads"), "dilation": ("backbone", "dilation")}
+
+
+def _settings_changing_what_weights_compute(config: Config, checkpoint: Any, source: str) -> list[str]:
+    """``key: checkpoint -> config`` for each of :data:`SAME_SHAPE_SETTINGS` in which ``config`` differs from the
+    checkpoint: its saved config (ours), else the ``args`` an official checkpoint stores (none: nothing to compare)."""
+    saved = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
+    if isinstance(saved, Mapping):
+        theirs = {}
+        for option, path in SAME_SHAPE_SETTINGS.items():
+            value = saved.get("model", {})
+            for key in path:
+                value = value.get(key) if isinstance(value, Mapping) else None
+            theirs[option] = value
+    elif isinstance(checkpoint, Mapping) and (arch := official_arch(read_state_dict(checkpoint, source)[0])):
+        theirs = stored_reader_options(checkpoint, source, arch, {})
+    else:
+        return []
+    found = []
+    for option, path in SAME_SHAPE_SETTINGS.items():
+        mine = functools.reduce(getattr, path, config.model)
+        if theirs.get(option) is not None and theirs[option] != mine:
+            found.append(f"model.{'.'.join(path)}: {theirs[option]!r} -> {mine!r}")
+    return found
 
 
 def _settings_giving_other_weights(

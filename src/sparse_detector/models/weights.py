@@ -138,13 +138,16 @@ def _unreadable_message(path: Path) -> str:
     )
 
 
-def read_state_dict(path_or_state_dict: str | Path | Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str]:
-    """A checkpoint file (dict with a ``model`` key, or a bare state dict) or an in-memory state dict."""
+def read_state_dict(
+    path_or_state_dict: str | Path | Mapping[str, Any], source: str = "state dict"
+) -> tuple[dict[str, Tensor], str]:
+    """A checkpoint file (dict with a ``model`` key, or a bare state dict) or an in-memory one (named ``source`` in
+    errors)."""
     if isinstance(path_or_state_dict, str | Path):
         source = str(path_or_state_dict)
         data = load_checkpoint_file(path_or_state_dict)
     else:
-        source, data = "state dict", path_or_state_dict
+        data = path_or_state_dict
     if isinstance(data, Mapping) and "model" in data and isinstance(data["model"], Mapping):
         data = data["model"]
     if not isinstance(data, Mapping) or not all(isinstance(v, Tensor) for v in data.values()):
