@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -353,7 +354,13 @@ def test_an_official_checkpoint_without_official_is_told_to_need_it(tmp_path: Pa
 
 @pytest.mark.parametrize(
     ("content", "kind"),
-    [(b"", "is empty"), (b"hello", "a text file"), (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"PK\x03\x04", "truncated")],
+    [
+        (b"", "is empty"),
+        (b"hello", "a text file"),
+        (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+        (b"PK\x03\x04", "truncated"),
+        (b"\x02\x00\x00\x00\x00\x00\x00\x00{}", "a safetensors file (e.g. a Hugging Face model's), which this"),
+    ],
 )
 @pytest.mark.parametrize("official", [False, True])
 def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path: Path, capsys, content, kind, official):
@@ -377,6 +384,35 @@ def test_a_file_that_is_no_checkpoint_given_to_init_from_is_not_told_to_add_offi
     model = build_model(load_config("shapes_tiny", ["model.transformer.hidden_dim=16"]))
     with pytest.raises(CheckpointMismatchError, match=r"a text file: .*`train --init-from` reads one as it is"):
         initialise_from(model, path)
+
+
+@pytest.mark.parametrize("official", [False, True])
+def test_weights_in_another_layout_are_named_with_what_to_give(tmp_path: Path, capsys, official):
+    """A Hugging Face transformers state dict (pytorch_model.bin) got 'does not fit the model: N missing keys', and a
+    checkpoint with its weights under 'state_dict' 'is not a state dict nor a checkpoint with a model state dict':
+    now each names what it is and what to give (train --init-from, and evaluate with or without --official)."""
+    from sparse_detector.engine.trainer import initialise_from
+    from sparse_detector.models import build_model
+
+    model = build_model(load_config("shapes_tiny", ["model.transformer.hidden_dim=16"]))
+    hugging_face = {"model.backbone.conv_encoder.model.conv1.weight": torch.zeros(1), "model.x": torch.zeros(1)}
+    torch.save(hugging_face, tmp_path / "pytorch_model.bin")
+    torch.save({"state_dict": model.state_dict(), "epoch": 3}, tmp_path / "lightning.pth")
+    expected = {
+        "pytorch_model.bin": r"pytorch_model.bin holds a Hugging Face transformers model's weights \(names such as "
+        r"'model.backbone.conv_encoder.model.conv1.weight'\), which this package does not read: give the original",
+        "lightning.pth": r"lightning.pth is not a state dict nor a checkpoint with a 'model' state dict \(its keys: "
+        r"'state_dict', 'epoch'\): give a run directory .* re-saved under 'model'",
+    }
+    for name, message in expected.items():
+        with pytest.raises(CheckpointMismatchError, match=message):
+            initialise_from(model, tmp_path / name)
+        command = ["evaluate", "--checkpoint", str(tmp_path / name), *(["--official"] if official else [])]
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and re.search(message, err), err
+    with pytest.raises(FileNotFoundError, match=r"weight files in it: lightning.pth, pytorch_model.bin: give one"):
+        initialise_from(model, tmp_path)
 
 
 def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_path: Path, capsys):

@@ -371,7 +371,7 @@ def _settings_giving_other_weights(
     try:
         if saved is None:
             checkpoint = load_checkpoint_file(source)
-            state_dict, _ = read_state_dict(checkpoint)
+            state_dict, _ = read_state_dict(checkpoint, source)
             options = stored_reader_options(checkpoint, source, arch, {})
             saved = config_to_dict(official_config(arch, state_dict, **options))
         theirs, ours = saved.get("model", {}), config_to_dict(config)
