@@ -425,8 +425,12 @@ def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_
     weights = load_checkpoint(source / "checkpoint_last.pt")["model"]
     config = shapes_config(shapes, "train.epochs=1", *FAST, "model.backbone.lr=0")  # frozen backbone
     trainer = Trainer(config, tmp_path / "tuned", progress=False, init_from=source / "checkpoint_last.pt")
-    assert trainer.reinitialised == ["class_embed.weight", "class_embed.bias"]
-    assert "re-initialised for 4 classes: class_embed.weight, class_embed.bias" in capsys.readouterr().out
+    assert list(trainer.initial_weights.reinitialised) == ["class_embed.weight", "class_embed.bias"]
+    total = len(trainer.model.state_dict())
+    assert (  # what it loaded, and why not the rest
+        f"init:   {source / 'checkpoint_last.pt'}: {total - 2} of {total} weights loaded; re-initialised for another "
+        "class count (checkpoint -> model): class_embed.weight [8, 32] -> [5, 32], class_embed.bias [8] -> [5]\n"
+    ) in capsys.readouterr().out
     state = trainer.model.state_dict()
     assert state["class_embed.weight"].shape[0] == 5
     for key, value in weights.items():
@@ -489,7 +493,7 @@ def test_an_epoch_whose_every_step_was_skipped_as_non_finite_prints_its_summary(
     assert "epoch 1: mean train loss n/a over 0 steps (2 more skipped as non-finite)  val AP " in printed
 
 
-def test_init_from_softmax_weights_into_other_attention_maps(tmp_path: Path, caplog):
+def test_init_from_softmax_weights_into_other_attention_maps(tmp_path: Path):
     """Fine-tuning softmax weights with alpha-entmax attention was refused ('2 missing keys ... pre_alpha'): the
     maps' own parameters start at the config's alpha_init (and are dropped the other way round); the rest loads."""
     from sparse_detector.engine.trainer import initialise_from
@@ -500,14 +504,21 @@ def test_init_from_softmax_weights_into_other_attention_maps(tmp_path: Path, cap
     torch.save({"model": softmax.state_dict()}, tmp_path / "softmax.pt")
     alpha = ["model.attention.encoder_self.activation=alpha_entmax", "model.attention.encoder_self.alpha_init=1.3"]
     sparse = build_model(load_config("shapes_tiny", [*small, *alpha]))
-    with caplog.at_level(logging.INFO):
-        assert initialise_from(sparse, tmp_path / "softmax.pt") == []
-    assert "attention maps changed" in caplog.text and "encoder.layers.0.self_attn.activation.pre_alpha" in caplog.text
+    initial = initialise_from(sparse, tmp_path / "softmax.pt")
+    fresh = [f"transformer.encoder.layers.{i}.self_attn.activation.pre_alpha" for i in range(2)]
+    assert (initial.loaded, initial.total, initial.fresh_maps) == (
+        len(softmax.state_dict()),
+        len(softmax.state_dict()) + 2,
+        fresh,
+    )
+    assert initial.summary().endswith(
+        f"; at the config's alpha_init (the checkpoint's map there has none): {', '.join(fresh)}"
+    )
     state = sparse.state_dict()
     assert all(torch.equal(state[k], v) for k, v in softmax.state_dict().items())
     assert sparse.transformer.encoder.layers[0].self_attn.activation.alpha.allclose(torch.tensor(1.3))
     torch.save({"model": state}, tmp_path / "alpha.pt")
-    assert initialise_from(build_model(load_config("shapes_tiny", small)), tmp_path / "alpha.pt") == []
+    assert initialise_from(build_model(load_config("shapes_tiny", small)), tmp_path / "alpha.pt").dropped_maps == fresh
 
 
 def test_init_from_a_checkpoint_of_other_sizes_names_the_settings_that_differ(tmp_path: Path):
@@ -550,8 +561,8 @@ def test_init_from_a_checkpoint_with_other_heads_is_refused_naming_them(tmp_path
             CheckpointMismatchError, match=r"compute \(checkpoint -> config: model.transformer.nheads: 4 -> 8\): set"
         ):
             initialise_from(build_model(eight), tmp_path / name, eight)
-        assert initialise_from(build_model(four), tmp_path / name, four) == []
-    assert initialise_from(build_model(eight), tmp_path / "bare.pth", eight) == []
+        assert initialise_from(build_model(four), tmp_path / name, four).loaded == len(weights)
+    assert initialise_from(build_model(eight), tmp_path / "bare.pth", eight).loaded == len(weights)
 
 
 def _train_killed_writing(config, run: Path, name: str, after_epoch: int, monkeypatch) -> None:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -264,12 +265,38 @@ def attention_map_parameters(model: nn.Module, keys: set[str]) -> list[str]:
     return sorted(key for key in keys if key.rsplit(".", 1)[0] in owners)
 
 
-def initialise_from(model: nn.Module, path: str | Path, config: Config | None = None) -> list[str]:
+@dataclass
+class InitialWeights:
+    """What :func:`initialise_from` took from a checkpoint, and what it left as the model was built."""
+
+    source: str  # the checkpoint file
+    loaded: int  # the model's state-dict entries taken from it
+    total: int  # the model's state-dict entries
+    reinitialised: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]  # class-head entry: (checkpoint's, model's shape)
+    fresh_maps: list[str]  # attention maps' own parameters the checkpoint lacks (at the config's alpha_init)
+    dropped_maps: list[str]  # the checkpoint's attention-map parameters that the config's maps do not have
+
+    def summary(self) -> str:
+        """One line: the checkpoint, how much of the model it gave, and why the rest was not taken."""
+        text = f"{self.source}: {self.loaded} of {self.total} weights loaded"
+        if self.reinitialised:
+            shapes = ", ".join(
+                f"{key} {list(theirs)} -> {list(ours)}" for key, (theirs, ours) in self.reinitialised.items()
+            )
+            text += f"; re-initialised for another class count (checkpoint -> model): {shapes}"
+        if self.fresh_maps:
+            text += f"; at the config's alpha_init (the checkpoint's map there has none): {', '.join(self.fresh_maps)}"
+        if self.dropped_maps:
+            text += f"; dropped (the config's map there has none): {', '.join(self.dropped_maps)}"
+        return text
+
+
+def initialise_from(model: nn.Module, path: str | Path, config: Config | None = None) -> InitialWeights:
     """Load the weights of a checkpoint (ours or official; a run directory gives its best, else its last) for
     fine-tuning: the model's class heads (``model.class_heads``) are left freshly initialised when the class count
     differs, as are the attention maps' own parameters where the config changed a map (softmax weights into
-    alpha-entmax); every other weight must fit. Returns the names of the re-initialised class-head parameters.
-    ``config``, the model's, lets an error name the settings in which it differs from the checkpoint's."""
+    alpha-entmax); every other weight must fit. ``config``, the model's, lets an error name the settings in which it
+    differs from the checkpoint's."""
     source = str(resolve_checkpoint(path))
     checkpoint = load_checkpoint_file(source)
     state_dict, _ = read_state_dict(checkpoint, source)
@@ -284,12 +311,6 @@ def initialise_from(model: nn.Module, path: str | Path, config: Config | None = 
     kept = {k: v for k, v in state_dict.items() if k not in reinitialised}
     maps = attention_map_parameters(model, set(expected) ^ set(kept))  # the config changed a site's map
     kept = {k: v for k, v in kept.items() if k not in maps}
-    if maps:
-        log.info(
-            "--init-from: attention maps changed from the checkpoint's; their own parameters start fresh (the "
-            "config's alpha_init) or are dropped: %s",
-            ", ".join(maps),
-        )
     missing = sorted(set(expected) - set(kept) - set(reinitialised) - set(maps))
     unexpected = sorted(set(kept) - set(expected))
     mismatched = [k for k in expected if k in kept and kept[k].shape != expected[k].shape]
@@ -328,7 +349,14 @@ def initialise_from(model: nn.Module, path: str | Path, config: Config | None = 
             "checkpoint has them (--set)"
         )
     model.load_state_dict({**expected, **kept})
-    return reinitialised
+    return InitialWeights(
+        source=source,
+        loaded=len(kept),
+        total=len(expected),
+        reinitialised={key: (tuple(state_dict[key].shape), tuple(expected[key].shape)) for key in reinitialised},
+        fresh_maps=[key for key in maps if key in expected],
+        dropped_maps=[key for key in maps if key not in expected],
+    )
 
 
 #: Model settings that change what the weights compute but not their names or shapes, so that a checkpoint trained
@@ -478,7 +506,7 @@ class Trainer:
         if not resume and not init_from:  # said when the run starts; the weights given by init_from hold their norms
             warn_untrained_frozen_norm(config)
         self.model = build_model(without_pretrained(config) if resume or init_from else config)
-        self.reinitialised = initialise_from(self.model, init_from, config) if init_from else []
+        self.initial_weights = initialise_from(self.model, init_from, config) if init_from else None
         self.init_from = str(resolve_checkpoint(init_from).resolve()) if init_from else None
         self.model.to(self.device)
         if self.dist.enabled:  # every rank built the same weights; now each draws its own augmentations
@@ -524,15 +552,15 @@ class Trainer:
             self.logger.log("params", self.step, **counts)
         start = {"alpha": alpha} if (alpha := alpha_values(self.model)) else {}  # α's history starts there
         if self.init_from:  # the weights it started from, which config.yaml cannot say
-            start |= {"init_from": self.init_from, "reinitialised": self.reinitialised}
+            start |= {"init_from": self.init_from, "reinitialised": list(self.initial_weights.reinitialised)}
         if not resume and start:
             self.logger.log("init", self.step, **start)
         if resume_changes:
             self.logger.log("resume", self.step, epoch=self.epoch, changes=resume_changes)
         if self.dist.is_main:
             print(format_parameter_counts(counts))
-            if self.reinitialised:
-                print(f"re-initialised for {config.model.num_classes} classes: {', '.join(self.reinitialised)}")
+            if self.initial_weights:
+                print(f"init:   {self.initial_weights.summary()}")
         self.diagnostics = TrainingDiagnostics(
             self.model,
             self.run_dir,
