@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import Config, override_config
+from ..config import Config, override_config, site_activation
 from ..files import write_atomically
 from ..runs import analysis_dir, eval_file, other_data_suffix, read_analyses
 from ..text import closest_name, counted
@@ -231,6 +231,7 @@ def _analyze(args: argparse.Namespace) -> int:
         "random_init": args.random_init,
         "seed": args.seed if args.random_init else None,
         "sites": sites,
+        "maps": {site: site_activation(loaded.config.model.attention, site) for site in sites},
         "ap": stats,
         "attention": aggregator.result(),
     }
