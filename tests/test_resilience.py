@@ -415,6 +415,25 @@ def test_weights_in_another_layout_are_named_with_what_to_give(tmp_path: Path, c
         initialise_from(model, tmp_path)
 
 
+def test_init_from_weights_of_no_model_it_builds_is_named_as_such(tmp_path: Path):
+    """train --init-from an ImageNet ResNet (a classifier's .pth) ended in AttributeError: 'NoneType' object has no
+    attribute 'lstrip' (a traceback), looking up the official reader of a model that none of them takes."""
+    from torchvision.models import resnet18
+
+    from sparse_detector.engine.trainer import initialise_from
+    from sparse_detector.models import build_model
+
+    torch.save({"model": resnet18().state_dict()}, tmp_path / "resnet18.pth")
+    config = load_config("shapes_tiny", ["model.transformer.hidden_dim=16"])
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"resnet18.pth does not fit the model \(\d+ missing keys .*unexpected keys .*\) and is neither a "
+        r"checkpoint of this package .* nor an official one of a model it builds: give a run directory .*; ImageNet "
+        r"weights for the backbone alone come with model.backbone.pretrained=true",
+    ):
+        initialise_from(build_model(config), tmp_path / "resnet18.pth", config)
+
+
 def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_path: Path, capsys):
     source = tmp_path / "source"
     Trainer(

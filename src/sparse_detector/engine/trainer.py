@@ -42,6 +42,7 @@ from ..models import build_criterion, build_model
 from ..models.criterion import share_of_matched
 from ..models.registry import official_config
 from ..models.weights import (
+    READABLE_CHECKPOINTS,
     CheckpointMismatchError,
     load_checkpoint_file,
     load_state_dict_checked,
@@ -321,9 +322,15 @@ def initialise_from(model: nn.Module, path: str | Path, config: Config | None = 
         if saved is not None:  # one of our runs' checkpoints
             arch = saved.get("model", {}).get("arch")
             kind, example = f"a {arch}", "the run's own config.yaml"
-        else:  # an official checkpoint: which model's reader takes it
-            arch = official_arch(state_dict)
+        elif arch := official_arch(state_dict):  # an official checkpoint: which model's reader takes it
             kind, example = f"an official {arch}", f"a preset of {arch}"
+        else:
+            raise CheckpointMismatchError(
+                f"--init-from {source} does not fit the model ({'; '.join(problems)}) and is neither a checkpoint "
+                f"of this package (which carries its config) nor an official one of a model it builds: give "
+                f"{READABLE_CHECKPOINTS}; ImageNet weights for the backbone alone come with "
+                "model.backbone.pretrained=true"
+            )
         if arch and arch != getattr(model, "arch", arch):
             raise CheckpointMismatchError(
                 f"--init-from {source} is {kind} checkpoint, but the config builds a {model.arch} model; use a "
