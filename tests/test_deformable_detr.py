@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torchvision
 from matplotlib.colors import to_rgb
 
 from sparse_detector import build_model, deformable_detr_from_official, load_config
@@ -467,6 +468,10 @@ def test_official_loaders_name_another_arch_and_our_own_checkpoints(tmp_path):
     torch.save({"model": detr.state_dict(), "config": {}}, tmp_path / "ours.pt")  # ours carry their config
     with pytest.raises(CheckpointMismatchError, match="checkpoint of this package .* without --official"):
         load_official(tmp_path / "ours.pt", "detr", {"nheads": 4})
+    torch.save({"model": torchvision.models.resnet18().state_dict()}, tmp_path / "resnet18.pth")  # was: "backbone
+    for arch in ("detr", "deformable_detr"):  # with blocks ('basic', 0, 0) is not a torchvision ResNet-18/34/50/101"
+        with pytest.raises(CheckpointMismatchError, match=rf"resnet18.pth is not an official {arch} checkpoint"):
+            load_official(tmp_path / "resnet18.pth", arch, {"nheads": 4})
 
 
 def test_sites_and_point_records():

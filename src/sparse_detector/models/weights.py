@@ -194,6 +194,8 @@ def _count_indices(state_dict: Mapping[str, Tensor], prefix: str) -> int:
 def _infer_backbone(state_dict: Mapping[str, Tensor], config: Config) -> None:
     """Set ``config.model.backbone`` (ResNet depth, last stage) and the position encoding from the weights."""
     body = "backbone.0.body."
+    if not any(key.startswith(body) for key in state_dict):  # no DETR-family checkpoint: the reader says so
+        raise KeyError(body.rstrip("."))
     block = "bottleneck" if f"{body}layer1.0.conv3.weight" in state_dict else "basic"
     layout = (
         block,
