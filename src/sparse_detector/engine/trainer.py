@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -349,7 +349,9 @@ def initialise_from(model: nn.Module, path: str | Path, config: Config | None = 
             + ". Use the config (backbone, layers, queries, attention) the checkpoint was trained with."
             + advice
         )
-    if config is not None and (settings := _settings_changing_what_weights_compute(config, checkpoint, source)):
+    if config is not None and (
+        settings := _settings_changing_what_weights_compute(config, checkpoint, state_dict, source)
+    ):
         raise CheckpointMismatchError(
             f"--init-from {source} fits the model's shapes, but the config differs from the checkpoint in settings "
             f"that change what its weights compute (checkpoint -> config: {'; '.join(settings)}): set them as the "
@@ -372,18 +374,23 @@ def initialise_from(model: nn.Module, path: str | Path, config: Config | None = 
 SAME_SHAPE_SETTINGS = {"nheads": ("transformer", "nheads"), "dilation": ("backbone", "dilation")}
 
 
-def _settings_changing_what_weights_compute(config: Config, checkpoint: Any, source: str) -> list[str]:
+def _nested(tree: Any, keys: Iterable[str]) -> Any:
+    """``tree[k1][k2]...`` of nested mappings, or None where one of the keys is absent."""
+    for key in keys:
+        tree = tree.get(key) if isinstance(tree, Mapping) else None
+    return tree
+
+
+def _settings_changing_what_weights_compute(
+    config: Config, checkpoint: Any, state_dict: Mapping[str, Any], source: str
+) -> list[str]:
     """``key: checkpoint -> config`` for each of :data:`SAME_SHAPE_SETTINGS` in which ``config`` differs from the
-    checkpoint: its saved config (ours), else the ``args`` an official checkpoint stores (none: nothing to compare)."""
+    checkpoint (``state_dict``, its weights): its saved config (ours), else the ``args`` an official checkpoint
+    stores (none: nothing to compare)."""
     saved = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
     if isinstance(saved, Mapping):
-        theirs = {}
-        for option, path in SAME_SHAPE_SETTINGS.items():
-            value = saved.get("model", {})
-            for key in path:
-                value = value.get(key) if isinstance(value, Mapping) else None
-            theirs[option] = value
-    elif isinstance(checkpoint, Mapping) and (arch := official_arch(read_state_dict(checkpoint, source)[0])):
+        theirs = {option: _nested(saved, ("model", *path)) for option, path in SAME_SHAPE_SETTINGS.items()}
+    elif isinstance(checkpoint, Mapping) and (arch := official_arch(state_dict)):
         theirs = stored_reader_options(checkpoint, source, arch, {})
     else:
         return []
@@ -425,9 +432,7 @@ def _settings_giving_other_weights(
     own = weights(ours["model"])
     found = []
     for keys, value in leaves(theirs):
-        mine = ours["model"]
-        for key in keys:
-            mine = mine.get(key) if isinstance(mine, Mapping) else None
+        mine = _nested(ours["model"], keys)
         if keys[0] in ("num_classes", "attention") or mine == value or mine is None:
             continue
         changed = copy.deepcopy(ours["model"])
