@@ -538,6 +538,12 @@ def test_init_from_softmax_weights_into_other_attention_maps(tmp_path: Path):
     assert sparse.transformer.encoder.layers[0].self_attn.activation.alpha.allclose(torch.tensor(1.3))
     torch.save({"model": state}, tmp_path / "alpha.pt")
     assert initialise_from(build_model(load_config("shapes_tiny", small)), tmp_path / "alpha.pt").dropped_maps == fresh
+    other_init = [*small, *alpha, "model.attention.encoder_self.alpha_init=1.9"]  # said to be unused
+    assert (
+        initialise_from(build_model(load_config("shapes_tiny", other_init)), tmp_path / "alpha.pt")
+        .summary()
+        .endswith(f"; α loaded from it, not alpha_init, at {', '.join(fresh)}")
+    )
 
 
 def test_init_from_a_checkpoint_of_other_sizes_names_the_settings_that_differ(tmp_path: Path):

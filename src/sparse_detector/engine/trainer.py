@@ -276,6 +276,7 @@ class InitialWeights:
     reinitialised: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]  # class-head entry: (checkpoint's, model's shape)
     fresh_maps: list[str]  # attention maps' own parameters the checkpoint lacks (at the config's alpha_init)
     dropped_maps: list[str]  # the checkpoint's attention-map parameters that the config's maps do not have
+    loaded_maps: list[str]  # attention maps' own parameters taken from it (the config's alpha_init unused there)
 
     def summary(self) -> str:
         """One line: the checkpoint, how much of the model it gave, and why the rest was not taken."""
@@ -289,6 +290,8 @@ class InitialWeights:
             text += f"; at the config's alpha_init (the checkpoint's map there has none): {', '.join(self.fresh_maps)}"
         if self.dropped_maps:
             text += f"; dropped (the config's map there has none): {', '.join(self.dropped_maps)}"
+        if self.loaded_maps:
+            text += f"; α loaded from it, not alpha_init, at {', '.join(self.loaded_maps)}"
         return text
 
 
@@ -365,6 +368,7 @@ def initialise_from(model: nn.Module, path: str | Path, config: Config | None = 
         reinitialised={key: (tuple(state_dict[key].shape), tuple(expected[key].shape)) for key in reinitialised},
         fresh_maps=[key for key in maps if key in expected],
         dropped_maps=[key for key in maps if key not in expected],
+        loaded_maps=attention_map_parameters(model, set(kept)),
     )
 
 
