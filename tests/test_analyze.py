@@ -427,3 +427,19 @@ def test_an_analysis_cut_short_while_writing_leaves_no_old_record_beside_new_tab
     with pytest.raises(KeyboardInterrupt):
         tables.write_analysis(newer, folder)
     assert written == ["analysis.csv"] and not (folder / "analysis.json").exists()
+
+
+def test_compare_names_each_runs_attention_maps(analysis: dict):
+    """compare named the runs by their folders only: a softmax baseline beside a run fine-tuned with sparse maps at
+    some sites did not say which map each run had where; analyze now records them."""
+    assert analysis["maps"] == dict.fromkeys(DETR_SITES, "softmax")
+    sparse = json.loads(json.dumps(analysis))
+    sparse["checkpoint"] = "runs/tuned/checkpoint_best.pt"
+    sparse["maps"] |= {"encoder_self": "sparsemax", "decoder_cross": "alpha_entmax"}
+    note = compare_markdown([analysis, sparse], ["gini"]).splitlines()[-1]
+    assert (
+        " Attention maps — run: softmax at every site; tuned: encoder_self sparsemax, decoder_self softmax, "
+        "decoder_cross alpha_entmax. Runs — " in note
+    )
+    older = {key: value for key, value in analysis.items() if key != "maps"}  # written before records named them
+    assert "Attention maps" not in compare_markdown([older], ["gini"])

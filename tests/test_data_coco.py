@@ -94,6 +94,20 @@ def test_official_checkpoints_name_coco_categories_but_keep_the_datas_names(tiny
     assert LabelMap.from_categories({3: "three", 7: "seven"}).name(5) == "5"  # a contiguous map is not COCO's
 
 
+def test_official_checkpoints_name_the_datas_ids_that_are_other_coco_classes() -> None:
+    """evaluate / analyze --official on BCCD (ids 1-3: Platelets, RBC, WBC) scored COCO's person, bicycle and car as
+    blood cells without a word; now the ids the data names otherwise are listed (for a warning), case aside."""
+    bccd = LabelMap.from_categories({1: "Platelets", 2: "RBC", 3: "WBC"})
+    assert LabelMap.official_coco().coco_differences(bccd) == [
+        "id 1: 'Platelets' vs COCO 'person'",
+        "id 2: 'RBC' vs COCO 'bicycle'",
+        "id 3: 'WBC' vs COCO 'car'",
+    ]
+    same = LabelMap.from_categories({1: "Person", 63: "couch", 12: "street sign"}, "coco_ids")
+    assert LabelMap.official_coco().coco_differences(same) == ["id 12: 'street sign' vs COCO 'none'"]
+    assert bccd.coco_differences(bccd) == []  # ours: checked by differences() instead
+
+
 # ---- bad input, on a two-image dataset written to tmp_path --------------------------------------------------
 
 

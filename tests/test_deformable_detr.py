@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torchvision
 from matplotlib.colors import to_rgb
 
 from sparse_detector import build_model, deformable_detr_from_official, load_config
@@ -384,7 +385,7 @@ def test_init_from_a_checkpoint_of_other_classes_reinitialises_every_class_head(
     coco = build_model(load_config("shapes_tiny", [*TINY_DEFORMABLE, *VARIANTS[variant], "model.num_classes=91"]))
     torch.save({"model": coco.state_dict()}, tmp_path / "official.pth")
     model = build_model(load_config("shapes_tiny", [*TINY_DEFORMABLE, *VARIANTS[variant]]))
-    reinitialised = initialise_from(model, tmp_path / "official.pth")
+    reinitialised = initialise_from(model, tmp_path / "official.pth").reinitialised
     assert reinitialised and all("class_embed." in name for name in reinitialised)
     assert any(n.startswith("transformer.decoder.class_embed.") for n in reinitialised) == (variant == "two_stage")
     for name, value in model.state_dict().items():
@@ -467,6 +468,10 @@ def test_official_loaders_name_another_arch_and_our_own_checkpoints(tmp_path):
     torch.save({"model": detr.state_dict(), "config": {}}, tmp_path / "ours.pt")  # ours carry their config
     with pytest.raises(CheckpointMismatchError, match="checkpoint of this package .* without --official"):
         load_official(tmp_path / "ours.pt", "detr", {"nheads": 4})
+    torch.save({"model": torchvision.models.resnet18().state_dict()}, tmp_path / "resnet18.pth")  # was: "backbone
+    for arch in ("detr", "deformable_detr"):  # with blocks ('basic', 0, 0) is not a torchvision ResNet-18/34/50/101"
+        with pytest.raises(CheckpointMismatchError, match=rf"resnet18.pth is not an official {arch} checkpoint"):
+            load_official(tmp_path / "resnet18.pth", arch, {"nheads": 4})
 
 
 def test_sites_and_point_records():

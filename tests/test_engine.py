@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import re
 from collections import Counter
 from pathlib import Path
@@ -390,7 +391,7 @@ def test_bccd_voc_converts_and_trains(tmp_path: Path):
     assert epoch_records(tmp_path / "run")[1]["train_steps"] == 2
 
 
-def test_evaluate_official_checkpoint_on_coco_data(tmp_path: Path):
+def test_evaluate_official_checkpoint_on_coco_data(tmp_path: Path, caplog):
     """`evaluate --official` reads an official DETR checkpoint and scores it with raw COCO category ids; the
     per-class table names the categories as the data's JSON does (here 'person' renamed 'human'), not as COCO."""
     checkpoint = shared_path("fixtures/detr_official_r18_small.pt")
@@ -412,7 +413,9 @@ def test_evaluate_official_checkpoint_on_coco_data(tmp_path: Path):
         "data.val_size=320",
         "data.max_size=400",
     ]
-    assert main(argv) == 0
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 0
+    assert "names 1 of them otherwise (data vs COCO: id 1: 'human' vs COCO 'person'): where these" in caplog.text
     stats = json.loads((tmp_path / "eval.json").read_text())
     assert stats["data"].endswith("renamed.json")
     assert 0.0 <= stats["AP"] <= 1.0  # random official weights: the point is that ids and boxes line up

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -353,7 +354,13 @@ def test_an_official_checkpoint_without_official_is_told_to_need_it(tmp_path: Pa
 
 @pytest.mark.parametrize(
     ("content", "kind"),
-    [(b"", "is empty"), (b"hello", "a text file"), (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"PK\x03\x04", "truncated")],
+    [
+        (b"", "is empty"),
+        (b"hello", "a text file"),
+        (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+        (b"PK\x03\x04", "truncated"),
+        (b"\x02\x00\x00\x00\x00\x00\x00\x00{}", "a safetensors file (e.g. a Hugging Face model's), which this"),
+    ],
 )
 @pytest.mark.parametrize("official", [False, True])
 def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path: Path, capsys, content, kind, official):
@@ -379,6 +386,54 @@ def test_a_file_that_is_no_checkpoint_given_to_init_from_is_not_told_to_add_offi
         initialise_from(model, path)
 
 
+@pytest.mark.parametrize("official", [False, True])
+def test_weights_in_another_layout_are_named_with_what_to_give(tmp_path: Path, capsys, official):
+    """A Hugging Face transformers state dict (pytorch_model.bin) got 'does not fit the model: N missing keys', and a
+    checkpoint with its weights under 'state_dict' 'is not a state dict nor a checkpoint with a model state dict':
+    now each names what it is and what to give (train --init-from, and evaluate with or without --official)."""
+    from sparse_detector.engine.trainer import initialise_from
+    from sparse_detector.models import build_model
+
+    model = build_model(load_config("shapes_tiny", ["model.transformer.hidden_dim=16"]))
+    hugging_face = {"model.backbone.conv_encoder.model.conv1.weight": torch.zeros(1), "model.x": torch.zeros(1)}
+    torch.save(hugging_face, tmp_path / "pytorch_model.bin")
+    torch.save({"state_dict": model.state_dict(), "epoch": 3}, tmp_path / "lightning.pth")
+    expected = {
+        "pytorch_model.bin": r"pytorch_model.bin holds a Hugging Face transformers model's weights \(names such as "
+        r"'model.backbone.conv_encoder.model.conv1.weight'\), which this package does not read: give the original",
+        "lightning.pth": r"lightning.pth is not a state dict nor a checkpoint with a 'model' state dict \(its keys: "
+        r"'state_dict', 'epoch'\): give a run directory .* re-saved under 'model'",
+    }
+    for name, message in expected.items():
+        with pytest.raises(CheckpointMismatchError, match=message):
+            initialise_from(model, tmp_path / name)
+        command = ["evaluate", "--checkpoint", str(tmp_path / name), *(["--official"] if official else [])]
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and re.search(message, err), err
+    with pytest.raises(FileNotFoundError, match=r"weight files in it: lightning.pth, pytorch_model.bin: give one"):
+        initialise_from(model, tmp_path)
+
+
+def test_init_from_weights_of_no_model_it_builds_is_named_as_such(tmp_path: Path):
+    """train --init-from an ImageNet ResNet (a classifier's .pth) ended in AttributeError: 'NoneType' object has no
+    attribute 'lstrip' (a traceback), looking up the official reader of a model that none of them takes."""
+    from torchvision.models import resnet18
+
+    from sparse_detector.engine.trainer import initialise_from
+    from sparse_detector.models import build_model
+
+    torch.save({"model": resnet18().state_dict()}, tmp_path / "resnet18.pth")
+    config = load_config("shapes_tiny", ["model.transformer.hidden_dim=16"])
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"resnet18.pth does not fit the model \(\d+ missing keys .*unexpected keys .*\) and is neither a "
+        r"checkpoint of this package .* nor an official one of a model it builds: give a run directory .*; ImageNet "
+        r"weights for the backbone alone come with model.backbone.pretrained=true",
+    ):
+        initialise_from(build_model(config), tmp_path / "resnet18.pth", config)
+
+
 def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_path: Path, capsys):
     source = tmp_path / "source"
     Trainer(
@@ -389,8 +444,12 @@ def test_init_from_another_class_count_reinitialises_the_class_head(shapes, tmp_
     weights = load_checkpoint(source / "checkpoint_last.pt")["model"]
     config = shapes_config(shapes, "train.epochs=1", *FAST, "model.backbone.lr=0")  # frozen backbone
     trainer = Trainer(config, tmp_path / "tuned", progress=False, init_from=source / "checkpoint_last.pt")
-    assert trainer.reinitialised == ["class_embed.weight", "class_embed.bias"]
-    assert "re-initialised for 4 classes: class_embed.weight, class_embed.bias" in capsys.readouterr().out
+    assert list(trainer.initial_weights.reinitialised) == ["class_embed.weight", "class_embed.bias"]
+    total = len(trainer.model.state_dict())
+    assert (  # what it loaded, and why not the rest
+        f"init:   {source / 'checkpoint_last.pt'}: {total - 2} of {total} weights loaded; re-initialised for another "
+        "class count (checkpoint -> model): class_embed.weight [8, 32] -> [5, 32], class_embed.bias [8] -> [5]\n"
+    ) in capsys.readouterr().out
     state = trainer.model.state_dict()
     assert state["class_embed.weight"].shape[0] == 5
     for key, value in weights.items():
@@ -453,7 +512,7 @@ def test_an_epoch_whose_every_step_was_skipped_as_non_finite_prints_its_summary(
     assert "epoch 1: mean train loss n/a over 0 steps (2 more skipped as non-finite)  val AP " in printed
 
 
-def test_init_from_softmax_weights_into_other_attention_maps(tmp_path: Path, caplog):
+def test_init_from_softmax_weights_into_other_attention_maps(tmp_path: Path):
     """Fine-tuning softmax weights with alpha-entmax attention was refused ('2 missing keys ... pre_alpha'): the
     maps' own parameters start at the config's alpha_init (and are dropped the other way round); the rest loads."""
     from sparse_detector.engine.trainer import initialise_from
@@ -464,14 +523,27 @@ def test_init_from_softmax_weights_into_other_attention_maps(tmp_path: Path, cap
     torch.save({"model": softmax.state_dict()}, tmp_path / "softmax.pt")
     alpha = ["model.attention.encoder_self.activation=alpha_entmax", "model.attention.encoder_self.alpha_init=1.3"]
     sparse = build_model(load_config("shapes_tiny", [*small, *alpha]))
-    with caplog.at_level(logging.INFO):
-        assert initialise_from(sparse, tmp_path / "softmax.pt") == []
-    assert "attention maps changed" in caplog.text and "encoder.layers.0.self_attn.activation.pre_alpha" in caplog.text
+    initial = initialise_from(sparse, tmp_path / "softmax.pt")
+    fresh = [f"transformer.encoder.layers.{i}.self_attn.activation.pre_alpha" for i in range(2)]
+    assert (initial.loaded, initial.total, initial.fresh_maps) == (
+        len(softmax.state_dict()),
+        len(softmax.state_dict()) + 2,
+        fresh,
+    )
+    assert initial.summary().endswith(
+        f"; at the config's alpha_init (the checkpoint's map there has none): {', '.join(fresh)}"
+    )
     state = sparse.state_dict()
     assert all(torch.equal(state[k], v) for k, v in softmax.state_dict().items())
     assert sparse.transformer.encoder.layers[0].self_attn.activation.alpha.allclose(torch.tensor(1.3))
     torch.save({"model": state}, tmp_path / "alpha.pt")
-    assert initialise_from(build_model(load_config("shapes_tiny", small)), tmp_path / "alpha.pt") == []
+    assert initialise_from(build_model(load_config("shapes_tiny", small)), tmp_path / "alpha.pt").dropped_maps == fresh
+    other_init = [*small, *alpha, "model.attention.encoder_self.alpha_init=1.9"]  # said to be unused
+    assert (
+        initialise_from(build_model(load_config("shapes_tiny", other_init)), tmp_path / "alpha.pt")
+        .summary()
+        .endswith(f"; α loaded from it, not alpha_init, at {', '.join(fresh)}")
+    )
 
 
 def test_init_from_a_checkpoint_of_other_sizes_names_the_settings_that_differ(tmp_path: Path):
@@ -494,6 +566,28 @@ def test_init_from_a_checkpoint_of_other_sizes_names_the_settings_that_differ(tm
     with pytest.raises(CheckpointMismatchError, match=r"config: model.transformer.dec_layers: 2 -> 3\): set") as err:
         initialise_from(build_model(config), tmp_path / "ours.pt", config)
     assert "dropout" not in str(err.value)
+
+
+def test_init_from_a_checkpoint_with_other_heads_is_refused_naming_them(tmp_path: Path):
+    """A checkpoint trained with 4 heads loaded unnoticed into a config of 8 (the same shapes, another model): now the
+    setting is named, read from our checkpoint's config or the args an official training script stored."""
+    from sparse_detector.engine.trainer import initialise_from
+    from sparse_detector.models import build_model
+
+    small = ["model.transformer.hidden_dim=16", "model.transformer.dim_feedforward=16", "model.num_classes=2"]
+    four = load_config("shapes_tiny", [*small, "model.transformer.nheads=4"])
+    weights = build_model(four).state_dict()
+    torch.save({"model": weights, "config": config_to_dict(four)}, tmp_path / "ours.pt")
+    torch.save({"model": weights, "args": argparse.Namespace(nheads=4, dilation=False)}, tmp_path / "official.pth")
+    torch.save({"model": weights}, tmp_path / "bare.pth")  # no args: its heads cannot be known
+    eight = load_config("shapes_tiny", [*small, "model.transformer.nheads=8"])
+    for name in ("ours.pt", "official.pth"):
+        with pytest.raises(
+            CheckpointMismatchError, match=r"compute \(checkpoint -> config: model.transformer.nheads: 4 -> 8\): set"
+        ):
+            initialise_from(build_model(eight), tmp_path / name, eight)
+        assert initialise_from(build_model(four), tmp_path / name, four).loaded == len(weights)
+    assert initialise_from(build_model(eight), tmp_path / "bare.pth", eight).loaded == len(weights)
 
 
 def _train_killed_writing(config, run: Path, name: str, after_epoch: int, monkeypatch) -> None:

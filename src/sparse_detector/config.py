@@ -130,6 +130,11 @@ class AttentionSiteConfig:
 MAP_OPTIONS = {"alpha_entmax": "alpha_init", "tvmax": "tvmax_lambda"}  # the AttentionSiteConfig option of each map
 
 
+def site_activation(attention: Mapping[str, AttentionSiteConfig], site: str) -> str:
+    """The attention map of ``site`` under ``model.attention`` (a site not named keeps softmax)."""
+    return attention.get(site, AttentionSiteConfig()).activation
+
+
 @dataclass
 class DeformableConfig:
     """Deformable DETR only (``model.arch: deformable_detr``), official names and defaults."""

@@ -39,6 +39,9 @@ EVAL_FILE = "eval.json"
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
 CHECKPOINT_SUFFIXES = (".pt", ".pth")  # of checkpoint files: ours (.pt) and official DETR's (.pth)
+#: Of files that may hold weights, named when a folder without a run's checkpoints is given (other tools' too:
+#: ``pytorch_model.bin``, ``model.safetensors``, Lightning's ``.ckpt``, which then get their own message).
+WEIGHT_FILE_SUFFIXES = (*CHECKPOINT_SUFFIXES, ".bin", ".safetensors", ".ckpt")
 EPOCH_CHECKPOINTS = "checkpoint_epoch*.pt"  # the numbered ones (epoch_checkpoint_name), as a glob pattern
 _EPOCH_CHECKPOINT = re.compile(r"checkpoint_epoch(\d+)\.pt")
 ANALYSIS_FILE = "analysis.json"
@@ -134,7 +137,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         for name in (BEST_CHECKPOINT, LAST_CHECKPOINT):
             if (path / name).is_file():
                 return path / name
-        raise FileNotFoundError(f"run directory {path} holds no {BEST_CHECKPOINT} or {LAST_CHECKPOINT}")
+        files = sorted(p.name for p in path.iterdir() if p.suffix in WEIGHT_FILE_SUFFIXES and p.is_file())
+        inside = f"; weight files in it: {', '.join(files[:5])}: give one of them" if files else ""
+        raise FileNotFoundError(f"run directory {path} holds no {BEST_CHECKPOINT} or {LAST_CHECKPOINT}{inside}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     return path

@@ -44,6 +44,7 @@ from .config import (
     load_config,
     read_yaml,
     run_config_here,
+    site_activation,
     without_pretrained,
 )
 from .data import generate_shapes_splits
@@ -258,6 +259,7 @@ def analyze_run(run_dir: Path, device: str) -> dict[str, Any]:
         "random_init": False,
         "seed": None,
         "sites": list(result["sites"]),
+        "maps": {site: site_activation(loaded.config.model.attention, site) for site in result["sites"]},
         "ap": stats,
         "attention": result,
     }

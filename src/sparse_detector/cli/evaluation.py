@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import Config, override_config
+from ..config import Config, override_config, site_activation
 from ..files import write_atomically
 from ..runs import analysis_dir, eval_file, other_data_suffix, read_analyses
 from ..text import closest_name, counted
@@ -19,6 +20,8 @@ from .parsing import Subparsers, add_command, add_overrides, non_negative_int, p
 if TYPE_CHECKING:
     from ..data.coco import CocoDetection
     from ..data.labels import LabelMap
+
+log = logging.getLogger(__name__)
 
 
 def _add_evaluation_data(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +81,8 @@ def add_evaluate_command(commands: Subparsers) -> None:
 
 
 def _check_categories(label_map: LabelMap, dataset: CocoDetection) -> None:
-    """A checkpoint scored on a data set whose category ids name other classes would count one class as another."""
+    """A checkpoint scored on a data set whose category ids name other classes would count one class as another:
+    an error for ours, a warning for an official one (whose data may name COCO's classes in its own words)."""
     from ..data.coco import DatasetError
 
     if differences := label_map.differences(dataset.labels):
@@ -86,6 +90,15 @@ def _check_categories(label_map: LabelMap, dataset: CocoDetection) -> None:
             f"the checkpoint's categories are not those of {dataset.annotation_file} (checkpoint vs data: "
             f"{'; '.join(differences[:5])}), so one class would be scored as another; use data with the categories "
             "(ids and names) the checkpoint was trained on"
+        )
+    if differences := label_map.coco_differences(dataset.labels):
+        log.warning(
+            "the official checkpoint predicts COCO's classes by their ids, and %s names %s of them otherwise (data "
+            "vs COCO: %s): where these are other classes, its AP, and the matching that PAIBB reads, take one class "
+            "for another; for a baseline on this data, fine-tune it first (train --init-from)",
+            dataset.annotation_file,
+            len(differences),
+            "; ".join(differences[:5]),
         )
 
 
@@ -231,6 +244,7 @@ def _analyze(args: argparse.Namespace) -> int:
         "random_init": args.random_init,
         "seed": args.seed if args.random_init else None,
         "sites": sites,
+        "maps": {site: site_activation(loaded.config.model.attention, site) for site in sites},
         "ap": stats,
         "attention": aggregator.result(),
     }

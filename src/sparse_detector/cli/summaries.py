@@ -6,7 +6,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import AttentionSiteConfig, Config
+from ..config import Config, site_activation
 from ..text import counted
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def train_summary(trainer: object) -> str:
     config: Config = trainer.config  # type: ignore[attr-defined]
     model = config.model
     sites = ", ".join(
-        f"{name}={model.attention.get(name, AttentionSiteConfig()).activation}"
+        f"{name}={site_activation(model.attention, name)}"
         for name in model_sites(trainer.model)  # type: ignore[attr-defined]
     )
     parameters = sum(p.numel() for p in trainer.model.parameters())  # type: ignore[attr-defined]

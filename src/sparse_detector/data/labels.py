@@ -57,7 +57,8 @@ class LabelMap:
     @classmethod
     def official_coco(cls, num_classes: int = COCO_NUM_CLASSES) -> LabelMap:
         """Official DETR checkpoints: labels are raw COCO ids, named by :data:`COCO_CATEGORY_NAMES` (no names are
-        stored, so a data set scored with them keeps its own names and is not checked against COCO's)."""
+        stored, so a data set scored with them keeps its own names; :meth:`coco_differences` lists those that
+        differ)."""
         return cls("coco_ids", num_classes)
 
     @classmethod
@@ -88,6 +89,19 @@ class LabelMap:
         ours = {self.category_id(label): name for label, name in enumerate(self.category_names) if name != "N/A"}
         theirs = {data.category_id(label): name for label, name in enumerate(data.category_names) if name != "N/A"}
         return [f"id {i}: {name!r} vs {theirs.get(i, 'absent')!r}" for i, name in ours.items() if theirs.get(i) != name]
+
+    def coco_differences(self, data: LabelMap) -> list[str]:
+        """For an official checkpoint's map (raw COCO ids, no names stored): each category of a data set with map
+        ``data`` whose id is another class in COCO (names compared ignoring case), so that the model's class of
+        that id would be scored as the data's; empty for other maps."""
+        if self.category_names or self.label_mode != "coco_ids":
+            return []
+        found = [(data.category_id(label), name) for label, name in enumerate(data.category_names) if name != "N/A"]
+        return [
+            f"id {i}: {name!r} vs COCO {COCO_CATEGORY_NAMES.get(i, 'none')!r}"
+            for i, name in found
+            if name.lower() != COCO_CATEGORY_NAMES.get(i, "").lower()
+        ]
 
     def unknown_categories(self, data: LabelMap) -> list[tuple[int, str]]:
         """The categories (id, name) of a data set with map ``data`` that this map lacks: its boxes of them

@@ -42,7 +42,7 @@ from ..data.transforms import image_tensor
 from ..files import write_atomically
 from ..models import DetectionOutput, build_model
 from ..models.postprocess import postprocessor_for
-from ..models.weights import load_official, load_state_dict_checked
+from ..models.weights import load_official, load_state_dict_checked, read_state_dict
 from ..runs import resolve_checkpoint
 from ..text import closest_name, counted
 from .checkpoint import load_checkpoint
@@ -150,6 +150,7 @@ def load_trained_model(path: str | Path, official: bool = False, arch: str = "de
         return LoadedModel(model, config, LabelMap.official_coco(config.model.num_classes), source)
     checkpoint = load_checkpoint(source)
     if "config" not in checkpoint:
+        read_state_dict(checkpoint, str(source))  # weights in another layout (Hugging Face's, ...) are named as such
         raise ValueError(f"{source} has no 'config': for an official checkpoint pass --official")
     try:
         config = config_from_dict(checkpoint["config"])

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ from ..models import build_criterion, build_model
 from ..models.criterion import share_of_matched
 from ..models.registry import official_config
 from ..models.weights import (
+    READABLE_CHECKPOINTS,
     CheckpointMismatchError,
     load_checkpoint_file,
     load_state_dict_checked,
@@ -263,13 +266,44 @@ def attention_map_parameters(model: nn.Module, keys: set[str]) -> list[str]:
     return sorted(key for key in keys if key.rsplit(".", 1)[0] in owners)
 
 
-def initialise_from(model: nn.Module, path: str | Path, config: Config | None = None) -> list[str]:
+@dataclass
+class InitialWeights:
+    """What :func:`initialise_from` took from a checkpoint, and what it left as the model was built."""
+
+    source: str  # the checkpoint file
+    loaded: int  # the model's state-dict entries taken from it
+    total: int  # the model's state-dict entries
+    reinitialised: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]  # class-head entry: (checkpoint's, model's shape)
+    fresh_maps: list[str]  # attention maps' own parameters the checkpoint lacks (at the config's alpha_init)
+    dropped_maps: list[str]  # the checkpoint's attention-map parameters that the config's maps do not have
+    loaded_maps: list[str]  # attention maps' own parameters taken from it (the config's alpha_init unused there)
+
+    def summary(self) -> str:
+        """One line: the checkpoint, how much of the model it gave, and why the rest was not taken."""
+        text = f"{self.source}: {self.loaded} of {self.total} weights loaded"
+        if self.reinitialised:
+            shapes = ", ".join(
+                f"{key} {list(theirs)} -> {list(ours)}" for key, (theirs, ours) in self.reinitialised.items()
+            )
+            text += f"; re-initialised for another class count (checkpoint -> model): {shapes}"
+        if self.fresh_maps:
+            text += f"; at the config's alpha_init (the checkpoint's map there has none): {', '.join(self.fresh_maps)}"
+        if self.dropped_maps:
+            text += f"; dropped (the config's map there has none): {', '.join(self.dropped_maps)}"
+        if self.loaded_maps:
+            text += f"; α loaded from it, not alpha_init, at {', '.join(self.loaded_maps)}"
+        return text
+
+
+def initialise_from(model: nn.Module, path: str | Path, config: Config | None = None) -> InitialWeights:
     """Load the weights of a checkpoint (ours or official; a run directory gives its best, else its last) for
     fine-tuning: the model's class heads (``model.class_heads``) are left freshly initialised when the class count
     differs, as are the attention maps' own parameters where the config changed a map (softmax weights into
-    alpha-entmax); every other weight must fit. Returns the names of the re-initialised class-head parameters.
-    ``config``, the model's, lets an error name the settings in which it differs from the checkpoint's."""
-    state_dict, source = read_state_dict(resolve_checkpoint(path))
+    alpha-entmax); every other weight must fit. ``config``, the model's, lets an error name the settings in which it
+    differs from the checkpoint's."""
+    source = str(resolve_checkpoint(path))
+    checkpoint = load_checkpoint_file(source)
+    state_dict, _ = read_state_dict(checkpoint, source)
     expected = model.state_dict()
     names = list(getattr(model, "class_heads", ()))
     heads = tuple(f"{head}." for head in names)
@@ -281,12 +315,6 @@ def initialise_from(model: nn.Module, path: str | Path, config: Config | None = 
     kept = {k: v for k, v in state_dict.items() if k not in reinitialised}
     maps = attention_map_parameters(model, set(expected) ^ set(kept))  # the config changed a site's map
     kept = {k: v for k, v in kept.items() if k not in maps}
-    if maps:
-        log.info(
-            "--init-from: attention maps changed from the checkpoint's; their own parameters start fresh (the "
-            "config's alpha_init) or are dropped: %s",
-            ", ".join(maps),
-        )
     missing = sorted(set(expected) - set(kept) - set(reinitialised) - set(maps))
     unexpected = sorted(set(kept) - set(expected))
     mismatched = [k for k in expected if k in kept and kept[k].shape != expected[k].shape]
@@ -297,9 +325,15 @@ def initialise_from(model: nn.Module, path: str | Path, config: Config | None = 
         if saved is not None:  # one of our runs' checkpoints
             arch = saved.get("model", {}).get("arch")
             kind, example = f"a {arch}", "the run's own config.yaml"
-        else:  # an official checkpoint: which model's reader takes it
-            arch = official_arch(state_dict)
+        elif arch := official_arch(state_dict):  # an official checkpoint: which model's reader takes it
             kind, example = f"an official {arch}", f"a preset of {arch}"
+        else:
+            raise CheckpointMismatchError(
+                f"--init-from {source} does not fit the model ({'; '.join(problems)}) and is neither a checkpoint "
+                f"of this package (which carries its config) nor an official one of a model it builds: give "
+                f"{READABLE_CHECKPOINTS}; ImageNet weights for the backbone alone come with "
+                "model.backbone.pretrained=true"
+            )
         if arch and arch != getattr(model, "arch", arch):
             raise CheckpointMismatchError(
                 f"--init-from {source} is {kind} checkpoint, but the config builds a {model.arch} model; use a "
@@ -318,8 +352,58 @@ def initialise_from(model: nn.Module, path: str | Path, config: Config | None = 
             + ". Use the config (backbone, layers, queries, attention) the checkpoint was trained with."
             + advice
         )
+    if config is not None and (
+        settings := _settings_changing_what_weights_compute(config, checkpoint, state_dict, source)
+    ):
+        raise CheckpointMismatchError(
+            f"--init-from {source} fits the model's shapes, but the config differs from the checkpoint in settings "
+            f"that change what its weights compute (checkpoint -> config: {'; '.join(settings)}): set them as the "
+            "checkpoint has them (--set)"
+        )
     model.load_state_dict({**expected, **kept})
-    return reinitialised
+    return InitialWeights(
+        source=source,
+        loaded=len(kept),
+        total=len(expected),
+        reinitialised={key: (tuple(state_dict[key].shape), tuple(expected[key].shape)) for key in reinitialised},
+        fresh_maps=[key for key in maps if key in expected],
+        dropped_maps=[key for key in maps if key not in expected],
+        loaded_maps=attention_map_parameters(model, set(kept)),
+    )
+
+
+#: Model settings that change what the weights compute but not their names or shapes, so that a checkpoint trained
+#: with other values would load unnoticed; keyed by the name of the official readers' option that gives each (which
+#: official training scripts store in their ``args``).
+SAME_SHAPE_SETTINGS = {"nheads": ("transformer", "nheads"), "dilation": ("backbone", "dilation")}
+
+
+def _nested(tree: Any, keys: Iterable[str]) -> Any:
+    """``tree[k1][k2]...`` of nested mappings, or None where one of the keys is absent."""
+    for key in keys:
+        tree = tree.get(key) if isinstance(tree, Mapping) else None
+    return tree
+
+
+def _settings_changing_what_weights_compute(
+    config: Config, checkpoint: Any, state_dict: Mapping[str, Any], source: str
+) -> list[str]:
+    """``key: checkpoint -> config`` for each of :data:`SAME_SHAPE_SETTINGS` in which ``config`` differs from the
+    checkpoint (``state_dict``, its weights): its saved config (ours), else the ``args`` an official checkpoint
+    stores (none: nothing to compare)."""
+    saved = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
+    if isinstance(saved, Mapping):
+        theirs = {option: _nested(saved, ("model", *path)) for option, path in SAME_SHAPE_SETTINGS.items()}
+    elif isinstance(checkpoint, Mapping) and (arch := official_arch(state_dict)):
+        theirs = stored_reader_options(checkpoint, source, arch, {})
+    else:
+        return []
+    found = []
+    for option, path in SAME_SHAPE_SETTINGS.items():
+        mine = functools.reduce(getattr, path, config.model)
+        if theirs.get(option) is not None and theirs[option] != mine:
+            found.append(f"model.{'.'.join(path)}: {theirs[option]!r} -> {mine!r}")
+    return found
 
 
 def _settings_giving_other_weights(
@@ -333,7 +417,7 @@ def _settings_giving_other_weights(
     try:
         if saved is None:
             checkpoint = load_checkpoint_file(source)
-            state_dict, _ = read_state_dict(checkpoint)
+            state_dict, _ = read_state_dict(checkpoint, source)
             options = stored_reader_options(checkpoint, source, arch, {})
             saved = config_to_dict(official_config(arch, state_dict, **options))
         theirs, ours = saved.get("model", {}), config_to_dict(config)
@@ -352,9 +436,7 @@ def _settings_giving_other_weights(
     own = weights(ours["model"])
     found = []
     for keys, value in leaves(theirs):
-        mine = ours["model"]
-        for key in keys:
-            mine = mine.get(key) if isinstance(mine, Mapping) else None
+        mine = _nested(ours["model"], keys)
         if keys[0] in ("num_classes", "attention") or mine == value or mine is None:
             continue
         changed = copy.deepcopy(ours["model"])
@@ -440,7 +522,7 @@ class Trainer:
         if not resume and not init_from:  # said when the run starts; the weights given by init_from hold their norms
             warn_untrained_frozen_norm(config)
         self.model = build_model(without_pretrained(config) if resume or init_from else config)
-        self.reinitialised = initialise_from(self.model, init_from, config) if init_from else []
+        self.initial_weights = initialise_from(self.model, init_from, config) if init_from else None
         self.init_from = str(resolve_checkpoint(init_from).resolve()) if init_from else None
         self.model.to(self.device)
         if self.dist.enabled:  # every rank built the same weights; now each draws its own augmentations
@@ -486,15 +568,15 @@ class Trainer:
             self.logger.log("params", self.step, **counts)
         start = {"alpha": alpha} if (alpha := alpha_values(self.model)) else {}  # α's history starts there
         if self.init_from:  # the weights it started from, which config.yaml cannot say
-            start |= {"init_from": self.init_from, "reinitialised": self.reinitialised}
+            start |= {"init_from": self.init_from, "reinitialised": list(self.initial_weights.reinitialised)}
         if not resume and start:
             self.logger.log("init", self.step, **start)
         if resume_changes:
             self.logger.log("resume", self.step, epoch=self.epoch, changes=resume_changes)
         if self.dist.is_main:
             print(format_parameter_counts(counts))
-            if self.reinitialised:
-                print(f"re-initialised for {config.model.num_classes} classes: {', '.join(self.reinitialised)}")
+            if self.initial_weights:
+                print(f"init:   {self.initial_weights.summary()}")
         self.diagnostics = TrainingDiagnostics(
             self.model,
             self.run_dir,

@@ -82,21 +82,39 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], 
 OFFICIAL_CHECKPOINT_GLOBALS = (argparse.Namespace,)
 
 
+#: What the commands that load weights read, for messages about files they do not.
+READABLE_CHECKPOINTS = (
+    "a run directory or a .pt file written by `sparse-detector train` or torch.save (or an official DETR / "
+    "Deformable DETR checkpoint: `train --init-from` reads one as it is, the other commands with --official)"
+)
+
+#: Parameter-name prefixes of Hugging Face ``transformers`` detection models (DETR, Deformable DETR and their kin),
+#: whose names differ from the official ones this package reads.
+HUGGING_FACE_PREFIXES = ("model.backbone.conv_encoder.", "class_labels_classifier.")
+
+
+def _is_safetensors(head: bytes) -> bool:
+    """Whether a file starting with ``head`` is a safetensors file: the length of its JSON header (8 bytes, little
+    endian), then the header."""
+    return len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 32
+
+
 def not_a_checkpoint_file(path: str | Path) -> str | None:
-    """Why ``path`` cannot be a file written by ``torch.save`` (empty, an image, text, ...), judged by its first
-    bytes: ``torch.save`` writes a zip archive, older versions a pickle (first byte 0x80); ``None`` when it may be
-    one. Such a file would otherwise reach the unpickler, whose errors name neither the file nor the mistake."""
+    """Why ``path`` cannot be a file written by ``torch.save`` (empty, an image, text, safetensors, ...), judged by its
+    first bytes: ``torch.save`` writes a zip archive, older versions a pickle (first byte 0x80); ``None`` when it may
+    be one. Such a file would otherwise reach the unpickler, whose errors name neither the file nor the mistake."""
     with Path(path).open("rb") as f:
-        head = f.read(8)
+        head = f.read(9)
     if head.startswith((b"PK\x03\x04", b"\x80")):
         return None
-    named = file_kind(head) or ("a text file" if head.isascii() else "something else (torch.save writes a zip archive)")
+    if _is_safetensors(head):
+        named = "a safetensors file (e.g. a Hugging Face model's), which this package does not read"
+    else:
+        named = file_kind(head) or (
+            "a text file" if head.isascii() else "something else (torch.save writes a zip archive)"
+        )
     kind = f"not a PyTorch checkpoint but {named}" if head else "empty"
-    return (
-        f"checkpoint {path} is {kind}: give a run directory or a .pt file written by `sparse-detector train` or "
-        "torch.save (or an official DETR / Deformable DETR checkpoint: `train --init-from` reads one as it is, the "
-        "other commands with --official)"
-    )
+    return f"checkpoint {path} is {kind}: give {READABLE_CHECKPOINTS}"
 
 
 def load_checkpoint_file(path: str | Path) -> Any:
@@ -138,17 +156,32 @@ def _unreadable_message(path: Path) -> str:
     )
 
 
-def read_state_dict(path_or_state_dict: str | Path | Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str]:
-    """A checkpoint file (dict with a ``model`` key, or a bare state dict) or an in-memory state dict."""
+def read_state_dict(
+    path_or_state_dict: str | Path | Mapping[str, Any], source: str = "state dict"
+) -> tuple[dict[str, Tensor], str]:
+    """A checkpoint file (dict with a ``model`` key, or a bare state dict) or an in-memory one (named ``source`` in
+    errors)."""
     if isinstance(path_or_state_dict, str | Path):
         source = str(path_or_state_dict)
         data = load_checkpoint_file(path_or_state_dict)
     else:
-        source, data = "state dict", path_or_state_dict
+        data = path_or_state_dict
     if isinstance(data, Mapping) and "model" in data and isinstance(data["model"], Mapping):
         data = data["model"]
     if not isinstance(data, Mapping) or not all(isinstance(v, Tensor) for v in data.values()):
-        raise CheckpointMismatchError(f"{source} is not a state dict nor a checkpoint with a 'model' state dict")
+        keys = f" (its keys: {', '.join(map(repr, list(data)[:8]))})" if isinstance(data, Mapping) else ""
+        raise CheckpointMismatchError(
+            f"{source} is not a state dict nor a checkpoint with a 'model' state dict{keys}: give "
+            f"{READABLE_CHECKPOINTS}; weights saved under another key can be re-saved under 'model', e.g. "
+            "torch.save({'model': checkpoint['state_dict']}, 'fixed.pth')"
+        )
+    if hugging_face := [key for key in data if key.startswith(HUGGING_FACE_PREFIXES)]:
+        raise CheckpointMismatchError(
+            f"{source} holds a Hugging Face transformers model's weights (names such as {hugging_face[0]!r}), which "
+            "this package does not read: give the original checkpoint of that model instead, e.g. official DETR's "
+            "detr-r50-e632da11.pth (github.com/facebookresearch/detr) or Deformable DETR's "
+            "r50_deformable_detr-checkpoint.pth (github.com/fundamentalvision/Deformable-DETR)"
+        )
     return dict(data), source
 
 
@@ -161,6 +194,8 @@ def _count_indices(state_dict: Mapping[str, Tensor], prefix: str) -> int:
 def _infer_backbone(state_dict: Mapping[str, Tensor], config: Config) -> None:
     """Set ``config.model.backbone`` (ResNet depth, last stage) and the position encoding from the weights."""
     body = "backbone.0.body."
+    if not any(key.startswith(body) for key in state_dict):  # no DETR-family checkpoint: the reader says so
+        raise KeyError(body.rstrip("."))
     block = "bottleneck" if f"{body}layer1.0.conv3.weight" in state_dict else "basic"
     layout = (
         block,
@@ -276,8 +311,7 @@ def load_official(
     """
     is_file = isinstance(path_or_state_dict, str | Path)
     checkpoint = load_checkpoint_file(path_or_state_dict) if is_file else path_or_state_dict
-    state_dict, source = read_state_dict(checkpoint)
-    source = str(path_or_state_dict) if is_file else source
+    state_dict, source = read_state_dict(checkpoint, str(path_or_state_dict) if is_file else "state dict")
     options = stored_reader_options(checkpoint, source, arch, reader_options or {})
     try:
         config = official_config(arch, state_dict, **options)

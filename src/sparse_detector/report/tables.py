@@ -3,7 +3,9 @@
 An analysis record is plain data::
 
     {"checkpoint": str, "data": str, "random_init": bool, "seed": int | None, "sites": [site, ...],
-     "ap": {COCO stat: value}, "attention": MetricAggregator.result()}
+     "maps": {site: attention map}, "ap": {COCO stat: value}, "attention": MetricAggregator.result()}
+
+(``maps`` is absent from records written before 2026-12-02.)
 
 Rows, columns and sites come from the records themselves (the sites the model declared), never from a list here.
 """
@@ -251,7 +253,8 @@ def compare_markdown(records: Sequence[Mapping[str, Any]], metrics: Sequence[str
         *markdown_table(header, rows),
         "",
         f"Mean ± std (population) over all query maps, heads pooled (PAIBB: head-averaged maps of matched pairs); "
-        f"entropy in nats.{' ' + runs_zero_thresholds(labels, results) if 'zeros_ratio' in metrics else ''}"
+        f"entropy in nats.{_compared_maps(labels, records)}"
+        f"{' ' + runs_zero_thresholds(labels, results) if 'zeros_ratio' in metrics else ''}"
         f"{_compared_points(labels, results) if any(m.startswith(('paibb', 'sampling')) for m in metrics) else ''}"
         f"{_compared_keys(labels, results) if set(metrics) & set(METRICS) else ''}"
         f" Runs — {sources}.",
@@ -271,6 +274,21 @@ def runs_zero_thresholds(labels: Sequence[str], results: Sequence[Mapping[str, A
         if result["sites"]
     )
     return f"Zeros ratio thresholds differ between runs: {readings}."
+
+
+def _compared_maps(labels: Sequence[str], records: Sequence[Mapping[str, Any]]) -> str:
+    """Each compared run's attention map per site (``softmax`` at every site where it has no other), from the
+    records that name them; empty where none does."""
+    readings = []
+    for label, record in zip(labels, records, strict=True):
+        maps = record.get("maps")
+        if not maps:
+            continue
+        if len(set(maps.values())) == 1:
+            readings.append(f"{label}: {next(iter(maps.values()))} at every site")
+        else:
+            readings.append(f"{label}: {', '.join(f'{site} {name}' for site, name in maps.items())}")
+    return f" Attention maps — {'; '.join(readings)}." if readings else ""
 
 
 def _compared_keys(labels: Sequence[str], results: Sequence[Mapping[str, Any]]) -> str:
