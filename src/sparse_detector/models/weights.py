@@ -22,6 +22,7 @@ from ..config import Config, load_config
 from ..files import file_kind
 from ..runs import CHECKPOINT_SUFFIXES
 from ..text import counted
+from .huggingface import read_huggingface_checkpoint
 from .registry import available_models, build_model, model_entry, official_config
 
 # Blocks per stage and block type of the torchvision ResNets, to recognise a backbone from its weights.
@@ -102,7 +103,11 @@ def not_a_checkpoint_file(path: str | Path) -> str | None:
 def load_checkpoint_file(path: str | Path) -> Any:
     """``torch.load(weights_only=True)`` of a checkpoint file, ours or official: an official training checkpoint's
     ``args`` (an ``argparse.Namespace``) is read as data; any other Python object is refused with a
-    :class:`CheckpointMismatchError` saying so, and so is a file that is no checkpoint or a truncated one."""
+    :class:`CheckpointMismatchError` saying so, and so is a file that is no checkpoint or a truncated one.
+    A Hugging Face DETR checkpoint (model folder, ``.safetensors`` / ``.bin`` file) is read as an official one
+    (:func:`~sparse_detector.models.huggingface.read_huggingface_checkpoint`)."""
+    if (converted := read_huggingface_checkpoint(path)) is not None:
+        return converted
     if Path(path).is_file() and (problem := not_a_checkpoint_file(path)):
         raise CheckpointMismatchError(problem)
     try:
