@@ -113,7 +113,8 @@ def test_image_normalisation_and_padding_mask_are_those_of_transformers() -> Non
     torch.testing.assert_close(theirs["pixel_values"], ours.tensors, atol=TOL, rtol=0)
     assert torch.equal(theirs["pixel_mask"].bool(), ~ours.mask)
     data = load_config(None).data
-    assert (processor.size.shortest_edge, processor.size.longest_edge) == (data.val_size, data.max_size)
+    size = dict(processor.size)  # a dict in transformers 4, a SizeDict in 5
+    assert (size["shortest_edge"], size["longest_edge"]) == (data.val_size, data.max_size)
 
 
 def test_class_names_name_the_predictions(tmp_path: Path, capsys) -> None:
@@ -151,7 +152,9 @@ def test_init_from_a_huggingface_checkpoint_keeps_all_but_the_class_head(tmp_pat
 def test_a_transformers_resnet_backbone_is_refused_naming_what_is_supported(tmp_path: Path) -> None:
     transformers = _transformers()
     backbone = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1])
-    config = transformers.DetrConfig(use_timm_backbone=False, backbone_config=backbone, **SIZES)
+    config = transformers.DetrConfig(
+        use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False, **SIZES
+    )
     transformers.DetrForObjectDetection(config).save_pretrained(tmp_path)
     with pytest.raises(HuggingFaceCheckpointError, match=r"its backbone is a transformers resnet .*use_timm_backbone"):
         detr_from_official(tmp_path)
