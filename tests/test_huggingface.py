@@ -176,6 +176,14 @@ def test_other_architectures_and_missing_files_are_errors_naming_them(tmp_path: 
     (gelu / "model.safetensors").write_bytes(b"")
     with pytest.raises(HuggingFaceCheckpointError, match=r"sets activation_function='gelu'.*takes 'relu' only"):
         detr_from_official(gelu)
+    effnet = _write_config(tmp_path / "effnet", model_type="detr", backbone="efficientnet_b0")
+    (effnet / "model.safetensors").write_bytes(b"")
+    with pytest.raises(HuggingFaceCheckpointError, match=r"its backbone is timm's 'efficientnet_b0'; supported: "):
+        detr_from_official(effnet)
+    heads = _write_config(tmp_path / "heads", model_type="detr", decoder_attention_heads=4)
+    (heads / "model.safetensors").write_bytes(b"")
+    with pytest.raises(HuggingFaceCheckpointError, match=r"decoder_attention_heads=4; .* takes 8 only \(encoder_"):
+        detr_from_official(heads)
     no_weights = _write_config(tmp_path / "no-weights", model_type="detr")
     with pytest.raises(HuggingFaceCheckpointError, match=r"holds config.json but none of model.safetensors, pyto"):
         detr_from_official(no_weights)

@@ -185,30 +185,27 @@ def _checked_settings(config: Mapping[str, Any], config_file: Path) -> tuple[int
             f"{SUPPORTED}"
         )
     backbone_config = config.get("backbone_config") or {}  # transformers 5 writes the timm backbone's config here
-    timm = config.get("use_timm_backbone", True) and backbone_config.get("model_type", "timm_backbone") == (
-        "timm_backbone"
-    )
-    backbone = str(config.get("backbone") or backbone_config.get("backbone") or "resnet50")
-    name = backbone.rsplit("/", 1)[-1].split(".")[0]  # timm's "resnet50.a1_in1k": weights tag, same layers
-    if not timm or name not in SUPPORTED_BACKBONES:
-        kind = "a timm" if timm else f"a transformers {backbone_config.get('model_type', 'ResNet')}"
+    backbone_type = backbone_config.get("model_type", "timm_backbone")
+    if not config.get("use_timm_backbone", True) or backbone_type != "timm_backbone":
         raise HuggingFaceCheckpointError(
-            f"{config_file}: its backbone is {kind} {backbone!r} (use_timm_backbone: {str(timm).lower()}); {SUPPORTED}"
+            f"{config_file}: its backbone is a transformers {backbone_type} model (use_timm_backbone: false); "
+            f"{SUPPORTED}"
         )
-    settings = {
-        "activation_function": ("relu", config.get("activation_function", "relu")),
-        "num_channels": (3, config.get("num_channels", 3)),
-        "decoder_attention_heads": (
-            config.get("encoder_attention_heads", 8),
-            config.get("decoder_attention_heads", 8),
-        ),
+    backbone = str(config.get("backbone") or backbone_config.get("backbone") or "resnet50")
+    if backbone.rsplit("/", 1)[-1].split(".")[0] not in SUPPORTED_BACKBONES:  # "resnet50.a1_in1k": same layers
+        raise HuggingFaceCheckpointError(f"{config_file}: its backbone is timm's {backbone!r}; {SUPPORTED}")
+    nheads = config.get("encoder_attention_heads", 8)
+    settings = {  # key: (value, the value this package builds, why)
+        "activation_function": (config.get("activation_function", "relu"), "relu", "as the official DETR"),
+        "num_channels": (config.get("num_channels", 3), 3, "RGB images"),
+        "decoder_attention_heads": (config.get("decoder_attention_heads", 8), nheads, "encoder_attention_heads"),
     }
-    for key, (wanted, value) in settings.items():
+    for key, (value, wanted, why) in settings.items():
         if value != wanted:
             raise HuggingFaceCheckpointError(
-                f"{config_file} sets {key}={value!r}; the official DETR model built here takes {wanted!r} only"
+                f"{config_file} sets {key}={value!r}; the DETR model built here takes {wanted!r} only ({why})"
             )
-    return int(config.get("encoder_attention_heads", 8)), bool(config.get("dilation", False))
+    return int(nheads), bool(config.get("dilation", False))
 
 
 def _read_weights(weights_file: Path) -> dict[str, Tensor]:
