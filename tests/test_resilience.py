@@ -359,7 +359,7 @@ def test_an_official_checkpoint_without_official_is_told_to_need_it(tmp_path: Pa
         (b"hello", "a text file"),
         (b"\x89PNG\r\n\x1a\n", "a PNG image"),
         (b"PK\x03\x04", "truncated"),
-        (b"\x02\x00\x00\x00\x00\x00\x00\x00{}", "a safetensors file (e.g. a Hugging Face model's), which this"),
+        (b"\x02\x00\x00\x00\x00\x00\x00\x00{}", "a safetensors file (a Hugging Face DETR model's is read as"),
     ],
 )
 @pytest.mark.parametrize("official", [False, True])
@@ -393,25 +393,31 @@ def test_weights_in_another_layout_are_named_with_what_to_give(tmp_path: Path, c
     now each names what it is and what to give (train --init-from, and evaluate with or without --official)."""
     from sparse_detector.engine.trainer import initialise_from
     from sparse_detector.models import build_model
+    from sparse_detector.models.huggingface import HuggingFaceCheckpointError
 
     model = build_model(load_config("shapes_tiny", ["model.transformer.hidden_dim=16"]))
     hugging_face = {"model.backbone.conv_encoder.model.conv1.weight": torch.zeros(1), "model.x": torch.zeros(1)}
     torch.save(hugging_face, tmp_path / "pytorch_model.bin")
+    torch.save(hugging_face, tmp_path / "converted.pth")
     torch.save({"state_dict": model.state_dict(), "epoch": 3}, tmp_path / "lightning.pth")
     expected = {
-        "pytorch_model.bin": r"pytorch_model.bin holds a Hugging Face transformers model's weights \(names such as "
-        r"'model.backbone.conv_encoder.model.conv1.weight'\), which this package does not read: give the original",
+        "pytorch_model.bin": r"pytorch_model.bin is read as a Hugging Face transformers weights file, which needs the "
+        r"model's config.json beside it",
+        "converted.pth": r"converted.pth holds a Hugging Face transformers model's weights \(names such as "
+        r"'model.backbone.conv_encoder.model.conv1.weight'\) without the model's config.json: give the model's folder",
         "lightning.pth": r"lightning.pth is not a state dict nor a checkpoint with a 'model' state dict \(its keys: "
         r"'state_dict', 'epoch'\): give a run directory .* re-saved under 'model'",
     }
     for name, message in expected.items():
-        with pytest.raises(CheckpointMismatchError, match=message):
+        with pytest.raises((CheckpointMismatchError, HuggingFaceCheckpointError), match=message):
             initialise_from(model, tmp_path / name)
         command = ["evaluate", "--checkpoint", str(tmp_path / name), *(["--official"] if official else [])]
         assert main(command) == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err and re.search(message, err), err
-    with pytest.raises(FileNotFoundError, match=r"weight files in it: lightning.pth, pytorch_model.bin: give one"):
+    with pytest.raises(
+        FileNotFoundError, match=r"weight files in it: converted.pth, lightning.pth, pytorch_model.bin: give one"
+    ):
         initialise_from(model, tmp_path)
 
 

@@ -131,12 +131,17 @@ def checkpoint_epoch(name: str) -> int | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory (its best checkpoint, else its last)."""
+    """A checkpoint file, or a run directory (its best checkpoint, else its last), or a Hugging Face model folder
+    (its weights file)."""
+    from .models.huggingface import huggingface_files  # models import this module
+
     path = Path(path)
     if path.is_dir():
         for name in (BEST_CHECKPOINT, LAST_CHECKPOINT):
             if (path / name).is_file():
                 return path / name
+        if files := huggingface_files(path):
+            return files[1]
         files = sorted(p.name for p in path.iterdir() if p.suffix in WEIGHT_FILE_SUFFIXES and p.is_file())
         inside = f"; weight files in it: {', '.join(files[:5])}: give one of them" if files else ""
         raise FileNotFoundError(f"run directory {path} holds no {BEST_CHECKPOINT} or {LAST_CHECKPOINT}{inside}")

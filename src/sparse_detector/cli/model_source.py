@@ -10,8 +10,14 @@ if TYPE_CHECKING:
 
 
 def add_model_source(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
-    parser.add_argument("--official", action="store_true", help="the checkpoint is an official one (COCO ids)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="run directory or checkpoint file (with --official also a Hugging Face transformers DETR folder)",
+    )
+    parser.add_argument(
+        "--official", action="store_true", help="the checkpoint is an official one (COCO ids) or a Hugging Face DETR"
+    )
     add_official_reading(parser)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
 
@@ -23,7 +29,8 @@ def add_official_reading(parser: argparse.ArgumentParser) -> None:
         "--nheads",
         type=int,
         default=None,
-        help="attention heads of an official checkpoint (default: its stored args, else the official 8)",
+        help="attention heads of an official checkpoint (default: its stored args or Hugging Face config.json, else "
+        "the official 8)",
     )
     parser.add_argument(
         "--dilation", action="store_true", default=None, help="an official DC5 checkpoint (default: its stored args)"

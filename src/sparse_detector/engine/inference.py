@@ -41,6 +41,7 @@ from ..data.orientation import exif_orientation
 from ..data.transforms import image_tensor
 from ..files import write_atomically
 from ..models import DetectionOutput, build_model
+from ..models.huggingface import huggingface_label_map
 from ..models.postprocess import postprocessor_for
 from ..models.weights import load_official, load_state_dict_checked, read_state_dict
 from ..runs import resolve_checkpoint
@@ -141,17 +142,22 @@ def load_trained_model(path: str | Path, official: bool = False, arch: str = "de
     """A model from one of our checkpoints / run directories, or (``official=True``) an official checkpoint of
     ``arch``, read through the model registry (``official_options``: e.g. DETR's ``nheads``, ``dilation``).
 
-    Official checkpoints carry no config: sizes are read from the weights, labels are raw COCO ids.
+    Official checkpoints carry no config: sizes are read from the weights, labels are raw COCO ids (named by a
+    Hugging Face checkpoint's ``id2label``).
     """
     source = resolve_checkpoint(path)
     if official:
         model, config = load_official(source, arch, official_options)
         config.data.label_mode = "coco_ids"
-        return LoadedModel(model, config, LabelMap.official_coco(config.model.num_classes), source)
+        label_map = huggingface_label_map(source) or LabelMap.official_coco(config.model.num_classes)
+        return LoadedModel(model, config, label_map, source)
     checkpoint = load_checkpoint(source)
     if "config" not in checkpoint:
-        read_state_dict(checkpoint, str(source))  # weights in another layout (Hugging Face's, ...) are named as such
-        raise ValueError(f"{source} has no 'config': for an official checkpoint pass --official")
+        read_state_dict(checkpoint, str(source))  # weights in another layout are named as such
+        raise ValueError(
+            f"{source} has no 'config': for an official checkpoint pass --official (for a Hugging Face transformers "
+            "DETR one too)"
+        )
     try:
         config = config_from_dict(checkpoint["config"])
     except ConfigError as err:  # another project's 'config': nothing of ours to build

@@ -22,6 +22,7 @@ from ..config import Config, load_config
 from ..files import file_kind
 from ..runs import CHECKPOINT_SUFFIXES
 from ..text import counted
+from .huggingface import read_huggingface_checkpoint
 from .registry import available_models, build_model, model_entry, official_config
 
 # Blocks per stage and block type of the torchvision ResNets, to recognise a backbone from its weights.
@@ -108,7 +109,7 @@ def not_a_checkpoint_file(path: str | Path) -> str | None:
     if head.startswith((b"PK\x03\x04", b"\x80")):
         return None
     if _is_safetensors(head):
-        named = "a safetensors file (e.g. a Hugging Face model's), which this package does not read"
+        named = "a safetensors file (a Hugging Face DETR model's is read as model.safetensors beside its config.json)"
     else:
         named = file_kind(head) or (
             "a text file" if head.isascii() else "something else (torch.save writes a zip archive)"
@@ -120,7 +121,11 @@ def not_a_checkpoint_file(path: str | Path) -> str | None:
 def load_checkpoint_file(path: str | Path) -> Any:
     """``torch.load(weights_only=True)`` of a checkpoint file, ours or official: an official training checkpoint's
     ``args`` (an ``argparse.Namespace``) is read as data; any other Python object is refused with a
-    :class:`CheckpointMismatchError` saying so, and so is a file that is no checkpoint or a truncated one."""
+    :class:`CheckpointMismatchError` saying so, and so is a file that is no checkpoint or a truncated one.
+    A Hugging Face DETR checkpoint (model folder, ``.safetensors`` / ``.bin`` file) is read as an official one
+    (:func:`~sparse_detector.models.huggingface.read_huggingface_checkpoint`)."""
+    if (converted := read_huggingface_checkpoint(path)) is not None:
+        return converted
     if Path(path).is_file() and (problem := not_a_checkpoint_file(path)):
         raise CheckpointMismatchError(problem)
     try:
@@ -177,10 +182,9 @@ def read_state_dict(
         )
     if hugging_face := [key for key in data if key.startswith(HUGGING_FACE_PREFIXES)]:
         raise CheckpointMismatchError(
-            f"{source} holds a Hugging Face transformers model's weights (names such as {hugging_face[0]!r}), which "
-            "this package does not read: give the original checkpoint of that model instead, e.g. official DETR's "
-            "detr-r50-e632da11.pth (github.com/facebookresearch/detr) or Deformable DETR's "
-            "r50_deformable_detr-checkpoint.pth (github.com/fundamentalvision/Deformable-DETR)"
+            f"{source} holds a Hugging Face transformers model's weights (names such as {hugging_face[0]!r}) without "
+            "the model's config.json: give the model's folder (config.json beside model.safetensors or "
+            "pytorch_model.bin, as the hub serves it), read as an official DETR checkpoint"
         )
     return dict(data), source
 
