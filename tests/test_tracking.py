@@ -292,7 +292,13 @@ def test_a_wandb_run_that_fails_to_start_leaves_no_tensorboard_writer_open(tmp_p
     from torch.utils.tensorboard import SummaryWriter
 
     closed: list[SummaryWriter] = []
-    monkeypatch.setattr(SummaryWriter, "close", lambda writer: closed.append(writer))
+    close = SummaryWriter.close
+
+    def recorded_close(writer: SummaryWriter) -> None:  # closed for real: its thread must not outlive tmp_path
+        closed.append(writer)
+        close(writer)
+
+    monkeypatch.setattr(SummaryWriter, "close", recorded_close)
 
     def fail(*args, **kwargs) -> None:
         raise RuntimeError("W&B could not start")
