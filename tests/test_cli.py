@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from sparse_detector.cli.entry import _close_progress_bars, build_parser
 from sparse_detector.config import load_config
 from sparse_detector.data.build import absolute_data_paths
 from sparse_detector.text import closest_name
+
+from .conftest import SMALL_MODEL
 
 
 def usage_error(argv: list[str], capsys) -> str:
@@ -646,3 +649,18 @@ def test_a_stop_at_the_end_of_an_epoch_names_that_epoch() -> None:
     )
     assert message(12, {"steps": 3}).startswith("stopped by SIGTERM at epoch 13, step 120;")
     assert message(0, {}).startswith("stopped by SIGTERM at epoch 1, step 120;")  # stopped before any step
+
+
+def test_quickstart_end_to_end_draws_the_attention_of_held_out_images(tmp_path: Path, capsys) -> None:
+    """The main job, small: shapes data -> one epoch of a tiny DETR -> AP -> its attention figures (the last step,
+    otherwise replaced in these tests) drawn in <output-dir>/figures and counted."""
+    run = tmp_path / "qs"
+    small = ["train.epochs=1", "data.train_scales=[96]", "data.val_size=96", *SMALL_MODEL]
+    argv = ["quickstart", "--num-train", "4", "--num-val", "2", "--output-dir", str(run), "--no-progress"]
+    assert main([*argv, "--set", *small]) == 0
+    out = capsys.readouterr().out
+    figures = sorted(p.name for p in (run / "figures").glob("*.png"))
+    assert len(figures) == 2 and all(
+        re.fullmatch(r"attention_decoder_cross_val_00000[01]_q\d\.png", f) for f in figures
+    )
+    assert f"(up to 3 queries scoring >= 0.5 each, else the best one): 2 figures in {run / 'figures'}/" in out
