@@ -120,11 +120,18 @@ print(torch_for_shapes, "torchvision" in sys.modules)
         (["visualize", "attention", "run", "--num-images", "0"], "argument --num-images: must be 1 or more, got 0"),
         (["visualize", "attention", "run", "--max-queries", "-1"], "argument --max-queries: must be 0 or more"),
         (["evaluate", "--checkpoint", "run", "--workers", "-1"], "argument --workers: must be 0 or more, got -1"),
+        (["data", "shapes", "out", "--num-images", "ten"], "argument --num-images: expected a whole number, got 'ten'"),
+        (["predict", "--checkpoint", "run", "in", "--threshold", "high"], "expected a number from 0 to 1, got 'high'"),
+        (
+            ["visualize", "encoder", "run", "--pixels", "40;60"],
+            "argument --pixels: expected a pixel as X,Y (e.g. 40,60)",
+        ),
     ],
 )
 def test_a_number_out_of_range_is_a_usage_error_naming_the_option(argv: list[str], message: str, capsys) -> None:
     """--num-images -5 wrote an empty data set, quickstart --num-train 0 'trained' 12 epochs without a step and
-    --num-val 0 evaluated on nothing (all exit 0); --threshold 1.5 kept no detection, --num-images 0 drew nothing."""
+    --num-val 0 evaluated on nothing (all exit 0); --threshold 1.5 kept no detection, --num-images 0 drew nothing.
+    A value that is no number (or no X,Y pixel) is named too."""
     assert message in usage_error(argv, capsys)
 
 
