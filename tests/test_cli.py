@@ -457,6 +457,11 @@ def test_resume_given_a_checkpoint_file_names_its_run_directory(tmp_path: Path, 
     )
     assert main(["train", "--resume", str(tmp_path / "typo")]) == 2
     assert f"--resume {tmp_path / 'typo'} does not exist" in capsys.readouterr().err
+    (tmp_path / "elsewhere").mkdir()  # a folder that is no run: was untested
+    assert main(["train", "--resume", str(tmp_path / "elsewhere")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'elsewhere'} is not a run directory (no config.yaml); check the --resume path" in err
+    assert "Traceback" not in err
 
 
 def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_to_start_it_with_its_config(

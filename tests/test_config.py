@@ -413,3 +413,12 @@ def test_the_readme_names_the_short_run_setting_in_a_train_command_that_loads():
         load_config(preset, overrides.split())
     short = load_config("shapes_tiny", ["train.max_steps_per_epoch=5"])
     assert short.train.max_steps_per_epoch == 5
+
+
+def test_a_config_file_that_is_not_a_mapping_is_named(tmp_path: Path, capsys):
+    """A YAML list (or a lone value) where a config's sections belong: one line naming the file, no traceback."""
+    (tmp_path / "my.yaml").write_text("- model\n- train\n")
+    assert main(["train", "--config", str(tmp_path / "my.yaml"), "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'my.yaml'}: the top level must be a mapping, got list" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
