@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from sparse_detector.cli.entry import _close_progress_bars, build_parser
 from sparse_detector.config import load_config
 from sparse_detector.data.build import absolute_data_paths
 from sparse_detector.text import closest_name
+
+from .conftest import SMALL_MODEL
 
 
 def usage_error(argv: list[str], capsys) -> str:
@@ -117,11 +120,18 @@ print(torch_for_shapes, "torchvision" in sys.modules)
         (["visualize", "attention", "run", "--num-images", "0"], "argument --num-images: must be 1 or more, got 0"),
         (["visualize", "attention", "run", "--max-queries", "-1"], "argument --max-queries: must be 0 or more"),
         (["evaluate", "--checkpoint", "run", "--workers", "-1"], "argument --workers: must be 0 or more, got -1"),
+        (["data", "shapes", "out", "--num-images", "ten"], "argument --num-images: expected a whole number, got 'ten'"),
+        (["predict", "--checkpoint", "run", "in", "--threshold", "high"], "expected a number from 0 to 1, got 'high'"),
+        (
+            ["visualize", "encoder", "run", "--pixels", "40;60"],
+            "argument --pixels: expected a pixel as X,Y (e.g. 40,60)",
+        ),
     ],
 )
 def test_a_number_out_of_range_is_a_usage_error_naming_the_option(argv: list[str], message: str, capsys) -> None:
     """--num-images -5 wrote an empty data set, quickstart --num-train 0 'trained' 12 epochs without a step and
-    --num-val 0 evaluated on nothing (all exit 0); --threshold 1.5 kept no detection, --num-images 0 drew nothing."""
+    --num-val 0 evaluated on nothing (all exit 0); --threshold 1.5 kept no detection, --num-images 0 drew nothing.
+    A value that is no number (or no X,Y pixel) is named too."""
     assert message in usage_error(argv, capsys)
 
 
@@ -447,6 +457,11 @@ def test_resume_given_a_checkpoint_file_names_its_run_directory(tmp_path: Path, 
     )
     assert main(["train", "--resume", str(tmp_path / "typo")]) == 2
     assert f"--resume {tmp_path / 'typo'} does not exist" in capsys.readouterr().err
+    (tmp_path / "elsewhere").mkdir()  # a folder that is no run: was untested
+    assert main(["train", "--resume", str(tmp_path / "elsewhere")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'elsewhere'} is not a run directory (no config.yaml); check the --resume path" in err
+    assert "Traceback" not in err
 
 
 def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_to_start_it_with_its_config(
@@ -646,3 +661,18 @@ def test_a_stop_at_the_end_of_an_epoch_names_that_epoch() -> None:
     )
     assert message(12, {"steps": 3}).startswith("stopped by SIGTERM at epoch 13, step 120;")
     assert message(0, {}).startswith("stopped by SIGTERM at epoch 1, step 120;")  # stopped before any step
+
+
+def test_quickstart_end_to_end_draws_the_attention_of_held_out_images(tmp_path: Path, capsys) -> None:
+    """The main job, small: shapes data -> one epoch of a tiny DETR -> AP -> its attention figures (the last step,
+    otherwise replaced in these tests) drawn in <output-dir>/figures and counted."""
+    run = tmp_path / "qs"
+    small = ["train.epochs=1", "data.train_scales=[96]", "data.val_size=96", *SMALL_MODEL]
+    argv = ["quickstart", "--num-train", "4", "--num-val", "2", "--output-dir", str(run), "--no-progress"]
+    assert main([*argv, "--set", *small]) == 0
+    out = capsys.readouterr().out
+    figures = sorted(p.name for p in (run / "figures").glob("*.png"))
+    assert len(figures) == 2 and all(
+        re.fullmatch(r"attention_decoder_cross_val_00000[01]_q\d\.png", f) for f in figures
+    )
+    assert f"(up to 3 queries scoring >= 0.5 each, else the best one): 2 figures in {run / 'figures'}/" in out

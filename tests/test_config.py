@@ -10,7 +10,7 @@ import pytest
 
 from sparse_detector.cli import main
 from sparse_detector.config import BackboneNorm, ConfigError, Precision, dump_config, load_config
-from sparse_detector.engine.trainer import PRECISIONS
+from sparse_detector.engine.trainer import PRECISIONS, Trainer
 from sparse_detector.models import build_model
 from sparse_detector.models.backbone import NORM_LAYERS
 from sparse_detector.models.registry import check_attention_config
@@ -162,6 +162,23 @@ def test_a_mistyped_choice_in_a_config_made_in_python_gets_the_load_message(sect
     setattr(getattr(config.model, section) if section else config.model, key, value)
     with pytest.raises(ConfigError, match=re.escape(error)):
         build_model(config)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "error"),
+    [
+        ("on_nonfinite_loss", "skp", "train.on_nonfinite_loss: unknown value 'skp' (did you mean 'skip'?)"),
+        ("precision", "FP16", "train.precision: unknown value 'FP16' (did you mean 'fp16'?)"),
+    ],
+)
+def test_a_mistyped_training_choice_in_a_config_made_in_python_gets_the_load_message(tmp_path, key, value, error):
+    """`Trainer` checks the training choices against the config's own Literal, before it claims the run directory:
+    the message of a config loaded from YAML (it had its own wording, without the closest name)."""
+    config = load_config("shapes_tiny")
+    setattr(config.train, key, value)
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        Trainer(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_mistyped_choice_in_a_yaml_file_names_the_file(tmp_path: Path, capsys):
@@ -396,3 +413,12 @@ def test_the_readme_names_the_short_run_setting_in_a_train_command_that_loads():
         load_config(preset, overrides.split())
     short = load_config("shapes_tiny", ["train.max_steps_per_epoch=5"])
     assert short.train.max_steps_per_epoch == 5
+
+
+def test_a_config_file_that_is_not_a_mapping_is_named(tmp_path: Path, capsys):
+    """A YAML list (or a lone value) where a config's sections belong: one line naming the file, no traceback."""
+    (tmp_path / "my.yaml").write_text("- model\n- train\n")
+    assert main(["train", "--config", str(tmp_path / "my.yaml"), "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'my.yaml'}: the top level must be a mapping, got list" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()

@@ -1500,3 +1500,110 @@ def test_data_import_says_each_count_of_its_stats_after_the_summary(tmp_path: Pa
         "no labels: 2 image(s) without a label file, imported without boxes",
         "not imported: 2 label file(s) without an image (listed above)",
     ]
+
+
+def _coco_of(**parts: object) -> str:
+    """A COCO JSON text of one 40 x 30 image ``a.jpg`` (its file written by the caller), overridden by ``parts``."""
+    source = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
+        "categories": [{"id": 1, "name": "x"}],
+    }
+    return json.dumps({**source, **parts})
+
+
+def _import_mistake(tmp_path: Path, case: str) -> tuple[list[str], str]:
+    """The `data import` arguments of a user mistake ``case`` (its files written under ``tmp_path``) and the message
+    expected for it."""
+    image = write_image(tmp_path / "images" / "a.jpg")
+    images, gone = image.parent, tmp_path / "gone"
+    if case.startswith("coco"):
+        text = {
+            "coco-lists": json.dumps({"images": []}),
+            "coco-no-box": _coco_of(annotations=[{"id": 7, "image_id": 1, "category_id": 1}]),
+            "coco-no-file-name": _coco_of(images=[{"id": 1, "width": 40, "height": 30}]),
+        }.get(case)
+        source = write_text(tmp_path / "in.json", text) if text else gone
+        message = {
+            "coco-missing": f"COCO file {gone} does not exist",
+            "coco-lists": f"{source}: lacks the list(s) ['annotations', 'categories']",
+            "coco-no-box": f"{source}: annotation 7 has neither a 'bbox' nor a polygon or RLE 'segmentation'",
+            "coco-no-file-name": f"{source}: image 1 has no file_name",
+        }[case]
+        return ["coco", str(source), "--images", str(images)], message
+    if case.startswith("csv"):
+        text = {"csv-empty-label": "a.jpg,1,1,10,10,\n", "csv-no-rows": ""}.get(case)
+        source = write_text(tmp_path / "in.csv", text) if text is not None else gone
+        message = {
+            "csv-missing": f"CSV file {gone} does not exist",
+            "csv-empty-label": f"{source}:1: the label is empty",
+            "csv-no-rows": f"{source} holds no rows; expected file,x1,y1,x2,y2,label",
+        }[case]
+        return ["csv", str(source), "--images", str(images)], message
+    if case.startswith("voc"):
+        xml = tmp_path / "xml"
+        xml.mkdir()
+        if case != "voc-no-xml":
+            write_text(xml / "a.xml", voc_xml([("x", (1, 1, 10, 10), 0)], "a.jpg"))
+        listed = write_text(tmp_path / "list.txt", "a\nb\n")
+        argv, message = {
+            "voc-annotations-missing": (
+                ["--annotations", str(gone), "--images", str(images)],
+                f"annotations folder {gone} does not exist",
+            ),
+            "voc-no-xml": (["--annotations", str(xml)], f"no .xml files in {xml}"),
+            "voc-listed-without-xml": (
+                ["--annotations", str(xml), "--list", str(listed)],
+                f"{listed}: 1 listed image(s) have no XML in {xml}, e.g. ['b.xml']",
+            ),
+            "voc-images-missing": (
+                ["--annotations", str(xml), "--images", str(gone)],
+                f"images folder {gone} does not exist",
+            ),
+        }[case]
+        return ["voc", *argv], message
+    classes = write_text(tmp_path / "classes.txt", "x\n")
+    write_text(images / "a.txt", "x 0.5 0.5 0.2 0.2\n" if case == "yolo-label-not-numbers" else "0 0.5 0.5 0.2 0.2\n")
+    bad_yaml = write_text(tmp_path / "data.yaml", "names: [x\n" if case == "yolo-yaml-invalid" else "names: x\n")
+    argv, message = {
+        "yolo-yaml-invalid": ([str(images), "--classes", str(bad_yaml)], f"{bad_yaml}: not valid YAML"),
+        "yolo-names-not-a-list": (
+            [str(images), "--classes", str(bad_yaml)],
+            f"{bad_yaml}: expected 'names:' as a list or an index -> name mapping of names, got 'x'",
+        ),
+        "yolo-classes-missing": ([str(images), "--classes", str(gone)], f"class names file {gone} does not exist"),
+        "yolo-label-not-numbers": (
+            [str(images), "--classes", str(classes)],
+            f"{images / 'a.txt'}:1: expected 'class x_center y_center width height'",
+        ),
+        "yolo-images-missing": ([str(gone), "--classes", str(classes)], f"images folder {gone} does not exist"),
+        "yolo-no-images": (
+            [str(tmp_path / "xml"), "--classes", str(classes)],
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) in {tmp_path / 'xml'} or its subfolders",
+        ),
+    }[case]
+    (tmp_path / "xml").mkdir()
+    return ["yolo", *argv], message
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        *("coco-missing", "coco-lists", "coco-no-box", "coco-no-file-name"),
+        *("csv-missing", "csv-empty-label", "csv-no-rows"),
+        *("voc-annotations-missing", "voc-no-xml", "voc-listed-without-xml", "voc-images-missing"),
+        *("yolo-yaml-invalid", "yolo-names-not-a-list", "yolo-classes-missing", "yolo-label-not-numbers"),
+        *("yolo-images-missing", "yolo-no-images"),
+    ],
+)
+def test_data_import_mistakes_name_the_file_and_what_is_wrong_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture, case: str
+) -> None:
+    """Each importer's refusal of a missing, empty or malformed input, through `data import`: exit status 2, one
+    line naming the file and the problem, no traceback and no output written."""
+    argv, message = _import_mistake(tmp_path, case)
+    out = tmp_path / "out.json"
+    assert main(["data", "import", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+    assert "Traceback" not in err and not out.exists()

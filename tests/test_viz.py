@@ -1712,3 +1712,25 @@ def test_a_drawing_option_the_kind_does_not_read_is_an_error(tmp_path: Path, cap
         assert main(["visualize", *argv, "--output", str(tmp_path / "figures")]) == 2
         err = capsys.readouterr().err
         assert f"visualize {argv[0]} does not read {option}; leave it out (the kinds that do: {option}: " in err, err
+
+
+def test_visualize_names_a_query_site_or_image_it_cannot_draw(runs, tmp_path: Path, capsys):
+    """A query beyond the model's, a site that is not one of the kind's and `matching` of unannotated images: each a
+    one-line error naming it, no figure, no traceback."""
+    run, deformable = str(runs["run"]), str(runs["deformable"])
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), "white").save(photo)
+    out = ["--output", str(tmp_path / "figures")]
+    cases = [
+        (["attention", run, "--queries", "9"], "query 9 does not exist: the model has 6 queries"),
+        (
+            ["deformable", deformable, "--site", "decoder_self"],
+            "site decoder_self is not one of object queries over sampling points: decoder_cross",
+        ),
+        (["matching", run, str(photo)], "visualize matching needs annotated images: give images of the validation"),
+    ]
+    for argv, message in cases:
+        assert main(["visualize", *argv, *out]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+        assert not list((tmp_path / "figures").glob("*.png")), argv

@@ -26,6 +26,9 @@ from tqdm import tqdm
 from ..attention.base import AttentionActivation
 from ..config import (
     Config,
+    OnNonfiniteLoss,
+    Precision,
+    check_choice,
     config_differences,
     config_from_dict,
     config_to_dict,
@@ -482,10 +485,8 @@ class Trainer:
         """The constructor's work: a run directory claimed, its data, model, optimiser and loggers set up."""
         config = self.config
         train = config.train
-        if train.on_nonfinite_loss not in ("error", "skip"):
-            raise ValueError(f"train.on_nonfinite_loss must be 'error' or 'skip', got {train.on_nonfinite_loss!r}")
-        if train.precision not in PRECISIONS:
-            raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {train.precision!r}")
+        check_choice(train.on_nonfinite_loss, OnNonfiniteLoss, "train.on_nonfinite_loss")
+        check_choice(train.precision, Precision, "train.precision")
         check_backends(train.tensorboard, train.wandb, train.wandb_mode)
         self.dist: DistributedContext
         self.dist, self.device = init_distributed(resolve_device(train.device, "train.device"))
